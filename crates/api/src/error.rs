@@ -1,0 +1,73 @@
+//! API errors: each becomes a status code and a JSON body
+//! `{"error": {"code": "...", "message": "..."}}` here and nowhere else.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use gust_runtime::DeployError;
+use gust_store::{RegistryError, StoreError};
+use serde::{Deserialize, Serialize};
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code: `not_found`, `invalid_component`, …
+    pub code: String,
+    /// What went wrong and what to do, for a person.
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    InvalidComponent(#[from] DeployError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::InvalidComponent(DeployError::Storage(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "storage")
+            }
+            ApiError::InvalidComponent(_) => (StatusCode::BAD_REQUEST, "invalid_component"),
+            ApiError::NotFound(_) | ApiError::Registry(RegistryError::NoSuchFunction(_)) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            ApiError::Conflict(_) | ApiError::Registry(RegistryError::AlreadyExists(_)) => {
+                (StatusCode::CONFLICT, "conflict")
+            }
+            ApiError::Registry(RegistryError::Store(StoreError::Conflict { .. })) => {
+                (StatusCode::CONFLICT, "conflict")
+            }
+            ApiError::Registry(_) | ApiError::Store(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "storage")
+            }
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "control API request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message: self.to_string(),
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,428 @@
+//! Gust's control plane: a versioned REST API (`/v1/...`, JSON) to create,
+//! list, inspect and delete functions, deploy versions by uploading a
+//! component, and read invocation logs; its OpenAPI document is generated
+//! from the handlers below and served at `/v1/openapi.json`. Prometheus
+//! metrics are served at `/metrics`.
+//!
+//! It listens on its own address and must never be reachable on the
+//! data-plane port; it serves no function traffic.
+
+mod error;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use gust_core::{FunctionName, FunctionRecord, Limits, LimitsPatch, LogRecord, TenantId, VersionRecord};
+use gust_runtime::Runtime;
+use gust_store::{BlobStore, LogStore, Registry, digest_of};
+use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
+
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+
+/// Renders the Prometheus text for `/metrics`; supplied by the binary, which
+/// sees every part's counters.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What the API needs; built by the binary.
+#[derive(Clone)]
+pub struct ApiState {
+    pub registry: Registry,
+    pub blobs: Arc<dyn BlobStore>,
+    pub logs: Arc<dyn LogStore>,
+    pub runtime: Runtime,
+    /// Base URL of the data plane, e.g. `http://127.0.0.1:8080`.
+    pub public_url: String,
+    /// Largest component accepted by a deploy, in bytes.
+    pub max_upload_bytes: usize,
+    pub metrics: MetricsRenderer,
+}
+
+/// A function as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionInfo {
+    pub name: String,
+    /// The version serving traffic; `null` before the first deploy.
+    pub version: Option<u64>,
+    pub latest_version: u64,
+    /// Where the function answers on the data plane.
+    pub url: String,
+    pub digest: Option<String>,
+    pub limits: Option<Limits>,
+    pub created_at_ms: u64,
+}
+
+/// A deployed version as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VersionInfo {
+    pub name: String,
+    pub version: u64,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub limits: Limits,
+    pub created_at_ms: u64,
+    pub url: String,
+    /// Time the deploy spent validating and compiling, in ms (only on deploy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepare_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct CreateFunction {
+    pub name: String,
+}
+
+/// Limits for a new version, as query parameters; omitted ones keep their defaults.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeployParams {
+    /// Memory limit in bytes (default 128 MiB).
+    pub memory_bytes: Option<u64>,
+    /// Wall-clock timeout in ms (default 30000).
+    pub timeout_ms: Option<u64>,
+    /// Largest request body in bytes (default 6 MiB).
+    pub max_body_bytes: Option<u64>,
+    /// Output kept per invocation in bytes (default 64 KiB).
+    pub max_output_bytes: Option<u64>,
+    /// Comma-separated hosts the function may call (default: none).
+    pub allowed_hosts: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct LogParams {
+    /// Return entries with a sequence number above this (default 0).
+    pub after: Option<u64>,
+    /// At most this many entries (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// When nothing is new, wait up to this long for an entry (ms, at most 30000).
+    pub wait_ms: Option<u64>,
+}
+
+/// One invocation's log entry.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogEntry {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub record: LogRecord,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogPage {
+    pub entries: Vec<LogEntry>,
+    /// Pass as `after` to continue.
+    pub next: u64,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Gust control API", description = "Deploy and manage Gust functions."),
+    paths(
+        list_functions,
+        create_function,
+        get_function,
+        delete_function,
+        deploy_version,
+        list_versions,
+        get_version,
+        read_logs
+    ),
+    components(schemas(
+        FunctionInfo,
+        VersionInfo,
+        CreateFunction,
+        LogEntry,
+        LogPage,
+        ErrorBody,
+        ErrorDetail,
+        Limits,
+        LogRecord,
+        gust_core::Outcome
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document, as served at `/v1/openapi.json`.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+/// The control API's routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/functions", get(list_functions).post(create_function))
+        .route(
+            "/v1/functions/{name}",
+            get(get_function).delete(delete_function),
+        )
+        .route(
+            "/v1/functions/{name}/versions",
+            get(list_versions)
+                .post(deploy_version)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/functions/{name}/versions/{version}", get(get_version))
+        .route("/v1/functions/{name}/logs", get(read_logs))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+fn tenant() -> TenantId {
+    TenantId::default_tenant()
+}
+
+fn function_name(name: String) -> Result<FunctionName, ApiError> {
+    FunctionName::new(name).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ApiState {
+    fn url(&self, name: &FunctionName) -> String {
+        format!("{}/{name}", self.public_url.trim_end_matches('/'))
+    }
+
+    fn function_info(&self, record: FunctionRecord) -> FunctionInfo {
+        FunctionInfo {
+            url: self.url(&record.name),
+            name: record.name.to_string(),
+            version: record.active.as_ref().map(|a| a.version),
+            latest_version: record.latest_version,
+            digest: record.active.as_ref().map(|a| a.digest.clone()),
+            limits: record.active.map(|a| a.limits),
+            created_at_ms: record.created_at_ms,
+        }
+    }
+
+    fn version_info(&self, record: VersionRecord, prepare_ms: Option<u64>) -> VersionInfo {
+        VersionInfo {
+            url: self.url(&record.name),
+            name: record.name.to_string(),
+            version: record.version,
+            digest: record.digest,
+            size_bytes: record.size_bytes,
+            limits: record.limits,
+            created_at_ms: record.created_at_ms,
+            prepare_ms,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/functions", tag = "functions",
+    responses((status = 200, description = "Every function", body = [FunctionInfo])))]
+async fn list_functions(State(state): State<ApiState>) -> Result<Json<Vec<FunctionInfo>>, ApiError> {
+    let records = state.registry.functions(&tenant()).await?;
+    Ok(Json(records.into_iter().map(|r| state.function_info(r)).collect()))
+}
+
+#[utoipa::path(post, path = "/v1/functions", tag = "functions", request_body = CreateFunction,
+    responses(
+        (status = 201, description = "Created, with no version yet", body = FunctionInfo),
+        (status = 400, description = "Invalid name", body = ErrorBody),
+        (status = 409, description = "Already exists", body = ErrorBody)))]
+async fn create_function(
+    State(state): State<ApiState>,
+    Json(body): Json<CreateFunction>,
+) -> Result<(StatusCode, Json<FunctionInfo>), ApiError> {
+    let name = function_name(body.name)?;
+    let record = state
+        .registry
+        .create_function(&tenant(), &name, now_ms())
+        .await?;
+    Ok((StatusCode::CREATED, Json(state.function_info(record))))
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, body = FunctionInfo),
+        (status = 404, body = ErrorBody)))]
+async fn get_function(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionInfo>, ApiError> {
+    let name = function_name(name)?;
+    let record = state
+        .registry
+        .function(&tenant(), &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))?;
+    Ok(Json(state.function_info(record)))
+}
+
+#[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 204, description = "Removed with its versions and logs"),
+        (status = 404, body = ErrorBody)))]
+async fn delete_function(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = function_name(name)?;
+    if !state.registry.delete_function(&tenant(), &name).await? {
+        return Err(ApiError::NotFound(format!("function `{name}` does not exist")));
+    }
+    state
+        .logs
+        .delete_stream(&Registry::log_stream(&tenant(), &name))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/functions/{name}/versions", tag = "versions",
+    params(("name" = String, Path, description = "Function name (created if missing)"), DeployParams),
+    request_body(content = Vec<u8>, content_type = "application/wasm",
+        description = "A WebAssembly component exporting `wasi:http/incoming-handler`"),
+    responses(
+        (status = 201, description = "Deployed and serving", body = VersionInfo),
+        (status = 400, description = "Not a usable component, bad limits, or over the upload cap", body = ErrorBody)))]
+async fn deploy_version(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(params): Query<DeployParams>,
+    body: Body,
+) -> Result<(StatusCode, Json<VersionInfo>), ApiError> {
+    let name = function_name(name)?;
+    let limits = LimitsPatch {
+        memory_bytes: params.memory_bytes,
+        timeout_ms: params.timeout_ms,
+        max_body_bytes: params.max_body_bytes,
+        max_output_bytes: params.max_output_bytes,
+        allowed_hosts: params.allowed_hosts.map(|hosts| {
+            hosts
+                .split(',')
+                .filter(|h| !h.trim().is_empty())
+                .map(str::to_string)
+                .collect()
+        }),
+    }
+    .resolve()
+    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let bytes = axum::body::to_bytes(body, state.max_upload_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "the component is larger than the upload cap of {} bytes; shrink it (release build, `strip`) or start the server with a larger `--max-upload-bytes`",
+                state.max_upload_bytes
+            ))
+        })?;
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the upload is empty: send the component's bytes as the request body".into(),
+        ));
+    }
+    let started = Instant::now();
+    let digest = digest_of(&bytes);
+    state.runtime.prepare(&digest, bytes.clone()).await?;
+    let prepare_ms = started.elapsed().as_millis() as u64;
+    let size = bytes.len() as u64;
+    state.blobs.put(bytes).await?;
+    let version = state
+        .registry
+        .deploy(&tenant(), &name, &digest, size, limits, now_ms())
+        .await?;
+    tracing::info!(function = %name, version = version.version, %digest, prepare_ms, "deployed");
+    Ok((
+        StatusCode::CREATED,
+        Json(state.version_info(version, Some(prepare_ms))),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "versions",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, body = [VersionInfo]),
+        (status = 404, body = ErrorBody)))]
+async fn list_versions(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<VersionInfo>>, ApiError> {
+    let name = function_name(name)?;
+    let versions = state.registry.versions(&tenant(), &name).await?;
+    Ok(Json(
+        versions
+            .into_iter()
+            .map(|v| state.version_info(v, None))
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/versions/{version}", tag = "versions",
+    params(("name" = String, Path, description = "Function name"), ("version" = u64, Path, description = "Version number")),
+    responses(
+        (status = 200, body = VersionInfo),
+        (status = 404, body = ErrorBody)))]
+async fn get_version(
+    State(state): State<ApiState>,
+    Path((name, version)): Path<(String, u64)>,
+) -> Result<Json<VersionInfo>, ApiError> {
+    let name = function_name(name)?;
+    let record = state
+        .registry
+        .version(&tenant(), &name, version)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("function `{name}` has no version {version}")))?;
+    Ok(Json(state.version_info(record, None)))
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/logs", tag = "logs",
+    params(("name" = String, Path, description = "Function name"), LogParams),
+    responses(
+        (status = 200, body = LogPage),
+        (status = 404, body = ErrorBody)))]
+async fn read_logs(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(params): Query<LogParams>,
+) -> Result<Json<LogPage>, ApiError> {
+    let name = function_name(name)?;
+    if state.registry.function(&tenant(), &name).await?.is_none() {
+        return Err(ApiError::NotFound(format!("function `{name}` does not exist")));
+    }
+    let after = params.after.unwrap_or(0);
+    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    let wait = Duration::from_millis(params.wait_ms.unwrap_or(0).min(30_000));
+    let stream = Registry::log_stream(&tenant(), &name);
+    let deadline = Instant::now() + wait;
+    let raw = loop {
+        let raw = state.logs.read(&stream, after, limit).await?;
+        if !raw.is_empty() || Instant::now() >= deadline {
+            break raw;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut entries = Vec::with_capacity(raw.len());
+    for (seq, bytes) in raw {
+        match serde_json::from_slice::<LogRecord>(&bytes) {
+            Ok(record) => entries.push(LogEntry { seq, record }),
+            Err(e) => tracing::warn!(%name, seq, error = %e, "skipping undecodable log entry"),
+        }
+    }
+    let next = entries.last().map_or(after, |e| e.seq);
+    Ok(Json(LogPage { entries, next }))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json())
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        (state.metrics)(),
+    )
+}

@@ -1,0 +1,409 @@
+//! The client commands: each is one or two calls to the control API (or,
+//! for `invoke`, the data plane), printed for people or as JSON.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use gust_api::{ErrorBody, FunctionInfo, LogEntry, LogPage, VersionInfo};
+use gust_core::Outcome;
+use serde::de::DeserializeOwned;
+
+use crate::output;
+
+#[derive(clap::Args)]
+pub struct ApiArgs {
+    /// Control API address.
+    #[arg(long, env = "GUST_API", default_value = "http://127.0.0.1:8081", global = true)]
+    api: String,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust deploy hello hello.wasm
+  gust deploy api api.wasm --memory-mb 256 --timeout-ms 5000 --allow-host api.github.com")]
+pub struct DeployArgs {
+    /// Function name: lowercase letters, digits and `-`.
+    name: String,
+    /// The component (`.wasm`) to deploy.
+    file: PathBuf,
+    /// Memory limit in MiB (default 128).
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// Wall-clock timeout in milliseconds (default 30000).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Largest request body in bytes (default 6 MiB).
+    #[arg(long)]
+    max_body_bytes: Option<u64>,
+    /// Output kept per invocation in bytes (default 64 KiB).
+    #[arg(long)]
+    max_output_bytes: Option<u64>,
+    /// A host the function may call (repeat for more; `*.example.com` for subdomains).
+    #[arg(long = "allow-host")]
+    allow_hosts: Vec<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust ls
+  gust ls --json")]
+pub struct ListArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(clap::Args)]
+pub struct NameArgs {
+    /// Function name.
+    name: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust invoke hello
+  gust invoke echo --path /items?id=3 --data '{\"x\":1}' -H 'content-type: application/json'
+  gust invoke echo --data @payload.bin")]
+pub struct InvokeArgs {
+    /// Function name.
+    name: String,
+    /// Path (and query) the function sees.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Request body; `@FILE` reads it from a file. Implies POST.
+    #[arg(long, short = 'd')]
+    data: Option<String>,
+    /// HTTP method (default GET, or POST with --data).
+    #[arg(long, short = 'X')]
+    method: Option<String>,
+    /// A request header, `name: value` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust logs hello
+  gust logs hello --follow")]
+pub struct LogsArgs {
+    /// Function name.
+    name: String,
+    /// Keep waiting for new entries.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(args: &ApiArgs) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Self {
+            base: args.api.trim_end_matches('/').to_string(),
+            http,
+            token: std::env::var("GUST_TOKEN").ok().filter(|t| !t.is_empty()),
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, builder: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let response = builder.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if !status.is_success() {
+            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => bail!("{}", body.error.message),
+                Err(_) => bail!("the control API answered {status}: {}", String::from_utf8_lossy(&bytes)),
+            }
+        }
+        if bytes.is_empty() {
+            // 204: decode `null`.
+            return Ok(serde_json::from_slice(b"null")?);
+        }
+        serde_json::from_slice(&bytes).context("the control API sent an answer this client cannot read")
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        anyhow::anyhow!(
+            "cannot reach the control API at {} ({e}); start it with `gust up` or set GUST_API / --api",
+            self.base
+        )
+    }
+}
+
+pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let bytes = tokio::fs::read(&args.file)
+        .await
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let mut query: Vec<(&str, String)> = Vec::new();
+    if let Some(mb) = args.memory_mb {
+        query.push(("memory_bytes", (mb << 20).to_string()));
+    }
+    if let Some(ms) = args.timeout_ms {
+        query.push(("timeout_ms", ms.to_string()));
+    }
+    if let Some(b) = args.max_body_bytes {
+        query.push(("max_body_bytes", b.to_string()));
+    }
+    if let Some(b) = args.max_output_bytes {
+        query.push(("max_output_bytes", b.to_string()));
+    }
+    if !args.allow_hosts.is_empty() {
+        query.push(("allowed_hosts", args.allow_hosts.join(",")));
+    }
+    let path = format!("/v1/functions/{}/versions", args.name);
+    let version: VersionInfo = api
+        .send(
+            api.request(reqwest::Method::POST, &path)
+                .query(&query)
+                .header("content-type", "application/wasm")
+                .body(bytes),
+        )
+        .await?;
+    if args.api.json {
+        output::print_json(&version)?;
+    } else {
+        println!(
+            "deployed {} version {} ({} bytes, ready in {} ms)",
+            version.name,
+            version.version,
+            version.size_bytes,
+            version.prepare_ms.unwrap_or(0)
+        );
+        println!("{}", version.url);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let functions: Vec<FunctionInfo> = api
+        .send(api.request(reqwest::Method::GET, "/v1/functions"))
+        .await?;
+    if args.api.json {
+        output::print_json(&functions)?;
+    } else if functions.is_empty() {
+        println!("no functions yet: deploy one with `gust deploy NAME FILE.wasm`");
+    } else {
+        let rows: Vec<Vec<String>> = functions
+            .iter()
+            .map(|f| {
+                vec![
+                    f.name.clone(),
+                    f.version.map_or("-".to_string(), |v| v.to_string()),
+                    f.url.clone(),
+                ]
+            })
+            .collect();
+        output::table(&["NAME", "VERSION", "URL"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn versions(args: NameArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let versions: Vec<VersionInfo> = api
+        .send(api.request(
+            reqwest::Method::GET,
+            &format!("/v1/functions/{}/versions", args.name),
+        ))
+        .await?;
+    if args.api.json {
+        output::print_json(&versions)?;
+    } else {
+        let rows: Vec<Vec<String>> = versions
+            .iter()
+            .map(|v| {
+                vec![
+                    v.version.to_string(),
+                    output::timestamp(v.created_at_ms),
+                    v.size_bytes.to_string(),
+                    v.digest.chars().take(19).collect(),
+                ]
+            })
+            .collect();
+        output::table(&["VERSION", "CREATED", "BYTES", "DIGEST"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let function: FunctionInfo = api
+        .send(api.request(reqwest::Method::GET, &format!("/v1/functions/{}", args.name)))
+        .await?;
+    let body = match &args.data {
+        Some(data) => match data.strip_prefix('@') {
+            Some(file) => Some(
+                tokio::fs::read(file)
+                    .await
+                    .with_context(|| format!("cannot read {file}"))?,
+            ),
+            None => Some(data.clone().into_bytes()),
+        },
+        None => None,
+    };
+    let method = match &args.method {
+        Some(m) => reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .with_context(|| format!("`{m}` is not an HTTP method"))?,
+        None if body.is_some() => reqwest::Method::POST,
+        None => reqwest::Method::GET,
+    };
+    let path = if args.path.starts_with('/') {
+        args.path.clone()
+    } else {
+        format!("/{}", args.path)
+    };
+    let mut request = api
+        .http
+        .request(method, format!("{}{}", function.url, path));
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("header `{header}` is not of the form `name: value`"))?;
+        request = request.header(name.trim(), value.trim());
+    }
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the function at {}", function.url))?;
+    let status = response.status();
+    let invocation_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let headers: serde_json::Map<String, serde_json::Value> = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
+        .collect();
+    let bytes = response.bytes().await?;
+    if args.api.json {
+        output::print_json(&serde_json::json!({
+            "status": status.as_u16(),
+            "invocation_id": invocation_id,
+            "headers": headers,
+            "body": String::from_utf8_lossy(&bytes),
+        }))?;
+    } else {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout();
+        stdout.write_all(&bytes)?;
+        stdout.flush()?;
+        if !status.is_success() {
+            output::error(&format!("{} answered {status} (invocation {invocation_id})", args.name));
+        }
+    }
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let mut after = 0;
+    loop {
+        let wait_ms = if args.follow { "10000" } else { "0" };
+        let page: LogPage = api
+            .send(
+                api.request(
+                    reqwest::Method::GET,
+                    &format!("/v1/functions/{}/logs", args.name),
+                )
+                .query(&[
+                    ("after", after.to_string().as_str()),
+                    ("limit", "1000"),
+                    ("wait_ms", wait_ms),
+                ]),
+            )
+            .await?;
+        for entry in &page.entries {
+            print_log(entry, args.api.json)?;
+        }
+        let caught_up = page.entries.is_empty() || page.next == after;
+        after = page.next;
+        if caught_up && !args.follow {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_log(entry: &LogEntry, json: bool) -> anyhow::Result<()> {
+    if json {
+        // One JSON object per line, so `--follow --json` can be piped.
+        println!("{}", serde_json::to_string(entry)?);
+        return Ok(());
+    }
+    let r = &entry.record;
+    let prefix = format!("{} {} v{}", output::timestamp(r.time_ms), r.invocation_id, r.version);
+    for line in r.stdout.lines() {
+        println!("{prefix} stdout: {line}");
+    }
+    for line in r.stderr.lines() {
+        println!("{prefix} stderr: {line}");
+    }
+    if r.truncated {
+        println!("{prefix} (output past the function's limit was dropped)");
+    }
+    match &r.outcome {
+        Outcome::Completed => {}
+        Outcome::TimedOut => println!("{prefix} timed out after {} ms", r.duration_us / 1000),
+        Outcome::Trapped { message } | Outcome::Failed { message } => println!("{prefix} {message}"),
+    }
+    Ok(())
+}
+
+pub async fn remove(args: NameArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let () = api
+        .send(api.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/functions/{}", args.name),
+        ))
+        .await?;
+    if args.api.json {
+        output::print_json(&serde_json::json!({ "name": args.name, "removed": true }))?;
+    } else {
+        println!("removed {}", args.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,80 @@
+//! The `gust` binary. `gust up` is the composition root: the only place that
+//! picks backends (the embedded store here) and wires the runtime, gateway
+//! and control API together. Every other subcommand is a client of the
+//! control API. Logic that a library crate could own does not live here.
+
+mod client;
+mod output;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "gust",
+    version,
+    about = "Gust: deploy WebAssembly functions and run them, on one machine or many.",
+    after_help = "Examples:
+  gust up                                   start the platform in ./.gust
+  gust deploy hello target/wasm32-wasip2/release/hello.wasm
+  curl http://127.0.0.1:8080/hello/
+  gust invoke hello --path /x --data 'hi'
+  gust logs hello --follow
+  gust ls --json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the platform: data plane, control API and embedded storage.
+    Up(up::UpArgs),
+    /// Deploy a component as a new version of a function (created if missing).
+    Deploy(client::DeployArgs),
+    /// List functions.
+    Ls(client::ListArgs),
+    /// List a function's versions.
+    Versions(client::NameArgs),
+    /// Call a function through the data plane and print its answer.
+    Invoke(client::InvokeArgs),
+    /// Show what a function's invocations printed.
+    Logs(client::LogsArgs),
+    /// Remove a function with all its versions and logs.
+    Rm(client::NameArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Deploy(args) => client::deploy(args).await,
+            Command::Ls(args) => client::list(args).await,
+            Command::Versions(args) => client::versions(args).await,
+            Command::Invoke(args) => client::invoke(args).await,
+            Command::Logs(args) => client::logs(args).await,
+            Command::Rm(args) => client::remove(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            output::error(&format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! `gust up`: the composition root of a single-node platform.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use gust_api::ApiState;
+use gust_gateway::{Gateway, GatewayConfig};
+use gust_runtime::{Runtime, RuntimeConfig};
+use gust_store::{BlobStore, EmbeddedStore, KvStore, LogStore, Registry};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust up
+  gust up --data-dir /var/lib/gust --listen 0.0.0.0:8080 --api-listen 127.0.0.1:8081")]
+pub struct UpArgs {
+    /// Where functions, artifacts and logs are kept.
+    #[arg(long, default_value = "./.gust", env = "GUST_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address for function traffic (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Address for the control API; keep it private.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    api_listen: SocketAddr,
+    /// Largest component a deploy accepts, in bytes.
+    #[arg(long, default_value_t = 50 << 20)]
+    max_upload_bytes: usize,
+    /// Invocations running at once before new ones get 503.
+    #[arg(long, default_value_t = 1000)]
+    max_in_flight: u32,
+    /// Seconds shutdown waits for in-flight requests.
+    #[arg(long, default_value_t = 60)]
+    drain_timeout: u64,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
+    let store = EmbeddedStore::open(&args.data_dir.join("gust.redb")).with_context(|| {
+        format!(
+            "cannot open the database in {} (is another `gust up` using it?)",
+            args.data_dir.display()
+        )
+    })?;
+    let mut runtime_config = RuntimeConfig::new(args.data_dir.join("artifacts"));
+    runtime_config.max_instances = args.max_in_flight;
+    let runtime = Runtime::new(&runtime_config)?;
+
+    let kv: Arc<dyn KvStore> = Arc::new(store.clone());
+    let blobs: Arc<dyn BlobStore> = Arc::new(store.clone());
+    let logs: Arc<dyn LogStore> = Arc::new(store);
+    let registry = Registry::new(kv);
+
+    let data_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (pass --listen to pick another address)", args.listen))?;
+    let api_listener = TcpListener::bind(args.api_listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (pass --api-listen to pick another address)",
+            args.api_listen
+        )
+    })?;
+    let data_addr = data_listener.local_addr()?;
+    let api_addr = api_listener.local_addr()?;
+
+    let gateway_config = GatewayConfig {
+        max_in_flight: args.max_in_flight as usize,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+        ..GatewayConfig::default()
+    };
+    let (gateway, log_writer) = Gateway::start(
+        runtime.clone(),
+        registry.clone(),
+        blobs.clone(),
+        logs.clone(),
+        gateway_config,
+    )
+    .await;
+
+    let metrics = {
+        let gateway = gateway.clone();
+        let runtime = runtime.clone();
+        Arc::new(move || render_metrics(&gateway, &runtime)) as gust_api::MetricsRenderer
+    };
+    let api = gust_api::router(ApiState {
+        registry,
+        blobs,
+        logs,
+        runtime,
+        public_url: format!("http://{data_addr}"),
+        max_upload_bytes: args.max_upload_bytes,
+        metrics,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    println!("gust: functions on http://{data_addr}");
+    println!("gust: control API on http://{api_addr}");
+    println!("gust: data in {}", args.data_dir.display());
+
+    let api_server = tokio::spawn(
+        axum::serve(api_listener, api)
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    gateway
+        .serve(data_listener, stopped(stop_rx))
+        .await
+        .context("the data plane failed")?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_server).await;
+    log_writer.flush(Duration::from_secs(5)).await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_logging() {
+    use std::io::IsTerminal as _;
+    let level = match std::env::var("GUST_LOG").as_deref() {
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("error") => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn render_metrics(gateway: &Gateway, runtime: &Runtime) -> String {
+    let g = gateway.stats();
+    let r = runtime.stats();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, value) in samples {
+            out.push_str(&format!("{name}{labels} {value}\n"));
+        }
+    };
+    metric(
+        "gust_requests_total",
+        "counter",
+        "Requests received on the data plane.",
+        &[("", g.requests)],
+    );
+    let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let labels: Vec<String> = classes
+        .iter()
+        .map(|c| format!("{{class=\"{c}\"}}"))
+        .collect();
+    let samples: Vec<(&str, u64)> = labels
+        .iter()
+        .map(String::as_str)
+        .zip(g.responses_by_class)
+        .collect();
+    metric(
+        "gust_responses_total",
+        "counter",
+        "Responses sent on the data plane, by status class.",
+        &samples,
+    );
+    metric(
+        "gust_invocations_in_flight",
+        "gauge",
+        "Invocations admitted and not yet finished.",
+        &[("", g.in_flight)],
+    );
+    metric(
+        "gust_invocations_total",
+        "counter",
+        "Finished invocations, by result.",
+        &[
+            ("{result=\"completed\"}", g.invocations_completed),
+            ("{result=\"failed\"}", g.invocations_failed),
+        ],
+    );
+    metric(
+        "gust_logs_dropped_total",
+        "counter",
+        "Invocation log records dropped because the writer fell behind.",
+        &[("", g.logs_dropped)],
+    );
+    metric(
+        "gust_compilations_total",
+        "counter",
+        "Components compiled from WebAssembly.",
+        &[("", r.compilations)],
+    );
+    metric(
+        "gust_artifact_loads_total",
+        "counter",
+        "Components loaded from a compiled artifact on disk.",
+        &[("", r.artifact_loads)],
+    );
+    metric(
+        "gust_instantiations_total",
+        "counter",
+        "Instances created.",
+        &[("", r.instantiations)],
+    );
+    out
+}

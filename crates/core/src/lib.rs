@@ -1,0 +1,16 @@
+//! Gust's domain types: what a tenant, a function, a version, its limits and a
+//! route are, and the rules that make them valid.
+//!
+//! This crate owns validation (a name, a limit) and the pure decisions made on
+//! these types (routing a request path to a function). It must not do IO and
+//! must not depend on tokio, wasmtime or hyper: everything here is plain data
+//! that any other crate, and any test, can build by hand.
+
+mod limits;
+mod names;
+mod records;
+pub mod route;
+
+pub use limits::{Limits, LimitsError, LimitsPatch};
+pub use names::{FunctionName, NameError, TenantId};
+pub use records::{ActiveVersion, FunctionRecord, InvocationId, LogRecord, Outcome, VersionRecord};

@@ -1,0 +1,230 @@
+use serde::{Deserialize, Serialize};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+/// The limits one invocation of a function runs under. Every limit is on by
+/// default; a deploy may change them within the platform's ceilings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory an instance may grow to, in bytes (all its memories together).
+    pub memory_bytes: u64,
+    /// Wall-clock time an invocation may take, in milliseconds.
+    pub timeout_ms: u64,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub max_body_bytes: u64,
+    /// Guest stdout + stderr kept per invocation, in bytes; the rest is dropped.
+    pub max_output_bytes: u64,
+    /// Hosts the function may call through outgoing `wasi:http`: `api.example.com`,
+    /// `*.example.com` (any subdomain), or `*` (anything). Empty: no outbound calls.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Limits {
+    pub const DEFAULT_MEMORY_BYTES: u64 = 128 * MIB;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+    pub const DEFAULT_MAX_BODY_BYTES: u64 = 6 * MIB;
+    pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 * KIB;
+
+    pub const CEILING_MEMORY_BYTES: u64 = 4 * GIB;
+    pub const CEILING_TIMEOUT_MS: u64 = 15 * 60 * 1000;
+    pub const CEILING_MAX_BODY_BYTES: u64 = 64 * MIB;
+    pub const CEILING_MAX_OUTPUT_BYTES: u64 = 4 * MIB;
+
+    /// Whether a call to `host` is allowed by [`Limits::allowed_hosts`].
+    /// `host` is compared without its port, case-insensitively.
+    pub fn allows_host(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.allowed_hosts.iter().any(|pattern| {
+            if pattern == "*" {
+                true
+            } else if let Some(suffix) = pattern.strip_prefix("*.") {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            } else {
+                *pattern == host
+            }
+        })
+    }
+
+    fn validate(&self) -> Result<(), LimitsError> {
+        let check = |name: &'static str, value: u64, min: u64, max: u64| {
+            if value < min || value > max {
+                Err(LimitsError::OutOfRange {
+                    name,
+                    value,
+                    min,
+                    max,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        check("memory_bytes", self.memory_bytes, MIB, Self::CEILING_MEMORY_BYTES)?;
+        check("timeout_ms", self.timeout_ms, 1, Self::CEILING_TIMEOUT_MS)?;
+        check(
+            "max_body_bytes",
+            self.max_body_bytes,
+            0,
+            Self::CEILING_MAX_BODY_BYTES,
+        )?;
+        check(
+            "max_output_bytes",
+            self.max_output_bytes,
+            0,
+            Self::CEILING_MAX_OUTPUT_BYTES,
+        )?;
+        for host in &self.allowed_hosts {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            let valid = host == "*"
+                || (!name.is_empty()
+                    && name.split('.').all(|label| {
+                        !label.is_empty()
+                            && label
+                                .bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    }));
+            if !valid {
+                return Err(LimitsError::BadHost(host.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: Self::DEFAULT_MEMORY_BYTES,
+            timeout_ms: Self::DEFAULT_TIMEOUT_MS,
+            max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
+            max_output_bytes: Self::DEFAULT_MAX_OUTPUT_BYTES,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// Why a limit was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    #[error("{name} = {value} is out of range: it must be between {min} and {max}")]
+    OutOfRange {
+        name: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    #[error(
+        "`{0}` is not a host pattern: use a lowercase host name such as `api.example.com`, `*.example.com`, or `*`"
+    )]
+    BadHost(String),
+}
+
+/// The limits a deploy asks for; what it leaves out keeps its default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    pub memory_bytes: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub max_output_bytes: Option<u64>,
+    pub allowed_hosts: Option<Vec<String>>,
+}
+
+impl LimitsPatch {
+    /// The default limits with this patch applied, validated.
+    pub fn resolve(self) -> Result<Limits, LimitsError> {
+        let defaults = Limits::default();
+        let limits = Limits {
+            memory_bytes: self.memory_bytes.unwrap_or(defaults.memory_bytes),
+            timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
+            max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_output_bytes: self.max_output_bytes.unwrap_or(defaults.max_output_bytes),
+            allowed_hosts: self
+                .allowed_hosts
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+        };
+        limits.validate()?;
+        Ok(limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_on() {
+        let limits = LimitsPatch::default().resolve().unwrap();
+        assert_eq!(limits.memory_bytes, 128 * MIB);
+        assert_eq!(limits.timeout_ms, 30_000);
+        assert_eq!(limits.max_body_bytes, 6 * MIB);
+        assert!(limits.allowed_hosts.is_empty());
+        assert!(!limits.allows_host("example.com"));
+    }
+
+    #[test]
+    fn ceilings_are_enforced() {
+        let too_much = LimitsPatch {
+            memory_bytes: Some(Limits::CEILING_MEMORY_BYTES + 1),
+            ..Default::default()
+        };
+        assert!(matches!(
+            too_much.resolve(),
+            Err(LimitsError::OutOfRange {
+                name: "memory_bytes",
+                ..
+            })
+        ));
+        let zero_timeout = LimitsPatch {
+            timeout_ms: Some(0),
+            ..Default::default()
+        };
+        assert!(zero_timeout.resolve().is_err());
+    }
+
+    #[test]
+    fn host_patterns() {
+        let limits = LimitsPatch {
+            allowed_hosts: Some(vec!["API.example.com".into(), "*.internal.test".into()]),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(limits.allows_host("api.example.com"));
+        assert!(limits.allows_host("Api.Example.com."));
+        assert!(!limits.allows_host("evil-api.example.com"));
+        assert!(!limits.allows_host("example.com"));
+        assert!(limits.allows_host("a.internal.test"));
+        assert!(limits.allows_host("a.b.internal.test"));
+        assert!(!limits.allows_host("internal.test"));
+        assert!(!limits.allows_host("xinternal.test"));
+        let any = LimitsPatch {
+            allowed_hosts: Some(vec!["*".into()]),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(any.allows_host("anything.example"));
+    }
+
+    #[test]
+    fn bad_host_patterns_are_refused() {
+        for bad in ["http://x.com", "x.com/path", "", "*.", "a..b", "x.com:80"] {
+            let patch = LimitsPatch {
+                allowed_hosts: Some(vec![bad.into()]),
+                ..Default::default()
+            };
+            assert!(
+                matches!(patch.resolve(), Err(LimitsError::BadHost(_))),
+                "{bad}"
+            );
+        }
+    }
+}

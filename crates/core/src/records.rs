@@ -1,0 +1,88 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{FunctionName, Limits, TenantId};
+
+/// A function as the registry stores it: its name, its version counter and the
+/// version that serves traffic. Everything the data plane needs to route and
+/// run a request is in here, so a router watches only these records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionRecord {
+    #[schema(value_type = String)]
+    pub tenant: TenantId,
+    #[schema(value_type = String)]
+    pub name: FunctionName,
+    pub created_at_ms: u64,
+    /// The highest version number ever deployed (0: none yet). Numbers are never reused.
+    pub latest_version: u64,
+    /// The version that serves traffic, if any.
+    pub active: Option<ActiveVersion>,
+}
+
+/// The version of a function that serves its traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActiveVersion {
+    pub version: u64,
+    /// Content hash of the component (`sha256:<hex>`).
+    pub digest: String,
+    pub limits: Limits,
+}
+
+/// One immutable deployed version of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VersionRecord {
+    #[schema(value_type = String)]
+    pub tenant: TenantId,
+    #[schema(value_type = String)]
+    pub name: FunctionName,
+    pub version: u64,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub limits: Limits,
+    pub created_at_ms: u64,
+}
+
+/// Identifies one invocation across responses (`x-request-id`), logs and usage.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InvocationId(pub String);
+
+impl std::fmt::Display for InvocationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The guest returned normally.
+    Completed,
+    /// The guest trapped (including running out of memory).
+    Trapped { message: String },
+    /// The invocation ran past its timeout and was stopped.
+    TimedOut,
+    /// The guest could not be run, or failed without trapping.
+    Failed { message: String },
+}
+
+impl Outcome {
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Completed)
+    }
+}
+
+/// What one invocation printed, with how it ended. Stored per function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogRecord {
+    pub invocation_id: String,
+    pub time_ms: u64,
+    pub version: u64,
+    pub outcome: Outcome,
+    pub duration_us: u64,
+    pub peak_memory_bytes: u64,
+    pub stdout: String,
+    pub stderr: String,
+    /// Output past the function's `max_output_bytes` was dropped.
+    pub truncated: bool,
+}

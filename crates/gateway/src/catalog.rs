@@ -1,0 +1,191 @@
+//! The routing table: which version of which function serves a name, kept
+//! in step with the registry by a watch. It is derived state: rebuilt from
+//! the registry at start and after any missed change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use gust_core::{ActiveVersion, FunctionName, Limits, TenantId};
+use gust_runtime::{Prepared, Runtime};
+use gust_store::{BlobStore, KvEvent, Registry};
+use tokio::sync::OnceCell;
+
+/// A function's serving version, and its component once loaded.
+pub(crate) struct Route {
+    pub tenant: TenantId,
+    pub name: FunctionName,
+    pub version: u64,
+    pub digest: String,
+    pub limits: Arc<Limits>,
+    prepared: OnceCell<Arc<Prepared>>,
+}
+
+/// Why a function's component could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    #[error("the component {0} is missing from the blob store")]
+    MissingBlob(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Route {
+    fn new(tenant: TenantId, name: FunctionName, active: ActiveVersion) -> Self {
+        Self {
+            tenant,
+            name,
+            version: active.version,
+            digest: active.digest,
+            limits: Arc::new(active.limits),
+            prepared: OnceCell::new(),
+        }
+    }
+
+    /// The prepared component: loaded from the runtime's artifact cache on
+    /// first use (compiling from the stored blob only if no artifact exists).
+    /// Concurrent first requests share one load.
+    pub async fn prepared(
+        &self,
+        runtime: &Runtime,
+        blobs: &dyn BlobStore,
+    ) -> Result<Arc<Prepared>, LoadError> {
+        self.prepared
+            .get_or_try_init(|| async {
+                if let Some(prepared) = runtime
+                    .load(&self.digest)
+                    .await
+                    .map_err(|e| LoadError::Failed(e.to_string()))?
+                {
+                    return Ok(prepared);
+                }
+                let bytes = blobs
+                    .get(&self.digest)
+                    .await
+                    .map_err(|e| LoadError::Failed(e.to_string()))?
+                    .ok_or_else(|| LoadError::MissingBlob(self.digest.clone()))?;
+                runtime
+                    .prepare(&self.digest, bytes)
+                    .await
+                    .map_err(|e| LoadError::Failed(e.to_string()))
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// Function name → serving route, for the default tenant's data plane.
+#[derive(Default)]
+pub(crate) struct Catalog {
+    routes: RwLock<HashMap<String, Arc<Route>>>,
+}
+
+impl Catalog {
+    pub fn get(&self, name: &str) -> Option<Arc<Route>> {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn apply(&self, event: &KvEvent) {
+        let Some((tenant, name)) = Registry::parse_function_key(event.key()) else {
+            return;
+        };
+        // Until tenants get their own hosts, only the default tenant is served.
+        if tenant != TenantId::default_tenant() {
+            return;
+        }
+        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        let active = match event {
+            KvEvent::Put(entry) => match Registry::decode_function(entry) {
+                Ok(record) => record.active,
+                Err(e) => {
+                    tracing::error!(key = entry.key, error = %e, "skipping undecodable function record");
+                    return;
+                }
+            },
+            KvEvent::Delete { .. } => None,
+        };
+        match active {
+            Some(active) => {
+                let unchanged = routes
+                    .get(name.as_str())
+                    .is_some_and(|r| r.version == active.version && r.digest == active.digest);
+                if !unchanged {
+                    routes.insert(
+                        name.as_str().to_string(),
+                        Arc::new(Route::new(tenant, name, active)),
+                    );
+                }
+            }
+            None => {
+                routes.remove(name.as_str());
+            }
+        }
+    }
+
+    fn replace_all(&self, entries: &[gust_store::Entry]) {
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        for entry in entries {
+            self.apply(&KvEvent::Put(entry.clone()));
+        }
+    }
+}
+
+/// Keeps `catalog` in step with the registry until the process ends. Each
+/// new route is loaded in the background right away so that its first
+/// request does not pay for loading.
+pub(crate) async fn follow_registry(
+    catalog: Arc<Catalog>,
+    registry: Registry,
+    runtime: Runtime,
+    blobs: Arc<dyn BlobStore>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    loop {
+        let mut watch = match registry.watch_functions().await {
+            Ok(watch) => watch,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the registry; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        catalog.replace_all(&watch.initial);
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
+        loop {
+            match watch.changes.next().await {
+                Ok(event) => {
+                    catalog.apply(&event);
+                    if let Some(route) = Registry::parse_function_key(event.key())
+                        .and_then(|(_, name)| catalog.get(name.as_str()))
+                    {
+                        let (runtime, blobs) = (runtime.clone(), blobs.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = route.prepared(&runtime, blobs.as_ref()).await {
+                                tracing::warn!(function = %route.name, error = %e, "preloading failed");
+                            }
+                        });
+                    }
+                }
+                Err(gust_store::StoreError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "registry watch lagged; resynchronising");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "registry watch ended; restarting");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    break;
+                }
+            }
+        }
+    }
+}

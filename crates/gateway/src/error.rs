@@ -1,0 +1,97 @@
+//! Every way a data-plane request can fail, and the one place each becomes a
+//! status code with a short plain-text reason. Bodies never carry host
+//! internals: those go to the server log under the invocation id.
+
+use bytes::Bytes;
+use gust_runtime::InvokeError;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full};
+
+use crate::GatewayBody;
+use crate::catalog::LoadError;
+
+#[derive(Debug)]
+pub(crate) enum GatewayError {
+    NoRoute,
+    NoSuchFunction(String),
+    BadRequest(&'static str),
+    BodyTooLarge { limit: u64 },
+    Overloaded,
+    Draining,
+    Load { function: String, error: LoadError },
+    Invoke { function: String, error: InvokeError },
+}
+
+impl GatewayError {
+    pub fn into_response(self, invocation_id: &str) -> Response<GatewayBody> {
+        let (status, text) = match self {
+            GatewayError::NoRoute => (
+                StatusCode::NOT_FOUND,
+                "no function is named in this path: call /<function-name>/...".to_string(),
+            ),
+            GatewayError::NoSuchFunction(name) => (
+                StatusCode::NOT_FOUND,
+                format!("no function named `{name}` is deployed (see `gust ls`)"),
+            ),
+            GatewayError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.to_string()),
+            GatewayError::BodyTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than this function's limit of {limit} bytes"),
+            ),
+            GatewayError::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is at its concurrency limit; retry shortly".to_string(),
+            ),
+            GatewayError::Draining => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down; retry shortly".to_string(),
+            ),
+            GatewayError::Load { function, error } => {
+                tracing::error!(%invocation_id, %function, %error, "could not load function");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("function `{function}` could not be loaded (invocation {invocation_id})"),
+                )
+            }
+            GatewayError::Invoke { function, error } => match error {
+                InvokeError::TimedOut { .. } => {
+                    (StatusCode::GATEWAY_TIMEOUT, format!("function `{function}`: {error}"))
+                }
+                InvokeError::Overloaded => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no instance slot is free; retry shortly".to_string(),
+                ),
+                InvokeError::Internal(detail) => {
+                    tracing::error!(%invocation_id, %function, %detail, "invocation failed inside the host");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("function `{function}` failed inside the platform (invocation {invocation_id})"),
+                    )
+                }
+                InvokeError::Trapped(_)
+                | InvokeError::MemoryExceeded { .. }
+                | InvokeError::NoResponse
+                | InvokeError::Failed(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("function `{function}`: {error}"),
+                ),
+            },
+        };
+        let mut response = Response::new(
+            Full::new(Bytes::from(text + "\n"))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

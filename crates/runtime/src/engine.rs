@@ -1,0 +1,296 @@
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::artifacts::ArtifactCache;
+use crate::host::Host;
+use crate::{DeployError, RuntimeError};
+
+/// How often the engine's epoch advances. A guest that does not return to
+/// the host is checked (yield, or stop past its deadline) at this interval.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// How the runtime is set up; chosen by the binary.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where compiled artifacts are kept between restarts.
+    pub artifacts_dir: PathBuf,
+    /// Instances that may run at once (the pooling allocator's slots).
+    pub max_instances: u32,
+    /// Bytes of each linear memory kept resident (reset with `memset`, not
+    /// `madvise`) when a pool slot is reused; see `bench/README.md`.
+    pub memory_keep_resident: usize,
+}
+
+impl RuntimeConfig {
+    pub fn new(artifacts_dir: PathBuf) -> Self {
+        Self {
+            artifacts_dir,
+            max_instances: 1000,
+            memory_keep_resident: 2 << 20,
+        }
+    }
+}
+
+/// A component compiled and linked, ready for fresh instances.
+pub struct Prepared {
+    pub(crate) pre: ProxyPre<Host>,
+    digest: String,
+}
+
+impl Prepared {
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+/// Counters about the runtime's work, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Components compiled from WebAssembly (deploys and cache misses).
+    pub compilations: u64,
+    /// Components loaded from an artifact on disk.
+    pub artifact_loads: u64,
+    /// Instances created.
+    pub instantiations: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub compilations: AtomicU64,
+    pub artifact_loads: AtomicU64,
+    pub instantiations: AtomicU64,
+}
+
+/// The WebAssembly runtime: one engine and linker, a cache of prepared
+/// components, and invocation. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub engine: Engine,
+    linker: Linker<Host>,
+    artifacts: ArtifactCache,
+    prepared: Mutex<HashMap<String, Arc<Prepared>>>,
+    pub counters: Counters,
+    stop_epoch: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_epoch.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(config: &RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine = build_engine(config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let artifacts = ArtifactCache::open(&config.artifacts_dir, &engine)?;
+
+        let stop_epoch = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = stop_epoch.clone();
+            std::thread::Builder::new()
+                .name("gust-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| RuntimeError::Engine(format!("epoch thread: {e}")))?;
+        }
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                artifacts,
+                prepared: Mutex::new(HashMap::new()),
+                counters: Counters::default(),
+                stop_epoch,
+            }),
+        })
+    }
+
+    /// Checks the first bytes of an upload: a component, not a core module or something else.
+    pub fn check_header(bytes: &[u8]) -> Result<(), DeployError> {
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(DeployError::NotWasm);
+        }
+        match bytes[4..8] {
+            [1, 0, 0, 0] => Err(DeployError::CoreModule),
+            [_, _, 1, 0] => Ok(()),
+            _ => Err(DeployError::Invalid(
+                "unknown WebAssembly binary version or layer".into(),
+            )),
+        }
+    }
+
+    /// Validates, compiles and links an uploaded component, stores its
+    /// artifact on disk, and keeps it ready for invocations. Compiles only
+    /// when no artifact for this digest and engine exists yet.
+    pub async fn prepare(&self, digest: &str, bytes: Bytes) -> Result<Arc<Prepared>, DeployError> {
+        Self::check_header(&bytes)?;
+        if let Ok(Some(prepared)) = self.load(digest).await {
+            return Ok(prepared);
+        }
+        let inner = self.inner.clone();
+        let digest = digest.to_string();
+        let task = tokio::task::spawn_blocking(move || -> Result<Arc<Prepared>, DeployError> {
+            let started = Instant::now();
+            let component = Component::new(&inner.engine, &bytes)
+                .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
+            inner.counters.compilations.fetch_add(1, Ordering::Relaxed);
+            let prepared = inner.link(&digest, &component)?;
+            let artifact = component
+                .serialize()
+                .map_err(|e| DeployError::Storage(format!("{e:#}")))?;
+            inner
+                .artifacts
+                .store(&digest, &artifact)
+                .map_err(|e| DeployError::Storage(e.to_string()))?;
+            tracing::info!(%digest, elapsed_ms = started.elapsed().as_millis() as u64, "compiled component");
+            Ok(inner.remember(prepared))
+        });
+        task.await
+            .map_err(|e| DeployError::Storage(format!("compilation task failed: {e}")))?
+    }
+
+    /// The prepared component for `digest`: from memory, else from its
+    /// artifact on disk. `None` when it was never compiled by this engine;
+    /// the caller then fetches the component and calls [`Runtime::prepare`].
+    pub async fn load(&self, digest: &str) -> Result<Option<Arc<Prepared>>, RuntimeError> {
+        if let Some(found) = self.inner.lookup(digest) {
+            return Ok(Some(found));
+        }
+        let path = self.inner.artifacts.path(digest);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let inner = self.inner.clone();
+        let digest = digest.to_string();
+        let task = tokio::task::spawn_blocking(move || -> Result<Arc<Prepared>, RuntimeError> {
+            let load_error = |reason: String| RuntimeError::Load {
+                digest: digest.clone(),
+                reason,
+            };
+            // SAFETY: the file is an artifact this runtime serialized itself
+            // into its own data directory (named by content digest and engine
+            // fingerprint, written atomically); `deserialize_file` requires
+            // exactly that the bytes come from a trusted `serialize`.
+            let component = unsafe { Component::deserialize_file(&inner.engine, &path) }
+                .map_err(|e| load_error(format!("{e:#}")))?;
+            inner.counters.artifact_loads.fetch_add(1, Ordering::Relaxed);
+            let prepared = inner
+                .link(&digest, &component)
+                .map_err(|e| load_error(e.to_string()))?;
+            Ok(inner.remember(prepared))
+        });
+        let prepared = task.await.map_err(|e| RuntimeError::Load {
+            digest: String::new(),
+            reason: e.to_string(),
+        })??;
+        Ok(Some(prepared))
+    }
+
+    /// Forgets the in-memory copy of a component (its artifact stays on disk).
+    pub fn unload(&self, digest: &str) {
+        self.inner
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
+    }
+
+    pub fn stats(&self) -> RuntimeStats {
+        let c = &self.inner.counters;
+        RuntimeStats {
+            compilations: c.compilations.load(Ordering::Relaxed),
+            artifact_loads: c.artifact_loads.load(Ordering::Relaxed),
+            instantiations: c.instantiations.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Inner {
+    fn lookup(&self, digest: &str) -> Option<Arc<Prepared>> {
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    fn remember(&self, prepared: Prepared) -> Arc<Prepared> {
+        let prepared = Arc::new(prepared);
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(prepared.digest.clone(), prepared.clone());
+        prepared
+    }
+
+    fn link(&self, digest: &str, component: &Component) -> Result<Prepared, DeployError> {
+        let instance_pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| DeployError::UnsupportedImport(format!("{e:#}")))?;
+        let pre = ProxyPre::new(instance_pre)
+            .map_err(|e| DeployError::MissingHandler(format!("{e:#}")))?;
+        Ok(Prepared {
+            pre,
+            digest: digest.to_string(),
+        })
+    }
+}
+
+fn build_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true)
+        .epoch_interruption(true)
+        .parallel_compilation(true);
+
+    let n = config.max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        // A component built by wit-component holds a few core instances and
+        // tables (main module, shims, fix-ups) but usually one memory.
+        .total_core_instances(n.saturating_mul(8))
+        .total_tables(n.saturating_mul(4))
+        .total_memories(n.saturating_mul(2))
+        .total_stacks(n)
+        .max_memories_per_module(1)
+        .max_tables_per_module(4)
+        .table_elements(100_000)
+        .max_memory_size(usize::try_from(gust_core::Limits::CEILING_MEMORY_BYTES).unwrap_or(usize::MAX))
+        .linear_memory_keep_resident(config.memory_keep_resident)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto);
+    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&wasm) {
+        Ok(engine) => Ok(engine),
+        Err(pool_error) => {
+            // The pool reserves address space up front; where that is refused
+            // (a small `ulimit -v`), fall back to allocating on demand.
+            tracing::warn!(error = %format!("{pool_error:#}"), "pooling allocator unavailable; allocating instances on demand");
+            wasm.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+        }
+    }
+}

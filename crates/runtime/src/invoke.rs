@@ -1,0 +1,233 @@
+//! One invocation: a fresh store and instance, the request in, the response
+//! out, limits enforced, and a report when the store is dropped.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gust_core::{Limits, Outcome};
+use http_body_util::BodyExt as _;
+use http_body_util::combinators::UnsyncBoxBody;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView as _};
+
+use crate::engine::{EPOCH_TICK, Prepared, Runtime};
+use crate::host::{Capture, Host, MemoryLimiter, OutboundPolicy};
+
+/// Error type of response bodies handed back to the gateway.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A response body streamed from the guest.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why reading a request body for the guest failed; the guest sees the
+/// matching `wasi:http` error code.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestBody {
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("request body was not received in time")]
+    Timeout,
+    #[error("request body could not be read: {0}")]
+    Io(String),
+}
+
+impl From<GuestBody> for wasmtime_wasi_http::Error {
+    fn from(value: GuestBody) -> Self {
+        match value {
+            GuestBody::TooLarge(limit) => Self::HttpRequestBodySize(Some(limit)),
+            GuestBody::Timeout => Self::ConnectionReadTimeout,
+            GuestBody::Io(message) => Self::InternalError(Some(message)),
+        }
+    }
+}
+
+/// What an invocation did, handed over when its store is dropped.
+#[derive(Debug, Clone)]
+pub struct InvocationReport {
+    pub outcome: Outcome,
+    pub duration: Duration,
+    pub peak_memory_bytes: u64,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Output past the limit was dropped.
+    pub output_truncated: bool,
+}
+
+/// Why an invocation produced no response. The gateway turns each into a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("function trapped: {0}")]
+    Trapped(String),
+    #[error("function exceeded its memory limit of {limit_bytes} bytes")]
+    MemoryExceeded { limit_bytes: u64 },
+    #[error("function timed out after {timeout_ms} ms")]
+    TimedOut { timeout_ms: u64 },
+    #[error("function returned without sending a response")]
+    NoResponse,
+    #[error("function failed: {0}")]
+    Failed(String),
+    #[error("no instance slot is free")]
+    Overloaded,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How an invocation ended, as seen from inside its task.
+enum Ending {
+    Returned,
+    TimedOut,
+    Error(wasmtime::Error),
+}
+
+impl Runtime {
+    /// Runs `request` in a fresh instance of `prepared` under `limits`.
+    ///
+    /// Resolves when the guest sends its response head (the body keeps
+    /// streaming from the guest) or fails before that. `on_done` is called
+    /// exactly once, after the instance is gone, with the report.
+    pub async fn invoke<B>(
+        &self,
+        prepared: Arc<Prepared>,
+        limits: Arc<Limits>,
+        request: http::Request<B>,
+        on_done: impl FnOnce(InvocationReport) + Send + 'static,
+    ) -> Result<http::Response<ResponseBody>, InvokeError>
+    where
+        B: http_body::Body<Data = Bytes, Error = GuestBody> + Send + 'static,
+    {
+        let started = Instant::now();
+        let timeout = Duration::from_millis(limits.timeout_ms);
+        let deadline = started + timeout;
+        let capture = Capture::new(limits.max_output_bytes);
+        let memory_limit = limits.memory_bytes;
+
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(capture.stream(false))
+            .stderr(capture.stream(true))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let host = Host {
+            table: ResourceTable::new(),
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            outbound: OutboundPolicy { limits },
+            limiter: MemoryLimiter::new(memory_limit),
+            timed_out: false,
+        };
+        let mut store = Store::new(&self.inner.engine, host);
+        store.limiter(|host| &mut host.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            if Instant::now() >= deadline {
+                ctx.data_mut().timed_out = true;
+                Err(wasmtime::Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let (response_tx, response_rx) = tokio::sync::oneshot::channel();
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let run = async {
+                let proxy = prepared.pre.instantiate_async(&mut store).await?;
+                inner.counters.instantiations.fetch_add(1, Ordering::Relaxed);
+                let mut http = store.data_mut().http();
+                let request = http.new_incoming_request(wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http, request)?;
+                let out = http.new_response_outparam(response_tx)?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, out)
+                    .await
+            };
+            // The epoch callback stops a guest that computes past its
+            // deadline; this timer stops one that waits on the host (a
+            // sleep, a slow outbound call). The margin lets the callback,
+            // which reports more precisely, win when both apply.
+            let ending = match tokio::time::timeout(timeout + 2 * EPOCH_TICK, run).await {
+                Ok(Ok(())) => Ending::Returned,
+                Ok(Err(e)) => Ending::Error(e),
+                Err(_) => Ending::TimedOut,
+            };
+            let host = store.data();
+            let timed_out = host.timed_out || matches!(ending, Ending::TimedOut);
+            let exceeded = host.limiter.exceeded;
+            let peak = host.limiter.peak as u64;
+            // Dropping the store drops the response sender if the guest never used it.
+            drop(store);
+            let error = classify(ending, timed_out, exceeded, memory_limit, timeout);
+            let captured = capture.take();
+            let outcome = match &error {
+                None => Outcome::Completed,
+                Some(InvokeError::TimedOut { .. }) => Outcome::TimedOut,
+                Some(e @ (InvokeError::Trapped(_) | InvokeError::MemoryExceeded { .. })) => {
+                    Outcome::Trapped {
+                        message: e.to_string(),
+                    }
+                }
+                Some(e) => Outcome::Failed {
+                    message: e.to_string(),
+                },
+            };
+            on_done(InvocationReport {
+                outcome,
+                duration: started.elapsed(),
+                peak_memory_bytes: peak,
+                stdout: captured.stdout,
+                stderr: captured.stderr,
+                output_truncated: captured.truncated,
+            });
+            error
+        });
+
+        match response_rx.await {
+            Ok(Ok(response)) => Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync())),
+            Ok(Err(code)) => Err(InvokeError::Failed(format!(
+                "the function answered with an error: {code:?}"
+            ))),
+            // The guest ended without answering: its task says why.
+            Err(_) => match task.await {
+                Ok(Some(error)) => Err(error),
+                Ok(None) => Err(InvokeError::NoResponse),
+                Err(join) => Err(InvokeError::Internal(join.to_string())),
+            },
+        }
+    }
+}
+
+fn classify(
+    ending: Ending,
+    timed_out: bool,
+    memory_exceeded: bool,
+    memory_limit: u64,
+    timeout: Duration,
+) -> Option<InvokeError> {
+    let timeout_ms = timeout.as_millis() as u64;
+    match ending {
+        Ending::Returned => None,
+        Ending::TimedOut => Some(InvokeError::TimedOut { timeout_ms }),
+        Ending::Error(_) if timed_out => Some(InvokeError::TimedOut { timeout_ms }),
+        Ending::Error(_) if memory_exceeded => Some(InvokeError::MemoryExceeded {
+            limit_bytes: memory_limit,
+        }),
+        Ending::Error(e) => {
+            if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+                Some(InvokeError::Trapped(trap.to_string()))
+            } else if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+                Some(InvokeError::Overloaded)
+            } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                if exit.0 == 0 {
+                    None
+                } else {
+                    Some(InvokeError::Failed(format!("exited with status {}", exit.0)))
+                }
+            } else {
+                Some(InvokeError::Failed(e.to_string()))
+            }
+        }
+    }
+}

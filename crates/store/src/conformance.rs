@@ -1,0 +1,206 @@
+//! The conformance suite every storage backend must pass.
+//!
+//! A backend's tests call each function here on a fresh, empty store; the
+//! functions panic (like `assert!`) on the first behaviour that differs from
+//! the contract written on the traits. Only the embedded backend exists today;
+//! the cluster backend will run the same suite.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gust_core::{FunctionName, Limits, TenantId};
+
+use crate::{BlobStore, KvEvent, KvStore, LogStore, Registry, RegistryError, StoreError, digest_of};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+async fn next_event(watch: &mut crate::Watch) -> KvEvent {
+    tokio::time::timeout(Duration::from_secs(5), watch.changes.next())
+        .await
+        .expect("a watched change arrives within 5 s")
+        .expect("the watch stays healthy")
+}
+
+/// Revisions, compare-and-set, delete, prefix listing and watches.
+pub async fn kv(kv: &dyn KvStore) {
+    assert_eq!(kv.get("a/1").await.unwrap(), None);
+
+    let r1 = kv.put("a/1", b("one")).await.unwrap();
+    let got = kv.get("a/1").await.unwrap().unwrap();
+    assert_eq!((got.key.as_str(), got.value, got.revision), ("a/1", b("one"), r1));
+
+    // Revisions grow across keys and writes.
+    let r2 = kv.put("a/2", b("two")).await.unwrap();
+    let r3 = kv.put("a/1", b("uno")).await.unwrap();
+    assert!(r1 < r2 && r2 < r3, "revisions grow: {r1} {r2} {r3}");
+
+    // Compare-and-set: create-only, then on the right revision, and a refusal on the wrong one.
+    let created = kv.compare_and_set("b/1", b("x"), None).await.unwrap();
+    assert!(matches!(
+        kv.compare_and_set("b/1", b("y"), None).await,
+        Err(StoreError::Conflict { found: Some(f), expected: None, .. }) if f == created
+    ));
+    assert!(matches!(
+        kv.compare_and_set("b/1", b("y"), Some(created + 100)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let updated = kv.compare_and_set("b/1", b("y"), Some(created)).await.unwrap();
+    assert!(updated > created);
+    assert_eq!(kv.get("b/1").await.unwrap().unwrap().value, b("y"));
+    assert!(matches!(
+        kv.compare_and_set("missing", b("y"), Some(1)).await,
+        Err(StoreError::Conflict { found: None, .. })
+    ));
+
+    // Listing is by prefix, in key order, and does not leak neighbours.
+    kv.put("a/10", b("ten")).await.unwrap();
+    kv.put("a", b("not under a/")).await.unwrap();
+    kv.put("ab/1", b("not under a/")).await.unwrap();
+    let keys: Vec<String> = kv.list("a/").await.unwrap().into_iter().map(|e| e.key).collect();
+    assert_eq!(keys, ["a/1", "a/10", "a/2"]);
+
+    // Delete reports whether the key existed.
+    assert!(kv.delete("a/10").await.unwrap());
+    assert!(!kv.delete("a/10").await.unwrap());
+    assert_eq!(kv.get("a/10").await.unwrap(), None);
+
+    // A watch sees the current entries, then later changes under its prefix only, in order.
+    let mut watch = kv.watch("a/").await.unwrap();
+    let initial: Vec<&str> = watch.initial.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(initial, ["a/1", "a/2"]);
+    assert!(watch.initial.iter().all(|e| e.revision <= watch.revision));
+    kv.put("elsewhere", b("x")).await.unwrap();
+    let w1 = kv.put("a/3", b("three")).await.unwrap();
+    kv.delete("a/1").await.unwrap();
+    match next_event(&mut watch).await {
+        KvEvent::Put(entry) => {
+            assert_eq!((entry.key.as_str(), entry.value, entry.revision), ("a/3", b("three"), w1));
+        }
+        other => panic!("expected the put of a/3, got {other:?}"),
+    }
+    match next_event(&mut watch).await {
+        KvEvent::Delete { key, revision } => {
+            assert_eq!(key, "a/1");
+            assert!(revision > w1);
+        }
+        other => panic!("expected the delete of a/1, got {other:?}"),
+    }
+
+    // Concurrent compare-and-set on one key: exactly one writer wins each round.
+    let base = kv.put("race", b("0")).await.unwrap();
+    let results = futures_join(kv, base).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+}
+
+async fn futures_join(kv: &dyn KvStore, base: u64) -> Vec<Result<u64, StoreError>> {
+    let a = kv.compare_and_set("race", b("a"), Some(base));
+    let b_ = kv.compare_and_set("race", b("b"), Some(base));
+    let c = kv.compare_and_set("race", b("c"), Some(base));
+    let (a, b_, c) = tokio::join!(a, b_, c);
+    vec![a, b_, c]
+}
+
+/// Content addressing: ids are digests, puts are idempotent.
+pub async fn blobs(blobs: &dyn BlobStore) {
+    let data = Bytes::from(vec![7u8; 300_000]);
+    let id = blobs.put(data.clone()).await.unwrap();
+    assert_eq!(id, digest_of(&data));
+    assert!(id.starts_with("sha256:") && id.len() == 7 + 64);
+    assert_eq!(blobs.put(data.clone()).await.unwrap(), id);
+    assert_eq!(blobs.get(&id).await.unwrap(), Some(data));
+    assert_eq!(blobs.get(&digest_of(b"absent")).await.unwrap(), None);
+    let empty = blobs.put(Bytes::new()).await.unwrap();
+    assert_eq!(blobs.get(&empty).await.unwrap(), Some(Bytes::new()));
+}
+
+/// Append-only streams: sequence numbers, batching, reading after a point, deletion.
+pub async fn logs(logs: &dyn LogStore) {
+    let heads = logs
+        .append(vec![("s1".into(), b("a")), ("s2".into(), b("x")), ("s1".into(), b("b"))])
+        .await
+        .unwrap();
+    assert_eq!(heads, [("s1".to_string(), 2), ("s2".to_string(), 1)]);
+    let heads = logs.append(vec![("s1".into(), b("c"))]).await.unwrap();
+    assert_eq!(heads, [("s1".to_string(), 3)]);
+
+    let all = logs.read("s1", 0, 100).await.unwrap();
+    assert_eq!(all, [(1, b("a")), (2, b("b")), (3, b("c"))]);
+    assert_eq!(logs.read("s1", 1, 1).await.unwrap(), [(2, b("b"))]);
+    assert!(logs.read("s1", 3, 10).await.unwrap().is_empty());
+    assert_eq!(logs.read("s2", 0, 10).await.unwrap(), [(1, b("x"))]);
+    // A stream whose name is a prefix of another is its own stream.
+    assert!(logs.read("s", 0, 10).await.unwrap().is_empty());
+
+    logs.delete_stream("s1").await.unwrap();
+    assert!(logs.read("s1", 0, 10).await.unwrap().is_empty());
+    assert_eq!(logs.read("s2", 0, 10).await.unwrap().len(), 1);
+    // Numbers are not reused after a delete, so a follower never sees a sequence twice.
+    let heads = logs.append(vec![("s1".into(), b("d"))]).await.unwrap();
+    assert_eq!(heads, [("s1".to_string(), 4)]);
+}
+
+/// The typed registry on top of a backend's KV: versions, tenants, deletes.
+pub async fn registry(kv: Arc<dyn KvStore>) {
+    let registry = Registry::new(kv);
+    let tenant = TenantId::default_tenant();
+    let other = TenantId::new("other").unwrap();
+    let hello = FunctionName::new("hello").unwrap();
+
+    assert!(registry.function(&tenant, &hello).await.unwrap().is_none());
+    let v1 = registry
+        .deploy(&tenant, &hello, "sha256:aa", 10, Limits::default(), 1)
+        .await
+        .unwrap();
+    assert_eq!(v1.version, 1);
+    let v2 = registry
+        .deploy(&tenant, &hello, "sha256:bb", 20, Limits::default(), 2)
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    let f = registry.function(&tenant, &hello).await.unwrap().unwrap();
+    assert_eq!(f.latest_version, 2);
+    assert_eq!(f.active.unwrap().digest, "sha256:bb");
+    let versions: Vec<u64> = registry
+        .versions(&tenant, &hello)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    assert_eq!(
+        registry.version(&tenant, &hello, 1).await.unwrap().unwrap().digest,
+        "sha256:aa"
+    );
+
+    // Tenants do not see each other's functions.
+    assert!(registry.functions(&other).await.unwrap().is_empty());
+    assert!(registry.function(&other, &hello).await.unwrap().is_none());
+    assert_eq!(registry.functions(&tenant).await.unwrap().len(), 1);
+
+    // Creating an existing function is refused; concurrent deploys get distinct numbers.
+    assert!(matches!(
+        registry.create_function(&tenant, &hello, 3).await,
+        Err(RegistryError::AlreadyExists(_))
+    ));
+    let (a, b_) = tokio::join!(
+        registry.deploy(&tenant, &hello, "sha256:cc", 1, Limits::default(), 3),
+        registry.deploy(&tenant, &hello, "sha256:dd", 1, Limits::default(), 3)
+    );
+    let mut numbers = [a.unwrap().version, b_.unwrap().version];
+    numbers.sort_unstable();
+    assert_eq!(numbers, [3, 4]);
+
+    assert!(registry.delete_function(&tenant, &hello).await.unwrap());
+    assert!(registry.function(&tenant, &hello).await.unwrap().is_none());
+    assert!(matches!(
+        registry.versions(&tenant, &hello).await,
+        Err(RegistryError::NoSuchFunction(_))
+    ));
+    assert!(!registry.delete_function(&tenant, &hello).await.unwrap());
+}

@@ -1,0 +1,152 @@
+//! Gust's storage: the traits every backend implements, the typed registry
+//! built on them, a conformance suite that every backend must pass, and the
+//! embedded backend (redb) that `gust up` uses on one machine.
+//!
+//! The traits are shaped after what NATS JetStream offers (KV buckets with
+//! per-key revisions, compare-and-set and prefix watches; an object store;
+//! streams), so a cluster backend can implement them without emulation.
+//!
+//! This crate must not know about HTTP or WebAssembly: it stores bytes and
+//! records, and says nothing about how they are served or run.
+
+pub mod conformance;
+mod embedded;
+mod registry;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use embedded::EmbeddedStore;
+pub use registry::{Registry, RegistryError};
+
+/// Errors a storage backend reports.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A compare-and-set found another revision than the caller expected.
+    #[error("`{key}` was changed concurrently (expected revision {expected:?}, found {found:?})")]
+    Conflict {
+        key: String,
+        expected: Option<u64>,
+        found: Option<u64>,
+    },
+    /// A watcher fell too far behind; it must list again and resume from there.
+    #[error("the watcher fell behind by {0} events")]
+    Lagged(u64),
+    /// The store is closed (the process is shutting down).
+    #[error("the store is closed")]
+    Closed,
+    /// A stored record could not be decoded.
+    #[error("a stored record is corrupt: {0}")]
+    Corrupt(String),
+    /// The backend failed (disk, database).
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+/// One key's current value in a [`KvStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Bytes,
+    /// Revision of the last write to this key; revisions grow across the whole store.
+    pub revision: u64,
+}
+
+/// A change seen by a watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvEvent {
+    Put(Entry),
+    Delete { key: String, revision: u64 },
+}
+
+impl KvEvent {
+    pub fn key(&self) -> &str {
+        match self {
+            KvEvent::Put(entry) => &entry.key,
+            KvEvent::Delete { key, .. } => key,
+        }
+    }
+
+    pub fn revision(&self) -> u64 {
+        match self {
+            KvEvent::Put(entry) => entry.revision,
+            KvEvent::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+/// The entries under a prefix at one revision, plus every change after it.
+pub struct Watch {
+    /// The entries under the prefix when the watch started.
+    pub initial: Vec<Entry>,
+    /// The store's revision at which `initial` was read.
+    pub revision: u64,
+    /// Changes under the prefix with a revision above `revision`, in order.
+    pub changes: Box<dyn WatchStream>,
+}
+
+/// The live part of a [`Watch`].
+#[async_trait]
+pub trait WatchStream: Send {
+    /// The next change. [`StoreError::Lagged`] means changes were missed: start a new watch.
+    async fn next(&mut self) -> Result<KvEvent, StoreError>;
+}
+
+/// A key-value map with revisions, compare-and-set and prefix watches: the
+/// registry's storage (functions, versions, later aliases and triggers).
+#[async_trait]
+pub trait KvStore: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// Writes unconditionally; returns the new revision.
+    async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError>;
+    /// Writes only if the key's revision is `expected` (`None`: the key must not exist).
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> Result<u64, StoreError>;
+    /// Deletes the key; returns whether it existed.
+    async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+    /// Every entry whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+    /// The entries under `prefix` now, and every later change to them.
+    async fn watch(&self, prefix: &str) -> Result<Watch, StoreError>;
+}
+
+/// Content-addressed blobs (components). A blob's id is `sha256:<hex>` of its bytes.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Stores the bytes (idempotent) and returns their digest.
+    async fn put(&self, bytes: Bytes) -> Result<String, StoreError>;
+    async fn get(&self, digest: &str) -> Result<Option<Bytes>, StoreError>;
+}
+
+/// Append-only logs, one per stream name, each numbered from 1.
+#[async_trait]
+pub trait LogStore: Send + Sync {
+    /// Appends records to streams in one durable write. Returns the last
+    /// sequence number given in each stream written, in first-seen order.
+    async fn append(&self, records: Vec<(String, Bytes)>) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Up to `limit` records of `stream` with a sequence above `after`, in order.
+    async fn read(
+        &self,
+        stream: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Bytes)>, StoreError>;
+    /// Drops a whole stream.
+    async fn delete_stream(&self, stream: &str) -> Result<(), StoreError>;
+}
+
+/// The digest a [`BlobStore`] gives these bytes.
+pub fn digest_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(bytes);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in hash {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}

@@ -1,0 +1,228 @@
+//! The registry: functions and their versions, as typed records over a
+//! [`KvStore`]. Keys are `fn/<tenant>/<name>` and
+//! `ver/<tenant>/<name>/<version, zero-padded>`, so a prefix lists one
+//! tenant's functions or one function's versions in order.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gust_core::{ActiveVersion, FunctionName, FunctionRecord, Limits, TenantId, VersionRecord};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{Entry, KvStore, StoreError, Watch};
+
+/// Errors from registry operations that callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("function `{0}` does not exist")]
+    NoSuchFunction(FunctionName),
+    #[error("function `{0}` already exists")]
+    AlreadyExists(FunctionName),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Prefix of every function record, for watchers of all tenants.
+pub const FUNCTIONS_PREFIX: &str = "fn/";
+/// How many times a deploy retries when another write to the same function races it.
+const MAX_CAS_RETRIES: usize = 16;
+
+fn function_key(tenant: &TenantId, name: &FunctionName) -> String {
+    format!("fn/{tenant}/{name}")
+}
+
+fn versions_prefix(tenant: &TenantId, name: &FunctionName) -> String {
+    format!("ver/{tenant}/{name}/")
+}
+
+fn version_key(tenant: &TenantId, name: &FunctionName, version: u64) -> String {
+    format!("ver/{tenant}/{name}/{version:020}")
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, StoreError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(entry: &Entry) -> Result<T, StoreError> {
+    serde_json::from_slice(&entry.value)
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", entry.key)))
+}
+
+/// Typed access to functions and versions.
+#[derive(Clone)]
+pub struct Registry {
+    kv: Arc<dyn KvStore>,
+}
+
+impl Registry {
+    pub fn new(kv: Arc<dyn KvStore>) -> Self {
+        Self { kv }
+    }
+
+    /// The log stream that holds a function's invocation logs.
+    pub fn log_stream(tenant: &TenantId, name: &FunctionName) -> String {
+        format!("logs/{tenant}/{name}")
+    }
+
+    pub async fn function(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+    ) -> Result<Option<FunctionRecord>, RegistryError> {
+        let entry = self.kv.get(&function_key(tenant, name)).await?;
+        Ok(entry.as_ref().map(decode).transpose()?)
+    }
+
+    pub async fn functions(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>, RegistryError> {
+        let entries = self.kv.list(&format!("fn/{tenant}/")).await?;
+        Ok(entries.iter().map(decode).collect::<Result<_, _>>()?)
+    }
+
+    /// Creates a function with no version yet.
+    pub async fn create_function(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        now_ms: u64,
+    ) -> Result<FunctionRecord, RegistryError> {
+        let record = FunctionRecord {
+            tenant: tenant.clone(),
+            name: name.clone(),
+            created_at_ms: now_ms,
+            latest_version: 0,
+            active: None,
+        };
+        match self
+            .kv
+            .compare_and_set(&function_key(tenant, name), encode(&record)?, None)
+            .await
+        {
+            Ok(_) => Ok(record),
+            Err(StoreError::Conflict { .. }) => Err(RegistryError::AlreadyExists(name.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records a new immutable version of `name` (creating the function if
+    /// needed) and makes it the active one. Version numbers are taken with a
+    /// compare-and-set on the function record, so concurrent deploys get
+    /// distinct numbers.
+    pub async fn deploy(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        digest: &str,
+        size_bytes: u64,
+        limits: Limits,
+        now_ms: u64,
+    ) -> Result<VersionRecord, RegistryError> {
+        let key = function_key(tenant, name);
+        let mut last_conflict = None;
+        for _ in 0..MAX_CAS_RETRIES {
+            let current = self.kv.get(&key).await?;
+            let (mut record, expected) = match &current {
+                Some(entry) => (decode::<FunctionRecord>(entry)?, Some(entry.revision)),
+                None => (
+                    FunctionRecord {
+                        tenant: tenant.clone(),
+                        name: name.clone(),
+                        created_at_ms: now_ms,
+                        latest_version: 0,
+                        active: None,
+                    },
+                    None,
+                ),
+            };
+            let version = VersionRecord {
+                tenant: tenant.clone(),
+                name: name.clone(),
+                version: record.latest_version + 1,
+                digest: digest.to_string(),
+                size_bytes,
+                limits: limits.clone(),
+                created_at_ms: now_ms,
+            };
+            record.latest_version = version.version;
+            record.active = Some(ActiveVersion {
+                version: version.version,
+                digest: version.digest.clone(),
+                limits: version.limits.clone(),
+            });
+            // The compare-and-set on the function record hands out the
+            // version number; only its winner writes that version's record.
+            match self.kv.compare_and_set(&key, encode(&record)?, expected).await {
+                Ok(_) => {
+                    self.kv
+                        .put(
+                            &version_key(tenant, name, version.version),
+                            encode(&version)?,
+                        )
+                        .await?;
+                    return Ok(version);
+                }
+                Err(conflict @ StoreError::Conflict { .. }) => last_conflict = Some(conflict),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last_conflict
+            .unwrap_or(StoreError::Backend("deploy retries exhausted".into()))
+            .into())
+    }
+
+    pub async fn versions(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+    ) -> Result<Vec<VersionRecord>, RegistryError> {
+        let entries = self.kv.list(&versions_prefix(tenant, name)).await?;
+        if entries.is_empty() && self.function(tenant, name).await?.is_none() {
+            return Err(RegistryError::NoSuchFunction(name.clone()));
+        }
+        Ok(entries.iter().map(decode).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn version(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        version: u64,
+    ) -> Result<Option<VersionRecord>, RegistryError> {
+        if self.function(tenant, name).await?.is_none() {
+            return Err(RegistryError::NoSuchFunction(name.clone()));
+        }
+        let entry = self.kv.get(&version_key(tenant, name, version)).await?;
+        Ok(entry.as_ref().map(decode).transpose()?)
+    }
+
+    /// Removes a function and all its versions. Returns whether it existed.
+    pub async fn delete_function(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+    ) -> Result<bool, RegistryError> {
+        let existed = self.kv.delete(&function_key(tenant, name)).await?;
+        for entry in self.kv.list(&versions_prefix(tenant, name)).await? {
+            self.kv.delete(&entry.key).await?;
+        }
+        Ok(existed)
+    }
+
+    /// Watches every tenant's function records.
+    pub async fn watch_functions(&self) -> Result<Watch, RegistryError> {
+        Ok(self.kv.watch(FUNCTIONS_PREFIX).await?)
+    }
+
+    /// Decodes a function record seen by [`Registry::watch_functions`].
+    pub fn decode_function(entry: &Entry) -> Result<FunctionRecord, StoreError> {
+        decode(entry)
+    }
+
+    /// The tenant and name a function key (`fn/<tenant>/<name>`) stands for.
+    pub fn parse_function_key(key: &str) -> Option<(TenantId, FunctionName)> {
+        let rest = key.strip_prefix(FUNCTIONS_PREFIX)?;
+        let (tenant, name) = rest.split_once('/')?;
+        Some((TenantId::new(tenant).ok()?, FunctionName::new(name).ok()?))
+    }
+}
