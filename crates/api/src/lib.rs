@@ -18,7 +18,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use gust_core::{FunctionName, FunctionRecord, Limits, LimitsPatch, LogRecord, TenantId, VersionRecord};
+use gust_core::{
+    FunctionName, FunctionRecord, Limits, LimitsPatch, LogRecord, TenantId, VersionRecord,
+};
 use gust_runtime::Runtime;
 use gust_store::{BlobStore, LogStore, Registry, digest_of};
 use serde::{Deserialize, Serialize};
@@ -121,7 +123,10 @@ pub struct LogPage {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Gust control API", description = "Deploy and manage Gust functions."),
+    info(
+        title = "Gust control API",
+        description = "Deploy and manage Gust functions."
+    ),
     paths(
         list_functions,
         create_function,
@@ -223,9 +228,16 @@ impl ApiState {
 
 #[utoipa::path(get, path = "/v1/functions", tag = "functions",
     responses((status = 200, description = "Every function", body = [FunctionInfo])))]
-async fn list_functions(State(state): State<ApiState>) -> Result<Json<Vec<FunctionInfo>>, ApiError> {
+async fn list_functions(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<FunctionInfo>>, ApiError> {
     let records = state.registry.functions(&tenant()).await?;
-    Ok(Json(records.into_iter().map(|r| state.function_info(r)).collect()))
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|r| state.function_info(r))
+            .collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/functions", tag = "functions", request_body = CreateFunction,
@@ -274,7 +286,9 @@ async fn delete_function(
 ) -> Result<StatusCode, ApiError> {
     let name = function_name(name)?;
     if !state.registry.delete_function(&tenant(), &name).await? {
-        return Err(ApiError::NotFound(format!("function `{name}` does not exist")));
+        return Err(ApiError::NotFound(format!(
+            "function `{name}` does not exist"
+        )));
     }
     state
         .logs
@@ -391,7 +405,9 @@ async fn read_logs(
 ) -> Result<Json<LogPage>, ApiError> {
     let name = function_name(name)?;
     if state.registry.function(&tenant(), &name).await?.is_none() {
-        return Err(ApiError::NotFound(format!("function `{name}` does not exist")));
+        return Err(ApiError::NotFound(format!(
+            "function `{name}` does not exist"
+        )));
     }
     let after = params.after.unwrap_or(0);
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);

@@ -15,7 +15,12 @@ use crate::output;
 #[derive(clap::Args)]
 pub struct ApiArgs {
     /// Control API address.
-    #[arg(long, env = "GUST_API", default_value = "http://127.0.0.1:8081", global = true)]
+    #[arg(
+        long,
+        env = "GUST_API",
+        default_value = "http://127.0.0.1:8081",
+        global = true
+    )]
     api: String,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
@@ -131,21 +136,28 @@ impl Api {
         }
     }
 
-    async fn send<T: DeserializeOwned>(&self, builder: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
         let response = builder.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
         let bytes = response.bytes().await?;
         if !status.is_success() {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => bail!("{}", body.error.message),
-                Err(_) => bail!("the control API answered {status}: {}", String::from_utf8_lossy(&bytes)),
+                Err(_) => bail!(
+                    "the control API answered {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                ),
             }
         }
         if bytes.is_empty() {
             // 204: decode `null`.
             return Ok(serde_json::from_slice(b"null")?);
         }
-        serde_json::from_slice(&bytes).context("the control API sent an answer this client cannot read")
+        serde_json::from_slice(&bytes)
+            .context("the control API sent an answer this client cannot read")
     }
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
@@ -256,7 +268,10 @@ pub async fn versions(args: NameArgs) -> anyhow::Result<ExitCode> {
 pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&args.api)?;
     let function: FunctionInfo = api
-        .send(api.request(reqwest::Method::GET, &format!("/v1/functions/{}", args.name)))
+        .send(api.request(
+            reqwest::Method::GET,
+            &format!("/v1/functions/{}", args.name),
+        ))
         .await?;
     let body = match &args.data {
         Some(data) => match data.strip_prefix('@') {
@@ -327,7 +342,10 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         stdout.write_all(&bytes)?;
         stdout.flush()?;
         if !status.is_success() {
-            output::error(&format!("{} answered {status} (invocation {invocation_id})", args.name));
+            output::error(&format!(
+                "{} answered {status} (invocation {invocation_id})",
+                args.name
+            ));
         }
     }
     Ok(if status.is_success() {
@@ -374,7 +392,12 @@ fn print_log(entry: &LogEntry, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let r = &entry.record;
-    let prefix = format!("{} {} v{}", output::timestamp(r.time_ms), r.invocation_id, r.version);
+    let prefix = format!(
+        "{} {} v{}",
+        output::timestamp(r.time_ms),
+        r.invocation_id,
+        r.version
+    );
     for line in r.stdout.lines() {
         println!("{prefix} stdout: {line}");
     }
@@ -387,7 +410,9 @@ fn print_log(entry: &LogEntry, json: bool) -> anyhow::Result<()> {
     match &r.outcome {
         Outcome::Completed => {}
         Outcome::TimedOut => println!("{prefix} timed out after {} ms", r.duration_us / 1000),
-        Outcome::Trapped { message } | Outcome::Failed { message } => println!("{prefix} {message}"),
+        Outcome::Trapped { message } | Outcome::Failed { message } => {
+            println!("{prefix} {message}")
+        }
     }
     Ok(())
 }

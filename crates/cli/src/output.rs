@@ -68,7 +68,13 @@ mod tests {
     #[test]
     fn timestamps() {
         assert_eq!(super::timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::timestamp(1_795_737_599_123), "2026-11-26T23:59:59.123Z");
-        assert_eq!(super::timestamp(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            super::timestamp(1_795_737_599_123),
+            "2026-11-26T23:59:59.123Z"
+        );
+        assert_eq!(
+            super::timestamp(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 }

@@ -37,12 +37,22 @@ pub struct UpArgs {
     /// Seconds shutdown waits for in-flight requests.
     #[arg(long, default_value_t = 60)]
     drain_timeout: u64,
+    /// Milliseconds a client has to send a request's headers.
+    #[arg(long, default_value_t = 10_000)]
+    header_read_timeout_ms: u64,
+    /// Milliseconds a request body may pause between two pieces.
+    #[arg(long, default_value_t = 30_000)]
+    body_idle_timeout_ms: u64,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     init_logging();
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
     let store = EmbeddedStore::open(&args.data_dir.join("gust.redb")).with_context(|| {
         format!(
             "cannot open the database in {} (is another `gust up` using it?)",
@@ -58,9 +68,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let logs: Arc<dyn LogStore> = Arc::new(store);
     let registry = Registry::new(kv);
 
-    let data_listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (pass --listen to pick another address)", args.listen))?;
+    let data_listener = TcpListener::bind(args.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (pass --listen to pick another address)",
+            args.listen
+        )
+    })?;
     let api_listener = TcpListener::bind(args.api_listen).await.with_context(|| {
         format!(
             "cannot listen on {} (pass --api-listen to pick another address)",
@@ -73,7 +86,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let gateway_config = GatewayConfig {
         max_in_flight: args.max_in_flight as usize,
         drain_timeout: Duration::from_secs(args.drain_timeout),
-        ..GatewayConfig::default()
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+        body_idle_timeout: Duration::from_millis(args.body_idle_timeout_ms),
     };
     let (gateway, log_writer) = Gateway::start(
         runtime.clone(),

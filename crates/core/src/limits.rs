@@ -63,7 +63,12 @@ impl Limits {
                 Ok(())
             }
         };
-        check("memory_bytes", self.memory_bytes, MIB, Self::CEILING_MEMORY_BYTES)?;
+        check(
+            "memory_bytes",
+            self.memory_bytes,
+            MIB,
+            Self::CEILING_MEMORY_BYTES,
+        )?;
         check("timeout_ms", self.timeout_ms, 1, Self::CEILING_TIMEOUT_MS)?;
         check(
             "max_body_bytes",

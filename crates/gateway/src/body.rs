@@ -65,9 +65,9 @@ impl Body for LimitedBody {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let idle = this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + idle)));
+                let timer = this.timer.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(Instant::now() + idle))
+                });
                 ready!(timer.as_mut().poll(cx));
                 Poll::Ready(Some(Err(GuestBody::Timeout)))
             }

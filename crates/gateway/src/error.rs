@@ -15,11 +15,19 @@ pub(crate) enum GatewayError {
     NoRoute,
     NoSuchFunction(String),
     BadRequest(&'static str),
-    BodyTooLarge { limit: u64 },
+    BodyTooLarge {
+        limit: u64,
+    },
     Overloaded,
     Draining,
-    Load { function: String, error: LoadError },
-    Invoke { function: String, error: InvokeError },
+    Load {
+        function: String,
+        error: LoadError,
+    },
+    Invoke {
+        function: String,
+        error: InvokeError,
+    },
 }
 
 impl GatewayError {
@@ -50,13 +58,16 @@ impl GatewayError {
                 tracing::error!(%invocation_id, %function, %error, "could not load function");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("function `{function}` could not be loaded (invocation {invocation_id})"),
+                    format!(
+                        "function `{function}` could not be loaded (invocation {invocation_id})"
+                    ),
                 )
             }
             GatewayError::Invoke { function, error } => match error {
-                InvokeError::TimedOut { .. } => {
-                    (StatusCode::GATEWAY_TIMEOUT, format!("function `{function}`: {error}"))
-                }
+                InvokeError::TimedOut { .. } => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("function `{function}`: {error}"),
+                ),
                 InvokeError::Overloaded => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no instance slot is free; retry shortly".to_string(),
@@ -65,7 +76,9 @@ impl GatewayError {
                     tracing::error!(%invocation_id, %function, %detail, "invocation failed inside the host");
                     (
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("function `{function}` failed inside the platform (invocation {invocation_id})"),
+                        format!(
+                            "function `{function}` failed inside the platform (invocation {invocation_id})"
+                        ),
                     )
                 }
                 InvokeError::Trapped(_)

@@ -244,10 +244,7 @@ async fn invoke(
     if shared.draining.load(Ordering::Relaxed) {
         return Err(GatewayError::Draining);
     }
-    let path_and_query = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str());
+    let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let (name, tail) = route::split_function_path(path_and_query).ok_or(GatewayError::NoRoute)?;
     let route = shared
         .catalog

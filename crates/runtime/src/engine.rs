@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::artifacts::ArtifactCache;
@@ -196,7 +196,10 @@ impl Runtime {
             // exactly that the bytes come from a trusted `serialize`.
             let component = unsafe { Component::deserialize_file(&inner.engine, &path) }
                 .map_err(|e| load_error(format!("{e:#}")))?;
-            inner.counters.artifact_loads.fetch_add(1, Ordering::Relaxed);
+            inner
+                .counters
+                .artifact_loads
+                .fetch_add(1, Ordering::Relaxed);
             let prepared = inner
                 .link(&digest, &component)
                 .map_err(|e| load_error(e.to_string()))?;
@@ -278,7 +281,9 @@ fn build_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
         .max_memories_per_module(1)
         .max_tables_per_module(4)
         .table_elements(100_000)
-        .max_memory_size(usize::try_from(gust_core::Limits::CEILING_MEMORY_BYTES).unwrap_or(usize::MAX))
+        .max_memory_size(
+            usize::try_from(gust_core::Limits::CEILING_MEMORY_BYTES).unwrap_or(usize::MAX),
+        )
         .linear_memory_keep_resident(config.memory_keep_resident)
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto);

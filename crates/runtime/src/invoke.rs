@@ -59,9 +59,9 @@ pub struct InvocationReport {
 /// Why an invocation produced no response. The gateway turns each into a status code.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
-    #[error("function trapped: {0}")]
+    #[error("{0}")]
     Trapped(String),
-    #[error("function exceeded its memory limit of {limit_bytes} bytes")]
+    #[error("function exceeded its memory limit of {} MiB", .limit_bytes >> 20)]
     MemoryExceeded { limit_bytes: u64 },
     #[error("function timed out after {timeout_ms} ms")]
     TimedOut { timeout_ms: u64 },
@@ -135,9 +135,15 @@ impl Runtime {
         let task = tokio::spawn(async move {
             let run = async {
                 let proxy = prepared.pre.instantiate_async(&mut store).await?;
-                inner.counters.instantiations.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .counters
+                    .instantiations
+                    .fetch_add(1, Ordering::Relaxed);
                 let mut http = store.data_mut().http();
-                let request = http.new_incoming_request(wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http, request)?;
+                let request = http.new_incoming_request(
+                    wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http,
+                    request,
+                )?;
                 let out = http.new_response_outparam(response_tx)?;
                 proxy
                     .wasi_http_incoming_handler()
@@ -185,7 +191,9 @@ impl Runtime {
         });
 
         match response_rx.await {
-            Ok(Ok(response)) => Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync())),
+            Ok(Ok(response)) => {
+                Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
+            }
             Ok(Err(code)) => Err(InvokeError::Failed(format!(
                 "the function answered with an error: {code:?}"
             ))),
@@ -217,13 +225,19 @@ fn classify(
         Ending::Error(e) => {
             if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
                 Some(InvokeError::Trapped(trap.to_string()))
-            } else if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+            } else if e
+                .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some()
+            {
                 Some(InvokeError::Overloaded)
             } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 if exit.0 == 0 {
                     None
                 } else {
-                    Some(InvokeError::Failed(format!("exited with status {}", exit.0)))
+                    Some(InvokeError::Failed(format!(
+                        "exited with status {}",
+                        exit.0
+                    )))
                 }
             } else {
                 Some(InvokeError::Failed(e.to_string()))

@@ -13,7 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use gust_core::{FunctionName, Limits, TenantId};
 
-use crate::{BlobStore, KvEvent, KvStore, LogStore, Registry, RegistryError, StoreError, digest_of};
+use crate::{
+    BlobStore, KvEvent, KvStore, LogStore, Registry, RegistryError, StoreError, digest_of,
+};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -32,7 +34,10 @@ pub async fn kv(kv: &dyn KvStore) {
 
     let r1 = kv.put("a/1", b("one")).await.unwrap();
     let got = kv.get("a/1").await.unwrap().unwrap();
-    assert_eq!((got.key.as_str(), got.value, got.revision), ("a/1", b("one"), r1));
+    assert_eq!(
+        (got.key.as_str(), got.value, got.revision),
+        ("a/1", b("one"), r1)
+    );
 
     // Revisions grow across keys and writes.
     let r2 = kv.put("a/2", b("two")).await.unwrap();
@@ -49,7 +54,10 @@ pub async fn kv(kv: &dyn KvStore) {
         kv.compare_and_set("b/1", b("y"), Some(created + 100)).await,
         Err(StoreError::Conflict { .. })
     ));
-    let updated = kv.compare_and_set("b/1", b("y"), Some(created)).await.unwrap();
+    let updated = kv
+        .compare_and_set("b/1", b("y"), Some(created))
+        .await
+        .unwrap();
     assert!(updated > created);
     assert_eq!(kv.get("b/1").await.unwrap().unwrap().value, b("y"));
     assert!(matches!(
@@ -61,7 +69,13 @@ pub async fn kv(kv: &dyn KvStore) {
     kv.put("a/10", b("ten")).await.unwrap();
     kv.put("a", b("not under a/")).await.unwrap();
     kv.put("ab/1", b("not under a/")).await.unwrap();
-    let keys: Vec<String> = kv.list("a/").await.unwrap().into_iter().map(|e| e.key).collect();
+    let keys: Vec<String> = kv
+        .list("a/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
     assert_eq!(keys, ["a/1", "a/10", "a/2"]);
 
     // Delete reports whether the key existed.
@@ -79,7 +93,10 @@ pub async fn kv(kv: &dyn KvStore) {
     kv.delete("a/1").await.unwrap();
     match next_event(&mut watch).await {
         KvEvent::Put(entry) => {
-            assert_eq!((entry.key.as_str(), entry.value, entry.revision), ("a/3", b("three"), w1));
+            assert_eq!(
+                (entry.key.as_str(), entry.value, entry.revision),
+                ("a/3", b("three"), w1)
+            );
         }
         other => panic!("expected the put of a/3, got {other:?}"),
     }
@@ -94,7 +111,11 @@ pub async fn kv(kv: &dyn KvStore) {
     // Concurrent compare-and-set on one key: exactly one writer wins each round.
     let base = kv.put("race", b("0")).await.unwrap();
     let results = futures_join(kv, base).await;
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
 }
 
 async fn futures_join(kv: &dyn KvStore, base: u64) -> Vec<Result<u64, StoreError>> {
@@ -121,7 +142,11 @@ pub async fn blobs(blobs: &dyn BlobStore) {
 /// Append-only streams: sequence numbers, batching, reading after a point, deletion.
 pub async fn logs(logs: &dyn LogStore) {
     let heads = logs
-        .append(vec![("s1".into(), b("a")), ("s2".into(), b("x")), ("s1".into(), b("b"))])
+        .append(vec![
+            ("s1".into(), b("a")),
+            ("s2".into(), b("x")),
+            ("s1".into(), b("b")),
+        ])
         .await
         .unwrap();
     assert_eq!(heads, [("s1".to_string(), 2), ("s2".to_string(), 1)]);
@@ -174,7 +199,12 @@ pub async fn registry(kv: Arc<dyn KvStore>) {
         .collect();
     assert_eq!(versions, [1, 2]);
     assert_eq!(
-        registry.version(&tenant, &hello, 1).await.unwrap().unwrap().digest,
+        registry
+            .version(&tenant, &hello, 1)
+            .await
+            .unwrap()
+            .unwrap()
+            .digest,
         "sha256:aa"
     );
 

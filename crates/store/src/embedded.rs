@@ -91,11 +91,16 @@ impl Inner {
                 return Ok(None);
             };
             let mut meta = txn.open_table(META).map_err(backend)?;
-            let revision = meta.get(KV_REVISION).map_err(backend)?.map_or(0, |v| v.value()) + 1;
+            let revision = meta
+                .get(KV_REVISION)
+                .map_err(backend)?
+                .map_or(0, |v| v.value())
+                + 1;
             meta.insert(KV_REVISION, revision).map_err(backend)?;
             match change {
                 Some(value) => {
-                    kv.insert(key, (revision, value.as_ref())).map_err(backend)?;
+                    kv.insert(key, (revision, value.as_ref()))
+                        .map_err(backend)?;
                     KvEvent::Put(Entry {
                         key: key.to_string(),
                         value,
@@ -121,7 +126,10 @@ impl Inner {
         let txn = self.db.begin_read().map_err(backend)?;
         let kv = txn.open_table(KV).map_err(backend)?;
         let meta = txn.open_table(META).map_err(backend)?;
-        let revision = meta.get(KV_REVISION).map_err(backend)?.map_or(0, |v| v.value());
+        let revision = meta
+            .get(KV_REVISION)
+            .map_err(backend)?
+            .map_or(0, |v| v.value());
         let mut out = Vec::new();
         for item in kv.range(prefix..).map_err(backend)? {
             let (k, v) = item.map_err(backend)?;
@@ -202,8 +210,7 @@ impl KvStore for EmbeddedStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let prefix = prefix.to_string();
-        self.blocking(move |inner| Ok(inner.list(&prefix)?.0))
-            .await
+        self.blocking(move |inner| Ok(inner.list(&prefix)?.0)).await
     }
 
     async fn watch(&self, prefix: &str) -> Result<Watch, StoreError> {
@@ -257,7 +264,9 @@ impl BlobStore for EmbeddedStore {
             {
                 let mut blobs = txn.open_table(BLOBS).map_err(backend)?;
                 if blobs.get(digest.as_str()).map_err(backend)?.is_none() {
-                    blobs.insert(digest.as_str(), bytes.as_ref()).map_err(backend)?;
+                    blobs
+                        .insert(digest.as_str(), bytes.as_ref())
+                        .map_err(backend)?;
                 }
             }
             txn.commit().map_err(backend)?;
@@ -351,8 +360,11 @@ impl LogStore for EmbeddedStore {
             let txn = inner.db.begin_write().map_err(backend)?;
             {
                 let mut logs = txn.open_table(LOGS).map_err(backend)?;
-                logs.retain_in((stream.as_str(), 0)..=(stream.as_str(), u64::MAX), |_, _| false)
-                    .map_err(backend)?;
+                logs.retain_in(
+                    (stream.as_str(), 0)..=(stream.as_str(), u64::MAX),
+                    |_, _| false,
+                )
+                .map_err(backend)?;
                 // Keep the head so sequence numbers are never reused for this stream name.
             }
             txn.commit().map_err(backend)?;
@@ -402,7 +414,9 @@ mod tests {
         let path = dir.path().join("gust.redb");
         let rev = {
             let store = EmbeddedStore::open(&path).unwrap();
-            KvStore::put(&store, "k", Bytes::from_static(b"v")).await.unwrap()
+            KvStore::put(&store, "k", Bytes::from_static(b"v"))
+                .await
+                .unwrap()
         };
         let store = EmbeddedStore::open(&path).unwrap();
         let entry = KvStore::get(&store, "k").await.unwrap().unwrap();

@@ -127,7 +127,8 @@ pub trait BlobStore: Send + Sync {
 pub trait LogStore: Send + Sync {
     /// Appends records to streams in one durable write. Returns the last
     /// sequence number given in each stream written, in first-seen order.
-    async fn append(&self, records: Vec<(String, Bytes)>) -> Result<Vec<(String, u64)>, StoreError>;
+    async fn append(&self, records: Vec<(String, Bytes)>)
+    -> Result<Vec<(String, u64)>, StoreError>;
     /// Up to `limit` records of `stream` with a sequence above `after`, in order.
     async fn read(
         &self,

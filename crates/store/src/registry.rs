@@ -152,7 +152,11 @@ impl Registry {
             });
             // The compare-and-set on the function record hands out the
             // version number; only its winner writes that version's record.
-            match self.kv.compare_and_set(&key, encode(&record)?, expected).await {
+            match self
+                .kv
+                .compare_and_set(&key, encode(&record)?, expected)
+                .await
+            {
                 Ok(_) => {
                     self.kv
                         .put(

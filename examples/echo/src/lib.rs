@@ -5,7 +5,7 @@
 use std::io::Write as _;
 
 use wasip2::http::types::{
-    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 struct Echo;
@@ -13,12 +13,15 @@ struct Echo;
 impl wasip2::exports::http::incoming_handler::Guest for Echo {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let mut text = format!(
-            "method: {:?}\npath: {}\n",
-            request.method(),
+            "method: {}\npath: {}\n",
+            method_name(request.method()),
             request.path_with_query().unwrap_or_default()
         );
         for (name, value) in request.headers().entries() {
-            text.push_str(&format!("header: {name}: {}\n", String::from_utf8_lossy(&value)));
+            text.push_str(&format!(
+                "header: {name}: {}\n",
+                String::from_utf8_lossy(&value)
+            ));
         }
         let body_size = request.consume().map(read_all).unwrap_or(0);
         text.push_str(&format!("body-size: {body_size}\n"));
@@ -35,6 +38,21 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
         out.write_all(text.as_bytes()).expect("write body");
         drop(out);
         OutgoingBody::finish(body, None).expect("finish body");
+    }
+}
+
+fn method_name(method: Method) -> String {
+    match method {
+        Method::Get => "GET".into(),
+        Method::Head => "HEAD".into(),
+        Method::Post => "POST".into(),
+        Method::Put => "PUT".into(),
+        Method::Delete => "DELETE".into(),
+        Method::Connect => "CONNECT".into(),
+        Method::Options => "OPTIONS".into(),
+        Method::Trace => "TRACE".into(),
+        Method::Patch => "PATCH".into(),
+        Method::Other(other) => other,
     }
 }
 

@@ -76,7 +76,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                                 Ok(0) => break,
                                 Ok(n) => total += n,
                                 Err(e) => {
-                                    return respond(response_out, 400, &format!("read error: {e}"))
+                                    return respond(response_out, 400, &format!("read error: {e}"));
                                 }
                             }
                         }

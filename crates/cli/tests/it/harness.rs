@@ -1,0 +1,226 @@
+//! Starts the real `gust` binary on free ports with its own data directory,
+//! and builds the guest components once per test run.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Guests {
+    pub hello: PathBuf,
+    pub echo: PathBuf,
+    pub testbed: PathBuf,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Compiles `examples/` to `wasm32-wasip2` (once per test binary).
+pub fn guests() -> &'static Guests {
+    static GUESTS: OnceLock<Guests> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let root = repo_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(root.join("examples/Cargo.toml"))
+            .status()
+            .expect("run cargo to build the guests");
+        assert!(
+            status.success(),
+            "building the guests failed; is the target installed? `rustup target add wasm32-wasip2`"
+        );
+        let dir = root.join("examples/target/wasm32-wasip2/release");
+        Guests {
+            hello: dir.join("hello.wasm"),
+            echo: dir.join("echo.wasm"),
+            testbed: dir.join("testbed.wasm"),
+        }
+    })
+}
+
+/// A running `gust up`.
+pub struct Server {
+    child: Option<Child>,
+    _tmp: Option<tempfile::TempDir>,
+    /// Data plane base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    /// Control API base URL.
+    pub api: String,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut server = Self::start_in(tmp.path(), extra);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// Starts a server on `data_dir` (which outlives it, for restart tests).
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("server.log"))
+            .expect("server log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gust"))
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start gust up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut url, mut api) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while url.is_none() || api.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default();
+                panic!("gust up did not print its addresses in time; its log:\n{log}")
+            });
+            if let Some(u) = line.strip_prefix("gust: functions on ") {
+                url = Some(u.to_string());
+            } else if let Some(a) = line.strip_prefix("gust: control API on ") {
+                api = Some(a.to_string());
+            }
+        }
+        Self {
+            child: Some(child),
+            _tmp: None,
+            url: url.unwrap_or_default(),
+            api: api.unwrap_or_default(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Sends SIGTERM and waits for the process; returns its exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "gust did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs a client command against this server.
+    pub fn gust(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_gust"))
+            .args(args)
+            .env("GUST_API", &self.api)
+            .output()
+            .expect("run gust")
+    }
+
+    /// `gust ... --json`, asserting success, parsed.
+    pub fn gust_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.gust(&all);
+        assert!(
+            out.status.success(),
+            "gust {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "gust {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Deploys `wasm` as `name` through the CLI and returns the version info.
+    pub fn deploy(&self, name: &str, wasm: &Path, extra: &[&str]) -> serde_json::Value {
+        let wasm = wasm.to_str().expect("utf-8 path");
+        let mut args = vec!["deploy", name, wasm];
+        args.extend_from_slice(extra);
+        self.gust_json(&args)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    }
+
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.api))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

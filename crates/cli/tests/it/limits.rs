@@ -1,0 +1,156 @@
+//! Limits that are on by default: memory, body size, output, header timeout.
+
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use crate::harness::{Server, guests};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_past_the_limit_fails_cleanly_and_server_memory_stays_bounded() {
+    let server = Server::start();
+    server.deploy("small", &guests().testbed, &["--memory-mb", "32"]);
+    let (status, body) = server.get("/small/grow?mb=64").await;
+    assert_eq!(status, 500);
+    assert!(body.contains("memory limit of 32 MiB"), "{body}");
+    let (status, body) = server.get("/small/grow?mb=8").await;
+    assert_eq!((status, body.as_str()), (200, "grew 8"));
+
+    // The default limit (128 MiB) holds too.
+    server.deploy("default", &guests().testbed, &[]);
+    let (status, _) = server.get("/default/grow?mb=200").await;
+    assert_eq!(status, 500);
+
+    // Many invocations that each touch 24 MiB leave the server's memory bounded.
+    let before = server.rss_kib();
+    for _ in 0..4 {
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let http = server.http.clone();
+            let url = format!("{}/small/grow?mb=24", server.url);
+            tasks.push(tokio::spawn(async move {
+                http.get(url).send().await.unwrap().status().as_u16()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), 200);
+        }
+    }
+    let after = server.rss_kib();
+    assert!(
+        after < before + 256 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn body_over_the_limit_gets_413() {
+    let server = Server::start();
+    server.deploy("tb", &guests().testbed, &["--max-body-bytes", "1000"]);
+    let post = |body: reqwest::Body| {
+        let http = server.http.clone();
+        let url = format!("{}/tb/body", server.url);
+        async move {
+            let response = http.post(url).body(body).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, body) = post(vec![1u8; 500].into()).await;
+    assert_eq!((status, body.as_str()), (200, "body 500"));
+    // Declared too large: refused before the guest runs.
+    let (status, body) = post(vec![1u8; 2000].into()).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("1000 bytes"));
+    // Streamed without a length: cut off as it passes the limit.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..4).map(|_| Ok(vec![2u8; 600])).collect();
+    let stream = reqwest::Body::wrap_stream(futures_stream(chunks));
+    let (status, _) = post(stream).await;
+    assert_eq!(status, 413);
+
+    // The default limit is 6 MiB. The answer comes before the body is
+    // read, so a client that only sends the head already gets it.
+    server.deploy("default", &guests().testbed, &[]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let head = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let request = format!(
+            "POST /default/body HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            7 << 20
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+}
+
+fn futures_stream(
+    chunks: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    ChunkStream(chunks.into_iter())
+}
+
+struct ChunkStream(std::vec::IntoIter<Result<Vec<u8>, std::io::Error>>);
+
+impl futures_core::Stream for ChunkStream {
+    type Item = Result<Vec<u8>, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_is_capped_per_invocation() {
+    let server = Server::start();
+    server.deploy("tb", &guests().testbed, &["--max-output-bytes", "2048"]);
+    let (status, _) = server.get("/tb/flood?kb=64").await;
+    assert_eq!(status, 200);
+    let mut entry = serde_json::Value::Null;
+    for _ in 0..50 {
+        let out = server.gust(&["logs", "tb", "--json"]);
+        if let Some(line) = String::from_utf8_lossy(&out.stdout).lines().next() {
+            entry = serde_json::from_str(line).unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(entry["truncated"], true);
+    assert_eq!(entry["stdout"].as_str().unwrap().len(), 2048);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let server = Server::start_with(&["--header-read-timeout-ms", "500"]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n").unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let _ = stream.read_to_end(&mut buf);
+        (started.elapsed(), buf)
+    })
+    .await
+    .unwrap();
+    let (waited, answer) = result;
+    assert!(
+        waited < Duration::from_secs(3),
+        "the server held the connection for {waited:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+}

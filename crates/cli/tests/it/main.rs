@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `gust` binary, real guests compiled to
+//! `wasm32-wasip2`, real sockets. One test binary (see matklad's "Delete
+//! Cargo Integration Tests"); each test starts its own server on free ports.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod control;
+mod data_plane;
+mod harness;
+mod lifecycle;
+mod limits;
