@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -13,26 +13,48 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+/// What went wrong with a request body, if anything; shared between the
+/// body (which the guest reads) and the gateway (which answers for it).
+#[derive(Clone, Default)]
+pub(crate) struct BodyFault(Arc<AtomicU8>);
+
+impl BodyFault {
+    const TOO_LARGE: u8 = 1;
+    const STALLED: u8 = 2;
+
+    fn set(&self, fault: u8) {
+        self.0.store(fault, Ordering::Relaxed);
+    }
+
+    pub fn too_large(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
+    }
+
+    pub fn stalled(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::STALLED
+    }
+}
+
 /// Wraps a request body with a byte limit and an idle timeout. Going over
-/// the limit raises a flag the gateway reads to answer 413 whatever the
-/// guest made of the error.
+/// the limit or stalling records a [`BodyFault`] so that the gateway answers
+/// 413 or 408 whatever the guest made of the error it saw.
 pub(crate) struct LimitedBody {
     inner: Incoming,
     remaining: u64,
     limit: u64,
-    over_limit: Arc<AtomicBool>,
+    fault: BodyFault,
     idle: Duration,
     /// Created on the first wait only: most bodies arrive with their head.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: u64, idle: Duration, over_limit: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: Incoming, limit: u64, idle: Duration, fault: BodyFault) -> Self {
         Self {
             inner,
             remaining: limit,
             limit,
-            over_limit,
+            fault,
             idle,
             timer: None,
         }
@@ -54,7 +76,7 @@ impl Body for LimitedBody {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
-                        this.over_limit.store(true, Ordering::Relaxed);
+                        this.fault.set(BodyFault::TOO_LARGE);
                         return Poll::Ready(Some(Err(GuestBody::TooLarge(this.limit))));
                     }
                     this.remaining -= len;
@@ -69,6 +91,7 @@ impl Body for LimitedBody {
                     Box::pin(tokio::time::sleep_until(Instant::now() + idle))
                 });
                 ready!(timer.as_mut().poll(cx));
+                this.fault.set(BodyFault::STALLED);
                 Poll::Ready(Some(Err(GuestBody::Timeout)))
             }
         }

@@ -18,6 +18,7 @@ pub(crate) enum GatewayError {
     BodyTooLarge {
         limit: u64,
     },
+    BodyStalled,
     Overloaded,
     Draining,
     Load {
@@ -45,6 +46,10 @@ impl GatewayError {
             GatewayError::BodyTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is larger than this function's limit of {limit} bytes"),
+            ),
+            GatewayError::BodyStalled => (
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body stopped arriving before it was complete".to_string(),
             ),
             GatewayError::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,

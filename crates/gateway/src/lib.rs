@@ -33,7 +33,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::body::LimitedBody;
+use crate::body::{BodyFault, LimitedBody};
 use crate::catalog::Catalog;
 use crate::error::GatewayError;
 use crate::logs::LogSink;
@@ -288,12 +288,12 @@ async fn invoke(
         .map_err(|_| GatewayError::BadRequest("the request's host or path is not a valid URI"))?;
     let (mut parts, body) = request.into_parts();
     parts.uri = uri;
-    let over_limit = Arc::new(AtomicBool::new(false));
+    let fault = BodyFault::default();
     let body = LimitedBody::new(
         body,
         limits.max_body_bytes,
         shared.config.body_idle_timeout,
-        over_limit.clone(),
+        fault.clone(),
     );
     let guest_request = Request::from_parts(parts, body);
 
@@ -310,10 +310,13 @@ async fn invoke(
         .runtime
         .invoke(prepared, limits.clone(), guest_request, done)
         .await;
-    if over_limit.load(Ordering::Relaxed) {
+    if fault.too_large() {
         return Err(GatewayError::BodyTooLarge {
             limit: limits.max_body_bytes,
         });
+    }
+    if fault.stalled() {
+        return Err(GatewayError::BodyStalled);
     }
     result.map_err(|error| GatewayError::Invoke {
         function: route.name.to_string(),

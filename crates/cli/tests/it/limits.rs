@@ -154,3 +154,32 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
         "{answer}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_stops_arriving_gets_408() {
+    let server = Server::start_with(&["--body-idle-timeout-ms", "500"]);
+    server.deploy("tb", &guests().testbed, &[]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let (waited, head) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(
+                b"POST /tb/body HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+            )
+            .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+}
