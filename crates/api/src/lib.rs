@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -247,8 +248,9 @@ async fn list_functions(
         (status = 409, description = "Already exists", body = ErrorBody)))]
 async fn create_function(
     State(state): State<ApiState>,
-    Json(body): Json<CreateFunction>,
+    body: Result<Json<CreateFunction>, JsonRejection>,
 ) -> Result<(StatusCode, Json<FunctionInfo>), ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(body.name)?;
     let record = state
         .registry
@@ -307,9 +309,10 @@ async fn delete_function(
 async fn deploy_version(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-    Query(params): Query<DeployParams>,
+    params: Result<Query<DeployParams>, QueryRejection>,
     body: Body,
 ) -> Result<(StatusCode, Json<VersionInfo>), ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(name)?;
     let limits = LimitsPatch {
         memory_bytes: params.memory_bytes,
@@ -401,8 +404,9 @@ async fn get_version(
 async fn read_logs(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-    Query(params): Query<LogParams>,
+    params: Result<Query<LogParams>, QueryRejection>,
 ) -> Result<Json<LogPage>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(name)?;
     if state.registry.function(&tenant(), &name).await?.is_none() {
         return Err(ApiError::NotFound(format!(

@@ -190,6 +190,13 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         query.push(("allowed_hosts", args.allow_hosts.join(",")));
     }
     let path = format!("/v1/functions/{}/versions", args.name);
+    let progress = (!args.api.json).then(|| {
+        output::Progress::start(format!(
+            "uploading and compiling {} ({:.1} MB)",
+            args.file.display(),
+            bytes.len() as f64 / 1e6
+        ))
+    });
     let version: VersionInfo = api
         .send(
             api.request(reqwest::Method::POST, &path)
@@ -198,6 +205,7 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
                 .body(bytes),
         )
         .await?;
+    drop(progress);
     if args.api.json {
         output::print_json(&version)?;
     } else {
@@ -358,6 +366,8 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
 pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&args.api)?;
     let mut after = 0;
+    // Without --follow, --json prints one array; with it, one object per line.
+    let mut collected = Vec::new();
     loop {
         let wait_ms = if args.follow { "10000" } else { "0" };
         let page: LogPage = api
@@ -373,14 +383,21 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
                 ]),
             )
             .await?;
-        for entry in &page.entries {
-            print_log(entry, args.api.json)?;
-        }
         let caught_up = page.entries.is_empty() || page.next == after;
         after = page.next;
+        for entry in page.entries {
+            if args.api.json && !args.follow {
+                collected.push(entry);
+            } else {
+                print_log(&entry, args.api.json)?;
+            }
+        }
         if caught_up && !args.follow {
             break;
         }
+    }
+    if args.api.json && !args.follow {
+        output::print_json(&collected)?;
     }
     Ok(ExitCode::SUCCESS)
 }

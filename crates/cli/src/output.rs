@@ -15,6 +15,42 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A spinner with elapsed time on stderr while long work runs; shown only
+/// when stderr is a terminal. Cleared when dropped.
+pub struct Progress {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(message: String) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self { task: None };
+        }
+        let task = tokio::spawn(async move {
+            let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+            let started = std::time::Instant::now();
+            for i in 0.. {
+                eprint!(
+                    "\r{} {message} {:.1}s",
+                    frames[i % frames.len()],
+                    started.elapsed().as_secs_f64()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+        Self { task: Some(task) }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
 /// Prints rows as left-aligned columns under a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

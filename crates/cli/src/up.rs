@@ -251,6 +251,12 @@ fn render_metrics(gateway: &Gateway, runtime: &Runtime) -> String {
         &[("", r.artifact_loads)],
     );
     metric(
+        "gust_components_loaded",
+        "gauge",
+        "Components held in memory, ready to instantiate.",
+        &[("", r.loaded)],
+    );
+    metric(
         "gust_instantiations_total",
         "counter",
         "Instances created.",

@@ -52,12 +52,11 @@ impl Route {
     ) -> Result<Arc<Prepared>, LoadError> {
         self.prepared
             .get_or_try_init(|| async {
-                if let Some(prepared) = runtime
-                    .load(&self.digest)
-                    .await
-                    .map_err(|e| LoadError::Failed(e.to_string()))?
-                {
-                    return Ok(prepared);
+                match runtime.load(&self.digest).await {
+                    Ok(Some(prepared)) => return Ok(prepared),
+                    Ok(None) => {}
+                    // A damaged or unreadable artifact is rebuilt from the component.
+                    Err(e) => tracing::warn!(function = %self.name, error = %e, "recompiling"),
                 }
                 let bytes = blobs
                     .get(&self.digest)
@@ -89,13 +88,12 @@ impl Catalog {
             .cloned()
     }
 
-    fn apply(&self, event: &KvEvent) {
-        let Some((tenant, name)) = Registry::parse_function_key(event.key()) else {
-            return;
-        };
+    /// Applies one registry change; returns the route it displaced, if any.
+    fn apply(&self, event: &KvEvent) -> Option<Arc<Route>> {
+        let (tenant, name) = Registry::parse_function_key(event.key())?;
         // Until tenants get their own hosts, only the default tenant is served.
         if tenant != TenantId::default_tenant() {
-            return;
+            return None;
         }
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
         let active = match event {
@@ -103,7 +101,7 @@ impl Catalog {
                 Ok(record) => record.active,
                 Err(e) => {
                     tracing::error!(key = entry.key, error = %e, "skipping undecodable function record");
-                    return;
+                    return None;
                 }
             },
             KvEvent::Delete { .. } => None,
@@ -113,17 +111,24 @@ impl Catalog {
                 let unchanged = routes
                     .get(name.as_str())
                     .is_some_and(|r| r.version == active.version && r.digest == active.digest);
-                if !unchanged {
-                    routes.insert(
-                        name.as_str().to_string(),
-                        Arc::new(Route::new(tenant, name, active)),
-                    );
+                if unchanged {
+                    return None;
                 }
+                routes.insert(
+                    name.as_str().to_string(),
+                    Arc::new(Route::new(tenant, name, active)),
+                )
             }
-            None => {
-                routes.remove(name.as_str());
-            }
+            None => routes.remove(name.as_str()),
         }
+    }
+
+    fn serves_digest(&self, digest: &str) -> bool {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|r| r.digest == digest)
     }
 
     fn replace_all(&self, entries: &[gust_store::Entry]) {
@@ -132,7 +137,7 @@ impl Catalog {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         for entry in entries {
-            self.apply(&KvEvent::Put(entry.clone()));
+            let _ = self.apply(&KvEvent::Put(entry.clone()));
         }
     }
 }
@@ -164,7 +169,13 @@ pub(crate) async fn follow_registry(
         loop {
             match watch.changes.next().await {
                 Ok(event) => {
-                    catalog.apply(&event);
+                    // A component no route serves any more leaves memory (its
+                    // artifact stays on disk); running invocations keep their copy.
+                    if let Some(old) = catalog.apply(&event)
+                        && !catalog.serves_digest(&old.digest)
+                    {
+                        runtime.unload(&old.digest);
+                    }
                     if let Some(route) = Registry::parse_function_key(event.key())
                         .and_then(|(_, name)| catalog.get(name.as_str()))
                     {

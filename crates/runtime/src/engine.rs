@@ -60,6 +60,8 @@ pub struct RuntimeStats {
     pub artifact_loads: u64,
     /// Instances created.
     pub instantiations: u64,
+    /// Components held in memory, ready to instantiate.
+    pub loaded: u64,
 }
 
 #[derive(Default)]
@@ -227,6 +229,12 @@ impl Runtime {
             compilations: c.compilations.load(Ordering::Relaxed),
             artifact_loads: c.artifact_loads.load(Ordering::Relaxed),
             instantiations: c.instantiations.load(Ordering::Relaxed),
+            loaded: self
+                .inner
+                .prepared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len() as u64,
         }
     }
 }

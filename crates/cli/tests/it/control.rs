@@ -29,6 +29,17 @@ async fn deploy_invoke_redeploy_and_remove() {
     assert_eq!(status, 200);
     assert!(body.contains("path: /items?id=3"), "{body}");
 
+    // The replaced component leaves memory once nothing routes to it.
+    let mut loaded = 0;
+    for _ in 0..50 {
+        loaded = server.metric("gust_components_loaded").await;
+        if loaded == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(loaded, 1);
+
     let versions = server.gust_json(&["versions", "hello"]);
     let numbers: Vec<u64> = versions
         .as_array()
@@ -81,12 +92,11 @@ async fn logs_show_output_per_invocation() {
     // Logs are written off the request path; wait for them.
     let mut entries = Vec::new();
     for _ in 0..50 {
-        let out = server.gust(&["logs", "tb", "--json"]);
-        assert!(out.status.success());
-        entries = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .collect();
+        entries = server
+            .gust_json(&["logs", "tb"])
+            .as_array()
+            .unwrap()
+            .clone();
         if !entries.is_empty() {
             break;
         }

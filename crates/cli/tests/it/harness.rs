@@ -32,6 +32,9 @@ pub fn guests() -> &'static Guests {
                 "--manifest-path",
             ])
             .arg(root.join("examples/Cargo.toml"))
+            // Its own target directory, whatever CARGO_TARGET_DIR says.
+            .arg("--target-dir")
+            .arg(root.join("examples/target"))
             .status()
             .expect("run cargo to build the guests");
         assert!(

@@ -115,9 +115,8 @@ async fn output_is_capped_per_invocation() {
     assert_eq!(status, 200);
     let mut entry = serde_json::Value::Null;
     for _ in 0..50 {
-        let out = server.gust(&["logs", "tb", "--json"]);
-        if let Some(line) = String::from_utf8_lossy(&out.stdout).lines().next() {
-            entry = serde_json::from_str(line).unwrap();
+        if let Some(first) = server.gust_json(&["logs", "tb"]).get(0) {
+            entry = first.clone();
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
