@@ -99,8 +99,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        link_http(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let artifacts = ArtifactCache::open(&config.artifacts_dir, &engine)?;
 
         let stop_epoch = Arc::new(AtomicBool::new(false));
@@ -269,6 +268,23 @@ impl Inner {
             digest: digest.to_string(),
         })
     }
+}
+
+/// Adds `wasi:http` (types and outgoing handler) to the linker, with the
+/// unstable `informational-outbound-responses` feature linked: components
+/// built with StarlingMonkey (jco, componentize-js) import
+/// `response-outparam.send-informational` and would otherwise be refused.
+/// Calling it traps (wasmtime does not implement it); importing it is fine.
+fn link_http(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    use wasmtime_wasi_http::WasiHttp;
+    use wasmtime_wasi_http::WasiHttpView as _;
+    use wasmtime_wasi_http::p2::bindings::{LinkOptions, http};
+
+    let mut options = LinkOptions::default();
+    options.informational_outbound_responses(true);
+    http::outgoing_handler::add_to_linker::<_, WasiHttp>(linker, Host::http)?;
+    http::types::add_to_linker::<_, WasiHttp>(linker, &(&options).into(), Host::http)?;
+    Ok(())
 }
 
 fn build_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
