@@ -34,11 +34,7 @@ for setting in $SETTINGS; do
   for _ in $(seq 200); do curl -fs -o /dev/null "$GUST_API/healthz" && break; sleep 0.05; done
   "$GUST" deploy hello "$HELLO" >/dev/null
   wrk -t2 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PORT/hello" >/dev/null
-  wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$PORT/hello" | python3 -c '
-import re, sys
-t = sys.stdin.read()
-ms = lambda v: float(re.match(r"[\d.]+", v).group()) * {"us": 0.001, "ms": 1, "s": 1000}[re.search(r"(us|ms|s)$", v).group(1)]
-print("| '"$setting"' | %.0f | %.3f | %.3f |" % (float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)),
-      ms(re.search(r"50%\s+(\S+)", t).group(1)), ms(re.search(r"99%\s+(\S+)", t).group(1))))'
+  read -r rps p50 p99 < <(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$PORT/hello" | python3 bench/wrk_summary.py)
+  echo "| $setting | $rps | $p50 | $p99 |"
   kill -TERM $PID; wait $PID 2>/dev/null || true
 done

@@ -48,19 +48,7 @@ stop_gust() { kill -TERM "$GUST_PID"; wait "$GUST_PID" 2>/dev/null || true; }
 # wrk → "rps p50_ms p99_ms"
 load() {
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$1" >/dev/null   # warm-up
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | python3 -c '
-import re, sys
-text = sys.stdin.read()
-def ms(v):
-    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-p50 = ms(re.search(r"50%\s+(\S+)", text).group(1))
-p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-if errors:
-    sys.exit("bench: %s non-2xx responses" % errors.group(1))
-print(f"{rps:.0f} {p50:.3f} {p99:.3f}")'
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | python3 bench/wrk_summary.py
 }
 
 start_gust
