@@ -182,3 +182,31 @@ async fn a_body_that_stops_arriving_gets_408() {
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(waited < Duration::from_secs(3), "{waited:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_concurrency_limit_requests_get_503_with_retry_after() {
+    let server = Server::start_with(&["--max-in-flight", "2"]);
+    server.deploy("tb", &guests().testbed, &[]);
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let http = server.http.clone();
+            let url = format!("{}/tb/sleep?ms=1500", server.url);
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let response = server
+        .http
+        .get(format!("{}/tb/", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    for task in slow {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    // Capacity comes back once they finish.
+    let (status, _) = server.get("/tb/").await;
+    assert_eq!(status, 200);
+}
