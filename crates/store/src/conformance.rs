@@ -14,7 +14,8 @@ use bytes::Bytes;
 use gust_core::{FunctionName, Limits, TenantId};
 
 use crate::{
-    BlobStore, KvEvent, KvStore, LogStore, Registry, RegistryError, StoreError, digest_of,
+    BlobStore, KvEvent, KvStore, LogStore, QueueStore, Registry, RegistryError, StoreError,
+    digest_of,
 };
 
 fn b(s: &str) -> Bytes {
@@ -233,4 +234,55 @@ pub async fn registry(kv: Arc<dyn KvStore>) {
         Err(RegistryError::NoSuchFunction(_))
     ));
     assert!(!registry.delete_function(&tenant, &hello).await.unwrap());
+}
+
+/// Work queues: claim order, leases, retries, acknowledgement.
+pub async fn queues(q: &dyn QueueStore) {
+    let seqs = q
+        .enqueue("q1", vec![b("a"), b("b"), b("c")], 0)
+        .await
+        .unwrap();
+    assert_eq!(seqs, [1, 2, 3]);
+    q.enqueue("q2", vec![b("x")], 0).await.unwrap();
+    // Due later: not claimable before its time.
+    q.enqueue("q1", vec![b("later")], 1_000).await.unwrap();
+    assert_eq!(q.depth("q1").await.unwrap(), 4);
+    assert_eq!(q.queues().await.unwrap(), ["q1", "q2"]);
+
+    let first = q.claim("q1", 100, 500, 2).await.unwrap();
+    let got: Vec<(u64, u32, Bytes)> = first
+        .iter()
+        .map(|c| (c.seq, c.attempt, c.payload.clone()))
+        .collect();
+    assert_eq!(got, [(1, 1, b("a")), (2, 1, b("b"))]);
+    // Claimed messages are hidden for the lease.
+    let next = q.claim("q1", 100, 500, 10).await.unwrap();
+    assert_eq!(next.iter().map(|c| c.seq).collect::<Vec<_>>(), [3]);
+    assert!(q.claim("q1", 200, 500, 10).await.unwrap().is_empty());
+
+    // Acknowledged: gone. Released: back at its time, attempt counted.
+    q.ack("q1", vec![1]).await.unwrap();
+    q.release("q1", 2, 300).await.unwrap();
+    assert!(q.claim("q1", 299, 500, 10).await.unwrap().is_empty());
+    let retried = q.claim("q1", 300, 500, 10).await.unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!((retried[0].seq, retried[0].attempt), (2, 2));
+
+    // A lease that runs out makes the message claimable again (its claimant died).
+    let expired = q.claim("q1", 700, 500, 10).await.unwrap();
+    let seqs: Vec<u64> = expired.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, [3], "seq 3's lease ended at 600");
+    assert_eq!(expired[0].attempt, 2);
+
+    // Time order first, then sequence order.
+    let at_1000 = q.claim("q1", 1_000, 500, 10).await.unwrap();
+    // seq 2 became visible again at 800 (its lease), seq 4 at 1000.
+    assert_eq!(at_1000.iter().map(|c| c.seq).collect::<Vec<_>>(), [2, 4]);
+    q.ack("q1", vec![2, 3, 4]).await.unwrap();
+    assert_eq!(q.depth("q1").await.unwrap(), 0);
+    assert_eq!(q.queues().await.unwrap(), ["q2"]);
+    // Acknowledging twice, or something unknown, is harmless.
+    q.ack("q1", vec![2, 99]).await.unwrap();
+    // Sequence numbers are not reused.
+    assert_eq!(q.enqueue("q1", vec![b("again")], 0).await.unwrap(), [5]);
 }

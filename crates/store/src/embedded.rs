@@ -14,7 +14,8 @@ use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition}
 use tokio::sync::broadcast;
 
 use crate::{
-    BlobStore, Entry, KvEvent, KvStore, LogStore, StoreError, Watch, WatchStream, digest_of,
+    BlobStore, Claimed, Entry, KvEvent, KvStore, LogStore, QueueStore, StoreError, Watch,
+    WatchStream, digest_of,
 };
 
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -22,6 +23,12 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
 const LOG_HEADS: TableDefinition<&str, u64> = TableDefinition::new("log_heads");
+/// (queue, seq) → (not_before_ms, attempts, payload)
+const QUEUE: TableDefinition<(&str, u64), (u64, u32, &[u8])> = TableDefinition::new("queue");
+/// (queue, not_before_ms, seq): the claim order.
+const QUEUE_DUE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("queue_due");
+/// queue → last sequence number given.
+const QUEUE_HEADS: TableDefinition<&str, u64> = TableDefinition::new("queue_heads");
 
 const KV_REVISION: &str = "kv.revision";
 /// Watchers further behind than this get [`StoreError::Lagged`] and resync.
@@ -54,6 +61,9 @@ impl EmbeddedStore {
             txn.open_table(BLOBS).map_err(backend)?;
             txn.open_table(LOGS).map_err(backend)?;
             txn.open_table(LOG_HEADS).map_err(backend)?;
+            txn.open_table(QUEUE).map_err(backend)?;
+            txn.open_table(QUEUE_DUE).map_err(backend)?;
+            txn.open_table(QUEUE_HEADS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         let (changes, _) = broadcast::channel(WATCH_BUFFER);
@@ -374,6 +384,201 @@ impl LogStore for EmbeddedStore {
     }
 }
 
+#[async_trait]
+impl QueueStore for EmbeddedStore {
+    async fn enqueue(
+        &self,
+        queue: &str,
+        payloads: Vec<Bytes>,
+        not_before_ms: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let queue = queue.to_string();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_write().map_err(backend)?;
+            let mut seqs = Vec::with_capacity(payloads.len());
+            {
+                let mut items = txn.open_table(QUEUE).map_err(backend)?;
+                let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+                let mut heads = txn.open_table(QUEUE_HEADS).map_err(backend)?;
+                let mut seq = heads
+                    .get(queue.as_str())
+                    .map_err(backend)?
+                    .map_or(0, |v| v.value());
+                for payload in &payloads {
+                    seq += 1;
+                    items
+                        .insert(
+                            (queue.as_str(), seq),
+                            (not_before_ms, 0u32, payload.as_ref()),
+                        )
+                        .map_err(backend)?;
+                    due.insert((queue.as_str(), not_before_ms, seq), ())
+                        .map_err(backend)?;
+                    seqs.push(seq);
+                }
+                heads.insert(queue.as_str(), seq).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)?;
+            Ok(seqs)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        max: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let queue = queue.to_string();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_write().map_err(backend)?;
+            let mut claimed = Vec::new();
+            {
+                let mut items = txn.open_table(QUEUE).map_err(backend)?;
+                let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+                let mut ready = Vec::new();
+                for entry in due
+                    .range((queue.as_str(), 0, 0)..=(queue.as_str(), now_ms, u64::MAX))
+                    .map_err(backend)?
+                    .take(max)
+                {
+                    let (key, _) = entry.map_err(backend)?;
+                    let (_, not_before, seq) = key.value();
+                    ready.push((not_before, seq));
+                }
+                let visible_again = now_ms.saturating_add(lease_ms);
+                for (not_before, seq) in ready {
+                    due.remove((queue.as_str(), not_before, seq))
+                        .map_err(backend)?;
+                    let Some((attempts, payload)) =
+                        items.get((queue.as_str(), seq)).map_err(backend)?.map(|v| {
+                            let (_, attempts, payload) = v.value();
+                            (attempts, Bytes::copy_from_slice(payload))
+                        })
+                    else {
+                        continue;
+                    };
+                    let attempt = attempts + 1;
+                    items
+                        .insert(
+                            (queue.as_str(), seq),
+                            (visible_again, attempt, payload.as_ref()),
+                        )
+                        .map_err(backend)?;
+                    due.insert((queue.as_str(), visible_again, seq), ())
+                        .map_err(backend)?;
+                    claimed.push(Claimed {
+                        seq,
+                        attempt,
+                        payload,
+                    });
+                }
+            }
+            txn.commit().map_err(backend)?;
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn ack(&self, queue: &str, seqs: Vec<u64>) -> Result<(), StoreError> {
+        let queue = queue.to_string();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_write().map_err(backend)?;
+            {
+                let mut items = txn.open_table(QUEUE).map_err(backend)?;
+                let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+                for seq in seqs {
+                    let not_before = items
+                        .remove((queue.as_str(), seq))
+                        .map_err(backend)?
+                        .map(|v| v.value().0);
+                    if let Some(not_before) = not_before {
+                        due.remove((queue.as_str(), not_before, seq))
+                            .map_err(backend)?;
+                    }
+                }
+            }
+            txn.commit().map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError> {
+        let queue = queue.to_string();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_write().map_err(backend)?;
+            {
+                let mut items = txn.open_table(QUEUE).map_err(backend)?;
+                let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+                let current = items.get((queue.as_str(), seq)).map_err(backend)?.map(|v| {
+                    let (not_before, attempts, payload) = v.value();
+                    (not_before, attempts, payload.to_vec())
+                });
+                if let Some((old, attempts, payload)) = current {
+                    due.remove((queue.as_str(), old, seq)).map_err(backend)?;
+                    items
+                        .insert(
+                            (queue.as_str(), seq),
+                            (not_before_ms, attempts, payload.as_slice()),
+                        )
+                        .map_err(backend)?;
+                    due.insert((queue.as_str(), not_before_ms, seq), ())
+                        .map_err(backend)?;
+                }
+            }
+            txn.commit().map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn depth(&self, queue: &str) -> Result<u64, StoreError> {
+        let queue = queue.to_string();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read().map_err(backend)?;
+            let items = txn.open_table(QUEUE).map_err(backend)?;
+            let mut n = 0;
+            for entry in items
+                .range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))
+                .map_err(backend)?
+            {
+                entry.map_err(backend)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn queues(&self) -> Result<Vec<String>, StoreError> {
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read().map_err(backend)?;
+            let items = txn.open_table(QUEUE).map_err(backend)?;
+            let mut names: Vec<String> = Vec::new();
+            let mut next = items
+                .first()
+                .map_err(backend)?
+                .map(|(k, _)| k.value().0.to_string());
+            while let Some(name) = next {
+                // Skip to the first key after this queue's last possible key.
+                next = items
+                    .range((name.as_str(), u64::MAX)..)
+                    .map_err(backend)?
+                    .map(|e| e.map(|(k, _)| k.value().0.to_string()))
+                    .find(|n| !matches!(n, Ok(n) if *n == name))
+                    .transpose()
+                    .map_err(backend)?;
+                names.push(name);
+            }
+            Ok(names)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +605,12 @@ mod tests {
     async fn conformance_logs() {
         let (_dir, store) = open();
         crate::conformance::logs(&store).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_queues() {
+        let (_dir, store) = open();
+        crate::conformance::queues(&store).await;
     }
 
     #[tokio::test]

@@ -140,6 +140,48 @@ pub trait LogStore: Send + Sync {
     async fn delete_stream(&self, stream: &str) -> Result<(), StoreError>;
 }
 
+/// One message claimed from a [`QueueStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub seq: u64,
+    /// Claims so far, this one included: the attempt number.
+    pub attempt: u32,
+    pub payload: Bytes,
+}
+
+/// Durable work queues, one per name, for events waiting to be delivered.
+///
+/// A message is claimed for a lease; until it is acknowledged or released
+/// it is invisible to other claims, and if its claimant dies the lease
+/// runs out and it is claimed again (at-least-once). Messages become
+/// claimable in `not_before` order, then enqueue order.
+#[async_trait]
+pub trait QueueStore: Send + Sync {
+    /// Durably appends messages, claimable from `not_before_ms`; returns their sequence numbers.
+    async fn enqueue(
+        &self,
+        queue: &str,
+        payloads: Vec<Bytes>,
+        not_before_ms: u64,
+    ) -> Result<Vec<u64>, StoreError>;
+    /// Claims up to `max` messages due at `now_ms`, hiding each until `now_ms + lease_ms`.
+    async fn claim(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        max: usize,
+    ) -> Result<Vec<Claimed>, StoreError>;
+    /// Removes delivered (or dead-lettered) messages.
+    async fn ack(&self, queue: &str, seqs: Vec<u64>) -> Result<(), StoreError>;
+    /// Makes a claimed message claimable again from `not_before_ms` (a retry).
+    async fn release(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError>;
+    /// Messages in the queue, claimed or not.
+    async fn depth(&self, queue: &str) -> Result<u64, StoreError>;
+    /// Names of the queues that hold messages.
+    async fn queues(&self) -> Result<Vec<String>, StoreError>;
+}
+
 /// The digest a [`BlobStore`] gives these bytes.
 pub fn digest_of(bytes: &[u8]) -> String {
     use sha2::Digest as _;
