@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use gust_events::EventsError;
 use gust_runtime::DeployError;
 use gust_store::{RegistryError, StoreError};
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,8 @@ pub enum ApiError {
     Registry(#[from] RegistryError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Events(#[from] EventsError),
 }
 
 impl IntoResponse for ApiError {
@@ -55,7 +58,10 @@ impl IntoResponse for ApiError {
             ApiError::Registry(RegistryError::Store(StoreError::Conflict { .. })) => {
                 (StatusCode::CONFLICT, "conflict")
             }
-            ApiError::Registry(_) | ApiError::Store(_) => {
+            ApiError::Events(
+                EventsError::NoSuchInvocation(_) | EventsError::NoSuchDeadLetter(_),
+            ) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Registry(_) | ApiError::Store(_) | ApiError::Events(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage")
             }
         };

@@ -19,11 +19,14 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use gust_core::InvocationRecord;
+use gust_core::delivery::{DeadReason, DeliveryPolicy};
 use gust_core::{
     FunctionName, FunctionRecord, Limits, LimitsPatch, LogRecord, TenantId, VersionRecord,
 };
+use gust_events::Events;
 use gust_runtime::Runtime;
-use gust_store::{BlobStore, LogStore, Registry, digest_of};
+use gust_store::{BlobStore, LogStore, NewVersion, Registry, digest_of};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
@@ -45,6 +48,7 @@ pub struct ApiState {
     /// Largest component accepted by a deploy, in bytes.
     pub max_upload_bytes: usize,
     pub metrics: MetricsRenderer,
+    pub events: Events,
 }
 
 /// A function as the API shows it.
@@ -95,6 +99,58 @@ pub struct DeployParams {
     pub max_output_bytes: Option<u64>,
     /// Comma-separated hosts the function may call (default: none).
     pub allowed_hosts: Option<String>,
+    /// Event delivery: attempts in all (default 3).
+    pub max_attempts: Option<u32>,
+    /// Event delivery: delay before the first retry in ms, doubled after (default 1000).
+    pub initial_backoff_ms: Option<u64>,
+    /// Event delivery: longest delay between attempts in ms (default 60000).
+    pub max_backoff_ms: Option<u64>,
+    /// Event delivery: an event older than this is dead-lettered, in ms (default 6 h).
+    pub max_age_ms: Option<u64>,
+    /// Event delivery: attempts running at once (default 16).
+    pub concurrency: Option<u32>,
+}
+
+impl DeployParams {
+    fn delivery(&self) -> Result<DeliveryPolicy, ApiError> {
+        let d = DeliveryPolicy::default();
+        let policy = DeliveryPolicy {
+            max_attempts: self.max_attempts.unwrap_or(d.max_attempts),
+            initial_backoff_ms: self.initial_backoff_ms.unwrap_or(d.initial_backoff_ms),
+            max_backoff_ms: self.max_backoff_ms.unwrap_or(d.max_backoff_ms),
+            max_age_ms: self.max_age_ms.unwrap_or(d.max_age_ms),
+            concurrency: self.concurrency.unwrap_or(d.concurrency),
+        };
+        policy.validate().map_err(ApiError::BadRequest)?;
+        Ok(policy)
+    }
+}
+
+/// A dead-lettered event, as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeadLetterInfo {
+    pub invocation_id: String,
+    pub reason: DeadReason,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub dead_at_ms: u64,
+    /// CloudEvents `id`, `source`, `type` of the event.
+    pub event_id: String,
+    pub event_source: String,
+    pub event_type: String,
+    pub data_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Redriven {
+    pub redriven: usize,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListParams {
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -136,7 +192,12 @@ pub struct LogPage {
         deploy_version,
         list_versions,
         get_version,
-        read_logs
+        read_logs,
+        list_invocations,
+        get_invocation,
+        list_dead_letters,
+        redrive_all,
+        redrive_one
     ),
     components(schemas(
         FunctionInfo,
@@ -146,6 +207,10 @@ pub struct LogPage {
         LogPage,
         ErrorBody,
         ErrorDetail,
+        DeadLetterInfo,
+        Redriven,
+        InvocationRecord,
+        DeliveryPolicy,
         Limits,
         LogRecord,
         gust_core::Outcome
@@ -176,6 +241,17 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/functions/{name}/versions/{version}", get(get_version))
         .route("/v1/functions/{name}/logs", get(read_logs))
+        .route("/v1/functions/{name}/invocations", get(list_invocations))
+        .route("/v1/invocations/{id}", get(get_invocation))
+        .route("/v1/functions/{name}/dead-letters", get(list_dead_letters))
+        .route(
+            "/v1/functions/{name}/dead-letters/redrive",
+            axum::routing::post(redrive_all),
+        )
+        .route(
+            "/v1/functions/{name}/dead-letters/{id}/redrive",
+            axum::routing::post(redrive_one),
+        )
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -314,6 +390,7 @@ async fn deploy_version(
 ) -> Result<(StatusCode, Json<VersionInfo>), ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(name)?;
+    let delivery = params.delivery()?;
     let limits = LimitsPatch {
         memory_bytes: params.memory_bytes,
         timeout_ms: params.timeout_ms,
@@ -350,7 +427,17 @@ async fn deploy_version(
     state.blobs.put(bytes).await?;
     let version = state
         .registry
-        .deploy(&tenant(), &name, &digest, size, limits, now_ms())
+        .deploy(
+            &tenant(),
+            &name,
+            NewVersion {
+                digest: digest.clone(),
+                size_bytes: size,
+                limits,
+                delivery,
+            },
+            now_ms(),
+        )
         .await?;
     tracing::info!(function = %name, version = version.version, %digest, prepare_ms, "deployed");
     Ok((
@@ -434,6 +521,107 @@ async fn read_logs(
     }
     let next = entries.last().map_or(after, |e| e.seq);
     Ok(Json(LogPage { entries, next }))
+}
+
+async fn existing(state: &ApiState, name: String) -> Result<FunctionName, ApiError> {
+    let name = function_name(name)?;
+    if state.registry.function(&tenant(), &name).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "function `{name}` does not exist"
+        )));
+    }
+    Ok(name)
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/invocations", tag = "events",
+    params(("name" = String, Path, description = "Function name"), ListParams),
+    responses(
+        (status = 200, description = "Asynchronous invocations, newest first", body = [InvocationRecord]),
+        (status = 404, body = ErrorBody)))]
+async fn list_invocations(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Vec<InvocationRecord>>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let name = existing(&state, name).await?;
+    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(
+        state.events.invocations(&tenant(), &name, limit).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/invocations/{id}", tag = "events",
+    params(("id" = String, Path, description = "Invocation id")),
+    responses(
+        (status = 200, body = InvocationRecord),
+        (status = 404, body = ErrorBody)))]
+async fn get_invocation(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<InvocationRecord>, ApiError> {
+    Ok(Json(state.events.invocation(&tenant(), &id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/dead-letters", tag = "events",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, description = "Events that gave up, oldest first", body = [DeadLetterInfo]),
+        (status = 404, body = ErrorBody)))]
+async fn list_dead_letters(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<DeadLetterInfo>>, ApiError> {
+    let name = existing(&state, name).await?;
+    let letters = state.events.dead_letters(&tenant(), &name).await?;
+    Ok(Json(
+        letters
+            .into_iter()
+            .map(|l| {
+                let event = gust_core::Envelope::decode(&l.envelope).ok();
+                DeadLetterInfo {
+                    invocation_id: l.invocation_id,
+                    reason: l.reason,
+                    attempts: l.attempts,
+                    last_status: l.last_status,
+                    last_error: l.last_error,
+                    dead_at_ms: l.dead_at_ms,
+                    event_id: event.as_ref().map(|e| e.id.clone()).unwrap_or_default(),
+                    event_source: event.as_ref().map(|e| e.source.clone()).unwrap_or_default(),
+                    event_type: event.as_ref().map(|e| e.ty.clone()).unwrap_or_default(),
+                    data_bytes: event.as_ref().map_or(0, |e| e.data.len() as u64),
+                }
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/functions/{name}/dead-letters/redrive", tag = "events",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, description = "Every dead letter queued again", body = Redriven),
+        (status = 404, body = ErrorBody)))]
+async fn redrive_all(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Redriven>, ApiError> {
+    let name = existing(&state, name).await?;
+    let redriven = state.events.redrive(&tenant(), &name, None).await?;
+    Ok(Json(Redriven { redriven }))
+}
+
+#[utoipa::path(post, path = "/v1/functions/{name}/dead-letters/{id}/redrive", tag = "events",
+    params(("name" = String, Path, description = "Function name"), ("id" = String, Path, description = "Invocation id")),
+    responses(
+        (status = 200, description = "The dead letter queued again", body = Redriven),
+        (status = 404, body = ErrorBody)))]
+async fn redrive_one(
+    State(state): State<ApiState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<Redriven>, ApiError> {
+    let name = existing(&state, name).await?;
+    let redriven = state.events.redrive(&tenant(), &name, Some(&id)).await?;
+    Ok(Json(Redriven { redriven }))
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use gust_api::{ErrorBody, FunctionInfo, LogEntry, LogPage, VersionInfo};
+use gust_api::{DeadLetterInfo, ErrorBody, FunctionInfo, LogEntry, LogPage, Redriven, VersionInfo};
+use gust_core::InvocationRecord;
 use gust_core::Outcome;
 use serde::de::DeserializeOwned;
 
@@ -51,6 +52,60 @@ pub struct DeployArgs {
     /// A host the function may call (repeat for more; `*.example.com` for subdomains).
     #[arg(long = "allow-host")]
     allow_hosts: Vec<String>,
+    /// Events: attempts in all, the first included (default 3).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Events: delay before the first retry in ms, doubled after (default 1000).
+    #[arg(long)]
+    backoff_ms: Option<u64>,
+    /// Events: longest delay between attempts in ms (default 60000).
+    #[arg(long)]
+    max_backoff_ms: Option<u64>,
+    /// Events: give up on an event this old, in ms (default 6 hours).
+    #[arg(long)]
+    max_event_age_ms: Option<u64>,
+    /// Events: attempts running at once (default 16).
+    #[arg(long)]
+    concurrency: Option<u32>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust invocations hello
+  gust invocations hello --json")]
+pub struct InvocationsArgs {
+    /// Function name.
+    name: String,
+    /// At most this many, newest first.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust invocation 1a21a69922a000000001")]
+pub struct InvocationArgs {
+    /// Invocation id (from the 202 answer or `x-request-id`).
+    id: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust dlq hello                  list hello's dead letters
+  gust dlq hello --redrive        queue them all again
+  gust dlq hello --redrive ID     queue one again")]
+pub struct DlqArgs {
+    /// Function name.
+    name: String,
+    /// Queue dead letters again: all, or the one with this invocation id.
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    redrive: Option<String>,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -188,6 +243,18 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     }
     if !args.allow_hosts.is_empty() {
         query.push(("allowed_hosts", args.allow_hosts.join(",")));
+    }
+    let delivery = [
+        ("max_attempts", args.max_attempts.map(u64::from)),
+        ("initial_backoff_ms", args.backoff_ms),
+        ("max_backoff_ms", args.max_backoff_ms),
+        ("max_age_ms", args.max_event_age_ms),
+        ("concurrency", args.concurrency.map(u64::from)),
+    ];
+    for (key, value) in delivery {
+        if let Some(value) = value {
+            query.push((key, value.to_string()));
+        }
     }
     let path = format!("/v1/functions/{}/versions", args.name);
     let progress = (!args.api.json).then(|| {
@@ -446,6 +513,122 @@ pub async fn remove(args: NameArgs) -> anyhow::Result<ExitCode> {
         output::print_json(&serde_json::json!({ "name": args.name, "removed": true }))?;
     } else {
         println!("removed {}", args.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn invocations(args: InvocationsArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let records: Vec<InvocationRecord> = api
+        .send(
+            api.request(
+                reqwest::Method::GET,
+                &format!("/v1/functions/{}/invocations", args.name),
+            )
+            .query(&[("limit", args.limit.to_string())]),
+        )
+        .await?;
+    if args.api.json {
+        output::print_json(&records)?;
+    } else if records.is_empty() {
+        println!("no asynchronous invocations yet: send one with `Gust-Invocation-Type: Event`");
+    } else {
+        let rows: Vec<Vec<String>> = records.iter().map(invocation_row).collect();
+        output::table(
+            &["INVOCATION", "STATE", "ATTEMPTS", "ACCEPTED", "LAST STATUS"],
+            &rows,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn invocation_row(r: &InvocationRecord) -> Vec<String> {
+    vec![
+        r.invocation_id.clone(),
+        serde_json::to_value(&r.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        r.attempts.to_string(),
+        output::timestamp(r.accepted_ms),
+        r.last_status.map_or("-".to_string(), |s| s.to_string()),
+    ]
+}
+
+pub async fn invocation(args: InvocationArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let record: InvocationRecord = api
+        .send(api.request(
+            reqwest::Method::GET,
+            &format!("/v1/invocations/{}", args.id),
+        ))
+        .await?;
+    if args.api.json {
+        output::print_json(&record)?;
+    } else {
+        output::table(
+            &["INVOCATION", "STATE", "ATTEMPTS", "ACCEPTED", "LAST STATUS"],
+            &[invocation_row(&record)],
+        );
+        if let Some(error) = &record.last_error {
+            println!("last error: {error}");
+        }
+        if let Some(at) = record.retry_at_ms {
+            println!("next attempt at {}", output::timestamp(at));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    if let Some(id) = &args.redrive {
+        let path = if id.is_empty() {
+            format!("/v1/functions/{}/dead-letters/redrive", args.name)
+        } else {
+            format!("/v1/functions/{}/dead-letters/{id}/redrive", args.name)
+        };
+        let done: Redriven = api.send(api.request(reqwest::Method::POST, &path)).await?;
+        if args.api.json {
+            output::print_json(&done)?;
+        } else {
+            println!("queued {} dead letter(s) again", done.redriven);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let letters: Vec<DeadLetterInfo> = api
+        .send(api.request(
+            reqwest::Method::GET,
+            &format!("/v1/functions/{}/dead-letters", args.name),
+        ))
+        .await?;
+    if args.api.json {
+        output::print_json(&letters)?;
+    } else if letters.is_empty() {
+        println!("no dead letters");
+    } else {
+        let rows: Vec<Vec<String>> = letters
+            .iter()
+            .map(|l| {
+                vec![
+                    l.invocation_id.clone(),
+                    format!("{:?}", l.reason),
+                    l.attempts.to_string(),
+                    l.last_status.map_or("-".to_string(), |s| s.to_string()),
+                    l.last_error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        output::table(
+            &[
+                "INVOCATION",
+                "REASON",
+                "ATTEMPTS",
+                "LAST STATUS",
+                "LAST ERROR",
+            ],
+            &rows,
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

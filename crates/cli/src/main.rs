@@ -22,6 +22,9 @@ use clap::{Parser, Subcommand};
   curl http://127.0.0.1:8080/hello/
   gust invoke hello --path /x --data 'hi'
   gust logs hello --follow
+  curl -X POST -H 'Gust-Invocation-Type: Event' -d '{}' http://127.0.0.1:8080/hello/
+  gust invocations hello
+  gust dlq hello --redrive
   gust ls --json"
 )]
 struct Cli {
@@ -45,6 +48,12 @@ enum Command {
     Logs(client::LogsArgs),
     /// Remove a function with all its versions and logs.
     Rm(client::NameArgs),
+    /// List a function's asynchronous invocations (events) and their state.
+    Invocations(client::InvocationsArgs),
+    /// Show one asynchronous invocation.
+    Invocation(client::InvocationArgs),
+    /// List a function's dead letters, or redrive them.
+    Dlq(client::DlqArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +77,9 @@ fn main() -> ExitCode {
             Command::Invoke(args) => client::invoke(args).await,
             Command::Logs(args) => client::logs(args).await,
             Command::Rm(args) => client::remove(args).await,
+            Command::Invocations(args) => client::invocations(args).await,
+            Command::Invocation(args) => client::invocation(args).await,
+            Command::Dlq(args) => client::dlq(args).await,
         }
     });
     match result {

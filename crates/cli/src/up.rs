@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use gust_api::ApiState;
+use gust_events::{Dispatcher, Events};
 use gust_gateway::{Gateway, GatewayConfig};
 use gust_runtime::{Runtime, RuntimeConfig};
-use gust_store::{BlobStore, EmbeddedStore, KvStore, LogStore, Registry};
+use gust_store::{BlobStore, EmbeddedStore, KvStore, LogStore, QueueStore, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -43,6 +44,9 @@ pub struct UpArgs {
     /// Milliseconds a request body may pause between two pieces.
     #[arg(long, default_value_t = 30_000)]
     body_idle_timeout_ms: u64,
+    /// Largest payload of an asynchronous invocation, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_event_bytes: u64,
     /// Tuning: bytes of each instance's memory kept resident between uses
     /// of a pool slot (reset with memset instead of madvise).
     #[arg(long, default_value_t = 2 << 20)]
@@ -70,7 +74,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let kv: Arc<dyn KvStore> = Arc::new(store.clone());
     let blobs: Arc<dyn BlobStore> = Arc::new(store.clone());
-    let logs: Arc<dyn LogStore> = Arc::new(store);
+    let logs: Arc<dyn LogStore> = Arc::new(store.clone());
+    let queues: Arc<dyn QueueStore> = Arc::new(store);
+    let events = Events::new(queues, kv.clone());
     let registry = Registry::new(kv);
 
     let data_listener = TcpListener::bind(args.listen).await.with_context(|| {
@@ -93,15 +99,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
         body_idle_timeout: Duration::from_millis(args.body_idle_timeout_ms),
+        max_event_bytes: args.max_event_bytes,
     };
     let (gateway, log_writer) = Gateway::start(
         runtime.clone(),
         registry.clone(),
         blobs.clone(),
         logs.clone(),
+        events.clone(),
         gateway_config,
     )
     .await;
+    Dispatcher::start(&events, Arc::new(gateway.clone()));
 
     let metrics = {
         let gateway = gateway.clone();
@@ -116,6 +125,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         public_url: format!("http://{data_addr}"),
         max_upload_bytes: args.max_upload_bytes,
         metrics,
+        events,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

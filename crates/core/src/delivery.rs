@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Per-function delivery settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryPolicy {
     /// Attempts in all, the first included.

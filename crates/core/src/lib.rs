@@ -7,11 +7,13 @@
 //! that any other crate, and any test, can build by hand.
 
 pub mod delivery;
+mod event;
 mod limits;
 mod names;
 mod records;
 pub mod route;
 
+pub use event::{Envelope, EnvelopeError, InvocationRecord, InvocationState};
 pub use limits::{Limits, LimitsError, LimitsPatch};
 pub use names::{FunctionName, NameError, TenantId};
 pub use records::{ActiveVersion, FunctionRecord, InvocationId, LogRecord, Outcome, VersionRecord};

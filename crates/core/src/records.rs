@@ -1,5 +1,6 @@
 use serde::{Deserialize, Serialize};
 
+use crate::delivery::DeliveryPolicy;
 use crate::{FunctionName, Limits, TenantId};
 
 /// A function as the registry stores it: its name, its version counter and the
@@ -25,6 +26,9 @@ pub struct ActiveVersion {
     /// Content hash of the component (`sha256:<hex>`).
     pub digest: String,
     pub limits: Limits,
+    /// How events for this version are delivered.
+    #[serde(default)]
+    pub delivery: DeliveryPolicy,
 }
 
 /// One immutable deployed version of a function.
@@ -38,6 +42,8 @@ pub struct VersionRecord {
     pub digest: String,
     pub size_bytes: u64,
     pub limits: Limits,
+    #[serde(default)]
+    pub delivery: DeliveryPolicy,
     pub created_at_ms: u64,
 }
 

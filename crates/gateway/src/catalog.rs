@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use gust_core::delivery::DeliveryPolicy;
 use gust_core::{ActiveVersion, FunctionName, Limits, TenantId};
 use gust_runtime::{Prepared, Runtime};
 use gust_store::{BlobStore, KvEvent, Registry};
@@ -18,6 +19,7 @@ pub(crate) struct Route {
     pub version: u64,
     pub digest: String,
     pub limits: Arc<Limits>,
+    pub delivery: DeliveryPolicy,
     prepared: OnceCell<Arc<Prepared>>,
 }
 
@@ -38,6 +40,7 @@ impl Route {
             version: active.version,
             digest: active.digest,
             limits: Arc::new(active.limits),
+            delivery: active.delivery,
             prepared: OnceCell::new(),
         }
     }

@@ -19,6 +19,10 @@ pub(crate) enum GatewayError {
         limit: u64,
     },
     BodyStalled,
+    EventTooLarge {
+        limit: u64,
+    },
+    EventNotStored,
     Overloaded,
     Draining,
     Load {
@@ -32,6 +36,15 @@ pub(crate) enum GatewayError {
 }
 
 impl GatewayError {
+    /// The reason, as the response body would say it.
+    pub fn message(&self) -> String {
+        match self {
+            GatewayError::Invoke { function, error } => format!("function `{function}`: {error}"),
+            GatewayError::Load { function, error } => format!("function `{function}`: {error}"),
+            other => format!("{other:?}"),
+        }
+    }
+
     pub fn into_response(self, invocation_id: &str) -> Response<GatewayBody> {
         let (status, text) = match self {
             GatewayError::NoRoute => (
@@ -50,6 +63,14 @@ impl GatewayError {
             GatewayError::BodyStalled => (
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body stopped arriving before it was complete".to_string(),
+            ),
+            GatewayError::EventTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an event's payload may be at most {limit} bytes"),
+            ),
+            GatewayError::EventNotStored => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the event could not be stored; it was not accepted, retry shortly".to_string(),
             ),
             GatewayError::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -20,10 +20,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use gust_core::{LogRecord, Outcome, route};
-use gust_runtime::{InvocationReport, Runtime};
+use gust_core::delivery::DeliveryPolicy;
+use gust_core::{Envelope, LogRecord, Outcome, route};
+use gust_events::{AttemptOutcome, Events, Invoker};
+use gust_runtime::{GuestBody, InvocationReport, Runtime};
 use gust_store::{BlobStore, LogStore, Registry};
 use http::{HeaderValue, Request, Response, Uri, header};
+use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -37,6 +40,9 @@ use crate::body::{BodyFault, LimitedBody};
 use crate::catalog::Catalog;
 use crate::error::GatewayError;
 use crate::logs::LogSink;
+
+/// Request header that makes an invocation asynchronous: `Gust-Invocation-Type: Event`.
+pub const INVOCATION_TYPE: &str = "gust-invocation-type";
 
 /// Body type of every data-plane response.
 pub type GatewayBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -52,6 +58,8 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// Invocations admitted at once; more get 503 with `Retry-After`.
     pub max_in_flight: usize,
+    /// Largest payload of an asynchronous invocation (an event), in bytes.
+    pub max_event_bytes: u64,
 }
 
 impl Default for GatewayConfig {
@@ -61,6 +69,7 @@ impl Default for GatewayConfig {
             body_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(60),
             max_in_flight: 1000,
+            max_event_bytes: 1 << 20,
         }
     }
 }
@@ -101,6 +110,7 @@ struct Shared {
     draining: AtomicBool,
     counters: Counters,
     ids: InvocationIds,
+    events: Events,
 }
 
 /// Handle on the log writer, to flush it at shutdown.
@@ -122,6 +132,7 @@ impl Gateway {
         registry: Registry,
         blobs: Arc<dyn BlobStore>,
         log_store: Arc<dyn LogStore>,
+        events: Events,
         config: GatewayConfig,
     ) -> (Self, LogWriter) {
         let catalog = Arc::new(Catalog::default());
@@ -146,6 +157,7 @@ impl Gateway {
                 draining: AtomicBool::new(false),
                 counters: Counters::default(),
                 ids: InvocationIds::new(),
+                events,
             }),
         };
         (gateway, LogWriter(writer))
@@ -250,33 +262,27 @@ async fn invoke(
         .catalog
         .get(name)
         .ok_or_else(|| GatewayError::NoSuchFunction(name.to_string()))?;
-    let limits = route.limits.clone();
-
     let declared_length = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+
+    let asynchronous = request
+        .headers()
+        .get(INVOCATION_TYPE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"event"));
+    if asynchronous {
+        let path = route::guest_path(tail).into_owned();
+        return submit_event(shared, &route, request, path, declared_length, id).await;
+    }
+
+    let limits = route.limits.clone();
     if declared_length.is_some_and(|len| len > limits.max_body_bytes) {
         return Err(GatewayError::BodyTooLarge {
             limit: limits.max_body_bytes,
         });
     }
-
-    let permit = shared
-        .admission
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| GatewayError::Overloaded)?;
-
-    let prepared = route
-        .prepared(&shared.runtime, shared.blobs.as_ref())
-        .await
-        .map_err(|error| GatewayError::Load {
-            function: route.name.to_string(),
-            error,
-        })?;
-
     // The guest sees its own path, and the host the client asked for.
     let authority = request
         .headers()
@@ -295,8 +301,40 @@ async fn invoke(
         shared.config.body_idle_timeout,
         fault.clone(),
     );
-    let guest_request = Request::from_parts(parts, body);
+    let result = run(shared, &route, Request::from_parts(parts, body), id).await;
+    if fault.too_large() {
+        return Err(GatewayError::BodyTooLarge {
+            limit: limits.max_body_bytes,
+        });
+    }
+    if fault.stalled() {
+        return Err(GatewayError::BodyStalled);
+    }
+    result
+}
 
+/// Admits a request and runs it in a fresh instance of the route's function.
+async fn run<B>(
+    shared: &Arc<Shared>,
+    route: &Arc<catalog::Route>,
+    request: Request<B>,
+    id: &str,
+) -> Result<Response<GatewayBody>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes, Error = GuestBody> + Send + 'static,
+{
+    let permit = shared
+        .admission
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| GatewayError::Overloaded)?;
+    let prepared = route
+        .prepared(&shared.runtime, shared.blobs.as_ref())
+        .await
+        .map_err(|error| GatewayError::Load {
+            function: route.name.to_string(),
+            error,
+        })?;
     let done = {
         let shared = shared.clone();
         let route = route.clone();
@@ -306,22 +344,178 @@ async fn invoke(
             record(&shared, &route, &id, report);
         }
     };
-    let result = shared
+    shared
         .runtime
-        .invoke(prepared, limits.clone(), guest_request, done)
-        .await;
-    if fault.too_large() {
-        return Err(GatewayError::BodyTooLarge {
-            limit: limits.max_body_bytes,
-        });
+        .invoke(prepared, route.limits.clone(), request, done)
+        .await
+        .map_err(|error| GatewayError::Invoke {
+            function: route.name.to_string(),
+            error,
+        })
+}
+
+/// Accepts a request as an event for later delivery: `202` once it is
+/// durably queued. CloudEvents attributes come from `ce-*` headers when
+/// the client sends them (binary mode), else Gust fills them in.
+async fn submit_event(
+    shared: &Arc<Shared>,
+    route: &Arc<catalog::Route>,
+    request: Request<Incoming>,
+    path: String,
+    declared_length: Option<u64>,
+    id: &str,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let limit = shared.config.max_event_bytes;
+    if declared_length.is_some_and(|len| len > limit) {
+        return Err(GatewayError::EventTooLarge { limit });
     }
-    if fault.stalled() {
-        return Err(GatewayError::BodyStalled);
+    let (parts, body) = request.into_parts();
+    let data = tokio::time::timeout(
+        shared.config.body_idle_timeout,
+        http_body_util::Limited::new(body, limit as usize).collect(),
+    )
+    .await
+    .map_err(|_| GatewayError::BodyStalled)?
+    .map_err(|_| GatewayError::EventTooLarge { limit })?
+    .to_bytes();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let now = now_ms();
+    let envelope = Envelope {
+        tenant: route.tenant.clone(),
+        function: route.name.clone(),
+        invocation_id: id.to_string(),
+        id: header("ce-id").unwrap_or_else(|| id.to_string()),
+        source: header("ce-source").unwrap_or_else(|| format!("/gust/functions/{}", route.name)),
+        ty: header("ce-type").unwrap_or_else(|| "dev.gust.invocation".to_string()),
+        subject: header("ce-subject"),
+        time_ms: now,
+        content_type: header("content-type"),
+        accepted_ms: now,
+        path,
+        data: data.to_vec(),
+    };
+    shared.events.submit(envelope).await.map_err(|e| {
+        tracing::error!(invocation_id = id, error = %e, "could not queue an event");
+        GatewayError::EventNotStored
+    })?;
+    let body = format!("{{\"invocation_id\":\"{id}\",\"state\":\"queued\"}}\n");
+    let mut response = Response::new(
+        http_body_util::Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = http::StatusCode::ACCEPTED;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+#[async_trait::async_trait]
+impl Invoker for Gateway {
+    async fn deliver(&self, envelope: &Envelope, attempt: u32) -> AttemptOutcome {
+        let shared = &self.shared;
+        let id = envelope.invocation_id.as_str();
+        let Some(route) = shared.catalog.get(envelope.function.as_str()) else {
+            return AttemptOutcome {
+                status: 404,
+                error: Some(format!("function `{}` no longer exists", envelope.function)),
+            };
+        };
+        let mut request = Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("http://localhost{}", envelope.path))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", &envelope.id)
+            .header("ce-source", &envelope.source)
+            .header("ce-type", &envelope.ty)
+            .header("ce-time", rfc3339(envelope.time_ms))
+            .header("gust-invocation-id", id)
+            .header("gust-attempt", attempt.to_string());
+        if let Some(subject) = &envelope.subject {
+            request = request.header("ce-subject", subject);
+        }
+        if let Some(content_type) = &envelope.content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let body = http_body_util::Full::new(Bytes::from(envelope.data.clone()))
+            .map_err(|never: Infallible| match never {});
+        let request = match request.body(body) {
+            Ok(request) => request,
+            Err(e) => {
+                return AttemptOutcome {
+                    status: 400,
+                    error: Some(format!("the event's attributes are not valid headers: {e}")),
+                };
+            }
+        };
+        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        match run(shared, &route, request, id).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                // The attempt is over when the function has sent its whole answer.
+                match response.into_body().collect().await {
+                    Ok(_) => AttemptOutcome {
+                        status,
+                        error: None,
+                    },
+                    Err(e) => AttemptOutcome {
+                        status: 500,
+                        error: Some(format!("the response body failed: {e}")),
+                    },
+                }
+            }
+            Err(error) => {
+                let message = error.message();
+                let response = error.into_response(id);
+                AttemptOutcome {
+                    status: response.status().as_u16(),
+                    error: Some(message),
+                }
+            }
+        }
     }
-    result.map_err(|error| GatewayError::Invoke {
-        function: route.name.to_string(),
-        error,
-    })
+
+    fn policy(
+        &self,
+        _tenant: &gust_core::TenantId,
+        function: &gust_core::FunctionName,
+    ) -> Option<(DeliveryPolicy, u64)> {
+        self.shared
+            .catalog
+            .get(function.as_str())
+            .map(|r| (r.delivery.clone(), r.limits.timeout_ms))
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 (UTC), for `ce-time`.
+fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
 }
 
 /// Counts a finished invocation and logs what it printed (or how it failed).

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use gust_core::{FunctionName, Limits, TenantId};
 
 use crate::{
-    BlobStore, KvEvent, KvStore, LogStore, QueueStore, Registry, RegistryError, StoreError,
-    digest_of,
+    BlobStore, KvEvent, KvStore, LogStore, NewVersion, QueueStore, Registry, RegistryError,
+    StoreError, digest_of,
 };
 
 fn b(s: &str) -> Bytes {
@@ -170,6 +170,15 @@ pub async fn logs(logs: &dyn LogStore) {
     assert_eq!(heads, [("s1".to_string(), 4)]);
 }
 
+fn version(digest: &str, size_bytes: u64) -> NewVersion {
+    NewVersion {
+        digest: digest.to_string(),
+        size_bytes,
+        limits: Limits::default(),
+        delivery: Default::default(),
+    }
+}
+
 /// The typed registry on top of a backend's KV: versions, tenants, deletes.
 pub async fn registry(kv: Arc<dyn KvStore>) {
     let registry = Registry::new(kv);
@@ -179,12 +188,12 @@ pub async fn registry(kv: Arc<dyn KvStore>) {
 
     assert!(registry.function(&tenant, &hello).await.unwrap().is_none());
     let v1 = registry
-        .deploy(&tenant, &hello, "sha256:aa", 10, Limits::default(), 1)
+        .deploy(&tenant, &hello, version("sha256:aa", 10), 1)
         .await
         .unwrap();
     assert_eq!(v1.version, 1);
     let v2 = registry
-        .deploy(&tenant, &hello, "sha256:bb", 20, Limits::default(), 2)
+        .deploy(&tenant, &hello, version("sha256:bb", 20), 2)
         .await
         .unwrap();
     assert_eq!(v2.version, 2);
@@ -220,8 +229,8 @@ pub async fn registry(kv: Arc<dyn KvStore>) {
         Err(RegistryError::AlreadyExists(_))
     ));
     let (a, b_) = tokio::join!(
-        registry.deploy(&tenant, &hello, "sha256:cc", 1, Limits::default(), 3),
-        registry.deploy(&tenant, &hello, "sha256:dd", 1, Limits::default(), 3)
+        registry.deploy(&tenant, &hello, version("sha256:cc", 1), 3),
+        registry.deploy(&tenant, &hello, version("sha256:dd", 1), 3)
     );
     let mut numbers = [a.unwrap().version, b_.unwrap().version];
     numbers.sort_unstable();

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use embedded::EmbeddedStore;
-pub use registry::{Registry, RegistryError};
+pub use registry::{NewVersion, Registry, RegistryError};
 
 /// Errors a storage backend reports.
 #[derive(Debug, thiserror::Error)]

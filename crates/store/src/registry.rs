@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gust_core::delivery::DeliveryPolicy;
 use gust_core::{ActiveVersion, FunctionName, FunctionRecord, Limits, TenantId, VersionRecord};
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -48,6 +49,15 @@ fn encode<T: Serialize>(value: &T) -> Result<Bytes, StoreError> {
 fn decode<T: DeserializeOwned>(entry: &Entry) -> Result<T, StoreError> {
     serde_json::from_slice(&entry.value)
         .map_err(|e| StoreError::Corrupt(format!("{}: {e}", entry.key)))
+}
+
+/// What a deploy records about the new version.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub digest: String,
+    pub size_bytes: u64,
+    pub limits: Limits,
+    pub delivery: DeliveryPolicy,
 }
 
 /// Typed access to functions and versions.
@@ -113,9 +123,7 @@ impl Registry {
         &self,
         tenant: &TenantId,
         name: &FunctionName,
-        digest: &str,
-        size_bytes: u64,
-        limits: Limits,
+        new: NewVersion,
         now_ms: u64,
     ) -> Result<VersionRecord, RegistryError> {
         let key = function_key(tenant, name);
@@ -139,9 +147,10 @@ impl Registry {
                 tenant: tenant.clone(),
                 name: name.clone(),
                 version: record.latest_version + 1,
-                digest: digest.to_string(),
-                size_bytes,
-                limits: limits.clone(),
+                digest: new.digest.clone(),
+                size_bytes: new.size_bytes,
+                limits: new.limits.clone(),
+                delivery: new.delivery.clone(),
                 created_at_ms: now_ms,
             };
             record.latest_version = version.version;
@@ -149,6 +158,7 @@ impl Registry {
                 version: version.version,
                 digest: version.digest.clone(),
                 limits: version.limits.clone(),
+                delivery: version.delivery.clone(),
             });
             // The compare-and-set on the function record hands out the
             // version number; only its winner writes that version's record.

@@ -9,6 +9,7 @@
 //! | `/grow?mb=N` | allocates and touches N MiB, answers `grew N` |
 //! | `/sleep?ms=N` | sleeps N ms, answers `slept N` |
 //! | `/print` | writes a line to stdout and one to stderr |
+//! | `/headers` | writes every request header to stdout, `name: value` per line |
 //! | `/flood?kb=N` | writes N KiB to stdout |
 //! | `/body` | reads the whole body, answers its size |
 //! | `/fetch?url=U` | sends GET U through outgoing `wasi:http`, answers the status or the error |
@@ -51,6 +52,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                 let ms = number("ms");
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 format!("slept {ms}")
+            }
+            "/headers" => {
+                for (name, value) in request.headers().entries() {
+                    println!("{name}: {}", String::from_utf8_lossy(&value));
+                }
+                "headers printed".to_string()
             }
             "/print" => {
                 println!("hello from stdout");

@@ -146,6 +146,69 @@ impl Server {
         }
     }
 
+    /// Kills the server with SIGKILL (no drain, no flush) and waits for it.
+    pub fn kill9(mut self) {
+        self.signal("KILL");
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Polls `check` every 50 ms until it returns `Some`, for up to `limit`.
+    pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(value) = check().await {
+                return Some(value);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `GET` on the control API, parsed as JSON.
+    pub async fn api_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .expect("control API request")
+            .json()
+            .await
+            .expect("control API JSON")
+    }
+
+    /// Sends an asynchronous invocation; returns (status, invocation id).
+    pub async fn submit(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, String) {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("Gust-Invocation-Type", "Event")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("submit");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let id = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["invocation_id"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        (status, id)
+    }
+
     /// Runs a client command against this server.
     pub fn gust(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_gust"))

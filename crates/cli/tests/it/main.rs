@@ -6,6 +6,7 @@
 
 mod control;
 mod data_plane;
+mod events;
 mod harness;
 mod lifecycle;
 mod limits;

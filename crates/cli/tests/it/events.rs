@@ -1,0 +1,234 @@
+//! Asynchronous invocations: one envelope, one delivery policy, dead
+//! letters, redrive, and nothing lost to a crash.
+
+use std::time::Duration;
+
+use crate::harness::{Server, guests};
+
+async fn state_of(server: &Server, id: &str) -> serde_json::Value {
+    server.api_json(&format!("/v1/invocations/{id}")).await
+}
+
+async fn wait_for_state(server: &Server, id: &str, state: &str) -> serde_json::Value {
+    Server::eventually(Duration::from_secs(20), || async {
+        let record = state_of(server, id).await;
+        (record["state"] == state).then_some(record)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{id} never reached {state}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_is_accepted_then_delivered_as_a_cloudevent() {
+    let server = Server::start();
+    server.deploy("tb", &guests().testbed, &[]);
+    let (status, id) = server
+        .submit(
+            "/tb/headers",
+            &[
+                ("ce-type", "com.example.thing"),
+                ("ce-source", "/tests"),
+                ("content-type", "text/plain"),
+            ],
+            b"payload".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 202, "{id}");
+    let record = wait_for_state(&server, &id, "succeeded").await;
+    assert_eq!(record["attempts"], 1);
+    assert_eq!(record["last_status"], 200);
+
+    // The function saw the CloudEvents binary-mode headers and Gust's own.
+    let logs = Server::eventually(Duration::from_secs(10), || async {
+        let entries = server.gust_json(&["logs", "tb"]);
+        entries.as_array().unwrap().first().cloned()
+    })
+    .await
+    .expect("a log entry");
+    let printed = logs["stdout"].as_str().unwrap();
+    for expected in [
+        "ce-specversion: 1.0",
+        "ce-type: com.example.thing",
+        "ce-source: /tests",
+        &format!("ce-id: {id}"),
+        &format!("gust-invocation-id: {id}"),
+        "gust-attempt: 1",
+        "content-type: text/plain",
+    ] {
+        assert!(
+            printed.contains(expected),
+            "missing `{expected}` in:\n{printed}"
+        );
+    }
+    assert!(printed.contains("ce-time: 20"), "{printed}");
+    assert_eq!(logs["invocation_id"], id.as_str());
+
+    let listed = server.gust_json(&["invocations", "tb"]);
+    assert_eq!(listed[0]["invocation_id"], id.as_str());
+    let one = server.gust_json(&["invocation", &id]);
+    assert_eq!(one["state"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_submissions_are_refused_not_dropped() {
+    let server = Server::start();
+    server.deploy("tb", &guests().testbed, &[]);
+    let (status, _) = server.submit("/nope/", &[], b"x".to_vec()).await;
+    assert_eq!(status, 404);
+    let (status, body) = server.submit("/tb/", &[], vec![0u8; (1 << 20) + 1]).await;
+    assert_eq!(status, 413, "{body}");
+    let listed = server.gust_json(&["invocations", "tb"]);
+    assert_eq!(listed, serde_json::json!([]));
+    assert_eq!(server.gust(&["invocation", "nope"]).status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_are_retried_with_backoff_then_dead_lettered_and_redriven() {
+    let server = Server::start();
+    server.deploy(
+        "flaky",
+        &guests().testbed,
+        &["--max-attempts", "3", "--backoff-ms", "300"],
+    );
+    let (status, id) = server.submit("/flaky/trap", &[], Vec::new()).await;
+    assert_eq!(status, 202);
+    let record = wait_for_state(&server, &id, "dead_lettered").await;
+    assert_eq!(record["attempts"], 3);
+    assert_eq!(record["last_status"], 500);
+    assert!(
+        record["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable")
+    );
+
+    // Three attempts, spaced per the policy: ≥ 150 ms (half of 300, the
+    // jitter's floor), then ≥ 300 ms.
+    let entries = Server::eventually(Duration::from_secs(10), || async {
+        let entries = server.gust_json(&["logs", "flaky"]);
+        let entries = entries.as_array().unwrap().clone();
+        (entries.len() == 3).then_some(entries)
+    })
+    .await
+    .expect("three attempts logged");
+    let times: Vec<u64> = entries
+        .iter()
+        .map(|e| e["time_ms"].as_u64().unwrap())
+        .collect();
+    assert!(times[1] - times[0] >= 150, "{times:?}");
+    assert!(times[2] - times[1] >= 300, "{times:?}");
+    assert!(times[2] - times[0] < 3000, "{times:?}");
+
+    let letters = server.gust_json(&["dlq", "flaky"]);
+    assert_eq!(letters[0]["invocation_id"], id.as_str());
+    assert_eq!(letters[0]["reason"], "attempts_exhausted");
+
+    // Fix the function, redrive: delivered, and the dead-letter queue is empty.
+    server.deploy("flaky", &guests().hello, &[]);
+    let redriven = server.gust_json(&["dlq", "flaky", "--redrive"]);
+    assert_eq!(redriven["redriven"], 1);
+    wait_for_state(&server, &id, "succeeded").await;
+    assert_eq!(server.gust_json(&["dlq", "flaky"]), serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permanent_failure_is_dead_lettered_at_once_and_does_not_block_others() {
+    let server = Server::start();
+    server.deploy(
+        "tb",
+        &guests().testbed,
+        &["--max-attempts", "5", "--backoff-ms", "100"],
+    );
+    // The testbed answers 404 on unknown paths: a permanent failure.
+    let (_, bad) = server.submit("/tb/no-such-path", &[], Vec::new()).await;
+    let (_, poison) = server.submit("/tb/trap", &[], Vec::new()).await;
+    let (_, good) = server.submit("/tb/", &[], Vec::new()).await;
+    let record = wait_for_state(&server, &bad, "dead_lettered").await;
+    assert_eq!(record["attempts"], 1);
+    wait_for_state(&server, &good, "succeeded").await;
+    let poisoned = wait_for_state(&server, &poison, "dead_lettered").await;
+    assert_eq!(poisoned["attempts"], 5);
+    let reasons: Vec<String> = server
+        .gust_json(&["dlq", "tb"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        reasons.contains(&"permanent_failure".to_string()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"attempts_exhausted".to_string()),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_with_a_backlog_loses_no_accepted_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    server.deploy("sink", &guests().testbed, &["--concurrency", "2"]);
+    const EVENTS: usize = 600;
+    let mut ids = Vec::with_capacity(EVENTS);
+    let mut tasks = Vec::new();
+    for chunk in 0..6 {
+        let url = server.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut ids = Vec::new();
+            for i in 0..EVENTS / 6 {
+                let response = http
+                    .post(format!("{url}/sink/sleep?ms=5&n={chunk}-{i}"))
+                    .header("Gust-Invocation-Type", "Event")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202);
+                let body: serde_json::Value = response.json().await.unwrap();
+                ids.push(body["invocation_id"].as_str().unwrap().to_string());
+            }
+            ids
+        }));
+    }
+    for task in tasks {
+        ids.extend(task.await.unwrap());
+    }
+    // Every event was acknowledged; most are still queued or running.
+    server.kill9();
+
+    let server = Server::start_in(dir.path(), &[]);
+    let mut lost = Vec::new();
+    let mut duplicates = 0;
+    let done = Server::eventually(Duration::from_secs(120), || async {
+        let records = server
+            .api_json("/v1/functions/sink/invocations?limit=1000")
+            .await;
+        let records = records.as_array().unwrap().clone();
+        let succeeded = records.iter().filter(|r| r["state"] == "succeeded").count();
+        (succeeded == EVENTS).then_some(records)
+    })
+    .await;
+    let records = done.unwrap_or_default();
+    for id in &ids {
+        match records.iter().find(|r| r["invocation_id"] == id.as_str()) {
+            Some(r) if r["state"] == "succeeded" => {
+                if r["attempts"].as_u64().unwrap_or(0) > 1 {
+                    duplicates += 1;
+                }
+            }
+            _ => lost.push(id.clone()),
+        }
+    }
+    println!(
+        "kill -9 checker: accepted {EVENTS}, lost {}, delivered more than once {duplicates}",
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "lost {} events: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}

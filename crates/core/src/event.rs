@@ -1,0 +1,132 @@
+//! The one envelope every event travels in: a CloudEvents 1.0 event plus
+//! what delivery needs (target function, invocation id, acceptance time).
+//! Functions receive it through the CloudEvents HTTP binding, binary mode.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{FunctionName, TenantId};
+
+/// An accepted event on its way to a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub tenant: TenantId,
+    pub function: FunctionName,
+    /// Same for every attempt, so a function can deduplicate.
+    pub invocation_id: String,
+    /// CloudEvents `id`.
+    pub id: String,
+    /// CloudEvents `source`.
+    pub source: String,
+    /// CloudEvents `type`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// CloudEvents `subject`.
+    pub subject: Option<String>,
+    /// CloudEvents `time`, as Unix milliseconds.
+    pub time_ms: u64,
+    /// CloudEvents `datacontenttype`.
+    pub content_type: Option<String>,
+    /// When Gust accepted the event (Unix ms): the base of its max age.
+    pub accepted_ms: u64,
+    /// Path and query the function sees (an asynchronous HTTP invocation
+    /// keeps the one it was sent to); `/` for other triggers.
+    #[serde(default = "root_path")]
+    pub path: String,
+    #[serde(skip)]
+    pub data: Vec<u8>,
+}
+
+fn root_path() -> String {
+    "/".to_string()
+}
+
+/// Why stored envelope bytes could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("stored event is corrupt: {0}")]
+pub struct EnvelopeError(String);
+
+impl Envelope {
+    /// Encodes as `[header length: u32 LE][header JSON][data]`, so data is
+    /// stored as is, without base64.
+    pub fn encode(&self) -> Vec<u8> {
+        let header = serde_json::to_vec(self).unwrap_or_default();
+        let mut out = Vec::with_capacity(4 + header.len() + self.data.len());
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        let len_bytes: [u8; 4] = bytes
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| EnvelopeError("too short".into()))?;
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        let header = bytes
+            .get(4..4 + len)
+            .ok_or_else(|| EnvelopeError("header cut short".into()))?;
+        let mut envelope: Envelope =
+            serde_json::from_slice(header).map_err(|e| EnvelopeError(e.to_string()))?;
+        envelope.data = bytes[4 + len..].to_vec();
+        Ok(envelope)
+    }
+}
+
+/// Where an asynchronous invocation stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InvocationState {
+    /// Accepted, waiting for its first attempt.
+    Queued,
+    /// An attempt is running.
+    Running,
+    /// The last attempt failed; another is planned.
+    Failed,
+    Succeeded,
+    /// Given up; in the function's dead-letter queue.
+    DeadLettered,
+}
+
+/// The status of one asynchronous invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InvocationRecord {
+    pub invocation_id: String,
+    pub function: String,
+    pub state: InvocationState,
+    pub attempts: u32,
+    pub accepted_ms: u64,
+    pub updated_ms: u64,
+    /// Status of the last attempt (the function's, or 500/504 for a trap/timeout).
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    /// When the next attempt is due (state `failed`).
+    pub retry_at_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_with_binary_data() {
+        let envelope = Envelope {
+            tenant: TenantId::default_tenant(),
+            function: FunctionName::new("f").unwrap(),
+            invocation_id: "inv".into(),
+            id: "e1".into(),
+            source: "/test".into(),
+            ty: "com.example.thing".into(),
+            subject: Some("s".into()),
+            time_ms: 5,
+            content_type: Some("application/octet-stream".into()),
+            accepted_ms: 6,
+            path: "/x?y=1".into(),
+            data: vec![0, 255, 1, 2],
+        };
+        let decoded = Envelope::decode(&envelope.encode()).unwrap();
+        assert_eq!(decoded, envelope);
+        assert!(Envelope::decode(b"\x10\0\0\0{").is_err());
+        assert!(Envelope::decode(b"").is_err());
+    }
+}

@@ -1,0 +1,290 @@
+//! The driver of the delivery policy: one worker per function queue claims
+//! due events, runs attempts through the [`Invoker`] (up to the function's
+//! concurrency), and applies the policy's decision to each result.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher as _, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gust_core::delivery::{AttemptResult, Decision, DeliveryPolicy};
+use gust_core::{Envelope, FunctionName, InvocationRecord, InvocationState, TenantId};
+use gust_store::Claimed;
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+use crate::{DeadLetter, Events, dead_letter_key, encode, invocation_key, now_ms};
+
+/// How often a worker looks for due retries when nobody wakes it.
+const POLL: Duration = Duration::from_millis(20);
+/// A claim lasts the function's timeout plus this, then the event is claimable again.
+const LEASE_MARGIN_MS: u64 = 10_000;
+
+/// The result of one attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    /// The function's status, or the one the platform answered for it
+    /// (404 gone, 500 trap, 503 no capacity, 504 timeout).
+    pub status: u16,
+    pub error: Option<String>,
+}
+
+/// Runs one attempt of an event; implemented by the data plane.
+#[async_trait]
+pub trait Invoker: Send + Sync + 'static {
+    async fn deliver(&self, envelope: &Envelope, attempt: u32) -> AttemptOutcome;
+    /// The function's delivery policy and timeout (ms); `None` if it is gone.
+    fn policy(&self, tenant: &TenantId, function: &FunctionName) -> Option<(DeliveryPolicy, u64)>;
+}
+
+/// Wakes workers when events arrive and tracks running attempts.
+#[derive(Default)]
+pub(crate) struct Wake {
+    workers: Mutex<HashMap<String, Arc<Notify>>>,
+    spawn: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    running: Mutex<HashSet<String>>,
+}
+
+impl Wake {
+    pub fn notify(&self, queue: &str) {
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        match workers.get(queue) {
+            Some(notify) => notify.notify_one(),
+            None => {
+                if let Some(spawn) = &*self.spawn.lock().unwrap_or_else(|p| p.into_inner()) {
+                    let _ = spawn.send(queue.to_string());
+                }
+            }
+        }
+    }
+
+    pub fn is_running(&self, id: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    fn set_running(&self, id: &str, running: bool) {
+        let mut set = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running {
+            set.insert(id.to_string());
+        } else {
+            set.remove(id);
+        }
+    }
+}
+
+/// Delivers queued events until the process ends.
+pub struct Dispatcher;
+
+impl Dispatcher {
+    /// Starts a worker for every queue that holds events now, and for every
+    /// queue that gets one later.
+    pub fn start(events: &Events, invoker: Arc<dyn Invoker>) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        *events.wake.spawn.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+        let events = events.clone();
+        tokio::spawn(async move {
+            match events.queue.queues().await {
+                Ok(queues) => {
+                    for queue in queues {
+                        let _ = tx.send(queue);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot list event queues"),
+            }
+            drop(tx);
+            while let Some(queue) = rx.recv().await {
+                let notify = {
+                    let mut workers = events
+                        .wake
+                        .workers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    if workers.contains_key(&queue) {
+                        continue;
+                    }
+                    let notify = Arc::new(Notify::new());
+                    workers.insert(queue.clone(), notify.clone());
+                    notify
+                };
+                tokio::spawn(work(events.clone(), invoker.clone(), queue, notify));
+            }
+        });
+    }
+}
+
+fn parse_queue(queue: &str) -> Option<(TenantId, FunctionName)> {
+    let rest = queue.strip_prefix("events/")?;
+    let (tenant, function) = rest.split_once('/')?;
+    Some((
+        TenantId::new(tenant).ok()?,
+        FunctionName::new(function).ok()?,
+    ))
+}
+
+/// One function's worker.
+async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: Arc<Notify>) {
+    let Some((tenant, function)) = parse_queue(&queue) else {
+        tracing::error!(%queue, "not an event queue name");
+        return;
+    };
+    let concurrency = invoker
+        .policy(&tenant, &function)
+        .map_or(DeliveryPolicy::default().concurrency, |(p, _)| {
+            p.concurrency
+        });
+    let slots = Arc::new(Semaphore::new(concurrency as usize));
+    loop {
+        let Ok(first) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (policy, timeout_ms) = invoker
+            .policy(&tenant, &function)
+            .unwrap_or((DeliveryPolicy::default(), 0));
+        let max = 1 + slots.available_permits();
+        let claimed = match events
+            .queue
+            .claim(&queue, now_ms(), timeout_ms + LEASE_MARGIN_MS, max)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::error!(%queue, error = %e, "claiming events failed");
+                Vec::new()
+            }
+        };
+        if claimed.is_empty() {
+            drop(first);
+            let _ = tokio::time::timeout(POLL, notify.notified()).await;
+            continue;
+        }
+        let mut permits = vec![first];
+        while permits.len() < claimed.len() {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        for (item, permit) in claimed.into_iter().zip(permits) {
+            let (events, invoker, queue, policy) = (
+                events.clone(),
+                invoker.clone(),
+                queue.clone(),
+                policy.clone(),
+            );
+            tokio::spawn(async move {
+                attempt(&events, invoker.as_ref(), &queue, &policy, item).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Runs one attempt and applies the policy to its result.
+async fn attempt(
+    events: &Events,
+    invoker: &dyn Invoker,
+    queue: &str,
+    policy: &DeliveryPolicy,
+    item: Claimed,
+) {
+    let envelope = match Envelope::decode(&item.payload) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            // Cannot be delivered in any attempt; keep it from blocking the queue.
+            tracing::error!(%queue, seq = item.seq, error = %e, "dropping an undecodable event");
+            let _ = events.queue.ack(queue, vec![item.seq]).await;
+            return;
+        }
+    };
+    let id = envelope.invocation_id.clone();
+    events.wake.set_running(&id, true);
+    let outcome = invoker.deliver(&envelope, item.attempt).await;
+    events.wake.set_running(&id, false);
+
+    let now = now_ms();
+    let result = AttemptResult::from_status(outcome.status);
+    let decision = policy.decide(
+        item.attempt,
+        result,
+        now.saturating_sub(envelope.accepted_ms),
+        jitter(),
+    );
+    let mut record = InvocationRecord {
+        invocation_id: id.clone(),
+        function: envelope.function.to_string(),
+        state: InvocationState::Succeeded,
+        attempts: item.attempt,
+        accepted_ms: envelope.accepted_ms,
+        updated_ms: now,
+        last_status: Some(outcome.status),
+        last_error: outcome.error.clone(),
+        retry_at_ms: None,
+    };
+    let applied = async {
+        match decision {
+            Decision::Done => {
+                put_record(events, &envelope.tenant, &record).await?;
+                events.queue.ack(queue, vec![item.seq]).await
+            }
+            Decision::RetryAfter(delay) => {
+                record.state = InvocationState::Failed;
+                record.retry_at_ms = Some(now + delay);
+                put_record(events, &envelope.tenant, &record).await?;
+                events.queue.release(queue, item.seq, now + delay).await
+            }
+            Decision::DeadLetter(reason) => {
+                let letter = DeadLetter {
+                    invocation_id: id.clone(),
+                    function: envelope.function.to_string(),
+                    reason,
+                    attempts: item.attempt,
+                    last_status: Some(outcome.status),
+                    last_error: outcome.error.clone(),
+                    dead_at_ms: now,
+                    envelope: item.payload.to_vec(),
+                };
+                events
+                    .kv
+                    .put(
+                        &dead_letter_key(&envelope.tenant, &envelope.function, &id),
+                        encode(&letter)?,
+                    )
+                    .await?;
+                record.state = InvocationState::DeadLettered;
+                put_record(events, &envelope.tenant, &record).await?;
+                events.queue.ack(queue, vec![item.seq]).await
+            }
+        }
+    };
+    if let Err(e) = applied.await {
+        // The claim's lease runs out and the event is tried again.
+        tracing::error!(%queue, invocation_id = %id, error = %e, "recording an attempt failed");
+    }
+}
+
+async fn put_record(
+    events: &Events,
+    tenant: &TenantId,
+    record: &InvocationRecord,
+) -> Result<u64, gust_store::StoreError> {
+    events
+        .kv
+        .put(
+            &invocation_key(tenant, &record.invocation_id),
+            encode(record)?,
+        )
+        .await
+}
+
+/// A number in [0, 1) for backoff jitter; no need for a strong generator.
+fn jitter() -> f64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static STATE: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let hash = STATE.get_or_init(RandomState::new).hash_one(n);
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -1,0 +1,258 @@
+//! Gust's events: every event, whatever triggered it, is accepted into a
+//! durable per-function queue (acknowledged to its sender only once stored)
+//! and delivered by one [`Dispatcher`] under one delivery policy
+//! ([`gust_core::delivery`]): retries with backoff and jitter, a maximum
+//! age, a dead-letter queue with redrive. Triggers only build envelopes and
+//! call [`Events::submit`]; none has a delivery path of its own.
+//!
+//! This crate decides *when* an attempt happens and what follows it; it does
+//! not run functions (an [`Invoker`] does that) and must not know about
+//! HTTP servers or wasm.
+
+mod dispatcher;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use gust_core::{Envelope, FunctionName, InvocationRecord, InvocationState, TenantId};
+use gust_store::{KvStore, QueueStore, StoreError};
+use serde::{Deserialize, Serialize};
+
+pub use dispatcher::{AttemptOutcome, Dispatcher, Invoker};
+
+/// Errors callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error("no invocation `{0}`")]
+    NoSuchInvocation(String),
+    #[error("no dead letter `{0}`")]
+    NoSuchDeadLetter(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An event that gave up, with why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub invocation_id: String,
+    pub function: String,
+    pub reason: gust_core::delivery::DeadReason,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub dead_at_ms: u64,
+    /// The event as accepted (`[u32 header length][header][data]`).
+    #[serde(with = "hex_bytes")]
+    pub envelope: Vec<u8>,
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            out.push_str(&format!("{b:02x}"));
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        (0..text.len())
+            .step_by(2)
+            .map(|i| {
+                text.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| serde::de::Error::custom("bad hex"))
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn queue_name(tenant: &TenantId, function: &FunctionName) -> String {
+    format!("events/{tenant}/{function}")
+}
+
+fn invocation_key(tenant: &TenantId, id: &str) -> String {
+    format!("inv/{tenant}/{id}")
+}
+
+fn dead_letter_key(tenant: &TenantId, function: &FunctionName, id: &str) -> String {
+    format!("dlq/{tenant}/{function}/{id}")
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, StoreError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The events front: submission, status, dead letters. Cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    pub(crate) queue: Arc<dyn QueueStore>,
+    pub(crate) kv: Arc<dyn KvStore>,
+    pub(crate) wake: Arc<dispatcher::Wake>,
+}
+
+impl Events {
+    pub fn new(queue: Arc<dyn QueueStore>, kv: Arc<dyn KvStore>) -> Self {
+        Self {
+            queue,
+            kv,
+            wake: Arc::new(dispatcher::Wake::default()),
+        }
+    }
+
+    /// Accepts an event for its function: returns once it is durably stored.
+    pub async fn submit(&self, envelope: Envelope) -> Result<(), EventsError> {
+        let record = InvocationRecord {
+            invocation_id: envelope.invocation_id.clone(),
+            function: envelope.function.to_string(),
+            state: InvocationState::Queued,
+            attempts: 0,
+            accepted_ms: envelope.accepted_ms,
+            updated_ms: envelope.accepted_ms,
+            last_status: None,
+            last_error: None,
+            retry_at_ms: None,
+        };
+        // The status goes first: an event delivered before its status was
+        // written would otherwise be shown as queued after it succeeded.
+        self.kv
+            .put(
+                &invocation_key(&envelope.tenant, &envelope.invocation_id),
+                encode(&record)?,
+            )
+            .await?;
+        let queue = queue_name(&envelope.tenant, &envelope.function);
+        self.queue
+            .enqueue(&queue, vec![Bytes::from(envelope.encode())], 0)
+            .await?;
+        self.wake.notify(&queue);
+        Ok(())
+    }
+
+    /// The status of one invocation.
+    pub async fn invocation(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<InvocationRecord, EventsError> {
+        let entry = self
+            .kv
+            .get(&invocation_key(tenant, id))
+            .await?
+            .ok_or_else(|| EventsError::NoSuchInvocation(id.to_string()))?;
+        let mut record: InvocationRecord = decode(&entry.value)?;
+        if self.wake.is_running(id) {
+            record.state = InvocationState::Running;
+        }
+        Ok(record)
+    }
+
+    /// The most recent asynchronous invocations of a function, newest first.
+    pub async fn invocations(
+        &self,
+        tenant: &TenantId,
+        function: &FunctionName,
+        limit: usize,
+    ) -> Result<Vec<InvocationRecord>, EventsError> {
+        let mut records: Vec<InvocationRecord> = self
+            .kv
+            .list(&format!("inv/{tenant}/"))
+            .await?
+            .iter()
+            .filter_map(|e| decode::<InvocationRecord>(&e.value).ok())
+            .filter(|r| r.function == function.as_str())
+            .collect();
+        records.sort_by_key(|r| std::cmp::Reverse(r.accepted_ms));
+        records.truncate(limit);
+        for record in &mut records {
+            if self.wake.is_running(&record.invocation_id) {
+                record.state = InvocationState::Running;
+            }
+        }
+        Ok(records)
+    }
+
+    /// A function's dead letters, oldest first.
+    pub async fn dead_letters(
+        &self,
+        tenant: &TenantId,
+        function: &FunctionName,
+    ) -> Result<Vec<DeadLetter>, EventsError> {
+        let entries = self.kv.list(&format!("dlq/{tenant}/{function}/")).await?;
+        let mut letters: Vec<DeadLetter> = entries
+            .iter()
+            .map(|e| decode(&e.value))
+            .collect::<Result<_, _>>()?;
+        letters.sort_by_key(|l| l.dead_at_ms);
+        Ok(letters)
+    }
+
+    /// Puts dead letters back in the queue for a fresh set of attempts:
+    /// one (`Some(id)`) or all. Returns how many were redriven.
+    pub async fn redrive(
+        &self,
+        tenant: &TenantId,
+        function: &FunctionName,
+        only: Option<&str>,
+    ) -> Result<usize, EventsError> {
+        let letters = match only {
+            Some(id) => {
+                let entry = self
+                    .kv
+                    .get(&dead_letter_key(tenant, function, id))
+                    .await?
+                    .ok_or_else(|| EventsError::NoSuchDeadLetter(id.to_string()))?;
+                vec![decode::<DeadLetter>(&entry.value)?]
+            }
+            None => self.dead_letters(tenant, function).await?,
+        };
+        let queue = queue_name(tenant, function);
+        for letter in &letters {
+            let mut envelope = Envelope::decode(&letter.envelope)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            // A redriven event gets its full age budget again.
+            envelope.accepted_ms = now_ms();
+            let record = InvocationRecord {
+                invocation_id: letter.invocation_id.clone(),
+                function: function.to_string(),
+                state: InvocationState::Queued,
+                attempts: 0,
+                accepted_ms: envelope.accepted_ms,
+                updated_ms: envelope.accepted_ms,
+                last_status: letter.last_status,
+                last_error: letter.last_error.clone(),
+                retry_at_ms: None,
+            };
+            self.kv
+                .put(
+                    &invocation_key(tenant, &letter.invocation_id),
+                    encode(&record)?,
+                )
+                .await?;
+            self.queue
+                .enqueue(&queue, vec![Bytes::from(envelope.encode())], 0)
+                .await?;
+            self.kv
+                .delete(&dead_letter_key(tenant, function, &letter.invocation_id))
+                .await?;
+        }
+        self.wake.notify(&queue);
+        Ok(letters.len())
+    }
+}
