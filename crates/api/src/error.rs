@@ -28,6 +28,8 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
     InvalidComponent(#[from] DeployError),
     #[error("{0}")]
     NotFound(String),
@@ -45,6 +47,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::InvalidComponent(DeployError::Storage(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage")
             }

@@ -49,6 +49,11 @@ pub struct ApiState {
     pub max_upload_bytes: usize,
     pub metrics: MetricsRenderer,
     pub events: Events,
+    /// Turns `true` when the server shuts down; long-polls return then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The registry revision the data plane serves: a deploy or delete
+    /// answers once its write is live, so the next request sees it.
+    pub applied: tokio::sync::watch::Receiver<u64>,
 }
 
 /// A function as the API shows it.
@@ -273,6 +278,21 @@ fn now_ms() -> u64 {
 }
 
 impl ApiState {
+    /// Waits (briefly) until the data plane serves registry revision `revision`.
+    async fn until_live(&self, revision: u64) {
+        let mut applied = self.applied.clone();
+        let live = applied.wait_for(|r| *r >= revision);
+        if tokio::time::timeout(Duration::from_secs(5), live)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                revision,
+                "the data plane has not caught up with a registry write"
+            );
+        }
+    }
+
     fn url(&self, name: &FunctionName) -> String {
         format!("{}/{name}", self.public_url.trim_end_matches('/'))
     }
@@ -363,11 +383,12 @@ async fn delete_function(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let name = function_name(name)?;
-    if !state.registry.delete_function(&tenant(), &name).await? {
+    let Some(revision) = state.registry.delete_function(&tenant(), &name).await? else {
         return Err(ApiError::NotFound(format!(
             "function `{name}` does not exist"
         )));
-    }
+    };
+    state.until_live(revision).await;
     state
         .logs
         .delete_stream(&Registry::log_stream(&tenant(), &name))
@@ -381,11 +402,13 @@ async fn delete_function(
         description = "A WebAssembly component exporting `wasi:http/incoming-handler`"),
     responses(
         (status = 201, description = "Deployed and serving", body = VersionInfo),
-        (status = 400, description = "Not a usable component, bad limits, or over the upload cap", body = ErrorBody)))]
+        (status = 400, description = "Not a usable component, bad limits, or over the upload cap", body = ErrorBody),
+        (status = 415, description = "Not sent as `application/wasm`", body = ErrorBody)))]
 async fn deploy_version(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     params: Result<Query<DeployParams>, QueryRejection>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<VersionInfo>), ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -406,14 +429,20 @@ async fn deploy_version(
     }
     .resolve()
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let bytes = axum::body::to_bytes(body, state.max_upload_bytes)
-        .await
-        .map_err(|_| {
-            ApiError::BadRequest(format!(
-                "the component is larger than the upload cap of {} bytes; shrink it (release build, `strip`) or start the server with a larger `--max-upload-bytes`",
-                state.max_upload_bytes
-            ))
-        })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !matches!(
+        content_type,
+        "application/wasm" | "application/octet-stream"
+    ) {
+        // Also keeps web pages from deploying through a simple cross-site POST.
+        return Err(ApiError::UnsupportedMediaType(
+            "send the component as the body with `Content-Type: application/wasm`".into(),
+        ));
+    }
+    let bytes = read_upload(body, state.max_upload_bytes).await?;
     if bytes.is_empty() {
         return Err(ApiError::BadRequest(
             "the upload is empty: send the component's bytes as the request body".into(),
@@ -425,7 +454,7 @@ async fn deploy_version(
     let prepare_ms = started.elapsed().as_millis() as u64;
     let size = bytes.len() as u64;
     state.blobs.put(bytes).await?;
-    let version = state
+    let (version, revision) = state
         .registry
         .deploy(
             &tenant(),
@@ -439,11 +468,40 @@ async fn deploy_version(
             now_ms(),
         )
         .await?;
+    state.until_live(revision).await;
     tracing::info!(function = %name, version = version.version, %digest, prepare_ms, "deployed");
     Ok((
         StatusCode::CREATED,
         Json(state.version_info(version, Some(prepare_ms))),
     ))
+}
+
+/// Reads an upload up to `cap` bytes. Past the cap it keeps reading (and
+/// discarding) up to a bound, so that the client gets the 400 instead of a
+/// connection reset while it is still sending.
+async fn read_upload(body: Body, cap: usize) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt as _;
+    const DISCARD_AT_MOST: usize = 1 << 30;
+    let mut body = body;
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BadRequest(format!("the upload failed: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= cap {
+                kept.extend_from_slice(&data);
+            } else if seen > DISCARD_AT_MOST {
+                break;
+            }
+        }
+    }
+    if seen > cap {
+        return Err(ApiError::BadRequest(format!(
+            "the component is larger than the upload cap of {cap} bytes; shrink it (release build, `strip`) or start the server with a larger `--max-upload-bytes`"
+        )));
+    }
+    Ok(kept.into())
 }
 
 #[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "versions",
@@ -505,13 +563,19 @@ async fn read_logs(
     let wait = Duration::from_millis(params.wait_ms.unwrap_or(0).min(30_000));
     let stream = Registry::log_stream(&tenant(), &name);
     let deadline = Instant::now() + wait;
+    let mut stopping = state.stopping.clone();
     let raw = loop {
         let raw = state.logs.read(&stream, after, limit).await?;
-        if !raw.is_empty() || Instant::now() >= deadline {
+        if !raw.is_empty() || Instant::now() >= deadline || *stopping.borrow() {
             break raw;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stopping.changed() => {}
+        }
     };
+    // Continue after the last entry read, even one that did not decode.
+    let last_read = raw.last().map_or(after, |(seq, _)| *seq);
     let mut entries = Vec::with_capacity(raw.len());
     for (seq, bytes) in raw {
         match serde_json::from_slice::<LogRecord>(&bytes) {
@@ -519,8 +583,10 @@ async fn read_logs(
             Err(e) => tracing::warn!(%name, seq, error = %e, "skipping undecodable log entry"),
         }
     }
-    let next = entries.last().map_or(after, |e| e.seq);
-    Ok(Json(LogPage { entries, next }))
+    Ok(Json(LogPage {
+        entries,
+        next: last_read,
+    }))
 }
 
 async fn existing(state: &ApiState, name: String) -> Result<FunctionName, ApiError> {

@@ -216,10 +216,17 @@ impl Api {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
-        anyhow::anyhow!(
-            "cannot reach the control API at {} ({e}); start it with `gust up` or set GUST_API / --api",
-            self.base
-        )
+        if e.is_connect() {
+            anyhow::anyhow!(
+                "cannot reach the control API at {} ({e}); start it with `gust up` or set GUST_API / --api",
+                self.base
+            )
+        } else {
+            anyhow::anyhow!(
+                "the request to the control API at {} failed: {e}",
+                self.base
+            )
+        }
     }
 }
 

@@ -82,6 +82,9 @@ fn main() -> ExitCode {
             Command::Dlq(args) => client::dlq(args).await,
         }
     });
+    // Tasks still parked (a dispatcher worker waiting for events, a
+    // registry watch) hold nothing that needs flushing: do not wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(code) => code,
         Err(e) => {

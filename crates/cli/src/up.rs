@@ -112,6 +112,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     .await;
     Dispatcher::start(&events, Arc::new(gateway.clone()));
 
+    // Signal handlers are installed before the addresses are printed, so a
+    // SIGTERM right after start-up still drains and exits 0.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx_api = stop_rx.clone();
+    let signals = Signals::install();
+    tokio::spawn(async move {
+        signals.wait().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
     let metrics = {
         let gateway = gateway.clone();
         let runtime = runtime.clone();
@@ -126,14 +137,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         max_upload_bytes: args.max_upload_bytes,
         metrics,
         events,
+        stopping: stop_rx_api,
+        applied: gateway.applied_revision(),
     });
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
-    });
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -157,25 +164,59 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM, listened for from the moment of `install`.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            let (mut term, mut int) = (self.term, self.int);
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = term => {}
+                () = int => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -34,12 +34,20 @@ impl Limits {
     pub const CEILING_MAX_OUTPUT_BYTES: u64 = 4 * MIB;
 
     /// Whether a call to `host` is allowed by [`Limits::allowed_hosts`].
-    /// `host` is compared without its port, case-insensitively.
+    /// `host` is compared without its port, case-insensitively. `*` allows
+    /// any public host, but not this machine or a private network (loopback,
+    /// private, link-local addresses, `localhost`): those must be listed by
+    /// name, so that `*` never opens the control API or a cloud metadata
+    /// endpoint to a function.
     pub fn allows_host(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host = host
+            .trim_end_matches('.')
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         self.allowed_hosts.iter().any(|pattern| {
             if pattern == "*" {
-                true
+                !is_internal(&host)
             } else if let Some(suffix) = pattern.strip_prefix("*.") {
                 host.len() > suffix.len() + 1
                     && host.ends_with(suffix)
@@ -97,6 +105,34 @@ impl Limits {
             }
         }
         Ok(())
+    }
+}
+
+/// Hosts that `*` does not cover: this machine and private networks.
+fn is_internal(host: &str) -> bool {
+    use std::net::IpAddr;
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => {
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64
+        }
+        Ok(IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_internal(&v4.to_string()))
+        }
+        Err(_) => false,
     }
 }
 
@@ -217,6 +253,30 @@ mod tests {
         .resolve()
         .unwrap();
         assert!(any.allows_host("anything.example"));
+        assert!(any.allows_host("93.184.216.34"));
+        for internal in [
+            "localhost",
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.4",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "[::1]",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!any.allows_host(internal), "{internal}");
+        }
+        let listed = LimitsPatch {
+            allowed_hosts: Some(vec!["127.0.0.1".into()]),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(listed.allows_host("127.0.0.1"));
     }
 
     #[test]

@@ -77,12 +77,37 @@ impl Route {
 }
 
 /// Function name → serving route, for the default tenant's data plane.
-#[derive(Default)]
 pub(crate) struct Catalog {
     routes: RwLock<HashMap<String, Arc<Route>>>,
+    /// The registry revision the routes reflect, for callers that must not
+    /// answer before the data plane serves what they wrote.
+    applied: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self {
+            routes: RwLock::default(),
+            applied: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Catalog {
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn mark_applied(&self, revision: u64) {
+        self.applied.send_if_modified(|current| {
+            let newer = revision > *current;
+            if newer {
+                *current = revision;
+            }
+            newer
+        });
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Route>> {
         self.routes
             .read()
@@ -134,14 +159,32 @@ impl Catalog {
             .any(|r| r.digest == digest)
     }
 
-    fn replace_all(&self, entries: &[gust_store::Entry]) {
-        self.routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+    /// Replaces every route at once with those of `entries` (a resync):
+    /// requests see the old table or the new one, never an empty one.
+    /// Returns the digests that no route serves any more.
+    fn replace_all(&self, entries: &[gust_store::Entry]) -> Vec<String> {
+        let fresh = Catalog::default();
         for entry in entries {
-            let _ = self.apply(&KvEvent::Put(entry.clone()));
+            let _ = fresh.apply(&KvEvent::Put(entry.clone()));
         }
+        let mut fresh = fresh.routes.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        // Keep loaded routes that did not change, so they stay warm.
+        for (name, route) in fresh.iter_mut() {
+            if let Some(old) = routes.get(name)
+                && old.version == route.version
+                && old.digest == route.digest
+            {
+                *route = old.clone();
+            }
+        }
+        let gone: Vec<String> = routes
+            .values()
+            .filter(|old| !fresh.values().any(|r| r.digest == old.digest))
+            .map(|old| old.digest.clone())
+            .collect();
+        *routes = fresh;
+        gone
     }
 }
 
@@ -165,7 +208,10 @@ pub(crate) async fn follow_registry(
                 continue;
             }
         };
-        catalog.replace_all(&watch.initial);
+        for digest in catalog.replace_all(&watch.initial) {
+            runtime.unload(&digest);
+        }
+        catalog.mark_applied(watch.revision);
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
         }
@@ -179,6 +225,7 @@ pub(crate) async fn follow_registry(
                     {
                         runtime.unload(&old.digest);
                     }
+                    catalog.mark_applied(event.revision());
                     if let Some(route) = Registry::parse_function_key(event.key())
                         .and_then(|(_, name)| catalog.get(name.as_str()))
                     {

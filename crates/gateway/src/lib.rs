@@ -114,13 +114,17 @@ struct Shared {
 }
 
 /// Handle on the log writer, to flush it at shutdown.
-pub struct LogWriter(tokio::task::JoinHandle<()>);
+pub struct LogWriter {
+    task: tokio::task::JoinHandle<()>,
+    close: Arc<tokio::sync::Notify>,
+}
 
 impl LogWriter {
-    /// Waits (up to `limit`) for queued logs to be written. Call after every
-    /// [`Gateway`] clone is dropped.
+    /// Writes what is queued and stops the writer (waiting up to `limit`).
+    /// Call once the data plane has drained.
     pub async fn flush(self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.0).await;
+        self.close.notify_one();
+        let _ = tokio::time::timeout(limit, self.task).await;
     }
 }
 
@@ -145,7 +149,8 @@ impl Gateway {
             ready_tx,
         ));
         let _ = ready_rx.await;
-        let (logs, writer) = LogSink::start(log_store);
+        let close = Arc::new(tokio::sync::Notify::new());
+        let (logs, task) = LogSink::start(log_store, close.clone());
         let gateway = Self {
             shared: Arc::new(Shared {
                 catalog,
@@ -160,7 +165,13 @@ impl Gateway {
                 events,
             }),
         };
-        (gateway, LogWriter(writer))
+        (gateway, LogWriter { task, close })
+    }
+
+    /// The registry revision the data plane serves; a control-plane write
+    /// at revision R is visible to requests once this reaches R.
+    pub fn applied_revision(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.catalog.applied()
     }
 
     pub fn stats(&self) -> GatewayStats {
@@ -279,9 +290,10 @@ async fn invoke(
 
     let limits = route.limits.clone();
     if declared_length.is_some_and(|len| len > limits.max_body_bytes) {
-        return Err(GatewayError::BodyTooLarge {
+        let error = GatewayError::BodyTooLarge {
             limit: limits.max_body_bytes,
-        });
+        };
+        return Err(reject_unread(shared, request, error).await);
     }
     // The guest sees its own path, and the host the client asked for.
     let authority = request
@@ -311,6 +323,37 @@ async fn invoke(
         return Err(GatewayError::BodyStalled);
     }
     result
+}
+
+/// Refuses a request without reading its body for the function. A client
+/// that asked `Expect: 100-continue` has sent nothing yet and gets the
+/// answer at once; any other is already sending, so the body is read and
+/// thrown away first (up to a bound): closing on unread data would reset
+/// the connection and the client would never see why.
+async fn reject_unread(
+    shared: &Shared,
+    request: Request<Incoming>,
+    error: GatewayError,
+) -> GatewayError {
+    const DISCARD_AT_MOST: u64 = 64 << 20;
+    let waits_for_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waits_for_continue {
+        return error;
+    }
+    let mut body = request.into_body();
+    let mut discarded = 0u64;
+    while discarded <= DISCARD_AT_MOST {
+        match tokio::time::timeout(shared.config.body_idle_timeout, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            _ => break,
+        }
+    }
+    error
 }
 
 /// Admits a request and runs it in a fresh instance of the route's function.
@@ -365,7 +408,11 @@ async fn submit_event(
     declared_length: Option<u64>,
     id: &str,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let limit = shared.config.max_event_bytes;
+    // An event is a request to the function too: its body limit applies.
+    let limit = shared
+        .config
+        .max_event_bytes
+        .min(route.limits.max_body_bytes);
     if declared_length.is_some_and(|len| len > limit) {
         return Err(GatewayError::EventTooLarge { limit });
     }

@@ -17,6 +17,13 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView as _};
 use crate::engine::{EPOCH_TICK, Prepared, Runtime};
 use crate::host::{Capture, Host, MemoryLimiter, OutboundPolicy};
 
+/// Resource handles (streams, headers, pollables…) one instance may hold.
+const MAX_HANDLES: usize = 10_000;
+/// Bytes of header fields one `fields` resource may hold.
+const MAX_FIELDS_BYTES: usize = 64 * 1024;
+/// Bytes one `get-random-bytes` call may ask for.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 /// Error type of response bodies handed back to the gateway.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A response body streamed from the guest.
@@ -104,16 +111,23 @@ impl Runtime {
         let capture = Capture::new(limits.max_output_bytes);
         let memory_limit = limits.memory_bytes;
 
+        // Host memory a guest makes the host allocate (handles, headers,
+        // random bytes) is bounded too, not only its linear memory.
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(capture.stream(false))
             .stderr(capture.stream(true))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            .max_random_size(MAX_RANDOM_BYTES.min(memory_limit));
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_BYTES);
         let host = Host {
-            table: ResourceTable::new(),
+            table,
             wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
+            http,
             outbound: OutboundPolicy { limits },
             limiter: MemoryLimiter::new(memory_limit),
             timed_out: false,

@@ -80,8 +80,9 @@ pub async fn kv(kv: &dyn KvStore) {
     assert_eq!(keys, ["a/1", "a/10", "a/2"]);
 
     // Delete reports whether the key existed.
-    assert!(kv.delete("a/10").await.unwrap());
-    assert!(!kv.delete("a/10").await.unwrap());
+    let deleted = kv.delete("a/10").await.unwrap().expect("a/10 existed");
+    assert!(deleted > r3);
+    assert_eq!(kv.delete("a/10").await.unwrap(), None);
     assert_eq!(kv.get("a/10").await.unwrap(), None);
 
     // A watch sees the current entries, then later changes under its prefix only, in order.
@@ -109,6 +110,21 @@ pub async fn kv(kv: &dyn KvStore) {
         other => panic!("expected the delete of a/1, got {other:?}"),
     }
 
+    // Concurrent writers: the watcher sees every change, in revision order.
+    let mut watch = kv.watch("c/").await.unwrap();
+    let writes = (0..300).map(|i| kv.put_owned(format!("c/{}", i % 7), b("v")));
+    let revisions = join_all(writes.collect()).await;
+    let mut seen = Vec::new();
+    while seen.len() < revisions.len() {
+        seen.push(next_event(&mut watch).await.revision());
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    assert_eq!(seen, sorted, "events arrive in revision order");
+    let mut expected = revisions;
+    expected.sort_unstable();
+    assert_eq!(seen, expected, "every write is seen once");
+
     // Concurrent compare-and-set on one key: exactly one writer wins each round.
     let base = kv.put("race", b("0")).await.unwrap();
     let results = futures_join(kv, base).await;
@@ -117,6 +133,54 @@ pub async fn kv(kv: &dyn KvStore) {
         1,
         "{results:?}"
     );
+}
+
+/// Polls every future in turn until all are done (no runtime spawn needed,
+/// so they may borrow the store).
+async fn join_all<'a>(
+    futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send + 'a>>>,
+) -> Vec<u64> {
+    let mut futures: Vec<_> = futures.into_iter().map(Some).collect();
+    let mut results = vec![0; futures.len()];
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, slot) in futures.iter_mut().enumerate() {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        results[i] = value;
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    results
+}
+
+trait PutOwned {
+    fn put_owned(
+        &self,
+        key: String,
+        value: Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send + '_>>;
+}
+
+impl<T: KvStore + ?Sized> PutOwned for T {
+    fn put_owned(
+        &self,
+        key: String,
+        value: Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send + '_>> {
+        Box::pin(async move { self.put(&key, value).await.unwrap() })
+    }
 }
 
 async fn futures_join(kv: &dyn KvStore, base: u64) -> Vec<Result<u64, StoreError>> {
@@ -187,16 +251,17 @@ pub async fn registry(kv: Arc<dyn KvStore>) {
     let hello = FunctionName::new("hello").unwrap();
 
     assert!(registry.function(&tenant, &hello).await.unwrap().is_none());
-    let v1 = registry
+    let (v1, r1) = registry
         .deploy(&tenant, &hello, version("sha256:aa", 10), 1)
         .await
         .unwrap();
     assert_eq!(v1.version, 1);
-    let v2 = registry
+    let (v2, r2) = registry
         .deploy(&tenant, &hello, version("sha256:bb", 20), 2)
         .await
         .unwrap();
     assert_eq!(v2.version, 2);
+    assert!(r2 > r1, "the activating revision is returned");
     let f = registry.function(&tenant, &hello).await.unwrap().unwrap();
     assert_eq!(f.latest_version, 2);
     assert_eq!(f.active.unwrap().digest, "sha256:bb");
@@ -232,17 +297,29 @@ pub async fn registry(kv: Arc<dyn KvStore>) {
         registry.deploy(&tenant, &hello, version("sha256:cc", 1), 3),
         registry.deploy(&tenant, &hello, version("sha256:dd", 1), 3)
     );
-    let mut numbers = [a.unwrap().version, b_.unwrap().version];
+    let mut numbers = [a.unwrap().0.version, b_.unwrap().0.version];
     numbers.sort_unstable();
     assert_eq!(numbers, [3, 4]);
 
-    assert!(registry.delete_function(&tenant, &hello).await.unwrap());
+    assert!(
+        registry
+            .delete_function(&tenant, &hello)
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert!(registry.function(&tenant, &hello).await.unwrap().is_none());
     assert!(matches!(
         registry.versions(&tenant, &hello).await,
         Err(RegistryError::NoSuchFunction(_))
     ));
-    assert!(!registry.delete_function(&tenant, &hello).await.unwrap());
+    assert!(
+        registry
+            .delete_function(&tenant, &hello)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// Work queues: claim order, leases, retries, acknowledgement.

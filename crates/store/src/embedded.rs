@@ -47,6 +47,9 @@ pub struct EmbeddedStore {
 struct Inner {
     db: Database,
     changes: broadcast::Sender<KvEvent>,
+    /// Held from the start of a KV write until its event is published, so
+    /// watchers see events in revision order.
+    kv_writer: std::sync::Mutex<()>,
 }
 
 impl EmbeddedStore {
@@ -68,7 +71,11 @@ impl EmbeddedStore {
         txn.commit().map_err(backend)?;
         let (changes, _) = broadcast::channel(WATCH_BUFFER);
         Ok(Self {
-            inner: Arc::new(Inner { db, changes }),
+            inner: Arc::new(Inner {
+                db,
+                changes,
+                kv_writer: std::sync::Mutex::new(()),
+            }),
         })
     }
 
@@ -92,6 +99,7 @@ impl Inner {
         key: &str,
         decide: impl FnOnce(Option<u64>) -> Result<Option<Option<Bytes>>, StoreError>,
     ) -> Result<Option<KvEvent>, StoreError> {
+        let _writer = self.kv_writer.lock().unwrap_or_else(|p| p.into_inner());
         let txn = self.db.begin_write().map_err(backend)?;
         let event = {
             let mut kv = txn.open_table(KV).map_err(backend)?;
@@ -209,11 +217,11 @@ impl KvStore for EmbeddedStore {
         .await
     }
 
-    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+    async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let key = key.to_string();
         self.blocking(move |inner| {
             let event = inner.mutate_kv(&key, |found| Ok(found.map(|_| None)))?;
-            Ok(event.is_some())
+            Ok(event.map(|e| e.revision()))
         })
         .await
     }
@@ -601,7 +609,7 @@ mod tests {
         (dir, store)
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread")]
     async fn conformance_kv() {
         let (_dir, store) = open();
         crate::conformance::kv(&store).await;

@@ -106,8 +106,8 @@ pub trait KvStore: Send + Sync {
         value: Bytes,
         expected: Option<u64>,
     ) -> Result<u64, StoreError>;
-    /// Deletes the key; returns whether it existed.
-    async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+    /// Deletes the key; returns the revision of the delete, `None` if the key did not exist.
+    async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Every entry whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
     /// The entries under `prefix` now, and every later change to them.

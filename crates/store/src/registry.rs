@@ -116,7 +116,8 @@ impl Registry {
     }
 
     /// Records a new immutable version of `name` (creating the function if
-    /// needed) and makes it the active one. Version numbers are taken with a
+    /// needed) and makes it the active one; returns it with the revision of
+    /// the function record that activated it. Version numbers are taken with a
     /// compare-and-set on the function record, so concurrent deploys get
     /// distinct numbers.
     pub async fn deploy(
@@ -125,7 +126,7 @@ impl Registry {
         name: &FunctionName,
         new: NewVersion,
         now_ms: u64,
-    ) -> Result<VersionRecord, RegistryError> {
+    ) -> Result<(VersionRecord, u64), RegistryError> {
         let key = function_key(tenant, name);
         let mut last_conflict = None;
         for _ in 0..MAX_CAS_RETRIES {
@@ -167,14 +168,14 @@ impl Registry {
                 .compare_and_set(&key, encode(&record)?, expected)
                 .await
             {
-                Ok(_) => {
+                Ok(revision) => {
                     self.kv
                         .put(
                             &version_key(tenant, name, version.version),
                             encode(&version)?,
                         )
                         .await?;
-                    return Ok(version);
+                    return Ok((version, revision));
                 }
                 Err(conflict @ StoreError::Conflict { .. }) => last_conflict = Some(conflict),
                 Err(e) => return Err(e.into()),
@@ -210,12 +211,13 @@ impl Registry {
         Ok(entry.as_ref().map(decode).transpose()?)
     }
 
-    /// Removes a function and all its versions. Returns whether it existed.
+    /// Removes a function and all its versions. Returns the revision of the
+    /// removal (`None`: there was no such function).
     pub async fn delete_function(
         &self,
         tenant: &TenantId,
         name: &FunctionName,
-    ) -> Result<bool, RegistryError> {
+    ) -> Result<Option<u64>, RegistryError> {
         let existed = self.kv.delete(&function_key(tenant, name)).await?;
         for entry in self.kv.list(&versions_prefix(tenant, name)).await? {
             self.kv.delete(&entry.key).await?;

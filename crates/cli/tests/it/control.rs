@@ -186,6 +186,7 @@ async fn invalid_uploads_get_400_with_a_reason() {
         let response = server
             .http
             .post(format!("{}/v1/functions/bad/versions", server.api))
+            .header("content-type", "application/wasm")
             .body(std::fs::read(path).unwrap())
             .send()
             .await
@@ -200,6 +201,24 @@ async fn invalid_uploads_get_400_with_a_reason() {
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains(reason));
     }
+    // Without its content type an upload is refused: a web page cannot
+    // deploy through a simple cross-site POST.
+    let response = server
+        .http
+        .post(format!("{}/v1/functions/bad/versions", server.api))
+        .header("content-type", "text/plain")
+        .body(std::fs::read(&guests().hello).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+
+    // An upload far over the cap still gets its answer, not a reset.
+    let big = write("huge.wasm", &vec![0u8; 8 << 20]);
+    let out = server.gust(&["deploy", "bad", big.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than the upload cap"));
+
     // Nothing was created by the refused uploads.
     assert_eq!(server.gust_json(&["ls"]), serde_json::json!([]));
 

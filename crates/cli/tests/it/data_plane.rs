@@ -113,6 +113,11 @@ async fn outbound_http_is_denied_unless_allowed() {
     assert_eq!(status, 200);
     assert!(body.contains("HttpRequestDenied"), "{body}");
 
+    // `*` means any public host: not this machine.
+    server.deploy("star", &guests().testbed, &["--allow-host", "*"]);
+    let (_, body) = server.get(&target.replace("/closed/", "/star/")).await;
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+
     server.deploy("open", &guests().testbed, &["--allow-host", "127.0.0.1"]);
     let (status, body) = server.get(&target.replace("/closed/", "/open/")).await;
     assert_eq!(status, 200);

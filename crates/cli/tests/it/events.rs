@@ -77,6 +77,10 @@ async fn bad_submissions_are_refused_not_dropped() {
     assert_eq!(status, 404);
     let (status, body) = server.submit("/tb/", &[], vec![0u8; (1 << 20) + 1]).await;
     assert_eq!(status, 413, "{body}");
+    // The function's own body limit applies to its events too.
+    server.deploy("small", &guests().testbed, &["--max-body-bytes", "100"]);
+    let (status, _) = server.submit("/small/", &[], vec![0u8; 200]).await;
+    assert_eq!(status, 413);
     let listed = server.gust_json(&["invocations", "tb"]);
     assert_eq!(listed, serde_json::json!([]));
     assert_eq!(server.gust(&["invocation", "nope"]).status.code(), Some(1));

@@ -66,14 +66,14 @@ async fn body_over_the_limit_gets_413() {
     let (status, _) = post(stream).await;
     assert_eq!(status, 413);
 
-    // The default limit is 6 MiB. The answer comes before the body is
-    // read, so a client that only sends the head already gets it.
+    // The default limit is 6 MiB. A client that waits for `100 Continue`
+    // gets the answer before it sends the body.
     server.deploy("default", &guests().testbed, &[]);
     let addr = server.url.trim_start_matches("http://").to_string();
     let head = tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
         let request = format!(
-            "POST /default/body HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            "POST /default/body HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
             7 << 20
         );
         stream.write_all(request.as_bytes()).unwrap();
@@ -87,6 +87,15 @@ async fn body_over_the_limit_gets_413() {
     .await
     .unwrap();
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    // One that sends its body right away still reads the answer (no reset).
+    let response = server
+        .http
+        .post(format!("{}/default/body", server.url))
+        .body(vec![0u8; 7 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
 }
 
 fn futures_stream(
