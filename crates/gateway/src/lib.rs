@@ -268,11 +268,14 @@ async fn invoke(
         return Err(GatewayError::Draining);
     }
     let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let (name, tail) = route::split_function_path(path_and_query).ok_or(GatewayError::NoRoute)?;
-    let route = shared
-        .catalog
-        .get(name)
-        .ok_or_else(|| GatewayError::NoSuchFunction(name.to_string()))?;
+    let Some((name, tail)) = route::split_function_path(path_and_query) else {
+        return Err(reject_unread(shared, request, GatewayError::NoRoute).await);
+    };
+    let Some(route) = shared.catalog.get(name) else {
+        let error = GatewayError::NoSuchFunction(name.to_string());
+        return Err(reject_unread(shared, request, error).await);
+    };
+    let tail = tail.to_string();
     let declared_length = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -284,7 +287,7 @@ async fn invoke(
         .get(INVOCATION_TYPE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"event"));
     if asynchronous {
-        let path = route::guest_path(tail).into_owned();
+        let path = route::guest_path(&tail).into_owned();
         return submit_event(shared, &route, request, path, declared_length, id).await;
     }
 
@@ -301,7 +304,7 @@ async fn invoke(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    let uri: Uri = format!("http://{authority}{}", route::guest_path(tail))
+    let uri: Uri = format!("http://{authority}{}", route::guest_path(&tail))
         .parse()
         .map_err(|_| GatewayError::BadRequest("the request's host or path is not a valid URI"))?;
     let (mut parts, body) = request.into_parts();
@@ -325,6 +328,41 @@ async fn invoke(
     result
 }
 
+enum CappedRead {
+    TooLarge,
+    Stalled,
+}
+
+/// Reads a whole body of at most `cap` bytes. Past the cap it goes on
+/// reading and discarding (up to a bound) so that the client, still
+/// sending, gets the 413 rather than a reset connection.
+async fn read_capped(mut body: Incoming, cap: u64, idle: Duration) -> Result<Bytes, CappedRead> {
+    const DISCARD_AT_MOST: u64 = 64 << 20;
+    let mut kept = Vec::new();
+    let mut seen = 0u64;
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(CappedRead::Stalled),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(CappedRead::Stalled),
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    seen += data.len() as u64;
+                    if seen <= cap {
+                        kept.extend_from_slice(data);
+                    } else if seen > DISCARD_AT_MOST {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if seen > cap {
+        return Err(CappedRead::TooLarge);
+    }
+    Ok(Bytes::from(kept))
+}
+
 /// Refuses a request without reading its body for the function. A client
 /// that asked `Expect: 100-continue` has sent nothing yet and gets the
 /// answer at once; any other is already sending, so the body is read and
@@ -335,7 +373,6 @@ async fn reject_unread(
     request: Request<Incoming>,
     error: GatewayError,
 ) -> GatewayError {
-    const DISCARD_AT_MOST: u64 = 64 << 20;
     let waits_for_continue = request
         .headers()
         .get(header::EXPECT)
@@ -343,16 +380,7 @@ async fn reject_unread(
     if waits_for_continue {
         return error;
     }
-    let mut body = request.into_body();
-    let mut discarded = 0u64;
-    while discarded <= DISCARD_AT_MOST {
-        match tokio::time::timeout(shared.config.body_idle_timeout, body.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                discarded += frame.data_ref().map_or(0, |d| d.len() as u64);
-            }
-            _ => break,
-        }
-    }
+    let _ = read_capped(request.into_body(), 0, shared.config.body_idle_timeout).await;
     error
 }
 
@@ -417,14 +445,12 @@ async fn submit_event(
         return Err(GatewayError::EventTooLarge { limit });
     }
     let (parts, body) = request.into_parts();
-    let data = tokio::time::timeout(
-        shared.config.body_idle_timeout,
-        http_body_util::Limited::new(body, limit as usize).collect(),
-    )
-    .await
-    .map_err(|_| GatewayError::BodyStalled)?
-    .map_err(|_| GatewayError::EventTooLarge { limit })?
-    .to_bytes();
+    let data = read_capped(body, limit, shared.config.body_idle_timeout)
+        .await
+        .map_err(|fault| match fault {
+            CappedRead::TooLarge => GatewayError::EventTooLarge { limit },
+            CappedRead::Stalled => GatewayError::BodyStalled,
+        })?;
     let header = |name: &str| {
         parts
             .headers

@@ -2,16 +2,28 @@
 //!
 //! redb over SQLite: pure Rust (no C toolchain in CI, no `-sys` build), ACID
 //! with copy-on-write B-trees, one writer at a time, and a typed table API
-//! that maps one-to-one onto our traits. Every write commits durably before
-//! it returns. Blocking redb calls run on tokio's blocking pool.
+//! that maps one-to-one onto our traits.
+//!
+//! ## Group commit
+//! Every write is durable (fsync) before its call returns, and a durable
+//! commit costs the same for one record as for hundreds. So all writes go
+//! to one writer thread, which takes every write waiting, applies them in
+//! one transaction, commits once, and only then answers each caller. Under
+//! load, many callers share each fsync; alone, a write waits for nothing.
+//! A write that is refused (a compare-and-set conflict) changes nothing and
+//! does not disturb the others in its batch. Reads run on tokio's blocking
+//! pool, beside the writer (redb readers see the last commit).
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
-use tokio::sync::broadcast;
+use redb::{
+    Database, ReadableDatabase as _, ReadableTable as _, TableDefinition, WriteTransaction,
+};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::{
     BlobStore, Claimed, Entry, KvEvent, KvStore, LogStore, QueueStore, StoreError, Watch,
@@ -33,23 +45,42 @@ const QUEUE_HEADS: TableDefinition<&str, u64> = TableDefinition::new("queue_head
 const KV_REVISION: &str = "kv.revision";
 /// Watchers further behind than this get [`StoreError::Lagged`] and resync.
 const WATCH_BUFFER: usize = 4096;
+/// Writes applied in one transaction at most.
+const MAX_BATCH: usize = 1024;
 
 fn backend(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Backend(e.into().to_string())
 }
 
-/// The embedded store: KV, blobs and logs in one redb database.
+/// Answers a caller once its batch is committed (`Ok`) or abandoned (`Err`).
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// One write: applied inside the batch's transaction; the KV changes it
+/// made are pushed to the event list, published after the commit.
+type Job = Box<dyn FnOnce(&WriteTransaction, &mut Vec<KvEvent>) -> Result<Finish, Finish> + Send>;
+
+/// The embedded store: KV, blobs, logs and queues in one redb database.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    db: Database,
+    db: Arc<Database>,
     changes: broadcast::Sender<KvEvent>,
-    /// Held from the start of a KV write until its event is published, so
-    /// watchers see events in revision order.
-    kv_writer: std::sync::Mutex<()>,
+    writes: std_mpsc::Sender<Job>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after the writes queued; wait
+        // for it so the database file is released when the store is dropped.
+        let (closed, _) = std_mpsc::channel();
+        drop(std::mem::replace(&mut self.writes, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl EmbeddedStore {
@@ -69,109 +100,197 @@ impl EmbeddedStore {
             txn.open_table(QUEUE_HEADS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
+        let db = Arc::new(db);
         let (changes, _) = broadcast::channel(WATCH_BUFFER);
+        let (writes, jobs) = std_mpsc::channel::<Job>();
+        let writer = {
+            let db = db.clone();
+            let changes = changes.clone();
+            std::thread::Builder::new()
+                .name("gust-store-writer".into())
+                .spawn(move || write_loop(&db, &changes, &jobs))
+                .map_err(|e| StoreError::Backend(format!("writer thread: {e}")))?
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 changes,
-                kv_writer: std::sync::Mutex::new(()),
+                writes,
+                writer: Some(writer),
             }),
         })
     }
 
-    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs a read on tokio's blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|_| StoreError::Closed)?
     }
+
+    /// Runs a write in the next group commit and returns its result once
+    /// that commit is durable. `Err(StoreError::Conflict)` from `op` means
+    /// "refused, nothing written"; any other error abandons the batch.
+    async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction, &mut Vec<KvEvent>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |txn, events| match op(txn, events) {
+            Ok(value) => Ok(Box::new(move |committed: Result<(), StoreError>| {
+                let _ = tx.send(committed.map(|()| value));
+            })),
+            Err(refused @ StoreError::Conflict { .. }) => Ok(Box::new(move |_| {
+                let _ = tx.send(Err(refused));
+            })),
+            Err(failed) => Err(Box::new(move |_| {
+                let _ = tx.send(Err(failed));
+            })),
+        });
+        self.inner
+            .writes
+            .send(job)
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| {
+            StoreError::Backend("the write was abandoned with its batch; retry".into())
+        })?
+    }
 }
 
-impl Inner {
-    /// Runs one KV mutation in a write transaction, bumping the store revision,
-    /// and publishes the resulting event after the commit is durable.
-    fn mutate_kv(
-        &self,
-        key: &str,
-        decide: impl FnOnce(Option<u64>) -> Result<Option<Option<Bytes>>, StoreError>,
-    ) -> Result<Option<KvEvent>, StoreError> {
-        let _writer = self.kv_writer.lock().unwrap_or_else(|p| p.into_inner());
-        let txn = self.db.begin_write().map_err(backend)?;
-        let event = {
-            let mut kv = txn.open_table(KV).map_err(backend)?;
-            let current = kv.get(key).map_err(backend)?.map(|v| v.value().0);
-            // Some(Some(v)): write v; Some(None): delete; None: nothing to do.
-            let Some(change) = decide(current)? else {
-                return Ok(None);
-            };
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            let revision = meta
-                .get(KV_REVISION)
-                .map_err(backend)?
-                .map_or(0, |v| v.value())
-                + 1;
-            meta.insert(KV_REVISION, revision).map_err(backend)?;
-            match change {
-                Some(value) => {
-                    kv.insert(key, (revision, value.as_ref()))
-                        .map_err(backend)?;
-                    KvEvent::Put(Entry {
-                        key: key.to_string(),
-                        value,
-                        revision,
-                    })
-                }
-                None => {
-                    kv.remove(key).map_err(backend)?;
-                    KvEvent::Delete {
-                        key: key.to_string(),
-                        revision,
-                    }
-                }
+/// The writer thread: batches every waiting write into one transaction.
+fn write_loop(db: &Database, changes: &broadcast::Sender<KvEvent>, jobs: &std_mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
+        }
+        let Ok(txn) = db.begin_write() else {
+            // Dropping the jobs closes their callers' channels: each caller
+            // hears its write was abandoned and may retry.
+            drop(batch);
+            continue;
         };
-        txn.commit().map_err(backend)?;
-        // No receivers is fine: nobody is watching.
-        let _ = self.changes.send(event.clone());
-        Ok(Some(event))
-    }
-
-    fn list(&self, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let kv = txn.open_table(KV).map_err(backend)?;
-        let meta = txn.open_table(META).map_err(backend)?;
-        let revision = meta
-            .get(KV_REVISION)
-            .map_err(backend)?
-            .map_or(0, |v| v.value());
-        let mut out = Vec::new();
-        for item in kv.range(prefix..).map_err(backend)? {
-            let (k, v) = item.map_err(backend)?;
-            let key = k.value();
-            if !key.starts_with(prefix) {
-                break;
+        let mut events = Vec::new();
+        let mut finishes = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        let mut jobs_left = batch.into_iter();
+        for job in jobs_left.by_ref() {
+            match job(&txn, &mut events) {
+                Ok(finish) => finishes.push(finish),
+                Err(finish) => {
+                    // A failed write may have changed some tables: the whole
+                    // batch is rolled back and every caller hears of it.
+                    finish(Err(StoreError::Backend("the write failed".into())));
+                    failure = Some(StoreError::Backend(
+                        "another write in the same commit failed; retry".into(),
+                    ));
+                    break;
+                }
             }
-            let (rev, bytes) = v.value();
-            out.push(Entry {
+        }
+        let outcome = match failure {
+            Some(error) => {
+                let _ = txn.abort();
+                // Jobs never run are dropped: their callers get an error.
+                drop(jobs_left);
+                Err(error)
+            }
+            None => txn.commit().map_err(backend),
+        };
+        if outcome.is_ok() {
+            for event in events {
+                // No receivers is fine: nobody is watching.
+                let _ = changes.send(event);
+            }
+        }
+        for finish in finishes {
+            finish(outcome.clone());
+        }
+    }
+}
+
+/// Applies one KV mutation inside a batch: `decide` sees the key's current
+/// revision and returns the change (`Some(Some(v))` write, `Some(None)`
+/// delete, `None` nothing). Returns the new revision, if anything changed.
+fn mutate_kv(
+    txn: &WriteTransaction,
+    events: &mut Vec<KvEvent>,
+    key: &str,
+    decide: impl FnOnce(Option<u64>) -> Result<Option<Option<Bytes>>, StoreError>,
+) -> Result<Option<u64>, StoreError> {
+    let mut kv = txn.open_table(KV).map_err(backend)?;
+    let current = kv.get(key).map_err(backend)?.map(|v| v.value().0);
+    let Some(change) = decide(current)? else {
+        return Ok(None);
+    };
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    let revision = meta
+        .get(KV_REVISION)
+        .map_err(backend)?
+        .map_or(0, |v| v.value())
+        + 1;
+    meta.insert(KV_REVISION, revision).map_err(backend)?;
+    match change {
+        Some(value) => {
+            kv.insert(key, (revision, value.as_ref()))
+                .map_err(backend)?;
+            events.push(KvEvent::Put(Entry {
                 key: key.to_string(),
-                value: Bytes::copy_from_slice(bytes),
-                revision: rev,
+                value,
+                revision,
+            }));
+        }
+        None => {
+            kv.remove(key).map_err(backend)?;
+            events.push(KvEvent::Delete {
+                key: key.to_string(),
+                revision,
             });
         }
-        Ok((out, revision))
     }
+    Ok(Some(revision))
+}
+
+fn list(db: &Database, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
+    let txn = db.begin_read().map_err(backend)?;
+    let kv = txn.open_table(KV).map_err(backend)?;
+    let meta = txn.open_table(META).map_err(backend)?;
+    let revision = meta
+        .get(KV_REVISION)
+        .map_err(backend)?
+        .map_or(0, |v| v.value());
+    let mut out = Vec::new();
+    for item in kv.range(prefix..).map_err(backend)? {
+        let (k, v) = item.map_err(backend)?;
+        let key = k.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        let (rev, bytes) = v.value();
+        out.push(Entry {
+            key: key.to_string(),
+            value: Bytes::copy_from_slice(bytes),
+            revision: rev,
+        });
+    }
+    Ok((out, revision))
 }
 
 #[async_trait]
 impl KvStore for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let key = key.to_string();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(backend)?;
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
             let kv = txn.open_table(KV).map_err(backend)?;
             Ok(kv.get(key.as_str()).map_err(backend)?.map(|v| {
                 let (revision, bytes) = v.value();
@@ -187,9 +306,8 @@ impl KvStore for EmbeddedStore {
 
     async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
         let key = key.to_string();
-        self.blocking(move |inner| {
-            let event = inner.mutate_kv(&key, |_| Ok(Some(Some(value))))?;
-            Ok(event.map_or(0, |e| e.revision()))
+        self.write(move |txn, events| {
+            Ok(mutate_kv(txn, events, &key, |_| Ok(Some(Some(value))))?.unwrap_or(0))
         })
         .await
     }
@@ -201,8 +319,8 @@ impl KvStore for EmbeddedStore {
         expected: Option<u64>,
     ) -> Result<u64, StoreError> {
         let key = key.to_string();
-        self.blocking(move |inner| {
-            let event = inner.mutate_kv(&key, |found| {
+        self.write(move |txn, events| {
+            let revision = mutate_kv(txn, events, &key, |found| {
                 if found != expected {
                     return Err(StoreError::Conflict {
                         key: key.clone(),
@@ -212,23 +330,20 @@ impl KvStore for EmbeddedStore {
                 }
                 Ok(Some(Some(value)))
             })?;
-            Ok(event.map_or(0, |e| e.revision()))
+            Ok(revision.unwrap_or(0))
         })
         .await
     }
 
     async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let key = key.to_string();
-        self.blocking(move |inner| {
-            let event = inner.mutate_kv(&key, |found| Ok(found.map(|_| None)))?;
-            Ok(event.map(|e| e.revision()))
-        })
-        .await
+        self.write(move |txn, events| mutate_kv(txn, events, &key, |found| Ok(found.map(|_| None))))
+            .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let prefix = prefix.to_string();
-        self.blocking(move |inner| Ok(inner.list(&prefix)?.0)).await
+        self.read(move |db| Ok(list(db, &prefix)?.0)).await
     }
 
     async fn watch(&self, prefix: &str) -> Result<Watch, StoreError> {
@@ -236,7 +351,7 @@ impl KvStore for EmbeddedStore {
         // events at or below the snapshot's revision are skipped.
         let rx = self.inner.changes.subscribe();
         let owned = prefix.to_string();
-        let (initial, revision) = self.blocking(move |inner| inner.list(&owned)).await?;
+        let (initial, revision) = self.read(move |db| list(db, &owned)).await?;
         Ok(Watch {
             initial,
             revision,
@@ -276,27 +391,26 @@ impl WatchStream for BroadcastWatch {
 #[async_trait]
 impl BlobStore for EmbeddedStore {
     async fn put(&self, bytes: Bytes) -> Result<String, StoreError> {
-        self.blocking(move |inner| {
-            let digest = digest_of(&bytes);
-            let txn = inner.db.begin_write().map_err(backend)?;
-            {
-                let mut blobs = txn.open_table(BLOBS).map_err(backend)?;
-                if blobs.get(digest.as_str()).map_err(backend)?.is_none() {
-                    blobs
-                        .insert(digest.as_str(), bytes.as_ref())
-                        .map_err(backend)?;
-                }
+        // Hash off the writer thread: it is the only one that commits.
+        let digest = digest_of(&bytes);
+        let key = digest.clone();
+        self.write(move |txn, _| {
+            let mut blobs = txn.open_table(BLOBS).map_err(backend)?;
+            if blobs.get(key.as_str()).map_err(backend)?.is_none() {
+                blobs
+                    .insert(key.as_str(), bytes.as_ref())
+                    .map_err(backend)?;
             }
-            txn.commit().map_err(backend)?;
-            Ok(digest)
+            Ok(())
         })
-        .await
+        .await?;
+        Ok(digest)
     }
 
     async fn get(&self, digest: &str) -> Result<Option<Bytes>, StoreError> {
         let digest = digest.to_string();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(backend)?;
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
             let blobs = txn.open_table(BLOBS).map_err(backend)?;
             Ok(blobs
                 .get(digest.as_str())
@@ -313,35 +427,31 @@ impl LogStore for EmbeddedStore {
         &self,
         records: Vec<(String, Bytes)>,
     ) -> Result<Vec<(String, u64)>, StoreError> {
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(backend)?;
+        self.write(move |txn, _| {
             let mut heads: Vec<(String, u64)> = Vec::new();
-            {
-                let mut logs = txn.open_table(LOGS).map_err(backend)?;
-                let mut head_table = txn.open_table(LOG_HEADS).map_err(backend)?;
-                for (stream, bytes) in &records {
-                    let seq = match heads.iter_mut().find(|(s, _)| s == stream) {
-                        Some((_, seq)) => {
-                            *seq += 1;
-                            *seq
-                        }
-                        None => {
-                            let last = head_table
-                                .get(stream.as_str())
-                                .map_err(backend)?
-                                .map_or(0, |v| v.value());
-                            heads.push((stream.clone(), last + 1));
-                            last + 1
-                        }
-                    };
-                    logs.insert((stream.as_str(), seq), bytes.as_ref())
-                        .map_err(backend)?;
-                }
-                for (stream, seq) in &heads {
-                    head_table.insert(stream.as_str(), *seq).map_err(backend)?;
-                }
+            let mut logs = txn.open_table(LOGS).map_err(backend)?;
+            let mut head_table = txn.open_table(LOG_HEADS).map_err(backend)?;
+            for (stream, bytes) in &records {
+                let seq = match heads.iter_mut().find(|(s, _)| s == stream) {
+                    Some((_, seq)) => {
+                        *seq += 1;
+                        *seq
+                    }
+                    None => {
+                        let last = head_table
+                            .get(stream.as_str())
+                            .map_err(backend)?
+                            .map_or(0, |v| v.value());
+                        heads.push((stream.clone(), last + 1));
+                        last + 1
+                    }
+                };
+                logs.insert((stream.as_str(), seq), bytes.as_ref())
+                    .map_err(backend)?;
             }
-            txn.commit().map_err(backend)?;
+            for (stream, seq) in &heads {
+                head_table.insert(stream.as_str(), *seq).map_err(backend)?;
+            }
             Ok(heads)
         })
         .await
@@ -354,8 +464,8 @@ impl LogStore for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<(u64, Bytes)>, StoreError> {
         let stream = stream.to_string();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(backend)?;
+        EmbeddedStore::read(self, move |db| {
+            let txn = db.begin_read().map_err(backend)?;
             let logs = txn.open_table(LOGS).map_err(backend)?;
             let start = after.saturating_add(1);
             let mut out = Vec::new();
@@ -374,18 +484,14 @@ impl LogStore for EmbeddedStore {
 
     async fn delete_stream(&self, stream: &str) -> Result<(), StoreError> {
         let stream = stream.to_string();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(backend)?;
-            {
-                let mut logs = txn.open_table(LOGS).map_err(backend)?;
-                logs.retain_in(
-                    (stream.as_str(), 0)..=(stream.as_str(), u64::MAX),
-                    |_, _| false,
-                )
-                .map_err(backend)?;
-                // Keep the head so sequence numbers are never reused for this stream name.
-            }
-            txn.commit().map_err(backend)?;
+        self.write(move |txn, _| {
+            let mut logs = txn.open_table(LOGS).map_err(backend)?;
+            logs.retain_in(
+                (stream.as_str(), 0)..=(stream.as_str(), u64::MAX),
+                |_, _| false,
+            )
+            .map_err(backend)?;
+            // Keep the head so sequence numbers are never reused for this stream name.
             Ok(())
         })
         .await
@@ -401,32 +507,28 @@ impl QueueStore for EmbeddedStore {
         not_before_ms: u64,
     ) -> Result<Vec<u64>, StoreError> {
         let queue = queue.to_string();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(backend)?;
+        self.write(move |txn, _| {
             let mut seqs = Vec::with_capacity(payloads.len());
-            {
-                let mut items = txn.open_table(QUEUE).map_err(backend)?;
-                let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
-                let mut heads = txn.open_table(QUEUE_HEADS).map_err(backend)?;
-                let mut seq = heads
-                    .get(queue.as_str())
-                    .map_err(backend)?
-                    .map_or(0, |v| v.value());
-                for payload in &payloads {
-                    seq += 1;
-                    items
-                        .insert(
-                            (queue.as_str(), seq),
-                            (not_before_ms, 0u32, payload.as_ref()),
-                        )
-                        .map_err(backend)?;
-                    due.insert((queue.as_str(), not_before_ms, seq), ())
-                        .map_err(backend)?;
-                    seqs.push(seq);
-                }
-                heads.insert(queue.as_str(), seq).map_err(backend)?;
+            let mut items = txn.open_table(QUEUE).map_err(backend)?;
+            let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+            let mut heads = txn.open_table(QUEUE_HEADS).map_err(backend)?;
+            let mut seq = heads
+                .get(queue.as_str())
+                .map_err(backend)?
+                .map_or(0, |v| v.value());
+            for payload in &payloads {
+                seq += 1;
+                items
+                    .insert(
+                        (queue.as_str(), seq),
+                        (not_before_ms, 0u32, payload.as_ref()),
+                    )
+                    .map_err(backend)?;
+                due.insert((queue.as_str(), not_before_ms, seq), ())
+                    .map_err(backend)?;
+                seqs.push(seq);
             }
-            txn.commit().map_err(backend)?;
+            heads.insert(queue.as_str(), seq).map_err(backend)?;
             Ok(seqs)
         })
         .await
@@ -439,64 +541,63 @@ impl QueueStore for EmbeddedStore {
         lease_ms: u64,
         max: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let queue = queue.to_string();
-        self.blocking(move |inner| {
-            // Workers poll; a read transaction finds "nothing due" without
-            // paying for a durable commit.
-            {
-                let txn = inner.db.begin_read().map_err(backend)?;
+        // Workers poll; a read finds "nothing due" without a durable commit.
+        let probe = queue.to_string();
+        let anything_due = self
+            .read(move |db| {
+                let txn = db.begin_read().map_err(backend)?;
                 let due = txn.open_table(QUEUE_DUE).map_err(backend)?;
                 let mut range = due
-                    .range((queue.as_str(), 0, 0)..=(queue.as_str(), now_ms, u64::MAX))
+                    .range((probe.as_str(), 0, 0)..=(probe.as_str(), now_ms, u64::MAX))
                     .map_err(backend)?;
-                if range.next().is_none() {
-                    return Ok(Vec::new());
-                }
-            }
-            let txn = inner.db.begin_write().map_err(backend)?;
+                Ok(range.next().is_some())
+            })
+            .await?;
+        if !anything_due {
+            return Ok(Vec::new());
+        }
+        let queue = queue.to_string();
+        self.write(move |txn, _| {
             let mut claimed = Vec::new();
+            let mut items = txn.open_table(QUEUE).map_err(backend)?;
+            let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+            let mut ready = Vec::new();
+            for entry in due
+                .range((queue.as_str(), 0, 0)..=(queue.as_str(), now_ms, u64::MAX))
+                .map_err(backend)?
+                .take(max)
             {
-                let mut items = txn.open_table(QUEUE).map_err(backend)?;
-                let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
-                let mut ready = Vec::new();
-                for entry in due
-                    .range((queue.as_str(), 0, 0)..=(queue.as_str(), now_ms, u64::MAX))
-                    .map_err(backend)?
-                    .take(max)
-                {
-                    let (key, _) = entry.map_err(backend)?;
-                    let (_, not_before, seq) = key.value();
-                    ready.push((not_before, seq));
-                }
-                let visible_again = now_ms.saturating_add(lease_ms);
-                for (not_before, seq) in ready {
-                    due.remove((queue.as_str(), not_before, seq))
-                        .map_err(backend)?;
-                    let Some((attempts, payload)) =
-                        items.get((queue.as_str(), seq)).map_err(backend)?.map(|v| {
-                            let (_, attempts, payload) = v.value();
-                            (attempts, Bytes::copy_from_slice(payload))
-                        })
-                    else {
-                        continue;
-                    };
-                    let attempt = attempts + 1;
-                    items
-                        .insert(
-                            (queue.as_str(), seq),
-                            (visible_again, attempt, payload.as_ref()),
-                        )
-                        .map_err(backend)?;
-                    due.insert((queue.as_str(), visible_again, seq), ())
-                        .map_err(backend)?;
-                    claimed.push(Claimed {
-                        seq,
-                        attempt,
-                        payload,
-                    });
-                }
+                let (key, _) = entry.map_err(backend)?;
+                let (_, not_before, seq) = key.value();
+                ready.push((not_before, seq));
             }
-            txn.commit().map_err(backend)?;
+            let visible_again = now_ms.saturating_add(lease_ms);
+            for (not_before, seq) in ready {
+                due.remove((queue.as_str(), not_before, seq))
+                    .map_err(backend)?;
+                let Some((attempts, payload)) =
+                    items.get((queue.as_str(), seq)).map_err(backend)?.map(|v| {
+                        let (_, attempts, payload) = v.value();
+                        (attempts, Bytes::copy_from_slice(payload))
+                    })
+                else {
+                    continue;
+                };
+                let attempt = attempts + 1;
+                items
+                    .insert(
+                        (queue.as_str(), seq),
+                        (visible_again, attempt, payload.as_ref()),
+                    )
+                    .map_err(backend)?;
+                due.insert((queue.as_str(), visible_again, seq), ())
+                    .map_err(backend)?;
+                claimed.push(Claimed {
+                    seq,
+                    attempt,
+                    payload,
+                });
+            }
             Ok(claimed)
         })
         .await
@@ -504,23 +605,19 @@ impl QueueStore for EmbeddedStore {
 
     async fn ack(&self, queue: &str, seqs: Vec<u64>) -> Result<(), StoreError> {
         let queue = queue.to_string();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(backend)?;
-            {
-                let mut items = txn.open_table(QUEUE).map_err(backend)?;
-                let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
-                for seq in seqs {
-                    let not_before = items
-                        .remove((queue.as_str(), seq))
-                        .map_err(backend)?
-                        .map(|v| v.value().0);
-                    if let Some(not_before) = not_before {
-                        due.remove((queue.as_str(), not_before, seq))
-                            .map_err(backend)?;
-                    }
+        self.write(move |txn, _| {
+            let mut items = txn.open_table(QUEUE).map_err(backend)?;
+            let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+            for seq in seqs {
+                let not_before = items
+                    .remove((queue.as_str(), seq))
+                    .map_err(backend)?
+                    .map(|v| v.value().0);
+                if let Some(not_before) = not_before {
+                    due.remove((queue.as_str(), not_before, seq))
+                        .map_err(backend)?;
                 }
             }
-            txn.commit().map_err(backend)?;
             Ok(())
         })
         .await
@@ -528,28 +625,24 @@ impl QueueStore for EmbeddedStore {
 
     async fn release(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError> {
         let queue = queue.to_string();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_write().map_err(backend)?;
-            {
-                let mut items = txn.open_table(QUEUE).map_err(backend)?;
-                let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
-                let current = items.get((queue.as_str(), seq)).map_err(backend)?.map(|v| {
-                    let (not_before, attempts, payload) = v.value();
-                    (not_before, attempts, payload.to_vec())
-                });
-                if let Some((old, attempts, payload)) = current {
-                    due.remove((queue.as_str(), old, seq)).map_err(backend)?;
-                    items
-                        .insert(
-                            (queue.as_str(), seq),
-                            (not_before_ms, attempts, payload.as_slice()),
-                        )
-                        .map_err(backend)?;
-                    due.insert((queue.as_str(), not_before_ms, seq), ())
-                        .map_err(backend)?;
-                }
+        self.write(move |txn, _| {
+            let mut items = txn.open_table(QUEUE).map_err(backend)?;
+            let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+            let current = items.get((queue.as_str(), seq)).map_err(backend)?.map(|v| {
+                let (not_before, attempts, payload) = v.value();
+                (not_before, attempts, payload.to_vec())
+            });
+            if let Some((old, attempts, payload)) = current {
+                due.remove((queue.as_str(), old, seq)).map_err(backend)?;
+                items
+                    .insert(
+                        (queue.as_str(), seq),
+                        (not_before_ms, attempts, payload.as_slice()),
+                    )
+                    .map_err(backend)?;
+                due.insert((queue.as_str(), not_before_ms, seq), ())
+                    .map_err(backend)?;
             }
-            txn.commit().map_err(backend)?;
             Ok(())
         })
         .await
@@ -557,8 +650,8 @@ impl QueueStore for EmbeddedStore {
 
     async fn depth(&self, queue: &str) -> Result<u64, StoreError> {
         let queue = queue.to_string();
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(backend)?;
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
             let items = txn.open_table(QUEUE).map_err(backend)?;
             let mut n = 0;
             for entry in items
@@ -574,8 +667,8 @@ impl QueueStore for EmbeddedStore {
     }
 
     async fn queues(&self) -> Result<Vec<String>, StoreError> {
-        self.blocking(move |inner| {
-            let txn = inner.db.begin_read().map_err(backend)?;
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
             let items = txn.open_table(QUEUE).map_err(backend)?;
             let mut names: Vec<String> = Vec::new();
             let mut next = items

@@ -20,7 +20,7 @@ pub use embedded::EmbeddedStore;
 pub use registry::{NewVersion, Registry, RegistryError};
 
 /// Errors a storage backend reports.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A compare-and-set found another revision than the caller expected.
     #[error("`{key}` was changed concurrently (expected revision {expected:?}, found {found:?})")]
