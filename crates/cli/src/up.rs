@@ -126,7 +126,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let metrics = {
         let gateway = gateway.clone();
         let runtime = runtime.clone();
-        Arc::new(move || render_metrics(&gateway, &runtime)) as gust_api::MetricsRenderer
+        let events = events.clone();
+        Arc::new(move || render_metrics(&gateway, &runtime, &events)) as gust_api::MetricsRenderer
     };
     let api = gust_api::router(ApiState {
         registry,
@@ -236,9 +237,10 @@ fn init_logging() {
         .try_init();
 }
 
-fn render_metrics(gateway: &Gateway, runtime: &Runtime) -> String {
+fn render_metrics(gateway: &Gateway, runtime: &Runtime, events: &Events) -> String {
     let g = gateway.stats();
     let r = runtime.stats();
+    let e = events.stats();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -306,6 +308,17 @@ fn render_metrics(gateway: &Gateway, runtime: &Runtime) -> String {
         "gauge",
         "Components held in memory, ready to instantiate.",
         &[("", r.loaded)],
+    );
+    metric(
+        "gust_events_total",
+        "counter",
+        "Events, by what happened to them: accepted (durably queued), delivered, retried (an attempt failed and another is planned), dead_lettered.",
+        &[
+            ("{outcome=\"accepted\"}", e.accepted),
+            ("{outcome=\"delivered\"}", e.delivered),
+            ("{outcome=\"retried\"}", e.retried),
+            ("{outcome=\"dead_lettered\"}", e.dead_lettered),
+        ],
     );
     metric(
         "gust_instantiations_total",

@@ -225,16 +225,20 @@ async fn attempt(
         retry_at_ms: None,
     };
     let applied = async {
-        match decision {
+        let applied: Result<(), gust_store::StoreError> = match decision {
             Decision::Done => {
                 put_record(events, &envelope.tenant, &record).await?;
-                events.queue.ack(queue, vec![item.seq]).await
+                events.queue.ack(queue, vec![item.seq]).await?;
+                events.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                Ok(())
             }
             Decision::RetryAfter(delay) => {
                 record.state = InvocationState::Failed;
                 record.retry_at_ms = Some(now + delay);
                 put_record(events, &envelope.tenant, &record).await?;
-                events.queue.release(queue, item.seq, now + delay).await
+                events.queue.release(queue, item.seq, now + delay).await?;
+                events.counters.retried.fetch_add(1, Ordering::Relaxed);
+                Ok(())
             }
             Decision::DeadLetter(reason) => {
                 let letter = DeadLetter {
@@ -256,9 +260,15 @@ async fn attempt(
                     .await?;
                 record.state = InvocationState::DeadLettered;
                 put_record(events, &envelope.tenant, &record).await?;
-                events.queue.ack(queue, vec![item.seq]).await
+                events.queue.ack(queue, vec![item.seq]).await?;
+                events
+                    .counters
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
             }
-        }
+        };
+        applied
     };
     if let Err(e) = applied.await {
         // The claim's lease runs out and the event is tried again.

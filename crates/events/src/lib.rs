@@ -12,6 +12,7 @@
 mod dispatcher;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -105,6 +106,24 @@ pub struct Events {
     pub(crate) queue: Arc<dyn QueueStore>,
     pub(crate) kv: Arc<dyn KvStore>,
     pub(crate) wake: Arc<dispatcher::Wake>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub accepted: AtomicU64,
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventStats {
+    pub accepted: u64,
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
 }
 
 impl Events {
@@ -113,11 +132,32 @@ impl Events {
             queue,
             kv,
             wake: Arc::new(dispatcher::Wake::default()),
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    pub fn stats(&self) -> EventStats {
+        let c = &self.counters;
+        EventStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
         }
     }
 
     /// Accepts an event for its function: returns once it is durably stored.
+    ///
+    /// The work runs in its own task, so a caller that goes away half way
+    /// (a client hanging up) cannot leave a status without its event.
     pub async fn submit(&self, envelope: Envelope) -> Result<(), EventsError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.store(envelope).await })
+            .await
+            .map_err(|_| EventsError::Store(StoreError::Closed))?
+    }
+
+    async fn store(&self, envelope: Envelope) -> Result<(), EventsError> {
         let record = InvocationRecord {
             invocation_id: envelope.invocation_id.clone(),
             function: envelope.function.to_string(),
@@ -141,6 +181,7 @@ impl Events {
         self.queue
             .enqueue(&queue, vec![Bytes::from(envelope.encode())], 0)
             .await?;
+        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         self.wake.notify(&queue);
         Ok(())
     }
