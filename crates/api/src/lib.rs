@@ -152,9 +152,25 @@ pub struct Redriven {
     pub redriven: usize,
 }
 
+/// The answer to an accepted asynchronous invocation.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Accepted {
+    pub invocation_id: String,
+    pub state: gust_core::InvocationState,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct SubmitParams {
+    /// Path (and query) the function sees (default `/`).
+    pub path: Option<String>,
+}
+
+/// Largest payload of an event sent through the control API.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListParams {
-    /// At most this many (default 100, at most 1000).
+    /// At most this many (default 100, at most 10000).
     pub limit: Option<usize>,
 }
 
@@ -199,6 +215,7 @@ pub struct LogPage {
         get_version,
         read_logs,
         list_invocations,
+        submit_invocation,
         get_invocation,
         list_dead_letters,
         redrive_all,
@@ -214,6 +231,7 @@ pub struct LogPage {
         ErrorDetail,
         DeadLetterInfo,
         Redriven,
+        Accepted,
         InvocationRecord,
         DeliveryPolicy,
         Limits,
@@ -246,7 +264,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/functions/{name}/versions/{version}", get(get_version))
         .route("/v1/functions/{name}/logs", get(read_logs))
-        .route("/v1/functions/{name}/invocations", get(list_invocations))
+        .route(
+            "/v1/functions/{name}/invocations",
+            get(list_invocations).post(submit_invocation),
+        )
         .route("/v1/invocations/{id}", get(get_invocation))
         .route("/v1/functions/{name}/dead-letters", get(list_dead_letters))
         .route(
@@ -480,13 +501,25 @@ async fn deploy_version(
 /// discarding) up to a bound, so that the client gets the 400 instead of a
 /// connection reset while it is still sending.
 async fn read_upload(body: Body, cap: usize) -> Result<bytes::Bytes, ApiError> {
+    read_capped(body, cap).await.map_err(|too_large| match too_large {
+        Some(error) => error,
+        None => ApiError::BadRequest(format!(
+            "the component is larger than the upload cap of {cap} bytes; shrink it (release build, `strip`) or start the server with a larger `--max-upload-bytes`"
+        )),
+    })
+}
+
+/// Reads a body of at most `cap` bytes (`Err(None)`: larger; `Err(Some)`:
+/// the upload failed), discarding the excess so the client hears the answer.
+async fn read_capped(body: Body, cap: usize) -> Result<bytes::Bytes, Option<ApiError>> {
     use http_body_util::BodyExt as _;
     const DISCARD_AT_MOST: usize = 1 << 30;
     let mut body = body;
     let mut kept = Vec::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::BadRequest(format!("the upload failed: {e}")))?;
+        let frame =
+            frame.map_err(|e| Some(ApiError::BadRequest(format!("the upload failed: {e}"))))?;
         if let Ok(data) = frame.into_data() {
             seen += data.len();
             if seen <= cap {
@@ -497,9 +530,7 @@ async fn read_upload(body: Body, cap: usize) -> Result<bytes::Bytes, ApiError> {
         }
     }
     if seen > cap {
-        return Err(ApiError::BadRequest(format!(
-            "the component is larger than the upload cap of {cap} bytes; shrink it (release build, `strip`) or start the server with a larger `--max-upload-bytes`"
-        )));
+        return Err(None);
     }
     Ok(kept.into())
 }
@@ -611,9 +642,65 @@ async fn list_invocations(
 ) -> Result<Json<Vec<InvocationRecord>>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = existing(&state, name).await?;
-    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = params.limit.unwrap_or(100).clamp(1, 10_000);
     Ok(Json(
         state.events.invocations(&tenant(), &name, limit).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/functions/{name}/invocations", tag = "events",
+    params(("name" = String, Path, description = "Function name"), SubmitParams),
+    request_body(content = Vec<u8>, description = "The event's data; `ce-*` headers set its CloudEvents attributes"),
+    responses(
+        (status = 202, description = "Durably queued", body = Accepted),
+        (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
+async fn submit_invocation(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    params: Result<Query<SubmitParams>, QueryRejection>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let name = function_name(name)?;
+    let function = state
+        .registry
+        .function(&tenant(), &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))?;
+    let cap = function
+        .active
+        .as_ref()
+        .map_or(MAX_EVENT_BYTES, |a| {
+            usize::try_from(a.limits.max_body_bytes).unwrap_or(usize::MAX)
+        })
+        .min(MAX_EVENT_BYTES);
+    let data = read_capped(body, cap).await.map_err(|_| {
+        ApiError::PayloadTooLarge(format!("an event's payload may be at most {cap} bytes"))
+    })?;
+    let path = params.path.unwrap_or_else(|| "/".to_string());
+    let path = if path.starts_with('/') {
+        path
+    } else {
+        format!("/{path}")
+    };
+    let id = state.events.next_invocation_id();
+    let envelope = Events::envelope(
+        tenant(),
+        name,
+        id.clone(),
+        path,
+        |h| headers.get(h).and_then(|v| v.to_str().ok()),
+        data.to_vec(),
+    );
+    state.events.submit(envelope).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            invocation_id: id,
+            state: gust_core::InvocationState::Queued,
+        }),
     ))
 }
 

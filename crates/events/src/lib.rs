@@ -103,6 +103,7 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
 /// The events front: submission, status, dead letters. Cheap to clone.
 #[derive(Clone)]
 pub struct Events {
+    ids: Arc<InvocationIds>,
     pub(crate) queue: Arc<dyn QueueStore>,
     pub(crate) kv: Arc<dyn KvStore>,
     pub(crate) wake: Arc<dispatcher::Wake>,
@@ -129,6 +130,7 @@ pub struct EventStats {
 impl Events {
     pub fn new(queue: Arc<dyn QueueStore>, kv: Arc<dyn KvStore>) -> Self {
         Self {
+            ids: Arc::new(InvocationIds::new()),
             queue,
             kv,
             wake: Arc::new(dispatcher::Wake::default()),
@@ -143,6 +145,41 @@ impl Events {
             delivered: c.delivered.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A new invocation id: unique on this node across restarts, for
+    /// synchronous and asynchronous invocations alike.
+    pub fn next_invocation_id(&self) -> String {
+        self.ids.next()
+    }
+
+    /// The envelope of an event sent over HTTP: CloudEvents attributes come
+    /// from `ce-*` headers when the sender set them (binary mode), else Gust
+    /// fills them in; `path` is what the function will see.
+    pub fn envelope<'h>(
+        tenant: TenantId,
+        function: FunctionName,
+        invocation_id: String,
+        path: String,
+        header: impl Fn(&str) -> Option<&'h str>,
+        data: Vec<u8>,
+    ) -> Envelope {
+        let now = now_ms();
+        let owned = |name: &str| header(name).map(str::to_string);
+        Envelope {
+            id: owned("ce-id").unwrap_or_else(|| invocation_id.clone()),
+            source: owned("ce-source").unwrap_or_else(|| format!("/gust/functions/{function}")),
+            ty: owned("ce-type").unwrap_or_else(|| "dev.gust.invocation".to_string()),
+            subject: owned("ce-subject"),
+            time_ms: now,
+            content_type: owned("content-type"),
+            accepted_ms: now,
+            path,
+            data,
+            tenant,
+            function,
+            invocation_id,
         }
     }
 
@@ -295,5 +332,26 @@ impl Events {
         }
         self.wake.notify(&queue);
         Ok(letters.len())
+    }
+}
+
+/// Invocation ids: the process start time and a counter, in hex. Unique
+/// across restarts of one node and sortable by start within a run.
+struct InvocationIds {
+    start_ms: u64,
+    next: AtomicU64,
+}
+
+impl InvocationIds {
+    fn new() -> Self {
+        Self {
+            start_ms: now_ms(),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:011x}{:09x}", self.start_ms, n)
     }
 }

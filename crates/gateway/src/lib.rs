@@ -109,7 +109,6 @@ struct Shared {
     config: GatewayConfig,
     draining: AtomicBool,
     counters: Counters,
-    ids: InvocationIds,
     events: Events,
 }
 
@@ -161,7 +160,6 @@ impl Gateway {
                 config,
                 draining: AtomicBool::new(false),
                 counters: Counters::default(),
-                ids: InvocationIds::new(),
                 events,
             }),
         };
@@ -245,7 +243,7 @@ async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
-    let id = shared.ids.next();
+    let id = shared.events.next_invocation_id();
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
     let mut response = match invoke(&shared, request, &id).await {
         Ok(response) => response,
@@ -451,28 +449,14 @@ async fn submit_event(
             CappedRead::TooLarge => GatewayError::EventTooLarge { limit },
             CappedRead::Stalled => GatewayError::BodyStalled,
         })?;
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let now = now_ms();
-    let envelope = Envelope {
-        tenant: route.tenant.clone(),
-        function: route.name.clone(),
-        invocation_id: id.to_string(),
-        id: header("ce-id").unwrap_or_else(|| id.to_string()),
-        source: header("ce-source").unwrap_or_else(|| format!("/gust/functions/{}", route.name)),
-        ty: header("ce-type").unwrap_or_else(|| "dev.gust.invocation".to_string()),
-        subject: header("ce-subject"),
-        time_ms: now,
-        content_type: header("content-type"),
-        accepted_ms: now,
+    let envelope = Events::envelope(
+        route.tenant.clone(),
+        route.name.clone(),
+        id.to_string(),
         path,
-        data: data.to_vec(),
-    };
+        |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
+        data.to_vec(),
+    );
     shared.events.submit(envelope).await.map_err(|e| {
         tracing::error!(invocation_id = id, error = %e, "could not queue an event");
         GatewayError::EventNotStored
@@ -624,25 +608,4 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Invocation ids: the process start time and a counter, in hex. Unique
-/// across restarts of one node and sortable by start within a run.
-struct InvocationIds {
-    start_ms: u64,
-    next: AtomicU64,
-}
-
-impl InvocationIds {
-    fn new() -> Self {
-        Self {
-            start_ms: now_ms(),
-            next: AtomicU64::new(0),
-        }
-    }
-
-    fn next(&self) -> String {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{:011x}{:09x}", self.start_ms, n)
-    }
 }

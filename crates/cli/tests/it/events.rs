@@ -67,6 +67,24 @@ async fn an_event_is_accepted_then_delivered_as_a_cloudevent() {
     assert_eq!(listed[0]["invocation_id"], id.as_str());
     let one = server.gust_json(&["invocation", &id]);
     assert_eq!(one["state"], "succeeded");
+
+    // The control API accepts events too.
+    let response = server
+        .http
+        .post(format!(
+            "{}/v1/functions/tb/invocations?path=/print",
+            server.api
+        ))
+        .header("ce-type", "com.example.api")
+        .body("from the API")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    let api_id = accepted["invocation_id"].as_str().unwrap().to_string();
+    assert_ne!(api_id, id);
+    wait_for_state(&server, &api_id, "succeeded").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -75,6 +93,22 @@ async fn bad_submissions_are_refused_not_dropped() {
     server.deploy("tb", &guests().testbed, &[]);
     let (status, _) = server.submit("/nope/", &[], b"x".to_vec()).await;
     assert_eq!(status, 404);
+    let response = server
+        .http
+        .post(format!("{}/v1/functions/nope/invocations", server.api))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = server
+        .http
+        .post(format!("{}/v1/functions/tb/invocations", server.api))
+        .body(vec![0u8; (1 << 20) + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
     let (status, body) = server.submit("/tb/", &[], vec![0u8; (1 << 20) + 1]).await;
     assert_eq!(status, 413, "{body}");
     // The function's own body limit applies to its events too.
@@ -174,15 +208,15 @@ async fn kill_9_with_a_backlog_loses_no_accepted_event() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_in(dir.path(), &[]);
     server.deploy("sink", &guests().testbed, &["--concurrency", "2"]);
-    const EVENTS: usize = 600;
+    const EVENTS: usize = 3000;
     let mut ids = Vec::with_capacity(EVENTS);
     let mut tasks = Vec::new();
-    for chunk in 0..6 {
+    for chunk in 0..10 {
         let url = server.url.clone();
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut ids = Vec::new();
-            for i in 0..EVENTS / 6 {
+            for i in 0..EVENTS / 10 {
                 let response = http
                     .post(format!("{url}/sink/sleep?ms=5&n={chunk}-{i}"))
                     .header("Gust-Invocation-Type", "Event")
@@ -205,16 +239,19 @@ async fn kill_9_with_a_backlog_loses_no_accepted_event() {
     let server = Server::start_in(dir.path(), &[]);
     let mut lost = Vec::new();
     let mut duplicates = 0;
-    let done = Server::eventually(Duration::from_secs(120), || async {
+    let _ = Server::eventually(Duration::from_secs(120), || async {
         let records = server
-            .api_json("/v1/functions/sink/invocations?limit=1000")
+            .api_json("/v1/functions/sink/invocations?limit=10000")
             .await;
         let records = records.as_array().unwrap().clone();
         let succeeded = records.iter().filter(|r| r["state"] == "succeeded").count();
-        (succeeded == EVENTS).then_some(records)
+        (succeeded == EVENTS).then_some(())
     })
     .await;
-    let records = done.unwrap_or_default();
+    let records = server
+        .api_json("/v1/functions/sink/invocations?limit=10000")
+        .await;
+    let records = records.as_array().unwrap().clone();
     for id in &ids {
         match records.iter().find(|r| r["invocation_id"] == id.as_str()) {
             Some(r) if r["state"] == "succeeded" => {
