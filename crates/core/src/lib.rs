@@ -12,6 +12,7 @@ mod limits;
 mod names;
 mod records;
 pub mod route;
+pub mod schedule;
 
 pub use event::{Envelope, EnvelopeError, InvocationRecord, InvocationState};
 pub use limits::{Limits, LimitsError, LimitsPatch};
