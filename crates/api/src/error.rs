@@ -66,8 +66,13 @@ impl IntoResponse for ApiError {
             ApiError::Registry(RegistryError::Store(StoreError::Conflict { .. })) => {
                 (StatusCode::CONFLICT, "conflict")
             }
+            ApiError::Events(EventsError::InvalidSchedule(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_schedule")
+            }
             ApiError::Events(
-                EventsError::NoSuchInvocation(_) | EventsError::NoSuchDeadLetter(_),
+                EventsError::NoSuchInvocation(_)
+                | EventsError::NoSuchDeadLetter(_)
+                | EventsError::NoSuchSchedule(_),
             ) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Registry(_) | ApiError::Store(_) | ApiError::Events(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage")

@@ -165,6 +165,47 @@ pub struct SubmitParams {
     pub path: Option<String>,
 }
 
+/// A schedule to add to a function.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSchedule {
+    /// Cron with seconds (`*/5 * * * * *`), classic five-field cron, or `@every 30s`.
+    pub expr: String,
+    /// `UTC` (default) or a fixed offset such as `+02:00`.
+    pub tz: Option<String>,
+    /// A name for the schedule (default: generated).
+    pub id: Option<String>,
+}
+
+/// A schedule as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScheduleInfo {
+    pub id: String,
+    pub function: String,
+    pub expr: String,
+    pub tz: String,
+    pub created_at_ms: u64,
+    /// When it fires next (Unix ms).
+    pub next_ms: Option<u64>,
+}
+
+impl From<gust_events::ScheduleRecord> for ScheduleInfo {
+    fn from(r: gust_events::ScheduleRecord) -> Self {
+        let next_ms = gust_core::schedule::Schedule::parse(&r.expr)
+            .ok()
+            .zip(gust_core::schedule::Offset::parse(&r.tz).ok())
+            .and_then(|(s, o)| s.next_after(now_ms(), o));
+        Self {
+            id: r.id,
+            function: r.function.to_string(),
+            expr: r.expr,
+            tz: r.tz,
+            created_at_ms: r.created_ms,
+            next_ms,
+        }
+    }
+}
+
 /// Largest payload of an event sent through the control API.
 const MAX_EVENT_BYTES: usize = 1 << 20;
 
@@ -217,6 +258,9 @@ pub struct LogPage {
         list_invocations,
         submit_invocation,
         get_invocation,
+        add_schedule,
+        list_schedules,
+        remove_schedule,
         list_dead_letters,
         redrive_all,
         redrive_one
@@ -232,6 +276,8 @@ pub struct LogPage {
         DeadLetterInfo,
         Redriven,
         Accepted,
+        NewSchedule,
+        ScheduleInfo,
         InvocationRecord,
         DeliveryPolicy,
         Limits,
@@ -269,6 +315,14 @@ pub fn router(state: ApiState) -> Router {
             get(list_invocations).post(submit_invocation),
         )
         .route("/v1/invocations/{id}", get(get_invocation))
+        .route(
+            "/v1/functions/{name}/schedules",
+            get(list_schedules).post(add_schedule),
+        )
+        .route(
+            "/v1/functions/{name}/schedules/{id}",
+            axum::routing::delete(remove_schedule),
+        )
         .route("/v1/functions/{name}/dead-letters", get(list_dead_letters))
         .route(
             "/v1/functions/{name}/dead-letters/redrive",
@@ -702,6 +756,62 @@ async fn submit_invocation(
             state: gust_core::InvocationState::Queued,
         }),
     ))
+}
+
+#[utoipa::path(post, path = "/v1/functions/{name}/schedules", tag = "schedules",
+    params(("name" = String, Path, description = "Function name")),
+    request_body = NewSchedule,
+    responses(
+        (status = 201, body = ScheduleInfo),
+        (status = 400, description = "The expression or time zone does not parse; the message names the fault", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn add_schedule(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Result<Json<NewSchedule>, JsonRejection>,
+) -> Result<(StatusCode, Json<ScheduleInfo>), ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let name = existing(&state, name).await?;
+    let id = match body.id {
+        Some(id) => FunctionName::new(id)
+            .map_err(|e| ApiError::BadRequest(format!("schedule id: {e}")))?
+            .to_string(),
+        None => format!("s{}", state.events.next_invocation_id()),
+    };
+    let record = gust_events::ScheduleRecord {
+        id,
+        tenant: tenant(),
+        function: name,
+        expr: body.expr,
+        tz: body.tz.unwrap_or_else(|| "UTC".to_string()),
+        created_ms: now_ms(),
+    };
+    state.events.add_schedule(record.clone()).await?;
+    Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/schedules", tag = "schedules",
+    params(("name" = String, Path, description = "Function name")),
+    responses((status = 200, body = [ScheduleInfo]), (status = 404, body = ErrorBody)))]
+async fn list_schedules(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<ScheduleInfo>>, ApiError> {
+    let name = existing(&state, name).await?;
+    let records = state.events.schedules(&tenant(), &name).await?;
+    Ok(Json(records.into_iter().map(ScheduleInfo::from).collect()))
+}
+
+#[utoipa::path(delete, path = "/v1/functions/{name}/schedules/{id}", tag = "schedules",
+    params(("name" = String, Path, description = "Function name"), ("id" = String, Path, description = "Schedule id")),
+    responses((status = 204, description = "Removed"), (status = 404, body = ErrorBody)))]
+async fn remove_schedule(
+    State(state): State<ApiState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let name = existing(&state, name).await?;
+    state.events.remove_schedule(&tenant(), &name, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/invocations/{id}", tag = "events",

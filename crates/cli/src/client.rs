@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use gust_api::{DeadLetterInfo, ErrorBody, FunctionInfo, LogEntry, LogPage, Redriven, VersionInfo};
+use gust_api::{
+    DeadLetterInfo, ErrorBody, FunctionInfo, LogEntry, LogPage, Redriven, ScheduleInfo, VersionInfo,
+};
 use gust_core::InvocationRecord;
 use gust_core::Outcome;
 use serde::de::DeserializeOwned;
@@ -636,6 +638,136 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
             ],
             &rows,
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust schedule add hello '*/5 * * * * *'          every 5 seconds
+  gust schedule add report '0 30 9 * * 1-5' --tz +02:00 --id weekday-report
+  gust schedule add ping '@every 1m'
+  gust schedule ls hello
+  gust schedule rm hello weekday-report")]
+pub struct ScheduleArgs {
+    #[command(subcommand)]
+    action: ScheduleAction,
+}
+
+#[derive(clap::Subcommand)]
+enum ScheduleAction {
+    /// Fire a function on a cron expression (with seconds) or an interval.
+    Add {
+        /// Function name.
+        name: String,
+        /// `sec min hour day month weekday`, five-field cron, or `@every 30s`.
+        expr: String,
+        /// `UTC` (default) or a fixed offset such as `+02:00`.
+        #[arg(long)]
+        tz: Option<String>,
+        /// A name for the schedule (default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List a function's schedules.
+    Ls {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove a schedule.
+    Rm {
+        /// Function name.
+        name: String,
+        /// Schedule id.
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+pub async fn schedule(args: ScheduleArgs) -> anyhow::Result<ExitCode> {
+    match args.action {
+        ScheduleAction::Add {
+            name,
+            expr,
+            tz,
+            id,
+            api: api_args,
+        } => {
+            let api = Api::new(&api_args)?;
+            let body = serde_json::json!({ "expr": expr, "tz": tz, "id": id });
+            let info: ScheduleInfo = api
+                .send(
+                    api.request(
+                        reqwest::Method::POST,
+                        &format!("/v1/functions/{name}/schedules"),
+                    )
+                    .header("content-type", "application/json")
+                    .body(body.to_string()),
+                )
+                .await?;
+            if api_args.json {
+                output::print_json(&info)?;
+            } else {
+                println!(
+                    "schedule {} fires {name} on `{}` ({}); next at {}",
+                    info.id,
+                    info.expr,
+                    info.tz,
+                    info.next_ms.map_or("-".to_string(), output::timestamp)
+                );
+            }
+        }
+        ScheduleAction::Ls {
+            name,
+            api: api_args,
+        } => {
+            let api = Api::new(&api_args)?;
+            let list: Vec<ScheduleInfo> = api
+                .send(api.request(
+                    reqwest::Method::GET,
+                    &format!("/v1/functions/{name}/schedules"),
+                ))
+                .await?;
+            if api_args.json {
+                output::print_json(&list)?;
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.id.clone(),
+                            s.expr.clone(),
+                            s.tz.clone(),
+                            s.next_ms.map_or("-".to_string(), output::timestamp),
+                        ]
+                    })
+                    .collect();
+                output::table(&["ID", "SCHEDULE", "TZ", "NEXT"], &rows);
+            }
+        }
+        ScheduleAction::Rm {
+            name,
+            id,
+            api: api_args,
+        } => {
+            let api = Api::new(&api_args)?;
+            let () = api
+                .send(api.request(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/functions/{name}/schedules/{id}"),
+                ))
+                .await?;
+            if api_args.json {
+                output::print_json(&serde_json::json!({ "id": id, "removed": true }))?;
+            } else {
+                println!("removed schedule {id}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -54,6 +54,8 @@ enum Command {
     Invocation(client::InvocationArgs),
     /// List a function's dead letters, or redrive them.
     Dlq(client::DlqArgs),
+    /// Fire functions on a schedule: add, ls, rm.
+    Schedule(client::ScheduleArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
             Command::Invocations(args) => client::invocations(args).await,
             Command::Invocation(args) => client::invocation(args).await,
             Command::Dlq(args) => client::dlq(args).await,
+            Command::Schedule(args) => client::schedule(args).await,
         }
     });
     // Tasks still parked (a dispatcher worker waiting for events, a

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use gust_api::ApiState;
-use gust_events::{Dispatcher, Events};
+use gust_events::{Dispatcher, Events, Scheduler};
 use gust_gateway::{Gateway, GatewayConfig};
 use gust_runtime::{Runtime, RuntimeConfig};
 use gust_store::{BlobStore, EmbeddedStore, KvStore, LogStore, QueueStore, Registry};
@@ -111,6 +111,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     )
     .await;
     Dispatcher::start(&events, Arc::new(gateway.clone()));
+    Scheduler::start(&events);
 
     // Signal handlers are installed before the addresses are printed, so a
     // SIGTERM right after start-up still drains and exits 0.

@@ -90,7 +90,14 @@ impl Schedule {
                 )));
             }
         };
-        let names = ["second", "minute", "hour", "day of month", "month", "day of week"];
+        let names = [
+            "second",
+            "minute",
+            "hour",
+            "day of month",
+            "month",
+            "day of week",
+        ];
         let ranges = [(0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
         let mut sets = [0u64; 6];
         for i in 0..6 {
@@ -220,18 +227,20 @@ impl Cron {
     fn next_after(&self, after_ms: u64, offset: Offset) -> Option<u64> {
         // Work in civil seconds of the offset's clock.
         let start = (after_ms / 1000) as i64 + 1 + i64::from(offset.0);
-        let mut day = start.div_euclid(86_400);
-        let mut from = start.rem_euclid(86_400);
-        for _ in 0..(5 * 366) {
-            if self.day_matches(day) {
-                if let Some(second_of_day) = self.first_time_from(from) {
-                    let civil = day * 86_400 + second_of_day as i64;
-                    let utc = civil - i64::from(offset.0);
-                    return u64::try_from(utc).ok().map(|s| s * 1000);
-                }
+        let first_day = start.div_euclid(86_400);
+        for day in first_day..first_day + 5 * 366 {
+            let from = if day == first_day {
+                start.rem_euclid(86_400)
+            } else {
+                0
+            };
+            if self.day_matches(day)
+                && let Some(second_of_day) = self.first_time_from(from)
+            {
+                let civil = day * 86_400 + second_of_day as i64;
+                let utc = civil - i64::from(offset.0);
+                return u64::try_from(utc).ok().map(|s| s * 1000);
             }
-            day += 1;
-            from = 0;
         }
         None
     }
@@ -287,7 +296,10 @@ mod tests {
     fn five_fields_mean_seconds_zero() {
         // Next minute boundary is midnight.
         assert_eq!(next("* * * * *", T), T + 2000);
-        assert_eq!(next("30 2 * * *", T), T + 2000 + (2 * 3600 + 30 * 60) * 1000);
+        assert_eq!(
+            next("30 2 * * *", T),
+            T + 2000 + (2 * 3600 + 30 * 60) * 1000
+        );
     }
 
     #[test]
@@ -339,6 +351,11 @@ mod tests {
         assert!(e.reason.contains("step"), "{e}");
         let e = Schedule::parse("* * * 5-2 * *").unwrap_err();
         assert!(e.reason.contains("backwards"), "{e}");
-        assert!(Schedule::parse("0 0 0 30 2 *").unwrap().next_after(T, Offset(0)).is_none());
+        assert!(
+            Schedule::parse("0 0 0 30 2 *")
+                .unwrap()
+                .next_after(T, Offset(0))
+                .is_none()
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! HTTP servers or wasm.
 
 mod dispatcher;
+mod scheduler;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use gust_store::{KvStore, QueueStore, StoreError};
 use serde::{Deserialize, Serialize};
 
 pub use dispatcher::{AttemptOutcome, Dispatcher, Invoker};
+pub use scheduler::{ScheduleRecord, Scheduler};
 
 /// Errors callers branch on.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,10 @@ pub enum EventsError {
     NoSuchInvocation(String),
     #[error("no dead letter `{0}`")]
     NoSuchDeadLetter(String),
+    #[error("no schedule `{0}`")]
+    NoSuchSchedule(String),
+    #[error("{0}")]
+    InvalidSchedule(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -84,6 +90,10 @@ pub(crate) fn queue_name(tenant: &TenantId, function: &FunctionName) -> String {
 
 fn invocation_key(tenant: &TenantId, id: &str) -> String {
     format!("inv/{tenant}/{id}")
+}
+
+fn schedule_key(tenant: &TenantId, function: &FunctionName, id: &str) -> String {
+    format!("{}{tenant}/{function}/{id}", scheduler::PREFIX)
 }
 
 fn dead_letter_key(tenant: &TenantId, function: &FunctionName, id: &str) -> String {
@@ -145,6 +155,50 @@ impl Events {
             delivered: c.delivered.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stores a schedule for a function (replacing one with the same id).
+    pub async fn add_schedule(&self, record: ScheduleRecord) -> Result<(), EventsError> {
+        let schedule = gust_core::schedule::Schedule::parse(&record.expr)
+            .map_err(|e| EventsError::InvalidSchedule(e.to_string()))?;
+        let offset =
+            gust_core::schedule::Offset::parse(&record.tz).map_err(EventsError::InvalidSchedule)?;
+        if schedule.next_after(now_ms(), offset).is_none() {
+            return Err(EventsError::InvalidSchedule(format!(
+                "`{}` never fires (no date matches)",
+                record.expr
+            )));
+        }
+        let key = schedule_key(&record.tenant, &record.function, &record.id);
+        self.kv.put(&key, encode(&record)?).await?;
+        Ok(())
+    }
+
+    pub async fn schedules(
+        &self,
+        tenant: &TenantId,
+        function: &FunctionName,
+    ) -> Result<Vec<ScheduleRecord>, EventsError> {
+        let entries = self
+            .kv
+            .list(&format!("{}{tenant}/{function}/", scheduler::PREFIX))
+            .await?;
+        Ok(entries
+            .iter()
+            .map(|e| decode(&e.value))
+            .collect::<Result<_, _>>()?)
+    }
+
+    pub async fn remove_schedule(
+        &self,
+        tenant: &TenantId,
+        function: &FunctionName,
+        id: &str,
+    ) -> Result<(), EventsError> {
+        match self.kv.delete(&schedule_key(tenant, function, id)).await? {
+            Some(_) => Ok(()),
+            None => Err(EventsError::NoSuchSchedule(id.to_string())),
         }
     }
 

@@ -273,3 +273,47 @@ async fn kill_9_with_a_backlog_loses_no_accepted_event() {
         &lost[..lost.len().min(5)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_fires_once_per_tick() {
+    let server = Server::start();
+    server.deploy("tick", &guests().testbed, &[]);
+    let bad = server.gust(&["schedule", "add", "tick", "61 * * * * *"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("second field `61`"));
+    let bad_tz = server.gust(&[
+        "schedule",
+        "add",
+        "tick",
+        "* * * * * *",
+        "--tz",
+        "Mars/Olympus",
+    ]);
+    assert_eq!(bad_tz.status.code(), Some(1));
+
+    let added = server.gust_json(&["schedule", "add", "tick", "@every 500ms", "--id", "fast"]);
+    assert_eq!(added["id"], "fast");
+    assert!(added["next_ms"].as_u64().is_some());
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let removed = server.gust_json(&["schedule", "rm", "tick", "fast"]);
+    assert_eq!(removed["removed"], true);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let records = server.api_json("/v1/functions/tick/invocations").await;
+    let fired = records.as_array().unwrap().len();
+    // 3.2 s of 500 ms ticks: 6 (or 7 at the edges), each once.
+    assert!((6..=7).contains(&fired), "fired {fired} times");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = server.api_json("/v1/functions/tick/invocations").await;
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        fired,
+        "no tick after removal"
+    );
+    assert!(
+        server
+            .gust_json(&["schedule", "ls", "tick"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
