@@ -114,6 +114,10 @@ pub struct DeployParams {
     pub max_age_ms: Option<u64>,
     /// Event delivery: attempts running at once (default 16).
     pub concurrency: Option<u32>,
+    /// Event delivery: a function told of every delivered event.
+    pub on_success: Option<String>,
+    /// Event delivery: a function told of every dead-lettered event.
+    pub on_failure: Option<String>,
 }
 
 impl DeployParams {
@@ -125,6 +129,8 @@ impl DeployParams {
             max_backoff_ms: self.max_backoff_ms.unwrap_or(d.max_backoff_ms),
             max_age_ms: self.max_age_ms.unwrap_or(d.max_age_ms),
             concurrency: self.concurrency.unwrap_or(d.concurrency),
+            on_success: self.on_success.clone(),
+            on_failure: self.on_failure.clone(),
         };
         policy.validate().map_err(ApiError::BadRequest)?;
         Ok(policy)

@@ -69,6 +69,12 @@ pub struct DeployArgs {
     /// Events: attempts running at once (default 16).
     #[arg(long)]
     concurrency: Option<u32>,
+    /// Events: a function to tell of every delivered event.
+    #[arg(long)]
+    on_success: Option<String>,
+    /// Events: a function to tell of every dead-lettered event.
+    #[arg(long)]
+    on_failure: Option<String>,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -264,6 +270,12 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         if let Some(value) = value {
             query.push((key, value.to_string()));
         }
+    }
+    if let Some(target) = &args.on_success {
+        query.push(("on_success", target.clone()));
+    }
+    if let Some(target) = &args.on_failure {
+        query.push(("on_failure", target.clone()));
     }
     let path = format!("/v1/functions/{}/versions", args.name);
     let progress = (!args.api.json).then(|| {

@@ -19,6 +19,12 @@ pub struct DeliveryPolicy {
     pub max_age_ms: u64,
     /// Attempts of one function's events running at once.
     pub concurrency: u32,
+    /// A function that gets an event for each delivered event (data: the
+    /// function's response body).
+    pub on_success: Option<String>,
+    /// A function that gets an event for each dead-lettered event (data: a
+    /// JSON report of the failure).
+    pub on_failure: Option<String>,
 }
 
 impl Default for DeliveryPolicy {
@@ -29,6 +35,8 @@ impl Default for DeliveryPolicy {
             max_backoff_ms: 60_000,
             max_age_ms: 6 * 60 * 60 * 1000,
             concurrency: 16,
+            on_success: None,
+            on_failure: None,
         }
     }
 }
@@ -129,6 +137,10 @@ impl DeliveryPolicy {
         if self.max_age_ms == 0 {
             return Err("max_age_ms must be above 0".into());
         }
+        for destination in [&self.on_success, &self.on_failure].into_iter().flatten() {
+            crate::FunctionName::new(destination.clone())
+                .map_err(|e| format!("destination: {e}"))?;
+        }
         Ok(())
     }
 }
@@ -144,6 +156,8 @@ mod tests {
             max_backoff_ms: 1_000,
             max_age_ms: 10_000,
             concurrency: 1,
+            on_success: None,
+            on_failure: None,
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use gust_core::delivery::{AttemptResult, Decision, DeliveryPolicy};
 use gust_core::{Envelope, FunctionName, InvocationRecord, InvocationState, TenantId};
 use gust_store::Claimed;
@@ -28,6 +29,8 @@ pub struct AttemptOutcome {
     /// (404 gone, 500 trap, 503 no capacity, 504 timeout).
     pub status: u16,
     pub error: Option<String>,
+    /// The function's response body (for an `on_success` destination).
+    pub body: Bytes,
 }
 
 /// Runs one attempt of an event; implemented by the data plane.
@@ -228,6 +231,17 @@ async fn attempt(
         let applied: Result<(), gust_store::StoreError> = match decision {
             Decision::Done => {
                 put_record(events, &envelope.tenant, &record).await?;
+                if let Some(target) = &policy.on_success {
+                    let data = outcome.body.to_vec();
+                    forward(
+                        events,
+                        &envelope,
+                        target,
+                        "dev.gust.invocation.succeeded",
+                        data,
+                    )
+                    .await?;
+                }
                 events.queue.ack(queue, vec![item.seq]).await?;
                 events.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -260,6 +274,25 @@ async fn attempt(
                     .await?;
                 record.state = InvocationState::DeadLettered;
                 put_record(events, &envelope.tenant, &record).await?;
+                if let Some(target) = &policy.on_failure {
+                    let report = serde_json::json!({
+                        "invocation_id": id,
+                        "function": envelope.function.as_str(),
+                        "reason": reason,
+                        "attempts": item.attempt,
+                        "last_status": outcome.status,
+                        "last_error": outcome.error,
+                    });
+                    let data = report.to_string().into_bytes();
+                    forward(
+                        events,
+                        &envelope,
+                        target,
+                        "dev.gust.invocation.failed",
+                        data,
+                    )
+                    .await?;
+                }
                 events.queue.ack(queue, vec![item.seq]).await?;
                 events
                     .counters
@@ -274,6 +307,36 @@ async fn attempt(
         // The claim's lease runs out and the event is tried again.
         tracing::error!(%queue, invocation_id = %id, error = %e, "recording an attempt failed");
     }
+}
+
+/// Sends an event about `source`'s outcome to a destination function. It
+/// is queued before the source event is acknowledged: at least once.
+async fn forward(
+    events: &Events,
+    source: &Envelope,
+    target: &str,
+    ty: &str,
+    data: Vec<u8>,
+) -> Result<(), gust_store::StoreError> {
+    let Ok(target) = FunctionName::new(target) else {
+        return Ok(());
+    };
+    let mut envelope = Events::envelope(
+        source.tenant.clone(),
+        target,
+        events.next_invocation_id(),
+        "/".to_string(),
+        |_| None,
+        data,
+    );
+    envelope.ty = ty.to_string();
+    envelope.source = format!("/gust/functions/{}", source.function);
+    envelope.subject = Some(source.invocation_id.clone());
+    envelope.content_type = Some("application/json".to_string());
+    events.submit(envelope).await.map_err(|e| match e {
+        crate::EventsError::Store(e) => e,
+        other => gust_store::StoreError::Backend(other.to_string()),
+    })
 }
 
 async fn put_record(

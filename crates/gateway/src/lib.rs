@@ -484,6 +484,7 @@ impl Invoker for Gateway {
             return AttemptOutcome {
                 status: 404,
                 error: Some(format!("function `{}` no longer exists", envelope.function)),
+                body: Bytes::new(),
             };
         };
         let mut request = Request::builder()
@@ -510,6 +511,7 @@ impl Invoker for Gateway {
                 return AttemptOutcome {
                     status: 400,
                     error: Some(format!("the event's attributes are not valid headers: {e}")),
+                    body: Bytes::new(),
                 };
             }
         };
@@ -519,13 +521,15 @@ impl Invoker for Gateway {
                 let status = response.status().as_u16();
                 // The attempt is over when the function has sent its whole answer.
                 match response.into_body().collect().await {
-                    Ok(_) => AttemptOutcome {
+                    Ok(collected) => AttemptOutcome {
                         status,
                         error: None,
+                        body: collected.to_bytes(),
                     },
                     Err(e) => AttemptOutcome {
                         status: 500,
                         error: Some(format!("the response body failed: {e}")),
+                        body: Bytes::new(),
                     },
                 }
             }
@@ -535,6 +539,7 @@ impl Invoker for Gateway {
                 AttemptOutcome {
                     status: response.status().as_u16(),
                     error: Some(message),
+                    body: Bytes::new(),
                 }
             }
         }

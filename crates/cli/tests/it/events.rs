@@ -317,3 +317,35 @@ async fn a_schedule_fires_once_per_tick() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn destinations_hear_of_successes_and_failures() {
+    let server = Server::start();
+    server.deploy("audit", &guests().testbed, &[]);
+    server.deploy("good", &guests().hello, &["--on-success", "audit"]);
+    server.deploy(
+        "doomed",
+        &guests().testbed,
+        &["--max-attempts", "1", "--on-failure", "audit"],
+    );
+    let bad_destination = server.gust(&[
+        "deploy",
+        "x",
+        guests().hello.to_str().unwrap(),
+        "--on-success",
+        "Not Valid",
+    ]);
+    assert_eq!(bad_destination.status.code(), Some(1));
+
+    let (_, ok) = server.submit("/good/", &[], Vec::new()).await;
+    let (_, doomed) = server.submit("/doomed/trap", &[], Vec::new()).await;
+    wait_for_state(&server, &ok, "succeeded").await;
+    wait_for_state(&server, &doomed, "dead_lettered").await;
+    let told = Server::eventually(Duration::from_secs(10), || async {
+        let records = server.api_json("/v1/functions/audit/invocations").await;
+        let records = records.as_array().unwrap().clone();
+        (records.len() == 2 && records.iter().all(|r| r["state"] == "succeeded")).then_some(records)
+    })
+    .await;
+    assert!(told.is_some(), "the destination got one event per outcome");
+}
