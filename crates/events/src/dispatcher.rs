@@ -17,8 +17,9 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::{DeadLetter, Events, dead_letter_key, encode, invocation_key, now_ms};
 
-/// How often a worker looks for due retries when nobody wakes it.
-const POLL: Duration = Duration::from_millis(20);
+/// Longest a worker sleeps without being woken (a safety net: it is woken
+/// on every new event, and knows when its next retry or lease end is due).
+const IDLE: Duration = Duration::from_secs(5);
 /// A claim lasts the function's timeout plus this, then the event is claimable again.
 const LEASE_MARGIN_MS: u64 = 10_000;
 
@@ -161,7 +162,13 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
         };
         if claimed.is_empty() {
             drop(first);
-            let _ = tokio::time::timeout(POLL, notify.notified()).await;
+            // Sleep until the next retry or lease end, or a new event.
+            let wait = match events.queue.next_due(&queue).await {
+                Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE),
+                Ok(None) => IDLE,
+                Err(_) => Duration::from_millis(100),
+            };
+            let _ = tokio::time::timeout(wait, notify.notified()).await;
             continue;
         }
         let mut permits = vec![first];
@@ -252,6 +259,8 @@ async fn attempt(
                 put_record(events, &envelope.tenant, &record).await?;
                 events.queue.release(queue, item.seq, now + delay).await?;
                 events.counters.retried.fetch_add(1, Ordering::Relaxed);
+                // The worker may be asleep until a later time: it must see this retry.
+                events.wake.notify(queue);
                 Ok(())
             }
             Decision::DeadLetter(reason) => {

@@ -342,7 +342,10 @@ async fn read_capped(mut body: Incoming, cap: u64, idle: Duration) -> Result<Byt
         match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(CappedRead::Stalled),
             Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(CappedRead::Stalled),
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "request body failed");
+                return Err(CappedRead::Stalled);
+            }
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     seen += data.len() as u64;

@@ -333,6 +333,8 @@ pub async fn queues(q: &dyn QueueStore) {
     // Due later: not claimable before its time.
     q.enqueue("q1", vec![b("later")], 1_000).await.unwrap();
     assert_eq!(q.depth("q1").await.unwrap(), 4);
+    assert_eq!(q.next_due("q1").await.unwrap(), Some(0));
+    assert_eq!(q.next_due("nothing").await.unwrap(), None);
     assert_eq!(q.queues().await.unwrap(), ["q1", "q2"]);
 
     let first = q.claim("q1", 100, 500, 2).await.unwrap();
@@ -364,8 +366,12 @@ pub async fn queues(q: &dyn QueueStore) {
     let at_1000 = q.claim("q1", 1_000, 500, 10).await.unwrap();
     // seq 2 became visible again at 800 (its lease), seq 4 at 1000.
     assert_eq!(at_1000.iter().map(|c| c.seq).collect::<Vec<_>>(), [2, 4]);
+    // Everything is claimed now: the next due time is the earliest lease end
+    // (seq 3, claimed at 700).
+    assert_eq!(q.next_due("q1").await.unwrap(), Some(1_200));
     q.ack("q1", vec![2, 3, 4]).await.unwrap();
     assert_eq!(q.depth("q1").await.unwrap(), 0);
+    assert_eq!(q.next_due("q1").await.unwrap(), None);
     assert_eq!(q.queues().await.unwrap(), ["q2"]);
     // Acknowledging twice, or something unknown, is harmless.
     q.ack("q1", vec![2, 99]).await.unwrap();

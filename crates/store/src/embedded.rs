@@ -648,6 +648,22 @@ impl QueueStore for EmbeddedStore {
         .await
     }
 
+    async fn next_due(&self, queue: &str) -> Result<Option<u64>, StoreError> {
+        let queue = queue.to_string();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+            let first = due
+                .range((queue.as_str(), 0, 0)..=(queue.as_str(), u64::MAX, u64::MAX))
+                .map_err(backend)?
+                .next()
+                .transpose()
+                .map_err(backend)?;
+            Ok(first.map(|(key, _)| key.value().1))
+        })
+        .await
+    }
+
     async fn depth(&self, queue: &str) -> Result<u64, StoreError> {
         let queue = queue.to_string();
         self.read(move |db| {

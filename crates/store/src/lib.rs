@@ -176,6 +176,9 @@ pub trait QueueStore: Send + Sync {
     async fn ack(&self, queue: &str, seqs: Vec<u64>) -> Result<(), StoreError>;
     /// Makes a claimed message claimable again from `not_before_ms` (a retry).
     async fn release(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError>;
+    /// When the next message becomes claimable (Unix ms): the earliest
+    /// `not_before` or lease end. `None` when the queue is empty.
+    async fn next_due(&self, queue: &str) -> Result<Option<u64>, StoreError>;
     /// Messages in the queue, claimed or not.
     async fn depth(&self, queue: &str) -> Result<u64, StoreError>;
     /// Names of the queues that hold messages.

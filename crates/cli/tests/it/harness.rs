@@ -191,8 +191,7 @@ impl Server {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> (u16, String) {
-        let mut request = self
-            .http
+        let mut request = reqwest::Client::new()
             .post(format!("{}{path}", self.url))
             .header("Gust-Invocation-Type", "Event")
             .body(body);
@@ -207,6 +206,29 @@ impl Server {
             .and_then(|v| v["invocation_id"].as_str().map(str::to_string))
             .unwrap_or(text);
         (status, id)
+    }
+
+    /// Sends only the head of an asynchronous invocation declaring a body of
+    /// `length` bytes, with `Expect: 100-continue`, and returns the status
+    /// the server answers before any body is sent.
+    pub async fn submit_head(&self, path: &str, length: usize) -> u16 {
+        use std::io::{Read as _, Write as _};
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nGust-Invocation-Type: Event\r\nExpect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).expect("write");
+            stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let mut buf = [0u8; 64];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+        })
+        .await
+        .expect("submit_head")
     }
 
     /// Runs a client command against this server.

@@ -87,15 +87,6 @@ async fn body_over_the_limit_gets_413() {
     .await
     .unwrap();
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
-    // One that sends its body right away still reads the answer (no reset).
-    let response = server
-        .http
-        .post(format!("{}/default/body", server.url))
-        .body(vec![0u8; 7 << 20])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 413);
 }
 
 fn futures_stream(
