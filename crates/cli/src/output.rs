@@ -78,39 +78,5 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 
 /// Formats Unix milliseconds as an RFC 3339 UTC timestamp.
 pub fn timestamp(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), for dates after 1970.
-    let z = days as i64 + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn timestamps() {
-        assert_eq!(super::timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            super::timestamp(1_795_737_599_123),
-            "2026-11-26T23:59:59.123Z"
-        );
-        assert_eq!(
-            super::timestamp(951_782_400_000),
-            "2000-02-29T00:00:00.000Z"
-        );
-    }
+    gust_core::time::rfc3339(ms)
 }

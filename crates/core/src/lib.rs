@@ -13,6 +13,7 @@ mod names;
 mod records;
 pub mod route;
 pub mod schedule;
+pub mod time;
 
 pub use event::{Envelope, EnvelopeError, InvocationRecord, InvocationState};
 pub use limits::{Limits, LimitsError, LimitsPatch};

@@ -194,22 +194,9 @@ fn number(text: &str, min: u64, max: u64) -> Result<u64, String> {
     Ok(n)
 }
 
-/// Days since 1970-01-01 → (year, month 1-12, day 1-31).
-fn civil_from_days(days: i64) -> (i64, u64, u64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
 impl Cron {
     fn day_matches(&self, days_since_epoch: i64) -> bool {
-        let (_, month, day) = civil_from_days(days_since_epoch);
+        let (_, month, day) = crate::time::civil_from_days(days_since_epoch);
         if self.months & (1 << month) == 0 {
             return false;
         }

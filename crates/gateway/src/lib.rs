@@ -497,7 +497,7 @@ impl Invoker for Gateway {
             .header("ce-id", &envelope.id)
             .header("ce-source", &envelope.source)
             .header("ce-type", &envelope.ty)
-            .header("ce-time", rfc3339(envelope.time_ms))
+            .header("ce-time", gust_core::time::rfc3339(envelope.time_ms))
             .header("gust-invocation-id", id)
             .header("gust-attempt", attempt.to_string());
         if let Some(subject) = &envelope.subject {
@@ -558,29 +558,6 @@ impl Invoker for Gateway {
             .get(function.as_str())
             .map(|r| (r.delivery.clone(), r.limits.timeout_ms))
     }
-}
-
-/// Formats Unix milliseconds as RFC 3339 (UTC), for `ce-time`.
-fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
 }
 
 /// Counts a finished invocation and logs what it printed (or how it failed).

@@ -1,0 +1,43 @@
+//! Calendar arithmetic on Unix milliseconds, without a time library: what
+//! log lines, CloudEvents `ce-time` and schedules need. Pure.
+
+/// Days since 1970-01-01 → (year, month 1–12, day 1–31), proleptic
+/// Gregorian (Howard Hinnant's civil-from-days).
+pub fn civil_from_days(days: i64) -> (i64, u64, u64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// Unix milliseconds as RFC 3339 in UTC: `2026-11-26T23:59:59.123Z`.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_737_599_123), "2026-11-26T23:59:59.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+}
