@@ -36,17 +36,30 @@ pub(crate) enum GatewayError {
 }
 
 impl GatewayError {
-    /// The reason, as the response body would say it.
-    pub fn message(&self) -> String {
-        match self {
-            GatewayError::Invoke { function, error } => format!("function `{function}`: {error}"),
-            GatewayError::Load { function, error } => format!("function `{function}`: {error}"),
-            other => format!("{other:?}"),
+    pub fn into_response(self, invocation_id: &str) -> Response<GatewayBody> {
+        let (status, text) = self.describe(invocation_id);
+        let mut response = Response::new(
+            Full::new(Bytes::from(text + "\n"))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        response
     }
 
-    pub fn into_response(self, invocation_id: &str) -> Response<GatewayBody> {
-        let (status, text) = match self {
+    /// The status code and the reason a person reads, for a response body
+    /// or an event's `last_error`. Host-side details are logged, not told.
+    pub fn describe(self, invocation_id: &str) -> (StatusCode, String) {
+        match self {
             GatewayError::NoRoute => (
                 StatusCode::NOT_FOUND,
                 "no function is named in this path: call /<function-name>/...".to_string(),
@@ -115,22 +128,6 @@ impl GatewayError {
                     format!("function `{function}`: {error}"),
                 ),
             },
-        };
-        let mut response = Response::new(
-            Full::new(Bytes::from(text + "\n"))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        );
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        response
     }
 }

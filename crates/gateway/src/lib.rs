@@ -273,7 +273,8 @@ async fn invoke(
         let error = GatewayError::NoSuchFunction(name.to_string());
         return Err(reject_unread(shared, request, error).await);
     };
-    let tail = tail.to_string();
+    // The path the function sees; the request is moved below.
+    let guest_path = route::guest_path(tail).into_owned();
     let declared_length = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -285,8 +286,7 @@ async fn invoke(
         .get(INVOCATION_TYPE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"event"));
     if asynchronous {
-        let path = route::guest_path(&tail).into_owned();
-        return submit_event(shared, &route, request, path, declared_length, id).await;
+        return submit_event(shared, &route, request, guest_path, declared_length, id).await;
     }
 
     let limits = route.limits.clone();
@@ -302,7 +302,7 @@ async fn invoke(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    let uri: Uri = format!("http://{authority}{}", route::guest_path(&tail))
+    let uri: Uri = format!("http://{authority}{guest_path}")
         .parse()
         .map_err(|_| GatewayError::BadRequest("the request's host or path is not a valid URI"))?;
     let (mut parts, body) = request.into_parts();
@@ -537,11 +537,10 @@ impl Invoker for Gateway {
                 }
             }
             Err(error) => {
-                let message = error.message();
-                let response = error.into_response(id);
+                let (status, reason) = error.describe(id);
                 AttemptOutcome {
-                    status: response.status().as_u16(),
-                    error: Some(message),
+                    status: status.as_u16(),
+                    error: Some(reason),
                     body: Bytes::new(),
                 }
             }

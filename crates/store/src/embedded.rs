@@ -541,7 +541,7 @@ impl QueueStore for EmbeddedStore {
         lease_ms: u64,
         max: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
-        // Workers poll; a read finds "nothing due" without a durable commit.
+        // A read finds "nothing due" without paying for a durable commit.
         let probe = queue.to_string();
         let anything_due = self
             .read(move |db| {
