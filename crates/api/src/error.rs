@@ -4,9 +4,10 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use gust_core::kv::KvError;
 use gust_events::EventsError;
 use gust_runtime::DeployError;
-use gust_store::{RegistryError, StoreError};
+use gust_store::{BucketsError, RegistryError, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// The body of every error answer.
@@ -43,6 +44,8 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Events(#[from] EventsError),
+    #[error("{0}")]
+    Buckets(#[from] BucketsError),
 }
 
 impl IntoResponse for ApiError {
@@ -69,12 +72,24 @@ impl IntoResponse for ApiError {
             ApiError::Events(EventsError::InvalidSchedule(_)) => {
                 (StatusCode::BAD_REQUEST, "invalid_schedule")
             }
+            ApiError::Events(EventsError::InvalidTrigger(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_trigger")
+            }
+            ApiError::Buckets(BucketsError::Invalid(KvError::ValueTooLarge(_))) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::Buckets(BucketsError::Invalid(_)) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Buckets(BucketsError::NotACounter(_)) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Events(
                 EventsError::NoSuchInvocation(_)
                 | EventsError::NoSuchDeadLetter(_)
-                | EventsError::NoSuchSchedule(_),
+                | EventsError::NoSuchSchedule(_)
+                | EventsError::NoSuchTrigger(_),
             ) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Registry(_) | ApiError::Store(_) | ApiError::Events(_) => {
+            ApiError::Registry(_)
+            | ApiError::Store(_)
+            | ApiError::Events(_)
+            | ApiError::Buckets(BucketsError::Store(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage")
             }
         };

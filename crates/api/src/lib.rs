@@ -1,6 +1,7 @@
 //! Gust's control plane: a versioned REST API (`/v1/...`, JSON) to create,
 //! list, inspect and delete functions, deploy versions by uploading a
-//! component, and read invocation logs; its OpenAPI document is generated
+//! component, read invocation logs, manage events, schedules, key-value
+//! buckets and change triggers; its OpenAPI document is generated
 //! from the handlers below and served at `/v1/openapi.json`. Prometheus
 //! metrics are served at `/metrics`.
 //!
@@ -8,6 +9,7 @@
 //! data-plane port; it serves no function traffic.
 
 mod error;
+mod kv;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use kv::{KeyEntry, KeyPage, NewTrigger, TriggerInfo, Written};
 
 /// Renders the Prometheus text for `/metrics`; supplied by the binary, which
 /// sees every part's counters.
@@ -49,6 +52,7 @@ pub struct ApiState {
     pub max_upload_bytes: usize,
     pub metrics: MetricsRenderer,
     pub events: Events,
+    pub buckets: gust_store::Buckets,
     /// Turns `true` when the server shuts down; long-polls return then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// The registry revision the data plane serves: a deploy or delete
@@ -269,7 +273,14 @@ pub struct LogPage {
         remove_schedule,
         list_dead_letters,
         redrive_all,
-        redrive_one
+        redrive_one,
+        kv::list_keys,
+        kv::get_key,
+        kv::put_key,
+        kv::delete_key,
+        kv::add_trigger,
+        kv::list_triggers,
+        kv::remove_trigger
     ),
     components(schemas(
         FunctionInfo,
@@ -288,7 +299,12 @@ pub struct LogPage {
         DeliveryPolicy,
         Limits,
         LogRecord,
-        gust_core::Outcome
+        gust_core::Outcome,
+        kv::KeyEntry,
+        kv::KeyPage,
+        kv::Written,
+        kv::NewTrigger,
+        kv::TriggerInfo
     ))
 )]
 struct ApiDoc;
@@ -337,6 +353,22 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/functions/{name}/dead-letters/{id}/redrive",
             axum::routing::post(redrive_one),
+        )
+        .route(
+            "/v1/functions/{name}/triggers",
+            get(kv::list_triggers).post(kv::add_trigger),
+        )
+        .route(
+            "/v1/functions/{name}/triggers/{id}",
+            axum::routing::delete(kv::remove_trigger),
+        )
+        .route("/v1/kv/{bucket}/keys", get(kv::list_keys))
+        .route(
+            "/v1/kv/{bucket}/keys/{*key}",
+            get(kv::get_key)
+                .put(kv::put_key)
+                .delete(kv::delete_key)
+                .layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))

@@ -27,7 +27,7 @@ pub struct ApiArgs {
     api: String,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
-    json: bool,
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -173,14 +173,14 @@ pub struct LogsArgs {
     api: ApiArgs,
 }
 
-struct Api {
+pub(crate) struct Api {
     base: String,
     http: reqwest::Client,
     token: Option<String>,
 }
 
 impl Api {
-    fn new(args: &ApiArgs) -> anyhow::Result<Self> {
+    pub fn new(args: &ApiArgs) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()?;
@@ -191,7 +191,7 @@ impl Api {
         })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let builder = self.http.request(method, format!("{}{path}", self.base));
         match &self.token {
             Some(token) => builder.bearer_auth(token),
@@ -199,12 +199,14 @@ impl Api {
         }
     }
 
-    async fn send<T: DeserializeOwned>(
+    /// Sends a request; an error answer becomes an error naming its message.
+    pub async fn send_raw(
         &self,
         builder: reqwest::RequestBuilder,
-    ) -> anyhow::Result<T> {
+    ) -> anyhow::Result<(reqwest::header::HeaderMap, bytes::Bytes)> {
         let response = builder.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.bytes().await?;
         if !status.is_success() {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
@@ -215,6 +217,14 @@ impl Api {
                 ),
             }
         }
+        Ok((headers, bytes))
+    }
+
+    pub async fn send<T: DeserializeOwned>(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let (_, bytes) = self.send_raw(builder).await?;
         if bytes.is_empty() {
             // 204: decode `null`.
             return Ok(serde_json::from_slice(b"null")?);

@@ -4,6 +4,7 @@
 //! control API. Logic that a library crate could own does not live here.
 
 mod client;
+mod kv;
 mod output;
 mod up;
 
@@ -25,6 +26,8 @@ use clap::{Parser, Subcommand};
   curl -X POST -H 'Gust-Invocation-Type: Event' -d '{}' http://127.0.0.1:8080/hello/
   gust invocations hello
   gust dlq hello --redrive
+  gust kv put greeting hello && gust kv get greeting
+  gust trigger add hello --bucket default
   gust ls --json"
 )]
 struct Cli {
@@ -56,6 +59,10 @@ enum Command {
     Dlq(client::DlqArgs),
     /// Fire functions on a schedule: add, ls, rm.
     Schedule(client::ScheduleArgs),
+    /// Read and write the key-value store: put, get, ls, rm.
+    Kv(kv::KvArgs),
+    /// Run functions on changes in a bucket: add, ls, rm.
+    Trigger(kv::TriggerArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +90,8 @@ fn main() -> ExitCode {
             Command::Invocation(args) => client::invocation(args).await,
             Command::Dlq(args) => client::dlq(args).await,
             Command::Schedule(args) => client::schedule(args).await,
+            Command::Kv(args) => kv::kv(args).await,
+            Command::Trigger(args) => kv::trigger(args).await,
         }
     });
     // Tasks still parked (a dispatcher worker waiting for events, a

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use gust_api::ApiState;
-use gust_events::{Dispatcher, Events, Scheduler};
+use gust_events::{ChangeFeed, Dispatcher, Events, Scheduler};
 use gust_gateway::{Gateway, GatewayConfig};
 use gust_runtime::{Runtime, RuntimeConfig};
-use gust_store::{BlobStore, EmbeddedStore, KvStore, LogStore, QueueStore, Registry};
+use gust_store::{
+    BlobStore, Buckets, DataStore, EmbeddedStore, KvStore, LogStore, QueueStore, Registry,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -75,7 +77,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let kv: Arc<dyn KvStore> = Arc::new(store.clone());
     let blobs: Arc<dyn BlobStore> = Arc::new(store.clone());
     let logs: Arc<dyn LogStore> = Arc::new(store.clone());
-    let queues: Arc<dyn QueueStore> = Arc::new(store);
+    let queues: Arc<dyn QueueStore> = Arc::new(store.clone());
+    let data: Arc<dyn DataStore> = Arc::new(store);
+    let buckets = Buckets::new(data.clone());
     let events = Events::new(queues, kv.clone());
     let registry = Registry::new(kv);
 
@@ -107,11 +111,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         blobs.clone(),
         logs.clone(),
         events.clone(),
+        buckets.clone(),
         gateway_config,
     )
     .await;
     Dispatcher::start(&events, Arc::new(gateway.clone()));
     Scheduler::start(&events);
+    ChangeFeed::start(&events, data);
 
     // Signal handlers are installed before the addresses are printed, so a
     // SIGTERM right after start-up still drains and exits 0.
@@ -139,6 +145,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         max_upload_bytes: args.max_upload_bytes,
         metrics,
         events,
+        buckets,
         stopping: stop_rx_api,
         applied: gateway.applied_revision(),
     });

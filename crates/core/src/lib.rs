@@ -8,6 +8,7 @@
 
 pub mod delivery;
 mod event;
+pub mod kv;
 mod limits;
 mod names;
 mod records;

@@ -16,7 +16,7 @@ pub enum NameError {
 }
 
 /// Validates a DNS-label-like name: it ends up in URLs, keys and log lines.
-fn check_label(name: &str) -> Result<(), NameError> {
+pub(crate) fn check_label(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
     }

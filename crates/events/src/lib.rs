@@ -3,13 +3,16 @@
 //! and delivered by one [`Dispatcher`] under one delivery policy
 //! ([`gust_core::delivery`]): retries with backoff and jitter, a maximum
 //! age, a dead-letter queue with redrive. Triggers only build envelopes and
-//! call [`Events::submit`]; none has a delivery path of its own.
+//! call [`Events::submit`]; none has a delivery path of its own. Triggers
+//! here: asynchronous invocation (the gateway), schedules ([`Scheduler`])
+//! and key-value changes ([`ChangeFeed`]).
 //!
 //! This crate decides *when* an attempt happens and what follows it; it does
 //! not run functions (an [`Invoker`] does that) and must not know about
 //! HTTP servers or wasm.
 
 mod dispatcher;
+mod kv_trigger;
 mod scheduler;
 
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use gust_store::{KvStore, QueueStore, StoreError};
 use serde::{Deserialize, Serialize};
 
 pub use dispatcher::{AttemptOutcome, Dispatcher, Invoker};
+pub use kv_trigger::{ChangeFeed, KvTriggerRecord};
 pub use scheduler::{ScheduleRecord, Scheduler};
 
 /// Errors callers branch on.
@@ -35,6 +39,10 @@ pub enum EventsError {
     NoSuchSchedule(String),
     #[error("{0}")]
     InvalidSchedule(String),
+    #[error("no trigger `{0}`")]
+    NoSuchTrigger(String),
+    #[error("{0}")]
+    InvalidTrigger(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -242,13 +250,32 @@ impl Events {
     /// The work runs in its own task, so a caller that goes away half way
     /// (a client hanging up) cannot leave a status without its event.
     pub async fn submit(&self, envelope: Envelope) -> Result<(), EventsError> {
+        self.submit_in(envelope, None).await
+    }
+
+    /// Like [`Events::submit`], in an ordering group: events of one group
+    /// are delivered one at a time in submission order (an event waits for
+    /// the one before it to succeed or be dead-lettered).
+    pub async fn submit_ordered(
+        &self,
+        envelope: Envelope,
+        group: String,
+    ) -> Result<(), EventsError> {
+        self.submit_in(envelope, Some(group)).await
+    }
+
+    async fn submit_in(
+        &self,
+        envelope: Envelope,
+        group: Option<String>,
+    ) -> Result<(), EventsError> {
         let this = self.clone();
-        tokio::spawn(async move { this.store(envelope).await })
+        tokio::spawn(async move { this.store(envelope, group).await })
             .await
             .map_err(|_| EventsError::Store(StoreError::Closed))?
     }
 
-    async fn store(&self, envelope: Envelope) -> Result<(), EventsError> {
+    async fn store(&self, envelope: Envelope, group: Option<String>) -> Result<(), EventsError> {
         let record = InvocationRecord {
             invocation_id: envelope.invocation_id.clone(),
             function: envelope.function.to_string(),
@@ -269,9 +296,15 @@ impl Events {
             )
             .await?;
         let queue = queue_name(&envelope.tenant, &envelope.function);
-        self.queue
-            .enqueue(&queue, vec![Bytes::from(envelope.encode())], 0)
-            .await?;
+        let payload = vec![Bytes::from(envelope.encode())];
+        match group {
+            Some(group) => {
+                self.queue
+                    .enqueue_ordered(&queue, &group, payload, 0)
+                    .await?
+            }
+            None => self.queue.enqueue(&queue, payload, 0).await?,
+        };
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         self.wake.notify(&queue);
         Ok(())

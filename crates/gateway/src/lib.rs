@@ -11,6 +11,7 @@
 mod body;
 mod catalog;
 mod error;
+mod kv;
 mod logs;
 
 use std::convert::Infallible;
@@ -24,7 +25,7 @@ use gust_core::delivery::DeliveryPolicy;
 use gust_core::{Envelope, LogRecord, Outcome, route};
 use gust_events::{AttemptOutcome, Events, Invoker};
 use gust_runtime::{GuestBody, InvocationReport, Runtime};
-use gust_store::{BlobStore, LogStore, Registry};
+use gust_store::{BlobStore, Buckets, LogStore, Registry};
 use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -110,6 +111,7 @@ struct Shared {
     draining: AtomicBool,
     counters: Counters,
     events: Events,
+    buckets: Buckets,
 }
 
 /// Handle on the log writer, to flush it at shutdown.
@@ -136,6 +138,7 @@ impl Gateway {
         blobs: Arc<dyn BlobStore>,
         log_store: Arc<dyn LogStore>,
         events: Events,
+        buckets: Buckets,
         config: GatewayConfig,
     ) -> (Self, LogWriter) {
         let catalog = Arc::new(Catalog::default());
@@ -161,6 +164,7 @@ impl Gateway {
                 draining: AtomicBool::new(false),
                 counters: Counters::default(),
                 events,
+                buckets,
             }),
         };
         (gateway, LogWriter { task, close })
@@ -407,6 +411,10 @@ where
             function: route.name.to_string(),
             error,
         })?;
+    let kv = Arc::new(kv::TenantKv {
+        buckets: shared.buckets.clone(),
+        tenant: route.tenant.clone(),
+    });
     let done = {
         let shared = shared.clone();
         let route = route.clone();
@@ -418,7 +426,7 @@ where
     };
     shared
         .runtime
-        .invoke(prepared, route.limits.clone(), request, done)
+        .invoke(prepared, route.limits.clone(), kv, request, done)
         .await
         .map_err(|error| GatewayError::Invoke {
             function: route.name.to_string(),

@@ -100,6 +100,8 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         link_http(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        crate::keyvalue::add_to_linker(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let artifacts = ArtifactCache::open(&config.artifacts_dir, &engine)?;
 
         let stop_epoch = Arc::new(AtomicBool::new(false));

@@ -22,6 +22,7 @@ pub(crate) struct Host {
     pub http: WasiHttpCtx,
     pub outbound: OutboundPolicy,
     pub limiter: MemoryLimiter,
+    pub kv: crate::keyvalue::KvState,
     /// Set by the epoch callback when the deadline passed.
     pub timed_out: bool,
 }

@@ -16,6 +16,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView as _};
 
 use crate::engine::{EPOCH_TICK, Prepared, Runtime};
 use crate::host::{Capture, Host, MemoryLimiter, OutboundPolicy};
+use crate::keyvalue::{KeyValue, KvState};
 
 /// Resource handles (streams, headers, pollables…) one instance may hold.
 const MAX_HANDLES: usize = 10_000;
@@ -57,6 +58,8 @@ pub struct InvocationReport {
     pub outcome: Outcome,
     pub duration: Duration,
     pub peak_memory_bytes: u64,
+    /// Keys the guest read or wrote through `wasi:keyvalue`.
+    pub kv_operations: u64,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     /// Output past the limit was dropped.
@@ -99,6 +102,7 @@ impl Runtime {
         &self,
         prepared: Arc<Prepared>,
         limits: Arc<Limits>,
+        kv: Arc<dyn KeyValue>,
         request: http::Request<B>,
         on_done: impl FnOnce(InvocationReport) + Send + 'static,
     ) -> Result<http::Response<ResponseBody>, InvokeError>
@@ -130,6 +134,10 @@ impl Runtime {
             http,
             outbound: OutboundPolicy { limits },
             limiter: MemoryLimiter::new(memory_limit),
+            kv: KvState {
+                backend: kv,
+                operations: 0,
+            },
             timed_out: false,
         };
         let mut store = Store::new(&self.inner.engine, host);
@@ -177,6 +185,7 @@ impl Runtime {
             let timed_out = host.timed_out || matches!(ending, Ending::TimedOut);
             let exceeded = host.limiter.exceeded;
             let peak = host.limiter.peak as u64;
+            let kv_operations = host.kv.operations;
             // Dropping the store drops the response sender if the guest never used it.
             drop(store);
             let error = classify(ending, timed_out, exceeded, memory_limit, timeout);
@@ -197,6 +206,7 @@ impl Runtime {
                 outcome,
                 duration: started.elapsed(),
                 peak_memory_bytes: peak,
+                kv_operations,
                 stdout: captured.stdout,
                 stderr: captured.stderr,
                 output_truncated: captured.truncated,

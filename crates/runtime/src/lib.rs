@@ -4,7 +4,8 @@
 //! compiled-artifact cache on disk, validation of uploaded components,
 //! pre-instantiation, and the invocation of one request in a fresh store and
 //! instance with its limits (memory, wall-clock timeout, output, outbound
-//! hosts). When an invocation's store is dropped it hands back an
+//! hosts), and the host side of `wasi:keyvalue` over a store the caller
+//! provides. When an invocation's store is dropped it hands back an
 //! [`InvocationReport`]: how it ended, how long it took, its peak memory and
 //! what it printed. That report is the metering hook.
 //!
@@ -21,9 +22,11 @@ mod artifacts;
 mod engine;
 mod host;
 mod invoke;
+mod keyvalue;
 
 pub use engine::{Prepared, Runtime, RuntimeConfig, RuntimeStats};
 pub use invoke::{GuestBody, InvocationReport, InvokeError};
+pub use keyvalue::{KeyValue, KvFailure};
 
 /// Why an uploaded component was refused. Each message is meant for the
 /// person who uploaded it.
@@ -42,7 +45,7 @@ pub enum DeployError {
     )]
     MissingHandler(String),
     #[error(
-        "the component imports something Gust does not provide (Gust provides `wasi:http`, `wasi:cli`, `wasi:clocks`, `wasi:random`, `wasi:io`, `wasi:filesystem` and `wasi:sockets` at 0.2.x): {0}"
+        "the component imports something Gust does not provide (Gust provides `wasi:http`, `wasi:cli`, `wasi:clocks`, `wasi:random`, `wasi:io`, `wasi:filesystem` and `wasi:sockets` at 0.2.x, and `wasi:keyvalue` at 0.2.0-draft): {0}"
     )]
     UnsupportedImport(String),
     #[error("could not store the compiled component: {0}")]

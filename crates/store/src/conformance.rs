@@ -14,8 +14,8 @@ use bytes::Bytes;
 use gust_core::{FunctionName, Limits, TenantId};
 
 use crate::{
-    BlobStore, KvEvent, KvStore, LogStore, NewVersion, QueueStore, Registry, RegistryError,
-    StoreError, digest_of,
+    BlobStore, DataStore, KvEvent, KvStore, LogStore, NewVersion, QueueStore, Registry,
+    RegistryError, StoreError, digest_of,
 };
 
 fn b(s: &str) -> Bytes {
@@ -377,4 +377,152 @@ pub async fn queues(q: &dyn QueueStore) {
     q.ack("q1", vec![2, 99]).await.unwrap();
     // Sequence numbers are not reused.
     assert_eq!(q.enqueue("q1", vec![b("again")], 0).await.unwrap(), [5]);
+}
+
+/// Ordering groups: one message of a group at a time, in enqueue order,
+/// even across retries and lease expiry; other groups and ungrouped
+/// messages are not held back.
+pub async fn ordered_queues(q: &dyn QueueStore) {
+    let k1 = q.enqueue_ordered("q", "k", vec![b("k1")], 0).await.unwrap();
+    q.enqueue_ordered("q", "j", vec![b("j1")], 0).await.unwrap();
+    let k2 = q
+        .enqueue_ordered("q", "k", vec![b("k2"), b("k3")], 0)
+        .await
+        .unwrap();
+    q.enqueue("q", vec![b("free")], 0).await.unwrap();
+    assert_eq!(q.depth("q").await.unwrap(), 5);
+
+    let payloads = |c: &[crate::Claimed]| c.iter().map(|c| c.payload.clone()).collect::<Vec<_>>();
+    let first = q.claim("q", 10, 100, 10).await.unwrap();
+    assert_eq!(payloads(&first), [b("k1"), b("j1"), b("free")]);
+    q.ack("q", vec![first[1].seq, first[2].seq]).await.unwrap();
+
+    // k1 fails and is retried later: k2 waits behind it.
+    q.release("q", k1[0], 50).await.unwrap();
+    assert!(q.claim("q", 20, 100, 10).await.unwrap().is_empty());
+    let retry = q.claim("q", 50, 100, 10).await.unwrap();
+    assert_eq!(payloads(&retry), [b("k1")]);
+    // Its lease runs out (the claimant died): still k1 first, never k2.
+    let again = q.claim("q", 151, 100, 10).await.unwrap();
+    assert_eq!(payloads(&again), [b("k1")]);
+    assert_eq!(again[0].attempt, 3);
+
+    q.ack("q", vec![k1[0]]).await.unwrap();
+    let next = q.claim("q", 160, 100, 10).await.unwrap();
+    assert_eq!(payloads(&next), [b("k2")]);
+    q.ack("q", vec![k2[0]]).await.unwrap();
+    let last = q.claim("q", 170, 100, 10).await.unwrap();
+    assert_eq!(payloads(&last), [b("k3")]);
+    q.ack("q", vec![k2[1]]).await.unwrap();
+    // A group that emptied starts afresh.
+    q.enqueue_ordered("q", "k", vec![b("k4")], 0).await.unwrap();
+    let fresh = q.claim("q", 180, 100, 10).await.unwrap();
+    assert_eq!(payloads(&fresh), [b("k4")]);
+}
+
+/// Tenants' data: writes, counters, batches, key listing and the change feed.
+pub async fn data(d: &dyn DataStore) {
+    use crate::DataWrite;
+    let mut revisions = d.last_revision();
+    let put = |k: &str, v: &str| DataWrite::Put {
+        key: k.into(),
+        value: b(v),
+    };
+    let changes = d
+        .apply(vec![
+            put("t/b/one", "1"),
+            put("t/b/two", "22"),
+            put("t/c/x", "x"),
+        ])
+        .await
+        .unwrap();
+    let revs: Vec<u64> = changes
+        .iter()
+        .map(|c| c.as_ref().unwrap().revision)
+        .collect();
+    assert!(
+        revs.windows(2).all(|w| w[0] < w[1]),
+        "revisions grow: {revs:?}"
+    );
+    assert!(revisions.has_changed().unwrap());
+    assert_eq!(*revisions.borrow_and_update(), revs[2]);
+
+    let one = d.get("t/b/one").await.unwrap().unwrap();
+    assert_eq!((one.value, one.revision), (b("1"), revs[0]));
+    assert_eq!(d.get("t/b/none").await.unwrap(), None);
+    let many = d
+        .get_many(vec!["t/b/two".into(), "t/b/none".into()])
+        .await
+        .unwrap();
+    assert_eq!(many[0].as_ref().unwrap().value, b("22"));
+    assert!(many[1].is_none());
+
+    // Counters: absent counts as zero; a non-number is refused and nothing changes.
+    let inc = |k: &str, delta| DataWrite::Increment {
+        key: k.into(),
+        delta,
+    };
+    let c = d.apply(vec![inc("t/b/n", 5)]).await.unwrap();
+    assert_eq!(c[0].as_ref().unwrap().value, Some(b("5")));
+    let c = d.apply(vec![inc("t/b/n", 2)]).await.unwrap();
+    assert_eq!(c[0].as_ref().unwrap().value, Some(b("7")));
+    d.apply(vec![put("t/b/word", "abc")]).await.unwrap();
+    let before = *d.last_revision().borrow();
+    let refused = d
+        .apply(vec![put("t/b/side", "s"), inc("t/b/word", 1)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::NotACounter(ref k) if k == "t/b/word"),
+        "{refused}"
+    );
+    assert_eq!(d.get("t/b/side").await.unwrap(), None, "all or nothing");
+    assert_eq!(*d.last_revision().borrow(), before);
+
+    // Deletes: of a missing key, nothing; of a present key, a change.
+    let gone = d
+        .apply(vec![
+            DataWrite::Delete {
+                key: "t/b/none".into(),
+            },
+            DataWrite::Delete {
+                key: "t/b/two".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert!(gone[0].is_none());
+    assert_eq!(gone[1].as_ref().unwrap().value, None);
+
+    // Keys: by prefix, paged, with sizes.
+    let keys = d.keys("t/b/", None, 10).await.unwrap();
+    let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(names, ["t/b/n", "t/b/one", "t/b/word"]);
+    assert_eq!(keys[2].size, 3);
+    let page = d.keys("t/b/", None, 2).await.unwrap();
+    assert_eq!(page.len(), 2);
+    let rest = d.keys("t/b/", Some(page[1].key.clone()), 10).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(),
+        ["t/b/word"]
+    );
+
+    // The feed has every change in revision order, deletes included.
+    let feed = d.changes(0, 100).await.unwrap();
+    let keys: Vec<&str> = feed.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "t/b/one", "t/b/two", "t/c/x", "t/b/n", "t/b/n", "t/b/word", "t/b/two"
+        ]
+    );
+    assert!(feed.windows(2).all(|w| w[0].revision < w[1].revision));
+    assert_eq!(feed[6].value, None);
+    let after = d.changes(feed[4].revision, 1).await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].key, "t/b/word");
+    d.trim_changes(feed[4].revision).await.unwrap();
+    let trimmed = d.changes(0, 100).await.unwrap();
+    assert_eq!(trimmed.len(), 2);
+    assert_eq!(trimmed[0].revision, feed[5].revision);
 }

@@ -26,8 +26,8 @@ use redb::{
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{
-    BlobStore, Claimed, Entry, KvEvent, KvStore, LogStore, QueueStore, StoreError, Watch,
-    WatchStream, digest_of,
+    BlobStore, Claimed, DataChange, DataStore, DataWrite, Entry, KeyInfo, KvEvent, KvStore,
+    LogStore, QueueStore, StoreError, Watch, WatchStream, digest_of,
 };
 
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -41,8 +41,20 @@ const QUEUE: TableDefinition<(&str, u64), (u64, u32, &[u8])> = TableDefinition::
 const QUEUE_DUE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("queue_due");
 /// queue → last sequence number given.
 const QUEUE_HEADS: TableDefinition<&str, u64> = TableDefinition::new("queue_heads");
+/// (queue, seq) → ordering group, for messages enqueued in one.
+const QUEUE_GROUP_OF: TableDefinition<(&str, u64), &str> = TableDefinition::new("queue_group_of");
+/// (queue, group, seq): a group's unacknowledged messages in order. Only
+/// the first of each group is in `QUEUE_DUE`; the others wait here.
+const QUEUE_GROUPS: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("queue_groups");
+
+/// Tenants' data: key → (revision, value).
+const DATA: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("data");
+/// The change feed: revision → (key, is_delete, value).
+const DATA_CHANGES: TableDefinition<u64, (&str, bool, &[u8])> =
+    TableDefinition::new("data_changes");
 
 const KV_REVISION: &str = "kv.revision";
+const DATA_REVISION: &str = "data.revision";
 /// Watchers further behind than this get [`StoreError::Lagged`] and resync.
 const WATCH_BUFFER: usize = 4096;
 /// Writes applied in one transaction at most.
@@ -67,6 +79,7 @@ pub struct EmbeddedStore {
 struct Inner {
     db: Arc<Database>,
     changes: broadcast::Sender<KvEvent>,
+    data_revision: tokio::sync::watch::Sender<u64>,
     writes: std_mpsc::Sender<Job>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -98,7 +111,17 @@ impl EmbeddedStore {
             txn.open_table(QUEUE).map_err(backend)?;
             txn.open_table(QUEUE_DUE).map_err(backend)?;
             txn.open_table(QUEUE_HEADS).map_err(backend)?;
+            txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
+            txn.open_table(QUEUE_GROUPS).map_err(backend)?;
+            txn.open_table(DATA).map_err(backend)?;
+            txn.open_table(DATA_CHANGES).map_err(backend)?;
         }
+        let data_revision = {
+            let meta = txn.open_table(META).map_err(backend)?;
+            meta.get(DATA_REVISION)
+                .map_err(backend)?
+                .map_or(0, |v| v.value())
+        };
         txn.commit().map_err(backend)?;
         let db = Arc::new(db);
         let (changes, _) = broadcast::channel(WATCH_BUFFER);
@@ -115,6 +138,7 @@ impl EmbeddedStore {
             inner: Arc::new(Inner {
                 db,
                 changes,
+                data_revision: tokio::sync::watch::Sender::new(data_revision),
                 writes,
                 writer: Some(writer),
             }),
@@ -135,7 +159,8 @@ impl EmbeddedStore {
 
     /// Runs a write in the next group commit and returns its result once
     /// that commit is durable. `Err(StoreError::Conflict)` from `op` means
-    /// "refused, nothing written"; any other error abandons the batch.
+    /// "refused, nothing written" (so do other refusals, see
+    /// [`StoreError::is_refusal`]); any other error abandons the batch.
     async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -146,7 +171,7 @@ impl EmbeddedStore {
             Ok(value) => Ok(Box::new(move |committed: Result<(), StoreError>| {
                 let _ = tx.send(committed.map(|()| value));
             })),
-            Err(refused @ StoreError::Conflict { .. }) => Ok(Box::new(move |_| {
+            Err(refused) if refused.is_refusal() => Ok(Box::new(move |_| {
                 let _ = tx.send(Err(refused));
             })),
             Err(failed) => Err(Box::new(move |_| {
@@ -160,6 +185,66 @@ impl EmbeddedStore {
         rx.await.map_err(|_| {
             StoreError::Backend("the write was abandoned with its batch; retry".into())
         })?
+    }
+}
+
+impl EmbeddedStore {
+    /// Appends messages to a queue, in an ordering group or not. A grouped
+    /// message is claimable at once only if its group holds nothing else;
+    /// otherwise `ack` of its predecessor makes it claimable.
+    async fn append_to_queue(
+        &self,
+        queue: &str,
+        group: Option<String>,
+        payloads: Vec<Bytes>,
+        not_before_ms: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let queue = queue.to_string();
+        self.write(move |txn, _| {
+            let mut seqs = Vec::with_capacity(payloads.len());
+            let mut items = txn.open_table(QUEUE).map_err(backend)?;
+            let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+            let mut heads = txn.open_table(QUEUE_HEADS).map_err(backend)?;
+            let mut group_of = txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
+            let mut groups = txn.open_table(QUEUE_GROUPS).map_err(backend)?;
+            let mut seq = heads
+                .get(queue.as_str())
+                .map_err(backend)?
+                .map_or(0, |v| v.value());
+            for payload in &payloads {
+                seq += 1;
+                items
+                    .insert(
+                        (queue.as_str(), seq),
+                        (not_before_ms, 0u32, payload.as_ref()),
+                    )
+                    .map_err(backend)?;
+                let claimable = match &group {
+                    None => true,
+                    Some(group) => {
+                        let g = group.as_str();
+                        let waiting = groups
+                            .range((queue.as_str(), g, 0)..=(queue.as_str(), g, u64::MAX))
+                            .map_err(backend)?
+                            .next()
+                            .is_some();
+                        groups
+                            .insert((queue.as_str(), g, seq), ())
+                            .map_err(backend)?;
+                        group_of.insert((queue.as_str(), seq), g).map_err(backend)?;
+                        !waiting
+                    }
+                };
+                if claimable {
+                    due.insert((queue.as_str(), not_before_ms, seq), ())
+                        .map_err(backend)?;
+                }
+                seqs.push(seq);
+            }
+            heads.insert(queue.as_str(), seq).map_err(backend)?;
+            Ok(seqs)
+        })
+        .await
     }
 }
 
@@ -498,6 +583,203 @@ impl LogStore for EmbeddedStore {
     }
 }
 
+/// Applies one data write inside a transaction; the change it made, if any.
+fn write_data(
+    data: &mut redb::Table<&str, (u64, &[u8])>,
+    feed: &mut redb::Table<u64, (&str, bool, &[u8])>,
+    revision: &mut u64,
+    write: DataWrite,
+) -> Result<Option<DataChange>, StoreError> {
+    let (key, value) = match write {
+        DataWrite::Put { key, value } => (key, Some(value)),
+        DataWrite::Delete { key } => {
+            if data.remove(key.as_str()).map_err(backend)?.is_none() {
+                return Ok(None);
+            }
+            (key, None)
+        }
+        DataWrite::Increment { key, delta } => {
+            let current = match data.get(key.as_str()).map_err(backend)? {
+                None => 0,
+                Some(v) => std::str::from_utf8(v.value().1)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .ok_or_else(|| StoreError::NotACounter(key.clone()))?,
+            };
+            let next = current.wrapping_add(delta);
+            (key, Some(Bytes::from(next.to_string())))
+        }
+    };
+    *revision += 1;
+    let bytes = value.as_deref().unwrap_or_default();
+    if value.is_some() {
+        data.insert(key.as_str(), (*revision, bytes))
+            .map_err(backend)?;
+    }
+    feed.insert(*revision, (key.as_str(), value.is_none(), bytes))
+        .map_err(backend)?;
+    Ok(Some(DataChange {
+        revision: *revision,
+        key,
+        value,
+    }))
+}
+
+#[async_trait]
+impl DataStore for EmbeddedStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let mut found = self.get_many(vec![key.to_string()]).await?;
+        Ok(found.pop().flatten())
+    }
+
+    async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Entry>>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let data = txn.open_table(DATA).map_err(backend)?;
+            keys.into_iter()
+                .map(|key| {
+                    let found = data.get(key.as_str()).map_err(backend)?.map(|v| {
+                        let (revision, value) = v.value();
+                        (revision, Bytes::copy_from_slice(value))
+                    });
+                    Ok(found.map(|(revision, value)| Entry {
+                        key,
+                        value,
+                        revision,
+                    }))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn apply(&self, writes: Vec<DataWrite>) -> Result<Vec<Option<DataChange>>, StoreError> {
+        let changes = self
+            .write(move |txn, _| {
+                let mut data = txn.open_table(DATA).map_err(backend)?;
+                let mut feed = txn.open_table(DATA_CHANGES).map_err(backend)?;
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                let start = meta
+                    .get(DATA_REVISION)
+                    .map_err(backend)?
+                    .map_or(0, |v| v.value());
+                // Refusals (a bad counter) must leave nothing behind, and
+                // the transaction is shared with other callers: check every
+                // increment before the first write.
+                for write in &writes {
+                    if let DataWrite::Increment { key, .. } = write {
+                        let pending_put = writes.iter().any(|w| matches!(w, DataWrite::Put { key: k, .. } | DataWrite::Delete { key: k } if k == key));
+                        if pending_put {
+                            continue;
+                        }
+                        if let Some(v) = data.get(key.as_str()).map_err(backend)? {
+                            let numeric = std::str::from_utf8(v.value().1)
+                                .is_ok_and(|t| t.trim().parse::<u64>().is_ok());
+                            if !numeric {
+                                return Err(StoreError::NotACounter(key.clone()));
+                            }
+                        }
+                    }
+                }
+                let mut revision = start;
+                let mut changes = Vec::with_capacity(writes.len());
+                for write in writes {
+                    // A refusal here (a counter overwritten earlier in the
+                    // same call) comes after writes: abandon the batch.
+                    let change = write_data(&mut data, &mut feed, &mut revision, write)
+                        .map_err(|e| match e {
+                            e if e.is_refusal() => StoreError::Backend(format!("{e}; nothing was written")),
+                            e => e,
+                        })?;
+                    changes.push(change);
+                }
+                if revision != start {
+                    meta.insert(DATA_REVISION, revision).map_err(backend)?;
+                }
+                Ok(changes)
+            })
+            .await?;
+        if let Some(last) = changes.iter().flatten().map(|c| c.revision).max() {
+            self.inner
+                .data_revision
+                .send_modify(|r| *r = (*r).max(last));
+        }
+        Ok(changes)
+    }
+
+    async fn keys(
+        &self,
+        prefix: &str,
+        start_after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
+        let prefix = prefix.to_string();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let data = txn.open_table(DATA).map_err(backend)?;
+            let from = match &start_after {
+                Some(after) if after.as_str() >= prefix.as_str() => after.as_str(),
+                _ => prefix.as_str(),
+            };
+            let mut out = Vec::new();
+            for entry in data.range(from..).map_err(backend)? {
+                let (key, value) = entry.map_err(backend)?;
+                let key = key.value();
+                if !key.starts_with(prefix.as_str()) || out.len() >= limit {
+                    break;
+                }
+                if start_after.as_deref() == Some(key) {
+                    continue;
+                }
+                let (revision, bytes) = value.value();
+                out.push(KeyInfo {
+                    key: key.to_string(),
+                    revision,
+                    size: bytes.len() as u64,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn changes(&self, after: u64, limit: usize) -> Result<Vec<DataChange>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let feed = txn.open_table(DATA_CHANGES).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in feed
+                .range(after.saturating_add(1)..)
+                .map_err(backend)?
+                .take(limit)
+            {
+                let (revision, record) = entry.map_err(backend)?;
+                let (key, deleted, value) = record.value();
+                out.push(DataChange {
+                    revision: revision.value(),
+                    key: key.to_string(),
+                    value: (!deleted).then(|| Bytes::copy_from_slice(value)),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn trim_changes(&self, through: u64) -> Result<(), StoreError> {
+        self.write(move |txn, _| {
+            let mut feed = txn.open_table(DATA_CHANGES).map_err(backend)?;
+            feed.retain_in(..=through, |_, _| false).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn last_revision(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.data_revision.subscribe()
+    }
+}
+
 #[async_trait]
 impl QueueStore for EmbeddedStore {
     async fn enqueue(
@@ -506,32 +788,19 @@ impl QueueStore for EmbeddedStore {
         payloads: Vec<Bytes>,
         not_before_ms: u64,
     ) -> Result<Vec<u64>, StoreError> {
-        let queue = queue.to_string();
-        self.write(move |txn, _| {
-            let mut seqs = Vec::with_capacity(payloads.len());
-            let mut items = txn.open_table(QUEUE).map_err(backend)?;
-            let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
-            let mut heads = txn.open_table(QUEUE_HEADS).map_err(backend)?;
-            let mut seq = heads
-                .get(queue.as_str())
-                .map_err(backend)?
-                .map_or(0, |v| v.value());
-            for payload in &payloads {
-                seq += 1;
-                items
-                    .insert(
-                        (queue.as_str(), seq),
-                        (not_before_ms, 0u32, payload.as_ref()),
-                    )
-                    .map_err(backend)?;
-                due.insert((queue.as_str(), not_before_ms, seq), ())
-                    .map_err(backend)?;
-                seqs.push(seq);
-            }
-            heads.insert(queue.as_str(), seq).map_err(backend)?;
-            Ok(seqs)
-        })
-        .await
+        self.append_to_queue(queue, None, payloads, not_before_ms)
+            .await
+    }
+
+    async fn enqueue_ordered(
+        &self,
+        queue: &str,
+        group: &str,
+        payloads: Vec<Bytes>,
+        not_before_ms: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.append_to_queue(queue, Some(group.to_string()), payloads, not_before_ms)
+            .await
     }
 
     async fn claim(
@@ -608,6 +877,8 @@ impl QueueStore for EmbeddedStore {
         self.write(move |txn, _| {
             let mut items = txn.open_table(QUEUE).map_err(backend)?;
             let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+            let mut group_of = txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
+            let mut groups = txn.open_table(QUEUE_GROUPS).map_err(backend)?;
             for seq in seqs {
                 let not_before = items
                     .remove((queue.as_str(), seq))
@@ -616,6 +887,36 @@ impl QueueStore for EmbeddedStore {
                 if let Some(not_before) = not_before {
                     due.remove((queue.as_str(), not_before, seq))
                         .map_err(backend)?;
+                }
+                let group = group_of
+                    .remove((queue.as_str(), seq))
+                    .map_err(backend)?
+                    .map(|g| g.value().to_string());
+                if let Some(group) = group {
+                    groups
+                        .remove((queue.as_str(), group.as_str(), seq))
+                        .map_err(backend)?;
+                    // The group's next message (if any) becomes claimable.
+                    let next = groups
+                        .range(
+                            (queue.as_str(), group.as_str(), 0)
+                                ..=(queue.as_str(), group.as_str(), u64::MAX),
+                        )
+                        .map_err(backend)?
+                        .next()
+                        .transpose()
+                        .map_err(backend)?
+                        .map(|(k, _)| k.value().2);
+                    if let Some(next) = next {
+                        let not_before = items
+                            .get((queue.as_str(), next))
+                            .map_err(backend)?
+                            .map(|v| v.value().0);
+                        if let Some(not_before) = not_before {
+                            due.insert((queue.as_str(), not_before, next), ())
+                                .map_err(backend)?;
+                        }
+                    }
                 }
             }
             Ok(())
@@ -740,6 +1041,18 @@ mod tests {
     async fn conformance_queues() {
         let (_dir, store) = open();
         crate::conformance::queues(&store).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_ordered_queues() {
+        let (_dir, store) = open();
+        crate::conformance::ordered_queues(&store).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_data() {
+        let (_dir, store) = open();
+        crate::conformance::data(&store).await;
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 //! This crate must not know about HTTP or WebAssembly: it stores bytes and
 //! records, and says nothing about how they are served or run.
 
+mod buckets;
 pub mod conformance;
 mod embedded;
 mod registry;
@@ -16,6 +17,7 @@ mod registry;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use buckets::{Buckets, BucketsError, Value};
 pub use embedded::EmbeddedStore;
 pub use registry::{NewVersion, Registry, RegistryError};
 
@@ -38,6 +40,9 @@ pub enum StoreError {
     /// A stored record could not be decoded.
     #[error("a stored record is corrupt: {0}")]
     Corrupt(String),
+    /// An increment found a value that is not a decimal counter; nothing was written.
+    #[error("the value of `{0}` is not a counter (a decimal number)")]
+    NotACounter(String),
     /// The backend failed (disk, database).
     #[error("storage backend error: {0}")]
     Backend(String),
@@ -114,6 +119,77 @@ pub trait KvStore: Send + Sync {
     async fn watch(&self, prefix: &str) -> Result<Watch, StoreError>;
 }
 
+impl StoreError {
+    /// The write was refused as a whole and changed nothing; the caller's
+    /// input or expectation is at fault, not the store.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Conflict { .. } | Self::NotACounter(_))
+    }
+}
+
+/// A write to tenants' data, applied by [`DataStore::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataWrite {
+    Put {
+        key: String,
+        value: Bytes,
+    },
+    Delete {
+        key: String,
+    },
+    /// Adds `delta` to a counter stored as decimal text (absent counts as 0).
+    Increment {
+        key: String,
+        delta: u64,
+    },
+}
+
+/// One change to tenants' data, as recorded in the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataChange {
+    /// Revisions grow across all data; the feed is in revision order.
+    pub revision: u64,
+    pub key: String,
+    /// The new value; `None` for a delete.
+    pub value: Option<Bytes>,
+}
+
+/// A key and what is known of its value without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub key: String,
+    pub revision: u64,
+    pub size: u64,
+}
+
+/// Tenants' key-value data (what functions reach through `wasi:keyvalue`),
+/// with a durable change feed: every write is appended to the feed in the
+/// same transaction, so a change trigger can never miss one, even across a
+/// crash. The feed is kept until its consumer trims it.
+#[async_trait]
+pub trait DataStore: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// Several keys read at one point in time, in the order asked.
+    async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Entry>>, StoreError>;
+    /// Applies the writes in order in one durable transaction, all or none.
+    /// Returns each write's change (`None`: a delete of a missing key, which
+    /// changes nothing and is not in the feed).
+    async fn apply(&self, writes: Vec<DataWrite>) -> Result<Vec<Option<DataChange>>, StoreError>;
+    /// Up to `limit` keys starting with `prefix` and sorting after `start_after`, in key order.
+    async fn keys(
+        &self,
+        prefix: &str,
+        start_after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<KeyInfo>, StoreError>;
+    /// Up to `limit` changes with a revision above `after`, in order.
+    async fn changes(&self, after: u64, limit: usize) -> Result<Vec<DataChange>, StoreError>;
+    /// Drops the feed's changes up to and including `through`.
+    async fn trim_changes(&self, through: u64) -> Result<(), StoreError>;
+    /// The last revision written; changes whenever a write commits.
+    fn last_revision(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
 /// Content-addressed blobs (components). A blob's id is `sha256:<hex>` of its bytes.
 #[async_trait]
 pub trait BlobStore: Send + Sync {
@@ -155,12 +231,25 @@ pub struct Claimed {
 /// it is invisible to other claims, and if its claimant dies the lease
 /// runs out and it is claimed again (at-least-once). Messages become
 /// claimable in `not_before` order, then enqueue order.
+///
+/// Messages enqueued with an ordering group (a KV key, say) are delivered
+/// one at a time per group, in enqueue order: a message is claimable only
+/// once every earlier message of its group has been acknowledged, so a
+/// retry of one holds back the ones after it instead of being overtaken.
 #[async_trait]
 pub trait QueueStore: Send + Sync {
     /// Durably appends messages, claimable from `not_before_ms`; returns their sequence numbers.
     async fn enqueue(
         &self,
         queue: &str,
+        payloads: Vec<Bytes>,
+        not_before_ms: u64,
+    ) -> Result<Vec<u64>, StoreError>;
+    /// Like [`QueueStore::enqueue`], in the ordering group `group`.
+    async fn enqueue_ordered(
+        &self,
+        queue: &str,
+        group: &str,
         payloads: Vec<Bytes>,
         not_before_ms: u64,
     ) -> Result<Vec<u64>, StoreError>;

@@ -13,6 +13,16 @@
 //! | `/flood?kb=N` | writes N KiB to stdout |
 //! | `/body` | reads the whole body, answers its size |
 //! | `/fetch?url=U` | sends GET U through outgoing `wasi:http`, answers the status or the error |
+//! | `/kv/get?bucket=B&key=K` | the value, or 404 `missing` |
+//! | `/kv/set?bucket=B&key=K` | stores the request body |
+//! | `/kv/delete?bucket=B&key=K` | deletes the key |
+//! | `/kv/exists?bucket=B&key=K` | `true` or `false` |
+//! | `/kv/incr?bucket=B&key=K&by=N` | the counter after adding N |
+//! | `/kv/list?bucket=B` | every key, one per line, paging with the cursor |
+//! | `/kv/batch?bucket=B&keys=a,b,c` | set-many (value = key upper-cased), get-many, delete-many of the first |
+//! | `/record?fail_every=N` | a change-event recorder: appends `subject revision attempt operation` to bucket `seen` (key = a counter); fails the first attempt of every Nth revision |
+//!
+//! Any `wasi:keyvalue` error is answered as 500 with the error's debug text.
 
 use std::io::Write as _;
 
@@ -92,10 +102,156 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                 format!("body {total}")
             }
             "/fetch" => fetch(&param("url").unwrap_or_default()),
+            p if p.starts_with("/kv/") => {
+                let bucket = param("bucket").unwrap_or_default();
+                let key = param("key").unwrap_or_default();
+                let body = read_body(&request);
+                match kv(
+                    &p[4..],
+                    &bucket,
+                    &key,
+                    number("by"),
+                    &param("keys").unwrap_or_default(),
+                    body,
+                ) {
+                    Ok(Some(text)) => text,
+                    Ok(None) => return respond(response_out, 404, "missing"),
+                    Err(e) => return respond(response_out, 500, &format!("kv error: {e:?}")),
+                }
+            }
+            "/record" => {
+                let header = |name: &str| {
+                    request
+                        .headers()
+                        .get(name)
+                        .first()
+                        .map(|v| String::from_utf8_lossy(v).to_string())
+                        .unwrap_or_default()
+                };
+                let subject = header("ce-subject");
+                let attempt: u64 = header("gust-attempt").parse().unwrap_or(0);
+                let body = String::from_utf8_lossy(&read_body(&request)).to_string();
+                let revision = json_number(&body, "revision");
+                let operation = json_text(&body, "operation");
+                let fail_every = number("fail_every");
+                if fail_every > 0 && revision.is_multiple_of(fail_every) && attempt == 1 {
+                    return respond(response_out, 503, "failing a first attempt on purpose");
+                }
+                match record(&format!("{subject} {revision} {attempt} {operation}")) {
+                    Ok(()) => "recorded".to_string(),
+                    Err(e) => return respond(response_out, 500, &format!("kv error: {e:?}")),
+                }
+            }
             _ => return respond(response_out, 404, "testbed: no such path"),
         };
         respond(response_out, 200, &text)
     }
+}
+
+mod keyvalue {
+    wit_bindgen::generate!({
+        path: "../../crates/runtime/wit",
+        world: "gust:host/keyvalue",
+        generate_all,
+    });
+}
+
+use keyvalue::wasi::keyvalue::{atomics, batch, store};
+
+fn read_body(request: &IncomingRequest) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Ok(body) = request.consume()
+        && let Ok(mut stream) = body.stream()
+    {
+        let _ = std::io::Read::read_to_end(&mut stream, &mut out);
+    }
+    out
+}
+
+fn kv(
+    op: &str,
+    bucket: &str,
+    key: &str,
+    by: u64,
+    keys: &str,
+    body: Vec<u8>,
+) -> Result<Option<String>, store::Error> {
+    let b = store::open(bucket)?;
+    Ok(Some(match op {
+        "get" => match b.get(key)? {
+            Some(v) => String::from_utf8_lossy(&v).to_string(),
+            None => return Ok(None),
+        },
+        "set" => {
+            b.set(key, &body)?;
+            "set".to_string()
+        }
+        "delete" => {
+            b.delete(key)?;
+            "deleted".to_string()
+        }
+        "exists" => b.exists(key)?.to_string(),
+        "incr" => atomics::increment(&b, key, by)?.to_string(),
+        "list" => {
+            let mut all = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = b.list_keys(cursor)?;
+                all.extend(page.keys);
+                match page.cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            all.join("\n")
+        }
+        "batch" => {
+            let names: Vec<String> = keys.split(',').map(str::to_string).collect();
+            let pairs: Vec<(String, Vec<u8>)> = names
+                .iter()
+                .map(|k| (k.clone(), k.to_uppercase().into_bytes()))
+                .collect();
+            batch::set_many(&b, &pairs)?;
+            batch::delete_many(&b, &names[..1])?;
+            let got = batch::get_many(&b, &names)?;
+            got.iter()
+                .map(|entry| match entry {
+                    Some((k, v)) => format!("{k}={}", String::from_utf8_lossy(v)),
+                    None => "-".to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        }
+        _ => return Ok(None),
+    }))
+}
+
+fn json_number(text: &str, field: &str) -> u64 {
+    let needle = format!("\"{field}\":");
+    text.find(&needle)
+        .map(|i| &text[i + needle.len()..])
+        .map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or(0)
+}
+
+fn json_text(text: &str, field: &str) -> String {
+    let needle = format!("\"{field}\":\"");
+    text.find(&needle)
+        .map(|i| &text[i + needle.len()..])
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn record(line: &str) -> Result<(), store::Error> {
+    let seen = store::open("seen")?;
+    let n = atomics::increment(&seen, "n", 1)?;
+    seen.set(&format!("{n:06}"), line.as_bytes())
 }
 
 #[allow(clippy::empty_loop)]

@@ -8,5 +8,6 @@ mod control;
 mod data_plane;
 mod events;
 mod harness;
+mod kv;
 mod lifecycle;
 mod limits;

@@ -1,0 +1,361 @@
+//! The built-in key-value store: guests through `wasi:keyvalue`, people
+//! through `gust kv`, and change triggers delivered in order per key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use crate::harness::{Server, guests};
+
+impl Server {
+    /// A request to the testbed's `/kv/...` paths: (status, body).
+    async fn kv(&self, function: &str, path_query: &str, body: &str) -> (u16, String) {
+        let response = self
+            .http
+            .post(format!("{}/{function}/kv/{path_query}", self.url))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("kv request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    }
+
+    /// Writes a value through the control API; returns its revision.
+    async fn kv_put(&self, bucket: &str, key: &str, value: &str) -> u64 {
+        let response = self
+            .http
+            .put(format!("{}/v1/kv/{bucket}/keys/{key}", self.api))
+            .body(value.to_string())
+            .send()
+            .await
+            .expect("kv put");
+        assert_eq!(
+            response.status(),
+            200,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+        let written: serde_json::Value = response.json().await.expect("json");
+        written["revision"].as_u64().expect("revision")
+    }
+
+    async fn kv_delete(&self, bucket: &str, key: &str) -> u16 {
+        self.http
+            .delete(format!("{}/v1/kv/{bucket}/keys/{key}", self.api))
+            .send()
+            .await
+            .expect("kv delete")
+            .status()
+            .as_u16()
+    }
+
+    async fn kv_value(&self, bucket: &str, key: &str) -> Option<String> {
+        let response = self
+            .http
+            .get(format!("{}/v1/kv/{bucket}/keys/{key}", self.api))
+            .send()
+            .await
+            .expect("kv get");
+        (response.status() == 200).then_some(response.text().await.expect("body"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guests_use_buckets_through_wasi_keyvalue_and_people_through_gust_kv() {
+    let server = Server::start();
+    server.deploy("kvt", &guests().testbed, &[]);
+
+    // store: set, get, exists, delete.
+    assert_eq!(
+        server
+            .kv("kvt", "set?bucket=b1&key=greeting", "hello")
+            .await,
+        (200, "set".into())
+    );
+    assert_eq!(
+        server.kv("kvt", "get?bucket=b1&key=greeting", "").await,
+        (200, "hello".into())
+    );
+    assert_eq!(
+        server
+            .kv("kvt", "exists?bucket=b1&key=greeting", "")
+            .await
+            .1,
+        "true"
+    );
+    assert_eq!(
+        server.kv("kvt", "get?bucket=b1&key=nothing", "").await.0,
+        404
+    );
+    // Buckets are separate; `""` is the default bucket.
+    assert_eq!(
+        server.kv("kvt", "get?bucket=b2&key=greeting", "").await.0,
+        404
+    );
+    server.kv("kvt", "set?bucket=&key=d", "in default").await;
+    assert_eq!(
+        server.kv_value("default", "d").await.as_deref(),
+        Some("in default")
+    );
+
+    // atomics: a counter starts at its first delta.
+    assert_eq!(
+        server.kv("kvt", "incr?bucket=b1&key=hits&by=5", "").await.1,
+        "5"
+    );
+    assert_eq!(
+        server.kv("kvt", "incr?bucket=b1&key=hits&by=2", "").await.1,
+        "7"
+    );
+    let (status, text) = server
+        .kv("kvt", "incr?bucket=b1&key=greeting&by=1", "")
+        .await;
+    assert_eq!(status, 500);
+    assert!(text.contains("not a counter"), "{text}");
+
+    // batch: set-many, delete-many, get-many (in the order asked).
+    let (status, text) = server.kv("kvt", "batch?bucket=b3&keys=a,b,c", "").await;
+    assert_eq!((status, text.as_str()), (200, "-,b=B,c=C"));
+
+    // A bad bucket name or key is the guest's error, not a crash.
+    let (status, text) = server.kv("kvt", "get?bucket=Not_Valid&key=x", "").await;
+    assert_eq!(status, 500);
+    assert!(text.contains("NoSuchStore"), "{text}");
+    let (status, text) = server.kv("kvt", "get?bucket=b1&key=", "").await;
+    assert_eq!(status, 500);
+    assert!(text.contains("must not be empty"), "{text}");
+
+    // The CLI sees what the guest wrote, and the other way round.
+    let out = server.gust(&["kv", "get", "greeting", "--bucket", "b1"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello");
+    let put = server.gust_json(&["kv", "put", "from/cli", "42", "--bucket", "b1"]);
+    assert!(put["revision"].as_u64().unwrap() > 0);
+    assert_eq!(
+        server.kv("kvt", "get?bucket=b1&key=from/cli", "").await.1,
+        "42"
+    );
+    let listed = server.gust_json(&["kv", "ls", "--bucket", "b1"]);
+    let keys: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["from/cli", "greeting", "hits"]);
+    let prefixed = server.gust_json(&["kv", "ls", "from/", "--bucket", "b1"]);
+    assert_eq!(prefixed.as_array().unwrap().len(), 1);
+    let got = server.gust_json(&["kv", "get", "hits", "--bucket", "b1"]);
+    assert_eq!(got["value"], "7");
+    assert!(
+        server
+            .gust(&["kv", "rm", "greeting", "--bucket", "b1"])
+            .status
+            .success()
+    );
+    assert_eq!(
+        server
+            .kv("kvt", "exists?bucket=b1&key=greeting", "")
+            .await
+            .1,
+        "false"
+    );
+
+    // Faults are named, exit 1, and change nothing.
+    let out = server.gust(&["kv", "get", "greeting", "--bucket", "b1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no key `greeting`"));
+    let out = server.gust(&["kv", "put", "x", "y", "--bucket", "Bad!"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bucket name"));
+    let big = "v".repeat((1 << 20) + 1);
+    let response = server
+        .http
+        .put(format!("{}/v1/kv/b1/keys/big", server.api))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(server.kv_value("b1", "big").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_keys_pages_through_a_large_bucket() {
+    let server = Server::start();
+    server.deploy("kvt", &guests().testbed, &[]);
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..1500 {
+        let (http, api) = (server.http.clone(), server.api.clone());
+        writes.spawn(async move {
+            let url = format!("{api}/v1/kv/many/keys/key-{i:05}");
+            http.put(url)
+                .body("x")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    while let Some(status) = writes.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let (status, text) = server.kv("kvt", "list?bucket=many", "").await;
+    assert_eq!(status, 200);
+    let keys: Vec<&str> = text.lines().collect();
+    assert_eq!(keys.len(), 1500, "two pages of list-keys, every key once");
+    assert_eq!(keys[0], "key-00000");
+    assert_eq!(keys[1499], "key-01499");
+}
+
+/// Records written by the testbed's `/record`: `subject revision attempt operation`.
+async fn recorded(server: &Server) -> Vec<(String, u64, u64, String)> {
+    let listed = server.gust_json(&["kv", "ls", "--bucket", "seen"]);
+    let mut out = Vec::new();
+    for entry in listed.as_array().unwrap() {
+        let key = entry["key"].as_str().unwrap();
+        if key == "n" {
+            continue;
+        }
+        let line = server.kv_value("seen", key).await.unwrap();
+        let parts: Vec<&str> = line.split(' ').collect();
+        out.push((
+            parts[0].to_string(),
+            parts[1].parse().unwrap(),
+            parts[2].parse().unwrap(),
+            parts[3].to_string(),
+        ));
+    }
+    out
+}
+
+async fn recorded_count(server: &Server) -> u64 {
+    server
+        .kv_value("seen", "n")
+        .await
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_changes_trigger_a_function_in_order_per_key() {
+    let server = Server::start();
+    server.deploy(
+        "recorder",
+        &guests().testbed,
+        &[
+            "--concurrency",
+            "4",
+            "--backoff-ms",
+            "30",
+            "--max-backoff-ms",
+            "60",
+        ],
+    );
+    let trigger = server.gust_json(&[
+        "trigger",
+        "add",
+        "recorder",
+        "--bucket",
+        "data",
+        "--path",
+        "/record?fail_every=3",
+        "--id",
+        "rec",
+    ]);
+    assert_eq!(trigger["bucket"], "data");
+    let listed = server.gust_json(&["trigger", "ls", "recorder"]);
+    assert_eq!(listed[0]["id"], "rec");
+
+    // Five keys written concurrently, 12 writes each in sequence, the
+    // last of k0 a delete. Every third revision fails its first attempt,
+    // so retries are interleaved with later changes of the same key.
+    let mut writers = tokio::task::JoinSet::new();
+    for k in 0..5 {
+        let server_api = server.api.clone();
+        let http = server.http.clone();
+        writers.spawn(async move {
+            let key = format!("k{k}");
+            let mut revisions = Vec::new();
+            for i in 0..12 {
+                let response = if k == 0 && i == 11 {
+                    http.delete(format!("{server_api}/v1/kv/data/keys/{key}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    continue;
+                } else {
+                    http.put(format!("{server_api}/v1/kv/data/keys/{key}"))
+                        .body(format!("value {i}"))
+                        .send()
+                        .await
+                        .unwrap()
+                };
+                let written: serde_json::Value = response.json().await.unwrap();
+                revisions.push(written["revision"].as_u64().unwrap());
+            }
+            (key, revisions)
+        });
+    }
+    let mut written: HashMap<String, Vec<u64>> = HashMap::new();
+    while let Some(done) = writers.join_next().await {
+        let (key, revisions) = done.unwrap();
+        written.insert(key, revisions);
+    }
+    // A change in another bucket triggers nothing.
+    server.kv_put("other", "k0", "elsewhere").await;
+
+    let expected = 60;
+    let count = Server::eventually(Duration::from_secs(30), || async {
+        let n = recorded_count(&server).await;
+        (n >= expected).then_some(n)
+    })
+    .await
+    .expect("every change delivered within 30 s");
+    assert_eq!(
+        count, expected,
+        "each change delivered once (no crash here)"
+    );
+
+    let records = recorded(&server).await;
+    let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (key, revision, _, _) in &records {
+        by_key.entry(key.clone()).or_default().push(*revision);
+    }
+    for (key, revisions) in &by_key {
+        assert!(
+            revisions.windows(2).all(|w| w[0] < w[1]),
+            "changes of {key} delivered out of order: {revisions:?}"
+        );
+    }
+    let retried = records.iter().filter(|r| r.2 > 1).count();
+    assert!(
+        retried >= 10,
+        "first attempts failed on purpose were retried ({retried})"
+    );
+    // Every put was seen, and the delete as a delete.
+    for (key, revisions) in &written {
+        let seen = &by_key[key];
+        for revision in revisions {
+            assert!(
+                seen.contains(revision),
+                "{key}@{revision} was never delivered"
+            );
+        }
+    }
+    let last_k0 = records.iter().rfind(|r| r.0 == "k0").unwrap();
+    assert_eq!(last_k0.3, "delete");
+
+    // Removed: further changes trigger nothing.
+    assert!(
+        server
+            .gust(&["trigger", "rm", "recorder", "rec"])
+            .status
+            .success()
+    );
+    server.kv_put("data", "after", "x").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(recorded_count(&server).await, expected);
+    assert_eq!(server.kv_delete("data", "missing").await, 404);
+}
