@@ -181,10 +181,14 @@ pub struct SubmitParams {
 pub struct NewSchedule {
     /// Cron with seconds (`*/5 * * * * *`), classic five-field cron, or `@every 30s`.
     pub expr: String,
-    /// `UTC` (default) or a fixed offset such as `+02:00`.
+    /// `UTC` (default), a fixed offset such as `+02:00`, or a tz database name such as `Europe/Paris`.
     pub tz: Option<String>,
     /// A name for the schedule (default: generated).
     pub id: Option<String>,
+    /// Ticks missed while the server was down fired when it is back, at most (default 0: skipped).
+    pub catch_up: Option<u32>,
+    /// Request path the function sees (default `/`).
+    pub path: Option<String>,
 }
 
 /// A schedule as the API shows it.
@@ -195,6 +199,9 @@ pub struct ScheduleInfo {
     pub expr: String,
     pub tz: String,
     pub created_at_ms: u64,
+    /// Missed ticks fired after downtime, at most.
+    pub catch_up: u32,
+    pub path: String,
     /// When it fires next (Unix ms).
     pub next_ms: Option<u64>,
 }
@@ -203,14 +210,16 @@ impl From<gust_events::ScheduleRecord> for ScheduleInfo {
     fn from(r: gust_events::ScheduleRecord) -> Self {
         let next_ms = gust_core::schedule::Schedule::parse(&r.expr)
             .ok()
-            .zip(gust_core::schedule::Offset::parse(&r.tz).ok())
-            .and_then(|(s, o)| s.next_after(now_ms(), o));
+            .zip(gust_events::TimeZone::parse(&r.tz).ok())
+            .and_then(|(s, zone)| s.next_after(now_ms(), &zone));
         Self {
             id: r.id,
             function: r.function.to_string(),
             expr: r.expr,
             tz: r.tz,
             created_at_ms: r.created_ms,
+            catch_up: r.catch_up,
+            path: r.path,
             next_ms,
         }
     }
@@ -823,6 +832,8 @@ async fn add_schedule(
         expr: body.expr,
         tz: body.tz.unwrap_or_else(|| "UTC".to_string()),
         created_ms: now_ms(),
+        catch_up: body.catch_up.unwrap_or(0),
+        path: body.path.unwrap_or_else(|| "/".to_string()),
     };
     state.events.add_schedule(record.clone()).await?;
     Ok((StatusCode::CREATED, Json(record.into())))

@@ -667,7 +667,8 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   gust schedule add hello '*/5 * * * * *'          every 5 seconds
-  gust schedule add report '0 30 9 * * 1-5' --tz +02:00 --id weekday-report
+  gust schedule add report '0 30 9 * * 1-5' --tz Europe/Paris --id weekday-report
+  gust schedule add backup '0 0 3 * * *' --tz +02:00 --catch-up 1      run a missed 03:00 at start-up
   gust schedule add ping '@every 1m'
   gust schedule ls hello
   gust schedule rm hello weekday-report")]
@@ -684,12 +685,18 @@ enum ScheduleAction {
         name: String,
         /// `sec min hour day month weekday`, five-field cron, or `@every 30s`.
         expr: String,
-        /// `UTC` (default) or a fixed offset such as `+02:00`.
+        /// `UTC` (default), a fixed offset such as `+02:00`, or a tz database name such as `Europe/Paris`.
         #[arg(long)]
         tz: Option<String>,
         /// A name for the schedule (default: generated).
         #[arg(long)]
         id: Option<String>,
+        /// After downtime, fire up to this many missed ticks (default 0: skip them).
+        #[arg(long)]
+        catch_up: Option<u32>,
+        /// Request path the function sees (default `/`).
+        #[arg(long)]
+        path: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -718,10 +725,14 @@ pub async fn schedule(args: ScheduleArgs) -> anyhow::Result<ExitCode> {
             expr,
             tz,
             id,
+            catch_up,
+            path,
             api: api_args,
         } => {
             let api = Api::new(&api_args)?;
-            let body = serde_json::json!({ "expr": expr, "tz": tz, "id": id });
+            let body = serde_json::json!({
+                "expr": expr, "tz": tz, "id": id, "catch_up": catch_up, "path": path
+            });
             let info: ScheduleInfo = api
                 .send(
                     api.request(

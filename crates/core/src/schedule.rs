@@ -1,8 +1,17 @@
 //! Schedules: when a function fires on its own. A schedule is a cron
 //! expression with seconds (`sec min hour day-of-month month day-of-week`,
 //! or the classic five fields with seconds = 0) or a fixed interval
-//! (`@every 30s`, `@every 5m`, `@every 1h`), evaluated in UTC or a fixed
-//! offset (`+02:00`). Pure: the next tick is computed from the last one.
+//! (`@every 30s`, `@every 5m`, `@every 1h`), evaluated in a time zone: UTC,
+//! a fixed offset (`+02:00`), or any [`Zone`] whose offset changes (the
+//! caller supplies the rules, e.g. from the tz database). Pure: the next
+//! tick is computed from the last one.
+//!
+//! Daylight-saving changes, for cron schedules in a zone that has them:
+//! a local time that does not exist (clocks go forward over it) is
+//! skipped; a local time that happens twice (clocks go back) fires once,
+//! at its first occurrence — except for schedules that fire every hour
+//! (hour field `*`), which keep firing through the repeated hour as real
+//! time passes. Intervals (`@every`) ignore zones.
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +48,24 @@ pub struct Cron {
 /// A time zone as a fixed offset from UTC, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Offset(pub i32);
+
+/// A time zone as a schedule sees it.
+pub trait Zone {
+    /// Offset from UTC, in seconds, in force at `utc_s` (Unix seconds).
+    fn offset_at(&self, utc_s: i64) -> i32;
+    /// The first instant after `utc_s` at which the offset changes.
+    fn next_change(&self, utc_s: i64) -> Option<i64>;
+}
+
+impl Zone for Offset {
+    fn offset_at(&self, _utc_s: i64) -> i32 {
+        self.0
+    }
+
+    fn next_change(&self, _utc_s: i64) -> Option<i64> {
+        None
+    }
+}
 
 impl Offset {
     /// Parses `UTC`, `Z`, `+02:00`, `-0530`.
@@ -120,12 +147,12 @@ impl Schedule {
         }))
     }
 
-    /// The first tick strictly after `after_ms` (Unix ms), in `offset`'s
+    /// The first tick strictly after `after_ms` (Unix ms), in `zone`'s
     /// civil time. `None` if none comes within about five years.
-    pub fn next_after(&self, after_ms: u64, offset: Offset) -> Option<u64> {
+    pub fn next_after(&self, after_ms: u64, zone: &dyn Zone) -> Option<u64> {
         match self {
             Schedule::Every(ms) => Some((after_ms / ms + 1) * ms),
-            Schedule::Cron(cron) => cron.next_after(after_ms, offset),
+            Schedule::Cron(cron) => cron.next_in_zone(after_ms, zone),
         }
     }
 }
@@ -195,6 +222,38 @@ fn number(text: &str, min: u64, max: u64) -> Result<u64, String> {
 }
 
 impl Cron {
+    /// The next tick in a zone whose offset may change: compute it with the
+    /// offset in force now; if the offset changes before that tick, start
+    /// again from the change with the new offset (see the module doc for
+    /// what happens to skipped and repeated local times).
+    fn next_in_zone(&self, after_ms: u64, zone: &dyn Zone) -> Option<u64> {
+        let mut from_ms = after_ms;
+        // Each round passes one offset change; a few per year at most.
+        for _ in 0..64 {
+            let from_s = i64::try_from(from_ms / 1000).ok()?;
+            let offset = zone.offset_at(from_s + 1);
+            let tick = self.next_after(from_ms, Offset(offset))?;
+            let tick_s = i64::try_from(tick / 1000).ok()?;
+            let Some(change) = zone.next_change(from_s + 1).filter(|c| *c <= tick_s) else {
+                return Some(tick);
+            };
+            let new_offset = zone.offset_at(change);
+            let every_hour = self.hours == (1 << 24) - 1;
+            let resume_s = if new_offset < offset && !every_hour {
+                // Clocks went back: the local times just passed come again;
+                // resume where local time catches up with where it was.
+                change + i64::from(offset - new_offset)
+            } else {
+                change
+            };
+            from_ms = u64::try_from(resume_s)
+                .ok()?
+                .checked_mul(1000)?
+                .checked_sub(1)?;
+        }
+        None
+    }
+
     fn day_matches(&self, days_since_epoch: i64) -> bool {
         let (_, month, day) = crate::time::civil_from_days(days_since_epoch);
         if self.months & (1 << month) == 0 {
@@ -268,7 +327,7 @@ mod tests {
     fn next(expr: &str, after: u64) -> u64 {
         Schedule::parse(expr)
             .unwrap()
-            .next_after(after, Offset(0))
+            .next_after(after, &Offset(0))
             .unwrap()
     }
 
@@ -311,12 +370,61 @@ mod tests {
         let plus_two = Offset::parse("+02:00").unwrap();
         assert_eq!(plus_two, Offset(7200));
         assert_eq!(
-            schedule.next_after(T, plus_two).unwrap(),
+            schedule.next_after(T, &plus_two).unwrap(),
             T + 2000 + 7 * 3600 * 1000
         );
         assert!(Offset::parse("Europe/Paris").is_err());
         assert_eq!(Offset::parse("UTC").unwrap(), Offset(0));
         assert_eq!(Offset::parse("-0530").unwrap(), Offset(-19_800));
+    }
+
+    /// Central European time around its 2027 changes: +01:00, then +02:00
+    /// from 2027-03-28T01:00Z, then +01:00 again from 2027-10-31T01:00Z.
+    struct Cet;
+    const SPRING: i64 = 1_806_195_600;
+    const AUTUMN: i64 = 1_824_944_400;
+
+    impl Zone for Cet {
+        fn offset_at(&self, utc_s: i64) -> i32 {
+            if (SPRING..AUTUMN).contains(&utc_s) {
+                7200
+            } else {
+                3600
+            }
+        }
+        fn next_change(&self, utc_s: i64) -> Option<i64> {
+            [SPRING, AUTUMN].into_iter().find(|c| *c > utc_s)
+        }
+    }
+
+    fn ticks(expr: &str, from_s: i64, until_s: i64) -> Vec<i64> {
+        let schedule = Schedule::parse(expr).unwrap();
+        let mut out = Vec::new();
+        let mut at = from_s as u64 * 1000;
+        while let Some(next) = schedule.next_after(at, &Cet) {
+            if next / 1000 > until_s as u64 {
+                break;
+            }
+            out.push((next / 1000) as i64);
+            at = next;
+        }
+        out
+    }
+
+    #[test]
+    fn a_named_zone_follows_its_offset_changes() {
+        // 09:00 local: 08:00Z in winter, 07:00Z in summer.
+        let nine = ticks("0 0 9 * * *", SPRING - 86_400, SPRING + 86_400);
+        assert_eq!(nine, [SPRING - 86_400 + 7 * 3600, SPRING + 6 * 3600]);
+        // 02:30 local does not exist on the spring day: skipped.
+        let half_two = ticks("0 30 2 * * *", SPRING - 3 * 3600, SPRING + 86_400);
+        assert_eq!(half_two, [SPRING + 23 * 3600 + 1800]);
+        // 02:30 local happens twice on the autumn day: fires once, the first time.
+        let twice = ticks("0 30 2 * * *", AUTUMN - 3 * 3600, AUTUMN + 3 * 3600);
+        assert_eq!(twice, [AUTUMN - 1800]);
+        // An hourly schedule keeps firing through the repeated hour.
+        let hourly = ticks("0 0 * * * *", AUTUMN - 3601, AUTUMN + 3600);
+        assert_eq!(hourly, [AUTUMN - 3600, AUTUMN, AUTUMN + 3600]);
     }
 
     #[test]
@@ -341,7 +449,7 @@ mod tests {
         assert!(
             Schedule::parse("0 0 0 30 2 *")
                 .unwrap()
-                .next_after(T, Offset(0))
+                .next_after(T, &Offset(0))
                 .is_none()
         );
     }

@@ -24,7 +24,7 @@ use gust_core::{FunctionName, TenantId};
 use gust_store::{DataChange, DataStore};
 use serde::{Deserialize, Serialize};
 
-use crate::{Events, EventsError, decode, encode, now_ms};
+use crate::{Events, EventsError, check_path, decode, encode, now_ms};
 
 pub(crate) const PREFIX: &str = "ktrig/";
 const CURSOR_KEY: &str = "feed/data-cursor";
@@ -43,13 +43,9 @@ pub struct KvTriggerRecord {
     #[serde(default)]
     pub prefix: String,
     /// The request path the function sees.
-    #[serde(default = "root_path")]
+    #[serde(default = "crate::root_path")]
     pub path: String,
     pub created_ms: u64,
-}
-
-fn root_path() -> String {
-    "/".to_string()
 }
 
 fn trigger_key(tenant: &TenantId, function: &FunctionName, id: &str) -> String {
@@ -58,12 +54,7 @@ fn trigger_key(tenant: &TenantId, function: &FunctionName, id: &str) -> String {
 
 impl Events {
     pub async fn add_kv_trigger(&self, record: KvTriggerRecord) -> Result<(), EventsError> {
-        if !record.path.starts_with('/') {
-            return Err(EventsError::InvalidTrigger(format!(
-                "path `{}` must start with `/`",
-                record.path
-            )));
-        }
+        check_path(&record.path).map_err(EventsError::InvalidTrigger)?;
         if !record.prefix.is_empty() {
             kv::check_key(&record.prefix)
                 .map_err(|e| EventsError::InvalidTrigger(format!("prefix: {e}")))?;

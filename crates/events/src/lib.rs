@@ -14,6 +14,7 @@
 mod dispatcher;
 mod kv_trigger;
 mod scheduler;
+mod zone;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use dispatcher::{AttemptOutcome, Dispatcher, Invoker};
 pub use kv_trigger::{ChangeFeed, KvTriggerRecord};
 pub use scheduler::{ScheduleRecord, Scheduler};
+pub use zone::TimeZone;
 
 /// Errors callers branch on.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,20 @@ fn dead_letter_key(tenant: &TenantId, function: &FunctionName, id: &str) -> Stri
     format!("dlq/{tenant}/{function}/{id}")
 }
 
+pub(crate) fn root_path() -> String {
+    "/".to_string()
+}
+
+/// A trigger's request path: what the function sees, so it must look like one.
+pub(crate) fn check_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.chars().any(char::is_control) || path.contains(' ') {
+        return Err(format!(
+            "path `{path}` must start with `/` and hold no spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<Bytes, StoreError> {
     serde_json::to_vec(value)
         .map(Bytes::from)
@@ -170,9 +186,9 @@ impl Events {
     pub async fn add_schedule(&self, record: ScheduleRecord) -> Result<(), EventsError> {
         let schedule = gust_core::schedule::Schedule::parse(&record.expr)
             .map_err(|e| EventsError::InvalidSchedule(e.to_string()))?;
-        let offset =
-            gust_core::schedule::Offset::parse(&record.tz).map_err(EventsError::InvalidSchedule)?;
-        if schedule.next_after(now_ms(), offset).is_none() {
+        check_path(&record.path).map_err(EventsError::InvalidSchedule)?;
+        let zone = TimeZone::parse(&record.tz).map_err(EventsError::InvalidSchedule)?;
+        if schedule.next_after(now_ms(), &zone).is_none() {
             return Err(EventsError::InvalidSchedule(format!(
                 "`{}` never fires (no date matches)",
                 record.expr

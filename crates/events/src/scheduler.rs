@@ -3,19 +3,23 @@
 //!
 //! A tick is claimed with a compare-and-set on the schedule's last-tick
 //! record before its event is submitted, so a tick fires once even if two
-//! tasks (two nodes, later) race for it. Ticks missed while the server was
-//! down are skipped: after a restart a schedule waits for its next tick.
+//! tasks (two nodes, later) race for it.
+//!
+//! Ticks missed while the server was down: by default they are skipped and
+//! the schedule waits for its next tick. A schedule with `catch_up: N`
+//! fires the last N missed ticks (oldest first, each with its own tick
+//! time) when the server starts again, then carries on.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gust_core::schedule::{Offset, Schedule};
+use gust_core::schedule::Schedule;
 use gust_store::KvEvent;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use crate::{Events, now_ms};
+use crate::{Events, TimeZone, now_ms};
 
 /// A schedule as stored: `sched/<tenant>/<function>/<id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,10 +29,20 @@ pub struct ScheduleRecord {
     pub function: gust_core::FunctionName,
     /// Cron with seconds (`*/5 * * * * *`), five-field cron, or `@every 30s`.
     pub expr: String,
-    /// `UTC` or a fixed offset such as `+02:00`.
+    /// `UTC`, a fixed offset such as `+02:00`, or a tz database name.
     pub tz: String,
     pub created_ms: u64,
+    /// Missed ticks fired after downtime, at most (0: skip them).
+    #[serde(default)]
+    pub catch_up: u32,
+    /// The request path the function sees.
+    #[serde(default = "crate::root_path")]
+    pub path: String,
 }
+
+/// Most ticks looked at when counting missed ones (a per-second schedule
+/// after a day down is 86,400).
+const MAX_TICKS_SCANNED: usize = 1_000_000;
 
 pub(crate) const PREFIX: &str = "sched/";
 
@@ -92,7 +106,7 @@ fn start_task(
             return;
         }
     };
-    let (Ok(schedule), Ok(offset)) = (Schedule::parse(&record.expr), Offset::parse(&record.tz))
+    let (Ok(schedule), Ok(zone)) = (Schedule::parse(&record.expr), TimeZone::parse(&record.tz))
     else {
         tracing::error!(key, expr = record.expr, "skipping an invalid schedule");
         return;
@@ -100,41 +114,79 @@ fn start_task(
     let events = events.clone();
     tasks.insert(
         key.to_string(),
-        tokio::spawn(async move { run(events, record, schedule, offset).await }),
+        tokio::spawn(async move { run(events, record, schedule, zone).await }),
     );
 }
 
-async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, offset: Offset) {
+async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: TimeZone) {
     let tick_key = format!("tick/{}/{}/{}", record.tenant, record.function, record.id);
-    let mut after = now_ms();
+    let now = now_ms();
+    if record.catch_up > 0
+        && let Some(last) = last_tick(&events, &tick_key).await
+    {
+        for tick in missed(&schedule, &zone, last, now, record.catch_up as usize) {
+            fire(&events, &record, &tick_key, tick).await;
+        }
+    }
+    let mut after = now;
     loop {
-        let Some(tick) = schedule.next_after(after, offset) else {
+        let Some(tick) = schedule.next_after(after, &zone) else {
             tracing::warn!(schedule = record.id, "no more ticks");
             return;
         };
         let wait = tick.saturating_sub(now_ms());
         tokio::time::sleep(Duration::from_millis(wait)).await;
         after = tick;
-        if claim_tick(&events, &tick_key, tick).await {
-            let id = events.next_invocation_id();
-            let mut envelope = Events::envelope(
-                record.tenant.clone(),
-                record.function.clone(),
-                id,
-                "/".to_string(),
-                |_| None,
-                Vec::new(),
-            );
-            envelope.id = format!("{}@{tick}", record.id);
-            envelope.source = format!("/gust/schedules/{}/{}", record.function, record.id);
-            envelope.ty = "dev.gust.schedule.tick".to_string();
-            envelope.subject = Some(record.id.clone());
-            envelope.time_ms = tick;
-            if let Err(e) = events.submit(envelope).await {
-                tracing::error!(schedule = record.id, tick, error = %e, "could not queue a tick");
+        fire(&events, &record, &tick_key, tick).await;
+    }
+}
+
+/// The last `keep` ticks after `last` and up to `now`, oldest first.
+fn missed(schedule: &Schedule, zone: &TimeZone, last: u64, now: u64, keep: usize) -> Vec<u64> {
+    let mut ticks = std::collections::VecDeque::with_capacity(keep);
+    let mut at = last;
+    for _ in 0..MAX_TICKS_SCANNED {
+        match schedule.next_after(at, zone) {
+            Some(tick) if tick <= now => {
+                if ticks.len() == keep {
+                    ticks.pop_front();
+                }
+                ticks.push_back(tick);
+                at = tick;
             }
+            _ => break,
         }
     }
+    ticks.into()
+}
+
+/// Claims a tick and, if this caller won it, submits its event.
+async fn fire(events: &Events, record: &ScheduleRecord, tick_key: &str, tick: u64) {
+    if !claim_tick(events, tick_key, tick).await {
+        return;
+    }
+    let id = events.next_invocation_id();
+    let mut envelope = Events::envelope(
+        record.tenant.clone(),
+        record.function.clone(),
+        id,
+        record.path.clone(),
+        |_| None,
+        Vec::new(),
+    );
+    envelope.id = format!("{}@{tick}", record.id);
+    envelope.source = format!("/gust/schedules/{}/{}", record.function, record.id);
+    envelope.ty = "dev.gust.schedule.tick".to_string();
+    envelope.subject = Some(record.id.clone());
+    envelope.time_ms = tick;
+    if let Err(e) = events.submit(envelope).await {
+        tracing::error!(schedule = record.id, tick, error = %e, "could not queue a tick");
+    }
+}
+
+async fn last_tick(events: &Events, key: &str) -> Option<u64> {
+    let entry = events.kv.get(key).await.ok()??;
+    std::str::from_utf8(&entry.value).ok()?.parse().ok()
 }
 
 /// Records `tick` as fired unless a later or equal one already is; true if
@@ -170,4 +222,22 @@ async fn claim_tick(events: &Events, key: &str, tick: u64) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missed_ticks_are_the_last_few_in_order() {
+        let every_second = Schedule::parse("@every 1s").unwrap();
+        let utc = TimeZone::parse("UTC").unwrap();
+        // Last fired at 10 s; back at 15.5 s: ticks 11..=15 were missed.
+        assert_eq!(
+            missed(&every_second, &utc, 10_000, 15_500, 3),
+            [13_000, 14_000, 15_000]
+        );
+        assert_eq!(missed(&every_second, &utc, 10_000, 15_500, 10).len(), 5);
+        assert!(missed(&every_second, &utc, 10_000, 10_900, 3).is_empty());
+    }
 }

@@ -288,6 +288,26 @@ async fn a_schedule_fires_once_per_tick() {
         "Mars/Olympus",
     ]);
     assert_eq!(bad_tz.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad_tz.stderr).contains("unknown time zone `Mars/Olympus`"));
+    // A tz database name: 09:00 in New York is 13:00 or 14:00 UTC.
+    let named = server.gust_json(&[
+        "schedule",
+        "add",
+        "tick",
+        "0 0 9 * * *",
+        "--tz",
+        "America/New_York",
+        "--id",
+        "ny",
+    ]);
+    let next_ms = named["next_ms"].as_u64().unwrap();
+    let hour_utc = next_ms / 3_600_000 % 24;
+    assert!(
+        hour_utc == 13 || hour_utc == 14,
+        "09:00 New York at {hour_utc}:00Z"
+    );
+    assert_eq!(next_ms % 3_600_000, 0);
+    server.gust_json(&["schedule", "rm", "tick", "ny"]);
 
     let added = server.gust_json(&["schedule", "add", "tick", "@every 500ms", "--id", "fast"]);
     assert_eq!(added["id"], "fast");
@@ -346,4 +366,79 @@ async fn destinations_hear_of_successes_and_failures() {
     })
     .await;
     assert!(told.is_some(), "the destination got one event per outcome");
+}
+
+/// Tick times (`ce-id: <schedule>@<ms>`) seen in a function's logs.
+fn ticks_in_logs(server: &Server, function: &str, schedule: &str) -> Vec<u64> {
+    let out = server.gust(&["logs", function, "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let needle = format!("ce-id: {schedule}@");
+    let mut ticks: Vec<u64> = text
+        .match_indices(&needle)
+        .filter_map(|(i, _)| {
+            let digits: String = text[i + needle.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect();
+    ticks.sort_unstable();
+    ticks.dedup();
+    ticks
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missed_ticks_are_caught_up_to_the_limit_after_downtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    server.deploy("ticker", &guests().testbed, &[]);
+    server.gust_json(&[
+        "schedule",
+        "add",
+        "ticker",
+        "@every 1s",
+        "--path",
+        "/headers",
+        "--catch-up",
+        "2",
+        "--id",
+        "beat",
+    ]);
+    Server::eventually(Duration::from_secs(10), || async {
+        (!ticks_in_logs(&server, "ticker", "beat").is_empty()).then_some(())
+    })
+    .await
+    .expect("the schedule fires");
+    assert_eq!(server.stop(), Some(0));
+    let stopped = now_ms();
+    // Down for 3.5 s: at least three ticks are missed.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let restarted = now_ms();
+    let server = Server::start_in(dir.path(), &[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ticks = ticks_in_logs(&server, "ticker", "beat");
+    let during_downtime: Vec<u64> = ticks
+        .iter()
+        .copied()
+        .filter(|t| *t > stopped && *t < restarted)
+        .collect();
+    assert!(
+        (1..=2).contains(&during_downtime.len()),
+        "the last missed ticks, two at most, were fired: {during_downtime:?} (all: {ticks:?})"
+    );
+    assert!(
+        during_downtime.iter().all(|t| *t > restarted - 2_500),
+        "only the latest missed ticks: {during_downtime:?}"
+    );
+    let schedules = server.gust_json(&["schedule", "ls", "ticker"]);
+    assert_eq!(schedules[0]["catch_up"], 2);
+    assert_eq!(schedules[0]["path"], "/headers");
 }
