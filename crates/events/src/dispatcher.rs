@@ -94,6 +94,18 @@ impl Dispatcher {
             match events.queue.queues().await {
                 Ok(queues) => {
                     for queue in queues {
+                        // Every claim on one node was this process's before
+                        // it restarted: deliver those events again now
+                        // rather than when their leases run out.
+                        match events.queue.release_claims(&queue, now_ms()).await {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                tracing::info!(%queue, n, "redelivering events claimed before a restart")
+                            }
+                            Err(e) => {
+                                tracing::error!(%queue, error = %e, "cannot release old claims")
+                            }
+                        }
                         let _ = tx.send(queue);
                     }
                 }

@@ -1,14 +1,16 @@
 //! Key-value change triggers: a function subscribes to a bucket (and
 //! optionally a key prefix), and every put or delete there becomes an
-//! event for it, through [`Events::submit_ordered`] like any trigger.
+//! event for it, through [`Events::submit_once`] like any trigger.
 //!
 //! The source is the data store's change feed, written in the same
 //! transaction as each change, so no change is missed even if the server
 //! dies between the write and the event. `ChangeFeed` reads the feed from
 //! a durable cursor, submits one event per matching subscription, then
-//! moves the cursor and trims the feed. A crash between the two repeats
-//! some submissions (at least once; the CloudEvents id, the revision, is
-//! the same both times).
+//! moves the cursor and trims the feed. A crash in between makes it read
+//! the same changes again; each event's invocation id is derived from its
+//! function, trigger and revision, and [`Events::submit_once`] skips those
+//! already accepted, so at most the last event per key is queued twice —
+//! right behind the first copy, which keeps the order per key.
 //!
 //! Order per key: the events of one key share an ordering group in the
 //! function's queue, so they are delivered one at a time in revision
@@ -189,10 +191,11 @@ async fn submit(
     let payload = ChangeEvent::new(&bucket, key, change.revision, change.value.as_deref());
     let data = serde_json::to_vec(&payload)
         .map_err(|e| EventsError::Store(gust_store::StoreError::Corrupt(e.to_string())))?;
+    let invocation_id = format!("kv-{}-{}-{}", trigger.function, trigger.id, change.revision);
     let mut envelope = Events::envelope(
         trigger.tenant.clone(),
         trigger.function.clone(),
-        events.next_invocation_id(),
+        invocation_id,
         trigger.path.clone(),
         |_| None,
         data,
@@ -204,5 +207,5 @@ async fn submit(
     envelope.content_type = Some("application/json".to_string());
     envelope.time_ms = now_ms();
     let group = format!("kv/{bucket}/{key}");
-    events.submit_ordered(envelope, group).await
+    events.submit_once(envelope, group).await
 }

@@ -271,12 +271,14 @@ impl Events {
 
     /// Like [`Events::submit`], in an ordering group: events of one group
     /// are delivered one at a time in submission order (an event waits for
-    /// the one before it to succeed or be dead-lettered).
-    pub async fn submit_ordered(
-        &self,
-        envelope: Envelope,
-        group: String,
-    ) -> Result<(), EventsError> {
+    /// the one before it to succeed or be dead-lettered). Skipped if an
+    /// invocation with this id was already accepted: for triggers that give
+    /// events deterministic ids and may submit one again after a crash.
+    pub async fn submit_once(&self, envelope: Envelope, group: String) -> Result<(), EventsError> {
+        let key = invocation_key(&envelope.tenant, &envelope.invocation_id);
+        if self.kv.get(&key).await?.is_some() {
+            return Ok(());
+        }
         self.submit_in(envelope, Some(group)).await
     }
 
@@ -303,14 +305,10 @@ impl Events {
             last_error: None,
             retry_at_ms: None,
         };
-        // The status goes first: an event delivered before its status was
-        // written would otherwise be shown as queued after it succeeded.
-        self.kv
-            .put(
-                &invocation_key(&envelope.tenant, &envelope.invocation_id),
-                encode(&record)?,
-            )
-            .await?;
+        // The queue entry goes first, then the status is created unless the
+        // dispatcher already wrote a later one (it may deliver the event in
+        // between). So a status, once there, means the event is queued:
+        // `submit_once` relies on that.
         let queue = queue_name(&envelope.tenant, &envelope.function);
         let payload = vec![Bytes::from(envelope.encode())];
         match group {
@@ -321,6 +319,11 @@ impl Events {
             }
             None => self.queue.enqueue(&queue, payload, 0).await?,
         };
+        let key = invocation_key(&envelope.tenant, &envelope.invocation_id);
+        match self.kv.compare_and_set(&key, encode(&record)?, None).await {
+            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         self.wake.notify(&queue);
         Ok(())

@@ -377,6 +377,21 @@ pub async fn queues(q: &dyn QueueStore) {
     q.ack("q1", vec![2, 99]).await.unwrap();
     // Sequence numbers are not reused.
     assert_eq!(q.enqueue("q1", vec![b("again")], 0).await.unwrap(), [5]);
+
+    // After a restart, claims of the dead process are released at once;
+    // a retry keeps its time.
+    q.enqueue("q3", vec![b("held"), b("retry")], 0)
+        .await
+        .unwrap();
+    let held = q.claim("q3", 2_000, 60_000, 10).await.unwrap();
+    q.release("q3", held[1].seq, 9_000).await.unwrap();
+    assert_eq!(q.release_claims("q3", 2_100).await.unwrap(), 1);
+    let again = q.claim("q3", 2_100, 60_000, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].payload.clone(), again[0].attempt), (b("held"), 2));
+    assert_eq!(q.next_due("q3").await.unwrap(), Some(9_000));
+    q.ack("q3", vec![again[0].seq]).await.unwrap();
+    assert_eq!(q.release_claims("q3", 2_200).await.unwrap(), 0);
 }
 
 /// Ordering groups: one message of a group at a time, in enqueue order,

@@ -41,6 +41,8 @@ const QUEUE: TableDefinition<(&str, u64), (u64, u32, &[u8])> = TableDefinition::
 const QUEUE_DUE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("queue_due");
 /// queue → last sequence number given.
 const QUEUE_HEADS: TableDefinition<&str, u64> = TableDefinition::new("queue_heads");
+/// (queue, seq) of messages claimed and not yet acknowledged or released.
+const QUEUE_CLAIMED: TableDefinition<(&str, u64), ()> = TableDefinition::new("queue_claimed");
 /// (queue, seq) → ordering group, for messages enqueued in one.
 const QUEUE_GROUP_OF: TableDefinition<(&str, u64), &str> = TableDefinition::new("queue_group_of");
 /// (queue, group, seq): a group's unacknowledged messages in order. Only
@@ -113,6 +115,7 @@ impl EmbeddedStore {
             txn.open_table(QUEUE_HEADS).map_err(backend)?;
             txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
             txn.open_table(QUEUE_GROUPS).map_err(backend)?;
+            txn.open_table(QUEUE_CLAIMED).map_err(backend)?;
             txn.open_table(DATA).map_err(backend)?;
             txn.open_table(DATA_CHANGES).map_err(backend)?;
         }
@@ -840,6 +843,7 @@ impl QueueStore for EmbeddedStore {
                 let (_, not_before, seq) = key.value();
                 ready.push((not_before, seq));
             }
+            let mut claimed_set = txn.open_table(QUEUE_CLAIMED).map_err(backend)?;
             let visible_again = now_ms.saturating_add(lease_ms);
             for (not_before, seq) in ready {
                 due.remove((queue.as_str(), not_before, seq))
@@ -861,6 +865,9 @@ impl QueueStore for EmbeddedStore {
                     .map_err(backend)?;
                 due.insert((queue.as_str(), visible_again, seq), ())
                     .map_err(backend)?;
+                claimed_set
+                    .insert((queue.as_str(), seq), ())
+                    .map_err(backend)?;
                 claimed.push(Claimed {
                     seq,
                     attempt,
@@ -879,7 +886,9 @@ impl QueueStore for EmbeddedStore {
             let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
             let mut group_of = txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
             let mut groups = txn.open_table(QUEUE_GROUPS).map_err(backend)?;
+            let mut claimed = txn.open_table(QUEUE_CLAIMED).map_err(backend)?;
             for seq in seqs {
+                claimed.remove((queue.as_str(), seq)).map_err(backend)?;
                 let not_before = items
                     .remove((queue.as_str(), seq))
                     .map_err(backend)?
@@ -933,6 +942,10 @@ impl QueueStore for EmbeddedStore {
                 let (not_before, attempts, payload) = v.value();
                 (not_before, attempts, payload.to_vec())
             });
+            txn.open_table(QUEUE_CLAIMED)
+                .map_err(backend)?
+                .remove((queue.as_str(), seq))
+                .map_err(backend)?;
             if let Some((old, attempts, payload)) = current {
                 due.remove((queue.as_str(), old, seq)).map_err(backend)?;
                 items
@@ -945,6 +958,44 @@ impl QueueStore for EmbeddedStore {
                     .map_err(backend)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn release_claims(&self, queue: &str, now_ms: u64) -> Result<u64, StoreError> {
+        let queue = queue.to_string();
+        self.write(move |txn, _| {
+            let mut items = txn.open_table(QUEUE).map_err(backend)?;
+            let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+            let mut claimed = txn.open_table(QUEUE_CLAIMED).map_err(backend)?;
+            let mut seqs = Vec::new();
+            for entry in claimed
+                .range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))
+                .map_err(backend)?
+            {
+                seqs.push(entry.map_err(backend)?.0.value().1);
+            }
+            for &seq in &seqs {
+                claimed.remove((queue.as_str(), seq)).map_err(backend)?;
+                let current = items.get((queue.as_str(), seq)).map_err(backend)?.map(|v| {
+                    let (not_before, attempts, payload) = v.value();
+                    (not_before, attempts, payload.to_vec())
+                });
+                let Some((lease_end, attempts, payload)) = current else {
+                    continue;
+                };
+                due.remove((queue.as_str(), lease_end, seq))
+                    .map_err(backend)?;
+                items
+                    .insert(
+                        (queue.as_str(), seq),
+                        (now_ms, attempts, payload.as_slice()),
+                    )
+                    .map_err(backend)?;
+                due.insert((queue.as_str(), now_ms, seq), ())
+                    .map_err(backend)?;
+            }
+            Ok(seqs.len() as u64)
         })
         .await
     }

@@ -265,6 +265,10 @@ pub trait QueueStore: Send + Sync {
     async fn ack(&self, queue: &str, seqs: Vec<u64>) -> Result<(), StoreError>;
     /// Makes a claimed message claimable again from `not_before_ms` (a retry).
     async fn release(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError>;
+    /// Makes every claimed message of `queue` claimable at `now_ms`, for a
+    /// claimant known to be gone (on one node: the process that restarted
+    /// held every claim). Returns how many were released.
+    async fn release_claims(&self, queue: &str, now_ms: u64) -> Result<u64, StoreError>;
     /// When the next message becomes claimable (Unix ms): the earliest
     /// `not_before` or lease end. `None` when the queue is empty.
     async fn next_due(&self, queue: &str) -> Result<Option<u64>, StoreError>;

@@ -19,6 +19,7 @@
 //! | `/kv/exists?bucket=B&key=K` | `true` or `false` |
 //! | `/kv/incr?bucket=B&key=K&by=N` | the counter after adding N |
 //! | `/kv/list?bucket=B` | every key, one per line, paging with the cursor |
+//! | `/kv/dump?bucket=B` | every `key<TAB>value`, one per line (list-keys, then get-many) |
 //! | `/kv/batch?bucket=B&keys=a,b,c` | set-many (value = key upper-cased), get-many, delete-many of the first |
 //! | `/record?fail_every=N` | a change-event recorder: appends `subject revision attempt operation` to bucket `seen` (key = a counter); fails the first attempt of every Nth revision |
 //!
@@ -204,6 +205,25 @@ fn kv(
                 }
             }
             all.join("\n")
+        }
+        "dump" => {
+            let mut keys = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = b.list_keys(cursor)?;
+                keys.extend(page.keys);
+                match page.cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            let mut lines = Vec::new();
+            for chunk in keys.chunks(1000) {
+                for (k, v) in batch::get_many(&b, chunk)?.into_iter().flatten() {
+                    lines.push(format!("{k}\t{}", String::from_utf8_lossy(&v)));
+                }
+            }
+            lines.join("\n")
         }
         "batch" => {
             let names: Vec<String> = keys.split(',').map(str::to_string).collect();

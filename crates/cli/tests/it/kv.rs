@@ -209,25 +209,63 @@ async fn list_keys_pages_through_a_large_bucket() {
     assert_eq!(keys[1499], "key-01499");
 }
 
+/// Writes `per_key` values to each of `keys` keys of bucket `data`, keys
+/// in parallel, each key's writes in sequence; the last write of `k0` is a
+/// delete. Returns each key's revisions (the delete's is not known).
+async fn write_chains(server: &Server, keys: usize, per_key: usize) -> HashMap<String, Vec<u64>> {
+    let mut writers = tokio::task::JoinSet::new();
+    for k in 0..keys {
+        let api = server.api.clone();
+        let http = server.http.clone();
+        writers.spawn(async move {
+            let key = format!("k{k}");
+            let url = format!("{api}/v1/kv/data/keys/{key}");
+            let mut revisions = Vec::new();
+            for i in 0..per_key {
+                if k == 0 && i == per_key - 1 {
+                    let status = http.delete(&url).send().await.unwrap().status();
+                    assert_eq!(status, 204);
+                    continue;
+                }
+                let response = http
+                    .put(&url)
+                    .body(format!("value {i}"))
+                    .send()
+                    .await
+                    .unwrap();
+                let written: serde_json::Value = response.json().await.unwrap();
+                revisions.push(written["revision"].as_u64().unwrap());
+            }
+            (key, revisions)
+        });
+    }
+    let mut written = HashMap::new();
+    while let Some(done) = writers.join_next().await {
+        let (key, revisions) = done.unwrap();
+        written.insert(key, revisions);
+    }
+    written
+}
+
 /// Records written by the testbed's `/record`: `subject revision attempt operation`.
 async fn recorded(server: &Server) -> Vec<(String, u64, u64, String)> {
-    let listed = server.gust_json(&["kv", "ls", "--bucket", "seen"]);
-    let mut out = Vec::new();
-    for entry in listed.as_array().unwrap() {
-        let key = entry["key"].as_str().unwrap();
-        if key == "n" {
-            continue;
-        }
-        let line = server.kv_value("seen", key).await.unwrap();
-        let parts: Vec<&str> = line.split(' ').collect();
-        out.push((
-            parts[0].to_string(),
-            parts[1].parse().unwrap(),
-            parts[2].parse().unwrap(),
-            parts[3].to_string(),
-        ));
-    }
-    out
+    let (status, dump) = server.kv("recorder", "dump?bucket=seen", "").await;
+    assert_eq!(status, 200, "{dump}");
+    let mut lines: Vec<(&str, &str)> = dump.lines().filter_map(|l| l.split_once('\t')).collect();
+    lines.sort();
+    lines
+        .into_iter()
+        .filter(|(key, _)| *key != "n")
+        .map(|(_, line)| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            (
+                parts[0].to_string(),
+                parts[1].parse().unwrap(),
+                parts[2].parse().unwrap(),
+                parts[3].to_string(),
+            )
+        })
+        .collect()
 }
 
 async fn recorded_count(server: &Server) -> u64 {
@@ -271,38 +309,7 @@ async fn kv_changes_trigger_a_function_in_order_per_key() {
     // Five keys written concurrently, 12 writes each in sequence, the
     // last of k0 a delete. Every third revision fails its first attempt,
     // so retries are interleaved with later changes of the same key.
-    let mut writers = tokio::task::JoinSet::new();
-    for k in 0..5 {
-        let server_api = server.api.clone();
-        let http = server.http.clone();
-        writers.spawn(async move {
-            let key = format!("k{k}");
-            let mut revisions = Vec::new();
-            for i in 0..12 {
-                let response = if k == 0 && i == 11 {
-                    http.delete(format!("{server_api}/v1/kv/data/keys/{key}"))
-                        .send()
-                        .await
-                        .unwrap();
-                    continue;
-                } else {
-                    http.put(format!("{server_api}/v1/kv/data/keys/{key}"))
-                        .body(format!("value {i}"))
-                        .send()
-                        .await
-                        .unwrap()
-                };
-                let written: serde_json::Value = response.json().await.unwrap();
-                revisions.push(written["revision"].as_u64().unwrap());
-            }
-            (key, revisions)
-        });
-    }
-    let mut written: HashMap<String, Vec<u64>> = HashMap::new();
-    while let Some(done) = writers.join_next().await {
-        let (key, revisions) = done.unwrap();
-        written.insert(key, revisions);
-    }
+    let written = write_chains(&server, 5, 12).await;
     // A change in another bucket triggers nothing.
     server.kv_put("other", "k0", "elsewhere").await;
 
@@ -358,4 +365,54 @@ async fn kv_changes_trigger_a_function_in_order_per_key() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(recorded_count(&server).await, expected);
     assert_eq!(server.kv_delete("data", "missing").await, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_with_changes_in_flight_loses_none_and_keeps_each_keys_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    server.deploy("recorder", &guests().testbed, &["--concurrency", "8"]);
+    server.gust_json(&[
+        "trigger", "add", "recorder", "--bucket", "data", "--path", "/record",
+    ]);
+    let written = write_chains(&server, 20, 40).await;
+    // Every write was acknowledged; kill the server while their events are
+    // being queued and delivered.
+    server.kill9();
+    let server = Server::start_in(dir.path(), &[]);
+
+    let total: usize = written.values().map(Vec::len).sum::<usize>() + 1;
+    let records = Server::eventually(Duration::from_secs(60), || async {
+        if recorded_count(&server).await < total as u64 {
+            return None;
+        }
+        let records = recorded(&server).await;
+        let mut distinct: Vec<(String, u64)> = records.iter().map(|r| (r.0.clone(), r.1)).collect();
+        distinct.sort();
+        distinct.dedup();
+        (distinct.len() >= total).then_some(records)
+    })
+    .await
+    .expect("every change delivered after the restart");
+
+    let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (key, revision, _, _) in &records {
+        by_key.entry(key.clone()).or_default().push(*revision);
+    }
+    let mut lost = 0;
+    for (key, revisions) in &written {
+        lost += revisions
+            .iter()
+            .filter(|r| !by_key[key].contains(r))
+            .count();
+    }
+    let duplicates = records.len() - total;
+    eprintln!("kv kill -9: {total} changes, lost {lost}, delivered twice {duplicates}");
+    assert_eq!(lost, 0);
+    for (key, revisions) in &by_key {
+        assert!(
+            revisions.windows(2).all(|w| w[0] <= w[1]),
+            "{key}: a redelivery went behind a later change: {revisions:?}"
+        );
+    }
 }
