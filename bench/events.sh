@@ -21,7 +21,7 @@ GUST=target/release/gust
 WORK=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 export GUST_API=http://127.0.0.1:$((PORT + 1))
-GUST_LOG=warn "$GUST" up --data-dir "$WORK/data" --listen 127.0.0.1:$PORT --api-listen 127.0.0.1:$((PORT + 1)) >/dev/null 2>&1 &
+GUST_LOG=warn "$GUST" up --dev --data-dir "$WORK/data" --listen 127.0.0.1:$PORT --api-listen 127.0.0.1:$((PORT + 1)) >/dev/null 2>&1 &
 PID=$!
 for _ in $(seq 200); do curl -fs -o /dev/null "$GUST_API/healthz" && break; sleep 0.05; done
 "$GUST" deploy sink examples/target/wasm32-wasip2/release/hello.wasm --concurrency 64 >/dev/null

@@ -28,7 +28,7 @@ echo "| keep resident (bytes) | req/s | p50 ms | p99 ms |"
 echo "|---:|---:|---:|---:|"
 for setting in $SETTINGS; do
   rm -rf "$WORK/data"
-  GUST_LOG=warn "$GUST" up --data-dir "$WORK/data" --listen 127.0.0.1:$PORT --api-listen 127.0.0.1:$((PORT + 1)) \
+  GUST_LOG=warn "$GUST" up --dev --data-dir "$WORK/data" --listen 127.0.0.1:$PORT --api-listen 127.0.0.1:$((PORT + 1)) \
     --memory-keep-resident-bytes "$setting" >/dev/null 2>&1 &
   PID=$!
   for _ in $(seq 200); do curl -fs -o /dev/null "$GUST_API/healthz" && break; sleep 0.05; done

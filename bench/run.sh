@@ -42,6 +42,11 @@ start_gust() {
   GUST_LOG=warn "$GUST" up --data-dir "$WORK/gust" --listen 127.0.0.1:$GUST_PORT --api-listen 127.0.0.1:$API_PORT >"$WORK/gust.out" 2>&1 &
   GUST_PID=$!; PIDS+=("$GUST_PID")
   wait_http "$GUST_API/healthz"
+  # Authentication stays on, as in production: the first start prints the
+  # admin token; the functions are deployed public (anyone may call them).
+  local token
+  token=$(sed -n 's/^gust: admin token (shown once, keep it): //p' "$WORK/gust.out")
+  if [ -n "$token" ]; then export GUST_TOKEN=$token; fi
 }
 stop_gust() { kill -TERM "$GUST_PID"; wait "$GUST_PID" 2>/dev/null || true; }
 
@@ -52,7 +57,7 @@ load() {
 }
 
 start_gust
-"$GUST" deploy hello "$HELLO" >/dev/null
+"$GUST" deploy hello "$HELLO" --public >/dev/null
 wait_http "http://127.0.0.1:$GUST_PORT/hello"
 wasmtime serve -S cli --addr 127.0.0.1:$WT_PORT "$HELLO" >"$WORK/wasmtime.out" 2>&1 &
 PIDS+=("$!")
@@ -66,7 +71,7 @@ read -r W_RPS W_P50 W_P99 < <(load "http://127.0.0.1:$WT_PORT/")
 read -r N_RPS N_P50 N_P99 < <(load "http://127.0.0.1:$NATIVE_PORT/")
 
 # Cold start: deploy COLD_FUNCTIONS functions, restart, call each once.
-for i in $(seq "$COLD_FUNCTIONS"); do "$GUST" deploy "cold$i" "$HELLO" >/dev/null; done
+for i in $(seq "$COLD_FUNCTIONS"); do "$GUST" deploy "cold$i" "$HELLO" --public >/dev/null; done
 stop_gust
 start_gust
 COLD=$(python3 - "$GUST_PORT" "$COLD_FUNCTIONS" <<'PY'
@@ -93,7 +98,7 @@ read -r C_P50 C_P99 CW_P50 CW_P99 <<<"$COLD"
 # Deploy → first response, each deploy a distinct component (a custom
 # section makes a new digest, so nothing is cached and each one compiles).
 DEPLOY=$(python3 - "$GUST_PORT" "$API_PORT" "$HELLO" "$DEPLOYS" <<'PY'
-import http.client, sys, time
+import http.client, os, sys, time
 port, api, path, n = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 base = open(path, "rb").read()
 def leb(v):
@@ -110,7 +115,8 @@ for i in range(n):
     body = unique(i)
     t = time.perf_counter()
     c = http.client.HTTPConnection("127.0.0.1", api)
-    c.request("POST", f"/v1/functions/fresh{i}/versions", body, {"content-type": "application/wasm"})
+    headers = {"content-type": "application/wasm", "authorization": "Bearer " + os.environ.get("GUST_TOKEN", "")}
+    c.request("POST", f"/v1/functions/fresh{i}/versions?public=true", body, headers)
     r = c.getresponse(); r.read(); assert r.status == 201, r.status
     c = http.client.HTTPConnection("127.0.0.1", port)
     while True:

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use gust_core::kv::KvError;
 use gust_events::EventsError;
 use gust_runtime::DeployError;
-use gust_store::{BucketsError, RegistryError, StoreError};
+use gust_store::{AccountsError, BucketsError, RegistryError, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// The body of every error answer.
@@ -46,6 +46,17 @@ pub enum ApiError {
     Events(#[from] EventsError),
     #[error("{0}")]
     Buckets(#[from] BucketsError),
+    #[error("{0}")]
+    Accounts(#[from] AccountsError),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over a tenant quota; the message names it.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl IntoResponse for ApiError {
@@ -86,6 +97,18 @@ impl IntoResponse for ApiError {
                 | EventsError::NoSuchSchedule(_)
                 | EventsError::NoSuchTrigger(_),
             ) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+            ApiError::Accounts(AccountsError::TenantExists(_)) => {
+                (StatusCode::CONFLICT, "conflict")
+            }
+            ApiError::Accounts(AccountsError::NoSuchTenant(_) | AccountsError::NoSuchToken(_)) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            ApiError::Internal(_) | ApiError::Accounts(AccountsError::Store(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
             ApiError::Registry(_)
             | ApiError::Store(_)
             | ApiError::Events(_)
@@ -102,6 +125,13 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }

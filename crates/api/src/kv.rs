@@ -11,7 +11,9 @@ use gust_core::FunctionName;
 use gust_core::kv::{self, BucketName};
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, ApiState, existing, now_ms, read_capped, tenant};
+use gust_core::access::Action;
+
+use crate::{ApiError, ApiState, Caller, existing, now_ms, read_capped};
 
 fn bucket_name(name: String) -> Result<BucketName, ApiError> {
     BucketName::new(name).map_err(|e| ApiError::BadRequest(format!("bucket name: {e}")))
@@ -52,16 +54,18 @@ pub struct Written {
     responses((status = 200, body = KeyPage), (status = 400, body = crate::ErrorBody)))]
 pub(crate) async fn list_keys(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(bucket): Path<String>,
     params: Result<Query<KeysParams>, QueryRejection>,
 ) -> Result<Json<KeyPage>, ApiError> {
+    caller.require(Action::Read)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let bucket = bucket_name(bucket)?;
     let limit = params.limit.unwrap_or(1000).clamp(1, 10_000);
     let keys = state
         .buckets
         .keys(
-            &tenant(),
+            &caller.tenant,
             &bucket,
             params.prefix.as_deref().unwrap_or(""),
             params.after.as_deref(),
@@ -91,12 +95,14 @@ pub(crate) async fn list_keys(
         (status = 404, body = crate::ErrorBody)))]
 pub(crate) async fn get_key(
     State(state): State<ApiState>,
+    caller: Caller,
     Path((bucket, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    caller.require(Action::Read)?;
     let bucket = bucket_name(bucket)?;
     let value = state
         .buckets
-        .get(&tenant(), &bucket, &key)
+        .get(&caller.tenant, &bucket, &key)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no key `{key}` in bucket `{bucket}`")))?;
     Ok((
@@ -121,9 +127,11 @@ pub(crate) async fn get_key(
         (status = 413, body = crate::ErrorBody)))]
 pub(crate) async fn put_key(
     State(state): State<ApiState>,
+    caller: Caller,
     Path((bucket, key)): Path<(String, String)>,
     body: Body,
 ) -> Result<Json<Written>, ApiError> {
+    caller.require(Action::Write)?;
     let bucket = bucket_name(bucket)?;
     let value = read_capped(body, kv::MAX_VALUE_BYTES).await.map_err(|_| {
         ApiError::PayloadTooLarge(format!(
@@ -131,7 +139,10 @@ pub(crate) async fn put_key(
             kv::MAX_VALUE_BYTES
         ))
     })?;
-    let revision = state.buckets.put(&tenant(), &bucket, &key, value).await?;
+    let revision = state
+        .buckets
+        .put(&caller.tenant, &bucket, &key, value)
+        .await?;
     Ok(Json(Written { revision }))
 }
 
@@ -140,12 +151,14 @@ pub(crate) async fn put_key(
     responses((status = 204, description = "Deleted"), (status = 404, body = crate::ErrorBody)))]
 pub(crate) async fn delete_key(
     State(state): State<ApiState>,
+    caller: Caller,
     Path((bucket, key)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require(Action::Write)?;
     let bucket = bucket_name(bucket)?;
     match state
         .buckets
-        .delete_many(&tenant(), &bucket, vec![key.clone()])
+        .delete_many(&caller.tenant, &bucket, vec![key.clone()])
         .await?
     {
         0 => Err(ApiError::NotFound(format!(
@@ -205,11 +218,13 @@ impl From<gust_events::KvTriggerRecord> for TriggerInfo {
         (status = 404, body = crate::ErrorBody)))]
 pub(crate) async fn add_trigger(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
     body: Result<Json<NewTrigger>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TriggerInfo>), ApiError> {
+    caller.require(Action::Write)?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let name = existing(&state, name).await?;
+    let name = existing(&state, &caller, name).await?;
     let id = match body.id {
         Some(id) => FunctionName::new(id)
             .map_err(|e| ApiError::BadRequest(format!("trigger id: {e}")))?
@@ -218,7 +233,7 @@ pub(crate) async fn add_trigger(
     };
     let record = gust_events::KvTriggerRecord {
         id,
-        tenant: tenant(),
+        tenant: caller.tenant.clone(),
         function: name,
         bucket: bucket_name(body.bucket)?,
         prefix: body.prefix.unwrap_or_default(),
@@ -234,10 +249,12 @@ pub(crate) async fn add_trigger(
     responses((status = 200, body = [TriggerInfo]), (status = 404, body = crate::ErrorBody)))]
 pub(crate) async fn list_triggers(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<TriggerInfo>>, ApiError> {
-    let name = existing(&state, name).await?;
-    let records = state.events.kv_triggers(&tenant(), &name).await?;
+    caller.require(Action::Read)?;
+    let name = existing(&state, &caller, name).await?;
+    let records = state.events.kv_triggers(&caller.tenant, &name).await?;
     Ok(Json(records.into_iter().map(TriggerInfo::from).collect()))
 }
 
@@ -246,12 +263,14 @@ pub(crate) async fn list_triggers(
     responses((status = 204, description = "Removed"), (status = 404, body = crate::ErrorBody)))]
 pub(crate) async fn remove_trigger(
     State(state): State<ApiState>,
+    caller: Caller,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let name = existing(&state, name).await?;
+    caller.require(Action::Write)?;
+    let name = existing(&state, &caller, name).await?;
     state
         .events
-        .remove_kv_trigger(&tenant(), &name, &id)
+        .remove_kv_trigger(&caller.tenant, &name, &id)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

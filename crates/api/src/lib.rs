@@ -8,6 +8,7 @@
 //! It listens on its own address and must never be reachable on the
 //! data-plane port; it serves no function traffic.
 
+mod auth;
 mod error;
 mod kv;
 
@@ -18,10 +19,11 @@ use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use gust_core::InvocationRecord;
+use gust_core::access::Action;
 use gust_core::delivery::{DeadReason, DeliveryPolicy};
 use gust_core::{
     FunctionName, FunctionRecord, Limits, LimitsPatch, LogRecord, TenantId, VersionRecord,
@@ -32,6 +34,7 @@ use gust_store::{BlobStore, LogStore, NewVersion, Registry, digest_of};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
+pub use auth::{AuditEntry, Caller, NewTenant, NewToken, TENANT_HEADER, TenantInfo, TokenInfo};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use kv::{KeyEntry, KeyPage, NewTrigger, TriggerInfo, Written};
 
@@ -53,6 +56,9 @@ pub struct ApiState {
     pub metrics: MetricsRenderer,
     pub events: Events,
     pub buckets: gust_store::Buckets,
+    pub accounts: gust_store::Accounts,
+    /// Tokens required (false only in dev mode, on loopback).
+    pub auth: bool,
     /// Turns `true` when the server shuts down; long-polls return then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// The registry revision the data plane serves: a deploy or delete
@@ -72,6 +78,8 @@ pub struct FunctionInfo {
     pub digest: Option<String>,
     pub limits: Option<Limits>,
     pub created_at_ms: u64,
+    /// Callable without a token.
+    pub public: bool,
 }
 
 /// A deployed version as the API shows it.
@@ -122,6 +130,9 @@ pub struct DeployParams {
     pub on_success: Option<String>,
     /// Event delivery: a function told of every dead-lettered event.
     pub on_failure: Option<String>,
+    /// `true`: anyone with the URL may call it; `false`: a token is needed.
+    /// Absent: unchanged (a new function is private).
+    pub public: Option<bool>,
 }
 
 impl DeployParams {
@@ -289,7 +300,15 @@ pub struct LogPage {
         kv::delete_key,
         kv::add_trigger,
         kv::list_triggers,
-        kv::remove_trigger
+        kv::remove_trigger,
+        auth::create_tenant,
+        auth::list_tenants,
+        auth::current_tenant,
+        auth::set_quotas,
+        auth::create_token,
+        auth::list_tokens,
+        auth::revoke_token,
+        auth::read_audit
     ),
     components(schemas(
         FunctionInfo,
@@ -313,7 +332,14 @@ pub struct LogPage {
         kv::KeyPage,
         kv::Written,
         kv::NewTrigger,
-        kv::TriggerInfo
+        kv::TriggerInfo,
+        auth::TenantInfo,
+        auth::NewTenant,
+        auth::TokenInfo,
+        auth::NewToken,
+        auth::AuditEntry,
+        gust_core::access::Quotas,
+        gust_core::access::Role
     ))
 )]
 struct ApiDoc;
@@ -379,14 +405,29 @@ pub fn router(state: ApiState) -> Router {
                 .delete(kv::delete_key)
                 .layer(DefaultBodyLimit::disable()),
         )
+        .route(
+            "/v1/tenants",
+            get(auth::list_tenants).post(auth::create_tenant),
+        )
+        .route("/v1/tenant", get(auth::current_tenant))
+        .route(
+            "/v1/tenants/{id}/quotas",
+            axum::routing::put(auth::set_quotas),
+        )
+        .route(
+            "/v1/tokens",
+            get(auth::list_tokens).post(auth::create_token),
+        )
+        .route("/v1/tokens/{id}", axum::routing::delete(auth::revoke_token))
+        .route("/v1/audit", get(auth::read_audit))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state)
-}
-
-fn tenant() -> TenantId {
-    TenantId::default_tenant()
 }
 
 fn function_name(name: String) -> Result<FunctionName, ApiError> {
@@ -415,14 +456,51 @@ impl ApiState {
         }
     }
 
-    fn url(&self, name: &FunctionName) -> String {
-        format!("{}/{name}", self.public_url.trim_end_matches('/'))
+    /// Refuses a deploy that would pass the tenant's function or version quota.
+    async fn check_function_quotas(
+        &self,
+        caller: &Caller,
+        name: &FunctionName,
+    ) -> Result<(), ApiError> {
+        let quotas = self
+            .accounts
+            .tenant(&caller.tenant)
+            .map(|t| t.quotas)
+            .unwrap_or_default();
+        match self.registry.function(&caller.tenant, name).await? {
+            Some(existing) if existing.latest_version >= quotas.versions => {
+                Err(ApiError::QuotaExceeded(format!(
+                    "quota `versions` reached: `{name}` has {} versions, the limit is {}; remove the function or ask an admin to raise the quota",
+                    existing.latest_version, quotas.versions
+                )))
+            }
+            Some(_) => Ok(()),
+            None => {
+                let count = self.registry.functions(&caller.tenant).await?.len() as u64;
+                if count >= quotas.functions {
+                    return Err(ApiError::QuotaExceeded(format!(
+                        "quota `functions` reached: tenant `{}` has {count} functions, the limit is {}; remove one or ask an admin to raise the quota",
+                        caller.tenant, quotas.functions
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn url(&self, tenant: &TenantId, name: &FunctionName) -> String {
+        format!(
+            "{}{}",
+            self.public_url.trim_end_matches('/'),
+            gust_core::route::function_path(tenant, name)
+        )
     }
 
     fn function_info(&self, record: FunctionRecord) -> FunctionInfo {
         FunctionInfo {
-            url: self.url(&record.name),
+            url: self.url(&record.tenant, &record.name),
             name: record.name.to_string(),
+            public: record.public,
             version: record.active.as_ref().map(|a| a.version),
             latest_version: record.latest_version,
             digest: record.active.as_ref().map(|a| a.digest.clone()),
@@ -433,7 +511,7 @@ impl ApiState {
 
     fn version_info(&self, record: VersionRecord, prepare_ms: Option<u64>) -> VersionInfo {
         VersionInfo {
-            url: self.url(&record.name),
+            url: self.url(&record.tenant, &record.name),
             name: record.name.to_string(),
             version: record.version,
             digest: record.digest,
@@ -449,8 +527,10 @@ impl ApiState {
     responses((status = 200, description = "Every function", body = [FunctionInfo])))]
 async fn list_functions(
     State(state): State<ApiState>,
+    caller: Caller,
 ) -> Result<Json<Vec<FunctionInfo>>, ApiError> {
-    let records = state.registry.functions(&tenant()).await?;
+    caller.require(Action::Read)?;
+    let records = state.registry.functions(&caller.tenant).await?;
     Ok(Json(
         records
             .into_iter()
@@ -466,13 +546,16 @@ async fn list_functions(
         (status = 409, description = "Already exists", body = ErrorBody)))]
 async fn create_function(
     State(state): State<ApiState>,
+    caller: Caller,
     body: Result<Json<CreateFunction>, JsonRejection>,
 ) -> Result<(StatusCode, Json<FunctionInfo>), ApiError> {
+    caller.require(Action::Write)?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(body.name)?;
+    state.check_function_quotas(&caller, &name).await?;
     let record = state
         .registry
-        .create_function(&tenant(), &name, now_ms())
+        .create_function(&caller.tenant, &name, now_ms())
         .await?;
     Ok((StatusCode::CREATED, Json(state.function_info(record))))
 }
@@ -484,12 +567,14 @@ async fn create_function(
         (status = 404, body = ErrorBody)))]
 async fn get_function(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<FunctionInfo>, ApiError> {
+    caller.require(Action::Read)?;
     let name = function_name(name)?;
     let record = state
         .registry
-        .function(&tenant(), &name)
+        .function(&caller.tenant, &name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))?;
     Ok(Json(state.function_info(record)))
@@ -502,10 +587,16 @@ async fn get_function(
         (status = 404, body = ErrorBody)))]
 async fn delete_function(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require(Action::Write)?;
     let name = function_name(name)?;
-    let Some(revision) = state.registry.delete_function(&tenant(), &name).await? else {
+    let Some(revision) = state
+        .registry
+        .delete_function(&caller.tenant, &name)
+        .await?
+    else {
         return Err(ApiError::NotFound(format!(
             "function `{name}` does not exist"
         )));
@@ -513,7 +604,7 @@ async fn delete_function(
     state.until_live(revision).await;
     state
         .logs
-        .delete_stream(&Registry::log_stream(&tenant(), &name))
+        .delete_stream(&Registry::log_stream(&caller.tenant, &name))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -528,13 +619,16 @@ async fn delete_function(
         (status = 415, description = "Not sent as `application/wasm`", body = ErrorBody)))]
 async fn deploy_version(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
     params: Result<Query<DeployParams>, QueryRejection>,
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<VersionInfo>), ApiError> {
+    caller.require(Action::Write)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(name)?;
+    state.check_function_quotas(&caller, &name).await?;
     let delivery = params.delivery()?;
     let limits = LimitsPatch {
         memory_bytes: params.memory_bytes,
@@ -579,13 +673,14 @@ async fn deploy_version(
     let (version, revision) = state
         .registry
         .deploy(
-            &tenant(),
+            &caller.tenant,
             &name,
             NewVersion {
                 digest: digest.clone(),
                 size_bytes: size,
                 limits,
                 delivery,
+                public: params.public,
             },
             now_ms(),
         )
@@ -643,10 +738,12 @@ async fn read_capped(body: Body, cap: usize) -> Result<bytes::Bytes, Option<ApiE
         (status = 404, body = ErrorBody)))]
 async fn list_versions(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<VersionInfo>>, ApiError> {
+    caller.require(Action::Read)?;
     let name = function_name(name)?;
-    let versions = state.registry.versions(&tenant(), &name).await?;
+    let versions = state.registry.versions(&caller.tenant, &name).await?;
     Ok(Json(
         versions
             .into_iter()
@@ -662,12 +759,14 @@ async fn list_versions(
         (status = 404, body = ErrorBody)))]
 async fn get_version(
     State(state): State<ApiState>,
+    caller: Caller,
     Path((name, version)): Path<(String, u64)>,
 ) -> Result<Json<VersionInfo>, ApiError> {
+    caller.require(Action::Read)?;
     let name = function_name(name)?;
     let record = state
         .registry
-        .version(&tenant(), &name, version)
+        .version(&caller.tenant, &name, version)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("function `{name}` has no version {version}")))?;
     Ok(Json(state.version_info(record, None)))
@@ -680,12 +779,19 @@ async fn get_version(
         (status = 404, body = ErrorBody)))]
 async fn read_logs(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
     params: Result<Query<LogParams>, QueryRejection>,
 ) -> Result<Json<LogPage>, ApiError> {
+    caller.require(Action::Read)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(name)?;
-    if state.registry.function(&tenant(), &name).await?.is_none() {
+    if state
+        .registry
+        .function(&caller.tenant, &name)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::NotFound(format!(
             "function `{name}` does not exist"
         )));
@@ -693,7 +799,7 @@ async fn read_logs(
     let after = params.after.unwrap_or(0);
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
     let wait = Duration::from_millis(params.wait_ms.unwrap_or(0).min(30_000));
-    let stream = Registry::log_stream(&tenant(), &name);
+    let stream = Registry::log_stream(&caller.tenant, &name);
     let deadline = Instant::now() + wait;
     let mut stopping = state.stopping.clone();
     let raw = loop {
@@ -721,9 +827,18 @@ async fn read_logs(
     }))
 }
 
-async fn existing(state: &ApiState, name: String) -> Result<FunctionName, ApiError> {
+async fn existing(
+    state: &ApiState,
+    caller: &Caller,
+    name: String,
+) -> Result<FunctionName, ApiError> {
     let name = function_name(name)?;
-    if state.registry.function(&tenant(), &name).await?.is_none() {
+    if state
+        .registry
+        .function(&caller.tenant, &name)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::NotFound(format!(
             "function `{name}` does not exist"
         )));
@@ -738,14 +853,19 @@ async fn existing(state: &ApiState, name: String) -> Result<FunctionName, ApiErr
         (status = 404, body = ErrorBody)))]
 async fn list_invocations(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Vec<InvocationRecord>>, ApiError> {
+    caller.require(Action::Read)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let name = existing(&state, name).await?;
+    let name = existing(&state, &caller, name).await?;
     let limit = params.limit.unwrap_or(100).clamp(1, 10_000);
     Ok(Json(
-        state.events.invocations(&tenant(), &name, limit).await?,
+        state
+            .events
+            .invocations(&caller.tenant, &name, limit)
+            .await?,
     ))
 }
 
@@ -758,16 +878,18 @@ async fn list_invocations(
         (status = 413, body = ErrorBody)))]
 async fn submit_invocation(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
     params: Result<Query<SubmitParams>, QueryRejection>,
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    caller.require(Action::Invoke)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(name)?;
     let function = state
         .registry
-        .function(&tenant(), &name)
+        .function(&caller.tenant, &name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))?;
     let cap = function
@@ -788,7 +910,7 @@ async fn submit_invocation(
     };
     let id = state.events.next_invocation_id();
     let envelope = Events::envelope(
-        tenant(),
+        caller.tenant.clone(),
         name,
         id.clone(),
         path,
@@ -814,11 +936,13 @@ async fn submit_invocation(
         (status = 404, body = ErrorBody)))]
 async fn add_schedule(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
     body: Result<Json<NewSchedule>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ScheduleInfo>), ApiError> {
+    caller.require(Action::Write)?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let name = existing(&state, name).await?;
+    let name = existing(&state, &caller, name).await?;
     let id = match body.id {
         Some(id) => FunctionName::new(id)
             .map_err(|e| ApiError::BadRequest(format!("schedule id: {e}")))?
@@ -827,7 +951,7 @@ async fn add_schedule(
     };
     let record = gust_events::ScheduleRecord {
         id,
-        tenant: tenant(),
+        tenant: caller.tenant.clone(),
         function: name,
         expr: body.expr,
         tz: body.tz.unwrap_or_else(|| "UTC".to_string()),
@@ -844,10 +968,12 @@ async fn add_schedule(
     responses((status = 200, body = [ScheduleInfo]), (status = 404, body = ErrorBody)))]
 async fn list_schedules(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<ScheduleInfo>>, ApiError> {
-    let name = existing(&state, name).await?;
-    let records = state.events.schedules(&tenant(), &name).await?;
+    caller.require(Action::Read)?;
+    let name = existing(&state, &caller, name).await?;
+    let records = state.events.schedules(&caller.tenant, &name).await?;
     Ok(Json(records.into_iter().map(ScheduleInfo::from).collect()))
 }
 
@@ -856,10 +982,15 @@ async fn list_schedules(
     responses((status = 204, description = "Removed"), (status = 404, body = ErrorBody)))]
 async fn remove_schedule(
     State(state): State<ApiState>,
+    caller: Caller,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let name = existing(&state, name).await?;
-    state.events.remove_schedule(&tenant(), &name, &id).await?;
+    caller.require(Action::Write)?;
+    let name = existing(&state, &caller, name).await?;
+    state
+        .events
+        .remove_schedule(&caller.tenant, &name, &id)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -870,9 +1001,11 @@ async fn remove_schedule(
         (status = 404, body = ErrorBody)))]
 async fn get_invocation(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<InvocationRecord>, ApiError> {
-    Ok(Json(state.events.invocation(&tenant(), &id).await?))
+    caller.require(Action::Read)?;
+    Ok(Json(state.events.invocation(&caller.tenant, &id).await?))
 }
 
 #[utoipa::path(get, path = "/v1/functions/{name}/dead-letters", tag = "events",
@@ -882,10 +1015,12 @@ async fn get_invocation(
         (status = 404, body = ErrorBody)))]
 async fn list_dead_letters(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<DeadLetterInfo>>, ApiError> {
-    let name = existing(&state, name).await?;
-    let letters = state.events.dead_letters(&tenant(), &name).await?;
+    caller.require(Action::Read)?;
+    let name = existing(&state, &caller, name).await?;
+    let letters = state.events.dead_letters(&caller.tenant, &name).await?;
     Ok(Json(
         letters
             .into_iter()
@@ -915,10 +1050,12 @@ async fn list_dead_letters(
         (status = 404, body = ErrorBody)))]
 async fn redrive_all(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<Redriven>, ApiError> {
-    let name = existing(&state, name).await?;
-    let redriven = state.events.redrive(&tenant(), &name, None).await?;
+    caller.require(Action::Write)?;
+    let name = existing(&state, &caller, name).await?;
+    let redriven = state.events.redrive(&caller.tenant, &name, None).await?;
     Ok(Json(Redriven { redriven }))
 }
 
@@ -929,10 +1066,15 @@ async fn redrive_all(
         (status = 404, body = ErrorBody)))]
 async fn redrive_one(
     State(state): State<ApiState>,
+    caller: Caller,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<Redriven>, ApiError> {
-    let name = existing(&state, name).await?;
-    let redriven = state.events.redrive(&tenant(), &name, Some(&id)).await?;
+    caller.require(Action::Write)?;
+    let name = existing(&state, &caller, name).await?;
+    let redriven = state
+        .events
+        .redrive(&caller.tenant, &name, Some(&id))
+        .await?;
     Ok(Json(Redriven { redriven }))
 }
 
@@ -940,9 +1082,17 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json())
 }
 
-async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+async fn metrics(State(state): State<ApiState>, request: axum::extract::Request) -> Response {
+    // Metrics name every tenant's functions: with auth on, admins only.
+    if state.auth {
+        let caller = auth::authenticate_request(&state, &request);
+        if let Err(e) = caller.and_then(|c| c.require(Action::Administer)) {
+            return e.into_response();
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         (state.metrics)(),
     )
+        .into_response()
 }

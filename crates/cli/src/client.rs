@@ -25,6 +25,9 @@ pub struct ApiArgs {
         global = true
     )]
     api: String,
+    /// Act on this tenant (admins: any; others: their token's own).
+    #[arg(long, env = "GUST_TENANT", global = true)]
+    tenant: Option<String>,
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     pub json: bool,
@@ -33,7 +36,8 @@ pub struct ApiArgs {
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   gust deploy hello hello.wasm
-  gust deploy api api.wasm --memory-mb 256 --timeout-ms 5000 --allow-host api.github.com")]
+  gust deploy api api.wasm --memory-mb 256 --timeout-ms 5000 --allow-host api.github.com
+  gust deploy site site.wasm --public")]
 pub struct DeployArgs {
     /// Function name: lowercase letters, digits and `-`.
     name: String,
@@ -54,6 +58,12 @@ pub struct DeployArgs {
     /// A host the function may call (repeat for more; `*.example.com` for subdomains).
     #[arg(long = "allow-host")]
     allow_hosts: Vec<String>,
+    /// Anyone with the URL may call it (a new function is private: callers need a token).
+    #[arg(long, conflicts_with = "private")]
+    public: bool,
+    /// Callers need a token of the tenant that may invoke (the default).
+    #[arg(long)]
+    private: bool,
     /// Events: attempts in all, the first included (default 3).
     #[arg(long)]
     max_attempts: Option<u32>,
@@ -177,6 +187,7 @@ pub(crate) struct Api {
     base: String,
     http: reqwest::Client,
     token: Option<String>,
+    tenant: Option<String>,
 }
 
 impl Api {
@@ -188,11 +199,21 @@ impl Api {
             base: args.api.trim_end_matches('/').to_string(),
             http,
             token: std::env::var("GUST_TOKEN").ok().filter(|t| !t.is_empty()),
+            tenant: args.tenant.clone(),
         })
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let builder = self.http.request(method, format!("{}{path}", self.base));
+        let builder = match &self.tenant {
+            Some(tenant) => builder.header("gust-tenant", tenant),
+            None => builder,
+        };
+        self.authorize(builder)
+    }
+
+    /// Adds the token, if there is one (also for calls to private functions).
+    pub fn authorize(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.token {
             Some(token) => builder.bearer_auth(token),
             None => builder,
@@ -286,6 +307,9 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(target) = &args.on_failure {
         query.push(("on_failure", target.clone()));
+    }
+    if args.public || args.private {
+        query.push(("public", args.public.to_string()));
     }
     let path = format!("/v1/functions/{}/versions", args.name);
     let progress = (!args.api.json).then(|| {
@@ -404,6 +428,9 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     let mut request = api
         .http
         .request(method, format!("{}{}", function.url, path));
+    if !function.public {
+        request = api.authorize(request);
+    }
     for header in &args.headers {
         let (name, value) = header
             .split_once(':')

@@ -3,6 +3,7 @@
 //! and control API together. Every other subcommand is a client of the
 //! control API. Logic that a library crate could own does not live here.
 
+mod access;
 mod client;
 mod kv;
 mod output;
@@ -19,6 +20,7 @@ use clap::{Parser, Subcommand};
     about = "Gust: deploy WebAssembly functions and run them, on one machine or many.",
     after_help = "Examples:
   gust up                                   start the platform in ./.gust
+  export GUST_TOKEN=gust_...                the admin token `gust up` printed
   gust deploy hello target/wasm32-wasip2/release/hello.wasm
   curl http://127.0.0.1:8080/hello/
   gust invoke hello --path /x --data 'hi'
@@ -63,6 +65,12 @@ enum Command {
     Kv(kv::KvArgs),
     /// Run functions on changes in a bucket: add, ls, rm.
     Trigger(kv::TriggerArgs),
+    /// Tenants (admins): create, ls.
+    Tenant(access::TenantArgs),
+    /// API tokens of the tenant: create, ls, revoke.
+    Token(access::TokenArgs),
+    /// The tenant's log of control-plane changes.
+    Audit(access::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +100,9 @@ fn main() -> ExitCode {
             Command::Schedule(args) => client::schedule(args).await,
             Command::Kv(args) => kv::kv(args).await,
             Command::Trigger(args) => kv::trigger(args).await,
+            Command::Tenant(args) => access::tenant(args).await,
+            Command::Token(args) => access::token(args).await,
+            Command::Audit(args) => access::audit(args).await,
         }
     });
     // Tasks still parked (a dispatcher worker waiting for events, a

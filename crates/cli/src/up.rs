@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use gust_api::ApiState;
 use gust_events::{ChangeFeed, Dispatcher, Events, Scheduler};
-use gust_gateway::{Gateway, GatewayConfig};
+use gust_gateway::{Gateway, GatewayConfig, Services};
 use gust_runtime::{Runtime, RuntimeConfig};
 use gust_store::{
-    BlobStore, Buckets, DataStore, EmbeddedStore, KvStore, LogStore, QueueStore, Registry,
+    Accounts, BlobStore, Buckets, DataStore, EmbeddedStore, KvStore, LogStore, QueueStore, Registry,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -46,6 +46,12 @@ pub struct UpArgs {
     /// Milliseconds a request body may pause between two pieces.
     #[arg(long, default_value_t = 30_000)]
     body_idle_timeout_ms: u64,
+    /// Dev mode: no tokens, every function public. Only on loopback addresses.
+    #[arg(long)]
+    pub dev: bool,
+    /// Mint a new admin token at start (for a lost one) and print it.
+    #[arg(long)]
+    pub new_admin_token: bool,
     /// Largest payload of an asynchronous invocation, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_event_bytes: u64,
@@ -56,6 +62,11 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    if args.dev && !(args.listen.ip().is_loopback() && args.api_listen.ip().is_loopback()) {
+        anyhow::bail!(
+            "--dev turns authentication off, so both --listen and --api-listen must be loopback addresses (127.0.0.1 or ::1)"
+        );
+    }
     init_logging();
     std::fs::create_dir_all(&args.data_dir).with_context(|| {
         format!(
@@ -81,6 +92,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let data: Arc<dyn DataStore> = Arc::new(store);
     let buckets = Buckets::new(data.clone());
     let events = Events::new(queues, kv.clone());
+    let accounts = Accounts::start(kv.clone()).await?;
+    let admin_token = prepare_accounts(&accounts, &args).await?;
     let registry = Registry::new(kv);
 
     let data_listener = TcpListener::bind(args.listen).await.with_context(|| {
@@ -104,14 +117,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
         body_idle_timeout: Duration::from_millis(args.body_idle_timeout_ms),
         max_event_bytes: args.max_event_bytes,
+        auth: !args.dev,
     };
     let (gateway, log_writer) = Gateway::start(
-        runtime.clone(),
-        registry.clone(),
-        blobs.clone(),
-        logs.clone(),
-        events.clone(),
-        buckets.clone(),
+        Services {
+            runtime: runtime.clone(),
+            registry: registry.clone(),
+            blobs: blobs.clone(),
+            logs: logs.clone(),
+            events: events.clone(),
+            buckets: buckets.clone(),
+            accounts: accounts.clone(),
+        },
         gateway_config,
     )
     .await;
@@ -146,6 +163,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         metrics,
         events,
         buckets,
+        accounts,
+        auth: !args.dev,
         stopping: stop_rx_api,
         applied: gateway.applied_revision(),
     });
@@ -157,6 +176,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("gust: functions on http://{data_addr}");
     println!("gust: control API on http://{api_addr}");
     println!("gust: data in {}", args.data_dir.display());
+    if args.dev {
+        println!(
+            "gust: DEV MODE: no authentication, every function is public and the control API is open to anyone on this machine"
+        );
+    } else if let Some(token) = admin_token {
+        println!("gust: admin token (shown once, keep it): {token}");
+        println!("gust:   export GUST_TOKEN={token}");
+    }
 
     let api_server = tokio::spawn(
         axum::serve(api_listener, api)
@@ -335,4 +362,35 @@ fn render_metrics(gateway: &Gateway, runtime: &Runtime, events: &Events) -> Stri
         &[("", r.instantiations)],
     );
     out
+}
+
+/// Makes sure the default tenant exists and, with auth on, that someone can
+/// log in: on a fresh data directory (no token yet) or when asked, mints an
+/// admin token and returns it to be printed once.
+async fn prepare_accounts(accounts: &Accounts, args: &UpArgs) -> anyhow::Result<Option<String>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let default = gust_core::TenantId::default_tenant();
+    if accounts.tenant(&default).is_none() {
+        accounts
+            .create_tenant(default.clone(), Default::default(), now)
+            .await?;
+    }
+    if args.dev || (accounts.any_token() && !args.new_admin_token) {
+        return Ok(None);
+    }
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
+    let (_, token) = accounts
+        .create_token(
+            &default,
+            gust_core::access::Role::Admin,
+            None,
+            "first admin token, minted by `gust up`".into(),
+            random,
+            now,
+        )
+        .await?;
+    Ok(Some(token))
 }

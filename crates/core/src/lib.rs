@@ -6,6 +6,7 @@
 //! must not depend on tokio, wasmtime or hyper: everything here is plain data
 //! that any other crate, and any test, can build by hand.
 
+pub mod access;
 pub mod delivery;
 mod event;
 pub mod kv;

@@ -17,6 +17,10 @@ pub struct FunctionRecord {
     pub latest_version: u64,
     /// The version that serves traffic, if any.
     pub active: Option<ActiveVersion>,
+    /// Anyone with the URL may call it; otherwise a token of its tenant
+    /// that may invoke is needed (when the server requires tokens).
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// The version of a function that serves its traffic.

@@ -207,5 +207,5 @@ async fn submit(
     envelope.content_type = Some("application/json".to_string());
     envelope.time_ms = now_ms();
     let group = format!("kv/{bucket}/{key}");
-    events.submit_once(envelope, group).await
+    events.submit_once(envelope, Some(group)).await
 }

@@ -269,17 +269,21 @@ impl Events {
         self.submit_in(envelope, None).await
     }
 
-    /// Like [`Events::submit`], in an ordering group: events of one group
-    /// are delivered one at a time in submission order (an event waits for
-    /// the one before it to succeed or be dead-lettered). Skipped if an
+    /// Like [`Events::submit`], optionally in an ordering group: events of
+    /// one group are delivered one at a time in submission order (an event
+    /// waits for the one before it to succeed or be dead-lettered). Skipped if an
     /// invocation with this id was already accepted: for triggers that give
     /// events deterministic ids and may submit one again after a crash.
-    pub async fn submit_once(&self, envelope: Envelope, group: String) -> Result<(), EventsError> {
+    pub async fn submit_once(
+        &self,
+        envelope: Envelope,
+        group: Option<String>,
+    ) -> Result<(), EventsError> {
         let key = invocation_key(&envelope.tenant, &envelope.invocation_id);
         if self.kv.get(&key).await?.is_some() {
             return Ok(());
         }
-        self.submit_in(envelope, Some(group)).await
+        self.submit_in(envelope, group).await
     }
 
     async fn submit_in(

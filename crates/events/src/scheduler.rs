@@ -3,7 +3,10 @@
 //!
 //! A tick is claimed with a compare-and-set on the schedule's last-tick
 //! record before its event is submitted, so a tick fires once even if two
-//! tasks (two nodes, later) race for it.
+//! tasks (two nodes, later) race for it. Its invocation id comes from the
+//! schedule and the tick, so at start-up the last claimed tick is simply
+//! submitted again ([`Events::submit_once`] skips it if it was queued):
+//! a crash between claim and submission does not lose it.
 //!
 //! Ticks missed while the server was down: by default they are skipped and
 //! the schedule waits for its next tick. A schedule with `catch_up: N`
@@ -121,11 +124,15 @@ fn start_task(
 async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: TimeZone) {
     let tick_key = format!("tick/{}/{}/{}", record.tenant, record.function, record.id);
     let now = now_ms();
-    if record.catch_up > 0
-        && let Some(last) = last_tick(&events, &tick_key).await
-    {
-        for tick in missed(&schedule, &zone, last, now, record.catch_up as usize) {
-            fire(&events, &record, &tick_key, tick).await;
+    if let Some(last) = last_tick(&events, &tick_key).await {
+        // The last claimed tick may not have reached the queue (a crash
+        // between the claim and the submission): submit it again, which
+        // does nothing if it did.
+        submit(&events, &record, last).await;
+        if record.catch_up > 0 {
+            for tick in missed(&schedule, &zone, last, now, record.catch_up as usize) {
+                fire(&events, &record, &tick_key, tick).await;
+            }
         }
     }
     let mut after = now;
@@ -162,10 +169,15 @@ fn missed(schedule: &Schedule, zone: &TimeZone, last: u64, now: u64, keep: usize
 
 /// Claims a tick and, if this caller won it, submits its event.
 async fn fire(events: &Events, record: &ScheduleRecord, tick_key: &str, tick: u64) {
-    if !claim_tick(events, tick_key, tick).await {
-        return;
+    if claim_tick(events, tick_key, tick).await {
+        submit(events, record, tick).await;
     }
-    let id = events.next_invocation_id();
+}
+
+/// Submits a tick's event, unless it was already accepted: its invocation
+/// id comes from the schedule and the tick.
+async fn submit(events: &Events, record: &ScheduleRecord, tick: u64) {
+    let id = format!("sched-{}-{}-{tick}", record.function, record.id);
     let mut envelope = Events::envelope(
         record.tenant.clone(),
         record.function.clone(),
@@ -179,7 +191,7 @@ async fn fire(events: &Events, record: &ScheduleRecord, tick_key: &str, tick: u6
     envelope.ty = "dev.gust.schedule.tick".to_string();
     envelope.subject = Some(record.id.clone());
     envelope.time_ms = tick;
-    if let Err(e) = events.submit(envelope).await {
+    if let Err(e) = events.submit_once(envelope, None).await {
         tracing::error!(schedule = record.id, tick, error = %e, "could not queue a tick");
     }
 }

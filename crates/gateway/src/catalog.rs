@@ -20,6 +20,8 @@ pub(crate) struct Route {
     pub digest: String,
     pub limits: Arc<Limits>,
     pub delivery: DeliveryPolicy,
+    /// Callable without a token.
+    pub public: bool,
     prepared: OnceCell<Arc<Prepared>>,
 }
 
@@ -33,7 +35,7 @@ pub(crate) enum LoadError {
 }
 
 impl Route {
-    fn new(tenant: TenantId, name: FunctionName, active: ActiveVersion) -> Self {
+    fn new(tenant: TenantId, name: FunctionName, active: ActiveVersion, public: bool) -> Self {
         Self {
             tenant,
             name,
@@ -41,6 +43,7 @@ impl Route {
             digest: active.digest,
             limits: Arc::new(active.limits),
             delivery: active.delivery,
+            public,
             prepared: OnceCell::new(),
         }
     }
@@ -76,7 +79,7 @@ impl Route {
     }
 }
 
-/// Function name → serving route, for the default tenant's data plane.
+/// `<tenant>/<function>` → serving route.
 pub(crate) struct Catalog {
     routes: RwLock<HashMap<String, Arc<Route>>>,
     /// The registry revision the routes reflect, for callers that must not
@@ -108,25 +111,23 @@ impl Catalog {
         });
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<Route>> {
+    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Route>> {
+        let key = route_key(tenant, name);
         self.routes
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(name)
+            .get(&key)
             .cloned()
     }
 
     /// Applies one registry change; returns the route it displaced, if any.
     fn apply(&self, event: &KvEvent) -> Option<Arc<Route>> {
         let (tenant, name) = Registry::parse_function_key(event.key())?;
-        // Until tenants get their own hosts, only the default tenant is served.
-        if tenant != TenantId::default_tenant() {
-            return None;
-        }
+        let key = route_key(tenant.as_str(), name.as_str());
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
-        let active = match event {
+        let record = match event {
             KvEvent::Put(entry) => match Registry::decode_function(entry) {
-                Ok(record) => record.active,
+                Ok(record) => Some(record),
                 Err(e) => {
                     tracing::error!(key = entry.key, error = %e, "skipping undecodable function record");
                     return None;
@@ -134,20 +135,17 @@ impl Catalog {
             },
             KvEvent::Delete { .. } => None,
         };
-        match active {
-            Some(active) => {
-                let unchanged = routes
-                    .get(name.as_str())
-                    .is_some_and(|r| r.version == active.version && r.digest == active.digest);
+        match record.and_then(|r| r.active.map(|a| (a, r.public))) {
+            Some((active, public)) => {
+                let unchanged = routes.get(&key).is_some_and(|r| {
+                    r.version == active.version && r.digest == active.digest && r.public == public
+                });
                 if unchanged {
                     return None;
                 }
-                routes.insert(
-                    name.as_str().to_string(),
-                    Arc::new(Route::new(tenant, name, active)),
-                )
+                routes.insert(key, Arc::new(Route::new(tenant, name, active, public)))
             }
-            None => routes.remove(name.as_str()),
+            None => routes.remove(&key),
         }
     }
 
@@ -174,6 +172,7 @@ impl Catalog {
             if let Some(old) = routes.get(name)
                 && old.version == route.version
                 && old.digest == route.digest
+                && old.public == route.public
             {
                 *route = old.clone();
             }
@@ -186,6 +185,10 @@ impl Catalog {
         *routes = fresh;
         gone
     }
+}
+
+fn route_key(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
 }
 
 /// Keeps `catalog` in step with the registry until the process ends. Each
@@ -227,7 +230,7 @@ pub(crate) async fn follow_registry(
                     }
                     catalog.mark_applied(event.revision());
                     if let Some(route) = Registry::parse_function_key(event.key())
-                        .and_then(|(_, name)| catalog.get(name.as_str()))
+                        .and_then(|(tenant, name)| catalog.get(tenant.as_str(), name.as_str()))
                     {
                         let (runtime, blobs) = (runtime.clone(), blobs.clone());
                         tokio::spawn(async move {

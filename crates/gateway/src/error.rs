@@ -33,10 +33,24 @@ pub(crate) enum GatewayError {
         function: String,
         error: InvokeError,
     },
+    /// No usable token for a private function.
+    Unauthorized(String),
+    /// A valid token that may not call this function.
+    Forbidden(String),
+    /// Over a tenant quota: the message names it.
+    QuotaExceeded {
+        message: String,
+        retry_after_s: u64,
+    },
 }
 
 impl GatewayError {
     pub fn into_response(self, invocation_id: &str) -> Response<GatewayBody> {
+        let retry_after = match &self {
+            GatewayError::QuotaExceeded { retry_after_s, .. } => (*retry_after_s).max(1),
+            _ => 1,
+        };
+        let unauthorized = matches!(self, GatewayError::Unauthorized(_));
         let (status, text) = self.describe(invocation_id);
         let mut response = Response::new(
             Full::new(Bytes::from(text + "\n"))
@@ -51,7 +65,12 @@ impl GatewayError {
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        if unauthorized {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -69,6 +88,9 @@ impl GatewayError {
                 format!("no function named `{name}` is deployed (see `gust ls`)"),
             ),
             GatewayError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.to_string()),
+            GatewayError::Unauthorized(why) => (StatusCode::UNAUTHORIZED, why),
+            GatewayError::Forbidden(why) => (StatusCode::FORBIDDEN, why),
+            GatewayError::QuotaExceeded { message, .. } => (StatusCode::TOO_MANY_REQUESTS, message),
             GatewayError::BodyTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body is larger than this function's limit of {limit} bytes"),

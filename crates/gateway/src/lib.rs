@@ -8,6 +8,7 @@
 //! gateway holds no business state: its routing table is derived from the
 //! registry and rebuilt from it at will. It must not serve the control API.
 
+mod access;
 mod body;
 mod catalog;
 mod error;
@@ -61,6 +62,8 @@ pub struct GatewayConfig {
     pub max_in_flight: usize,
     /// Largest payload of an asynchronous invocation (an event), in bytes.
     pub max_event_bytes: u64,
+    /// Private functions need a token (false only in dev mode).
+    pub auth: bool,
 }
 
 impl Default for GatewayConfig {
@@ -71,6 +74,7 @@ impl Default for GatewayConfig {
             drain_timeout: Duration::from_secs(60),
             max_in_flight: 1000,
             max_event_bytes: 1 << 20,
+            auth: true,
         }
     }
 }
@@ -112,6 +116,7 @@ struct Shared {
     counters: Counters,
     events: Events,
     buckets: Buckets,
+    access: access::Access,
 }
 
 /// Handle on the log writer, to flush it at shutdown.
@@ -129,18 +134,30 @@ impl LogWriter {
     }
 }
 
+/// What the data plane works with; built by the binary.
+pub struct Services {
+    pub runtime: Runtime,
+    pub registry: Registry,
+    pub blobs: Arc<dyn BlobStore>,
+    pub logs: Arc<dyn LogStore>,
+    pub events: Events,
+    pub buckets: Buckets,
+    pub accounts: gust_store::Accounts,
+}
+
 impl Gateway {
     /// Builds the data plane and waits until its routing table holds the
     /// registry's current functions.
-    pub async fn start(
-        runtime: Runtime,
-        registry: Registry,
-        blobs: Arc<dyn BlobStore>,
-        log_store: Arc<dyn LogStore>,
-        events: Events,
-        buckets: Buckets,
-        config: GatewayConfig,
-    ) -> (Self, LogWriter) {
+    pub async fn start(services: Services, config: GatewayConfig) -> (Self, LogWriter) {
+        let Services {
+            runtime,
+            registry,
+            blobs,
+            logs: log_store,
+            events,
+            buckets,
+            accounts,
+        } = services;
         let catalog = Arc::new(Catalog::default());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(catalog::follow_registry(
@@ -160,6 +177,7 @@ impl Gateway {
                 blobs,
                 logs,
                 admission: Arc::new(Semaphore::new(config.max_in_flight)),
+                access: access::Access::new(accounts, config.auth),
                 config,
                 draining: AtomicBool::new(false),
                 counters: Counters::default(),
@@ -270,15 +288,24 @@ async fn invoke(
         return Err(GatewayError::Draining);
     }
     let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let Some((name, tail)) = route::split_function_path(path_and_query) else {
+    let Some(target) = route::split_target(path_and_query) else {
         return Err(reject_unread(shared, request, GatewayError::NoRoute).await);
     };
-    let Some(route) = shared.catalog.get(name) else {
-        let error = GatewayError::NoSuchFunction(name.to_string());
+    let tenant = target.tenant.unwrap_or(DEFAULT_TENANT);
+    let Some(route) = shared.catalog.get(tenant, target.name) else {
+        let error = GatewayError::NoSuchFunction(target.name.to_string());
         return Err(reject_unread(shared, request, error).await);
     };
     // The path the function sees; the request is moved below.
-    let guest_path = route::guest_path(tail).into_owned();
+    let guest_path = route::guest_path(target.tail).into_owned();
+    let mut request = request;
+    let admitted = shared
+        .access
+        .authorize(&route, request.headers_mut())
+        .and_then(|()| shared.access.admit_rate(&route.tenant));
+    if let Err(error) = admitted {
+        return Err(reject_unread(shared, request, error).await);
+    }
     let declared_length = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -404,6 +431,7 @@ where
         .clone()
         .try_acquire_owned()
         .map_err(|_| GatewayError::Overloaded)?;
+    let tenant_permit = shared.access.admit_run(&route.tenant)?;
     let prepared = route
         .prepared(&shared.runtime, shared.blobs.as_ref())
         .await
@@ -421,6 +449,7 @@ where
         let id = id.to_string();
         move |report: InvocationReport| {
             drop(permit);
+            drop(tenant_permit);
             record(&shared, &route, &id, report);
         }
     };
@@ -491,7 +520,10 @@ impl Invoker for Gateway {
     async fn deliver(&self, envelope: &Envelope, attempt: u32) -> AttemptOutcome {
         let shared = &self.shared;
         let id = envelope.invocation_id.as_str();
-        let Some(route) = shared.catalog.get(envelope.function.as_str()) else {
+        let Some(route) = shared
+            .catalog
+            .get(envelope.tenant.as_str(), envelope.function.as_str())
+        else {
             return AttemptOutcome {
                 status: 404,
                 error: Some(format!("function `{}` no longer exists", envelope.function)),
@@ -557,12 +589,12 @@ impl Invoker for Gateway {
 
     fn policy(
         &self,
-        _tenant: &gust_core::TenantId,
+        tenant: &gust_core::TenantId,
         function: &gust_core::FunctionName,
     ) -> Option<(DeliveryPolicy, u64)> {
         self.shared
             .catalog
-            .get(function.as_str())
+            .get(tenant.as_str(), function.as_str())
             .map(|r| (r.delivery.clone(), r.limits.timeout_ms))
     }
 }
@@ -596,7 +628,9 @@ fn record(shared: &Shared, route: &catalog::Route, id: &str, report: InvocationR
     shared.logs.record(&route.tenant, &route.name, &record);
 }
 
-fn now_ms() -> u64 {
+const DEFAULT_TENANT: &str = "default";
+
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -240,6 +240,7 @@ fn version(digest: &str, size_bytes: u64) -> NewVersion {
         size_bytes,
         limits: Limits::default(),
         delivery: Default::default(),
+        public: None,
     }
 }
 

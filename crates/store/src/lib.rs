@@ -9,6 +9,7 @@
 //! This crate must not know about HTTP or WebAssembly: it stores bytes and
 //! records, and says nothing about how they are served or run.
 
+mod accounts;
 mod buckets;
 pub mod conformance;
 mod embedded;
@@ -17,6 +18,7 @@ mod registry;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use accounts::{Accounts, AccountsError, AuthError, TenantRecord, TokenRecord};
 pub use buckets::{Buckets, BucketsError, Value};
 pub use embedded::EmbeddedStore;
 pub use registry::{NewVersion, Registry, RegistryError};

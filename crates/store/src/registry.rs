@@ -58,6 +58,8 @@ pub struct NewVersion {
     pub size_bytes: u64,
     pub limits: Limits,
     pub delivery: DeliveryPolicy,
+    /// Make the function public (`Some(true)`) or private; `None` keeps it as it is.
+    pub public: Option<bool>,
 }
 
 /// Typed access to functions and versions.
@@ -103,6 +105,7 @@ impl Registry {
             created_at_ms: now_ms,
             latest_version: 0,
             active: None,
+            public: false,
         };
         match self
             .kv
@@ -140,6 +143,7 @@ impl Registry {
                         created_at_ms: now_ms,
                         latest_version: 0,
                         active: None,
+                        public: false,
                     },
                     None,
                 ),
@@ -155,6 +159,9 @@ impl Registry {
                 created_at_ms: now_ms,
             };
             record.latest_version = version.version;
+            if let Some(public) = new.public {
+                record.public = public;
+            }
             record.active = Some(ActiveVersion {
                 version: version.version,
                 digest: version.digest.clone(),

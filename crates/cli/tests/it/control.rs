@@ -121,6 +121,7 @@ async fn logs_show_output_per_invocation() {
     let mut follower = std::process::Command::new(env!("CARGO_BIN_EXE_gust"))
         .args(["logs", "tb", "--follow"])
         .env("GUST_API", &server.api)
+        .env("GUST_TOKEN", &server.token)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

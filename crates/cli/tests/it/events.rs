@@ -211,8 +211,8 @@ async fn kill_9_with_a_backlog_loses_no_accepted_event() {
     let mut tasks = Vec::new();
     for chunk in 0..10 {
         let url = server.url.clone();
+        let http = server.http.clone();
         tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
             let mut ids = Vec::new();
             for i in 0..EVENTS / 10 {
                 let response = http

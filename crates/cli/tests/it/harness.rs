@@ -58,6 +58,9 @@ pub struct Server {
     pub url: String,
     /// Control API base URL.
     pub api: String,
+    /// The admin token `gust up` printed on the first start of its data
+    /// directory (kept there for restarts); sent by `http` and `gust`.
+    pub token: String,
     pub http: reqwest::Client,
 }
 
@@ -97,9 +100,12 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let (mut url, mut api) = (None, None);
+        let (mut url, mut api, mut token) = (None, None, None);
+        let token_file = data_dir.join("admin-token");
+        let mut data_line = false;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while url.is_none() || api.is_none() {
+        // The token line, when there is one, comes after the data line.
+        while url.is_none() || api.is_none() || !data_line {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
                 let log = std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default();
@@ -109,14 +115,26 @@ impl Server {
                 url = Some(u.to_string());
             } else if let Some(a) = line.strip_prefix("gust: control API on ") {
                 api = Some(a.to_string());
+            } else if line.starts_with("gust: data in ") {
+                data_line = true;
             }
         }
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+            && let Some(t) = line.strip_prefix("gust: admin token (shown once, keep it): ")
+        {
+            token = Some(t.to_string());
+            std::fs::write(&token_file, t).expect("keep the admin token");
+        }
+        let token = token
+            .or_else(|| std::fs::read_to_string(&token_file).ok())
+            .unwrap_or_default();
         Self {
             child: Some(child),
             _tmp: None,
             url: url.unwrap_or_default(),
             api: api.unwrap_or_default(),
-            http: reqwest::Client::new(),
+            http: client_with_token(&token),
+            token,
         }
     }
 
@@ -191,7 +209,8 @@ impl Server {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> (u16, String) {
-        let mut request = reqwest::Client::new()
+        let mut request = self
+            .http
             .post(format!("{}{path}", self.url))
             .header("Gust-Invocation-Type", "Event")
             .body(body);
@@ -215,10 +234,11 @@ impl Server {
         use std::io::{Read as _, Write as _};
         let addr = self.url.trim_start_matches("http://").to_string();
         let path = path.to_string();
+        let token = self.token.clone();
         tokio::task::spawn_blocking(move || {
             let mut stream = std::net::TcpStream::connect(addr).expect("connect");
             let head = format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nGust-Invocation-Type: Event\r\nExpect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
+                "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nGust-Invocation-Type: Event\r\nExpect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
             );
             stream.write_all(head.as_bytes()).expect("write");
             stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -236,8 +256,42 @@ impl Server {
         Command::new(env!("CARGO_BIN_EXE_gust"))
             .args(args)
             .env("GUST_API", &self.api)
+            .env("GUST_TOKEN", &self.token)
+            .env_remove("GUST_TENANT")
             .output()
             .expect("run gust")
+    }
+
+    /// Runs a client command with another token (empty: none).
+    pub fn gust_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_gust"))
+            .args(args)
+            .env("GUST_API", &self.api)
+            .env("GUST_TOKEN", token)
+            .env_remove("GUST_TENANT")
+            .output()
+            .expect("run gust")
+    }
+
+    /// `gust_as(token, args + --json)`, asserting success, parsed.
+    pub fn gust_json_as(&self, token: &str, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.gust_as(token, &all);
+        assert!(
+            out.status.success(),
+            "gust {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    }
+
+    /// Creates a token of `role` in `tenant` with the admin token.
+    pub fn token_for(&self, tenant: &str, role: &str, extra: &[&str]) -> String {
+        let mut args = vec!["token", "create", "--role", role, "--tenant", tenant];
+        args.extend_from_slice(extra);
+        let info = self.gust_json(&args);
+        info["token"].as_str().expect("a token").to_string()
     }
 
     /// `gust ... --json`, asserting success, parsed.
@@ -311,4 +365,18 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// An HTTP client that sends `token` (if any) on every request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        && !token.is_empty()
+    {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("HTTP client")
 }

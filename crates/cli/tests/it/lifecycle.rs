@@ -31,7 +31,7 @@ async fn sigterm_lets_slow_requests_finish() {
     server.deploy("tb", &guests().testbed, &[]);
     let mut tasks = Vec::new();
     for _ in 0..5 {
-        let http = reqwest::Client::new();
+        let http = server.http.clone();
         let url = format!("{}/tb/sleep?ms=1500", server.url);
         tasks.push(tokio::spawn(async move {
             let response = http.get(url).send().await.unwrap();

@@ -68,7 +68,7 @@ async fn body_over_the_limit_gets_413() {
 
     // The default limit is 6 MiB. A client that waits for `100 Continue`
     // gets the answer before it sends the body.
-    server.deploy("default", &guests().testbed, &[]);
+    server.deploy("default", &guests().testbed, &["--public"]);
     let addr = server.url.trim_start_matches("http://").to_string();
     let head = tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -157,7 +157,8 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_that_stops_arriving_gets_408() {
     let server = Server::start_with(&["--body-idle-timeout-ms", "500"]);
-    server.deploy("tb", &guests().testbed, &[]);
+    // Public: the raw request below carries no token.
+    server.deploy("tb", &guests().testbed, &["--public"]);
     let addr = server.url.trim_start_matches("http://").to_string();
     let (waited, head) = tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(addr).unwrap();

@@ -11,3 +11,4 @@ mod harness;
 mod kv;
 mod lifecycle;
 mod limits;
+mod tenants;

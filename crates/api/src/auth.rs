@@ -1,0 +1,405 @@
+//! Who is calling: every `/v1` request carries a bearer token (unless the
+//! server runs in dev mode), which names a tenant and a role. The
+//! [`Caller`] it resolves to is what handlers use for the tenant, so a
+//! handler cannot reach another tenant's records by accident; each handler
+//! states the [`Action`] it performs and the role must allow it.
+//!
+//! Also here: tenants, tokens and the audit log of control-plane changes.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use gust_core::TenantId;
+use gust_core::access::{Action, Quotas, Role};
+use gust_store::{AuthError, TenantRecord, TokenRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::{ApiError, ApiState, now_ms};
+
+/// Header naming the tenant a request acts on (admins: any; others: their own).
+pub const TENANT_HEADER: &str = "gust-tenant";
+
+/// The resolved identity of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant: TenantId,
+    pub role: Role,
+    /// `None` in dev mode.
+    pub token_id: Option<String>,
+}
+
+impl Caller {
+    pub fn require(&self, action: Action) -> Result<(), ApiError> {
+        if self.role.allows(action) {
+            return Ok(());
+        }
+        let needs = match action {
+            Action::Read => "viewer, deployer or owner",
+            Action::Write => "deployer or owner",
+            Action::Invoke => "invoker, deployer or owner",
+            Action::ManageTokens => "owner",
+            Action::Administer => "admin",
+        };
+        Err(ApiError::Forbidden(format!(
+            "a `{}` token cannot do this; it needs a {needs} token",
+            self.role
+        )))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::Unauthorized("no caller: the request was not authenticated".into())
+        })
+    }
+}
+
+fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Resolves the caller of a request, or refuses it.
+pub(crate) fn authenticate_request(
+    state: &ApiState,
+    request: &Request,
+) -> Result<Caller, ApiError> {
+    resolve(state, request)
+}
+
+fn resolve(state: &ApiState, request: &Request) -> Result<Caller, ApiError> {
+    let wanted = header(request, TENANT_HEADER)
+        .map(|t| {
+            TenantId::new(t).map_err(|e| ApiError::BadRequest(format!("{TENANT_HEADER}: {e}")))
+        })
+        .transpose()?;
+    let (tenant, role, token_id) = if state.auth {
+        let token = header(request, "authorization")
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "this API needs a token: set GUST_TOKEN (the admin token `gust up` printed on first start, or one from `gust token create`)".into(),
+                )
+            })?;
+        let record = state
+            .accounts
+            .verify(token.trim(), now_ms())
+            .map_err(|e: AuthError| ApiError::Unauthorized(e.to_string()))?;
+        let tenant = match wanted {
+            Some(t) if t != record.tenant && record.role != Role::Admin => {
+                return Err(ApiError::Forbidden(format!(
+                    "this token belongs to tenant `{}`, not `{t}`",
+                    record.tenant
+                )));
+            }
+            Some(t) => t,
+            None => record.tenant.clone(),
+        };
+        (tenant, record.role, Some(record.id))
+    } else {
+        (wanted.unwrap_or_default(), Role::Admin, None)
+    };
+    if state.accounts.tenant(&tenant).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "no tenant `{tenant}` (an admin creates it with `gust tenant create {tenant}`)"
+        )));
+    }
+    Ok(Caller {
+        tenant,
+        role,
+        token_id,
+    })
+}
+
+/// One control-plane change, as the audit log keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub time_ms: u64,
+    /// The token's id (`dev` in dev mode).
+    pub token: String,
+    pub role: Role,
+    pub method: String,
+    pub path: String,
+    /// The HTTP status of the answer: 2xx done, anything else refused or failed.
+    pub status: u16,
+}
+
+fn audit_stream(tenant: &TenantId) -> String {
+    format!("audit/{tenant}")
+}
+
+/// The middleware in front of every `/v1` route: authenticates, then
+/// records changes (anything but GET) in the tenant's audit log.
+pub(crate) async fn authenticate(
+    State(state): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path().to_string();
+    if !path.starts_with("/v1/") || path == "/v1/openapi.json" {
+        return next.run(request).await;
+    }
+    let caller = match resolve(&state, &request) {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    let method = request.method().clone();
+    request.extensions_mut().insert(caller.clone());
+    let response = next.run(request).await;
+    if method != Method::GET && method != Method::HEAD {
+        let entry = AuditEntry {
+            seq: 0,
+            time_ms: now_ms(),
+            token: caller.token_id.unwrap_or_else(|| "dev".into()),
+            role: caller.role,
+            method: method.to_string(),
+            path,
+            status: response.status().as_u16(),
+        };
+        if let Ok(bytes) = serde_json::to_vec(&entry)
+            && let Err(e) = state
+                .logs
+                .append(vec![(audit_stream(&caller.tenant), bytes.into())])
+                .await
+        {
+            tracing::error!(error = %e, "could not write the audit log");
+        }
+    }
+    response
+}
+
+/// A tenant as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TenantInfo {
+    pub id: String,
+    pub created_at_ms: u64,
+    pub quotas: Quotas,
+}
+
+impl From<TenantRecord> for TenantInfo {
+    fn from(r: TenantRecord) -> Self {
+        Self {
+            id: r.id.to_string(),
+            created_at_ms: r.created_ms,
+            quotas: r.quotas,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// Lowercase letters, digits and `-`.
+    pub id: String,
+    /// Quotas (default: the platform's defaults).
+    pub quotas: Option<Quotas>,
+}
+
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = NewTenant,
+    responses((status = 201, body = TenantInfo), (status = 403, body = crate::ErrorBody), (status = 409, body = crate::ErrorBody)))]
+pub(crate) async fn create_tenant(
+    State(state): State<ApiState>,
+    caller: Caller,
+    body: Result<Json<NewTenant>, JsonRejection>,
+) -> Result<(StatusCode, Json<TenantInfo>), ApiError> {
+    caller.require(Action::Administer)?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let id = TenantId::new(body.id).map_err(|e| ApiError::BadRequest(format!("tenant id: {e}")))?;
+    let record = state
+        .accounts
+        .create_tenant(id, body.quotas.unwrap_or_default(), now_ms())
+        .await?;
+    Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
+    responses((status = 200, body = [TenantInfo]), (status = 403, body = crate::ErrorBody)))]
+pub(crate) async fn list_tenants(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<TenantInfo>>, ApiError> {
+    caller.require(Action::Administer)?;
+    Ok(Json(
+        state
+            .accounts
+            .tenants()
+            .into_iter()
+            .map(TenantInfo::from)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/tenant", tag = "tenants",
+    responses((status = 200, description = "The caller's tenant", body = TenantInfo)))]
+pub(crate) async fn current_tenant(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<TenantInfo>, ApiError> {
+    caller.require(Action::Read)?;
+    let record = state
+        .accounts
+        .tenant(&caller.tenant)
+        .ok_or_else(|| ApiError::NotFound(format!("no tenant `{}`", caller.tenant)))?;
+    Ok(Json(record.into()))
+}
+
+#[utoipa::path(put, path = "/v1/tenants/{id}/quotas", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id")), request_body = Quotas,
+    responses((status = 200, body = TenantInfo), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)))]
+pub(crate) async fn set_quotas(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<Quotas>, JsonRejection>,
+) -> Result<Json<TenantInfo>, ApiError> {
+    caller.require(Action::Administer)?;
+    let Json(quotas) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let id = TenantId::new(id).map_err(|e| ApiError::BadRequest(format!("tenant id: {e}")))?;
+    Ok(Json(state.accounts.set_quotas(&id, quotas).await?.into()))
+}
+
+/// A token as the API shows it (never the token itself, except once at creation).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenInfo {
+    pub id: String,
+    pub tenant: String,
+    pub role: Role,
+    pub description: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    pub revoked_at_ms: Option<u64>,
+    /// The token: present only in the answer that created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl From<TokenRecord> for TokenInfo {
+    fn from(r: TokenRecord) -> Self {
+        Self {
+            id: r.id,
+            tenant: r.tenant.to_string(),
+            role: r.role,
+            description: r.description,
+            created_at_ms: r.created_ms,
+            expires_at_ms: r.expires_ms,
+            revoked_at_ms: r.revoked_ms,
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub role: Role,
+    /// Seconds until it expires (default: never).
+    pub expires_in_s: Option<u64>,
+    /// What it is for, for people reading `gust token ls`.
+    pub description: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = NewToken,
+    responses((status = 201, description = "The token, shown this once", body = TokenInfo), (status = 403, body = crate::ErrorBody)))]
+pub(crate) async fn create_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    body: Result<Json<NewToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<TokenInfo>), ApiError> {
+    caller.require(Action::ManageTokens)?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if body.role == Role::Admin {
+        caller.require(Action::Administer)?;
+    }
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random)
+        .map_err(|e| ApiError::Internal(format!("no randomness for a token: {e}")))?;
+    let now = now_ms();
+    let expires = body
+        .expires_in_s
+        .map(|s| now.saturating_add(s.saturating_mul(1000)));
+    let (record, token) = state
+        .accounts
+        .create_token(
+            &caller.tenant,
+            body.role,
+            expires,
+            body.description.unwrap_or_default(),
+            random,
+            now,
+        )
+        .await?;
+    let mut info = TokenInfo::from(record);
+    info.token = Some(token);
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    responses((status = 200, body = [TokenInfo]), (status = 403, body = crate::ErrorBody)))]
+pub(crate) async fn list_tokens(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    caller.require(Action::ManageTokens)?;
+    let tokens = state.accounts.tokens(Some(&caller.tenant));
+    Ok(Json(tokens.into_iter().map(TokenInfo::from).collect()))
+}
+
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "Token id")),
+    responses((status = 200, body = TokenInfo), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)))]
+pub(crate) async fn revoke_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TokenInfo>, ApiError> {
+    caller.require(Action::ManageTokens)?;
+    let record = state
+        .accounts
+        .revoke(Some(&caller.tenant), &id, now_ms())
+        .await?;
+    Ok(Json(record.into()))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AuditParams {
+    /// Entries with a sequence number above this (default 0).
+    pub after: Option<u64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/audit", tag = "tokens", params(AuditParams),
+    responses((status = 200, description = "Control-plane changes in the tenant, oldest first", body = [AuditEntry]), (status = 403, body = crate::ErrorBody)))]
+pub(crate) async fn read_audit(
+    State(state): State<ApiState>,
+    caller: Caller,
+    params: Result<Query<AuditParams>, QueryRejection>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    caller.require(Action::ManageTokens)?;
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let records = state
+        .logs
+        .read(
+            &audit_stream(&caller.tenant),
+            params.after.unwrap_or(0),
+            params.limit.unwrap_or(100).clamp(1, 1000),
+        )
+        .await?;
+    Ok(Json(
+        records
+            .into_iter()
+            .filter_map(|(seq, bytes)| {
+                let mut entry: AuditEntry = serde_json::from_slice(&bytes).ok()?;
+                entry.seq = seq;
+                Some(entry)
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,197 @@
+//! Who may do what: token roles, the actions they allow, and the quotas a
+//! tenant is held to. Pure: the control API and the gateway ask these
+//! questions; nothing here knows about tokens' storage or HTTP.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The platform's operator: every tenant, tenants themselves.
+    Admin,
+    /// A tenant's owner: everything in the tenant, its tokens and audit log.
+    Owner,
+    /// Deploys and manages functions, schedules, triggers and data.
+    Deployer,
+    /// Reads everything in the tenant, changes nothing.
+    Viewer,
+    /// Only invokes the tenant's private functions.
+    Invoker,
+}
+
+/// What a request does, as far as access is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Read anything of the tenant (functions, logs, invocations, data…).
+    Read,
+    /// Change anything of the tenant (deploy, remove, schedules, data…).
+    Write,
+    /// Call a function (data plane) or submit an event.
+    Invoke,
+    /// Create and revoke the tenant's tokens; read its audit log.
+    ManageTokens,
+    /// Create tenants, act on any tenant.
+    Administer,
+}
+
+impl Role {
+    pub fn allows(self, action: Action) -> bool {
+        use Action::*;
+        match self {
+            Role::Admin => true,
+            Role::Owner => !matches!(action, Administer),
+            Role::Deployer => matches!(action, Read | Write | Invoke),
+            Role::Viewer => matches!(action, Read),
+            Role::Invoker => matches!(action, Invoke),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+            Role::Deployer => "deployer",
+            Role::Viewer => "viewer",
+            Role::Invoker => "invoker",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "admin" => Role::Admin,
+            "owner" => Role::Owner,
+            "deployer" => Role::Deployer,
+            "viewer" => Role::Viewer,
+            "invoker" => Role::Invoker,
+            other => {
+                return Err(format!(
+                    "unknown role `{other}`: use owner, deployer, viewer, invoker or admin"
+                ));
+            }
+        })
+    }
+}
+
+/// What a tenant may use. Every quota is on by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    /// Functions the tenant may have.
+    pub functions: u64,
+    /// Versions one function may have.
+    pub versions: u64,
+    /// Invocations of the tenant's functions running at once.
+    pub concurrency: u64,
+    /// Invocations per second, on average (a token bucket).
+    pub invocations_per_second: u64,
+    /// Invocations per second allowed in a burst above the average.
+    pub burst: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            functions: 100,
+            versions: 1000,
+            concurrency: 1000,
+            invocations_per_second: 10_000,
+            burst: 20_000,
+        }
+    }
+}
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+/// Pure: the caller passes the time.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last_ms: u64,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u64, burst: u64, now_ms: u64) -> Self {
+        let burst = burst.max(rate).max(1) as f64;
+        Self {
+            rate: rate as f64,
+            burst,
+            tokens: burst,
+            last_ms: now_ms,
+        }
+    }
+
+    /// Takes one token if there is one; otherwise how long until there is.
+    pub fn take(&mut self, now_ms: u64) -> Result<(), u64> {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last_ms = self.last_ms.max(now_ms);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else if self.rate <= 0.0 {
+            Err(1000)
+        } else {
+            Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_allow_what_they_say() {
+        use Action::*;
+        let all = [Read, Write, Invoke, ManageTokens, Administer];
+        let allowed = |role: Role| {
+            all.iter()
+                .filter(|a| role.allows(**a))
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(allowed(Role::Admin), all);
+        assert_eq!(allowed(Role::Owner), [Read, Write, Invoke, ManageTokens]);
+        assert_eq!(allowed(Role::Deployer), [Read, Write, Invoke]);
+        assert_eq!(allowed(Role::Viewer), [Read]);
+        assert_eq!(allowed(Role::Invoker), [Invoke]);
+        assert_eq!("deployer".parse::<Role>(), Ok(Role::Deployer));
+        assert!(
+            "root"
+                .parse::<Role>()
+                .unwrap_err()
+                .contains("unknown role `root`")
+        );
+    }
+
+    #[test]
+    fn a_token_bucket_allows_bursts_then_the_rate() {
+        let mut bucket = TokenBucket::new(10, 20, 0);
+        for _ in 0..20 {
+            assert!(bucket.take(0).is_ok());
+        }
+        // Empty: the next token comes in 100 ms.
+        assert_eq!(bucket.take(0), Err(100));
+        assert_eq!(bucket.take(50), Err(50));
+        assert!(bucket.take(100).is_ok());
+        // A long pause refills to the burst, not beyond.
+        let taken = (0..100).filter(|_| bucket.take(60_000).is_ok()).count();
+        assert_eq!(taken, 20);
+        // A clock going backwards takes nothing back and gives nothing.
+        assert!(bucket.take(30_000).is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! Who may call a function, and the tenant quotas of the data plane.
+//!
+//! A private function needs `Authorization: Bearer <token>` with a token of
+//! its tenant (or an admin's) whose role may invoke; the header is removed
+//! before the guest sees the request, so a function never learns a token.
+//! Public functions, and every function in dev mode, need none.
+//!
+//! Quotas: invocations per second (a token bucket per tenant, at the front
+//! door: requests and events alike) and invocations running at once (per
+//! tenant, around each run: requests and event deliveries alike). Past
+//! either: 429 with `Retry-After` and a message naming the quota.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use gust_core::TenantId;
+use gust_core::access::{Action, Quotas, Role, TokenBucket};
+use gust_store::Accounts;
+use http::{HeaderMap, header};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::catalog::Route;
+use crate::error::GatewayError;
+
+struct Gate {
+    quotas: Quotas,
+    bucket: Mutex<TokenBucket>,
+    running: Arc<Semaphore>,
+}
+
+pub(crate) struct Access {
+    accounts: Accounts,
+    auth: bool,
+    gates: Mutex<HashMap<TenantId, Arc<Gate>>>,
+}
+
+impl Access {
+    pub fn new(accounts: Accounts, auth: bool) -> Self {
+        Self {
+            accounts,
+            auth,
+            gates: Mutex::default(),
+        }
+    }
+
+    /// Checks (and removes) the caller's token for a private function.
+    pub fn authorize(&self, route: &Route, headers: &mut HeaderMap) -> Result<(), GatewayError> {
+        if !self.auth || route.public {
+            return Ok(());
+        }
+        let refused = || {
+            GatewayError::Unauthorized(format!(
+                "function `{}` is private: send `Authorization: Bearer <token>` with a token of its tenant that may invoke it",
+                route.name
+            ))
+        };
+        let value = headers.remove(header::AUTHORIZATION).ok_or_else(refused)?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(refused)?;
+        let record = self
+            .accounts
+            .verify(token.trim(), crate::now_ms())
+            .map_err(|e| GatewayError::Unauthorized(e.to_string()))?;
+        if record.tenant != route.tenant && record.role != Role::Admin {
+            // Not "forbidden": another tenant must not learn the function exists.
+            return Err(GatewayError::NoSuchFunction(route.name.to_string()));
+        }
+        if !record.role.allows(Action::Invoke) {
+            return Err(GatewayError::Forbidden(format!(
+                "a `{}` token cannot invoke functions; use an invoker, deployer or owner token",
+                record.role
+            )));
+        }
+        Ok(())
+    }
+
+    fn gate(&self, tenant: &TenantId) -> Arc<Gate> {
+        let quotas = self.accounts.quotas(tenant).unwrap_or_default();
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        match gates.get(tenant) {
+            Some(gate) if gate.quotas == quotas => gate.clone(),
+            _ => {
+                let gate = Arc::new(Gate {
+                    quotas,
+                    bucket: Mutex::new(TokenBucket::new(
+                        quotas.invocations_per_second,
+                        quotas.burst,
+                        crate::now_ms(),
+                    )),
+                    running: Arc::new(Semaphore::new(
+                        usize::try_from(quotas.concurrency)
+                            .unwrap_or(usize::MAX)
+                            .min(Semaphore::MAX_PERMITS),
+                    )),
+                });
+                gates.insert(tenant.clone(), gate.clone());
+                gate
+            }
+        }
+    }
+
+    /// Takes one of the tenant's invocations per second.
+    pub fn admit_rate(&self, tenant: &TenantId) -> Result<(), GatewayError> {
+        let gate = self.gate(tenant);
+        let taken = gate
+            .bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(crate::now_ms());
+        taken.map_err(|wait_ms| GatewayError::QuotaExceeded {
+            message: format!(
+                "tenant `{tenant}` is over its quota `invocations_per_second` ({}/s, bursts of {}); retry later",
+                gate.quotas.invocations_per_second, gate.quotas.burst
+            ),
+            retry_after_s: wait_ms.div_ceil(1000),
+        })
+    }
+
+    /// Takes one of the tenant's concurrent invocations, for the run's length.
+    pub fn admit_run(&self, tenant: &TenantId) -> Result<OwnedSemaphorePermit, GatewayError> {
+        let gate = self.gate(tenant);
+        gate.running
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::QuotaExceeded {
+                message: format!(
+                    "tenant `{tenant}` is at its quota `concurrency` ({} invocations at once); retry shortly",
+                    gate.quotas.concurrency
+                ),
+                retry_after_s: 1,
+            })
+    }
+}

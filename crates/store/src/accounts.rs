@@ -1,0 +1,396 @@
+//! `Accounts`: tenants and API tokens, stored in the [`KvStore`] under
+//! `acct/` and mirrored in memory (a watch keeps the mirror current), so
+//! checking a token on every request costs a hash and a map lookup.
+//!
+//! A token is `gust_<id>_<secret>`: the id names it (in listings, the audit
+//! log, revocation); only the SHA-256 of the whole token is stored, so the
+//! store never holds a usable token. Randomness comes from the caller.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gust_core::TenantId;
+use gust_core::access::{Quotas, Role};
+use serde::{Deserialize, Serialize};
+
+use crate::{KvEvent, KvStore, StoreError, digest_of};
+
+const PREFIX: &str = "acct/";
+const TENANTS: &str = "acct/tenant/";
+const TOKENS: &str = "acct/token/";
+
+/// A tenant as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub quotas: Quotas,
+}
+
+/// A token as stored: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub tenant: TenantId,
+    pub role: Role,
+    /// `sha256:<hex>` of the whole token.
+    pub hash: String,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub revoked_ms: Option<u64>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("the token is not a Gust token (it should look like `gust_<id>_<secret>`)")]
+    Malformed,
+    #[error("the token is not valid")]
+    Unknown,
+    #[error("the token `{0}` was revoked")]
+    Revoked(String),
+    #[error("the token `{0}` has expired")]
+    Expired(String),
+}
+
+/// Why an accounts change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    #[error("tenant `{0}` already exists")]
+    TenantExists(String),
+    #[error("no tenant `{0}`")]
+    NoSuchTenant(String),
+    #[error("no token `{0}`")]
+    NoSuchToken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Default)]
+struct Mirror {
+    tenants: HashMap<TenantId, TenantRecord>,
+    tokens: HashMap<String, TokenRecord>,
+}
+
+/// Tenants and tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Accounts {
+    kv: Arc<dyn KvStore>,
+    mirror: Arc<RwLock<Mirror>>,
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, StoreError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Accounts {
+    /// Loads every tenant and token and keeps following changes.
+    pub async fn start(kv: Arc<dyn KvStore>) -> Result<Self, StoreError> {
+        let accounts = Self {
+            kv,
+            mirror: Arc::default(),
+        };
+        let watch = accounts.kv.watch(PREFIX).await?;
+        for entry in &watch.initial {
+            accounts.apply(&KvEvent::Put(entry.clone()));
+        }
+        let follower = accounts.clone();
+        tokio::spawn(async move {
+            let mut changes = watch.changes;
+            loop {
+                match changes.next().await {
+                    Ok(event) => follower.apply(&event),
+                    Err(StoreError::Closed) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accounts watch interrupted; reloading");
+                        let Ok(again) = follower.kv.watch(PREFIX).await else {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        };
+                        let mut fresh = Mirror::default();
+                        std::mem::swap(&mut *follower.write(), &mut fresh);
+                        for entry in &again.initial {
+                            follower.apply(&KvEvent::Put(entry.clone()));
+                        }
+                        changes = again.changes;
+                    }
+                }
+            }
+        });
+        Ok(accounts)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Mirror> {
+        self.mirror.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Mirror> {
+        self.mirror.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn apply(&self, event: &KvEvent) {
+        let mut mirror = self.write();
+        match event {
+            KvEvent::Put(entry) => {
+                if entry.key.starts_with(TENANTS) {
+                    match serde_json::from_slice::<TenantRecord>(&entry.value) {
+                        Ok(t) => {
+                            mirror.tenants.insert(t.id.clone(), t);
+                        }
+                        Err(e) => tracing::error!(key = entry.key, error = %e, "bad tenant record"),
+                    }
+                } else if entry.key.starts_with(TOKENS) {
+                    match serde_json::from_slice::<TokenRecord>(&entry.value) {
+                        Ok(t) => {
+                            mirror.tokens.insert(t.id.clone(), t);
+                        }
+                        Err(e) => tracing::error!(key = entry.key, error = %e, "bad token record"),
+                    }
+                }
+            }
+            KvEvent::Delete { key, .. } => {
+                if let Some(id) = key.strip_prefix(TENANTS) {
+                    mirror.tenants.retain(|t, _| t.as_str() != id);
+                } else if let Some(id) = key.strip_prefix(TOKENS) {
+                    mirror.tokens.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Creates a tenant (with default quotas unless given).
+    pub async fn create_tenant(
+        &self,
+        id: TenantId,
+        quotas: Quotas,
+        now_ms: u64,
+    ) -> Result<TenantRecord, AccountsError> {
+        let record = TenantRecord {
+            id: id.clone(),
+            created_ms: now_ms,
+            quotas,
+        };
+        let key = format!("{TENANTS}{id}");
+        match self.kv.compare_and_set(&key, encode(&record)?, None).await {
+            Ok(_) => {
+                self.apply(&KvEvent::Put(crate::Entry {
+                    key,
+                    value: encode(&record)?,
+                    revision: 0,
+                }));
+                Ok(record)
+            }
+            Err(StoreError::Conflict { .. }) => Err(AccountsError::TenantExists(id.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces a tenant's quotas.
+    pub async fn set_quotas(
+        &self,
+        id: &TenantId,
+        quotas: Quotas,
+    ) -> Result<TenantRecord, AccountsError> {
+        let mut record = self
+            .tenant(id)
+            .ok_or_else(|| AccountsError::NoSuchTenant(id.to_string()))?;
+        record.quotas = quotas;
+        let key = format!("{TENANTS}{id}");
+        let value = encode(&record)?;
+        self.kv.put(&key, value.clone()).await?;
+        self.apply(&KvEvent::Put(crate::Entry {
+            key,
+            value,
+            revision: 0,
+        }));
+        Ok(record)
+    }
+
+    pub fn tenant(&self, id: &TenantId) -> Option<TenantRecord> {
+        self.read().tenants.get(id).cloned()
+    }
+
+    /// A tenant's quotas, without copying its record.
+    pub fn quotas(&self, id: &TenantId) -> Option<Quotas> {
+        self.read().tenants.get(id).map(|t| t.quotas)
+    }
+
+    pub fn tenants(&self) -> Vec<TenantRecord> {
+        let mut all: Vec<_> = self.read().tenants.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Creates a token from 32 random bytes the caller supplies; returns
+    /// its record and the token itself, which is not stored anywhere.
+    pub async fn create_token(
+        &self,
+        tenant: &TenantId,
+        role: Role,
+        expires_ms: Option<u64>,
+        description: String,
+        random: [u8; 32],
+        now_ms: u64,
+    ) -> Result<(TokenRecord, String), AccountsError> {
+        if self.tenant(tenant).is_none() {
+            return Err(AccountsError::NoSuchTenant(tenant.to_string()));
+        }
+        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let (id, secret) = hex.split_at(12);
+        let token = format!("gust_{id}_{secret}");
+        let record = TokenRecord {
+            id: id.to_string(),
+            tenant: tenant.clone(),
+            role,
+            hash: digest_of(token.as_bytes()),
+            created_ms: now_ms,
+            expires_ms,
+            revoked_ms: None,
+            description,
+        };
+        let key = format!("{TOKENS}{id}");
+        let value = encode(&record)?;
+        self.kv.compare_and_set(&key, value.clone(), None).await?;
+        self.apply(&KvEvent::Put(crate::Entry {
+            key,
+            value,
+            revision: 0,
+        }));
+        Ok((record, token))
+    }
+
+    /// A tenant's tokens (every tenant's with `None`), newest first.
+    pub fn tokens(&self, tenant: Option<&TenantId>) -> Vec<TokenRecord> {
+        let mut all: Vec<_> = self
+            .read()
+            .tokens
+            .values()
+            .filter(|t| tenant.is_none_or(|want| &t.tenant == want))
+            .cloned()
+            .collect();
+        all.sort_by_key(|t| std::cmp::Reverse(t.created_ms));
+        all
+    }
+
+    pub fn any_token(&self) -> bool {
+        !self.read().tokens.is_empty()
+    }
+
+    /// Revokes a token of `tenant` (any tenant's with `None`).
+    pub async fn revoke(
+        &self,
+        tenant: Option<&TenantId>,
+        id: &str,
+        now_ms: u64,
+    ) -> Result<TokenRecord, AccountsError> {
+        let mut record = self
+            .read()
+            .tokens
+            .get(id)
+            .filter(|t| tenant.is_none_or(|want| &t.tenant == want))
+            .cloned()
+            .ok_or_else(|| AccountsError::NoSuchToken(id.to_string()))?;
+        record.revoked_ms.get_or_insert(now_ms);
+        let key = format!("{TOKENS}{id}");
+        let value = encode(&record)?;
+        self.kv.put(&key, value.clone()).await?;
+        self.apply(&KvEvent::Put(crate::Entry {
+            key,
+            value,
+            revision: 0,
+        }));
+        Ok(record)
+    }
+
+    /// The token's record if the token is valid at `now_ms`.
+    pub fn verify(&self, token: &str, now_ms: u64) -> Result<TokenRecord, AuthError> {
+        let rest = token.strip_prefix("gust_").ok_or(AuthError::Malformed)?;
+        let (id, secret) = rest.split_once('_').ok_or(AuthError::Malformed)?;
+        if id.len() != 12 || secret.len() != 52 {
+            return Err(AuthError::Malformed);
+        }
+        let record = self
+            .read()
+            .tokens
+            .get(id)
+            .cloned()
+            .ok_or(AuthError::Unknown)?;
+        if record.hash != digest_of(token.as_bytes()) {
+            return Err(AuthError::Unknown);
+        }
+        if record.revoked_ms.is_some() {
+            return Err(AuthError::Revoked(record.id));
+        }
+        if record.expires_ms.is_some_and(|at| now_ms >= at) {
+            return Err(AuthError::Expired(record.id));
+        }
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn tokens_are_verified_revoked_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        let accounts = Accounts::start(Arc::new(store.clone())).await.unwrap();
+        let acme = TenantId::new("acme").unwrap();
+        assert!(matches!(
+            accounts
+                .create_token(&acme, Role::Owner, None, String::new(), [1; 32], 0)
+                .await,
+            Err(AccountsError::NoSuchTenant(_))
+        ));
+        accounts
+            .create_tenant(acme.clone(), Quotas::default(), 0)
+            .await
+            .unwrap();
+        assert!(matches!(
+            accounts
+                .create_tenant(acme.clone(), Quotas::default(), 0)
+                .await,
+            Err(AccountsError::TenantExists(_))
+        ));
+        let (record, token) = accounts
+            .create_token(&acme, Role::Deployer, Some(1_000), "ci".into(), [7; 32], 0)
+            .await
+            .unwrap();
+        assert!(token.starts_with("gust_070707070707_"));
+        assert_ne!(record.hash, token, "only a hash is stored");
+        assert_eq!(accounts.verify(&token, 10).unwrap().role, Role::Deployer);
+        assert_eq!(
+            accounts.verify(&token, 1_000),
+            Err(AuthError::Expired(record.id.clone()))
+        );
+        let mut forged = token.clone();
+        forged.pop();
+        forged.push('x');
+        assert_eq!(accounts.verify(&forged, 10), Err(AuthError::Unknown));
+        assert_eq!(accounts.verify("Bearer x", 10), Err(AuthError::Malformed));
+
+        // Another tenant cannot revoke it; its own tenant can.
+        let other = TenantId::new("other").unwrap();
+        assert!(accounts.revoke(Some(&other), &record.id, 5).await.is_err());
+        accounts.revoke(Some(&acme), &record.id, 5).await.unwrap();
+        assert_eq!(
+            accounts.verify(&token, 10),
+            Err(AuthError::Revoked(record.id.clone()))
+        );
+
+        // A second view of the same store (another process, a restart) agrees.
+        let again = Accounts::start(Arc::new(store)).await.unwrap();
+        assert_eq!(again.verify(&token, 10), Err(AuthError::Revoked(record.id)));
+        assert_eq!(again.tenants().len(), 1);
+    }
+}
