@@ -185,11 +185,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         println!("gust:   export GUST_TOKEN={token}");
     }
 
-    let api_server = tokio::spawn(
-        axum::serve(api_listener, api)
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-    );
+    let api_server = tokio::spawn(gust_api::serve(
+        api_listener,
+        api,
+        Duration::from_millis(args.header_read_timeout_ms),
+        stopped(stop_rx.clone()),
+    ));
     gateway
         .serve(data_listener, stopped(stop_rx))
         .await

@@ -18,6 +18,6 @@ pub mod schedule;
 pub mod time;
 
 pub use event::{Envelope, EnvelopeError, InvocationRecord, InvocationState};
-pub use limits::{Limits, LimitsError, LimitsPatch};
+pub use limits::{Limits, LimitsError, LimitsPatch, is_internal_ip};
 pub use names::{FunctionName, NameError, TenantId};
 pub use records::{ActiveVersion, FunctionRecord, InvocationId, LogRecord, Outcome, VersionRecord};

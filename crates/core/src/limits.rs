@@ -58,6 +58,22 @@ impl Limits {
         })
     }
 
+    /// True when `host` is allowed only by `*` (no explicit pattern names
+    /// it): then the addresses it resolves to must be checked too, since a
+    /// public-looking name can point at this machine or a private network.
+    pub fn allows_only_by_wildcard(&self, host: &str) -> bool {
+        let named = Limits {
+            allowed_hosts: self
+                .allowed_hosts
+                .iter()
+                .filter(|p| *p != "*")
+                .cloned()
+                .collect(),
+            ..self.clone()
+        };
+        self.allows_host(host) && !named.allows_host(host)
+    }
+
     fn validate(&self) -> Result<(), LimitsError> {
         let check = |name: &'static str, value: u64, min: u64, max: u64| {
             if value < min || value > max {
@@ -110,12 +126,18 @@ impl Limits {
 
 /// Hosts that `*` does not cover: this machine and private networks.
 fn is_internal(host: &str) -> bool {
-    use std::net::IpAddr;
     if host == "localhost" || host.ends_with(".localhost") {
         return true;
     }
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => {
+    host.parse().is_ok_and(is_internal_ip)
+}
+
+/// Loopback, private, link-local (cloud metadata), shared, unspecified and
+/// broadcast addresses: what `*` never reaches.
+pub fn is_internal_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(ip) => {
             ip.is_loopback()
                 || ip.is_private()
                 || ip.is_link_local()
@@ -123,16 +145,15 @@ fn is_internal(host: &str) -> bool {
                 || ip.is_broadcast()
                 || ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64
         }
-        Ok(IpAddr::V6(ip)) => {
+        IpAddr::V6(ip) => {
             ip.is_loopback()
                 || ip.is_unspecified()
                 || (ip.segments()[0] & 0xfe00) == 0xfc00
                 || (ip.segments()[0] & 0xffc0) == 0xfe80
                 || ip
                     .to_ipv4_mapped()
-                    .is_some_and(|v4| is_internal(&v4.to_string()))
+                    .is_some_and(|v4| is_internal_ip(IpAddr::V4(v4)))
         }
-        Err(_) => false,
     }
 }
 

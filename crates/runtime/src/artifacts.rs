@@ -2,6 +2,12 @@
 //! the component's content digest and the engine's compatibility fingerprint,
 //! so a new Gust (or other engine settings) never loads an incompatible
 //! artifact; it compiles again instead.
+//!
+//! Loading an artifact maps machine code into the process, so a damaged
+//! file (a bad disk, a stray write) must never be loaded: each file ends
+//! with the SHA-256 of what precedes it and a marker, checked before the
+//! bytes reach wasmtime. A file that fails the check is treated as absent
+//! and the component is compiled again.
 
 use std::hash::{Hash as _, Hasher as _};
 use std::io::Write as _;
@@ -39,8 +45,57 @@ impl ArtifactCache {
         let path = self.path(digest);
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         tmp.write_all(bytes)?;
+        tmp.write_all(&checksum(bytes))?;
+        tmp.write_all(MARKER)?;
         tmp.as_file().sync_all()?;
         tmp.persist(&path).map_err(|e| e.error)?;
         Ok(path)
+    }
+}
+
+/// Ends every artifact file, after the checksum.
+const MARKER: &[u8; 8] = b"GUSTSUM1";
+
+fn checksum(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// Reads an artifact and checks it; the serialized component without the
+/// trailer, or why the file cannot be trusted.
+pub(crate) fn read_verified(path: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let body_len = bytes
+        .len()
+        .checked_sub(32 + MARKER.len())
+        .ok_or("the artifact is truncated")?;
+    if &bytes[bytes.len() - MARKER.len()..] != MARKER {
+        return Err("the artifact has no checksum (truncated or not written by Gust)".into());
+    }
+    if bytes[body_len..body_len + 32] != checksum(&bytes[..body_len]) {
+        return Err("the artifact's checksum does not match: it is damaged".into());
+    }
+    bytes.truncate(body_len);
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn damaged_artifacts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let cache = ArtifactCache::open(dir.path(), &engine).unwrap();
+        let path = cache.store("sha256:ab", b"machine code").unwrap();
+        assert_eq!(read_verified(&path).unwrap(), b"machine code");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[3] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(read_verified(&path).unwrap_err().contains("damaged"));
+        std::fs::write(&path, &bytes[..20]).unwrap();
+        assert!(read_verified(&path).is_err());
     }
 }

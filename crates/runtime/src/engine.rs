@@ -193,11 +193,13 @@ impl Runtime {
                 digest: digest.clone(),
                 reason,
             };
-            // SAFETY: the file is an artifact this runtime serialized itself
-            // into its own data directory (named by content digest and engine
-            // fingerprint, written atomically); `deserialize_file` requires
-            // exactly that the bytes come from a trusted `serialize`.
-            let component = unsafe { Component::deserialize_file(&inner.engine, &path) }
+            let bytes = crate::artifacts::read_verified(&path).map_err(load_error)?;
+            // SAFETY: the bytes are an artifact this runtime serialized
+            // itself into its own data directory (named by content digest
+            // and engine fingerprint, written atomically) and their checksum
+            // matches what was written; `deserialize` requires exactly that
+            // they come from a trusted `serialize`.
+            let component = unsafe { Component::deserialize(&inner.engine, &bytes) }
                 .map_err(|e| load_error(format!("{e:#}")))?;
             inner
                 .counters

@@ -114,14 +114,39 @@ impl WasiHttpHooks for OutboundPolicy {
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
-        let allowed = request
-            .uri()
-            .host()
-            .is_some_and(|host| self.limits.allows_host(host));
+        let uri = request.uri();
+        let allowed = uri.host().is_some_and(|host| self.limits.allows_host(host));
         if !allowed {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        // A name allowed only by `*` must not lead to this machine or a
+        // private network: resolve it and look. (The connection resolves the
+        // name again; a name whose answers change between the two lookups
+        // is not covered. List hosts explicitly where that matters.)
+        let resolve = uri.host().filter(|host| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_err()
+                && self.limits.allows_only_by_wildcard(host)
+        });
+        let lookup = resolve.map(|host| {
+            let https = uri.scheme_str() == Some("https");
+            (
+                host.to_string(),
+                uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            )
+        });
         Box::new(async move {
+            if let Some(target) = lookup {
+                let internal = match tokio::net::lookup_host(target).await {
+                    Ok(mut addrs) => addrs.any(|a| gust_core::is_internal_ip(a.ip())),
+                    Err(_) => false,
+                };
+                if internal {
+                    return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+                }
+            }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
                 response.map(BodyExt::boxed_unsync),

@@ -13,6 +13,8 @@
 //! | `/flood?kb=N` | writes N KiB to stdout |
 //! | `/body` | reads the whole body, answers its size |
 //! | `/fetch?url=U` | sends GET U through outgoing `wasi:http`, answers the status or the error |
+//! | `/recurse?depth=N` | recurses N calls deep (past the stack: a trap) |
+//! | `/state` | bumps a global counter and answers it: always `1` in a fresh instance |
 //! | `/kv/get?bucket=B&key=K` | the value, or 404 `missing` |
 //! | `/kv/set?bucket=B&key=K` | stores the request body |
 //! | `/kv/delete?bucket=B&key=K` | deletes the key |
@@ -103,6 +105,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                 format!("body {total}")
             }
             "/fetch" => fetch(&param("url").unwrap_or_default()),
+            "/recurse" => format!("depth {}", recurse(number("depth"))),
+            "/state" => {
+                let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                format!("{n}")
+            }
             p if p.starts_with("/kv/") => {
                 let bucket = param("bucket").unwrap_or_default();
                 let key = param("key").unwrap_or_default();
@@ -272,6 +279,18 @@ fn record(line: &str) -> Result<(), store::Error> {
     let seen = store::open("seen")?;
     let n = atomics::increment(&seen, "n", 1)?;
     seen.set(&format!("{n:06}"), line.as_bytes())
+}
+
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Each frame keeps a buffer alive across the call, so the depth is real.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    if depth == 0 {
+        return 0;
+    }
+    let frame = std::hint::black_box([depth as u8; 256]);
+    1 + recurse(depth - 1) + u64::from(std::hint::black_box(frame)[0] & 0)
 }
 
 #[allow(clippy::empty_loop)]

@@ -7,6 +7,7 @@
 mod control;
 mod data_plane;
 mod events;
+mod hardening;
 mod harness;
 mod kv;
 mod lifecycle;
