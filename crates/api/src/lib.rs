@@ -351,42 +351,17 @@ pub fn openapi_json() -> String {
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
-/// Serves the control API on `listener` until `shutdown` resolves, then
-/// lets requests in flight finish. A client has `header_read_timeout` to
-/// send a request's head (slowloris guard); hyper's own limits on URL and
-/// header sizes apply (414, 431).
+/// Serves the control API on `listener` (over TLS when `config` says so)
+/// until `shutdown` resolves, then lets requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
-    header_read_timeout: Duration,
+    config: gust_net::ListenConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let service = hyper_util::service::TowerToHyperService::new(router.clone());
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "control API connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+    let make_service = move || hyper_util::service::TowerToHyperService::new(router.clone());
+    let drain = gust_net::serve(listener, config, make_service, shutdown).await;
+    drain.finish(Duration::from_secs(30)).await;
 }
 
 /// The control API's routes.

@@ -192,9 +192,17 @@ pub(crate) struct Api {
 
 impl Api {
     pub fn new(args: &ApiArgs) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+        // A server with a certificate of its own (self-signed, a private CA).
+        if let Some(path) = std::env::var_os("GUST_CA_CERT").filter(|p| !p.is_empty()) {
+            let pem = std::fs::read(&path)
+                .with_context(|| format!("cannot read GUST_CA_CERT {}", path.display()))?;
+            let certificate = reqwest::Certificate::from_pem(&pem).with_context(|| {
+                format!("GUST_CA_CERT {} is not a PEM certificate", path.display())
+            })?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let http = builder.build()?;
         Ok(Self {
             base: args.api.trim_end_matches('/').to_string(),
             http,
@@ -255,9 +263,19 @@ impl Api {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
-        if e.is_connect() {
+        // The root cause says what went wrong (refused, a certificate…).
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        if cause.to_string().contains("certificate") || cause.to_string().contains("Certificate") {
             anyhow::anyhow!(
-                "cannot reach the control API at {} ({e}); start it with `gust up` or set GUST_API / --api",
+                "cannot reach the control API at {}: {cause}; if the server uses a certificate of its own, point GUST_CA_CERT at it (PEM)",
+                self.base
+            )
+        } else if e.is_connect() {
+            anyhow::anyhow!(
+                "cannot reach the control API at {} ({cause}); start it with `gust up` or set GUST_API / --api",
                 self.base
             )
         } else {

@@ -46,6 +46,12 @@ pub struct UpArgs {
     /// Milliseconds a request body may pause between two pieces.
     #[arg(long, default_value_t = 30_000)]
     body_idle_timeout_ms: u64,
+    /// Serve both listeners over TLS with this certificate chain (PEM, leaf first).
+    #[arg(long, requires = "tls_key", env = "GUST_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert", env = "GUST_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Dev mode: no tokens, every function public. Only on loopback addresses.
     #[arg(long)]
     pub dev: bool,
@@ -110,6 +116,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     })?;
     let data_addr = data_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(gust_net::Tls::from_pem_files(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
 
     let gateway_config = GatewayConfig {
         max_in_flight: args.max_in_flight as usize,
@@ -158,7 +169,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         blobs,
         logs,
         runtime,
-        public_url: format!("http://{data_addr}"),
+        public_url: format!("{scheme}://{data_addr}"),
         max_upload_bytes: args.max_upload_bytes,
         metrics,
         events,
@@ -173,8 +184,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    println!("gust: functions on http://{data_addr}");
-    println!("gust: control API on http://{api_addr}");
+    println!("gust: functions on {scheme}://{data_addr}");
+    println!("gust: control API on {scheme}://{api_addr}");
     println!("gust: data in {}", args.data_dir.display());
     if args.dev {
         println!(
@@ -185,14 +196,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         println!("gust:   export GUST_TOKEN={token}");
     }
 
+    let listen = gust_net::ListenConfig {
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+        tls: tls.clone(),
+    };
     let api_server = tokio::spawn(gust_api::serve(
         api_listener,
         api,
-        Duration::from_millis(args.header_read_timeout_ms),
+        listen,
         stopped(stop_rx.clone()),
     ));
     gateway
-        .serve(data_listener, stopped(stop_rx))
+        .serve(data_listener, tls, stopped(stop_rx))
         .await
         .context("the data plane failed")?;
     let _ = tokio::time::timeout(Duration::from_secs(5), api_server).await;

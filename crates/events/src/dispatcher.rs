@@ -264,7 +264,9 @@ async fn attempt(
                 events.queue.ack(queue, vec![item.seq]).await?;
                 events.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 // An ack can make the next event of an ordering group due.
-                events.wake.notify(queue);
+                if item.grouped {
+                    events.wake.notify(queue);
+                }
                 Ok(())
             }
             Decision::RetryAfter(delay) => {
@@ -317,7 +319,9 @@ async fn attempt(
                     .await?;
                 }
                 events.queue.ack(queue, vec![item.seq]).await?;
-                events.wake.notify(queue);
+                if item.grouped {
+                    events.wake.notify(queue);
+                }
                 events
                     .counters
                     .dead_lettered

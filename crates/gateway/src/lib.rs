@@ -31,10 +31,8 @@ use http::{HeaderValue, Request, Response, Uri, header};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -214,47 +212,22 @@ impl Gateway {
     pub async fn serve(
         self,
         listener: TcpListener,
+        tls: Option<gust_net::Tls>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let graceful = GracefulShutdown::new();
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(self.shared.config.header_read_timeout)
-            .keep_alive(true);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, _) = match accepted {
-                        Ok(conn) => conn,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off, keep serving.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let shared = self.shared.clone();
-                    let service = service_fn(move |req| handle(shared.clone(), req));
-                    let conn = http.serve_connection(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                () = &mut shutdown => break,
-            }
-        }
-        drop(listener);
+        let config = gust_net::ListenConfig {
+            header_read_timeout: self.shared.config.header_read_timeout,
+            tls,
+        };
+        let shared = self.shared.clone();
+        let make_service = move || {
+            let shared = shared.clone();
+            service_fn(move |req| handle(shared.clone(), req))
+        };
+        let drain = gust_net::serve(listener, config, make_service, shutdown).await;
         self.shared.draining.store(true, Ordering::Relaxed);
         tracing::info!("draining in-flight requests");
-        if tokio::time::timeout(self.shared.config.drain_timeout, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        if !drain.finish(self.shared.config.drain_timeout).await {
             tracing::warn!("drain timeout passed; closing remaining connections");
         }
         Ok(())

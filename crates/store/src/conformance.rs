@@ -411,6 +411,8 @@ pub async fn ordered_queues(q: &dyn QueueStore) {
     let payloads = |c: &[crate::Claimed]| c.iter().map(|c| c.payload.clone()).collect::<Vec<_>>();
     let first = q.claim("q", 10, 100, 10).await.unwrap();
     assert_eq!(payloads(&first), [b("k1"), b("j1"), b("free")]);
+    let grouped: Vec<bool> = first.iter().map(|c| c.grouped).collect();
+    assert_eq!(grouped, [true, true, false]);
     q.ack("q", vec![first[1].seq, first[2].seq]).await.unwrap();
 
     // k1 fails and is retried later: k2 waits behind it.

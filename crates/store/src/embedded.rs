@@ -844,6 +844,7 @@ impl QueueStore for EmbeddedStore {
                 ready.push((not_before, seq));
             }
             let mut claimed_set = txn.open_table(QUEUE_CLAIMED).map_err(backend)?;
+            let group_of = txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
             let visible_again = now_ms.saturating_add(lease_ms);
             for (not_before, seq) in ready {
                 due.remove((queue.as_str(), not_before, seq))
@@ -868,10 +869,15 @@ impl QueueStore for EmbeddedStore {
                 claimed_set
                     .insert((queue.as_str(), seq), ())
                     .map_err(backend)?;
+                let grouped = group_of
+                    .get((queue.as_str(), seq))
+                    .map_err(backend)?
+                    .is_some();
                 claimed.push(Claimed {
                     seq,
                     attempt,
                     payload,
+                    grouped,
                 });
             }
             Ok(claimed)

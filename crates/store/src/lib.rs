@@ -225,6 +225,9 @@ pub struct Claimed {
     /// Claims so far, this one included: the attempt number.
     pub attempt: u32,
     pub payload: Bytes,
+    /// It belongs to an ordering group: acknowledging it may make the
+    /// group's next message claimable.
+    pub grouped: bool,
 }
 
 /// Durable work queues, one per name, for events waiting to be delivered.

@@ -369,6 +369,8 @@ impl Drop for Server {
 
 /// An HTTP client that sends `token` (if any) on every request.
 pub fn client_with_token(token: &str) -> reqwest::Client {
+    // reqwest is built without a TLS provider of its own (as in `gust`).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut headers = reqwest::header::HeaderMap::new();
     if let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
         && !token.is_empty()

@@ -13,3 +13,4 @@ mod kv;
 mod lifecycle;
 mod limits;
 mod tenants;
+mod tls;
