@@ -35,14 +35,20 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
 const LOG_HEADS: TableDefinition<&str, u64> = TableDefinition::new("log_heads");
-/// (queue, seq) → (not_before_ms, attempts, payload)
+/// (queue, seq) → (not_before_ms, state, payload); `state` holds the
+/// attempts so far and the flags [`CLAIMED`] and [`GROUPED`], so claiming
+/// and acknowledging touch no other table for the common case.
 const QUEUE: TableDefinition<(&str, u64), (u64, u32, &[u8])> = TableDefinition::new("queue");
 /// (queue, not_before_ms, seq): the claim order.
 const QUEUE_DUE: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("queue_due");
 /// queue → last sequence number given.
 const QUEUE_HEADS: TableDefinition<&str, u64> = TableDefinition::new("queue_heads");
-/// (queue, seq) of messages claimed and not yet acknowledged or released.
-const QUEUE_CLAIMED: TableDefinition<(&str, u64), ()> = TableDefinition::new("queue_claimed");
+/// In a message's state: claimed, and not yet acknowledged or released.
+const CLAIMED: u32 = 1 << 31;
+/// In a message's state: it belongs to an ordering group.
+const GROUPED: u32 = 1 << 30;
+/// In a message's state: the attempts so far.
+const ATTEMPTS: u32 = GROUPED - 1;
 /// (queue, seq) → ordering group, for messages enqueued in one.
 const QUEUE_GROUP_OF: TableDefinition<(&str, u64), &str> = TableDefinition::new("queue_group_of");
 /// (queue, group, seq): a group's unacknowledged messages in order. Only
@@ -115,7 +121,6 @@ impl EmbeddedStore {
             txn.open_table(QUEUE_HEADS).map_err(backend)?;
             txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
             txn.open_table(QUEUE_GROUPS).map_err(backend)?;
-            txn.open_table(QUEUE_CLAIMED).map_err(backend)?;
             txn.open_table(DATA).map_err(backend)?;
             txn.open_table(DATA_CHANGES).map_err(backend)?;
         }
@@ -208,33 +213,41 @@ impl EmbeddedStore {
             let mut items = txn.open_table(QUEUE).map_err(backend)?;
             let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
             let mut heads = txn.open_table(QUEUE_HEADS).map_err(backend)?;
-            let mut group_of = txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
-            let mut groups = txn.open_table(QUEUE_GROUPS).map_err(backend)?;
+            let mut grouping = match &group {
+                Some(group) => Some((
+                    group.as_str(),
+                    txn.open_table(QUEUE_GROUP_OF).map_err(backend)?,
+                    txn.open_table(QUEUE_GROUPS).map_err(backend)?,
+                )),
+                None => None,
+            };
             let mut seq = heads
                 .get(queue.as_str())
                 .map_err(backend)?
                 .map_or(0, |v| v.value());
             for payload in &payloads {
                 seq += 1;
+                let state = if grouping.is_some() { GROUPED } else { 0 };
                 items
                     .insert(
                         (queue.as_str(), seq),
-                        (not_before_ms, 0u32, payload.as_ref()),
+                        (not_before_ms, state, payload.as_ref()),
                     )
                     .map_err(backend)?;
-                let claimable = match &group {
+                let claimable = match &mut grouping {
                     None => true,
-                    Some(group) => {
-                        let g = group.as_str();
+                    Some((g, group_of, groups)) => {
                         let waiting = groups
-                            .range((queue.as_str(), g, 0)..=(queue.as_str(), g, u64::MAX))
+                            .range((queue.as_str(), *g, 0)..=(queue.as_str(), *g, u64::MAX))
                             .map_err(backend)?
                             .next()
                             .is_some();
                         groups
-                            .insert((queue.as_str(), g, seq), ())
+                            .insert((queue.as_str(), *g, seq), ())
                             .map_err(backend)?;
-                        group_of.insert((queue.as_str(), seq), g).map_err(backend)?;
+                        group_of
+                            .insert((queue.as_str(), seq), *g)
+                            .map_err(backend)?;
                         !waiting
                     }
                 };
@@ -783,6 +796,44 @@ impl DataStore for EmbeddedStore {
     }
 }
 
+/// After `seq` (of an ordering group) is acknowledged: drops it from its
+/// group and makes the group's next message claimable.
+fn release_next_in_group(
+    txn: &WriteTransaction,
+    items: &mut redb::Table<(&str, u64), (u64, u32, &[u8])>,
+    due: &mut redb::Table<(&str, u64, u64), ()>,
+    queue: &str,
+    seq: u64,
+) -> Result<(), StoreError> {
+    let mut group_of = txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
+    let mut groups = txn.open_table(QUEUE_GROUPS).map_err(backend)?;
+    let Some(group) = group_of
+        .remove((queue, seq))
+        .map_err(backend)?
+        .map(|g| g.value().to_string())
+    else {
+        return Ok(());
+    };
+    let group = group.as_str();
+    groups.remove((queue, group, seq)).map_err(backend)?;
+    let next = groups
+        .range((queue, group, 0)..=(queue, group, u64::MAX))
+        .map_err(backend)?
+        .next()
+        .transpose()
+        .map_err(backend)?
+        .map(|(k, _)| k.value().2);
+    if let Some(next) = next
+        && let Some(not_before) = items
+            .get((queue, next))
+            .map_err(backend)?
+            .map(|v| v.value().0)
+    {
+        due.insert((queue, not_before, next), ()).map_err(backend)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl QueueStore for EmbeddedStore {
     async fn enqueue(
@@ -843,41 +894,33 @@ impl QueueStore for EmbeddedStore {
                 let (_, not_before, seq) = key.value();
                 ready.push((not_before, seq));
             }
-            let mut claimed_set = txn.open_table(QUEUE_CLAIMED).map_err(backend)?;
-            let group_of = txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
             let visible_again = now_ms.saturating_add(lease_ms);
             for (not_before, seq) in ready {
                 due.remove((queue.as_str(), not_before, seq))
                     .map_err(backend)?;
-                let Some((attempts, payload)) =
+                let Some((state, payload)) =
                     items.get((queue.as_str(), seq)).map_err(backend)?.map(|v| {
-                        let (_, attempts, payload) = v.value();
-                        (attempts, Bytes::copy_from_slice(payload))
+                        let (_, state, payload) = v.value();
+                        (state, Bytes::copy_from_slice(payload))
                     })
                 else {
                     continue;
                 };
-                let attempt = attempts + 1;
+                let attempt = (state & ATTEMPTS) + 1;
+                let state = attempt | (state & GROUPED) | CLAIMED;
                 items
                     .insert(
                         (queue.as_str(), seq),
-                        (visible_again, attempt, payload.as_ref()),
+                        (visible_again, state, payload.as_ref()),
                     )
                     .map_err(backend)?;
                 due.insert((queue.as_str(), visible_again, seq), ())
                     .map_err(backend)?;
-                claimed_set
-                    .insert((queue.as_str(), seq), ())
-                    .map_err(backend)?;
-                let grouped = group_of
-                    .get((queue.as_str(), seq))
-                    .map_err(backend)?
-                    .is_some();
                 claimed.push(Claimed {
                     seq,
                     attempt,
                     payload,
-                    grouped,
+                    grouped: state & GROUPED != 0,
                 });
             }
             Ok(claimed)
@@ -890,48 +933,18 @@ impl QueueStore for EmbeddedStore {
         self.write(move |txn, _| {
             let mut items = txn.open_table(QUEUE).map_err(backend)?;
             let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
-            let mut group_of = txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
-            let mut groups = txn.open_table(QUEUE_GROUPS).map_err(backend)?;
-            let mut claimed = txn.open_table(QUEUE_CLAIMED).map_err(backend)?;
             for seq in seqs {
-                claimed.remove((queue.as_str(), seq)).map_err(backend)?;
-                let not_before = items
+                let removed = items
                     .remove((queue.as_str(), seq))
                     .map_err(backend)?
-                    .map(|v| v.value().0);
-                if let Some(not_before) = not_before {
-                    due.remove((queue.as_str(), not_before, seq))
-                        .map_err(backend)?;
-                }
-                let group = group_of
-                    .remove((queue.as_str(), seq))
-                    .map_err(backend)?
-                    .map(|g| g.value().to_string());
-                if let Some(group) = group {
-                    groups
-                        .remove((queue.as_str(), group.as_str(), seq))
-                        .map_err(backend)?;
-                    // The group's next message (if any) becomes claimable.
-                    let next = groups
-                        .range(
-                            (queue.as_str(), group.as_str(), 0)
-                                ..=(queue.as_str(), group.as_str(), u64::MAX),
-                        )
-                        .map_err(backend)?
-                        .next()
-                        .transpose()
-                        .map_err(backend)?
-                        .map(|(k, _)| k.value().2);
-                    if let Some(next) = next {
-                        let not_before = items
-                            .get((queue.as_str(), next))
-                            .map_err(backend)?
-                            .map(|v| v.value().0);
-                        if let Some(not_before) = not_before {
-                            due.insert((queue.as_str(), not_before, next), ())
-                                .map_err(backend)?;
-                        }
-                    }
+                    .map(|v| (v.value().0, v.value().1));
+                let Some((not_before, state)) = removed else {
+                    continue;
+                };
+                due.remove((queue.as_str(), not_before, seq))
+                    .map_err(backend)?;
+                if state & GROUPED != 0 {
+                    release_next_in_group(txn, &mut items, &mut due, &queue, seq)?;
                 }
             }
             Ok(())
@@ -948,16 +961,12 @@ impl QueueStore for EmbeddedStore {
                 let (not_before, attempts, payload) = v.value();
                 (not_before, attempts, payload.to_vec())
             });
-            txn.open_table(QUEUE_CLAIMED)
-                .map_err(backend)?
-                .remove((queue.as_str(), seq))
-                .map_err(backend)?;
-            if let Some((old, attempts, payload)) = current {
+            if let Some((old, state, payload)) = current {
                 due.remove((queue.as_str(), old, seq)).map_err(backend)?;
                 items
                     .insert(
                         (queue.as_str(), seq),
-                        (not_before_ms, attempts, payload.as_slice()),
+                        (not_before_ms, state & !CLAIMED, payload.as_slice()),
                     )
                     .map_err(backend)?;
                 due.insert((queue.as_str(), not_before_ms, seq), ())
@@ -973,34 +982,31 @@ impl QueueStore for EmbeddedStore {
         self.write(move |txn, _| {
             let mut items = txn.open_table(QUEUE).map_err(backend)?;
             let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
-            let mut claimed = txn.open_table(QUEUE_CLAIMED).map_err(backend)?;
-            let mut seqs = Vec::new();
-            for entry in claimed
+            // Only at start-up: a scan of the queue is fine.
+            let mut held = Vec::new();
+            for entry in items
                 .range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))
                 .map_err(backend)?
             {
-                seqs.push(entry.map_err(backend)?.0.value().1);
+                let (key, value) = entry.map_err(backend)?;
+                let (lease_end, state, payload) = value.value();
+                if state & CLAIMED != 0 {
+                    held.push((key.value().1, lease_end, state, payload.to_vec()));
+                }
             }
-            for &seq in &seqs {
-                claimed.remove((queue.as_str(), seq)).map_err(backend)?;
-                let current = items.get((queue.as_str(), seq)).map_err(backend)?.map(|v| {
-                    let (not_before, attempts, payload) = v.value();
-                    (not_before, attempts, payload.to_vec())
-                });
-                let Some((lease_end, attempts, payload)) = current else {
-                    continue;
-                };
-                due.remove((queue.as_str(), lease_end, seq))
+            for (seq, lease_end, state, payload) in &held {
+                due.remove((queue.as_str(), *lease_end, *seq))
                     .map_err(backend)?;
                 items
                     .insert(
-                        (queue.as_str(), seq),
-                        (now_ms, attempts, payload.as_slice()),
+                        (queue.as_str(), *seq),
+                        (now_ms, state & !CLAIMED, payload.as_slice()),
                     )
                     .map_err(backend)?;
-                due.insert((queue.as_str(), now_ms, seq), ())
+                due.insert((queue.as_str(), now_ms, *seq), ())
                     .map_err(backend)?;
             }
+            let seqs = held;
             Ok(seqs.len() as u64)
         })
         .await
