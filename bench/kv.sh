@@ -32,6 +32,7 @@ for _ in $(seq 200); do curl -fs -o /dev/null "$GUST_API/healthz" && break; slee
 "$GUST" kv put greeting hello --bucket bench >/dev/null
 
 run_wrk() { wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" | python3 bench/wrk_summary.py; }
+read -r BASE_RPS BASE_P50 BASE_P99 < <(run_wrk "$URL/kvt/")
 read -r GET_RPS GET_P50 GET_P99 < <(run_wrk "$URL/kvt/kv/get?bucket=bench&key=greeting")
 read -r INC_RPS INC_P50 INC_P99 < <(run_wrk "$URL/kvt/kv/incr?bucket=bench&key=hits&by=1")
 HITS=$("$GUST" kv get hits --bucket bench)
@@ -70,7 +71,8 @@ Load: \`wrk -t2 -c$CONNECTIONS -d$DURATION\` per row.
 
 | measure | requests/s | p50 / p99 (ms) |
 |---|---:|---:|
-| invocations reading a key (\`wasi:keyvalue\` get) | $GET_RPS | $GET_P50 / $GET_P99 |
+| the same guest (testbed) answering without a KV call, for reference | $BASE_RPS | $BASE_P50 / $BASE_P99 |
+| invocations reading a key (\`wasi:keyvalue\` open + get) | $GET_RPS | $GET_P50 / $GET_P99 |
 | invocations incrementing a counter (durable write each) | $INC_RPS | $INC_P50 / $INC_P99 |
 | values written through the control API (durable, 1000 keys) | $PUT_RPS | $PUT_P50 / $PUT_P99 |
 
