@@ -559,10 +559,10 @@ fn print_log(entry: &LogEntry, json: bool) -> anyhow::Result<()> {
         r.version
     );
     for line in r.stdout.lines() {
-        println!("{prefix} stdout: {line}");
+        println!("{prefix} stdout: {}", output::sanitize(line));
     }
     for line in r.stderr.lines() {
-        println!("{prefix} stderr: {line}");
+        println!("{prefix} stderr: {}", output::sanitize(line));
     }
     if r.truncated {
         println!("{prefix} (output past the function's limit was dropped)");
@@ -571,7 +571,7 @@ fn print_log(entry: &LogEntry, json: bool) -> anyhow::Result<()> {
         Outcome::Completed => {}
         Outcome::TimedOut => println!("{prefix} timed out after {} ms", r.duration_us / 1000),
         Outcome::Trapped { message } | Outcome::Failed { message } => {
-            println!("{prefix} {message}")
+            println!("{prefix} {}", output::sanitize(message))
         }
     }
     Ok(())

@@ -80,3 +80,35 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 pub fn timestamp(ms: u64) -> String {
     gust_core::time::rfc3339(ms)
 }
+
+/// Text from a function (its output, a key's value) made safe to print on
+/// a terminal: control characters (escape sequences that could move the
+/// cursor, rewrite the screen or the window title) become `\u{fffd}`;
+/// tabs stay.
+pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_do_not_reach_the_terminal() {
+        assert_eq!(sanitize("plain\ttext"), "plain\ttext");
+        assert_eq!(sanitize("\x1b[2Jgone\x07"), "\u{fffd}[2Jgone\u{fffd}");
+        assert_eq!(sanitize("a\rb"), "a\u{fffd}b");
+    }
+}

@@ -38,8 +38,15 @@ impl BodyFault {
 /// Wraps a request body with a byte limit and an idle timeout. Going over
 /// the limit or stalling records a [`BodyFault`] so that the gateway answers
 /// 413 or 408 whatever the guest made of the error it saw.
+///
+/// A guest may answer without reading the whole body. Closing the
+/// connection then, with the client still sending, makes the kernel reset
+/// it and the client can lose the answer; so what the guest left unread is
+/// read and discarded in the background (up to the limit, while it keeps
+/// arriving) and the connection ends cleanly.
 pub(crate) struct LimitedBody {
-    inner: Incoming,
+    /// `None` once handed to the drain on drop.
+    inner: Option<Incoming>,
     remaining: u64,
     limit: u64,
     fault: BodyFault,
@@ -51,7 +58,7 @@ pub(crate) struct LimitedBody {
 impl LimitedBody {
     pub fn new(inner: Incoming, limit: u64, idle: Duration, fault: BodyFault) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             remaining: limit,
             limit,
             fault,
@@ -70,7 +77,10 @@ impl Body for LimitedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, GuestBody>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer = None;
                 if let Some(data) = frame.data_ref() {
@@ -98,10 +108,28 @@ impl Body for LimitedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+impl Drop for LimitedBody {
+    fn drop(&mut self) {
+        let faulted = self.fault.too_large() || self.fault.stalled();
+        if let Some(inner) = self.inner.take()
+            && !inner.is_end_stream()
+            && !faulted
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let idle = self.idle;
+            runtime.spawn(async move {
+                let _ = crate::read_capped(inner, 0, idle).await;
+            });
+        }
     }
 }

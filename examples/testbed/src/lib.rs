@@ -14,6 +14,7 @@
 //! | `/body` | reads the whole body, answers its size |
 //! | `/fetch?url=U` | sends GET U through outgoing `wasi:http`, answers the status or the error |
 //! | `/recurse?depth=N` | recurses N calls deep (past the stack: a trap) |
+//! | `/escape` | prints terminal escape sequences to stdout |
 //! | `/state` | bumps a global counter and answers it: always `1` in a fresh instance |
 //! | `/kv/get?bucket=B&key=K` | the value, or 404 `missing` |
 //! | `/kv/set?bucket=B&key=K` | stores the request body |
@@ -106,6 +107,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
             }
             "/fetch" => fetch(&param("url").unwrap_or_default()),
             "/recurse" => format!("depth {}", recurse(number("depth"))),
+            "/escape" => {
+                println!("\x1b[2J\x1b]0;owned\x07cleared");
+                "escaped".to_string()
+            }
             "/state" => {
                 let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 format!("{n}")

@@ -154,3 +154,40 @@ async fn a_wildcard_does_not_reach_names_that_resolve_to_this_machine() {
         assert!(body.contains("HttpRequestDenied"), "{url}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guests_output_cannot_drive_the_terminal_of_whoever_reads_its_logs() {
+    let server = Server::start();
+    server.deploy("tb", &guests().testbed, &[]);
+    assert_eq!(server.get("/tb/escape").await.0, 200);
+    let text = Server::eventually(Duration::from_secs(5), || async {
+        let out = server.gust(&["logs", "tb"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("cleared").then_some(text)
+    })
+    .await
+    .expect("the output is logged");
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    // --json keeps the bytes as they were (escaped by JSON).
+    let json = server.gust_json(&["logs", "tb"]);
+    assert!(json[0]["stdout"].as_str().unwrap().contains('\x1b'));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_that_never_reads_its_body_answers_and_the_connection_stays_usable() {
+    let server = Server::start();
+    server.deploy("tb", &guests().testbed, &[]);
+    // `/` answers without reading the 5 MB body it is sent.
+    for _ in 0..3 {
+        let response = server
+            .http
+            .post(format!("{}/tb/", server.url))
+            .body(vec![7u8; 5 << 20])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "testbed ok");
+    }
+    assert_eq!(server.get("/tb/body").await, (200, "body 0".into()));
+}
