@@ -905,6 +905,17 @@ async fn submit_invocation(
         .function(&caller.tenant, &name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))?;
+    let limit = state
+        .accounts
+        .quotas(&caller.tenant)
+        .unwrap_or_default()
+        .event_backlog;
+    if state.events.backlog(&caller.tenant) >= limit {
+        return Err(ApiError::QuotaExceeded(format!(
+            "tenant `{}` is at its quota `event_backlog` ({limit} events waiting); retry when some are delivered",
+            caller.tenant
+        )));
+    }
     let cap = function
         .active
         .as_ref()

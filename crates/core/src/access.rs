@@ -99,6 +99,9 @@ pub struct Quotas {
     pub invocations_per_second: u64,
     /// Invocations per second allowed in a burst above the average.
     pub burst: u64,
+    /// Events submitted (over HTTP) and not yet finished. Events from the
+    /// platform's own triggers (schedules, data changes) are never refused.
+    pub event_backlog: u64,
 }
 
 impl Default for Quotas {
@@ -111,6 +114,7 @@ impl Default for Quotas {
             // matters once an admin lowers it for a tenant.
             invocations_per_second: 100_000,
             burst: 100_000,
+            event_backlog: 1_000_000,
         }
     }
 }

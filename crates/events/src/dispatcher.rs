@@ -97,6 +97,12 @@ impl Dispatcher {
                         // Every claim on one node was this process's before
                         // it restarted: deliver those events again now
                         // rather than when their leases run out.
+                        // What is queued counts towards its tenant's backlog.
+                        if let (Some((tenant, _)), Ok(depth)) =
+                            (parse_queue(&queue), events.queue.depth(&queue).await)
+                        {
+                            events.counters.add_backlog(&tenant, depth);
+                        }
                         match events.queue.release_claims(&queue, now_ms()).await {
                             Ok(0) => {}
                             Ok(n) => {
@@ -263,6 +269,7 @@ async fn attempt(
                 }
                 events.queue.ack(queue, vec![item.seq]).await?;
                 events.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                events.counters.finish_one(&envelope.tenant);
                 // An ack can make the next event of an ordering group due.
                 if item.grouped {
                     events.wake.notify(queue);
@@ -326,6 +333,7 @@ async fn attempt(
                     .counters
                     .dead_lettered
                     .fetch_add(1, Ordering::Relaxed);
+                events.counters.finish_one(&envelope.tenant);
                 Ok(())
             }
         };

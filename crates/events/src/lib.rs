@@ -146,6 +146,8 @@ pub struct Events {
 
 #[derive(Default)]
 pub(crate) struct Counters {
+    /// Events queued and not yet finished (delivered or dead-lettered), per tenant.
+    pub backlog: std::sync::Mutex<std::collections::HashMap<TenantId, u64>>,
     pub accepted: AtomicU64,
     pub delivered: AtomicU64,
     pub retried: AtomicU64,
@@ -161,7 +163,32 @@ pub struct EventStats {
     pub dead_lettered: u64,
 }
 
+impl Counters {
+    pub(crate) fn add_backlog(&self, tenant: &TenantId, n: u64) {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        *backlog.entry(tenant.clone()).or_default() += n;
+    }
+
+    pub(crate) fn finish_one(&self, tenant: &TenantId) {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = backlog.get_mut(tenant) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
 impl Events {
+    /// Events of `tenant` queued and not yet finished: the number the
+    /// tenant's `event_backlog` quota bounds.
+    pub fn backlog(&self, tenant: &TenantId) -> u64 {
+        let backlog = self
+            .counters
+            .backlog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        backlog.get(tenant).copied().unwrap_or(0)
+    }
+
     pub fn new(queue: Arc<dyn QueueStore>, kv: Arc<dyn KvStore>) -> Self {
         Self {
             ids: Arc::new(InvocationIds::new()),
@@ -329,6 +356,7 @@ impl Events {
             Err(e) => return Err(e.into()),
         }
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        self.counters.add_backlog(&envelope.tenant, 1);
         self.wake.notify(&queue);
         Ok(())
     }
@@ -436,6 +464,7 @@ impl Events {
             self.queue
                 .enqueue(&queue, vec![Bytes::from(envelope.encode())], 0)
                 .await?;
+            self.counters.add_backlog(tenant, 1);
             self.kv
                 .delete(&dead_letter_key(tenant, function, &letter.invocation_id))
                 .await?;

@@ -122,6 +122,24 @@ impl Access {
         })
     }
 
+    /// Refuses an event submission when the tenant's backlog is full.
+    pub fn admit_event(&self, tenant: &TenantId, backlog: u64) -> Result<(), GatewayError> {
+        let limit = self
+            .accounts
+            .quotas(tenant)
+            .unwrap_or_default()
+            .event_backlog;
+        if backlog < limit {
+            return Ok(());
+        }
+        Err(GatewayError::QuotaExceeded {
+            message: format!(
+                "tenant `{tenant}` is at its quota `event_backlog` ({limit} events waiting); retry when some are delivered"
+            ),
+            retry_after_s: 1,
+        })
+    }
+
     /// Takes one of the tenant's concurrent invocations, for the run's length.
     pub fn admit_run(&self, tenant: &TenantId) -> Result<OwnedSemaphorePermit, GatewayError> {
         let gate = self.gate(tenant);

@@ -447,6 +447,10 @@ async fn submit_event(
     declared_length: Option<u64>,
     id: &str,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    let backlog = shared.events.backlog(&route.tenant);
+    if let Err(error) = shared.access.admit_event(&route.tenant, backlog) {
+        return Err(reject_unread(shared, request, error).await);
+    }
     // An event is a request to the function too: its body limit applies.
     let limit = shared
         .config

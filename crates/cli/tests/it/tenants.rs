@@ -348,6 +348,33 @@ async fn quotas_answer_429_naming_the_quota() {
     assert_eq!(second.status(), 429);
     assert!(second.text().await.unwrap().contains("quota `concurrency`"));
     assert_eq!(first.await.unwrap(), 200);
+
+    // Event backlog: three waiting events, then 429 until some are delivered.
+    set_quotas(
+        serde_json::json!({"functions": 2, "versions": 2, "concurrency": 1000,
+        "invocations_per_second": 1000, "burst": 1000, "event_backlog": 3}),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let response = http
+            .post(format!("{}/@acme/two/sleep?ms=1500", server.url))
+            .header("Gust-Invocation-Type", "Event")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            assert!(
+                response
+                    .text()
+                    .await
+                    .unwrap()
+                    .contains("quota `event_backlog`")
+            );
+        }
+    }
+    assert_eq!(statuses, [202, 202, 202, 429, 429]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
