@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use gust_api::{AuditEntry, TenantInfo, TokenInfo};
 
-use crate::client::{Api, ApiArgs};
+use crate::client::{Api, ApiArgs, print_list};
 use crate::output;
 
 #[derive(clap::Args)]
@@ -54,30 +54,17 @@ pub async fn tenant(args: TenantArgs) -> anyhow::Result<ExitCode> {
             }
         }
         TenantAction::Ls { api: api_args } => {
-            let api = Api::new(&api_args)?;
-            let list: Vec<TenantInfo> = api
-                .send(api.request(reqwest::Method::GET, "/v1/tenants"))
-                .await?;
-            if api_args.json {
-                output::print_json(&list)?;
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.id.clone(),
-                            t.quotas.functions.to_string(),
-                            t.quotas.concurrency.to_string(),
-                            t.quotas.invocations_per_second.to_string(),
-                            output::timestamp(t.created_at_ms),
-                        ]
-                    })
-                    .collect();
-                output::table(
-                    &["TENANT", "FUNCTIONS", "CONCURRENCY", "RATE/S", "CREATED"],
-                    &rows,
-                );
-            }
+            let header = ["TENANT", "FUNCTIONS", "CONCURRENCY", "RATE/S", "CREATED"];
+            return print_list(&api_args, "/v1/tenants", &header, |t: &TenantInfo| {
+                vec![
+                    t.id.clone(),
+                    t.quotas.functions.to_string(),
+                    t.quotas.concurrency.to_string(),
+                    t.quotas.invocations_per_second.to_string(),
+                    output::timestamp(t.created_at_ms),
+                ]
+            })
+            .await;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -183,27 +170,17 @@ pub async fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
             }
         }
         TokenAction::Ls { api: api_args } => {
-            let api = Api::new(&api_args)?;
-            let list: Vec<TokenInfo> = api
-                .send(api.request(reqwest::Method::GET, "/v1/tokens"))
-                .await?;
-            if api_args.json {
-                output::print_json(&list)?;
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.id.clone(),
-                            t.role.to_string(),
-                            output::timestamp(t.created_at_ms),
-                            expiry(t),
-                            t.description.clone(),
-                        ]
-                    })
-                    .collect();
-                output::table(&["ID", "ROLE", "CREATED", "EXPIRES", "DESCRIPTION"], &rows);
-            }
+            let header = ["ID", "ROLE", "CREATED", "EXPIRES", "DESCRIPTION"];
+            return print_list(&api_args, "/v1/tokens", &header, |t: &TokenInfo| {
+                vec![
+                    t.id.clone(),
+                    t.role.to_string(),
+                    output::timestamp(t.created_at_ms),
+                    expiry(t),
+                    t.description.clone(),
+                ]
+            })
+            .await;
         }
         TokenAction::Revoke { id, api: api_args } => {
             let api = Api::new(&api_args)?;

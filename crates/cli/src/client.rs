@@ -287,6 +287,28 @@ impl Api {
     }
 }
 
+/// A listing command: GETs `path` and prints the items as JSON or as a
+/// table with one row per item.
+pub(crate) async fn print_list<T>(
+    api_args: &ApiArgs,
+    path: &str,
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<ExitCode>
+where
+    T: DeserializeOwned + serde::Serialize,
+{
+    let api = Api::new(api_args)?;
+    let items: Vec<T> = api.send(api.request(reqwest::Method::GET, path)).await?;
+    if api_args.json {
+        output::print_json(&items)?;
+    } else {
+        let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+        output::table(header, &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&args.api)?;
     let bytes = tokio::fs::read(&args.file)
@@ -804,29 +826,21 @@ pub async fn schedule(args: ScheduleArgs) -> anyhow::Result<ExitCode> {
             name,
             api: api_args,
         } => {
-            let api = Api::new(&api_args)?;
-            let list: Vec<ScheduleInfo> = api
-                .send(api.request(
-                    reqwest::Method::GET,
-                    &format!("/v1/functions/{name}/schedules"),
-                ))
-                .await?;
-            if api_args.json {
-                output::print_json(&list)?;
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            s.id.clone(),
-                            s.expr.clone(),
-                            s.tz.clone(),
-                            s.next_ms.map_or("-".to_string(), output::timestamp),
-                        ]
-                    })
-                    .collect();
-                output::table(&["ID", "SCHEDULE", "TZ", "NEXT"], &rows);
-            }
+            let path = format!("/v1/functions/{name}/schedules");
+            return print_list(
+                &api_args,
+                &path,
+                &["ID", "SCHEDULE", "TZ", "NEXT"],
+                |s: &ScheduleInfo| {
+                    vec![
+                        s.id.clone(),
+                        s.expr.clone(),
+                        s.tz.clone(),
+                        s.next_ms.map_or("-".to_string(), output::timestamp),
+                    ]
+                },
+            )
+            .await;
         }
         ScheduleAction::Rm {
             name,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use gust_api::{KeyPage, TriggerInfo, Written};
 
-use crate::client::{Api, ApiArgs};
+use crate::client::{Api, ApiArgs, print_list};
 use crate::output;
 
 #[derive(clap::Args)]
@@ -279,30 +279,18 @@ pub async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
             name,
             api: api_args,
         } => {
-            let api = Api::new(&api_args)?;
-            let list: Vec<TriggerInfo> = api
-                .send(api.request(
-                    reqwest::Method::GET,
-                    &format!("/v1/functions/{name}/triggers"),
-                ))
-                .await?;
-            if api_args.json {
-                output::print_json(&list)?;
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.id.clone(),
-                            t.kind.clone(),
-                            t.bucket.clone(),
-                            t.prefix.clone(),
-                            t.path.clone(),
-                        ]
-                    })
-                    .collect();
-                output::table(&["ID", "KIND", "BUCKET", "PREFIX", "PATH"], &rows);
-            }
+            let path = format!("/v1/functions/{name}/triggers");
+            let header = ["ID", "KIND", "BUCKET", "PREFIX", "PATH"];
+            return print_list(&api_args, &path, &header, |t: &TriggerInfo| {
+                vec![
+                    t.id.clone(),
+                    t.kind.clone(),
+                    t.bucket.clone(),
+                    t.prefix.clone(),
+                    t.path.clone(),
+                ]
+            })
+            .await;
         }
         TriggerAction::Rm {
             name,

@@ -165,6 +165,19 @@ impl Accounts {
         }
     }
 
+    /// Writes a record and mirrors it at once (the watch brings it too, a
+    /// moment later): a caller reads its own write.
+    async fn put<T: Serialize>(&self, key: String, record: &T) -> Result<(), StoreError> {
+        let value = encode(record)?;
+        self.kv.put(&key, value.clone()).await?;
+        self.apply(&KvEvent::Put(crate::Entry {
+            key,
+            value,
+            revision: 0,
+        }));
+        Ok(())
+    }
+
     /// Creates a tenant (with default quotas unless given).
     pub async fn create_tenant(
         &self,
@@ -202,14 +215,7 @@ impl Accounts {
             .tenant(id)
             .ok_or_else(|| AccountsError::NoSuchTenant(id.to_string()))?;
         record.quotas = quotas;
-        let key = format!("{TENANTS}{id}");
-        let value = encode(&record)?;
-        self.kv.put(&key, value.clone()).await?;
-        self.apply(&KvEvent::Put(crate::Entry {
-            key,
-            value,
-            revision: 0,
-        }));
+        self.put(format!("{TENANTS}{id}"), &record).await?;
         Ok(record)
     }
 
@@ -298,14 +304,7 @@ impl Accounts {
             .cloned()
             .ok_or_else(|| AccountsError::NoSuchToken(id.to_string()))?;
         record.revoked_ms.get_or_insert(now_ms);
-        let key = format!("{TOKENS}{id}");
-        let value = encode(&record)?;
-        self.kv.put(&key, value.clone()).await?;
-        self.apply(&KvEvent::Put(crate::Entry {
-            key,
-            value,
-            revision: 0,
-        }));
+        self.put(format!("{TOKENS}{id}"), &record).await?;
         Ok(record)
     }
 
