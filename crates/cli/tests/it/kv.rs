@@ -168,6 +168,29 @@ async fn guests_use_buckets_through_wasi_keyvalue_and_people_through_gust_kv() {
     let out = server.gust(&["kv", "put", "x", "y", "--bucket", "Bad!"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bucket name"));
+    // A batch past 1000 keys is refused whole, naming the limit.
+    let keys: Vec<String> = (0..1001).map(|i| format!("k{i}")).collect();
+    let (status, text) = server
+        .kv(
+            "kvt",
+            &format!("batch?bucket=b4&keys={}", keys.join(",")),
+            "",
+        )
+        .await;
+    assert_eq!(status, 500);
+    assert!(
+        text.contains("1001 keys in one batch; the limit is 1000"),
+        "{text}"
+    );
+    assert_eq!(server.kv_value("b4", "k1").await, None);
+    // Triggers: a path that is not one, a function that does not exist.
+    let out = server.gust(&[
+        "trigger", "add", "kvt", "--bucket", "b1", "--path", "changed",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must start with `/`"));
+    let out = server.gust(&["trigger", "add", "nope", "--bucket", "b1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     let big = "v".repeat((1 << 20) + 1);
     let response = server
         .http
