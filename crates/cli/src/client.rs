@@ -309,6 +309,23 @@ where
     Ok(ExitCode::SUCCESS)
 }
 
+/// A removal command: DELETEs `path` and reports the `kind` `id` removed.
+pub(crate) async fn print_removal(
+    api_args: &ApiArgs,
+    path: &str,
+    kind: &str,
+    id: &str,
+) -> anyhow::Result<ExitCode> {
+    let api = Api::new(api_args)?;
+    let () = api.send(api.request(reqwest::Method::DELETE, path)).await?;
+    if api_args.json {
+        output::print_json(&serde_json::json!({ "id": id, "removed": true }))?;
+    } else {
+        println!("removed {kind} {id}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&args.api)?;
     let bytes = tokio::fs::read(&args.file)
@@ -847,18 +864,8 @@ pub async fn schedule(args: ScheduleArgs) -> anyhow::Result<ExitCode> {
             id,
             api: api_args,
         } => {
-            let api = Api::new(&api_args)?;
-            let () = api
-                .send(api.request(
-                    reqwest::Method::DELETE,
-                    &format!("/v1/functions/{name}/schedules/{id}"),
-                ))
-                .await?;
-            if api_args.json {
-                output::print_json(&serde_json::json!({ "id": id, "removed": true }))?;
-            } else {
-                println!("removed schedule {id}");
-            }
+            let path = format!("/v1/functions/{name}/schedules/{id}");
+            return print_removal(&api_args, &path, "schedule", &id).await;
         }
     }
     Ok(ExitCode::SUCCESS)

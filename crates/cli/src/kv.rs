@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use gust_api::{KeyPage, TriggerInfo, Written};
 
-use crate::client::{Api, ApiArgs, print_list};
+use crate::client::{Api, ApiArgs, print_list, print_removal};
 use crate::output;
 
 #[derive(clap::Args)]
@@ -297,18 +297,8 @@ pub async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
             id,
             api: api_args,
         } => {
-            let api = Api::new(&api_args)?;
-            let () = api
-                .send(api.request(
-                    reqwest::Method::DELETE,
-                    &format!("/v1/functions/{name}/triggers/{id}"),
-                ))
-                .await?;
-            if api_args.json {
-                output::print_json(&serde_json::json!({ "id": id, "removed": true }))?;
-            } else {
-                println!("removed trigger {id}");
-            }
+            let path = format!("/v1/functions/{name}/triggers/{id}");
+            return print_removal(&api_args, &path, "trigger", &id).await;
         }
     }
     Ok(ExitCode::SUCCESS)
