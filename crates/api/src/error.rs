@@ -59,9 +59,25 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl ApiError {
+    /// The store refused a write because the disk is full.
+    fn disk_full(&self) -> bool {
+        let store = match self {
+            ApiError::Store(e)
+            | ApiError::Registry(RegistryError::Store(e))
+            | ApiError::Buckets(BucketsError::Store(e))
+            | ApiError::Accounts(AccountsError::Store(e))
+            | ApiError::Events(EventsError::Store(e)) => e,
+            _ => return false,
+        };
+        matches!(store, StoreError::DiskFull { .. })
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
+            e if e.disk_full() => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => {
@@ -99,7 +115,9 @@ impl IntoResponse for ApiError {
             ) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+            ApiError::QuotaExceeded(_) | ApiError::Buckets(BucketsError::Quota { .. }) => {
+                (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+            }
             ApiError::Accounts(AccountsError::TenantExists(_)) => {
                 (StatusCode::CONFLICT, "conflict")
             }

@@ -124,7 +124,8 @@ pub(crate) async fn get_key(
     responses(
         (status = 200, body = Written),
         (status = 400, body = crate::ErrorBody),
-        (status = 413, body = crate::ErrorBody)))]
+        (status = 413, body = crate::ErrorBody),
+        (status = 429, description = "Over the tenant's `kv_keys` or `storage_bytes` quota", body = crate::ErrorBody)))]
 pub(crate) async fn put_key(
     State(state): State<ApiState>,
     caller: Caller,

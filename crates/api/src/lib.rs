@@ -501,6 +501,25 @@ impl ApiState {
         }
     }
 
+    /// Refuses an upload that would take the tenant past `storage_bytes`.
+    async fn check_storage_quota(&self, caller: &Caller, upload: u64) -> Result<(), ApiError> {
+        let limit = self
+            .accounts
+            .quotas(&caller.tenant)
+            .unwrap_or_default()
+            .storage_bytes;
+        let components = self.registry.component_bytes(&caller.tenant).await?;
+        let data = self.buckets.usage(&caller.tenant).await?.bytes;
+        let would_be = components.saturating_add(data).saturating_add(upload);
+        if would_be > limit {
+            return Err(ApiError::QuotaExceeded(format!(
+                "quota `storage_bytes` reached: tenant `{}` stores {components} bytes of components and {data} bytes of key-value data, this upload of {upload} bytes would pass the limit of {limit}; remove old functions or keys, or ask an admin to raise the quota",
+                caller.tenant
+            )));
+        }
+        Ok(())
+    }
+
     fn url(&self, tenant: &TenantId, name: &FunctionName) -> String {
         format!(
             "{}{}",
@@ -677,9 +696,13 @@ async fn deploy_version(
             "the upload is empty: send the component's bytes as the request body".into(),
         ));
     }
+    state
+        .check_storage_quota(&caller, bytes.len() as u64)
+        .await?;
     let started = Instant::now();
     let digest = digest_of(&bytes);
-    state.runtime.prepare(&digest, bytes.clone()).await?;
+    let prepared = state.runtime.prepare(&digest, bytes.clone()).await?;
+    prepared.check_fits(limits.memory_bytes)?;
     let prepare_ms = started.elapsed().as_millis() as u64;
     let size = bytes.len() as u64;
     state.blobs.put(bytes).await?;

@@ -12,7 +12,8 @@ use gust_events::{ChangeFeed, Dispatcher, Events, Scheduler};
 use gust_gateway::{Gateway, GatewayConfig, Services};
 use gust_runtime::{Runtime, RuntimeConfig};
 use gust_store::{
-    Accounts, BlobStore, Buckets, DataStore, EmbeddedStore, KvStore, LogStore, QueueStore, Registry,
+    Accounts, BlobStore, Buckets, DataStore, EmbeddedStore, KvStore, LogStore, QueueStore,
+    Registry, StoreOptions,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -61,6 +62,11 @@ pub struct UpArgs {
     /// Largest payload of an asynchronous invocation, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_event_bytes: u64,
+    /// Writes are refused (507) while the disk under the data directory has
+    /// less free space than this, so the database never fills up mid-write;
+    /// they resume once space frees.
+    #[arg(long, default_value_t = 64 << 20)]
+    min_free_disk_bytes: u64,
     /// Tuning: bytes of each instance's memory kept resident between uses
     /// of a pool slot (reset with memset instead of madvise).
     #[arg(long, default_value_t = 2 << 20)]
@@ -80,12 +86,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             args.data_dir.display()
         )
     })?;
-    let store = EmbeddedStore::open(&args.data_dir.join("gust.redb")).with_context(|| {
-        format!(
-            "cannot open the database in {} (is another `gust up` using it?)",
-            args.data_dir.display()
-        )
-    })?;
+    let store_options = StoreOptions {
+        min_free_bytes: args.min_free_disk_bytes,
+    };
+    let store = EmbeddedStore::open_with(&args.data_dir.join("gust.redb"), &store_options)
+        .with_context(|| {
+            format!(
+                "cannot open the database in {} (is another `gust up` using it?)",
+                args.data_dir.display()
+            )
+        })?;
     let mut runtime_config = RuntimeConfig::new(args.data_dir.join("artifacts"));
     runtime_config.max_instances = args.max_in_flight;
     runtime_config.memory_keep_resident = args.memory_keep_resident_bytes;
@@ -96,11 +106,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let logs: Arc<dyn LogStore> = Arc::new(store.clone());
     let queues: Arc<dyn QueueStore> = Arc::new(store.clone());
     let data: Arc<dyn DataStore> = Arc::new(store);
-    let buckets = Buckets::new(data.clone());
     let events = Events::new(queues, kv.clone());
     let accounts = Accounts::start(kv.clone()).await?;
     let admin_token = prepare_accounts(&accounts, &args).await?;
     let registry = Registry::new(kv);
+    let buckets = Buckets::new(data.clone()).with_quotas(accounts.clone(), registry.clone());
 
     let data_listener = TcpListener::bind(args.listen).await.with_context(|| {
         format!(

@@ -102,6 +102,11 @@ pub struct Quotas {
     /// Events submitted (over HTTP) and not yet finished. Events from the
     /// platform's own triggers (schedules, data changes) are never refused.
     pub event_backlog: u64,
+    /// Keys across the tenant's key-value buckets.
+    pub kv_keys: u64,
+    /// Bytes the tenant stores: its key-value data (keys and values) and
+    /// the components of all its functions' versions.
+    pub storage_bytes: u64,
 }
 
 impl Default for Quotas {
@@ -115,6 +120,8 @@ impl Default for Quotas {
             invocations_per_second: 100_000,
             burst: 100_000,
             event_backlog: 1_000_000,
+            kv_keys: 1_000_000,
+            storage_bytes: 1 << 30,
         }
     }
 }

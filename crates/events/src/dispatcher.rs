@@ -32,7 +32,13 @@ pub struct AttemptOutcome {
     pub error: Option<String>,
     /// The function's response body (for an `on_success` destination).
     pub body: Bytes,
+    /// The platform had no capacity to run the function (node or tenant
+    /// at its limit): not an attempt; the event waits for capacity.
+    pub not_run: bool,
 }
+
+/// How long an event that found no capacity waits before it is tried again.
+const NO_CAPACITY_WAIT_MS: u64 = 100;
 
 /// Runs one attempt of an event; implemented by the data plane.
 #[async_trait]
@@ -234,6 +240,14 @@ async fn attempt(
     events.wake.set_running(&id, false);
 
     let now = now_ms();
+    if outcome.not_run {
+        let again = now + NO_CAPACITY_WAIT_MS / 2 + (NO_CAPACITY_WAIT_MS as f64 * jitter()) as u64;
+        if let Err(e) = events.queue.defer(queue, item.seq, again).await {
+            tracing::error!(%queue, invocation_id = %id, error = %e, "deferring an event failed");
+        }
+        events.wake.notify(queue);
+        return;
+    }
     let result = AttemptResult::from_status(outcome.status);
     let decision = policy.decide(
         item.attempt,

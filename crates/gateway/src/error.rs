@@ -23,6 +23,8 @@ pub(crate) enum GatewayError {
         limit: u64,
     },
     EventNotStored,
+    /// The store refuses writes: the disk is full.
+    DiskFull(String),
     Overloaded,
     Draining,
     Load {
@@ -107,6 +109,7 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the event could not be stored; it was not accepted, retry shortly".to_string(),
             ),
+            GatewayError::DiskFull(message) => (StatusCode::INSUFFICIENT_STORAGE, message),
             GatewayError::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is at its concurrency limit; retry shortly".to_string(),

@@ -15,6 +15,9 @@ pub(crate) struct TenantKv {
 
 fn failure(error: BucketsError) -> KvFailure {
     match error {
+        BucketsError::Store(full @ gust_store::StoreError::DiskFull { .. }) => {
+            KvFailure::Other(full.to_string())
+        }
         // Storage failures are not the guest's business beyond "it failed".
         BucketsError::Store(e) => {
             tracing::warn!(error = %e, "key-value storage failed");

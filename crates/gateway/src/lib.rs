@@ -474,9 +474,14 @@ async fn submit_event(
         |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
         data.to_vec(),
     );
-    shared.events.submit(envelope).await.map_err(|e| {
-        tracing::error!(invocation_id = id, error = %e, "could not queue an event");
-        GatewayError::EventNotStored
+    shared.events.submit(envelope).await.map_err(|e| match e {
+        gust_events::EventsError::Store(full @ gust_store::StoreError::DiskFull { .. }) => {
+            GatewayError::DiskFull(format!("the event was not accepted: {full}"))
+        }
+        e => {
+            tracing::error!(invocation_id = id, error = %e, "could not queue an event");
+            GatewayError::EventNotStored
+        }
     })?;
     let body = format!("{{\"invocation_id\":\"{id}\",\"state\":\"queued\"}}\n");
     let mut response = Response::new(
@@ -505,6 +510,7 @@ impl Invoker for Gateway {
                 status: 404,
                 error: Some(format!("function `{}` no longer exists", envelope.function)),
                 body: Bytes::new(),
+                not_run: false,
             };
         };
         let mut request = Request::builder()
@@ -532,6 +538,7 @@ impl Invoker for Gateway {
                     status: 400,
                     error: Some(format!("the event's attributes are not valid headers: {e}")),
                     body: Bytes::new(),
+                    not_run: false,
                 };
             }
         };
@@ -545,20 +552,31 @@ impl Invoker for Gateway {
                         status,
                         error: None,
                         body: collected.to_bytes(),
+                        not_run: false,
                     },
                     Err(e) => AttemptOutcome {
                         status: 500,
                         error: Some(format!("the response body failed: {e}")),
                         body: Bytes::new(),
+                        not_run: false,
                     },
                 }
             }
             Err(error) => {
+                // No room to run it now is not a failed attempt: the event
+                // waits in its queue until capacity frees.
+                let not_run = matches!(
+                    error,
+                    GatewayError::Overloaded
+                        | GatewayError::Draining
+                        | GatewayError::QuotaExceeded { .. }
+                );
                 let (status, reason) = error.describe(id);
                 AttemptOutcome {
                     status: status.as_u16(),
                     error: Some(reason),
                     body: Bytes::new(),
+                    not_run,
                 }
             }
         }

@@ -43,11 +43,30 @@ impl RuntimeConfig {
 pub struct Prepared {
     pub(crate) pre: ProxyPre<Host>,
     digest: String,
+    initial_memory_bytes: u64,
 }
 
 impl Prepared {
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The largest linear memory the component asks for before it runs a
+    /// single instruction (its declared minimum).
+    pub fn initial_memory_bytes(&self) -> u64 {
+        self.initial_memory_bytes
+    }
+
+    /// Refuses a component that could never run within `memory_limit`:
+    /// better a 400 at deploy than a failure on every request.
+    pub fn check_fits(&self, memory_limit: u64) -> Result<(), DeployError> {
+        if self.initial_memory_bytes > memory_limit {
+            return Err(DeployError::TooMuchMemory {
+                initial: self.initial_memory_bytes,
+                limit: memory_limit,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -267,9 +286,16 @@ impl Inner {
             .map_err(|e| DeployError::UnsupportedImport(format!("{e:#}")))?;
         let pre = ProxyPre::new(instance_pre)
             .map_err(|e| DeployError::MissingHandler(format!("{e:#}")))?;
+        const WASM_PAGE: u64 = 64 << 10;
+        let initial_memory_bytes = component
+            .resources_required()
+            .and_then(|r| r.max_initial_memory_size)
+            .unwrap_or(0)
+            .saturating_mul(WASM_PAGE);
         Ok(Prepared {
             pre,
             digest: digest.to_string(),
+            initial_memory_bytes,
         })
     }
 }

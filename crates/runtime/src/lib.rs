@@ -48,6 +48,10 @@ pub enum DeployError {
         "the component imports something Gust does not provide (Gust provides `wasi:http`, `wasi:cli`, `wasi:clocks`, `wasi:random`, `wasi:io`, `wasi:filesystem` and `wasi:sockets` at 0.2.x, and `wasi:keyvalue` at 0.2.0-draft): {0}"
     )]
     UnsupportedImport(String),
+    #[error(
+        "the component asks for {initial} bytes of linear memory at start, more than its memory limit of {limit} bytes: deploy it with a larger `--memory` or lower its initial memory"
+    )]
+    TooMuchMemory { initial: u64, limit: u64 },
     #[error("could not store the compiled component: {0}")]
     Storage(String),
 }

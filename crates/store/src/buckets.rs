@@ -1,7 +1,9 @@
 //! `Buckets`: tenants' key-value data, one namespace per (tenant, bucket),
 //! over a [`DataStore`]. Checks keys and values against `gust_core::kv`'s
 //! rules and maps them to storage keys, so no caller can reach outside its
-//! tenant's buckets.
+//! tenant's buckets. With quotas on, every write that adds keys or bytes is
+//! held to the tenant's `kv_keys` and `storage_bytes` (which also counts
+//! its components), in the same transaction as the write.
 
 use std::sync::Arc;
 
@@ -9,7 +11,9 @@ use bytes::Bytes;
 use gust_core::TenantId;
 use gust_core::kv::{self, BucketName, KvError};
 
-use crate::{DataChange, DataStore, DataWrite, KeyInfo, StoreError};
+use crate::{
+    Accounts, Allowance, DataChange, DataStore, DataUsage, DataWrite, KeyInfo, Registry, StoreError,
+};
 
 /// Why a key-value call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -18,6 +22,16 @@ pub enum BucketsError {
     Invalid(#[from] KvError),
     #[error("the value of `{0}` is not a counter (a decimal number)")]
     NotACounter(String),
+    /// A tenant quota (`kv_keys` or `storage_bytes`) would be exceeded; nothing was written.
+    #[error(
+        "tenant `{tenant}` is at its quota `{quota}` ({limit}{unit}); delete keys or old versions, or ask an admin to raise it"
+    )]
+    Quota {
+        tenant: String,
+        quota: &'static str,
+        limit: u64,
+        unit: &'static str,
+    },
     #[error(transparent)]
     Store(StoreError),
 }
@@ -25,6 +39,21 @@ pub enum BucketsError {
 impl From<StoreError> for BucketsError {
     fn from(e: StoreError) -> Self {
         match e {
+            StoreError::OverAllowance {
+                owner, what, limit, ..
+            } => {
+                let (quota, unit) = if what == Allowance::KEYS {
+                    ("kv_keys", " keys")
+                } else {
+                    ("storage_bytes", " bytes, components included")
+                };
+                Self::Quota {
+                    tenant: owner,
+                    quota,
+                    limit,
+                    unit,
+                }
+            }
             StoreError::NotACounter(stored) => Self::NotACounter(
                 kv::parse_storage_key(&stored)
                     .map_or(stored.clone(), |(_, _, key)| key.to_string()),
@@ -45,15 +74,72 @@ pub struct Value {
 #[derive(Clone)]
 pub struct Buckets {
     data: Arc<dyn DataStore>,
+    quotas: Option<(Accounts, Registry)>,
 }
 
 impl Buckets {
+    /// Buckets without quotas.
     pub fn new(data: Arc<dyn DataStore>) -> Self {
-        Self { data }
+        Self { data, quotas: None }
+    }
+
+    /// Holds every tenant to its `kv_keys` and `storage_bytes` quotas.
+    pub fn with_quotas(self, accounts: Accounts, registry: Registry) -> Self {
+        Self {
+            quotas: Some((accounts, registry)),
+            ..self
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn DataStore> {
         &self.data
+    }
+
+    /// What the tenant keeps in its buckets.
+    pub async fn usage(&self, tenant: &TenantId) -> Result<DataUsage, BucketsError> {
+        Ok(self.data.usage(tenant.as_str()).await?)
+    }
+
+    /// The tenant's allowance for the next write (`None` without quotas).
+    async fn allowance(&self, tenant: &TenantId) -> Result<Option<Allowance>, BucketsError> {
+        let Some((accounts, registry)) = &self.quotas else {
+            return Ok(None);
+        };
+        let quotas = accounts.quotas(tenant).unwrap_or_default();
+        let components = registry
+            .component_bytes(tenant)
+            .await
+            .map_err(|e| BucketsError::Store(StoreError::Backend(e.to_string())))?;
+        Ok(Some(Allowance {
+            owner: tenant.to_string(),
+            keys: quotas.kv_keys,
+            bytes: quotas.storage_bytes.saturating_sub(components),
+        }))
+    }
+
+    async fn apply(
+        &self,
+        tenant: &TenantId,
+        writes: Vec<DataWrite>,
+    ) -> Result<Vec<Option<DataChange>>, BucketsError> {
+        let allowance = self.allowance(tenant).await?;
+        match self.data.apply(writes, allowance.as_ref()).await {
+            // The bytes left for data are what the components leave: name the whole quota.
+            Err(StoreError::OverAllowance { what, .. }) if what == Allowance::BYTES => {
+                Err(BucketsError::Quota {
+                    tenant: tenant.to_string(),
+                    quota: "storage_bytes",
+                    limit: self
+                        .quotas
+                        .as_ref()
+                        .and_then(|(accounts, _)| accounts.quotas(tenant))
+                        .unwrap_or_default()
+                        .storage_bytes,
+                    unit: " bytes, components included",
+                })
+            }
+            other => Ok(other?),
+        }
     }
 
     pub async fn get(
@@ -124,8 +210,7 @@ impl Buckets {
             });
         }
         Ok(self
-            .data
-            .apply(writes)
+            .apply(tenant, writes)
             .await?
             .into_iter()
             .flatten()
@@ -147,7 +232,12 @@ impl Buckets {
                 key: kv::storage_key(tenant, bucket, &key),
             });
         }
-        Ok(self.data.apply(writes).await?.into_iter().flatten().count())
+        Ok(self
+            .apply(tenant, writes)
+            .await?
+            .into_iter()
+            .flatten()
+            .count())
     }
 
     /// Adds `delta` to a counter (absent counts as 0); returns the new value.
@@ -161,8 +251,7 @@ impl Buckets {
         kv::check_key(key)?;
         let key = kv::storage_key(tenant, bucket, key);
         let changes = self
-            .data
-            .apply(vec![DataWrite::Increment { key, delta }])
+            .apply(tenant, vec![DataWrite::Increment { key, delta }])
             .await?;
         let value = changes.into_iter().flatten().next().and_then(|c| c.value);
         value

@@ -356,6 +356,10 @@ pub async fn queues(q: &dyn QueueStore) {
     let retried = q.claim("q1", 300, 500, 10).await.unwrap();
     assert_eq!(retried.len(), 1);
     assert_eq!((retried[0].seq, retried[0].attempt), (2, 2));
+    // Deferred (never tried): back at its time, the claim not counted.
+    q.defer("q1", 2, 310).await.unwrap();
+    let deferred = q.claim("q1", 310, 500, 10).await.unwrap();
+    assert_eq!((deferred[0].seq, deferred[0].attempt), (2, 2));
 
     // A lease that runs out makes the message claimable again (its claimant died).
     let expired = q.claim("q1", 700, 500, 10).await.unwrap();
@@ -447,11 +451,10 @@ pub async fn data(d: &dyn DataStore) {
         value: b(v),
     };
     let changes = d
-        .apply(vec![
-            put("t/b/one", "1"),
-            put("t/b/two", "22"),
-            put("t/c/x", "x"),
-        ])
+        .apply(
+            vec![put("t/b/one", "1"), put("t/b/two", "22"), put("t/c/x", "x")],
+            None,
+        )
         .await
         .unwrap();
     let revs: Vec<u64> = changes
@@ -480,14 +483,14 @@ pub async fn data(d: &dyn DataStore) {
         key: k.into(),
         delta,
     };
-    let c = d.apply(vec![inc("t/b/n", 5)]).await.unwrap();
+    let c = d.apply(vec![inc("t/b/n", 5)], None).await.unwrap();
     assert_eq!(c[0].as_ref().unwrap().value, Some(b("5")));
-    let c = d.apply(vec![inc("t/b/n", 2)]).await.unwrap();
+    let c = d.apply(vec![inc("t/b/n", 2)], None).await.unwrap();
     assert_eq!(c[0].as_ref().unwrap().value, Some(b("7")));
-    d.apply(vec![put("t/b/word", "abc")]).await.unwrap();
+    d.apply(vec![put("t/b/word", "abc")], None).await.unwrap();
     let before = *d.last_revision().borrow();
     let refused = d
-        .apply(vec![put("t/b/side", "s"), inc("t/b/word", 1)])
+        .apply(vec![put("t/b/side", "s"), inc("t/b/word", 1)], None)
         .await
         .unwrap_err();
     assert!(
@@ -499,14 +502,17 @@ pub async fn data(d: &dyn DataStore) {
 
     // Deletes: of a missing key, nothing; of a present key, a change.
     let gone = d
-        .apply(vec![
-            DataWrite::Delete {
-                key: "t/b/none".into(),
-            },
-            DataWrite::Delete {
-                key: "t/b/two".into(),
-            },
-        ])
+        .apply(
+            vec![
+                DataWrite::Delete {
+                    key: "t/b/none".into(),
+                },
+                DataWrite::Delete {
+                    key: "t/b/two".into(),
+                },
+            ],
+            None,
+        )
         .await
         .unwrap();
     assert!(gone[0].is_none());
@@ -543,4 +549,112 @@ pub async fn data(d: &dyn DataStore) {
     let trimmed = d.changes(0, 100).await.unwrap();
     assert_eq!(trimmed.len(), 2);
     assert_eq!(trimmed[0].revision, feed[5].revision);
+
+    // Usage per owner: t has t/b/n ("7"), t/b/one ("1"), t/b/word ("abc"), t/c/x ("x").
+    let usage = d.usage("t").await.unwrap();
+    assert_eq!(usage.keys, 4);
+    assert_eq!(usage.bytes, (5 + 1) + (7 + 1) + (8 + 3) + (5 + 1));
+    assert_eq!(
+        d.usage("nobody").await.unwrap(),
+        crate::DataUsage::default()
+    );
+    allowances(d).await;
+}
+
+/// Writes past an owner's allowance are refused whole; shrinking is always allowed.
+async fn allowances(d: &dyn DataStore) {
+    use crate::{Allowance, DataWrite};
+    let put = |k: &str, v: &str| DataWrite::Put {
+        key: k.into(),
+        value: b(v),
+    };
+    let allowance = Allowance {
+        owner: "q".into(),
+        keys: 2,
+        bytes: 100,
+    };
+    d.apply(vec![put("q/b/1", "a"), put("q/b/2", "b")], Some(&allowance))
+        .await
+        .unwrap();
+    let before = d.usage("q").await.unwrap();
+    assert_eq!(before.keys, 2);
+    let refused = d
+        .apply(vec![put("q/b/1", "c"), put("q/b/3", "c")], Some(&allowance))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StoreError::OverAllowance {
+                what: Allowance::KEYS,
+                limit: 2,
+                would_be: 3,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    assert_eq!(
+        d.get("q/b/1").await.unwrap().unwrap().value,
+        b("a"),
+        "all or nothing"
+    );
+    // Overwriting in place adds no key; a value too big for the bytes is refused.
+    d.apply(vec![put("q/b/1", "cc")], Some(&allowance))
+        .await
+        .unwrap();
+    let big = "x".repeat(100);
+    let refused = d
+        .apply(vec![put("q/b/2", &big)], Some(&allowance))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StoreError::OverAllowance {
+                what: Allowance::BYTES,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    // Another owner's key is never written under this allowance.
+    assert!(
+        d.apply(vec![put("t/b/1", "a")], Some(&allowance))
+            .await
+            .is_err()
+    );
+    // Deleting and then adding within the allowance works in one call.
+    d.apply(
+        vec![
+            DataWrite::Delete {
+                key: "q/b/2".into(),
+            },
+            put("q/b/3", "c"),
+        ],
+        Some(&allowance),
+    )
+    .await
+    .unwrap();
+    // A lowered allowance still lets the owner shrink.
+    let tight = Allowance {
+        keys: 1,
+        ..allowance.clone()
+    };
+    d.apply(
+        vec![DataWrite::Delete {
+            key: "q/b/3".into(),
+        }],
+        Some(&tight),
+    )
+    .await
+    .unwrap();
+    let after = d.usage("q").await.unwrap();
+    assert_eq!(
+        after,
+        crate::DataUsage {
+            keys: 1,
+            bytes: 5 + 2
+        }
+    );
 }

@@ -14,6 +14,7 @@
 //! does not disturb the others in its batch. Reads run on tokio's blocking
 //! pool, beside the writer (redb readers see the last commit).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -26,8 +27,8 @@ use redb::{
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{
-    BlobStore, Claimed, DataChange, DataStore, DataWrite, Entry, KeyInfo, KvEvent, KvStore,
-    LogStore, QueueStore, StoreError, Watch, WatchStream, digest_of,
+    Allowance, BlobStore, Claimed, DataChange, DataStore, DataUsage, DataWrite, Entry, KeyInfo,
+    KvEvent, KvStore, LogStore, QueueStore, StoreError, Watch, WatchStream, digest_of,
 };
 
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -61,6 +62,11 @@ const DATA: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("data");
 const DATA_CHANGES: TableDefinition<u64, (&str, bool, &[u8])> =
     TableDefinition::new("data_changes");
 
+/// Usage per owner (the part of a data key before its first `/`): (keys, bytes).
+const DATA_USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("data_usage");
+/// Set once `DATA_USAGE` has been counted from `DATA` (stores made before it existed).
+const DATA_USAGE_COUNTED: &str = "data.usage_counted";
+
 const KV_REVISION: &str = "kv.revision";
 const DATA_REVISION: &str = "data.revision";
 /// Watchers further behind than this get [`StoreError::Lagged`] and resync.
@@ -84,8 +90,62 @@ pub struct EmbeddedStore {
     inner: Arc<Inner>,
 }
 
+/// How the embedded store is set up.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Writes are refused (with [`StoreError::DiskFull`]) while the file
+    /// system holding the database has less than this many bytes available,
+    /// so the database never runs out of space in the middle of a commit.
+    pub min_free_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            min_free_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Watches the free space under the database. Checked before every write,
+/// at most every [`DiskGuard::RECHECK`] (a `statvfs` call).
+struct DiskGuard {
+    dir: std::path::PathBuf,
+    min_free: u64,
+    last: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl DiskGuard {
+    const RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let available = match *last {
+            Some((at, available)) if at.elapsed() < Self::RECHECK => available,
+            _ => {
+                let available = rustix::fs::statvfs(&self.dir)
+                    .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+                    .unwrap_or(u64::MAX);
+                *last = Some((std::time::Instant::now(), available));
+                available
+            }
+        };
+        if available < self.min_free {
+            return Err(StoreError::DiskFull {
+                available,
+                required: self.min_free,
+            });
+        }
+        Ok(())
+    }
+}
+
 struct Inner {
     db: Arc<Database>,
+    disk: DiskGuard,
     changes: broadcast::Sender<KvEvent>,
     data_revision: tokio::sync::watch::Sender<u64>,
     writes: std_mpsc::Sender<Job>,
@@ -105,8 +165,13 @@ impl Drop for Inner {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file at `path`.
+    /// Opens (or creates) the database file at `path`, with default options.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, &StoreOptions::default())
+    }
+
+    /// Opens (or creates) the database file at `path`.
+    pub fn open_with(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         {
@@ -123,7 +188,9 @@ impl EmbeddedStore {
             txn.open_table(QUEUE_GROUPS).map_err(backend)?;
             txn.open_table(DATA).map_err(backend)?;
             txn.open_table(DATA_CHANGES).map_err(backend)?;
+            txn.open_table(DATA_USAGE).map_err(backend)?;
         }
+        count_usage_once(&txn)?;
         let data_revision = {
             let meta = txn.open_table(META).map_err(backend)?;
             meta.get(DATA_REVISION)
@@ -145,6 +212,15 @@ impl EmbeddedStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
+                disk: DiskGuard {
+                    dir: path
+                        .parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."))
+                        .to_path_buf(),
+                    min_free: options.min_free_bytes,
+                    last: std::sync::Mutex::new(None),
+                },
                 changes,
                 data_revision: tokio::sync::watch::Sender::new(data_revision),
                 writes,
@@ -174,6 +250,7 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction, &mut Vec<KvEvent>) -> Result<T, StoreError> + Send + 'static,
     {
+        self.inner.disk.check()?;
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
         let job: Job = Box::new(move |txn, events| match op(txn, events) {
             Ok(value) => Ok(Box::new(move |committed: Result<(), StoreError>| {
@@ -197,6 +274,39 @@ impl EmbeddedStore {
 }
 
 impl EmbeddedStore {
+    /// Ends a claim: the message is due again at `not_before_ms`; with
+    /// `refund`, the claim does not count as an attempt.
+    async fn unclaim(
+        &self,
+        queue: &str,
+        seq: u64,
+        not_before_ms: u64,
+        refund: bool,
+    ) -> Result<(), StoreError> {
+        let queue = queue.to_string();
+        self.write(move |txn, _| {
+            let mut items = txn.open_table(QUEUE).map_err(backend)?;
+            let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+            let current = items.get((queue.as_str(), seq)).map_err(backend)?.map(|v| {
+                let (not_before, attempts, payload) = v.value();
+                (not_before, attempts, payload.to_vec())
+            });
+            if let Some((old, state, payload)) = current {
+                due.remove((queue.as_str(), old, seq)).map_err(backend)?;
+                items
+                    .insert(
+                        (queue.as_str(), seq),
+                        (not_before_ms, unclaimed(state, refund), payload.as_slice()),
+                    )
+                    .map_err(backend)?;
+                due.insert((queue.as_str(), not_before_ms, seq), ())
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Appends messages to a queue, in an ordering group or not. A grouped
     /// message is claimable at once only if its group holds nothing else;
     /// otherwise `ack` of its predecessor makes it claimable.
@@ -605,22 +715,24 @@ fn write_data(
     feed: &mut redb::Table<u64, (&str, bool, &[u8])>,
     revision: &mut u64,
     write: DataWrite,
-) -> Result<Option<DataChange>, StoreError> {
+) -> Result<(Option<DataChange>, (i64, i64)), StoreError> {
+    let old = data
+        .get(write.key())
+        .map_err(backend)?
+        .map(|v| v.value().1.to_vec());
     let (key, value) = match write {
         DataWrite::Put { key, value } => (key, Some(value)),
         DataWrite::Delete { key } => {
-            if data.remove(key.as_str()).map_err(backend)?.is_none() {
-                return Ok(None);
+            if old.is_none() {
+                return Ok((None, (0, 0)));
             }
+            data.remove(key.as_str()).map_err(backend)?;
             (key, None)
         }
         DataWrite::Increment { key, delta } => {
-            let current = match data.get(key.as_str()).map_err(backend)? {
+            let current = match &old {
                 None => 0,
-                Some(v) => std::str::from_utf8(v.value().1)
-                    .ok()
-                    .and_then(|t| t.trim().parse::<u64>().ok())
-                    .ok_or_else(|| StoreError::NotACounter(key.clone()))?,
+                Some(v) => counter(v).ok_or_else(|| StoreError::NotACounter(key.clone()))?,
             };
             let next = current.wrapping_add(delta);
             (key, Some(Bytes::from(next.to_string())))
@@ -634,11 +746,151 @@ fn write_data(
     }
     feed.insert(*revision, (key.as_str(), value.is_none(), bytes))
         .map_err(backend)?;
-    Ok(Some(DataChange {
-        revision: *revision,
-        key,
-        value,
-    }))
+    let delta = usage_delta(
+        &key,
+        old.as_ref().map(Vec::len),
+        value.as_ref().map(Bytes::len),
+    );
+    Ok((
+        Some(DataChange {
+            revision: *revision,
+            key,
+            value,
+        }),
+        delta,
+    ))
+}
+
+/// Counts every owner's usage from the data itself, the first time a store
+/// that predates usage counting is opened.
+fn count_usage_once(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    if meta.get(DATA_USAGE_COUNTED).map_err(backend)?.is_some() {
+        return Ok(());
+    }
+    let data = txn.open_table(DATA).map_err(backend)?;
+    let mut counted: HashMap<String, (u64, u64)> = HashMap::new();
+    for entry in data.iter().map_err(backend)? {
+        let (key, value) = entry.map_err(backend)?;
+        let key = key.value();
+        let owner = counted.entry(owner_of(key).to_string()).or_default();
+        owner.0 += 1;
+        owner.1 += (key.len() + value.value().1.len()) as u64;
+    }
+    let mut usage = txn.open_table(DATA_USAGE).map_err(backend)?;
+    for (owner, counts) in counted {
+        usage.insert(owner.as_str(), counts).map_err(backend)?;
+    }
+    meta.insert(DATA_USAGE_COUNTED, 1).map_err(backend)?;
+    Ok(())
+}
+
+fn counter(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+/// The part of a data key before its first `/`: whose usage it counts in.
+fn owner_of(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(owner, _)| owner)
+}
+
+/// How a key going from `old` to `new` value length changes (keys, bytes).
+fn usage_delta(key: &str, old: Option<usize>, new: Option<usize>) -> (i64, i64) {
+    let size = |len: Option<usize>| len.map_or(0, |l| (key.len() + l) as i64);
+    (
+        i64::from(new.is_some()) - i64::from(old.is_some()),
+        size(new) - size(old),
+    )
+}
+
+/// The longest a counter's decimal text can be.
+const COUNTER_MAX_LEN: usize = 20;
+
+/// Checks the writes before any is made: every increment must find a
+/// counter (or a key this call puts or deletes first), and returns how the
+/// writes change usage per owner — exact for puts and deletes, an upper
+/// bound for increments.
+fn project(
+    data: &redb::Table<&str, (u64, &[u8])>,
+    writes: &[DataWrite],
+) -> Result<HashMap<String, (i64, i64)>, StoreError> {
+    // Each key's value length as the writes so far leave it.
+    let mut pending: HashMap<&str, Option<usize>> = HashMap::new();
+    let mut deltas: HashMap<String, (i64, i64)> = HashMap::new();
+    for write in writes {
+        let key = write.key();
+        let old = match pending.get(key) {
+            Some(len) => *len,
+            None => match data.get(key).map_err(backend)? {
+                Some(v) => {
+                    let stored = v.value().1;
+                    if matches!(write, DataWrite::Increment { .. }) && counter(stored).is_none() {
+                        return Err(StoreError::NotACounter(key.to_string()));
+                    }
+                    Some(stored.len())
+                }
+                None => None,
+            },
+        };
+        let new = match write {
+            DataWrite::Put { value, .. } => Some(value.len()),
+            DataWrite::Delete { .. } => None,
+            DataWrite::Increment { .. } => Some(COUNTER_MAX_LEN.max(old.unwrap_or(0))),
+        };
+        pending.insert(key, new);
+        let (keys, bytes) = usage_delta(key, old, new);
+        let owner = deltas.entry(owner_of(key).to_string()).or_default();
+        owner.0 += keys;
+        owner.1 += bytes;
+    }
+    Ok(deltas)
+}
+
+fn check_allowance(
+    usage: &redb::Table<&str, (u64, u64)>,
+    allowance: &Allowance,
+    writes: &[DataWrite],
+    projected: HashMap<String, (i64, i64)>,
+) -> Result<(), StoreError> {
+    if let Some(stranger) = writes.iter().find(|w| owner_of(w.key()) != allowance.owner) {
+        return Err(StoreError::Backend(format!(
+            "`{}` is not owned by `{}`",
+            stranger.key(),
+            allowance.owner
+        )));
+    }
+    let Some(&(keys, bytes)) = projected.get(&allowance.owner) else {
+        return Ok(());
+    };
+    let now = read_usage(usage, &allowance.owner)?;
+    for (what, delta, current, limit) in [
+        (Allowance::KEYS, keys, now.keys, allowance.keys),
+        (Allowance::BYTES, bytes, now.bytes, allowance.bytes),
+    ] {
+        let would_be = current.saturating_add_signed(delta);
+        if delta > 0 && would_be > limit {
+            return Err(StoreError::OverAllowance {
+                owner: allowance.owner.clone(),
+                what,
+                limit,
+                would_be,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn read_usage(
+    usage: &impl redb::ReadableTable<&'static str, (u64, u64)>,
+    owner: &str,
+) -> Result<DataUsage, StoreError> {
+    Ok(usage
+        .get(owner)
+        .map_err(backend)?
+        .map_or_else(DataUsage::default, |v| {
+            let (keys, bytes) = v.value();
+            DataUsage { keys, bytes }
+        }))
 }
 
 #[async_trait]
@@ -669,45 +921,56 @@ impl DataStore for EmbeddedStore {
         .await
     }
 
-    async fn apply(&self, writes: Vec<DataWrite>) -> Result<Vec<Option<DataChange>>, StoreError> {
+    async fn apply(
+        &self,
+        writes: Vec<DataWrite>,
+        allowance: Option<&Allowance>,
+    ) -> Result<Vec<Option<DataChange>>, StoreError> {
+        let allowance = allowance.cloned();
         let changes = self
             .write(move |txn, _| {
                 let mut data = txn.open_table(DATA).map_err(backend)?;
                 let mut feed = txn.open_table(DATA_CHANGES).map_err(backend)?;
+                let mut usage = txn.open_table(DATA_USAGE).map_err(backend)?;
                 let mut meta = txn.open_table(META).map_err(backend)?;
                 let start = meta
                     .get(DATA_REVISION)
                     .map_err(backend)?
                     .map_or(0, |v| v.value());
-                // Refusals (a bad counter) must leave nothing behind, and
-                // the transaction is shared with other callers: check every
-                // increment before the first write.
-                for write in &writes {
-                    if let DataWrite::Increment { key, .. } = write {
-                        let pending_put = writes.iter().any(|w| matches!(w, DataWrite::Put { key: k, .. } | DataWrite::Delete { key: k } if k == key));
-                        if pending_put {
-                            continue;
-                        }
-                        if let Some(v) = data.get(key.as_str()).map_err(backend)? {
-                            let numeric = std::str::from_utf8(v.value().1)
-                                .is_ok_and(|t| t.trim().parse::<u64>().is_ok());
-                            if !numeric {
-                                return Err(StoreError::NotACounter(key.clone()));
-                            }
-                        }
-                    }
+                // Refusals (a bad counter, over the allowance) must leave
+                // nothing behind, and the transaction is shared with other
+                // callers: check everything before the first write.
+                let projected = project(&data, &writes)?;
+                if let Some(allowance) = &allowance {
+                    check_allowance(&usage, allowance, &writes, projected)?;
                 }
                 let mut revision = start;
                 let mut changes = Vec::with_capacity(writes.len());
+                let mut deltas: HashMap<String, (i64, i64)> = HashMap::new();
                 for write in writes {
                     // A refusal here (a counter overwritten earlier in the
                     // same call) comes after writes: abandon the batch.
-                    let change = write_data(&mut data, &mut feed, &mut revision, write)
+                    let (change, delta) = write_data(&mut data, &mut feed, &mut revision, write)
                         .map_err(|e| match e {
-                            e if e.is_refusal() => StoreError::Backend(format!("{e}; nothing was written")),
+                            e if e.is_refusal() => {
+                                StoreError::Backend(format!("{e}; nothing was written"))
+                            }
                             e => e,
                         })?;
+                    if let Some(change) = &change {
+                        let owner = deltas.entry(owner_of(&change.key).to_string()).or_default();
+                        owner.0 += delta.0;
+                        owner.1 += delta.1;
+                    }
                     changes.push(change);
+                }
+                for (owner, (keys, bytes)) in deltas {
+                    let now = read_usage(&usage, &owner)?;
+                    let next = (
+                        now.keys.saturating_add_signed(keys),
+                        now.bytes.saturating_add_signed(bytes),
+                    );
+                    usage.insert(owner.as_str(), next).map_err(backend)?;
                 }
                 if revision != start {
                     meta.insert(DATA_REVISION, revision).map_err(backend)?;
@@ -721,6 +984,16 @@ impl DataStore for EmbeddedStore {
                 .send_modify(|r| *r = (*r).max(last));
         }
         Ok(changes)
+    }
+
+    async fn usage(&self, owner: &str) -> Result<DataUsage, StoreError> {
+        let owner = owner.to_string();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let usage = txn.open_table(DATA_USAGE).map_err(backend)?;
+            read_usage(&usage, &owner)
+        })
+        .await
     }
 
     async fn keys(
@@ -794,6 +1067,17 @@ impl DataStore for EmbeddedStore {
     fn last_revision(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.data_revision.subscribe()
     }
+}
+
+/// A claimed message's state once its claim ends.
+fn unclaimed(state: u32, refund: bool) -> u32 {
+    let attempts = state & ATTEMPTS;
+    let attempts = if refund {
+        attempts.saturating_sub(1)
+    } else {
+        attempts
+    };
+    attempts | (state & GROUPED)
 }
 
 /// After `seq` (of an ordering group) is acknowledged: drops it from its
@@ -953,28 +1237,11 @@ impl QueueStore for EmbeddedStore {
     }
 
     async fn release(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError> {
-        let queue = queue.to_string();
-        self.write(move |txn, _| {
-            let mut items = txn.open_table(QUEUE).map_err(backend)?;
-            let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
-            let current = items.get((queue.as_str(), seq)).map_err(backend)?.map(|v| {
-                let (not_before, attempts, payload) = v.value();
-                (not_before, attempts, payload.to_vec())
-            });
-            if let Some((old, state, payload)) = current {
-                due.remove((queue.as_str(), old, seq)).map_err(backend)?;
-                items
-                    .insert(
-                        (queue.as_str(), seq),
-                        (not_before_ms, state & !CLAIMED, payload.as_slice()),
-                    )
-                    .map_err(backend)?;
-                due.insert((queue.as_str(), not_before_ms, seq), ())
-                    .map_err(backend)?;
-            }
-            Ok(())
-        })
-        .await
+        self.unclaim(queue, seq, not_before_ms, false).await
+    }
+
+    async fn defer(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError> {
+        self.unclaim(queue, seq, not_before_ms, true).await
     }
 
     async fn release_claims(&self, queue: &str, now_ms: u64) -> Result<u64, StoreError> {

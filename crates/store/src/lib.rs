@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 pub use accounts::{Accounts, AccountsError, AuthError, TenantRecord, TokenRecord};
 pub use buckets::{Buckets, BucketsError, Value};
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, StoreOptions};
 pub use registry::{NewVersion, Registry, RegistryError};
 
 /// Errors a storage backend reports.
@@ -45,6 +45,21 @@ pub enum StoreError {
     /// An increment found a value that is not a decimal counter; nothing was written.
     #[error("the value of `{0}` is not a counter (a decimal number)")]
     NotACounter(String),
+    /// The writes would take their owner past its [`Allowance`]; nothing was written.
+    #[error("over the allowance of `{owner}`: {what} would reach {would_be} (limit {limit})")]
+    OverAllowance {
+        owner: String,
+        /// Which part of the allowance: [`Allowance::KEYS`] or [`Allowance::BYTES`].
+        what: &'static str,
+        limit: u64,
+        would_be: u64,
+    },
+    /// The file system under the data directory is (nearly) full: writes
+    /// are refused before the database could fail half-way; reads go on.
+    #[error(
+        "the disk under the data directory is full ({available} bytes free; writes need {required}): free some space or move the data directory; writes resume by themselves"
+    )]
+    DiskFull { available: u64, required: u64 },
     /// The backend failed (disk, database).
     #[error("storage backend error: {0}")]
     Backend(String),
@@ -125,7 +140,13 @@ impl StoreError {
     /// The write was refused as a whole and changed nothing; the caller's
     /// input or expectation is at fault, not the store.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Self::Conflict { .. } | Self::NotACounter(_))
+        matches!(
+            self,
+            Self::Conflict { .. }
+                | Self::NotACounter(_)
+                | Self::OverAllowance { .. }
+                | Self::DiskFull { .. }
+        )
     }
 }
 
@@ -146,6 +167,14 @@ pub enum DataWrite {
     },
 }
 
+impl DataWrite {
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Put { key, .. } | Self::Delete { key } | Self::Increment { key, .. } => key,
+        }
+    }
+}
+
 /// One change to tenants' data, as recorded in the change feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataChange {
@@ -154,6 +183,30 @@ pub struct DataChange {
     pub key: String,
     /// The new value; `None` for a delete.
     pub value: Option<Bytes>,
+}
+
+/// What one owner keeps in a [`DataStore`]. A key's owner is the part of
+/// the key before its first `/` (for Gust's data: the tenant).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataUsage {
+    pub keys: u64,
+    /// Bytes of keys and values as stored.
+    pub bytes: u64,
+}
+
+/// How much one owner may keep: checked, in the same transaction, by
+/// [`DataStore::apply`]. A write that shrinks usage is always allowed, even
+/// above the allowance (so an owner over a lowered quota can clean up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowance {
+    pub owner: String,
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+impl Allowance {
+    pub const KEYS: &'static str = "keys";
+    pub const BYTES: &'static str = "bytes";
 }
 
 /// A key and what is known of its value without reading it.
@@ -175,8 +228,17 @@ pub trait DataStore: Send + Sync {
     async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Entry>>, StoreError>;
     /// Applies the writes in order in one durable transaction, all or none.
     /// Returns each write's change (`None`: a delete of a missing key, which
-    /// changes nothing and is not in the feed).
-    async fn apply(&self, writes: Vec<DataWrite>) -> Result<Vec<Option<DataChange>>, StoreError>;
+    /// changes nothing and is not in the feed). With an allowance, every
+    /// write must belong to its owner, and writes that would take the
+    /// owner's usage past it are refused whole with
+    /// [`StoreError::OverAllowance`].
+    async fn apply(
+        &self,
+        writes: Vec<DataWrite>,
+        allowance: Option<&Allowance>,
+    ) -> Result<Vec<Option<DataChange>>, StoreError>;
+    /// What `owner` keeps now (kept up to date by every write).
+    async fn usage(&self, owner: &str) -> Result<DataUsage, StoreError>;
     /// Up to `limit` keys starting with `prefix` and sorting after `start_after`, in key order.
     async fn keys(
         &self,
@@ -270,6 +332,9 @@ pub trait QueueStore: Send + Sync {
     async fn ack(&self, queue: &str, seqs: Vec<u64>) -> Result<(), StoreError>;
     /// Makes a claimed message claimable again from `not_before_ms` (a retry).
     async fn release(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError>;
+    /// Like [`QueueStore::release`], but the claim does not count as an
+    /// attempt (the message was never tried: no capacity to run it).
+    async fn defer(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError>;
     /// Makes every claimed message of `queue` claimable at `now_ms`, for a
     /// claimant known to be gone (on one node: the process that restarted
     /// held every claim). Returns how many were released.

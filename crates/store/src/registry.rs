@@ -3,7 +3,8 @@
 //! `ver/<tenant>/<name>/<version, zero-padded>`, so a prefix lists one
 //! tenant's functions or one function's versions in order.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use gust_core::delivery::DeliveryPolicy;
@@ -62,15 +63,59 @@ pub struct NewVersion {
     pub public: Option<bool>,
 }
 
-/// Typed access to functions and versions.
+/// Typed access to functions and versions. Clones share one cache of
+/// each tenant's component bytes.
 #[derive(Clone)]
 pub struct Registry {
     kv: Arc<dyn KvStore>,
+    components: Arc<Mutex<ComponentBytes>>,
+}
+
+/// Each tenant's total component bytes, counted from its version records
+/// on first use and forgotten whenever this process changes them (the
+/// generation keeps a count that raced a change from being kept).
+#[derive(Default)]
+struct ComponentBytes {
+    generation: u64,
+    by_tenant: HashMap<TenantId, u64>,
 }
 
 impl Registry {
     pub fn new(kv: Arc<dyn KvStore>) -> Self {
-        Self { kv }
+        Self {
+            kv,
+            components: Arc::default(),
+        }
+    }
+
+    fn components(&self) -> std::sync::MutexGuard<'_, ComponentBytes> {
+        self.components.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget_component_bytes(&self, tenant: &TenantId) {
+        let mut cache = self.components();
+        cache.generation += 1;
+        cache.by_tenant.remove(tenant);
+    }
+
+    /// Bytes of every stored version of every function of the tenant.
+    pub async fn component_bytes(&self, tenant: &TenantId) -> Result<u64, RegistryError> {
+        let generation = {
+            let cache = self.components();
+            if let Some(bytes) = cache.by_tenant.get(tenant) {
+                return Ok(*bytes);
+            }
+            cache.generation
+        };
+        let mut total = 0u64;
+        for entry in self.kv.list(&format!("ver/{tenant}/")).await? {
+            total = total.saturating_add(decode::<VersionRecord>(&entry)?.size_bytes);
+        }
+        let mut cache = self.components();
+        if cache.generation == generation {
+            cache.by_tenant.insert(tenant.clone(), total);
+        }
+        Ok(total)
     }
 
     /// The log stream that holds a function's invocation logs.
@@ -182,6 +227,7 @@ impl Registry {
                             encode(&version)?,
                         )
                         .await?;
+                    self.forget_component_bytes(tenant);
                     return Ok((version, revision));
                 }
                 Err(conflict @ StoreError::Conflict { .. }) => last_conflict = Some(conflict),
@@ -229,6 +275,7 @@ impl Registry {
         for entry in self.kv.list(&versions_prefix(tenant, name)).await? {
             self.kv.delete(&entry.key).await?;
         }
+        self.forget_component_bytes(tenant);
         Ok(existed)
     }
 

@@ -76,8 +76,20 @@ impl Server {
         server
     }
 
+    /// Starts a server with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut server = Self::start_in_env(tmp.path(), extra, env);
+        server._tmp = Some(tmp);
+        server
+    }
+
     /// Starts a server on `data_dir` (which outlives it, for restart tests).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_in_env(data_dir, extra, &[])
+    }
+
+    fn start_in_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -89,6 +101,7 @@ impl Server {
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -405,3 +405,106 @@ async fn dev_mode_is_open_and_only_on_loopback() {
     assert_eq!(call("", &format!("{}/tb/", server.url)).await.0, 200);
     assert!(server.gust_as("", &["ls"]).status.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_and_key_quotas_answer_429_and_lose_nothing() {
+    let server = Server::start();
+    let testbed = &guests().testbed;
+    let size = std::fs::metadata(testbed).unwrap().len();
+    server.gust_json(&["tenant", "create", "acme"]);
+    let owner = server.token_for("acme", "owner", &[]);
+    server.gust_json_as(&owner, &["deploy", "one", testbed.to_str().unwrap()]);
+    // Room for the component, three keys and about 1.5 KB of data.
+    let response = server
+        .http
+        .put(format!("{}/v1/tenants/acme/quotas", server.api))
+        .json(&serde_json::json!({"kv_keys": 3, "storage_bytes": size + 1500}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let http = client_with_token(&owner);
+    let put = |key: &str, len: usize| {
+        let request = http
+            .put(format!("{}/v1/kv/b/keys/{key}", server.api))
+            .body(vec![b'v'; len]);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    for key in ["k1", "k2", "k3"] {
+        assert_eq!(put(key, 10).await.0, 200, "{key}");
+    }
+    let (status, body) = put("k4", 10).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("quota `kv_keys`"), "{body}");
+    // Overwriting an existing key adds no key.
+    assert_eq!(put("k1", 20).await.0, 200);
+
+    // A guest hits the same quota through wasi:keyvalue.
+    let guest = |path: &str, body: Vec<u8>| {
+        let request = http
+            .post(format!("{}/@acme/one/kv/{path}", server.url))
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, body) = guest("set?bucket=g&key=new", b"x".to_vec()).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("quota `kv_keys`"), "{body}");
+    let (status, body) = guest("set?bucket=b&key=k2", vec![b'y'; 2000]).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("quota `storage_bytes`"), "{body}");
+
+    // Bytes through the API; nothing refused was written.
+    let (status, body) = put("k3", 2000).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("quota `storage_bytes`"), "{body}");
+    let stored = http
+        .get(format!("{}/v1/kv/b/keys/k3", server.api))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 10, "the refused write changed nothing");
+
+    // A second version does not fit next to the first.
+    let out = server.gust_as(&owner, &["deploy", "one", testbed.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("quota `storage_bytes`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    // Cleaning up is always allowed, and frees room.
+    let response = http
+        .delete(format!("{}/v1/kv/b/keys/k2", server.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(put("k4", 10).await.0, 200);
+
+    // Other tenants are not held to acme's quotas.
+    let response = server
+        .http
+        .put(format!("{}/v1/kv/b/keys/k5", server.api))
+        .body(vec![b'v'; 4000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
