@@ -71,10 +71,24 @@ enum Command {
     Token(access::TokenArgs),
     /// The tenant's log of control-plane changes.
     Audit(access::AuditArgs),
+    /// Internal: compiles one component from stdin for `gust up`, within
+    /// the given address-space and CPU-time limits.
+    #[command(hide = true)]
+    CompileWorker { memory_bytes: u64, cpu_seconds: u64 },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CompileWorker {
+        memory_bytes,
+        cpu_seconds,
+    } = cli.command
+    {
+        // No async runtime: the worker's budget is for compiling.
+        return ExitCode::from(
+            u8::try_from(gust_runtime::worker_main(memory_bytes, cpu_seconds)).unwrap_or(1),
+        );
+    }
     // TLS for the client commands (and nothing else in the process picks one).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -105,6 +119,7 @@ fn main() -> ExitCode {
             Command::Tenant(args) => access::tenant(args).await,
             Command::Token(args) => access::token(args).await,
             Command::Audit(args) => access::audit(args).await,
+            Command::CompileWorker { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     // Tasks still parked (a dispatcher worker waiting for events, a

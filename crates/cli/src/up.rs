@@ -62,6 +62,13 @@ pub struct UpArgs {
     /// Largest payload of an asynchronous invocation, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_event_bytes: u64,
+    /// Compiling one uploaded component may take this long (wall clock)
+    /// before the deploy is refused: a compile bomb costs no more.
+    #[arg(long, default_value_t = 60_000)]
+    compile_timeout_ms: u64,
+    /// Address space one compilation may use (it runs in a child process).
+    #[arg(long, default_value_t = 2 << 30)]
+    compile_memory_bytes: u64,
     /// Writes are refused (507) while the disk under the data directory has
     /// less free space than this, so the database never fills up mid-write;
     /// they resume once space frees.
@@ -99,6 +106,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut runtime_config = RuntimeConfig::new(args.data_dir.join("artifacts"));
     runtime_config.max_instances = args.max_in_flight;
     runtime_config.memory_keep_resident = args.memory_keep_resident_bytes;
+    runtime_config.compiler = Some(gust_runtime::Compiler {
+        program: std::env::current_exe().context("cannot find the gust binary to compile with")?,
+        args: vec!["compile-worker".into()],
+        timeout: Duration::from_millis(args.compile_timeout_ms),
+        memory_bytes: args.compile_memory_bytes,
+    });
     let runtime = Runtime::new(&runtime_config)?;
 
     let kv: Arc<dyn KvStore> = Arc::new(store.clone());

@@ -27,6 +27,9 @@ pub struct RuntimeConfig {
     /// Bytes of each linear memory kept resident (reset with `memset`, not
     /// `madvise`) when a pool slot is reused; see `bench/README.md`.
     pub memory_keep_resident: usize,
+    /// Compile uploads in a bounded child process (`None`: in this
+    /// process, unbounded; for tests of this crate and embedders).
+    pub compiler: Option<crate::Compiler>,
 }
 
 impl RuntimeConfig {
@@ -35,6 +38,7 @@ impl RuntimeConfig {
             artifacts_dir,
             max_instances: 1000,
             memory_keep_resident: 2 << 20,
+            compiler: None,
         }
     }
 }
@@ -102,6 +106,9 @@ pub(crate) struct Inner {
     linker: Linker<Host>,
     artifacts: ArtifactCache,
     prepared: Mutex<HashMap<String, Arc<Prepared>>>,
+    compiler: Option<crate::Compiler>,
+    /// Compilations running at once, at most (each may use its whole budget).
+    compiling: tokio::sync::Semaphore,
     pub counters: Counters,
     stop_epoch: Arc<AtomicBool>,
 }
@@ -144,6 +151,8 @@ impl Runtime {
                 linker,
                 artifacts,
                 prepared: Mutex::new(HashMap::new()),
+                compiler: config.compiler.clone(),
+                compiling: tokio::sync::Semaphore::new(MAX_COMPILING),
                 counters: Counters::default(),
                 stop_epoch,
             }),
@@ -172,17 +181,39 @@ impl Runtime {
         if let Ok(Some(prepared)) = self.load(digest).await {
             return Ok(prepared);
         }
+        let _turn = self
+            .inner
+            .compiling
+            .acquire()
+            .await
+            .map_err(|_| DeployError::Storage("the runtime is shutting down".into()))?;
+        let started = Instant::now();
+        let artifact = match &self.inner.compiler {
+            Some(compiler) => compiler.compile(bytes).await?,
+            None => {
+                let engine = self.inner.engine.clone();
+                tokio::task::spawn_blocking(move || engine.precompile_component(&bytes))
+                    .await
+                    .map_err(|e| DeployError::Storage(format!("compilation task failed: {e}")))?
+                    .map_err(|e| DeployError::Invalid(format!("{e:#}")))?
+            }
+        };
+        self.inner
+            .counters
+            .compilations
+            .fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
         let digest = digest.to_string();
         let task = tokio::task::spawn_blocking(move || -> Result<Arc<Prepared>, DeployError> {
-            let started = Instant::now();
-            let component = Component::new(&inner.engine, &bytes)
+            // SAFETY: the artifact was produced just now by this runtime's
+            // own compiler (in this process, or in a worker running this
+            // very binary with the same engine settings), from the bytes
+            // being deployed; `deserialize` requires a trusted `serialize`.
+            let component = unsafe { Component::deserialize(&inner.engine, &artifact) }
+                // Where this fails it is on the instance limits (tables,
+                // memories) every component is held to.
                 .map_err(|e| DeployError::Invalid(format!("{e:#}")))?;
-            inner.counters.compilations.fetch_add(1, Ordering::Relaxed);
             let prepared = inner.link(&digest, &component)?;
-            let artifact = component
-                .serialize()
-                .map_err(|e| DeployError::Storage(format!("{e:#}")))?;
             inner
                 .artifacts
                 .store(&digest, &artifact)
@@ -317,11 +348,21 @@ fn link_http(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-fn build_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
+/// Compilations that may run at once.
+const MAX_COMPILING: usize = 2;
+
+/// The engine settings that decide compiled code: shared by the server and
+/// its compile workers, so a worker's artifact loads in the server.
+pub(crate) fn base_config() -> Config {
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
         .epoch_interruption(true)
         .parallel_compilation(true);
+    wasm
+}
+
+fn build_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
+    let mut wasm = base_config();
 
     let n = config.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::new();

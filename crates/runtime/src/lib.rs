@@ -1,7 +1,8 @@
 //! Gust's WebAssembly runtime, and the only crate that imports wasmtime.
 //!
 //! It owns the engine (Cranelift, pooling allocator, epoch interruption), the
-//! compiled-artifact cache on disk, validation of uploaded components,
+//! compiled-artifact cache on disk, validation of uploaded components and
+//! their compilation in a bounded child process (`compile.rs`),
 //! pre-instantiation, and the invocation of one request in a fresh store and
 //! instance with its limits (memory, wall-clock timeout, output, outbound
 //! hosts), and the host side of `wasi:keyvalue` over a store the caller
@@ -19,11 +20,13 @@
 //! instantiation costs a few microseconds, so isolation is kept by default.
 
 mod artifacts;
+mod compile;
 mod engine;
 mod host;
 mod invoke;
 mod keyvalue;
 
+pub use compile::{Compiler, worker_main};
 pub use engine::{Prepared, Runtime, RuntimeConfig, RuntimeStats};
 pub use invoke::{GuestBody, InvocationReport, InvokeError};
 pub use keyvalue::{KeyValue, KvFailure};
@@ -52,6 +55,12 @@ pub enum DeployError {
         "the component asks for {initial} bytes of linear memory at start, more than its memory limit of {limit} bytes: deploy it with a larger `--memory` or lower its initial memory"
     )]
     TooMuchMemory { initial: u64, limit: u64 },
+    /// Compilation went past its time or memory budget (a compile bomb, or a
+    /// component too large for the server's `--compile-*` settings).
+    #[error(
+        "the component was not deployed: {0}; shrink it, or ask the operator to raise `--compile-timeout-ms` / `--compile-memory-bytes`"
+    )]
+    CompileBudget(String),
     #[error("could not store the compiled component: {0}")]
     Storage(String),
 }

@@ -629,3 +629,68 @@ async fn a_full_disk_refuses_writes_clearly_loses_nothing_and_recovers() {
     drop(server);
     drop(disk);
 }
+
+/// A module body of `functions` functions of `ops` dependent additions
+/// each: a few bytes per operation to upload, far more work to compile.
+fn heavy_module(functions: usize, ops: usize) -> String {
+    let mut function = String::from("(func (param i32) (result i32) local.get 0 ");
+    for _ in 0..ops {
+        function.push_str("local.get 0 i32.mul local.get 0 i32.add ");
+    }
+    function.push_str(")\n");
+    function.repeat(functions)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compile_bombs_are_bounded_in_time_and_memory() {
+    let deploy = |server: &Server, name: &str, bytes: Vec<u8>| {
+        let request = server
+            .http
+            .post(format!("{}/v1/functions/{name}/versions", server.api))
+            .header("content-type", "application/wasm")
+            .body(bytes);
+        async move {
+            let started = std::time::Instant::now();
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap(), started.elapsed())
+        }
+    };
+    // 6 MB that take seconds to compile, against a budget of one second.
+    let server = Server::start_with(&["--compile-timeout-ms", "1000"]);
+    let (status, body, took) = deploy(
+        &server,
+        "slow",
+        handler_component(&heavy_module(100, 10_000)),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("time budget of 1000 ms"), "{body}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let hello = std::fs::read(&guests().hello).unwrap();
+    let (status, body, _) = deploy(&server, "hello", hello.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(server.get("/hello/").await.0, 200);
+    drop(server);
+
+    // 12 MB whose compilation needs more memory than a 250 MB budget.
+    let server = Server::start_with(&[
+        "--compile-memory-bytes",
+        "250000000",
+        "--max-upload-bytes",
+        "30000000",
+    ]);
+    let (status, body, _) = deploy(
+        &server,
+        "big",
+        handler_component(&heavy_module(200, 10_000)),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("memory budget"), "{body}");
+    let (status, body, _) = deploy(&server, "hello", hello).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(server.get("/hello/").await.0, 200);
+    // Nothing of the refused uploads was kept.
+    assert_eq!(server.gust_json(&["ls"]).as_array().unwrap().len(), 1);
+}
