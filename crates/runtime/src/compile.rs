@@ -58,14 +58,7 @@ pub fn worker_main(memory_bytes: u64, cpu_seconds: u64) -> i32 {
         eprintln!("compile worker: reading the component: {e}");
         return 1;
     }
-    let engine = match wasmtime::Engine::new(&crate::engine::base_config()) {
-        Ok(engine) => engine,
-        Err(e) => {
-            eprintln!("compile worker: engine: {e:#}");
-            return 1;
-        }
-    };
-    match engine.precompile_component(&bytes) {
+    match compile_upload(&bytes) {
         Ok(artifact) => match std::io::stdout().lock().write_all(&artifact) {
             Ok(()) => 0,
             Err(e) => {
@@ -73,11 +66,33 @@ pub fn worker_main(memory_bytes: u64, cpu_seconds: u64) -> i32 {
                 1
             }
         },
-        Err(e) => {
-            eprint!("{e:#}");
+        Err(DeployError::Invalid(reason)) => {
+            eprint!("{reason}");
             EXIT_INVALID
         }
+        Err(e) => {
+            eprint!("{e}");
+            1
+        }
     }
+}
+
+/// Validates and compiles an upload with the server's engine settings:
+/// what a compile worker does with its input (and what the `upload` fuzz
+/// target exercises). Returns the compiled artifact.
+pub fn compile_upload(bytes: &[u8]) -> Result<Vec<u8>, DeployError> {
+    static ENGINE: std::sync::OnceLock<Result<wasmtime::Engine, String>> =
+        std::sync::OnceLock::new();
+    crate::Runtime::check_header(bytes)?;
+    let engine = ENGINE
+        .get_or_init(|| {
+            wasmtime::Engine::new(&crate::engine::base_config()).map_err(|e| format!("{e:#}"))
+        })
+        .as_ref()
+        .map_err(|e| DeployError::Storage(format!("engine: {e}")))?;
+    engine
+        .precompile_component(bytes)
+        .map_err(|e| DeployError::Invalid(format!("{e:#}")))
 }
 
 impl Compiler {

@@ -26,7 +26,7 @@ mod host;
 mod invoke;
 mod keyvalue;
 
-pub use compile::{Compiler, worker_main};
+pub use compile::{Compiler, compile_upload, worker_main};
 pub use engine::{Prepared, Runtime, RuntimeConfig, RuntimeStats};
 pub use invoke::{GuestBody, InvocationReport, InvokeError};
 pub use keyvalue::{KeyValue, KvFailure};
