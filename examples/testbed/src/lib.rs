@@ -8,6 +8,7 @@
 //! | `/spin` | loops forever without yielding |
 //! | `/grow?mb=N` | allocates and touches N MiB, answers `grew N` |
 //! | `/sleep?ms=N` | sleeps N ms, answers `slept N` |
+//! | `/busy?ms=N` | computes for N ms of wall time, asking the host's clock on every turn (no `ms`: forever, a loop through host calls) |
 //! | `/print` | writes a line to stdout and one to stderr |
 //! | `/headers` | writes every request header to stdout, `name: value` per line |
 //! | `/flood?kb=N` | writes N KiB to stdout |
@@ -61,6 +62,25 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                     chunks.push(chunk);
                 }
                 format!("grew {}", chunks.len())
+            }
+            "/busy" => {
+                let limit = param("ms").and_then(|v| v.parse::<u64>().ok());
+                let start = wasip2::clocks::monotonic_clock::now();
+                let mut x = 1u64;
+                let mut turns = 0u64;
+                loop {
+                    for _ in 0..1000 {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                    }
+                    turns += 1;
+                    let elapsed_ms = (wasip2::clocks::monotonic_clock::now() - start) / 1_000_000;
+                    if limit.is_some_and(|ms| elapsed_ms >= ms) {
+                        break;
+                    }
+                }
+                format!("busy {} ms, {turns} turns, {}", limit.unwrap_or(0), x % 10)
             }
             "/sleep" => {
                 let ms = number("ms");

@@ -98,9 +98,16 @@ async fn infinite_loop_gets_504_while_other_functions_answer() {
         "took {took:?}"
     );
     assert_eq!(spinning2.await.unwrap(), 504);
-    // A guest waiting on the host (not computing) is stopped too.
+    // A guest waiting on the host (not computing) is stopped too…
     let (status, _) = server.get("/spin/sleep?ms=10000").await;
     assert_eq!(status, 504);
+    // …and so is one that loops through host calls (the clock, every turn).
+    let started = Instant::now();
+    let (status, body) = server.get("/spin/busy").await;
+    assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() < Duration::from_millis(3000));
+    let (status, body) = server.get("/spin/busy?ms=50").await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
