@@ -29,6 +29,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/v1/functions/f/logs"),
     ("GET", "/v1/functions/f/invocations"),
     ("GET", "/v1/audit"),
+    ("GET", "/v1/usage"),
 ];
 
 struct Harness {
@@ -77,6 +78,11 @@ fn harness() -> &'static Harness {
                 events: Events::new(Arc::new(store.clone()), kv),
                 buckets,
                 accounts,
+                meter: Some(
+                    gust_meter::Meter::start(Arc::new(store.clone()), Default::default())
+                        .await
+                        .unwrap(),
+                ),
                 auth: false,
                 stopping,
                 applied,

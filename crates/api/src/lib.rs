@@ -11,6 +11,7 @@
 mod auth;
 mod error;
 mod kv;
+mod usage;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -57,6 +58,8 @@ pub struct ApiState {
     pub events: Events,
     pub buckets: gust_store::Buckets,
     pub accounts: gust_store::Accounts,
+    /// The usage ledger (`None`: metering is off).
+    pub meter: Option<gust_meter::Meter>,
     /// Tokens required (false only in dev mode, on loopback).
     pub auth: bool,
     /// Turns `true` when the server shuts down; long-polls return then.
@@ -294,6 +297,8 @@ pub struct LogPage {
         list_dead_letters,
         redrive_all,
         redrive_one,
+        usage::usage,
+        usage::records,
         kv::list_keys,
         kv::get_key,
         kv::put_key,
@@ -311,6 +316,10 @@ pub struct LogPage {
         auth::read_audit
     ),
     components(schemas(
+        gust_meter::UsageReport,
+        gust_meter::UsageGroup,
+        gust_meter::UsageTotals,
+        gust_meter::GroupBy,
         FunctionInfo,
         VersionInfo,
         CreateFunction,
@@ -433,6 +442,8 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/tokens/{id}", axum::routing::delete(auth::revoke_token))
         .route("/v1/audit", get(auth::read_audit))
+        .route("/v1/usage", get(usage::usage))
+        .route("/v1/usage/records", get(usage::records))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))

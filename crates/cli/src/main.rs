@@ -8,6 +8,7 @@ mod client;
 mod kv;
 mod output;
 mod up;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,7 @@ use clap::{Parser, Subcommand};
   gust dlq hello --redrive
   gust kv put greeting hello && gust kv get greeting
   gust trigger add hello --bucket default
+  gust usage --by function
   gust ls --json"
 )]
 struct Cli {
@@ -71,6 +73,8 @@ enum Command {
     Token(access::TokenArgs),
     /// The tenant's log of control-plane changes.
     Audit(access::AuditArgs),
+    /// What the tenant's invocations used and cost; exports of the ledger.
+    Usage(usage::UsageArgs),
     /// Internal: compiles one component from stdin for `gust up`, within
     /// the given address-space and CPU-time limits.
     #[command(hide = true)]
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
             Command::Tenant(args) => access::tenant(args).await,
             Command::Token(args) => access::token(args).await,
             Command::Audit(args) => access::audit(args).await,
+            Command::Usage(args) => usage::usage(args).await,
             Command::CompileWorker { .. } => unreachable!("handled before the runtime starts"),
         }
     });

@@ -69,6 +69,10 @@ pub struct UpArgs {
     /// Address space one compilation may use (it runs in a child process).
     #[arg(long, default_value_t = 2 << 30)]
     compile_memory_bytes: u64,
+    /// Measurement only: run without the usage ledger (to measure what
+    /// metering costs). Invocations then have no usage records.
+    #[arg(long, hide = true)]
+    no_metering: bool,
     /// Writes are refused (507) while the disk under the data directory has
     /// less free space than this, so the database never fills up mid-write;
     /// they resume once space frees.
@@ -118,12 +122,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let blobs: Arc<dyn BlobStore> = Arc::new(store.clone());
     let logs: Arc<dyn LogStore> = Arc::new(store.clone());
     let queues: Arc<dyn QueueStore> = Arc::new(store.clone());
+    let ledger: Arc<dyn gust_store::LedgerStore> = Arc::new(store.clone());
     let data: Arc<dyn DataStore> = Arc::new(store);
     let events = Events::new(queues, kv.clone());
     let accounts = Accounts::start(kv.clone()).await?;
     let admin_token = prepare_accounts(&accounts, &args).await?;
     let registry = Registry::new(kv);
     let buckets = Buckets::new(data.clone()).with_quotas(accounts.clone(), registry.clone());
+    let meter = if args.no_metering {
+        tracing::warn!("metering is OFF (--no-metering): invocations leave no usage records");
+        None
+    } else {
+        Some(
+            gust_meter::Meter::start(ledger, gust_core::usage::PricePlan::default())
+                .await
+                .context("cannot open the usage ledger")?,
+        )
+    };
 
     let data_listener = TcpListener::bind(args.listen).await.with_context(|| {
         format!(
@@ -162,6 +177,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             events: events.clone(),
             buckets: buckets.clone(),
             accounts: accounts.clone(),
+            meter: meter.clone(),
         },
         gateway_config,
     )
@@ -185,7 +201,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let gateway = gateway.clone();
         let runtime = runtime.clone();
         let events = events.clone();
-        Arc::new(move || render_metrics(&gateway, &runtime, &events)) as gust_api::MetricsRenderer
+        let meter = meter.clone();
+        Arc::new(move || render_metrics(&gateway, &runtime, &events, meter.as_ref()))
+            as gust_api::MetricsRenderer
     };
     let api = gust_api::router(ApiState {
         registry,
@@ -198,6 +216,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         events,
         buckets,
         accounts,
+        meter: meter.clone(),
         auth: !args.dev,
         stopping: stop_rx_api,
         applied: gateway.applied_revision(),
@@ -235,6 +254,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .context("the data plane failed")?;
     let _ = tokio::time::timeout(Duration::from_secs(5), api_server).await;
     log_writer.flush(Duration::from_secs(5)).await;
+    if let Some(meter) = &meter {
+        // What is not durable by then is recorded as aborted at the next start.
+        meter.flush(Duration::from_secs(5)).await;
+    }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -311,7 +334,12 @@ fn init_logging() {
         .try_init();
 }
 
-fn render_metrics(gateway: &Gateway, runtime: &Runtime, events: &Events) -> String {
+fn render_metrics(
+    gateway: &Gateway,
+    runtime: &Runtime,
+    events: &Events,
+    meter: Option<&gust_meter::Meter>,
+) -> String {
     let g = gateway.stats();
     let r = runtime.stats();
     let e = events.stats();
@@ -400,6 +428,21 @@ fn render_metrics(gateway: &Gateway, runtime: &Runtime, events: &Events) -> Stri
         "Instances created.",
         &[("", r.instantiations)],
     );
+    if let Some(meter) = meter {
+        let m = meter.stats();
+        metric(
+            "gust_usage_records_total",
+            "counter",
+            "Usage records written to the ledger.",
+            &[("", m.written)],
+        );
+        metric(
+            "gust_ledger_lag_records",
+            "gauge",
+            "Finished invocations whose usage record is not durable yet.",
+            &[("", m.pending)],
+        );
+    }
     out
 }
 

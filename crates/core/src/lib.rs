@@ -16,6 +16,7 @@ mod records;
 pub mod route;
 pub mod schedule;
 pub mod time;
+pub mod usage;
 
 pub use event::{Envelope, EnvelopeError, InvocationRecord, InvocationState};
 pub use limits::{Limits, LimitsError, LimitsPatch, is_internal_ip};

@@ -77,6 +77,36 @@ impl GatewayError {
         response
     }
 
+    /// The status code alone (what `describe` answers), without logging.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            GatewayError::NoRoute | GatewayError::NoSuchFunction(_) => StatusCode::NOT_FOUND,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::BodyTooLarge { .. } | GatewayError::EventTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            GatewayError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            GatewayError::EventNotStored
+            | GatewayError::Overloaded
+            | GatewayError::Draining
+            | GatewayError::Invoke {
+                error: InvokeError::Overloaded,
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Invoke {
+                error: InvokeError::TimedOut { .. },
+                ..
+            } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Load { .. } | GatewayError::Invoke { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
     /// The status code and the reason a person reads, for a response body
     /// or an event's `last_error`. Host-side details are logged, not told.
     pub fn describe(self, invocation_id: &str) -> (StatusCode, String) {

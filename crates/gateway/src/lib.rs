@@ -14,6 +14,7 @@ mod catalog;
 mod error;
 mod kv;
 mod logs;
+mod metering;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gust_core::delivery::DeliveryPolicy;
+use gust_core::usage::Trigger;
 use gust_core::{Envelope, LogRecord, Outcome, route};
 use gust_events::{AttemptOutcome, Events, Invoker};
 use gust_runtime::{GuestBody, InvocationReport, Runtime};
@@ -115,6 +117,8 @@ struct Shared {
     events: Events,
     buckets: Buckets,
     access: access::Access,
+    /// The usage ledger (`None`: metering off, for overhead measurements only).
+    meter: Option<gust_meter::Meter>,
 }
 
 /// Handle on the log writer, to flush it at shutdown.
@@ -141,6 +145,8 @@ pub struct Services {
     pub events: Events,
     pub buckets: Buckets,
     pub accounts: gust_store::Accounts,
+    /// The usage ledger; `None` turns metering off (for measurements only).
+    pub meter: Option<gust_meter::Meter>,
 }
 
 impl Gateway {
@@ -155,6 +161,7 @@ impl Gateway {
             events,
             buckets,
             accounts,
+            meter,
         } = services;
         let catalog = Arc::new(Catalog::default());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -181,6 +188,7 @@ impl Gateway {
                 counters: Counters::default(),
                 events,
                 buckets,
+                meter,
             }),
         };
         (gateway, LogWriter { task, close })
@@ -318,7 +326,13 @@ async fn invoke(
         shared.config.body_idle_timeout,
         fault.clone(),
     );
-    let result = run(shared, &route, Request::from_parts(parts, body), id).await;
+    let attempt = metering::Attempt {
+        id,
+        attempt: 1,
+        trigger: Trigger::Http,
+        request_bytes: declared_length.unwrap_or(0),
+    };
+    let result = run(shared, &route, Request::from_parts(parts, body), attempt).await;
     if fault.too_large() {
         return Err(GatewayError::BodyTooLarge {
             limit: limits.max_body_bytes,
@@ -389,51 +403,106 @@ async fn reject_unread(
     error
 }
 
-/// Admits a request and runs it in a fresh instance of the route's function.
+/// Admits a request and runs it in a fresh instance of the route's
+/// function. Every attempt that reaches here gets one usage record:
+/// refused (no capacity, a quota, a load failure) or run.
 async fn run<B>(
     shared: &Arc<Shared>,
     route: &Arc<catalog::Route>,
     request: Request<B>,
-    id: &str,
+    attempt: metering::Attempt<'_>,
 ) -> Result<Response<GatewayBody>, GatewayError>
 where
     B: http_body::Body<Data = Bytes, Error = GuestBody> + Send + 'static,
 {
+    let id = attempt.id;
+    let usage = shared
+        .meter
+        .as_ref()
+        .map(|meter| (meter, metering::start_record(route, &attempt)));
+    let refuse = |error: GatewayError| {
+        if let Some((meter, record)) = &usage {
+            metering::rejected(meter, record.clone(), error.status_code().as_u16());
+        }
+        error
+    };
     let permit = shared
         .admission
         .clone()
         .try_acquire_owned()
-        .map_err(|_| GatewayError::Overloaded)?;
-    let tenant_permit = shared.access.admit_run(&route.tenant)?;
+        .map_err(|_| refuse(GatewayError::Overloaded))?;
+    let tenant_permit = shared.access.admit_run(&route.tenant).map_err(refuse)?;
     let prepared = route
         .prepared(&shared.runtime, shared.blobs.as_ref())
         .await
-        .map_err(|error| GatewayError::Load {
-            function: route.name.to_string(),
-            error,
+        .map_err(|error| {
+            refuse(GatewayError::Load {
+                function: route.name.to_string(),
+                error,
+            })
         })?;
     let kv = Arc::new(kv::TenantKv {
         buckets: shared.buckets.clone(),
         tenant: route.tenant.clone(),
     });
+    // The attempt's marker is written while the guest runs; the answer
+    // waits for it, so every answered attempt is in the ledger even if
+    // the server dies next.
+    let (draft, opened) = match usage {
+        Some((meter, record)) => {
+            let opened = tokio::spawn(meter.open(&record));
+            let draft = Arc::new(metering::Draft::new(meter.clone(), record));
+            (Some(draft), Some(opened))
+        }
+        None => (None, None),
+    };
     let done = {
         let shared = shared.clone();
         let route = route.clone();
         let id = id.to_string();
+        let draft = draft.clone();
         move |report: InvocationReport| {
             drop(permit);
             drop(tenant_permit);
+            if let Some(draft) = &draft {
+                draft.report(&report);
+            }
             record(&shared, &route, &id, report);
         }
     };
-    shared
+    let result = shared
         .runtime
         .invoke(prepared, route.limits.clone(), kv, request, done)
         .await
         .map_err(|error| GatewayError::Invoke {
             function: route.name.to_string(),
             error,
-        })
+        });
+    if let Some(opened) = opened {
+        match opened.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(invocation_id = id, error = %e, "the usage marker was not written")
+            }
+            Err(e) => {
+                tracing::error!(invocation_id = id, error = %e, "the usage marker task failed")
+            }
+        }
+    }
+    if let Some(draft) = &draft {
+        match &result {
+            Ok(response) => {
+                let length = response
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(0);
+                draft.status(response.status().as_u16(), length);
+            }
+            Err(error) => draft.status(error.status_code().as_u16(), 0),
+        }
+    }
+    result
 }
 
 /// Accepts a request as an event for later delivery: `202` once it is
@@ -543,7 +612,13 @@ impl Invoker for Gateway {
             }
         };
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        match run(shared, &route, request, id).await {
+        let metered = metering::Attempt {
+            id,
+            attempt,
+            trigger: Trigger::Event,
+            request_bytes: envelope.data.len() as u64,
+        };
+        match run(shared, &route, request, metered).await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 // The attempt is over when the function has sent its whole answer.

@@ -100,6 +100,11 @@ impl ResourceLimiter for MemoryLimiter {
 /// Outgoing `wasi:http` requests go only to hosts on the function's allow-list.
 pub(crate) struct OutboundPolicy {
     pub limits: Arc<Limits>,
+    /// Requests sent (allowed ones), for metering.
+    pub requests: u64,
+    /// Bytes of their bodies and of the answers', as far as declared
+    /// (`content-length`) when they were sent and answered.
+    pub bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -123,6 +128,11 @@ impl WasiHttpHooks for OutboundPolicy {
         // private network: resolve it and look. (The connection resolves the
         // name again; a name whose answers change between the two lookups
         // is not covered. List hosts explicitly where that matters.)
+        self.requests += 1;
+        use http_body::Body as _;
+        let sent = request.body().size_hint().exact().unwrap_or(0);
+        let bytes = self.bytes.clone();
+        bytes.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
         let resolve = uri.host().filter(|host| {
             host.trim_start_matches('[')
                 .trim_end_matches(']')
@@ -148,6 +158,12 @@ impl WasiHttpHooks for OutboundPolicy {
                 }
             }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let answered = response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            bytes.fetch_add(answered, std::sync::atomic::Ordering::Relaxed);
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,

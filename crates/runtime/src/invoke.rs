@@ -2,7 +2,7 @@
 //! out, limits enforced, and a report when the store is dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -60,6 +60,11 @@ pub struct InvocationReport {
     pub peak_memory_bytes: u64,
     /// Keys the guest read or wrote through `wasi:keyvalue`.
     pub kv_operations: u64,
+    /// Thread CPU time spent running the guest: see [`CpuMetered`].
+    pub cpu: Duration,
+    /// Outgoing `wasi:http` requests sent, and their declared bytes both ways.
+    pub outbound_requests: u64,
+    pub outbound_bytes: u64,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     /// Output past the limit was dropped.
@@ -132,7 +137,11 @@ impl Runtime {
             table,
             wasi: wasi.build(),
             http,
-            outbound: OutboundPolicy { limits },
+            outbound: OutboundPolicy {
+                limits,
+                requests: 0,
+                bytes: Arc::default(),
+            },
             limiter: MemoryLimiter::new(memory_limit),
             kv: KvState {
                 backend: kv,
@@ -176,6 +185,11 @@ impl Runtime {
             // deadline; this timer stops one that waits on the host (a
             // sleep, a slow outbound call). The margin lets the callback,
             // which reports more precisely, win when both apply.
+            let cpu = Arc::new(AtomicU64::new(0));
+            let run = CpuMetered {
+                inner: Box::pin(run),
+                total_ns: cpu.clone(),
+            };
             let ending = match tokio::time::timeout(timeout + 2 * EPOCH_TICK, run).await {
                 Ok(Ok(())) => Ending::Returned,
                 Ok(Err(e)) => Ending::Error(e),
@@ -186,6 +200,8 @@ impl Runtime {
             let exceeded = host.limiter.exceeded;
             let peak = host.limiter.peak as u64;
             let kv_operations = host.kv.operations;
+            let outbound_requests = host.outbound.requests;
+            let outbound_bytes = host.outbound.bytes.load(Ordering::Relaxed);
             // Dropping the store drops the response sender if the guest never used it.
             drop(store);
             let error = classify(ending, timed_out, exceeded, memory_limit, timeout);
@@ -207,6 +223,9 @@ impl Runtime {
                 duration: started.elapsed(),
                 peak_memory_bytes: peak,
                 kv_operations,
+                cpu: Duration::from_nanos(cpu.load(Ordering::Relaxed)),
+                outbound_requests,
+                outbound_bytes,
                 stdout: captured.stdout,
                 stderr: captured.stderr,
                 output_truncated: captured.truncated,
@@ -228,6 +247,39 @@ impl Runtime {
                 Err(join) => Err(InvokeError::Internal(join.to_string())),
             },
         }
+    }
+}
+
+/// Measures the CPU time of the thread that polls `inner`, poll by poll:
+/// the guest's own execution and whatever host code runs on its thread
+/// within those polls (host calls, instantiation), not time spent waiting
+/// (a sleep, an outbound request, a key-value read on the blocking pool).
+/// Two `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` calls per poll.
+struct CpuMetered<F> {
+    inner: std::pin::Pin<Box<F>>,
+    total_ns: Arc<AtomicU64>,
+}
+
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(t.tv_nsec as u64)
+}
+
+impl<F: std::future::Future> std::future::Future for CpuMetered<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        let before = thread_cpu_ns();
+        let polled = this.inner.as_mut().poll(cx);
+        let spent = thread_cpu_ns().saturating_sub(before);
+        this.total_ns.fetch_add(spent, Ordering::Relaxed);
+        polled
     }
 }
 

@@ -658,3 +658,54 @@ async fn allowances(d: &dyn DataStore) {
         }
     );
 }
+
+/// The ledger: markers until records close them, one record per key,
+/// records by tenant and time, paged.
+pub async fn ledger(l: &dyn crate::LedgerStore) {
+    use crate::LedgerEntry;
+    let entry = |tenant: &str, time_ms, key: &str| LedgerEntry {
+        tenant: tenant.into(),
+        time_ms,
+        key: key.into(),
+        record: b(key),
+    };
+    l.open(vec![("a#1".into(), b("m1")), ("b#1".into(), b("m2"))])
+        .await
+        .unwrap();
+    let mut open = l.open_markers().await.unwrap();
+    open.sort();
+    assert_eq!(open, [("a#1".into(), b("m1")), ("b#1".into(), b("m2"))]);
+
+    let written = l
+        .close(vec![entry("t", 10, "a#1"), entry("t", 5, "c#1")])
+        .await
+        .unwrap();
+    assert_eq!(written, 2);
+    assert_eq!(l.open_markers().await.unwrap(), [("b#1".into(), b("m2"))]);
+    // Never two records for one key.
+    assert_eq!(l.close(vec![entry("t", 11, "a#1")]).await.unwrap(), 0);
+    l.close(vec![entry("t", 20, "b#1"), entry("u", 7, "d#1")])
+        .await
+        .unwrap();
+    assert!(l.open_markers().await.unwrap().is_empty());
+
+    let keys = |entries: Vec<LedgerEntry>| entries.into_iter().map(|e| e.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(l.records("t", 0, u64::MAX, None, 10).await.unwrap()),
+        ["c#1", "a#1", "b#1"]
+    );
+    assert_eq!(
+        keys(l.records("t", 6, 20, None, 10).await.unwrap()),
+        ["a#1"]
+    );
+    assert_eq!(
+        keys(l.records("u", 0, u64::MAX, None, 10).await.unwrap()),
+        ["d#1"]
+    );
+    let page = l.records("t", 0, u64::MAX, None, 2).await.unwrap();
+    let last = page.last().map(|e| (e.time_ms, e.key.clone()));
+    assert_eq!(
+        keys(l.records("t", 0, u64::MAX, last, 10).await.unwrap()),
+        ["b#1"]
+    );
+}

@@ -28,7 +28,8 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::{
     Allowance, BlobStore, Claimed, DataChange, DataStore, DataUsage, DataWrite, Entry, KeyInfo,
-    KvEvent, KvStore, LogStore, QueueStore, StoreError, Watch, WatchStream, digest_of,
+    KvEvent, KvStore, LedgerEntry, LedgerStore, LogStore, QueueStore, StoreError, Watch,
+    WatchStream, digest_of,
 };
 
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -66,6 +67,13 @@ const DATA_CHANGES: TableDefinition<u64, (&str, bool, &[u8])> =
 const DATA_USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("data_usage");
 /// Set once `DATA_USAGE` has been counted from `DATA` (stores made before it existed).
 const DATA_USAGE_COUNTED: &str = "data.usage_counted";
+
+/// Ledger markers of attempts that started: key → marker.
+const LEDGER_OPEN: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_open");
+/// Usage records: (tenant, time ms, key) → record.
+const LEDGER: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("ledger");
+/// Every recorded key, so a record is never written twice.
+const LEDGER_KEYS: TableDefinition<&str, ()> = TableDefinition::new("ledger_keys");
 
 const KV_REVISION: &str = "kv.revision";
 const DATA_REVISION: &str = "data.revision";
@@ -189,6 +197,9 @@ impl EmbeddedStore {
             txn.open_table(DATA).map_err(backend)?;
             txn.open_table(DATA_CHANGES).map_err(backend)?;
             txn.open_table(DATA_USAGE).map_err(backend)?;
+            txn.open_table(LEDGER_OPEN).map_err(backend)?;
+            txn.open_table(LEDGER).map_err(backend)?;
+            txn.open_table(LEDGER_KEYS).map_err(backend)?;
         }
         count_usage_once(&txn)?;
         let data_revision = {
@@ -894,6 +905,113 @@ fn read_usage(
 }
 
 #[async_trait]
+impl LedgerStore for EmbeddedStore {
+    async fn open(&self, markers: Vec<(String, Bytes)>) -> Result<(), StoreError> {
+        self.write(move |txn, _| {
+            let mut open = txn.open_table(LEDGER_OPEN).map_err(backend)?;
+            for (key, marker) in &markers {
+                open.insert(key.as_str(), marker.as_ref())
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn close(&self, entries: Vec<LedgerEntry>) -> Result<u64, StoreError> {
+        self.write(move |txn, _| {
+            let mut open = txn.open_table(LEDGER_OPEN).map_err(backend)?;
+            let mut ledger = txn.open_table(LEDGER).map_err(backend)?;
+            let mut keys = txn.open_table(LEDGER_KEYS).map_err(backend)?;
+            let mut written = 0;
+            for entry in &entries {
+                open.remove(entry.key.as_str()).map_err(backend)?;
+                if keys
+                    .insert(entry.key.as_str(), ())
+                    .map_err(backend)?
+                    .is_some()
+                {
+                    continue;
+                }
+                ledger
+                    .insert(
+                        (entry.tenant.as_str(), entry.time_ms, entry.key.as_str()),
+                        entry.record.as_ref(),
+                    )
+                    .map_err(backend)?;
+                written += 1;
+            }
+            Ok(written)
+        })
+        .await
+    }
+
+    async fn open_markers(&self) -> Result<Vec<(String, Bytes)>, StoreError> {
+        self.read(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let open = txn.open_table(LEDGER_OPEN).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in open.iter().map_err(backend)? {
+                let (key, marker) = entry.map_err(backend)?;
+                out.push((
+                    key.value().to_string(),
+                    Bytes::copy_from_slice(marker.value()),
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn records(
+        &self,
+        tenant: &str,
+        from_ms: u64,
+        to_ms: u64,
+        after: Option<(u64, String)>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let tenant = tenant.to_string();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let ledger = txn.open_table(LEDGER).map_err(backend)?;
+            let (start_ms, start_key) = match &after {
+                Some((time, key)) if *time >= from_ms => (*time, key.as_str()),
+                _ => (from_ms, ""),
+            };
+            let mut out = Vec::new();
+            if to_ms == 0 {
+                return Ok(out);
+            }
+            let range = ledger
+                .range((tenant.as_str(), start_ms, start_key)..(tenant.as_str(), to_ms, ""))
+                .map_err(backend)?;
+            for entry in range {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, record) = entry.map_err(backend)?;
+                let (_, time_ms, key) = key.value();
+                if after
+                    .as_ref()
+                    .is_some_and(|(t, k)| *t == time_ms && k == key)
+                {
+                    continue;
+                }
+                out.push(LedgerEntry {
+                    tenant: tenant.clone(),
+                    time_ms,
+                    key: key.to_string(),
+                    record: Bytes::copy_from_slice(record.value()),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait]
 impl DataStore for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let mut found = self.get_many(vec![key.to_string()]).await?;
@@ -1383,6 +1501,12 @@ mod tests {
     async fn conformance_data() {
         let (_dir, store) = open();
         crate::conformance::data(&store).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_ledger() {
+        let (_dir, store) = open();
+        crate::conformance::ledger(&store).await;
     }
 
     #[tokio::test]

@@ -254,6 +254,41 @@ pub trait DataStore: Send + Sync {
     fn last_revision(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
+/// One usage record as the ledger stores it: opaque bytes, indexed by
+/// tenant and time, unique by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub tenant: String,
+    pub time_ms: u64,
+    /// Unique per metered attempt.
+    pub key: String,
+    pub record: Bytes,
+}
+
+/// The metering ledger: exactly one record per key, durably. An attempt is
+/// *opened* (a marker) when it starts and *closed* by its record; markers
+/// still open at start-up are attempts the server stopped in the middle of.
+#[async_trait]
+pub trait LedgerStore: Send + Sync {
+    /// Records that attempts started: each marker stays until its record is written.
+    async fn open(&self, markers: Vec<(String, Bytes)>) -> Result<(), StoreError>;
+    /// Writes records and removes their markers in one transaction. A key
+    /// that already has a record is skipped; returns how many were written.
+    async fn close(&self, entries: Vec<LedgerEntry>) -> Result<u64, StoreError>;
+    /// Markers of attempts that started and have no record.
+    async fn open_markers(&self) -> Result<Vec<(String, Bytes)>, StoreError>;
+    /// Up to `limit` of a tenant's records with `from_ms <= time_ms < to_ms`,
+    /// in (time, key) order, after `after`.
+    async fn records(
+        &self,
+        tenant: &str,
+        from_ms: u64,
+        to_ms: u64,
+        after: Option<(u64, String)>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError>;
+}
+
 /// Content-addressed blobs (components). A blob's id is `sha256:<hex>` of its bytes.
 #[async_trait]
 pub trait BlobStore: Send + Sync {

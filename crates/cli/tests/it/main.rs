@@ -12,5 +12,6 @@ mod harness;
 mod kv;
 mod lifecycle;
 mod limits;
+mod metering;
 mod tenants;
 mod tls;

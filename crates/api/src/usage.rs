@@ -1,0 +1,161 @@
+//! `/v1/usage`: the caller's tenant's metered usage, summed and grouped,
+//! and the ledger's records for a period as CSV or JSON lines — whose
+//! totals equal the summary's for the same period.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use gust_core::access::Action;
+use gust_core::usage::UsageRecord;
+use gust_meter::{GroupBy, Meter, UsageQuery, UsageReport};
+use serde::Deserialize;
+
+use crate::auth::Caller;
+use crate::{ApiError, ApiState};
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UsageParams {
+    /// Only this function.
+    pub function: Option<String>,
+    /// Start of the period, Unix ms (default: the first of this month, UTC).
+    pub from_ms: Option<u64>,
+    /// End of the period (excluded), Unix ms (default: now).
+    pub to_ms: Option<u64>,
+    /// `hour`, `day` or `function`.
+    pub by: Option<GroupBy>,
+    /// For `/v1/usage/records`: `csv` (default) or `jsonl`.
+    pub format: Option<String>,
+}
+
+impl UsageParams {
+    fn query(&self) -> Result<UsageQuery, ApiError> {
+        let now = crate::now_ms();
+        let from_ms = self
+            .from_ms
+            .unwrap_or_else(|| gust_core::usage::month_start_ms(now));
+        let to_ms = self.to_ms.unwrap_or(now + 1);
+        if from_ms >= to_ms {
+            return Err(ApiError::BadRequest(
+                "the period is empty: `from_ms` must be before `to_ms`".into(),
+            ));
+        }
+        Ok(UsageQuery {
+            function: self.function.clone(),
+            from_ms,
+            to_ms,
+            by: self.by,
+        })
+    }
+}
+
+fn meter(state: &ApiState) -> Result<&Meter, ApiError> {
+    state.meter.as_ref().ok_or_else(|| {
+        ApiError::NotFound("metering is off on this server (`--no-metering`)".into())
+    })
+}
+
+#[utoipa::path(get, path = "/v1/usage", tag = "usage", params(UsageParams),
+    responses((status = 200, description = "Totals for the period, and per group", body = UsageReport)))]
+pub(crate) async fn usage(
+    State(state): State<ApiState>,
+    caller: Caller,
+    params: Result<Query<UsageParams>, QueryRejection>,
+) -> Result<Json<UsageReport>, ApiError> {
+    caller.require(Action::Read)?;
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let query = params.query()?;
+    let report = meter(&state)?
+        .usage(caller.tenant.as_str(), &query)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(report))
+}
+
+/// The columns of a CSV export, in order.
+const CSV_COLUMNS: &str = "invocation_id,attempt,function,version,trigger,start_ms,wall_ns,cpu_ns,peak_memory_bytes,memory_limit_bytes,request_bytes,response_bytes,outbound_requests,outbound_bytes,kv_operations,outcome,status,billed_ms,gib_us,cost_micros,plan";
+
+/// The serde name of a unit enum value (`http`, `timed_out`).
+fn serde_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn csv_row(r: &UsageRecord) -> String {
+    format!(
+        "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+        r.invocation_id,
+        r.attempt,
+        r.function,
+        r.version,
+        serde_name(&r.trigger),
+        r.start_ms,
+        r.wall_ns,
+        r.cpu_ns,
+        r.peak_memory_bytes,
+        r.memory_limit_bytes,
+        r.request_bytes,
+        r.response_bytes,
+        r.outbound_requests,
+        r.outbound_bytes,
+        r.kv_operations,
+        serde_name(&r.outcome),
+        r.status,
+        r.billed_ms,
+        r.gib_us,
+        r.cost_micros,
+        r.plan
+    )
+}
+
+#[utoipa::path(get, path = "/v1/usage/records", tag = "usage", params(UsageParams),
+    responses((status = 200, description = "Every usage record of the period, as CSV (with a header row) or JSON lines", content_type = "text/csv")))]
+pub(crate) async fn records(
+    State(state): State<ApiState>,
+    caller: Caller,
+    params: Result<Query<UsageParams>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    caller.require(Action::Read)?;
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let query = params.query()?;
+    let jsonl = match params.format.as_deref() {
+        None | Some("csv") => false,
+        Some("jsonl") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown format `{other}`: use csv or jsonl"
+            )));
+        }
+    };
+    let mut out = String::new();
+    if !jsonl {
+        out.push_str(CSV_COLUMNS);
+        out.push('\n');
+    }
+    meter(&state)?
+        .for_each(caller.tenant.as_str(), query.from_ms, query.to_ms, |r| {
+            if query.function.as_ref().is_some_and(|f| *f != r.function) {
+                return;
+            }
+            if jsonl {
+                if let Ok(line) = serde_json::to_string(r) {
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            } else {
+                out.push_str(&csv_row(r));
+            }
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let content_type = if jsonl {
+        "application/jsonl"
+    } else {
+        "text/csv"
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], out).into_response())
+}

@@ -1,0 +1,155 @@
+//! `gust usage`: what the tenant's invocations used and cost, summed and
+//! grouped, or the ledger's records for a period (CSV or JSON lines).
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use gust_meter::{UsageReport, UsageTotals};
+
+use crate::client::{Api, ApiArgs};
+use crate::output;
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Times are RFC 3339 (`2026-11-01T00:00:00Z`), a date (`2026-11-01`, UTC) or Unix ms.
+The period is [--from, --to); by default this month so far.
+
+Examples:
+  gust usage
+  gust usage --by day
+  gust usage --function hello --from 2026-11-01 --to 2026-11-08 --by hour --json
+  gust usage --by function --csv
+  gust usage --export csv > november.csv      every record, for reconciling
+  gust usage --export jsonl --from 2026-11-01"
+)]
+pub struct UsageArgs {
+    /// Only this function.
+    #[arg(long)]
+    function: Option<String>,
+    /// Start of the period.
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the period (excluded).
+    #[arg(long)]
+    to: Option<String>,
+    /// Group by `hour`, `day` or `function`.
+    #[arg(long, value_parser = ["hour", "day", "function"])]
+    by: Option<String>,
+    /// Print the summary as CSV.
+    #[arg(long, conflicts_with = "export")]
+    csv: bool,
+    /// Print every usage record of the period instead: `csv` or `jsonl`.
+    #[arg(long, value_parser = ["csv", "jsonl"])]
+    export: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// Unix ms from RFC 3339, a date (UTC midnight) or a number.
+fn parse_time(text: &str) -> anyhow::Result<u64> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+        return u64::try_from(ts.as_millisecond()).context("times before 1970 are not metered");
+    }
+    if let Ok(date) = text.parse::<jiff::civil::Date>() {
+        let ts = date
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .context("date out of range")?
+            .timestamp();
+        return u64::try_from(ts.as_millisecond()).context("times before 1970 are not metered");
+    }
+    bail!("`{text}` is not a time: use 2026-11-01T00:00:00Z, 2026-11-01 or Unix milliseconds")
+}
+
+pub async fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let mut query: Vec<(&str, String)> = Vec::new();
+    if let Some(function) = &args.function {
+        query.push(("function", function.clone()));
+    }
+    if let Some(from) = &args.from {
+        query.push(("from_ms", parse_time(from)?.to_string()));
+    }
+    if let Some(to) = &args.to {
+        query.push(("to_ms", parse_time(to)?.to_string()));
+    }
+    if let Some(format) = &args.export {
+        query.push(("format", format.clone()));
+        let (_, bytes) = api
+            .send_raw(
+                api.request(reqwest::Method::GET, "/v1/usage/records")
+                    .query(&query),
+            )
+            .await?;
+        use std::io::Write as _;
+        std::io::stdout().lock().write_all(&bytes)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(by) = &args.by {
+        query.push(("by", by.clone()));
+    }
+    let report: UsageReport = api
+        .send(api.request(reqwest::Method::GET, "/v1/usage").query(&query))
+        .await?;
+    if args.api.json {
+        output::print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let header = [
+        "GROUP",
+        "INVOCATIONS",
+        "REJECTED",
+        "GB-S",
+        "CPU-MS",
+        "BILLED-MS",
+        "BYTES-IN",
+        "BYTES-OUT",
+        "COST",
+    ];
+    let row = |key: &str, t: &UsageTotals| {
+        vec![
+            key.to_string(),
+            t.invocations.to_string(),
+            t.rejected.to_string(),
+            format!("{:.6}", t.gb_seconds),
+            format!("{:.3}", t.cpu_ms),
+            t.billed_ms.to_string(),
+            t.request_bytes.to_string(),
+            t.response_bytes.to_string(),
+            format!("{:.6}", t.cost_micros as f64 / 1e6),
+        ]
+    };
+    let mut rows: Vec<Vec<String>> = report
+        .groups
+        .iter()
+        .map(|g| row(&g.key, &g.totals))
+        .collect();
+    rows.push(row("TOTAL", &report.total));
+    if args.csv {
+        println!("{}", header.join(",").to_lowercase());
+        for r in rows {
+            println!("{}", r.join(","));
+        }
+    } else {
+        output::table(&header, &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn times_in_three_spellings() {
+        assert_eq!(parse_time("1793491200000").unwrap(), 1_793_491_200_000);
+        assert_eq!(parse_time("2026-11-01").unwrap(), 1_793_491_200_000);
+        assert_eq!(
+            parse_time("2026-11-01T00:00:01Z").unwrap(),
+            1_793_491_201_000
+        );
+        assert!(parse_time("yesterday").is_err());
+    }
+}

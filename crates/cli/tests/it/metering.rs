@@ -1,0 +1,213 @@
+//! Metering: exactly one usage record per attempt, whatever happens to it,
+//! and usage totals that equal the ledger's export.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::harness::{Server, guests};
+
+/// Every usage record of the tenant, by `invocation_id#attempt`, once the
+/// ledger has caught up with `expected` records.
+async fn ledger(server: &Server, expected: usize) -> HashMap<String, serde_json::Value> {
+    let lines = Server::eventually(Duration::from_secs(10), || async {
+        let out = server.gust(&["usage", "--export", "jsonl", "--from", "0"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines.len() >= expected).then_some(lines)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{expected} usage records"));
+    let mut by_key = HashMap::new();
+    for record in lines {
+        let key = format!(
+            "{}#{}",
+            record["invocation_id"].as_str().unwrap(),
+            record["attempt"]
+        );
+        assert!(
+            by_key.insert(key.clone(), record).is_none(),
+            "{key} recorded twice"
+        );
+    }
+    by_key
+}
+
+async fn call(server: &Server, path: &str) -> (u16, String) {
+    let response = server
+        .http
+        .get(format!("{}{path}", server.url))
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (response.status().as_u16(), id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_outcome_gets_exactly_one_usage_record() {
+    let server = Server::start_with(&["--max-in-flight", "1"]);
+    server.deploy("tb", &guests().testbed, &["--timeout-ms", "1000"]);
+    let mut expect = Vec::new();
+    for (path, status, outcome) in [
+        ("/tb/", 200, "success"),
+        ("/tb/no-such-path", 404, "error_status"),
+        ("/tb/trap", 500, "trapped"),
+        ("/tb/spin", 504, "timed_out"),
+        ("/tb/busy?ms=60", 200, "success"),
+    ] {
+        let (got, id) = call(&server, path).await;
+        assert_eq!(got, status, "{path}");
+        expect.push((id, path, status, outcome));
+    }
+    // Refused for capacity: one slot, taken by a sleeper.
+    let sleeper = {
+        let http = server.http.clone();
+        let url = format!("{}/tb/sleep?ms=800", server.url);
+        tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (got, refused) = call(&server, "/tb/").await;
+    assert_eq!(got, 503);
+    expect.push((refused, "/tb/ (refused)", 503, "rejected"));
+    assert_eq!(sleeper.await.unwrap(), 200);
+
+    let records = ledger(&server, expect.len() + 1).await;
+    assert_eq!(
+        records.len(),
+        expect.len() + 1,
+        "one per attempt, the sleeper too"
+    );
+    for (id, path, status, outcome) in &expect {
+        let record = &records[&format!("{id}#1")];
+        assert_eq!(record["outcome"], *outcome, "{path}: {record}");
+        assert_eq!(record["status"], *status, "{path}");
+        assert_eq!(record["function"], "tb");
+        assert_eq!(record["trigger"], "http");
+    }
+    let busy = &records[&format!("{}#1", expect[4].0)];
+    let wall = busy["wall_ns"].as_u64().unwrap();
+    let cpu = busy["cpu_ns"].as_u64().unwrap();
+    assert!(wall >= 60_000_000, "{busy}");
+    assert!(
+        cpu >= 30_000_000 && cpu <= wall + 5_000_000,
+        "CPU time of a busy guest: {busy}"
+    );
+    assert_eq!(
+        busy["billed_ms"].as_u64().unwrap(),
+        wall.div_ceil(1_000_000)
+    );
+    let sleeper = records
+        .values()
+        .find(|r| r["status"] == 200 && r["wall_ns"].as_u64().unwrap() >= 800_000_000)
+        .expect("the sleeper's record");
+    assert!(
+        sleeper["cpu_ns"].as_u64().unwrap() < 100_000_000,
+        "sleeping is not CPU time: {sleeper}"
+    );
+    let rejected = &records[&format!("{}#1", expect[5].0)];
+    assert_eq!(rejected["billed_ms"], 0);
+    assert_eq!(rejected["cost_micros"], 0);
+
+    // The summary's totals equal the export's sums.
+    let report = server.gust_json(&["usage", "--from", "0", "--by", "function"]);
+    let total = &report["total"];
+    let ran = records
+        .values()
+        .filter(|r| r["outcome"] != "rejected")
+        .count();
+    assert_eq!(total["invocations"].as_u64().unwrap() as usize, ran);
+    assert_eq!(total["rejected"], 1);
+    let sum = |field: &str| {
+        records
+            .values()
+            .map(|r| r[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(total["billed_ms"].as_u64().unwrap(), sum("billed_ms"));
+    assert_eq!(total["gib_us"].as_u64().unwrap(), sum("gib_us"));
+    assert_eq!(total["cost_micros"].as_u64().unwrap(), sum("cost_micros"));
+    assert_eq!(report["groups"][0]["key"], "tb");
+    // The CSV export has the same records.
+    let csv = server.gust(&["usage", "--export", "csv", "--from", "0"]);
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        records.len() + 1,
+        "a header and one row each"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_attempt_of_an_event_is_recorded_as_an_attempt_of_one_invocation() {
+    let server = Server::start();
+    server.deploy(
+        "flaky",
+        &guests().testbed,
+        &["--max-attempts", "3", "--backoff-ms", "100"],
+    );
+    let (status, id) = server.submit("/flaky/trap", &[], Vec::new()).await;
+    assert_eq!(status, 202);
+    let records = ledger(&server, 3).await;
+    let attempts: Vec<u64> = {
+        let mut a: Vec<u64> = records
+            .values()
+            .filter(|r| r["invocation_id"] == id.as_str())
+            .map(|r| {
+                assert_eq!(r["trigger"], "event");
+                assert_eq!(r["outcome"], "trapped");
+                r["attempt"].as_u64().unwrap()
+            })
+            .collect();
+        a.sort();
+        a
+    };
+    assert_eq!(attempts, [1, 2, 3]);
+    let report = server.gust_json(&["usage", "--from", "0"]);
+    assert_eq!(report["total"]["invocations"], 3);
+    assert_eq!(report["total"]["retries"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invocation_cut_by_kill_9_is_recorded_once_as_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    server.deploy("tb", &guests().testbed, &[]);
+    let (status, done) = call(&server, "/tb/").await;
+    assert_eq!(status, 200);
+    let cut = {
+        let http = server.http.clone();
+        let url = format!("{}/tb/sleep?ms=5000", server.url);
+        tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) })
+    };
+    // Let the marker of the sleeping attempt become durable.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill9();
+    assert!(cut.await.unwrap().is_err(), "the client lost its answer");
+
+    let server = Server::start_in(dir.path(), &[]);
+    let records = ledger(&server, 2).await;
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert_eq!(records[&format!("{done}#1")]["outcome"], "success");
+    let aborted: Vec<_> = records
+        .values()
+        .filter(|r| r["outcome"] == "aborted")
+        .collect();
+    assert_eq!(aborted.len(), 1, "{records:#?}");
+    assert_eq!(aborted[0]["function"], "tb");
+    // A second restart adds nothing.
+    drop(server);
+    let server = Server::start_in(dir.path(), &[]);
+    assert_eq!(ledger(&server, 2).await.len(), 2);
+}
