@@ -10,12 +10,7 @@ async fn state_of(server: &Server, id: &str) -> serde_json::Value {
 }
 
 async fn wait_for_state(server: &Server, id: &str, state: &str) -> serde_json::Value {
-    Server::eventually(Duration::from_secs(20), || async {
-        let record = state_of(server, id).await;
-        (record["state"] == state).then_some(record)
-    })
-    .await
-    .unwrap_or_else(|| panic!("{id} never reached {state}"))
+    server.wait_for_state(id, state).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -459,12 +459,7 @@ async fn the_wall_clock_going_backwards_breaks_no_timing() {
     // Events still flow.
     let (status, id) = server.submit("/tb/", &[], Vec::new()).await;
     assert_eq!(status, 202);
-    let done = Server::eventually(Duration::from_secs(10), || async {
-        let record = server.api_json(&format!("/v1/invocations/{id}")).await;
-        (record["state"] == "succeeded").then_some(())
-    })
-    .await;
-    assert!(done.is_some(), "the event was delivered");
+    server.wait_for_state(&id, "succeeded").await;
 
     // The logs show the jump (so this test ran with the clock moved) and
     // the timeout's duration measured on the monotonic clock.
@@ -604,12 +599,7 @@ async fn a_full_disk_refuses_writes_clearly_loses_nothing_and_recovers() {
     assert_eq!(kv_put("new", "value").await.0, 200);
     let (status, id) = server.submit("/tb/", &[], Vec::new()).await;
     assert_eq!(status, 202);
-    let done = Server::eventually(Duration::from_secs(10), || async {
-        let record = server.api_json(&format!("/v1/invocations/{id}")).await;
-        (record["state"] == "succeeded").then_some(())
-    })
-    .await;
-    assert!(done.is_some(), "the event was delivered");
+    server.wait_for_state(&id, "succeeded").await;
     server.deploy("other", &guests().hello, &[]);
     assert_eq!(server.stop(), Some(0));
 

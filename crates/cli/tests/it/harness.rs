@@ -215,6 +215,16 @@ impl Server {
             .expect("control API JSON")
     }
 
+    /// Waits (up to 20 s) until asynchronous invocation `id` is in `state`; returns its record.
+    pub async fn wait_for_state(&self, id: &str, state: &str) -> serde_json::Value {
+        Self::eventually(Duration::from_secs(20), || async {
+            let record = self.api_json(&format!("/v1/invocations/{id}")).await;
+            (record["state"] == state).then_some(record)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{id} never reached {state}"))
+    }
+
     /// Sends an asynchronous invocation; returns (status, invocation id).
     pub async fn submit(
         &self,

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# What metering costs and how accurate it is.
+#
+# Overhead: the hello benchmark (wrk) against two servers, one with the
+# usage ledger and one started with --no-metering (a switch for this
+# measurement only), run alternately ROUNDS times; req/s and percentiles.
+#
+# Accuracy: a CPU-bound guest (testbed /busy?ms=N) invoked M times with 2
+# clients; the sum of metered guest CPU time against the server process's
+# own CPU time over the run (/proc/PID/stat) minus an idle baseline of the
+# same length; metered wall time against what the client observed.
+#
+#   bench/metering.sh                 # DURATION=10s ROUNDS=2 BUSY_MS=20 CALLS=200
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+ROUNDS=${ROUNDS:-2}
+BUSY_MS=${BUSY_MS:-20}
+CALLS=${CALLS:-200}
+PORT=${PORT:-18780}
+for tool in wrk curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
+done
+cargo build --release -q -p gust
+cargo build --release -q --target wasm32-wasip2 --manifest-path examples/Cargo.toml -p hello -p testbed
+GUST=target/release/gust
+HELLO=examples/target/wasm32-wasip2/release/hello.wasm
+TESTBED=examples/target/wasm32-wasip2/release/testbed.wasm
+WORK=$(mktemp -d)
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+# start NAME PORT [FLAGS...]: a server; sets PID_<NAME> and TOKEN_<NAME>.
+start() {
+  local name=$1 port=$2; shift 2
+  GUST_LOG=warn "$GUST" up --data-dir "$WORK/$name" --listen 127.0.0.1:$port \
+    --api-listen 127.0.0.1:$((port + 1)) "$@" >"$WORK/$name.out" 2>&1 &
+  PIDS+=($!)
+  printf -v "PID_$name" %s $!
+  for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$((port + 1))/healthz" && break; sleep 0.05; done
+  printf -v "TOKEN_$name" %s "$(sed -n 's/^gust: admin token (shown once, keep it): //p' "$WORK/$name.out")"
+}
+start on $PORT
+start off $((PORT + 10)) --no-metering
+GUST_API=http://127.0.0.1:$((PORT + 1)) GUST_TOKEN=$TOKEN_on "$GUST" deploy hello "$HELLO" --public >/dev/null
+GUST_API=http://127.0.0.1:$((PORT + 11)) GUST_TOKEN=$TOKEN_off "$GUST" deploy hello "$HELLO" --public >/dev/null
+
+run_wrk() { wrk -t2 -c"$CONNECTIONS" -d2s "$1" >/dev/null; wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | python3 bench/wrk_summary.py; }
+ROWS=""
+ON_SUM=0; OFF_SUM=0
+for round in $(seq "$ROUNDS"); do
+  read -r OFF_RPS OFF_P50 OFF_P99 < <(run_wrk "http://127.0.0.1:$((PORT + 10))/hello/")
+  read -r ON_RPS ON_P50 ON_P99 < <(run_wrk "http://127.0.0.1:$PORT/hello/")
+  ROWS+="| $round | $OFF_RPS | $OFF_P50 / $OFF_P99 | $ON_RPS | $ON_P50 / $ON_P99 |"$'\n'
+  ON_SUM=$(python3 -c "print($ON_SUM + $ON_RPS)"); OFF_SUM=$(python3 -c "print($OFF_SUM + $OFF_RPS)")
+done
+kill -TERM "$PID_off"; wait "$PID_off" 2>/dev/null || true
+
+# Accuracy, on the metering server.
+export GUST_API=http://127.0.0.1:$((PORT + 1)) GUST_TOKEN=$TOKEN_on
+"$GUST" deploy busy "$TESTBED" --public >/dev/null
+ACCURACY=$(python3 bench/metering_accuracy.py "$PID_on" "http://127.0.0.1:$PORT/busy/busy?ms=$BUSY_MS" "$CALLS" "$GUST")
+kill -TERM "$PID_on"; wait "$PID_on" 2>/dev/null || true
+
+cat <<REPORT
+### $(date -u +%Y-%m-%d), $(nproc) cores
+
+Overhead: \`wrk -t2 -c$CONNECTIONS -d$DURATION\`, hello component, alternating.
+
+| round | off: req/s | off: p50 / p99 (ms) | on: req/s | on: p50 / p99 (ms) |
+|---|---:|---:|---:|---:|
+$ROWS
+On ÷ off (sum of rounds): $(python3 -c "print(f'{$ON_SUM/$OFF_SUM:.3f}')").
+
+Accuracy: $CALLS calls of a guest busy for $BUSY_MS ms, 2 clients.
+
+$ACCURACY
+REPORT
