@@ -480,7 +480,11 @@ where
         });
     if let Some(opened) = opened {
         match opened.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                if let Some(draft) = &draft {
+                    draft.opened();
+                }
+            }
             Ok(Err(e)) => {
                 tracing::error!(invocation_id = id, error = %e, "the usage marker was not written")
             }

@@ -53,7 +53,7 @@ pub(crate) fn start_record(route: &Route, attempt: &Attempt<'_>) -> UsageRecord 
 pub(crate) fn rejected(meter: &Meter, mut record: UsageRecord, status: u16) {
     record.outcome = UsageOutcome::Rejected;
     record.status = status;
-    meter.record(record);
+    meter.record(record, false);
 }
 
 /// An attempt's record, waiting for its report and its status.
@@ -62,6 +62,8 @@ pub(crate) struct Draft {
     record: Mutex<UsageRecord>,
     runtime_outcome: Mutex<Option<Outcome>>,
     parts_left: AtomicU8,
+    /// Its marker is durable (else the record is written without one).
+    opened: std::sync::atomic::AtomicBool,
 }
 
 impl Draft {
@@ -71,6 +73,7 @@ impl Draft {
             record: Mutex::new(record),
             runtime_outcome: Mutex::new(None),
             parts_left: AtomicU8::new(2),
+            opened: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -94,6 +97,11 @@ impl Draft {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(report.outcome.clone());
         self.part_done();
+    }
+
+    /// Its marker was written (before the status is known).
+    pub fn opened(&self) {
+        self.opened.store(true, Ordering::Release);
     }
 
     /// The status answered (the guest's, or the one the gateway answered for it).
@@ -124,6 +132,7 @@ impl Draft {
             }
             _ => UsageOutcome::ErrorStatus,
         };
-        self.meter.record(record);
+        self.meter
+            .record(record, self.opened.load(Ordering::Acquire));
     }
 }

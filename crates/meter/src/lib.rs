@@ -45,10 +45,18 @@ pub struct Meter {
     inner: Arc<Inner>,
 }
 
+/// A marker to write, and who waits for it.
+type Opening = (
+    (String, Bytes),
+    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+);
+
 struct Inner {
     ledger: Arc<dyn LedgerStore>,
     plan: PricePlan,
-    tx: mpsc::UnboundedSender<UsageRecord>,
+    /// Finished records, and whether each was opened with a marker.
+    tx: mpsc::UnboundedSender<(UsageRecord, bool)>,
+    opens: mpsc::UnboundedSender<Opening>,
     /// Each tenant's month (its first ms) and what it used in it so far.
     months: Mutex<HashMap<String, (u64, MonthToDate)>>,
     /// Records handed to the writer and not yet durable.
@@ -70,11 +78,13 @@ impl Meter {
     /// `aborted`, then starts the writer.
     pub async fn start(ledger: Arc<dyn LedgerStore>, plan: PricePlan) -> Result<Self, MeterError> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (opens, opens_rx) = mpsc::unbounded_channel();
         let meter = Self {
             inner: Arc::new(Inner {
                 ledger,
                 plan,
                 tx,
+                opens,
                 months: Mutex::default(),
                 pending: AtomicU64::new(0),
                 written: AtomicU64::new(0),
@@ -93,35 +103,47 @@ impl Meter {
                 count = aborted.len(),
                 "recording attempts the last run stopped in the middle of as aborted"
             );
-            meter.write(aborted).await?;
+            meter
+                .write(aborted.into_iter().map(|r| (r, true)).collect())
+                .await?;
         }
         tokio::spawn(meter.clone().writer(rx));
+        tokio::spawn(open_markers(meter.inner.ledger.clone(), opens_rx));
         Ok(meter)
     }
 
     /// Notes that an attempt started: `start` is its record as far as known
     /// (it becomes the `aborted` record if the server stops before the
-    /// attempt ends). Resolves once durable.
+    /// attempt ends). Resolves once durable; markers of concurrent
+    /// attempts are written together.
     pub fn open(
         &self,
         start: &UsageRecord,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
-        let ledger = self.inner.ledger.clone();
         let marker = UsageRecord {
             outcome: UsageOutcome::Aborted,
             ..start.clone()
         };
-        let entry = serde_json::to_vec(&marker).map(|bytes| (marker.key(), Bytes::from(bytes)));
+        let (done, written) = tokio::sync::oneshot::channel();
+        let sent = serde_json::to_vec(&marker)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+            .and_then(|bytes| {
+                self.inner
+                    .opens
+                    .send(((marker.key(), Bytes::from(bytes)), done))
+                    .map_err(|_| StoreError::Closed)
+            });
         async move {
-            let entry = entry.map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            ledger.open(vec![entry]).await
+            sent?;
+            written.await.map_err(|_| StoreError::Closed)?
         }
     }
 
-    /// Hands a finished attempt's record to the writer (never blocks, never drops).
-    pub fn record(&self, record: UsageRecord) {
+    /// Hands a finished attempt's record to the writer (never blocks, never
+    /// drops). `opened`: its marker was written (see [`Meter::open`]).
+    pub fn record(&self, record: UsageRecord, opened: bool) {
         self.inner.pending.fetch_add(1, Ordering::Relaxed);
-        if self.inner.tx.send(record).is_err() {
+        if self.inner.tx.send((record, opened)).is_err() {
             // Only when the runtime is shutting down: the marker stays open
             // and the next start records the attempt as aborted.
             self.inner.pending.fetch_sub(1, Ordering::Relaxed);
@@ -149,7 +171,7 @@ impl Meter {
         }
     }
 
-    async fn writer(self, mut rx: mpsc::UnboundedReceiver<UsageRecord>) {
+    async fn writer(self, mut rx: mpsc::UnboundedReceiver<(UsageRecord, bool)>) {
         let mut batch = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut batch, BATCH).await > 0 {
             let records = std::mem::take(&mut batch);
@@ -169,9 +191,9 @@ impl Meter {
     }
 
     /// Prices records and writes them, closing their markers.
-    async fn write(&self, records: Vec<UsageRecord>) -> Result<(), MeterError> {
+    async fn write(&self, records: Vec<(UsageRecord, bool)>) -> Result<(), MeterError> {
         let mut entries = Vec::with_capacity(records.len());
-        for mut record in records {
+        for (mut record, opened) in records {
             let before = self.month_to_date(&record).await?;
             record.billed_ms = usage::billed_ms(record.wall_ns, record.outcome);
             record.gib_us = usage::gib_us(record.memory_limit_bytes, record.billed_ms);
@@ -185,6 +207,7 @@ impl Meter {
                 time_ms: record.start_ms,
                 key: record.key(),
                 record: Bytes::from(bytes),
+                opened,
             });
         }
         let written = self.inner.ledger.close(entries).await?;
@@ -275,6 +298,18 @@ impl Meter {
                 .collect(),
             total,
         })
+    }
+}
+
+/// Writes markers as they come, all that are waiting in one call.
+async fn open_markers(ledger: Arc<dyn LedgerStore>, mut rx: mpsc::UnboundedReceiver<Opening>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let (markers, waiters): (Vec<_>, Vec<_>) = std::mem::take(&mut batch).into_iter().unzip();
+        let written = ledger.open(markers).await;
+        for waiter in waiters {
+            let _ = waiter.send(written.clone());
+        }
     }
 }
 
@@ -417,9 +452,9 @@ mod tests {
             .open(&record("b", 1, 2000, UsageOutcome::Success))
             .await
             .unwrap();
-        meter.record(done.clone());
+        meter.record(done.clone(), true);
         // The same attempt reported twice is recorded once.
-        meter.record(done);
+        meter.record(done, true);
         meter.flush(Duration::from_secs(5)).await;
         assert_eq!(meter.stats().pending, 0);
         // "b" never finished: a restart records it as aborted.
@@ -458,9 +493,9 @@ mod tests {
         let meter = Meter::start(Arc::new(store), PricePlan::default())
             .await
             .unwrap();
-        meter.record(record("e", 1, 10, UsageOutcome::ErrorStatus));
-        meter.record(record("e", 2, 20, UsageOutcome::Success));
-        meter.record(record("r", 1, 30, UsageOutcome::Rejected));
+        meter.record(record("e", 1, 10, UsageOutcome::ErrorStatus), false);
+        meter.record(record("e", 2, 20, UsageOutcome::Success), false);
+        meter.record(record("r", 1, 30, UsageOutcome::Rejected), false);
         meter.flush(Duration::from_secs(5)).await;
         let report = meter
             .usage(

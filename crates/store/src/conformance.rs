@@ -668,6 +668,7 @@ pub async fn ledger(l: &dyn crate::LedgerStore) {
         time_ms,
         key: key.into(),
         record: b(key),
+        opened: key != "c#1" && key != "d#1",
     };
     l.open(vec![("a#1".into(), b("m1")), ("b#1".into(), b("m2"))])
         .await
@@ -682,11 +683,16 @@ pub async fn ledger(l: &dyn crate::LedgerStore) {
         .unwrap();
     assert_eq!(written, 2);
     assert_eq!(l.open_markers().await.unwrap(), [("b#1".into(), b("m2"))]);
-    // Never two records for one key.
+    // Never two records for one opened key.
     assert_eq!(l.close(vec![entry("t", 11, "a#1")]).await.unwrap(), 0);
-    l.close(vec![entry("t", 20, "b#1"), entry("u", 7, "d#1")])
-        .await
-        .unwrap();
+    assert_eq!(
+        l.close(vec![entry("t", 12, "b#1"), entry("t", 13, "b#1")])
+            .await
+            .unwrap(),
+        1,
+        "twice in one call: once"
+    );
+    l.close(vec![entry("u", 7, "d#1")]).await.unwrap();
     assert!(l.open_markers().await.unwrap().is_empty());
 
     let keys = |entries: Vec<LedgerEntry>| entries.into_iter().map(|e| e.key).collect::<Vec<_>>();
@@ -695,7 +701,7 @@ pub async fn ledger(l: &dyn crate::LedgerStore) {
         ["c#1", "a#1", "b#1"]
     );
     assert_eq!(
-        keys(l.records("t", 6, 20, None, 10).await.unwrap()),
+        keys(l.records("t", 6, 12, None, 10).await.unwrap()),
         ["a#1"]
     );
     assert_eq!(

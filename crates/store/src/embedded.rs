@@ -72,8 +72,6 @@ const DATA_USAGE_COUNTED: &str = "data.usage_counted";
 const LEDGER_OPEN: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_open");
 /// Usage records: (tenant, time ms, key) → record.
 const LEDGER: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("ledger");
-/// Every recorded key, so a record is never written twice.
-const LEDGER_KEYS: TableDefinition<&str, ()> = TableDefinition::new("ledger_keys");
 
 const KV_REVISION: &str = "kv.revision";
 const DATA_REVISION: &str = "data.revision";
@@ -199,7 +197,6 @@ impl EmbeddedStore {
             txn.open_table(DATA_USAGE).map_err(backend)?;
             txn.open_table(LEDGER_OPEN).map_err(backend)?;
             txn.open_table(LEDGER).map_err(backend)?;
-            txn.open_table(LEDGER_KEYS).map_err(backend)?;
         }
         count_usage_once(&txn)?;
         let data_revision = {
@@ -922,15 +919,10 @@ impl LedgerStore for EmbeddedStore {
         self.write(move |txn, _| {
             let mut open = txn.open_table(LEDGER_OPEN).map_err(backend)?;
             let mut ledger = txn.open_table(LEDGER).map_err(backend)?;
-            let mut keys = txn.open_table(LEDGER_KEYS).map_err(backend)?;
             let mut written = 0;
             for entry in &entries {
-                open.remove(entry.key.as_str()).map_err(backend)?;
-                if keys
-                    .insert(entry.key.as_str(), ())
-                    .map_err(backend)?
-                    .is_some()
-                {
+                let was_open = open.remove(entry.key.as_str()).map_err(backend)?.is_some();
+                if entry.opened && !was_open {
                     continue;
                 }
                 ledger
@@ -1003,6 +995,7 @@ impl LedgerStore for EmbeddedStore {
                     time_ms,
                     key: key.to_string(),
                     record: Bytes::copy_from_slice(record.value()),
+                    opened: false,
                 });
             }
             Ok(out)

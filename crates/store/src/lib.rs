@@ -263,6 +263,9 @@ pub struct LedgerEntry {
     /// Unique per metered attempt.
     pub key: String,
     pub record: Bytes,
+    /// The attempt was opened with a marker: the record is written only
+    /// by removing that marker, so a second close of the key writes nothing.
+    pub opened: bool,
 }
 
 /// The metering ledger: exactly one record per key, durably. An attempt is
@@ -272,8 +275,9 @@ pub struct LedgerEntry {
 pub trait LedgerStore: Send + Sync {
     /// Records that attempts started: each marker stays until its record is written.
     async fn open(&self, markers: Vec<(String, Bytes)>) -> Result<(), StoreError>;
-    /// Writes records and removes their markers in one transaction. A key
-    /// that already has a record is skipped; returns how many were written.
+    /// Writes records and removes their markers in one transaction. An
+    /// opened entry whose marker is gone (already closed) is skipped;
+    /// returns how many were written.
     async fn close(&self, entries: Vec<LedgerEntry>) -> Result<u64, StoreError>;
     /// Markers of attempts that started and have no record.
     async fn open_markers(&self) -> Result<Vec<(String, Bytes)>, StoreError>;
