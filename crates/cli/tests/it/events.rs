@@ -5,10 +5,6 @@ use std::time::Duration;
 
 use crate::harness::{Server, guests};
 
-async fn state_of(server: &Server, id: &str) -> serde_json::Value {
-    server.api_json(&format!("/v1/invocations/{id}")).await
-}
-
 async fn wait_for_state(server: &Server, id: &str, state: &str) -> serde_json::Value {
     server.wait_for_state(id, state).await
 }
