@@ -23,6 +23,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/v1/functions/f/triggers"),
     ("POST", "/v1/tenants"),
     ("PUT", "/v1/tenants/default/quotas"),
+    ("PUT", "/v1/tenants/default/plan"),
     ("POST", "/v1/tokens"),
     ("PUT", "/v1/kv/b/keys/k"),
     ("GET", "/v1/kv/b/keys"),
@@ -79,9 +80,12 @@ fn harness() -> &'static Harness {
                 buckets,
                 accounts,
                 meter: Some(
-                    gust_meter::Meter::start(Arc::new(store.clone()), Default::default())
-                        .await
-                        .unwrap(),
+                    gust_meter::Meter::start(
+                        Arc::new(store.clone()),
+                        Arc::new(|_: &str| Default::default()),
+                    )
+                    .await
+                    .unwrap(),
                 ),
                 auth: false,
                 stopping,

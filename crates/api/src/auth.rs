@@ -15,6 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use gust_core::TenantId;
 use gust_core::access::{Action, Quotas, Role};
+use gust_core::usage::PricePlan;
 use gust_store::{AuthError, TenantRecord, TokenRecord};
 use serde::{Deserialize, Serialize};
 
@@ -181,6 +182,7 @@ pub struct TenantInfo {
     pub id: String,
     pub created_at_ms: u64,
     pub quotas: Quotas,
+    pub plan: PricePlan,
 }
 
 impl From<TenantRecord> for TenantInfo {
@@ -189,6 +191,7 @@ impl From<TenantRecord> for TenantInfo {
             id: r.id.to_string(),
             created_at_ms: r.created_ms,
             quotas: r.quotas,
+            plan: r.plan,
         }
     }
 }
@@ -263,6 +266,28 @@ pub(crate) async fn set_quotas(
     let Json(quotas) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let id = TenantId::new(id).map_err(|e| ApiError::BadRequest(format!("tenant id: {e}")))?;
     Ok(Json(state.accounts.set_quotas(&id, quotas).await?.into()))
+}
+
+#[utoipa::path(put, path = "/v1/tenants/{id}/plan", tag = "tenants",
+    params(("id" = String, Path, description = "Tenant id")),
+    request_body = PricePlan,
+    responses(
+        (status = 200, description = "The tenant with its new plan: invocations from now on are priced by it", body = TenantInfo),
+        (status = 400, body = crate::ErrorBody),
+        (status = 404, body = crate::ErrorBody)))]
+pub(crate) async fn set_plan(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<PricePlan>, JsonRejection>,
+) -> Result<Json<TenantInfo>, ApiError> {
+    caller.require(Action::Administer)?;
+    let Json(plan) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if plan.id.trim().is_empty() {
+        return Err(ApiError::BadRequest("a price plan needs an `id`".into()));
+    }
+    let id = TenantId::new(id).map_err(|e| ApiError::BadRequest(format!("tenant id: {e}")))?;
+    Ok(Json(state.accounts.set_plan(&id, plan).await?.into()))
 }
 
 /// A token as the API shows it (never the token itself, except once at creation).

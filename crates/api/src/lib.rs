@@ -310,6 +310,7 @@ pub struct LogPage {
         auth::list_tenants,
         auth::current_tenant,
         auth::set_quotas,
+        auth::set_plan,
         auth::create_token,
         auth::list_tokens,
         auth::revoke_token,
@@ -436,6 +437,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/tenants/{id}/quotas",
             axum::routing::put(auth::set_quotas),
         )
+        .route("/v1/tenants/{id}/plan", axum::routing::put(auth::set_plan))
         .route(
             "/v1/tokens",
             get(auth::list_tokens).post(auth::create_token),

@@ -133,8 +133,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("metering is OFF (--no-metering): invocations leave no usage records");
         None
     } else {
+        let plans = {
+            let accounts = accounts.clone();
+            Arc::new(move |tenant: &str| {
+                gust_core::TenantId::new(tenant)
+                    .ok()
+                    .and_then(|id| accounts.tenant(&id))
+                    .map(|t| t.plan)
+                    .unwrap_or_default()
+            }) as gust_meter::Plans
+        };
         Some(
-            gust_meter::Meter::start(ledger, gust_core::usage::PricePlan::default())
+            gust_meter::Meter::start(ledger, plans)
                 .await
                 .context("cannot open the usage ledger")?,
         )

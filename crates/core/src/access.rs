@@ -107,6 +107,10 @@ pub struct Quotas {
     /// Bytes the tenant stores: its key-value data (keys and values) and
     /// the components of all its functions' versions.
     pub storage_bytes: u64,
+    /// Monthly spending limit in micro-units of the price plan's currency
+    /// (`null`: none). At it, new invocations and event submissions get 429;
+    /// what was accepted before is still delivered.
+    pub monthly_budget_micros: Option<u64>,
 }
 
 impl Default for Quotas {
@@ -122,6 +126,7 @@ impl Default for Quotas {
             event_backlog: 1_000_000,
             kv_keys: 1_000_000,
             storage_bytes: 1 << 30,
+            monthly_budget_micros: None,
         }
     }
 }

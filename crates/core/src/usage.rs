@@ -121,6 +121,8 @@ impl Default for PricePlan {
 pub struct MonthToDate {
     pub requests: u64,
     pub gib_us: u64,
+    /// What it cost, in micro-units.
+    pub cost_micros: u64,
 }
 
 /// The first millisecond of the calendar month (UTC) that holds `ms`:
@@ -276,6 +278,7 @@ mod tests {
             MonthToDate {
                 requests: 1,
                 gib_us: r.gib_us,
+                cost_micros: 0,
             },
             &r,
         );
@@ -286,6 +289,7 @@ mod tests {
             MonthToDate {
                 requests: 10 + 999_999,
                 gib_us: 0,
+                cost_micros: 0,
             },
             &record(1, 0),
         );

@@ -122,6 +122,37 @@ impl Access {
         })
     }
 
+    /// Refuses new work once the tenant spent its monthly budget (as far as
+    /// the ledger has counted); what was accepted before is not affected.
+    pub fn admit_budget(
+        &self,
+        tenant: &TenantId,
+        meter: Option<&gust_meter::Meter>,
+    ) -> Result<(), GatewayError> {
+        let (Some(meter), Some(budget)) = (
+            meter,
+            self.accounts
+                .quotas(tenant)
+                .unwrap_or_default()
+                .monthly_budget_micros,
+        ) else {
+            return Ok(());
+        };
+        let now = crate::now_ms();
+        let spent = meter.month_cost(tenant.as_str(), now).unwrap_or(0);
+        if spent < budget {
+            return Ok(());
+        }
+        let month = gust_core::usage::month_start_ms(now);
+        let next_month = gust_core::usage::month_start_ms(month + 32 * 86_400_000);
+        Err(GatewayError::QuotaExceeded {
+            message: format!(
+                "tenant `{tenant}` reached its monthly budget `monthly_budget_micros` ({budget} micro-units; {spent} spent this month); an admin can raise it, else it resets next month"
+            ),
+            retry_after_s: (next_month - now).div_ceil(1000),
+        })
+    }
+
     /// Refuses an event submission when the tenant's backlog is full.
     pub fn admit_event(&self, tenant: &TenantId, backlog: u64) -> Result<(), GatewayError> {
         let limit = self

@@ -51,9 +51,12 @@ type Opening = (
     tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 );
 
+/// The price plan in force for a tenant.
+pub type Plans = Arc<dyn Fn(&str) -> PricePlan + Send + Sync>;
+
 struct Inner {
     ledger: Arc<dyn LedgerStore>,
-    plan: PricePlan,
+    plans: Plans,
     /// Finished records, and whether each was opened with a marker.
     tx: mpsc::UnboundedSender<(UsageRecord, bool)>,
     opens: mpsc::UnboundedSender<Opening>,
@@ -76,13 +79,13 @@ pub struct MeterStats {
 impl Meter {
     /// Opens the ledger: records every attempt a previous run left open as
     /// `aborted`, then starts the writer.
-    pub async fn start(ledger: Arc<dyn LedgerStore>, plan: PricePlan) -> Result<Self, MeterError> {
+    pub async fn start(ledger: Arc<dyn LedgerStore>, plans: Plans) -> Result<Self, MeterError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (opens, opens_rx) = mpsc::unbounded_channel();
         let meter = Self {
             inner: Arc::new(Inner {
                 ledger,
-                plan,
+                plans,
                 tx,
                 opens,
                 months: Mutex::default(),
@@ -164,6 +167,17 @@ impl Meter {
         .await;
     }
 
+    /// What the tenant's invocations cost this month so far, as far as
+    /// this process has counted (`None` until the tenant's first record of
+    /// the month since start-up, which sums the month from the ledger).
+    pub fn month_cost(&self, tenant: &str, now_ms: u64) -> Option<u64> {
+        let month = usage::month_start_ms(now_ms);
+        match self.months().get(tenant) {
+            Some((cached, totals)) if *cached == month => Some(totals.cost_micros),
+            _ => None,
+        }
+    }
+
     pub fn stats(&self) -> MeterStats {
         MeterStats {
             written: self.inner.written.load(Ordering::Relaxed),
@@ -195,10 +209,11 @@ impl Meter {
         let mut entries = Vec::with_capacity(records.len());
         for (mut record, opened) in records {
             let before = self.month_to_date(&record).await?;
+            let plan = (self.inner.plans)(&record.tenant);
             record.billed_ms = usage::billed_ms(record.wall_ns, record.outcome);
             record.gib_us = usage::gib_us(record.memory_limit_bytes, record.billed_ms);
-            record.cost_micros = usage::price(&self.inner.plan, before, &record);
-            record.plan = self.inner.plan.id.clone();
+            record.cost_micros = usage::price(&plan, before, &record);
+            record.plan = plan.id;
             self.count(&record);
             let bytes =
                 serde_json::to_vec(&record).map_err(|e| MeterError::Corrupt(e.to_string()))?;
@@ -317,6 +332,7 @@ fn add_to_month(totals: &mut MonthToDate, record: &UsageRecord) {
     if record.outcome != UsageOutcome::Rejected {
         totals.requests += 1;
         totals.gib_us = totals.gib_us.saturating_add(record.gib_us);
+        totals.cost_micros = totals.cost_micros.saturating_add(record.cost_micros);
     }
 }
 
@@ -411,6 +427,10 @@ mod tests {
     use super::*;
     use gust_core::usage::Trigger;
 
+    fn default_plans() -> Plans {
+        Arc::new(|_: &str| PricePlan::default())
+    }
+
     fn record(id: &str, attempt: u32, start_ms: u64, outcome: UsageOutcome) -> UsageRecord {
         UsageRecord {
             invocation_id: id.into(),
@@ -443,9 +463,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = gust_store::EmbeddedStore::open(&dir.path().join("db")).unwrap();
         let ledger: Arc<dyn LedgerStore> = Arc::new(store);
-        let meter = Meter::start(ledger.clone(), PricePlan::default())
-            .await
-            .unwrap();
+        let meter = Meter::start(ledger.clone(), default_plans()).await.unwrap();
         let done = record("a", 1, 1000, UsageOutcome::Success);
         meter.open(&done).await.unwrap();
         meter
@@ -458,9 +476,7 @@ mod tests {
         meter.flush(Duration::from_secs(5)).await;
         assert_eq!(meter.stats().pending, 0);
         // "b" never finished: a restart records it as aborted.
-        let again = Meter::start(ledger.clone(), PricePlan::default())
-            .await
-            .unwrap();
+        let again = Meter::start(ledger.clone(), default_plans()).await.unwrap();
         let query = UsageQuery {
             function: None,
             from_ms: 0,
@@ -482,7 +498,7 @@ mod tests {
             ]
         );
         // And a third start finds nothing open.
-        let third = Meter::start(ledger, PricePlan::default()).await.unwrap();
+        let third = Meter::start(ledger, default_plans()).await.unwrap();
         assert_eq!(third.usage("t", &query).await.unwrap().total.invocations, 2);
     }
 
@@ -490,7 +506,7 @@ mod tests {
     async fn attempts_of_one_event_are_counted_apart_and_totals_add_up() {
         let dir = tempfile::tempdir().unwrap();
         let store = gust_store::EmbeddedStore::open(&dir.path().join("db")).unwrap();
-        let meter = Meter::start(Arc::new(store), PricePlan::default())
+        let meter = Meter::start(Arc::new(store), default_plans())
             .await
             .unwrap();
         meter.record(record("e", 1, 10, UsageOutcome::ErrorStatus), false);

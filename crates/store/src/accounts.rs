@@ -28,6 +28,10 @@ pub struct TenantRecord {
     pub created_ms: u64,
     #[serde(default)]
     pub quotas: Quotas,
+    /// How its invocations are priced (from now on: records keep the
+    /// plan they were priced under).
+    #[serde(default)]
+    pub plan: gust_core::usage::PricePlan,
 }
 
 /// A token as stored: never the token itself.
@@ -189,6 +193,7 @@ impl Accounts {
             id: id.clone(),
             created_ms: now_ms,
             quotas,
+            plan: Default::default(),
         };
         let key = format!("{TENANTS}{id}");
         match self.kv.compare_and_set(&key, encode(&record)?, None).await {
@@ -215,6 +220,20 @@ impl Accounts {
             .tenant(id)
             .ok_or_else(|| AccountsError::NoSuchTenant(id.to_string()))?;
         record.quotas = quotas;
+        self.put(format!("{TENANTS}{id}"), &record).await?;
+        Ok(record)
+    }
+
+    /// Sets the tenant's price plan; invocations from now on are priced by it.
+    pub async fn set_plan(
+        &self,
+        id: &TenantId,
+        plan: gust_core::usage::PricePlan,
+    ) -> Result<TenantRecord, AccountsError> {
+        let mut record = self
+            .tenant(id)
+            .ok_or_else(|| AccountsError::NoSuchTenant(id.to_string()))?;
+        record.plan = plan;
         self.put(format!("{TENANTS}{id}"), &record).await?;
         Ok(record)
     }

@@ -211,3 +211,114 @@ async fn an_invocation_cut_by_kill_9_is_recorded_once_as_aborted() {
     let server = Server::start_in(dir.path(), &[]);
     assert_eq!(ledger(&server, 2).await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_prices_later_invocations_and_a_budget_stops_new_ones() {
+    let server = Server::start();
+    server.gust_json(&["tenant", "create", "acme"]);
+    let owner = server.token_for("acme", "owner", &[]);
+    server.gust_json_as(
+        &owner,
+        &["deploy", "tb", guests().testbed.to_str().unwrap()],
+    );
+    let http = crate::harness::client_with_token(&owner);
+    let get = |path: &str| {
+        let request = http.get(format!("{}/@acme/tb{path}", server.url));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    // Under the default plan (a free allowance): costs nothing.
+    assert_eq!(get("/").await.0, 200);
+    let admin = |path: String, body: serde_json::Value| {
+        let request = server.http.put(format!("{}{path}", server.api)).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        }
+    };
+    // 1000 micro-units a request from now on, and a budget of 2500.
+    admin(
+        "/v1/tenants/acme/plan".into(),
+        serde_json::json!({"id": "pricey", "per_million_requests": 1_000_000_000u64,
+            "per_million_gb_seconds": 0, "free_requests": 0, "free_gb_seconds": 0}),
+    )
+    .await;
+    admin(
+        "/v1/tenants/acme/quotas".into(),
+        serde_json::json!({"monthly_budget_micros": 2500}),
+    )
+    .await;
+    // An event accepted under the budget is delivered whatever comes after.
+    let accepted = http
+        .post(format!("{}/@acme/tb/sleep?ms=1500", server.url))
+        .header("Gust-Invocation-Type", "Event")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let accepted: serde_json::Value = accepted.json().await.unwrap();
+    let mut served = 0;
+    let refusal = loop {
+        let (status, body) = get("/").await;
+        match status {
+            200 => served += 1,
+            429 => break body,
+            other => panic!("{other}: {body}"),
+        }
+        assert!(served <= 5, "the budget never stopped anything");
+        // The ledger counts off the request path: give it a moment.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    };
+    assert!(refusal.contains("monthly budget"), "{refusal}");
+    assert!((2..=4).contains(&served), "{served}");
+    let submitted = http
+        .post(format!("{}/@acme/tb/", server.url))
+        .header("Gust-Invocation-Type", "Event")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), 429, "new events are refused too");
+    let id = accepted["invocation_id"].as_str().unwrap();
+    let delivered = Server::eventually(Duration::from_secs(10), || async {
+        let record: serde_json::Value = http
+            .get(format!("{}/v1/invocations/{id}", server.api))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (record["state"] == "succeeded").then_some(())
+    })
+    .await;
+    assert!(
+        delivered.is_some(),
+        "the event accepted before the budget was delivered"
+    );
+
+    // Records keep the plan they were priced under.
+    let out = server.gust_as(&owner, &["usage", "--export", "jsonl", "--from", "0"]);
+    let records: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first = records
+        .iter()
+        .min_by_key(|r| r["start_ms"].as_u64())
+        .unwrap();
+    assert_eq!(first["plan"], "standard");
+    assert_eq!(first["cost_micros"], 0);
+    let priced: Vec<_> = records
+        .iter()
+        .filter(|r| r["plan"] == "pricey" && r["outcome"] == "success")
+        .collect();
+    assert!(!priced.is_empty());
+    assert!(
+        priced.iter().all(|r| r["cost_micros"] == 1000),
+        "{priced:?}"
+    );
+}
