@@ -182,6 +182,24 @@ async fn invalid_uploads_get_400_with_a_reason() {
             write("broken.wasm", b"\0asm\x0d\0\x01\0garbage"),
             "not valid",
         ),
+        (
+            // A component cut off in the middle of its first core module.
+            write("truncated.wasm", &{
+                let whole = std::fs::read(&guests().hello).unwrap();
+                whole[..whole.len() / 3].to_vec()
+            }),
+            "not valid",
+        ),
+        (
+            // A core module section claiming 2^32-1 types in a few bytes.
+            write("counts.wasm", &{
+                let types = [0x01, 0x05, 0xff, 0xff, 0xff, 0xff, 0x0f];
+                let module = [b"\0asm\x01\0\0\0".as_slice(), &types].concat();
+                let header = [b"\0asm\x0d\0\x01\0".as_slice(), &[0x01, module.len() as u8]];
+                [header.concat(), module].concat()
+            }),
+            "not valid",
+        ),
     ];
     for (path, reason) in &cases {
         let response = server
