@@ -149,7 +149,8 @@ pub struct NameArgs {
 #[command(after_help = "Examples:
   gust invoke hello
   gust invoke echo --path /items?id=3 --data '{\"x\":1}' -H 'content-type: application/json'
-  gust invoke echo --data @payload.bin")]
+  gust invoke echo --data @payload.bin
+  gust invoke hello --verbose            the metered figures too")]
 pub struct InvokeArgs {
     /// Function name.
     name: String,
@@ -165,6 +166,9 @@ pub struct InvokeArgs {
     /// A request header, `name: value` (repeatable).
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
+    /// Also show the invocation's usage record (on stderr; in `usage` with --json).
+    #[arg(long, short = 'v')]
+    verbose: bool,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -497,6 +501,9 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     if let Some(body) = body {
         request = request.body(body);
     }
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let response = request
         .send()
         .await
@@ -519,12 +526,18 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let bytes = response.bytes().await?;
+    let usage = if args.verbose {
+        crate::usage::record_of(&api, &args.name, &invocation_id, started_ms).await?
+    } else {
+        None
+    };
     if args.api.json {
         output::print_json(&serde_json::json!({
             "status": status.as_u16(),
             "invocation_id": invocation_id,
             "headers": headers,
             "body": String::from_utf8_lossy(&bytes),
+            "usage": usage,
         }))?;
     } else {
         use std::io::Write as _;
@@ -536,6 +549,9 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
                 "{} answered {status} (invocation {invocation_id})",
                 args.name
             ));
+        }
+        if args.verbose {
+            eprintln!("{}", crate::usage::describe(&invocation_id, usage.as_ref()));
         }
     }
     Ok(if status.is_success() {

@@ -138,6 +138,67 @@ pub async fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The usage record of one request's invocation (attempt 1), waiting up
+/// to 3 s for the ledger, which writes off the request path.
+pub(crate) async fn record_of(
+    api: &Api,
+    function: &str,
+    invocation_id: &str,
+    started_ms: u64,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    // Clocks of client and server may differ a little.
+    let from = started_ms.saturating_sub(60_000).to_string();
+    let to = (started_ms + 60_000).to_string();
+    loop {
+        let (_, bytes) = api
+            .send_raw(
+                api.request(reqwest::Method::GET, "/v1/usage/records")
+                    .query(&[
+                        ("format", "jsonl"),
+                        ("function", function),
+                        ("from_ms", from.as_str()),
+                        ("to_ms", to.as_str()),
+                    ]),
+            )
+            .await?;
+        let found = String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|r| r["invocation_id"] == invocation_id);
+        if found.is_some() || std::time::Instant::now() > deadline {
+            return Ok(found);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// One line about an invocation's metered figures.
+pub(crate) fn describe(invocation_id: &str, record: Option<&serde_json::Value>) -> String {
+    let Some(r) = record else {
+        return format!(
+            "usage of {invocation_id}: not in the ledger yet (see `gust usage --export jsonl`)"
+        );
+    };
+    let number = |field: &str| r[field].as_u64().unwrap_or(0);
+    format!(
+        "usage of {invocation_id}: {} · wall {:.3} ms, billed {} ms · guest CPU {:.3} ms · peak memory {} KiB of {} MiB · {:.6} GB-s · {} bytes in, {} out · {} KV ops, {} outbound · cost {:.6} ({})",
+        r["outcome"].as_str().unwrap_or("?"),
+        number("wall_ns") as f64 / 1e6,
+        number("billed_ms"),
+        number("cpu_ns") as f64 / 1e6,
+        number("peak_memory_bytes") >> 10,
+        number("memory_limit_bytes") >> 20,
+        number("gib_us") as f64 / 1e6,
+        number("request_bytes"),
+        number("response_bytes"),
+        number("kv_operations"),
+        number("outbound_requests"),
+        number("cost_micros") as f64 / 1e6,
+        r["plan"].as_str().unwrap_or("?"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_time;

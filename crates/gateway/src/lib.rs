@@ -455,7 +455,7 @@ where
     // the server dies next.
     let (draft, opened) = match usage {
         Some((meter, record)) => {
-            let opened = tokio::spawn(meter.open(&record));
+            let opened = meter.open(&record);
             let draft = Arc::new(metering::Draft::new(meter.clone(), record));
             (Some(draft), Some(opened))
         }
@@ -485,16 +485,13 @@ where
         });
     if let Some(opened) = opened {
         match opened.await {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 if let Some(draft) = &draft {
                     draft.opened();
                 }
             }
-            Ok(Err(e)) => {
-                tracing::error!(invocation_id = id, error = %e, "the usage marker was not written")
-            }
             Err(e) => {
-                tracing::error!(invocation_id = id, error = %e, "the usage marker task failed")
+                tracing::error!(invocation_id = id, error = %e, "the usage marker was not written")
             }
         }
     }

@@ -147,6 +147,17 @@ async fn every_outcome_gets_exactly_one_usage_record() {
         records.len() + 1,
         "a header and one row each"
     );
+    // `gust invoke --verbose` shows one invocation's record.
+    let shown = server.gust_json(&["invoke", "tb", "--path", "/busy?ms=5", "--verbose"]);
+    assert_eq!(shown["usage"]["outcome"], "success", "{shown}");
+    assert_eq!(shown["usage"]["invocation_id"], shown["invocation_id"]);
+    assert!(shown["usage"]["cpu_ns"].as_u64().unwrap() > 0);
+    let out = server.gust(&["invoke", "tb", "--verbose"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("guest CPU") && stderr.contains("billed"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
