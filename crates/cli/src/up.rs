@@ -272,6 +272,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The process's resident set, from `/proc/self/statm` (Linux).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
 /// SIGINT and SIGTERM, listened for from the moment of `install`.
 struct Signals {
     #[cfg(unix)]
@@ -438,6 +445,20 @@ fn render_metrics(
         "Instances created.",
         &[("", r.instantiations)],
     );
+    metric(
+        "gust_cold_starts_total",
+        "counter",
+        "Invocations that first had to make their component ready (compile it, or load its artifact from disk).",
+        &[("", r.compilations + r.artifact_loads)],
+    );
+    if let Some(rss) = resident_bytes() {
+        metric(
+            "gust_process_resident_bytes",
+            "gauge",
+            "The server's resident memory.",
+            &[("", rss)],
+        );
+    }
     if let Some(meter) = meter {
         let m = meter.stats();
         metric(
@@ -452,6 +473,44 @@ fn render_metrics(
             "Finished invocations whose usage record is not durable yet.",
             &[("", m.pending)],
         );
+        out.push_str(
+            "# HELP gust_attempts_total Invocation attempts since start-up, by tenant, function and outcome (as metered).\n# TYPE gust_attempts_total counter\n",
+        );
+        for (tenant, function, outcome, n) in &m.attempts {
+            let outcome = serde_json::to_value(outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "gust_attempts_total{{tenant=\"{tenant}\",function=\"{function}\",outcome=\"{outcome}\"}} {n}\n"
+            ));
+        }
+        for (name, help, h) in [
+            (
+                "gust_invocation_duration_seconds",
+                "Wall time of invocation attempts that ran.",
+                &m.wall_seconds,
+            ),
+            (
+                "gust_invocation_cpu_seconds",
+                "Guest CPU time of invocation attempts that ran.",
+                &m.cpu_seconds,
+            ),
+            (
+                "gust_invocation_peak_memory_bytes",
+                "Peak linear memory of invocation attempts that ran.",
+                &m.peak_memory_bytes,
+            ),
+        ] {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+            for (le, n) in &h.buckets {
+                out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {n}\n"));
+            }
+            out.push_str(&format!(
+                "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}\n",
+                h.count, h.sum, h.count
+            ));
+        }
     }
     out
 }

@@ -64,16 +64,126 @@ struct Inner {
     months: Mutex<HashMap<String, (u64, MonthToDate)>>,
     /// Records handed to the writer and not yet durable.
     pending: AtomicU64,
+    metrics: Metrics,
     written: AtomicU64,
     flushed: tokio::sync::Notify,
 }
 
 /// Counters for `/metrics`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct MeterStats {
     pub written: u64,
     /// Records finished but not yet durable (the ledger's lag).
     pub pending: u64,
+    /// Attempts since start-up by (tenant, function, outcome).
+    pub attempts: Vec<(String, String, UsageOutcome, u64)>,
+    pub wall_seconds: Histogram,
+    pub cpu_seconds: Histogram,
+    pub peak_memory_bytes: Histogram,
+}
+
+/// A cumulative histogram, as Prometheus exposes one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// (upper bound, observations at or below it), ascending; `+Inf` is `count`.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+/// Fixed-bucket histogram of non-negative values, lock-free.
+struct Buckets {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    /// Sum in millionths of the unit.
+    sum_micro: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Buckets {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micro: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micro
+            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Histogram {
+        let mut running = 0;
+        let buckets = self
+            .bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(bound, n)| {
+                running += n.load(Ordering::Relaxed);
+                (*bound, running)
+            })
+            .collect();
+        Histogram {
+            buckets,
+            sum: self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6,
+            count: self.count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+const SECONDS: &[f64] = &[
+    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0,
+];
+const BYTES: &[f64] = &[
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+    268_435_456.0,
+    1_073_741_824.0,
+    4_294_967_296.0,
+];
+
+/// What `/metrics` shows of the attempts recorded since start-up.
+struct Metrics {
+    attempts: Mutex<HashMap<(String, String, UsageOutcome), u64>>,
+    wall: Buckets,
+    cpu: Buckets,
+    memory: Buckets,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            attempts: Mutex::default(),
+            wall: Buckets::new(SECONDS),
+            cpu: Buckets::new(SECONDS),
+            memory: Buckets::new(BYTES),
+        }
+    }
+}
+
+impl Metrics {
+    fn observe(&self, r: &UsageRecord) {
+        *self
+            .attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((r.tenant.clone(), r.function.clone(), r.outcome))
+            .or_default() += 1;
+        if r.outcome != UsageOutcome::Rejected {
+            self.wall.observe(r.wall_ns as f64 / 1e9);
+            self.cpu.observe(r.cpu_ns as f64 / 1e9);
+            self.memory.observe(r.peak_memory_bytes as f64);
+        }
+    }
 }
 
 impl Meter {
@@ -90,6 +200,7 @@ impl Meter {
                 opens,
                 months: Mutex::default(),
                 pending: AtomicU64::new(0),
+                metrics: Metrics::default(),
                 written: AtomicU64::new(0),
                 flushed: tokio::sync::Notify::new(),
             }),
@@ -145,6 +256,7 @@ impl Meter {
     /// Hands a finished attempt's record to the writer (never blocks, never
     /// drops). `opened`: its marker was written (see [`Meter::open`]).
     pub fn record(&self, record: UsageRecord, opened: bool) {
+        self.inner.metrics.observe(&record);
         self.inner.pending.fetch_add(1, Ordering::Relaxed);
         if self.inner.tx.send((record, opened)).is_err() {
             // Only when the runtime is shutting down: the marker stays open
@@ -179,9 +291,24 @@ impl Meter {
     }
 
     pub fn stats(&self) -> MeterStats {
+        let m = &self.inner.metrics;
+        let mut attempts: Vec<_> = m
+            .attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((tenant, function, outcome), n)| {
+                (tenant.clone(), function.clone(), *outcome, *n)
+            })
+            .collect();
+        attempts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         MeterStats {
             written: self.inner.written.load(Ordering::Relaxed),
             pending: self.inner.pending.load(Ordering::Relaxed),
+            attempts,
+            wall_seconds: m.wall.snapshot(),
+            cpu_seconds: m.cpu.snapshot(),
+            peak_memory_bytes: m.memory.snapshot(),
         }
     }
 

@@ -147,6 +147,17 @@ async fn every_outcome_gets_exactly_one_usage_record() {
         records.len() + 1,
         "a header and one row each"
     );
+    // /metrics: attempts by function and outcome, histograms, cold starts.
+    let trapped = r#"gust_attempts_total{tenant="default",function="tb",outcome="trapped"}"#;
+    assert_eq!(server.metric(trapped).await, 1);
+    let rejected = r#"gust_attempts_total{tenant="default",function="tb",outcome="rejected"}"#;
+    assert_eq!(server.metric(rejected).await, 1);
+    assert_eq!(
+        server.metric("gust_invocation_cpu_seconds_count").await as usize,
+        expect.len()
+    );
+    assert!(server.metric("gust_cold_starts_total").await >= 1);
+    assert!(server.metric("gust_process_resident_bytes").await > 0);
     // `gust invoke --verbose` shows one invocation's record.
     let shown = server.gust_json(&["invoke", "tb", "--path", "/busy?ms=5", "--verbose"]);
     assert_eq!(shown["usage"]["outcome"], "success", "{shown}");
