@@ -5,10 +5,11 @@
 //! before the guest sees the request, so a function never learns a token.
 //! Public functions, and every function in dev mode, need none.
 //!
-//! Quotas: invocations per second (a token bucket per tenant, at the front
-//! door: requests and events alike) and invocations running at once (per
-//! tenant, around each run: requests and event deliveries alike). Past
-//! either: 429 with `Retry-After` and a message naming the quota.
+//! Quotas: invocations per second (a token bucket per tenant) and the
+//! monthly budget, at the front door (requests and event submissions
+//! alike), and invocations running at once (per tenant, around each run:
+//! requests and event deliveries alike). Past any: 429 with `Retry-After`
+//! and a message naming the quota.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -105,40 +106,32 @@ impl Access {
         }
     }
 
-    /// Takes one of the tenant's invocations per second.
-    pub fn admit_rate(&self, tenant: &TenantId) -> Result<(), GatewayError> {
+    /// The front door for new work: takes one of the tenant's invocations
+    /// per second, and refuses once the tenant spent its monthly budget
+    /// (as far as the ledger has counted; what was accepted before is not
+    /// affected). One look-up of the tenant's quotas for both.
+    pub fn admit(
+        &self,
+        tenant: &TenantId,
+        meter: Option<&gust_meter::Meter>,
+    ) -> Result<(), GatewayError> {
         let gate = self.gate(tenant);
+        let now = crate::now_ms();
         let taken = gate
             .bucket
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take(crate::now_ms());
+            .take(now);
         taken.map_err(|wait_ms| GatewayError::QuotaExceeded {
             message: format!(
                 "tenant `{tenant}` is over its quota `invocations_per_second` ({}/s, bursts of {}); retry later",
                 gate.quotas.invocations_per_second, gate.quotas.burst
             ),
             retry_after_s: wait_ms.div_ceil(1000),
-        })
-    }
-
-    /// Refuses new work once the tenant spent its monthly budget (as far as
-    /// the ledger has counted); what was accepted before is not affected.
-    pub fn admit_budget(
-        &self,
-        tenant: &TenantId,
-        meter: Option<&gust_meter::Meter>,
-    ) -> Result<(), GatewayError> {
-        let (Some(meter), Some(budget)) = (
-            meter,
-            self.accounts
-                .quotas(tenant)
-                .unwrap_or_default()
-                .monthly_budget_micros,
-        ) else {
+        })?;
+        let (Some(meter), Some(budget)) = (meter, gate.quotas.monthly_budget_micros) else {
             return Ok(());
         };
-        let now = crate::now_ms();
         let spent = meter.month_cost(tenant.as_str(), now).unwrap_or(0);
         if spent < budget {
             return Ok(());

@@ -283,12 +283,7 @@ async fn invoke(
     let admitted = shared
         .access
         .authorize(&route, request.headers_mut())
-        .and_then(|()| shared.access.admit_rate(&route.tenant))
-        .and_then(|()| {
-            shared
-                .access
-                .admit_budget(&route.tenant, shared.meter.as_ref())
-        });
+        .and_then(|()| shared.access.admit(&route.tenant, shared.meter.as_ref()));
     if let Err(error) = admitted {
         return Err(reject_unread(shared, request, error).await);
     }

@@ -151,9 +151,22 @@ const BYTES: &[f64] = &[
     4_294_967_296.0,
 ];
 
+/// Every outcome, in the order `Metrics` counts them.
+const OUTCOMES: [UsageOutcome; 6] = [
+    UsageOutcome::Success,
+    UsageOutcome::ErrorStatus,
+    UsageOutcome::Trapped,
+    UsageOutcome::TimedOut,
+    UsageOutcome::Rejected,
+    UsageOutcome::Aborted,
+];
+
+/// Attempts per outcome (indexed as `OUTCOMES`), per function, per tenant.
+type AttemptCounts = HashMap<String, HashMap<String, [u64; OUTCOMES.len()]>>;
+
 /// What `/metrics` shows of the attempts recorded since start-up.
 struct Metrics {
-    attempts: Mutex<HashMap<(String, String, UsageOutcome), u64>>,
+    attempts: Mutex<AttemptCounts>,
     wall: Buckets,
     cpu: Buckets,
     memory: Buckets,
@@ -172,12 +185,19 @@ impl Default for Metrics {
 
 impl Metrics {
     fn observe(&self, r: &UsageRecord) {
-        *self
-            .attempts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((r.tenant.clone(), r.function.clone(), r.outcome))
-            .or_default() += 1;
+        let outcome = OUTCOMES.iter().position(|o| *o == r.outcome).unwrap_or(0);
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        // Allocates only for a tenant's or function's first attempt.
+        let functions = match attempts.get_mut(&r.tenant) {
+            Some(functions) => functions,
+            None => attempts.entry(r.tenant.clone()).or_default(),
+        };
+        let counts = match functions.get_mut(&r.function) {
+            Some(counts) => counts,
+            None => functions.entry(r.function.clone()).or_default(),
+        };
+        counts[outcome] += 1;
+        drop(attempts);
         if r.outcome != UsageOutcome::Rejected {
             self.wall.observe(r.wall_ns as f64 / 1e9);
             self.cpu.observe(r.cpu_ns as f64 / 1e9);
@@ -292,15 +312,14 @@ impl Meter {
 
     pub fn stats(&self) -> MeterStats {
         let m = &self.inner.metrics;
-        let mut attempts: Vec<_> = m
-            .attempts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|((tenant, function, outcome), n)| {
-                (tenant.clone(), function.clone(), *outcome, *n)
-            })
-            .collect();
+        let mut attempts = Vec::new();
+        for (tenant, functions) in m.attempts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            for (function, counts) in functions {
+                for (outcome, n) in OUTCOMES.iter().zip(counts).filter(|(_, n)| **n > 0) {
+                    attempts.push((tenant.clone(), function.clone(), *outcome, *n));
+                }
+            }
+        }
         attempts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         MeterStats {
             written: self.inner.written.load(Ordering::Relaxed),

@@ -39,21 +39,6 @@ pub enum BucketsError {
 impl From<StoreError> for BucketsError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::OverAllowance {
-                owner, what, limit, ..
-            } => {
-                let (quota, unit) = if what == Allowance::KEYS {
-                    ("kv_keys", " keys")
-                } else {
-                    ("storage_bytes", " bytes, components included")
-                };
-                Self::Quota {
-                    tenant: owner,
-                    quota,
-                    limit,
-                    unit,
-                }
-            }
             StoreError::NotACounter(stored) => Self::NotACounter(
                 kv::parse_storage_key(&stored)
                     .map_or(stored.clone(), |(_, _, key)| key.to_string()),
@@ -100,42 +85,42 @@ impl Buckets {
         Ok(self.data.usage(tenant.as_str()).await?)
     }
 
-    /// The tenant's allowance for the next write (`None` without quotas).
-    async fn allowance(&self, tenant: &TenantId) -> Result<Option<Allowance>, BucketsError> {
+    /// Applies writes, held to the tenant's quotas when they are on.
+    async fn apply(
+        &self,
+        tenant: &TenantId,
+        writes: Vec<DataWrite>,
+    ) -> Result<Vec<Option<DataChange>>, BucketsError> {
         let Some((accounts, registry)) = &self.quotas else {
-            return Ok(None);
+            return Ok(self.data.apply(writes, None).await?);
         };
         let quotas = accounts.quotas(tenant).unwrap_or_default();
         let components = registry
             .component_bytes(tenant)
             .await
             .map_err(|e| BucketsError::Store(StoreError::Backend(e.to_string())))?;
-        Ok(Some(Allowance {
+        // The bytes left for data are what the components leave.
+        let allowance = Allowance {
             owner: tenant.to_string(),
             keys: quotas.kv_keys,
             bytes: quotas.storage_bytes.saturating_sub(components),
-        }))
-    }
-
-    async fn apply(
-        &self,
-        tenant: &TenantId,
-        writes: Vec<DataWrite>,
-    ) -> Result<Vec<Option<DataChange>>, BucketsError> {
-        let allowance = self.allowance(tenant).await?;
-        match self.data.apply(writes, allowance.as_ref()).await {
-            // The bytes left for data are what the components leave: name the whole quota.
-            Err(StoreError::OverAllowance { what, .. }) if what == Allowance::BYTES => {
+        };
+        match self.data.apply(writes, Some(&allowance)).await {
+            Err(StoreError::OverAllowance { what, .. }) => {
+                let (quota, limit, unit) = if what == Allowance::KEYS {
+                    ("kv_keys", quotas.kv_keys, " keys")
+                } else {
+                    (
+                        "storage_bytes",
+                        quotas.storage_bytes,
+                        " bytes, components included",
+                    )
+                };
                 Err(BucketsError::Quota {
                     tenant: tenant.to_string(),
-                    quota: "storage_bytes",
-                    limit: self
-                        .quotas
-                        .as_ref()
-                        .and_then(|(accounts, _)| accounts.quotas(tenant))
-                        .unwrap_or_default()
-                        .storage_bytes,
-                    unit: " bytes, components included",
+                    quota,
+                    limit,
+                    unit,
                 })
             }
             other => Ok(other?),
