@@ -322,18 +322,12 @@ async fn ten_times_overload_is_refused_fast_and_other_tenants_are_served() {
     // Meanwhile `noisy` also submits events, and another tenant is served.
     let mut events = Vec::new();
     let mut other = Vec::new();
-    let http = crate::harness::client_with_token(&noisy);
     while std::time::Instant::now() < deadline {
-        let response = http
-            .post(format!("{}/@noisy/slow/sleep?ms=10", server.url))
-            .header("Gust-Invocation-Type", "Event")
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let (status, id) = server
+            .submit_as(&noisy, "/@noisy/slow/sleep?ms=10", &[], Vec::new())
+            .await;
         if status == 202 {
-            events.push(body["invocation_id"].as_str().unwrap().to_string());
+            events.push(id);
         }
         let started = std::time::Instant::now();
         let (status, _) = server.get("/hello/").await;
@@ -374,27 +368,9 @@ async fn ten_times_overload_is_refused_fast_and_other_tenants_are_served() {
 
     // Every event accepted during the overload is delivered.
     assert!(!events.is_empty());
-    let delivered = Server::eventually(Duration::from_secs(30), || {
-        let (events, http, api) = (events.clone(), http.clone(), server.api.clone());
-        async move {
-            for id in &events {
-                let record: serde_json::Value = http
-                    .get(format!("{api}/v1/invocations/{id}"))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
-                if record["state"] != "succeeded" {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await;
-    assert!(delivered.is_some(), "all {} events delivered", events.len());
+    for id in &events {
+        server.wait_for_state_as(&noisy, id, "succeeded").await;
+    }
 }
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";

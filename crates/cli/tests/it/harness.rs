@@ -217,8 +217,21 @@ impl Server {
 
     /// Waits (up to 20 s) until asynchronous invocation `id` is in `state`; returns its record.
     pub async fn wait_for_state(&self, id: &str, state: &str) -> serde_json::Value {
-        Self::eventually(Duration::from_secs(20), || async {
-            let record = self.api_json(&format!("/v1/invocations/{id}")).await;
+        self.wait_for_state_as(&self.token, id, state).await
+    }
+
+    /// `wait_for_state` for an invocation of `token`'s tenant.
+    pub async fn wait_for_state_as(&self, token: &str, id: &str, state: &str) -> serde_json::Value {
+        let http = client_with_token(token);
+        Self::eventually(Duration::from_secs(30), || async {
+            let record: serde_json::Value = http
+                .get(format!("{}/v1/invocations/{id}", self.api))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
             (record["state"] == state).then_some(record)
         })
         .await
@@ -232,8 +245,18 @@ impl Server {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> (u16, String) {
-        let mut request = self
-            .http
+        self.submit_as(&self.token, path, headers, body).await
+    }
+
+    /// `submit` with `token` (a function of its tenant: `/@tenant/name/…`).
+    pub async fn submit_as(
+        &self,
+        token: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, String) {
+        let mut request = client_with_token(token)
             .post(format!("{}{path}", self.url))
             .header("Gust-Invocation-Type", "Event")
             .body(body);

@@ -274,14 +274,10 @@ async fn a_plan_prices_later_invocations_and_a_budget_stops_new_ones() {
     )
     .await;
     // An event accepted under the budget is delivered whatever comes after.
-    let accepted = http
-        .post(format!("{}/@acme/tb/sleep?ms=1500", server.url))
-        .header("Gust-Invocation-Type", "Event")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), 202);
-    let accepted: serde_json::Value = accepted.json().await.unwrap();
+    let (status, accepted) = server
+        .submit_as(&owner, "/@acme/tb/sleep?ms=1500", &[], Vec::new())
+        .await;
+    assert_eq!(status, 202);
     let mut served = 0;
     let refusal = loop {
         let (status, body) = get("/").await;
@@ -296,30 +292,60 @@ async fn a_plan_prices_later_invocations_and_a_budget_stops_new_ones() {
     };
     assert!(refusal.contains("monthly budget"), "{refusal}");
     assert!((2..=4).contains(&served), "{served}");
-    let submitted = http
-        .post(format!("{}/@acme/tb/", server.url))
-        .header("Gust-Invocation-Type", "Event")
+    let (status, refused) = server
+        .submit_as(&owner, "/@acme/tb/", &[], Vec::new())
+        .await;
+    assert_eq!(status, 429, "new events are refused too");
+    assert!(refused.contains("monthly budget"), "{refused}");
+    // The event accepted before the budget was reached is delivered.
+    server
+        .wait_for_state_as(&owner, &accepted, "succeeded")
+        .await;
+
+    // Bad input to the plan and usage endpoints is refused with a reason.
+    for (plan, reason) in [
+        (serde_json::json!({"id": " "}), "needs an `id`"),
+        (
+            serde_json::json!({"id": "x", "per_request": 1}),
+            "unknown field",
+        ),
+    ] {
+        let response = server
+            .http
+            .put(format!("{}/v1/tenants/acme/plan", server.api))
+            .json(&plan)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let body = response.text().await.unwrap();
+        assert!(body.contains(reason), "{body}");
+    }
+    let out = server.gust_as(
+        &owner,
+        &["usage", "--from", "2026-12-01", "--to", "2026-11-01"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the period is empty"));
+    let out = server.gust_as(&owner, &["usage", "--from", "yesterday"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a time"));
+    let response = http
+        .get(format!("{}/v1/usage/records?format=xml", server.api))
         .send()
         .await
         .unwrap();
-    assert_eq!(submitted.status(), 429, "new events are refused too");
-    let id = accepted["invocation_id"].as_str().unwrap();
-    let delivered = Server::eventually(Duration::from_secs(10), || async {
-        let record: serde_json::Value = http
-            .get(format!("{}/v1/invocations/{id}", server.api))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (record["state"] == "succeeded").then_some(())
-    })
-    .await;
-    assert!(
-        delivered.is_some(),
-        "the event accepted before the budget was delivered"
+    assert_eq!(response.status(), 400);
+    // The summary as CSV: a header, one row per group and the total.
+    let out = server.gust_as(
+        &owner,
+        &["usage", "--from", "0", "--by", "function", "--csv"],
     );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("group,invocations,"), "{csv}");
+    assert!(lines[1].starts_with("tb,"), "{csv}");
+    assert!(lines.last().unwrap().starts_with("TOTAL,"), "{csv}");
 
     // Records keep the plan they were priced under.
     let out = server.gust_as(&owner, &["usage", "--export", "jsonl", "--from", "0"]);
