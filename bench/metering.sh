@@ -3,20 +3,23 @@
 #
 # Overhead: the hello benchmark (wrk) against two servers, one with the
 # usage ledger and one started with --no-metering (a switch for this
-# measurement only), run alternately ROUNDS times; req/s and percentiles.
+# measurement only), run alternately ROUNDS times (who goes first swaps
+# each round, so drift in the machine's speed cancels); req/s and
+# percentiles, the ratio of each round and their median. On a shared
+# virtual machine single rounds swing by 20%: trust the median.
 #
 # Accuracy: a CPU-bound guest (testbed /busy?ms=N) invoked M times with 2
 # clients; the sum of metered guest CPU time against the server process's
 # own CPU time over the run (/proc/PID/stat) minus an idle baseline of the
 # same length; metered wall time against what the client observed.
 #
-#   bench/metering.sh                 # DURATION=10s ROUNDS=2 BUSY_MS=20 CALLS=200
+#   bench/metering.sh                 # DURATION=2s ROUNDS=20 BUSY_MS=20 CALLS=200
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-20}
 BUSY_MS=${BUSY_MS:-20}
 CALLS=${CALLS:-200}
 PORT=${PORT:-18780}
@@ -47,15 +50,27 @@ start off $((PORT + 10)) --no-metering
 GUST_API=http://127.0.0.1:$((PORT + 1)) GUST_TOKEN=$TOKEN_on "$GUST" deploy hello "$HELLO" --public >/dev/null
 GUST_API=http://127.0.0.1:$((PORT + 11)) GUST_TOKEN=$TOKEN_off "$GUST" deploy hello "$HELLO" --public >/dev/null
 
-run_wrk() { wrk -t2 -c"$CONNECTIONS" -d2s "$1" >/dev/null; wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | python3 bench/wrk_summary.py; }
+run_wrk() { wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | python3 bench/wrk_summary.py; }
+# Warm both up once; then short alternating rounds, so that each pair of
+# rounds sees the machine in the same state.
+wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$PORT/hello/" >/dev/null
+wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$((PORT + 10))/hello/" >/dev/null
 ROWS=""
-ON_SUM=0; OFF_SUM=0
+ON_SUM=0; OFF_SUM=0; RATIOS=()
 for round in $(seq "$ROUNDS"); do
-  read -r OFF_RPS OFF_P50 OFF_P99 < <(run_wrk "http://127.0.0.1:$((PORT + 10))/hello/")
-  read -r ON_RPS ON_P50 ON_P99 < <(run_wrk "http://127.0.0.1:$PORT/hello/")
-  ROWS+="| $round | $OFF_RPS | $OFF_P50 / $OFF_P99 | $ON_RPS | $ON_P50 / $ON_P99 |"$'\n'
+  if (( round % 2 )); then
+    read -r OFF_RPS OFF_P50 OFF_P99 < <(run_wrk "http://127.0.0.1:$((PORT + 10))/hello/")
+    read -r ON_RPS ON_P50 ON_P99 < <(run_wrk "http://127.0.0.1:$PORT/hello/")
+  else
+    read -r ON_RPS ON_P50 ON_P99 < <(run_wrk "http://127.0.0.1:$PORT/hello/")
+    read -r OFF_RPS OFF_P50 OFF_P99 < <(run_wrk "http://127.0.0.1:$((PORT + 10))/hello/")
+  fi
+  RATIO=$(python3 -c "print(f'{$ON_RPS/$OFF_RPS:.3f}')")
+  RATIOS+=("$RATIO")
+  ROWS+="| $round | $OFF_RPS | $OFF_P50 / $OFF_P99 | $ON_RPS | $ON_P50 / $ON_P99 | $RATIO |"$'\n'
   ON_SUM=$(python3 -c "print($ON_SUM + $ON_RPS)"); OFF_SUM=$(python3 -c "print($OFF_SUM + $OFF_RPS)")
 done
+MEDIAN=$(python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${RATIOS[@]}")
 kill -TERM "$PID_off"; wait "$PID_off" 2>/dev/null || true
 
 # Accuracy, on the metering server.
@@ -69,10 +84,10 @@ cat <<REPORT
 
 Overhead: \`wrk -t2 -c$CONNECTIONS -d$DURATION\`, hello component, alternating.
 
-| round | off: req/s | off: p50 / p99 (ms) | on: req/s | on: p50 / p99 (ms) |
-|---|---:|---:|---:|---:|
+| round | off: req/s | off: p50 / p99 (ms) | on: req/s | on: p50 / p99 (ms) | on ÷ off |
+|---|---:|---:|---:|---:|---:|
 $ROWS
-On ÷ off (sum of rounds): $(python3 -c "print(f'{$ON_SUM/$OFF_SUM:.3f}')").
+On ÷ off: median of rounds $MEDIAN, sum of rounds $(python3 -c "print(f'{$ON_SUM/$OFF_SUM:.3f}')").
 
 Accuracy: $CALLS calls of a guest busy for $BUSY_MS ms, 2 clients.
 

@@ -287,7 +287,9 @@ pub(crate) async fn set_plan(
         return Err(ApiError::BadRequest("a price plan needs an `id`".into()));
     }
     let id = TenantId::new(id).map_err(|e| ApiError::BadRequest(format!("tenant id: {e}")))?;
-    Ok(Json(state.accounts.set_plan(&id, plan).await?.into()))
+    Ok(Json(
+        state.accounts.set_plan(&id, plan, now_ms()).await?.into(),
+    ))
 }
 
 /// A token as the API shows it (never the token itself, except once at creation).

@@ -119,6 +119,9 @@ pub struct DeployParams {
     pub max_output_bytes: Option<u64>,
     /// Comma-separated hosts the function may call (default: none).
     pub allowed_hosts: Option<String>,
+    /// What the function may cost per month, in micro-units (default: no
+    /// limit but the tenant's).
+    pub monthly_budget_micros: Option<u64>,
     /// Event delivery: attempts in all (default 3).
     pub max_attempts: Option<u32>,
     /// Event delivery: delay before the first retry in ms, doubled after (default 1000).
@@ -687,6 +690,7 @@ async fn deploy_version(
                 .map(str::to_string)
                 .collect()
         }),
+        monthly_budget_micros: params.monthly_budget_micros,
     }
     .resolve()
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;

@@ -7,6 +7,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
+use bytes::Bytes;
 use gust_core::access::Action;
 use gust_core::usage::UsageRecord;
 use gust_meter::{GroupBy, Meter, UsageQuery, UsageReport};
@@ -131,15 +132,22 @@ pub(crate) async fn records(
             )));
         }
     };
-    let mut out = String::new();
-    if !jsonl {
-        out.push_str(CSV_COLUMNS);
-        out.push('\n');
-    }
-    meter(&state)?
-        .for_each(caller.tenant.as_str(), query.from_ms, query.to_ms, |r| {
+    let meter = meter(&state)?.clone();
+    // The first page before answering, so a ledger error is still a 500;
+    // the rest streams page by page (an export may be millions of rows).
+    let (first, mut next) = meter
+        .page(caller.tenant.as_str(), query.from_ms, query.to_ms, None)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let render = move |records: &[UsageRecord], header: bool| {
+        let mut out = String::new();
+        if header {
+            out.push_str(CSV_COLUMNS);
+            out.push('\n');
+        }
+        for r in records {
             if query.function.as_ref().is_some_and(|f| *f != r.function) {
-                return;
+                continue;
             }
             if jsonl {
                 if let Ok(line) = serde_json::to_string(r) {
@@ -149,13 +157,61 @@ pub(crate) async fn records(
             } else {
                 out.push_str(&csv_row(r));
             }
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        }
+        Bytes::from(out)
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let first = render(&first, !jsonl);
+    let tenant = caller.tenant.to_string();
+    tokio::spawn(async move {
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        while let Some(after) = next.take() {
+            match meter
+                .page(&tenant, query.from_ms, query.to_ms, Some(after))
+                .await
+            {
+                Ok((page, after)) => {
+                    next = after;
+                    if tx.send(Ok(render(&page, false))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Cut the transfer short: never a silently shorter export.
+                    tracing::error!(error = %e, "a usage export stopped");
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            }
+        }
+    });
     let content_type = if jsonl {
         "application/jsonl"
     } else {
         "text/csv"
     };
-    Ok(([(header::CONTENT_TYPE, content_type)], out).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::new(Chunks(rx)),
+    )
+        .into_response())
+}
+
+/// A response body fed page by page through a channel.
+struct Chunks(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|chunk| chunk.map(http_body::Frame::data)))
+    }
 }

@@ -58,6 +58,10 @@ pub struct DeployArgs {
     /// A host the function may call (repeat for more; `*.example.com` for subdomains).
     #[arg(long = "allow-host")]
     allow_hosts: Vec<String>,
+    /// What the function may cost per calendar month, in micro-units of the
+    /// tenant's price plan; past it, its invocations get 429 until the month ends.
+    #[arg(long)]
+    monthly_budget_micros: Option<u64>,
     /// Anyone with the URL may call it (a new function is private: callers need a token).
     #[arg(long, conflicts_with = "private")]
     public: bool,
@@ -347,6 +351,9 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(b) = args.max_output_bytes {
         query.push(("max_output_bytes", b.to_string()));
+    }
+    if let Some(budget) = args.monthly_budget_micros {
+        query.push(("monthly_budget_micros", budget.to_string()));
     }
     if !args.allow_hosts.is_empty() {
         query.push(("allowed_hosts", args.allow_hosts.join(",")));

@@ -139,12 +139,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 gust_core::TenantId::new(tenant)
                     .ok()
                     .and_then(|id| accounts.tenant(&id))
-                    .map(|t| t.plan)
+                    .map(|t| t.plans())
                     .unwrap_or_default()
             }) as gust_meter::Plans
         };
         Some(
-            gust_meter::Meter::start(ledger, plans)
+            gust_meter::Meter::start(ledger, plans, &args.data_dir.join("ledger"))
                 .await
                 .context("cannot open the usage ledger")?,
         )

@@ -20,6 +20,11 @@ pub struct Limits {
     /// Hosts the function may call through outgoing `wasi:http`: `api.example.com`,
     /// `*.example.com` (any subdomain), or `*` (anything). Empty: no outbound calls.
     pub allowed_hosts: Vec<String>,
+    /// What the function may cost per calendar month (UTC), in
+    /// micro-units of the tenant's plan; at it, new invocations get 429.
+    /// None: only the tenant's budget applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_budget_micros: Option<u64>,
 }
 
 impl Limits {
@@ -165,6 +170,7 @@ impl Default for Limits {
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
             max_output_bytes: Self::DEFAULT_MAX_OUTPUT_BYTES,
             allowed_hosts: Vec::new(),
+            monthly_budget_micros: None,
         }
     }
 }
@@ -194,6 +200,7 @@ pub struct LimitsPatch {
     pub max_body_bytes: Option<u64>,
     pub max_output_bytes: Option<u64>,
     pub allowed_hosts: Option<Vec<String>>,
+    pub monthly_budget_micros: Option<u64>,
 }
 
 impl LimitsPatch {
@@ -211,6 +218,7 @@ impl LimitsPatch {
                 .into_iter()
                 .map(|h| h.trim().to_ascii_lowercase())
                 .collect(),
+            monthly_budget_micros: self.monthly_budget_micros,
         };
         limits.validate()?;
         Ok(limits)

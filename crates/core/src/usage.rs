@@ -116,6 +116,45 @@ impl Default for PricePlan {
     }
 }
 
+/// A tenant's price plan and the plans before it, so that a record is
+/// priced under the plan in force when its invocation *started*, however
+/// late it is priced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanHistory {
+    pub current: PricePlan,
+    /// When `current` took effect (Unix ms; 0: always).
+    pub since_ms: u64,
+    /// Earlier plans, oldest first, each with when it stopped being in force.
+    pub earlier: Vec<(u64, PricePlan)>,
+}
+
+impl PlanHistory {
+    /// Earlier plans kept: invocations this many plan changes back are
+    /// priced under the oldest one kept.
+    pub const KEPT: usize = 8;
+
+    /// The plan in force at `ms`.
+    pub fn at(&self, ms: u64) -> &PricePlan {
+        if ms >= self.since_ms {
+            return &self.current;
+        }
+        self.earlier
+            .iter()
+            .find(|(until, _)| ms < *until)
+            .or(self.earlier.last())
+            .map_or(&self.current, |(_, plan)| plan)
+    }
+
+    /// `plan` takes effect at `now_ms`.
+    pub fn change(&mut self, plan: PricePlan, now_ms: u64) {
+        let old = std::mem::replace(&mut self.current, plan);
+        self.earlier.push((now_ms, old));
+        let excess = self.earlier.len().saturating_sub(Self::KEPT);
+        self.earlier.drain(..excess);
+        self.since_ms = now_ms;
+    }
+}
+
 /// What a tenant used so far this month (before the record being priced).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonthToDate {
@@ -152,7 +191,18 @@ pub fn gib_us(memory_limit_bytes: u64, billed_ms: u64) -> u64 {
 /// The cost of one attempt under `plan`, given what the tenant used earlier
 /// this month. Rejections cost nothing; the free allowance is used up first.
 pub fn price(plan: &PricePlan, before: MonthToDate, record: &UsageRecord) -> u64 {
-    if record.outcome == UsageOutcome::Rejected {
+    price_of(plan, before, record.outcome, record.gib_us, record.cpu_ns)
+}
+
+/// [`price`] from the figures it depends on.
+pub fn price_of(
+    plan: &PricePlan,
+    before: MonthToDate,
+    outcome: UsageOutcome,
+    gib_us: u64,
+    cpu_ns: u64,
+) -> u64 {
+    if outcome == UsageOutcome::Rejected {
         return 0;
     }
     // Requests: charged per million; each request beyond the free ones
@@ -170,9 +220,9 @@ pub fn price(plan: &PricePlan, before: MonthToDate, record: &UsageRecord) -> u64
         let paid = u128::from(gib_us).saturating_sub(free_gib_us);
         paid * u128::from(plan.per_million_gb_seconds) / 1_000_000_000_000
     };
-    let memory = memory(before.gib_us.saturating_add(record.gib_us)) - memory(before.gib_us);
+    let memory = memory(before.gib_us.saturating_add(gib_us)) - memory(before.gib_us);
     // CPU: ns × per-million-ms / 10^12, per record.
-    let cpu = u128::from(record.cpu_ns) * u128::from(plan.per_million_cpu_ms) / 1_000_000_000_000;
+    let cpu = u128::from(cpu_ns) * u128::from(plan.per_million_cpu_ms) / 1_000_000_000_000;
     u64::try_from(requests + memory + cpu).unwrap_or(u64::MAX)
 }
 
@@ -327,5 +377,31 @@ mod tests {
         let before = MonthToDate::default();
         let (dear, cheap) = (price(&dear, before, &r), price(&cheap, before, &r));
         assert!(dear.abs_diff(2 * cheap) <= 1, "{dear} vs 2 × {cheap}");
+    }
+
+    #[test]
+    fn a_record_is_priced_under_the_plan_in_force_when_it_started() {
+        let named = |id: &str| PricePlan {
+            id: id.into(),
+            ..PricePlan::default()
+        };
+        let mut plans = PlanHistory {
+            current: named("a"),
+            since_ms: 0,
+            earlier: Vec::new(),
+        };
+        plans.change(named("b"), 100);
+        plans.change(named("c"), 200);
+        assert_eq!(plans.at(50).id, "a");
+        assert_eq!(plans.at(100).id, "b");
+        assert_eq!(plans.at(199).id, "b");
+        assert_eq!(plans.at(200).id, "c");
+        assert_eq!(plans.at(u64::MAX).id, "c");
+        for i in 0..20 {
+            plans.change(named(&format!("p{i}")), 300 + i);
+        }
+        assert_eq!(plans.earlier.len(), PlanHistory::KEPT);
+        // Older than what is kept: the oldest kept plan.
+        assert_eq!(plans.at(50).id, plans.earlier[0].1.id);
     }
 }

@@ -107,12 +107,14 @@ impl Access {
     }
 
     /// The front door for new work: takes one of the tenant's invocations
-    /// per second, and refuses once the tenant spent its monthly budget
-    /// (as far as the ledger has counted; what was accepted before is not
-    /// affected). One look-up of the tenant's quotas for both.
+    /// per second, and refuses once the tenant — or the function, given
+    /// with its budget — spent its monthly budget (as far as the ledger has
+    /// counted; what was accepted before is not affected). One look-up of
+    /// the tenant's quotas for all.
     pub fn admit(
         &self,
         tenant: &TenantId,
+        function: Option<(&str, u64)>,
         meter: Option<&gust_meter::Meter>,
     ) -> Result<(), GatewayError> {
         let gate = self.gate(tenant);
@@ -129,21 +131,40 @@ impl Access {
             ),
             retry_after_s: wait_ms.div_ceil(1000),
         })?;
-        let (Some(meter), Some(budget)) = (meter, gate.quotas.monthly_budget_micros) else {
+        let Some(meter) = meter else {
             return Ok(());
         };
-        let spent = meter.month_cost(tenant.as_str(), now).unwrap_or(0);
-        if spent < budget {
-            return Ok(());
-        }
+        let over = |spent: Option<u64>, budget: u64| {
+            let spent = spent.unwrap_or(0);
+            (spent >= budget).then_some(spent)
+        };
         let month = gust_core::usage::month_start_ms(now);
-        let next_month = gust_core::usage::month_start_ms(month + 32 * 86_400_000);
-        Err(GatewayError::QuotaExceeded {
-            message: format!(
-                "tenant `{tenant}` reached its monthly budget `monthly_budget_micros` ({budget} micro-units; {spent} spent this month); an admin can raise it, else it resets next month"
-            ),
-            retry_after_s: (next_month - now).div_ceil(1000),
-        })
+        let retry_after_s =
+            (gust_core::usage::month_start_ms(month + 32 * 86_400_000) - now).div_ceil(1000);
+        if let Some(budget) = gate.quotas.monthly_budget_micros
+            && let Some(spent) = over(meter.month_cost(tenant.as_str(), now), budget)
+        {
+            return Err(GatewayError::QuotaExceeded {
+                message: format!(
+                    "tenant `{tenant}` reached its monthly budget `monthly_budget_micros` ({budget} micro-units; {spent} spent this month); an admin can raise it, else it resets next month"
+                ),
+                retry_after_s,
+            });
+        }
+        if let Some((function, budget)) = function
+            && let Some(spent) = over(
+                meter.function_month_cost(tenant.as_str(), function, now),
+                budget,
+            )
+        {
+            return Err(GatewayError::QuotaExceeded {
+                message: format!(
+                    "function `{function}` reached its monthly budget `monthly_budget_micros` ({budget} micro-units; {spent} spent this month); deploy it with a higher --monthly-budget-micros, else it resets next month"
+                ),
+                retry_after_s,
+            });
+        }
+        Ok(())
     }
 
     /// Refuses an event submission when the tenant's backlog is full.

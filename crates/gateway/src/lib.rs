@@ -283,7 +283,13 @@ async fn invoke(
     let admitted = shared
         .access
         .authorize(&route, request.headers_mut())
-        .and_then(|()| shared.access.admit(&route.tenant, shared.meter.as_ref()));
+        .and_then(|()| {
+            let budget = route.limits.monthly_budget_micros;
+            let function = budget.map(|budget| (route.name.as_str(), budget));
+            shared
+                .access
+                .admit(&route.tenant, function, shared.meter.as_ref())
+        });
     if let Err(error) = admitted {
         return Err(reject_unread(shared, request, error).await);
     }
@@ -445,17 +451,12 @@ where
         buckets: shared.buckets.clone(),
         tenant: route.tenant.clone(),
     });
-    // The attempt's marker is written while the guest runs; the answer
-    // waits for it, so every answered attempt is in the ledger even if
-    // the server dies next.
-    let (draft, opened) = match usage {
-        Some((meter, record)) => {
-            let opened = meter.open(&record);
-            let draft = Arc::new(metering::Draft::new(meter.clone(), record));
-            (Some(draft), Some(opened))
-        }
-        None => (None, None),
-    };
+    // The attempt's open frame is in the journal before the guest runs:
+    // if the server dies next, the attempt is recorded as aborted.
+    let draft = usage.map(|(meter, record)| {
+        meter.open(&record);
+        Arc::new(metering::Draft::new(meter.clone(), record))
+    });
     let done = {
         let shared = shared.clone();
         let route = route.clone();
@@ -478,32 +479,18 @@ where
             function: route.name.to_string(),
             error,
         });
-    if let Some(opened) = opened {
-        match opened.await {
-            Ok(()) => {
-                if let Some(draft) = &draft {
-                    draft.opened();
-                }
-            }
-            Err(e) => {
-                tracing::error!(invocation_id = id, error = %e, "the usage marker was not written")
-            }
+    match (draft, result) {
+        (Some(draft), Ok(response)) => {
+            draft.status(response.status().as_u16());
+            Ok(response.map(|body| metering::Counted::new(body, draft).boxed_unsync()))
         }
-    }
-    if let Some(draft) = &draft {
-        match &result {
-            Ok(response) => {
-                let length = response
-                    .headers()
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-                    .unwrap_or(0);
-                draft.status(response.status().as_u16(), length);
-            }
-            Err(error) => draft.status(error.status_code().as_u16(), 0),
+        (Some(draft), Err(error)) => {
+            draft.status(error.status_code().as_u16());
+            draft.body_sent(0);
+            Err(error)
         }
+        (None, result) => result,
     }
-    result
 }
 
 /// Accepts a request as an event for later delivery: `202` once it is

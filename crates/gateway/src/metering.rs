@@ -1,11 +1,18 @@
 //! The usage record of each attempt the data plane runs or refuses, handed
-//! to the ledger (`gust-meter`). An attempt's record needs two things that
-//! arrive in either order: the runtime's report (when the instance is gone)
-//! and the status answered (when the response head, or an error, is
-//! known). A [`Draft`] waits for both, then records once.
+//! to the ledger (`gust-meter`). An attempt's record needs three things
+//! that arrive in any order: the runtime's report (when the instance is
+//! gone), the status answered (when the response head, or an error, is
+//! known) and the bytes the response body really carried (counted by
+//! [`Counted`] as it streams, whatever its headers declared). A [`Draft`]
+//! waits for all three, then records once.
 
-use std::sync::Mutex;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
 use gust_core::Outcome;
 use gust_core::usage::{Trigger, UsageOutcome, UsageRecord};
@@ -56,35 +63,32 @@ pub(crate) fn rejected(meter: &Meter, mut record: UsageRecord, status: u16) {
     meter.record(record, false);
 }
 
-/// An attempt's record, waiting for its report and its status.
+/// An attempt's record (opened in the ledger), waiting for its report and its status.
 pub(crate) struct Draft {
     meter: Meter,
-    record: Mutex<UsageRecord>,
+    /// Taken when both parts are in.
+    record: Mutex<Option<UsageRecord>>,
     runtime_outcome: Mutex<Option<Outcome>>,
     parts_left: AtomicU8,
-    /// Its marker is durable (else the record is written without one).
-    opened: std::sync::atomic::AtomicBool,
 }
 
 impl Draft {
     pub fn new(meter: Meter, record: UsageRecord) -> Self {
         Self {
             meter,
-            record: Mutex::new(record),
+            record: Mutex::new(Some(record)),
             runtime_outcome: Mutex::new(None),
-            parts_left: AtomicU8::new(2),
-            opened: std::sync::atomic::AtomicBool::new(false),
+            parts_left: AtomicU8::new(3),
         }
     }
 
-    fn record(&self) -> std::sync::MutexGuard<'_, UsageRecord> {
+    fn record(&self) -> std::sync::MutexGuard<'_, Option<UsageRecord>> {
         self.record.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The runtime's report: the instance is gone.
     pub fn report(&self, report: &InvocationReport) {
-        {
-            let mut record = self.record();
+        if let Some(record) = self.record().as_mut() {
             record.wall_ns = u64::try_from(report.duration.as_nanos()).unwrap_or(u64::MAX);
             record.cpu_ns = u64::try_from(report.cpu.as_nanos()).unwrap_or(u64::MAX);
             record.peak_memory_bytes = report.peak_memory_bytes;
@@ -99,17 +103,18 @@ impl Draft {
         self.part_done();
     }
 
-    /// Its marker was written (before the status is known).
-    pub fn opened(&self) {
-        self.opened.store(true, Ordering::Release);
+    /// The status answered (the guest's, or the one the gateway answered for it).
+    pub fn status(&self, status: u16) {
+        if let Some(record) = self.record().as_mut() {
+            record.status = status;
+        }
+        self.part_done();
     }
 
-    /// The status answered (the guest's, or the one the gateway answered for it).
-    pub fn status(&self, status: u16, response_bytes: u64) {
-        {
-            let mut record = self.record();
-            record.status = status;
-            record.response_bytes = response_bytes;
+    /// The response body ended (or was dropped) after `bytes`.
+    pub fn body_sent(&self, bytes: u64) {
+        if let Some(record) = self.record().as_mut() {
+            record.response_bytes = bytes;
         }
         self.part_done();
     }
@@ -123,7 +128,9 @@ impl Draft {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let mut record = self.record().clone();
+        let Some(mut record) = self.record().take() else {
+            return;
+        };
         record.outcome = match outcome {
             Some(Outcome::TimedOut) => UsageOutcome::TimedOut,
             Some(Outcome::Trapped { .. }) => UsageOutcome::Trapped,
@@ -132,7 +139,69 @@ impl Draft {
             }
             _ => UsageOutcome::ErrorStatus,
         };
-        self.meter
-            .record(record, self.opened.load(Ordering::Acquire));
+        self.meter.record(record, true);
+    }
+}
+
+/// A response body that counts the bytes it carries and tells its draft
+/// when it ends, fails or is dropped (the client went away).
+pub(crate) struct Counted {
+    inner: crate::GatewayBody,
+    draft: Option<Arc<Draft>>,
+    bytes: u64,
+}
+
+impl Counted {
+    pub fn new(inner: crate::GatewayBody, draft: Arc<Draft>) -> Self {
+        Self {
+            inner,
+            draft: Some(draft),
+            bytes: 0,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(draft) = self.draft.take() {
+            draft.body_sent(self.bytes);
+        }
+    }
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+            }
+            Poll::Ready(_) => self.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.finish();
     }
 }

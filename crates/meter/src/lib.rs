@@ -2,34 +2,53 @@
 //! priced under the plan in force when it ran, stored durably through a
 //! [`LedgerStore`], and summed for `gust usage` and exports.
 //!
-//! How "exactly one" holds:
-//! - when an attempt starts, its *marker* (the record as far as known, with
-//!   outcome `aborted`) is written through the store's group commit;
-//! - when it ends, its record goes to a writer task that prices it and
-//!   closes the marker in the same transaction as the record (a key is
-//!   never recorded twice);
-//! - at start-up, every marker still open belongs to an attempt the server
-//!   stopped in the middle of: it is recorded as `aborted`.
+//! How "exactly one" holds, cheaply enough to meter every request:
+//! - when an attempt starts, the request's own thread appends an *open*
+//!   frame (its record as far as known) to the [`journal`]; when it ends, a
+//!   *close* frame (the record, and whether it was opened). Each append is
+//!   one small copy into a memory-mapped segment: in the page cache, so it
+//!   survives the process being killed, as soon as the call returns;
+//! - the indexer reads the journal every [`INDEX_EVERY`] (or when asked to
+//!   flush), pairs closes with their opens, prices the records in order and
+//!   commits them to the store in one transaction with markers for the
+//!   attempts still running and the journal position it reached: a
+//!   record is written only by removing its marker, so never twice;
+//! - at start-up, frames after the committed position are indexed the same
+//!   way, then every attempt still open (a marker in the store, or an open
+//!   frame without its close) is recorded as `aborted`.
 //!
-//! Owns: the writer, reconciliation, month-to-date totals, aggregation.
-//! Pricing arithmetic is pure code in `gust_core::usage`. Must not know
-//! HTTP or wasm, and must never drop or double a record.
+//! Owns: the journal, the indexer, reconciliation, month-to-date totals,
+//! aggregation. Pricing arithmetic is pure code in `gust_core::usage`.
+//! Must not know HTTP or wasm, and must never drop or double a record.
 
+pub mod codec;
+pub mod journal;
+
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gust_core::usage::{self, MonthToDate, PricePlan, UsageOutcome, UsageRecord};
-use gust_store::{LedgerEntry, LedgerStore, StoreError};
+use gust_core::usage::{self, MonthToDate, PlanHistory, UsageOutcome, UsageRecord};
+use gust_store::{LedgerCommit, LedgerEntry, LedgerStore, StoreError};
+use journal::{Journal, Position, Read};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
-/// Records written per ledger transaction, at most.
-const BATCH: usize = 1024;
+/// How often the indexer moves journal frames into the ledger store.
+pub const INDEX_EVERY: Duration = Duration::from_millis(100);
+/// Size of a journal segment (preallocated).
+const SEGMENT_BYTES: usize = 16 << 20;
 /// Records read per page when summing.
 const PAGE: usize = 10_000;
+
+/// Journal frame kinds.
+const OPEN: u8 = 1;
+const CLOSE: u8 = 2;
+const CLOSE_OPENED: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeterError {
@@ -37,6 +56,8 @@ pub enum MeterError {
     Store(#[from] StoreError),
     #[error("a ledger record is corrupt: {0}")]
     Corrupt(String),
+    #[error("the usage journal in {dir}: {error}")]
+    Journal { dir: String, error: std::io::Error },
 }
 
 /// The metering ledger. Cheap to clone.
@@ -45,28 +66,45 @@ pub struct Meter {
     inner: Arc<Inner>,
 }
 
-/// A marker to write, and who waits for it.
-type Opening = (
-    (String, Bytes),
-    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
-);
+/// Where a page of records ends: (start ms, key) of its last record.
+pub type Cursor = (u64, String);
 
-/// The price plan in force for a tenant.
-pub type Plans = Arc<dyn Fn(&str) -> PricePlan + Send + Sync>;
+/// A tenant's price plans: the one in force now and those before it.
+pub type Plans = Arc<dyn Fn(&str) -> PlanHistory + Send + Sync>;
 
 struct Inner {
     ledger: Arc<dyn LedgerStore>,
     plans: Plans,
-    /// Finished records, and whether each was opened with a marker.
-    tx: mpsc::UnboundedSender<(UsageRecord, bool)>,
-    opens: mpsc::UnboundedSender<Opening>,
-    /// Each tenant's month (its first ms) and what it used in it so far.
+    journal: Arc<Journal>,
+    /// What each tenant used in its latest month so far (indexed records).
     months: Mutex<HashMap<String, (u64, MonthToDate)>>,
-    /// Records handed to the writer and not yet durable.
-    pending: AtomicU64,
+    /// What each function cost in its latest month so far, for function
+    /// budgets: tenant → function → (month, cost).
+    functions: Mutex<FunctionCosts>,
+    /// Month totals being summed from the ledger (so never twice at once).
+    loading: Mutex<std::collections::HashSet<(String, Option<String>)>>,
+    /// Held while totals are summed from the ledger or an index pass
+    /// commits and adds to them, so the two never interleave.
+    merging: tokio::sync::Mutex<()>,
+    /// Records handed over (journaled or waiting in memory), and indexed.
+    appended: AtomicU64,
+    indexed: AtomicU64,
     metrics: Metrics,
     written: AtomicU64,
+    /// Asks the indexer to run now.
+    wake: tokio::sync::Notify,
+    /// The indexer finished a pass.
     flushed: tokio::sync::Notify,
+}
+
+/// What the indexer knows between passes.
+#[derive(Clone, Default)]
+struct Index {
+    /// Read up to here.
+    position: Position,
+    /// Attempts opened and not yet closed, and whether the store has
+    /// their marker.
+    open: HashMap<String, (UsageRecord, bool)>,
 }
 
 /// Counters for `/metrics`.
@@ -162,7 +200,7 @@ const OUTCOMES: [UsageOutcome; 6] = [
 ];
 
 /// Attempts per outcome (indexed as `OUTCOMES`), per function, per tenant.
-type AttemptCounts = HashMap<String, HashMap<String, [u64; OUTCOMES.len()]>>;
+type AttemptCounts = FastMap<String, FastMap<String, [u64; OUTCOMES.len()]>>;
 
 /// What `/metrics` shows of the attempts recorded since start-up.
 struct Metrics {
@@ -184,115 +222,139 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    fn observe(&self, r: &UsageRecord) {
-        let outcome = OUTCOMES.iter().position(|o| *o == r.outcome).unwrap_or(0);
+    fn observe<'a>(&self, records: impl Iterator<Item = codec::View<'a>>) {
         let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        // Allocates only for a tenant's or function's first attempt.
-        let functions = match attempts.get_mut(&r.tenant) {
-            Some(functions) => functions,
-            None => attempts.entry(r.tenant.clone()).or_default(),
-        };
-        let counts = match functions.get_mut(&r.function) {
-            Some(counts) => counts,
-            None => functions.entry(r.function.clone()).or_default(),
-        };
-        counts[outcome] += 1;
-        drop(attempts);
-        if r.outcome != UsageOutcome::Rejected {
-            self.wall.observe(r.wall_ns as f64 / 1e9);
-            self.cpu.observe(r.cpu_ns as f64 / 1e9);
-            self.memory.observe(r.peak_memory_bytes as f64);
+        for r in records {
+            let outcome = OUTCOMES.iter().position(|o| *o == r.outcome()).unwrap_or(0);
+            // Allocates only for a tenant's or function's first attempt.
+            let functions = match attempts.get_mut(r.tenant()) {
+                Some(functions) => functions,
+                None => attempts.entry(r.tenant().to_string()).or_default(),
+            };
+            let counts = match functions.get_mut(r.function()) {
+                Some(counts) => counts,
+                None => functions.entry(r.function().to_string()).or_default(),
+            };
+            counts[outcome] += 1;
+            if r.outcome() != UsageOutcome::Rejected {
+                self.wall.observe(r.wall_ns() as f64 / 1e9);
+                self.cpu.observe(r.cpu_ns() as f64 / 1e9);
+                self.memory.observe(r.peak_memory_bytes() as f64);
+            }
         }
     }
 }
 
+thread_local! {
+    /// Encoding buffer of the thread appending a frame.
+    static FRAME: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 impl Meter {
-    /// Opens the ledger: records every attempt a previous run left open as
-    /// `aborted`, then starts the writer.
-    pub async fn start(ledger: Arc<dyn LedgerStore>, plans: Plans) -> Result<Self, MeterError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (opens, opens_rx) = mpsc::unbounded_channel();
+    /// Opens the ledger and its journal in `journal_dir`: indexes what the
+    /// last run left in the journal, records every attempt it left open as
+    /// `aborted`, then starts the indexer.
+    pub async fn start(
+        ledger: Arc<dyn LedgerStore>,
+        plans: Plans,
+        journal_dir: &Path,
+    ) -> Result<Self, MeterError> {
+        let journal_error = |error| MeterError::Journal {
+            dir: journal_dir.display().to_string(),
+            error,
+        };
+        let (journal, recovered) =
+            Journal::open(journal_dir, SEGMENT_BYTES).map_err(journal_error)?;
         let meter = Self {
             inner: Arc::new(Inner {
                 ledger,
                 plans,
-                tx,
-                opens,
+                journal: Arc::new(journal),
                 months: Mutex::default(),
-                pending: AtomicU64::new(0),
+                functions: Mutex::default(),
+                loading: Mutex::default(),
+                merging: tokio::sync::Mutex::new(()),
+                appended: AtomicU64::new(0),
+                indexed: AtomicU64::new(0),
                 metrics: Metrics::default(),
                 written: AtomicU64::new(0),
+                wake: tokio::sync::Notify::new(),
                 flushed: tokio::sync::Notify::new(),
             }),
         };
-        let mut aborted = Vec::new();
+        let position = meter
+            .inner
+            .ledger
+            .position()
+            .await?
+            .and_then(|bytes| Position::from_bytes(&bytes))
+            .unwrap_or_default();
+        let mut index = Index {
+            position,
+            open: HashMap::new(),
+        };
         for (key, marker) in meter.inner.ledger.open_markers().await? {
-            match serde_json::from_slice::<UsageRecord>(&marker) {
-                Ok(record) => aborted.push(record),
+            match codec::decode(&marker) {
+                Ok(record) => {
+                    index.open.insert(key, (record, true));
+                }
                 Err(e) => tracing::error!(%key, error = %e, "an unreadable ledger marker"),
             }
         }
-        if !aborted.is_empty() {
-            tracing::warn!(
-                count = aborted.len(),
-                "recording attempts the last run stopped in the middle of as aborted"
-            );
-            meter
-                .write(aborted.into_iter().map(|r| (r, true)).collect())
-                .await?;
+        let mut recovered = recovered;
+        recovered
+            .frames
+            .retain(|f| f.at.is_some_and(|at| at > position));
+        let (mut index, _, _) = meter.index(&index, recovered, true).await?;
+        meter
+            .inner
+            .journal
+            .discard_recovered()
+            .map_err(journal_error)?;
+        index.position = meter.inner.journal.start();
+        if let Err(e) = meter.inner.journal.prepare() {
+            tracing::error!(error = %e, "cannot make a usage journal segment yet; records wait in memory");
         }
-        tokio::spawn(meter.clone().writer(rx));
-        tokio::spawn(open_markers(meter.inner.ledger.clone(), opens_rx));
+        tokio::spawn(meter.clone().indexer(index));
         Ok(meter)
     }
 
     /// Notes that an attempt started: `start` is its record as far as known
     /// (it becomes the `aborted` record if the server stops before the
-    /// attempt ends). Resolves once durable; markers of concurrent
-    /// attempts are written together.
-    pub fn open(
-        &self,
-        start: &UsageRecord,
-    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
-        let marker = UsageRecord {
-            outcome: UsageOutcome::Aborted,
-            ..start.clone()
-        };
-        let (done, written) = tokio::sync::oneshot::channel();
-        let sent = serde_json::to_vec(&marker)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
-            .and_then(|bytes| {
-                self.inner
-                    .opens
-                    .send(((marker.key(), Bytes::from(bytes)), done))
-                    .map_err(|_| StoreError::Closed)
-            });
-        async move {
-            sent?;
-            written.await.map_err(|_| StoreError::Closed)?
-        }
+    /// attempt ends). In the page cache when this returns.
+    pub fn open(&self, start: &UsageRecord) {
+        self.append(OPEN, start);
     }
 
-    /// Hands a finished attempt's record to the writer (never blocks, never
-    /// drops). `opened`: its marker was written (see [`Meter::open`]).
+    /// Hands a finished attempt's record over (never blocks, never drops).
+    /// `opened`: [`Meter::open`] was called for it.
     pub fn record(&self, record: UsageRecord, opened: bool) {
-        self.inner.metrics.observe(&record);
-        self.inner.pending.fetch_add(1, Ordering::Relaxed);
-        if self.inner.tx.send((record, opened)).is_err() {
-            // Only when the runtime is shutting down: the marker stays open
-            // and the next start records the attempt as aborted.
-            self.inner.pending.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.inner.appended.fetch_add(1, Ordering::AcqRel);
+        self.append(if opened { CLOSE_OPENED } else { CLOSE }, &record);
     }
 
-    /// Waits until every record handed over so far is durable (at most `limit`).
-    pub async fn flush(&self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, async {
-            while self.inner.pending.load(Ordering::Acquire) > 0 {
-                let notified = self.inner.flushed.notified();
-                if self.inner.pending.load(Ordering::Acquire) == 0 {
-                    break;
+    fn append(&self, kind: u8, record: &UsageRecord) {
+        FRAME.with_borrow_mut(|buffer| {
+            buffer.clear();
+            match codec::encode(record, buffer) {
+                Ok(()) => {
+                    self.inner.journal.append(kind, buffer);
                 }
+                Err(e) => {
+                    tracing::error!(key = %record.key(), error = %e, "a usage record cannot be encoded")
+                }
+            }
+        });
+    }
+
+    /// Waits until every record handed over so far is in the ledger store
+    /// (at most `limit`).
+    pub async fn flush(&self, limit: Duration) {
+        let target = self.inner.appended.load(Ordering::Acquire);
+        let _ = tokio::time::timeout(limit, async {
+            while self.inner.indexed.load(Ordering::Acquire) < target {
+                let notified = self.inner.flushed.notified();
+                self.inner.wake.notify_one();
                 let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
             }
         })
@@ -300,14 +362,109 @@ impl Meter {
     }
 
     /// What the tenant's invocations cost this month so far, as far as
-    /// this process has counted (`None` until the tenant's first record of
-    /// the month since start-up, which sums the month from the ledger).
+    /// the ledger has counted. `None` while unknown (just after start-up):
+    /// the month is then summed from the ledger in the background.
     pub fn month_cost(&self, tenant: &str, now_ms: u64) -> Option<u64> {
         let month = usage::month_start_ms(now_ms);
         match self.months().get(tenant) {
-            Some((cached, totals)) if *cached == month => Some(totals.cost_micros),
-            _ => None,
+            Some((cached, totals)) if *cached == month => return Some(totals.cost_micros),
+            _ => {}
         }
+        self.load_later(tenant, None, now_ms);
+        None
+    }
+
+    /// [`Meter::month_cost`] of one function.
+    pub fn function_month_cost(&self, tenant: &str, function: &str, now_ms: u64) -> Option<u64> {
+        let month = usage::month_start_ms(now_ms);
+        let cached = self
+            .functions()
+            .get(tenant)
+            .and_then(|f| f.get(function))
+            .copied();
+        match cached {
+            Some((cached, cost)) if cached == month => return Some(cost),
+            _ => {}
+        }
+        self.load_later(tenant, Some(function), now_ms);
+        None
+    }
+
+    /// Sums a tenant's (or one function's) month from the ledger, in the
+    /// background, once at a time.
+    fn load_later(&self, tenant: &str, function: Option<&str>, now_ms: u64) {
+        let key = (tenant.to_string(), function.map(str::to_string));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !lock(&self.inner.loading).insert(key.clone()) {
+            return;
+        }
+        let meter = self.clone();
+        runtime.spawn(async move {
+            let (tenant, function) = &key;
+            let loaded = match function {
+                None => meter.load_month(tenant, now_ms).await,
+                Some(function) => meter.load_function_month(tenant, function, now_ms).await,
+            };
+            if let Err(e) = loaded {
+                tracing::error!(%tenant, error = %e, "cannot sum this month's usage for a budget");
+            }
+            lock(&meter.inner.loading).remove(&key);
+        });
+    }
+
+    async fn load_function_month(
+        &self,
+        tenant: &str,
+        function: &str,
+        now_ms: u64,
+    ) -> Result<(), MeterError> {
+        let _merging = self.inner.merging.lock().await;
+        let month = usage::month_start_ms(now_ms);
+        let next = usage::month_start_ms(month + 32 * 24 * 3600 * 1000);
+        let mut cost = 0u64;
+        self.for_each(tenant, month, next, |r| {
+            if r.function == function {
+                cost = cost.saturating_add(r.cost_micros);
+            }
+        })
+        .await?;
+        let mut functions = self.functions();
+        let slot = functions
+            .entry(tenant.to_string())
+            .or_default()
+            .entry(function.to_string())
+            .or_insert((month, cost));
+        if slot.0 < month {
+            *slot = (month, cost);
+        }
+        Ok(())
+    }
+
+    /// Adds indexed records to the functions' month costs being kept
+    /// (the others are summed from the ledger when first asked for).
+    fn add_to_functions<'a>(&self, records: impl Iterator<Item = codec::View<'a>>) {
+        let mut functions = self.functions();
+        for r in records {
+            let Some(slot) = functions
+                .get_mut(r.tenant())
+                .and_then(|f| f.get_mut(r.function()))
+            else {
+                continue;
+            };
+            let month = usage::month_start_ms(r.start_ms());
+            let cost = codec::View::cost_micros(&r);
+            if slot.0 == month {
+                slot.1 = slot.1.saturating_add(cost);
+            } else if slot.0 < month {
+                *slot = (month, cost);
+            }
+        }
+    }
+
+    fn functions(&self) -> std::sync::MutexGuard<'_, FunctionCosts> {
+        lock(&self.inner.functions)
     }
 
     pub fn stats(&self) -> MeterStats {
@@ -323,7 +480,11 @@ impl Meter {
         attempts.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         MeterStats {
             written: self.inner.written.load(Ordering::Relaxed),
-            pending: self.inner.pending.load(Ordering::Relaxed),
+            pending: self
+                .inner
+                .appended
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.inner.indexed.load(Ordering::Relaxed)),
             attempts,
             wall_seconds: m.wall.snapshot(),
             cpu_seconds: m.cpu.snapshot(),
@@ -331,77 +492,183 @@ impl Meter {
         }
     }
 
-    async fn writer(self, mut rx: mpsc::UnboundedReceiver<(UsageRecord, bool)>) {
-        let mut batch = Vec::with_capacity(BATCH);
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
-            let records = std::mem::take(&mut batch);
-            let count = records.len() as u64;
-            // A failed write (a full disk) is retried: a record is never dropped.
-            let mut records = Some(records);
-            while let Some(pending) = records.take() {
-                if let Err(e) = self.write(pending.clone()).await {
+    async fn indexer(self, mut index: Index) {
+        let journal = self.inner.journal.clone();
+        let mut warned = false;
+        // Reused from pass to pass.
+        let mut buffer = Read::default();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(INDEX_EVERY) => {}
+                () = self.inner.wake.notified() => {}
+            }
+            let prepared = {
+                let journal = journal.clone();
+                tokio::task::spawn_blocking(move || journal.prepare()).await
+            };
+            match prepared {
+                Ok(Err(e)) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "cannot make a usage journal segment (is the disk full?); records wait in memory");
+                }
+                Ok(Ok(())) => warned = false,
+                _ => {}
+            }
+            let from = index.position;
+            let mut read = std::mem::take(&mut buffer);
+            let read = {
+                let journal = journal.clone();
+                tokio::task::spawn_blocking(move || {
+                    journal.read_into(from, &mut read).map(|()| read)
+                })
+                .await
+            };
+            let read = match read {
+                Ok(Ok(read)) => read,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reading the usage journal failed; retrying");
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let from_memory = read.from_memory();
+            match self.index(&index, read, false).await {
+                Ok((next, closed, read)) => {
+                    buffer = read;
+                    index = next;
+                    self.inner.indexed.fetch_add(closed, Ordering::AcqRel);
+                    self.inner.flushed.notify_waiters();
+                    if let Err(e) = journal.retire(index.position) {
+                        tracing::warn!(error = %e, "cannot delete an indexed usage journal segment");
+                    }
+                }
+                Err(e) => {
+                    // Nothing is lost: the frames are read again next time.
                     tracing::error!(error = %e, "writing usage records failed; retrying");
+                    journal.put_back(from_memory);
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    records = Some(pending);
                 }
             }
-            self.inner.pending.fetch_sub(count, Ordering::AcqRel);
-            self.inner.flushed.notify_waiters();
         }
     }
 
-    /// Prices records and writes them, closing their markers.
-    async fn write(&self, records: Vec<(UsageRecord, bool)>) -> Result<(), MeterError> {
-        let mut entries = Vec::with_capacity(records.len());
-        for (mut record, opened) in records {
-            let before = self.month_to_date(&record).await?;
-            let plan = (self.inner.plans)(&record.tenant);
-            record.billed_ms = usage::billed_ms(record.wall_ns, record.outcome);
-            record.gib_us = usage::gib_us(record.memory_limit_bytes, record.billed_ms);
-            record.cost_micros = usage::price(&plan, before, &record);
-            record.plan = plan.id;
-            self.count(&record);
-            let bytes =
-                serde_json::to_vec(&record).map_err(|e| MeterError::Corrupt(e.to_string()))?;
-            entries.push(LedgerEntry {
-                tenant: record.tenant.clone(),
-                time_ms: record.start_ms,
-                key: record.key(),
-                record: Bytes::from(bytes),
-                opened,
-            });
+    /// Indexes what `read` holds (in journal order) after `index`: closes
+    /// pair with their opens, records are priced in order, and one store
+    /// transaction writes them with markers for attempts still open and
+    /// the position reached. With `finalize`, every attempt still open is
+    /// recorded as `aborted` instead. Returns the new state and how many
+    /// closes it took.
+    async fn index(
+        &self,
+        index: &Index,
+        read: Read,
+        finalize: bool,
+    ) -> Result<(Index, u64, Read), MeterError> {
+        let closed_pool = || MeterError::Store(StoreError::Closed);
+        let (paired, read) = {
+            let index = index.clone();
+            tokio::task::spawn_blocking(move || (pair(index, &read, finalize), read))
+                .await
+                .map_err(|_| closed_pool())?
+        };
+        let Paired {
+            index: next,
+            closes,
+            markers,
+            closed,
+        } = paired?;
+        if closes.is_empty() && markers.is_empty() && next.position == index.position {
+            return Ok((next, closed, read));
         }
-        let written = self.inner.ledger.close(entries).await?;
+        let merging = self.inner.merging.lock().await;
+        // What each tenant used in each month before these records.
+        let mut months = Months::default();
+        for (close, _) in &closes {
+            let Ok(record) = codec::View::new(close.bytes(&read)) else {
+                continue;
+            };
+            let month = usage::month_start_ms(record.start_ms());
+            if months
+                .get(record.tenant())
+                .is_some_and(|m| m.contains_key(&month))
+            {
+                continue;
+            }
+            let totals = self.month_to_date(record.tenant(), month).await?;
+            months
+                .entry(record.tenant().to_string())
+                .or_default()
+                .insert(month, totals);
+        }
+        let plans = self.inner.plans.clone();
+        let (entries, months, read) = tokio::task::spawn_blocking(move || {
+            let (entries, months) = price(&read, closes, months, &plans);
+            (entries, months, read)
+        })
+        .await
+        .map_err(|_| closed_pool())?;
+        let observed: Vec<Bytes> = entries.iter().map(|e| e.record.clone()).collect();
+        let written = self
+            .inner
+            .ledger
+            .commit(LedgerCommit {
+                open: markers,
+                close: entries,
+                position: Some(Bytes::copy_from_slice(&next.position.to_bytes())),
+            })
+            .await?;
         self.inner.written.fetch_add(written, Ordering::Relaxed);
-        Ok(())
+        self.inner
+            .metrics
+            .observe(observed.iter().filter_map(|r| codec::View::new(r).ok()));
+        self.add_to_functions(observed.iter().filter_map(|r| codec::View::new(r).ok()));
+        let mut cached = self.months();
+        for (tenant, by_month) in months {
+            for (month, totals) in by_month {
+                match cached.get(&tenant) {
+                    Some((latest, _)) if *latest > month => {}
+                    _ => {
+                        cached.insert(tenant.clone(), (month, totals));
+                    }
+                }
+            }
+        }
+        drop(cached);
+        drop(merging);
+        Ok((next, closed, read))
     }
 
-    /// What the record's tenant used in the record's month before it
+    /// What a tenant used in a month before the records being indexed
     /// (summed from the ledger once, then kept up to date in memory).
-    async fn month_to_date(&self, record: &UsageRecord) -> Result<MonthToDate, MeterError> {
-        let month = usage::month_start_ms(record.start_ms);
-        if let Some((cached_month, totals)) = self.months().get(&record.tenant)
+    async fn month_to_date(&self, tenant: &str, month: u64) -> Result<MonthToDate, MeterError> {
+        if let Some((cached_month, totals)) = self.months().get(tenant)
             && *cached_month == month
         {
             return Ok(*totals);
         }
         let mut totals = MonthToDate::default();
         let next = usage::month_start_ms(month + 32 * 24 * 3600 * 1000);
-        self.for_each(&record.tenant, month, next, |r| {
-            add_to_month(&mut totals, r);
+        self.for_each(tenant, month, next, |r| {
+            add_to_month(&mut totals, r.outcome, r.gib_us, r.cost_micros);
         })
         .await?;
-        self.months().insert(record.tenant.clone(), (month, totals));
         Ok(totals)
     }
 
-    fn count(&self, record: &UsageRecord) {
-        let month = usage::month_start_ms(record.start_ms);
-        if let Some((cached_month, totals)) = self.months().get_mut(&record.tenant)
-            && *cached_month == month
-        {
-            add_to_month(totals, record);
+    /// Learns a tenant's month-to-date cost from the ledger now (else it is
+    /// known from the tenant's first record indexed since start-up).
+    pub async fn load_month(&self, tenant: &str, now_ms: u64) -> Result<(), MeterError> {
+        let _merging = self.inner.merging.lock().await;
+        let month = usage::month_start_ms(now_ms);
+        let totals = self.month_to_date(tenant, month).await?;
+        let mut cached = self.months();
+        match cached.get(tenant) {
+            Some((latest, _)) if *latest >= month => {}
+            _ => {
+                cached.insert(tenant.to_string(), (month, totals));
+            }
         }
+        Ok(())
     }
 
     fn months(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, MonthToDate)>> {
@@ -418,22 +685,41 @@ impl Meter {
     ) -> Result<(), MeterError> {
         let mut after = None;
         loop {
-            let page = self
-                .inner
-                .ledger
-                .records(tenant, from_ms, to_ms, after.take(), PAGE)
-                .await?;
-            let full = page.len() == PAGE;
-            for entry in &page {
-                let record: UsageRecord = serde_json::from_slice(&entry.record)
-                    .map_err(|e| MeterError::Corrupt(format!("{}: {e}", entry.key)))?;
-                f(&record);
-            }
-            match page.last() {
-                Some(last) if full => after = Some((last.time_ms, last.key.clone())),
-                _ => return Ok(()),
+            let (page, next) = self.page(tenant, from_ms, to_ms, after.take()).await?;
+            page.iter().for_each(&mut f);
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
             }
         }
+    }
+
+    /// One page of [`Meter::for_each`]: the records after `after`, and
+    /// where the next page starts (`None`: this was the last).
+    pub async fn page(
+        &self,
+        tenant: &str,
+        from_ms: u64,
+        to_ms: u64,
+        after: Option<Cursor>,
+    ) -> Result<(Vec<UsageRecord>, Option<Cursor>), MeterError> {
+        let page = self
+            .inner
+            .ledger
+            .records(tenant, from_ms, to_ms, after, PAGE)
+            .await?;
+        let next = match page.last() {
+            Some(last) if page.len() == PAGE => Some((last.time_ms, last.key.clone())),
+            _ => None,
+        };
+        let records = page
+            .iter()
+            .map(|entry| {
+                codec::decode(&entry.record)
+                    .map_err(|e| MeterError::Corrupt(format!("{}: {e}", entry.key)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((records, next))
     }
 
     /// A tenant's usage over a period, in groups.
@@ -462,23 +748,178 @@ impl Meter {
     }
 }
 
-/// Writes markers as they come, all that are waiting in one call.
-async fn open_markers(ledger: Arc<dyn LedgerStore>, mut rx: mpsc::UnboundedReceiver<Opening>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let (markers, waiters): (Vec<_>, Vec<_>) = std::mem::take(&mut batch).into_iter().unzip();
-        let written = ledger.open(markers).await;
-        for waiter in waiters {
-            let _ = waiter.send(written.clone());
+/// A finished attempt's record in an index pass: a frame of the read, or
+/// made here (an attempt found open at start-up).
+enum Close {
+    At(std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl Close {
+    fn bytes<'a>(&'a self, read: &'a Read) -> &'a [u8] {
+        match self {
+            Close::At(range) => &read.bytes[range.clone()],
+            Close::Owned(bytes) => bytes,
         }
     }
 }
 
-fn add_to_month(totals: &mut MonthToDate, record: &UsageRecord) {
-    if record.outcome != UsageOutcome::Rejected {
+/// An index pass before pricing.
+struct Paired {
+    index: Index,
+    /// Finished attempts in order, and whether the store has their marker.
+    closes: Vec<(Close, bool)>,
+    /// Markers to write: attempts open after this pass.
+    markers: Vec<(String, Bytes)>,
+    /// Close frames taken.
+    closed: u64,
+}
+
+/// Pairs closes with opens. Nothing is decoded but the opens still open
+/// at the end of the pass (an open closed in the same pass, most of them,
+/// is only matched by its key).
+fn pair(index: Index, read: &Read, finalize: bool) -> Result<Paired, MeterError> {
+    let mut next = index;
+    // Opens of this pass not closed (yet), by attempt: (id, attempt) → frame.
+    let mut pending: FastMap<(&[u8], u32), &journal::FrameAt> = FastMap::default();
+    let mut closes = Vec::new();
+    let mut closed = 0;
+    let mut key = String::new();
+    for frame in &read.frames {
+        if let Some(at) = frame.at {
+            next.position = at;
+        }
+        let payload = read.payload(frame);
+        let Some(id) = codec::key_of(payload) else {
+            tracing::error!("an unreadable usage journal frame");
+            continue;
+        };
+        match frame.kind {
+            OPEN => {
+                pending.insert(id, frame);
+            }
+            CLOSE => {
+                closed += 1;
+                closes.push((Close::At(frame.payload.clone()), false));
+            }
+            CLOSE_OPENED => {
+                closed += 1;
+                if pending.remove(&id).is_some() {
+                    closes.push((Close::At(frame.payload.clone()), false));
+                    continue;
+                }
+                key.clear();
+                let _ = write!(key, "{}#{}", String::from_utf8_lossy(id.0), id.1);
+                if let Some((_, marked)) = next.open.remove(key.as_str()) {
+                    closes.push((Close::At(frame.payload.clone()), marked));
+                }
+                // Else it was closed already: never twice.
+            }
+            other => tracing::error!(kind = other, "an unknown usage journal frame"),
+        }
+    }
+    // Opens still open: decoded, kept, and marked in the store below.
+    let mut still_open: Vec<_> = pending.into_values().collect();
+    still_open.sort_by_key(|f| f.payload.start);
+    for frame in still_open {
+        match codec::decode(read.payload(frame)) {
+            Ok(record) => {
+                next.open.insert(record.key(), (record, false));
+            }
+            Err(e) => tracing::error!(error = %e, "an unreadable usage journal frame"),
+        }
+    }
+    if finalize && !next.open.is_empty() {
+        tracing::warn!(
+            count = next.open.len(),
+            "recording attempts the last run stopped in the middle of as aborted"
+        );
+        for (_, (record, marked)) in next.open.drain() {
+            let aborted = UsageRecord {
+                outcome: UsageOutcome::Aborted,
+                ..record
+            };
+            closes.push((Close::Owned(encode(&aborted)?.to_vec()), marked));
+        }
+    }
+    let mut markers = Vec::new();
+    for (key, (record, marked)) in &mut next.open {
+        if !*marked {
+            markers.push((key.clone(), encode(record)?));
+            *marked = true;
+        }
+    }
+    Ok(Paired {
+        index: next,
+        closes,
+        markers,
+        closed,
+    })
+}
+
+/// Month-to-date totals: tenant → month's first ms → totals.
+type Months = FastMap<String, FastMap<u64, MonthToDate>>;
+/// Each function's cost in its latest month: tenant → function → (month, cost).
+type FunctionCosts = FastMap<String, FastMap<String, (u64, u64)>>;
+/// A hash map for the indexer's per-pass work (seeded per map).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Prices records in order from the month-to-date totals before them
+/// (`months` has every tenant and month they need); returns the ledger
+/// entries and the totals after them.
+fn price(
+    read: &Read,
+    closes: Vec<(Close, bool)>,
+    mut months: Months,
+    plans: &Plans,
+) -> (Vec<LedgerEntry>, Months) {
+    let mut plans_of: FastMap<String, PlanHistory> = FastMap::default();
+    let mut entries = Vec::with_capacity(closes.len());
+    for (close, marked) in &closes {
+        let record = match codec::View::new(close.bytes(read)) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::error!(error = %e, "an unreadable usage record");
+                continue;
+            }
+        };
+        let tenant = record.tenant();
+        let month = usage::month_start_ms(record.start_ms());
+        if !plans_of.contains_key(tenant) {
+            plans_of.insert(tenant.to_string(), plans(tenant));
+        }
+        // The plan in force when the invocation started.
+        let plan = plans_of[tenant].at(record.start_ms());
+        let Some(totals) = months.get_mut(tenant).and_then(|m| m.get_mut(&month)) else {
+            tracing::error!(tenant, "no month-to-date totals to price a record with");
+            continue;
+        };
+        let billed_ms = usage::billed_ms(record.wall_ns(), record.outcome());
+        let gib_us = usage::gib_us(record.memory_limit_bytes(), billed_ms);
+        let cost = usage::price_of(plan, *totals, record.outcome(), gib_us, record.cpu_ns());
+        add_to_month(totals, record.outcome(), gib_us, cost);
+        entries.push(LedgerEntry {
+            record: Bytes::from(record.priced(billed_ms, gib_us, cost, &plan.id)),
+            key: record.key(),
+            tenant: tenant.to_string(),
+            time_ms: record.start_ms(),
+            opened: *marked,
+        });
+    }
+    (entries, months)
+}
+
+fn encode(record: &UsageRecord) -> Result<Bytes, MeterError> {
+    let mut bytes = Vec::new();
+    codec::encode(record, &mut bytes).map_err(|e| MeterError::Corrupt(e.to_string()))?;
+    Ok(Bytes::from(bytes))
+}
+
+fn add_to_month(totals: &mut MonthToDate, outcome: UsageOutcome, gib_us: u64, cost_micros: u64) {
+    if outcome != UsageOutcome::Rejected {
         totals.requests += 1;
-        totals.gib_us = totals.gib_us.saturating_add(record.gib_us);
-        totals.cost_micros = totals.cost_micros.saturating_add(record.cost_micros);
+        totals.gib_us = totals.gib_us.saturating_add(gib_us);
+        totals.cost_micros = totals.cost_micros.saturating_add(cost_micros);
     }
 }
 
@@ -568,13 +1009,17 @@ pub struct UsageReport {
     pub total: UsageTotals,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use gust_core::usage::Trigger;
 
     fn default_plans() -> Plans {
-        Arc::new(|_: &str| PricePlan::default())
+        Arc::new(|_: &str| PlanHistory::default())
     }
 
     fn record(id: &str, attempt: u32, start_ms: u64, outcome: UsageOutcome) -> UsageRecord {
@@ -604,25 +1049,90 @@ mod tests {
         }
     }
 
+    /// Frames as the journal would give them back.
+    fn frames(list: &[(u8, &UsageRecord)]) -> Read {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), 1 << 16).unwrap();
+        journal.prepare().unwrap();
+        for (kind, record) in list {
+            let mut bytes = Vec::new();
+            codec::encode(record, &mut bytes).unwrap();
+            assert!(journal.append(*kind, &bytes));
+        }
+        journal.read(Position::default()).unwrap()
+    }
+
+    #[test]
+    fn closes_pair_with_opens_once_across_passes() {
+        let a = record("a", 1, 1, UsageOutcome::Success);
+        let b = record("b", 1, 2, UsageOutcome::Success);
+        let r = record("r", 1, 3, UsageOutcome::Rejected);
+        // Pass 1: a opens and closes (twice), b opens, r is refused.
+        let first = frames(&[
+            (OPEN, &a),
+            (OPEN, &b),
+            (CLOSE_OPENED, &a),
+            (CLOSE_OPENED, &a),
+            (CLOSE, &r),
+        ]);
+        let one = pair(Index::default(), &first, false).unwrap();
+        let keys = |p: &Paired, read: &Read| {
+            p.closes
+                .iter()
+                .map(|(c, m)| (codec::View::new(c.bytes(read)).unwrap().key(), *m))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(&one, &first),
+            [("a#1".into(), false), ("r#1".into(), false)]
+        );
+        assert_eq!(one.closed, 3);
+        // b is still running: its marker goes to the store.
+        assert_eq!(one.markers.len(), 1);
+        assert_eq!(one.markers[0].0, "b#1");
+        // Pass 2: b closes (its marker is removed with the record); a
+        // third close of a is ignored.
+        let second = frames(&[(CLOSE_OPENED, &b), (CLOSE_OPENED, &a)]);
+        let two = pair(one.index, &second, false).unwrap();
+        assert_eq!(keys(&two, &second), [("b#1".into(), true)]);
+        assert!(two.markers.is_empty() && two.index.open.is_empty());
+        // At start-up, whatever is still open becomes an aborted record.
+        let third = frames(&[(OPEN, &a)]);
+        let three = pair(Index::default(), &third, true).unwrap();
+        let aborted = codec::View::new(three.closes[0].0.bytes(&third)).unwrap();
+        assert_eq!(aborted.outcome(), UsageOutcome::Aborted);
+        assert!(three.markers.is_empty());
+    }
+
     #[tokio::test]
     async fn open_attempts_are_recorded_as_aborted_at_start_exactly_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = gust_store::EmbeddedStore::open(&dir.path().join("db")).unwrap();
         let ledger: Arc<dyn LedgerStore> = Arc::new(store);
-        let meter = Meter::start(ledger.clone(), default_plans()).await.unwrap();
-        let done = record("a", 1, 1000, UsageOutcome::Success);
-        meter.open(&done).await.unwrap();
-        meter
-            .open(&record("b", 1, 2000, UsageOutcome::Success))
+        let journal = dir.path().join("journal");
+        let meter = Meter::start(ledger.clone(), default_plans(), &journal)
             .await
             .unwrap();
+        let done = record("a", 1, 1000, UsageOutcome::Success);
+        meter.open(&done);
+        meter.open(&record("b", 1, 2000, UsageOutcome::Success));
+        // "c" started and finished but was never indexed: a kill before
+        // the indexer's next pass finds it in the journal.
+        let unindexed = record("c", 1, 3000, UsageOutcome::Success);
         meter.record(done.clone(), true);
         // The same attempt reported twice is recorded once.
         meter.record(done, true);
         meter.flush(Duration::from_secs(5)).await;
         assert_eq!(meter.stats().pending, 0);
-        // "b" never finished: a restart records it as aborted.
-        let again = Meter::start(ledger.clone(), default_plans()).await.unwrap();
+        // Straight to the journal, as if the process died right after.
+        meter.append(OPEN, &unindexed);
+        meter.append(CLOSE_OPENED, &unindexed);
+        meter.append(OPEN, &record("d", 1, 4000, UsageOutcome::Success));
+        // "b" never finished: a restart records it as aborted; "c" is
+        // recorded as it ended, "d" as aborted.
+        let again = Meter::start(ledger.clone(), default_plans(), &journal)
+            .await
+            .unwrap();
         let query = UsageQuery {
             function: None,
             from_ms: 0,
@@ -630,7 +1140,7 @@ mod tests {
             by: Some(GroupBy::Function),
         };
         let report = again.usage("t", &query).await.unwrap();
-        assert_eq!(report.total.invocations, 2);
+        assert_eq!(report.total.invocations, 4);
         let mut outcomes = Vec::new();
         again
             .for_each("t", 0, u64::MAX, |r| outcomes.push((r.key(), r.outcome)))
@@ -640,19 +1150,23 @@ mod tests {
             outcomes,
             [
                 ("a#1".to_string(), UsageOutcome::Success),
-                ("b#1".to_string(), UsageOutcome::Aborted)
+                ("b#1".to_string(), UsageOutcome::Aborted),
+                ("c#1".to_string(), UsageOutcome::Success),
+                ("d#1".to_string(), UsageOutcome::Aborted),
             ]
         );
         // And a third start finds nothing open.
-        let third = Meter::start(ledger, default_plans()).await.unwrap();
-        assert_eq!(third.usage("t", &query).await.unwrap().total.invocations, 2);
+        let third = Meter::start(ledger, default_plans(), &journal)
+            .await
+            .unwrap();
+        assert_eq!(third.usage("t", &query).await.unwrap().total.invocations, 4);
     }
 
     #[tokio::test]
     async fn attempts_of_one_event_are_counted_apart_and_totals_add_up() {
         let dir = tempfile::tempdir().unwrap();
         let store = gust_store::EmbeddedStore::open(&dir.path().join("db")).unwrap();
-        let meter = Meter::start(Arc::new(store), default_plans())
+        let meter = Meter::start(Arc::new(store), default_plans(), &dir.path().join("j"))
             .await
             .unwrap();
         meter.record(record("e", 1, 10, UsageOutcome::ErrorStatus), false);

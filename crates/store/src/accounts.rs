@@ -32,6 +32,23 @@ pub struct TenantRecord {
     /// plan they were priced under).
     #[serde(default)]
     pub plan: gust_core::usage::PricePlan,
+    /// When `plan` took effect (Unix ms).
+    #[serde(default)]
+    pub plan_since_ms: u64,
+    /// The plans before it, oldest first, each with when it ended: records
+    /// of invocations that started under one are priced by it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_plans: Vec<(u64, gust_core::usage::PricePlan)>,
+}
+
+impl TenantRecord {
+    pub fn plans(&self) -> gust_core::usage::PlanHistory {
+        gust_core::usage::PlanHistory {
+            current: self.plan.clone(),
+            since_ms: self.plan_since_ms,
+            earlier: self.earlier_plans.clone(),
+        }
+    }
 }
 
 /// A token as stored: never the token itself.
@@ -194,6 +211,8 @@ impl Accounts {
             created_ms: now_ms,
             quotas,
             plan: Default::default(),
+            plan_since_ms: 0,
+            earlier_plans: Vec::new(),
         };
         let key = format!("{TENANTS}{id}");
         match self.kv.compare_and_set(&key, encode(&record)?, None).await {
@@ -229,11 +248,16 @@ impl Accounts {
         &self,
         id: &TenantId,
         plan: gust_core::usage::PricePlan,
+        now_ms: u64,
     ) -> Result<TenantRecord, AccountsError> {
         let mut record = self
             .tenant(id)
             .ok_or_else(|| AccountsError::NoSuchTenant(id.to_string()))?;
-        record.plan = plan;
+        let mut plans = record.plans();
+        plans.change(plan, now_ms);
+        record.plan = plans.current;
+        record.plan_since_ms = plans.since_ms;
+        record.earlier_plans = plans.earlier;
         self.put(format!("{TENANTS}{id}"), &record).await?;
         Ok(record)
     }

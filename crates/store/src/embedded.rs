@@ -14,7 +14,7 @@
 //! does not disturb the others in its batch. Reads run on tokio's blocking
 //! pool, beside the writer (redb readers see the last commit).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -22,14 +22,15 @@ use std::sync::mpsc as std_mpsc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{
-    Database, ReadableDatabase as _, ReadableTable as _, TableDefinition, WriteTransaction,
+    Database, ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _,
+    TableDefinition, WriteTransaction,
 };
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{
     Allowance, BlobStore, Claimed, DataChange, DataStore, DataUsage, DataWrite, Entry, KeyInfo,
-    KvEvent, KvStore, LedgerEntry, LedgerStore, LogStore, QueueStore, StoreError, Watch,
-    WatchStream, digest_of,
+    KvEvent, KvStore, LedgerCommit, LedgerEntry, LedgerStore, LogStore, QueueStore, StoreError,
+    Watch, WatchStream, digest_of,
 };
 
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -72,6 +73,15 @@ const DATA_USAGE_COUNTED: &str = "data.usage_counted";
 const LEDGER_OPEN: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_open");
 /// Usage records: (tenant, time ms, key) → record.
 const LEDGER: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("ledger");
+/// Usage records in blocks: a commit's records of one tenant that started
+/// in one second, keyed (tenant, second's first ms, block number). A
+/// thousand records cost one B-tree insert instead of a thousand.
+const LEDGER_BLOCKS: TableDefinition<(&str, u64, u64), &[u8]> =
+    TableDefinition::new("ledger_blocks");
+/// The span of a ledger block.
+const BLOCK_MS: u64 = 1000;
+/// The meter's journal position of the last ledger commit (`"position"`).
+const LEDGER_META: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_meta");
 
 const KV_REVISION: &str = "kv.revision";
 const DATA_REVISION: &str = "data.revision";
@@ -197,7 +207,10 @@ impl EmbeddedStore {
             txn.open_table(DATA_USAGE).map_err(backend)?;
             txn.open_table(LEDGER_OPEN).map_err(backend)?;
             txn.open_table(LEDGER).map_err(backend)?;
+            txn.open_table(LEDGER_META).map_err(backend)?;
+            txn.open_table(LEDGER_BLOCKS).map_err(backend)?;
         }
+        move_ledger_to_blocks(&txn)?;
         count_usage_once(&txn)?;
         let data_revision = {
             let meta = txn.open_table(META).map_err(backend)?;
@@ -903,37 +916,64 @@ fn read_usage(
 
 #[async_trait]
 impl LedgerStore for EmbeddedStore {
-    async fn open(&self, markers: Vec<(String, Bytes)>) -> Result<(), StoreError> {
+    async fn commit(&self, commit: LedgerCommit) -> Result<u64, StoreError> {
         self.write(move |txn, _| {
             let mut open = txn.open_table(LEDGER_OPEN).map_err(backend)?;
-            for (key, marker) in &markers {
+            for (key, marker) in &commit.open {
                 open.insert(key.as_str(), marker.as_ref())
                     .map_err(backend)?;
             }
-            Ok(())
+            let mut written = 0;
+            let mut blocks: BTreeMap<(&str, u64), Vec<&LedgerEntry>> = BTreeMap::new();
+            for entry in &commit.close {
+                // Only an opened entry has a marker to remove (and is
+                // skipped if it is gone: closed already).
+                if entry.opened && open.remove(entry.key.as_str()).map_err(backend)?.is_none() {
+                    continue;
+                }
+                let second = entry.time_ms / BLOCK_MS * BLOCK_MS;
+                blocks
+                    .entry((entry.tenant.as_str(), second))
+                    .or_default()
+                    .push(entry);
+                written += 1;
+            }
+            let mut ledger = txn.open_table(LEDGER_BLOCKS).map_err(backend)?;
+            for ((tenant, second), entries) in blocks {
+                let next = ledger
+                    .range((tenant, second, 0)..=(tenant, second, u64::MAX))
+                    .map_err(backend)?
+                    .next_back()
+                    .transpose()
+                    .map_err(backend)?
+                    .map_or(0, |(key, _)| key.value().2 + 1);
+                ledger
+                    .insert((tenant, second, next), encode_block(&entries).as_slice())
+                    .map_err(backend)?;
+            }
+            if let Some(position) = &commit.position {
+                txn.open_table(LEDGER_META)
+                    .map_err(backend)?
+                    .insert("position", position.as_ref())
+                    .map_err(backend)?;
+            }
+            Ok(written)
         })
         .await
     }
 
-    async fn close(&self, entries: Vec<LedgerEntry>) -> Result<u64, StoreError> {
-        self.write(move |txn, _| {
-            let mut open = txn.open_table(LEDGER_OPEN).map_err(backend)?;
-            let mut ledger = txn.open_table(LEDGER).map_err(backend)?;
-            let mut written = 0;
-            for entry in &entries {
-                let was_open = open.remove(entry.key.as_str()).map_err(backend)?.is_some();
-                if entry.opened && !was_open {
-                    continue;
-                }
-                ledger
-                    .insert(
-                        (entry.tenant.as_str(), entry.time_ms, entry.key.as_str()),
-                        entry.record.as_ref(),
-                    )
-                    .map_err(backend)?;
-                written += 1;
-            }
-            Ok(written)
+    async fn position(&self) -> Result<Option<Bytes>, StoreError> {
+        self.read(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let meta = match txn.open_table(LEDGER_META) {
+                Ok(meta) => meta,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(backend(e)),
+            };
+            Ok(meta
+                .get("position")
+                .map_err(backend)?
+                .map(|v| Bytes::copy_from_slice(v.value())))
         })
         .await
     }
@@ -966,42 +1006,146 @@ impl LedgerStore for EmbeddedStore {
         let tenant = tenant.to_string();
         self.read(move |db| {
             let txn = db.begin_read().map_err(backend)?;
-            let ledger = txn.open_table(LEDGER).map_err(backend)?;
-            let (start_ms, start_key) = match &after {
-                Some((time, key)) if *time >= from_ms => (*time, key.as_str()),
-                _ => (from_ms, ""),
-            };
+            let ledger = txn.open_table(LEDGER_BLOCKS).map_err(backend)?;
             let mut out = Vec::new();
-            if to_ms == 0 {
+            let start_ms = match &after {
+                Some((time, _)) => from_ms.max(*time),
+                None => from_ms,
+            };
+            if start_ms >= to_ms {
                 return Ok(out);
             }
-            let range = ledger
-                .range((tenant.as_str(), start_ms, start_key)..(tenant.as_str(), to_ms, ""))
-                .map_err(backend)?;
-            for entry in range {
-                if out.len() >= limit {
-                    break;
+            let wanted = |e: &LedgerEntry| {
+                (from_ms..to_ms).contains(&e.time_ms)
+                    && after
+                        .as_ref()
+                        .is_none_or(|(t, k)| (e.time_ms, e.key.as_str()) > (*t, k.as_str()))
+            };
+            // Blocks come second by second; records within a second are
+            // sorted once all its blocks are read.
+            let mut second = Vec::new();
+            let mut current = None;
+            let first = start_ms / BLOCK_MS * BLOCK_MS;
+            for block in ledger
+                .range((tenant.as_str(), first, 0)..(tenant.as_str(), to_ms, 0))
+                .map_err(backend)?
+            {
+                let (key, value) = block.map_err(backend)?;
+                let at = key.value().1;
+                if current.is_some_and(|c| c != at) {
+                    take_sorted(&mut second, &mut out, &wanted);
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
-                let (key, record) = entry.map_err(backend)?;
-                let (_, time_ms, key) = key.value();
-                if after
-                    .as_ref()
-                    .is_some_and(|(t, k)| *t == time_ms && k == key)
-                {
-                    continue;
-                }
-                out.push(LedgerEntry {
-                    tenant: tenant.clone(),
-                    time_ms,
-                    key: key.to_string(),
-                    record: Bytes::copy_from_slice(record.value()),
-                    opened: false,
-                });
+                current = Some(at);
+                second.extend(decode_block(&tenant, value.value())?);
             }
+            take_sorted(&mut second, &mut out, &wanted);
+            out.truncate(limit);
             Ok(out)
         })
         .await
     }
+}
+
+/// Moves `second`'s records that `wanted` accepts to `out`, in (time, key) order.
+fn take_sorted(
+    second: &mut Vec<LedgerEntry>,
+    out: &mut Vec<LedgerEntry>,
+    wanted: &impl Fn(&LedgerEntry) -> bool,
+) {
+    second.sort_by(|a, b| (a.time_ms, &a.key).cmp(&(b.time_ms, &b.key)));
+    out.extend(second.drain(..).filter(|e| wanted(e)));
+}
+
+/// A block: `count u32`, then per record `time u64 | key len u16 | key |
+/// record len u32 | record` (little-endian).
+fn encode_block(entries: &[&LedgerEntry]) -> Vec<u8> {
+    let size: usize = entries
+        .iter()
+        .map(|e| 14 + e.key.len() + e.record.len())
+        .sum();
+    let mut out = Vec::with_capacity(4 + size);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(&e.time_ms.to_le_bytes());
+        out.extend_from_slice(&(e.key.len() as u16).to_le_bytes());
+        out.extend_from_slice(e.key.as_bytes());
+        out.extend_from_slice(&(e.record.len() as u32).to_le_bytes());
+        out.extend_from_slice(&e.record);
+    }
+    out
+}
+
+fn decode_block(tenant: &str, bytes: &[u8]) -> Result<Vec<LedgerEntry>, StoreError> {
+    let corrupt = || StoreError::Corrupt("a ledger block is damaged".into());
+    let mut rest = bytes;
+    let mut take = |n: usize| -> Result<&[u8], StoreError> {
+        if rest.len() < n {
+            return Err(corrupt());
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let word = |b: &[u8]| {
+        b.iter()
+            .rev()
+            .fold(0u64, |n, byte| n << 8 | u64::from(*byte))
+    };
+    let count = word(take(4)?) as usize;
+    let mut out = Vec::with_capacity(count.min(bytes.len() / 14));
+    for _ in 0..count {
+        let time_ms = word(take(8)?);
+        let key_len = word(take(2)?) as usize;
+        let key = std::str::from_utf8(take(key_len)?).map_err(|_| corrupt())?;
+        let key = key.to_string();
+        let record_len = word(take(4)?) as usize;
+        let record = Bytes::copy_from_slice(take(record_len)?);
+        out.push(LedgerEntry {
+            tenant: tenant.to_string(),
+            time_ms,
+            key,
+            record,
+            opened: false,
+        });
+    }
+    Ok(out)
+}
+
+/// Moves records of the earlier one-row-per-record table into blocks (once).
+fn move_ledger_to_blocks(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut old = txn.open_table(LEDGER).map_err(backend)?;
+    if old.is_empty().map_err(backend)? {
+        return Ok(());
+    }
+    let mut blocks: BTreeMap<(String, u64), Vec<LedgerEntry>> = BTreeMap::new();
+    for row in old.iter().map_err(backend)? {
+        let (key, record) = row.map_err(backend)?;
+        let (tenant, time_ms, key) = key.value();
+        blocks
+            .entry((tenant.to_string(), time_ms / BLOCK_MS * BLOCK_MS))
+            .or_default()
+            .push(LedgerEntry {
+                tenant: tenant.to_string(),
+                time_ms,
+                key: key.to_string(),
+                record: Bytes::copy_from_slice(record.value()),
+                opened: false,
+            });
+    }
+    let mut new = txn.open_table(LEDGER_BLOCKS).map_err(backend)?;
+    for ((tenant, second), entries) in &blocks {
+        let entries: Vec<&LedgerEntry> = entries.iter().collect();
+        new.insert(
+            (tenant.as_str(), *second, 0),
+            encode_block(&entries).as_slice(),
+        )
+        .map_err(backend)?;
+    }
+    old.retain(|_, _| false).map_err(backend)?;
+    Ok(())
 }
 
 #[async_trait]

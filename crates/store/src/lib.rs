@@ -268,17 +268,30 @@ pub struct LedgerEntry {
     pub opened: bool,
 }
 
+/// One transaction of the metering ledger: markers of attempts still
+/// running, records (each removing its marker), and how far the writer's
+/// journal has been read, all durable together or not at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerCommit {
+    /// Attempts that started and have no record yet: each marker stays
+    /// until its record is written.
+    pub open: Vec<(String, Bytes)>,
+    /// An opened entry whose marker is gone (already closed) is skipped.
+    pub close: Vec<LedgerEntry>,
+    /// The writer's read position after this commit (opaque to the store).
+    pub position: Option<Bytes>,
+}
+
 /// The metering ledger: exactly one record per key, durably. An attempt is
 /// *opened* (a marker) when it starts and *closed* by its record; markers
 /// still open at start-up are attempts the server stopped in the middle of.
 #[async_trait]
 pub trait LedgerStore: Send + Sync {
-    /// Records that attempts started: each marker stays until its record is written.
-    async fn open(&self, markers: Vec<(String, Bytes)>) -> Result<(), StoreError>;
-    /// Writes records and removes their markers in one transaction. An
-    /// opened entry whose marker is gone (already closed) is skipped;
-    /// returns how many were written.
-    async fn close(&self, entries: Vec<LedgerEntry>) -> Result<u64, StoreError>;
+    /// Writes markers, then records (removing their markers), then the
+    /// position, in one transaction; returns how many records were written.
+    async fn commit(&self, commit: LedgerCommit) -> Result<u64, StoreError>;
+    /// The position of the last commit that had one.
+    async fn position(&self) -> Result<Option<Bytes>, StoreError>;
     /// Markers of attempts that started and have no record.
     async fn open_markers(&self) -> Result<Vec<(String, Bytes)>, StoreError>;
     /// Up to `limit` of a tenant's records with `from_ms <= time_ms < to_ms`,

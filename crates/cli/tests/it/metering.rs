@@ -96,6 +96,10 @@ async fn every_outcome_gets_exactly_one_usage_record() {
         assert_eq!(record["function"], "tb");
         assert_eq!(record["trigger"], "http");
     }
+    // Response bytes are counted as the body streams (the testbed sends
+    // no Content-Length): "testbed ok", "testbed: no such path".
+    assert_eq!(records[&format!("{}#1", expect[0].0)]["response_bytes"], 10);
+    assert_eq!(records[&format!("{}#1", expect[1].0)]["response_bytes"], 21);
     let busy = &records[&format!("{}#1", expect[4].0)];
     let wall = busy["wall_ns"].as_u64().unwrap();
     let cpu = busy["cpu_ns"].as_u64().unwrap();
@@ -215,13 +219,32 @@ async fn an_invocation_cut_by_kill_9_is_recorded_once_as_aborted() {
     };
     // Let the marker of the sleeping attempt become durable.
     tokio::time::sleep(Duration::from_millis(700)).await;
+    // Answered just before the kill: in the journal, not yet indexed.
+    let mut answered = Vec::new();
+    for _ in 0..20 {
+        let response = server
+            .http
+            .get(format!("{}/tb/", server.url))
+            .send()
+            .await
+            .unwrap();
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(response.text().await.unwrap(), "testbed ok");
+        answered.push(id);
+    }
     server.kill9();
     assert!(cut.await.unwrap().is_err(), "the client lost its answer");
 
     let server = Server::start_in(dir.path(), &[]);
-    let records = ledger(&server, 2).await;
-    assert_eq!(records.len(), 2, "{records:#?}");
+    let records = ledger(&server, 22).await;
+    assert_eq!(records.len(), 22, "{records:#?}");
     assert_eq!(records[&format!("{done}#1")]["outcome"], "success");
+    for id in &answered {
+        assert_eq!(records[&format!("{id}#1")]["outcome"], "success", "{id}");
+    }
     let aborted: Vec<_> = records
         .values()
         .filter(|r| r["outcome"] == "aborted")
@@ -231,7 +254,75 @@ async fn an_invocation_cut_by_kill_9_is_recorded_once_as_aborted() {
     // A second restart adds nothing.
     drop(server);
     let server = Server::start_in(dir.path(), &[]);
-    assert_eq!(ledger(&server, 2).await.len(), 2);
+    assert_eq!(ledger(&server, 22).await.len(), 22);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_budget_stops_that_function_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    server.deploy("tb", &guests().testbed, &[]);
+    server.deploy(
+        "capped",
+        &guests().testbed,
+        &["--monthly-budget-micros", "2500"],
+    );
+    // 1000 micro-units a request.
+    let response = server
+        .http
+        .put(format!("{}/v1/tenants/default/plan", server.api))
+        .json(
+            &serde_json::json!({"id": "pricey", "per_million_requests": 1_000_000_000u64,
+            "per_million_gb_seconds": 0, "free_requests": 0, "free_gb_seconds": 0}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let get = |server: &Server, name: &str| {
+        let request = server.http.get(format!("{}/{name}/", server.url));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let retry = response.headers().contains_key("retry-after");
+            (status, retry, response.text().await.unwrap())
+        }
+    };
+    let mut served = 0;
+    let refusal = loop {
+        match get(&server, "capped").await {
+            (200, _, _) => served += 1,
+            (429, retry, body) => {
+                assert!(retry, "429 comes with Retry-After");
+                break body;
+            }
+            (other, _, body) => panic!("{other}: {body}"),
+        }
+        assert!(served <= 5, "the function's budget never stopped it");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    };
+    assert!(
+        refusal.contains("function `capped`") && refusal.contains("monthly budget"),
+        "{refusal}"
+    );
+    assert!((3..=4).contains(&served), "{served}");
+    // The tenant's other functions are not affected.
+    assert_eq!(get(&server, "tb").await.0, 200);
+    // After a restart the budget is known again before anything runs.
+    server.stop();
+    let server = Server::start_in(dir.path(), &[]);
+    let mut refused = false;
+    for _ in 0..20 {
+        match get(&server, "capped").await.0 {
+            429 => {
+                refused = true;
+                break;
+            }
+            200 => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("{other}"),
+        }
+    }
+    assert!(refused, "the budget holds after a restart");
 }
 
 #[tokio::test(flavor = "multi_thread")]
