@@ -138,9 +138,11 @@ impl Access {
             let spent = spent.unwrap_or(0);
             (spent >= budget).then_some(spent)
         };
-        let month = gust_core::usage::month_start_ms(now);
-        let retry_after_s =
-            (gust_core::usage::month_start_ms(month + 32 * 86_400_000) - now).div_ceil(1000);
+        // Until the month ends.
+        let retry_after_s = || {
+            let month = gust_core::usage::month_start_ms(now);
+            (gust_core::usage::month_start_ms(month + 32 * 86_400_000) - now).div_ceil(1000)
+        };
         if let Some(budget) = gate.quotas.monthly_budget_micros
             && let Some(spent) = over(meter.month_cost(tenant.as_str(), now), budget)
         {
@@ -148,7 +150,7 @@ impl Access {
                 message: format!(
                     "tenant `{tenant}` reached its monthly budget `monthly_budget_micros` ({budget} micro-units; {spent} spent this month); an admin can raise it, else it resets next month"
                 ),
-                retry_after_s,
+                retry_after_s: retry_after_s(),
             });
         }
         if let Some((function, budget)) = function
@@ -161,7 +163,7 @@ impl Access {
                 message: format!(
                     "function `{function}` reached its monthly budget `monthly_budget_micros` ({budget} micro-units; {spent} spent this month); deploy it with a higher --monthly-budget-micros, else it resets next month"
                 ),
-                retry_after_s,
+                retry_after_s: retry_after_s(),
             });
         }
         Ok(())

@@ -471,6 +471,7 @@ where
             record(&shared, &route, &id, report);
         }
     };
+    let unanswered = metering::Unanswered::new(draft.clone());
     let result = shared
         .runtime
         .invoke(prepared, route.limits.clone(), kv, request, done)
@@ -479,6 +480,7 @@ where
             function: route.name.to_string(),
             error,
         });
+    unanswered.answered();
     match (draft, result) {
         (Some(draft), Ok(response)) => {
             draft.status(response.status().as_u16());

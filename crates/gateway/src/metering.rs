@@ -143,6 +143,31 @@ impl Draft {
     }
 }
 
+/// Answers for an attempt whose request went away before its response
+/// head was known (the client closed the connection; a drain cut it):
+/// status 499, no body, so its record is still written.
+pub(crate) struct Unanswered(Option<Arc<Draft>>);
+
+impl Unanswered {
+    pub fn new(draft: Option<Arc<Draft>>) -> Self {
+        Self(draft)
+    }
+
+    /// The answer is known: the caller reports it.
+    pub fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(draft) = self.0.take() {
+            draft.status(499);
+            draft.body_sent(0);
+        }
+    }
+}
+
 /// A response body that counts the bytes it carries and tells its draft
 /// when it ends, fails or is dropped (the client went away).
 pub(crate) struct Counted {

@@ -29,7 +29,8 @@ pub enum DecodeError {
     Json(String),
 }
 
-const OUTCOMES: [UsageOutcome; 6] = [
+/// Every outcome, in the order of their codes (and of `/metrics` counts).
+pub(crate) const OUTCOMES: [UsageOutcome; 6] = [
     UsageOutcome::Success,
     UsageOutcome::ErrorStatus,
     UsageOutcome::Trapped,

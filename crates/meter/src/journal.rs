@@ -19,8 +19,15 @@
 //!
 //! Segments are created by the indexer ahead of need (never on the hot
 //! path). When none has room — the disk is full — frames wait in memory
-//! (`overflow`) until the indexer takes them; from the first one on, later
-//! frames follow them there, so the indexer always sees frames in order.
+//! (`overflow`) until the indexer has committed them ([`Journal::ack_memory`]);
+//! from the first one on, later frames follow them there, so the indexer
+//! always sees frames in order. Frames in memory do not survive a process
+//! kill: only while the disk is full.
+//!
+//! Supported file systems: those where `fallocate` reserves the blocks
+//! (ext4, XFS, tmpfs). On copy-on-write file systems (btrfs, ZFS) a write
+//! to a mapped page can still need space, and a full disk would then stop
+//! the process with SIGBUS.
 
 use std::fs::File;
 use std::io;
@@ -86,16 +93,9 @@ impl Read {
         &self.bytes[frame.payload.clone()]
     }
 
-    /// The frames that came from memory (to put back if indexing fails).
-    pub fn from_memory(&self) -> Vec<Frame> {
-        self.frames
-            .iter()
-            .filter(|f| f.at.is_none())
-            .map(|f| Frame {
-                kind: f.kind,
-                payload: self.payload(f).to_vec(),
-            })
-            .collect()
+    /// How many frames came from memory (to acknowledge once committed).
+    pub fn from_memory(&self) -> usize {
+        self.frames.iter().filter(|f| f.at.is_none()).count()
     }
 
     fn push(&mut self, at: Option<Position>, kind: u8, payload: &[u8]) {
@@ -260,7 +260,10 @@ impl Journal {
     /// Opens the journal in `dir` (created if missing) and reads every
     /// frame that earlier runs left in it, with its position. The old
     /// segments stay until [`Journal::discard_recovered`].
-    pub fn open(dir: &Path, segment_bytes: usize) -> io::Result<(Self, Read)> {
+    /// Segment numbers start after `after_segment` (the last position
+    /// committed), so that a journal directory that lost its files never
+    /// reuses a number.
+    pub fn open(dir: &Path, segment_bytes: usize, after_segment: u64) -> io::Result<(Self, Read)> {
         std::fs::create_dir_all(dir)?;
         let mut found = Vec::new();
         for entry in std::fs::read_dir(dir)? {
@@ -286,7 +289,7 @@ impl Journal {
                 frames.push(Some(at), kind, payload);
             });
         }
-        let next_seq = found.last().map_or(1, |(seq, _)| seq + 1);
+        let next_seq = found.last().map_or(0, |(seq, _)| *seq).max(after_segment) + 1;
         let journal = Self {
             dir: dir.to_path_buf(),
             segment_bytes: segment_bytes.next_multiple_of(4096),
@@ -313,7 +316,8 @@ impl Journal {
     pub fn append(&self, kind: u8, payload: &[u8]) -> bool {
         let len = frame_len(payload.len());
         let mut state = lock(&self.state);
-        if state.overflow.is_empty() {
+        // A frame too large to read back from a segment waits in memory.
+        if state.overflow.is_empty() && payload.len() <= MAX_PAYLOAD {
             let fits = |w: &Option<Writable>| w.as_ref().is_some_and(|w| w.end + len <= w.map.len);
             if !fits(&state.current) && fits(&state.spare) {
                 let spare = state.spare.take();
@@ -405,9 +409,9 @@ impl Journal {
         }
     }
 
-    /// Every frame after `from`, in order: from segments, then any waiting
-    /// in memory (taken: the caller must index them or put them back
-    /// with [`Journal::put_back`]).
+    /// Every frame after `from`, in order: from segments, then copies of
+    /// those waiting in memory (they stay there until
+    /// [`Journal::ack_memory`]).
     pub fn read(&self, from: Position) -> io::Result<Read> {
         let mut read = Read::default();
         self.read_into(from, &mut read)?;
@@ -417,7 +421,7 @@ impl Journal {
     /// [`Journal::read`] into `read` (cleared first), reusing its buffers.
     pub fn read_into(&self, from: Position, read: &mut Read) -> io::Result<()> {
         let (ranges, overflow) = {
-            let mut state = lock(&self.state);
+            let state = lock(&self.state);
             let ranges: Vec<(u64, Arc<File>, usize)> = state
                 .sealed
                 .iter()
@@ -425,7 +429,7 @@ impl Journal {
                 .chain(&state.spare)
                 .map(|w| (w.seq, w.file.clone(), w.end))
                 .collect();
-            (ranges, std::mem::take(&mut state.overflow))
+            (ranges, state.overflow.clone())
         };
         read.bytes.clear();
         read.frames.clear();
@@ -466,15 +470,12 @@ impl Journal {
         Ok(())
     }
 
-    /// Returns frames taken from memory by a [`Journal::read`] whose
-    /// indexing failed, ahead of any that came since.
-    pub fn put_back(&self, frames: Vec<Frame>) {
-        if frames.is_empty() {
-            return;
-        }
+    /// Drops the first `count` frames waiting in memory: a read gave them
+    /// and their index pass is committed.
+    pub fn ack_memory(&self, count: usize) {
         let mut state = lock(&self.state);
-        let newer = std::mem::replace(&mut state.overflow, frames);
-        state.overflow.extend(newer);
+        let count = count.min(state.overflow.len());
+        state.overflow.drain(..count);
     }
 
     /// Recycles sealed segments whose every frame is at or before
@@ -552,7 +553,7 @@ mod tests {
     #[test]
     fn appends_survive_reopening_and_segments_roll_over() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, old) = Journal::open(dir.path(), 4096).unwrap();
+        let (journal, old) = Journal::open(dir.path(), 4096, 0).unwrap();
         assert!(old.frames.is_empty());
         // Nothing prepared yet: the frame waits in memory.
         assert!(!journal.append(1, b"early"));
@@ -561,7 +562,16 @@ mod tests {
         assert!(!journal.append(1, b"after"));
         let read = journal.read(journal.start()).unwrap();
         assert_eq!(payloads(&read), [b"early".to_vec(), b"after".to_vec()]);
-        assert_eq!(read.from_memory().len(), 2);
+        // Still in memory until acknowledged, and still first.
+        assert!(!journal.append(1, b"later"));
+        let again = journal.read(journal.start()).unwrap();
+        assert_eq!(payloads(&again).len(), 3);
+        journal.ack_memory(2);
+        assert_eq!(
+            payloads(&journal.read(journal.start()).unwrap()),
+            [b"later".to_vec()]
+        );
+        journal.ack_memory(1);
         for i in 0..40u32 {
             journal.prepare().unwrap();
             assert!(journal.append(2, &[i as u8; 200]), "frame {i}");
@@ -573,19 +583,22 @@ mod tests {
         let middle = read.frames[19].at.unwrap();
         assert_eq!(journal.read(middle).unwrap().frames.len(), 20);
         drop(journal);
-        let (again, old) = Journal::open(dir.path(), 4096).unwrap();
+        let (again, old) = Journal::open(dir.path(), 4096, 0).unwrap();
         assert_eq!(old.frames.len(), 40);
         assert_eq!(old.frames.last().unwrap().at, last);
         assert_eq!(payloads(&old)[39], vec![39u8; 200]);
         assert!(again.start() > last.unwrap());
         again.discard_recovered().unwrap();
-        assert!(Journal::open(dir.path(), 4096).unwrap().1.frames.is_empty());
+        // Files gone: numbers still start after the last committed one.
+        let (fresh, old) = Journal::open(dir.path(), 4096, 77).unwrap();
+        assert!(old.frames.is_empty());
+        assert_eq!(fresh.start().segment, 78);
     }
 
     #[test]
     fn indexed_segments_are_recycled_and_their_old_frames_never_return() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(dir.path(), 4096).unwrap();
+        let (journal, _) = Journal::open(dir.path(), 4096, 0).unwrap();
         let files = || std::fs::read_dir(dir.path()).unwrap().count();
         let mut read_to = Position::default();
         let mut appended = 0u32;
@@ -605,7 +618,7 @@ mod tests {
         drop(journal);
         // After a crash, only frames after what was indexed come back,
         // whatever the recycled files still hold.
-        let (_, old) = Journal::open(dir.path(), 4096).unwrap();
+        let (_, old) = Journal::open(dir.path(), 4096, 0).unwrap();
         let new: Vec<_> = old
             .frames
             .iter()

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use codec::OUTCOMES;
 use gust_core::usage::{self, MonthToDate, PlanHistory, UsageOutcome, UsageRecord};
 use gust_store::{LedgerCommit, LedgerEntry, LedgerStore, StoreError};
 use journal::{Journal, Position, Read};
@@ -78,11 +79,12 @@ struct Inner {
     journal: Arc<Journal>,
     /// What each tenant used in its latest month so far (indexed records).
     months: Mutex<HashMap<String, (u64, MonthToDate)>>,
-    /// What each function cost in its latest month so far, for function
-    /// budgets: tenant → function → (month, cost).
+    /// What each function cost in its tenant's latest month so far, for
+    /// function budgets (complete for every tenant present).
     functions: Mutex<FunctionCosts>,
-    /// Month totals being summed from the ledger (so never twice at once).
-    loading: Mutex<std::collections::HashSet<(String, Option<String>)>>,
+    /// Month totals being summed from the ledger (so never twice at once):
+    /// (tenant, its functions' costs rather than its total).
+    loading: Mutex<std::collections::HashSet<(String, bool)>>,
     /// Held while totals are summed from the ledger or an index pass
     /// commits and adds to them, so the two never interleave.
     merging: tokio::sync::Mutex<()>,
@@ -95,6 +97,8 @@ struct Inner {
     wake: tokio::sync::Notify,
     /// The indexer finished a pass.
     flushed: tokio::sync::Notify,
+    /// The indexer's task, to stop it.
+    indexer: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// What the indexer knows between passes.
@@ -189,16 +193,6 @@ const BYTES: &[f64] = &[
     4_294_967_296.0,
 ];
 
-/// Every outcome, in the order `Metrics` counts them.
-const OUTCOMES: [UsageOutcome; 6] = [
-    UsageOutcome::Success,
-    UsageOutcome::ErrorStatus,
-    UsageOutcome::Trapped,
-    UsageOutcome::TimedOut,
-    UsageOutcome::Rejected,
-    UsageOutcome::Aborted,
-];
-
 /// Attempts per outcome (indexed as `OUTCOMES`), per function, per tenant.
 type AttemptCounts = FastMap<String, FastMap<String, [u64; OUTCOMES.len()]>>;
 
@@ -263,8 +257,13 @@ impl Meter {
             dir: journal_dir.display().to_string(),
             error,
         };
+        let position = ledger
+            .position()
+            .await?
+            .and_then(|bytes| Position::from_bytes(&bytes))
+            .unwrap_or_default();
         let (journal, recovered) =
-            Journal::open(journal_dir, SEGMENT_BYTES).map_err(journal_error)?;
+            Journal::open(journal_dir, SEGMENT_BYTES, position.segment).map_err(journal_error)?;
         let meter = Self {
             inner: Arc::new(Inner {
                 ledger,
@@ -280,15 +279,9 @@ impl Meter {
                 written: AtomicU64::new(0),
                 wake: tokio::sync::Notify::new(),
                 flushed: tokio::sync::Notify::new(),
+                indexer: Mutex::default(),
             }),
         };
-        let position = meter
-            .inner
-            .ledger
-            .position()
-            .await?
-            .and_then(|bytes| Position::from_bytes(&bytes))
-            .unwrap_or_default();
         let mut index = Index {
             position,
             open: HashMap::new(),
@@ -315,8 +308,17 @@ impl Meter {
         if let Err(e) = meter.inner.journal.prepare() {
             tracing::error!(error = %e, "cannot make a usage journal segment yet; records wait in memory");
         }
-        tokio::spawn(meter.clone().indexer(index));
+        let indexer = tokio::spawn(meter.clone().indexer(index)).abort_handle();
+        *lock(&meter.inner.indexer) = Some(indexer);
         Ok(meter)
+    }
+
+    /// Stops indexing (what is journaled stays for the next start), as a
+    /// process stopping would.
+    pub fn stop(&self) {
+        if let Some(indexer) = lock(&self.inner.indexer).take() {
+            indexer.abort();
+        }
     }
 
     /// Notes that an attempt started: `start` is its record as far as known
@@ -370,30 +372,29 @@ impl Meter {
             Some((cached, totals)) if *cached == month => return Some(totals.cost_micros),
             _ => {}
         }
-        self.load_later(tenant, None, now_ms);
+        self.load_later(tenant, false, now_ms);
         None
     }
 
     /// [`Meter::month_cost`] of one function.
     pub fn function_month_cost(&self, tenant: &str, function: &str, now_ms: u64) -> Option<u64> {
         let month = usage::month_start_ms(now_ms);
-        let cached = self
-            .functions()
-            .get(tenant)
-            .and_then(|f| f.get(function))
-            .copied();
-        match cached {
-            Some((cached, cost)) if cached == month => return Some(cost),
+        match self.functions().get(tenant) {
+            Some((cached, costs)) if *cached == month => {
+                return Some(costs.get(function).copied().unwrap_or(0));
+            }
+            // Kept since an earlier month and nothing indexed in this one yet.
+            Some((cached, _)) if *cached < month => return Some(0),
             _ => {}
         }
-        self.load_later(tenant, Some(function), now_ms);
+        self.load_later(tenant, true, now_ms);
         None
     }
 
-    /// Sums a tenant's (or one function's) month from the ledger, in the
-    /// background, once at a time.
-    fn load_later(&self, tenant: &str, function: Option<&str>, now_ms: u64) {
-        let key = (tenant.to_string(), function.map(str::to_string));
+    /// Sums a tenant's month (its total, or what each of its functions
+    /// cost) from the ledger in the background, one sum at a time.
+    fn load_later(&self, tenant: &str, functions: bool, now_ms: u64) {
+        let key = (tenant.to_string(), functions);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -402,10 +403,11 @@ impl Meter {
         }
         let meter = self.clone();
         runtime.spawn(async move {
-            let (tenant, function) = &key;
-            let loaded = match function {
-                None => meter.load_month(tenant, now_ms).await,
-                Some(function) => meter.load_function_month(tenant, function, now_ms).await,
+            let (tenant, functions) = &key;
+            let loaded = if *functions {
+                meter.load_functions(tenant, now_ms).await
+            } else {
+                meter.load_month(tenant, now_ms).await
             };
             if let Err(e) = loaded {
                 tracing::error!(%tenant, error = %e, "cannot sum this month's usage for a budget");
@@ -414,52 +416,52 @@ impl Meter {
         });
     }
 
-    async fn load_function_month(
-        &self,
-        tenant: &str,
-        function: &str,
-        now_ms: u64,
-    ) -> Result<(), MeterError> {
+    /// What each of a tenant's functions cost this month, in one pass
+    /// over its records.
+    async fn load_functions(&self, tenant: &str, now_ms: u64) -> Result<(), MeterError> {
         let _merging = self.inner.merging.lock().await;
         let month = usage::month_start_ms(now_ms);
         let next = usage::month_start_ms(month + 32 * 24 * 3600 * 1000);
-        let mut cost = 0u64;
+        let mut costs: FastMap<String, u64> = FastMap::default();
         self.for_each(tenant, month, next, |r| {
-            if r.function == function {
-                cost = cost.saturating_add(r.cost_micros);
-            }
+            let cost = match costs.get_mut(&r.function) {
+                Some(cost) => cost,
+                None => costs.entry(r.function.clone()).or_default(),
+            };
+            *cost = cost.saturating_add(r.cost_micros);
         })
         .await?;
         let mut functions = self.functions();
-        let slot = functions
-            .entry(tenant.to_string())
-            .or_default()
-            .entry(function.to_string())
-            .or_insert((month, cost));
-        if slot.0 < month {
-            *slot = (month, cost);
+        match functions.get(tenant) {
+            Some((cached, _)) if *cached >= month => {}
+            _ => {
+                functions.insert(tenant.to_string(), (month, costs));
+            }
         }
         Ok(())
     }
 
-    /// Adds indexed records to the functions' month costs being kept
-    /// (the others are summed from the ledger when first asked for).
+    /// Adds indexed records to the function costs of the tenants being
+    /// kept (the others are summed from the ledger when first asked for).
     fn add_to_functions<'a>(&self, records: impl Iterator<Item = codec::View<'a>>) {
         let mut functions = self.functions();
         for r in records {
-            let Some(slot) = functions
-                .get_mut(r.tenant())
-                .and_then(|f| f.get_mut(r.function()))
-            else {
+            let Some((kept, costs)) = functions.get_mut(r.tenant()) else {
                 continue;
             };
             let month = usage::month_start_ms(r.start_ms());
-            let cost = codec::View::cost_micros(&r);
-            if slot.0 == month {
-                slot.1 = slot.1.saturating_add(cost);
-            } else if slot.0 < month {
-                *slot = (month, cost);
+            if month > *kept {
+                // A new month: nothing of it was indexed before.
+                *kept = month;
+                costs.clear();
+            } else if month < *kept {
+                continue;
             }
+            let cost = match costs.get_mut(r.function()) {
+                Some(cost) => cost,
+                None => costs.entry(r.function().to_string()).or_default(),
+            };
+            *cost = cost.saturating_add(r.cost_micros());
         }
     }
 
@@ -523,18 +525,22 @@ impl Meter {
                 })
                 .await
             };
-            let read = match read {
-                Ok(Ok(read)) => read,
-                Ok(Err(e)) => {
+            let read = match read
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                Ok(read) => read,
+                Err(e) => {
                     tracing::error!(error = %e, "reading the usage journal failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-                Err(_) => return,
             };
             let from_memory = read.from_memory();
             match self.index(&index, read, false).await {
                 Ok((next, closed, read)) => {
                     buffer = read;
+                    journal.ack_memory(from_memory);
                     index = next;
                     self.inner.indexed.fetch_add(closed, Ordering::AcqRel);
                     self.inner.flushed.notify_waiters();
@@ -545,7 +551,6 @@ impl Meter {
                 Err(e) => {
                     // Nothing is lost: the frames are read again next time.
                     tracing::error!(error = %e, "writing usage records failed; retrying");
-                    journal.put_back(from_memory);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -859,8 +864,8 @@ fn pair(index: Index, read: &Read, finalize: bool) -> Result<Paired, MeterError>
 
 /// Month-to-date totals: tenant → month's first ms → totals.
 type Months = FastMap<String, FastMap<u64, MonthToDate>>;
-/// Each function's cost in its latest month: tenant → function → (month, cost).
-type FunctionCosts = FastMap<String, FastMap<String, (u64, u64)>>;
+/// What each function cost in a month: tenant → (month, function → cost).
+type FunctionCosts = FastMap<String, (u64, FastMap<String, u64>)>;
 /// A hash map for the indexer's per-pass work (seeded per map).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -1052,7 +1057,7 @@ mod tests {
     /// Frames as the journal would give them back.
     fn frames(list: &[(u8, &UsageRecord)]) -> Read {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(dir.path(), 1 << 16).unwrap();
+        let (journal, _) = Journal::open(dir.path(), 1 << 16, 0).unwrap();
         journal.prepare().unwrap();
         for (kind, record) in list {
             let mut bytes = Vec::new();
@@ -1124,7 +1129,9 @@ mod tests {
         meter.record(done, true);
         meter.flush(Duration::from_secs(5)).await;
         assert_eq!(meter.stats().pending, 0);
-        // Straight to the journal, as if the process died right after.
+        // The process "dies": no more indexing, and then...
+        meter.stop();
+        // ...frames it journaled just before.
         meter.append(OPEN, &unindexed);
         meter.append(CLOSE_OPENED, &unindexed);
         meter.append(OPEN, &record("d", 1, 4000, UsageOutcome::Success));
@@ -1156,6 +1163,7 @@ mod tests {
             ]
         );
         // And a third start finds nothing open.
+        again.stop();
         let third = Meter::start(ledger, default_plans(), &journal)
             .await
             .unwrap();
