@@ -209,6 +209,38 @@ async fn each_attempt_of_an_event_is_recorded_as_an_attempt_of_one_invocation() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_goes_away_still_leaves_one_record() {
+    let server = Server::start();
+    server.deploy("tb", &guests().testbed, &[]);
+    // The client gives up after 200 ms; the guest sleeps 800 ms.
+    let gone = server
+        .http
+        .get(format!("{}/tb/sleep?ms=800", server.url))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(
+        gone.is_err(),
+        "the client timed out: {:?}",
+        gone.map(|r| r.status())
+    );
+    let records = ledger(&server, 1).await;
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let record = records.values().next().unwrap();
+    assert_eq!(record["status"], 499, "{record}");
+    // With nobody to take its response, the guest's own `set` fails (a
+    // trap in the testbed); either way it is not a success.
+    assert!(
+        record["outcome"] == "error_status" || record["outcome"] == "trapped",
+        "{record}"
+    );
+    assert!(
+        record["wall_ns"].as_u64().unwrap() >= 700_000_000,
+        "{record}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_invocation_cut_by_kill_9_is_recorded_once_as_aborted() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_in(dir.path(), &[]);
