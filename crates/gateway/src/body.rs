@@ -33,6 +33,15 @@ impl BodyFault {
     pub fn stalled(&self) -> bool {
         self.0.load(Ordering::Relaxed) == Self::STALLED
     }
+
+    /// The status the gateway answers instead of the guest's, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::TOO_LARGE => Some(413),
+            Self::STALLED => Some(408),
+            _ => None,
+        }
+    }
 }
 
 /// Wraps a request body with a byte limit and an idle timeout. Going over

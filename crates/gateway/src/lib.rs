@@ -337,6 +337,7 @@ async fn invoke(
         attempt: 1,
         trigger: Trigger::Http,
         request_bytes: declared_length.unwrap_or(0),
+        fault: Some(fault.clone()),
     };
     let result = run(shared, &route, Request::from_parts(parts, body), attempt).await;
     if fault.too_large() {
@@ -422,6 +423,7 @@ where
     B: http_body::Body<Data = Bytes, Error = GuestBody> + Send + 'static,
 {
     let id = attempt.id;
+    let fault = attempt.fault.clone();
     let usage = shared
         .meter
         .as_ref()
@@ -483,7 +485,9 @@ where
     unanswered.answered();
     match (draft, result) {
         (Some(draft), Ok(response)) => {
-            draft.status(response.status().as_u16());
+            // A body over its limit or stalled: the caller answers 413/408.
+            let status = fault.and_then(|f| f.status());
+            draft.status(status.unwrap_or_else(|| response.status().as_u16()));
             Ok(response.map(|body| metering::Counted::new(body, draft).boxed_unsync()))
         }
         (Some(draft), Err(error)) => {
@@ -607,6 +611,7 @@ impl Invoker for Gateway {
             attempt,
             trigger: Trigger::Event,
             request_bytes: envelope.data.len() as u64,
+            fault: None,
         };
         match run(shared, &route, request, metered).await {
             Ok(response) => {

@@ -27,6 +27,8 @@ pub(crate) struct Attempt<'a> {
     pub attempt: u32,
     pub trigger: Trigger,
     pub request_bytes: u64,
+    /// The request body's fault, which overrides the guest's status.
+    pub fault: Option<crate::body::BodyFault>,
 }
 
 pub(crate) fn start_record(route: &Route, attempt: &Attempt<'_>) -> UsageRecord {
