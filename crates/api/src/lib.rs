@@ -122,6 +122,12 @@ pub struct DeployParams {
     /// What the function may cost per month, in micro-units (default: no
     /// limit but the tenant's).
     pub monthly_budget_micros: Option<u64>,
+    /// Instances running at once, at most (default: no per-function limit).
+    pub max_concurrency: Option<u32>,
+    /// Requests that may wait for a free instance (default 64).
+    pub queue_depth: Option<u32>,
+    /// How long one may wait, in ms (default 1000).
+    pub queue_wait_ms: Option<u64>,
     /// Event delivery: attempts in all (default 3).
     pub max_attempts: Option<u32>,
     /// Event delivery: delay before the first retry in ms, doubled after (default 1000).
@@ -691,6 +697,9 @@ async fn deploy_version(
                 .collect()
         }),
         monthly_budget_micros: params.monthly_budget_micros,
+        max_concurrency: params.max_concurrency,
+        queue_depth: params.queue_depth,
+        queue_wait_ms: params.queue_wait_ms,
     }
     .resolve()
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;

@@ -62,6 +62,16 @@ pub struct DeployArgs {
     /// tenant's price plan; past it, its invocations get 429 until the month ends.
     #[arg(long)]
     monthly_budget_micros: Option<u64>,
+    /// Instances of the function running at once, at most; more requests
+    /// wait (see --queue-depth, --queue-wait-ms), then get 429.
+    #[arg(long)]
+    max_concurrency: Option<u32>,
+    /// Requests that may wait for a free instance (default 64).
+    #[arg(long)]
+    queue_depth: Option<u32>,
+    /// How long a request may wait for a free instance, in ms (default 1000).
+    #[arg(long)]
+    queue_wait_ms: Option<u64>,
     /// Anyone with the URL may call it (a new function is private: callers need a token).
     #[arg(long, conflicts_with = "private")]
     public: bool,
@@ -354,6 +364,15 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(budget) = args.monthly_budget_micros {
         query.push(("monthly_budget_micros", budget.to_string()));
+    }
+    if let Some(n) = args.max_concurrency {
+        query.push(("max_concurrency", n.to_string()));
+    }
+    if let Some(n) = args.queue_depth {
+        query.push(("queue_depth", n.to_string()));
+    }
+    if let Some(ms) = args.queue_wait_ms {
+        query.push(("queue_wait_ms", ms.to_string()));
     }
     if !args.allow_hosts.is_empty() {
         query.push(("allowed_hosts", args.allow_hosts.join(",")));

@@ -25,6 +25,25 @@ pub struct Limits {
     /// None: only the tenant's budget applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_budget_micros: Option<u64>,
+    /// Instances of the function running at once, at most. None: only the
+    /// node's and the tenant's limits apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Requests that may wait for a free instance when `max_concurrency`
+    /// are running (more get 429 at once).
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: u32,
+    /// How long a request may wait for a free instance, in ms (then 429).
+    #[serde(default = "default_queue_wait_ms")]
+    pub queue_wait_ms: u64,
+}
+
+fn default_queue_depth() -> u32 {
+    Limits::DEFAULT_QUEUE_DEPTH
+}
+
+fn default_queue_wait_ms() -> u64 {
+    Limits::DEFAULT_QUEUE_WAIT_MS
 }
 
 impl Limits {
@@ -32,11 +51,16 @@ impl Limits {
     pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
     pub const DEFAULT_MAX_BODY_BYTES: u64 = 6 * MIB;
     pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 * KIB;
+    pub const DEFAULT_QUEUE_DEPTH: u32 = 64;
+    pub const DEFAULT_QUEUE_WAIT_MS: u64 = 1000;
 
     pub const CEILING_MEMORY_BYTES: u64 = 4 * GIB;
     pub const CEILING_TIMEOUT_MS: u64 = 15 * 60 * 1000;
     pub const CEILING_MAX_BODY_BYTES: u64 = 64 * MIB;
     pub const CEILING_MAX_OUTPUT_BYTES: u64 = 4 * MIB;
+    pub const CEILING_MAX_CONCURRENCY: u64 = 10_000;
+    pub const CEILING_QUEUE_DEPTH: u64 = 10_000;
+    pub const CEILING_QUEUE_WAIT_MS: u64 = 60_000;
 
     /// Whether a call to `host` is allowed by [`Limits::allowed_hosts`].
     /// `host` is compared without its port, case-insensitively. `*` allows
@@ -111,6 +135,26 @@ impl Limits {
             0,
             Self::CEILING_MAX_OUTPUT_BYTES,
         )?;
+        if let Some(n) = self.max_concurrency {
+            check(
+                "max_concurrency",
+                u64::from(n),
+                1,
+                Self::CEILING_MAX_CONCURRENCY,
+            )?;
+        }
+        check(
+            "queue_depth",
+            u64::from(self.queue_depth),
+            0,
+            Self::CEILING_QUEUE_DEPTH,
+        )?;
+        check(
+            "queue_wait_ms",
+            self.queue_wait_ms,
+            0,
+            Self::CEILING_QUEUE_WAIT_MS,
+        )?;
         for host in &self.allowed_hosts {
             let name = host.strip_prefix("*.").unwrap_or(host);
             let valid = host == "*"
@@ -171,6 +215,9 @@ impl Default for Limits {
             max_output_bytes: Self::DEFAULT_MAX_OUTPUT_BYTES,
             allowed_hosts: Vec::new(),
             monthly_budget_micros: None,
+            max_concurrency: None,
+            queue_depth: Self::DEFAULT_QUEUE_DEPTH,
+            queue_wait_ms: Self::DEFAULT_QUEUE_WAIT_MS,
         }
     }
 }
@@ -201,6 +248,9 @@ pub struct LimitsPatch {
     pub max_output_bytes: Option<u64>,
     pub allowed_hosts: Option<Vec<String>>,
     pub monthly_budget_micros: Option<u64>,
+    pub max_concurrency: Option<u32>,
+    pub queue_depth: Option<u32>,
+    pub queue_wait_ms: Option<u64>,
 }
 
 impl LimitsPatch {
@@ -219,6 +269,9 @@ impl LimitsPatch {
                 .map(|h| h.trim().to_ascii_lowercase())
                 .collect(),
             monthly_budget_micros: self.monthly_budget_micros,
+            max_concurrency: self.max_concurrency,
+            queue_depth: self.queue_depth.unwrap_or(defaults.queue_depth),
+            queue_wait_ms: self.queue_wait_ms.unwrap_or(defaults.queue_wait_ms),
         };
         limits.validate()?;
         Ok(limits)

@@ -10,6 +10,8 @@ use gust_core::delivery::DeliveryPolicy;
 use gust_core::{ActiveVersion, FunctionName, Limits, TenantId};
 use gust_runtime::{Prepared, Runtime};
 use gust_store::{BlobStore, KvEvent, Registry};
+
+use crate::admission::FunctionGate;
 use tokio::sync::OnceCell;
 
 /// A function's serving version, and its component once loaded.
@@ -22,6 +24,9 @@ pub(crate) struct Route {
     pub delivery: DeliveryPolicy,
     /// Callable without a token.
     pub public: bool,
+    /// Its instances running and waiting, when it has `max_concurrency`
+    /// (shared by the routes of successive versions while the limit stays).
+    pub gate: Option<Arc<FunctionGate>>,
     prepared: OnceCell<Arc<Prepared>>,
 }
 
@@ -41,10 +46,27 @@ impl Route {
             name,
             version: active.version,
             digest: active.digest,
+            gate: active
+                .limits
+                .max_concurrency
+                .map(|n| Arc::new(FunctionGate::new(n))),
             limits: Arc::new(active.limits),
             delivery: active.delivery,
             public,
             prepared: OnceCell::new(),
+        }
+    }
+
+    /// Keeps `old`'s gate when the limit is the same, so that what runs
+    /// under the old version still counts.
+    fn keep_gate_of(&mut self, old: Option<&Arc<Route>>) {
+        if let Some(old_gate) = old.and_then(|o| o.gate.as_ref())
+            && self
+                .gate
+                .as_ref()
+                .is_some_and(|g| g.limit() == old_gate.limit())
+        {
+            self.gate = Some(old_gate.clone());
         }
     }
 
@@ -143,7 +165,9 @@ impl Catalog {
                 if unchanged {
                     return None;
                 }
-                routes.insert(key, Arc::new(Route::new(tenant, name, active, public)))
+                let mut route = Route::new(tenant, name, active, public);
+                route.keep_gate_of(routes.get(&key));
+                routes.insert(key, Arc::new(route))
             }
             None => routes.remove(&key),
         }
@@ -169,12 +193,15 @@ impl Catalog {
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
         // Keep loaded routes that did not change, so they stay warm.
         for (name, route) in fresh.iter_mut() {
-            if let Some(old) = routes.get(name)
+            let old = routes.get(name);
+            if let Some(old) = old
                 && old.version == route.version
                 && old.digest == route.digest
                 && old.public == route.public
             {
                 *route = old.clone();
+            } else if let Some(new) = Arc::get_mut(route) {
+                new.keep_gate_of(old);
             }
         }
         let gone: Vec<String> = routes

@@ -9,6 +9,7 @@
 //! registry and rebuilt from it at will. It must not serve the control API.
 
 mod access;
+mod admission;
 mod body;
 mod catalog;
 mod error;
@@ -434,6 +435,20 @@ where
         }
         error
     };
+    // The function's own limit first (a request may wait for it), then
+    // the node's and the tenant's (never waited for).
+    let function_permit = match &route.gate {
+        Some(gate) => Some(
+            gate.enter(
+                route.name.as_str(),
+                &route.limits,
+                attempt.trigger == Trigger::Http,
+            )
+            .await
+            .map_err(refuse)?,
+        ),
+        None => None,
+    };
     let permit = shared
         .admission
         .clone()
@@ -467,6 +482,7 @@ where
         move |report: InvocationReport| {
             drop(permit);
             drop(tenant_permit);
+            drop(function_permit);
             if let Some(draft) = &draft {
                 draft.report(&report);
             }

@@ -1,7 +1,7 @@
 //! Limits that are on by default: memory, body size, output, header timeout.
 
 use std::io::{Read as _, Write as _};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::harness::{Server, guests};
 
@@ -210,4 +210,90 @@ async fn past_the_concurrency_limit_requests_get_503_with_retry_after() {
     // Capacity comes back once they finish.
     let (status, _) = server.get("/tb/").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_at_its_concurrency_limit_queues_then_answers_429() {
+    let server = Server::start();
+    let limit = [
+        "--max-concurrency",
+        "2",
+        "--queue-depth",
+        "2",
+        "--queue-wait-ms",
+        "400",
+    ];
+    server.deploy("tb", &guests().testbed, &limit);
+    server.deploy("other", &guests().testbed, &[]);
+    // Within the limit: no error, however many come one after another.
+    for _ in 0..5 {
+        assert_eq!(server.get("/tb/").await.0, 200);
+    }
+    // Eight at once, each running 900 ms: two run, two wait 400 ms and are
+    // refused, four are refused at once.
+    let started = Instant::now();
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let http = server.http.clone();
+            let url = format!("{}/tb/sleep?ms=900", server.url);
+            tokio::spawn(async move {
+                // Stagger slightly so the first two surely take the places.
+                tokio::time::sleep(Duration::from_millis(if i < 2 { 0 } else { 100 })).await;
+                let response = http.get(url).send().await.unwrap();
+                let status = response.status().as_u16();
+                let retry = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_string());
+                (
+                    status,
+                    retry,
+                    response.text().await.unwrap(),
+                    started.elapsed(),
+                )
+            })
+        })
+        .collect();
+    // Meanwhile another function of the tenant is served.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.get("/other/").await.0, 200);
+    let mut served = 0;
+    let mut waited = 0;
+    let mut at_once = 0;
+    for call in calls {
+        let (status, retry, body, elapsed) = call.await.unwrap();
+        match status {
+            200 => served += 1,
+            429 => {
+                assert_eq!(retry.as_deref(), Some("1"), "429 comes with Retry-After");
+                assert!(body.contains("function `tb`"), "{body}");
+                assert!(body.contains("max_concurrency"), "{body}");
+                if body.contains("queue_wait_ms") {
+                    waited += 1;
+                    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+                } else {
+                    at_once += 1;
+                    assert!(body.contains("queue_depth"), "{body}");
+                }
+                assert!(
+                    elapsed < Duration::from_millis(900),
+                    "refused in {elapsed:?}"
+                );
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!((served, waited, at_once), (2, 2, 4));
+    // Places free again once they finish.
+    assert_eq!(server.get("/tb/").await.0, 200);
+    // A bad limit is refused at deploy, naming it.
+    let bad = server.gust(&[
+        "deploy",
+        "tb",
+        guests().testbed.to_str().unwrap(),
+        "--max-concurrency",
+        "0",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("max_concurrency"));
 }
