@@ -27,5 +27,8 @@ fuzz_target!(|bytes: &[u8]| {
     assert_eq!(view.key(), record.key());
     assert_eq!(view.tenant(), record.tenant);
     let priced = codec::decode(&view.priced(1, 2, 3, "plan")).expect("a priced record decodes");
-    assert_eq!((priced.billed_ms, priced.cost_micros, priced.plan.as_str()), (1, 3, "plan"));
+    assert_eq!(
+        (priced.billed_ms, priced.cost_micros, priced.plan.as_str()),
+        (1, 3, "plan")
+    );
 });
