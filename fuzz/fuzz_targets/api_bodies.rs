@@ -83,6 +83,7 @@ fn harness() -> &'static Harness {
                     gust_meter::Meter::start(
                         Arc::new(store.clone()),
                         Arc::new(|_: &str| Default::default()),
+                        &dir.path().join("ledger"),
                     )
                     .await
                     .unwrap(),
