@@ -350,41 +350,25 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let mut query: Vec<(&str, String)> = Vec::new();
-    if let Some(mb) = args.memory_mb {
-        query.push(("memory_bytes", (mb << 20).to_string()));
-    }
-    if let Some(ms) = args.timeout_ms {
-        query.push(("timeout_ms", ms.to_string()));
-    }
-    if let Some(b) = args.max_body_bytes {
-        query.push(("max_body_bytes", b.to_string()));
-    }
-    if let Some(b) = args.max_output_bytes {
-        query.push(("max_output_bytes", b.to_string()));
-    }
-    if let Some(budget) = args.monthly_budget_micros {
-        query.push(("monthly_budget_micros", budget.to_string()));
-    }
-    if let Some(n) = args.max_concurrency {
-        query.push(("max_concurrency", n.to_string()));
-    }
-    if let Some(n) = args.queue_depth {
-        query.push(("queue_depth", n.to_string()));
-    }
-    if let Some(ms) = args.queue_wait_ms {
-        query.push(("queue_wait_ms", ms.to_string()));
-    }
     if !args.allow_hosts.is_empty() {
         query.push(("allowed_hosts", args.allow_hosts.join(",")));
     }
-    let delivery = [
+    let numbers = [
+        ("memory_bytes", args.memory_mb.map(|mb| mb << 20)),
+        ("timeout_ms", args.timeout_ms),
+        ("max_body_bytes", args.max_body_bytes),
+        ("max_output_bytes", args.max_output_bytes),
+        ("monthly_budget_micros", args.monthly_budget_micros),
+        ("max_concurrency", args.max_concurrency.map(u64::from)),
+        ("queue_depth", args.queue_depth.map(u64::from)),
+        ("queue_wait_ms", args.queue_wait_ms),
         ("max_attempts", args.max_attempts.map(u64::from)),
         ("initial_backoff_ms", args.backoff_ms),
         ("max_backoff_ms", args.max_backoff_ms),
         ("max_age_ms", args.max_event_age_ms),
         ("concurrency", args.concurrency.map(u64::from)),
     ];
-    for (key, value) in delivery {
+    for (key, value) in numbers {
         if let Some(value) = value {
             query.push((key, value.to_string()));
         }

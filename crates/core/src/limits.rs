@@ -290,6 +290,46 @@ mod tests {
         assert_eq!(limits.max_body_bytes, 6 * MIB);
         assert!(limits.allowed_hosts.is_empty());
         assert!(!limits.allows_host("example.com"));
+        assert_eq!(limits.max_concurrency, None);
+        assert_eq!((limits.queue_depth, limits.queue_wait_ms), (64, 1000));
+        assert_eq!(limits.monthly_budget_micros, None);
+    }
+
+    #[test]
+    fn concurrency_and_its_queue_are_bounded() {
+        for (patch, name) in [
+            (
+                LimitsPatch {
+                    max_concurrency: Some(0),
+                    ..LimitsPatch::default()
+                },
+                "max_concurrency",
+            ),
+            (
+                LimitsPatch {
+                    queue_depth: Some(10_001),
+                    ..LimitsPatch::default()
+                },
+                "queue_depth",
+            ),
+            (
+                LimitsPatch {
+                    queue_wait_ms: Some(60_001),
+                    ..LimitsPatch::default()
+                },
+                "queue_wait_ms",
+            ),
+        ] {
+            match patch.resolve() {
+                Err(LimitsError::OutOfRange { name: got, .. }) => assert_eq!(got, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        // Stored limits from before these fields existed still load.
+        let old = r#"{"memory_bytes":1048576,"timeout_ms":1,"max_body_bytes":0,
+            "max_output_bytes":0,"allowed_hosts":[]}"#;
+        let limits: Limits = serde_json::from_str(old).unwrap();
+        assert_eq!((limits.queue_depth, limits.max_concurrency), (64, None));
     }
 
     #[test]

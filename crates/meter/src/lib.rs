@@ -82,9 +82,8 @@ struct Inner {
     /// What each function cost in its tenant's latest month so far, for
     /// function budgets (complete for every tenant present).
     functions: Mutex<FunctionCosts>,
-    /// Month totals being summed from the ledger (so never twice at once):
-    /// (tenant, its functions' costs rather than its total).
-    loading: Mutex<std::collections::HashSet<(String, bool)>>,
+    /// Tenants whose month is being summed from the ledger (never twice at once).
+    loading: Mutex<std::collections::HashSet<String>>,
     /// Held while totals are summed from the ledger or an index pass
     /// commits and adds to them, so the two never interleave.
     merging: tokio::sync::Mutex<()>,
@@ -372,7 +371,7 @@ impl Meter {
             Some((cached, totals)) if *cached == month => return Some(totals.cost_micros),
             _ => {}
         }
-        self.load_later(tenant, false, now_ms);
+        self.load_later(tenant, now_ms);
         None
     }
 
@@ -387,43 +386,40 @@ impl Meter {
             Some((cached, _)) if *cached < month => return Some(0),
             _ => {}
         }
-        self.load_later(tenant, true, now_ms);
+        self.load_later(tenant, now_ms);
         None
     }
 
-    /// Sums a tenant's month (its total, or what each of its functions
-    /// cost) from the ledger in the background, one sum at a time.
-    fn load_later(&self, tenant: &str, functions: bool, now_ms: u64) {
-        let key = (tenant.to_string(), functions);
+    /// Sums a tenant's month from the ledger in the background (its total
+    /// and what each of its functions cost, in one pass), once at a time.
+    fn load_later(&self, tenant: &str, now_ms: u64) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if !lock(&self.inner.loading).insert(key.clone()) {
+        if !lock(&self.inner.loading).insert(tenant.to_string()) {
             return;
         }
         let meter = self.clone();
+        let tenant = tenant.to_string();
         runtime.spawn(async move {
-            let (tenant, functions) = &key;
-            let loaded = if *functions {
-                meter.load_functions(tenant, now_ms).await
-            } else {
-                meter.load_month(tenant, now_ms).await
-            };
-            if let Err(e) = loaded {
+            if let Err(e) = meter.load_month(&tenant, now_ms).await {
                 tracing::error!(%tenant, error = %e, "cannot sum this month's usage for a budget");
             }
-            lock(&meter.inner.loading).remove(&key);
+            lock(&meter.inner.loading).remove(&tenant);
         });
     }
 
-    /// What each of a tenant's functions cost this month, in one pass
-    /// over its records.
-    async fn load_functions(&self, tenant: &str, now_ms: u64) -> Result<(), MeterError> {
+    /// Learns a tenant's month so far from the ledger: its totals and
+    /// each function's cost, for budgets (else they are known only from
+    /// the records indexed since start-up).
+    async fn load_month(&self, tenant: &str, now_ms: u64) -> Result<(), MeterError> {
         let _merging = self.inner.merging.lock().await;
         let month = usage::month_start_ms(now_ms);
         let next = usage::month_start_ms(month + 32 * 24 * 3600 * 1000);
+        let mut totals = MonthToDate::default();
         let mut costs: FastMap<String, u64> = FastMap::default();
         self.for_each(tenant, month, next, |r| {
+            add_to_month(&mut totals, r.outcome, r.gib_us, r.cost_micros);
             let cost = match costs.get_mut(&r.function) {
                 Some(cost) => cost,
                 None => costs.entry(r.function.clone()).or_default(),
@@ -431,12 +427,15 @@ impl Meter {
             *cost = cost.saturating_add(r.cost_micros);
         })
         .await?;
+        // Unless the indexer already keeps this month (or a later one).
+        let mut months = self.months();
+        if months.get(tenant).is_none_or(|(kept, _)| *kept < month) {
+            months.insert(tenant.to_string(), (month, totals));
+        }
+        drop(months);
         let mut functions = self.functions();
-        match functions.get(tenant) {
-            Some((cached, _)) if *cached >= month => {}
-            _ => {
-                functions.insert(tenant.to_string(), (month, costs));
-            }
+        if functions.get(tenant).is_none_or(|(kept, _)| *kept < month) {
+            functions.insert(tenant.to_string(), (month, costs));
         }
         Ok(())
     }
@@ -623,10 +622,12 @@ impl Meter {
             })
             .await?;
         self.inner.written.fetch_add(written, Ordering::Relaxed);
-        self.inner
-            .metrics
-            .observe(observed.iter().filter_map(|r| codec::View::new(r).ok()));
-        self.add_to_functions(observed.iter().filter_map(|r| codec::View::new(r).ok()));
+        let views: Vec<codec::View<'_>> = observed
+            .iter()
+            .filter_map(|r| codec::View::new(r).ok())
+            .collect();
+        self.inner.metrics.observe(views.iter().copied());
+        self.add_to_functions(views.iter().copied());
         let mut cached = self.months();
         for (tenant, by_month) in months {
             for (month, totals) in by_month {
@@ -658,22 +659,6 @@ impl Meter {
         })
         .await?;
         Ok(totals)
-    }
-
-    /// Learns a tenant's month-to-date cost from the ledger now (else it is
-    /// known from the tenant's first record indexed since start-up).
-    pub async fn load_month(&self, tenant: &str, now_ms: u64) -> Result<(), MeterError> {
-        let _merging = self.inner.merging.lock().await;
-        let month = usage::month_start_ms(now_ms);
-        let totals = self.month_to_date(tenant, month).await?;
-        let mut cached = self.months();
-        match cached.get(tenant) {
-            Some((latest, _)) if *latest >= month => {}
-            _ => {
-                cached.insert(tenant.to_string(), (month, totals));
-            }
-        }
-        Ok(())
     }
 
     fn months(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, MonthToDate)>> {
