@@ -601,12 +601,10 @@ mod tests {
         let (journal, _) = Journal::open(dir.path(), 4096, 0).unwrap();
         let files = || std::fs::read_dir(dir.path()).unwrap().count();
         let mut read_to = Position::default();
-        let mut appended = 0u32;
         for round in 0..6u32 {
             for i in 0..30u32 {
                 journal.prepare().unwrap();
                 assert!(journal.append(2, &[(round * 30 + i) as u8; 200]));
-                appended += 1;
             }
             let read = journal.read(read_to).unwrap();
             assert_eq!(read.frames.len(), 30, "round {round}: each frame once");
@@ -624,8 +622,6 @@ mod tests {
             .iter()
             .filter(|f| f.at.unwrap() > read_to)
             .collect();
-        assert!(new.is_empty());
-        let all: std::collections::HashSet<_> = payloads(&old).into_iter().collect();
-        assert!(all.len() <= appended as usize);
+        assert!(new.is_empty(), "{} stale frames came back", new.len());
     }
 }
