@@ -91,6 +91,8 @@ fn harness() -> &'static Harness {
                 auth: false,
                 stopping,
                 applied,
+                // No data plane here: no function is deployed on one.
+                scale: Arc::new(|_: &str, _: &str| None),
             })
         });
         let harness = Harness {

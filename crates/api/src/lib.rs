@@ -31,6 +31,7 @@ use gust_core::{
 };
 use gust_events::Events;
 use gust_runtime::Runtime;
+use gust_scheduler::ScaleStatus;
 use gust_store::{BlobStore, LogStore, NewVersion, Registry, digest_of};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
@@ -67,7 +68,12 @@ pub struct ApiState {
     /// The registry revision the data plane serves: a deploy or delete
     /// answers once its write is live, so the next request sees it.
     pub applied: tokio::sync::watch::Receiver<u64>,
+    /// A function's scaling (`<tenant>`, `<name>`), from the data plane.
+    pub scale: ScaleView,
 }
+
+/// Looks up a function's scaling; supplied by the binary.
+pub type ScaleView = Arc<dyn Fn(&str, &str) -> Option<ScaleStatus> + Send + Sync>;
 
 /// A function as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -128,6 +134,12 @@ pub struct DeployParams {
     pub queue_depth: Option<u32>,
     /// How long one may wait, in ms (default 1000).
     pub queue_wait_ms: Option<u64>,
+    /// When the idle function leaves memory: `learned` (default) or a
+    /// duration such as `10m` or `0ms`.
+    pub keep_alive: Option<String>,
+    /// Instances kept warm whatever the traffic: `2`, or
+    /// `2@mon-fri 09:00-17:00` (UTC) for those hours only.
+    pub provisioned: Option<String>,
     /// Event delivery: attempts in all (default 3).
     pub max_attempts: Option<u32>,
     /// Event delivery: delay before the first retry in ms, doubled after (default 1000).
@@ -296,6 +308,7 @@ pub struct LogPage {
         deploy_version,
         list_versions,
         get_version,
+        get_scale,
         read_logs,
         list_invocations,
         submit_invocation,
@@ -358,7 +371,9 @@ pub struct LogPage {
         auth::NewToken,
         auth::AuditEntry,
         gust_core::access::Quotas,
-        gust_core::access::Role
+        gust_core::access::Role,
+        gust_scheduler::ScaleStatus,
+        gust_scheduler::ScaleEvent
     ))
 )]
 struct ApiDoc;
@@ -399,6 +414,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/functions/{name}/versions/{version}", get(get_version))
         .route("/v1/functions/{name}/logs", get(read_logs))
+        .route("/v1/functions/{name}/scale", get(get_scale))
         .route(
             "/v1/functions/{name}/invocations",
             get(list_invocations).post(submit_invocation),
@@ -700,6 +716,18 @@ async fn deploy_version(
         max_concurrency: params.max_concurrency,
         queue_depth: params.queue_depth,
         queue_wait_ms: params.queue_wait_ms,
+        keep_alive: params
+            .keep_alive
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(ApiError::BadRequest)?,
+        provisioned: params
+            .provisioned
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(ApiError::BadRequest)?,
     }
     .resolve()
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -832,6 +860,27 @@ async fn get_version(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("function `{name}` has no version {version}")))?;
     Ok(Json(state.version_info(record, None)))
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/scale", tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, description = "Desired and warm instances, why, and the recent decisions", body = ScaleStatus),
+        (status = 404, description = "No such function, or not deployed yet", body = ErrorBody)))]
+async fn get_scale(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<ScaleStatus>, ApiError> {
+    caller.require(Action::Read)?;
+    let name = function_name(name)?;
+    (state.scale)(caller.tenant.as_str(), name.as_str())
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "function `{name}` is not deployed (deploy a version first)"
+            ))
+        })
 }
 
 #[utoipa::path(get, path = "/v1/functions/{name}/logs", tag = "logs",

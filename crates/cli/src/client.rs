@@ -11,6 +11,7 @@ use gust_api::{
 };
 use gust_core::InvocationRecord;
 use gust_core::Outcome;
+use gust_core::scaling::{KeepAlive, Provisioned};
 use serde::de::DeserializeOwned;
 
 use crate::output;
@@ -37,7 +38,8 @@ pub struct ApiArgs {
 #[command(after_help = "Examples:
   gust deploy hello hello.wasm
   gust deploy api api.wasm --memory-mb 256 --timeout-ms 5000 --allow-host api.github.com
-  gust deploy site site.wasm --public")]
+  gust deploy site site.wasm --public
+  gust deploy api api.wasm --keep-alive 5m --provisioned 1")]
 pub struct DeployArgs {
     /// Function name: lowercase letters, digits and `-`.
     name: String,
@@ -72,6 +74,14 @@ pub struct DeployArgs {
     /// How long a request may wait for a free instance, in ms (default 1000).
     #[arg(long)]
     queue_wait_ms: Option<u64>,
+    /// When the idle function leaves memory: `learned` (the default: from
+    /// its own idle times) or a duration (`30s`, `10m`; `0ms`: at once).
+    #[arg(long, value_parser = |s: &str| s.parse::<KeepAlive>())]
+    keep_alive: Option<KeepAlive>,
+    /// Instances kept warm whatever the traffic: `2`, or
+    /// `'2@mon-fri 09:00-17:00'` (UTC) for those hours only.
+    #[arg(long, value_parser = |s: &str| s.parse::<Provisioned>())]
+    provisioned: Option<Provisioned>,
     /// Anyone with the URL may call it (a new function is private: callers need a token).
     #[arg(long, conflicts_with = "private")]
     public: bool,
@@ -372,6 +382,12 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         if let Some(value) = value {
             query.push((key, value.to_string()));
         }
+    }
+    if let Some(policy) = args.keep_alive {
+        query.push(("keep_alive", policy.to_string()));
+    }
+    if let Some(provisioned) = args.provisioned {
+        query.push(("provisioned", provisioned.to_string()));
     }
     if let Some(target) = &args.on_success {
         query.push(("on_success", target.clone()));

@@ -7,6 +7,7 @@ mod access;
 mod client;
 mod kv;
 mod output;
+mod scale;
 mod up;
 mod usage;
 
@@ -32,6 +33,7 @@ use clap::{Parser, Subcommand};
   gust kv put greeting hello && gust kv get greeting
   gust trigger add hello --bucket default
   gust usage --by function
+  gust scale hello
   gust ls --json"
 )]
 struct Cli {
@@ -75,6 +77,8 @@ enum Command {
     Audit(access::AuditArgs),
     /// What the tenant's invocations used and cost; exports of the ledger.
     Usage(usage::UsageArgs),
+    /// A function's scaling: desired and warm instances, why, recent decisions.
+    Scale(scale::ScaleArgs),
     /// Internal: compiles one component from stdin for `gust up`, within
     /// the given address-space and CPU-time limits.
     #[command(hide = true)]
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
             Command::Token(args) => access::token(args).await,
             Command::Audit(args) => access::audit(args).await,
             Command::Usage(args) => usage::usage(args).await,
+            Command::Scale(args) => scale::scale(args).await,
             Command::CompileWorker { .. } => unreachable!("handled before the runtime starts"),
         }
     });

@@ -35,9 +35,11 @@ pub struct UpArgs {
     /// Largest component a deploy accepts, in bytes.
     #[arg(long, default_value_t = 50 << 20)]
     max_upload_bytes: usize,
-    /// Invocations running at once before new ones get 503.
-    #[arg(long, default_value_t = 1000)]
-    max_in_flight: u32,
+    /// Invocations running at once before new ones get 503. Default: what
+    /// the machine holds (instance pool slots, at most 1000, within three
+    /// quarters of its available memory at 8 MiB per running instance).
+    #[arg(long)]
+    max_in_flight: Option<u32>,
     /// Seconds shutdown waits for in-flight requests.
     #[arg(long, default_value_t = 60)]
     drain_timeout: u64,
@@ -82,6 +84,42 @@ pub struct UpArgs {
     /// of a pool slot (reset with memset instead of madvise).
     #[arg(long, default_value_t = 2 << 20)]
     memory_keep_resident_bytes: usize,
+    /// How often each function's scaling is decided (scale to zero,
+    /// pre-warming, provisioning), in ms.
+    #[arg(long, default_value_t = 1000)]
+    scale_tick_ms: u64,
+    /// Once a function's keep-alive lets it go, it stays in memory this
+    /// much longer (ms) before it is scaled to zero.
+    #[arg(long, default_value_t = 0)]
+    scale_to_zero_grace_ms: u64,
+    /// The learned keep-alive's histogram bin (ms; 240 bins): time
+    /// compression for trace replays.
+    #[arg(long, default_value_t = 60_000)]
+    learned_bin_ms: u64,
+    /// The learned keep-alive's fixed keep-alive while a function has too
+    /// little history (ms).
+    #[arg(long, default_value_t = 600_000)]
+    learned_fallback_ms: u64,
+}
+
+/// The node's limit on running instances: its pool slots, within three
+/// quarters of the memory available.
+fn node_instances(args: &UpArgs) -> u32 {
+    const PER_INSTANCE: u64 = 8 << 20;
+    const POOL_SLOTS: u64 = 1000;
+    if let Some(n) = args.max_in_flight {
+        return n.max(1);
+    }
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    let by_memory = available.map_or(POOL_SLOTS, |bytes| bytes / 4 * 3 / PER_INSTANCE);
+    by_memory.clamp(16, POOL_SLOTS) as u32
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -108,7 +146,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let mut runtime_config = RuntimeConfig::new(args.data_dir.join("artifacts"));
-    runtime_config.max_instances = args.max_in_flight;
+    let max_in_flight = node_instances(&args);
+    runtime_config.max_instances = max_in_flight;
     runtime_config.memory_keep_resident = args.memory_keep_resident_bytes;
     runtime_config.compiler = Some(gust_runtime::Compiler {
         program: std::env::current_exe().context("cannot find the gust binary to compile with")?,
@@ -171,12 +210,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let scheme = if tls.is_some() { "https" } else { "http" };
 
     let gateway_config = GatewayConfig {
-        max_in_flight: args.max_in_flight as usize,
+        max_in_flight: max_in_flight as usize,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
         body_idle_timeout: Duration::from_millis(args.body_idle_timeout_ms),
         max_event_bytes: args.max_event_bytes,
         auth: !args.dev,
+        scale: gust_gateway::scaling::ScaleConfig {
+            tick: Duration::from_millis(args.scale_tick_ms.max(10)),
+            node: gust_scheduler::NodeConfig {
+                scale_to_zero_grace_ms: args.scale_to_zero_grace_ms,
+                learned: gust_scheduler::LearnedConfig {
+                    bin_ms: args.learned_bin_ms.max(1),
+                    fallback_ms: args.learned_fallback_ms,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        },
     };
     let (gateway, log_writer) = Gateway::start(
         Services {
@@ -215,6 +266,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Arc::new(move || render_metrics(&gateway, &runtime, &events, meter.as_ref()))
             as gust_api::MetricsRenderer
     };
+    let scale = {
+        let gateway = gateway.clone();
+        Arc::new(move |tenant: &str, name: &str| gateway.scale_status(tenant, name))
+            as gust_api::ScaleView
+    };
     let api = gust_api::router(ApiState {
         registry,
         blobs,
@@ -230,6 +286,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         auth: !args.dev,
         stopping: stop_rx_api,
         applied: gateway.applied_revision(),
+        scale,
     });
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -451,6 +508,60 @@ fn render_metrics(
         "Invocations that first had to make their component ready (compile it, or load its artifact from disk).",
         &[("", r.compilations + r.artifact_loads)],
     );
+    let s = gateway.scale_stats();
+    metric(
+        "gust_functions",
+        "gauge",
+        "Functions deployed and serving.",
+        &[("", s.functions)],
+    );
+    metric(
+        "gust_functions_warm",
+        "gauge",
+        "Functions whose component is in memory (the rest are scaled to zero).",
+        &[("", s.warm)],
+    );
+    metric(
+        "gust_scale_actions_total",
+        "counter",
+        "What the autoscaler did: pre_warm (loaded a function ahead of traffic or for provisioning), unload (scaled one to zero).",
+        &[
+            ("{action=\"pre_warm\"}", s.pre_warms),
+            ("{action=\"unload\"}", s.unloads),
+        ],
+    );
+    metric(
+        "gust_request_cold_starts_total",
+        "counter",
+        "Requests that found their function scaled to zero and waited for it to load.",
+        &[("", s.cold_starts)],
+    );
+    let labelled = |value: fn(&(String, String, u32, bool)) -> u64| -> Vec<(String, u64)> {
+        s.active
+            .iter()
+            .map(|f| {
+                (
+                    format!("{{tenant=\"{}\",function=\"{}\"}}", f.0, f.1),
+                    value(f),
+                )
+            })
+            .collect()
+    };
+    for (name, help, values) in [
+        (
+            "gust_function_desired_instances",
+            "Instances a function's demand, keep-alive and provisioning want (functions wanting none and not warm are left out).",
+            labelled(|f| u64::from(f.2)),
+        ),
+        (
+            "gust_function_warm",
+            "Whether a function's component is in memory (functions scaled to zero are left out).",
+            labelled(|f| u64::from(f.3)),
+        ),
+    ] {
+        let samples: Vec<(&str, u64)> = values.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(name, "gauge", help, &samples);
+    }
     if let Some(rss) = resident_bytes() {
         metric(
             "gust_process_resident_bytes",

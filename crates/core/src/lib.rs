@@ -14,6 +14,7 @@ mod limits;
 mod names;
 mod records;
 pub mod route;
+pub mod scaling;
 pub mod schedule;
 pub mod time;
 pub mod usage;

@@ -1,5 +1,7 @@
 use serde::{Deserialize, Serialize};
 
+use crate::scaling::{KeepAlive, Provisioned};
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
 const GIB: u64 = 1024 * MIB;
@@ -36,6 +38,16 @@ pub struct Limits {
     /// How long a request may wait for a free instance, in ms (then 429).
     #[serde(default = "default_queue_wait_ms")]
     pub queue_wait_ms: u64,
+    /// When the function leaves memory once idle: `learned` (from its own
+    /// idle times) or a fixed duration such as `10m`.
+    #[serde(default)]
+    #[schema(value_type = String, example = "learned")]
+    pub keep_alive: KeepAlive,
+    /// Instances kept warm whatever the traffic: `2`, or
+    /// `2@mon-fri 09:00-17:00` (UTC) for business hours only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "2@mon-fri 09:00-17:00")]
+    pub provisioned: Option<Provisioned>,
 }
 
 fn default_queue_depth() -> u32 {
@@ -155,6 +167,16 @@ impl Limits {
             0,
             Self::CEILING_QUEUE_WAIT_MS,
         )?;
+        if let (Some(p), Some(max)) = (&self.provisioned, self.max_concurrency)
+            && p.instances > max
+        {
+            return Err(LimitsError::OutOfRange {
+                name: "provisioned",
+                value: u64::from(p.instances),
+                min: 0,
+                max: u64::from(max),
+            });
+        }
         for host in &self.allowed_hosts {
             let name = host.strip_prefix("*.").unwrap_or(host);
             let valid = host == "*"
@@ -218,6 +240,8 @@ impl Default for Limits {
             max_concurrency: None,
             queue_depth: Self::DEFAULT_QUEUE_DEPTH,
             queue_wait_ms: Self::DEFAULT_QUEUE_WAIT_MS,
+            keep_alive: KeepAlive::default(),
+            provisioned: None,
         }
     }
 }
@@ -251,6 +275,10 @@ pub struct LimitsPatch {
     pub max_concurrency: Option<u32>,
     pub queue_depth: Option<u32>,
     pub queue_wait_ms: Option<u64>,
+    #[schema(value_type = Option<String>, example = "10m")]
+    pub keep_alive: Option<KeepAlive>,
+    #[schema(value_type = Option<String>, example = "1")]
+    pub provisioned: Option<Provisioned>,
 }
 
 impl LimitsPatch {
@@ -272,6 +300,8 @@ impl LimitsPatch {
             max_concurrency: self.max_concurrency,
             queue_depth: self.queue_depth.unwrap_or(defaults.queue_depth),
             queue_wait_ms: self.queue_wait_ms.unwrap_or(defaults.queue_wait_ms),
+            keep_alive: self.keep_alive.unwrap_or(defaults.keep_alive),
+            provisioned: self.provisioned,
         };
         limits.validate()?;
         Ok(limits)
@@ -330,6 +360,27 @@ mod tests {
             "max_output_bytes":0,"allowed_hosts":[]}"#;
         let limits: Limits = serde_json::from_str(old).unwrap();
         assert_eq!((limits.queue_depth, limits.max_concurrency), (64, None));
+        assert_eq!(
+            (limits.keep_alive, limits.provisioned),
+            (KeepAlive::Learned, None)
+        );
+    }
+
+    #[test]
+    fn provisioned_fits_within_max_concurrency() {
+        let patch = LimitsPatch {
+            max_concurrency: Some(2),
+            provisioned: Some("3".parse().unwrap()),
+            ..LimitsPatch::default()
+        };
+        assert!(matches!(
+            patch.resolve(),
+            Err(LimitsError::OutOfRange {
+                name: "provisioned",
+                max: 2,
+                ..
+            })
+        ));
     }
 
     #[test]

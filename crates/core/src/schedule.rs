@@ -158,20 +158,7 @@ impl Schedule {
 }
 
 fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` needs a unit: ms, s, m, h"))?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number with a unit"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("unknown unit `{unit}`: use ms, s, m or h")),
-    };
+    let ms = crate::time::parse_duration_ms(text)?;
     if ms < 100 {
         return Err("an interval must be at least 100ms".into());
     }

@@ -29,6 +29,36 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
+/// `500ms`, `30s`, `10m`, `2h` → milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` needs a unit: ms, s, m, h"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number with a unit"))?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("unknown unit `{unit}`: use ms, s, m or h")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+/// Milliseconds in the largest unit that writes them exactly: `10m`, `1500ms`.
+pub fn format_duration_ms(ms: u64) -> String {
+    for (unit, scale) in [("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms > 0 && ms.is_multiple_of(scale) {
+            return format!("{}{unit}", ms / scale);
+        }
+    }
+    format!("{ms}ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,5 +69,23 @@ mod tests {
         assert_eq!(rfc3339(1_795_737_599_123), "2026-11-26T23:59:59.123Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for (text, ms) in [
+            ("500ms", 500),
+            ("30s", 30_000),
+            ("10m", 600_000),
+            ("2h", 7_200_000),
+        ] {
+            assert_eq!(parse_duration_ms(text), Ok(ms));
+            assert_eq!(format_duration_ms(ms), text);
+        }
+        assert_eq!(format_duration_ms(0), "0ms");
+        assert_eq!(format_duration_ms(90_000), "90s");
+        for bad in ["10", "m", "10d", "-1s", "99999999999999999999h"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use gust_scheduler::Activity;
+
 use gust_core::delivery::DeliveryPolicy;
 use gust_core::{ActiveVersion, FunctionName, Limits, TenantId};
 use gust_runtime::{Prepared, Runtime};
 use gust_store::{BlobStore, KvEvent, Registry};
 
 use crate::admission::FunctionGate;
-use tokio::sync::OnceCell;
 
 /// A function's serving version, and its component once loaded.
 pub(crate) struct Route {
@@ -27,7 +28,12 @@ pub(crate) struct Route {
     /// Its instances running and waiting, when it has `max_concurrency`
     /// (shared by the routes of successive versions while the limit stays).
     pub gate: Option<Arc<FunctionGate>>,
-    prepared: OnceCell<Arc<Prepared>>,
+    /// What the autoscaler observes: shared by successive versions.
+    pub activity: Arc<Activity>,
+    /// The component, while the function is warm (`None`: scaled to zero).
+    warm: RwLock<Option<Arc<Prepared>>>,
+    /// Held while loading, so that concurrent first requests share one load.
+    loading: tokio::sync::Mutex<()>,
 }
 
 /// Why a function's component could not be made ready.
@@ -53,13 +59,24 @@ impl Route {
             limits: Arc::new(active.limits),
             delivery: active.delivery,
             public,
-            prepared: OnceCell::new(),
+            activity: Arc::new(Activity::new(crate::scaling::clock_us())),
+            warm: RwLock::new(None),
+            loading: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Keeps `old`'s gate when the limit is the same, so that what runs
-    /// under the old version still counts.
-    fn keep_gate_of(&mut self, old: Option<&Arc<Route>>) {
+    /// `<tenant>/<function>`.
+    pub fn key(&self) -> String {
+        route_key(self.tenant.as_str(), self.name.as_str())
+    }
+
+    /// Takes over what belongs to the function rather than the version:
+    /// its activity, and `old`'s gate when the limit is the same, so that
+    /// what runs under the old version still counts.
+    fn carry_over(&mut self, old: Option<&Arc<Route>>) {
+        if let Some(old) = old {
+            self.activity = old.activity.clone();
+        }
         if let Some(old_gate) = old.and_then(|o| o.gate.as_ref())
             && self
                 .gate
@@ -70,21 +87,50 @@ impl Route {
         }
     }
 
-    /// The prepared component: loaded from the runtime's artifact cache on
-    /// first use (compiling from the stored blob only if no artifact exists).
-    /// Concurrent first requests share one load.
+    fn warm_component(&self) -> Option<Arc<Prepared>> {
+        self.warm.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the component is in memory.
+    pub fn is_warm(&self) -> bool {
+        self.warm
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Scales the function to zero: its component leaves memory (running
+    /// invocations keep their copy until they end). False if it was not warm.
+    pub fn unload(&self) -> bool {
+        self.warm
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
+    }
+
+    /// The prepared component, and whether this call had to load it (a
+    /// cold start): loaded from the runtime's artifact cache (compiling from
+    /// the stored blob only if no artifact exists). Concurrent first
+    /// requests share one load.
     pub async fn prepared(
         &self,
         runtime: &Runtime,
         blobs: &dyn BlobStore,
-    ) -> Result<Arc<Prepared>, LoadError> {
-        self.prepared
-            .get_or_try_init(|| async {
-                match runtime.load(&self.digest).await {
-                    Ok(Some(prepared)) => return Ok(prepared),
-                    Ok(None) => {}
+    ) -> Result<(Arc<Prepared>, bool), LoadError> {
+        if let Some(prepared) = self.warm_component() {
+            return Ok((prepared, false));
+        }
+        let _turn = self.loading.lock().await;
+        if let Some(prepared) = self.warm_component() {
+            return Ok((prepared, false));
+        }
+        let prepared = match runtime.load(&self.digest).await {
+            Ok(Some(prepared)) => prepared,
+            outcome => {
+                if let Err(e) = outcome {
                     // A damaged or unreadable artifact is rebuilt from the component.
-                    Err(e) => tracing::warn!(function = %self.name, error = %e, "recompiling"),
+                    tracing::warn!(function = %self.name, error = %e, "recompiling");
                 }
                 let bytes = blobs
                     .get(&self.digest)
@@ -94,10 +140,11 @@ impl Route {
                 runtime
                     .prepare(&self.digest, bytes)
                     .await
-                    .map_err(|e| LoadError::Failed(e.to_string()))
-            })
-            .await
-            .cloned()
+                    .map_err(|e| LoadError::Failed(e.to_string()))?
+            }
+        };
+        *self.warm.write().unwrap_or_else(|p| p.into_inner()) = Some(prepared.clone());
+        Ok((prepared, true))
     }
 }
 
@@ -166,11 +213,21 @@ impl Catalog {
                     return None;
                 }
                 let mut route = Route::new(tenant, name, active, public);
-                route.keep_gate_of(routes.get(&key));
+                route.carry_over(routes.get(&key));
                 routes.insert(key, Arc::new(route))
             }
             None => routes.remove(&key),
         }
+    }
+
+    /// Every route, as of now.
+    pub fn all(&self) -> Vec<Arc<Route>> {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn serves_digest(&self, digest: &str) -> bool {
@@ -201,7 +258,7 @@ impl Catalog {
             {
                 *route = old.clone();
             } else if let Some(new) = Arc::get_mut(route) {
-                new.keep_gate_of(old);
+                new.carry_over(old);
             }
         }
         let gone: Vec<String> = routes

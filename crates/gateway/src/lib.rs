@@ -16,6 +16,7 @@ mod error;
 mod kv;
 mod logs;
 mod metering;
+pub mod scaling;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -65,6 +66,8 @@ pub struct GatewayConfig {
     pub max_event_bytes: u64,
     /// Private functions need a token (false only in dev mode).
     pub auth: bool,
+    /// Scale to zero, pre-warming and provisioning.
+    pub scale: scaling::ScaleConfig,
 }
 
 impl Default for GatewayConfig {
@@ -76,6 +79,7 @@ impl Default for GatewayConfig {
             max_in_flight: 1000,
             max_event_bytes: 1 << 20,
             auth: true,
+            scale: scaling::ScaleConfig::default(),
         }
     }
 }
@@ -120,6 +124,7 @@ struct Shared {
     access: access::Access,
     /// The usage ledger (`None`: metering off, for overhead measurements only).
     meter: Option<gust_meter::Meter>,
+    scaler: Arc<scaling::Autoscaler>,
 }
 
 /// Handle on the log writer, to flush it at shutdown.
@@ -174,6 +179,13 @@ impl Gateway {
             ready_tx,
         ));
         let _ = ready_rx.await;
+        let scaler = Arc::new(scaling::Autoscaler::new(config.scale));
+        tokio::spawn(scaling::drive(
+            scaler.clone(),
+            catalog.clone(),
+            runtime.clone(),
+            blobs.clone(),
+        ));
         let close = Arc::new(tokio::sync::Notify::new());
         let (logs, task) = LogSink::start(log_store, close.clone());
         let gateway = Self {
@@ -190,6 +202,7 @@ impl Gateway {
                 events,
                 buckets,
                 meter,
+                scaler,
             }),
         };
         (gateway, LogWriter { task, close })
@@ -199,6 +212,17 @@ impl Gateway {
     /// at revision R is visible to requests once this reaches R.
     pub fn applied_revision(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.catalog.applied()
+    }
+
+    /// A function's scaling now and its recent decisions (`gust scale`).
+    pub fn scale_status(&self, tenant: &str, name: &str) -> Option<gust_scheduler::ScaleStatus> {
+        self.shared
+            .scaler
+            .status(&self.shared.catalog, tenant, name)
+    }
+
+    pub fn scale_stats(&self) -> scaling::ScaleStats {
+        self.shared.scaler.stats(&self.shared.catalog)
     }
 
     pub fn stats(&self) -> GatewayStats {
@@ -455,7 +479,8 @@ where
         .try_acquire_owned()
         .map_err(|_| refuse(GatewayError::Overloaded))?;
     let tenant_permit = shared.access.admit_run(&route.tenant).map_err(refuse)?;
-    let prepared = route
+    let running = scaling::Running::start(&route.activity);
+    let (prepared, cold) = route
         .prepared(&shared.runtime, shared.blobs.as_ref())
         .await
         .map_err(|error| {
@@ -464,6 +489,9 @@ where
                 error,
             })
         })?;
+    if cold {
+        shared.scaler.cold_start(route);
+    }
     let kv = Arc::new(kv::TenantKv {
         buckets: shared.buckets.clone(),
         tenant: route.tenant.clone(),
@@ -483,6 +511,7 @@ where
             drop(permit);
             drop(tenant_permit);
             drop(function_permit);
+            drop(running);
             if let Some(draft) = &draft {
                 draft.report(&report);
             }

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -105,7 +105,9 @@ pub(crate) struct Inner {
     pub engine: Engine,
     linker: Linker<Host>,
     artifacts: ArtifactCache,
-    prepared: Mutex<HashMap<String, Arc<Prepared>>>,
+    /// Components in memory, owned by whoever serves them (the gateway's
+    /// routes, running invocations): dropped by the last of them.
+    prepared: Mutex<HashMap<String, Weak<Prepared>>>,
     compiler: Option<crate::Compiler>,
     /// Compilations running at once, at most (each may use its whole budget).
     compiling: tokio::sync::Semaphore,
@@ -267,7 +269,8 @@ impl Runtime {
         Ok(Some(prepared))
     }
 
-    /// Forgets the in-memory copy of a component (its artifact stays on disk).
+    /// Forgets the runtime's reference to a component (its artifact stays
+    /// on disk); it leaves memory when its last holder drops it.
     pub fn unload(&self, digest: &str) {
         self.inner
             .prepared
@@ -282,12 +285,15 @@ impl Runtime {
             compilations: c.compilations.load(Ordering::Relaxed),
             artifact_loads: c.artifact_loads.load(Ordering::Relaxed),
             instantiations: c.instantiations.load(Ordering::Relaxed),
-            loaded: self
-                .inner
-                .prepared
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .len() as u64,
+            loaded: {
+                let mut prepared = self
+                    .inner
+                    .prepared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                prepared.retain(|_, p| p.strong_count() > 0);
+                prepared.len() as u64
+            },
         }
     }
 }
@@ -298,7 +304,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(digest)
-            .cloned()
+            .and_then(Weak::upgrade)
     }
 
     fn remember(&self, prepared: Prepared) -> Arc<Prepared> {
@@ -306,7 +312,7 @@ impl Inner {
         self.prepared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(prepared.digest.clone(), prepared.clone());
+            .insert(prepared.digest.clone(), Arc::downgrade(&prepared));
         prepared
     }
 

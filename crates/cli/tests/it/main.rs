@@ -13,5 +13,6 @@ mod kv;
 mod lifecycle;
 mod limits;
 mod metering;
+mod scaling;
 mod tenants;
 mod tls;

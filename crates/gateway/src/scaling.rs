@@ -1,0 +1,288 @@
+//! The scaling driver: every tick it reads each function's activity, asks
+//! `gust_scheduler` what to do, and does it — unloads a function scaled to
+//! zero (nothing of it stays in memory but its route; its artifact stays
+//! on disk), loads one its keep-alive pre-warms or its provisioning wants
+//! — and keeps the recent decisions for `gust scale` and `/metrics`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use gust_runtime::Runtime;
+use gust_scheduler::{
+    Decision, NodeConfig, Observation, Policy, Reading, Reason, ScaleEvent, ScaleStatus, Scaling,
+};
+use gust_store::BlobStore;
+
+use crate::catalog::{Catalog, Route};
+
+/// Microseconds on the clock activities count in (monotonic, never 0).
+pub(crate) fn clock_us() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as u64 + 1
+}
+
+/// One running instance, counted in its function's activity until dropped.
+pub(crate) struct Running(Arc<gust_scheduler::Activity>);
+
+impl Running {
+    pub fn start(activity: &Arc<gust_scheduler::Activity>) -> Self {
+        activity.start(clock_us());
+        Self(activity.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.end(clock_us());
+    }
+}
+
+/// Scale events kept per function.
+const HISTORY: usize = 32;
+
+/// How the node scales; chosen by the binary.
+#[derive(Debug, Clone, Copy)]
+pub struct ScaleConfig {
+    /// How often every function's scaling is decided.
+    pub tick: Duration,
+    pub node: NodeConfig,
+}
+
+impl Default for ScaleConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            node: NodeConfig::default(),
+        }
+    }
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct ScaleStats {
+    /// Functions whose component is in memory.
+    pub warm: u64,
+    /// Functions known (deployed and serving).
+    pub functions: u64,
+    pub pre_warms: u64,
+    pub unloads: u64,
+    /// Requests that had to wait for their function to load.
+    pub cold_starts: u64,
+    /// (tenant, function, desired, warm) of functions wanting instances or warm.
+    pub active: Vec<(String, String, u32, bool)>,
+}
+
+struct FunctionScale {
+    scaling: Scaling,
+    last: Reading,
+    decision: Option<Decision>,
+    warm: bool,
+    history: VecDeque<ScaleEvent>,
+}
+
+/// Scaling state of every function, and the clock activities count in.
+pub(crate) struct Autoscaler {
+    config: ScaleConfig,
+    functions: Mutex<HashMap<String, FunctionScale>>,
+    pre_warms: AtomicU64,
+    unloads: AtomicU64,
+    pub cold_starts: AtomicU64,
+}
+
+impl Autoscaler {
+    pub fn new(config: ScaleConfig) -> Self {
+        Self {
+            config,
+            functions: Mutex::default(),
+            pre_warms: AtomicU64::new(0),
+            unloads: AtomicU64::new(0),
+            cold_starts: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FunctionScale>> {
+        self.functions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that a request found its function cold and loaded it.
+    pub fn cold_start(&self, route: &Route) {
+        self.cold_starts.fetch_add(1, Ordering::Relaxed);
+        if let Some(f) = self.lock().get_mut(&route.key()) {
+            f.warm = true;
+            push(
+                &mut f.history,
+                ScaleEvent {
+                    at_ms: crate::now_ms(),
+                    desired: f.decision.map_or(1, |d| d.desired.max(1)),
+                    warm: true,
+                    reason: Reason::InFlight.as_str().into(),
+                    action: Some("cold_start".into()),
+                },
+            );
+        }
+    }
+
+    /// Decides every function's scaling once and acts on it.
+    fn tick(&self, catalog: &Catalog, runtime: &Runtime, blobs: &Arc<dyn BlobStore>) {
+        let routes = catalog.all();
+        let now_ms = crate::now_ms();
+        let (weekday, minute_of_day) = gust_scheduler::weekday_and_minute(now_ms);
+        let now_us = clock_us();
+        let node = &self.config.node;
+        let keys: Vec<String> = routes.iter().map(|r| r.key()).collect();
+        let mut functions = self.lock();
+        if functions.len() > routes.len() || keys.iter().any(|k| !functions.contains_key(k)) {
+            let live: std::collections::HashSet<&String> = keys.iter().collect();
+            functions.retain(|key, _| live.contains(key));
+        }
+        for (route, key) in routes.into_iter().zip(keys) {
+            let reading = route.activity.read(now_us);
+            let f = functions.entry(key).or_insert_with(|| FunctionScale {
+                scaling: Scaling::default(),
+                last: reading,
+                decision: None,
+                warm: false,
+                history: VecDeque::new(),
+            });
+            f.scaling.learn(node, &route.activity.take_idle_times());
+            let warm = route.is_warm();
+            let seen = Observation {
+                now_ms,
+                concurrency: reading.concurrency_since(&f.last),
+                in_flight: reading.in_flight,
+                idle_ms: reading.idle_ms(),
+                ready: if warm { reading.in_flight.max(1) } else { 0 },
+                weekday,
+                minute_of_day,
+            };
+            f.last = reading;
+            let policy = Policy {
+                keep_alive: route.limits.keep_alive,
+                provisioned: route.limits.provisioned,
+                max_instances: route.limits.max_concurrency,
+            };
+            let decision = f.scaling.decide(node, &policy, &seen);
+            let mut action = None;
+            if decision.desired == 0 && warm && reading.in_flight == 0 {
+                if route.unload() {
+                    self.unloads.fetch_add(1, Ordering::Relaxed);
+                    action = Some("unloaded");
+                }
+            } else if decision.desired > 0 && !warm && reading.in_flight == 0 {
+                self.pre_warms.fetch_add(1, Ordering::Relaxed);
+                action = Some("pre_warmed");
+                let (runtime, blobs, route) = (runtime.clone(), blobs.clone(), route.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = route.prepared(&runtime, blobs.as_ref()).await {
+                        tracing::warn!(function = %route.name, error = %e, "pre-warming failed");
+                    }
+                });
+            }
+            let warm_now = match action {
+                Some("unloaded") => false,
+                Some(_) => true,
+                None => warm,
+            };
+            let changed = f
+                .decision
+                .is_none_or(|d| d.desired != decision.desired || d.reason != decision.reason)
+                || f.warm != warm_now;
+            if changed || action.is_some() {
+                push(
+                    &mut f.history,
+                    ScaleEvent {
+                        at_ms: now_ms,
+                        desired: decision.desired,
+                        warm: warm_now,
+                        reason: decision.reason.as_str().into(),
+                        action: action.map(str::to_string),
+                    },
+                );
+            }
+            f.warm = warm_now;
+            f.decision = Some(decision);
+        }
+    }
+
+    /// `<tenant>/<function>`'s scaling, if it is deployed.
+    pub fn status(&self, catalog: &Catalog, tenant: &str, name: &str) -> Option<ScaleStatus> {
+        let route = catalog.get(tenant, name)?;
+        let reading = route.activity.read(clock_us());
+        let functions = self.lock();
+        let f = functions.get(&route.key());
+        let decision = f.and_then(|f| f.decision);
+        Some(ScaleStatus {
+            function: name.to_string(),
+            desired: decision.map_or(u32::from(route.is_warm()), |d| d.desired),
+            warm: route.is_warm(),
+            running: reading.in_flight,
+            reason: decision.map_or("new", |d| d.reason.as_str()).into(),
+            keep_alive: route.limits.keep_alive.to_string(),
+            basis: decision.map_or("", |d| d.windows.basis.as_str()).into(),
+            prewarm_ms: decision.map_or(0, |d| d.windows.prewarm_ms),
+            keep_ms: decision.map_or(0, |d| d.windows.keep_ms),
+            idle_samples: f.map_or(0, |f| f.scaling.history().samples()),
+            provisioned: decision.map_or(0, |d| d.provisioned),
+            provisioned_setting: route.limits.provisioned.map(|p| p.to_string()),
+            stable_concurrency: decision.map_or(0.0, |d| d.demand.stable),
+            panic_concurrency: decision.map_or(0.0, |d| d.demand.panic),
+            panicking: decision.is_some_and(|d| d.demand.panicking),
+            history: f
+                .map(|f| f.history.iter().cloned().collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn stats(&self, catalog: &Catalog) -> ScaleStats {
+        let routes = catalog.all();
+        let functions = self.lock();
+        let mut stats = ScaleStats {
+            functions: routes.len() as u64,
+            pre_warms: self.pre_warms.load(Ordering::Relaxed),
+            unloads: self.unloads.load(Ordering::Relaxed),
+            cold_starts: self.cold_starts.load(Ordering::Relaxed),
+            ..ScaleStats::default()
+        };
+        for route in routes {
+            let warm = route.is_warm();
+            stats.warm += u64::from(warm);
+            let desired = functions
+                .get(&route.key())
+                .and_then(|f| f.decision)
+                .map_or(0, |d| d.desired);
+            if warm || desired > 0 {
+                stats.active.push((
+                    route.tenant.to_string(),
+                    route.name.to_string(),
+                    desired,
+                    warm,
+                ));
+            }
+        }
+        stats
+    }
+}
+
+fn push(history: &mut VecDeque<ScaleEvent>, event: ScaleEvent) {
+    if history.len() == HISTORY {
+        history.pop_front();
+    }
+    history.push_back(event);
+}
+
+/// Runs the autoscaler's ticks until the process ends.
+pub(crate) async fn drive(
+    scaler: Arc<Autoscaler>,
+    catalog: Arc<Catalog>,
+    runtime: Runtime,
+    blobs: Arc<dyn BlobStore>,
+) {
+    let mut ticks = tokio::time::interval(scaler.config.tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        scaler.tick(&catalog, &runtime, &blobs);
+    }
+}

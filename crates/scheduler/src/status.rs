@@ -1,0 +1,49 @@
+//! What `gust scale` and the API show of a function's scaling.
+
+use serde::{Deserialize, Serialize};
+
+/// A function's scaling now, and its recent decisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScaleStatus {
+    pub function: String,
+    /// Instances its demand, keep-alive and provisioning want (0: scaled to zero).
+    pub desired: u32,
+    /// Whether its component is in memory (compiled code mapped,
+    /// pre-instantiated); when not, its next request loads it from disk.
+    pub warm: bool,
+    /// Instances running now.
+    pub running: u32,
+    /// Why: `in_flight`, `keep_alive`, `pre_warm`, `provisioned`, `grace` or `idle`.
+    pub reason: String,
+    /// The keep-alive policy: `learned` or a duration.
+    pub keep_alive: String,
+    /// What the policy decided: `fixed`, `learned`, or why learning does
+    /// not apply yet (`too_little_history`, `no_pattern`, `out_of_range`).
+    pub basis: String,
+    /// After an invocation: out of memory this long, then in memory for `keep_ms`.
+    pub prewarm_ms: u64,
+    pub keep_ms: u64,
+    /// Idle times learned so far.
+    pub idle_samples: u32,
+    /// Instances provisioned now (from `provisioned`, by the hour).
+    pub provisioned: u32,
+    pub provisioned_setting: Option<String>,
+    /// Average concurrency over the stable (60 s) and the panic (6 s) window.
+    pub stable_concurrency: f64,
+    pub panic_concurrency: f64,
+    pub panicking: bool,
+    /// The most recent changes, oldest first.
+    pub history: Vec<ScaleEvent>,
+}
+
+/// A change of a function's scaling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScaleEvent {
+    pub at_ms: u64,
+    pub desired: u32,
+    pub warm: bool,
+    pub reason: String,
+    /// What the node did: `pre_warmed`, `unloaded`, `cold_start`, or none
+    /// (only the decision changed).
+    pub action: Option<String>,
+}
