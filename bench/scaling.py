@@ -1,8 +1,6 @@
 #!/usr/bin/env python3
 """Helpers for bench/scaling.sh (standard library only).
 
-  wave URL N              N connections opened at once, one GET each:
-                          p50/p99/max latency (ms) and errors
   deploy API TOKEN WASM N PREFIX [KEEP_ALIVE [distinct]]
                           deploys N functions PREFIX0..PREFIX{N-1} through
                           the control API, 4 at a time (keep-alive 1s unless
@@ -14,8 +12,8 @@
                           random among PREFIX0..PREFIX{N-1}: p50/p99 (ms)
 """
 
-import asyncio
 import http.client
+import json
 import random
 import statistics
 import sys
@@ -29,28 +27,6 @@ def pct(values, p):
     if not values:
         return float("nan")
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
-async def one(host, port, path):
-    started = time.perf_counter()
-    try:
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        await writer.drain()
-        data = await reader.read()
-        writer.close()
-        status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
-    except OSError:
-        status = 0
-    return status, (time.perf_counter() - started) * 1000
-
-
-async def wave(url, n):
-    u = urllib.parse.urlsplit(url)
-    results = await asyncio.gather(*(one(u.hostname, u.port, u.path or "/") for _ in range(n)))
-    latencies = [ms for _, ms in results]
-    errors = sum(1 for status, _ in results if status != 200)
-    print(f"{pct(latencies, 50):.2f} {pct(latencies, 99):.2f} {max(latencies):.2f} {errors}")
 
 
 def leb128(n):
@@ -94,7 +70,27 @@ def deploy(api, token, wasm, n, prefix, keep_alive="1s", distinct=False):
             response.read()
             if response.status != 201:
                 failures.append((i, response.status))
+                conn.close()
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
 
+    # Room for that many functions (the default tenant's quotas are lower).
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    quotas = {
+        "functions": n + 1000,
+        "storage_bytes": (n + 1000) * (len(original) + 1024),
+        "invocations_per_second": 1_000_000,
+        "burst": 1_000_000,
+    }
+    conn.request(
+        "PUT",
+        "/v1/tenants/default/quotas",
+        body=json.dumps(quotas),
+        headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
+    )
+    response = conn.getresponse()
+    response.read()
+    if response.status != 200:
+        sys.exit(f"cannot raise the quotas: {response.status}")
     started = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
@@ -125,9 +121,7 @@ def invoke(base, prefix, n, k, seed):
 
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    if command == "wave":
-        asyncio.run(wave(args[0], int(args[1])))
-    elif command == "deploy":
+    if command == "deploy":
         deploy(
             args[0],
             args[1],

@@ -3,8 +3,9 @@
 #
 # Burst: hello deployed with a 1 s keep-alive and left idle until it is
 # scaled to zero (`gust scale` says so); then 256 connections open at
-# once, one request each (a wave: p50/p99/max, errors), and, once it is
-# cold again, `wrk -c256` for DURATION from cold (p50/p99, errors).
+# once, one request each (bench/wave, 256 threads released by a barrier:
+# p50/p99/max, errors), and, once it is cold again, `wrk -c256` for
+# DURATION from cold (p50/p99, errors).
 # Targets: p99 ≤ 50 ms, 0 errors.
 #
 # Density: FUNCTIONS copies of hello deployed under different names
@@ -26,6 +27,8 @@ for tool in wrk curl python3; do
 done
 cargo build --release -q -p gust
 cargo build --release -q --target wasm32-wasip2 --manifest-path examples/Cargo.toml -p hello
+cargo build --release -q --manifest-path bench/wave/Cargo.toml
+WAVE=bench/wave/target/release/gust-bench-wave
 GUST=target/release/gust
 HELLO=examples/target/wasm32-wasip2/release/hello.wasm
 WORK=$(mktemp -d)
@@ -47,7 +50,7 @@ until_cold() {
   done
   echo "bench: $1 never scaled to zero" >&2; exit 1
 }
-metric() { curl -fs "$GUST_API/metrics" | sed -n "s/^$1 //p"; }
+metric() { curl -fs -H "authorization: Bearer $GUST_TOKEN" "$GUST_API/metrics" | sed -n "s/^$1 //p"; }
 
 "$GUST" deploy hello "$HELLO" --public --keep-alive 1s >/dev/null
 # One request at a time on a function scaled to zero (its component
@@ -59,7 +62,7 @@ for _ in $(seq 20); do
 done
 read -r S_P50 S_MAX < <(python3 -c "import statistics,sys; v=[float(x)*1000 for x in sys.argv[1:]]; print(f'{statistics.median(v):.2f} {max(v):.2f}')" "${SINGLES[@]}")
 until_cold hello
-read -r W_P50 W_P99 W_MAX W_ERR < <(python3 bench/scaling.py wave "http://127.0.0.1:$PORT/hello/" 256)
+read -r W_P50 W_P99 W_MAX W_ERR < <("$WAVE" "http://127.0.0.1:$PORT/hello/" 256)
 until_cold hello
 COLD_BEFORE=$(metric gust_request_cold_starts_total)
 read -r B_RPS B_P50 B_P99 < <(wrk -t2 -c256 -d"$DURATION" --latency "http://127.0.0.1:$PORT/hello/" | python3 bench/wrk_summary.py)

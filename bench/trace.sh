@@ -8,9 +8,11 @@
 # function-hours (simulated time) and resident GB·s, using the resident
 # size of one warm component measured here (distinct copies of hello).
 # Target: learned has no more cold starts than fixed, with at most half
-# its memory-time.
+# its memory-time. POLICIES adds variants of the learned policy with
+# another tail percentile (`learned:90`: keep until the 90th percentile).
 #
 #   bench/trace.sh                    # FUNCTIONS=2000 HOURS=12 SPEEDUP=600 SEED=1
+#   POLICIES="fixed learned learned:90" bench/trace.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,12 +37,12 @@ start() {
   rm -rf "$WORK/data"
   GUST_LOG=warn "$GUST" up --data-dir "$WORK/data" --listen 127.0.0.1:$PORT \
     --api-listen 127.0.0.1:$((PORT + 1)) --scale-tick-ms 25 \
-    --learned-bin-ms $MINUTE_MS --learned-fallback-ms $((10 * MINUTE_MS)) >"$WORK/out" 2>&1 &
+    --learned-bin-ms $MINUTE_MS --learned-fallback-ms $((10 * MINUTE_MS)) "$@" >"$WORK/out" 2>&1 &
   PID=$!
   for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$((PORT + 1))/healthz" && break; sleep 0.05; done
   TOKEN=$(sed -n 's/^gust: admin token (shown once, keep it): //p' "$WORK/out")
 }
-metric() { curl -fs "http://127.0.0.1:$((PORT + 1))/metrics" | sed -n "s/^$1 //p"; }
+metric() { curl -fs -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$((PORT + 1))/metrics" | sed -n "s/^$1 //p"; }
 stop() { kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; }
 
 # Resident size of one warm component: 40 distinct copies of hello loaded.
@@ -49,19 +51,23 @@ python3 bench/scaling.py deploy "http://127.0.0.1:$((PORT + 1))" "$TOKEN" "$HELL
 for _ in $(seq 100); do [ "$(metric gust_functions_warm)" = 0 ] && break; sleep 0.1; done
 sleep 0.5
 COLD_RSS=$(awk '/VmRSS/ {print $2}' /proc/$PID/status)
-for i in $(seq 0 39); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/v$i/" & done; wait
+CURLS=()
+for i in $(seq 0 39); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/v$i/" & CURLS+=($!); done
+wait "${CURLS[@]}"
 WARM_RSS=$(awk '/VmRSS/ {print $2}' /proc/$PID/status)
 PER_KIB=$(( (WARM_RSS - COLD_RSS) / 40 ))
 stop
 
 ROWS=""
 declare -A RESULT
-for policy in fixed learned; do
-  start
+for policy in ${POLICIES:-fixed learned}; do
+  # learned:P keeps until the P-th percentile of idle times (default 99).
+  TAIL=${policy#learned:}; [ "$TAIL" = "$policy" ] && TAIL=99
+  start --learned-tail-percentile "$TAIL"
   keep=learned; [ $policy = fixed ] && keep="$((10 * MINUTE_MS))ms"
   python3 bench/scaling.py deploy "http://127.0.0.1:$((PORT + 1))" "$TOKEN" "$HELLO" "$FUNCTIONS" f "$keep" >/dev/null
   for _ in $(seq 200); do [ "$(metric gust_functions_warm)" = 0 ] && break; sleep 0.1; done
-  read -r SENT ERRORS COLD WARM_S < <(python3 bench/trace_replay.py replay "http://127.0.0.1:$PORT" "$WORK/trace" "$SPEEDUP" "http://127.0.0.1:$((PORT + 1))/metrics")
+  read -r SENT ERRORS COLD WARM_S < <(GUST_TOKEN=$TOKEN python3 bench/trace_replay.py replay "http://127.0.0.1:$PORT" "$WORK/trace" "$SPEEDUP" "http://127.0.0.1:$((PORT + 1))/metrics")
   stop
   FRACTION=$(python3 -c "print(f'{$COLD/$SENT:.4f}')")
   FN_HOURS=$(python3 -c "print(f'{$WARM_S*$SPEEDUP/3600:.0f}')")
@@ -69,8 +75,13 @@ for policy in fixed learned; do
   RESULT[$policy]="$COLD $FN_HOURS"
   ROWS+="| $policy | $SENT | $ERRORS | $COLD | $FRACTION | $FN_HOURS | $GBS |"$'\n'
 done
+RATIOS=""
 read -r FIXED_COLD FIXED_H <<<"${RESULT[fixed]}"
-read -r LEARNED_COLD LEARNED_H <<<"${RESULT[learned]}"
+for policy in ${POLICIES:-fixed learned}; do
+  [ "$policy" = fixed ] && continue
+  read -r COLD H <<<"${RESULT[$policy]}"
+  RATIOS+="$policy ÷ fixed: cold starts $(python3 -c "print(f'{$COLD/max($FIXED_COLD,1):.2f}')"), memory-time $(python3 -c "print(f'{$H/max($FIXED_H,1):.2f}')")."$'\n'
+done
 
 cat <<REPORT
 ### $(date -u +%Y-%m-%d), $(nproc) cores
@@ -80,5 +91,5 @@ $FUNCTIONS functions, $HOURS simulated hours (seed $SEED, $CALLS calls), replaye
 | policy | calls | errors | cold starts | cold fraction | warm function-hours | resident GB·s |
 |---|---:|---:|---:|---:|---:|---:|
 $ROWS
-Learned ÷ fixed: cold starts $(python3 -c "print(f'{$LEARNED_COLD/max($FIXED_COLD,1):.2f}')"), memory-time $(python3 -c "print(f'{$LEARNED_H/max($FIXED_H,1):.2f}')").
+$RATIOS
 REPORT

@@ -19,12 +19,12 @@ arguments give the same trace.
 
 Replay sends each call at its time divided by SPEEDUP over a pool of
 keep-alive connections, and samples the server's /metrics (METRICS URL)
-every 100 ms to integrate how many functions were warm (function-seconds,
-in replay time).
+every 100 ms (with the token in $GUST_TOKEN) to integrate how many
+functions were warm (function-seconds, in replay time).
 """
 
 import asyncio
-import math
+import os
 import random
 import sys
 import time
@@ -82,7 +82,10 @@ async def request(reader, writer, host, path):
 
 async def metric_value(host, port, names):
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    token = os.environ.get("GUST_TOKEN", "")
+    writer.write(
+        f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode()
+    )
     await writer.drain()
     text = (await reader.read()).decode()
     writer.close()

@@ -100,6 +100,18 @@ pub struct UpArgs {
     /// little history (ms).
     #[arg(long, default_value_t = 600_000)]
     learned_fallback_ms: u64,
+    /// The learned keep-alive keeps a function until this percentile of
+    /// its idle times (plus 10%): higher, fewer cold starts; lower, less
+    /// memory.
+    #[arg(long, default_value_t = 99.0, value_parser = percentile)]
+    learned_tail_percentile: f64,
+}
+
+fn percentile(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (50.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{text}` is not a percentile between 50 and 100")),
+    }
 }
 
 /// The node's limit on running instances: its pool slots, within three
@@ -223,6 +235,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 learned: gust_scheduler::LearnedConfig {
                     bin_ms: args.learned_bin_ms.max(1),
                     fallback_ms: args.learned_fallback_ms,
+                    tail: args.learned_tail_percentile / 100.0,
                     ..Default::default()
                 },
                 ..Default::default()
