@@ -57,19 +57,6 @@ impl fmt::Display for KeepAlive {
     }
 }
 
-impl TryFrom<String> for KeepAlive {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-impl From<KeepAlive> for String {
-    fn from(policy: KeepAlive) -> String {
-        policy.to_string()
-    }
-}
-
 /// Instances kept warm whatever the traffic, always or during weekly hours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -167,7 +154,7 @@ impl FromStr for WeeklyHours {
             Ok(h * 60 + m)
         };
         let (from_minute, to_minute) = (minute(from)?, minute(to)?);
-        if from_minute == to_minute || from_minute == 1440 || to_minute == 0 && from_minute == 0 {
+        if from_minute == to_minute || from_minute == 1440 {
             return Err(format!("the span `{span}` is empty"));
         }
         Ok(WeeklyHours {
@@ -205,18 +192,25 @@ impl fmt::Display for Provisioned {
     }
 }
 
-impl TryFrom<String> for Provisioned {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
+/// Serde through the text form (`#[serde(try_from = "String", into = "String")]`).
+macro_rules! text_form {
+    ($($t:ty),*) => {$(
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(text: String) -> Result<Self, String> {
+                text.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(value: $t) -> String {
+                value.to_string()
+            }
+        }
+    )*};
 }
 
-impl From<Provisioned> for String {
-    fn from(p: Provisioned) -> String {
-        p.to_string()
-    }
-}
+text_form!(KeepAlive, Provisioned);
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,13 @@ pub fn civil_from_days(days: i64) -> (i64, u64, u64) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
+/// Unix ms → (day of the week, 0 for Monday; minute of the day), UTC.
+pub fn weekday_and_minute(unix_ms: u64) -> (u8, u16) {
+    let minutes = unix_ms / 60_000;
+    // 1970-01-01 was a Thursday.
+    (((minutes / 1440 + 3) % 7) as u8, (minutes % 1440) as u16)
+}
+
 /// Unix milliseconds as RFC 3339 in UTC: `2026-11-26T23:59:59.123Z`.
 pub fn rfc3339(ms: u64) -> String {
     let secs = ms / 1000;
@@ -69,6 +76,13 @@ mod tests {
         assert_eq!(rfc3339(1_795_737_599_123), "2026-11-26T23:59:59.123Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn weekdays_start_on_monday() {
+        // 2026-11-27 was a Friday; 13:44 UTC.
+        assert_eq!(weekday_and_minute(1_795_787_040_000), (4, 13 * 60 + 44));
+        assert_eq!(weekday_and_minute(0), (3, 0));
     }
 
     #[test]

@@ -74,6 +74,24 @@ pub struct ScaleStats {
     pub active: Vec<(String, String, u32, bool)>,
 }
 
+/// What the node did about a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    PreWarmed,
+    Unloaded,
+    ColdStart,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::PreWarmed => "pre_warmed",
+            Action::Unloaded => "unloaded",
+            Action::ColdStart => "cold_start",
+        }
+    }
+}
+
 struct FunctionScale {
     scaling: Scaling,
     last: Reading,
@@ -106,19 +124,25 @@ impl Autoscaler {
         self.functions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records that a request found its function cold and loaded it.
+    /// Records that a request found its function cold and loaded it: until
+    /// the next tick, the last decision says so (one instance, in flight).
     pub fn cold_start(&self, route: &Route) {
         self.cold_starts.fetch_add(1, Ordering::Relaxed);
         if let Some(f) = self.lock().get_mut(&route.key()) {
             f.warm = true;
+            let desired = f.decision.as_mut().map_or(1, |d| {
+                d.desired = d.desired.max(1);
+                d.reason = Reason::InFlight;
+                d.desired
+            });
             push(
                 &mut f.history,
                 ScaleEvent {
                     at_ms: crate::now_ms(),
-                    desired: f.decision.map_or(1, |d| d.desired.max(1)),
+                    desired,
                     warm: true,
                     reason: Reason::InFlight.as_str().into(),
-                    action: Some("cold_start".into()),
+                    action: Some(Action::ColdStart.as_str().into()),
                 },
             );
         }
@@ -128,7 +152,7 @@ impl Autoscaler {
     fn tick(&self, catalog: &Catalog, runtime: &Runtime, blobs: &Arc<dyn BlobStore>) {
         let routes = catalog.all();
         let now_ms = crate::now_ms();
-        let (weekday, minute_of_day) = gust_scheduler::weekday_and_minute(now_ms);
+        let (weekday, minute_of_day) = gust_core::time::weekday_and_minute(now_ms);
         let now_us = clock_us();
         let node = &self.config.node;
         let keys: Vec<String> = routes.iter().map(|r| r.key()).collect();
@@ -168,11 +192,11 @@ impl Autoscaler {
             if decision.desired == 0 && warm && reading.in_flight == 0 {
                 if route.unload() {
                     self.unloads.fetch_add(1, Ordering::Relaxed);
-                    action = Some("unloaded");
+                    action = Some(Action::Unloaded);
                 }
             } else if decision.desired > 0 && !warm && reading.in_flight == 0 {
                 self.pre_warms.fetch_add(1, Ordering::Relaxed);
-                action = Some("pre_warmed");
+                action = Some(Action::PreWarmed);
                 let (runtime, blobs, route) = (runtime.clone(), blobs.clone(), route.clone());
                 tokio::spawn(async move {
                     if let Err(e) = route.prepared(&runtime, blobs.as_ref()).await {
@@ -181,7 +205,7 @@ impl Autoscaler {
                 });
             }
             let warm_now = match action {
-                Some("unloaded") => false,
+                Some(Action::Unloaded) => false,
                 Some(_) => true,
                 None => warm,
             };
@@ -197,7 +221,7 @@ impl Autoscaler {
                         desired: decision.desired,
                         warm: warm_now,
                         reason: decision.reason.as_str().into(),
-                        action: action.map(str::to_string),
+                        action: action.map(|a| a.as_str().into()),
                     },
                 );
             }

@@ -1,5 +1,5 @@
 //! What the scaler observes of a function, counted on the request path
-//! without a lock: requests in flight, requests started, the integral of
+//! without a lock: requests in flight, the integral of
 //! concurrency over time (so a tick learns the average concurrency, not a
 //! sample of it), and the idle periods that ended.
 //!
@@ -23,7 +23,6 @@ pub struct Activity {
     state: AtomicU64,
     /// ∫ in_flight dt in µs, up to `since_us` (wrapping).
     area_us: AtomicU64,
-    started: AtomicU64,
     ran: AtomicBool,
     idle_ms: Mutex<Vec<u64>>,
 }
@@ -33,7 +32,6 @@ pub struct Activity {
 pub struct Reading {
     pub at_us: u64,
     pub in_flight: u32,
-    pub started: u64,
     area_us: u64,
     /// When in flight last dropped to zero (or the activity began).
     idle_since_us: u64,
@@ -60,7 +58,6 @@ impl Activity {
         Self {
             state: AtomicU64::new(now_us << COUNT_BITS),
             area_us: AtomicU64::new(0),
-            started: AtomicU64::new(0),
             ran: AtomicBool::new(false),
             idle_ms: Mutex::new(Vec::new()),
         }
@@ -94,7 +91,6 @@ impl Activity {
     /// A request started.
     pub fn start(&self, now_us: u64) {
         let (before, since) = self.change(now_us, 1);
-        self.started.fetch_add(1, Ordering::Relaxed);
         if before == 0 && self.ran.swap(true, Ordering::AcqRel) {
             let idle = now_us.saturating_sub(since);
             if idle >= MIN_IDLE_US
@@ -119,7 +115,6 @@ impl Activity {
         Reading {
             at_us: at,
             in_flight: count as u32,
-            started: self.started.load(Ordering::Relaxed),
             area_us: area.wrapping_add(count.wrapping_mul(at - since)),
             idle_since_us: since,
         }
@@ -148,7 +143,7 @@ mod tests {
         // 0.25 s at 1, 0.25 s at 2, 0.5 s at 1 → 1.25 on average.
         let r1 = a.read(2_000_000);
         assert!((r1.concurrency_since(&r0) - 1.25).abs() < 1e-9);
-        assert_eq!((r1.in_flight, r1.started), (1, 2));
+        assert_eq!(r1.in_flight, 1);
         assert_eq!(r1.idle_ms(), None);
         a.end(2_000_000);
         let r2 = a.read(3_000_000);

@@ -18,7 +18,6 @@
 //!   (the paper predicts these with ARIMA; Gust does not).
 
 use gust_core::scaling::KeepAlive;
-use serde::Serialize;
 
 /// The learned policy's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,8 +116,7 @@ impl IdleHistogram {
 }
 
 /// Why the windows are what they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Basis {
     Fixed,
     /// Learned, but not enough idle times yet: the fallback keep-alive.
@@ -144,7 +142,7 @@ impl Basis {
 
 /// After an invocation ends: out of memory for `prewarm_ms`, then in
 /// memory for `keep_ms`, then out until the next invocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Windows {
     pub prewarm_ms: u64,
     pub keep_ms: u64,

@@ -17,7 +17,6 @@ pub mod scaler;
 mod status;
 
 use gust_core::scaling::{KeepAlive, Provisioned};
-use serde::Serialize;
 
 pub use activity::{Activity, Reading};
 pub use keepalive::{Basis, IdleHistogram, LearnedConfig, Windows};
@@ -61,8 +60,7 @@ pub struct Observation {
 }
 
 /// Why a function is warm or not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// Requests are running.
     InFlight,
@@ -92,7 +90,7 @@ impl Reason {
 }
 
 /// One decision about a function.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
     /// Instances wanted (0: scaled to zero).
     pub desired: u32,
@@ -193,14 +191,6 @@ pub fn provisioned_at(provisioned: Option<&Provisioned>, weekday: u8, minute_of_
             || (on((weekday + 6) % 7) && minute_of_day < hours.to_minute)
     };
     if inside { p.instances } else { 0 }
-}
-
-/// Unix ms → (day of the week with 0 for Monday, minute of the day), UTC.
-pub fn weekday_and_minute(unix_ms: u64) -> (u8, u16) {
-    let minutes = unix_ms / 60_000;
-    let days = minutes / 1440;
-    // 1970-01-01 was a Thursday.
-    (((days + 3) % 7) as u8, (minutes % 1440) as u16)
 }
 
 #[cfg(test)]
@@ -338,12 +328,5 @@ mod tests {
         let d = s.decide(&node, &p, &seen(2000, 0, Some(28 * 60_000), 0));
         assert_eq!(d.reason, Reason::PreWarm);
         assert_eq!(d.desired, 1);
-    }
-
-    #[test]
-    fn calendar() {
-        // 2026-11-27 was a Friday; 13:44 UTC.
-        assert_eq!(weekday_and_minute(1_795_787_040_000), (4, 13 * 60 + 44));
-        assert_eq!(weekday_and_minute(0), (3, 0));
     }
 }

@@ -10,8 +10,6 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
-
 /// The scaler's settings (Knative's defaults).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScalerConfig {
@@ -48,7 +46,7 @@ impl Default for ScalerConfig {
 }
 
 /// What the scaler decided at one tick.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Demand {
     /// Instances the demand needs (before keep-alive and provisioning).
     pub instances: u32,
