@@ -8,18 +8,27 @@
 # percentiles, the ratio of each round and their median. On a shared
 # virtual machine single rounds swing by 20%: trust the median.
 #
+# Because of that swing, SIDE rounds also load both servers at the same
+# time (one `wrk -t1` each, so both see the machine in the same state)
+# and compare what each request cost its server in CPU time (user +
+# system, all its threads, from /proc/PID/stat): requests per CPU-second,
+# on ÷ off, is the throughput ratio at equal CPU, free of the drift
+# between rounds.
+#
 # Accuracy: a CPU-bound guest (testbed /busy?ms=N) invoked M times with 2
 # clients; the sum of metered guest CPU time against the server process's
 # own CPU time over the run (/proc/PID/stat) minus an idle baseline of the
 # same length; metered wall time against what the client observed.
 #
-#   bench/metering.sh                 # DURATION=2s ROUNDS=20 BUSY_MS=20 CALLS=200
+#   bench/metering.sh       # DURATION=2s ROUNDS=20 SIDE=10 SIDE_DURATION=5 BUSY_MS=20 CALLS=200
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 ROUNDS=${ROUNDS:-20}
+SIDE=${SIDE:-10}
+SIDE_DURATION=${SIDE_DURATION:-5}
 BUSY_MS=${BUSY_MS:-20}
 CALLS=${CALLS:-200}
 PORT=${PORT:-18780}
@@ -70,7 +79,30 @@ for round in $(seq "$ROUNDS"); do
   ROWS+="| $round | $OFF_RPS | $OFF_P50 / $OFF_P99 | $ON_RPS | $ON_P50 / $ON_P99 | $RATIO |"$'\n'
   ON_SUM=$(python3 -c "print($ON_SUM + $ON_RPS)"); OFF_SUM=$(python3 -c "print($OFF_SUM + $OFF_RPS)")
 done
-MEDIAN=$(python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${RATIOS[@]}")
+median() { python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "$@"; }
+MEDIAN=$(median "${RATIOS[@]}")
+
+# Side by side: CPU time per request of each server under the same load.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+SIDE_ROWS=""; SIDE_RATIOS=()
+for round in $(seq "$SIDE"); do
+  ON0=$(ticks "$PID_on"); OFF0=$(ticks "$PID_off")
+  wrk -t1 -c$((CONNECTIONS / 2)) -d"${SIDE_DURATION}s" --latency "http://127.0.0.1:$PORT/hello/" >"$WORK/on.wrk" &
+  WRK_ON=$!
+  wrk -t1 -c$((CONNECTIONS / 2)) -d"${SIDE_DURATION}s" --latency "http://127.0.0.1:$((PORT + 10))/hello/" >"$WORK/off.wrk" &
+  WRK_OFF=$!
+  wait "$WRK_ON" "$WRK_OFF"
+  ON_TICKS=$(( $(ticks "$PID_on") - ON0 )); OFF_TICKS=$(( $(ticks "$PID_off") - OFF0 ))
+  read -r ON_RPS _ < <(python3 bench/wrk_summary.py <"$WORK/on.wrk")
+  read -r OFF_RPS _ < <(python3 bench/wrk_summary.py <"$WORK/off.wrk")
+  read -r ON_US OFF_US RATIO < <(python3 -c "
+hz, d = $(getconf CLK_TCK), $SIDE_DURATION
+on, off = $ON_TICKS / hz / ($ON_RPS * d) * 1e6, $OFF_TICKS / hz / ($OFF_RPS * d) * 1e6
+print(f'{on:.1f} {off:.1f} {off / on:.3f}')")
+  SIDE_RATIOS+=("$RATIO")
+  SIDE_ROWS+="| $round | $OFF_RPS | $OFF_US | $ON_RPS | $ON_US | $RATIO |"$'\n'
+done
+SIDE_MEDIAN=$(median "${SIDE_RATIOS[@]}")
 kill -TERM "$PID_off"; wait "$PID_off" 2>/dev/null || true
 
 # Accuracy, on the metering server.
@@ -88,6 +120,13 @@ Overhead: \`wrk -t2 -c$CONNECTIONS -d$DURATION\`, hello component, alternating.
 |---|---:|---:|---:|---:|---:|
 $ROWS
 On ÷ off: median of rounds $MEDIAN, sum of rounds $(python3 -c "print(f'{$ON_SUM/$OFF_SUM:.3f}')").
+
+Side by side: both servers loaded at once (\`wrk -t1 -c$((CONNECTIONS / 2)) -d${SIDE_DURATION}s\` each); server CPU time per request (µs).
+
+| round | off: req/s | off: CPU µs/req | on: req/s | on: CPU µs/req | requests per CPU-second, on ÷ off |
+|---|---:|---:|---:|---:|---:|
+$SIDE_ROWS
+Requests per CPU-second, on ÷ off: median of rounds $SIDE_MEDIAN.
 
 Accuracy: $CALLS calls of a guest busy for $BUSY_MS ms, 2 clients.
 

@@ -70,10 +70,15 @@ pub struct ApiState {
     pub applied: tokio::sync::watch::Receiver<u64>,
     /// A function's scaling (`<tenant>`, `<name>`), from the data plane.
     pub scale: ScaleView,
+    /// Whether the node has room for a function's `reserved_concurrency`.
+    pub reservations: ReservationCheck,
 }
 
 /// Looks up a function's scaling; supplied by the binary.
 pub type ScaleView = Arc<dyn Fn(&str, &str) -> Option<ScaleStatus> + Send + Sync>;
+
+/// (`<tenant>`, `<name>`, instances to reserve) → why they do not fit.
+pub type ReservationCheck = Arc<dyn Fn(&str, &str, u32) -> Result<(), String> + Send + Sync>;
 
 /// A function as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -130,6 +135,9 @@ pub struct DeployParams {
     pub monthly_budget_micros: Option<u64>,
     /// Instances running at once, at most (default: no per-function limit).
     pub max_concurrency: Option<u32>,
+    /// Instances of the node set aside for this function alone; it runs
+    /// on them only (default: none, it shares the rest of the node).
+    pub reserved_concurrency: Option<u32>,
     /// Requests that may wait for a free instance (default 64).
     pub queue_depth: Option<u32>,
     /// How long one may wait, in ms (default 1000).
@@ -714,6 +722,7 @@ async fn deploy_version(
         }),
         monthly_budget_micros: params.monthly_budget_micros,
         max_concurrency: params.max_concurrency,
+        reserved_concurrency: params.reserved_concurrency,
         queue_depth: params.queue_depth,
         queue_wait_ms: params.queue_wait_ms,
         keep_alive: params
@@ -731,6 +740,10 @@ async fn deploy_version(
     }
     .resolve()
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let Some(reserved) = limits.reserved_concurrency {
+        (state.reservations)(caller.tenant.as_str(), name.as_str(), reserved)
+            .map_err(ApiError::Conflict)?;
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -68,6 +68,11 @@ pub struct DeployArgs {
     /// wait (see --queue-depth, --queue-wait-ms), then get 429.
     #[arg(long)]
     max_concurrency: Option<u32>,
+    /// Instances of the node set aside for this function alone: other
+    /// functions cannot take them, and it runs on them only (so at most
+    /// this many at once). A tenth of the node always stays shared.
+    #[arg(long)]
+    reserved_concurrency: Option<u32>,
     /// Requests that may wait for a free instance (default 64).
     #[arg(long)]
     queue_depth: Option<u32>,
@@ -370,6 +375,10 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         ("max_output_bytes", args.max_output_bytes),
         ("monthly_budget_micros", args.monthly_budget_micros),
         ("max_concurrency", args.max_concurrency.map(u64::from)),
+        (
+            "reserved_concurrency",
+            args.reserved_concurrency.map(u64::from),
+        ),
         ("queue_depth", args.queue_depth.map(u64::from)),
         ("queue_wait_ms", args.queue_wait_ms),
         ("max_attempts", args.max_attempts.map(u64::from)),

@@ -104,8 +104,6 @@ fn describe_keep_alive(s: &ScaleStatus) -> String {
             " (fallback: {} idle times learned, not enough yet)",
             s.idle_samples
         ),
-        "no_pattern" => " (fallback: its idle times show no pattern)".into(),
-        "out_of_range" => " (it is mostly idle for longer than the histogram's range)".into(),
         other => format!(" ({other})"),
     };
     format!("{} — {window}{basis}", s.keep_alive)

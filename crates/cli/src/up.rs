@@ -100,18 +100,10 @@ pub struct UpArgs {
     /// little history (ms).
     #[arg(long, default_value_t = 600_000)]
     learned_fallback_ms: u64,
-    /// The learned keep-alive keeps a function until this percentile of
-    /// its idle times (plus 10%): higher, fewer cold starts; lower, less
-    /// memory.
-    #[arg(long, default_value_t = 99.0, value_parser = percentile)]
-    learned_tail_percentile: f64,
-}
-
-fn percentile(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(p) if (50.0..=100.0).contains(&p) => Ok(p),
-        _ => Err(format!("`{text}` is not a percentile between 50 and 100")),
-    }
+    /// The learned keep-alive weighs a cold start as this long in memory
+    /// (ms): higher, fewer cold starts; lower, less memory.
+    #[arg(long, default_value_t = 720_000)]
+    learned_cold_start_weight_ms: u64,
 }
 
 /// The node's limit on running instances: its pool slots, within three
@@ -235,7 +227,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 learned: gust_scheduler::LearnedConfig {
                     bin_ms: args.learned_bin_ms.max(1),
                     fallback_ms: args.learned_fallback_ms,
-                    tail: args.learned_tail_percentile / 100.0,
+                    cold_start_weight_ms: args.learned_cold_start_weight_ms,
                     ..Default::default()
                 },
                 ..Default::default()
@@ -284,6 +276,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Arc::new(move |tenant: &str, name: &str| gateway.scale_status(tenant, name))
             as gust_api::ScaleView
     };
+    let reservations = {
+        let gateway = gateway.clone();
+        Arc::new(move |tenant: &str, name: &str, reserved: u32| {
+            gateway.check_reservation(tenant, name, reserved)
+        }) as gust_api::ReservationCheck
+    };
     let api = gust_api::router(ApiState {
         registry,
         blobs,
@@ -300,6 +298,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         stopping: stop_rx_api,
         applied: gateway.applied_revision(),
         scale,
+        reservations,
     });
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {

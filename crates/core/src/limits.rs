@@ -31,6 +31,11 @@ pub struct Limits {
     /// node's and the tenant's limits apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// Instances of the node set aside for this function alone: no other
+    /// function can take them, and it runs on them only (so at most this
+    /// many at once). None: it shares the node's unreserved instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_concurrency: Option<u32>,
     /// Requests that may wait for a free instance when `max_concurrency`
     /// are running (more get 429 at once).
     #[serde(default = "default_queue_depth")]
@@ -115,6 +120,16 @@ impl Limits {
         self.allows_host(host) && !named.allows_host(host)
     }
 
+    /// The most instances of the function that may run at once, if
+    /// anything but the node and the tenant limits it: `max_concurrency`,
+    /// within `reserved_concurrency`.
+    pub fn concurrency_cap(&self) -> Option<u32> {
+        match (self.max_concurrency, self.reserved_concurrency) {
+            (Some(max), Some(reserved)) => Some(max.min(reserved)),
+            (max, reserved) => max.or(reserved),
+        }
+    }
+
     fn validate(&self) -> Result<(), LimitsError> {
         let check = |name: &'static str, value: u64, min: u64, max: u64| {
             if value < min || value > max {
@@ -167,7 +182,23 @@ impl Limits {
             0,
             Self::CEILING_QUEUE_WAIT_MS,
         )?;
-        if let (Some(p), Some(max)) = (&self.provisioned, self.max_concurrency)
+        if let Some(n) = self.reserved_concurrency {
+            check(
+                "reserved_concurrency",
+                u64::from(n),
+                1,
+                Self::CEILING_MAX_CONCURRENCY,
+            )?;
+            if let Some(max) = self.max_concurrency.filter(|max| *max > n) {
+                return Err(LimitsError::OutOfRange {
+                    name: "max_concurrency",
+                    value: u64::from(max),
+                    min: 1,
+                    max: u64::from(n),
+                });
+            }
+        }
+        if let (Some(p), Some(max)) = (&self.provisioned, self.concurrency_cap())
             && p.instances > max
         {
             return Err(LimitsError::OutOfRange {
@@ -238,6 +269,7 @@ impl Default for Limits {
             allowed_hosts: Vec::new(),
             monthly_budget_micros: None,
             max_concurrency: None,
+            reserved_concurrency: None,
             queue_depth: Self::DEFAULT_QUEUE_DEPTH,
             queue_wait_ms: Self::DEFAULT_QUEUE_WAIT_MS,
             keep_alive: KeepAlive::default(),
@@ -273,6 +305,7 @@ pub struct LimitsPatch {
     pub allowed_hosts: Option<Vec<String>>,
     pub monthly_budget_micros: Option<u64>,
     pub max_concurrency: Option<u32>,
+    pub reserved_concurrency: Option<u32>,
     pub queue_depth: Option<u32>,
     pub queue_wait_ms: Option<u64>,
     #[schema(value_type = Option<String>, example = "10m")]
@@ -298,6 +331,7 @@ impl LimitsPatch {
                 .collect(),
             monthly_budget_micros: self.monthly_budget_micros,
             max_concurrency: self.max_concurrency,
+            reserved_concurrency: self.reserved_concurrency,
             queue_depth: self.queue_depth.unwrap_or(defaults.queue_depth),
             queue_wait_ms: self.queue_wait_ms.unwrap_or(defaults.queue_wait_ms),
             keep_alive: self.keep_alive.unwrap_or(defaults.keep_alive),
@@ -381,6 +415,42 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_reservation_caps_the_function() {
+        let reserved = |max, reserved| {
+            LimitsPatch {
+                max_concurrency: max,
+                reserved_concurrency: Some(reserved),
+                ..LimitsPatch::default()
+            }
+            .resolve()
+        };
+        assert_eq!(reserved(None, 4).unwrap().concurrency_cap(), Some(4));
+        assert_eq!(reserved(Some(2), 4).unwrap().concurrency_cap(), Some(2));
+        // It runs on its reserved instances only: no more may be allowed.
+        assert!(matches!(
+            reserved(Some(5), 4),
+            Err(LimitsError::OutOfRange {
+                name: "max_concurrency",
+                max: 4,
+                ..
+            })
+        ));
+        assert!(matches!(
+            reserved(None, 0),
+            Err(LimitsError::OutOfRange {
+                name: "reserved_concurrency",
+                ..
+            })
+        ));
+        let provisioned = LimitsPatch {
+            reserved_concurrency: Some(1),
+            provisioned: Some("2".parse().unwrap()),
+            ..LimitsPatch::default()
+        };
+        assert!(provisioned.resolve().is_err());
     }
 
     #[test]

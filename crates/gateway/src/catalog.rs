@@ -13,7 +13,7 @@ use gust_core::{ActiveVersion, FunctionName, Limits, TenantId};
 use gust_runtime::{Prepared, Runtime};
 use gust_store::{BlobStore, KvEvent, Registry};
 
-use crate::admission::FunctionGate;
+use crate::admission::{FunctionGate, NodeSlots};
 
 /// A function's serving version, and its component once loaded.
 pub(crate) struct Route {
@@ -25,8 +25,9 @@ pub(crate) struct Route {
     pub delivery: DeliveryPolicy,
     /// Callable without a token.
     pub public: bool,
-    /// Its instances running and waiting, when it has `max_concurrency`
-    /// (shared by the routes of successive versions while the limit stays).
+    /// Its instances running and waiting, when it has `max_concurrency` or
+    /// `reserved_concurrency` (shared by the routes of successive versions
+    /// while the limit stays).
     pub gate: Option<Arc<FunctionGate>>,
     /// What the autoscaler observes: shared by successive versions.
     pub activity: Arc<Activity>,
@@ -52,10 +53,14 @@ impl Route {
             name,
             version: active.version,
             digest: active.digest,
-            gate: active
-                .limits
-                .max_concurrency
-                .map(|n| Arc::new(FunctionGate::new(n))),
+            gate: active.limits.concurrency_cap().map(|n| {
+                let setting = if active.limits.reserved_concurrency == Some(n) {
+                    "reserved_concurrency"
+                } else {
+                    "max_concurrency"
+                };
+                Arc::new(FunctionGate::new(n, setting))
+            }),
             limits: Arc::new(active.limits),
             delivery: active.delivery,
             public,
@@ -230,6 +235,19 @@ impl Catalog {
             .collect()
     }
 
+    /// Σ `reserved_concurrency` of the routes, but `except`'s
+    /// (`<tenant>/<function>`), and who reserves what.
+    pub fn reservations(&self, except: &str) -> (u32, Vec<(String, u32)>) {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        let mut holders: Vec<(String, u32)> = routes
+            .iter()
+            .filter(|(key, _)| key.as_str() != except)
+            .filter_map(|(key, r)| r.limits.reserved_concurrency.map(|n| (key.clone(), n)))
+            .collect();
+        holders.sort();
+        (holders.iter().map(|(_, n)| *n).sum(), holders)
+    }
+
     fn serves_digest(&self, digest: &str) -> bool {
         self.routes
             .read()
@@ -283,6 +301,7 @@ pub(crate) async fn follow_registry(
     registry: Registry,
     runtime: Runtime,
     blobs: Arc<dyn BlobStore>,
+    node: Arc<NodeSlots>,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut ready = Some(ready);
@@ -298,6 +317,7 @@ pub(crate) async fn follow_registry(
         for digest in catalog.replace_all(&watch.initial) {
             runtime.unload(&digest);
         }
+        node.set_reserved(catalog.reservations("").0);
         catalog.mark_applied(watch.revision);
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
@@ -312,6 +332,7 @@ pub(crate) async fn follow_registry(
                     {
                         runtime.unload(&old.digest);
                     }
+                    node.set_reserved(catalog.reservations("").0);
                     catalog.mark_applied(event.revision());
                     if let Some(route) = Registry::parse_function_key(event.key())
                         .and_then(|(tenant, name)| catalog.get(tenant.as_str(), name.as_str()))

@@ -38,7 +38,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::body::{BodyFault, LimitedBody};
 use crate::catalog::Catalog;
@@ -115,7 +114,7 @@ struct Shared {
     runtime: Runtime,
     blobs: Arc<dyn BlobStore>,
     logs: LogSink,
-    admission: Arc<Semaphore>,
+    node: Arc<admission::NodeSlots>,
     config: GatewayConfig,
     draining: AtomicBool,
     counters: Counters,
@@ -170,12 +169,16 @@ impl Gateway {
             meter,
         } = services;
         let catalog = Arc::new(Catalog::default());
+        let node = Arc::new(admission::NodeSlots::new(
+            u32::try_from(config.max_in_flight).unwrap_or(u32::MAX),
+        ));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(catalog::follow_registry(
             catalog.clone(),
             registry,
             runtime.clone(),
             blobs.clone(),
+            node.clone(),
             ready_tx,
         ));
         let _ = ready_rx.await;
@@ -194,7 +197,7 @@ impl Gateway {
                 runtime,
                 blobs,
                 logs,
-                admission: Arc::new(Semaphore::new(config.max_in_flight)),
+                node,
                 access: access::Access::new(accounts, config.auth),
                 config,
                 draining: AtomicBool::new(false),
@@ -214,6 +217,42 @@ impl Gateway {
         self.shared.catalog.applied()
     }
 
+    /// Whether `tenant`'s function `name` may set `reserved` of this
+    /// node's instances aside (replacing what it reserves now): the
+    /// reservations must leave a tenth of the node shared. Else why not,
+    /// naming the tenant's own reservations (other tenants' only as a sum).
+    pub fn check_reservation(&self, tenant: &str, name: &str, reserved: u32) -> Result<(), String> {
+        let node = &self.shared.node;
+        let (others, holders) = self
+            .shared
+            .catalog
+            .reservations(&format!("{tenant}/{name}"));
+        let room = node.limit().saturating_sub(node.unreserved_floor());
+        if others.saturating_add(reserved) <= room {
+            return Ok(());
+        }
+        let prefix = format!("{tenant}/");
+        let mut held: Vec<String> = holders
+            .iter()
+            .filter_map(|(key, n)| Some(format!("{} {n}", key.strip_prefix(&prefix)?)))
+            .collect();
+        let elsewhere: u32 = holders
+            .iter()
+            .filter(|(key, _)| !key.starts_with(&prefix))
+            .map(|(_, n)| n)
+            .sum();
+        if elsewhere > 0 {
+            held.push(format!("other tenants {elsewhere}"));
+        }
+        let held = held.join(", ");
+        Err(format!(
+            "`reserved_concurrency` {reserved} does not fit on this node: it runs {limit} instances at most, {floor} of them must stay shared, and {others} are reserved already ({held}); reserve at most {left}, or start the node with a higher --max-in-flight",
+            limit = node.limit(),
+            floor = node.unreserved_floor(),
+            left = room.saturating_sub(others),
+        ))
+    }
+
     /// A function's scaling now and its recent decisions (`gust scale`).
     pub fn scale_status(&self, tenant: &str, name: &str) -> Option<gust_scheduler::ScaleStatus> {
         self.shared
@@ -231,8 +270,7 @@ impl Gateway {
         GatewayStats {
             requests: c.requests.load(Ordering::Relaxed),
             responses_by_class: by_class,
-            in_flight: (self.shared.config.max_in_flight
-                - self.shared.admission.available_permits()) as u64,
+            in_flight: u64::from(self.shared.node.in_use()),
             invocations_completed: c.completed.load(Ordering::Relaxed),
             invocations_failed: c.failed.load(Ordering::Relaxed),
             logs_dropped: self.shared.logs.dropped.load(Ordering::Relaxed),
@@ -474,10 +512,9 @@ where
         None => None,
     };
     let permit = shared
-        .admission
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| refuse(GatewayError::Overloaded))?;
+        .node
+        .take(route.limits.reserved_concurrency.is_some())
+        .ok_or_else(|| refuse(GatewayError::Overloaded))?;
     let tenant_permit = shared.access.admit_run(&route.tenant).map_err(refuse)?;
     let running = scaling::Running::start(&route.activity);
     let (prepared, cold) = route

@@ -185,7 +185,7 @@ impl Autoscaler {
             let policy = Policy {
                 keep_alive: route.limits.keep_alive,
                 provisioned: route.limits.provisioned,
-                max_instances: route.limits.max_concurrency,
+                max_instances: route.limits.concurrency_cap(),
             };
             let decision = f.scaling.decide(node, &policy, &seen);
             let mut action = None;

@@ -5,17 +5,18 @@
 //!
 //! The learned policy keeps a histogram of idle times (the time from the
 //! end of one invocation to the start of the next) in bins of `bin_ms`
-//! (a minute) over `bins` bins (four hours). When the histogram is
-//! representative, it unloads the function right after an invocation,
-//! pre-warms it at the head of the distribution (its 5th percentile, less a
-//! 10% margin) and keeps it until the tail (its 99th percentile, plus 10%).
-//! Otherwise it falls back:
-//! - too little history, or idle times spread so evenly that no pattern
-//!   shows (the coefficient of variation of the bin counts is below 2):
-//!   a fixed keep-alive;
-//! - mostly idle times beyond the histogram's range: unloaded at once,
-//!   since no keep-alive shorter than the range would have caught them
-//!   (the paper predicts these with ARIMA; Gust does not).
+//! (a minute) over `bins` bins (four hours). After an invocation it may
+//! unload the function, pre-warm it later and keep it for a while: a
+//! window `[prewarm, prewarm + keep)` of idle time. Where the paper cuts
+//! the window at fixed percentiles (the 5th and the 99th), Gust picks the
+//! window that would have cost least over the idle times seen: each
+//! minute in memory costs a minute, each idle time outside the window a
+//! cold start, which weighs as much as `cold_start_weight_ms` in memory.
+//! A periodic function is pre-warmed just before its period ends; a
+//! function called often stays warm through its usual gaps; one whose
+//! next call is anybody's guess, and rare, is unloaded at once. A window
+//! opens half a bin early (loading takes a moment). While a function has
+//! too little history, a fixed keep-alive applies.
 
 use gust_core::scaling::KeepAlive;
 
@@ -26,16 +27,9 @@ pub struct LearnedConfig {
     pub bins: usize,
     /// Fewer idle times than this: the fallback applies.
     pub min_samples: u32,
-    /// Below this coefficient of variation of the bin counts, the
-    /// histogram shows no pattern: the fallback applies.
-    pub min_cv: f64,
-    /// Percentiles of the head (pre-warm) and the tail (keep-alive).
-    pub head: f64,
-    pub tail: f64,
-    /// Taken off the head and added to the tail.
-    pub margin: f64,
-    /// More than this share of idle times beyond the range: unload at once.
-    pub max_out_of_range: f64,
+    /// A cold start costs as much as keeping the function in memory this
+    /// long: higher, fewer cold starts; lower, less memory.
+    pub cold_start_weight_ms: u64,
     /// The fixed keep-alive used while the histogram cannot be trusted.
     pub fallback_ms: u64,
 }
@@ -46,11 +40,7 @@ impl Default for LearnedConfig {
             bin_ms: 60_000,
             bins: 240,
             min_samples: 10,
-            min_cv: 2.0,
-            head: 0.05,
-            tail: 0.99,
-            margin: 0.10,
-            max_out_of_range: 0.5,
+            cold_start_weight_ms: 720_000,
             fallback_ms: 600_000,
         }
     }
@@ -81,37 +71,54 @@ impl IdleHistogram {
         self.total
     }
 
-    /// The bin holding the `p` quantile of in-range idle times.
-    fn quantile_bin(&self, p: f64) -> usize {
-        let in_range: u64 = self.counts.iter().map(|&c| u64::from(c)).sum();
-        let rank = ((in_range as f64) * p).ceil().max(1.0) as u64;
-        let mut seen = 0u64;
-        for (bin, &count) in self.counts.iter().enumerate() {
-            seen += u64::from(count);
-            if seen >= rank {
-                return bin;
+    /// The window of bins `[from, to)` in memory that would have cost
+    /// least over the idle times seen, a cold start weighing `weight`
+    /// bins in memory (`from == to`: never in memory).
+    ///
+    /// An idle time in bin `i` is taken to end mid-bin. A window that
+    /// catches it costs the time from the window's start to then; one
+    /// that misses it costs a cold start, plus the whole window if the
+    /// idle time ran past it. The best window starts at 0 or at a bin
+    /// with idle times (starting later through empty bins only saves
+    /// memory) and ends just after a bin with idle times (ending later
+    /// through empty bins only costs memory): prefix sums make each
+    /// candidate O(1). A window must catch two idle times at least: one
+    /// alone is chance (any idle time seen once would justify a sliver
+    /// of a window around itself).
+    fn best_window(&self, weight: f64) -> (usize, usize) {
+        let bins = self.counts.len();
+        // Idle times in bins before `k`, and the sum of their midpoints.
+        let mut count_before = Vec::with_capacity(bins + 1);
+        let mut mid_before = Vec::with_capacity(bins + 1);
+        let (mut n, mut m) = (0.0, 0.0);
+        count_before.push(n);
+        mid_before.push(m);
+        for (i, &c) in self.counts.iter().enumerate() {
+            n += f64::from(c);
+            m += f64::from(c) * (i as f64 + 0.5);
+            count_before.push(n);
+            mid_before.push(m);
+        }
+        let beyond_range = f64::from(self.out_of_range);
+        let used: Vec<usize> = (0..bins).filter(|&i| self.counts[i] > 0).collect();
+        let mut best = (weight * (n + beyond_range), 0, 0);
+        let starts = std::iter::once(0).chain(used.iter().copied().filter(|&i| i > 0));
+        for from in starts {
+            for to in used.iter().filter(|&&i| i >= from).map(|&i| i + 1) {
+                let caught = count_before[to] - count_before[from];
+                if caught < 2.0 {
+                    continue;
+                }
+                let ran_past = n - count_before[to] + beyond_range;
+                let memory = (mid_before[to] - mid_before[from]) - from as f64 * caught
+                    + ran_past * (to - from) as f64;
+                let cost = memory + weight * (count_before[from] + ran_past);
+                if cost < best.0 {
+                    best = (cost, from, to);
+                }
             }
         }
-        self.counts.len().saturating_sub(1)
-    }
-
-    /// The coefficient of variation of the bin counts.
-    fn cv(&self) -> f64 {
-        let n = self.counts.len() as f64;
-        if n == 0.0 {
-            return 0.0;
-        }
-        let mean = self.counts.iter().map(|&c| f64::from(c)).sum::<f64>() / n;
-        if mean == 0.0 {
-            return 0.0;
-        }
-        let var = self
-            .counts
-            .iter()
-            .map(|&c| (f64::from(c) - mean).powi(2))
-            .sum::<f64>()
-            / n;
-        var.sqrt() / mean
+        (best.1, best.2)
     }
 }
 
@@ -121,10 +128,6 @@ pub enum Basis {
     Fixed,
     /// Learned, but not enough idle times yet: the fallback keep-alive.
     TooLittleHistory,
-    /// Learned, but no pattern in the idle times: the fallback keep-alive.
-    NoPattern,
-    /// Learned: mostly idle longer than the histogram's range.
-    OutOfRange,
     Learned,
 }
 
@@ -133,8 +136,6 @@ impl Basis {
         match self {
             Basis::Fixed => "fixed",
             Basis::TooLittleHistory => "too_little_history",
-            Basis::NoPattern => "no_pattern",
-            Basis::OutOfRange => "out_of_range",
             Basis::Learned => "learned",
         }
     }
@@ -158,38 +159,33 @@ impl Windows {
 
 /// The windows `policy` sets for a function with idle times `history`.
 pub fn windows(policy: KeepAlive, config: &LearnedConfig, history: &IdleHistogram) -> Windows {
-    let fallback = |basis| Windows {
-        prewarm_ms: 0,
-        keep_ms: config.fallback_ms,
-        basis,
-    };
     match policy {
         KeepAlive::Fixed { idle_ms } => Windows {
             prewarm_ms: 0,
             keep_ms: idle_ms,
             basis: Basis::Fixed,
         },
+        KeepAlive::Learned if history.total < config.min_samples => Windows {
+            prewarm_ms: 0,
+            keep_ms: config.fallback_ms,
+            basis: Basis::TooLittleHistory,
+        },
         KeepAlive::Learned => {
-            if history.total < config.min_samples {
-                return fallback(Basis::TooLittleHistory);
-            }
-            if f64::from(history.out_of_range) > config.max_out_of_range * f64::from(history.total)
-            {
+            let bin = config.bin_ms.max(1);
+            let (from, to) = history.best_window(config.cold_start_weight_ms as f64 / bin as f64);
+            if from == to {
                 return Windows {
                     prewarm_ms: 0,
                     keep_ms: 0,
-                    basis: Basis::OutOfRange,
+                    basis: Basis::Learned,
                 };
             }
-            if history.cv() < config.min_cv {
-                return fallback(Basis::NoPattern);
-            }
-            let bin = config.bin_ms as f64;
-            let head = history.quantile_bin(config.head) as f64 * bin * (1.0 - config.margin);
-            let tail = (history.quantile_bin(config.tail) + 1) as f64 * bin * (1.0 + config.margin);
+            // Half a bin early: loading takes a moment, and decisions
+            // come once a tick.
+            let prewarm_ms = (from as u64 * bin).saturating_sub(bin / 2);
             Windows {
-                prewarm_ms: head.round() as u64,
-                keep_ms: (tail - head).max(0.0).round() as u64,
+                prewarm_ms,
+                keep_ms: to as u64 * bin - prewarm_ms,
                 basis: Basis::Learned,
             }
         }
@@ -238,45 +234,77 @@ mod tests {
 
     #[test]
     fn a_periodic_function_is_unloaded_then_prewarmed_before_its_next_call() {
-        // Called every ~30 minutes.
-        let w = learned(&[30; 20]);
+        // Called every 30 minutes, give or take a minute.
+        let w = learned(&[29, 30, 30, 31, 30, 30, 29, 30, 31, 30, 30, 30]);
         assert_eq!(w.basis, Basis::Learned);
-        // Pre-warmed at 27 min (30 less 10%), kept until 34.1 min (31 + 10%).
-        assert_eq!(w.prewarm_ms, 27 * MIN);
-        assert_eq!(w.prewarm_ms + w.keep_ms, 34 * MIN + 6_000);
-        assert!(!w.warm_after(MIN), "unloaded right after an invocation");
-        assert!(
-            w.warm_after(30 * MIN + MIN / 2),
-            "warm when the next call comes"
+        assert_eq!(
+            (w.prewarm_ms, w.keep_ms),
+            (28 * MIN + MIN / 2, 3 * MIN + MIN / 2)
         );
+        assert!(!w.warm_after(MIN), "unloaded right after an invocation");
+        assert!(w.warm_after(30 * MIN), "warm when the next call comes");
         assert!(!w.warm_after(40 * MIN));
     }
 
     #[test]
-    fn a_frequent_function_stays_warm_until_its_tail() {
+    fn an_odd_late_call_is_not_worth_waiting_for() {
+        // Every 30 minutes, but once after 3 hours: catching that one
+        // would mean keeping the function for two and a half hours more.
+        let mut idle = vec![30; 15];
+        idle.push(180);
+        let w = learned(&idle);
+        assert_eq!(
+            (w.prewarm_ms, w.keep_ms),
+            (29 * MIN + MIN / 2, MIN + MIN / 2)
+        );
+    }
+
+    #[test]
+    fn a_frequent_function_stays_warm_through_its_gaps() {
         let mut idle = vec![0; 95];
         idle.extend([1, 1, 2, 2, 3]);
         let w = learned(&idle);
         assert_eq!(w.basis, Basis::Learned);
-        assert_eq!(w.prewarm_ms, 0);
-        // The 99th idle time falls in the 2-minute bin: kept 3 min + 10%.
-        assert_eq!(w.keep_ms, 3 * MIN + 18_000);
+        assert_eq!((w.prewarm_ms, w.keep_ms), (0, 4 * MIN));
     }
 
     #[test]
-    fn evenly_spread_idle_times_show_no_pattern() {
-        let idle: Vec<u64> = (0..240).collect();
+    fn a_rare_unpredictable_function_is_unloaded_at_once() {
+        // Idle for 25 minutes to 5 hours, spread evenly: any window costs
+        // more memory than the cold starts it saves.
+        let idle: Vec<u64> = (0..12).map(|i| 24 + 25 * i).collect();
         let w = learned(&idle);
-        assert_eq!(w.basis, Basis::NoPattern);
-        assert_eq!(w.keep_ms, 10 * MIN);
-    }
-
-    #[test]
-    fn idle_beyond_the_range_unloads_at_once() {
-        let mut idle = vec![300; 12];
-        idle.extend([5; 3]);
-        let w = learned(&idle);
-        assert_eq!(w.basis, Basis::OutOfRange);
+        assert_eq!(w.basis, Basis::Learned);
+        assert_eq!(w.keep_ms, 0, "{w:?}");
         assert!(!w.warm_after(0));
+        // Always idle beyond the histogram's range: the same.
+        let w = learned(&[300; 12]);
+        assert_eq!(w.keep_ms, 0, "{w:?}");
+    }
+
+    #[test]
+    fn the_weight_of_a_cold_start_trades_memory_for_cold_starts() {
+        // Idle for 5 minutes half of the time, for 60 the other half.
+        let idle: Vec<u64> = [5, 60].repeat(10);
+        let mut h = IdleHistogram::default();
+        let mut config = LearnedConfig::default();
+        for m in idle {
+            h.record(&config, m * MIN + MIN / 2);
+        }
+        // Light: only the 60-minute calls are worth pre-warming for (the
+        // function is out of memory in between).
+        config.cold_start_weight_ms = 2 * MIN;
+        let w = windows(KeepAlive::Learned, &config, &h);
+        assert_eq!(
+            (w.prewarm_ms, w.keep_ms),
+            (59 * MIN + MIN / 2, MIN + MIN / 2)
+        );
+        // Heavy: the 60-minute ones too (the window runs to them).
+        config.cold_start_weight_ms = 200 * MIN;
+        let w = windows(KeepAlive::Learned, &config, &h);
+        assert_eq!(
+            (w.prewarm_ms, w.keep_ms),
+            (4 * MIN + MIN / 2, 56 * MIN + MIN / 2)
+        );
     }
 }

@@ -28,7 +28,7 @@ pub use status::{ScaleEvent, ScaleStatus};
 pub struct Policy {
     pub keep_alive: KeepAlive,
     pub provisioned: Option<Provisioned>,
-    /// The function's `max_concurrency`: never more instances than this.
+    /// The function's concurrency cap: never more instances than this.
     pub max_instances: Option<u32>,
 }
 
@@ -105,6 +105,9 @@ pub struct Decision {
 pub struct Scaling {
     scaler: Scaler,
     history: IdleHistogram,
+    /// The windows last computed, and for which keep-alive (computed
+    /// again only when either changes).
+    windows: Option<(KeepAlive, Windows)>,
     cold_since_ms: Option<u64>,
 }
 
@@ -114,6 +117,9 @@ impl Scaling {
         for &idle in idle_times_ms {
             self.history.record(&node.learned, idle);
         }
+        if !idle_times_ms.is_empty() {
+            self.windows = None;
+        }
     }
 
     pub fn history(&self) -> &IdleHistogram {
@@ -121,7 +127,14 @@ impl Scaling {
     }
 
     pub fn decide(&mut self, node: &NodeConfig, policy: &Policy, seen: &Observation) -> Decision {
-        let windows = keepalive::windows(policy.keep_alive, &node.learned, &self.history);
+        let windows = match self.windows {
+            Some((keep_alive, windows)) if keep_alive == policy.keep_alive => windows,
+            _ => {
+                let windows = keepalive::windows(policy.keep_alive, &node.learned, &self.history);
+                self.windows = Some((policy.keep_alive, windows));
+                windows
+            }
+        };
         let demand = self
             .scaler
             .decide(&node.scaler, seen.now_ms, seen.concurrency, seen.ready);
@@ -325,8 +338,13 @@ mod tests {
         };
         let d = s.decide(&node, &p, &seen(1000, 0, Some(60_000), 1));
         assert_eq!((d.reason, d.desired), (Reason::Idle, 0));
-        let d = s.decide(&node, &p, &seen(2000, 0, Some(28 * 60_000), 0));
+        let d = s.decide(&node, &p, &seen(2000, 0, Some(30 * 60_000), 0));
         assert_eq!(d.reason, Reason::PreWarm);
         assert_eq!(d.desired, 1);
+        // What it learns next moves the window.
+        s.learn(&node, &[60 * 60_000 + 30_000; 40]);
+        let d = s.decide(&node, &p, &seen(3000, 0, Some(30 * 60_000), 0));
+        assert_eq!(d.reason, Reason::Idle);
+        assert_eq!(d.windows.prewarm_ms, 59 * 60_000 + 30_000);
     }
 }

@@ -17,8 +17,8 @@ pub struct ScaleStatus {
     pub reason: String,
     /// The keep-alive policy: `learned` or a duration.
     pub keep_alive: String,
-    /// What the policy decided: `fixed`, `learned`, or why learning does
-    /// not apply yet (`too_little_history`, `no_pattern`, `out_of_range`).
+    /// What the policy decided: `fixed`, `learned`, or
+    /// `too_little_history` (learned, but the fallback applies yet).
     pub basis: String,
     /// After an invocation: out of memory this long, then in memory for `keep_ms`.
     pub prewarm_ms: u64,

@@ -306,3 +306,56 @@ async fn a_function_at_its_concurrency_limit_queues_then_answers_429() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("max_concurrency"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reservation_keeps_its_share_of_the_node_and_takes_no_more() {
+    let server = Server::start_with(&["--max-in-flight", "10"]);
+    server.deploy(
+        "vip",
+        &guests().testbed,
+        &["--reserved-concurrency", "7", "--queue-depth", "0"],
+    );
+    // 7 reserved and a tenth of 10 kept shared: at most 2 more.
+    let bad = server.gust(&[
+        "deploy",
+        "greedy",
+        guests().testbed.to_str().unwrap(),
+        "--reserved-concurrency",
+        "3",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("vip 7") && err.contains("at most 2"), "{err}");
+    server.deploy("other", &guests().testbed, &["--reserved-concurrency", "2"]);
+    server.deploy("shared", &guests().testbed, &[]);
+
+    let slow = |path: &str, n: usize| -> Vec<_> {
+        (0..n)
+            .map(|_| {
+                let http = server.http.clone();
+                let url = format!("{}/{path}/sleep?ms=1500", server.url);
+                tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+            })
+            .collect()
+    };
+    // The one shared slot is taken: more unreserved work gets 503 ...
+    let busy = slow("shared", 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(server.get("/shared/").await.0, 503);
+    // ... while the reserved function still runs on its own slots, up to
+    // its reservation (then it queues and gets 429 like max_concurrency).
+    let vip = slow("vip", 7);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let over = server
+        .http
+        .get(format!("{}/vip/", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over.status(), 429);
+    assert!(over.text().await.unwrap().contains("reserved_concurrency"));
+    for task in busy.into_iter().chain(vip) {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    assert_eq!(server.get("/shared/").await.0, 200);
+}
