@@ -125,8 +125,9 @@ impl FunctionGate {
         }
     }
 
-    pub fn limit(&self) -> u32 {
-        self.limit
+    /// Whether `other` enforces the same limit from the same setting.
+    pub fn same_limit(&self, other: &FunctionGate) -> bool {
+        (self.limit, self.setting) == (other.limit, other.setting)
     }
 
     /// A place to run, waiting for one if `wait` (else refused at once).

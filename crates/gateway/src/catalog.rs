@@ -83,10 +83,7 @@ impl Route {
             self.activity = old.activity.clone();
         }
         if let Some(old_gate) = old.and_then(|o| o.gate.as_ref())
-            && self
-                .gate
-                .as_ref()
-                .is_some_and(|g| g.limit() == old_gate.limit())
+            && self.gate.as_ref().is_some_and(|g| g.same_limit(old_gate))
         {
             self.gate = Some(old_gate.clone());
         }
@@ -235,9 +232,18 @@ impl Catalog {
             .collect()
     }
 
-    /// Σ `reserved_concurrency` of the routes, but `except`'s
-    /// (`<tenant>/<function>`), and who reserves what.
-    pub fn reservations(&self, except: &str) -> (u32, Vec<(String, u32)>) {
+    /// Σ `reserved_concurrency` of the routes.
+    pub fn reserved_total(&self) -> u32 {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|r| r.limits.reserved_concurrency)
+            .sum()
+    }
+
+    /// Who reserves what (`<tenant>/<function>`, instances), but `except`.
+    pub fn reservations_except(&self, except: &str) -> Vec<(String, u32)> {
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
         let mut holders: Vec<(String, u32)> = routes
             .iter()
@@ -245,7 +251,7 @@ impl Catalog {
             .filter_map(|(key, r)| r.limits.reserved_concurrency.map(|n| (key.clone(), n)))
             .collect();
         holders.sort();
-        (holders.iter().map(|(_, n)| *n).sum(), holders)
+        holders
     }
 
     fn serves_digest(&self, digest: &str) -> bool {
@@ -317,7 +323,7 @@ pub(crate) async fn follow_registry(
         for digest in catalog.replace_all(&watch.initial) {
             runtime.unload(&digest);
         }
-        node.set_reserved(catalog.reservations("").0);
+        node.set_reserved(catalog.reserved_total());
         catalog.mark_applied(watch.revision);
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
@@ -332,7 +338,7 @@ pub(crate) async fn follow_registry(
                     {
                         runtime.unload(&old.digest);
                     }
-                    node.set_reserved(catalog.reservations("").0);
+                    node.set_reserved(catalog.reserved_total());
                     catalog.mark_applied(event.revision());
                     if let Some(route) = Registry::parse_function_key(event.key())
                         .and_then(|(tenant, name)| catalog.get(tenant.as_str(), name.as_str()))

@@ -223,10 +223,11 @@ impl Gateway {
     /// naming the tenant's own reservations (other tenants' only as a sum).
     pub fn check_reservation(&self, tenant: &str, name: &str, reserved: u32) -> Result<(), String> {
         let node = &self.shared.node;
-        let (others, holders) = self
+        let holders = self
             .shared
             .catalog
-            .reservations(&format!("{tenant}/{name}"));
+            .reservations_except(&format!("{tenant}/{name}"));
+        let others: u32 = holders.iter().map(|(_, n)| n).sum();
         let room = node.limit().saturating_sub(node.unreserved_floor());
         if others.saturating_add(reserved) <= room {
             return Ok(());

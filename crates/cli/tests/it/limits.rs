@@ -327,6 +327,12 @@ async fn a_reservation_keeps_its_share_of_the_node_and_takes_no_more() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("vip 7") && err.contains("at most 2"), "{err}");
     server.deploy("other", &guests().testbed, &["--reserved-concurrency", "2"]);
+    // A new version replaces its own reservation rather than adding to it.
+    server.deploy(
+        "vip",
+        &guests().testbed,
+        &["--reserved-concurrency", "7", "--queue-depth", "0"],
+    );
     server.deploy("shared", &guests().testbed, &[]);
 
     let slow = |path: &str, n: usize| -> Vec<_> {
