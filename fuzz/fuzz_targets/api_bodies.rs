@@ -93,6 +93,7 @@ fn harness() -> &'static Harness {
                 applied,
                 // No data plane here: no function is deployed on one.
                 scale: Arc::new(|_: &str, _: &str| None),
+                reservations: Arc::new(|_: &str, _: &str, _: u32| Ok(())),
             })
         });
         let harness = Harness {
