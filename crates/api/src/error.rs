@@ -87,10 +87,14 @@ impl IntoResponse for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage")
             }
             ApiError::InvalidComponent(_) => (StatusCode::BAD_REQUEST, "invalid_component"),
-            ApiError::NotFound(_) | ApiError::Registry(RegistryError::NoSuchFunction(_)) => {
-                (StatusCode::NOT_FOUND, "not_found")
-            }
-            ApiError::Conflict(_) | ApiError::Registry(RegistryError::AlreadyExists(_)) => {
+            ApiError::NotFound(_)
+            | ApiError::Registry(
+                RegistryError::NoSuchFunction(_)
+                | RegistryError::NoSuchAlias { .. }
+                | RegistryError::NoSuchVersion { .. },
+            ) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_)
+            | ApiError::Registry(RegistryError::AlreadyExists(_) | RegistryError::Refused(_)) => {
                 (StatusCode::CONFLICT, "conflict")
             }
             ApiError::Registry(RegistryError::Store(StoreError::Conflict { .. })) => {

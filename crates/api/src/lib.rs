@@ -8,6 +8,7 @@
 //! It listens on its own address and must never be reachable on the
 //! data-plane port; it serves no function traffic.
 
+mod aliases;
 mod auth;
 mod error;
 mod kv;
@@ -32,10 +33,11 @@ use gust_core::{
 use gust_events::Events;
 use gust_runtime::Runtime;
 use gust_scheduler::ScaleStatus;
-use gust_store::{BlobStore, LogStore, NewVersion, Registry, digest_of};
+use gust_store::{Activation, BlobStore, LogStore, NewVersion, Registry, digest_of};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
+pub use aliases::{AliasInfo, CanaryInfo, RolledBack, SetAlias, SplitInfo};
 pub use auth::{AuditEntry, Caller, NewTenant, NewToken, TENANT_HEADER, TenantInfo, TokenInfo};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use kv::{KeyEntry, KeyPage, NewTrigger, TriggerInfo, Written};
@@ -94,6 +96,12 @@ pub struct FunctionInfo {
     pub created_at_ms: u64,
     /// Callable without a token.
     pub public: bool,
+    /// Where its aliases point (`live`: its URL).
+    #[serde(default)]
+    pub aliases: Vec<aliases::AliasInfo>,
+    /// How its last canaries ended, newest last.
+    #[serde(default)]
+    pub canaries: Vec<gust_core::deploy::CanaryReport>,
 }
 
 /// A deployed version as the API shows it.
@@ -109,6 +117,10 @@ pub struct VersionInfo {
     /// Time the deploy spent validating and compiling, in ms (only on deploy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prepare_ms: Option<u64>,
+    /// What the deploy did with it: the alias it took over, or the canary
+    /// it started (only on deploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -165,6 +177,38 @@ pub struct DeployParams {
     /// `true`: anyone with the URL may call it; `false`: a token is needed.
     /// Absent: unchanged (a new function is private).
     pub public: Option<bool>,
+    /// The alias the new version takes over (default `live`: the
+    /// function's URL). A function's first deploy is always `live` too.
+    pub alias: Option<String>,
+    /// Deploy as a canary of `live`: `10%,5m` sends it 10% of the traffic
+    /// for 5 minutes, then promotes it, or rolls it back as soon as its
+    /// errors or latency are worse than the stable version's.
+    pub canary: Option<String>,
+}
+
+impl DeployParams {
+    fn activation(&self) -> Result<Activation, ApiError> {
+        match (&self.alias, &self.canary) {
+            (Some(_), Some(_)) => Err(ApiError::BadRequest(
+                "`canary` splits `live`; it cannot be combined with `alias`".into(),
+            )),
+            (_, Some(canary)) => {
+                let spec: gust_core::deploy::CanarySpec =
+                    canary.parse().map_err(ApiError::BadRequest)?;
+                Ok(Activation::Canary {
+                    basis_points: spec.basis_points,
+                    window_ms: spec.window_ms,
+                    policy: Default::default(),
+                })
+            }
+            (Some(alias), None) => {
+                gust_core::deploy::check_alias(alias)
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                Ok(Activation::Alias(alias.clone()))
+            }
+            (None, None) => Ok(Activation::default()),
+        }
+    }
 }
 
 impl DeployParams {
@@ -317,6 +361,10 @@ pub struct LogPage {
         list_versions,
         get_version,
         get_scale,
+        aliases::list_aliases,
+        aliases::set_alias,
+        aliases::remove_alias,
+        aliases::rollback,
         read_logs,
         list_invocations,
         submit_invocation,
@@ -353,6 +401,13 @@ pub struct LogPage {
         gust_meter::GroupBy,
         FunctionInfo,
         VersionInfo,
+        aliases::AliasInfo,
+        aliases::SplitInfo,
+        aliases::CanaryInfo,
+        aliases::SetAlias,
+        aliases::RolledBack,
+        gust_core::deploy::CanaryReport,
+        gust_core::deploy::CanaryOutcome,
         CreateFunction,
         LogEntry,
         LogPage,
@@ -423,6 +478,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/functions/{name}/versions/{version}", get(get_version))
         .route("/v1/functions/{name}/logs", get(read_logs))
         .route("/v1/functions/{name}/scale", get(get_scale))
+        .route("/v1/functions/{name}/aliases", get(aliases::list_aliases))
+        .route(
+            "/v1/functions/{name}/aliases/{alias}",
+            axum::routing::put(aliases::set_alias).delete(aliases::remove_alias),
+        )
+        .route(
+            "/v1/functions/{name}/rollback",
+            axum::routing::post(aliases::rollback),
+        )
         .route(
             "/v1/functions/{name}/invocations",
             get(list_invocations).post(submit_invocation),
@@ -575,15 +639,18 @@ impl ApiState {
     }
 
     fn function_info(&self, record: FunctionRecord) -> FunctionInfo {
+        let live = record.live().map(|a| &a.target);
         FunctionInfo {
             url: self.url(&record.tenant, &record.name),
             name: record.name.to_string(),
             public: record.public,
-            version: record.active.as_ref().map(|a| a.version),
+            version: live.map(|a| a.version),
             latest_version: record.latest_version,
-            digest: record.active.as_ref().map(|a| a.digest.clone()),
-            limits: record.active.map(|a| a.limits),
+            digest: live.map(|a| a.digest.clone()),
+            limits: live.map(|a| a.limits.clone()),
             created_at_ms: record.created_at_ms,
+            aliases: self.aliases_of(&record),
+            canaries: record.canaries,
         }
     }
 
@@ -597,6 +664,7 @@ impl ApiState {
             limits: record.limits,
             created_at_ms: record.created_at_ms,
             prepare_ms,
+            activated: None,
         }
     }
 }
@@ -708,6 +776,7 @@ async fn deploy_version(
     let name = function_name(name)?;
     state.check_function_quotas(&caller, &name).await?;
     let delivery = params.delivery()?;
+    let activation = params.activation()?;
     let limits = LimitsPatch {
         memory_bytes: params.memory_bytes,
         timeout_ms: params.timeout_ms,
@@ -784,16 +853,30 @@ async fn deploy_version(
                 limits,
                 delivery,
                 public: params.public,
+                activation: activation.clone(),
             },
             now_ms(),
         )
         .await?;
     state.until_live(revision).await;
     tracing::info!(function = %name, version = version.version, %digest, prepare_ms, "deployed");
-    Ok((
-        StatusCode::CREATED,
-        Json(state.version_info(version, Some(prepare_ms))),
-    ))
+    let mut info = state.version_info(version, Some(prepare_ms));
+    info.activated = Some(match activation {
+        Activation::Alias(alias) => {
+            info.url = state.alias_url(&caller.tenant, &name, &alias);
+            alias
+        }
+        Activation::Canary {
+            basis_points,
+            window_ms,
+            ..
+        } => format!(
+            "canary: {} of live for {}",
+            gust_core::deploy::format_share(basis_points),
+            gust_core::time::format_duration_ms(window_ms)
+        ),
+    });
+    Ok((StatusCode::CREATED, Json(info)))
 }
 
 /// Reads an upload up to `cap` bytes. Past the cap it keeps reading (and
@@ -1028,10 +1111,9 @@ async fn submit_invocation(
         )));
     }
     let cap = function
-        .active
-        .as_ref()
+        .live()
         .map_or(MAX_EVENT_BYTES, |a| {
-            usize::try_from(a.limits.max_body_bytes).unwrap_or(usize::MAX)
+            usize::try_from(a.target.limits.max_body_bytes).unwrap_or(usize::MAX)
         })
         .min(MAX_EVENT_BYTES);
     let data = read_capped(body, cap).await.map_err(|_| {

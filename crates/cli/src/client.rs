@@ -39,7 +39,9 @@ pub struct ApiArgs {
   gust deploy hello hello.wasm
   gust deploy api api.wasm --memory-mb 256 --timeout-ms 5000 --allow-host api.github.com
   gust deploy site site.wasm --public
-  gust deploy api api.wasm --keep-alive 5m --provisioned 1")]
+  gust deploy api api.wasm --keep-alive 5m --provisioned 1
+  gust deploy api api.wasm --alias staging        live stays where it is
+  gust deploy api api.wasm --canary 10%,5m        10% of live for 5 minutes, then judged")]
 pub struct DeployArgs {
     /// Function name: lowercase letters, digits and `-`.
     name: String,
@@ -114,6 +116,15 @@ pub struct DeployArgs {
     /// Events: a function to tell of every dead-lettered event.
     #[arg(long)]
     on_failure: Option<String>,
+    /// The alias the new version takes over (default `live`, the
+    /// function's URL); `--alias staging` leaves `live` where it is.
+    #[arg(long, conflicts_with = "canary")]
+    alias: Option<String>,
+    /// Deploy as a canary: `10%,5m` sends it 10% of `live`'s traffic for
+    /// 5 minutes, then promotes it, or rolls it back by itself as soon as
+    /// its error rate or p99 latency is worse than the stable version's.
+    #[arg(long, value_parser = |s: &str| s.parse::<gust_core::deploy::CanarySpec>().map(|_| s.to_string()))]
+    canary: Option<String>,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -179,9 +190,10 @@ pub struct NameArgs {
   gust invoke hello
   gust invoke echo --path /items?id=3 --data '{\"x\":1}' -H 'content-type: application/json'
   gust invoke echo --data @payload.bin
-  gust invoke hello --verbose            the metered figures too")]
+  gust invoke hello --verbose            the metered figures too
+  gust invoke hello:staging              through an alias")]
 pub struct InvokeArgs {
-    /// Function name.
+    /// Function name, or `NAME:ALIAS`.
     name: String,
     /// Path (and query) the function sees.
     #[arg(long, default_value = "/")]
@@ -407,6 +419,12 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     if args.public || args.private {
         query.push(("public", args.public.to_string()));
     }
+    if let Some(alias) = &args.alias {
+        query.push(("alias", alias.clone()));
+    }
+    if let Some(canary) = &args.canary {
+        query.push(("canary", canary.clone()));
+    }
     let path = format!("/v1/functions/{}/versions", args.name);
     let progress = (!args.api.json).then(|| {
         output::Progress::start(format!(
@@ -434,6 +452,10 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             version.size_bytes,
             version.prepare_ms.unwrap_or(0)
         );
+        match version.activated.as_deref() {
+            Some(gust_core::deploy::LIVE) | None => {}
+            Some(activated) => println!("{activated}"),
+        }
         println!("{}", version.url);
     }
     Ok(ExitCode::SUCCESS)
@@ -493,12 +515,20 @@ pub async fn versions(args: NameArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&args.api)?;
-    let function: FunctionInfo = api
-        .send(api.request(
-            reqwest::Method::GET,
-            &format!("/v1/functions/{}", args.name),
-        ))
+    let (name, alias) = gust_core::deploy::split_qualifier(&args.name);
+    let mut function: FunctionInfo = api
+        .send(api.request(reqwest::Method::GET, &format!("/v1/functions/{name}")))
         .await?;
+    if alias != gust_core::deploy::LIVE {
+        function.url = function
+            .aliases
+            .iter()
+            .find(|a| a.name == alias)
+            .map(|a| a.url.clone())
+            .with_context(|| {
+                format!("`{name}` has no alias `{alias}` (see `gust alias ls {name}`)")
+            })?;
+    }
     let body = match &args.data {
         Some(data) => match data.strip_prefix('@') {
             Some(file) => Some(
@@ -562,7 +592,7 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let bytes = response.bytes().await?;
     let usage = if args.verbose {
-        crate::usage::record_of(&api, &args.name, &invocation_id, started_ms).await?
+        crate::usage::record_of(&api, name, &invocation_id, started_ms).await?
     } else {
         None
     };

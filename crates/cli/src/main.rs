@@ -4,6 +4,7 @@
 //! control API. Logic that a library crate could own does not live here.
 
 mod access;
+mod aliases;
 mod client;
 mod kv;
 mod output;
@@ -51,6 +52,10 @@ enum Command {
     Ls(client::ListArgs),
     /// List a function's versions.
     Versions(client::NameArgs),
+    /// A function's aliases (each with its own URL) and traffic splits: ls, set, rm.
+    Alias(aliases::AliasArgs),
+    /// Point an alias (`live` by default) back at its previous version.
+    Rollback(aliases::RollbackArgs),
     /// Call a function through the data plane and print its answer.
     Invoke(client::InvokeArgs),
     /// Show what a function's invocations printed.
@@ -115,6 +120,8 @@ fn main() -> ExitCode {
             Command::Deploy(args) => client::deploy(args).await,
             Command::Ls(args) => client::list(args).await,
             Command::Versions(args) => client::versions(args).await,
+            Command::Alias(args) => aliases::alias(args).await,
+            Command::Rollback(args) => aliases::rollback(args).await,
             Command::Invoke(args) => client::invoke(args).await,
             Command::Logs(args) => client::logs(args).await,
             Command::Rm(args) => client::remove(args).await,

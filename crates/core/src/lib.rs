@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod delivery;
+pub mod deploy;
 mod event;
 pub mod kv;
 mod limits;

@@ -1,11 +1,16 @@
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use crate::deploy::{Alias, CanaryReport, LIVE};
 
 use crate::delivery::DeliveryPolicy;
 use crate::{FunctionName, Limits, TenantId};
 
-/// A function as the registry stores it: its name, its version counter and the
-/// version that serves traffic. Everything the data plane needs to route and
-/// run a request is in here, so a router watches only these records.
+/// A function as the registry stores it: its name, its version counter and
+/// its aliases (the versions that serve traffic). Everything the data plane
+/// needs to route and run a request is in here, so a router watches only
+/// these records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionRecord {
     #[schema(value_type = String)]
@@ -15,15 +20,27 @@ pub struct FunctionRecord {
     pub created_at_ms: u64,
     /// The highest version number ever deployed (0: none yet). Numbers are never reused.
     pub latest_version: u64,
-    /// The version that serves traffic, if any.
-    pub active: Option<ActiveVersion>,
+    /// Alias name → where it sends traffic; `live` (the plain URL's) exists
+    /// from the first deploy on.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Alias>,
+    /// How its last canaries ended, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canaries: Vec<CanaryReport>,
     /// Anyone with the URL may call it; otherwise a token of its tenant
     /// that may invoke is needed (when the server requires tokens).
     #[serde(default)]
     pub public: bool,
 }
 
-/// The version of a function that serves its traffic.
+impl FunctionRecord {
+    /// The `live` alias: what the function's plain URL serves.
+    pub fn live(&self) -> Option<&Alias> {
+        self.aliases.get(LIVE)
+    }
+}
+
+/// A version of a function, with what the data plane needs to run it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ActiveVersion {
     pub version: u64,
@@ -49,6 +66,17 @@ pub struct VersionRecord {
     #[serde(default)]
     pub delivery: DeliveryPolicy,
     pub created_at_ms: u64,
+}
+
+impl From<&VersionRecord> for ActiveVersion {
+    fn from(v: &VersionRecord) -> Self {
+        Self {
+            version: v.version,
+            digest: v.digest.clone(),
+            limits: v.limits.clone(),
+            delivery: v.delivery.clone(),
+        }
+    }
 }
 
 /// Identifies one invocation across responses (`x-request-id`), logs and usage.

@@ -1,5 +1,6 @@
-//! The routing table: which version of which function serves a name, kept
-//! in step with the registry by a watch. It is derived state: rebuilt from
+//! The routing table: which versions of which function serve a name and
+//! its aliases (a route per version, splits between two), kept in step
+//! with the registry by a watch. It is derived state: rebuilt from
 //! the registry at start and after any missed change.
 
 use std::collections::HashMap;
@@ -7,15 +8,18 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use gust_scheduler::Activity;
+use gust_scheduler::canary::{Health, Snapshot};
 
 use gust_core::delivery::DeliveryPolicy;
-use gust_core::{ActiveVersion, FunctionName, Limits, TenantId};
+use gust_core::deploy;
+use gust_core::{ActiveVersion, FunctionName, FunctionRecord, Limits, TenantId};
 use gust_runtime::{Prepared, Runtime};
 use gust_store::{BlobStore, KvEvent, Registry};
 
 use crate::admission::{FunctionGate, NodeSlots};
 
-/// A function's serving version, and its component once loaded.
+/// One version of a function that an alias serves, and its component
+/// once loaded.
 pub(crate) struct Route {
     pub tenant: TenantId,
     pub name: FunctionName,
@@ -26,11 +30,15 @@ pub(crate) struct Route {
     /// Callable without a token.
     pub public: bool,
     /// Its instances running and waiting, when it has `max_concurrency` or
-    /// `reserved_concurrency` (shared by the routes of successive versions
-    /// while the limit stays).
+    /// `reserved_concurrency` (one gate for all of a function's versions
+    /// that have the same limit, and kept from version to version while
+    /// the limit stays).
     pub gate: Option<Arc<FunctionGate>>,
-    /// What the autoscaler observes: shared by successive versions.
+    /// What the autoscaler observes: one per function, shared by all its
+    /// versions and kept from version to version.
     pub activity: Arc<Activity>,
+    /// What this version's answers show (a canary is judged on it).
+    pub health: Arc<Health>,
     /// The component, while the function is warm (`None`: scaled to zero).
     warm: RwLock<Option<Arc<Prepared>>>,
     /// Held while loading, so that concurrent first requests share one load.
@@ -47,7 +55,13 @@ pub(crate) enum LoadError {
 }
 
 impl Route {
-    fn new(tenant: TenantId, name: FunctionName, active: ActiveVersion, public: bool) -> Self {
+    fn new(
+        tenant: TenantId,
+        name: FunctionName,
+        active: ActiveVersion,
+        public: bool,
+        activity: Arc<Activity>,
+    ) -> Self {
         Self {
             tenant,
             name,
@@ -64,7 +78,8 @@ impl Route {
             limits: Arc::new(active.limits),
             delivery: active.delivery,
             public,
-            activity: Arc::new(Activity::new(crate::scaling::clock_us())),
+            activity,
+            health: Arc::default(),
             warm: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
         }
@@ -75,18 +90,9 @@ impl Route {
         route_key(self.tenant.as_str(), self.name.as_str())
     }
 
-    /// Takes over what belongs to the function rather than the version:
-    /// its activity, and `old`'s gate when the limit is the same, so that
-    /// what runs under the old version still counts.
-    fn carry_over(&mut self, old: Option<&Arc<Route>>) {
-        if let Some(old) = old {
-            self.activity = old.activity.clone();
-        }
-        if let Some(old_gate) = old.and_then(|o| o.gate.as_ref())
-            && self.gate.as_ref().is_some_and(|g| g.same_limit(old_gate))
-        {
-            self.gate = Some(old_gate.clone());
-        }
+    /// Whether this route serves `version` as it is now.
+    fn serves(&self, version: &ActiveVersion, public: bool) -> bool {
+        self.version == version.version && self.digest == version.digest && self.public == public
     }
 
     fn warm_component(&self) -> Option<Arc<Prepared>> {
@@ -150,9 +156,158 @@ impl Route {
     }
 }
 
-/// `<tenant>/<function>` → serving route.
+/// One function's routes: one per version its aliases serve, and which
+/// alias sends its traffic where.
+pub(crate) struct Served {
+    /// What `live` (the function's URL) points at: the route whose limits,
+    /// delivery policy and warmth stand for the function's.
+    pub live: Arc<Route>,
+    aliases: Vec<AliasRoute>,
+    /// A canary running on `live`, and where its figures start.
+    pub canary: Option<(deploy::Canary, Baseline)>,
+}
+
+/// An alias: its target and, when split, the other version and its share.
+struct AliasRoute {
+    name: String,
+    target: Arc<Route>,
+    split: Option<(Arc<Route>, u16)>,
+}
+
+/// The two versions' figures when a canary started (or when this process
+/// first served it): its window's figures are counted from here.
+#[derive(Clone)]
+pub(crate) struct Baseline {
+    pub stable_version: u64,
+    pub stable: Snapshot,
+    pub canary: Snapshot,
+}
+
+impl Served {
+    /// Builds a function's routes from its record (`None`: nothing to
+    /// serve yet), keeping from `old` the routes of versions that did not
+    /// change (warm, with their health), its activity, and gates whose
+    /// limit stays.
+    fn build(record: FunctionRecord, old: Option<&Served>) -> Option<Served> {
+        let live_alias = record.live()?.clone();
+        let live = live_alias.target.clone();
+        let canary = live_alias.canary.clone();
+        let activity = old.map_or_else(
+            || Arc::new(Activity::new(crate::scaling::clock_us())),
+            |o| o.live.activity.clone(),
+        );
+        let mut built: Vec<Arc<Route>> = Vec::new();
+        let mut route_for = |version: &ActiveVersion| -> Arc<Route> {
+            if let Some(route) = built.iter().find(|r| r.version == version.version) {
+                return route.clone();
+            }
+            let kept = old.and_then(|o| {
+                o.routes()
+                    .into_iter()
+                    .find(|r| r.serves(version, record.public))
+            });
+            let route = match kept {
+                Some(route) => route,
+                None => {
+                    let mut route = Route::new(
+                        record.tenant.clone(),
+                        record.name.clone(),
+                        version.clone(),
+                        record.public,
+                        activity.clone(),
+                    );
+                    let earlier = old.map(Served::routes).unwrap_or_default();
+                    if let Some(gate) = route.gate.as_ref().and_then(|new| {
+                        built
+                            .iter()
+                            .chain(earlier.iter())
+                            .filter_map(|r| r.gate.as_ref())
+                            .find(|g| g.same_limit(new))
+                    }) {
+                        route.gate = Some(gate.clone());
+                    }
+                    Arc::new(route)
+                }
+            };
+            built.push(route.clone());
+            route
+        };
+        let live = route_for(&live);
+        let canary_route = live_alias.split.as_ref().map(|s| route_for(&s.to));
+        let canary = canary.map(|canary| {
+            let route = canary_route;
+            let kept = old
+                .and_then(|o| o.canary.as_ref())
+                .filter(|(c, b)| c.version == canary.version && b.stable_version == live.version)
+                .map(|(_, b)| b.clone());
+            let baseline = kept.unwrap_or_else(|| Baseline {
+                stable_version: live.version,
+                stable: live.health.snapshot(),
+                canary: route.map_or_else(Snapshot::default, |r| r.health.snapshot()),
+            });
+            (canary, baseline)
+        });
+        let aliases = record
+            .aliases
+            .iter()
+            .map(|(name, alias)| {
+                let split = alias
+                    .split
+                    .as_ref()
+                    .map(|s| (route_for(&s.to), s.basis_points));
+                AliasRoute {
+                    name: name.clone(),
+                    target: route_for(&alias.target),
+                    split,
+                }
+            })
+            .collect();
+        Some(Served {
+            live,
+            aliases,
+            canary,
+        })
+    }
+
+    /// The route a request to `alias` takes (a split's side chosen by
+    /// `gust_core::deploy::takes_split`); `None`: no such alias.
+    pub fn pick(&self, alias: &str, sticky: Option<&[u8]>, random: u64) -> Option<&Arc<Route>> {
+        let alias = self.aliases.iter().find(|a| a.name == alias)?;
+        Some(match &alias.split {
+            Some((other, share)) if deploy::takes_split(*share, sticky, random) => other,
+            _ => &alias.target,
+        })
+    }
+
+    /// The aliases' names, for messages.
+    pub fn alias_names(&self) -> String {
+        let names: Vec<&str> = self.aliases.iter().map(|a| a.name.as_str()).collect();
+        names.join(", ")
+    }
+
+    /// Every version's route, once each.
+    pub fn routes(&self) -> Vec<Arc<Route>> {
+        let mut routes = vec![self.live.clone()];
+        for alias in &self.aliases {
+            let split = alias.split.as_ref().map(|(r, _)| r);
+            for route in std::iter::once(&alias.target).chain(split) {
+                if !routes.iter().any(|r| Arc::ptr_eq(r, route)) {
+                    routes.push(route.clone());
+                }
+            }
+        }
+        routes
+    }
+
+    /// The route of `version`, if an alias serves it.
+    pub fn version(&self, version: u64) -> Option<Arc<Route>> {
+        self.routes().into_iter().find(|r| r.version == version)
+    }
+}
+
+/// `<tenant>/<function>` → its routes.
 pub(crate) struct Catalog {
-    routes: RwLock<HashMap<String, Arc<Route>>>,
+    routes: RwLock<HashMap<String, Arc<Served>>>,
     /// The registry revision the routes reflect, for callers that must not
     /// answer before the data plane serves what they wrote.
     applied: tokio::sync::watch::Sender<u64>,
@@ -182,7 +337,7 @@ impl Catalog {
         });
     }
 
-    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Route>> {
+    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Served>> {
         let key = route_key(tenant, name);
         self.routes
             .read()
@@ -191,39 +346,43 @@ impl Catalog {
             .cloned()
     }
 
-    /// Applies one registry change; returns the route it displaced, if any.
-    fn apply(&self, event: &KvEvent) -> Option<Arc<Route>> {
-        let (tenant, name) = Registry::parse_function_key(event.key())?;
+    /// Applies one registry change; returns the routes it displaced.
+    fn apply(&self, event: &KvEvent) -> Vec<Arc<Route>> {
+        let Some((tenant, name)) = Registry::parse_function_key(event.key()) else {
+            return Vec::new();
+        };
         let key = route_key(tenant.as_str(), name.as_str());
-        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
         let record = match event {
             KvEvent::Put(entry) => match Registry::decode_function(entry) {
                 Ok(record) => Some(record),
                 Err(e) => {
                     tracing::error!(key = entry.key, error = %e, "skipping undecodable function record");
-                    return None;
+                    return Vec::new();
                 }
             },
             KvEvent::Delete { .. } => None,
         };
-        match record.and_then(|r| r.active.map(|a| (a, r.public))) {
-            Some((active, public)) => {
-                let unchanged = routes.get(&key).is_some_and(|r| {
-                    r.version == active.version && r.digest == active.digest && r.public == public
-                });
-                if unchanged {
-                    return None;
-                }
-                let mut route = Route::new(tenant, name, active, public);
-                route.carry_over(routes.get(&key));
-                routes.insert(key, Arc::new(route))
+        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        let old = routes.get(&key).cloned();
+        match record.and_then(|r| Served::build(r, old.as_deref())) {
+            Some(served) => {
+                let kept = served.routes();
+                routes.insert(key, Arc::new(served));
+                old.map(|o| o.routes())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|r| !kept.iter().any(|k| Arc::ptr_eq(k, r)))
+                    .collect()
             }
-            None => routes.remove(&key),
+            None => {
+                routes.remove(&key);
+                old.map(|o| o.routes()).unwrap_or_default()
+            }
         }
     }
 
-    /// Every route, as of now.
-    pub fn all(&self) -> Vec<Arc<Route>> {
+    /// Every function, as of now.
+    pub fn all(&self) -> Vec<Arc<Served>> {
         self.routes
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -232,13 +391,13 @@ impl Catalog {
             .collect()
     }
 
-    /// Σ `reserved_concurrency` of the routes.
+    /// Σ `reserved_concurrency` of the functions (their `live` versions).
     pub fn reserved_total(&self) -> u32 {
         self.routes
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter_map(|r| r.limits.reserved_concurrency)
+            .filter_map(|s| s.live.limits.reserved_concurrency)
             .sum()
     }
 
@@ -248,7 +407,7 @@ impl Catalog {
         let mut holders: Vec<(String, u32)> = routes
             .iter()
             .filter(|(key, _)| key.as_str() != except)
-            .filter_map(|(key, r)| r.limits.reserved_concurrency.map(|n| (key.clone(), n)))
+            .filter_map(|(key, s)| s.live.limits.reserved_concurrency.map(|n| (key.clone(), n)))
             .collect();
         holders.sort();
         holders
@@ -259,37 +418,44 @@ impl Catalog {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .any(|r| r.digest == digest)
+            .any(|s| s.routes().iter().any(|r| r.digest == digest))
     }
 
     /// Replaces every route at once with those of `entries` (a resync):
     /// requests see the old table or the new one, never an empty one.
     /// Returns the digests that no route serves any more.
     fn replace_all(&self, entries: &[gust_store::Entry]) -> Vec<String> {
-        let fresh = Catalog::default();
-        for entry in entries {
-            let _ = fresh.apply(&KvEvent::Put(entry.clone()));
-        }
-        let mut fresh = fresh.routes.into_inner().unwrap_or_else(|p| p.into_inner());
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
-        // Keep loaded routes that did not change, so they stay warm.
-        for (name, route) in fresh.iter_mut() {
-            let old = routes.get(name);
-            if let Some(old) = old
-                && old.version == route.version
-                && old.digest == route.digest
-                && old.public == route.public
-            {
-                *route = old.clone();
-            } else if let Some(new) = Arc::get_mut(route) {
-                new.carry_over(old);
+        let mut fresh: HashMap<String, Arc<Served>> = HashMap::new();
+        for entry in entries {
+            let Some((tenant, name)) = Registry::parse_function_key(&entry.key) else {
+                continue;
+            };
+            let record = match Registry::decode_function(entry) {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::error!(key = entry.key, error = %e, "skipping undecodable function record");
+                    continue;
+                }
+            };
+            let key = route_key(tenant.as_str(), name.as_str());
+            if let Some(served) = Served::build(record, routes.get(&key).map(|s| s.as_ref())) {
+                fresh.insert(key, Arc::new(served));
             }
         }
-        let gone: Vec<String> = routes
+        let serving: std::collections::HashSet<String> = fresh
             .values()
-            .filter(|old| !fresh.values().any(|r| r.digest == old.digest))
-            .map(|old| old.digest.clone())
+            .flat_map(|s| s.routes())
+            .map(|r| r.digest.clone())
             .collect();
+        let mut gone: Vec<String> = routes
+            .values()
+            .flat_map(|s| s.routes())
+            .map(|r| r.digest.clone())
+            .filter(|d| !serving.contains(d))
+            .collect();
+        gone.sort();
+        gone.dedup();
         *routes = fresh;
         gone
     }
@@ -333,16 +499,19 @@ pub(crate) async fn follow_registry(
                 Ok(event) => {
                     // A component no route serves any more leaves memory (its
                     // artifact stays on disk); running invocations keep their copy.
-                    if let Some(old) = catalog.apply(&event)
-                        && !catalog.serves_digest(&old.digest)
-                    {
-                        runtime.unload(&old.digest);
+                    for old in catalog.apply(&event) {
+                        if !catalog.serves_digest(&old.digest) {
+                            runtime.unload(&old.digest);
+                        }
                     }
                     node.set_reserved(catalog.reserved_total());
                     catalog.mark_applied(event.revision());
-                    if let Some(route) = Registry::parse_function_key(event.key())
-                        .and_then(|(tenant, name)| catalog.get(tenant.as_str(), name.as_str()))
-                    {
+                    let served = Registry::parse_function_key(event.key())
+                        .and_then(|(tenant, name)| catalog.get(tenant.as_str(), name.as_str()));
+                    for route in served.iter().flat_map(|s| s.routes()) {
+                        if route.is_warm() {
+                            continue;
+                        }
                         let (runtime, blobs) = (runtime.clone(), blobs.clone());
                         tokio::spawn(async move {
                             if let Err(e) = route.prepared(&runtime, blobs.as_ref()).await {

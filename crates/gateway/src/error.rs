@@ -14,6 +14,11 @@ use crate::catalog::LoadError;
 pub(crate) enum GatewayError {
     NoRoute,
     NoSuchFunction(String),
+    NoSuchAlias {
+        function: String,
+        alias: String,
+        known: String,
+    },
     BadRequest(&'static str),
     BodyTooLarge {
         limit: u64,
@@ -80,7 +85,9 @@ impl GatewayError {
     /// The status code alone (what `describe` answers), without logging.
     pub fn status_code(&self) -> StatusCode {
         match self {
-            GatewayError::NoRoute | GatewayError::NoSuchFunction(_) => StatusCode::NOT_FOUND,
+            GatewayError::NoRoute
+            | GatewayError::NoSuchFunction(_)
+            | GatewayError::NoSuchAlias { .. } => StatusCode::NOT_FOUND,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -118,6 +125,16 @@ impl GatewayError {
             GatewayError::NoSuchFunction(name) => (
                 StatusCode::NOT_FOUND,
                 format!("no function named `{name}` is deployed (see `gust ls`)"),
+            ),
+            GatewayError::NoSuchAlias {
+                function,
+                alias,
+                known,
+            } => (
+                StatusCode::NOT_FOUND,
+                format!(
+                    "function `{function}` has no alias `{alias}` (it has: {known}; see `gust alias ls {function}`)"
+                ),
             ),
             GatewayError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.to_string()),
             GatewayError::Unauthorized(why) => (StatusCode::UNAUTHORIZED, why),

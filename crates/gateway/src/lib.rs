@@ -11,6 +11,7 @@
 mod access;
 mod admission;
 mod body;
+mod canary;
 mod catalog;
 mod error;
 mod kv;
@@ -27,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use gust_core::delivery::DeliveryPolicy;
 use gust_core::usage::Trigger;
-use gust_core::{Envelope, LogRecord, Outcome, route};
+use gust_core::{Envelope, LogRecord, Outcome, deploy, route};
 use gust_events::{AttemptOutcome, Events, Invoker};
 use gust_runtime::{GuestBody, InvocationReport, Runtime};
 use gust_store::{BlobStore, Buckets, LogStore, Registry};
@@ -46,6 +47,11 @@ use crate::logs::LogSink;
 
 /// Request header that makes an invocation asynchronous: `Gust-Invocation-Type: Event`.
 pub const INVOCATION_TYPE: &str = "gust-invocation-type";
+/// Response header: the version that answered.
+pub const VERSION_HEADER: &str = "gust-version";
+/// Request header (or cookie) naming a client, so that a split alias
+/// always sends the same client to the same version.
+pub const CLIENT_HEADER: &str = "gust-client";
 
 /// Body type of every data-plane response.
 pub type GatewayBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -173,6 +179,7 @@ impl Gateway {
             u32::try_from(config.max_in_flight).unwrap_or(u32::MAX),
         ));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(canary::drive(catalog.clone(), registry.clone()));
         tokio::spawn(catalog::follow_registry(
             catalog.clone(),
             registry,
@@ -337,8 +344,21 @@ async fn invoke(
         return Err(reject_unread(shared, request, GatewayError::NoRoute).await);
     };
     let tenant = target.tenant.unwrap_or(DEFAULT_TENANT);
-    let Some(route) = shared.catalog.get(tenant, target.name) else {
-        let error = GatewayError::NoSuchFunction(target.name.to_string());
+    let (name, alias) = deploy::split_qualifier(target.name);
+    let Some(served) = shared.catalog.get(tenant, name) else {
+        let error = GatewayError::NoSuchFunction(name.to_string());
+        return Err(reject_unread(shared, request, error).await);
+    };
+    let sticky = sticky_key(request.headers());
+    let Some(route) = served
+        .pick(alias, sticky.as_deref(), deploy::fnv1a(id.as_bytes()))
+        .cloned()
+    else {
+        let error = GatewayError::NoSuchAlias {
+            function: name.to_string(),
+            alias: alias.to_string(),
+            known: served.alias_names(),
+        };
         return Err(reject_unread(shared, request, error).await);
     };
     // The path the function sees; the request is moved below.
@@ -403,7 +423,14 @@ async fn invoke(
         request_bytes: declared_length.unwrap_or(0),
         fault: Some(fault.clone()),
     };
-    let result = run(shared, &route, Request::from_parts(parts, body), attempt).await;
+    let result = run(shared, &route, Request::from_parts(parts, body), attempt)
+        .await
+        .map(|mut response| {
+            response
+                .headers_mut()
+                .insert(VERSION_HEADER, HeaderValue::from(route.version));
+            response
+        });
     if fault.too_large() {
         return Err(GatewayError::BodyTooLarge {
             limit: limits.max_body_bytes,
@@ -413,6 +440,23 @@ async fn invoke(
         return Err(GatewayError::BodyStalled);
     }
     result
+}
+
+/// A client's own key for sticky splits: the `gust-client` header, else
+/// the `gust-client` cookie.
+fn sticky_key(headers: &http::HeaderMap) -> Option<Vec<u8>> {
+    if let Some(value) = headers.get(CLIENT_HEADER) {
+        return Some(value.as_bytes().to_vec());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == CLIENT_HEADER).then(|| value.as_bytes().to_vec())
+        })
 }
 
 enum CappedRead {
@@ -486,6 +530,7 @@ async fn run<B>(
 where
     B: http_body::Body<Data = Bytes, Error = GuestBody> + Send + 'static,
 {
+    let started = std::time::Instant::now();
     let id = attempt.id;
     let fault = attempt.fault.clone();
     let usage = shared
@@ -566,15 +611,24 @@ where
             error,
         });
     unanswered.answered();
+    let status = match &result {
+        Ok(response) => fault
+            .as_ref()
+            .and_then(|f| f.status())
+            .unwrap_or_else(|| response.status().as_u16()),
+        Err(error) => error.status_code().as_u16(),
+    };
+    route
+        .health
+        .record(status, started.elapsed().as_micros() as u64);
     match (draft, result) {
         (Some(draft), Ok(response)) => {
             // A body over its limit or stalled: the caller answers 413/408.
-            let status = fault.and_then(|f| f.status());
-            draft.status(status.unwrap_or_else(|| response.status().as_u16()));
+            draft.status(status);
             Ok(response.map(|body| metering::Counted::new(body, draft).boxed_unsync()))
         }
         (Some(draft), Err(error)) => {
-            draft.status(error.status_code().as_u16());
+            draft.status(status);
             draft.body_sent(0);
             Err(error)
         }
@@ -648,9 +702,14 @@ impl Invoker for Gateway {
     async fn deliver(&self, envelope: &Envelope, attempt: u32) -> AttemptOutcome {
         let shared = &self.shared;
         let id = envelope.invocation_id.as_str();
-        let Some(route) = shared
+        let served = shared
             .catalog
-            .get(envelope.tenant.as_str(), envelope.function.as_str())
+            .get(envelope.tenant.as_str(), envelope.function.as_str());
+        // Events go to `live`, split as its requests are.
+        let random = deploy::fnv1a(format!("{id}#{attempt}").as_bytes());
+        let Some(route) = served
+            .as_ref()
+            .and_then(|s| s.pick(deploy::LIVE, None, random).cloned())
         else {
             return AttemptOutcome {
                 status: 404,
@@ -743,7 +802,7 @@ impl Invoker for Gateway {
         self.shared
             .catalog
             .get(tenant.as_str(), function.as_str())
-            .map(|r| (r.delivery.clone(), r.limits.timeout_ms))
+            .map(|s| (s.live.delivery.clone(), s.live.limits.timeout_ms))
     }
 }
 

@@ -150,18 +150,21 @@ impl Autoscaler {
 
     /// Decides every function's scaling once and acts on it.
     fn tick(&self, catalog: &Catalog, runtime: &Runtime, blobs: &Arc<dyn BlobStore>) {
-        let routes = catalog.all();
+        let all = catalog.all();
         let now_ms = crate::now_ms();
         let (weekday, minute_of_day) = gust_core::time::weekday_and_minute(now_ms);
         let now_us = clock_us();
         let node = &self.config.node;
-        let keys: Vec<String> = routes.iter().map(|r| r.key()).collect();
+        let keys: Vec<String> = all.iter().map(|s| s.live.key()).collect();
         let mut functions = self.lock();
-        if functions.len() > routes.len() || keys.iter().any(|k| !functions.contains_key(k)) {
+        if functions.len() > all.len() || keys.iter().any(|k| !functions.contains_key(k)) {
             let live: std::collections::HashSet<&String> = keys.iter().collect();
             functions.retain(|key, _| live.contains(key));
         }
-        for (route, key) in routes.into_iter().zip(keys) {
+        for (served, key) in all.into_iter().zip(keys) {
+            // The function's `live` version stands for it; its other
+            // versions (aliases, a canary) leave memory with it.
+            let route = &served.live;
             let reading = route.activity.read(now_us);
             let f = functions.entry(key).or_insert_with(|| FunctionScale {
                 scaling: Scaling::default(),
@@ -189,8 +192,12 @@ impl Autoscaler {
             };
             let decision = f.scaling.decide(node, &policy, &seen);
             let mut action = None;
-            if decision.desired == 0 && warm && reading.in_flight == 0 {
-                if route.unload() {
+            if decision.desired == 0 && reading.in_flight == 0 {
+                let mut unloaded = false;
+                for r in served.routes() {
+                    unloaded |= r.unload();
+                }
+                if unloaded {
                     self.unloads.fetch_add(1, Ordering::Relaxed);
                     action = Some(Action::Unloaded);
                 }
@@ -232,7 +239,7 @@ impl Autoscaler {
 
     /// `<tenant>/<function>`'s scaling, if it is deployed.
     pub fn status(&self, catalog: &Catalog, tenant: &str, name: &str) -> Option<ScaleStatus> {
-        let route = catalog.get(tenant, name)?;
+        let route = catalog.get(tenant, name)?.live.clone();
         let reading = route.activity.read(clock_us());
         let functions = self.lock();
         let f = functions.get(&route.key());
@@ -260,16 +267,17 @@ impl Autoscaler {
     }
 
     pub fn stats(&self, catalog: &Catalog) -> ScaleStats {
-        let routes = catalog.all();
+        let all = catalog.all();
         let functions = self.lock();
         let mut stats = ScaleStats {
-            functions: routes.len() as u64,
+            functions: all.len() as u64,
             pre_warms: self.pre_warms.load(Ordering::Relaxed),
             unloads: self.unloads.load(Ordering::Relaxed),
             cold_starts: self.cold_starts.load(Ordering::Relaxed),
             ..ScaleStats::default()
         };
-        for route in routes {
+        for served in all {
+            let route = &served.live;
             let warm = route.is_warm();
             stats.warm += u64::from(warm);
             let desired = functions

@@ -12,6 +12,7 @@
 //! same decisions will place functions on nodes.
 
 pub mod activity;
+pub mod canary;
 pub mod keepalive;
 pub mod scaler;
 mod status;

@@ -21,7 +21,7 @@ use bytes::Bytes;
 pub use accounts::{Accounts, AccountsError, AuthError, TenantRecord, TokenRecord};
 pub use buckets::{Buckets, BucketsError, Value};
 pub use embedded::{EmbeddedStore, StoreOptions};
-pub use registry::{NewVersion, Registry, RegistryError};
+pub use registry::{Activation, AliasTarget, NewVersion, Registry, RegistryError};
 
 /// Errors a storage backend reports.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use gust_core::delivery::DeliveryPolicy;
+use gust_core::deploy::{
+    Alias, CANARY_HISTORY, Canary, CanaryOutcome, CanaryPolicy, CanaryReport, LIVE, Split,
+};
 use gust_core::{ActiveVersion, FunctionName, FunctionRecord, Limits, TenantId, VersionRecord};
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -20,6 +23,19 @@ pub enum RegistryError {
     NoSuchFunction(FunctionName),
     #[error("function `{0}` already exists")]
     AlreadyExists(FunctionName),
+    #[error("function `{function}` has no alias `{alias}`")]
+    NoSuchAlias {
+        function: FunctionName,
+        alias: String,
+    },
+    #[error("function `{function}` has no version {version}")]
+    NoSuchVersion {
+        function: FunctionName,
+        version: u64,
+    },
+    /// The change cannot be made as asked (the message says why and what to do).
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -61,6 +77,64 @@ pub struct NewVersion {
     pub delivery: DeliveryPolicy,
     /// Make the function public (`Some(true)`) or private; `None` keeps it as it is.
     pub public: Option<bool>,
+    /// Which alias the new version takes over.
+    pub activation: Activation,
+}
+
+/// What a deploy does with its new version. A function's first deploy
+/// always makes it `live` (a canary needs a stable version to compare with).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activation {
+    /// Point this alias at it (`live`: the function's URL).
+    Alias(String),
+    /// Send it a share of `live`'s traffic for a window; it is then
+    /// promoted or rolled back on what that traffic showed.
+    Canary {
+        basis_points: u16,
+        window_ms: u64,
+        policy: CanaryPolicy,
+    },
+}
+
+impl Default for Activation {
+    fn default() -> Self {
+        Self::Alias(LIVE.into())
+    }
+}
+
+/// Where a changed alias should point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AliasTarget {
+    pub version: u64,
+    /// Another version and its share (basis points).
+    pub split: Option<(u64, u16)>,
+}
+
+/// Ends a canary still running on `alias`, recording why.
+fn supersede(record: &mut FunctionRecord, alias: &str, why: &str, now_ms: u64) {
+    let Some(a) = record.aliases.get_mut(alias) else {
+        return;
+    };
+    if let Some(canary) = a.canary.take() {
+        let stable = a.target.version;
+        a.split = None;
+        push_report(
+            record,
+            CanaryReport {
+                version: canary.version,
+                stable,
+                outcome: CanaryOutcome::Superseded,
+                reason: why.into(),
+                ended_at_ms: now_ms,
+            },
+        );
+    }
+}
+
+fn push_report(record: &mut FunctionRecord, report: CanaryReport) {
+    record.canaries.push(report);
+    let excess = record.canaries.len().saturating_sub(CANARY_HISTORY);
+    record.canaries.drain(..excess);
 }
 
 /// Typed access to functions and versions. Clones share one cache of
@@ -149,7 +223,8 @@ impl Registry {
             name: name.clone(),
             created_at_ms: now_ms,
             latest_version: 0,
-            active: None,
+            aliases: Default::default(),
+            canaries: Vec::new(),
             public: false,
         };
         match self
@@ -164,7 +239,7 @@ impl Registry {
     }
 
     /// Records a new immutable version of `name` (creating the function if
-    /// needed) and makes it the active one; returns it with the revision of
+    /// needed) and activates it as `new.activation` says; returns it with the revision of
     /// the function record that activated it. Version numbers are taken with a
     /// compare-and-set on the function record, so concurrent deploys get
     /// distinct numbers.
@@ -187,7 +262,8 @@ impl Registry {
                         name: name.clone(),
                         created_at_ms: now_ms,
                         latest_version: 0,
-                        active: None,
+                        aliases: Default::default(),
+                        canaries: Vec::new(),
                         public: false,
                     },
                     None,
@@ -207,12 +283,12 @@ impl Registry {
             if let Some(public) = new.public {
                 record.public = public;
             }
-            record.active = Some(ActiveVersion {
-                version: version.version,
-                digest: version.digest.clone(),
-                limits: version.limits.clone(),
-                delivery: version.delivery.clone(),
-            });
+            activate(
+                &mut record,
+                ActiveVersion::from(&version),
+                &new.activation,
+                now_ms,
+            );
             // The compare-and-set on the function record hands out the
             // version number; only its winner writes that version's record.
             match self
@@ -237,6 +313,250 @@ impl Registry {
         Err(last_conflict
             .unwrap_or(StoreError::Backend("deploy retries exhausted".into()))
             .into())
+    }
+
+    /// Applies `change` to the function's record with a compare-and-set,
+    /// again on a race; returns the new record, `change`'s result and the
+    /// record's revision.
+    async fn update<T>(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        mut change: impl FnMut(&mut FunctionRecord) -> Result<T, RegistryError>,
+    ) -> Result<(FunctionRecord, T, u64), RegistryError> {
+        let key = function_key(tenant, name);
+        for _ in 0..MAX_CAS_RETRIES {
+            let Some(entry) = self.kv.get(&key).await? else {
+                return Err(RegistryError::NoSuchFunction(name.clone()));
+            };
+            let mut record: FunctionRecord = decode(&entry)?;
+            let out = change(&mut record)?;
+            match self
+                .kv
+                .compare_and_set(&key, encode(&record)?, Some(entry.revision))
+                .await
+            {
+                Ok(revision) => return Ok((record, out, revision)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "`{name}` kept changing under this update; try again"
+        ))
+        .into())
+    }
+
+    /// A version as an alias serves it (it must exist).
+    async fn servable(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        version: u64,
+    ) -> Result<ActiveVersion, RegistryError> {
+        match self.kv.get(&version_key(tenant, name, version)).await? {
+            Some(entry) => Ok(ActiveVersion::from(&decode::<VersionRecord>(&entry)?)),
+            None => {
+                if self.function(tenant, name).await?.is_none() {
+                    return Err(RegistryError::NoSuchFunction(name.clone()));
+                }
+                Err(RegistryError::NoSuchVersion {
+                    function: name.clone(),
+                    version,
+                })
+            }
+        }
+    }
+
+    /// Points `alias` (created if missing) at `to.version`, with `to.split`
+    /// sending a share to another version. Ends a canary running on it.
+    pub async fn set_alias(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        alias: &str,
+        to: AliasTarget,
+        now_ms: u64,
+    ) -> Result<(FunctionRecord, u64), RegistryError> {
+        gust_core::deploy::check_alias(alias).map_err(|e| RegistryError::Refused(e.to_string()))?;
+        let target = self.servable(tenant, name, to.version).await?;
+        let split = match to.split {
+            Some((version, _)) if version == to.version => {
+                return Err(RegistryError::Refused(format!(
+                    "a split needs two different versions; `{alias}` already points at {version}"
+                )));
+            }
+            Some((version, basis_points)) => Some(Split {
+                to: self.servable(tenant, name, version).await?,
+                basis_points,
+            }),
+            None => None,
+        };
+        let (record, (), revision) = self
+            .update(tenant, name, |record| {
+                supersede(record, alias, &format!("`{alias}` was set by hand"), now_ms);
+                match record.aliases.get_mut(alias) {
+                    Some(a) => a.point_at(target.clone(), now_ms),
+                    None => {
+                        record
+                            .aliases
+                            .insert(alias.to_string(), Alias::new(target.clone(), now_ms));
+                    }
+                }
+                if let Some(a) = record.aliases.get_mut(alias) {
+                    a.split = split.clone();
+                }
+                Ok(())
+            })
+            .await?;
+        Ok((record, revision))
+    }
+
+    /// Removes an alias (never `live`).
+    pub async fn remove_alias(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        alias: &str,
+    ) -> Result<(FunctionRecord, u64), RegistryError> {
+        if alias == LIVE {
+            return Err(RegistryError::Refused(format!(
+                "`{LIVE}` cannot be removed: it is what `{name}`'s URL serves; point it at another version with `gust alias set {name} {LIVE} VERSION`, or remove the function"
+            )));
+        }
+        let (record, (), revision) = self
+            .update(tenant, name, |record| {
+                record
+                    .aliases
+                    .remove(alias)
+                    .map(|_| ())
+                    .ok_or_else(|| RegistryError::NoSuchAlias {
+                        function: name.clone(),
+                        alias: alias.into(),
+                    })
+            })
+            .await?;
+        Ok((record, revision))
+    }
+
+    /// Points `alias` back at the version it served before its last move
+    /// (rolling back twice returns to where it was); a canary running on
+    /// it is ended instead, the stable version keeping all traffic.
+    /// Returns the record, the version now served and the revision.
+    pub async fn rollback(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        alias: &str,
+        now_ms: u64,
+    ) -> Result<(FunctionRecord, u64, u64), RegistryError> {
+        let record = self
+            .function(tenant, name)
+            .await?
+            .ok_or_else(|| RegistryError::NoSuchFunction(name.clone()))?;
+        let current = record
+            .aliases
+            .get(alias)
+            .ok_or_else(|| RegistryError::NoSuchAlias {
+                function: name.clone(),
+                alias: alias.into(),
+            })?;
+        let previous = match (&current.canary, current.previous) {
+            (Some(_), _) => None,
+            (None, Some(previous)) => Some(self.servable(tenant, name, previous).await?),
+            (None, None) => {
+                return Err(RegistryError::Refused(format!(
+                    "`{name}`'s `{alias}` has no earlier version to go back to; point it at one with `gust alias set {name} {alias} VERSION`"
+                )));
+            }
+        };
+        let (record, serving, revision) = self
+            .update(tenant, name, |record| {
+                let a = record
+                    .aliases
+                    .get_mut(alias)
+                    .ok_or_else(|| RegistryError::NoSuchAlias {
+                        function: name.clone(),
+                        alias: alias.into(),
+                    })?;
+                if let Some(canary) = a.canary.take() {
+                    a.split = None;
+                    let stable = a.target.version;
+                    push_report(
+                        record,
+                        CanaryReport {
+                            version: canary.version,
+                            stable,
+                            outcome: CanaryOutcome::RolledBack,
+                            reason: "rolled back by hand".into(),
+                            ended_at_ms: now_ms,
+                        },
+                    );
+                    return Ok(stable);
+                }
+                match &previous {
+                    // The alias moved meanwhile: roll back from where it is now.
+                    Some(previous) if a.previous == Some(previous.version) => {
+                        a.point_at(previous.clone(), now_ms);
+                        Ok(previous.version)
+                    }
+                    _ => Err(RegistryError::Refused(format!(
+                        "`{name}`'s `{alias}` changed during the rollback; look at `gust alias ls {name}` and try again"
+                    ))),
+                }
+            })
+            .await?;
+        Ok((record, serving, revision))
+    }
+
+    /// Ends the canary of `version` on `live` (if it still runs): promoted
+    /// (it takes all of `live`) or rolled back (the stable version keeps
+    /// it), with the reason recorded. `None`: no such canary runs any more.
+    pub async fn end_canary(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        version: u64,
+        promote: bool,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Option<u64>, RegistryError> {
+        let outcome = self
+            .update(tenant, name, |record| {
+                let Some(live) = record.aliases.get_mut(LIVE) else {
+                    return Ok(false);
+                };
+                if live.canary.as_ref().map(|c| c.version) != Some(version) {
+                    return Ok(false);
+                }
+                let stable = live.target.version;
+                let split = live.split.take();
+                live.canary = None;
+                if promote && let Some(split) = split {
+                    live.point_at(split.to, now_ms);
+                }
+                push_report(
+                    record,
+                    CanaryReport {
+                        version,
+                        stable,
+                        outcome: if promote {
+                            CanaryOutcome::Promoted
+                        } else {
+                            CanaryOutcome::RolledBack
+                        },
+                        reason: reason.into(),
+                        ended_at_ms: now_ms,
+                    },
+                );
+                Ok(true)
+            })
+            .await;
+        match outcome {
+            Ok((_, true, revision)) => Ok(Some(revision)),
+            Ok((_, false, _)) | Err(RegistryError::NoSuchFunction(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn versions(
@@ -294,5 +614,60 @@ impl Registry {
         let rest = key.strip_prefix(FUNCTIONS_PREFIX)?;
         let (tenant, name) = rest.split_once('/')?;
         Some((TenantId::new(tenant).ok()?, FunctionName::new(name).ok()?))
+    }
+}
+
+/// Activates a freshly deployed `version` on `record` as `how` says.
+fn activate(record: &mut FunctionRecord, version: ActiveVersion, how: &Activation, now_ms: u64) {
+    if !record.aliases.contains_key(LIVE) {
+        // The first deploy: there is nothing to compare a canary with.
+        record
+            .aliases
+            .insert(LIVE.into(), Alias::new(version.clone(), now_ms));
+    }
+    match how {
+        Activation::Alias(alias) => {
+            supersede(
+                record,
+                alias,
+                &format!("version {} was deployed to `{alias}`", version.version),
+                now_ms,
+            );
+            match record.aliases.get_mut(alias.as_str()) {
+                Some(a) => a.point_at(version, now_ms),
+                None => {
+                    record
+                        .aliases
+                        .insert(alias.clone(), Alias::new(version, now_ms));
+                }
+            }
+        }
+        Activation::Canary {
+            basis_points,
+            window_ms,
+            policy,
+        } => {
+            supersede(
+                record,
+                LIVE,
+                &format!("version {} was deployed as a new canary", version.version),
+                now_ms,
+            );
+            if let Some(live) = record.aliases.get_mut(LIVE)
+                && live.target.version != version.version
+            {
+                live.canary = Some(Canary {
+                    version: version.version,
+                    started_at_ms: now_ms,
+                    window_ms: *window_ms,
+                    policy: *policy,
+                });
+                live.split = Some(Split {
+                    to: version,
+                    basis_points: *basis_points,
+                });
+                live.updated_at_ms = now_ms;
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@
 
 mod control;
 mod data_plane;
+mod deploy;
 mod events;
 mod hardening;
 mod harness;

@@ -1,0 +1,226 @@
+//! Continuous deployment through the CLI against the real server: aliases
+//! and their URLs, rollback, weighted and sticky splits, canaries judged
+//! and ended by themselves.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::harness::{Server, guests};
+
+/// Sends `n` requests to `path` (`headers` on each), 16 at a time;
+/// returns how many each version answered, with each version's statuses.
+async fn spread(
+    server: &Server,
+    paths: &[&str],
+    n: usize,
+    headers: &[(&str, &str)],
+) -> HashMap<String, Vec<u16>> {
+    let mut tasks = Vec::new();
+    let per = n / 16;
+    for worker in 0..16 {
+        let http = server.http.clone();
+        let urls: Vec<String> = paths.iter().map(|p| format!("{}{p}", server.url)).collect();
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let mut seen: Vec<(String, u16)> = Vec::new();
+            for i in 0..per {
+                let mut request = http.get(&urls[(worker + i) % urls.len()]);
+                for (k, v) in &headers {
+                    request = request.header(k, v);
+                }
+                let response = request.send().await.unwrap();
+                let version = response
+                    .headers()
+                    .get("gust-version")
+                    .map_or("none".into(), |v| v.to_str().unwrap().to_string());
+                seen.push((version, response.status().as_u16()));
+            }
+            seen
+        }));
+    }
+    let mut by_version: HashMap<String, Vec<u16>> = HashMap::new();
+    for task in tasks {
+        for (version, status) in task.await.unwrap() {
+            by_version.entry(version).or_default().push(status);
+        }
+    }
+    by_version
+}
+
+fn count(spread: &HashMap<String, Vec<u16>>, version: &str) -> usize {
+    spread.get(version).map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aliases_have_their_own_urls_and_rollback_is_instant() {
+    let server = Server::start();
+    let g = guests();
+    // Version 1 says hello, version 2 is the testbed: easy to tell apart.
+    server.deploy("app", &g.hello, &[]);
+    let v2 = server.deploy("app", &g.testbed, &[]);
+    assert_eq!(v2["version"], 2);
+    assert_eq!(server.get("/app/").await, (200, "testbed ok".into()));
+
+    // A new alias gets its own URL; `live` stays.
+    let staging = server.gust_json(&["alias", "set", "app", "staging", "1"]);
+    assert_eq!(staging["version"], 1);
+    assert!(staging["url"].as_str().unwrap().ends_with("/app:staging"));
+    let (status, body) = server.get("/app:staging/").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("Hello"), "{body}");
+    assert_eq!(server.get("/app/").await.1, "testbed ok");
+    let (status, body) = server.get("/app:nope/").await;
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("no alias `nope`") && body.contains("staging"),
+        "{body}"
+    );
+
+    // A deploy to an alias leaves `live` where it is.
+    let v3 = server.deploy("app", &g.hello, &["--alias", "staging"]);
+    assert_eq!(v3["version"], 3);
+    assert!(v3["url"].as_str().unwrap().ends_with("/app:staging"));
+    assert_eq!(server.get("/app/").await.1, "testbed ok");
+    let aliases = server.gust_json(&["alias", "ls", "app"]);
+    let staging = aliases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "staging")
+        .unwrap();
+    assert_eq!(
+        (staging["version"].as_u64(), staging["previous"].as_u64()),
+        (Some(3), Some(1))
+    );
+
+    // `live` moves by hand, and back: the next request sees the change.
+    server.gust_json(&["alias", "set", "app", "live", "1"]);
+    assert!(server.get("/app/").await.1.starts_with("Hello"));
+    let back = server.gust_json(&["rollback", "app"]);
+    assert_eq!(back["version"], 2);
+    assert_eq!(server.get("/app/").await.1, "testbed ok");
+    let ls = server.gust_json(&["ls"]);
+    assert_eq!(ls[0]["version"], 2);
+
+    // What cannot be done is refused with a reason.
+    let out = server.gust(&["alias", "rm", "app", "live"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be removed"));
+    let out = server.gust(&["alias", "set", "app", "staging", "99"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no version 99"));
+    let out = server.gust(&["rollback", "app", "--alias", "staging"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = server.gust(&["alias", "rm", "app", "staging"]);
+    assert!(out.status.success());
+    assert_eq!(server.get("/app:staging/").await.0, 404);
+    // Invoking through an alias from the CLI.
+    let out = server.gust(&["invoke", "app:live"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "testbed ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_split_follows_its_weights_and_sticks_to_a_client() {
+    let server = Server::start();
+    let g = guests();
+    server.deploy("app", &g.hello, &[]);
+    server.deploy("app", &g.hello, &["--alias", "next"]);
+    let split = server.gust_json(&["alias", "set", "app", "live", "1", "--split", "2:20%"]);
+    assert_eq!(split["split"]["version"], 2);
+
+    let seen = spread(&server, &["/app/"], 3200, &[]).await;
+    let (one, two) = (count(&seen, "1"), count(&seen, "2"));
+    assert_eq!(one + two, 3200, "{seen:?}");
+    // 20% of 3200 is 640, with a standard deviation of 22.6: ±5 of them.
+    assert!((527..=753).contains(&two), "version 2 took {two} of 3200");
+    assert!(seen.values().flatten().all(|s| *s == 200));
+
+    // A client that names itself lands on one side, always.
+    for client in ["alice", "bob", "carol", "dave"] {
+        let seen = spread(&server, &["/app/"], 64, &[("gust-client", client)]).await;
+        assert_eq!(seen.len(), 1, "{client}: {seen:?}");
+        let cookie = format!("theme=dark; gust-client={client}");
+        let by_cookie = spread(&server, &["/app/"], 32, &[("cookie", &cookie)]).await;
+        assert_eq!(
+            by_cookie.keys().collect::<Vec<_>>(),
+            seen.keys().collect::<Vec<_>>(),
+            "{client}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_canary_is_rolled_back_by_itself_while_the_stable_version_serves() {
+    let server = Server::start();
+    let g = guests();
+    server.deploy("app", &g.hello, &[]);
+    // The canary traps on `/trap` (half the requests below); hello never fails.
+    let canary = server.deploy("app", &g.testbed, &["--canary", "50%,10m"]);
+    assert_eq!(canary["version"], 2);
+    let aliases = server.gust_json(&["alias", "ls", "app"]);
+    assert_eq!(aliases[0]["canary"]["version"], 2);
+
+    let seen = spread(&server, &["/app/", "/app/trap"], 320, &[]).await;
+    assert!(
+        seen["1"].iter().all(|s| *s == 200),
+        "the stable version failed: {seen:?}"
+    );
+    // Rolled back long before its 10-minute window.
+    let function = Server::eventually(Duration::from_secs(10), || async {
+        let f = server.api_json("/v1/functions/app").await;
+        let judged = f["canaries"].as_array().is_some_and(|c| !c.is_empty());
+        judged.then_some(f)
+    })
+    .await
+    .expect("the canary was never judged");
+    let report = &function["canaries"][0];
+    assert_eq!(report["outcome"], "rolled_back", "{report}");
+    assert!(
+        report["reason"].as_str().unwrap().contains("error rate"),
+        "{report}"
+    );
+    assert_eq!(function["version"], 1);
+    assert!(function["aliases"][0].get("split").is_none());
+    // Every request now goes to the stable version.
+    let after = spread(&server, &["/app/", "/app/trap"], 64, &[]).await;
+    assert_eq!(count(&after, "1"), 64, "{after:?}");
+    let text = server.gust(&["alias", "ls", "app"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("version 2 rolled back"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_healthy_canary_is_promoted_at_the_end_of_its_window() {
+    let server = Server::start();
+    let g = guests();
+    server.deploy("app", &g.hello, &[]);
+    server.deploy("app", &g.hello, &["--canary", "50%,3s"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut seen = HashMap::new();
+    while std::time::Instant::now() < deadline {
+        for (version, statuses) in spread(&server, &["/app/"], 64, &[]).await {
+            seen.entry(version)
+                .or_insert_with(Vec::new)
+                .extend(statuses);
+        }
+    }
+    assert!(count(&seen, "2") >= 20, "{seen:?}");
+    let function = Server::eventually(Duration::from_secs(10), || async {
+        let f = server.api_json("/v1/functions/app").await;
+        let judged = f["canaries"].as_array().is_some_and(|c| !c.is_empty());
+        judged.then_some(f)
+    })
+    .await
+    .expect("the canary was never judged");
+    assert_eq!(function["canaries"][0]["outcome"], "promoted", "{function}");
+    assert_eq!(function["version"], 2);
+    assert_eq!(function["aliases"][0]["previous"], 1);
+    let after = spread(&server, &["/app/"], 32, &[]).await;
+    assert_eq!(count(&after, "2"), 32);
+}
