@@ -12,6 +12,7 @@ use crate::{FunctionName, Limits, TenantId};
 /// needs to route and run a request is in here, so a router watches only
 /// these records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(from = "StoredFunction")]
 pub struct FunctionRecord {
     #[schema(value_type = String)]
     pub tenant: TenantId,
@@ -31,6 +32,44 @@ pub struct FunctionRecord {
     /// that may invoke is needed (when the server requires tokens).
     #[serde(default)]
     pub public: bool,
+}
+
+/// A function record as stored by any release: one written before aliases
+/// existed has its serving version in `active`, which becomes `live`.
+#[derive(Deserialize)]
+struct StoredFunction {
+    tenant: TenantId,
+    name: FunctionName,
+    created_at_ms: u64,
+    latest_version: u64,
+    #[serde(default)]
+    aliases: BTreeMap<String, Alias>,
+    #[serde(default)]
+    canaries: Vec<CanaryReport>,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    active: Option<ActiveVersion>,
+}
+
+impl From<StoredFunction> for FunctionRecord {
+    fn from(stored: StoredFunction) -> Self {
+        let mut aliases = stored.aliases;
+        if let Some(active) = stored.active
+            && aliases.is_empty()
+        {
+            aliases.insert(LIVE.into(), Alias::new(active, stored.created_at_ms));
+        }
+        Self {
+            tenant: stored.tenant,
+            name: stored.name,
+            created_at_ms: stored.created_at_ms,
+            latest_version: stored.latest_version,
+            aliases,
+            canaries: stored.canaries,
+            public: stored.public,
+        }
+    }
 }
 
 impl FunctionRecord {
@@ -76,6 +115,29 @@ impl From<&VersionRecord> for ActiveVersion {
             limits: v.limits.clone(),
             delivery: v.delivery.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_from_before_aliases_serves_its_active_version_as_live() {
+        let limits = serde_json::to_string(&Limits::default()).unwrap();
+        let old = format!(
+            r#"{{"tenant":"default","name":"hello","created_at_ms":5,"latest_version":2,
+            "active":{{"version":2,"digest":"sha256:ab","limits":{limits}}},"public":true}}"#
+        );
+        let record: FunctionRecord = serde_json::from_str(&old).unwrap();
+        let live = record.live().unwrap();
+        assert_eq!(
+            (live.target.version, live.target.digest.as_str()),
+            (2, "sha256:ab")
+        );
+        let again: FunctionRecord =
+            serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        assert_eq!(again, record);
     }
 }
 
