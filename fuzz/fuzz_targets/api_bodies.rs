@@ -94,6 +94,7 @@ fn harness() -> &'static Harness {
                 // No data plane here: no function is deployed on one.
                 scale: Arc::new(|_: &str, _: &str| None),
                 reservations: Arc::new(|_: &str, _: &str, _: u32| Ok(())),
+                secrets: Arc::new(gust_store::SecretBox::from_key(&[7; 32]).unwrap()),
             })
         });
         let harness = Harness {

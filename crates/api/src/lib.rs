@@ -13,6 +13,7 @@ mod auth;
 mod error;
 mod kv;
 mod usage;
+mod vars;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,6 +42,7 @@ pub use aliases::{AliasInfo, CanaryInfo, RolledBack, SetAlias, SplitInfo};
 pub use auth::{AuditEntry, Caller, NewTenant, NewToken, TENANT_HEADER, TenantInfo, TokenInfo};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use kv::{KeyEntry, KeyPage, NewTrigger, TriggerInfo, Written};
+pub use vars::VarInfo;
 
 /// Renders the Prometheus text for `/metrics`; supplied by the binary, which
 /// sees every part's counters.
@@ -74,6 +76,8 @@ pub struct ApiState {
     pub scale: ScaleView,
     /// Whether the node has room for a function's `reserved_concurrency`.
     pub reservations: ReservationCheck,
+    /// Seals secret variables (the data plane opens them).
+    pub secrets: Arc<gust_store::SecretBox>,
 }
 
 /// Looks up a function's scaling; supplied by the binary.
@@ -361,6 +365,8 @@ pub struct LogPage {
         list_versions,
         get_version,
         get_scale,
+        vars::list_vars,
+        vars::change_vars,
         aliases::list_aliases,
         aliases::set_alias,
         aliases::remove_alias,
@@ -401,6 +407,9 @@ pub struct LogPage {
         gust_meter::GroupBy,
         FunctionInfo,
         VersionInfo,
+        vars::VarInfo,
+        vars::NewVar,
+        vars::VarsPatch,
         aliases::AliasInfo,
         aliases::SplitInfo,
         aliases::CanaryInfo,
@@ -478,6 +487,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/functions/{name}/versions/{version}", get(get_version))
         .route("/v1/functions/{name}/logs", get(read_logs))
         .route("/v1/functions/{name}/scale", get(get_scale))
+        .route(
+            "/v1/functions/{name}/vars",
+            get(vars::list_vars).patch(vars::change_vars),
+        )
         .route("/v1/functions/{name}/aliases", get(aliases::list_aliases))
         .route(
             "/v1/functions/{name}/aliases/{alias}",

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::output;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct ApiArgs {
     /// Control API address.
     #[arg(
@@ -34,8 +34,9 @@ pub struct ApiArgs {
     pub json: bool,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 #[command(after_help = "Examples:
+  gust deploy                                     the project here (gust.toml): build, deploy
   gust deploy hello hello.wasm
   gust deploy api api.wasm --memory-mb 256 --timeout-ms 5000 --allow-host api.github.com
   gust deploy site site.wasm --public
@@ -43,90 +44,95 @@ pub struct ApiArgs {
   gust deploy api api.wasm --alias staging        live stays where it is
   gust deploy api api.wasm --canary 10%,5m        10% of live for 5 minutes, then judged")]
 pub struct DeployArgs {
-    /// Function name: lowercase letters, digits and `-`.
-    name: String,
-    /// The component (`.wasm`) to deploy.
-    file: PathBuf,
+    /// Function name: lowercase letters, digits and `-` (in a project:
+    /// `gust.toml`'s, unless given).
+    pub(crate) name: Option<String>,
+    /// The component (`.wasm`) to deploy. Without it, the project in
+    /// `--project` (its `gust.toml`) is built and deployed.
+    pub(crate) file: Option<PathBuf>,
+    /// The project folder, when no FILE is given.
+    #[arg(long, default_value = ".")]
+    pub(crate) project: PathBuf,
     /// Memory limit in MiB (default 128).
     #[arg(long)]
-    memory_mb: Option<u64>,
+    pub(crate) memory_mb: Option<u64>,
     /// Wall-clock timeout in milliseconds (default 30000).
     #[arg(long)]
-    timeout_ms: Option<u64>,
+    pub(crate) timeout_ms: Option<u64>,
     /// Largest request body in bytes (default 6 MiB).
     #[arg(long)]
-    max_body_bytes: Option<u64>,
+    pub(crate) max_body_bytes: Option<u64>,
     /// Output kept per invocation in bytes (default 64 KiB).
     #[arg(long)]
-    max_output_bytes: Option<u64>,
+    pub(crate) max_output_bytes: Option<u64>,
     /// A host the function may call (repeat for more; `*.example.com` for subdomains).
     #[arg(long = "allow-host")]
-    allow_hosts: Vec<String>,
+    pub(crate) allow_hosts: Vec<String>,
     /// What the function may cost per calendar month, in micro-units of the
     /// tenant's price plan; past it, its invocations get 429 until the month ends.
     #[arg(long)]
-    monthly_budget_micros: Option<u64>,
+    pub(crate) monthly_budget_micros: Option<u64>,
     /// Instances of the function running at once, at most; more requests
     /// wait (see --queue-depth, --queue-wait-ms), then get 429.
     #[arg(long)]
-    max_concurrency: Option<u32>,
+    pub(crate) max_concurrency: Option<u32>,
     /// Instances of the node set aside for this function alone: other
     /// functions cannot take them, and it runs on them only (so at most
     /// this many at once). A tenth of the node always stays shared.
     #[arg(long)]
-    reserved_concurrency: Option<u32>,
+    pub(crate) reserved_concurrency: Option<u32>,
     /// Requests that may wait for a free instance (default 64).
     #[arg(long)]
-    queue_depth: Option<u32>,
+    pub(crate) queue_depth: Option<u32>,
     /// How long a request may wait for a free instance, in ms (default 1000).
     #[arg(long)]
-    queue_wait_ms: Option<u64>,
+    pub(crate) queue_wait_ms: Option<u64>,
     /// When the idle function leaves memory: `learned` (the default: from
     /// its own idle times) or a duration (`30s`, `10m`; `0ms`: at once).
     #[arg(long, value_parser = |s: &str| s.parse::<KeepAlive>())]
-    keep_alive: Option<KeepAlive>,
+    pub(crate) keep_alive: Option<KeepAlive>,
     /// Instances kept warm whatever the traffic: `2`, or
     /// `'2@mon-fri 09:00-17:00'` (UTC) for those hours only.
     #[arg(long, value_parser = |s: &str| s.parse::<Provisioned>())]
-    provisioned: Option<Provisioned>,
+    pub(crate) provisioned: Option<Provisioned>,
     /// Anyone with the URL may call it (a new function is private: callers need a token).
     #[arg(long, conflicts_with = "private")]
-    public: bool,
+    pub(crate) public: bool,
     /// Callers need a token of the tenant that may invoke (the default).
     #[arg(long)]
-    private: bool,
+    pub(crate) private: bool,
     /// Events: attempts in all, the first included (default 3).
     #[arg(long)]
-    max_attempts: Option<u32>,
+    pub(crate) max_attempts: Option<u32>,
     /// Events: delay before the first retry in ms, doubled after (default 1000).
     #[arg(long)]
-    backoff_ms: Option<u64>,
+    pub(crate) backoff_ms: Option<u64>,
     /// Events: longest delay between attempts in ms (default 60000).
     #[arg(long)]
-    max_backoff_ms: Option<u64>,
+    pub(crate) max_backoff_ms: Option<u64>,
     /// Events: give up on an event this old, in ms (default 6 hours).
     #[arg(long)]
-    max_event_age_ms: Option<u64>,
+    pub(crate) max_event_age_ms: Option<u64>,
     /// Events: attempts running at once (default 16).
     #[arg(long)]
-    concurrency: Option<u32>,
+    pub(crate) concurrency: Option<u32>,
     /// Events: a function to tell of every delivered event.
     #[arg(long)]
-    on_success: Option<String>,
+    pub(crate) on_success: Option<String>,
     /// Events: a function to tell of every dead-lettered event.
     #[arg(long)]
-    on_failure: Option<String>,
+    pub(crate) on_failure: Option<String>,
     /// The alias the new version takes over (default `live`, the
     /// function's URL); `--alias staging` leaves `live` where it is.
     #[arg(long, conflicts_with = "canary")]
-    alias: Option<String>,
+    pub(crate) alias: Option<String>,
     /// Deploy as a canary: `10%,5m` sends it 10% of `live`'s traffic for
     /// 5 minutes, then promotes it, or rolls it back by itself as soon as
     /// its error rate or p99 latency is worse than the stable version's.
     #[arg(long, value_parser = |s: &str| s.parse::<gust_core::deploy::CanarySpec>().map(|_| s.to_string()))]
-    canary: Option<String>,
+    pub(crate) canary: Option<String>,
     #[command(flatten)]
-    api: ApiArgs,
+    pub(crate) api: ApiArgs,
 }
 
 #[derive(clap::Args)]
@@ -371,11 +377,48 @@ pub(crate) async fn print_removal(
     Ok(ExitCode::SUCCESS)
 }
 
+impl DeployArgs {
+    /// What `gust deploy --project DIR` would be given, with `api`.
+    pub(crate) fn for_project(project: PathBuf, api: ApiArgs) -> Self {
+        #[derive(clap::Parser)]
+        struct Deploy {
+            #[command(flatten)]
+            args: DeployArgs,
+        }
+        let mut deploy = <Deploy as clap::Parser>::parse_from(["deploy"]).args;
+        deploy.project = project;
+        deploy.api = api;
+        deploy
+    }
+}
+
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    deploy_version(args).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deploys a component, or (without FILE) builds and deploys the project
+/// in `--project`, then brings its schedules and triggers in line with
+/// its `gust.toml`.
+pub(crate) async fn deploy_version(mut args: DeployArgs) -> anyhow::Result<VersionInfo> {
+    let project = match &args.file {
+        Some(_) => None,
+        None => {
+            let project = crate::project::Project::load(&args.project)?;
+            project.fill_in(&mut args);
+            args.file = Some(project.build(args.api.json).await?);
+            Some(project)
+        }
+    };
+    let name = args
+        .name
+        .clone()
+        .context("name the function: `gust deploy NAME FILE.wasm`")?;
+    let file = args.file.clone().context("no component to deploy")?;
     let api = Api::new(&args.api)?;
-    let bytes = tokio::fs::read(&args.file)
+    let bytes = tokio::fs::read(&file)
         .await
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+        .with_context(|| format!("cannot read {}", file.display()))?;
     let mut query: Vec<(&str, String)> = Vec::new();
     if !args.allow_hosts.is_empty() {
         query.push(("allowed_hosts", args.allow_hosts.join(",")));
@@ -425,11 +468,11 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     if let Some(canary) = &args.canary {
         query.push(("canary", canary.clone()));
     }
-    let path = format!("/v1/functions/{}/versions", args.name);
+    let path = format!("/v1/functions/{name}/versions");
     let progress = (!args.api.json).then(|| {
         output::Progress::start(format!(
             "uploading and compiling {} ({:.1} MB)",
-            args.file.display(),
+            file.display(),
             bytes.len() as f64 / 1e6
         ))
     });
@@ -458,7 +501,10 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         }
         println!("{}", version.url);
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(project) = project {
+        project.reconcile(&api, &name, args.api.json).await?;
+    }
+    Ok(version)
 }
 
 pub async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {

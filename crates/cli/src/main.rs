@@ -8,9 +8,11 @@ mod aliases;
 mod client;
 mod kv;
 mod output;
+mod project;
 mod scale;
 mod up;
 mod usage;
+mod vars;
 
 use std::process::ExitCode;
 
@@ -46,8 +48,15 @@ struct Cli {
 enum Command {
     /// Start the platform: data plane, control API and embedded storage.
     Up(up::UpArgs),
-    /// Deploy a component as a new version of a function (created if missing).
+    /// Create a function project from a template (Rust, JavaScript, Python).
+    New(project::NewArgs),
+    /// Build the project here (its gust.toml's build).
+    Build(project::BuildArgs),
+    /// Deploy a component as a new version of a function (created if
+    /// missing); without a file, build and deploy the project here.
     Deploy(client::DeployArgs),
+    /// Build and deploy the project here, then again on every change.
+    Dev(project::DevArgs),
     /// List functions.
     Ls(client::ListArgs),
     /// List a function's versions.
@@ -56,6 +65,10 @@ enum Command {
     Alias(aliases::AliasArgs),
     /// Point an alias (`live` by default) back at its previous version.
     Rollback(aliases::RollbackArgs),
+    /// A function's variables (environment and wasi:config): ls, set, rm.
+    Config(vars::ConfigArgs),
+    /// A function's secrets, sealed at rest and never shown: ls, set, rm.
+    Secret(vars::SecretArgs),
     /// Call a function through the data plane and print its answer.
     Invoke(client::InvokeArgs),
     /// Show what a function's invocations printed.
@@ -117,11 +130,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
+            Command::New(args) => project::new(args),
+            Command::Build(args) => project::build(args).await,
             Command::Deploy(args) => client::deploy(args).await,
+            Command::Dev(args) => project::dev(args).await,
             Command::Ls(args) => client::list(args).await,
             Command::Versions(args) => client::versions(args).await,
             Command::Alias(args) => aliases::alias(args).await,
             Command::Rollback(args) => aliases::rollback(args).await,
+            Command::Config(args) => vars::config(args).await,
+            Command::Secret(args) => vars::secret(args).await,
             Command::Invoke(args) => client::invoke(args).await,
             Command::Logs(args) => client::logs(args).await,
             Command::Rm(args) => client::remove(args).await,
@@ -146,7 +164,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             output::error(&format!("{e:#}"));
-            ExitCode::FAILURE
+            if e.downcast_ref::<output::Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -10,6 +10,11 @@ pub fn error(message: &str) {
     }
 }
 
+/// A mistake in how a command was called: exits 2, like clap's own.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

@@ -234,6 +234,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             },
         },
     };
+    let secrets = Arc::new(
+        gust_store::SecretBox::load_or_create(&args.data_dir.join("secret.key"))
+            .context("cannot open the key that seals secrets")?,
+    );
     let (gateway, log_writer) = Gateway::start(
         Services {
             runtime: runtime.clone(),
@@ -244,6 +248,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             buckets: buckets.clone(),
             accounts: accounts.clone(),
             meter: meter.clone(),
+            secrets: secrets.clone(),
         },
         gateway_config,
     )
@@ -298,6 +303,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         stopping: stop_rx_api,
         applied: gateway.applied_revision(),
         scale,
+        secrets,
         reservations,
     });
 

@@ -39,6 +39,9 @@ pub struct Alias {
     /// The version it pointed at before it last moved (`gust rollback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<u64>,
+    /// Variables of this alias only, over the function's.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vars: crate::config::Variables,
     pub updated_at_ms: u64,
 }
 
@@ -49,6 +52,7 @@ impl Alias {
             split: None,
             canary: None,
             previous: None,
+            vars: Default::default(),
             updated_at_ms: now_ms,
         }
     }

@@ -7,11 +7,13 @@
 //! that any other crate, and any test, can build by hand.
 
 pub mod access;
+pub mod config;
 pub mod delivery;
 pub mod deploy;
 mod event;
 pub mod kv;
 mod limits;
+pub mod manifest;
 mod names;
 mod records;
 pub mod route;

@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Variables;
 use crate::deploy::{Alias, CanaryReport, LIVE};
 
 use crate::delivery::DeliveryPolicy;
@@ -28,6 +29,9 @@ pub struct FunctionRecord {
     /// How its last canaries ended, newest last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub canaries: Vec<CanaryReport>,
+    /// Its variables (an alias's own override them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: Variables,
     /// Anyone with the URL may call it; otherwise a token of its tenant
     /// that may invoke is needed (when the server requires tokens).
     #[serde(default)]
@@ -46,6 +50,8 @@ struct StoredFunction {
     aliases: BTreeMap<String, Alias>,
     #[serde(default)]
     canaries: Vec<CanaryReport>,
+    #[serde(default)]
+    vars: Variables,
     #[serde(default)]
     public: bool,
     #[serde(default)]
@@ -67,6 +73,7 @@ impl From<StoredFunction> for FunctionRecord {
             latest_version: stored.latest_version,
             aliases,
             canaries: stored.canaries,
+            vars: stored.vars,
             public: stored.public,
         }
     }

@@ -24,13 +24,12 @@ pub(crate) async fn drive(catalog: Arc<Catalog>, registry: Registry) {
         ticks.tick().await;
         let now_ms = crate::now_ms();
         for served in catalog.all() {
-            let Some((canary, baseline)) = &served.canary else {
+            let Some(running) = &served.canary else {
                 continue;
             };
+            let (canary, baseline) = (&running.canary, &running.baseline);
             let stable = &served.live;
-            let Some(canary_route) = served.version(canary.version) else {
-                continue;
-            };
+            let canary_route = &running.route;
             let verdict = judge(
                 &canary.policy,
                 now_ms.saturating_sub(canary.started_at_ms),

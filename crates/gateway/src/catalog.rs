@@ -10,11 +10,12 @@ use std::time::Duration;
 use gust_scheduler::Activity;
 use gust_scheduler::canary::{Health, Snapshot};
 
+use gust_core::config::{self, Variable};
 use gust_core::delivery::DeliveryPolicy;
 use gust_core::deploy;
 use gust_core::{ActiveVersion, FunctionName, FunctionRecord, Limits, TenantId};
 use gust_runtime::{Prepared, Runtime};
-use gust_store::{BlobStore, KvEvent, Registry};
+use gust_store::{BlobStore, KvEvent, Registry, SecretBox};
 
 use crate::admission::{FunctionGate, NodeSlots};
 
@@ -39,6 +40,8 @@ pub(crate) struct Route {
     pub activity: Arc<Activity>,
     /// What this version's answers show (a canary is judged on it).
     pub health: Arc<Health>,
+    /// Its variables (environment and `wasi:config`), secrets opened.
+    pub vars: Arc<[(String, String)]>,
     /// The component, while the function is warm (`None`: scaled to zero).
     warm: RwLock<Option<Arc<Prepared>>>,
     /// Held while loading, so that concurrent first requests share one load.
@@ -61,6 +64,7 @@ impl Route {
         active: ActiveVersion,
         public: bool,
         activity: Arc<Activity>,
+        vars: Arc<[(String, String)]>,
     ) -> Self {
         Self {
             tenant,
@@ -80,6 +84,7 @@ impl Route {
             public,
             activity,
             health: Arc::default(),
+            vars,
             warm: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
         }
@@ -163,8 +168,48 @@ pub(crate) struct Served {
     /// delivery policy and warmth stand for the function's.
     pub live: Arc<Route>,
     aliases: Vec<AliasRoute>,
-    /// A canary running on `live`, and where its figures start.
-    pub canary: Option<(deploy::Canary, Baseline)>,
+    /// A canary running on `live`.
+    pub canary: Option<RunningCanary>,
+}
+
+/// A canary on `live`: its settings, where its figures start, its route.
+pub(crate) struct RunningCanary {
+    pub canary: deploy::Canary,
+    pub baseline: Baseline,
+    pub route: Arc<Route>,
+}
+
+/// An alias's variables over the function's, secrets opened (one that
+/// does not open is left out, and said so in the log).
+fn opened_vars(
+    record: &FunctionRecord,
+    alias: &str,
+    a: &deploy::Alias,
+    secrets: &SecretBox,
+) -> Arc<[(String, String)]> {
+    let mut vars = Vec::new();
+    for (name, value) in config::merged(&record.vars, &a.vars) {
+        match value {
+            Variable::Plain { value } => vars.push((name.to_string(), value.clone())),
+            Variable::Secret { sealed } => {
+                let scope = a.vars.contains_key(name).then_some(alias);
+                let context = config::secret_context(
+                    record.tenant.as_str(),
+                    record.name.as_str(),
+                    scope,
+                    name,
+                );
+                match secrets.open(&context, sealed) {
+                    Ok(value) => vars.push((name.to_string(), value)),
+                    Err(e) => tracing::error!(
+                        function = %record.name, variable = name, error = %e,
+                        "a secret cannot be opened; the function runs without it"
+                    ),
+                }
+            }
+        }
+    }
+    vars.into()
 }
 
 /// An alias: its target and, when split, the other version and its share.
@@ -187,27 +232,29 @@ impl Served {
     /// Builds a function's routes from its record (`None`: nothing to
     /// serve yet), keeping from `old` the routes of versions that did not
     /// change (warm, with their health), its activity, and gates whose
-    /// limit stays.
-    fn build(record: FunctionRecord, old: Option<&Served>) -> Option<Served> {
+    /// limit stays. A version served under different variables (an
+    /// alias's own) gets a route per set of variables; a new route of a
+    /// component already in memory starts warm.
+    fn build(record: FunctionRecord, old: Option<&Served>, secrets: &SecretBox) -> Option<Served> {
         let live_alias = record.live()?.clone();
-        let live = live_alias.target.clone();
-        let canary = live_alias.canary.clone();
         let activity = old.map_or_else(
             || Arc::new(Activity::new(crate::scaling::clock_us())),
             |o| o.live.activity.clone(),
         );
+        let earlier = old.map(Served::routes).unwrap_or_default();
         let mut built: Vec<Arc<Route>> = Vec::new();
-        let mut route_for = |version: &ActiveVersion| -> Arc<Route> {
-            if let Some(route) = built.iter().find(|r| r.version == version.version) {
+        let mut route_for = |version: &ActiveVersion, vars: &Arc<[(String, String)]>| {
+            if let Some(route) = built
+                .iter()
+                .find(|r| r.version == version.version && r.vars == *vars)
+            {
                 return route.clone();
             }
-            let kept = old.and_then(|o| {
-                o.routes()
-                    .into_iter()
-                    .find(|r| r.serves(version, record.public))
-            });
+            let kept = earlier
+                .iter()
+                .find(|r| r.serves(version, record.public) && r.vars == *vars);
             let route = match kept {
-                Some(route) => route,
+                Some(route) => route.clone(),
                 None => {
                     let mut route = Route::new(
                         record.tenant.clone(),
@@ -215,8 +262,8 @@ impl Served {
                         version.clone(),
                         record.public,
                         activity.clone(),
+                        vars.clone(),
                     );
-                    let earlier = old.map(Served::routes).unwrap_or_default();
                     if let Some(gate) = route.gate.as_ref().and_then(|new| {
                         built
                             .iter()
@@ -226,38 +273,62 @@ impl Served {
                     }) {
                         route.gate = Some(gate.clone());
                     }
+                    let loaded = built
+                        .iter()
+                        .chain(earlier.iter())
+                        .filter(|r| r.digest == route.digest)
+                        .find_map(|r| r.warm_component());
+                    if let Some(prepared) = loaded {
+                        *route.warm.write().unwrap_or_else(|p| p.into_inner()) = Some(prepared);
+                    }
                     Arc::new(route)
                 }
             };
             built.push(route.clone());
             route
         };
-        let live = route_for(&live);
-        let canary_route = live_alias.split.as_ref().map(|s| route_for(&s.to));
-        let canary = canary.map(|canary| {
-            let route = canary_route;
-            let kept = old
-                .and_then(|o| o.canary.as_ref())
-                .filter(|(c, b)| c.version == canary.version && b.stable_version == live.version)
-                .map(|(_, b)| b.clone());
-            let baseline = kept.unwrap_or_else(|| Baseline {
-                stable_version: live.version,
-                stable: live.health.snapshot(),
-                canary: route.map_or_else(Snapshot::default, |r| r.health.snapshot()),
+        let open = |alias: &str, a: &deploy::Alias| opened_vars(&record, alias, a, secrets);
+        let live_vars = open(deploy::LIVE, &live_alias);
+        let live = route_for(&live_alias.target, &live_vars);
+        let canary_route = live_alias
+            .split
+            .as_ref()
+            .map(|s| route_for(&s.to, &live_vars));
+        let canary = live_alias
+            .canary
+            .clone()
+            .zip(canary_route)
+            .map(|(canary, route)| {
+                let kept = old
+                    .and_then(|o| o.canary.as_ref())
+                    .filter(|c| {
+                        c.canary.version == canary.version
+                            && c.baseline.stable_version == live.version
+                    })
+                    .map(|c| c.baseline.clone());
+                let baseline = kept.unwrap_or_else(|| Baseline {
+                    stable_version: live.version,
+                    stable: live.health.snapshot(),
+                    canary: route.health.snapshot(),
+                });
+                RunningCanary {
+                    canary,
+                    baseline,
+                    route,
+                }
             });
-            (canary, baseline)
-        });
         let aliases = record
             .aliases
             .iter()
             .map(|(name, alias)| {
+                let vars = open(name, alias);
                 let split = alias
                     .split
                     .as_ref()
-                    .map(|s| (route_for(&s.to), s.basis_points));
+                    .map(|s| (route_for(&s.to, &vars), s.basis_points));
                 AliasRoute {
                     name: name.clone(),
-                    target: route_for(&alias.target),
+                    target: route_for(&alias.target, &vars),
                     split,
                 }
             })
@@ -298,11 +369,6 @@ impl Served {
         }
         routes
     }
-
-    /// The route of `version`, if an alias serves it.
-    pub fn version(&self, version: u64) -> Option<Arc<Route>> {
-        self.routes().into_iter().find(|r| r.version == version)
-    }
 }
 
 /// `<tenant>/<function>` → its routes.
@@ -311,18 +377,19 @@ pub(crate) struct Catalog {
     /// The registry revision the routes reflect, for callers that must not
     /// answer before the data plane serves what they wrote.
     applied: tokio::sync::watch::Sender<u64>,
-}
-
-impl Default for Catalog {
-    fn default() -> Self {
-        Self {
-            routes: RwLock::default(),
-            applied: tokio::sync::watch::Sender::new(0),
-        }
-    }
+    /// Opens the functions' secrets.
+    secrets: Arc<SecretBox>,
 }
 
 impl Catalog {
+    pub fn new(secrets: Arc<SecretBox>) -> Self {
+        Self {
+            routes: RwLock::default(),
+            applied: tokio::sync::watch::Sender::new(0),
+            secrets,
+        }
+    }
+
     pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied.subscribe()
     }
@@ -364,7 +431,7 @@ impl Catalog {
         };
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
         let old = routes.get(&key).cloned();
-        match record.and_then(|r| Served::build(r, old.as_deref())) {
+        match record.and_then(|r| Served::build(r, old.as_deref(), &self.secrets)) {
             Some(served) => {
                 let kept = served.routes();
                 routes.insert(key, Arc::new(served));
@@ -439,7 +506,9 @@ impl Catalog {
                 }
             };
             let key = route_key(tenant.as_str(), name.as_str());
-            if let Some(served) = Served::build(record, routes.get(&key).map(|s| s.as_ref())) {
+            if let Some(served) =
+                Served::build(record, routes.get(&key).map(|s| s.as_ref()), &self.secrets)
+            {
                 fresh.insert(key, Arc::new(served));
             }
         }

@@ -158,6 +158,8 @@ pub struct Services {
     pub accounts: gust_store::Accounts,
     /// The usage ledger; `None` turns metering off (for measurements only).
     pub meter: Option<gust_meter::Meter>,
+    /// Opens the functions' secret variables.
+    pub secrets: Arc<gust_store::SecretBox>,
 }
 
 impl Gateway {
@@ -173,8 +175,9 @@ impl Gateway {
             buckets,
             accounts,
             meter,
+            secrets,
         } = services;
-        let catalog = Arc::new(Catalog::default());
+        let catalog = Arc::new(Catalog::new(secrets));
         let node = Arc::new(admission::NodeSlots::new(
             u32::try_from(config.max_in_flight).unwrap_or(u32::MAX),
         ));
@@ -604,7 +607,14 @@ where
     let unanswered = metering::Unanswered::new(draft.clone());
     let result = shared
         .runtime
-        .invoke(prepared, route.limits.clone(), kv, request, done)
+        .invoke(
+            prepared,
+            route.limits.clone(),
+            kv,
+            route.vars.clone(),
+            request,
+            done,
+        )
         .await
         .map_err(|error| GatewayError::Invoke {
             function: route.name.to_string(),

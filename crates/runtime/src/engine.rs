@@ -128,6 +128,10 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         link_http(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |host: &mut Host| {
+            wasmtime_wasi_config::WasiConfig::from(&host.config)
+        })
+        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         crate::keyvalue::add_to_linker(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let artifacts = ArtifactCache::open(&config.artifacts_dir, &engine)?;

@@ -23,6 +23,8 @@ pub(crate) struct Host {
     pub outbound: OutboundPolicy,
     pub limiter: MemoryLimiter,
     pub kv: crate::keyvalue::KvState,
+    /// What `wasi:config/store` answers (the function's variables).
+    pub config: wasmtime_wasi_config::WasiConfigVariables,
     /// Set by the epoch callback when the deadline passed.
     pub timed_out: bool,
 }

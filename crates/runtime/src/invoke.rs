@@ -98,7 +98,8 @@ enum Ending {
 }
 
 impl Runtime {
-    /// Runs `request` in a fresh instance of `prepared` under `limits`.
+    /// Runs `request` in a fresh instance of `prepared` under `limits`,
+    /// with `vars` as its environment and its `wasi:config` store.
     ///
     /// Resolves when the guest sends its response head (the body keeps
     /// streaming from the guest) or fails before that. `on_done` is called
@@ -108,6 +109,7 @@ impl Runtime {
         prepared: Arc<Prepared>,
         limits: Arc<Limits>,
         kv: Arc<dyn KeyValue>,
+        vars: Arc<[(String, String)]>,
         request: http::Request<B>,
         on_done: impl FnOnce(InvocationReport) + Send + 'static,
     ) -> Result<http::Response<ResponseBody>, InvokeError>
@@ -128,7 +130,8 @@ impl Runtime {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .max_random_size(MAX_RANDOM_BYTES.min(memory_limit));
+            .max_random_size(MAX_RANDOM_BYTES.min(memory_limit))
+            .envs(&vars);
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_HANDLES);
         let mut http = WasiHttpCtx::new();
@@ -147,6 +150,7 @@ impl Runtime {
                 backend: kv,
                 operations: 0,
             },
+            config: vars.iter().cloned().collect(),
             timed_out: false,
         };
         let mut store = Store::new(&self.inner.engine, host);

@@ -14,6 +14,7 @@ mod buckets;
 pub mod conformance;
 mod embedded;
 mod registry;
+mod secrets;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,6 +23,7 @@ pub use accounts::{Accounts, AccountsError, AuthError, TenantRecord, TokenRecord
 pub use buckets::{Buckets, BucketsError, Value};
 pub use embedded::{EmbeddedStore, StoreOptions};
 pub use registry::{Activation, AliasTarget, NewVersion, Registry, RegistryError};
+pub use secrets::{SecretBox, SecretError};
 
 /// Errors a storage backend reports.
 #[derive(Debug, Clone, thiserror::Error)]

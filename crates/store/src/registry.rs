@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use gust_core::config::Variable;
 use gust_core::delivery::DeliveryPolicy;
 use gust_core::deploy::{
     Alias, CANARY_HISTORY, Canary, CanaryOutcome, CanaryPolicy, CanaryReport, LIVE, Split,
@@ -225,6 +226,7 @@ impl Registry {
             latest_version: 0,
             aliases: Default::default(),
             canaries: Vec::new(),
+            vars: Default::default(),
             public: false,
         };
         match self
@@ -264,6 +266,7 @@ impl Registry {
                         latest_version: 0,
                         aliases: Default::default(),
                         canaries: Vec::new(),
+                        vars: Default::default(),
                         public: false,
                     },
                     None,
@@ -405,6 +408,54 @@ impl Registry {
                 }
                 if let Some(a) = record.aliases.get_mut(alias) {
                     a.split = split.clone();
+                }
+                Ok(())
+            })
+            .await?;
+        Ok((record, revision))
+    }
+
+    /// Sets (`Some`) or removes (`None`) variables of the function, or of
+    /// one of its aliases. Takes effect on the next request, without a
+    /// deploy. Refused past [`gust_core::config::MAX_VARIABLES`].
+    pub async fn set_vars(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        alias: Option<&str>,
+        changes: Vec<(String, Option<Variable>)>,
+    ) -> Result<(FunctionRecord, u64), RegistryError> {
+        let (record, (), revision) = self
+            .update(tenant, name, |record| {
+                let vars = match alias {
+                    None => &mut record.vars,
+                    Some(alias) => {
+                        &mut record
+                            .aliases
+                            .get_mut(alias)
+                            .ok_or_else(|| RegistryError::NoSuchAlias {
+                                function: name.clone(),
+                                alias: alias.into(),
+                            })?
+                            .vars
+                    }
+                };
+                for (key, value) in &changes {
+                    match value {
+                        Some(value) => {
+                            vars.insert(key.clone(), value.clone());
+                        }
+                        None => {
+                            vars.remove(key);
+                        }
+                    }
+                }
+                if vars.len() > gust_core::config::MAX_VARIABLES {
+                    return Err(RegistryError::Refused(format!(
+                        "`{name}` would have {} variables; at most {} are allowed",
+                        vars.len(),
+                        gust_core::config::MAX_VARIABLES
+                    )));
                 }
                 Ok(())
             })

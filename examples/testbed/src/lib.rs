@@ -25,6 +25,7 @@
 //! | `/kv/list?bucket=B` | every key, one per line, paging with the cursor |
 //! | `/kv/dump?bucket=B` | every `key<TAB>value`, one per line (list-keys, then get-many) |
 //! | `/kv/batch?bucket=B&keys=a,b,c` | set-many (value = key upper-cased), get-many, delete-many of the first |
+//! | `/env?name=N` | `env=<$N> config=<wasi:config's N> count=<variables in wasi:config>` (`-`: none) |
 //! | `/record?fail_every=N` | a change-event recorder: appends `subject revision attempt operation` to bucket `seen` (key = a counter); fails the first attempt of every Nth revision |
 //!
 //! Any `wasi:keyvalue` error is answered as 500 with the error's debug text.
@@ -175,6 +176,17 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                     Err(e) => return respond(response_out, 500, &format!("kv error: {e:?}")),
                 }
             }
+            "/env" => {
+                let name = param("name").unwrap_or_default();
+                let from_env = std::env::var(&name).unwrap_or_else(|_| "-".into());
+                let from_config = match config::wasi::config::store::get(&name) {
+                    Ok(Some(value)) => value,
+                    Ok(None) => "-".into(),
+                    Err(e) => format!("error {e:?}"),
+                };
+                let all = config::wasi::config::store::get_all().map_or(0, |all| all.len());
+                format!("env={from_env} config={from_config} count={all}")
+            }
             _ => return respond(response_out, 404, "testbed: no such path"),
         };
         respond(response_out, 200, &text)
@@ -185,6 +197,14 @@ mod keyvalue {
     wit_bindgen::generate!({
         path: "../../crates/runtime/wit",
         world: "gust:host/keyvalue",
+        generate_all,
+    });
+}
+
+mod config {
+    wit_bindgen::generate!({
+        path: "../../crates/runtime/wit",
+        world: "gust:host/config",
         generate_all,
     });
 }

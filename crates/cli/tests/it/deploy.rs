@@ -224,3 +224,134 @@ async fn a_healthy_canary_is_promoted_at_the_end_of_its_window() {
     let after = spread(&server, &["/app/"], 32, &[]).await;
     assert_eq!(count(&after, "2"), 32);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn variables_reach_the_guest_and_secrets_are_never_shown() {
+    let server = Server::start();
+    let g = guests();
+    server.deploy("app", &g.testbed, &[]);
+    server.gust_json(&["config", "set", "app", "GREETING=hi", "MODE=prod"]);
+    assert_eq!(
+        server.get("/app/env?name=GREETING").await,
+        (200, "env=hi config=hi count=2".into())
+    );
+
+    // A secret: sealed at rest, seen by the guest, shown by no listing.
+    let secret = "s3cr3t-value-42";
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gust"))
+        .args(["secret", "set", "app", "DB_PASSWORD"])
+        .env("GUST_API", &server.api)
+        .env("GUST_TOKEN", &server.token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(secret.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+    assert_eq!(
+        server.get("/app/env?name=DB_PASSWORD").await.1,
+        format!("env={secret} config={secret} count=3")
+    );
+    for args in [
+        vec!["config", "ls", "app"],
+        vec!["secret", "ls", "app"],
+        vec!["config", "ls", "app", "--json"],
+        vec!["ls", "--json"],
+        vec!["alias", "ls", "app", "--json"],
+        vec!["logs", "app"],
+        vec!["audit", "--json"],
+    ] {
+        let out = server.gust(&args);
+        assert!(out.status.success(), "{args:?}");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains(secret), "{args:?} shows the secret: {all}");
+    }
+    let listed = server.gust_json(&["secret", "ls", "app"]);
+    assert_eq!(listed[0]["name"], "DB_PASSWORD");
+    assert!(listed[0].get("value").is_none());
+    // Not in the data directory in the clear either.
+    let data = server.data_dir();
+    let mut stack = vec![data.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+                assert!(!found, "{} holds the secret in the clear", path.display());
+            }
+        }
+    }
+
+    // Rotation: the next request sees the new value, with no new version.
+    let new_secret = "rotated-value-43";
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), new_secret).unwrap();
+    let out = server.gust(&[
+        "secret",
+        "set",
+        "app",
+        "DB_PASSWORD",
+        "--value-file",
+        file.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(
+        server
+            .get("/app/env?name=DB_PASSWORD")
+            .await
+            .1
+            .starts_with(&format!("env={new_secret} "))
+    );
+    assert_eq!(
+        server
+            .gust_json(&["versions", "app"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // An alias's own variables override the function's, for it alone.
+    server.gust_json(&["alias", "set", "app", "staging", "1"]);
+    server.gust_json(&["config", "set", "app", "GREETING=hej", "--alias", "staging"]);
+    assert!(
+        server
+            .get("/app:staging/env?name=GREETING")
+            .await
+            .1
+            .starts_with("env=hej config=hej")
+    );
+    assert!(
+        server
+            .get("/app/env?name=GREETING")
+            .await
+            .1
+            .starts_with("env=hi config=hi")
+    );
+    server.gust_json(&["config", "rm", "app", "MODE"]);
+    assert_eq!(
+        server.get("/app/env?name=MODE").await.1,
+        "env=- config=- count=2"
+    );
+
+    // Bad names are refused.
+    let out = server.gust(&["config", "set", "app", "1BAD=x"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = server.gust(&["config", "set", "app", "A=x", "--alias", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+}

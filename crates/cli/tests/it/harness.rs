@@ -54,6 +54,7 @@ pub fn guests() -> &'static Guests {
 pub struct Server {
     child: Option<Child>,
     _tmp: Option<tempfile::TempDir>,
+    data_dir: PathBuf,
     /// Data plane base URL, e.g. `http://127.0.0.1:40123`.
     pub url: String,
     /// Control API base URL.
@@ -144,11 +145,17 @@ impl Server {
         Self {
             child: Some(child),
             _tmp: None,
+            data_dir: data_dir.to_path_buf(),
             url: url.unwrap_or_default(),
             api: api.unwrap_or_default(),
             http: client_with_token(&token),
             token,
         }
+    }
+
+    /// Where the server keeps its data.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     pub fn pid(&self) -> u32 {

@@ -14,6 +14,7 @@ mod kv;
 mod lifecycle;
 mod limits;
 mod metering;
+mod projects;
 mod scaling;
 mod tenants;
 mod tls;

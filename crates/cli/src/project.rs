@@ -1,0 +1,405 @@
+//! Projects: `gust new` (a working function from a template), `gust build`
+//! (its `gust.toml`'s build), `gust deploy` without a file (build, deploy,
+//! then its schedules and triggers as the manifest says) and `gust dev`
+//! (all of that again on every change).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, bail};
+use gust_core::manifest::{self, Lang, Manifest};
+
+use crate::client::{Api, ApiArgs, DeployArgs};
+use crate::output;
+
+/// A project folder and its manifest.
+pub struct Project {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Project {
+    pub fn load(dir: &Path) -> anyhow::Result<Project> {
+        let path = dir.join(manifest::FILE_NAME);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(output::Usage(format!(
+                    "no {} in {}: deploy a file with `gust deploy NAME FILE.wasm`, or start a project with `gust new NAME`",
+                    manifest::FILE_NAME,
+                    dir.display()
+                ))
+                .into());
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let manifest =
+            Manifest::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Project {
+            dir: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
+            manifest,
+        })
+    }
+
+    /// Fills what the command line left out from the manifest.
+    pub fn fill_in(&self, args: &mut DeployArgs) {
+        let m = &self.manifest;
+        let l = &m.limits;
+        args.name.get_or_insert_with(|| m.function.name.clone());
+        fill(&mut args.memory_mb, l.memory_mb);
+        fill(&mut args.timeout_ms, l.timeout_ms);
+        fill(&mut args.max_body_bytes, l.max_body_bytes);
+        fill(&mut args.max_output_bytes, l.max_output_bytes);
+        if args.allow_hosts.is_empty() {
+            args.allow_hosts.clone_from(&l.allowed_hosts);
+        }
+        fill(&mut args.monthly_budget_micros, l.monthly_budget_micros);
+        fill(&mut args.max_concurrency, l.max_concurrency);
+        fill(&mut args.reserved_concurrency, l.reserved_concurrency);
+        fill(&mut args.queue_depth, l.queue_depth);
+        fill(&mut args.queue_wait_ms, l.queue_wait_ms);
+        if args.keep_alive.is_none() {
+            args.keep_alive = l.keep_alive.as_deref().and_then(|k| k.parse().ok());
+        }
+        if args.provisioned.is_none() {
+            args.provisioned = l.provisioned.as_deref().and_then(|p| p.parse().ok());
+        }
+        if !args.public && !args.private {
+            match m.function.public {
+                Some(true) => args.public = true,
+                Some(false) => args.private = true,
+                None => {}
+            }
+        }
+        let e = &m.events;
+        fill(&mut args.max_attempts, e.max_attempts);
+        fill(&mut args.backoff_ms, e.backoff_ms);
+        fill(&mut args.max_backoff_ms, e.max_backoff_ms);
+        fill(&mut args.max_event_age_ms, e.max_event_age_ms);
+        fill(&mut args.concurrency, e.concurrency);
+        if args.on_success.is_none() {
+            args.on_success.clone_from(&e.on_success);
+        }
+        if args.on_failure.is_none() {
+            args.on_failure.clone_from(&e.on_failure);
+        }
+    }
+
+    /// Checks settings the manifest holds as text (so that a bad one is an
+    /// error, not silently left out).
+    fn check(&self) -> anyhow::Result<()> {
+        let l = &self.manifest.limits;
+        if let Some(k) = &l.keep_alive {
+            k.parse::<gust_core::scaling::KeepAlive>()
+                .map_err(|e| anyhow::anyhow!("[limits] keep_alive: {e}"))?;
+        }
+        if let Some(p) = &l.provisioned {
+            p.parse::<gust_core::scaling::Provisioned>()
+                .map_err(|e| anyhow::anyhow!("[limits] provisioned: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the build; returns the component it made.
+    pub async fn build(&self, quiet: bool) -> anyhow::Result<PathBuf> {
+        self.check()?;
+        let command = self.manifest.build_command();
+        let progress = (!quiet).then(|| output::Progress::start(format!("building ({command})")));
+        let started = Instant::now();
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .current_dir(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("cannot run the build `{command}`"))?;
+        drop(progress);
+        if !out.status.success() {
+            eprint!("{}", String::from_utf8_lossy(&out.stdout));
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "the build `{command}` failed ({}); fix the errors above, or the [build] command in {}",
+                out.status,
+                manifest::FILE_NAME
+            );
+        }
+        let wasm = self.dir.join(self.manifest.wasm_path());
+        let size = std::fs::metadata(&wasm)
+            .with_context(|| {
+                format!(
+                    "the build succeeded but left no {}; set [build] wasm in {} to where it writes the component",
+                    wasm.display(),
+                    manifest::FILE_NAME
+                )
+            })?
+            .len();
+        if !quiet {
+            eprintln!(
+                "built {} ({:.1} KB) in {:.1} s",
+                wasm.display(),
+                size as f64 / 1e3,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(wasm)
+    }
+
+    /// Sets the manifest's `[env]` variables (others, set by hand, stay),
+    /// and makes the function's schedules and triggers those of the manifest:
+    /// each is written under its id; one with a manifest-made id
+    /// (`toml-N`) that the manifest no longer has is removed. Others, added
+    /// by hand, are left alone.
+    pub async fn reconcile(&self, api: &Api, name: &str, quiet: bool) -> anyhow::Result<()> {
+        let m = &self.manifest;
+        let schedules: Vec<(String, serde_json::Value)> = m
+            .schedules
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let id = manifest::managed_id(s.id.as_deref(), i);
+                let body = serde_json::json!({
+                    "expr": s.expr, "tz": s.tz, "path": s.path, "catch_up": s.catch_up, "id": id,
+                });
+                (id, body)
+            })
+            .collect();
+        let triggers: Vec<(String, serde_json::Value)> = m
+            .triggers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let id = manifest::managed_id(t.id.as_deref(), i);
+                let body = serde_json::json!({
+                    "bucket": t.bucket, "prefix": t.prefix, "path": t.path, "id": id,
+                });
+                (id, body)
+            })
+            .collect();
+        if !m.env.is_empty() {
+            let set: serde_json::Map<String, serde_json::Value> = m
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::json!({ "value": v })))
+                .collect();
+            crate::vars::patch(api, name, serde_json::json!({ "set": set })).await?;
+        }
+        for (kind, wanted) in [("schedules", schedules), ("triggers", triggers)] {
+            let path = format!("/v1/functions/{name}/{kind}");
+            let existing: Vec<serde_json::Value> =
+                api.send(api.request(reqwest::Method::GET, &path)).await?;
+            for old in &existing {
+                let Some(id) = old["id"].as_str() else {
+                    continue;
+                };
+                let stale = id.starts_with(manifest::MANAGED_PREFIX)
+                    && !wanted.iter().any(|(w, _)| w == id);
+                let replaced = wanted.iter().any(|(w, _)| w == id);
+                if stale || replaced {
+                    api.send_raw(api.request(reqwest::Method::DELETE, &format!("{path}/{id}")))
+                        .await?;
+                }
+            }
+            for (_, body) in &wanted {
+                api.send_raw(api.request(reqwest::Method::POST, &path).json(body))
+                    .await?;
+            }
+            if !quiet && !wanted.is_empty() {
+                eprintln!("{kind}: {}", wanted.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest modification time among the watched files.
+    fn newest_change(&self) -> SystemTime {
+        let mut newest = SystemTime::UNIX_EPOCH;
+        for entry in self.manifest.watch() {
+            newest = newest.max(newest_in(&self.dir.join(entry)));
+        }
+        newest.max(newest_in(&self.dir.join(manifest::FILE_NAME)))
+    }
+}
+
+fn fill<T: Copy>(arg: &mut Option<T>, value: Option<T>) {
+    if arg.is_none() {
+        *arg = value;
+    }
+}
+
+/// The newest modification time in `path` (a file, or a folder walked).
+fn newest_in(path: &Path) -> SystemTime {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return SystemTime::UNIX_EPOCH;
+    };
+    let mut newest = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    if meta.is_dir()
+        && let Ok(entries) = std::fs::read_dir(path)
+    {
+        for entry in entries.flatten() {
+            newest = newest.max(newest_in(&entry.path()));
+        }
+    }
+    newest
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust new hello                      a Rust function in ./hello
+  gust new hello --lang js
+  gust new hello --lang python --dir services/hello
+  cd hello && gust deploy             build it and deploy it")]
+pub struct NewArgs {
+    /// Function name: lowercase letters, digits and `-`.
+    name: String,
+    /// The language of the template.
+    #[arg(long, default_value = "rust", value_parser = |s: &str| s.parse::<Lang>())]
+    lang: Lang,
+    /// Where to create it (default: ./NAME).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust build
+  gust build --project services/hello")]
+pub struct BuildArgs {
+    /// The project folder (holding gust.toml).
+    #[arg(long, default_value = ".")]
+    project: PathBuf,
+    /// Print the component's path as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust dev                      build and deploy, then again on every change (Ctrl-C stops)
+  gust dev --alias dev          to hello:dev, leaving live alone")]
+pub struct DevArgs {
+    /// The project folder (holding gust.toml).
+    #[arg(long, default_value = ".")]
+    project: PathBuf,
+    /// Deploy to this alias (default `live`).
+    #[arg(long)]
+    alias: Option<String>,
+    /// How often the sources are checked for changes, in ms.
+    #[arg(long, default_value_t = 300)]
+    poll_ms: u64,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// A template's files: path (with `{{name}}` placeholders) and text.
+fn template(lang: Lang) -> anyhow::Result<&'static [(&'static str, &'static str)]> {
+    match lang {
+        Lang::Rust => Ok(&[
+            (
+                "Cargo.toml",
+                include_str!("../templates/rust/Cargo.toml.tmpl"),
+            ),
+            ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+            ("gust.toml", include_str!("../templates/rust/gust.toml")),
+            (".gitignore", include_str!("../templates/rust/gitignore")),
+        ]),
+        Lang::Js | Lang::Python => bail!(
+            "this build of gust has no {} template yet; `gust new NAME` makes a Rust one",
+            lang.as_str()
+        ),
+    }
+}
+
+pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
+    gust_core::FunctionName::new(args.name.as_str())?;
+    let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
+    if dir.exists() && std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_some()) {
+        bail!(
+            "{} already exists and is not empty: choose another --dir",
+            dir.display()
+        );
+    }
+    let crate_name = args.name.replace('-', "_");
+    for (path, text) in template(args.lang)? {
+        let target = dir.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let text = text
+            .replace("{{name}}", &args.name)
+            .replace("{{crate_name}}", &crate_name);
+        std::fs::write(&target, text)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+    }
+    println!(
+        "created {} ({}) in {}",
+        args.name,
+        args.lang.as_str(),
+        dir.display()
+    );
+    println!("next: cd {} && gust deploy", dir.display());
+    if let Some(hint) = toolchain_hint(args.lang) {
+        println!("{hint}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a template's build needs installed.
+fn toolchain_hint(lang: Lang) -> Option<&'static str> {
+    match lang {
+        Lang::Rust => Some("needs: rustup target add wasm32-wasip2"),
+        Lang::Js => Some("needs: Node.js 20+ (`npm install` fetches the build tools)"),
+        Lang::Python => Some("needs: pip install componentize-py"),
+    }
+}
+
+pub async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let project = Project::load(&args.project)?;
+    let wasm = project.build(args.json).await?;
+    if args.json {
+        output::print_json(&serde_json::json!({
+            "name": project.manifest.function.name,
+            "wasm": wasm,
+        }))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let mut deploy = DeployArgs::for_project(args.project.clone(), args.api.clone());
+    deploy.alias = args.alias.clone();
+    let mut seen = SystemTime::UNIX_EPOCH;
+    loop {
+        let project = match Project::load(&args.project) {
+            Ok(project) => project,
+            Err(e) => {
+                output::error(&format!("{e:#}"));
+                wait_for_change(&args, seen).await;
+                continue;
+            }
+        };
+        let changed = project.newest_change();
+        if changed > seen {
+            seen = changed;
+            match crate::client::deploy_version(deploy.clone()).await {
+                Ok(_) => eprintln!("watching for changes (Ctrl-C stops)"),
+                Err(e) => output::error(&format!("{e:#}")),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(args.poll_ms)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+async fn wait_for_change(args: &DevArgs, seen: SystemTime) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
+        if newest_in(&args.project.join(manifest::FILE_NAME)) > seen {
+            return;
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Projects through the CLI against the real server: `gust new` from the
+//! Rust template, `gust build`, `gust deploy` in the project folder (with
+//! the manifest's limits, schedules and triggers), refused manifests, and
+//! `gust dev` redeploying on a change.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::Server;
+
+fn gust_in(server: &Server, dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gust"))
+        .args(args)
+        .current_dir(dir)
+        .env("GUST_API", &server.api)
+        .env("GUST_TOKEN", &server.token)
+        .env_remove("GUST_TENANT")
+        .output()
+        .expect("run gust")
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_rust_project_builds_deploys_and_follows_its_manifest() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = gust_in(&server, tmp.path(), &["new", "greeter"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let project = tmp.path().join("greeter");
+    assert!(project.join("gust.toml").exists());
+    // Creating over it is refused.
+    let out = gust_in(&server, tmp.path(), &["new", "greeter"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = gust_in(&server, &project, &["build", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(Path::new(built["wasm"].as_str().unwrap()).exists());
+
+    // Schedules and limits from the manifest.
+    let manifest = std::fs::read_to_string(project.join("gust.toml")).unwrap();
+    let manifest = manifest.replace(
+        "# [[schedules]]\n# expr = \"@every 1m\"\n# path = \"/tick\"",
+        "[[schedules]]\nexpr = \"@every 1h\"\npath = \"/tick\"\n\n[[schedules]]\nexpr = \"@every 2h\"\nid = \"nightly\"",
+    );
+    std::fs::write(project.join("gust.toml"), &manifest).unwrap();
+    let out = gust_in(&server, &project, &["deploy", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let version: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(version["name"], "greeter");
+    assert_eq!(version["limits"]["memory_bytes"], 64 << 20);
+    // Public, as the template says: no token needed.
+    let body = reqwest::get(format!("{}/greeter/hi", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("from greeter") && body.contains("/hi"),
+        "{body}"
+    );
+    let schedules = server.gust_json(&["schedule", "ls", "greeter"]);
+    let mut ids: Vec<&str> = schedules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["nightly", "toml-1"]);
+
+    // A schedule added by hand stays; one gone from the manifest goes.
+    server.gust_json(&["schedule", "add", "greeter", "@every 3h", "--id", "by-hand"]);
+    let fewer = manifest.replace(
+        "[[schedules]]\nexpr = \"@every 1h\"\npath = \"/tick\"\n\n",
+        "",
+    );
+    std::fs::write(project.join("gust.toml"), &fewer).unwrap();
+    let out = gust_in(&server, &project, &["deploy", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let schedules = server.gust_json(&["schedule", "ls", "greeter"]);
+    let mut ids: Vec<&str> = schedules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["by-hand", "nightly"]);
+
+    // An unknown key is refused, named, and nothing is deployed.
+    std::fs::write(
+        project.join("gust.toml"),
+        format!("{fewer}\n[limits2]\nmemory_mb = 1\n"),
+    )
+    .unwrap();
+    let out = gust_in(&server, &project, &["deploy"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("`limits2`"), "{}", text(&out));
+    let versions = server.gust_json(&["versions", "greeter"]);
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+    // A build that fails says so, with the compiler's words.
+    std::fs::write(project.join("gust.toml"), &fewer).unwrap();
+    std::fs::write(project.join("src/lib.rs"), "this is not rust").unwrap();
+    let out = gust_in(&server, &project, &["deploy"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("the build"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gust_dev_redeploys_on_every_change() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = gust_in(&server, tmp.path(), &["new", "live-edit"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let project = tmp.path().join("live-edit");
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_gust"))
+        .args(["dev", "--poll-ms", "100"])
+        .current_dir(&project)
+        .env("GUST_API", &server.api)
+        .env("GUST_TOKEN", &server.token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("{}/live-edit/", server.url);
+    let answer = |wanted: &'static str| {
+        let url = url.clone();
+        async move {
+            let response = reqwest::get(&url).await.ok()?;
+            let body = response.text().await.ok()?;
+            body.contains(wanted).then_some(body)
+        }
+    };
+    let first =
+        Server::eventually(Duration::from_secs(120), || answer("Hello from live-edit")).await;
+    assert!(first.is_some(), "gust dev never deployed the project");
+    let source = std::fs::read_to_string(project.join("src/lib.rs")).unwrap();
+    std::fs::write(
+        project.join("src/lib.rs"),
+        source.replace("You asked for", "Edited, you asked for"),
+    )
+    .unwrap();
+    let second = Server::eventually(Duration::from_secs(120), || answer("Edited")).await;
+    let _ = dev.kill();
+    let _ = dev.wait();
+    assert!(second.is_some(), "gust dev did not redeploy the change");
+    let versions = server.gust_json(&["versions", "live-edit"]);
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+}

@@ -1,0 +1,355 @@
+//! `gust.toml`, a project's manifest: the function's name and language, how
+//! it is built, its limits, event delivery, environment, schedules and
+//! triggers. Parsing and validation only (the CLI reads the file and acts
+//! on it); an unknown key is an error that names it and where it is.
+//!
+//! ```toml
+//! [function]
+//! name = "hello"
+//! lang = "rust"          # rust | js | python
+//! public = true
+//!
+//! [build]                # defaults by language
+//! command = "cargo build --release --target wasm32-wasip2"
+//! wasm = "target/wasm32-wasip2/release/hello.wasm"
+//! watch = ["src", "Cargo.toml"]
+//!
+//! [limits]
+//! memory_mb = 64
+//! timeout_ms = 5000
+//! allowed_hosts = ["api.github.com"]
+//! keep_alive = "5m"
+//!
+//! [env]
+//! GREETING = "Hello"
+//!
+//! [[schedules]]
+//! expr = "@every 1m"
+//! path = "/tick"
+//!
+//! [[triggers]]
+//! bucket = "orders"
+//! path = "/on-order"
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::FunctionName;
+
+/// The manifest's file name, in a project's root folder.
+pub const FILE_NAME: &str = "gust.toml";
+
+/// A parsed, validated `gust.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub function: FunctionSection,
+    #[serde(default)]
+    pub build: BuildSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub events: EventsSection,
+    /// Environment variables the function sees (and `wasi:config` keys).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub schedules: Vec<ScheduleSection>,
+    #[serde(default)]
+    pub triggers: Vec<TriggerSection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSection {
+    pub name: String,
+    pub lang: Lang,
+    /// Anyone with the URL may call it (absent: as it is; new: private).
+    pub public: Option<bool>,
+}
+
+/// The languages `gust new` has templates for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    Rust,
+    Js,
+    Python,
+}
+
+impl Lang {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lang::Rust => "rust",
+            Lang::Js => "js",
+            Lang::Python => "python",
+        }
+    }
+}
+
+impl std::str::FromStr for Lang {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "rust" => Ok(Lang::Rust),
+            "js" | "javascript" => Ok(Lang::Js),
+            "python" | "py" => Ok(Lang::Python),
+            _ => Err(format!(
+                "`{text}` is not a language Gust has a template for: rust, js or python"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSection {
+    /// Run by `sh -c` in the project folder.
+    pub command: Option<String>,
+    /// The component the build makes, relative to the project folder.
+    pub wasm: Option<String>,
+    /// Files and folders `gust dev` watches.
+    pub watch: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub memory_mb: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub max_output_bytes: Option<u64>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    pub monthly_budget_micros: Option<u64>,
+    pub max_concurrency: Option<u32>,
+    pub reserved_concurrency: Option<u32>,
+    pub queue_depth: Option<u32>,
+    pub queue_wait_ms: Option<u64>,
+    pub keep_alive: Option<String>,
+    pub provisioned: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    pub max_attempts: Option<u32>,
+    pub backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+    pub max_event_age_ms: Option<u64>,
+    pub concurrency: Option<u32>,
+    pub on_success: Option<String>,
+    pub on_failure: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSection {
+    pub expr: String,
+    pub tz: Option<String>,
+    pub path: Option<String>,
+    pub catch_up: Option<u32>,
+    /// Default: `toml-<n>`, its place in the file (from 1).
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSection {
+    pub bucket: String,
+    pub prefix: Option<String>,
+    pub path: Option<String>,
+    /// Default: `toml-<n>`, its place in the file (from 1).
+    pub id: Option<String>,
+}
+
+/// Ids the manifest gives schedules and triggers that name none; a
+/// deploy replaces what carries such an id and is no longer in the file.
+pub const MANAGED_PREFIX: &str = "toml-";
+
+/// The id of the `index`-th (from 0) schedule or trigger.
+pub fn managed_id(explicit: Option<&str>, index: usize) -> String {
+    explicit.map_or_else(|| format!("{MANAGED_PREFIX}{}", index + 1), str::to_string)
+}
+
+/// Why a manifest was refused: the message names the key and the line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ManifestError(pub String);
+
+impl Manifest {
+    /// Parses and validates `gust.toml`'s text.
+    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest = toml::from_str(text)
+            .map_err(|e| ManifestError(e.to_string().trim_end().to_string()))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> Result<(), ManifestError> {
+        FunctionName::new(self.function.name.as_str())
+            .map_err(|e| ManifestError(format!("[function] name: {e}")))?;
+        for key in self.env.keys() {
+            let valid = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(ManifestError(format!(
+                    "[env] `{key}` is not a valid variable name: use letters, digits and `_`, not starting with a digit"
+                )));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, s) in self.schedules.iter().enumerate() {
+            if !ids.insert(managed_id(s.id.as_deref(), i)) {
+                return Err(ManifestError(format!(
+                    "[[schedules]] number {}: its id is used twice",
+                    i + 1
+                )));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, t) in self.triggers.iter().enumerate() {
+            if !ids.insert(managed_id(t.id.as_deref(), i)) {
+                return Err(ManifestError(format!(
+                    "[[triggers]] number {}: its id is used twice",
+                    i + 1
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The build command: the manifest's, or the language's usual one.
+    pub fn build_command(&self) -> String {
+        if let Some(command) = &self.build.command {
+            return command.clone();
+        }
+        match self.function.lang {
+            Lang::Rust => "cargo build --release --target wasm32-wasip2".into(),
+            Lang::Js => "npm run build".into(),
+            Lang::Python => {
+                "componentize-py -d wit -w wasi:http/proxy@0.2.0 componentize app -o app.wasm"
+                    .into()
+            }
+        }
+    }
+
+    /// Where the build leaves the component, relative to the project.
+    pub fn wasm_path(&self) -> String {
+        if let Some(wasm) = &self.build.wasm {
+            return wasm.clone();
+        }
+        match self.function.lang {
+            Lang::Rust => format!(
+                "target/wasm32-wasip2/release/{}.wasm",
+                self.function.name.replace('-', "_")
+            ),
+            Lang::Js => format!("dist/{}.wasm", self.function.name),
+            Lang::Python => "app.wasm".into(),
+        }
+    }
+
+    /// What `gust dev` watches, relative to the project.
+    pub fn watch(&self) -> Vec<String> {
+        if let Some(watch) = &self.build.watch {
+            return watch.clone();
+        }
+        let files: &[&str] = match self.function.lang {
+            Lang::Rust => &["src", "Cargo.toml"],
+            Lang::Js => &["src", "package.json"],
+            Lang::Python => &["app.py"],
+        };
+        files.iter().map(|f| f.to_string()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_manifest_parses() {
+        let m = Manifest::parse(
+            r#"
+[function]
+name = "hello"
+lang = "rust"
+public = true
+
+[limits]
+memory_mb = 64
+allowed_hosts = ["api.github.com"]
+keep_alive = "5m"
+
+[events]
+max_attempts = 5
+
+[env]
+GREETING = "Hi"
+
+[[schedules]]
+expr = "@every 1m"
+path = "/tick"
+
+[[schedules]]
+expr = "0 9 * * *"
+id = "morning"
+
+[[triggers]]
+bucket = "orders"
+"#,
+        )
+        .unwrap();
+        assert_eq!(m.function.name, "hello");
+        assert_eq!(m.limits.memory_mb, Some(64));
+        assert_eq!(m.env["GREETING"], "Hi");
+        assert_eq!(m.wasm_path(), "target/wasm32-wasip2/release/hello.wasm");
+        assert_eq!(managed_id(m.schedules[0].id.as_deref(), 0), "toml-1");
+        assert_eq!(managed_id(m.schedules[1].id.as_deref(), 1), "morning");
+        assert_eq!(m.events.max_attempts, Some(5));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e =
+            Manifest::parse("[function]\nname = \"a\"\nlang = \"rust\"\nmemory = 3\n").unwrap_err();
+        assert!(e.0.contains("unknown field `memory`"), "{e}");
+        let e =
+            Manifest::parse("[function]\nname = \"a\"\nlang = \"rust\"\n[limits]\nmemory_gb = 1\n")
+                .unwrap_err();
+        assert!(e.0.contains("`memory_gb`") && e.0.contains("line 5"), "{e}");
+        let e =
+            Manifest::parse("[function]\nname = \"a\"\nlang = \"rust\"\n[limit]\n").unwrap_err();
+        assert!(e.0.contains("`limit`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let e = Manifest::parse("[function]\nname = \"Bad\"\nlang = \"rust\"\n").unwrap_err();
+        assert!(e.0.contains("name"), "{e}");
+        let e = Manifest::parse("[function]\nname = \"a\"\nlang = \"cobol\"\n").unwrap_err();
+        assert!(e.0.contains("cobol"), "{e}");
+        let e = Manifest::parse("[function]\nname = \"a\"\nlang = \"js\"\n[env]\n\"1X\" = \"v\"\n")
+            .unwrap_err();
+        assert!(e.0.contains("1X"), "{e}");
+        let dup = "[function]\nname = \"a\"\nlang = \"js\"\n[[schedules]]\nexpr = \"@every 1m\"\nid = \"toml-2\"\n[[schedules]]\nexpr = \"@every 2m\"\n";
+        assert!(Manifest::parse(dup).is_err());
+        assert!(Manifest::parse("").is_err());
+    }
+
+    #[test]
+    fn languages_have_build_defaults() {
+        let m = Manifest::parse("[function]\nname = \"my-fn\"\nlang = \"rust\"\n").unwrap();
+        assert_eq!(m.wasm_path(), "target/wasm32-wasip2/release/my_fn.wasm");
+        assert_eq!(m.watch(), ["src", "Cargo.toml"]);
+        let m = Manifest::parse(
+            "[function]\nname = \"f\"\nlang = \"python\"\n[build]\nwasm = \"out.wasm\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.wasm_path(), "out.wasm");
+        assert!(m.build_command().starts_with("componentize-py"));
+    }
+}
