@@ -94,9 +94,11 @@ impl IntoResponse for ApiError {
                 | RegistryError::NoSuchVersion { .. },
             ) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_)
-            | ApiError::Registry(RegistryError::AlreadyExists(_) | RegistryError::Refused(_)) => {
-                (StatusCode::CONFLICT, "conflict")
-            }
+            | ApiError::Registry(
+                RegistryError::AlreadyExists(_)
+                | RegistryError::Refused(_)
+                | RegistryError::RouteTaken { .. },
+            ) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Registry(RegistryError::Store(StoreError::Conflict { .. })) => {
                 (StatusCode::CONFLICT, "conflict")
             }

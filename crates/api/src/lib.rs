@@ -12,6 +12,7 @@ mod aliases;
 mod auth;
 mod error;
 mod kv;
+mod routes;
 mod usage;
 mod vars;
 
@@ -106,6 +107,9 @@ pub struct FunctionInfo {
     /// How its last canaries ended, newest last.
     #[serde(default)]
     pub canaries: Vec<gust_core::deploy::CanaryReport>,
+    /// Host names and path prefixes it claims.
+    #[serde(default)]
+    pub routes: Vec<gust_core::route::RouteClaim>,
 }
 
 /// A deployed version as the API shows it.
@@ -184,6 +188,10 @@ pub struct DeployParams {
     /// The alias the new version takes over (default `live`: the
     /// function's URL). A function's first deploy is always `live` too.
     pub alias: Option<String>,
+    /// Host names and path prefixes the function claims (comma-separated:
+    /// `api.example.com/v1,/shop:staging`), replacing those it has; a
+    /// place another function holds fails the deploy (409).
+    pub routes: Option<String>,
     /// Deploy as a canary of `live`: `10%,5m` sends it 10% of the traffic
     /// for 5 minutes, then promotes it, or rolls it back as soon as its
     /// errors or latency are worse than the stable version's.
@@ -367,6 +375,8 @@ pub struct LogPage {
         get_scale,
         vars::list_vars,
         vars::change_vars,
+        routes::list_routes,
+        routes::set_routes,
         aliases::list_aliases,
         aliases::set_alias,
         aliases::remove_alias,
@@ -409,6 +419,7 @@ pub struct LogPage {
         VersionInfo,
         vars::VarInfo,
         vars::NewVar,
+        gust_core::route::RouteClaim,
         vars::VarsPatch,
         aliases::AliasInfo,
         aliases::SplitInfo,
@@ -490,6 +501,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/functions/{name}/vars",
             get(vars::list_vars).patch(vars::change_vars),
+        )
+        .route(
+            "/v1/functions/{name}/routes",
+            get(routes::list_routes).put(routes::set_routes),
         )
         .route("/v1/functions/{name}/aliases", get(aliases::list_aliases))
         .route(
@@ -664,6 +679,7 @@ impl ApiState {
             created_at_ms: record.created_at_ms,
             aliases: self.aliases_of(&record),
             canaries: record.canaries,
+            routes: record.routes,
         }
     }
 
@@ -790,6 +806,18 @@ async fn deploy_version(
     state.check_function_quotas(&caller, &name).await?;
     let delivery = params.delivery()?;
     let activation = params.activation()?;
+    let claims = match &params.routes {
+        Some(routes) => Some(routes::parse_claims(
+            routes.split(',').filter(|r| !r.trim().is_empty()),
+        )?),
+        None => None,
+    };
+    if let Some(claims) = &claims {
+        state
+            .registry
+            .check_routes(&caller.tenant, &name, claims)
+            .await?;
+    }
     let limits = LimitsPatch {
         memory_bytes: params.memory_bytes,
         timeout_ms: params.timeout_ms,
@@ -871,6 +899,16 @@ async fn deploy_version(
             now_ms(),
         )
         .await?;
+    let revision = match claims {
+        Some(claims) => {
+            state
+                .registry
+                .set_routes(&caller.tenant, &name, claims)
+                .await?
+                .1
+        }
+        None => revision,
+    };
     state.until_live(revision).await;
     tracing::info!(function = %name, version = version.version, %digest, prepare_ms, "deployed");
     let mut info = state.version_info(version, Some(prepare_ms));

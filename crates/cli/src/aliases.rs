@@ -1,11 +1,13 @@
-//! `gust alias` (ls, set, rm) and `gust rollback`: where a function's
-//! aliases point, traffic splits, and going back.
+//! `gust alias` (ls, set, rm), `gust rollback` and `gust route`: where a
+//! function's aliases point, traffic splits, going back, and the hosts and
+//! prefixes that reach it.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use gust_api::{AliasInfo, FunctionInfo, RolledBack};
 use gust_core::deploy::{self, LIVE};
+use gust_core::route::RouteClaim;
 
 use crate::client::{Api, ApiArgs};
 use crate::output;
@@ -217,4 +219,127 @@ fn row(alias: &AliasInfo) -> Vec<String> {
         alias.previous.map_or("-".into(), |p| p.to_string()),
         alias.url.clone(),
     ]
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  gust route ls api
+  gust route add api api.example.com          every path on that host
+  gust route add api api.example.com/v1       that prefix on that host
+  gust route add shop /shop                   that prefix on any host
+  gust route add api beta.example.com:staging  an alias
+  gust route rm api api.example.com/v1
+
+A host claim is matched first (longest prefix wins); a path claim only
+when the path names no function. The function sees the path after the
+prefix. A place another function holds is refused, naming it.")]
+pub struct RouteArgs {
+    #[command(subcommand)]
+    command: RouteCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum RouteCommand {
+    /// List what a function claims.
+    Ls {
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Claim a host name and/or path prefix.
+    Add {
+        /// Function name.
+        name: String,
+        /// `host`, `host/prefix` or `/prefix`, with `:alias` after.
+        #[arg(value_parser = |s: &str| s.parse::<RouteClaim>())]
+        claim: RouteClaim,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Give a claim up.
+    Rm {
+        /// Function name.
+        name: String,
+        /// As it was added.
+        #[arg(value_parser = |s: &str| s.parse::<RouteClaim>())]
+        claim: RouteClaim,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+async fn claims_of(api: &Api, name: &str) -> anyhow::Result<Vec<RouteClaim>> {
+    api.send(api.request(
+        reqwest::Method::GET,
+        &format!("/v1/functions/{name}/routes"),
+    ))
+    .await
+}
+
+pub async fn route(args: RouteArgs) -> anyhow::Result<ExitCode> {
+    let (name, api_args, claims) = match args.command {
+        RouteCommand::Ls { name, api: a } => {
+            let api = Api::new(&a)?;
+            let claims = claims_of(&api, &name).await?;
+            print_claims(&claims, a.json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        RouteCommand::Add {
+            name,
+            claim,
+            api: a,
+        } => {
+            let api = Api::new(&a)?;
+            let mut claims = claims_of(&api, &name).await?;
+            claims.retain(|c| c.place() != claim.place());
+            claims.push(claim);
+            (name, a, claims)
+        }
+        RouteCommand::Rm {
+            name,
+            claim,
+            api: a,
+        } => {
+            let api = Api::new(&a)?;
+            let mut claims = claims_of(&api, &name).await?;
+            let before = claims.len();
+            claims.retain(|c| c.place() != claim.place());
+            if claims.len() == before {
+                anyhow::bail!("`{name}` does not claim `{claim}` (see `gust route ls {name}`)");
+            }
+            (name, a, claims)
+        }
+    };
+    let api = Api::new(&api_args)?;
+    let texts: Vec<String> = claims.iter().map(ToString::to_string).collect();
+    let now: Vec<RouteClaim> = api
+        .send(
+            api.request(
+                reqwest::Method::PUT,
+                &format!("/v1/functions/{name}/routes"),
+            )
+            .json(&texts),
+        )
+        .await?;
+    print_claims(&now, api_args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_claims(claims: &[RouteClaim], json: bool) -> anyhow::Result<()> {
+    if json {
+        return output::print_json(&claims);
+    }
+    let rows: Vec<Vec<String>> = claims
+        .iter()
+        .map(|c| {
+            vec![
+                c.host.clone().unwrap_or_else(|| "(any)".into()),
+                c.prefix.clone().unwrap_or_else(|| "/".into()),
+                c.alias.clone().unwrap_or_else(|| LIVE.into()),
+            ]
+        })
+        .collect();
+    output::table(&["HOST", "PREFIX", "ALIAS"], &rows);
+    Ok(())
 }

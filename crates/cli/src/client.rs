@@ -42,7 +42,8 @@ pub struct ApiArgs {
   gust deploy site site.wasm --public
   gust deploy api api.wasm --keep-alive 5m --provisioned 1
   gust deploy api api.wasm --alias staging        live stays where it is
-  gust deploy api api.wasm --canary 10%,5m        10% of live for 5 minutes, then judged")]
+  gust deploy api api.wasm --canary 10%,5m        10% of live for 5 minutes, then judged
+  gust deploy api api.wasm --route api.example.com --route /shop")]
 pub struct DeployArgs {
     /// Function name: lowercase letters, digits and `-` (in a project:
     /// `gust.toml`'s, unless given).
@@ -126,6 +127,12 @@ pub struct DeployArgs {
     /// function's URL); `--alias staging` leaves `live` where it is.
     #[arg(long, conflicts_with = "canary")]
     pub(crate) alias: Option<String>,
+    /// A host name and/or path prefix it claims (repeat for more), such
+    /// as `api.example.com`, `api.example.com/v1` or `/shop`, with
+    /// `:alias` after to serve an alias; replaces those it has. A place
+    /// another function holds fails the deploy.
+    #[arg(long = "route", value_parser = |s: &str| s.parse::<gust_core::route::RouteClaim>().map(|_| s.to_string()))]
+    pub(crate) routes: Vec<String>,
     /// Deploy as a canary: `10%,5m` sends it 10% of `live`'s traffic for
     /// 5 minutes, then promotes it, or rolls it back by itself as soon as
     /// its error rate or p99 latency is worse than the stable version's.
@@ -467,6 +474,9 @@ pub(crate) async fn deploy_version(mut args: DeployArgs) -> anyhow::Result<Versi
     }
     if let Some(canary) = &args.canary {
         query.push(("canary", canary.clone()));
+    }
+    if !args.routes.is_empty() {
+        query.push(("routes", args.routes.join(",")));
     }
     let path = format!("/v1/functions/{name}/versions");
     let progress = (!args.api.json).then(|| {

@@ -54,7 +54,7 @@ enum Command {
     Build(project::BuildArgs),
     /// Deploy a component as a new version of a function (created if
     /// missing); without a file, build and deploy the project here.
-    Deploy(client::DeployArgs),
+    Deploy(Box<client::DeployArgs>),
     /// Build and deploy the project here, then again on every change.
     Dev(project::DevArgs),
     /// List functions.
@@ -65,6 +65,8 @@ enum Command {
     Alias(aliases::AliasArgs),
     /// Point an alias (`live` by default) back at its previous version.
     Rollback(aliases::RollbackArgs),
+    /// Host names and path prefixes a function claims: ls, add, rm.
+    Route(aliases::RouteArgs),
     /// A function's variables (environment and wasi:config): ls, set, rm.
     Config(vars::ConfigArgs),
     /// A function's secrets, sealed at rest and never shown: ls, set, rm.
@@ -132,12 +134,13 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::New(args) => project::new(args),
             Command::Build(args) => project::build(args).await,
-            Command::Deploy(args) => client::deploy(args).await,
+            Command::Deploy(args) => client::deploy(*args).await,
             Command::Dev(args) => project::dev(args).await,
             Command::Ls(args) => client::list(args).await,
             Command::Versions(args) => client::versions(args).await,
             Command::Alias(args) => aliases::alias(args).await,
             Command::Rollback(args) => aliases::rollback(args).await,
+            Command::Route(args) => aliases::route(args).await,
             Command::Config(args) => vars::config(args).await,
             Command::Secret(args) => vars::secret(args).await,
             Command::Invoke(args) => client::invoke(args).await,

@@ -65,6 +65,11 @@ impl Project {
         if args.provisioned.is_none() {
             args.provisioned = l.provisioned.as_deref().and_then(|p| p.parse().ok());
         }
+        if args.routes.is_empty()
+            && let Some(routes) = &m.function.routes
+        {
+            args.routes.clone_from(routes);
+        }
         if !args.public && !args.private {
             match m.function.public {
                 Some(true) => args.public = true,

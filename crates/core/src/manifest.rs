@@ -68,6 +68,9 @@ pub struct FunctionSection {
     pub lang: Lang,
     /// Anyone with the URL may call it (absent: as it is; new: private).
     pub public: Option<bool>,
+    /// Host names and path prefixes it claims (`api.example.com/v1`,
+    /// `/shop`, `:alias` after); absent: as they are.
+    pub routes: Option<Vec<String>>,
 }
 
 /// The languages `gust new` has templates for.
@@ -191,6 +194,11 @@ impl Manifest {
     fn validate(&self) -> Result<(), ManifestError> {
         FunctionName::new(self.function.name.as_str())
             .map_err(|e| ManifestError(format!("[function] name: {e}")))?;
+        for route in self.function.routes.iter().flatten() {
+            route
+                .parse::<crate::route::RouteClaim>()
+                .map_err(|e| ManifestError(format!("[function] routes: {e}")))?;
+        }
         for key in self.env.keys() {
             let valid = !key.is_empty()
                 && !key.starts_with(|c: char| c.is_ascii_digit())

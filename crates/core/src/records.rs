@@ -32,6 +32,9 @@ pub struct FunctionRecord {
     /// Its variables (an alias's own override them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vars: Variables,
+    /// Host names and path prefixes it claims on the data plane.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<crate::route::RouteClaim>,
     /// Anyone with the URL may call it; otherwise a token of its tenant
     /// that may invoke is needed (when the server requires tokens).
     #[serde(default)]
@@ -52,6 +55,8 @@ struct StoredFunction {
     canaries: Vec<CanaryReport>,
     #[serde(default)]
     vars: Variables,
+    #[serde(default)]
+    routes: Vec<crate::route::RouteClaim>,
     #[serde(default)]
     public: bool,
     #[serde(default)]
@@ -74,6 +79,7 @@ impl From<StoredFunction> for FunctionRecord {
             aliases,
             canaries: stored.canaries,
             vars: stored.vars,
+            routes: stored.routes,
             public: stored.public,
         }
     }

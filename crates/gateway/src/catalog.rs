@@ -3,6 +3,7 @@
 //! with the registry by a watch. It is derived state: rebuilt from
 //! the registry at start and after any missed change.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use gust_scheduler::canary::{Health, Snapshot};
 use gust_core::config::{self, Variable};
 use gust_core::delivery::DeliveryPolicy;
 use gust_core::deploy;
+use gust_core::route::{self, ClaimTable, RouteClaim};
 use gust_core::{ActiveVersion, FunctionName, FunctionRecord, Limits, TenantId};
 use gust_runtime::{Prepared, Runtime};
 use gust_store::{BlobStore, KvEvent, Registry, SecretBox};
@@ -170,6 +172,8 @@ pub(crate) struct Served {
     aliases: Vec<AliasRoute>,
     /// A canary running on `live`.
     pub canary: Option<RunningCanary>,
+    /// Host names and path prefixes it claims.
+    claims: Vec<RouteClaim>,
 }
 
 /// A canary on `live`: its settings, where its figures start, its route.
@@ -337,6 +341,7 @@ impl Served {
             live,
             aliases,
             canary,
+            claims: record.routes,
         })
     }
 
@@ -379,6 +384,22 @@ pub(crate) struct Catalog {
     applied: tokio::sync::watch::Sender<u64>,
     /// Opens the functions' secrets.
     secrets: Arc<SecretBox>,
+    /// Every function's claimed hosts and prefixes → (`<tenant>/<name>`, alias).
+    claims: RwLock<ClaimTable<(String, String)>>,
+}
+
+/// Where a request goes.
+pub(crate) enum Resolved<'p> {
+    Found {
+        served: Arc<Served>,
+        alias: Cow<'p, str>,
+        /// The path (and query) the function sees.
+        tail: &'p str,
+    },
+    /// The path names a function that does not exist.
+    NoFunction(&'p str),
+    /// The path names no function.
+    NoRoute,
 }
 
 impl Catalog {
@@ -387,6 +408,7 @@ impl Catalog {
             routes: RwLock::default(),
             applied: tokio::sync::watch::Sender::new(0),
             secrets,
+            claims: RwLock::default(),
         }
     }
 
@@ -413,6 +435,64 @@ impl Catalog {
             .cloned()
     }
 
+    /// Where a request for `host` and `path_and_query` goes: a claimed
+    /// host first, then a function named in the path (`/<name>[:alias]/…`,
+    /// `/@<tenant>/…`), then a claimed path prefix.
+    pub fn resolve<'p>(&self, host: &str, path_and_query: &'p str) -> Resolved<'p> {
+        let claimed = |found: Option<(&(String, String), &'p str)>| {
+            let ((key, alias), tail) = found?;
+            let served = self
+                .routes
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key)
+                .cloned()?;
+            Some(Resolved::Found {
+                served,
+                alias: Cow::Owned(alias.clone()),
+                tail,
+            })
+        };
+        let claims = self.claims.read().unwrap_or_else(|p| p.into_inner());
+        if !claims.is_empty()
+            && let Some(found) = claimed(claims.by_host(host, path_and_query))
+        {
+            return found;
+        }
+        let named = route::split_target(path_and_query);
+        if let Some(target) = &named {
+            let (name, alias) = deploy::split_qualifier(target.name);
+            if let Some(served) = self.get(target.tenant.unwrap_or(DEFAULT_TENANT), name) {
+                return Resolved::Found {
+                    served,
+                    alias: Cow::Borrowed(alias),
+                    tail: target.tail,
+                };
+            }
+        }
+        if !claims.is_empty()
+            && let Some(found) = claimed(claims.by_path(path_and_query))
+        {
+            return found;
+        }
+        match named {
+            Some(target) => Resolved::NoFunction(deploy::split_qualifier(target.name).0),
+            None => Resolved::NoRoute,
+        }
+    }
+
+    /// Rebuilds the claim table from the functions' claims.
+    fn index_claims(&self, routes: &HashMap<String, Arc<Served>>) {
+        let mut table = ClaimTable::default();
+        for (key, served) in routes {
+            for claim in &served.claims {
+                let alias = claim.alias.clone().unwrap_or_else(|| deploy::LIVE.into());
+                table.insert(claim, (key.clone(), alias));
+            }
+        }
+        *self.claims.write().unwrap_or_else(|p| p.into_inner()) = table;
+    }
+
     /// Applies one registry change; returns the routes it displaced.
     fn apply(&self, event: &KvEvent) -> Vec<Arc<Route>> {
         let Some((tenant, name)) = Registry::parse_function_key(event.key()) else {
@@ -431,10 +511,19 @@ impl Catalog {
         };
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
         let old = routes.get(&key).cloned();
+        let claims_change = |served: Option<&Served>| {
+            !old.as_ref()
+                .map_or(&[][..], |o| &o.claims[..])
+                .eq(served.map_or(&[][..], |s| &s.claims[..]))
+        };
         match record.and_then(|r| Served::build(r, old.as_deref(), &self.secrets)) {
             Some(served) => {
                 let kept = served.routes();
+                let reindex = claims_change(Some(&served));
                 routes.insert(key, Arc::new(served));
+                if reindex {
+                    self.index_claims(&routes);
+                }
                 old.map(|o| o.routes())
                     .unwrap_or_default()
                     .into_iter()
@@ -442,7 +531,11 @@ impl Catalog {
                     .collect()
             }
             None => {
+                let reindex = claims_change(None);
                 routes.remove(&key);
+                if reindex {
+                    self.index_claims(&routes);
+                }
                 old.map(|o| o.routes()).unwrap_or_default()
             }
         }
@@ -525,10 +618,14 @@ impl Catalog {
             .collect();
         gone.sort();
         gone.dedup();
+        self.index_claims(&fresh);
         *routes = fresh;
         gone
     }
 }
+
+/// The tenant of paths without `/@<tenant>`.
+const DEFAULT_TENANT: &str = "default";
 
 fn route_key(tenant: &str, name: &str) -> String {
     format!("{tenant}/{name}")

@@ -41,7 +41,7 @@ use hyper::service::service_fn;
 use tokio::net::TcpListener;
 
 use crate::body::{BodyFault, LimitedBody};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Resolved};
 use crate::error::GatewayError;
 use crate::logs::LogSink;
 
@@ -343,29 +343,39 @@ async fn invoke(
         return Err(GatewayError::Draining);
     }
     let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let Some(target) = route::split_target(path_and_query) else {
-        return Err(reject_unread(shared, request, GatewayError::NoRoute).await);
-    };
-    let tenant = target.tenant.unwrap_or(DEFAULT_TENANT);
-    let (name, alias) = deploy::split_qualifier(target.name);
-    let Some(served) = shared.catalog.get(tenant, name) else {
-        let error = GatewayError::NoSuchFunction(name.to_string());
-        return Err(reject_unread(shared, request, error).await);
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let (served, alias, tail) = match shared.catalog.resolve(host, path_and_query) {
+        Resolved::Found {
+            served,
+            alias,
+            tail,
+        } => (served, alias, tail),
+        Resolved::NoFunction(name) => {
+            let error = GatewayError::NoSuchFunction(name.to_string());
+            return Err(reject_unread(shared, request, error).await);
+        }
+        Resolved::NoRoute => {
+            return Err(reject_unread(shared, request, GatewayError::NoRoute).await);
+        }
     };
     let sticky = sticky_key(request.headers());
     let Some(route) = served
-        .pick(alias, sticky.as_deref(), deploy::fnv1a(id.as_bytes()))
+        .pick(&alias, sticky.as_deref(), deploy::fnv1a(id.as_bytes()))
         .cloned()
     else {
         let error = GatewayError::NoSuchAlias {
-            function: name.to_string(),
+            function: served.live.name.to_string(),
             alias: alias.to_string(),
             known: served.alias_names(),
         };
         return Err(reject_unread(shared, request, error).await);
     };
     // The path the function sees; the request is moved below.
-    let guest_path = route::guest_path(target.tail).into_owned();
+    let guest_path = route::guest_path(tail).into_owned();
     let mut request = request;
     let admitted = shared
         .access
@@ -844,8 +854,6 @@ fn record(shared: &Shared, route: &catalog::Route, id: &str, report: InvocationR
     };
     shared.logs.record(&route.tenant, &route.name, &record);
 }
-
-const DEFAULT_TENANT: &str = "default";
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()

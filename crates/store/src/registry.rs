@@ -12,6 +12,7 @@ use gust_core::delivery::DeliveryPolicy;
 use gust_core::deploy::{
     Alias, CANARY_HISTORY, Canary, CanaryOutcome, CanaryPolicy, CanaryReport, LIVE, Split,
 };
+use gust_core::route::RouteClaim;
 use gust_core::{ActiveVersion, FunctionName, FunctionRecord, Limits, TenantId, VersionRecord};
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -34,6 +35,12 @@ pub enum RegistryError {
         function: FunctionName,
         version: u64,
     },
+    /// A route another function holds (`owner`: that function, or another
+    /// tenant's, not named).
+    #[error(
+        "the route `{claim}` is claimed by {owner}; choose another host or prefix, or remove it there first"
+    )]
+    RouteTaken { claim: String, owner: String },
     /// The change cannot be made as asked (the message says why and what to do).
     #[error("{0}")]
     Refused(String),
@@ -52,6 +59,11 @@ fn function_key(tenant: &TenantId, name: &FunctionName) -> String {
 
 fn versions_prefix(tenant: &TenantId, name: &FunctionName) -> String {
     format!("ver/{tenant}/{name}/")
+}
+
+/// Where a route claim is held, whoever holds it: one key per place.
+fn claim_key(claim: &RouteClaim) -> String {
+    format!("claim/{}", claim.place())
 }
 
 fn version_key(tenant: &TenantId, name: &FunctionName, version: u64) -> String {
@@ -227,6 +239,7 @@ impl Registry {
             aliases: Default::default(),
             canaries: Vec::new(),
             vars: Default::default(),
+            routes: Vec::new(),
             public: false,
         };
         match self
@@ -267,6 +280,7 @@ impl Registry {
                         aliases: Default::default(),
                         canaries: Vec::new(),
                         vars: Default::default(),
+                        routes: Vec::new(),
                         public: false,
                     },
                     None,
@@ -463,6 +477,92 @@ impl Registry {
         Ok((record, revision))
     }
 
+    /// Whether `claims` are free for `name` (or already its own); the
+    /// first that is not, as [`RegistryError::RouteTaken`]. A check before
+    /// a deploy; [`Registry::set_routes`] takes them for good.
+    pub async fn check_routes(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        claims: &[RouteClaim],
+    ) -> Result<(), RegistryError> {
+        let owner = format!("{tenant}/{name}");
+        for claim in claims {
+            if let Some(holder) = self.kv.get(&claim_key(claim)).await? {
+                let holder = String::from_utf8_lossy(&holder.value).into_owned();
+                if holder != owner {
+                    return Err(route_taken(tenant, claim, &holder));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `claims` the function's routes. Each place (host and prefix)
+    /// is held under one key created by compare-and-set, so two functions
+    /// never hold the same; a place another function holds is refused,
+    /// naming it (another tenant's only as such), and nothing changes.
+    /// Places the function gives up are released.
+    pub async fn set_routes(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        claims: Vec<RouteClaim>,
+    ) -> Result<(FunctionRecord, u64), RegistryError> {
+        let owner = format!("{tenant}/{name}");
+        let current = self
+            .function(tenant, name)
+            .await?
+            .ok_or_else(|| RegistryError::NoSuchFunction(name.clone()))?;
+        let mut taken: Vec<String> = Vec::new();
+        for claim in &claims {
+            let key = claim_key(claim);
+            match self
+                .kv
+                .compare_and_set(&key, Bytes::from(owner.clone()), None)
+                .await
+            {
+                Ok(_) => taken.push(key),
+                Err(StoreError::Conflict { .. }) => {
+                    let holder = self.kv.get(&key).await?;
+                    let holder = holder
+                        .as_ref()
+                        .map(|e| String::from_utf8_lossy(&e.value).into_owned());
+                    if holder.as_deref() == Some(owner.as_str()) {
+                        continue;
+                    }
+                    for key in &taken {
+                        self.kv.delete(key).await?;
+                    }
+                    return Err(route_taken(tenant, claim, holder.as_deref().unwrap_or("")));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let kept = claims.clone();
+        let updated = self
+            .update(tenant, name, |record| {
+                record.routes.clone_from(&kept);
+                Ok(())
+            })
+            .await;
+        let (record, (), revision) = match updated {
+            Ok(done) => done,
+            Err(e) => {
+                for key in &taken {
+                    self.kv.delete(key).await?;
+                }
+                return Err(e);
+            }
+        };
+        for old in &current.routes {
+            if !claims.iter().any(|c| c.place() == old.place()) {
+                self.kv.delete(&claim_key(old)).await?;
+            }
+        }
+        Ok((record, revision))
+    }
+
     /// Removes an alias (never `live`).
     pub async fn remove_alias(
         &self,
@@ -642,6 +742,11 @@ impl Registry {
         tenant: &TenantId,
         name: &FunctionName,
     ) -> Result<Option<u64>, RegistryError> {
+        if let Some(record) = self.function(tenant, name).await? {
+            for claim in &record.routes {
+                self.kv.delete(&claim_key(claim)).await?;
+            }
+        }
         let existed = self.kv.delete(&function_key(tenant, name)).await?;
         for entry in self.kv.list(&versions_prefix(tenant, name)).await? {
             self.kv.delete(&entry.key).await?;
@@ -665,6 +770,20 @@ impl Registry {
         let rest = key.strip_prefix(FUNCTIONS_PREFIX)?;
         let (tenant, name) = rest.split_once('/')?;
         Some((TenantId::new(tenant).ok()?, FunctionName::new(name).ok()?))
+    }
+}
+
+/// `claim` is held by `holder` (`<tenant>/<function>`), named to its own
+/// tenant only.
+fn route_taken(tenant: &TenantId, claim: &RouteClaim, holder: &str) -> RegistryError {
+    let owner = match holder.split_once('/') {
+        Some((t, f)) if t == tenant.as_str() => format!("function `{f}`"),
+        Some(_) => "a function of another tenant".into(),
+        None => "another function (being changed now)".into(),
+    };
+    RegistryError::RouteTaken {
+        claim: claim.to_string(),
+        owner,
     }
 }
 

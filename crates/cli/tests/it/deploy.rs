@@ -355,3 +355,89 @@ async fn variables_reach_the_guest_and_secrets_are_never_shown() {
     let out = server.gust(&["config", "set", "app", "A=x", "--alias", "nope"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claimed_hosts_and_prefixes_reach_their_function_and_conflicts_are_refused() {
+    let server = Server::start();
+    let g = guests();
+    server.deploy("api", &g.testbed, &["--route", "api.example.test/v1"]);
+    server.deploy("site", &g.hello, &["--route", "www.example.test"]);
+    let get = |host: &'static str, path: &'static str| {
+        let http = server.http.clone();
+        let url = format!("{}{path}", server.url);
+        async move {
+            let response = http.get(url).header("host", host).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    // The function sees the path after the prefix.
+    assert_eq!(
+        get("api.example.test", "/v1").await,
+        (200, "testbed ok".into())
+    );
+    let (status, body) = get("API.example.test:8080", "/v1/env?name=X").await;
+    assert_eq!((status, body.as_str()), (200, "env=- config=- count=0"));
+    assert_eq!(get("api.example.test", "/v2").await.0, 404);
+    assert!(
+        get("www.example.test", "/anything")
+            .await
+            .1
+            .starts_with("Hello")
+    );
+    // Names still work on any host.
+    assert_eq!(get("localhost", "/api/").await, (200, "testbed ok".into()));
+
+    // A taken place is refused at deploy, naming its holder; nothing moves.
+    let out = server.gust(&[
+        "deploy",
+        "thief",
+        g.hello.to_str().unwrap(),
+        "--route",
+        "api.example.test/v1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("claimed by function `api`"), "{err}");
+    assert!(
+        server
+            .gust_json(&["ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["name"] != "thief")
+    );
+    // Another tenant learns only that it is taken.
+    server.gust_json(&["tenant", "create", "globex"]);
+    let other = server.token_for("globex", "owner", &[]);
+    let out = server.gust_as(
+        &other,
+        &[
+            "deploy",
+            "x",
+            g.hello.to_str().unwrap(),
+            "--route",
+            "www.example.test",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another tenant") && !err.contains("site"),
+        "{err}"
+    );
+
+    // A path claim, for an alias; a function's own name wins over it.
+    server.gust_json(&["alias", "set", "api", "beta", "1"]);
+    server.gust_json(&["route", "add", "api", "/shop:beta"]);
+    assert_eq!(get("localhost", "/shop").await, (200, "testbed ok".into()));
+    assert_eq!(get("localhost", "/shopping").await.0, 404);
+    let routes = server.gust_json(&["route", "ls", "api"]);
+    assert_eq!(routes.as_array().unwrap().len(), 2);
+    // Giving a claim up frees it for others.
+    server.gust_json(&["route", "rm", "api", "api.example.test/v1"]);
+    assert_eq!(get("api.example.test", "/v1").await.0, 404);
+    server.deploy("thief", &g.hello, &["--route", "api.example.test/v1"]);
+    assert!(get("api.example.test", "/v1").await.1.starts_with("Hello"));
+    // Removing a function frees its claims.
+    assert!(server.gust(&["rm", "site"]).status.success());
+    server.deploy("site2", &g.hello, &["--route", "www.example.test"]);
+}

@@ -1,0 +1,70 @@
+//! `/v1/functions/{name}/routes`: the host names and path prefixes a
+//! function claims on the data plane (beyond its own `/<name>` URL). A
+//! place is held by one function at a time: a claim on a taken one is
+//! refused with 409, naming the holder (another tenant's only as such).
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use gust_core::access::Action;
+use gust_core::route::RouteClaim;
+
+use crate::{ApiError, ApiState, Caller, ErrorBody, function_name};
+
+/// Parses claims written as `api.example.com/v1:alias`.
+pub(crate) fn parse_claims<'a>(
+    texts: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<RouteClaim>, ApiError> {
+    let mut claims: Vec<RouteClaim> = Vec::new();
+    for text in texts {
+        let claim: RouteClaim = text.trim().parse().map_err(ApiError::BadRequest)?;
+        if claims.iter().any(|c| c.place() == claim.place()) {
+            return Err(ApiError::BadRequest(format!("`{claim}` is claimed twice")));
+        }
+        claims.push(claim);
+    }
+    Ok(claims)
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/routes", tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    responses((status = 200, body = [RouteClaim]), (status = 404, body = ErrorBody)))]
+pub(crate) async fn list_routes(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<RouteClaim>>, ApiError> {
+    caller.require(Action::Read)?;
+    let name = function_name(name)?;
+    let record = state
+        .registry
+        .function(&caller.tenant, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))?;
+    Ok(Json(record.routes))
+}
+
+#[utoipa::path(put, path = "/v1/functions/{name}/routes", tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    request_body(content = Vec<String>, description = "Every claim it should hold: `api.example.com`, `api.example.com/v1`, `/shop`, each with `:alias` after if not for `live`"),
+    responses(
+        (status = 200, description = "Claimed; served from the next request", body = [RouteClaim]),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "A place another function holds", body = ErrorBody)))]
+pub(crate) async fn set_routes(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<Vec<String>>, JsonRejection>,
+) -> Result<Json<Vec<RouteClaim>>, ApiError> {
+    caller.require(Action::Write)?;
+    let Json(texts) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let name = function_name(name)?;
+    let claims = parse_claims(texts.iter().map(String::as_str))?;
+    let (record, revision) = state
+        .registry
+        .set_routes(&caller.tenant, &name, claims)
+        .await?;
+    state.until_live(revision).await;
+    Ok(Json(record.routes))
+}
