@@ -298,9 +298,9 @@ pub struct DevArgs {
 }
 
 /// A template's files: path (with `{{name}}` placeholders) and text.
-fn template(lang: Lang) -> anyhow::Result<&'static [(&'static str, &'static str)]> {
+fn template(lang: Lang) -> &'static [(&'static str, &'static str)] {
     match lang {
-        Lang::Rust => Ok(&[
+        Lang::Rust => &[
             (
                 "Cargo.toml",
                 include_str!("../templates/rust/Cargo.toml.tmpl"),
@@ -308,11 +308,49 @@ fn template(lang: Lang) -> anyhow::Result<&'static [(&'static str, &'static str)
             ("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
             ("gust.toml", include_str!("../templates/rust/gust.toml")),
             (".gitignore", include_str!("../templates/rust/gitignore")),
-        ]),
-        Lang::Js | Lang::Python => bail!(
-            "this build of gust has no {} template yet; `gust new NAME` makes a Rust one",
-            lang.as_str()
-        ),
+        ],
+        Lang::Js => &[
+            ("package.json", include_str!("../templates/js/package.json")),
+            ("src/index.js", include_str!("../templates/js/src/index.js")),
+            (
+                "wit/world.wit",
+                include_str!("../templates/js/wit/world.wit"),
+            ),
+            ("gust.toml", include_str!("../templates/js/gust.toml")),
+            (".gitignore", include_str!("../templates/js/gitignore")),
+        ],
+        Lang::Python => &[
+            ("app.py", include_str!("../templates/python/app.py")),
+            (
+                "wit/world.wit",
+                include_str!("../templates/python/wit/world.wit"),
+            ),
+            (
+                "requirements.txt",
+                include_str!("../templates/python/requirements.txt"),
+            ),
+            ("gust.toml", include_str!("../templates/python/gust.toml")),
+            (".gitignore", include_str!("../templates/python/gitignore")),
+        ],
+    }
+}
+
+/// The WASI interfaces the host links, as a JavaScript or Python project
+/// needs them in `wit/deps` (none for Rust: its bindings crate has them).
+/// componentize-js 0.23 exports exactly `wasi:http@0.2.10`, so its copy
+/// is labelled 0.2.10: the host's 0.2.12 differs only by additions, and
+/// the host links any 0.2 version at or below its own.
+fn wit_deps(lang: Lang) -> Vec<(String, String)> {
+    let relabel = |text: &str| match lang {
+        Lang::Js => text.replace("0.2.12", "0.2.10"),
+        _ => text.to_string(),
+    };
+    match lang {
+        Lang::Rust => Vec::new(),
+        Lang::Js | Lang::Python => gust_runtime::wit::HOST_WIT
+            .iter()
+            .map(|(file, text)| (format!("wit/deps/{file}"), relabel(text)))
+            .collect(),
     }
 }
 
@@ -326,8 +364,12 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let crate_name = args.name.replace('-', "_");
-    for (path, text) in template(args.lang)? {
-        let target = dir.join(path);
+    let files = template(args.lang)
+        .iter()
+        .map(|(path, text)| (path.to_string(), text.to_string()))
+        .chain(wit_deps(args.lang));
+    for (path, text) in files {
+        let target = dir.join(&path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;

@@ -75,3 +75,8 @@ pub enum RuntimeError {
     #[error("the stored artifact for {digest} could not be loaded: {reason}")]
     Load { digest: String, reason: String },
 }
+
+/// The WIT of what the host links, for guests' toolchains.
+pub mod wit {
+    include!(concat!(env!("OUT_DIR"), "/host_wit.rs"));
+}

@@ -157,3 +157,68 @@ async fn gust_dev_redeploys_on_every_change() {
     let versions = server.gust_json(&["versions", "live-edit"]);
     assert_eq!(versions.as_array().unwrap().len(), 2);
 }
+
+/// Whether `tool` is on PATH. In CI a missing one fails the test; on a
+/// developer's machine the test is skipped, saying so.
+fn have(tool: &str, install: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs {tool}: {install}"
+        );
+        eprintln!("SKIPPED: {tool} is not installed ({install})");
+    }
+    found
+}
+
+/// `gust new NAME --lang LANG`, then `gust deploy` in it; returns the
+/// function's answer to `/hi?x=1`.
+async fn new_and_deploy(server: &Server, lang: &str, name: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = gust_in(server, tmp.path(), &["new", name, "--lang", lang]);
+    assert!(out.status.success(), "{}", text(&out));
+    let project = tmp.path().join(name);
+    assert!(project.join("wit/deps/http.wit").exists());
+    let out = gust_in(server, &project, &["deploy", "--json"]);
+    assert!(out.status.success(), "{lang}: {}", text(&out));
+    let body = reqwest::get(format!("{}/{name}/hi?x=1", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Its variable, changed without a redeploy.
+    server.gust_json(&["config", "set", name, "GREETING=Hej"]);
+    let again = reqwest::get(format!("{}/{name}/", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(again.starts_with("Hej from"), "{lang}: {again}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_javascript_template_builds_and_serves() {
+    if !have("npm", "Node.js 20 or newer, with npm") {
+        return;
+    }
+    let server = Server::start();
+    let body = new_and_deploy(&server, "js", "hello-js").await;
+    assert_eq!(body, "Hello from hello-js! You asked for /hi?x=1\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_template_builds_and_serves() {
+    if !have("componentize-py", "pip install componentize-py==0.25.1") {
+        return;
+    }
+    let server = Server::start();
+    let body = new_and_deploy(&server, "python", "hello-py").await;
+    assert_eq!(body, "Hello from hello-py! You asked for /hi?x=1\n");
+}
