@@ -32,6 +32,8 @@ pub enum UsageOutcome {
 pub enum Trigger {
     Http,
     Event,
+    /// Another function of the tenant called it (`http://gust.internal/…`).
+    Call,
 }
 
 /// One invocation attempt as metered: exactly one per attempt, keyed by

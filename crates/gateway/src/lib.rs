@@ -11,6 +11,7 @@
 mod access;
 mod admission;
 mod body;
+mod calls;
 mod canary;
 mod catalog;
 mod error;
@@ -435,6 +436,7 @@ async fn invoke(
         trigger: Trigger::Http,
         request_bytes: declared_length.unwrap_or(0),
         fault: Some(fault.clone()),
+        depth: 0,
     };
     let result = run(shared, &route, Request::from_parts(parts, body), attempt)
         .await
@@ -546,6 +548,7 @@ where
     let started = std::time::Instant::now();
     let id = attempt.id;
     let fault = attempt.fault.clone();
+    let depth = attempt.depth;
     let usage = shared
         .meter
         .as_ref()
@@ -619,9 +622,16 @@ where
         .runtime
         .invoke(
             prepared,
-            route.limits.clone(),
-            kv,
-            route.vars.clone(),
+            gust_runtime::Guest {
+                limits: route.limits.clone(),
+                kv,
+                vars: route.vars.clone(),
+                calls: Some(Arc::new(calls::TenantCalls {
+                    shared: shared.clone(),
+                    tenant: route.tenant.clone(),
+                    depth: depth + 1,
+                })),
+            },
             request,
             done,
         )
@@ -774,6 +784,7 @@ impl Invoker for Gateway {
             trigger: Trigger::Event,
             request_bytes: envelope.data.len() as u64,
             fault: None,
+            depth: 0,
         };
         match run(shared, &route, request, metered).await {
             Ok(response) => {

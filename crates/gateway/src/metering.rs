@@ -29,6 +29,8 @@ pub(crate) struct Attempt<'a> {
     pub request_bytes: u64,
     /// The request body's fault, which overrides the guest's status.
     pub fault: Option<crate::body::BodyFault>,
+    /// How deep in calls between functions (0: not called by one).
+    pub depth: u32,
 }
 
 pub(crate) fn start_record(route: &Route, attempt: &Attempt<'_>) -> UsageRecord {

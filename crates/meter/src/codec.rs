@@ -60,6 +60,7 @@ pub fn encode(record: &UsageRecord, out: &mut Vec<u8>) -> Result<(), DecodeError
     out.push(match record.trigger {
         Trigger::Http => 0,
         Trigger::Event => 1,
+        Trigger::Call => 2,
     });
     out.push(outcome_code(record.outcome));
     out.extend_from_slice(&record.status.to_le_bytes());
@@ -144,7 +145,7 @@ impl<'a> View<'a> {
         if bytes.len() < FIXED {
             return Err(DecodeError::Truncated);
         }
-        if bytes[1] > 1 {
+        if trigger_of(bytes[1]).is_none() {
             return Err(DecodeError::Code("trigger", bytes[1]));
         }
         if usize::from(bytes[2]) >= OUTCOMES.len() {
@@ -276,14 +277,21 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The trigger a byte stands for.
+fn trigger_of(code: u8) -> Option<Trigger> {
+    match code {
+        0 => Some(Trigger::Http),
+        1 => Some(Trigger::Event),
+        2 => Some(Trigger::Call),
+        _ => None,
+    }
+}
+
 fn decode_binary(bytes: &[u8]) -> Result<UsageRecord, DecodeError> {
     let mut r = Reader { bytes };
     r.u8()?;
-    let trigger = match r.u8()? {
-        0 => Trigger::Http,
-        1 => Trigger::Event,
-        other => return Err(DecodeError::Code("trigger", other)),
-    };
+    let code = r.u8()?;
+    let trigger = trigger_of(code).ok_or(DecodeError::Code("trigger", code))?;
     let outcome_byte = r.u8()?;
     let outcome = *OUTCOMES
         .get(usize::from(outcome_byte))
@@ -381,6 +389,16 @@ mod tests {
             let mut bytes = Vec::new();
             encode(&record, &mut bytes).unwrap();
             assert_eq!(decode(&bytes).unwrap(), record);
+        }
+        for trigger in [Trigger::Http, Trigger::Event, Trigger::Call] {
+            let record = UsageRecord {
+                trigger,
+                ..sample()
+            };
+            let mut bytes = Vec::new();
+            encode(&record, &mut bytes).unwrap();
+            assert_eq!(decode(&bytes).unwrap(), record);
+            assert!(View::new(&bytes).is_ok(), "{trigger:?}");
         }
     }
 

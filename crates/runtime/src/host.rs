@@ -107,6 +107,8 @@ pub(crate) struct OutboundPolicy {
     /// Bytes of their bodies and of the answers', as far as declared
     /// (`content-length`) when they were sent and answered.
     pub bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// Where calls to other functions go (`None`: refused).
+    pub calls: Option<Arc<dyn crate::invoke::LocalCalls>>,
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -122,6 +124,38 @@ impl WasiHttpHooks for OutboundPolicy {
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let uri = request.uri();
+        if uri.host() == Some(crate::invoke::LOCAL_HOST) {
+            let Some(calls) = &self.calls else {
+                return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+            };
+            // Counted as an outbound request of the caller; the callee is
+            // metered as its own invocation.
+            self.requests += 1;
+            use http_body::Body as _;
+            let sent = request.body().size_hint().exact().unwrap_or(0);
+            let bytes = self.bytes.clone();
+            bytes.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+            let request = request.map(|body| {
+                body.map_err(|e| Box::new(e) as crate::invoke::BoxError)
+                    .boxed_unsync()
+            });
+            let call = calls.call(request);
+            return Box::new(async move {
+                let response = call.await.map(|body| {
+                    body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
+                        .boxed_unsync()
+                });
+                let answered = response
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .unwrap_or(0);
+                bytes.fetch_add(answered, std::sync::atomic::Ordering::Relaxed);
+                let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                    Box::new(async { Ok(()) });
+                Ok((response, done))
+            });
+        }
         let allowed = uri.host().is_some_and(|host| self.limits.allows_host(host));
         if !allowed {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });

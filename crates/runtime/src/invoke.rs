@@ -52,6 +52,37 @@ impl From<GuestBody> for wasmtime_wasi_http::Error {
     }
 }
 
+/// The host name through which a guest calls another function of its
+/// tenant: `http://gust.internal/<name>[:alias]/…`, served in process.
+pub const LOCAL_HOST: &str = "gust.internal";
+
+/// A body of a call between functions, either way.
+pub type CallBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Serves a guest's calls to other functions of its tenant (requests to
+/// [`LOCAL_HOST`]) without leaving the process. Supplied by the caller
+/// of [`crate::Runtime::invoke`], already scoped to the tenant; a failure
+/// is an HTTP answer (404, 429, 503, 508 …), as from a remote server.
+pub trait LocalCalls: Send + Sync {
+    fn call(
+        &self,
+        request: http::Request<CallBody>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = http::Response<CallBody>> + Send>>;
+}
+
+/// What one invocation may use besides its request: its limits, its
+/// tenant's key-value store, its variables and its calls to other
+/// functions.
+#[derive(Clone)]
+pub struct Guest {
+    pub limits: Arc<Limits>,
+    pub kv: Arc<dyn KeyValue>,
+    /// Environment variables, also its `wasi:config` store.
+    pub vars: Arc<[(String, String)]>,
+    /// `None`: calls to [`LOCAL_HOST`] are refused.
+    pub calls: Option<Arc<dyn LocalCalls>>,
+}
+
 /// What an invocation did, handed over when its store is dropped.
 #[derive(Debug, Clone)]
 pub struct InvocationReport {
@@ -98,8 +129,8 @@ enum Ending {
 }
 
 impl Runtime {
-    /// Runs `request` in a fresh instance of `prepared` under `limits`,
-    /// with `vars` as its environment and its `wasi:config` store.
+    /// Runs `request` in a fresh instance of `prepared` with what `guest`
+    /// says (limits, key-value store, variables, calls).
     ///
     /// Resolves when the guest sends its response head (the body keeps
     /// streaming from the guest) or fails before that. `on_done` is called
@@ -107,15 +138,19 @@ impl Runtime {
     pub async fn invoke<B>(
         &self,
         prepared: Arc<Prepared>,
-        limits: Arc<Limits>,
-        kv: Arc<dyn KeyValue>,
-        vars: Arc<[(String, String)]>,
+        guest: Guest,
         request: http::Request<B>,
         on_done: impl FnOnce(InvocationReport) + Send + 'static,
     ) -> Result<http::Response<ResponseBody>, InvokeError>
     where
         B: http_body::Body<Data = Bytes, Error = GuestBody> + Send + 'static,
     {
+        let Guest {
+            limits,
+            kv,
+            vars,
+            calls,
+        } = guest;
         let started = Instant::now();
         let timeout = Duration::from_millis(limits.timeout_ms);
         let deadline = started + timeout;
@@ -144,6 +179,7 @@ impl Runtime {
                 limits,
                 requests: 0,
                 bytes: Arc::default(),
+                calls,
             },
             limiter: MemoryLimiter::new(memory_limit),
             kv: KvState {

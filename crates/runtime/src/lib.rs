@@ -28,7 +28,9 @@ mod keyvalue;
 
 pub use compile::{Compiler, compile_upload, worker_main};
 pub use engine::{Prepared, Runtime, RuntimeConfig, RuntimeStats};
-pub use invoke::{GuestBody, InvocationReport, InvokeError};
+pub use invoke::{
+    CallBody, Guest, GuestBody, InvocationReport, InvokeError, LOCAL_HOST, LocalCalls,
+};
 pub use keyvalue::{KeyValue, KvFailure};
 
 /// Why an uploaded component was refused. Each message is meant for the

@@ -14,6 +14,7 @@
 //! | `/flood?kb=N` | writes N KiB to stdout |
 //! | `/body` | reads the whole body, answers its size |
 //! | `/fetch?url=U` | sends GET U through outgoing `wasi:http`, answers the status or the error |
+//! | `/call?url=U` | the same, answering `status N: <body>` (`http://gust.internal/<fn>/…` calls a function) |
 //! | `/recurse?depth=N` | recurses N calls deep (past the stack: a trap) |
 //! | `/escape` | prints terminal escape sequences to stdout |
 //! | `/state` | bumps a global counter and answers it: always `1` in a fresh instance |
@@ -126,7 +127,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                 }
                 format!("body {total}")
             }
-            "/fetch" => fetch(&param("url").unwrap_or_default()),
+            "/fetch" => fetch(&param("url").unwrap_or_default(), false),
+            "/call" => fetch(&param("url").unwrap_or_default(), true),
             "/recurse" => format!("depth {}", recurse(number("depth"))),
             "/escape" => {
                 println!("\x1b[2J\x1b]0;owned\x07cleared");
@@ -346,7 +348,7 @@ fn spin() -> ! {
     }
 }
 
-fn fetch(url: &str) -> String {
+fn fetch(url: &str, with_body: bool) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some(("https", rest)) => (Scheme::Https, rest),
         Some((_, rest)) => (Scheme::Http, rest),
@@ -365,6 +367,16 @@ fn fetch(url: &str) -> String {
             let pollable = future.subscribe();
             pollable.block();
             match future.get() {
+                Some(Ok(Ok(response))) if with_body => {
+                    let status = response.status();
+                    let mut text = Vec::new();
+                    if let Ok(body) = response.consume()
+                        && let Ok(mut stream) = body.stream()
+                    {
+                        let _ = std::io::Read::read_to_end(&mut stream, &mut text);
+                    }
+                    format!("status {status}: {}", String::from_utf8_lossy(&text))
+                }
                 Some(Ok(Ok(response))) => format!("status {}", response.status()),
                 Some(Ok(Err(e))) => format!("error {e:?}"),
                 _ => "error no response".to_string(),

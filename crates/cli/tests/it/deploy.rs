@@ -441,3 +441,86 @@ async fn claimed_hosts_and_prefixes_reach_their_function_and_conflicts_are_refus
     assert!(server.gust(&["rm", "site"]).status.success());
     server.deploy("site2", &g.hello, &["--route", "www.example.test"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_call_each_other_in_process_and_both_are_metered() {
+    let server = Server::start();
+    let g = guests();
+    server.deploy("front", &g.testbed, &[]);
+    server.deploy("back", &g.testbed, &[]);
+    server.gust_json(&["config", "set", "back", "WHO=back"]);
+    server.gust_json(&["alias", "set", "back", "beta", "1"]);
+    server.gust_json(&["config", "set", "back", "WHO=beta", "--alias", "beta"]);
+
+    // No allow-list entry is needed for gust.internal; the callee sees the rest of the path.
+    let (status, body) = server
+        .get("/front/call?url=http://gust.internal/back/env?name=WHO")
+        .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "status 200: env=back config=back count=1")
+    );
+    let (_, body) = server
+        .get("/front/call?url=http://gust.internal/back:beta/env?name=WHO")
+        .await;
+    assert_eq!(body, "status 200: env=beta config=beta count=1");
+    // A missing function, and a trap, are HTTP answers to the caller.
+    let (_, body) = server
+        .get("/front/call?url=http://gust.internal/nobody/")
+        .await;
+    assert!(body.starts_with("status 404: "), "{body}");
+    let (_, body) = server
+        .get("/front/call?url=http://gust.internal/back/trap")
+        .await;
+    assert!(body.starts_with("status 500: "), "{body}");
+    // A function calling itself forever is stopped.
+    let (status, body) = server
+        .get("/front/call?url=http://gust.internal/front/call?url=http://gust.internal/front/call")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let loop_url = "/front/call?url=http://gust.internal/front/call?url=http://gust.internal/front/call?url=http://gust.internal/front/call?url=http://gust.internal/front/call?url=http://gust.internal/front/call?url=http://gust.internal/front/call?url=http://gust.internal/front/call?url=http://gust.internal/front/call?url=http://gust.internal/front/";
+    let (_, body) = server.get(loop_url).await;
+    assert!(body.contains("status 508"), "{body}");
+    // Another tenant's function cannot be reached.
+    server.gust_json(&["tenant", "create", "globex"]);
+    let other = server.token_for("globex", "owner", &[]);
+    server.gust_json_as(
+        &other,
+        &["deploy", "caller", g.testbed.to_str().unwrap(), "--public"],
+    );
+    let (_, body) = server
+        .get("/@globex/caller/call?url=http://gust.internal/back/")
+        .await;
+    assert!(body.starts_with("status 404: "), "{body}");
+
+    // Both sides are metered: the callee with trigger `call`, the caller
+    // with an outbound request.
+    let records = Server::eventually(Duration::from_secs(10), || async {
+        let out = server.gust(&["usage", "--export", "jsonl", "--from", "0"]);
+        let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let calls = records.iter().filter(|x| x["trigger"] == "call").count();
+        (calls >= 4).then_some(records)
+    })
+    .await
+    .unwrap_or_else(|| {
+        let out = server.gust(&["usage", "--export", "jsonl", "--from", "0"]);
+        panic!(
+            "the calls were never metered: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let back = records
+        .iter()
+        .find(|r| r["function"] == "back" && r["trigger"] == "call")
+        .unwrap();
+    assert_eq!(back["outcome"], "success", "{back}");
+    let front = records
+        .iter()
+        .find(|r| r["function"] == "front" && r["trigger"] == "http" && r["outbound_requests"] == 1)
+        .expect("the caller's record counts its call");
+    assert!(front["outbound_requests"].as_u64().unwrap() >= 1);
+}

@@ -1,0 +1,132 @@
+//! Function-to-function calls: a guest's outgoing `wasi:http` request to
+//! `http://gust.internal/<name>[:alias]/…` is served in process, as a
+//! request to that function of the same tenant would be (its alias and
+//! split, its limits and admission), metered as an invocation of its own
+//! (trigger `call`) while the caller's record counts an outbound request.
+//! Calls nest at most [`MAX_DEPTH`] deep (508 past it), so a loop of calls
+//! ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gust_core::TenantId;
+use gust_core::usage::Trigger;
+use gust_core::{deploy, route};
+use gust_runtime::{CallBody, GuestBody, LOCAL_HOST, LocalCalls};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+
+use crate::{GatewayBody, GatewayError, Shared, metering, run};
+
+/// Calls nested deeper than this are answered 508.
+pub(crate) const MAX_DEPTH: u32 = 8;
+
+/// One invocation's calls: to its tenant's functions, one level deeper.
+pub(crate) struct TenantCalls {
+    pub shared: Arc<Shared>,
+    pub tenant: TenantId,
+    /// How deep the calls this invocation makes are (1: it was called from outside).
+    pub depth: u32,
+}
+
+impl LocalCalls for TenantCalls {
+    fn call(
+        &self,
+        request: Request<CallBody>,
+    ) -> Pin<Box<dyn Future<Output = Response<CallBody>> + Send>> {
+        let shared = self.shared.clone();
+        let tenant = self.tenant.clone();
+        let depth = self.depth;
+        Box::pin(async move { call(&shared, &tenant, depth, request).await })
+    }
+}
+
+async fn call(
+    shared: &Arc<Shared>,
+    tenant: &TenantId,
+    depth: u32,
+    request: Request<CallBody>,
+) -> Response<GatewayBody> {
+    let id = shared.events.next_invocation_id();
+    if depth > MAX_DEPTH {
+        return plain(
+            StatusCode::LOOP_DETECTED,
+            &format!("calls between functions nest at most {MAX_DEPTH} deep"),
+        );
+    }
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    let Some((name, tail)) = route::split_function_path(&path_and_query) else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            &format!("name the function: http://{LOCAL_HOST}/<name>/…"),
+        );
+    };
+    let (name, alias) = deploy::split_qualifier(name);
+    let Some(served) = shared.catalog.get(tenant.as_str(), name) else {
+        return GatewayError::NoSuchFunction(name.to_string()).into_response(&id);
+    };
+    let Some(route) = served
+        .pick(alias, None, deploy::fnv1a(id.as_bytes()))
+        .cloned()
+    else {
+        let error = GatewayError::NoSuchAlias {
+            function: name.to_string(),
+            alias: alias.to_string(),
+            known: served.alias_names(),
+        };
+        return error.into_response(&id);
+    };
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > route.limits.max_body_bytes) {
+        let error = GatewayError::BodyTooLarge {
+            limit: route.limits.max_body_bytes,
+        };
+        return error.into_response(&id);
+    }
+    let guest_path = route::guest_path(tail).into_owned();
+    let (mut parts, body) = request.into_parts();
+    parts.uri = match format!("http://{LOCAL_HOST}{guest_path}").parse() {
+        Ok(uri) => uri,
+        Err(_) => {
+            return GatewayError::BadRequest("the call's path is not a valid URI")
+                .into_response(&id);
+        }
+    };
+    let body = body.map_err(|e| GuestBody::Io(e.to_string()));
+    let attempt = metering::Attempt {
+        id: &id,
+        attempt: 1,
+        trigger: Trigger::Call,
+        request_bytes: declared.unwrap_or(0),
+        fault: None,
+        depth,
+    };
+    let mut response = match run(shared, &route, Request::from_parts(parts, body), attempt).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(&id),
+    };
+    let headers = response.headers_mut();
+    headers.insert(crate::VERSION_HEADER, HeaderValue::from(route.version));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert("x-request-id", value);
+    }
+    response
+}
+
+/// A short text answer made here (not by a guest).
+fn plain(status: StatusCode, message: &str) -> Response<GatewayBody> {
+    let body = http_body_util::Full::new(Bytes::from(format!("{message}\n")))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+}
