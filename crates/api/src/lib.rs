@@ -808,6 +808,8 @@ async fn deploy_version(
     let activation = params.activation()?;
     let claims = match &params.routes {
         Some(routes) => Some(routes::parse_claims(
+            &state,
+            &caller.tenant,
             routes.split(',').filter(|r| !r.trim().is_empty()),
         )?),
         None => None,
@@ -818,6 +820,25 @@ async fn deploy_version(
             .check_routes(&caller.tenant, &name, claims)
             .await?;
     }
+    // Claims are taken before the version goes live, so a deploy refused
+    // for a taken place changes nothing that serves.
+    let take_claims = |claims: Vec<gust_core::route::RouteClaim>| {
+        let state = state.clone();
+        let tenant = caller.tenant.clone();
+        let name = name.clone();
+        async move {
+            match state
+                .registry
+                .create_function(&tenant, &name, now_ms())
+                .await
+            {
+                Ok(_) | Err(gust_store::RegistryError::AlreadyExists(_)) => {}
+                Err(e) => return Err(ApiError::from(e)),
+            }
+            state.registry.set_routes(&tenant, &name, claims).await?;
+            Ok(())
+        }
+    };
     let limits = LimitsPatch {
         memory_bytes: params.memory_bytes,
         timeout_ms: params.timeout_ms,
@@ -883,6 +904,9 @@ async fn deploy_version(
     let prepare_ms = started.elapsed().as_millis() as u64;
     let size = bytes.len() as u64;
     state.blobs.put(bytes).await?;
+    if let Some(claims) = claims {
+        take_claims(claims).await?;
+    }
     let (version, revision) = state
         .registry
         .deploy(
@@ -899,16 +923,6 @@ async fn deploy_version(
             now_ms(),
         )
         .await?;
-    let revision = match claims {
-        Some(claims) => {
-            state
-                .registry
-                .set_routes(&caller.tenant, &name, claims)
-                .await?
-                .1
-        }
-        None => revision,
-    };
     state.until_live(revision).await;
     tracing::info!(function = %name, version = version.version, %digest, prepare_ms, "deployed");
     let mut info = state.version_info(version, Some(prepare_ms));

@@ -6,22 +6,57 @@
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use gust_core::TenantId;
 use gust_core::access::Action;
 use gust_core::route::RouteClaim;
 
 use crate::{ApiError, ApiState, Caller, ErrorBody, function_name};
 
-/// Parses claims written as `api.example.com/v1:alias`.
+/// Claims a function may hold, at most.
+pub(crate) const MAX_CLAIMS: usize = 32;
+
+/// Parses claims written as `api.example.com/v1:alias`, for `tenant`: a
+/// path alone is the `default` tenant's namespace (`/<name>`), so only
+/// its functions may claim one; the data plane's own host is no one's.
 pub(crate) fn parse_claims<'a>(
+    state: &ApiState,
+    tenant: &TenantId,
     texts: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<RouteClaim>, ApiError> {
+    let own_host = state
+        .public_url
+        .split_once("://")
+        .map_or(state.public_url.as_str(), |(_, rest)| rest)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let mut claims: Vec<RouteClaim> = Vec::new();
     for text in texts {
         let claim: RouteClaim = text.trim().parse().map_err(ApiError::BadRequest)?;
+        match &claim.host {
+            Some(host) if *host == own_host => {
+                return Err(ApiError::BadRequest(format!(
+                    "`{host}` is the data plane's own host: it serves every function by its path"
+                )));
+            }
+            None if tenant.as_str() != TenantId::default_tenant().as_str() => {
+                return Err(ApiError::BadRequest(format!(
+                    "`{claim}` claims a path on every host, which is the `default` tenant's namespace; claim a host name (`example.com{}`)",
+                    claim.prefix.as_deref().unwrap_or("")
+                )));
+            }
+            _ => {}
+        }
         if claims.iter().any(|c| c.place() == claim.place()) {
             return Err(ApiError::BadRequest(format!("`{claim}` is claimed twice")));
         }
         claims.push(claim);
+    }
+    if claims.len() > MAX_CLAIMS {
+        return Err(ApiError::BadRequest(format!(
+            "a function may claim at most {MAX_CLAIMS} hosts and prefixes"
+        )));
     }
     Ok(claims)
 }
@@ -60,7 +95,7 @@ pub(crate) async fn set_routes(
     caller.require(Action::Write)?;
     let Json(texts) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(name)?;
-    let claims = parse_claims(texts.iter().map(String::as_str))?;
+    let claims = parse_claims(&state, &caller.tenant, texts.iter().map(String::as_str))?;
     let (record, revision) = state
         .registry
         .set_routes(&caller.tenant, &name, claims)

@@ -423,6 +423,13 @@ pub(crate) async fn deploy_version(mut args: DeployArgs) -> anyhow::Result<Versi
         .context("name the function: `gust deploy NAME FILE.wasm`")?;
     let file = args.file.clone().context("no component to deploy")?;
     let api = Api::new(&args.api)?;
+    // A project's variables are in place before its new version serves.
+    let mut env_applied = true;
+    if let Some(project) = &project {
+        env_applied = project
+            .apply_env(&api, &name, args.alias.as_deref())
+            .await?;
+    }
     let bytes = tokio::fs::read(&file)
         .await
         .with_context(|| format!("cannot read {}", file.display()))?;
@@ -512,6 +519,11 @@ pub(crate) async fn deploy_version(mut args: DeployArgs) -> anyhow::Result<Versi
         println!("{}", version.url);
     }
     if let Some(project) = project {
+        if !env_applied {
+            project
+                .apply_env(&api, &name, args.alias.as_deref())
+                .await?;
+        }
         project.reconcile(&api, &name, args.api.json).await?;
     }
     Ok(version)

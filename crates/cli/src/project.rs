@@ -151,8 +151,7 @@ impl Project {
         Ok(wasm)
     }
 
-    /// Sets the manifest's `[env]` variables (others, set by hand, stay),
-    /// and makes the function's schedules and triggers those of the manifest:
+    /// Makes the function's schedules and triggers those of the manifest:
     /// each is written under its id; one with a manifest-made id
     /// (`toml-N`) that the manifest no longer has is removed. Others, added
     /// by hand, are left alone.
@@ -182,14 +181,6 @@ impl Project {
                 (id, body)
             })
             .collect();
-        if !m.env.is_empty() {
-            let set: serde_json::Map<String, serde_json::Value> = m
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::json!({ "value": v })))
-                .collect();
-            crate::vars::patch(api, name, serde_json::json!({ "set": set })).await?;
-        }
         for (kind, wanted) in [("schedules", schedules), ("triggers", triggers)] {
             let path = format!("/v1/functions/{name}/{kind}");
             let existing: Vec<serde_json::Value> =
@@ -215,6 +206,45 @@ impl Project {
             }
         }
         Ok(())
+    }
+
+    /// Sets the manifest's `[env]` variables on the function (or on
+    /// `alias`), before the new version serves if the function exists
+    /// (others, set by hand, stay). Refuses to overwrite a secret with a
+    /// plain value. False: the function does not exist yet.
+    pub async fn apply_env(
+        &self,
+        api: &Api,
+        name: &str,
+        alias: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        let env = &self.manifest.env;
+        if env.is_empty() {
+            return Ok(true);
+        }
+        let path = format!("/v1/functions/{name}/vars");
+        let (_, body) = match api.send_raw(api.request(reqwest::Method::GET, &path)).await {
+            Ok(answer) => answer,
+            Err(e) if e.to_string().contains("does not exist") => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let existing: Vec<gust_api::VarInfo> = serde_json::from_slice(&body)?;
+        if let Some(secret) = existing
+            .iter()
+            .find(|v| v.secret && v.alias.as_deref() == alias && env.contains_key(&v.name))
+        {
+            bail!(
+                "[env] {} would replace a secret of `{name}` with a plain value; remove it from [env], or the secret with `gust secret rm {name} {}`",
+                secret.name,
+                secret.name
+            );
+        }
+        let set: serde_json::Map<String, serde_json::Value> = env
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::json!({ "value": v })))
+            .collect();
+        crate::vars::patch(api, name, serde_json::json!({ "alias": alias, "set": set })).await?;
+        Ok(true)
     }
 
     /// The newest modification time among the watched files.

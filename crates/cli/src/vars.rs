@@ -91,7 +91,8 @@ enum SecretCommand {
         name: String,
         /// Variable name.
         key: String,
-        /// Read the value from this file instead of stdin.
+        /// Read the value from this file instead of stdin (without its
+        /// final line ending).
         #[arg(long)]
         value_file: Option<std::path::PathBuf>,
         /// Set it on this alias only.
@@ -229,8 +230,13 @@ pub async fn secret(args: SecretArgs) -> anyhow::Result<ExitCode> {
         } => {
             gust_core::config::check_name(&key).map_err(anyhow::Error::msg)?;
             let value = match value_file {
-                Some(path) => std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
+                // A file's last line ending is not part of the value.
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let text = text.strip_suffix('\n').unwrap_or(&text);
+                    text.strip_suffix('\r').unwrap_or(text).to_string()
+                }
                 None => {
                     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                         eprintln!("type the value of {key}, then Ctrl-D:");

@@ -193,6 +193,16 @@ impl RouteClaim {
             if !valid {
                 return Err(format!("`{host}` is not a host name (no port, no scheme)"));
             }
+            // Addresses and this machine's own names reach every tenant's
+            // functions by path: no function may take them over.
+            let numeric = host
+                .split('.')
+                .all(|l| l.bytes().all(|b| b.is_ascii_digit()));
+            if numeric || host == "localhost" || host.ends_with(".localhost") {
+                return Err(format!(
+                    "`{host}` cannot be claimed: addresses and localhost serve every function by its path"
+                ));
+            }
         }
         if let Some(prefix) = &mut self.prefix {
             let trimmed = prefix.trim_end_matches('/');

@@ -1,7 +1,7 @@
 //! Function-to-function calls: a guest's outgoing `wasi:http` request to
 //! `http://gust.internal/<name>[:alias]/…` is served in process, as a
 //! request to that function of the same tenant would be (its alias and
-//! split, its limits and admission), metered as an invocation of its own
+//! split, its body limit, the tenant's rate and budgets, admission), metered as an invocation of its own
 //! (trigger `call`) while the caller's record counts an outbound request.
 //! Calls nest at most [`MAX_DEPTH`] deep (508 past it), so a loop of calls
 //! ends.
@@ -77,7 +77,6 @@ async fn call(
         let error = GatewayError::NoSuchAlias {
             function: name.to_string(),
             alias: alias.to_string(),
-            known: served.alias_names(),
         };
         return error.into_response(&id);
     };
@@ -100,7 +99,25 @@ async fn call(
                 .into_response(&id);
         }
     };
-    let body = body.map_err(|e| GuestBody::Io(e.to_string()));
+    // Over its body limit, the callee reads an error, as from a client.
+    let limit = route.limits.max_body_bytes;
+    let body = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .map_err(move |e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                GuestBody::TooLarge(limit)
+            } else {
+                GuestBody::Io(e.to_string())
+            }
+        });
+    // The callee's tenant rate and budgets hold as for any request.
+    let budget = route.limits.monthly_budget_micros;
+    let function = budget.map(|budget| (route.name.as_str(), budget));
+    if let Err(error) = shared
+        .access
+        .admit(&route.tenant, function, shared.meter.as_ref())
+    {
+        return error.into_response(&id);
+    }
     let attempt = metering::Attempt {
         id: &id,
         attempt: 1,

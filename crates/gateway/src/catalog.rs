@@ -44,6 +44,9 @@ pub(crate) struct Route {
     pub health: Arc<Health>,
     /// Its variables (environment and `wasi:config`), secrets opened.
     pub vars: Arc<[(String, String)]>,
+    /// It is what `live` points at: only then does it run on the
+    /// function's reserved instances (other versions share the node).
+    live: std::sync::atomic::AtomicBool,
     /// The component, while the function is warm (`None`: scaled to zero).
     warm: RwLock<Option<Arc<Prepared>>>,
     /// Held while loading, so that concurrent first requests share one load.
@@ -87,6 +90,7 @@ impl Route {
             activity,
             health: Arc::default(),
             vars,
+            live: std::sync::atomic::AtomicBool::new(false),
             warm: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
         }
@@ -95,6 +99,11 @@ impl Route {
     /// `<tenant>/<function>`.
     pub fn key(&self) -> String {
         route_key(self.tenant.as_str(), self.name.as_str())
+    }
+
+    /// Whether it runs on the function's reserved instances.
+    pub fn is_live(&self) -> bool {
+        self.live.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether this route serves `version` as it is now.
@@ -268,6 +277,14 @@ impl Served {
                         activity.clone(),
                         vars.clone(),
                     );
+                    // A version keeps its figures (a canary is judged on
+                    // them) when only its variables or visibility change.
+                    if let Some(same) = earlier
+                        .iter()
+                        .find(|r| r.version == version.version && r.digest == version.digest)
+                    {
+                        route.health = same.health.clone();
+                    }
                     if let Some(gate) = route.gate.as_ref().and_then(|new| {
                         built
                             .iter()
@@ -337,6 +354,12 @@ impl Served {
                 }
             })
             .collect();
+        for route in &built {
+            route.live.store(
+                Arc::ptr_eq(route, &live),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         Some(Served {
             live,
             aliases,
@@ -353,12 +376,6 @@ impl Served {
             Some((other, share)) if deploy::takes_split(*share, sticky, random) => other,
             _ => &alias.target,
         })
-    }
-
-    /// The aliases' names, for messages.
-    pub fn alias_names(&self) -> String {
-        let names: Vec<&str> = self.aliases.iter().map(|a| a.name.as_str()).collect();
-        names.join(", ")
     }
 
     /// Every version's route, once each.
@@ -385,7 +402,9 @@ pub(crate) struct Catalog {
     /// Opens the functions' secrets.
     secrets: Arc<SecretBox>,
     /// Every function's claimed hosts and prefixes → (`<tenant>/<name>`, alias).
-    claims: RwLock<ClaimTable<(String, String)>>,
+    /// Swapped whole, so a reader never holds its lock while it looks
+    /// routes up (the writer holds the routes' lock while it swaps).
+    claims: RwLock<Arc<ClaimTable<(String, String)>>>,
 }
 
 /// Where a request goes.
@@ -453,7 +472,11 @@ impl Catalog {
                 tail,
             })
         };
-        let claims = self.claims.read().unwrap_or_else(|p| p.into_inner());
+        let claims = self
+            .claims
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if !claims.is_empty()
             && let Some(found) = claimed(claims.by_host(host, path_and_query))
         {
@@ -490,7 +513,7 @@ impl Catalog {
                 table.insert(claim, (key.clone(), alias));
             }
         }
-        *self.claims.write().unwrap_or_else(|p| p.into_inner()) = table;
+        *self.claims.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
     }
 
     /// Applies one registry change; returns the routes it displaced.

@@ -17,7 +17,9 @@ pub(crate) enum GatewayError {
     NoSuchAlias {
         function: String,
         alias: String,
-        known: String,
+    },
+    EventToAlias {
+        alias: String,
     },
     BadRequest(&'static str),
     BodyTooLarge {
@@ -88,6 +90,7 @@ impl GatewayError {
             GatewayError::NoRoute
             | GatewayError::NoSuchFunction(_)
             | GatewayError::NoSuchAlias { .. } => StatusCode::NOT_FOUND,
+            GatewayError::EventToAlias { .. } => StatusCode::BAD_REQUEST,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -126,14 +129,16 @@ impl GatewayError {
                 StatusCode::NOT_FOUND,
                 format!("no function named `{name}` is deployed (see `gust ls`)"),
             ),
-            GatewayError::NoSuchAlias {
-                function,
-                alias,
-                known,
-            } => (
+            GatewayError::NoSuchAlias { function, alias } => (
                 StatusCode::NOT_FOUND,
                 format!(
-                    "function `{function}` has no alias `{alias}` (it has: {known}; see `gust alias ls {function}`)"
+                    "function `{function}` has no alias `{alias}` (see `gust alias ls {function}`)"
+                ),
+            ),
+            GatewayError::EventToAlias { alias } => (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "events go to a function's `live` alias; send this one without `:{alias}` (or point `live` at the version you want)"
                 ),
             ),
             GatewayError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.to_string()),

@@ -371,12 +371,12 @@ async fn invoke(
         let error = GatewayError::NoSuchAlias {
             function: served.live.name.to_string(),
             alias: alias.to_string(),
-            known: served.alias_names(),
         };
         return Err(reject_unread(shared, request, error).await);
     };
     // The path the function sees; the request is moved below.
     let guest_path = route::guest_path(tail).into_owned();
+    let other_alias = (alias != deploy::LIVE).then(|| alias.into_owned());
     let mut request = request;
     let admitted = shared
         .access
@@ -402,6 +402,10 @@ async fn invoke(
         .get(INVOCATION_TYPE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"event"));
     if asynchronous {
+        if let Some(alias) = other_alias {
+            let error = GatewayError::EventToAlias { alias };
+            return Err(reject_unread(shared, request, error).await);
+        }
         return submit_event(shared, &route, request, guest_path, declared_length, id).await;
     }
 
@@ -575,7 +579,7 @@ where
     };
     let permit = shared
         .node
-        .take(route.limits.reserved_concurrency.is_some())
+        .take(route.limits.reserved_concurrency.is_some() && route.is_live())
         .ok_or_else(|| refuse(GatewayError::Overloaded))?;
     let tenant_permit = shared.access.admit_run(&route.tenant).map_err(refuse)?;
     let running = scaling::Running::start(&route.activity);

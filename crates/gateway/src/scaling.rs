@@ -204,12 +204,16 @@ impl Autoscaler {
             } else if decision.desired > 0 && !warm && reading.in_flight == 0 {
                 self.pre_warms.fetch_add(1, Ordering::Relaxed);
                 action = Some(Action::PreWarmed);
-                let (runtime, blobs, route) = (runtime.clone(), blobs.clone(), route.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = route.prepared(&runtime, blobs.as_ref()).await {
-                        tracing::warn!(function = %route.name, error = %e, "pre-warming failed");
-                    }
-                });
+                // Every version it serves (a canary too, so that cold
+                // starts do not weigh on its latency alone).
+                for route in served.routes().into_iter().filter(|r| !r.is_warm()) {
+                    let (runtime, blobs) = (runtime.clone(), blobs.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = route.prepared(&runtime, blobs.as_ref()).await {
+                            tracing::warn!(function = %route.name, error = %e, "pre-warming failed");
+                        }
+                    });
+                }
             }
             let warm_now = match action {
                 Some(Action::Unloaded) => false,

@@ -50,6 +50,8 @@ pub enum RegistryError {
 
 /// Prefix of every function record, for watchers of all tenants.
 pub const FUNCTIONS_PREFIX: &str = "fn/";
+/// Aliases a function may have, at most.
+pub const MAX_ALIASES: usize = 32;
 /// How many times a deploy retries when another write to the same function races it.
 const MAX_CAS_RETRIES: usize = 16;
 
@@ -156,6 +158,9 @@ fn push_report(record: &mut FunctionRecord, report: CanaryReport) {
 pub struct Registry {
     kv: Arc<dyn KvStore>,
     components: Arc<Mutex<ComponentBytes>>,
+    /// Held while route claims change, so that two changes never take and
+    /// release the same place in between each other.
+    claiming: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Each tenant's total component bytes, counted from its version records
@@ -172,6 +177,7 @@ impl Registry {
         Self {
             kv,
             components: Arc::default(),
+            claiming: Arc::default(),
         }
     }
 
@@ -347,7 +353,12 @@ impl Registry {
                 return Err(RegistryError::NoSuchFunction(name.clone()));
             };
             let mut record: FunctionRecord = decode(&entry)?;
+            let before = record.clone();
             let out = change(&mut record)?;
+            if record == before {
+                // Nothing to write: no new revision for watchers to apply.
+                return Ok((record, out, entry.revision));
+            }
             match self
                 .kv
                 .compare_and_set(&key, encode(&record)?, Some(entry.revision))
@@ -412,8 +423,14 @@ impl Registry {
         let (record, (), revision) = self
             .update(tenant, name, |record| {
                 supersede(record, alias, &format!("`{alias}` was set by hand"), now_ms);
+                let full = record.aliases.len() >= MAX_ALIASES;
                 match record.aliases.get_mut(alias) {
                     Some(a) => a.point_at(target.clone(), now_ms),
+                    None if full => {
+                        return Err(RegistryError::Refused(format!(
+                            "`{name}` has {MAX_ALIASES} aliases, the most a function may have; remove one first"
+                        )));
+                    }
                     None => {
                         record
                             .aliases
@@ -509,11 +526,11 @@ impl Registry {
         name: &FunctionName,
         claims: Vec<RouteClaim>,
     ) -> Result<(FunctionRecord, u64), RegistryError> {
+        let _claiming = self.claiming.lock().await;
         let owner = format!("{tenant}/{name}");
-        let current = self
-            .function(tenant, name)
-            .await?
-            .ok_or_else(|| RegistryError::NoSuchFunction(name.clone()))?;
+        if self.function(tenant, name).await?.is_none() {
+            return Err(RegistryError::NoSuchFunction(name.clone()));
+        }
         let mut taken: Vec<String> = Vec::new();
         for claim in &claims {
             let key = claim_key(claim);
@@ -540,9 +557,10 @@ impl Registry {
             }
         }
         let kept = claims.clone();
+        let mut replaced = Vec::new();
         let updated = self
             .update(tenant, name, |record| {
-                record.routes.clone_from(&kept);
+                replaced = std::mem::replace(&mut record.routes, kept.clone());
                 Ok(())
             })
             .await;
@@ -555,7 +573,7 @@ impl Registry {
                 return Err(e);
             }
         };
-        for old in &current.routes {
+        for old in &replaced {
             if !claims.iter().any(|c| c.place() == old.place()) {
                 self.kv.delete(&claim_key(old)).await?;
             }
@@ -742,12 +760,12 @@ impl Registry {
         tenant: &TenantId,
         name: &FunctionName,
     ) -> Result<Option<u64>, RegistryError> {
-        if let Some(record) = self.function(tenant, name).await? {
-            for claim in &record.routes {
-                self.kv.delete(&claim_key(claim)).await?;
-            }
-        }
+        let _claiming = self.claiming.lock().await;
+        let record = self.function(tenant, name).await?;
         let existed = self.kv.delete(&function_key(tenant, name)).await?;
+        for claim in record.iter().flat_map(|r| &r.routes) {
+            self.kv.delete(&claim_key(claim)).await?;
+        }
         for entry in self.kv.list(&versions_prefix(tenant, name)).await? {
             self.kv.delete(&entry.key).await?;
         }

@@ -74,10 +74,7 @@ async fn aliases_have_their_own_urls_and_rollback_is_instant() {
     assert_eq!(server.get("/app/").await.1, "testbed ok");
     let (status, body) = server.get("/app:nope/").await;
     assert_eq!(status, 404);
-    assert!(
-        body.contains("no alias `nope`") && body.contains("staging"),
-        "{body}"
-    );
+    assert!(body.contains("no alias `nope`"), "{body}");
 
     // A deploy to an alias leaves `live` where it is.
     let v3 = server.deploy("app", &g.hello, &["--alias", "staging"]);
@@ -121,6 +118,16 @@ async fn aliases_have_their_own_urls_and_rollback_is_instant() {
     let out = server.gust(&["alias", "rm", "app", "staging"]);
     assert!(out.status.success());
     assert_eq!(server.get("/app:staging/").await.0, 404);
+    // Events go to live only.
+    server.gust_json(&["alias", "set", "app", "beta", "1"]);
+    let response = server
+        .http
+        .post(format!("{}/app:beta/", server.url))
+        .header("gust-invocation-type", "event")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
     // Invoking through an alias from the CLI.
     let out = server.gust(&["invoke", "app:live"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "testbed ok");
@@ -424,6 +431,25 @@ async fn claimed_hosts_and_prefixes_reach_their_function_and_conflicts_are_refus
         err.contains("another tenant") && !err.contains("site"),
         "{err}"
     );
+
+    // Addresses, localhost and the data plane's own host are no one's; a
+    // path alone is the default tenant's namespace.
+    server.gust_json_as(&other, &["deploy", "x", g.hello.to_str().unwrap()]);
+    for taken in ["127.0.0.1", "localhost"] {
+        let out = server.gust_as(&other, &["route", "add", "x", taken]);
+        assert_eq!(out.status.code(), Some(2), "{taken}");
+        let response = server
+            .http
+            .put(format!("{}/v1/functions/api/routes", server.api))
+            .json(&[taken])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{taken}");
+    }
+    let out = server.gust_as(&other, &["route", "add", "x", "/x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("namespace"));
 
     // A path claim, for an alias; a function's own name wins over it.
     server.gust_json(&["alias", "set", "api", "beta", "1"]);
