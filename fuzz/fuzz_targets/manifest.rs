@@ -26,7 +26,10 @@ fuzz_target!(|input: (&str, &str, &str, &str)| {
         assert_eq!(again, c);
         let mut table = ClaimTable::default();
         table.insert(&c, ());
-        for (_, tail) in [table.by_host(host, path), table.by_path(path)].into_iter().flatten() {
+        for (_, tail) in [table.by_host(host, path), table.by_path(path)]
+            .into_iter()
+            .flatten()
+        {
             assert!(path.ends_with(tail));
             assert!(tail.is_empty() || tail.starts_with(['/', '?']));
         }
