@@ -136,11 +136,7 @@ pub(crate) async fn list_aliases(
 ) -> Result<Json<Vec<AliasInfo>>, ApiError> {
     caller.require(Action::Read)?;
     let name = function_name(name)?;
-    let record = state
-        .registry
-        .function(&caller.tenant, &name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))?;
+    let record = state.function_record(&caller.tenant, &name).await?;
     Ok(Json(state.aliases_of(&record)))
 }
 

@@ -607,6 +607,18 @@ impl ApiState {
         }
     }
 
+    /// The function's record, or 404.
+    async fn function_record(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+    ) -> Result<FunctionRecord, ApiError> {
+        self.registry
+            .function(tenant, name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))
+    }
+
     /// Refuses a deploy that would pass the tenant's function or version quota.
     async fn check_function_quotas(
         &self,
@@ -747,11 +759,7 @@ async fn get_function(
 ) -> Result<Json<FunctionInfo>, ApiError> {
     caller.require(Action::Read)?;
     let name = function_name(name)?;
-    let record = state
-        .registry
-        .function(&caller.tenant, &name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))?;
+    let record = state.function_record(&caller.tenant, &name).await?;
     Ok(Json(state.function_info(record)))
 }
 
@@ -1159,11 +1167,7 @@ async fn submit_invocation(
     caller.require(Action::Invoke)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(name)?;
-    let function = state
-        .registry
-        .function(&caller.tenant, &name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))?;
+    let function = state.function_record(&caller.tenant, &name).await?;
     let limit = state
         .accounts
         .quotas(&caller.tenant)
