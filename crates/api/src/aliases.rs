@@ -84,6 +84,26 @@ impl ApiState {
         }
     }
 
+    /// A version that `live` is about to serve must fit the node's
+    /// reservations, as at deploy (409 if it does not).
+    async fn check_live_reservation(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        version: u64,
+    ) -> Result<(), ApiError> {
+        let reserved = self
+            .registry
+            .version(tenant, name, version)
+            .await?
+            .and_then(|v| v.limits.reserved_concurrency);
+        if let Some(reserved) = reserved {
+            (self.reservations)(tenant.as_str(), name.as_str(), reserved)
+                .map_err(ApiError::Conflict)?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn alias_info(
         &self,
         record: &FunctionRecord,
@@ -165,6 +185,11 @@ pub(crate) async fn set_alias(
         )),
         None => None,
     };
+    if alias == LIVE {
+        state
+            .check_live_reservation(&caller.tenant, &name, body.version)
+            .await?;
+    }
     let to = AliasTarget {
         version: body.version,
         split,
@@ -215,6 +240,18 @@ pub(crate) async fn rollback(
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(name)?;
     let alias = params.alias.unwrap_or_else(|| LIVE.into());
+    if alias == LIVE {
+        let record = state.function_record(&caller.tenant, &name).await?;
+        let back_to = record
+            .live()
+            .filter(|live| live.canary.is_none())
+            .and_then(|live| live.previous);
+        if let Some(version) = back_to {
+            state
+                .check_live_reservation(&caller.tenant, &name, version)
+                .await?;
+        }
+    }
     let (record, version, revision) = state
         .registry
         .rollback(&caller.tenant, &name, &alias, now_ms())

@@ -565,18 +565,47 @@ pub async fn versions(args: NameArgs) -> anyhow::Result<ExitCode> {
     if args.api.json {
         output::print_json(&versions)?;
     } else {
+        let function: FunctionInfo = api
+            .send(api.request(
+                reqwest::Method::GET,
+                &format!("/v1/functions/{}", args.name),
+            ))
+            .await?;
+        // Which aliases send it traffic: `live`, `staging`, `live (10%)`.
+        let serving = |version: u64| {
+            let mut names = Vec::new();
+            for alias in &function.aliases {
+                let share = alias.split.as_ref().map_or(0.0, |s| s.percent);
+                if alias.version == version {
+                    names.push(if share > 0.0 {
+                        format!("{} ({}%)", alias.name, 100.0 - share)
+                    } else {
+                        alias.name.clone()
+                    });
+                }
+                if let Some(split) = alias.split.as_ref().filter(|s| s.version == version) {
+                    names.push(format!("{} ({}%)", alias.name, split.percent));
+                }
+            }
+            if names.is_empty() {
+                "-".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
         let rows: Vec<Vec<String>> = versions
             .iter()
             .map(|v| {
                 vec![
                     v.version.to_string(),
+                    serving(v.version),
                     output::timestamp(v.created_at_ms),
                     v.size_bytes.to_string(),
                     v.digest.chars().take(19).collect(),
                 ]
             })
             .collect();
-        output::table(&["VERSION", "CREATED", "BYTES", "DIGEST"], &rows);
+        output::table(&["VERSION", "ALIASES", "CREATED", "BYTES", "DIGEST"], &rows);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -550,3 +550,36 @@ async fn functions_call_each_other_in_process_and_both_are_metered() {
         .expect("the caller's record counts its call");
     assert!(front["outbound_requests"].as_u64().unwrap() >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn moving_live_checks_the_reservation_it_brings() {
+    // 100 instances, 10 always shared: 90 may be reserved.
+    let server = Server::start_with(&["--max-in-flight", "100"]);
+    let g = guests();
+    let hello = g.hello.to_str().unwrap();
+    server.deploy("a", &g.hello, &["--reserved-concurrency", "50"]);
+    server.deploy(
+        "a",
+        &g.hello,
+        &["--reserved-concurrency", "80", "--alias", "staging"],
+    );
+    server.deploy("b", &g.hello, &["--reserved-concurrency", "30"]);
+    // Version 2 on live would reserve 80 beside b's 30: refused, live unchanged.
+    let out = server.gust(&["alias", "set", "a", "live", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reserved_concurrency"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.gust_json(&["ls"])[0]["version"], 1);
+    // It fits once b gives its reservation up.
+    server.gust_json(&["deploy", "b", hello]);
+    server.gust_json(&["alias", "set", "a", "live", "2"]);
+    let out = server.gust(&["versions", "a"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("live") && table.contains("staging"),
+        "{table}"
+    );
+}
