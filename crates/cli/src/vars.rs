@@ -16,6 +16,7 @@ use crate::output;
   gust config set hello GREETING=Hi COLOR=blue
   gust config set hello GREETING=Hej --alias staging    staging only
   gust config ls hello
+  gust config get hello GREETING
   gust config rm hello COLOR
 
 The next request sees a change; no redeploy. Guests read them as
@@ -30,6 +31,7 @@ pub struct ConfigArgs {
   printf %s \"$DB_PASSWORD\" | gust secret set api DB_PASSWORD
   gust secret set api TOKEN --value-file token.txt
   gust secret ls api                 names only: values are never shown
+  gust secret get api TOKEN          whether it is set
   gust secret rm api TOKEN
 
 A secret is sealed at rest and never shown again; setting it again
@@ -45,6 +47,18 @@ enum VarCommand {
     Ls {
         /// Function name.
         name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print one variable's value (a secret's is never shown).
+    Get {
+        /// Function name.
+        name: String,
+        /// Variable name.
+        key: String,
+        /// The alias's own value (default: what `live` sees).
+        #[arg(long)]
+        alias: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -82,6 +96,18 @@ enum SecretCommand {
     Ls {
         /// Function name.
         name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Say whether a secret is set (its value is never shown).
+    Get {
+        /// Function name.
+        name: String,
+        /// Variable name.
+        key: String,
+        /// The alias's own secret (default: the function's).
+        #[arg(long)]
+        alias: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -171,8 +197,46 @@ fn print(vars: &[VarInfo], secrets: Option<bool>, json: bool) -> anyhow::Result<
     Ok(())
 }
 
+/// The variable `key` as `alias` sees it: its own, else the function's.
+fn find<'a>(vars: &'a [VarInfo], key: &str, alias: Option<&str>) -> Option<&'a VarInfo> {
+    let own = alias.and_then(|a| {
+        vars.iter()
+            .find(|v| v.name == key && v.alias.as_deref() == Some(a))
+    });
+    own.or_else(|| vars.iter().find(|v| v.name == key && v.alias.is_none()))
+}
+
+/// Prints a variable found by `gust config get` / `gust secret get`;
+/// never a secret's value.
+fn print_one(name: &str, key: &str, var: Option<&VarInfo>, json: bool) -> anyhow::Result<ExitCode> {
+    let Some(var) = var else {
+        output::error(&format!(
+            "`{name}` has no variable {key} (see `gust config ls {name}`)"
+        ));
+        return Ok(ExitCode::FAILURE);
+    };
+    if json {
+        output::print_json(var)?;
+    } else if var.secret {
+        println!("{key} is a secret: set, sealed, never shown");
+    } else {
+        println!("{}", var.value.as_deref().unwrap_or_default());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     match args.command {
+        VarCommand::Get {
+            name,
+            key,
+            alias,
+            api: a,
+        } => {
+            let api = Api::new(&a)?;
+            let vars = list(&api, &name).await?;
+            return print_one(&name, &key, find(&vars, &key, alias.as_deref()), a.json);
+        }
         VarCommand::Ls { name, api: a } => {
             let api = Api::new(&a)?;
             print(&list(&api, &name).await?, None, a.json)?;
@@ -217,6 +281,17 @@ pub async fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn secret(args: SecretArgs) -> anyhow::Result<ExitCode> {
     match args.command {
+        SecretCommand::Get {
+            name,
+            key,
+            alias,
+            api: a,
+        } => {
+            let api = Api::new(&a)?;
+            let vars = list(&api, &name).await?;
+            let secret = find(&vars, &key, alias.as_deref()).filter(|v| v.secret);
+            return print_one(&name, &key, secret, a.json);
+        }
         SecretCommand::Ls { name, api: a } => {
             let api = Api::new(&a)?;
             print(&list(&api, &name).await?, Some(true), a.json)?;

@@ -285,6 +285,25 @@ async fn variables_reach_the_guest_and_secrets_are_never_shown() {
         );
         assert!(!all.contains(secret), "{args:?} shows the secret: {all}");
     }
+    for args in [
+        vec!["secret", "get", "app", "DB_PASSWORD"],
+        vec!["config", "get", "app", "DB_PASSWORD"],
+        vec!["config", "get", "app", "DB_PASSWORD", "--json"],
+    ] {
+        let out = server.gust(&args);
+        assert!(out.status.success(), "{args:?}");
+        let all = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !all.contains(secret) && all.contains("secret"),
+            "{args:?}: {all}"
+        );
+    }
+    let out = server.gust(&["config", "get", "app", "GREETING"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    assert_eq!(
+        server.gust(&["config", "get", "app", "NOPE"]).status.code(),
+        Some(1)
+    );
     let listed = server.gust_json(&["secret", "ls", "app"]);
     assert_eq!(listed[0]["name"], "DB_PASSWORD");
     assert!(listed[0].get("value").is_none());
