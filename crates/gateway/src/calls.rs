@@ -71,7 +71,7 @@ async fn call(
         return GatewayError::NoSuchFunction(name.to_string()).into_response(&id);
     };
     let Some(route) = served
-        .pick(alias, None, deploy::fnv1a(id.as_bytes()))
+        .pick(alias, || None, || deploy::fnv1a(id.as_bytes()))
         .cloned()
     else {
         let error = GatewayError::NoSuchAlias {

@@ -369,11 +369,20 @@ impl Served {
     }
 
     /// The route a request to `alias` takes (a split's side chosen by
-    /// `gust_core::deploy::takes_split`); `None`: no such alias.
-    pub fn pick(&self, alias: &str, sticky: Option<&[u8]>, random: u64) -> Option<&Arc<Route>> {
+    /// `gust_core::deploy::takes_split`); `None`: no such alias. The
+    /// client's key and the random draw are asked for only when the alias
+    /// is split, so an unsplit alias costs the request nothing.
+    pub fn pick(
+        &self,
+        alias: &str,
+        sticky: impl FnOnce() -> Option<Vec<u8>>,
+        random: impl FnOnce() -> u64,
+    ) -> Option<&Arc<Route>> {
         let alias = self.aliases.iter().find(|a| a.name == alias)?;
         Some(match &alias.split {
-            Some((other, share)) if deploy::takes_split(*share, sticky, random) => other,
+            Some((other, share)) if deploy::takes_split(*share, sticky().as_deref(), random()) => {
+                other
+            }
             _ => &alias.target,
         })
     }

@@ -363,9 +363,12 @@ async fn invoke(
             return Err(reject_unread(shared, request, GatewayError::NoRoute).await);
         }
     };
-    let sticky = sticky_key(request.headers());
     let Some(route) = served
-        .pick(&alias, sticky.as_deref(), deploy::fnv1a(id.as_bytes()))
+        .pick(
+            &alias,
+            || sticky_key(request.headers()),
+            || deploy::fnv1a(id.as_bytes()),
+        )
         .cloned()
     else {
         let error = GatewayError::NoSuchAlias {
@@ -740,10 +743,10 @@ impl Invoker for Gateway {
             .catalog
             .get(envelope.tenant.as_str(), envelope.function.as_str());
         // Events go to `live`, split as its requests are.
-        let random = deploy::fnv1a(format!("{id}#{attempt}").as_bytes());
+        let random = || deploy::fnv1a(format!("{id}#{attempt}").as_bytes());
         let Some(route) = served
             .as_ref()
-            .and_then(|s| s.pick(deploy::LIVE, None, random).cloned())
+            .and_then(|s| s.pick(deploy::LIVE, || None, random).cloned())
         else {
             return AttemptOutcome {
                 status: 404,

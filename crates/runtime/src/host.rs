@@ -111,6 +111,15 @@ pub(crate) struct OutboundPolicy {
     pub calls: Option<Arc<dyn crate::invoke::LocalCalls>>,
 }
 
+/// Adds an answer's declared size (`content-length`) to the bytes metered.
+fn count_answer(bytes: &std::sync::atomic::AtomicU64, headers: &http::HeaderMap) {
+    let answered = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    bytes.fetch_add(answered, std::sync::atomic::Ordering::Relaxed);
+}
+
 type SendResult = wasmtime_wasi_http::Result<(
     http::Response<wasmtime_wasi_http::WasiBody>,
     Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
@@ -145,12 +154,7 @@ impl WasiHttpHooks for OutboundPolicy {
                     body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
                         .boxed_unsync()
                 });
-                let answered = response
-                    .headers()
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                    .unwrap_or(0);
-                bytes.fetch_add(answered, std::sync::atomic::Ordering::Relaxed);
+                count_answer(&bytes, response.headers());
                 let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
                     Box::new(async { Ok(()) });
                 Ok((response, done))
@@ -194,12 +198,7 @@ impl WasiHttpHooks for OutboundPolicy {
                 }
             }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            let answered = response
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .unwrap_or(0);
-            bytes.fetch_add(answered, std::sync::atomic::Ordering::Relaxed);
+            count_answer(&bytes, response.headers());
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,

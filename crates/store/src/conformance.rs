@@ -433,6 +433,22 @@ async fn aliases(registry: &Registry, tenant: &TenantId, hello: &FunctionName) {
         Some((v6.version, CanaryOutcome::RolledBack))
     );
 
+    // A function's aliases are capped.
+    let mut refused = false;
+    for i in 0..=crate::registry::MAX_ALIASES {
+        match registry
+            .set_alias(tenant, hello, &format!("a{i}"), to(1), 11)
+            .await
+        {
+            Ok(_) => {}
+            Err(RegistryError::Refused(_)) => refused = true,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let f = registry.function(tenant, hello).await.unwrap().unwrap();
+    assert!(refused);
+    assert_eq!(f.aliases.len(), crate::registry::MAX_ALIASES);
+
     assert!(matches!(
         registry.remove_alias(tenant, hello, "live").await,
         Err(RegistryError::Refused(_))

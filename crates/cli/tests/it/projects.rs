@@ -108,6 +108,37 @@ async fn a_new_rust_project_builds_deploys_and_follows_its_manifest() {
     assert!(text(&out).contains("`limits2`"), "{}", text(&out));
     let versions = server.gust_json(&["versions", "greeter"]);
     assert_eq!(versions.as_array().unwrap().len(), 2);
+    // [env] never overwrites a secret with a plain value.
+    std::fs::write(project.join("gust.toml"), &fewer).unwrap();
+    let mut secret = Command::new(env!("CARGO_BIN_EXE_gust"))
+        .args(["secret", "set", "greeter", "GREETING"])
+        .env("GUST_API", &server.api)
+        .env("GUST_TOKEN", &server.token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    secret
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"sealed-greeting")
+        .unwrap();
+    assert!(secret.wait().unwrap().success());
+    let out = gust_in(&server, &project, &["deploy"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("would replace a secret"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        server
+            .gust(&["secret", "rm", "greeter", "GREETING"])
+            .status
+            .success()
+    );
     // A build that fails says so, with the compiler's words.
     std::fs::write(project.join("gust.toml"), &fewer).unwrap();
     std::fs::write(project.join("src/lib.rs"), "this is not rust").unwrap();
