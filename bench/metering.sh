@@ -13,7 +13,10 @@
 # and compare what each request cost its server in CPU time (user +
 # system, all its threads, from /proc/PID/stat): requests per CPU-second,
 # on ÷ off, is the throughput ratio at equal CPU, free of the drift
-# between rounds.
+# between rounds. SIDE control rounds then do the same with two servers
+# without the ledger: how far apart two identical servers measure is the
+# method's noise. Last, the ledger alone (no HTTP, no wasm): its CPU time
+# per record, from crates/meter/examples/meter_cost.rs.
 #
 # Accuracy: a CPU-bound guest (testbed /busy?ms=N) invoked M times with 2
 # clients; the sum of metered guest CPU time against the server process's
@@ -83,32 +86,56 @@ median() { python3 -c "import statistics, sys; print(f'{statistics.median(map(fl
 MEDIAN=$(median "${RATIOS[@]}")
 
 # Side by side: CPU time per request of each server under the same load.
+# The control rounds load two servers without the ledger the same way:
+# how far apart two identical servers measure is this method's noise.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# side A_PID A_PORT B_PID B_PORT: prints "A_RPS A_US B_RPS B_US B_US/A_US".
+side() {
+  local a0 b0 a_ticks b_ticks a_rps b_rps
+  a0=$(ticks "$1"); b0=$(ticks "$3")
+  wrk -t1 -c$((CONNECTIONS / 2)) -d"${SIDE_DURATION}s" --latency "http://127.0.0.1:$2/hello/" >"$WORK/a.wrk" &
+  local wrk_a=$!
+  wrk -t1 -c$((CONNECTIONS / 2)) -d"${SIDE_DURATION}s" --latency "http://127.0.0.1:$4/hello/" >"$WORK/b.wrk" &
+  local wrk_b=$!
+  wait "$wrk_a" "$wrk_b"
+  a_ticks=$(( $(ticks "$1") - a0 )); b_ticks=$(( $(ticks "$3") - b0 ))
+  read -r a_rps _ < <(python3 bench/wrk_summary.py <"$WORK/a.wrk")
+  read -r b_rps _ < <(python3 bench/wrk_summary.py <"$WORK/b.wrk")
+  python3 -c "
+hz, d = $(getconf CLK_TCK), $SIDE_DURATION
+a, b = $a_ticks / hz / ($a_rps * d) * 1e6, $b_ticks / hz / ($b_rps * d) * 1e6
+print(f'$a_rps {a:.1f} $b_rps {b:.1f} {b / a:.3f}')"
+}
 SIDE_ROWS=""; SIDE_RATIOS=()
 for round in $(seq "$SIDE"); do
-  ON0=$(ticks "$PID_on"); OFF0=$(ticks "$PID_off")
-  wrk -t1 -c$((CONNECTIONS / 2)) -d"${SIDE_DURATION}s" --latency "http://127.0.0.1:$PORT/hello/" >"$WORK/on.wrk" &
-  WRK_ON=$!
-  wrk -t1 -c$((CONNECTIONS / 2)) -d"${SIDE_DURATION}s" --latency "http://127.0.0.1:$((PORT + 10))/hello/" >"$WORK/off.wrk" &
-  WRK_OFF=$!
-  wait "$WRK_ON" "$WRK_OFF"
-  ON_TICKS=$(( $(ticks "$PID_on") - ON0 )); OFF_TICKS=$(( $(ticks "$PID_off") - OFF0 ))
-  read -r ON_RPS _ < <(python3 bench/wrk_summary.py <"$WORK/on.wrk")
-  read -r OFF_RPS _ < <(python3 bench/wrk_summary.py <"$WORK/off.wrk")
-  read -r ON_US OFF_US RATIO < <(python3 -c "
-hz, d = $(getconf CLK_TCK), $SIDE_DURATION
-on, off = $ON_TICKS / hz / ($ON_RPS * d) * 1e6, $OFF_TICKS / hz / ($OFF_RPS * d) * 1e6
-print(f'{on:.1f} {off:.1f} {off / on:.3f}')")
+  read -r ON_RPS ON_US OFF_RPS OFF_US RATIO < <(side "$PID_on" "$PORT" "$PID_off" $((PORT + 10)))
   SIDE_RATIOS+=("$RATIO")
   SIDE_ROWS+="| $round | $OFF_RPS | $OFF_US | $ON_RPS | $ON_US | $RATIO |"$'\n'
 done
 SIDE_MEDIAN=$(median "${SIDE_RATIOS[@]}")
-kill -TERM "$PID_off"; wait "$PID_off" 2>/dev/null || true
+kill -TERM "$PID_on"; wait "$PID_on" 2>/dev/null || true
+start control $((PORT + 20)) --no-metering
+GUST_API=http://127.0.0.1:$((PORT + 21)) GUST_TOKEN=$TOKEN_control "$GUST" deploy hello "$HELLO" --public >/dev/null
+wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:$((PORT + 20))/hello/" >/dev/null
+CONTROL_ROWS=""; CONTROL_RATIOS=()
+for round in $(seq "$SIDE"); do
+  read -r B_RPS B_US A_RPS A_US RATIO < <(side "$PID_control" $((PORT + 20)) "$PID_off" $((PORT + 10)))
+  CONTROL_RATIOS+=("$RATIO")
+  CONTROL_ROWS+="| $round | $A_RPS | $A_US | $B_RPS | $B_US | $RATIO |"$'\n'
+done
+CONTROL_MEDIAN=$(median "${CONTROL_RATIOS[@]}")
+kill -TERM "$PID_off" "$PID_control"; wait "$PID_off" "$PID_control" 2>/dev/null || true
 
-# Accuracy, on the metering server.
-export GUST_API=http://127.0.0.1:$((PORT + 1)) GUST_TOKEN=$TOKEN_on
+# The ledger alone (no HTTP, no wasm): CPU per record.
+cargo build --release -q -p gust-meter --example meter_cost
+METER_ALONE=$(target/release/examples/meter_cost 20000 5)
+
+# Accuracy, on a fresh metering server.
+start accuracy $((PORT + 30))
+PID_on=$PID_accuracy
+export GUST_API=http://127.0.0.1:$((PORT + 31)) GUST_TOKEN=$TOKEN_accuracy
 "$GUST" deploy busy "$TESTBED" --public >/dev/null
-ACCURACY=$(python3 bench/metering_accuracy.py "$PID_on" "http://127.0.0.1:$PORT/busy/busy?ms=$BUSY_MS" "$CALLS" "$GUST")
+ACCURACY=$(python3 bench/metering_accuracy.py "$PID_on" "http://127.0.0.1:$((PORT + 30))/busy/busy?ms=$BUSY_MS" "$CALLS" "$GUST")
 kill -TERM "$PID_on"; wait "$PID_on" 2>/dev/null || true
 
 cat <<REPORT
@@ -127,6 +154,15 @@ Side by side: both servers loaded at once (\`wrk -t1 -c$((CONNECTIONS / 2)) -d${
 |---|---:|---:|---:|---:|---:|
 $SIDE_ROWS
 Requests per CPU-second, on ÷ off: median of rounds $SIDE_MEDIAN.
+
+Control: two servers without the ledger, side by side the same way (the method's noise).
+
+| round | off A: req/s | off A: CPU µs/req | off B: req/s | off B: CPU µs/req | requests per CPU-second, B ÷ A |
+|---|---:|---:|---:|---:|---:|
+$CONTROL_ROWS
+Control, B ÷ A: median of rounds $CONTROL_MEDIAN.
+
+The ledger alone (\`meter_cost\`, 20,000 records/s for 5 s): $METER_ALONE
 
 Accuracy: $CALLS calls of a guest busy for $BUSY_MS ms, 2 clients.
 

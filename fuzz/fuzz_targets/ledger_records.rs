@@ -23,6 +23,10 @@ fuzz_target!(|bytes: &[u8]| {
     let mut again = Vec::new();
     codec::encode(&record, &mut again).expect("a decoded record encodes");
     assert_eq!(again, bytes);
+    assert_eq!(
+        codec::tenant_and_start(bytes),
+        Some((record.tenant.as_str(), record.start_ms))
+    );
     let view = View::new(bytes).expect("a decoded record has a view");
     assert_eq!(view.key(), record.key());
     assert_eq!(view.tenant(), record.tenant);

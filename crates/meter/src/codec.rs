@@ -103,6 +103,24 @@ pub fn key_of(bytes: &[u8]) -> Option<(&[u8], u32)> {
     Some((bytes.get(FIXED + 2..FIXED + 2 + len)?, attempt))
 }
 
+/// The tenant and start time of a binary record, without decoding the rest.
+pub fn tenant_and_start(bytes: &[u8]) -> Option<(&str, u64)> {
+    let view = View {
+        bytes,
+        strings: [(0, 0); 4],
+    };
+    if bytes.first() != Some(&VERSION) || bytes.len() < FIXED {
+        return None;
+    }
+    let id_len = usize::from(u16::from_le_bytes(
+        bytes.get(FIXED..FIXED + 2)?.try_into().ok()?,
+    ));
+    let at = FIXED + 2 + id_len;
+    let len = usize::from(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
+    let tenant = std::str::from_utf8(bytes.get(at + 2..at + 2 + len)?).ok()?;
+    Some((tenant, view.number(field::START_MS)))
+}
+
 /// The record in `bytes`: the binary form, or JSON (what the ledger
 /// stored before the binary form existed).
 pub fn decode(bytes: &[u8]) -> Result<UsageRecord, DecodeError> {
@@ -220,7 +238,7 @@ impl<'a> View<'a> {
 
     /// The ledger key of this attempt (see [`UsageRecord::key`]).
     pub fn key(&self) -> String {
-        format!("{}#{}", self.invocation_id(), self.attempt())
+        usage_key(self.invocation_id(), self.attempt())
     }
 
     /// This record, priced: billed ms, GiB-µs, cost and plan set.
@@ -240,6 +258,28 @@ impl<'a> View<'a> {
         out.extend_from_slice(plan);
         out
     }
+}
+
+/// `<invocation id>#<attempt>`, as [`UsageRecord::key`] makes it, without
+/// the formatting machinery (one per indexed record).
+pub fn usage_key(invocation_id: &str, attempt: u32) -> String {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = attempt;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut key = String::with_capacity(invocation_id.len() + 1 + digits.len() - at);
+    key.push_str(invocation_id);
+    key.push('#');
+    // ASCII digits.
+    key.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    key
 }
 
 struct Reader<'a> {
@@ -409,6 +449,16 @@ mod tests {
         let (id, attempt) = key_of(&bytes).unwrap();
         assert_eq!((id, attempt), (sample().invocation_id.as_bytes(), 3));
         assert_eq!(key_of(&bytes[..FIXED]), None);
+        assert_eq!(tenant_and_start(&bytes), Some(("acme", sample().start_ms)));
+        for cut in 0..bytes.len() {
+            // Up to the end of the tenant only.
+            let whole = FIXED + 2 + sample().invocation_id.len() + 2 + 4;
+            assert_eq!(
+                tenant_and_start(&bytes[..cut]).is_some(),
+                cut >= whole,
+                "cut at {cut}"
+            );
+        }
         assert_eq!(key_of(b"{}"), None);
     }
 
@@ -437,6 +487,13 @@ mod tests {
         assert_eq!(decode(&priced).unwrap(), sample());
         for cut in 0..bytes.len() {
             assert!(View::new(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn keys_are_made_as_the_record_makes_them() {
+        for attempt in [0, 1, 9, 10, 12_345, u32::MAX] {
+            assert_eq!(usage_key("abc", attempt), format!("abc#{attempt}"));
         }
     }
 

@@ -151,13 +151,14 @@ impl Buckets {
         }
     }
 
-    fn observe(&self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
+    fn add(&self, tally: &Tally) {
+        for (count, n) in self.counts.iter().zip(&tally.counts) {
+            if *n > 0 {
+                count.fetch_add(*n, Ordering::Relaxed);
+            }
         }
-        self.sum_micro
-            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micro.fetch_add(tally.sum_micro, Ordering::Relaxed);
+        self.count.fetch_add(tally.count, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> Histogram {
@@ -215,26 +216,107 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    fn observe<'a>(&self, records: impl Iterator<Item = codec::View<'a>>) {
+    /// Adds what an index pass observed.
+    fn add(&self, observed: &Observed) {
         let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
-        for r in records {
-            let outcome = OUTCOMES.iter().position(|o| *o == r.outcome()).unwrap_or(0);
-            // Allocates only for a tenant's or function's first attempt.
-            let functions = match attempts.get_mut(r.tenant()) {
-                Some(functions) => functions,
-                None => attempts.entry(r.tenant().to_string()).or_default(),
-            };
-            let counts = match functions.get_mut(r.function()) {
-                Some(counts) => counts,
-                None => functions.entry(r.function().to_string()).or_default(),
-            };
-            counts[outcome] += 1;
-            if r.outcome() != UsageOutcome::Rejected {
-                self.wall.observe(r.wall_ns() as f64 / 1e9);
-                self.cpu.observe(r.cpu_ns() as f64 / 1e9);
-                self.memory.observe(r.peak_memory_bytes() as f64);
+        for (tenant, functions) in &observed.functions {
+            let counts = attempts.entry(tenant.clone()).or_default();
+            for (function, seen) in functions {
+                let total = match counts.get_mut(function) {
+                    Some(total) => total,
+                    None => counts.entry(function.clone()).or_default(),
+                };
+                for (total, n) in total.iter_mut().zip(seen.attempts) {
+                    *total += n;
+                }
             }
         }
+        drop(attempts);
+        self.wall.add(&observed.wall);
+        self.cpu.add(&observed.cpu);
+        self.memory.add(&observed.memory);
+    }
+}
+
+/// What an index pass adds to the figures kept in memory (`/metrics`,
+/// function costs): gathered while pricing, so that each record is read
+/// once, and added after the pass commits.
+struct Observed {
+    /// Tenant → function → what its records add.
+    functions: FastMap<String, FastMap<String, FunctionSeen>>,
+    wall: Tally,
+    cpu: Tally,
+    memory: Tally,
+}
+
+#[derive(Default)]
+struct FunctionSeen {
+    attempts: [u64; OUTCOMES.len()],
+    /// (month, cost of its records in this pass), months ascending.
+    costs: Vec<(u64, u64)>,
+}
+
+impl Observed {
+    fn new() -> Self {
+        Self {
+            functions: FastMap::default(),
+            wall: Tally::new(SECONDS),
+            cpu: Tally::new(SECONDS),
+            memory: Tally::new(BYTES),
+        }
+    }
+
+    /// Adds a record, priced at `cost`, that started in `month`.
+    fn add(&mut self, r: &codec::View<'_>, month: u64, cost: u64) {
+        let functions = match self.functions.get_mut(r.tenant()) {
+            Some(functions) => functions,
+            None => self.functions.entry(r.tenant().to_string()).or_default(),
+        };
+        let seen = match functions.get_mut(r.function()) {
+            Some(seen) => seen,
+            None => functions.entry(r.function().to_string()).or_default(),
+        };
+        let outcome = OUTCOMES.iter().position(|o| *o == r.outcome()).unwrap_or(0);
+        seen.attempts[outcome] += 1;
+        match seen.costs.iter_mut().find(|(m, _)| *m == month) {
+            Some((_, total)) => *total = total.saturating_add(cost),
+            None => {
+                seen.costs.push((month, cost));
+                seen.costs.sort_unstable();
+            }
+        }
+        if r.outcome() != UsageOutcome::Rejected {
+            self.wall.observe(r.wall_ns() as f64 / 1e9);
+            self.cpu.observe(r.cpu_ns() as f64 / 1e9);
+            self.memory.observe(r.peak_memory_bytes() as f64);
+        }
+    }
+}
+
+/// A histogram's observations in one pass, before they join [`Buckets`].
+struct Tally {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum_micro: u64,
+    count: u64,
+}
+
+impl Tally {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum_micro: 0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.counts[i] += 1;
+        }
+        self.sum_micro = self.sum_micro.wrapping_add((value * 1e6) as u64);
+        self.count += 1;
     }
 }
 
@@ -440,27 +522,34 @@ impl Meter {
         Ok(())
     }
 
-    /// Adds indexed records to the function costs of the tenants being
-    /// kept (the others are summed from the ledger when first asked for).
-    fn add_to_functions<'a>(&self, records: impl Iterator<Item = codec::View<'a>>) {
+    /// Adds an index pass's costs to the function costs of the tenants
+    /// being kept (the others are summed from the ledger when first asked for).
+    fn add_to_functions(&self, observed: &Observed) {
         let mut functions = self.functions();
-        for r in records {
-            let Some((kept, costs)) = functions.get_mut(r.tenant()) else {
+        for (tenant, seen) in &observed.functions {
+            let Some((kept, costs)) = functions.get_mut(tenant) else {
                 continue;
             };
-            let month = usage::month_start_ms(r.start_ms());
-            if month > *kept {
+            let latest = seen
+                .values()
+                .filter_map(|s| s.costs.last().map(|(month, _)| *month))
+                .max()
+                .unwrap_or(0);
+            if latest > *kept {
                 // A new month: nothing of it was indexed before.
-                *kept = month;
+                *kept = latest;
                 costs.clear();
-            } else if month < *kept {
-                continue;
             }
-            let cost = match costs.get_mut(r.function()) {
-                Some(cost) => cost,
-                None => costs.entry(r.function().to_string()).or_default(),
-            };
-            *cost = cost.saturating_add(r.cost_micros());
+            for (function, seen) in seen {
+                let Some((_, added)) = seen.costs.iter().find(|(month, _)| month == kept) else {
+                    continue;
+                };
+                let cost = match costs.get_mut(function) {
+                    Some(cost) => cost,
+                    None => costs.entry(function.clone()).or_default(),
+                };
+                *cost = cost.saturating_add(*added);
+            }
         }
     }
 
@@ -587,31 +676,36 @@ impl Meter {
         let merging = self.inner.merging.lock().await;
         // What each tenant used in each month before these records.
         let mut months = Months::default();
+        // The tenant and month of the record before (most are the same).
+        let mut last: Option<(&str, MonthSpan)> = None;
         for (close, _) in &closes {
-            let Ok(record) = codec::View::new(close.bytes(&read)) else {
+            let Some((tenant, start_ms)) = codec::tenant_and_start(close.bytes(&read)) else {
                 continue;
             };
-            let month = usage::month_start_ms(record.start_ms());
+            if last.is_some_and(|(t, span)| t == tenant && span.contains(start_ms)) {
+                continue;
+            }
+            let span = MonthSpan::of(start_ms);
+            last = Some((tenant, span));
             if months
-                .get(record.tenant())
-                .is_some_and(|m| m.contains_key(&month))
+                .get(tenant)
+                .is_some_and(|m| m.contains_key(&span.start))
             {
                 continue;
             }
-            let totals = self.month_to_date(record.tenant(), month).await?;
+            let totals = self.month_to_date(tenant, span.start).await?;
             months
-                .entry(record.tenant().to_string())
+                .entry(tenant.to_string())
                 .or_default()
-                .insert(month, totals);
+                .insert(span.start, totals);
         }
         let plans = self.inner.plans.clone();
-        let (entries, months, read) = tokio::task::spawn_blocking(move || {
-            let (entries, months) = price(&read, closes, months, &plans);
-            (entries, months, read)
+        let (entries, months, observed, read) = tokio::task::spawn_blocking(move || {
+            let (entries, months, observed) = price(&read, closes, months, &plans);
+            (entries, months, observed, read)
         })
         .await
         .map_err(|_| closed_pool())?;
-        let observed: Vec<Bytes> = entries.iter().map(|e| e.record.clone()).collect();
         let written = self
             .inner
             .ledger
@@ -622,12 +716,8 @@ impl Meter {
             })
             .await?;
         self.inner.written.fetch_add(written, Ordering::Relaxed);
-        let views: Vec<codec::View<'_>> = observed
-            .iter()
-            .filter_map(|r| codec::View::new(r).ok())
-            .collect();
-        self.inner.metrics.observe(views.iter().copied());
-        self.add_to_functions(views.iter().copied());
+        self.inner.metrics.add(&observed);
+        self.add_to_functions(&observed);
         let mut cached = self.months();
         for (tenant, by_month) in months {
             for (month, totals) in by_month {
@@ -856,15 +946,18 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Prices records in order from the month-to-date totals before them
 /// (`months` has every tenant and month they need); returns the ledger
-/// entries and the totals after them.
+/// entries, the totals after them and what they add to the figures kept
+/// in memory.
 fn price(
     read: &Read,
     closes: Vec<(Close, bool)>,
     mut months: Months,
     plans: &Plans,
-) -> (Vec<LedgerEntry>, Months) {
+) -> (Vec<LedgerEntry>, Months, Observed) {
     let mut plans_of: FastMap<String, PlanHistory> = FastMap::default();
     let mut entries = Vec::with_capacity(closes.len());
+    let mut observed = Observed::new();
+    let mut span = MonthSpan::of(0);
     for (close, marked) in &closes {
         let record = match codec::View::new(close.bytes(read)) {
             Ok(record) => record,
@@ -874,7 +967,10 @@ fn price(
             }
         };
         let tenant = record.tenant();
-        let month = usage::month_start_ms(record.start_ms());
+        if !span.contains(record.start_ms()) {
+            span = MonthSpan::of(record.start_ms());
+        }
+        let month = span.start;
         if !plans_of.contains_key(tenant) {
             plans_of.insert(tenant.to_string(), plans(tenant));
         }
@@ -888,6 +984,7 @@ fn price(
         let gib_us = usage::gib_us(record.memory_limit_bytes(), billed_ms);
         let cost = usage::price_of(plan, *totals, record.outcome(), gib_us, record.cpu_ns());
         add_to_month(totals, record.outcome(), gib_us, cost);
+        observed.add(&record, month, cost);
         entries.push(LedgerEntry {
             record: Bytes::from(record.priced(billed_ms, gib_us, cost, &plan.id)),
             key: record.key(),
@@ -896,7 +993,28 @@ fn price(
             opened: *marked,
         });
     }
-    (entries, months)
+    (entries, months, observed)
+}
+
+/// The calendar month (UTC) a time falls in, as Unix ms.
+#[derive(Debug, Clone, Copy)]
+struct MonthSpan {
+    start: u64,
+    end: u64,
+}
+
+impl MonthSpan {
+    fn of(ms: u64) -> Self {
+        let start = usage::month_start_ms(ms);
+        Self {
+            start,
+            end: usage::month_start_ms(start + 32 * 86_400_000),
+        }
+    }
+
+    fn contains(&self, ms: u64) -> bool {
+        (self.start..self.end).contains(&ms)
+    }
 }
 
 fn encode(record: &UsageRecord) -> Result<Bytes, MeterError> {
@@ -1185,5 +1303,85 @@ mod tests {
         assert_eq!(report.total.billed_ms, 4);
         assert_eq!(report.groups.len(), 1);
         assert_eq!(report.groups[0].totals, report.total);
+    }
+
+    #[tokio::test]
+    async fn figures_kept_in_memory_agree_with_the_ledger_across_a_month_boundary() {
+        const DAY: u64 = 86_400_000;
+        // 2026-10-31 and 2026-11-01 (UTC), noon.
+        let october = 20_757 * DAY + DAY / 2;
+        let november = october + DAY;
+        let plans: Plans = Arc::new(|_: &str| PlanHistory {
+            current: usage::PricePlan {
+                id: "paid".into(),
+                per_million_requests: 1_000_000,
+                per_million_gb_seconds: 0,
+                per_million_cpu_ms: 0,
+                free_requests: 0,
+                free_gb_seconds: 0,
+            },
+            ..PlanHistory::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = gust_store::EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        let meter = Meter::start(Arc::new(store), plans, &dir.path().join("j"))
+            .await
+            .unwrap();
+        // Function costs are kept for a tenant once asked for.
+        assert_eq!(meter.function_month_cost("t", "f", november), None);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(meter.function_month_cost("t", "f", november), Some(0));
+        let mut g = record("g1", 1, october, UsageOutcome::Success);
+        g.function = "g".into();
+        // In one pass: October, then November, then October again.
+        meter.record(record("a", 1, october, UsageOutcome::Success), false);
+        meter.record(record("b", 1, november, UsageOutcome::Success), false);
+        meter.record(record("c", 1, november, UsageOutcome::Trapped), false);
+        meter.record(g, false);
+        meter.record(record("d", 1, october + 1, UsageOutcome::Rejected), false);
+        meter.flush(Duration::from_secs(5)).await;
+        // One micro-unit per request; a rejection is free.
+        assert_eq!(meter.function_month_cost("t", "f", november), Some(2));
+        assert_eq!(meter.function_month_cost("t", "g", november), Some(0));
+        assert_eq!(meter.month_cost("t", november), Some(2));
+        let stats = meter.stats();
+        let count = |function: &str, outcome| {
+            stats
+                .attempts
+                .iter()
+                .find(|a| a.1 == function && a.2 == outcome)
+                .map_or(0, |a| a.3)
+        };
+        assert_eq!(count("f", UsageOutcome::Success), 2);
+        assert_eq!(count("f", UsageOutcome::Trapped), 1);
+        assert_eq!(count("f", UsageOutcome::Rejected), 1);
+        assert_eq!(count("g", UsageOutcome::Success), 1);
+        // Rejections are not in the histograms.
+        assert_eq!(stats.wall_seconds.count, 4);
+        assert!((stats.cpu_seconds.sum - 0.004).abs() < 1e-9);
+        assert_eq!(stats.wall_seconds.buckets.last().unwrap().1, 4);
+        let total = |from_ms, to_ms| {
+            let meter = meter.clone();
+            async move {
+                meter
+                    .usage(
+                        "t",
+                        &UsageQuery {
+                            function: None,
+                            from_ms,
+                            to_ms,
+                            by: None,
+                        },
+                    )
+                    .await
+                    .unwrap()
+                    .total
+            }
+        };
+        assert_eq!(
+            total(november - DAY / 2, november + DAY).await.cost_micros,
+            2
+        );
+        assert_eq!(total(0, november - DAY / 2).await.cost_micros, 2);
     }
 }
