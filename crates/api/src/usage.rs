@@ -133,10 +133,28 @@ pub(crate) async fn records(
         }
     };
     let meter = meter(&state)?.clone();
-    // The first page before answering, so a ledger error is still a 500;
-    // the rest streams page by page (an export may be millions of rows).
+    let body = export(meter, caller.tenant.to_string(), query, jsonl).await?;
+    let content_type = if jsonl {
+        "application/jsonl"
+    } else {
+        "text/csv"
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// The records of `query`, rendered as CSV (with a header row) or JSON
+/// lines. The first page is read before answering, so a ledger error
+/// there is still a 500; the rest streams page by page (an export may be
+/// millions of rows), and an error on a later page ends the body with an
+/// error, so the client sees a broken transfer, never a shorter file.
+async fn export(
+    meter: Meter,
+    tenant: String,
+    query: UsageQuery,
+    jsonl: bool,
+) -> Result<axum::body::Body, ApiError> {
     let (first, mut next) = meter
-        .page(caller.tenant.as_str(), query.from_ms, query.to_ms, None)
+        .page(&tenant, query.from_ms, query.to_ms, None)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let render = move |records: &[UsageRecord], header: bool| {
@@ -162,7 +180,6 @@ pub(crate) async fn records(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let first = render(&first, !jsonl);
-    let tenant = caller.tenant.to_string();
     tokio::spawn(async move {
         if tx.send(Ok(first)).await.is_err() {
             return;
@@ -187,16 +204,7 @@ pub(crate) async fn records(
             }
         }
     });
-    let content_type = if jsonl {
-        "application/jsonl"
-    } else {
-        "text/csv"
-    };
-    Ok((
-        [(header::CONTENT_TYPE, content_type)],
-        axum::body::Body::new(Chunks(rx)),
-    )
-        .into_response())
+    Ok(axum::body::Body::new(Chunks(rx)))
 }
 
 /// A response body fed page by page through a channel.
@@ -213,5 +221,114 @@ impl http_body::Body for Chunks {
         self.0
             .poll_recv(cx)
             .map(|chunk| chunk.map(|chunk| chunk.map(http_body::Frame::data)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use gust_core::usage::{PlanHistory, Trigger, UsageOutcome};
+    use gust_store::{EmbeddedStore, LedgerCommit, LedgerEntry, LedgerStore, StoreError};
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    /// The embedded ledger, whose reads fail after the first page.
+    struct FailsAfterFirstPage(EmbeddedStore);
+
+    #[async_trait]
+    impl LedgerStore for FailsAfterFirstPage {
+        async fn commit(&self, commit: LedgerCommit) -> Result<u64, StoreError> {
+            self.0.commit(commit).await
+        }
+        async fn position(&self) -> Result<Option<Bytes>, StoreError> {
+            self.0.position().await
+        }
+        async fn open_markers(&self) -> Result<Vec<(String, Bytes)>, StoreError> {
+            self.0.open_markers().await
+        }
+        async fn records(
+            &self,
+            tenant: &str,
+            from_ms: u64,
+            to_ms: u64,
+            after: Option<(u64, String)>,
+            limit: usize,
+        ) -> Result<Vec<LedgerEntry>, StoreError> {
+            if after.is_some() {
+                return Err(StoreError::Backend("the disk went away".into()));
+            }
+            self.0.records(tenant, from_ms, to_ms, after, limit).await
+        }
+    }
+
+    fn record(n: u64) -> UsageRecord {
+        UsageRecord {
+            invocation_id: format!("inv{n:06}"),
+            attempt: 1,
+            tenant: "t".into(),
+            function: "f".into(),
+            version: 1,
+            trigger: Trigger::Http,
+            start_ms: 1_000 + n,
+            wall_ns: 1_000_000,
+            cpu_ns: 500_000,
+            peak_memory_bytes: 0,
+            memory_limit_bytes: 128 << 20,
+            request_bytes: 0,
+            response_bytes: 0,
+            outbound_requests: 0,
+            outbound_bytes: 0,
+            kv_operations: 0,
+            outcome: UsageOutcome::Success,
+            status: 200,
+            billed_ms: 0,
+            gib_us: 0,
+            cost_micros: 0,
+            plan: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_export_cut_short_by_the_ledger_ends_in_an_error_not_a_shorter_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        let meter = Meter::start(
+            Arc::new(FailsAfterFirstPage(store)),
+            Arc::new(|_: &str| PlanHistory::default()),
+            &dir.path().join("journal"),
+        )
+        .await
+        .unwrap();
+        // More than one page of records.
+        let records = 12_000;
+        for n in 0..records {
+            meter.record(record(n), false);
+        }
+        meter.flush(Duration::from_secs(30)).await;
+        let query = UsageQuery {
+            function: None,
+            from_ms: 0,
+            to_ms: u64::MAX,
+            by: None,
+        };
+        let mut body = export(meter, "t".into(), query, false).await.unwrap();
+        let mut rows = 0;
+        let failed = loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    let data = frame.into_data().unwrap();
+                    rows += data.iter().filter(|b| **b == b'\n').count();
+                }
+                Some(Err(e)) => break e.to_string(),
+                None => panic!("the export ended cleanly after {rows} lines"),
+            }
+        };
+        // The header and the first page arrived, then the error.
+        assert!(rows > 1 && rows < records as usize + 1, "{rows} lines");
+        assert!(failed.contains("the disk went away"), "{failed}");
     }
 }

@@ -114,27 +114,26 @@ async fn on_thread(
     Ok(rx.await?)
 }
 
-/// CPU time of this process's threads so far, summed by thread name.
+/// CPU time of this process's threads so far (ns, from schedstat),
+/// summed by thread name.
 fn threads() -> std::collections::BTreeMap<String, Duration> {
     let mut out = std::collections::BTreeMap::new();
-    let tick = 100; // USER_HZ on Linux
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return out;
     };
     for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("schedstat")),
+        ) else {
             continue;
         };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_string();
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
-            .sum();
-        *out.entry(name).or_default() += Duration::from_millis(ticks * 1000 / tick);
+        let ns: u64 = stat
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        *out.entry(name.trim().to_string()).or_default() += Duration::from_nanos(ns);
     }
     out
 }
