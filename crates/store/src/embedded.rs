@@ -13,6 +13,16 @@
 //! A write that is refused (a compare-and-set conflict) changes nothing and
 //! does not disturb the others in its batch. Reads run on tokio's blocking
 //! pool, beside the writer (redb readers see the last commit).
+//!
+//! ## The usage ledger's file
+//! Usage records are the bulk of what is written (one per invocation), so
+//! their blocks are not B-tree values: each ledger commit appends its
+//! blocks to `<database>.ledger` and syncs it (`fdatasync`), then records
+//! where each block is, with the file's new committed length, in the same
+//! transaction as the rest of the commit. A crash between the two leaves
+//! bytes past the committed length, which the next commit overwrites (and
+//! opening cuts off). Blocks written before the file existed stay in the
+//! database and read as before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -78,8 +88,14 @@ const LEDGER: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("
 /// thousand records cost one B-tree insert instead of a thousand.
 const LEDGER_BLOCKS: TableDefinition<(&str, u64, u64), &[u8]> =
     TableDefinition::new("ledger_blocks");
+/// Usage record blocks in the ledger file: (tenant, second's first ms,
+/// block number) → (offset, length).
+const LEDGER_SPANS: TableDefinition<(&str, u64, u64), (u64, u64)> =
+    TableDefinition::new("ledger_spans");
 /// The span of a ledger block.
 const BLOCK_MS: u64 = 1000;
+/// `LEDGER_META` key: the ledger file's committed length (u64, little-endian).
+const LEDGER_FILE_END: &str = "file_end";
 /// The meter's journal position of the last ledger commit (`"position"`).
 const LEDGER_META: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_meta");
 
@@ -161,6 +177,7 @@ impl DiskGuard {
 
 struct Inner {
     db: Arc<Database>,
+    ledger: Arc<LedgerFile>,
     disk: DiskGuard,
     changes: broadcast::Sender<KvEvent>,
     data_revision: tokio::sync::watch::Sender<u64>,
@@ -209,8 +226,18 @@ impl EmbeddedStore {
             txn.open_table(LEDGER).map_err(backend)?;
             txn.open_table(LEDGER_META).map_err(backend)?;
             txn.open_table(LEDGER_BLOCKS).map_err(backend)?;
+            txn.open_table(LEDGER_SPANS).map_err(backend)?;
         }
         move_ledger_to_blocks(&txn)?;
+        let ledger = {
+            let meta = txn.open_table(LEDGER_META).map_err(backend)?;
+            let end = meta
+                .get(LEDGER_FILE_END)
+                .map_err(backend)?
+                .and_then(|v| Some(u64::from_le_bytes(v.value().try_into().ok()?)))
+                .unwrap_or(0);
+            Arc::new(LedgerFile::open(&path.with_extension("ledger"), end)?)
+        };
         count_usage_once(&txn)?;
         let data_revision = {
             let meta = txn.open_table(META).map_err(backend)?;
@@ -233,6 +260,7 @@ impl EmbeddedStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
+                ledger,
                 disk: DiskGuard {
                     dir: path
                         .parent()
@@ -917,49 +945,71 @@ fn read_usage(
 #[async_trait]
 impl LedgerStore for EmbeddedStore {
     async fn commit(&self, commit: LedgerCommit) -> Result<u64, StoreError> {
-        self.write(move |txn, _| {
-            let mut open = txn.open_table(LEDGER_OPEN).map_err(backend)?;
-            for (key, marker) in &commit.open {
-                open.insert(key.as_str(), marker.as_ref())
-                    .map_err(backend)?;
-            }
-            let mut written = 0;
-            let mut blocks: BTreeMap<(&str, u64), Vec<&LedgerEntry>> = BTreeMap::new();
-            for entry in &commit.close {
-                // Only an opened entry has a marker to remove (and is
-                // skipped if it is gone: closed already).
-                if entry.opened && open.remove(entry.key.as_str()).map_err(backend)?.is_none() {
-                    continue;
+        let ledger = self.inner.ledger.clone();
+        // One ledger commit at a time: each appends where the last ended.
+        let _serial = ledger.commits.lock().await;
+        let start = ledger.end();
+        let file = ledger.clone();
+        let (written, end) = self
+            .write(move |txn, _| {
+                let mut open = txn.open_table(LEDGER_OPEN).map_err(backend)?;
+                for (key, marker) in &commit.open {
+                    open.insert(key.as_str(), marker.as_ref())
+                        .map_err(backend)?;
                 }
-                let second = entry.time_ms / BLOCK_MS * BLOCK_MS;
-                blocks
-                    .entry((entry.tenant.as_str(), second))
-                    .or_default()
-                    .push(entry);
-                written += 1;
-            }
-            let mut ledger = txn.open_table(LEDGER_BLOCKS).map_err(backend)?;
-            for ((tenant, second), entries) in blocks {
-                let next = ledger
-                    .range((tenant, second, 0)..=(tenant, second, u64::MAX))
-                    .map_err(backend)?
-                    .next_back()
-                    .transpose()
-                    .map_err(backend)?
-                    .map_or(0, |(key, _)| key.value().2 + 1);
-                ledger
-                    .insert((tenant, second, next), encode_block(&entries).as_slice())
+                let mut written = 0;
+                let mut blocks: BTreeMap<(&str, u64), Vec<&LedgerEntry>> = BTreeMap::new();
+                for entry in &commit.close {
+                    // Only an opened entry has a marker to remove (and is
+                    // skipped if it is gone: closed already).
+                    if entry.opened && open.remove(entry.key.as_str()).map_err(backend)?.is_none() {
+                        continue;
+                    }
+                    let second = entry.time_ms / BLOCK_MS * BLOCK_MS;
+                    blocks
+                        .entry((entry.tenant.as_str(), second))
+                        .or_default()
+                        .push(entry);
+                    written += 1;
+                }
+                // The blocks go to the file, synced, before the
+                // transaction that says where they are can commit.
+                let mut bytes = Vec::new();
+                let mut spans = Vec::with_capacity(blocks.len());
+                for ((tenant, second), entries) in blocks {
+                    let at = bytes.len() as u64;
+                    encode_block_into(&entries, &mut bytes);
+                    spans.push((tenant, second, start + at, bytes.len() as u64 - at));
+                }
+                let end = start + bytes.len() as u64;
+                file.append(start, &bytes)?;
+                let mut table = txn.open_table(LEDGER_SPANS).map_err(backend)?;
+                for (tenant, second, offset, len) in spans {
+                    let next = table
+                        .range((tenant, second, 0)..=(tenant, second, u64::MAX))
+                        .map_err(backend)?
+                        .next_back()
+                        .transpose()
+                        .map_err(backend)?
+                        .map_or(0, |(key, _)| key.value().2 + 1);
+                    table
+                        .insert((tenant, second, next), (offset, len))
+                        .map_err(backend)?;
+                }
+                let mut meta = txn.open_table(LEDGER_META).map_err(backend)?;
+                meta.insert(LEDGER_FILE_END, end.to_le_bytes().as_slice())
                     .map_err(backend)?;
-            }
-            if let Some(position) = &commit.position {
-                txn.open_table(LEDGER_META)
-                    .map_err(backend)?
-                    .insert("position", position.as_ref())
-                    .map_err(backend)?;
-            }
-            Ok(written)
-        })
-        .await
+                if let Some(position) = &commit.position {
+                    meta.insert("position", position.as_ref())
+                        .map_err(backend)?;
+                }
+                Ok((written, end))
+            })
+            .await?;
+        // Committed: the next commit appends after these blocks. (Had it
+        // failed, the next one would overwrite them.)
+        ledger.committed(end);
+        Ok(written)
     }
 
     async fn position(&self) -> Result<Option<Bytes>, StoreError> {
@@ -1004,9 +1054,11 @@ impl LedgerStore for EmbeddedStore {
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError> {
         let tenant = tenant.to_string();
+        let file = self.inner.ledger.clone();
         self.read(move |db| {
             let txn = db.begin_read().map_err(backend)?;
-            let ledger = txn.open_table(LEDGER_BLOCKS).map_err(backend)?;
+            let in_db = txn.open_table(LEDGER_BLOCKS).map_err(backend)?;
+            let in_file = txn.open_table(LEDGER_SPANS).map_err(backend)?;
             let mut out = Vec::new();
             let start_ms = match &after {
                 Some((time, _)) => from_ms.max(*time),
@@ -1021,17 +1073,47 @@ impl LedgerStore for EmbeddedStore {
                         .as_ref()
                         .is_none_or(|(t, k)| (e.time_ms, e.key.as_str()) > (*t, k.as_str()))
             };
-            // Blocks come second by second; records within a second are
-            // sorted once all its blocks are read.
+            let first = start_ms / BLOCK_MS * BLOCK_MS;
+            let range = (tenant.as_str(), first, 0)..(tenant.as_str(), to_ms, 0);
+            // Blocks of the database (written before the ledger file) and
+            // of the file, each in (second, number) order, merged by second.
+            let mut from_db = in_db
+                .range(range.clone())
+                .map_err(backend)?
+                .map(|block| {
+                    let (key, value) = block.map_err(backend)?;
+                    Ok((key.value().1, value.value().to_vec()))
+                })
+                .peekable();
+            let mut from_file = in_file
+                .range(range)
+                .map_err(backend)?
+                .map(|span| {
+                    let (key, value) = span.map_err(backend)?;
+                    let (offset, len) = value.value();
+                    Ok((key.value().1, file.read(offset, len)?))
+                })
+                .peekable();
+            // Records within a second are sorted once all its blocks are read.
             let mut second = Vec::new();
             let mut current = None;
-            let first = start_ms / BLOCK_MS * BLOCK_MS;
-            for block in ledger
-                .range((tenant.as_str(), first, 0)..(tenant.as_str(), to_ms, 0))
-                .map_err(backend)?
-            {
-                let (key, value) = block.map_err(backend)?;
-                let at = key.value().1;
+            let at = |block: Option<&Result<(u64, Vec<u8>), StoreError>>| match block {
+                // An error first, so that it is returned.
+                Some(Err(_)) => Some(0),
+                Some(Ok((at, _))) => Some(*at),
+                None => None,
+            };
+            loop {
+                let block = match (at(from_db.peek()), at(from_file.peek())) {
+                    (None, None) => break,
+                    (Some(db), Some(file)) if file < db => from_file.next(),
+                    (Some(_), _) => from_db.next(),
+                    (None, Some(_)) => from_file.next(),
+                };
+                let Some(block) = block else {
+                    break;
+                };
+                let (at, bytes) = block?;
                 if current.is_some_and(|c| c != at) {
                     take_sorted(&mut second, &mut out, &wanted);
                     if out.len() >= limit {
@@ -1039,13 +1121,93 @@ impl LedgerStore for EmbeddedStore {
                     }
                 }
                 current = Some(at);
-                second.extend(decode_block(&tenant, value.value())?);
+                second.extend(decode_block(&tenant, &bytes)?);
             }
             take_sorted(&mut second, &mut out, &wanted);
             out.truncate(limit);
             Ok(out)
         })
         .await
+    }
+}
+
+/// The usage ledger's blocks: an append-only file, written only up to its
+/// committed length (kept in the database).
+struct LedgerFile {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    /// The committed length: where the next commit appends.
+    end: std::sync::Mutex<u64>,
+    /// Held for a whole ledger commit.
+    commits: tokio::sync::Mutex<()>,
+}
+
+impl LedgerFile {
+    /// Opens (or creates) the file; bytes past `end` (a commit that did
+    /// not complete) are cut off.
+    fn open(path: &Path, end: u64) -> Result<Self, StoreError> {
+        let io = |e: std::io::Error| {
+            StoreError::Backend(format!("the usage ledger file {}: {e}", path.display()))
+        };
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len < end {
+            return Err(StoreError::Corrupt(format!(
+                "the usage ledger file {} has {len} bytes, but {end} were committed: it was cut short or replaced; restore it from a backup",
+                path.display()
+            )));
+        }
+        if len > end {
+            file.set_len(end).map_err(io)?;
+        }
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            end: std::sync::Mutex::new(end),
+            commits: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn io(&self, e: std::io::Error) -> StoreError {
+        StoreError::Backend(format!(
+            "the usage ledger file {}: {e}",
+            self.path.display()
+        ))
+    }
+
+    fn end(&self) -> u64 {
+        *self.end.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn committed(&self, end: u64) {
+        *self.end.lock().unwrap_or_else(|p| p.into_inner()) = end;
+    }
+
+    /// Writes `bytes` at `at` and waits until they are on disk.
+    fn append(&self, at: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt as _;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.file.write_all_at(bytes, at).map_err(|e| self.io(e))?;
+        self.file.sync_data().map_err(|e| self.io(e))
+    }
+
+    fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        use std::os::unix::fs::FileExt as _;
+        let len = usize::try_from(len)
+            .map_err(|_| StoreError::Corrupt("a ledger block is too large".into()))?;
+        let mut bytes = vec![0; len];
+        self.file
+            .read_exact_at(&mut bytes, offset)
+            .map_err(|e| self.io(e))?;
+        Ok(bytes)
     }
 }
 
@@ -1062,11 +1224,18 @@ fn take_sorted(
 /// A block: `count u32`, then per record `time u64 | key len u16 | key |
 /// record len u32 | record` (little-endian).
 fn encode_block(entries: &[&LedgerEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_block_into(entries, &mut out);
+    out
+}
+
+/// Appends a block of `entries` to `out`.
+fn encode_block_into(entries: &[&LedgerEntry], out: &mut Vec<u8>) {
     let size: usize = entries
         .iter()
         .map(|e| 14 + e.key.len() + e.record.len())
         .sum();
-    let mut out = Vec::with_capacity(4 + size);
+    out.reserve(4 + size);
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for e in entries {
         out.extend_from_slice(&e.time_ms.to_le_bytes());
@@ -1075,7 +1244,6 @@ fn encode_block(entries: &[&LedgerEntry]) -> Vec<u8> {
         out.extend_from_slice(&(e.record.len() as u32).to_le_bytes());
         out.extend_from_slice(&e.record);
     }
-    out
 }
 
 fn decode_block(tenant: &str, bytes: &[u8]) -> Result<Vec<LedgerEntry>, StoreError> {
@@ -1620,6 +1788,113 @@ mod tests {
     async fn conformance_logs() {
         let (_dir, store) = open();
         crate::conformance::logs(&store).await;
+    }
+
+    fn entry(time_ms: u64, key: &str) -> LedgerEntry {
+        LedgerEntry {
+            tenant: "t".into(),
+            time_ms,
+            key: key.into(),
+            record: Bytes::from(format!("record {key}")),
+            opened: false,
+        }
+    }
+
+    async fn ledger_keys(store: &EmbeddedStore) -> Vec<String> {
+        store
+            .records("t", 0, u64::MAX, None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn ledger_blocks_from_before_the_ledger_file_read_with_the_new_ones() {
+        let (_dir, store) = open();
+        // A block as earlier versions stored it, in the database.
+        {
+            let old = [entry(1_500, "b"), entry(2_100, "d")];
+            let txn = store.inner.db.begin_write().unwrap();
+            {
+                let mut blocks = txn.open_table(LEDGER_BLOCKS).unwrap();
+                let first: Vec<&LedgerEntry> = old[..1].iter().collect();
+                let second: Vec<&LedgerEntry> = old[1..].iter().collect();
+                blocks
+                    .insert(("t", 1_000, 0), encode_block(&first).as_slice())
+                    .unwrap();
+                blocks
+                    .insert(("t", 2_000, 0), encode_block(&second).as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        store
+            .commit(LedgerCommit {
+                open: vec![],
+                close: vec![entry(1_400, "a"), entry(1_600, "c"), entry(3_000, "e")],
+                position: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(ledger_keys(&store).await, ["a", "b", "c", "d", "e"]);
+        // Paged across both.
+        let page = store
+            .records("t", 0, u64::MAX, Some((1_500, "b".into())), 2)
+            .await
+            .unwrap();
+        let keys: Vec<_> = page.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["c", "d"]);
+    }
+
+    #[tokio::test]
+    async fn a_ledger_commit_that_did_not_complete_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gust.redb");
+        let file = dir.path().join("gust.ledger");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            store
+                .commit(LedgerCommit {
+                    open: vec![],
+                    close: vec![entry(1_000, "a")],
+                    position: None,
+                })
+                .await
+                .unwrap();
+        }
+        let committed = std::fs::metadata(&file).unwrap().len();
+        assert!(committed > 0);
+        // A crash after the blocks were written, before the transaction.
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&file)
+                .unwrap();
+            f.write_all(b"half a block").unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), committed);
+        store
+            .commit(LedgerCommit {
+                open: vec![],
+                close: vec![entry(1_001, "b")],
+                position: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(ledger_keys(&store).await, ["a", "b"]);
+        drop(store);
+        // A file shorter than what was committed is refused, not misread.
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.set_len(committed).unwrap();
+        let refused = EmbeddedStore::open(&path).err().unwrap();
+        assert!(
+            matches!(&refused, StoreError::Corrupt(m) if m.contains("cut short")),
+            "{refused}"
+        );
     }
 
     #[tokio::test]
