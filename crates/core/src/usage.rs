@@ -73,10 +73,33 @@ pub struct UsageRecord {
     pub plan: String,
 }
 
+/// `<invocation id>#<attempt>`: the ledger key of an attempt (see
+/// [`UsageRecord::key`]), made without the formatting machinery, as the
+/// meter makes one per record it indexes.
+pub fn attempt_key(invocation_id: &str, attempt: u32) -> String {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = attempt;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut key = String::with_capacity(invocation_id.len() + 1 + digits.len() - at);
+    key.push_str(invocation_id);
+    key.push('#');
+    // ASCII digits.
+    key.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    key
+}
+
 impl UsageRecord {
     /// The ledger key of this attempt: unique per attempt.
     pub fn key(&self) -> String {
-        format!("{}#{}", self.invocation_id, self.attempt)
+        attempt_key(&self.invocation_id, self.attempt)
     }
 
     /// GB-seconds (GiB × s), for display.
@@ -231,6 +254,13 @@ pub fn price_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempt_keys_read_as_formatting_would_write_them() {
+        for attempt in [0, 1, 9, 10, 12_345, u32::MAX] {
+            assert_eq!(attempt_key("abc", attempt), format!("abc#{attempt}"));
+        }
+    }
 
     fn record(wall_ns: u64, memory: u64) -> UsageRecord {
         let billed = billed_ms(wall_ns, UsageOutcome::Success);

@@ -238,7 +238,7 @@ impl<'a> View<'a> {
 
     /// The ledger key of this attempt (see [`UsageRecord::key`]).
     pub fn key(&self) -> String {
-        usage_key(self.invocation_id(), self.attempt())
+        gust_core::usage::attempt_key(self.invocation_id(), self.attempt())
     }
 
     /// This record, priced: billed ms, GiB-µs, cost and plan set.
@@ -258,28 +258,6 @@ impl<'a> View<'a> {
         out.extend_from_slice(plan);
         out
     }
-}
-
-/// `<invocation id>#<attempt>`, as [`UsageRecord::key`] makes it, without
-/// the formatting machinery (one per indexed record).
-pub fn usage_key(invocation_id: &str, attempt: u32) -> String {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    let mut n = attempt;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut key = String::with_capacity(invocation_id.len() + 1 + digits.len() - at);
-    key.push_str(invocation_id);
-    key.push('#');
-    // ASCII digits.
-    key.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
-    key
 }
 
 struct Reader<'a> {
@@ -487,13 +465,6 @@ mod tests {
         assert_eq!(decode(&priced).unwrap(), sample());
         for cut in 0..bytes.len() {
             assert!(View::new(&bytes[..cut]).is_err(), "cut at {cut}");
-        }
-    }
-
-    #[test]
-    fn keys_are_made_as_the_record_makes_them() {
-        for attempt in [0, 1, 9, 10, 12_345, u32::MAX] {
-            assert_eq!(usage_key("abc", attempt), format!("abc#{attempt}"));
         }
     }
 

@@ -26,7 +26,6 @@ pub mod journal;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -867,7 +866,6 @@ fn pair(index: Index, read: &Read, finalize: bool) -> Result<Paired, MeterError>
     let mut pending: FastMap<(&[u8], u32), &journal::FrameAt> = FastMap::default();
     let mut closes = Vec::new();
     let mut closed = 0;
-    let mut key = String::new();
     for frame in &read.frames {
         if let Some(at) = frame.at {
             next.position = at;
@@ -891,8 +889,7 @@ fn pair(index: Index, read: &Read, finalize: bool) -> Result<Paired, MeterError>
                     closes.push((Close::At(frame.payload.clone()), false));
                     continue;
                 }
-                key.clear();
-                let _ = write!(key, "{}#{}", String::from_utf8_lossy(id.0), id.1);
+                let key = usage::attempt_key(&String::from_utf8_lossy(id.0), id.1);
                 if let Some((_, marked)) = next.open.remove(key.as_str()) {
                     closes.push((Close::At(frame.payload.clone()), marked));
                 }

@@ -231,11 +231,15 @@ impl EmbeddedStore {
         move_ledger_to_blocks(&txn)?;
         let ledger = {
             let meta = txn.open_table(LEDGER_META).map_err(backend)?;
-            let end = meta
-                .get(LEDGER_FILE_END)
-                .map_err(backend)?
-                .and_then(|v| Some(u64::from_le_bytes(v.value().try_into().ok()?)))
-                .unwrap_or(0);
+            // Unreadable, it must not read as 0: opening would cut the file.
+            let end = match meta.get(LEDGER_FILE_END).map_err(backend)? {
+                None => 0,
+                Some(v) => u64::from_le_bytes(v.value().try_into().map_err(|_| {
+                    StoreError::Corrupt(
+                        "the usage ledger file's committed length is damaged".into(),
+                    )
+                })?),
+            };
             Arc::new(LedgerFile::open(&path.with_extension("ledger"), end)?)
         };
         count_usage_once(&txn)?;
@@ -1893,6 +1897,26 @@ mod tests {
         let refused = EmbeddedStore::open(&path).err().unwrap();
         assert!(
             matches!(&refused, StoreError::Corrupt(m) if m.contains("cut short")),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_ledger_file_length_is_refused_not_read_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gust.redb");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            let txn = store.inner.db.begin_write().unwrap();
+            txn.open_table(LEDGER_META)
+                .unwrap()
+                .insert(LEDGER_FILE_END, b"abc".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let refused = EmbeddedStore::open(&path).err().unwrap();
+        assert!(
+            matches!(&refused, StoreError::Corrupt(m) if m.contains("committed length")),
             "{refused}"
         );
     }
