@@ -77,6 +77,14 @@ pub struct UsageRecord {
 /// [`UsageRecord::key`]), made without the formatting machinery, as the
 /// meter makes one per record it indexes.
 pub fn attempt_key(invocation_id: &str, attempt: u32) -> String {
+    let mut key = Vec::with_capacity(invocation_id.len() + 11);
+    attempt_key_into(invocation_id, attempt, &mut key);
+    // An id, '#' and ASCII digits.
+    String::from_utf8(key).unwrap_or_default()
+}
+
+/// Appends [`attempt_key`] to `out` (no allocation when it has room).
+pub fn attempt_key_into(invocation_id: &str, attempt: u32, out: &mut Vec<u8>) {
     let mut digits = [0u8; 10];
     let mut at = digits.len();
     let mut n = attempt;
@@ -88,12 +96,9 @@ pub fn attempt_key(invocation_id: &str, attempt: u32) -> String {
             break;
         }
     }
-    let mut key = String::with_capacity(invocation_id.len() + 1 + digits.len() - at);
-    key.push_str(invocation_id);
-    key.push('#');
-    // ASCII digits.
-    key.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
-    key
+    out.extend_from_slice(invocation_id.as_bytes());
+    out.push(b'#');
+    out.extend_from_slice(&digits[at..]);
 }
 
 impl UsageRecord {

@@ -108,6 +108,7 @@ pub fn tenant_and_start(bytes: &[u8]) -> Option<(&str, u64)> {
     let view = View {
         bytes,
         strings: [(0, 0); 4],
+        text: [""; 4],
     };
     if bytes.first() != Some(&VERSION) || bytes.len() < FIXED {
         return None;
@@ -151,6 +152,8 @@ pub struct View<'a> {
     bytes: &'a [u8],
     /// Where each string starts and ends: invocation id, tenant, function, plan.
     strings: [(usize, usize); 4],
+    /// The same strings, checked once.
+    text: [&'a str; 4],
 }
 
 impl<'a> View<'a> {
@@ -170,29 +173,32 @@ impl<'a> View<'a> {
             return Err(DecodeError::Code("outcome", bytes[2]));
         }
         let mut strings = [(0, 0); 4];
+        let mut text = [""; 4];
         let mut at = FIXED;
-        for slot in &mut strings {
+        for (slot, text) in strings.iter_mut().zip(&mut text) {
             let len = bytes
                 .get(at..at + 2)
                 .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
                 .ok_or(DecodeError::Truncated)?;
-            let text = bytes
+            let raw = bytes
                 .get(at + 2..at + 2 + len)
                 .ok_or(DecodeError::Truncated)?;
-            std::str::from_utf8(text).map_err(|_| DecodeError::Utf8)?;
+            *text = std::str::from_utf8(raw).map_err(|_| DecodeError::Utf8)?;
             *slot = (at + 2, at + 2 + len);
             at += 2 + len;
         }
         if at != bytes.len() {
             return Err(DecodeError::Trailing(bytes.len() - at));
         }
-        Ok(Self { bytes, strings })
+        Ok(Self {
+            bytes,
+            strings,
+            text,
+        })
     }
 
     fn string(&self, i: usize) -> &'a str {
-        let (start, end) = self.strings[i];
-        // Checked in `new`.
-        std::str::from_utf8(&self.bytes[start..end]).unwrap_or_default()
+        self.text[i]
     }
 
     fn number(&self, i: usize) -> u64 {
@@ -243,20 +249,44 @@ impl<'a> View<'a> {
 
     /// This record, priced: billed ms, GiB-µs, cost and plan set.
     pub fn priced(&self, billed_ms: u64, gib_us: u64, cost_micros: u64, plan: &str) -> Vec<u8> {
-        let plan = &plan.as_bytes()[..plan.len().min(usize::from(u16::MAX))];
+        let mut out = Vec::new();
+        self.priced_into(billed_ms, gib_us, cost_micros, plan, &mut out);
+        out
+    }
+
+    /// Appends [`View::priced`] to `out`.
+    pub fn priced_into(
+        &self,
+        billed_ms: u64,
+        gib_us: u64,
+        cost_micros: u64,
+        plan: &str,
+        out: &mut Vec<u8>,
+    ) {
+        let mut cut = plan.len().min(usize::from(u16::MAX));
+        while !plan.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let plan = &plan.as_bytes()[..cut];
         let (plan_start, _) = self.strings[3];
-        let mut out = Vec::with_capacity(plan_start + plan.len());
+        let base = out.len();
+        out.reserve(plan_start + plan.len());
         out.extend_from_slice(&self.bytes[..plan_start - 2]);
         for (i, n) in [
             (field::BILLED_MS, billed_ms),
             (field::GIB_US, gib_us),
             (field::COST, cost_micros),
         ] {
-            out[9 + 8 * i..17 + 8 * i].copy_from_slice(&n.to_le_bytes());
+            let at = base + 9 + 8 * i;
+            out[at..at + 8].copy_from_slice(&n.to_le_bytes());
         }
         out.extend_from_slice(&(plan.len() as u16).to_le_bytes());
         out.extend_from_slice(plan);
-        out
+    }
+
+    /// Appends the ledger key of this attempt to `out` (see [`View::key`]).
+    pub fn key_into(&self, out: &mut Vec<u8>) {
+        gust_core::usage::attempt_key_into(self.invocation_id(), self.attempt(), out);
     }
 }
 

@@ -208,6 +208,33 @@ impl Mapping {
         Ok(Self { ptr, len })
     }
 
+    /// Makes every page writable now, so that appends do not fault. A
+    /// shared file mapping takes a fault on the first write to each page,
+    /// and again after the kernel has written the page back (the file
+    /// system must note it dirty): in a new segment and in a recycled
+    /// one. Done here, from the indexer, as one call rather than one
+    /// fault per page on request threads. Best effort: a kernel without
+    /// `MADV_POPULATE_WRITE` (before 5.14) gets each page touched instead.
+    fn populate(&mut self) {
+        // SAFETY: advice over exactly this live mapping; populating
+        // changes no byte of it.
+        let advised = unsafe {
+            rustix::mm::madvise(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                rustix::mm::Advice::LinuxPopulateWrite,
+            )
+        };
+        if advised.is_err() {
+            for at in (0..self.len).step_by(4096) {
+                let byte = &mut self.slice_mut(at, 1)[0];
+                // Rewrites the byte it holds: a write the compiler keeps.
+                // SAFETY: a valid, exclusively borrowed byte.
+                unsafe { std::ptr::write_volatile(byte, std::ptr::read_volatile(byte)) };
+            }
+        }
+    }
+
     fn slice_mut(&mut self, at: usize, len: usize) -> &mut [u8] {
         assert!(at.checked_add(len).is_some_and(|end| end <= self.len));
         // SAFETY: in bounds (checked above) of a live mapping, borrowed
@@ -366,6 +393,7 @@ impl Journal {
             std::fs::rename(segment_path(&self.dir, segment.seq), &path)?;
             segment.seq = seq;
             segment.end = 0;
+            segment.map.populate();
             self.install(segment);
             return Ok(());
         }
@@ -381,7 +409,8 @@ impl Journal {
                     0,
                     self.segment_bytes as u64,
                 )?;
-                let map = Mapping::new(&file, self.segment_bytes)?;
+                let mut map = Mapping::new(&file, self.segment_bytes)?;
+                map.populate();
                 Ok(Writable {
                     seq,
                     file: Arc::new(file),
@@ -431,7 +460,9 @@ impl Journal {
                 .collect();
             (ranges, state.overflow.clone())
         };
-        read.bytes.clear();
+        // The buffer keeps its length from pass to pass (bytes past what
+        // this read fills are unused), so that it is not zeroed each time.
+        let mut used = 0;
         read.frames.clear();
         for (seq, file, end) in ranges {
             let start = if seq == from.segment {
@@ -445,24 +476,36 @@ impl Journal {
                 continue;
             }
             // Frames point into the bytes as read: one copy.
-            let base = read.bytes.len();
-            read.bytes.resize(base + end - start, 0);
-            file.read_exact_at(&mut read.bytes[base..], start as u64)?;
+            let base = used;
+            used += end - start;
+            if read.bytes.len() < used {
+                read.bytes.resize(used, 0);
+            }
+            file.read_exact_at(&mut read.bytes[base..used], start as u64)?;
             let mut frames = std::mem::take(&mut read.frames);
             // Published whole under the lock: no need to verify.
-            each_frame(&read.bytes[base..], seq, false, |offset, kind, payload| {
-                let at = Position {
-                    segment: seq,
-                    offset: (start + offset) as u64,
-                };
-                let from = base + offset - frame_len(payload.len()) + HEADER;
-                frames.push(FrameAt {
-                    at: Some(at),
-                    kind,
-                    payload: from..from + payload.len(),
-                });
-            });
+            each_frame(
+                &read.bytes[base..used],
+                seq,
+                false,
+                |offset, kind, payload| {
+                    let at = Position {
+                        segment: seq,
+                        offset: (start + offset) as u64,
+                    };
+                    let from = base + offset - frame_len(payload.len()) + HEADER;
+                    frames.push(FrameAt {
+                        at: Some(at),
+                        kind,
+                        payload: from..from + payload.len(),
+                    });
+                },
+            );
             read.frames = frames;
+        }
+        if !overflow.is_empty() {
+            // Frames from memory follow what was read.
+            read.bytes.truncate(used);
         }
         for frame in overflow {
             read.push(None, frame.kind, &frame.payload);

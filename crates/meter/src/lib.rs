@@ -34,7 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use codec::OUTCOMES;
 use gust_core::usage::{self, MonthToDate, PlanHistory, UsageOutcome, UsageRecord};
-use gust_store::{LedgerCommit, LedgerEntry, LedgerStore, StoreError};
+use gust_store::{LedgerCommit, LedgerRecords, LedgerStore, StoreError};
 use journal::{Journal, Position, Read};
 use serde::{Deserialize, Serialize};
 
@@ -249,6 +249,19 @@ struct Observed {
     wall: Tally,
     cpu: Tally,
     memory: Tally,
+    /// Records of one tenant's function in one month in a row (most are),
+    /// summed here and added to `functions` when the run ends.
+    run: Run,
+}
+
+#[derive(Default)]
+struct Run {
+    tenant: String,
+    function: String,
+    month: u64,
+    attempts: [u64; OUTCOMES.len()],
+    cost: u64,
+    records: u64,
 }
 
 #[derive(Default)]
@@ -265,33 +278,66 @@ impl Observed {
             wall: Tally::new(SECONDS),
             cpu: Tally::new(SECONDS),
             memory: Tally::new(BYTES),
+            run: Run::default(),
         }
     }
 
-    /// Adds a record, priced at `cost`, that started in `month`.
+    /// Adds a record, priced at `cost`, that started in `month`. What it
+    /// adds to `functions` is there after [`Observed::end_run`].
     fn add(&mut self, r: &codec::View<'_>, month: u64, cost: u64) {
-        let functions = match self.functions.get_mut(r.tenant()) {
-            Some(functions) => functions,
-            None => self.functions.entry(r.tenant().to_string()).or_default(),
-        };
-        let seen = match functions.get_mut(r.function()) {
-            Some(seen) => seen,
-            None => functions.entry(r.function().to_string()).or_default(),
-        };
-        let outcome = OUTCOMES.iter().position(|o| *o == r.outcome()).unwrap_or(0);
-        seen.attempts[outcome] += 1;
-        match seen.costs.iter_mut().find(|(m, _)| *m == month) {
-            Some((_, total)) => *total = total.saturating_add(cost),
-            None => {
-                seen.costs.push((month, cost));
-                seen.costs.sort_unstable();
-            }
+        let run = &self.run;
+        if run.records == 0
+            || run.month != month
+            || run.tenant != r.tenant()
+            || run.function != r.function()
+        {
+            self.end_run();
+            let run = &mut self.run;
+            run.tenant.clear();
+            run.tenant.push_str(r.tenant());
+            run.function.clear();
+            run.function.push_str(r.function());
+            run.month = month;
         }
+        let run = &mut self.run;
+        let outcome = OUTCOMES.iter().position(|o| *o == r.outcome()).unwrap_or(0);
+        run.attempts[outcome] += 1;
+        run.cost = run.cost.saturating_add(cost);
+        run.records += 1;
         if r.outcome() != UsageOutcome::Rejected {
             self.wall.observe(r.wall_ns() as f64 / 1e9);
             self.cpu.observe(r.cpu_ns() as f64 / 1e9);
             self.memory.observe(r.peak_memory_bytes() as f64);
         }
+    }
+
+    /// Adds the run of records being summed to `functions`.
+    fn end_run(&mut self) {
+        let run = &mut self.run;
+        if run.records == 0 {
+            return;
+        }
+        let functions = match self.functions.get_mut(run.tenant.as_str()) {
+            Some(functions) => functions,
+            None => self.functions.entry(run.tenant.clone()).or_default(),
+        };
+        let seen = match functions.get_mut(run.function.as_str()) {
+            Some(seen) => seen,
+            None => functions.entry(run.function.clone()).or_default(),
+        };
+        for (total, n) in seen.attempts.iter_mut().zip(run.attempts) {
+            *total += n;
+        }
+        match seen.costs.iter_mut().find(|(m, _)| *m == run.month) {
+            Some((_, total)) => *total = total.saturating_add(run.cost),
+            None => {
+                seen.costs.push((run.month, run.cost));
+                seen.costs.sort_unstable();
+            }
+        }
+        run.attempts = [0; OUTCOMES.len()];
+        run.cost = 0;
+        run.records = 0;
     }
 }
 
@@ -953,11 +999,17 @@ fn price(
     closes: Vec<(Close, bool)>,
     mut months: Months,
     plans: &Plans,
-) -> (Vec<LedgerEntry>, Months, Observed) {
-    let mut plans_of: FastMap<String, PlanHistory> = FastMap::default();
-    let mut entries = Vec::with_capacity(closes.len());
+) -> (LedgerRecords, Months, Observed) {
+    // Every tenant priced here has month-to-date totals.
+    let plans_of: FastMap<String, PlanHistory> =
+        months.keys().map(|t| (t.clone(), plans(t))).collect();
+    let bytes = closes.iter().map(|(c, _)| c.bytes(read).len() + 48).sum();
+    let mut entries = LedgerRecords::with_capacity(closes.len(), bytes);
     let mut observed = Observed::new();
     let mut span = MonthSpan::of(0);
+    // The tenant and month of the record before, its plans and totals
+    // (most records share them).
+    let mut last: Option<(&str, u64, &PlanHistory, &mut MonthToDate)> = None;
     for (close, marked) in &closes {
         let record = match codec::View::new(close.bytes(read)) {
             Ok(record) => record,
@@ -971,28 +1023,37 @@ fn price(
             span = MonthSpan::of(record.start_ms());
         }
         let month = span.start;
-        if !plans_of.contains_key(tenant) {
-            plans_of.insert(tenant.to_string(), plans(tenant));
+        if !last
+            .as_ref()
+            .is_some_and(|(t, m, _, _)| *t == tenant && *m == month)
+        {
+            last = None;
+            let totals = months.get_mut(tenant).and_then(|m| m.get_mut(&month));
+            let (Some(history), Some(totals)) = (plans_of.get(tenant), totals) else {
+                tracing::error!(tenant, "no month-to-date totals to price a record with");
+                continue;
+            };
+            last = Some((tenant, month, history, totals));
         }
-        // The plan in force when the invocation started.
-        let plan = plans_of[tenant].at(record.start_ms());
-        let Some(totals) = months.get_mut(tenant).and_then(|m| m.get_mut(&month)) else {
-            tracing::error!(tenant, "no month-to-date totals to price a record with");
+        let Some((_, _, history, totals)) = last.as_mut() else {
             continue;
         };
+        // The plan in force when the invocation started.
+        let plan = history.at(record.start_ms());
         let billed_ms = usage::billed_ms(record.wall_ns(), record.outcome());
         let gib_us = usage::gib_us(record.memory_limit_bytes(), billed_ms);
-        let cost = usage::price_of(plan, *totals, record.outcome(), gib_us, record.cpu_ns());
+        let cost = usage::price_of(plan, **totals, record.outcome(), gib_us, record.cpu_ns());
         add_to_month(totals, record.outcome(), gib_us, cost);
         observed.add(&record, month, cost);
-        entries.push(LedgerEntry {
-            record: Bytes::from(record.priced(billed_ms, gib_us, cost, &plan.id)),
-            key: record.key(),
-            tenant: tenant.to_string(),
-            time_ms: record.start_ms(),
-            opened: *marked,
-        });
+        entries.push(
+            tenant,
+            record.start_ms(),
+            *marked,
+            |out| record.key_into(out),
+            |out| record.priced_into(billed_ms, gib_us, cost, &plan.id, out),
+        );
     }
+    observed.end_run();
     (entries, months, observed)
 }
 

@@ -813,13 +813,13 @@ pub async fn ledger(l: &dyn crate::LedgerStore) {
         opened: key != "c#1" && key != "d#1",
     };
     let close = |entries: Vec<LedgerEntry>| LedgerCommit {
-        close: entries,
+        close: entries.into(),
         ..LedgerCommit::default()
     };
     assert_eq!(l.position().await.unwrap(), None);
     l.commit(LedgerCommit {
         open: vec![("a#1".into(), b("m1")), ("b#1".into(), b("m2"))],
-        close: vec![],
+        close: Default::default(),
         position: Some(b("p1")),
     })
     .await
@@ -852,7 +852,7 @@ pub async fn ledger(l: &dyn crate::LedgerStore) {
     // Opened and closed in one commit: the record, no marker left.
     let both = LedgerCommit {
         open: vec![("e#1".into(), b("m3"))],
-        close: vec![entry("u", 7, "d#1"), entry("u", 8, "e#1")],
+        close: vec![entry("u", 7, "d#1"), entry("u", 8, "e#1")].into(),
         position: Some(b("p2")),
     };
     assert_eq!(l.commit(both).await.unwrap(), 2);

@@ -39,8 +39,8 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::{
     Allowance, BlobStore, Claimed, DataChange, DataStore, DataUsage, DataWrite, Entry, KeyInfo,
-    KvEvent, KvStore, LedgerCommit, LedgerEntry, LedgerStore, LogStore, QueueStore, StoreError,
-    Watch, WatchStream, digest_of,
+    KvEvent, KvStore, LedgerCommit, LedgerEntry, LedgerRecord, LedgerRecords, LedgerStore,
+    LogStore, QueueStore, StoreError, Watch, WatchStream, digest_of,
 };
 
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -962,17 +962,21 @@ impl LedgerStore for EmbeddedStore {
                         .map_err(backend)?;
                 }
                 let mut written = 0;
-                let mut blocks: BTreeMap<(&str, u64), Vec<&LedgerEntry>> = BTreeMap::new();
-                for entry in &commit.close {
+                // (tenant, second) → its records, by the tenant's number
+                // in the batch (no string compared per record).
+                let mut blocks: BTreeMap<(u32, u64), (&str, Vec<LedgerRecord<'_>>)> =
+                    BTreeMap::new();
+                for entry in commit.close.iter() {
                     // Only an opened entry has a marker to remove (and is
                     // skipped if it is gone: closed already).
-                    if entry.opened && open.remove(entry.key.as_str()).map_err(backend)?.is_none() {
+                    if entry.opened && open.remove(entry.key).map_err(backend)?.is_none() {
                         continue;
                     }
                     let second = entry.time_ms / BLOCK_MS * BLOCK_MS;
                     blocks
-                        .entry((entry.tenant.as_str(), second))
-                        .or_default()
+                        .entry((entry.tenant_index, second))
+                        .or_insert_with(|| (entry.tenant, Vec::new()))
+                        .1
                         .push(entry);
                     written += 1;
                 }
@@ -980,7 +984,7 @@ impl LedgerStore for EmbeddedStore {
                 // transaction that says where they are can commit.
                 let mut bytes = Vec::new();
                 let mut spans = Vec::with_capacity(blocks.len());
-                for ((tenant, second), entries) in blocks {
+                for ((_, second), (tenant, entries)) in blocks {
                     let at = bytes.len() as u64;
                     encode_block_into(&entries, &mut bytes);
                     spans.push((tenant, second, start + at, bytes.len() as u64 - at));
@@ -1227,14 +1231,16 @@ fn take_sorted(
 
 /// A block: `count u32`, then per record `time u64 | key len u16 | key |
 /// record len u32 | record` (little-endian).
-fn encode_block(entries: &[&LedgerEntry]) -> Vec<u8> {
+fn encode_block(entries: &[LedgerEntry]) -> Vec<u8> {
+    let packed: LedgerRecords = entries.iter().cloned().collect();
+    let records: Vec<_> = packed.iter().collect();
     let mut out = Vec::new();
-    encode_block_into(entries, &mut out);
+    encode_block_into(&records, &mut out);
     out
 }
 
 /// Appends a block of `entries` to `out`.
-fn encode_block_into(entries: &[&LedgerEntry], out: &mut Vec<u8>) {
+fn encode_block_into(entries: &[LedgerRecord<'_>], out: &mut Vec<u8>) {
     let size: usize = entries
         .iter()
         .map(|e| 14 + e.key.len() + e.record.len())
@@ -1246,7 +1252,7 @@ fn encode_block_into(entries: &[&LedgerEntry], out: &mut Vec<u8>) {
         out.extend_from_slice(&(e.key.len() as u16).to_le_bytes());
         out.extend_from_slice(e.key.as_bytes());
         out.extend_from_slice(&(e.record.len() as u32).to_le_bytes());
-        out.extend_from_slice(&e.record);
+        out.extend_from_slice(e.record);
     }
 }
 
@@ -1309,10 +1315,9 @@ fn move_ledger_to_blocks(txn: &WriteTransaction) -> Result<(), StoreError> {
     }
     let mut new = txn.open_table(LEDGER_BLOCKS).map_err(backend)?;
     for ((tenant, second), entries) in &blocks {
-        let entries: Vec<&LedgerEntry> = entries.iter().collect();
         new.insert(
             (tenant.as_str(), *second, 0),
-            encode_block(&entries).as_slice(),
+            encode_block(entries).as_slice(),
         )
         .map_err(backend)?;
     }
@@ -1823,13 +1828,11 @@ mod tests {
             let txn = store.inner.db.begin_write().unwrap();
             {
                 let mut blocks = txn.open_table(LEDGER_BLOCKS).unwrap();
-                let first: Vec<&LedgerEntry> = old[..1].iter().collect();
-                let second: Vec<&LedgerEntry> = old[1..].iter().collect();
                 blocks
-                    .insert(("t", 1_000, 0), encode_block(&first).as_slice())
+                    .insert(("t", 1_000, 0), encode_block(&old[..1]).as_slice())
                     .unwrap();
                 blocks
-                    .insert(("t", 2_000, 0), encode_block(&second).as_slice())
+                    .insert(("t", 2_000, 0), encode_block(&old[1..]).as_slice())
                     .unwrap();
             }
             txn.commit().unwrap();
@@ -1837,7 +1840,7 @@ mod tests {
         store
             .commit(LedgerCommit {
                 open: vec![],
-                close: vec![entry(1_400, "a"), entry(1_600, "c"), entry(3_000, "e")],
+                close: vec![entry(1_400, "a"), entry(1_600, "c"), entry(3_000, "e")].into(),
                 position: None,
             })
             .await
@@ -1862,7 +1865,7 @@ mod tests {
             store
                 .commit(LedgerCommit {
                     open: vec![],
-                    close: vec![entry(1_000, "a")],
+                    close: vec![entry(1_000, "a")].into(),
                     position: None,
                 })
                 .await
@@ -1884,7 +1887,7 @@ mod tests {
         store
             .commit(LedgerCommit {
                 open: vec![],
-                close: vec![entry(1_001, "b")],
+                close: vec![entry(1_001, "b")].into(),
                 position: None,
             })
             .await

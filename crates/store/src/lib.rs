@@ -270,6 +270,126 @@ pub struct LedgerEntry {
     pub opened: bool,
 }
 
+/// Records for one ledger commit, packed: keys and records side by side
+/// in one buffer and each tenant named once, so that a commit of
+/// thousands of records costs a few allocations, not a few per record
+/// (the meter commits one record per request).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerRecords {
+    bytes: Vec<u8>,
+    tenants: Vec<String>,
+    entries: Vec<Packed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Packed {
+    tenant: u32,
+    time_ms: u64,
+    key: std::ops::Range<usize>,
+    record: std::ops::Range<usize>,
+    opened: bool,
+}
+
+/// One record of [`LedgerRecords`], borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerRecord<'a> {
+    pub tenant: &'a str,
+    /// The tenant's number in this batch (the same for the same tenant).
+    pub tenant_index: u32,
+    pub time_ms: u64,
+    pub key: &'a str,
+    pub record: &'a [u8],
+    /// See [`LedgerEntry::opened`].
+    pub opened: bool,
+}
+
+impl LedgerRecords {
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            tenants: Vec::new(),
+            entries: Vec::with_capacity(records),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds a record: `key` and then `record` append its key (UTF-8) and
+    /// its bytes to the buffer they are given.
+    pub fn push(
+        &mut self,
+        tenant: &str,
+        time_ms: u64,
+        opened: bool,
+        key: impl FnOnce(&mut Vec<u8>),
+        record: impl FnOnce(&mut Vec<u8>),
+    ) {
+        // Most records of a batch share their tenant with the one before.
+        let tenant = match self.entries.last() {
+            Some(last) if self.tenants[last.tenant as usize] == tenant => last.tenant,
+            _ => match self.tenants.iter().position(|t| t == tenant) {
+                Some(i) => i as u32,
+                None => {
+                    self.tenants.push(tenant.to_string());
+                    (self.tenants.len() - 1) as u32
+                }
+            },
+        };
+        let start = self.bytes.len();
+        key(&mut self.bytes);
+        let key_end = self.bytes.len();
+        record(&mut self.bytes);
+        self.entries.push(Packed {
+            tenant,
+            time_ms,
+            key: start..key_end,
+            record: key_end..self.bytes.len(),
+            opened,
+        });
+    }
+
+    /// The records in the order they were added. A key that is not UTF-8
+    /// reads as empty (see [`LedgerRecords::push`]).
+    pub fn iter(&self) -> impl Iterator<Item = LedgerRecord<'_>> {
+        self.entries.iter().map(|e| LedgerRecord {
+            tenant: &self.tenants[e.tenant as usize],
+            tenant_index: e.tenant,
+            time_ms: e.time_ms,
+            key: std::str::from_utf8(&self.bytes[e.key.clone()]).unwrap_or_default(),
+            record: &self.bytes[e.record.clone()],
+            opened: e.opened,
+        })
+    }
+}
+
+impl FromIterator<LedgerEntry> for LedgerRecords {
+    fn from_iter<I: IntoIterator<Item = LedgerEntry>>(entries: I) -> Self {
+        let mut out = Self::default();
+        for e in entries {
+            out.push(
+                &e.tenant,
+                e.time_ms,
+                e.opened,
+                |b| b.extend_from_slice(e.key.as_bytes()),
+                |b| b.extend_from_slice(&e.record),
+            );
+        }
+        out
+    }
+}
+
+impl From<Vec<LedgerEntry>> for LedgerRecords {
+    fn from(entries: Vec<LedgerEntry>) -> Self {
+        entries.into_iter().collect()
+    }
+}
+
 /// One transaction of the metering ledger: markers of attempts still
 /// running, records (each removing its marker), and how far the writer's
 /// journal has been read, all durable together or not at all.
@@ -279,7 +399,7 @@ pub struct LedgerCommit {
     /// until its record is written.
     pub open: Vec<(String, Bytes)>,
     /// An opened entry whose marker is gone (already closed) is skipped.
-    pub close: Vec<LedgerEntry>,
+    pub close: LedgerRecords,
     /// The writer's read position after this commit (opaque to the store).
     pub position: Option<Bytes>,
 }
