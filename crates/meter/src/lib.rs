@@ -8,7 +8,8 @@
 //!   *close* frame (the record, and whether it was opened). Each append is
 //!   one small copy into a memory-mapped segment: in the page cache, so it
 //!   survives the process being killed, as soon as the call returns;
-//! - the indexer reads the journal every [`INDEX_EVERY`] (or when asked to
+//! - the indexer reads the journal every [`INDEX_EVERY`] ([`INDEX_WATCHED_EVERY`]
+//!   while budgets are checked; or when asked to
 //!   flush), pairs closes with their opens, prices the records in order and
 //!   commits them to the store in one transaction with markers for the
 //!   attempts still running and the journal position it reached: a
@@ -38,8 +39,17 @@ use gust_store::{LedgerCommit, LedgerRecords, LedgerStore, StoreError};
 use journal::{Journal, Position, Read};
 use serde::{Deserialize, Serialize};
 
-/// How often the indexer moves journal frames into the ledger store.
-pub const INDEX_EVERY: Duration = Duration::from_millis(100);
+/// How often the indexer moves journal frames into the ledger store. Each
+/// pass has a fixed cost (a store commit with its fsyncs, a few thread
+/// hand-offs: about a millisecond of CPU), so passes are not made more
+/// often than this unless a budget is being watched.
+pub const INDEX_EVERY: Duration = Duration::from_millis(500);
+/// How often while budgets are being checked (a month's cost was asked
+/// for in the last [`WATCHED_FOR`]): budgets are checked against what the
+/// ledger has counted, so this is how far behind they may be.
+pub const INDEX_WATCHED_EVERY: Duration = Duration::from_millis(100);
+/// How long a budget check keeps the indexer at [`INDEX_WATCHED_EVERY`].
+const WATCHED_FOR: Duration = Duration::from_secs(10);
 /// Size of a journal segment (preallocated).
 const SEGMENT_BYTES: usize = 16 << 20;
 /// Records read per page when summing.
@@ -89,6 +99,9 @@ struct Inner {
     /// Records handed over (journaled or waiting in memory), and indexed.
     appended: AtomicU64,
     indexed: AtomicU64,
+    /// When a month's cost was last asked for (ms since the meter started).
+    watched_at: AtomicU64,
+    started: std::time::Instant,
     metrics: Metrics,
     written: AtomicU64,
     /// Asks the indexer to run now.
@@ -404,6 +417,8 @@ impl Meter {
                 merging: tokio::sync::Mutex::new(()),
                 appended: AtomicU64::new(0),
                 indexed: AtomicU64::new(0),
+                watched_at: AtomicU64::new(0),
+                started: std::time::Instant::now(),
                 metrics: Metrics::default(),
                 written: AtomicU64::new(0),
                 wake: tokio::sync::Notify::new(),
@@ -496,6 +511,7 @@ impl Meter {
     /// the ledger has counted. `None` while unknown (just after start-up):
     /// the month is then summed from the ledger in the background.
     pub fn month_cost(&self, tenant: &str, now_ms: u64) -> Option<u64> {
+        self.watched();
         let month = usage::month_start_ms(now_ms);
         match self.months().get(tenant) {
             Some((cached, totals)) if *cached == month => return Some(totals.cost_micros),
@@ -507,6 +523,7 @@ impl Meter {
 
     /// [`Meter::month_cost`] of one function.
     pub fn function_month_cost(&self, tenant: &str, function: &str, now_ms: u64) -> Option<u64> {
+        self.watched();
         let month = usage::month_start_ms(now_ms);
         match self.functions().get(tenant) {
             Some((cached, costs)) if *cached == month => {
@@ -518,6 +535,36 @@ impl Meter {
         }
         self.load_later(tenant, now_ms);
         None
+    }
+
+    /// Notes that a budget is being checked: passes come at
+    /// [`INDEX_WATCHED_EVERY`] for a while.
+    fn watched(&self) {
+        let now = self.inner.started.elapsed().as_millis() as u64;
+        let at = self.inner.watched_at.load(Ordering::Relaxed);
+        // Stored at most every 100 ms: one shared write, not one per request.
+        if at == 0 || now.saturating_sub(at) >= 100 {
+            self.inner.watched_at.store(now.max(1), Ordering::Relaxed);
+            if at == 0 || now.saturating_sub(at) >= WATCHED_FOR.as_millis() as u64 {
+                // Not watched until now: the indexer may be in a long sleep.
+                self.inner.wake.notify_one();
+            }
+        }
+    }
+
+    /// How long until the next pass: shorter while budgets are watched.
+    fn pass_every(&self) -> Duration {
+        self.pass_every_at(self.inner.started.elapsed().as_millis() as u64)
+    }
+
+    /// [`Meter::pass_every`] at `now` (ms since the meter started).
+    fn pass_every_at(&self, now: u64) -> Duration {
+        let at = self.inner.watched_at.load(Ordering::Relaxed);
+        if at > 0 && now.saturating_sub(at) < WATCHED_FOR.as_millis() as u64 {
+            INDEX_WATCHED_EVERY
+        } else {
+            INDEX_EVERY
+        }
     }
 
     /// Sums a tenant's month from the ledger in the background (its total
@@ -637,7 +684,7 @@ impl Meter {
         let mut buffer = Read::default();
         loop {
             tokio::select! {
-                () = tokio::time::sleep(INDEX_EVERY) => {}
+                () = tokio::time::sleep(self.pass_every()) => {}
                 () = self.inner.wake.notified() => {}
             }
             let prepared = {
@@ -1271,6 +1318,27 @@ mod tests {
         let aborted = codec::View::new(three.closes[0].0.bytes(&third)).unwrap();
         assert_eq!(aborted.outcome(), UsageOutcome::Aborted);
         assert!(three.markers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn passes_come_sooner_while_budgets_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = gust_store::EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        let meter = Meter::start(Arc::new(store), default_plans(), &dir.path().join("j"))
+            .await
+            .unwrap();
+        assert_eq!(meter.pass_every(), INDEX_EVERY);
+        // Asking for a month's cost is what a budget check does.
+        let _ = meter.month_cost("t", 0);
+        assert_eq!(meter.pass_every(), INDEX_WATCHED_EVERY);
+        // ...for a while after the last check.
+        let at = meter.inner.watched_at.load(Ordering::Relaxed);
+        let watched_for = WATCHED_FOR.as_millis() as u64;
+        assert_eq!(
+            meter.pass_every_at(at + watched_for - 1),
+            INDEX_WATCHED_EVERY
+        );
+        assert_eq!(meter.pass_every_at(at + watched_for), INDEX_EVERY);
     }
 
     #[tokio::test]
