@@ -35,10 +35,10 @@ pub(crate) struct Attempt<'a> {
 
 pub(crate) fn start_record(route: &Route, attempt: &Attempt<'_>) -> UsageRecord {
     UsageRecord {
-        invocation_id: attempt.id.to_string(),
+        invocation_id: attempt.id.to_owned(),
         attempt: attempt.attempt,
-        tenant: route.tenant.to_string(),
-        function: route.name.to_string(),
+        tenant: route.tenant.as_str().to_owned(),
+        function: route.name.as_str().to_owned(),
         version: route.version,
         trigger: attempt.trigger,
         start_ms: crate::now_ms(),

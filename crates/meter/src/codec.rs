@@ -46,25 +46,53 @@ fn outcome_code(outcome: UsageOutcome) -> u8 {
 /// Appends the record's binary form to `out`. Fails only on a string
 /// longer than 65535 bytes (ids and names are far shorter).
 pub fn encode(record: &UsageRecord, out: &mut Vec<u8>) -> Result<(), DecodeError> {
-    let strings = [
+    let len = encoded_len(record)?;
+    let at = out.len();
+    out.resize(at + len, 0);
+    encode_to(record, &mut out[at..]);
+    Ok(())
+}
+
+/// How long the record's binary form is. Fails only on a string longer
+/// than 65535 bytes.
+pub fn encoded_len(record: &UsageRecord) -> Result<usize, DecodeError> {
+    let strings = strings(record);
+    if strings.iter().any(|s| s.len() > usize::from(u16::MAX)) {
+        return Err(DecodeError::TooLong);
+    }
+    Ok(FIXED + strings.iter().map(|s| 2 + s.len()).sum::<usize>())
+}
+
+fn strings(record: &UsageRecord) -> [&str; 4] {
+    [
         &record.invocation_id,
         &record.tenant,
         &record.function,
         &record.plan,
-    ];
-    if strings.iter().any(|s| s.len() > usize::from(u16::MAX)) {
-        return Err(DecodeError::TooLong);
-    }
-    out.reserve(FIXED + strings.iter().map(|s| 2 + s.len()).sum::<usize>());
-    out.push(VERSION);
-    out.push(match record.trigger {
-        Trigger::Http => 0,
-        Trigger::Event => 1,
-        Trigger::Call => 2,
-    });
-    out.push(outcome_code(record.outcome));
-    out.extend_from_slice(&record.status.to_le_bytes());
-    out.extend_from_slice(&record.attempt.to_le_bytes());
+    ]
+}
+
+/// Writes the record's binary form into `out`, which is exactly
+/// [`encoded_len`] long (in place: the journal hands out its frame).
+pub fn encode_to(record: &UsageRecord, out: &mut [u8]) {
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        if let Some(to) = out.get_mut(at..at + bytes.len()) {
+            to.copy_from_slice(bytes);
+        }
+        at += bytes.len();
+    };
+    put(&[
+        VERSION,
+        match record.trigger {
+            Trigger::Http => 0,
+            Trigger::Event => 1,
+            Trigger::Call => 2,
+        },
+        outcome_code(record.outcome),
+    ]);
+    put(&record.status.to_le_bytes());
+    put(&record.attempt.to_le_bytes());
     for n in [
         record.version,
         record.start_ms,
@@ -81,13 +109,12 @@ pub fn encode(record: &UsageRecord, out: &mut Vec<u8>) -> Result<(), DecodeError
         record.gib_us,
         record.cost_micros,
     ] {
-        out.extend_from_slice(&n.to_le_bytes());
+        put(&n.to_le_bytes());
     }
-    for s in strings {
-        out.extend_from_slice(&(s.len() as u16).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
+    for s in strings(record) {
+        put(&(s.len() as u16).to_le_bytes());
+        put(s.as_bytes());
     }
-    Ok(())
 }
 
 /// The attempt a binary record belongs to (invocation id, attempt),

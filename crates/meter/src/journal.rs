@@ -121,15 +121,24 @@ fn checksum(segment: u64, kind: u8, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// Writes one frame into `out` (which is `frame_len(payload.len())` long).
-fn write_frame(out: &mut [u8], segment: u64, kind: u8, payload: &[u8]) {
-    out[..4].copy_from_slice(&MAGIC.to_le_bytes());
-    out[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    out[8..16].copy_from_slice(&segment.to_le_bytes());
-    out[16..20].copy_from_slice(&checksum(segment, kind, payload).to_le_bytes());
-    out[20] = kind;
-    out[HEADER..HEADER + payload.len()].copy_from_slice(payload);
-    out[HEADER + payload.len()..].fill(0);
+/// Writes one frame into `out` (which is `frame_len(len)` long), its
+/// payload (`len` bytes) written in place by `payload`.
+fn write_frame(
+    out: &mut [u8],
+    segment: u64,
+    kind: u8,
+    len: usize,
+    payload: impl FnOnce(&mut [u8]),
+) {
+    let (header, body) = out.split_at_mut(HEADER);
+    let (data, padding) = body.split_at_mut(len);
+    payload(data);
+    padding.fill(0);
+    header[..4].copy_from_slice(&MAGIC.to_le_bytes());
+    header[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    header[8..16].copy_from_slice(&segment.to_le_bytes());
+    header[16..20].copy_from_slice(&checksum(segment, kind, data).to_le_bytes());
+    header[20] = kind;
 }
 
 /// Calls `f(end offset, kind, payload)` for each valid frame of `segment`
@@ -341,28 +350,41 @@ impl Journal {
     /// Appends a frame. Returns `false` if it waits in memory (no segment
     /// had room: the indexer takes it from there).
     pub fn append(&self, kind: u8, payload: &[u8]) -> bool {
-        let len = frame_len(payload.len());
+        self.append_with(kind, payload.len(), |out| out.copy_from_slice(payload))
+    }
+
+    /// [`Journal::append`] of a payload `len` bytes long that `payload`
+    /// writes in place (into the segment, with no copy in between).
+    pub fn append_with(&self, kind: u8, len: usize, payload: impl FnOnce(&mut [u8])) -> bool {
+        let frame = frame_len(len);
         let mut state = lock(&self.state);
         // A frame too large to read back from a segment waits in memory.
-        if state.overflow.is_empty() && payload.len() <= MAX_PAYLOAD {
-            let fits = |w: &Option<Writable>| w.as_ref().is_some_and(|w| w.end + len <= w.map.len);
+        if state.overflow.is_empty() && len <= MAX_PAYLOAD {
+            let fits =
+                |w: &Option<Writable>| w.as_ref().is_some_and(|w| w.end + frame <= w.map.len);
             if !fits(&state.current) && fits(&state.spare) {
                 let spare = state.spare.take();
                 if let Some(full) = std::mem::replace(&mut state.current, spare) {
                     state.sealed.push(full);
                 }
             }
-            if let Some(current) = state.current.as_mut().filter(|c| c.end + len <= c.map.len) {
+            if let Some(current) = state
+                .current
+                .as_mut()
+                .filter(|c| c.end + frame <= c.map.len)
+            {
                 let at = current.end;
                 let seq = current.seq;
-                write_frame(current.map.slice_mut(at, len), seq, kind, payload);
-                current.end += len;
+                write_frame(current.map.slice_mut(at, frame), seq, kind, len, payload);
+                current.end += frame;
                 return true;
             }
         }
+        let mut bytes = vec![0; len];
+        payload(&mut bytes);
         state.overflow.push(Frame {
             kind,
-            payload: payload.to_vec(),
+            payload: bytes,
         });
         false
     }
@@ -572,7 +594,9 @@ mod tests {
         let mut bytes = Vec::new();
         for (kind, payload) in [(1u8, &b"first"[..]), (2, b""), (1, &[7u8; 300][..])] {
             let mut frame = vec![0; frame_len(payload.len())];
-            write_frame(&mut frame, 5, kind, payload);
+            write_frame(&mut frame, 5, kind, payload.len(), |out| {
+                out.copy_from_slice(payload)
+            });
             bytes.extend_from_slice(&frame);
         }
         let frames = parse_frames(&bytes, 5);

@@ -25,7 +25,6 @@
 pub mod codec;
 pub mod journal;
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -381,11 +380,6 @@ impl Tally {
     }
 }
 
-thread_local! {
-    /// Encoding buffer of the thread appending a frame.
-    static FRAME: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
 impl Meter {
     /// Opens the ledger and its journal in `journal_dir`: indexes what the
     /// last run left in the journal, records every attempt it left open as
@@ -480,17 +474,17 @@ impl Meter {
     }
 
     fn append(&self, kind: u8, record: &UsageRecord) {
-        FRAME.with_borrow_mut(|buffer| {
-            buffer.clear();
-            match codec::encode(record, buffer) {
-                Ok(()) => {
-                    self.inner.journal.append(kind, buffer);
-                }
-                Err(e) => {
-                    tracing::error!(key = %record.key(), error = %e, "a usage record cannot be encoded")
-                }
+        match codec::encoded_len(record) {
+            Ok(len) => {
+                // Encoded straight into the journal's page.
+                self.inner
+                    .journal
+                    .append_with(kind, len, |out| codec::encode_to(record, out));
             }
-        });
+            Err(e) => {
+                tracing::error!(key = %record.key(), error = %e, "a usage record cannot be encoded")
+            }
+        }
     }
 
     /// Waits until every record handed over so far is in the ledger store
