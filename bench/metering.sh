@@ -3,14 +3,15 @@
 #
 # Overhead: the hello benchmark (wrk) against three servers: one with the
 # usage ledger ("on") and two started with --no-metering (a switch for
-# this measurement only): "off" and "control". Each round loads each
+# this measurement only): "off" and "control". Each round starts the
+# three afresh (RESTART=N: every N rounds), then loads each
 # server alone, one after the other, in an order that rotates through all
 # six orders, so that drift in the machine's speed falls on every server
 # alike. On a shared virtual machine single rounds swing by 10-20%, so a
 # run reports, over all rounds, the ratio of summed requests (and the
-# median of the rounds' ratios) for on ÷ off and on ÷ control, and the
-# same for control ÷ off: two identical servers, whose ratio shows how far
-# this method's noise reaches. Each server's CPU time per request (user +
+# median of the rounds' ratios) for on ÷ off, on ÷ control, on ÷ both
+# (off and control as one baseline) and control ÷ off: two identical
+# servers, whose ratio shows how far this method's noise reaches. Each server's CPU time per request (user +
 # system, all its threads, from /proc/PID/stat) is summed the same way.
 # Last, the ledger alone (no HTTP, no wasm): its CPU time per record,
 # from crates/meter/examples/meter_cost.rs.
@@ -20,7 +21,7 @@
 # own CPU time over the run (/proc/PID/stat) minus an idle baseline of the
 # same length; metered wall time against what the client observed.
 #
-#   bench/metering.sh       # DURATION=2s ROUNDS=24 BUSY_MS=20 CALLS=200
+#   bench/metering.sh       # DURATION=2s ROUNDS=24 RESTART=2 BUSY_MS=20 CALLS=200
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,8 @@ ROUNDS=${ROUNDS:-24}
 BUSY_MS=${BUSY_MS:-20}
 CALLS=${CALLS:-200}
 PORT=${PORT:-18780}
+RESTART=${RESTART:-2}
+WARM=${WARM:-2s}
 for tool in wrk curl python3; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
 done
@@ -53,23 +56,39 @@ start() {
   printf -v "TOKEN_$name" %s "$(sed -n 's/^gust: admin token (shown once, keep it): //p' "$WORK/$name.out")"
 }
 SERVERS=(on off control)
-start on $PORT
-start off $((PORT + 10)) --no-metering
-start control $((PORT + 20)) --no-metering
+ORDERS=("on off control" "off control on" "control on off" "on control off" "control off on" "off on control")
 declare -A PORT_OF=([on]=$PORT [off]=$((PORT + 10)) [control]=$((PORT + 20)))
-declare -A PID_OF=([on]=$PID_on [off]=$PID_off [control]=$PID_control)
-declare -A TOKEN_OF=([on]=$TOKEN_on [off]=$TOKEN_off [control]=$TOKEN_control)
-for s in "${SERVERS[@]}"; do
-  GUST_API=http://127.0.0.1:$((PORT_OF[$s] + 1)) GUST_TOKEN=${TOKEN_OF[$s]} "$GUST" deploy hello "$HELLO" --public >/dev/null
-  # Warm each up once.
-  wrk -t2 -c"$CONNECTIONS" -d3s "http://127.0.0.1:${PORT_OF[$s]}/hello/" >/dev/null
-done
+declare -A PID_OF
+# fresh: the three servers, new processes on new data directories, each
+# with hello deployed and warmed. A process has a speed of its own (where
+# its memory and code landed): two identical servers differ by a few
+# percent for their whole life. Fresh servers every RESTART rounds spread
+# that over many processes instead of one per server.
+fresh() {
+  local round=$1 s
+  for s in "${SERVERS[@]}"; do
+    if [[ -n ${PID_OF[$s]:-} ]]; then
+      kill -TERM "${PID_OF[$s]}"; wait "${PID_OF[$s]}" 2>/dev/null || true
+      rm -rf "$WORK/$s"
+    fi
+  done
+  # Started in a rotating order too: a server started later can differ.
+  for s in ${ORDERS[$(( (round - 1) / RESTART % 6 ))]}; do
+    if [[ $s == on ]]; then start on "${PORT_OF[on]}"; else start "$s" "${PORT_OF[$s]}" --no-metering; fi
+    local token=TOKEN_$s pid=PID_$s
+    PID_OF[$s]=${!pid}
+    GUST_API=http://127.0.0.1:$((PORT_OF[$s] + 1)) GUST_TOKEN=${!token} "$GUST" deploy hello "$HELLO" --public >/dev/null
+    # Warm it up once.
+    wrk -t2 -c"$CONNECTIONS" -d"$WARM" "http://127.0.0.1:${PORT_OF[$s]}/hello/" >/dev/null
+  done
+  echo "bench: round $round: fresh servers" >&2
+}
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-ORDERS=("on off control" "off control on" "control on off" "on control off" "control off on" "off on control")
 # One line per server and round: "round server req/s p50 p99 cpu_ticks requests".
 : >"$WORK/rounds"
 for round in $(seq "$ROUNDS"); do
+  if (( (round - 1) % RESTART == 0 )); then fresh "$round"; fi
   for s in ${ORDERS[$(( (round - 1) % 6 ))]}; do
     t0=$(ticks "${PID_OF[$s]}")
     wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORT_OF[$s]}/hello/" >"$WORK/round.wrk"
@@ -88,18 +107,22 @@ for r, s, rps, p50, p99, ticks, requests in rows:
     rounds.setdefault(int(r), {})[s] = (float(rps), p50, p99, int(ticks), int(requests))
 print("| round | order | on: req/s | on: p50 / p99 (ms) | off: req/s | control: req/s | on ÷ off | on ÷ control | control ÷ off |")
 print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-ratios = {"on ÷ off": [], "on ÷ control": [], "control ÷ off": []}
+ratios = {"on ÷ off": [], "on ÷ control": [], "on ÷ both": [], "control ÷ off": []}
 for r, by in sorted(rounds.items()):
     on, off, control = by["on"][0], by["off"][0], by["control"][0]
     order = " ".join(s for rr, s, *_ in rows if int(rr) == r)
     ratios["on ÷ off"].append(on / off)
     ratios["on ÷ control"].append(on / control)
+    ratios["on ÷ both"].append(on / ((off + control) / 2))
     ratios["control ÷ off"].append(control / off)
     print(f"| {r} | {order} | {on:.0f} | {by['on'][1]} / {by['on'][2]} | {off:.0f} | {control:.0f} "
           f"| {on / off:.3f} | {on / control:.3f} | {control / off:.3f} |")
-total = {s: sum(by[s][0] for by in rounds.values()) for s in ("on", "off", "control")}
-cpu = {s: sum(by[s][3] for by in rounds.values()) / hz / sum(by[s][4] for by in rounds.values()) * 1e6
-       for s in ("on", "off", "control")}
+# "both": off and control as one baseline (twice the processes).
+group = {"on": ("on",), "off": ("off",), "control": ("control",), "both": ("off", "control")}
+total = {g: sum(by[s][0] for by in rounds.values() for s in m) / len(m) for g, m in group.items()}
+cpu = {g: sum(by[s][3] for by in rounds.values() for s in m) / hz
+       / sum(by[s][4] for by in rounds.values() for s in m) * 1e6
+       for g, m in group.items()}
 print()
 print("| ratio | summed req/s | median of rounds | CPU per request |")
 print("|---|---:|---:|---:|")
@@ -112,7 +135,7 @@ print("CPU time per request (µs, all threads, summed over rounds): "
       + ". The last column is requests per CPU-second, the same way round.")
 PY
 )
-kill -TERM "$PID_on" "$PID_off" "$PID_control"; wait "$PID_on" "$PID_off" "$PID_control" 2>/dev/null || true
+kill -TERM "${PID_OF[@]}"; wait "${PID_OF[@]}" 2>/dev/null || true
 
 # The ledger alone (no HTTP, no wasm): CPU per record.
 cargo build --release -q -p gust-meter --example meter_cost
@@ -129,7 +152,7 @@ kill -TERM "$PID_on"; wait "$PID_on" 2>/dev/null || true
 cat <<REPORT
 ### $(date -u +%Y-%m-%d), $(nproc) cores
 
-Overhead: \`wrk -t2 -c$CONNECTIONS -d$DURATION\` per server and round, hello component, $ROUNDS rounds; each round loads the three servers alone, in turn, in a rotating order.
+Overhead: \`wrk -t2 -c$CONNECTIONS -d$DURATION\` per server and round, hello component, $ROUNDS rounds, fresh servers every $RESTART; each round loads the three servers alone, in turn, in a rotating order.
 
 $OVERHEAD
 
