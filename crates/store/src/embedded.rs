@@ -982,7 +982,7 @@ impl LedgerStore for EmbeddedStore {
                 }
                 // The blocks go to the file, synced, before the
                 // transaction that says where they are can commit.
-                let mut bytes = Vec::new();
+                let mut bytes = file.scratch();
                 let mut spans = Vec::with_capacity(blocks.len());
                 for ((_, second), (tenant, entries)) in blocks {
                     let at = bytes.len() as u64;
@@ -990,7 +990,9 @@ impl LedgerStore for EmbeddedStore {
                     spans.push((tenant, second, start + at, bytes.len() as u64 - at));
                 }
                 let end = start + bytes.len() as u64;
-                file.append(start, &bytes)?;
+                let appended = file.append(start, &bytes);
+                file.keep_scratch(bytes);
+                appended?;
                 let mut table = txn.open_table(LEDGER_SPANS).map_err(backend)?;
                 for (tenant, second, offset, len) in spans {
                     let next = table
@@ -1148,6 +1150,10 @@ struct LedgerFile {
     end: std::sync::Mutex<u64>,
     /// Held for a whole ledger commit.
     commits: tokio::sync::Mutex<()>,
+    /// The buffer the last commit's blocks were encoded in, kept for the
+    /// next: a commit's megabytes then land in memory already touched,
+    /// not in pages the kernel must fault in and zero each time.
+    scratch: std::sync::Mutex<Vec<u8>>,
 }
 
 impl LedgerFile {
@@ -1179,6 +1185,7 @@ impl LedgerFile {
             path: path.to_path_buf(),
             end: std::sync::Mutex::new(end),
             commits: tokio::sync::Mutex::new(()),
+            scratch: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -1195,6 +1202,23 @@ impl LedgerFile {
 
     fn committed(&self, end: u64) {
         *self.end.lock().unwrap_or_else(|p| p.into_inner()) = end;
+    }
+
+    /// An empty buffer for a commit's blocks (see [`LedgerFile::keep_scratch`]).
+    fn scratch(&self) -> Vec<u8> {
+        let mut bytes =
+            std::mem::take(&mut *self.scratch.lock().unwrap_or_else(|p| p.into_inner()));
+        bytes.clear();
+        bytes
+    }
+
+    /// Keeps a commit's buffer for the next commit, unless a burst made
+    /// it larger than is worth holding on to.
+    fn keep_scratch(&self, bytes: Vec<u8>) {
+        const KEEP_AT_MOST: usize = 64 << 20;
+        if bytes.capacity() <= KEEP_AT_MOST {
+            *self.scratch.lock().unwrap_or_else(|p| p.into_inner()) = bytes;
+        }
     }
 
     /// Writes `bytes` at `at` and waits until they are on disk.
