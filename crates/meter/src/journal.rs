@@ -6,7 +6,9 @@
 //! indexer moves frames into the ledger store (and so onto disk, fsynced)
 //! every [`crate::INDEX_EVERY`], after which their segments are recycled:
 //! renamed, still mapped, their pages still in memory, so appends do not
-//! fault pages in. What a power cut can lose is therefore the frames of
+//! fault pages in. The indexer copies the frames of this run straight out
+//! of the mappings (no read of the files); only frames an earlier run
+//! left are read from the files, and checked. What a power cut can lose is therefore the frames of
 //! the last pass.
 //!
 //! Frame: `magic u32 | len u32 | segment u64 | crc32 u32 | kind u8 |
@@ -31,7 +33,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -193,9 +194,13 @@ struct Mapping {
     len: usize,
 }
 
-// SAFETY: the mapping is plain memory owned by this value; it is written
-// only through `&mut self` (under the journal's mutex).
+// SAFETY: the mapping is plain memory owned by this value. Its bytes are
+// written only through `write_at`, whose callers hold the journal's mutex
+// and write past what was published; they are read only through
+// `copy_out`, of bytes published under that mutex (see both).
 unsafe impl Send for Mapping {}
+// SAFETY: as above; shared between the writer and the journal's reader.
+unsafe impl Sync for Mapping {}
 
 impl Mapping {
     fn new(file: &File, len: usize) -> io::Result<Self> {
@@ -224,7 +229,7 @@ impl Mapping {
     /// one. Done here, from the indexer, as one call rather than one
     /// fault per page on request threads. Best effort: a kernel without
     /// `MADV_POPULATE_WRITE` (before 5.14) gets each page touched instead.
-    fn populate(&mut self) {
+    fn populate(&self) {
         // SAFETY: advice over exactly this live mapping; populating
         // changes no byte of it.
         let advised = unsafe {
@@ -236,19 +241,46 @@ impl Mapping {
         };
         if advised.is_err() {
             for at in (0..self.len).step_by(4096) {
-                let byte = &mut self.slice_mut(at, 1)[0];
-                // Rewrites the byte it holds: a write the compiler keeps.
-                // SAFETY: a valid, exclusively borrowed byte.
-                unsafe { std::ptr::write_volatile(byte, std::ptr::read_volatile(byte)) };
+                // SAFETY: in bounds (`at < len`). Rewrites the byte it
+                // holds: a write the compiler keeps, which changes nothing
+                // for a reader of it.
+                unsafe {
+                    let byte = self.ptr.as_ptr().add(at);
+                    std::ptr::write_volatile(byte, std::ptr::read_volatile(byte));
+                }
             }
         }
     }
 
-    fn slice_mut(&mut self, at: usize, len: usize) -> &mut [u8] {
+    /// The bytes `at..at + len`, to write.
+    ///
+    /// # Safety
+    /// Nothing else reads or writes these bytes while the slice lives: the
+    /// caller holds the journal's mutex and writes past the segment's
+    /// published end, or owns a segment no one else can see.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn write_at(&self, at: usize, len: usize) -> &mut [u8] {
         assert!(at.checked_add(len).is_some_and(|end| end <= self.len));
-        // SAFETY: in bounds (checked above) of a live mapping, borrowed
-        // mutably through `&mut self`, so nothing else aliases it.
+        // SAFETY: in bounds (checked above) of a live mapping; exclusive
+        // by the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(at), len) }
+    }
+
+    /// Copies the bytes from `at` into `out` (no system call, unlike a
+    /// read of the file, and no page-cache lookup).
+    ///
+    /// # Safety
+    /// No one writes these bytes meanwhile: they were published (below a
+    /// segment's end, under the journal's mutex, which the caller took
+    /// since) and a segment is written again only once recycled, after
+    /// its reader has retired it.
+    unsafe fn copy_out(&self, at: usize, out: &mut [u8]) {
+        assert!(at.checked_add(out.len()).is_some_and(|end| end <= self.len));
+        // SAFETY: in bounds (checked above) of a live mapping, and `out`
+        // is other memory; nothing writes the source (the caller's contract).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(at), out.as_mut_ptr(), out.len())
+        }
     }
 }
 
@@ -262,8 +294,8 @@ impl Drop for Mapping {
 /// A segment being written.
 struct Writable {
     seq: u64,
-    file: Arc<File>,
-    map: Mapping,
+    /// Shared with the journal's reader while it copies frames out.
+    map: Arc<Mapping>,
     end: usize,
 }
 
@@ -375,7 +407,10 @@ impl Journal {
             {
                 let at = current.end;
                 let seq = current.seq;
-                write_frame(current.map.slice_mut(at, frame), seq, kind, len, payload);
+                // SAFETY: under the journal's mutex, past the published
+                // end (`at`): no reader copies these bytes yet.
+                let out = unsafe { current.map.write_at(at, frame) };
+                write_frame(out, seq, kind, len, payload);
                 current.end += frame;
                 return true;
             }
@@ -431,12 +466,11 @@ impl Journal {
                     0,
                     self.segment_bytes as u64,
                 )?;
-                let mut map = Mapping::new(&file, self.segment_bytes)?;
+                let map = Mapping::new(&file, self.segment_bytes)?;
                 map.populate();
                 Ok(Writable {
                     seq,
-                    file: Arc::new(file),
-                    map,
+                    map: Arc::new(map),
                     end: 0,
                 })
             });
@@ -473,12 +507,12 @@ impl Journal {
     pub fn read_into(&self, from: Position, read: &mut Read) -> io::Result<()> {
         let (ranges, overflow) = {
             let state = lock(&self.state);
-            let ranges: Vec<(u64, Arc<File>, usize)> = state
+            let ranges: Vec<(u64, Arc<Mapping>, usize)> = state
                 .sealed
                 .iter()
                 .chain(&state.current)
                 .chain(&state.spare)
-                .map(|w| (w.seq, w.file.clone(), w.end))
+                .map(|w| (w.seq, w.map.clone(), w.end))
                 .collect();
             (ranges, state.overflow.clone())
         };
@@ -486,7 +520,7 @@ impl Journal {
         // this read fills are unused), so that it is not zeroed each time.
         let mut used = 0;
         read.frames.clear();
-        for (seq, file, end) in ranges {
+        for (seq, map, end) in ranges {
             let start = if seq == from.segment {
                 from.offset as usize
             } else if seq > from.segment {
@@ -503,7 +537,10 @@ impl Journal {
             if read.bytes.len() < used {
                 read.bytes.resize(used, 0);
             }
-            file.read_exact_at(&mut read.bytes[base..used], start as u64)?;
+            // SAFETY: below the end published under the mutex taken
+            // above; the segment is written again only once retired, which
+            // its reader does after this read.
+            unsafe { map.copy_out(start, &mut read.bytes[base..used]) };
             let mut frames = std::mem::take(&mut read.frames);
             // Published whole under the lock: no need to verify.
             each_frame(
