@@ -6,10 +6,11 @@
 //! indexer moves frames into the ledger store (and so onto disk, fsynced)
 //! every [`crate::INDEX_EVERY`], after which their segments are recycled:
 //! renamed, still mapped, their pages still in memory, so appends do not
-//! fault pages in. The indexer copies the frames of this run straight out
-//! of the mappings (no read of the files); only frames an earlier run
-//! left are read from the files, and checked. What a power cut can lose is therefore the frames of
-//! the last pass.
+//! fault pages in. What a power cut can lose is therefore the frames of
+//! the last pass. The indexer copies the frames of this run straight out
+//! of the mappings (no read of the files; a segment is not recycled while
+//! a copy holds its mapping); only frames an earlier run left are read
+//! from the files, and checked.
 //!
 //! Frame: `magic u32 | len u32 | segment u64 | crc32 u32 | kind u8 |
 //! payload[len]`, padded to 8 bytes; the checksum covers the segment
@@ -272,8 +273,8 @@ impl Mapping {
     /// # Safety
     /// No one writes these bytes meanwhile: they were published (below a
     /// segment's end, under the journal's mutex, which the caller took
-    /// since) and a segment is written again only once recycled, after
-    /// its reader has retired it.
+    /// since), and the caller holds this mapping's `Arc`, so the segment
+    /// is not recycled (rewritten) until the copy is done.
     unsafe fn copy_out(&self, at: usize, out: &mut [u8]) {
         assert!(at.checked_add(out.len()).is_some_and(|end| end <= self.len));
         // SAFETY: in bounds (checked above) of a live mapping, and `out`
@@ -438,7 +439,17 @@ impl Journal {
             if needed {
                 state.next_seq += 1;
             }
-            let free = if needed { state.free.pop() } else { None };
+            // A segment whose mapping a reader still holds (copying frames
+            // out) is not rewritten yet: it waits in `free`.
+            let free = needed
+                .then(|| {
+                    let idle = state
+                        .free
+                        .iter()
+                        .rposition(|w| Arc::strong_count(&w.map) == 1)?;
+                    Some(state.free.remove(idle))
+                })
+                .flatten();
             (needed, seq, free)
         };
         if !needed {
@@ -538,8 +549,7 @@ impl Journal {
                 read.bytes.resize(used, 0);
             }
             // SAFETY: below the end published under the mutex taken
-            // above; the segment is written again only once retired, which
-            // its reader does after this read.
+            // above; `map` is held, so `prepare` does not recycle it.
             unsafe { map.copy_out(start, &mut read.bytes[base..used]) };
             let mut frames = std::mem::take(&mut read.frames);
             // Published whole under the lock: no need to verify.
@@ -697,6 +707,64 @@ mod tests {
         let (fresh, old) = Journal::open(dir.path(), 4096, 77).unwrap();
         assert!(old.frames.is_empty());
         assert_eq!(fresh.start().segment, 78);
+    }
+
+    #[test]
+    fn a_segment_is_not_recycled_while_a_reader_holds_its_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), 4096, 0).unwrap();
+        let mut read_to = Position::default();
+        // Fill and index segments until one waits in `free`.
+        while lock(&journal.state).free.is_empty() {
+            journal.prepare().unwrap();
+            assert!(journal.append(2, &[7; 200]));
+            if let Some(last) = journal.read(read_to).unwrap().frames.last() {
+                read_to = last.at.unwrap();
+            }
+            journal.retire(read_to).unwrap();
+        }
+        // A reader is copying out of every free segment.
+        let held: Vec<Arc<Mapping>> = lock(&journal.state)
+            .free
+            .iter()
+            .map(|w| w.map.clone())
+            .collect();
+        let before: Vec<Vec<u8>> = held
+            .iter()
+            .map(|m| {
+                let mut out = vec![0; m.len];
+                unsafe { m.copy_out(0, &mut out) };
+                out
+            })
+            .collect();
+        for _ in 0..40 {
+            journal.prepare().unwrap();
+            assert!(journal.append(2, &[9; 200]));
+        }
+        for (map, bytes) in held.iter().zip(&before) {
+            let mut now = vec![0; map.len];
+            unsafe { map.copy_out(0, &mut now) };
+            assert_eq!(&now, bytes, "a held segment was rewritten");
+        }
+        // Once let go, they are recycled again.
+        let ptrs: Vec<*const Mapping> = held.iter().map(Arc::as_ptr).collect();
+        drop(held);
+        let reused = || {
+            let state = lock(&journal.state);
+            state
+                .current
+                .iter()
+                .chain(&state.spare)
+                .any(|w| ptrs.contains(&Arc::as_ptr(&w.map)))
+        };
+        for _ in 0..40 {
+            if reused() {
+                break;
+            }
+            journal.prepare().unwrap();
+            assert!(journal.append(2, &[9; 200]));
+        }
+        assert!(reused(), "a free segment was never recycled");
     }
 
     #[test]
