@@ -1900,6 +1900,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_ledger_commit_writes_only_its_own_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("gust.redb")).unwrap();
+        let file = dir.path().join("gust.ledger");
+        let mut sizes = vec![0];
+        // Alike commits (the buffer of one is reused by the next).
+        for (n, key) in ["a", "b", "c"].into_iter().enumerate() {
+            store
+                .commit(LedgerCommit {
+                    open: vec![],
+                    close: vec![entry(1_000 + n as u64, key)].into(),
+                    position: None,
+                })
+                .await
+                .unwrap();
+            sizes.push(std::fs::metadata(&file).unwrap().len());
+        }
+        let grown: Vec<u64> = sizes.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(grown[0] > 0);
+        assert_eq!(grown, [grown[0]; 3], "file sizes {sizes:?}");
+        assert_eq!(ledger_keys(&store).await, ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
     async fn a_ledger_commit_that_did_not_complete_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gust.redb");
