@@ -7,7 +7,6 @@
 //! waits for all three, then records once.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -67,83 +66,103 @@ pub(crate) fn rejected(meter: &Meter, mut record: UsageRecord, status: u16) {
     meter.record(record, false);
 }
 
-/// An attempt's record (opened in the ledger), waiting for its report and its status.
+/// An attempt's record (opened in the ledger), waiting for its report, its
+/// status and its body's end.
 pub(crate) struct Draft {
     meter: Meter,
-    /// Taken when both parts are in.
-    record: Mutex<Option<UsageRecord>>,
-    runtime_outcome: Mutex<Option<Outcome>>,
-    parts_left: AtomicU8,
+    parts: Mutex<Parts>,
+}
+
+/// What a [`Draft`] has gathered so far (one lock per part that comes in).
+struct Parts {
+    /// Taken when every part is in.
+    record: Option<UsageRecord>,
+    /// How the runtime saw the instance end (`None` until its report).
+    ran: Option<Ran>,
+    left: u8,
+}
+
+/// The part of the runtime's outcome the record's outcome depends on.
+#[derive(Clone, Copy)]
+enum Ran {
+    Completed,
+    Trapped,
+    TimedOut,
+    Failed,
 }
 
 impl Draft {
     pub fn new(meter: Meter, record: UsageRecord) -> Self {
         Self {
             meter,
-            record: Mutex::new(Some(record)),
-            runtime_outcome: Mutex::new(None),
-            parts_left: AtomicU8::new(3),
+            parts: Mutex::new(Parts {
+                record: Some(record),
+                ran: None,
+                left: 3,
+            }),
         }
     }
 
-    fn record(&self) -> std::sync::MutexGuard<'_, Option<UsageRecord>> {
-        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    /// Applies one part to the record; the last part in records it.
+    fn part(&self, apply: impl FnOnce(&mut Parts)) {
+        let done = {
+            let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+            apply(&mut parts);
+            parts.left = parts.left.saturating_sub(1);
+            if parts.left > 0 {
+                return;
+            }
+            let ran = parts.ran;
+            parts.record.take().map(|record| (record, ran))
+        };
+        let Some((mut record, ran)) = done else {
+            return;
+        };
+        record.outcome = match ran {
+            Some(Ran::TimedOut) => UsageOutcome::TimedOut,
+            Some(Ran::Trapped) => UsageOutcome::Trapped,
+            Some(Ran::Completed) if (100..400).contains(&record.status) => UsageOutcome::Success,
+            _ => UsageOutcome::ErrorStatus,
+        };
+        self.meter.record(record, true);
     }
 
     /// The runtime's report: the instance is gone.
     pub fn report(&self, report: &InvocationReport) {
-        if let Some(record) = self.record().as_mut() {
-            record.wall_ns = u64::try_from(report.duration.as_nanos()).unwrap_or(u64::MAX);
-            record.cpu_ns = u64::try_from(report.cpu.as_nanos()).unwrap_or(u64::MAX);
-            record.peak_memory_bytes = report.peak_memory_bytes;
-            record.kv_operations = report.kv_operations;
-            record.outbound_requests = report.outbound_requests;
-            record.outbound_bytes = report.outbound_bytes;
-        }
-        *self
-            .runtime_outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(report.outcome.clone());
-        self.part_done();
+        self.part(|parts| {
+            parts.ran = Some(match report.outcome {
+                Outcome::Completed => Ran::Completed,
+                Outcome::Trapped { .. } => Ran::Trapped,
+                Outcome::TimedOut => Ran::TimedOut,
+                Outcome::Failed { .. } => Ran::Failed,
+            });
+            if let Some(record) = parts.record.as_mut() {
+                record.wall_ns = u64::try_from(report.duration.as_nanos()).unwrap_or(u64::MAX);
+                record.cpu_ns = u64::try_from(report.cpu.as_nanos()).unwrap_or(u64::MAX);
+                record.peak_memory_bytes = report.peak_memory_bytes;
+                record.kv_operations = report.kv_operations;
+                record.outbound_requests = report.outbound_requests;
+                record.outbound_bytes = report.outbound_bytes;
+            }
+        });
     }
 
     /// The status answered (the guest's, or the one the gateway answered for it).
     pub fn status(&self, status: u16) {
-        if let Some(record) = self.record().as_mut() {
-            record.status = status;
-        }
-        self.part_done();
+        self.part(|parts| {
+            if let Some(record) = parts.record.as_mut() {
+                record.status = status;
+            }
+        });
     }
 
     /// The response body ended (or was dropped) after `bytes`.
     pub fn body_sent(&self, bytes: u64) {
-        if let Some(record) = self.record().as_mut() {
-            record.response_bytes = bytes;
-        }
-        self.part_done();
-    }
-
-    fn part_done(&self) {
-        if self.parts_left.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return;
-        }
-        let outcome = self
-            .runtime_outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let Some(mut record) = self.record().take() else {
-            return;
-        };
-        record.outcome = match outcome {
-            Some(Outcome::TimedOut) => UsageOutcome::TimedOut,
-            Some(Outcome::Trapped { .. }) => UsageOutcome::Trapped,
-            Some(Outcome::Completed) if (100..400).contains(&record.status) => {
-                UsageOutcome::Success
+        self.part(|parts| {
+            if let Some(record) = parts.record.as_mut() {
+                record.response_bytes = bytes;
             }
-            _ => UsageOutcome::ErrorStatus,
-        };
-        self.meter.record(record, true);
+        });
     }
 }
 
