@@ -1899,6 +1899,22 @@ mod tests {
         assert_eq!(keys, ["c", "d"]);
     }
 
+    #[test]
+    fn a_commit_buffer_is_kept_for_the_next_unless_a_burst_made_it_huge() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = LedgerFile::open(&dir.path().join("gust.ledger"), 0).unwrap();
+        let mut bytes = file.scratch();
+        bytes.extend_from_slice(b"last commit");
+        let kept = bytes.capacity();
+        file.keep_scratch(bytes);
+        let again = file.scratch();
+        assert!(again.is_empty(), "a reused buffer starts empty");
+        assert_eq!(again.capacity(), kept);
+        // Over 64 MiB (capacity only: never touched, so not committed memory).
+        file.keep_scratch(Vec::with_capacity((64 << 20) + 1));
+        assert_eq!(file.scratch().capacity(), 0, "a burst's buffer is dropped");
+    }
+
     #[tokio::test]
     async fn each_ledger_commit_writes_only_its_own_blocks() {
         let dir = tempfile::tempdir().unwrap();
