@@ -122,7 +122,9 @@ impl Draft {
             Some(Ran::TimedOut) => UsageOutcome::TimedOut,
             Some(Ran::Trapped) => UsageOutcome::Trapped,
             Some(Ran::Completed) if (100..400).contains(&record.status) => UsageOutcome::Success,
-            _ => UsageOutcome::ErrorStatus,
+            // A status the guest answered as an error, or one the gateway
+            // answered because the guest could not run.
+            Some(Ran::Completed | Ran::Failed) | None => UsageOutcome::ErrorStatus,
         };
         self.meter.record(record, true);
     }
