@@ -6,11 +6,12 @@
 # this measurement only): "off" and "control", started afresh every
 # RESTART rounds. Each round loads each server alone, one after the
 # other, in an order that rotates through all six orders, so that drift
-# in the machine's speed falls on every server alike. On a shared virtual machine single rounds swing by 10-20%, so a
-# run reports, over all rounds, the ratio of summed requests (and the
-# median of the rounds' ratios) for on ÷ off, on ÷ control, on ÷ both
-# (off and control as one baseline) and control ÷ off: two identical
-# servers, whose ratio shows how far this method's noise reaches. Each
+# in the machine's speed falls on every server alike. On a shared
+# virtual machine single rounds swing by 10-20%, so a run reports, over
+# all rounds, the ratio of summed requests (and the median of the
+# rounds' ratios) for on ÷ off, on ÷ control, on ÷ both (off and control
+# as one baseline) and control ÷ off: two identical servers, whose ratio
+# shows how far this method's noise reaches. Each
 # server's CPU time per request (user + system, all its threads, from
 # /proc/PID/stat) is summed the same way.
 # Last, the ledger alone (no HTTP, no wasm): its CPU time per record,
