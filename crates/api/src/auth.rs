@@ -82,7 +82,7 @@ fn resolve(state: &ApiState, request: &Request) -> Result<Caller, ApiError> {
         .transpose()?;
     let (tenant, role, token_id) = if state.auth {
         let token = header(request, "authorization")
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(gust_core::access::bearer_token)
             .ok_or_else(|| {
                 ApiError::Unauthorized(
                     "this API needs a token: set GUST_TOKEN (the admin token `gust up` printed on first start, or one from `gust token create`)".into(),
@@ -90,7 +90,7 @@ fn resolve(state: &ApiState, request: &Request) -> Result<Caller, ApiError> {
             })?;
         let record = state
             .accounts
-            .verify(token.trim(), now_ms())
+            .verify(token, now_ms())
             .map_err(|e: AuthError| ApiError::Unauthorized(e.to_string()))?;
         let tenant = match wanted {
             Some(t) if t != record.tenant && record.role != Role::Admin => {
