@@ -127,6 +127,9 @@ impl IntoResponse for ApiError {
             ApiError::Accounts(AccountsError::TenantExists(_)) => {
                 (StatusCode::CONFLICT, "conflict")
             }
+            ApiError::Accounts(AccountsError::LastAdminToken(_)) => {
+                (StatusCode::CONFLICT, "last_admin_token")
+            }
             ApiError::Accounts(AccountsError::NoSuchTenant(_) | AccountsError::NoSuchToken(_)) => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
@@ -157,5 +160,28 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_component_too_large_for_its_memory_names_the_real_flag() {
+        let message = ApiError::from(DeployError::TooMuchMemory {
+            initial: 2,
+            limit: 1,
+        })
+        .to_string();
+        assert!(message.contains("`--memory-mb`"), "{message}");
+        assert!(!message.contains("`--memory`"), "{message}");
+    }
+
+    #[test]
+    fn revoking_the_last_admin_token_is_a_conflict() {
+        let response =
+            ApiError::Accounts(AccountsError::LastAdminToken("abc".into())).into_response();
+        assert_eq!(response.status(), StatusCode::CONFLICT);
     }
 }

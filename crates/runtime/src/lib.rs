@@ -54,7 +54,7 @@ pub enum DeployError {
     )]
     UnsupportedImport(String),
     #[error(
-        "the component asks for {initial} bytes of linear memory at start, more than its memory limit of {limit} bytes: deploy it with a larger `--memory` or lower its initial memory"
+        "the component asks for {initial} bytes of linear memory at start, more than its memory limit of {limit} bytes: deploy it with a larger `--memory-mb` (`memory_mb` in gust.toml, `memory_bytes` in the API) or lower its initial memory"
     )]
     TooMuchMemory { initial: u64, limit: u64 },
     /// Compilation went past its time or memory budget (a compile bomb, or a

@@ -88,6 +88,12 @@ pub enum AccountsError {
     NoSuchTenant(String),
     #[error("no token `{0}`")]
     NoSuchToken(String),
+    /// Revoking it would leave no admin token that never expires: no one
+    /// could administer the platform any more.
+    #[error(
+        "token `{0}` is the last admin token that does not expire: revoking it would lock everyone out of administering this platform; create another admin token first (`gust token create --role admin`), then revoke this one"
+    )]
+    LastAdminToken(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -103,6 +109,9 @@ struct Mirror {
 pub struct Accounts {
     kv: Arc<dyn KvStore>,
     mirror: Arc<RwLock<Mirror>>,
+    /// Held while a revocation checks and writes, so that two concurrent
+    /// revocations cannot each leave the other as the last admin token.
+    revoking: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Bytes, StoreError> {
@@ -117,6 +126,7 @@ impl Accounts {
         let accounts = Self {
             kv,
             mirror: Arc::default(),
+            revoking: Arc::default(),
         };
         let watch = accounts.kv.watch(PREFIX).await?;
         for entry in &watch.initial {
@@ -332,13 +342,16 @@ impl Accounts {
         !self.read().tokens.is_empty()
     }
 
-    /// Revokes a token of `tenant` (any tenant's with `None`).
+    /// Revokes a token of `tenant` (any tenant's with `None`). The last
+    /// admin token that never expires is not revoked
+    /// ([`AccountsError::LastAdminToken`]): at least one always remains.
     pub async fn revoke(
         &self,
         tenant: Option<&TenantId>,
         id: &str,
         now_ms: u64,
     ) -> Result<TokenRecord, AccountsError> {
+        let _one_at_a_time = self.revoking.lock().await;
         let mut record = self
             .read()
             .tokens
@@ -346,7 +359,19 @@ impl Accounts {
             .filter(|t| tenant.is_none_or(|want| &t.tenant == want))
             .cloned()
             .ok_or_else(|| AccountsError::NoSuchToken(id.to_string()))?;
-        record.revoked_ms.get_or_insert(now_ms);
+        if record.revoked_ms.is_some() {
+            return Ok(record);
+        }
+        if lasting_admin(&record)
+            && !self
+                .read()
+                .tokens
+                .values()
+                .any(|t| t.id != record.id && lasting_admin(t))
+        {
+            return Err(AccountsError::LastAdminToken(record.id));
+        }
+        record.revoked_ms = Some(now_ms);
         self.put(format!("{TOKENS}{id}"), &record).await?;
         Ok(record)
     }
@@ -375,6 +400,11 @@ impl Accounts {
         }
         Ok(record)
     }
+}
+
+/// An admin token that works and never expires: the platform always keeps one.
+fn lasting_admin(token: &TokenRecord) -> bool {
+    token.role == Role::Admin && token.revoked_ms.is_none() && token.expires_ms.is_none()
 }
 
 #[cfg(test)]
@@ -434,5 +464,72 @@ mod tests {
         let again = Accounts::start(Arc::new(store)).await.unwrap();
         assert_eq!(again.verify(&token, 10), Err(AuthError::Revoked(record.id)));
         assert_eq!(again.tenants().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_last_admin_token_that_never_expires_is_not_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        let accounts = Accounts::start(Arc::new(store)).await.unwrap();
+        let default = TenantId::default_tenant();
+        let acme = TenantId::new("acme").unwrap();
+        for tenant in [&default, &acme] {
+            accounts
+                .create_tenant(tenant.clone(), Quotas::default(), 0)
+                .await
+                .unwrap();
+        }
+        let admin = |random: u8, tenant: &TenantId, expires: Option<u64>| {
+            let accounts = accounts.clone();
+            let tenant = tenant.clone();
+            async move {
+                let (record, _) = accounts
+                    .create_token(
+                        &tenant,
+                        Role::Admin,
+                        expires,
+                        String::new(),
+                        [random; 32],
+                        0,
+                    )
+                    .await
+                    .unwrap();
+                record.id
+            }
+        };
+        let first = admin(1, &default, None).await;
+        let expiring = admin(2, &default, Some(1_000_000)).await;
+        // Alone but for one that expires: refused, and still valid.
+        let refused = accounts.revoke(None, &first, 5).await;
+        assert!(
+            matches!(&refused, Err(AccountsError::LastAdminToken(id)) if *id == first),
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("last admin token")
+        );
+        assert!(accounts.tokens(None).iter().all(|t| t.revoked_ms.is_none()));
+        // The expiring one may go; a second lasting admin (in another
+        // tenant) lets the first go, and is then the last.
+        accounts.revoke(None, &expiring, 5).await.unwrap();
+        let second = admin(3, &acme, None).await;
+        accounts.revoke(Some(&default), &first, 6).await.unwrap();
+        assert!(matches!(
+            accounts.revoke(None, &second, 7).await,
+            Err(AccountsError::LastAdminToken(_))
+        ));
+        // Revoking a revoked token changes nothing (and is no error).
+        let again = accounts.revoke(None, &first, 8).await.unwrap();
+        assert_eq!(again.revoked_ms, Some(6));
+        // Two revocations at once cannot both pass.
+        let third = admin(4, &default, None).await;
+        let (a, b) = tokio::join!(
+            accounts.revoke(None, &second, 9),
+            accounts.revoke(None, &third, 9)
+        );
+        assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
     }
 }
