@@ -59,6 +59,7 @@ pub struct SetAlias {
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackParams {
     /// The alias to roll back (default `live`).

@@ -19,7 +19,7 @@ use gust_core::usage::PricePlan;
 use gust_store::{AuthError, TenantRecord, TokenRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, ApiState, now_ms};
+use crate::{ApiError, ApiState, now_ms, text};
 
 /// Header naming the tenant a request acts on (admins: any; others: their own).
 pub const TENANT_HEADER: &str = "gust-tenant";
@@ -286,6 +286,7 @@ pub(crate) async fn set_plan(
     if plan.id.trim().is_empty() {
         return Err(ApiError::BadRequest("a price plan needs an `id`".into()));
     }
+    text::check("id", &plan.id, text::MAX_PLAN_ID_BYTES)?;
     let id = TenantId::new(id).map_err(|e| ApiError::BadRequest(format!("tenant id: {e}")))?;
     Ok(Json(
         state.accounts.set_plan(&id, plan, now_ms()).await?.into(),
@@ -328,7 +329,7 @@ pub struct NewToken {
     pub role: Role,
     /// Seconds until it expires (default: never).
     pub expires_in_s: Option<u64>,
-    /// What it is for, for people reading `gust token ls`.
+    /// What it is for, for people reading `gust token ls` (at most 256 bytes).
     pub description: Option<String>,
 }
 
@@ -341,6 +342,11 @@ pub(crate) async fn create_token(
 ) -> Result<(StatusCode, Json<TokenInfo>), ApiError> {
     caller.require(Action::ManageTokens)?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    text::check_opt(
+        "description",
+        body.description.as_deref(),
+        text::MAX_DESCRIPTION_BYTES,
+    )?;
     if body.role == Role::Admin {
         caller.require(Action::Administer)?;
     }
@@ -395,6 +401,7 @@ pub(crate) async fn revoke_token(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// Entries with a sequence number above this (default 0).
     pub after: Option<u64>,

@@ -13,13 +13,14 @@ use serde::{Deserialize, Serialize};
 
 use gust_core::access::Action;
 
-use crate::{ApiError, ApiState, Caller, existing, now_ms, read_capped};
+use crate::{ApiError, ApiState, Caller, existing, now_ms, read_capped, text};
 
 fn bucket_name(name: String) -> Result<BucketName, ApiError> {
     BucketName::new(name).map_err(|e| ApiError::BadRequest(format!("bucket name: {e}")))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct KeysParams {
     /// Only keys starting with this.
     pub prefix: Option<String>,
@@ -175,9 +176,9 @@ pub(crate) async fn delete_key(
 pub struct NewTrigger {
     /// The bucket whose changes trigger the function.
     pub bucket: String,
-    /// Only keys starting with this (default: every key).
+    /// Only keys starting with this (default: every key; at most 1024 bytes).
     pub prefix: Option<String>,
-    /// Request path the function sees (default `/`).
+    /// Request path the function sees (default `/`; at most 1024 bytes).
     pub path: Option<String>,
     /// A name for the trigger (default: generated).
     pub id: Option<String>,
@@ -225,6 +226,8 @@ pub(crate) async fn add_trigger(
 ) -> Result<(StatusCode, Json<TriggerInfo>), ApiError> {
     caller.require(Action::Write)?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    text::check_opt("prefix", body.prefix.as_deref(), kv::MAX_KEY_BYTES)?;
+    text::check_opt("path", body.path.as_deref(), text::MAX_PATH_BYTES)?;
     let name = existing(&state, &caller, name).await?;
     let id = match body.id {
         Some(id) => FunctionName::new(id)

@@ -12,7 +12,9 @@ mod aliases;
 mod auth;
 mod error;
 mod kv;
+mod openapi;
 mod routes;
+mod text;
 mod usage;
 mod vars;
 
@@ -138,6 +140,7 @@ pub struct CreateFunction {
 
 /// Limits for a new version, as query parameters; omitted ones keep their defaults.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeployParams {
     /// Memory limit in bytes (default 128 MiB).
@@ -224,6 +227,21 @@ impl DeployParams {
 }
 
 impl DeployParams {
+    /// Refuses free-text parameters past their size limits.
+    fn check_text(&self) -> Result<(), ApiError> {
+        let hosts = self.allowed_hosts.as_deref();
+        text::check_opt("allowed_hosts", hosts, text::MAX_ALLOWED_HOSTS_BYTES)?;
+        text::check_opt("routes", self.routes.as_deref(), text::MAX_ROUTES_BYTES)?;
+        for (field, value) in [
+            ("keep_alive", &self.keep_alive),
+            ("provisioned", &self.provisioned),
+            ("canary", &self.canary),
+        ] {
+            text::check_opt(field, value.as_deref(), text::MAX_SETTING_BYTES)?;
+        }
+        Ok(())
+    }
+
     fn delivery(&self) -> Result<DeliveryPolicy, ApiError> {
         let d = DeliveryPolicy::default();
         let policy = DeliveryPolicy {
@@ -269,6 +287,7 @@ pub struct Accepted {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SubmitParams {
     /// Path (and query) the function sees (default `/`).
     pub path: Option<String>,
@@ -286,7 +305,7 @@ pub struct NewSchedule {
     pub id: Option<String>,
     /// Ticks missed while the server was down fired when it is back, at most (default 0: skipped).
     pub catch_up: Option<u32>,
-    /// Request path the function sees (default `/`).
+    /// Request path the function sees (default `/`; at most 1024 bytes).
     pub path: Option<String>,
 }
 
@@ -328,12 +347,14 @@ impl From<gust_events::ScheduleRecord> for ScheduleInfo {
 const MAX_EVENT_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// At most this many (default 100, at most 10000).
     pub limit: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogParams {
     /// Return entries with a sequence number above this (default 0).
     pub after: Option<u64>,
@@ -463,8 +484,9 @@ struct ApiDoc;
 
 /// The OpenAPI document, as served at `/v1/openapi.json`.
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
+    serde_json::to_value(ApiDoc::openapi())
+        .map(openapi::finish)
+        .and_then(|doc| serde_json::to_string_pretty(&doc))
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
@@ -617,6 +639,36 @@ impl ApiState {
             .function(tenant, name)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))
+    }
+
+    /// Refuses event destinations (`on_success`, `on_failure`) that name
+    /// no function deployed in the tenant: their events would go nowhere.
+    async fn check_destinations(
+        &self,
+        tenant: &TenantId,
+        policy: &DeliveryPolicy,
+    ) -> Result<(), ApiError> {
+        for (field, destination) in [
+            ("on_success", &policy.on_success),
+            ("on_failure", &policy.on_failure),
+        ] {
+            let Some(destination) = destination else {
+                continue;
+            };
+            let name = FunctionName::new(destination.clone())
+                .map_err(|e| ApiError::BadRequest(format!("`{field}`: {e}")))?;
+            let deployed = self
+                .registry
+                .function(tenant, &name)
+                .await?
+                .is_some_and(|f| f.live().is_some());
+            if !deployed {
+                return Err(ApiError::NotFound(format!(
+                    "`{field}` names `{name}`, which is not a function deployed in tenant `{tenant}`: deploy it first, or name another"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a deploy that would pass the tenant's function or version quota.
@@ -812,7 +864,9 @@ async fn deploy_version(
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(name)?;
     state.check_function_quotas(&caller, &name).await?;
+    params.check_text()?;
     let delivery = params.delivery()?;
+    state.check_destinations(&caller.tenant, &delivery).await?;
     let activation = params.activation()?;
     let claims = match &params.routes {
         Some(routes) => Some(routes::parse_claims(
@@ -1166,6 +1220,7 @@ async fn submit_invocation(
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     caller.require(Action::Invoke)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    text::check_opt("path", params.path.as_deref(), text::MAX_PATH_BYTES)?;
     let name = function_name(name)?;
     let function = state.function_record(&caller.tenant, &name).await?;
     let limit = state
@@ -1228,6 +1283,9 @@ async fn add_schedule(
 ) -> Result<(StatusCode, Json<ScheduleInfo>), ApiError> {
     caller.require(Action::Write)?;
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    text::check("expr", &body.expr, text::MAX_SCHEDULE_EXPR_BYTES)?;
+    text::check_opt("tz", body.tz.as_deref(), text::MAX_TZ_BYTES)?;
+    text::check_opt("path", body.path.as_deref(), text::MAX_PATH_BYTES)?;
     let name = existing(&state, &caller, name).await?;
     let id = match body.id {
         Some(id) => FunctionName::new(id)

@@ -15,6 +15,9 @@ use crate::{ApiError, ApiState, Caller, ErrorBody, function_name};
 /// Claims a function may hold, at most.
 pub(crate) const MAX_CLAIMS: usize = 32;
 
+/// One claim's text, at most (a host name is at most 253 bytes).
+const MAX_CLAIM_BYTES: usize = 2048;
+
 /// Parses claims written as `api.example.com/v1:alias`, for `tenant`: a
 /// path alone is the `default` tenant's namespace (`/<name>`), so only
 /// its functions may claim one; the data plane's own host is no one's.
@@ -33,6 +36,12 @@ pub(crate) fn parse_claims<'a>(
         .to_ascii_lowercase();
     let mut claims: Vec<RouteClaim> = Vec::new();
     for text in texts {
+        if claims.len() >= MAX_CLAIMS {
+            return Err(ApiError::BadRequest(format!(
+                "a function may claim at most {MAX_CLAIMS} hosts and prefixes"
+            )));
+        }
+        crate::text::check("route", text, MAX_CLAIM_BYTES)?;
         let claim: RouteClaim = text.trim().parse().map_err(ApiError::BadRequest)?;
         match &claim.host {
             Some(host) if *host == own_host => {
