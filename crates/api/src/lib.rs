@@ -153,6 +153,9 @@ pub struct DeployParams {
     pub max_output_bytes: Option<u64>,
     /// Comma-separated hosts the function may call (default: none).
     pub allowed_hosts: Option<String>,
+    /// Comma-separated internal hosts (IP addresses or exact names of this
+    /// machine or a private network) the function may call: admin only.
+    pub allow_internal_hosts: Option<String>,
     /// What the function may cost per month, in micro-units (default: no
     /// limit but the tenant's).
     pub monthly_budget_micros: Option<u64>,
@@ -862,6 +865,21 @@ async fn deploy_version(
 ) -> Result<(StatusCode, Json<VersionInfo>), ApiError> {
     caller.require(Action::Write)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let internal_hosts = params.allow_internal_hosts.as_deref().map(|hosts| {
+        hosts
+            .split(',')
+            .filter(|h| !h.trim().is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    });
+    if internal_hosts.as_ref().is_some_and(|h| !h.is_empty())
+        && caller.role != gust_core::access::Role::Admin
+    {
+        return Err(ApiError::Forbidden(format!(
+            "only an admin may let a function reach internal hosts (this machine, a private network): `--allow-internal-host` needs an admin token, and this one is `{}`",
+            caller.role
+        )));
+    }
     let name = function_name(name)?;
     state.check_function_quotas(&caller, &name).await?;
     params.check_text()?;
@@ -913,6 +931,7 @@ async fn deploy_version(
                 .map(str::to_string)
                 .collect()
         }),
+        allow_internal_hosts: internal_hosts,
         monthly_budget_micros: params.monthly_budget_micros,
         max_concurrency: params.max_concurrency,
         reserved_concurrency: params.reserved_concurrency,

@@ -66,9 +66,17 @@ pub struct DeployArgs {
     /// Output kept per invocation in bytes (default 64 KiB).
     #[arg(long)]
     pub(crate) max_output_bytes: Option<u64>,
-    /// A host the function may call (repeat for more; `*.example.com` for subdomains).
+    /// A host the function may call (repeat for more; `*.example.com` for
+    /// subdomains, `*` for any public host). Never this machine or a private
+    /// network, whatever the name resolves to: see --allow-internal-host.
     #[arg(long = "allow-host")]
     pub(crate) allow_hosts: Vec<String>,
+    /// RISKY, admin only: let the function call this internal host (an IP
+    /// address or exact name of this machine or a private network, every
+    /// port of it; e.g. a database). It can then reach whatever listens
+    /// there, the control API included if it is on that address.
+    #[arg(long = "allow-internal-host", value_name = "HOST")]
+    pub(crate) allow_internal_hosts: Vec<String>,
     /// What the function may cost per calendar month, in micro-units of the
     /// tenant's price plan; past it, its invocations get 429 until the month ends.
     #[arg(long)]
@@ -436,6 +444,9 @@ pub(crate) async fn deploy_version(mut args: DeployArgs) -> anyhow::Result<Versi
     let mut query: Vec<(&str, String)> = Vec::new();
     if !args.allow_hosts.is_empty() {
         query.push(("allowed_hosts", args.allow_hosts.join(",")));
+    }
+    if !args.allow_internal_hosts.is_empty() {
+        query.push(("allow_internal_hosts", args.allow_internal_hosts.join(",")));
     }
     let numbers = [
         ("memory_bytes", args.memory_mb.map(|mb| mb << 20)),

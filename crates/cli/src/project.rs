@@ -54,6 +54,10 @@ impl Project {
         if args.allow_hosts.is_empty() {
             args.allow_hosts.clone_from(&l.allowed_hosts);
         }
+        if args.allow_internal_hosts.is_empty() {
+            args.allow_internal_hosts
+                .clone_from(&l.allow_internal_hosts);
+        }
         fill(&mut args.monthly_budget_micros, l.monthly_budget_micros);
         fill(&mut args.max_concurrency, l.max_concurrency);
         fill(&mut args.reserved_concurrency, l.reserved_concurrency);

@@ -7,6 +7,7 @@
 //! that any other crate, and any test, can build by hand.
 
 pub mod access;
+pub mod address;
 pub mod config;
 pub mod delivery;
 pub mod deploy;
@@ -22,7 +23,8 @@ pub mod schedule;
 pub mod time;
 pub mod usage;
 
+pub use address::is_internal_ip;
 pub use event::{Envelope, EnvelopeError, InvocationRecord, InvocationState};
-pub use limits::{Limits, LimitsError, LimitsPatch, is_internal_ip};
+pub use limits::{Limits, LimitsError, LimitsPatch};
 pub use names::{FunctionName, NameError, TenantId};
 pub use records::{ActiveVersion, FunctionRecord, InvocationId, LogRecord, Outcome, VersionRecord};

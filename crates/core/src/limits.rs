@@ -21,7 +21,15 @@ pub struct Limits {
     pub max_output_bytes: u64,
     /// Hosts the function may call through outgoing `wasi:http`: `api.example.com`,
     /// `*.example.com` (any subdomain), or `*` (anything). Empty: no outbound calls.
+    /// None of them reaches a special-purpose address (loopback, private,
+    /// link-local …; see [`crate::address`]), whatever it is or resolves to.
     pub allowed_hosts: Vec<String>,
+    /// Internal hosts an admin granted the function: exact IP addresses or
+    /// host names (no wildcards) it may call although they are, or resolve
+    /// to, special-purpose addresses — this machine, a private network.
+    /// Every port of them. Only an admin may deploy a version with any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_internal_hosts: Vec<String>,
     /// What the function may cost per calendar month (UTC), in
     /// micro-units of the tenant's plan; at it, new invocations get 429.
     /// None: only the tenant's budget applies.
@@ -79,21 +87,25 @@ impl Limits {
     pub const CEILING_QUEUE_DEPTH: u64 = 10_000;
     pub const CEILING_QUEUE_WAIT_MS: u64 = 60_000;
 
-    /// Whether a call to `host` is allowed by [`Limits::allowed_hosts`].
-    /// `host` is compared without its port, case-insensitively. `*` allows
-    /// any public host, but not this machine or a private network (loopback,
-    /// private, link-local addresses, `localhost`): those must be listed by
-    /// name, so that `*` never opens the control API or a cloud metadata
-    /// endpoint to a function.
+    /// Whether the function may send a request to `host` (as written in
+    /// the request, before any lookup): a host an admin granted
+    /// ([`Limits::allow_internal_hosts`]), or one [`Limits::allowed_hosts`]
+    /// matches that does not name an internal address by itself
+    /// (`localhost`, `127.0.0.1`, `0x7f000001`, `[::1]` …: not even when
+    /// listed). Compared without its port, case-insensitively, with or
+    /// without a trailing dot. What the host resolves to is judged by
+    /// [`Limits::allows_address`] after the lookup.
     pub fn allows_host(&self, host: &str) -> bool {
-        let host = host
-            .trim_end_matches('.')
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let host = normalize_host(host);
+        if self.grants_internal(&host, None) {
+            return true;
+        }
+        if crate::address::is_internal_host(&host) {
+            return false;
+        }
         self.allowed_hosts.iter().any(|pattern| {
             if pattern == "*" {
-                !is_internal(&host)
+                true
             } else if let Some(suffix) = pattern.strip_prefix("*.") {
                 host.len() > suffix.len() + 1
                     && host.ends_with(suffix)
@@ -104,20 +116,26 @@ impl Limits {
         })
     }
 
-    /// True when `host` is allowed only by `*` (no explicit pattern names
-    /// it): then the addresses it resolves to must be checked too, since a
-    /// public-looking name can point at this machine or a private network.
-    pub fn allows_only_by_wildcard(&self, host: &str) -> bool {
-        let named = Limits {
-            allowed_hosts: self
-                .allowed_hosts
-                .iter()
-                .filter(|p| *p != "*")
-                .cloned()
-                .collect(),
-            ..self.clone()
-        };
-        self.allows_host(host) && !named.allows_host(host)
+    /// Whether the function may connect to `ip`, which `host` (as in the
+    /// request) is or resolved to: any address that is not special-purpose,
+    /// and a special-purpose one only when an admin granted the host by
+    /// name or the address itself.
+    pub fn allows_address(&self, host: &str, ip: std::net::IpAddr) -> bool {
+        !crate::address::is_internal_ip(ip) || self.grants_internal(&normalize_host(host), Some(ip))
+    }
+
+    /// Whether `host` (normalized) or `ip` is in `allow_internal_hosts`.
+    /// Addresses compare as addresses (`127.1` is `127.0.0.1`; an
+    /// IPv4-mapped IPv6 address is its IPv4 address).
+    fn grants_internal(&self, host: &str, ip: Option<std::net::IpAddr>) -> bool {
+        let host_ip = crate::address::parse_ip_host(host).map(|a| a.to_canonical());
+        let ip = ip.map(|a| a.to_canonical());
+        self.allow_internal_hosts.iter().any(|granted| {
+            match crate::address::parse_ip_host(granted).map(|a| a.to_canonical()) {
+                Some(granted) => Some(granted) == host_ip || Some(granted) == ip,
+                None => *granted == host,
+            }
+        })
     }
 
     /// The most instances of the function that may run at once, if
@@ -210,6 +228,15 @@ impl Limits {
         }
         for host in &self.allowed_hosts {
             let name = host.strip_prefix("*.").unwrap_or(host);
+            if crate::address::is_internal_host(name) {
+                let range = crate::address::parse_ip_host(name)
+                    .and_then(crate::address::special_purpose)
+                    .map_or_else(|| "this machine".to_string(), |r| r.to_string());
+                return Err(LimitsError::InternalHost {
+                    host: host.clone(),
+                    range,
+                });
+            }
             let valid = host == "*"
                 || (!name.is_empty()
                     && name.split('.').all(|label| {
@@ -222,40 +249,40 @@ impl Limits {
                 return Err(LimitsError::BadHost(host.clone()));
             }
         }
+        for host in &self.allow_internal_hosts {
+            let is_ip = crate::address::parse_ip_host(host).is_some();
+            let is_name = !host.is_empty()
+                && host.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                });
+            if !is_ip && !is_name {
+                return Err(LimitsError::BadInternalHost(host.clone()));
+            }
+        }
         Ok(())
     }
 }
 
-/// Hosts that `*` does not cover: this machine and private networks.
-fn is_internal(host: &str) -> bool {
-    if host == "localhost" || host.ends_with(".localhost") {
-        return true;
-    }
-    host.parse().is_ok_and(is_internal_ip)
+/// A host as allow-lists compare it: lowercase, no trailing dot, no
+/// brackets around an IPv6 address.
+fn normalize_host(host: &str) -> String {
+    host.trim_end_matches('.')
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
 }
 
-/// Loopback, private, link-local (cloud metadata), shared, unspecified and
-/// broadcast addresses: what `*` never reaches.
-pub fn is_internal_ip(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
-    match ip {
-        IpAddr::V4(ip) => {
-            ip.is_loopback()
-                || ip.is_private()
-                || ip.is_link_local()
-                || ip.is_unspecified()
-                || ip.is_broadcast()
-                || ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64
-        }
-        IpAddr::V6(ip) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
-                || ip
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_internal_ip(IpAddr::V4(v4)))
-        }
+/// An `allow_internal_hosts` entry as stored: an address in its canonical
+/// text (`127.1` → `127.0.0.1`, `[::1]` → `::1`), a name lowercase
+/// without a trailing dot.
+fn normalize_internal_host(host: &str) -> String {
+    let host = host.trim();
+    match crate::address::parse_ip_host(host) {
+        Some(ip) => ip.to_string(),
+        None => normalize_host(host),
     }
 }
 
@@ -267,6 +294,7 @@ impl Default for Limits {
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
             max_output_bytes: Self::DEFAULT_MAX_OUTPUT_BYTES,
             allowed_hosts: Vec::new(),
+            allow_internal_hosts: Vec::new(),
             monthly_budget_micros: None,
             max_concurrency: None,
             reserved_concurrency: None,
@@ -292,6 +320,16 @@ pub enum LimitsError {
         "`{0}` is not a host pattern: use a lowercase host name such as `api.example.com`, `*.example.com`, or `*`"
     )]
     BadHost(String),
+    /// An allowed host names this machine or a special-purpose address:
+    /// allow-lists never reach those.
+    #[error(
+        "`{host}` is an internal address ({range}): `--allow-host` never reaches this machine or a private network; an admin can grant an internal host with `--allow-internal-host`"
+    )]
+    InternalHost { host: String, range: String },
+    #[error(
+        "`{0}` cannot be granted as an internal host: give one IP address or one host name (no wildcards, no port)"
+    )]
+    BadInternalHost(String),
 }
 
 /// The limits a deploy asks for; what it leaves out keeps its default.
@@ -303,6 +341,9 @@ pub struct LimitsPatch {
     pub max_body_bytes: Option<u64>,
     pub max_output_bytes: Option<u64>,
     pub allowed_hosts: Option<Vec<String>>,
+    /// Only an admin may set it (the control API refuses anyone else).
+    #[serde(default)]
+    pub allow_internal_hosts: Option<Vec<String>>,
     pub monthly_budget_micros: Option<u64>,
     pub max_concurrency: Option<u32>,
     pub reserved_concurrency: Option<u32>,
@@ -328,6 +369,12 @@ impl LimitsPatch {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+            allow_internal_hosts: self
+                .allow_internal_hosts
+                .unwrap_or_default()
+                .iter()
+                .map(|h| normalize_internal_host(h))
                 .collect(),
             monthly_budget_micros: self.monthly_budget_micros,
             max_concurrency: self.max_concurrency,
@@ -513,13 +560,143 @@ mod tests {
         ] {
             assert!(!any.allows_host(internal), "{internal}");
         }
-        let listed = LimitsPatch {
+        // Every form of an internal address, as a request may write it.
+        for internal in [
+            "0x7f000001",
+            "2130706433",
+            "127.1",
+            "LOCALHOST.",
+            "a.localhost",
+            "[::ffff:127.0.0.1]",
+            "[64:ff9b::7f00:1]",
+            "[2002:7f00:1::]",
+            "198.18.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(!any.allows_host(internal), "{internal}");
+        }
+    }
+
+    #[test]
+    fn internal_hosts_are_refused_in_the_allow_list() {
+        for internal in [
+            "127.0.0.1",
+            "localhost",
+            "*.localhost",
+            "a.localhost",
+            "0x7f000001",
+            "2130706433",
+            "10.0.0.1",
+            "169.254.169.254",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+        ] {
+            let patch = LimitsPatch {
+                allowed_hosts: Some(vec!["api.example.com".into(), internal.into()]),
+                ..Default::default()
+            };
+            match patch.resolve() {
+                Err(e @ LimitsError::InternalHost { .. }) => {
+                    assert!(e.to_string().contains("--allow-internal-host"), "{e}")
+                }
+                other => panic!("{internal}: {other:?}"),
+            }
+        }
+        let err = LimitsPatch {
             allowed_hosts: Some(vec!["127.0.0.1".into()]),
             ..Default::default()
         }
         .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("127.0.0.0/8 (loopback)"), "{err}");
+        // A version stored before this rule (never validated again) still
+        // does not reach what it lists.
+        let old: Limits = serde_json::from_str(
+            r#"{"memory_bytes":1048576,"timeout_ms":1,"max_body_bytes":0,
+            "max_output_bytes":0,"allowed_hosts":["127.0.0.1","localhost"]}"#,
+        )
         .unwrap();
-        assert!(listed.allows_host("127.0.0.1"));
+        assert!(!old.allows_host("127.0.0.1"));
+        assert!(!old.allows_host("localhost"));
+        assert!(!old.allows_address("anything", "127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_internal_grant_names_exact_hosts_and_addresses() {
+        let granted = LimitsPatch {
+            allowed_hosts: Some(vec!["*".into()]),
+            allow_internal_hosts: Some(vec![
+                "127.1".into(),
+                "DB.Internal.".into(),
+                "[fd00::5]".into(),
+            ]),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            granted.allow_internal_hosts,
+            ["127.0.0.1", "db.internal", "fd00::5"]
+        );
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        for host in [
+            "127.0.0.1",
+            "0x7f000001",
+            "[::ffff:127.0.0.1]",
+            "db.internal",
+            "DB.INTERNAL.",
+            "[fd00::5]",
+        ] {
+            assert!(granted.allows_host(host), "{host}");
+        }
+        assert!(!granted.allows_host("127.0.0.2"));
+        assert!(!granted.allows_host("localhost"));
+        assert!(!granted.allows_host("[fd00::6]"));
+        // After the lookup: a granted name may resolve anywhere; any name
+        // may reach a granted address; nothing else internal.
+        assert!(granted.allows_address("db.internal", ip("10.9.8.7")));
+        assert!(granted.allows_address("elsewhere.example", ip("127.0.0.1")));
+        assert!(granted.allows_address("elsewhere.example", ip("::ffff:127.0.0.1")));
+        assert!(!granted.allows_address("elsewhere.example", ip("10.9.8.7")));
+        assert!(!granted.allows_address("localhost", ip("127.0.0.2")));
+        assert!(granted.allows_address("elsewhere.example", ip("8.8.8.8")));
+        // Without a grant, even a listed name never reaches internal addresses.
+        let listed = LimitsPatch {
+            allowed_hosts: Some(vec!["vm".into()]),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(listed.allows_host("vm"));
+        assert!(!listed.allows_address("vm", ip("127.0.0.1")));
+        assert!(!listed.allows_address("vm", ip("64:ff9b::a00:1")));
+        // A grant alone is enough to call the granted host.
+        let only = LimitsPatch {
+            allow_internal_hosts: Some(vec!["127.0.0.1".into()]),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert!(only.allows_host("127.0.0.1"));
+        assert!(!only.allows_host("example.com"));
+        for bad in [
+            "*",
+            "*.example.com",
+            "",
+            "a b",
+            "[::1]:80",
+            "db.internal:5432",
+            "http://x",
+        ] {
+            let patch = LimitsPatch {
+                allow_internal_hosts: Some(vec![bad.into()]),
+                ..Default::default()
+            };
+            assert!(
+                matches!(patch.resolve(), Err(LimitsError::BadInternalHost(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

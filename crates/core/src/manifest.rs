@@ -126,6 +126,10 @@ pub struct LimitsSection {
     pub max_output_bytes: Option<u64>,
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Internal hosts the function may call; a deploy with any needs an
+    /// admin token.
+    #[serde(default)]
+    pub allow_internal_hosts: Vec<String>,
     pub monthly_budget_micros: Option<u64>,
     pub max_concurrency: Option<u32>,
     pub reserved_concurrency: Option<u32>,
@@ -290,6 +294,7 @@ public = true
 [limits]
 memory_mb = 64
 allowed_hosts = ["api.github.com"]
+allow_internal_hosts = ["10.0.0.5"]
 keep_alive = "5m"
 
 [events]
@@ -313,6 +318,7 @@ bucket = "orders"
         .unwrap();
         assert_eq!(m.function.name, "hello");
         assert_eq!(m.limits.memory_mb, Some(64));
+        assert_eq!(m.limits.allow_internal_hosts, ["10.0.0.5"]);
         assert_eq!(m.env["GREETING"], "Hi");
         assert_eq!(m.wasm_path(), "target/wasm32-wasip2/release/hello.wasm");
         assert_eq!(managed_id(m.schedules[0].id.as_deref(), 0), "toml-1");

@@ -638,6 +638,7 @@ where
                     tenant: route.tenant.clone(),
                     depth: depth + 1,
                 })),
+                tenant: route.tenant.clone(),
             },
             request,
             done,

@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     /// Compilations running at once, at most (each may use its whole budget).
     compiling: tokio::sync::Semaphore,
     pub counters: Counters,
+    /// Guests' outbound requests open, per tenant (see `host/outbound.rs`).
+    pub outbound: Arc<crate::host::OutboundSlots>,
     stop_epoch: Arc<AtomicBool>,
 }
 
@@ -160,6 +162,10 @@ impl Runtime {
                 compiler: config.compiler.clone(),
                 compiling: tokio::sync::Semaphore::new(MAX_COMPILING),
                 counters: Counters::default(),
+                outbound: Arc::new(crate::host::OutboundSlots::new(
+                    crate::host::PER_INVOCATION,
+                    crate::host::PER_TENANT,
+                )),
                 stop_epoch,
             }),
         })

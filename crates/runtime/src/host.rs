@@ -1,5 +1,10 @@
 //! What a guest's store holds: WASI contexts, the memory limiter, the
-//! outbound-HTTP policy and the capped stdout/stderr capture.
+//! outbound-HTTP policy (how a request leaves the node: `outbound.rs`)
+//! and the capped stdout/stderr capture.
+
+mod outbound;
+
+pub(crate) use outbound::{OutboundSlots, PER_INVOCATION, PER_TENANT};
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -99,7 +104,9 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Outgoing `wasi:http` requests go only to hosts on the function's allow-list.
+/// Outgoing `wasi:http` requests go only to hosts on the function's
+/// allow-list, never to special-purpose addresses unless an admin granted
+/// them, and only so many at once (see `outbound.rs`).
 pub(crate) struct OutboundPolicy {
     pub limits: Arc<Limits>,
     /// Requests sent (allowed ones), for metering.
@@ -109,6 +116,12 @@ pub(crate) struct OutboundPolicy {
     pub bytes: Arc<std::sync::atomic::AtomicU64>,
     /// Where calls to other functions go (`None`: refused).
     pub calls: Option<Arc<dyn crate::invoke::LocalCalls>>,
+    /// The tenant the invocation runs for, whose outbound slots it takes.
+    pub tenant: gust_core::TenantId,
+    /// The node's outbound slots, per tenant.
+    pub slots: Arc<OutboundSlots>,
+    /// This invocation's requests open now.
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Adds an answer's declared size (`content-length`) to the bytes metered.
@@ -133,7 +146,7 @@ impl WasiHttpHooks for OutboundPolicy {
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let uri = request.uri();
-        if uri.host() == Some(crate::invoke::LOCAL_HOST) {
+        if uri.host().is_some_and(outbound::is_local_host) {
             let Some(calls) = &self.calls else {
                 return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
             };
@@ -164,45 +177,23 @@ impl WasiHttpHooks for OutboundPolicy {
         if !allowed {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        // A name allowed only by `*` must not lead to this machine or a
-        // private network: resolve it and look. (The connection resolves the
-        // name again; a name whose answers change between the two lookups
-        // is not covered. List hosts explicitly where that matters.)
+        let slot = match self.slots.take(&self.tenant, &self.open) {
+            Ok(slot) => slot,
+            Err(full) => {
+                tracing::debug!(tenant = %self.tenant, "outbound request refused: {full}");
+                return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
+            }
+        };
         self.requests += 1;
         use http_body::Body as _;
         let sent = request.body().size_hint().exact().unwrap_or(0);
         let bytes = self.bytes.clone();
         bytes.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
-        let resolve = uri.host().filter(|host| {
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_err()
-                && self.limits.allows_only_by_wildcard(host)
-        });
-        let lookup = resolve.map(|host| {
-            let https = uri.scheme_str() == Some("https");
-            (
-                host.to_string(),
-                uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
-            )
-        });
+        let limits = self.limits.clone();
         Box::new(async move {
-            if let Some(target) = lookup {
-                let internal = match tokio::net::lookup_host(target).await {
-                    Ok(mut addrs) => addrs.any(|a| gust_core::is_internal_ip(a.ip())),
-                    Err(_) => false,
-                };
-                if internal {
-                    return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
-                }
-            }
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let (response, rest) = outbound::send(request, options, limits, slot).await?;
             count_answer(&bytes, response.headers());
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
+            Ok((response, rest))
         })
     }
 }

@@ -81,6 +81,9 @@ pub struct Guest {
     pub vars: Arc<[(String, String)]>,
     /// `None`: calls to [`LOCAL_HOST`] are refused.
     pub calls: Option<Arc<dyn LocalCalls>>,
+    /// Whom it runs for: its outbound requests count against this
+    /// tenant's share of the node.
+    pub tenant: gust_core::TenantId,
 }
 
 /// What an invocation did, handed over when its store is dropped.
@@ -150,6 +153,7 @@ impl Runtime {
             kv,
             vars,
             calls,
+            tenant,
         } = guest;
         let started = Instant::now();
         let timeout = Duration::from_millis(limits.timeout_ms);
@@ -180,6 +184,9 @@ impl Runtime {
                 requests: 0,
                 bytes: Arc::default(),
                 calls,
+                tenant,
+                slots: self.inner.outbound.clone(),
+                open: Arc::default(),
             },
             limiter: MemoryLimiter::new(memory_limit),
             kv: KvState {
