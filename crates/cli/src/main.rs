@@ -47,7 +47,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the platform: data plane, control API and embedded storage.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Create a function project from a template (Rust, JavaScript, Python).
     New(project::NewArgs),
     /// Build the project here (its gust.toml's build).
@@ -131,7 +131,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Up(args) => up::run(args).await,
+            Command::Up(args) => up::run(*args).await,
             Command::New(args) => project::new(args),
             Command::Build(args) => project::build(args).await,
             Command::Deploy(args) => client::deploy(*args).await,

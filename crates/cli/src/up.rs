@@ -46,6 +46,24 @@ pub struct UpArgs {
     /// Milliseconds a client has to send a request's headers.
     #[arg(long, default_value_t = 10_000)]
     header_read_timeout_ms: u64,
+    /// Bytes a request's line and headers may take together, on both
+    /// listeners; past it the client gets 431.
+    #[arg(long, default_value_t = gust_net::DEFAULT_MAX_HEADER_BYTES)]
+    max_header_bytes: usize,
+    /// Connections the function listener holds at once; past it the
+    /// idlest is closed (a new one refused when all are busy). Default:
+    /// three quarters of the file descriptors left after a reserve of an
+    /// eighth (at least 256) for storage and the control API, at most 10000.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Connections the function listener holds from one client address
+    /// (default: 1000, within --max-connections).
+    #[arg(long)]
+    max_connections_per_address: Option<usize>,
+    /// Connections the control API holds at once (default: a quarter of
+    /// what the reserve leaves, at most 1000).
+    #[arg(long)]
+    api_max_connections: Option<usize>,
     /// Milliseconds a request body may pause between two pieces.
     #[arg(long, default_value_t = 30_000)]
     body_idle_timeout_ms: u64,
@@ -124,6 +142,40 @@ fn node_instances(args: &UpArgs) -> u32 {
         .map(|kib| kib * 1024);
     let by_memory = available.map_or(POOL_SLOTS, |bytes| bytes / 4 * 3 / PER_INSTANCE);
     by_memory.clamp(16, POOL_SLOTS) as u32
+}
+
+/// Each listener's connection limits: the flags', else defaults below the
+/// process's file descriptor limit (raised to its hard limit first).
+fn connection_limits(args: &UpArgs) -> (gust_net::ConnectionLimits, gust_net::ConnectionLimits) {
+    let fds = gust_net::fd_limit();
+    let (mut data, mut api) = gust_net::default_limits(fds);
+    if let Some(n) = args.max_connections {
+        data.per_listener = n.max(1);
+        data.per_address = data.per_address.min(data.per_listener);
+    }
+    if let Some(n) = args.max_connections_per_address {
+        data.per_address = n.max(1);
+    }
+    if let Some(n) = args.api_max_connections {
+        api.per_listener = n.max(1);
+        api.per_address = api.per_listener;
+    }
+    let held = (data.per_listener + api.per_listener) as u64;
+    if held >= fds {
+        tracing::warn!(
+            fds,
+            held,
+            "the connection limits add up to the file descriptor limit or more: storage may run out of descriptors"
+        );
+    }
+    tracing::info!(
+        fds,
+        connections = data.per_listener,
+        per_address = data.per_address,
+        api_connections = api.per_listener,
+        "connection limits"
+    );
+    (data, api)
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -323,9 +375,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         println!("gust:   export GUST_TOKEN={token}");
     }
 
+    let (data_connections, api_connections) = connection_limits(&args);
     let listen = gust_net::ListenConfig {
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
-        tls: tls.clone(),
+        tls,
+        max_header_bytes: args.max_header_bytes,
+        connections: api_connections,
+    };
+    let data_listen = gust_net::ListenConfig {
+        connections: data_connections,
+        ..listen.clone()
     };
     let api_server = tokio::spawn(gust_api::serve(
         api_listener,
@@ -334,7 +393,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         stopped(stop_rx.clone()),
     ));
     gateway
-        .serve(data_listener, tls, stopped(stop_rx))
+        .serve(data_listener, data_listen, stopped(stop_rx))
         .await
         .context("the data plane failed")?;
     let _ = tokio::time::timeout(Duration::from_secs(5), api_server).await;

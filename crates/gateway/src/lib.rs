@@ -295,13 +295,9 @@ impl Gateway {
     pub async fn serve(
         self,
         listener: TcpListener,
-        tls: Option<gust_net::Tls>,
+        config: gust_net::ListenConfig,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let config = gust_net::ListenConfig {
-            header_read_timeout: self.shared.config.header_read_timeout,
-            tls,
-        };
         let shared = self.shared.clone();
         let make_service = move || {
             let shared = shared.clone();
