@@ -980,7 +980,10 @@ async fn deploy_version(
         .await?;
     let started = Instant::now();
     let digest = digest_of(&bytes);
-    let prepared = state.runtime.prepare(&digest, bytes.clone()).await?;
+    let prepared = state
+        .runtime
+        .prepare_for(caller.tenant.as_str(), &digest, bytes.clone())
+        .await?;
     prepared.check_fits(limits.memory_bytes)?;
     let prepare_ms = started.elapsed().as_millis() as u64;
     let size = bytes.len() as u64;

@@ -170,3 +170,275 @@ impl Compiler {
         ))
     }
 }
+
+/// Compilations running at once on the node, at most (each may use its whole budget).
+pub const MAX_COMPILING: usize = 2;
+/// Compilations running at once for one tenant, at most.
+pub const MAX_COMPILING_PER_TENANT: usize = 1;
+
+/// Who compiles next: waiting compilations queued per tenant and served
+/// round-robin between the tenants waiting, at most `node_limit` running
+/// in all and `tenant_limit` per tenant. Pure bookkeeping; `W` is the
+/// caller's waiter.
+///
+/// So one tenant's many slow uploads take at most its own share of the
+/// compile slots, and another tenant's deploy waits for at most one
+/// compilation per tenant ahead of it, not for the whole backlog.
+#[derive(Debug)]
+pub(crate) struct FairQueue<W> {
+    node_limit: usize,
+    tenant_limit: usize,
+    running: usize,
+    running_by_tenant: std::collections::HashMap<String, usize>,
+    waiting: std::collections::HashMap<String, std::collections::VecDeque<W>>,
+    /// Tenants with waiters, in the order they are served next.
+    turns: std::collections::VecDeque<String>,
+}
+
+impl<W> FairQueue<W> {
+    pub fn new(node_limit: usize, tenant_limit: usize) -> Self {
+        Self {
+            node_limit: node_limit.max(1),
+            tenant_limit: tenant_limit.max(1),
+            running: 0,
+            running_by_tenant: Default::default(),
+            waiting: Default::default(),
+            turns: Default::default(),
+        }
+    }
+
+    /// `tenant` wants to compile; it waits behind its own earlier requests.
+    pub fn push(&mut self, tenant: &str, waiter: W) {
+        let queue = self.waiting.entry(tenant.to_string()).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(tenant.to_string());
+        }
+        queue.push_back(waiter);
+    }
+
+    /// The waiters that may start now (each counted as running until
+    /// [`FairQueue::finished`] is called for its tenant).
+    pub fn start(&mut self) -> Vec<(String, W)> {
+        let mut started = Vec::new();
+        while self.running < self.node_limit {
+            // The first tenant in turn that is under its own limit.
+            let Some(at) = self.turns.iter().position(|tenant| {
+                self.running_by_tenant.get(tenant).copied().unwrap_or(0) < self.tenant_limit
+            }) else {
+                break;
+            };
+            let Some(tenant) = self.turns.remove(at) else {
+                break;
+            };
+            let Some(queue) = self.waiting.get_mut(&tenant) else {
+                continue;
+            };
+            let Some(waiter) = queue.pop_front() else {
+                self.waiting.remove(&tenant);
+                continue;
+            };
+            if queue.is_empty() {
+                self.waiting.remove(&tenant);
+            } else {
+                // Served: to the back of the line.
+                self.turns.push_back(tenant.clone());
+            }
+            self.running += 1;
+            *self.running_by_tenant.entry(tenant.clone()).or_insert(0) += 1;
+            started.push((tenant, waiter));
+        }
+        started
+    }
+
+    /// A compilation of `tenant`'s ended (or was given up before it began).
+    pub fn finished(&mut self, tenant: &str) {
+        if let Some(n) = self.running_by_tenant.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                self.running_by_tenant.remove(tenant);
+            }
+            self.running = self.running.saturating_sub(1);
+        }
+    }
+
+    /// Compilations waiting, in all.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.waiting
+            .values()
+            .map(std::collections::VecDeque::len)
+            .sum()
+    }
+}
+
+type Waiter = tokio::sync::oneshot::Sender<CompileTurn>;
+
+/// The node's compile queue ([`FairQueue`] over async waiters).
+#[derive(Clone)]
+pub struct CompileQueue {
+    queue: std::sync::Arc<std::sync::Mutex<FairQueue<Waiter>>>,
+}
+
+impl std::fmt::Debug for CompileQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompileQueue")
+    }
+}
+
+/// A compile slot, held while compiling; dropping it lets the next one start.
+#[must_use]
+pub struct CompileTurn {
+    queue: std::sync::Arc<std::sync::Mutex<FairQueue<Waiter>>>,
+    tenant: String,
+}
+
+fn lock_queue(
+    queue: &std::sync::Mutex<FairQueue<Waiter>>,
+) -> std::sync::MutexGuard<'_, FairQueue<Waiter>> {
+    queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl CompileQueue {
+    pub fn new(node_limit: usize, tenant_limit: usize) -> Self {
+        Self {
+            queue: std::sync::Arc::new(std::sync::Mutex::new(FairQueue::new(
+                node_limit,
+                tenant_limit,
+            ))),
+        }
+    }
+
+    /// Waits for `tenant`'s turn to compile.
+    pub async fn turn(&self, tenant: &str) -> Result<CompileTurn, DeployError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let started = {
+            let mut queue = lock_queue(&self.queue);
+            queue.push(tenant, tx);
+            queue.start()
+        };
+        hand_out(&self.queue, started);
+        rx.await
+            .map_err(|_| DeployError::Storage("the runtime is shutting down".into()))
+    }
+}
+
+/// Gives each started waiter its turn, outside the lock. A waiter that went
+/// away (its deploy was dropped) gives its turn back at once (the turn's drop).
+fn hand_out(
+    queue: &std::sync::Arc<std::sync::Mutex<FairQueue<Waiter>>>,
+    started: Vec<(String, Waiter)>,
+) {
+    for (tenant, waiter) in started {
+        let turn = CompileTurn {
+            queue: queue.clone(),
+            tenant,
+        };
+        let _ = waiter.send(turn);
+    }
+}
+
+impl Drop for CompileTurn {
+    fn drop(&mut self) {
+        let started = {
+            let mut queue = lock_queue(&self.queue);
+            queue.finished(&self.tenant);
+            queue.start()
+        };
+        hand_out(&self.queue, started);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn names(started: Vec<(String, u32)>) -> Vec<String> {
+        started
+            .into_iter()
+            .map(|(t, w)| format!("{t}{w}"))
+            .collect()
+    }
+
+    #[test]
+    fn one_tenants_backlog_does_not_hold_back_another() {
+        let mut queue = FairQueue::new(2, 1);
+        for n in 1..=6 {
+            queue.push("a", n);
+        }
+        // One slot for `a`'s first upload; its others wait for its own slot.
+        assert_eq!(names(queue.start()), ["a1"]);
+        queue.push("b", 1);
+        assert_eq!(names(queue.start()), ["b1"], "b starts at once");
+        assert!(queue.start().is_empty(), "the node's two slots are taken");
+        queue.finished("a");
+        assert_eq!(names(queue.start()), ["a2"]);
+        assert_eq!(queue.waiting(), 4);
+    }
+
+    #[test]
+    fn tenants_waiting_are_served_in_turn() {
+        let mut queue = FairQueue::new(1, 1);
+        for n in 1..=3 {
+            queue.push("a", n);
+        }
+        queue.push("b", 1);
+        queue.push("b", 2);
+        queue.push("c", 1);
+        let mut order = names(queue.start());
+        while queue.waiting() > 0 {
+            let last = order.last().unwrap().chars().next().unwrap().to_string();
+            queue.finished(&last);
+            order.extend(names(queue.start()));
+        }
+        assert_eq!(order, ["a1", "b1", "c1", "a2", "b2", "a3"]);
+    }
+
+    #[test]
+    fn the_per_tenant_limit_and_the_node_limit_both_hold() {
+        let mut queue = FairQueue::new(3, 2);
+        for n in 1..=4 {
+            queue.push("a", n);
+        }
+        assert_eq!(names(queue.start()), ["a1", "a2"], "two for one tenant");
+        queue.push("b", 1);
+        queue.push("b", 2);
+        assert_eq!(names(queue.start()), ["b1"], "three on the node");
+        queue.finished("b");
+        // `a` is at its own limit; `b`'s next one goes first.
+        assert_eq!(names(queue.start()), ["b2"]);
+        queue.finished("a");
+        queue.finished("a");
+        assert_eq!(names(queue.start()), ["a3", "a4"]);
+        queue.finished("nobody");
+        assert!(queue.start().is_empty(), "an unknown tenant frees nothing");
+    }
+
+    #[tokio::test]
+    async fn a_turn_given_up_or_never_taken_frees_its_slot() {
+        let queue = CompileQueue::new(1, 1);
+        let first = queue.turn("a").await.unwrap();
+        // A deploy that gave up while waiting.
+        let abandoned = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.turn("b").await.map(drop) })
+        };
+        tokio::task::yield_now().await;
+        abandoned.abort();
+        let _ = abandoned.await;
+        let next = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.turn("c").await.map(drop) })
+        };
+        drop(first);
+        tokio::time::timeout(std::time::Duration::from_secs(5), next)
+            .await
+            .expect("c got its turn after b's was given back")
+            .unwrap()
+            .unwrap();
+        let again = tokio::time::timeout(std::time::Duration::from_secs(5), queue.turn("a")).await;
+        assert!(again.is_ok(), "every slot came back");
+    }
+}

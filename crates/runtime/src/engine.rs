@@ -109,8 +109,8 @@ pub(crate) struct Inner {
     /// routes, running invocations): dropped by the last of them.
     prepared: Mutex<HashMap<String, Weak<Prepared>>>,
     compiler: Option<crate::Compiler>,
-    /// Compilations running at once, at most (each may use its whole budget).
-    compiling: tokio::sync::Semaphore,
+    /// Who compiles next: fair between tenants, bounded per tenant and in all.
+    compiling: crate::compile::CompileQueue,
     pub counters: Counters,
     /// Guests' outbound requests open, per tenant (see `host/outbound.rs`).
     pub outbound: Arc<crate::host::OutboundSlots>,
@@ -160,7 +160,10 @@ impl Runtime {
                 artifacts,
                 prepared: Mutex::new(HashMap::new()),
                 compiler: config.compiler.clone(),
-                compiling: tokio::sync::Semaphore::new(MAX_COMPILING),
+                compiling: crate::compile::CompileQueue::new(
+                    crate::compile::MAX_COMPILING,
+                    crate::compile::MAX_COMPILING_PER_TENANT,
+                ),
                 counters: Counters::default(),
                 outbound: Arc::new(crate::host::OutboundSlots::new(
                     crate::host::PER_INVOCATION,
@@ -189,16 +192,23 @@ impl Runtime {
     /// artifact on disk, and keeps it ready for invocations. Compiles only
     /// when no artifact for this digest and engine exists yet.
     pub async fn prepare(&self, digest: &str, bytes: Bytes) -> Result<Arc<Prepared>, DeployError> {
+        self.prepare_for("", digest, bytes).await
+    }
+
+    /// [`Runtime::prepare`] for `tenant`'s deploy: its compilation waits in
+    /// the tenant's own queue, served in turn with other tenants' (the
+    /// node's own recompilations, through `prepare`, count as one more).
+    pub async fn prepare_for(
+        &self,
+        tenant: &str,
+        digest: &str,
+        bytes: Bytes,
+    ) -> Result<Arc<Prepared>, DeployError> {
         Self::check_header(&bytes)?;
         if let Ok(Some(prepared)) = self.load(digest).await {
             return Ok(prepared);
         }
-        let _turn = self
-            .inner
-            .compiling
-            .acquire()
-            .await
-            .map_err(|_| DeployError::Storage("the runtime is shutting down".into()))?;
+        let _turn = self.inner.compiling.turn(tenant).await?;
         let started = Instant::now();
         let artifact = match &self.inner.compiler {
             Some(compiler) => compiler.compile(bytes).await?,
@@ -363,9 +373,6 @@ fn link_http(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     http::types::add_to_linker::<_, WasiHttp>(linker, &(&options).into(), Host::http)?;
     Ok(())
 }
-
-/// Compilations that may run at once.
-const MAX_COMPILING: usize = 2;
 
 /// The engine settings that decide compiled code: shared by the server and
 /// its compile workers, so a worker's artifact loads in the server.
