@@ -15,6 +15,8 @@
 //! | `/body` | reads the whole body, answers its size |
 //! | `/fetch?url=U` | sends GET U through outgoing `wasi:http`, answers the status or the error |
 //! | `/call?url=U` | the same, answering `status N: <body>` (`http://gust.internal/<fn>/…` calls a function) |
+//! | `/fanout?url=U&n=N` | sends N GETs to U at once (all before awaiting any), answers `ok=A limit=B other=C` (B: `connection-limit-reached`) |
+//! | `/follow?url=U&hops=N` | GETs U and follows `Location` up to N times, one line per hop: `URL -> status S` or `URL -> error E` |
 //! | `/recurse?depth=N` | recurses N calls deep (past the stack: a trap) |
 //! | `/escape` | prints terminal escape sequences to stdout |
 //! | `/state` | bumps a global counter and answers it: always `1` in a fresh instance |
@@ -129,6 +131,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
             }
             "/fetch" => fetch(&param("url").unwrap_or_default(), false),
             "/call" => fetch(&param("url").unwrap_or_default(), true),
+            "/fanout" => fanout(&param("url").unwrap_or_default(), number("n")),
+            "/follow" => follow(&param("url").unwrap_or_default(), number("hops")),
             "/recurse" => format!("depth {}", recurse(number("depth"))),
             "/escape" => {
                 println!("\x1b[2J\x1b]0;owned\x07cleared");
@@ -348,7 +352,8 @@ fn spin() -> ! {
     }
 }
 
-fn fetch(url: &str, with_body: bool) -> String {
+/// A GET of `url` (`http://` when it names no scheme).
+fn get_request(url: &str) -> OutgoingRequest {
     let (scheme, rest) = match url.split_once("://") {
         Some(("https", rest)) => (Scheme::Https, rest),
         Some((_, rest)) => (Scheme::Http, rest),
@@ -362,6 +367,70 @@ fn fetch(url: &str, with_body: bool) -> String {
     let _ = request.set_scheme(Some(&scheme));
     let _ = request.set_authority(Some(authority));
     let _ = request.set_path_with_query(Some(path));
+    request
+}
+
+/// Sends `n` GETs of `url` before awaiting any answer, so that all are
+/// open at once; counts how they ended.
+fn fanout(url: &str, n: u64) -> String {
+    use wasip2::http::types::ErrorCode;
+    let (mut ok, mut limit, mut other) = (0, 0, 0);
+    let mut pending = Vec::new();
+    for _ in 0..n {
+        match outgoing_handler::handle(get_request(url), None) {
+            Ok(future) => pending.push(future),
+            Err(ErrorCode::ConnectionLimitReached) => limit += 1,
+            Err(_) => other += 1,
+        }
+    }
+    for future in &pending {
+        future.subscribe().block();
+        match future.get() {
+            Some(Ok(Ok(_))) => ok += 1,
+            Some(Ok(Err(ErrorCode::ConnectionLimitReached))) => limit += 1,
+            _ => other += 1,
+        }
+    }
+    format!("ok={ok} limit={limit} other={other}")
+}
+
+/// GETs `url`, then where each `Location` points, `hops` times at most:
+/// redirects are not followed by the host, each hop is a request of its own.
+fn follow(url: &str, hops: u64) -> String {
+    let mut lines = Vec::new();
+    let mut next = url.to_string();
+    for _ in 0..=hops {
+        let outcome = match outgoing_handler::handle(get_request(&next), None) {
+            Ok(future) => {
+                future.subscribe().block();
+                future.get()
+            }
+            Err(e) => Some(Ok(Err(e))),
+        };
+        match outcome {
+            Some(Ok(Ok(response))) => {
+                lines.push(format!("{next} -> status {}", response.status()));
+                let location = response.headers().get("location");
+                match location.first() {
+                    Some(to) => next = String::from_utf8_lossy(to).into_owned(),
+                    None => break,
+                }
+            }
+            Some(Ok(Err(e))) => {
+                lines.push(format!("{next} -> error {e:?}"));
+                break;
+            }
+            _ => {
+                lines.push(format!("{next} -> error no response"));
+                break;
+            }
+        }
+    }
+    lines.join("\n")
+}
+
+fn fetch(url: &str, with_body: bool) -> String {
+    let request = get_request(url);
     match outgoing_handler::handle(request, None) {
         Ok(future) => {
             let pollable = future.subscribe();

@@ -125,7 +125,12 @@ async fn outbound_http_is_denied_unless_allowed() {
     let (_, body) = server.get(&target.replace("/closed/", "/star/")).await;
     assert!(body.contains("HttpRequestDenied"), "{body}");
 
-    server.deploy("open", &guests().testbed, &["--allow-host", "127.0.0.1"]);
+    // Only an explicit grant by an admin reaches this machine.
+    server.deploy(
+        "open",
+        &guests().testbed,
+        &["--allow-internal-host", "127.0.0.1"],
+    );
     let (status, body) = server.get(&target.replace("/closed/", "/open/")).await;
     assert_eq!(status, 200);
     assert_eq!(body, "status 200");

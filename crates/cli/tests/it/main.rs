@@ -17,5 +17,6 @@ mod limits;
 mod metering;
 mod projects;
 mod scaling;
+mod ssrf;
 mod tenants;
 mod tls;
