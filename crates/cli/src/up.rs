@@ -122,6 +122,19 @@ pub struct UpArgs {
     /// (ms): higher, fewer cold starts; lower, less memory.
     #[arg(long, default_value_t = 720_000)]
     learned_cold_start_weight_ms: u64,
+    /// Bytes of invocation logs one function may write per second, on
+    /// average; past it (and its burst) log records are dropped and counted.
+    #[arg(long, default_value_t = 64 << 10)]
+    log_rate_bytes: u64,
+    /// Bytes of logs one function may write at once above its rate.
+    #[arg(long, default_value_t = 1 << 20)]
+    log_burst_bytes: u64,
+    /// Bytes of logs kept per function; the oldest go first.
+    #[arg(long, default_value_t = 16 << 20)]
+    log_max_bytes: u64,
+    /// Seconds invocation logs are kept (default 7 days).
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    log_max_age_secs: u64,
 }
 
 /// The node's limit on running instances: its pool slots, within three
@@ -283,6 +296,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                     ..Default::default()
                 },
                 ..Default::default()
+            },
+        },
+        logs: gust_gateway::LogConfig {
+            rate_bytes_per_second: args.log_rate_bytes,
+            burst_bytes: args.log_burst_bytes,
+            limits: gust_store::LogLimits {
+                max_bytes: args.log_max_bytes,
+                max_age_ms: args.log_max_age_secs.saturating_mul(1000),
             },
         },
     };
@@ -541,7 +562,7 @@ fn render_metrics(
     metric(
         "gust_logs_dropped_total",
         "counter",
-        "Invocation log records dropped because the writer fell behind.",
+        "Invocation log records dropped: over their function's log rate, or the writer fell behind.",
         &[("", g.logs_dropped)],
     );
     metric(

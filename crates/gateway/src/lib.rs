@@ -20,6 +20,8 @@ mod logs;
 mod metering;
 pub mod scaling;
 
+pub use logs::LogConfig;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -74,6 +76,8 @@ pub struct GatewayConfig {
     pub auth: bool,
     /// Scale to zero, pre-warming and provisioning.
     pub scale: scaling::ScaleConfig,
+    /// Invocation logs: each function's rate, and what its stream keeps.
+    pub logs: LogConfig,
 }
 
 impl Default for GatewayConfig {
@@ -86,6 +90,7 @@ impl Default for GatewayConfig {
             max_event_bytes: 1 << 20,
             auth: true,
             scale: scaling::ScaleConfig::default(),
+            logs: LogConfig::default(),
         }
     }
 }
@@ -201,7 +206,7 @@ impl Gateway {
             blobs.clone(),
         ));
         let close = Arc::new(tokio::sync::Notify::new());
-        let (logs, task) = LogSink::start(log_store, close.clone());
+        let (logs, task) = LogSink::start(log_store, close.clone(), config.logs);
         let gateway = Self {
             shared: Arc::new(Shared {
                 catalog,

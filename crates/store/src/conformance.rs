@@ -234,6 +234,90 @@ pub async fn logs(logs: &dyn LogStore) {
     assert_eq!(heads, [("s1".to_string(), 4)]);
 }
 
+/// Log streams held to their limits: by bytes (the oldest records go) and
+/// by age (to the minute), in the write that appends and by `prune`.
+pub async fn log_limits(logs: &dyn LogStore) {
+    use crate::LogLimits;
+    const MIN: u64 = 60_000;
+    let day = 24 * 60 * MIN;
+    let limits = LogLimits {
+        max_bytes: 10,
+        max_age_ms: day,
+    };
+    let t0 = 1_000 * day;
+    let four = |stream: &str, tag: &str| -> Vec<(String, Bytes)> {
+        (0..4)
+            .map(|i| (stream.to_string(), b(&format!("{tag}{i}"))))
+            .collect()
+    };
+    // 8 bytes fit; 16 do not: the oldest go until 10 or fewer are left.
+    logs.append_within(four("big", "a"), limits, t0)
+        .await
+        .unwrap();
+    assert_eq!(logs.stream_bytes("big").await.unwrap(), 8);
+    logs.append_within(four("big", "b"), limits, t0)
+        .await
+        .unwrap();
+    let kept = logs.read("big", 0, 100).await.unwrap();
+    assert_eq!(
+        kept,
+        [
+            (4, b("a3")),
+            (5, b("b0")),
+            (6, b("b1")),
+            (7, b("b2")),
+            (8, b("b3"))
+        ]
+    );
+    assert_eq!(logs.stream_bytes("big").await.unwrap(), 10);
+    // Other streams are untouched by one's limit.
+    logs.append_within(four("other", "c"), limits, t0)
+        .await
+        .unwrap();
+    assert_eq!(logs.read("other", 0, 100).await.unwrap().len(), 4);
+
+    // By age: what was appended more than `max_age_ms` ago goes, at the
+    // next write to its stream or at `prune`.
+    let roomy = LogLimits {
+        max_bytes: 1 << 20,
+        max_age_ms: day,
+    };
+    logs.append_within(four("aged", "d"), roomy, t0)
+        .await
+        .unwrap();
+    logs.append_within(four("aged", "e"), roomy, t0 + day / 2)
+        .await
+        .unwrap();
+    assert_eq!(logs.read("aged", 0, 100).await.unwrap().len(), 8);
+    assert_eq!(logs.prune(roomy, t0 + day - MIN).await.unwrap(), 0);
+    logs.append_within(vec![("aged".into(), b("f0"))], roomy, t0 + day + 2 * MIN)
+        .await
+        .unwrap();
+    let kept: Vec<u64> = logs
+        .read("aged", 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect();
+    assert_eq!(kept, [5, 6, 7, 8, 9], "the first day's four are gone");
+    // `prune` ages every stream, also those no longer written.
+    let dropped = logs.prune(roomy, t0 + 3 * day).await.unwrap();
+    assert!(dropped >= 5 + 4, "{dropped}");
+    assert!(logs.read("aged", 0, 100).await.unwrap().is_empty());
+    assert!(logs.read("other", 0, 100).await.unwrap().is_empty());
+    assert_eq!(logs.stream_bytes("aged").await.unwrap(), 0);
+    // Numbers go on after pruning.
+    let heads = logs
+        .append_within(vec![("aged".into(), b("g"))], roomy, t0 + 3 * day)
+        .await
+        .unwrap();
+    assert_eq!(heads, [("aged".to_string(), 10)]);
+    // A deleted stream's bytes are forgotten.
+    logs.delete_stream("big").await.unwrap();
+    assert_eq!(logs.stream_bytes("big").await.unwrap(), 0);
+}
+
 fn version(digest: &str, size_bytes: u64) -> NewVersion {
     NewVersion {
         digest: digest.to_string(),

@@ -40,7 +40,7 @@ use tokio::sync::{broadcast, oneshot};
 use crate::{
     Allowance, BlobStore, Claimed, DataChange, DataStore, DataUsage, DataWrite, Entry, KeyInfo,
     KvEvent, KvStore, LedgerCommit, LedgerEntry, LedgerRecord, LedgerRecords, LedgerStore,
-    LogStore, QueueStore, StoreError, Watch, WatchStream, digest_of,
+    LogLimits, LogStore, QueueStore, StoreError, Watch, WatchStream, digest_of,
 };
 
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -48,6 +48,12 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
 const LOG_HEADS: TableDefinition<&str, u64> = TableDefinition::new("log_heads");
+/// stream → bytes of the records it holds.
+const LOG_BYTES: TableDefinition<&str, u64> = TableDefinition::new("log_bytes");
+/// (stream, minute of the wall clock) → the first sequence number appended
+/// in that minute: what ages records out without a time in each.
+const LOG_MINUTES: TableDefinition<(&str, u64), u64> = TableDefinition::new("log_minutes");
+const MINUTE_MS: u64 = 60_000;
 /// (queue, seq) → (not_before_ms, state, payload); `state` holds the
 /// attempts so far and the flags [`CLAIMED`] and [`GROUPED`], so claiming
 /// and acknowledging touch no other table for the common case.
@@ -214,6 +220,8 @@ impl EmbeddedStore {
             txn.open_table(BLOBS).map_err(backend)?;
             txn.open_table(LOGS).map_err(backend)?;
             txn.open_table(LOG_HEADS).map_err(backend)?;
+            txn.open_table(LOG_BYTES).map_err(backend)?;
+            txn.open_table(LOG_MINUTES).map_err(backend)?;
             txn.open_table(QUEUE).map_err(backend)?;
             txn.open_table(QUEUE_DUE).map_err(backend)?;
             txn.open_table(QUEUE_HEADS).map_err(backend)?;
@@ -691,32 +699,55 @@ impl LogStore for EmbeddedStore {
         &self,
         records: Vec<(String, Bytes)>,
     ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.write(move |txn, _| append_logs(txn, &records, wall_ms()))
+            .await
+    }
+
+    async fn append_within(
+        &self,
+        records: Vec<(String, Bytes)>,
+        limits: LogLimits,
+        now_ms: u64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
         self.write(move |txn, _| {
-            let mut heads: Vec<(String, u64)> = Vec::new();
-            let mut logs = txn.open_table(LOGS).map_err(backend)?;
-            let mut head_table = txn.open_table(LOG_HEADS).map_err(backend)?;
-            for (stream, bytes) in &records {
-                let seq = match heads.iter_mut().find(|(s, _)| s == stream) {
-                    Some((_, seq)) => {
-                        *seq += 1;
-                        *seq
-                    }
-                    None => {
-                        let last = head_table
-                            .get(stream.as_str())
-                            .map_err(backend)?
-                            .map_or(0, |v| v.value());
-                        heads.push((stream.clone(), last + 1));
-                        last + 1
-                    }
-                };
-                logs.insert((stream.as_str(), seq), bytes.as_ref())
-                    .map_err(backend)?;
-            }
-            for (stream, seq) in &heads {
-                head_table.insert(stream.as_str(), *seq).map_err(backend)?;
+            let heads = append_logs(txn, &records, now_ms)?;
+            for (stream, _) in &heads {
+                prune_log(txn, stream, limits, now_ms)?;
             }
             Ok(heads)
+        })
+        .await
+    }
+
+    async fn prune(&self, limits: LogLimits, now_ms: u64) -> Result<u64, StoreError> {
+        self.write(move |txn, _| {
+            let streams = {
+                let sizes = txn.open_table(LOG_BYTES).map_err(backend)?;
+                let mut streams = Vec::new();
+                for item in sizes.iter().map_err(backend)? {
+                    let (stream, _) = item.map_err(backend)?;
+                    streams.push(stream.value().to_string());
+                }
+                streams
+            };
+            let mut dropped = 0;
+            for stream in &streams {
+                dropped += prune_log(txn, stream, limits, now_ms)?;
+            }
+            Ok(dropped)
+        })
+        .await
+    }
+
+    async fn stream_bytes(&self, stream: &str) -> Result<u64, StoreError> {
+        let stream = stream.to_string();
+        EmbeddedStore::read(self, move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let sizes = txn.open_table(LOG_BYTES).map_err(backend)?;
+            Ok(sizes
+                .get(stream.as_str())
+                .map_err(backend)?
+                .map_or(0, |v| v.value()))
         })
         .await
     }
@@ -755,11 +786,162 @@ impl LogStore for EmbeddedStore {
                 |_, _| false,
             )
             .map_err(backend)?;
+            let mut minutes = txn.open_table(LOG_MINUTES).map_err(backend)?;
+            minutes
+                .retain_in(
+                    (stream.as_str(), 0)..=(stream.as_str(), u64::MAX),
+                    |_, _| false,
+                )
+                .map_err(backend)?;
+            txn.open_table(LOG_BYTES)
+                .map_err(backend)?
+                .remove(stream.as_str())
+                .map_err(backend)?;
             // Keep the head so sequence numbers are never reused for this stream name.
             Ok(())
         })
         .await
     }
+}
+
+/// The wall clock in ms (stamps log records appended without a time).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Appends log records in `txn`, counting each stream's bytes and marking
+/// the minute (`now_ms`) its records were appended in.
+fn append_logs(
+    txn: &redb::WriteTransaction,
+    records: &[(String, Bytes)],
+    now_ms: u64,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    // stream → (first seq given now, last seq given now, bytes added)
+    let mut heads: Vec<(String, u64, u64, u64)> = Vec::new();
+    let mut logs = txn.open_table(LOGS).map_err(backend)?;
+    let mut head_table = txn.open_table(LOG_HEADS).map_err(backend)?;
+    for (stream, bytes) in records {
+        let seq = match heads.iter_mut().find(|(s, ..)| s == stream) {
+            Some((_, _, seq, added)) => {
+                *seq += 1;
+                *added += bytes.len() as u64;
+                *seq
+            }
+            None => {
+                let last = head_table
+                    .get(stream.as_str())
+                    .map_err(backend)?
+                    .map_or(0, |v| v.value());
+                heads.push((stream.clone(), last + 1, last + 1, bytes.len() as u64));
+                last + 1
+            }
+        };
+        logs.insert((stream.as_str(), seq), bytes.as_ref())
+            .map_err(backend)?;
+    }
+    let mut sizes = txn.open_table(LOG_BYTES).map_err(backend)?;
+    let mut minutes = txn.open_table(LOG_MINUTES).map_err(backend)?;
+    let minute = now_ms / MINUTE_MS;
+    for (stream, first, last, added) in &heads {
+        head_table.insert(stream.as_str(), *last).map_err(backend)?;
+        let held = sizes
+            .get(stream.as_str())
+            .map_err(backend)?
+            .map_or(0, |v| v.value());
+        sizes
+            .insert(stream.as_str(), held.saturating_add(*added))
+            .map_err(backend)?;
+        if minutes
+            .get((stream.as_str(), minute))
+            .map_err(backend)?
+            .is_none()
+        {
+            minutes
+                .insert((stream.as_str(), minute), *first)
+                .map_err(backend)?;
+        }
+    }
+    Ok(heads
+        .into_iter()
+        .map(|(stream, _, last, _)| (stream, last))
+        .collect())
+}
+
+/// Drops `stream`'s oldest records while it is over `limits`; returns how many.
+fn prune_log(
+    txn: &redb::WriteTransaction,
+    stream: &str,
+    limits: LogLimits,
+    now_ms: u64,
+) -> Result<u64, StoreError> {
+    let mut logs = txn.open_table(LOGS).map_err(backend)?;
+    let mut sizes = txn.open_table(LOG_BYTES).map_err(backend)?;
+    let mut minutes = txn.open_table(LOG_MINUTES).map_err(backend)?;
+    let mut held = sizes.get(stream).map_err(backend)?.map_or(0, |v| v.value());
+    let before = held;
+    let mut dropped = 0u64;
+    // By age: records appended in a minute wholly before the cutoff go.
+    let cutoff = now_ms.saturating_sub(limits.max_age_ms) / MINUTE_MS;
+    let oldest = minutes
+        .range((stream, 0)..=(stream, u64::MAX))
+        .map_err(backend)?
+        .next()
+        .transpose()
+        .map_err(backend)?
+        .map(|(k, _)| k.value().1);
+    if oldest.is_some_and(|minute| minute < cutoff) {
+        let keep_from = minutes
+            .range((stream, cutoff)..=(stream, u64::MAX))
+            .map_err(backend)?
+            .next()
+            .transpose()
+            .map_err(backend)?
+            .map_or(u64::MAX, |(_, seq)| seq.value());
+        logs.retain_in((stream, 0)..(stream, keep_from), |_, v| {
+            held = held.saturating_sub(v.len() as u64);
+            dropped += 1;
+            false
+        })
+        .map_err(backend)?;
+        minutes
+            .retain_in((stream, 0)..(stream, cutoff), |_, _| false)
+            .map_err(backend)?;
+    }
+    // By size: the oldest records go until the rest fits.
+    if held > limits.max_bytes {
+        let mut through = None;
+        for item in logs
+            .range((stream, 0)..=(stream, u64::MAX))
+            .map_err(backend)?
+        {
+            let (k, v) = item.map_err(backend)?;
+            held = held.saturating_sub(v.value().len() as u64);
+            dropped += 1;
+            through = Some(k.value().1);
+            if held <= limits.max_bytes {
+                break;
+            }
+        }
+        if let Some(through) = through {
+            logs.retain_in((stream, 0)..=(stream, through), |_, _| false)
+                .map_err(backend)?;
+        }
+    }
+    if held != before {
+        sizes.insert(stream, held).map_err(backend)?;
+    }
+    Ok(dropped)
+}
+
+/// The tables one data write touches.
+struct DataTables<'t> {
+    data: redb::Table<'t, &'static str, (u64, &'static [u8])>,
+    feed: redb::Table<'t, u64, (&'static str, bool, &'static [u8], u64)>,
+    revisions: redb::Table<'t, &'static str, u64>,
+    /// Where owners without a revision start.
+    floor: u64,
 }
 
 /// Applies one data write inside a transaction; the change it made, if any.
@@ -1841,6 +2023,7 @@ mod tests {
     async fn conformance_logs() {
         let (_dir, store) = open();
         crate::conformance::logs(&store).await;
+        crate::conformance::log_limits(&store).await;
     }
 
     fn entry(time_ms: u64, key: &str) -> LedgerEntry {

@@ -452,6 +452,41 @@ pub trait LogStore: Send + Sync {
     ) -> Result<Vec<(u64, Bytes)>, StoreError>;
     /// Drops a whole stream.
     async fn delete_stream(&self, stream: &str) -> Result<(), StoreError>;
+    /// Appends like [`LogStore::append`] and, in the same write, holds each
+    /// stream written to `limits`: its oldest records are dropped while it
+    /// is over them (as a JetStream stream's `max_bytes` and `max_age` do).
+    /// `now_ms` is the wall clock, which stamps the records.
+    async fn append_within(
+        &self,
+        records: Vec<(String, Bytes)>,
+        limits: LogLimits,
+        now_ms: u64,
+    ) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Holds every stream to `limits` (for the age limit, which records
+    /// reach without a write). Returns the records dropped.
+    async fn prune(&self, limits: LogLimits, now_ms: u64) -> Result<u64, StoreError>;
+    /// Bytes of records `stream` holds (appended through `append_within`
+    /// or `append`, and not yet dropped).
+    async fn stream_bytes(&self, stream: &str) -> Result<u64, StoreError>;
+}
+
+/// What a log stream keeps: its newest records, up to both limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    /// Bytes of records, at most.
+    pub max_bytes: u64,
+    /// Age of a record, at most (to the minute: a record may be kept up
+    /// to a minute longer).
+    pub max_age_ms: u64,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 16 << 20,
+            max_age_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
 }
 
 /// One message claimed from a [`QueueStore`].
