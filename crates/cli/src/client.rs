@@ -801,6 +801,10 @@ fn print_log(entry: &LogEntry, json: bool) -> anyhow::Result<()> {
         Outcome::Trapped { message } | Outcome::Failed { message } => {
             println!("{prefix} {}", output::sanitize(message))
         }
+        Outcome::Cancelled => println!(
+            "{prefix} cancelled after {} ms: the client went away",
+            r.duration_us / 1000
+        ),
     }
     Ok(())
 }

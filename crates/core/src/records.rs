@@ -177,6 +177,9 @@ pub enum Outcome {
     TimedOut,
     /// The guest could not be run, or failed without trapping.
     Failed { message: String },
+    /// Its client went away before the whole answer was sent: the instance
+    /// was dropped where it was.
+    Cancelled,
 }
 
 impl Outcome {

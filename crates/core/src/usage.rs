@@ -24,6 +24,13 @@ pub enum UsageOutcome {
     Rejected,
     /// The server stopped (killed, crashed) while it ran: found at start-up.
     Aborted,
+    /// Its client went away before the whole answer was sent, and the
+    /// instance was dropped then: charged for the time it ran.
+    Cancelled,
+    /// The response head was sent but its body did not finish (the guest
+    /// trapped, timed out or ran out of memory mid-body): the client saw
+    /// the connection end without the body's end.
+    Incomplete,
 }
 
 /// What started an invocation.

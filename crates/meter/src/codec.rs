@@ -30,13 +30,15 @@ pub enum DecodeError {
 }
 
 /// Every outcome, in the order of their codes (and of `/metrics` counts).
-pub(crate) const OUTCOMES: [UsageOutcome; 6] = [
+pub(crate) const OUTCOMES: [UsageOutcome; 8] = [
     UsageOutcome::Success,
     UsageOutcome::ErrorStatus,
     UsageOutcome::Trapped,
     UsageOutcome::TimedOut,
     UsageOutcome::Rejected,
     UsageOutcome::Aborted,
+    UsageOutcome::Cancelled,
+    UsageOutcome::Incomplete,
 ];
 
 fn outcome_code(outcome: UsageOutcome) -> u8 {
