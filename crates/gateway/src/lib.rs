@@ -454,15 +454,26 @@ async fn invoke(
                 .insert(VERSION_HEADER, HeaderValue::from(route.version));
             response
         });
-    if fault.too_large() {
-        return Err(GatewayError::BodyTooLarge {
-            limit: limits.max_body_bytes,
-        });
-    }
-    if fault.stalled() {
+    if fault.too_large() || fault.stalled() {
+        // The gateway answers for the guest. Its own answer is read and
+        // thrown away, so that it runs to its end: dropping the body would
+        // cancel it as if the client had gone.
+        if let Ok(response) = result {
+            tokio::spawn(discard(response.into_body()));
+        }
+        if fault.too_large() {
+            return Err(GatewayError::BodyTooLarge {
+                limit: limits.max_body_bytes,
+            });
+        }
         return Err(GatewayError::BodyStalled);
     }
     result
+}
+
+/// Reads a response body to its end (or its error) and drops what it carries.
+async fn discard(mut body: GatewayBody) {
+    while let Some(Ok(_)) = body.frame().await {}
 }
 
 /// A client's own key for sticky splits: the `gust-client` header, else

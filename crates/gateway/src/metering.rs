@@ -79,6 +79,8 @@ struct Parts {
     record: Option<UsageRecord>,
     /// How the runtime saw the instance end (`None` until its report).
     ran: Option<Ran>,
+    /// The response body failed before its end: the client got a cut-off answer.
+    cut: bool,
     left: u8,
 }
 
@@ -89,6 +91,8 @@ enum Ran {
     Trapped,
     TimedOut,
     Failed,
+    /// The client went away and the instance was dropped.
+    Cancelled,
 }
 
 impl Draft {
@@ -98,6 +102,7 @@ impl Draft {
             parts: Mutex::new(Parts {
                 record: Some(record),
                 ran: None,
+                cut: false,
                 left: 3,
             }),
         }
@@ -112,20 +117,13 @@ impl Draft {
             if parts.left > 0 {
                 return;
             }
-            let ran = parts.ran;
-            parts.record.take().map(|record| (record, ran))
+            let (ran, cut) = (parts.ran, parts.cut);
+            parts.record.take().map(|record| (record, ran, cut))
         };
-        let Some((mut record, ran)) = done else {
+        let Some((mut record, ran, cut)) = done else {
             return;
         };
-        record.outcome = match ran {
-            Some(Ran::TimedOut) => UsageOutcome::TimedOut,
-            Some(Ran::Trapped) => UsageOutcome::Trapped,
-            Some(Ran::Completed) if (100..400).contains(&record.status) => UsageOutcome::Success,
-            // A status the guest answered as an error, or one the gateway
-            // answered because the guest could not run.
-            Some(Ran::Completed | Ran::Failed) | None => UsageOutcome::ErrorStatus,
-        };
+        record.outcome = outcome(ran, cut, record.status);
         self.meter.record(record, true);
     }
 
@@ -137,6 +135,7 @@ impl Draft {
                 Outcome::Trapped { .. } => Ran::Trapped,
                 Outcome::TimedOut => Ran::TimedOut,
                 Outcome::Failed { .. } => Ran::Failed,
+                Outcome::Cancelled => Ran::Cancelled,
             });
             if let Some(record) = parts.record.as_mut() {
                 record.wall_ns = u64::try_from(report.duration.as_nanos()).unwrap_or(u64::MAX);
@@ -165,6 +164,33 @@ impl Draft {
                 record.response_bytes = bytes;
             }
         });
+    }
+
+    /// The response body failed after `bytes`: the answer is incomplete.
+    pub fn body_cut(&self, bytes: u64) {
+        self.part(|parts| {
+            parts.cut = true;
+            if let Some(record) = parts.record.as_mut() {
+                record.response_bytes = bytes;
+            }
+        });
+    }
+}
+
+/// A record's outcome from how the instance ended, whether the response
+/// body was cut off, and the status answered.
+fn outcome(ran: Option<Ran>, cut: bool, status: u16) -> UsageOutcome {
+    match ran {
+        // The client is gone, whatever the guest was doing.
+        Some(Ran::Cancelled) => UsageOutcome::Cancelled,
+        // The head went out, the body's end did not.
+        _ if cut => UsageOutcome::Incomplete,
+        Some(Ran::TimedOut) => UsageOutcome::TimedOut,
+        Some(Ran::Trapped) => UsageOutcome::Trapped,
+        Some(Ran::Completed) if (100..400).contains(&status) => UsageOutcome::Success,
+        // A status the guest answered as an error, or one the gateway
+        // answered because the guest could not run.
+        Some(Ran::Completed | Ran::Failed) | None => UsageOutcome::ErrorStatus,
     }
 }
 
@@ -215,6 +241,12 @@ impl Counted {
             draft.body_sent(self.bytes);
         }
     }
+
+    fn cut(&mut self) {
+        if let Some(draft) = self.draft.take() {
+            draft.body_cut(self.bytes);
+        }
+    }
 }
 
 impl Body for Counted {
@@ -235,7 +267,8 @@ impl Body for Counted {
                     self.finish();
                 }
             }
-            Poll::Ready(_) => self.finish(),
+            Poll::Ready(Some(Err(_))) => self.cut(),
+            Poll::Ready(None) => self.finish(),
             Poll::Pending => {}
         }
         polled
@@ -253,5 +286,47 @@ impl Body for Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_instance_is_recorded_as_cancelled_whatever_was_answered() {
+        for status in [200, 499, 500] {
+            for cut in [false, true] {
+                assert_eq!(
+                    outcome(Some(Ran::Cancelled), cut, status),
+                    UsageOutcome::Cancelled
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_cut_off_after_its_head_is_recorded_as_incomplete() {
+        for ran in [Ran::Trapped, Ran::TimedOut, Ran::Failed, Ran::Completed] {
+            assert_eq!(outcome(Some(ran), true, 200), UsageOutcome::Incomplete);
+        }
+        // Not cut: how the guest ended decides, as before.
+        assert_eq!(
+            outcome(Some(Ran::Trapped), false, 200),
+            UsageOutcome::Trapped
+        );
+        assert_eq!(
+            outcome(Some(Ran::TimedOut), false, 504),
+            UsageOutcome::TimedOut
+        );
+        assert_eq!(
+            outcome(Some(Ran::Completed), false, 200),
+            UsageOutcome::Success
+        );
+        assert_eq!(
+            outcome(Some(Ran::Completed), false, 404),
+            UsageOutcome::ErrorStatus
+        );
+        assert_eq!(outcome(None, false, 503), UsageOutcome::ErrorStatus);
     }
 }

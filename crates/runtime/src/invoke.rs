@@ -1,14 +1,18 @@
 //! One invocation: a fresh store and instance, the request in, the response
 //! out, limits enforced, and a report when the store is dropped.
 
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gust_core::{Limits, Outcome};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::UnsyncBoxBody;
+use tokio::sync::oneshot;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
@@ -129,6 +133,151 @@ enum Ending {
     Returned,
     TimedOut,
     Error(wasmtime::Error),
+    /// Its caller went away (see [`Cancel`]).
+    Cancelled,
+}
+
+/// The error a response body ends with when its guest stopped before
+/// finishing it (a trap, its timeout, its memory limit, or an `abort`):
+/// the server must then end the response so that the client sees it is
+/// incomplete (HTTP/1: the connection closes without the last chunk).
+#[derive(Debug, thiserror::Error)]
+#[error("the response was cut off: {0}")]
+pub struct ResponseCut(String);
+
+/// Cancels an invocation when dropped, unless disarmed first. `invoke`'s
+/// future holds it until the response head is known, then the response
+/// body until its end: whoever serves the client drops one of them when
+/// the client goes away, and the guest is stopped at its next yield (an
+/// epoch tick at most) and reported as cancelled.
+struct Cancel(Option<oneshot::Sender<()>>);
+
+impl Cancel {
+    /// The caller no longer stops the guest (the whole answer is out): the
+    /// sender goes without a message, which the task reads as "run on".
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        if let Some(sender) = self.0.take() {
+            let _ = sender.send(());
+        }
+    }
+}
+
+/// Polls `run` until it ends, or `None` as soon as `cancel` says so (a
+/// message; a sender dropped without one only stops the watching).
+async fn until_cancelled<F: Future>(
+    run: F,
+    mut cancel: oneshot::Receiver<()>,
+) -> Option<F::Output> {
+    let mut run = std::pin::pin!(run);
+    let mut watching = true;
+    std::future::poll_fn(move |cx| {
+        if watching {
+            match Pin::new(&mut cancel).poll(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(None),
+                Poll::Ready(Err(_)) => watching = false,
+                Poll::Pending => {}
+            }
+        }
+        run.as_mut().poll(cx).map(Some)
+    })
+    .await
+}
+
+/// A guest's response body as the runtime hands it out: it ends with
+/// [`ResponseCut`] rather than cleanly when the guest stopped abnormally
+/// before finishing it, and cancels the invocation when dropped before
+/// its end.
+struct GuestResponse {
+    inner: UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>,
+    /// Why the guest stopped, set before its store (which holds the body's
+    /// sending side) is dropped: so a body that ends finds it set.
+    failed: Arc<OnceLock<String>>,
+    cancel: Cancel,
+    /// Bytes still due by the response's `Content-Length`: the server
+    /// stops polling (and drops the body) once they are sent.
+    due: Option<u64>,
+    ended: bool,
+    /// The error the body ends with, held back one turn (see [`Self::hold`]).
+    held: Option<ResponseCut>,
+}
+
+impl GuestResponse {
+    /// Ends the body in `cut` at the next poll. A server that meets a
+    /// body's error drops what it has not written yet (the head, the part
+    /// the guest sent): the `Pending` turn lets it write that out first.
+    fn hold(
+        &mut self,
+        cx: &mut Context<'_>,
+        cut: ResponseCut,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.held = Some(cut);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Body for GuestResponse {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(cut) = this.held.take() {
+            this.ended = true;
+            return Poll::Ready(Some(Err(cut.into())));
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Some(due) = this.due.as_mut() {
+                        *due = due.saturating_sub(data.len() as u64);
+                        if *due == 0 {
+                            this.cancel.disarm();
+                        }
+                    }
+                } else {
+                    // Trailers: the last frame.
+                    this.cancel.disarm();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(code)) => this.hold(
+                cx,
+                ResponseCut(format!("the function aborted its body: {code:?}")),
+            ),
+            None => match this.failed.get() {
+                Some(reason) => {
+                    let cut = ResponseCut(reason.clone());
+                    this.hold(cx, cut)
+                }
+                None => {
+                    this.ended = true;
+                    this.cancel.disarm();
+                    Poll::Ready(None)
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Runtime {
@@ -208,7 +357,14 @@ impl Runtime {
             }
         });
 
-        let (response_tx, response_rx) = tokio::sync::oneshot::channel();
+        // Without a body to send, a dropped response is no sign that the
+        // client went away: nothing cancels the guest after its head.
+        let bodiless = request.method() == http::Method::HEAD;
+        let (response_tx, response_rx) = oneshot::channel();
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        let mut cancel = Cancel(Some(cancel_tx));
+        let failed = Arc::new(OnceLock::new());
+        let failed_in_task = failed.clone();
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
             let run = async {
@@ -237,10 +393,12 @@ impl Runtime {
                 inner: Box::pin(run),
                 total_ns: cpu.clone(),
             };
-            let ending = match tokio::time::timeout(timeout + 2 * EPOCH_TICK, run).await {
-                Ok(Ok(())) => Ending::Returned,
-                Ok(Err(e)) => Ending::Error(e),
-                Err(_) => Ending::TimedOut,
+            let run = tokio::time::timeout(timeout + 2 * EPOCH_TICK, run);
+            let ending = match until_cancelled(run, cancel_rx).await {
+                Some(Ok(Ok(()))) => Ending::Returned,
+                Some(Ok(Err(e))) => Ending::Error(e),
+                Some(Err(_)) => Ending::TimedOut,
+                None => Ending::Cancelled,
             };
             let host = store.data();
             let timed_out = host.timed_out || matches!(ending, Ending::TimedOut);
@@ -249,11 +407,20 @@ impl Runtime {
             let kv_operations = host.kv.operations;
             let outbound_requests = host.outbound.requests;
             let outbound_bytes = host.outbound.bytes.load(Ordering::Relaxed);
-            // Dropping the store drops the response sender if the guest never used it.
-            drop(store);
+            let cancelled = matches!(ending, Ending::Cancelled);
             let error = classify(ending, timed_out, exceeded, memory_limit, timeout);
+            if let Some(error) = &error {
+                let _ = failed_in_task.set(error.to_string());
+            } else if cancelled {
+                let _ = failed_in_task.set("the invocation was cancelled".to_string());
+            }
+            // Dropping the store drops the response sender if the guest
+            // never used it, and a response body's sender: the body ends
+            // then, and finds `failed` set if the guest did not finish.
+            drop(store);
             let captured = capture.take();
             let outcome = match &error {
+                None if cancelled => Outcome::Cancelled,
                 None => Outcome::Completed,
                 Some(InvokeError::TimedOut { .. }) => Outcome::TimedOut,
                 Some(e @ (InvokeError::Trapped(_) | InvokeError::MemoryExceeded { .. })) => {
@@ -280,13 +447,40 @@ impl Runtime {
             error
         });
 
+        // Dropped with this future (the caller went away), `cancel` stops the guest.
         match response_rx.await {
             Ok(Ok(response)) => {
-                Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
+                let status = response.status();
+                if bodiless || status.is_informational() || status == 204 || status == 304 {
+                    cancel.disarm();
+                }
+                let due = response
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if due == Some(0) {
+                    cancel.disarm();
+                }
+                Ok(response.map(|inner| {
+                    GuestResponse {
+                        inner,
+                        failed,
+                        cancel,
+                        due,
+                        ended: false,
+                        held: None,
+                    }
+                    .boxed_unsync()
+                }))
             }
-            Ok(Err(code)) => Err(InvokeError::Failed(format!(
-                "the function answered with an error: {code:?}"
-            ))),
+            Ok(Err(code)) => {
+                // Its answer is this error: the guest may finish its run.
+                cancel.disarm();
+                Err(InvokeError::Failed(format!(
+                    "the function answered with an error: {code:?}"
+                )))
+            }
             // The guest ended without answering: its task says why.
             Err(_) => match task.await {
                 Ok(Some(error)) => Err(error),
@@ -339,7 +533,7 @@ fn classify(
 ) -> Option<InvokeError> {
     let timeout_ms = timeout.as_millis() as u64;
     match ending {
-        Ending::Returned => None,
+        Ending::Returned | Ending::Cancelled => None,
         Ending::TimedOut => Some(InvokeError::TimedOut { timeout_ms }),
         Ending::Error(_) if timed_out => Some(InvokeError::TimedOut { timeout_ms }),
         Ending::Error(_) if memory_exceeded => Some(InvokeError::MemoryExceeded {
@@ -366,5 +560,102 @@ fn classify(
                 Some(InvokeError::Failed(e.to_string()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    type Inner = UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
+
+    fn full(text: &'static str) -> Inner {
+        http_body_util::Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+
+    fn body(inner: Inner, due: Option<u64>) -> (GuestResponse, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let body = GuestResponse {
+            inner,
+            failed: Arc::default(),
+            cancel: Cancel(Some(tx)),
+            due,
+            ended: false,
+            held: None,
+        };
+        (body, rx)
+    }
+
+    fn poll(body: &mut GuestResponse) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(body).poll_frame(&mut cx)
+    }
+
+    #[test]
+    fn a_body_whose_guest_stopped_early_ends_in_an_error_not_cleanly() {
+        let (mut cut, _rx) = body(full("half"), None);
+        cut.failed
+            .set("function timed out after 10 ms".into())
+            .unwrap();
+        assert!(matches!(poll(&mut cut), Poll::Ready(Some(Ok(_)))));
+        // One turn for the server to write out the head and the first part.
+        assert!(poll(&mut cut).is_pending());
+        let Poll::Ready(Some(Err(error))) = poll(&mut cut) else {
+            panic!("the end of a body the guest did not finish is an error");
+        };
+        assert!(error.downcast_ref::<ResponseCut>().is_some());
+        assert!(error.to_string().contains("timed out"), "{error}");
+        assert!(matches!(poll(&mut cut), Poll::Ready(None)));
+
+        let (mut whole, _rx) = body(full("all"), None);
+        assert!(matches!(poll(&mut whole), Poll::Ready(Some(Ok(_)))));
+        assert!(matches!(poll(&mut whole), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_body_dropped_before_its_end_cancels_the_guest() {
+        let (unread, mut rx) = body(full("never read"), None);
+        drop(unread);
+        assert_eq!(rx.try_recv(), Ok(()));
+
+        let (mut half, mut rx) = body(full("read"), Some(10));
+        assert!(matches!(poll(&mut half), Poll::Ready(Some(Ok(_)))));
+        drop(half);
+        assert_eq!(rx.try_recv(), Ok(()), "6 of its 10 bytes are still due");
+    }
+
+    #[test]
+    fn a_body_sent_to_its_end_lets_the_guest_finish() {
+        let (mut whole, mut rx) = body(full("all"), None);
+        assert!(matches!(poll(&mut whole), Poll::Ready(Some(Ok(_)))));
+        assert!(matches!(poll(&mut whole), Poll::Ready(None)));
+        drop(whole);
+        assert!(rx.try_recv().is_err(), "no cancellation after the end");
+
+        // With a length, the server stops polling once it is sent.
+        let (mut sized, mut rx) = body(full("0123456789"), Some(10));
+        assert!(matches!(poll(&mut sized), Poll::Ready(Some(Ok(_)))));
+        drop(sized);
+        assert!(rx.try_recv().is_err(), "all 10 bytes were sent");
+    }
+
+    #[test]
+    fn a_run_stops_when_cancelled_and_runs_on_when_its_watcher_is_gone() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let (tx, rx) = oneshot::channel();
+        let mut watched = std::pin::pin!(until_cancelled(std::future::pending::<()>(), rx));
+        assert!(watched.as_mut().poll(&mut cx).is_pending());
+        let mut cancel = Cancel(Some(tx));
+        drop(std::mem::replace(&mut cancel, Cancel(None)));
+        assert_eq!(watched.as_mut().poll(&mut cx), Poll::Ready(None));
+
+        let (tx, rx) = oneshot::channel();
+        let mut watched = std::pin::pin!(until_cancelled(std::future::ready(7), rx));
+        let mut disarmed = Cancel(Some(tx));
+        disarmed.disarm();
+        assert_eq!(watched.as_mut().poll(&mut cx), Poll::Ready(Some(7)));
     }
 }

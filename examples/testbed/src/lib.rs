@@ -6,6 +6,7 @@
 //! | `/` | answers `testbed ok` |
 //! | `/trap` | executes `unreachable` |
 //! | `/spin` | loops forever without yielding |
+//! | `/partial?then=T` | sends its head and `the first part, ` (no length), then traps (`T=trap`), loops past its timeout (`spin`) or grows past its memory limit (`grow`) |
 //! | `/grow?mb=N` | allocates and touches N MiB, answers `grew N` |
 //! | `/sleep?ms=N` | sleeps N ms, answers `slept N` |
 //! | `/busy?ms=N` | computes for N ms of wall time, asking the host's clock on every turn (no `ms`: forever, a loop through host calls) |
@@ -57,6 +58,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
         let text = match path {
             "/" => "testbed ok".to_string(),
             "/trap" => core::arch::wasm32::unreachable(),
+            "/partial" => return partial(response_out, &param("then").unwrap_or_default()),
             "/spin" => spin(),
             "/grow" => {
                 let mb = number("mb");
@@ -452,6 +454,25 @@ fn fetch(url: &str, with_body: bool) -> String {
             }
         }
         Err(e) => format!("error {e:?}"),
+    }
+}
+
+/// Answers 200 with a first piece of body, flushed, then fails as `then` says.
+fn partial(out: ResponseOutparam, then: &str) {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("body is taken once");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("stream is taken once");
+    let _ = stream.blocking_write_and_flush(b"the first part, ");
+    match then {
+        "spin" => spin(),
+        "grow" => {
+            let mut held = Vec::new();
+            loop {
+                held.push(std::hint::black_box(vec![1u8; 1 << 20]));
+            }
+        }
+        _ => core::arch::wasm32::unreachable(),
     }
 }
 

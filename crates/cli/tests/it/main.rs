@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abandoned;
 mod api_hardening;
 mod control;
 mod data_plane;

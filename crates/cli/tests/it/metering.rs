@@ -228,16 +228,10 @@ async fn a_client_that_goes_away_still_leaves_one_record() {
     assert_eq!(records.len(), 1, "{records:#?}");
     let record = records.values().next().unwrap();
     assert_eq!(record["status"], 499, "{record}");
-    // With nobody to take its response, the guest's own `set` fails (a
-    // trap in the testbed); either way it is not a success.
-    assert!(
-        record["outcome"] == "error_status" || record["outcome"] == "trapped",
-        "{record}"
-    );
-    assert!(
-        record["wall_ns"].as_u64().unwrap() >= 700_000_000,
-        "{record}"
-    );
+    // The guest is cancelled when its client goes: it runs ~200 ms, not 800.
+    assert_eq!(record["outcome"], "cancelled", "{record}");
+    let wall = record["wall_ns"].as_u64().unwrap();
+    assert!((150_000_000..700_000_000).contains(&wall), "{record}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
