@@ -60,6 +60,9 @@ pub struct ApiState {
     pub runtime: Runtime,
     /// Base URL of the data plane, e.g. `http://127.0.0.1:8080`.
     pub public_url: String,
+    /// The domain whose subdomains are tenants' own origins
+    /// (`--tenant-domain`): no function may claim a host under it.
+    pub tenant_domain: Option<String>,
     /// Largest component accepted by a deploy, in bytes.
     pub max_upload_bytes: usize,
     pub metrics: MetricsRenderer,
@@ -830,6 +833,12 @@ async fn delete_function(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Action::Write)?;
     let name = function_name(name)?;
+    let digests: Vec<String> = match state.registry.versions(&caller.tenant, &name).await {
+        Ok(versions) => versions.into_iter().map(|v| v.digest).collect(),
+        Err(gust_store::RegistryError::NoSuchFunction(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let uploading = state.registry.components_lock().await;
     let Some(revision) = state
         .registry
         .delete_function(&caller.tenant, &name)
@@ -839,6 +848,13 @@ async fn delete_function(
             "function `{name}` does not exist"
         )));
     };
+    // Its components and their compiled artifacts go with it, unless
+    // another function (of any tenant) runs the same bytes.
+    for digest in state.registry.unreferenced(&digests).await? {
+        state.runtime.forget_artifact(&digest);
+        state.blobs.delete(&digest).await?;
+    }
+    drop(uploading);
     state.until_live(revision).await;
     state
         .logs
@@ -952,6 +968,19 @@ async fn deploy_version(
     }
     .resolve()
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let memory_quota = state
+        .accounts
+        .quotas(&caller.tenant)
+        .unwrap_or_default()
+        .function_memory_bytes;
+    if limits.memory_bytes > memory_quota {
+        return Err(ApiError::QuotaExceeded(format!(
+            "quota `function_memory_bytes`: tenant `{}` may give a function at most {} MiB, not {} MiB; deploy with a smaller --memory-mb, or ask an admin to raise the quota",
+            caller.tenant,
+            memory_quota >> 20,
+            limits.memory_bytes >> 20
+        )));
+    }
     if let Some(reserved) = limits.reserved_concurrency {
         (state.reservations)(caller.tenant.as_str(), name.as_str(), reserved)
             .map_err(ApiError::Conflict)?;
@@ -987,6 +1016,8 @@ async fn deploy_version(
     prepared.check_fits(limits.memory_bytes)?;
     let prepare_ms = started.elapsed().as_millis() as u64;
     let size = bytes.len() as u64;
+    // Until the version record names it, a removal must not collect it.
+    let uploading = state.registry.components_lock().await;
     state.blobs.put(bytes).await?;
     if let Some(claims) = claims {
         take_claims(claims).await?;
@@ -1007,6 +1038,7 @@ async fn deploy_version(
             now_ms(),
         )
         .await?;
+    drop(uploading);
     state.until_live(revision).await;
     tracing::info!(function = %name, version = version.version, %digest, prepare_ms, "deployed");
     let mut info = state.version_info(version, Some(prepare_ms));

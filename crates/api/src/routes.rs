@@ -49,6 +49,16 @@ pub(crate) fn parse_claims<'a>(
                     "`{host}` is the data plane's own host: it serves every function by its path"
                 )));
             }
+            Some(host)
+                if state.tenant_domain.as_deref().is_some_and(|domain| {
+                    let domain = domain.trim_matches('.').to_ascii_lowercase();
+                    *host == domain || host.ends_with(&format!(".{domain}"))
+                }) =>
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "`{host}` is under the tenant domain, where each tenant's functions are served on its own origin; claim a host outside it"
+                )));
+            }
             None if tenant.as_str() != TenantId::default_tenant().as_str() => {
                 return Err(ApiError::BadRequest(format!(
                     "`{claim}` claims a path on every host, which is the `default` tenant's namespace; claim a host name (`example.com{}`)",

@@ -40,6 +40,16 @@ pub struct UpArgs {
     /// quarters of its available memory at 8 MiB per running instance).
     #[arg(long)]
     max_in_flight: Option<u32>,
+    /// Serve each tenant's functions on an origin of its own,
+    /// `<tenant>.DOMAIN/<name>/…` (point a wildcard DNS record at this
+    /// node), so no two tenants share cookies or storage in a browser.
+    #[arg(long, value_name = "DOMAIN")]
+    tenant_domain: Option<String>,
+    /// MiB that running instances may reserve at once (each its function's
+    /// memory limit) before new ones get 503. Default: three quarters of
+    /// the memory available at start.
+    #[arg(long)]
+    memory_budget_mb: Option<u64>,
     /// Seconds shutdown waits for in-flight requests.
     #[arg(long, default_value_t = 60)]
     drain_timeout: u64,
@@ -137,6 +147,27 @@ pub struct UpArgs {
     log_max_age_secs: u64,
 }
 
+/// The machine's available memory in bytes, if the kernel says.
+fn available_memory() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+}
+
+/// What running instances may reserve: three quarters of the available
+/// memory (4 GiB where it cannot be read).
+fn node_memory_budget(args: &UpArgs) -> u64 {
+    match args.memory_budget_mb {
+        Some(mb) => mb.max(1) << 20,
+        None => available_memory().map_or(4 << 30, |bytes| bytes / 4 * 3),
+    }
+}
+
 /// The node's limit on running instances: its pool slots, within three
 /// quarters of the memory available.
 fn node_instances(args: &UpArgs) -> u32 {
@@ -145,14 +176,7 @@ fn node_instances(args: &UpArgs) -> u32 {
     if let Some(n) = args.max_in_flight {
         return n.max(1);
     }
-    let available = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kib| kib * 1024);
+    let available = available_memory();
     let by_memory = available.map_or(POOL_SLOTS, |bytes| bytes / 4 * 3 / PER_INSTANCE);
     by_memory.clamp(16, POOL_SLOTS) as u32
 }
@@ -280,11 +304,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let gateway_config = GatewayConfig {
         max_in_flight: max_in_flight as usize,
+        memory_budget_bytes: node_memory_budget(&args),
         drain_timeout: Duration::from_secs(args.drain_timeout),
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
         body_idle_timeout: Duration::from_millis(args.body_idle_timeout_ms),
         max_event_bytes: args.max_event_bytes,
         auth: !args.dev,
+        tenant_domain: args.tenant_domain.clone(),
         scale: gust_gateway::scaling::ScaleConfig {
             tick: Duration::from_millis(args.scale_tick_ms.max(10)),
             node: gust_scheduler::NodeConfig {
@@ -366,6 +392,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         logs,
         runtime,
         public_url: format!("{scheme}://{data_addr}"),
+        tenant_domain: args.tenant_domain.clone(),
         max_upload_bytes: args.max_upload_bytes,
         metrics,
         events,

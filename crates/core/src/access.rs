@@ -111,6 +111,9 @@ pub struct Quotas {
     /// (`null`: none). At it, new invocations and event submissions get 429;
     /// what was accepted before is still delivered.
     pub monthly_budget_micros: Option<u64>,
+    /// The largest memory limit one of the tenant's functions may have,
+    /// in bytes (each running instance reserves it from the node).
+    pub function_memory_bytes: u64,
 }
 
 impl Default for Quotas {
@@ -127,6 +130,7 @@ impl Default for Quotas {
             kv_keys: 1_000_000,
             storage_bytes: 1 << 30,
             monthly_budget_micros: None,
+            function_memory_bytes: 1 << 30,
         }
     }
 }

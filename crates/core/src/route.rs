@@ -195,12 +195,9 @@ impl RouteClaim {
             }
             // Addresses and this machine's own names reach every tenant's
             // functions by path: no function may take them over.
-            let numeric = host
-                .split('.')
-                .all(|l| l.bytes().all(|b| b.is_ascii_digit()));
-            if numeric || host == "localhost" || host.ends_with(".localhost") {
+            if is_address_like(host) || is_own_name(host) {
                 return Err(format!(
-                    "`{host}` cannot be claimed: addresses and localhost serve every function by its path"
+                    "`{host}` cannot be claimed: addresses, localhost and gust.internal serve every function by its path"
                 ));
             }
         }
@@ -212,13 +209,15 @@ impl RouteClaim {
             } else {
                 let valid = trimmed.starts_with('/')
                     && !trimmed.starts_with("/@")
-                    && !trimmed[1..].split('/').any(str::is_empty)
+                    && !trimmed[1..]
+                        .split('/')
+                        .any(|segment| matches!(segment, "" | "." | ".."))
                     && trimmed
                         .bytes()
-                        .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%'));
+                        .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%' | b'\\'));
                 if !valid {
                     return Err(format!(
-                        "`{prefix}` is not a path prefix: `/` then segments (such as `/api/v1`), no query, not `/@…`"
+                        "`{prefix}` is not a path prefix: `/` then segments (such as `/api/v1`), no query, no `.` or `..` segment, no `%` or `\\`, not `/@…`"
                     ));
                 }
                 *prefix = trimmed.to_string();
@@ -241,6 +240,40 @@ impl RouteClaim {
             self.prefix.as_deref().unwrap_or("")
         )
     }
+}
+
+/// The host guests call other functions on (`http://gust.internal/<name>/…`),
+/// in any case and with or without a trailing dot: never a DNS name, never
+/// claimable.
+pub const INTERNAL_HOST: &str = "gust.internal";
+
+/// Whether `host` (as written in a URL, any case) is [`INTERNAL_HOST`].
+pub fn is_internal_host(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.eq_ignore_ascii_case(INTERNAL_HOST)
+}
+
+/// Whether `host` (lowercase) is an IPv4 address in any form a URL parser
+/// accepts: a name whose last label is a number (`127.1`, `2130706433`)
+/// or a hexadecimal one (`0x7f000001`, `127.0.0.0x1`) is an address, not
+/// a DNS name.
+fn is_address_like(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let last = host.rsplit('.').next().unwrap_or(host);
+    let decimal = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit());
+    let hex = last
+        .strip_prefix("0x")
+        .is_some_and(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()));
+    decimal || hex
+}
+
+/// Names that mean this node itself: `localhost` and the host guests use
+/// to call other functions (`gust.internal`), with their subdomains.
+fn is_own_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    ["localhost", INTERNAL_HOST]
+        .iter()
+        .any(|own| host == *own || host.strip_suffix(own).is_some_and(|s| s.ends_with('.')))
 }
 
 /// The claims of all functions, for matching requests. Host claims are
@@ -280,6 +313,16 @@ impl<T> ClaimTable<T> {
     /// The claim of `host` (a Host header: any port is ignored) matching
     /// `path_and_query`, with the path the function sees.
     pub fn by_host<'p>(&self, host: &str, path_and_query: &'p str) -> Option<(&T, &'p str)> {
+        first_match(self.host_claims(host)?, path_and_query)
+    }
+
+    /// Whether any function claims `host` (a Host header): such a host is
+    /// its holder's origin, and serves nothing but its claims.
+    pub fn claims_host(&self, host: &str) -> bool {
+        self.host_claims(host).is_some()
+    }
+
+    fn host_claims(&self, host: &str) -> Option<&Vec<(String, T)>> {
         let host = host.rsplit_once(':').map_or(host, |(h, port)| {
             if port.bytes().all(|b| b.is_ascii_digit()) {
                 h
@@ -287,12 +330,12 @@ impl<T> ClaimTable<T> {
                 host
             }
         });
-        let list = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
             self.by_host.get(&host.to_ascii_lowercase())
         } else {
             self.by_host.get(host)
-        }?;
-        first_match(list, path_and_query)
+        }
     }
 
     /// The claim of a path alone matching `path_and_query`.
@@ -335,6 +378,24 @@ mod claim_tests {
             "host:8080/x",
             "-a.com",
             "/x:Bad",
+            "0x7f000001",
+            "0X7F000001",
+            "127.1",
+            "2130706433",
+            "foo.0x1",
+            "gust.internal",
+            "GUST.INTERNAL",
+            "Gust.Internal/x",
+            "api.gust.internal",
+            "localhost/x",
+            "a.localhost",
+            "/a/../b",
+            "/..",
+            "/a/./b",
+            "/a%2fb",
+            "/a%2Fb",
+            "/a\\b",
+            "shop.example.com/cart/..",
         ] {
             assert!(bad.parse::<RouteClaim>().is_err(), "{bad}");
         }

@@ -130,7 +130,7 @@ async fn pump(events: &Events, data: &dyn DataStore) -> Result<bool, EventsError
         None => 0,
     };
     let changes = data.changes(cursor, BATCH).await?;
-    let Some(last) = changes.last().map(|c| c.revision) else {
+    let Some(last) = changes.last().map(|c| c.seq) else {
         return Ok(false);
     };
     let triggers: Vec<KvTriggerRecord> = events

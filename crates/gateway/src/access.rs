@@ -20,6 +20,7 @@ use gust_store::Accounts;
 use http::{HeaderMap, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::admission::TenantShare;
 use crate::catalog::Route;
 use crate::error::GatewayError;
 
@@ -27,6 +28,15 @@ struct Gate {
     quotas: Quotas,
     bucket: Mutex<TokenBucket>,
     running: Arc<Semaphore>,
+    /// Its instances on the node's shared slots (see `admission`).
+    share: Arc<TenantShare>,
+}
+
+/// A tenant's admission to run one invocation: its concurrency quota's
+/// permit, and its part of the node's shared slots to take next.
+pub(crate) struct TenantRun {
+    pub permit: OwnedSemaphorePermit,
+    pub share: Arc<TenantShare>,
 }
 
 pub(crate) struct Access {
@@ -45,32 +55,28 @@ impl Access {
     }
 
     /// Checks (and removes) the caller's token for a private function.
+    /// Whatever is wrong with it (none, malformed, unknown, revoked,
+    /// expired, another tenant's) the answer is the 404 of a function that
+    /// does not exist: a caller who may not invoke it must not learn that
+    /// it exists. Only a valid token of its own tenant learns more (403 for
+    /// a role that may not invoke).
     pub fn authorize(&self, route: &Route, headers: &mut HeaderMap) -> Result<(), GatewayError> {
         if !self.auth || route.public {
             return Ok(());
         }
-        let refused = || {
-            GatewayError::Unauthorized(format!(
-                "function `{}` is private: send `Authorization: Bearer <token>` with a token of its tenant that may invoke it",
-                route.name
-            ))
-        };
-        let value = headers.remove(header::AUTHORIZATION).ok_or_else(refused)?;
+        let hidden = || GatewayError::NoSuchFunction(route.name.to_string());
+        let value = headers.remove(header::AUTHORIZATION).ok_or_else(hidden)?;
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or_else(refused)?;
+            .and_then(gust_core::access::bearer_token)
+            .ok_or_else(hidden)?;
         let record = self
             .accounts
-            .verify(token.trim(), crate::now_ms())
-            .map_err(|e| GatewayError::Unauthorized(e.to_string()))?;
+            .verify(token, crate::now_ms())
+            .map_err(|_| hidden())?;
         if record.tenant != route.tenant && record.role != Role::Admin {
-            // Not "forbidden": another tenant must not learn the function exists.
-            return Err(GatewayError::NoSuchFunction(route.name.to_string()));
+            return Err(hidden());
         }
         if !record.role.allows(Action::Invoke) {
             return Err(GatewayError::Forbidden(format!(
@@ -86,7 +92,8 @@ impl Access {
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
         match gates.get(tenant) {
             Some(gate) if gate.quotas == quotas => gate.clone(),
-            _ => {
+            found => {
+                let share = found.map_or_else(Arc::default, |old| old.share.clone());
                 let gate = Arc::new(Gate {
                     quotas,
                     bucket: Mutex::new(TokenBucket::new(
@@ -99,6 +106,7 @@ impl Access {
                             .unwrap_or(usize::MAX)
                             .min(Semaphore::MAX_PERMITS),
                     )),
+                    share,
                 });
                 gates.insert(tenant.clone(), gate.clone());
                 gate
@@ -188,11 +196,15 @@ impl Access {
     }
 
     /// Takes one of the tenant's concurrent invocations, for the run's length.
-    pub fn admit_run(&self, tenant: &TenantId) -> Result<OwnedSemaphorePermit, GatewayError> {
+    pub fn admit_run(&self, tenant: &TenantId) -> Result<TenantRun, GatewayError> {
         let gate = self.gate(tenant);
         gate.running
             .clone()
             .try_acquire_owned()
+            .map(|permit| TenantRun {
+                permit,
+                share: gate.share.clone(),
+            })
             .map_err(|_| GatewayError::QuotaExceeded {
                 message: format!(
                     "tenant `{tenant}` is at its quota `concurrency` ({} invocations at once); retry shortly",

@@ -8,10 +8,18 @@
 //!
 //! Per node ([`NodeSlots`]): instances running at once, never waited for
 //! (503 past it). Functions with a reservation run on their reserved
-//! slots; the others share what is left.
+//! slots; the others share what is left, fairly between tenants: a tenant
+//! may always fill its fair share (the shared slots divided by the
+//! tenants running something), and borrow idle slots beyond it only while
+//! a headroom of an eighth of the shared slots stays free for the others.
+//! One tenant flooding the node therefore holds at most seven eighths of
+//! it, and as the others arrive its part shrinks to its share while its
+//! running invocations finish ([`fair_admit`] is the rule, pure). Each
+//! running instance also reserves its memory limit from the node's
+//! memory budget; past it, 503 as well.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use gust_core::Limits;
@@ -19,8 +27,28 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::GatewayError;
 
+/// Whether a tenant running `tenant_running` instances on the shared
+/// slots may start one more, when `in_use` of `limit` shared slots run
+/// and `active` tenants (at least this one) run something.
+pub(crate) fn fair_admit(in_use: u32, limit: u32, tenant_running: u32, active: u32) -> bool {
+    if in_use >= limit {
+        return false;
+    }
+    // Shared with one more tenant even when alone: the headroom is what
+    // the next tenant to arrive finds free.
+    let share = limit.div_ceil(active.max(2));
+    let headroom = (limit / 8).max(1);
+    tenant_running < share || in_use + headroom < limit
+}
+
+/// One tenant's instances running on the node's shared slots.
+#[derive(Default)]
+pub(crate) struct TenantShare {
+    running: AtomicU32,
+}
+
 /// The node's instance slots: those set aside by reservations, and the
-/// shared rest.
+/// shared rest; and the memory running instances may reserve.
 pub(crate) struct NodeSlots {
     limit: u32,
     /// Σ `reserved_concurrency` of the functions served.
@@ -28,32 +56,50 @@ pub(crate) struct NodeSlots {
     /// Running on the shared slots, and on reserved ones.
     shared: AtomicU32,
     on_reserved: AtomicU32,
+    /// Tenants with something running on the shared slots.
+    active_tenants: AtomicU32,
+    /// Bytes running instances may reserve (their memory limits), and
+    /// those reserved.
+    memory_budget: u64,
+    memory_reserved: AtomicU64,
 }
 
 /// A slot taken; given back when dropped.
 pub(crate) struct NodeSlot {
     slots: Arc<NodeSlots>,
-    reserved: bool,
+    tenant: Option<Arc<TenantShare>>,
+    memory: u64,
 }
 
 impl Drop for NodeSlot {
     fn drop(&mut self) {
-        let count = if self.reserved {
-            &self.slots.on_reserved
-        } else {
-            &self.slots.shared
-        };
-        count.fetch_sub(1, Ordering::AcqRel);
+        match &self.tenant {
+            Some(tenant) => {
+                self.slots.shared.fetch_sub(1, Ordering::AcqRel);
+                if tenant.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.slots.active_tenants.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            None => {
+                self.slots.on_reserved.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.slots
+            .memory_reserved
+            .fetch_sub(self.memory, Ordering::AcqRel);
     }
 }
 
 impl NodeSlots {
-    pub fn new(limit: u32) -> Self {
+    pub fn new(limit: u32, memory_budget: u64) -> Self {
         Self {
             limit,
             reserved: AtomicU32::new(0),
             shared: AtomicU32::new(0),
             on_reserved: AtomicU32::new(0),
+            active_tenants: AtomicU32::new(0),
+            memory_budget,
+            memory_reserved: AtomicU64::new(0),
         }
     }
 
@@ -75,25 +121,49 @@ impl NodeSlots {
         self.shared.load(Ordering::Acquire) + self.on_reserved.load(Ordering::Acquire)
     }
 
-    /// A slot for a function with a reservation (its own gate bounds it),
-    /// or a shared one if one is free.
-    pub fn take(self: &Arc<Self>, reserved: bool) -> Option<NodeSlot> {
-        if reserved {
-            self.on_reserved.fetch_add(1, Ordering::AcqRel);
-        } else {
-            let shared = self
-                .limit
-                .saturating_sub(self.reserved.load(Ordering::Acquire))
-                .max(self.unreserved_floor());
-            if self.shared.fetch_add(1, Ordering::AcqRel) >= shared {
-                self.shared.fetch_sub(1, Ordering::AcqRel);
-                return None;
-            }
+    /// A slot for a function with a reservation (`tenant: None`: its own
+    /// gate bounds it), or a shared one if the tenant's fair share allows
+    /// (see the module doc); and `memory` bytes of the node's budget.
+    pub fn take(
+        self: &Arc<Self>,
+        tenant: Option<&Arc<TenantShare>>,
+        memory: u64,
+    ) -> Result<NodeSlot, GatewayError> {
+        let reserved = self.memory_reserved.fetch_add(memory, Ordering::AcqRel);
+        if reserved.saturating_add(memory) > self.memory_budget && reserved > 0 {
+            self.memory_reserved.fetch_sub(memory, Ordering::AcqRel);
+            return Err(GatewayError::MemoryFull);
         }
-        Some(NodeSlot {
+        let Some(tenant) = tenant else {
+            self.on_reserved.fetch_add(1, Ordering::AcqRel);
+            return Ok(NodeSlot {
+                slots: self.clone(),
+                tenant: None,
+                memory,
+            });
+        };
+        let limit = self
+            .limit
+            .saturating_sub(self.reserved.load(Ordering::Acquire))
+            .max(self.unreserved_floor());
+        let mine = tenant.running.fetch_add(1, Ordering::AcqRel);
+        let active = if mine == 0 {
+            self.active_tenants.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            self.active_tenants.load(Ordering::Acquire)
+        };
+        let in_use = self.shared.fetch_add(1, Ordering::AcqRel);
+        // The slot counts as taken from here; `Drop` gives back all three.
+        let slot = NodeSlot {
             slots: self.clone(),
-            reserved,
-        })
+            tenant: Some(tenant.clone()),
+            memory,
+        };
+        if fair_admit(in_use, limit, mine, active) {
+            Ok(slot)
+        } else {
+            Err(GatewayError::Overloaded)
+        }
     }
 }
 
@@ -215,20 +285,103 @@ mod tests {
 
     #[test]
     fn reservations_leave_the_others_the_rest_of_the_node() {
-        let node = Arc::new(NodeSlots::new(10));
+        let node = Arc::new(NodeSlots::new(10, u64::MAX));
+        let tenant = Arc::new(TenantShare::default());
+        let other = Arc::new(TenantShare::default());
         node.set_reserved(7);
-        let shared: Vec<_> = (0..3).map(|_| node.take(false).unwrap()).collect();
-        assert!(node.take(false).is_none(), "3 shared slots only");
+        let mut shared: Vec<_> = (0..2)
+            .map(|_| node.take(Some(&tenant), 0).unwrap())
+            .collect();
+        assert!(
+            node.take(Some(&tenant), 0).is_err(),
+            "one tenant leaves the headroom"
+        );
+        shared.push(node.take(Some(&other), 0).unwrap());
+        assert!(node.take(Some(&other), 0).is_err(), "3 shared slots only");
         // A function with a reservation still runs (its gate bounds it).
-        let reserved = node.take(true).unwrap();
+        let reserved = node.take(None, 0).unwrap();
         assert_eq!(node.in_use(), 4);
         drop(shared);
         drop(reserved);
         assert_eq!(node.in_use(), 0);
         // However much is reserved, a tenth of the node stays shared.
         node.set_reserved(10);
-        let one = node.take(false).unwrap();
-        assert!(node.take(false).is_none());
+        let one = node.take(Some(&tenant), 0).unwrap();
+        assert!(node.take(Some(&tenant), 0).is_err());
         drop(one);
+        assert_eq!(tenant.running.load(Ordering::Acquire), 0);
+        assert_eq!(node.active_tenants.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn the_fair_share_rule() {
+        // Alone, a tenant borrows idle slots up to the headroom.
+        assert!(fair_admit(0, 1000, 0, 1));
+        assert!(fair_admit(600, 1000, 600, 1));
+        assert!(fair_admit(873, 1000, 873, 1));
+        assert!(!fair_admit(875, 1000, 875, 1));
+        // Another tenant still gets in, up to its share.
+        assert!(fair_admit(875, 1000, 0, 2));
+        assert!(fair_admit(999, 1000, 124, 2));
+        assert!(!fair_admit(1000, 1000, 0, 2), "never past the node");
+        // Once the node is busy, the flooder waits for its share.
+        assert!(!fair_admit(990, 1000, 870, 2));
+        assert!(fair_admit(990, 1000, 499, 2));
+        // Small nodes: a share is at least one slot, the headroom too.
+        assert!(fair_admit(0, 1, 0, 1));
+        assert!(!fair_admit(1, 1, 0, 2));
+        assert!(fair_admit(1, 4, 0, 3));
+    }
+
+    #[test]
+    fn a_flooding_tenant_leaves_room_for_the_others() {
+        let node = Arc::new(NodeSlots::new(80, u64::MAX));
+        let (flood, quiet) = (
+            Arc::new(TenantShare::default()),
+            Arc::new(TenantShare::default()),
+        );
+        let mut held = Vec::new();
+        while let Ok(slot) = node.take(Some(&flood), 0) {
+            held.push(slot);
+        }
+        assert_eq!(held.len(), 70, "seven eighths");
+        let theirs: Vec<_> = (0..10)
+            .map(|_| node.take(Some(&quiet), 0).unwrap())
+            .collect();
+        assert!(node.take(Some(&quiet), 0).is_err(), "the node is full");
+        // Half of the flooder's runs end: it borrows again, but leaves the
+        // headroom, which the other tenant (under its share) may take.
+        held.truncate(35);
+        while let Ok(slot) = node.take(Some(&flood), 0) {
+            held.push(slot);
+        }
+        assert_eq!(held.len(), 60);
+        let more: Vec<_> = (0..10)
+            .map(|_| node.take(Some(&quiet), 0).unwrap())
+            .collect();
+        assert_eq!(node.in_use(), 80);
+        drop((theirs, more));
+        drop(held);
+        assert_eq!(node.in_use(), 0);
+    }
+
+    #[test]
+    fn running_instances_reserve_the_nodes_memory() {
+        let node = Arc::new(NodeSlots::new(100, 300));
+        let tenant = Arc::new(TenantShare::default());
+        let a = node.take(Some(&tenant), 128).unwrap();
+        let b = node.take(None, 128).unwrap();
+        assert!(matches!(
+            node.take(Some(&tenant), 128),
+            Err(GatewayError::MemoryFull)
+        ));
+        assert_eq!(node.in_use(), 2);
+        drop(a);
+        let _c = node.take(Some(&tenant), 128).unwrap();
+        drop(b);
+        // One instance larger than the whole budget still runs alone.
+        let node = Arc::new(NodeSlots::new(100, 64));
+        let _big = node.take(Some(&tenant), 128).unwrap();
+        assert!(node.take(Some(&tenant), 1).is_err());
     }
 }

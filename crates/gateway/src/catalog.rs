@@ -20,6 +20,7 @@ use gust_runtime::{Prepared, Runtime};
 use gust_store::{BlobStore, KvEvent, Registry, SecretBox};
 
 use crate::admission::{FunctionGate, NodeSlots};
+use crate::cookies::CookieScope;
 
 /// One version of a function that an alias serves, and its component
 /// once loaded.
@@ -414,6 +415,8 @@ pub(crate) struct Catalog {
     /// Swapped whole, so a reader never holds its lock while it looks
     /// routes up (the writer holds the routes' lock while it swaps).
     claims: RwLock<Arc<ClaimTable<(String, String)>>>,
+    /// `example.dev`: `<tenant>.example.dev` is that tenant's own origin.
+    tenant_domain: Option<String>,
 }
 
 /// Where a request goes.
@@ -423,6 +426,8 @@ pub(crate) enum Resolved<'p> {
         alias: Cow<'p, str>,
         /// The path (and query) the function sees.
         tail: &'p str,
+        /// Where the cookies it sets may reach.
+        scope: CookieScope,
     },
     /// The path names a function that does not exist.
     NoFunction(&'p str),
@@ -431,13 +436,31 @@ pub(crate) enum Resolved<'p> {
 }
 
 impl Catalog {
-    pub fn new(secrets: Arc<SecretBox>) -> Self {
+    pub fn new(secrets: Arc<SecretBox>, tenant_domain: Option<String>) -> Self {
         Self {
             routes: RwLock::default(),
             applied: tokio::sync::watch::Sender::new(0),
             secrets,
             claims: RwLock::default(),
+            tenant_domain: tenant_domain
+                .map(|d| d.trim_matches('.').to_ascii_lowercase())
+                .filter(|d| !d.is_empty()),
         }
+    }
+
+    /// The tenant whose own origin `host` (a Host header) is, if it is a
+    /// subdomain of the tenant domain: `acme.example.dev` → `acme`.
+    fn tenant_origin<'h>(&self, host: &'h str) -> Option<&'h str> {
+        let domain = self.tenant_domain.as_deref()?;
+        let host = host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(h, _)| h);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let cut = host.len().checked_sub(domain.len() + 1)?;
+        let (label, rest) = host.split_at(cut);
+        (rest[1..].eq_ignore_ascii_case(domain) && rest.starts_with('.') && !label.contains('.'))
+            .then_some(label)
     }
 
     pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -464,10 +487,29 @@ impl Catalog {
     }
 
     /// Where a request for `host` and `path_and_query` goes: a claimed
-    /// host first, then a function named in the path (`/<name>[:alias]/…`,
+    /// host first (and then nothing else), then a function named in the path (`/<name>[:alias]/…`,
     /// `/@<tenant>/…`), then a claimed path prefix.
     pub fn resolve<'p>(&self, host: &str, path_and_query: &'p str) -> Resolved<'p> {
-        let claimed = |found: Option<(&(String, String), &'p str)>| {
+        if self.tenant_domain.is_some()
+            && let Some(tenant) = self.tenant_origin(host)
+        {
+            // A tenant's own origin serves its functions by name, nothing else.
+            let Some((name, tail)) = route::split_function_path(path_and_query) else {
+                return Resolved::NoRoute;
+            };
+            let (name, alias) = deploy::split_qualifier(name);
+            let tenant = tenant.to_ascii_lowercase();
+            return match self.get(&tenant, name) {
+                Some(served) => Resolved::Found {
+                    served,
+                    alias: Cow::Borrowed(alias),
+                    tail,
+                    scope: CookieScope::TenantOrigin,
+                },
+                None => Resolved::NoFunction(name),
+            };
+        }
+        let claimed = |found: Option<(&(String, String), &'p str)>, scope: CookieScope| {
             let ((key, alias), tail) = found?;
             let served = self
                 .routes
@@ -479,6 +521,7 @@ impl Catalog {
                 served,
                 alias: Cow::Owned(alias.clone()),
                 tail,
+                scope,
             })
         };
         let claims = self
@@ -486,11 +529,18 @@ impl Catalog {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if !claims.is_empty()
-            && let Some(found) = claimed(claims.by_host(host, path_and_query))
-        {
-            return found;
+        if !claims.is_empty() && claims.claims_host(host) {
+            // A claimed host is its holder's origin: other tenants' functions
+            // (named in the path or by a path claim) are not served on it,
+            // where they would see its users' cookies and tokens.
+            return claimed(claims.by_host(host, path_and_query), CookieScope::OwnHost)
+                .unwrap_or(Resolved::NoRoute);
         }
+        // The shared origin: cookies stay under the part of the path that
+        // chose the function.
+        let base = |tail: &'p str| CookieScope::SharedOrigin {
+            base_len: path_and_query.len() - tail.len(),
+        };
         let named = route::split_target(path_and_query);
         if let Some(target) = &named {
             let (name, alias) = deploy::split_qualifier(target.name);
@@ -499,11 +549,13 @@ impl Catalog {
                     served,
                     alias: Cow::Borrowed(alias),
                     tail: target.tail,
+                    scope: base(target.tail),
                 };
             }
         }
         if !claims.is_empty()
-            && let Some(found) = claimed(claims.by_path(path_and_query))
+            && let Some(found) = claims.by_path(path_and_query)
+            && let Some(found) = claimed(Some(found), base(found.1))
         {
             return found;
         }

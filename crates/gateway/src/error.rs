@@ -33,6 +33,8 @@ pub(crate) enum GatewayError {
     /// The store refuses writes: the disk is full.
     DiskFull(String),
     Overloaded,
+    /// The memory running instances may reserve is taken.
+    MemoryFull,
     Draining,
     Load {
         function: String,
@@ -42,8 +44,6 @@ pub(crate) enum GatewayError {
         function: String,
         error: InvokeError,
     },
-    /// No usable token for a private function.
-    Unauthorized(String),
     /// A valid token that may not call this function.
     Forbidden(String),
     /// Over a tenant quota: the message names it.
@@ -59,7 +59,6 @@ impl GatewayError {
             GatewayError::QuotaExceeded { retry_after_s, .. } => (*retry_after_s).max(1),
             _ => 1,
         };
-        let unauthorized = matches!(self, GatewayError::Unauthorized(_));
         let (status, text) = self.describe(invocation_id);
         let mut response = Response::new(
             Full::new(Bytes::from(text + "\n"))
@@ -76,11 +75,6 @@ impl GatewayError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
-        if unauthorized {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
         response
     }
 
@@ -92,7 +86,6 @@ impl GatewayError {
             | GatewayError::NoSuchAlias { .. } => StatusCode::NOT_FOUND,
             GatewayError::EventToAlias { .. } => StatusCode::BAD_REQUEST,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::BodyTooLarge { .. } | GatewayError::EventTooLarge { .. } => {
@@ -102,6 +95,7 @@ impl GatewayError {
             GatewayError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             GatewayError::EventNotStored
             | GatewayError::Overloaded
+            | GatewayError::MemoryFull
             | GatewayError::Draining
             | GatewayError::Invoke {
                 error: InvokeError::Overloaded,
@@ -127,7 +121,11 @@ impl GatewayError {
             ),
             GatewayError::NoSuchFunction(name) => (
                 StatusCode::NOT_FOUND,
-                format!("no function named `{name}` is deployed (see `gust ls`)"),
+                // The same words whether it does not exist or is private
+                // and the caller may not see it (see `Access::authorize`).
+                format!(
+                    "no function named `{name}` is deployed here, or it is private and this request carries no token of its tenant that may see it (`Authorization: Bearer <token>`; see `gust ls`)"
+                ),
             ),
             GatewayError::NoSuchAlias { function, alias } => (
                 StatusCode::NOT_FOUND,
@@ -142,7 +140,6 @@ impl GatewayError {
                 ),
             ),
             GatewayError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.to_string()),
-            GatewayError::Unauthorized(why) => (StatusCode::UNAUTHORIZED, why),
             GatewayError::Forbidden(why) => (StatusCode::FORBIDDEN, why),
             GatewayError::QuotaExceeded { message, .. } => (StatusCode::TOO_MANY_REQUESTS, message),
             GatewayError::BodyTooLarge { limit } => (
@@ -165,6 +162,10 @@ impl GatewayError {
             GatewayError::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is at its concurrency limit; retry shortly".to_string(),
+            ),
+            GatewayError::MemoryFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server's memory for running functions is taken by the instances running now; retry shortly".to_string(),
             ),
             GatewayError::Draining => (
                 StatusCode::SERVICE_UNAVAILABLE,

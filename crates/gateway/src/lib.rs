@@ -14,6 +14,7 @@ mod body;
 mod calls;
 mod canary;
 mod catalog;
+mod cookies;
 mod error;
 mod kv;
 mod logs;
@@ -70,10 +71,16 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// Invocations admitted at once; more get 503 with `Retry-After`.
     pub max_in_flight: usize,
+    /// Σ memory limits of the instances running at once; past it, 503
+    /// with `Retry-After`.
+    pub memory_budget_bytes: u64,
     /// Largest payload of an asynchronous invocation (an event), in bytes.
     pub max_event_bytes: u64,
     /// Private functions need a token (false only in dev mode).
     pub auth: bool,
+    /// `example.dev`: each tenant's functions are also served on its own
+    /// origin, `<tenant>.example.dev/<name>/…`.
+    pub tenant_domain: Option<String>,
     /// Scale to zero, pre-warming and provisioning.
     pub scale: scaling::ScaleConfig,
     /// Invocation logs: each function's rate, and what its stream keeps.
@@ -87,8 +94,10 @@ impl Default for GatewayConfig {
             body_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(60),
             max_in_flight: 1000,
+            memory_budget_bytes: 4 << 30,
             max_event_bytes: 1 << 20,
             auth: true,
+            tenant_domain: None,
             scale: scaling::ScaleConfig::default(),
             logs: LogConfig::default(),
         }
@@ -183,9 +192,10 @@ impl Gateway {
             meter,
             secrets,
         } = services;
-        let catalog = Arc::new(Catalog::new(secrets));
+        let catalog = Arc::new(Catalog::new(secrets, config.tenant_domain.clone()));
         let node = Arc::new(admission::NodeSlots::new(
             u32::try_from(config.max_in_flight).unwrap_or(u32::MAX),
+            config.memory_budget_bytes,
         ));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(canary::drive(catalog.clone(), registry.clone()));
@@ -350,12 +360,13 @@ async fn invoke(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let (served, alias, tail) = match shared.catalog.resolve(host, path_and_query) {
+    let (served, alias, tail, scope) = match shared.catalog.resolve(host, path_and_query) {
         Resolved::Found {
             served,
             alias,
             tail,
-        } => (served, alias, tail),
+            scope,
+        } => (served, alias, tail, scope),
         Resolved::NoFunction(name) => {
             let error = GatewayError::NoSuchFunction(name.to_string());
             return Err(reject_unread(shared, request, error).await);
@@ -372,9 +383,16 @@ async fn invoke(
         )
         .cloned()
     else {
-        let error = GatewayError::NoSuchAlias {
-            function: served.live.name.to_string(),
-            alias: alias.to_string(),
+        // A private function's aliases are its own business: a caller who
+        // may not call it learns nothing, not even that it exists.
+        let alias = alias.into_owned();
+        let mut request = request;
+        let error = match shared.access.authorize(&served.live, request.headers_mut()) {
+            Ok(()) => GatewayError::NoSuchAlias {
+                function: served.live.name.to_string(),
+                alias,
+            },
+            Err(hidden) => hidden,
         };
         return Err(reject_unread(shared, request, error).await);
     };
@@ -430,7 +448,8 @@ async fn invoke(
         .parse()
         .map_err(|_| GatewayError::BadRequest("the request's host or path is not a valid URI"))?;
     let (mut parts, body) = request.into_parts();
-    parts.uri = uri;
+    // The client's URI, kept for the cookie scope (its path chose the function).
+    let asked = std::mem::replace(&mut parts.uri, uri);
     let fault = BodyFault::default();
     let body = LimitedBody::new(
         body,
@@ -452,6 +471,8 @@ async fn invoke(
             response
                 .headers_mut()
                 .insert(VERSION_HEADER, HeaderValue::from(route.version));
+            let path = asked.path_and_query().map_or("/", |pq| pq.as_str());
+            confine_cookies(response.headers_mut(), scope, path);
             response
         });
     if fault.too_large() || fault.stalled() {
@@ -474,6 +495,29 @@ async fn invoke(
 /// Reads a response body to its end (or its error) and drops what it carries.
 async fn discard(mut body: GatewayBody) {
     while let Some(Ok(_)) = body.frame().await {}
+}
+
+/// Rewrites the guest's `Set-Cookie` headers so that none reaches beyond
+/// what the function owns (see `cookies`).
+fn confine_cookies(headers: &mut http::HeaderMap, scope: cookies::CookieScope, path: &str) {
+    if scope == cookies::CookieScope::OwnHost || !headers.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let confined: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let text = value.to_str().ok()?;
+            match cookies::confine(text, scope, path) {
+                None => Some(value.clone()),
+                Some(text) => HeaderValue::from_str(&text).ok(),
+            }
+        })
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for value in confined {
+        headers.append(header::SET_COOKIE, value);
+    }
 }
 
 /// A client's own key for sticky splits: the `gust-client` header, else
@@ -592,11 +636,16 @@ where
         ),
         None => None,
     };
+    let tenant_run = shared.access.admit_run(&route.tenant).map_err(refuse)?;
+    let on_reservation = route.limits.reserved_concurrency.is_some() && route.is_live();
     let permit = shared
         .node
-        .take(route.limits.reserved_concurrency.is_some() && route.is_live())
-        .ok_or_else(|| refuse(GatewayError::Overloaded))?;
-    let tenant_permit = shared.access.admit_run(&route.tenant).map_err(refuse)?;
+        .take(
+            (!on_reservation).then_some(&tenant_run.share),
+            route.limits.memory_bytes,
+        )
+        .map_err(refuse)?;
+    let tenant_permit = tenant_run.permit;
     let running = scaling::Running::start(&route.activity);
     let (prepared, cold) = route
         .prepared(&shared.runtime, shared.blobs.as_ref())
@@ -831,6 +880,7 @@ impl Invoker for Gateway {
                 let not_run = matches!(
                     error,
                     GatewayError::Overloaded
+                        | GatewayError::MemoryFull
                         | GatewayError::Draining
                         | GatewayError::QuotaExceeded { .. }
                 );

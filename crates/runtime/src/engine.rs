@@ -299,6 +299,19 @@ impl Runtime {
             .remove(digest);
     }
 
+    /// Removes a component's compiled artifact from disk and forgets it,
+    /// once no function refers to its digest. (Were it needed again, it
+    /// would be compiled again from the component.)
+    pub fn forget_artifact(&self, digest: &str) {
+        self.unload(digest);
+        let path = self.inner.artifacts.path(digest);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a compiled artifact");
+        }
+    }
+
     pub fn stats(&self) -> RuntimeStats {
         let c = &self.inner.counters;
         RuntimeStats {

@@ -198,10 +198,15 @@ pub async fn blobs(blobs: &dyn BlobStore) {
     assert_eq!(id, digest_of(&data));
     assert!(id.starts_with("sha256:") && id.len() == 7 + 64);
     assert_eq!(blobs.put(data.clone()).await.unwrap(), id);
-    assert_eq!(blobs.get(&id).await.unwrap(), Some(data));
+    assert_eq!(blobs.get(&id).await.unwrap(), Some(data.clone()));
     assert_eq!(blobs.get(&digest_of(b"absent")).await.unwrap(), None);
     let empty = blobs.put(Bytes::new()).await.unwrap();
     assert_eq!(blobs.get(&empty).await.unwrap(), Some(Bytes::new()));
+    // Removed: gone, and removing again says so.
+    assert!(blobs.delete(&id).await.unwrap());
+    assert_eq!(blobs.get(&id).await.unwrap(), None);
+    assert!(!blobs.delete(&id).await.unwrap());
+    assert_eq!(blobs.put(data.clone()).await.unwrap(), id, "stored again");
 }
 
 /// Append-only streams: sequence numbers, batching, reading after a point, deletion.
@@ -691,7 +696,8 @@ pub async fn data(d: &dyn DataStore) {
         "revisions grow: {revs:?}"
     );
     assert!(revisions.has_changed().unwrap());
-    assert_eq!(*revisions.borrow_and_update(), revs[2]);
+    let seqs: Vec<u64> = changes.iter().map(|c| c.as_ref().unwrap().seq).collect();
+    assert_eq!(*revisions.borrow_and_update(), seqs[2]);
 
     let one = d.get("t/b/one").await.unwrap().unwrap();
     assert_eq!((one.value, one.revision), (b("1"), revs[0]));
@@ -765,15 +771,50 @@ pub async fn data(d: &dyn DataStore) {
             "t/b/one", "t/b/two", "t/c/x", "t/b/n", "t/b/n", "t/b/word", "t/b/two"
         ]
     );
+    assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq));
     assert!(feed.windows(2).all(|w| w[0].revision < w[1].revision));
     assert_eq!(feed[6].value, None);
-    let after = d.changes(feed[4].revision, 1).await.unwrap();
+    let after = d.changes(feed[4].seq, 1).await.unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].key, "t/b/word");
-    d.trim_changes(feed[4].revision).await.unwrap();
+    d.trim_changes(feed[4].seq).await.unwrap();
     let trimmed = d.changes(0, 100).await.unwrap();
     assert_eq!(trimmed.len(), 2);
     assert_eq!(trimmed[0].revision, feed[5].revision);
+
+    // Revisions are numbered per owner: another owner's writes, however
+    // many, do not show in this owner's numbers (no side channel).
+    let last_t = feed[6].revision;
+    for i in 0..5 {
+        d.apply(vec![put("u/b/k", &i.to_string())], None)
+            .await
+            .unwrap();
+    }
+    let next = d.apply(vec![put("t/b/later", "1")], None).await.unwrap();
+    let next = next[0].as_ref().unwrap();
+    assert_eq!(
+        next.revision,
+        last_t + 1,
+        "t's revisions do not count u's writes"
+    );
+    assert!(next.seq > feed[6].seq + 5, "the feed counts every write");
+    assert_eq!(
+        d.get("t/b/later").await.unwrap().unwrap().revision,
+        last_t + 1
+    );
+    d.apply(
+        vec![
+            DataWrite::Delete {
+                key: "t/b/later".into(),
+            },
+            DataWrite::Delete {
+                key: "u/b/k".into(),
+            },
+        ],
+        None,
+    )
+    .await
+    .unwrap();
 
     // Usage per owner: t has t/b/n ("7"), t/b/one ("1"), t/b/word ("abc"), t/c/x ("x").
     let usage = d.usage("t").await.unwrap();

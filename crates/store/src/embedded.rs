@@ -74,11 +74,22 @@ const QUEUE_GROUP_OF: TableDefinition<(&str, u64), &str> = TableDefinition::new(
 /// the first of each group is in `QUEUE_DUE`; the others wait here.
 const QUEUE_GROUPS: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("queue_groups");
 
-/// Tenants' data: key → (revision, value).
+/// Tenants' data: key → (its owner's revision, value).
 const DATA: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("data");
-/// The change feed: revision → (key, is_delete, value).
+/// The change feed of stores written before revisions were numbered per
+/// owner: seq → (key, is_delete, value). Moved into `DATA_FEED` at open.
 const DATA_CHANGES: TableDefinition<u64, (&str, bool, &[u8])> =
     TableDefinition::new("data_changes");
+/// The change feed: seq (across all owners) → (key, is_delete, value, the
+/// owner's revision).
+const DATA_FEED: TableDefinition<u64, (&str, bool, &[u8], u64)> = TableDefinition::new("data_feed");
+/// The last revision of each owner: revisions are numbered per owner, so
+/// that one tenant's revisions say nothing of another's writes.
+const DATA_REVISIONS: TableDefinition<&str, u64> = TableDefinition::new("data_revisions");
+/// Where owners without a revision yet start: the store-wide sequence when
+/// a store from before per-owner revisions was first opened (0 for new
+/// stores), so a key's revision never goes back.
+const DATA_REVISION_FLOOR: &str = "data.revision_floor";
 
 /// Usage per owner (the part of a data key before its first `/`): (keys, bytes).
 const DATA_USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("data_usage");
@@ -228,7 +239,8 @@ impl EmbeddedStore {
             txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
             txn.open_table(QUEUE_GROUPS).map_err(backend)?;
             txn.open_table(DATA).map_err(backend)?;
-            txn.open_table(DATA_CHANGES).map_err(backend)?;
+            txn.open_table(DATA_FEED).map_err(backend)?;
+            txn.open_table(DATA_REVISIONS).map_err(backend)?;
             txn.open_table(DATA_USAGE).map_err(backend)?;
             txn.open_table(LEDGER_OPEN).map_err(backend)?;
             txn.open_table(LEDGER).map_err(backend)?;
@@ -251,6 +263,7 @@ impl EmbeddedStore {
             Arc::new(LedgerFile::open(&path.with_extension("ledger"), end)?)
         };
         count_usage_once(&txn)?;
+        number_revisions_per_owner(&txn)?;
         let data_revision = {
             let meta = txn.open_table(META).map_err(backend)?;
             meta.get(DATA_REVISION)
@@ -691,6 +704,16 @@ impl BlobStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn delete(&self, digest: &str) -> Result<bool, StoreError> {
+        let digest = digest.to_string();
+        self.write(move |txn, _| {
+            let mut blobs = txn.open_table(BLOBS).map_err(backend)?;
+            let removed = blobs.remove(digest.as_str()).map_err(backend)?.is_some();
+            Ok(removed)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -945,12 +968,18 @@ struct DataTables<'t> {
 }
 
 /// Applies one data write inside a transaction; the change it made, if any.
+/// `seq` is the feed's position across all owners.
 fn write_data(
-    data: &mut redb::Table<&str, (u64, &[u8])>,
-    feed: &mut redb::Table<u64, (&str, bool, &[u8])>,
-    revision: &mut u64,
+    tables: &mut DataTables<'_>,
+    seq: &mut u64,
     write: DataWrite,
 ) -> Result<(Option<DataChange>, (i64, i64)), StoreError> {
+    let DataTables {
+        data,
+        feed,
+        revisions,
+        floor,
+    } = tables;
     let old = data
         .get(write.key())
         .map_err(backend)?
@@ -973,13 +1002,20 @@ fn write_data(
             (key, Some(Bytes::from(next.to_string())))
         }
     };
-    *revision += 1;
+    *seq += 1;
+    let owner = owner_of(&key);
+    let revision = revisions
+        .get(owner)
+        .map_err(backend)?
+        .map_or(*floor, |v| v.value())
+        + 1;
+    revisions.insert(owner, revision).map_err(backend)?;
     let bytes = value.as_deref().unwrap_or_default();
     if value.is_some() {
-        data.insert(key.as_str(), (*revision, bytes))
+        data.insert(key.as_str(), (revision, bytes))
             .map_err(backend)?;
     }
-    feed.insert(*revision, (key.as_str(), value.is_none(), bytes))
+    feed.insert(*seq, (key.as_str(), value.is_none(), bytes, revision))
         .map_err(backend)?;
     let delta = usage_delta(
         &key,
@@ -988,12 +1024,38 @@ fn write_data(
     );
     Ok((
         Some(DataChange {
-            revision: *revision,
+            seq: *seq,
+            revision,
             key,
             value,
         }),
         delta,
     ))
+}
+
+/// Moves a store from before per-owner revisions to them, once: the old
+/// feed's changes keep their store-wide numbers as revisions, and owners
+/// start above the last of them.
+fn number_revisions_per_owner(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    if meta.get(DATA_REVISION_FLOOR).map_err(backend)?.is_some() {
+        return Ok(());
+    }
+    let floor = meta
+        .get(DATA_REVISION)
+        .map_err(backend)?
+        .map_or(0, |v| v.value());
+    let mut old = txn.open_table(DATA_CHANGES).map_err(backend)?;
+    let mut feed = txn.open_table(DATA_FEED).map_err(backend)?;
+    for entry in old.iter().map_err(backend)? {
+        let (seq, record) = entry.map_err(backend)?;
+        let (key, deleted, value) = record.value();
+        feed.insert(seq.value(), (key, deleted, value, seq.value()))
+            .map_err(backend)?;
+    }
+    old.retain(|_, _| false).map_err(backend)?;
+    meta.insert(DATA_REVISION_FLOOR, floor).map_err(backend)?;
+    Ok(())
 }
 
 /// Counts every owner's usage from the data itself, the first time a store
@@ -1587,10 +1649,17 @@ impl DataStore for EmbeddedStore {
         let allowance = allowance.cloned();
         let changes = self
             .write(move |txn, _| {
-                let mut data = txn.open_table(DATA).map_err(backend)?;
-                let mut feed = txn.open_table(DATA_CHANGES).map_err(backend)?;
-                let mut usage = txn.open_table(DATA_USAGE).map_err(backend)?;
                 let mut meta = txn.open_table(META).map_err(backend)?;
+                let mut tables = DataTables {
+                    data: txn.open_table(DATA).map_err(backend)?,
+                    feed: txn.open_table(DATA_FEED).map_err(backend)?,
+                    revisions: txn.open_table(DATA_REVISIONS).map_err(backend)?,
+                    floor: meta
+                        .get(DATA_REVISION_FLOOR)
+                        .map_err(backend)?
+                        .map_or(0, |v| v.value()),
+                };
+                let mut usage = txn.open_table(DATA_USAGE).map_err(backend)?;
                 let start = meta
                     .get(DATA_REVISION)
                     .map_err(backend)?
@@ -1598,7 +1667,7 @@ impl DataStore for EmbeddedStore {
                 // Refusals (a bad counter, over the allowance) must leave
                 // nothing behind, and the transaction is shared with other
                 // callers: check everything before the first write.
-                let projected = project(&data, &writes)?;
+                let projected = project(&tables.data, &writes)?;
                 if let Some(allowance) = &allowance {
                     check_allowance(&usage, allowance, &writes, projected)?;
                 }
@@ -1608,8 +1677,8 @@ impl DataStore for EmbeddedStore {
                 for write in writes {
                     // A refusal here (a counter overwritten earlier in the
                     // same call) comes after writes: abandon the batch.
-                    let (change, delta) = write_data(&mut data, &mut feed, &mut revision, write)
-                        .map_err(|e| match e {
+                    let (change, delta) =
+                        write_data(&mut tables, &mut revision, write).map_err(|e| match e {
                             e if e.is_refusal() => {
                                 StoreError::Backend(format!("{e}; nothing was written"))
                             }
@@ -1636,7 +1705,7 @@ impl DataStore for EmbeddedStore {
                 Ok(changes)
             })
             .await?;
-        if let Some(last) = changes.iter().flatten().map(|c| c.revision).max() {
+        if let Some(last) = changes.iter().flatten().map(|c| c.seq).max() {
             self.inner
                 .data_revision
                 .send_modify(|r| *r = (*r).max(last));
@@ -1693,17 +1762,18 @@ impl DataStore for EmbeddedStore {
     async fn changes(&self, after: u64, limit: usize) -> Result<Vec<DataChange>, StoreError> {
         self.read(move |db| {
             let txn = db.begin_read().map_err(backend)?;
-            let feed = txn.open_table(DATA_CHANGES).map_err(backend)?;
+            let feed = txn.open_table(DATA_FEED).map_err(backend)?;
             let mut out = Vec::new();
             for entry in feed
                 .range(after.saturating_add(1)..)
                 .map_err(backend)?
                 .take(limit)
             {
-                let (revision, record) = entry.map_err(backend)?;
-                let (key, deleted, value) = record.value();
+                let (seq, record) = entry.map_err(backend)?;
+                let (key, deleted, value, revision) = record.value();
                 out.push(DataChange {
-                    revision: revision.value(),
+                    seq: seq.value(),
+                    revision,
                     key: key.to_string(),
                     value: (!deleted).then(|| Bytes::copy_from_slice(value)),
                 });
@@ -1715,7 +1785,7 @@ impl DataStore for EmbeddedStore {
 
     async fn trim_changes(&self, through: u64) -> Result<(), StoreError> {
         self.write(move |txn, _| {
-            let mut feed = txn.open_table(DATA_CHANGES).map_err(backend)?;
+            let mut feed = txn.open_table(DATA_FEED).map_err(backend)?;
             feed.retain_in(..=through, |_, _| false).map_err(backend)?;
             Ok(())
         })

@@ -180,7 +180,12 @@ impl DataWrite {
 /// One change to tenants' data, as recorded in the change feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataChange {
-    /// Revisions grow across all data; the feed is in revision order.
+    /// The change's place in the feed, across all owners (what
+    /// [`DataStore::changes`] and [`DataStore::last_revision`] count in);
+    /// never shown to a tenant.
+    pub seq: u64,
+    /// The key's new revision, numbered per owner (a tenant): what the
+    /// key's entry, the API and change events show.
     pub revision: u64,
     pub key: String,
     /// The new value; `None` for a delete.
@@ -248,11 +253,11 @@ pub trait DataStore: Send + Sync {
         start_after: Option<String>,
         limit: usize,
     ) -> Result<Vec<KeyInfo>, StoreError>;
-    /// Up to `limit` changes with a revision above `after`, in order.
+    /// Up to `limit` changes with a `seq` above `after`, in order.
     async fn changes(&self, after: u64, limit: usize) -> Result<Vec<DataChange>, StoreError>;
-    /// Drops the feed's changes up to and including `through`.
+    /// Drops the feed's changes up to and including `seq` `through`.
     async fn trim_changes(&self, through: u64) -> Result<(), StoreError>;
-    /// The last revision written; changes whenever a write commits.
+    /// The feed's last `seq`; changes whenever a write commits.
     fn last_revision(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
@@ -434,6 +439,9 @@ pub trait BlobStore: Send + Sync {
     /// Stores the bytes (idempotent) and returns their digest.
     async fn put(&self, bytes: Bytes) -> Result<String, StoreError>;
     async fn get(&self, digest: &str) -> Result<Option<Bytes>, StoreError>;
+    /// Removes the bytes of `digest`; whether they were there. The caller
+    /// makes sure nothing refers to them any more.
+    async fn delete(&self, digest: &str) -> Result<bool, StoreError>;
 }
 
 /// Append-only logs, one per stream name, each numbered from 1.

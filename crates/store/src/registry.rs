@@ -161,6 +161,10 @@ pub struct Registry {
     /// Held while route claims change, so that two changes never take and
     /// release the same place in between each other.
     claiming: Arc<tokio::sync::Mutex<()>>,
+    /// Held from a component's upload until its version record is written,
+    /// and while a removal looks for components nothing refers to any
+    /// more, so that a component being deployed is never collected.
+    uploading: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Each tenant's total component bytes, counted from its version records
@@ -178,7 +182,35 @@ impl Registry {
             kv,
             components: Arc::default(),
             claiming: Arc::default(),
+            uploading: Arc::default(),
         }
+    }
+
+    /// Held by a deploy from storing its component until its version
+    /// record is written, and by [`Registry::unreferenced`]'s caller
+    /// until it has removed what that found (one node; see ARCHITECTURE).
+    pub async fn components_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.uploading.clone().lock_owned().await
+    }
+
+    /// Those of `digests` that no version of any function refers to: their
+    /// components and compiled artifacts may be removed. Reads every
+    /// version record; a removal is rare next to a request.
+    pub async fn unreferenced(&self, digests: &[String]) -> Result<Vec<String>, RegistryError> {
+        let mut left: Vec<String> = digests.to_vec();
+        left.sort();
+        left.dedup();
+        if left.is_empty() {
+            return Ok(left);
+        }
+        for entry in self.kv.list("ver/").await? {
+            let record: VersionRecord = decode(&entry)?;
+            left.retain(|d| *d != record.digest);
+            if left.is_empty() {
+                break;
+            }
+        }
+        Ok(left)
     }
 
     fn components(&self) -> std::sync::MutexGuard<'_, ComponentBytes> {
@@ -505,11 +537,47 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let owner = format!("{tenant}/{name}");
         for claim in claims {
+            self.check_host_holder(tenant, claim).await?;
             if let Some(holder) = self.kv.get(&claim_key(claim)).await? {
                 let holder = String::from_utf8_lossy(&holder.value).into_owned();
                 if holder != owner {
                     return Err(route_taken(tenant, claim, &holder));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A host belongs to the tenant that holds a claim on it: another
+    /// tenant's claim on the same host, with any prefix (or none), is
+    /// refused, so no tenant serves paths on an origin whose users'
+    /// cookies and tokens belong to someone else. The holder is named only
+    /// as "another tenant". On one node [`Registry::set_routes`] runs this
+    /// under its claiming lock, so two tenants never take a host at once.
+    async fn check_host_holder(
+        &self,
+        tenant: &TenantId,
+        claim: &RouteClaim,
+    ) -> Result<(), RegistryError> {
+        let Some(host) = &claim.host else {
+            return Ok(());
+        };
+        let host_key = format!("claim/{host}");
+        for entry in self.kv.list(&host_key).await? {
+            let same_host = entry
+                .key
+                .strip_prefix(host_key.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            if !same_host {
+                continue;
+            }
+            let holder = String::from_utf8_lossy(&entry.value).into_owned();
+            let holder_tenant = holder.split_once('/').map_or("", |(t, _)| t);
+            if holder_tenant != tenant.as_str() {
+                return Err(RegistryError::RouteTaken {
+                    claim: claim.to_string(),
+                    owner: "a function of another tenant".into(),
+                });
             }
         }
         Ok(())
@@ -530,6 +598,9 @@ impl Registry {
         let owner = format!("{tenant}/{name}");
         if self.function(tenant, name).await?.is_none() {
             return Err(RegistryError::NoSuchFunction(name.clone()));
+        }
+        for claim in &claims {
+            self.check_host_holder(tenant, claim).await?;
         }
         let mut taken: Vec<String> = Vec::new();
         for claim in &claims {

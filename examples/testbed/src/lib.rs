@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `/` | answers `testbed ok` |
 //! | `/trap` | executes `unreachable` |
+//! | `/cookie?value=V` | answers with `Set-Cookie: V` (`!` in V stands for `;`) |
 //! | `/spin` | loops forever without yielding |
 //! | `/partial?then=T` | sends its head and `the first part, ` (no length), then traps (`T=trap`), loops past its timeout (`spin`) or grows past its memory limit (`grow`) |
 //! | `/grow?mb=N` | allocates and touches N MiB, answers `grew N` |
@@ -58,6 +59,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
         let text = match path {
             "/" => "testbed ok".to_string(),
             "/trap" => core::arch::wasm32::unreachable(),
+            "/cookie" => {
+                // `value` is a whole Set-Cookie value, `;` written as `!`.
+                let cookie = param("value").unwrap_or_default().replace('!', ";");
+                let headers = Fields::new();
+                let _ = headers.append("set-cookie", cookie.as_bytes());
+                return respond_with(response_out, headers, 200, "cookie set");
+            }
             "/partial" => return partial(response_out, &param("then").unwrap_or_default()),
             "/spin" => spin(),
             "/grow" => {
@@ -477,7 +485,11 @@ fn partial(out: ResponseOutparam, then: &str) {
 }
 
 fn respond(out: ResponseOutparam, status: u16, text: &str) {
-    let response = OutgoingResponse::new(Fields::new());
+    respond_with(out, Fields::new(), status, text)
+}
+
+fn respond_with(out: ResponseOutparam, headers: Fields, status: u16, text: &str) {
+    let response = OutgoingResponse::new(headers);
     let _ = response.set_status_code(status);
     let body = response.body().expect("body is taken once");
     ResponseOutparam::set(out, Ok(response));

@@ -12,6 +12,7 @@ mod deploy;
 mod events;
 mod hardening;
 mod harness;
+mod hostile;
 mod kv;
 mod lifecycle;
 mod limits;
