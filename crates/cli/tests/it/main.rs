@@ -17,6 +17,7 @@ mod kv;
 mod lifecycle;
 mod limits;
 mod metering;
+mod neighbours;
 mod projects;
 mod scaling;
 mod ssrf;
