@@ -386,7 +386,8 @@ pub(crate) async fn list_tokens(
 
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
     params(("id" = String, Path, description = "Token id")),
-    responses((status = 200, body = TokenInfo), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody)))]
+    responses((status = 200, body = TokenInfo), (status = 403, body = crate::ErrorBody), (status = 404, body = crate::ErrorBody),
+        (status = 409, description = "The last admin token that never expires: create another admin token first", body = crate::ErrorBody)))]
 pub(crate) async fn revoke_token(
     State(state): State<ApiState>,
     caller: Caller,

@@ -163,6 +163,39 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Answers that axum gives before a handler runs (a path segment that is
+/// not a number, a body that is not JSON, ...) come as plain text: they
+/// are given the JSON error body every other answer has, with their status.
+pub(crate) async fn json_rejections(response: Response) -> Response {
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !status.is_client_error() || !plain {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "bad_request",
+    };
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.to_string(),
+            message: text,
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +209,22 @@ mod tests {
         .to_string();
         assert!(message.contains("`--memory-mb`"), "{message}");
         assert!(!message.contains("`--memory`"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn plain_text_rejections_become_json_errors() {
+        let plain = (StatusCode::BAD_REQUEST, "Invalid URL: not a u64").into_response();
+        let response = json_rejections(plain).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap_or_default();
+        let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(body.error.code, "bad_request");
+        assert_eq!(body.error.message, "Invalid URL: not a u64");
+        // JSON answers and successes pass untouched.
+        let ok = (StatusCode::OK, "fine").into_response();
+        assert_eq!(json_rejections(ok).await.status(), StatusCode::OK);
     }
 
     #[test]

@@ -606,6 +606,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
+        .layer(axum::middleware::map_response(error::json_rejections))
         .with_state(state)
 }
 

@@ -130,6 +130,7 @@ pub(crate) fn finish(mut doc: Value) -> Value {
                 if let Some(operation) = operation.as_object_mut() {
                     constrain_parameters(path, operation);
                     document_errors(path, operation);
+                    binary_bodies(path, method, operation);
                 }
             }
         }
@@ -166,6 +167,50 @@ fn constrain_parameters(path: &str, operation: &mut Map<String, Value>) {
         };
         if let Some(schema) = parameter.get_mut("schema").and_then(Value::as_object_mut) {
             constraint.apply(schema);
+        }
+    }
+}
+
+/// Bodies that are bytes, not JSON (a component, an event's data, a
+/// key's value), are `string`/`binary`, not arrays of integers. An event's
+/// data and a key's value may be empty; a component is also accepted as
+/// `application/octet-stream`.
+fn binary_bodies(path: &str, method: &str, operation: &mut Map<String, Value>) {
+    let binary = || json!({ "type": "string", "format": "binary" });
+    let may_be_empty = matches!(
+        (method, path),
+        ("post", "/v1/functions/{name}/invocations") | ("put", "/v1/kv/{bucket}/keys/{key}")
+    );
+    if let Some(body) = operation
+        .get_mut("requestBody")
+        .and_then(Value::as_object_mut)
+    {
+        if let Some(content) = body.get_mut("content").and_then(Value::as_object_mut) {
+            if let Some(wasm) = content.get("application/wasm").cloned() {
+                content.entry("application/octet-stream").or_insert(wasm);
+            }
+            for (media, item) in content.iter_mut() {
+                if media != "application/json" {
+                    item["schema"] = binary();
+                }
+            }
+        }
+        if may_be_empty {
+            body.insert("required".into(), json!(false));
+        }
+    }
+    if let Some(responses) = operation
+        .get_mut("responses")
+        .and_then(Value::as_object_mut)
+    {
+        for response in responses.values_mut() {
+            if let Some(content) = response.get_mut("content").and_then(Value::as_object_mut) {
+                for (media, item) in content.iter_mut() {
+                    if media == "application/octet-stream" {
+                        item["schema"] = binary();
+                    }
+                }
+            }
         }
     }
 }
@@ -218,8 +263,8 @@ fn is_integer(schema: &Map<String, Value>) -> bool {
     }
 }
 
-/// Every unsigned integer (utoipa: `minimum: 0` with format `int32` or
-/// `int64`) gets its real range and an unsigned format.
+/// Every unsigned integer (utoipa: `minimum: 0` with format `int32`,
+/// `int64` or none for `usize`) gets its real range and an unsigned format.
 fn unsigned_ranges(value: &mut Value) {
     match value {
         Value::Object(map) => {
@@ -227,7 +272,8 @@ fn unsigned_ranges(value: &mut Value) {
                 is_integer(map) && map.get("minimum").and_then(Value::as_f64) == Some(0.0);
             if unsigned {
                 match map.get("format").and_then(Value::as_str) {
-                    Some("int64") => {
+                    // `usize` comes without a format: 64 bits on the server.
+                    Some("int64") | None => {
                         map.insert("format".into(), json!("uint64"));
                         map.insert("maximum".into(), json!(u64::MAX));
                     }
@@ -342,12 +388,40 @@ mod tests {
     }
 
     #[test]
+    fn byte_bodies_are_binary_and_may_be_empty_where_the_server_says() {
+        let doc = document();
+        let deploy = &doc["paths"]["/v1/functions/{name}/versions"]["post"]["requestBody"];
+        for media in ["application/wasm", "application/octet-stream"] {
+            assert_eq!(
+                deploy["content"][media]["schema"]["format"], "binary",
+                "{deploy}"
+            );
+        }
+        assert_eq!(deploy["required"], true);
+        let event = &doc["paths"]["/v1/functions/{name}/invocations"]["post"]["requestBody"];
+        assert_eq!(event["required"], false, "{event}");
+        assert_eq!(
+            doc["paths"]["/v1/tokens/{id}"]["delete"]["responses"]["409"]["content"]["application/json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/ErrorBody"
+        );
+    }
+
+    #[test]
     fn unsigned_integers_declare_their_range() {
         let doc = document();
         let expires = &doc["components"]["schemas"]["NewToken"]["properties"]["expires_in_s"];
         assert_eq!(expires["format"], "uint64", "{expires}");
         assert_eq!(expires["minimum"], 0, "{expires}");
         assert_eq!(expires["maximum"], u64::MAX, "{expires}");
+        let limit = doc["paths"]["/v1/functions/{name}/invocations"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .unwrap()["schema"]
+            .clone();
+        assert_eq!(limit["maximum"], u64::MAX, "{limit}");
         // No integer anywhere keeps a signed format with an unsigned range.
         fn walk(value: &Value, at: &str) {
             match value {
