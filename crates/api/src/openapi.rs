@@ -3,7 +3,8 @@
 //!
 //! - every operation documents the errors every handler can answer: 400
 //!   (a malformed name, body or parameter), 401 (no valid token), 403 (a
-//!   role that may not) and, under `/v1/functions/{name}`, 404;
+//!   role that may not), 431 (a head over the listener's limit) and, under
+//!   `/v1/functions/{name}`, 404;
 //! - names follow `gust_core`'s rules (function, tenant, bucket and alias
 //!   names are DNS-label-like: [`LABEL_PATTERN`]), and free text has the
 //!   size limits the handlers enforce ([`crate::text`]);
@@ -243,6 +244,10 @@ fn document_errors(path: &str, operation: &mut Map<String, Value>) {
             "No token, or one that is not valid (unknown, revoked, expired)",
         ),
         ("403", "The token's role may not do this"),
+        (
+            "431",
+            "The request's head (its URL and headers) is over the server's limit",
+        ),
     ];
     if path.starts_with("/v1/functions/{name}") {
         errors.push(("404", "No such function"));
@@ -337,7 +342,7 @@ mod tests {
         let operations = operations(&doc);
         assert!(operations.len() >= 40, "{}", operations.len());
         for (path, method, operation) in operations {
-            for status in ["400", "401", "403"] {
+            for status in ["400", "401", "403", "431"] {
                 let response = &operation["responses"][status];
                 assert!(
                     response.is_object(),
