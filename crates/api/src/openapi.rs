@@ -131,6 +131,16 @@ pub(crate) fn finish(mut doc: Value) -> Value {
                 if let Some(operation) = operation.as_object_mut() {
                     constrain_parameters(path, operation);
                     document_errors(path, operation);
+                    for (status, description) in operation_errors(method, path) {
+                        if let Some(responses) = operation
+                            .get_mut("responses")
+                            .and_then(Value::as_object_mut)
+                        {
+                            responses
+                                .entry(*status)
+                                .or_insert_with(|| error_response(description));
+                        }
+                    }
                     binary_bodies(path, method, operation);
                 }
             }
@@ -225,6 +235,27 @@ fn error_response(description: &str) -> Value {
             }
         }
     })
+}
+
+/// Errors only some operations answer, beyond what their handlers declare.
+fn operation_errors(method: &str, path: &str) -> &'static [(&'static str, &'static str)] {
+    match (method, path) {
+        ("post", "/v1/functions/{name}/versions") => &[
+            (
+                "409",
+                "A place another function claims, or a reservation that does not fit the node",
+            ),
+            (
+                "429",
+                "Over a tenant quota (functions, versions, storage, a function's memory)",
+            ),
+        ],
+        ("post", "/v1/functions") => &[("429", "Over the tenant's `functions` quota")],
+        ("post", "/v1/functions/{name}/invocations") => {
+            &[("429", "Over the tenant's `event_backlog` quota")]
+        }
+        _ => &[],
+    }
 }
 
 fn document_errors(path: &str, operation: &mut Map<String, Value>) {
@@ -403,6 +434,13 @@ mod tests {
             );
         }
         assert_eq!(deploy["required"], true);
+        for status in ["409", "429"] {
+            assert!(
+                doc["paths"]["/v1/functions/{name}/versions"]["post"]["responses"][status]
+                    .is_object(),
+                "deploy documents {status}"
+            );
+        }
         let event = &doc["paths"]["/v1/functions/{name}/invocations"]["post"]["requestBody"];
         assert_eq!(event["required"], false, "{event}");
         assert_eq!(
