@@ -288,6 +288,10 @@ fn document_errors(path: &str, operation: &mut Map<String, Value>) {
             .entry(status)
             .or_insert_with(|| error_response(description));
     }
+    // The listener answers it before the request reaches the API: in text.
+    if let Some(head) = responses.get_mut("431") {
+        head["content"] = json!({ "text/plain": { "schema": { "type": "string" } } });
+    }
 }
 
 /// Whether a schema's `type` is (or includes) `integer`.
@@ -373,6 +377,10 @@ mod tests {
         let operations = operations(&doc);
         assert!(operations.len() >= 40, "{}", operations.len());
         for (path, method, operation) in operations {
+            assert!(
+                operation["responses"]["431"]["content"]["text/plain"].is_object(),
+                "{method} {path}: 431 is the listener's, in text"
+            );
             for status in ["400", "401", "403", "431"] {
                 let response = &operation["responses"][status];
                 assert!(
