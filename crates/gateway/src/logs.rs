@@ -22,6 +22,11 @@ use tokio::sync::mpsc;
 
 const QUEUE: usize = 16 * 1024;
 const BATCH: usize = 512;
+/// How long the writer waits for more records after the first of a
+/// batch. Writing each record of a trickle alone (every failed request
+/// leaves one) cost a store transaction each: about as much CPU as the
+/// request itself (bench/README.md, trap cost).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 /// Bytes of log records waiting to be written, at most.
 const QUEUE_BYTES: usize = 32 << 20;
 /// How often every stream is held to its age limit.
@@ -87,6 +92,14 @@ impl ByteBucket {
     }
 }
 
+/// Adds what arrives within [`LINGER`] to `batch` (up to [`BATCH`]).
+async fn linger(rx: &mut mpsc::Receiver<(String, Bytes)>, batch: &mut Vec<(String, Bytes)>) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while batch.len() < BATCH && rx.recv_many(batch, BATCH - batch.len()).await > 0 {}
+    })
+    .await;
+}
+
 #[derive(Clone)]
 pub(crate) struct LogSink {
     tx: mpsc::Sender<(String, Bytes)>,
@@ -115,7 +128,12 @@ impl LogSink {
             prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let closing = tokio::select! {
-                    n = rx.recv_many(&mut batch, BATCH) => n == 0,
+                    n = rx.recv_many(&mut batch, BATCH) => {
+                        if n > 0 {
+                            linger(&mut rx, &mut batch).await;
+                        }
+                        n == 0
+                    }
                     () = close.notified() => {
                         while let Ok(record) = rx.try_recv() {
                             batch.push(record);

@@ -419,6 +419,10 @@ fn build_engine(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto);
     wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // A trap's message is all anyone sees of it (`InvokeError::Trapped`):
+    // walking and resolving the guest's stack for a backtrace would be
+    // work for nobody. A run-time setting; compiled artifacts are the same.
+    wasm.wasm_backtrace_max_frames(None);
     match Engine::new(&wasm) {
         Ok(engine) => Ok(engine),
         Err(pool_error) => {
