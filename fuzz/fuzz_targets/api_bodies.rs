@@ -75,6 +75,7 @@ fn harness() -> &'static Harness {
                 runtime,
                 public_url: "http://127.0.0.1:8080".into(),
                 tenant_domain: Some("tenants.example".into()),
+                public_hosts: vec!["gust.example".into()],
                 max_upload_bytes: 1 << 20,
                 metrics: Arc::new(String::new),
                 events: Events::new(Arc::new(store.clone()), kv),

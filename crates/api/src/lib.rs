@@ -63,6 +63,9 @@ pub struct ApiState {
     /// The domain whose subdomains are tenants' own origins
     /// (`--tenant-domain`): no function may claim a host under it.
     pub tenant_domain: Option<String>,
+    /// Other names of the data plane's shared origin (`--public-host`):
+    /// no function may claim them.
+    pub public_hosts: Vec<String>,
     /// Largest component accepted by a deploy, in bytes.
     pub max_upload_bytes: usize,
     pub metrics: MetricsRenderer,
@@ -834,12 +837,14 @@ async fn delete_function(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Action::Write)?;
     let name = function_name(name)?;
+    // Held until the removal's components are collected, so that no
+    // deploy stores the same component in between (see `components_lock`).
+    let uploading = state.registry.components_lock().await;
     let digests: Vec<String> = match state.registry.versions(&caller.tenant, &name).await {
         Ok(versions) => versions.into_iter().map(|v| v.digest).collect(),
         Err(gust_store::RegistryError::NoSuchFunction(_)) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
-    let uploading = state.registry.components_lock().await;
     let Some(revision) = state
         .registry
         .delete_function(&caller.tenant, &name)
@@ -849,18 +854,27 @@ async fn delete_function(
             "function `{name}` does not exist"
         )));
     };
-    // Its components and their compiled artifacts go with it, unless
-    // another function (of any tenant) runs the same bytes.
-    for digest in state.registry.unreferenced(&digests).await? {
-        state.runtime.forget_artifact(&digest);
-        state.blobs.delete(&digest).await?;
-    }
-    drop(uploading);
+    // What goes with it — its components and compiled artifacts, unless
+    // another function (of any tenant) runs the same bytes, and its logs —
+    // is removed by a task of its own: a client that hangs up now does
+    // not leave it on disk.
+    let cleanup = {
+        let state = state.clone();
+        let stream = Registry::log_stream(&caller.tenant, &name);
+        tokio::spawn(async move {
+            let _uploading = uploading;
+            for digest in state.registry.unreferenced(&digests).await? {
+                state.runtime.forget_artifact(&digest);
+                state.blobs.delete(&digest).await?;
+            }
+            state.logs.delete_stream(&stream).await?;
+            Ok::<(), ApiError>(())
+        })
+    };
     state.until_live(revision).await;
-    state
-        .logs
-        .delete_stream(&Registry::log_stream(&caller.tenant, &name))
-        .await?;
+    cleanup
+        .await
+        .map_err(|e| ApiError::Internal(format!("removing the function's files: {e}")))??;
     Ok(StatusCode::NO_CONTENT)
 }
 

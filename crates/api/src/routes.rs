@@ -44,7 +44,13 @@ pub(crate) fn parse_claims<'a>(
         crate::text::check("route", text, MAX_CLAIM_BYTES)?;
         let claim: RouteClaim = text.trim().parse().map_err(ApiError::BadRequest)?;
         match &claim.host {
-            Some(host) if *host == own_host => {
+            Some(host)
+                if *host == own_host
+                    || state
+                        .public_hosts
+                        .iter()
+                        .any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(host)) =>
+            {
                 return Err(ApiError::BadRequest(format!(
                     "`{host}` is the data plane's own host: it serves every function by its path"
                 )));

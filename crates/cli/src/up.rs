@@ -45,6 +45,11 @@ pub struct UpArgs {
     /// node), so no two tenants share cookies or storage in a browser.
     #[arg(long, value_name = "DOMAIN")]
     tenant_domain: Option<String>,
+    /// A name clients use for the data plane's shared origin (behind a
+    /// proxy, say `gust.example.com`); repeat for several. No function may
+    /// claim it, so it always serves every function by its path.
+    #[arg(long, value_name = "HOST")]
+    public_host: Vec<String>,
     /// MiB that running instances may reserve at once (each its function's
     /// memory limit) before new ones get 503. Default: three quarters of
     /// the memory available at start.
@@ -311,6 +316,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         max_event_bytes: args.max_event_bytes,
         auth: !args.dev,
         tenant_domain: args.tenant_domain.clone(),
+        public_hosts: args.public_host.clone(),
         scale: gust_gateway::scaling::ScaleConfig {
             tick: Duration::from_millis(args.scale_tick_ms.max(10)),
             node: gust_scheduler::NodeConfig {
@@ -393,6 +399,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         runtime,
         public_url: format!("{scheme}://{data_addr}"),
         tenant_domain: args.tenant_domain.clone(),
+        public_hosts: args.public_host.clone(),
         max_upload_bytes: args.max_upload_bytes,
         metrics,
         events,

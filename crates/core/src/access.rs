@@ -114,6 +114,9 @@ pub struct Quotas {
     /// The largest memory limit one of the tenant's functions may have,
     /// in bytes (each running instance reserves it from the node).
     pub function_memory_bytes: u64,
+    /// Instances the tenant's functions may reserve in all (the sum of
+    /// their `reserved_concurrency`): slots no other tenant may use.
+    pub reserved_concurrency: u64,
 }
 
 impl Default for Quotas {
@@ -131,6 +134,7 @@ impl Default for Quotas {
             storage_bytes: 1 << 30,
             monthly_budget_micros: None,
             function_memory_bytes: 1 << 30,
+            reserved_concurrency: 250,
         }
     }
 }

@@ -211,10 +211,17 @@ pub fn is_internal_ip(ip: IpAddr) -> bool {
 /// `0177.0.0.1`). A trailing dot is ignored.
 pub fn parse_ip_host(host: &str) -> Option<IpAddr> {
     let host = host.strip_suffix('.').unwrap_or(host);
+    // A zone (`fe80::1%eth0`, `%25` in a URL) names an interface, not
+    // another address: the address before it is what is judged.
+    let unzoned = |v6: &str| {
+        v6.split_once('%')
+            .map_or(v6, |(address, _)| address)
+            .to_owned()
+    };
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return inner.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+        return unzoned(inner).parse::<Ipv6Addr>().ok().map(IpAddr::V6);
     }
-    if let Ok(ip) = host.parse::<Ipv6Addr>() {
+    if let Ok(ip) = unzoned(host).parse::<Ipv6Addr>() {
         return Some(IpAddr::V6(ip));
     }
     parse_ipv4_loose(host).map(IpAddr::V4)
@@ -477,6 +484,9 @@ mod tests {
             ("::1", "::1"),
             ("[::ffff:127.0.0.1]", "::ffff:127.0.0.1"),
             ("[64:ff9b::7f00:1]", "64:ff9b::7f00:1"),
+            ("[fe80::1%25eth0]", "fe80::1"),
+            ("[::1%lo]", "::1"),
+            ("fe80::1%eth0", "fe80::1"),
         ] {
             assert_eq!(parse_ip_host(host), Some(ip(want)), "{host}");
         }
@@ -518,6 +528,8 @@ mod tests {
             "198.18.0.1",
             "0.0.0.0",
             "[fe80::1]",
+            "[fe80::1%25eth0]",
+            "[::1%25lo]",
         ] {
             assert!(is_internal_host(host), "{host}");
         }

@@ -195,6 +195,16 @@ impl Access {
         })
     }
 
+    /// How many instances the tenant may reserve in all (Σ of its
+    /// functions' `reserved_concurrency`).
+    pub fn reserved_concurrency_quota(&self, tenant: &str) -> u64 {
+        TenantId::new(tenant)
+            .ok()
+            .and_then(|tenant| self.accounts.quotas(&tenant))
+            .unwrap_or_default()
+            .reserved_concurrency
+    }
+
     /// Takes one of the tenant's concurrent invocations, for the run's length.
     pub fn admit_run(&self, tenant: &TenantId) -> Result<TenantRun, GatewayError> {
         let gate = self.gate(tenant);

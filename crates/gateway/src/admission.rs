@@ -16,7 +16,8 @@
 //! it, and as the others arrive its part shrinks to its share while its
 //! running invocations finish ([`fair_admit`] is the rule, pure). Each
 //! running instance also reserves its memory limit from the node's
-//! memory budget; past it, 503 as well.
+//! memory budget, shared between tenants by the same rule in bytes
+//! ([`fair_admit_memory`]); past it, 503 as well.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -45,6 +46,32 @@ pub(crate) fn fair_admit(in_use: u32, limit: u32, tenant_running: u32, active: u
 #[derive(Default)]
 pub(crate) struct TenantShare {
     running: AtomicU32,
+    /// Bytes its running instances reserve.
+    memory: AtomicU64,
+}
+
+/// Whether a tenant whose running instances reserve `tenant_reserved`
+/// bytes may reserve `need` more, when `reserved` of the node's `budget`
+/// are taken and `active` tenants run something: the rule of
+/// [`fair_admit`], in bytes. An instance larger than the whole budget
+/// still runs when nothing else does.
+pub(crate) fn fair_admit_memory(
+    reserved: u64,
+    budget: u64,
+    tenant_reserved: u64,
+    need: u64,
+    active: u32,
+) -> bool {
+    if reserved == 0 {
+        return true;
+    }
+    let after = reserved.saturating_add(need);
+    if after > budget {
+        return false;
+    }
+    let share = budget / u64::from(active.max(2));
+    let headroom = budget / 8;
+    tenant_reserved.saturating_add(need) <= share || after.saturating_add(headroom) <= budget
 }
 
 /// The node's instance slots: those set aside by reservations, and the
@@ -76,6 +103,7 @@ impl Drop for NodeSlot {
         match &self.tenant {
             Some(tenant) => {
                 self.slots.shared.fetch_sub(1, Ordering::AcqRel);
+                tenant.memory.fetch_sub(self.memory, Ordering::AcqRel);
                 if tenant.running.fetch_sub(1, Ordering::AcqRel) == 1 {
                     self.slots.active_tenants.fetch_sub(1, Ordering::AcqRel);
                 }
@@ -130,39 +158,44 @@ impl NodeSlots {
         memory: u64,
     ) -> Result<NodeSlot, GatewayError> {
         let reserved = self.memory_reserved.fetch_add(memory, Ordering::AcqRel);
-        if reserved.saturating_add(memory) > self.memory_budget && reserved > 0 {
-            self.memory_reserved.fetch_sub(memory, Ordering::AcqRel);
-            return Err(GatewayError::MemoryFull);
-        }
         let Some(tenant) = tenant else {
+            // Its own reservation bounds its slots; the memory is the node's.
             self.on_reserved.fetch_add(1, Ordering::AcqRel);
-            return Ok(NodeSlot {
+            let slot = NodeSlot {
                 slots: self.clone(),
                 tenant: None,
                 memory,
-            });
+            };
+            return if fair_admit_memory(reserved, self.memory_budget, 0, memory, 1) {
+                Ok(slot)
+            } else {
+                Err(GatewayError::MemoryFull)
+            };
         };
         let limit = self
             .limit
             .saturating_sub(self.reserved.load(Ordering::Acquire))
             .max(self.unreserved_floor());
         let mine = tenant.running.fetch_add(1, Ordering::AcqRel);
+        let mine_memory = tenant.memory.fetch_add(memory, Ordering::AcqRel);
         let active = if mine == 0 {
             self.active_tenants.fetch_add(1, Ordering::AcqRel) + 1
         } else {
             self.active_tenants.load(Ordering::Acquire)
         };
         let in_use = self.shared.fetch_add(1, Ordering::AcqRel);
-        // The slot counts as taken from here; `Drop` gives back all three.
+        // Everything counts as taken from here; `Drop` gives it all back.
         let slot = NodeSlot {
             slots: self.clone(),
             tenant: Some(tenant.clone()),
             memory,
         };
-        if fair_admit(in_use, limit, mine, active) {
-            Ok(slot)
-        } else {
+        if !fair_admit(in_use, limit, mine, active) {
             Err(GatewayError::Overloaded)
+        } else if !fair_admit_memory(reserved, self.memory_budget, mine_memory, memory, active) {
+            Err(GatewayError::MemoryFull)
+        } else {
+            Ok(slot)
         }
     }
 }
@@ -377,8 +410,23 @@ mod tests {
         ));
         assert_eq!(node.in_use(), 2);
         drop(a);
-        let _c = node.take(Some(&tenant), 128).unwrap();
+        let c = node.take(Some(&tenant), 128).unwrap();
         drop(b);
+        drop(c);
+        // Two tenants: one alone borrows up to the headroom, the other
+        // still finds its share.
+        let node = Arc::new(NodeSlots::new(100, 800));
+        let quiet = Arc::new(TenantShare::default());
+        let mut held = Vec::new();
+        while let Ok(slot) = node.take(Some(&tenant), 100) {
+            held.push(slot);
+        }
+        assert_eq!(held.len(), 7, "7 of 8 hundreds, an eighth left");
+        let theirs = node.take(Some(&quiet), 100).unwrap();
+        assert!(node.take(Some(&quiet), 100).is_err(), "the budget is spent");
+        drop((held, theirs));
+        assert_eq!(quiet.memory.load(Ordering::Acquire), 0);
+        assert_eq!(tenant.memory.load(Ordering::Acquire), 0);
         // One instance larger than the whole budget still runs alone.
         let node = Arc::new(NodeSlots::new(100, 64));
         let _big = node.take(Some(&tenant), 128).unwrap();

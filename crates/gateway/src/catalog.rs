@@ -417,6 +417,32 @@ pub(crate) struct Catalog {
     claims: RwLock<Arc<ClaimTable<(String, String)>>>,
     /// `example.dev`: `<tenant>.example.dev` is that tenant's own origin.
     tenant_domain: Option<String>,
+    /// The shared origin's own names: never a claimed host.
+    public_hosts: Vec<String>,
+}
+
+/// Which tenant holds each claimed host: the one with the claim nearest
+/// the host's root (shortest prefix; the first tenant name on a tie).
+/// Claims stored before a host belonged to one tenant can name several
+/// tenants on one host; only the holder's are served.
+fn host_holders<'a>(
+    claims: impl Iterator<Item = (&'a str, &'a RouteClaim)>,
+) -> HashMap<&'a str, &'a str> {
+    let mut nearest: HashMap<&'a str, (usize, &'a str)> = HashMap::new();
+    for (tenant, claim) in claims {
+        let Some(host) = claim.host.as_deref() else {
+            continue;
+        };
+        let depth = claim.prefix.as_deref().map_or(0, str::len);
+        nearest
+            .entry(host)
+            .and_modify(|held| *held = (*held).min((depth, tenant)))
+            .or_insert((depth, tenant));
+    }
+    nearest
+        .into_iter()
+        .map(|(host, (_, tenant))| (host, tenant))
+        .collect()
 }
 
 /// Where a request goes.
@@ -436,7 +462,11 @@ pub(crate) enum Resolved<'p> {
 }
 
 impl Catalog {
-    pub fn new(secrets: Arc<SecretBox>, tenant_domain: Option<String>) -> Self {
+    pub fn new(
+        secrets: Arc<SecretBox>,
+        tenant_domain: Option<String>,
+        public_hosts: Vec<String>,
+    ) -> Self {
         Self {
             routes: RwLock::default(),
             applied: tokio::sync::watch::Sender::new(0),
@@ -445,7 +475,26 @@ impl Catalog {
             tenant_domain: tenant_domain
                 .map(|d| d.trim_matches('.').to_ascii_lowercase())
                 .filter(|d| !d.is_empty()),
+            public_hosts: public_hosts
+                .iter()
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
         }
+    }
+
+    /// Whether `host` (a Host header) names the shared origin itself.
+    fn is_public_host(&self, host: &str) -> bool {
+        if self.public_hosts.is_empty() {
+            return false;
+        }
+        let host = host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(h, _)| h);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        self.public_hosts
+            .iter()
+            .any(|own| own.eq_ignore_ascii_case(host))
     }
 
     /// The tenant whose own origin `host` (a Host header) is, if it is a
@@ -529,12 +578,15 @@ impl Catalog {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if !claims.is_empty() && claims.claims_host(host) {
+        if !claims.is_empty() && claims.claims_host(host) && !self.is_public_host(host) {
             // A claimed host is its holder's origin: other tenants' functions
             // (named in the path or by a path claim) are not served on it,
             // where they would see its users' cookies and tokens.
-            return claimed(claims.by_host(host, path_and_query), CookieScope::OwnHost)
-                .unwrap_or(Resolved::NoRoute);
+            return claimed(
+                claims.by_host(host, path_and_query),
+                CookieScope::TenantOrigin,
+            )
+            .unwrap_or(Resolved::NoRoute);
         }
         // The shared origin: cookies stay under the part of the path that
         // chose the function.
@@ -567,9 +619,23 @@ impl Catalog {
 
     /// Rebuilds the claim table from the functions' claims.
     fn index_claims(&self, routes: &HashMap<String, Arc<Served>>) {
+        let holders = host_holders(routes.iter().flat_map(|(key, served)| {
+            let tenant = key.split_once('/').map_or("", |(t, _)| t);
+            served.claims.iter().map(move |claim| (tenant, claim))
+        }));
         let mut table = ClaimTable::default();
         for (key, served) in routes {
+            let tenant = key.split_once('/').map_or("", |(t, _)| t);
             for claim in &served.claims {
+                if let Some(host) = &claim.host
+                    && holders
+                        .get(host.as_str())
+                        .is_some_and(|holder| *holder != tenant)
+                {
+                    // Taken before hosts belonged to one tenant: not served.
+                    tracing::warn!(%claim, function = %key, "a claim on another tenant's host is ignored; remove it");
+                    continue;
+                }
                 let alias = claim.alias.clone().unwrap_or_else(|| deploy::LIVE.into());
                 table.insert(claim, (key.clone(), alias));
             }
@@ -781,5 +847,34 @@ pub(crate) async fn follow_registry(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_claimed_by_several_tenants_is_held_by_the_one_nearest_its_root() {
+        let claim = |text: &str| text.parse::<RouteClaim>().unwrap();
+        let (shop, cart, other, api) = (
+            claim("shop.example.com"),
+            claim("shop.example.com/cart"),
+            claim("other.example.com/a/b"),
+            claim("api.example.com/v1"),
+        );
+        let holders = host_holders(
+            [
+                ("mallory", &cart),
+                ("shopco", &shop),
+                ("zed", &other),
+                ("acme", &api),
+                ("bob", &api),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(holders["shop.example.com"], "shopco");
+        assert_eq!(holders["other.example.com"], "zed");
+        assert_eq!(holders["api.example.com"], "acme", "a tie: the first name");
     }
 }

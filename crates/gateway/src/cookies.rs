@@ -6,9 +6,14 @@
 //! every other function too. A `Set-Cookie` from a function served on the
 //! shared origin therefore loses its `Domain` attribute, and its `Path`
 //! becomes the function's own base path unless it already lies inside it.
-//! On a per-tenant origin (`<tenant>.<tenant-domain>`) the tenant owns the
-//! path space but not the parent domain: only `Domain` is removed. A host
-//! a tenant claims is its own, and its cookies are left alone. Pure code.
+//! On a per-tenant origin (`<tenant>.<tenant-domain>`) and on a host a
+//! tenant claims, the tenant owns the path space but not the parent
+//! domain, whose other subdomains may be other tenants': only `Domain` is
+//! removed (every cookie a guest sets is host-only). Pure code.
+//!
+//! Other headers act on a whole origin, not a path: on the shared origin
+//! `Service-Worker-Allowed` (a worker controlling every tenant's paths)
+//! and `Clear-Site-Data` (wiping every tenant's state) are dropped.
 
 /// Where a response's cookies may reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,17 +21,14 @@ pub(crate) enum CookieScope {
     /// The shared origin: the function's own base path (`/@acme/shop`),
     /// the first `base_len` bytes of the request's path.
     SharedOrigin { base_len: usize },
-    /// A tenant's own subdomain of the tenant domain.
+    /// A tenant's own subdomain of the tenant domain, or a host it claims.
     TenantOrigin,
-    /// A host the function's tenant claims: left as the guest set it.
-    OwnHost,
 }
 
 /// `set_cookie` (one `Set-Cookie` value) confined to `scope`, for a
 /// request to `path` (its path and query); `None` when it needs no change.
 pub(crate) fn confine(set_cookie: &str, scope: CookieScope, path: &str) -> Option<String> {
     let base = match scope {
-        CookieScope::OwnHost => return None,
         CookieScope::TenantOrigin => None,
         CookieScope::SharedOrigin { base_len } => Some(
             path.get(..base_len)
@@ -78,6 +80,10 @@ pub(crate) fn confine(set_cookie: &str, scope: CookieScope, path: &str) -> Optio
     }
     changed.then_some(out)
 }
+
+/// Response headers that reach every path of an origin: dropped on the
+/// shared origin.
+pub(crate) const ORIGIN_WIDE: [&str; 2] = ["service-worker-allowed", "clear-site-data"];
 
 /// Whether cookie path `path` lies inside `base` (on a segment boundary)
 /// and does not try to leave it with dot segments.
@@ -134,7 +140,7 @@ mod tests {
     }
 
     #[test]
-    fn tenant_origins_lose_only_the_domain_and_own_hosts_nothing() {
+    fn tenant_origins_and_claimed_hosts_lose_only_the_domain() {
         assert_eq!(
             confine(
                 "a=b; Path=/; Domain=example.dev",
@@ -151,10 +157,12 @@ mod tests {
         assert_eq!(
             confine(
                 "a=b; Path=/; Domain=example.com",
-                CookieScope::OwnHost,
+                CookieScope::TenantOrigin,
                 "/x"
-            ),
-            None
+            )
+            .as_deref(),
+            Some("a=b; Path=/"),
+            "a claimed host's cookies must not reach its parent domain's other hosts"
         );
     }
 }

@@ -81,6 +81,10 @@ pub struct GatewayConfig {
     /// `example.dev`: each tenant's functions are also served on its own
     /// origin, `<tenant>.example.dev/<name>/…`.
     pub tenant_domain: Option<String>,
+    /// The names clients use for the shared origin (`--public-host`): no
+    /// function may claim them, so they always serve every function by
+    /// its path.
+    pub public_hosts: Vec<String>,
     /// Scale to zero, pre-warming and provisioning.
     pub scale: scaling::ScaleConfig,
     /// Invocation logs: each function's rate, and what its stream keeps.
@@ -98,6 +102,7 @@ impl Default for GatewayConfig {
             max_event_bytes: 1 << 20,
             auth: true,
             tenant_domain: None,
+            public_hosts: Vec::new(),
             scale: scaling::ScaleConfig::default(),
             logs: LogConfig::default(),
         }
@@ -192,7 +197,11 @@ impl Gateway {
             meter,
             secrets,
         } = services;
-        let catalog = Arc::new(Catalog::new(secrets, config.tenant_domain.clone()));
+        let catalog = Arc::new(Catalog::new(
+            secrets,
+            config.tenant_domain.clone(),
+            config.public_hosts.clone(),
+        ));
         let node = Arc::new(admission::NodeSlots::new(
             u32::try_from(config.max_in_flight).unwrap_or(u32::MAX),
             config.memory_budget_bytes,
@@ -254,11 +263,23 @@ impl Gateway {
             .catalog
             .reservations_except(&format!("{tenant}/{name}"));
         let others: u32 = holders.iter().map(|(_, n)| n).sum();
+        let prefix = format!("{tenant}/");
+        let own: u32 = holders
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, n)| n)
+            .sum();
+        let quota = self.shared.access.reserved_concurrency_quota(tenant);
+        if u64::from(own) + u64::from(reserved) > quota {
+            return Err(format!(
+                "quota `reserved_concurrency`: tenant `{tenant}` may reserve {quota} instances in all and reserves {own} already; reserve at most {left}, or ask an admin to raise the quota",
+                left = quota.saturating_sub(u64::from(own)),
+            ));
+        }
         let room = node.limit().saturating_sub(node.unreserved_floor());
         if others.saturating_add(reserved) <= room {
             return Ok(());
         }
-        let prefix = format!("{tenant}/");
         let mut held: Vec<String> = holders
             .iter()
             .filter_map(|(key, n)| Some(format!("{} {n}", key.strip_prefix(&prefix)?)))
@@ -500,7 +521,12 @@ async fn discard(mut body: GatewayBody) {
 /// Rewrites the guest's `Set-Cookie` headers so that none reaches beyond
 /// what the function owns (see `cookies`).
 fn confine_cookies(headers: &mut http::HeaderMap, scope: cookies::CookieScope, path: &str) {
-    if scope == cookies::CookieScope::OwnHost || !headers.contains_key(header::SET_COOKIE) {
+    if matches!(scope, cookies::CookieScope::SharedOrigin { .. }) {
+        for name in cookies::ORIGIN_WIDE {
+            headers.remove(name);
+        }
+    }
+    if !headers.contains_key(header::SET_COOKIE) {
         return;
     }
     let confined: Vec<HeaderValue> = headers
@@ -612,14 +638,18 @@ where
     let id = attempt.id;
     let fault = attempt.fault.clone();
     let depth = attempt.depth;
-    let usage = shared
-        .meter
-        .as_ref()
-        .map(|meter| (meter, metering::start_record(route, &attempt)));
+    // Recorded (not run, 499) if the request goes away before its guest starts.
+    let admitting = std::sync::Mutex::new(metering::Admitting::new(
+        shared
+            .meter
+            .as_ref()
+            .map(|meter| (meter, metering::start_record(route, &attempt))),
+    ));
     let refuse = |error: GatewayError| {
-        if let Some((meter, record)) = &usage {
-            metering::rejected(meter, record.clone(), error.status_code().as_u16());
-        }
+        admitting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .refuse(error.status_code().as_u16());
         error
     };
     // The function's own limit first (a request may wait for it), then
@@ -665,6 +695,10 @@ where
     });
     // The attempt's open frame is in the journal before the guest runs:
     // if the server dies next, the attempt is recorded as aborted.
+    let usage = admitting
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .admitted();
     let draft = usage.map(|(meter, record)| {
         meter.open(&record);
         Arc::new(metering::Draft::new(meter.clone(), record))

@@ -70,6 +70,16 @@ impl ByteBucket {
         }
     }
 
+    /// Whether it has refilled to its burst by `now_ms`: then it is the
+    /// same as a new one, and need not be kept.
+    fn is_full(&self, config: &LogConfig, now_ms: u64) -> bool {
+        let earned = config
+            .rate_bytes_per_second
+            .saturating_mul(now_ms.saturating_sub(self.last_ms))
+            / 1000;
+        self.tokens.saturating_add(earned) >= config.burst_bytes
+    }
+
     /// Takes `bytes` if there are that many; false (and nothing taken) if not.
     fn take(&mut self, config: &LogConfig, bytes: u64, now_ms: u64) -> bool {
         let elapsed = now_ms.saturating_sub(self.last_ms);
@@ -203,6 +213,11 @@ impl LogSink {
         match buckets.get_mut(stream) {
             Some(bucket) => bucket.take(&self.config, bytes, now),
             None => {
+                // Forget the functions whose buckets refilled (removed ones
+                // among them), each time the map has doubled.
+                if buckets.len() >= 1024 && buckets.len().is_power_of_two() {
+                    buckets.retain(|_, bucket| !bucket.is_full(&self.config, now));
+                }
                 let mut bucket = ByteBucket::new(&self.config, now);
                 let taken = bucket.take(&self.config, bytes, now);
                 buckets.insert(stream.to_string(), bucket);
@@ -241,6 +256,20 @@ mod tests {
         assert!(bucket.take(&config, 5000, 1_000_000));
         // A record larger than the burst never fits.
         assert!(!bucket.take(&config, 6000, 2_000_000));
+    }
+
+    #[test]
+    fn a_refilled_bucket_is_as_good_as_a_new_one() {
+        let config = LogConfig {
+            rate_bytes_per_second: 1000,
+            burst_bytes: 2000,
+            ..LogConfig::default()
+        };
+        let mut bucket = ByteBucket::new(&config, 0);
+        assert!(bucket.is_full(&config, 0));
+        assert!(bucket.take(&config, 1500, 0));
+        assert!(!bucket.is_full(&config, 1000));
+        assert!(bucket.is_full(&config, 1500));
     }
 
     #[test]

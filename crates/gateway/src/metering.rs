@@ -66,6 +66,41 @@ pub(crate) fn rejected(meter: &Meter, mut record: UsageRecord, status: u16) {
     meter.record(record, false);
 }
 
+/// An attempt between admission and its guest's start (waiting for a
+/// place, loading its component): if its request goes away then (the
+/// future dropped), it is recorded as not run — `rejected`, never charged,
+/// with status 499 (the client closed the request); otherwise its record
+/// moves on to a [`Draft`] or a refusal.
+pub(crate) struct Admitting<'m> {
+    pending: Option<(&'m Meter, UsageRecord)>,
+}
+
+impl<'m> Admitting<'m> {
+    pub fn new(pending: Option<(&'m Meter, UsageRecord)>) -> Self {
+        Self { pending }
+    }
+
+    /// Refused at admission: recorded so, with the status answered.
+    pub fn refuse(&mut self, status: u16) {
+        if let Some((meter, record)) = self.pending.take() {
+            rejected(meter, record, status);
+        }
+    }
+
+    /// Admitted: the record goes on with the run.
+    pub fn admitted(mut self) -> Option<(&'m Meter, UsageRecord)> {
+        self.pending.take()
+    }
+}
+
+impl Drop for Admitting<'_> {
+    fn drop(&mut self) {
+        if let Some((meter, record)) = self.pending.take() {
+            rejected(meter, record, 499);
+        }
+    }
+}
+
 /// An attempt's record (opened in the ledger), waiting for its report, its
 /// status and its body's end.
 pub(crate) struct Draft {

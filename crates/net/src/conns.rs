@@ -85,6 +85,7 @@ impl<T> ConnTable<T> {
 
     /// A new connection from `address`, idle from `now`.
     pub fn admit(&mut self, address: IpAddr, now: Instant, handle: T) -> Admit<T> {
+        let address = client_group(address);
         let from_address = self.per_address.get(&address).copied().unwrap_or(0);
         let mut evict = None;
         if from_address >= self.limits.per_address {
@@ -115,7 +116,7 @@ impl<T> ConnTable<T> {
         Admit::Accept { id, evict }
     }
 
-    /// The connection idle the longest, of `address` or of any.
+    /// The connection idle the longest, of `address` (a client group) or of any.
     fn idlest(&self, address: Option<IpAddr>) -> Option<u64> {
         self.idle
             .iter()
@@ -210,11 +211,52 @@ pub fn default_limits(fd_limit: u64) -> (ConnectionLimits, ConnectionLimits) {
     )
 }
 
+/// Whom a per-address limit counts a connection against: an IPv4 client
+/// by its address, an IPv6 one by its /64 (one subscriber's network hands
+/// out any number of addresses within it), an IPv4-mapped one as IPv4.
+pub fn client_group(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                v6.to_bits() & !u128::from(u64::MAX),
+            )),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let mut t = table(100, 2);
+        let now = Instant::now();
+        let v6 = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert!(matches!(
+            t.admit(v6("2001:db8:1:2::1"), now, 1),
+            Admit::Accept { evict: None, .. }
+        ));
+        assert!(matches!(
+            t.admit(v6("2001:db8:1:2:ffff::9"), now, 2),
+            Admit::Accept { evict: None, .. }
+        ));
+        // A third from the same /64 takes the idlest of the two's place.
+        assert!(matches!(
+            t.admit(v6("2001:db8:1:2:abcd::1"), now, 3),
+            Admit::Accept { evict: Some(_), .. }
+        ));
+        // Another /64 is another client.
+        assert!(matches!(
+            t.admit(v6("2001:db8:1:3::1"), now, 4),
+            Admit::Accept { evict: None, .. }
+        ));
+        assert_eq!(client_group(v6("::ffff:10.0.0.1")), v6("10.0.0.1"));
+    }
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, last])

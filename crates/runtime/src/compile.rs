@@ -288,7 +288,8 @@ impl std::fmt::Debug for CompileQueue {
 /// A compile slot, held while compiling; dropping it lets the next one start.
 #[must_use]
 pub struct CompileTurn {
-    queue: std::sync::Arc<std::sync::Mutex<FairQueue<Waiter>>>,
+    /// `None` once its place was given back.
+    queue: Option<std::sync::Arc<std::sync::Mutex<FairQueue<Waiter>>>>,
     tenant: String,
 }
 
@@ -325,28 +326,39 @@ impl CompileQueue {
 }
 
 /// Gives each started waiter its turn, outside the lock. A waiter that went
-/// away (its deploy was dropped) gives its turn back at once (the turn's drop).
+/// away (its deploy was dropped) gives its turn back at once, here, in a
+/// loop: however many waiters went away, the stack does not grow.
 fn hand_out(
     queue: &std::sync::Arc<std::sync::Mutex<FairQueue<Waiter>>>,
     started: Vec<(String, Waiter)>,
 ) {
-    for (tenant, waiter) in started {
+    let mut pending = started;
+    while let Some((tenant, waiter)) = pending.pop() {
         let turn = CompileTurn {
-            queue: queue.clone(),
+            queue: Some(queue.clone()),
             tenant,
         };
-        let _ = waiter.send(turn);
+        if let Err(mut unwanted) = waiter.send(turn) {
+            // Disarm its drop, and give its place to the next waiter here.
+            unwanted.queue = None;
+            let mut locked = lock_queue(queue);
+            locked.finished(&unwanted.tenant);
+            pending.extend(locked.start());
+        }
     }
 }
 
 impl Drop for CompileTurn {
     fn drop(&mut self) {
-        let started = {
-            let mut queue = lock_queue(&self.queue);
-            queue.finished(&self.tenant);
-            queue.start()
+        let Some(queue) = self.queue.take() else {
+            return;
         };
-        hand_out(&self.queue, started);
+        let started = {
+            let mut locked = lock_queue(&queue);
+            locked.finished(&self.tenant);
+            locked.start()
+        };
+        hand_out(&queue, started);
     }
 }
 
@@ -360,6 +372,24 @@ mod tests {
             .into_iter()
             .map(|(t, w)| format!("{t}{w}"))
             .collect()
+    }
+
+    #[test]
+    fn many_waiters_that_went_away_give_their_turns_back_without_deep_recursion() {
+        let queue = CompileQueue::new(1, 1);
+        let started = {
+            let mut locked = lock_queue(&queue.queue);
+            for n in 0..50_000 {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                drop(rx);
+                locked.push(&format!("t{n}"), tx);
+            }
+            locked.start()
+        };
+        hand_out(&queue.queue, started);
+        let locked = lock_queue(&queue.queue);
+        assert_eq!(locked.waiting(), 0);
+        assert_eq!(locked.running, 0);
     }
 
     #[test]

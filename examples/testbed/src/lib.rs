@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `/` | answers `testbed ok` |
 //! | `/trap` | executes `unreachable` |
-//! | `/cookie?value=V` | answers with `Set-Cookie: V` (`!` in V stands for `;`) |
+//! | `/cookie?value=V` | answers with `Set-Cookie: V` (`!` in V stands for `;`), `Service-Worker-Allowed: /` and `Clear-Site-Data` |
 //! | `/spin` | loops forever without yielding |
 //! | `/partial?then=T` | sends its head and `the first part, ` (no length), then traps (`T=trap`), loops past its timeout (`spin`) or grows past its memory limit (`grow`) |
 //! | `/grow?mb=N` | allocates and touches N MiB, answers `grew N` |
@@ -64,6 +64,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                 let cookie = param("value").unwrap_or_default().replace('!', ";");
                 let headers = Fields::new();
                 let _ = headers.append("set-cookie", cookie.as_bytes());
+                let _ = headers.append("service-worker-allowed", b"/");
+                let _ = headers.append("clear-site-data", b"\"cookies\"");
                 return respond_with(response_out, headers, 200, "cookie set");
             }
             "/partial" => return partial(response_out, &param("then").unwrap_or_default()),

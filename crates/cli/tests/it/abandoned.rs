@@ -31,7 +31,10 @@ fn clock_ticks_per_second() -> u64 {
 }
 
 /// The tenant's usage records by invocation id, once there are `expected`.
-async fn records(server: &Server, expected: usize) -> HashMap<String, serde_json::Value> {
+pub(crate) async fn records(
+    server: &Server,
+    expected: usize,
+) -> HashMap<String, serde_json::Value> {
     let lines = Server::eventually(Duration::from_secs(10), || async {
         let out = server.gust(&["usage", "--export", "jsonl", "--from", "0"]);
         assert_eq!(out.status.code(), Some(0));

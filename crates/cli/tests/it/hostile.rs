@@ -205,12 +205,18 @@ async fn cookies_stay_with_the_function_on_the_shared_origin_and_tenants_get_ori
         async move {
             let response = http.get(url).header("host", host).send().await.unwrap();
             let status = response.status().as_u16();
-            let cookies: Vec<String> = response
+            let mut cookies: Vec<String> = response
                 .headers()
                 .get_all("set-cookie")
                 .iter()
                 .map(|v| v.to_str().unwrap().to_string())
                 .collect();
+            // Origin-wide headers, listed after the cookies when present.
+            for name in ["service-worker-allowed", "clear-site-data"] {
+                if response.headers().contains_key(name) {
+                    cookies.push(name.to_string());
+                }
+            }
             (status, cookies)
         }
     };
@@ -239,7 +245,11 @@ async fn cookies_stay_with_the_function_on_the_shared_origin_and_tenants_get_ori
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(cookies, ["sid=2; Path=/"]);
+    assert_eq!(
+        cookies,
+        ["sid=2; Path=/", "service-worker-allowed", "clear-site-data"],
+        "the tenant's own origin: only the parent domain is taken away"
+    );
     let (status, _) = set_cookie("ACME.tenants.test:8080", "/app/".into()).await;
     assert_eq!(status, 200);
     for (host, path) in [
@@ -257,6 +267,18 @@ async fn cookies_stay_with_the_function_on_the_shared_origin_and_tenants_get_ori
         assert_ne!(out.status.code(), Some(0), "{claim}");
         assert!(stderr(&out).contains("tenant domain"), "{}", stderr(&out));
     }
+    // A claimed host is its tenant's, but not its parent domain.
+    server.gust_json_as(&acme, &["route", "add", "app", "shop.acme.example"]);
+    let (status, cookies) = set_cookie(
+        "shop.acme.example",
+        "/cookie?value=s=1!Domain=acme.example!Path=/".into(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        cookies,
+        ["s=1; Path=/", "service-worker-allowed", "clear-site-data"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -397,4 +419,83 @@ async fn key_value_revisions_say_nothing_of_other_tenants_writes() {
         put(&globex, &format!("k{i}")).await;
     }
     assert_eq!(put(&acme, "k").await, first + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_abandoned_while_it_waits_for_a_place_is_recorded_and_not_charged() {
+    let server = Server::start();
+    server.deploy(
+        "one",
+        &guests().testbed,
+        &["--max-concurrency", "1", "--queue-wait-ms", "5000"],
+    );
+    let first = {
+        let http = server.http.clone();
+        let url = format!("{}/one/sleep?ms=1500", server.url);
+        tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Waits for the one place, and gives up before it frees.
+    let gone = server
+        .http
+        .get(format!("{}/one/", server.url))
+        .timeout(std::time::Duration::from_millis(400))
+        .send()
+        .await;
+    assert!(gone.is_err());
+    assert_eq!(first.await.unwrap(), 200);
+    let records = crate::abandoned::records(&server, 2).await;
+    let mut outcomes: Vec<(String, u64, u64)> = records
+        .values()
+        .map(|r| {
+            (
+                r["outcome"].as_str().unwrap().to_string(),
+                r["status"].as_u64().unwrap(),
+                r["billed_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(outcomes.len(), 2, "{records:#?}");
+    assert_eq!(
+        outcomes[0],
+        ("rejected".to_string(), 499, 0),
+        "{records:#?}"
+    );
+    assert_eq!(outcomes[1].0, "success");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shared_origins_names_and_the_nodes_slots_cannot_be_hoarded() {
+    let server = Server::start_with(&["--public-host", "gust.example.test"]);
+    let testbed = guests().testbed.to_str().unwrap();
+    server.gust_json(&["tenant", "create", "acme"]);
+    let acme = server.token_for("acme", "owner", &[]);
+    // The shared origin's public name is no one's, with any prefix.
+    server.gust_json_as(&acme, &["deploy", "app", testbed]);
+    for claim in ["gust.example.test", "GUST.example.test/x"] {
+        let out = server.gust_as(&acme, &["route", "add", "app", claim]);
+        assert_ne!(out.status.code(), Some(0), "{claim}");
+        assert!(stderr(&out).contains("own host"), "{}", stderr(&out));
+    }
+    // Reservations are slots no one else may use: a tenant quota bounds them.
+    let out = server.gust_as(
+        &acme,
+        &["deploy", "hog", testbed, "--reserved-concurrency", "300"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("quota `reserved_concurrency`"),
+        "{}",
+        stderr(&out)
+    );
+    server.gust_json_as(
+        &acme,
+        &["deploy", "fits", testbed, "--reserved-concurrency", "200"],
+    );
+    let out = server.gust_as(
+        &acme,
+        &["deploy", "more", testbed, "--reserved-concurrency", "100"],
+    );
+    assert_eq!(out.status.code(), Some(1), "250 in all");
 }
