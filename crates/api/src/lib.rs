@@ -240,6 +240,9 @@ impl DeployParams {
     fn check_text(&self) -> Result<(), ApiError> {
         let hosts = self.allowed_hosts.as_deref();
         text::check_opt("allowed_hosts", hosts, text::MAX_ALLOWED_HOSTS_BYTES)?;
+        let internal = self.allow_internal_hosts.as_deref();
+        let max = text::MAX_ALLOWED_HOSTS_BYTES;
+        text::check_opt("allow_internal_hosts", internal, max)?;
         text::check_opt("routes", self.routes.as_deref(), text::MAX_ROUTES_BYTES)?;
         for (field, value) in [
             ("keep_alive", &self.keep_alive),

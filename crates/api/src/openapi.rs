@@ -77,7 +77,7 @@ fn parameter_text(path: &str, name: &str) -> Option<Text> {
         "id" if path.starts_with("/v1/tokens/") => Text::TokenId,
         "key" => Text::NonEmptyMax(gust_core::kv::MAX_KEY_BYTES),
         "path" => Text::Max(text::MAX_PATH_BYTES),
-        "allowed_hosts" => Text::Max(text::MAX_ALLOWED_HOSTS_BYTES),
+        "allowed_hosts" | "allow_internal_hosts" => Text::Max(text::MAX_ALLOWED_HOSTS_BYTES),
         "routes" => Text::Max(text::MAX_ROUTES_BYTES),
         "keep_alive" | "provisioned" | "canary" => Text::Max(text::MAX_SETTING_BYTES),
         _ => return None,

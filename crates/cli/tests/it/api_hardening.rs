@@ -200,6 +200,23 @@ async fn free_text_fields_are_bounded() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(message(&body).contains("`keep_alive`"), "{body}");
+    let (status, body) = send(
+        server
+            .http
+            .post(format!(
+                "{api}/v1/functions/hello/versions?allow_internal_hosts={}",
+                long(9000)
+            ))
+            .header("content-type", "application/wasm")
+            .body(std::fs::read(&guests().hello).unwrap()),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let text = message(&body);
+    assert!(
+        text.contains("`allow_internal_hosts`") && text.contains("8192"),
+        "{text}"
+    );
 
     // Nothing refused was stored; values within the limits still work.
     let tokens = server.api_json("/v1/tokens").await;
