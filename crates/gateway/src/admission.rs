@@ -42,6 +42,27 @@ pub(crate) fn fair_admit(in_use: u32, limit: u32, tenant_running: u32, active: u
     tenant_running < share || in_use + headroom < limit
 }
 
+/// How long a request refused because its tenant is over its share waits
+/// before it hears so: a client that retries at once (a flood) costs the
+/// node a sleeping connection, not a core spent refusing it, and the other
+/// tenants keep the CPU. Well below the `Retry-After` it is told.
+pub(crate) const OVER_SHARE_DELAY: Duration = Duration::from_millis(250);
+
+/// What an instance with memory limit `limit` reserves from the node's
+/// memory budget. The node's slot count is already sized for a typical
+/// instance ([`TYPICAL_INSTANCE_BYTES`] each, see `gust up
+/// --max-in-flight`), which a function within the default limit is
+/// counted as; what a larger limit allows beyond the default is reserved
+/// in full. So a few functions with gigabytes each cannot take the
+/// machine's memory, while small functions keep the node's full slot
+/// count.
+pub(crate) fn memory_reservation(limit: u64) -> u64 {
+    limit.saturating_sub(gust_core::Limits::DEFAULT_MEMORY_BYTES) + TYPICAL_INSTANCE_BYTES
+}
+
+/// The memory a typical instance uses, as the node's slot count assumes.
+pub(crate) const TYPICAL_INSTANCE_BYTES: u64 = 8 << 20;
+
 /// One tenant's instances running on the node's shared slots.
 #[derive(Default)]
 pub(crate) struct TenantShare {
@@ -191,9 +212,19 @@ impl NodeSlots {
             memory,
         };
         if !fair_admit(in_use, limit, mine, active) {
-            Err(GatewayError::Overloaded)
+            // Over its own share, or the node is simply full?
+            if mine >= limit.div_ceil(active.max(2)) {
+                Err(GatewayError::OverShare)
+            } else {
+                Err(GatewayError::Overloaded)
+            }
         } else if !fair_admit_memory(reserved, self.memory_budget, mine_memory, memory, active) {
-            Err(GatewayError::MemoryFull)
+            let share = self.memory_budget / u64::from(active.max(2));
+            if mine_memory.saturating_add(memory) > share {
+                Err(GatewayError::OverShare)
+            } else {
+                Err(GatewayError::MemoryFull)
+            }
         } else {
             Ok(slot)
         }
@@ -347,6 +378,16 @@ mod tests {
     }
 
     #[test]
+    fn large_memory_limits_reserve_what_they_allow_beyond_the_default() {
+        assert_eq!(memory_reservation(32 << 20), TYPICAL_INSTANCE_BYTES);
+        assert_eq!(memory_reservation(128 << 20), TYPICAL_INSTANCE_BYTES);
+        assert_eq!(
+            memory_reservation(4096 << 20),
+            ((4096 - 128) << 20) + TYPICAL_INSTANCE_BYTES
+        );
+    }
+
+    #[test]
     fn the_fair_share_rule() {
         // Alone, a tenant borrows idle slots up to the headroom.
         assert!(fair_admit(0, 1000, 0, 1));
@@ -406,7 +447,7 @@ mod tests {
         let b = node.take(None, 128).unwrap();
         assert!(matches!(
             node.take(Some(&tenant), 128),
-            Err(GatewayError::MemoryFull)
+            Err(GatewayError::OverShare)
         ));
         assert_eq!(node.in_use(), 2);
         drop(a);

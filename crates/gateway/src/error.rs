@@ -33,6 +33,8 @@ pub(crate) enum GatewayError {
     /// The store refuses writes: the disk is full.
     DiskFull(String),
     Overloaded,
+    /// The node is busy and the tenant runs its share of it already.
+    OverShare,
     /// The memory running instances may reserve is taken.
     MemoryFull,
     Draining,
@@ -95,6 +97,7 @@ impl GatewayError {
             GatewayError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             GatewayError::EventNotStored
             | GatewayError::Overloaded
+            | GatewayError::OverShare
             | GatewayError::MemoryFull
             | GatewayError::Draining
             | GatewayError::Invoke {
@@ -162,6 +165,10 @@ impl GatewayError {
             GatewayError::Overloaded => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is at its concurrency limit; retry shortly".to_string(),
+            ),
+            GatewayError::OverShare => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is busy and this function's tenant uses its share of its instances and memory already; retry shortly".to_string(),
             ),
             GatewayError::MemoryFull => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -510,6 +510,9 @@ async fn invoke(
         }
         return Err(GatewayError::BodyStalled);
     }
+    if let Err(GatewayError::OverShare) = &result {
+        tokio::time::sleep(admission::OVER_SHARE_DELAY).await;
+    }
     result
 }
 
@@ -672,7 +675,7 @@ where
         .node
         .take(
             (!on_reservation).then_some(&tenant_run.share),
-            route.limits.memory_bytes,
+            admission::memory_reservation(route.limits.memory_bytes),
         )
         .map_err(refuse)?;
     let tenant_permit = tenant_run.permit;
@@ -914,6 +917,7 @@ impl Invoker for Gateway {
                 let not_run = matches!(
                     error,
                     GatewayError::Overloaded
+                        | GatewayError::OverShare
                         | GatewayError::MemoryFull
                         | GatewayError::Draining
                         | GatewayError::QuotaExceeded { .. }

@@ -329,9 +329,10 @@ async fn futures_join(handles: Vec<tokio::task::JoinHandle<u16>>) -> Vec<u16> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn running_instances_are_admitted_against_the_nodes_memory_and_the_tenants_quota() {
-    let server = Server::start_with(&["--memory-budget-mb", "200"]);
+    let server = Server::start_with(&["--memory-budget-mb", "1200"]);
     let testbed = guests().testbed.to_str().unwrap();
-    server.gust_json(&["deploy", "big", testbed, "--public", "--memory-mb", "128"]);
+    // 1024 MiB reserves 896 + 8 (beyond the default limit, in full).
+    server.gust_json(&["deploy", "big", testbed, "--public", "--memory-mb", "1024"]);
     let first = {
         let http = server.http.clone();
         let url = format!("{}/big/sleep?ms=2000", server.url);
@@ -348,6 +349,9 @@ async fn running_instances_are_admitted_against_the_nodes_memory_and_the_tenants
     assert!(response.headers().contains_key("retry-after"));
     let text = response.text().await.unwrap();
     assert!(text.contains("memory"), "{text}");
+    // Functions within the default limit are counted by the node's slots.
+    server.gust_json(&["deploy", "small", testbed, "--public"]);
+    assert_eq!(server.get("/small/").await.0, 200);
     assert_eq!(first.await.unwrap(), 200);
     // Once it ends, the memory is free again.
     assert_eq!(server.get("/big/").await.0, 200);
