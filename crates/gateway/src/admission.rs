@@ -38,7 +38,9 @@ pub(crate) fn fair_admit(in_use: u32, limit: u32, tenant_running: u32, active: u
     // Shared with one more tenant even when alone: the headroom is what
     // the next tenant to arrive finds free.
     let share = limit.div_ceil(active.max(2));
-    let headroom = (limit / 8).max(1);
+    // Nodes of fewer than 8 slots keep no headroom: one slot of two
+    // would halve a small node for a tenant alone.
+    let headroom = limit / 8;
     tenant_running < share || in_use + headroom < limit
 }
 
@@ -353,14 +355,11 @@ mod tests {
         let tenant = Arc::new(TenantShare::default());
         let other = Arc::new(TenantShare::default());
         node.set_reserved(7);
-        let mut shared: Vec<_> = (0..2)
+        // A small node keeps no headroom: a tenant alone fills its 3.
+        let shared: Vec<_> = (0..3)
             .map(|_| node.take(Some(&tenant), 0).unwrap())
             .collect();
-        assert!(
-            node.take(Some(&tenant), 0).is_err(),
-            "one tenant leaves the headroom"
-        );
-        shared.push(node.take(Some(&other), 0).unwrap());
+        assert!(node.take(Some(&tenant), 0).is_err(), "3 shared slots only");
         assert!(node.take(Some(&other), 0).is_err(), "3 shared slots only");
         // A function with a reservation still runs (its gate bounds it).
         let reserved = node.take(None, 0).unwrap();
@@ -401,10 +400,13 @@ mod tests {
         // Once the node is busy, the flooder waits for its share.
         assert!(!fair_admit(990, 1000, 870, 2));
         assert!(fair_admit(990, 1000, 499, 2));
-        // Small nodes: a share is at least one slot, the headroom too.
+        // Small nodes: a share is at least one slot; below 8 slots a
+        // tenant alone may fill the node.
         assert!(fair_admit(0, 1, 0, 1));
         assert!(!fair_admit(1, 1, 0, 2));
         assert!(fair_admit(1, 4, 0, 3));
+        assert!(fair_admit(1, 2, 1, 1));
+        assert!(!fair_admit(7, 8, 7, 1), "from 8 slots on, one stays free");
     }
 
     #[test]

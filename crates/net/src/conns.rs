@@ -193,8 +193,11 @@ pub fn fd_limit() -> u64 {
 pub fn default_limits(fd_limit: u64) -> (ConnectionLimits, ConnectionLimits) {
     /// An idle connection costs ~20 KiB; past this, memory, not descriptors, runs out.
     const DATA_MAX: u64 = 10_000;
-    const API_MAX: u64 = 1_000;
-    const PER_ADDRESS: u64 = 1_000;
+    // A client may well open a few thousand at once (a load test, a batch
+    // of key writes, every user behind one proxy); these bound a flood
+    // of them, not normal use.
+    const API_MAX: u64 = 4_096;
+    const PER_ADDRESS: u64 = 4_096;
     let reserve = (fd_limit / 8).max(256);
     let budget = fd_limit.saturating_sub(reserve).max(16);
     let data = (budget * 3 / 4).clamp(8, DATA_MAX) as usize;
