@@ -2,6 +2,13 @@
 //! its aliases (a route per version, splits between two), kept in step
 //! with the registry by a watch. It is derived state: rebuilt from
 //! the registry at start and after any missed change.
+//!
+//! A version's route stays (warm, with its health) while an alias serves
+//! it; the function's `live` route stands for it in scaling, events and
+//! limits. A request resolves, in order: a tenant's own origin under the
+//! tenant domain, a claimed host (which serves its claims and nothing
+//! else: it is its holder's origin), a function named in the path, a
+//! claimed path prefix.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

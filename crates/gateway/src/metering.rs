@@ -5,6 +5,14 @@
 //! known) and the bytes the response body really carried (counted by
 //! [`Counted`] as it streams, whatever its headers declared). A [`Draft`]
 //! waits for all three, then records once.
+//!
+//! The outcomes this side decides: `rejected` when refused at admission
+//! (or when the request goes away before its guest starts, status 499);
+//! 499 (`Unanswered`) for a request that goes away before its answer is
+//! known; 413/408 for a body over its limit or stalled; `cancelled` for a
+//! guest stopped because its client went away (billed for the time it
+//! ran); `incomplete` for a response whose body failed after its head.
+//! The attempt is opened in the ledger before the guest runs.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

@@ -27,6 +27,10 @@
 //! always sees frames in order. Frames in memory do not survive a process
 //! kill: only while the disk is full.
 //!
+//! Each append prefetches the next frames' cache lines for writing, so
+//! that neither the frame's checksum (which reads what was just written)
+//! nor the mutex's release waits for memory.
+//!
 //! Supported file systems: those where `fallocate` reserves the blocks
 //! (ext4, XFS, tmpfs). On copy-on-write file systems (btrfs, ZFS) a write
 //! to a mapped page can still need space, and a full disk would then stop

@@ -1,5 +1,20 @@
 //! One invocation: a fresh store and instance, the request in, the response
 //! out, limits enforced, and a report when the store is dropped.
+//!
+//! Cancellation. hyper drops the service future when an HTTP/1 connection
+//! closes mid-request (it reads the socket for EOF once the request body
+//! is in; not while a guest leaves a request body unread, nor behind
+//! pipelined requests) and drops a response body it stops sending; the
+//! guest runs on a task of its own, which both would leave running. So
+//! `Runtime::invoke` hands out a `Cancel` guard, held by its future until
+//! the response head and then by the response body until its end (or its
+//! `Content-Length` is sent; HEAD, 204 and 304 answers never cancel):
+//! dropped earlier, it makes the task stop polling the guest at its next
+//! yield (an epoch tick at most) and report `Cancelled`, which frees the
+//! admission slots. A body the guest did not finish (a trap, a timeout,
+//! the memory limit after the head) ends in an error, so hyper closes the
+//! connection without the last chunk; the task records why the guest
+//! stopped before it drops the store, so the body always knows.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
