@@ -12,7 +12,8 @@ use axum::body::Body;
 use gust_api::ApiState;
 use gust_events::Events;
 use gust_runtime::{Runtime, RuntimeConfig};
-use gust_store::{Accounts, Buckets, EmbeddedStore, Registry, StoreOptions};
+use gust_store::{Accounts, Buckets, Registry};
+use gust_store_embedded::{EmbeddedStore, StoreOptions};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt as _;
 
@@ -53,7 +54,7 @@ fn harness() -> &'static Harness {
                 &StoreOptions { min_free_bytes: 0 },
             )
             .unwrap();
-            let kv: Arc<dyn gust_store::KvStore> = Arc::new(store.clone());
+            let kv: Arc<dyn gust_store::MetaStore> = Arc::new(store.clone());
             let accounts = Accounts::start(kv.clone()).await.unwrap();
             // What `gust up` does on a fresh data directory.
             accounts

@@ -2,7 +2,7 @@
 //! into a tenant, a valid-looking function segment and an absolute guest path.
 #![no_main]
 
-use gust_core::route::{guest_path, split_target};
+use gust_core::path::{guest_path, split_target};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|path: &str| {

@@ -28,6 +28,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use gust_autoscale::ScaleStatus;
 use gust_core::InvocationRecord;
 use gust_core::access::Action;
 use gust_core::delivery::{DeadReason, DeliveryPolicy};
@@ -36,7 +37,6 @@ use gust_core::{
 };
 use gust_events::Events;
 use gust_runtime::Runtime;
-use gust_scheduler::ScaleStatus;
 use gust_store::{Activation, BlobStore, LogStore, NewVersion, Registry, digest_of};
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
@@ -488,8 +488,8 @@ pub struct LogPage {
         auth::AuditEntry,
         gust_core::access::Quotas,
         gust_core::access::Role,
-        gust_scheduler::ScaleStatus,
-        gust_scheduler::ScaleEvent
+        gust_autoscale::ScaleStatus,
+        gust_autoscale::ScaleEvent
     ))
 )]
 struct ApiDoc;
@@ -739,7 +739,7 @@ impl ApiState {
         format!(
             "{}{}",
             self.public_url.trim_end_matches('/'),
-            gust_core::route::function_path(tenant, name)
+            gust_core::path::function_path(tenant, name)
         )
     }
 

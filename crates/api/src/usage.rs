@@ -231,7 +231,8 @@ mod tests {
 
     use async_trait::async_trait;
     use gust_core::usage::{PlanHistory, Trigger, UsageOutcome};
-    use gust_store::{EmbeddedStore, LedgerCommit, LedgerEntry, LedgerStore, StoreError};
+    use gust_store::{LedgerCommit, LedgerEntry, LedgerStore, StoreError};
+    use gust_store_embedded::EmbeddedStore;
     use http_body_util::BodyExt as _;
 
     use super::*;

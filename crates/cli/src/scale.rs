@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
+use gust_autoscale::ScaleStatus;
 use gust_core::time::format_duration_ms;
-use gust_scheduler::ScaleStatus;
 
 use crate::client::{Api, ApiArgs};
 use crate::output;

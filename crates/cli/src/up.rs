@@ -12,9 +12,9 @@ use gust_events::{ChangeFeed, Dispatcher, Events, Scheduler};
 use gust_gateway::{Gateway, GatewayConfig, Services};
 use gust_runtime::{Runtime, RuntimeConfig};
 use gust_store::{
-    Accounts, BlobStore, Buckets, DataStore, EmbeddedStore, KvStore, LogStore, QueueStore,
-    Registry, StoreOptions,
+    Accounts, BlobStore, Buckets, DataStore, LogStore, MetaStore, QueueStore, Registry,
 };
+use gust_store_embedded::{EmbeddedStore, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -255,7 +255,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     });
     let runtime = Runtime::new(&runtime_config)?;
 
-    let kv: Arc<dyn KvStore> = Arc::new(store.clone());
+    let kv: Arc<dyn MetaStore> = Arc::new(store.clone());
     let blobs: Arc<dyn BlobStore> = Arc::new(store.clone());
     let logs: Arc<dyn LogStore> = Arc::new(store.clone());
     let queues: Arc<dyn QueueStore> = Arc::new(store.clone());
@@ -319,9 +319,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         public_hosts: args.public_host.clone(),
         scale: gust_gateway::scaling::ScaleConfig {
             tick: Duration::from_millis(args.scale_tick_ms.max(10)),
-            node: gust_scheduler::NodeConfig {
+            node: gust_autoscale::NodeConfig {
                 scale_to_zero_grace_ms: args.scale_to_zero_grace_ms,
-                learned: gust_scheduler::LearnedConfig {
+                learned: gust_autoscale::LearnedConfig {
                     bin_ms: args.learned_bin_ms.max(1),
                     fallback_ms: args.learned_fallback_ms,
                     cold_start_weight_ms: args.learned_cold_start_weight_ms,

@@ -16,6 +16,7 @@ pub mod kv;
 mod limits;
 pub mod manifest;
 mod names;
+pub mod path;
 mod records;
 pub mod route;
 pub mod scaling;

@@ -1,7 +1,7 @@
 //! How a function is kept warm, as a deploy states it: its keep-alive
 //! policy and its provisioned concurrency. These are settings only; the
 //! decisions made from them (when to unload, when to pre-warm, how many
-//! instances) are `gust-scheduler`'s.
+//! instances) are `gust-autoscale`'s.
 
 use std::fmt;
 use std::str::FromStr;

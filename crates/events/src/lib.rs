@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gust_core::{Envelope, FunctionName, InvocationRecord, InvocationState, TenantId};
-use gust_store::{KvStore, QueueStore, StoreError};
+use gust_store::{MetaStore, QueueStore, StoreError};
 use serde::{Deserialize, Serialize};
 
 pub use dispatcher::{AttemptOutcome, Dispatcher, Invoker};
@@ -139,7 +139,7 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
 pub struct Events {
     ids: Arc<InvocationIds>,
     pub(crate) queue: Arc<dyn QueueStore>,
-    pub(crate) kv: Arc<dyn KvStore>,
+    pub(crate) kv: Arc<dyn MetaStore>,
     pub(crate) wake: Arc<dispatcher::Wake>,
     pub(crate) counters: Arc<Counters>,
 }
@@ -189,7 +189,7 @@ impl Events {
         backlog.get(tenant).copied().unwrap_or(0)
     }
 
-    pub fn new(queue: Arc<dyn QueueStore>, kv: Arc<dyn KvStore>) -> Self {
+    pub fn new(queue: Arc<dyn QueueStore>, kv: Arc<dyn MetaStore>) -> Self {
         Self {
             ids: Arc::new(InvocationIds::new()),
             queue,

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gust_core::schedule::Schedule;
-use gust_store::KvEvent;
+use gust_store::MetaEvent;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
@@ -74,10 +74,10 @@ impl Scheduler {
                 }
                 loop {
                     match watch.changes.next().await {
-                        Ok(KvEvent::Put(entry)) => {
+                        Ok(MetaEvent::Put(entry)) => {
                             start_task(&events, &mut tasks, &entry.key, &entry.value)
                         }
-                        Ok(KvEvent::Delete { key, .. }) => {
+                        Ok(MetaEvent::Delete { key, .. }) => {
                             if let Some(task) = tasks.remove(&key) {
                                 task.abort();
                             }

@@ -21,7 +21,7 @@ use http::{HeaderMap, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::admission::TenantShare;
-use crate::catalog::Route;
+use crate::catalog::Loaded;
 use crate::error::GatewayError;
 
 struct Gate {
@@ -60,11 +60,11 @@ impl Access {
     /// does not exist: a caller who may not invoke it must not learn that
     /// it exists. Only a valid token of its own tenant learns more (403 for
     /// a role that may not invoke).
-    pub fn authorize(&self, route: &Route, headers: &mut HeaderMap) -> Result<(), GatewayError> {
-        if !self.auth || route.public {
+    pub fn authorize(&self, loaded: &Loaded, headers: &mut HeaderMap) -> Result<(), GatewayError> {
+        if !self.auth || loaded.public {
             return Ok(());
         }
-        let hidden = || GatewayError::NoSuchFunction(route.name.to_string());
+        let hidden = || GatewayError::NoSuchFunction(loaded.name.to_string());
         let value = headers.remove(header::AUTHORIZATION).ok_or_else(hidden)?;
         let token = value
             .to_str()
@@ -75,7 +75,7 @@ impl Access {
             .accounts
             .verify(token, crate::now_ms())
             .map_err(|_| hidden())?;
-        if record.tenant != route.tenant && record.role != Role::Admin {
+        if record.tenant != loaded.tenant && record.role != Role::Admin {
             return Err(hidden());
         }
         if !record.role.allows(Action::Invoke) {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gust_core::TenantId;
 use gust_core::usage::Trigger;
-use gust_core::{deploy, route};
+use gust_core::{deploy, path};
 use gust_runtime::{CallBody, GuestBody, LOCAL_HOST, LocalCalls};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
@@ -60,7 +60,7 @@ async fn call(
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_string();
-    let Some((name, tail)) = route::split_function_path(&path_and_query) else {
+    let Some((name, tail)) = path::split_function_path(&path_and_query) else {
         return plain(
             StatusCode::NOT_FOUND,
             &format!("name the function: http://{LOCAL_HOST}/<name>/…"),
@@ -70,7 +70,7 @@ async fn call(
     let Some(served) = shared.catalog.get(tenant.as_str(), name) else {
         return GatewayError::NoSuchFunction(name.to_string()).into_response(&id);
     };
-    let Some(route) = served
+    let Some(loaded) = served
         .pick(alias, || None, || deploy::fnv1a(id.as_bytes()))
         .cloned()
     else {
@@ -84,13 +84,13 @@ async fn call(
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > route.limits.max_body_bytes) {
+    if declared.is_some_and(|len| len > loaded.limits.max_body_bytes) {
         let error = GatewayError::BodyTooLarge {
-            limit: route.limits.max_body_bytes,
+            limit: loaded.limits.max_body_bytes,
         };
         return error.into_response(&id);
     }
-    let guest_path = route::guest_path(tail).into_owned();
+    let guest_path = path::guest_path(tail).into_owned();
     let (mut parts, body) = request.into_parts();
     parts.uri = match format!("http://{LOCAL_HOST}{guest_path}").parse() {
         Ok(uri) => uri,
@@ -100,7 +100,7 @@ async fn call(
         }
     };
     // Over its body limit, the callee reads an error, as from a client.
-    let limit = route.limits.max_body_bytes;
+    let limit = loaded.limits.max_body_bytes;
     let body = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
         .map_err(move |e| {
             if e.is::<http_body_util::LengthLimitError>() {
@@ -110,11 +110,11 @@ async fn call(
             }
         });
     // The callee's tenant rate and budgets hold as for any request.
-    let budget = route.limits.monthly_budget_micros;
-    let function = budget.map(|budget| (route.name.as_str(), budget));
+    let budget = loaded.limits.monthly_budget_micros;
+    let function = budget.map(|budget| (loaded.name.as_str(), budget));
     if let Err(error) = shared
         .access
-        .admit(&route.tenant, function, shared.meter.as_ref())
+        .admit(&loaded.tenant, function, shared.meter.as_ref())
     {
         return error.into_response(&id);
     }
@@ -126,12 +126,12 @@ async fn call(
         fault: None,
         depth,
     };
-    let mut response = match run(shared, &route, Request::from_parts(parts, body), attempt).await {
+    let mut response = match run(shared, &loaded, Request::from_parts(parts, body), attempt).await {
         Ok(response) => response,
         Err(error) => error.into_response(&id),
     };
     let headers = response.headers_mut();
-    headers.insert(crate::VERSION_HEADER, HeaderValue::from(route.version));
+    headers.insert(crate::VERSION_HEADER, HeaderValue::from(loaded.version));
     if let Ok(value) = HeaderValue::from_str(&id) {
         headers.insert("x-request-id", value);
     }

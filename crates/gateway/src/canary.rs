@@ -1,6 +1,6 @@
 //! Drives canaries: every tick, each function whose `live` alias runs a
 //! canary has its two versions' figures since the canary started (the
-//! catalog keeps the baseline) judged by `gust_scheduler::canary::judge`, and a verdict other than
+//! catalog keeps the baseline) judged by `gust_autoscale::canary::judge`, and a verdict other than
 //! "wait" is written to the registry (promoted: `live` moves to the
 //! canary; rolled back: the stable version keeps all traffic), with the
 //! reason. The registry write is a compare-and-set that only ends the
@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gust_scheduler::canary::{Verdict, judge};
+use gust_autoscale::canary::{Verdict, judge};
 use gust_store::Registry;
 
 use crate::catalog::Catalog;
@@ -29,7 +29,7 @@ pub(crate) async fn drive(catalog: Arc<Catalog>, registry: Registry) {
             };
             let (canary, baseline) = (&running.canary, &running.baseline);
             let stable = &served.live;
-            let canary_route = &running.route;
+            let canary_route = &running.loaded;
             let verdict = judge(
                 &canary.policy,
                 now_ms.saturating_sub(canary.started_at_ms),

@@ -1,10 +1,10 @@
 //! The routing table: which versions of which function serve a name and
-//! its aliases (a route per version, splits between two), kept in step
+//! its aliases (one loaded version each, splits between two), kept in step
 //! with the registry by a watch. It is derived state: rebuilt from
 //! the registry at start and after any missed change.
 //!
-//! A version's route stays (warm, with its health) while an alias serves
-//! it; the function's `live` route stands for it in scaling, events and
+//! A loaded version stays (warm, with its health) while an alias serves
+//! it; the function's `live` loaded version stands for it in scaling, events and
 //! limits. A request resolves, in order: a tenant's own origin under the
 //! tenant domain, a claimed host (which serves its claims and nothing
 //! else: it is its holder's origin), a function named in the path, a
@@ -15,23 +15,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use gust_scheduler::Activity;
-use gust_scheduler::canary::{Health, Snapshot};
+use gust_autoscale::Activity;
+use gust_autoscale::canary::{Health, Snapshot};
 
 use gust_core::config::{self, Variable};
 use gust_core::delivery::DeliveryPolicy;
 use gust_core::deploy;
-use gust_core::route::{self, ClaimTable, RouteClaim};
+use gust_core::path;
+use gust_core::route::{ClaimTable, RouteClaim};
 use gust_core::{ActiveVersion, FunctionName, FunctionRecord, Limits, TenantId};
 use gust_runtime::{Prepared, Runtime};
-use gust_store::{BlobStore, KvEvent, Registry, SecretBox};
+use gust_store::{BlobStore, MetaEvent, Registry, SecretBox};
 
 use crate::admission::{FunctionGate, NodeSlots};
 use crate::cookies::CookieScope;
 
 /// One version of a function that an alias serves, and its component
 /// once loaded.
-pub(crate) struct Route {
+pub(crate) struct Loaded {
     pub tenant: TenantId,
     pub name: FunctionName,
     pub version: u64,
@@ -70,7 +71,7 @@ pub(crate) enum LoadError {
     Failed(String),
 }
 
-impl Route {
+impl Loaded {
     fn new(
         tenant: TenantId,
         name: FunctionName,
@@ -114,7 +115,7 @@ impl Route {
         self.live.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether this route serves `version` as it is now.
+    /// Whether this loaded version serves `version` as it is now.
     fn serves(&self, version: &ActiveVersion, public: bool) -> bool {
         self.version == version.version && self.digest == version.digest && self.public == public
     }
@@ -183,21 +184,21 @@ impl Route {
 /// One function's routes: one per version its aliases serve, and which
 /// alias sends its traffic where.
 pub(crate) struct Served {
-    /// What `live` (the function's URL) points at: the route whose limits,
+    /// What `live` (the function's URL) points at: the loaded version whose limits,
     /// delivery policy and warmth stand for the function's.
-    pub live: Arc<Route>,
-    aliases: Vec<AliasRoute>,
+    pub live: Arc<Loaded>,
+    aliases: Vec<AliasTargets>,
     /// A canary running on `live`.
     pub canary: Option<RunningCanary>,
     /// Host names and path prefixes it claims.
     claims: Vec<RouteClaim>,
 }
 
-/// A canary on `live`: its settings, where its figures start, its route.
+/// A canary on `live`: its settings, where its figures start, its loaded version.
 pub(crate) struct RunningCanary {
     pub canary: deploy::Canary,
     pub baseline: Baseline,
-    pub route: Arc<Route>,
+    pub loaded: Arc<Loaded>,
 }
 
 /// An alias's variables over the function's, secrets opened (one that
@@ -234,10 +235,10 @@ fn opened_vars(
 }
 
 /// An alias: its target and, when split, the other version and its share.
-struct AliasRoute {
+struct AliasTargets {
     name: String,
-    target: Arc<Route>,
-    split: Option<(Arc<Route>, u16)>,
+    target: Arc<Loaded>,
+    split: Option<(Arc<Loaded>, u16)>,
 }
 
 /// The two versions' figures when a canary started (or when this process
@@ -254,7 +255,7 @@ impl Served {
     /// serve yet), keeping from `old` the routes of versions that did not
     /// change (warm, with their health), its activity, and gates whose
     /// limit stays. A version served under different variables (an
-    /// alias's own) gets a route per set of variables; a new route of a
+    /// alias's own) gets a loaded version per set of variables; a new loaded version of a
     /// component already in memory starts warm.
     fn build(record: FunctionRecord, old: Option<&Served>, secrets: &SecretBox) -> Option<Served> {
         let live_alias = record.live()?.clone();
@@ -263,21 +264,21 @@ impl Served {
             |o| o.live.activity.clone(),
         );
         let earlier = old.map(Served::routes).unwrap_or_default();
-        let mut built: Vec<Arc<Route>> = Vec::new();
+        let mut built: Vec<Arc<Loaded>> = Vec::new();
         let mut route_for = |version: &ActiveVersion, vars: &Arc<[(String, String)]>| {
-            if let Some(route) = built
+            if let Some(loaded) = built
                 .iter()
                 .find(|r| r.version == version.version && r.vars == *vars)
             {
-                return route.clone();
+                return loaded.clone();
             }
             let kept = earlier
                 .iter()
                 .find(|r| r.serves(version, record.public) && r.vars == *vars);
-            let route = match kept {
-                Some(route) => route.clone(),
+            let loaded = match kept {
+                Some(loaded) => loaded.clone(),
                 None => {
-                    let mut route = Route::new(
+                    let mut loaded = Loaded::new(
                         record.tenant.clone(),
                         record.name.clone(),
                         version.clone(),
@@ -291,30 +292,30 @@ impl Served {
                         .iter()
                         .find(|r| r.version == version.version && r.digest == version.digest)
                     {
-                        route.health = same.health.clone();
+                        loaded.health = same.health.clone();
                     }
-                    if let Some(gate) = route.gate.as_ref().and_then(|new| {
+                    if let Some(gate) = loaded.gate.as_ref().and_then(|new| {
                         built
                             .iter()
                             .chain(earlier.iter())
                             .filter_map(|r| r.gate.as_ref())
                             .find(|g| g.same_limit(new))
                     }) {
-                        route.gate = Some(gate.clone());
+                        loaded.gate = Some(gate.clone());
                     }
-                    let loaded = built
+                    let warm = built
                         .iter()
                         .chain(earlier.iter())
-                        .filter(|r| r.digest == route.digest)
+                        .filter(|r| r.digest == loaded.digest)
                         .find_map(|r| r.warm_component());
-                    if let Some(prepared) = loaded {
-                        *route.warm.write().unwrap_or_else(|p| p.into_inner()) = Some(prepared);
+                    if let Some(prepared) = warm {
+                        *loaded.warm.write().unwrap_or_else(|p| p.into_inner()) = Some(prepared);
                     }
-                    Arc::new(route)
+                    Arc::new(loaded)
                 }
             };
-            built.push(route.clone());
-            route
+            built.push(loaded.clone());
+            loaded
         };
         let open = |alias: &str, a: &deploy::Alias| opened_vars(&record, alias, a, secrets);
         let live_vars = open(deploy::LIVE, &live_alias);
@@ -327,7 +328,7 @@ impl Served {
             .canary
             .clone()
             .zip(canary_route)
-            .map(|(canary, route)| {
+            .map(|(canary, loaded)| {
                 let kept = old
                     .and_then(|o| o.canary.as_ref())
                     .filter(|c| {
@@ -338,12 +339,12 @@ impl Served {
                 let baseline = kept.unwrap_or_else(|| Baseline {
                     stable_version: live.version,
                     stable: live.health.snapshot(),
-                    canary: route.health.snapshot(),
+                    canary: loaded.health.snapshot(),
                 });
                 RunningCanary {
                     canary,
                     baseline,
-                    route,
+                    loaded,
                 }
             });
         let aliases = record
@@ -355,16 +356,16 @@ impl Served {
                     .split
                     .as_ref()
                     .map(|s| (route_for(&s.to, &vars), s.basis_points));
-                AliasRoute {
+                AliasTargets {
                     name: name.clone(),
                     target: route_for(&alias.target, &vars),
                     split,
                 }
             })
             .collect();
-        for route in &built {
-            route.live.store(
-                Arc::ptr_eq(route, &live),
+        for loaded in &built {
+            loaded.live.store(
+                Arc::ptr_eq(loaded, &live),
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
@@ -376,7 +377,7 @@ impl Served {
         })
     }
 
-    /// The route a request to `alias` takes (a split's side chosen by
+    /// The loaded version a request to `alias` takes (a split's side chosen by
     /// `gust_core::deploy::takes_split`); `None`: no such alias. The
     /// client's key and the random draw are asked for only when the alias
     /// is split, so an unsplit alias costs the request nothing.
@@ -385,7 +386,7 @@ impl Served {
         alias: &str,
         sticky: impl FnOnce() -> Option<Vec<u8>>,
         random: impl FnOnce() -> u64,
-    ) -> Option<&Arc<Route>> {
+    ) -> Option<&Arc<Loaded>> {
         let alias = self.aliases.iter().find(|a| a.name == alias)?;
         Some(match &alias.split {
             Some((other, share)) if deploy::takes_split(*share, sticky().as_deref(), random()) => {
@@ -395,14 +396,14 @@ impl Served {
         })
     }
 
-    /// Every version's route, once each.
-    pub fn routes(&self) -> Vec<Arc<Route>> {
+    /// Every loaded version, once each.
+    pub fn routes(&self) -> Vec<Arc<Loaded>> {
         let mut routes = vec![self.live.clone()];
         for alias in &self.aliases {
             let split = alias.split.as_ref().map(|(r, _)| r);
-            for route in std::iter::once(&alias.target).chain(split) {
-                if !routes.iter().any(|r| Arc::ptr_eq(r, route)) {
-                    routes.push(route.clone());
+            for loaded in std::iter::once(&alias.target).chain(split) {
+                if !routes.iter().any(|r| Arc::ptr_eq(r, loaded)) {
+                    routes.push(loaded.clone());
                 }
             }
         }
@@ -550,7 +551,7 @@ impl Catalog {
             && let Some(tenant) = self.tenant_origin(host)
         {
             // A tenant's own origin serves its functions by name, nothing else.
-            let Some((name, tail)) = route::split_function_path(path_and_query) else {
+            let Some((name, tail)) = path::split_function_path(path_and_query) else {
                 return Resolved::NoRoute;
             };
             let (name, alias) = deploy::split_qualifier(name);
@@ -600,7 +601,7 @@ impl Catalog {
         let base = |tail: &'p str| CookieScope::SharedOrigin {
             base_len: path_and_query.len() - tail.len(),
         };
-        let named = route::split_target(path_and_query);
+        let named = path::split_target(path_and_query);
         if let Some(target) = &named {
             let (name, alias) = deploy::split_qualifier(target.name);
             if let Some(served) = self.get(target.tenant.unwrap_or(DEFAULT_TENANT), name) {
@@ -651,20 +652,20 @@ impl Catalog {
     }
 
     /// Applies one registry change; returns the routes it displaced.
-    fn apply(&self, event: &KvEvent) -> Vec<Arc<Route>> {
+    fn apply(&self, event: &MetaEvent) -> Vec<Arc<Loaded>> {
         let Some((tenant, name)) = Registry::parse_function_key(event.key()) else {
             return Vec::new();
         };
         let key = route_key(tenant.as_str(), name.as_str());
         let record = match event {
-            KvEvent::Put(entry) => match Registry::decode_function(entry) {
+            MetaEvent::Put(entry) => match Registry::decode_function(entry) {
                 Ok(record) => Some(record),
                 Err(e) => {
                     tracing::error!(key = entry.key, error = %e, "skipping undecodable function record");
                     return Vec::new();
                 }
             },
-            KvEvent::Delete { .. } => None,
+            MetaEvent::Delete { .. } => None,
         };
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
         let old = routes.get(&key).cloned();
@@ -675,13 +676,13 @@ impl Catalog {
         };
         match record.and_then(|r| Served::build(r, old.as_deref(), &self.secrets)) {
             Some(served) => {
-                let kept = served.routes();
+                let kept = served.versions();
                 let reindex = claims_change(Some(&served));
                 routes.insert(key, Arc::new(served));
                 if reindex {
                     self.index_claims(&routes);
                 }
-                old.map(|o| o.routes())
+                old.map(|o| o.versions())
                     .unwrap_or_default()
                     .into_iter()
                     .filter(|r| !kept.iter().any(|k| Arc::ptr_eq(k, r)))
@@ -693,7 +694,7 @@ impl Catalog {
                 if reindex {
                     self.index_claims(&routes);
                 }
-                old.map(|o| o.routes()).unwrap_or_default()
+                old.map(|o| o.versions()).unwrap_or_default()
             }
         }
     }
@@ -735,12 +736,12 @@ impl Catalog {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .any(|s| s.routes().iter().any(|r| r.digest == digest))
+            .any(|s| s.versions().iter().any(|r| r.digest == digest))
     }
 
-    /// Replaces every route at once with those of `entries` (a resync):
+    /// Replaces every loaded version at once with those of `entries` (a resync):
     /// requests see the old table or the new one, never an empty one.
-    /// Returns the digests that no route serves any more.
+    /// Returns the digests that no loaded version serves any more.
     fn replace_all(&self, entries: &[gust_store::Entry]) -> Vec<String> {
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
         let mut fresh: HashMap<String, Arc<Served>> = HashMap::new();
@@ -764,12 +765,12 @@ impl Catalog {
         }
         let serving: std::collections::HashSet<String> = fresh
             .values()
-            .flat_map(|s| s.routes())
+            .flat_map(|s| s.versions())
             .map(|r| r.digest.clone())
             .collect();
         let mut gone: Vec<String> = routes
             .values()
-            .flat_map(|s| s.routes())
+            .flat_map(|s| s.versions())
             .map(|r| r.digest.clone())
             .filter(|d| !serving.contains(d))
             .collect();
@@ -789,7 +790,7 @@ fn route_key(tenant: &str, name: &str) -> String {
 }
 
 /// Keeps `catalog` in step with the registry until the process ends. Each
-/// new route is loaded in the background right away so that its first
+/// new loaded version is loaded in the background right away so that its first
 /// request does not pay for loading.
 pub(crate) async fn follow_registry(
     catalog: Arc<Catalog>,
@@ -820,7 +821,7 @@ pub(crate) async fn follow_registry(
         loop {
             match watch.changes.next().await {
                 Ok(event) => {
-                    // A component no route serves any more leaves memory (its
+                    // A component no loaded version serves any more leaves memory (its
                     // artifact stays on disk); running invocations keep their copy.
                     for old in catalog.apply(&event) {
                         if !catalog.serves_digest(&old.digest) {
@@ -831,14 +832,14 @@ pub(crate) async fn follow_registry(
                     catalog.mark_applied(event.revision());
                     let served = Registry::parse_function_key(event.key())
                         .and_then(|(tenant, name)| catalog.get(tenant.as_str(), name.as_str()));
-                    for route in served.iter().flat_map(|s| s.routes()) {
-                        if route.is_warm() {
+                    for loaded in served.iter().flat_map(|s| s.versions()) {
+                        if loaded.is_warm() {
                             continue;
                         }
                         let (runtime, blobs) = (runtime.clone(), blobs.clone());
                         tokio::spawn(async move {
-                            if let Err(e) = route.prepared(&runtime, blobs.as_ref()).await {
-                                tracing::warn!(function = %route.name, error = %e, "preloading failed");
+                            if let Err(e) = loaded.prepared(&runtime, blobs.as_ref()).await {
+                                tracing::warn!(function = %loaded.name, error = %e, "preloading failed");
                             }
                         });
                     }

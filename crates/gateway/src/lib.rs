@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use gust_core::delivery::DeliveryPolicy;
 use gust_core::usage::Trigger;
-use gust_core::{Envelope, LogRecord, Outcome, deploy, route};
+use gust_core::{Envelope, LogRecord, Outcome, deploy, path};
 use gust_events::{AttemptOutcome, Events, Invoker};
 use gust_runtime::{GuestBody, InvocationReport, Runtime};
 use gust_store::{BlobStore, Buckets, LogStore, Registry};
@@ -302,7 +302,7 @@ impl Gateway {
     }
 
     /// A function's scaling now and its recent decisions (`gust scale`).
-    pub fn scale_status(&self, tenant: &str, name: &str) -> Option<gust_scheduler::ScaleStatus> {
+    pub fn scale_status(&self, tenant: &str, name: &str) -> Option<gust_autoscale::ScaleStatus> {
         self.shared
             .scaler
             .status(&self.shared.catalog, tenant, name)
@@ -396,7 +396,7 @@ async fn invoke(
             return Err(reject_unread(shared, request, GatewayError::NoRoute).await);
         }
     };
-    let Some(route) = served
+    let Some(loaded) = served
         .pick(
             &alias,
             || sticky_key(request.headers()),
@@ -418,18 +418,18 @@ async fn invoke(
         return Err(reject_unread(shared, request, error).await);
     };
     // The path the function sees; the request is moved below.
-    let guest_path = route::guest_path(tail).into_owned();
+    let guest_path = path::guest_path(tail).into_owned();
     let other_alias = (alias != deploy::LIVE).then(|| alias.into_owned());
     let mut request = request;
     let admitted = shared
         .access
-        .authorize(&route, request.headers_mut())
+        .authorize(&loaded, request.headers_mut())
         .and_then(|()| {
-            let budget = route.limits.monthly_budget_micros;
-            let function = budget.map(|budget| (route.name.as_str(), budget));
+            let budget = loaded.limits.monthly_budget_micros;
+            let function = budget.map(|budget| (loaded.name.as_str(), budget));
             shared
                 .access
-                .admit(&route.tenant, function, shared.meter.as_ref())
+                .admit(&loaded.tenant, function, shared.meter.as_ref())
         });
     if let Err(error) = admitted {
         return Err(reject_unread(shared, request, error).await);
@@ -449,10 +449,10 @@ async fn invoke(
             let error = GatewayError::EventToAlias { alias };
             return Err(reject_unread(shared, request, error).await);
         }
-        return submit_event(shared, &route, request, guest_path, declared_length, id).await;
+        return submit_event(shared, &loaded, request, guest_path, declared_length, id).await;
     }
 
-    let limits = route.limits.clone();
+    let limits = loaded.limits.clone();
     if declared_length.is_some_and(|len| len > limits.max_body_bytes) {
         let error = GatewayError::BodyTooLarge {
             limit: limits.max_body_bytes,
@@ -486,12 +486,12 @@ async fn invoke(
         fault: Some(fault.clone()),
         depth: 0,
     };
-    let result = run(shared, &route, Request::from_parts(parts, body), attempt)
+    let result = run(shared, &loaded, Request::from_parts(parts, body), attempt)
         .await
         .map(|mut response| {
             response
                 .headers_mut()
-                .insert(VERSION_HEADER, HeaderValue::from(route.version));
+                .insert(VERSION_HEADER, HeaderValue::from(loaded.version));
             let path = asked.path_and_query().map_or("/", |pq| pq.as_str());
             confine_cookies(response.headers_mut(), scope, path);
             response
@@ -625,12 +625,12 @@ async fn reject_unread(
     error
 }
 
-/// Admits a request and runs it in a fresh instance of the route's
+/// Admits a request and runs it in a fresh instance of the loaded version's
 /// function. Every attempt that reaches here gets one usage record:
 /// refused (no capacity, a quota, a load failure) or run.
 async fn run<B>(
     shared: &Arc<Shared>,
-    route: &Arc<catalog::Route>,
+    loaded: &Arc<catalog::Loaded>,
     request: Request<B>,
     attempt: metering::Attempt<'_>,
 ) -> Result<Response<GatewayBody>, GatewayError>
@@ -646,7 +646,7 @@ where
         shared
             .meter
             .as_ref()
-            .map(|meter| (meter, metering::start_record(route, &attempt))),
+            .map(|meter| (meter, metering::start_record(loaded, &attempt))),
     ));
     let refuse = |error: GatewayError| {
         admitting
@@ -657,11 +657,11 @@ where
     };
     // The function's own limit first (a request may wait for it), then
     // the node's and the tenant's (never waited for).
-    let function_permit = match &route.gate {
+    let function_permit = match &loaded.gate {
         Some(gate) => Some(
             gate.enter(
-                route.name.as_str(),
-                &route.limits,
+                loaded.name.as_str(),
+                &loaded.limits,
                 attempt.trigger == Trigger::Http,
             )
             .await
@@ -669,32 +669,32 @@ where
         ),
         None => None,
     };
-    let tenant_run = shared.access.admit_run(&route.tenant).map_err(refuse)?;
-    let on_reservation = route.limits.reserved_concurrency.is_some() && route.is_live();
+    let tenant_run = shared.access.admit_run(&loaded.tenant).map_err(refuse)?;
+    let on_reservation = loaded.limits.reserved_concurrency.is_some() && loaded.is_live();
     let permit = shared
         .node
         .take(
             (!on_reservation).then_some(&tenant_run.share),
-            admission::memory_reservation(route.limits.memory_bytes),
+            admission::memory_reservation(loaded.limits.memory_bytes),
         )
         .map_err(refuse)?;
     let tenant_permit = tenant_run.permit;
-    let running = scaling::Running::start(&route.activity);
-    let (prepared, cold) = route
+    let running = scaling::Running::start(&loaded.activity);
+    let (prepared, cold) = loaded
         .prepared(&shared.runtime, shared.blobs.as_ref())
         .await
         .map_err(|error| {
             refuse(GatewayError::Load {
-                function: route.name.to_string(),
+                function: loaded.name.to_string(),
                 error,
             })
         })?;
     if cold {
-        shared.scaler.cold_start(route);
+        shared.scaler.cold_start(loaded);
     }
     let kv = Arc::new(kv::TenantKv {
         buckets: shared.buckets.clone(),
-        tenant: route.tenant.clone(),
+        tenant: loaded.tenant.clone(),
     });
     // The attempt's open frame is in the journal before the guest runs:
     // if the server dies next, the attempt is recorded as aborted.
@@ -708,7 +708,7 @@ where
     });
     let done = {
         let shared = shared.clone();
-        let route = route.clone();
+        let loaded = loaded.clone();
         let id = id.to_string();
         let draft = draft.clone();
         move |report: InvocationReport| {
@@ -719,7 +719,7 @@ where
             if let Some(draft) = &draft {
                 draft.report(&report);
             }
-            record(&shared, &route, &id, report);
+            record(&shared, &loaded, &id, report);
         }
     };
     let unanswered = metering::Unanswered::new(draft.clone());
@@ -728,22 +728,22 @@ where
         .invoke(
             prepared,
             gust_runtime::Guest {
-                limits: route.limits.clone(),
+                limits: loaded.limits.clone(),
                 kv,
-                vars: route.vars.clone(),
+                vars: loaded.vars.clone(),
                 calls: Some(Arc::new(calls::TenantCalls {
                     shared: shared.clone(),
-                    tenant: route.tenant.clone(),
+                    tenant: loaded.tenant.clone(),
                     depth: depth + 1,
                 })),
-                tenant: route.tenant.clone(),
+                tenant: loaded.tenant.clone(),
             },
             request,
             done,
         )
         .await
         .map_err(|error| GatewayError::Invoke {
-            function: route.name.to_string(),
+            function: loaded.name.to_string(),
             error,
         });
     unanswered.answered();
@@ -754,7 +754,7 @@ where
             .unwrap_or_else(|| response.status().as_u16()),
         Err(error) => error.status_code().as_u16(),
     };
-    route
+    loaded
         .health
         .record(status, started.elapsed().as_micros() as u64);
     match (draft, result) {
@@ -777,21 +777,21 @@ where
 /// the client sends them (binary mode), else Gust fills them in.
 async fn submit_event(
     shared: &Arc<Shared>,
-    route: &Arc<catalog::Route>,
+    loaded: &Arc<catalog::Loaded>,
     request: Request<Incoming>,
     path: String,
     declared_length: Option<u64>,
     id: &str,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let backlog = shared.events.backlog(&route.tenant);
-    if let Err(error) = shared.access.admit_event(&route.tenant, backlog) {
+    let backlog = shared.events.backlog(&loaded.tenant);
+    if let Err(error) = shared.access.admit_event(&loaded.tenant, backlog) {
         return Err(reject_unread(shared, request, error).await);
     }
     // An event is a request to the function too: its body limit applies.
     let limit = shared
         .config
         .max_event_bytes
-        .min(route.limits.max_body_bytes);
+        .min(loaded.limits.max_body_bytes);
     if declared_length.is_some_and(|len| len > limit) {
         return Err(GatewayError::EventTooLarge { limit });
     }
@@ -803,8 +803,8 @@ async fn submit_event(
             CappedRead::Stalled => GatewayError::BodyStalled,
         })?;
     let envelope = Events::envelope(
-        route.tenant.clone(),
-        route.name.clone(),
+        loaded.tenant.clone(),
+        loaded.name.clone(),
         id.to_string(),
         path,
         |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
@@ -843,7 +843,7 @@ impl Invoker for Gateway {
             .get(envelope.tenant.as_str(), envelope.function.as_str());
         // Events go to `live`, split as its requests are.
         let random = || deploy::fnv1a(format!("{id}#{attempt}").as_bytes());
-        let Some(route) = served
+        let Some(loaded) = served
             .as_ref()
             .and_then(|s| s.pick(deploy::LIVE, || None, random).cloned())
         else {
@@ -892,7 +892,7 @@ impl Invoker for Gateway {
             fault: None,
             depth: 0,
         };
-        match run(shared, &route, request, metered).await {
+        match run(shared, &loaded, request, metered).await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 // The attempt is over when the function has sent its whole answer.
@@ -946,7 +946,7 @@ impl Invoker for Gateway {
 }
 
 /// Counts a finished invocation and logs what it printed (or how it failed).
-fn record(shared: &Shared, route: &catalog::Route, id: &str, report: InvocationReport) {
+fn record(shared: &Shared, loaded: &catalog::Loaded, id: &str, report: InvocationReport) {
     let success = report.outcome.is_success();
     let counter = if success {
         &shared.counters.completed
@@ -958,12 +958,12 @@ fn record(shared: &Shared, route: &catalog::Route, id: &str, report: InvocationR
         return;
     }
     if let Outcome::Trapped { message } | Outcome::Failed { message } = &report.outcome {
-        tracing::debug!(function = %route.name, invocation_id = id, %message, "invocation failed");
+        tracing::debug!(function = %loaded.name, invocation_id = id, %message, "invocation failed");
     }
     let record = LogRecord {
         invocation_id: id.to_string(),
         time_ms: now_ms(),
-        version: route.version,
+        version: loaded.version,
         outcome: report.outcome,
         duration_us: report.duration.as_micros() as u64,
         peak_memory_bytes: report.peak_memory_bytes,
@@ -971,7 +971,7 @@ fn record(shared: &Shared, route: &catalog::Route, id: &str, report: InvocationR
         stderr: String::from_utf8_lossy(&report.stderr).into_owned(),
         truncated: report.output_truncated,
     };
-    shared.logs.record(&route.tenant, &route.name, &record);
+    shared.logs.record(&loaded.tenant, &loaded.name, &record);
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -26,7 +26,7 @@ use gust_core::usage::{Trigger, UsageOutcome, UsageRecord};
 use gust_meter::Meter;
 use gust_runtime::InvocationReport;
 
-use crate::catalog::Route;
+use crate::catalog::Loaded;
 
 /// What is known of an attempt before it runs.
 pub(crate) struct Attempt<'a> {
@@ -40,19 +40,19 @@ pub(crate) struct Attempt<'a> {
     pub depth: u32,
 }
 
-pub(crate) fn start_record(route: &Route, attempt: &Attempt<'_>) -> UsageRecord {
+pub(crate) fn start_record(loaded: &Loaded, attempt: &Attempt<'_>) -> UsageRecord {
     UsageRecord {
         invocation_id: attempt.id.to_owned(),
         attempt: attempt.attempt,
-        tenant: route.tenant.as_str().to_owned(),
-        function: route.name.as_str().to_owned(),
-        version: route.version,
+        tenant: loaded.tenant.as_str().to_owned(),
+        function: loaded.name.as_str().to_owned(),
+        version: loaded.version,
         trigger: attempt.trigger,
         start_ms: crate::now_ms(),
         wall_ns: 0,
         cpu_ns: 0,
         peak_memory_bytes: 0,
-        memory_limit_bytes: route.limits.memory_bytes,
+        memory_limit_bytes: loaded.limits.memory_bytes,
         request_bytes: attempt.request_bytes,
         response_bytes: 0,
         outbound_requests: 0,

@@ -1,6 +1,6 @@
 //! The scaling driver: every tick it reads each function's activity, asks
-//! `gust_scheduler` what to do, and does it — unloads a function scaled to
-//! zero (nothing of it stays in memory but its route; its artifact stays
+//! `gust_autoscale` what to do, and does it — unloads a function scaled to
+//! zero (nothing of it stays in memory but its loaded version; its artifact stays
 //! on disk), loads one its keep-alive pre-warms or its provisioning wants
 //! — and keeps the recent decisions for `gust scale` and `/metrics`.
 
@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use gust_runtime::Runtime;
-use gust_scheduler::{
+use gust_autoscale::{
     Decision, NodeConfig, Observation, Policy, Reading, Reason, ScaleEvent, ScaleStatus, Scaling,
 };
+use gust_runtime::Runtime;
 use gust_store::BlobStore;
 
-use crate::catalog::{Catalog, Route};
+use crate::catalog::{Catalog, Loaded};
 
 /// Microseconds on the clock activities count in (monotonic, never 0).
 pub(crate) fn clock_us() -> u64 {
@@ -24,10 +24,10 @@ pub(crate) fn clock_us() -> u64 {
 }
 
 /// One running instance, counted in its function's activity until dropped.
-pub(crate) struct Running(Arc<gust_scheduler::Activity>);
+pub(crate) struct Running(Arc<gust_autoscale::Activity>);
 
 impl Running {
-    pub fn start(activity: &Arc<gust_scheduler::Activity>) -> Self {
+    pub fn start(activity: &Arc<gust_autoscale::Activity>) -> Self {
         activity.start(clock_us());
         Self(activity.clone())
     }
@@ -126,9 +126,9 @@ impl Autoscaler {
 
     /// Records that a request found its function cold and loaded it: until
     /// the next tick, the last decision says so (one instance, in flight).
-    pub fn cold_start(&self, route: &Route) {
+    pub fn cold_start(&self, loaded: &Loaded) {
         self.cold_starts.fetch_add(1, Ordering::Relaxed);
-        if let Some(f) = self.lock().get_mut(&route.key()) {
+        if let Some(f) = self.lock().get_mut(&loaded.key()) {
             f.warm = true;
             let desired = f.decision.as_mut().map_or(1, |d| {
                 d.desired = d.desired.max(1);
@@ -164,8 +164,8 @@ impl Autoscaler {
         for (served, key) in all.into_iter().zip(keys) {
             // The function's `live` version stands for it; its other
             // versions (aliases, a canary) leave memory with it.
-            let route = &served.live;
-            let reading = route.activity.read(now_us);
+            let loaded = &served.live;
+            let reading = loaded.activity.read(now_us);
             let f = functions.entry(key).or_insert_with(|| FunctionScale {
                 scaling: Scaling::default(),
                 last: reading,
@@ -173,8 +173,8 @@ impl Autoscaler {
                 warm: false,
                 history: VecDeque::new(),
             });
-            f.scaling.learn(node, &route.activity.take_idle_times());
-            let warm = route.is_warm();
+            f.scaling.learn(node, &loaded.activity.take_idle_times());
+            let warm = loaded.is_warm();
             let seen = Observation {
                 now_ms,
                 concurrency: reading.concurrency_since(&f.last),
@@ -186,15 +186,15 @@ impl Autoscaler {
             };
             f.last = reading;
             let policy = Policy {
-                keep_alive: route.limits.keep_alive,
-                provisioned: route.limits.provisioned,
-                max_instances: route.limits.concurrency_cap(),
+                keep_alive: loaded.limits.keep_alive,
+                provisioned: loaded.limits.provisioned,
+                max_instances: loaded.limits.concurrency_cap(),
             };
             let decision = f.scaling.decide(node, &policy, &seen);
             let mut action = None;
             if decision.desired == 0 && reading.in_flight == 0 {
                 let mut unloaded = false;
-                for r in served.routes() {
+                for r in served.versions() {
                     unloaded |= r.unload();
                 }
                 if unloaded {
@@ -206,11 +206,11 @@ impl Autoscaler {
                 action = Some(Action::PreWarmed);
                 // Every version it serves (a canary too, so that cold
                 // starts do not weigh on its latency alone).
-                for route in served.routes().into_iter().filter(|r| !r.is_warm()) {
+                for loaded in served.versions().into_iter().filter(|r| !r.is_warm()) {
                     let (runtime, blobs) = (runtime.clone(), blobs.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = route.prepared(&runtime, blobs.as_ref()).await {
-                            tracing::warn!(function = %route.name, error = %e, "pre-warming failed");
+                        if let Err(e) = loaded.prepared(&runtime, blobs.as_ref()).await {
+                            tracing::warn!(function = %loaded.name, error = %e, "pre-warming failed");
                         }
                     });
                 }
@@ -243,24 +243,24 @@ impl Autoscaler {
 
     /// `<tenant>/<function>`'s scaling, if it is deployed.
     pub fn status(&self, catalog: &Catalog, tenant: &str, name: &str) -> Option<ScaleStatus> {
-        let route = catalog.get(tenant, name)?.live.clone();
-        let reading = route.activity.read(clock_us());
+        let loaded = catalog.get(tenant, name)?.live.clone();
+        let reading = loaded.activity.read(clock_us());
         let functions = self.lock();
-        let f = functions.get(&route.key());
+        let f = functions.get(&loaded.key());
         let decision = f.and_then(|f| f.decision);
         Some(ScaleStatus {
             function: name.to_string(),
-            desired: decision.map_or(u32::from(route.is_warm()), |d| d.desired),
-            warm: route.is_warm(),
+            desired: decision.map_or(u32::from(loaded.is_warm()), |d| d.desired),
+            warm: loaded.is_warm(),
             running: reading.in_flight,
             reason: decision.map_or("new", |d| d.reason.as_str()).into(),
-            keep_alive: route.limits.keep_alive.to_string(),
+            keep_alive: loaded.limits.keep_alive.to_string(),
             basis: decision.map_or("", |d| d.windows.basis.as_str()).into(),
             prewarm_ms: decision.map_or(0, |d| d.windows.prewarm_ms),
             keep_ms: decision.map_or(0, |d| d.windows.keep_ms),
             idle_samples: f.map_or(0, |f| f.scaling.history().samples()),
             provisioned: decision.map_or(0, |d| d.provisioned),
-            provisioned_setting: route.limits.provisioned.map(|p| p.to_string()),
+            provisioned_setting: loaded.limits.provisioned.map(|p| p.to_string()),
             stable_concurrency: decision.map_or(0.0, |d| d.demand.stable),
             panic_concurrency: decision.map_or(0.0, |d| d.demand.panic),
             panicking: decision.is_some_and(|d| d.demand.panicking),
@@ -281,17 +281,17 @@ impl Autoscaler {
             ..ScaleStats::default()
         };
         for served in all {
-            let route = &served.live;
-            let warm = route.is_warm();
+            let loaded = &served.live;
+            let warm = loaded.is_warm();
             stats.warm += u64::from(warm);
             let desired = functions
-                .get(&route.key())
+                .get(&loaded.key())
                 .and_then(|f| f.decision)
                 .map_or(0, |d| d.desired);
             if warm || desired > 0 {
                 stats.active.push((
-                    route.tenant.to_string(),
-                    route.name.to_string(),
+                    loaded.tenant.to_string(),
+                    loaded.name.to_string(),
                     desired,
                     warm,
                 ));

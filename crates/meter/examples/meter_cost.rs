@@ -50,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rate: u64 = args.next().map_or(Ok(20_000), |a| a.parse())?;
     let seconds: u64 = args.next().map_or(Ok(5), |a| a.parse())?;
     let dir = tempfile::tempdir()?;
-    let store = Arc::new(gust_store::EmbeddedStore::open(
+    let store = Arc::new(gust_store_embedded::EmbeddedStore::open(
         &dir.path().join("store.redb"),
     )?);
     let plans: gust_meter::Plans = Arc::new(|_: &str| PlanHistory::default());

@@ -1317,7 +1317,7 @@ mod tests {
     #[tokio::test]
     async fn passes_come_sooner_while_budgets_are_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let store = gust_store::EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        let store = gust_store_embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap();
         let meter = Meter::start(Arc::new(store), default_plans(), &dir.path().join("j"))
             .await
             .unwrap();
@@ -1338,7 +1338,7 @@ mod tests {
     #[tokio::test]
     async fn open_attempts_are_recorded_as_aborted_at_start_exactly_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = gust_store::EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        let store = gust_store_embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap();
         let ledger: Arc<dyn LedgerStore> = Arc::new(store);
         let journal = dir.path().join("journal");
         let meter = Meter::start(ledger.clone(), default_plans(), &journal)
@@ -1399,7 +1399,7 @@ mod tests {
     #[tokio::test]
     async fn attempts_of_one_event_are_counted_apart_and_totals_add_up() {
         let dir = tempfile::tempdir().unwrap();
-        let store = gust_store::EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        let store = gust_store_embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap();
         let meter = Meter::start(Arc::new(store), default_plans(), &dir.path().join("j"))
             .await
             .unwrap();
@@ -1446,7 +1446,7 @@ mod tests {
             ..PlanHistory::default()
         });
         let dir = tempfile::tempdir().unwrap();
-        let store = gust_store::EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        let store = gust_store_embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap();
         let meter = Meter::start(Arc::new(store), plans, &dir.path().join("j"))
             .await
             .unwrap();

@@ -1,4 +1,4 @@
-//! `Accounts`: tenants and API tokens, stored in the [`KvStore`] under
+//! `Accounts`: tenants and API tokens, stored in the [`MetaStore`] under
 //! `acct/` and mirrored in memory (a watch keeps the mirror current), so
 //! checking a token on every request costs a hash and a map lookup.
 //!
@@ -15,7 +15,7 @@ use gust_core::TenantId;
 use gust_core::access::{Quotas, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::{KvEvent, KvStore, StoreError, digest_of};
+use crate::{MetaEvent, MetaStore, StoreError, digest_of};
 
 const PREFIX: &str = "acct/";
 const TENANTS: &str = "acct/tenant/";
@@ -107,7 +107,7 @@ struct Mirror {
 /// Tenants and tokens. Cheap to clone.
 #[derive(Clone)]
 pub struct Accounts {
-    kv: Arc<dyn KvStore>,
+    kv: Arc<dyn MetaStore>,
     mirror: Arc<RwLock<Mirror>>,
     /// Held while a revocation checks and writes, so that two concurrent
     /// revocations cannot each leave the other as the last admin token.
@@ -122,7 +122,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Bytes, StoreError> {
 
 impl Accounts {
     /// Loads every tenant and token and keeps following changes.
-    pub async fn start(kv: Arc<dyn KvStore>) -> Result<Self, StoreError> {
+    pub async fn start(kv: Arc<dyn MetaStore>) -> Result<Self, StoreError> {
         let accounts = Self {
             kv,
             mirror: Arc::default(),
@@ -130,7 +130,7 @@ impl Accounts {
         };
         let watch = accounts.kv.watch(PREFIX).await?;
         for entry in &watch.initial {
-            accounts.apply(&KvEvent::Put(entry.clone()));
+            accounts.apply(&MetaEvent::Put(entry.clone()));
         }
         let follower = accounts.clone();
         tokio::spawn(async move {
@@ -148,7 +148,7 @@ impl Accounts {
                         let mut fresh = Mirror::default();
                         std::mem::swap(&mut *follower.write(), &mut fresh);
                         for entry in &again.initial {
-                            follower.apply(&KvEvent::Put(entry.clone()));
+                            follower.apply(&MetaEvent::Put(entry.clone()));
                         }
                         changes = again.changes;
                     }
@@ -166,10 +166,10 @@ impl Accounts {
         self.mirror.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn apply(&self, event: &KvEvent) {
+    fn apply(&self, event: &MetaEvent) {
         let mut mirror = self.write();
         match event {
-            KvEvent::Put(entry) => {
+            MetaEvent::Put(entry) => {
                 if entry.key.starts_with(TENANTS) {
                     match serde_json::from_slice::<TenantRecord>(&entry.value) {
                         Ok(t) => {
@@ -186,7 +186,7 @@ impl Accounts {
                     }
                 }
             }
-            KvEvent::Delete { key, .. } => {
+            MetaEvent::Delete { key, .. } => {
                 if let Some(id) = key.strip_prefix(TENANTS) {
                     mirror.tenants.retain(|t, _| t.as_str() != id);
                 } else if let Some(id) = key.strip_prefix(TOKENS) {
@@ -201,7 +201,7 @@ impl Accounts {
     async fn put<T: Serialize>(&self, key: String, record: &T) -> Result<(), StoreError> {
         let value = encode(record)?;
         self.kv.put(&key, value.clone()).await?;
-        self.apply(&KvEvent::Put(crate::Entry {
+        self.apply(&MetaEvent::Put(crate::Entry {
             key,
             value,
             revision: 0,
@@ -227,7 +227,7 @@ impl Accounts {
         let key = format!("{TENANTS}{id}");
         match self.kv.compare_and_set(&key, encode(&record)?, None).await {
             Ok(_) => {
-                self.apply(&KvEvent::Put(crate::Entry {
+                self.apply(&MetaEvent::Put(crate::Entry {
                     key,
                     value: encode(&record)?,
                     revision: 0,
@@ -317,7 +317,7 @@ impl Accounts {
         let key = format!("{TOKENS}{id}");
         let value = encode(&record)?;
         self.kv.compare_and_set(&key, value.clone(), None).await?;
-        self.apply(&KvEvent::Put(crate::Entry {
+        self.apply(&MetaEvent::Put(crate::Entry {
             key,
             value,
             revision: 0,
@@ -405,131 +405,4 @@ impl Accounts {
 /// An admin token that works and never expires: the platform always keeps one.
 fn lasting_admin(token: &TokenRecord) -> bool {
     token.role == Role::Admin && token.revoked_ms.is_none() && token.expires_ms.is_none()
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[tokio::test]
-    async fn tokens_are_verified_revoked_and_expire() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::EmbeddedStore::open(&dir.path().join("db")).unwrap();
-        let accounts = Accounts::start(Arc::new(store.clone())).await.unwrap();
-        let acme = TenantId::new("acme").unwrap();
-        assert!(matches!(
-            accounts
-                .create_token(&acme, Role::Owner, None, String::new(), [1; 32], 0)
-                .await,
-            Err(AccountsError::NoSuchTenant(_))
-        ));
-        accounts
-            .create_tenant(acme.clone(), Quotas::default(), 0)
-            .await
-            .unwrap();
-        assert!(matches!(
-            accounts
-                .create_tenant(acme.clone(), Quotas::default(), 0)
-                .await,
-            Err(AccountsError::TenantExists(_))
-        ));
-        let (record, token) = accounts
-            .create_token(&acme, Role::Deployer, Some(1_000), "ci".into(), [7; 32], 0)
-            .await
-            .unwrap();
-        assert!(token.starts_with("gust_070707070707_"));
-        assert_ne!(record.hash, token, "only a hash is stored");
-        assert_eq!(accounts.verify(&token, 10).unwrap().role, Role::Deployer);
-        assert_eq!(
-            accounts.verify(&token, 1_000),
-            Err(AuthError::Expired(record.id.clone()))
-        );
-        let mut forged = token.clone();
-        forged.pop();
-        forged.push('x');
-        assert_eq!(accounts.verify(&forged, 10), Err(AuthError::Unknown));
-        assert_eq!(accounts.verify("Bearer x", 10), Err(AuthError::Malformed));
-
-        // Another tenant cannot revoke it; its own tenant can.
-        let other = TenantId::new("other").unwrap();
-        assert!(accounts.revoke(Some(&other), &record.id, 5).await.is_err());
-        accounts.revoke(Some(&acme), &record.id, 5).await.unwrap();
-        assert_eq!(
-            accounts.verify(&token, 10),
-            Err(AuthError::Revoked(record.id.clone()))
-        );
-
-        // A second view of the same store (another process, a restart) agrees.
-        let again = Accounts::start(Arc::new(store)).await.unwrap();
-        assert_eq!(again.verify(&token, 10), Err(AuthError::Revoked(record.id)));
-        assert_eq!(again.tenants().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn the_last_admin_token_that_never_expires_is_not_revoked() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::EmbeddedStore::open(&dir.path().join("db")).unwrap();
-        let accounts = Accounts::start(Arc::new(store)).await.unwrap();
-        let default = TenantId::default_tenant();
-        let acme = TenantId::new("acme").unwrap();
-        for tenant in [&default, &acme] {
-            accounts
-                .create_tenant(tenant.clone(), Quotas::default(), 0)
-                .await
-                .unwrap();
-        }
-        let admin = |random: u8, tenant: &TenantId, expires: Option<u64>| {
-            let accounts = accounts.clone();
-            let tenant = tenant.clone();
-            async move {
-                let (record, _) = accounts
-                    .create_token(
-                        &tenant,
-                        Role::Admin,
-                        expires,
-                        String::new(),
-                        [random; 32],
-                        0,
-                    )
-                    .await
-                    .unwrap();
-                record.id
-            }
-        };
-        let first = admin(1, &default, None).await;
-        let expiring = admin(2, &default, Some(1_000_000)).await;
-        // Alone but for one that expires: refused, and still valid.
-        let refused = accounts.revoke(None, &first, 5).await;
-        assert!(
-            matches!(&refused, Err(AccountsError::LastAdminToken(id)) if *id == first),
-            "{refused:?}"
-        );
-        assert!(
-            refused
-                .unwrap_err()
-                .to_string()
-                .contains("last admin token")
-        );
-        assert!(accounts.tokens(None).iter().all(|t| t.revoked_ms.is_none()));
-        // The expiring one may go; a second lasting admin (in another
-        // tenant) lets the first go, and is then the last.
-        accounts.revoke(None, &expiring, 5).await.unwrap();
-        let second = admin(3, &acme, None).await;
-        accounts.revoke(Some(&default), &first, 6).await.unwrap();
-        assert!(matches!(
-            accounts.revoke(None, &second, 7).await,
-            Err(AccountsError::LastAdminToken(_))
-        ));
-        // Revoking a revoked token changes nothing (and is no error).
-        let again = accounts.revoke(None, &first, 8).await.unwrap();
-        assert_eq!(again.revoked_ms, Some(6));
-        // Two revocations at once cannot both pass.
-        let third = admin(4, &default, None).await;
-        let (a, b) = tokio::join!(
-            accounts.revoke(None, &second, 9),
-            accounts.revoke(None, &third, 9)
-        );
-        assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
-    }
 }

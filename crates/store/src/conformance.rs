@@ -11,18 +11,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gust_core::access::{Quotas, Role};
 use gust_core::{FunctionName, Limits, TenantId};
 
 use crate::{
-    Activation, AliasTarget, BlobStore, DataStore, KvEvent, KvStore, LogStore, NewVersion,
-    QueueStore, Registry, RegistryError, StoreError, digest_of,
+    Accounts, AccountsError, Activation, AliasTarget, AuthError, BlobStore, DataStore, LogStore,
+    MetaEvent, MetaStore, NewVersion, QueueStore, Registry, RegistryError, StoreError, digest_of,
 };
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-async fn next_event(watch: &mut crate::Watch) -> KvEvent {
+async fn next_event(watch: &mut crate::Watch) -> MetaEvent {
     tokio::time::timeout(Duration::from_secs(5), watch.changes.next())
         .await
         .expect("a watched change arrives within 5 s")
@@ -30,7 +31,7 @@ async fn next_event(watch: &mut crate::Watch) -> KvEvent {
 }
 
 /// Revisions, compare-and-set, delete, prefix listing and watches.
-pub async fn kv(kv: &dyn KvStore) {
+pub async fn kv(kv: &dyn MetaStore) {
     assert_eq!(kv.get("a/1").await.unwrap(), None);
 
     let r1 = kv.put("a/1", b("one")).await.unwrap();
@@ -94,7 +95,7 @@ pub async fn kv(kv: &dyn KvStore) {
     let w1 = kv.put("a/3", b("three")).await.unwrap();
     kv.delete("a/1").await.unwrap();
     match next_event(&mut watch).await {
-        KvEvent::Put(entry) => {
+        MetaEvent::Put(entry) => {
             assert_eq!(
                 (entry.key.as_str(), entry.value, entry.revision),
                 ("a/3", b("three"), w1)
@@ -103,7 +104,7 @@ pub async fn kv(kv: &dyn KvStore) {
         other => panic!("expected the put of a/3, got {other:?}"),
     }
     match next_event(&mut watch).await {
-        KvEvent::Delete { key, revision } => {
+        MetaEvent::Delete { key, revision } => {
             assert_eq!(key, "a/1");
             assert!(revision > w1);
         }
@@ -173,7 +174,7 @@ trait PutOwned {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send + '_>>;
 }
 
-impl<T: KvStore + ?Sized> PutOwned for T {
+impl<T: MetaStore + ?Sized> PutOwned for T {
     fn put_owned(
         &self,
         key: String,
@@ -183,7 +184,7 @@ impl<T: KvStore + ?Sized> PutOwned for T {
     }
 }
 
-async fn futures_join(kv: &dyn KvStore, base: u64) -> Vec<Result<u64, StoreError>> {
+async fn futures_join(kv: &dyn MetaStore, base: u64) -> Vec<Result<u64, StoreError>> {
     let a = kv.compare_and_set("race", b("a"), Some(base));
     let b_ = kv.compare_and_set("race", b("b"), Some(base));
     let c = kv.compare_and_set("race", b("c"), Some(base));
@@ -335,7 +336,7 @@ fn version(digest: &str, size_bytes: u64) -> NewVersion {
 }
 
 /// The typed registry on top of a backend's KV: versions, tenants, deletes.
-pub async fn registry(kv: Arc<dyn KvStore>) {
+pub async fn registry(kv: Arc<dyn MetaStore>) {
     let registry = Registry::new(kv);
     let tenant = TenantId::default_tenant();
     let other = TenantId::new("other").unwrap();
@@ -1035,4 +1036,123 @@ pub async fn ledger(l: &dyn crate::LedgerStore) {
     }
     let expected: Vec<u64> = (1..24).map(|i| 10_000 + i * 150).collect();
     assert_eq!(seen, expected);
+}
+
+/// Accounts on `store`: tokens verified, revoked and expired, seen alike by a
+/// second view of the same store.
+pub async fn accounts(store: Arc<dyn MetaStore>) {
+    let accounts = Accounts::start(store.clone()).await.unwrap();
+    let acme = TenantId::new("acme").unwrap();
+    assert!(matches!(
+        accounts
+            .create_token(&acme, Role::Owner, None, String::new(), [1; 32], 0)
+            .await,
+        Err(AccountsError::NoSuchTenant(_))
+    ));
+    accounts
+        .create_tenant(acme.clone(), Quotas::default(), 0)
+        .await
+        .unwrap();
+    assert!(matches!(
+        accounts
+            .create_tenant(acme.clone(), Quotas::default(), 0)
+            .await,
+        Err(AccountsError::TenantExists(_))
+    ));
+    let (record, token) = accounts
+        .create_token(&acme, Role::Deployer, Some(1_000), "ci".into(), [7; 32], 0)
+        .await
+        .unwrap();
+    assert!(token.starts_with("gust_070707070707_"));
+    assert_ne!(record.hash, token, "only a hash is stored");
+    assert_eq!(accounts.verify(&token, 10).unwrap().role, Role::Deployer);
+    assert_eq!(
+        accounts.verify(&token, 1_000),
+        Err(AuthError::Expired(record.id.clone()))
+    );
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push('x');
+    assert_eq!(accounts.verify(&forged, 10), Err(AuthError::Unknown));
+    assert_eq!(accounts.verify("Bearer x", 10), Err(AuthError::Malformed));
+
+    // Another tenant cannot revoke it; its own tenant can.
+    let other = TenantId::new("other").unwrap();
+    assert!(accounts.revoke(Some(&other), &record.id, 5).await.is_err());
+    accounts.revoke(Some(&acme), &record.id, 5).await.unwrap();
+    assert_eq!(
+        accounts.verify(&token, 10),
+        Err(AuthError::Revoked(record.id.clone()))
+    );
+
+    // A second view of the same store (another process, a restart) agrees.
+    let again = Accounts::start(store).await.unwrap();
+    assert_eq!(again.verify(&token, 10), Err(AuthError::Revoked(record.id)));
+    assert_eq!(again.tenants().len(), 1);
+}
+
+/// The last admin token that never expires is not revoked, even by two
+/// revocations at once.
+pub async fn last_admin_token(store: Arc<dyn MetaStore>) {
+    let accounts = Accounts::start(store).await.unwrap();
+    let default = TenantId::default_tenant();
+    let acme = TenantId::new("acme").unwrap();
+    for tenant in [&default, &acme] {
+        accounts
+            .create_tenant(tenant.clone(), Quotas::default(), 0)
+            .await
+            .unwrap();
+    }
+    let admin = |random: u8, tenant: &TenantId, expires: Option<u64>| {
+        let accounts = accounts.clone();
+        let tenant = tenant.clone();
+        async move {
+            let (record, _) = accounts
+                .create_token(
+                    &tenant,
+                    Role::Admin,
+                    expires,
+                    String::new(),
+                    [random; 32],
+                    0,
+                )
+                .await
+                .unwrap();
+            record.id
+        }
+    };
+    let first = admin(1, &default, None).await;
+    let expiring = admin(2, &default, Some(1_000_000)).await;
+    // Alone but for one that expires: refused, and still valid.
+    let refused = accounts.revoke(None, &first, 5).await;
+    assert!(
+        matches!(&refused, Err(AccountsError::LastAdminToken(id)) if *id == first),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .unwrap_err()
+            .to_string()
+            .contains("last admin token")
+    );
+    assert!(accounts.tokens(None).iter().all(|t| t.revoked_ms.is_none()));
+    // The expiring one may go; a second lasting admin (in another
+    // tenant) lets the first go, and is then the last.
+    accounts.revoke(None, &expiring, 5).await.unwrap();
+    let second = admin(3, &acme, None).await;
+    accounts.revoke(Some(&default), &first, 6).await.unwrap();
+    assert!(matches!(
+        accounts.revoke(None, &second, 7).await,
+        Err(AccountsError::LastAdminToken(_))
+    ));
+    // Revoking a revoked token changes nothing (and is no error).
+    let again = accounts.revoke(None, &first, 8).await.unwrap();
+    assert_eq!(again.revoked_ms, Some(6));
+    // Two revocations at once cannot both pass.
+    let third = admin(4, &default, None).await;
+    let (a, b) = tokio::join!(
+        accounts.revoke(None, &second, 9),
+        accounts.revoke(None, &third, 9)
+    );
+    assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
 }

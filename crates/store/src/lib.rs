@@ -1,6 +1,8 @@
-//! Gust's storage: the traits every backend implements, the typed registry
-//! built on them, a conformance suite that every backend must pass, and the
-//! embedded backend (redb) that `gust up` uses on one machine.
+//! Gust's storage: the traits every backend implements, the domain services
+//! built on them (registry, accounts, buckets, secrets) and the conformance
+//! suite every backend must pass. The backends are leaf crates beside this
+//! one (`gust-store-embedded`: redb on one machine); only the composition
+//! root (the `gust` binary) and tests name a backend.
 //!
 //! The traits are shaped after what NATS JetStream offers (KV buckets with
 //! per-key revisions, compare-and-set and prefix watches; an object store;
@@ -12,7 +14,6 @@
 mod accounts;
 mod buckets;
 pub mod conformance;
-mod embedded;
 mod registry;
 mod secrets;
 
@@ -21,7 +22,6 @@ use bytes::Bytes;
 
 pub use accounts::{Accounts, AccountsError, AuthError, TenantRecord, TokenRecord};
 pub use buckets::{Buckets, BucketsError, Value};
-pub use embedded::{EmbeddedStore, StoreOptions};
 pub use registry::{Activation, AliasTarget, NewVersion, Registry, RegistryError};
 pub use secrets::{SecretBox, SecretError};
 
@@ -67,7 +67,7 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// One key's current value in a [`KvStore`].
+/// One key's current value in a [`MetaStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub key: String,
@@ -78,23 +78,23 @@ pub struct Entry {
 
 /// A change seen by a watcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KvEvent {
+pub enum MetaEvent {
     Put(Entry),
     Delete { key: String, revision: u64 },
 }
 
-impl KvEvent {
+impl MetaEvent {
     pub fn key(&self) -> &str {
         match self {
-            KvEvent::Put(entry) => &entry.key,
-            KvEvent::Delete { key, .. } => key,
+            MetaEvent::Put(entry) => &entry.key,
+            MetaEvent::Delete { key, .. } => key,
         }
     }
 
     pub fn revision(&self) -> u64 {
         match self {
-            KvEvent::Put(entry) => entry.revision,
-            KvEvent::Delete { revision, .. } => *revision,
+            MetaEvent::Put(entry) => entry.revision,
+            MetaEvent::Delete { revision, .. } => *revision,
         }
     }
 }
@@ -113,13 +113,13 @@ pub struct Watch {
 #[async_trait]
 pub trait WatchStream: Send {
     /// The next change. [`StoreError::Lagged`] means changes were missed: start a new watch.
-    async fn next(&mut self) -> Result<KvEvent, StoreError>;
+    async fn next(&mut self) -> Result<MetaEvent, StoreError>;
 }
 
 /// A key-value map with revisions, compare-and-set and prefix watches: the
 /// registry's storage (functions, versions, later aliases and triggers).
 #[async_trait]
-pub trait KvStore: Send + Sync {
+pub trait MetaStore: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
     /// Writes unconditionally; returns the new revision.
     async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError>;

@@ -1,5 +1,5 @@
 //! The registry: functions and their versions, as typed records over a
-//! [`KvStore`]. Keys are `fn/<tenant>/<name>` and
+//! [`MetaStore`]. Keys are `fn/<tenant>/<name>` and
 //! `ver/<tenant>/<name>/<version, zero-padded>`, so a prefix lists one
 //! tenant's functions or one function's versions in order.
 
@@ -16,7 +16,7 @@ use gust_core::route::RouteClaim;
 use gust_core::{ActiveVersion, FunctionName, FunctionRecord, Limits, TenantId, VersionRecord};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{Entry, KvStore, StoreError, Watch};
+use crate::{Entry, MetaStore, StoreError, Watch};
 
 /// Errors from registry operations that callers branch on.
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +156,7 @@ fn push_report(record: &mut FunctionRecord, report: CanaryReport) {
 /// each tenant's component bytes.
 #[derive(Clone)]
 pub struct Registry {
-    kv: Arc<dyn KvStore>,
+    kv: Arc<dyn MetaStore>,
     components: Arc<Mutex<ComponentBytes>>,
     /// Held while route claims change, so that two changes never take and
     /// release the same place in between each other.
@@ -177,7 +177,7 @@ struct ComponentBytes {
 }
 
 impl Registry {
-    pub fn new(kv: Arc<dyn KvStore>) -> Self {
+    pub fn new(kv: Arc<dyn MetaStore>) -> Self {
         Self {
             kv,
             components: Arc::default(),

@@ -37,10 +37,10 @@ use redb::{
 };
 use tokio::sync::{broadcast, oneshot};
 
-use crate::{
+use gust_store::{
     Allowance, BlobStore, Claimed, DataChange, DataStore, DataUsage, DataWrite, Entry, KeyInfo,
-    KvEvent, KvStore, LedgerCommit, LedgerEntry, LedgerRecord, LedgerRecords, LedgerStore,
-    LogLimits, LogStore, QueueStore, StoreError, Watch, WatchStream, digest_of,
+    LedgerCommit, LedgerEntry, LedgerRecord, LedgerRecords, LedgerStore, LogLimits, LogStore,
+    MetaEvent, MetaStore, QueueStore, StoreError, Watch, WatchStream, digest_of,
 };
 
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -131,7 +131,7 @@ fn backend(e: impl Into<redb::Error>) -> StoreError {
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// One write: applied inside the batch's transaction; the KV changes it
 /// made are pushed to the event list, published after the commit.
-type Job = Box<dyn FnOnce(&WriteTransaction, &mut Vec<KvEvent>) -> Result<Finish, Finish> + Send>;
+type Job = Box<dyn FnOnce(&WriteTransaction, &mut Vec<MetaEvent>) -> Result<Finish, Finish> + Send>;
 
 /// The embedded store: KV, blobs, logs and queues in one redb database.
 #[derive(Clone)]
@@ -196,7 +196,7 @@ struct Inner {
     db: Arc<Database>,
     ledger: Arc<LedgerFile>,
     disk: DiskGuard,
-    changes: broadcast::Sender<KvEvent>,
+    changes: broadcast::Sender<MetaEvent>,
     data_revision: tokio::sync::watch::Sender<u64>,
     writes: std_mpsc::Sender<Job>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -322,7 +322,7 @@ impl EmbeddedStore {
     async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction, &mut Vec<KvEvent>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&WriteTransaction, &mut Vec<MetaEvent>) -> Result<T, StoreError> + Send + 'static,
     {
         self.inner.disk.check()?;
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
@@ -449,7 +449,11 @@ impl EmbeddedStore {
 }
 
 /// The writer thread: batches every waiting write into one transaction.
-fn write_loop(db: &Database, changes: &broadcast::Sender<KvEvent>, jobs: &std_mpsc::Receiver<Job>) {
+fn write_loop(
+    db: &Database,
+    changes: &broadcast::Sender<MetaEvent>,
+    jobs: &std_mpsc::Receiver<Job>,
+) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -508,7 +512,7 @@ fn write_loop(db: &Database, changes: &broadcast::Sender<KvEvent>, jobs: &std_mp
 /// delete, `None` nothing). Returns the new revision, if anything changed.
 fn mutate_kv(
     txn: &WriteTransaction,
-    events: &mut Vec<KvEvent>,
+    events: &mut Vec<MetaEvent>,
     key: &str,
     decide: impl FnOnce(Option<u64>) -> Result<Option<Option<Bytes>>, StoreError>,
 ) -> Result<Option<u64>, StoreError> {
@@ -528,7 +532,7 @@ fn mutate_kv(
         Some(value) => {
             kv.insert(key, (revision, value.as_ref()))
                 .map_err(backend)?;
-            events.push(KvEvent::Put(Entry {
+            events.push(MetaEvent::Put(Entry {
                 key: key.to_string(),
                 value,
                 revision,
@@ -536,7 +540,7 @@ fn mutate_kv(
         }
         None => {
             kv.remove(key).map_err(backend)?;
-            events.push(KvEvent::Delete {
+            events.push(MetaEvent::Delete {
                 key: key.to_string(),
                 revision,
             });
@@ -571,7 +575,7 @@ fn list(db: &Database, prefix: &str) -> Result<(Vec<Entry>, u64), StoreError> {
 }
 
 #[async_trait]
-impl KvStore for EmbeddedStore {
+impl MetaStore for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let key = key.to_string();
         self.read(move |db| {
@@ -650,14 +654,14 @@ impl KvStore for EmbeddedStore {
 }
 
 struct BroadcastWatch {
-    rx: broadcast::Receiver<KvEvent>,
+    rx: broadcast::Receiver<MetaEvent>,
     prefix: String,
     after: u64,
 }
 
 #[async_trait]
 impl WatchStream for BroadcastWatch {
-    async fn next(&mut self) -> Result<KvEvent, StoreError> {
+    async fn next(&mut self) -> Result<MetaEvent, StoreError> {
         loop {
             match self.rx.recv().await {
                 Ok(event) => {
@@ -2080,20 +2084,20 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn conformance_kv() {
         let (_dir, store) = open();
-        crate::conformance::kv(&store).await;
+        gust_store::conformance::kv(&store).await;
     }
 
     #[tokio::test]
     async fn conformance_blobs() {
         let (_dir, store) = open();
-        crate::conformance::blobs(&store).await;
+        gust_store::conformance::blobs(&store).await;
     }
 
     #[tokio::test]
     async fn conformance_logs() {
         let (_dir, store) = open();
-        crate::conformance::logs(&store).await;
-        crate::conformance::log_limits(&store).await;
+        gust_store::conformance::logs(&store).await;
+        gust_store::conformance::log_limits(&store).await;
     }
 
     fn entry(time_ms: u64, key: &str) -> LedgerEntry {
@@ -2264,31 +2268,39 @@ mod tests {
     #[tokio::test]
     async fn conformance_queues() {
         let (_dir, store) = open();
-        crate::conformance::queues(&store).await;
+        gust_store::conformance::queues(&store).await;
     }
 
     #[tokio::test]
     async fn conformance_ordered_queues() {
         let (_dir, store) = open();
-        crate::conformance::ordered_queues(&store).await;
+        gust_store::conformance::ordered_queues(&store).await;
     }
 
     #[tokio::test]
     async fn conformance_data() {
         let (_dir, store) = open();
-        crate::conformance::data(&store).await;
+        gust_store::conformance::data(&store).await;
     }
 
     #[tokio::test]
     async fn conformance_ledger() {
         let (_dir, store) = open();
-        crate::conformance::ledger(&store).await;
+        gust_store::conformance::ledger(&store).await;
     }
 
     #[tokio::test]
     async fn conformance_registry() {
         let (_dir, store) = open();
-        crate::conformance::registry(Arc::new(store)).await;
+        gust_store::conformance::registry(Arc::new(store)).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_accounts() {
+        let (_dir, store) = open();
+        gust_store::conformance::accounts(Arc::new(store)).await;
+        let (_dir, store) = open();
+        gust_store::conformance::last_admin_token(Arc::new(store)).await;
     }
 
     #[tokio::test]
@@ -2297,15 +2309,15 @@ mod tests {
         let path = dir.path().join("gust.redb");
         let rev = {
             let store = EmbeddedStore::open(&path).unwrap();
-            KvStore::put(&store, "k", Bytes::from_static(b"v"))
+            MetaStore::put(&store, "k", Bytes::from_static(b"v"))
                 .await
                 .unwrap()
         };
         let store = EmbeddedStore::open(&path).unwrap();
-        let entry = KvStore::get(&store, "k").await.unwrap().unwrap();
+        let entry = MetaStore::get(&store, "k").await.unwrap().unwrap();
         assert_eq!(entry.revision, rev);
         // Revisions keep growing after a restart.
-        let next = KvStore::put(&store, "k2", Bytes::new()).await.unwrap();
+        let next = MetaStore::put(&store, "k2", Bytes::new()).await.unwrap();
         assert!(next > rev);
     }
 }
