@@ -22,6 +22,7 @@ pub fn guests() -> &'static Guests {
     static GUESTS: OnceLock<Guests> = OnceLock::new();
     GUESTS.get_or_init(|| {
         let root = repo_root();
+        install_wasm_target(&root);
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args([
@@ -48,6 +49,31 @@ pub fn guests() -> &'static Guests {
             testbed: dir.join("testbed.wasm"),
         }
     })
+}
+
+/// Adds the `wasm32-wasip2` target to the toolchain `rust-toolchain.toml`
+/// names when it is missing, so that a fresh machine needs only the
+/// README's two commands (rustup installs a missing toolchain with its
+/// targets, but not a target missing from an installed toolchain).
+fn install_wasm_target(root: &Path) {
+    let libdir = Command::new("rustc")
+        .current_dir(root)
+        .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
+        .output();
+    let installed = libdir.is_ok_and(|out| {
+        out.status.success() && Path::new(String::from_utf8_lossy(&out.stdout).trim()).is_dir()
+    });
+    if installed {
+        return;
+    }
+    eprintln!("installing the wasm32-wasip2 target (rustup target add wasm32-wasip2)");
+    let added = Command::new("rustup")
+        .current_dir(root)
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
+    if !added.is_ok_and(|s| s.success()) {
+        eprintln!("could not add the target; run `rustup target add wasm32-wasip2` by hand");
+    }
 }
 
 /// A running `gust up`.
