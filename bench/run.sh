@@ -5,6 +5,7 @@
 #
 #   bench/run.sh                      # wrk -t2 -c64 -d10s per target
 #   DURATION=5s CONNECTIONS=32 bench/run.sh
+#   BASELINE=/path/to/an/older/gust bench/run.sh   # adds that build, loaded in turn
 #
 # Needs: wrk, curl, python3, and `wasmtime` (cargo install --locked
 # wasmtime-cli@<the version in Cargo.lock>). Everything runs on 127.0.0.1.
@@ -66,7 +67,23 @@ PIDS+=("$!")
 wait_http "http://127.0.0.1:$WT_PORT/"
 wait_http "http://127.0.0.1:$NATIVE_PORT/"
 
+# An older build of Gust (BASELINE), on its own ports and data directory,
+# loaded right after this one: a change's effect, side by side in one run.
+if [ -n "${BASELINE:-}" ]; then
+  B_PORT=$((BASE_PORT + 4)); B_API=$((BASE_PORT + 5))
+  GUST_LOG=warn "$BASELINE" up --data-dir "$WORK/baseline" --listen 127.0.0.1:$B_PORT --api-listen 127.0.0.1:$B_API >"$WORK/baseline.out" 2>&1 &
+  B_PID=$!; PIDS+=("$B_PID")
+  wait_http "http://127.0.0.1:$B_API/healthz"
+  B_TOKEN=$(sed -n 's/^gust: admin token (shown once, keep it): //p' "$WORK/baseline.out")
+  GUST_API=http://127.0.0.1:$B_API GUST_TOKEN=$B_TOKEN "$BASELINE" deploy hello "$HELLO" --public >/dev/null
+  wait_http "http://127.0.0.1:$B_PORT/hello"
+fi
+
 read -r G_RPS G_P50 G_P99 < <(load "http://127.0.0.1:$GUST_PORT/hello")
+if [ -n "${BASELINE:-}" ]; then
+  read -r B_RPS B_P50 B_P99 < <(load "http://127.0.0.1:$B_PORT/hello")
+  kill -TERM "$B_PID"; wait "$B_PID" 2>/dev/null || true
+fi
 read -r W_RPS W_P50 W_P99 < <(load "http://127.0.0.1:$WT_PORT/")
 read -r N_RPS N_P50 N_P99 < <(load "http://127.0.0.1:$NATIVE_PORT/")
 
@@ -132,6 +149,10 @@ read -r D_P50 D_P99 <<<"$DEPLOY"
 stop_gust
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+BASELINE_ROW=
+if [ -n "${BASELINE:-}" ]; then
+  BASELINE_ROW="| baseline \`$BASELINE\` (gust ÷ baseline: $(ratio "$G_RPS" "$B_RPS")×) | $B_RPS | $B_P50 | $B_P99 | $(ratio "$B_RPS" "$W_RPS")× |"$'\n'
+fi
 cat <<REPORT
 ### $(date -u +%Y-%m-%d) on $(nproc) cores, $(uname -r), wasmtime $(wasmtime --version | awk '{print $2}')
 
@@ -140,7 +161,7 @@ Load: \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION\`, GET of the \`hello\` exampl
 | target | req/s | p50 ms | p99 ms | req/s vs wasmtime serve |
 |---|---:|---:|---:|---:|
 | gust (fresh instance per request, all limits on) | $G_RPS | $G_P50 | $G_P99 | $(ratio "$G_RPS" "$W_RPS")× |
-| wasmtime serve -S cli | $W_RPS | $W_P50 | $W_P99 | 1.00× |
+${BASELINE_ROW}| wasmtime serve -S cli | $W_RPS | $W_P50 | $W_P99 | 1.00× |
 | native hyper hello | $N_RPS | $N_P50 | $N_P99 | $(ratio "$N_RPS" "$W_RPS")× |
 
 Gust reaches $(ratio "$G_RPS" "$N_RPS") of native hyper's throughput; its p99 is $(ratio "$G_P99" "$W_P99")× wasmtime serve's.
