@@ -1,0 +1,115 @@
+//! The usage ledger: markers, records, the writer's position.
+
+use super::*;
+
+/// The ledger: markers until records close them, one record per key,
+/// the writer's position kept with each commit, records by tenant and
+/// time, paged.
+pub async fn ledger(l: &dyn crate::LedgerStore) {
+    use crate::{LedgerCommit, LedgerEntry};
+    let entry = |tenant: &str, time_ms, key: &str| LedgerEntry {
+        tenant: tenant.into(),
+        time_ms,
+        key: key.into(),
+        record: b(key),
+        opened: key != "c#1" && key != "d#1",
+    };
+    let close = |entries: Vec<LedgerEntry>| LedgerCommit {
+        close: entries.into(),
+        ..LedgerCommit::default()
+    };
+    assert_eq!(l.position().await.unwrap(), None);
+    l.commit(LedgerCommit {
+        open: vec![("a#1".into(), b("m1")), ("b#1".into(), b("m2"))],
+        close: Default::default(),
+        position: Some(b("p1")),
+    })
+    .await
+    .unwrap();
+    assert_eq!(l.position().await.unwrap(), Some(b("p1")));
+    let mut open = l.open_markers().await.unwrap();
+    open.sort();
+    assert_eq!(open, [("a#1".into(), b("m1")), ("b#1".into(), b("m2"))]);
+
+    let written = l
+        .commit(close(vec![entry("t", 10, "a#1"), entry("t", 5, "c#1")]))
+        .await
+        .unwrap();
+    assert_eq!(written, 2);
+    // A commit without a position keeps the last one.
+    assert_eq!(l.position().await.unwrap(), Some(b("p1")));
+    assert_eq!(l.open_markers().await.unwrap(), [("b#1".into(), b("m2"))]);
+    // Never two records for one opened key.
+    assert_eq!(
+        l.commit(close(vec![entry("t", 11, "a#1")])).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        l.commit(close(vec![entry("t", 12, "b#1"), entry("t", 13, "b#1")]))
+            .await
+            .unwrap(),
+        1,
+        "twice in one call: once"
+    );
+    // Opened and closed in one commit: the record, no marker left.
+    let both = LedgerCommit {
+        open: vec![("e#1".into(), b("m3"))],
+        close: vec![entry("u", 7, "d#1"), entry("u", 8, "e#1")].into(),
+        position: Some(b("p2")),
+    };
+    assert_eq!(l.commit(both).await.unwrap(), 2);
+    assert!(l.open_markers().await.unwrap().is_empty());
+    assert_eq!(l.position().await.unwrap(), Some(b("p2")));
+
+    let keys = |entries: Vec<LedgerEntry>| entries.into_iter().map(|e| e.key).collect::<Vec<_>>();
+    assert_eq!(
+        keys(l.records("t", 0, u64::MAX, None, 10).await.unwrap()),
+        ["c#1", "a#1", "b#1"]
+    );
+    assert_eq!(
+        keys(l.records("t", 6, 12, None, 10).await.unwrap()),
+        ["a#1"]
+    );
+    assert_eq!(
+        keys(l.records("u", 0, u64::MAX, None, 10).await.unwrap()),
+        ["d#1", "e#1"]
+    );
+    let page = l.records("t", 0, u64::MAX, None, 2).await.unwrap();
+    let last = page.last().map(|e| (e.time_ms, e.key.clone()));
+    assert_eq!(
+        keys(l.records("t", 0, u64::MAX, last, 10).await.unwrap()),
+        ["b#1"]
+    );
+    // Many records over a few seconds, committed out of order in two
+    // commits: pages of 7 give each once, in (time, key) order.
+    let many = |range: std::ops::Range<u64>| {
+        range
+            .rev()
+            .map(|i| LedgerEntry {
+                tenant: "v".into(),
+                time_ms: 10_000 + i * 150,
+                key: format!("k{i:02}#1"),
+                record: b("r"),
+                opened: false,
+            })
+            .collect::<Vec<_>>()
+    };
+    l.commit(close(many(10..25))).await.unwrap();
+    l.commit(close(many(0..10))).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = l
+            .records("v", 10_100, 13_500, after.take(), 7)
+            .await
+            .unwrap();
+        assert!(page.len() <= 7);
+        after = page.last().map(|e| (e.time_ms, e.key.clone()));
+        seen.extend(page.into_iter().map(|e| e.time_ms));
+        if after.is_none() {
+            break;
+        }
+    }
+    let expected: Vec<u64> = (1..24).map(|i| 10_000 + i * 150).collect();
+    assert_eq!(seen, expected);
+}
