@@ -62,6 +62,17 @@ pub enum StoreError {
         "the disk under the data directory is full ({available} bytes free; writes need {required}): free some space or move the data directory; writes resume by themselves"
     )]
     DiskFull { available: u64, required: u64 },
+    /// The data was written by a newer Gust, in a layout this build does
+    /// not read; nothing was read or changed.
+    #[error(
+        "the data directory {location} was written by a newer Gust (schema {found}; this gust reads schema {supported} and older): upgrade gust, or start with another --data-dir"
+    )]
+    NewerSchema {
+        /// Where the data is (the database file).
+        location: String,
+        found: u64,
+        supported: u64,
+    },
     /// The backend failed (disk, database).
     #[error("storage backend error: {0}")]
     Backend(String),
