@@ -236,13 +236,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let store_options = StoreOptions {
         min_free_bytes: args.min_free_disk_bytes,
     };
-    let store = EmbeddedStore::open_with(&args.data_dir.join("gust.redb"), &store_options)
-        .with_context(|| {
-            format!(
+    let store = match EmbeddedStore::open_with(&args.data_dir.join("gust.redb"), &store_options) {
+        Ok(store) => store,
+        // Its message says what to do; the hint below would mislead.
+        Err(newer @ gust_store::StoreError::NewerSchema { .. }) => return Err(newer.into()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
                 "cannot open the database in {} (is another `gust up` using it?)",
                 args.data_dir.display()
-            )
-        })?;
+            )));
+        }
+    };
     let mut runtime_config = RuntimeConfig::new(args.data_dir.join("artifacts"));
     let max_in_flight = node_instances(&args);
     runtime_config.max_instances = max_in_flight;
