@@ -141,7 +141,7 @@ impl std::str::FromStr for CanarySpec {
         };
         let basis_points = parse_share(share)?;
         let window_ms = match window {
-            Some(w) => crate::time::parse_duration_ms(w)?,
+            Some(w) => crate::time::parse_duration_ms(w).map_err(|e| e.to_string())?,
             None => DEFAULT_CANARY_WINDOW_MS,
         };
         if !(1000..=24 * 3_600_000).contains(&window_ms) {

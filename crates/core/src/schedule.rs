@@ -104,7 +104,7 @@ impl Schedule {
         };
         let trimmed = expr.trim();
         if let Some(every) = trimmed.strip_prefix("@every") {
-            let ms = parse_duration_ms(every.trim()).map_err(fail)?;
+            let ms = interval_ms(every.trim()).map_err(fail)?;
             return Ok(Schedule::Every(ms));
         }
         let fields: Vec<&str> = trimmed.split_whitespace().collect();
@@ -157,8 +157,9 @@ impl Schedule {
     }
 }
 
-fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let ms = crate::time::parse_duration_ms(text)?;
+/// `@every`'s interval: a duration of at least 100ms.
+fn interval_ms(text: &str) -> Result<u64, String> {
+    let ms = crate::time::parse_duration_ms(text).map_err(|e| e.to_string())?;
     if ms < 100 {
         return Err("an interval must be at least 100ms".into());
     }

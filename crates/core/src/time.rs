@@ -1,5 +1,6 @@
 //! Calendar arithmetic on Unix milliseconds, without a time library: what
-//! log lines, CloudEvents `ce-time` and schedules need. Pure.
+//! log lines, CloudEvents `ce-time` and schedules need; and the one
+//! duration syntax (`30s`, `10m`) every flag, field and parameter uses. Pure.
 
 /// Days since 1970-01-01 → (year, month 1–12, day 1–31), proleptic
 /// Gregorian (Howard Hinnant's civil-from-days).
@@ -36,24 +37,54 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
-/// `500ms`, `30s`, `10m`, `2h` → milliseconds.
-pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let split = text
+/// A duration that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error(
+        "`{0}` is not a duration: write a whole number and a unit (ms, s, m, h or d), such as 500ms, 30s, 10m, 2h or 7d"
+    )]
+    Malformed(String),
+    #[error("`{0}` is too long a duration")]
+    TooLong(String),
+}
+
+/// The one duration syntax of the CLI, the API and `gust.toml`: a whole
+/// number and a unit, `500ms`, `30s`, `10m`, `2h` or `7d`, → milliseconds.
+/// A bare number is refused: `5` could mean any unit.
+pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
+    parse(text, None)
+}
+
+/// [`parse_duration_ms`], where a bare number is seconds: token lifetimes
+/// (`--expires-in 3600`) have always been written that way.
+pub fn parse_duration_ms_or_seconds(text: &str) -> Result<u64, DurationError> {
+    parse(text, Some(1000))
+}
+
+fn parse(text: &str, bare_scale: Option<u64>) -> Result<u64, DurationError> {
+    let trimmed = text.trim();
+    let split = trimmed
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` needs a unit: ms, s, m, h"))?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number with a unit"))?;
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
     let scale = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(format!("unknown unit `{unit}`: use ms, s, m or h")),
+        "ms" => Some(1),
+        "" => bare_scale,
+        "s" => Some(1000),
+        "m" => Some(60_000),
+        "h" => Some(3_600_000),
+        "d" => Some(86_400_000),
+        _ => None,
     };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("`{text}` is too long"))
+    let Some(scale) = scale.filter(|_| !number.is_empty()) else {
+        return Err(DurationError::Malformed(text.to_string()));
+    };
+    // Only digits are left: a number that does not fit is too long.
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| DurationError::TooLong(text.to_string()))
 }
 
 /// Milliseconds in the largest unit that writes them exactly: `10m`, `1500ms`.
@@ -98,8 +129,37 @@ mod tests {
         }
         assert_eq!(format_duration_ms(0), "0ms");
         assert_eq!(format_duration_ms(90_000), "90s");
-        for bad in ["10", "m", "10d", "-1s", "99999999999999999999h"] {
-            assert!(parse_duration_ms(bad).is_err(), "{bad}");
+    }
+
+    #[test]
+    fn durations_take_days_and_spaces_and_bare_seconds_only_where_asked() {
+        assert_eq!(parse_duration_ms("30d"), Ok(30 * 86_400_000));
+        assert_eq!(parse_duration_ms("0ms"), Ok(0));
+        for bare in ["10", "0"] {
+            assert_eq!(
+                parse_duration_ms(bare),
+                Err(DurationError::Malformed(bare.to_string()))
+            );
+        }
+        assert_eq!(parse_duration_ms_or_seconds("3600"), Ok(3_600_000));
+        assert_eq!(parse_duration_ms_or_seconds("12h"), Ok(12 * 3_600_000));
+        assert!(parse_duration_ms_or_seconds("12x").is_err());
+        assert_eq!(parse_duration_ms(" 1s "), Ok(1000));
+        assert_eq!(parse_duration_ms("90m"), Ok(5_400_000));
+    }
+
+    #[test]
+    fn bad_durations_get_one_message_naming_the_units() {
+        for bad in ["m", "10x", "-1s", "1.5s", "1 s", "s10", "", "10 m", "1h30m"] {
+            let err = parse_duration_ms(bad).unwrap_err();
+            assert_eq!(err, DurationError::Malformed(bad.to_string()));
+            assert!(err.to_string().contains("ms, s, m, h or d"), "{err}");
+        }
+        for long in ["99999999999999999999h", "18446744073709551615d"] {
+            assert_eq!(
+                parse_duration_ms(long),
+                Err(DurationError::TooLong(long.to_string()))
+            );
         }
     }
 }
