@@ -528,17 +528,17 @@ impl Signals {
     }
 }
 
+/// Logs on stderr, filtered by `GUST_LOG` in `EnvFilter` syntax
+/// (`warn`, `gust_gateway=debug,info`); `info` when unset. Directives that
+/// do not parse are skipped with a warning rather than silencing the logs.
 fn init_logging() {
     use std::io::IsTerminal as _;
-    let level = match std::env::var("GUST_LOG").as_deref() {
-        Ok("debug") => tracing::Level::DEBUG,
-        Ok("trace") => tracing::Level::TRACE,
-        Ok("warn") => tracing::Level::WARN,
-        Ok("error") => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
-    };
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing_subscriber::filter::LevelFilter::INFO.into())
+        .with_env_var("GUST_LOG")
+        .from_env_lossy();
     let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
