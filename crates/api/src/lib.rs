@@ -11,6 +11,7 @@
 mod aliases;
 mod auth;
 mod error;
+mod event_sources;
 mod kv;
 mod openapi;
 mod routes;
@@ -421,6 +422,7 @@ pub struct LogPage {
         add_schedule,
         list_schedules,
         remove_schedule,
+        event_sources::list_all_schedules,
         list_dead_letters,
         redrive_all,
         redrive_one,
@@ -433,6 +435,7 @@ pub struct LogPage {
         kv::add_trigger,
         kv::list_triggers,
         kv::remove_trigger,
+        event_sources::list_all_triggers,
         auth::create_tenant,
         auth::list_tenants,
         auth::current_tenant,
@@ -554,6 +557,8 @@ pub fn router(state: ApiState) -> Router {
             get(list_invocations).post(submit_invocation),
         )
         .route("/v1/invocations/{id}", get(get_invocation))
+        .route("/v1/schedules", get(event_sources::list_all_schedules))
+        .route("/v1/triggers", get(event_sources::list_all_triggers))
         .route(
             "/v1/functions/{name}/schedules",
             get(list_schedules).post(add_schedule),

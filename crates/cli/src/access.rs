@@ -2,10 +2,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use gust_api::{AuditEntry, TenantInfo, TokenInfo};
 
-use crate::client::{Api, ApiArgs, print_list};
+use crate::http::{Api, ApiArgs};
+use crate::listing::print_list;
 use crate::output;
 
 #[derive(clap::Args)]
@@ -111,23 +111,9 @@ enum TokenAction {
     },
 }
 
-/// `30d`, `12h`, `90m`, `3600s` or plain seconds.
-fn parse_duration_s(text: &str) -> anyhow::Result<u64> {
-    let (digits, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = digits
-        .parse()
-        .with_context(|| format!("`{text}` is not a duration such as 30d, 12h, 90m or 3600s"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => anyhow::bail!("`{text}`: use s, m, h or d"),
-    };
-    Ok(n.saturating_mul(scale))
+/// A token lifetime in whole seconds (rounded up): `30d`, `12h`, `3600`.
+fn lifetime_s(text: &str) -> anyhow::Result<u64> {
+    Ok(gust_core::time::parse_duration_ms_or_seconds(text)?.div_ceil(1000))
 }
 
 fn expiry(t: &TokenInfo) -> String {
@@ -146,7 +132,7 @@ pub async fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
             description,
             api: api_args,
         } => {
-            let expires_in_s = expires_in.as_deref().map(parse_duration_s).transpose()?;
+            let expires_in_s = expires_in.as_deref().map(lifetime_s).transpose()?;
             let api = Api::new(&api_args)?;
             let info: TokenInfo =
                 api.send(api.request(reqwest::Method::POST, "/v1/tokens").json(

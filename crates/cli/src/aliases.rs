@@ -9,7 +9,7 @@ use gust_api::{AliasInfo, FunctionInfo, RolledBack};
 use gust_core::deploy::{self, LIVE};
 use gust_core::route::RouteClaim;
 
-use crate::client::{Api, ApiArgs};
+use crate::http::{Api, ApiArgs};
 use crate::output;
 
 #[derive(clap::Args)]

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use gust_api::{KeyPage, TriggerInfo, Written};
 
-use crate::client::{Api, ApiArgs, print_list, print_removal};
+use crate::http::{Api, ApiArgs};
+use crate::listing::{print_list, print_removal, with_function_column};
 use crate::output;
 
 #[derive(clap::Args)]
@@ -198,6 +199,7 @@ pub async fn kv(args: KvArgs) -> anyhow::Result<ExitCode> {
   gust trigger add indexer --bucket users                 every change in `users`
   gust trigger add audit --bucket orders --prefix eu/ --path /changed
   gust trigger ls indexer
+  gust trigger ls                                         every function's
   gust trigger rm indexer t0199")]
 pub struct TriggerArgs {
     #[command(subcommand)]
@@ -225,10 +227,10 @@ enum TriggerAction {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// List a function's triggers.
+    /// List a function's triggers, or without a name all of the tenant's.
     Ls {
-        /// Function name.
-        name: String,
+        /// Function name (default: every function).
+        name: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -279,9 +281,7 @@ pub async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
             name,
             api: api_args,
         } => {
-            let path = format!("/v1/functions/{name}/triggers");
-            let header = ["ID", "KIND", "BUCKET", "PREFIX", "PATH"];
-            return print_list(&api_args, &path, &header, |t: &TriggerInfo| {
+            let row = |t: &TriggerInfo| {
                 vec![
                     t.id.clone(),
                     t.kind.clone(),
@@ -289,8 +289,21 @@ pub async fn trigger(args: TriggerArgs) -> anyhow::Result<ExitCode> {
                     t.prefix.clone(),
                     t.path.clone(),
                 ]
-            })
-            .await;
+            };
+            let header = ["ID", "KIND", "BUCKET", "PREFIX", "PATH"];
+            return match name {
+                Some(name) => {
+                    let path = format!("/v1/functions/{name}/triggers");
+                    print_list(&api_args, &path, &header, row).await
+                }
+                None => {
+                    let header = with_function_column(&header);
+                    print_list(&api_args, "/v1/triggers", &header, |t: &TriggerInfo| {
+                        [vec![t.function.clone()], row(t)].concat()
+                    })
+                    .await
+                }
+            };
         }
         TriggerAction::Rm {
             name,

@@ -5,11 +5,17 @@
 
 mod access;
 mod aliases;
-mod client;
+mod functions;
+mod http;
+mod invocations;
+mod invoke;
 mod kv;
+mod listing;
+mod logs;
 mod output;
 mod project;
 mod scale;
+mod schedules;
 mod up;
 mod usage;
 mod vars;
@@ -54,13 +60,13 @@ enum Command {
     Build(project::BuildArgs),
     /// Deploy a component as a new version of a function (created if
     /// missing); without a file, build and deploy the project here.
-    Deploy(Box<client::DeployArgs>),
+    Deploy(Box<functions::DeployArgs>),
     /// Build and deploy the project here, then again on every change.
     Dev(project::DevArgs),
     /// List functions.
-    Ls(client::ListArgs),
+    Ls(functions::ListArgs),
     /// List a function's versions.
-    Versions(client::NameArgs),
+    Versions(functions::NameArgs),
     /// A function's aliases (each with its own URL) and traffic splits: ls, set, rm.
     Alias(aliases::AliasArgs),
     /// Point an alias (`live` by default) back at its previous version.
@@ -72,19 +78,19 @@ enum Command {
     /// A function's secrets, sealed at rest and never shown: ls, set, rm.
     Secret(vars::SecretArgs),
     /// Call a function through the data plane and print its answer.
-    Invoke(client::InvokeArgs),
+    Invoke(invoke::InvokeArgs),
     /// Show what a function's invocations printed.
-    Logs(client::LogsArgs),
+    Logs(logs::LogsArgs),
     /// Remove a function with all its versions and logs.
-    Rm(client::NameArgs),
+    Rm(functions::NameArgs),
     /// List a function's asynchronous invocations (events) and their state.
-    Invocations(client::InvocationsArgs),
+    Invocations(invocations::InvocationsArgs),
     /// Show one asynchronous invocation.
-    Invocation(client::InvocationArgs),
+    Invocation(invocations::InvocationArgs),
     /// List a function's dead letters, or redrive them.
-    Dlq(client::DlqArgs),
+    Dlq(invocations::DlqArgs),
     /// Fire functions on a schedule: add, ls, rm.
-    Schedule(client::ScheduleArgs),
+    Schedule(schedules::ScheduleArgs),
     /// Read and write the key-value store: put, get, ls, rm.
     Kv(kv::KvArgs),
     /// Run functions on changes in a bucket: add, ls, rm.
@@ -134,22 +140,22 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(*args).await,
             Command::New(args) => project::new(args),
             Command::Build(args) => project::build(args).await,
-            Command::Deploy(args) => client::deploy(*args).await,
+            Command::Deploy(args) => functions::deploy(*args).await,
             Command::Dev(args) => project::dev(args).await,
-            Command::Ls(args) => client::list(args).await,
-            Command::Versions(args) => client::versions(args).await,
+            Command::Ls(args) => functions::list(args).await,
+            Command::Versions(args) => functions::versions(args).await,
             Command::Alias(args) => aliases::alias(args).await,
             Command::Rollback(args) => aliases::rollback(args).await,
             Command::Route(args) => aliases::route(args).await,
             Command::Config(args) => vars::config(args).await,
             Command::Secret(args) => vars::secret(args).await,
-            Command::Invoke(args) => client::invoke(args).await,
-            Command::Logs(args) => client::logs(args).await,
-            Command::Rm(args) => client::remove(args).await,
-            Command::Invocations(args) => client::invocations(args).await,
-            Command::Invocation(args) => client::invocation(args).await,
-            Command::Dlq(args) => client::dlq(args).await,
-            Command::Schedule(args) => client::schedule(args).await,
+            Command::Invoke(args) => invoke::invoke(args).await,
+            Command::Logs(args) => logs::logs(args).await,
+            Command::Rm(args) => functions::remove(args).await,
+            Command::Invocations(args) => invocations::invocations(args).await,
+            Command::Invocation(args) => invocations::invocation(args).await,
+            Command::Dlq(args) => invocations::dlq(args).await,
+            Command::Schedule(args) => schedules::schedule(args).await,
             Command::Kv(args) => kv::kv(args).await,
             Command::Trigger(args) => kv::trigger(args).await,
             Command::Tenant(args) => access::tenant(args).await,

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 use gust_core::manifest::{self, Lang, Manifest};
 
-use crate::client::{Api, ApiArgs, DeployArgs};
+use crate::functions::DeployArgs;
+use crate::http::{Api, ApiArgs};
 use crate::output;
 
 /// A project folder and its manifest.
@@ -464,7 +465,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<ExitCode> {
         let changed = project.newest_change();
         if changed > seen {
             seen = changed;
-            match crate::client::deploy_version(deploy.clone()).await {
+            match crate::functions::deploy_version(deploy.clone()).await {
                 Ok(_) => eprintln!("watching for changes (Ctrl-C stops)"),
                 Err(e) => output::error(&format!("{e:#}")),
             }

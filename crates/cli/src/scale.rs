@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use gust_autoscale::ScaleStatus;
 use gust_core::time::format_duration_ms;
 
-use crate::client::{Api, ApiArgs};
+use crate::http::{Api, ApiArgs};
 use crate::output;
 
 #[derive(clap::Args)]

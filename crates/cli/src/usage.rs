@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use gust_meter::{UsageReport, UsageTotals};
 
-use crate::client::{Api, ApiArgs};
+use crate::http::{Api, ApiArgs};
 use crate::output;
 
 #[derive(clap::Args)]

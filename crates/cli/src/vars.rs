@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use gust_api::VarInfo;
 
-use crate::client::{Api, ApiArgs};
+use crate::http::{Api, ApiArgs};
 use crate::output;
 
 #[derive(clap::Args)]

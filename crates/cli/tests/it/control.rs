@@ -77,6 +77,16 @@ async fn deploy_invoke_redeploy_and_remove() {
 async fn logs_show_output_per_invocation() {
     let server = Server::start();
     server.deploy("tb", &guests().testbed, &[]);
+    // Before any: a word on stderr, and `--json` stays a clean array.
+    let none = server.gust(&["logs", "tb"]);
+    assert!(none.status.success());
+    assert!(none.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&none.stderr),
+        "no log entries yet for tb\n"
+    );
+    assert_eq!(server.gust_json(&["logs", "tb"]), serde_json::json!([]));
+
     let response = server
         .http
         .get(format!("{}/tb/print", server.url))

@@ -445,3 +445,85 @@ async fn missed_ticks_are_caught_up_to_the_limit_after_downtime() {
     assert_eq!(schedules[0]["catch_up"], 2);
     assert_eq!(schedules[0]["path"], "/headers");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schedules_and_triggers_list_across_a_tenants_functions_and_no_further() {
+    let server = Server::start();
+    let testbed = guests().testbed.to_str().unwrap();
+    for tenant in ["acme", "globex"] {
+        server.gust_json(&["tenant", "create", tenant]);
+    }
+    let acme = server.token_for("acme", "owner", &[]);
+    let globex = server.token_for("globex", "owner", &[]);
+    for name in ["alpha", "beta"] {
+        server.gust_json_as(&acme, &["deploy", name, testbed]);
+        server.gust_json_as(
+            &acme,
+            &["schedule", "add", name, "@every 1h", "--id", "hourly"],
+        );
+        server.gust_json_as(
+            &acme,
+            &[
+                "trigger", "add", name, "--bucket", "data", "--id", "on-data",
+            ],
+        );
+    }
+    server.gust_json_as(
+        &acme,
+        &["schedule", "add", "beta", "@every 2h", "--id", "slow"],
+    );
+    server.gust_json_as(&globex, &["deploy", "gamma", testbed]);
+
+    // Without a name: every function's, each naming its function.
+    let pairs = |list: serde_json::Value| -> Vec<(String, String)> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["function"].as_str().unwrap().to_string(),
+                    s["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let schedules = pairs(server.gust_json_as(&acme, &["schedule", "ls"]));
+    assert_eq!(
+        schedules,
+        [("alpha", "hourly"), ("beta", "hourly"), ("beta", "slow")]
+            .map(|(f, id)| (f.to_string(), id.to_string()))
+    );
+    let triggers = pairs(server.gust_json_as(&acme, &["trigger", "ls"]));
+    assert_eq!(
+        triggers,
+        [("alpha", "on-data"), ("beta", "on-data")].map(|(f, id)| (f.to_string(), id.to_string()))
+    );
+    // With a name, as before: that function's only.
+    assert_eq!(
+        pairs(server.gust_json_as(&acme, &["schedule", "ls", "alpha"])).len(),
+        1
+    );
+
+    // The table has the function in a column of its own.
+    let table = server.gust_as(&acme, &["schedule", "ls"]);
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("FUNCTION"), "{text}");
+    assert!(
+        lines.all(|l| l.starts_with("alpha") || l.starts_with("beta")),
+        "{text}"
+    );
+
+    // Another tenant sees none of them, through the CLI or the API.
+    for args in [["schedule", "ls"], ["trigger", "ls"]] {
+        let list = server.gust_json_as(&globex, &args);
+        assert_eq!(list, serde_json::json!([]), "{args:?}");
+    }
+    let client = crate::harness::client_with_token(&globex);
+    for path in ["/v1/schedules", "/v1/triggers"] {
+        let url = format!("{}{path}", server.api);
+        let body: serde_json::Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(body, serde_json::json!([]), "{path}");
+    }
+}
