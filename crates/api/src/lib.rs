@@ -13,6 +13,7 @@ mod auth;
 mod error;
 mod event_sources;
 mod kv;
+mod metrics;
 mod openapi;
 mod routes;
 mod text;
@@ -46,11 +47,8 @@ pub use aliases::{AliasInfo, CanaryInfo, RolledBack, SetAlias, SplitInfo};
 pub use auth::{AuditEntry, Caller, NewTenant, NewToken, TENANT_HEADER, TenantInfo, TokenInfo};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use kv::{KeyEntry, KeyPage, NewTrigger, TriggerInfo, Written};
+pub use metrics::{DataPlaneStats, DataPlaneView, FunctionScaling};
 pub use vars::VarInfo;
-
-/// Renders the Prometheus text for `/metrics`; supplied by the binary, which
-/// sees every part's counters.
-pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What the API needs; built by the binary.
 #[derive(Clone)]
@@ -69,7 +67,8 @@ pub struct ApiState {
     pub public_hosts: Vec<String>,
     /// Largest component accepted by a deploy, in bytes.
     pub max_upload_bytes: usize,
-    pub metrics: MetricsRenderer,
+    /// The data plane's figures for `/metrics` (the rest it reads itself).
+    pub metrics: DataPlaneView,
     pub events: Events,
     pub buckets: gust_store::Buckets,
     pub accounts: gust_store::Accounts,
@@ -1511,9 +1510,8 @@ async fn metrics(State(state): State<ApiState>, request: axum::extract::Request)
             return e.into_response();
         }
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        (state.metrics)(),
-    )
-        .into_response()
+    match metrics::render(metrics::Snapshot::take(&state)) {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => ApiError::Internal("cannot encode the metrics".into()).into_response(),
+    }
 }

@@ -379,11 +379,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let metrics = {
         let gateway = gateway.clone();
-        let runtime = runtime.clone();
-        let events = events.clone();
-        let meter = meter.clone();
-        Arc::new(move || render_metrics(&gateway, &runtime, &events, meter.as_ref()))
-            as gust_api::MetricsRenderer
+        Arc::new(move || data_plane_stats(&gateway)) as gust_api::DataPlaneView
     };
     let scale = {
         let gateway = gateway.clone();
@@ -465,13 +461,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The process's resident set, from `/proc/self/statm` (Linux).
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
-
 /// SIGINT and SIGTERM, listened for from the moment of `install`.
 struct Signals {
     #[cfg(unix)]
@@ -544,222 +533,35 @@ fn init_logging() {
         .try_init();
 }
 
-fn render_metrics(
-    gateway: &Gateway,
-    runtime: &Runtime,
-    events: &Events,
-    meter: Option<&gust_meter::Meter>,
-) -> String {
+/// The data plane's figures for `/metrics`.
+fn data_plane_stats(gateway: &Gateway) -> gust_api::DataPlaneStats {
     let g = gateway.stats();
-    let r = runtime.stats();
-    let e = events.stats();
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, value) in samples {
-            out.push_str(&format!("{name}{labels} {value}\n"));
-        }
-    };
-    metric(
-        "gust_requests_total",
-        "counter",
-        "Requests received on the data plane.",
-        &[("", g.requests)],
-    );
-    let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-    let labels: Vec<String> = classes
-        .iter()
-        .map(|c| format!("{{class=\"{c}\"}}"))
-        .collect();
-    let samples: Vec<(&str, u64)> = labels
-        .iter()
-        .map(String::as_str)
-        .zip(g.responses_by_class)
-        .collect();
-    metric(
-        "gust_responses_total",
-        "counter",
-        "Responses sent on the data plane, by status class.",
-        &samples,
-    );
-    metric(
-        "gust_invocations_in_flight",
-        "gauge",
-        "Invocations admitted and not yet finished.",
-        &[("", g.in_flight)],
-    );
-    metric(
-        "gust_invocations_total",
-        "counter",
-        "Finished invocations, by result.",
-        &[
-            ("{result=\"completed\"}", g.invocations_completed),
-            ("{result=\"failed\"}", g.invocations_failed),
-        ],
-    );
-    metric(
-        "gust_logs_dropped_total",
-        "counter",
-        "Invocation log records dropped: over their function's log rate, or the writer fell behind.",
-        &[("", g.logs_dropped)],
-    );
-    metric(
-        "gust_compilations_total",
-        "counter",
-        "Components compiled from WebAssembly.",
-        &[("", r.compilations)],
-    );
-    metric(
-        "gust_artifact_loads_total",
-        "counter",
-        "Components loaded from a compiled artifact on disk.",
-        &[("", r.artifact_loads)],
-    );
-    metric(
-        "gust_components_loaded",
-        "gauge",
-        "Components held in memory, ready to instantiate.",
-        &[("", r.loaded)],
-    );
-    metric(
-        "gust_events_total",
-        "counter",
-        "Events, by what happened to them: accepted (durably queued), delivered, retried (an attempt failed and another is planned), dead_lettered.",
-        &[
-            ("{outcome=\"accepted\"}", e.accepted),
-            ("{outcome=\"delivered\"}", e.delivered),
-            ("{outcome=\"retried\"}", e.retried),
-            ("{outcome=\"dead_lettered\"}", e.dead_lettered),
-        ],
-    );
-    metric(
-        "gust_instantiations_total",
-        "counter",
-        "Instances created.",
-        &[("", r.instantiations)],
-    );
-    metric(
-        "gust_cold_starts_total",
-        "counter",
-        "Invocations that first had to make their component ready (compile it, or load its artifact from disk).",
-        &[("", r.compilations + r.artifact_loads)],
-    );
     let s = gateway.scale_stats();
-    metric(
-        "gust_functions",
-        "gauge",
-        "Functions deployed and serving.",
-        &[("", s.functions)],
-    );
-    metric(
-        "gust_functions_warm",
-        "gauge",
-        "Functions whose component is in memory (the rest are scaled to zero).",
-        &[("", s.warm)],
-    );
-    metric(
-        "gust_scale_actions_total",
-        "counter",
-        "What the autoscaler did: pre_warm (loaded a function ahead of traffic or for provisioning), unload (scaled one to zero).",
-        &[
-            ("{action=\"pre_warm\"}", s.pre_warms),
-            ("{action=\"unload\"}", s.unloads),
-        ],
-    );
-    metric(
-        "gust_request_cold_starts_total",
-        "counter",
-        "Requests that found their function scaled to zero and waited for it to load.",
-        &[("", s.cold_starts)],
-    );
-    let labelled = |value: fn(&(String, String, u32, bool)) -> u64| -> Vec<(String, u64)> {
-        s.active
-            .iter()
-            .map(|f| {
-                (
-                    format!("{{tenant=\"{}\",function=\"{}\"}}", f.0, f.1),
-                    value(f),
-                )
-            })
-            .collect()
-    };
-    for (name, help, values) in [
-        (
-            "gust_function_desired_instances",
-            "Instances a function's demand, keep-alive and provisioning want (functions wanting none and not warm are left out).",
-            labelled(|f| u64::from(f.2)),
-        ),
-        (
-            "gust_function_warm",
-            "Whether a function's component is in memory (functions scaled to zero are left out).",
-            labelled(|f| u64::from(f.3)),
-        ),
-    ] {
-        let samples: Vec<(&str, u64)> = values.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        metric(name, "gauge", help, &samples);
+    gust_api::DataPlaneStats {
+        requests: g.requests,
+        responses_by_class: g.responses_by_class,
+        in_flight: g.in_flight,
+        invocations_completed: g.invocations_completed,
+        invocations_failed: g.invocations_failed,
+        logs_dropped: g.logs_dropped,
+        functions: s.functions,
+        functions_warm: s.warm,
+        pre_warms: s.pre_warms,
+        unloads: s.unloads,
+        request_cold_starts: s.cold_starts,
+        active: s
+            .active
+            .into_iter()
+            .map(
+                |(tenant, function, desired, warm)| gust_api::FunctionScaling {
+                    tenant,
+                    function,
+                    desired,
+                    warm,
+                },
+            )
+            .collect(),
     }
-    if let Some(rss) = resident_bytes() {
-        metric(
-            "gust_process_resident_bytes",
-            "gauge",
-            "The server's resident memory.",
-            &[("", rss)],
-        );
-    }
-    if let Some(meter) = meter {
-        let m = meter.stats();
-        metric(
-            "gust_usage_records_total",
-            "counter",
-            "Usage records written to the ledger.",
-            &[("", m.written)],
-        );
-        metric(
-            "gust_ledger_lag_records",
-            "gauge",
-            "Finished invocations whose usage record is not durable yet.",
-            &[("", m.pending)],
-        );
-        out.push_str(
-            "# HELP gust_attempts_total Invocation attempts since start-up, by tenant, function and outcome (as metered).\n# TYPE gust_attempts_total counter\n",
-        );
-        for (tenant, function, outcome, n) in &m.attempts {
-            let outcome = serde_json::to_value(outcome)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "gust_attempts_total{{tenant=\"{tenant}\",function=\"{function}\",outcome=\"{outcome}\"}} {n}\n"
-            ));
-        }
-        for (name, help, h) in [
-            (
-                "gust_invocation_duration_seconds",
-                "Wall time of invocation attempts that ran.",
-                &m.wall_seconds,
-            ),
-            (
-                "gust_invocation_cpu_seconds",
-                "Guest CPU time of invocation attempts that ran.",
-                &m.cpu_seconds,
-            ),
-            (
-                "gust_invocation_peak_memory_bytes",
-                "Peak linear memory of invocation attempts that ran.",
-                &m.peak_memory_bytes,
-            ),
-        ] {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
-            for (le, n) in &h.buckets {
-                out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {n}\n"));
-            }
-            out.push_str(&format!(
-                "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}\n",
-                h.count, h.sum, h.count
-            ));
-        }
-    }
-    out
 }
 
 /// Makes sure the default tenant exists and, with auth on, that someone can
