@@ -18,6 +18,9 @@
 //! running instance also reserves its memory limit from the node's
 //! memory budget, shared between tenants by the same rule in bytes
 //! ([`fair_admit_memory`]); past it, 503 as well.
+//!
+//! A refusal is a [`Refusal`], which says why; `error.rs` turns it into a
+//! status, a `Retry-After` and the message.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -26,7 +29,80 @@ use std::time::Duration;
 use gust_core::Limits;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::GatewayError;
+/// Why a request may not run now. Each case tells the client to retry:
+/// none is the request's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    /// Every slot of the node runs an instance.
+    #[error("the server is at its concurrency limit; retry shortly")]
+    NodeFull,
+    /// The node is busy and the tenant runs its share of it already.
+    #[error(
+        "the server is busy and this function's tenant uses its share of its instances and memory already; retry shortly"
+    )]
+    OverShare,
+    /// The memory running instances may reserve is taken.
+    #[error(
+        "the server's memory for running functions is taken by the instances running now; retry shortly"
+    )]
+    MemoryFull,
+    /// The function runs its limit of instances and its queue is full.
+    #[error(
+        "function `{function}` is at its concurrency limit `{setting}` ({limit}) and {depth} requests already wait (`queue_depth`); retry later"
+    )]
+    QueueFull {
+        function: String,
+        setting: &'static str,
+        limit: u32,
+        depth: u32,
+        retry_after_s: u64,
+    },
+    /// The function runs its limit of instances and none freed in time.
+    #[error(
+        "function `{function}` is at its concurrency limit `{setting}` ({limit}); no instance freed within {waited_ms} ms (`queue_wait_ms`); retry later"
+    )]
+    QueueTimedOut {
+        function: String,
+        setting: &'static str,
+        limit: u32,
+        waited_ms: u64,
+        retry_after_s: u64,
+    },
+}
+
+impl Refusal {
+    /// Seconds the client is told to wait before retrying.
+    pub(crate) fn retry_after_s(&self) -> u64 {
+        match self {
+            Refusal::QueueFull { retry_after_s, .. }
+            | Refusal::QueueTimedOut { retry_after_s, .. } => (*retry_after_s).max(1),
+            Refusal::NodeFull | Refusal::OverShare | Refusal::MemoryFull => 1,
+        }
+    }
+}
+
+/// Which refusal a shared slot denied by [`fair_admit`] gets: the tenant's
+/// own share is used up (`running` of `limit` slots with `active`
+/// tenants), or the node is simply full.
+pub(crate) fn slot_refusal(running: u32, limit: u32, active: u32) -> Refusal {
+    if running >= limit.div_ceil(active.max(2)) {
+        Refusal::OverShare
+    } else {
+        Refusal::NodeFull
+    }
+}
+
+/// Which refusal memory denied by [`fair_admit_memory`] gets: past the
+/// tenant's share of `budget` (`tenant_reserved` + `need`), or the budget
+/// is taken.
+pub(crate) fn memory_refusal(tenant_reserved: u64, need: u64, budget: u64, active: u32) -> Refusal {
+    let share = budget / u64::from(active.max(2));
+    if tenant_reserved.saturating_add(need) > share {
+        Refusal::OverShare
+    } else {
+        Refusal::MemoryFull
+    }
+}
 
 /// Whether a tenant running `tenant_running` instances on the shared
 /// slots may start one more, when `in_use` of `limit` shared slots run
@@ -179,7 +255,7 @@ impl NodeSlots {
         self: &Arc<Self>,
         tenant: Option<&Arc<TenantShare>>,
         memory: u64,
-    ) -> Result<NodeSlot, GatewayError> {
+    ) -> Result<NodeSlot, Refusal> {
         let reserved = self.memory_reserved.fetch_add(memory, Ordering::AcqRel);
         let Some(tenant) = tenant else {
             // Its own reservation bounds its slots; the memory is the node's.
@@ -192,7 +268,7 @@ impl NodeSlots {
             return if fair_admit_memory(reserved, self.memory_budget, 0, memory, 1) {
                 Ok(slot)
             } else {
-                Err(GatewayError::MemoryFull)
+                Err(Refusal::MemoryFull)
             };
         };
         let limit = self
@@ -214,19 +290,14 @@ impl NodeSlots {
             memory,
         };
         if !fair_admit(in_use, limit, mine, active) {
-            // Over its own share, or the node is simply full?
-            if mine >= limit.div_ceil(active.max(2)) {
-                Err(GatewayError::OverShare)
-            } else {
-                Err(GatewayError::Overloaded)
-            }
+            Err(slot_refusal(mine, limit, active))
         } else if !fair_admit_memory(reserved, self.memory_budget, mine_memory, memory, active) {
-            let share = self.memory_budget / u64::from(active.max(2));
-            if mine_memory.saturating_add(memory) > share {
-                Err(GatewayError::OverShare)
-            } else {
-                Err(GatewayError::MemoryFull)
-            }
+            Err(memory_refusal(
+                mine_memory,
+                memory,
+                self.memory_budget,
+                active,
+            ))
         } else {
             Ok(slot)
         }
@@ -272,7 +343,7 @@ impl FunctionGate {
         function: &str,
         limits: &Limits,
         wait: bool,
-    ) -> Result<OwnedSemaphorePermit, GatewayError> {
+    ) -> Result<OwnedSemaphorePermit, Refusal> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(permit);
         }
@@ -281,10 +352,11 @@ impl FunctionGate {
         let depth = if wait { limits.queue_depth } else { 0 };
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= depth {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(GatewayError::QuotaExceeded {
-                message: format!(
-                    "function `{function}` is at its concurrency limit `{setting}` ({limit}) and {depth} requests already wait (`queue_depth`); retry later"
-                ),
+            return Err(Refusal::QueueFull {
+                function: function.to_string(),
+                setting,
+                limit,
+                depth,
                 retry_after_s,
             });
         }
@@ -292,11 +364,11 @@ impl FunctionGate {
         let waited = Duration::from_millis(limits.queue_wait_ms);
         match tokio::time::timeout(waited, self.permits.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
-            _ => Err(GatewayError::QuotaExceeded {
-                message: format!(
-                    "function `{function}` is at its concurrency limit `{setting}` ({limit}); no instance freed within {} ms (`queue_wait_ms`); retry later",
-                    limits.queue_wait_ms
-                ),
+            _ => Err(Refusal::QueueTimedOut {
+                function: function.to_string(),
+                setting,
+                limit,
+                waited_ms: limits.queue_wait_ms,
                 retry_after_s,
             }),
         }
@@ -307,11 +379,15 @@ impl FunctionGate {
 mod tests {
     use super::*;
 
-    fn message(error: GatewayError) -> String {
-        match error {
-            GatewayError::QuotaExceeded { message, .. } => message,
-            other => panic!("{other:?}"),
-        }
+    fn message(refusal: Refusal) -> String {
+        assert!(
+            matches!(
+                refusal,
+                Refusal::QueueFull { .. } | Refusal::QueueTimedOut { .. }
+            ),
+            "{refusal:?}"
+        );
+        refusal.to_string()
     }
 
     fn limits(depth: u32, wait_ms: u64) -> Limits {
@@ -449,7 +525,7 @@ mod tests {
         let b = node.take(None, 128).unwrap();
         assert!(matches!(
             node.take(Some(&tenant), 128),
-            Err(GatewayError::OverShare)
+            Err(Refusal::OverShare)
         ));
         assert_eq!(node.in_use(), 2);
         drop(a);
@@ -474,5 +550,51 @@ mod tests {
         let node = Arc::new(NodeSlots::new(100, 64));
         let _big = node.take(Some(&tenant), 128).unwrap();
         assert!(node.take(Some(&tenant), 1).is_err());
+    }
+
+    #[test]
+    fn a_refused_slot_names_whose_fault_it_is() {
+        // 80 shared slots, two tenants: a share is 40.
+        assert_eq!(slot_refusal(40, 80, 2), Refusal::OverShare);
+        assert_eq!(slot_refusal(39, 80, 2), Refusal::NodeFull);
+        // Alone, a tenant's share is still half: the headroom is the next one's.
+        assert_eq!(slot_refusal(70, 80, 1), Refusal::OverShare);
+        assert_eq!(slot_refusal(0, 1, 1), Refusal::NodeFull);
+    }
+
+    #[test]
+    fn refused_memory_names_whose_fault_it_is() {
+        // 800 bytes, two tenants: a share is 400.
+        assert_eq!(memory_refusal(300, 100, 800, 2), Refusal::MemoryFull);
+        assert_eq!(memory_refusal(300, 101, 800, 2), Refusal::OverShare);
+        assert_eq!(memory_refusal(0, 100, 800, 4), Refusal::MemoryFull);
+        assert_eq!(memory_refusal(150, 100, 800, 4), Refusal::OverShare);
+    }
+
+    #[test]
+    fn refusals_say_when_to_retry() {
+        let queue_full = Refusal::QueueFull {
+            function: "f".into(),
+            setting: "max_concurrency",
+            limit: 2,
+            depth: 64,
+            retry_after_s: 0,
+        };
+        assert_eq!(queue_full.retry_after_s(), 1, "never 0");
+        let timed_out = Refusal::QueueTimedOut {
+            function: "f".into(),
+            setting: "reserved_concurrency",
+            limit: 2,
+            waited_ms: 2500,
+            retry_after_s: 3,
+        };
+        assert_eq!(timed_out.retry_after_s(), 3);
+        assert_eq!(
+            timed_out.to_string(),
+            "function `f` is at its concurrency limit `reserved_concurrency` (2); no instance freed within 2500 ms (`queue_wait_ms`); retry later"
+        );
+        for refusal in [Refusal::NodeFull, Refusal::OverShare, Refusal::MemoryFull] {
+            assert_eq!(refusal.retry_after_s(), 1);
+        }
     }
 }

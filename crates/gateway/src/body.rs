@@ -137,7 +137,7 @@ impl Drop for LimitedBody {
         {
             let idle = self.idle;
             runtime.spawn(async move {
-                let _ = crate::read_capped(inner, 0, idle).await;
+                let _ = crate::pipeline::read_capped(inner, 0, idle).await;
             });
         }
     }

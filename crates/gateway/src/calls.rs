@@ -17,7 +17,9 @@ use gust_runtime::{CallBody, GuestBody, LOCAL_HOST, LocalCalls};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 
-use crate::{GatewayBody, GatewayError, Shared, metering, run};
+use crate::error::GatewayError;
+use crate::pipeline::run;
+use crate::{GatewayBody, Shared, metering};
 
 /// Calls nested deeper than this are answered 508.
 pub(crate) const MAX_DEPTH: u32 = 8;

@@ -263,7 +263,7 @@ impl Served {
             || Arc::new(Activity::new(crate::scaling::clock_us())),
             |o| o.live.activity.clone(),
         );
-        let earlier = old.map(Served::routes).unwrap_or_default();
+        let earlier = old.map(Served::versions).unwrap_or_default();
         let mut built: Vec<Arc<Loaded>> = Vec::new();
         let mut route_for = |version: &ActiveVersion, vars: &Arc<[(String, String)]>| {
             if let Some(loaded) = built
@@ -397,7 +397,7 @@ impl Served {
     }
 
     /// Every loaded version, once each.
-    pub fn routes(&self) -> Vec<Arc<Loaded>> {
+    pub fn versions(&self) -> Vec<Arc<Loaded>> {
         let mut routes = vec![self.live.clone()];
         for alias in &self.aliases {
             let split = alias.split.as_ref().map(|(r, _)| r);

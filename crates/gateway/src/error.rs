@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
 
 use crate::GatewayBody;
+use crate::admission::Refusal;
 use crate::catalog::LoadError;
 
 #[derive(Debug)]
@@ -32,11 +33,9 @@ pub(crate) enum GatewayError {
     EventNotStored,
     /// The store refuses writes: the disk is full.
     DiskFull(String),
-    Overloaded,
-    /// The node is busy and the tenant runs its share of it already.
-    OverShare,
-    /// The memory running instances may reserve is taken.
-    MemoryFull,
+    /// No room to run it now: the node, the tenant's share of it, or the
+    /// function's own concurrency limit.
+    Refused(Refusal),
     Draining,
     Load {
         function: String,
@@ -55,10 +54,28 @@ pub(crate) enum GatewayError {
     },
 }
 
+impl From<Refusal> for GatewayError {
+    fn from(refusal: Refusal) -> Self {
+        GatewayError::Refused(refusal)
+    }
+}
+
+/// The node's own limits answer 503 (the server is busy); a function's
+/// concurrency limit answers 429, like the tenant's quotas.
+fn refusal_status(refusal: &Refusal) -> StatusCode {
+    match refusal {
+        Refusal::NodeFull | Refusal::OverShare | Refusal::MemoryFull => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Refusal::QueueFull { .. } | Refusal::QueueTimedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
+    }
+}
+
 impl GatewayError {
     pub fn into_response(self, invocation_id: &str) -> Response<GatewayBody> {
         let retry_after = match &self {
             GatewayError::QuotaExceeded { retry_after_s, .. } => (*retry_after_s).max(1),
+            GatewayError::Refused(refusal) => refusal.retry_after_s(),
             _ => 1,
         };
         let (status, text) = self.describe(invocation_id);
@@ -90,15 +107,13 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Refused(refusal) => refusal_status(refusal),
             GatewayError::BodyTooLarge { .. } | GatewayError::EventTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             GatewayError::BodyStalled => StatusCode::REQUEST_TIMEOUT,
             GatewayError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             GatewayError::EventNotStored
-            | GatewayError::Overloaded
-            | GatewayError::OverShare
-            | GatewayError::MemoryFull
             | GatewayError::Draining
             | GatewayError::Invoke {
                 error: InvokeError::Overloaded,
@@ -162,18 +177,7 @@ impl GatewayError {
                 "the event could not be stored; it was not accepted, retry shortly".to_string(),
             ),
             GatewayError::DiskFull(message) => (StatusCode::INSUFFICIENT_STORAGE, message),
-            GatewayError::Overloaded => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is at its concurrency limit; retry shortly".to_string(),
-            ),
-            GatewayError::OverShare => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is busy and this function's tenant uses its share of its instances and memory already; retry shortly".to_string(),
-            ),
-            GatewayError::MemoryFull => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server's memory for running functions is taken by the instances running now; retry shortly".to_string(),
-            ),
+            GatewayError::Refused(refusal) => (refusal_status(&refusal), refusal.to_string()),
             GatewayError::Draining => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is shutting down; retry shortly".to_string(),
