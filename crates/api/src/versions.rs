@@ -1,0 +1,112 @@
+//! `/v1/functions/{name}/versions` (listing and inspecting deployed
+//! versions; deploying is `deploy`'s) and a function's scaling.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use gust_autoscale::ScaleStatus;
+use gust_core::access::Action;
+use gust_core::{Limits, VersionRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::{ApiError, ApiState, Caller, ErrorBody, function_name};
+
+/// A deployed version as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VersionInfo {
+    pub name: String,
+    pub version: u64,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub limits: Limits,
+    pub created_at_ms: u64,
+    pub url: String,
+    /// Time the deploy spent validating and compiling, in ms (only on deploy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepare_ms: Option<u64>,
+    /// What the deploy did with it: the alias it took over, or the canary
+    /// it started (only on deploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated: Option<String>,
+}
+
+impl ApiState {
+    pub(crate) fn version_info(
+        &self,
+        record: VersionRecord,
+        prepare_ms: Option<u64>,
+    ) -> VersionInfo {
+        VersionInfo {
+            url: self.url(&record.tenant, &record.name),
+            name: record.name.to_string(),
+            version: record.version,
+            digest: record.digest,
+            size_bytes: record.size_bytes,
+            limits: record.limits,
+            created_at_ms: record.created_at_ms,
+            prepare_ms,
+            activated: None,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/versions", tag = "versions",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, body = [VersionInfo]),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn list_versions(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<VersionInfo>>, ApiError> {
+    caller.require(Action::Read)?;
+    let name = function_name(name)?;
+    let versions = state.registry.versions(&caller.tenant, &name).await?;
+    Ok(Json(
+        versions
+            .into_iter()
+            .map(|v| state.version_info(v, None))
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/versions/{version}", tag = "versions",
+    params(("name" = String, Path, description = "Function name"), ("version" = u64, Path, description = "Version number")),
+    responses(
+        (status = 200, body = VersionInfo),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_version(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path((name, version)): Path<(String, u64)>,
+) -> Result<Json<VersionInfo>, ApiError> {
+    caller.require(Action::Read)?;
+    let name = function_name(name)?;
+    let record = state
+        .registry
+        .version(&caller.tenant, &name, version)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("function `{name}` has no version {version}")))?;
+    Ok(Json(state.version_info(record, None)))
+}
+
+#[utoipa::path(get, path = "/v1/functions/{name}/scale", tag = "functions",
+    params(("name" = String, Path, description = "Function name")),
+    responses(
+        (status = 200, description = "Desired and warm instances, why, and the recent decisions", body = ScaleStatus),
+        (status = 404, description = "No such function, or not deployed yet", body = ErrorBody)))]
+pub(crate) async fn get_scale(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<ScaleStatus>, ApiError> {
+    caller.require(Action::Read)?;
+    let name = function_name(name)?;
+    (state.scale)(caller.tenant.as_str(), name.as_str())
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "function `{name}` is not deployed (deploy a version first)"
+            ))
+        })
+}
