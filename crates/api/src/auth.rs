@@ -13,9 +13,9 @@ use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use gust_core::TenantId;
 use gust_core::access::{Action, Quotas, Role};
 use gust_core::usage::PricePlan;
+use gust_core::{FunctionName, TenantId};
 use gust_store::{AuthError, TenantRecord, TokenRecord};
 use serde::{Deserialize, Serialize};
 
@@ -84,14 +84,14 @@ fn resolve(state: &ApiState, request: &Request) -> Result<Caller, ApiError> {
         let token = header(request, "authorization")
             .and_then(gust_core::access::bearer_token)
             .ok_or_else(|| {
-                ApiError::Unauthorized(
-                    "this API needs a token: set GUST_TOKEN (the admin token `gust up` printed on first start, or one from `gust token create`)".into(),
-                )
+                ApiError::Unauthorized(format!(
+                    "this API needs a token: set GUST_TOKEN (the admin token `gust up` printed on first start, or one from `gust token create`); {LOST_ADMIN_TOKEN}"
+                ))
             })?;
         let record = state
             .accounts
             .verify(token, now_ms())
-            .map_err(|e: AuthError| ApiError::Unauthorized(e.to_string()))?;
+            .map_err(|e| ApiError::Unauthorized(refusal(token, &e)))?;
         let tenant = match wanted {
             Some(t) if t != record.tenant && record.role != Role::Admin => {
                 return Err(ApiError::Forbidden(format!(
@@ -116,6 +116,39 @@ fn resolve(state: &ApiState, request: &Request) -> Result<Caller, ApiError> {
         role,
         token_id,
     })
+}
+
+/// The way back for an admin whose token is lost or mistyped.
+const LOST_ADMIN_TOKEN: &str = "an admin who lost the token gets a new one by restarting the server with `gust up --new-admin-token`";
+
+/// Why a token is refused, with what to do about it.
+fn refusal(token: &str, error: &AuthError) -> String {
+    match error {
+        AuthError::Malformed if looks_like_a_token(token) => format!(
+            "the token is incomplete or mistyped: it starts like a Gust token (`gust_<id>_<secret>`) but its secret is cut short or has extra characters; copy all of it again into GUST_TOKEN ({LOST_ADMIN_TOKEN})"
+        ),
+        AuthError::Malformed => {
+            format!("{error}; set GUST_TOKEN to the token `gust up` or `gust token create` printed")
+        }
+        AuthError::Unknown => format!(
+            "the token is not valid: it is not one this server issued, or it is mistyped; check GUST_TOKEN ({LOST_ADMIN_TOKEN})"
+        ),
+        AuthError::Revoked(_) | AuthError::Expired(_) => {
+            format!("{error}: ask an owner for a new one (`gust token create`)")
+        }
+    }
+}
+
+/// `gust_` and a 12-digit hexadecimal id, then `_`: the shape of a Gust
+/// token, whatever follows.
+fn looks_like_a_token(token: &str) -> bool {
+    let Some((id, _)) = token
+        .strip_prefix("gust_")
+        .and_then(|rest| rest.split_once('_'))
+    else {
+        return false;
+    };
+    id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// One control-plane change, as the audit log keeps it.
@@ -154,6 +187,7 @@ pub(crate) async fn authenticate(
     let method = request.method().clone();
     request.extensions_mut().insert(caller.clone());
     let response = next.run(request).await;
+    let response = name_missing_function(&state, &caller, &path, response).await;
     if method != Method::GET && method != Method::HEAD {
         let entry = AuditEntry {
             seq: 0,
@@ -174,6 +208,43 @@ pub(crate) async fn authenticate(
         }
     }
     response
+}
+
+/// A 404 under `/v1/functions/{name}` for a function the tenant does not
+/// have becomes the one answer every command gives for that (whatever the
+/// handler said), naming a near name among the tenant's own functions to
+/// a caller who may list them.
+async fn name_missing_function(
+    state: &ApiState,
+    caller: &Caller,
+    path: &str,
+    response: Response,
+) -> Response {
+    let tenant = &caller.tenant;
+    if response.status() != StatusCode::NOT_FOUND {
+        return response;
+    }
+    let Some(name) = path
+        .strip_prefix("/v1/functions/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|name| FunctionName::new(name).ok())
+    else {
+        return response;
+    };
+    if !matches!(state.registry.function(tenant, &name).await, Ok(None)) {
+        return response;
+    }
+    let own = if caller.role.allows(Action::Read) {
+        state.registry.functions(tenant).await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let near = crate::error::near_name(name.as_str(), own.iter().map(|f| f.name.as_str()));
+    ApiError::NoSuchFunction {
+        name: name.to_string(),
+        near: near.map(str::to_string),
+    }
+    .into_response()
 }
 
 /// A tenant as the API shows it.
@@ -437,4 +508,32 @@ pub(crate) async fn read_audit(
             })
             .collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_of_the_right_shape_but_cut_short_is_called_incomplete() {
+        let short = refusal("gust_8045c6a95d07_abc", &AuthError::Malformed);
+        assert!(short.contains("incomplete or mistyped"), "{short}");
+        assert!(!short.contains("not a Gust token"), "{short}");
+        for other in [
+            "gust_nope",
+            "abc",
+            "gust_8045c6a95d0_abc",
+            "gust_8045c6a95dzz_abc",
+        ] {
+            let message = refusal(other, &AuthError::Malformed);
+            assert!(message.contains("not a Gust token"), "{other}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_token_this_server_did_not_issue_points_to_a_new_admin_token() {
+        let message = refusal("gust_8045c6a95d07_whatever", &AuthError::Unknown);
+        assert!(message.contains("not valid"), "{message}");
+        assert!(message.contains("gust up --new-admin-token"), "{message}");
+    }
 }

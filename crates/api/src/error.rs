@@ -36,6 +36,11 @@ pub enum ApiError {
     InvalidComponent(#[from] DeployError),
     #[error("{0}")]
     NotFound(String),
+    /// A function the tenant does not have: the one message every command
+    /// shows for it. `near` is one of the tenant's own functions whose name
+    /// is close (never another tenant's).
+    #[error("function `{name}` does not exist{}", did_you_mean(.near.as_deref()))]
+    NoSuchFunction { name: String, near: Option<String> },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -88,6 +93,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::InvalidComponent(_) => (StatusCode::BAD_REQUEST, "invalid_component"),
             ApiError::NotFound(_)
+            | ApiError::NoSuchFunction { .. }
             | ApiError::Registry(
                 RegistryError::NoSuchFunction(_)
                 | RegistryError::NoSuchAlias { .. }
@@ -163,6 +169,49 @@ impl IntoResponse for ApiError {
     }
 }
 
+fn did_you_mean(near: Option<&str>) -> String {
+    match near {
+        Some(near) => format!(": did you mean `{near}`? (see `gust ls`)"),
+        None => " (see `gust ls`)".to_string(),
+    }
+}
+
+/// The name among `names` closest to `name` (a typo of it): at most two
+/// edits away and fewer edits than either name has letters; on a tie, the
+/// first in order.
+pub(crate) fn near_name<'a>(
+    name: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let length = name.chars().count();
+    names
+        .into_iter()
+        .filter(|candidate| *candidate != name)
+        .map(|candidate| (edit_distance(name, candidate), candidate))
+        .filter(|(d, candidate)| *d <= 2 && *d < length.min(candidate.chars().count()))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, candidate)| candidate)
+}
+
+/// The Levenshtein distance: how many letters must be inserted, removed
+/// or replaced to turn `a` into `b`.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    // One row of the table at a time: row[j] is the distance between the
+    // part of `a` seen so far and the first j letters of `b`.
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let replaced = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = replaced.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
 /// Answers that axum gives before a handler runs (a path segment that is
 /// not a number, a body that is not JSON, ...) come as plain text: they
 /// are given the JSON error body every other answer has, with their status.
@@ -225,6 +274,52 @@ mod tests {
         // JSON answers and successes pass untouched.
         let ok = (StatusCode::OK, "fine").into_response();
         assert_eq!(json_rejections(ok).await.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn edit_distance_counts_insertions_removals_and_replacements() {
+        assert_eq!(edit_distance("hello", "hello"), 0);
+        assert_eq!(edit_distance("hello", "helo"), 1);
+        assert_eq!(edit_distance("helo", "hello"), 1);
+        assert_eq!(edit_distance("hello", "jello"), 1);
+        assert_eq!(edit_distance("hello", "hlelo"), 2);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn a_near_name_is_at_most_two_edits_away_and_the_closest() {
+        let names = ["hello", "help", "world", "api-v2"];
+        assert_eq!(near_name("helo", names), Some("hello"));
+        assert_eq!(near_name("api-v1", names), Some("api-v2"));
+        assert_eq!(near_name("wrld", names), Some("world"));
+        assert_eq!(near_name("hellp", names), Some("hello"));
+        assert_eq!(near_name("nosuch", names), None);
+        assert_eq!(near_name("x", ["y", "xy"]), None);
+        assert_eq!(near_name("hello", ["hello"]), None);
+        assert_eq!(near_name("anything", []), None);
+    }
+
+    #[test]
+    fn a_missing_function_reads_the_same_with_a_next_step() {
+        let plain = ApiError::NoSuchFunction {
+            name: "nosuch".into(),
+            near: None,
+        };
+        assert_eq!(
+            plain.to_string(),
+            "function `nosuch` does not exist (see `gust ls`)"
+        );
+        let near = ApiError::NoSuchFunction {
+            name: "helo".into(),
+            near: Some("hello".into()),
+        };
+        assert_eq!(
+            near.to_string(),
+            "function `helo` does not exist: did you mean `hello`? (see `gust ls`)"
+        );
+        assert_eq!(near.into_response().status(), StatusCode::NOT_FOUND);
     }
 
     #[test]
