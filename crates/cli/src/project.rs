@@ -111,30 +111,26 @@ impl Project {
         Ok(())
     }
 
-    /// Runs the build; returns the component it made.
+    /// Runs the build; returns the component it made. Each phase (a
+    /// JavaScript project's `npm install` when it has no `node_modules`,
+    /// then the build command) ends with a line saying how long it took,
+    /// unless `quiet`.
     pub async fn build(&self, quiet: bool) -> anyhow::Result<PathBuf> {
         self.check()?;
-        let command = self.manifest.build_command();
-        let progress = (!quiet).then(|| output::Progress::start(format!("building ({command})")));
-        let started = Instant::now();
-        let out = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(&command)
-            .current_dir(&self.dir)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .with_context(|| format!("cannot run the build `{command}`"))?;
-        drop(progress);
-        if !out.status.success() {
-            eprint!("{}", String::from_utf8_lossy(&out.stdout));
-            eprint!("{}", String::from_utf8_lossy(&out.stderr));
-            bail!(
-                "the build `{command}` failed ({}); fix the errors above, or the [build] command in {}",
-                out.status,
-                manifest::FILE_NAME
-            );
+        if self.needs_node_modules() {
+            let doing = format!("installing the build tools ({NPM_INSTALL})");
+            let took = self.run(NPM_INSTALL, doing, quiet).await?;
+            if !quiet {
+                eprintln!(
+                    "installed the build tools (npm install) in {:.1} s",
+                    took.as_secs_f64()
+                );
+            }
         }
+        let command = self.manifest.build_command();
+        let took = self
+            .run(&command, format!("building ({command})"), quiet)
+            .await?;
         let wasm = self.dir.join(self.manifest.wasm_path());
         let size = std::fs::metadata(&wasm)
             .with_context(|| {
@@ -150,10 +146,50 @@ impl Project {
                 "built {} ({:.1} KB) in {:.1} s",
                 wasm.display(),
                 size as f64 / 1e3,
-                started.elapsed().as_secs_f64()
+                took.as_secs_f64()
             );
         }
         Ok(wasm)
+    }
+
+    /// A JavaScript project whose build tools are not installed yet: its
+    /// `package.json` names them, `npm install` fetches them.
+    fn needs_node_modules(&self) -> bool {
+        self.manifest.function.lang == Lang::Js
+            && self.dir.join("package.json").is_file()
+            && !self.dir.join("node_modules").exists()
+    }
+
+    /// Runs one phase of the build (`sh -c command` in the project
+    /// folder), with a spinner saying what it is `doing` on a terminal
+    /// unless `quiet`; returns how long it took. Its output is shown only
+    /// if it fails, with how to install a build tool that is missing.
+    async fn run(&self, command: &str, doing: String, quiet: bool) -> anyhow::Result<Duration> {
+        let progress = (!quiet).then(|| output::Progress::start(doing));
+        let started = Instant::now();
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("cannot run the build `{command}`"))?;
+        drop(progress);
+        if out.status.success() {
+            return Ok(started.elapsed());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprint!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{stderr}");
+        let next = diagnose(self.manifest.function.lang, out.status.code(), &stderr)
+            .unwrap_or_else(|| {
+                format!(
+                    "fix the errors above, or the [build] command in {}",
+                    manifest::FILE_NAME
+                )
+            });
+        bail!("the build `{command}` failed ({}); {next}", out.status)
     }
 
     /// Makes the function's schedules and triggers those of the manifest:
@@ -262,6 +298,87 @@ impl Project {
     }
 }
 
+/// How a JavaScript project's build tools are installed.
+const NPM_INSTALL: &str = "npm install --no-audit --no-fund --loglevel=error";
+
+/// The componentize-py version the Python template pins in its
+/// `requirements.txt` (the one CI installs).
+fn componentize_py_version() -> &'static str {
+    include_str!("../templates/python/requirements.txt")
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("componentize-py=="))
+        .unwrap_or("")
+}
+
+/// What to do about a failed build whose cause is a missing tool (the
+/// shell's `X: not found`, exit status 127) or a missing Rust target;
+/// `None` when it failed for another reason.
+fn diagnose(lang: Lang, code: Option<i32>, stderr: &str) -> Option<String> {
+    if stderr.contains("target may not be installed") {
+        return Some(
+            "the `wasm32-wasip2` target is not installed: `rustup target add wasm32-wasip2`".into(),
+        );
+    }
+    let tool = missing_tool(stderr);
+    if tool.is_none() && code != Some(127) {
+        return None;
+    }
+    let install = install_hint(tool.unwrap_or(""), lang);
+    Some(match tool {
+        Some(tool) => format!("`{tool}` is not installed (or not on PATH): {install}"),
+        None => format!("a build tool is not installed (or not on PATH): {install}"),
+    })
+}
+
+/// The command a shell could not find, from its complaint
+/// (`sh: 1: componentize-py: not found`, `sh: line 1: jco: command not found`).
+fn missing_tool(stderr: &str) -> Option<&str> {
+    stderr.lines().find_map(|line| {
+        let line = line.trim_end();
+        let before = line
+            .strip_suffix(": command not found")
+            .or_else(|| line.strip_suffix(": not found"))?;
+        let tool = before.rsplit(": ").next()?.trim();
+        (!tool.is_empty() && !tool.contains(' ')).then_some(tool)
+    })
+}
+
+/// How to install `tool` (or, when it is not known, the tools a project
+/// in `lang` builds with).
+fn install_hint(tool: &str, lang: Lang) -> String {
+    let python = || {
+        format!(
+            "`pip install componentize-py=={}` (or `pip install -r requirements.txt` in the project)",
+            componentize_py_version()
+        )
+    };
+    match (tool, lang) {
+        ("componentize-py", _) => python(),
+        ("componentize-js" | "jco", _) => {
+            "run `npm install` in the project (its package.json names the build tools)".into()
+        }
+        ("npm" | "node" | "npx", _) => "install Node.js 20 or newer, with npm".into(),
+        ("cargo" | "rustup" | "rustc", _) => {
+            "install Rust with rustup (https://rustup.rs), then `rustup target add wasm32-wasip2`"
+                .into()
+        }
+        ("pip" | "pip3" | "python" | "python3", _) => {
+            format!("install Python 3 with pip, then {}", python())
+        }
+        ("", Lang::Python) => python(),
+        ("", Lang::Js) => {
+            "install Node.js 20 or newer, then run `npm install` in the project".into()
+        }
+        ("", Lang::Rust) => {
+            "install Rust with rustup, then `rustup target add wasm32-wasip2`".into()
+        }
+        (tool, _) => format!(
+            "install `{tool}`, or change the [build] command in {}",
+            manifest::FILE_NAME
+        ),
+    }
+}
+
 fn fill<T: Copy>(arg: &mut Option<T>, value: Option<T>) {
     if arg.is_none() {
         *arg = value;
@@ -294,11 +411,34 @@ pub struct NewArgs {
     /// Function name: lowercase letters, digits and `-`.
     name: String,
     /// The language of the template.
-    #[arg(long, default_value = "rust", value_parser = |s: &str| s.parse::<Lang>())]
-    lang: Lang,
+    #[arg(long, value_enum, default_value_t = Template::Rust)]
+    lang: Template,
     /// Where to create it (default: ./NAME).
     #[arg(long)]
     dir: Option<PathBuf>,
+}
+
+/// The templates `gust new` starts from.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Template {
+    /// Rust, built by cargo for wasm32-wasip2
+    Rust,
+    /// JavaScript, built by componentize-js (needs Node.js 20+)
+    #[value(alias = "javascript")]
+    Js,
+    /// Python, built by componentize-py
+    #[value(alias = "py")]
+    Python,
+}
+
+impl From<Template> for Lang {
+    fn from(template: Template) -> Lang {
+        match template {
+            Template::Rust => Lang::Rust,
+            Template::Js => Lang::Js,
+            Template::Python => Lang::Python,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -398,11 +538,12 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
+    let lang = Lang::from(args.lang);
     let crate_name = args.name.replace('-', "_");
-    let files = template(args.lang)
+    let files = template(lang)
         .iter()
         .map(|(path, text)| (path.to_string(), text.to_string()))
-        .chain(wit_deps(args.lang));
+        .chain(wit_deps(lang));
     for (path, text) in files {
         let target = dir.join(&path);
         if let Some(parent) = target.parent() {
@@ -418,22 +559,25 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     println!(
         "created {} ({}) in {}",
         args.name,
-        args.lang.as_str(),
+        lang.as_str(),
         dir.display()
     );
     println!("next: cd {} && gust deploy", dir.display());
-    if let Some(hint) = toolchain_hint(args.lang) {
-        println!("{hint}");
-    }
+    println!("needs: {}", toolchain_hint(lang));
     Ok(ExitCode::SUCCESS)
 }
 
 /// What a template's build needs installed.
-fn toolchain_hint(lang: Lang) -> Option<&'static str> {
+fn toolchain_hint(lang: Lang) -> String {
     match lang {
-        Lang::Rust => Some("needs: rustup target add wasm32-wasip2"),
-        Lang::Js => Some("needs: Node.js 20+ (`npm install` fetches the build tools)"),
-        Lang::Python => Some("needs: pip install componentize-py"),
+        Lang::Rust => "rustup target add wasm32-wasip2".into(),
+        Lang::Js => {
+            "Node.js 20+ (the first build runs `npm install`, which fetches the build tools)".into()
+        }
+        Lang::Python => format!(
+            "pip install componentize-py=={} (as requirements.txt pins it)",
+            componentize_py_version()
+        ),
     }
 }
 
@@ -483,5 +627,64 @@ async fn wait_for_change(args: &DevArgs, seen: SystemTime) {
         if newest_in(&args.project.join(manifest::FILE_NAME)) > seen {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_python_template_pins_the_componentize_py_that_ci_installs() {
+        let version = componentize_py_version();
+        assert!(!version.is_empty());
+        let ci = include_str!("../../../.ci/run");
+        assert!(
+            ci.contains(&format!("componentize-py=={version}")),
+            ".ci/run installs another componentize-py than the template's {version}"
+        );
+        assert!(toolchain_hint(Lang::Python).contains(&format!("componentize-py=={version}")));
+    }
+
+    #[test]
+    fn a_missing_tool_is_named_from_the_shell_complaint() {
+        let dash = "sh: 1: componentize-py: not found\n";
+        assert_eq!(missing_tool(dash), Some("componentize-py"));
+        let bash = "npm error\nsh: line 1: jco: command not found\n";
+        assert_eq!(missing_tool(bash), Some("jco"));
+        assert_eq!(missing_tool("sh: npm: not found"), Some("npm"));
+        assert_eq!(missing_tool("error: file not found"), None);
+        assert_eq!(missing_tool("error[E0425]: cannot find value `x`"), None);
+    }
+
+    #[test]
+    fn a_missing_tool_is_told_how_to_install() {
+        let python = diagnose(Lang::Python, Some(127), "sh: 1: componentize-py: not found")
+            .unwrap_or_default();
+        assert!(
+            python.contains(&format!(
+                "pip install componentize-py=={}",
+                componentize_py_version()
+            )),
+            "{python}"
+        );
+        let js =
+            diagnose(Lang::Js, Some(1), "sh: 1: componentize-js: not found").unwrap_or_default();
+        assert!(js.contains("npm install"), "{js}");
+        let rust = diagnose(
+            Lang::Rust,
+            Some(101),
+            "note: the `wasm32-wasip2` target may not be installed",
+        )
+        .unwrap_or_default();
+        assert!(rust.contains("rustup target add wasm32-wasip2"), "{rust}");
+        let unknown =
+            diagnose(Lang::Rust, Some(127), "sh: 1: frobnicate: not found").unwrap_or_default();
+        assert!(unknown.contains("install `frobnicate`"), "{unknown}");
+        // Exit status 127 without a complaint to read: the language's tools.
+        let silent = diagnose(Lang::Js, Some(127), "").unwrap_or_default();
+        assert!(silent.contains("npm install"), "{silent}");
+        // Another failure is the build's own.
+        assert_eq!(diagnose(Lang::Rust, Some(101), "error: expected `;`"), None);
     }
 }
