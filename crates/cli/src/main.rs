@@ -32,8 +32,9 @@ use clap::{Parser, Subcommand};
     after_help = "Examples:
   gust up                                   start the platform in ./.gust
   export GUST_TOKEN=gust_...                the admin token `gust up` printed
-  gust deploy hello target/wasm32-wasip2/release/hello.wasm
-  curl http://127.0.0.1:8080/hello/
+  gust deploy hello examples/target/wasm32-wasip2/release/hello.wasm --public
+                                            the README's example, built as it says
+  curl http://127.0.0.1:8080/hello/         --public: callers need no token
   gust invoke hello --path /x --data 'hi'
   gust logs hello --follow
   curl -X POST -H 'Gust-Invocation-Type: Event' -d '{}' http://127.0.0.1:8080/hello/
