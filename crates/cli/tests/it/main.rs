@@ -18,6 +18,7 @@ mod lifecycle;
 mod limits;
 mod metering;
 mod neighbours;
+mod newcomer;
 mod projects;
 mod scaling;
 mod ssrf;
