@@ -49,3 +49,45 @@ async fn sigterm_lets_slow_requests_finish() {
     // Once stopped, nothing listens.
     assert!(reqwest::get(format!("{url}/tb/")).await.is_err());
 }
+
+#[test]
+fn a_data_directory_from_a_newer_gust_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(Server::start_in(dir.path(), &[]).stop(), Some(0));
+    // What a later Gust would leave: the same file, a higher schema version.
+    let db_path = dir.path().join("gust.redb");
+    let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+    {
+        let db = redb::Database::open(&db_path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(meta)
+            .unwrap()
+            .insert("schema.version", 999)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_gust"))
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("written by a newer Gust (schema 999")
+            && stderr.contains("upgrade gust, or start with another --data-dir"),
+        "{stderr}"
+    );
+    // Nothing was migrated or stamped over it.
+    let db = redb::Database::open(&db_path).unwrap();
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let version = txn.open_table(meta).unwrap().get("schema.version").unwrap();
+    assert_eq!(version.map(|v| v.value()), Some(999));
+}
