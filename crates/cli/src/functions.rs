@@ -249,6 +249,7 @@ pub(crate) async fn deploy_version(mut args: DeployArgs) -> anyhow::Result<Versi
         query.push(("routes", args.routes.join(",")));
     }
     let path = format!("/v1/functions/{name}/versions");
+    let uploading = std::time::Instant::now();
     let progress = (!args.api.json).then(|| {
         output::Progress::start(format!(
             "uploading and compiling {} ({:.1} MB)",
@@ -265,6 +266,10 @@ pub(crate) async fn deploy_version(mut args: DeployArgs) -> anyhow::Result<Versi
         )
         .await?;
     drop(progress);
+    if !args.api.json {
+        let took = uploading.elapsed().as_secs_f64();
+        eprintln!("uploaded and compiled in {took:.1} s");
+    }
     if args.api.json {
         output::print_json(&version)?;
     } else {

@@ -1,8 +1,9 @@
 //! What a newcomer meets first, through the real binary: one message for a
 //! function that does not exist (with a near name among the tenant's own
 //! functions only), tokens refused with what to do, a missing build tool
-//! named with how to install it, the phases of a build with their times,
-//! and the help that lists `--lang`'s values and deploys `--public`.
+//! named with how to install it, the phases of a build and a deploy with
+//! their times, and the help that lists `--lang`'s values and deploys
+//! `--public`.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -96,6 +97,19 @@ async fn a_function_that_does_not_exist_reads_the_same_in_every_command_with_a_n
             stderr(&out)
         );
     }
+
+    // A deploy's upload and compile phase ends with its time (but not with --json).
+    let hello = guests().hello.to_str().unwrap();
+    let out = server.gust(&["deploy", "again", hello]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("uploaded and compiled in "),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.gust(&["deploy", "again", hello, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
 }
 
 #[tokio::test(flavor = "multi_thread")]
