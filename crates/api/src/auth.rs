@@ -15,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use gust_core::access::{Action, Quotas, Role};
 use gust_core::usage::PricePlan;
-use gust_core::{FunctionName, TenantId};
+use gust_core::TenantId;
 use gust_store::{AuthError, TenantRecord, TokenRecord};
 use serde::{Deserialize, Serialize};
 
@@ -210,39 +210,36 @@ pub(crate) async fn authenticate(
     response
 }
 
-/// A 404 under `/v1/functions/{name}` for a function the tenant does not
-/// have becomes the one answer every command gives for that (whatever the
-/// handler said), naming a near name among the tenant's own functions to
-/// a caller who may list them.
+/// The answer for a function the tenant does not have, whatever the
+/// handler: when a handler answers that the function the path names
+/// (`/v1/functions/{name}...`) does not exist, a caller who may list the
+/// tenant's functions is told a near name among them.
 async fn name_missing_function(
     state: &ApiState,
     caller: &Caller,
     path: &str,
     response: Response,
 ) -> Response {
-    let tenant = &caller.tenant;
-    if response.status() != StatusCode::NOT_FOUND {
+    let Some(crate::error::MissingFunction(missing)) = response.extensions().get() else {
         return response;
-    }
-    let Some(name) = path
+    };
+    let named = path
         .strip_prefix("/v1/functions/")
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|name| FunctionName::new(name).ok())
-    else {
-        return response;
-    };
-    if !matches!(state.registry.function(tenant, &name).await, Ok(None)) {
+        .and_then(|rest| rest.split('/').next());
+    if named != Some(missing.as_str()) || !caller.role.allows(Action::Read) {
         return response;
     }
-    let own = if caller.role.allows(Action::Read) {
-        state.registry.functions(tenant).await.unwrap_or_default()
-    } else {
-        Vec::new()
+    let own = state
+        .registry
+        .functions(&caller.tenant)
+        .await
+        .unwrap_or_default();
+    let Some(near) = crate::error::near_name(missing, own.iter().map(|f| f.name.as_str())) else {
+        return response;
     };
-    let near = crate::error::near_name(name.as_str(), own.iter().map(|f| f.name.as_str()));
     ApiError::NoSuchFunction {
-        name: name.to_string(),
-        near: near.map(str::to_string),
+        name: missing.clone(),
+        near: Some(near.to_string()),
     }
     .into_response()
 }

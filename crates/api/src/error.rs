@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use gust_core::FunctionName;
 use gust_core::kv::KvError;
 use gust_events::EventsError;
 use gust_runtime::DeployError;
@@ -64,7 +65,22 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Marks a response that answers "this function does not exist", with the
+/// function's name: the authentication middleware names a near function
+/// in it only when it is the function the path names (a 404 about, say, a
+/// deploy's missing destination keeps its own message).
+#[derive(Debug, Clone)]
+pub(crate) struct MissingFunction(pub String);
+
 impl ApiError {
+    /// The answer for a function the caller's tenant does not have.
+    pub(crate) fn no_such_function(name: &FunctionName) -> Self {
+        ApiError::NoSuchFunction {
+            name: name.to_string(),
+            near: None,
+        }
+    }
+
     /// The store refused a write because the disk is full.
     fn disk_full(&self) -> bool {
         let store = match self {
@@ -158,7 +174,15 @@ impl IntoResponse for ApiError {
                 message: self.to_string(),
             },
         };
+        let missing = match &self {
+            ApiError::NoSuchFunction { name, .. } => Some(name.clone()),
+            ApiError::Registry(RegistryError::NoSuchFunction(name)) => Some(name.to_string()),
+            _ => None,
+        };
         let mut response = (status, Json(body)).into_response();
+        if let Some(name) = missing {
+            response.extensions_mut().insert(MissingFunction(name));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

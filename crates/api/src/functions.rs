@@ -171,9 +171,7 @@ pub(crate) async fn delete_function(
         .delete_function(&caller.tenant, &name)
         .await?
     else {
-        return Err(ApiError::NotFound(format!(
-            "function `{name}` does not exist"
-        )));
+        return Err(ApiError::no_such_function(&name));
     };
     // What goes with it — its components and compiled artifacts, unless
     // another function (of any tenant) runs the same bytes, and its logs —

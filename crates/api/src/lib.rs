@@ -377,7 +377,7 @@ impl ApiState {
         self.registry
             .function(tenant, name)
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("function `{name}` does not exist")))
+            .ok_or_else(|| ApiError::no_such_function(&name))
     }
 
     fn url(&self, tenant: &TenantId, name: &FunctionName) -> String {
@@ -401,9 +401,7 @@ async fn existing(
         .await?
         .is_none()
     {
-        return Err(ApiError::NotFound(format!(
-            "function `{name}` does not exist"
-        )));
+        return Err(ApiError::no_such_function(&name));
     }
     Ok(name)
 }

@@ -59,9 +59,7 @@ pub(crate) async fn read_logs(
         .await?
         .is_none()
     {
-        return Err(ApiError::NotFound(format!(
-            "function `{name}` does not exist"
-        )));
+        return Err(ApiError::no_such_function(&name));
     }
     let after = params.after.unwrap_or(0);
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);

@@ -102,6 +102,14 @@ pub(crate) async fn get_scale(
 ) -> Result<Json<ScaleStatus>, ApiError> {
     caller.require(Action::Read)?;
     let name = function_name(name)?;
+    if state
+        .registry
+        .function(&caller.tenant, &name)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::no_such_function(&name));
+    }
     (state.scale)(caller.tenant.as_str(), name.as_str())
         .map(Json)
         .ok_or_else(|| {

@@ -132,5 +132,9 @@ async fn scaling_settings_are_checked_at_deploy() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("provisioned"));
     let missing = server.gust(&["scale", "nothing"]);
     assert_eq!(missing.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("not deployed"));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("function `nothing` does not exist"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
 }
