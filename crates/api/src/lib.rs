@@ -13,7 +13,6 @@ mod auth;
 mod body;
 pub mod deploy;
 mod error;
-mod event_sources;
 mod events;
 mod functions;
 mod kv;
@@ -21,6 +20,7 @@ mod logs;
 mod metrics;
 mod openapi;
 mod routes;
+mod tenant_triggers;
 mod text;
 mod usage;
 mod vars;
@@ -134,7 +134,7 @@ pub type ReservationCheck = Arc<dyn Fn(&str, &str, u32) -> Result<(), String> + 
         events::add_schedule,
         events::list_schedules,
         events::remove_schedule,
-        event_sources::list_all_schedules,
+        tenant_triggers::list_all_schedules,
         events::list_dead_letters,
         events::redrive_all,
         events::redrive_one,
@@ -147,7 +147,7 @@ pub type ReservationCheck = Arc<dyn Fn(&str, &str, u32) -> Result<(), String> + 
         kv::add_trigger,
         kv::list_triggers,
         kv::remove_trigger,
-        event_sources::list_all_triggers,
+        tenant_triggers::list_all_triggers,
         auth::create_tenant,
         auth::list_tenants,
         auth::current_tenant,
@@ -275,8 +275,8 @@ pub fn router(state: ApiState) -> Router {
             get(events::list_invocations).post(events::submit_invocation),
         )
         .route("/v1/invocations/{id}", get(events::get_invocation))
-        .route("/v1/schedules", get(event_sources::list_all_schedules))
-        .route("/v1/triggers", get(event_sources::list_all_triggers))
+        .route("/v1/schedules", get(tenant_triggers::list_all_schedules))
+        .route("/v1/triggers", get(tenant_triggers::list_all_triggers))
         .route(
             "/v1/functions/{name}/schedules",
             get(events::list_schedules).post(events::add_schedule),
