@@ -377,7 +377,7 @@ impl ApiState {
         self.registry
             .function(tenant, name)
             .await?
-            .ok_or_else(|| ApiError::no_such_function(&name))
+            .ok_or_else(|| ApiError::no_such_function(name))
     }
 
     fn url(&self, tenant: &TenantId, name: &FunctionName) -> String {
