@@ -13,9 +13,9 @@ use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use gust_core::TenantId;
 use gust_core::access::{Action, Quotas, Role};
 use gust_core::usage::PricePlan;
-use gust_core::TenantId;
 use gust_store::{AuthError, TenantRecord, TokenRecord};
 use serde::{Deserialize, Serialize};
 
