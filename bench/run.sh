@@ -23,7 +23,9 @@ for tool in wrk curl python3 wasmtime; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (see the header of $0)" >&2; exit 1; }
 done
 
-cargo build --release -q -p gust -p gust-gateway --example native_hello
+# Two commands: with `--example`, cargo builds only examples, even of `-p gust`.
+cargo build --release -q -p gust
+cargo build --release -q -p gust-gateway --example native_hello
 cargo build --release -q --target wasm32-wasip2 --manifest-path examples/Cargo.toml -p hello
 GUST=target/release/gust
 NATIVE=target/release/examples/native_hello
