@@ -78,7 +78,7 @@ fn harness() -> &'static Harness {
                 tenant_domain: Some("tenants.example".into()),
                 public_hosts: vec!["gust.example".into()],
                 max_upload_bytes: 1 << 20,
-                metrics: Arc::new(String::new),
+                metrics: Arc::new(gust_api::DataPlaneStats::default),
                 events: Events::new(Arc::new(store.clone()), kv),
                 buckets,
                 accounts,
