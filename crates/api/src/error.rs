@@ -45,7 +45,7 @@ pub enum ApiError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
-    Registry(#[from] RegistryError),
+    Registry(RegistryError),
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -71,6 +71,17 @@ pub enum ApiError {
 /// deploy's missing destination keeps its own message).
 #[derive(Debug, Clone)]
 pub(crate) struct MissingFunction(pub String);
+
+/// A registry error; a missing function becomes the one answer every
+/// command gives for it.
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NoSuchFunction(name) => ApiError::no_such_function(&name),
+            e => ApiError::Registry(e),
+        }
+    }
+}
 
 impl ApiError {
     /// The answer for a function the caller's tenant does not have.

@@ -56,7 +56,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, DurationError> {
 }
 
 /// [`parse_duration_ms`], where a bare number is seconds: token lifetimes
-/// (`--expires-in 3600`) have always been written that way.
+/// (`--expires-in 3600`), as scripts already pass them.
 pub fn parse_duration_ms_or_seconds(text: &str) -> Result<u64, DurationError> {
     parse(text, Some(1000))
 }

@@ -1,4 +1,4 @@
-//! The routing table: which versions of which function serve a name and
+//! The catalog: which loaded versions of which function serve a name and
 //! its aliases (one loaded version each, splits between two), kept in step
 //! with the registry by a watch. It is derived state: rebuilt from
 //! the registry at start and after any missed change.
@@ -181,7 +181,7 @@ impl Loaded {
     }
 }
 
-/// One function's routes: one per version its aliases serve, and which
+/// One function as served: a loaded version per version its aliases serve, and which
 /// alias sends its traffic where.
 pub(crate) struct Served {
     /// What `live` (the function's URL) points at: the loaded version whose limits,
@@ -251,8 +251,8 @@ pub(crate) struct Baseline {
 }
 
 impl Served {
-    /// Builds a function's routes from its record (`None`: nothing to
-    /// serve yet), keeping from `old` the routes of versions that did not
+    /// Builds a served function from its record (`None`: nothing to
+    /// serve yet), keeping from `old` the loaded versions that did not
     /// change (warm, with their health), its activity, and gates whose
     /// limit stays. A version served under different variables (an
     /// alias's own) gets a loaded version per set of variables; a new loaded version of a
@@ -398,30 +398,30 @@ impl Served {
 
     /// Every loaded version, once each.
     pub fn versions(&self) -> Vec<Arc<Loaded>> {
-        let mut routes = vec![self.live.clone()];
+        let mut versions = vec![self.live.clone()];
         for alias in &self.aliases {
             let split = alias.split.as_ref().map(|(r, _)| r);
             for loaded in std::iter::once(&alias.target).chain(split) {
-                if !routes.iter().any(|r| Arc::ptr_eq(r, loaded)) {
-                    routes.push(loaded.clone());
+                if !versions.iter().any(|v| Arc::ptr_eq(v, loaded)) {
+                    versions.push(loaded.clone());
                 }
             }
         }
-        routes
+        versions
     }
 }
 
-/// `<tenant>/<function>` → its routes.
+/// `<tenant>/<function>` → the function as served.
 pub(crate) struct Catalog {
-    routes: RwLock<HashMap<String, Arc<Served>>>,
-    /// The registry revision the routes reflect, for callers that must not
+    functions: RwLock<HashMap<String, Arc<Served>>>,
+    /// The registry revision the catalog reflects, for callers that must not
     /// answer before the data plane serves what they wrote.
     applied: tokio::sync::watch::Sender<u64>,
     /// Opens the functions' secrets.
     secrets: Arc<SecretBox>,
     /// Every function's claimed hosts and prefixes → (`<tenant>/<name>`, alias).
     /// Swapped whole, so a reader never holds its lock while it looks
-    /// routes up (the writer holds the routes' lock while it swaps).
+    /// functions up (the writer holds their lock while it swaps).
     claims: RwLock<Arc<ClaimTable<(String, String)>>>,
     /// `example.dev`: `<tenant>.example.dev` is that tenant's own origin.
     tenant_domain: Option<String>,
@@ -476,7 +476,7 @@ impl Catalog {
         public_hosts: Vec<String>,
     ) -> Self {
         Self {
-            routes: RwLock::default(),
+            functions: RwLock::default(),
             applied: tokio::sync::watch::Sender::new(0),
             secrets,
             claims: RwLock::default(),
@@ -536,7 +536,7 @@ impl Catalog {
 
     pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Served>> {
         let key = route_key(tenant, name);
-        self.routes
+        self.functions
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
@@ -569,7 +569,7 @@ impl Catalog {
         let claimed = |found: Option<(&(String, String), &'p str)>, scope: CookieScope| {
             let ((key, alias), tail) = found?;
             let served = self
-                .routes
+                .functions
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(key)
@@ -626,13 +626,13 @@ impl Catalog {
     }
 
     /// Rebuilds the claim table from the functions' claims.
-    fn index_claims(&self, routes: &HashMap<String, Arc<Served>>) {
-        let holders = host_holders(routes.iter().flat_map(|(key, served)| {
+    fn index_claims(&self, functions: &HashMap<String, Arc<Served>>) {
+        let holders = host_holders(functions.iter().flat_map(|(key, served)| {
             let tenant = key.split_once('/').map_or("", |(t, _)| t);
             served.claims.iter().map(move |claim| (tenant, claim))
         }));
         let mut table = ClaimTable::default();
-        for (key, served) in routes {
+        for (key, served) in functions {
             let tenant = key.split_once('/').map_or("", |(t, _)| t);
             for claim in &served.claims {
                 if let Some(host) = &claim.host
@@ -651,7 +651,7 @@ impl Catalog {
         *self.claims.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
     }
 
-    /// Applies one registry change; returns the routes it displaced.
+    /// Applies one registry change; returns the loaded versions it displaced.
     fn apply(&self, event: &MetaEvent) -> Vec<Arc<Loaded>> {
         let Some((tenant, name)) = Registry::parse_function_key(event.key()) else {
             return Vec::new();
@@ -667,8 +667,8 @@ impl Catalog {
             },
             MetaEvent::Delete { .. } => None,
         };
-        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
-        let old = routes.get(&key).cloned();
+        let mut functions = self.functions.write().unwrap_or_else(|p| p.into_inner());
+        let old = functions.get(&key).cloned();
         let claims_change = |served: Option<&Served>| {
             !old.as_ref()
                 .map_or(&[][..], |o| &o.claims[..])
@@ -678,9 +678,9 @@ impl Catalog {
             Some(served) => {
                 let kept = served.versions();
                 let reindex = claims_change(Some(&served));
-                routes.insert(key, Arc::new(served));
+                functions.insert(key, Arc::new(served));
                 if reindex {
-                    self.index_claims(&routes);
+                    self.index_claims(&functions);
                 }
                 old.map(|o| o.versions())
                     .unwrap_or_default()
@@ -690,9 +690,9 @@ impl Catalog {
             }
             None => {
                 let reindex = claims_change(None);
-                routes.remove(&key);
+                functions.remove(&key);
                 if reindex {
-                    self.index_claims(&routes);
+                    self.index_claims(&functions);
                 }
                 old.map(|o| o.versions()).unwrap_or_default()
             }
@@ -701,7 +701,7 @@ impl Catalog {
 
     /// Every function, as of now.
     pub fn all(&self) -> Vec<Arc<Served>> {
-        self.routes
+        self.functions
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
@@ -711,7 +711,7 @@ impl Catalog {
 
     /// Σ `reserved_concurrency` of the functions (their `live` versions).
     pub fn reserved_total(&self) -> u32 {
-        self.routes
+        self.functions
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
@@ -721,8 +721,8 @@ impl Catalog {
 
     /// Who reserves what (`<tenant>/<function>`, instances), but `except`.
     pub fn reservations_except(&self, except: &str) -> Vec<(String, u32)> {
-        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
-        let mut holders: Vec<(String, u32)> = routes
+        let functions = self.functions.read().unwrap_or_else(|p| p.into_inner());
+        let mut holders: Vec<(String, u32)> = functions
             .iter()
             .filter(|(key, _)| key.as_str() != except)
             .filter_map(|(key, s)| s.live.limits.reserved_concurrency.map(|n| (key.clone(), n)))
@@ -732,7 +732,7 @@ impl Catalog {
     }
 
     fn serves_digest(&self, digest: &str) -> bool {
-        self.routes
+        self.functions
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
@@ -743,7 +743,7 @@ impl Catalog {
     /// requests see the old table or the new one, never an empty one.
     /// Returns the digests that no loaded version serves any more.
     fn replace_all(&self, entries: &[gust_store::Entry]) -> Vec<String> {
-        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        let mut functions = self.functions.write().unwrap_or_else(|p| p.into_inner());
         let mut fresh: HashMap<String, Arc<Served>> = HashMap::new();
         for entry in entries {
             let Some((tenant, name)) = Registry::parse_function_key(&entry.key) else {
@@ -757,9 +757,11 @@ impl Catalog {
                 }
             };
             let key = route_key(tenant.as_str(), name.as_str());
-            if let Some(served) =
-                Served::build(record, routes.get(&key).map(|s| s.as_ref()), &self.secrets)
-            {
+            if let Some(served) = Served::build(
+                record,
+                functions.get(&key).map(|s| s.as_ref()),
+                &self.secrets,
+            ) {
                 fresh.insert(key, Arc::new(served));
             }
         }
@@ -768,7 +770,7 @@ impl Catalog {
             .flat_map(|s| s.versions())
             .map(|r| r.digest.clone())
             .collect();
-        let mut gone: Vec<String> = routes
+        let mut gone: Vec<String> = functions
             .values()
             .flat_map(|s| s.versions())
             .map(|r| r.digest.clone())
@@ -777,7 +779,7 @@ impl Catalog {
         gone.sort();
         gone.dedup();
         self.index_claims(&fresh);
-        *routes = fresh;
+        *functions = fresh;
         gone
     }
 }

@@ -1,11 +1,11 @@
-//! Gust's HTTP data plane: accepts function traffic, routes each request to
-//! a function's serving version, admits it, runs it through the runtime and
+//! Gust's HTTP data plane: accepts function traffic, resolves each request
+//! to the loaded version that serves it, admits it, runs it through the runtime and
 //! streams the answer back. It enforces the transport limits (header and
 //! body timeouts, body size), stamps every response with its invocation id,
 //! writes invocation logs, and drains gracefully on shutdown.
 //!
 //! Every failure becomes a status code in one place (`error.rs`). The
-//! gateway holds no business state: its routing table is derived from the
+//! gateway holds no business state: its catalog is derived from the
 //! registry and rebuilt from it at will. It must not serve the control API.
 
 mod access;
@@ -175,7 +175,7 @@ pub struct Services {
 }
 
 impl Gateway {
-    /// Builds the data plane and waits until its routing table holds the
+    /// Builds the data plane and waits until its catalog holds the
     /// registry's current functions.
     pub async fn start(services: Services, config: GatewayConfig) -> (Self, LogWriter) {
         let Services {

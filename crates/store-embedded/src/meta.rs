@@ -12,8 +12,8 @@ use gust_store::{Entry, MetaEvent, MetaStore, StoreError, Watch, WatchStream};
 
 use crate::{EmbeddedStore, META, backend, meta_number};
 
-/// The metadata: key → (revision of its last write, value). (Named `kv`
-/// on disk, from before the metadata store had its name.)
+/// The metadata: key → (revision of its last write, value). The table is
+/// `kv` on disk: renaming it would need a migration step for no gain.
 const ENTRIES: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
 /// [`META`] key: the metadata's last revision.
 const KV_REVISION: &str = "kv.revision";

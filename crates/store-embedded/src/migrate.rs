@@ -168,7 +168,8 @@ fn ledger_rows_into_blocks(txn: &WriteTransaction, _: &LedgerFile) -> Result<(),
     }
     let mut table = txn.open_table(LEDGER_BLOCKS).map_err(backend)?;
     for ((tenant, second), entries) in &blocks {
-        // Blocks from here come before any the database held already.
+        // Numbered after the blocks the database already holds for that
+        // second (a second's records are sorted when read).
         let next = table
             .range((tenant.as_str(), *second, 0)..=(tenant.as_str(), *second, u64::MAX))
             .map_err(backend)?
@@ -186,8 +187,8 @@ fn ledger_rows_into_blocks(txn: &WriteTransaction, _: &LedgerFile) -> Result<(),
     Ok(())
 }
 
-/// Moves the blocks kept in the database into the ledger file, where every
-/// block is now: appended after what the file holds, synced, then
+/// Moves the blocks kept in the database into the ledger file, where
+/// blocks belong: appended after what the file holds, synced, then
 /// recorded as spans. Written in chunks, so a large ledger does not have
 /// to fit in memory.
 fn ledger_blocks_into_file(txn: &WriteTransaction, file: &LedgerFile) -> Result<(), StoreError> {

@@ -2,8 +2,8 @@
 //!
 //! A backend's tests call each function here on a fresh, empty store; the
 //! functions panic (like `assert!`) on the first behaviour that differs from
-//! the contract written on the traits. Only the embedded backend exists today;
-//! the cluster backend will run the same suite.
+//! the contract written on the traits. Every backend runs the same suite
+//! (`gust-store-embedded` in its tests; a cluster backend in its own).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
