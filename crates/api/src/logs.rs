@@ -11,7 +11,7 @@ use gust_core::access::Action;
 use gust_store::Registry;
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, ApiState, Caller, ErrorBody, function_name};
+use crate::{ApiError, ApiState, Caller, ErrorBody, existing};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -52,15 +52,7 @@ pub(crate) async fn read_logs(
 ) -> Result<Json<LogPage>, ApiError> {
     caller.require(Action::Read)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let name = function_name(name)?;
-    if state
-        .registry
-        .function(&caller.tenant, &name)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::no_such_function(&name));
-    }
+    let name = existing(&state, &caller, name).await?;
     let after = params.after.unwrap_or(0);
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
     let wait = Duration::from_millis(params.wait_ms.unwrap_or(0).min(30_000));

@@ -8,7 +8,7 @@ use gust_core::access::Action;
 use gust_core::{Limits, VersionRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, ApiState, Caller, ErrorBody, function_name};
+use crate::{ApiError, ApiState, Caller, ErrorBody, existing, function_name};
 
 /// A deployed version as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -101,15 +101,7 @@ pub(crate) async fn get_scale(
     Path(name): Path<String>,
 ) -> Result<Json<ScaleStatus>, ApiError> {
     caller.require(Action::Read)?;
-    let name = function_name(name)?;
-    if state
-        .registry
-        .function(&caller.tenant, &name)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::no_such_function(&name));
-    }
+    let name = existing(&state, &caller, name).await?;
     (state.scale)(caller.tenant.as_str(), name.as_str())
         .map(Json)
         .ok_or_else(|| {
