@@ -116,7 +116,11 @@ pub struct Watch {
     pub initial: Vec<Entry>,
     /// The store's revision at which `initial` was read.
     pub revision: u64,
-    /// Changes under the prefix with a revision above `revision`, in order.
+    /// Changes under the prefix with a revision above `revision`, in
+    /// order, each once. A change that a later change of the same key
+    /// replaced before the watcher read it may be skipped (the cluster
+    /// backend keeps only each key's last value); the later one is always
+    /// seen, so a watcher that applies changes ends with the store's state.
     pub changes: Box<dyn WatchStream>,
 }
 

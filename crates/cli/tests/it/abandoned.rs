@@ -164,12 +164,24 @@ async fn abandoned_requests_free_their_slots_for_others() {
         free.is_some(),
         "a request after the abandoned ones is served"
     );
-    let records = records(&server, abandoned + 2).await;
-    let cancelled = records
-        .values()
-        .filter(|r| r["outcome"] == "cancelled")
-        .count();
-    assert_eq!(cancelled, abandoned, "{records:#?}");
+    // Records arrive in any order: the refused and served requests' records
+    // can be written before the last cancelled one, so wait for the count of
+    // cancelled records itself, then check none more follows.
+    let cancelled = |records: &HashMap<String, serde_json::Value>| {
+        records
+            .values()
+            .filter(|r| r["outcome"] == "cancelled")
+            .count()
+    };
+    let mut seen = records(&server, abandoned + 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cancelled(&seen) < abandoned && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen = records(&server, abandoned + 2).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = records(&server, abandoned + 2).await;
+    assert_eq!(cancelled(&seen), abandoned, "{seen:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

