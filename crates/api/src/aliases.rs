@@ -199,7 +199,7 @@ pub(crate) async fn set_alias(
         .registry
         .set_alias(&caller.tenant, &name, &alias, to, now_ms())
         .await?;
-    state.until_live(revision).await;
+    let _ = state.until_live(revision).await;
     tracing::info!(function = %name, %alias, version = body.version, "alias set");
     Ok(Json(state.one_alias(&record, &alias)?))
 }
@@ -221,7 +221,7 @@ pub(crate) async fn remove_alias(
         .registry
         .remove_alias(&caller.tenant, &name, &alias)
         .await?;
-    state.until_live(revision).await;
+    let _ = state.until_live(revision).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -257,7 +257,7 @@ pub(crate) async fn rollback(
         .registry
         .rollback(&caller.tenant, &name, &alias, now_ms())
         .await?;
-    state.until_live(revision).await;
+    let _ = state.until_live(revision).await;
     tracing::info!(function = %name, %alias, version, "rolled back");
     Ok(Json(RolledBack {
         version,

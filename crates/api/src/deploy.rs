@@ -175,6 +175,9 @@ pub struct Deployed {
     /// Time spent validating and compiling the component.
     pub prepare_ms: u64,
     pub activation: Activation,
+    /// Live nodes of a cluster that did not serve the version within the
+    /// wait (empty: every node serves it).
+    pub not_serving: Vec<String>,
 }
 
 /// Checks a deploy of `name` by `caller` with `params`, without the
@@ -345,12 +348,13 @@ pub async fn deploy(state: &ApiState, plan: Plan, bytes: Bytes) -> Result<Deploy
         )
         .await?;
     drop(uploading);
-    state.until_live(revision).await;
+    let not_serving = state.until_live(revision).await;
     tracing::info!(function = %name, version = version.version, %digest, prepare_ms, "deployed");
     Ok(Deployed {
         version,
         prepare_ms,
         activation,
+        not_serving,
     })
 }
 
@@ -410,9 +414,11 @@ impl ApiState {
             version,
             prepare_ms,
             activation,
+            not_serving,
         } = deployed;
         let (tenant, name) = (version.tenant.clone(), version.name.clone());
         let mut info = self.version_info(version, Some(prepare_ms));
+        info.not_serving = not_serving;
         info.activated = Some(match activation {
             Activation::Alias(alias) => {
                 info.url = self.alias_url(&tenant, &name, &alias);
@@ -537,10 +543,19 @@ mod tests {
             meter: None,
             auth: true,
             stopping,
-            applied,
+            applied: applied.clone(),
             scale: Arc::new(|_: &str, _: &str| None),
             reservations,
             secrets: Arc::new(SecretBox::from_key(&[7; 32]).unwrap()),
+            cluster: Arc::new(crate::cluster::SingleNode {
+                node: "test".into(),
+                started_ms: 0,
+                data_url: String::new(),
+                api_url: String::new(),
+                applied: applied.clone(),
+                #[allow(clippy::redundant_closure)]
+                metrics: Arc::new(|| Default::default()),
+            }),
         };
         Fixture {
             state,

@@ -94,15 +94,23 @@ impl ApiError {
 
     /// The store refused a write because the disk is full.
     fn disk_full(&self) -> bool {
-        let store = match self {
+        matches!(self.store_error(), Some(StoreError::DiskFull { .. }))
+    }
+
+    /// The shared storage is out of reach for now (a cluster without quorum).
+    fn unavailable(&self) -> bool {
+        matches!(self.store_error(), Some(StoreError::Unavailable(_)))
+    }
+
+    fn store_error(&self) -> Option<&StoreError> {
+        Some(match self {
             ApiError::Store(e)
             | ApiError::Registry(RegistryError::Store(e))
             | ApiError::Buckets(BucketsError::Store(e))
             | ApiError::Accounts(AccountsError::Store(e))
             | ApiError::Events(EventsError::Store(e)) => e,
-            _ => return false,
-        };
-        matches!(store, StoreError::DiskFull { .. })
+            _ => return None,
+        })
     }
 }
 
@@ -110,6 +118,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
             e if e.disk_full() => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+            e if e.unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => {
@@ -193,6 +202,12 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         if let Some(name) = missing {
             response.extensions_mut().insert(MissingFunction(name));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("2"),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -190,7 +190,7 @@ pub(crate) async fn delete_function(
             Ok::<(), ApiError>(())
         })
     };
-    state.until_live(revision).await;
+    let _ = state.until_live(revision).await;
     cleanup
         .await
         .map_err(|e| ApiError::Internal(format!("removing the function's files: {e}")))??;

@@ -11,6 +11,7 @@
 mod aliases;
 mod auth;
 mod body;
+pub mod cluster;
 pub mod deploy;
 mod error;
 mod events;
@@ -96,6 +97,8 @@ pub struct ApiState {
     pub reservations: ReservationCheck,
     /// Seals secret variables (the data plane opens them).
     pub secrets: Arc<gust_store::SecretBox>,
+    /// The nodes serving this platform (this one alone on a single node).
+    pub cluster: cluster::SharedClusterView,
 }
 
 /// Looks up a function's scaling; supplied by the binary.
@@ -139,6 +142,7 @@ pub type ReservationCheck = Arc<dyn Fn(&str, &str, u32) -> Result<(), String> + 
         events::redrive_all,
         events::redrive_one,
         usage::usage,
+        cluster::cluster_status,
         usage::records,
         kv::list_keys,
         kv::get_key,
@@ -330,6 +334,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(auth::revoke_token))
         .route("/v1/audit", get(auth::read_audit))
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/cluster", get(cluster::cluster_status))
         .route("/v1/usage/records", get(usage::records))
         .route("/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
@@ -346,6 +351,9 @@ fn function_name(name: String) -> Result<FunctionName, ApiError> {
     FunctionName::new(name).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
+/// How long a change waits for the other nodes of a cluster to serve it.
+const CLUSTER_WAIT: Duration = Duration::from_secs(10);
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -353,8 +361,10 @@ fn now_ms() -> u64 {
 }
 
 impl ApiState {
-    /// Waits (briefly) until the data plane serves registry revision `revision`.
-    async fn until_live(&self, revision: u64) {
+    /// Waits (briefly) until the data plane serves registry revision
+    /// `revision`, here and on every other live node of a cluster; returns
+    /// the nodes that did not within the wait.
+    async fn until_live(&self, revision: u64) -> Vec<String> {
         let mut applied = self.applied.clone();
         let live = applied.wait_for(|r| *r >= revision);
         if tokio::time::timeout(Duration::from_secs(5), live)
@@ -366,6 +376,11 @@ impl ApiState {
                 "the data plane has not caught up with a registry write"
             );
         }
+        let lagging = self.cluster.wait_served(revision, CLUSTER_WAIT).await;
+        if !lagging.is_empty() {
+            tracing::warn!(revision, nodes = ?lagging, "nodes do not serve a registry write yet");
+        }
+        lagging
     }
 
     /// The function's record, or 404.

@@ -121,6 +121,6 @@ pub(crate) async fn set_routes(
         .registry
         .set_routes(&caller.tenant, &name, claims)
         .await?;
-    state.until_live(revision).await;
+    let _ = state.until_live(revision).await;
     Ok(Json(record.routes))
 }

@@ -124,6 +124,6 @@ pub(crate) async fn change_vars(
         .registry
         .set_vars(&caller.tenant, &name, patch.alias.as_deref(), changes)
         .await?;
-    state.until_live(revision).await;
+    let _ = state.until_live(revision).await;
     Ok(Json(listing(&record)))
 }

@@ -27,6 +27,10 @@ pub struct VersionInfo {
     /// it started (only on deploy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activated: Option<String>,
+    /// Live nodes of a cluster that did not serve this version within the
+    /// deploy's wait (only on deploy; absent when every node serves it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_serving: Vec<String>,
 }
 
 impl ApiState {
@@ -45,6 +49,7 @@ impl ApiState {
             created_at_ms: record.created_at_ms,
             prepare_ms,
             activated: None,
+            not_serving: Vec::new(),
         }
     }
 }

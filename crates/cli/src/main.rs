@@ -1,10 +1,12 @@
 //! The `gust` binary. `gust up` is the composition root: the only place that
-//! picks backends (the embedded store here) and wires the runtime, gateway
+//! picks backends (the embedded store, or NATS JetStream with `--cluster`) and wires the runtime, gateway
 //! and control API together. Every other subcommand is a client of the
 //! control API. Logic that a library crate could own does not live here.
 
 mod access;
 mod aliases;
+mod cluster;
+mod cluster_mode;
 mod functions;
 mod http;
 mod invocations;
@@ -106,6 +108,8 @@ enum Command {
     Usage(usage::UsageArgs),
     /// A function's scaling: desired and warm instances, why, recent decisions.
     Scale(scale::ScaleArgs),
+    /// The cluster: its nodes, NATS servers and streams (`status`).
+    Cluster(cluster::ClusterArgs),
     /// Internal: compiles one component from stdin for `gust up`, within
     /// the given address-space and CPU-time limits.
     #[command(hide = true)]
@@ -164,6 +168,7 @@ fn main() -> ExitCode {
             Command::Audit(args) => access::audit(args).await,
             Command::Usage(args) => usage::usage(args).await,
             Command::Scale(args) => scale::scale(args).await,
+            Command::Cluster(args) => cluster::cluster(args).await,
             Command::CompileWorker { .. } => unreachable!("handled before the runtime starts"),
         }
     });

@@ -21,7 +21,8 @@ use tokio::sync::watch;
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   gust up
-  gust up --data-dir /var/lib/gust --listen 0.0.0.0:8080 --api-listen 127.0.0.1:8081")]
+  gust up --data-dir /var/lib/gust --listen 0.0.0.0:8080 --api-listen 127.0.0.1:8081
+  gust up --cluster nats://n1:4222,nats://n2:4222,nats://n3:4222 --node-id a --cluster-key cluster.key")]
 pub struct UpArgs {
     /// Where functions, artifacts and logs are kept.
     #[arg(long, default_value = "./.gust", env = "GUST_DATA_DIR")]
@@ -150,6 +151,8 @@ pub struct UpArgs {
     /// Seconds invocation logs are kept (default 7 days).
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     log_max_age_secs: u64,
+    #[command(flatten)]
+    cluster: crate::cluster_mode::ClusterArgs,
 }
 
 /// The machine's available memory in bytes, if the kernel says.
@@ -259,8 +262,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     });
     let runtime = Runtime::new(&runtime_config)?;
 
-    let kv: Arc<dyn MetaStore> = Arc::new(store.clone());
-    let blobs: Arc<dyn BlobStore> = Arc::new(store.clone());
+    // Cluster mode: what every node shares lives in NATS JetStream; the
+    // usage ledger (and what is node-local) stays in the data directory.
+    let node_id = args.cluster.node_id()?;
+    let nats = if args.cluster.enabled() {
+        let nats = crate::cluster_mode::connect(&args.cluster, &node_id, args.dev).await?;
+        crate::cluster_mode::claim_node_id(&nats, &node_id).await?;
+        Some(nats)
+    } else {
+        None
+    };
+    let (kv, blobs): (Arc<dyn MetaStore>, Arc<dyn BlobStore>) = match &nats {
+        Some(nats) => (Arc::new(nats.clone()), Arc::new(nats.clone())),
+        None => (Arc::new(store.clone()), Arc::new(store.clone())),
+    };
     let logs: Arc<dyn LogStore> = Arc::new(store.clone());
     let queues: Arc<dyn QueueStore> = Arc::new(store.clone());
     let ledger: Arc<dyn gust_store::LedgerStore> = Arc::new(store.clone());
@@ -268,7 +283,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let events = Events::new(queues, kv.clone());
     let accounts = Accounts::start(kv.clone()).await?;
     let admin_token = prepare_accounts(&accounts, &args).await?;
-    let registry = Registry::new(kv);
+    let registry = Registry::new(kv.clone());
     let buckets = Buckets::new(data.clone()).with_quotas(accounts.clone(), registry.clone());
     let meter = if args.no_metering {
         tracing::warn!("metering is OFF (--no-metering): invocations leave no usage records");
@@ -343,10 +358,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             },
         },
     };
-    let secrets = Arc::new(
+    let secrets = Arc::new(if args.cluster.enabled() {
+        crate::cluster_mode::secret_box(&args.cluster, kv.as_ref()).await?
+    } else {
         gust_store::SecretBox::load_or_create(&args.data_dir.join("secret.key"))
-            .context("cannot open the key that seals secrets")?,
-    );
+            .context("cannot open the key that seals secrets")?
+    });
     let (gateway, log_writer) = Gateway::start(
         Services {
             runtime: runtime.clone(),
@@ -392,6 +409,39 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             gateway.check_reservation(tenant, name, reserved)
         }) as gust_api::ReservationCheck
     };
+    let data_url = format!("{scheme}://{data_addr}");
+    let api_url = format!("{scheme}://{api_addr}");
+    let cluster: gust_api::cluster::SharedClusterView = match &nats {
+        Some(nats) => {
+            crate::cluster_mode::start_heartbeats(
+                kv.clone(),
+                crate::cluster_mode::Heartbeat {
+                    node: node_id.clone(),
+                    data_url: data_url.clone(),
+                    api_url: api_url.clone(),
+                    applied: gateway.applied_revision(),
+                    stats: metrics.clone(),
+                },
+                stop_rx.clone(),
+            );
+            Arc::new(crate::cluster_mode::NatsCluster::new(
+                &args.cluster,
+                node_id.clone(),
+                kv.clone(),
+                nats.clone(),
+            ))
+        }
+        None => Arc::new(gust_api::cluster::SingleNode {
+            node: node_id.clone(),
+            started_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            data_url: data_url.clone(),
+            api_url: api_url.clone(),
+            applied: gateway.applied_revision(),
+            metrics: metrics.clone(),
+        }),
+    };
     let api = gust_api::router(ApiState {
         registry,
         blobs,
@@ -412,6 +462,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         scale,
         secrets,
         reservations,
+        cluster,
     });
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -421,6 +472,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     println!("gust: functions on {scheme}://{data_addr}");
     println!("gust: control API on {scheme}://{api_addr}");
     println!("gust: data in {}", args.data_dir.display());
+    if nats.is_some() {
+        println!(
+            "gust: node {node_id} of the cluster on {}",
+            args.cluster.cluster.join(",")
+        );
+    }
     if args.dev {
         println!(
             "gust: DEV MODE: no authentication, every function is public and the control API is open to anyone on this machine"

@@ -123,7 +123,25 @@ impl Dispatcher {
                 }
                 Err(e) => tracing::error!(error = %e, "cannot list event queues"),
             }
-            drop(tx);
+            // Queues that other nodes of a cluster fill wake no worker
+            // here: look for new ones every IDLE, so that the events of a
+            // node that died are delivered by the others.
+            tokio::spawn({
+                let events = events.clone();
+                async move {
+                    loop {
+                        tokio::time::sleep(IDLE).await;
+                        let Ok(queues) = events.queue.queues().await else {
+                            continue;
+                        };
+                        for queue in queues {
+                            if tx.send(queue).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
             while let Some(queue) = rx.recv().await {
                 let notify = {
                     let mut workers = events

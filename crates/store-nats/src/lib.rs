@@ -241,8 +241,11 @@ async fn ensure_stream(
     }
 }
 
+/// A failed request to NATS: no server answered, the stream has no
+/// leader (no quorum), or the request timed out. All pass once the
+/// servers are back, so they are reported as unavailability.
 fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::Unavailable(e.to_string())
 }
 
 /// A Gust key as a subject's tokens: each `/`-separated segment in

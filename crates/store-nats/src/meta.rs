@@ -187,22 +187,29 @@ pub(crate) fn refusal_code(e: &async_nats::jetstream::context::PublishError) -> 
 /// A publish whose acknowledgement did not come: it may or may not have
 /// been written.
 pub(crate) fn unacknowledged(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!(
+    StoreError::Unavailable(format!(
         "JetStream did not acknowledge the write ({e}); it may or may not have been made"
     ))
 }
 
 /// Reads an ordered consumer's backlog (`pending` messages at its start):
-/// the entries at or below `revision`, and the changes above it, in order.
+/// the entries at or below `revision`, the changes above it, in order, and
+/// the last stream sequence read.
+///
+/// An ordered consumer that recreates itself (a server restart, a lost
+/// heartbeat) may start over from the stream's first message (async-nats
+/// 0.51): messages arrive in sequence order otherwise, so any at or below
+/// the last one read are repeats and skipped, here and in the watch.
 async fn read_backlog(
     store: &NatsStore,
     messages: &mut consumer::pull::Ordered,
     mut pending: u64,
     prefix: &str,
     revision: u64,
-) -> Result<(Vec<Entry>, VecDeque<MetaEvent>), StoreError> {
+) -> Result<(Vec<Entry>, VecDeque<MetaEvent>, u64), StoreError> {
     let mut initial = Vec::new();
     let mut later = VecDeque::new();
+    let mut last_read = 0;
     while pending > 0 {
         let message = tokio::time::timeout(crate::REQUEST_TIMEOUT, messages.next())
             .await
@@ -212,6 +219,10 @@ async fn read_backlog(
         let info = message.info().map_err(backend)?;
         let sequence = info.stream_sequence;
         pending = info.pending;
+        if sequence <= last_read {
+            continue;
+        }
+        last_read = sequence;
         let event = event_of(
             &store.meta_subjects,
             &message.subject,
@@ -229,7 +240,7 @@ async fn read_backlog(
         }
     }
     initial.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok((initial, later))
+    Ok((initial, later, last_read))
 }
 
 #[async_trait]
@@ -307,17 +318,17 @@ impl MetaStore for NatsStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let (mut messages, pending) = self.meta_consumer(prefix).await?;
-        let (mut initial, later) =
+        let (initial, later, _) =
             read_backlog(self, &mut messages, pending, prefix, u64::MAX).await?;
         debug_assert!(later.is_empty());
-        initial.dedup_by(|a, b| a.key == b.key);
         Ok(initial)
     }
 
     async fn watch(&self, prefix: &str) -> Result<Watch, StoreError> {
         let revision = self.meta_revision().await?;
         let (mut messages, pending) = self.meta_consumer(prefix).await?;
-        let (initial, later) = read_backlog(self, &mut messages, pending, prefix, revision).await?;
+        let (initial, later, last_read) =
+            read_backlog(self, &mut messages, pending, prefix, revision).await?;
         Ok(Watch {
             initial,
             revision,
@@ -325,6 +336,7 @@ impl MetaStore for NatsStore {
                 base: self.meta_subjects.clone(),
                 prefix: prefix.to_string(),
                 later,
+                last_read,
                 messages,
             }),
         })
@@ -336,6 +348,8 @@ struct MetaWatch {
     prefix: String,
     /// Changes read with the backlog, not yet returned.
     later: VecDeque<MetaEvent>,
+    /// The last stream sequence read: repeats are skipped.
+    last_read: u64,
     messages: consumer::pull::Ordered,
 }
 
@@ -357,6 +371,10 @@ impl WatchStream for MetaWatch {
                 None => return Err(StoreError::Closed),
             };
             let sequence = message.info().map_err(backend)?.stream_sequence;
+            if sequence <= self.last_read {
+                continue;
+            }
+            self.last_read = sequence;
             let event = event_of(
                 &self.base,
                 &message.subject,

@@ -76,6 +76,12 @@ pub enum StoreError {
     /// The backend failed (disk, database).
     #[error("storage backend error: {0}")]
     Backend(String),
+    /// The shared storage cannot be reached or has no quorum now (a
+    /// cluster's NATS servers are down or partitioned). A write that
+    /// reports this may or may not have been made; retrying is safe where
+    /// the write is idempotent. Passes by itself once the servers are back.
+    #[error("the cluster's storage is unavailable ({0}); retry shortly")]
+    Unavailable(String),
 }
 
 /// One key's current value in a [`MetaStore`].

@@ -179,6 +179,12 @@ impl Server {
         }
     }
 
+    /// Uses `token` (another node's admin token, say) from now on.
+    pub fn use_token(&mut self, token: &str) {
+        self.token = token.to_string();
+        self.http = client_with_token(token);
+    }
+
     /// Where the server keeps its data.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

@@ -1,0 +1,477 @@
+//! Cluster mode in the binary (`gust up --cluster`): connecting to NATS
+//! and checking it before anything is trusted to it, the cluster-wide key
+//! that seals secrets, this node's membership (a heartbeat record in the
+//! shared registry), and the cluster view the API serves and deploys wait
+//! on. The storage itself is `gust-store-nats`.
+//!
+//! ## Membership
+//! Each node writes `node/<id>` (a [`NodeRecord`]) every
+//! [`HEARTBEAT`] and whenever its data plane applies a new registry
+//! revision. A node whose last heartbeat is older than [`DEAD_AFTER`] is
+//! dead: deploys stop waiting for it and the status says so. Heartbeats are
+//! stamped with each node's wall clock, so a node whose clock is off by
+//! more than `DEAD_AFTER - HEARTBEAT` looks dead (or alive too long) to the
+//! others; nothing else depends on it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use bytes::Bytes;
+use gust_api::cluster::{
+    ClusterStatus, ClusterView, NodeStatus, ReplicaStatus, ServerStatus, StreamStatus,
+};
+use gust_store::MetaStore;
+use gust_store_nats::{ClusterCheck, NatsOptions, NatsStore, ServerReport};
+use serde::{Deserialize, Serialize};
+
+/// How often a node renews its record.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A node silent this long is dead.
+pub const DEAD_AFTER: Duration = Duration::from_secs(10);
+const NODES: &str = "node/";
+/// A value sealed with the cluster key by the first node, which every
+/// other node must be able to open: they all hold the same key.
+const KEY_CHECK: &str = "cluster/key-check";
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Cluster mode (NATS JetStream)")]
+pub struct ClusterArgs {
+    /// Run as one node of a cluster on these NATS servers (comma-separated
+    /// `nats://host:port`; NATS 2.12+, JetStream with `sync_interval: always`).
+    #[arg(long, value_delimiter = ',', value_name = "URLS", env = "GUST_CLUSTER")]
+    pub cluster: Vec<String>,
+    /// This node's name in the cluster, unique among its nodes (default:
+    /// the host name).
+    #[arg(long, value_name = "NAME", env = "GUST_NODE_ID")]
+    pub node_id: Option<String>,
+    /// NATS credentials file (JWT and seed) for the servers' authentication.
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub cluster_creds: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for TLS to the NATS servers.
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub cluster_ca: Option<PathBuf>,
+    /// The key that seals secrets, the same file on every node (32 random
+    /// bytes: `head -c 32 /dev/urandom > cluster.key`). Replaces the
+    /// node's own `secret.key`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "cluster",
+        env = "GUST_CLUSTER_KEY"
+    )]
+    pub cluster_key: Option<PathBuf>,
+    /// Copies JetStream keeps of each stream; below 3 only with --dev.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub cluster_replicas: usize,
+    /// The NATS servers' monitoring endpoints, where each reports its
+    /// version and `sync_interval` (default: each server's host, port 8222).
+    #[arg(long, value_delimiter = ',', value_name = "URLS")]
+    pub cluster_monitor: Vec<String>,
+    /// Prefix of every stream and subject this cluster uses, so several
+    /// Gust clusters can share one NATS cluster.
+    #[arg(long, default_value = "GUST", value_name = "NAME")]
+    pub cluster_namespace: String,
+}
+
+impl ClusterArgs {
+    pub fn enabled(&self) -> bool {
+        !self.cluster.is_empty()
+    }
+
+    /// The node id: the flag, else the host name.
+    pub fn node_id(&self) -> anyhow::Result<String> {
+        let id = match &self.node_id {
+            Some(id) => id.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+        };
+        let valid = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            anyhow::bail!(
+                "the node id `{id}` is not usable: give each node a name of letters, digits, `-` and `_` (at most 64) with --node-id"
+            );
+        }
+        Ok(id)
+    }
+
+    /// The monitoring endpoints to ask: the flag's, else port 8222 on
+    /// each server's host.
+    fn monitors(&self) -> Vec<String> {
+        if !self.cluster_monitor.is_empty() {
+            return self.cluster_monitor.clone();
+        }
+        self.cluster
+            .iter()
+            .map(|url| {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                let host = match host_port.rsplit_once(':') {
+                    Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+                    _ => host_port,
+                };
+                format!("http://{host}:8222")
+            })
+            .collect()
+    }
+}
+
+/// What each monitoring endpoint reports, or why it did not.
+async fn reports(monitors: &[String]) -> Vec<Result<ServerReport, String>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for url in monitors {
+        let varz = format!("{}/varz", url.trim_end_matches('/'));
+        let report = async {
+            let response = http.get(&varz).send().await.map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("it answered {}", response.status()));
+            }
+            let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+            Ok(ServerReport::from_varz(url, &body))
+        }
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot read {varz} ({e}): Gust checks each server's version and `sync_interval` there; open the monitoring port (`http: 8222` in the server's config) or name the endpoints with --cluster-monitor"
+            )
+        });
+        out.push(report);
+    }
+    out
+}
+
+/// Connects to the cluster after checking that it keeps acknowledged
+/// writes; every refusal names what to change.
+pub async fn connect(args: &ClusterArgs, node: &str, dev: bool) -> anyhow::Result<NatsStore> {
+    let check = ClusterCheck {
+        replicas: args.cluster_replicas,
+        dev,
+    };
+    let mut problems = Vec::new();
+    let mut servers = Vec::new();
+    for report in reports(&args.monitors()).await {
+        match report {
+            Ok(report) => servers.push(report),
+            Err(why) => problems.push(why),
+        }
+    }
+    if problems.is_empty() {
+        problems = check.problems(&servers);
+    }
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "the NATS cluster is not safe for Gust:\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
+    let mut options = NatsOptions::new(args.cluster.clone());
+    options.creds = args.cluster_creds.clone();
+    options.ca = args.cluster_ca.clone();
+    options.namespace = args.cluster_namespace.clone();
+    options.replicas = args.cluster_replicas;
+    options.client_name = node.to_string();
+    NatsStore::connect(options)
+        .await
+        .context("cannot open Gust's streams on the NATS cluster")
+}
+
+/// The cluster key, checked against what the first node sealed with it.
+pub async fn secret_box(
+    args: &ClusterArgs,
+    kv: &dyn MetaStore,
+) -> anyhow::Result<gust_store::SecretBox> {
+    let Some(path) = &args.cluster_key else {
+        anyhow::bail!(
+            "cluster mode seals secrets with one key that every node shares: create it once (`head -c 32 /dev/urandom > cluster.key`), copy it to every node, and pass --cluster-key cluster.key"
+        );
+    };
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the cluster key {}", path.display()))?;
+    let secrets = gust_store::SecretBox::from_key(&bytes).with_context(|| {
+        format!(
+            "{} does not hold a 32-byte key (`head -c 32 /dev/urandom > cluster.key` makes one)",
+            path.display()
+        )
+    })?;
+    let sealed = secrets.seal(KEY_CHECK, "gust")?;
+    match kv
+        .compare_and_set(KEY_CHECK, Bytes::from(sealed), None)
+        .await
+    {
+        Ok(_) => {}
+        Err(gust_store::StoreError::Conflict { .. }) => {
+            let entry = kv.get(KEY_CHECK).await?.context("the key check vanished")?;
+            let stored = String::from_utf8_lossy(&entry.value);
+            if secrets.open(KEY_CHECK, &stored).is_err() {
+                anyhow::bail!(
+                    "{} is not the key the cluster's other nodes use: copy the same --cluster-key file to every node",
+                    path.display()
+                );
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(secrets)
+}
+
+/// A node's heartbeat record, `node/<id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    /// Random per process: tells a restarted node from a second one with
+    /// the same id.
+    pub incarnation: String,
+    pub started_ms: u64,
+    pub heartbeat_ms: u64,
+    pub registry_revision: u64,
+    pub warm_functions: u64,
+    pub in_flight: u64,
+    pub data_url: String,
+    pub api_url: String,
+    pub version: String,
+}
+
+impl NodeRecord {
+    fn alive(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.heartbeat_ms) < DEAD_AFTER.as_millis() as u64
+    }
+
+    fn status(&self, now_ms: u64) -> NodeStatus {
+        NodeStatus {
+            id: self.id.clone(),
+            alive: self.alive(now_ms),
+            last_heartbeat_ms: self.heartbeat_ms,
+            started_ms: self.started_ms,
+            registry_revision: self.registry_revision,
+            warm_functions: self.warm_functions,
+            in_flight: self.in_flight,
+            data_url: self.data_url.clone(),
+            api_url: self.api_url.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn nodes(kv: &dyn MetaStore) -> Result<Vec<NodeRecord>, gust_store::StoreError> {
+    Ok(kv
+        .list(NODES)
+        .await?
+        .iter()
+        .filter_map(|e| serde_json::from_slice(&e.value).ok())
+        .collect())
+}
+
+/// Refuses to start a second live node under an id already in use: a
+/// fresh record of another incarnation must stop advancing.
+pub async fn claim_node_id(kv: &dyn MetaStore, node: &str) -> anyhow::Result<()> {
+    let key = format!("{NODES}{node}");
+    let read = || async {
+        Ok::<_, anyhow::Error>(
+            kv.get(&key)
+                .await?
+                .and_then(|e| serde_json::from_slice::<NodeRecord>(&e.value).ok()),
+        )
+    };
+    let Some(first) = read().await? else {
+        return Ok(());
+    };
+    if !first.alive(now_ms()) {
+        return Ok(());
+    }
+    tokio::time::sleep(HEARTBEAT + HEARTBEAT / 2).await;
+    if let Some(again) = read().await?
+        && again.heartbeat_ms > first.heartbeat_ms
+    {
+        anyhow::bail!(
+            "another gust node runs as `{node}` (it sent a heartbeat just now, from {}): give each node its own --node-id",
+            again.api_url
+        );
+    }
+    Ok(())
+}
+
+/// What a node reports of itself in each heartbeat.
+pub struct Heartbeat {
+    pub node: String,
+    pub data_url: String,
+    pub api_url: String,
+    pub applied: tokio::sync::watch::Receiver<u64>,
+    pub stats: gust_api::DataPlaneView,
+}
+
+/// Writes this node's record now, then every [`HEARTBEAT`] and whenever
+/// the data plane applies a registry change; removes it when `stop` fires
+/// (a clean stop is not a death).
+pub fn start_heartbeats(
+    kv: Arc<dyn MetaStore>,
+    heartbeat: Heartbeat,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let incarnation = format!("{:016x}", rand_u64());
+    let started_ms = now_ms();
+    tokio::spawn(async move {
+        let key = format!("{NODES}{}", heartbeat.node);
+        let mut applied = heartbeat.applied.clone();
+        loop {
+            let stats = (heartbeat.stats)();
+            let record = NodeRecord {
+                id: heartbeat.node.clone(),
+                incarnation: incarnation.clone(),
+                started_ms,
+                heartbeat_ms: now_ms(),
+                registry_revision: *applied.borrow_and_update(),
+                warm_functions: stats.functions_warm,
+                in_flight: stats.in_flight,
+                data_url: heartbeat.data_url.clone(),
+                api_url: heartbeat.api_url.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            };
+            if let Ok(bytes) = serde_json::to_vec(&record)
+                && let Err(e) = kv.put(&key, Bytes::from(bytes)).await
+            {
+                tracing::warn!(error = %e, "cannot write this node's heartbeat");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(HEARTBEAT) => {}
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(HEARTBEAT).await;
+                    }
+                }
+                () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            }
+        }
+        let _ = kv.delete(&key).await;
+    })
+}
+
+fn rand_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+/// The cluster as the API shows it.
+pub struct NatsCluster {
+    pub node: String,
+    pub kv: Arc<dyn MetaStore>,
+    pub store: NatsStore,
+    pub monitors: Vec<String>,
+}
+
+impl NatsCluster {
+    pub fn new(args: &ClusterArgs, node: String, kv: Arc<dyn MetaStore>, store: NatsStore) -> Self {
+        Self {
+            node,
+            kv,
+            store,
+            monitors: args.monitors(),
+        }
+    }
+}
+
+#[async_trait]
+impl ClusterView for NatsCluster {
+    async fn status(&self) -> Result<ClusterStatus, String> {
+        let now = now_ms();
+        let mut nodes: Vec<NodeStatus> = nodes(self.kv.as_ref())
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|n| n.status(now))
+            .collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        let servers = reports(&self.monitors)
+            .await
+            .into_iter()
+            .zip(&self.monitors)
+            .map(|(report, url)| match report {
+                Ok(r) => ServerStatus {
+                    url: r.url,
+                    name: r.name,
+                    version: r.version,
+                    reachable: true,
+                    sync_always: r.sync_always,
+                },
+                Err(_) => ServerStatus {
+                    url: url.clone(),
+                    name: String::new(),
+                    version: String::new(),
+                    reachable: false,
+                    sync_always: false,
+                },
+            })
+            .collect();
+        let streams = self
+            .store
+            .streams()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|s| {
+                let cluster = s.cluster.unwrap_or_default();
+                StreamStatus {
+                    name: s.config.name,
+                    leader: cluster.leader,
+                    replicas: cluster
+                        .replicas
+                        .into_iter()
+                        .map(|p| ReplicaStatus {
+                            name: p.name,
+                            current: p.current && !p.offline,
+                            lag: p.lag.unwrap_or(0),
+                        })
+                        .collect(),
+                    messages: s.state.messages,
+                    bytes: s.state.bytes,
+                    consumers: s.state.consumer_count as u64,
+                }
+            })
+            .collect();
+        Ok(ClusterStatus {
+            mode: "cluster".into(),
+            node: self.node.clone(),
+            nodes,
+            servers,
+            streams,
+        })
+    }
+
+    async fn wait_served(&self, revision: u64, within: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let lagging: Vec<String> = match nodes(self.kv.as_ref()).await {
+                Ok(nodes) => {
+                    let now = now_ms();
+                    nodes
+                        .into_iter()
+                        .filter(|n| n.alive(now) && n.registry_revision < revision)
+                        .map(|n| n.id)
+                        .collect()
+                }
+                Err(e) => vec![format!("(the node list could not be read: {e})")],
+            };
+            if lagging.is_empty() || tokio::time::Instant::now() >= deadline {
+                return lagging;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! Cluster mode: several `gust up --cluster` nodes on a real 3-server NATS
+//! JetStream cluster (started by the test from a pinned `nats-server`; see
+//! `gust_store_nats::testkit`). Skipped, saying why, where no server is
+//! installed, except in CI.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use gust_store_nats::testkit;
+
+use crate::harness::{Server, guests};
+
+/// Gust nodes sharing one namespace of the shared NATS cluster.
+pub struct GustCluster {
+    pub nats: &'static testkit::Cluster,
+    pub nodes: Vec<Server>,
+    namespace: String,
+    key: PathBuf,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+fn unique_namespace() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "G{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl GustCluster {
+    /// `n` gust nodes (`a`, `b`, …) on the shared NATS cluster, or `None`
+    /// without a NATS server.
+    pub fn start(n: usize) -> Option<GustCluster> {
+        Self::start_on(testkit::shared()?, n)
+    }
+
+    /// `n` gust nodes on `nats`.
+    pub fn start_on(nats: &'static testkit::Cluster, n: usize) -> Option<GustCluster> {
+        let namespace = unique_namespace();
+        let key_dir = tempfile::tempdir().unwrap();
+        let key = key_dir.path().join("cluster.key");
+        std::fs::write(&key, [42u8; 32]).unwrap();
+        let mut cluster = GustCluster {
+            nats,
+            nodes: Vec::new(),
+            namespace,
+            key,
+            dirs: vec![key_dir],
+        };
+        for i in 0..n {
+            let dir = tempfile::tempdir().unwrap();
+            let node = cluster.start_node(dir.path(), &node_name(i), &[]);
+            cluster.nodes.push(node);
+            cluster.dirs.push(dir);
+        }
+        Some(cluster)
+    }
+
+    /// The flags that make a node of this cluster.
+    pub fn flags(&self, node: &str) -> Vec<String> {
+        vec![
+            "--cluster".into(),
+            self.nats.urls().join(","),
+            "--cluster-monitor".into(),
+            self.nats.monitor_urls().join(","),
+            "--cluster-namespace".into(),
+            self.namespace.clone(),
+            "--cluster-key".into(),
+            self.key.display().to_string(),
+            "--node-id".into(),
+            node.into(),
+        ]
+    }
+
+    /// Starts node `name` on `dir`; it uses the first node's admin token.
+    pub fn start_node(&self, dir: &Path, name: &str, extra: &[&str]) -> Server {
+        let mut args = self.flags(name);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Server::start_in(dir, &args);
+        if let Some(first) = self.nodes.first() {
+            server.use_token(&first.token);
+        }
+        server
+    }
+
+    /// Waits until every node's status lists `n` live nodes.
+    pub async fn wait_alive(&self, n: usize) {
+        let all = Server::eventually(Duration::from_secs(20), || async {
+            for node in &self.nodes {
+                let status = node.api_json("/v1/cluster").await;
+                let alive = status["nodes"]
+                    .as_array()?
+                    .iter()
+                    .filter(|n| n["alive"] == true)
+                    .count();
+                if alive != n {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+        assert!(all.is_some(), "{n} nodes alive");
+    }
+}
+
+fn node_name(i: usize) -> String {
+    ((b'a' + i as u8) as char).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_deployed_on_one_node_is_served_by_every_node() {
+    let Some(cluster) = GustCluster::start(3) else {
+        return;
+    };
+    cluster.wait_alive(3).await;
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+
+    // Deploy on a: it answers once every node serves it.
+    let deployed = a.deploy("hello", &guests().hello, &["--public"]);
+    assert!(deployed.get("not_serving").is_none(), "{deployed}");
+    for node in [b, c] {
+        let (status, body) = node.get("/hello/").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The listing and the status agree from any node.
+    let listed = c.gust_json(&["ls"]);
+    assert_eq!(listed[0]["name"], "hello", "{listed}");
+    let status = b.gust_json(&["cluster", "status"]);
+    assert_eq!(status["mode"], "cluster");
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+    assert_eq!(status["servers"].as_array().unwrap().len(), 3, "{status}");
+    assert!(
+        status["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["sync_always"] == true),
+        "{status}"
+    );
+    assert!(
+        status["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["leader"].is_string()),
+        "{status}"
+    );
+    let revision = status["nodes"][0]["registry_revision"].as_u64().unwrap();
+    assert!(
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["registry_revision"] == revision)
+    );
+
+    // A second version deployed on c replaces the first on a and b at once.
+    let v2 = c.deploy("hello", &guests().echo, &["--public"]);
+    assert_eq!(v2["version"], 2, "{v2}");
+    for node in [a, b] {
+        let response = node
+            .http
+            .post(format!("{}/hello/", node.url))
+            .body("ping")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.text().await.unwrap(), "ping");
+    }
+    // Removed on b: gone everywhere.
+    let out = b.gust(&["rm", "hello"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in [a, c] {
+        let gone = Server::eventually(Duration::from_secs(5), || async {
+            (node.get("/hello/").await.0 == 404).then_some(())
+        })
+        .await;
+        assert!(gone.is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_node_is_reported_dead_and_another_id_is_refused_while_one_lives() {
+    let Some(mut cluster) = GustCluster::start(2) else {
+        return;
+    };
+    cluster.wait_alive(2).await;
+    // A second node under a live node's id is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gust"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+        .args(cluster.flags("a"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another gust node runs as `a`"), "{stderr}");
+
+    cluster.nodes.pop().unwrap().kill9();
+    let a = &cluster.nodes[0];
+    let dead = Server::eventually(Duration::from_secs(20), || async {
+        let status = a.api_json("/v1/cluster").await;
+        let b = status["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == "b")?
+            .clone();
+        (b["alive"] == false).then_some(())
+    })
+    .await;
+    assert!(
+        dead.is_some(),
+        "b is reported dead after its heartbeats stop"
+    );
+    // Deploys no longer wait for it.
+    let started = std::time::Instant::now();
+    let deployed = a.deploy("hello", &guests().hello, &[]);
+    assert!(deployed.get("not_serving").is_none(), "{deployed}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+/// `gust up --cluster` against `servers` with the given monitors; its exit
+/// code and stderr.
+fn refused(servers: &str, monitors: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    std::fs::write(&key, [1u8; 32]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gust"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+        .args([
+            "--cluster",
+            servers,
+            "--cluster-monitor",
+            monitors,
+            "--node-id",
+            "x",
+        ])
+        .arg("--cluster-key")
+        .arg(&key)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsafe_nats_cluster_is_refused_at_start() {
+    let Some(binary) = testkit::require() else {
+        return;
+    };
+    let Some(nats) = testkit::shared() else {
+        return;
+    };
+    let urls = nats.urls().join(",");
+    let monitors = nats.monitor_urls().join(",");
+
+    // One replica: only for development.
+    let (code, stderr) = refused(&urls, &monitors, &["--cluster-replicas", "1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--dev"), "{stderr}");
+
+    // A monitoring endpoint that does not answer: nothing can be checked.
+    let (code, stderr) = refused(&urls, "http://127.0.0.1:1", &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--cluster-monitor"), "{stderr}");
+
+    // A current server that acknowledges before syncing (the default).
+    let port = free_port();
+    let http = free_port();
+    let store = tempfile::tempdir().unwrap();
+    let mut lax = Command::new(&binary)
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-m",
+            &http.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_http(http);
+    let (code, stderr) = refused(
+        &format!("nats://127.0.0.1:{port}"),
+        &format!("http://127.0.0.1:{http}"),
+        &["--cluster-replicas", "1", "--dev"],
+    );
+    let _ = lax.kill();
+    let _ = lax.wait();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("sync_interval: always"), "{stderr}");
+
+    // Debian's NATS 2.9, where the machine has it: too old.
+    let old = Path::new("/usr/sbin/nats-server");
+    if old.exists() {
+        let port = free_port();
+        let http = free_port();
+        let store = tempfile::tempdir().unwrap();
+        let mut server = Command::new(old)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-m",
+                &http.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_http(http);
+        let (code, stderr) = refused(
+            &format!("nats://127.0.0.1:{port}"),
+            &format!("http://127.0.0.1:{http}"),
+            &["--cluster-replicas", "1", "--dev"],
+        );
+        let _ = server.kill();
+        let _ = server.wait();
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("2.12.0 or newer"), "{stderr}");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_http(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while testkit::http_get(port, "/varz").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server on {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_written_on_one_node_is_read_on_the_others() {
+    let Some(cluster) = GustCluster::start(3) else {
+        return;
+    };
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let put = a.gust(&["kv", "put", "greeting", "hello"]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    for node in [b, c] {
+        let got = node.gust(&["kv", "get", "greeting"]);
+        assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "hello");
+    }
+    // A counter incremented by guests on every node loses nothing.
+    a.deploy("tb", &guests().testbed, &[]);
+    let mut tasks = Vec::new();
+    for node in &cluster.nodes {
+        for _ in 0..10 {
+            let request = node.http.get(format!(
+                "{}/tb/kv/incr?bucket=default&key=hits&by=1",
+                node.url
+            ));
+            tasks.push(tokio::spawn(async move {
+                request.send().await.unwrap().status()
+            }));
+        }
+    }
+    for task in tasks {
+        assert!(task.await.unwrap().is_success());
+    }
+    let got = b.gust(&["kv", "get", "hits"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "30");
+}
+
+/// Submits `n` events to `/sink/sleep`, round-robin over the nodes that
+/// run; returns the ids accepted (202) and how many were refused.
+async fn submit_round_robin(nodes: &[&Server], from: usize, n: usize) -> (Vec<String>, usize) {
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in from..from + n {
+        let node = nodes[i % nodes.len()];
+        let response = node
+            .http
+            .post(format!("{}/sink/sleep?ms=20&n={i}", node.url))
+            .header("Gust-Invocation-Type", "Event")
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status() == 202 => {
+                let body: serde_json::Value = r.json().await.unwrap();
+                accepted.push(body["invocation_id"].as_str().unwrap().to_string());
+            }
+            _ => refused += 1,
+        }
+    }
+    (accepted, refused)
+}
+
+/// Waits until every id has succeeded (as any node reports it); returns
+/// the ids lost and those delivered more than once.
+async fn check_delivered(node: &Server, ids: &[String], within: Duration) -> (Vec<String>, usize) {
+    let records = || async {
+        node.api_json("/v1/functions/sink/invocations?limit=10000")
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let _ = Server::eventually(within, || async {
+        let records = records().await;
+        ids.iter()
+            .all(|id| {
+                records
+                    .iter()
+                    .any(|r| r["invocation_id"] == id.as_str() && r["state"] == "succeeded")
+            })
+            .then_some(())
+    })
+    .await;
+    let records = records().await;
+    let mut lost = Vec::new();
+    let mut again = 0;
+    for id in ids {
+        match records.iter().find(|r| r["invocation_id"] == id.as_str()) {
+            Some(r) if r["state"] == "succeeded" => {
+                if r["attempts"].as_u64().unwrap_or(0) > 1 {
+                    again += 1;
+                }
+            }
+            _ => lost.push(id.clone()),
+        }
+    }
+    (lost, again)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_accepted_by_a_node_killed_with_kill_9_are_delivered_by_the_others() {
+    let Some(mut cluster) = GustCluster::start(3) else {
+        return;
+    };
+    cluster.wait_alive(3).await;
+    cluster.nodes[0].deploy("sink", &guests().testbed, &["--concurrency", "2"]);
+    let (first, refused) = {
+        let nodes: Vec<&Server> = cluster.nodes.iter().collect();
+        submit_round_robin(&nodes, 0, 150).await
+    };
+    assert_eq!(refused, 0);
+    // b dies with events accepted and running; the others go on.
+    let b_dir = cluster.nodes[1].data_dir().to_path_buf();
+    cluster.nodes.remove(1).kill9();
+    let (second, _) = {
+        let nodes: Vec<&Server> = cluster.nodes.iter().collect();
+        submit_round_robin(&nodes, 150, 90).await
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b = cluster.start_node(&b_dir, "b", &[]);
+    cluster.nodes.push(b);
+    let ids: Vec<String> = first.into_iter().chain(second).collect();
+    let (lost, again) = check_delivered(&cluster.nodes[0], &ids, Duration::from_secs(120)).await;
+    println!(
+        "cluster kill -9 checker: accepted {}, lost {}, delivered more than once {again}",
+        ids.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "lost {}: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_fires_once_per_tick_across_three_nodes() {
+    let Some(cluster) = GustCluster::start(3) else {
+        return;
+    };
+    cluster.wait_alive(3).await;
+    let a = &cluster.nodes[0];
+    a.deploy("ticker", &guests().testbed, &[]);
+    a.gust_json(&[
+        "schedule",
+        "add",
+        "ticker",
+        "@every 1s",
+        "--path",
+        "/headers",
+        "--id",
+        "beat",
+    ]);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    a.gust_json(&["schedule", "rm", "ticker", "beat"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every delivery prints its `ce-id` (`beat@<tick>`): count them per tick.
+    let out = cluster.nodes[2].gust(&["logs", "ticker", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut per_tick = std::collections::BTreeMap::<u64, u32>::new();
+    for (i, _) in text.match_indices("ce-id: beat@") {
+        let digits: String = text[i + 12..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        *per_tick.entry(digits.parse().unwrap()).or_default() += 1;
+    }
+    println!(
+        "cluster schedule checker: {} ticks, counts {per_tick:?}",
+        per_tick.len()
+    );
+    assert!(
+        per_tick.len() >= 9,
+        "a tick every second for 11 s: {per_tick:?}"
+    );
+    assert!(
+        per_tick.values().all(|n| *n == 1),
+        "each tick fires once: {per_tick:?}"
+    );
+    let ticks: Vec<u64> = per_tick.keys().copied().collect();
+    assert!(
+        ticks.windows(2).all(|w| w[1] - w[0] == 1000),
+        "no tick missed: {ticks:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_nats_servers_never_yields_a_false_202() {
+    // Its own NATS cluster: servers are killed here.
+    let Some(binary) = testkit::require() else {
+        return;
+    };
+    let nats: &'static testkit::Cluster = Box::leak(Box::new(testkit::Cluster::start(&binary, 3)));
+    let Some(mut cluster) = GustCluster::start_on(nats, 2) else {
+        return;
+    };
+    cluster.wait_alive(2).await;
+    cluster.nodes[0].deploy("sink", &guests().testbed, &["--concurrency", "4"]);
+    let a = &cluster.nodes[0];
+    let status = a.api_json("/v1/cluster").await;
+    let leader = |stream: &str| {
+        status["streams"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"].as_str().is_some_and(|n| n.ends_with(stream)))?["leader"]
+            .as_str()
+            .map(str::to_string)
+    };
+    // The leader of the queues' stream dies mid-load.
+    let (mut ids, _) = submit_round_robin(&[a], 0, 50).await;
+    let name = leader("QUEUES").expect("a leader");
+    let i = nats.nodes.iter().position(|n| n.name == name).unwrap();
+    let started = std::time::Instant::now();
+    nats.signal(i, "KILL");
+    let (more, refused) = submit_round_robin(&[a], 50, 100).await;
+    println!(
+        "stream leader killed: {} of 100 submissions refused in {:?} (unavailability)",
+        refused,
+        started.elapsed()
+    );
+    ids.extend(more);
+    nats.restart(i);
+    let (lost, _) = check_delivered(a, &ids, Duration::from_secs(120)).await;
+    assert!(lost.is_empty(), "lost {} acknowledged events", lost.len());
+
+    // Two of three servers down: no quorum. Writes answer 503 with
+    // Retry-After, never 202, and come back by themselves.
+    nats.signal(0, "KILL");
+    nats.signal(1, "KILL");
+    let response = a
+        .http
+        .post(format!("{}/sink/sleep?ms=1", a.url))
+        .header("Gust-Invocation-Type", "Event")
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let deploy = a.gust(&["kv", "put", "k", "v"]);
+    assert_eq!(deploy.status.code(), Some(1));
+    nats.restart(0);
+    nats.restart(1);
+    let back = Server::eventually(Duration::from_secs(60), || async {
+        let (ids, _) = submit_round_robin(&[a], 1000, 1).await;
+        (ids.len() == 1).then_some(ids)
+    })
+    .await;
+    assert!(back.is_some(), "writes resume once a quorum is back");
+    cluster.nodes.clear();
+    for i in 0..3 {
+        let _ = std::panic::catch_unwind(|| nats.signal(i, "KILL"));
+    }
+}
