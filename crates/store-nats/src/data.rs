@@ -27,8 +27,9 @@
 //! Async-nats has no batch publisher: the messages go as core publishes
 //! (the server stages them, in order, on the stream leader), the last as
 //! a request whose answer is the batch's acknowledgement. A batch may hold
-//! at most the server's `max_batch_size` messages (1000 by default): the
-//! writes plus one record per owner written.
+//! at most the servers' `jetstream { limits { batch { max_msgs } } }`
+//! messages (1000 by default): the writes plus one record per owner
+//! written, so Gust's largest batch (1000 keys of one tenant) needs 1001.
 //!
 //! ## Trimming keeps last values
 //! The stream keeps every message of a key until the feed is trimmed:
@@ -544,7 +545,7 @@ fn parse_ack(payload: &[u8], count: usize) -> Result<Result<u64, u64>, StoreErro
         }
         if refusal.err_code == TOO_LARGE {
             return Err(StoreError::Backend(format!(
-                "{count} messages in one atomic batch (the writes and one usage record per owner) is more than the NATS servers allow: raise `max_batch_size` in their `jetstream {{ limits {{ }} }}` ({})",
+                "{count} messages in one atomic batch (the writes and one usage record per owner) is more than the NATS servers allow: raise it with `jetstream {{ limits {{ batch {{ max_msgs: 1001 }} }} }}` in their configuration ({})",
                 refusal.description
             )));
         }
@@ -702,10 +703,15 @@ impl DataStore for NatsStore {
                 true,
             )
             .await?;
-        let mut found = Vec::new();
+        // Per key, its latest message: an ordered consumer that had to
+        // recreate itself before its first message starts over from the
+        // stream's first message (async-nats 0.51), so older ones may come.
+        let mut latest: HashMap<String, (u64, Stored, u64)> = HashMap::new();
         while pending > 0 {
             let message = next_message(&mut messages).await?;
-            pending = message.info().map_err(backend)?.pending;
+            let info = message.info().map_err(backend)?;
+            pending = info.pending;
+            let seq = info.stream_sequence;
             let size = message
                 .headers
                 .as_ref()
@@ -713,22 +719,26 @@ impl DataStore for NatsStore {
                 .and_then(|v| v.as_str().parse().ok())
                 .unwrap_or(0);
             let stored = d.parse(&message.subject, message.headers.as_ref(), Bytes::new())?;
-            if stored.value.is_none()
-                || !stored.key.starts_with(prefix)
+            if !stored.key.starts_with(prefix)
                 || start_after
                     .as_ref()
                     .is_some_and(|after| stored.key <= *after)
+                || latest.get(&stored.key).is_some_and(|(s, ..)| *s > seq)
             {
                 continue;
             }
-            found.push(KeyInfo {
+            latest.insert(stored.key.clone(), (seq, stored, size));
+        }
+        let mut found: Vec<KeyInfo> = latest
+            .into_values()
+            .filter(|(_, stored, _)| stored.value.is_some())
+            .map(|(_, stored, size)| KeyInfo {
                 key: stored.key,
                 revision: stored.revision,
                 size,
-            });
-        }
+            })
+            .collect();
         found.sort_by(|a, b| a.key.cmp(&b.key));
-        found.dedup_by(|a, b| a.key == b.key);
         found.truncate(limit);
         Ok(found)
     }
@@ -739,11 +749,12 @@ impl DataStore for NatsStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        let start = after.max(trimmed) + 1;
         let (mut messages, mut pending) = d
             .read_from(
                 format!("{}.>", d.data_base),
                 consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: after.max(trimmed) + 1,
+                    start_sequence: start,
                 },
                 false,
             )
@@ -754,6 +765,10 @@ impl DataStore for NatsStore {
             let info = message.info().map_err(backend)?;
             pending = info.pending;
             let seq = info.stream_sequence;
+            // A recreated consumer may start over from the first message.
+            if seq < start {
+                continue;
+            }
             let stored = d.parse(
                 &message.subject,
                 message.headers.as_ref(),
@@ -812,6 +827,9 @@ impl DataStore for NatsStore {
             pending = info.pending;
             if info.stream_sequence > through {
                 break;
+            }
+            if info.stream_sequence <= from {
+                continue;
             }
             let deleted = message
                 .headers
@@ -1018,6 +1036,68 @@ mod tests {
         .unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_trim_purges_what_it_superseded_and_keeps_last_values() {
+        let Some(store) = testkit::store().await else {
+            return;
+        };
+        let put = |k: &str, v: &str| DataWrite::Put {
+            key: k.into(),
+            value: Bytes::from(v.to_string()),
+        };
+        for i in 0..5 {
+            store
+                .apply(vec![put("t/k/a", &i.to_string()), inc("t/k/n")], None)
+                .await
+                .unwrap();
+        }
+        store.apply(vec![put("t/k/gone", "x")], None).await.unwrap();
+        let last = store
+            .apply(
+                vec![DataWrite::Delete {
+                    key: "t/k/gone".into(),
+                }],
+                None,
+            )
+            .await
+            .unwrap()[0]
+            .clone()
+            .unwrap();
+        // Written after the trimmed range: kept whole.
+        let later = store.apply(vec![put("t/k/a", "late")], None).await.unwrap()[0]
+            .clone()
+            .unwrap();
+        store.trim_changes(last.seq).await.unwrap();
+        let feed = store.changes(0, 100).await.unwrap();
+        assert_eq!(feed, vec![later.clone()]);
+        assert_eq!(
+            store.get("t/k/n").await.unwrap().unwrap().value,
+            Bytes::from("5")
+        );
+        assert_eq!(
+            store.get("t/k/a").await.unwrap().unwrap().value,
+            Bytes::from("late")
+        );
+        assert_eq!(store.get("t/k/gone").await.unwrap(), None);
+        let keys = store.keys("t/", None, 10).await.unwrap();
+        assert_eq!(
+            keys.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(),
+            ["t/k/a", "t/k/n"]
+        );
+        // Left: t/k/a's last two values (one after the range), t/k/n's,
+        // the owner's last record, the trim mark.
+        let info = store.data.stream.clone().info().await.unwrap().clone();
+        assert_eq!(info.state.messages, 5, "{:?}", info.state);
+        let usage = store.usage("t").await.unwrap();
+        assert_eq!((usage.keys, usage.bytes), (2, (5 + 4) + (5 + 1)));
+        // Writing on goes on from the kept state.
+        let next = store.apply(vec![inc("t/k/n")], None).await.unwrap()[0]
+            .clone()
+            .unwrap();
+        assert_eq!(next.value, Some(Bytes::from("6")));
+        assert_eq!(next.revision, later.revision + 1);
+    }
+
     /// The cost of one apply on the test cluster (printed, not asserted):
     /// `cargo test -p gust-store-nats apply_cost -- --ignored --nocapture`.
     #[tokio::test(flavor = "multi_thread")]
@@ -1050,6 +1130,20 @@ mod tests {
             store.apply(writes, None).await.unwrap();
         }
         let hundred = start.elapsed() / rounds;
+        // Of which reading and deciding (the rest is the batch).
+        let writes: Vec<DataWrite> = (0..100).map(|i| put(format!("t/b0/{i}"))).collect();
+        let start = Instant::now();
+        for _ in 0..rounds {
+            store.plan(&writes, None).await.unwrap();
+        }
+        eprintln!("reads of a 100-write apply: {:?}", start.elapsed() / rounds);
+        let biggest = (0..999).map(|i| put(format!("t/max/{i}"))).collect();
+        let start = Instant::now();
+        store.apply(biggest, None).await.unwrap();
+        let most = start.elapsed();
+        let too_many = (0..1000).map(|i| put(format!("t/over/{i}"))).collect();
+        let refused = store.apply(too_many, None).await.unwrap_err();
+        eprintln!("apply of 999 writes: {most:?}; of 1000: {refused}");
         let start = Instant::now();
         for _ in 0..n {
             store.get("t/w/1").await.unwrap();
