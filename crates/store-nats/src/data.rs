@@ -1037,6 +1037,84 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn get_many_reads_one_point_in_time_while_another_node_writes() {
+        let Some(one) = testkit::store().await else {
+            return;
+        };
+        let other = testkit::store_beside(&one).await;
+        let writer = tokio::spawn(async move {
+            for i in 0..40u32 {
+                let v = Bytes::from(i.to_string());
+                other
+                    .apply(
+                        vec![
+                            DataWrite::Put {
+                                key: "t/p/a".into(),
+                                value: v.clone(),
+                            },
+                            DataWrite::Put {
+                                key: "u/p/b".into(),
+                                value: v,
+                            },
+                        ],
+                        None,
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut reads = 0;
+        while !writer.is_finished() {
+            let got = one
+                .get_many(vec!["t/p/a".into(), "u/p/b".into()])
+                .await
+                .unwrap();
+            let values: Vec<_> = got.iter().map(|e| e.as_ref().map(|e| &e.value)).collect();
+            assert_eq!(values[0], values[1], "both keys of one batch, or neither");
+            reads += 1;
+        }
+        writer.await.unwrap();
+        assert!(reads > 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn two_nodes_racing_for_an_allowance_never_pass_it() {
+        let Some(one) = testkit::store().await else {
+            return;
+        };
+        let other = testkit::store_beside(&one).await;
+        let allowance = gust_store::Allowance {
+            owner: "q".into(),
+            keys: 10,
+            bytes: 1000,
+        };
+        let fill = |store: crate::NatsStore,
+                    who: &'static str,
+                    allowance: gust_store::Allowance| async move {
+            let mut written = 0;
+            for i in 0..10 {
+                let put = DataWrite::Put {
+                    key: format!("q/{who}/{i}"),
+                    value: Bytes::from_static(b"v"),
+                };
+                match store.apply(vec![put], Some(&allowance)).await {
+                    Ok(_) => written += 1,
+                    Err(gust_store::StoreError::OverAllowance { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            written
+        };
+        let (a, b) = tokio::join!(
+            fill(one.clone(), "a", allowance.clone()),
+            fill(other.clone(), "b", allowance.clone())
+        );
+        assert_eq!(a + b, 10, "{a} + {b}");
+        assert_eq!(one.usage("q").await.unwrap().keys, 10);
+        assert_eq!(one.keys("q/", None, 100).await.unwrap().len(), 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_trim_purges_what_it_superseded_and_keeps_last_values() {
         let Some(store) = testkit::store().await else {
             return;
