@@ -1,0 +1,1234 @@
+//! Tenants' data ([`DataStore`]) on one stream, `<ns>_DATA`, whose
+//! messages are both the data and its change feed.
+//!
+//! ## Layout
+//! - `<ns>.data.<encoded key>`: one message per write of the key, the value
+//!   as payload, the owner's revision in [`REVISION_HEADER`], a delete as a
+//!   tombstone ([`OP_HEADER`]). A key's value is its subject's last message;
+//!   the feed is the messages of `<ns>.data.>` in stream order, and a
+//!   change's `seq` is its stream sequence.
+//! - `<ns>.datausage.<encoded owner>`: the owner's [`OwnerRecord`] (keys,
+//!   bytes, last revision) after each write.
+//! - `<ns>.datatrim`: how far the feed was trimmed.
+//!
+//! ## One apply is one atomic batch
+//! [`DataStore::apply`] reads the owners' records and the keys' last
+//! messages, decides every write (counters, allowance) client-side, then
+//! publishes the owners' new records and the writes as one JetStream
+//! atomic batch (2.12 `allow_atomic`): all are stored, in consecutive
+//! sequences, or none is. Each owner's record carries
+//! `Nats-Expected-Last-Subject-Sequence` = the record read, so the stream
+//! leader refuses the whole batch if any write of that owner committed in
+//! between; the apply then reads again and retries. An owner's writes are
+//! thereby serialised through its record: every key's write is decided on
+//! the state it replaces (increments lose nothing, an allowance is never
+//! passed), and revisions are numbered per owner without gaps.
+//!
+//! Async-nats has no batch publisher: the messages go as core publishes
+//! (the server stages them, in order, on the stream leader), the last as
+//! a request whose answer is the batch's acknowledgement. A batch may hold
+//! at most the servers' `jetstream { limits { batch { max_msgs } } }`
+//! messages (1000 by default): the writes plus one record per owner
+//! written, so Gust's largest batch (1000 keys of one tenant) needs 1001.
+//!
+//! ## Trimming keeps last values
+//! The stream keeps every message of a key until the feed is trimmed:
+//! [`DataStore::trim_changes`] moves the trim mark, then purges, key by
+//! key, what the trimmed range superseded (a key's last value stays; a
+//! tombstone goes), and each touched owner's older records.
+//!
+//! ## Costs
+//! `get` one request to the stream leader; `get_many` one per key and two
+//! per owner (it reads the owners' records before and after the keys, and
+//! again if one changed, so that the values are of one point in time);
+//! `apply` one read per owner and per key, then a batch; `keys` streams
+//! the last message (headers only) of every key under the prefix's whole
+//! segments and sorts them client-side: O(keys under the prefix) per
+//! page; `changes` one consumer created per call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::{self, consumer, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use gust_store::{
+    Allowance, DataChange, DataStore, DataUsage, DataWrite, Entry, KeyInfo, StoreError,
+};
+
+use crate::meta::unacknowledged;
+use crate::{
+    NatsOptions, NatsStore, REQUEST_TIMEOUT, backend, decode_key, durable_stream, encode_key,
+    ensure_stream, prefix_filter,
+};
+
+/// Marks a tombstone (a deleted key).
+const OP_HEADER: &str = "Gust-Op";
+const OP_DELETE: &str = "del";
+/// The key's revision, numbered per owner.
+const REVISION_HEADER: &str = "Gust-Revision";
+/// The size of the payload a headers-only consumer left out.
+const SIZE_HEADER: &str = "Nats-Msg-Size";
+
+/// JetStream's error codes for a batch refused because what it was
+/// conditioned on moved, or that the server could not stage: nothing was
+/// written, and the apply reads again and retries.
+const RETRYABLE: [u64; 4] = [
+    10071, // wrong last sequence (an owner's record changed)
+    10164, // wrong last sequence (another batch of that owner in flight)
+    10176, // the batch is incomplete (a staged message was dropped)
+    10210, // too many batches in flight on the stream
+];
+const TOO_LARGE: u64 = 10199;
+
+/// How long an apply keeps retrying while other writes of the same owner
+/// keep committing first.
+const CONTENTION_LIMIT: Duration = Duration::from_secs(10);
+
+/// What the store keeps per owner, written with every write of its keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct OwnerRecord {
+    keys: u64,
+    bytes: u64,
+    /// The owner's last revision.
+    revision: u64,
+}
+
+/// The data stream, its subjects, and the feed's last sequence.
+#[derive(Clone)]
+pub(crate) struct DataState {
+    stream: stream::Stream,
+    data_base: String,
+    usage_base: String,
+    trim_subject: String,
+    feed: Arc<Feed>,
+}
+
+/// The feed's last sequence, kept current by a task following the stream
+/// (so it moves when any node writes), and by this node's own applies.
+struct Feed {
+    last: Arc<watch::Sender<u64>>,
+    follower: tokio::task::AbortHandle,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+pub(crate) async fn open(
+    js: &jetstream::Context,
+    options: &NatsOptions,
+) -> Result<DataState, StoreError> {
+    let ns = &options.namespace;
+    let data_base = format!("{ns}.data");
+    let usage_base = format!("{ns}.datausage");
+    let trim_subject = format!("{ns}.datatrim");
+    let mut config = durable_stream(
+        options,
+        "DATA",
+        vec![
+            format!("{data_base}.>"),
+            format!("{usage_base}.>"),
+            trim_subject.clone(),
+        ],
+    );
+    config.allow_atomic_publish = true;
+    let stream = ensure_stream(js, config).await?;
+    let last = Arc::new(watch::channel(0).0);
+    let follower = tokio::spawn(follow(
+        stream.clone(),
+        format!("{data_base}.>"),
+        last.clone(),
+    ))
+    .abort_handle();
+    Ok(DataState {
+        stream,
+        data_base,
+        usage_base,
+        trim_subject,
+        feed: Arc::new(Feed { last, follower }),
+    })
+}
+
+/// Raises `last` to the sequence of every data message the stream
+/// stores, from the last one now on (headers only).
+async fn follow(stream: stream::Stream, filter: String, last: Arc<watch::Sender<u64>>) {
+    loop {
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter.clone(),
+                deliver_policy: consumer::DeliverPolicy::Last,
+                headers_only: true,
+                ..Default::default()
+            })
+            .await;
+        match consumer {
+            Ok(consumer) => match consumer.messages().await {
+                Ok(mut messages) => {
+                    while let Some(message) = messages.next().await {
+                        match message
+                            .map_err(backend)
+                            .and_then(|m| m.info().map(|i| i.stream_sequence).map_err(backend))
+                        {
+                            Ok(seq) => raise(&last, seq),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "following the data feed failed; restarting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot follow the data feed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot follow the data feed"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn raise(last: &watch::Sender<u64>, seq: u64) {
+    last.send_if_modified(|r| {
+        let higher = seq > *r;
+        if higher {
+            *r = seq;
+        }
+        higher
+    });
+}
+
+/// The part of a data key before its first `/`: whose usage it counts in.
+fn owner_of(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(owner, _)| owner)
+}
+
+/// What a key keeps of its owner's usage with this value.
+fn size_of(key: &str, value: Option<usize>) -> (u64, u64) {
+    value.map_or((0, 0), |len| (1, (key.len() + len) as u64))
+}
+
+fn counter(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+/// One stored data message, read.
+struct Stored {
+    key: String,
+    revision: u64,
+    /// `None`: a tombstone.
+    value: Option<Bytes>,
+}
+
+impl DataState {
+    fn key_subject(&self, key: &str) -> String {
+        format!("{}.{}", self.data_base, encode_key(key))
+    }
+
+    fn owner_subject(&self, owner: &str) -> String {
+        format!("{}.{}", self.usage_base, encode_key(owner))
+    }
+
+    /// The key a data subject holds.
+    fn key_of(&self, subject: &str) -> Result<String, StoreError> {
+        let tokens = subject
+            .strip_prefix(self.data_base.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .ok_or_else(|| StoreError::Corrupt(format!("subject `{subject}` is not a data key")))?;
+        decode_key(tokens)
+    }
+
+    fn parse(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: Bytes,
+    ) -> Result<Stored, StoreError> {
+        let key = self.key_of(subject)?;
+        let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let revision = header(REVISION_HEADER)
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("`{key}` has no revision")))?;
+        let value = (header(OP_HEADER) != Some(OP_DELETE)).then_some(payload);
+        Ok(Stored {
+            key,
+            revision,
+            value,
+        })
+    }
+
+    /// The last message of `subject`, read through the stream leader.
+    async fn last(&self, subject: &str) -> Result<Option<StreamMessage>, StoreError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self.stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some(message)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// The key's entry now (`None`: absent or deleted).
+    async fn entry(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let Some(message) = self.last(&self.key_subject(key)).await? else {
+            return Ok(None);
+        };
+        let stored = self.parse(&message.subject, Some(&message.headers), message.payload)?;
+        Ok(stored.value.map(|value| Entry {
+            key: stored.key,
+            value,
+            revision: stored.revision,
+        }))
+    }
+
+    /// The owner's record and the sequence of the message holding it (0:
+    /// none yet).
+    async fn owner(&self, owner: &str) -> Result<(u64, OwnerRecord), StoreError> {
+        Ok(match self.last(&self.owner_subject(owner)).await? {
+            Some(message) => (
+                message.sequence,
+                serde_json::from_slice(&message.payload)
+                    .map_err(|e| StoreError::Corrupt(format!("the usage of `{owner}`: {e}")))?,
+            ),
+            None => (0, OwnerRecord::default()),
+        })
+    }
+
+    /// How far the feed was trimmed (changes at or below it are gone),
+    /// and the sequence of the message saying so.
+    async fn trimmed(&self) -> Result<(u64, u64), StoreError> {
+        Ok(match self.last(&self.trim_subject).await? {
+            Some(message) => (
+                std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| StoreError::Corrupt("the feed's trim mark".into()))?,
+                message.sequence,
+            ),
+            None => (0, 0),
+        })
+    }
+
+    /// An ordered consumer over `filter` from `deliver`, and how many
+    /// messages it has to deliver now.
+    async fn read_from(
+        &self,
+        filter: String,
+        deliver: consumer::DeliverPolicy,
+        headers_only: bool,
+    ) -> Result<(consumer::pull::Ordered, u64), StoreError> {
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: filter,
+                deliver_policy: deliver,
+                headers_only,
+                ..Default::default()
+            })
+            .await
+            .map_err(backend)?;
+        let pending = consumer.cached_info().num_pending;
+        Ok((consumer.messages().await.map_err(backend)?, pending))
+    }
+}
+
+/// The next message of an ordered consumer that still has some to deliver.
+async fn next_message(
+    messages: &mut consumer::pull::Ordered,
+) -> Result<jetstream::Message, StoreError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, messages.next())
+        .await
+        .map_err(|_| StoreError::Backend("reading the data stream stalled".into()))?
+        .ok_or(StoreError::Closed)?
+        .map_err(backend)
+}
+
+/// What one apply will write, decided on the state it read.
+struct Plan {
+    /// Per owner: the sequence its record was read at, and its new record.
+    owners: Vec<(String, u64, OwnerRecord)>,
+    /// The data messages, in order: (index of the write, subject, headers, payload).
+    messages: Vec<(usize, String, HeaderMap, Bytes)>,
+    /// Each write's change, without its `seq` (known after the commit).
+    changes: Vec<Option<DataChange>>,
+}
+
+impl NatsStore {
+    /// Reads what the writes depend on and decides them; refusals
+    /// (counters, allowance) come from here, before anything is written.
+    async fn plan(
+        &self,
+        writes: &[DataWrite],
+        allowance: Option<&Allowance>,
+    ) -> Result<Plan, StoreError> {
+        let d = &self.data;
+        let mut owner_names: Vec<&str> = writes.iter().map(|w| owner_of(w.key())).collect();
+        owner_names.sort_unstable();
+        owner_names.dedup();
+        let mut keys: Vec<&str> = writes.iter().map(DataWrite::key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        // The owners' records first: a write committed after them is
+        // caught by the batch's condition on them.
+        let records =
+            futures_util::future::try_join_all(owner_names.iter().map(|o| d.owner(o))).await?;
+        let values = futures_util::future::try_join_all(keys.iter().map(|k| d.entry(k))).await?;
+        let mut current: HashMap<&str, Option<Bytes>> = keys
+            .iter()
+            .zip(values)
+            .map(|(k, e)| (*k, e.map(|e| e.value)))
+            .collect();
+        let mut owners: HashMap<&str, (u64, OwnerRecord, OwnerRecord)> = owner_names
+            .iter()
+            .zip(records)
+            .map(|(o, (seq, record))| (*o, (seq, record, record)))
+            .collect();
+        let mut messages = Vec::new();
+        let mut changes = Vec::with_capacity(writes.len());
+        for (index, write) in writes.iter().enumerate() {
+            let key = write.key();
+            let old = current.get(key).cloned().flatten();
+            let new = match write {
+                DataWrite::Put { value, .. } => Some(value.clone()),
+                DataWrite::Delete { .. } => {
+                    if old.is_none() {
+                        changes.push(None);
+                        continue;
+                    }
+                    None
+                }
+                DataWrite::Increment { delta, .. } => {
+                    let now = match &old {
+                        None => 0,
+                        Some(v) => counter(v).ok_or_else(|| StoreError::NotACounter(key.into()))?,
+                    };
+                    Some(Bytes::from(now.wrapping_add(*delta).to_string()))
+                }
+            };
+            let (_, _, record) = owners
+                .get_mut(owner_of(key))
+                .ok_or_else(|| StoreError::Backend("an owner was not read".into()))?;
+            let (old_keys, old_bytes) = size_of(key, old.as_ref().map(Bytes::len));
+            let (new_keys, new_bytes) = size_of(key, new.as_ref().map(Bytes::len));
+            record.keys = (record.keys + new_keys).saturating_sub(old_keys);
+            record.bytes = (record.bytes + new_bytes).saturating_sub(old_bytes);
+            record.revision += 1;
+            let mut headers = HeaderMap::new();
+            headers.insert(REVISION_HEADER, record.revision.to_string().as_str());
+            if new.is_none() {
+                headers.insert(OP_HEADER, OP_DELETE);
+            }
+            messages.push((
+                index,
+                d.key_subject(key),
+                headers,
+                new.clone().unwrap_or_default(),
+            ));
+            changes.push(Some(DataChange {
+                seq: 0,
+                revision: record.revision,
+                key: key.to_string(),
+                value: new.clone(),
+            }));
+            current.insert(key, new);
+        }
+        if let Some(allowance) = allowance {
+            check_allowance(allowance, owners.get(allowance.owner.as_str()))?;
+        }
+        let mut owners: Vec<(String, u64, OwnerRecord)> = owners
+            .into_iter()
+            .filter(|(_, (_, before, after))| before != after)
+            .map(|(owner, (seq, _, after))| (owner.to_string(), seq, after))
+            .collect();
+        owners.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Plan {
+            owners,
+            messages,
+            changes,
+        })
+    }
+
+    /// Publishes the plan as one atomic batch: `Ok(Err(code))` when the
+    /// server refused it (nothing written), else the sequence of its
+    /// first message.
+    async fn commit(&self, plan: &Plan) -> Result<Result<u64, u64>, StoreError> {
+        let d = &self.data;
+        let mut batch: Vec<(String, HeaderMap, Bytes)> = Vec::new();
+        for (owner, seq, record) in &plan.owners {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                seq.to_string().as_str(),
+            );
+            let payload = serde_json::to_vec(record).map_err(backend)?;
+            batch.push((d.owner_subject(owner), headers, payload.into()));
+        }
+        for (_, subject, headers, payload) in &plan.messages {
+            batch.push((subject.clone(), headers.clone(), payload.clone()));
+        }
+        let count = batch.len();
+        let inbox = self.client.new_inbox();
+        let id = inbox.rsplit('.').next().unwrap_or(&inbox).to_string();
+        let mut answer = None;
+        for (i, (subject, mut headers, payload)) in batch.into_iter().enumerate() {
+            headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
+            headers.insert(
+                async_nats::header::NATS_BATCH_SEQUENCE,
+                (i + 1).to_string().as_str(),
+            );
+            if i + 1 < count {
+                // Staged by the leader, in order; a lost one makes the
+                // commit fail as incomplete.
+                self.client
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(backend)?;
+            } else {
+                headers.insert(
+                    async_nats::header::NATS_BATCH_COMMIT,
+                    async_nats::header::NATS_BATCH_COMMIT_FINAL,
+                );
+                answer = Some(
+                    self.client
+                        .request_with_headers(subject, headers, payload)
+                        .await,
+                );
+            }
+        }
+        let answer = match answer {
+            Some(Ok(message)) => message,
+            Some(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                return Err(StoreError::Backend(format!(
+                    "the data stream {} has no leader to write to",
+                    d.stream.cached_info().config.name
+                )));
+            }
+            Some(Err(e)) => return Err(unacknowledged(e)),
+            None => return Err(StoreError::Backend("an empty batch".into())),
+        };
+        parse_ack(&answer.payload, count)
+    }
+}
+
+/// The batch's acknowledgement: the sequence of its first message, or the
+/// code of the server's refusal.
+fn parse_ack(payload: &[u8], count: usize) -> Result<Result<u64, u64>, StoreError> {
+    #[derive(Deserialize)]
+    struct Refusal {
+        err_code: u64,
+        #[serde(default)]
+        description: String,
+    }
+    #[derive(Deserialize)]
+    struct Ack {
+        #[serde(default)]
+        seq: u64,
+        #[serde(default)]
+        count: usize,
+        error: Option<Refusal>,
+    }
+    let ack: Ack = serde_json::from_slice(payload).map_err(|e| {
+        unacknowledged(format!(
+            "unreadable acknowledgement {:?}: {e}",
+            String::from_utf8_lossy(payload)
+        ))
+    })?;
+    if let Some(refusal) = ack.error {
+        if RETRYABLE.contains(&refusal.err_code) {
+            return Ok(Err(refusal.err_code));
+        }
+        if refusal.err_code == TOO_LARGE {
+            return Err(StoreError::Backend(format!(
+                "{count} messages in one atomic batch (the writes and one usage record per owner) is more than the NATS servers allow: raise it with `jetstream {{ limits {{ batch {{ max_msgs: 1001 }} }} }}` in their configuration ({})",
+                refusal.description
+            )));
+        }
+        return Err(StoreError::Backend(format!(
+            "JetStream refused the writes: {} (error {})",
+            refusal.description, refusal.err_code
+        )));
+    }
+    if ack.count != count || ack.seq < count as u64 {
+        return Err(StoreError::Backend(format!(
+            "JetStream acknowledged {} of a batch of {count} at sequence {}",
+            ack.count, ack.seq
+        )));
+    }
+    Ok(Ok(ack.seq + 1 - count as u64))
+}
+
+fn check_allowance(
+    allowance: &Allowance,
+    owner: Option<&(u64, OwnerRecord, OwnerRecord)>,
+) -> Result<(), StoreError> {
+    let Some((_, before, after)) = owner else {
+        return Ok(());
+    };
+    for (what, now, would_be, limit) in [
+        (Allowance::KEYS, before.keys, after.keys, allowance.keys),
+        (Allowance::BYTES, before.bytes, after.bytes, allowance.bytes),
+    ] {
+        if would_be > now && would_be > limit {
+            return Err(StoreError::OverAllowance {
+                owner: allowance.owner.clone(),
+                what,
+                limit,
+                would_be,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A short pause before retrying a refused batch, spread so that writers
+/// racing for one owner do not collide again in step.
+async fn back_off(attempt: u32) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let ceiling_us = 500u64 << attempt.min(6);
+    tokio::time::sleep(Duration::from_micros(u64::from(nanos) % ceiling_us)).await;
+}
+
+#[async_trait]
+impl DataStore for NatsStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.data.entry(key).await
+    }
+
+    async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Entry>>, StoreError> {
+        let d = &self.data;
+        if keys.len() < 2 {
+            return futures_util::future::try_join_all(keys.iter().map(|k| d.entry(k))).await;
+        }
+        let mut owners: Vec<&str> = keys.iter().map(|k| owner_of(k)).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        let records = || async {
+            futures_util::future::try_join_all(owners.iter().map(|o| d.owner(o)))
+                .await
+                .map(|r| r.into_iter().map(|(seq, _)| seq).collect::<Vec<_>>())
+        };
+        // Every write of a key moves its owner's record: records unchanged
+        // around the reads mean no key changed between them.
+        let mut before = records().await?;
+        for _ in 0..10 {
+            let values =
+                futures_util::future::try_join_all(keys.iter().map(|k| d.entry(k))).await?;
+            let after = records().await?;
+            if after == before {
+                return Ok(values);
+            }
+            before = after;
+        }
+        Err(StoreError::Backend(
+            "the keys kept changing while being read; try again".into(),
+        ))
+    }
+
+    async fn apply(
+        &self,
+        writes: Vec<DataWrite>,
+        allowance: Option<&Allowance>,
+    ) -> Result<Vec<Option<DataChange>>, StoreError> {
+        if let Some(allowance) = allowance
+            && let Some(stranger) = writes.iter().find(|w| owner_of(w.key()) != allowance.owner)
+        {
+            return Err(StoreError::Backend(format!(
+                "`{}` is not owned by `{}`",
+                stranger.key(),
+                allowance.owner
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + CONTENTION_LIMIT;
+        let mut attempt = 0;
+        loop {
+            let mut plan = self.plan(&writes, allowance).await?;
+            if plan.messages.is_empty() {
+                return Ok(plan.changes);
+            }
+            match self.commit(&plan).await? {
+                Ok(first) => {
+                    let base = first + plan.owners.len() as u64;
+                    let mut last = 0;
+                    for (offset, (index, ..)) in plan.messages.iter().enumerate() {
+                        if let Some(change) = plan.changes[*index].as_mut() {
+                            change.seq = base + offset as u64;
+                            last = change.seq;
+                        }
+                    }
+                    raise(&self.data.feed.last, last);
+                    return Ok(plan.changes);
+                }
+                Err(code) if tokio::time::Instant::now() < deadline => {
+                    tracing::trace!(code, attempt, "a data batch was refused; retrying");
+                    attempt += 1;
+                    back_off(attempt).await;
+                }
+                Err(code) => {
+                    return Err(StoreError::Backend(format!(
+                        "other writes of the same owner kept committing first for {CONTENTION_LIMIT:?} ({attempt} attempts, last refusal {code}); try again"
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn usage(&self, owner: &str) -> Result<DataUsage, StoreError> {
+        let (_, record) = self.data.owner(owner).await?;
+        Ok(DataUsage {
+            keys: record.keys,
+            bytes: record.bytes,
+        })
+    }
+
+    async fn keys(
+        &self,
+        prefix: &str,
+        start_after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
+        let d = &self.data;
+        let (mut messages, mut pending) = d
+            .read_from(
+                prefix_filter(&d.data_base, prefix),
+                consumer::DeliverPolicy::LastPerSubject,
+                true,
+            )
+            .await?;
+        // Per key, its latest message: an ordered consumer that had to
+        // recreate itself before its first message starts over from the
+        // stream's first message (async-nats 0.51), so older ones may come.
+        let mut latest: HashMap<String, (u64, Stored, u64)> = HashMap::new();
+        while pending > 0 {
+            let message = next_message(&mut messages).await?;
+            let info = message.info().map_err(backend)?;
+            pending = info.pending;
+            let seq = info.stream_sequence;
+            let size = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(SIZE_HEADER))
+                .and_then(|v| v.as_str().parse().ok())
+                .unwrap_or(0);
+            let stored = d.parse(&message.subject, message.headers.as_ref(), Bytes::new())?;
+            if !stored.key.starts_with(prefix)
+                || start_after
+                    .as_ref()
+                    .is_some_and(|after| stored.key <= *after)
+                || latest.get(&stored.key).is_some_and(|(s, ..)| *s > seq)
+            {
+                continue;
+            }
+            latest.insert(stored.key.clone(), (seq, stored, size));
+        }
+        let mut found: Vec<KeyInfo> = latest
+            .into_values()
+            .filter(|(_, stored, _)| stored.value.is_some())
+            .map(|(_, stored, size)| KeyInfo {
+                key: stored.key,
+                revision: stored.revision,
+                size,
+            })
+            .collect();
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn changes(&self, after: u64, limit: usize) -> Result<Vec<DataChange>, StoreError> {
+        let d = &self.data;
+        let (trimmed, _) = d.trimmed().await?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = after.max(trimmed) + 1;
+        let (mut messages, mut pending) = d
+            .read_from(
+                format!("{}.>", d.data_base),
+                consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                false,
+            )
+            .await?;
+        let mut out = Vec::new();
+        while pending > 0 && out.len() < limit {
+            let message = next_message(&mut messages).await?;
+            let info = message.info().map_err(backend)?;
+            pending = info.pending;
+            let seq = info.stream_sequence;
+            // A recreated consumer may start over from the first message.
+            if seq < start {
+                continue;
+            }
+            let stored = d.parse(
+                &message.subject,
+                message.headers.as_ref(),
+                message.payload.clone(),
+            )?;
+            out.push(DataChange {
+                seq,
+                revision: stored.revision,
+                key: stored.key,
+                value: stored.value,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn trim_changes(&self, through: u64) -> Result<(), StoreError> {
+        let d = &self.data;
+        // Move the mark first: once it is past a change, no reader gets
+        // that change again, whatever the purge below leaves behind.
+        let from = loop {
+            let (trimmed, mark) = d.trimmed().await?;
+            if trimmed >= through {
+                return Ok(());
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                mark.to_string().as_str(),
+            );
+            let ack = self
+                .js
+                .publish_with_headers(d.trim_subject.clone(), headers, through.to_string().into())
+                .await
+                .map_err(backend)?;
+            match ack.await {
+                Ok(_) => break trimmed,
+                Err(e) if crate::meta::refusal_code(&e).is_some() => continue,
+                Err(e) => return Err(unacknowledged(e)),
+            }
+        };
+        // Per key, the last of its messages in the trimmed range: every
+        // message before it goes, it too if it is a tombstone.
+        let mut last_of: HashMap<String, (u64, bool)> = HashMap::new();
+        let (mut messages, mut pending) = d
+            .read_from(
+                format!("{}.>", d.data_base),
+                consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from + 1,
+                },
+                true,
+            )
+            .await?;
+        while pending > 0 {
+            let message = next_message(&mut messages).await?;
+            let info = message.info().map_err(backend)?;
+            pending = info.pending;
+            if info.stream_sequence > through {
+                break;
+            }
+            if info.stream_sequence <= from {
+                continue;
+            }
+            let deleted = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(OP_HEADER))
+                .is_some_and(|v| v.as_str() == OP_DELETE);
+            last_of.insert(message.subject.to_string(), (info.stream_sequence, deleted));
+        }
+        drop(messages);
+        let mut owners: Vec<String> = Vec::new();
+        for subject in last_of.keys() {
+            owners.push(owner_of(&d.key_of(subject)?).to_string());
+        }
+        owners.sort_unstable();
+        owners.dedup();
+        let mut purges: Vec<(String, Option<u64>)> = last_of
+            .into_iter()
+            .map(|(subject, (seq, deleted))| (subject, Some(if deleted { seq + 1 } else { seq })))
+            .collect();
+        purges.extend(owners.iter().map(|o| (d.owner_subject(o), None)));
+        purges.push((d.trim_subject.clone(), None));
+        let stream = d.stream.clone();
+        let results: Vec<Result<(), StoreError>> = futures_util::stream::iter(purges)
+            .map(move |(subject, keep_from)| {
+                let stream = stream.clone();
+                async move {
+                    let purge = stream.purge().filter(subject);
+                    match keep_from {
+                        Some(seq) => purge.sequence(seq).await.map(drop),
+                        None => purge.keep(1).await.map(drop),
+                    }
+                    .map_err(backend)
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    fn last_revision(&self) -> watch::Receiver<u64> {
+        self.data.feed.last.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use gust_store::{DataStore as _, DataWrite};
+
+    use crate::testkit;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance_data() {
+        let Some(store) = testkit::store().await else {
+            return;
+        };
+        gust_store::conformance::data(&store).await;
+    }
+
+    fn inc(key: &str) -> DataWrite {
+        DataWrite::Increment {
+            key: key.into(),
+            delta: 1,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_increments_on_two_nodes_lose_none() {
+        let Some(one) = testkit::store().await else {
+            return;
+        };
+        let other = testkit::store_beside(&one).await;
+        let (tasks, each) = (4, 10);
+        let mut handles = Vec::new();
+        for i in 0..tasks {
+            let store = if i % 2 == 0 {
+                one.clone()
+            } else {
+                other.clone()
+            };
+            handles.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..each {
+                    let change = store.apply(vec![inc("t/c/n")], None).await.unwrap();
+                    let change = change[0].clone().unwrap();
+                    let value: u64 = std::str::from_utf8(&change.value.unwrap())
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    seen.push((value, change.revision, change.seq));
+                }
+                seen
+            }));
+        }
+        let mut seen = Vec::new();
+        for handle in handles {
+            seen.extend(handle.await.unwrap());
+        }
+        let total = (tasks * each) as u64;
+        let entry = other.get("t/c/n").await.unwrap().unwrap();
+        assert_eq!(entry.value, Bytes::from(total.to_string()), "none lost");
+        // Each increment saw the one before it and no other: the values
+        // returned are 1..=total once each, and revisions and feed
+        // positions grow with them (one order for all three).
+        seen.sort_unstable();
+        assert_eq!(
+            seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+            (1..=total).collect::<Vec<_>>()
+        );
+        assert!(seen.windows(2).all(|w| w[0].1 < w[1].1 && w[0].2 < w[1].2));
+        assert_eq!(entry.revision, seen.last().unwrap().1);
+        assert_eq!(one.usage("t").await.unwrap().keys, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_read_and_replace_race_through_apply_has_one_order() {
+        // The trait offers no conditional write; the nearest is a batch
+        // whose outcome depends on the state it replaces: take a token
+        // (increment) and record who took it at that number. Every
+        // number must go to exactly one writer, and the record under each
+        // number is the writer's own.
+        let Some(one) = testkit::store().await else {
+            return;
+        };
+        let other = testkit::store_beside(&one).await;
+        let race = |store: crate::NatsStore, who: &'static str| async move {
+            let mut mine = Vec::new();
+            for _ in 0..8 {
+                let changes = store
+                    .apply(
+                        vec![
+                            inc("r/token"),
+                            DataWrite::Put {
+                                key: "r/holder".into(),
+                                value: who.into(),
+                            },
+                        ],
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                let token = changes[0].clone().unwrap();
+                let holder = changes[1].clone().unwrap();
+                assert_eq!(holder.revision, token.revision + 1);
+                assert_eq!(holder.seq, token.seq + 1, "one batch, consecutive");
+                mine.push(token.value.unwrap());
+            }
+            mine
+        };
+        let (a, b) = tokio::join!(race(one.clone(), "a"), race(other.clone(), "b"));
+        let mut all: Vec<u64> = a
+            .iter()
+            .chain(&b)
+            .map(|v| std::str::from_utf8(v).unwrap().parse().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=16).collect::<Vec<_>>());
+        // The feed shows the same order: token n then its holder, pairwise.
+        let feed = one.changes(0, 100).await.unwrap();
+        assert_eq!(feed.len(), 32);
+        for pair in feed.chunks(2) {
+            assert_eq!(
+                (pair[0].key.as_str(), pair[1].key.as_str()),
+                ("r/token", "r/holder")
+            );
+            assert_eq!(pair[1].seq, pair[0].seq + 1);
+        }
+        let holders_of = |mine: &[Bytes]| -> Vec<u64> {
+            mine.iter()
+                .map(|v| std::str::from_utf8(v).unwrap().parse().unwrap())
+                .collect()
+        };
+        for (who, tokens) in [("a", holders_of(&a)), ("b", holders_of(&b))] {
+            for token in tokens {
+                let i = (token as usize - 1) * 2;
+                assert_eq!(feed[i].value.as_deref(), Some(token.to_string().as_bytes()));
+                assert_eq!(feed[i + 1].value.as_deref(), Some(who.as_bytes()));
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_feed_moves_when_another_node_writes() {
+        let Some(one) = testkit::store().await else {
+            return;
+        };
+        let other = testkit::store_beside(&one).await;
+        let mut revisions = one.last_revision();
+        let change = other
+            .apply(vec![inc("t/c/n")], None)
+            .await
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            revisions.wait_for(|r| *r >= change.seq),
+        )
+        .await
+        .expect("the feed moved within 5 s")
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn get_many_reads_one_point_in_time_while_another_node_writes() {
+        let Some(one) = testkit::store().await else {
+            return;
+        };
+        let other = testkit::store_beside(&one).await;
+        let writer = tokio::spawn(async move {
+            for i in 0..40u32 {
+                let v = Bytes::from(i.to_string());
+                other
+                    .apply(
+                        vec![
+                            DataWrite::Put {
+                                key: "t/p/a".into(),
+                                value: v.clone(),
+                            },
+                            DataWrite::Put {
+                                key: "u/p/b".into(),
+                                value: v,
+                            },
+                        ],
+                        None,
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut reads = 0;
+        while !writer.is_finished() {
+            let got = one
+                .get_many(vec!["t/p/a".into(), "u/p/b".into()])
+                .await
+                .unwrap();
+            let values: Vec<_> = got.iter().map(|e| e.as_ref().map(|e| &e.value)).collect();
+            assert_eq!(values[0], values[1], "both keys of one batch, or neither");
+            reads += 1;
+        }
+        writer.await.unwrap();
+        assert!(reads > 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn two_nodes_racing_for_an_allowance_never_pass_it() {
+        let Some(one) = testkit::store().await else {
+            return;
+        };
+        let other = testkit::store_beside(&one).await;
+        let allowance = gust_store::Allowance {
+            owner: "q".into(),
+            keys: 10,
+            bytes: 1000,
+        };
+        let fill = |store: crate::NatsStore,
+                    who: &'static str,
+                    allowance: gust_store::Allowance| async move {
+            let mut written = 0;
+            for i in 0..10 {
+                let put = DataWrite::Put {
+                    key: format!("q/{who}/{i}"),
+                    value: Bytes::from_static(b"v"),
+                };
+                match store.apply(vec![put], Some(&allowance)).await {
+                    Ok(_) => written += 1,
+                    Err(gust_store::StoreError::OverAllowance { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            written
+        };
+        let (a, b) = tokio::join!(
+            fill(one.clone(), "a", allowance.clone()),
+            fill(other.clone(), "b", allowance.clone())
+        );
+        assert_eq!(a + b, 10, "{a} + {b}");
+        assert_eq!(one.usage("q").await.unwrap().keys, 10);
+        assert_eq!(one.keys("q/", None, 100).await.unwrap().len(), 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_trim_purges_what_it_superseded_and_keeps_last_values() {
+        let Some(store) = testkit::store().await else {
+            return;
+        };
+        let put = |k: &str, v: &str| DataWrite::Put {
+            key: k.into(),
+            value: Bytes::from(v.to_string()),
+        };
+        for i in 0..5 {
+            store
+                .apply(vec![put("t/k/a", &i.to_string()), inc("t/k/n")], None)
+                .await
+                .unwrap();
+        }
+        store.apply(vec![put("t/k/gone", "x")], None).await.unwrap();
+        let last = store
+            .apply(
+                vec![DataWrite::Delete {
+                    key: "t/k/gone".into(),
+                }],
+                None,
+            )
+            .await
+            .unwrap()[0]
+            .clone()
+            .unwrap();
+        // Written after the trimmed range: kept whole.
+        let later = store.apply(vec![put("t/k/a", "late")], None).await.unwrap()[0]
+            .clone()
+            .unwrap();
+        store.trim_changes(last.seq).await.unwrap();
+        let feed = store.changes(0, 100).await.unwrap();
+        assert_eq!(feed, vec![later.clone()]);
+        assert_eq!(
+            store.get("t/k/n").await.unwrap().unwrap().value,
+            Bytes::from("5")
+        );
+        assert_eq!(
+            store.get("t/k/a").await.unwrap().unwrap().value,
+            Bytes::from("late")
+        );
+        assert_eq!(store.get("t/k/gone").await.unwrap(), None);
+        let keys = store.keys("t/", None, 10).await.unwrap();
+        assert_eq!(
+            keys.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(),
+            ["t/k/a", "t/k/n"]
+        );
+        // Left: t/k/a's last two values (one after the range), t/k/n's,
+        // the owner's last record, the trim mark.
+        let info = store.data.stream.clone().info().await.unwrap().clone();
+        assert_eq!(info.state.messages, 5, "{:?}", info.state);
+        let usage = store.usage("t").await.unwrap();
+        assert_eq!((usage.keys, usage.bytes), (2, (5 + 4) + (5 + 1)));
+        // Writing on goes on from the kept state.
+        let next = store.apply(vec![inc("t/k/n")], None).await.unwrap()[0]
+            .clone()
+            .unwrap();
+        assert_eq!(next.value, Some(Bytes::from("6")));
+        assert_eq!(next.revision, later.revision + 1);
+    }
+
+    /// The cost of one apply on the test cluster (printed, not asserted):
+    /// `cargo test -p gust-store-nats apply_cost -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "a measurement"]
+    async fn apply_cost() {
+        let Some(store) = testkit::store().await else {
+            return;
+        };
+        let put = |k: String| DataWrite::Put {
+            key: k,
+            value: Bytes::from_static(b"some value of twenty"),
+        };
+        store
+            .apply(vec![put("t/w/warm".into())], None)
+            .await
+            .unwrap();
+        let n = 50;
+        let start = Instant::now();
+        for i in 0..n {
+            store
+                .apply(vec![put(format!("t/w/{i}"))], None)
+                .await
+                .unwrap();
+        }
+        let one = start.elapsed() / n;
+        let start = Instant::now();
+        let rounds = 10;
+        for r in 0..rounds {
+            let writes = (0..100).map(|i| put(format!("t/b{r}/{i}"))).collect();
+            store.apply(writes, None).await.unwrap();
+        }
+        let hundred = start.elapsed() / rounds;
+        // Of which reading and deciding (the rest is the batch).
+        let writes: Vec<DataWrite> = (0..100).map(|i| put(format!("t/b0/{i}"))).collect();
+        let start = Instant::now();
+        for _ in 0..rounds {
+            store.plan(&writes, None).await.unwrap();
+        }
+        eprintln!("reads of a 100-write apply: {:?}", start.elapsed() / rounds);
+        let biggest = (0..999).map(|i| put(format!("t/max/{i}"))).collect();
+        let start = Instant::now();
+        store.apply(biggest, None).await.unwrap();
+        let most = start.elapsed();
+        let too_many = (0..1000).map(|i| put(format!("t/over/{i}"))).collect();
+        let refused = store.apply(too_many, None).await.unwrap_err();
+        eprintln!("apply of 999 writes: {most:?}; of 1000: {refused}");
+        let start = Instant::now();
+        for _ in 0..n {
+            store.get("t/w/1").await.unwrap();
+        }
+        let get = start.elapsed() / n;
+        eprintln!(
+            "apply of 1 write: {one:?}; apply of 100 writes: {hundred:?}; get: {get:?} (mean, 3-server loopback cluster, sync always)"
+        );
+    }
+}
