@@ -279,7 +279,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let logs: Arc<dyn LogStore> = Arc::new(store.clone());
     let queues: Arc<dyn QueueStore> = Arc::new(store.clone());
     let ledger: Arc<dyn gust_store::LedgerStore> = Arc::new(store.clone());
-    let data: Arc<dyn DataStore> = Arc::new(store);
+    let data: Arc<dyn DataStore> = match &nats {
+        Some(nats) => Arc::new(nats.clone()),
+        None => Arc::new(store),
+    };
     let events = Events::new(queues, kv.clone());
     let accounts = Accounts::start(kv.clone()).await?;
     let admin_token = prepare_accounts(&accounts, &args).await?;

@@ -123,7 +123,7 @@ impl Cluster {
                 &conf,
                 format!(
                     "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\nmax_payload: 8MB\n\
-                     jetstream {{ store_dir: \"{store}\", sync_interval: always, max_file_store: 2GB, max_memory_store: 256MB }}\n\
+                     jetstream {{ store_dir: \"{store}\", sync_interval: always, max_file_store: 2GB, max_memory_store: 256MB, limits {{ batch {{ max_msgs: 1001 }} }} }}\n\
                      cluster {{ name: gust-it, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n",
                     store = dir.join(&name).display(),
                     routes = routes.join(", "),
