@@ -25,6 +25,7 @@
 mod blobs;
 pub mod check;
 mod meta;
+mod queues;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -76,6 +77,7 @@ pub struct NatsStore {
     meta: stream::Stream,
     blobs: jetstream::object_store::ObjectStore,
     meta_subjects: String,
+    queues: std::sync::Arc<queues::Queues>,
 }
 
 impl std::fmt::Debug for NatsStore {
@@ -108,6 +110,7 @@ impl NatsStore {
         let meta = meta::open_stream(&js, &options).await?;
         let blobs = blobs::open_bucket(&js, &options).await?;
         let meta_subjects = format!("{}.meta", options.namespace);
+        let queues = std::sync::Arc::new(queues::open(&js, &options).await?);
         Ok(Self {
             client,
             js,
@@ -115,6 +118,7 @@ impl NatsStore {
             meta,
             blobs,
             meta_subjects,
+            queues,
         })
     }
 
