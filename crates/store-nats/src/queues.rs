@@ -39,6 +39,19 @@
 //! `queues` read the stream's subject counts. Listing is linear in the
 //! queue's length: a queue is meant to be drained, not to hold a large
 //! backlog for long.
+//!
+//! ## Bounds
+//! - Times are the callers' clocks: a node whose clock runs ahead sees a
+//!   lease end early by that much, so nodes' clocks must agree within the
+//!   lease's margin for a running attempt never to be claimed again.
+//! - A release, defer or ack is not checked against the claimant (as on one
+//!   node): a claimant whose lease ran out and whose message another node
+//!   claimed can still end that claim.
+//! - A listing may come from a replica that lags the leader: it is the
+//!   state after some prefix of the stream, so a message it shows claimable
+//!   may no longer be (the claim's compare-and-set, against the leader,
+//!   refuses it) but a grouped message it shows first of its group is (an
+//!   acknowledgement is never undone); `next_due` may be early by the lag.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher as _, RandomState};
