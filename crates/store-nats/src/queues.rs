@@ -476,7 +476,10 @@ impl Queues {
         };
         let n = payloads.len() as u64;
         let mut fresh = false;
-        for _ in 0..RETRIES {
+        for attempt in 0..RETRIES {
+            if fresh {
+                back_off(attempt).await;
+            }
             let (counter_seq, last) = self.counter(queue, fresh).await?;
             let mut counter_headers = HeaderMap::new();
             counter_headers.insert(
@@ -587,7 +590,10 @@ impl Queues {
         refund: bool,
     ) -> Result<bool, StoreError> {
         let subject = self.subject(queue, seq);
-        for _ in 0..RETRIES {
+        for attempt in 0..RETRIES {
+            if attempt > 0 {
+                back_off(attempt).await;
+            }
             let Some(message) = self.last(&subject).await? else {
                 return Ok(false);
             };
@@ -623,6 +629,18 @@ impl Queues {
             .await
             .map_err(backend)
     }
+}
+
+/// Waits before compare-and-set attempt `attempt` (from 1) after a
+/// refusal: up to 1, 2, 4 … 64 ms, at random, so that writers racing for
+/// one subject spread out instead of colliding again.
+async fn back_off(attempt: usize) {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static KEYS: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    let ceiling = 1u64 << attempt.min(6);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let micros = KEYS.get_or_init(RandomState::new).hash_one(n) % (ceiling * 1_000);
+    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
 }
 
 /// A JetStream answer to a batch's message.
@@ -795,6 +813,10 @@ mod tests {
     use super::*;
     use crate::testkit;
 
+    fn payload(s: &str) -> Bytes {
+        Bytes::from(s.to_string())
+    }
+
     fn item(seq: u64, due: u64, group: Option<&str>) -> Item {
         Item {
             seq,
@@ -890,6 +912,21 @@ mod tests {
         let mut given: Vec<u64> = a.unwrap().into_iter().chain(b.unwrap()).collect();
         given.sort_unstable();
         assert_eq!(given, (1..=40).collect::<Vec<_>>());
+
+        // A node whose idea of the counter is stale is refused and reads
+        // it again: the numbers stay distinct without any race.
+        assert_eq!(
+            one.enqueue("stale", vec![payload("1")], 0).await.unwrap(),
+            [1]
+        );
+        assert_eq!(
+            other.enqueue("stale", vec![payload("2")], 0).await.unwrap(),
+            [2]
+        );
+        assert_eq!(
+            one.enqueue("stale", vec![payload("3")], 0).await.unwrap(),
+            [3]
+        );
 
         // Both claim the same due messages, round after round, with a
         // lease that outlasts the test: each message goes to one of them.
