@@ -247,6 +247,10 @@ enum Batch {
     Stored(u64),
     /// A condition failed (another node moved the counter); nothing stored.
     Refused,
+    /// No server took the batch's first message: the stream's subjects are
+    /// not known yet where this client is connected (just after the stream
+    /// was created), or the stream has no leader. Nothing stored.
+    Unheard,
 }
 
 impl Queues {
@@ -421,16 +425,19 @@ impl Queues {
             if i == 0 || last {
                 // The first message opens the batch and the server says
                 // so (an empty reply) or refuses it; the last commits it.
-                let reply = client
-                    .request_with_headers(subject, headers, payload)
-                    .await
-                    .map_err(|e| {
-                        if last {
-                            unacknowledged(e)
-                        } else {
-                            StoreError::Backend(format!("cannot start a batch: {e}"))
-                        }
-                    })?;
+                let reply = match client.request_with_headers(subject, headers, payload).await {
+                    Ok(reply) => reply,
+                    Err(e)
+                        if i == 0
+                            && e.kind() == async_nats::client::RequestErrorKind::NoResponders =>
+                    {
+                        return Ok(Batch::Unheard);
+                    }
+                    Err(e) if last => return Err(unacknowledged(e)),
+                    Err(e) => {
+                        return Err(StoreError::Backend(format!("cannot start a batch: {e}")));
+                    }
+                };
                 match publish_reply(&reply.payload)? {
                     Reply::Empty if !last => {}
                     Reply::Stored(sequence) if last => return Ok(Batch::Stored(sequence)),
@@ -508,7 +515,7 @@ impl Queues {
                         .insert(queue.to_string(), (final_seq - n, last + n));
                     return Ok((last + 1..=last + n).collect());
                 }
-                Ok(Batch::Refused) => fresh = true,
+                Ok(Batch::Refused | Batch::Unheard) => fresh = true,
                 Err(e) => {
                     self.cache().remove(queue);
                     return Err(e);
@@ -516,7 +523,7 @@ impl Queues {
             }
         }
         Err(StoreError::Backend(format!(
-            "queue `{queue}`: too many concurrent enqueues; try again"
+            "queue `{queue}`: the enqueue was refused {RETRIES} times (other nodes enqueueing at once, or the stream without a leader); try again"
         )))
     }
 
