@@ -715,25 +715,42 @@ impl QueueStore for NatsStore {
         max: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
         let items = self.queues.list(queue).await?;
-        let picks = claimable(&items, now_ms, max);
-        let claims = futures_util::future::join_all(picks.into_iter().map(|seq| {
-            self.queues
-                .claim_one(&self.js, queue, seq, now_ms, lease_ms)
-        }))
-        .await;
+        // In claim order; a listing from a lagging replica can offer
+        // messages claimed or acknowledged since, so the ones after the
+        // first `max` stand in for those.
+        let mut picks = claimable(&items, now_ms, usize::MAX).into_iter();
         let mut claimed = Vec::new();
-        for claim in claims {
-            // A failed claim of one message must not hide the others,
-            // which are claimed now and would otherwise wait out their
-            // lease; it is reported only when nothing was claimed.
-            match claim {
-                Ok(Some(c)) => claimed.push(c),
-                Ok(None) => {}
-                Err(e) if claimed.is_empty() => return Err(e),
-                Err(e) => tracing::warn!(%queue, error = %e, "claiming one message failed"),
+        let mut failed = None;
+        while claimed.len() < max {
+            let wave: Vec<u64> = picks.by_ref().take(max - claimed.len()).collect();
+            if wave.is_empty() {
+                break;
+            }
+            let claims = futures_util::future::join_all(wave.into_iter().map(|seq| {
+                self.queues
+                    .claim_one(&self.js, queue, seq, now_ms, lease_ms)
+            }))
+            .await;
+            for claim in claims {
+                match claim {
+                    Ok(Some(c)) => claimed.push(c),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(%queue, error = %e, "claiming one message failed");
+                        failed = Some(e);
+                    }
+                }
+            }
+            if failed.is_some() {
+                break;
             }
         }
-        Ok(claimed)
+        // A failed claim of one message must not hide the others, which
+        // are claimed now and would otherwise wait out their lease.
+        match failed {
+            Some(e) if claimed.is_empty() => Err(e),
+            _ => Ok(claimed),
+        }
     }
 
     async fn ack(&self, queue: &str, seqs: Vec<u64>) -> Result<(), StoreError> {
