@@ -100,8 +100,8 @@ impl Dispatcher {
             match events.queue.queues().await {
                 Ok(queues) => {
                     for queue in queues {
-                        // Every claim on one node was this process's before
-                        // it restarted: deliver those events again now
+                        // This node's claims were made before it
+                        // restarted: deliver those events again now
                         // rather than when their leases run out.
                         // What is queued counts towards its tenant's backlog.
                         if let (Some((tenant, _)), Ok(depth)) =

@@ -320,6 +320,7 @@ impl QueueStore for EmbeddedStore {
         self.write(move |txn, _| {
             let mut items = txn.open_table(QUEUE).map_err(backend)?;
             let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+            // One node holds every claim, so all of them are this node's.
             // Only at start-up: a scan of the queue is fine.
             let mut held = Vec::new();
             for entry in items

@@ -26,6 +26,7 @@ mod blobs;
 pub mod check;
 mod data;
 mod meta;
+mod queues;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -78,6 +79,7 @@ pub struct NatsStore {
     blobs: jetstream::object_store::ObjectStore,
     meta_subjects: String,
     data: data::DataState,
+    queues: std::sync::Arc<queues::Queues>,
 }
 
 impl std::fmt::Debug for NatsStore {
@@ -111,6 +113,7 @@ impl NatsStore {
         let blobs = blobs::open_bucket(&js, &options).await?;
         let meta_subjects = format!("{}.meta", options.namespace);
         let data = data::open(&js, &options).await?;
+        let queues = std::sync::Arc::new(queues::open(&js, &options).await?);
         Ok(Self {
             client,
             js,
@@ -119,6 +122,7 @@ impl NatsStore {
             blobs,
             meta_subjects,
             data,
+            queues,
         })
     }
 

@@ -573,9 +573,13 @@ pub trait QueueStore: Send + Sync {
     /// Like [`QueueStore::release`], but the claim does not count as an
     /// attempt (the message was never tried: no capacity to run it).
     async fn defer(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError>;
-    /// Makes every claimed message of `queue` claimable at `now_ms`, for a
-    /// claimant known to be gone (on one node: the process that restarted
-    /// held every claim). Returns how many were released.
+    /// Makes the messages of `queue` claimed by this node claimable at
+    /// `now_ms`: a node calls it at start, for the claims it held before it
+    /// restarted, instead of waiting for their leases to run out. A backend
+    /// shared by several nodes releases only this node's claims (it knows
+    /// nodes by a name that outlives a restart), never another's still
+    /// running; on one node every claim is its own. Returns how many were
+    /// released.
     async fn release_claims(&self, queue: &str, now_ms: u64) -> Result<u64, StoreError>;
     /// When the next message becomes claimable (Unix ms): the earliest
     /// `not_before` or lease end. `None` when the queue is empty.
