@@ -24,6 +24,7 @@
 
 mod blobs;
 pub mod check;
+mod logs;
 mod meta;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -76,6 +77,8 @@ pub struct NatsStore {
     meta: stream::Stream,
     blobs: jetstream::object_store::ObjectStore,
     meta_subjects: String,
+    logs: stream::Stream,
+    log_subjects: String,
 }
 
 impl std::fmt::Debug for NatsStore {
@@ -108,6 +111,8 @@ impl NatsStore {
         let meta = meta::open_stream(&js, &options).await?;
         let blobs = blobs::open_bucket(&js, &options).await?;
         let meta_subjects = format!("{}.meta", options.namespace);
+        let logs = logs::open_stream(&js, &options).await?;
+        let log_subjects = format!("{}.log", options.namespace);
         Ok(Self {
             client,
             js,
@@ -115,6 +120,8 @@ impl NatsStore {
             meta,
             blobs,
             meta_subjects,
+            logs,
+            log_subjects,
         })
     }
 
