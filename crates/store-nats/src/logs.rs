@@ -33,8 +33,9 @@
 
 use std::collections::HashMap;
 
-use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, RequestErrorKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -54,8 +55,13 @@ const BATCH_MAX: usize = 1000;
 /// Appends refused because another writer appended to one of the names
 /// first, before the call gives up.
 const CONFLICT_RETRIES: u32 = 50;
+/// Attempts 100 ms apart while the stream has no leader.
+const NO_LEADER_RETRIES: u32 = 30;
 /// Names pruned at once.
 const PRUNE_PARALLEL: usize = 8;
+/// How long a read waits for a record it counted before checking that
+/// the record is still there.
+const IDLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 const WRONG_LAST_SEQUENCE_CONSTANT: u64 = 10164;
@@ -142,6 +148,9 @@ struct ApiError {
 enum Written {
     Last(u64),
     Conflict,
+    /// Nothing listens on the subject: the stream has no leader yet (just
+    /// created, or electing one); nothing was written.
+    NoLeader,
 }
 
 fn wall_ms() -> u64 {
@@ -238,6 +247,14 @@ impl NatsStore {
                         .map(|(name, i)| (name, first + i as u64))
                         .collect());
                 }
+                Written::NoLeader if attempt < NO_LEADER_RETRIES => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Written::NoLeader => {
+                    return Err(StoreError::Backend(
+                        "the log stream has no leader: check that a majority of the NATS servers run".into(),
+                    ));
+                }
                 Written::Conflict => {
                     // Another writer got there first; back off a little,
                     // more each time, so two do not keep colliding.
@@ -279,6 +296,7 @@ impl NatsStore {
                 .map_err(backend)?;
             return match ack.await {
                 Ok(ack) => Ok(Written::Last(ack.sequence)),
+                Err(e) if e.kind() == PublishErrorKind::StreamNotFound => Ok(Written::NoLeader),
                 Err(e) => match refusal_code(&e) {
                     Some(code) => refused(code, &e.to_string()),
                     None => Err(unacknowledged(e)),
@@ -305,11 +323,17 @@ impl NatsStore {
                 );
             }
             if i == 0 || last {
-                let reply = self
+                let reply = match self
                     .client
                     .request_with_headers(subject, headers, payload)
                     .await
-                    .map_err(unacknowledged)?;
+                {
+                    Ok(reply) => reply,
+                    Err(e) if i == 0 && e.kind() == RequestErrorKind::NoResponders => {
+                        return Ok(Written::NoLeader);
+                    }
+                    Err(e) => return Err(unacknowledged(e)),
+                };
                 if reply.payload.is_empty() && !last {
                     continue;
                 }
@@ -392,23 +416,34 @@ impl NatsStore {
             return Ok(0);
         }
         let mut messages = consumer.messages().await.map_err(backend)?;
-        let mut cut = last.stamp.seq + 1;
-        loop {
-            let message = next_message(&mut messages).await?;
+        // Purge below the first record to keep, or, if none is left, after
+        // the last record read (only what was read is known to go).
+        let mut cut = None;
+        let mut read_through = first.stamp.seq - 1;
+        while let Some(message) = self.log_next(&mut messages, subject, read_through).await? {
             let info = message.info().map_err(backend)?;
+            if info.stream_sequence <= read_through {
+                // Redelivered by a recreated consumer (see `read`).
+                continue;
+            }
             let stamp = Stamp {
                 seq: info.stream_sequence,
                 offset: header_u64(message.headers.as_ref(), OFFSET_HEADER),
                 time_ms: header_u64(message.headers.as_ref(), TIME_HEADER),
             };
             if keeps(&stamp) {
-                cut = stamp.seq;
+                cut = Some(stamp.seq);
                 break;
             }
+            read_through = stamp.seq;
+            cut = Some(stamp.seq + 1);
             if info.pending == 0 || stamp.seq >= last.stamp.seq {
                 break;
             }
         }
+        let Some(cut) = cut else {
+            return Ok(0);
+        };
         let purged = self
             .logs
             .purge()
@@ -420,14 +455,38 @@ impl NatsStore {
     }
 }
 
-async fn next_message(
-    messages: &mut consumer::pull::Ordered,
-) -> Result<jetstream::Message, StoreError> {
-    tokio::time::timeout(crate::REQUEST_TIMEOUT, messages.next())
-        .await
-        .map_err(|_| StoreError::Backend("reading a log stalled".into()))?
-        .ok_or(StoreError::Closed)?
-        .map_err(backend)
+impl NatsStore {
+    /// The consumer's next message, or `None` when the log holds nothing
+    /// after `after` any more: records counted as pending when the
+    /// consumer was made may be dropped (trimmed, deleted) before they
+    /// are delivered, and then never come.
+    async fn log_next(
+        &self,
+        messages: &mut consumer::pull::Ordered,
+        subject: &str,
+        after: u64,
+    ) -> Result<Option<jetstream::Message>, StoreError> {
+        let deadline = tokio::time::Instant::now() + crate::REQUEST_TIMEOUT;
+        loop {
+            match tokio::time::timeout(IDLE, messages.next()).await {
+                Ok(Some(Ok(message))) => return Ok(Some(message)),
+                Ok(Some(Err(e))) => return Err(backend(e)),
+                Ok(None) => return Err(StoreError::Closed),
+                Err(_) => {
+                    if self
+                        .log_last(subject)
+                        .await?
+                        .is_none_or(|last| last.stamp.seq <= after)
+                    {
+                        return Ok(None);
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(StoreError::Backend("reading a log stalled".into()));
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -465,10 +524,19 @@ impl LogStore for NatsStore {
             return Ok(out);
         }
         let mut messages = consumer.messages().await.map_err(backend)?;
+        let subject = self.log_subject(stream);
         while pending > 0 && out.len() < limit {
-            let message = next_message(&mut messages).await?;
+            let through = out.last().map_or(after, |(seq, _)| *seq);
+            let Some(message) = self.log_next(&mut messages, &subject, through).await? else {
+                break;
+            };
             let info = message.info().map_err(backend)?;
             pending = info.pending;
+            // An ordered consumer that recreates itself before its first
+            // delivery starts again from the log's beginning.
+            if info.stream_sequence <= through {
+                continue;
+            }
             out.push((info.stream_sequence, message.payload.clone()));
         }
         Ok(out)
@@ -490,12 +558,20 @@ impl LogStore for NatsStore {
         now_ms: u64,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         let heads = self.log_append(records, now_ms).await?;
-        futures_util::future::try_join_all(
+        // The records are written: a failed trim must not report the
+        // append as failed (a caller would write them again). The next
+        // append or prune trims what this one left.
+        for held in futures_util::future::join_all(
             heads
                 .iter()
                 .map(|(name, _)| self.log_hold_name(name, limits, now_ms)),
         )
-        .await?;
+        .await
+        {
+            if let Err(e) = held {
+                tracing::warn!(error = %e, "holding a log to its limits failed; the next write retries");
+            }
+        }
         Ok(heads)
     }
 
@@ -612,6 +688,55 @@ mod tests {
             assert_eq!(reader.read("own/a", 0, 100).await.unwrap().len(), 20);
             assert_eq!(reader.read("own/b", 0, 100).await.unwrap().len(), 20);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn two_nodes_trimming_one_log_leave_it_within_its_limit() {
+        let Some(one) = testkit::store().await else {
+            return;
+        };
+        let other = testkit::store_beside(&one).await;
+        let limits = gust_store::LogLimits {
+            max_bytes: 100,
+            max_age_ms: 60_000,
+        };
+        let write = |store: crate::NatsStore, tag: &'static str| async move {
+            for i in 0..30 {
+                let records = (0..2)
+                    .map(|j| ("tight".to_string(), format!("{tag}{i:02}.{j}").into()))
+                    .collect();
+                store.append_within(records, limits, 1_000).await.unwrap();
+            }
+        };
+        let reader = async {
+            // A reader following the log while it is trimmed sees each
+            // record at most once, in order.
+            let mut after = 0;
+            let mut seen = Vec::new();
+            for _ in 0..40 {
+                for (seq, record) in one.read("tight", after, 7).await.unwrap() {
+                    assert!(seq > after);
+                    after = seq;
+                    seen.push(record);
+                }
+            }
+            seen
+        };
+        let ((), (), seen) =
+            tokio::join!(write(one.clone(), "a"), write(other.clone(), "b"), reader);
+        let mut unique = seen.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len());
+        // Each trim follows its own write and sees every earlier one, so
+        // once all are done the log is within its limit, and holds its
+        // newest records.
+        let bytes = one.stream_bytes("tight").await.unwrap();
+        assert!(bytes <= 100 && bytes > 100 - 6, "{bytes}");
+        let kept = other.read("tight", 0, 100).await.unwrap();
+        let held: u64 = kept.iter().map(|(_, r)| r.len() as u64).sum();
+        assert_eq!(held, bytes);
+        assert!(kept.iter().any(|(_, r)| r.as_ref() == b"a29.1"));
+        assert!(kept.iter().any(|(_, r)| r.as_ref() == b"b29.1"));
     }
 
     /// Throughput on the test cluster, printed: `cargo test -p
