@@ -23,10 +23,15 @@
 //! trait asks. After an append, and at `prune`, a name over a limit has its
 //! oldest records read (headers only) up to the first one to keep, then
 //! purged by subject below it: the cost is proportional to what is dropped.
-//! The purge follows the append instead of being part of it, so a name is
-//! over its byte limit by at most the records of the appends in flight on
-//! it, for as long as those appends' purges take (one round trip after
-//! their write); a failed purge is repaired by the next append or prune.
+//! The purge follows the append instead of being part of it (JetStream
+//! has no write that appends and purges at once), so a name can be over
+//! its byte limit by the records of the appends on it whose trims have not
+//! finished: at most one call's records per writer (each node's log writer
+//! appends one batch at a time), for the 2 to 5 round trips the trim takes
+//! after the append is acknowledged. A trim that fails leaves the name over
+//! until the next append to it or the next `prune` (a minute). Every trim
+//! reads the name's last record after its own write, so once concurrent
+//! appends are all done the name is within its limit.
 //!
 //! Function logs and the audit log share this stream and its replicas: an
 //! audit entry is as durable as any acknowledged write of the cluster.
@@ -504,27 +509,45 @@ impl LogStore for NatsStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
         if limit == 0 {
             return Ok(Vec::new());
+        }
+        let subject = self.log_subject(stream);
+        // One get answers the commonest reads (nothing new: a follower
+        // polling; one record) without making a consumer.
+        let next = match self
+            .logs
+            .raw_message_builder()
+            .sequence(after.saturating_add(1))
+            .next_by_subject(subject.clone())
+            .send()
+            .await
+        {
+            Ok(message) => message,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => return Ok(Vec::new()),
+            Err(e) => return Err(backend(e)),
+        };
+        let mut out = vec![(next.sequence, next.payload)];
+        if limit == 1 {
+            return Ok(out);
         }
         let consumer = self
             .logs
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: self.log_subject(stream),
+                filter_subject: subject.clone(),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: after.saturating_add(1),
+                    start_sequence: next.sequence + 1,
                 },
                 ..Default::default()
             })
             .await
             .map_err(backend)?;
         let mut pending = consumer.cached_info().num_pending;
-        let mut out = Vec::new();
         if pending == 0 {
             return Ok(out);
         }
         let mut messages = consumer.messages().await.map_err(backend)?;
-        let subject = self.log_subject(stream);
         while pending > 0 && out.len() < limit {
             let through = out.last().map_or(after, |(seq, _)| *seq);
             let Some(message) = self.log_next(&mut messages, &subject, through).await? else {
