@@ -213,7 +213,8 @@ impl NatsStore {
                     .map(|(name, _)| self.log_last(&subjects[name.as_str()])),
             )
             .await?;
-            // name → (bytes given so far, whether its first record is written)
+            // name → (bytes given so far, the last sequence its first
+            // record of this call expects; taken once that record is built)
             let mut ends: HashMap<&str, (u64, Option<u64>)> = names
                 .iter()
                 .zip(&lasts)
@@ -246,7 +247,7 @@ impl NatsStore {
             }
             match self.log_publish(messages).await? {
                 Written::Last(last) => {
-                    let first = last + 1 - records.len() as u64;
+                    let first = (last + 1).saturating_sub(records.len() as u64);
                     return Ok(names
                         .into_iter()
                         .map(|(name, i)| (name, first + i as u64))
