@@ -25,6 +25,7 @@
 mod blobs;
 pub mod check;
 mod data;
+mod logs;
 mod meta;
 mod queues;
 #[cfg(feature = "testkit")]
@@ -80,6 +81,8 @@ pub struct NatsStore {
     meta_subjects: String,
     data: data::DataState,
     queues: std::sync::Arc<queues::Queues>,
+    logs: stream::Stream,
+    log_subjects: String,
 }
 
 impl std::fmt::Debug for NatsStore {
@@ -114,6 +117,8 @@ impl NatsStore {
         let meta_subjects = format!("{}.meta", options.namespace);
         let data = data::open(&js, &options).await?;
         let queues = std::sync::Arc::new(queues::open(&js, &options).await?);
+        let logs = logs::open_stream(&js, &options).await?;
+        let log_subjects = format!("{}.log", options.namespace);
         Ok(Self {
             client,
             js,
@@ -123,6 +128,8 @@ impl NatsStore {
             meta_subjects,
             data,
             queues,
+            logs,
+            log_subjects,
         })
     }
 

@@ -465,14 +465,20 @@ pub trait BlobStore: Send + Sync {
     async fn delete(&self, digest: &str) -> Result<bool, StoreError>;
 }
 
-/// Append-only logs, one per stream name, each numbered from 1.
+/// Append-only logs, one per stream name. Each record gets a position
+/// above every earlier one of its stream and never reused (not after a
+/// delete either), but positions need not be consecutive: a cluster
+/// backend numbers records across streams. A position is a cursor to read
+/// after, never a count.
 #[async_trait]
 pub trait LogStore: Send + Sync {
-    /// Appends records to streams in one durable write. Returns the last
-    /// sequence number given in each stream written, in first-seen order.
+    /// Appends records to streams in one durable write. Returns the
+    /// position of the last record given in each stream written, in
+    /// first-seen order.
     async fn append(&self, records: Vec<(String, Bytes)>)
     -> Result<Vec<(String, u64)>, StoreError>;
-    /// Up to `limit` records of `stream` with a sequence above `after`, in order.
+    /// Up to `limit` records of `stream` with a position above `after`,
+    /// in order (`after` need not be a position: 0 reads from the start).
     async fn read(
         &self,
         stream: &str,
