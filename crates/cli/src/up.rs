@@ -276,8 +276,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Some(nats) => (Arc::new(nats.clone()), Arc::new(nats.clone())),
         None => (Arc::new(store.clone()), Arc::new(store.clone())),
     };
-    let logs: Arc<dyn LogStore> = Arc::new(store.clone());
-    let queues: Arc<dyn QueueStore> = Arc::new(store.clone());
+    let (logs, queues): (Arc<dyn LogStore>, Arc<dyn QueueStore>) = match &nats {
+        Some(nats) => (Arc::new(nats.clone()), Arc::new(nats.clone())),
+        None => (Arc::new(store.clone()), Arc::new(store.clone())),
+    };
     let ledger: Arc<dyn gust_store::LedgerStore> = Arc::new(store.clone());
     let data: Arc<dyn DataStore> = match &nats {
         Some(nats) => Arc::new(nats.clone()),

@@ -28,6 +28,10 @@ use crate::{
     prefix_filter,
 };
 
+/// Attempts of a compare-and-set whose condition the leader could not
+/// judge while another write to the key was in flight (about 2 s at most).
+const IN_FLIGHT_RETRIES: usize = 24;
+
 /// Marks a tombstone (a deleted key).
 pub(crate) const OP_HEADER: &str = "Gust-Op";
 const OP_DELETE: &str = "del";
@@ -270,15 +274,34 @@ impl MetaStore for NatsStore {
             found,
         };
         match expected {
-            Some(revision) => match self.meta_publish(key, value, Some(revision), false).await? {
-                Ok(revision) => Ok(revision),
-                Err(()) => Err(conflict(
-                    self.meta_last(key)
+            Some(revision) => {
+                // The leader also refuses a condition it cannot judge yet
+                // because an earlier write to the key is still being
+                // replicated (error 10164): the key then still reads as
+                // `revision`. Wait for that write to settle, then either
+                // the key has moved on (a real conflict) or this write may
+                // go ahead after all.
+                let mut wait = std::time::Duration::from_millis(2);
+                for _ in 0..IN_FLIGHT_RETRIES {
+                    if let Ok(written) = self
+                        .meta_publish(key, value.clone(), Some(revision), false)
+                        .await?
+                    {
+                        return Ok(written);
+                    }
+                    let found = self
+                        .meta_last(key)
                         .await?
                         .and_then(Result::ok)
-                        .map(|e| e.revision),
-                )),
-            },
+                        .map(|e| e.revision);
+                    if found != Some(revision) {
+                        return Err(conflict(found));
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_millis(100));
+                }
+                Err(conflict(Some(revision)))
+            }
             None => {
                 // Absent means no message, or a tombstone as the last one.
                 let mut last = 0;

@@ -174,22 +174,49 @@ impl Cluster {
         node.watchdog.lock().unwrap().push((child, stdin));
     }
 
-    /// Waits until every running server reports itself healthy.
+    /// Waits until every running server reports itself healthy and the
+    /// JetStream meta leader counts every other server current (before
+    /// that, creating a replicated stream can fail for want of peers).
     pub fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
-        for node in &self.nodes {
-            loop {
-                if http_get(node.http_port, "/healthz").is_some_and(|(status, _)| status == 200) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "nats-server {} not healthy within {within:?}; its log:\n{}",
-                    node.name,
-                    node.log()
-                );
-                std::thread::sleep(Duration::from_millis(100));
+        let jsz = |node: &Node| -> Option<serde_json::Value> {
+            let (_, body) = http_get(node.http_port, "/jsz")?;
+            serde_json::from_str(&body).ok()
+        };
+        let ready = || {
+            let healthy = self.nodes.iter().all(|n| {
+                http_get(n.http_port, "/healthz").is_some_and(|(status, _)| status == 200)
+            });
+            if !healthy {
+                return false;
             }
+            if self.nodes.len() == 1 {
+                return true;
+            }
+            let Some(first) = jsz(&self.nodes[0]) else {
+                return false;
+            };
+            let leader = first["meta_cluster"]["leader"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let Some(node) = self.nodes.iter().find(|n| n.name == leader) else {
+                return false;
+            };
+            jsz(node).is_some_and(|info| {
+                let current = info["meta_cluster"]["replicas"]
+                    .as_array()
+                    .map_or(0, |r| r.iter().filter(|p| p["current"] == true).count());
+                current >= self.nodes.len() - 1
+            })
+        };
+        while !ready() {
+            assert!(
+                Instant::now() < deadline,
+                "the NATS cluster was not ready within {within:?}; the first server's log:\n{}",
+                self.nodes[0].log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
