@@ -159,11 +159,13 @@ impl Server {
                 data_line = true;
             }
         }
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
-            && let Some(t) = line.strip_prefix("gust: admin token (shown once, keep it): ")
-        {
-            token = Some(t.to_string());
-            std::fs::write(&token_file, t).expect("keep the admin token");
+        // A cluster node prints its node line first.
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if let Some(t) = line.strip_prefix("gust: admin token (shown once, keep it): ") {
+                token = Some(t.to_string());
+                std::fs::write(&token_file, t).expect("keep the admin token");
+                break;
+            }
         }
         let token = token
             .or_else(|| std::fs::read_to_string(&token_file).ok())
