@@ -19,15 +19,27 @@
 //! live lease early.
 //!
 //! ## The bound
-//! A holder that cannot renew for its whole time to live — its process
-//! paused (a stop signal, a VM frozen, a swap storm) or cut off from the
-//! store that long — loses the lease, and a waiter takes it over while the
-//! first holder may still be working. The first holder learns it only at
-//! its next renewal, and what it does in between is not excluded. With
-//! [`Lease::TTL`] of 30 s, renewals every 10 s, and holders that work for
-//! milliseconds to a few seconds, that takes a stall of more than 20 s
-//! between two renewals in the middle of the work; the store's own request
-//! timeout (5 s on NATS) fails a cut-off holder's writes long before that.
+//! A holder that cannot renew for its whole time to live loses the lease,
+//! and a waiter takes it over while the first holder may still be
+//! working: it learns so only at its next renewal, and what it does in
+//! between is not excluded. Slowness alone does not do it (renewals run
+//! in the background while the work waits on the store); it takes a
+//! holder whose process is paused (a stop signal, a frozen VM, a swap
+//! storm, a runtime whose threads are all blocked) for more than 20 s
+//! after a renewal ([`Lease::TTL`] 30 s, renewals every 10 s) and which
+//! then goes on writing. A holder cut off from the store loses the lease
+//! the same way, but its own writes fail too (the NATS backend gives up
+//! on a request after 5 s), so it cannot act on what it read.
+//!
+//! What a lost lease can break, per user: `uploading` — a deploy paused
+//! that long between storing its component and writing its version
+//! record, while another node removes the last function that ran the same
+//! bytes, finds its component collected (the new version fails until the
+//! same bytes are deployed again); `claiming` — two route changes
+//! interleave: both refused, or two tenants each take a prefix of one
+//! host; `revoking` — both of the last two admin tokens that never expire
+//! are revoked. Each needs the pause and a conflicting change on another
+//! node inside the same seconds; none happens while no process is paused.
 //! A crashed holder delays everyone else by up to the time to live.
 
 use std::sync::Arc;
@@ -73,6 +85,8 @@ struct Record {
 /// at most (doubling in between).
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
+/// How soon a failed renewal is tried again.
+const RETRY_RENEWAL: Duration = Duration::from_millis(500);
 
 impl Lease {
     /// How long a lease is held without renewal (renewed every third of it).
@@ -243,10 +257,14 @@ async fn hold(
     mut stop: oneshot::Receiver<Option<oneshot::Sender<()>>>,
 ) {
     let every = inner.ttl / 3;
+    // After a failed renewal, sooner: a store back from an outage sees the
+    // renewal before a waiter's time runs out.
+    let again = every.min(RETRY_RENEWAL);
+    let mut wait = every;
     let mut held = true;
     let mut renewed = Instant::now();
     let done = loop {
-        match tokio::time::timeout(every, &mut stop).await {
+        match tokio::time::timeout(wait, &mut stop).await {
             Ok(Ok(done)) => break done,
             // The guard was dropped.
             Ok(Err(_)) => break None,
@@ -255,6 +273,7 @@ async fn hold(
                 Ok(Some(now)) => {
                     revision = now;
                     renewed = Instant::now();
+                    wait = every;
                 }
                 Ok(None) => {
                     held = false;
@@ -264,12 +283,15 @@ async fn hold(
                         inner.ttl
                     );
                 }
-                Err(e) => tracing::warn!(
-                    lease = inner.name,
-                    error = %e,
-                    unrenewed = ?renewed.elapsed(),
-                    "could not renew the lease; trying again"
-                ),
+                Err(e) => {
+                    wait = again;
+                    tracing::warn!(
+                        lease = inner.name,
+                        error = %e,
+                        unrenewed = ?renewed.elapsed(),
+                        "could not renew the lease; trying again"
+                    );
+                }
             },
         }
     };
