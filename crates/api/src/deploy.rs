@@ -316,7 +316,7 @@ pub async fn deploy(state: &ApiState, plan: Plan, bytes: Bytes) -> Result<Deploy
     let prepare_ms = started.elapsed().as_millis() as u64;
     let size = bytes.len() as u64;
     // Until the version record names it, a removal must not collect it.
-    let uploading = state.registry.components_lock().await;
+    let uploading = state.registry.components_lock().await?;
     state.blobs.put(bytes).await?;
     // Claims are taken before the version goes live, so a deploy refused
     // for a taken place changes nothing that serves.

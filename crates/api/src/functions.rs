@@ -160,7 +160,7 @@ pub(crate) async fn delete_function(
     let name = function_name(name)?;
     // Held until the removal's components are collected, so that no
     // deploy stores the same component in between (see `components_lock`).
-    let uploading = state.registry.components_lock().await;
+    let uploading = state.registry.components_lock().await?;
     let digests: Vec<String> = match state.registry.versions(&caller.tenant, &name).await {
         Ok(versions) => versions.into_iter().map(|v| v.digest).collect(),
         Err(gust_store::RegistryError::NoSuchFunction(_)) => Vec::new(),

@@ -210,6 +210,25 @@ mod tests {
         gust_store::conformance::last_admin_token(std::sync::Arc::new(store)).await;
     }
 
+    /// Two registries, accounts or leases on one store stand for two nodes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance_two_nodes() {
+        use gust_store::MetaStore;
+        let two = || {
+            let (dir, store) = crate::open_temp();
+            let store: std::sync::Arc<dyn MetaStore> = std::sync::Arc::new(store);
+            (dir, store.clone(), store)
+        };
+        let (_dir, one, other) = two();
+        gust_store::conformance::leases(one, other).await;
+        let (_dir, one, other) = two();
+        gust_store::conformance::claims_across_nodes(one, other).await;
+        let (_dir, one, other) = two();
+        gust_store::conformance::component_bytes_across_nodes(one, other).await;
+        let (_dir, one, other) = two();
+        gust_store::conformance::revocations_across_nodes(one, other).await;
+    }
+
     #[tokio::test]
     async fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();

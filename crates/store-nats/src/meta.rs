@@ -446,6 +446,27 @@ mod tests {
         gust_store::conformance::last_admin_token(Arc::new(store)).await;
     }
 
+    /// Two connections to one namespace stand for two nodes of a cluster.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn conformance_two_nodes() {
+        use gust_store::MetaStore;
+        async fn two() -> Option<(Arc<dyn MetaStore>, Arc<dyn MetaStore>)> {
+            let one = testkit::store().await?;
+            let other = testkit::store_beside(&one).await;
+            Some((Arc::new(one), Arc::new(other)))
+        }
+        let Some((one, other)) = two().await else {
+            return;
+        };
+        gust_store::conformance::leases(one, other).await;
+        let (one, other) = two().await.unwrap();
+        gust_store::conformance::claims_across_nodes(one, other).await;
+        let (one, other) = two().await.unwrap();
+        gust_store::conformance::component_bytes_across_nodes(one, other).await;
+        let (one, other) = two().await.unwrap();
+        gust_store::conformance::revocations_across_nodes(one, other).await;
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_write_on_one_connection_is_read_on_another() {
         use gust_store::MetaStore as _;

@@ -15,7 +15,7 @@ use gust_core::TenantId;
 use gust_core::access::{Quotas, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::{MetaEvent, MetaStore, StoreError, digest_of};
+use crate::{Lease, MetaEvent, MetaStore, StoreError, digest_of};
 
 const PREFIX: &str = "acct/";
 const TENANTS: &str = "acct/tenant/";
@@ -109,10 +109,15 @@ struct Mirror {
 pub struct Accounts {
     kv: Arc<dyn MetaStore>,
     mirror: Arc<RwLock<Mirror>>,
-    /// Held while a revocation checks and writes, so that two concurrent
-    /// revocations cannot each leave the other as the last admin token.
-    revoking: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a revocation checks and writes (on any node), so that
+    /// two concurrent revocations cannot each leave the other as the last
+    /// admin token.
+    revoking: Lease,
 }
+
+/// How many times a change to a tenant's record is tried when another
+/// change to it races it.
+const MAX_CAS_RETRIES: usize = 16;
 
 fn encode<T: Serialize>(value: &T) -> Result<Bytes, StoreError> {
     serde_json::to_vec(value)
@@ -124,9 +129,9 @@ impl Accounts {
     /// Loads every tenant and token and keeps following changes.
     pub async fn start(kv: Arc<dyn MetaStore>) -> Result<Self, StoreError> {
         let accounts = Self {
+            revoking: Lease::new(kv.clone(), "revoking"),
             kv,
             mirror: Arc::default(),
-            revoking: Arc::default(),
         };
         let watch = accounts.kv.watch(PREFIX).await?;
         for entry in &watch.initial {
@@ -239,18 +244,54 @@ impl Accounts {
         }
     }
 
+    /// Changes a tenant's record as stored now (not as mirrored, which may
+    /// lag another node's change), by compare-and-set, so that a quota
+    /// change and a plan change never undo each other.
+    async fn update_tenant(
+        &self,
+        id: &TenantId,
+        change: impl Fn(&mut TenantRecord),
+    ) -> Result<TenantRecord, AccountsError> {
+        let key = format!("{TENANTS}{id}");
+        for _ in 0..MAX_CAS_RETRIES {
+            let Some(entry) = self.kv.get(&key).await? else {
+                return Err(AccountsError::NoSuchTenant(id.to_string()));
+            };
+            let mut record: TenantRecord = serde_json::from_slice(&entry.value)
+                .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))?;
+            change(&mut record);
+            let value = encode(&record)?;
+            match self
+                .kv
+                .compare_and_set(&key, value.clone(), Some(entry.revision))
+                .await
+            {
+                Ok(revision) => {
+                    self.apply(&MetaEvent::Put(crate::Entry {
+                        key,
+                        value,
+                        revision,
+                    }));
+                    return Ok(record);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "tenant `{id}` kept changing under this update; try again"
+        ))
+        .into())
+    }
+
     /// Replaces a tenant's quotas.
     pub async fn set_quotas(
         &self,
         id: &TenantId,
         quotas: Quotas,
     ) -> Result<TenantRecord, AccountsError> {
-        let mut record = self
-            .tenant(id)
-            .ok_or_else(|| AccountsError::NoSuchTenant(id.to_string()))?;
-        record.quotas = quotas;
-        self.put(format!("{TENANTS}{id}"), &record).await?;
-        Ok(record)
+        self.update_tenant(id, |record| record.quotas = quotas)
+            .await
     }
 
     /// Sets the tenant's price plan; invocations from now on are priced by it.
@@ -260,16 +301,14 @@ impl Accounts {
         plan: gust_core::usage::PricePlan,
         now_ms: u64,
     ) -> Result<TenantRecord, AccountsError> {
-        let mut record = self
-            .tenant(id)
-            .ok_or_else(|| AccountsError::NoSuchTenant(id.to_string()))?;
-        let mut plans = record.plans();
-        plans.change(plan, now_ms);
-        record.plan = plans.current;
-        record.plan_since_ms = plans.since_ms;
-        record.earlier_plans = plans.earlier;
-        self.put(format!("{TENANTS}{id}"), &record).await?;
-        Ok(record)
+        self.update_tenant(id, |record| {
+            let mut plans = record.plans();
+            plans.change(plan.clone(), now_ms);
+            record.plan = plans.current;
+            record.plan_since_ms = plans.since_ms;
+            record.earlier_plans = plans.earlier;
+        })
+        .await
     }
 
     pub fn tenant(&self, id: &TenantId) -> Option<TenantRecord> {
@@ -351,10 +390,16 @@ impl Accounts {
         id: &str,
         now_ms: u64,
     ) -> Result<TokenRecord, AccountsError> {
-        let _one_at_a_time = self.revoking.lock().await;
-        let mut record = self
-            .read()
-            .tokens
+        let _one_at_a_time = self.revoking.acquire().await?;
+        // The tokens as stored now: the mirror may not have seen a
+        // revocation just made on another node.
+        let mut tokens = HashMap::new();
+        for entry in self.kv.list(TOKENS).await? {
+            let token: TokenRecord = serde_json::from_slice(&entry.value)
+                .map_err(|e| StoreError::Corrupt(format!("{}: {e}", entry.key)))?;
+            tokens.insert(token.id.clone(), token);
+        }
+        let mut record = tokens
             .get(id)
             .filter(|t| tenant.is_none_or(|want| &t.tenant == want))
             .cloned()
@@ -363,9 +408,7 @@ impl Accounts {
             return Ok(record);
         }
         if lasting_admin(&record)
-            && !self
-                .read()
-                .tokens
+            && !tokens
                 .values()
                 .any(|t| t.id != record.id && lasting_admin(t))
         {

@@ -13,6 +13,7 @@ mod data;
 mod ledger;
 mod logs;
 mod meta;
+mod nodes;
 mod queues;
 mod registry;
 
@@ -22,6 +23,9 @@ pub use data::data;
 pub use ledger::ledger;
 pub use logs::{log_limits, logs};
 pub use meta::kv;
+pub use nodes::{
+    claims_across_nodes, component_bytes_across_nodes, leases, revocations_across_nodes,
+};
 pub use queues::{ordered_queues, queues};
 pub use registry::registry;
 

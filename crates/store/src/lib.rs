@@ -14,6 +14,7 @@
 mod accounts;
 mod buckets;
 pub mod conformance;
+mod lease;
 mod registry;
 mod secrets;
 
@@ -22,6 +23,7 @@ use bytes::Bytes;
 
 pub use accounts::{Accounts, AccountsError, AuthError, TenantRecord, TokenRecord};
 pub use buckets::{Buckets, BucketsError, Value};
+pub use lease::{LEASES_PREFIX, Lease, LeaseGuard};
 pub use registry::{Activation, AliasTarget, NewVersion, Registry, RegistryError};
 pub use secrets::{SecretBox, SecretError};
 

@@ -4,7 +4,8 @@
 //! tenant's functions or one function's versions in order.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use gust_core::config::Variable;
@@ -16,6 +17,7 @@ use gust_core::route::RouteClaim;
 use gust_core::{ActiveVersion, FunctionName, FunctionRecord, Limits, TenantId, VersionRecord};
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::lease::{Lease, LeaseGuard};
 use crate::{Entry, MetaStore, StoreError, Watch};
 
 /// Errors from registry operations that callers branch on.
@@ -58,6 +60,9 @@ const MAX_CAS_RETRIES: usize = 16;
 fn function_key(tenant: &TenantId, name: &FunctionName) -> String {
     format!("fn/{tenant}/{name}")
 }
+
+/// Prefix of every version record.
+const VERSIONS_PREFIX: &str = "ver/";
 
 fn versions_prefix(tenant: &TenantId, name: &FunctionName) -> String {
     format!("ver/{tenant}/{name}/")
@@ -158,39 +163,55 @@ fn push_report(record: &mut FunctionRecord, report: CanaryReport) {
 pub struct Registry {
     kv: Arc<dyn MetaStore>,
     components: Arc<Mutex<ComponentBytes>>,
-    /// Held while route claims change, so that two changes never take and
-    /// release the same place in between each other.
-    claiming: Arc<tokio::sync::Mutex<()>>,
+    /// Held while route claims change, so that two changes (on any node)
+    /// never take and release the same place in between each other.
+    claiming: Lease,
     /// Held from a component's upload until its version record is written,
     /// and while a removal looks for components nothing refers to any
     /// more, so that a component being deployed is never collected.
-    uploading: Arc<tokio::sync::Mutex<()>>,
+    uploading: Lease,
 }
 
 /// Each tenant's total component bytes, counted from its version records
-/// on first use and forgotten whenever this process changes them (the
-/// generation keeps a count that raced a change from being kept).
+/// on first use and forgotten whenever a version record of the tenant
+/// changes: at once when this process changes it, and when a watch of
+/// every version record sees it (another node's deploy or removal, a few
+/// milliseconds later). Counts are kept only while that watch runs; the
+/// generation keeps a count that raced a change from being kept.
 #[derive(Default)]
 struct ComponentBytes {
     generation: u64,
     by_tenant: HashMap<TenantId, u64>,
+    /// The watch runs: a count kept now is forgotten on any later change.
+    following: bool,
+    /// Dropped with the last clone of the registry, which ends the watch.
+    follower: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ComponentBytes {
+    fn forget_all(&mut self, following: bool) {
+        self.generation += 1;
+        self.by_tenant.clear();
+        self.following = following;
+    }
 }
 
 impl Registry {
     pub fn new(kv: Arc<dyn MetaStore>) -> Self {
         Self {
+            claiming: Lease::new(kv.clone(), "claiming"),
+            uploading: Lease::new(kv.clone(), "uploading"),
             kv,
             components: Arc::default(),
-            claiming: Arc::default(),
-            uploading: Arc::default(),
         }
     }
 
     /// Held by a deploy from storing its component until its version
     /// record is written, and by [`Registry::unreferenced`]'s caller
-    /// until it has removed what that found (one node; see ARCHITECTURE).
-    pub async fn components_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        self.uploading.clone().lock_owned().await
+    /// until it has removed what that found: a lease in the store, so it
+    /// holds across the nodes of a cluster (within [`Lease`]'s bound).
+    pub async fn components_lock(&self) -> Result<LeaseGuard, RegistryError> {
+        Ok(self.uploading.acquire().await?)
     }
 
     /// Those of `digests` that no version of any function refers to: their
@@ -203,7 +224,7 @@ impl Registry {
         if left.is_empty() {
             return Ok(left);
         }
-        for entry in self.kv.list("ver/").await? {
+        for entry in self.kv.list(VERSIONS_PREFIX).await? {
             let record: VersionRecord = decode(&entry)?;
             left.retain(|d| *d != record.digest);
             if left.is_empty() {
@@ -223,21 +244,35 @@ impl Registry {
         cache.by_tenant.remove(tenant);
     }
 
-    /// Bytes of every stored version of every function of the tenant.
+    /// Bytes of every stored version of every function of the tenant: as
+    /// of a few milliseconds ago for changes made by other processes.
     pub async fn component_bytes(&self, tenant: &TenantId) -> Result<u64, RegistryError> {
         let generation = {
-            let cache = self.components();
-            if let Some(bytes) = cache.by_tenant.get(tenant) {
+            let mut cache = self.components();
+            if cache.follower.is_none()
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                let (keep, stopped) = tokio::sync::oneshot::channel();
+                cache.follower = Some(keep);
+                runtime.spawn(follow_versions(
+                    self.kv.clone(),
+                    Arc::downgrade(&self.components),
+                    stopped,
+                ));
+            }
+            if cache.following
+                && let Some(bytes) = cache.by_tenant.get(tenant)
+            {
                 return Ok(*bytes);
             }
             cache.generation
         };
         let mut total = 0u64;
-        for entry in self.kv.list(&format!("ver/{tenant}/")).await? {
+        for entry in self.kv.list(&format!("{VERSIONS_PREFIX}{tenant}/")).await? {
             total = total.saturating_add(decode::<VersionRecord>(&entry)?.size_bytes);
         }
         let mut cache = self.components();
-        if cache.generation == generation {
+        if cache.following && cache.generation == generation {
             cache.by_tenant.insert(tenant.clone(), total);
         }
         Ok(total)
@@ -552,8 +587,8 @@ impl Registry {
     /// tenant's claim on the same host, with any prefix (or none), is
     /// refused, so no tenant serves paths on an origin whose users'
     /// cookies and tokens belong to someone else. The holder is named only
-    /// as "another tenant". On one node [`Registry::set_routes`] runs this
-    /// under its claiming lock, so two tenants never take a host at once.
+    /// as "another tenant". [`Registry::set_routes`] runs this under its
+    /// claiming lease, so two tenants never take a host at once.
     async fn check_host_holder(
         &self,
         tenant: &TenantId,
@@ -594,7 +629,7 @@ impl Registry {
         name: &FunctionName,
         claims: Vec<RouteClaim>,
     ) -> Result<(FunctionRecord, u64), RegistryError> {
-        let _claiming = self.claiming.lock().await;
+        let _claiming = self.claiming.acquire().await?;
         let owner = format!("{tenant}/{name}");
         if self.function(tenant, name).await?.is_none() {
             return Err(RegistryError::NoSuchFunction(name.clone()));
@@ -831,7 +866,7 @@ impl Registry {
         tenant: &TenantId,
         name: &FunctionName,
     ) -> Result<Option<u64>, RegistryError> {
-        let _claiming = self.claiming.lock().await;
+        let _claiming = self.claiming.acquire().await?;
         let record = self.function(tenant, name).await?;
         let existed = self.kv.delete(&function_key(tenant, name)).await?;
         for claim in record.iter().flat_map(|r| &r.routes) {
@@ -859,6 +894,73 @@ impl Registry {
         let rest = key.strip_prefix(FUNCTIONS_PREFIX)?;
         let (tenant, name) = rest.split_once('/')?;
         Some((TenantId::new(tenant).ok()?, FunctionName::new(name).ok()?))
+    }
+}
+
+/// Forgets the component bytes counted for a tenant whenever one of its
+/// version records changes, as long as the registry lives; while the
+/// watch is down, nothing is kept (every count reads the records).
+async fn follow_versions(
+    kv: Arc<dyn MetaStore>,
+    cache: Weak<Mutex<ComponentBytes>>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let with = |f: &dyn Fn(&mut ComponentBytes)| match cache.upgrade() {
+        Some(cache) => {
+            f(&mut cache.lock().unwrap_or_else(|p| p.into_inner()));
+            true
+        }
+        None => false,
+    };
+    loop {
+        let watch = tokio::select! {
+            _ = &mut stopped => return,
+            watch = kv.watch(VERSIONS_PREFIX) => watch,
+        };
+        let mut changes = match watch {
+            Ok(watch) => watch.changes,
+            Err(StoreError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch version records; counting component bytes afresh each time");
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if !with(&|c| c.forget_all(true)) {
+            return;
+        }
+        loop {
+            let event = tokio::select! {
+                _ = &mut stopped => return,
+                event = changes.next() => event,
+            };
+            match event {
+                Ok(event) => {
+                    let tenant = event
+                        .key()
+                        .strip_prefix(VERSIONS_PREFIX)
+                        .and_then(|rest| rest.split('/').next())
+                        .unwrap_or_default()
+                        .to_string();
+                    let forgot = with(&|c| {
+                        c.generation += 1;
+                        c.by_tenant.retain(|t, _| t.as_str() != tenant);
+                    });
+                    if !forgot {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    with(&|c| c.forget_all(false));
+                    if matches!(e, StoreError::Closed) {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
     }
 }
 
