@@ -386,7 +386,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     .await;
     Dispatcher::start(&events, Arc::new(gateway.clone()));
     Scheduler::start(&events);
-    ChangeFeed::start(&events, data);
+    // Nodes of a cluster share one feed: one reads it at a time.
+    let feed_lease = nats
+        .as_ref()
+        .map(|_| gust_store::Lease::new(kv.clone(), "change-feed"));
+    ChangeFeed::start(&events, data, feed_lease);
 
     // Signal handlers are installed before the addresses are printed, so a
     // SIGTERM right after start-up still drains and exits 0.

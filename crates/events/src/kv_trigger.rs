@@ -98,9 +98,29 @@ impl Events {
 pub struct ChangeFeed;
 
 impl ChangeFeed {
-    pub fn start(events: &Events, data: Arc<dyn DataStore>) {
+    /// Reads the feed from now on. With `exclusive` (nodes of a cluster
+    /// sharing one feed), only while holding that lease: one reader at a
+    /// time keeps each key's events in revision order and each change's
+    /// event single. A holder that dies is replaced once its lease runs
+    /// out ([`gust_store::Lease::TTL`]): KV-triggered events pause that long.
+    pub fn start(events: &Events, data: Arc<dyn DataStore>, exclusive: Option<gust_store::Lease>) {
         let events = events.clone();
         tokio::spawn(async move {
+            let _held = match exclusive {
+                Some(lease) => loop {
+                    match lease.acquire().await {
+                        Ok(guard) => {
+                            tracing::info!("this node reads the data change feed");
+                            break Some(guard);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "change feed: cannot take its lease; retrying in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                },
+                None => None,
+            };
             let mut written = data.last_revision();
             loop {
                 match pump(&events, data.as_ref()).await {

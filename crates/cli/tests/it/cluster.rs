@@ -645,3 +645,56 @@ async fn losing_nats_servers_never_yields_a_false_202() {
         let _ = std::panic::catch_unwind(|| nats.signal(i, "KILL"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_changes_on_any_node_trigger_once_each_in_order_per_key() {
+    let Some(cluster) = GustCluster::start(3) else {
+        return;
+    };
+    cluster.wait_alive(3).await;
+    let [a, b, c] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    a.deploy("recorder", &guests().testbed, &["--concurrency", "4"]);
+    b.gust_json(&[
+        "trigger", "add", "recorder", "--bucket", "data", "--path", "/record", "--id", "rec",
+    ]);
+    // Writes land on b and c; one node reads the feed for all.
+    let on_c = async {
+        for i in 0..5 {
+            let response = c
+                .http
+                .put(format!("{}/v1/kv/data/keys/c{i}", c.api))
+                .body("from c")
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success());
+        }
+    };
+    // b: three keys, eight changes each, the last of k0 a delete.
+    let (on_b, ()) = tokio::join!(crate::kv::write_chains(b, 3, 8), on_c);
+    let expected = (on_b.values().map(Vec::len).sum::<usize>() + 1 + 5) as u64;
+    let count = Server::eventually(Duration::from_secs(60), || async {
+        let n = crate::kv::recorded_count(a).await;
+        (n >= expected).then_some(n)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n = crate::kv::recorded_count(a).await;
+    assert_eq!(
+        count.map(|_| n),
+        Some(expected),
+        "each change delivered once"
+    );
+    let mut by_key = std::collections::BTreeMap::<String, Vec<u64>>::new();
+    for (key, revision, _, _) in crate::kv::recorded(a).await {
+        by_key.entry(key).or_default().push(revision);
+    }
+    for (key, revisions) in &by_key {
+        assert!(
+            revisions.windows(2).all(|w| w[0] < w[1]),
+            "{key}: {revisions:?}"
+        );
+    }
+}

@@ -235,7 +235,11 @@ async fn list_keys_pages_through_a_large_bucket() {
 /// Writes `per_key` values to each of `keys` keys of bucket `data`, keys
 /// in parallel, each key's writes in sequence; the last write of `k0` is a
 /// delete. Returns each key's revisions (the delete's is not known).
-async fn write_chains(server: &Server, keys: usize, per_key: usize) -> HashMap<String, Vec<u64>> {
+pub(crate) async fn write_chains(
+    server: &Server,
+    keys: usize,
+    per_key: usize,
+) -> HashMap<String, Vec<u64>> {
     let mut writers = tokio::task::JoinSet::new();
     for k in 0..keys {
         let api = server.api.clone();
@@ -271,7 +275,7 @@ async fn write_chains(server: &Server, keys: usize, per_key: usize) -> HashMap<S
 }
 
 /// Records written by the testbed's `/record`: `subject revision attempt operation`.
-async fn recorded(server: &Server) -> Vec<(String, u64, u64, String)> {
+pub(crate) async fn recorded(server: &Server) -> Vec<(String, u64, u64, String)> {
     let (status, dump) = server.kv("recorder", "dump?bucket=seen", "").await;
     assert_eq!(status, 200, "{dump}");
     let mut lines: Vec<(&str, &str)> = dump.lines().filter_map(|l| l.split_once('\t')).collect();
@@ -291,7 +295,7 @@ async fn recorded(server: &Server) -> Vec<(String, u64, u64, String)> {
         .collect()
 }
 
-async fn recorded_count(server: &Server) -> u64 {
+pub(crate) async fn recorded_count(server: &Server) -> u64 {
     server
         .kv_value("seen", "n")
         .await

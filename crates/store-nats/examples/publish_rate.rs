@@ -1,0 +1,128 @@
+//! JetStream's own publish rate on a cluster: the ceiling for anything
+//! stored on it, such as Gust's durable events (`bench/cluster.sh`).
+//!
+//! Creates a replicated file stream of its own, publishes `--messages`
+//! messages of `--size` bytes with `--in-flight` publishes awaiting their
+//! acknowledgement at once (spread over `--connections` connections, one
+//! per server in turn), prints `msgs/s p50_ms p99_ms` (the latencies are
+//! publish → acknowledgement) and deletes the stream.
+//!
+//!   cargo run --release -p gust-store-nats --example publish_rate -- \
+//!     --servers nats://127.0.0.1:14222,nats://127.0.0.1:14223 --in-flight 64
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+
+struct Args {
+    servers: Vec<String>,
+    messages: u64,
+    in_flight: usize,
+    connections: usize,
+    size: usize,
+    replicas: usize,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        servers: Vec::new(),
+        messages: 50_000,
+        in_flight: 64,
+        connections: 3,
+        size: 200,
+        replicas: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--servers" => args.servers = value.split(',').map(str::to_string).collect(),
+            "--messages" => args.messages = value.parse().expect("--messages N"),
+            "--in-flight" => args.in_flight = value.parse().expect("--in-flight K"),
+            "--connections" => args.connections = value.parse().expect("--connections C"),
+            "--size" => args.size = value.parse().expect("--size BYTES"),
+            "--replicas" => args.replicas = value.parse().expect("--replicas R"),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(!args.servers.is_empty(), "--servers nats://…[,nats://…]");
+    assert!(args.in_flight > 0 && args.connections > 0);
+    args
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    let mut clients = Vec::new();
+    for i in 0..args.connections {
+        let server = &args.servers[i % args.servers.len()];
+        clients.push(async_nats::connect(server.as_str()).await.expect("connect"));
+    }
+    let name = format!("BENCH_RAW_{}", std::process::id());
+    let subject = format!("bench.raw.{}", std::process::id());
+    let js = jetstream::new(clients[0].clone());
+    js.create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![subject.clone()],
+        storage: stream::StorageType::File,
+        num_replicas: args.replicas,
+        ..Default::default()
+    })
+    .await
+    .expect("create the stream");
+
+    let payload = Bytes::from(vec![b'x'; args.size]);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.in_flight {
+        let js = jetstream::new(clients[i % clients.len()].clone());
+        let (next, payload, subject) = (next.clone(), payload.clone(), subject.clone());
+        let total = args.messages;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let sent = Instant::now();
+                js.publish(subject.clone(), payload.clone())
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("acknowledgement");
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies: Vec<Duration> = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("publisher"));
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    let pct = |p: f64| {
+        let i = ((p / 100.0) * (latencies.len() - 1) as f64).round() as usize;
+        latencies[i].as_secs_f64() * 1000.0
+    };
+    let info = js
+        .get_stream(&name)
+        .await
+        .expect("the stream")
+        .info()
+        .await
+        .expect("its info")
+        .state
+        .messages;
+    assert_eq!(info, args.messages, "every acknowledged message is stored");
+    println!(
+        "{:.0} {:.3} {:.3}",
+        args.messages as f64 / elapsed.as_secs_f64(),
+        pct(50.0),
+        pct(99.0)
+    );
+    js.delete_stream(&name).await.expect("delete the stream");
+}
