@@ -1,0 +1,204 @@
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::*;
+use crate::testkit;
+
+fn payload(s: &str) -> Bytes {
+    Bytes::from(s.to_string())
+}
+
+fn item(seq: u64, due: u64, group: Option<&str>) -> Item {
+    Item {
+        seq,
+        state: State {
+            due,
+            attempts: 0,
+            claimant: None,
+            group: group.map(str::to_string),
+        },
+    }
+}
+
+#[test]
+fn a_group_offers_only_its_first_message() {
+    let items = [
+        item(1, 50, Some("k")),
+        item(2, 0, Some("j")),
+        item(3, 0, Some("k")),
+        item(4, 10, None),
+        item(5, 0, None),
+    ];
+    assert_eq!(claimable(&items, 20, 10), [2, 5, 4]);
+    assert_eq!(claimable(&items, 50, 2), [2, 5]);
+    assert_eq!(claimable(&items, 50, 10), [2, 5, 4, 1]);
+    // seq 3 is due at 0 but held back behind seq 1 (due at 50).
+    assert_eq!(next_due(&items[..1]), Some(50));
+    assert_eq!(
+        next_due(&[item(1, 50, Some("k")), item(3, 0, Some("k"))]),
+        Some(50)
+    );
+    assert_eq!(next_due(&[]), None);
+}
+
+#[test]
+fn a_state_round_trips_through_headers() {
+    let state = State {
+        due: 123,
+        attempts: 4,
+        claimant: Some("node-1".into()),
+        group: Some("aw".into()),
+    };
+    assert_eq!(State::read(Some(&state.headers())).unwrap(), state);
+    let bare = State {
+        claimant: None,
+        group: None,
+        ..state
+    };
+    assert_eq!(State::read(Some(&bare.headers())).unwrap(), bare);
+    assert!(State::read(None).is_err());
+}
+
+#[test]
+fn queue_names_round_trip_through_one_token() {
+    for name in ["", "q", "events/t/f", "a.b c/ü"] {
+        let token = queue_token(name);
+        assert!(!token.contains('.'), "{token}");
+        assert_eq!(queue_of_token(&token).unwrap(), name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_queues() {
+    let Some(store) = testkit::store().await else {
+        return;
+    };
+    gust_store::conformance::queues(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_ordered_queues() {
+    let Some(store) = testkit::store().await else {
+        return;
+    };
+    gust_store::conformance::ordered_queues(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_racing_never_both_claim_one_message_while_its_lease_runs() {
+    let Some(one) = testkit::store().await else {
+        return;
+    };
+    // Another node: the same namespace, another name.
+    let mut options = one.options().clone();
+    options.servers.reverse();
+    options.client_name = "other-node".into();
+    let other = NatsStore::connect(options).await.unwrap();
+    let payloads: Vec<Bytes> = (0..40).map(|i| Bytes::from(format!("m{i}"))).collect();
+    // Both enqueue at once: the sequence numbers stay distinct.
+    let (a, b) = tokio::join!(
+        one.enqueue("race", payloads[..20].to_vec(), 0),
+        other.enqueue("race", payloads[20..].to_vec(), 0)
+    );
+    let mut given: Vec<u64> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    given.sort_unstable();
+    assert_eq!(given, (1..=40).collect::<Vec<_>>());
+
+    // A node whose idea of the counter is stale is refused and reads
+    // it again: the numbers stay distinct without any race.
+    assert_eq!(
+        one.enqueue("stale", vec![payload("1")], 0).await.unwrap(),
+        [1]
+    );
+    assert_eq!(
+        other.enqueue("stale", vec![payload("2")], 0).await.unwrap(),
+        [2]
+    );
+    assert_eq!(
+        one.enqueue("stale", vec![payload("3")], 0).await.unwrap(),
+        [3]
+    );
+
+    // Both claim the same due messages, round after round, with a
+    // lease that outlasts the test: each message goes to one of them.
+    let mut seen = HashSet::new();
+    for round in 0..10u64 {
+        let now = 1_000 + round;
+        let (a, b) = tokio::join!(
+            one.claim("race", now, 60_000, 3),
+            other.claim("race", now, 60_000, 3)
+        );
+        for claimed in a.unwrap().into_iter().chain(b.unwrap()) {
+            assert!(
+                seen.insert(claimed.seq),
+                "seq {} claimed twice in round {round}",
+                claimed.seq
+            );
+            assert_eq!(claimed.attempt, 1);
+        }
+    }
+    assert!(seen.len() >= 30, "{} claimed", seen.len());
+    // Each node releases only its own claims after a restart.
+    let mine = one.release_claims("race", 2_000).await.unwrap();
+    let theirs = other.release_claims("race", 2_000).await.unwrap();
+    assert_eq!(mine + theirs, seen.len() as u64);
+    assert!(mine > 0 && theirs > 0, "{mine} {theirs}");
+    assert_eq!(other.release_claims("race", 2_000).await.unwrap(), 0);
+}
+
+/// Prints throughput on the test cluster:
+/// `cargo test -p gust-store-nats queue_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, not a check"]
+async fn queue_throughput() {
+    let Some(store) = testkit::store().await else {
+        return;
+    };
+    let n = 200;
+    let start = Instant::now();
+    for i in 0..n {
+        store
+            .enqueue("single", vec![Bytes::from(format!("event {i}"))], 0)
+            .await
+            .unwrap();
+    }
+    let single = n as f64 / start.elapsed().as_secs_f64();
+
+    let batches = 20;
+    let start = Instant::now();
+    for b in 0..batches {
+        let payloads = (0..100)
+            .map(|i| Bytes::from(format!("event {b}/{i}")))
+            .collect();
+        store.enqueue("batched", payloads, 0).await.unwrap();
+    }
+    let batched = (batches * 100) as f64 / start.elapsed().as_secs_f64();
+
+    let mut drained = Vec::new();
+    for (queue, backlog) in [("drain", 1_000), ("short", 20)] {
+        let payloads = (0..backlog)
+            .map(|i| Bytes::from(format!("backlog {i}")))
+            .collect();
+        let given = store.enqueue(queue, payloads, 0).await.unwrap();
+        assert_eq!(given.len(), backlog);
+        assert_eq!(store.depth(queue).await.unwrap(), backlog as u64);
+        let start = Instant::now();
+        let mut done = 0;
+        while done < backlog {
+            let claimed = store.claim(queue, 1, 60_000, 10).await.unwrap();
+            assert!(!claimed.is_empty());
+            done += claimed.len();
+            store
+                .ack(queue, claimed.iter().map(|c| c.seq).collect())
+                .await
+                .unwrap();
+        }
+        drained.push(done as f64 / start.elapsed().as_secs_f64());
+    }
+    println!(
+        "enqueue of 1 event: {single:.0} events/s; of 100-event batches: {batched:.0} events/s; \
+         claim (10 per call) + ack from a 1,000-message backlog: {:.0} messages/s, \
+         from a 20-message backlog: {:.0} messages/s",
+        drained[0], drained[1]
+    );
+}
