@@ -4,7 +4,10 @@
 //! Each trait is implemented in its own module, on its own JetStream
 //! construct: `meta` (the registry's metadata: one stream holding the last
 //! value of each key, read through the stream leader), `blobs` (components,
-//! in an Object Store). This file holds what they share: connecting, the
+//! in an Object Store), `data` (tenants' data: a stream that is also its
+//! change feed), `queues` (event queues: a subject per message, its state
+//! in headers), `logs` (a subject per log). The usage ledger is not here:
+//! it stays in each node's embedded store. This file holds what they share: connecting, the
 //! checks a cluster must pass before Gust trusts it with acknowledged
 //! writes (`check`), naming, key encoding and error mapping.
 //!
