@@ -91,6 +91,14 @@ pub trait ClusterView: Send + Sync {
     /// Waits up to `within` until every live node serves registry revision
     /// `revision`; returns the ids of those that do not.
     async fn wait_served(&self, revision: u64, within: Duration) -> Vec<String>;
+    /// `GET path_and_query` on the control API of every other live node,
+    /// with the caller's `Authorization`: each node's id and its answer's
+    /// body, or why there is none.
+    async fn ask_peers(
+        &self,
+        path_and_query: &str,
+        authorization: Option<&str>,
+    ) -> Vec<(String, Result<bytes::Bytes, String>)>;
 }
 
 pub type SharedClusterView = Arc<dyn ClusterView>;
@@ -149,6 +157,14 @@ impl ClusterView for SingleNode {
 
     async fn wait_served(&self, _revision: u64, _within: Duration) -> Vec<String> {
         // The node's own data plane is waited for by the caller.
+        Vec::new()
+    }
+
+    async fn ask_peers(
+        &self,
+        _path_and_query: &str,
+        _authorization: Option<&str>,
+    ) -> Vec<(String, Result<bytes::Bytes, String>)> {
         Vec::new()
     }
 }

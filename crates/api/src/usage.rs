@@ -29,6 +29,9 @@ pub struct UsageParams {
     pub by: Option<GroupBy>,
     /// For `/v1/usage/records`: `csv` (default) or `jsonl`.
     pub format: Option<String>,
+    /// For `/v1/usage` in a cluster: only the answering node's records
+    /// (default: every live node's, summed).
+    pub local: Option<bool>,
 }
 
 impl UsageParams {
@@ -63,15 +66,46 @@ fn meter(state: &ApiState) -> Result<&Meter, ApiError> {
 pub(crate) async fn usage(
     State(state): State<ApiState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     params: Result<Query<UsageParams>, QueryRejection>,
 ) -> Result<Json<UsageReport>, ApiError> {
     caller.require(Action::Read)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let query = params.query()?;
-    let report = meter(&state)?
+    let mut report = meter(&state)?
         .usage(caller.tenant.as_str(), &query)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if params.local != Some(true) {
+        // Each node keeps its own ledger: a cluster's usage is the sum of
+        // every node's, for the same tenant (the token says which) and
+        // the same period.
+        let mut ask = format!(
+            "/v1/usage?local=true&from_ms={}&to_ms={}",
+            query.from_ms, query.to_ms
+        );
+        if let Some(function) = &query.function {
+            ask.push_str(&format!("&function={function}"));
+        }
+        if let Some(by) = params.by {
+            let by = serde_json::to_value(by).unwrap_or_default();
+            ask.push_str(&format!("&by={}", by.as_str().unwrap_or_default()));
+        }
+        let authorization = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        for (node, answer) in state.cluster.ask_peers(&ask, authorization).await {
+            match answer.and_then(|body| {
+                serde_json::from_slice::<UsageReport>(&body).map_err(|e| e.to_string())
+            }) {
+                Ok(other) => report.merge(other),
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "a node's usage is missing from a report");
+                    report.missing_nodes.push(node);
+                }
+            }
+        }
+    }
     Ok(Json(report))
 }
 

@@ -374,6 +374,8 @@ pub struct NatsCluster {
     pub kv: Arc<dyn MetaStore>,
     pub store: NatsStore,
     pub monitors: Vec<String>,
+    /// Asks the other nodes (their control APIs).
+    http: reqwest::Client,
 }
 
 impl NatsCluster {
@@ -383,6 +385,10 @@ impl NatsCluster {
             kv,
             store,
             monitors: args.monitors(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
         }
     }
 }
@@ -452,6 +458,51 @@ impl ClusterView for NatsCluster {
             servers,
             streams,
         })
+    }
+
+    async fn ask_peers(
+        &self,
+        path_and_query: &str,
+        authorization: Option<&str>,
+    ) -> Vec<(String, Result<Bytes, String>)> {
+        let peers = match nodes(self.kv.as_ref()).await {
+            Ok(nodes) => {
+                let now = now_ms();
+                nodes
+                    .into_iter()
+                    .filter(|n| n.alive(now) && n.id != self.node)
+                    .collect::<Vec<_>>()
+            }
+            Err(e) => return vec![("(every other node)".into(), Err(e.to_string()))],
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        for peer in peers {
+            let mut request = self.http.get(format!(
+                "{}{path_and_query}",
+                peer.api_url.trim_end_matches('/')
+            ));
+            if let Some(authorization) = authorization {
+                request = request.header(reqwest::header::AUTHORIZATION, authorization);
+            }
+            asks.spawn(async move {
+                let answer = async {
+                    let response = request.send().await.map_err(|e| e.to_string())?;
+                    if !response.status().is_success() {
+                        return Err(format!("it answered {}", response.status()));
+                    }
+                    response.bytes().await.map_err(|e| e.to_string())
+                }
+                .await;
+                (peer.id, answer)
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(answer) = asks.join_next().await {
+            if let Ok(answer) = answer {
+                answers.push(answer);
+            }
+        }
+        answers
     }
 
     async fn wait_served(&self, revision: u64, within: Duration) -> Vec<String> {

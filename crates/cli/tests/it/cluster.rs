@@ -499,6 +499,25 @@ async fn events_accepted_by_a_node_killed_with_kill_9_are_delivered_by_the_other
     cluster.nodes.push(b);
     let ids: Vec<String> = first.into_iter().chain(second).collect();
     let (lost, again) = check_delivered(&cluster.nodes[0], &ids, Duration::from_secs(120)).await;
+    // Usage from any node sums every node's ledger: at least one record
+    // per delivered event, and the same sums asked of each node.
+    let usage = Server::eventually(Duration::from_secs(10), || async {
+        let totals: Vec<u64> = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                n.gust_json(&["usage"])["total"]["invocations"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .collect();
+        (totals
+            .iter()
+            .all(|t| *t >= ids.len() as u64 && *t == totals[0]))
+        .then_some(totals)
+    })
+    .await;
+    assert!(usage.is_some(), "every node reports the cluster's usage");
     println!(
         "cluster kill -9 checker: accepted {}, lost {}, delivered more than once {again}",
         ids.len(),
