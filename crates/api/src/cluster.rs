@@ -87,6 +87,8 @@ pub struct ReplicaStatus {
 /// The cluster this node belongs to; supplied by the binary.
 #[async_trait]
 pub trait ClusterView: Send + Sync {
+    /// This node's id.
+    fn node(&self) -> &str;
     async fn status(&self) -> Result<ClusterStatus, String>;
     /// Waits up to `within` until every live node serves registry revision
     /// `revision`; returns the ids of those that do not.
@@ -132,6 +134,10 @@ pub struct SingleNode {
 
 #[async_trait]
 impl ClusterView for SingleNode {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
     async fn status(&self) -> Result<ClusterStatus, String> {
         let stats = (self.metrics)();
         let now = crate::now_ms();

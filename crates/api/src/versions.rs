@@ -2,7 +2,7 @@
 //! versions; deploying is `deploy`'s) and a function's scaling.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use gust_autoscale::ScaleStatus;
 use gust_core::access::Action;
 use gust_core::{Limits, VersionRecord};
@@ -96,22 +96,63 @@ pub(crate) async fn get_version(
 }
 
 #[utoipa::path(get, path = "/v1/functions/{name}/scale", tag = "functions",
-    params(("name" = String, Path, description = "Function name")),
+    params(("name" = String, Path, description = "Function name"), ScaleParams),
     responses(
         (status = 200, description = "Desired and warm instances, why, and the recent decisions", body = ScaleStatus),
         (status = 404, description = "No such function, or not deployed yet", body = ErrorBody)))]
 pub(crate) async fn get_scale(
     State(state): State<ApiState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     Path(name): Path<String>,
+    Query(params): Query<ScaleParams>,
 ) -> Result<Json<ScaleStatus>, ApiError> {
     caller.require(Action::Read)?;
     let name = existing(&state, &caller, name).await?;
-    (state.scale)(caller.tenant.as_str(), name.as_str())
-        .map(Json)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "function `{name}` is not deployed (deploy a version first)"
-            ))
-        })
+    let mut status = (state.scale)(caller.tenant.as_str(), name.as_str()).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "function `{name}` is not deployed (deploy a version first)"
+        ))
+    })?;
+    if params.local != Some(true) {
+        // Each node scales its own instances: show every node's.
+        let authorization = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let answers = state
+            .cluster
+            .ask_peers(
+                &format!("/v1/functions/{name}/scale?local=true"),
+                authorization,
+            )
+            .await;
+        if !answers.is_empty() {
+            let mut nodes = vec![gust_autoscale::NodeScale::of(state.cluster.node(), &status)];
+            for (node, answer) in answers {
+                let parsed = answer.and_then(|body| {
+                    serde_json::from_slice::<ScaleStatus>(&body).map_err(|e| e.to_string())
+                });
+                nodes.push(match parsed {
+                    Ok(other) => gust_autoscale::NodeScale::of(&node, &other),
+                    Err(e) => gust_autoscale::NodeScale {
+                        node,
+                        desired: 0,
+                        warm: false,
+                        running: 0,
+                        reason: format!("did not answer: {e}"),
+                    },
+                });
+            }
+            nodes.sort_by(|a, b| a.node.cmp(&b.node));
+            status.nodes = nodes;
+        }
+    }
+    Ok(Json(status))
+}
+
+/// `?local=true`: only the answering node's scaling (in a cluster).
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ScaleParams {
+    pub local: Option<bool>,
 }

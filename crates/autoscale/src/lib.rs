@@ -22,7 +22,7 @@ use gust_core::scaling::{KeepAlive, Provisioned};
 pub use activity::{Activity, Reading};
 pub use keepalive::{Basis, IdleHistogram, LearnedConfig, Windows};
 pub use scaler::{Demand, Scaler, ScalerConfig};
-pub use status::{ScaleEvent, ScaleStatus};
+pub use status::{NodeScale, ScaleEvent, ScaleStatus};
 
 /// A function's scaling settings, from its limits.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -34,6 +34,33 @@ pub struct ScaleStatus {
     pub panicking: bool,
     /// The most recent changes, oldest first.
     pub history: Vec<ScaleEvent>,
+    /// In a cluster, each node's scaling of the function (each node scales
+    /// its own instances); the fields above are the answering node's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeScale>,
+}
+
+/// One node's scaling of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeScale {
+    pub node: String,
+    pub desired: u32,
+    pub warm: bool,
+    pub running: u32,
+    /// As [`ScaleStatus::reason`], or why the node did not answer.
+    pub reason: String,
+}
+
+impl NodeScale {
+    pub fn of(node: &str, status: &ScaleStatus) -> Self {
+        Self {
+            node: node.to_string(),
+            desired: status.desired,
+            warm: status.warm,
+            running: status.running,
+            reason: status.reason.clone(),
+        }
+    }
 }
 
 /// A change of a function's scaling.

@@ -395,6 +395,10 @@ impl NatsCluster {
 
 #[async_trait]
 impl ClusterView for NatsCluster {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
     async fn status(&self) -> Result<ClusterStatus, String> {
         let now = now_ms();
         let mut nodes: Vec<NodeStatus> = nodes(self.kv.as_ref())

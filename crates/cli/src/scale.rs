@@ -62,6 +62,23 @@ pub async fn scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    if !status.nodes.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = status
+            .nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.node.clone(),
+                    n.desired.to_string(),
+                    n.running.to_string(),
+                    if n.warm { "yes" } else { "no" }.into(),
+                    n.reason.clone(),
+                ]
+            })
+            .collect();
+        output::table(&["NODE", "DESIRED", "RUNNING", "WARM", "REASON"], &rows);
+    }
     if !status.history.is_empty() {
         println!();
         let rows: Vec<Vec<String>> = status

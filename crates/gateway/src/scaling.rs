@@ -267,6 +267,7 @@ impl Autoscaler {
             history: f
                 .map(|f| f.history.iter().cloned().collect())
                 .unwrap_or_default(),
+            nodes: Vec::new(),
         })
     }
 

@@ -155,6 +155,15 @@ async fn a_function_deployed_on_one_node_is_served_by_every_node() {
             .all(|s| s["leader"].is_string()),
         "{status}"
     );
+    // Each node scales its own instances; any node shows all of them.
+    let scale = a.gust_json(&["scale", "hello"]);
+    let nodes: Vec<&str> = scale["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["a", "b", "c"], "{scale}");
     let revision = status["nodes"][0]["registry_revision"].as_u64().unwrap();
     assert!(
         status["nodes"]
