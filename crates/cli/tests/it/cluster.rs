@@ -299,20 +299,27 @@ async fn an_unsafe_nats_cluster_is_refused_at_start() {
     assert!(stderr.contains("--cluster-monitor"), "{stderr}");
 
     // A current server that acknowledges before syncing (the default).
+    let stderr = refused_by_one_server(&binary);
+    assert!(stderr.contains("sync_interval: always"), "{stderr}");
+
+    // Debian's NATS 2.9, where the machine has it: too old.
+    let old = Path::new("/usr/sbin/nats-server");
+    if old.exists() {
+        let stderr = refused_by_one_server(old);
+        assert!(stderr.contains("2.12.0 or newer"), "{stderr}");
+    }
+}
+
+/// Runs one JetStream server of `binary` with its defaults, and
+/// `gust up --cluster --dev --cluster-replicas 1` against it, which must
+/// exit 1; returns what gust printed on stderr.
+fn refused_by_one_server(binary: &Path) -> String {
     let port = free_port();
     let http = free_port();
     let store = tempfile::tempdir().unwrap();
-    let mut lax = Command::new(&binary)
-        .args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-m",
-            &http.to_string(),
-            "-js",
-            "-sd",
-        ])
+    let mut server = Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-m", &http.to_string(), "-js", "-sd"])
         .arg(store.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -324,44 +331,10 @@ async fn an_unsafe_nats_cluster_is_refused_at_start() {
         &format!("http://127.0.0.1:{http}"),
         &["--cluster-replicas", "1", "--dev"],
     );
-    let _ = lax.kill();
-    let _ = lax.wait();
+    let _ = server.kill();
+    let _ = server.wait();
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("sync_interval: always"), "{stderr}");
-
-    // Debian's NATS 2.9, where the machine has it: too old.
-    let old = Path::new("/usr/sbin/nats-server");
-    if old.exists() {
-        let port = free_port();
-        let http = free_port();
-        let store = tempfile::tempdir().unwrap();
-        let mut server = Command::new(old)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-m",
-                &http.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(store.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_http(http);
-        let (code, stderr) = refused(
-            &format!("nats://127.0.0.1:{port}"),
-            &format!("http://127.0.0.1:{http}"),
-            &["--cluster-replicas", "1", "--dev"],
-        );
-        let _ = server.kill();
-        let _ = server.wait();
-        assert_eq!(code, Some(1), "{stderr}");
-        assert!(stderr.contains("2.12.0 or newer"), "{stderr}");
-    }
+    stderr
 }
 
 fn free_port() -> u16 {
