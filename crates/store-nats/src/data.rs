@@ -63,6 +63,7 @@ use gust_store::{
     Allowance, DataChange, DataStore, DataUsage, DataWrite, Entry, KeyInfo, StoreError,
 };
 
+use crate::batch::Batch;
 use crate::meta::unacknowledged;
 use crate::{
     NatsOptions, NatsStore, REQUEST_TIMEOUT, backend, decode_key, durable_stream, encode_key,
@@ -472,95 +473,24 @@ impl NatsStore {
         for (_, subject, headers, payload) in &plan.messages {
             batch.push((subject.clone(), headers.clone(), payload.clone()));
         }
-        let count = batch.len();
-        let inbox = self.client.new_inbox();
-        let id = inbox.rsplit('.').next().unwrap_or(&inbox).to_string();
-        let mut answer = None;
-        for (i, (subject, mut headers, payload)) in batch.into_iter().enumerate() {
-            headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
-            headers.insert(
-                async_nats::header::NATS_BATCH_SEQUENCE,
-                (i + 1).to_string().as_str(),
-            );
-            if i + 1 < count {
-                // Staged by the leader, in order; a lost one makes the
-                // commit fail as incomplete.
-                self.client
-                    .publish_with_headers(subject, headers, payload)
-                    .await
-                    .map_err(backend)?;
-            } else {
-                headers.insert(
-                    async_nats::header::NATS_BATCH_COMMIT,
-                    async_nats::header::NATS_BATCH_COMMIT_FINAL,
-                );
-                answer = Some(
-                    self.client
-                        .request_with_headers(subject, headers, payload)
-                        .await,
-                );
+        let count = batch.len() as u64;
+        match crate::batch::publish(&self.client, batch).await? {
+            Batch::Stored(last) => Ok(Ok(last + 1 - count)),
+            Batch::Refused { code, .. } if RETRYABLE.contains(&code) => Ok(Err(code)),
+            Batch::Refused { code, description } if code == TOO_LARGE => {
+                Err(StoreError::Backend(format!(
+                    "{count} messages in one atomic batch (the writes and one usage record per owner) is more than the NATS servers allow: raise it with `jetstream {{ limits {{ batch {{ max_msgs: 1001 }} }} }}` in their configuration ({description})"
+                )))
             }
+            Batch::Refused { code, description } => Err(StoreError::Backend(format!(
+                "JetStream refused the writes: {description} (error {code})"
+            ))),
+            Batch::Unheard => Err(StoreError::Unavailable(format!(
+                "the data stream {} has no leader to write to",
+                d.stream.cached_info().config.name
+            ))),
         }
-        let answer = match answer {
-            Some(Ok(message)) => message,
-            Some(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                return Err(StoreError::Backend(format!(
-                    "the data stream {} has no leader to write to",
-                    d.stream.cached_info().config.name
-                )));
-            }
-            Some(Err(e)) => return Err(unacknowledged(e)),
-            None => return Err(StoreError::Backend("an empty batch".into())),
-        };
-        parse_ack(&answer.payload, count)
     }
-}
-
-/// The batch's acknowledgement: the sequence of its first message, or the
-/// code of the server's refusal.
-fn parse_ack(payload: &[u8], count: usize) -> Result<Result<u64, u64>, StoreError> {
-    #[derive(Deserialize)]
-    struct Refusal {
-        err_code: u64,
-        #[serde(default)]
-        description: String,
-    }
-    #[derive(Deserialize)]
-    struct Ack {
-        #[serde(default)]
-        seq: u64,
-        #[serde(default)]
-        count: usize,
-        error: Option<Refusal>,
-    }
-    let ack: Ack = serde_json::from_slice(payload).map_err(|e| {
-        unacknowledged(format!(
-            "unreadable acknowledgement {:?}: {e}",
-            String::from_utf8_lossy(payload)
-        ))
-    })?;
-    if let Some(refusal) = ack.error {
-        if RETRYABLE.contains(&refusal.err_code) {
-            return Ok(Err(refusal.err_code));
-        }
-        if refusal.err_code == TOO_LARGE {
-            return Err(StoreError::Backend(format!(
-                "{count} messages in one atomic batch (the writes and one usage record per owner) is more than the NATS servers allow: raise it with `jetstream {{ limits {{ batch {{ max_msgs: 1001 }} }} }}` in their configuration ({})",
-                refusal.description
-            )));
-        }
-        return Err(StoreError::Backend(format!(
-            "JetStream refused the writes: {} (error {})",
-            refusal.description, refusal.err_code
-        )));
-    }
-    if ack.count != count || ack.seq < count as u64 {
-        return Err(StoreError::Backend(format!(
-            "JetStream acknowledged {} of a batch of {count} at sequence {}",
-            ack.count, ack.seq
-        )));
-    }
-    Ok(Ok(ack.seq + 1 - count as u64))
 }
 
 fn check_allowance(

@@ -25,6 +25,7 @@
 //! This crate must not know about HTTP or WebAssembly, and is named only
 //! by the composition root (the `gust` binary) and tests.
 
+mod batch;
 mod blobs;
 pub mod check;
 mod data;

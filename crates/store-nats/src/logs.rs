@@ -38,16 +38,16 @@
 
 use std::collections::HashMap;
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
-use async_nats::{HeaderMap, RequestErrorKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use serde::Deserialize;
 
 use gust_store::{LogLimits, LogStore, StoreError};
 
+use crate::batch::Batch;
 use crate::meta::{refusal_code, unacknowledged};
 use crate::{NatsOptions, NatsStore, backend, durable_stream, encode_key, ensure_stream};
 
@@ -128,24 +128,6 @@ fn edge_of(message: &jetstream::message::StreamMessage) -> Edge {
         },
         end: offset.saturating_add(message.payload.len() as u64),
     }
-}
-
-/// The server's answer to a message of an atomic batch.
-#[derive(Debug, Deserialize)]
-struct BatchAck {
-    #[serde(default)]
-    seq: u64,
-    #[serde(default)]
-    count: u64,
-    error: Option<ApiError>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ApiError {
-    #[serde(default)]
-    err_code: u64,
-    #[serde(default)]
-    description: String,
 }
 
 /// A write's outcome: written (the sequence of its last message), or
@@ -309,62 +291,11 @@ impl NatsStore {
                 },
             };
         }
-        // An atomic batch: the first message is a request the server
-        // answers when the batch has begun, the middle ones are plain
-        // publishes, and the last one commits and is answered with the
-        // batch's acknowledgement.
-        let inbox = self.client.new_inbox();
-        let id = inbox.rsplit('.').next().unwrap_or(&inbox).to_string();
-        for (i, (subject, mut headers, payload)) in messages.into_iter().enumerate() {
-            headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
-            headers.insert(
-                async_nats::header::NATS_BATCH_SEQUENCE,
-                (i + 1).to_string().as_str(),
-            );
-            let last = i + 1 == count;
-            if last {
-                headers.insert(
-                    async_nats::header::NATS_BATCH_COMMIT,
-                    async_nats::header::NATS_BATCH_COMMIT_FINAL,
-                );
-            }
-            if i == 0 || last {
-                let reply = match self
-                    .client
-                    .request_with_headers(subject, headers, payload)
-                    .await
-                {
-                    Ok(reply) => reply,
-                    Err(e) if i == 0 && e.kind() == RequestErrorKind::NoResponders => {
-                        return Ok(Written::NoLeader);
-                    }
-                    Err(e) => return Err(unacknowledged(e)),
-                };
-                if reply.payload.is_empty() && !last {
-                    continue;
-                }
-                let ack: BatchAck = serde_json::from_slice(&reply.payload)
-                    .map_err(|e| unacknowledged(format!("an answer that does not parse ({e})")))?;
-                if let Some(error) = ack.error {
-                    return refused(error.err_code, &error.description);
-                }
-                if last {
-                    if ack.count != count as u64 {
-                        return Err(StoreError::Backend(format!(
-                            "JetStream stored {} of the batch's {count} log records",
-                            ack.count
-                        )));
-                    }
-                    return Ok(Written::Last(ack.seq));
-                }
-            } else {
-                self.client
-                    .publish_with_headers(subject, headers, payload)
-                    .await
-                    .map_err(unacknowledged)?;
-            }
+        match crate::batch::publish(&self.client, messages).await? {
+            Batch::Stored(last) => Ok(Written::Last(last)),
+            Batch::Refused { code, description } => refused(code, &description),
+            Batch::Unheard => Ok(Written::NoLeader),
         }
-        Err(StoreError::Backend("an empty log write".into()))
     }
 
     /// Appends in batches of at most [`BATCH_MAX`] (each atomic; a call

@@ -68,6 +68,7 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use gust_store::{Claimed, QueueStore, StoreError};
 
+use crate::batch::Batch;
 use crate::meta::{refusal_code, unacknowledged};
 use crate::{NatsOptions, NatsStore, backend, durable_stream, ensure_stream};
 
@@ -231,28 +232,6 @@ fn queue_of_token(token: &str) -> Result<String, StoreError> {
     String::from_utf8(bytes).map_err(|e| StoreError::Corrupt(format!("queue token `{token}`: {e}")))
 }
 
-/// An id no other batch of any node uses (the server keeps a batch apart
-/// by it until the commit).
-fn batch_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static KEYS: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let random = KEYS.get_or_init(RandomState::new).hash_one(n);
-    format!("g{random:016x}{n:x}")
-}
-
-/// What became of an atomic batch.
-enum Batch {
-    /// Stored; the stream sequence of its last message.
-    Stored(u64),
-    /// A condition failed (another node moved the counter); nothing stored.
-    Refused,
-    /// No server took the batch's first message: the stream's subjects are
-    /// not known yet where this client is connected (just after the stream
-    /// was created), or the stream has no leader. Nothing stored.
-    Unheard,
-}
-
 impl Queues {
     fn subject(&self, queue: &str, seq: u64) -> String {
         format!("{}.{}.{seq}", self.base, queue_token(queue))
@@ -401,70 +380,6 @@ impl Queues {
         self.counter_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes `messages` as one atomic batch: all stored, or none.
-    async fn publish_batch(
-        &self,
-        client: &async_nats::Client,
-        messages: Vec<(String, HeaderMap, Bytes)>,
-    ) -> Result<Batch, StoreError> {
-        let id = batch_id();
-        let n = messages.len();
-        for (i, (subject, mut headers, payload)) in messages.into_iter().enumerate() {
-            headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
-            headers.insert(
-                async_nats::header::NATS_BATCH_SEQUENCE,
-                (i + 1).to_string().as_str(),
-            );
-            let last = i + 1 == n;
-            if last {
-                headers.insert(
-                    async_nats::header::NATS_BATCH_COMMIT,
-                    async_nats::header::NATS_BATCH_COMMIT_FINAL,
-                );
-            }
-            if i == 0 || last {
-                // The first message opens the batch and the server says
-                // so (an empty reply) or refuses it; the last commits it.
-                let reply = match client.request_with_headers(subject, headers, payload).await {
-                    Ok(reply) => reply,
-                    Err(e)
-                        if i == 0
-                            && e.kind() == async_nats::client::RequestErrorKind::NoResponders =>
-                    {
-                        return Ok(Batch::Unheard);
-                    }
-                    Err(e) if last => return Err(unacknowledged(e)),
-                    Err(e) => {
-                        return Err(StoreError::Backend(format!("cannot start a batch: {e}")));
-                    }
-                };
-                match publish_reply(&reply.payload)? {
-                    Reply::Empty if !last => {}
-                    Reply::Stored(sequence) if last => return Ok(Batch::Stored(sequence)),
-                    Reply::Refused(WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CONSTANT, _) => {
-                        return Ok(Batch::Refused);
-                    }
-                    Reply::Refused(code, description) => {
-                        return Err(StoreError::Backend(format!(
-                            "JetStream refused a batch ({code}): {description}"
-                        )));
-                    }
-                    Reply::Empty | Reply::Stored(_) => {
-                        return Err(StoreError::Backend(
-                            "JetStream answered a batch out of turn".into(),
-                        ));
-                    }
-                }
-            } else {
-                client
-                    .publish_with_headers(subject, headers, payload)
-                    .await
-                    .map_err(backend)?;
-            }
-        }
-        Err(StoreError::Backend("an empty batch".into()))
-    }
-
     /// Appends up to `MAX_BATCH - 1` messages in one batch with the counter.
     async fn append_batch(
         &self,
@@ -506,7 +421,7 @@ impl Queues {
                     payload.clone(),
                 ));
             }
-            let outcome = self.publish_batch(client, batch).await;
+            let outcome = crate::batch::publish(client, batch).await;
             match outcome {
                 Ok(Batch::Stored(final_seq)) => {
                     // The batch's messages have consecutive stream
@@ -515,7 +430,19 @@ impl Queues {
                         .insert(queue.to_string(), (final_seq - n, last + n));
                     return Ok((last + 1..=last + n).collect());
                 }
-                Ok(Batch::Refused | Batch::Unheard) => fresh = true,
+                // Another node moved the counter first, or no leader yet.
+                Ok(
+                    Batch::Refused {
+                        code: WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CONSTANT,
+                        ..
+                    }
+                    | Batch::Unheard,
+                ) => fresh = true,
+                Ok(Batch::Refused { code, description }) => {
+                    return Err(StoreError::Backend(format!(
+                        "JetStream refused a batch ({code}): {description}"
+                    )));
+                }
                 Err(e) => {
                     self.cache().remove(queue);
                     return Err(e);
@@ -648,38 +575,6 @@ async fn back_off(attempt: usize) {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let micros = KEYS.get_or_init(RandomState::new).hash_one(n) % (ceiling * 1_000);
     tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
-}
-
-/// A JetStream answer to a batch's message.
-enum Reply {
-    Empty,
-    Stored(u64),
-    Refused(u64, String),
-}
-
-fn publish_reply(payload: &[u8]) -> Result<Reply, StoreError> {
-    if payload.is_empty() {
-        return Ok(Reply::Empty);
-    }
-    let value: serde_json::Value = serde_json::from_slice(payload)
-        .map_err(|e| StoreError::Backend(format!("an unreadable publish answer: {e}")))?;
-    if let Some(error) = value.get("error") {
-        let code = error
-            .get("err_code")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0);
-        let description = error
-            .get("description")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        return Ok(Reply::Refused(code, description));
-    }
-    value
-        .get("seq")
-        .and_then(serde_json::Value::as_u64)
-        .map(Reply::Stored)
-        .ok_or_else(|| StoreError::Backend(format!("an unexpected publish answer: {value}")))
 }
 
 #[async_trait]
