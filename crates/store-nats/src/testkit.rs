@@ -49,12 +49,19 @@ pub fn require() -> Option<PathBuf> {
     }
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up), where
+/// other processes' outgoing connections do not take it between this
+/// check and the server's bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher as _, RandomState};
+    let random = RandomState::new();
+    for attempt in 0u64.. {
+        let port = 20_000 + (random.hash_one(attempt) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    unreachable!("some port is free")
 }
 
 /// One server of a [`Cluster`].
@@ -102,6 +109,17 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` servers and waits until JetStream is ready on each.
     pub fn start(binary: &Path, n: usize) -> Cluster {
+        // A port taken between the choice and the bind makes a server
+        // exit at once: start again on other ports.
+        for _ in 0..3 {
+            if let Some(cluster) = Self::try_start(binary, n) {
+                return cluster;
+            }
+        }
+        panic!("the NATS cluster did not start three times over");
+    }
+
+    fn try_start(binary: &Path, n: usize) -> Option<Cluster> {
         let dir = std::env::temp_dir().join(format!(
             "gust-nats-{}-{}",
             std::process::id(),
@@ -148,8 +166,27 @@ impl Cluster {
         for i in 0..n {
             cluster.spawn(i);
         }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if cluster
+                .nodes
+                .iter()
+                .any(|node| node.log().contains("[FTL]"))
+            {
+                for node in &cluster.nodes {
+                    if let Some(pid) = node.pid() {
+                        let _ = Command::new("kill")
+                            .arg("-KILL")
+                            .arg(pid.to_string())
+                            .status();
+                    }
+                }
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         cluster.wait_ready(Duration::from_secs(60));
-        cluster
+        Some(cluster)
     }
 
     fn spawn(&self, i: usize) {
