@@ -75,7 +75,15 @@ for s in socks: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))')
 port() { echo "${PORTS[$1]}"; }
 
-wait_http() { for _ in $(seq 400); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; echo "bench: $1 never answered" >&2; exit 1; }
+# wait_http URL [PID]: up to 60 s, or until PID (the server) has exited.
+wait_http() {
+  for _ in $(seq 600); do
+    curl -fs -o /dev/null "$1" && return 0
+    if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  echo "bench: $1 never answered" >&2; return 1
+}
 
 # --- NATS: three servers, as crates/store-nats/src/testkit.rs configures them.
 ROUTES=$(for i in 0 1 2; do printf 'nats://127.0.0.1:%s, ' "$(port $((i * 3 + 1)))"; done)
@@ -140,7 +148,7 @@ for i in 0 1 2; do
     --node-id "$id" >"$WORK/node-$id.out" 2>&1 &
   NODE_PIDS+=("$!"); GUST_PIDS+=("$!")
   NODE_PORTS+=("$data"); NODE_APIS+=("http://127.0.0.1:$api")
-  wait_http "http://127.0.0.1:$api/healthz"
+  wait_http "http://127.0.0.1:$api/healthz" "$!" || { tail -3 "$WORK/node-$id.out" >&2; exit 1; }
 done
 C_TOKEN=$(sed -n 's/^gust: admin token (shown once, keep it): //p' "$WORK/node-a.out")
 A_API=${NODE_APIS[0]}
