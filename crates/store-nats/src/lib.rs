@@ -244,6 +244,30 @@ async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> Result<stream::Stream, StoreError> {
+    // Creating a replicated stream waits for the meta leader and a quorum
+    // of peers: a busy or just-started cluster can take longer than one
+    // request's timeout. Opening or creating is idempotent: try again.
+    let mut last = None;
+    for _ in 0..OPEN_ATTEMPTS {
+        match try_ensure_stream(js, config.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => {
+                tracing::warn!(stream = config.name, error = %e, "opening a stream failed; trying again");
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Err(last.unwrap_or(StoreError::Closed))
+}
+
+/// Attempts of [`ensure_stream`] (each up to [`REQUEST_TIMEOUT`]).
+const OPEN_ATTEMPTS: usize = 6;
+
+async fn try_ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, StoreError> {
     match js.get_or_create_stream(config.clone()).await {
         Ok(mut existing) => {
             let info = existing.info().await.map_err(backend)?.clone();

@@ -55,8 +55,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher as _, RandomState};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::StreamMessage;
@@ -106,6 +106,17 @@ pub(crate) struct Queues {
     /// (its stream sequence, the last number given): an enqueue's guess,
     /// corrected by the compare-and-set when another node moved it.
     counter_cache: Mutex<HashMap<String, (u64, u64)>>,
+    /// Enqueues waiting, per queue, while one batch of that queue is being
+    /// written: the writer takes them all into its next batch (a group
+    /// commit), so concurrent submissions share one counter advance
+    /// instead of racing for it. A queue is a key here while a writer runs.
+    waiting: Mutex<HashMap<String, Vec<Waiting>>>,
+}
+
+/// One enqueue call waiting for its queue's writer.
+struct Waiting {
+    items: Vec<(Bytes, State)>,
+    done: tokio::sync::oneshot::Sender<Result<Vec<u64>, StoreError>>,
 }
 
 pub(crate) async fn open(
@@ -129,6 +140,7 @@ pub(crate) async fn open(
         counters,
         claimant: options.client_name.clone(),
         counter_cache: Mutex::new(HashMap::new()),
+        waiting: Mutex::new(HashMap::new()),
     })
 }
 
@@ -385,18 +397,9 @@ impl Queues {
         &self,
         client: &async_nats::Client,
         queue: &str,
-        group: Option<&str>,
-        payloads: &[Bytes],
-        not_before_ms: u64,
+        items: &[(Bytes, State)],
     ) -> Result<Vec<u64>, StoreError> {
-        let group = group.map(|g| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(g));
-        let state = State {
-            due: not_before_ms,
-            attempts: 0,
-            claimant: None,
-            group,
-        };
-        let n = payloads.len() as u64;
+        let n = items.len() as u64;
         let mut fresh = false;
         for attempt in 0..RETRIES {
             if fresh {
@@ -408,13 +411,13 @@ impl Queues {
                 async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
                 counter_seq.to_string().as_str(),
             );
-            let mut batch = Vec::with_capacity(payloads.len() + 1);
+            let mut batch = Vec::with_capacity(items.len() + 1);
             batch.push((
                 self.counter_subject(queue),
                 counter_headers,
                 Bytes::from((last + n).to_string()),
             ));
-            for (i, payload) in payloads.iter().enumerate() {
+            for (i, (payload, state)) in items.iter().enumerate() {
                 batch.push((
                     self.subject(queue, last + 1 + i as u64),
                     state.headers(),
@@ -454,22 +457,105 @@ impl Queues {
         )))
     }
 
+    /// Appends to `queue`, in one batch with whatever other enqueues of
+    /// this node wait for the same queue (see [`Queues::waiting`]). The
+    /// writing runs in a task of its own, so a caller that goes away does
+    /// not leave the others without an answer.
     async fn append(
-        &self,
+        self: &Arc<Self>,
         client: &async_nats::Client,
         queue: &str,
         group: Option<&str>,
         payloads: Vec<Bytes>,
         not_before_ms: u64,
     ) -> Result<Vec<u64>, StoreError> {
-        let mut seqs = Vec::with_capacity(payloads.len());
-        for chunk in payloads.chunks(MAX_BATCH - 1) {
-            seqs.extend(
-                self.append_batch(client, queue, group, chunk, not_before_ms)
-                    .await?,
-            );
+        let group = group.map(|g| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(g));
+        let state = State {
+            due: not_before_ms,
+            attempts: 0,
+            claimant: None,
+            group,
+        };
+        let items = payloads.into_iter().map(|p| (p, state.clone())).collect();
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let writer = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            match waiting.get_mut(queue) {
+                Some(list) => {
+                    list.push(Waiting { items, done });
+                    false
+                }
+                None => {
+                    waiting.insert(queue.to_string(), vec![Waiting { items, done }]);
+                    true
+                }
+            }
+        };
+        if writer {
+            let this = self.clone();
+            let client = client.clone();
+            let queue = queue.to_string();
+            tokio::spawn(async move { this.write_waiting(&client, &queue).await });
         }
-        Ok(seqs)
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Writes the queue's waiting enqueues, batch after batch, until none
+    /// is left. One call's messages are never split over two batches
+    /// unless it alone is larger than a batch.
+    async fn write_waiting(&self, client: &async_nats::Client, queue: &str) {
+        loop {
+            let waiting = {
+                let mut all = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                let list = all.get_mut(queue).map(std::mem::take).unwrap_or_default();
+                if list.is_empty() {
+                    all.remove(queue);
+                    return;
+                }
+                list
+            };
+            let mut chunk: Vec<Waiting> = Vec::new();
+            let mut size = 0;
+            for call in waiting {
+                if size > 0 && size + call.items.len() > MAX_BATCH - 1 {
+                    self.write_chunk(client, queue, std::mem::take(&mut chunk))
+                        .await;
+                    size = 0;
+                }
+                size += call.items.len();
+                chunk.push(call);
+            }
+            if !chunk.is_empty() {
+                self.write_chunk(client, queue, chunk).await;
+            }
+        }
+    }
+
+    /// Writes the calls' messages (one batch, or one per `MAX_BATCH - 1`
+    /// messages of a single large call) and answers each call.
+    async fn write_chunk(&self, client: &async_nats::Client, queue: &str, calls: Vec<Waiting>) {
+        let items: Vec<(Bytes, State)> = calls.iter().flat_map(|c| c.items.clone()).collect();
+        let mut seqs = Vec::with_capacity(items.len());
+        let mut failed = None;
+        for batch in items.chunks(MAX_BATCH - 1) {
+            match self.append_batch(client, queue, batch).await {
+                Ok(written) => seqs.extend(written),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut at = 0;
+        for call in calls {
+            let n = call.items.len();
+            let answer = match &failed {
+                Some(e) => Err(e.clone()),
+                None => Ok(seqs[at..at + n].to_vec()),
+            };
+            at += n;
+            let _ = call.done.send(answer);
+        }
     }
 
     /// Claims one message listed as claimable, if it still is and no other
