@@ -93,11 +93,19 @@ fn harness() -> &'static Harness {
                 ),
                 auth: false,
                 stopping,
-                applied,
+                applied: applied.clone(),
                 // No data plane here: no function is deployed on one.
                 scale: Arc::new(|_: &str, _: &str| None),
                 reservations: Arc::new(|_: &str, _: &str, _: u32| Ok(())),
                 secrets: Arc::new(gust_store::SecretBox::from_key(&[7; 32]).unwrap()),
+                cluster: Arc::new(gust_api::cluster::SingleNode {
+                    node: "fuzz".into(),
+                    started_ms: 0,
+                    data_url: "http://127.0.0.1:8080".into(),
+                    api_url: "http://127.0.0.1:8081".into(),
+                    applied: applied.clone(),
+                    metrics: Arc::new(gust_api::DataPlaneStats::default),
+                }),
             })
         });
         let harness = Harness {
