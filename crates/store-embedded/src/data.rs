@@ -198,22 +198,12 @@ fn check_allowance(
     let Some(&(keys, bytes)) = projected.get(&allowance.owner) else {
         return Ok(());
     };
-    let now = read_usage(usage, &allowance.owner)?;
-    for (what, delta, current, limit) in [
-        (Allowance::KEYS, keys, now.keys, allowance.keys),
-        (Allowance::BYTES, bytes, now.bytes, allowance.bytes),
-    ] {
-        let would_be = current.saturating_add_signed(delta);
-        if delta > 0 && would_be > limit {
-            return Err(StoreError::OverAllowance {
-                owner: allowance.owner.clone(),
-                what,
-                limit,
-                would_be,
-            });
-        }
-    }
-    Ok(())
+    let before = read_usage(usage, &allowance.owner)?;
+    let after = DataUsage {
+        keys: before.keys.saturating_add_signed(keys),
+        bytes: before.bytes.saturating_add_signed(bytes),
+    };
+    allowance.check(before, after)
 }
 
 fn read_usage(

@@ -500,31 +500,11 @@ fn check_allowance(
     let Some((_, before, after)) = owner else {
         return Ok(());
     };
-    for (what, now, would_be, limit) in [
-        (Allowance::KEYS, before.keys, after.keys, allowance.keys),
-        (Allowance::BYTES, before.bytes, after.bytes, allowance.bytes),
-    ] {
-        if would_be > now && would_be > limit {
-            return Err(StoreError::OverAllowance {
-                owner: allowance.owner.clone(),
-                what,
-                limit,
-                would_be,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// A short pause before retrying a refused batch, spread so that writers
-/// racing for one owner do not collide again in step.
-async fn back_off(attempt: u32) {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let ceiling_us = 500u64 << attempt.min(6);
-    tokio::time::sleep(Duration::from_micros(u64::from(nanos) % ceiling_us)).await;
+    let usage = |r: &OwnerRecord| DataUsage {
+        keys: r.keys,
+        bytes: r.bytes,
+    };
+    allowance.check(usage(before), usage(after))
 }
 
 #[async_trait]
@@ -600,7 +580,7 @@ impl DataStore for NatsStore {
                 Err(code) if tokio::time::Instant::now() < deadline => {
                     tracing::trace!(code, attempt, "a data batch was refused; retrying");
                     attempt += 1;
-                    back_off(attempt).await;
+                    crate::back_off(attempt as usize).await;
                 }
                 Err(code) => {
                     return Err(StoreError::Backend(format!(

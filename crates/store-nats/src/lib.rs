@@ -291,6 +291,20 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Waits before compare-and-set attempt `attempt` (from 1) after a
+/// refusal: up to 1, 2, 4 … 64 ms, at random, so that writers racing for
+/// one subject spread out instead of colliding again.
+pub(crate) async fn back_off(attempt: usize) {
+    use std::hash::{BuildHasher as _, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static KEYS: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    let ceiling = 1u64 << attempt.min(6);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let micros = KEYS.get_or_init(RandomState::new).hash_one(n) % (ceiling * 1_000);
+    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+}
+
 /// A Gust key as a subject's tokens: each `/`-separated segment in
 /// base64url (without padding; `=` stands for an empty segment), so any
 /// key is a valid subject and a `/` boundary is a `.` token boundary.

@@ -54,8 +54,6 @@
 //!   acknowledgement is never undone); `next_due` may be early by the lag.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasher as _, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::HeaderMap;
@@ -403,7 +401,7 @@ impl Queues {
         let mut fresh = false;
         for attempt in 0..RETRIES {
             if fresh {
-                back_off(attempt).await;
+                crate::back_off(attempt).await;
             }
             let (counter_seq, last) = self.counter(queue, fresh).await?;
             let mut counter_headers = HeaderMap::new();
@@ -612,7 +610,7 @@ impl Queues {
         let subject = self.subject(queue, seq);
         for attempt in 0..RETRIES {
             if attempt > 0 {
-                back_off(attempt).await;
+                crate::back_off(attempt).await;
             }
             let Some(message) = self.last(&subject).await? else {
                 return Ok(false);
@@ -649,18 +647,6 @@ impl Queues {
             .await
             .map_err(backend)
     }
-}
-
-/// Waits before compare-and-set attempt `attempt` (from 1) after a
-/// refusal: up to 1, 2, 4 … 64 ms, at random, so that writers racing for
-/// one subject spread out instead of colliding again.
-async fn back_off(attempt: usize) {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static KEYS: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
-    let ceiling = 1u64 << attempt.min(6);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let micros = KEYS.get_or_init(RandomState::new).hash_one(n) % (ceiling * 1_000);
-    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
 }
 
 #[async_trait]

@@ -237,6 +237,26 @@ pub struct Allowance {
 impl Allowance {
     pub const KEYS: &'static str = "keys";
     pub const BYTES: &'static str = "bytes";
+
+    /// Whether writes that take the owner's usage from `before` to `after`
+    /// may go ahead: refused when they grow a part of it past its limit;
+    /// a write that shrinks usage is always allowed.
+    pub fn check(&self, before: DataUsage, after: DataUsage) -> Result<(), StoreError> {
+        for (what, now, would_be, limit) in [
+            (Self::KEYS, before.keys, after.keys, self.keys),
+            (Self::BYTES, before.bytes, after.bytes, self.bytes),
+        ] {
+            if would_be > now && would_be > limit {
+                return Err(StoreError::OverAllowance {
+                    owner: self.owner.clone(),
+                    what,
+                    limit,
+                    would_be,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A key and what is known of its value without reading it.
@@ -608,4 +628,39 @@ pub fn digest_of(bytes: &[u8]) -> String {
         out.push_str(&format!("{b:02x}"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_allowance_refuses_growth_past_it_and_never_shrinking() {
+        let allowance = Allowance {
+            owner: "t".into(),
+            keys: 10,
+            bytes: 100,
+        };
+        let usage = |keys, bytes| DataUsage { keys, bytes };
+        assert!(allowance.check(usage(9, 50), usage(10, 100)).is_ok());
+        assert!(matches!(
+            allowance.check(usage(10, 50), usage(11, 60)),
+            Err(StoreError::OverAllowance {
+                what: "keys",
+                would_be: 11,
+                ..
+            })
+        ));
+        assert!(matches!(
+            allowance.check(usage(1, 90), usage(1, 101)),
+            Err(StoreError::OverAllowance {
+                what: "bytes",
+                limit: 100,
+                ..
+            })
+        ));
+        // Over a lowered allowance, shrinking (or holding) is allowed.
+        assert!(allowance.check(usage(20, 500), usage(19, 400)).is_ok());
+        assert!(allowance.check(usage(20, 500), usage(20, 500)).is_ok());
+    }
 }
