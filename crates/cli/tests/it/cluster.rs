@@ -293,6 +293,28 @@ async fn an_unsafe_nats_cluster_is_refused_at_start() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("--dev"), "{stderr}");
 
+    // No cluster key (secrets could not be opened on the other nodes),
+    // and a node id that cannot be a name: each refused, saying what to do.
+    for (flags, says) in [
+        (["--node-id", "x"], "--cluster-key"),
+        (["--node-id", "no spaces"], "give each node a name"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_gust"))
+            .arg("up")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+            .args(["--cluster", &urls, "--cluster-monitor", &monitors])
+            .args(["--cluster-namespace", "REFUSED"])
+            .args(flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
+
     // A monitoring endpoint that does not answer: nothing can be checked.
     let (code, stderr) = refused(&urls, "http://127.0.0.1:1", &[]);
     assert_eq!(code, Some(1), "{stderr}");
