@@ -80,6 +80,24 @@ pub struct ScheduleInfo {
     pub path: String,
     /// When it fires next (Unix ms).
     pub next_ms: Option<u64>,
+    /// In a cluster, the node that claims its ticks, as the node that
+    /// answered sees the live nodes (another takes over when it dies).
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+impl ScheduleInfo {
+    /// A stored schedule with the node that fires it.
+    pub(crate) fn listed(
+        events: &gust_events::Events,
+        record: gust_events::ScheduleRecord,
+    ) -> Self {
+        let owner = events.schedule_owner(&record);
+        Self {
+            owner,
+            ..record.into()
+        }
+    }
 }
 
 impl From<gust_events::ScheduleRecord> for ScheduleInfo {
@@ -97,6 +115,7 @@ impl From<gust_events::ScheduleRecord> for ScheduleInfo {
             catch_up: r.catch_up,
             path: r.path,
             next_ms,
+            owner: None,
         }
     }
 }
@@ -249,7 +268,12 @@ pub(crate) async fn list_schedules(
     caller.require(Action::Read)?;
     let name = existing(&state, &caller, name).await?;
     let records = state.events.schedules(&caller.tenant, &name).await?;
-    Ok(Json(records.into_iter().map(ScheduleInfo::from).collect()))
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|r| ScheduleInfo::listed(&state.events, r))
+            .collect(),
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/functions/{name}/schedules/{id}", tag = "schedules",

@@ -21,7 +21,11 @@ pub(crate) async fn list_all_schedules(
             .events
             .schedules(&caller.tenant, &function.name)
             .await?;
-        all.extend(records.into_iter().map(ScheduleInfo::from));
+        all.extend(
+            records
+                .into_iter()
+                .map(|r| ScheduleInfo::listed(&state.events, r)),
+        );
     }
     Ok(Json(all))
 }

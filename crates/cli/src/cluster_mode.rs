@@ -362,6 +362,77 @@ pub fn start_heartbeats(
     })
 }
 
+/// The live nodes as this node observes them, refreshed every second from
+/// the heartbeat records. A node counts as alive while its heartbeat keeps
+/// changing, timed by this node's own monotonic clock, so a peer whose
+/// wall clock is off is neither dead nor immortal; only a record seen for
+/// the first time is judged by its stamp. This node is always alive to
+/// itself.
+pub struct Members {
+    node: String,
+    live: std::sync::RwLock<Arc<[String]>>,
+}
+
+impl gust_core::cluster::Membership for Members {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn live(&self) -> Arc<[String]> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Starts keeping [`Members`] for `node`.
+pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
+    let members = Arc::new(Members {
+        live: std::sync::RwLock::new(Arc::from(vec![node.clone()])),
+        node,
+    });
+    let keeper = members.clone();
+    tokio::spawn(async move {
+        // id → (incarnation and heartbeat last seen, when it last changed)
+        let mut seen: std::collections::HashMap<String, ((String, u64), std::time::Instant)> =
+            std::collections::HashMap::new();
+        loop {
+            match nodes(kv.as_ref()).await {
+                Ok(records) => {
+                    let now = std::time::Instant::now();
+                    let wall = now_ms();
+                    let mut next = std::collections::HashMap::new();
+                    for record in records {
+                        let beat = (record.incarnation.clone(), record.heartbeat_ms);
+                        let changed = match seen.remove(&record.id) {
+                            Some((last, at)) if last == beat => at,
+                            Some(_) => now,
+                            // First sight: as old as its stamp says.
+                            None => now
+                                .checked_sub(Duration::from_millis(
+                                    wall.saturating_sub(record.heartbeat_ms),
+                                ))
+                                .unwrap_or(now),
+                        };
+                        next.insert(record.id, (beat, changed));
+                    }
+                    seen = next;
+                    let mut live: Vec<String> = seen
+                        .iter()
+                        .filter(|(_, (_, at))| now.duration_since(*at) < DEAD_AFTER)
+                        .map(|(id, _)| id.clone())
+                        .chain([keeper.node.clone()])
+                        .collect();
+                    live.sort();
+                    live.dedup();
+                    *keeper.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(live);
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read the node list"),
+            }
+            tokio::time::sleep(HEARTBEAT / 2).await;
+        }
+    });
+    members
+}
+
 fn rand_u64() -> u64 {
     let mut bytes = [0u8; 8];
     let _ = getrandom::fill(&mut bytes);

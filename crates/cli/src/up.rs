@@ -285,7 +285,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Some(nats) => Arc::new(nats.clone()),
         None => Arc::new(store),
     };
-    let events = Events::new(queues, kv.clone());
+    let members: Arc<dyn gust_core::cluster::Membership> = match &nats {
+        Some(_) => crate::cluster_mode::start_membership(kv.clone(), node_id.clone()),
+        None => Arc::new(gust_core::cluster::OneNode::new(node_id.clone())),
+    };
+    let events = match &nats {
+        Some(_) => Events::new(queues, kv.clone()).in_cluster(members.clone()),
+        None => Events::new(queues, kv.clone()),
+    };
     let accounts = Accounts::start(kv.clone()).await?;
     let admin_token = prepare_accounts(&accounts, &args).await?;
     let registry = Registry::new(kv.clone());
@@ -310,6 +317,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 .context("cannot open the usage ledger")?,
         )
     };
+
+    // Budgets count what every node of a cluster spent.
+    if let (Some(meter), Some(_)) = (&meter, &nats) {
+        meter.share_costs(kv.clone(), node_id.clone());
+    }
 
     let data_listener = TcpListener::bind(args.listen).await.with_context(|| {
         format!(
@@ -380,6 +392,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             accounts: accounts.clone(),
             meter: meter.clone(),
             secrets: secrets.clone(),
+            members: members.clone(),
         },
         gateway_config,
     )

@@ -131,6 +131,11 @@ impl Dispatcher {
                 async move {
                     loop {
                         tokio::time::sleep(IDLE).await;
+                        if events.shared
+                            && let Err(e) = events.recount_backlogs().await
+                        {
+                            tracing::warn!(error = %e, "cannot count the event backlogs");
+                        }
                         let Ok(queues) = events.queue.queues().await else {
                             continue;
                         };
@@ -162,7 +167,7 @@ impl Dispatcher {
     }
 }
 
-fn parse_queue(queue: &str) -> Option<(TenantId, FunctionName)> {
+pub(crate) fn parse_queue(queue: &str) -> Option<(TenantId, FunctionName)> {
     let rest = queue.strip_prefix("events/")?;
     let (tenant, function) = rest.split_once('/')?;
     Some((

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use gust_core::cluster::Membership;
 use gust_core::{Envelope, FunctionName, InvocationRecord, InvocationState, TenantId};
 use gust_store::{MetaStore, QueueStore, StoreError};
 use serde::{Deserialize, Serialize};
@@ -142,6 +143,11 @@ pub struct Events {
     pub(crate) kv: Arc<dyn MetaStore>,
     pub(crate) wake: Arc<dispatcher::Wake>,
     pub(crate) counters: Arc<Counters>,
+    /// The live nodes: which one fires each schedule.
+    pub(crate) members: Arc<dyn Membership>,
+    /// Other nodes share the queues (cluster mode): backlogs are counted
+    /// from the queues, not from what this node submitted and delivered.
+    pub(crate) shared: bool,
 }
 
 #[derive(Default)]
@@ -196,7 +202,42 @@ impl Events {
             kv,
             wake: Arc::new(dispatcher::Wake::default()),
             counters: Arc::new(Counters::default()),
+            members: Arc::new(gust_core::cluster::OneNode::new("local")),
+            shared: false,
         }
+    }
+
+    /// Makes this node one of a cluster's, whose queues and schedules are
+    /// shared with the nodes `members` lists as alive: each schedule fires
+    /// on one of them, and backlogs are recounted from the queues.
+    pub fn in_cluster(mut self, members: Arc<dyn Membership>) -> Self {
+        self.members = members;
+        self.shared = true;
+        self
+    }
+
+    /// The node that fires a schedule's ticks, as this node sees it (in a
+    /// cluster; `None` on a node alone).
+    pub fn schedule_owner(&self, record: &ScheduleRecord) -> Option<String> {
+        self.shared
+            .then(|| scheduler::owner(self.members.as_ref(), &scheduler::tick_key(record)))
+    }
+
+    /// Sets each tenant's backlog to what its queues hold now (cluster
+    /// mode: the other nodes submit and deliver too).
+    pub(crate) async fn recount_backlogs(&self) -> Result<(), StoreError> {
+        let mut counted: std::collections::HashMap<TenantId, u64> = Default::default();
+        for (queue, depth) in self.queue.depths().await? {
+            if let Some((tenant, _)) = dispatcher::parse_queue(&queue) {
+                *counted.entry(tenant).or_default() += depth;
+            }
+        }
+        *self
+            .counters
+            .backlog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = counted;
+        Ok(())
     }
 
     pub fn stats(&self) -> EventStats {

@@ -12,6 +12,22 @@
 //! the schedule waits for its next tick. A schedule with `catch_up: N`
 //! fires the last N missed ticks (oldest first, each with its own tick
 //! time) when the server starts again, then carries on.
+//!
+//! ## Several nodes
+//! Every node keeps a task per schedule, but only the schedule's owner
+//! (rendezvous hashing of its tick key over the live nodes,
+//! [`gust_core::cluster::owner`]) claims its ticks, so the others cost
+//! nothing per tick. When the owner dies, the others learn it from its
+//! missing heartbeats and the next in line takes over at its next tick,
+//! firing first the ticks nobody claimed since (at most
+//! [`MAX_HANDED_OVER`], each once: the claim stays the fence against two
+//! nodes that briefly both believe they own it). Those ticks fire late by
+//! up to the time it takes to declare a node dead. A new owner also
+//! queues the last claimed tick again (its owner may have died between the
+//! claim and the submission); should the old owner be merely slow rather
+//! than dead and queue it at that same moment, both checks for an existing
+//! status can pass and the tick runs twice: the one window left, measured
+//! in milliseconds (a claim's round trip).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -46,6 +62,9 @@ pub struct ScheduleRecord {
 /// Most ticks looked at when counting missed ones (a per-second schedule
 /// after a day down is 86,400).
 const MAX_TICKS_SCANNED: usize = 1_000_000;
+
+/// Most unclaimed ticks a new owner fires when it takes a schedule over.
+pub const MAX_HANDED_OVER: usize = 120;
 
 pub(crate) const PREFIX: &str = "sched/";
 
@@ -122,20 +141,21 @@ fn start_task(
 }
 
 async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: TimeZone) {
-    let tick_key = format!("tick/{}/{}/{}", record.tenant, record.function, record.id);
-    let now = now_ms();
+    let tick_key = tick_key(&record);
+    let started = now_ms();
     if let Some(last) = last_tick(&events, &tick_key).await {
         // The last claimed tick may not have reached the queue (a crash
         // between the claim and the submission): submit it again, which
         // does nothing if it did.
         submit(&events, &record, last).await;
         if record.catch_up > 0 {
-            for tick in missed(&schedule, &zone, last, now, record.catch_up as usize) {
+            for tick in missed(&schedule, &zone, last, started, record.catch_up as usize) {
                 fire(&events, &record, &tick_key, tick).await;
             }
         }
     }
-    let mut after = now;
+    let mut after = started;
+    let mut owned = true;
     loop {
         let Some(tick) = schedule.next_after(after, &zone) else {
             tracing::warn!(schedule = record.id, "no more ticks");
@@ -144,8 +164,39 @@ async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: T
         let wait = tick.saturating_sub(now_ms());
         tokio::time::sleep(Duration::from_millis(wait)).await;
         after = tick;
-        fire(&events, &record, &tick_key, tick).await;
+        let members = events.members.as_ref();
+        let was_owned = std::mem::replace(&mut owned, owner(members, &tick_key) == members.node());
+        if !owned {
+            continue;
+        }
+        let Some(last) = read_last_tick(&events, &tick_key).await else {
+            continue;
+        };
+        if !was_owned && let Some(last) = last {
+            // Taken over: the last owner may have died between claiming
+            // a tick and queueing it.
+            submit(&events, &record, last).await;
+        }
+        // Ticks since this task started that no node claimed (their owner
+        // died) go first, oldest first.
+        let from = last.unwrap_or(0).max(started);
+        for tick in missed(&schedule, &zone, from, tick, MAX_HANDED_OVER) {
+            fire(&events, &record, &tick_key, tick).await;
+        }
     }
+}
+
+/// The key whose compare-and-set fences a schedule's ticks.
+pub(crate) fn tick_key(record: &ScheduleRecord) -> String {
+    format!("tick/{}/{}/{}", record.tenant, record.function, record.id)
+}
+
+/// The node that claims the ticks of the schedule fenced by `tick_key`.
+pub(crate) fn owner(members: &dyn gust_core::cluster::Membership, tick_key: &str) -> String {
+    let live = members.live();
+    gust_core::cluster::owner(tick_key, &live)
+        .unwrap_or(members.node())
+        .to_string()
 }
 
 /// The last `keep` ticks after `last` and up to `now`, oldest first.
@@ -197,8 +248,19 @@ async fn submit(events: &Events, record: &ScheduleRecord, tick: u64) {
 }
 
 async fn last_tick(events: &Events, key: &str) -> Option<u64> {
-    let entry = events.kv.get(key).await.ok()??;
-    std::str::from_utf8(&entry.value).ok()?.parse().ok()
+    read_last_tick(events, key).await.flatten()
+}
+
+/// The last claimed tick (`Some(None)`: none yet), or `None` if it cannot
+/// be read now (said in the log).
+async fn read_last_tick(events: &Events, key: &str) -> Option<Option<u64>> {
+    match events.kv.get(key).await {
+        Ok(entry) => Some(entry.and_then(|e| std::str::from_utf8(&e.value).ok()?.parse().ok())),
+        Err(e) => {
+            tracing::error!(key, error = %e, "cannot read the last tick");
+            None
+        }
+    }
 }
 
 /// Records `tick` as fired unless a later or equal one already is; true if

@@ -53,7 +53,7 @@
 //!   refuses it) but a grouped message it shows first of its group is (an
 //!   acknowledgement is never undone); `next_due` may be early by the lag.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_nats::HeaderMap;
@@ -781,8 +781,13 @@ impl QueueStore for NatsStore {
     }
 
     async fn queues(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.depths().await?.into_iter().map(|(q, _)| q).collect())
+    }
+
+    /// One listing of the stream's subjects (a message each) for all.
+    async fn depths(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let prefix = format!("{}.", self.queues.base);
-        let mut names = BTreeSet::new();
+        let mut depths = BTreeMap::new();
         for subject in self.queues.subjects(&format!("{prefix}>")).await? {
             let token = subject
                 .strip_prefix(prefix.as_str())
@@ -790,9 +795,9 @@ impl QueueStore for NatsStore {
                 .ok_or_else(|| {
                     StoreError::Corrupt(format!("`{subject}` is not a queued message"))
                 })?;
-            names.insert(queue_of_token(token)?);
+            *depths.entry(queue_of_token(token)?).or_insert(0u64) += 1;
         }
-        Ok(names.into_iter().collect())
+        Ok(depths.into_iter().collect())
     }
 }
 

@@ -616,6 +616,15 @@ pub trait QueueStore: Send + Sync {
     async fn depth(&self, queue: &str) -> Result<u64, StoreError>;
     /// Names of the queues that hold messages.
     async fn queues(&self) -> Result<Vec<String>, StoreError>;
+    /// Every queue that holds messages with its [`QueueStore::depth`].
+    async fn depths(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut depths = Vec::new();
+        for queue in self.queues().await? {
+            let depth = self.depth(&queue).await?;
+            depths.push((queue, depth));
+        }
+        Ok(depths)
+    }
 }
 
 /// The digest a [`BlobStore`] gives these bytes.

@@ -3,6 +3,7 @@
 //! `gust_store_nats::testkit`). Skipped, saying why, where no server is
 //! installed, except in CI.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -556,17 +557,7 @@ async fn a_schedule_fires_once_per_tick_across_three_nodes() {
     tokio::time::sleep(Duration::from_secs(11)).await;
     a.gust_json(&["schedule", "rm", "ticker", "beat"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // Every delivery prints its `ce-id` (`beat@<tick>`): count them per tick.
-    let out = cluster.nodes[2].gust(&["logs", "ticker", "--json"]);
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mut per_tick = std::collections::BTreeMap::<u64, u32>::new();
-    for (i, _) in text.match_indices("ce-id: beat@") {
-        let digits: String = text[i + 12..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        *per_tick.entry(digits.parse().unwrap()).or_default() += 1;
-    }
+    let per_tick = deliveries_per_tick(&cluster.nodes[2], "ticker", "beat");
     println!(
         "cluster schedule checker: {} ticks, counts {per_tick:?}",
         per_tick.len()
@@ -583,6 +574,236 @@ async fn a_schedule_fires_once_per_tick_across_three_nodes() {
     assert!(
         ticks.windows(2).all(|w| w[1] - w[0] == 1000),
         "no tick missed: {ticks:?}"
+    );
+}
+
+/// Every delivery of schedule `id` prints its `ce-id` (`<id>@<tick>`):
+/// how many each tick had, from `node`'s view of every node's logs.
+fn deliveries_per_tick(node: &Server, function: &str, id: &str) -> BTreeMap<u64, u32> {
+    let out = node.gust(&["logs", function, "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let needle = format!("ce-id: {id}@");
+    let mut per_tick = BTreeMap::<u64, u32>::new();
+    for (i, _) in text.match_indices(&needle) {
+        let digits: String = text[i + needle.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        *per_tick.entry(digits.parse().unwrap()).or_default() += 1;
+    }
+    per_tick
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_a_schedules_owner_is_killed_another_node_fires_every_tick_it_missed() {
+    let Some(mut cluster) = GustCluster::start(3) else {
+        return;
+    };
+    cluster.wait_alive(3).await;
+    let a = &cluster.nodes[0];
+    a.deploy("ticker", &guests().testbed, &[]);
+    a.gust_json(&[
+        "schedule",
+        "add",
+        "ticker",
+        "@every 1s",
+        "--path",
+        "/headers",
+        "--id",
+        "beat",
+    ]);
+    // Every node names the same owner.
+    let owners: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.gust_json(&["schedule", "ls", "ticker"])[0]["owner"].to_string())
+        .collect();
+    assert!(owners.iter().all(|o| *o == owners[0]), "{owners:?}");
+    let owner = owners[0].trim_matches('"').to_string();
+    let at = cluster
+        .nodes
+        .iter()
+        .position(|n| n.gust_json(&["cluster", "status"])["node"] == owner.as_str())
+        .expect("the owner is one of the nodes");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster.nodes.remove(at).kill9();
+    // Declared dead after 10 s without heartbeats; then the next owner
+    // fires the ticks nobody claimed, and carries on.
+    let survivor = &cluster.nodes[0];
+    let new_owner = Server::eventually(Duration::from_secs(30), || async {
+        let owner_now = survivor.gust_json(&["schedule", "ls", "ticker"])[0]["owner"].clone();
+        (owner_now != owner.as_str()).then_some(owner_now)
+    })
+    .await;
+    assert!(new_owner.is_some(), "the killed owner {owner} is replaced");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    survivor.gust_json(&["schedule", "rm", "ticker", "beat"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // No tick missing in the whole run (the status records: one per
+    // tick, however late it fired) …
+    let records = survivor
+        .api_json("/v1/functions/ticker/invocations?limit=10000")
+        .await;
+    let ticks: Vec<u64> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            r["invocation_id"]
+                .as_str()?
+                .strip_prefix("sched-ticker-beat-")?
+                .parse()
+                .ok()
+        })
+        .collect::<std::collections::BTreeSet<u64>>()
+        .into_iter()
+        .collect();
+    println!(
+        "schedule owner kill checker: owner {owner} killed, then {new_owner:?}; {} ticks",
+        ticks.len()
+    );
+    assert!(ticks.len() >= 18, "a tick a second for ~20 s: {ticks:?}");
+    assert!(
+        ticks.windows(2).all(|w| w[1] - w[0] == 1000),
+        "no tick missed: {ticks:?}"
+    );
+    // … and none delivered twice.
+    let per_tick = deliveries_per_tick(survivor, "ticker", "beat");
+    let twice: Vec<_> = per_tick.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "ticks delivered twice: {twice:?}");
+}
+
+/// `n` requests at once to `node` that each run `ms`: how many were
+/// served, and the refusals' messages.
+async fn burst(node: &Server, function: &str, n: usize, ms: u64) -> (usize, Vec<String>) {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let http = node.http.clone();
+            let url = format!("{}/{function}/sleep?ms={ms}", node.url);
+            tokio::spawn(async move {
+                let response = http.get(url).send().await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut served = 0;
+    let mut refused = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            (200, _) => served += 1,
+            (429, message) => refused.push(message),
+            (status, message) => panic!("{status}: {message}"),
+        }
+    }
+    (served, refused)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrency_limit_is_shared_among_the_live_nodes() {
+    let Some(mut cluster) = GustCluster::start(3) else {
+        return;
+    };
+    cluster.wait_alive(3).await;
+    let a = &cluster.nodes[0];
+    a.deploy(
+        "limited",
+        &guests().testbed,
+        &["--max-concurrency", "6", "--queue-depth", "0"],
+    );
+    Server::eventually(Duration::from_secs(10), || async {
+        (cluster.nodes[2].get("/limited/").await.0 == 200).then_some(())
+    })
+    .await
+    .expect("served on every node");
+    // 6 across 3 nodes: 2 at once on each.
+    let (served, refused) = burst(a, "limited", 5, 1500).await;
+    assert_eq!(served, 2, "{refused:?}");
+    assert!(
+        refused[0].contains("(6 across 3 nodes, 2 on this one)"),
+        "{refused:?}"
+    );
+    // The whole cluster runs the limit at once.
+    let all = tokio::join!(
+        burst(&cluster.nodes[0], "limited", 2, 1500),
+        burst(&cluster.nodes[1], "limited", 2, 1500),
+        burst(&cluster.nodes[2], "limited", 2, 1500),
+    );
+    assert_eq!((all.0.0, all.1.0, all.2.0), (2, 2, 2), "{all:?}");
+    // c dies: a and b share the limit, 3 each, once they see it.
+    cluster.nodes.pop().unwrap().kill9();
+    let a = &cluster.nodes[0];
+    let resized = Server::eventually(Duration::from_secs(30), || async {
+        let (served, refused) = burst(a, "limited", 5, 500).await;
+        (served == 3).then_some(refused)
+    })
+    .await;
+    let refused = resized.expect("a node's share grows when another dies");
+    assert!(
+        refused[0].contains("(6 across 2 nodes, 3 on this one)"),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_budget_counts_what_every_node_spent() {
+    let Some(cluster) = GustCluster::start(3) else {
+        return;
+    };
+    cluster.wait_alive(3).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    a.deploy(
+        "capped",
+        &guests().testbed,
+        &["--monthly-budget-micros", "5500"],
+    );
+    // 1000 micro-units a request.
+    let response = a
+        .http
+        .put(format!("{}/v1/tenants/default/plan", a.api))
+        .json(
+            &serde_json::json!({"id": "pricey", "per_million_requests": 1_000_000_000u64,
+            "per_million_gb_seconds": 0, "free_requests": 0, "free_gb_seconds": 0}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Spent on a and c only, a request at a time …
+    let mut served = 0;
+    let mut refused_by = None;
+    for i in 0..40 {
+        let node = &cluster.nodes[if i % 2 == 0 { 0 } else { 2 }];
+        match node.get("/capped/").await {
+            (200, _) => served += 1,
+            (429, body) => {
+                assert!(body.contains("monthly budget"), "{body}");
+                refused_by = Some(i);
+                break;
+            }
+            (status, body) => panic!("{status}: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "cluster budget checker: 5.5 requests' budget, {served} served before the first refusal"
+    );
+    assert!(
+        refused_by.is_some(),
+        "the budget never stopped the function"
+    );
+    assert!(
+        (5..=8).contains(&served),
+        "{served} served on a budget of 5.5"
+    );
+    // … and b, which served none, refuses too.
+    let on_b = Server::eventually(Duration::from_secs(5), || async {
+        let (status, body) = b.get("/capped/").await;
+        (status == 429).then_some(body)
+    })
+    .await;
+    assert!(
+        on_b.is_some_and(|body| body.contains("monthly budget")),
+        "a node that served nothing knows the budget is spent"
     );
 }
 

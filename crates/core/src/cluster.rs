@@ -1,0 +1,152 @@
+//! Which nodes make up the platform right now, and the pure rules built on
+//! that: which node owns a piece of recurring work (rendezvous hashing,
+//! so a node joining or leaving moves only the work it takes or held) and
+//! what share of a cluster-wide limit each node enforces.
+//!
+//! A single node is a cluster of one ([`OneNode`]); cluster mode's view
+//! comes from the nodes' heartbeats, kept by the binary.
+
+use std::sync::Arc;
+
+/// The live nodes as this node sees them.
+pub trait Membership: Send + Sync {
+    /// This node's id.
+    fn node(&self) -> &str;
+    /// The ids of the nodes alive now, this one always among them, sorted.
+    fn live(&self) -> Arc<[String]>;
+    /// How many nodes are alive now (at least 1).
+    fn count(&self) -> usize {
+        self.live().len().max(1)
+    }
+}
+
+/// One node alone.
+pub struct OneNode {
+    node: String,
+    live: Arc<[String]>,
+}
+
+impl OneNode {
+    pub fn new(node: impl Into<String>) -> Self {
+        let node = node.into();
+        Self {
+            live: Arc::from(vec![node.clone()]),
+            node,
+        }
+    }
+}
+
+impl Membership for OneNode {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn live(&self) -> Arc<[String]> {
+        self.live.clone()
+    }
+
+    fn count(&self) -> usize {
+        1
+    }
+}
+
+/// The node among `nodes` that owns `key`: the one whose hash with the key
+/// is highest. Every node computing it over the same set agrees, and the
+/// owner of a key changes only when its owner leaves or a node that beats
+/// it joins. `None` for an empty set.
+pub fn owner<'a>(key: &str, nodes: &'a [String]) -> Option<&'a str> {
+    nodes
+        .iter()
+        .max_by_key(|node| (weight(node, key), node.as_str()))
+        .map(String::as_str)
+}
+
+/// A stable 64-bit weight of a (node, key) pair: FNV-1a over both, with a
+/// separator so `("ab", "c")` and `("a", "bc")` differ, then a finaliser
+/// that spreads nearby inputs (FNV alone leaves the high bits correlated).
+fn weight(node: &str, key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in node.bytes().chain([0xff]).chain(key.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
+}
+
+/// The part of a cluster-wide `limit` one of `nodes` live nodes enforces:
+/// an even share rounded up, so the nodes together admit at most
+/// `limit + nodes - 1`, and never less than one (a limit of 1 on three
+/// nodes admits up to three at once). A limit of 0 stays 0.
+pub fn share(limit: u64, nodes: usize) -> u64 {
+    let nodes = nodes.max(1) as u64;
+    if limit == 0 {
+        return 0;
+    }
+    limit.div_ceil(nodes).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_node_agrees_on_an_owner_and_it_is_one_of_them() {
+        let all = nodes(&["a", "b", "c"]);
+        let mut reversed = all.clone();
+        reversed.reverse();
+        for i in 0..100 {
+            let key = format!("sched/t/f/{i}");
+            let owner = owner(&key, &all).unwrap();
+            assert!(all.iter().any(|n| n == owner));
+            assert_eq!(super::owner(&key, &reversed), Some(owner));
+        }
+        assert_eq!(owner("k", &[]), None);
+    }
+
+    #[test]
+    fn keys_spread_over_the_nodes() {
+        let all = nodes(&["a", "b", "c"]);
+        let mut counts = std::collections::HashMap::new();
+        for i in 0..3000 {
+            *counts
+                .entry(owner(&format!("sched/t/f{i}/beat"), &all).unwrap())
+                .or_insert(0) += 1;
+        }
+        for node in &all {
+            let n = counts[node.as_str()];
+            assert!((800..1200).contains(&n), "{node} owns {n} of 3000");
+        }
+    }
+
+    #[test]
+    fn a_node_leaving_moves_only_what_it_owned() {
+        let all = nodes(&["a", "b", "c"]);
+        let without_b = nodes(&["a", "c"]);
+        for i in 0..500 {
+            let key = format!("k{i}");
+            let before = owner(&key, &all).unwrap();
+            let after = owner(&key, &without_b).unwrap();
+            if before != "b" {
+                assert_eq!(before, after, "{key} moved although its owner stayed");
+            }
+        }
+    }
+
+    #[test]
+    fn shares_round_up_and_never_vanish() {
+        assert_eq!(share(10, 3), 4);
+        assert_eq!(share(9, 3), 3);
+        assert_eq!(share(1, 3), 1);
+        assert_eq!(share(0, 3), 0);
+        assert_eq!(share(10, 1), 10);
+        assert_eq!(share(10, 0), 10);
+    }
+}
