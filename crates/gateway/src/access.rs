@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use gust_core::TenantId;
 use gust_core::access::{Action, Quotas, Role, TokenBucket};
+use gust_core::cluster::{self, Membership};
 use gust_store::Accounts;
 use http::{HeaderMap, header};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,6 +27,9 @@ use crate::error::GatewayError;
 
 struct Gate {
     quotas: Quotas,
+    /// The live nodes it was made for: each enforces its share of the
+    /// tenant's rate and concurrency quotas.
+    nodes: usize,
     bucket: Mutex<TokenBucket>,
     running: Arc<Semaphore>,
     /// Its instances on the node's shared slots (see `admission`).
@@ -43,14 +47,16 @@ pub(crate) struct Access {
     accounts: Accounts,
     auth: bool,
     gates: Mutex<HashMap<TenantId, Arc<Gate>>>,
+    members: Arc<dyn Membership>,
 }
 
 impl Access {
-    pub fn new(accounts: Accounts, auth: bool) -> Self {
+    pub fn new(accounts: Accounts, auth: bool, members: Arc<dyn Membership>) -> Self {
         Self {
             accounts,
             auth,
             gates: Mutex::default(),
+            members,
         }
     }
 
@@ -87,22 +93,27 @@ impl Access {
         Ok(())
     }
 
+    /// The tenant's gate, made again when its quotas or the number of live
+    /// nodes change (invocations running then return their permits to the
+    /// old one: until they finish, both count).
     fn gate(&self, tenant: &TenantId) -> Arc<Gate> {
         let quotas = self.accounts.quotas(tenant).unwrap_or_default();
+        let nodes = self.members.count();
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
         match gates.get(tenant) {
-            Some(gate) if gate.quotas == quotas => gate.clone(),
+            Some(gate) if gate.quotas == quotas && gate.nodes == nodes => gate.clone(),
             found => {
                 let share = found.map_or_else(Arc::default, |old| old.share.clone());
                 let gate = Arc::new(Gate {
                     quotas,
+                    nodes,
                     bucket: Mutex::new(TokenBucket::new(
-                        quotas.invocations_per_second,
-                        quotas.burst,
+                        cluster::share(quotas.invocations_per_second, nodes),
+                        cluster::share(quotas.burst, nodes),
                         crate::now_ms(),
                     )),
                     running: Arc::new(Semaphore::new(
-                        usize::try_from(quotas.concurrency)
+                        usize::try_from(cluster::share(quotas.concurrency, nodes))
                             .unwrap_or(usize::MAX)
                             .min(Semaphore::MAX_PERMITS),
                     )),
@@ -134,8 +145,13 @@ impl Access {
             .take(now);
         taken.map_err(|wait_ms| GatewayError::QuotaExceeded {
             message: format!(
-                "tenant `{tenant}` is over its quota `invocations_per_second` ({}/s, bursts of {}); retry later",
-                gate.quotas.invocations_per_second, gate.quotas.burst
+                "tenant `{tenant}` is over its quota `invocations_per_second` ({}/s, bursts of {}{}); retry later",
+                gate.quotas.invocations_per_second,
+                gate.quotas.burst,
+                across(
+                    gate.nodes,
+                    cluster::share(gate.quotas.invocations_per_second, gate.nodes)
+                )
             ),
             retry_after_s: wait_ms.div_ceil(1000),
         })?;
@@ -217,10 +233,20 @@ impl Access {
             })
             .map_err(|_| GatewayError::QuotaExceeded {
                 message: format!(
-                    "tenant `{tenant}` is at its quota `concurrency` ({} invocations at once); retry shortly",
-                    gate.quotas.concurrency
+                    "tenant `{tenant}` is at its quota `concurrency` ({} invocations at once{}); retry shortly",
+                    gate.quotas.concurrency,
+                    across(gate.nodes, cluster::share(gate.quotas.concurrency, gate.nodes))
                 ),
                 retry_after_s: 1,
             })
+    }
+}
+
+/// How a quota is split in a cluster, for messages (nothing on one node).
+fn across(nodes: usize, here: u64) -> String {
+    if nodes <= 1 {
+        String::new()
+    } else {
+        format!(" across {nodes} nodes, {here} on this one")
     }
 }

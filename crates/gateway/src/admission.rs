@@ -23,10 +23,11 @@
 //! status, a `Retry-After` and the message.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gust_core::Limits;
+use gust_core::cluster::{Membership, share};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why a request may not run now. Each case tells the client to retry:
@@ -53,7 +54,7 @@ pub(crate) enum Refusal {
     QueueFull {
         function: String,
         setting: &'static str,
-        limit: u32,
+        limit: Cap,
         depth: u32,
         retry_after_s: u64,
     },
@@ -64,10 +65,34 @@ pub(crate) enum Refusal {
     QueueTimedOut {
         function: String,
         setting: &'static str,
-        limit: u32,
+        limit: Cap,
         waited_ms: u64,
         retry_after_s: u64,
     },
+}
+
+/// A function's concurrency limit as one node enforces it: the whole
+/// limit alone, an even share of it among the cluster's live nodes
+/// ([`gust_core::cluster::share`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cap {
+    pub limit: u32,
+    pub here: u32,
+    pub nodes: usize,
+}
+
+impl std::fmt::Display for Cap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.nodes <= 1 {
+            write!(f, "{}", self.limit)
+        } else {
+            write!(
+                f,
+                "{} across {} nodes, {} on this one",
+                self.limit, self.nodes, self.here
+            )
+        }
+    }
 }
 
 impl Refusal {
@@ -305,12 +330,19 @@ impl NodeSlots {
 }
 
 /// The running instances of one function, and the requests waiting for one.
+/// In a cluster each node runs its share of the limit, resized as nodes
+/// come and go (at the next request after the change).
 pub(crate) struct FunctionGate {
+    /// The function's limit, cluster-wide.
     limit: u32,
     /// The setting `limit` comes from, for messages.
     setting: &'static str,
     permits: Arc<Semaphore>,
     waiting: AtomicU32,
+    members: Arc<dyn Membership>,
+    /// The live nodes the permits were last sized for, and their number.
+    sized_for: AtomicUsize,
+    here: AtomicU32,
 }
 
 /// Takes one waiting place back when dropped (served, refused or cancelled).
@@ -323,18 +355,63 @@ impl Drop for Waiting<'_> {
 }
 
 impl FunctionGate {
-    pub fn new(limit: u32, setting: &'static str) -> Self {
+    pub fn new(limit: u32, setting: &'static str, members: Arc<dyn Membership>) -> Self {
+        let nodes = members.count();
+        let here = share(u64::from(limit), nodes) as u32;
         Self {
             limit,
             setting,
-            permits: Arc::new(Semaphore::new(limit as usize)),
+            permits: Arc::new(Semaphore::new(here as usize)),
             waiting: AtomicU32::new(0),
+            members,
+            sized_for: AtomicUsize::new(nodes),
+            here: AtomicU32::new(here),
         }
     }
 
     /// Whether `other` enforces the same limit from the same setting.
     pub fn same_limit(&self, other: &FunctionGate) -> bool {
         (self.limit, self.setting) == (other.limit, other.setting)
+    }
+
+    /// The limit as this node enforces it now.
+    fn cap(&self) -> Cap {
+        Cap {
+            limit: self.limit,
+            here: self.here.load(Ordering::Acquire),
+            nodes: self.sized_for.load(Ordering::Acquire),
+        }
+    }
+
+    /// Resizes this node's share when the number of live nodes changed:
+    /// permits are added at once; taken back from those free now, and the
+    /// rest as running instances return theirs.
+    fn fit(&self) {
+        let nodes = self.members.count();
+        if self.sized_for.load(Ordering::Acquire) == nodes
+            || self.sized_for.swap(nodes, Ordering::AcqRel) == nodes
+        {
+            return;
+        }
+        let to = share(u64::from(self.limit), nodes) as u32;
+        let from = self.here.swap(to, Ordering::AcqRel);
+        if to > from {
+            self.permits.add_permits((to - from) as usize);
+        } else if from > to {
+            let owed = from - to;
+            let forgotten = self.permits.forget_permits(owed as usize) as u32;
+            let rest = owed - forgotten;
+            if rest > 0
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                let permits = self.permits.clone();
+                runtime.spawn(async move {
+                    if let Ok(taken) = permits.acquire_many_owned(rest).await {
+                        taken.forget();
+                    }
+                });
+            }
+        }
     }
 
     /// A place to run, waiting for one if `wait` (else refused at once).
@@ -344,10 +421,11 @@ impl FunctionGate {
         limits: &Limits,
         wait: bool,
     ) -> Result<OwnedSemaphorePermit, Refusal> {
+        self.fit();
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        let (limit, setting) = (self.limit, self.setting);
+        let (limit, setting) = (self.cap(), self.setting);
         let retry_after_s = limits.queue_wait_ms.div_ceil(1000).max(1);
         let depth = if wait { limits.queue_depth } else { 0 };
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= depth {
@@ -401,7 +479,7 @@ mod tests {
 
     #[tokio::test]
     async fn waits_in_a_bounded_queue_then_refuses() {
-        let gate = Arc::new(FunctionGate::new(2, "max_concurrency"));
+        let gate = Arc::new(FunctionGate::new(2, "max_concurrency", alone()));
         let limits = limits(1, 100);
         let a = gate.enter("f", &limits, true).await.unwrap();
         let _b = gate.enter("f", &limits, true).await.unwrap();
@@ -423,6 +501,61 @@ mod tests {
         let late = message(gate.enter("f", &limits, true).await.unwrap_err());
         assert!(late.contains("within 100 ms"), "{late}");
         assert_eq!(gate.waiting.load(Ordering::Acquire), 0);
+    }
+
+    fn alone() -> Arc<dyn Membership> {
+        Arc::new(gust_core::cluster::OneNode::new("a"))
+    }
+
+    /// Nodes that come and go as a test says.
+    struct Nodes(std::sync::Mutex<Vec<String>>);
+
+    impl Membership for Nodes {
+        fn node(&self) -> &str {
+            "a"
+        }
+        fn live(&self) -> Arc<[String]> {
+            Arc::from(self.0.lock().unwrap().clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_each_node_runs_its_share_resized_as_nodes_come_and_go() {
+        let nodes = Arc::new(Nodes(std::sync::Mutex::new(vec![
+            "a".into(),
+            "b".into(),
+            "c".into(),
+        ])));
+        let gate = FunctionGate::new(5, "max_concurrency", nodes.clone());
+        let limits = limits(0, 10);
+        // 5 across 3 nodes: 2 here.
+        let mut running = vec![
+            gate.enter("f", &limits, false).await.unwrap(),
+            gate.enter("f", &limits, false).await.unwrap(),
+        ];
+        let refused = message(gate.enter("f", &limits, false).await.unwrap_err());
+        assert!(
+            refused.contains("(5 across 3 nodes, 2 on this one)"),
+            "{refused}"
+        );
+        // c dies: 3 here.
+        nodes.0.lock().unwrap().pop();
+        running.push(gate.enter("f", &limits, false).await.unwrap());
+        assert!(gate.enter("f", &limits, false).await.is_err());
+        // Alone: the whole limit.
+        nodes.0.lock().unwrap().pop();
+        running.push(gate.enter("f", &limits, false).await.unwrap());
+        running.push(gate.enter("f", &limits, false).await.unwrap());
+        let refused = message(gate.enter("f", &limits, false).await.unwrap_err());
+        assert!(refused.contains("(5)"), "{refused}");
+        // Both back while 5 run here: none more until 3 of them finish.
+        nodes.0.lock().unwrap().extend(["b".into(), "c".into()]);
+        assert!(gate.enter("f", &limits, false).await.is_err());
+        running.truncate(2);
+        tokio::task::yield_now().await;
+        assert!(gate.enter("f", &limits, false).await.is_err());
+        running.pop();
+        assert!(gate.enter("f", &limits, false).await.is_ok());
     }
 
     #[test]
@@ -576,7 +709,11 @@ mod tests {
         let queue_full = Refusal::QueueFull {
             function: "f".into(),
             setting: "max_concurrency",
-            limit: 2,
+            limit: Cap {
+                limit: 2,
+                here: 2,
+                nodes: 1,
+            },
             depth: 64,
             retry_after_s: 0,
         };
@@ -584,7 +721,11 @@ mod tests {
         let timed_out = Refusal::QueueTimedOut {
             function: "f".into(),
             setting: "reserved_concurrency",
-            limit: 2,
+            limit: Cap {
+                limit: 2,
+                here: 2,
+                nodes: 1,
+            },
             waited_ms: 2500,
             retry_after_s: 3,
         };

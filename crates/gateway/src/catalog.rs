@@ -18,6 +18,7 @@ use std::time::Duration;
 use gust_autoscale::Activity;
 use gust_autoscale::canary::{Health, Snapshot};
 
+use gust_core::cluster::Membership;
 use gust_core::config::{self, Variable};
 use gust_core::delivery::DeliveryPolicy;
 use gust_core::deploy;
@@ -79,6 +80,7 @@ impl Loaded {
         public: bool,
         activity: Arc<Activity>,
         vars: Arc<[(String, String)]>,
+        members: &Arc<dyn Membership>,
     ) -> Self {
         Self {
             tenant,
@@ -91,7 +93,7 @@ impl Loaded {
                 } else {
                     "max_concurrency"
                 };
-                Arc::new(FunctionGate::new(n, setting))
+                Arc::new(FunctionGate::new(n, setting, members.clone()))
             }),
             limits: Arc::new(active.limits),
             delivery: active.delivery,
@@ -257,7 +259,12 @@ impl Served {
     /// limit stays. A version served under different variables (an
     /// alias's own) gets a loaded version per set of variables; a new loaded version of a
     /// component already in memory starts warm.
-    fn build(record: FunctionRecord, old: Option<&Served>, secrets: &SecretBox) -> Option<Served> {
+    fn build(
+        record: FunctionRecord,
+        old: Option<&Served>,
+        secrets: &SecretBox,
+        members: &Arc<dyn Membership>,
+    ) -> Option<Served> {
         let live_alias = record.live()?.clone();
         let activity = old.map_or_else(
             || Arc::new(Activity::new(crate::scaling::clock_us())),
@@ -285,6 +292,7 @@ impl Served {
                         record.public,
                         activity.clone(),
                         vars.clone(),
+                        members,
                     );
                     // A version keeps its figures (a canary is judged on
                     // them) when only its variables or visibility change.
@@ -427,6 +435,8 @@ pub(crate) struct Catalog {
     tenant_domain: Option<String>,
     /// The shared origin's own names: never a claimed host.
     public_hosts: Vec<String>,
+    /// The live nodes, among which concurrency limits are shared.
+    members: Arc<dyn Membership>,
 }
 
 /// Which tenant holds each claimed host: the one with the claim nearest
@@ -474,8 +484,10 @@ impl Catalog {
         secrets: Arc<SecretBox>,
         tenant_domain: Option<String>,
         public_hosts: Vec<String>,
+        members: Arc<dyn Membership>,
     ) -> Self {
         Self {
+            members,
             functions: RwLock::default(),
             applied: tokio::sync::watch::Sender::new(0),
             secrets,
@@ -674,7 +686,7 @@ impl Catalog {
                 .map_or(&[][..], |o| &o.claims[..])
                 .eq(served.map_or(&[][..], |s| &s.claims[..]))
         };
-        match record.and_then(|r| Served::build(r, old.as_deref(), &self.secrets)) {
+        match record.and_then(|r| Served::build(r, old.as_deref(), &self.secrets, &self.members)) {
             Some(served) => {
                 let kept = served.versions();
                 let reindex = claims_change(Some(&served));
@@ -761,6 +773,7 @@ impl Catalog {
                 record,
                 functions.get(&key).map(|s| s.as_ref()),
                 &self.secrets,
+                &self.members,
             ) {
                 fresh.insert(key, Arc::new(served));
             }

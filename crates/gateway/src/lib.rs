@@ -172,6 +172,9 @@ pub struct Services {
     pub meter: Option<gust_meter::Meter>,
     /// Opens the functions' secret variables.
     pub secrets: Arc<gust_store::SecretBox>,
+    /// The live nodes: concurrency limits and tenant quotas are shared
+    /// among them.
+    pub members: Arc<dyn gust_core::cluster::Membership>,
 }
 
 impl Gateway {
@@ -188,11 +191,13 @@ impl Gateway {
             accounts,
             meter,
             secrets,
+            members,
         } = services;
         let catalog = Arc::new(Catalog::new(
             secrets,
             config.tenant_domain.clone(),
             config.public_hosts.clone(),
+            members.clone(),
         ));
         let node = Arc::new(admission::NodeSlots::new(
             u32::try_from(config.max_in_flight).unwrap_or(u32::MAX),
@@ -225,7 +230,7 @@ impl Gateway {
                 blobs,
                 logs,
                 node,
-                access: access::Access::new(accounts, config.auth),
+                access: access::Access::new(accounts, config.auth, members.clone()),
                 config,
                 draining: AtomicBool::new(false),
                 counters: Counters::default(),

@@ -25,7 +25,13 @@ impl Meter {
         self.watched();
         let month = usage::month_start_ms(now_ms);
         match self.months().get(tenant) {
-            Some((cached, totals)) if *cached == month => return Some(totals.cost_micros),
+            Some((cached, totals)) if *cached == month => {
+                return Some(
+                    totals
+                        .cost_micros
+                        .saturating_add(self.peer_cost(tenant, None, month)),
+                );
+            }
             _ => {}
         }
         self.load_later(tenant, now_ms);
@@ -36,12 +42,14 @@ impl Meter {
     pub fn function_month_cost(&self, tenant: &str, function: &str, now_ms: u64) -> Option<u64> {
         self.watched();
         let month = usage::month_start_ms(now_ms);
+        let peers = || self.peer_cost(tenant, Some(function), month);
         match self.functions().get(tenant) {
             Some((cached, costs)) if *cached == month => {
-                return Some(costs.get(function).copied().unwrap_or(0));
+                let here = costs.get(function).copied().unwrap_or(0);
+                return Some(here.saturating_add(peers()));
             }
             // Kept since an earlier month and nothing indexed in this one yet.
-            Some((cached, _)) if *cached < month => return Some(0),
+            Some((cached, _)) if *cached < month => return Some(peers()),
             _ => {}
         }
         self.load_later(tenant, now_ms);

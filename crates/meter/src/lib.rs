@@ -30,6 +30,7 @@ pub mod codec;
 mod indexer;
 pub mod journal;
 mod metrics;
+mod peers;
 mod report;
 #[cfg(test)]
 mod testing;
@@ -48,6 +49,7 @@ use budgets::FunctionCosts;
 use indexer::{CLOSE, CLOSE_OPENED, Index, OPEN};
 use metrics::Metrics;
 pub use metrics::{Histogram, MeterStats};
+pub use peers::PUBLISH_EVERY;
 pub use report::{GroupBy, UsageGroup, UsageQuery, UsageReport, UsageTotals};
 
 /// How often the indexer moves journal frames into the ledger store. Each
@@ -95,6 +97,8 @@ struct Inner {
     /// What each function cost in its tenant's latest month so far, for
     /// function budgets (complete for every tenant present).
     functions: Mutex<FunctionCosts>,
+    /// What the other nodes of a cluster spent this month (see `peers`).
+    peers: Mutex<peers::PeerCosts>,
     /// Tenants whose month is being summed from the ledger (never twice at once).
     loading: Mutex<std::collections::HashSet<String>>,
     /// Held while totals are summed from the ledger or an index pass
@@ -143,6 +147,7 @@ impl Meter {
                 journal: Arc::new(journal),
                 months: Mutex::default(),
                 functions: Mutex::default(),
+                peers: Mutex::default(),
                 loading: Mutex::default(),
                 merging: tokio::sync::Mutex::new(()),
                 appended: AtomicU64::new(0),
