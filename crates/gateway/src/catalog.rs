@@ -422,9 +422,12 @@ impl Served {
 /// `<tenant>/<function>` → the function as served.
 pub(crate) struct Catalog {
     functions: RwLock<HashMap<String, Arc<Served>>>,
-    /// The registry revision the catalog reflects, for callers that must not
-    /// answer before the data plane serves what they wrote.
+    /// The registry revision the catalog reflects, its new versions loaded,
+    /// for callers that must not answer before the data plane serves what
+    /// they wrote (a deploy waits for every node of a cluster to get here).
     applied: tokio::sync::watch::Sender<u64>,
+    /// Revisions whose new versions are still loading, and the latest seen.
+    pending: std::sync::Mutex<(std::collections::BTreeSet<u64>, u64)>,
     /// Opens the functions' secrets.
     secrets: Arc<SecretBox>,
     /// Every function's claimed hosts and prefixes → (`<tenant>/<name>`, alias).
@@ -490,6 +493,7 @@ impl Catalog {
             members,
             functions: RwLock::default(),
             applied: tokio::sync::watch::Sender::new(0),
+            pending: std::sync::Mutex::default(),
             secrets,
             claims: RwLock::default(),
             tenant_domain: tenant_domain
@@ -534,6 +538,31 @@ impl Catalog {
 
     pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied.subscribe()
+    }
+
+    /// Notes that registry revision `revision` is in the catalog and its
+    /// new versions are loading: it counts as applied once they are
+    /// ([`Catalog::loaded_revision`]), and so does every later one.
+    fn loading_revision(&self, revision: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.0.insert(revision);
+        pending.1 = pending.1.max(revision);
+    }
+
+    /// Notes that revision `revision` is ready to serve (its versions
+    /// loaded, or their loading failed and was said so): the applied
+    /// revision moves up to just below the oldest still loading.
+    fn loaded_revision(&self, revision: u64) {
+        let applied = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.0.remove(&revision);
+            pending.1 = pending.1.max(revision);
+            match pending.0.first() {
+                Some(oldest) => oldest.saturating_sub(1),
+                None => pending.1,
+            }
+        };
+        self.mark_applied(applied);
     }
 
     fn mark_applied(&self, revision: u64) {
@@ -804,9 +833,15 @@ fn route_key(tenant: &str, name: &str) -> String {
     format!("{tenant}/{name}")
 }
 
+/// How long a revision waits for its new versions to load before it counts
+/// as applied anyway (their first requests then load them).
+const PRELOAD_WITHIN: Duration = Duration::from_secs(60);
+
 /// Keeps `catalog` in step with the registry until the process ends. Each
-/// new loaded version is loaded in the background right away so that its first
-/// request does not pay for loading.
+/// new loaded version is loaded in the background right away, so that its
+/// first request does not pay for loading, and its revision counts as
+/// applied once that is done: a deploy answers when every node can serve
+/// the new version warm, not merely knows of it.
 pub(crate) async fn follow_registry(
     catalog: Arc<Catalog>,
     registry: Registry,
@@ -829,7 +864,8 @@ pub(crate) async fn follow_registry(
             runtime.unload(&digest);
         }
         node.set_reserved(catalog.reserved_total());
-        catalog.mark_applied(watch.revision);
+        catalog.loading_revision(watch.revision);
+        catalog.loaded_revision(watch.revision);
         if let Some(ready) = ready.take() {
             let _ = ready.send(());
         }
@@ -844,20 +880,37 @@ pub(crate) async fn follow_registry(
                         }
                     }
                     node.set_reserved(catalog.reserved_total());
-                    catalog.mark_applied(event.revision());
+                    let revision = event.revision();
                     let served = Registry::parse_function_key(event.key())
                         .and_then(|(tenant, name)| catalog.get(tenant.as_str(), name.as_str()));
-                    for loaded in served.iter().flat_map(|s| s.versions()) {
-                        if loaded.is_warm() {
-                            continue;
+                    let cold: Vec<Arc<Loaded>> = served
+                        .iter()
+                        .flat_map(|s| s.versions())
+                        .filter(|loaded| !loaded.is_warm())
+                        .collect();
+                    catalog.loading_revision(revision);
+                    let (catalog, runtime, blobs) =
+                        (catalog.clone(), runtime.clone(), blobs.clone());
+                    tokio::spawn(async move {
+                        let mut loads = tokio::task::JoinSet::new();
+                        for loaded in cold {
+                            let (runtime, blobs) = (runtime.clone(), blobs.clone());
+                            loads.spawn(async move {
+                                let load = loaded.prepared(&runtime, blobs.as_ref());
+                                match tokio::time::timeout(PRELOAD_WITHIN, load).await {
+                                    Ok(Ok(_)) => {}
+                                    Ok(Err(e)) => {
+                                        tracing::warn!(function = %loaded.name, error = %e, "preloading failed")
+                                    }
+                                    Err(_) => {
+                                        tracing::warn!(function = %loaded.name, "preloading takes long; serving the revision without waiting")
+                                    }
+                                }
+                            });
                         }
-                        let (runtime, blobs) = (runtime.clone(), blobs.clone());
-                        tokio::spawn(async move {
-                            if let Err(e) = loaded.prepared(&runtime, blobs.as_ref()).await {
-                                tracing::warn!(function = %loaded.name, error = %e, "preloading failed");
-                            }
-                        });
-                    }
+                        while loads.join_next().await.is_some() {}
+                        catalog.loaded_revision(revision);
+                    });
                 }
                 Err(gust_store::StoreError::Lagged(n)) => {
                     tracing::warn!(missed = n, "registry watch lagged; resynchronising");
@@ -876,6 +929,30 @@ pub(crate) async fn follow_registry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revision_is_applied_once_it_and_every_earlier_one_loaded() {
+        let catalog = Catalog::new(
+            Arc::new(SecretBox::from_key(&[7; 32]).unwrap()),
+            None,
+            Vec::new(),
+            Arc::new(gust_core::cluster::OneNode::new("a")),
+        );
+        let applied = catalog.applied();
+        catalog.loading_revision(5);
+        catalog.loading_revision(6);
+        catalog.loading_revision(7);
+        // 6 and 7 are ready before 5: nothing moves past 4.
+        catalog.loaded_revision(7);
+        catalog.loaded_revision(6);
+        assert_eq!(*applied.borrow(), 4);
+        catalog.loaded_revision(5);
+        assert_eq!(*applied.borrow(), 7);
+        // A revision with nothing to load is applied at once.
+        catalog.loading_revision(8);
+        catalog.loaded_revision(8);
+        assert_eq!(*applied.borrow(), 8);
+    }
 
     #[test]
     fn a_host_claimed_by_several_tenants_is_held_by_the_one_nearest_its_root() {

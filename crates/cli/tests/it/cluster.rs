@@ -126,10 +126,12 @@ async fn a_function_deployed_on_one_node_is_served_by_every_node() {
         unreachable!()
     };
 
-    // Deploy on a: it answers once every node serves it.
+    // Deploy on a: it answers once every node serves it, compiled: no
+    // first request on the others waits for a compiler.
     let deployed = a.deploy("hello", &guests().hello, &["--public"]);
     assert!(deployed.get("not_serving").is_none(), "{deployed}");
     for node in [b, c] {
+        assert_eq!(node.metric("gust_compilations_total").await, 1);
         let (status, body) = node.get("/hello/").await;
         assert_eq!(status, 200, "{body}");
     }
