@@ -13,7 +13,10 @@
 #      `gust deploy` alone;
 #   4. idle: CPU and RSS of the NATS servers and gust nodes, JetStream's
 #      streams, consumers and Raft groups, before and after deploying the
-#      same component under IDLE_FUNCTIONS names.
+#      same component under IDLE_FUNCTIONS names;
+#   5. a monthly budget under full load on every node at once: how far
+#      past it the cluster serves before every node refuses (the nodes
+#      learn each other's spending a moment late), against one node.
 # All processes share this machine's cores: no scale-out figure is possible
 # here, only what the cluster costs.
 #
@@ -38,6 +41,7 @@ RAW_SIZE=${RAW_SIZE:-200}               # bytes per raw publish
 DEPLOYS=${DEPLOYS:-20}                  # deploys of a new component (API, then as many with the CLI)
 IDLE_FUNCTIONS=${IDLE_FUNCTIONS:-1000}  # functions deployed before the second idle measurement
 IDLE_SECONDS=${IDLE_SECONDS:-30}        # CPU measured over this long
+BUDGET_REQUESTS=${BUDGET_REQUESTS:-2000} # the budget, in requests (1,000 micro-units each)
 NATS=${GUST_NATS_SERVER:-.nats/bin/nats-server}
 
 for tool in wrk curl python3; do
@@ -390,6 +394,21 @@ import json, sys
 s = json.load(sys.stdin)
 print(", ".join("`%s` (%d messages, %d consumers)" % (x["name"], x["messages"], x["consumers"]) for x in s["streams"]))')
 
+# --- 5. A budget under load. From here on the default tenant pays 1,000
+# micro-units a request; `capped` may spend BUDGET_REQUESTS of them.
+budget() { # API TOKEN URL URL URL → "served overshoot"
+  curl -fs -o /dev/null -X PUT -H "authorization: Bearer $2" -H 'content-type: application/json' \
+    -d '{"id":"bench-pricey","per_million_requests":1000000000,"per_million_gb_seconds":0,"free_requests":0,"free_gb_seconds":0}' \
+    "$1/v1/tenants/default/plan"
+  GUST_API=$1 GUST_TOKEN=$2 "$GUST" deploy capped "$HELLO" --public \
+    --monthly-budget-micros $((BUDGET_REQUESTS * 1000)) >/dev/null 2>&1
+  read -r rps _ < <(trio "" "$3" "$4" "$5" 5s)
+  python3 -c "s = round($rps * 5); print(s, s - $BUDGET_REQUESTS)"
+}
+read -r BE_SERVED BE_OVER < <(budget "$E_API" "$E_TOKEN" "$E_BASE/capped/" "$E_BASE/capped/" "$E_BASE/capped/")
+read -r BC_SERVED BC_OVER < <(budget "$A_API" "$C_TOKEN" "http://127.0.0.1:${NODE_PORTS[0]}/capped/" \
+  "http://127.0.0.1:${NODE_PORTS[1]}/capped/" "http://127.0.0.1:${NODE_PORTS[2]}/capped/")
+
 idle_table() {
   echo "| process | CPU % of one core | RSS MiB | streams | consumers | Raft groups (ha_assets) | messages |"
   echo "|---|---:|---:|---:|---:|---:|---:|"
@@ -463,4 +482,14 @@ After deploying the same component under $IDLE_FUNCTIONS more names through node
 $(idle_table "$IDLE_AFTER")
 
 Gust's streams: $STREAMS.
+
+**5. A monthly budget under load**: \`capped\` (hello) may spend
+$BUDGET_REQUESTS requests' worth; three \`wrk -t1\` processes, $CONNECTIONS
+connections in all, 5 s, against the embedded node and against one cluster
+node each. Served: 2xx answers; the rest were refused (429, budget spent).
+
+| target | budget (requests) | served | past the budget |
+|---|---:|---:|---:|
+| embedded, one node | $BUDGET_REQUESTS | $BE_SERVED | $BE_OVER |
+| cluster, three nodes | $BUDGET_REQUESTS | $BC_SERVED | $BC_OVER |
 REPORT

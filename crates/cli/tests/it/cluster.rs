@@ -701,6 +701,81 @@ async fn burst(node: &Server, function: &str, n: usize, ms: u64) -> (usize, Vec<
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn after_the_whole_cluster_was_down_catch_up_fires_the_last_missed_ticks_once() {
+    let Some(mut cluster) = GustCluster::start(3) else {
+        return;
+    };
+    cluster.wait_alive(3).await;
+    let a = &cluster.nodes[0];
+    a.deploy("ticker", &guests().testbed, &[]);
+    a.gust_json(&[
+        "schedule",
+        "add",
+        "ticker",
+        "@every 1s",
+        "--path",
+        "/headers",
+        "--id",
+        "beat",
+        "--catch-up",
+        "3",
+    ]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every node stops; 8 ticks go by; every node starts again.
+    let dirs: Vec<PathBuf> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.data_dir().to_path_buf())
+        .collect();
+    for node in cluster.nodes.drain(..) {
+        assert_eq!(node.stop(), Some(0));
+    }
+    let stopped_ms = now_ms();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let restart_ms = now_ms();
+    for (i, dir) in dirs.iter().enumerate() {
+        let node = cluster.start_node(dir, &node_name(i), &[]);
+        cluster.nodes.push(node);
+    }
+    cluster.wait_alive(3).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let a = &cluster.nodes[0];
+    a.gust_json(&["schedule", "rm", "ticker", "beat"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per_tick = deliveries_per_tick(a, "ticker", "beat");
+    let down: Vec<u64> = per_tick
+        .keys()
+        .copied()
+        .filter(|t| (stopped_ms..restart_ms).contains(t))
+        .collect();
+    println!("cluster catch-up checker: ticks fired for the 8 s down: {down:?}; all {per_tick:?}");
+    assert!(
+        per_tick.values().all(|n| *n == 1),
+        "each tick fires once: {per_tick:?}"
+    );
+    assert!(
+        (1..=3).contains(&down.len()),
+        "at most the last 3 missed ticks, and some: {down:?}"
+    );
+    let after: Vec<u64> = per_tick
+        .keys()
+        .copied()
+        .filter(|t| *t >= *down.first().unwrap())
+        .collect();
+    assert!(
+        after.windows(2).all(|w| w[1] - w[0] == 1000),
+        "from the caught-up ticks on, none missed: {after:?}"
+    );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_concurrency_limit_is_shared_among_the_live_nodes() {
     let Some(mut cluster) = GustCluster::start(3) else {
         return;
