@@ -1,6 +1,7 @@
 //! Month-to-date totals, for budgets and for pricing: what each tenant
 //! and each of its functions cost this month so far, kept in memory from
-//! the records indexed and summed from the ledger when first asked for.
+//! the records indexed, summed from the ledger (in one pass for both) when
+//! the indexer first meets the tenant or a budget first asks for it.
 //! A budget being checked makes the indexer pass more often.
 
 use std::collections::HashMap;
@@ -111,6 +112,19 @@ impl Meter {
     async fn load_month(&self, tenant: &str, now_ms: u64) -> Result<(), MeterError> {
         let _merging = self.inner.merging.lock().await;
         let month = usage::month_start_ms(now_ms);
+        let totals = self.sum_month(tenant, month).await?;
+        // Unless the indexer already keeps this month (or a later one).
+        let mut months = self.months();
+        if months.get(tenant).is_none_or(|(kept, _)| *kept < month) {
+            months.insert(tenant.to_string(), (month, totals));
+        }
+        Ok(())
+    }
+
+    /// Sums a tenant's month from the ledger: its totals, returned, and
+    /// each function's cost, kept for budgets unless a later month (or
+    /// this one) already is. The caller holds `merging`.
+    async fn sum_month(&self, tenant: &str, month: u64) -> Result<MonthToDate, MeterError> {
         let next = usage::month_start_ms(month + 32 * 24 * 3600 * 1000);
         let mut totals = MonthToDate::default();
         let mut costs: FastMap<String, u64> = FastMap::default();
@@ -123,17 +137,11 @@ impl Meter {
             *cost = cost.saturating_add(r.cost_micros);
         })
         .await?;
-        // Unless the indexer already keeps this month (or a later one).
-        let mut months = self.months();
-        if months.get(tenant).is_none_or(|(kept, _)| *kept < month) {
-            months.insert(tenant.to_string(), (month, totals));
-        }
-        drop(months);
         let mut functions = self.functions();
         if functions.get(tenant).is_none_or(|(kept, _)| *kept < month) {
             functions.insert(tenant.to_string(), (month, costs));
         }
-        Ok(())
+        Ok(totals)
     }
 
     /// Adds an index pass's costs to the function costs of the tenants
@@ -183,13 +191,9 @@ impl Meter {
         {
             return Ok(*totals);
         }
-        let mut totals = MonthToDate::default();
-        let next = usage::month_start_ms(month + 32 * 24 * 3600 * 1000);
-        self.for_each(tenant, month, next, |r| {
-            add_to_month(&mut totals, r.outcome, r.gib_us, r.cost_micros);
-        })
-        .await?;
-        Ok(totals)
+        // The same pass keeps each function's cost, so that a function
+        // budget set later on a busy tenant is known at once.
+        self.sum_month(tenant, month).await
     }
 
     pub(crate) fn months(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, MonthToDate)>> {

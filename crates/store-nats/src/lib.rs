@@ -29,6 +29,7 @@ mod batch;
 mod blobs;
 pub mod check;
 mod data;
+mod group;
 mod logs;
 mod meta;
 mod queues;
@@ -37,6 +38,8 @@ pub mod testkit;
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use async_nats::jetstream::{self, stream};
 use base64::Engine as _;
@@ -83,6 +86,8 @@ pub struct NatsStore {
     meta: stream::Stream,
     blobs: jetstream::object_store::ObjectStore,
     meta_subjects: String,
+    /// Creates of new keys, written together (see `meta.rs`).
+    creates: std::sync::Arc<group::GroupCommit<(String, Bytes), Option<u64>>>,
     data: data::DataState,
     queues: std::sync::Arc<queues::Queues>,
     logs: stream::Stream,
@@ -130,6 +135,7 @@ impl NatsStore {
             meta,
             blobs,
             meta_subjects,
+            creates: std::sync::Arc::new(group::GroupCommit::new(meta::MAX_CREATES)),
             data,
             queues,
             logs,
@@ -271,7 +277,10 @@ async fn try_ensure_stream(
     match js.get_or_create_stream(config.clone()).await {
         Ok(mut existing) => {
             let info = existing.info().await.map_err(backend)?.clone();
-            if info.config.allow_direct || info.config.num_replicas != config.num_replicas {
+            if info.config.allow_direct
+                || info.config.num_replicas != config.num_replicas
+                || info.config.allow_atomic_publish != config.allow_atomic_publish
+            {
                 js.update_stream(config.clone()).await.map_err(backend)?;
                 return js.get_stream(&config.name).await.map_err(backend);
             }

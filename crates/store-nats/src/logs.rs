@@ -81,18 +81,7 @@ pub(crate) async fn open_stream(
         vec![format!("{}.log.>", options.namespace)],
     );
     config.allow_atomic_publish = true;
-    let mut stream = ensure_stream(js, config.clone()).await?;
-    if !stream
-        .info()
-        .await
-        .map_err(backend)?
-        .config
-        .allow_atomic_publish
-    {
-        js.update_stream(config.clone()).await.map_err(backend)?;
-        stream = js.get_stream(&config.name).await.map_err(backend)?;
-    }
-    Ok(stream)
+    ensure_stream(js, config).await
 }
 
 /// What a record's headers say about it.

@@ -11,6 +11,12 @@
 //! `Nats-Expected-Last-Subject-Sequence`, checked by the stream's leader
 //! in the replicated log, so two nodes racing for one key cannot both win.
 //!
+//! Creates of new keys (a compare-and-set expecting none: every event's
+//! status record is one) that arrive while one is being written go
+//! together in the next atomic batch, each on its own condition; a batch
+//! refused as a whole (one key existed after all) is written again one
+//! key at a time, so each create gets its own answer.
+//!
 //! Listing and watching use an ordered consumer delivering the last
 //! message of each subject under the prefix, then every later one.
 
@@ -32,6 +38,9 @@ use crate::{
 /// judge while another write to the key was in flight (about 2 s at most).
 const IN_FLIGHT_RETRIES: usize = 24;
 
+/// Most creates written in one batch.
+pub(crate) const MAX_CREATES: usize = 256;
+
 /// Marks a tombstone (a deleted key).
 pub(crate) const OP_HEADER: &str = "Gust-Op";
 const OP_DELETE: &str = "del";
@@ -47,6 +56,7 @@ pub(crate) async fn open_stream(
     );
     config.max_messages_per_subject = 1;
     config.discard = stream::DiscardPolicy::Old;
+    config.allow_atomic_publish = true;
     ensure_stream(js, config).await
 }
 
@@ -144,6 +154,54 @@ impl NatsStore {
                 None => Err(unacknowledged(e)),
             },
         }
+    }
+
+    /// Writes `key` if it has no message yet, in one batch with the other
+    /// creates waiting: its revision, or `None` if it has one.
+    async fn meta_create(&self, key: &str, value: Bytes) -> Result<Option<u64>, StoreError> {
+        let this = self.clone();
+        let written = self
+            .creates
+            .submit("", vec![(key.to_string(), value)], move |items| {
+                let this = this.clone();
+                async move { this.meta_create_all(items).await }
+            })
+            .await?;
+        written
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Backend("a create went unanswered".into()))
+    }
+
+    /// Creates each key with no message yet: one batch, else one by one.
+    async fn meta_create_all(
+        &self,
+        items: Vec<(String, Bytes)>,
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        if items.len() > 1 {
+            let messages = items
+                .iter()
+                .map(|(key, value)| {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+                    (self.meta_subject(key), headers, value.clone())
+                })
+                .collect();
+            if let crate::batch::Batch::Stored(last) =
+                crate::batch::publish(&self.client, messages).await?
+            {
+                let first = last + 1 - items.len() as u64;
+                return Ok((first..=last).map(Some).collect());
+            }
+        }
+        let writes = items.into_iter().map(|(key, value)| async move {
+            self.meta_publish(&key, value, Some(0), false).await
+        });
+        futures_util::future::join_all(writes)
+            .await
+            .into_iter()
+            .map(|written| written.map(Result::ok))
+            .collect()
     }
 
     /// An ordered consumer over the keys under `prefix`: the last message
@@ -303,13 +361,12 @@ impl MetaStore for NatsStore {
                 Err(conflict(Some(revision)))
             }
             None => {
-                // Absent means no message, or a tombstone as the last one.
+                // Absent means no message (tried first, with other
+                // creates), or a tombstone as the last one.
                 let mut last = 0;
+                let mut written = self.meta_create(key, value.clone()).await?.ok_or(());
                 loop {
-                    match self
-                        .meta_publish(key, value.clone(), Some(last), false)
-                        .await?
-                    {
+                    match written {
                         Ok(revision) => return Ok(revision),
                         Err(()) => match self.meta_last(key).await? {
                             Some(Ok(entry)) => return Err(conflict(Some(entry.revision))),
@@ -320,6 +377,9 @@ impl MetaStore for NatsStore {
                             _ => return Err(conflict(None)),
                         },
                     }
+                    written = self
+                        .meta_publish(key, value.clone(), Some(last), false)
+                        .await?;
                 }
             }
         }
@@ -465,6 +525,58 @@ mod tests {
         gust_store::conformance::component_bytes_across_nodes(one, other).await;
         let (one, other) = two().await.unwrap();
         gust_store::conformance::revocations_across_nodes(one, other).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_creates_share_batches_and_each_gets_its_own_answer() {
+        use gust_store::{MetaStore as _, StoreError};
+        let Some(store) = testkit::store().await else {
+            return;
+        };
+        let store = Arc::new(store);
+        store.put("inv/t/taken", "before".into()).await.unwrap();
+        let mut creates = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let store = store.clone();
+            // Every 50th collides with the key that exists.
+            let key = if i % 50 == 7 {
+                "inv/t/taken".to_string()
+            } else {
+                format!("inv/t/{i}")
+            };
+            creates.spawn(async move {
+                let written = store
+                    .compare_and_set(&key, format!("{i}").into(), None)
+                    .await;
+                (key, i, written)
+            });
+        }
+        let mut revisions = std::collections::BTreeSet::new();
+        while let Some(done) = creates.join_next().await {
+            let (key, i, written) = done.unwrap();
+            if key == "inv/t/taken" {
+                assert!(
+                    matches!(written, Err(StoreError::Conflict { .. })),
+                    "{written:?}"
+                );
+                continue;
+            }
+            let revision = written.unwrap();
+            assert!(
+                revisions.insert(revision),
+                "revision {revision} given twice"
+            );
+            let read = store.get(&key).await.unwrap().unwrap();
+            assert_eq!(
+                (read.revision, read.value),
+                (revision, format!("{i}").into())
+            );
+        }
+        assert_eq!(revisions.len(), 196);
+        assert_eq!(
+            store.get("inv/t/taken").await.unwrap().unwrap().value,
+            "before"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -67,6 +67,7 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 use gust_store::{Claimed, QueueStore, StoreError};
 
 use crate::batch::Batch;
+use crate::group::GroupCommit;
 use crate::meta::{refusal_code, unacknowledged};
 use crate::{NatsOptions, NatsStore, backend, durable_stream, ensure_stream};
 
@@ -104,17 +105,10 @@ pub(crate) struct Queues {
     /// (its stream sequence, the last number given): an enqueue's guess,
     /// corrected by the compare-and-set when another node moved it.
     counter_cache: Mutex<HashMap<String, (u64, u64)>>,
-    /// Enqueues waiting, per queue, while one batch of that queue is being
-    /// written: the writer takes them all into its next batch (a group
-    /// commit), so concurrent submissions share one counter advance
-    /// instead of racing for it. A queue is a key here while a writer runs.
-    waiting: Mutex<HashMap<String, Vec<Waiting>>>,
-}
-
-/// One enqueue call waiting for its queue's writer.
-struct Waiting {
-    items: Vec<(Bytes, State)>,
-    done: tokio::sync::oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    /// Enqueues of this node, per queue, written together while one batch
+    /// of that queue is in flight (a group commit): concurrent
+    /// submissions share one counter advance instead of racing for it.
+    writes: Arc<GroupCommit<(Bytes, State), u64>>,
 }
 
 pub(crate) async fn open(
@@ -138,7 +132,7 @@ pub(crate) async fn open(
         counters,
         claimant: options.client_name.clone(),
         counter_cache: Mutex::new(HashMap::new()),
-        waiting: Mutex::new(HashMap::new()),
+        writes: Arc::new(GroupCommit::new(MAX_BATCH - 1)),
     })
 }
 
@@ -456,9 +450,7 @@ impl Queues {
     }
 
     /// Appends to `queue`, in one batch with whatever other enqueues of
-    /// this node wait for the same queue (see [`Queues::waiting`]). The
-    /// writing runs in a task of its own, so a caller that goes away does
-    /// not leave the others without an answer.
+    /// this node wait for the same queue (see [`Queues::writes`]).
     async fn append(
         self: &Arc<Self>,
         client: &async_nats::Client,
@@ -475,85 +467,21 @@ impl Queues {
             group,
         };
         let items = payloads.into_iter().map(|p| (p, state.clone())).collect();
-        let (done, answer) = tokio::sync::oneshot::channel();
-        let writer = {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            match waiting.get_mut(queue) {
-                Some(list) => {
-                    list.push(Waiting { items, done });
-                    false
+        let (this, client, name) = (self.clone(), client.clone(), queue.to_string());
+        self.writes
+            .submit(queue, items, move |items: Vec<(Bytes, State)>| {
+                let (this, client, queue) = (this.clone(), client.clone(), name.clone());
+                async move {
+                    // One batch, or one per `MAX_BATCH - 1` messages of a
+                    // single large call.
+                    let mut seqs = Vec::with_capacity(items.len());
+                    for batch in items.chunks(MAX_BATCH - 1) {
+                        seqs.extend(this.append_batch(&client, &queue, batch).await?);
+                    }
+                    Ok(seqs)
                 }
-                None => {
-                    waiting.insert(queue.to_string(), vec![Waiting { items, done }]);
-                    true
-                }
-            }
-        };
-        if writer {
-            let this = self.clone();
-            let client = client.clone();
-            let queue = queue.to_string();
-            tokio::spawn(async move { this.write_waiting(&client, &queue).await });
-        }
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Writes the queue's waiting enqueues, batch after batch, until none
-    /// is left. One call's messages are never split over two batches
-    /// unless it alone is larger than a batch.
-    async fn write_waiting(&self, client: &async_nats::Client, queue: &str) {
-        loop {
-            let waiting = {
-                let mut all = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-                let list = all.get_mut(queue).map(std::mem::take).unwrap_or_default();
-                if list.is_empty() {
-                    all.remove(queue);
-                    return;
-                }
-                list
-            };
-            let mut chunk: Vec<Waiting> = Vec::new();
-            let mut size = 0;
-            for call in waiting {
-                if size > 0 && size + call.items.len() > MAX_BATCH - 1 {
-                    self.write_chunk(client, queue, std::mem::take(&mut chunk))
-                        .await;
-                    size = 0;
-                }
-                size += call.items.len();
-                chunk.push(call);
-            }
-            if !chunk.is_empty() {
-                self.write_chunk(client, queue, chunk).await;
-            }
-        }
-    }
-
-    /// Writes the calls' messages (one batch, or one per `MAX_BATCH - 1`
-    /// messages of a single large call) and answers each call.
-    async fn write_chunk(&self, client: &async_nats::Client, queue: &str, calls: Vec<Waiting>) {
-        let items: Vec<(Bytes, State)> = calls.iter().flat_map(|c| c.items.clone()).collect();
-        let mut seqs = Vec::with_capacity(items.len());
-        let mut failed = None;
-        for batch in items.chunks(MAX_BATCH - 1) {
-            match self.append_batch(client, queue, batch).await {
-                Ok(written) => seqs.extend(written),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        let mut at = 0;
-        for call in calls {
-            let n = call.items.len();
-            let answer = match &failed {
-                Some(e) => Err(e.clone()),
-                None => Ok(seqs[at..at + n].to_vec()),
-            };
-            at += n;
-            let _ = call.done.send(answer);
-        }
+            })
+            .await
     }
 
     /// Claims one message listed as claimable, if it still is and no other
