@@ -433,9 +433,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let data_url = format!("{scheme}://{data_addr}");
     let api_url = format!("{scheme}://{api_addr}");
+    let mut heartbeats = None;
     let cluster: gust_api::cluster::SharedClusterView = match &nats {
         Some(nats) => {
-            crate::cluster_mode::start_heartbeats(
+            heartbeats = Some(crate::cluster_mode::start_heartbeats(
                 kv.clone(),
                 crate::cluster_mode::Heartbeat {
                     node: node_id.clone(),
@@ -445,7 +446,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                     stats: metrics.clone(),
                 },
                 stop_rx.clone(),
-            );
+            ));
             Arc::new(crate::cluster_mode::NatsCluster::new(
                 &args.cluster,
                 node_id.clone(),
@@ -535,6 +536,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(meter) = &meter {
         // What is not durable by then is recorded as aborted at the next start.
         meter.flush(Duration::from_secs(5)).await;
+    }
+    if let Some(heartbeats) = heartbeats {
+        // Its record removed: a node stopped is not a node dead, and may
+        // start again under its id at once.
+        let _ = tokio::time::timeout(Duration::from_secs(2), heartbeats).await;
     }
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

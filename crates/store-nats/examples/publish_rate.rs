@@ -75,6 +75,26 @@ async fn main() {
     })
     .await
     .expect("create the stream");
+    // A new stream's subjects reach every server a moment later: until a
+    // publish through each connection is acknowledged, it is not timed.
+    for client in &clients {
+        let js = jetstream::new(client.clone());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let acked = match js
+                .publish(subject.clone(), Bytes::from_static(b"ready"))
+                .await
+            {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if acked {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the stream never took a publish");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 
     let payload = Bytes::from(vec![b'x'; args.size]);
     let next = Arc::new(AtomicU64::new(0));
