@@ -164,6 +164,10 @@ async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: T
         let wait = tick.saturating_sub(now_ms());
         tokio::time::sleep(Duration::from_millis(wait)).await;
         after = tick;
+        if !events.shared {
+            fire(&events, &record, &tick_key, tick).await;
+            continue;
+        }
         let members = events.members.as_ref();
         let was_owned = std::mem::replace(&mut owned, owner(members, &tick_key) == members.node());
         if !owned {
