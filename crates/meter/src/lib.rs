@@ -49,7 +49,7 @@ use budgets::FunctionCosts;
 use indexer::{CLOSE, CLOSE_OPENED, Index, OPEN};
 use metrics::Metrics;
 pub use metrics::{Histogram, MeterStats};
-pub use peers::PUBLISH_EVERY;
+pub use peers::{PUBLISH_EVERY, PUBLISH_WATCHED_EVERY};
 pub use report::{GroupBy, UsageGroup, UsageQuery, UsageReport, UsageTotals};
 
 /// How often the indexer moves journal frames into the ledger store. Each

@@ -5,11 +5,13 @@
 //! budget is checked against this node's own count plus the others' last
 //! published ones.
 //!
-//! The others' part lags by up to their index pass ([`crate::INDEX_EVERY`])
-//! plus [`PUBLISH_EVERY`] plus the watch's delivery, so a tenant spending
-//! on every node at once can overshoot its budget by what it spends in
-//! that lag on the other nodes (measured: ARCHITECTURE.md). A node that
-//! dies keeps its last published figures counted for the month.
+//! The others' part lags by up to their index pass ([`crate::INDEX_EVERY`],
+//! or [`crate::INDEX_WATCHED_EVERY`] while they check budgets too) plus
+//! [`PUBLISH_EVERY`] ([`PUBLISH_WATCHED_EVERY`]) plus the watch's
+//! delivery, so a tenant spending on every node at once can overshoot its
+//! budget by what it spends in that lag on the other nodes (measured:
+//! bench/README.md). A node that dies keeps its last published figures
+//! counted for the month.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +26,9 @@ use crate::{FastMap, Meter, lock};
 
 /// How often a node publishes the costs that changed.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// How often while budgets are being checked on this node (its index
+/// passes come every [`crate::INDEX_WATCHED_EVERY`] then too).
+pub const PUBLISH_WATCHED_EVERY: Duration = Duration::from_millis(200);
 const PREFIX: &str = "usage/";
 
 /// One node's month of one tenant, as published.
@@ -63,7 +68,12 @@ impl Meter {
     async fn publish(self, kv: Arc<dyn MetaStore>, node: String) {
         let mut last: HashMap<String, (u64, Published)> = HashMap::new();
         loop {
-            tokio::time::sleep(PUBLISH_EVERY).await;
+            let every = if self.pass_every() < crate::INDEX_EVERY {
+                PUBLISH_WATCHED_EVERY
+            } else {
+                PUBLISH_EVERY
+            };
+            tokio::time::sleep(every).await;
             let month = usage::month_start_ms(now_ms());
             let now: Vec<(String, Published)> = {
                 let months = self.months();
