@@ -61,20 +61,15 @@ pub fn owner<'a>(key: &str, nodes: &'a [String]) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// A stable 64-bit weight of a (node, key) pair: FNV-1a over both, with a
-/// separator so `("ab", "c")` and `("a", "bc")` differ, then a finaliser
-/// that spreads nearby inputs (FNV alone leaves the high bits correlated).
+/// A stable 64-bit weight of a (node, key) pair: [`crate::deploy::fnv1a`]
+/// (with its finaliser, so nearby inputs spread) over both, with a
+/// separator byte no name holds, so `("ab", "c")` and `("a", "bc")` differ.
 fn weight(node: &str, key: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in node.bytes().chain([0xff]).chain(key.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    hash ^ (hash >> 33)
+    let mut bytes = Vec::with_capacity(node.len() + 1 + key.len());
+    bytes.extend_from_slice(node.as_bytes());
+    bytes.push(0xff);
+    bytes.extend_from_slice(key.as_bytes());
+    crate::deploy::fnv1a(&bytes)
 }
 
 /// The part of a cluster-wide `limit` one of `nodes` live nodes enforces:

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use gust_store_nats::testkit;
 
-use crate::harness::{Server, guests};
+use crate::harness::{Server, guests, now_ms};
 
 /// Gust nodes sharing one namespace of the shared NATS cluster.
 pub struct GustCluster {
@@ -545,17 +545,7 @@ async fn a_schedule_fires_once_per_tick_across_three_nodes() {
     };
     cluster.wait_alive(3).await;
     let a = &cluster.nodes[0];
-    a.deploy("ticker", &guests().testbed, &[]);
-    a.gust_json(&[
-        "schedule",
-        "add",
-        "ticker",
-        "@every 1s",
-        "--path",
-        "/headers",
-        "--id",
-        "beat",
-    ]);
+    add_ticker(a, &[]);
     tokio::time::sleep(Duration::from_secs(11)).await;
     a.gust_json(&["schedule", "rm", "ticker", "beat"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -577,6 +567,24 @@ async fn a_schedule_fires_once_per_tick_across_three_nodes() {
         ticks.windows(2).all(|w| w[1] - w[0] == 1000),
         "no tick missed: {ticks:?}"
     );
+}
+
+/// Deploys `ticker` on `node` with schedule `beat`, `@every 1s` on
+/// `/headers` (which prints the request's headers), plus `extra` flags.
+fn add_ticker(node: &Server, extra: &[&str]) {
+    node.deploy("ticker", &guests().testbed, &[]);
+    let mut args = vec![
+        "schedule",
+        "add",
+        "ticker",
+        "@every 1s",
+        "--path",
+        "/headers",
+        "--id",
+        "beat",
+    ];
+    args.extend_from_slice(extra);
+    node.gust_json(&args);
 }
 
 /// Every delivery of schedule `id` prints its `ce-id` (`<id>@<tick>`):
@@ -603,17 +611,7 @@ async fn when_a_schedules_owner_is_killed_another_node_fires_every_tick_it_misse
     };
     cluster.wait_alive(3).await;
     let a = &cluster.nodes[0];
-    a.deploy("ticker", &guests().testbed, &[]);
-    a.gust_json(&[
-        "schedule",
-        "add",
-        "ticker",
-        "@every 1s",
-        "--path",
-        "/headers",
-        "--id",
-        "beat",
-    ]);
+    add_ticker(a, &[]);
     // Every node names the same owner.
     let owners: Vec<String> = cluster
         .nodes
@@ -707,19 +705,7 @@ async fn after_the_whole_cluster_was_down_catch_up_fires_the_last_missed_ticks_o
     };
     cluster.wait_alive(3).await;
     let a = &cluster.nodes[0];
-    a.deploy("ticker", &guests().testbed, &[]);
-    a.gust_json(&[
-        "schedule",
-        "add",
-        "ticker",
-        "@every 1s",
-        "--path",
-        "/headers",
-        "--id",
-        "beat",
-        "--catch-up",
-        "3",
-    ]);
+    add_ticker(a, &["--catch-up", "3"]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Every node stops; 8 ticks go by; every node starts again.
     let dirs: Vec<PathBuf> = cluster
@@ -772,13 +758,6 @@ async fn after_the_whole_cluster_was_down_catch_up_fires_the_last_missed_ticks_o
         after.windows(2).all(|w| w[1] - w[0] == 1000),
         "from the caught-up ticks on, none missed: {after:?}"
     );
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -839,18 +818,7 @@ async fn a_budget_counts_what_every_node_spent() {
         &guests().testbed,
         &["--monthly-budget-micros", "5500"],
     );
-    // 1000 micro-units a request.
-    let response = a
-        .http
-        .put(format!("{}/v1/tenants/default/plan", a.api))
-        .json(
-            &serde_json::json!({"id": "pricey", "per_million_requests": 1_000_000_000u64,
-            "per_million_gb_seconds": 0, "free_requests": 0, "free_gb_seconds": 0}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    a.price_each_request().await;
     // Spent on a and c only, a request at a time …
     let mut served = 0;
     let mut refused_by = None;

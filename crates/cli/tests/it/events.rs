@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, guests};
+use crate::harness::{Server, guests, now_ms};
 
 async fn wait_for_state(server: &Server, id: &str, state: &str) -> serde_json::Value {
     server.wait_for_state(id, state).await
@@ -389,13 +389,6 @@ fn ticks_in_logs(server: &Server, function: &str, schedule: &str) -> Vec<u64> {
     ticks.sort_unstable();
     ticks.dedup();
     ticks
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -418,6 +418,22 @@ impl Server {
         (status, response.text().await.expect("body"))
     }
 
+    /// Prices the default tenant's invocations at 1,000 micro-units a
+    /// request from now on (plan `pricey`, nothing free).
+    pub async fn price_each_request(&self) {
+        let response = self
+            .http
+            .put(format!("{}/v1/tenants/default/plan", self.api))
+            .json(
+                &serde_json::json!({"id": "pricey", "per_million_requests": 1_000_000_000u64,
+                "per_million_gb_seconds": 0, "free_requests": 0, "free_gb_seconds": 0}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self
             .http
@@ -455,6 +471,14 @@ impl Drop for Server {
 }
 
 /// An HTTP client that sends `token` (if any) on every request.
+/// The wall clock, Unix ms.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 pub fn client_with_token(token: &str) -> reqwest::Client {
     // reqwest is built without a TLS provider of its own (as in `gust`).
     let _ = rustls::crypto::ring::default_provider().install_default();

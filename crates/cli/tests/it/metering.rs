@@ -287,18 +287,7 @@ async fn a_function_budget_stops_that_function_only() {
         &guests().testbed,
         &["--monthly-budget-micros", "2500"],
     );
-    // 1000 micro-units a request.
-    let response = server
-        .http
-        .put(format!("{}/v1/tenants/default/plan", server.api))
-        .json(
-            &serde_json::json!({"id": "pricey", "per_million_requests": 1_000_000_000u64,
-            "per_million_gb_seconds": 0, "free_requests": 0, "free_gb_seconds": 0}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    server.price_each_request().await;
     let get = |server: &Server, name: &str| {
         let request = server.http.get(format!("{}/{name}/", server.url));
         async move {
