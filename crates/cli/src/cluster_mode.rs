@@ -9,9 +9,12 @@
 //! [`HEARTBEAT`] and whenever its data plane applies a new registry
 //! revision. A node whose last heartbeat is older than [`DEAD_AFTER`] is
 //! dead: deploys stop waiting for it and the status says so. Heartbeats are
-//! stamped with each node's wall clock, so a node whose clock is off by
-//! more than `DEAD_AFTER - HEARTBEAT` looks dead (or alive too long) to the
-//! others; nothing else depends on it.
+//! stamped with each node's wall clock, so for the status, deploys and the
+//! duplicate-id check a node whose clock is off by more than
+//! `DEAD_AFTER - HEARTBEAT` looks dead (or alive too long). What divides
+//! work among the nodes (schedule owners, shares of limits) uses
+//! [`Members`] instead, which times heartbeats on the observer's own clock;
+//! the two views can disagree about a node for a few seconds.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -391,9 +394,10 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
     });
     let keeper = members.clone();
     tokio::spawn(async move {
-        // id → (incarnation and heartbeat last seen, when it last changed)
-        let mut seen: std::collections::HashMap<String, ((String, u64), std::time::Instant)> =
-            std::collections::HashMap::new();
+        // id → (incarnation and heartbeat last seen, when it last changed;
+        // `None`: longer ago than this process can tell)
+        type Seen = std::collections::HashMap<String, ((String, u64), Option<std::time::Instant>)>;
+        let mut seen: Seen = std::collections::HashMap::new();
         loop {
             match nodes(kv.as_ref()).await {
                 Ok(records) => {
@@ -404,20 +408,20 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
                         let beat = (record.incarnation.clone(), record.heartbeat_ms);
                         let changed = match seen.remove(&record.id) {
                             Some((last, at)) if last == beat => at,
-                            Some(_) => now,
+                            Some(_) => Some(now),
                             // First sight: as old as its stamp says.
-                            None => now
-                                .checked_sub(Duration::from_millis(
-                                    wall.saturating_sub(record.heartbeat_ms),
-                                ))
-                                .unwrap_or(now),
+                            None => now.checked_sub(Duration::from_millis(
+                                wall.saturating_sub(record.heartbeat_ms),
+                            )),
                         };
                         next.insert(record.id, (beat, changed));
                     }
                     seen = next;
                     let mut live: Vec<String> = seen
                         .iter()
-                        .filter(|(_, (_, at))| now.duration_since(*at) < DEAD_AFTER)
+                        .filter(|(_, (_, at))| {
+                            at.is_some_and(|at| now.duration_since(at) < DEAD_AFTER)
+                        })
                         .map(|(id, _)| id.clone())
                         .chain([keeper.node.clone()])
                         .collect();

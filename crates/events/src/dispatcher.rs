@@ -131,13 +131,19 @@ impl Dispatcher {
                 async move {
                     loop {
                         tokio::time::sleep(IDLE).await;
-                        if events.shared
-                            && let Err(e) = events.recount_backlogs().await
-                        {
-                            tracing::warn!(error = %e, "cannot count the event backlogs");
-                        }
-                        let Ok(queues) = events.queue.queues().await else {
-                            continue;
+                        // In a cluster, one listing for both: the queues
+                        // holding events and each tenant's backlog.
+                        let queues = if events.shared {
+                            let Ok(depths) = events.queue.depths().await else {
+                                continue;
+                            };
+                            events.recount_backlogs(&depths);
+                            depths.into_iter().map(|(queue, _)| queue).collect()
+                        } else {
+                            let Ok(queues) = events.queue.queues().await else {
+                                continue;
+                            };
+                            queues
                         };
                         for queue in queues {
                             if tx.send(queue).is_err() {

@@ -223,12 +223,13 @@ impl Events {
             .then(|| scheduler::owner(self.members.as_ref(), &scheduler::tick_key(record)))
     }
 
-    /// Sets each tenant's backlog to what its queues hold now (cluster
-    /// mode: the other nodes submit and deliver too).
-    pub(crate) async fn recount_backlogs(&self) -> Result<(), StoreError> {
+    /// Sets each tenant's backlog to what its queues hold (`depths`, just
+    /// listed), in cluster mode: the other nodes submit and deliver too.
+    /// What this node counted since the listing is lost until the next.
+    pub(crate) fn recount_backlogs(&self, depths: &[(String, u64)]) {
         let mut counted: std::collections::HashMap<TenantId, u64> = Default::default();
-        for (queue, depth) in self.queue.depths().await? {
-            if let Some((tenant, _)) = dispatcher::parse_queue(&queue) {
+        for (queue, depth) in depths {
+            if let Some((tenant, _)) = dispatcher::parse_queue(queue) {
                 *counted.entry(tenant).or_default() += depth;
             }
         }
@@ -237,7 +238,6 @@ impl Events {
             .backlog
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = counted;
-        Ok(())
     }
 
     pub fn stats(&self) -> EventStats {

@@ -22,12 +22,13 @@
 //! firing first the ticks nobody claimed since (at most
 //! [`MAX_HANDED_OVER`], each once: the claim stays the fence against two
 //! nodes that briefly both believe they own it). Those ticks fire late by
-//! up to the time it takes to declare a node dead. A new owner also
-//! queues the last claimed tick again (its owner may have died between the
-//! claim and the submission); should the old owner be merely slow rather
-//! than dead and queue it at that same moment, both checks for an existing
-//! status can pass and the tick runs twice: the one window left, measured
-//! in milliseconds (a claim's round trip).
+//! up to the time it takes to declare a node dead. A node starting, and a
+//! new owner, queue the last claimed tick again (its claimer may have died
+//! between the claim and the submission), but only once that tick is
+//! [`RESUBMIT_AFTER`] old: done at once, it could race the claimer's own
+//! submission, and both checks for an existing status could pass (seen
+//! once in CI: a tick delivered twice while nodes joined). Such a lost
+//! tick therefore runs 30 s late.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -65,6 +66,10 @@ const MAX_TICKS_SCANNED: usize = 1_000_000;
 
 /// Most unclaimed ticks a new owner fires when it takes a schedule over.
 pub const MAX_HANDED_OVER: usize = 120;
+
+/// How old a claimed tick is before a node of a cluster queues it again
+/// (in case its claimer died in between).
+pub const RESUBMIT_AFTER: Duration = Duration::from_secs(30);
 
 pub(crate) const PREFIX: &str = "sched/";
 
@@ -147,7 +152,7 @@ async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: T
         // The last claimed tick may not have reached the queue (a crash
         // between the claim and the submission): submit it again, which
         // does nothing if it did.
-        submit(&events, &record, last).await;
+        resubmit(&events, &record, last).await;
         if record.catch_up > 0 {
             for tick in missed(&schedule, &zone, last, started, record.catch_up as usize) {
                 fire(&events, &record, &tick_key, tick).await;
@@ -179,7 +184,7 @@ async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: T
         if !was_owned && let Some(last) = last {
             // Taken over: the last owner may have died between claiming
             // a tick and queueing it.
-            submit(&events, &record, last).await;
+            resubmit(&events, &record, last).await;
         }
         // Ticks since this task started that no node claimed (their owner
         // died) go first, oldest first.
@@ -227,6 +232,24 @@ async fn fire(events: &Events, record: &ScheduleRecord, tick_key: &str, tick: u6
     if claim_tick(events, tick_key, tick).await {
         submit(events, record, tick).await;
     }
+}
+
+/// Submits a claimed tick again in case its claimer died before queueing
+/// it. On a node alone, now. In a cluster, once the tick is
+/// [`RESUBMIT_AFTER`] old: whoever claimed it has queued it long before
+/// (a claim and its submission are milliseconds apart), so this cannot
+/// race that submission into a second event (the check for an existing
+/// status and the enqueue are not one atomic step).
+async fn resubmit(events: &Events, record: &ScheduleRecord, tick: u64) {
+    if !events.shared {
+        return submit(events, record, tick).await;
+    }
+    let (events, record) = (events.clone(), record.clone());
+    tokio::spawn(async move {
+        let due = tick.saturating_add(RESUBMIT_AFTER.as_millis() as u64);
+        tokio::time::sleep(Duration::from_millis(due.saturating_sub(now_ms()))).await;
+        submit(&events, &record, tick).await;
+    });
 }
 
 /// Submits a tick's event, unless it was already accepted: its invocation

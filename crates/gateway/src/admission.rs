@@ -340,9 +340,13 @@ pub(crate) struct FunctionGate {
     permits: Arc<Semaphore>,
     waiting: AtomicU32,
     members: Arc<dyn Membership>,
-    /// The live nodes the permits were last sized for, and their number.
+    /// How many live nodes the permits were last sized for.
     sized_for: AtomicUsize,
+    /// The permits this node's share holds (taken back ones included
+    /// until running instances return them).
     here: AtomicU32,
+    /// Held while the share is resized, so two resizes never interleave.
+    resizing: std::sync::Mutex<()>,
 }
 
 /// Takes one waiting place back when dropped (served, refused or cancelled).
@@ -366,6 +370,7 @@ impl FunctionGate {
             members,
             sized_for: AtomicUsize::new(nodes),
             here: AtomicU32::new(here),
+            resizing: std::sync::Mutex::new(()),
         }
     }
 
@@ -388,9 +393,11 @@ impl FunctionGate {
     /// rest as running instances return theirs.
     fn fit(&self) {
         let nodes = self.members.count();
-        if self.sized_for.load(Ordering::Acquire) == nodes
-            || self.sized_for.swap(nodes, Ordering::AcqRel) == nodes
-        {
+        if self.sized_for.load(Ordering::Acquire) == nodes {
+            return;
+        }
+        let _resizing = self.resizing.lock().unwrap_or_else(|p| p.into_inner());
+        if self.sized_for.swap(nodes, Ordering::AcqRel) == nodes {
             return;
         }
         let to = share(u64::from(self.limit), nodes) as u32;

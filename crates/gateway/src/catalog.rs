@@ -834,8 +834,9 @@ fn route_key(tenant: &str, name: &str) -> String {
 }
 
 /// How long a revision waits for its new versions to load before it counts
-/// as applied anyway (their first requests then load them).
-const PRELOAD_WITHIN: Duration = Duration::from_secs(60);
+/// as applied anyway (their first requests then load them). Later
+/// revisions wait behind it, so it is kept short.
+const PRELOAD_WITHIN: Duration = Duration::from_secs(10);
 
 /// Keeps `catalog` in step with the registry until the process ends. Each
 /// new loaded version is loaded in the background right away, so that its

@@ -39,8 +39,6 @@ pub mod testkit;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use async_nats::jetstream::{self, stream};
 use base64::Engine as _;
 use gust_store::StoreError;
@@ -87,7 +85,7 @@ pub struct NatsStore {
     blobs: jetstream::object_store::ObjectStore,
     meta_subjects: String,
     /// Creates of new keys, written together (see `meta.rs`).
-    creates: std::sync::Arc<group::GroupCommit<(String, Bytes), Option<u64>>>,
+    creates: std::sync::Arc<meta::Creates>,
     data: data::DataState,
     queues: std::sync::Arc<queues::Queues>,
     logs: stream::Stream,

@@ -41,6 +41,11 @@ const IN_FLIGHT_RETRIES: usize = 24;
 /// Most creates written in one batch.
 pub(crate) const MAX_CREATES: usize = 256;
 
+/// Creates waiting to be written together: (key, value) → its revision,
+/// `None` if the key exists.
+pub(crate) type Creates =
+    crate::group::GroupCommit<(String, Bytes), Result<Option<u64>, StoreError>>;
+
 /// Marks a tombstone (a deleted key).
 pub(crate) const OP_HEADER: &str = "Gust-Op";
 const OP_DELETE: &str = "del";
@@ -168,17 +173,24 @@ impl NatsStore {
             })
             .await?;
         written
-            .first()
-            .copied()
-            .ok_or_else(|| StoreError::Backend("a create went unanswered".into()))
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(StoreError::Backend("a create went unanswered".into())))
     }
 
-    /// Creates each key with no message yet: one batch, else one by one.
+    /// Creates each key with no message yet: one batch, else one by one,
+    /// each with its own answer. A key twice in one batch would pass both
+    /// of its conditions there (the leader checks each against the stream
+    /// before the batch), so such a group is written one by one.
     async fn meta_create_all(
         &self,
         items: Vec<(String, Bytes)>,
-    ) -> Result<Vec<Option<u64>>, StoreError> {
-        if items.len() > 1 {
+    ) -> Result<Vec<Result<Option<u64>, StoreError>>, StoreError> {
+        let distinct = {
+            let mut keys = std::collections::HashSet::with_capacity(items.len());
+            items.iter().all(|(key, _)| keys.insert(key.as_str()))
+        };
+        if items.len() > 1 && distinct {
             let messages = items
                 .iter()
                 .map(|(key, value)| {
@@ -191,17 +203,17 @@ impl NatsStore {
                 crate::batch::publish(&self.client, messages).await?
             {
                 let first = last + 1 - items.len() as u64;
-                return Ok((first..=last).map(Some).collect());
+                return Ok((first..=last).map(|revision| Ok(Some(revision))).collect());
             }
         }
         let writes = items.into_iter().map(|(key, value)| async move {
             self.meta_publish(&key, value, Some(0), false).await
         });
-        futures_util::future::join_all(writes)
+        Ok(futures_util::future::join_all(writes)
             .await
             .into_iter()
             .map(|written| written.map(Result::ok))
-            .collect()
+            .collect())
     }
 
     /// An ordered consumer over the keys under `prefix`: the last message
@@ -573,6 +585,25 @@ mod tests {
             );
         }
         assert_eq!(revisions.len(), 196);
+        // The same new key created many times at once: one create wins.
+        let mut creates = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let store = store.clone();
+            creates.spawn(async move {
+                store
+                    .compare_and_set("inv/t/fresh", format!("{i}").into(), None)
+                    .await
+            });
+        }
+        let mut won = 0;
+        while let Some(done) = creates.join_next().await {
+            match done.unwrap() {
+                Ok(_) => won += 1,
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(won, 1, "one create of a new key wins");
         assert_eq!(
             store.get("inv/t/taken").await.unwrap().unwrap().value,
             "before"
