@@ -38,6 +38,14 @@ impl GustCluster {
         Self::start_on(testkit::shared()?, n)
     }
 
+    /// [`GustCluster::start`], then waits until every node sees all `n`
+    /// alive.
+    pub async fn alive(n: usize) -> Option<GustCluster> {
+        let cluster = Self::start(n)?;
+        cluster.wait_alive(n).await;
+        Some(cluster)
+    }
+
     /// `n` gust nodes on `nats`.
     pub fn start_on(nats: &'static testkit::Cluster, n: usize) -> Option<GustCluster> {
         let namespace = unique_namespace();
@@ -118,10 +126,9 @@ fn node_name(i: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_function_deployed_on_one_node_is_served_by_every_node() {
-    let Some(cluster) = GustCluster::start(3) else {
+    let Some(cluster) = GustCluster::alive(3).await else {
         return;
     };
-    cluster.wait_alive(3).await;
     let [a, b, c] = &cluster.nodes[..] else {
         unreachable!()
     };
@@ -484,10 +491,9 @@ async fn check_delivered(node: &Server, ids: &[String], within: Duration) -> (Ve
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_accepted_by_a_node_killed_with_kill_9_are_delivered_by_the_others() {
-    let Some(mut cluster) = GustCluster::start(3) else {
+    let Some(mut cluster) = GustCluster::alive(3).await else {
         return;
     };
-    cluster.wait_alive(3).await;
     cluster.nodes[0].deploy("sink", &guests().testbed, &["--concurrency", "2"]);
     let (first, refused) = {
         let nodes: Vec<&Server> = cluster.nodes.iter().collect();
@@ -540,10 +546,9 @@ async fn events_accepted_by_a_node_killed_with_kill_9_are_delivered_by_the_other
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_schedule_fires_once_per_tick_across_three_nodes() {
-    let Some(cluster) = GustCluster::start(3) else {
+    let Some(cluster) = GustCluster::alive(3).await else {
         return;
     };
-    cluster.wait_alive(3).await;
     let a = &cluster.nodes[0];
     add_ticker(a, &[]);
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -606,10 +611,9 @@ fn deliveries_per_tick(node: &Server, function: &str, id: &str) -> BTreeMap<u64,
 
 #[tokio::test(flavor = "multi_thread")]
 async fn when_a_schedules_owner_is_killed_another_node_fires_every_tick_it_missed() {
-    let Some(mut cluster) = GustCluster::start(3) else {
+    let Some(mut cluster) = GustCluster::alive(3).await else {
         return;
     };
-    cluster.wait_alive(3).await;
     let a = &cluster.nodes[0];
     add_ticker(a, &[]);
     // Every node names the same owner.
@@ -700,10 +704,9 @@ async fn burst(node: &Server, function: &str, n: usize, ms: u64) -> (usize, Vec<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn after_the_whole_cluster_was_down_catch_up_fires_the_last_missed_ticks_once() {
-    let Some(mut cluster) = GustCluster::start(3) else {
+    let Some(mut cluster) = GustCluster::alive(3).await else {
         return;
     };
-    cluster.wait_alive(3).await;
     let a = &cluster.nodes[0];
     add_ticker(a, &["--catch-up", "3"]);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -762,10 +765,9 @@ async fn after_the_whole_cluster_was_down_catch_up_fires_the_last_missed_ticks_o
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_concurrency_limit_is_shared_among_the_live_nodes() {
-    let Some(mut cluster) = GustCluster::start(3) else {
+    let Some(mut cluster) = GustCluster::alive(3).await else {
         return;
     };
-    cluster.wait_alive(3).await;
     let a = &cluster.nodes[0];
     a.deploy(
         "limited",
@@ -808,10 +810,9 @@ async fn a_concurrency_limit_is_shared_among_the_live_nodes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_budget_counts_what_every_node_spent() {
-    let Some(cluster) = GustCluster::start(3) else {
+    let Some(cluster) = GustCluster::alive(3).await else {
         return;
     };
-    cluster.wait_alive(3).await;
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     a.deploy(
         "capped",
@@ -943,10 +944,9 @@ async fn losing_nats_servers_never_yields_a_false_202() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn data_changes_on_any_node_trigger_once_each_in_order_per_key() {
-    let Some(cluster) = GustCluster::start(3) else {
+    let Some(cluster) = GustCluster::alive(3).await else {
         return;
     };
-    cluster.wait_alive(3).await;
     let [a, b, c] = &cluster.nodes[..] else {
         unreachable!()
     };
