@@ -8,13 +8,14 @@
 //! Each node writes `node/<id>` (a [`NodeRecord`]) every
 //! [`HEARTBEAT`] and whenever its data plane applies a new registry
 //! revision. A node whose last heartbeat is older than [`DEAD_AFTER`] is
-//! dead: deploys stop waiting for it and the status says so. Heartbeats are
-//! stamped with each node's wall clock, so for the status, deploys and the
+//! dead: deploys stop waiting for it. Heartbeats are stamped with each
+//! node's wall clock, so for deploys, questions to the peers and the
 //! duplicate-id check a node whose clock is off by more than
 //! `DEAD_AFTER - HEARTBEAT` looks dead (or alive too long). What divides
-//! work among the nodes (schedule owners, shares of limits) uses
-//! [`Members`] instead, which times heartbeats on the observer's own clock;
-//! the two views can disagree about a node for a few seconds.
+//! work among the nodes (schedule owners, shares of limits) and the status
+//! (`alive`) use [`Members`] instead, which times heartbeats on the
+//! observer's own clock; the two views can disagree about a node for a few
+//! seconds (a node just started is in the stamped view first).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use bytes::Bytes;
 use gust_api::cluster::{
     ClusterStatus, ClusterView, NodeStatus, ReplicaStatus, ServerStatus, StreamStatus,
 };
+use gust_core::cluster::Membership;
 use gust_store::MetaStore;
 use gust_store_nats::{ClusterCheck, NatsOptions, NatsStore, ServerReport};
 use serde::{Deserialize, Serialize};
@@ -246,14 +248,17 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
+    /// Whether its heartbeat stamp is recent by this node's wall clock.
     fn alive(&self, now_ms: u64) -> bool {
         now_ms.saturating_sub(self.heartbeat_ms) < DEAD_AFTER.as_millis() as u64
     }
 
-    fn status(&self, now_ms: u64) -> NodeStatus {
+    /// This record as reported, `alive` as this node's membership sees it
+    /// (the view its gates and schedules act on).
+    fn status(&self, live: &[String]) -> NodeStatus {
         NodeStatus {
             id: self.id.clone(),
-            alive: self.alive(now_ms),
+            alive: live.contains(&self.id),
             last_heartbeat_ms: self.heartbeat_ms,
             started_ms: self.started_ms,
             registry_revision: self.registry_revision,
@@ -446,6 +451,8 @@ fn rand_u64() -> u64 {
 /// The cluster as the API shows it.
 pub struct NatsCluster {
     pub node: String,
+    /// The live nodes as this node sees them.
+    members: Arc<dyn Membership>,
     pub kv: Arc<dyn MetaStore>,
     pub store: NatsStore,
     pub monitors: Vec<String>,
@@ -454,9 +461,15 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    pub fn new(args: &ClusterArgs, node: String, kv: Arc<dyn MetaStore>, store: NatsStore) -> Self {
+    pub fn new(
+        args: &ClusterArgs,
+        members: Arc<dyn Membership>,
+        kv: Arc<dyn MetaStore>,
+        store: NatsStore,
+    ) -> Self {
         Self {
-            node,
+            node: members.node().to_string(),
+            members,
             kv,
             store,
             monitors: args.monitors(),
@@ -475,12 +488,12 @@ impl ClusterView for NatsCluster {
     }
 
     async fn status(&self) -> Result<ClusterStatus, String> {
-        let now = now_ms();
+        let live = self.members.live();
         let mut nodes: Vec<NodeStatus> = nodes(self.kv.as_ref())
             .await
             .map_err(|e| e.to_string())?
             .iter()
-            .map(|n| n.status(now))
+            .map(|n| n.status(&live))
             .collect();
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         let servers = reports(&self.monitors)
