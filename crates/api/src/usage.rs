@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use bytes::Bytes;
 use gust_core::access::Action;
 use gust_core::usage::UsageRecord;
-use gust_meter::{GroupBy, Meter, UsageQuery, UsageReport};
+use gust_meter::{GroupBy, Meter, Scope, UsageQuery, UsageReport};
 use serde::Deserialize;
 
 use crate::auth::Caller;
@@ -29,8 +29,8 @@ pub struct UsageParams {
     pub by: Option<GroupBy>,
     /// For `/v1/usage/records`: `csv` (default) or `jsonl`.
     pub format: Option<String>,
-    /// For `/v1/usage` in a cluster: only the answering node's records
-    /// (default: every live node's, summed).
+    /// In a cluster: only the records of what ran on the answering node
+    /// (default: every node's).
     pub local: Option<bool>,
 }
 
@@ -66,46 +66,22 @@ fn meter(state: &ApiState) -> Result<&Meter, ApiError> {
 pub(crate) async fn usage(
     State(state): State<ApiState>,
     caller: Caller,
-    headers: axum::http::HeaderMap,
     params: Result<Query<UsageParams>, QueryRejection>,
 ) -> Result<Json<UsageReport>, ApiError> {
     caller.require(Action::Read)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let query = params.query()?;
-    let mut report = meter(&state)?
-        .usage(caller.tenant.as_str(), &query)
+    // In a cluster each node's view holds every node's records (see
+    // `gust_meter::SharedUsage`); `local` asks for this node's alone.
+    let scope = if params.local == Some(true) {
+        Scope::Node
+    } else {
+        Scope::Cluster
+    };
+    let report = meter(&state)?
+        .usage(scope, caller.tenant.as_str(), &query)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    if params.local != Some(true) {
-        // Each node keeps its own ledger: a cluster's usage is the sum of
-        // every node's, for the same tenant (the token says which) and
-        // the same period.
-        let mut ask = format!(
-            "/v1/usage?local=true&from_ms={}&to_ms={}",
-            query.from_ms, query.to_ms
-        );
-        if let Some(function) = &query.function {
-            ask.push_str(&format!("&function={function}"));
-        }
-        if let Some(by) = params.by {
-            let by = serde_json::to_value(by).unwrap_or_default();
-            ask.push_str(&format!("&by={}", by.as_str().unwrap_or_default()));
-        }
-        let authorization = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        for (node, answer) in state.cluster.ask_peers(&ask, authorization).await {
-            match answer.and_then(|body| {
-                serde_json::from_slice::<UsageReport>(&body).map_err(|e| e.to_string())
-            }) {
-                Ok(other) => report.merge(other),
-                Err(e) => {
-                    tracing::warn!(%node, error = %e, "a node's usage is missing from a report");
-                    report.missing_nodes.push(node);
-                }
-            }
-        }
-    }
     Ok(Json(report))
 }
 
@@ -167,7 +143,12 @@ pub(crate) async fn records(
         }
     };
     let meter = meter(&state)?.clone();
-    let body = export(meter, caller.tenant.to_string(), query, jsonl).await?;
+    let scope = if params.local == Some(true) {
+        Scope::Node
+    } else {
+        Scope::Cluster
+    };
+    let body = export(meter, scope, caller.tenant.to_string(), query, jsonl).await?;
     let content_type = if jsonl {
         "application/jsonl"
     } else {
@@ -183,12 +164,13 @@ pub(crate) async fn records(
 /// error, so the client sees a broken transfer, never a shorter file.
 async fn export(
     meter: Meter,
+    scope: Scope,
     tenant: String,
     query: UsageQuery,
     jsonl: bool,
 ) -> Result<axum::body::Body, ApiError> {
     let (first, mut next) = meter
-        .page(&tenant, query.from_ms, query.to_ms, None)
+        .page(scope, &tenant, query.from_ms, query.to_ms, None)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let render = move |records: &[UsageRecord], header: bool| {
@@ -220,7 +202,7 @@ async fn export(
         }
         while let Some(after) = next.take() {
             match meter
-                .page(&tenant, query.from_ms, query.to_ms, Some(after))
+                .page(scope, &tenant, query.from_ms, query.to_ms, Some(after))
                 .await
             {
                 Ok((page, after)) => {
@@ -298,6 +280,12 @@ mod tests {
             }
             self.0.records(tenant, from_ms, to_ms, after, limit).await
         }
+        async fn outbox(&self, limit: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
+            self.0.outbox(limit).await
+        }
+        async fn drop_outbox(&self, through: u64) -> Result<(), StoreError> {
+            self.0.drop_outbox(through).await
+        }
     }
 
     fn record(n: u64) -> UsageRecord {
@@ -350,7 +338,9 @@ mod tests {
             to_ms: u64::MAX,
             by: None,
         };
-        let mut body = export(meter, "t".into(), query, false).await.unwrap();
+        let mut body = export(meter, Scope::Node, "t".into(), query, false)
+            .await
+            .unwrap();
         let mut rows = 0;
         let failed = loop {
             match body.frame().await {

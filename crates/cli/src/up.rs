@@ -311,11 +311,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default()
             }) as gust_meter::Plans
         };
-        Some(
-            gust_meter::Meter::start(ledger, plans, &args.data_dir.join("ledger"))
-                .await
-                .context("cannot open the usage ledger")?,
-        )
+        let journal = args.data_dir.join("ledger");
+        let meter = match &nats {
+            // Every node's records, shipped through the cluster, in a
+            // second ledger of this node's (see `gust_meter::SharedUsage`).
+            Some(nats) => {
+                let path = args.data_dir.join("usage-view.redb");
+                let view = EmbeddedStore::open_with(&path, &store_options).with_context(|| {
+                    format!("cannot open the cluster's usage view {}", path.display())
+                })?;
+                let shared = gust_meter::SharedUsage {
+                    node: node_id.clone(),
+                    log: Arc::new(nats.clone()),
+                    view: Arc::new(view),
+                };
+                gust_meter::Meter::start_shared(ledger, plans, &journal, shared).await
+            }
+            None => gust_meter::Meter::start(ledger, plans, &journal).await,
+        };
+        Some(meter.context("cannot open the usage ledger")?)
     };
 
     // Budgets count what every node of a cluster spent.
@@ -449,7 +463,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             ));
             Arc::new(crate::cluster_mode::NatsCluster::new(
                 &args.cluster,
-                node_id.clone(),
+                members.clone(),
                 kv.clone(),
                 nats.clone(),
             ))

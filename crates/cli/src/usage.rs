@@ -93,12 +93,6 @@ pub async fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
     let report: UsageReport = api
         .send(api.request(reqwest::Method::GET, "/v1/usage").query(&query))
         .await?;
-    if !report.missing_nodes.is_empty() {
-        eprintln!(
-            "warning: the usage of node(s) {} is not included: they did not answer (each node keeps its own records; try again once they are back)",
-            report.missing_nodes.join(", ")
-        );
-    }
     if args.api.json {
         output::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);

@@ -128,7 +128,8 @@ impl Meter {
         let next = usage::month_start_ms(month + 32 * 24 * 3600 * 1000);
         let mut totals = MonthToDate::default();
         let mut costs: FastMap<String, u64> = FastMap::default();
-        self.for_each(tenant, month, next, |r| {
+        // Its own records: the others' costs come from `peers`.
+        self.for_each(crate::Scope::Node, tenant, month, next, |r| {
             add_to_month(&mut totals, r.outcome, r.gib_us, r.cost_micros);
             let cost = match costs.get_mut(&r.function) {
                 Some(cost) => cost,
@@ -312,6 +313,7 @@ mod tests {
             async move {
                 meter
                     .usage(
+                        crate::Scope::Node,
                         "t",
                         &UsageQuery {
                             function: None,

@@ -165,8 +165,12 @@ impl Meter {
                 open: markers,
                 close: entries,
                 position: Some(Bytes::copy_from_slice(&next.position.to_bytes())),
+                outbox: self.inner.outbox,
             })
             .await?;
+        if self.inner.outbox && written > 0 {
+            self.inner.to_ship.notify_one();
+        }
         self.inner.written.fetch_add(written, Ordering::Relaxed);
         self.inner.metrics.add(&observed);
         self.add_to_functions(&observed);
@@ -494,11 +498,13 @@ mod tests {
             to_ms: u64::MAX,
             by: Some(GroupBy::Function),
         };
-        let report = again.usage("t", &query).await.unwrap();
+        let report = again.usage(crate::Scope::Node, "t", &query).await.unwrap();
         assert_eq!(report.total.invocations, 4);
         let mut outcomes = Vec::new();
         again
-            .for_each("t", 0, u64::MAX, |r| outcomes.push((r.key(), r.outcome)))
+            .for_each(crate::Scope::Node, "t", 0, u64::MAX, |r| {
+                outcomes.push((r.key(), r.outcome))
+            })
             .await
             .unwrap();
         assert_eq!(
@@ -515,6 +521,14 @@ mod tests {
         let third = Meter::start(ledger, default_plans(), &journal)
             .await
             .unwrap();
-        assert_eq!(third.usage("t", &query).await.unwrap().total.invocations, 4);
+        assert_eq!(
+            third
+                .usage(crate::Scope::Node, "t", &query)
+                .await
+                .unwrap()
+                .total
+                .invocations,
+            4
+        );
     }
 }

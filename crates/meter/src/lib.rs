@@ -20,8 +20,9 @@
 //!
 //! Owns: the [`journal`] and its [`codec`], the indexer (journal →
 //! ledger store, reconciliation), month-to-date totals for budgets, the
-//! figures `/metrics` shows ([`MeterStats`]) and usage reports
-//! ([`Meter::usage`]); a module each.
+//! figures `/metrics` shows ([`MeterStats`]), usage reports
+//! ([`Meter::usage`]) and, in a cluster, the costs nodes publish to each
+//! other (`peers`) and the records they share (`shared`); a module each.
 //! Pricing arithmetic is pure code in `gust_core::usage`.
 //! Must not know HTTP or wasm, and must never drop or double a record.
 
@@ -32,6 +33,7 @@ pub mod journal;
 mod metrics;
 mod peers;
 mod report;
+mod shared;
 #[cfg(test)]
 mod testing;
 
@@ -51,6 +53,7 @@ use metrics::Metrics;
 pub use metrics::{Histogram, MeterStats};
 pub use peers::{PUBLISH_EVERY, PUBLISH_WATCHED_EVERY};
 pub use report::{GroupBy, UsageGroup, UsageQuery, UsageReport, UsageTotals};
+pub use shared::{FOLLOW_EVERY, SharedUsage};
 
 /// How often the indexer moves journal frames into the ledger store. Each
 /// pass has a fixed cost (a store commit with its fsyncs, a few thread
@@ -82,6 +85,16 @@ pub struct Meter {
     inner: Arc<Inner>,
 }
 
+/// Whose records to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// What ran on this node.
+    Node,
+    /// What ran on every node of the cluster (this node's alone outside
+    /// one), up to the shared log's lag.
+    Cluster,
+}
+
 /// Where a page of records ends: (start ms, key) of its last record.
 pub type Cursor = (u64, String);
 
@@ -90,6 +103,13 @@ pub type Plans = Arc<dyn Fn(&str) -> PlanHistory + Send + Sync>;
 
 struct Inner {
     ledger: Arc<dyn LedgerStore>,
+    /// Index passes keep what they write in the ledger's outbox (a
+    /// cluster node ships it: see `shared`).
+    outbox: bool,
+    /// An index pass kept records in the outbox.
+    to_ship: tokio::sync::Notify,
+    /// Every node's records, in a cluster (see `shared`).
+    view: Option<Arc<dyn LedgerStore>>,
     plans: Plans,
     journal: Arc<Journal>,
     /// What each tenant used in its latest month so far (indexed records).
@@ -129,6 +149,30 @@ impl Meter {
         plans: Plans,
         journal_dir: &Path,
     ) -> Result<Self, MeterError> {
+        Self::begin(ledger, plans, journal_dir, None).await
+    }
+
+    /// Starts like [`Meter::start`] as one node of a cluster: its records
+    /// are also shipped to the shared log, and reports read every node's
+    /// (see the `shared` module).
+    pub async fn start_shared(
+        ledger: Arc<dyn LedgerStore>,
+        plans: Plans,
+        journal_dir: &Path,
+        shared: SharedUsage,
+    ) -> Result<Self, MeterError> {
+        let meter = Self::begin(ledger, plans, journal_dir, Some(shared.view.clone())).await?;
+        tokio::spawn(meter.clone().ship(shared.node, shared.log.clone()));
+        tokio::spawn(Self::follow_usage(shared.log, shared.view));
+        Ok(meter)
+    }
+
+    async fn begin(
+        ledger: Arc<dyn LedgerStore>,
+        plans: Plans,
+        journal_dir: &Path,
+        view: Option<Arc<dyn LedgerStore>>,
+    ) -> Result<Self, MeterError> {
         let journal_error = |error| MeterError::Journal {
             dir: journal_dir.display().to_string(),
             error,
@@ -143,6 +187,9 @@ impl Meter {
         let meter = Self {
             inner: Arc::new(Inner {
                 ledger,
+                outbox: view.is_some(),
+                to_ship: tokio::sync::Notify::new(),
+                view,
                 plans,
                 journal: Arc::new(journal),
                 months: Mutex::default(),
@@ -253,9 +300,16 @@ impl Meter {
             .stats(inner.written.load(Ordering::Relaxed), pending)
     }
 
-    /// Calls `f` on each of a tenant's records with `from_ms <= start < to_ms`, in time order.
+    /// Whether reports can count every node's records (a cluster node).
+    pub fn shares_usage(&self) -> bool {
+        self.inner.view.is_some()
+    }
+
+    /// Calls `f` on each of a tenant's records in `scope` with
+    /// `from_ms <= start < to_ms`, in time order.
     pub async fn for_each(
         &self,
+        scope: Scope,
         tenant: &str,
         from_ms: u64,
         to_ms: u64,
@@ -263,7 +317,9 @@ impl Meter {
     ) -> Result<(), MeterError> {
         let mut after = None;
         loop {
-            let (page, next) = self.page(tenant, from_ms, to_ms, after.take()).await?;
+            let (page, next) = self
+                .page(scope, tenant, from_ms, to_ms, after.take())
+                .await?;
             page.iter().for_each(&mut f);
             match next {
                 Some(next) => after = Some(next),
@@ -276,16 +332,17 @@ impl Meter {
     /// where the next page starts (`None`: this was the last).
     pub async fn page(
         &self,
+        scope: Scope,
         tenant: &str,
         from_ms: u64,
         to_ms: u64,
         after: Option<Cursor>,
     ) -> Result<(Vec<UsageRecord>, Option<Cursor>), MeterError> {
-        let page = self
-            .inner
-            .ledger
-            .records(tenant, from_ms, to_ms, after, PAGE)
-            .await?;
+        let ledger = match (scope, &self.inner.view) {
+            (Scope::Cluster, Some(view)) => view,
+            _ => &self.inner.ledger,
+        };
+        let page = ledger.records(tenant, from_ms, to_ms, after, PAGE).await?;
         let next = match page.last() {
             Some(last) if page.len() == PAGE => Some((last.time_ms, last.key.clone())),
             _ => None,

@@ -7,14 +7,19 @@ use std::collections::BTreeMap;
 use gust_core::usage::{UsageOutcome, UsageRecord};
 use serde::{Deserialize, Serialize};
 
-use crate::{Meter, MeterError};
+use crate::{Meter, MeterError, Scope};
 
 impl Meter {
-    /// A tenant's usage over a period, in groups.
-    pub async fn usage(&self, tenant: &str, query: &UsageQuery) -> Result<UsageReport, MeterError> {
+    /// A tenant's usage over a period, in groups, from the records in `scope`.
+    pub async fn usage(
+        &self,
+        scope: Scope,
+        tenant: &str,
+        query: &UsageQuery,
+    ) -> Result<UsageReport, MeterError> {
         let mut groups: BTreeMap<String, UsageTotals> = BTreeMap::new();
         let mut total = UsageTotals::default();
-        self.for_each(tenant, query.from_ms, query.to_ms, |r| {
+        self.for_each(scope, tenant, query.from_ms, query.to_ms, |r| {
             if query.function.as_ref().is_some_and(|f| *f != r.function) {
                 return;
             }
@@ -32,7 +37,6 @@ impl Meter {
                 .map(|(key, totals)| UsageGroup { key, totals })
                 .collect(),
             total,
-            missing_nodes: Vec::new(),
         })
     }
 }
@@ -106,22 +110,6 @@ impl UsageTotals {
         self.kv_operations += r.kv_operations;
         self.cost_micros = self.cost_micros.saturating_add(r.cost_micros);
     }
-
-    /// Adds another set of sums (another node's, for the same query).
-    pub fn merge(&mut self, other: &UsageTotals) {
-        self.invocations += other.invocations;
-        self.rejected += other.rejected;
-        self.retries += other.retries;
-        self.billed_ms += other.billed_ms;
-        self.gib_us = self.gib_us.saturating_add(other.gib_us);
-        self.gb_seconds = self.gib_us as f64 / 1e6;
-        self.cpu_ms += other.cpu_ms;
-        self.request_bytes += other.request_bytes;
-        self.response_bytes += other.response_bytes;
-        self.outbound_requests += other.outbound_requests;
-        self.kv_operations += other.kv_operations;
-        self.cost_micros = self.cost_micros.saturating_add(other.cost_micros);
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -137,30 +125,6 @@ pub struct UsageReport {
     pub to_ms: u64,
     pub groups: Vec<UsageGroup>,
     pub total: UsageTotals,
-    /// Nodes of a cluster whose records are not in these sums (they did
-    /// not answer); absent when every live node's are.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub missing_nodes: Vec<String>,
-}
-
-impl UsageReport {
-    /// Adds another node's report for the same query: totals and groups
-    /// (by key, in key order).
-    pub fn merge(&mut self, other: UsageReport) {
-        self.total.merge(&other.total);
-        let mut groups: BTreeMap<String, UsageTotals> = std::mem::take(&mut self.groups)
-            .into_iter()
-            .map(|g| (g.key, g.totals))
-            .collect();
-        for group in other.groups {
-            groups.entry(group.key).or_default().merge(&group.totals);
-        }
-        self.groups = groups
-            .into_iter()
-            .map(|(key, totals)| UsageGroup { key, totals })
-            .collect();
-        self.missing_nodes.extend(other.missing_nodes);
-    }
 }
 
 #[cfg(test)]
@@ -170,45 +134,6 @@ mod tests {
 
     use super::*;
     use crate::testing::{default_plans, record};
-
-    #[test]
-    fn reports_of_two_nodes_merge_by_group() {
-        let totals = |invocations, gib_us| UsageTotals {
-            invocations,
-            gib_us,
-            gb_seconds: gib_us as f64 / 1e6,
-            ..Default::default()
-        };
-        let report = |groups: Vec<(&str, UsageTotals)>| UsageReport {
-            from_ms: 0,
-            to_ms: 10,
-            total: groups.iter().fold(UsageTotals::default(), |mut t, (_, g)| {
-                t.merge(g);
-                t
-            }),
-            groups: groups
-                .into_iter()
-                .map(|(key, totals)| UsageGroup {
-                    key: key.into(),
-                    totals,
-                })
-                .collect(),
-            missing_nodes: Vec::new(),
-        };
-        let mut a = report(vec![("f", totals(2, 10)), ("h", totals(1, 5))]);
-        let mut b = report(vec![("g", totals(4, 1)), ("h", totals(3, 2))]);
-        b.missing_nodes.push("c".into());
-        a.merge(b);
-        let keys: Vec<(&str, u64)> = a
-            .groups
-            .iter()
-            .map(|g| (g.key.as_str(), g.totals.invocations))
-            .collect();
-        assert_eq!(keys, [("f", 2), ("g", 4), ("h", 4)]);
-        assert_eq!((a.total.invocations, a.total.gib_us), (10, 18));
-        assert_eq!(a.total.gb_seconds, 18.0 / 1e6);
-        assert_eq!(a.missing_nodes, ["c"]);
-    }
 
     #[tokio::test]
     async fn attempts_of_one_event_are_counted_apart_and_totals_add_up() {
@@ -223,6 +148,7 @@ mod tests {
         meter.flush(Duration::from_secs(5)).await;
         let report = meter
             .usage(
+                crate::Scope::Node,
                 "t",
                 &UsageQuery {
                     function: Some("f".into()),

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition, WriteTransaction};
 
-use gust_store::{LedgerCommit, LedgerEntry, LedgerRecord, LedgerStore, StoreError};
+use gust_store::{LedgerCommit, LedgerEntry, LedgerRecord, LedgerRecords, LedgerStore, StoreError};
 
 use crate::{EmbeddedStore, backend};
 
@@ -28,13 +28,38 @@ pub(crate) const BLOCK_MS: u64 = 1000;
 const LEDGER_FILE_END: &str = "file_end";
 /// `LEDGER_META` key: the meter's journal position of the last ledger commit.
 const LEDGER_POSITION: &str = "position";
-/// The ledger's own markers: [`LEDGER_FILE_END`] and [`LEDGER_POSITION`].
+/// The ledger's own markers: [`LEDGER_FILE_END`], [`LEDGER_POSITION`]
+/// and [`LEDGER_OUTBOX_NEXT`].
 const LEDGER_META: TableDefinition<&str, &[u8]> = TableDefinition::new("ledger_meta");
+/// Records kept to ship ([`LedgerCommit::outbox`]): number → encoded records.
+const LEDGER_OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger_outbox");
+/// `LEDGER_META` key: the next outbox entry's number (u64, little-endian),
+/// so numbers are never reused once entries are dropped.
+const LEDGER_OUTBOX_NEXT: &str = "outbox_next";
 
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(LEDGER_OPEN).map_err(backend)?;
     txn.open_table(LEDGER_META).map_err(backend)?;
     txn.open_table(LEDGER_SPANS).map_err(backend)?;
+    txn.open_table(LEDGER_OUTBOX).map_err(backend)?;
+    Ok(())
+}
+
+/// Keeps `records` as the outbox's next entry.
+fn keep_in_outbox(txn: &WriteTransaction, records: &LedgerRecords) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(LEDGER_META).map_err(backend)?;
+    let next = match meta.get(LEDGER_OUTBOX_NEXT).map_err(backend)? {
+        None => 1,
+        Some(v) => u64::from_le_bytes(v.value().try_into().map_err(|_| {
+            StoreError::Corrupt("the usage ledger's outbox counter is damaged".into())
+        })?),
+    };
+    meta.insert(LEDGER_OUTBOX_NEXT, (next + 1).to_le_bytes().as_slice())
+        .map_err(backend)?;
+    txn.open_table(LEDGER_OUTBOX)
+        .map_err(backend)?
+        .insert(next, records.encode().as_slice())
+        .map_err(backend)?;
     Ok(())
 }
 
@@ -112,6 +137,21 @@ impl LedgerStore for EmbeddedStore {
                         .push(entry);
                     written += 1;
                 }
+                if commit.outbox && written > 0 {
+                    let mut kept = LedgerRecords::with_capacity(written as usize, 0);
+                    for entries in blocks.values() {
+                        for e in &entries.1 {
+                            kept.push(
+                                e.tenant,
+                                e.time_ms,
+                                false,
+                                |b| b.extend_from_slice(e.key.as_bytes()),
+                                |b| b.extend_from_slice(e.record),
+                            );
+                        }
+                    }
+                    keep_in_outbox(txn, &kept)?;
+                }
                 // The blocks go to the file, synced, before the
                 // transaction that says where they are can commit.
                 let mut bytes = file.scratch();
@@ -169,6 +209,35 @@ impl LedgerStore for EmbeddedStore {
                 ));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let outbox = match txn.open_table(LEDGER_OUTBOX) {
+                Ok(outbox) => outbox,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(backend(e)),
+            };
+            let mut out = Vec::new();
+            for entry in outbox.iter().map_err(backend)?.take(limit) {
+                let (number, records) = entry.map_err(backend)?;
+                out.push((number.value(), Bytes::copy_from_slice(records.value())));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn drop_outbox(&self, through: u64) -> Result<(), StoreError> {
+        self.write(move |txn, _| {
+            txn.open_table(LEDGER_OUTBOX)
+                .map_err(backend)?
+                .retain_in(..=through, |_, _| false)
+                .map_err(backend)?;
+            Ok(())
         })
         .await
     }
@@ -473,6 +542,7 @@ pub(crate) mod tests {
                     open: vec![],
                     close: vec![entry(1_000 + n as u64, key)].into(),
                     position: None,
+                    outbox: false,
                 })
                 .await
                 .unwrap();
@@ -496,6 +566,7 @@ pub(crate) mod tests {
                     open: vec![],
                     close: vec![entry(1_000, "a")].into(),
                     position: None,
+                    outbox: false,
                 })
                 .await
                 .unwrap();
@@ -518,6 +589,7 @@ pub(crate) mod tests {
                 open: vec![],
                 close: vec![entry(1_001, "b")].into(),
                 position: None,
+                outbox: false,
             })
             .await
             .unwrap();

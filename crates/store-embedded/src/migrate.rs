@@ -428,6 +428,7 @@ mod tests {
                 open: vec![],
                 close: vec![entry(1_600, "c")].into(),
                 position: None,
+                outbox: false,
             })
             .await
             .unwrap();

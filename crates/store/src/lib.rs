@@ -416,6 +416,102 @@ impl LedgerRecords {
     }
 }
 
+/// Version byte of [`LedgerRecords::encode`].
+const RECORDS_V1: u8 = 1;
+
+impl LedgerRecords {
+    /// The records as bytes, to ship or keep: each tenant named once, then
+    /// per record its tenant's number, time, key and bytes. `opened` is
+    /// not kept: a record written is final.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes.len() + 24 * self.entries.len() + 16);
+        out.push(RECORDS_V1);
+        out.extend_from_slice(&(self.tenants.len() as u32).to_le_bytes());
+        for tenant in &self.tenants {
+            out.extend_from_slice(&(tenant.len() as u32).to_le_bytes());
+            out.extend_from_slice(tenant.as_bytes());
+        }
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            out.extend_from_slice(&e.tenant.to_le_bytes());
+            out.extend_from_slice(&e.time_ms.to_le_bytes());
+            for range in [&e.key, &e.record] {
+                out.extend_from_slice(&(range.len() as u32).to_le_bytes());
+                out.extend_from_slice(&self.bytes[range.clone()]);
+            }
+        }
+        out
+    }
+
+    /// Reads what [`LedgerRecords::encode`] wrote (every record not opened).
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let mut r = Reader(bytes);
+        if r.take(1)? != [RECORDS_V1] {
+            return Err(Reader::corrupt("an unknown version"));
+        }
+        let tenants = r.u32()? as usize;
+        let mut names = Vec::with_capacity(tenants.min(4096));
+        for _ in 0..tenants {
+            names.push(r.text()?.to_string());
+        }
+        let count = r.u32()? as usize;
+        let mut out = Self::with_capacity(count.min(1 << 20), bytes.len());
+        for _ in 0..count {
+            let tenant = names
+                .get(r.u32()? as usize)
+                .ok_or_else(|| Reader::corrupt("a tenant out of range"))?;
+            let time_ms = r.u64()?;
+            let key = r.text()?;
+            let len = r.u32()? as usize;
+            let record = r.take(len)?;
+            out.push(
+                tenant,
+                time_ms,
+                false,
+                |b| b.extend_from_slice(key.as_bytes()),
+                |b| b.extend_from_slice(record),
+            );
+        }
+        if !r.0.is_empty() {
+            return Err(Reader::corrupt("bytes after the last record"));
+        }
+        Ok(out)
+    }
+}
+
+/// Reads [`LedgerRecords::encode`]'s fields in order.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn corrupt(what: &str) -> StoreError {
+        StoreError::Corrupt(format!("encoded ledger records: {what}"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.0.len() < n {
+            return Err(Self::corrupt("cut short"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        let (low, high) = (u64::from(self.u32()?), u64::from(self.u32()?));
+        Ok(low | high << 32)
+    }
+
+    fn text(&mut self) -> Result<&'a str, StoreError> {
+        let len = self.u32()? as usize;
+        std::str::from_utf8(self.take(len)?).map_err(|_| Self::corrupt("text not UTF-8"))
+    }
+}
+
 impl FromIterator<LedgerEntry> for LedgerRecords {
     fn from_iter<I: IntoIterator<Item = LedgerEntry>>(entries: I) -> Self {
         let mut out = Self::default();
@@ -450,6 +546,10 @@ pub struct LedgerCommit {
     pub close: LedgerRecords,
     /// The writer's read position after this commit (opaque to the store).
     pub position: Option<Bytes>,
+    /// Also keep the records this commit writes (those it skips are not)
+    /// as one entry of the outbox, in the same transaction: what a cluster
+    /// node has yet to ship to the shared usage log.
+    pub outbox: bool,
 }
 
 /// The metering ledger: exactly one record per key, durably. An attempt is
@@ -474,6 +574,12 @@ pub trait LedgerStore: Send + Sync {
         after: Option<(u64, String)>,
         limit: usize,
     ) -> Result<Vec<LedgerEntry>, StoreError>;
+    /// The first `limit` outbox entries (see [`LedgerCommit::outbox`]), in
+    /// commit order, each numbered above every earlier one and encoded by
+    /// [`LedgerRecords::encode`].
+    async fn outbox(&self, limit: usize) -> Result<Vec<(u64, Bytes)>, StoreError>;
+    /// Drops the outbox entries numbered up to and including `through`.
+    async fn drop_outbox(&self, through: u64) -> Result<(), StoreError>;
 }
 
 /// Content-addressed blobs (components). A blob's id is `sha256:<hex>` of its bytes.
@@ -642,6 +748,55 @@ pub fn digest_of(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ledger_records_read_back_as_written_and_damage_is_an_error() {
+        let entry = |tenant: &str, time_ms, key: &str, record: &[u8], opened| LedgerEntry {
+            tenant: tenant.into(),
+            time_ms,
+            key: key.into(),
+            record: Bytes::copy_from_slice(record),
+            opened,
+        };
+        let records: LedgerRecords = vec![
+            entry("t", 5, "a#1", b"one", true),
+            entry("ü", u64::MAX, "b#2", b"", false),
+            entry("t", 0, "", &[0, 255, 7], false),
+        ]
+        .into();
+        let bytes = records.encode();
+        let back = LedgerRecords::decode(&bytes).unwrap();
+        let seen: Vec<_> = back
+            .iter()
+            .map(|r| (r.tenant, r.time_ms, r.key, r.record, r.opened))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("t", 5, "a#1", &b"one"[..], false),
+                ("ü", u64::MAX, "b#2", &b""[..], false),
+                ("t", 0, "", &[0u8, 255, 7][..], false),
+            ]
+        );
+        assert_eq!(
+            LedgerRecords::decode(&LedgerRecords::default().encode())
+                .unwrap()
+                .len(),
+            0
+        );
+        for cut in 0..bytes.len() {
+            assert!(
+                LedgerRecords::decode(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(LedgerRecords::decode(&longer).is_err());
+        let mut version = bytes;
+        version[0] = 9;
+        assert!(LedgerRecords::decode(&version).is_err());
+    }
 
     #[test]
     fn an_allowance_refuses_growth_past_it_and_never_shrinking() {

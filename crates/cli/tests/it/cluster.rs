@@ -993,3 +993,66 @@ async fn data_changes_on_any_node_trigger_once_each_in_order_per_key() {
         );
     }
 }
+
+/// The invocation ids in `gust usage --export jsonl` as asked of `node`.
+fn exported_ids(node: &Server) -> Vec<String> {
+    let out = node.gust(&["usage", "--export", "jsonl"]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            record["invocation_id"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_counts_every_record_once_even_of_a_node_killed_before_it_shipped() {
+    let Some(mut cluster) = GustCluster::alive(3).await else {
+        return;
+    };
+    // A deploy answers once every node serves it.
+    cluster.nodes[0].deploy("metered", &guests().testbed, &[]);
+    for node in &cluster.nodes {
+        for _ in 0..20 {
+            assert_eq!(node.get("/metered/").await.0, 200);
+        }
+    }
+    // c dies before its last records can have shipped (they are in its
+    // journal only); a and b count theirs meanwhile.
+    let c_dir = cluster.nodes[2].data_dir().to_path_buf();
+    cluster.nodes.pop().unwrap().kill9();
+    let a = &cluster.nodes[0];
+    let local = Server::eventually(Duration::from_secs(10), || async {
+        let local = a.api_json("/v1/usage?local=true").await["total"]["invocations"].as_u64();
+        (local == Some(20)).then_some(())
+    })
+    .await;
+    assert!(local.is_some(), "a ran its own 20");
+    let c = cluster.start_node(&c_dir, "c", &[]);
+    cluster.nodes.push(c);
+    // Once c is back and has shipped, every node's report and export hold
+    // all 60, each attempt once.
+    let totals = Server::eventually(Duration::from_secs(30), || async {
+        let totals: Vec<usize> = cluster
+            .nodes
+            .iter()
+            .map(|n| exported_ids(n).len())
+            .collect();
+        totals.iter().all(|t| *t == 60).then_some(totals)
+    })
+    .await;
+    let ids = exported_ids(&cluster.nodes[1]);
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "each record once");
+    assert!(
+        totals.is_some(),
+        "every node exports 60 records: {}",
+        ids.len()
+    );
+    for node in &cluster.nodes {
+        let usage = node.gust_json(&["usage"]);
+        assert_eq!(usage["total"]["invocations"], 60, "{usage}");
+    }
+}

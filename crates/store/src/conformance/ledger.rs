@@ -23,6 +23,7 @@ pub async fn ledger(l: &dyn crate::LedgerStore) {
         open: vec![("a#1".into(), b("m1")), ("b#1".into(), b("m2"))],
         close: Default::default(),
         position: Some(b("p1")),
+        outbox: false,
     })
     .await
     .unwrap();
@@ -56,6 +57,7 @@ pub async fn ledger(l: &dyn crate::LedgerStore) {
         open: vec![("e#1".into(), b("m3"))],
         close: vec![entry("u", 7, "d#1"), entry("u", 8, "e#1")].into(),
         position: Some(b("p2")),
+        outbox: false,
     };
     assert_eq!(l.commit(both).await.unwrap(), 2);
     assert!(l.open_markers().await.unwrap().is_empty());
@@ -112,4 +114,87 @@ pub async fn ledger(l: &dyn crate::LedgerStore) {
     }
     let expected: Vec<u64> = (1..24).map(|i| 10_000 + i * 150).collect();
     assert_eq!(seen, expected);
+    outbox(l).await;
+}
+
+/// The outbox: what commits asked to keep, exactly the records they
+/// wrote, in commit order, until dropped.
+async fn outbox(l: &dyn crate::LedgerStore) {
+    use crate::{LedgerCommit, LedgerEntry, LedgerRecords};
+    assert!(l.outbox(10).await.unwrap().is_empty());
+    let entry = |key: &str, opened| LedgerEntry {
+        tenant: "o".into(),
+        time_ms: 50,
+        key: key.into(),
+        record: b(&format!("record of {key}")),
+        opened,
+    };
+    let shipped = |commit: LedgerCommit| async move {
+        l.commit(LedgerCommit {
+            outbox: true,
+            ..commit
+        })
+        .await
+        .unwrap()
+    };
+    let keys = |bytes: &Bytes| {
+        LedgerRecords::decode(bytes)
+            .unwrap()
+            .iter()
+            .map(|r| (r.tenant.to_string(), r.key.to_string(), r.record.to_vec()))
+            .collect::<Vec<_>>()
+    };
+    // A commit that writes nothing keeps no entry.
+    shipped(LedgerCommit::default()).await;
+    assert!(l.outbox(10).await.unwrap().is_empty());
+    shipped(LedgerCommit {
+        open: vec![("o1#1".into(), b("m"))],
+        close: vec![entry("o2#1", false)].into(),
+        ..LedgerCommit::default()
+    })
+    .await;
+    // Not kept: a commit without `outbox`, and a record skipped (its
+    // marker gone: closed before).
+    l.commit(LedgerCommit {
+        close: vec![entry("o3#1", false)].into(),
+        ..LedgerCommit::default()
+    })
+    .await
+    .unwrap();
+    shipped(LedgerCommit {
+        close: vec![
+            entry("o1#1", true),
+            entry("o1#1", true),
+            entry("o4#1", false),
+        ]
+        .into(),
+        ..LedgerCommit::default()
+    })
+    .await;
+    let kept = l.outbox(10).await.unwrap();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept[0].0 < kept[1].0);
+    let record = |key: &str| {
+        (
+            "o".to_string(),
+            key.to_string(),
+            format!("record of {key}").into_bytes(),
+        )
+    };
+    assert_eq!(keys(&kept[0].1), [record("o2#1")]);
+    assert_eq!(keys(&kept[1].1), [record("o1#1"), record("o4#1")]);
+    assert_eq!(l.outbox(1).await.unwrap(), kept[..1]);
+    l.drop_outbox(kept[0].0).await.unwrap();
+    assert_eq!(l.outbox(10).await.unwrap(), kept[1..]);
+    l.drop_outbox(kept[1].0).await.unwrap();
+    assert!(l.outbox(10).await.unwrap().is_empty());
+    // Numbers are never reused after a drop.
+    shipped(LedgerCommit {
+        close: vec![entry("o5#1", false)].into(),
+        ..LedgerCommit::default()
+    })
+    .await;
+    let again = l.outbox(10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(again[0].0 > kept[1].0);
 }
