@@ -550,6 +550,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(meter) = &meter {
         // What is not durable by then is recorded as aborted at the next start.
         meter.flush(Duration::from_secs(5)).await;
+        // In a cluster, the last records go to the others now: this node
+        // may never start again.
+        meter.ship_left(Duration::from_secs(5)).await;
     }
     if let Some(heartbeats) = heartbeats {
         // Its record removed: a node stopped is not a node dead, and may

@@ -22,6 +22,12 @@ use crate::{DeadLetter, Events, dead_letter_key, encode, invocation_key, now_ms}
 const IDLE: Duration = Duration::from_secs(5);
 /// A claim lasts the function's timeout plus this, then the event is claimable again.
 const LEASE_MARGIN_MS: u64 = 10_000;
+/// In a cluster, how long a node where the function is cold waits before
+/// it claims: a node where it is warm (woken by the same enqueue) claims
+/// first, unless it is busy or there is none.
+pub const COLD_GRACE: Duration = Duration::from_millis(200);
+/// In a cluster, how soon a worker woken for nothing claims again.
+const RECHECK: Duration = Duration::from_millis(50);
 
 /// The result of one attempt.
 #[derive(Debug, Clone)]
@@ -46,6 +52,10 @@ pub trait Invoker: Send + Sync + 'static {
     async fn deliver(&self, envelope: &Envelope, attempt: u32) -> AttemptOutcome;
     /// The function's delivery policy and timeout (ms); `None` if it is gone.
     fn policy(&self, tenant: &TenantId, function: &FunctionName) -> Option<(DeliveryPolicy, u64)>;
+    /// Whether the function would start warm here (its component in memory).
+    fn is_warm(&self, _tenant: &TenantId, _function: &FunctionName) -> bool {
+        true
+    }
 }
 
 /// Wakes workers when events arrive and tracks running attempts.
@@ -123,9 +133,25 @@ impl Dispatcher {
                 }
                 Err(e) => tracing::error!(error = %e, "cannot list event queues"),
             }
-            // Queues that other nodes of a cluster fill wake no worker
-            // here: look for new ones every IDLE, so that the events of a
-            // node that died are delivered by the others.
+            // Enqueues on the other nodes of a cluster wake the workers
+            // here too, as their store reports them.
+            match events.queue.enqueued_elsewhere().await {
+                Ok(Some(mut enqueued)) => {
+                    let wake = events.wake.clone();
+                    tokio::spawn(async move {
+                        while let Some(queue) = enqueued.recv().await {
+                            wake.notify(&queue);
+                        }
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "other nodes' events wake no worker here; they are found by polling")
+                }
+            }
+            // Those wakes are best effort, and a queue a dead node filled
+            // wakes nobody: look for new ones every IDLE, so that every
+            // queued event is delivered.
             tokio::spawn({
                 let events = events.clone();
                 async move {
@@ -194,10 +220,17 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
             p.concurrency
         });
     let slots = Arc::new(Semaphore::new(concurrency as usize));
+    // The last wait ended with a wake (not its timeout).
+    let mut woken = true;
     loop {
         let Ok(first) = slots.clone().acquire_owned().await else {
             return;
         };
+        // Every node's worker wakes for a new event; where the function is
+        // cold, it leaves the event a moment to a node where it is warm.
+        if events.shared && !invoker.is_warm(&tenant, &function) {
+            tokio::time::sleep(COLD_GRACE).await;
+        }
         let (policy, timeout_ms) = invoker
             .policy(&tenant, &function)
             .unwrap_or((DeliveryPolicy::default(), 0));
@@ -216,14 +249,20 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
         if claimed.is_empty() {
             drop(first);
             // Sleep until the next retry or lease end, or a new event.
-            let wait = match events.queue.next_due(&queue).await {
+            let mut wait = match events.queue.next_due(&queue).await {
                 Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE),
                 Ok(None) => IDLE,
                 Err(_) => Duration::from_millis(100),
             };
-            let _ = tokio::time::timeout(wait, notify.notified()).await;
+            // Woken by another node's enqueue, this node may have read a
+            // replica that has not applied it yet: look once more soon.
+            if events.shared && woken {
+                wait = wait.min(RECHECK);
+            }
+            woken = tokio::time::timeout(wait, notify.notified()).await.is_ok();
             continue;
         }
+        woken = false;
         let mut permits = vec![first];
         while permits.len() < claimed.len() {
             match slots.clone().try_acquire_owned() {

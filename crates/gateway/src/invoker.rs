@@ -192,4 +192,11 @@ impl Invoker for Gateway {
             .get(tenant.as_str(), function.as_str())
             .map(|s| (s.live.delivery.clone(), s.live.limits.timeout_ms))
     }
+
+    fn is_warm(&self, tenant: &gust_core::TenantId, function: &gust_core::FunctionName) -> bool {
+        self.shared
+            .catalog
+            .get(tenant.as_str(), function.as_str())
+            .is_some_and(|s| s.live.is_warm())
+    }
 }

@@ -151,7 +151,7 @@ impl LogSink {
                         true
                     }
                     _ = prune.tick() => {
-                        if let Err(e) = store.prune(limits, crate::now_ms()).await {
+                        if let Err(e) = store.prune(Registry::LOG_STREAMS, limits, crate::now_ms()).await {
                             tracing::warn!(error = %e, "pruning old invocation logs failed");
                         }
                         false

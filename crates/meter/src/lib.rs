@@ -110,6 +110,10 @@ struct Inner {
     to_ship: tokio::sync::Notify,
     /// Every node's records, in a cluster (see `shared`).
     view: Option<Arc<dyn LedgerStore>>,
+    /// This node's name and the shared log, in a cluster.
+    ship_to: Option<(String, Arc<dyn gust_store::LogStore>)>,
+    /// Held while shipping: the last outbox entry wholly acknowledged.
+    shipping: tokio::sync::Mutex<Option<u64>>,
     plans: Plans,
     journal: Arc<Journal>,
     /// What each tenant used in its latest month so far (indexed records).
@@ -161,9 +165,12 @@ impl Meter {
         journal_dir: &Path,
         shared: SharedUsage,
     ) -> Result<Self, MeterError> {
-        let meter = Self::begin(ledger, plans, journal_dir, Some(shared.view.clone())).await?;
-        tokio::spawn(meter.clone().ship(shared.node, shared.log.clone()));
-        tokio::spawn(Self::follow_usage(shared.log, shared.view));
+        let log = shared.log.clone();
+        let meter = Self::begin(ledger, plans, journal_dir, Some(shared)).await?;
+        tokio::spawn(meter.clone().ship());
+        if let Some(view) = meter.inner.view.clone() {
+            tokio::spawn(Self::follow_usage(log, view));
+        }
         Ok(meter)
     }
 
@@ -171,8 +178,12 @@ impl Meter {
         ledger: Arc<dyn LedgerStore>,
         plans: Plans,
         journal_dir: &Path,
-        view: Option<Arc<dyn LedgerStore>>,
+        shared: Option<SharedUsage>,
     ) -> Result<Self, MeterError> {
+        let (view, ship_to) = match shared {
+            Some(s) => (Some(s.view), Some((s.node, s.log))),
+            None => (None, None),
+        };
         let journal_error = |error| MeterError::Journal {
             dir: journal_dir.display().to_string(),
             error,
@@ -190,6 +201,8 @@ impl Meter {
                 outbox: view.is_some(),
                 to_ship: tokio::sync::Notify::new(),
                 view,
+                ship_to,
+                shipping: tokio::sync::Mutex::new(None),
                 plans,
                 journal: Arc::new(journal),
                 months: Mutex::default(),

@@ -7,18 +7,27 @@
 //! A cluster node's index passes keep the records they write in the
 //! ledger's outbox, in the same transaction ([`LedgerCommit::outbox`]):
 //! a record is in the outbox exactly when it is in the node's ledger. The
-//! shipper appends each outbox entry to the log [`LOG`] (one append, in
-//! parts of at most [`PART_BYTES`]), each part stamped with the node, the
-//! entry's number and the part's, and drops the entry once the append is
-//! acknowledged. An append whose acknowledgement was lost is made again,
-//! so the log can hold a part twice, always after the first.
+//! shipper appends each outbox entry to the log [`LOG`] (in parts of at
+//! most [`PART_BYTES`], [`PARTS_PER_APPEND`] per append), each part
+//! stamped with the entry's number (whose upper half names the ledger)
+//! and the part's, and drops the entry once every part is acknowledged.
+//! An append whose acknowledgement was lost is made again, so the log can
+//! hold a part twice, always after the first (the log keeps one name's
+//! appends in order). A clean stop ships what is left ([`Meter::ship_left`]).
 //!
 //! ## Following
-//! Each node reads the log in order into its view. Per node the view keeps
-//! the last (entry, part) applied, with the log position read, in the
-//! view's own commit position: a part not after its node's last applied
-//! one is a copy and skipped. So the view holds each record once, and a
-//! follower that stops resumes where its last commit left it.
+//! Each node reads the log in order into its view. Per ledger the view
+//! keeps the last (entry, part) applied, with the log position read, in
+//! the view's own commit position: a part not after its ledger's last
+//! applied one is a copy and skipped. So the view holds each record once,
+//! and a follower that stops resumes where its last commit left it. A
+//! position it cannot read stops the follower (starting over would count
+//! everything twice).
+//!
+//! ## Bounds
+//! The log is never trimmed (function logs' limits do not apply to it): it
+//! is the cluster's record of usage. Records a node's ledger held before
+//! it joined a cluster stay in that ledger (`gust usage --local`).
 //!
 //! ## Lag
 //! A record reaches the log one index pass after its attempt ends (see
@@ -41,7 +50,9 @@ use crate::Meter;
 pub const LOG: &str = "usage/records";
 /// Bytes of records per part at most (a log record must stay well under
 /// NATS's 1 MiB message limit).
-const PART_BYTES: usize = 256 * 1024;
+const PART_BYTES: usize = 128 * 1024;
+/// Parts per append at most (one atomic batch each).
+const PARTS_PER_APPEND: usize = 16;
 /// How often a view looks for new parts when it found none.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 /// Outbox entries shipped, or parts read, per round.
@@ -150,9 +161,12 @@ fn push(out: &mut LedgerRecords, r: gust_store::LedgerRecord<'_>) {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Followed {
     /// The log position read up to.
+    #[serde(default)]
     after: u64,
-    /// Per node, the last (entry, part) applied.
-    nodes: BTreeMap<String, (u64, u32)>,
+    /// Per ledger (the upper half of its entry numbers, in hex), the last
+    /// (entry, part) applied.
+    #[serde(default)]
+    ledgers: BTreeMap<String, (u64, u32)>,
 }
 
 impl Followed {
@@ -160,10 +174,11 @@ impl Followed {
     /// copy of what was applied.
     fn take(&mut self, part: Part) -> Option<LedgerRecords> {
         let at = (part.entry, part.part);
-        match self.nodes.get(&part.node) {
+        let ledger = format!("{:08x}", part.entry >> 32);
+        match self.ledgers.get(&ledger) {
             Some(last) if *last >= at => None,
             _ => {
-                self.nodes.insert(part.node, at);
+                self.ledgers.insert(ledger, at);
                 Some(part.records)
             }
         }
@@ -173,62 +188,91 @@ impl Followed {
 impl Meter {
     /// Ships this node's outbox to the shared log, for as long as the
     /// meter runs.
-    pub(crate) async fn ship(self, node: String, log: Arc<dyn LogStore>) {
+    pub(crate) async fn ship(self) {
         let mut warned = false;
         loop {
-            let entries = match self.inner.ledger.outbox(ROUND).await {
-                Ok(entries) => entries,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the usage outbox; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+            match self.ship_round().await {
+                Ok(true) => warned = false,
+                Ok(false) => {
+                    warned = false;
+                    let _ = tokio::time::timeout(crate::INDEX_EVERY, self.inner.to_ship.notified())
+                        .await;
                 }
-            };
-            if entries.is_empty() {
-                let _ =
-                    tokio::time::timeout(crate::INDEX_EVERY, self.inner.to_ship.notified()).await;
-                continue;
-            }
-            for (number, bytes) in entries {
-                let shipped = async {
-                    let records = LedgerRecords::decode(&bytes)?;
-                    let parts = split(&node, number, &records)
-                        .iter()
-                        .map(|p| (LOG.to_string(), p.encode()))
-                        .collect();
-                    log.append(parts).await?;
-                    self.inner.ledger.drop_outbox(number).await
-                };
-                match shipped.await {
-                    Ok(()) => warned = false,
-                    Err(e @ StoreError::Corrupt(_)) => {
-                        // Never shippable: kept in the node's own ledger.
-                        tracing::error!(entry = number, error = %e, "an outbox entry is damaged; it stays on this node only");
-                        let _ = self.inner.ledger.drop_outbox(number).await;
+                Err(e) => {
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(error = %e, "cannot ship usage records to the cluster; they wait in the outbox");
                     }
-                    Err(e) => {
-                        if !warned {
-                            warned = true;
-                            tracing::warn!(error = %e, "cannot ship usage records to the cluster; they wait in the outbox");
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        break;
-                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
     }
 
+    /// Ships what the outbox holds, for a clean stop: until it is empty or
+    /// `limit` has passed.
+    pub async fn ship_left(&self, limit: Duration) {
+        if self.inner.ship_to.is_none() {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, async {
+            while let Ok(true) = self.ship_round().await {}
+        })
+        .await;
+    }
+
+    /// Ships up to [`ROUND`] outbox entries; whether it shipped any.
+    async fn ship_round(&self) -> Result<bool, StoreError> {
+        let Some((node, log)) = &self.inner.ship_to else {
+            return Ok(false);
+        };
+        // One shipper at a time; it remembers the last entry whose parts
+        // are all acknowledged (so a failed drop is not shipped again).
+        let mut acknowledged = self.inner.shipping.lock().await;
+        let entries = self.inner.ledger.outbox(ROUND).await?;
+        if entries.is_empty() {
+            return Ok(false);
+        }
+        for (number, bytes) in entries {
+            if acknowledged.is_none_or(|a| number > a) {
+                let records = match LedgerRecords::decode(&bytes) {
+                    Ok(records) => records,
+                    Err(e) => {
+                        // Never shippable: kept in the node's own ledger.
+                        tracing::error!(entry = number, error = %e, "an outbox entry is damaged; it stays on this node only");
+                        LedgerRecords::default()
+                    }
+                };
+                let parts: Vec<(String, Bytes)> = split(node, number, &records)
+                    .iter()
+                    .map(|p| (LOG.to_string(), p.encode()))
+                    .collect();
+                for append in parts.chunks(PARTS_PER_APPEND) {
+                    log.append(append.to_vec()).await?;
+                }
+                *acknowledged = Some(number);
+            }
+            self.inner.ledger.drop_outbox(number).await?;
+        }
+        Ok(true)
+    }
+
     /// Reads the shared log into `view`, for as long as the meter runs.
     pub(crate) async fn follow_usage(log: Arc<dyn LogStore>, view: Arc<dyn LedgerStore>) {
         let mut followed: Option<Followed> = None;
+        let mut warned = false;
         loop {
             let mut at = match followed.take() {
                 Some(at) => at,
                 None => match view.position().await {
-                    Ok(position) => position
-                        .and_then(|p| serde_json::from_slice(&p).ok())
-                        .unwrap_or_default(),
+                    Ok(None) => Followed::default(),
+                    Ok(Some(position)) => match serde_json::from_slice(&position) {
+                        Ok(at) => at,
+                        Err(e) => {
+                            tracing::error!(error = %e, "the usage view's position is unreadable: it follows the cluster's usage no more (remove usage-view.* from the data directory to rebuild it)");
+                            return;
+                        }
+                    },
                     Err(e) => {
                         tracing::error!(error = %e, "cannot read the usage view's position; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -237,9 +281,15 @@ impl Meter {
                 },
             };
             let read = match log.read(LOG, at.after, ROUND).await {
-                Ok(read) => read,
+                Ok(read) => {
+                    warned = false;
+                    read
+                }
                 Err(e) => {
-                    tracing::debug!(error = %e, "cannot read the shared usage log; retrying");
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(error = %e, "cannot read the cluster's usage log: other nodes' usage is missing from reports here until it can");
+                    }
                     followed = Some(at);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
@@ -332,7 +382,8 @@ mod tests {
     }
 
     #[test]
-    fn a_part_shipped_twice_is_taken_once_per_node() {
+    fn a_part_shipped_twice_is_taken_once_per_ledger() {
+        let (a, b) = (7u64 << 32, 9u64 << 32);
         let part = |node: &str, entry, part, key: &str| Part {
             node: node.into(),
             entry,
@@ -341,14 +392,33 @@ mod tests {
         };
         let mut at = Followed::default();
         let taken = |at: &mut Followed, p: Part| at.take(p).map(|r| keys(&r));
-        assert_eq!(taken(&mut at, part("a", 1, 0, "x")), Some(vec!["x".into()]));
-        assert_eq!(taken(&mut at, part("a", 1, 1, "y")), Some(vec!["y".into()]));
+        assert_eq!(
+            taken(&mut at, part("a", a + 1, 0, "x")),
+            Some(vec!["x".into()])
+        );
+        assert_eq!(
+            taken(&mut at, part("a", a + 1, 1, "y")),
+            Some(vec!["y".into()])
+        );
         // An append made again after its acknowledgement was lost.
-        assert_eq!(taken(&mut at, part("a", 1, 0, "x")), None);
-        assert_eq!(taken(&mut at, part("a", 1, 1, "y")), None);
-        // Another node numbers its own entries.
-        assert_eq!(taken(&mut at, part("b", 1, 0, "z")), Some(vec!["z".into()]));
-        assert_eq!(taken(&mut at, part("a", 2, 0, "w")), Some(vec!["w".into()]));
+        assert_eq!(taken(&mut at, part("a", a + 1, 0, "x")), None);
+        assert_eq!(taken(&mut at, part("a", a + 1, 1, "y")), None);
+        // Another ledger numbers its own entries: another node's, or this
+        // node's after its data directory was made again.
+        assert_eq!(
+            taken(&mut at, part("b", b + 1, 0, "z")),
+            Some(vec!["z".into()])
+        );
+        assert_eq!(
+            taken(&mut at, part("a", b + 2, 0, "v")),
+            Some(vec!["v".into()])
+        );
+        assert_eq!(
+            taken(&mut at, part("a", a + 2, 0, "w")),
+            Some(vec!["w".into()])
+        );
+        // A node renamed keeps its ledger: a copy is still a copy.
+        assert_eq!(taken(&mut at, part("renamed", a + 2, 0, "w")), None);
         // The position survives as JSON.
         let kept: Followed = serde_json::from_slice(&serde_json::to_vec(&at).unwrap()).unwrap();
         assert_eq!(kept, at);

@@ -45,11 +45,21 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// 32 random bits (SipHash keyed from the system's random source).
+fn random_u32() -> u32 {
+    use std::hash::BuildHasher as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    std::hash::RandomState::new().hash_one((now, std::process::id())) as u32
+}
+
 /// Keeps `records` as the outbox's next entry.
 fn keep_in_outbox(txn: &WriteTransaction, records: &LedgerRecords) -> Result<(), StoreError> {
     let mut meta = txn.open_table(LEDGER_META).map_err(backend)?;
     let next = match meta.get(LEDGER_OUTBOX_NEXT).map_err(backend)? {
-        None => 1,
+        // A random upper half: no two ledgers number entries alike.
+        None => (u64::from(random_u32()) << 32) | 1,
         Some(v) => u64::from_le_bytes(v.value().try_into().map_err(|_| {
             StoreError::Corrupt("the usage ledger's outbox counter is damaged".into())
         })?),

@@ -55,13 +55,17 @@ impl LogStore for EmbeddedStore {
         .await
     }
 
-    async fn prune(&self, limits: LogLimits, now_ms: u64) -> Result<u64, StoreError> {
+    async fn prune(&self, prefix: &str, limits: LogLimits, now_ms: u64) -> Result<u64, StoreError> {
+        let prefix = prefix.to_string();
         self.write(move |txn, _| {
             let streams = {
                 let sizes = txn.open_table(LOG_BYTES).map_err(backend)?;
                 let mut streams = Vec::new();
-                for item in sizes.iter().map_err(backend)? {
+                for item in sizes.range(prefix.as_str()..).map_err(backend)? {
                     let (stream, _) = item.map_err(backend)?;
+                    if !stream.value().starts_with(prefix.as_str()) {
+                        break;
+                    }
                     streams.push(stream.value().to_string());
                 }
                 streams

@@ -49,7 +49,9 @@ use gust_store::{LogLimits, LogStore, StoreError};
 
 use crate::batch::Batch;
 use crate::meta::{refusal_code, unacknowledged};
-use crate::{NatsOptions, NatsStore, backend, durable_stream, encode_key, ensure_stream};
+use crate::{
+    NatsOptions, NatsStore, backend, decode_key, durable_stream, encode_key, ensure_stream,
+};
 
 /// Bytes the record's name had been given before it.
 const OFFSET_HEADER: &str = "Gust-Log-Offset";
@@ -136,6 +138,14 @@ fn wall_ms() -> u64 {
 }
 
 impl NatsStore {
+    /// The log name a subject of the stream holds (`None`: not a log's).
+    fn log_name_of(&self, subject: &str) -> Option<String> {
+        let tokens = subject
+            .strip_prefix(self.log_subjects.as_str())?
+            .strip_prefix('.')?;
+        decode_key(tokens).ok()
+    }
+
     fn log_subject(&self, name: &str) -> String {
         format!("{}.{}", self.log_subjects, encode_key(name))
     }
@@ -519,7 +529,7 @@ impl LogStore for NatsStore {
         Ok(heads)
     }
 
-    async fn prune(&self, limits: LogLimits, now_ms: u64) -> Result<u64, StoreError> {
+    async fn prune(&self, prefix: &str, limits: LogLimits, now_ms: u64) -> Result<u64, StoreError> {
         let subjects: Vec<String> = self
             .logs
             .info_with_subjects(format!("{}.>", self.log_subjects))
@@ -530,6 +540,11 @@ impl LogStore for NatsStore {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
+        // Names are encoded in subjects: a prefix is matched on the name.
+        let subjects = subjects.into_iter().filter(|subject| {
+            self.log_name_of(subject)
+                .is_some_and(|name| name.starts_with(prefix))
+        });
         let dropped: Vec<Result<u64, StoreError>> = futures_util::stream::iter(subjects)
             .map(|subject| async move { self.log_hold(&subject, limits, now_ms).await })
             .buffer_unordered(PRUNE_PARALLEL)

@@ -30,6 +30,11 @@
 //! That is what makes ordering groups exact: a grouped message is
 //! claimable when no earlier message of its group is in the listing.
 //!
+//! ## Waking the other nodes
+//! After each enqueue batch the queue's name goes out on the core NATS
+//! subject `<ns>.qw` (not stored, at most once): every node's consumers
+//! of that queue wake at once instead of at their next poll.
+//!
 //! ## Costs
 //! A claim lists the queue (an ordered consumer delivering the headers of
 //! the last message of each subject: one message per queued event), then
@@ -91,6 +96,14 @@ const MAX_BATCH: usize = 1000;
 const LISTING_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
 /// Compare-and-set attempts before a write reports the contention.
 const RETRIES: usize = 64;
+/// A queue whose last listing held at most this many messages is listed
+/// with their payloads, so a claim writes without reading each first.
+const LIST_PAYLOADS_UP_TO: usize = 1024;
+/// For how long after a claim lost a race to another node this node's
+/// claims on that queue spread out (see [`spread`]).
+const CONTENDED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+/// A spread claim picks among this many times `max` of the first claimable.
+const SPREAD: usize = 4;
 
 /// The queues' stream, and what this node remembers of it.
 pub(crate) struct Queues {
@@ -99,6 +112,9 @@ pub(crate) struct Queues {
     base: String,
     /// `<ns>.qn`: per-queue counters.
     counters: String,
+    /// `<ns>.qw`: core NATS (not stored): a queue's name after each
+    /// enqueue to it, for the other nodes' consumers.
+    wakes: String,
     /// This node's name, written into its claims.
     claimant: String,
     /// Per queue, the counter's last message as this node last saw it
@@ -109,6 +125,9 @@ pub(crate) struct Queues {
     /// of that queue is in flight (a group commit): concurrent
     /// submissions share one counter advance instead of racing for it.
     writes: Arc<GroupCommit<(Bytes, State), u64>>,
+    /// Per queue: how many messages its last listing held, and when a
+    /// claim on it last lost a race.
+    seen: Mutex<HashMap<String, (usize, Option<std::time::Instant>)>>,
 }
 
 pub(crate) async fn open(
@@ -130,9 +149,11 @@ pub(crate) async fn open(
         stream,
         base,
         counters,
+        wakes: format!("{}.qw", options.namespace),
         claimant: options.client_name.clone(),
         counter_cache: Mutex::new(HashMap::new()),
         writes: Arc::new(GroupCommit::new(MAX_BATCH - 1)),
+        seen: Mutex::new(HashMap::new()),
     })
 }
 
@@ -182,6 +203,11 @@ impl State {
 struct Item {
     seq: u64,
     state: State,
+    /// The stream sequence of the subject's last message, when listed with
+    /// payloads (0: not known).
+    at: u64,
+    /// Its payload, when listed with payloads.
+    payload: Option<Bytes>,
 }
 
 /// The messages claimable at `now`, in claim order (due time, then
@@ -194,6 +220,27 @@ fn claimable(items: &[Item], now: u64, max: usize) -> Vec<u64> {
         .collect();
     due.sort_unstable();
     due.into_iter().take(max).map(|(_, seq)| seq).collect()
+}
+
+/// Reorders claim picks so that nodes racing for one queue mostly take
+/// different messages: the first `SPREAD × max` picks are ranked by a hash
+/// of the message and `node` (the rest follow in order). Only after a
+/// claim lost a race: a node alone claims in strict order.
+fn spread(picks: &mut [u64], node: &str, max: usize) {
+    let window = picks.len().min(max.saturating_mul(SPREAD));
+    picks[..window].sort_by_key(|seq| {
+        let mut key = Vec::with_capacity(node.len() + 8);
+        key.extend_from_slice(node.as_bytes());
+        key.extend_from_slice(&seq.to_le_bytes());
+        fnv1a(&key)
+    });
+}
+
+/// 64-bit FNV-1a.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// When the next message becomes claimable: the earliest due time of the
@@ -255,15 +302,16 @@ impl Queues {
         }
     }
 
-    /// Every message of the queue with its state (headers only).
-    async fn list(&self, queue: &str) -> Result<Vec<Item>, StoreError> {
+    /// Every message of the queue with its state; with `payloads` each
+    /// one's payload and stream sequence too, else headers only.
+    async fn list(&self, queue: &str, payloads: bool) -> Result<Vec<Item>, StoreError> {
         let prefix = format!("{}.{}.", self.base, queue_token(queue));
         let consumer = self
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: format!("{prefix}*"),
                 deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                headers_only: true,
+                headers_only: !payloads,
                 ..Default::default()
             })
             .await
@@ -291,7 +339,9 @@ impl Queues {
                 continue;
             };
             let message = next.ok_or(StoreError::Closed)?.map_err(backend)?;
-            pending = message.info().map_err(backend)?.pending;
+            let info = message.info().map_err(backend)?;
+            pending = info.pending;
+            let at = if payloads { info.stream_sequence } else { 0 };
             let seq = message
                 .subject
                 .strip_prefix(prefix.as_str())
@@ -305,10 +355,33 @@ impl Queues {
                 Item {
                     seq,
                     state: State::read(message.headers.as_ref())?,
+                    at,
+                    payload: payloads.then(|| message.payload.clone()),
                 },
             );
         }
-        Ok(items.into_values().collect())
+        let items: Vec<Item> = items.into_values().collect();
+        self.seen_mut().entry(queue.to_string()).or_default().0 = items.len();
+        Ok(items)
+    }
+
+    fn seen_mut(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (usize, Option<std::time::Instant>)>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether to list `queue` with payloads, and whether a claim on it
+    /// lost a race lately.
+    fn listing_of(&self, queue: &str) -> (bool, bool) {
+        match self.seen_mut().get(queue) {
+            // Unknown: it could be a large backlog.
+            None => (false, false),
+            Some((count, lost)) => (
+                *count <= LIST_PAYLOADS_UP_TO,
+                lost.is_some_and(|at| at.elapsed() < CONTENDED_FOR),
+            ),
+        }
     }
 
     /// Whether `items` holds every message under `prefix` now.
@@ -423,6 +496,10 @@ impl Queues {
                     // sequences; the counter is the first.
                     self.cache()
                         .insert(queue.to_string(), (final_seq - n, last + n));
+                    // Best effort: the others poll too.
+                    let _ = client
+                        .publish(self.wakes.clone(), Bytes::from(queue.to_string()))
+                        .await;
                     return Ok((last + 1..=last + n).collect());
                 }
                 // Another node moved the counter first, or no leader yet.
@@ -485,20 +562,29 @@ impl Queues {
     }
 
     /// Claims one message listed as claimable, if it still is and no other
-    /// claim gets there first.
+    /// claim gets there first. A message listed with its payload is
+    /// written on condition that it is still as listed; else it is read
+    /// first.
     async fn claim_one(
         &self,
         js: &jetstream::Context,
         queue: &str,
-        seq: u64,
+        item: &Item,
         now_ms: u64,
         lease_ms: u64,
     ) -> Result<Option<Claimed>, StoreError> {
+        let seq = item.seq;
         let subject = self.subject(queue, seq);
-        let Some(message) = self.last(&subject).await? else {
-            return Ok(None);
+        let (mut state, sequence, payload) = match &item.payload {
+            Some(payload) if item.at > 0 => (item.state.clone(), item.at, payload.clone()),
+            _ => {
+                let Some(message) = self.last(&subject).await? else {
+                    return Ok(None);
+                };
+                let state = State::read(Some(&message.headers))?;
+                (state, message.sequence, message.payload)
+            }
         };
-        let mut state = State::read(Some(&message.headers))?;
         if state.due > now_ms {
             return Ok(None);
         }
@@ -506,13 +592,7 @@ impl Queues {
         state.due = now_ms.saturating_add(lease_ms);
         state.claimant = Some(self.claimant.clone());
         if !self
-            .rewrite(
-                js,
-                &subject,
-                message.sequence,
-                &state,
-                message.payload.clone(),
-            )
+            .rewrite(js, &subject, sequence, &state, payload.clone())
             .await?
         {
             return Ok(None);
@@ -520,7 +600,7 @@ impl Queues {
         Ok(Some(Claimed {
             seq,
             attempt: state.attempts,
-            payload: message.payload,
+            payload,
             grouped: state.group.is_some(),
         }))
     }
@@ -609,27 +689,36 @@ impl QueueStore for NatsStore {
         lease_ms: u64,
         max: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let items = self.queues.list(queue).await?;
+        let (payloads, contended) = self.queues.listing_of(queue);
+        let items = self.queues.list(queue, payloads).await?;
         // In claim order; a listing from a lagging replica can offer
         // messages claimed or acknowledged since, so the ones after the
         // first `max` stand in for those.
-        let mut picks = claimable(&items, now_ms, usize::MAX).into_iter();
+        let mut picks = claimable(&items, now_ms, usize::MAX);
+        if contended {
+            spread(&mut picks, &self.queues.claimant, max);
+        }
+        let by_seq: HashMap<u64, &Item> = items.iter().map(|item| (item.seq, item)).collect();
+        let mut picks = picks
+            .into_iter()
+            .filter_map(|seq| by_seq.get(&seq).copied());
         let mut claimed = Vec::new();
         let mut failed = None;
+        let mut lost = false;
         while claimed.len() < max {
-            let wave: Vec<u64> = picks.by_ref().take(max - claimed.len()).collect();
+            let wave: Vec<&Item> = picks.by_ref().take(max - claimed.len()).collect();
             if wave.is_empty() {
                 break;
             }
-            let claims = futures_util::future::join_all(wave.into_iter().map(|seq| {
+            let claims = futures_util::future::join_all(wave.into_iter().map(|item| {
                 self.queues
-                    .claim_one(&self.js, queue, seq, now_ms, lease_ms)
+                    .claim_one(&self.js, queue, item, now_ms, lease_ms)
             }))
             .await;
             for claim in claims {
                 match claim {
                     Ok(Some(c)) => claimed.push(c),
-                    Ok(None) => {}
+                    Ok(None) => lost = true,
                     Err(e) => {
                         tracing::warn!(%queue, error = %e, "claiming one message failed");
                         failed = Some(e);
@@ -639,6 +728,13 @@ impl QueueStore for NatsStore {
             if failed.is_some() {
                 break;
             }
+        }
+        if lost {
+            self.queues
+                .seen_mut()
+                .entry(queue.to_string())
+                .or_default()
+                .1 = Some(std::time::Instant::now());
         }
         // A failed claim of one message must not hide the others, which
         // are claimed now and would otherwise wait out their lease.
@@ -682,7 +778,7 @@ impl QueueStore for NatsStore {
     }
 
     async fn release_claims(&self, queue: &str, now_ms: u64) -> Result<u64, StoreError> {
-        let items = self.queues.list(queue).await?;
+        let items = self.queues.list(queue, false).await?;
         let mine = items
             .iter()
             .filter(|item| item.state.claimant.as_deref() == Some(self.queues.claimant.as_str()));
@@ -700,7 +796,28 @@ impl QueueStore for NatsStore {
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<u64>, StoreError> {
-        Ok(next_due(&self.queues.list(queue).await?))
+        Ok(next_due(&self.queues.list(queue, false).await?))
+    }
+
+    async fn enqueued_elsewhere(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<String>>, StoreError> {
+        let mut wakes = self
+            .client
+            .subscribe(self.queues.wakes.clone())
+            .await
+            .map_err(backend)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(message) = wakes.next().await {
+                if let Ok(queue) = std::str::from_utf8(&message.payload)
+                    && tx.send(queue.to_string()).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Some(rx))
     }
 
     async fn depth(&self, queue: &str) -> Result<u64, StoreError> {

@@ -576,7 +576,10 @@ pub trait LedgerStore: Send + Sync {
     ) -> Result<Vec<LedgerEntry>, StoreError>;
     /// The first `limit` outbox entries (see [`LedgerCommit::outbox`]), in
     /// commit order, each numbered above every earlier one and encoded by
-    /// [`LedgerRecords::encode`].
+    /// [`LedgerRecords::encode`]. The upper 32 bits of the numbers are the
+    /// same for every entry of one ledger and chosen at random, so entries
+    /// of two ledgers (a node's data directory lost and made again) tell
+    /// apart.
     async fn outbox(&self, limit: usize) -> Result<Vec<(u64, Bytes)>, StoreError>;
     /// Drops the outbox entries numbered up to and including `through`.
     async fn drop_outbox(&self, through: u64) -> Result<(), StoreError>;
@@ -625,9 +628,10 @@ pub trait LogStore: Send + Sync {
         limits: LogLimits,
         now_ms: u64,
     ) -> Result<Vec<(String, u64)>, StoreError>;
-    /// Holds every stream to `limits` (for the age limit, which records
-    /// reach without a write). Returns the records dropped.
-    async fn prune(&self, limits: LogLimits, now_ms: u64) -> Result<u64, StoreError>;
+    /// Holds every stream whose name starts with `prefix` to `limits` (for
+    /// the age limit, which records reach without a write); the others are
+    /// not touched. Returns the records dropped.
+    async fn prune(&self, prefix: &str, limits: LogLimits, now_ms: u64) -> Result<u64, StoreError>;
     /// Bytes of records `stream` holds (appended through `append_within`
     /// or `append`, and not yet dropped).
     async fn stream_bytes(&self, stream: &str) -> Result<u64, StoreError>;
@@ -730,6 +734,16 @@ pub trait QueueStore: Send + Sync {
             depths.push((queue, depth));
         }
         Ok(depths)
+    }
+    /// The names of queues enqueued to, as other processes sharing this
+    /// store enqueue (a cluster backend's nodes; this process's own
+    /// enqueues may come too), so that their consumers here wake at once.
+    /// Best effort: a name may be missed, so consumers still poll. `None`
+    /// when the store has no other writers (a single-process backend).
+    async fn enqueued_elsewhere(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<String>>, StoreError> {
+        Ok(None)
     }
 }
 

@@ -280,8 +280,11 @@ impl Registry {
 
     /// The log stream that holds a function's invocation logs.
     pub fn log_stream(tenant: &TenantId, name: &FunctionName) -> String {
-        format!("logs/{tenant}/{name}")
+        format!("{}{tenant}/{name}", Self::LOG_STREAMS)
     }
+
+    /// What every function log stream's name starts with (and no other's).
+    pub const LOG_STREAMS: &'static str = "logs/";
 
     pub async fn function(
         &self,

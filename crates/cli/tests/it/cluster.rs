@@ -41,13 +41,26 @@ impl GustCluster {
     /// [`GustCluster::start`], then waits until every node sees all `n`
     /// alive.
     pub async fn alive(n: usize) -> Option<GustCluster> {
-        let cluster = Self::start(n)?;
+        Self::alive_with(n, &[]).await
+    }
+
+    /// [`GustCluster::alive`] with `extra` flags for every node.
+    pub async fn alive_with(n: usize, extra: &[&str]) -> Option<GustCluster> {
+        let cluster = Self::start_on_with(testkit::shared()?, n, extra)?;
         cluster.wait_alive(n).await;
         Some(cluster)
     }
 
     /// `n` gust nodes on `nats`.
     pub fn start_on(nats: &'static testkit::Cluster, n: usize) -> Option<GustCluster> {
+        Self::start_on_with(nats, n, &[])
+    }
+
+    fn start_on_with(
+        nats: &'static testkit::Cluster,
+        n: usize,
+        extra: &[&str],
+    ) -> Option<GustCluster> {
         let namespace = unique_namespace();
         let key_dir = tempfile::tempdir().unwrap();
         let key = key_dir.path().join("cluster.key");
@@ -61,7 +74,7 @@ impl GustCluster {
         };
         for i in 0..n {
             let dir = tempfile::tempdir().unwrap();
-            let node = cluster.start_node(dir.path(), &node_name(i), &[]);
+            let node = cluster.start_node(dir.path(), &node_name(i), extra);
             cluster.nodes.push(node);
             cluster.dirs.push(dir);
         }
@@ -994,34 +1007,60 @@ async fn data_changes_on_any_node_trigger_once_each_in_order_per_key() {
     }
 }
 
-/// The invocation ids in `gust usage --export jsonl` as asked of `node`.
-fn exported_ids(node: &Server) -> Vec<String> {
+/// The invocation ids in `gust usage --export jsonl` as asked of `node`
+/// (`None` if it did not answer).
+fn exported_ids(node: &Server) -> Option<Vec<String>> {
     let out = node.gust(&["usage", "--export", "jsonl"]);
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|line| {
-            let record: serde_json::Value = serde_json::from_str(line).unwrap();
-            record["invocation_id"].as_str().unwrap().to_string()
-        })
-        .collect()
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| {
+                let record: serde_json::Value = serde_json::from_str(line).unwrap();
+                record["invocation_id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    })
+}
+
+/// Waits until every node of `nodes` exports `n` records.
+async fn all_export(nodes: &[Server], n: usize) -> Option<Vec<usize>> {
+    Server::eventually(Duration::from_secs(30), || async {
+        let counts: Vec<usize> = nodes
+            .iter()
+            .map(|node| exported_ids(node).map_or(usize::MAX, |ids| ids.len()))
+            .collect();
+        counts.iter().all(|c| *c == n).then_some(counts)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn every_node_counts_every_record_once_even_of_a_node_killed_before_it_shipped() {
+async fn every_node_counts_every_record_once_a_dead_nodes_included() {
     let Some(mut cluster) = GustCluster::alive(3).await else {
         return;
     };
     // A deploy answers once every node serves it.
     cluster.nodes[0].deploy("metered", &guests().testbed, &[]);
-    for node in &cluster.nodes {
+    let c = &cluster.nodes[2];
+    for _ in 0..20 {
+        assert_eq!(c.get("/metered/").await.0, 200);
+    }
+    // c's records reach every node's view …
+    assert!(
+        all_export(&cluster.nodes, 20).await.is_some(),
+        "c's 20 shipped"
+    );
+    for node in &cluster.nodes[..2] {
         for _ in 0..20 {
             assert_eq!(node.get("/metered/").await.0, 200);
         }
     }
-    // c dies before its last records can have shipped (they are in its
-    // journal only); a and b count theirs meanwhile.
-    let c_dir = cluster.nodes[2].data_dir().to_path_buf();
+    // … and stay counted once c is dead; the 5 it ran just before it was
+    // killed are in its journal only, so far.
+    for _ in 0..5 {
+        assert_eq!(c.get("/metered/").await.0, 200);
+    }
+    let c_dir = c.data_dir().to_path_buf();
     cluster.nodes.pop().unwrap().kill9();
     let a = &cluster.nodes[0];
     let local = Server::eventually(Duration::from_secs(10), || async {
@@ -1030,29 +1069,87 @@ async fn every_node_counts_every_record_once_even_of_a_node_killed_before_it_shi
     })
     .await;
     assert!(local.is_some(), "a ran its own 20");
-    let c = cluster.start_node(&c_dir, "c", &[]);
-    cluster.nodes.push(c);
-    // Once c is back and has shipped, every node's report and export hold
-    // all 60, each attempt once.
-    let totals = Server::eventually(Duration::from_secs(30), || async {
-        let totals: Vec<usize> = cluster
+    let while_dead = Server::eventually(Duration::from_secs(30), || async {
+        let counts: Vec<usize> = cluster
             .nodes
             .iter()
-            .map(|n| exported_ids(n).len())
+            .filter_map(exported_ids)
+            .map(|ids| ids.len())
             .collect();
-        totals.iter().all(|t| *t == 60).then_some(totals)
+        (counts.len() == 2 && counts.iter().all(|n| *n >= 60)).then_some(counts)
     })
-    .await;
-    let ids = exported_ids(&cluster.nodes[1]);
+    .await
+    .expect("a and b count c's shipped records while c is dead");
+    assert!(while_dead.iter().all(|n| *n <= 65), "{while_dead:?}");
+    // Back, c ships the rest: every node's report and export hold all 65,
+    // each attempt once.
+    let c = cluster.start_node(&c_dir, "c", &[]);
+    cluster.nodes.push(c);
+    let totals = all_export(&cluster.nodes, 65).await;
+    let ids = exported_ids(&cluster.nodes[1]).unwrap_or_default();
     let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "each record once");
     assert!(
         totals.is_some(),
-        "every node exports 60 records: {}",
+        "every node exports 65 records: {}",
         ids.len()
     );
     for node in &cluster.nodes {
         let usage = node.gust_json(&["usage"]);
-        assert_eq!(usage["total"]["invocations"], 60, "{usage}");
+        assert_eq!(usage["total"]["invocations"], 65, "{usage}");
     }
+    // A node stopped for good ships its last records as it stops.
+    let b = cluster.nodes.remove(1);
+    for _ in 0..5 {
+        assert_eq!(b.get("/metered/").await.0, 200);
+    }
+    assert_eq!(b.stop(), Some(0));
+    assert!(
+        all_export(&cluster.nodes, 70).await.is_some(),
+        "b's last 5 counted after its stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_go_to_a_node_where_the_function_is_warm() {
+    let Some(cluster) = GustCluster::alive_with(3, &["--scale-tick-ms", "100"]).await else {
+        return;
+    };
+    let (a, b, c) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
+    a.deploy("warmth", &guests().testbed, &["--keep-alive", "1s"]);
+    // Idle for its keep-alive, it leaves memory on every node …
+    for node in &cluster.nodes {
+        Server::eventually(Duration::from_secs(20), || async {
+            (node.metric("gust_functions_warm").await == 0).then_some(())
+        })
+        .await
+        .expect("scaled to zero on every node");
+    }
+    // … then a request warms it on a alone.
+    assert_eq!(a.get("/warmth/").await.0, 200);
+    let before = [delivered(a).await, delivered(b).await, delivered(c).await];
+    // Events accepted by b and c, one at a time: a, warm, runs them.
+    for i in 0..10 {
+        let via = if i % 2 == 0 { b } else { c };
+        let (status, id) = via.submit("/warmth/sleep?ms=1", &[], Vec::new()).await;
+        assert_eq!(status, 202);
+        via.wait_for_state(&id, "succeeded").await;
+    }
+    // A node counts a delivery once its status is written and the event
+    // acknowledged: a moment after the status reads `succeeded`.
+    let ran = Server::eventually(Duration::from_secs(10), || async {
+        let after = [delivered(a).await, delivered(b).await, delivered(c).await];
+        let ran: Vec<u64> = after.iter().zip(before).map(|(x, y)| x - y).collect();
+        (ran.iter().sum::<u64>() == 10).then_some(ran)
+    })
+    .await
+    .expect("10 deliveries counted");
+    println!("cluster warm placement: a, b, c ran {ran:?} of 10");
+    // Without the preference the accepting (cold) node, woken first, wins most.
+    assert!(ran[0] >= 6, "the warm node runs most: {ran:?}");
+}
+
+async fn delivered(node: &Server) -> u64 {
+    node.metric("gust_events_total{outcome=\"delivered\"}")
+        .await
 }

@@ -17,7 +17,32 @@ fn item(seq: u64, due: u64, group: Option<&str>) -> Item {
             claimant: None,
             group: group.map(str::to_string),
         },
+        at: 0,
+        payload: None,
     }
+}
+
+#[test]
+fn spread_claims_of_two_nodes_mostly_differ_and_keep_to_the_front() {
+    let picks: Vec<u64> = (1..=100).collect();
+    let (mut a, mut b) = (picks.clone(), picks.clone());
+    spread(&mut a, "node-a", 8);
+    spread(&mut b, "node-b", 8);
+    // The first 32 are reordered among themselves; the rest keep their order.
+    for spread in [&a, &b] {
+        let mut front = spread[..32].to_vec();
+        front.sort_unstable();
+        assert_eq!(front, picks[..32]);
+        assert_eq!(spread[32..], picks[32..]);
+    }
+    let first_a: HashSet<u64> = a[..8].iter().copied().collect();
+    let shared = b[..8].iter().filter(|seq| first_a.contains(seq)).count();
+    assert!(shared <= 4, "{:?} vs {:?}", &a[..8], &b[..8]);
+    // Fewer picks than the window: all of them, reordered.
+    let mut few = vec![5, 6, 7];
+    spread(&mut few, "node-a", 8);
+    few.sort_unstable();
+    assert_eq!(few, [5, 6, 7]);
 }
 
 #[test]

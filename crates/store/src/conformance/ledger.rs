@@ -174,6 +174,11 @@ async fn outbox(l: &dyn crate::LedgerStore) {
     let kept = l.outbox(10).await.unwrap();
     assert_eq!(kept.len(), 2, "{kept:?}");
     assert!(kept[0].0 < kept[1].0);
+    assert_eq!(
+        kept[0].0 >> 32,
+        kept[1].0 >> 32,
+        "one ledger's numbers share their upper half"
+    );
     let record = |key: &str| {
         (
             "o".to_string(),

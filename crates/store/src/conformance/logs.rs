@@ -135,7 +135,7 @@ pub async fn log_limits(logs: &dyn LogStore) {
         .await
         .unwrap();
     assert_eq!(logs.read("aged", 0, 100).await.unwrap().len(), 8);
-    assert_eq!(logs.prune(roomy, t0 + day - MIN).await.unwrap(), 0);
+    assert_eq!(logs.prune("", roomy, t0 + day - MIN).await.unwrap(), 0);
     logs.append_within(vec![("aged".into(), b("f0"))], roomy, t0 + day + 2 * MIN)
         .await
         .unwrap();
@@ -146,9 +146,16 @@ pub async fn log_limits(logs: &dyn LogStore) {
         [b("e0"), b("e1"), b("e2"), b("e3"), b("f0")],
         "the first day's four are gone"
     );
-    // `prune` ages every stream, also those no longer written.
-    let dropped = logs.prune(roomy, t0 + 3 * day).await.unwrap();
-    assert!(dropped >= 5 + 4, "{dropped}");
+    // `prune` ages the streams under its prefix, also those no longer
+    // written, and no other.
+    assert_eq!(logs.prune("agee", roomy, t0 + 3 * day).await.unwrap(), 0);
+    assert_eq!(logs.read("aged", 0, 100).await.unwrap().len(), 5);
+    let others = logs.read("other", 0, 100).await.unwrap().len();
+    assert!(others > 0);
+    assert_eq!(logs.prune("ag", roomy, t0 + 3 * day).await.unwrap(), 5);
+    assert_eq!(logs.read("other", 0, 100).await.unwrap().len(), others);
+    let dropped = logs.prune("", roomy, t0 + 3 * day).await.unwrap();
+    assert!(dropped >= others as u64, "{dropped}");
     assert!(logs.read("aged", 0, 100).await.unwrap().is_empty());
     assert!(logs.read("other", 0, 100).await.unwrap().is_empty());
     assert_eq!(logs.stream_bytes("aged").await.unwrap(), 0);
