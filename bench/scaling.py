@@ -67,9 +67,9 @@ def deploy(api, token, wasm, n, prefix, keep_alive="1s", distinct=False):
                 headers={"content-type": "application/wasm", "authorization": f"Bearer {token}"},
             )
             response = conn.getresponse()
-            response.read()
+            body = response.read()
             if response.status != 201:
-                failures.append((i, response.status))
+                failures.append((i, response.status, body[:300].decode(errors="replace")))
                 conn.close()
                 conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
 

@@ -202,8 +202,14 @@ pub(crate) fn fair_admit_memory(
 /// shared rest; and the memory running instances may reserve.
 pub(crate) struct NodeSlots {
     limit: u32,
-    /// Σ `reserved_concurrency` of the functions served.
+    /// The `reserved_concurrency` of each function served that has one.
+    reservations: std::sync::RwLock<Arc<[u32]>>,
+    /// The live nodes: each sets aside its share of every reservation.
+    members: Arc<dyn Membership>,
+    /// Σ of this node's shares of the reservations, and the number of
+    /// live nodes it was summed for (`usize::MAX`: not yet).
     reserved: AtomicU32,
+    reserved_for: AtomicUsize,
     /// Running on the shared slots, and on reserved ones.
     shared: AtomicU32,
     on_reserved: AtomicU32,
@@ -243,10 +249,13 @@ impl Drop for NodeSlot {
 }
 
 impl NodeSlots {
-    pub fn new(limit: u32, memory_budget: u64) -> Self {
+    pub fn new(limit: u32, memory_budget: u64, members: Arc<dyn Membership>) -> Self {
         Self {
             limit,
+            reservations: std::sync::RwLock::new(Arc::from(Vec::new())),
+            members,
             reserved: AtomicU32::new(0),
+            reserved_for: AtomicUsize::new(usize::MAX),
             shared: AtomicU32::new(0),
             on_reserved: AtomicU32::new(0),
             active_tenants: AtomicU32::new(0),
@@ -264,8 +273,32 @@ impl NodeSlots {
         (self.limit / 10).max(1)
     }
 
-    pub fn set_reserved(&self, reserved: u32) {
-        self.reserved.store(reserved, Ordering::Release);
+    /// The reservations of the functions served (one number each).
+    pub fn set_reservations(&self, reservations: Vec<u32>) {
+        *self.reservations.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(reservations);
+        self.reserved_for.store(usize::MAX, Ordering::Release);
+    }
+
+    /// Slots this node sets aside: its share of each reservation (as a
+    /// function's gate admits it here), summed again when the number of
+    /// live nodes or the reservations change.
+    fn reserved(&self) -> u32 {
+        let nodes = self.members.count();
+        if self.reserved_for.load(Ordering::Acquire) != nodes {
+            let reservations = self
+                .reservations
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let total: u64 = reservations
+                .iter()
+                .map(|r| share(u64::from(*r), nodes))
+                .sum();
+            self.reserved
+                .store(u32::try_from(total).unwrap_or(u32::MAX), Ordering::Release);
+            self.reserved_for.store(nodes, Ordering::Release);
+        }
+        self.reserved.load(Ordering::Acquire)
     }
 
     /// Slots in use.
@@ -298,7 +331,7 @@ impl NodeSlots {
         };
         let limit = self
             .limit
-            .saturating_sub(self.reserved.load(Ordering::Acquire))
+            .saturating_sub(self.reserved())
             .max(self.unreserved_floor());
         let mine = tenant.running.fetch_add(1, Ordering::AcqRel);
         let mine_memory = tenant.memory.fetch_add(memory, Ordering::AcqRel);
@@ -567,10 +600,10 @@ mod tests {
 
     #[test]
     fn reservations_leave_the_others_the_rest_of_the_node() {
-        let node = Arc::new(NodeSlots::new(10, u64::MAX));
+        let node = Arc::new(NodeSlots::new(10, u64::MAX, alone()));
         let tenant = Arc::new(TenantShare::default());
         let other = Arc::new(TenantShare::default());
-        node.set_reserved(7);
+        node.set_reservations(vec![3, 4]);
         // A small node keeps no headroom: a tenant alone fills its 3.
         let shared: Vec<_> = (0..3)
             .map(|_| node.take(Some(&tenant), 0).unwrap())
@@ -584,12 +617,41 @@ mod tests {
         drop(reserved);
         assert_eq!(node.in_use(), 0);
         // However much is reserved, a tenth of the node stays shared.
-        node.set_reserved(10);
+        node.set_reservations(vec![10]);
         let one = node.take(Some(&tenant), 0).unwrap();
         assert!(node.take(Some(&tenant), 0).is_err());
         drop(one);
         assert_eq!(tenant.running.load(Ordering::Acquire), 0);
         assert_eq!(node.active_tenants.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn in_a_cluster_a_node_sets_aside_its_share_of_each_reservation() {
+        let nodes = Arc::new(Nodes(std::sync::Mutex::new(vec![
+            "a".into(),
+            "b".into(),
+            "c".into(),
+        ])));
+        let node = Arc::new(NodeSlots::new(20, u64::MAX, nodes.clone()));
+        let tenant = Arc::new(TenantShare::default());
+        // What a tenant alone gets of the shared slots: all but an eighth.
+        let fill = || {
+            let mut taken = Vec::new();
+            while let Ok(slot) = node.take(Some(&tenant), 0) {
+                taken.push(slot);
+            }
+            taken.len()
+        };
+        // 9 and 4 reserved across 3 nodes: 3 + 2 set aside here, 15 shared.
+        node.set_reservations(vec![9, 4]);
+        assert_eq!(fill(), 15 - 15 / 8);
+        // c dies: 5 + 2 set aside, 13 shared.
+        nodes.0.lock().unwrap().pop();
+        assert_eq!(fill(), 13 - 13 / 8);
+        // Reservations gone: all 20 shared.
+        node.set_reservations(Vec::new());
+        assert_eq!(fill(), 20 - 20 / 8);
+        assert_eq!(node.in_use(), 0);
     }
 
     #[test]
@@ -627,7 +689,7 @@ mod tests {
 
     #[test]
     fn a_flooding_tenant_leaves_room_for_the_others() {
-        let node = Arc::new(NodeSlots::new(80, u64::MAX));
+        let node = Arc::new(NodeSlots::new(80, u64::MAX, alone()));
         let (flood, quiet) = (
             Arc::new(TenantShare::default()),
             Arc::new(TenantShare::default()),
@@ -659,7 +721,7 @@ mod tests {
 
     #[test]
     fn running_instances_reserve_the_nodes_memory() {
-        let node = Arc::new(NodeSlots::new(100, 300));
+        let node = Arc::new(NodeSlots::new(100, 300, alone()));
         let tenant = Arc::new(TenantShare::default());
         let a = node.take(Some(&tenant), 128).unwrap();
         let b = node.take(None, 128).unwrap();
@@ -674,7 +736,7 @@ mod tests {
         drop(c);
         // Two tenants: one alone borrows up to the headroom, the other
         // still finds its share.
-        let node = Arc::new(NodeSlots::new(100, 800));
+        let node = Arc::new(NodeSlots::new(100, 800, alone()));
         let quiet = Arc::new(TenantShare::default());
         let mut held = Vec::new();
         while let Ok(slot) = node.take(Some(&tenant), 100) {
@@ -687,7 +749,7 @@ mod tests {
         assert_eq!(quiet.memory.load(Ordering::Acquire), 0);
         assert_eq!(tenant.memory.load(Ordering::Acquire), 0);
         // One instance larger than the whole budget still runs alone.
-        let node = Arc::new(NodeSlots::new(100, 64));
+        let node = Arc::new(NodeSlots::new(100, 64, alone()));
         let _big = node.take(Some(&tenant), 128).unwrap();
         assert!(node.take(Some(&tenant), 1).is_err());
     }

@@ -751,13 +751,14 @@ impl Catalog {
     }
 
     /// Σ `reserved_concurrency` of the functions (their `live` versions).
-    pub fn reserved_total(&self) -> u32 {
+    /// The reservation of each function served that has one.
+    pub fn reservations(&self) -> Vec<u32> {
         self.functions
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .filter_map(|s| s.live.limits.reserved_concurrency)
-            .sum()
+            .collect()
     }
 
     /// Who reserves what (`<tenant>/<function>`, instances), but `except`.
@@ -864,7 +865,7 @@ pub(crate) async fn follow_registry(
         for digest in catalog.replace_all(&watch.initial) {
             runtime.unload(&digest);
         }
-        node.set_reserved(catalog.reserved_total());
+        node.set_reservations(catalog.reservations());
         catalog.loading_revision(watch.revision);
         catalog.loaded_revision(watch.revision);
         if let Some(ready) = ready.take() {
@@ -880,7 +881,7 @@ pub(crate) async fn follow_registry(
                             runtime.unload(&old.digest);
                         }
                     }
-                    node.set_reserved(catalog.reserved_total());
+                    node.set_reservations(catalog.reservations());
                     let revision = event.revision();
                     let served = Registry::parse_function_key(event.key())
                         .and_then(|(tenant, name)| catalog.get(tenant.as_str(), name.as_str()));

@@ -202,6 +202,7 @@ impl Gateway {
         let node = Arc::new(admission::NodeSlots::new(
             u32::try_from(config.max_in_flight).unwrap_or(u32::MAX),
             config.memory_budget_bytes,
+            members.clone(),
         ));
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(canary::drive(catalog.clone(), registry.clone()));
