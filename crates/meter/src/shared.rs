@@ -130,7 +130,7 @@ fn split(node: &str, entry: u64, records: &LedgerRecords) -> Vec<Part> {
             bytes = 0;
         }
         bytes += size;
-        push(&mut current, r);
+        current.push_written(r);
     }
     if !current.is_empty() || parts.is_empty() {
         parts.push(current);
@@ -145,16 +145,6 @@ fn split(node: &str, entry: u64, records: &LedgerRecords) -> Vec<Part> {
             records,
         })
         .collect()
-}
-
-fn push(out: &mut LedgerRecords, r: gust_store::LedgerRecord<'_>) {
-    out.push(
-        r.tenant,
-        r.time_ms,
-        false,
-        |b| b.extend_from_slice(r.key.as_bytes()),
-        |b| b.extend_from_slice(r.record),
-    );
 }
 
 /// How far a view has read the log, kept as the view's commit position.
@@ -307,7 +297,7 @@ impl Meter {
                 match Part::decode(&bytes) {
                     Ok(part) => {
                         if let Some(records) = at.take(part) {
-                            records.iter().for_each(|r| push(&mut close, r));
+                            records.iter().for_each(|r| close.push_written(r));
                         }
                     }
                     Err(e) => {

@@ -151,13 +151,7 @@ impl LedgerStore for EmbeddedStore {
                     let mut kept = LedgerRecords::with_capacity(written as usize, 0);
                     for entries in blocks.values() {
                         for e in &entries.1 {
-                            kept.push(
-                                e.tenant,
-                                e.time_ms,
-                                false,
-                                |b| b.extend_from_slice(e.key.as_bytes()),
-                                |b| b.extend_from_slice(e.record),
-                            );
+                            kept.push_written(*e);
                         }
                     }
                     keep_in_outbox(txn, &kept)?;

@@ -402,6 +402,17 @@ impl LedgerRecords {
         });
     }
 
+    /// Adds a copy of `record` (from another batch), as written: not opened.
+    pub fn push_written(&mut self, record: LedgerRecord<'_>) {
+        self.push(
+            record.tenant,
+            record.time_ms,
+            false,
+            |b| b.extend_from_slice(record.key.as_bytes()),
+            |b| b.extend_from_slice(record.record),
+        );
+    }
+
     /// The records in the order they were added. A key that is not UTF-8
     /// reads as empty (see [`LedgerRecords::push`]).
     pub fn iter(&self) -> impl Iterator<Item = LedgerRecord<'_>> {
