@@ -20,7 +20,8 @@ Examples:
   gust usage --function hello --from 2026-11-01 --to 2026-11-08 --by hour --json
   gust usage --by function --csv
   gust usage --export csv > november.csv      every record, for reconciling
-  gust usage --export jsonl --from 2026-11-01"
+  gust usage --export jsonl --from 2026-11-01
+  gust usage --local                          in a cluster: this node's alone"
 )]
 pub struct UsageArgs {
     /// Only this function.
@@ -41,6 +42,9 @@ pub struct UsageArgs {
     /// Print every usage record of the period instead: `csv` or `jsonl`.
     #[arg(long, value_parser = ["csv", "jsonl"])]
     export: Option<String>,
+    /// In a cluster: only what ran on the node asked (default: every node's).
+    #[arg(long)]
+    local: bool,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -74,6 +78,9 @@ pub async fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(to) = &args.to {
         query.push(("to_ms", parse_time(to)?.to_string()));
+    }
+    if args.local {
+        query.push(("local", "true".into()));
     }
     if let Some(format) = &args.export {
         query.push(("format", format.clone()));

@@ -27,7 +27,7 @@
 //! ## Bounds
 //! The log is never trimmed (function logs' limits do not apply to it): it
 //! is the cluster's record of usage. Records a node's ledger held before
-//! it joined a cluster stay in that ledger (`/v1/usage?local=true`).
+//! it joined a cluster stay in that ledger (`gust usage --local`).
 //!
 //! ## Lag
 //! A record reaches the log one index pass after its attempt ends (see

@@ -1064,7 +1064,7 @@ async fn every_node_counts_every_record_once_a_dead_nodes_included() {
     cluster.nodes.pop().unwrap().kill9();
     let a = &cluster.nodes[0];
     let local = Server::eventually(Duration::from_secs(10), || async {
-        let local = a.api_json("/v1/usage?local=true").await["total"]["invocations"].as_u64();
+        let local = a.gust_json(&["usage", "--local"])["total"]["invocations"].as_u64();
         (local == Some(20)).then_some(())
     })
     .await;
