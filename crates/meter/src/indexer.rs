@@ -165,10 +165,10 @@ impl Meter {
                 open: markers,
                 close: entries,
                 position: Some(Bytes::copy_from_slice(&next.position.to_bytes())),
-                outbox: self.inner.outbox,
+                outbox: self.inner.ship_to.is_some(),
             })
             .await?;
-        if self.inner.outbox && written > 0 {
+        if self.inner.ship_to.is_some() && written > 0 {
             self.inner.to_ship.notify_one();
         }
         self.inner.written.fetch_add(written, Ordering::Relaxed);

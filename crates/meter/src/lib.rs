@@ -103,14 +103,12 @@ pub type Plans = Arc<dyn Fn(&str) -> PlanHistory + Send + Sync>;
 
 struct Inner {
     ledger: Arc<dyn LedgerStore>,
-    /// Index passes keep what they write in the ledger's outbox (a
-    /// cluster node ships it: see `shared`).
-    outbox: bool,
     /// An index pass kept records in the outbox.
     to_ship: tokio::sync::Notify,
     /// Every node's records, in a cluster (see `shared`).
     view: Option<Arc<dyn LedgerStore>>,
-    /// This node's name and the shared log, in a cluster.
+    /// This node's name and the shared log, in a cluster: index passes
+    /// keep what they write in the ledger's outbox, to ship (see `shared`).
     ship_to: Option<(String, Arc<dyn gust_store::LogStore>)>,
     /// Held while shipping: the last outbox entry wholly acknowledged.
     shipping: tokio::sync::Mutex<Option<u64>>,
@@ -198,7 +196,6 @@ impl Meter {
         let meter = Self {
             inner: Arc::new(Inner {
                 ledger,
-                outbox: view.is_some(),
                 to_ship: tokio::sync::Notify::new(),
                 view,
                 ship_to,

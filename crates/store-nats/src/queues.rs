@@ -229,18 +229,11 @@ fn claimable(items: &[Item], now: u64, max: usize) -> Vec<u64> {
 fn spread(picks: &mut [u64], node: &str, max: usize) {
     let window = picks.len().min(max.saturating_mul(SPREAD));
     picks[..window].sort_by_key(|seq| {
-        let mut key = Vec::with_capacity(node.len() + 8);
-        key.extend_from_slice(node.as_bytes());
-        key.extend_from_slice(&seq.to_le_bytes());
-        fnv1a(&key)
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::hash::DefaultHasher::new();
+        (node, seq).hash(&mut hasher);
+        hasher.finish()
     });
-}
-
-/// 64-bit FNV-1a.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// When the next message becomes claimable: the earliest due time of the
