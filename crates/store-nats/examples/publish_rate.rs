@@ -4,7 +4,7 @@
 //! Creates a replicated file stream of its own, publishes `--messages`
 //! messages of `--size` bytes with `--in-flight` publishes awaiting their
 //! acknowledgement at once (spread over `--connections` connections, one
-//! per server in turn), prints `msgs/s p50_ms p99_ms` (the latencies are
+//! per server in turn; `--streams S` spreads them over S streams), prints `msgs/s p50_ms p99_ms` (the latencies are
 //! publish → acknowledgement) and deletes the stream.
 //!
 //!   cargo run --release -p gust-store-nats --example publish_rate -- \
@@ -26,6 +26,7 @@ struct Args {
     connections: usize,
     size: usize,
     replicas: usize,
+    streams: usize,
 }
 
 fn args() -> Args {
@@ -36,6 +37,7 @@ fn args() -> Args {
         connections: 3,
         size: 200,
         replicas: 3,
+        streams: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,6 +49,7 @@ fn args() -> Args {
             "--connections" => args.connections = value.parse().expect("--connections C"),
             "--size" => args.size = value.parse().expect("--size BYTES"),
             "--replicas" => args.replicas = value.parse().expect("--replicas R"),
+            "--streams" => args.streams = value.parse().expect("--streams S"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -63,36 +66,46 @@ async fn main() {
         let server = &args.servers[i % args.servers.len()];
         clients.push(async_nats::connect(server.as_str()).await.expect("connect"));
     }
-    let name = format!("BENCH_RAW_{}", std::process::id());
-    let subject = format!("bench.raw.{}", std::process::id());
+    // One stream per `--streams` (each its own Raft group, whose leader
+    // may sit on any server); publisher `i` writes to stream `i % streams`.
+    let names: Vec<String> = (0..args.streams)
+        .map(|s| format!("BENCH_RAW_{}_{s}", std::process::id()))
+        .collect();
+    let subjects: Vec<String> = (0..args.streams)
+        .map(|s| format!("bench.raw.{}.{s}", std::process::id()))
+        .collect();
     let js = jetstream::new(clients[0].clone());
-    js.create_stream(stream::Config {
-        name: name.clone(),
-        subjects: vec![subject.clone()],
-        storage: stream::StorageType::File,
-        num_replicas: args.replicas,
-        ..Default::default()
-    })
-    .await
-    .expect("create the stream");
+    for (name, subject) in names.iter().zip(&subjects) {
+        js.create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            storage: stream::StorageType::File,
+            num_replicas: args.replicas,
+            ..Default::default()
+        })
+        .await
+        .expect("create the stream");
+    }
     // A new stream's subjects reach every server a moment later: until a
     // publish through each connection is acknowledged, it is not timed.
     for client in &clients {
         let js = jetstream::new(client.clone());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let acked = match js
-                .publish(subject.clone(), Bytes::from_static(b"ready"))
-                .await
-            {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
-            };
-            if acked {
-                break;
+        for subject in &subjects {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let acked = match js
+                    .publish(subject.clone(), Bytes::from_static(b"ready"))
+                    .await
+                {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                };
+                if acked {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the stream never took a publish");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            assert!(Instant::now() < deadline, "the stream never took a publish");
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -102,7 +115,8 @@ async fn main() {
     let mut tasks = Vec::new();
     for i in 0..args.in_flight {
         let js = jetstream::new(clients[i % clients.len()].clone());
-        let (next, payload, subject) = (next.clone(), payload.clone(), subject.clone());
+        let subject = subjects[i % subjects.len()].clone();
+        let (next, payload) = (next.clone(), payload.clone());
         let total = args.messages;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -128,19 +142,22 @@ async fn main() {
         let i = ((p / 100.0) * (latencies.len() - 1) as f64).round() as usize;
         latencies[i].as_secs_f64() * 1000.0
     };
-    let info = js
-        .get_stream(&name)
-        .await
-        .expect("the stream")
-        .info()
-        .await
-        .expect("its info")
-        .state
-        .messages;
-    // The timed messages and one readiness message per connection.
+    let mut stored = 0;
+    for name in &names {
+        stored += js
+            .get_stream(name)
+            .await
+            .expect("the stream")
+            .info()
+            .await
+            .expect("its info")
+            .state
+            .messages;
+    }
+    // The timed messages and one readiness message per connection and stream.
     assert_eq!(
-        info,
-        args.messages + clients.len() as u64,
+        stored,
+        args.messages + (clients.len() * names.len()) as u64,
         "every acknowledged message is stored"
     );
     println!(
@@ -149,5 +166,7 @@ async fn main() {
         pct(50.0),
         pct(99.0)
     );
-    js.delete_stream(&name).await.expect("delete the stream");
+    for name in &names {
+        js.delete_stream(name).await.expect("delete the stream");
+    }
 }

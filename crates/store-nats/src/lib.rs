@@ -20,7 +20,9 @@
 //! Every stream is created with direct gets off: a read goes to the
 //! stream's leader, which has every acknowledged write, instead of a
 //! follower that may not have applied it yet (nats-server #4710). A read
-//! after a write on another node sees that write.
+//! after a write on another node sees that write. One exception: the
+//! queues' listings are direct gets (see `queues`), fenced by the
+//! compare-and-set every claim makes.
 //!
 //! This crate must not know about HTTP or WebAssembly, and is named only
 //! by the composition root (the `gust` binary) and tests.
@@ -229,7 +231,8 @@ fn stream_name(options: &NatsOptions, what: &str) -> String {
 }
 
 /// The stream settings every Gust stream shares: file storage, the
-/// configured replicas, reads through the leader.
+/// configured replicas, reads through the leader (a stream may turn direct
+/// gets on after).
 fn durable_stream(options: &NatsOptions, what: &str, subjects: Vec<String>) -> stream::Config {
     stream::Config {
         name: stream_name(options, what),
@@ -275,7 +278,7 @@ async fn try_ensure_stream(
     match js.get_or_create_stream(config.clone()).await {
         Ok(mut existing) => {
             let info = existing.info().await.map_err(backend)?.clone();
-            if info.config.allow_direct
+            if info.config.allow_direct != config.allow_direct
                 || info.config.num_replicas != config.num_replicas
                 || info.config.allow_atomic_publish != config.allow_atomic_publish
             {

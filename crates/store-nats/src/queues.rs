@@ -36,10 +36,14 @@
 //! of that queue wake at once instead of at their next poll.
 //!
 //! ## Costs
-//! A claim lists the queue (an ordered consumer delivering the headers of
-//! the last message of each subject: one message per queued event), then
-//! per message claimed one read and one compare-and-set write, concurrent.
-//! An enqueue is one batch (two round trips), an ack one purge per
+//! A claim lists the queue, then writes one compare-and-set per message
+//! claimed, concurrently. The listing is one direct multi-get (the last
+//! message of each subject, with its payload, from one replica's store:
+//! a read, no Raft entry); a queue of more than 1,024 messages, too long
+//! for one answer, is listed by an ordered consumer instead (headers only,
+//! then one read per message claimed), whose creation and removal are
+//! entries in the meta group's log: on a cluster syncing every write,
+//! such a listing cost more than the claim itself. An enqueue is one batch (two round trips), an ack one purge per
 //! message, a release or defer one read and one write; `depth` and
 //! `queues` read the stream's subject counts. Listing is linear in the
 //! queue's length: a queue is meant to be drained, not to hold a large
@@ -52,7 +56,8 @@
 //! - A release, defer or ack is not checked against the claimant (as on one
 //!   node): a claimant whose lease ran out and whose message another node
 //!   claimed can still end that claim.
-//! - A listing may come from a replica that lags the leader: it is the
+//! - A listing may come from a replica that lags the leader (direct gets
+//!   are on for this stream only, so any replica answers them): it is the
 //!   state after some prefix of the stream, so a message it shows claimable
 //!   may no longer be (the claim's compare-and-set, against the leader,
 //!   refuses it) but a grouped message it shows first of its group is (an
@@ -96,9 +101,6 @@ const MAX_BATCH: usize = 1000;
 const LISTING_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
 /// Compare-and-set attempts before a write reports the contention.
 const RETRIES: usize = 64;
-/// A queue whose last listing held at most this many messages is listed
-/// with their payloads, so a claim writes without reading each first.
-const LIST_PAYLOADS_UP_TO: usize = 1024;
 /// For how long after a claim lost a race to another node this node's
 /// claims on that queue spread out (see [`spread`]).
 const CONTENDED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
@@ -108,6 +110,8 @@ const SPREAD: usize = 4;
 /// The queues' stream, and what this node remembers of it.
 pub(crate) struct Queues {
     stream: stream::Stream,
+    /// Its name, for direct gets.
+    stream_name: String,
     /// `<ns>.q`: messages.
     base: String,
     /// `<ns>.qn`: per-queue counters.
@@ -125,9 +129,8 @@ pub(crate) struct Queues {
     /// of that queue is in flight (a group commit): concurrent
     /// submissions share one counter advance instead of racing for it.
     writes: Arc<GroupCommit<(Bytes, State), u64>>,
-    /// Per queue: how many messages its last listing held, and when a
-    /// claim on it last lost a race.
-    seen: Mutex<HashMap<String, (usize, Option<std::time::Instant>)>>,
+    /// Per queue: when a claim on it last lost a race.
+    lost_race: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 pub(crate) async fn open(
@@ -144,16 +147,22 @@ pub(crate) async fn open(
     config.max_messages_per_subject = 1;
     config.discard = stream::DiscardPolicy::Old;
     config.allow_atomic_publish = true;
+    // Listings are direct multi-gets, which any replica answers (see
+    // "Bounds" for what a lagging one means); every other read names the
+    // leader (`STREAM.MSG.GET`).
+    config.allow_direct = true;
+    let stream_name = config.name.clone();
     let stream = ensure_stream(js, config).await?;
     Ok(Queues {
         stream,
+        stream_name,
         base,
         counters,
         wakes: format!("{}.qw", options.namespace),
         claimant: options.client_name.clone(),
         counter_cache: Mutex::new(HashMap::new()),
         writes: Arc::new(GroupCommit::new(MAX_BATCH - 1)),
-        seen: Mutex::new(HashMap::new()),
+        lost_race: Mutex::new(HashMap::new()),
     })
 }
 
@@ -295,16 +304,88 @@ impl Queues {
         }
     }
 
-    /// Every message of the queue with its state; with `payloads` each
-    /// one's payload and stream sequence too, else headers only.
-    async fn list(&self, queue: &str, payloads: bool) -> Result<Vec<Item>, StoreError> {
+    /// Every message of the queue with its state and payload, in one
+    /// direct multi-get (JetStream 2.10+: the last message of each subject
+    /// under a filter, answered by one replica from its store, no
+    /// consumer created); `None` when the queue holds more messages than
+    /// one answer may carry.
+    async fn list_direct(
+        &self,
+        client: &async_nats::Client,
+        queue: &str,
+    ) -> Result<Option<Vec<Item>>, StoreError> {
+        let prefix = format!("{}.{}.", self.base, queue_token(queue));
+        let inbox = client.new_inbox();
+        let mut answers = client.subscribe(inbox.clone()).await.map_err(backend)?;
+        let request = serde_json::json!({ "multi_last": [format!("{prefix}*")] });
+        client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", self.stream_name),
+                inbox,
+                Bytes::from(request.to_string()),
+            )
+            .await
+            .map_err(backend)?;
+        let mut items = Vec::new();
+        let deadline = tokio::time::Instant::now() + crate::REQUEST_TIMEOUT;
+        loop {
+            let answer = tokio::time::timeout_at(deadline, answers.next())
+                .await
+                .map_err(|_| StoreError::Unavailable("a queue listing timed out".into()))?
+                .ok_or(StoreError::Closed)?;
+            if let Some(status) = answer.status {
+                return match status.as_u16() {
+                    // The end: complete unless the answer was cut short.
+                    204 => {
+                        let pending = answer
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get("Nats-Num-Pending"))
+                            .and_then(|v| v.as_str().parse::<u64>().ok())
+                            .unwrap_or(0);
+                        Ok((pending == 0).then_some(items))
+                    }
+                    // No message under the filter.
+                    404 if items.is_empty() => Ok(Some(items)),
+                    // Too many subjects for one answer.
+                    413 => Ok(None),
+                    code => Err(StoreError::Unavailable(format!(
+                        "a queue listing was refused ({code} {})",
+                        answer.description.as_deref().unwrap_or("")
+                    ))),
+                };
+            }
+            let headers = answer.headers.as_ref();
+            let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+            let subject = header("Nats-Subject").unwrap_or_default();
+            let seq = subject
+                .strip_prefix(prefix.as_str())
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("`{subject}` is not a queued message"))
+                })?;
+            let at = header("Nats-Sequence")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| StoreError::Corrupt("a listed message has no sequence".into()))?;
+            items.push(Item {
+                seq,
+                state: State::read(headers)?,
+                at,
+                payload: Some(answer.payload),
+            });
+        }
+    }
+
+    /// Every message of the queue with its state, headers only, from an
+    /// ordered consumer: for a queue too long for [`Queues::list_direct`].
+    async fn list(&self, queue: &str) -> Result<Vec<Item>, StoreError> {
         let prefix = format!("{}.{}.", self.base, queue_token(queue));
         let consumer = self
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: format!("{prefix}*"),
                 deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                headers_only: !payloads,
+                headers_only: true,
                 ..Default::default()
             })
             .await
@@ -334,7 +415,6 @@ impl Queues {
             let message = next.ok_or(StoreError::Closed)?.map_err(backend)?;
             let info = message.info().map_err(backend)?;
             pending = info.pending;
-            let at = if payloads { info.stream_sequence } else { 0 };
             let seq = message
                 .subject
                 .strip_prefix(prefix.as_str())
@@ -348,33 +428,41 @@ impl Queues {
                 Item {
                     seq,
                     state: State::read(message.headers.as_ref())?,
-                    at,
-                    payload: payloads.then(|| message.payload.clone()),
+                    at: 0,
+                    payload: None,
                 },
             );
         }
         let items: Vec<Item> = items.into_values().collect();
-        self.seen_mut().entry(queue.to_string()).or_default().0 = items.len();
         Ok(items)
     }
 
-    fn seen_mut(
+    /// Every message of the queue with its state: in one direct multi-get
+    /// with payloads, or from a consumer with headers only when the queue
+    /// is too long for that.
+    async fn items(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (usize, Option<std::time::Instant>)>> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        client: &async_nats::Client,
+        queue: &str,
+    ) -> Result<Vec<Item>, StoreError> {
+        match self.list_direct(client, queue).await? {
+            Some(mut items) => {
+                items.sort_unstable_by_key(|item| item.seq);
+                Ok(items)
+            }
+            None => self.list(queue).await,
+        }
     }
 
-    /// Whether to list `queue` with payloads, and whether a claim on it
-    /// lost a race lately.
-    fn listing_of(&self, queue: &str) -> (bool, bool) {
-        match self.seen_mut().get(queue) {
-            // Unknown: it could be a large backlog.
-            None => (false, false),
-            Some((count, lost)) => (
-                *count <= LIST_PAYLOADS_UP_TO,
-                lost.is_some_and(|at| at.elapsed() < CONTENDED_FOR),
-            ),
-        }
+    fn lost_race(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
+        self.lost_race.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a claim on `queue` lost a race lately.
+    fn contended(&self, queue: &str) -> bool {
+        self.lost_race()
+            .get(queue)
+            .is_some_and(|at| at.elapsed() < CONTENDED_FOR)
     }
 
     /// Whether `items` holds every message under `prefix` now.
@@ -682,8 +770,8 @@ impl QueueStore for NatsStore {
         lease_ms: u64,
         max: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let (payloads, contended) = self.queues.listing_of(queue);
-        let items = self.queues.list(queue, payloads).await?;
+        let contended = self.queues.contended(queue);
+        let items = self.queues.items(&self.client, queue).await?;
         // In claim order; a listing from a lagging replica can offer
         // messages claimed or acknowledged since, so the ones after the
         // first `max` stand in for those.
@@ -724,10 +812,8 @@ impl QueueStore for NatsStore {
         }
         if lost {
             self.queues
-                .seen_mut()
-                .entry(queue.to_string())
-                .or_default()
-                .1 = Some(std::time::Instant::now());
+                .lost_race()
+                .insert(queue.to_string(), std::time::Instant::now());
         }
         // A failed claim of one message must not hide the others, which
         // are claimed now and would otherwise wait out their lease.
@@ -771,7 +857,7 @@ impl QueueStore for NatsStore {
     }
 
     async fn release_claims(&self, queue: &str, now_ms: u64) -> Result<u64, StoreError> {
-        let items = self.queues.list(queue, false).await?;
+        let items = self.queues.items(&self.client, queue).await?;
         let mine = items
             .iter()
             .filter(|item| item.state.claimant.as_deref() == Some(self.queues.claimant.as_str()));
@@ -789,7 +875,7 @@ impl QueueStore for NatsStore {
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<u64>, StoreError> {
-        Ok(next_due(&self.queues.list(queue, false).await?))
+        Ok(next_due(&self.queues.items(&self.client, queue).await?))
     }
 
     async fn enqueued_elsewhere(

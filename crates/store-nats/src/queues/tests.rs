@@ -171,6 +171,59 @@ async fn two_nodes_racing_never_both_claim_one_message_while_its_lease_runs() {
     assert_eq!(other.release_claims("race", 2_000).await.unwrap(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_too_long_for_one_direct_answer_is_listed_whole() {
+    let Some(store) = testkit::store().await else {
+        return;
+    };
+    let queues = &store.queues;
+    // A short queue: one direct answer, payloads and sequences included.
+    store
+        .enqueue("short", vec![payload("a"), payload("b")], 0)
+        .await
+        .unwrap();
+    let items = queues.list_direct(&store.client, "short").await.unwrap();
+    let items = items.expect("two messages fit one answer");
+    assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), [1, 2]);
+    assert!(items.iter().all(|i| i.at > 0 && i.payload.is_some()));
+    assert_eq!(
+        queues
+            .list_direct(&store.client, "empty")
+            .await
+            .unwrap()
+            .map(|i| i.len()),
+        Some(0)
+    );
+    // Longer than one answer may carry: the consumer lists it instead.
+    let n = 1_100u64;
+    let payloads: Vec<Bytes> = (0..n).map(|i| Bytes::from(format!("m{i}"))).collect();
+    store.enqueue("long", payloads, 0).await.unwrap();
+    assert!(
+        queues
+            .list_direct(&store.client, "long")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let listed = queues.items(&store.client, "long").await.unwrap();
+    assert_eq!(listed.len() as u64, n);
+    // Claims past the first answer's worth, in order, each once.
+    let claimed = store.claim("long", 1, 60_000, 1_050).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        (1..=1_050).collect::<Vec<_>>()
+    );
+    assert_eq!(claimed[1_049].payload, Bytes::from("m1049"));
+    // Now 50 claimable ones remain, listed directly again after acks.
+    store
+        .ack("long", claimed.iter().map(|c| c.seq).collect())
+        .await
+        .unwrap();
+    let rest = queues.list_direct(&store.client, "long").await.unwrap();
+    assert_eq!(rest.map(|i| i.len()), Some(50));
+    assert_eq!(store.depth("long").await.unwrap(), 50);
+}
+
 /// Prints throughput on the test cluster:
 /// `cargo test -p gust-store-nats queue_throughput -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread")]
