@@ -39,7 +39,8 @@
 //! A claim lists the queue, then writes one compare-and-set per message
 //! claimed, concurrently. The listing is one direct multi-get (the last
 //! message of each subject, with its payload, from one replica's store:
-//! a read, no Raft entry); a queue of more than 1,024 messages, too long
+//! a read, no Raft entry), of the queue's front only when that is enough
+//! (see [`Queues::candidates`]); a queue of more than 1,024 messages, too long
 //! for one answer, is listed by an ordered consumer instead (headers only,
 //! then one read per message claimed), whose creation and removal are
 //! entries in the meta group's log: on a cluster syncing every write,
@@ -106,6 +107,9 @@ const RETRIES: usize = 64;
 const CONTENDED_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 /// A spread claim picks among this many times `max` of the first claimable.
 const SPREAD: usize = 4;
+/// A claim reads the first `SPREAD × max` plus this many messages of the
+/// queue (more stand in for those a lagging listing shows claimable).
+const FRONT_SPARE: usize = 16;
 
 /// The queues' stream, and what this node remembers of it.
 pub(crate) struct Queues {
@@ -304,20 +308,26 @@ impl Queues {
         }
     }
 
-    /// Every message of the queue with its state and payload, in one
-    /// direct multi-get (JetStream 2.10+: the last message of each subject
-    /// under a filter, answered by one replica from its store, no
-    /// consumer created); `None` when the queue holds more messages than
-    /// one answer may carry.
+    /// The queue's messages with their state and payload, in one direct
+    /// multi-get (JetStream 2.10+: the last message of each subject under
+    /// a filter, in stream order, answered by one replica from its store,
+    /// no consumer created): all of them, or with `front` only the first
+    /// that many in stream order. `None` when the queue holds more
+    /// messages than one answer may carry; else the messages and whether
+    /// they are all.
     async fn list_direct(
         &self,
         client: &async_nats::Client,
         queue: &str,
-    ) -> Result<Option<Vec<Item>>, StoreError> {
+        front: Option<usize>,
+    ) -> Result<Option<(Vec<Item>, bool)>, StoreError> {
         let prefix = format!("{}.{}.", self.base, queue_token(queue));
         let inbox = client.new_inbox();
         let mut answers = client.subscribe(inbox.clone()).await.map_err(backend)?;
-        let request = serde_json::json!({ "multi_last": [format!("{prefix}*")] });
+        let mut request = serde_json::json!({ "multi_last": [format!("{prefix}*")] });
+        if let Some(front) = front {
+            request["batch"] = front.into();
+        }
         client
             .publish_with_reply(
                 format!("$JS.API.DIRECT.GET.{}", self.stream_name),
@@ -343,10 +353,10 @@ impl Queues {
                             .and_then(|h| h.get("Nats-Num-Pending"))
                             .and_then(|v| v.as_str().parse::<u64>().ok())
                             .unwrap_or(0);
-                        Ok((pending == 0).then_some(items))
+                        Ok(Some((items, pending == 0)))
                     }
                     // No message under the filter.
-                    404 if items.is_empty() => Ok(Some(items)),
+                    404 if items.is_empty() => Ok(Some((items, true))),
                     // Too many subjects for one answer.
                     413 => Ok(None),
                     code => Err(StoreError::Unavailable(format!(
@@ -445,13 +455,43 @@ impl Queues {
         client: &async_nats::Client,
         queue: &str,
     ) -> Result<Vec<Item>, StoreError> {
-        match self.list_direct(client, queue).await? {
-            Some(mut items) => {
+        match self.list_direct(client, queue, None).await? {
+            // Cut short only by the answer's size limit.
+            Some((mut items, true)) => {
                 items.sort_unstable_by_key(|item| item.seq);
                 Ok(items)
             }
-            None => self.list(queue).await,
+            _ => self.list(queue).await,
         }
+    }
+
+    /// Messages of the queue from which a claim of `max` can choose: the
+    /// front of the queue in stream order when that holds `max` claimable
+    /// ones and no grouped message, else all of them.
+    ///
+    /// A message rewritten since its enqueue (claimed, released, deferred)
+    /// moves to the end of the stream, so the front holds the messages
+    /// waiting since they were enqueued: an ungrouped one is claimable on
+    /// its own state alone. A grouped one may wait behind an earlier
+    /// message of its group outside the front: only the whole queue says.
+    async fn candidates(
+        &self,
+        client: &async_nats::Client,
+        queue: &str,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        let front = max.saturating_mul(SPREAD).saturating_add(FRONT_SPARE);
+        if let Some((mut items, all)) = self.list_direct(client, queue, Some(front)).await? {
+            items.sort_unstable_by_key(|item| item.seq);
+            if all
+                || (items.iter().all(|item| item.state.group.is_none())
+                    && claimable(&items, now_ms, max).len() >= max)
+            {
+                return Ok(items);
+            }
+        }
+        self.items(client, queue).await
     }
 
     fn lost_race(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::time::Instant>> {
@@ -771,7 +811,10 @@ impl QueueStore for NatsStore {
         max: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
         let contended = self.queues.contended(queue);
-        let items = self.queues.items(&self.client, queue).await?;
+        let items = self
+            .queues
+            .candidates(&self.client, queue, now_ms, max)
+            .await?;
         // In claim order; a listing from a lagging replica can offer
         // messages claimed or acknowledged since, so the ones after the
         // first `max` stand in for those.

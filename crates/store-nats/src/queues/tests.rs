@@ -182,17 +182,21 @@ async fn a_queue_too_long_for_one_direct_answer_is_listed_whole() {
         .enqueue("short", vec![payload("a"), payload("b")], 0)
         .await
         .unwrap();
-    let items = queues.list_direct(&store.client, "short").await.unwrap();
-    let items = items.expect("two messages fit one answer");
+    let items = queues
+        .list_direct(&store.client, "short", None)
+        .await
+        .unwrap();
+    let (items, all) = items.expect("two messages fit one answer");
+    assert!(all);
     assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), [1, 2]);
     assert!(items.iter().all(|i| i.at > 0 && i.payload.is_some()));
     assert_eq!(
         queues
-            .list_direct(&store.client, "empty")
+            .list_direct(&store.client, "empty", None)
             .await
             .unwrap()
-            .map(|i| i.len()),
-        Some(0)
+            .map(|(items, all)| (items.len(), all)),
+        Some((0, true))
     );
     // Longer than one answer may carry: the consumer lists it instead.
     let n = 1_100u64;
@@ -200,7 +204,7 @@ async fn a_queue_too_long_for_one_direct_answer_is_listed_whole() {
     store.enqueue("long", payloads, 0).await.unwrap();
     assert!(
         queues
-            .list_direct(&store.client, "long")
+            .list_direct(&store.client, "long", None)
             .await
             .unwrap()
             .is_none()
@@ -219,9 +223,64 @@ async fn a_queue_too_long_for_one_direct_answer_is_listed_whole() {
         .ack("long", claimed.iter().map(|c| c.seq).collect())
         .await
         .unwrap();
-    let rest = queues.list_direct(&store.client, "long").await.unwrap();
-    assert_eq!(rest.map(|i| i.len()), Some(50));
+    let rest = queues
+        .list_direct(&store.client, "long", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.map(|(items, all)| (items.len(), all)),
+        Some((50, true))
+    );
     assert_eq!(store.depth("long").await.unwrap(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_reads_the_front_of_the_queue_unless_a_group_could_wait_behind() {
+    let Some(store) = testkit::store().await else {
+        return;
+    };
+    let queues = &store.queues;
+    let many: Vec<Bytes> = (0..60).map(|i| Bytes::from(format!("u{i}"))).collect();
+    store.enqueue("front", many.clone(), 0).await.unwrap();
+    // Ungrouped and all due: the front alone serves a claim of 2.
+    let front = queues
+        .candidates(&store.client, "front", 1, 2)
+        .await
+        .unwrap();
+    assert_eq!(front.len(), 2 * SPREAD + FRONT_SPARE);
+    assert_eq!(front[0].seq, 1);
+    // The front's first is claimed, then released for later: it moves to
+    // the stream's end, and the front starts at the next.
+    let first = store.claim("front", 1, 60_000, 1).await.unwrap();
+    assert_eq!(first[0].seq, 1);
+    store.release("front", 1, 10_000).await.unwrap();
+    let front = queues
+        .candidates(&store.client, "front", 2, 2)
+        .await
+        .unwrap();
+    assert_eq!(front[0].seq, 2);
+
+    // A group whose first message was rewritten (now at the stream's
+    // end, not due) must hold back its second, which sits in the front.
+    store
+        .enqueue_ordered("grouped", "g", vec![payload("g1"), payload("g2")], 0)
+        .await
+        .unwrap();
+    store.enqueue("grouped", many, 0).await.unwrap();
+    let g1 = store.claim("grouped", 1, 60_000, 1).await.unwrap();
+    assert_eq!(g1[0].seq, 1);
+    store.release("grouped", 1, 10_000).await.unwrap();
+    let all = queues
+        .candidates(&store.client, "grouped", 2, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.len(),
+        62,
+        "a grouped message in the front: the whole queue"
+    );
+    let next = store.claim("grouped", 2, 60_000, 1).await.unwrap();
+    assert_eq!(next[0].seq, 3, "g2 waits behind g1");
 }
 
 /// Prints throughput on the test cluster:
