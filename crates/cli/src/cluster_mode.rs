@@ -7,8 +7,10 @@
 //! ## Membership
 //! Each node writes `node/<id>` (a [`NodeRecord`]) every
 //! [`HEARTBEAT`] and whenever its data plane applies a new registry
-//! revision. A node whose last heartbeat is older than [`DEAD_AFTER`] is
-//! dead: deploys stop waiting for it. Heartbeats are stamped with each
+//! revision. Every node follows those records with one watch (no listing
+//! per look: on JetStream a listing creates a consumer, an entry in the
+//! meta group's log). A node whose last heartbeat is older than
+//! [`DEAD_AFTER`] is dead: deploys stop waiting for it. Heartbeats are stamped with each
 //! node's wall clock, so for deploys, questions to the peers and the
 //! duplicate-id check a node whose clock is off by more than
 //! `DEAD_AFTER - HEARTBEAT` looks dead (or alive too long). What divides
@@ -379,6 +381,9 @@ pub fn start_heartbeats(
 pub struct Members {
     node: String,
     live: std::sync::RwLock<Arc<[String]>>,
+    /// Every node's record as the watch on `node/` last delivered it
+    /// (`None` until its first listing arrived).
+    records: tokio::sync::watch::Receiver<Option<Arc<[NodeRecord]>>>,
 }
 
 impl gust_core::cluster::Membership for Members {
@@ -391,55 +396,114 @@ impl gust_core::cluster::Membership for Members {
     }
 }
 
-/// Starts keeping [`Members`] for `node`.
+impl Members {
+    /// Every node's record as last seen, or read from the store while the
+    /// watch has not delivered its first listing.
+    async fn records(
+        &self,
+        kv: &dyn MetaStore,
+    ) -> Result<Arc<[NodeRecord]>, gust_store::StoreError> {
+        let seen = self.records.borrow().clone();
+        match seen {
+            Some(records) => Ok(records),
+            None => Ok(nodes(kv).await?.into()),
+        }
+    }
+}
+
+/// Starts keeping [`Members`] for `node`: one watch on the node records
+/// (a read of the store per change, none per look), and every half
+/// heartbeat the live set judged from them.
 pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
+    let (publish, records) = tokio::sync::watch::channel(None);
+    tokio::spawn(follow_records(kv, publish));
     let members = Arc::new(Members {
         live: std::sync::RwLock::new(Arc::from(vec![node.clone()])),
         node,
+        records,
     });
     let keeper = members.clone();
+    let mut records = members.records.clone();
     tokio::spawn(async move {
         // id → (incarnation and heartbeat last seen, when it last changed;
         // `None`: longer ago than this process can tell)
         type Seen = std::collections::HashMap<String, ((String, u64), Option<std::time::Instant>)>;
         let mut seen: Seen = std::collections::HashMap::new();
         loop {
-            match nodes(kv.as_ref()).await {
-                Ok(records) => {
-                    let now = std::time::Instant::now();
-                    let wall = now_ms();
-                    let mut next = std::collections::HashMap::new();
-                    for record in records {
-                        let beat = (record.incarnation.clone(), record.heartbeat_ms);
-                        let changed = match seen.remove(&record.id) {
-                            Some((last, at)) if last == beat => at,
-                            Some(_) => Some(now),
-                            // First sight: as old as its stamp says.
-                            None => now.checked_sub(Duration::from_millis(
-                                wall.saturating_sub(record.heartbeat_ms),
-                            )),
-                        };
-                        next.insert(record.id, (beat, changed));
-                    }
-                    seen = next;
-                    let mut live: Vec<String> = seen
-                        .iter()
-                        .filter(|(_, (_, at))| {
-                            at.is_some_and(|at| now.duration_since(at) < DEAD_AFTER)
-                        })
-                        .map(|(id, _)| id.clone())
-                        .chain([keeper.node.clone()])
-                        .collect();
-                    live.sort();
-                    live.dedup();
-                    *keeper.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(live);
+            let current = records.borrow_and_update().clone();
+            if let Some(current) = current {
+                let now = std::time::Instant::now();
+                let wall = now_ms();
+                let mut next = std::collections::HashMap::new();
+                for record in current.iter() {
+                    let beat = (record.incarnation.clone(), record.heartbeat_ms);
+                    let changed = match seen.remove(&record.id) {
+                        Some((last, at)) if last == beat => at,
+                        Some(_) => Some(now),
+                        // First sight: as old as its stamp says.
+                        None => now.checked_sub(Duration::from_millis(
+                            wall.saturating_sub(record.heartbeat_ms),
+                        )),
+                    };
+                    next.insert(record.id.clone(), (beat, changed));
                 }
-                Err(e) => tracing::debug!(error = %e, "cannot read the node list"),
+                seen = next;
+                let mut live: Vec<String> = seen
+                    .iter()
+                    .filter(|(_, (_, at))| at.is_some_and(|at| now.duration_since(at) < DEAD_AFTER))
+                    .map(|(id, _)| id.clone())
+                    .chain([keeper.node.clone()])
+                    .collect();
+                live.sort();
+                live.dedup();
+                *keeper.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(live);
             }
             tokio::time::sleep(HEARTBEAT / 2).await;
         }
     });
     members
+}
+
+/// Keeps `publish` holding every node's record: a watch on `node/`,
+/// started again (from a fresh listing) whenever it breaks.
+async fn follow_records(
+    kv: Arc<dyn MetaStore>,
+    publish: tokio::sync::watch::Sender<Option<Arc<[NodeRecord]>>>,
+) {
+    let decode = |value: &Bytes| serde_json::from_slice::<NodeRecord>(value).ok();
+    loop {
+        let mut watch = match kv.watch(NODES).await {
+            Ok(watch) => watch,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot watch the node records; retrying");
+                tokio::time::sleep(HEARTBEAT / 2).await;
+                continue;
+            }
+        };
+        let mut records: std::collections::BTreeMap<String, NodeRecord> = watch
+            .initial
+            .iter()
+            .filter_map(|e| Some((e.key.clone(), decode(&e.value)?)))
+            .collect();
+        publish.send_replace(Some(records.values().cloned().collect()));
+        loop {
+            match watch.changes.next().await {
+                Ok(gust_store::MetaEvent::Put(entry)) => match decode(&entry.value) {
+                    Some(record) => records.insert(entry.key, record),
+                    None => records.remove(&entry.key),
+                },
+                Ok(gust_store::MetaEvent::Delete { key, .. }) => records.remove(&key),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the node records' watch stopped; resynchronising");
+                    break;
+                }
+            };
+            if publish.is_closed() {
+                return;
+            }
+            publish.send_replace(Some(records.values().cloned().collect()));
+        }
+    }
 }
 
 fn rand_u64() -> u64 {
@@ -451,8 +515,8 @@ fn rand_u64() -> u64 {
 /// The cluster as the API shows it.
 pub struct NatsCluster {
     pub node: String,
-    /// The live nodes as this node sees them.
-    members: Arc<dyn Membership>,
+    /// The live nodes as this node sees them, and every node's record.
+    members: Arc<Members>,
     pub kv: Arc<dyn MetaStore>,
     pub store: NatsStore,
     pub monitors: Vec<String>,
@@ -463,7 +527,7 @@ pub struct NatsCluster {
 impl NatsCluster {
     pub fn new(
         args: &ClusterArgs,
-        members: Arc<dyn Membership>,
+        members: Arc<Members>,
         kv: Arc<dyn MetaStore>,
         store: NatsStore,
     ) -> Self {
@@ -557,12 +621,13 @@ impl ClusterView for NatsCluster {
         path_and_query: &str,
         authorization: Option<&str>,
     ) -> Vec<(String, Result<Bytes, String>)> {
-        let peers = match nodes(self.kv.as_ref()).await {
+        let peers = match self.members.records(self.kv.as_ref()).await {
             Ok(nodes) => {
                 let now = now_ms();
                 nodes
-                    .into_iter()
+                    .iter()
                     .filter(|n| n.alive(now) && n.id != self.node)
+                    .cloned()
                     .collect::<Vec<_>>()
             }
             Err(e) => return vec![("(every other node)".into(), Err(e.to_string()))],
@@ -599,14 +664,16 @@ impl ClusterView for NatsCluster {
 
     async fn wait_served(&self, revision: u64, within: Duration) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + within;
+        let mut changes = self.members.records.clone();
         loop {
-            let lagging: Vec<String> = match nodes(self.kv.as_ref()).await {
+            changes.borrow_and_update();
+            let lagging: Vec<String> = match self.members.records(self.kv.as_ref()).await {
                 Ok(nodes) => {
                     let now = now_ms();
                     nodes
-                        .into_iter()
+                        .iter()
                         .filter(|n| n.alive(now) && n.registry_revision < revision)
-                        .map(|n| n.id)
+                        .map(|n| n.id.clone())
                         .collect()
                 }
                 Err(e) => vec![format!("(the node list could not be read: {e})")],
@@ -614,7 +681,9 @@ impl ClusterView for NatsCluster {
             if lagging.is_empty() || tokio::time::Instant::now() >= deadline {
                 return lagging;
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            // The next change of any node's record (each node writes its
+            // own when it applies a revision), or a look again soon.
+            let _ = tokio::time::timeout(Duration::from_millis(250), changes.changed()).await;
         }
     }
 }

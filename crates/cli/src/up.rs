@@ -285,8 +285,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Some(nats) => Arc::new(nats.clone()),
         None => Arc::new(store),
     };
-    let members: Arc<dyn gust_core::cluster::Membership> = match &nats {
-        Some(_) => crate::cluster_mode::start_membership(kv.clone(), node_id.clone()),
+    let cluster_members = nats
+        .as_ref()
+        .map(|_| crate::cluster_mode::start_membership(kv.clone(), node_id.clone()));
+    let members: Arc<dyn gust_core::cluster::Membership> = match &cluster_members {
+        Some(members) => members.clone(),
         None => Arc::new(gust_core::cluster::OneNode::new(node_id.clone())),
     };
     let events = match &nats {
@@ -448,8 +451,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let data_url = format!("{scheme}://{data_addr}");
     let api_url = format!("{scheme}://{api_addr}");
     let mut heartbeats = None;
-    let cluster: gust_api::cluster::SharedClusterView = match &nats {
-        Some(nats) => {
+    let cluster: gust_api::cluster::SharedClusterView = match (&nats, &cluster_members) {
+        (Some(nats), Some(members)) => {
             heartbeats = Some(crate::cluster_mode::start_heartbeats(
                 kv.clone(),
                 crate::cluster_mode::Heartbeat {
@@ -468,7 +471,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 nats.clone(),
             ))
         }
-        None => Arc::new(gust_api::cluster::SingleNode {
+        _ => Arc::new(gust_api::cluster::SingleNode {
             node: node_id.clone(),
             started_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
