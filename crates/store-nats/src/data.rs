@@ -317,25 +317,22 @@ impl DataState {
     }
 
     /// An ordered consumer over `filter` from `deliver`, and how many
-    /// messages it has to deliver now.
+    /// messages it has to deliver now; with `fresh`, on the stream's
+    /// leader (see [`crate::ordered_consumer`]).
     async fn read_from(
         &self,
         filter: String,
         deliver: consumer::DeliverPolicy,
         headers_only: bool,
+        fresh: bool,
     ) -> Result<(consumer::pull::Ordered, u64), StoreError> {
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: filter,
-                deliver_policy: deliver,
-                headers_only,
-                ..Default::default()
-            })
-            .await
-            .map_err(backend)?;
-        let pending = consumer.cached_info().num_pending;
-        Ok((consumer.messages().await.map_err(backend)?, pending))
+        let config = consumer::pull::OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: deliver,
+            headers_only,
+            ..Default::default()
+        };
+        crate::ordered_consumer(&self.stream, config, fresh).await
     }
 }
 
@@ -611,6 +608,7 @@ impl DataStore for NatsStore {
                 prefix_filter(&d.data_base, prefix),
                 consumer::DeliverPolicy::LastPerSubject,
                 true,
+                true,
             )
             .await?;
         // Per key, its latest message: an ordered consumer that had to
@@ -666,6 +664,7 @@ impl DataStore for NatsStore {
                 consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: start,
                 },
+                false,
                 false,
             )
             .await?;
@@ -729,6 +728,7 @@ impl DataStore for NatsStore {
                     start_sequence: from + 1,
                 },
                 true,
+                false,
             )
             .await?;
         while pending > 0 {

@@ -20,9 +20,12 @@
 //! Every stream is created with direct gets off: a read goes to the
 //! stream's leader, which has every acknowledged write, instead of a
 //! follower that may not have applied it yet (nats-server #4710). A read
-//! after a write on another node sees that write. One exception: the
-//! queues' listings are direct gets (see `queues`), fenced by the
-//! compare-and-set every claim makes.
+//! after a write on another node sees that write. Listings go through a
+//! consumer, which JetStream places on any replica: the metadata's are
+//! made again until one lands on the leader (`meta`). Exceptions, each
+//! fenced by a compare-and-set or meant to catch up: the queues' listings
+//! are direct gets (see `queues`); watches, tenants' key listings and log
+//! reads may start on a follower.
 //!
 //! This crate must not know about HTTP or WebAssembly, and is named only
 //! by the composition root (the `gust` binary) and tests.
@@ -291,6 +294,54 @@ async fn try_ensure_stream(
             "cannot create the JetStream stream {}: {e}",
             config.name
         ))),
+    }
+}
+
+/// Consumers made for one fresh listing before it settles for a follower
+/// (each lands on the leader with a chance of one in the replica count: at
+/// R3, 3 on average, and a follower after all once in ~90 listings, which
+/// is stale only if that follower lags).
+const PLACEMENT_ATTEMPTS: usize = 12;
+
+/// An ordered consumer on `stream`, and how many messages it has to
+/// deliver now; with `fresh`, one hosted by the stream's leader.
+///
+/// JetStream places a single-replica consumer on any replica of the
+/// stream, at random, and a follower may lag (a server restarted a moment
+/// ago is catching up): a listing it serves can miss writes already
+/// acknowledged. So a listing that must be fresh is served from the
+/// leader, which holds every acknowledged write: a consumer placed
+/// elsewhere is dropped and made again, up to [`PLACEMENT_ATTEMPTS`]
+/// times. A watch or a feed need not be: it catches up with its replica.
+async fn ordered_consumer(
+    stream: &stream::Stream,
+    config: jetstream::consumer::pull::OrderedConfig,
+    fresh: bool,
+) -> Result<(jetstream::consumer::pull::Ordered, u64), StoreError> {
+    let leader = if fresh {
+        let info = stream.get_info().await.map_err(backend)?;
+        info.cluster.and_then(|c| c.leader)
+    } else {
+        None
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let consumer = stream
+            .create_consumer(config.clone())
+            .await
+            .map_err(backend)?;
+        let info = consumer.cached_info();
+        let host = info.cluster.as_ref().and_then(|c| c.leader.clone());
+        if leader.is_some() && host != leader {
+            if attempt < PLACEMENT_ATTEMPTS {
+                let _ = stream.delete_consumer(&info.name).await;
+                continue;
+            }
+            tracing::debug!(?host, ?leader, "a listing is served by a follower");
+        }
+        let pending = info.num_pending;
+        return Ok((consumer.messages().await.map_err(backend)?, pending));
     }
 }
 
