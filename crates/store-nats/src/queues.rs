@@ -40,7 +40,7 @@
 //! claimed, concurrently. The listing is one direct multi-get (the last
 //! message of each subject, with its payload, from one replica's store:
 //! a read, no Raft entry), of the queue's front only when that is enough
-//! (see [`Queues::candidates`]); a queue of more than 1,024 messages, too long
+//! (see [`Queues::candidates`]); a whole queue of more than 1,024 messages, too long
 //! for one answer, is listed by an ordered consumer instead (headers only,
 //! then one read per message claimed), whose creation and removal are
 //! entries in the meta group's log: on a cluster syncing every write,
@@ -97,6 +97,9 @@ const WRONG_LAST_SEQUENCE: u64 = 10071;
 const WRONG_LAST_SEQUENCE_CONSTANT: u64 = 10164;
 /// Most messages one atomic batch may hold (the server's limit).
 const MAX_BATCH: usize = 1000;
+/// Most bytes of payloads one direct listing may carry (past it, the
+/// answer is cut short and the queue listed by a consumer instead).
+const LISTING_MAX_BYTES: usize = 8 << 20;
 /// How long a listing waits for its next message before it checks
 /// whether it has them all.
 const LISTING_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
@@ -308,13 +311,16 @@ impl Queues {
         }
     }
 
-    /// The queue's messages with their state and payload, in one direct
-    /// multi-get (JetStream 2.10+: the last message of each subject under
-    /// a filter, in stream order, answered by one replica from its store,
-    /// no consumer created): all of them, or with `front` only the first
-    /// that many in stream order. `None` when the queue holds more
-    /// messages than one answer may carry; else the messages and whether
-    /// they are all.
+    /// The queue's messages with their state and payload in one direct
+    /// get (answered by one replica from its store, a read under its lock:
+    /// no consumer created, no Raft entry). All of them (`front: None`:
+    /// the last message of each subject under the queue's filter, at most
+    /// 1,024 subjects), or the first `front` in stream order (the next
+    /// messages under the filter from the first: the stream keeps one per
+    /// subject). `None` when the queue holds more messages than one answer
+    /// may carry, or when no server answers direct gets (a node of an
+    /// older version turned them off); else the messages and whether they
+    /// are all.
     async fn list_direct(
         &self,
         client: &async_nats::Client,
@@ -324,10 +330,17 @@ impl Queues {
         let prefix = format!("{}.{}.", self.base, queue_token(queue));
         let inbox = client.new_inbox();
         let mut answers = client.subscribe(inbox.clone()).await.map_err(backend)?;
-        let mut request = serde_json::json!({ "multi_last": [format!("{prefix}*")] });
-        if let Some(front) = front {
-            request["batch"] = front.into();
-        }
+        let request = match front {
+            None => serde_json::json!({
+                "multi_last": [format!("{prefix}*")],
+                "max_bytes": LISTING_MAX_BYTES,
+            }),
+            Some(front) => serde_json::json!({
+                "next_by_subj": format!("{prefix}*"),
+                "batch": front.max(1),
+                "max_bytes": LISTING_MAX_BYTES,
+            }),
+        };
         client
             .publish_with_reply(
                 format!("$JS.API.DIRECT.GET.{}", self.stream_name),
@@ -345,20 +358,31 @@ impl Queues {
                 .ok_or(StoreError::Closed)?;
             if let Some(status) = answer.status {
                 return match status.as_u16() {
-                    // The end: complete unless the answer was cut short.
+                    // The end: complete unless the answer was cut short
+                    // (or does not say).
                     204 => {
                         let pending = answer
                             .headers
                             .as_ref()
                             .and_then(|h| h.get("Nats-Num-Pending"))
-                            .and_then(|v| v.as_str().parse::<u64>().ok())
-                            .unwrap_or(0);
-                        Ok(Some((items, pending == 0)))
+                            .and_then(|v| v.as_str().parse::<u64>().ok());
+                        Ok(Some((items, pending == Some(0))))
                     }
-                    // No message under the filter.
-                    404 if items.is_empty() => Ok(Some((items, true))),
-                    // Too many subjects for one answer.
-                    413 => Ok(None),
+                    // No message under the filter: "No Results" for all,
+                    // "Message Not Found" for a front (for all, that one
+                    // means a message failed to load).
+                    404 if items.is_empty()
+                        && (front.is_some()
+                            || answer
+                                .description
+                                .as_deref()
+                                .is_some_and(|d| d.eq_ignore_ascii_case("no results"))) =>
+                    {
+                        Ok(Some((items, true)))
+                    }
+                    // Too many subjects for one answer; no replica serves
+                    // direct gets.
+                    413 | 503 => Ok(None),
                     code => Err(StoreError::Unavailable(format!(
                         "a queue listing was refused ({code} {})",
                         answer.description.as_deref().unwrap_or("")
@@ -467,13 +491,17 @@ impl Queues {
 
     /// Messages of the queue from which a claim of `max` can choose: the
     /// front of the queue in stream order when that holds `max` claimable
-    /// ones and no grouped message, else all of them.
+    /// ones, all due from their enqueue (not before 0), and no grouped
+    /// message; else all of them.
     ///
     /// A message rewritten since its enqueue (claimed, released, deferred)
     /// moves to the end of the stream, so the front holds the messages
     /// waiting since they were enqueued: an ungrouped one is claimable on
-    /// its own state alone. A grouped one may wait behind an earlier
-    /// message of its group outside the front: only the whole queue says.
+    /// its own state alone, and one due at 0 comes first in claim order
+    /// (due time, then sequence) before any message after the front but
+    /// one released or deferred to 0 (a bound: such a message waits
+    /// behind the front). A grouped one may wait behind an earlier message
+    /// of its group outside the front: only the whole queue says.
     async fn candidates(
         &self,
         client: &async_nats::Client,
@@ -482,14 +510,26 @@ impl Queues {
         max: usize,
     ) -> Result<Vec<Item>, StoreError> {
         let front = max.saturating_mul(SPREAD).saturating_add(FRONT_SPARE);
-        if let Some((mut items, all)) = self.list_direct(client, queue, Some(front)).await? {
-            items.sort_unstable_by_key(|item| item.seq);
-            if all
-                || (items.iter().all(|item| item.state.group.is_none())
-                    && claimable(&items, now_ms, max).len() >= max)
-            {
-                return Ok(items);
-            }
+        let Some((mut items, all)) = self.list_direct(client, queue, Some(front)).await? else {
+            // No direct gets served: the consumer.
+            return self.list(queue).await;
+        };
+        items.sort_unstable_by_key(|item| item.seq);
+        if all {
+            return Ok(items);
+        }
+        let due_from_start = |seq: &u64| {
+            items
+                .iter()
+                .find(|item| item.seq == *seq)
+                .is_some_and(|item| item.state.due == 0)
+        };
+        let picks = claimable(&items, now_ms, max);
+        if items.iter().all(|item| item.state.group.is_none())
+            && picks.len() >= max
+            && picks.iter().all(due_from_start)
+        {
+            return Ok(items);
         }
         self.items(client, queue).await
     }

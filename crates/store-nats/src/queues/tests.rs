@@ -211,6 +211,23 @@ async fn a_queue_too_long_for_one_direct_answer_is_listed_whole() {
     );
     let listed = queues.items(&store.client, "long").await.unwrap();
     assert_eq!(listed.len() as u64, n);
+    // Its front is still one direct answer.
+    let (front, all) = queues
+        .list_direct(&store.client, "long", Some(10))
+        .await
+        .unwrap()
+        .expect("a front of 10");
+    assert!(!all);
+    assert_eq!(
+        front.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    let (none, all) = queues
+        .list_direct(&store.client, "empty", Some(10))
+        .await
+        .unwrap()
+        .expect("an empty front");
+    assert!(none.is_empty() && all);
     // Claims past the first answer's worth, in order, each once.
     let claimed = store.claim("long", 1, 60_000, 1_050).await.unwrap();
     assert_eq!(
