@@ -382,7 +382,8 @@ pub struct Members {
     node: String,
     live: std::sync::RwLock<Arc<[String]>>,
     /// Every node's record as the watch on `node/` last delivered it
-    /// (`None` until its first listing arrived).
+    /// (`None` until its first listing arrived, and while it is started
+    /// again).
     records: tokio::sync::watch::Receiver<Option<Arc<[NodeRecord]>>>,
 }
 
@@ -413,7 +414,8 @@ impl Members {
 
 /// Starts keeping [`Members`] for `node`: one watch on the node records
 /// (a read of the store per change, none per look), and every half
-/// heartbeat the live set judged from them.
+/// heartbeat the live set judged from them (kept as it was while the
+/// records are unknown).
 pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
     let (publish, records) = tokio::sync::watch::channel(None);
     tokio::spawn(follow_records(kv, publish));
@@ -465,7 +467,11 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
 }
 
 /// Keeps `publish` holding every node's record: a watch on `node/`,
-/// started again (from a fresh listing) whenever it breaks.
+/// started again (from a fresh listing) whenever it breaks or falls
+/// silent. This node writes its own record every [`HEARTBEAT`], so a watch
+/// that delivers nothing for three of them is stuck (its consumer on a
+/// replica cut off, or recreating itself without end): the records are
+/// `None` (unknown) until a new watch has listed them.
 async fn follow_records(
     kv: Arc<dyn MetaStore>,
     publish: tokio::sync::watch::Sender<Option<Arc<[NodeRecord]>>>,
@@ -476,6 +482,7 @@ async fn follow_records(
             Ok(watch) => watch,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot watch the node records; retrying");
+                publish.send_replace(None);
                 tokio::time::sleep(HEARTBEAT / 2).await;
                 continue;
             }
@@ -487,22 +494,30 @@ async fn follow_records(
             .collect();
         publish.send_replace(Some(records.values().cloned().collect()));
         loop {
-            match watch.changes.next().await {
-                Ok(gust_store::MetaEvent::Put(entry)) => match decode(&entry.value) {
-                    Some(record) => records.insert(entry.key, record),
-                    None => records.remove(&entry.key),
-                },
-                Ok(gust_store::MetaEvent::Delete { key, .. }) => records.remove(&key),
-                Err(e) => {
+            let change = match tokio::time::timeout(3 * HEARTBEAT, watch.changes.next()).await {
+                Ok(Ok(change)) => change,
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, "the node records' watch stopped; resynchronising");
                     break;
                 }
+                Err(_) => {
+                    tracing::debug!("the node records' watch fell silent; resynchronising");
+                    break;
+                }
+            };
+            match change {
+                gust_store::MetaEvent::Put(entry) => match decode(&entry.value) {
+                    Some(record) => records.insert(entry.key, record),
+                    None => records.remove(&entry.key),
+                },
+                gust_store::MetaEvent::Delete { key, .. } => records.remove(&key),
             };
             if publish.is_closed() {
                 return;
             }
             publish.send_replace(Some(records.values().cloned().collect()));
         }
+        publish.send_replace(None);
     }
 }
 
