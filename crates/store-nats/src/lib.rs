@@ -24,7 +24,7 @@
 //! consumer, which JetStream places on any replica: the metadata's are
 //! made again until one lands on the leader (`meta`). Exceptions, each
 //! fenced by a compare-and-set or meant to catch up: the queues' listings
-//! are direct gets (see `queues`); watches, tenants' key listings and log
+//! are direct gets (see `queues`); watches, the data change feed and log
 //! reads may start on a follower.
 //!
 //! This crate must not know about HTTP or WebAssembly, and is named only
@@ -299,8 +299,9 @@ async fn try_ensure_stream(
 
 /// Consumers made for one fresh listing before it settles for a follower
 /// (each lands on the leader with a chance of one in the replica count: at
-/// R3, 3 on average, and a follower after all once in ~90 listings, which
-/// is stale only if that follower lags).
+/// R3, 3 on average, at the price of as many entries in the meta group's
+/// log; a follower after all once in ~130 listings, which is stale only if
+/// that follower lags).
 const PLACEMENT_ATTEMPTS: usize = 12;
 
 /// An ordered consumer on `stream`, and how many messages it has to
@@ -312,7 +313,9 @@ const PLACEMENT_ATTEMPTS: usize = 12;
 /// acknowledged. So a listing that must be fresh is served from the
 /// leader, which holds every acknowledged write: a consumer placed
 /// elsewhere is dropped and made again, up to [`PLACEMENT_ATTEMPTS`]
-/// times. A watch or a feed need not be: it catches up with its replica.
+/// times. (An ordered consumer that async-nats recreates mid-read, after
+/// a lost heartbeat, lands anywhere again.) A watch or a feed need not
+/// be: it catches up with its replica.
 async fn ordered_consumer(
     stream: &stream::Stream,
     config: jetstream::consumer::pull::OrderedConfig,

@@ -498,7 +498,7 @@ mod tests {
         assert!(leader.is_some());
         // JetStream picks one replica of three at random: 13 or more of 16
         // listings on the leader by chance alone would happen about once
-        // in 10,000; a fresh listing settles for a follower once in ~90.
+        // in 10,000; a fresh listing settles for a follower once in ~130.
         for _ in 0..16 {
             let config = super::consumer::pull::OrderedConfig {
                 filter_subject: super::prefix_filter(&store.meta_subjects, "fresh/"),
