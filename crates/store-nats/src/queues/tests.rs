@@ -300,6 +300,37 @@ async fn a_claim_reads_the_front_of_the_queue_unless_a_group_could_wait_behind()
     assert_eq!(next[0].seq, 3, "g2 waits behind g1");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_still_work_when_no_server_answers_direct_gets() {
+    let Some(store) = testkit::store().await else {
+        return;
+    };
+    // A node of an older version turns direct gets off when it opens the
+    // stream: nobody answers them (503), and listings go by consumer.
+    let mut config = store.queues.stream.get_info().await.unwrap().config.clone();
+    config.allow_direct = false;
+    store.js.update_stream(config).await.unwrap();
+    store
+        .enqueue(
+            "nodirect",
+            vec![payload("a"), payload("b"), payload("c")],
+            0,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .queues
+            .list_direct(&store.client, "nodirect", Some(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let claimed = store.claim("nodirect", 1, 60_000, 2).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(store.next_due("nodirect").await.unwrap(), Some(0));
+}
+
 /// Prints throughput on the test cluster:
 /// `cargo test -p gust-store-nats queue_throughput -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread")]
