@@ -134,6 +134,9 @@ impl Cluster {
             .map(|p| format!("nats://127.0.0.1:{}", p.1))
             .collect();
         let mut nodes = Vec::new();
+        // `no_advertise`: clients know only the servers they were given,
+        // so one that reaches a server through a proxy (a fault harness
+        // cutting that link) cannot go around it to the server's own port.
         for (i, (client, route, http)) in ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
             let conf = dir.join(format!("{name}.conf"));
@@ -142,7 +145,7 @@ impl Cluster {
                 format!(
                     "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\nmax_payload: 8MB\n\
                      jetstream {{ store_dir: \"{store}\", sync_interval: always, max_file_store: 2GB, max_memory_store: 256MB, limits {{ batch {{ max_msgs: 1001 }} }} }}\n\
-                     cluster {{ name: gust-it, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n",
+                     cluster {{ name: gust-it, listen: 127.0.0.1:{route}, routes: [{routes}], no_advertise: true }}\n",
                     store = dir.join(&name).display(),
                     routes = routes.join(", "),
                 ),
