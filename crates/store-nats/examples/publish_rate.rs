@@ -27,6 +27,7 @@ struct Args {
     size: usize,
     replicas: usize,
     streams: usize,
+    batch: usize,
 }
 
 fn args() -> Args {
@@ -38,6 +39,7 @@ fn args() -> Args {
         size: 200,
         replicas: 3,
         streams: 1,
+        batch: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,11 +52,12 @@ fn args() -> Args {
             "--size" => args.size = value.parse().expect("--size BYTES"),
             "--replicas" => args.replicas = value.parse().expect("--replicas R"),
             "--streams" => args.streams = value.parse().expect("--streams S"),
+            "--batch" => args.batch = value.parse().expect("--batch N"),
             other => panic!("unknown flag {other}"),
         }
     }
     assert!(!args.servers.is_empty(), "--servers nats://…[,nats://…]");
-    assert!(args.in_flight > 0 && args.connections > 0);
+    assert!(args.in_flight > 0 && args.connections > 0 && args.batch > 0);
     args
 }
 
@@ -81,6 +84,7 @@ async fn main() {
             subjects: vec![subject.clone()],
             storage: stream::StorageType::File,
             num_replicas: args.replicas,
+            allow_atomic_publish: args.batch > 1,
             ..Default::default()
         })
         .await
@@ -116,17 +120,27 @@ async fn main() {
     for i in 0..args.in_flight {
         let js = jetstream::new(clients[i % clients.len()].clone());
         let subject = subjects[i % subjects.len()].clone();
+        let client = clients[i % clients.len()].clone();
         let (next, payload) = (next.clone(), payload.clone());
-        let total = args.messages;
+        let (total, batch) = (args.messages, args.batch as u64);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
+            loop {
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= total {
+                    break;
+                }
+                let n = batch.min(total - first);
                 let sent = Instant::now();
-                js.publish(subject.clone(), payload.clone())
-                    .await
-                    .expect("publish")
-                    .await
-                    .expect("acknowledgement");
+                if n == 1 {
+                    js.publish(subject.clone(), payload.clone())
+                        .await
+                        .expect("publish")
+                        .await
+                        .expect("acknowledgement");
+                } else {
+                    publish_batch(&client, &subject, &payload, n).await;
+                }
                 latencies.push(sent.elapsed());
             }
             latencies
@@ -160,6 +174,7 @@ async fn main() {
         args.messages + (clients.len() * names.len()) as u64,
         "every acknowledged message is stored"
     );
+    // Latencies are per publish (per batch with `--batch`).
     println!(
         "{:.0} {:.3} {:.3}",
         args.messages as f64 / elapsed.as_secs_f64(),
@@ -168,5 +183,44 @@ async fn main() {
     );
     for name in &names {
         js.delete_stream(name).await.expect("delete the stream");
+    }
+}
+
+/// Publishes `n` copies of `payload` as one atomic batch (JetStream 2.12):
+/// the first message opens it (answered empty), the last commits it
+/// (answered with the batch's acknowledgement).
+async fn publish_batch(client: &async_nats::Client, subject: &str, payload: &Bytes, n: u64) {
+    static BATCHES: AtomicU64 = AtomicU64::new(0);
+    let id = format!(
+        "b{}-{}",
+        std::process::id(),
+        BATCHES.fetch_add(1, Ordering::Relaxed)
+    );
+    for i in 1..=n {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
+        headers.insert(
+            async_nats::header::NATS_BATCH_SEQUENCE,
+            i.to_string().as_str(),
+        );
+        if i == n {
+            headers.insert(
+                async_nats::header::NATS_BATCH_COMMIT,
+                async_nats::header::NATS_BATCH_COMMIT_FINAL,
+            );
+        }
+        if i == 1 || i == n {
+            let reply = client
+                .request_with_headers(subject.to_string(), headers, payload.clone())
+                .await
+                .expect("batch request");
+            let text = String::from_utf8_lossy(&reply.payload);
+            assert!(!text.contains("\"error\""), "batch refused: {text}");
+        } else {
+            client
+                .publish_with_headers(subject.to_string(), headers, payload.clone())
+                .await
+                .expect("batch publish");
+        }
     }
 }
