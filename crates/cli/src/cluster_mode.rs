@@ -38,6 +38,15 @@ use serde::{Deserialize, Serialize};
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A node silent this long is dead.
 pub const DEAD_AFTER: Duration = Duration::from_secs(10);
+/// A peer's heartbeat stamp further than this from this node's clock is
+/// reported as clock skew.
+const CLOCK_WARN: Duration = Duration::from_secs(5);
+/// The most a record first seen counts as old: a live node's next
+/// heartbeat confirms it before it would be judged dead, whatever its
+/// stamp says; a dead one is judged so two heartbeats after this node
+/// first saw it.
+const FIRST_SIGHT_AGE: Duration =
+    Duration::from_secs(DEAD_AFTER.as_secs() - 2 * HEARTBEAT.as_secs());
 const NODES: &str = "node/";
 /// A value sealed with the cluster key by the first node, which every
 /// other node must be able to open: they all hold the same key.
@@ -381,6 +390,10 @@ pub fn start_heartbeats(
 pub struct Members {
     node: String,
     live: std::sync::RwLock<Arc<[String]>>,
+    /// Set once `live` was judged from the records the first time.
+    settled: std::sync::atomic::AtomicBool,
+    /// This node's clock is off from most live peers' heartbeat stamps.
+    clock_outlier: std::sync::atomic::AtomicBool,
     /// Every node's record as the watch on `node/` last delivered it
     /// (`None` until its first listing arrived, and while it is started
     /// again).
@@ -394,6 +407,15 @@ impl gust_core::cluster::Membership for Members {
 
     fn live(&self) -> Arc<[String]> {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn settled(&self) -> bool {
+        self.settled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn clock_outlier(&self) -> bool {
+        self.clock_outlier
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -421,6 +443,8 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
     tokio::spawn(follow_records(kv, publish));
     let members = Arc::new(Members {
         live: std::sync::RwLock::new(Arc::from(vec![node.clone()])),
+        settled: std::sync::atomic::AtomicBool::new(false),
+        clock_outlier: std::sync::atomic::AtomicBool::new(false),
         node,
         records,
     });
@@ -431,6 +455,8 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
         // `None`: longer ago than this process can tell)
         type Seen = std::collections::HashMap<String, ((String, u64), Option<std::time::Instant>)>;
         let mut seen: Seen = std::collections::HashMap::new();
+        // Nodes whose clock was last found off from this node's (said once).
+        let mut skewed = std::collections::HashSet::new();
         loop {
             let current = records.borrow_and_update().clone();
             if let Some(current) = current {
@@ -441,11 +467,29 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
                     let beat = (record.incarnation.clone(), record.heartbeat_ms);
                     let changed = match seen.remove(&record.id) {
                         Some((last, at)) if last == beat => at,
-                        Some(_) => Some(now),
-                        // First sight: as old as its stamp says.
-                        None => now.checked_sub(Duration::from_millis(
-                            wall.saturating_sub(record.heartbeat_ms),
-                        )),
+                        Some(_) => {
+                            // A heartbeat just written: its stamp and this
+                            // clock should agree within the watch's delay.
+                            let off = record.heartbeat_ms as i64 - wall as i64;
+                            if off.unsigned_abs() > CLOCK_WARN.as_millis() as u64 {
+                                if skewed.insert(record.id.clone()) {
+                                    tracing::warn!(node = %record.id, off_ms = off, "another node's clock is off from this node's: schedules fire by the clock of the node that owns them, and leases assume clocks agree within seconds; run NTP on every node");
+                                }
+                            } else {
+                                skewed.remove(&record.id);
+                            }
+                            Some(now)
+                        }
+                        // First sight: as old as its stamp says, but
+                        // young enough to live two heartbeats more: the
+                        // stamp is the writer's clock, and a node whose
+                        // clock is behind this one's must not look dead
+                        // (this node would then take over its schedules
+                        // and claim ticks from the wrong clock).
+                        None => now.checked_sub(
+                            Duration::from_millis(wall.saturating_sub(record.heartbeat_ms))
+                                .min(FIRST_SIGHT_AGE),
+                        ),
                     };
                     next.insert(record.id.clone(), (beat, changed));
                 }
@@ -458,7 +502,27 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
                     .collect();
                 live.sort();
                 live.dedup();
+                let peers = live.iter().filter(|id| **id != keeper.node).count();
+                let off = live.iter().filter(|id| skewed.contains(*id)).count();
+                let outlier = gust_core::cluster::clock_outlier(peers, off);
+                let was = keeper
+                    .clock_outlier
+                    .swap(outlier, std::sync::atomic::Ordering::Relaxed);
+                if outlier && !was {
+                    tracing::error!(
+                        peers,
+                        off,
+                        "this node's clock is off from most other nodes' by more than 5 s: it claims no events and no schedule ticks until it agrees again (their leases are judged by the claimant's clock); fix its time (NTP)"
+                    );
+                } else if was && !outlier {
+                    tracing::warn!(
+                        "this node's clock agrees with the others' again: it claims work again"
+                    );
+                }
                 *keeper.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(live);
+                keeper
+                    .settled
+                    .store(true, std::sync::atomic::Ordering::Release);
             }
             tokio::time::sleep(HEARTBEAT / 2).await;
         }

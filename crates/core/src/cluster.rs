@@ -18,6 +18,26 @@ pub trait Membership: Send + Sync {
     fn count(&self) -> usize {
         self.live().len().max(1)
     }
+    /// Whether [`Membership::live`] reflects the other nodes yet: false
+    /// while a node starting has not read their records, when it would
+    /// count itself alone (and, say, claim every schedule's tick).
+    fn settled(&self) -> bool {
+        true
+    }
+    /// Whether this node's wall clock disagrees with most of the others'
+    /// ([`clock_outlier`]): it must then not claim leased work (event
+    /// leases and schedule ticks are judged by the claimant's clock).
+    fn clock_outlier(&self) -> bool {
+        false
+    }
+}
+
+/// Whether a node whose clock `off_peers` of its `peers` (the other live
+/// nodes) find off by more than the bound is the one that is off: most of
+/// them, and at least two (with one peer, which of the two is wrong
+/// cannot be told, and both go on).
+pub fn clock_outlier(peers: usize, off_peers: usize) -> bool {
+    off_peers >= 2 && off_peers * 2 > peers
 }
 
 /// One node alone.
@@ -86,6 +106,20 @@ pub fn share(limit: u64, nodes: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_clock_is_the_odd_one_out_only_against_a_majority_of_two_or_more() {
+        assert!(!clock_outlier(0, 0));
+        assert!(!clock_outlier(1, 1), "two nodes: either may be wrong");
+        assert!(clock_outlier(2, 2));
+        assert!(
+            !clock_outlier(2, 1),
+            "one peer off: that peer is the odd one"
+        );
+        assert!(!clock_outlier(4, 2), "half is not most");
+        assert!(clock_outlier(4, 3));
+    }
+
     use super::*;
 
     fn nodes(ids: &[&str]) -> Vec<String> {

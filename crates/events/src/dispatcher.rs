@@ -22,6 +22,10 @@ use crate::{DeadLetter, Events, dead_letter_key, encode, invocation_key, now_ms}
 const IDLE: Duration = Duration::from_secs(5);
 /// A claim lasts the function's timeout plus this, then the event is claimable again.
 const LEASE_MARGIN_MS: u64 = 10_000;
+/// For how long recording an attempt's outcome is tried again when the
+/// store fails: within the lease's margin, so an attempt that ended within
+/// its timeout is acknowledged before another node may claim it again.
+const RECORD_RETRIES_FOR: Duration = Duration::from_millis(LEASE_MARGIN_MS * 7 / 10);
 /// In a cluster, how long a node where the function is cold waits before
 /// it claims: a node where it is warm (woken by the same enqueue) claims
 /// first, unless it is busy or there is none.
@@ -226,6 +230,13 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
         let Ok(first) = slots.clone().acquire_owned().await else {
             return;
         };
+        // A lease is judged by the claimant's clock: a node whose clock is
+        // off from the others' would claim what they still run.
+        if events.shared && events.members.clock_outlier() {
+            drop(first);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         // Every node's worker wakes for a new event; where the function is
         // cold, it leaves the event a moment to a node where it is warm.
         if events.shared && !invoker.is_warm(&tenant, &function) {
@@ -334,96 +345,115 @@ async fn attempt(
         last_error: outcome.error.clone(),
         retry_at_ms: None,
     };
-    let applied = async {
-        let applied: Result<(), gust_store::StoreError> = match decision {
-            Decision::Done => {
-                put_record(events, &envelope.tenant, &record).await?;
-                if let Some(target) = &policy.on_success {
-                    let data = outcome.body.to_vec();
-                    forward(
-                        events,
-                        &envelope,
-                        target,
-                        "dev.gust.invocation.succeeded",
-                        data,
-                    )
-                    .await?;
+    // Recording the outcome (status, destinations, acknowledgement) is
+    // tried again for a few seconds when the store fails: a store that is
+    // electing a new leader answers again within seconds, and an attempt
+    // whose acknowledgement is given up runs once more when its lease
+    // ends. Each step may be repeated (a status written twice, a
+    // destination's event queued twice: at least once); none is skipped.
+    let mut pause = Duration::from_millis(100);
+    let give_up = std::time::Instant::now() + RECORD_RETRIES_FOR;
+    loop {
+        let applied = async {
+            let applied: Result<(), gust_store::StoreError> = match decision.clone() {
+                Decision::Done => {
+                    put_record(events, &envelope.tenant, &record).await?;
+                    if let Some(target) = &policy.on_success {
+                        let data = outcome.body.to_vec();
+                        forward(
+                            events,
+                            &envelope,
+                            target,
+                            "dev.gust.invocation.succeeded",
+                            data,
+                        )
+                        .await?;
+                    }
+                    events.queue.ack(queue, vec![item.seq]).await?;
+                    events.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    events.counters.finish_one(&envelope.tenant);
+                    // An ack can make the next event of an ordering group due.
+                    if item.grouped {
+                        events.wake.notify(queue);
+                    }
+                    Ok(())
                 }
-                events.queue.ack(queue, vec![item.seq]).await?;
-                events.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                events.counters.finish_one(&envelope.tenant);
-                // An ack can make the next event of an ordering group due.
-                if item.grouped {
+                Decision::RetryAfter(delay) => {
+                    record.state = InvocationState::Failed;
+                    record.retry_at_ms = Some(now + delay);
+                    put_record(events, &envelope.tenant, &record).await?;
+                    events.queue.release(queue, item.seq, now + delay).await?;
+                    events.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    // The worker may be asleep until a later time: it must see this retry.
                     events.wake.notify(queue);
+                    Ok(())
                 }
-                Ok(())
-            }
-            Decision::RetryAfter(delay) => {
-                record.state = InvocationState::Failed;
-                record.retry_at_ms = Some(now + delay);
-                put_record(events, &envelope.tenant, &record).await?;
-                events.queue.release(queue, item.seq, now + delay).await?;
-                events.counters.retried.fetch_add(1, Ordering::Relaxed);
-                // The worker may be asleep until a later time: it must see this retry.
-                events.wake.notify(queue);
-                Ok(())
-            }
-            Decision::DeadLetter(reason) => {
-                let letter = DeadLetter {
-                    invocation_id: id.clone(),
-                    function: envelope.function.to_string(),
-                    reason,
-                    attempts: item.attempt,
-                    last_status: Some(outcome.status),
-                    last_error: outcome.error.clone(),
-                    dead_at_ms: now,
-                    envelope: item.payload.to_vec(),
-                };
-                events
-                    .kv
-                    .put(
-                        &dead_letter_key(&envelope.tenant, &envelope.function, &id),
-                        encode(&letter)?,
-                    )
-                    .await?;
-                record.state = InvocationState::DeadLettered;
-                put_record(events, &envelope.tenant, &record).await?;
-                if let Some(target) = &policy.on_failure {
-                    let report = serde_json::json!({
-                        "invocation_id": id,
-                        "function": envelope.function.as_str(),
-                        "reason": reason,
-                        "attempts": item.attempt,
-                        "last_status": outcome.status,
-                        "last_error": outcome.error,
-                    });
-                    let data = report.to_string().into_bytes();
-                    forward(
-                        events,
-                        &envelope,
-                        target,
-                        "dev.gust.invocation.failed",
-                        data,
-                    )
-                    .await?;
+                Decision::DeadLetter(reason) => {
+                    let letter = DeadLetter {
+                        invocation_id: id.clone(),
+                        function: envelope.function.to_string(),
+                        reason,
+                        attempts: item.attempt,
+                        last_status: Some(outcome.status),
+                        last_error: outcome.error.clone(),
+                        dead_at_ms: now,
+                        envelope: item.payload.to_vec(),
+                    };
+                    events
+                        .kv
+                        .put(
+                            &dead_letter_key(&envelope.tenant, &envelope.function, &id),
+                            encode(&letter)?,
+                        )
+                        .await?;
+                    record.state = InvocationState::DeadLettered;
+                    put_record(events, &envelope.tenant, &record).await?;
+                    if let Some(target) = &policy.on_failure {
+                        let report = serde_json::json!({
+                            "invocation_id": id,
+                            "function": envelope.function.as_str(),
+                            "reason": reason,
+                            "attempts": item.attempt,
+                            "last_status": outcome.status,
+                            "last_error": outcome.error,
+                        });
+                        let data = report.to_string().into_bytes();
+                        forward(
+                            events,
+                            &envelope,
+                            target,
+                            "dev.gust.invocation.failed",
+                            data,
+                        )
+                        .await?;
+                    }
+                    events.queue.ack(queue, vec![item.seq]).await?;
+                    if item.grouped {
+                        events.wake.notify(queue);
+                    }
+                    events
+                        .counters
+                        .dead_lettered
+                        .fetch_add(1, Ordering::Relaxed);
+                    events.counters.finish_one(&envelope.tenant);
+                    Ok(())
                 }
-                events.queue.ack(queue, vec![item.seq]).await?;
-                if item.grouped {
-                    events.wake.notify(queue);
-                }
-                events
-                    .counters
-                    .dead_lettered
-                    .fetch_add(1, Ordering::Relaxed);
-                events.counters.finish_one(&envelope.tenant);
-                Ok(())
-            }
+            };
+            applied
         };
-        applied
-    };
-    if let Err(e) = applied.await {
-        // The claim's lease runs out and the event is tried again.
-        tracing::error!(%queue, invocation_id = %id, error = %e, "recording an attempt failed");
+        match applied.await {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() + pause < give_up => {
+                tracing::warn!(%queue, invocation_id = %id, error = %e, "recording an attempt failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                // The claim's lease runs out and the event is tried again.
+                tracing::error!(%queue, invocation_id = %id, error = %e, "recording an attempt failed");
+                return;
+            }
+        }
     }
 }
 

@@ -29,6 +29,17 @@
 //! submission, and both checks for an existing status could pass (seen
 //! once in CI: a tick delivered twice while nodes joined). Such a lost
 //! tick therefore runs 30 s late.
+//!
+//! A node that has not yet read the other nodes' records claims no tick
+//! (it would count itself alone and own everything). Ticks are claimed
+//! by the owner's wall clock: an owner whose clock is ahead fires each
+//! tick early by that much, and a later owner with a right clock finds
+//! those ticks claimed and waits for the first one not yet fired, so no
+//! tick fires twice, but the events come early or late by the skew
+//! (the chaos harness's S7: one node 30 s ahead). Nodes warn in their
+//! log when another's heartbeat stamp is off by more than 5 s; a node
+//! that most others (two or more) find off claims no ticks at all
+//! ([`gust_core::cluster::clock_outlier`]), nor events (their leases).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -174,6 +185,12 @@ async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: T
             continue;
         }
         let members = events.members.as_ref();
+        if !members.settled() || members.clock_outlier() {
+            // Not knowing the others yet, this node would own every
+            // schedule: the owner fires this tick (or, if it died, the
+            // next owner hands it over).
+            continue;
+        }
         let was_owned = std::mem::replace(&mut owned, owner(members, &tick_key) == members.node());
         if !owned {
             continue;
