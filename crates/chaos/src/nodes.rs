@@ -60,16 +60,38 @@ pub struct World {
     /// Node `c`'s links to the NATS servers, one proxy per server, to cut
     /// it off from NATS.
     pub proxies: Vec<Proxy>,
+    /// The routes between NATS servers: (from, to, proxy).
+    pub route_proxies: Vec<(usize, usize, Proxy)>,
+    /// Store directories with a tmpfs mounted on them (unmounted at the end).
+    mounted: Vec<PathBuf>,
 }
 
 impl World {
     /// Starts 3 NATS servers and 3 gust nodes (`a`, `b`, `c`), and waits
     /// until every node sees the other two alive.
     pub async fn start(gust_binary: &Path, nats_binary: &Path) -> anyhow::Result<World> {
+        // Every route between two servers through a proxy of its own
+        // (`from`, `to`, proxy), so a server can be partitioned.
         let nats_binary = nats_binary.to_path_buf();
-        let nats = tokio::task::spawn_blocking(move || testkit::Cluster::start(&nats_binary, 3))
-            .await
-            .context("start the NATS cluster")?;
+        let (nats, route_proxies) = tokio::task::spawn_blocking(move || {
+            let proxies = std::sync::Mutex::new(Vec::new());
+            let via = |from: usize, to: usize, port: u16| -> u16 {
+                match Proxy::start(([127, 0, 0, 1], port).into()) {
+                    Ok(proxy) => {
+                        let through = proxy.port;
+                        if let Ok(mut all) = proxies.lock() {
+                            all.push((from, to, proxy));
+                        }
+                        through
+                    }
+                    Err(_) => port,
+                }
+            };
+            let nats = testkit::Cluster::start_routed(&nats_binary, 3, &via);
+            (nats, proxies.into_inner().unwrap_or_default())
+        })
+        .await
+        .context("start the NATS cluster")?;
         let dir = tempfile::tempdir()?;
         let key = dir.path().join("cluster.key");
         std::fs::write(&key, [7u8; 32])?;
@@ -86,6 +108,8 @@ impl World {
             key,
             clock_file,
             proxies: Vec::new(),
+            route_proxies,
+            mounted: Vec::new(),
             nats,
             _dir: dir,
         };
@@ -254,6 +278,84 @@ impl World {
         Ok(Some(()))
     }
 
+    /// Moves NATS server `i`'s store onto a tmpfs of its own (the server
+    /// stopped, its files copied over, started again), so that its disk
+    /// can be filled; `Err` if this process may not mount (not root).
+    pub fn small_disk(&mut self, i: usize) -> anyhow::Result<()> {
+        let store = self.nats.nodes[i].store_dir.clone();
+        let saved = store.with_extension("saved");
+        self.nats.signal(i, "TERM");
+        let run = |cmd: &mut Command| -> anyhow::Result<()> {
+            let out = cmd.output()?;
+            if !out.status.success() {
+                bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            Ok(())
+        };
+        run(Command::new("cp").arg("-a").arg(&store).arg(&saved))?;
+        let mounted = run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
+            .arg(&store));
+        if let Err(e) = mounted {
+            self.nats.restart(i);
+            return Err(e.context("mount a tmpfs (the disk-full scenario needs root)"));
+        }
+        self.mounted.push(store.clone());
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", saved.display()))
+            .arg(&store))?;
+        self.nats.restart(i);
+        self.nats.wait_ready(Duration::from_secs(60));
+        Ok(())
+    }
+
+    /// Fills (or frees) the tmpfs under NATS server `i`'s store, leaving
+    /// 64 KiB free.
+    pub fn fill_disk(&self, i: usize, full: bool) -> anyhow::Result<()> {
+        let filler = self.nats.nodes[i].store_dir.join("filler");
+        if !full {
+            let _ = std::fs::remove_file(&filler);
+            return Ok(());
+        }
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.nats.nodes[i].store_dir)
+            .output()?;
+        let avail: u64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .context("df's answer")?;
+        let status = Command::new("fallocate")
+            .args(["-l", &avail.saturating_sub(64 << 10).to_string()])
+            .arg(&filler)
+            .status()?;
+        if !status.success() {
+            bail!("fallocate could not fill {}", filler.display());
+        }
+        Ok(())
+    }
+
+    /// Cuts (or heals) every route to and from NATS server `i`.
+    pub fn partition_nats(&self, i: usize, cut: bool) {
+        for (from, to, proxy) in &self.route_proxies {
+            if *from == i || *to == i {
+                if cut {
+                    proxy.cut();
+                } else {
+                    proxy.heal();
+                }
+            }
+        }
+    }
+
+    /// How many routes NATS server `i` reports (`/routez`).
+    pub fn nats_routes(&self, i: usize) -> Option<u64> {
+        let (_, body) = testkit::http_get(self.nats.nodes[i].http_port, "/routez")?;
+        serde_json::from_str::<serde_json::Value>(&body).ok()?["num_routes"].as_u64()
+    }
+
     /// The name of the NATS server leading the stream whose name ends
     /// with `suffix` (e.g. `QUEUES`), as gust node `i` reports it.
     pub async fn stream_leader(&self, suffix: &str) -> Option<usize> {
@@ -392,6 +494,9 @@ impl Drop for World {
                     .args(["-KILL", &pid.to_string()])
                     .status();
             }
+        }
+        for store in &self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(store).status();
         }
     }
 }

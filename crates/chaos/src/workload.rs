@@ -72,7 +72,7 @@ fn live(endpoints: &Endpoints) -> Vec<(usize, Endpoint)> {
         .unwrap_or_default()
 }
 
-/// Submits events to `/sink/sleep?ms=…` at about `rate` per second in all,
+/// Submits events to `/sink/sleep?ms=200` at about `rate` per second in all,
 /// from `clients` concurrent clients (client `i` sends to node `i % 3`
 /// while it is up, else to the live ones in turn), until `until`.
 pub async fn submit_events(
@@ -108,7 +108,7 @@ pub async fn submit_events(
                     .unwrap_or(&nodes[n as usize % nodes.len()]);
                 let sent_ms = clock.ms();
                 let response = http
-                    .post(format!("{}/sink/sleep?ms=30&op={n}", endpoint.url))
+                    .post(format!("{}/sink/sleep?ms=200&op={n}", endpoint.url))
                     .header("Gust-Invocation-Type", "Event")
                     .timeout(Duration::from_secs(10))
                     .send()

@@ -70,6 +70,8 @@ pub struct Node {
     pub client_port: u16,
     pub http_port: u16,
     conf: PathBuf,
+    /// Its JetStream store directory.
+    pub store_dir: PathBuf,
     pid_file: PathBuf,
     log: PathBuf,
     watchdog: Mutex<Vec<(Child, ChildStdin)>>,
@@ -109,17 +111,32 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` servers and waits until JetStream is ready on each.
     pub fn start(binary: &Path, n: usize) -> Cluster {
+        Self::start_routed(binary, n, &|_, _, port| port)
+    }
+
+    /// [`Cluster::start`] with the routes between servers going where
+    /// `via(from, to, port)` says: the port server `from` dials to reach
+    /// server `to`'s route port `port` (a proxy's, to partition them).
+    pub fn start_routed(
+        binary: &Path,
+        n: usize,
+        via: &dyn Fn(usize, usize, u16) -> u16,
+    ) -> Cluster {
         // A port taken between the choice and the bind makes a server
         // exit at once: start again on other ports.
         for _ in 0..3 {
-            if let Some(cluster) = Self::try_start(binary, n) {
+            if let Some(cluster) = Self::try_start(binary, n, via) {
                 return cluster;
             }
         }
         panic!("the NATS cluster did not start three times over");
     }
 
-    fn try_start(binary: &Path, n: usize) -> Option<Cluster> {
+    fn try_start(
+        binary: &Path,
+        n: usize,
+        via: &dyn Fn(usize, usize, u16) -> u16,
+    ) -> Option<Cluster> {
         let dir = std::env::temp_dir().join(format!(
             "gust-nats-{}-{}",
             std::process::id(),
@@ -129,10 +146,14 @@ impl Cluster {
         let ports: Vec<(u16, u16, u16)> = (0..n)
             .map(|_| (free_port(), free_port(), free_port()))
             .collect();
-        let routes: Vec<String> = ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{}", p.1))
-            .collect();
+        let routes = |from: usize| -> Vec<String> {
+            ports
+                .iter()
+                .enumerate()
+                .filter(|(to, _)| *to != from)
+                .map(|(to, p)| format!("nats://127.0.0.1:{}", via(from, to, p.1)))
+                .collect()
+        };
         let mut nodes = Vec::new();
         // `no_advertise`: clients know only the servers they were given,
         // so one that reaches a server through a proxy (a fault harness
@@ -147,11 +168,12 @@ impl Cluster {
                      jetstream {{ store_dir: \"{store}\", sync_interval: always, max_file_store: 2GB, max_memory_store: 256MB, limits {{ batch {{ max_msgs: 1001 }} }} }}\n\
                      cluster {{ name: gust-it, listen: 127.0.0.1:{route}, routes: [{routes}], no_advertise: true }}\n",
                     store = dir.join(&name).display(),
-                    routes = routes.join(", "),
+                    routes = routes(i).join(", "),
                 ),
             )
             .unwrap();
             nodes.push(Node {
+                store_dir: dir.join(&name),
                 pid_file: dir.join(format!("{name}.pid")),
                 log: dir.join(format!("{name}.log")),
                 name,
