@@ -390,7 +390,8 @@ pub fn start_heartbeats(
 pub struct Members {
     node: String,
     live: std::sync::RwLock<Arc<[String]>>,
-    /// Set once `live` was judged from the records the first time.
+    /// Set once `live` was judged from the records and every live peer's
+    /// clock compared with this node's (or three heartbeats passed).
     settled: std::sync::atomic::AtomicBool,
     /// This node's clock is off from most live peers' heartbeat stamps.
     clock_outlier: std::sync::atomic::AtomicBool,
@@ -457,6 +458,10 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
         let mut seen: Seen = std::collections::HashMap::new();
         // Nodes whose clock was last found off from this node's (said once).
         let mut skewed = std::collections::HashSet::new();
+        // Nodes seen writing a heartbeat since this node started: their
+        // clock's offset from this one is known.
+        let mut measured = std::collections::HashSet::new();
+        let started = std::time::Instant::now();
         loop {
             let current = records.borrow_and_update().clone();
             if let Some(current) = current {
@@ -470,6 +475,7 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
                         Some(_) => {
                             // A heartbeat just written: its stamp and this
                             // clock should agree within the watch's delay.
+                            measured.insert(record.id.clone());
                             let off = record.heartbeat_ms as i64 - wall as i64;
                             if off.unsigned_abs() > CLOCK_WARN.as_millis() as u64 {
                                 if skewed.insert(record.id.clone()) {
@@ -519,10 +525,16 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
                         "this node's clock agrees with the others' again: it claims work again"
                     );
                 }
+                // Settled once every live peer's clock was compared with
+                // this one's (a heartbeat each), or after three heartbeats.
+                let settled = live
+                    .iter()
+                    .all(|id| *id == keeper.node || measured.contains(id))
+                    || started.elapsed() > 3 * HEARTBEAT;
                 *keeper.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(live);
                 keeper
                     .settled
-                    .store(true, std::sync::atomic::Ordering::Release);
+                    .store(settled, std::sync::atomic::Ordering::Release);
             }
             tokio::time::sleep(HEARTBEAT / 2).await;
         }

@@ -18,9 +18,10 @@ pub trait Membership: Send + Sync {
     fn count(&self) -> usize {
         self.live().len().max(1)
     }
-    /// Whether [`Membership::live`] reflects the other nodes yet: false
-    /// while a node starting has not read their records, when it would
-    /// count itself alone (and, say, claim every schedule's tick).
+    /// Whether [`Membership::live`] reflects the other nodes yet, and
+    /// [`Membership::clock_outlier`] can be told: false while a node
+    /// starting has not read their records (it would count itself alone
+    /// and, say, claim every schedule's tick) or compared their clocks.
     fn settled(&self) -> bool {
         true
     }

@@ -231,8 +231,9 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
             return;
         };
         // A lease is judged by the claimant's clock: a node whose clock is
-        // off from the others' would claim what they still run.
-        if events.shared && events.members.clock_outlier() {
+        // off from the others' would claim what they still run (and one
+        // starting does not know yet).
+        if events.shared && (!events.members.settled() || events.members.clock_outlier()) {
             drop(first);
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
