@@ -156,6 +156,8 @@ struct Report {
     schedule: ScheduleFigures,
     kv: KvFigures,
     deploys: Option<Vec<u64>>,
+    /// Of three functions claiming one host at once, those that got it.
+    route_winners: Option<Vec<String>>,
     violations: Vec<String>,
 }
 
@@ -409,6 +411,7 @@ async fn run(
     report.kv = check::kv(&kv_ops, counter);
     if scenario == Scenario::S0 {
         report.deploys = Some(concurrent_deploys(&world, &guest_path)?);
+        report.route_winners = Some(concurrent_route_claims(&world));
     }
     report.violations = violations(&report);
     if !report.violations.is_empty() {
@@ -830,6 +833,30 @@ fn concurrent_deploys(world: &World, guest: &str) -> anyhow::Result<Vec<u64>> {
     Ok(versions)
 }
 
+/// Three functions claim one host at once, one through each node: exactly
+/// one gets it.
+fn concurrent_route_claims(world: &World) -> Vec<String> {
+    let functions = ["sink", "ticker", "racer"];
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = functions
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                scope.spawn(move || {
+                    world
+                        .gust_json(i, &["route", "add", f, "race.example.com"])
+                        .is_ok()
+                        .then(|| f.to_string())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().ok().flatten())
+            .collect()
+    })
+}
+
 fn violations(r: &Report) -> Vec<String> {
     let mut v = Vec::new();
     let e = &r.events;
@@ -867,6 +894,14 @@ fn violations(r: &Report) -> Vec<String> {
         ));
     }
     v.extend(r.kv.violations.iter().cloned());
+    if let Some(winners) = &r.route_winners
+        && winners.len() != 1
+    {
+        v.push(format!(
+            "three concurrent claims of one host: {} won ({winners:?}), not one",
+            winners.len()
+        ));
+    }
     if let Some(versions) = &r.deploys {
         let consecutive = versions.windows(2).all(|w| w[1] == w[0] + 1);
         if !consecutive {
@@ -934,6 +969,9 @@ fn print_table(reports: &[Report]) {
         if let Some(recovery) = r.events.recovery_s {
             println!("  first 202 after the fault ended: {recovery:.1} s later");
         }
+        if let Some(winners) = &r.route_winners {
+            println!("  concurrent claims of one host, won by: {winners:?}");
+        }
         if let Some(versions) = &r.deploys {
             println!("  concurrent deploys: versions {versions:?}");
         }
@@ -983,7 +1021,7 @@ fn json(reports: &[Report]) -> serde_json::Value {
                         "too_hard": r.kv.too_hard, "counter_final": r.kv.counter_final,
                         "increments_ok": r.kv.increments_ok, "increments_unknown": r.kv.increments_unknown,
                     },
-                    "deploys": r.deploys,
+                    "deploys": r.deploys, "route_winners": r.route_winners,
                     "violations": r.violations,
                 })
             })
