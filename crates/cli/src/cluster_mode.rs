@@ -395,6 +395,8 @@ pub struct Members {
     settled: std::sync::atomic::AtomicBool,
     /// This node's clock is off from most live peers' heartbeat stamps.
     clock_outlier: std::sync::atomic::AtomicBool,
+    /// `live` without the peers whose clock is off from this node's.
+    owners: std::sync::RwLock<Arc<[String]>>,
     /// Every node's record as the watch on `node/` last delivered it
     /// (`None` until its first listing arrived, and while it is started
     /// again).
@@ -417,6 +419,13 @@ impl gust_core::cluster::Membership for Members {
     fn clock_outlier(&self) -> bool {
         self.clock_outlier
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn owners(&self) -> Arc<[String]> {
+        self.owners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -446,6 +455,7 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
         live: std::sync::RwLock::new(Arc::from(vec![node.clone()])),
         settled: std::sync::atomic::AtomicBool::new(false),
         clock_outlier: std::sync::atomic::AtomicBool::new(false),
+        owners: std::sync::RwLock::new(Arc::from(vec![node.clone()])),
         node,
         records,
     });
@@ -456,8 +466,11 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
         // `None`: longer ago than this process can tell)
         type Seen = std::collections::HashMap<String, ((String, u64), Option<std::time::Instant>)>;
         let mut seen: Seen = std::collections::HashMap::new();
-        // Nodes whose clock was last found off from this node's (said once).
+        // Nodes whose clock was found off from this node's twice in a row
+        // (once can be a heartbeat write held up by a slow store), said
+        // once; and those found off at their last heartbeat.
         let mut skewed = std::collections::HashSet::new();
+        let mut off_once = std::collections::HashSet::new();
         // Nodes seen writing a heartbeat since this node started: their
         // clock's offset from this one is known.
         let mut measured = std::collections::HashSet::new();
@@ -477,11 +490,14 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
                             // clock should agree within the watch's delay.
                             measured.insert(record.id.clone());
                             let off = record.heartbeat_ms as i64 - wall as i64;
-                            if off.unsigned_abs() > CLOCK_WARN.as_millis() as u64 {
+                            if off.unsigned_abs() > CLOCK_WARN.as_millis() as u64
+                                && !off_once.insert(record.id.clone())
+                            {
                                 if skewed.insert(record.id.clone()) {
                                     tracing::warn!(node = %record.id, off_ms = off, "another node's clock is off from this node's: schedules fire by the clock of the node that owns them, and leases assume clocks agree within seconds; run NTP on every node");
                                 }
-                            } else {
+                            } else if off.unsigned_abs() <= CLOCK_WARN.as_millis() as u64 {
+                                off_once.remove(&record.id);
                                 skewed.remove(&record.id);
                             }
                             Some(now)
@@ -531,6 +547,12 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
                     .iter()
                     .all(|id| *id == keeper.node || measured.contains(id))
                     || started.elapsed() > 3 * HEARTBEAT;
+                let owners: Vec<String> = live
+                    .iter()
+                    .filter(|id| !skewed.contains(*id))
+                    .cloned()
+                    .collect();
+                *keeper.owners.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(owners);
                 *keeper.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::from(live);
                 keeper
                     .settled

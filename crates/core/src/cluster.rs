@@ -31,6 +31,11 @@ pub trait Membership: Send + Sync {
     fn clock_outlier(&self) -> bool {
         false
     }
+    /// The live nodes that may own recurring work (schedules): those whose
+    /// clock agrees with this node's.
+    fn owners(&self) -> Arc<[String]> {
+        self.live()
+    }
 }
 
 /// Whether a node whose clock `off_peers` of its `peers` (the other live

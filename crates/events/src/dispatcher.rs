@@ -442,7 +442,15 @@ async fn attempt(
             };
             applied
         };
-        match applied.await {
+        // Each try ends by the deadline too: a store call may wait seconds.
+        let left = give_up.saturating_duration_since(std::time::Instant::now());
+        let applied = match tokio::time::timeout(left, applied).await {
+            Ok(applied) => applied,
+            Err(_) => Err(gust_store::StoreError::Unavailable(
+                "recording the attempt went past its deadline".into(),
+            )),
+        };
+        match applied {
             Ok(()) => return,
             Err(e) if std::time::Instant::now() + pause < give_up => {
                 tracing::warn!(%queue, invocation_id = %id, error = %e, "recording an attempt failed; trying again");

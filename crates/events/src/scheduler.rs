@@ -39,7 +39,8 @@
 //! (the chaos harness's S7: one node 30 s ahead). Nodes warn in their
 //! log when another's heartbeat stamp is off by more than 5 s; a node
 //! that most others (two or more) find off claims no ticks at all
-//! ([`gust_core::cluster::clock_outlier`]), nor events (their leases).
+//! ([`gust_core::cluster::clock_outlier`]), nor events (their leases),
+//! and owns no schedule in the others' view (`Membership::owners`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -158,6 +159,11 @@ fn start_task(
 
 async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: TimeZone) {
     let tick_key = tick_key(&record);
+    // In a cluster, catch-up and the resubmission below wait until this
+    // node knows the others and its clock agrees with theirs.
+    while events.shared && (!events.members.settled() || events.members.clock_outlier()) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let started = now_ms();
     if let Some(last) = last_tick(&events, &tick_key).await {
         // The last claimed tick may not have reached the queue (a crash
@@ -219,7 +225,9 @@ pub(crate) fn tick_key(record: &ScheduleRecord) -> String {
 
 /// The node that claims the ticks of the schedule fenced by `tick_key`.
 pub(crate) fn owner(members: &dyn gust_core::cluster::Membership, tick_key: &str) -> String {
-    let live = members.live();
+    // Among the nodes whose clock agrees with this one's: a node the
+    // others find off claims no ticks, so it must own none.
+    let live = members.owners();
     gust_core::cluster::owner(tick_key, &live)
         .unwrap_or(members.node())
         .to_string()
