@@ -230,6 +230,11 @@ pub fn ledger(usage: &[Usage]) -> LedgerFigures {
     let mut per_attempt: HashMap<(&str, u64), usize> = HashMap::new();
     let mut attempts: HashMap<&str, HashSet<u64>> = HashMap::new();
     for u in usage {
+        // A claim refused at admission is recorded `rejected` and gives its
+        // attempt number back: the next try records that number again.
+        if u.outcome == "rejected" {
+            continue;
+        }
         *per_attempt
             .entry((&u.invocation_id, u.attempt))
             .or_default() += 1;
@@ -260,7 +265,7 @@ pub struct ScheduleFigures {
     pub ticks: usize,
     /// Ticks delivered more than once (succeeded more than once).
     pub doubled: Vec<u64>,
-    /// Ticks between the first and the last seen with no delivery.
+    /// Ticks from the first delivered to the end of the run with no delivery.
     pub missed: usize,
     pub delay_p50_ms: u64,
     pub delay_p99_ms: u64,
@@ -269,7 +274,13 @@ pub struct ScheduleFigures {
 
 /// Schedule `id` of `function` fires `sched-<function>-<id>-<tick>`;
 /// counts each tick's successful deliveries.
-pub fn schedule(usage: &[Usage], function: &str, id: &str, every_ms: u64) -> ScheduleFigures {
+pub fn schedule(
+    usage: &[Usage],
+    function: &str,
+    id: &str,
+    every_ms: u64,
+    until_ms: u64,
+) -> ScheduleFigures {
     let prefix = format!("sched-{function}-{id}-");
     let mut per_tick: BTreeMap<u64, usize> = BTreeMap::new();
     let mut delays = Vec::new();
@@ -297,8 +308,11 @@ pub fn schedule(usage: &[Usage], function: &str, id: &str, every_ms: u64) -> Sch
         delay_max_ms: delays.last().copied().unwrap_or(0),
         ..Default::default()
     };
+    // From the first tick delivered up to `until_ms` (the end of the run):
+    // a schedule that stopped for good counts its missing ticks too.
     if let (Some(first), Some(last)) = (per_tick.keys().next(), per_tick.keys().last()) {
-        let expected = (last - first) / every_ms.max(1) + 1;
+        let end = until_ms.max(*last);
+        let expected = (end - first) / every_ms.max(1) + 1;
         f.missed = (expected as usize).saturating_sub(per_tick.len());
     }
     f
@@ -489,7 +503,8 @@ mod tests {
             usage("sched-t-beat-2000", 1, "success", 2030),
             usage("sched-t-beat-4000", 1, "success", 4040),
         ];
-        let f = schedule(&runs, "t", "beat", 1000);
+        let f = schedule(&runs, "t", "beat", 1000, 0);
+        assert_eq!(schedule(&runs, "t", "beat", 1000, 6500).missed, 3);
         assert_eq!(f.ticks, 3);
         assert_eq!(f.doubled, vec![2000]);
         assert_eq!(f.missed, 1);

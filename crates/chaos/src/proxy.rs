@@ -28,18 +28,31 @@ impl Proxy {
         let listener = TcpListener::from_std(listener)?;
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
+        // The task keeps receivers only: when the proxy is dropped, its
+        // sender goes, and the task and its connections end.
+        let mut dropped = generation.subscribe();
         let proxy = Proxy {
             port,
             cut: cut.clone(),
-            generation: generation.clone(),
+            generation,
         };
         tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
+            loop {
+                let client = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((client, _)) => client,
+                        Err(_) => return,
+                    },
+                    // The proxy was dropped: stop listening.
+                    Err(_) = dropped.changed() => return,
+                };
+                // Watching before the check: a cut after it ends this one.
+                dropped.borrow_and_update();
+                let mut ended = dropped.clone();
                 if cut.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
-                let mut ended = generation.subscribe();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
