@@ -471,9 +471,9 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
         // once; and those found off at their last heartbeat.
         let mut skewed = std::collections::HashSet::new();
         let mut off_once = std::collections::HashSet::new();
-        // Nodes seen writing a heartbeat since this node started: their
-        // clock's offset from this one is known.
-        let mut measured = std::collections::HashSet::new();
+        // Heartbeats seen written per node since this node started: after
+        // two, its clock's offset from this one is known (see `skewed`).
+        let mut measured: std::collections::HashMap<String, u8> = std::collections::HashMap::new();
         let started = std::time::Instant::now();
         loop {
             let current = records.borrow_and_update().clone();
@@ -488,7 +488,8 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
                         Some(_) => {
                             // A heartbeat just written: its stamp and this
                             // clock should agree within the watch's delay.
-                            measured.insert(record.id.clone());
+                            let seen = measured.entry(record.id.clone()).or_default();
+                            *seen = seen.saturating_add(1);
                             let off = record.heartbeat_ms as i64 - wall as i64;
                             if off.unsigned_abs() > CLOCK_WARN.as_millis() as u64
                                 && !off_once.insert(record.id.clone())
@@ -542,10 +543,10 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
                     );
                 }
                 // Settled once every live peer's clock was compared with
-                // this one's (a heartbeat each), or after three heartbeats.
+                // this one's (two heartbeats each), or after three.
                 let settled = live
                     .iter()
-                    .all(|id| *id == keeper.node || measured.contains(id))
+                    .all(|id| *id == keeper.node || measured.get(id).is_some_and(|n| *n >= 2))
                     || started.elapsed() > 3 * HEARTBEAT;
                 let owners: Vec<String> = live
                     .iter()
