@@ -391,7 +391,7 @@ pub struct Members {
     node: String,
     live: std::sync::RwLock<Arc<[String]>>,
     /// Set once `live` was judged from the records and every live peer's
-    /// clock compared with this node's (or three heartbeats passed).
+    /// clock compared with this node's (two heartbeats each, or four heartbeats passed).
     settled: std::sync::atomic::AtomicBool,
     /// This node's clock is off from most live peers' heartbeat stamps.
     clock_outlier: std::sync::atomic::AtomicBool,
@@ -543,11 +543,11 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
                     );
                 }
                 // Settled once every live peer's clock was compared with
-                // this one's (two heartbeats each), or after three.
+                // this one's (two heartbeats each), or after four.
                 let settled = live
                     .iter()
                     .all(|id| *id == keeper.node || measured.get(id).is_some_and(|n| *n >= 2))
-                    || started.elapsed() > 3 * HEARTBEAT;
+                    || started.elapsed() > 4 * HEARTBEAT;
                 let owners: Vec<String> = live
                     .iter()
                     .filter(|id| !skewed.contains(*id))
