@@ -41,6 +41,8 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(10);
 /// A peer's heartbeat stamp further than this from this node's clock is
 /// reported as clock skew.
 const CLOCK_WARN: Duration = Duration::from_secs(5);
+/// Heartbeats per peer its clock offset is estimated from.
+const CLOCK_SAMPLES: usize = 3;
 /// The most a record first seen counts as old: a live node's next
 /// heartbeat confirms it before it would be judged dead, whatever its
 /// stamp says; a dead one is judged so two heartbeats after this node
@@ -466,14 +468,12 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
         // `None`: longer ago than this process can tell)
         type Seen = std::collections::HashMap<String, ((String, u64), Option<std::time::Instant>)>;
         let mut seen: Seen = std::collections::HashMap::new();
-        // Nodes whose clock was found off from this node's twice in a row
-        // (once can be a heartbeat write held up by a slow store), said
-        // once; and those found off at their last heartbeat.
+        // Per node, the offsets (its stamp − this clock on arrival) of the
+        // last few heartbeats seen written, and the nodes whose estimated
+        // offset (`gust_core::cluster::clock_offset`) is past the bound.
+        let mut offsets: std::collections::HashMap<String, std::collections::VecDeque<i64>> =
+            std::collections::HashMap::new();
         let mut skewed = std::collections::HashSet::new();
-        let mut off_once = std::collections::HashSet::new();
-        // Heartbeats seen written per node since this node started: after
-        // two, its clock's offset from this one is known (see `skewed`).
-        let mut measured: std::collections::HashMap<String, u8> = std::collections::HashMap::new();
         let started = std::time::Instant::now();
         loop {
             let current = records.borrow_and_update().clone();
@@ -488,18 +488,22 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
                         Some(_) => {
                             // A heartbeat just written: its stamp and this
                             // clock should agree within the watch's delay.
-                            let seen = measured.entry(record.id.clone()).or_default();
-                            *seen = seen.saturating_add(1);
-                            let off = record.heartbeat_ms as i64 - wall as i64;
-                            if off.unsigned_abs() > CLOCK_WARN.as_millis() as u64
-                                && !off_once.insert(record.id.clone())
-                            {
-                                if skewed.insert(record.id.clone()) {
-                                    tracing::warn!(node = %record.id, off_ms = off, "another node's clock is off from this node's: schedules fire by the clock of the node that owns them, and leases assume clocks agree within seconds; run NTP on every node");
+                            let samples = offsets.entry(record.id.clone()).or_default();
+                            samples.push_back(record.heartbeat_ms as i64 - wall as i64);
+                            if samples.len() > CLOCK_SAMPLES {
+                                samples.pop_front();
+                            }
+                            match gust_core::cluster::clock_offset(samples.make_contiguous()) {
+                                Some(off) if off.unsigned_abs() > CLOCK_WARN.as_millis() as u64 => {
+                                    let newly = skewed.insert(record.id.clone());
+                                    if newly {
+                                        tracing::warn!(node = %record.id, off_ms = off, "another node's clock is off from this node's: schedules fire by the clock of the node that owns them, and leases assume clocks agree within seconds; run NTP on every node");
+                                    }
                                 }
-                            } else if off.unsigned_abs() <= CLOCK_WARN.as_millis() as u64 {
-                                off_once.remove(&record.id);
-                                skewed.remove(&record.id);
+                                Some(_) => {
+                                    skewed.remove(&record.id);
+                                }
+                                None => {}
                             }
                             Some(now)
                         }
@@ -546,7 +550,7 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
                 // this one's (two heartbeats each), or after four.
                 let settled = live
                     .iter()
-                    .all(|id| *id == keeper.node || measured.get(id).is_some_and(|n| *n >= 2))
+                    .all(|id| *id == keeper.node || offsets.get(id).is_some_and(|s| s.len() >= 2))
                     || started.elapsed() > 4 * HEARTBEAT;
                 let owners: Vec<String> = live
                     .iter()

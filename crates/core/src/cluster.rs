@@ -38,6 +38,19 @@ pub trait Membership: Send + Sync {
     }
 }
 
+/// A peer's clock offset from this node's (ms), from the offsets of its
+/// last heartbeats (its stamp minus this node's clock when the heartbeat
+/// arrived); `None` before two. A heartbeat held up in writing or
+/// delivery only lowers its sample, so the highest is the estimate: a
+/// slow store does not make a peer look behind unless every sample is
+/// held up.
+pub fn clock_offset(samples: &[i64]) -> Option<i64> {
+    if samples.len() < 2 {
+        return None;
+    }
+    samples.iter().copied().max()
+}
+
 /// Whether a node whose clock `off_peers` of its `peers` (the other live
 /// nodes) find off by more than the bound is the one that is off: most of
 /// them, and at least two (with one peer, which of the two is wrong
@@ -112,6 +125,17 @@ pub fn share(limit: u64, nodes: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_clock_offset_is_the_least_delayed_of_two_or_more_heartbeats() {
+        assert_eq!(clock_offset(&[]), None);
+        assert_eq!(clock_offset(&[-30_000]), None);
+        // Behind by 30 s: every sample says so.
+        assert_eq!(clock_offset(&[-30_050, -30_010, -30_200]), Some(-30_010));
+        // One heartbeat held up 6 s by a slow store is not skew.
+        assert_eq!(clock_offset(&[-6_000, -20, -35]), Some(-20));
+        assert_eq!(clock_offset(&[29_900, 29_990]), Some(29_990));
+    }
 
     #[test]
     fn a_clock_is_the_odd_one_out_only_against_a_majority_of_two_or_more() {
