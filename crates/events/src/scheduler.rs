@@ -159,12 +159,13 @@ fn start_task(
 
 async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: TimeZone) {
     let tick_key = tick_key(&record);
+    let started = now_ms();
     // In a cluster, catch-up and the resubmission below wait until this
-    // node knows the others and its clock agrees with theirs.
+    // node knows the others and its clock agrees with theirs (the ticks
+    // since `started` are handed over by the loop below).
     while events.shared && (!events.members.settled() || events.members.clock_outlier()) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let started = now_ms();
     if let Some(last) = last_tick(&events, &tick_key).await {
         // The last claimed tick may not have reached the queue (a crash
         // between the claim and the submission): submit it again, which
