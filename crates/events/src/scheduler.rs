@@ -37,7 +37,7 @@
 //! those ticks claimed and waits for the first one not yet fired, so no
 //! tick fires twice, but the events come early or late by the skew
 //! (the chaos harness's S7: one node 30 s ahead). Nodes warn in their
-//! log when another's heartbeat stamp is off by more than 5 s; a node
+//! log when another's clock is off by more than 10 s; a node
 //! that most others (two or more) find off claims no ticks at all
 //! ([`gust_core::cluster::clock_outlier`]), nor events (their leases),
 //! and owns no schedule in the others' view (`Membership::owners`).
