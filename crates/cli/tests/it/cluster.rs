@@ -1116,7 +1116,9 @@ async fn events_go_to_a_node_where_the_function_is_warm() {
         return;
     };
     let (a, b, c) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
-    a.deploy("warmth", &guests().testbed, &["--keep-alive", "1s"]);
+    // A keep-alive of a few seconds: with 1 s, a loaded machine let it
+    // lapse before the first event and a cold node took every event.
+    a.deploy("warmth", &guests().testbed, &["--keep-alive", "4s"]);
     // Idle for its keep-alive, it leaves memory on every node …
     for node in &cluster.nodes {
         Server::eventually(Duration::from_secs(20), || async {
