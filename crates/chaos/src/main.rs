@@ -368,8 +368,8 @@ async fn run(
         until,
     ));
     let fault_over_ms = inject(scenario, &mut world, clock, until, &mut report.timeline).await?;
-    let submits = events.await.context("the event clients")?;
-    let kv_ops = kv.await.context("the KV clients")?;
+    let submits = events.await.context("the event clients")??;
+    let kv_ops = kv.await.context("the KV clients")??;
     let workload_s = until.as_secs_f64();
     if let Some(dir) = &args.record {
         record(dir, scenario, &submits, &kv_ops)?;

@@ -82,7 +82,7 @@ pub async fn submit_events(
     rate: u32,
     clients: usize,
     until: Duration,
-) -> Vec<Submit> {
+) -> anyhow::Result<Vec<Submit>> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let gap = Duration::from_secs_f64(clients as f64 / f64::from(rate.max(1)));
@@ -145,14 +145,9 @@ pub async fn submit_events(
             done
         }));
     }
-    let mut all = Vec::new();
-    for task in tasks {
-        if let Ok(done) = task.await {
-            all.extend(done);
-        }
-    }
+    let mut all = gather(tasks).await?;
     all.sort_by_key(|s| s.sent_ms);
-    all
+    Ok(all)
 }
 
 /// The keys of the KV workload: registers and one counter.
@@ -179,7 +174,7 @@ pub async fn kv_clients(
     clients: usize,
     every: Duration,
     until: Duration,
-) -> Vec<KvOp> {
+) -> anyhow::Result<Vec<KvOp>> {
     let values = Arc::new(AtomicU64::new(1));
     let mut tasks = Vec::new();
     for client in 0..clients {
@@ -225,13 +220,20 @@ pub async fn kv_clients(
             done
         }));
     }
+    gather(tasks).await
+}
+
+/// Every client's operations; a client that panicked fails the run (its
+/// operations would be missing from the checks, unseen).
+async fn gather<T>(tasks: Vec<tokio::task::JoinHandle<Vec<T>>>) -> anyhow::Result<Vec<T>> {
     let mut all = Vec::new();
     for task in tasks {
-        if let Ok(done) = task.await {
-            all.extend(done);
-        }
+        all.extend(
+            task.await
+                .map_err(|e| anyhow::anyhow!("a workload client failed: {e}"))?,
+        );
     }
-    all
+    Ok(all)
 }
 
 enum KvOutcome {
