@@ -745,8 +745,22 @@ async fn after_the_whole_cluster_was_down_catch_up_fires_the_last_missed_ticks_o
         }
     }
     cluster.wait_alive(3).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A node claims no tick until it has compared every live peer's clock
+    // with its own (two heartbeats each, at most four): wait for the
+    // schedule to fire on its usual time again, then two ticks more.
     let a = &cluster.nodes[0];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !deliveries_per_tick(a, "ticker", "beat")
+        .keys()
+        .any(|t| *t >= up_ms + 1000)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the schedule fires again within 30 s of the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     a.gust_json(&["schedule", "rm", "ticker", "beat"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let per_tick = deliveries_per_tick(a, "ticker", "beat");
