@@ -154,6 +154,18 @@ impl Cluster {
                 .map(|(to, p)| format!("nats://127.0.0.1:{}", via(from, to, p.1)))
                 .collect()
         };
+        // Where each server tells the others its route port is. Servers
+        // that learn of one another through a third (gossip) dial that
+        // address: routed through proxies, it must not be the real port,
+        // or a cut proxy would be gone around. A port nothing listens on
+        // leaves the servers the routes they were given.
+        let proxied = (0..n)
+            .any(|from| (0..n).any(|to| from != to && via(from, to, ports[to].1) != ports[to].1));
+        let advertise = if proxied {
+            format!(", advertise: \"127.0.0.1:{}\"", free_port())
+        } else {
+            String::new()
+        };
         let mut nodes = Vec::new();
         // `no_advertise`: clients know only the servers they were given,
         // so one that reaches a server through a proxy (a fault harness
@@ -166,7 +178,7 @@ impl Cluster {
                 format!(
                     "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\nmax_payload: 8MB\n\
                      jetstream {{ store_dir: \"{store}\", sync_interval: always, max_file_store: 2GB, max_memory_store: 256MB, limits {{ batch {{ max_msgs: 1001 }} }} }}\n\
-                     cluster {{ name: gust-it, listen: 127.0.0.1:{route}, routes: [{routes}], no_advertise: true }}\n",
+                     cluster {{ name: gust-it, listen: 127.0.0.1:{route}, routes: [{routes}], no_advertise: true{advertise} }}\n",
                     store = dir.join(&name).display(),
                     routes = routes(i).join(", "),
                 ),
