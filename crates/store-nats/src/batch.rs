@@ -36,7 +36,7 @@ pub(crate) enum Batch {
 
 /// An id no other batch of any node uses (the leader keeps a batch apart
 /// by it until its commit).
-fn batch_id() -> String {
+pub(crate) fn batch_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static KEYS: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -88,6 +88,9 @@ const RETRYABLE: [u64; 4] = [
     10210, // too many batches in flight on the stream
 ];
 const TOO_LARGE: u64 = 10199;
+/// Refusals of a batch holding a `Nats-Msg-Id` already stored (in the
+/// duplicate window), or being stored.
+const DUPLICATE: [u64; 2] = [10201, 10158];
 
 /// How long an apply keeps retrying while other writes of the same owner
 /// keep committing first.
@@ -455,7 +458,13 @@ impl NatsStore {
     /// Publishes the plan as one atomic batch: `Ok(Err(code))` when the
     /// server refused it (nothing written), else the sequence of its
     /// first message.
-    async fn commit(&self, plan: &Plan) -> Result<Result<u64, u64>, StoreError> {
+    ///
+    /// Each write carries `Nats-Msg-Id` `<apply>.<index of the write>`, the
+    /// same in every try of one apply: a try that was stored although its
+    /// answer was a refusal (seen as a stream leader rejoined after a
+    /// partition) makes the next try a duplicate, refused as such, rather
+    /// than a second application (an increment counted twice).
+    async fn commit(&self, plan: &Plan, apply: &str) -> Result<Result<u64, u64>, StoreError> {
         let d = &self.data;
         let mut batch: Vec<(String, HeaderMap, Bytes)> = Vec::new();
         for (owner, seq, record) in &plan.owners {
@@ -467,13 +476,23 @@ impl NatsStore {
             let payload = serde_json::to_vec(record).map_err(backend)?;
             batch.push((d.owner_subject(owner), headers, payload.into()));
         }
-        for (_, subject, headers, payload) in &plan.messages {
-            batch.push((subject.clone(), headers.clone(), payload.clone()));
+        for (index, subject, headers, payload) in &plan.messages {
+            let mut headers = headers.clone();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("{apply}.{index}").as_str(),
+            );
+            batch.push((subject.clone(), headers, payload.clone()));
         }
         let count = batch.len() as u64;
         match crate::batch::publish(&self.client, batch).await? {
             Batch::Stored(last) => Ok(Ok(last + 1 - count)),
             Batch::Refused { code, .. } if RETRYABLE.contains(&code) => Ok(Err(code)),
+            Batch::Refused { code, .. } if DUPLICATE.contains(&code) => {
+                Err(StoreError::Unavailable(
+                    "the writes were stored by an earlier try whose answer said otherwise (a NATS leader change); they are not applied twice, but their result is unknown here: read the keys again".into(),
+                ))
+            }
             Batch::Refused { code, description } if code == TOO_LARGE => {
                 Err(StoreError::Backend(format!(
                     "{count} messages in one atomic batch (the writes and one usage record per owner) is more than the NATS servers allow: raise it with `jetstream {{ limits {{ batch {{ max_msgs: 1001 }} }} }}` in their configuration ({description})"
@@ -545,6 +564,7 @@ impl DataStore for NatsStore {
         writes: Vec<DataWrite>,
         allowance: Option<&Allowance>,
     ) -> Result<Vec<Option<DataChange>>, StoreError> {
+        self.linked()?;
         if let Some(allowance) = allowance
             && let Some(stranger) = writes.iter().find(|w| owner_of(w.key()) != allowance.owner)
         {
@@ -556,12 +576,13 @@ impl DataStore for NatsStore {
         }
         let deadline = tokio::time::Instant::now() + CONTENTION_LIMIT;
         let mut attempt = 0;
+        let apply = crate::batch::batch_id();
         loop {
             let mut plan = self.plan(&writes, allowance).await?;
             if plan.messages.is_empty() {
                 return Ok(plan.changes);
             }
-            match self.commit(&plan).await? {
+            match self.commit(&plan, &apply).await? {
                 Ok(first) => {
                     let base = first + plan.owners.len() as u64;
                     let mut last = 0;

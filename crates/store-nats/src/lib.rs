@@ -152,6 +152,19 @@ impl NatsStore {
         &self.client
     }
 
+    /// Refuses at once while this node has no connection to any NATS
+    /// server: a write would otherwise wait out the request timeout (5 s)
+    /// before its caller could say 503. Nothing was sent, so nothing is
+    /// lost and no caller is told a write happened that did not.
+    pub(crate) fn linked(&self) -> Result<(), StoreError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(StoreError::Unavailable(
+                "this node has lost its connection to NATS (it reconnects by itself): try again shortly, or through another node".into(),
+            )),
+        }
+    }
+
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }

@@ -95,6 +95,10 @@ const GROUP: &str = "Gust-Group";
 /// JetStream's error codes for a failed `Nats-Expected-Last-Subject-Sequence`.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 const WRONG_LAST_SEQUENCE_CONSTANT: u64 = 10164;
+/// JetStream's error codes for a message whose `Nats-Msg-Id` it stored
+/// (in an atomic batch), or is storing, within the duplicate window.
+const DUPLICATE_IN_BATCH: u64 = 10201;
+const DUPLICATE_IN_PROCESS: u64 = 10158;
 /// Most messages one atomic batch may hold (the server's limit).
 const MAX_BATCH: usize = 1000;
 /// Most bytes of payloads one direct listing may carry (past it, the
@@ -626,6 +630,17 @@ impl Queues {
         items: &[(Bytes, State)],
     ) -> Result<Vec<u64>, StoreError> {
         let n = items.len() as u64;
+        // Each message carries one id through every try: a try that was
+        // stored although its answer said otherwise (seen when a stream
+        // leader rejoined after a partition: refused, yet stored) makes
+        // the next try a duplicate, which JetStream refuses as such,
+        // instead of a second copy of every event in it.
+        let msg_ids: Vec<String> = {
+            let batch = crate::batch::batch_id();
+            (0..items.len()).map(|i| format!("{batch}.{i}")).collect()
+        };
+        // Where the last try that may have been stored put the messages.
+        let mut maybe_stored = None;
         let mut fresh = false;
         for attempt in 0..RETRIES {
             if fresh {
@@ -644,15 +659,18 @@ impl Queues {
                 Bytes::from((last + n).to_string()),
             ));
             for (i, (payload, state)) in items.iter().enumerate() {
+                let mut headers = state.headers();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_ids[i].as_str());
                 batch.push((
                     self.subject(queue, last + 1 + i as u64),
-                    state.headers(),
+                    headers,
                     payload.clone(),
                 ));
             }
             let outcome = crate::batch::publish(client, batch).await;
             match outcome {
                 Ok(Batch::Stored(final_seq)) => {
+                    tracing::debug!(%queue, attempt, from = last + 1, n, final_seq, "an enqueue batch stored");
                     // The batch's messages have consecutive stream
                     // sequences; the counter is the first.
                     self.cache()
@@ -664,13 +682,37 @@ impl Queues {
                     return Ok((last + 1..=last + n).collect());
                 }
                 // Another node moved the counter first, or no leader yet.
+                // An earlier try was stored after all: its messages are
+                // the answer (the counter moved with them).
+                Ok(Batch::Refused {
+                    code: DUPLICATE_IN_BATCH,
+                    ..
+                }) if maybe_stored.is_some() => {
+                    let stored: u64 = maybe_stored.unwrap_or_default();
+                    tracing::warn!(%queue, from = stored + 1, n, "an enqueue whose answer said refused was stored after all; not stored again");
+                    self.cache().remove(queue);
+                    return Ok((stored + 1..=stored + n).collect());
+                }
+                // An earlier try is still being stored (or failing): ask
+                // again once it is settled.
+                Ok(Batch::Refused {
+                    code: DUPLICATE_IN_PROCESS,
+                    ..
+                }) => {
+                    tracing::debug!(%queue, attempt, "an earlier try of this enqueue is still in process; asking again");
+                    fresh = true;
+                }
                 Ok(
-                    Batch::Refused {
+                    outcome @ (Batch::Refused {
                         code: WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CONSTANT,
                         ..
                     }
-                    | Batch::Unheard,
-                ) => fresh = true,
+                    | Batch::Unheard),
+                ) => {
+                    tracing::debug!(%queue, attempt, from = last + 1, n, ?outcome, "an enqueue batch was refused or unheard; trying again");
+                    maybe_stored = Some(last);
+                    fresh = true;
+                }
                 Ok(Batch::Refused { code, description }) => {
                     return Err(StoreError::Backend(format!(
                         "JetStream refused a batch ({code}): {description}"
@@ -826,6 +868,7 @@ impl QueueStore for NatsStore {
         payloads: Vec<Bytes>,
         not_before_ms: u64,
     ) -> Result<Vec<u64>, StoreError> {
+        self.linked()?;
         self.queues
             .append(&self.client, queue, None, payloads, not_before_ms)
             .await
@@ -838,6 +881,7 @@ impl QueueStore for NatsStore {
         payloads: Vec<Bytes>,
         not_before_ms: u64,
     ) -> Result<Vec<u64>, StoreError> {
+        self.linked()?;
         self.queues
             .append(&self.client, queue, Some(group), payloads, not_before_ms)
             .await

@@ -101,6 +101,54 @@ async fn conformance_queues() {
     gust_store::conformance::queues(&store).await;
 }
 
+/// What `append_batch` relies on when a try was stored although its answer
+/// said refused: the next try, carrying the same message ids, is refused
+/// as a duplicate (and stores nothing), not stored a second time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_again_with_a_stored_message_id_is_refused_as_a_duplicate() {
+    let Some(store) = testkit::store().await else {
+        return;
+    };
+    store
+        .enqueue("dup", vec![payload("first")], 0)
+        .await
+        .unwrap();
+    let queues = &store.queues;
+    let batch = |seq: u64, id: &str| {
+        let mut headers = State {
+            due: 0,
+            attempts: 0,
+            claimant: None,
+            group: None,
+        }
+        .headers();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        vec![(queues.subject("dup", seq), headers, payload("again"))]
+    };
+    let first = crate::batch::publish(&store.client, batch(100, "an-id"))
+        .await
+        .unwrap();
+    assert!(matches!(first, Batch::Stored(_)), "{first:?}");
+    let again = crate::batch::publish(&store.client, batch(101, "an-id"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            again,
+            Batch::Refused {
+                code: DUPLICATE_IN_BATCH,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    assert_eq!(
+        store.depth("dup").await.unwrap(),
+        2,
+        "the duplicate stored nothing"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn conformance_ordered_queues() {
     let Some(store) = testkit::store().await else {
