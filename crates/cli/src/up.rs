@@ -427,9 +427,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_api = stop_rx.clone();
     let signals = Signals::install();
+    let delivering = events.clone();
+    let deliveries = events.clone();
     tokio::spawn(async move {
         signals.wait().await;
         tracing::info!("shutting down");
+        // No event is claimed from now on; those running finish below.
+        delivering.stop_delivering();
         let _ = stop_tx.send(true);
     });
 
@@ -549,6 +553,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("the data plane failed")?;
     let _ = tokio::time::timeout(Duration::from_secs(5), api_server).await;
+    // Event attempts under way run to their recorded outcome (as requests
+    // in flight did), so that a stop redelivers nothing.
+    let unfinished = deliveries
+        .drain(Duration::from_secs(args.drain_timeout))
+        .await;
+    if unfinished > 0 {
+        tracing::warn!(
+            unfinished,
+            "event attempts still running at the drain timeout: they are recorded as aborted and delivered again"
+        );
+    }
     log_writer.flush(Duration::from_secs(5)).await;
     if let Some(meter) = &meter {
         // What is not durable by then is recorded as aborted at the next start.

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher as _, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,9 +68,64 @@ pub(crate) struct Wake {
     workers: Mutex<HashMap<String, Arc<Notify>>>,
     spawn: Mutex<Option<mpsc::UnboundedSender<String>>>,
     running: Mutex<HashSet<String>>,
+    /// The node is stopping: workers claim nothing more and end.
+    stopping: AtomicBool,
+    /// Claims being made and attempts running (to their recorded outcome),
+    /// and a wake for whoever waits for none.
+    busy: AtomicUsize,
+    idle: Notify,
+}
+
+/// One claim or attempt under way, counted in [`Wake::busy`] until dropped.
+struct Busy(Arc<Wake>);
+
+impl Busy {
+    fn new(wake: &Arc<Wake>) -> Self {
+        wake.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(wake.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Wake {
+    /// Workers claim nothing more: each ends at its next turn (woken now).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        for notify in workers.values() {
+            notify.notify_one();
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Waits until no claim is being made and no attempt runs, or until
+    /// `within` passes; how many are still under way.
+    pub async fn drained(&self, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            let busy = self.busy.load(Ordering::Acquire);
+            if busy == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.busy.load(Ordering::Acquire);
+            }
+        }
+    }
+
     pub fn notify(&self, queue: &str) {
         let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         match workers.get(queue) {
@@ -230,11 +285,17 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
         let Ok(first) = slots.clone().acquire_owned().await else {
             return;
         };
+        // Counted before the check: a drain that saw none busy after the
+        // stop cannot miss a claim made here.
+        let claiming = Busy::new(&events.wake);
+        if events.wake.stopping() {
+            return;
+        }
         // A lease is judged by the claimant's clock: a node whose clock is
         // off from the others' would claim what they still run (and one
         // starting does not know yet).
         if events.shared && (!events.members.settled() || events.members.clock_outlier()) {
-            drop(first);
+            drop((first, claiming));
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
@@ -259,7 +320,7 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
             }
         };
         if claimed.is_empty() {
-            drop(first);
+            drop((first, claiming));
             // Sleep until the next retry or lease end, or a new event.
             let mut wait = match events.queue.next_due(&queue).await {
                 Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE),
@@ -289,11 +350,13 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
                 queue.clone(),
                 policy.clone(),
             );
+            let busy = Busy::new(&events.wake);
             tokio::spawn(async move {
                 attempt(&events, invoker.as_ref(), &queue, &policy, item).await;
-                drop(permit);
+                drop((permit, busy));
             });
         }
+        drop(claiming);
     }
 }
 
@@ -315,6 +378,7 @@ async fn attempt(
         }
     };
     let id = envelope.invocation_id.clone();
+    tracing::debug!(%queue, seq = item.seq, attempt = item.attempt, invocation_id = %id, "attempt claimed");
     events.wake.set_running(&id, true);
     let outcome = invoker.deliver(&envelope, item.attempt).await;
     events.wake.set_running(&id, false);

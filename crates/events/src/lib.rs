@@ -240,6 +240,20 @@ impl Events {
             .unwrap_or_else(|p| p.into_inner()) = counted;
     }
 
+    /// Stops delivering: no event is claimed from now on (on this node;
+    /// in a cluster the others go on). Attempts already running go on to
+    /// their recorded outcome: wait for them with [`Events::drain`].
+    pub fn stop_delivering(&self) {
+        self.wake.stop();
+    }
+
+    /// Waits until every attempt this node runs has ended and its outcome
+    /// is recorded, or until `within` passes; returns how many were still
+    /// under way (their events are delivered again once their leases end).
+    pub async fn drain(&self, within: std::time::Duration) -> usize {
+        self.wake.drained(within).await
+    }
+
     pub fn stats(&self) -> EventStats {
         let c = &self.counters;
         EventStats {

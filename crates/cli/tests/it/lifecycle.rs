@@ -50,6 +50,58 @@ async fn sigterm_lets_slow_requests_finish() {
     assert!(reqwest::get(format!("{url}/tb/")).await.is_err());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_running_event_attempts_finish_and_delivers_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    server.deploy("tb", &guests().testbed, &["--concurrency", "4"]);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (status, id) = server.submit("/tb/sleep?ms=1500", &[], Vec::new()).await;
+        assert_eq!(status, 202, "{id}");
+        ids.push(id);
+    }
+    // All four running, then the stop.
+    let running = Server::eventually(Duration::from_secs(10), || async {
+        let mut n = 0;
+        for id in &ids {
+            let record = server.api_json(&format!("/v1/invocations/{id}")).await;
+            n += usize::from(record["state"] == "running");
+        }
+        (n == ids.len()).then_some(())
+    })
+    .await;
+    assert!(running.is_some(), "the four attempts never ran together");
+    let exit = tokio::task::spawn_blocking(move || server.stop());
+    assert_eq!(exit.await.unwrap(), Some(0));
+    // After a restart: each succeeded in its one attempt, none aborted,
+    // and none runs again.
+    let server = Server::start_in(dir.path(), &[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = server.gust(&["usage", "--export", "jsonl", "--from", "0"]);
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["function"] == "tb" && r["trigger"] == "event")
+        .collect();
+    for id in &ids {
+        let attempts: Vec<(u64, &str)> = records
+            .iter()
+            .filter(|r| r["invocation_id"] == id.as_str())
+            .map(|r| {
+                (
+                    r["attempt"].as_u64().unwrap(),
+                    r["outcome"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(attempts, vec![(1, "success")], "{id}: {records:?}");
+        let record = server.api_json(&format!("/v1/invocations/{id}")).await;
+        assert_eq!(record["state"], "succeeded", "{record}");
+    }
+    assert_eq!(server.stop(), Some(0));
+}
+
 #[test]
 fn a_data_directory_from_a_newer_gust_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
