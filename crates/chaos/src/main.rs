@@ -16,10 +16,13 @@
 //! target/release/gust-chaos --short               # CI's bounded run
 //! ```
 
+mod budget;
 mod check;
+mod feeds;
 mod linearize;
 mod nodes;
 mod proxy;
+mod report;
 mod workload;
 
 use std::collections::HashSet;
@@ -30,8 +33,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 
-use check::{EventFigures, KvFigures, LedgerFigures, ScheduleFigures, Usage};
+use check::Usage;
 use nodes::World;
+use report::Report;
 use workload::{Clock, wall_ms};
 
 /// Inject faults into a 3-node gust cluster on a 3-node NATS cluster and
@@ -145,24 +149,6 @@ impl Scenario {
     }
 }
 
-/// What one scenario found.
-#[derive(Debug, Default)]
-struct Report {
-    scenario: String,
-    fault: String,
-    timeline: Vec<String>,
-    events: EventFigures,
-    ledger: LedgerFigures,
-    schedule: ScheduleFigures,
-    kv: KvFigures,
-    deploys: Option<Vec<u64>>,
-    /// Missing ticks fail the run (no fault touched NATS or the owner's life).
-    strict_ticks: bool,
-    /// Of three functions claiming one host at once, those that got it.
-    route_winners: Option<Vec<String>>,
-    violations: Vec<String>,
-}
-
 // Four workers: the proxies carrying NATS traffic run here too, and some
 // process control blocks one (in `block_in_place`).
 #[tokio::main(worker_threads = 4)]
@@ -232,9 +218,9 @@ async fn run_all(mut args: Args) -> anyhow::Result<bool> {
         reports.push(report);
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json(&reports))?);
+        println!("{}", serde_json::to_string_pretty(&report::json(&reports))?);
     } else {
-        print_table(&reports);
+        report::print_table(&reports);
     }
     Ok(reports.iter().all(|r| r.violations.is_empty()))
 }
@@ -265,6 +251,9 @@ fn build_testbed() -> anyhow::Result<PathBuf> {
     }
     Ok(root.join("examples/target/wasm32-wasip2/release/testbed.wasm"))
 }
+
+/// Requests per second to the budgeted function.
+const BUDGET_RATE: u32 = 10;
 
 /// One scenario, start to checkers.
 async fn run(
@@ -304,6 +293,10 @@ async fn run(
             "beat",
         ],
     )?;
+    feeds::setup(&world, &guest_path)?;
+    // Half of what its clients send: it runs out mid-run, as a fault is on.
+    let budget_requests = BUDGET_RATE as u64 * args.seconds / 2;
+    budget::setup(&world, &guest_path, budget_requests).await?;
     wait_served(&world, "sink").await?;
     let mut report = Report {
         scenario: scenario.name().into(),
@@ -367,9 +360,17 @@ async fn run(
         Duration::from_millis(100),
         until,
     ));
+    let spend = tokio::spawn(budget::spend(
+        world.http.clone(),
+        world.endpoints.clone(),
+        clock,
+        BUDGET_RATE,
+        until,
+    ));
     let fault_over_ms = inject(scenario, &mut world, clock, until, &mut report.timeline).await?;
     let submits = events.await.context("the event clients")??;
     let kv_ops = kv.await.context("the KV clients")??;
+    let spent = spend.await.context("the budget clients")??;
     let workload_s = until.as_secs_f64();
     if let Some(dir) = &args.record {
         record(dir, scenario, &submits, &kv_ops)?;
@@ -411,16 +412,21 @@ async fn run(
     let counter = read_counter(&world).await;
     report.events = check::events(&submits, &usage, &dead, "sink", workload_s, fault_over_ms);
     report.ledger = check::ledger(&usage);
+    report.budget = budget::check(budget_requests, &spent, &usage);
     // Ticks up to 5 s before the schedule's removal were due well before it.
     let ticks_until = wall_ms().saturating_sub(5_000);
     report.schedule = check::schedule(&usage, "ticker", "beat", 1000, ticks_until);
     report.strict_ticks = matches!(scenario, Scenario::S0 | Scenario::S7);
     report.kv = check::kv(&kv_ops, counter);
+    let changes = feeds::collect(&world, &kv_ops, Duration::from_secs(60)).await;
+    let dead_changes = dead_letters(&world, feeds::FUNCTION).await.len();
+    report.feeds = feeds::check(&kv_ops, &changes, dead_changes);
+    report.timeline.push(mark(&clock, "change feed read"));
     if scenario == Scenario::S0 {
         report.deploys = Some(blocking(|| concurrent_deploys(&world, &guest_path))?);
         report.route_winners = Some(blocking(|| concurrent_route_claims(&world)));
     }
-    report.violations = violations(&report);
+    report.violations = report::violations(&report);
     if !report.violations.is_empty() {
         for i in 0..3 {
             eprintln!(
@@ -871,187 +877,4 @@ fn concurrent_route_claims(world: &World) -> Vec<String> {
             .filter_map(|h| h.join().ok().flatten())
             .collect()
     })
-}
-
-fn violations(r: &Report) -> Vec<String> {
-    let mut v = Vec::new();
-    let e = &r.events;
-    if !e.lost.is_empty() {
-        v.push(format!(
-            "{} acknowledged events lost (e.g. {})",
-            e.lost.len(),
-            e.lost[0]
-        ));
-    }
-    if e.unexpected > 0 {
-        v.push(format!(
-            "{} events executed that no client submitted",
-            e.unexpected
-        ));
-    }
-    if e.refused_503_without_retry_after > 0 {
-        v.push(format!(
-            "{} answers 503 without Retry-After",
-            e.refused_503_without_retry_after
-        ));
-    }
-    if !r.ledger.doubled.is_empty() {
-        v.push(format!(
-            "{} attempts with more than one usage record (e.g. {:?})",
-            r.ledger.doubled.len(),
-            r.ledger.doubled[0]
-        ));
-    }
-    if !r.schedule.doubled.is_empty() {
-        v.push(format!(
-            "{} schedule ticks delivered twice (e.g. {})",
-            r.schedule.doubled.len(),
-            r.schedule.doubled[0]
-        ));
-    }
-    if r.strict_ticks && r.schedule.missed > 0 {
-        v.push(format!(
-            "{} schedule ticks never delivered with no fault on NATS",
-            r.schedule.missed
-        ));
-    }
-    v.extend(r.kv.violations.iter().cloned());
-    v.extend(
-        r.kv.too_hard
-            .iter()
-            .map(|k| format!("KV history too hard to check: {k}")),
-    );
-    if let Some(winners) = &r.route_winners
-        && winners.len() != 1
-    {
-        v.push(format!(
-            "three concurrent claims of one host: {} won ({winners:?}), not one",
-            winners.len()
-        ));
-    }
-    if let Some(versions) = &r.deploys {
-        let consecutive = versions.windows(2).all(|w| w[1] == w[0] + 1);
-        if !consecutive {
-            v.push(format!(
-                "concurrent deploys got versions {versions:?}, not distinct and consecutive"
-            ));
-        }
-    }
-    v
-}
-
-fn print_table(reports: &[Report]) {
-    println!(
-        "| | fault | accepted (/s) | lost | unexpected | duplicates | unknown | refused | unavailable s | accept p50/p99 ms | delivery p50/p99/max ms | ledger: records, doubled, gaps, aborted | ticks, doubled, missed | KV ops, unknown, stale reads, violations |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in reports {
-        let e = &r.events;
-        let refused: Vec<String> = e
-            .refused
-            .iter()
-            .map(|(code, n)| format!("{n}×{code}"))
-            .chain((e.not_sent > 0).then(|| format!("{}×no connection", e.not_sent)))
-            .collect();
-        println!(
-            "| {} | {} | {} ({:.0}) | {} | {} | {} | {} | {} | {:.1} | {}/{} | {}/{}/{} | {}, {}, {}, {} | {}, {}, {} | {}, {}, {}, {} |",
-            r.scenario,
-            r.fault,
-            e.accepted,
-            e.accepted_per_s,
-            e.lost.len(),
-            e.unexpected,
-            e.duplicates,
-            e.unknown,
-            if refused.is_empty() {
-                "0".to_string()
-            } else {
-                refused.join(" ")
-            },
-            e.unavailable_s,
-            e.accept_p50_ms,
-            e.accept_p99_ms,
-            e.delivery_p50_ms,
-            e.delivery_p99_ms,
-            e.delivery_max_ms,
-            r.ledger.records,
-            r.ledger.doubled.len(),
-            r.ledger.missing_attempts,
-            r.ledger.aborted,
-            r.schedule.ticks,
-            r.schedule.doubled.len(),
-            r.schedule.missed,
-            r.kv.operations,
-            r.kv.unknown,
-            r.kv.stale_reads,
-            r.kv.violations.len(),
-        );
-    }
-    for r in reports {
-        println!("\n{} timeline:", r.scenario);
-        for line in &r.timeline {
-            println!("  {line}");
-        }
-        println!("  202s per node (a, b, c): {:?}", r.events.accepted_by_node);
-        if let Some(recovery) = r.events.recovery_s {
-            println!("  first 202 after the fault ended: {recovery:.1} s later");
-        }
-        if let Some(winners) = &r.route_winners {
-            println!("  concurrent claims of one host, won by: {winners:?}");
-        }
-        if let Some(versions) = &r.deploys {
-            println!("  concurrent deploys: versions {versions:?}");
-        }
-        for v in &r.violations {
-            println!("  VIOLATION: {v}");
-        }
-        for t in &r.kv.too_hard {
-            println!("  KV history too hard to check: {t}");
-        }
-    }
-}
-
-fn json(reports: &[Report]) -> serde_json::Value {
-    serde_json::Value::Array(
-        reports
-            .iter()
-            .map(|r| {
-                let e = &r.events;
-                serde_json::json!({
-                    "scenario": r.scenario,
-                    "fault": r.fault,
-                    "timeline": r.timeline,
-                    "events": {
-                        "attempted": e.attempted, "accepted": e.accepted,
-                        "accepted_per_s": e.accepted_per_s, "lost": e.lost,
-                        "unexpected": e.unexpected, "recovered": e.recovered,
-                        "duplicates": e.duplicates, "worst_duplicate": e.worst_duplicate,
-                        "unknown": e.unknown, "not_sent": e.not_sent,
-                        "refused": e.refused.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
-                        "unavailable_s": e.unavailable_s, "recovery_s": e.recovery_s,
-                        "accept_ms": {"p50": e.accept_p50_ms, "p99": e.accept_p99_ms},
-                        "delivery_ms": {"p50": e.delivery_p50_ms, "p99": e.delivery_p99_ms, "max": e.delivery_max_ms},
-                        "redelivered": e.redelivered, "accepted_by_node": e.accepted_by_node,
-                    },
-                    "ledger": {
-                        "records": r.ledger.records, "doubled": r.ledger.doubled,
-                        "missing_attempts": r.ledger.missing_attempts, "aborted": r.ledger.aborted,
-                    },
-                    "schedule": {
-                        "ticks": r.schedule.ticks, "doubled": r.schedule.doubled,
-                        "missed": r.schedule.missed,
-                        "delay_ms": {"p50": r.schedule.delay_p50_ms, "p99": r.schedule.delay_p99_ms, "max": r.schedule.delay_max_ms},
-                    },
-                    "kv": {
-                        "operations": r.kv.operations, "unknown": r.kv.unknown,
-                        "stale_reads": r.kv.stale_reads, "violations": r.kv.violations,
-                        "too_hard": r.kv.too_hard, "counter_final": r.kv.counter_final,
-                        "increments_ok": r.kv.increments_ok, "increments_unknown": r.kv.increments_unknown,
-                    },
-                    "deploys": r.deploys, "route_winners": r.route_winners,
-                    "violations": r.violations,
-                })
-            })
-            .collect(),
-    )
 }

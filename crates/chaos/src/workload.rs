@@ -60,7 +60,7 @@ pub fn wall_ms() -> u64 {
 }
 
 /// The live endpoints, in node order, with their index.
-fn live(endpoints: &Endpoints) -> Vec<(usize, Endpoint)> {
+pub fn live(endpoints: &Endpoints) -> Vec<(usize, Endpoint)> {
     endpoints
         .read()
         .map(|all| {
@@ -160,6 +160,8 @@ pub const BUCKET: &str = "chaos";
 pub struct KvOp {
     pub key: &'static str,
     pub op: Operation,
+    /// The revision an acknowledged write was stored under.
+    pub revision: Option<u64>,
 }
 
 /// Reads and writes the registers and reads and increments the counter,
@@ -199,12 +201,15 @@ pub async fn kv_clients(
                 };
                 let invoked = clock.us();
                 let outcome = kv_op(&http, endpoint, key, &call).await;
-                let outcome = match outcome {
-                    KvOutcome::Ok(ret) => Outcome::Ok {
-                        ret,
-                        completed: clock.us(),
-                    },
-                    KvOutcome::Unknown => Outcome::Unknown,
+                let (outcome, revision) = match outcome {
+                    KvOutcome::Ok(ret, revision) => (
+                        Outcome::Ok {
+                            ret,
+                            completed: clock.us(),
+                        },
+                        revision,
+                    ),
+                    KvOutcome::Unknown => (Outcome::Unknown, None),
                     KvOutcome::Failed => continue,
                 };
                 done.push(KvOp {
@@ -215,6 +220,7 @@ pub async fn kv_clients(
                         invoked,
                         outcome,
                     },
+                    revision,
                 });
             }
             done
@@ -225,7 +231,7 @@ pub async fn kv_clients(
 
 /// Every client's operations; a client that panicked fails the run (its
 /// operations would be missing from the checks, unseen).
-async fn gather<T>(tasks: Vec<tokio::task::JoinHandle<Vec<T>>>) -> anyhow::Result<Vec<T>> {
+pub async fn gather<T>(tasks: Vec<tokio::task::JoinHandle<Vec<T>>>) -> anyhow::Result<Vec<T>> {
     let mut all = Vec::new();
     for task in tasks {
         all.extend(
@@ -237,7 +243,8 @@ async fn gather<T>(tasks: Vec<tokio::task::JoinHandle<Vec<T>>>) -> anyhow::Resul
 }
 
 enum KvOutcome {
-    Ok(Ret),
+    /// Done, with the revision a write was stored under.
+    Ok(Ret, Option<u64>),
     /// Known not to have been applied (nothing sent, or refused before it was tried).
     Failed,
     Unknown,
@@ -267,14 +274,19 @@ async fn kv_op(http: &reqwest::Client, endpoint: &Endpoint, key: &str, call: &Ca
     };
     match (call, status) {
         (Call::Read, 200) => match text.trim().parse() {
-            Ok(v) => KvOutcome::Ok(Ret::Read(Some(v))),
+            Ok(v) => KvOutcome::Ok(Ret::Read(Some(v)), None),
             Err(_) => KvOutcome::Unknown,
         },
-        (Call::Read, 404) => KvOutcome::Ok(Ret::Read(None)),
-        (Call::Write(_), 200) => KvOutcome::Ok(Ret::Written),
-        (Call::Delete, 200 | 204 | 404) => KvOutcome::Ok(Ret::Deleted),
+        (Call::Read, 404) => KvOutcome::Ok(Ret::Read(None), None),
+        (Call::Write(_), 200) => {
+            let revision = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["revision"].as_u64());
+            KvOutcome::Ok(Ret::Written, revision)
+        }
+        (Call::Delete, 200 | 204 | 404) => KvOutcome::Ok(Ret::Deleted, None),
         (Call::Incr(_), 200) => match text.trim().parse() {
-            Ok(v) => KvOutcome::Ok(Ret::Incremented(v)),
+            Ok(v) => KvOutcome::Ok(Ret::Incremented(v), None),
             Err(_) => KvOutcome::Unknown,
         },
         // Refused by admission before it ran: not applied.
