@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use crate::nodes::World;
 use crate::workload::{BUCKET, KvOp};
 
-/// The function the trigger runs.
+/// The function the trigger runs, and the trigger's id.
 pub const FUNCTION: &str = "recorder";
+const TRIGGER: &str = "feed";
 
 /// One delivery of a change, as the guest recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub fn setup(world: &World, guest: &str) -> anyhow::Result<()> {
     world.gust_json(
         0,
         &[
-            "trigger", "add", FUNCTION, "--bucket", BUCKET, "--path", "/record", "--id", "feed",
+            "trigger", "add", FUNCTION, "--bucket", BUCKET, "--path", "/record", "--id", TRIGGER,
         ],
     )?;
     Ok(())
@@ -108,12 +109,16 @@ fn parse(dump: &str) -> Vec<Delivery> {
 }
 
 /// Waits until every acknowledged write in `ops` was delivered (or
-/// `within` passes), then a little longer for late redeliveries.
+/// `within` passes), then a little longer for late redeliveries; the last
+/// records read (a read that fails keeps the one before).
 pub async fn collect(world: &World, ops: &[KvOp], within: Duration) -> Vec<Delivery> {
     let expected = acknowledged(ops);
     let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
     loop {
-        let seen = read(world).await.unwrap_or_default();
+        if let Some(now) = read(world).await {
+            seen = now;
+        }
         let got: HashSet<(&str, u64)> = seen.iter().map(|d| (d.key.as_str(), d.revision)).collect();
         let all = expected.iter().all(|(k, r)| got.contains(&(*k, *r)));
         if all || Instant::now() > deadline {
@@ -122,7 +127,7 @@ pub async fn collect(world: &World, ops: &[KvOp], within: Duration) -> Vec<Deliv
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    read(world).await.unwrap_or_default()
+    read(world).await.unwrap_or(seen)
 }
 
 /// (key, revision) of every write a client saw acknowledged.
@@ -142,18 +147,19 @@ pub struct FeedFigures {
     pub redelivered: usize,
     /// A key's revision delivered after a later one of the same key.
     pub out_of_order: Vec<String>,
-    /// Acknowledged writes never delivered.
+    /// Acknowledged writes neither delivered nor dead-lettered.
     pub missing: Vec<String>,
-    /// Changes the trigger gave up on.
+    /// Acknowledged writes the trigger gave up on (dead-lettered).
     pub dead_lettered: usize,
 }
 
-/// Checks `deliveries` (in the order they ran) against the writes in `ops`.
-pub fn check(ops: &[KvOp], deliveries: &[Delivery], dead_lettered: usize) -> FeedFigures {
+/// Checks `deliveries` (in the order they ran) against the writes in `ops`;
+/// `dead` holds the invocation ids of the trigger's dead letters
+/// (`kv-<function>-<trigger>-<revision>`).
+pub fn check(ops: &[KvOp], deliveries: &[Delivery], dead: &HashSet<String>) -> FeedFigures {
     let mut last = BTreeMap::<&str, u64>::new();
     let mut figures = FeedFigures {
         deliveries: deliveries.len(),
-        dead_lettered,
         ..Default::default()
     };
     for d in deliveries {
@@ -174,11 +180,16 @@ pub fn check(ops: &[KvOp], deliveries: &[Delivery], dead_lettered: usize) -> Fee
         .collect();
     let expected = acknowledged(ops);
     figures.acknowledged = expected.len();
-    figures.missing = expected
-        .into_iter()
-        .filter(|(k, r)| !delivered.contains(&(*k, *r)))
-        .map(|(k, r)| format!("{k}@{r}"))
-        .collect();
+    for (key, revision) in expected {
+        if delivered.contains(&(key, revision)) {
+            continue;
+        }
+        if dead.contains(&format!("kv-{FUNCTION}-{TRIGGER}-{revision}")) {
+            figures.dead_lettered += 1;
+        } else {
+            figures.missing.push(format!("{key}@{revision}"));
+        }
+    }
     figures
 }
 
@@ -237,7 +248,7 @@ mod tests {
             delivered("r0", 1),
             delivered("r0", 3),
         ];
-        let f = check(&ops, &got, 0);
+        let f = check(&ops, &got, &HashSet::new());
         assert!(f.out_of_order.is_empty(), "{f:?}");
         assert!(f.missing.is_empty(), "{f:?}");
         assert_eq!((f.acknowledged, f.deliveries, f.redelivered), (3, 4, 1));
@@ -247,8 +258,13 @@ mod tests {
     fn an_older_revision_after_a_newer_one_and_a_write_never_delivered_are_found() {
         let ops = [write("r0", 1), write("r0", 3), write("r1", 2)];
         let got = [delivered("r0", 3), delivered("r0", 1)];
-        let f = check(&ops, &got, 0);
+        let f = check(&ops, &got, &HashSet::new());
         assert_eq!(f.out_of_order.len(), 1, "{f:?}");
         assert_eq!(f.missing, vec!["r1@2".to_string()]);
+        // Dead-lettered, it is not missing.
+        let dead = HashSet::from(["kv-recorder-feed-2".to_string()]);
+        let f = check(&ops, &got, &dead);
+        assert!(f.missing.is_empty(), "{f:?}");
+        assert_eq!(f.dead_lettered, 1);
     }
 }

@@ -417,10 +417,11 @@ async fn run(
     let ticks_until = wall_ms().saturating_sub(5_000);
     report.schedule = check::schedule(&usage, "ticker", "beat", 1000, ticks_until);
     report.strict_ticks = matches!(scenario, Scenario::S0 | Scenario::S7);
+    report.strict_budget = scenario == Scenario::S0;
     report.kv = check::kv(&kv_ops, counter);
     let changes = feeds::collect(&world, &kv_ops, Duration::from_secs(60)).await;
-    let dead_changes = dead_letters(&world, feeds::FUNCTION).await.len();
-    report.feeds = feeds::check(&kv_ops, &changes, dead_changes);
+    let dead_changes = dead_letters(&world, feeds::FUNCTION).await;
+    report.feeds = feeds::check(&kv_ops, &changes, &dead_changes);
     report.timeline.push(mark(&clock, "change feed read"));
     if scenario == Scenario::S0 {
         report.deploys = Some(blocking(|| concurrent_deploys(&world, &guest_path))?);

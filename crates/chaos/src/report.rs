@@ -5,6 +5,9 @@ use crate::budget::BudgetFigures;
 use crate::check::{EventFigures, KvFigures, LedgerFigures, ScheduleFigures};
 use crate::feeds::FeedFigures;
 
+/// Requests a budget may be overspent by with no fault (measured: 0–2).
+const BUDGET_SLACK: i64 = 5;
+
 /// What one scenario found.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -20,6 +23,8 @@ pub struct Report {
     pub deploys: Option<Vec<u64>>,
     /// Missing ticks fail the run (no fault touched NATS or the owner's life).
     pub strict_ticks: bool,
+    /// Budget overshoot past [`BUDGET_SLACK`] fails the run (no fault).
+    pub strict_budget: bool,
     /// Of three functions claiming one host at once, those that got it.
     pub route_winners: Option<Vec<String>>,
     pub violations: Vec<String>,
@@ -80,19 +85,20 @@ pub fn violations(r: &Report) -> Vec<String> {
             r.feeds.out_of_order[0]
         ));
     }
-    if r.feeds.missing.len() > r.feeds.dead_lettered {
+    if !r.feeds.missing.is_empty() {
         v.push(format!(
-            "{} acknowledged KV writes never delivered to their trigger ({} dead-lettered; e.g. {})",
+            "{} acknowledged KV writes never delivered to their trigger nor dead-lettered (e.g. {})",
             r.feeds.missing.len(),
-            r.feeds.dead_lettered,
             r.feeds.missing[0]
         ));
     }
+    // With no fault, every node sees the others' costs within 1.5 s: at
+    // 10 requests/s the budget holds within a few requests.
     let b = &r.budget;
-    if b.over_budget == 0 && b.billed as u64 > 2 * b.budget {
+    if r.strict_budget && (b.over_budget == 0 || b.overshoot > BUDGET_SLACK) {
         v.push(format!(
-            "a budget of {} requests never stopped its function ({} billed)",
-            b.budget, b.billed
+            "a budget of {} requests, with no fault: {} billed, {} refused over budget (at most {BUDGET_SLACK} over allowed)",
+            b.budget, b.billed, b.over_budget
         ));
     }
     if let Some(winners) = &r.route_winners

@@ -428,13 +428,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let stop_rx_api = stop_rx.clone();
     let signals = Signals::install();
     let delivering = events.clone();
-    let deliveries = events.clone();
+    let drain_timeout = Duration::from_secs(args.drain_timeout);
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         signals.wait().await;
         tracing::info!("shutting down");
-        // No event is claimed from now on; those running finish below.
+        // No event is claimed from now on; the attempts running go on to
+        // their recorded outcome (as requests in flight do), within the
+        // same drain timeout, so that a stop redelivers nothing.
         delivering.stop_delivering();
         let _ = stop_tx.send(true);
+        let _ = drained_tx.send(delivering.drain(drain_timeout).await);
     });
 
     let metrics = {
@@ -553,11 +557,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("the data plane failed")?;
     let _ = tokio::time::timeout(Duration::from_secs(5), api_server).await;
-    // Event attempts under way run to their recorded outcome (as requests
-    // in flight did), so that a stop redelivers nothing.
-    let unfinished = deliveries
-        .drain(Duration::from_secs(args.drain_timeout))
-        .await;
+    let unfinished = tokio::time::timeout(drain_timeout, drained_rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
     if unfinished > 0 {
         tracing::warn!(
             unfinished,

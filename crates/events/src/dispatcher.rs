@@ -81,14 +81,14 @@ struct Busy(Arc<Wake>);
 
 impl Busy {
     fn new(wake: &Arc<Wake>) -> Self {
-        wake.busy.fetch_add(1, Ordering::AcqRel);
+        wake.busy.fetch_add(1, Ordering::SeqCst);
         Busy(wake.clone())
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle.notify_waiters();
         }
     }
@@ -97,7 +97,7 @@ impl Drop for Busy {
 impl Wake {
     /// Workers claim nothing more: each ends at its next turn (woken now).
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::Release);
+        self.stopping.store(true, Ordering::SeqCst);
         let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         for notify in workers.values() {
             notify.notify_one();
@@ -105,7 +105,7 @@ impl Wake {
     }
 
     fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Waits until no claim is being made and no attempt runs, or until
@@ -116,12 +116,12 @@ impl Wake {
             let idle = self.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            let busy = self.busy.load(Ordering::Acquire);
+            let busy = self.busy.load(Ordering::SeqCst);
             if busy == 0 {
                 return 0;
             }
             if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return self.busy.load(Ordering::Acquire);
+                return self.busy.load(Ordering::SeqCst);
             }
         }
     }
@@ -303,6 +303,9 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
         // cold, it leaves the event a moment to a node where it is warm.
         if events.shared && !invoker.is_warm(&tenant, &function) {
             tokio::time::sleep(COLD_GRACE).await;
+            if events.wake.stopping() {
+                return;
+            }
         }
         let (policy, timeout_ms) = invoker
             .policy(&tenant, &function)

@@ -405,10 +405,25 @@ impl Events {
             }
             None => self.queue.enqueue(&queue, payload, 0).await?,
         };
+        // Once queued, the event is accepted whatever becomes of its
+        // status: an error now would have the client (or a trigger,
+        // through `submit_once`, which finds no status) queue it again, a
+        // second copy run as attempt 1. The status is tried for a second,
+        // then left to the first attempt, which writes its own.
         let key = invocation_key(&envelope.tenant, &envelope.invocation_id);
-        match self.kv.compare_and_set(&key, encode(&record)?, None).await {
-            Ok(_) | Err(StoreError::Conflict { .. }) => {}
-            Err(e) => return Err(e.into()),
+        let status = encode(&record)?;
+        let mut pause = std::time::Duration::from_millis(100);
+        for left in (0..4).rev() {
+            match self.kv.compare_and_set(&key, status.clone(), None).await {
+                Ok(_) | Err(StoreError::Conflict { .. }) => break,
+                Err(e) if left == 0 => {
+                    tracing::warn!(invocation_id = %envelope.invocation_id, error = %e, "an event is queued but its status could not be written; its first attempt writes it");
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
         }
         self.counters.accepted.fetch_add(1, Ordering::Relaxed);
         self.counters.add_backlog(&envelope.tenant, 1);

@@ -490,7 +490,7 @@ impl NatsStore {
             Batch::Refused { code, .. } if RETRYABLE.contains(&code) => Ok(Err(code)),
             Batch::Refused { code, .. } if DUPLICATE.contains(&code) => {
                 Err(StoreError::Unavailable(
-                    "the writes were stored by an earlier try whose answer said otherwise (a NATS leader change); they are not applied twice, but their result is unknown here: read the keys again".into(),
+                    "an earlier try of these writes, answered as refused (a NATS leader change), was stored or may still be: they are not applied twice, but their result is unknown here; read the keys again".into(),
                 ))
             }
             Batch::Refused { code, description } if code == TOO_LARGE => {
@@ -564,7 +564,7 @@ impl DataStore for NatsStore {
         writes: Vec<DataWrite>,
         allowance: Option<&Allowance>,
     ) -> Result<Vec<Option<DataChange>>, StoreError> {
-        self.linked()?;
+        self.linked().await?;
         if let Some(allowance) = allowance
             && let Some(stranger) = writes.iter().find(|w| owner_of(w.key()) != allowance.owner)
         {

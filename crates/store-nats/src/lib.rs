@@ -109,6 +109,9 @@ impl std::fmt::Debug for NatsStore {
 /// How long a JetStream request may take before it is reported as failed
 /// (the cluster has no leader for the stream, say).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write waits for a lost NATS connection to come back before
+/// it is refused.
+const RECONNECT_GRACE: Duration = Duration::from_millis(500);
 
 impl NatsStore {
     /// Connects to the servers and creates (or opens) the streams Gust uses.
@@ -156,13 +159,20 @@ impl NatsStore {
     /// server: a write would otherwise wait out the request timeout (5 s)
     /// before its caller could say 503. Nothing was sent, so nothing is
     /// lost and no caller is told a write happened that did not.
-    pub(crate) fn linked(&self) -> Result<(), StoreError> {
-        match self.client.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            _ => Err(StoreError::Unavailable(
-                "this node has lost its connection to NATS (it reconnects by itself): try again shortly, or through another node".into(),
-            )),
+    /// A reconnect to another server (a rolling restart) takes
+    /// milliseconds: the refusal comes only after [`RECONNECT_GRACE`].
+    pub(crate) async fn linked(&self) -> Result<(), StoreError> {
+        use async_nats::connection::State;
+        let deadline = tokio::time::Instant::now() + RECONNECT_GRACE;
+        while self.client.connection_state() != State::Connected {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Unavailable(
+                    "this node has lost its connection to NATS (it reconnects by itself): try again shortly, or through another node".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        Ok(())
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {

@@ -639,8 +639,9 @@ impl Queues {
             let batch = crate::batch::batch_id();
             (0..items.len()).map(|i| format!("{batch}.{i}")).collect()
         };
-        // Where the last try that may have been stored put the messages.
-        let mut maybe_stored = None;
+        // Where each refused try would have put the messages: one of
+        // them holds them if a later try is refused as a duplicate.
+        let mut refused_at: Vec<u64> = Vec::new();
         let mut fresh = false;
         for attempt in 0..RETRIES {
             if fresh {
@@ -681,17 +682,21 @@ impl Queues {
                         .await;
                     return Ok((last + 1..=last + n).collect());
                 }
-                // Another node moved the counter first, or no leader yet.
                 // An earlier try was stored after all: its messages are
-                // the answer (the counter moved with them).
+                // the answer.
                 Ok(Batch::Refused {
                     code: DUPLICATE_IN_BATCH,
                     ..
-                }) if maybe_stored.is_some() => {
-                    let stored: u64 = maybe_stored.unwrap_or_default();
-                    tracing::warn!(%queue, from = stored + 1, n, "an enqueue whose answer said refused was stored after all; not stored again");
+                }) if !refused_at.is_empty() => {
                     self.cache().remove(queue);
-                    return Ok((stored + 1..=stored + n).collect());
+                    let stored = self.stored_try(queue, &refused_at, &items[0].0).await?;
+                    tracing::warn!(%queue, from = stored.map(|s| s + 1), n, "an enqueue whose answer said refused was stored after all; not stored again");
+                    return match stored {
+                        Some(stored) => Ok((stored + 1..=stored + n).collect()),
+                        None => Err(StoreError::Unavailable(format!(
+                            "queue `{queue}`: the messages were stored by an earlier try whose answer said otherwise (a NATS leader change), at sequence numbers not known here"
+                        ))),
+                    };
                 }
                 // An earlier try is still being stored (or failing): ask
                 // again once it is settled.
@@ -702,15 +707,20 @@ impl Queues {
                     tracing::debug!(%queue, attempt, "an earlier try of this enqueue is still in process; asking again");
                     fresh = true;
                 }
+                // Another node moved the counter first.
                 Ok(
-                    outcome @ (Batch::Refused {
+                    outcome @ Batch::Refused {
                         code: WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CONSTANT,
                         ..
-                    }
-                    | Batch::Unheard),
+                    },
                 ) => {
-                    tracing::debug!(%queue, attempt, from = last + 1, n, ?outcome, "an enqueue batch was refused or unheard; trying again");
-                    maybe_stored = Some(last);
+                    tracing::debug!(%queue, attempt, from = last + 1, n, ?outcome, "an enqueue batch was refused; trying again");
+                    refused_at.push(last);
+                    fresh = true;
+                }
+                // No leader yet: nothing reached a stream.
+                Ok(Batch::Unheard) => {
+                    tracing::debug!(%queue, attempt, "an enqueue batch was unheard; trying again");
                     fresh = true;
                 }
                 Ok(Batch::Refused { code, description }) => {
@@ -727,6 +737,28 @@ impl Queues {
         Err(StoreError::Backend(format!(
             "queue `{queue}`: the enqueue was refused {RETRIES} times (other nodes enqueueing at once, or the stream without a leader); try again"
         )))
+    }
+
+    /// Of the tries refused at `refused_at` (the last sequence number each
+    /// read), the one whose first message is `first`: the only one if
+    /// there was one, else the one whose subject holds that payload now
+    /// (`None` if none does: delivered and acknowledged since, say).
+    async fn stored_try(
+        &self,
+        queue: &str,
+        refused_at: &[u64],
+        first: &Bytes,
+    ) -> Result<Option<u64>, StoreError> {
+        if let [only] = refused_at {
+            return Ok(Some(*only));
+        }
+        for last in refused_at.iter().rev() {
+            let held = self.last(&self.subject(queue, last + 1)).await?;
+            if held.is_some_and(|m| m.payload == *first) {
+                return Ok(Some(*last));
+            }
+        }
+        Ok(None)
     }
 
     /// Appends to `queue`, in one batch with whatever other enqueues of
@@ -868,7 +900,7 @@ impl QueueStore for NatsStore {
         payloads: Vec<Bytes>,
         not_before_ms: u64,
     ) -> Result<Vec<u64>, StoreError> {
-        self.linked()?;
+        self.linked().await?;
         self.queues
             .append(&self.client, queue, None, payloads, not_before_ms)
             .await
@@ -881,7 +913,7 @@ impl QueueStore for NatsStore {
         payloads: Vec<Bytes>,
         not_before_ms: u64,
     ) -> Result<Vec<u64>, StoreError> {
-        self.linked()?;
+        self.linked().await?;
         self.queues
             .append(&self.client, queue, Some(group), payloads, not_before_ms)
             .await
