@@ -56,12 +56,7 @@ pub fn setup(world: &World, guest: &str) -> anyhow::Result<()> {
 /// The deliveries recorded so far, in the order they ran (`None` if no
 /// node answered).
 async fn read(world: &World) -> Option<Vec<Delivery>> {
-    let endpoints: Vec<_> = world
-        .endpoints
-        .read()
-        .map(|e| e.iter().flatten().cloned().collect())
-        .unwrap_or_default();
-    for endpoint in endpoints {
+    for (_, endpoint) in crate::workload::live(&world.endpoints) {
         let Ok(response) = world
             .http
             .post(format!("{}/{FUNCTION}/kv/dump?bucket=seen", endpoint.url))

@@ -716,12 +716,7 @@ async fn heal(world: &mut World, timeline: &mut Vec<String>) -> anyhow::Result<(
 /// Every node serves `function` (a 200 from each).
 async fn wait_served(world: &World, function: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let endpoints: Vec<_> = world
-        .endpoints
-        .read()
-        .map(|e| e.iter().flatten().cloned().collect())
-        .unwrap_or_default();
-    for endpoint in endpoints {
+    for (_, endpoint) in workload::live(&world.endpoints) {
         loop {
             let ok = world
                 .http

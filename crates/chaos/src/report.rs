@@ -30,6 +30,7 @@ pub struct Report {
     pub violations: Vec<String>,
 }
 
+/// What fails the run: each broken promise, in a sentence.
 pub fn violations(r: &Report) -> Vec<String> {
     let mut v = Vec::new();
     let e = &r.events;
@@ -120,6 +121,7 @@ pub fn violations(r: &Report) -> Vec<String> {
     v
 }
 
+/// The figures as a Markdown table, then each scenario's timeline.
 pub fn print_table(reports: &[Report]) {
     println!(
         "| | fault | accepted (/s) | lost | unexpected | duplicates | unknown | refused | unavailable s | accept p50/p99 ms | delivery p50/p99/max ms | ledger: records, doubled, gaps, aborted | ticks, doubled, missed | KV ops, unknown, stale reads, violations | KV changes: writes, delivered, redelivered, out of order, missing | budget: requests, billed, overshoot |"
@@ -218,6 +220,7 @@ pub fn print_table(reports: &[Report]) {
     }
 }
 
+/// The figures as JSON (`--json`).
 pub fn json(reports: &[Report]) -> serde_json::Value {
     serde_json::Value::Array(
         reports
