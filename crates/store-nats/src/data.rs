@@ -22,7 +22,9 @@
 //! between; the apply then reads again and retries. An owner's writes are
 //! thereby serialised through its record: every key's write is decided on
 //! the state it replaces (increments lose nothing, an allowance is never
-//! passed), and revisions are numbered per owner without gaps.
+//! passed), and revisions are numbered per owner without gaps. The writes
+//! carry a `Nats-Msg-Id` kept through the retries of one apply, so a try
+//! stored although answered as refused is never applied a second time.
 //!
 //! Async-nats has no batch publisher: the messages go as core publishes
 //! (the server stages them, in order, on the stream leader), the last as

@@ -29,6 +29,10 @@
 //! implies every earlier one of its queue is seen too, unless acknowledged.
 //! That is what makes ordering groups exact: a grouped message is
 //! claimable when no earlier message of its group is in the listing.
+//! Each message carries a `Nats-Msg-Id` that stays the same through the
+//! retries of one enqueue: a try answered as refused may have been stored
+//! (seen after a partition), and its retry is then refused as a
+//! duplicate instead of storing the events twice.
 //!
 //! ## Waking the other nodes
 //! After each enqueue batch the queue's name goes out on the core NATS
