@@ -435,3 +435,41 @@ async fn queue_throughput() {
         drained[0], drained[1]
     );
 }
+
+/// A node whose NATS connection is gone refuses a write at once, saying
+/// so, instead of waiting out the request timeout for an ambiguous error.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_enqueue_without_a_nats_connection_is_refused_as_such() {
+    let Some(binary) = testkit::require() else {
+        return;
+    };
+    let cluster = tokio::task::spawn_blocking(move || testkit::Cluster::start(&binary, 3))
+        .await
+        .unwrap();
+    let store = NatsStore::connect(testkit::options(&cluster))
+        .await
+        .unwrap();
+    store
+        .enqueue("q", vec![payload("before")], 0)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        cluster.signal(i, "KILL");
+    }
+    // Once the client has noticed the servers are gone …
+    for _ in 0..100 {
+        if store.client().connection_state() != async_nats::connection::State::Connected {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // … a write is refused for that reason (not a timeout, after 5 s).
+    let refused = store.enqueue("q", vec![payload("after")], 0).await.err();
+    assert!(
+        refused
+            .as_ref()
+            .is_some_and(|e| e.to_string().contains("lost its connection to NATS")),
+        "{refused:?}"
+    );
+    assert!(matches!(refused, Some(StoreError::Unavailable(_))));
+}
