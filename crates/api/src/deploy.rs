@@ -63,6 +63,9 @@ pub struct DeployParams {
     /// Instances kept warm whatever the traffic: `2`, or
     /// `2@mon-fri 09:00-17:00` (UTC) for those hours only.
     pub provisioned: Option<String>,
+    /// `true`: outbound requests to hosts outside Gust carry the
+    /// invocation's W3C trace context when traces are on (default `false`).
+    pub trace_outbound: Option<bool>,
     /// Event delivery: attempts in all (default 3).
     pub max_attempts: Option<u32>,
     /// Event delivery: delay before the first retry in ms, doubled after (default 1000).
@@ -253,6 +256,7 @@ pub async fn plan(
             .map(str::parse)
             .transpose()
             .map_err(ApiError::BadRequest)?,
+        trace_outbound: params.trace_outbound,
     }
     .resolve()
     .map_err(|e| ApiError::BadRequest(e.to_string()))?;

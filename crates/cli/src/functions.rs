@@ -54,6 +54,11 @@ pub struct DeployArgs {
     /// there, the control API included if it is on that address.
     #[arg(long = "allow-internal-host", value_name = "HOST")]
     pub(crate) allow_internal_hosts: Vec<String>,
+    /// Send the invocation's trace context (`traceparent`) with outbound
+    /// requests to hosts outside Gust, when the node exports traces. Off by
+    /// default: a trace id tells the receiver which request it came from.
+    #[arg(long)]
+    pub(crate) trace_outbound: bool,
     /// What the function may cost per calendar month, in micro-units of the
     /// tenant's price plan; past it, its invocations get 429 until the month ends.
     #[arg(long)]
@@ -199,6 +204,9 @@ pub(crate) async fn deploy_version(mut args: DeployArgs) -> anyhow::Result<Versi
     }
     if !args.allow_internal_hosts.is_empty() {
         query.push(("allow_internal_hosts", args.allow_internal_hosts.join(",")));
+    }
+    if args.trace_outbound {
+        query.push(("trace_outbound", "true".to_string()));
     }
     let numbers = [
         ("memory_bytes", args.memory_mb.map(|mb| mb << 20)),

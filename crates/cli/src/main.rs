@@ -18,6 +18,7 @@ mod output;
 mod project;
 mod scale;
 mod schedules;
+mod telemetry;
 mod up;
 mod usage;
 mod vars;

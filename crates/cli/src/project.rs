@@ -70,6 +70,7 @@ impl Project {
         if args.provisioned.is_none() {
             args.provisioned = l.provisioned.as_deref().and_then(|p| p.parse().ok());
         }
+        args.trace_outbound |= l.trace_outbound;
         if args.routes.is_empty()
             && let Some(routes) = &m.function.routes
         {

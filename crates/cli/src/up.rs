@@ -151,8 +151,26 @@ pub struct UpArgs {
     /// Seconds invocation logs are kept (default 7 days).
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     log_max_age_secs: u64,
+    /// Export traces over OTLP/HTTP to this collector (its base URL, e.g.
+    /// `http://127.0.0.1:4318`; spans go to `/v1/traces`). The standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` and other `OTEL_*` variables work too.
+    /// Off when neither is set.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Whether a request's own `traceparent` makes its invocation part of
+    /// the client's trace (`trust`), or every request from outside starts a
+    /// new trace (`ignore`). Calls between functions always keep theirs.
+    #[arg(long, value_enum, default_value_t = ClientTraceContext::Trust)]
+    trace_client_context: ClientTraceContext,
     #[command(flatten)]
     cluster: crate::cluster_mode::ClusterArgs,
+}
+
+/// What `--trace-client-context` does with a client's trace context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClientTraceContext {
+    Trust,
+    Ignore,
 }
 
 /// The machine's available memory in bytes, if the kernel says.
@@ -229,7 +247,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             "--dev turns authentication off, so both --listen and --api-listen must be loopback addresses (127.0.0.1 or ::1)"
         );
     }
-    init_logging();
+    let node = args
+        .cluster
+        .enabled()
+        .then(|| args.cluster.node_id().ok())
+        .flatten();
+    let telemetry = crate::telemetry::init(args.otlp_endpoint.as_deref(), node.as_deref())?;
     std::fs::create_dir_all(&args.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -390,6 +413,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 max_bytes: args.log_max_bytes,
                 max_age_ms: args.log_max_age_secs.saturating_mul(1000),
             },
+        },
+        trace: gust_gateway::trace::TraceConfig {
+            enabled: telemetry.tracing(),
+            trust_client: args.trace_client_context == ClientTraceContext::Trust,
         },
     };
     let secrets = Arc::new(if args.cluster.enabled() {
@@ -581,6 +608,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         // start again under its id at once.
         let _ = tokio::time::timeout(Duration::from_secs(2), heartbeats).await;
     }
+    telemetry.shutdown(Duration::from_secs(5)).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -639,22 +667,6 @@ impl Signals {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-/// Logs on stderr, filtered by `GUST_LOG` in `EnvFilter` syntax
-/// (`warn`, `gust_gateway=debug,info`); `info` when unset. Directives that
-/// do not parse are skipped with a warning rather than silencing the logs.
-fn init_logging() {
-    use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::builder()
-        .with_default_directive(tracing_subscriber::filter::LevelFilter::INFO.into())
-        .with_env_var("GUST_LOG")
-        .from_env_lossy();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }
 
 /// The data plane's figures for `/metrics`.

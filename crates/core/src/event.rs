@@ -32,6 +32,13 @@ pub struct Envelope {
     /// keeps the one it was sent to); `/` for other triggers.
     #[serde(default = "root_path")]
     pub path: String,
+    /// W3C trace context of the span that accepted the event (when traces
+    /// are on): delivered as the CloudEvents distributed-tracing attributes,
+    /// so its attempts join the trace of the request that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     #[serde(skip)]
     pub data: Vec<u8>,
 }
@@ -122,6 +129,8 @@ mod tests {
             content_type: Some("application/octet-stream".into()),
             accepted_ms: 6,
             path: "/x?y=1".into(),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: None,
             data: vec![0, 255, 1, 2],
         };
         let decoded = Envelope::decode(&envelope.encode()).unwrap();

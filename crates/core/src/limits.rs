@@ -61,6 +61,12 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, example = "2@mon-fri 09:00-17:00")]
     pub provisioned: Option<Provisioned>,
+    /// Its outbound requests to hosts outside Gust carry the W3C trace
+    /// context (`traceparent`, `tracestate`) of the invocation when traces
+    /// are on. Off by default: a trace id tells the receiver which request
+    /// it belongs to. Calls to other functions always carry it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trace_outbound: bool,
 }
 
 fn default_queue_depth() -> u32 {
@@ -302,6 +308,7 @@ impl Default for Limits {
             queue_wait_ms: Self::DEFAULT_QUEUE_WAIT_MS,
             keep_alive: KeepAlive::default(),
             provisioned: None,
+            trace_outbound: false,
         }
     }
 }
@@ -353,6 +360,8 @@ pub struct LimitsPatch {
     pub keep_alive: Option<KeepAlive>,
     #[schema(value_type = Option<String>, example = "1")]
     pub provisioned: Option<Provisioned>,
+    #[serde(default)]
+    pub trace_outbound: Option<bool>,
 }
 
 impl LimitsPatch {
@@ -383,6 +392,7 @@ impl LimitsPatch {
             queue_wait_ms: self.queue_wait_ms.unwrap_or(defaults.queue_wait_ms),
             keep_alive: self.keep_alive.unwrap_or(defaults.keep_alive),
             provisioned: self.provisioned,
+            trace_outbound: self.trace_outbound.unwrap_or(defaults.trace_outbound),
         };
         limits.validate()?;
         Ok(limits)

@@ -137,6 +137,9 @@ pub struct LimitsSection {
     pub queue_wait_ms: Option<u64>,
     pub keep_alive: Option<String>,
     pub provisioned: Option<String>,
+    /// Outbound requests outside Gust carry the trace context.
+    #[serde(default)]
+    pub trace_outbound: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -186,6 +186,17 @@ impl Outcome {
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Completed)
     }
+
+    /// Its kind, as one word: `completed`, `trapped`, `timed_out`, `failed`, `cancelled`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Trapped { .. } => "trapped",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// What one invocation printed, with how it ended. Stored per function.

@@ -43,6 +43,17 @@ pub enum Trigger {
     Call,
 }
 
+impl Trigger {
+    /// As it is written in records: `http`, `event`, `call`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Http => "http",
+            Trigger::Event => "event",
+            Trigger::Call => "call",
+        }
+    }
+}
+
 /// One invocation attempt as metered: exactly one per attempt, keyed by
 /// `(invocation_id, attempt)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -557,6 +557,9 @@ async fn forward(
     envelope.source = format!("/gust/functions/{}", source.function);
     envelope.subject = Some(source.invocation_id.clone());
     envelope.content_type = Some("application/json".to_string());
+    // The destination's attempts join the source event's trace.
+    envelope.traceparent.clone_from(&source.traceparent);
+    envelope.tracestate.clone_from(&source.tracestate);
     events.submit(envelope).await.map_err(|e| match e {
         crate::EventsError::Store(e) => e,
         other => gust_store::StoreError::Backend(other.to_string()),

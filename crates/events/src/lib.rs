@@ -336,6 +336,8 @@ impl Events {
             content_type: owned("content-type"),
             accepted_ms: now,
             path,
+            traceparent: None,
+            tracestate: None,
             data,
             tenant,
             function,

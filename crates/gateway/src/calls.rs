@@ -4,7 +4,8 @@
 //! split, its body limit, the tenant's rate and budgets, admission), metered as an invocation of its own
 //! (trigger `call`) while the caller's record counts an outbound request.
 //! Calls nest at most [`MAX_DEPTH`] deep (508 past it), so a loop of calls
-//! ends.
+//! ends. A call with `Gust-Invocation-Type: Event` is queued as an event
+//! for the callee (202), as the same request from a client would be.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 
 use crate::error::GatewayError;
+use crate::invoker::submit_event;
 use crate::pipeline::run;
 use crate::{GatewayBody, Shared, metering};
 
@@ -120,6 +122,24 @@ async fn call(
     {
         return error.into_response(&id);
     }
+    // Sent as an event: queued for the callee, answered 202 once durable.
+    let asynchronous = parts
+        .headers
+        .get(crate::INVOCATION_TYPE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"event"));
+    if asynchronous {
+        if alias != deploy::LIVE {
+            let error = GatewayError::EventToAlias {
+                alias: alias.to_string(),
+            };
+            return error.into_response(&id);
+        }
+        let request = Request::from_parts(parts, body);
+        return match submit_event(shared, &loaded, request, guest_path, declared, &id, true).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(&id),
+        };
+    }
     let attempt = metering::Attempt {
         id: &id,
         attempt: 1,
@@ -128,7 +148,17 @@ async fn call(
         fault: None,
         depth,
     };
-    let mut response = match run(shared, &loaded, Request::from_parts(parts, body), attempt).await {
+    // The caller's host wrote its trace context: always believed.
+    let start = shared.config.trace.start(&parts.headers, true, alias);
+    let mut response = match run(
+        shared,
+        &loaded,
+        Request::from_parts(parts, body),
+        attempt,
+        start,
+    )
+    .await
+    {
         Ok(response) => response,
         Err(error) => error.into_response(&id),
     };

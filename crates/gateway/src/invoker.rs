@@ -15,7 +15,7 @@ use gust_core::{Envelope, deploy};
 use gust_events::{AttemptOutcome, Events, Invoker};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
+use tracing::Instrument as _;
 
 use crate::catalog;
 use crate::error::GatewayError;
@@ -26,14 +26,21 @@ use crate::{Gateway, GatewayBody, Shared};
 /// Accepts a request as an event for later delivery: `202` once it is
 /// durably queued. CloudEvents attributes come from `ce-*` headers when
 /// the client sends them (binary mode), else Gust fills them in.
-pub(crate) async fn submit_event(
+/// `trusted`: the request's trace context is the host's own (a call from
+/// another function), so its trace goes on whatever clients may claim.
+pub(crate) async fn submit_event<B>(
     shared: &Arc<Shared>,
     loaded: &Arc<catalog::Loaded>,
-    request: Request<Incoming>,
+    request: Request<B>,
     path: String,
     declared_length: Option<u64>,
     id: &str,
-) -> Result<Response<GatewayBody>, GatewayError> {
+    trusted: bool,
+) -> Result<Response<GatewayBody>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let backlog = shared.events.backlog(&loaded.tenant);
     if let Err(error) = shared.access.admit_event(&loaded.tenant, backlog) {
         return Err(reject_unread(shared, request, error).await);
@@ -53,7 +60,7 @@ pub(crate) async fn submit_event(
             CappedRead::TooLarge => GatewayError::EventTooLarge { limit },
             CappedRead::Stalled => GatewayError::BodyStalled,
         })?;
-    let envelope = Events::envelope(
+    let mut envelope = Events::envelope(
         loaded.tenant.clone(),
         loaded.name.clone(),
         id.to_string(),
@@ -61,15 +68,25 @@ pub(crate) async fn submit_event(
         |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
         data.to_vec(),
     );
-    shared.events.submit(envelope).await.map_err(|e| match e {
-        gust_events::EventsError::Store(full @ gust_store::StoreError::DiskFull { .. }) => {
-            GatewayError::DiskFull(format!("the event was not accepted: {full}"))
-        }
-        e => {
-            tracing::error!(invocation_id = id, error = %e, "could not queue an event");
-            GatewayError::EventNotStored
-        }
-    })?;
+    let trace = &shared.config.trace;
+    let span = trace.accepting(&parts.headers, trusted || trace.trust_client, loaded, id);
+    if !span.is_disabled() {
+        (envelope.traceparent, envelope.tracestate) = crate::trace::stored(&span);
+    }
+    shared
+        .events
+        .submit(envelope)
+        .instrument(span)
+        .await
+        .map_err(|e| match e {
+            gust_events::EventsError::Store(full @ gust_store::StoreError::DiskFull { .. }) => {
+                GatewayError::DiskFull(format!("the event was not accepted: {full}"))
+            }
+            e => {
+                tracing::error!(invocation_id = id, error = %e, "could not queue an event");
+                GatewayError::EventNotStored
+            }
+        })?;
     let body = format!("{{\"invocation_id\":\"{id}\",\"state\":\"queued\"}}\n");
     let mut response = Response::new(
         http_body_util::Full::new(Bytes::from(body))
@@ -118,6 +135,14 @@ impl Invoker for Gateway {
         if let Some(subject) = &envelope.subject {
             request = request.header("ce-subject", subject);
         }
+        // The CloudEvents distributed-tracing attributes: the context the
+        // event was accepted in (the guest's own is in `traceparent`).
+        if let Some(traceparent) = &envelope.traceparent {
+            request = request.header("ce-traceparent", traceparent);
+        }
+        if let Some(tracestate) = &envelope.tracestate {
+            request = request.header("ce-tracestate", tracestate);
+        }
         if let Some(content_type) = &envelope.content_type {
             request = request.header(header::CONTENT_TYPE, content_type);
         }
@@ -143,7 +168,8 @@ impl Invoker for Gateway {
             fault: None,
             depth: 0,
         };
-        match run(shared, &loaded, request, metered).await {
+        let start = shared.config.trace.start_event(envelope, attempt);
+        match run(shared, &loaded, request, metered, start).await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 // The attempt is over when the function has sent its whole answer.

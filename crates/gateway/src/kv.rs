@@ -6,11 +6,32 @@ use gust_core::TenantId;
 use gust_core::kv::BucketName;
 use gust_runtime::{KeyValue, KvFailure};
 use gust_store::{Buckets, BucketsError};
+use tracing::Instrument as _;
 
 /// A tenant's buckets, handed to the runtime for one invocation.
 pub(crate) struct TenantKv {
     pub buckets: Buckets,
     pub tenant: TenantId,
+    /// The attempt's span (disabled when traces are off): each operation
+    /// is a child of it.
+    pub span: tracing::Span,
+}
+
+impl TenantKv {
+    /// A span for one operation on `bucket` over `keys` keys.
+    fn op(&self, name: &'static str, bucket: &str, keys: usize) -> tracing::Span {
+        if self.span.is_disabled() {
+            return tracing::Span::none();
+        }
+        tracing::info_span!(
+            target: crate::trace::TARGET,
+            parent: &self.span,
+            "kv",
+            otel.name = name,
+            gust.bucket = bucket,
+            gust.keys = keys,
+        )
+    }
 }
 
 fn failure(error: BucketsError) -> KvFailure {
@@ -42,9 +63,11 @@ impl KeyValue for TenantKv {
         name: &str,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvFailure> {
+        let span = self.op("kv get", name, keys.len());
         let found = self
             .buckets
             .get_many(&self.tenant, &bucket(name)?, keys)
+            .instrument(span)
             .await
             .map_err(failure)?;
         Ok(found
@@ -57,25 +80,31 @@ impl KeyValue for TenantKv {
         let entries = entries
             .into_iter()
             .map(|(k, v)| (k, Bytes::from(v)))
-            .collect();
+            .collect::<Vec<_>>();
+        let span = self.op("kv set", name, entries.len());
         self.buckets
             .put_many(&self.tenant, &bucket(name)?, entries)
+            .instrument(span)
             .await
             .map_err(failure)?;
         Ok(())
     }
 
     async fn delete_many(&self, name: &str, keys: Vec<String>) -> Result<(), KvFailure> {
+        let span = self.op("kv delete", name, keys.len());
         self.buckets
             .delete_many(&self.tenant, &bucket(name)?, keys)
+            .instrument(span)
             .await
             .map_err(failure)?;
         Ok(())
     }
 
     async fn increment(&self, name: &str, key: &str, delta: u64) -> Result<u64, KvFailure> {
+        let span = self.op("kv increment", name, 1);
         self.buckets
             .increment(&self.tenant, &bucket(name)?, key, delta)
+            .instrument(span)
             .await
             .map_err(failure)
     }
@@ -86,6 +115,7 @@ impl KeyValue for TenantKv {
         start_after: Option<String>,
         limit: usize,
     ) -> Result<Vec<String>, KvFailure> {
+        let span = self.op("kv keys", name, limit);
         let keys = self
             .buckets
             .keys(
@@ -95,6 +125,7 @@ impl KeyValue for TenantKv {
                 start_after.as_deref(),
                 limit,
             )
+            .instrument(span)
             .await
             .map_err(failure)?;
         Ok(keys.into_iter().map(|k| k.key).collect())

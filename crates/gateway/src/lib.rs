@@ -22,6 +22,7 @@ mod logs;
 mod metering;
 mod pipeline;
 pub mod scaling;
+pub mod trace;
 
 pub use logs::LogConfig;
 
@@ -81,6 +82,8 @@ pub struct GatewayConfig {
     pub scale: scaling::ScaleConfig,
     /// Invocation logs: each function's rate, and what its stream keeps.
     pub logs: LogConfig,
+    /// Spans for traces, and whether clients' trace context is believed.
+    pub trace: trace::TraceConfig,
 }
 
 impl Default for GatewayConfig {
@@ -97,6 +100,7 @@ impl Default for GatewayConfig {
             public_hosts: Vec::new(),
             scale: scaling::ScaleConfig::default(),
             logs: LogConfig::default(),
+            trace: trace::TraceConfig::default(),
         }
     }
 }

@@ -25,7 +25,7 @@ use crate::catalog::{self, Resolved};
 use crate::error::GatewayError;
 use crate::invoker::submit_event;
 use crate::{CLIENT_HEADER, GatewayBody, INVOCATION_TYPE, Shared, VERSION_HEADER};
-use crate::{calls, cookies, kv, metering, now_ms, scaling};
+use crate::{calls, cookies, kv, metering, now_ms, scaling, trace};
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
@@ -127,7 +127,16 @@ async fn invoke(
             let error = GatewayError::EventToAlias { alias };
             return Err(reject_unread(shared, request, error).await);
         }
-        return submit_event(shared, &loaded, request, guest_path, declared_length, id).await;
+        return submit_event(
+            shared,
+            &loaded,
+            request,
+            guest_path,
+            declared_length,
+            id,
+            false,
+        )
+        .await;
     }
 
     let limits = loaded.limits.clone();
@@ -146,6 +155,12 @@ async fn invoke(
     let uri: Uri = format!("http://{authority}{guest_path}")
         .parse()
         .map_err(|_| GatewayError::BadRequest("the request's host or path is not a valid URI"))?;
+    let trace = &shared.config.trace;
+    let start = trace.start(
+        request.headers(),
+        trace.trust_client,
+        other_alias.as_deref().unwrap_or(deploy::LIVE),
+    );
     let (mut parts, body) = request.into_parts();
     // The client's URI, kept for the cookie scope (its path chose the function).
     let asked = std::mem::replace(&mut parts.uri, uri);
@@ -164,16 +179,22 @@ async fn invoke(
         fault: Some(fault.clone()),
         depth: 0,
     };
-    let result = run(shared, &loaded, Request::from_parts(parts, body), attempt)
-        .await
-        .map(|mut response| {
-            response
-                .headers_mut()
-                .insert(VERSION_HEADER, HeaderValue::from(loaded.version));
-            let path = asked.path_and_query().map_or("/", |pq| pq.as_str());
-            confine_cookies(response.headers_mut(), scope, path);
-            response
-        });
+    let result = run(
+        shared,
+        &loaded,
+        Request::from_parts(parts, body),
+        attempt,
+        start,
+    )
+    .await
+    .map(|mut response| {
+        response
+            .headers_mut()
+            .insert(VERSION_HEADER, HeaderValue::from(loaded.version));
+        let path = asked.path_and_query().map_or("/", |pq| pq.as_str());
+        confine_cookies(response.headers_mut(), scope, path);
+        response
+    });
     if fault.too_large() || fault.stalled() {
         // The gateway answers for the guest. Its own answer is read and
         // thrown away, so that it runs to its end: dropping the body would
@@ -252,11 +273,15 @@ pub(crate) enum CappedRead {
 /// Reads a whole body of at most `cap` bytes. Past the cap it goes on
 /// reading and discarding (up to a bound) so that the client, still
 /// sending, gets the 413 rather than a reset connection.
-pub(crate) async fn read_capped(
-    mut body: Incoming,
+pub(crate) async fn read_capped<B>(
+    mut body: B,
     cap: u64,
     idle: Duration,
-) -> Result<Bytes, CappedRead> {
+) -> Result<Bytes, CappedRead>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     const DISCARD_AT_MOST: u64 = 64 << 20;
     let mut kept = Vec::new();
     let mut seen = 0u64;
@@ -291,11 +316,15 @@ pub(crate) async fn read_capped(
 /// answer at once; any other is already sending, so the body is read and
 /// thrown away first (up to a bound): closing on unread data would reset
 /// the connection and the client would never see why.
-pub(crate) async fn reject_unread(
+pub(crate) async fn reject_unread<B>(
     shared: &Shared,
-    request: Request<Incoming>,
+    request: Request<B>,
     error: GatewayError,
-) -> GatewayError {
+) -> GatewayError
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let waits_for_continue = request
         .headers()
         .get(header::EXPECT)
@@ -310,16 +339,23 @@ pub(crate) async fn reject_unread(
 /// Admits a request and runs it in a fresh instance of the loaded version's
 /// function. Every attempt that reaches here gets one usage record:
 /// refused (no capacity, a quota, a load failure) or run.
+///
+/// `start`: where its span goes in a trace (`None` when traces are off).
 pub(crate) async fn run<B>(
     shared: &Arc<Shared>,
     loaded: &Arc<catalog::Loaded>,
-    request: Request<B>,
+    mut request: Request<B>,
     attempt: metering::Attempt<'_>,
+    start: Option<trace::Start>,
 ) -> Result<Response<GatewayBody>, GatewayError>
 where
     B: http_body::Body<Data = Bytes, Error = GuestBody> + Send + 'static,
 {
     let started = std::time::Instant::now();
+    let span = match start {
+        Some(start) => trace::attempt(loaded, attempt.id, attempt.attempt, attempt.trigger, start),
+        None => tracing::Span::none(),
+    };
     let id = attempt.id;
     let fault = attempt.fault.clone();
     let depth = attempt.depth;
@@ -331,12 +367,15 @@ where
             .map(|meter| (meter, metering::start_record(loaded, &attempt))),
     ));
     let refuse = |error: GatewayError| {
+        let status = error.status_code().as_u16();
         admitting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .refuse(error.status_code().as_u16());
+            .refuse(status);
+        trace::refused(&span, status);
         error
     };
+    let admission = trace::step(&span, "admission");
     // The function's own limit first (a request may wait for it), then
     // the node's and the tenant's (never waited for).
     let function_permit = match &loaded.gate {
@@ -360,6 +399,7 @@ where
             admission::memory_reservation(loaded.limits.memory_bytes),
         )
         .map_err(|refusal| refuse(refusal.into()))?;
+    drop(admission);
     let tenant_permit = tenant_run.permit;
     let running = scaling::Running::start(&loaded.activity);
     let (prepared, cold) = loaded
@@ -374,9 +414,15 @@ where
     if cold {
         shared.scaler.cold_start(loaded);
     }
+    if !span.is_disabled() {
+        span.record("gust.cold_start", cold);
+        // The guest sees its own attempt's place in the trace.
+        trace::inject(&span, request.headers_mut());
+    }
     let kv = Arc::new(kv::TenantKv {
         buckets: shared.buckets.clone(),
         tenant: loaded.tenant.clone(),
+        span: span.clone(),
     });
     // The attempt's open frame is in the journal before the guest runs:
     // if the server dies next, the attempt is recorded as aborted.
@@ -393,6 +439,7 @@ where
         let loaded = loaded.clone();
         let id = id.to_string();
         let draft = draft.clone();
+        let span = span.clone();
         move |report: InvocationReport| {
             drop(permit);
             drop(tenant_permit);
@@ -401,6 +448,7 @@ where
             if let Some(draft) = &draft {
                 draft.report(&report);
             }
+            trace::finished(&span, &report);
             record(&shared, &loaded, &id, report);
         }
     };
@@ -419,6 +467,7 @@ where
                     depth: depth + 1,
                 })),
                 tenant: loaded.tenant.clone(),
+                trace: trace::for_guest(&span),
             },
             request,
             done,
@@ -439,6 +488,7 @@ where
     loaded
         .health
         .record(status, started.elapsed().as_micros() as u64);
+    trace::answered(&span, status);
     match (draft, result) {
         (Some(draft), Ok(response)) => {
             // A body over its limit or stalled: the caller answers 413/408.

@@ -118,6 +118,8 @@ pub(crate) struct OutboundPolicy {
     pub calls: Option<Arc<dyn crate::invoke::LocalCalls>>,
     /// The tenant the invocation runs for, whose outbound slots it takes.
     pub tenant: gust_core::TenantId,
+    /// The invocation's trace, when traces are on.
+    pub trace: Option<Arc<dyn crate::invoke::Trace>>,
     /// The node's outbound slots, per tenant.
     pub slots: Arc<OutboundSlots>,
     /// This invocation's requests open now.
@@ -145,8 +147,20 @@ impl WasiHttpHooks for OutboundPolicy {
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
-        let uri = request.uri();
-        if uri.host().is_some_and(outbound::is_local_host) {
+        let mut request = request;
+        let internal = request.uri().host().is_some_and(outbound::is_local_host);
+        // Its span lives until the answer's head, in the future below.
+        let span = self.trace.as_ref().map(|trace| {
+            let host = request.uri().host().unwrap_or_default();
+            let span = trace.outbound(request.method(), host, internal);
+            if internal || self.limits.trace_outbound {
+                for (name, value) in &trace.headers(&span) {
+                    request.headers_mut().insert(name, value.clone());
+                }
+            }
+            span
+        });
+        if internal {
             let Some(calls) = &self.calls else {
                 return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
             };
@@ -167,12 +181,14 @@ impl WasiHttpHooks for OutboundPolicy {
                     body.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string())))
                         .boxed_unsync()
                 });
+                answered(span, response.status());
                 count_answer(&bytes, response.headers());
                 let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
                     Box::new(async { Ok(()) });
                 Ok((response, done))
             });
         }
+        let uri = request.uri();
         let allowed = uri.host().is_some_and(|host| self.limits.allows_host(host));
         if !allowed {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
@@ -191,10 +207,30 @@ impl WasiHttpHooks for OutboundPolicy {
         bytes.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
         let limits = self.limits.clone();
         Box::new(async move {
-            let (response, rest) = outbound::send(request, options, limits, slot).await?;
+            let sent = outbound::send(request, options, limits, slot).await;
+            let (response, rest) = match sent {
+                Ok(sent) => sent,
+                Err(error) => {
+                    if let Some(span) = &span {
+                        span.record("otel.status_code", "ERROR");
+                    }
+                    return Err(error);
+                }
+            };
+            answered(span, response.status());
             count_answer(&bytes, response.headers());
             Ok((response, rest))
         })
+    }
+}
+
+/// Ends an outbound request's span with the status its answer carries.
+fn answered(span: Option<tracing::Span>, status: http::StatusCode) {
+    if let Some(span) = span {
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
     }
 }
 

@@ -89,6 +89,18 @@ pub trait LocalCalls: Send + Sync {
     ) -> std::pin::Pin<Box<dyn Future<Output = http::Response<CallBody>> + Send>>;
 }
 
+/// An invocation's place in a trace, when the node exports traces:
+/// supplied by the caller of [`crate::Runtime::invoke`], which owns the
+/// spans and how their context is written.
+pub trait Trace: Send + Sync {
+    /// A span for one outbound request, a child of the invocation's; the
+    /// host keeps it open until the answer's head arrives (or the request
+    /// fails). `internal`: a call to another function.
+    fn outbound(&self, method: &http::Method, host: &str, internal: bool) -> tracing::Span;
+    /// The headers (`traceparent`, `tracestate`) that continue `span`'s trace.
+    fn headers(&self, span: &tracing::Span) -> http::HeaderMap;
+}
+
 /// What one invocation may use besides its request: its limits, its
 /// tenant's key-value store, its variables and its calls to other
 /// functions.
@@ -103,6 +115,8 @@ pub struct Guest {
     /// Whom it runs for: its outbound requests count against this
     /// tenant's share of the node.
     pub tenant: gust_core::TenantId,
+    /// `None`: traces are off, no span is made for its requests.
+    pub trace: Option<Arc<dyn Trace>>,
 }
 
 /// What an invocation did, handed over when its store is dropped.
@@ -318,6 +332,7 @@ impl Runtime {
             vars,
             calls,
             tenant,
+            trace,
         } = guest;
         let started = Instant::now();
         let timeout = Duration::from_millis(limits.timeout_ms);
@@ -349,6 +364,7 @@ impl Runtime {
                 bytes: Arc::default(),
                 calls,
                 tenant,
+                trace,
                 slots: self.inner.outbound.clone(),
                 open: Arc::default(),
             },

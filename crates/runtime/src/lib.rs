@@ -29,7 +29,7 @@ mod keyvalue;
 pub use compile::{Compiler, compile_upload, worker_main};
 pub use engine::{Prepared, Runtime, RuntimeConfig, RuntimeStats};
 pub use invoke::{
-    CallBody, Guest, GuestBody, InvocationReport, InvokeError, LOCAL_HOST, LocalCalls,
+    CallBody, Guest, GuestBody, InvocationReport, InvokeError, LOCAL_HOST, LocalCalls, Trace,
 };
 pub use keyvalue::{KeyValue, KvFailure};
 

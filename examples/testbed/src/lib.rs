@@ -17,6 +17,7 @@
 //! | `/body` | reads the whole body, answers its size |
 //! | `/fetch?url=U` | sends GET U through outgoing `wasi:http`, answers the status or the error |
 //! | `/call?url=U` | the same, answering `status N: <body>` (`http://gust.internal/<fn>/…` calls a function) |
+//! | `/enqueue?url=U` | POSTs a small body to U as an event (`Gust-Invocation-Type: Event`), answers `status N` |
 //! | `/fanout?url=U&n=N` | sends N GETs to U at once (all before awaiting any), answers `ok=A limit=B other=C` (B: `connection-limit-reached`) |
 //! | `/follow?url=U&hops=N` | GETs U and follows `Location` up to N times, one line per hop: `URL -> status S` or `URL -> error E` |
 //! | `/recurse?depth=N` | recurses N calls deep (past the stack: a trap) |
@@ -143,6 +144,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
             }
             "/fetch" => fetch(&param("url").unwrap_or_default(), false),
             "/call" => fetch(&param("url").unwrap_or_default(), true),
+            "/enqueue" => enqueue(&param("url").unwrap_or_default()),
             "/fanout" => fanout(&param("url").unwrap_or_default(), number("n")),
             "/follow" => follow(&param("url").unwrap_or_default(), number("hops")),
             "/recurse" => format!("depth {}", recurse(number("depth"))),
@@ -366,6 +368,11 @@ fn spin() -> ! {
 
 /// A GET of `url` (`http://` when it names no scheme).
 fn get_request(url: &str) -> OutgoingRequest {
+    request_with(url, Fields::new())
+}
+
+/// A request for `url` with `headers` (a request's own are immutable once made).
+fn request_with(url: &str, headers: Fields) -> OutgoingRequest {
     let (scheme, rest) = match url.split_once("://") {
         Some(("https", rest)) => (Scheme::Https, rest),
         Some((_, rest)) => (Scheme::Http, rest),
@@ -375,11 +382,37 @@ fn get_request(url: &str) -> OutgoingRequest {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let request = OutgoingRequest::new(Fields::new());
+    let request = OutgoingRequest::new(headers);
     let _ = request.set_scheme(Some(&scheme));
     let _ = request.set_authority(Some(authority));
     let _ = request.set_path_with_query(Some(path));
     request
+}
+
+/// POSTs a small body to `url` as an event (`Gust-Invocation-Type: Event`)
+/// and says what came back.
+fn enqueue(url: &str) -> String {
+    let headers = Fields::new();
+    let _ = headers.append("gust-invocation-type", b"event");
+    let request = request_with(url, headers);
+    let _ = request.set_method(&wasip2::http::types::Method::Post);
+    let body = request.body().expect("body is taken once");
+    match outgoing_handler::handle(request, None) {
+        Ok(future) => {
+            if let Ok(stream) = body.write() {
+                let _ = stream.blocking_write_and_flush(b"queued by testbed");
+            }
+            let _ = OutgoingBody::finish(body, None);
+            let pollable = future.subscribe();
+            pollable.block();
+            match future.get() {
+                Some(Ok(Ok(response))) => format!("status {}", response.status()),
+                Some(Ok(Err(e))) => format!("error {e:?}"),
+                _ => "error no response".to_string(),
+            }
+        }
+        Err(e) => format!("error {e:?}"),
+    }
 }
 
 /// Sends `n` GETs of `url` before awaiting any answer, so that all are

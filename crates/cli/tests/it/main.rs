@@ -25,3 +25,4 @@ mod scaling;
 mod ssrf;
 mod tenants;
 mod tls;
+mod traces;

@@ -1,0 +1,350 @@
+//! Traces: a real `gust up` exporting spans over OTLP/HTTP (JSON) to a
+//! receiver inside the test, on loopback.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+use crate::harness::{Server, guests};
+
+/// One exported span, as the receiver read it.
+#[derive(Debug, Clone)]
+struct Span {
+    trace: String,
+    id: String,
+    parent: String,
+    name: String,
+    attributes: HashMap<String, serde_json::Value>,
+    service: String,
+}
+
+impl Span {
+    /// An attribute as text, whatever its OTLP type.
+    fn attr(&self, key: &str) -> String {
+        let Some(value) = self.attributes.get(key) else {
+            return String::new();
+        };
+        for kind in ["stringValue", "intValue", "boolValue", "doubleValue"] {
+            if let Some(v) = value.get(kind) {
+                return match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+            }
+        }
+        value.to_string()
+    }
+}
+
+type Spans = Arc<Mutex<Vec<Span>>>;
+
+/// An OTLP/HTTP receiver for `/v1/traces` in JSON; returns its base URL.
+async fn receiver() -> (String, Spans) {
+    let spans: Spans = Arc::default();
+    let kept = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                kept.lock().unwrap().extend(parse(&json));
+                ([("content-type", "application/json")], "{}")
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, spans)
+}
+
+fn parse(json: &serde_json::Value) -> Vec<Span> {
+    let mut out = Vec::new();
+    let list = |v: &serde_json::Value, key: &str| v[key].as_array().cloned().unwrap_or_default();
+    for resource in list(json, "resourceSpans") {
+        let service = list(&resource["resource"], "attributes")
+            .iter()
+            .find(|a| a["key"] == "service.name")
+            .and_then(|a| a["value"]["stringValue"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        for scope in list(&resource, "scopeSpans") {
+            for span in list(&scope, "spans") {
+                let text = |key: &str| span[key].as_str().unwrap_or_default().to_lowercase();
+                out.push(Span {
+                    trace: text("traceId"),
+                    id: text("spanId"),
+                    parent: text("parentSpanId"),
+                    name: span["name"].as_str().unwrap_or_default().to_string(),
+                    attributes: list(&span, "attributes")
+                        .iter()
+                        .filter_map(|a| Some((a["key"].as_str()?.to_string(), a["value"].clone())))
+                        .collect(),
+                    service: service.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+async fn start_traced(url: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--otlp-endpoint", url];
+    args.extend_from_slice(extra);
+    Server::start_with_env(
+        &args,
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+}
+
+/// Waits until a span named `name` has arrived, and returns all so far.
+async fn wait_for(spans: &Spans, name: &str) -> Vec<Span> {
+    let found = Server::eventually(Duration::from_secs(30), || async {
+        let all = spans.lock().unwrap().clone();
+        all.iter().any(|s| s.name == name).then_some(all)
+    })
+    .await;
+    found.unwrap_or_else(|| {
+        let names: Vec<String> = spans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        panic!("no span `{name}` was exported; got {names:?}")
+    })
+}
+
+fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+    let found: Vec<&Span> = spans.iter().filter(|s| s.name == name).collect();
+    assert_eq!(found.len(), 1, "spans named `{name}`: {found:#?}");
+    found[0]
+}
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_calls_a_function_which_queues_an_event_is_one_trace() {
+    let (url, spans) = receiver().await;
+    let server = start_traced(&url, &[]).await;
+    let testbed = guests().testbed.to_str().unwrap();
+    for name in ["front", "mid", "back"] {
+        server.gust_json(&["deploy", name, testbed, "--public"]);
+    }
+    // front calls mid, which queues an event for back; back prints the
+    // headers it was given.
+    let response = server
+        .http
+        .get(format!(
+            "{}/front/call?url=http://gust.internal/mid/enqueue?url=http://gust.internal/back/headers",
+            server.url
+        ))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let front_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = response.text().await.unwrap();
+    assert_eq!(body, "status 200: status 202", "{body}");
+
+    let all = wait_for(&spans, "invoke back").await;
+    let all: Vec<Span> = all
+        .into_iter()
+        .filter(|s| s.trace == CLIENT_TRACE)
+        .collect();
+    assert!(all.iter().all(|s| s.service == "gust"), "{all:#?}");
+
+    // The client's request: its span continues the client's trace.
+    let front = one(&all, "invoke front");
+    assert_eq!(front.parent, CLIENT_SPAN);
+    for (key, value) in [
+        ("gust.tenant", "default"),
+        ("gust.function", "front"),
+        ("gust.version", "1"),
+        ("gust.alias", "live"),
+        ("gust.attempt", "1"),
+        ("gust.trigger", "http"),
+        ("gust.outcome", "completed"),
+        ("http.response.status_code", "200"),
+        ("gust.invocation_id", front_id.as_str()),
+    ] {
+        assert_eq!(front.attr(key), value, "{key} of {front:#?}");
+    }
+    assert!(
+        ["true", "false"].contains(&front.attr("gust.cold_start").as_str()),
+        "{front:#?}"
+    );
+    assert!(
+        front.attr("gust.wall_us").parse::<u64>().unwrap() > 0,
+        "{front:#?}"
+    );
+    assert!(
+        front.attr("gust.cpu_us").parse::<u64>().is_ok(),
+        "{front:#?}"
+    );
+    // Every attempt has its admission as a child.
+    for attempt in ["invoke front", "invoke mid", "invoke back"] {
+        let attempt = one(&all, attempt);
+        let steps = all
+            .iter()
+            .filter(|s| s.name == "admission" && s.parent == attempt.id);
+        assert_eq!(steps.count(), 1, "{attempt:#?}");
+    }
+
+    // Its call to mid: an outbound span, then mid's attempt under it.
+    let call = one(&all, "GET gust.internal");
+    assert_eq!(call.parent, front.id);
+    assert_eq!(call.attr("gust.internal"), "true");
+    assert_eq!(call.attr("http.response.status_code"), "200");
+    let mid = one(&all, "invoke mid");
+    assert_eq!(mid.parent, call.id);
+    assert_eq!(mid.attr("gust.trigger"), "call");
+
+    // mid queues an event: accepted under its outbound span, delivered
+    // under the acceptance, with its wait in the queue.
+    let send = one(&all, "POST gust.internal");
+    assert_eq!(send.parent, mid.id);
+    assert_eq!(send.attr("http.response.status_code"), "202");
+    let accept = one(&all, "accept event back");
+    assert_eq!(accept.parent, send.id);
+    let back = one(&all, "invoke back");
+    assert_eq!(back.parent, accept.id);
+    assert_eq!(back.attr("gust.trigger"), "event");
+    assert_eq!(back.attr("gust.attempt"), "1");
+    assert_eq!(
+        back.attr("gust.invocation_id"),
+        accept.attr("gust.invocation_id")
+    );
+    assert_eq!(one(&all, "queue wait").parent, back.id);
+
+    // What back's guest saw: its own span as `traceparent`, the event's
+    // origin as the CloudEvents attribute.
+    let logs = Server::eventually(Duration::from_secs(10), || async {
+        let entries = server.gust_json(&["logs", "back"]);
+        let stdout = entries.as_array()?.first()?["stdout"].as_str()?.to_string();
+        Some(stdout)
+    })
+    .await
+    .expect("back's headers in its logs");
+    assert!(
+        logs.contains(&format!("traceparent: 00-{CLIENT_TRACE}-{}-01", back.id)),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&format!(
+            "ce-traceparent: 00-{CLIENT_TRACE}-{}-01",
+            accept.id
+        )),
+        "{logs}"
+    );
+}
+
+/// A server on `127.0.0.2` that answers 200 to everything and keeps each
+/// request's head.
+async fn recording_server() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let kept = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                kept.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).to_lowercase());
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (port, heads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_client_context_starts_a_new_trace_and_outside_hosts_see_it_only_when_asked() {
+    let (url, spans) = receiver().await;
+    let server = start_traced(&url, &["--trace-client-context", "ignore"]).await;
+    let testbed = guests().testbed.as_path();
+    let (port, heads) = recording_server().await;
+    let fetch = format!("/out/fetch?url=http://127.0.0.2:{port}/hook");
+    let traced = |heads: &Arc<Mutex<Vec<String>>>| {
+        let heads = heads.lock().unwrap();
+        assert_eq!(heads.len(), 1, "{heads:?}");
+        heads[0]
+            .lines()
+            .find_map(|l| l.strip_prefix("traceparent: ").map(str::to_string))
+    };
+
+    // Without the opt-in, nothing of the trace leaves for an outside host.
+    server.deploy(
+        "out",
+        testbed,
+        &["--public", "--allow-internal-host", "127.0.0.2"],
+    );
+    let response = server
+        .http
+        .get(format!("{}{fetch}", server.url))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "status 200");
+    assert_eq!(traced(&heads), None, "a trace id left without the opt-in");
+    // The client's context was not believed: a trace of its own.
+    let all = wait_for(&spans, "invoke out").await;
+    let first = one(&all, "invoke out").clone();
+    assert_ne!(first.trace, CLIENT_TRACE);
+    assert_eq!(first.parent, "");
+    let outbound = one(&all, "GET 127.0.0.2").clone();
+    assert_eq!(outbound.parent, first.id);
+    assert_eq!(outbound.attr("gust.internal"), "false");
+
+    // With `--trace-outbound`, the request carries its outbound span.
+    heads.lock().unwrap().clear();
+    spans.lock().unwrap().clear();
+    server.deploy(
+        "out",
+        testbed,
+        &[
+            "--public",
+            "--allow-internal-host",
+            "127.0.0.2",
+            "--trace-outbound",
+        ],
+    );
+    let (status, body) = server.get(&fetch).await;
+    assert_eq!((status, body.as_str()), (200, "status 200"));
+    let sent = traced(&heads).expect("a traceparent with the opt-in");
+    let all = wait_for(&spans, "GET 127.0.0.2").await;
+    let outbound = one(&all, "GET 127.0.0.2");
+    assert_eq!(
+        sent.trim(),
+        format!("00-{}-{}-01", outbound.trace, outbound.id)
+    );
+}
