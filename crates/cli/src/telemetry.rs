@@ -85,14 +85,19 @@ pub(crate) fn init(otlp_endpoint: Option<&str>, node: Option<&str>) -> anyhow::R
         .from_env_lossy()
         // Spans for traces are not log lines.
         .add_directive(format!("{TRACE_TARGET}=off").parse()?);
+    let Some(endpoint) = endpoint(otlp_endpoint) else {
+        // The logger alone, filtered as a whole: no per-layer filtering.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init();
+        return Ok(Telemetry { provider: None });
+    };
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
-    let Some(endpoint) = endpoint(otlp_endpoint) else {
-        let _ = tracing_subscriber::registry().with(logs).try_init();
-        return Ok(Telemetry { provider: None });
-    };
 
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
     if let Some(endpoint) = &endpoint {
@@ -102,7 +107,9 @@ pub(crate) fn init(otlp_endpoint: Option<&str>, node: Option<&str>) -> anyhow::R
         .build()
         .context("cannot set up the OTLP trace exporter (check --otlp-endpoint and the OTEL_EXPORTER_OTLP_* variables)")?;
     let mut resource = opentelemetry_sdk::Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    if !named {
         resource = resource.with_service_name("gust");
     }
     if let Some(node) = node {
@@ -134,7 +141,7 @@ pub(crate) fn init(otlp_endpoint: Option<&str>, node: Option<&str>) -> anyhow::R
         .with_target(false)
         .with_filter(
             tracing_subscriber::filter::Targets::new()
-                .with_target(TRACE_TARGET, tracing::Level::TRACE),
+                .with_target(TRACE_TARGET, tracing::Level::INFO),
         );
     let _ = tracing_subscriber::registry()
         .with(logs)

@@ -50,7 +50,7 @@ pub struct UsageArgs {
 }
 
 /// Unix ms from RFC 3339, a date (UTC midnight) or a number.
-fn parse_time(text: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_time(text: &str) -> anyhow::Result<u64> {
     if let Ok(ms) = text.parse::<u64>() {
         return Ok(ms);
     }

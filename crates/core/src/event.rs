@@ -39,8 +39,17 @@ pub struct Envelope {
     pub traceparent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracestate: Option<String>,
+    /// How deep in a chain of calls between functions it was queued (0:
+    /// from outside): its delivery's own calls count on from here, so a
+    /// function that keeps queueing events for itself is stopped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
     #[serde(skip)]
     pub data: Vec<u8>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn root_path() -> String {
@@ -131,6 +140,7 @@ mod tests {
             path: "/x?y=1".into(),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             tracestate: None,
+            depth: 3,
             data: vec![0, 255, 1, 2],
         };
         let decoded = Envelope::decode(&envelope.encode()).unwrap();

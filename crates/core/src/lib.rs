@@ -15,6 +15,7 @@ pub mod deploy;
 mod event;
 pub mod kv;
 mod limits;
+pub mod logquery;
 pub mod manifest;
 mod names;
 pub mod path;

@@ -212,4 +212,8 @@ pub struct LogRecord {
     pub stderr: String,
     /// Output past the function's `max_output_bytes` was dropped.
     pub truncated: bool,
+    /// The HTTP status answered (0 in records written before it was kept;
+    /// see [`crate::logquery::record_status`]).
+    #[serde(default)]
+    pub status: u16,
 }

@@ -338,6 +338,7 @@ impl Events {
             path,
             traceparent: None,
             tracestate: None,
+            depth: 0,
             data,
             tenant,
             function,

@@ -5,7 +5,9 @@
 //! (trigger `call`) while the caller's record counts an outbound request.
 //! Calls nest at most [`MAX_DEPTH`] deep (508 past it), so a loop of calls
 //! ends. A call with `Gust-Invocation-Type: Event` is queued as an event
-//! for the callee (202), as the same request from a client would be.
+//! for the callee (202), as the same request from a client would be; the
+//! event keeps the call's depth, so its delivery's calls count on from it
+//! and a function that keeps queueing events for itself is stopped too.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -135,7 +137,8 @@ async fn call(
             return error.into_response(&id);
         }
         let request = Request::from_parts(parts, body);
-        return match submit_event(shared, &loaded, request, guest_path, declared, &id, true).await {
+        return match submit_event(shared, &loaded, request, guest_path, declared, &id, depth).await
+        {
             Ok(response) => response,
             Err(error) => error.into_response(&id),
         };

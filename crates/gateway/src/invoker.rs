@@ -26,8 +26,8 @@ use crate::{Gateway, GatewayBody, Shared};
 /// Accepts a request as an event for later delivery: `202` once it is
 /// durably queued. CloudEvents attributes come from `ce-*` headers when
 /// the client sends them (binary mode), else Gust fills them in.
-/// `trusted`: the request's trace context is the host's own (a call from
-/// another function), so its trace goes on whatever clients may claim.
+/// `depth`: 0 from a client; from another function, how deep its call is
+/// (its trace context is then the host's own, always believed).
 pub(crate) async fn submit_event<B>(
     shared: &Arc<Shared>,
     loaded: &Arc<catalog::Loaded>,
@@ -35,7 +35,7 @@ pub(crate) async fn submit_event<B>(
     path: String,
     declared_length: Option<u64>,
     id: &str,
-    trusted: bool,
+    depth: u32,
 ) -> Result<Response<GatewayBody>, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
@@ -68,8 +68,10 @@ where
         |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
         data.to_vec(),
     );
+    envelope.depth = depth;
     let trace = &shared.config.trace;
-    let span = trace.accepting(&parts.headers, trusted || trace.trust_client, loaded, id);
+    let trusted = depth > 0 || trace.trust_client;
+    let span = trace.accepting(&parts.headers, trusted, loaded, id);
     if !span.is_disabled() {
         (envelope.traceparent, envelope.tracestate) = crate::trace::stored(&span);
     }
@@ -166,7 +168,7 @@ impl Invoker for Gateway {
             trigger: Trigger::Event,
             request_bytes: envelope.data.len() as u64,
             fault: None,
-            depth: 0,
+            depth: envelope.depth,
         };
         let start = shared.config.trace.start_event(envelope, attempt);
         match run(shared, &loaded, request, metered, start).await {

@@ -127,16 +127,7 @@ async fn invoke(
             let error = GatewayError::EventToAlias { alias };
             return Err(reject_unread(shared, request, error).await);
         }
-        return submit_event(
-            shared,
-            &loaded,
-            request,
-            guest_path,
-            declared_length,
-            id,
-            false,
-        )
-        .await;
+        return submit_event(shared, &loaded, request, guest_path, declared_length, id, 0).await;
     }
 
     let limits = loaded.limits.clone();
@@ -434,10 +425,15 @@ where
         meter.open(&record);
         Arc::new(metering::Draft::new(meter.clone(), record))
     });
+    let log = Arc::new(PendingLog {
+        shared: shared.clone(),
+        loaded: loaded.clone(),
+        id: id.to_string(),
+        state: std::sync::Mutex::new((None, None)),
+    });
+    // Dropped before the answer (the caller went away): 499.
+    let unanswered_log = Unlogged(log.clone());
     let done = {
-        let shared = shared.clone();
-        let loaded = loaded.clone();
-        let id = id.to_string();
         let draft = draft.clone();
         let span = span.clone();
         move |report: InvocationReport| {
@@ -449,7 +445,7 @@ where
                 draft.report(&report);
             }
             trace::finished(&span, &report);
-            record(&shared, &loaded, &id, report);
+            log.report(report);
         }
     };
     let unanswered = metering::Unanswered::new(draft.clone());
@@ -489,6 +485,7 @@ where
         .health
         .record(status, started.elapsed().as_micros() as u64);
     trace::answered(&span, status);
+    unanswered_log.0.status(status);
     match (draft, result) {
         (Some(draft), Ok(response)) => {
             // A body over its limit or stalled: the caller answers 413/408.
@@ -504,16 +501,81 @@ where
     }
 }
 
-/// Counts a finished invocation and logs what it printed (or how it failed).
-fn record(shared: &Shared, loaded: &catalog::Loaded, id: &str, report: InvocationReport) {
-    let success = report.outcome.is_success();
-    let counter = if success {
+/// An attempt's log record needs two things that come from two places:
+/// the report, when its instance is gone, and the status, once `run` has
+/// the answer. Either may come first (a small answer's instance may be
+/// gone before `run` resumes); the second to come writes the record.
+struct PendingLog {
+    shared: Arc<Shared>,
+    loaded: Arc<catalog::Loaded>,
+    id: String,
+    state: std::sync::Mutex<(Option<u16>, Option<InvocationReport>)>,
+}
+
+impl PendingLog {
+    fn report(&self, report: InvocationReport) {
+        count(&self.shared, &report);
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match state.0 {
+            Some(status) => {
+                drop(state);
+                record(&self.shared, &self.loaded, &self.id, report, status);
+            }
+            None => state.1 = Some(report),
+        }
+    }
+
+    /// The first status given counts.
+    fn status(&self, status: u16) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.0.is_some() {
+            return;
+        }
+        state.0 = Some(status);
+        if let Some(report) = state.1.take() {
+            drop(state);
+            record(&self.shared, &self.loaded, &self.id, report, status);
+        }
+    }
+}
+
+/// Gives a [`PendingLog`] the status 499 if `run` is dropped before it
+/// had an answer (the caller went away).
+struct Unlogged(Arc<PendingLog>);
+
+impl Drop for Unlogged {
+    fn drop(&mut self) {
+        self.0.status(499);
+    }
+}
+
+/// Counts a finished invocation.
+fn count(shared: &Shared, report: &InvocationReport) {
+    let counter = if report.outcome.is_success() {
         &shared.counters.completed
     } else {
         &shared.counters.failed
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    if success && report.stdout.is_empty() && report.stderr.is_empty() {
+}
+
+/// Logs what a finished invocation printed, or how it failed, or that it
+/// answered a server error; a quiet success leaves no record.
+fn record(
+    shared: &Shared,
+    loaded: &catalog::Loaded,
+    id: &str,
+    report: InvocationReport,
+    status: u16,
+) {
+    let success = report.outcome.is_success();
+    if success && status < 500 && report.stdout.is_empty() && report.stderr.is_empty() {
         return;
     }
     if let Outcome::Trapped { message } | Outcome::Failed { message } = &report.outcome {
@@ -529,6 +591,7 @@ fn record(shared: &Shared, loaded: &catalog::Loaded, id: &str, report: Invocatio
         stdout: String::from_utf8_lossy(&report.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&report.stderr).into_owned(),
         truncated: report.output_truncated,
+        status,
     };
     shared.logs.record(&loaded.tenant, &loaded.name, &record);
 }

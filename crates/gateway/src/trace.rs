@@ -10,15 +10,17 @@
 //! - **One span per attempt** (`invoke`): tenant, function, version,
 //!   alias, invocation id, attempt, trigger; when it ends, outcome,
 //!   status, cold start, wall and CPU time. Children: `queue wait` (an
-//!   event's time from acceptance, or from its last attempt, to this
-//!   one), `admission`, `kv <op>`, and `outbound` for each request the
-//!   guest sends.
+//!   event's first attempt: its time from acceptance), `admission`,
+//!   `kv <op>`, and one named by its method (`GET`) for each request the
+//!   guest sends (refused ones make none).
 //! - **Its parent**: an HTTP request's `traceparent`/`tracestate` when
 //!   the node trusts clients' trace context
 //!   ([`TraceConfig::trust_client`]), else a new trace; a call from
 //!   another function: the caller's `outbound` span (always trusted: the
 //!   host wrote it); an event: the span that accepted it, kept in its
-//!   envelope.
+//!   envelope. A client's `tracestate` over [`MAX_TRACESTATE`] bytes is
+//!   dropped (its `traceparent` kept): it would be copied into every
+//!   span and stored with every event.
 //! - **What the guest sees**: `traceparent` (and `tracestate`) of its
 //!   own attempt span; an event also brings the context it was accepted
 //!   under as the CloudEvents distributed-tracing attributes
@@ -46,6 +48,8 @@ pub const TARGET: &str = "gust_trace";
 
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
+/// The most of a `tracestate` carried on (W3C asks to propagate at least this much).
+pub const MAX_TRACESTATE: usize = 512;
 
 /// Whether the data plane makes spans, and whom it believes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -127,7 +131,8 @@ struct Extract<'a>(&'a HeaderMap);
 
 impl Extractor for Extract<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        let value = self.0.get(key).and_then(|v| v.to_str().ok())?;
+        (key != TRACESTATE || value.len() <= MAX_TRACESTATE).then_some(value)
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -298,7 +303,7 @@ impl gust_runtime::Trace for GuestTrace {
             target: TARGET,
             parent: &self.span,
             "outbound",
-            otel.name = %format!("{method} {host}"),
+            otel.name = %method,
             otel.kind = "client",
             http.request.method = %method,
             server.address = host,

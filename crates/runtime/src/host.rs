@@ -149,21 +149,11 @@ impl WasiHttpHooks for OutboundPolicy {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let mut request = request;
         let internal = request.uri().host().is_some_and(outbound::is_local_host);
-        // Its span lives until the answer's head, in the future below.
-        let span = self.trace.as_ref().map(|trace| {
-            let host = request.uri().host().unwrap_or_default();
-            let span = trace.outbound(request.method(), host, internal);
-            if internal || self.limits.trace_outbound {
-                for (name, value) in &trace.headers(&span) {
-                    request.headers_mut().insert(name, value.clone());
-                }
-            }
-            span
-        });
         if internal {
             let Some(calls) = &self.calls else {
                 return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
             };
+            let span = self.traced(&mut request, true);
             // Counted as an outbound request of the caller; the callee is
             // metered as its own invocation.
             self.requests += 1;
@@ -201,6 +191,7 @@ impl WasiHttpHooks for OutboundPolicy {
             }
         };
         self.requests += 1;
+        let span = self.traced(&mut request, false);
         use http_body::Body as _;
         let sent = request.body().size_hint().exact().unwrap_or(0);
         let bytes = self.bytes.clone();
@@ -221,6 +212,32 @@ impl WasiHttpHooks for OutboundPolicy {
             count_answer(&bytes, response.headers());
             Ok((response, rest))
         })
+    }
+}
+
+impl OutboundPolicy {
+    /// The span of a request about to be sent (none for refused ones, nor
+    /// when traces are off); it lives until the answer's head. A call to
+    /// another function carries its context, and so does a request to an
+    /// outside host when the function opted in; the guest's own trace
+    /// headers are replaced then, never merged.
+    fn traced(
+        &self,
+        request: &mut http::Request<wasmtime_wasi_http::WasiBody>,
+        internal: bool,
+    ) -> Option<tracing::Span> {
+        let trace = self.trace.as_ref()?;
+        let host = request.uri().host().unwrap_or_default().to_string();
+        let span = trace.outbound(request.method(), &host, internal);
+        if internal || self.limits.trace_outbound {
+            let headers = request.headers_mut();
+            headers.remove("traceparent");
+            headers.remove("tracestate");
+            for (name, value) in &trace.headers(&span) {
+                headers.insert(name, value.clone());
+            }
+        }
+        Some(span)
     }
 }
 

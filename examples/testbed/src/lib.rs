@@ -17,6 +17,8 @@
 //! | `/body` | reads the whole body, answers its size |
 //! | `/fetch?url=U` | sends GET U through outgoing `wasi:http`, answers the status or the error |
 //! | `/call?url=U` | the same, answering `status N: <body>` (`http://gust.internal/<fn>/…` calls a function) |
+//! | `/lines?n=N&tag=T` | prints N short lines, the last one ending in T |
+//! | `/status?code=N` | answers status N, printing nothing |
 //! | `/enqueue?url=U` | POSTs a small body to U as an event (`Gust-Invocation-Type: Event`), answers `status N` |
 //! | `/fanout?url=U&n=N` | sends N GETs to U at once (all before awaiting any), answers `ok=A limit=B other=C` (B: `connection-limit-reached`) |
 //! | `/follow?url=U&hops=N` | GETs U and follows `Location` up to N times, one line per hop: `URL -> status S` or `URL -> error E` |
@@ -145,6 +147,19 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
             "/fetch" => fetch(&param("url").unwrap_or_default(), false),
             "/call" => fetch(&param("url").unwrap_or_default(), true),
             "/enqueue" => enqueue(&param("url").unwrap_or_default()),
+            "/lines" => {
+                let n = number("n");
+                let tag = param("tag").unwrap_or_default();
+                let mut out = std::io::stdout().lock();
+                for i in 1..=n {
+                    let _ = writeln!(out, "line {i} of {n} {}", if i == n { &tag } else { "" });
+                }
+                format!("{n} lines")
+            }
+            "/status" => {
+                let code = u16::try_from(number("code")).unwrap_or(500);
+                return respond(response_out, code, "as asked");
+            }
             "/fanout" => fanout(&param("url").unwrap_or_default(), number("n")),
             "/follow" => follow(&param("url").unwrap_or_default(), number("hops")),
             "/recurse" => format!("depth {}", recurse(number("depth"))),

@@ -17,6 +17,7 @@ mod hostile;
 mod kv;
 mod lifecycle;
 mod limits;
+mod logs;
 mod metering;
 mod neighbours;
 mod newcomer;

@@ -105,22 +105,39 @@ async fn start_traced(url: &str, extra: &[&str]) -> Server {
     )
 }
 
-/// Waits until a span named `name` has arrived, and returns all so far.
-async fn wait_for(spans: &Spans, name: &str) -> Vec<Span> {
+/// Waits until a span of each of `names` has arrived, and returns all so far.
+async fn wait_for(spans: &Spans, names: &[&str]) -> Vec<Span> {
     let found = Server::eventually(Duration::from_secs(30), || async {
         let all = spans.lock().unwrap().clone();
-        all.iter().any(|s| s.name == name).then_some(all)
+        names
+            .iter()
+            .all(|name| all.iter().any(|s| s.name == *name))
+            .then_some(all)
     })
     .await;
     found.unwrap_or_else(|| {
-        let names: Vec<String> = spans
+        let got: Vec<String> = spans
             .lock()
             .unwrap()
             .iter()
             .map(|s| s.name.clone())
             .collect();
-        panic!("no span `{name}` was exported; got {names:?}")
+        panic!("not every span of {names:?} was exported; got {got:?}")
     })
+}
+
+/// The one outbound request span (named by its method) under `parent`.
+fn request<'a>(spans: &'a [Span], method: &str, parent: &Span) -> &'a Span {
+    let found: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.name == method && s.parent == parent.id)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{method} requests under {parent:#?}: {found:#?}"
+    );
+    found[0]
 }
 
 fn one<'a>(spans: &'a [Span], name: &str) -> &'a Span {
@@ -160,7 +177,17 @@ async fn a_request_that_calls_a_function_which_queues_an_event_is_one_trace() {
     let body = response.text().await.unwrap();
     assert_eq!(body, "status 200: status 202", "{body}");
 
-    let all = wait_for(&spans, "invoke back").await;
+    let all = wait_for(
+        &spans,
+        &[
+            "invoke front",
+            "invoke mid",
+            "accept event back",
+            "invoke back",
+            "queue wait",
+        ],
+    )
+    .await;
     let all: Vec<Span> = all
         .into_iter()
         .filter(|s| s.trace == CLIENT_TRACE)
@@ -205,8 +232,8 @@ async fn a_request_that_calls_a_function_which_queues_an_event_is_one_trace() {
     }
 
     // Its call to mid: an outbound span, then mid's attempt under it.
-    let call = one(&all, "GET gust.internal");
-    assert_eq!(call.parent, front.id);
+    let call = request(&all, "GET", front);
+    assert_eq!(call.attr("server.address"), "gust.internal");
     assert_eq!(call.attr("gust.internal"), "true");
     assert_eq!(call.attr("http.response.status_code"), "200");
     let mid = one(&all, "invoke mid");
@@ -215,8 +242,7 @@ async fn a_request_that_calls_a_function_which_queues_an_event_is_one_trace() {
 
     // mid queues an event: accepted under its outbound span, delivered
     // under the acceptance, with its wait in the queue.
-    let send = one(&all, "POST gust.internal");
-    assert_eq!(send.parent, mid.id);
+    let send = request(&all, "POST", mid);
     assert_eq!(send.attr("http.response.status_code"), "202");
     let accept = one(&all, "accept event back");
     assert_eq!(accept.parent, send.id);
@@ -317,11 +343,12 @@ async fn untrusted_client_context_starts_a_new_trace_and_outside_hosts_see_it_on
     assert_eq!(response.text().await.unwrap(), "status 200");
     assert_eq!(traced(&heads), None, "a trace id left without the opt-in");
     // The client's context was not believed: a trace of its own.
-    let all = wait_for(&spans, "invoke out").await;
+    let all = wait_for(&spans, &["invoke out", "GET"]).await;
     let first = one(&all, "invoke out").clone();
     assert_ne!(first.trace, CLIENT_TRACE);
     assert_eq!(first.parent, "");
-    let outbound = one(&all, "GET 127.0.0.2").clone();
+    let outbound = request(&all, "GET", &first).clone();
+    assert_eq!(outbound.attr("server.address"), "127.0.0.2");
     assert_eq!(outbound.parent, first.id);
     assert_eq!(outbound.attr("gust.internal"), "false");
 
@@ -341,10 +368,42 @@ async fn untrusted_client_context_starts_a_new_trace_and_outside_hosts_see_it_on
     let (status, body) = server.get(&fetch).await;
     assert_eq!((status, body.as_str()), (200, "status 200"));
     let sent = traced(&heads).expect("a traceparent with the opt-in");
-    let all = wait_for(&spans, "GET 127.0.0.2").await;
-    let outbound = one(&all, "GET 127.0.0.2");
+    let all = wait_for(&spans, &["invoke out", "GET"]).await;
+    let outbound = one(&all, "GET");
     assert_eq!(
         sent.trim(),
         format!("00-{}-{}-01", outbound.trace, outbound.id)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queued_by_calls_count_as_calls_so_a_chain_of_them_ends() {
+    let server = Server::start();
+    let testbed = guests().testbed.to_str().unwrap();
+    server.gust_json(&["deploy", "chain", testbed, "--public"]);
+    // Twelve nested hops, each an event the previous one queues: the
+    // ninth call is past the depth limit, so eight events run.
+    let mut url = "http://gust.internal/chain/".to_string();
+    for _ in 0..12 {
+        url = format!("http://gust.internal/chain/enqueue?url={url}");
+    }
+    let path = url.trim_start_matches("http://gust.internal");
+    let (status, body) = server.get(path).await;
+    assert_eq!((status, body.as_str()), (200, "status 202"));
+    let count = || {
+        let out = server.gust(&["usage", "--export", "jsonl", "--from", "0"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["function"] == "chain" && r["trigger"] == "event")
+            .count()
+    };
+    let eight = Server::eventually(Duration::from_secs(20), || async {
+        (count() >= 8).then_some(())
+    })
+    .await;
+    assert!(eight.is_some(), "{} events ran", count());
+    // Nothing more comes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count(), 8);
 }

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# What traces cost on the request path: the `hello` component under the
+# same load on Gust with traces off and with traces on (every request's
+# spans exported over OTLP/HTTP to a local receiver), side by side in one
+# run, ROUNDS times in alternating order. With BASELINE (a Gust build
+# from before tracing existed) it is loaded too: "off" against it is what
+# the tracing code costs when nobody asked for traces.
+#
+#   bench/tracing.sh                                   # wrk -t2 -c64 -d10s, 2 rounds
+#   BASELINE=/path/to/older/gust ROUNDS=3 bench/tracing.sh
+#
+# Goals (issue 27): off ≤ 1% below the baseline, on ≤ 10% below off.
+# Needs: wrk, curl, python3. Everything runs on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+ROUNDS=${ROUNDS:-2}
+BASE_PORT=${BASE_PORT:-18380}
+
+for tool in wrk curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is missing" >&2; exit 1; }
+done
+
+if [ -z "${NO_BUILD:-}" ]; then
+  cargo build --release -q -p gust
+  cargo build --release -q --target wasm32-wasip2 --manifest-path examples/Cargo.toml -p hello
+fi
+GUST=target/release/gust
+HELLO=examples/target/wasm32-wasip2/release/hello.wasm
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+wait_http() { for _ in $(seq 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; echo "bench: $1 never answered" >&2; exit 1; }
+
+# An OTLP/HTTP receiver that accepts every export and counts the bytes.
+RECV_PORT=$((BASE_PORT + 9))
+python3 - "$RECV_PORT" "$WORK/received" <<'PY' &
+import http.server, socketserver, sys
+port, out = int(sys.argv[1]), sys.argv[2]
+total = {"exports": 0, "bytes": 0}
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        n = int(self.headers.get("content-length", 0))
+        self.rfile.read(n)
+        total["exports"] += 1; total["bytes"] += n
+        open(out, "w").write(f'{total["exports"]} {total["bytes"]}\n')
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a): pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+S(("127.0.0.1", port), H).serve_forever()
+PY
+PIDS+=("$!")
+
+# start NAME BINARY PORT [FLAGS…]: a server on PORT (API on PORT+1) with hello deployed.
+start() {
+  local name=$1 bin=$2 port=$3; shift 3
+  GUST_LOG=warn "$bin" up --data-dir "$WORK/$name" --listen 127.0.0.1:$port \
+    --api-listen 127.0.0.1:$((port + 1)) "$@" >"$WORK/$name.out" 2>&1 &
+  PIDS+=("$!")
+  wait_http "http://127.0.0.1:$((port + 1))/healthz"
+  local token
+  token=$(sed -n 's/^gust: admin token (shown once, keep it): //p' "$WORK/$name.out")
+  GUST_API=http://127.0.0.1:$((port + 1)) GUST_TOKEN=$token "$bin" deploy hello "$HELLO" --public >/dev/null
+  wait_http "http://127.0.0.1:$port/hello"
+}
+
+# wrk → "rps p50_ms p99_ms"
+load() {
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$1" >/dev/null
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | python3 bench/wrk_summary.py
+}
+
+TARGETS=(off on)
+start off "$GUST" $BASE_PORT
+start on "$GUST" $((BASE_PORT + 2)) --otlp-endpoint "http://127.0.0.1:$RECV_PORT"
+PORT_off=$BASE_PORT; PORT_on=$((BASE_PORT + 2))
+if [ -n "${BASELINE:-}" ]; then
+  start baseline "$BASELINE" $((BASE_PORT + 4))
+  PORT_baseline=$((BASE_PORT + 4))
+  TARGETS=(baseline off on)
+fi
+
+declare -A RPS P50 P99
+for round in $(seq "$ROUNDS"); do
+  order=("${TARGETS[@]}")
+  # Every other round the other way round: neither side always goes first.
+  if [ $((round % 2)) -eq 0 ]; then
+    order=(); for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do order+=("${TARGETS[$i]}"); done
+  fi
+  for t in "${order[@]}"; do
+    port_var=PORT_$t
+    read -r rps p50 p99 < <(load "http://127.0.0.1:${!port_var}/hello")
+    RPS[$t]="${RPS[$t]:-} $rps"; P50[$t]="${P50[$t]:-} $p50"; P99[$t]="${P99[$t]:-} $p99"
+  done
+done
+
+median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.1f}')" $1; }
+ratio() { python3 -c "print(f'{$1/$2:.3f}')"; }
+read -r EXPORTS BYTES <"$WORK/received" || { EXPORTS=0; BYTES=0; }
+
+cat <<REPORT
+### $(date -u +%Y-%m-%d) on $(nproc) cores: traces off vs on
+
+Load: \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION\`, GET of \`hello\`, $ROUNDS rounds in
+alternating order; medians of the rounds (each round's figures in brackets).
+"on" exported $EXPORTS OTLP requests ($BYTES bytes) to a local receiver.
+
+| target | req/s | p50 ms | p99 ms | req/s ÷ off |
+|---|---:|---:|---:|---:|
+REPORT
+for t in "${TARGETS[@]}"; do
+  r=$(median "${RPS[$t]}")
+  echo "| $t | $r [${RPS[$t]# }] | $(median "${P50[$t]}") | $(median "${P99[$t]}") [${P99[$t]# }] | $(ratio "$r" "$(median "${RPS[off]}")") |"
+done
