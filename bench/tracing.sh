@@ -61,12 +61,13 @@ S(("127.0.0.1", port), H).serve_forever()
 PY
 PIDS+=("$!")
 
+declare -A PID
 # start NAME BINARY PORT [FLAGS…]: a server on PORT (API on PORT+1) with hello deployed.
 start() {
   local name=$1 bin=$2 port=$3; shift 3
   GUST_LOG=warn "$bin" up --data-dir "$WORK/$name" --listen 127.0.0.1:$port \
     --api-listen 127.0.0.1:$((port + 1)) "$@" >"$WORK/$name.out" 2>&1 &
-  PIDS+=("$!")
+  PIDS+=("$!"); PID[$name]=$!
   wait_http "http://127.0.0.1:$((port + 1))/healthz"
   local token
   token=$(sed -n 's/^gust: admin token (shown once, keep it): //p' "$WORK/$name.out")
@@ -74,10 +75,22 @@ start() {
   wait_http "http://127.0.0.1:$port/hello"
 }
 
-# wrk → "rps p50_ms p99_ms"
+# CPU ticks (user + system) a process has used.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK_HZ=$(getconf CLK_TCK)
+
+# load URL PID → "rps p50_ms p99_ms cpu_us_per_request" (the server's own
+# CPU over the run, divided by the requests wrk saw answered)
 load() {
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$1" >/dev/null
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | python3 bench/wrk_summary.py
+  local before after out
+  before=$(ticks "$2")
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1")
+  after=$(ticks "$2")
+  read -r rps p50 p99 < <(python3 bench/wrk_summary.py <<<"$out")
+  local total
+  total=$(grep -oE '^ +[0-9]+ requests in' <<<"$out" | grep -oE '[0-9]+')
+  echo "$rps $p50 $p99 $(python3 -c "print(f'{($after - $before) * 1e6 / $TICK_HZ / $total:.1f}')")"
 }
 
 TARGETS=(off on)
@@ -90,7 +103,7 @@ if [ -n "${BASELINE:-}" ]; then
   TARGETS=(baseline off on)
 fi
 
-declare -A RPS P50 P99
+declare -A RPS P50 P99 CPU
 for round in $(seq "$ROUNDS"); do
   order=("${TARGETS[@]}")
   # Every other round the other way round: neither side always goes first.
@@ -99,8 +112,9 @@ for round in $(seq "$ROUNDS"); do
   fi
   for t in "${order[@]}"; do
     port_var=PORT_$t
-    read -r rps p50 p99 < <(load "http://127.0.0.1:${!port_var}/hello")
+    read -r rps p50 p99 cpu < <(load "http://127.0.0.1:${!port_var}/hello" "${PID[$t]}")
     RPS[$t]="${RPS[$t]:-} $rps"; P50[$t]="${P50[$t]:-} $p50"; P99[$t]="${P99[$t]:-} $p99"
+    CPU[$t]="${CPU[$t]:-} $cpu"
   done
 done
 
@@ -115,10 +129,13 @@ Load: \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION\`, GET of \`hello\`, $ROUNDS r
 alternating order; medians of the rounds (each round's figures in brackets).
 "on" exported $EXPORTS OTLP requests ($BYTES bytes) to a local receiver.
 
-| target | req/s | p50 ms | p99 ms | req/s ÷ off |
-|---|---:|---:|---:|---:|
+The server's CPU per request (user + system, from /proc, over the run)
+is the steadier figure on a machine whose throughput wanders.
+
+| target | req/s | p50 ms | p99 ms | server CPU µs/request | req/s ÷ off | CPU ÷ off |
+|---|---:|---:|---:|---:|---:|---:|
 REPORT
 for t in "${TARGETS[@]}"; do
-  r=$(median "${RPS[$t]}")
-  echo "| $t | $r [${RPS[$t]# }] | $(median "${P50[$t]}") | $(median "${P99[$t]}") [${P99[$t]# }] | $(ratio "$r" "$(median "${RPS[off]}")") |"
+  r=$(median "${RPS[$t]}"); c=$(median "${CPU[$t]}")
+  echo "| $t | $r [${RPS[$t]# }] | $(median "${P50[$t]}") | $(median "${P99[$t]}") [${P99[$t]# }] | $c [${CPU[$t]# }] | $(ratio "$r" "$(median "${RPS[off]}")") | $(ratio "$c" "$(median "${CPU[off]}")") |"
 done

@@ -105,16 +105,6 @@ async fn call(
                 .into_response(&id);
         }
     };
-    // Over its body limit, the callee reads an error, as from a client.
-    let limit = loaded.limits.max_body_bytes;
-    let body = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .map_err(move |e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                GuestBody::TooLarge(limit)
-            } else {
-                GuestBody::Io(e.to_string())
-            }
-        });
     // The callee's tenant rate and budgets hold as for any request.
     let budget = loaded.limits.monthly_budget_micros;
     let function = budget.map(|budget| (loaded.name.as_str(), budget));
@@ -124,7 +114,8 @@ async fn call(
     {
         return error.into_response(&id);
     }
-    // Sent as an event: queued for the callee, answered 202 once durable.
+    // Sent as an event: queued for the callee, answered 202 once durable
+    // (its body read within the event's limit, as from a client).
     let asynchronous = parts
         .headers
         .get(crate::INVOCATION_TYPE)
@@ -137,12 +128,26 @@ async fn call(
             return error.into_response(&id);
         }
         let request = Request::from_parts(parts, body);
-        return match submit_event(shared, &loaded, request, guest_path, declared, &id, depth).await
-        {
-            Ok(response) => response,
-            Err(error) => error.into_response(&id),
-        };
+        let mut response =
+            match submit_event(shared, &loaded, request, guest_path, declared, &id, depth).await {
+                Ok(response) => response,
+                Err(error) => error.into_response(&id),
+            };
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        return response;
     }
+    // Over its body limit, the callee reads an error, as from a client.
+    let limit = loaded.limits.max_body_bytes;
+    let body = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .map_err(move |e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                GuestBody::TooLarge(limit)
+            } else {
+                GuestBody::Io(e.to_string())
+            }
+        });
     let attempt = metering::Attempt {
         id: &id,
         attempt: 1,
