@@ -103,6 +103,13 @@ pub(crate) fn init(otlp_endpoint: Option<&str>, node: Option<&str>) -> anyhow::R
     if let Some(endpoint) = &endpoint {
         exporter = exporter.with_endpoint(endpoint.clone());
     }
+    // OTLP/HTTP's default is protobuf (the exporter's, with JSON built in,
+    // would be JSON: larger and slower to encode).
+    if std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_none()
+        && std::env::var_os("OTEL_EXPORTER_OTLP_PROTOCOL").is_none()
+    {
+        exporter = exporter.with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+    }
     let exporter = exporter
         .build()
         .context("cannot set up the OTLP trace exporter (check --otlp-endpoint and the OTEL_EXPORTER_OTLP_* variables)")?;
