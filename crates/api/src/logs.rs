@@ -156,8 +156,17 @@ async fn scan(
     let (mut scanned, mut bytes) = (0usize, 0usize);
     let chunk = if filter.is_empty() { limit } else { CHUNK };
     loop {
+        // A read may answer fewer records than asked while more follow
+        // (a cluster's reads stop at a time limit): only an empty read
+        // says the stream is read to its end.
         let raw = state.logs.read(stream, next, chunk).await?;
-        let end = raw.len() < chunk;
+        if raw.is_empty() {
+            return Ok(LogPage {
+                entries,
+                next,
+                end: true,
+            });
+        }
         for (seq, record) in raw {
             // Continue after the last entry read, even one that did not decode.
             next = seq;
@@ -181,8 +190,12 @@ async fn scan(
                 Err(e) => tracing::warn!(%name, seq, error = %e, "skipping undecodable log entry"),
             }
         }
-        if end || scanned >= SCAN_RECORDS || bytes >= SCAN_BYTES {
-            return Ok(LogPage { entries, next, end });
+        if scanned >= SCAN_RECORDS || bytes >= SCAN_BYTES {
+            return Ok(LogPage {
+                entries,
+                next,
+                end: false,
+            });
         }
     }
 }

@@ -100,7 +100,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
                 .query(&query),
             )
             .await?;
-        let caught_up = page.end && (page.entries.is_empty() || page.next == after);
+        let caught_up = page.end;
         after = page.next;
         seen += page.entries.len();
         for entry in page.entries {
