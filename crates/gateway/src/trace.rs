@@ -357,5 +357,16 @@ mod tests {
             assert!(!cx.span().span_context().is_valid(), "{garbage}");
         }
         assert!(!extract_stored(None, None).span().span_context().is_valid());
+        // A tracestate past the cap is dropped; the traceparent stays.
+        let entry = |key: &str| format!("{key}={}", "x".repeat(200));
+        let long = [entry("a"), entry("b"), entry("c")].join(",");
+        let cx = extract_stored(Some(parent), Some(&long));
+        let span = cx.span();
+        assert!(span.span_context().is_valid());
+        assert_eq!(span.span_context().trace_state().header(), "");
+        let fits = [entry("a"), entry("b")].join(",");
+        assert!(long.len() > MAX_TRACESTATE && fits.len() <= MAX_TRACESTATE);
+        let cx = extract_stored(Some(parent), Some(&fits));
+        assert_eq!(cx.span().span_context().trace_state().header(), fits);
     }
 }
