@@ -165,8 +165,11 @@ pub struct AuditEntry {
     pub status: u16,
 }
 
+/// What every audit stream's name starts with (and no other's).
+pub(crate) const AUDIT_STREAMS: &str = "audit/";
+
 fn audit_stream(tenant: &TenantId) -> String {
-    format!("audit/{tenant}")
+    format!("{AUDIT_STREAMS}{tenant}")
 }
 
 /// The middleware in front of every `/v1` route: authenticates, then

@@ -551,6 +551,7 @@ mod tests {
             scale: Arc::new(|_: &str, _: &str| None),
             reservations,
             secrets: Arc::new(SecretBox::from_key(&[7; 32]).unwrap()),
+            retention: Default::default(),
             cluster: Arc::new(crate::cluster::SingleNode {
                 node: "test".into(),
                 started_ms: 0,

@@ -20,6 +20,7 @@ mod kv;
 mod logs;
 mod metrics;
 mod openapi;
+pub mod retention;
 mod routes;
 mod tenant_triggers;
 mod text;
@@ -55,6 +56,7 @@ pub use functions::{CreateFunction, FunctionInfo};
 pub use kv::{KeyEntry, KeyPage, NewTrigger, TriggerInfo, Written};
 pub use logs::{LogEntry, LogPage, LogParams};
 pub use metrics::{DataPlaneStats, DataPlaneView, FunctionScaling};
+pub use usage::{FunctionStats, StatsParams};
 pub use vars::VarInfo;
 pub use versions::VersionInfo;
 
@@ -99,6 +101,8 @@ pub struct ApiState {
     pub secrets: Arc<gust_store::SecretBox>,
     /// The nodes serving this platform (this one alone on a single node).
     pub cluster: cluster::SharedClusterView,
+    /// What retention removed (`retention::spawn` counts into it).
+    pub retention: Arc<retention::RetentionStats>,
 }
 
 /// Looks up a function's scaling; supplied by the binary.
@@ -144,6 +148,7 @@ pub type ReservationCheck = Arc<dyn Fn(&str, &str, u32) -> Result<(), String> + 
         usage::usage,
         cluster::cluster_status,
         usage::records,
+        usage::function_stats,
         kv::list_keys,
         kv::get_key,
         kv::put_key,
@@ -163,6 +168,8 @@ pub type ReservationCheck = Arc<dyn Fn(&str, &str, u32) -> Result<(), String> + 
         auth::read_audit
     ),
     components(schemas(
+        usage::FunctionStats,
+        gust_core::series::Interval,
         gust_meter::UsageReport,
         gust_meter::UsageGroup,
         gust_meter::UsageTotals,
@@ -257,6 +264,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/functions/{name}/logs", get(logs::read_logs))
         .route("/v1/functions/{name}/scale", get(versions::get_scale))
+        .route("/v1/functions/{name}/stats", get(usage::function_stats))
         .route(
             "/v1/functions/{name}/vars",
             get(vars::list_vars).patch(vars::change_vars),

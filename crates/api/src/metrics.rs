@@ -79,6 +79,10 @@ pub(crate) struct Snapshot {
     pub(crate) resident_bytes: Option<u64>,
     /// `None`: metering is off.
     pub(crate) meter: Option<MeterStats>,
+    /// What retention removed, by kind.
+    pub(crate) pruned: Vec<(&'static str, u64)>,
+    /// The data directory's size on disk, as of the last retention pass.
+    pub(crate) data_dir_bytes: u64,
 }
 
 impl Snapshot {
@@ -90,6 +94,11 @@ impl Snapshot {
             events: state.events.stats(),
             resident_bytes: resident_bytes(),
             meter: state.meter.as_ref().map(gust_meter::Meter::stats),
+            pruned: state.retention.pruned().to_vec(),
+            data_dir_bytes: state
+                .retention
+                .data_dir_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -160,6 +169,20 @@ impl Collector for Snapshot {
             "Invocation log records dropped: over their function's log rate, or the writer fell behind.",
             Counter,
             g.logs_dropped,
+        )?;
+        labelled(
+            out,
+            "gust_retention_pruned",
+            "Records and files removed by retention since start-up, by kind.",
+            Counter,
+            self.pruned.iter().map(|(kind, n)| ([("kind", *kind)], *n)),
+        )?;
+        one(
+            out,
+            "gust_data_dir_bytes",
+            "Bytes on disk under the data directory, as of the last retention pass.",
+            Gauge,
+            self.data_dir_bytes,
         )?;
         one(
             out,
@@ -465,6 +488,8 @@ mod tests {
                     count: 7,
                 },
             }),
+            pruned: vec![("statuses", 12), ("blobs", 1)],
+            data_dir_bytes: 65536,
         }
     }
 
@@ -490,6 +515,13 @@ gust_invocations_total{result="failed"} 1
 # HELP gust_logs_dropped_total Invocation log records dropped: over their function's log rate, or the writer fell behind.
 # TYPE gust_logs_dropped_total counter
 gust_logs_dropped_total 3
+# HELP gust_retention_pruned_total Records and files removed by retention since start-up, by kind.
+# TYPE gust_retention_pruned_total counter
+gust_retention_pruned_total{kind="statuses"} 12
+gust_retention_pruned_total{kind="blobs"} 1
+# HELP gust_data_dir_bytes Bytes on disk under the data directory, as of the last retention pass.
+# TYPE gust_data_dir_bytes gauge
+gust_data_dir_bytes 65536
 # HELP gust_compilations_total Components compiled from WebAssembly.
 # TYPE gust_compilations_total counter
 gust_compilations_total 1

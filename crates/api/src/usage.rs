@@ -157,6 +157,82 @@ pub(crate) async fn records(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
+/// `GET /v1/functions/{name}/stats`: the period, in intervals.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsParams {
+    /// Start, Unix ms (default: an hour ago).
+    pub from_ms: Option<u64>,
+    /// End (excluded), Unix ms (default: now).
+    pub to_ms: Option<u64>,
+    /// Intervals the period is cut into (default 60, at most 1,440).
+    pub intervals: Option<usize>,
+}
+
+/// A function's activity over a period, from its usage records.
+#[derive(Debug, serde::Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionStats {
+    pub function: String,
+    pub from_ms: u64,
+    pub step_ms: u64,
+    pub intervals: Vec<gust_core::series::Interval>,
+}
+
+/// The most intervals one answer holds.
+const MAX_INTERVALS: usize = 1440;
+
+#[utoipa::path(get, path = "/v1/functions/{name}/stats", tag = "usage",
+    params(("name" = String, Path, description = "Function name"), StatsParams),
+    responses(
+        (status = 200, description = "Requests, errors, p50/p99 latency and cost per interval", body = FunctionStats),
+        (status = 404, body = crate::ErrorBody)))]
+pub(crate) async fn function_stats(
+    State(state): State<ApiState>,
+    caller: Caller,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    params: Result<Query<StatsParams>, QueryRejection>,
+) -> Result<Json<FunctionStats>, ApiError> {
+    caller.require(Action::Read)?;
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let name = crate::existing(&state, &caller, name).await?;
+    let now = crate::now_ms();
+    let to_ms = params.to_ms.unwrap_or(now + 1);
+    let from_ms = params.from_ms.unwrap_or(to_ms.saturating_sub(3_600_000));
+    if from_ms >= to_ms {
+        return Err(ApiError::BadRequest(
+            "the period is empty: `from_ms` must be before `to_ms`".into(),
+        ));
+    }
+    let count = params.intervals.unwrap_or(60);
+    if count == 0 || count > MAX_INTERVALS {
+        return Err(ApiError::BadRequest(format!(
+            "`intervals` must be between 1 and {MAX_INTERVALS}"
+        )));
+    }
+    let step_ms = (to_ms - from_ms).div_ceil(count as u64).max(1);
+    let mut series = gust_core::series::SeriesBuilder::new(from_ms, step_ms, count);
+    meter(&state)?
+        .for_each(
+            Scope::Cluster,
+            caller.tenant.as_str(),
+            from_ms,
+            to_ms,
+            |r| {
+                if r.function == name.as_str() {
+                    series.add(r);
+                }
+            },
+        )
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(FunctionStats {
+        function: name.to_string(),
+        from_ms,
+        step_ms,
+        intervals: series.finish(),
+    }))
+}
+
 /// The records of `query`, rendered as CSV (with a header row) or JSON
 /// lines. The first page is read before answering, so a ledger error
 /// there is still a 500; the rest streams page by page (an export may be
@@ -285,6 +361,9 @@ mod tests {
         }
         async fn drop_outbox(&self, through: u64) -> Result<(), StoreError> {
             self.0.drop_outbox(through).await
+        }
+        async fn prune(&self, before_ms: u64, limit: usize) -> Result<u64, StoreError> {
+            self.0.prune(before_ms, limit).await
         }
     }
 

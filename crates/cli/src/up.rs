@@ -151,6 +151,26 @@ pub struct UpArgs {
     /// Seconds invocation logs are kept (default 7 days).
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     log_max_age_secs: u64,
+    /// How long the status of a finished asynchronous invocation is kept
+    /// (`0s`: forever).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = retention_age)]
+    retain_statuses: Duration,
+    /// How long a dead letter waits for a redrive before it is removed.
+    #[arg(long, value_name = "DURATION", default_value = "14d", value_parser = retention_age)]
+    retain_dead_letters: Duration,
+    /// How long audit log entries are kept.
+    #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = retention_age)]
+    retain_audit: Duration,
+    /// How long usage records (billing) are kept.
+    #[arg(long, value_name = "DURATION", default_value = "400d", value_parser = retention_age)]
+    retain_usage: Duration,
+    /// Versions kept per function besides those an alias serves or may
+    /// roll back to (0: all); older ones are removed with their components.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    retain_versions: usize,
+    /// How often retention removes what is past its age.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = retention_age)]
+    retention_every: Duration,
     /// Export traces over OTLP/HTTP to this collector (its base URL, e.g.
     /// `http://127.0.0.1:4318`; spans go to `/v1/traces`). The standard
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` and other `OTEL_*` variables work too.
@@ -174,6 +194,13 @@ enum ClientTraceContext {
 }
 
 /// The machine's available memory in bytes, if the kernel says.
+/// A retention age or period: the CLI's one duration syntax.
+fn retention_age(text: &str) -> Result<Duration, String> {
+    gust_core::time::parse_duration_ms(text)
+        .map(Duration::from_millis)
+        .map_err(|e| e.to_string())
+}
+
 fn available_memory() -> Option<u64> {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -383,6 +410,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
 
+    let gateway_logs = gust_store::LogLimits {
+        max_bytes: args.log_max_bytes,
+        max_age_ms: args.log_max_age_secs.saturating_mul(1000),
+    };
     let gateway_config = GatewayConfig {
         max_in_flight: max_in_flight as usize,
         memory_budget_bytes: node_memory_budget(&args),
@@ -409,10 +440,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         logs: gust_gateway::LogConfig {
             rate_bytes_per_second: args.log_rate_bytes,
             burst_bytes: args.log_burst_bytes,
-            limits: gust_store::LogLimits {
-                max_bytes: args.log_max_bytes,
-                max_age_ms: args.log_max_age_secs.saturating_mul(1000),
-            },
+            limits: gateway_logs,
         },
         trace: gust_gateway::trace::TraceConfig {
             enabled: telemetry.tracing(),
@@ -517,7 +545,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             metrics: metrics.clone(),
         }),
     };
-    let api = gust_api::router(ApiState {
+    let retention = Arc::new(gust_api::retention::RetentionStats::default());
+    let api_state = ApiState {
         registry,
         blobs,
         logs,
@@ -538,7 +567,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         secrets,
         reservations,
         cluster,
-    });
+        retention: retention.clone(),
+    };
+    gust_api::retention::spawn(
+        api_state.clone(),
+        gust_api::retention::RetentionConfig {
+            every: args.retention_every.max(Duration::from_millis(100)),
+            logs: gateway_logs,
+            statuses: args.retain_statuses,
+            dead_letters: args.retain_dead_letters,
+            audit: args.retain_audit,
+            usage: args.retain_usage,
+            versions: args.retain_versions,
+            data_dir: Some(args.data_dir.clone()),
+        },
+        retention,
+    );
+    let api = gust_api::router(api_state);
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

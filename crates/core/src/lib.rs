@@ -23,6 +23,7 @@ mod records;
 pub mod route;
 pub mod scaling;
 pub mod schedule;
+pub mod series;
 pub mod time;
 pub mod usage;
 

@@ -90,6 +90,40 @@ impl FunctionRecord {
     pub fn live(&self) -> Option<&Alias> {
         self.aliases.get(LIVE)
     }
+
+    /// Every version an alias serves or may go back to: its target, its
+    /// split's, its canary's and the one before its last move.
+    pub fn referenced_versions(&self) -> std::collections::BTreeSet<u64> {
+        self.aliases
+            .values()
+            .flat_map(|a| {
+                [
+                    Some(a.target.version),
+                    a.split.as_ref().map(|s| s.to.version),
+                    a.canary.as_ref().map(|c| c.version),
+                    a.previous,
+                ]
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// Which of `versions` retention removes when `keep` are kept: all but
+    /// the `keep` newest and those an alias refers to (`keep` 0 keeps all).
+    pub fn versions_past(&self, versions: &[u64], keep: usize) -> Vec<u64> {
+        if keep == 0 {
+            return Vec::new();
+        }
+        let referenced = self.referenced_versions();
+        let mut newest_first = versions.to_vec();
+        newest_first.sort_unstable_by(|a, b| b.cmp(a));
+        newest_first.dedup();
+        newest_first
+            .into_iter()
+            .skip(keep)
+            .filter(|v| !referenced.contains(v))
+            .collect()
+    }
 }
 
 /// A version of a function, with what the data plane needs to run it.
@@ -151,6 +185,50 @@ mod tests {
         let again: FunctionRecord =
             serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
         assert_eq!(again, record);
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_versions_and_every_one_an_alias_refers_to() {
+        use crate::deploy::{Canary, Split};
+        let v = |n| ActiveVersion {
+            version: n,
+            digest: format!("sha256:{n}"),
+            limits: Limits::default(),
+            delivery: Default::default(),
+        };
+        let mut live = Alias::new(v(9), 0);
+        live.previous = Some(2);
+        live.split = Some(Split {
+            to: v(3),
+            basis_points: 100,
+        });
+        let mut beta = Alias::new(v(1), 0);
+        beta.canary = Some(Canary {
+            version: 4,
+            started_at_ms: 0,
+            window_ms: 1,
+            policy: Default::default(),
+        });
+        let record = FunctionRecord {
+            tenant: TenantId::default_tenant(),
+            name: FunctionName::new("f").unwrap(),
+            created_at_ms: 0,
+            latest_version: 10,
+            aliases: [(LIVE.to_string(), live), ("beta".to_string(), beta)].into(),
+            canaries: Vec::new(),
+            vars: Default::default(),
+            routes: Vec::new(),
+            public: false,
+        };
+        let all: Vec<u64> = (1..=10).collect();
+        assert_eq!(
+            record.referenced_versions().into_iter().collect::<Vec<_>>(),
+            [1, 2, 3, 4, 9]
+        );
+        // The two newest (10, 9) and the referenced stay.
+        assert_eq!(record.versions_past(&all, 2), [8, 7, 6, 5]);
+        assert_eq!(record.versions_past(&all, 7), [] as [u64; 0]);
+        assert!(record.versions_past(&all, 0).is_empty(), "0 keeps all");
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod dispatcher;
 mod kv_trigger;
+mod retention;
 mod scheduler;
 mod zone;
 

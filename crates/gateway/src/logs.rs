@@ -8,12 +8,11 @@
 //! bytes per function: past it records are dropped and counted, never an
 //! error to the guest), and its stream's size and age in the store
 //! ([`LogLimits`]: the oldest records go, in the write that appends, and
-//! by age once a minute).
+//! by age in the API's retention pass).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use gust_core::{FunctionName, LogRecord, TenantId};
@@ -29,8 +28,6 @@ const BATCH: usize = 512;
 const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 /// Bytes of log records waiting to be written, at most.
 const QUEUE_BYTES: usize = 32 << 20;
-/// How often every stream is held to its age limit.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// How much a function's logs may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,8 +131,6 @@ impl LogSink {
         let limits = config.limits;
         let writer = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
-            let mut prune = tokio::time::interval(PRUNE_EVERY);
-            prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let closing = tokio::select! {
                     n = rx.recv_many(&mut batch, BATCH) => {
@@ -149,12 +144,6 @@ impl LogSink {
                             batch.push(record);
                         }
                         true
-                    }
-                    _ = prune.tick() => {
-                        if let Err(e) = store.prune(Registry::LOG_STREAMS, limits, crate::now_ms()).await {
-                            tracing::warn!(error = %e, "pruning old invocation logs failed");
-                        }
-                        false
                     }
                 };
                 if !batch.is_empty() {

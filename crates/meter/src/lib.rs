@@ -311,6 +311,26 @@ impl Meter {
     }
 
     /// Whether reports can count every node's records (a cluster node).
+    /// Removes usage records of attempts that started before `before_ms`
+    /// (retention), from this node's ledger and, in a cluster, its view of
+    /// every node's, a bounded step at a time with `pause` between steps.
+    /// Returns how many records went.
+    pub async fn prune(&self, before_ms: u64, pause: Duration) -> Result<u64, MeterError> {
+        const STEP: usize = 1024;
+        let mut removed = 0;
+        for ledger in std::iter::once(&self.inner.ledger).chain(self.inner.view.as_ref()) {
+            loop {
+                let step = ledger.prune(before_ms, STEP).await?;
+                if step == 0 {
+                    break;
+                }
+                removed += step;
+                tokio::time::sleep(pause).await;
+            }
+        }
+        Ok(removed)
+    }
+
     pub fn shares_usage(&self) -> bool {
         self.inner.view.is_some()
     }

@@ -43,6 +43,48 @@ impl ArtifactCache {
         self.dir.join(format!("{hex}-{}.cwasm", self.fingerprint))
     }
 
+    /// Removes the files no one will load: artifacts of components not in
+    /// `keep`, of another engine (an older Gust), and temporary files a
+    /// crash left, each only once untouched for `grace` (a deploy
+    /// compiles before its version is recorded). Returns (files, bytes).
+    pub fn sweep(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        grace: std::time::Duration,
+    ) -> std::io::Result<(u64, u64)> {
+        let now = std::time::SystemTime::now();
+        let (mut files, mut bytes) = (0, 0);
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let wanted = name
+                .strip_suffix(".cwasm")
+                .and_then(|stem| stem.rsplit_once('-'))
+                .is_some_and(|(hex, fingerprint)| {
+                    fingerprint == self.fingerprint && keep.contains(&format!("sha256:{hex}"))
+                });
+            let meta = entry.metadata()?;
+            let idle = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|idle| idle >= grace);
+            if wanted || !idle || !meta.is_file() {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    files += 1;
+                    bytes += meta.len();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((files, bytes))
+    }
+
     /// Writes an artifact atomically: readers see the whole file or none.
     pub fn store(&self, digest: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
         let path = self.path(digest);

@@ -312,6 +312,19 @@ impl Runtime {
         }
     }
 
+    /// Removes compiled artifacts that no component in `keep` needs (see
+    /// the artifact cache's `sweep`); returns (files, bytes) removed.
+    pub fn sweep_artifacts(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        grace: std::time::Duration,
+    ) -> Result<(u64, u64), RuntimeError> {
+        self.inner
+            .artifacts
+            .sweep(keep, grace)
+            .map_err(|e| RuntimeError::Artifacts(format!("sweeping compiled artifacts: {e}")))
+    }
+
     pub fn stats(&self) -> RuntimeStats {
         let c = &self.inner.counters;
         RuntimeStats {

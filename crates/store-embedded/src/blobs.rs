@@ -49,6 +49,19 @@ impl BlobStore for EmbeddedStore {
         .await
     }
 
+    async fn digests(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let blobs = txn.open_table(BLOBS).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in blobs.iter().map_err(backend)? {
+                out.push(entry.map_err(backend)?.0.value().to_string());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn delete(&self, digest: &str) -> Result<bool, StoreError> {
         let digest = digest.to_string();
         self.write(move |txn, _| {

@@ -246,6 +246,67 @@ impl LedgerStore for EmbeddedStore {
         .await
     }
 
+    async fn prune(&self, before_ms: u64, limit: usize) -> Result<u64, StoreError> {
+        use std::ops::Bound;
+        let ledger = self.inner.ledger.clone();
+        // Whole seconds only: a block holds one second's records.
+        let before = before_ms / BLOCK_MS * BLOCK_MS;
+        let file = ledger.clone();
+        let (records, freed) = self
+            .write(move |txn, _| {
+                let mut table = txn.open_table(LEDGER_SPANS).map_err(backend)?;
+                let mut gone: Vec<((String, u64, u64), (u64, u64))> = Vec::new();
+                // Tenant by tenant: the first key past the previous tenant
+                // names the next one.
+                let mut next: Option<String> = None;
+                while gone.len() < limit {
+                    let start = match &next {
+                        None => Bound::Unbounded,
+                        Some(t) => Bound::Excluded((t.as_str(), u64::MAX, u64::MAX)),
+                    };
+                    let Some(first) = table
+                        .range::<(&str, u64, u64)>((start, Bound::Unbounded))
+                        .map_err(backend)?
+                        .next()
+                        .transpose()
+                        .map_err(backend)?
+                    else {
+                        break;
+                    };
+                    let tenant = first.0.value().0.to_string();
+                    drop(first);
+                    for span in table
+                        .range((tenant.as_str(), 0, 0)..(tenant.as_str(), before, 0))
+                        .map_err(backend)?
+                        .take(limit - gone.len())
+                    {
+                        let (key, value) = span.map_err(backend)?;
+                        let (_, second, n) = key.value();
+                        gone.push(((tenant.clone(), second, n), value.value()));
+                    }
+                    next = Some(tenant);
+                }
+                let mut records = 0u64;
+                let mut freed = Vec::with_capacity(gone.len());
+                for ((tenant, second, n), (offset, len)) in gone {
+                    let head = file.read(offset, 4.min(len))?;
+                    records += head
+                        .try_into()
+                        .map_or(0, |b: [u8; 4]| u64::from(u32::from_le_bytes(b)));
+                    table
+                        .remove((tenant.as_str(), second, n))
+                        .map_err(backend)?;
+                    freed.push((offset, len));
+                }
+                Ok((records, freed))
+            })
+            .await?;
+        tokio::task::spawn_blocking(move || ledger.free(freed))
+            .await
+            .map_err(|_| StoreError::Closed)??;
+        Ok(records)
+    }
+
     async fn records(
         &self,
         tenant: &str,
@@ -313,6 +374,10 @@ pub(crate) struct LedgerFile {
     /// next: a commit's megabytes then land in memory already touched,
     /// not in pages the kernel must fault in and zero each time.
     scratch: std::sync::Mutex<Vec<u8>>,
+    /// Blocks no longer indexed (pruned), whose bytes are freed at the next
+    /// prune: a reader that found a block in its snapshot just before
+    /// still reads it whole.
+    freed: std::sync::Mutex<Vec<(u64, u64)>>,
 }
 
 impl LedgerFile {
@@ -345,6 +410,7 @@ impl LedgerFile {
             end: std::sync::Mutex::new(end),
             commits: tokio::sync::Mutex::new(()),
             scratch: std::sync::Mutex::new(Vec::new()),
+            freed: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -408,6 +474,31 @@ impl LedgerFile {
         if let Some(len) = std::num::NonZeroU64::new(to.saturating_sub(from)) {
             let _ = rustix::fs::fadvise(&self.file, from, Some(len), rustix::fs::Advice::DontNeed);
         }
+    }
+
+    /// Gives the disk space of blocks pruned by the previous call back to
+    /// the file system (holes punched, the file's length unchanged), and
+    /// keeps `now` for the next call.
+    fn free(&self, now: Vec<(u64, u64)>) -> Result<(), StoreError> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        let earlier = std::mem::replace(
+            &mut *self.freed.lock().unwrap_or_else(|p| p.into_inner()),
+            now,
+        );
+        for (offset, len) in earlier {
+            match fallocate(
+                &self.file,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                offset,
+                len,
+            ) {
+                Ok(()) => {}
+                // A file system without holes keeps the bytes: only space is lost.
+                Err(rustix::io::Errno::OPNOTSUPP) => return Ok(()),
+                Err(e) => return Err(self.io(e.into())),
+            }
+        }
+        Ok(())
     }
 
     fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {

@@ -144,6 +144,44 @@ impl MetaStore for EmbeddedStore {
         self.read(move |db| Ok(list(db, &prefix)?.0)).await
     }
 
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        use std::ops::Bound;
+        let prefix = prefix.to_string();
+        let after = after.map(str::to_string);
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let kv = txn.open_table(ENTRIES).map_err(backend)?;
+            let start = match &after {
+                Some(a) if a.as_str() >= prefix.as_str() => Bound::Excluded(a.as_str()),
+                _ => Bound::Included(prefix.as_str()),
+            };
+            let mut out = Vec::new();
+            for item in kv
+                .range::<&str>((start, Bound::Unbounded))
+                .map_err(backend)?
+            {
+                let (k, v) = item.map_err(backend)?;
+                let key = k.value();
+                if !key.starts_with(prefix.as_str()) || out.len() >= limit {
+                    break;
+                }
+                let (revision, bytes) = v.value();
+                out.push(Entry {
+                    key: key.to_string(),
+                    value: Bytes::copy_from_slice(bytes),
+                    revision,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn watch(&self, prefix: &str) -> Result<Watch, StoreError> {
         // Subscribe before reading so no change falls between the two;
         // events at or below the snapshot's revision are skipped.

@@ -78,6 +78,19 @@ impl BlobStore for NatsStore {
         Ok(Some(Bytes::from(out)))
     }
 
+    async fn digests(&self) -> Result<Vec<String>, StoreError> {
+        use futures_util::StreamExt as _;
+        let mut list = self.blobs.list().await.map_err(backend)?;
+        let mut out = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(backend)?;
+            if !info.deleted {
+                out.push(info.name);
+            }
+        }
+        Ok(out)
+    }
+
     async fn delete(&self, digest: &str) -> Result<bool, StoreError> {
         match self.blobs.info(digest).await {
             Ok(info) if !info.deleted => {}

@@ -157,6 +157,24 @@ pub trait MetaStore: Send + Sync {
     async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Every entry whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+    /// Up to `limit` entries under `prefix` whose keys come after `after`
+    /// (from the first when `None`), in key order: a walk in bounded steps.
+    /// This default reads the whole prefix for every page; a backend with
+    /// an ordered index answers from it.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = self.list(prefix).await?;
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(entries
+            .into_iter()
+            .filter(|e| after.is_none_or(|after| e.key.as_str() > after))
+            .take(limit)
+            .collect())
+    }
     /// The entries under `prefix` now, and every later change to them.
     async fn watch(&self, prefix: &str) -> Result<Watch, StoreError>;
 }
@@ -594,6 +612,10 @@ pub trait LedgerStore: Send + Sync {
     async fn outbox(&self, limit: usize) -> Result<Vec<(u64, Bytes)>, StoreError>;
     /// Drops the outbox entries numbered up to and including `through`.
     async fn drop_outbox(&self, through: u64) -> Result<(), StoreError>;
+    /// Removes up to about `limit` records (every tenant's) of attempts
+    /// that started before `before_ms` (retention); returns how many went.
+    /// Called again until it returns 0, each call a bounded step.
+    async fn prune(&self, before_ms: u64, limit: usize) -> Result<u64, StoreError>;
 }
 
 /// Content-addressed blobs (components). A blob's id is `sha256:<hex>` of its bytes.
@@ -605,6 +627,8 @@ pub trait BlobStore: Send + Sync {
     /// Removes the bytes of `digest`; whether they were there. The caller
     /// makes sure nothing refers to them any more.
     async fn delete(&self, digest: &str) -> Result<bool, StoreError>;
+    /// The digest of every blob stored, in no particular order.
+    async fn digests(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// Append-only logs, one per stream name. Each record gets a position

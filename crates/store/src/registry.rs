@@ -234,6 +234,69 @@ impl Registry {
         Ok(left)
     }
 
+    /// The digest of every version of every function: the components (and
+    /// compiled artifacts) that must stay.
+    pub async fn referenced_digests(
+        &self,
+    ) -> Result<std::collections::HashSet<String>, RegistryError> {
+        let mut digests = std::collections::HashSet::new();
+        for entry in self.kv.list(VERSIONS_PREFIX).await? {
+            digests.insert(decode::<VersionRecord>(&entry)?.digest);
+        }
+        Ok(digests)
+    }
+
+    /// Version retention: removes each function's versions past its `keep`
+    /// newest that no alias refers to ([`FunctionRecord::versions_past`]);
+    /// returns the removed versions' digests, whose components the caller
+    /// collects ([`Registry::unreferenced`]). Versions are immutable, so
+    /// one that an alias moved to meanwhile (the function's record changed
+    /// during the removal) is written back as it was.
+    pub async fn prune_versions(&self, keep: usize) -> Result<Vec<String>, RegistryError> {
+        let mut removed = Vec::new();
+        if keep == 0 {
+            return Ok(removed);
+        }
+        for entry in self.kv.list(FUNCTIONS_PREFIX).await? {
+            let record: FunctionRecord = decode(&entry)?;
+            if record.latest_version <= keep as u64 {
+                continue;
+            }
+            let prefix = versions_prefix(&record.tenant, &record.name);
+            let versions: Vec<VersionRecord> = self
+                .kv
+                .list(&prefix)
+                .await?
+                .iter()
+                .map(decode)
+                .collect::<Result<_, _>>()?;
+            let numbers: Vec<u64> = versions.iter().map(|v| v.version).collect();
+            let past = record.versions_past(&numbers, keep);
+            if past.is_empty() {
+                continue;
+            }
+            let mut gone = Vec::new();
+            for version in versions.into_iter().filter(|v| past.contains(&v.version)) {
+                let key = version_key(&record.tenant, &record.name, version.version);
+                if self.kv.delete(&key).await?.is_some() {
+                    gone.push(version);
+                }
+            }
+            let now = self.function(&record.tenant, &record.name).await?;
+            let still = now.as_ref().map(FunctionRecord::referenced_versions);
+            for version in gone {
+                if still.as_ref().is_some_and(|s| s.contains(&version.version)) {
+                    let key = version_key(&record.tenant, &record.name, version.version);
+                    self.kv.put(&key, encode(&version)?).await?;
+                } else {
+                    removed.push(version.digest);
+                }
+            }
+            self.forget_component_bytes(&record.tenant);
+        }
+        Ok(removed)
+    }
+
     fn components(&self) -> std::sync::MutexGuard<'_, ComponentBytes> {
         self.components.lock().unwrap_or_else(|p| p.into_inner())
     }

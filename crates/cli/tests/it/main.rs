@@ -22,6 +22,7 @@ mod metering;
 mod neighbours;
 mod newcomer;
 mod projects;
+mod retention;
 mod scaling;
 mod ssrf;
 mod tenants;

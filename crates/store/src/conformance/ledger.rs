@@ -114,6 +114,40 @@ pub async fn ledger(l: &dyn crate::LedgerStore) {
     }
     let expected: Vec<u64> = (1..24).map(|i| 10_000 + i * 150).collect();
     assert_eq!(seen, expected);
+
+    // Retention: records of seconds wholly before the cut go, tenant by
+    // tenant, in steps as small as asked; later ones stay.
+    let mut pruned = l.prune(11_000, 1).await.unwrap();
+    assert!(pruned > 0, "a step removes something");
+    loop {
+        let step = l.prune(11_000, 1).await.unwrap();
+        if step == 0 {
+            break;
+        }
+        pruned += step;
+    }
+    assert_eq!(pruned, 5 + 7, "t's 3, u's 2, v's 7 before 11 s");
+    assert!(
+        l.records("t", 0, u64::MAX, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        l.records("u", 0, u64::MAX, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let left: Vec<u64> = l
+        .records("v", 0, u64::MAX, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.time_ms)
+        .collect();
+    assert_eq!(left, (7..25).map(|i| 10_000 + i * 150).collect::<Vec<_>>());
+    assert_eq!(l.prune(11_000, 100).await.unwrap(), 0);
     outbox(l).await;
 }
 

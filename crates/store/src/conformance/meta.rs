@@ -58,6 +58,19 @@ pub async fn kv(kv: &dyn MetaStore) {
         .map(|e| e.key)
         .collect();
     assert_eq!(keys, ["a/1", "a/10", "a/2"]);
+    // Pages of the same, in key order, each after the last key seen.
+    let page = |after: Option<&'static str>| async move {
+        kv.list_page("a/", after, 2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(page(None).await, ["a/1", "a/10"]);
+    assert_eq!(page(Some("0")).await, ["a/1", "a/10"]);
+    assert_eq!(page(Some("a/10")).await, ["a/2"]);
+    assert!(page(Some("a/2")).await.is_empty());
 
     // Delete reports whether the key existed.
     let deleted = kv.delete("a/10").await.unwrap().expect("a/10 existed");

@@ -1,0 +1,176 @@
+//! Retention of what delivery leaves behind: the status records of
+//! finished invocations and dead letters, removed by age.
+//!
+//! Both are walked in key order a page at a time, with a pause between
+//! pages, so a pass over millions of records never holds the store for
+//! long; a page's removals go to the store together (one group commit).
+//! Only finished invocations lose their status (`succeeded`,
+//! `dead-lettered`): one still queued or waiting for a retry keeps it
+//! whatever its age. A dead letter redriven in the instant its old status
+//! is removed loses that status until its attempt writes one.
+
+use std::time::Duration;
+
+use gust_core::{InvocationRecord, InvocationState};
+use gust_store::{Entry, MetaStore, StoreError};
+use std::sync::Arc;
+
+use crate::{DeadLetter, Events, EventsError, decode};
+
+/// Records read per step.
+const PAGE: usize = 256;
+
+impl Events {
+    /// Removes the status records of invocations that finished before
+    /// `before_ms`; returns how many went. `pause` is slept between pages.
+    pub async fn prune_statuses(
+        &self,
+        before_ms: u64,
+        pause: Duration,
+    ) -> Result<u64, EventsError> {
+        prune(&self.kv, "inv/", pause, |entry| {
+            decode::<InvocationRecord>(&entry.value).is_ok_and(|r| {
+                matches!(
+                    r.state,
+                    InvocationState::Succeeded | InvocationState::DeadLettered
+                ) && r.updated_ms < before_ms
+            })
+        })
+        .await
+    }
+
+    /// Removes dead letters that died before `before_ms`; returns how many.
+    pub async fn prune_dead_letters(
+        &self,
+        before_ms: u64,
+        pause: Duration,
+    ) -> Result<u64, EventsError> {
+        prune(&self.kv, "dlq/", pause, |entry| {
+            decode::<DeadLetter>(&entry.value).is_ok_and(|l| l.dead_at_ms < before_ms)
+        })
+        .await
+    }
+}
+
+/// Walks `prefix` and removes the entries `expired` picks.
+async fn prune(
+    kv: &Arc<dyn MetaStore>,
+    prefix: &str,
+    pause: Duration,
+    expired: impl Fn(&Entry) -> bool,
+) -> Result<u64, EventsError> {
+    let mut after: Option<String> = None;
+    let mut removed = 0u64;
+    loop {
+        let page = kv.list_page(prefix, after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else {
+            return Ok(removed);
+        };
+        after = Some(last.key.clone());
+        let mut deletes = tokio::task::JoinSet::new();
+        for entry in page.iter().filter(|e| expired(e)) {
+            let kv = kv.clone();
+            let key = entry.key.clone();
+            deletes.spawn(async move { kv.delete(&key).await });
+        }
+        while let Some(done) = deletes.join_next().await {
+            let deleted = done.map_err(|_| StoreError::Closed)??;
+            removed += u64::from(deleted.is_some());
+        }
+        if page.len() < PAGE {
+            return Ok(removed);
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use gust_core::delivery::DeadReason;
+
+    fn status(id: &str, state: InvocationState, updated_ms: u64) -> Bytes {
+        crate::encode(&InvocationRecord {
+            invocation_id: id.into(),
+            function: "f".into(),
+            state,
+            attempts: 1,
+            accepted_ms: updated_ms,
+            updated_ms,
+            last_status: None,
+            last_error: None,
+            retry_at_ms: None,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn finished_statuses_and_dead_letters_past_their_age_go_and_the_rest_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            gust_store_embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap(),
+        );
+        let events = Events::new(store.clone(), store.clone());
+        let kv: &dyn MetaStore = store.as_ref();
+        // 600 old finished ones (more than a page), and the ones that stay.
+        for i in 0..600 {
+            let state = if i % 2 == 0 {
+                InvocationState::Succeeded
+            } else {
+                InvocationState::DeadLettered
+            };
+            kv.put(&format!("inv/t/old{i:04}"), status("x", state, 1_000))
+                .await
+                .unwrap();
+        }
+        kv.put(
+            "inv/t/new",
+            status("new", InvocationState::Succeeded, 5_000),
+        )
+        .await
+        .unwrap();
+        kv.put("inv/t/queued", status("q", InvocationState::Queued, 1_000))
+            .await
+            .unwrap();
+        kv.put(
+            "inv/t/retrying",
+            status("r", InvocationState::Failed, 1_000),
+        )
+        .await
+        .unwrap();
+        let letter = |dead_at_ms| {
+            crate::encode(&DeadLetter {
+                invocation_id: "d".into(),
+                function: "f".into(),
+                reason: DeadReason::AttemptsExhausted,
+                attempts: 3,
+                last_status: Some(500),
+                last_error: None,
+                dead_at_ms,
+                envelope: Vec::new(),
+            })
+            .unwrap()
+        };
+        kv.put("dlq/t/f/old", letter(1_000)).await.unwrap();
+        kv.put("dlq/t/f/new", letter(5_000)).await.unwrap();
+
+        let pause = Duration::ZERO;
+        assert_eq!(events.prune_statuses(2_000, pause).await.unwrap(), 600);
+        assert_eq!(events.prune_dead_letters(2_000, pause).await.unwrap(), 1);
+        let keys = |prefix: &'static str| async move {
+            kv.list(prefix)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.key)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys("inv/").await,
+            ["inv/t/new", "inv/t/queued", "inv/t/retrying"]
+        );
+        assert_eq!(keys("dlq/").await, ["dlq/t/f/new"]);
+        assert_eq!(events.prune_statuses(2_000, pause).await.unwrap(), 0);
+    }
+}
