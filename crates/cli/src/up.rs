@@ -584,6 +584,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         retention,
     );
     let api = gust_api::router(api_state);
+    let api = api.clone().merge(gust_ui::router(
+        api,
+        gust_ui::UiConfig {
+            secure_cookies: tls.is_some(),
+            ..Default::default()
+        },
+    ));
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -591,6 +598,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     println!("gust: functions on {scheme}://{data_addr}");
     println!("gust: control API on {scheme}://{api_addr}");
+    println!("gust: dashboard on {scheme}://{api_addr}/ui/");
     println!("gust: data in {}", args.data_dir.display());
     if nats.is_some() {
         println!(

@@ -1,0 +1,233 @@
+//! The web dashboard, served by `gust up` on the API listener at `/ui/`.
+//!
+//! Owns: sign-in and sessions (`session.rs`), the pages (`pages.rs`),
+//! charts drawn as SVG on the server (`chart.rs`), and its two assets (a
+//! stylesheet and a small script, in `assets/`, built into the binary).
+//! Pages are HTML rendered here (maud, escaped by construction); there is
+//! no build step and nothing from another origin: the
+//! Content-Security-Policy allows this origin's script and stylesheet
+//! only, no inline script or style.
+//!
+//! Everything a page shows or changes goes through the control API's own
+//! router, in process, with the session's token (`api.rs`): what a
+//! session sees is what its token may see under the API's rules, and its
+//! changes are audited as the API's. Changes are forms posted with the
+//! session's anti-forgery value, refused when the browser says they come
+//! from another site; the cookie is SameSite=Strict besides.
+//!
+//! Must not depend on: a store, the gateway, the runtime (it is a client
+//! of the API, nothing more).
+
+mod api;
+mod chart;
+mod pages;
+mod session;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+
+pub use api::{Api, Failure};
+use session::{Session, Sessions};
+
+/// The dashboard's settings.
+#[derive(Debug, Clone)]
+pub struct UiConfig {
+    /// Cookies only over HTTPS (the API listener serves TLS).
+    pub secure_cookies: bool,
+    /// How long a sign-in lasts.
+    pub session_ttl: Duration,
+    /// Sessions kept at most on this node.
+    pub max_sessions: usize,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            secure_cookies: false,
+            session_ttl: Duration::from_secs(8 * 3600),
+            max_sessions: 10_000,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Ui {
+    api: Api,
+    sessions: Arc<Sessions>,
+    config: Arc<UiConfig>,
+}
+
+/// The policy every dashboard answer carries.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The dashboard's routes, for the API listener; `api` is the control
+/// API's router, which every page calls.
+pub fn router(api: Router, config: UiConfig) -> Router {
+    let ui = Ui {
+        api: Api(api),
+        sessions: Arc::new(Sessions::new(config.session_ttl, config.max_sessions)),
+        config: Arc::new(config),
+    };
+    Router::new()
+        .route("/ui", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui/", get(home))
+        .route("/ui/signin", get(pages::signin_form).post(pages::signin))
+        .route("/ui/signout", post(pages::signout))
+        .route("/ui/view", post(pages::view_tenant))
+        .route("/ui/functions", get(pages::functions))
+        .route("/ui/functions/{name}", get(pages::function))
+        .route("/ui/functions/{name}/rollback", post(pages::rollback))
+        .route("/ui/functions/{name}/redrive", post(pages::redrive))
+        .route("/ui/functions/{name}/logs", get(pages::logs))
+        .route("/ui/functions/{name}/logs/rows", get(pages::log_rows))
+        .route("/ui/usage", get(pages::usage))
+        .route("/ui/triggers", get(pages::triggers))
+        .route("/ui/tokens", get(pages::tokens))
+        .route("/ui/admin", get(pages::admin))
+        .route("/ui/assets/gust.css", get(stylesheet))
+        .route("/ui/assets/gust.js", get(script))
+        .route("/ui/assets/icon.svg", get(icon))
+        .layer(axum::middleware::map_response(secure_headers))
+        .with_state(ui)
+}
+
+/// Headers on every answer: the CSP, no sniffing, no referrer to other
+/// sites (`same-origin`: with none at all, browsers send `Origin: null` on
+/// the dashboard's own forms, which the forgery check refuses), no frames,
+/// and no caching of pages (they hold a tenant's data).
+async fn secure_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn home(session: Option<Signed>) -> Redirect {
+    match session {
+        Some(_) => Redirect::to("/ui/functions"),
+        None => Redirect::to("/ui/signin"),
+    }
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../assets/gust.css"),
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/gust.js"),
+    )
+}
+
+async fn icon() -> impl IntoResponse {
+    asset("image/svg+xml", include_str!("../assets/icon.svg"))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+}
+
+/// A request from a signed-in browser; without a live session, a page
+/// answers with the sign-in page instead.
+pub(crate) struct Signed(pub Session);
+
+impl FromRequestParts<Ui> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, ui: &Ui) -> Result<Self, Response> {
+        parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(session::from_cookie_header)
+            .find_map(|id| ui.sessions.get(id, Instant::now()))
+            .map(Signed)
+            .ok_or_else(|| Redirect::to("/ui/signin").into_response())
+    }
+}
+
+impl axum::extract::OptionalFromRequestParts<Ui> for Signed {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        ui: &Ui,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(
+            <Signed as FromRequestParts<Ui>>::from_request_parts(parts, ui)
+                .await
+                .ok(),
+        )
+    }
+}
+
+/// Whether the browser says a change comes from this dashboard.
+pub(crate) fn from_here(headers: &HeaderMap) -> bool {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    session::same_origin(
+        get("sec-fetch-site"),
+        get("origin"),
+        get(header::HOST.as_str()),
+    )
+}
+
+/// A change's checks: from this dashboard, with this session's value.
+pub(crate) fn check_change(
+    headers: &HeaderMap,
+    session: &Session,
+    csrf: &str,
+) -> Result<(), Refused> {
+    if from_here(headers) && session::same(csrf, &session.csrf) {
+        Ok(())
+    } else {
+        Err(Refused)
+    }
+}
+
+/// A change that did not come from a dashboard page.
+pub(crate) struct Refused;
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::FORBIDDEN,
+            "refused: this change did not come from a Gust dashboard page (reload the page and try again)\n",
+        )
+            .into_response()
+    }
+}
+
+/// The state for handlers.
+pub(crate) type UiState = State<Ui>;
