@@ -98,6 +98,7 @@ fn harness() -> &'static Harness {
                 scale: Arc::new(|_: &str, _: &str| None),
                 reservations: Arc::new(|_: &str, _: &str, _: u32| Ok(())),
                 secrets: Arc::new(gust_store::SecretBox::from_key(&[7; 32]).unwrap()),
+                retention: Default::default(),
                 cluster: Arc::new(gust_api::cluster::SingleNode {
                     node: "fuzz".into(),
                     started_ms: 0,
