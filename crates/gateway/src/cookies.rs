@@ -15,6 +15,37 @@
 //! `Service-Worker-Allowed` (a worker controlling every tenant's paths)
 //! and `Clear-Site-Data` (wiping every tenant's state) are dropped.
 
+/// Cookie names the node itself uses (the dashboard's session, on the
+/// API listener, which may share its host with the data plane: browsers
+/// scope cookies by host, not port). A guest never receives them and
+/// never sets them, on any origin.
+pub(crate) const RESERVED: [&str; 2] = ["gust_session", "__Host-gust_session"];
+
+fn reserved(name: &str) -> bool {
+    RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name.trim()))
+}
+
+/// Whether a `Set-Cookie` value sets one of the node's own cookies.
+pub(crate) fn sets_reserved(set_cookie: &str) -> bool {
+    set_cookie
+        .split(';')
+        .next()
+        .and_then(|pair| pair.split_once('='))
+        .is_some_and(|(name, _)| reserved(name))
+}
+
+/// A `Cookie` header without the node's own cookies; `None` when it has
+/// none of them (unchanged), `Some("")` when nothing else is left.
+pub(crate) fn without_reserved(cookie: &str) -> Option<String> {
+    let pairs: Vec<&str> = cookie.split(';').map(str::trim).collect();
+    let kept: Vec<&str> = pairs
+        .iter()
+        .copied()
+        .filter(|pair| !reserved(pair.split_once('=').map_or(*pair, |(name, _)| name)))
+        .collect();
+    (kept.len() != pairs.len()).then(|| kept.join("; "))
+}
+
 /// Where a response's cookies may reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CookieScope {
@@ -100,6 +131,21 @@ fn within(path: &str, base: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nodes_own_cookies_neither_reach_nor_come_from_a_guest() {
+        assert!(sets_reserved("gust_session=abc; Path=/ui"));
+        assert!(sets_reserved(" GUST_SESSION=abc"));
+        assert!(sets_reserved("__Host-gust_session=abc; Secure; Path=/"));
+        assert!(!sets_reserved("gust_sessionx=abc"));
+        assert!(!sets_reserved("theme=dark; Path=/"));
+        assert_eq!(
+            without_reserved("a=1; gust_session=s; b=2"),
+            Some("a=1; b=2".into())
+        );
+        assert_eq!(without_reserved("gust_session=s"), Some(String::new()));
+        assert_eq!(without_reserved("a=1; b=2"), None);
+    }
 
     const SHOP: CookieScope = CookieScope::SharedOrigin { base_len: 11 };
     const PATH: &str = "/@acme/shop/cart?x=1";

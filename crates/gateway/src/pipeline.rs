@@ -99,6 +99,7 @@ async fn invoke(
     let guest_path = path::guest_path(tail).into_owned();
     let other_alias = (alias != deploy::LIVE).then(|| alias.into_owned());
     let mut request = request;
+    strip_reserved_cookies(request.headers_mut());
     let admitted = shared
         .access
         .authorize(&loaded, request.headers_mut())
@@ -211,8 +212,40 @@ async fn discard(mut body: GatewayBody) {
     while let Some(Ok(_)) = body.frame().await {}
 }
 
+/// Takes the node's own cookies (the dashboard's session) out of a
+/// request before a guest sees it.
+fn strip_reserved_cookies(headers: &mut http::HeaderMap) {
+    if !headers.contains_key(header::COOKIE) {
+        return;
+    }
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    let mut changed = false;
+    let kept: Vec<HeaderValue> = values
+        .iter()
+        .filter_map(|value| {
+            let Ok(text) = value.to_str() else {
+                return Some(value.clone());
+            };
+            match cookies::without_reserved(text) {
+                None => Some(value.clone()),
+                Some(rest) => {
+                    changed = true;
+                    (!rest.is_empty()).then(|| HeaderValue::from_str(&rest).ok())?
+                }
+            }
+        })
+        .collect();
+    if changed {
+        headers.remove(header::COOKIE);
+        for value in kept {
+            headers.append(header::COOKIE, value);
+        }
+    }
+}
+
 /// Rewrites the guest's `Set-Cookie` headers so that none reaches beyond
-/// what the function owns (see `cookies`).
+/// what the function owns (see `cookies`), and drops any that would set
+/// the node's own cookies.
 fn confine_cookies(headers: &mut http::HeaderMap, scope: cookies::CookieScope, path: &str) {
     if matches!(scope, cookies::CookieScope::SharedOrigin { .. }) {
         for name in cookies::ORIGIN_WIDE {
@@ -227,6 +260,9 @@ fn confine_cookies(headers: &mut http::HeaderMap, scope: cookies::CookieScope, p
         .iter()
         .filter_map(|value| {
             let text = value.to_str().ok()?;
+            if cookies::sets_reserved(text) {
+                return None;
+            }
             match cookies::confine(text, scope, path) {
                 None => Some(value.clone()),
                 Some(text) => HeaderValue::from_str(&text).ok(),

@@ -21,7 +21,12 @@ document.addEventListener("submit", (event) => {
     const base = table.dataset.rowsUrl;
     const url = base + (base.includes("?") ? "&" : "?") + "after=" + encodeURIComponent(table.dataset.next);
     try {
-      const answer = await fetch(url, { credentials: "same-origin" });
+      const answer = await fetch(url, { credentials: "same-origin", redirect: "manual" });
+      if (answer.type === "opaqueredirect" || answer.status === 401) {
+        // The session ended: the page says so on reload.
+        window.location.reload();
+        return;
+      }
       if (answer.ok) {
         const next = answer.headers.get("gust-next");
         const rows = await answer.text();

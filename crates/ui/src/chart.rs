@@ -32,7 +32,7 @@ pub fn line_chart(
             .flat_map(|l| l.values.iter().copied())
             .fold(0.0, f64::max),
     );
-    let end_ms = start_ms + step_ms * count as u64;
+    let end_ms = start_ms.saturating_add(step_ms.saturating_mul(count as u64));
     html! {
         figure.chart {
             figcaption {
@@ -53,7 +53,7 @@ pub fn line_chart(
                     @for (j, (x, y)) in place(&line.values, count, top).into_iter().enumerate() {
                         @if line.values[j] > 0.0 {
                             circle class={ "dot line-" (i) } cx=(fmt(x)) cy=(fmt(y)) r="2" {
-                                title { (axis_time(start_ms + step_ms * j as u64, step_ms)) " " (line.label) ": " (format_value(line.values[j])) (unit) }
+                                title { (axis_time(start_ms.saturating_add(step_ms.saturating_mul(j as u64)), step_ms)) " " (line.label) ": " (format_value(line.values[j])) (unit) }
                             }
                         }
                     }

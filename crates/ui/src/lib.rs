@@ -166,15 +166,20 @@ impl FromRequestParts<Ui> for Signed {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, ui: &Ui) -> Result<Self, Response> {
-        parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(session::from_cookie_header)
-            .find_map(|id| ui.sessions.get(id, Instant::now()))
-            .map(Signed)
-            .ok_or_else(|| Redirect::to("/ui/signin").into_response())
+        let ids = session::from_cookie_headers(
+            parts
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            session::cookie_name(ui.config.secure_cookies),
+        );
+        // Two session cookies: one was planted; trust neither.
+        match ids.as_slice() {
+            [id] => ui.sessions.get(id, Instant::now()).map(Signed),
+            _ => None,
+        }
+        .ok_or_else(|| Redirect::to("/ui/signin").into_response())
     }
 }
 

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::api::{Failure, encode};
 use crate::chart::{Line, format_value, line_chart};
-use crate::session::{self, Session};
+use crate::session::{self, Session, Sessions};
 use crate::{Signed, Ui, UiState, check_change, from_here};
 
 /// Log rows a page shows at most (the newest).
@@ -166,6 +166,14 @@ pub(crate) async fn signin(
         return signed_out(&ui, Some("enter a token"), StatusCode::BAD_REQUEST);
     };
     let token = token.trim().to_string();
+    // The API decides whether the token is good; only then is it kept.
+    if let Err(f) = ui
+        .api
+        .get::<TenantInfo>(&Sessions::trial(token.clone()), "/v1/tenant")
+        .await
+    {
+        return signed_out(&ui, Some(&f.message), f.status);
+    }
     let Some(session) = ui.sessions.create(token, Instant::now()) else {
         return signed_out(
             &ui,
@@ -173,11 +181,6 @@ pub(crate) async fn signin(
             StatusCode::INTERNAL_SERVER_ERROR,
         );
     };
-    // The API decides whether the token is good.
-    if let Err(f) = ui.api.get::<TenantInfo>(&session, "/v1/tenant").await {
-        ui.sessions.remove(&session.id);
-        return signed_out(&ui, Some(&f.message), f.status);
-    }
     (
         StatusCode::SEE_OTHER,
         [
@@ -569,6 +572,32 @@ fn trigger_table(triggers: &[TriggerInfo]) -> Markup {
     }
 }
 
+/// A change posted from a function's page: checked, made through the API
+/// as the session (at the path `path` makes of the form), then back to
+/// the page with the fixed note `done`.
+async fn change_function(
+    ui: &Ui,
+    s: &Session,
+    name: &str,
+    headers: &HeaderMap,
+    form: Result<Form<Change>, FormRejection>,
+    done: &str,
+    path: impl FnOnce(Change) -> String,
+) -> Response {
+    let Ok(Form(change)) = form else {
+        return (StatusCode::BAD_REQUEST, "a bad form\n").into_response();
+    };
+    if let Err(refused) = check_change(headers, s, &change.csrf) {
+        return refused.into_response();
+    }
+    match ui.api.post(s, &path(change), None).await {
+        Ok(_) => {
+            Redirect::to(&format!("/ui/functions/{}?done={done}", encode(name))).into_response()
+        }
+        Err(f) => failed(ui, s, f).await,
+    }
+}
+
 pub(crate) async fn rollback(
     State(ui): UiState,
     Signed(s): Signed,
@@ -576,20 +605,11 @@ pub(crate) async fn rollback(
     headers: HeaderMap,
     form: Result<Form<Change>, FormRejection>,
 ) -> Response {
-    let Ok(Form(change)) = form else {
-        return (StatusCode::BAD_REQUEST, "a bad form\n").into_response();
-    };
-    if let Err(refused) = check_change(&headers, &s, &change.csrf) {
-        return refused.into_response();
-    }
-    let alias = change.alias.unwrap_or_else(|| "live".into());
-    let path = format!("{}/rollback?alias={}", fn_path(&name), encode(&alias));
-    match ui.api.post(&s, &path, None).await {
-        Ok(_) => {
-            Redirect::to(&format!("/ui/functions/{}?done=rollback", encode(&name))).into_response()
-        }
-        Err(f) => failed(&ui, &s, f).await,
-    }
+    change_function(&ui, &s, &name, &headers, form, "rollback", |change| {
+        let alias = change.alias.unwrap_or_else(|| "live".into());
+        format!("{}/rollback?alias={}", fn_path(&name), encode(&alias))
+    })
+    .await
 }
 
 pub(crate) async fn redrive(
@@ -599,22 +619,19 @@ pub(crate) async fn redrive(
     headers: HeaderMap,
     form: Result<Form<Change>, FormRejection>,
 ) -> Response {
-    let Ok(Form(change)) = form else {
-        return (StatusCode::BAD_REQUEST, "a bad form\n").into_response();
-    };
-    if let Err(refused) = check_change(&headers, &s, &change.csrf) {
-        return refused.into_response();
-    }
-    let path = match change.id.filter(|id| !id.is_empty()) {
-        Some(id) => format!("{}/dead-letters/{}/redrive", fn_path(&name), encode(&id)),
-        None => format!("{}/dead-letters/redrive", fn_path(&name)),
-    };
-    match ui.api.post(&s, &path, None).await {
-        Ok(_) => {
-            Redirect::to(&format!("/ui/functions/{}?done=redrive", encode(&name))).into_response()
-        }
-        Err(f) => failed(&ui, &s, f).await,
-    }
+    change_function(
+        &ui,
+        &s,
+        &name,
+        &headers,
+        form,
+        "redrive",
+        |change| match change.id.filter(|id| !id.is_empty()) {
+            Some(id) => format!("{}/dead-letters/{}/redrive", fn_path(&name), encode(&id)),
+            None => format!("{}/dead-letters/redrive", fn_path(&name)),
+        },
+    )
+    .await
 }
 
 // ---------------------------------------------------------------- logs
@@ -696,17 +713,21 @@ fn log_row(r: &LogRecord) -> Markup {
     }
 }
 
-/// Reads the filtered logs from `after` to the end (at most a few
-/// pages); the newest rows and the cursor after them.
+/// Pages a log view reads at most (of 500 records each).
+const LOG_PAGES: usize = 10;
+
+/// Reads the filtered logs from `after` towards the end (at most
+/// [`LOG_PAGES`] pages): the newest rows read, the cursor after them, and
+/// whether that was the end.
 async fn read_logs(
     ui: &Ui,
     s: &Session,
     name: &str,
     filters: &str,
     mut after: u64,
-) -> Result<(Vec<LogRecord>, u64), Failure> {
+) -> Result<(Vec<LogRecord>, u64, bool), Failure> {
     let mut rows: Vec<LogRecord> = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..LOG_PAGES {
         let page: LogPage = ui
             .api
             .get(
@@ -720,10 +741,10 @@ async fn read_logs(
             rows.drain(..rows.len() - LOG_ROWS);
         }
         if page.end {
-            break;
+            return Ok((rows, after, true));
         }
     }
-    Ok((rows, after))
+    Ok((rows, after, false))
 }
 
 pub(crate) async fn logs(
@@ -746,10 +767,11 @@ pub(crate) async fn logs(
             .await;
         }
     };
-    let (rows, next) = match read_logs(&ui, &s, &name, &filters, q.after.unwrap_or(0)).await {
-        Ok(read) => read,
-        Err(f) => return failed(&ui, &s, f).await,
-    };
+    let (rows, next, complete) =
+        match read_logs(&ui, &s, &name, &filters, q.after.unwrap_or(0)).await {
+            Ok(read) => read,
+            Err(f) => return failed(&ui, &s, f).await,
+        };
     let here = format!("/ui/functions/{}", encode(&name));
     let content = html! {
         p { a href=(here) { "← " (name) } }
@@ -766,6 +788,13 @@ pub(crate) async fn logs(
             tbody #log-rows { @for r in &rows { (log_row(r)) } }
         }
         @if rows.is_empty() { p.empty #no-logs { "No logs match." } }
+        @if !complete {
+            p.hint #more-logs {
+                "More records match than one view reads: these are not the newest. Narrow the search (a later "
+                em { "Since" } ", some text), or "
+                a href={ (here) "/logs?since=" (encode(q.since.as_deref().unwrap_or("1h"))) "&" (q.ui_filters()) "&after=" (next) } { "read on" } "."
+            }
+        }
     };
     page(&ui, &s, &format!("Logs of {name}"), content).await
 }
@@ -783,12 +812,17 @@ pub(crate) async fn log_rows(
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
     match read_logs(&ui, &s, &name, &filters, q.after.unwrap_or(0)).await {
-        Ok((rows, next)) => (
+        Ok((rows, next, _)) => (
             [("gust-next", next.to_string())],
             Html(html! { @for r in &rows { (log_row(r)) } }.into_string()),
         )
             .into_response(),
-        Err(f) => (f.status, f.message).into_response(),
+        Err(f) => {
+            if f.status == StatusCode::UNAUTHORIZED {
+                ui.sessions.remove(&s.id);
+            }
+            (f.status, f.message).into_response()
+        }
     }
 }
 

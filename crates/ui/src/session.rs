@@ -3,18 +3,35 @@
 //! The token never reaches the browser again: the cookie holds a random
 //! session id (HttpOnly, SameSite=Strict, `Secure` under TLS, path `/ui`),
 //! and the token stays in this process's memory, with the session's own
-//! anti-forgery value and its expiry. Sign-out forgets the session. The
-//! store is bounded: past its size the session closest to expiry goes.
+//! anti-forgery value and its expiry. Sign-out forgets the session. Under
+//! TLS the cookie is `__Host-gust_session` (the browser keeps it to this
+//! exact host, secure, path `/`). The data plane never hands these cookies
+//! to a guest nor lets one set them (the gateway's `cookies.rs`): browsers
+//! scope cookies by host, not port, and the two listeners may share a host.
+//!
+//! A session is stored only once the API accepted its token. The store is
+//! bounded: a token keeps at most [`PER_TOKEN`] sessions (its oldest goes
+//! first), and past the store's size the session closest to expiry goes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The cookie's name.
+/// The cookie's name over plain HTTP.
 pub const COOKIE: &str = "gust_session";
+/// The cookie's name under TLS: `__Host-` binds it to this host, `Secure`
+/// and path `/`.
+pub const SECURE_COOKIE: &str = "__Host-gust_session";
+/// Sessions one token may hold at once.
+pub const PER_TOKEN: usize = 32;
+
+/// The cookie's name for a listener with or without TLS.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure { SECURE_COOKIE } else { COOKIE }
+}
 
 /// One signed-in browser.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Session {
     pub id: String,
     /// The token it signed in with; every API call of its pages carries it.
@@ -39,6 +56,15 @@ impl Session {
     }
 }
 
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token, the id or the anti-forgery value.
+        f.debug_struct("Session")
+            .field("viewing", &self.viewing)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The sessions of this node.
 #[derive(Debug)]
 pub struct Sessions {
@@ -60,8 +86,21 @@ impl Sessions {
         self.by_id.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts a session for `token`; `None` if the system's random source
-    /// failed (no session is better than a guessable one).
+    /// A session for `token` that is not stored: to ask the API whether
+    /// the token is good before anything is kept.
+    pub fn trial(token: String) -> Session {
+        Session {
+            id: String::new(),
+            token,
+            csrf: String::new(),
+            viewing: None,
+            expires: Instant::now(),
+        }
+    }
+
+    /// Starts a session for `token` (which the API accepted); `None` if the
+    /// system's random source failed (no session is better than a
+    /// guessable one).
     pub fn create(&self, token: String, now: Instant) -> Option<Session> {
         let session = Session {
             id: random_hex()?,
@@ -72,6 +111,18 @@ impl Sessions {
         };
         let mut all = self.lock();
         all.retain(|_, s| s.expires > now);
+        // The token's own oldest session makes room first.
+        let mut own: Vec<(Instant, String)> = all
+            .values()
+            .filter(|s| same(&s.token, &session.token))
+            .map(|s| (s.expires, s.id.clone()))
+            .collect();
+        if own.len() >= PER_TOKEN {
+            own.sort();
+            for (_, id) in own.iter().take(own.len() + 1 - PER_TOKEN) {
+                all.remove(id);
+            }
+        }
         while all.len() >= self.max {
             let Some(oldest) = all.values().min_by_key(|s| s.expires).map(|s| s.id.clone()) else {
                 break;
@@ -118,31 +169,38 @@ fn random_hex() -> Option<String> {
     Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The session id in a `Cookie` header, if any.
-pub fn from_cookie_header(header: &str) -> Option<&str> {
-    header
-        .split(';')
+/// The session ids named `name` in `Cookie` headers.
+pub fn from_cookie_headers<'a>(headers: impl Iterator<Item = &'a str>, name: &str) -> Vec<&'a str> {
+    headers
+        .flat_map(|header| header.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .filter(|(n, _)| *n == name)
         .map(|(_, value)| value)
-        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 /// The `Set-Cookie` value that gives a browser its session.
 pub fn set_cookie(id: &str, ttl: Duration, secure: bool) -> String {
-    format!(
-        "{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        ttl.as_secs(),
-        if secure { "; Secure" } else { "" }
-    )
+    if secure {
+        format!(
+            "{SECURE_COOKIE}={id}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
+            ttl.as_secs()
+        )
+    } else {
+        format!(
+            "{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}",
+            ttl.as_secs()
+        )
+    }
 }
 
 /// The `Set-Cookie` value that takes it away.
 pub fn clear_cookie(secure: bool) -> String {
-    format!(
-        "{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{}",
-        if secure { "; Secure" } else { "" }
-    )
+    if secure {
+        format!("{SECURE_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
+    } else {
+        format!("{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0")
+    }
 }
 
 /// Equal, in time that does not depend on where they differ.
@@ -215,8 +273,8 @@ mod tests {
     fn cookies_are_http_only_same_site_strict_and_read_back() {
         let set = set_cookie("abc", Duration::from_secs(3600), true);
         for part in [
-            "gust_session=abc",
-            "Path=/ui",
+            "__Host-gust_session=abc",
+            "Path=/;",
             "HttpOnly",
             "SameSite=Strict",
             "Max-Age=3600",
@@ -224,14 +282,48 @@ mod tests {
         ] {
             assert!(set.contains(part), "{set}");
         }
-        assert!(!set_cookie("abc", Duration::from_secs(1), false).contains("Secure"));
+        let plain = set_cookie("abc", Duration::from_secs(1), false);
+        assert!(plain.starts_with("gust_session=abc; Path=/ui;") && !plain.contains("Secure"));
         assert!(clear_cookie(false).contains("Max-Age=0"));
-        assert_eq!(
-            from_cookie_header("a=1; gust_session=xyz; b=2"),
-            Some("xyz")
+        assert!(clear_cookie(true).starts_with("__Host-gust_session=;"));
+        let read = |h: &'static str| from_cookie_headers([h].into_iter(), COOKIE);
+        assert_eq!(read("a=1; gust_session=xyz; b=2"), ["xyz"]);
+        assert!(read("other_gust_session=1").is_empty());
+        assert_eq!(read("gust_session=a; gust_session=b"), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_token_holds_a_bounded_number_of_sessions() {
+        let sessions = Sessions::new(Duration::from_secs(60), 1000);
+        let t0 = Instant::now();
+        let other = sessions.create("other".into(), t0).unwrap();
+        let first = sessions.create("busy".into(), t0).unwrap();
+        for i in 1..=PER_TOKEN as u64 {
+            sessions
+                .create("busy".into(), t0 + Duration::from_millis(i))
+                .unwrap();
+        }
+        let now = t0 + Duration::from_secs(1);
+        assert!(
+            sessions.get(&first.id, now).is_none(),
+            "its own oldest went"
         );
-        assert_eq!(from_cookie_header("gust_session="), None);
-        assert_eq!(from_cookie_header("other_gust_session=1"), None);
+        assert!(
+            sessions.get(&other.id, now).is_some(),
+            "another token's stayed"
+        );
+        assert_eq!(
+            sessions
+                .lock()
+                .values()
+                .filter(|s| s.token == "busy")
+                .count(),
+            PER_TOKEN
+        );
+        assert!(
+            !format!("{first:?}").contains("busy"),
+            "Debug hides the token"
+        );
     }
 
     #[test]

@@ -32,9 +32,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-def check(ok, what):
+def check(ok, what, detail=""):
+    """One check: its line, and on failure `detail` (what the page held)."""
     if not ok:
-        print(f"FAIL: {what}", flush=True)
+        print(f"FAIL: {what}\n{detail}", flush=True)
         sys.exit(1)
     print(f"ok: {what}", flush=True)
 
@@ -154,11 +155,14 @@ def run(gust, args, hello, testbed, work):
         gust.request(owner, "GET", "/@acme/web/status?code=500")
     status, body = gust.request(owner, "POST", "/@acme/jobs/trap",
                                 headers={"gust-invocation-type": "Event"}, body=b"")
-    check(status == 202, f"an event was accepted ({status} {body})")
+    check(status == 202, f"an event was accepted ({status} {body.strip()})")
     dead_id = json.loads(body)["invocation_id"]
     eventually("the trapping event is dead-lettered", lambda: any(
         l["invocation_id"] == dead_id for l in gust.cli(owner, "dlq", "jobs")))
-    time.sleep(1.2)  # the meter indexes usage every 500 ms
+    # The meter indexes usage every 500 ms: wait until the charts' source has it.
+    eventually("the requests are metered", lambda: sum(
+        i["requests"] for i in json.loads(gust.request(
+            owner, "GET", "/v1/functions/web/stats", base=gust.api)[1])["intervals"]) >= 15)
 
     ui = gust.api + "/ui"
     with sync_playwright() as p:
@@ -191,7 +195,8 @@ def run(gust, args, hello, testbed, work):
         context.close()
 
         context, page, errors = session(owner)
-        check(page.url.endswith("/ui/functions"), f"signing in opens the functions page ({page.url}: {page.content()[:3000]})")
+        check(page.url.endswith("/ui/functions"), "signing in opens the functions page",
+              f"{page.url}: {page.content()[:3000]}")
         cookies = {c["name"]: c for c in context.cookies()}
         cookie = cookies.get("gust_session")
         check(cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict",

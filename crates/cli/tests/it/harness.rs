@@ -188,6 +188,17 @@ impl Server {
     }
 
     /// Where the server keeps its data.
+    /// Compiled artifacts in the data directory.
+    pub fn artifact_files(&self) -> usize {
+        std::fs::read_dir(self.data_dir().join("artifacts"))
+            .expect("the artifacts directory")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+            })
+            .count()
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

@@ -372,19 +372,7 @@ async fn running_instances_are_admitted_against_the_nodes_memory_and_the_tenants
 async fn a_removed_functions_component_and_artifact_leave_the_disk_once_nothing_uses_them() {
     let server = Server::start();
     let hello = guests().hello.to_str().unwrap();
-    let artifacts = server.data_dir().join("artifacts");
-    let count = || {
-        std::fs::read_dir(&artifacts)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".cwasm")
-            })
-            .count()
-    };
+    let count = || server.artifact_files();
     let before = count();
     let a = server.gust_json(&["deploy", "a", hello]);
     server.gust_json(&["deploy", "b", hello]);
@@ -502,4 +490,54 @@ async fn the_shared_origins_names_and_the_nodes_slots_cannot_be_hoarded() {
         &["deploy", "more", testbed, "--reserved-concurrency", "100"],
     );
     assert_eq!(out.status.code(), Some(1), "250 in all");
+}
+
+/// The dashboard's session cookie is the node's: browsers scope cookies by
+/// host, not port, so the data plane on the same host would otherwise
+/// hand it to a guest (a deployer stealing an admin's session) or let a
+/// guest plant one (fixing a victim's session).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_never_receives_nor_sets_the_dashboards_session_cookie() {
+    let server = Server::start();
+    // A function named `ui` on the data plane: `/ui/…`, as the dashboard.
+    server.deploy("ui", &guests().echo, &["--public"]);
+    server.deploy("tb", &guests().testbed, &["--public"]);
+    let response = server
+        .http
+        .get(format!("{}/ui/", server.url))
+        .header(
+            "cookie",
+            "theme=dark; gust_session=stolen-id; __Host-gust_session=x",
+        )
+        .send()
+        .await
+        .unwrap();
+    let body = response.text().await.unwrap();
+    assert!(body.contains("theme=dark"), "{body}");
+    assert!(
+        !body.contains("stolen-id") && !body.contains("__Host-gust_session"),
+        "{body}"
+    );
+    for planted in [
+        "gust_session=fixed!Path=/ui",
+        "__Host-gust_session=fixed!Path=/",
+    ] {
+        let response = server
+            .http
+            .get(format!("{}/tb/cookie?value={planted}", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .next()
+                .is_none(),
+            "{planted}: {:?}",
+            response.headers()
+        );
+    }
 }
