@@ -3,7 +3,8 @@
 //! A background pass, every [`RetentionConfig::every`], removes what is
 //! past its age: invocation logs, finished invocations' status records,
 //! dead letters, audit entries and usage records (each its own age; usage
-//! is billing's, so long), and version retention: each function keeps its
+//! is billing's, so long, and never within this month or the last), and
+//! version retention: each function keeps its
 //! newest versions and every one an alias refers to. Then it collects
 //! components and compiled artifacts that no version refers to (under
 //! the registry's components lock, so no deploy is between storing its
@@ -106,9 +107,7 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut stopping = state.stopping.clone();
         loop {
-            if let Err(e) = pass(&state, &config, &stats).await {
-                tracing::warn!(error = %e, "a retention pass stopped early; the next one goes on");
-            }
+            pass(&state, &config, &stats).await;
             stats.passes.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 () = tokio::time::sleep(config.every) => {}
@@ -122,74 +121,92 @@ fn before(now_ms: u64, age: Duration) -> Option<u64> {
     (!age.is_zero()).then(|| now_ms.saturating_sub(age.as_millis() as u64))
 }
 
+/// Where usage records are cut: at their age, but never within the
+/// previous month or this one (budgets are rebuilt from this month's
+/// records, and last month's invoice from its own).
+fn usage_cut(now_ms: u64, age: Duration) -> Option<u64> {
+    let keep_from = gust_core::usage::month_start_ms(
+        gust_core::usage::month_start_ms(now_ms).saturating_sub(1),
+    );
+    before(now_ms, age).map(|cut| cut.min(keep_from))
+}
+
+/// Counts what a step removed, or says why it stopped: the other kinds
+/// go on either way.
+fn count<E: std::fmt::Display>(kind: &str, counter: &AtomicU64, result: Result<u64, E>) {
+    match result {
+        Ok(n) => {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::warn!(kind, error = %e, "retention stopped early for this kind; the next pass goes on")
+        }
+    }
+}
+
 /// One pass: each kind in turn, then the collection of components.
-async fn pass(
-    state: &ApiState,
-    config: &RetentionConfig,
-    stats: &RetentionStats,
-) -> Result<(), crate::ApiError> {
+async fn pass(state: &ApiState, config: &RetentionConfig, stats: &RetentionStats) {
     let now = crate::now_ms();
-    let add = |counter: &AtomicU64, n: u64| {
-        counter.fetch_add(n, Ordering::Relaxed);
-    };
     if config.logs.max_age_ms > 0 {
-        let n = state
+        let result = state
             .logs
             .prune(Registry::LOG_STREAMS, config.logs, now)
-            .await?;
-        add(&stats.logs, n);
+            .await;
+        count("logs", &stats.logs, result);
     }
     if let Some(before) = before(now, config.audit) {
         let limits = LogLimits {
             max_bytes: u64::MAX,
             max_age_ms: now - before,
         };
-        add(
-            &stats.audit,
-            state
-                .logs
-                .prune(crate::auth::AUDIT_STREAMS, limits, now)
-                .await?,
-        );
+        let result = state
+            .logs
+            .prune(crate::auth::AUDIT_STREAMS, limits, now)
+            .await;
+        count("audit", &stats.audit, result);
     }
-    if let Some(before) = before(now, config.statuses) {
-        add(
-            &stats.statuses,
-            state.events.prune_statuses(before, STEP_PAUSE).await?,
-        );
+    if let Some(succeeded) = before(now, config.statuses) {
+        // A dead letter's status lasts as long as the letter.
+        let dead = before(now, config.dead_letters).map_or(0, |d| d.min(succeeded));
+        let result = state
+            .events
+            .prune_statuses(succeeded, dead, STEP_PAUSE)
+            .await;
+        count("statuses", &stats.statuses, result);
     }
     if let Some(before) = before(now, config.dead_letters) {
-        add(
-            &stats.dead_letters,
-            state.events.prune_dead_letters(before, STEP_PAUSE).await?,
-        );
+        let result = state.events.prune_dead_letters(before, STEP_PAUSE).await;
+        count("dead_letters", &stats.dead_letters, result);
     }
-    if let (Some(before), Some(meter)) = (before(now, config.usage), &state.meter) {
-        let n = meter
-            .prune(before, STEP_PAUSE)
-            .await
-            .map_err(|e| crate::ApiError::Internal(format!("pruning usage records: {e}")))?;
-        add(&stats.usage, n);
+    if let (Some(before), Some(meter)) = (usage_cut(now, config.usage), &state.meter) {
+        count("usage", &stats.usage, meter.prune(before, STEP_PAUSE).await);
     }
-    let removed = state.registry.prune_versions(config.versions).await?;
-    add(&stats.versions, removed.len() as u64);
-    collect_components(state, stats).await?;
+    // No deploy stores a component, and no other node collects, between
+    // the removal of versions and the collection.
+    match state.registry.components_lock().await {
+        Ok(_uploading) => {
+            let removed = state.registry.prune_versions(config.versions).await;
+            count("versions", &stats.versions, removed.map(|r| r.len() as u64));
+            if let Err(e) = collect_components(state, stats).await {
+                tracing::warn!(error = %e, "components were not collected; the next pass tries again");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "versions and components wait for the next pass"),
+    }
     if let Some(dir) = &config.data_dir {
         let dir = dir.clone();
         if let Ok(bytes) = tokio::task::spawn_blocking(move || disk_bytes(&dir)).await {
             stats.data_dir_bytes.store(bytes, Ordering::Relaxed);
         }
     }
-    Ok(())
 }
 
 /// Removes components no version refers to, and their compiled
-/// artifacts, and artifacts no one will load.
+/// artifacts, and artifacts no one will load; under the components lock.
 async fn collect_components(
     state: &ApiState,
     stats: &RetentionStats,
 ) -> Result<(), crate::ApiError> {
-    let _uploading = state.registry.components_lock().await?;
     let keep = state.registry.referenced_digests().await?;
     for digest in state.blobs.digests().await? {
         if !keep.contains(&digest) {
@@ -242,6 +259,17 @@ mod tests {
         assert_eq!(before(10_000, Duration::ZERO), None);
         assert_eq!(before(10_000, Duration::from_secs(3)), Some(7_000));
         assert_eq!(before(1_000, Duration::from_secs(3)), Some(0));
+    }
+
+    #[test]
+    fn usage_is_kept_through_the_previous_month_whatever_the_age() {
+        // 2026-03-15T00:00:00Z; the previous month starts 2026-02-01.
+        let now = 1_773_532_800_000;
+        let february = 1_769_904_000_000;
+        assert_eq!(usage_cut(now, Duration::from_secs(6)), Some(february));
+        let long = Duration::from_secs(400 * 86_400);
+        assert_eq!(usage_cut(now, long), Some(now - 400 * 86_400_000));
+        assert_eq!(usage_cut(now, Duration::ZERO), None);
     }
 
     #[test]

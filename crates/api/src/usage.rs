@@ -161,7 +161,7 @@ pub(crate) async fn records(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatsParams {
-    /// Start, Unix ms (default: an hour ago).
+    /// Start, Unix ms (default: an hour before `to_ms`; at most 31 days before it).
     pub from_ms: Option<u64>,
     /// End (excluded), Unix ms (default: now).
     pub to_ms: Option<u64>,
@@ -180,6 +180,8 @@ pub struct FunctionStats {
 
 /// The most intervals one answer holds.
 const MAX_INTERVALS: usize = 1440;
+/// The longest period one answer covers (its records are all read).
+const MAX_PERIOD_MS: u64 = 31 * 86_400_000;
 
 #[utoipa::path(get, path = "/v1/functions/{name}/stats", tag = "usage",
     params(("name" = String, Path, description = "Function name"), StatsParams),
@@ -203,12 +205,19 @@ pub(crate) async fn function_stats(
             "the period is empty: `from_ms` must be before `to_ms`".into(),
         ));
     }
+    if to_ms - from_ms > MAX_PERIOD_MS {
+        return Err(ApiError::BadRequest(
+            "the period is longer than 31 days: ask for a shorter one (`from_ms`, `to_ms`), or export the records (`/v1/usage/records`)".into(),
+        ));
+    }
     let count = params.intervals.unwrap_or(60);
     if count == 0 || count > MAX_INTERVALS {
         return Err(ApiError::BadRequest(format!(
             "`intervals` must be between 1 and {MAX_INTERVALS}"
         )));
     }
+    // No interval shorter than a millisecond.
+    let count = count.min((to_ms - from_ms) as usize);
     let step_ms = (to_ms - from_ms).div_ceil(count as u64).max(1);
     let mut series = gust_core::series::SeriesBuilder::new(from_ms, step_ms, count);
     meter(&state)?

@@ -193,7 +193,6 @@ enum ClientTraceContext {
     Ignore,
 }
 
-/// The machine's available memory in bytes, if the kernel says.
 /// A retention age or period: the CLI's one duration syntax.
 fn retention_age(text: &str) -> Result<Duration, String> {
     gust_core::time::parse_duration_ms(text)
@@ -201,6 +200,7 @@ fn retention_age(text: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The machine's available memory in bytes, if the kernel says.
 fn available_memory() -> Option<u64> {
     std::fs::read_to_string("/proc/meminfo")
         .ok()

@@ -4,9 +4,9 @@
 //! Both are walked in key order a page at a time, with a pause between
 //! pages, so a pass over millions of records never holds the store for
 //! long; a page's removals go to the store together (one group commit).
-//! Only finished invocations lose their status (`succeeded`,
-//! `dead-lettered`): one still queued or waiting for a retry keeps it
-//! whatever its age. A dead letter redriven in the instant its old status
+//! Only finished invocations lose their status (`succeeded`, and
+//! `dead-lettered` once its letter's age has passed too): one still
+//! queued or waiting for a retry keeps it whatever its age. A dead letter redriven in the instant its old status
 //! is removed loses that status until its attempt writes one.
 
 use std::time::Duration;
@@ -21,19 +21,21 @@ use crate::{DeadLetter, Events, EventsError, decode};
 const PAGE: usize = 256;
 
 impl Events {
-    /// Removes the status records of invocations that finished before
-    /// `before_ms`; returns how many went. `pause` is slept between pages.
+    /// Removes the status records of invocations that succeeded before
+    /// `succeeded_before` or were dead-lettered before `dead_before` (a
+    /// dead letter's status stays as long as the letter may be redriven);
+    /// returns how many went. `pause` is slept between pages.
     pub async fn prune_statuses(
         &self,
-        before_ms: u64,
+        succeeded_before: u64,
+        dead_before: u64,
         pause: Duration,
     ) -> Result<u64, EventsError> {
         prune(&self.kv, "inv/", pause, |entry| {
-            decode::<InvocationRecord>(&entry.value).is_ok_and(|r| {
-                matches!(
-                    r.state,
-                    InvocationState::Succeeded | InvocationState::DeadLettered
-                ) && r.updated_ms < before_ms
+            decode::<InvocationRecord>(&entry.value).is_ok_and(|r| match r.state {
+                InvocationState::Succeeded => r.updated_ms < succeeded_before,
+                InvocationState::DeadLettered => r.updated_ms < dead_before,
+                _ => false,
             })
         })
         .await
@@ -156,7 +158,12 @@ mod tests {
         kv.put("dlq/t/f/new", letter(5_000)).await.unwrap();
 
         let pause = Duration::ZERO;
-        assert_eq!(events.prune_statuses(2_000, pause).await.unwrap(), 600);
+        // Dead-lettered statuses are kept as long as dead letters: not yet.
+        assert_eq!(events.prune_statuses(2_000, 500, pause).await.unwrap(), 300);
+        assert_eq!(
+            events.prune_statuses(2_000, 2_000, pause).await.unwrap(),
+            300
+        );
         assert_eq!(events.prune_dead_letters(2_000, pause).await.unwrap(), 1);
         let keys = |prefix: &'static str| async move {
             kv.list(prefix)
@@ -171,6 +178,6 @@ mod tests {
             ["inv/t/new", "inv/t/queued", "inv/t/retrying"]
         );
         assert_eq!(keys("dlq/").await, ["dlq/t/f/new"]);
-        assert_eq!(events.prune_statuses(2_000, pause).await.unwrap(), 0);
+        assert_eq!(events.prune_statuses(2_000, 2_000, pause).await.unwrap(), 0);
     }
 }

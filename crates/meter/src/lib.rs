@@ -310,7 +310,6 @@ impl Meter {
             .stats(inner.written.load(Ordering::Relaxed), pending)
     }
 
-    /// Whether reports can count every node's records (a cluster node).
     /// Removes usage records of attempts that started before `before_ms`
     /// (retention), from this node's ledger and, in a cluster, its view of
     /// every node's, a bounded step at a time with `pause` between steps.
@@ -331,6 +330,7 @@ impl Meter {
         Ok(removed)
     }
 
+    /// Whether reports can count every node's records (a cluster node).
     pub fn shares_usage(&self) -> bool {
         self.inner.view.is_some()
     }

@@ -24,6 +24,9 @@ const LEDGER_SPANS: TableDefinition<(&str, u64, u64), (u64, u64)> =
     TableDefinition::new("ledger_spans");
 /// The span of a ledger block.
 pub(crate) const BLOCK_MS: u64 = 1000;
+/// How long a pruned block's bytes stay readable (for readers that found
+/// it in an older snapshot) before its disk space is given back.
+const FREE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 /// `LEDGER_META` key: the ledger file's committed length (u64, little-endian).
 const LEDGER_FILE_END: &str = "file_end";
 /// `LEDGER_META` key: the meter's journal position of the last ledger commit.
@@ -303,7 +306,7 @@ impl LedgerStore for EmbeddedStore {
             .await?;
         tokio::task::spawn_blocking(move || ledger.free(freed))
             .await
-            .map_err(|_| StoreError::Closed)??;
+            .map_err(|_| StoreError::Closed)?;
         Ok(records)
     }
 
@@ -374,10 +377,10 @@ pub(crate) struct LedgerFile {
     /// next: a commit's megabytes then land in memory already touched,
     /// not in pages the kernel must fault in and zero each time.
     scratch: std::sync::Mutex<Vec<u8>>,
-    /// Blocks no longer indexed (pruned), whose bytes are freed at the next
-    /// prune: a reader that found a block in its snapshot just before
-    /// still reads it whole.
-    freed: std::sync::Mutex<Vec<(u64, u64)>>,
+    /// Blocks no longer indexed (pruned), with when: their bytes are freed
+    /// by a prune at least [`FREE_AFTER`] later, so a reader that found a
+    /// block in its snapshot just before still reads it whole.
+    freed: std::sync::Mutex<Vec<(std::time::Instant, u64, u64)>>,
 }
 
 impl LedgerFile {
@@ -476,29 +479,36 @@ impl LedgerFile {
         }
     }
 
-    /// Gives the disk space of blocks pruned by the previous call back to
-    /// the file system (holes punched, the file's length unchanged), and
-    /// keeps `now` for the next call.
-    fn free(&self, now: Vec<(u64, u64)>) -> Result<(), StoreError> {
+    /// Gives the disk space of blocks pruned at least [`FREE_AFTER`] ago
+    /// back to the file system (holes punched, the file's length
+    /// unchanged), and keeps `now`'s for a later call. Best effort: a file
+    /// system without holes keeps the bytes (only space is lost), and
+    /// blocks pruned before a restart keep theirs.
+    fn free(&self, now: Vec<(u64, u64)>) {
         use rustix::fs::{FallocateFlags, fallocate};
-        let earlier = std::mem::replace(
-            &mut *self.freed.lock().unwrap_or_else(|p| p.into_inner()),
-            now,
-        );
-        for (offset, len) in earlier {
-            match fallocate(
+        let at = std::time::Instant::now();
+        let due: Vec<(u64, u64)> = {
+            let mut freed = self.freed.lock().unwrap_or_else(|p| p.into_inner());
+            freed.extend(now.into_iter().map(|(offset, len)| (at, offset, len)));
+            let (due, later): (Vec<_>, Vec<_>) = freed
+                .drain(..)
+                .partition(|(when, _, _)| at.duration_since(*when) >= FREE_AFTER);
+            *freed = later;
+            due.into_iter()
+                .map(|(_, offset, len)| (offset, len))
+                .collect()
+        };
+        for (offset, len) in due {
+            if let Err(e) = fallocate(
                 &self.file,
                 FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
                 offset,
                 len,
             ) {
-                Ok(()) => {}
-                // A file system without holes keeps the bytes: only space is lost.
-                Err(rustix::io::Errno::OPNOTSUPP) => return Ok(()),
-                Err(e) => return Err(self.io(e.into())),
+                tracing::warn!(file = %self.path.display(), error = %e, "pruned usage records keep their disk space: the file system punches no holes");
+                return;
             }
         }
-        Ok(())
     }
 
     fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {

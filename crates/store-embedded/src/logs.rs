@@ -56,27 +56,30 @@ impl LogStore for EmbeddedStore {
     }
 
     async fn prune(&self, prefix: &str, limits: LogLimits, now_ms: u64) -> Result<u64, StoreError> {
-        let prefix = prefix.to_string();
-        self.write(move |txn, _| {
-            let streams = {
-                let sizes = txn.open_table(LOG_BYTES).map_err(backend)?;
-                let mut streams = Vec::new();
-                for item in sizes.range(prefix.as_str()..).map_err(backend)? {
-                    let (stream, _) = item.map_err(backend)?;
-                    if !stream.value().starts_with(prefix.as_str()) {
-                        break;
-                    }
-                    streams.push(stream.value().to_string());
+        let owned = prefix.to_string();
+        let streams = EmbeddedStore::read(self, move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let sizes = txn.open_table(LOG_BYTES).map_err(backend)?;
+            let mut streams = Vec::new();
+            for item in sizes.range(owned.as_str()..).map_err(backend)? {
+                let (stream, _) = item.map_err(backend)?;
+                if !stream.value().starts_with(owned.as_str()) {
+                    break;
                 }
-                streams
-            };
-            let mut dropped = 0;
-            for stream in &streams {
-                dropped += prune_log(txn, stream, limits, now_ms)?;
+                streams.push(stream.value().to_string());
             }
-            Ok(dropped)
+            Ok(streams)
         })
-        .await
+        .await?;
+        // A write per stream (each held to its size): other writers go in
+        // between, whatever the number of streams.
+        let mut dropped = 0;
+        for stream in streams {
+            dropped += self
+                .write(move |txn, _| prune_log(txn, &stream, limits, now_ms))
+                .await?;
+        }
+        Ok(dropped)
     }
 
     async fn stream_bytes(&self, stream: &str) -> Result<u64, StoreError> {

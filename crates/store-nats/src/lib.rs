@@ -91,6 +91,8 @@ pub struct NatsStore {
     meta_subjects: String,
     /// Creates of new keys, written together (see `meta.rs`).
     creates: std::sync::Arc<meta::Creates>,
+    /// The listing a paged walk is going through (see `list_page`).
+    walk: std::sync::Arc<std::sync::Mutex<Option<meta::Walk>>>,
     data: data::DataState,
     queues: std::sync::Arc<queues::Queues>,
     logs: stream::Stream,
@@ -142,6 +144,7 @@ impl NatsStore {
             blobs,
             meta_subjects,
             creates: std::sync::Arc::new(group::GroupCommit::new(meta::MAX_CREATES)),
+            walk: Default::default(),
             data,
             queues,
             logs,

@@ -314,8 +314,63 @@ async fn read_backlog(
     Ok((initial, later, last_read))
 }
 
+/// A paged walk in progress: the prefix's listing as read for its first
+/// page, and where the next page starts. A subject filter reads a prefix
+/// whole (JetStream has no ordered index of keys), so a walk reads it
+/// once, not once per page; it does not see keys written after it began.
+pub(crate) struct Walk {
+    prefix: String,
+    entries: Vec<Entry>,
+    next: usize,
+}
+
 #[async_trait]
 impl MetaStore for NatsStore {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let walk = |w: &mut Walk| {
+            let page: Vec<Entry> = w.entries[w.next..].iter().take(limit).cloned().collect();
+            w.next += page.len();
+            page
+        };
+        {
+            let mut current = self.walk.lock().unwrap_or_else(|p| p.into_inner());
+            // The walk goes on where its last page ended.
+            if let (Some(w), Some(after)) = (current.as_mut(), after)
+                && w.prefix == prefix
+                && w.next > 0
+                && w.entries.get(w.next - 1).is_some_and(|e| e.key == after)
+            {
+                let page = walk(w);
+                if w.next >= w.entries.len() {
+                    // Done: the listing is not kept.
+                    *current = None;
+                }
+                return Ok(page);
+            }
+        }
+        let entries: Vec<Entry> = self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .filter(|e| after.is_none_or(|after| e.key.as_str() > after))
+            .collect();
+        let mut w = Walk {
+            prefix: prefix.to_string(),
+            entries,
+            next: 0,
+        };
+        let page = walk(&mut w);
+        if w.next < w.entries.len() {
+            *self.walk.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+        }
+        Ok(page)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         Ok(self.meta_last(key).await?.and_then(Result::ok))
     }

@@ -159,8 +159,10 @@ pub trait MetaStore: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
     /// Up to `limit` entries under `prefix` whose keys come after `after`
     /// (from the first when `None`), in key order: a walk in bounded steps.
-    /// This default reads the whole prefix for every page; a backend with
-    /// an ordered index answers from it.
+    /// A walk may miss keys written after it began (the cluster backend
+    /// reads the prefix once per walk). This default reads the whole
+    /// prefix for every page; a backend with an ordered index answers
+    /// from it.
     async fn list_page(
         &self,
         prefix: &str,

@@ -234,8 +234,10 @@ impl Registry {
         Ok(left)
     }
 
-    /// The digest of every version of every function: the components (and
-    /// compiled artifacts) that must stay.
+    /// The digest of every version of every function, and of every version
+    /// an alias serves (its record names the digest, so it serves even if
+    /// its version record went in a race with retention): the components
+    /// (and compiled artifacts) that must stay.
     pub async fn referenced_digests(
         &self,
     ) -> Result<std::collections::HashSet<String>, RegistryError> {
@@ -243,15 +245,28 @@ impl Registry {
         for entry in self.kv.list(VERSIONS_PREFIX).await? {
             digests.insert(decode::<VersionRecord>(&entry)?.digest);
         }
+        for entry in self.kv.list(FUNCTIONS_PREFIX).await? {
+            let record: FunctionRecord = decode(&entry)?;
+            for alias in record.aliases.values() {
+                digests.insert(alias.target.digest.clone());
+                if let Some(split) = &alias.split {
+                    digests.insert(split.to.digest.clone());
+                }
+            }
+        }
         Ok(digests)
     }
 
     /// Version retention: removes each function's versions past its `keep`
     /// newest that no alias refers to ([`FunctionRecord::versions_past`]);
     /// returns the removed versions' digests, whose components the caller
-    /// collects ([`Registry::unreferenced`]). Versions are immutable, so
-    /// one that an alias moved to meanwhile (the function's record changed
-    /// during the removal) is written back as it was.
+    /// collects ([`Registry::unreferenced`]); the caller holds
+    /// [`Registry::components_lock`]. Versions are immutable, so one that an
+    /// alias moved to meanwhile (the function's record changed during the
+    /// removal) is written back as it was. An alias move whose
+    /// compare-and-set lands after that check may point at a removed
+    /// version: it serves (its record names the digest, which
+    /// [`Registry::referenced_digests`] keeps), but is no longer listed.
     pub async fn prune_versions(&self, keep: usize) -> Result<Vec<String>, RegistryError> {
         let mut removed = Vec::new();
         if keep == 0 {
