@@ -343,35 +343,32 @@ pub(crate) async fn function(
         Ok(info) => info,
         Err(f) => return failed(&ui, &s, f).await,
     };
-    let versions: Vec<VersionInfo> = ui
-        .api
-        .get(&s, &format!("{base}/versions"))
-        .await
-        .unwrap_or_default();
-    let vars: Result<Vec<VarInfo>, Failure> = ui.api.get(&s, &format!("{base}/vars")).await;
-    let scale: Option<ScaleStatus> = ui.api.get(&s, &format!("{base}/scale")).await.ok();
-    let stats: Result<FunctionStats, Failure> =
-        ui.api.get(&s, &format!("{base}/stats?intervals=60")).await;
-    let invocations: Vec<InvocationRecord> = ui
-        .api
-        .get(&s, &format!("{base}/invocations?limit=20"))
-        .await
-        .unwrap_or_default();
-    let letters: Vec<DeadLetterInfo> = ui
-        .api
-        .get(&s, &format!("{base}/dead-letters"))
-        .await
-        .unwrap_or_default();
-    let schedules: Vec<ScheduleInfo> = ui
-        .api
-        .get(&s, &format!("{base}/schedules"))
-        .await
-        .unwrap_or_default();
-    let triggers: Vec<TriggerInfo> = ui
-        .api
-        .get(&s, &format!("{base}/triggers"))
-        .await
-        .unwrap_or_default();
+    // Each part asked for at once; a part the API refuses says why in
+    // its place, never as an empty table.
+    let api = &ui.api;
+    let path = |part: &str| format!("{base}/{part}");
+    let paths = [
+        path("versions"),
+        path("vars"),
+        path("scale"),
+        path("stats?intervals=60"),
+        path("invocations?limit=20"),
+        path("dead-letters"),
+        path("schedules"),
+        path("triggers"),
+    ];
+    let (versions, vars, scale, stats, invocations, letters, schedules, triggers) = tokio::join!(
+        api.get::<Vec<VersionInfo>>(&s, &paths[0]),
+        api.get::<Vec<VarInfo>>(&s, &paths[1]),
+        api.get::<ScaleStatus>(&s, &paths[2]),
+        api.get::<FunctionStats>(&s, &paths[3]),
+        api.get::<Vec<InvocationRecord>>(&s, &paths[4]),
+        api.get::<Vec<DeadLetterInfo>>(&s, &paths[5]),
+        api.get::<Vec<ScheduleInfo>>(&s, &paths[6]),
+        api.get::<Vec<TriggerInfo>>(&s, &paths[7]),
+    );
+    // Not deployed yet: no scaling to show, which is no error.
+    let scale = scale.ok();
     let here = format!("/ui/functions/{}", encode(&name));
     let content = html! {
         @if let Some(note) = note(q.done.as_deref()) { p.note role="status" { (note) } }
@@ -426,13 +423,18 @@ pub(crate) async fn function(
         }
         section {
             h2 { "Versions" }
-            table #versions {
-                thead { tr { th { "Version" } th { "Component" } th { "Size" } th { "Deployed" } } }
-                tbody {
-                    @for v in versions.iter().rev() {
-                        tr { td { "v" (v.version) } td.mono { (v.digest.chars().take(19).collect::<String>()) "…" } td { (v.size_bytes / 1024) " KiB" } td { (when(v.created_at_ms)) } }
+            @match &versions {
+                Ok(versions) => {
+                    table #versions {
+                        thead { tr { th { "Version" } th { "Component" } th { "Size" } th { "Deployed" } } }
+                        tbody {
+                            @for v in versions.iter().rev() {
+                                tr { td { "v" (v.version) } td.mono { (v.digest.chars().take(19).collect::<String>()) "…" } td { (v.size_bytes / 1024) " KiB" } td { (when(v.created_at_ms)) } }
+                            }
+                        }
                     }
                 }
+                Err(f) => { p.error { (f.message) } }
             }
         }
         section {
@@ -455,11 +457,13 @@ pub(crate) async fn function(
         }
         section {
             h2 { "Asynchronous invocations" }
+            @if let Err(f) = &invocations { p.error { (f.message) } }
+            @if let Ok(invocations) = &invocations {
             @if invocations.is_empty() { p.empty { "None recently." } } @else {
                 table #invocations {
                     thead { tr { th { "Invocation" } th { "State" } th { "Attempts" } th { "Last status" } th { "Accepted" } } }
                     tbody {
-                        @for i in &invocations {
+                        @for i in invocations {
                             tr { td.mono { a href={ (here) "/logs?invocation=" (encode(&i.invocation_id)) "&since=7d" } { (i.invocation_id) } }
                                  td { (serde_json::to_value(&i.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()) }
                                  td { (i.attempts) } td { (i.last_status.map(|s| s.to_string()).unwrap_or_default()) } td { (when(i.accepted_ms)) } }
@@ -467,7 +471,10 @@ pub(crate) async fn function(
                     }
                 }
             }
+            }
             h3 { "Dead letters" }
+            @if let Err(f) = &letters { p.error { (f.message) } }
+            @if let Ok(letters) = &letters {
             @if letters.is_empty() { p.empty #no-dead-letters { "None." } } @else {
                 form.inline method="post" action={ (here) "/redrive" } data-confirm="Redrive every dead letter?" {
                     input type="hidden" name="csrf" value=(s.csrf);
@@ -476,7 +483,7 @@ pub(crate) async fn function(
                 table #dead-letters {
                     thead { tr { th { "Invocation" } th { "Why" } th { "Attempts" } th { "Last error" } th { "Died" } th {} } }
                     tbody {
-                        @for l in &letters {
+                        @for l in letters {
                             tr data-invocation=(l.invocation_id) {
                                 td.mono { (l.invocation_id) }
                                 td { (serde_json::to_value(l.reason).ok().and_then(|v| v.as_str().map(|s| s.replace('_', " "))).unwrap_or_default()) }
@@ -493,11 +500,12 @@ pub(crate) async fn function(
                     }
                 }
             }
+            }
         }
         section {
             h2 { "Schedules and triggers" }
-            (schedule_table(&schedules))
-            (trigger_table(&triggers))
+            @match &schedules { Ok(schedules) => { (schedule_table(schedules)) } Err(f) => { p.error { (f.message) } } }
+            @match &triggers { Ok(triggers) => { (trigger_table(triggers)) } Err(f) => { p.error { (f.message) } } }
         }
     };
     page(&ui, &s, &format!("Function {name}"), content).await

@@ -234,7 +234,7 @@ def run(gust, args, hello, testbed, work):
         check(page.locator(".note").inner_text() == "Rolled back.", "the rollback is confirmed")
         check(page.locator("#live-version").inner_text() == "v1", "live is back on v1")
         status, body = gust.request(owner, "GET", "/@acme/web/")
-        check(status == 200 and body.startswith("Hello"), f"the data plane serves v1 ({status} {body[:30]})")
+        check(status == 200 and body.startswith("Hello"), f"the data plane serves v1 ({status} {body.strip()[:30]})")
 
         # Redrive through the page, once the function is fixed.
         gust.cli(owner, "deploy", "jobs", hello)
