@@ -285,17 +285,16 @@ pub(crate) async fn functions(State(ui): UiState, Signed(s): Signed) -> Response
         Ok(list) => list,
         Err(f) => return failed(&ui, &s, f).await,
     };
-    let mut scales = Vec::with_capacity(list.len());
-    for f in &list {
-        let scale = if f.version.is_some() {
-            ui.api
-                .get::<ScaleStatus>(&s, &format!("{}/scale?local=true", fn_path(&f.name)))
-                .await
-                .ok()
-        } else {
-            None
-        };
-        scales.push(scale);
+    // Every deployed function's scaling, asked for at once (this node's).
+    let mut asked = tokio::task::JoinSet::new();
+    for (i, f) in list.iter().enumerate().filter(|(_, f)| f.version.is_some()) {
+        let (api, session) = (ui.api.clone(), s.clone());
+        let path = format!("{}/scale?local=true", fn_path(&f.name));
+        asked.spawn(async move { (i, api.get::<ScaleStatus>(&session, &path).await.ok()) });
+    }
+    let mut scales: Vec<Option<ScaleStatus>> = vec![None; list.len()];
+    while let Some(Ok((i, scale))) = asked.join_next().await {
+        scales[i] = scale;
     }
     let content = html! {
         @if list.is_empty() {
