@@ -8,6 +8,7 @@
 #
 #   bench/tracing.sh                                   # wrk -t2 -c64 -d10s, 2 rounds
 #   BASELINE=/path/to/older/gust ROUNDS=3 bench/tracing.sh
+#   SAMPLE=0.1 bench/tracing.sh     # also "on" keeping 10% of traces
 #
 # Goals (issue 27): off ≤ 1% below the baseline, on ≤ 10% below off.
 # Needs: wrk, curl, python3. Everything runs on 127.0.0.1.
@@ -55,6 +56,8 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("content-length", "0")
         self.end_headers()
     def log_message(self, *a): pass
+# HTTP/1.1: the exporter keeps its connection, as with a real collector.
+H.protocol_version = "HTTP/1.1"
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 S(("127.0.0.1", port), H).serve_forever()
@@ -97,10 +100,18 @@ TARGETS=(off on)
 start off "$GUST" $BASE_PORT
 start on "$GUST" $((BASE_PORT + 2)) --otlp-endpoint "http://127.0.0.1:$RECV_PORT"
 PORT_off=$BASE_PORT; PORT_on=$((BASE_PORT + 2))
+if [ -n "${SAMPLE:-}" ]; then
+  # The standard sampler variables, read by the SDK: a trace is kept or
+  # not as a whole, where it starts.
+  OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=$SAMPLE \
+    start sampled "$GUST" $((BASE_PORT + 6)) --otlp-endpoint "http://127.0.0.1:$RECV_PORT"
+  PORT_sampled=$((BASE_PORT + 6))
+  TARGETS+=(sampled)
+fi
 if [ -n "${BASELINE:-}" ]; then
   start baseline "$BASELINE" $((BASE_PORT + 4))
   PORT_baseline=$((BASE_PORT + 4))
-  TARGETS=(baseline off on)
+  TARGETS=(baseline "${TARGETS[@]}")
 fi
 
 declare -A RPS P50 P99 CPU

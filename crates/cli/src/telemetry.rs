@@ -9,26 +9,18 @@
 //! `http/json`; `OTEL_EXPORTER_OTLP_HEADERS`; `OTEL_TRACES_SAMPLER`…).
 //! `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn them off.
 //!
-//! Off, no OpenTelemetry layer is installed: the host's trace spans (the
-//! `gust_trace` target, which the log output never shows) have no
-//! subscriber interested in them, so creating one costs a check of its
-//! call site's cached interest and nothing more. On, spans go through a
-//! batch processor on the runtime to the exporter's async reqwest client,
-//! and the W3C trace-context propagator is registered explicitly (the
+//! Off, no tracer provider is installed and the data plane makes no span
+//! (`gust_gateway::trace`). On, the data plane's spans go through a
+//! batch processor (on its own thread) to the exporter's async reqwest
+//! client (on the runtime), and the W3C trace-context propagator is registered explicitly (the
 //! global default propagates nothing).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::Layer as _;
-use tracing_subscriber::layer::SubscriberExt as _;
-use tracing_subscriber::util::SubscriberInitExt as _;
-
-/// The target of every trace span the host makes (`gust_gateway::trace`).
-const TRACE_TARGET: &str = "gust_trace";
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 
 /// The trace exporter, while traces are on.
 pub(crate) struct Telemetry {
@@ -73,6 +65,44 @@ fn endpoint(flag: Option<&str>) -> Option<Option<String>> {
     .then_some(None)
 }
 
+/// A span exporter whose exports run on a tokio runtime, for the batch
+/// processor's thread (which waits for each export to finish).
+#[derive(Debug)]
+struct OnRuntime<E> {
+    exporter: std::sync::Arc<E>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
+    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
+        let exporter = self.exporter.clone();
+        let export = self
+            .runtime
+            .spawn(async move { exporter.export(batch).await });
+        async move {
+            export
+                .await
+                .unwrap_or_else(|e| Err(OTelSdkError::InternalFailure(e.to_string())))
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.exporter.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.exporter.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        // Called while the provider is built, before any export holds a
+        // second reference.
+        if let Some(exporter) = std::sync::Arc::get_mut(&mut self.exporter) {
+            exporter.set_resource(resource);
+        }
+    }
+}
+
 /// Installs the logger (filtered by `GUST_LOG` in `EnvFilter` syntax,
 /// `info` when unset; directives that do not parse are skipped with a
 /// warning rather than silencing the logs) and, when an endpoint is
@@ -82,22 +112,15 @@ pub(crate) fn init(otlp_endpoint: Option<&str>, node: Option<&str>) -> anyhow::R
     let filter = tracing_subscriber::EnvFilter::builder()
         .with_default_directive(tracing_subscriber::filter::LevelFilter::INFO.into())
         .with_env_var("GUST_LOG")
-        .from_env_lossy()
-        // Spans for traces are not log lines.
-        .add_directive(format!("{TRACE_TARGET}=off").parse()?);
-    let Some(endpoint) = endpoint(otlp_endpoint) else {
-        // The logger alone, filtered as a whole: no per-layer filtering.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init();
-        return Ok(Telemetry { provider: None });
-    };
-    let logs = tracing_subscriber::fmt::layer()
+        .from_env_lossy();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(filter);
+        .try_init();
+    let Some(endpoint) = endpoint(otlp_endpoint) else {
+        return Ok(Telemetry { provider: None });
+    };
 
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
     if let Some(endpoint) = &endpoint {
@@ -125,12 +148,15 @@ pub(crate) fn init(otlp_endpoint: Option<&str>, node: Option<&str>) -> anyhow::R
             node.to_string(),
         ));
     }
-    let processor =
-        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-            exporter,
-            opentelemetry_sdk::runtime::Tokio,
-        )
-        .build();
+    // The SDK's batch processor on its own thread: ending a span queues it
+    // without waking anyone (the async-runtime processor woke its task for
+    // every span, a cross-thread wake-up per request); the export itself
+    // runs on this runtime, where the async reqwest client lives.
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(OnRuntime {
+        exporter: std::sync::Arc::new(exporter),
+        runtime: tokio::runtime::Handle::current(),
+    })
+    .build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_resource(resource.build())
@@ -139,21 +165,6 @@ pub(crate) fn init(otlp_endpoint: Option<&str>, node: Option<&str>) -> anyhow::R
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     opentelemetry::global::set_tracer_provider(provider.clone());
-    let spans = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("gust"))
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        .with_level(false)
-        .with_target(false)
-        .with_filter(
-            tracing_subscriber::filter::Targets::new()
-                .with_target(TRACE_TARGET, tracing::Level::INFO),
-        );
-    let _ = tracing_subscriber::registry()
-        .with(logs)
-        .with(spans)
-        .try_init();
     tracing::info!(
         endpoint = endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_*)"),
         "exporting traces over OTLP/HTTP"

@@ -15,7 +15,6 @@ use gust_core::{Envelope, deploy};
 use gust_events::{AttemptOutcome, Events, Invoker};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::BodyExt as _;
-use tracing::Instrument as _;
 
 use crate::catalog;
 use crate::error::GatewayError;
@@ -72,23 +71,20 @@ where
     let trace = &shared.config.trace;
     let trusted = depth > 0 || trace.trust_client;
     let span = trace.accepting(&parts.headers, trusted, loaded, id);
-    if !span.is_disabled() {
-        (envelope.traceparent, envelope.tracestate) = crate::trace::stored(&span);
+    if !span.is_off() {
+        (envelope.traceparent, envelope.tracestate) = span.stored();
     }
-    shared
-        .events
-        .submit(envelope)
-        .instrument(span)
-        .await
-        .map_err(|e| match e {
-            gust_events::EventsError::Store(full @ gust_store::StoreError::DiskFull { .. }) => {
-                GatewayError::DiskFull(format!("the event was not accepted: {full}"))
-            }
-            e => {
-                tracing::error!(invocation_id = id, error = %e, "could not queue an event");
-                GatewayError::EventNotStored
-            }
-        })?;
+    let submitted = shared.events.submit(envelope).await;
+    drop(span);
+    submitted.map_err(|e| match e {
+        gust_events::EventsError::Store(full @ gust_store::StoreError::DiskFull { .. }) => {
+            GatewayError::DiskFull(format!("the event was not accepted: {full}"))
+        }
+        e => {
+            tracing::error!(invocation_id = id, error = %e, "could not queue an event");
+            GatewayError::EventNotStored
+        }
+    })?;
     let body = format!("{{\"invocation_id\":\"{id}\",\"state\":\"queued\"}}\n");
     let mut response = Response::new(
         http_body_util::Full::new(Bytes::from(body))

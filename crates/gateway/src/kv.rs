@@ -6,31 +6,26 @@ use gust_core::TenantId;
 use gust_core::kv::BucketName;
 use gust_runtime::{KeyValue, KvFailure};
 use gust_store::{Buckets, BucketsError};
-use tracing::Instrument as _;
 
 /// A tenant's buckets, handed to the runtime for one invocation.
 pub(crate) struct TenantKv {
     pub buckets: Buckets,
     pub tenant: TenantId,
-    /// The attempt's span (disabled when traces are off): each operation
-    /// is a child of it.
-    pub span: tracing::Span,
+    /// The attempt's span (off when traces are off): each operation is a
+    /// child of it.
+    pub span: crate::trace::Traced,
 }
 
 impl TenantKv {
     /// A span for one operation on `bucket` over `keys` keys.
-    fn op(&self, name: &'static str, bucket: &str, keys: usize) -> tracing::Span {
-        if self.span.is_disabled() {
-            return tracing::Span::none();
-        }
-        tracing::info_span!(
-            target: crate::trace::TARGET,
-            parent: &self.span,
-            "kv",
-            otel.name = name,
-            gust.bucket = bucket,
-            gust.keys = keys,
-        )
+    fn op(&self, name: &'static str, bucket: &str, keys: usize) -> crate::trace::Traced {
+        self.span
+            .child(name, opentelemetry::trace::SpanKind::Internal, || {
+                vec![
+                    opentelemetry::KeyValue::new("gust.bucket", bucket.to_owned()),
+                    opentelemetry::KeyValue::new("gust.keys", keys as i64),
+                ]
+            })
     }
 }
 
@@ -63,11 +58,10 @@ impl KeyValue for TenantKv {
         name: &str,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, KvFailure> {
-        let span = self.op("kv get", name, keys.len());
+        let _span = self.op("kv get", name, keys.len());
         let found = self
             .buckets
             .get_many(&self.tenant, &bucket(name)?, keys)
-            .instrument(span)
             .await
             .map_err(failure)?;
         Ok(found
@@ -81,30 +75,27 @@ impl KeyValue for TenantKv {
             .into_iter()
             .map(|(k, v)| (k, Bytes::from(v)))
             .collect::<Vec<_>>();
-        let span = self.op("kv set", name, entries.len());
+        let _span = self.op("kv set", name, entries.len());
         self.buckets
             .put_many(&self.tenant, &bucket(name)?, entries)
-            .instrument(span)
             .await
             .map_err(failure)?;
         Ok(())
     }
 
     async fn delete_many(&self, name: &str, keys: Vec<String>) -> Result<(), KvFailure> {
-        let span = self.op("kv delete", name, keys.len());
+        let _span = self.op("kv delete", name, keys.len());
         self.buckets
             .delete_many(&self.tenant, &bucket(name)?, keys)
-            .instrument(span)
             .await
             .map_err(failure)?;
         Ok(())
     }
 
     async fn increment(&self, name: &str, key: &str, delta: u64) -> Result<u64, KvFailure> {
-        let span = self.op("kv increment", name, 1);
+        let _span = self.op("kv increment", name, 1);
         self.buckets
             .increment(&self.tenant, &bucket(name)?, key, delta)
-            .instrument(span)
             .await
             .map_err(failure)
     }
@@ -115,7 +106,7 @@ impl KeyValue for TenantKv {
         start_after: Option<String>,
         limit: usize,
     ) -> Result<Vec<String>, KvFailure> {
-        let span = self.op("kv keys", name, limit);
+        let _span = self.op("kv keys", name, limit);
         let keys = self
             .buckets
             .keys(
@@ -125,7 +116,6 @@ impl KeyValue for TenantKv {
                 start_after.as_deref(),
                 limit,
             )
-            .instrument(span)
             .await
             .map_err(failure)?;
         Ok(keys.into_iter().map(|k| k.key).collect())

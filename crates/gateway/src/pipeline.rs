@@ -381,7 +381,7 @@ where
     let started = std::time::Instant::now();
     let span = match start {
         Some(start) => trace::attempt(loaded, attempt.id, attempt.attempt, attempt.trigger, start),
-        None => tracing::Span::none(),
+        None => trace::Traced::OFF,
     };
     let id = attempt.id;
     let fault = attempt.fault.clone();
@@ -441,10 +441,10 @@ where
     if cold {
         shared.scaler.cold_start(loaded);
     }
-    if !span.is_disabled() {
-        span.record("gust.cold_start", cold);
+    if !span.is_off() {
+        span.set(opentelemetry::KeyValue::new("gust.cold_start", cold));
         // The guest sees its own attempt's place in the trace.
-        trace::inject(&span, request.headers_mut());
+        span.inject(request.headers_mut());
     }
     let kv = Arc::new(kv::TenantKv {
         buckets: shared.buckets.clone(),

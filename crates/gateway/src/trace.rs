@@ -2,10 +2,12 @@
 //! what the host does around it, and the W3C trace context that ties
 //! them to the spans of callers and callees.
 //!
-//! Spans are `tracing` spans of the target [`TARGET`]; the binary exports
-//! them over OTLP when traces are on (`gust up --otlp-endpoint`) and
-//! shows them nowhere else. With traces off ([`TraceConfig::enabled`]
-//! false) none of this runs: no span, no header read or written.
+//! Spans are made with the OpenTelemetry API on the global tracer, which
+//! the binary points at its OTLP exporter when traces are on (`gust up
+//! --otlp-endpoint`). Not through `tracing` and its OpenTelemetry bridge:
+//! that cost 1.5 times the CPU per request (bench/README.md, session 25). With traces off ([`TraceConfig::enabled`] false) none of this
+//! runs: no span, no header read or written. A span ends when the last
+//! [`Traced`] holding it is dropped.
 //!
 //! - **One span per attempt** (`invoke`): tenant, function, version,
 //!   alias, invocation id, attempt, trigger; when it ends, outcome,
@@ -30,26 +32,30 @@
 //!   function opts in (`--trace-outbound`), since a trace id tells the
 //!   receiver which request it came from.
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use gust_core::usage::Trigger;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::Context;
+use opentelemetry::global::BoxedTracer;
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::{Context, KeyValue};
 
 use crate::catalog::Loaded;
-
-/// The `tracing` target of every span made for traces.
-pub const TARGET: &str = "gust_trace";
 
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 /// The most of a `tracestate` carried on (W3C asks to propagate at least this much).
 pub const MAX_TRACESTATE: usize = 512;
+
+/// The tracer every span is made with: the global provider's, which the
+/// binary sets before traces are turned on.
+fn tracer() -> &'static BoxedTracer {
+    static TRACER: OnceLock<BoxedTracer> = OnceLock::new();
+    TRACER.get_or_init(|| opentelemetry::global::tracer("gust"))
+}
 
 /// Whether the data plane makes spans, and whom it believes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -96,34 +102,113 @@ impl TraceConfig {
     }
 
     /// The span of an event's acceptance (a request sent as an event),
-    /// whose context the event keeps; disabled when traces are off.
+    /// whose context the event keeps; off when traces are off.
     pub(crate) fn accepting(
         &self,
         headers: &HeaderMap,
         trusted: bool,
         loaded: &Loaded,
         id: &str,
-    ) -> Span {
+    ) -> Traced {
         if !self.enabled {
-            return Span::none();
+            return Traced::OFF;
         }
-        let span = tracing::info_span!(
-            target: TARGET,
-            parent: None,
-            "accept event",
-            otel.name = %format!("accept event {}", loaded.name),
-            otel.kind = "producer",
-            gust.tenant = loaded.tenant.as_str(),
-            gust.function = loaded.name.as_str(),
-            gust.invocation_id = id,
-        );
-        if trusted {
-            let parent = extract(headers);
-            if parent.span().span_context().is_valid() {
-                let _ = span.set_parent(parent);
-            }
+        let parent = if trusted {
+            extract(headers)
+        } else {
+            Context::new()
+        };
+        let builder = tracer()
+            .span_builder(format!("accept event {}", loaded.name))
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                KeyValue::new("gust.tenant", loaded.tenant.as_str().to_owned()),
+                KeyValue::new("gust.function", loaded.name.as_str().to_owned()),
+                KeyValue::new("gust.invocation_id", id.to_owned()),
+            ]);
+        Traced::under(&parent, builder)
+    }
+}
+
+/// A span of the host's (an attempt, a step of it, an outbound request),
+/// or nothing when traces are off. Clones share the span; it ends when
+/// the last is dropped.
+#[derive(Clone)]
+pub(crate) struct Traced(Option<Context>);
+
+impl Traced {
+    /// No span: traces are off.
+    pub(crate) const OFF: Traced = Traced(None);
+
+    fn under(parent: &Context, builder: opentelemetry::trace::SpanBuilder) -> Traced {
+        let span = tracer().build_with_context(builder, parent);
+        Traced(Some(parent.with_span(span)))
+    }
+
+    /// Whether there is no span (traces are off).
+    pub(crate) fn is_off(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Sets an attribute of the span.
+    pub(crate) fn set(&self, attribute: KeyValue) {
+        if let Some(cx) = &self.0 {
+            cx.span().set_attribute(attribute);
         }
-        span
+    }
+
+    /// Marks the span as failed.
+    pub(crate) fn error(&self) {
+        if let Some(cx) = &self.0 {
+            cx.span().set_status(Status::error(""));
+        }
+    }
+
+    /// A child span named `name`, of kind `kind`, with `attributes`.
+    pub(crate) fn child(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        kind: SpanKind,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Traced {
+        match &self.0 {
+            None => Traced::OFF,
+            Some(cx) => Traced::under(
+                cx,
+                tracer()
+                    .span_builder(name)
+                    .with_kind(kind)
+                    .with_attributes(attributes()),
+            ),
+        }
+    }
+
+    /// Writes the span's context as `traceparent`/`tracestate` into
+    /// `headers`, replacing what was there (a stale context is worse than
+    /// none); nothing when off.
+    pub(crate) fn inject(&self, headers: &mut HeaderMap) {
+        let Some(cx) = &self.0 else {
+            return;
+        };
+        headers.remove(TRACEPARENT);
+        headers.remove(TRACESTATE);
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(cx, &mut Inject(headers))
+        });
+    }
+
+    /// The span's context as stored with an event: (`traceparent`, `tracestate`).
+    pub(crate) fn stored(&self) -> (Option<String>, Option<String>) {
+        let mut headers = HeaderMap::new();
+        self.inject(&mut headers);
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        (text(TRACEPARENT), text(TRACESTATE))
     }
 }
 
@@ -144,10 +229,19 @@ struct Inject<'a>(&'a mut HeaderMap);
 
 impl Injector for Inject<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
+        // An empty `tracestate` says nothing: not sent.
+        if value.is_empty() {
+            return;
+        }
+        let name = match key {
+            TRACEPARENT => HeaderName::from_static(TRACEPARENT),
+            TRACESTATE => HeaderName::from_static(TRACESTATE),
+            other => match HeaderName::from_bytes(other.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => return,
+            },
+        };
+        if let Ok(value) = HeaderValue::try_from(value) {
             self.0.insert(name, value);
         }
     }
@@ -169,29 +263,6 @@ pub(crate) fn extract_stored(traceparent: Option<&str>, tracestate: Option<&str>
     extract(&headers)
 }
 
-/// Writes `span`'s context as `traceparent`/`tracestate` into `headers`,
-/// replacing what was there (a stale context is worse than none).
-pub(crate) fn inject(span: &Span, headers: &mut HeaderMap) {
-    headers.remove(TRACEPARENT);
-    headers.remove(TRACESTATE);
-    let cx = span.context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut Inject(headers)));
-}
-
-/// `span`'s context as stored with an event: (`traceparent`, `tracestate`).
-pub(crate) fn stored(span: &Span) -> (Option<String>, Option<String>) {
-    let mut headers = HeaderMap::new();
-    inject(span, &mut headers);
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
-    (text(TRACEPARENT), text(TRACESTATE))
-}
-
 /// Where an attempt's span starts: its parent context and what the
 /// caller knows that `run` does not.
 pub(crate) struct Start {
@@ -210,119 +281,116 @@ pub(crate) fn attempt(
     attempt: u32,
     trigger: Trigger,
     start: Start,
-) -> Span {
-    let span = tracing::info_span!(
-        target: TARGET,
-        parent: None,
-        "invoke",
-        otel.name = %format!("invoke {}", loaded.name),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        gust.tenant = loaded.tenant.as_str(),
-        gust.function = loaded.name.as_str(),
-        gust.version = loaded.version,
-        gust.alias = start.alias.as_str(),
-        gust.invocation_id = id,
-        gust.attempt = attempt,
-        gust.trigger = trigger.as_str(),
-        gust.outcome = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty,
-        gust.cold_start = tracing::field::Empty,
-        gust.wall_us = tracing::field::Empty,
-        gust.cpu_us = tracing::field::Empty,
-        gust.peak_memory_bytes = tracing::field::Empty,
-    );
-    if start.parent.span().span_context().is_valid() {
-        let _ = span.set_parent(start.parent);
-    }
-    if let Some(since) = start.queued_since {
-        let cx = span.context();
-        if cx.span().span_context().is_valid() {
-            let tracer = opentelemetry::global::tracer("gust");
-            let mut wait = tracer
-                .span_builder("queue wait")
-                .with_start_time(since)
-                .start_with_context(&tracer, &cx);
-            wait.end();
-        }
+) -> Traced {
+    let builder = tracer()
+        .span_builder(format!("invoke {}", loaded.name))
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            KeyValue::new("gust.tenant", loaded.tenant.as_str().to_owned()),
+            KeyValue::new("gust.function", loaded.name.as_str().to_owned()),
+            KeyValue::new("gust.version", loaded.version as i64),
+            KeyValue::new("gust.alias", start.alias),
+            KeyValue::new("gust.invocation_id", id.to_owned()),
+            KeyValue::new("gust.attempt", i64::from(attempt)),
+            KeyValue::new("gust.trigger", trigger.as_str()),
+        ]);
+    let span = Traced::under(&start.parent, builder);
+    if let (Some(since), Some(cx)) = (start.queued_since, &span.0) {
+        tracer()
+            .span_builder("queue wait")
+            .with_start_time(since)
+            .start_with_context(tracer(), cx)
+            .end();
     }
     span
 }
 
 /// Records the status an attempt answered (an error from 500 on).
-pub(crate) fn answered(span: &Span, status: u16) {
-    if span.is_disabled() {
+pub(crate) fn answered(span: &Traced, status: u16) {
+    if span.is_off() {
         return;
     }
-    span.record("http.response.status_code", status);
+    span.set(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
     if status >= 500 {
-        span.record("otel.status_code", "ERROR");
+        span.error();
     }
 }
 
 /// Records an attempt refused before it ran (no capacity, a quota).
-pub(crate) fn refused(span: &Span, status: u16) {
-    if span.is_disabled() {
+pub(crate) fn refused(span: &Traced, status: u16) {
+    if span.is_off() {
         return;
     }
-    span.record("gust.outcome", "refused");
+    span.set(KeyValue::new("gust.outcome", "refused"));
     answered(span, status);
 }
 
 /// Records what the attempt's guest did, once its instance is gone.
-pub(crate) fn finished(span: &Span, report: &gust_runtime::InvocationReport) {
-    if span.is_disabled() {
+pub(crate) fn finished(span: &Traced, report: &gust_runtime::InvocationReport) {
+    let Some(cx) = &span.0 else {
         return;
-    }
-    span.record("gust.outcome", report.outcome.kind());
-    span.record("gust.wall_us", report.duration.as_micros() as u64);
-    span.record("gust.cpu_us", report.cpu.as_micros() as u64);
-    span.record("gust.peak_memory_bytes", report.peak_memory_bytes);
+    };
+    cx.span().set_attributes([
+        KeyValue::new("gust.outcome", report.outcome.kind()),
+        KeyValue::new("gust.wall_us", report.duration.as_micros() as i64),
+        KeyValue::new("gust.cpu_us", report.cpu.as_micros() as i64),
+        KeyValue::new("gust.peak_memory_bytes", report.peak_memory_bytes as i64),
+    ]);
     if !report.outcome.is_success() {
-        span.record("otel.status_code", "ERROR");
+        span.error();
     }
 }
 
 /// A child span of `parent` for a step of the host's (`admission`).
-pub(crate) fn step(parent: &Span, name: &'static str) -> Span {
-    if parent.is_disabled() {
-        return Span::none();
-    }
-    tracing::info_span!(target: TARGET, parent: parent, "step", otel.name = name)
+pub(crate) fn step(parent: &Traced, name: &'static str) -> Traced {
+    parent.child(name, SpanKind::Internal, Vec::new)
 }
 
 /// The attempt's span as the runtime sees it: the parent of each
 /// outbound request's span.
 pub(crate) struct GuestTrace {
-    pub span: Span,
+    pub span: Traced,
 }
 
 impl gust_runtime::Trace for GuestTrace {
-    fn outbound(&self, method: &http::Method, host: &str, internal: bool) -> Span {
-        tracing::info_span!(
-            target: TARGET,
-            parent: &self.span,
-            "outbound",
-            otel.name = %method,
-            otel.kind = "client",
-            http.request.method = %method,
-            server.address = host,
-            gust.internal = internal,
-            http.response.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        )
+    fn outbound(
+        &self,
+        method: &http::Method,
+        host: &str,
+        internal: bool,
+    ) -> Box<dyn gust_runtime::OutboundSpan> {
+        Box::new(self.span.child(method.to_string(), SpanKind::Client, || {
+            vec![
+                KeyValue::new("http.request.method", method.to_string()),
+                KeyValue::new("server.address", host.to_owned()),
+                KeyValue::new("gust.internal", internal),
+            ]
+        }))
+    }
+}
+
+impl gust_runtime::OutboundSpan for Traced {
+    fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        self.inject(&mut headers);
+        headers
     }
 
-    fn headers(&self, span: &Span) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        inject(span, &mut headers);
-        headers
+    fn answered(&self, status: http::StatusCode) {
+        answered(self, status.as_u16());
+    }
+
+    fn failed(&self) {
+        self.error();
     }
 }
 
 /// What the runtime gets for an attempt's span (`None` when it is off).
-pub(crate) fn for_guest(span: &Span) -> Option<Arc<dyn gust_runtime::Trace>> {
-    (!span.is_disabled())
+pub(crate) fn for_guest(span: &Traced) -> Option<Arc<dyn gust_runtime::Trace>> {
+    (!span.is_off())
         .then(|| Arc::new(GuestTrace { span: span.clone() }) as Arc<dyn gust_runtime::Trace>)
 }
 

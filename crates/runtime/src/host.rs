@@ -203,7 +203,7 @@ impl WasiHttpHooks for OutboundPolicy {
                 Ok(sent) => sent,
                 Err(error) => {
                     if let Some(span) = &span {
-                        span.record("otel.status_code", "ERROR");
+                        span.failed();
                     }
                     return Err(error);
                 }
@@ -225,7 +225,7 @@ impl OutboundPolicy {
         &self,
         request: &mut http::Request<wasmtime_wasi_http::WasiBody>,
         internal: bool,
-    ) -> Option<tracing::Span> {
+    ) -> Option<Box<dyn crate::invoke::OutboundSpan>> {
         let trace = self.trace.as_ref()?;
         let host = request.uri().host().unwrap_or_default().to_string();
         let span = trace.outbound(request.method(), &host, internal);
@@ -233,7 +233,7 @@ impl OutboundPolicy {
             let headers = request.headers_mut();
             headers.remove("traceparent");
             headers.remove("tracestate");
-            for (name, value) in &trace.headers(&span) {
+            for (name, value) in &span.headers() {
                 headers.insert(name, value.clone());
             }
         }
@@ -242,12 +242,9 @@ impl OutboundPolicy {
 }
 
 /// Ends an outbound request's span with the status its answer carries.
-fn answered(span: Option<tracing::Span>, status: http::StatusCode) {
+fn answered(span: Option<Box<dyn crate::invoke::OutboundSpan>>, status: http::StatusCode) {
     if let Some(span) = span {
-        span.record("http.response.status_code", status.as_u16());
-        if status.is_server_error() {
-            span.record("otel.status_code", "ERROR");
-        }
+        span.answered(status);
     }
 }
 

@@ -94,11 +94,20 @@ pub trait LocalCalls: Send + Sync {
 /// spans and how their context is written.
 pub trait Trace: Send + Sync {
     /// A span for one outbound request, a child of the invocation's; the
-    /// host keeps it open until the answer's head arrives (or the request
-    /// fails). `internal`: a call to another function.
-    fn outbound(&self, method: &http::Method, host: &str, internal: bool) -> tracing::Span;
-    /// The headers (`traceparent`, `tracestate`) that continue `span`'s trace.
-    fn headers(&self, span: &tracing::Span) -> http::HeaderMap;
+    /// host keeps it until the answer's head arrives (or the request
+    /// fails), and it ends when dropped. `internal`: a call to another
+    /// function.
+    fn outbound(&self, method: &http::Method, host: &str, internal: bool) -> Box<dyn OutboundSpan>;
+}
+
+/// The span of one outbound request (see [`Trace::outbound`]).
+pub trait OutboundSpan: Send + Sync {
+    /// The headers (`traceparent`, `tracestate`) that continue its trace.
+    fn headers(&self) -> http::HeaderMap;
+    /// The answer's head arrived with `status`.
+    fn answered(&self, status: http::StatusCode);
+    /// The request failed without an answer.
+    fn failed(&self);
 }
 
 /// What one invocation may use besides its request: its limits, its

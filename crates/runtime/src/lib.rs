@@ -29,7 +29,8 @@ mod keyvalue;
 pub use compile::{Compiler, compile_upload, worker_main};
 pub use engine::{Prepared, Runtime, RuntimeConfig, RuntimeStats};
 pub use invoke::{
-    CallBody, Guest, GuestBody, InvocationReport, InvokeError, LOCAL_HOST, LocalCalls, Trace,
+    CallBody, Guest, GuestBody, InvocationReport, InvokeError, LOCAL_HOST, LocalCalls,
+    OutboundSpan, Trace,
 };
 pub use keyvalue::{KeyValue, KvFailure};
 
