@@ -336,6 +336,24 @@ pub struct KvFigures {
     pub stale_reads: usize,
 }
 
+/// A key's history in invocation order, one operation per item, for a
+/// post-mortem from CI's log: `c<client> <call> @<invoked ms>→<ret> @<completed ms>`.
+fn compact(history: &[linearize::Operation]) -> String {
+    let mut ops: Vec<&linearize::Operation> = history.iter().collect();
+    ops.sort_by_key(|op| op.invoked);
+    let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
+    ops.iter()
+        .map(|op| {
+            let ended = match op.outcome {
+                Outcome::Ok { ret, completed } => format!("{ret:?} @{}", ms(completed)),
+                Outcome::Unknown => "unknown".to_string(),
+            };
+            format!("c{} {:?} @{}→{ended}", op.client, op.call, ms(op.invoked))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Checks each key's history for linearizability, and the counter's final
 /// value (read after the cluster healed) against its increments.
 pub fn kv(ops: &[KvOp], counter_final: Option<u64>) -> KvFigures {
@@ -363,8 +381,9 @@ pub fn kv(ops: &[KvOp], counter_final: Option<u64>) -> KvFigures {
         match linearize::check(None, history, 20_000_000) {
             Verdict::Linearizable => {}
             Verdict::Violation { prefix, stuck_at } => f.violations.push(format!(
-                "{key}: no linearization ({prefix} operations placed; stuck at {:?})",
-                history.get(stuck_at)
+                "{key}: no linearization ({prefix} operations placed; stuck at {:?}); its history: {}",
+                history.get(stuck_at),
+                compact(history)
             )),
             Verdict::TooHard { steps } => f.too_hard.push(format!("{key} ({steps} steps)")),
         }
