@@ -99,6 +99,7 @@ fn harness() -> &'static Harness {
                 reservations: Arc::new(|_: &str, _: &str, _: u32| Ok(())),
                 secrets: Arc::new(gust_store::SecretBox::from_key(&[7; 32]).unwrap()),
                 retention: Default::default(),
+                keep_trace_context: false,
                 cluster: Arc::new(gust_api::cluster::SingleNode {
                     node: "fuzz".into(),
                     started_ms: 0,

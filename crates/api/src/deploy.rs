@@ -552,6 +552,7 @@ mod tests {
             reservations,
             secrets: Arc::new(SecretBox::from_key(&[7; 32]).unwrap()),
             retention: Default::default(),
+            keep_trace_context: false,
             cluster: Arc::new(crate::cluster::SingleNode {
                 node: "test".into(),
                 started_ms: 0,

@@ -155,7 +155,7 @@ pub(crate) async fn list_invocations(
 
 #[utoipa::path(post, path = "/v1/functions/{name}/invocations", tag = "events",
     params(("name" = String, Path, description = "Function name"), SubmitParams),
-    request_body(content = Vec<u8>, description = "The event's data; `ce-*` headers set its CloudEvents attributes"),
+    request_body(content = Vec<u8>, description = "The event's data; `ce-*` headers set its CloudEvents attributes, and a W3C `traceparent` (with its `tracestate`) makes its attempts part of that trace"),
     responses(
         (status = 202, description = "Durably queued", body = Accepted),
         (status = 404, body = ErrorBody),
@@ -200,14 +200,29 @@ pub(crate) async fn submit_invocation(
         format!("/{path}")
     };
     let id = state.events.next_invocation_id();
-    let envelope = Events::envelope(
+    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    let mut envelope = Events::envelope(
         caller.tenant.clone(),
         name,
         id.clone(),
         path,
-        |h| headers.get(h).and_then(|v| v.to_str().ok()),
+        header,
         data.to_vec(),
     );
+    // The caller's trace, when traces are on and clients' trace context
+    // is believed: every attempt of the event, and its destinations, join it.
+    if state.keep_trace_context {
+        let tracestate = headers
+            .get_all("tracestate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        (envelope.traceparent, envelope.tracestate) = gust_core::trace_context(
+            header("traceparent"),
+            Some(tracestate.as_str()).filter(|s| !s.is_empty()),
+        );
+    }
     state.events.submit(envelope).await?;
     Ok((
         StatusCode::ACCEPTED,

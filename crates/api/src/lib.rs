@@ -103,6 +103,9 @@ pub struct ApiState {
     pub cluster: cluster::SharedClusterView,
     /// What retention removed (`retention::spawn` counts into it).
     pub retention: Arc<retention::RetentionStats>,
+    /// Events sent to the API keep their caller's `traceparent` and
+    /// `tracestate` (traces are on and clients' trace context is believed).
+    pub keep_trace_context: bool,
 }
 
 /// Looks up a function's scaling; supplied by the binary.

@@ -8,6 +8,9 @@
 //! default `gust`; `OTEL_EXPORTER_OTLP_PROTOCOL`, `http/protobuf` or
 //! `http/json`; `OTEL_EXPORTER_OTLP_HEADERS`; `OTEL_TRACES_SAMPLER`…).
 //! `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn them off.
+//! An export is bounded by the exporter's timeout
+//! (`OTEL_EXPORTER_OTLP_TIMEOUT`); `OTEL_BSP_EXPORT_TIMEOUT` is not read
+//! by the SDK's thread-based batch processor.
 //!
 //! Off, no tracer provider is installed and the data plane makes no span
 //! (`gust_gateway::trace`). On, the data plane's spans go through a
@@ -90,15 +93,24 @@ impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
         self.exporter.shutdown_with_timeout(timeout)
     }
 
+    fn shutdown(&self) -> OTelSdkResult {
+        self.exporter.shutdown()
+    }
+
     fn force_flush(&self) -> OTelSdkResult {
         self.exporter.force_flush()
     }
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        // Called while the provider is built, before any export holds a
-        // second reference.
-        if let Some(exporter) = std::sync::Arc::get_mut(&mut self.exporter) {
-            exporter.set_resource(resource);
+        // The processor's thread hands the resource over before its first
+        // export (spans end only once the provider is installed), and an
+        // export's clone is gone once it finished: this is the only
+        // reference then.
+        match std::sync::Arc::get_mut(&mut self.exporter) {
+            Some(exporter) => exporter.set_resource(resource),
+            None => tracing::warn!(
+                "the trace exporter is busy: spans are exported without the service's name"
+            ),
         }
     }
 }

@@ -179,7 +179,8 @@ pub struct UpArgs {
     otlp_endpoint: Option<String>,
     /// Whether a request's own `traceparent` makes its invocation part of
     /// the client's trace (`trust`), or every request from outside starts a
-    /// new trace (`ignore`). Calls between functions always keep theirs.
+    /// new trace (`ignore`); the same for an event sent through the control
+    /// API with a `traceparent`. Calls between functions always keep theirs.
     #[arg(long, value_enum, default_value_t = ClientTraceContext::Trust)]
     trace_client_context: ClientTraceContext,
     #[command(flatten)]
@@ -568,6 +569,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         reservations,
         cluster,
         retention: retention.clone(),
+        keep_trace_context: telemetry.tracing()
+            && args.trace_client_context == ClientTraceContext::Trust,
     };
     gust_api::retention::spawn(
         api_state.clone(),

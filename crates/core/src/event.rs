@@ -48,6 +48,60 @@ pub struct Envelope {
     pub data: Vec<u8>,
 }
 
+/// The most of a `tracestate` an event keeps (W3C asks to propagate at
+/// least this much).
+pub const MAX_TRACESTATE_BYTES: usize = 512;
+
+/// A caller's W3C trace context as an event keeps it: (`traceparent`,
+/// `tracestate`), each `None` when absent or malformed. A `traceparent`
+/// must be a version `00` header with a non-zero trace and parent id (a
+/// later version's first fields are read, and kept, as version 00, as W3C
+/// says); a `tracestate` (several headers joined with commas by the
+/// caller) is kept only with a kept `traceparent`, when it is printable
+/// ASCII of at most [`MAX_TRACESTATE_BYTES`].
+pub fn trace_context(
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> (Option<String>, Option<String>) {
+    let Some(parent) = traceparent.map(str::trim).filter(|p| valid_traceparent(p)) else {
+        return (None, None);
+    };
+    let state = tracestate.map(str::trim).filter(|s| {
+        !s.is_empty()
+            && s.len() <= MAX_TRACESTATE_BYTES
+            && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+    });
+    (
+        Some(format!("00{}", &parent[2..55])),
+        state.map(str::to_string),
+    )
+}
+
+fn valid_traceparent(header: &str) -> bool {
+    let b = header.as_bytes();
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let zero = |s: &[u8]| s.iter().all(|&c| c == b'0');
+    if b.len() < 55 || !hex(&b[..2]) || &b[..2] == b"ff" {
+        return false;
+    }
+    // Version 00 is exactly 55 bytes; a later one may carry more after a dash.
+    if (&b[..2] == b"00" && b.len() != 55) || (b.len() > 55 && b[55] != b'-') {
+        return false;
+    }
+    let (trace, span, flags) = (&b[3..35], &b[36..52], &b[53..55]);
+    b[2] == b'-'
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(trace)
+        && hex(span)
+        && hex(flags)
+        && !zero(trace)
+        && !zero(span)
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -123,6 +177,35 @@ pub struct InvocationRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trace_context_is_kept_only_when_well_formed() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert_eq!(
+            trace_context(Some(parent), Some("vendor=x")),
+            (Some(parent.to_string()), Some("vendor=x".to_string()))
+        );
+        // A later version is read, and kept, as version 00.
+        let later = format!("01{}-extra", &parent[2..]);
+        assert_eq!(trace_context(Some(&later), None).0.as_deref(), Some(parent));
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-more",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+        ] {
+            assert_eq!(trace_context(Some(bad), Some("a=b")), (None, None), "{bad}");
+        }
+        // A tracestate never comes alone, nor oversized, nor with control bytes.
+        assert_eq!(trace_context(None, Some("a=b")), (None, None));
+        let long = format!("a={}", "x".repeat(MAX_TRACESTATE_BYTES));
+        assert_eq!(trace_context(Some(parent), Some(&long)).1, None);
+        assert_eq!(trace_context(Some(parent), Some("a=b\u{7}")).1, None);
+    }
 
     #[test]
     fn envelopes_round_trip_with_binary_data() {

@@ -28,7 +28,9 @@ pub mod time;
 pub mod usage;
 
 pub use address::is_internal_ip;
-pub use event::{Envelope, EnvelopeError, InvocationRecord, InvocationState};
+pub use event::{
+    Envelope, EnvelopeError, InvocationRecord, InvocationState, MAX_TRACESTATE_BYTES, trace_context,
+};
 pub use limits::{Limits, LimitsError, LimitsPatch};
 pub use names::{FunctionName, NameError, TenantId};
 pub use records::{ActiveVersion, FunctionRecord, InvocationId, LogRecord, Outcome, VersionRecord};

@@ -5,9 +5,10 @@
 //! Spans are made with the OpenTelemetry API on the global tracer, which
 //! the binary points at its OTLP exporter when traces are on (`gust up
 //! --otlp-endpoint`). Not through `tracing` and its OpenTelemetry bridge:
-//! that cost 1.5 times the CPU per request (bench/README.md, session 25). With traces off ([`TraceConfig::enabled`] false) none of this
-//! runs: no span, no header read or written. A span ends when the last
-//! [`Traced`] holding it is dropped.
+//! that cost 1.5 times the CPU per request (bench/README.md, session 25).
+//! With traces off ([`TraceConfig::enabled`] false) none of this runs: no
+//! span, no header read or written. A span ends when the last [`Traced`]
+//! holding it is dropped.
 //!
 //! - **One span per attempt** (`invoke`): tenant, function, version,
 //!   alias, invocation id, attempt, trigger; when it ends, outcome,
@@ -19,13 +20,15 @@
 //!   the node trusts clients' trace context
 //!   ([`TraceConfig::trust_client`]), else a new trace; a call from
 //!   another function: the caller's `outbound` span (always trusted: the
-//!   host wrote it); an event: the span that accepted it, kept in its
-//!   envelope. A client's `tracestate` over [`MAX_TRACESTATE`] bytes is
-//!   dropped (its `traceparent` kept): it would be copied into every
-//!   span and stored with every event.
+//!   host wrote it); an event: the context kept in its envelope (the
+//!   span that accepted a request sent as an event; the caller's own for
+//!   one sent through the control API, when trusted). A client's
+//!   `tracestate` over [`MAX_TRACESTATE`] bytes is dropped (its
+//!   `traceparent` kept): it would be copied into every span and stored
+//!   with every event.
 //! - **What the guest sees**: `traceparent` (and `tracestate`) of its
-//!   own attempt span; an event also brings the context it was accepted
-//!   under as the CloudEvents distributed-tracing attributes
+//!   own attempt span; an event also brings the context kept in its
+//!   envelope as the CloudEvents distributed-tracing attributes
 //!   (`ce-traceparent`, `ce-tracestate`).
 //! - **What leaves**: calls to other functions always carry the
 //!   `outbound` span's context; requests to outside hosts only when the
@@ -48,7 +51,7 @@ use crate::catalog::Loaded;
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 /// The most of a `tracestate` carried on (W3C asks to propagate at least this much).
-pub const MAX_TRACESTATE: usize = 512;
+pub const MAX_TRACESTATE: usize = gust_core::MAX_TRACESTATE_BYTES;
 
 /// The tracer every span is made with: the global provider's, which the
 /// binary sets before traces are turned on.

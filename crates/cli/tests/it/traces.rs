@@ -407,3 +407,69 @@ async fn events_queued_by_calls_count_as_calls_so_a_chain_of_them_ends() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(count(), 8);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_sent_through_the_api_joins_its_callers_trace_on_every_attempt() {
+    let (url, spans) = receiver().await;
+    let server = start_traced(&url, &[]).await;
+    let testbed = guests().testbed.as_path();
+    server.deploy(
+        "flaky",
+        testbed,
+        &["--max-attempts", "3", "--backoff-ms", "100"],
+    );
+    // Traps on every attempt: three attempts of one event, then its letter.
+    let submit = |path: &str, traceparent: Option<String>| {
+        let mut request = server
+            .http
+            .post(format!(
+                "{}/v1/functions/flaky/invocations?path={path}",
+                server.api
+            ))
+            .body("{}");
+        if let Some(traceparent) = traceparent {
+            request = request
+                .header("traceparent", traceparent)
+                .header("tracestate", "vendor=1");
+        }
+        request.send()
+    };
+    let response = submit("/trap", Some(format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<serde_json::Value>().await.unwrap()["invocation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.wait_for_state(&id, "dead_lettered").await;
+    let attempts = Server::eventually(Duration::from_secs(30), || async {
+        let all = spans.lock().unwrap().clone();
+        let attempts: Vec<Span> = all
+            .into_iter()
+            .filter(|s| s.name == "invoke flaky")
+            .collect();
+        (attempts.len() >= 3).then_some(attempts)
+    })
+    .await
+    .expect("three attempt spans");
+    for attempt in &attempts {
+        assert_eq!(attempt.trace, CLIENT_TRACE, "{attempt:#?}");
+        assert_eq!(attempt.parent, CLIENT_SPAN, "{attempt:#?}");
+        assert_eq!(attempt.attr("gust.invocation_id"), id);
+    }
+    let mut numbers: Vec<String> = attempts.iter().map(|a| a.attr("gust.attempt")).collect();
+    numbers.sort();
+    assert_eq!(numbers, ["1", "2", "3"]);
+
+    // A malformed context is not kept: the event starts a trace of its own.
+    spans.lock().unwrap().clear();
+    let response = submit("/", Some("00-not-a-trace-01".to_string()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let all = wait_for(&spans, &["invoke flaky"]).await;
+    let own = one(&all, "invoke flaky");
+    assert_ne!(own.trace, CLIENT_TRACE);
+    assert_eq!(own.parent, "");
+}
