@@ -13,10 +13,10 @@
 //! by the SDK's thread-based batch processor.
 //!
 //! Off, no tracer provider is installed and the data plane makes no span
-//! (`gust_gateway::trace`). On, the data plane's spans go through a
-//! batch processor (on its own thread) to the exporter's async reqwest
-//! client (on the runtime), and the W3C trace-context propagator is registered explicitly (the
-//! global default propagates nothing).
+//! (`gust_gateway::trace`). On, the data plane's spans go through a batch
+//! processor (on its own thread) to the exporter's async reqwest client
+//! (on the runtime), and the W3C trace-context propagator is registered
+//! explicitly (the global default propagates nothing).
 
 use std::time::Duration;
 
