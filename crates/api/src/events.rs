@@ -212,15 +212,12 @@ pub(crate) async fn submit_invocation(
     // The caller's trace, when traces are on and clients' trace context
     // is believed: every attempt of the event, and its destinations, join it.
     if state.keep_trace_context {
-        let tracestate = headers
-            .get_all("tracestate")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect::<Vec<_>>()
-            .join(",");
         (envelope.traceparent, envelope.tracestate) = gust_core::trace_context(
             header("traceparent"),
-            Some(tracestate.as_str()).filter(|s| !s.is_empty()),
+            headers
+                .get_all("tracestate")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
         );
     }
     state.events.submit(envelope).await?;

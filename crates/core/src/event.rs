@@ -56,25 +56,27 @@ pub const MAX_TRACESTATE_BYTES: usize = 512;
 /// `tracestate`), each `None` when absent or malformed. A `traceparent`
 /// must be a version `00` header with a non-zero trace and parent id (a
 /// later version's first fields are read, and kept, as version 00, as W3C
-/// says); a `tracestate` (several headers joined with commas by the
-/// caller) is kept only with a kept `traceparent`, when it is printable
-/// ASCII of at most [`MAX_TRACESTATE_BYTES`].
-pub fn trace_context(
+/// says); `tracestate` (every header of that name, joined with commas,
+/// as W3C says) is kept only with a kept `traceparent`, when it is
+/// printable ASCII of at most [`MAX_TRACESTATE_BYTES`].
+pub fn trace_context<'a>(
     traceparent: Option<&str>,
-    tracestate: Option<&str>,
+    tracestate: impl IntoIterator<Item = &'a str>,
 ) -> (Option<String>, Option<String>) {
     let Some(parent) = traceparent.map(str::trim).filter(|p| valid_traceparent(p)) else {
         return (None, None);
     };
-    let state = tracestate.map(str::trim).filter(|s| {
-        !s.is_empty()
-            && s.len() <= MAX_TRACESTATE_BYTES
-            && s.bytes().all(|b| (0x20..0x7f).contains(&b))
-    });
-    (
-        Some(format!("00{}", &parent[2..55])),
-        state.map(str::to_string),
-    )
+    let state = tracestate
+        .into_iter()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(",");
+    let state = (!state.is_empty()
+        && state.len() <= MAX_TRACESTATE_BYTES
+        && state.bytes().all(|b| (0x20..0x7f).contains(&b)))
+    .then_some(state);
+    (Some(format!("00{}", &parent[2..55])), state)
 }
 
 fn valid_traceparent(header: &str) -> bool {
@@ -182,12 +184,12 @@ mod tests {
     fn a_trace_context_is_kept_only_when_well_formed() {
         let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         assert_eq!(
-            trace_context(Some(parent), Some("vendor=x")),
+            trace_context(Some(parent), ["vendor=x"]),
             (Some(parent.to_string()), Some("vendor=x".to_string()))
         );
         // A later version is read, and kept, as version 00.
         let later = format!("01{}-extra", &parent[2..]);
-        assert_eq!(trace_context(Some(&later), None).0.as_deref(), Some(parent));
+        assert_eq!(trace_context(Some(&later), []).0.as_deref(), Some(parent));
         for bad in [
             "",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-more",
@@ -198,13 +200,26 @@ mod tests {
             "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
         ] {
-            assert_eq!(trace_context(Some(bad), Some("a=b")), (None, None), "{bad}");
+            assert_eq!(trace_context(Some(bad), ["a=b"]), (None, None), "{bad}");
         }
         // A tracestate never comes alone, nor oversized, nor with control bytes.
-        assert_eq!(trace_context(None, Some("a=b")), (None, None));
+        assert_eq!(trace_context(None, ["a=b"]), (None, None));
         let long = format!("a={}", "x".repeat(MAX_TRACESTATE_BYTES));
-        assert_eq!(trace_context(Some(parent), Some(&long)).1, None);
-        assert_eq!(trace_context(Some(parent), Some("a=b\u{7}")).1, None);
+        assert_eq!(trace_context(Some(parent), [long.as_str()]).1, None);
+        assert_eq!(trace_context(Some(parent), ["a=b\u{7}"]).1, None);
+        // Several headers are one list; empty ones add nothing.
+        assert_eq!(
+            trace_context(Some(parent), ["a=1", " ", "b=2 "])
+                .1
+                .as_deref(),
+            Some("a=1,b=2")
+        );
+        // Two that fit alone but not together are dropped together.
+        let half = format!("a={}", "x".repeat(MAX_TRACESTATE_BYTES / 2));
+        assert_eq!(
+            trace_context(Some(parent), [half.as_str(), half.as_str()]).1,
+            None
+        );
     }
 
     #[test]
