@@ -340,19 +340,21 @@ async fn kv_changes_trigger_a_function_in_order_per_key() {
     // A change in another bucket triggers nothing.
     server.kv_put("other", "k0", "elsewhere").await;
 
+    // `/record` counts first and writes its line after, so wait for the
+    // lines, not the count: a dump taken between the two misses one.
     let expected = 60;
-    let count = Server::eventually(Duration::from_secs(30), || async {
-        let n = recorded_count(&server).await;
-        (n >= expected).then_some(n)
+    let records = Server::eventually(Duration::from_secs(30), || async {
+        let records = recorded(&server).await;
+        (records.len() >= expected).then_some(records)
     })
     .await
     .expect("every change delivered within 30 s");
     assert_eq!(
-        count, expected,
+        (records.len(), recorded_count(&server).await),
+        (expected, expected as u64),
         "each change delivered once (no crash here)"
     );
 
-    let records = recorded(&server).await;
     let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for (key, revision, _, _) in &records {
         by_key.entry(key.clone()).or_default().push(*revision);
@@ -390,7 +392,7 @@ async fn kv_changes_trigger_a_function_in_order_per_key() {
     );
     server.kv_put("data", "after", "x").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(recorded_count(&server).await, expected);
+    assert_eq!(recorded_count(&server).await, expected as u64);
     assert_eq!(server.kv_delete("data", "missing").await, 404);
 }
 
