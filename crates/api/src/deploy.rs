@@ -553,6 +553,7 @@ mod tests {
             secrets: Arc::new(SecretBox::from_key(&[7; 32]).unwrap()),
             retention: Default::default(),
             keep_trace_context: false,
+            source_check: Arc::new(|_, _, _, _| Box::pin(async { Ok(()) })),
             cluster: Arc::new(crate::cluster::SingleNode {
                 node: "test".into(),
                 started_ms: 0,

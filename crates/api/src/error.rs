@@ -159,7 +159,8 @@ impl IntoResponse for ApiError {
                 EventsError::NoSuchInvocation(_)
                 | EventsError::NoSuchDeadLetter(_)
                 | EventsError::NoSuchSchedule(_)
-                | EventsError::NoSuchTrigger(_),
+                | EventsError::NoSuchTrigger(_)
+                | EventsError::NoSuchSource(_),
             ) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),

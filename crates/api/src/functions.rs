@@ -180,6 +180,7 @@ pub(crate) async fn delete_function(
     let cleanup = {
         let state = state.clone();
         let stream = Registry::log_stream(&caller.tenant, &name);
+        let (tenant, function) = (caller.tenant.clone(), name.clone());
         tokio::spawn(async move {
             let _uploading = uploading;
             for digest in state.registry.unreferenced(&digests).await? {
@@ -187,6 +188,13 @@ pub(crate) async fn delete_function(
                 state.blobs.delete(&digest).await?;
             }
             state.logs.delete_stream(&stream).await?;
+            // Its sources stop pulling (webhooks answer 404 from now on).
+            for source in state.events.sources(&tenant, &function).await? {
+                state
+                    .events
+                    .remove_source(&tenant, &function, &source.id)
+                    .await?;
+            }
             Ok::<(), ApiError>(())
         })
     };

@@ -22,6 +22,7 @@ mod metrics;
 mod openapi;
 pub mod retention;
 mod routes;
+mod sources;
 mod tenant_triggers;
 mod text;
 mod usage;
@@ -55,7 +56,8 @@ pub use events::{
 pub use functions::{CreateFunction, FunctionInfo};
 pub use kv::{KeyEntry, KeyPage, NewTrigger, TriggerInfo, Written};
 pub use logs::{LogEntry, LogPage, LogParams};
-pub use metrics::{DataPlaneStats, DataPlaneView, FunctionScaling};
+pub use metrics::{DataPlaneStats, DataPlaneView, FunctionScaling, SourceFigures};
+pub use sources::SourceInfo;
 pub use usage::{FunctionStats, StatsParams};
 pub use vars::VarInfo;
 pub use versions::VersionInfo;
@@ -106,7 +108,23 @@ pub struct ApiState {
     /// Events sent to the API keep their caller's `traceparent` and
     /// `tracestate` (traces are on and clients' trace context is believed).
     pub keep_trace_context: bool,
+    /// Checks a new source against its broker before it is stored.
+    pub source_check: SourceCheck,
 }
+
+/// (`<tenant>`, `<function>`, `<id>`, settings with the address in plain
+/// text) → why the source cannot work; supplied by the binary.
+pub type SourceCheck = Arc<
+    dyn Fn(
+            gust_core::TenantId,
+            gust_core::FunctionName,
+            String,
+            gust_core::source::SourceSpec,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Looks up a function's scaling; supplied by the binary.
 pub type ScaleView = Arc<dyn Fn(&str, &str) -> Option<ScaleStatus> + Send + Sync>;
@@ -159,6 +177,10 @@ pub type ReservationCheck = Arc<dyn Fn(&str, &str, u32) -> Result<(), String> + 
         kv::add_trigger,
         kv::list_triggers,
         kv::remove_trigger,
+        sources::add_source,
+        sources::list_sources,
+        sources::list_all_sources,
+        sources::remove_source,
         tenant_triggers::list_all_triggers,
         auth::create_tenant,
         auth::list_tenants,
@@ -210,6 +232,11 @@ pub type ReservationCheck = Arc<dyn Fn(&str, &str, u32) -> Result<(), String> + 
         kv::Written,
         kv::NewTrigger,
         kv::TriggerInfo,
+        sources::SourceInfo,
+        gust_core::source::SourceSpec,
+        gust_core::source::SourceKind,
+        gust_core::source::SignatureStyle,
+        gust_events::SourceStatus,
         auth::TenantInfo,
         auth::NewTenant,
         auth::TokenInfo,
@@ -320,6 +347,15 @@ pub fn router(state: ApiState) -> Router {
             "/v1/functions/{name}/triggers/{id}",
             axum::routing::delete(kv::remove_trigger),
         )
+        .route(
+            "/v1/functions/{name}/sources",
+            get(sources::list_sources).post(sources::add_source),
+        )
+        .route(
+            "/v1/functions/{name}/sources/{id}",
+            axum::routing::delete(sources::remove_source),
+        )
+        .route("/v1/sources", get(sources::list_all_sources))
         .route("/v1/kv/{bucket}/keys", get(kv::list_keys))
         .route(
             "/v1/kv/{bucket}/keys/{*key}",

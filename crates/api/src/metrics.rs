@@ -56,6 +56,30 @@ pub struct DataPlaneStats {
     pub request_cold_starts: u64,
     /// Functions wanting instances or warm.
     pub active: Vec<FunctionScaling>,
+    /// The event sources this node runs.
+    pub sources: Vec<SourceFigures>,
+}
+
+/// One event source's counters, as `/metrics` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFigures {
+    pub tenant: String,
+    pub function: String,
+    pub id: String,
+    pub kind: &'static str,
+    /// Messages taken from the broker, queued as events, recognised as
+    /// redeliveries (not queued again), refused (over the event limit).
+    pub received: u64,
+    pub queued: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    /// Connections that failed or ended.
+    pub errors: u64,
+    pub connected: bool,
+    /// Stopped pulling: the function's backlog is at the source's limit.
+    pub paused: bool,
+    /// Messages waiting at the broker, where it reports them.
+    pub lag: Option<u64>,
 }
 
 /// One function's scaling, as `/metrics` shows it.
@@ -276,6 +300,7 @@ impl Collector for Snapshot {
             Gauge,
             g.active.iter().map(|f| (function(f), u64::from(f.warm))),
         )?;
+        sources(out, &g.sources)?;
         if let Some(rss) = self.resident_bytes {
             one(
                 out,
@@ -290,6 +315,66 @@ impl Collector for Snapshot {
         }
         Ok(())
     }
+}
+
+/// Each event source's counters, labelled by tenant, function, source and kind.
+fn sources(out: &mut DescriptorEncoder, sources: &[SourceFigures]) -> fmt::Result {
+    use MetricType::{Counter, Gauge};
+    let labels = |s: &'_ SourceFigures| {
+        [
+            ("tenant", s.tenant.clone()),
+            ("function", s.function.clone()),
+            ("source", s.id.clone()),
+            ("kind", s.kind.to_string()),
+        ]
+    };
+    labelled(
+        out,
+        "gust_source_messages",
+        "Messages an event source took from its broker, by outcome: received, queued (as an event), duplicate (a redelivery recognised by its id), rejected (over the event size limit).",
+        Counter,
+        sources.iter().flat_map(|s| {
+            [
+                ("received", s.received),
+                ("queued", s.queued),
+                ("duplicate", s.duplicates),
+                ("rejected", s.rejected),
+            ]
+            .map(|(outcome, n)| {
+                let [a, b, c, d] = labels(s);
+                ([a, b, c, d, ("outcome", outcome.to_string())], n)
+            })
+        }),
+    )?;
+    labelled(
+        out,
+        "gust_source_errors",
+        "Connections of an event source that failed or ended (it reconnects with backoff).",
+        Counter,
+        sources.iter().map(|s| (labels(s), s.errors)),
+    )?;
+    labelled(
+        out,
+        "gust_source_connected",
+        "Whether an event source is connected to its broker.",
+        Gauge,
+        sources.iter().map(|s| (labels(s), u64::from(s.connected))),
+    )?;
+    labelled(
+        out,
+        "gust_source_paused",
+        "Whether an event source stopped pulling: its function's backlog is at the source's max_backlog, or the tenant at its event_backlog quota.",
+        Gauge,
+        sources.iter().map(|s| (labels(s), u64::from(s.paused))),
+    )?;
+    labelled(
+        out,
+        "gust_source_lag",
+        "Messages waiting at an event source's broker, where the broker reports it (Redis: the group's lag and pending entries).",
+        Gauge,
+        sources.iter().filter_map(|s| Some((labels(s), s.lag?))),
+    )?;
+    Ok(())
 }
 
 /// A function's labels.
@@ -446,6 +531,20 @@ mod tests {
                     desired: 2,
                     warm: true,
                 }],
+                sources: vec![SourceFigures {
+                    tenant: "default".into(),
+                    function: "hello".into(),
+                    id: "orders".into(),
+                    kind: "redis",
+                    received: 5,
+                    queued: 4,
+                    duplicates: 1,
+                    rejected: 0,
+                    errors: 2,
+                    connected: true,
+                    paused: false,
+                    lag: Some(3),
+                }],
             },
             runtime: RuntimeStats {
                 compilations: 1,
@@ -562,6 +661,24 @@ gust_function_desired_instances{tenant="default",function="hello"} 2
 # HELP gust_function_warm Whether a function's component is in memory (functions scaled to zero are left out).
 # TYPE gust_function_warm gauge
 gust_function_warm{tenant="default",function="hello"} 1
+# HELP gust_source_messages_total Messages an event source took from its broker, by outcome: received, queued (as an event), duplicate (a redelivery recognised by its id), rejected (over the event size limit).
+# TYPE gust_source_messages_total counter
+gust_source_messages_total{tenant="default",function="hello",source="orders",kind="redis",outcome="received"} 5
+gust_source_messages_total{tenant="default",function="hello",source="orders",kind="redis",outcome="queued"} 4
+gust_source_messages_total{tenant="default",function="hello",source="orders",kind="redis",outcome="duplicate"} 1
+gust_source_messages_total{tenant="default",function="hello",source="orders",kind="redis",outcome="rejected"} 0
+# HELP gust_source_errors_total Connections of an event source that failed or ended (it reconnects with backoff).
+# TYPE gust_source_errors_total counter
+gust_source_errors_total{tenant="default",function="hello",source="orders",kind="redis"} 2
+# HELP gust_source_connected Whether an event source is connected to its broker.
+# TYPE gust_source_connected gauge
+gust_source_connected{tenant="default",function="hello",source="orders",kind="redis"} 1
+# HELP gust_source_paused Whether an event source stopped pulling: its function's backlog is at the source's max_backlog, or the tenant at its event_backlog quota.
+# TYPE gust_source_paused gauge
+gust_source_paused{tenant="default",function="hello",source="orders",kind="redis"} 0
+# HELP gust_source_lag Messages waiting at an event source's broker, where the broker reports it (Redis: the group's lag and pending entries).
+# TYPE gust_source_lag gauge
+gust_source_lag{tenant="default",function="hello",source="orders",kind="redis"} 3
 # HELP gust_process_resident_bytes The server's resident memory.
 # TYPE gust_process_resident_bytes gauge
 gust_process_resident_bytes 4096
@@ -610,7 +727,7 @@ gust_invocation_peak_memory_bytes_count 7
         );
         assert!(!text.contains("gust_process_resident_bytes"));
         assert!(!text.contains("gust_attempts_total"));
-        assert!(text.ends_with("gust_function_warm gauge\n"), "{text}");
+        assert!(text.ends_with("gust_source_lag gauge\n"), "{text}");
     }
 
     #[test]

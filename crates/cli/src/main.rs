@@ -18,6 +18,7 @@ mod output;
 mod project;
 mod scale;
 mod schedules;
+mod sources;
 mod telemetry;
 mod up;
 mod usage;
@@ -99,6 +100,8 @@ enum Command {
     Kv(kv::KvArgs),
     /// Run functions on changes in a bucket: add, ls, rm.
     Trigger(kv::TriggerArgs),
+    /// Run functions on messages from brokers, databases and webhooks: add, ls, rm.
+    Source(Box<sources::SourceArgs>),
     /// Tenants (admins): create, ls.
     Tenant(access::TenantArgs),
     /// API tokens of the tenant: create, ls, revoke.
@@ -164,6 +167,7 @@ fn main() -> ExitCode {
             Command::Schedule(args) => schedules::schedule(args).await,
             Command::Kv(args) => kv::kv(args).await,
             Command::Trigger(args) => kv::trigger(args).await,
+            Command::Source(args) => sources::source(*args).await,
             Command::Tenant(args) => access::tenant(args).await,
             Command::Token(args) => access::token(args).await,
             Command::Audit(args) => access::audit(args).await,

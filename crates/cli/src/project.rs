@@ -193,7 +193,7 @@ impl Project {
         bail!("the build `{command}` failed ({}); {next}", out.status)
     }
 
-    /// Makes the function's schedules and triggers those of the manifest:
+    /// Makes the function's schedules, triggers and sources those of the manifest:
     /// each is written under its id; one with a manifest-made id
     /// (`toml-N`) that the manifest no longer has is removed. Others, added
     /// by hand, are left alone.
@@ -223,7 +223,20 @@ impl Project {
                 (id, body)
             })
             .collect();
-        for (kind, wanted) in [("schedules", schedules), ("triggers", triggers)] {
+        let mut sources = Vec::new();
+        for (i, s) in m.sources.iter().enumerate() {
+            let id = manifest::managed_id(s.id.as_deref(), i);
+            let mut spec = s
+                .expand(|name| std::env::var(name).ok())
+                .map_err(|e| anyhow::anyhow!("[[sources]] number {}: {e}", i + 1))?;
+            spec.id = Some(id.clone());
+            sources.push((id, serde_json::to_value(&spec)?));
+        }
+        for (kind, wanted) in [
+            ("schedules", schedules),
+            ("triggers", triggers),
+            ("sources", sources),
+        ] {
             let path = format!("/v1/functions/{name}/{kind}");
             let existing: Vec<serde_json::Value> =
                 api.send(api.request(reqwest::Method::GET, &path)).await?;

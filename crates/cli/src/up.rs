@@ -95,9 +95,15 @@ pub struct UpArgs {
     /// Mint a new admin token at start (for a lost one) and print it.
     #[arg(long)]
     pub new_admin_token: bool,
-    /// Largest payload of an asynchronous invocation, in bytes.
+    /// Largest payload of an asynchronous invocation, in bytes (and of a
+    /// message an event source takes from its broker).
     #[arg(long, default_value_t = 1 << 20)]
     max_event_bytes: u64,
+    /// Event sources of every tenant may connect to private and loopback
+    /// addresses (by default only the default tenant's may: a tenant's
+    /// source could otherwise reach this machine's or network's services).
+    #[arg(long)]
+    sources_private: bool,
     /// Compiling one uploaded component may take this long (wall clock)
     /// before the deploy is refused: a compile bomb costs no more.
     #[arg(long, default_value_t = 60_000)]
@@ -477,6 +483,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|_| gust_store::Lease::new(kv.clone(), "change-feed"));
     ChangeFeed::start(&events, data, feed_lease);
+    let sources = gust_sources::Sources::new(
+        events.clone(),
+        kv.clone(),
+        secrets.clone(),
+        accounts.clone(),
+        gust_sources::SourcesConfig {
+            node: node_id.clone(),
+            max_event_bytes: usize::try_from(args.max_event_bytes).unwrap_or(usize::MAX),
+            shared: nats.is_some(),
+            allow_private: args.sources_private,
+        },
+    );
+    sources.start();
 
     // Signal handlers are installed before the addresses are printed, so a
     // SIGTERM right after start-up still drains and exits 0.
@@ -499,7 +518,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let metrics = {
         let gateway = gateway.clone();
-        Arc::new(move || data_plane_stats(&gateway)) as gust_api::DataPlaneView
+        let sources = sources.stats();
+        Arc::new(move || data_plane_stats(&gateway, &sources)) as gust_api::DataPlaneView
     };
     let scale = {
         let gateway = gateway.clone();
@@ -571,6 +591,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         retention: retention.clone(),
         keep_trace_context: telemetry.tracing()
             && args.trace_client_context == ClientTraceContext::Trust,
+        source_check: Arc::new(move |tenant, function, id, spec| {
+            let sources = sources.clone();
+            Box::pin(async move { sources.check(&tenant, &function, &id, &spec).await })
+        }),
     };
     gust_api::retention::spawn(
         api_state.clone(),
@@ -726,7 +750,10 @@ impl Signals {
 }
 
 /// The data plane's figures for `/metrics`.
-fn data_plane_stats(gateway: &Gateway) -> gust_api::DataPlaneStats {
+fn data_plane_stats(
+    gateway: &Gateway,
+    sources: &gust_sources::SourceStats,
+) -> gust_api::DataPlaneStats {
     let g = gateway.stats();
     let s = gateway.scale_stats();
     gust_api::DataPlaneStats {
@@ -752,6 +779,24 @@ fn data_plane_stats(gateway: &Gateway) -> gust_api::DataPlaneStats {
                     warm,
                 },
             )
+            .collect(),
+        sources: sources
+            .samples()
+            .into_iter()
+            .map(|s| gust_api::SourceFigures {
+                tenant: s.tenant,
+                function: s.function,
+                id: s.id,
+                kind: s.kind,
+                received: s.received,
+                queued: s.queued,
+                duplicates: s.duplicates,
+                rejected: s.rejected,
+                errors: s.errors,
+                connected: s.connected,
+                paused: s.paused,
+                lag: s.lag,
+            })
             .collect(),
     }
 }

@@ -24,6 +24,7 @@ pub mod route;
 pub mod scaling;
 pub mod schedule;
 pub mod series;
+pub mod source;
 pub mod time;
 pub mod usage;
 

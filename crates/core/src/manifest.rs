@@ -30,6 +30,11 @@
 //! [[triggers]]
 //! bucket = "orders"
 //! path = "/on-order"
+//!
+//! [[sources]]            # fields as in `gust source add --help`
+//! kind = "redis"
+//! url = "redis://:${REDIS_PASSWORD}@cache:6379"   # ${NAME}: from the environment at deploy
+//! stream = "orders"
 //! ```
 
 use std::collections::BTreeMap;
@@ -59,6 +64,8 @@ pub struct Manifest {
     pub schedules: Vec<ScheduleSection>,
     #[serde(default)]
     pub triggers: Vec<TriggerSection>,
+    #[serde(default)]
+    pub sources: Vec<crate::source::SourceSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -224,6 +231,24 @@ impl Manifest {
                     i + 1
                 )));
             }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let at = |e: String| ManifestError(format!("[[sources]] number {}: {e}", i + 1));
+            if !ids.insert(managed_id(s.id.as_deref(), i)) {
+                return Err(at("its id is used twice".into()));
+            }
+            // Checked with stand-ins for `${NAME}`s, which are read at deploy.
+            let kind: crate::source::SourceKind = s.kind.parse().map_err(at)?;
+            let stand_in = |_: &str| Some(String::new());
+            let mut checked = s.expand(stand_in).map_err(at)?;
+            if s.url.as_deref().is_some_and(|u| u.contains("${")) {
+                checked.url = Some(kind.example_url().to_string());
+            }
+            if s.secret.as_deref().is_some_and(|u| u.contains("${")) {
+                checked.secret = Some("stand-in".to_string());
+            }
+            checked.validate().map_err(at)?;
         }
         let mut ids = std::collections::HashSet::new();
         for (i, t) in self.triggers.iter().enumerate() {

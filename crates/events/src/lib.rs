@@ -15,6 +15,8 @@ mod dispatcher;
 mod kv_trigger;
 mod retention;
 mod scheduler;
+mod sources;
+mod webhook;
 mod zone;
 
 use std::sync::Arc;
@@ -30,6 +32,8 @@ use serde::{Deserialize, Serialize};
 pub use dispatcher::{AttemptOutcome, Dispatcher, Invoker};
 pub use kv_trigger::{ChangeFeed, KvTriggerRecord};
 pub use scheduler::{ScheduleRecord, Scheduler};
+pub use sources::{SourceMessage, SourceRecord, SourceStatus, seal_context};
+pub use webhook::{Verified, WebhookError, verify as verify_webhook};
 pub use zone::TimeZone;
 
 /// Errors callers branch on.
@@ -45,6 +49,8 @@ pub enum EventsError {
     InvalidSchedule(String),
     #[error("no trigger `{0}`")]
     NoSuchTrigger(String),
+    #[error("no source `{0}` (see `gust source ls`)")]
+    NoSuchSource(String),
     #[error("{0}")]
     InvalidTrigger(String),
     #[error(transparent)]
@@ -100,7 +106,7 @@ pub(crate) fn queue_name(tenant: &TenantId, function: &FunctionName) -> String {
     format!("events/{tenant}/{function}")
 }
 
-fn invocation_key(tenant: &TenantId, id: &str) -> String {
+pub(crate) fn invocation_key(tenant: &TenantId, id: &str) -> String {
     format!("inv/{tenant}/{id}")
 }
 

@@ -47,6 +47,12 @@ pub(crate) enum GatewayError {
     },
     /// A valid token that may not call this function.
     Forbidden(String),
+    /// A webhook request whose signature does not check out.
+    Unsigned(String),
+    /// No webhook source at this address.
+    NoSuchWebhook,
+    /// A webhook endpoint asked with another method than POST.
+    MethodNotAllowed,
     /// Over a tenant quota: the message names it.
     QuotaExceeded {
         message: String,
@@ -106,6 +112,9 @@ impl GatewayError {
             GatewayError::EventToAlias { .. } => StatusCode::BAD_REQUEST,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::Unsigned(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::NoSuchWebhook => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Refused(refusal) => refusal_status(refusal),
             GatewayError::BodyTooLarge { .. } | GatewayError::EventTooLarge { .. } => {
@@ -159,6 +168,18 @@ impl GatewayError {
             ),
             GatewayError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.to_string()),
             GatewayError::Forbidden(why) => (StatusCode::FORBIDDEN, why),
+            GatewayError::Unsigned(why) => (
+                StatusCode::UNAUTHORIZED,
+                format!("the webhook's signature was refused: {why}"),
+            ),
+            GatewayError::NoSuchWebhook => (
+                StatusCode::NOT_FOUND,
+                "no webhook source at this address (see `gust source ls <function>`)".to_string(),
+            ),
+            GatewayError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "a webhook endpoint takes POST only".to_string(),
+            ),
             GatewayError::QuotaExceeded { message, .. } => (StatusCode::TOO_MANY_REQUESTS, message),
             GatewayError::BodyTooLarge { limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -23,6 +23,7 @@ mod metering;
 mod pipeline;
 pub mod scaling;
 pub mod trace;
+mod webhooks;
 
 pub use logs::LogConfig;
 
@@ -146,6 +147,8 @@ struct Shared {
     /// The usage ledger (`None`: metering off, for overhead measurements only).
     meter: Option<gust_meter::Meter>,
     scaler: Arc<scaling::Autoscaler>,
+    /// Opens webhook sources' signing secrets.
+    secrets: Arc<gust_store::SecretBox>,
 }
 
 /// Handle on the log writer, to flush it at shutdown.
@@ -198,7 +201,7 @@ impl Gateway {
             members,
         } = services;
         let catalog = Arc::new(Catalog::new(
-            secrets,
+            secrets.clone(),
             config.tenant_domain.clone(),
             config.public_hosts.clone(),
             members.clone(),
@@ -243,6 +246,7 @@ impl Gateway {
                 buckets,
                 meter,
                 scaler,
+                secrets,
             }),
         };
         (gateway, LogWriter { task, close })

@@ -54,6 +54,9 @@ async fn invoke(
         return Err(GatewayError::Draining);
     }
     let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    if path_and_query.starts_with(crate::webhooks::PREFIX) {
+        return crate::webhooks::receive(shared, request).await;
+    }
     let host = request
         .headers()
         .get(header::HOST)

@@ -24,6 +24,7 @@ mod newcomer;
 mod projects;
 mod retention;
 mod scaling;
+mod sources;
 mod ssrf;
 mod tenants;
 mod tls;

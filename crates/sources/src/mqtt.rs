@@ -1,0 +1,257 @@
+//! MQTT 3.1.1: topic filters subscribed at QoS 1 or 2 in a persistent
+//! session (`clean_session = false`, a client id stable per source), so the
+//! broker keeps what is published while Gust is away. Acknowledgements are
+//! manual: a message's PUBACK (QoS 1) or PUBREC (QoS 2) is sent only after
+//! its event is queued; a crash before that has the broker send it again.
+//!
+//! MQTT gives a message no id that outlives a delivery, so a redelivery
+//! after a crash is a new event (at least once, duplicates possible). The
+//! topic is the subject and the ordering key: messages of one topic are
+//! queued, and delivered, in the order the broker sent them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gust_core::source::SourceSpec;
+use gust_core::{FunctionName, TenantId};
+use gust_events::SourceMessage;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+
+use crate::SourceError;
+use crate::ctx::Ctx;
+use crate::supervisor::host_port;
+
+/// Lanes messages are queued on: one topic always takes the same lane.
+const LANES: usize = 8;
+
+/// The client id of a source's session: stable, so a reconnect (on any
+/// node) resumes it.
+fn client_id(tenant: &TenantId, function: &FunctionName, id: &str) -> String {
+    format!("gust-{tenant}-{function}-{id}")
+}
+
+fn qos(spec: &SourceSpec) -> QoS {
+    match spec.qos {
+        Some(2) => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
+    }
+}
+
+fn options(
+    url: &str,
+    client: String,
+    spec: &SourceSpec,
+    max_event_bytes: usize,
+) -> Result<MqttOptions, SourceError> {
+    let (host, port) = host_port(url, 1883)?;
+    let mut options = MqttOptions::new(client, host, port);
+    options.set_clean_session(false);
+    options.set_manual_acks(true);
+    options.set_keep_alive(Duration::from_secs(30));
+    let inflight = u16::try_from(spec.prefetch()).unwrap_or(u16::MAX);
+    options.set_inflight(inflight.max(1));
+    // Room for the largest event and the packet's own header; a larger
+    // packet ends the connection with a readable error.
+    options.set_max_packet_size(max_event_bytes + 64 * 1024, 64 * 1024);
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        options.set_credentials(decode_percent(user), decode_percent(pass));
+    }
+    Ok(options)
+}
+
+fn decode_percent(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(byte) = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Connects once with the source's session and subscribes, so the broker
+/// keeps messages for it from now on, even before the source first runs.
+pub(crate) async fn prepare(
+    url: &str,
+    spec: &SourceSpec,
+    tenant: &TenantId,
+    function: &FunctionName,
+    id: &str,
+) -> Result<(), SourceError> {
+    let options = options(url, client_id(tenant, function, id), spec, 1 << 20)?;
+    let (client, mut events) = AsyncClient::new(options, 16);
+    for topic in &spec.topics {
+        client
+            .subscribe(topic.clone(), qos(spec))
+            .await
+            .map_err(SourceError::broker)?;
+    }
+    let mut acked = 0;
+    loop {
+        match events.poll().await.map_err(describe)? {
+            Event::Incoming(Packet::SubAck(ack)) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    return Err(SourceError::Broker(
+                        "the broker refused a subscription (check the topic filters and the user's ACL)".into(),
+                    ));
+                }
+                acked += 1;
+                if acked == spec.topics.len() {
+                    break;
+                }
+            }
+            // A message already waiting stays with the broker: not acknowledged.
+            _ => continue,
+        }
+    }
+    let _ = client.disconnect().await;
+    // Let the DISCONNECT go out.
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        while events.poll().await.is_ok() {}
+    })
+    .await;
+    Ok(())
+}
+
+fn describe(e: rumqttc::ConnectionError) -> SourceError {
+    match e {
+        rumqttc::ConnectionError::ConnectionRefused(code) => SourceError::Broker(format!(
+            "the broker refused the connection ({code:?}): check the user name and password in the source's url"
+        )),
+        other => SourceError::Broker(format!("mqtt: {other}")),
+    }
+}
+
+pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
+    let record = &ctx.record;
+    let spec = &record.spec;
+    let options = options(
+        &ctx.url,
+        client_id(&record.tenant, &record.function, &record.id),
+        spec,
+        ctx.max_event_bytes,
+    )?;
+    let cap = spec.prefetch() as usize;
+    let (client, events) = AsyncClient::new(options, cap.max(16));
+    let broker = gust_core::source::redact_url(&ctx.url)
+        .trim_end_matches('/')
+        .to_string();
+    // Each lane queues its messages in order and acknowledges each after.
+    let mut lanes = Vec::with_capacity(LANES);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..LANES {
+        let (tx, mut rx) = mpsc::channel::<Publish>(cap.max(1));
+        lanes.push(tx);
+        let ctx = ctx.clone();
+        let client = client.clone();
+        let broker = broker.clone();
+        workers.spawn(async move {
+            while let Some(publish) = rx.recv().await {
+                ctx.room().await?;
+                let message = SourceMessage {
+                    id: None,
+                    ty: "dev.gust.mqtt.message".to_string(),
+                    source: format!("{broker}/{}", publish.topic),
+                    subject: Some(publish.topic.clone()),
+                    ordering_key: Some(publish.topic.clone()),
+                    content_type: None,
+                    data: publish.payload.to_vec(),
+                };
+                ctx.submit(message).await?;
+                client.ack(&publish).await.map_err(SourceError::broker)?;
+            }
+            Ok::<(), SourceError>(())
+        });
+    }
+    let polling = poll(ctx, client.clone(), events, lanes);
+    tokio::select! {
+        result = polling => result,
+        Some(done) = workers.join_next() => match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(SourceError::Broker(e.to_string())),
+        },
+    }
+}
+
+/// Drives the connection: (re)subscribes when the broker has no session
+/// for this client, and hands each message to its topic's lane.
+async fn poll(
+    ctx: &Arc<Ctx>,
+    client: AsyncClient,
+    mut events: EventLoop,
+    lanes: Vec<mpsc::Sender<Publish>>,
+) -> Result<(), SourceError> {
+    let spec = &ctx.record.spec;
+    loop {
+        match events.poll().await.map_err(describe)? {
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                if !ack.session_present {
+                    for topic in &spec.topics {
+                        client
+                            .subscribe(topic.clone(), qos(spec))
+                            .await
+                            .map_err(SourceError::broker)?;
+                    }
+                }
+                ctx.set_state("connected", None).await;
+            }
+            Event::Incoming(Packet::Publish(publish)) => {
+                let lane = lane_of(&publish.topic);
+                lanes[lane]
+                    .send(publish)
+                    .await
+                    .map_err(|_| SourceError::Broker("a lane stopped".into()))?;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A topic's lane: always the same one, so its messages stay in order.
+fn lane_of(topic: &str) -> usize {
+    let hash = topic.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % LANES as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_from_the_url() {
+        let spec = SourceSpec {
+            kind: "mqtt".into(),
+            topics: vec!["a/#".into()],
+            ..Default::default()
+        };
+        let options = options("mqtt://dev%40x:p%3Aw@broker:1884", "c".into(), &spec, 1024).unwrap();
+        assert_eq!(options.broker_address(), ("broker".to_string(), 1884));
+        let login = options.credentials().unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("dev@x", "p:w")
+        );
+        assert!(!options.clean_session());
+    }
+}
