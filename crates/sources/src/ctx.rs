@@ -155,6 +155,15 @@ impl Ctx {
     }
 }
 
+/// Which of `lanes` a key's messages go to: always the same one, so they
+/// stay in order, while other keys' are queued beside them.
+pub(crate) fn lane_of(key: &str, lanes: usize) -> usize {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % lanes.max(1) as u64) as usize
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -21,6 +21,7 @@
 
 mod ctx;
 mod mqtt;
+mod nats;
 mod redis_streams;
 mod stats;
 mod supervisor;

@@ -19,7 +19,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
 use crate::SourceError;
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, lane_of};
 use crate::supervisor::host_port;
 
 /// Lanes messages are queued on: one topic always takes the same lane.
@@ -215,7 +215,7 @@ async fn poll(
                 ctx.set_state("connected", None).await;
             }
             Event::Incoming(Packet::Publish(publish)) => {
-                let lane = lane_of(&publish.topic);
+                let lane = lane_of(&publish.topic, LANES);
                 lanes[lane]
                     .send(publish)
                     .await
@@ -224,14 +224,6 @@ async fn poll(
             _ => {}
         }
     }
-}
-
-/// A topic's lane: always the same one, so its messages stay in order.
-fn lane_of(topic: &str) -> usize {
-    let hash = topic.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    (hash % LANES as u64) as usize
 }
 
 #[cfg(test)]

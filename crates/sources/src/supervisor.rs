@@ -227,6 +227,7 @@ impl Sources {
             match kind {
                 SourceKind::Redis => crate::redis_streams::prepare(url, spec).await,
                 SourceKind::Mqtt => crate::mqtt::prepare(url, spec, tenant, function, id).await,
+                SourceKind::Nats => crate::nats::prepare(url, spec, function, id).await,
                 other => Err(SourceError::Config(format!(
                     "{other} sources are not available in this build"
                 ))),
@@ -248,6 +249,7 @@ async fn connect(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     match ctx.record.kind {
         SourceKind::Redis => crate::redis_streams::run(ctx).await,
         SourceKind::Mqtt => crate::mqtt::run(ctx).await,
+        SourceKind::Nats => crate::nats::run(ctx).await,
         other => Err(SourceError::Config(format!(
             "{other} sources are not available in this build"
         ))),

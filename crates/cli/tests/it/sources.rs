@@ -171,6 +171,24 @@ impl Broker {
         Some(Broker::start(command, port, dir))
     }
 
+    /// A `nats-server` with JetStream (the pinned one the cluster tests use).
+    fn nats() -> Option<Broker> {
+        let binary = gust_store_nats::testkit::require()?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let command = vec![
+            binary.to_string_lossy().into_owned(),
+            "-js".into(),
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-sd".into(),
+            dir.path().to_string_lossy().into_owned(),
+        ];
+        Some(Broker::start(command, port, dir))
+    }
+
     fn start(command: Vec<String>, port: u16, dir: tempfile::TempDir) -> Broker {
         let mut broker = Broker {
             child: None,
@@ -879,4 +897,101 @@ async fn a_tenants_source_reaches_no_private_address_and_no_other_tenants_source
             .status(),
         404
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_jetstream_messages_survive_a_kill_9_and_core_subjects_arrive_at_most_once() {
+    let Some(broker) = Broker::nats() else {
+        return;
+    };
+    let url = format!("nats://127.0.0.1:{}", broker.port);
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    deploy_collector(&server, "orders");
+    // A stream that does not exist is refused when added.
+    let refused = server.gust(&[
+        "source", "add", "orders", "--kind", "nats", "--url", &url, "--stream", "NOPE", "--topic",
+        "x.>",
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("NOPE"));
+    server.gust_json(&[
+        "source", "add", "orders", "--kind", "nats", "--url", &url, "--stream", "ORDERS",
+        "--topic", "orders.>", "--path", "/collect", "--id", "js",
+    ]);
+    let publish = |from: u32, to: u32| {
+        let js = js.clone();
+        async move {
+            for n in from..to {
+                let subject = format!("orders.{}", n % 4);
+                js.publish(subject, format!("{n}").into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    publish(0, 150).await;
+    collected_until(&server, "orders", Duration::from_secs(30), |r| r.len() >= 40).await;
+    server.kill9();
+    publish(150, 300).await;
+    let server = Server::start_in(dir.path(), &[]);
+    let records = collected_until(&server, "orders", Duration::from_secs(60), |r| {
+        let seen: BTreeSet<&str> = r.iter().map(|c| c.body.as_str()).collect();
+        (0..300).all(|n| seen.contains(n.to_string().as_str()))
+    })
+    .await;
+    let mut by_id: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for r in &records {
+        by_id.entry(r.id.as_str()).or_default().push(r.attempt);
+    }
+    assert_eq!(by_id.len(), 300, "one event per stream sequence");
+    for (id, attempts) in &by_id {
+        let distinct: BTreeSet<&u64> = attempts.iter().collect();
+        assert_eq!(distinct.len(), attempts.len(), "{id} queued twice");
+    }
+    // Per subject, in the order published.
+    for s in 0..4 {
+        let seen: Vec<u32> = records
+            .iter()
+            .filter(|r| r.subject == format!("orders.{s}") && r.attempt == 1)
+            .map(|r| r.body.parse().unwrap())
+            .collect();
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(seen, sorted, "orders.{s} out of order");
+    }
+    assert!(records[0].ty == "dev.gust.nats.message");
+
+    // Core NATS: what is published while connected arrives (at most once).
+    server.gust_json(&[
+        "source", "add", "orders", "--kind", "nats", "--url", &url, "--topic", "pings", "--path",
+        "/collect", "--id", "core",
+    ]);
+    Server::eventually(Duration::from_secs(10), || async {
+        let listed = server.gust_json(&["source", "ls", "orders"]);
+        let core = listed.as_array()?.iter().find(|s| s["id"] == "core")?.clone();
+        (core["status"]["state"] == "connected").then_some(())
+    })
+    .await
+    .expect("the core subscription connects");
+    for n in 0..10 {
+        client.publish("pings", format!("ping {n}").into()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    collected_until(&server, "orders", Duration::from_secs(20), |r| {
+        r.iter().filter(|c| c.body.starts_with("ping")).count() == 10
+    })
+    .await;
 }
