@@ -19,6 +19,7 @@
 //! Owns no storage of its own and must not depend on the gateway, the API
 //! or wasm: events go through `gust-events` like every other trigger.
 
+mod amqp;
 mod ctx;
 mod mqtt;
 mod nats;

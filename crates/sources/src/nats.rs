@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt as _;
-use gust_core::source::SourceSpec;
 use gust_core::FunctionName;
+use gust_core::source::SourceSpec;
 use gust_events::SourceMessage;
 use tokio::sync::mpsc;
 
@@ -81,7 +81,9 @@ async fn consumer(
     stream
         .get_or_create_consumer(&name, consumer_config(spec, name.clone()))
         .await
-        .map_err(|e| SourceError::Broker(format!("durable consumer `{name}` on `{stream_name}`: {e}")))
+        .map_err(|e| {
+            SourceError::Broker(format!("durable consumer `{name}` on `{stream_name}`: {e}"))
+        })
 }
 
 /// Checks the server answers; with a stream, makes the durable consumer
@@ -108,7 +110,8 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
         .to_string();
     match &spec.stream {
         Some(stream) => {
-            let consumer = consumer(&client, spec, durable(spec, &record.function, &record.id)).await?;
+            let consumer =
+                consumer(&client, spec, durable(spec, &record.function, &record.id)).await?;
             jetstream_loop(ctx, consumer, &broker, stream).await
         }
         None => core_loop(ctx, &client, &broker).await,

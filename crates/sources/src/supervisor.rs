@@ -228,6 +228,7 @@ impl Sources {
                 SourceKind::Redis => crate::redis_streams::prepare(url, spec).await,
                 SourceKind::Mqtt => crate::mqtt::prepare(url, spec, tenant, function, id).await,
                 SourceKind::Nats => crate::nats::prepare(url, spec, function, id).await,
+                SourceKind::Amqp => crate::amqp::prepare(url, spec).await,
                 other => Err(SourceError::Config(format!(
                     "{other} sources are not available in this build"
                 ))),
@@ -250,6 +251,7 @@ async fn connect(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
         SourceKind::Redis => crate::redis_streams::run(ctx).await,
         SourceKind::Mqtt => crate::mqtt::run(ctx).await,
         SourceKind::Nats => crate::nats::run(ctx).await,
+        SourceKind::Amqp => crate::amqp::run(ctx).await,
         other => Err(SourceError::Config(format!(
             "{other} sources are not available in this build"
         ))),

@@ -105,6 +105,20 @@ fn installed(binary: &str) -> Option<String> {
     }
 }
 
+/// The machine's service on `port`, or `None` after saying why the test is
+/// skipped (in CI: a failure).
+fn service(name: &str, port: u16) -> Option<()> {
+    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        return Some(());
+    }
+    let why = format!("{name} is not running on 127.0.0.1:{port}");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}; CI needs it");
+    }
+    eprintln!("skipped: {why}");
+    None
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -942,7 +956,10 @@ async fn nats_jetstream_messages_survive_a_kill_9_and_core_subjects_arrive_at_mo
         }
     };
     publish(0, 150).await;
-    collected_until(&server, "orders", Duration::from_secs(30), |r| r.len() >= 40).await;
+    collected_until(&server, "orders", Duration::from_secs(30), |r| {
+        r.len() >= 40
+    })
+    .await;
     server.kill9();
     publish(150, 300).await;
     let server = Server::start_in(dir.path(), &[]);
@@ -981,17 +998,166 @@ async fn nats_jetstream_messages_survive_a_kill_9_and_core_subjects_arrive_at_mo
     ]);
     Server::eventually(Duration::from_secs(10), || async {
         let listed = server.gust_json(&["source", "ls", "orders"]);
-        let core = listed.as_array()?.iter().find(|s| s["id"] == "core")?.clone();
+        let core = listed
+            .as_array()?
+            .iter()
+            .find(|s| s["id"] == "core")?
+            .clone();
         (core["status"]["state"] == "connected").then_some(())
     })
     .await
     .expect("the core subscription connects");
     for n in 0..10 {
-        client.publish("pings", format!("ping {n}").into()).await.unwrap();
+        client
+            .publish("pings", format!("ping {n}").into())
+            .await
+            .unwrap();
     }
     client.flush().await.unwrap();
     collected_until(&server, "orders", Duration::from_secs(20), |r| {
         r.iter().filter(|c| c.body.starts_with("ping")).count() == 10
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rabbitmq_messages_are_acknowledged_only_once_queued_and_survive_a_kill_9() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    if service("RabbitMQ", 5672).is_none() {
+        return;
+    }
+    let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = format!(
+        "gust-test-{}-{}",
+        std::process::id(),
+        crate::harness::now_ms()
+    );
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                auto_delete: false,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let publish = |from: u32, to: u32| {
+        let channel = channel.clone();
+        let queue = queue.clone();
+        async move {
+            for n in from..to {
+                let properties = lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(format!("m-{n}").into());
+                channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        format!("{n}").as_bytes(),
+                        properties,
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    deploy_collector(&server, "jobs");
+    // A queue that does not exist, or a wrong password: refused with why.
+    let refused = server.gust(&[
+        "source",
+        "add",
+        "jobs",
+        "--kind",
+        "amqp",
+        "--url",
+        url,
+        "--queue",
+        "no-such-queue",
+    ]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no-such-queue"));
+    let refused = server.gust(&[
+        "source",
+        "add",
+        "jobs",
+        "--kind",
+        "amqp",
+        "--url",
+        "amqp://guest:wrong@127.0.0.1:5672/%2f",
+        "--queue",
+        &queue,
+    ]);
+    assert!(!refused.status.success());
+    let added = server.gust_json(&[
+        "source",
+        "add",
+        "jobs",
+        "--kind",
+        "amqp",
+        "--url",
+        url,
+        "--queue",
+        &queue,
+        "--prefetch",
+        "8",
+        "--path",
+        "/collect",
+        "--id",
+        "rmq",
+    ]);
+    assert_eq!(added["spec"]["url"], "amqp://guest:***@127.0.0.1:5672/%2f");
+    publish(0, 150).await;
+    collected_until(&server, "jobs", Duration::from_secs(30), |r| r.len() >= 30).await;
+    server.kill9();
+    publish(150, 250).await;
+    let server = Server::start_in(dir.path(), &[]);
+    let records = collected_until(&server, "jobs", Duration::from_secs(60), |r| {
+        let seen: BTreeSet<&str> = r.iter().map(|c| c.id.as_str()).collect();
+        (0..250).all(|n| seen.contains(format!("m-{n}").as_str()))
+    })
+    .await;
+    let mut by_id: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for r in &records {
+        by_id.entry(r.id.as_str()).or_default().push(r.attempt);
+    }
+    for (id, attempts) in &by_id {
+        let distinct: BTreeSet<&u64> = attempts.iter().collect();
+        assert_eq!(distinct.len(), attempts.len(), "{id} queued twice");
+    }
+    assert!(records.iter().all(|r| r.ty == "dev.gust.amqp.message"));
+    // Every message acknowledged: the queue is empty.
+    let left = Server::eventually(Duration::from_secs(10), || async {
+        let q = channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        (q.message_count() == 0).then_some(())
+    })
+    .await;
+    assert!(left.is_some(), "messages left unacknowledged");
+    let _ = channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
 }

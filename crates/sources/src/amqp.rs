@@ -1,0 +1,172 @@
+//! AMQP 0-9-1 (RabbitMQ): a queue consumed with manual acknowledgements
+//! and a prefetch of `prefetch` (`basic.qos`): the broker sends no more
+//! than that many unacknowledged messages, and one whose channel closes
+//! before its ack (a crash, a lost connection) goes back to the queue and
+//! comes again, flagged redelivered.
+//!
+//! The event id is the message's `message-id` property when the publisher
+//! set one (then a redelivery is recognised and queued once); otherwise each
+//! delivery is a new event. The routing key is the subject and ordering
+//! key: messages of one routing key are queued, and delivered, in the
+//! order the broker sent them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use gust_core::source::SourceSpec;
+use gust_core::{FunctionName, TenantId};
+use gust_events::SourceMessage;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::mpsc;
+
+use crate::SourceError;
+use crate::ctx::{Ctx, lane_of};
+
+const LANES: usize = 8;
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+async fn connect(url: &str) -> Result<Connection, SourceError> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .map_err(|_| {
+        SourceError::Broker(format!(
+            "{} did not answer",
+            gust_core::source::redact_url(url)
+        ))
+    })?
+    .map_err(|e| SourceError::Broker(format!("{}: {e}", gust_core::source::redact_url(url))))
+}
+
+/// The queue as the broker has it (it must exist: Gust declares none).
+async fn queue(channel: &lapin::Channel, name: &str) -> Result<lapin::Queue, SourceError> {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| SourceError::Broker(format!("queue `{name}`: {e}")))
+}
+
+/// Checks the broker answers with these credentials and the queue exists.
+pub(crate) async fn prepare(url: &str, spec: &SourceSpec) -> Result<(), SourceError> {
+    let connection = connect(url).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(SourceError::broker)?;
+    queue(&channel, spec.queue.as_deref().unwrap_or_default()).await?;
+    let _ = connection.close(200, "checked".into()).await;
+    Ok(())
+}
+
+fn consumer_tag(tenant: &TenantId, function: &FunctionName, id: &str) -> String {
+    format!("gust-{tenant}-{function}-{id}")
+}
+
+pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
+    let record = &ctx.record;
+    let spec = &record.spec;
+    let name = spec.queue.clone().unwrap_or_default();
+    let connection = connect(&ctx.url).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(SourceError::broker)?;
+    let prefetch = u16::try_from(spec.prefetch()).unwrap_or(u16::MAX);
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(SourceError::broker)?;
+    queue(&channel, &name).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            name.as_str().into(),
+            consumer_tag(&record.tenant, &record.function, &record.id).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| SourceError::Broker(format!("consuming `{name}`: {e}")))?;
+    ctx.set_state("connected", None).await;
+    let broker = gust_core::source::redact_url(&ctx.url)
+        .trim_end_matches('/')
+        .to_string();
+    let cap = usize::from(prefetch).max(1);
+    let mut lanes = Vec::with_capacity(LANES);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..LANES {
+        let (tx, mut rx) = mpsc::channel::<lapin::message::Delivery>(cap);
+        lanes.push(tx);
+        let ctx = ctx.clone();
+        let source = format!("{broker}/{name}");
+        workers.spawn(async move {
+            while let Some(delivery) = rx.recv().await {
+                ctx.room().await?;
+                let routing_key = delivery.routing_key.to_string();
+                let properties = &delivery.properties;
+                ctx.submit(SourceMessage {
+                    id: properties.message_id().as_ref().map(|id| id.to_string()),
+                    ty: "dev.gust.amqp.message".to_string(),
+                    source: source.clone(),
+                    subject: Some(routing_key.clone()),
+                    ordering_key: Some(routing_key),
+                    content_type: properties.content_type().as_ref().map(|c| c.to_string()),
+                    data: delivery.data.clone(),
+                })
+                .await?;
+                // `false`: the channel this delivery came on is gone; the
+                // broker sends the message again on the next one.
+                let acked = delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map_err(|e| SourceError::Broker(format!("acknowledging: {e}")))?;
+                if !acked {
+                    return Err(SourceError::Broker(
+                        "the channel closed before an acknowledgement".into(),
+                    ));
+                }
+            }
+            Ok::<(), SourceError>(())
+        });
+    }
+    let mut lag_tick = tokio::time::interval(LAG_EVERY);
+    loop {
+        tokio::select! {
+            next = deliveries.next() => match next {
+                Some(Ok(delivery)) => {
+                    let lane = lane_of(delivery.routing_key.as_str(), LANES);
+                    lanes[lane]
+                        .send(delivery)
+                        .await
+                        .map_err(|_| SourceError::Broker("a lane stopped".into()))?;
+                }
+                Some(Err(e)) => return Err(SourceError::Broker(format!("amqp: {e}"))),
+                None => return Err(SourceError::Broker("the broker cancelled the consumer".into())),
+            },
+            Some(done) = workers.join_next() => {
+                return match done {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(SourceError::Broker(e.to_string())),
+                };
+            }
+            _ = lag_tick.tick() => {
+                if let Ok(queue) = queue(&channel, &name).await {
+                    ctx.counters.lag.store(u64::from(queue.message_count()), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
