@@ -23,6 +23,8 @@ mod amqp;
 mod ctx;
 mod mqtt;
 mod nats;
+mod pgwire;
+mod postgres;
 mod redis_streams;
 mod stats;
 mod supervisor;

@@ -113,6 +113,9 @@ impl Sources {
                 run.task.abort();
                 self.stats.forget(key);
             }
+            if !wanted.contains_key(key) {
+                self.removed(&run.record);
+            }
             keep
         });
         for (key, record) in wanted.drain() {
@@ -126,6 +129,26 @@ impl Sources {
             });
             running.insert(key, Running { record, task });
         }
+    }
+
+    /// Cleans up after a removed source: a PostgreSQL slot it made.
+    fn removed(&self, record: &SourceRecord) {
+        if record.kind != SourceKind::Postgres {
+            return;
+        }
+        let context = seal_context(&record.tenant, &record.function, &record.id, "url");
+        let Ok(url) = self
+            .secrets
+            .open(&context, record.spec.url.as_deref().unwrap_or_default())
+        else {
+            return;
+        };
+        tokio::spawn(crate::postgres::drop_default_slot(
+            url,
+            record.spec.clone(),
+            record.function.clone(),
+            record.id.clone(),
+        ));
     }
 
     /// Runs one source: under its lease in a cluster, reconnecting with
@@ -229,9 +252,8 @@ impl Sources {
                 SourceKind::Mqtt => crate::mqtt::prepare(url, spec, tenant, function, id).await,
                 SourceKind::Nats => crate::nats::prepare(url, spec, function, id).await,
                 SourceKind::Amqp => crate::amqp::prepare(url, spec).await,
-                other => Err(SourceError::Config(format!(
-                    "{other} sources are not available in this build"
-                ))),
+                SourceKind::Postgres => crate::postgres::prepare(url, spec, function, id).await,
+                SourceKind::Webhook => Ok(()),
             }
         })
         .await;
@@ -252,9 +274,10 @@ async fn connect(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
         SourceKind::Mqtt => crate::mqtt::run(ctx).await,
         SourceKind::Nats => crate::nats::run(ctx).await,
         SourceKind::Amqp => crate::amqp::run(ctx).await,
-        other => Err(SourceError::Config(format!(
-            "{other} sources are not available in this build"
-        ))),
+        SourceKind::Postgres => crate::postgres::run(ctx).await,
+        SourceKind::Webhook => Err(SourceError::Config(
+            "a webhook source takes requests; it has no connection".into(),
+        )),
     }
 }
 

@@ -1161,3 +1161,204 @@ async fn rabbitmq_messages_are_acknowledged_only_once_queued_and_survive_a_kill_
         .queue_delete(queue.as_str().into(), Default::default())
         .await;
 }
+
+/// `psql` on the machine's PostgreSQL (`test` database, as `postgres`).
+fn psql(sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-Atc",
+            sql,
+        ])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_row_changes_arrive_in_order_per_row_and_survive_a_kill_9() {
+    if service("PostgreSQL", 5432).is_none() || installed("psql").is_none() {
+        return;
+    }
+    let level = psql("SHOW wal_level");
+    if level != "logical" {
+        let why = format!("PostgreSQL has wal_level = {level}, not logical (.ci/run sets it)");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tag = format!("{}_{}", std::process::id(), crate::harness::now_ms());
+    let (table, publication, role) = (
+        format!("gust_t_{tag}"),
+        format!("gust_p_{tag}"),
+        format!("gust_r_{tag}"),
+    );
+    psql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, note text); ALTER TABLE {table} REPLICA IDENTITY FULL; CREATE PUBLICATION {publication} FOR TABLE {table}; CREATE ROLE {role} LOGIN"
+    ));
+    let url = "postgres://postgres@127.0.0.1:5432/test";
+    let source_id = format!("cdc-{}", tag.replace('_', "-"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    deploy_collector(&server, "rows");
+    // What the database lacks is said when the source is added.
+    let refused = server.gust(&[
+        "source",
+        "add",
+        "rows",
+        "--kind",
+        "postgres",
+        "--url",
+        url,
+        "--publication",
+        "nope",
+    ]);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("no publication `nope`"), "{why}");
+    let norepl = format!("postgres://{role}@127.0.0.1:5432/test");
+    let refused = server.gust(&[
+        "source",
+        "add",
+        "rows",
+        "--kind",
+        "postgres",
+        "--url",
+        &norepl,
+        "--publication",
+        &publication,
+    ]);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("WITH REPLICATION"), "{why}");
+    server.gust_json(&[
+        "source",
+        "add",
+        "rows",
+        "--kind",
+        "postgres",
+        "--url",
+        url,
+        "--publication",
+        &publication,
+        "--path",
+        "/collect",
+        "--id",
+        &source_id,
+    ]);
+    let slot = format!("gust_rows_{}", source_id.replace('-', "_"));
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        )),
+        "1",
+        "the slot is made when the source is added"
+    );
+    // Twenty rows, each updated three times, five deleted: 85 changes.
+    let mut sql = String::new();
+    for id in 1..=20 {
+        sql.push_str(&format!("INSERT INTO {table} VALUES ({id}, 'v0');"));
+    }
+    psql(&sql);
+    for v in 1..=3 {
+        psql(&format!("UPDATE {table} SET note = 'v{v}'"));
+    }
+    psql(&format!("DELETE FROM {table} WHERE id <= 5"));
+    let records =
+        collected_until(&server, "rows", Duration::from_secs(30), |r| r.len() >= 85).await;
+    assert_eq!(records.len(), 85);
+    for id in 1..=20 {
+        let subject = format!("public.{table}/{id}");
+        let ops: Vec<String> = records
+            .iter()
+            .filter(|r| r.subject == subject)
+            .map(|r| {
+                let data: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                let note = data["new"]["note"].as_str().unwrap_or("-").to_string();
+                format!("{}:{note}", r.ty.trim_start_matches("dev.gust.postgres."))
+            })
+            .collect();
+        let mut expected = vec!["insert:v0", "update:v1", "update:v2", "update:v3"];
+        if id <= 5 {
+            expected.push("delete:-");
+        }
+        assert_eq!(ops, expected, "row {id}");
+    }
+    let update = records
+        .iter()
+        .find(|r| r.ty == "dev.gust.postgres.update")
+        .unwrap();
+    let data: serde_json::Value = serde_json::from_str(&update.body).unwrap();
+    assert_eq!(data["table"], format!("public.{table}"));
+    assert!(
+        data["old"]["note"].is_string() && data["key"]["id"].is_i64(),
+        "{data}"
+    );
+
+    // Rows committed while gust is killed and started again: none lost,
+    // none queued twice.
+    let writer = {
+        let table = table.clone();
+        std::thread::spawn(move || {
+            for batch in 0..28 {
+                let from = 21 + batch * 10;
+                psql(&format!(
+                    "INSERT INTO {table} SELECT g, 'bulk' FROM generate_series({from}, {}) g",
+                    from + 9
+                ));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    collected_until(&server, "rows", Duration::from_secs(30), |r| r.len() >= 120).await;
+    server.kill9();
+    writer.join().unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    let records = collected_until(&server, "rows", Duration::from_secs(60), |r| {
+        let inserted: BTreeSet<&str> = r
+            .iter()
+            .filter(|c| c.ty == "dev.gust.postgres.insert")
+            .map(|c| c.subject.as_str())
+            .collect();
+        inserted.len() >= 300
+    })
+    .await;
+    let mut by_id: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for r in &records {
+        by_id.entry(r.id.as_str()).or_default().push(r.attempt);
+    }
+    assert_eq!(by_id.len(), 85 + 280, "one event per change");
+    for (id, attempts) in &by_id {
+        let distinct: BTreeSet<&u64> = attempts.iter().collect();
+        assert_eq!(distinct.len(), attempts.len(), "{id} queued twice");
+    }
+
+    // Removed: its slot goes too (a slot nobody reads keeps WAL).
+    assert!(
+        server
+            .gust(&["source", "rm", "rows", &source_id])
+            .status
+            .success()
+    );
+    let gone = Server::eventually(Duration::from_secs(20), || async {
+        (psql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        )) == "0")
+            .then_some(())
+    })
+    .await;
+    psql(&format!(
+        "DROP PUBLICATION {publication}; DROP TABLE {table}; DROP ROLE {role}"
+    ));
+    assert!(gone.is_some(), "the slot was not dropped");
+}
