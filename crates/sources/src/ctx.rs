@@ -3,7 +3,7 @@
 //! limit, backpressure, counting, the state written on each change.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gust_events::{Events, SourceMessage, SourceRecord, SourceStatus};
@@ -30,6 +30,9 @@ pub(crate) struct Ctx {
     /// The last state written, and the queue depth last seen with when.
     state: Mutex<(String, Option<String>)>,
     depth: Mutex<Option<(Instant, u64)>>,
+    /// Events queued since the depth was last read (counted in, so a
+    /// cached depth never lets a burst through).
+    queued_since: AtomicU64,
 }
 
 impl Ctx {
@@ -52,6 +55,7 @@ impl Ctx {
             node,
             state: Mutex::new((String::new(), None)),
             depth: Mutex::new(None),
+            queued_since: AtomicU64::new(0),
         }
     }
 
@@ -115,8 +119,9 @@ impl Ctx {
         if let Some((at, depth)) = *cached
             && at.elapsed() < DEPTH_EVERY
         {
-            return Ok(depth);
+            return Ok(depth + self.queued_since.load(Ordering::Relaxed));
         }
+        self.queued_since.store(0, Ordering::Relaxed);
         let depth = self
             .events
             .queued(&self.record.tenant, &self.record.function)
@@ -148,6 +153,7 @@ impl Ctx {
             .await?
         {
             self.counters.queued.fetch_add(1, Ordering::Relaxed);
+            self.queued_since.fetch_add(1, Ordering::Relaxed);
         } else {
             self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
         }

@@ -197,7 +197,7 @@ impl Conn {
                 let len =
                     i32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]);
                 let len = usize::try_from(len).map_err(|_| broker("a bad message length"))?;
-                if len < 4 || len > (1 << 30) {
+                if !(4..=(1 << 30)).contains(&len) {
                     return Err(broker("a bad message length"));
                 }
                 if self.read.len() > len {
