@@ -38,18 +38,69 @@ pub enum UsageOutcome {
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     Http,
+    /// An event sent over HTTP or the API, a schedule's tick, a KV change.
     Event,
     /// Another function of the tenant called it (`http://gust.internal/…`).
     Call,
+    /// An event from a signed webhook source.
+    Webhook,
+    /// An event from an MQTT source.
+    Mqtt,
+    /// An event from a NATS source.
+    Nats,
+    /// An event from an AMQP (RabbitMQ) source.
+    Amqp,
+    /// An event from a Redis Streams source.
+    Redis,
+    /// An event from a PostgreSQL change data capture source.
+    Postgres,
 }
 
 impl Trigger {
-    /// As it is written in records: `http`, `event`, `call`.
+    pub const ALL: [Trigger; 9] = [
+        Trigger::Http,
+        Trigger::Event,
+        Trigger::Call,
+        Trigger::Webhook,
+        Trigger::Mqtt,
+        Trigger::Nats,
+        Trigger::Amqp,
+        Trigger::Redis,
+        Trigger::Postgres,
+    ];
+
+    /// As it is written in records: `http`, `event`, `call`, or an event
+    /// source's kind.
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Http => "http",
             Trigger::Event => "event",
             Trigger::Call => "call",
+            Trigger::Webhook => "webhook",
+            Trigger::Mqtt => "mqtt",
+            Trigger::Nats => "nats",
+            Trigger::Amqp => "amqp",
+            Trigger::Redis => "redis",
+            Trigger::Postgres => "postgres",
+        }
+    }
+
+    /// The trigger of an event of CloudEvents `type` `ty`: an event
+    /// source's kind for the types sources give (`dev.gust.<kind>.…`),
+    /// else [`Trigger::Event`].
+    pub fn of_event_type(ty: &str) -> Trigger {
+        let kind = ty
+            .strip_prefix("dev.gust.")
+            .and_then(|rest| rest.split('.').next())
+            .unwrap_or_default();
+        match kind {
+            "webhook" => Trigger::Webhook,
+            "mqtt" => Trigger::Mqtt,
+            "nats" => Trigger::Nats,
+            "amqp" => Trigger::Amqp,
+            "redis" => Trigger::Redis,
+            "postgres" => Trigger::Postgres,
+            _ => Trigger::Event,
         }
     }
 }
@@ -277,6 +328,24 @@ pub fn price_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_of_a_source_are_metered_as_its_kind() {
+        assert_eq!(
+            Trigger::of_event_type("dev.gust.mqtt.message"),
+            Trigger::Mqtt
+        );
+        assert_eq!(
+            Trigger::of_event_type("dev.gust.postgres.update"),
+            Trigger::Postgres
+        );
+        assert_eq!(Trigger::of_event_type("dev.gust.kv.put"), Trigger::Event);
+        assert_eq!(Trigger::of_event_type("com.example.order"), Trigger::Event);
+        for t in Trigger::ALL {
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+        }
+    }
 
     #[test]
     fn attempt_keys_read_as_formatting_would_write_them() {

@@ -161,7 +161,7 @@ impl Invoker for Gateway {
         let metered = metering::Attempt {
             id,
             attempt,
-            trigger: Trigger::Event,
+            trigger: Trigger::of_event_type(&envelope.ty),
             request_bytes: envelope.data.len() as u64,
             fault: None,
             depth: envelope.depth,

@@ -91,6 +91,12 @@ pub fn encode_to(record: &UsageRecord, out: &mut [u8]) {
             Trigger::Http => 0,
             Trigger::Event => 1,
             Trigger::Call => 2,
+            Trigger::Webhook => 3,
+            Trigger::Mqtt => 4,
+            Trigger::Nats => 5,
+            Trigger::Amqp => 6,
+            Trigger::Redis => 7,
+            Trigger::Postgres => 8,
         },
         outcome_code(record.outcome),
     ]);
@@ -369,6 +375,12 @@ fn trigger_of(code: u8) -> Option<Trigger> {
         0 => Some(Trigger::Http),
         1 => Some(Trigger::Event),
         2 => Some(Trigger::Call),
+        3 => Some(Trigger::Webhook),
+        4 => Some(Trigger::Mqtt),
+        5 => Some(Trigger::Nats),
+        6 => Some(Trigger::Amqp),
+        7 => Some(Trigger::Redis),
+        8 => Some(Trigger::Postgres),
         _ => None,
     }
 }
@@ -476,7 +488,7 @@ mod tests {
             encode(&record, &mut bytes).unwrap();
             assert_eq!(decode(&bytes).unwrap(), record);
         }
-        for trigger in [Trigger::Http, Trigger::Event, Trigger::Call] {
+        for trigger in Trigger::ALL {
             let record = UsageRecord {
                 trigger,
                 ..sample()

@@ -674,6 +674,18 @@ async fn redis_stream_entries_become_events_retried_dead_lettered_and_redriven()
         text.contains("gust_source_messages_total{tenant=\"default\",function=\"orders\",source=\"rs\",kind=\"redis\",outcome=\"queued\"} 12"),
         "{text}"
     );
+    // Each delivery is metered with its source's kind as the trigger.
+    let metered = Server::eventually(Duration::from_secs(10), || async {
+        let out = server.gust(&["usage", "--export", "jsonl"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let n = text
+            .lines()
+            .filter(|l| l.contains("\"trigger\":\"redis\""))
+            .count();
+        (n >= 36).then_some(n)
+    })
+    .await;
+    assert!(metered.is_some(), "36 attempts metered as `redis`");
     let listed = server.gust_json(&["source", "ls", "orders"]);
     let rs = listed
         .as_array()
