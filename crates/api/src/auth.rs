@@ -331,10 +331,10 @@ pub(crate) async fn set_quotas(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Result<Json<Quotas>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<TenantInfo>, ApiError> {
     caller.require(Action::Administer)?;
-    let Json(quotas) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let quotas: Quotas = crate::json_object(body)?;
     let id = TenantId::new(id).map_err(|e| ApiError::BadRequest(format!("tenant id: {e}")))?;
     Ok(Json(state.accounts.set_quotas(&id, quotas).await?.into()))
 }
@@ -350,10 +350,10 @@ pub(crate) async fn set_plan(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Result<Json<PricePlan>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<TenantInfo>, ApiError> {
     caller.require(Action::Administer)?;
-    let Json(plan) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let plan: PricePlan = crate::json_object(body)?;
     if plan.id.trim().is_empty() {
         return Err(ApiError::BadRequest("a price plan needs an `id`".into()));
     }

@@ -394,6 +394,20 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// A JSON body that must be an object: serde would also build a struct
+/// from an array of its fields in order (`[]` as "all defaults").
+fn json_object<T: serde::de::DeserializeOwned>(
+    body: Result<axum::Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    let axum::Json(value) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
 fn function_name(name: String) -> Result<FunctionName, ApiError> {
     FunctionName::new(name).map_err(|e| ApiError::BadRequest(e.to_string()))
 }

@@ -85,10 +85,10 @@ pub(crate) async fn add_source(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,
-    body: Result<Json<SourceSpec>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SourceInfo>), ApiError> {
     caller.require(Action::Write)?;
-    let Json(mut spec) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let mut spec: SourceSpec = crate::json_object(body)?;
     text::check_opt("path", spec.path.as_deref(), text::MAX_PATH_BYTES)?;
     let kind = spec.validate().map_err(ApiError::BadRequest)?;
     let name = existing(&state, &caller, name).await?;

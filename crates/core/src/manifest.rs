@@ -311,6 +311,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sources_are_checked_with_their_variables_left_for_the_deploy() {
+        let base = "[function]\nname = \"sync\"\nlang = \"rust\"\n";
+        let m = Manifest::parse(&format!(
+            "{base}[[sources]]\nkind = \"postgres\"\nurl = \"${{PG_URL}}\"\npublication = \"shop\"\n\n[[sources]]\nkind = \"webhook\"\nsecret = \"${{HOOK}}\"\nid = \"gh\"\n"
+        ))
+        .unwrap();
+        assert_eq!(m.sources.len(), 2);
+        assert_eq!(managed_id(m.sources[0].id.as_deref(), 0), "toml-1");
+        let expanded = m.sources[0]
+            .expand(|name| (name == "PG_URL").then(|| "postgres://app@db/shop".into()))
+            .unwrap();
+        assert_eq!(expanded.url.as_deref(), Some("postgres://app@db/shop"));
+        let refused = Manifest::parse(&format!(
+            "{base}[[sources]]\nkind = \"redis\"\nurl = \"redis://h\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            refused.0,
+            "[[sources]] number 1: a redis source needs `stream`"
+        );
+        assert!(Manifest::parse(&format!("{base}[[sources]]\nkind = \"kafka\"\n")).is_err());
+    }
+
+    #[test]
     fn a_full_manifest_parses() {
         let m = Manifest::parse(
             r#"

@@ -390,53 +390,77 @@ impl Events {
     }
 
     async fn store(&self, envelope: Envelope, group: Option<String>) -> Result<(), EventsError> {
-        let record = InvocationRecord {
-            invocation_id: envelope.invocation_id.clone(),
-            function: envelope.function.to_string(),
-            state: InvocationState::Queued,
-            attempts: 0,
-            accepted_ms: envelope.accepted_ms,
-            updated_ms: envelope.accepted_ms,
-            last_status: None,
-            last_error: None,
-            retry_at_ms: None,
+        self.store_many(vec![envelope], group).await
+    }
+
+    /// Stores `envelopes` (of one function) with one enqueue, in order;
+    /// then each one's status.
+    pub(crate) async fn store_many(
+        &self,
+        envelopes: Vec<Envelope>,
+        group: Option<String>,
+    ) -> Result<(), EventsError> {
+        let Some(first) = envelopes.first() else {
+            return Ok(());
         };
-        // The queue entry goes first, then the status is created unless the
-        // dispatcher already wrote a later one (it may deliver the event in
-        // between). So a status, once there, means the event is queued:
-        // `submit_once` relies on that.
-        let queue = queue_name(&envelope.tenant, &envelope.function);
-        let payload = vec![Bytes::from(envelope.encode())];
+        // The queue entries go first, then each status is created unless
+        // the dispatcher already wrote a later one (it may deliver the
+        // event in between). So a status, once there, means the event is
+        // queued: `submit_once` relies on that.
+        let queue = queue_name(&first.tenant, &first.function);
+        let tenant = first.tenant.clone();
+        let payloads: Vec<Bytes> = envelopes.iter().map(|e| Bytes::from(e.encode())).collect();
         match group {
             Some(group) => {
                 self.queue
-                    .enqueue_ordered(&queue, &group, payload, 0)
+                    .enqueue_ordered(&queue, &group, payloads, 0)
                     .await?
             }
-            None => self.queue.enqueue(&queue, payload, 0).await?,
+            None => self.queue.enqueue(&queue, payloads, 0).await?,
         };
         // Once queued, the event is accepted whatever becomes of its
         // status: an error now would have the client (or a trigger,
         // through `submit_once`, which finds no status) queue it again, a
         // second copy run as attempt 1. The status is tried for a second,
         // then left to the first attempt, which writes its own.
-        let key = invocation_key(&envelope.tenant, &envelope.invocation_id);
-        let status = encode(&record)?;
-        let mut pause = std::time::Duration::from_millis(100);
-        for left in (0..4).rev() {
-            match self.kv.compare_and_set(&key, status.clone(), None).await {
-                Ok(_) | Err(StoreError::Conflict { .. }) => break,
-                Err(e) if left == 0 => {
-                    tracing::warn!(invocation_id = %envelope.invocation_id, error = %e, "an event is queued but its status could not be written; its first attempt writes it");
+        let n = envelopes.len() as u64;
+        let mut writes = tokio::task::JoinSet::new();
+        for envelope in envelopes {
+            let kv = self.kv.clone();
+            writes.spawn(async move {
+                let record = InvocationRecord {
+                    invocation_id: envelope.invocation_id.clone(),
+                    function: envelope.function.to_string(),
+                    state: InvocationState::Queued,
+                    attempts: 0,
+                    accepted_ms: envelope.accepted_ms,
+                    updated_ms: envelope.accepted_ms,
+                    last_status: None,
+                    last_error: None,
+                    retry_at_ms: None,
+                };
+                let key = invocation_key(&envelope.tenant, &envelope.invocation_id);
+                let Ok(status) = encode(&record) else {
+                    return;
+                };
+                let mut pause = std::time::Duration::from_millis(100);
+                for left in (0..4).rev() {
+                    match kv.compare_and_set(&key, status.clone(), None).await {
+                        Ok(_) | Err(StoreError::Conflict { .. }) => break,
+                        Err(e) if left == 0 => {
+                            tracing::warn!(invocation_id = %envelope.invocation_id, error = %e, "an event is queued but its status could not be written; its first attempt writes it");
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(pause).await;
+                            pause *= 2;
+                        }
+                    }
                 }
-                Err(_) => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-            }
+            });
         }
-        self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-        self.counters.add_backlog(&envelope.tenant, 1);
+        while writes.join_next().await.is_some() {}
+        self.counters.accepted.fetch_add(n, Ordering::Relaxed);
+        self.counters.add_backlog(&tenant, n);
         self.wake.notify(&queue);
         Ok(())
     }

@@ -194,6 +194,77 @@ impl Events {
         record: &SourceRecord,
         message: SourceMessage,
     ) -> Result<bool, EventsError> {
+        let (queued, _) = self.submit_batch_from_source(record, vec![message]).await?;
+        Ok(queued == 1)
+    }
+
+    /// Queues `messages` for the source's function, in their order: those
+    /// of one ordering key with one enqueue (one commit), keys side by
+    /// side. Returns once all are durable: how many were queued, and how
+    /// many skipped as redeliveries of an accepted id.
+    pub async fn submit_batch_from_source(
+        &self,
+        record: &SourceRecord,
+        messages: Vec<SourceMessage>,
+    ) -> Result<(u64, u64), EventsError> {
+        // Which were accepted before (looked up side by side).
+        let mut lookups = tokio::task::JoinSet::new();
+        let mut envelopes = Vec::with_capacity(messages.len());
+        for (i, message) in messages.into_iter().enumerate() {
+            let stable = message.id.is_some();
+            let (envelope, group) = self.source_envelope(record, message);
+            if stable {
+                let kv = self.kv.clone();
+                let key = crate::invocation_key(&envelope.tenant, &envelope.invocation_id);
+                lookups.spawn(async move { (i, kv.get(&key).await.map(|e| e.is_some())) });
+            }
+            envelopes.push(Some((envelope, group)));
+        }
+        let mut duplicates = 0;
+        while let Some(found) = lookups.join_next().await {
+            let (i, seen) =
+                found.map_err(|_| EventsError::Store(gust_store::StoreError::Closed))?;
+            if seen? {
+                envelopes[i] = None;
+                duplicates += 1;
+            }
+        }
+        // One batch per ordering key, each in arrival order.
+        let mut batches: Vec<(Option<String>, Vec<gust_core::Envelope>)> = Vec::new();
+        let mut index: std::collections::HashMap<Option<String>, usize> = Default::default();
+        for (envelope, group) in envelopes.into_iter().flatten() {
+            let at = *index.entry(group.clone()).or_insert_with(|| {
+                batches.push((group, Vec::new()));
+                batches.len() - 1
+            });
+            batches[at].1.push(envelope);
+        }
+        let mut queued = 0;
+        let mut stores = tokio::task::JoinSet::new();
+        for (group, batch) in batches {
+            queued += batch.len() as u64;
+            let this = self.clone();
+            // In tasks of their own: a caller that goes away half way
+            // cannot leave a queue entry without its status.
+            stores.spawn(async move { this.store_many(batch, group).await });
+        }
+        let mut result = Ok(());
+        while let Some(done) = stores.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(EventsError::Store(gust_store::StoreError::Closed)),
+            }
+        }
+        result.map(|()| (queued, duplicates))
+    }
+
+    /// A message's envelope and ordering group.
+    fn source_envelope(
+        &self,
+        record: &SourceRecord,
+        message: SourceMessage,
+    ) -> (gust_core::Envelope, Option<String>) {
         let invocation_id = match &message.id {
             Some(id) => format!(
                 "src-{}-{}-{}",
@@ -211,7 +282,7 @@ impl Events {
             |_| None,
             message.data,
         );
-        if let Some(id) = message.id.clone() {
+        if let Some(id) = message.id {
             envelope.id = id;
         }
         envelope.source = message.source;
@@ -222,14 +293,7 @@ impl Events {
         let group = message
             .ordering_key
             .map(|key| format!("src/{}/{key}", record.id));
-        if message.id.is_some() {
-            let key = crate::invocation_key(&envelope.tenant, &envelope.invocation_id);
-            if self.kv.get(&key).await?.is_some() {
-                return Ok(false);
-            }
-        }
-        self.submit_in(envelope, group).await?;
-        Ok(true)
+        (envelope, group)
     }
 
     /// Events of `function` queued and not yet finished: what a source's

@@ -27,6 +27,8 @@ use crate::SourceError;
 use crate::ctx::{Ctx, lane_of};
 
 const LANES: usize = 8;
+/// Messages a lane queues with one commit, at most.
+const BATCH: usize = 256;
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
 async fn connect(url: &str) -> Result<Connection, SourceError> {
@@ -112,30 +114,44 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
         let ctx = ctx.clone();
         let source = format!("{broker}/{name}");
         workers.spawn(async move {
-            while let Some(delivery) = rx.recv().await {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
                 ctx.room().await?;
-                let routing_key = delivery.routing_key.to_string();
-                let properties = &delivery.properties;
-                ctx.submit(SourceMessage {
-                    id: properties.message_id().as_ref().map(|id| id.to_string()),
-                    ty: "dev.gust.amqp.message".to_string(),
-                    source: source.clone(),
-                    subject: Some(routing_key.clone()),
-                    ordering_key: Some(routing_key),
-                    content_type: properties.content_type().as_ref().map(|c| c.to_string()),
-                    data: delivery.data.clone(),
-                })
-                .await?;
-                // `false`: the channel this delivery came on is gone; the
-                // broker sends the message again on the next one.
-                let acked = delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(|e| SourceError::Broker(format!("acknowledging: {e}")))?;
-                if !acked {
-                    return Err(SourceError::Broker(
-                        "the channel closed before an acknowledgement".into(),
-                    ));
+                let messages = batch
+                    .iter()
+                    .map(|delivery| {
+                        let routing_key = delivery.routing_key.to_string();
+                        let properties = &delivery.properties;
+                        SourceMessage {
+                            id: properties.message_id().as_ref().map(|id| id.to_string()),
+                            ty: "dev.gust.amqp.message".to_string(),
+                            source: source.clone(),
+                            subject: Some(routing_key.clone()),
+                            ordering_key: Some(routing_key),
+                            content_type: properties.content_type().as_ref().map(|c| c.to_string()),
+                            data: delivery.data.clone(),
+                        }
+                    })
+                    .collect();
+                ctx.submit_batch(messages).await?;
+                for delivery in &batch {
+                    // `false`: the channel this delivery came on is gone;
+                    // the broker sends the message again on the next one.
+                    let acked = delivery
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(|e| SourceError::Broker(format!("acknowledging: {e}")))?;
+                    if !acked {
+                        return Err(SourceError::Broker(
+                            "the channel closed before an acknowledgement".into(),
+                        ));
+                    }
                 }
             }
             Ok::<(), SourceError>(())

@@ -130,12 +130,25 @@ impl Ctx {
         Ok(depth)
     }
 
-    /// Queues one message; returns once it is durable (or refused as too
-    /// large, which is counted and reported, and must be acknowledged too:
-    /// the broker would otherwise hand it back for ever).
+    /// Queues one message; see [`Ctx::submit_batch`].
     pub async fn submit(&self, message: SourceMessage) -> Result<(), SourceError> {
-        self.counters.received.fetch_add(1, Ordering::Relaxed);
-        if message.data.len() > self.max_event_bytes {
+        self.submit_batch(vec![message]).await
+    }
+
+    /// Queues messages in their order (one ordering key's with one
+    /// commit); returns once all are durable. One over the event size
+    /// limit is refused: counted and reported, and to be acknowledged like
+    /// the rest (the broker would otherwise hand it back for ever).
+    pub async fn submit_batch(&self, messages: Vec<SourceMessage>) -> Result<(), SourceError> {
+        self.counters
+            .received
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        let mut fitting = Vec::with_capacity(messages.len());
+        for message in messages {
+            if message.data.len() <= self.max_event_bytes {
+                fitting.push(message);
+                continue;
+            }
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             let why = format!(
                 "a message of {} bytes from {} is over the event limit of {} bytes (gust up --max-event-bytes): it was acknowledged and not queued",
@@ -145,18 +158,19 @@ impl Ctx {
             );
             tracing::warn!(source = %self.record.key(), "{why}");
             self.set_state("connected", Some(why)).await;
+        }
+        if fitting.is_empty() {
             return Ok(());
         }
-        if self
+        let (queued, duplicates) = self
             .events
-            .submit_from_source(&self.record, message)
-            .await?
-        {
-            self.counters.queued.fetch_add(1, Ordering::Relaxed);
-            self.queued_since.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-        }
+            .submit_batch_from_source(&self.record, fitting)
+            .await?;
+        self.counters.queued.fetch_add(queued, Ordering::Relaxed);
+        self.queued_since.fetch_add(queued, Ordering::Relaxed);
+        self.counters
+            .duplicates
+            .fetch_add(duplicates, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -24,6 +24,8 @@ use crate::supervisor::host_port;
 
 /// Lanes messages are queued on: one topic always takes the same lane.
 const LANES: usize = 8;
+/// Messages a lane queues with one commit, at most.
+const BATCH: usize = 256;
 
 /// The client id of a source's session: stable, so a reconnect (on any
 /// node) resumes it.
@@ -158,25 +160,40 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     let mut lanes = Vec::with_capacity(LANES);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..LANES {
-        let (tx, mut rx) = mpsc::channel::<Publish>(cap.max(1));
+        // Unbounded, so the connection is always polled (pings, acks
+        // going out); what waits here is bounded by the broker, which sends
+        // no more than its in-flight limit of unacknowledged messages.
+        let (tx, mut rx) = mpsc::unbounded_channel::<Publish>();
         lanes.push(tx);
         let ctx = ctx.clone();
         let client = client.clone();
         let broker = broker.clone();
         workers.spawn(async move {
-            while let Some(publish) = rx.recv().await {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
                 ctx.room().await?;
-                let message = SourceMessage {
-                    id: None,
-                    ty: "dev.gust.mqtt.message".to_string(),
-                    source: format!("{broker}/{}", publish.topic),
-                    subject: Some(publish.topic.clone()),
-                    ordering_key: Some(publish.topic.clone()),
-                    content_type: None,
-                    data: publish.payload.to_vec(),
-                };
-                ctx.submit(message).await?;
-                client.ack(&publish).await.map_err(SourceError::broker)?;
+                let messages = batch
+                    .iter()
+                    .map(|publish| SourceMessage {
+                        id: None,
+                        ty: "dev.gust.mqtt.message".to_string(),
+                        source: format!("{broker}/{}", publish.topic),
+                        subject: Some(publish.topic.clone()),
+                        ordering_key: Some(publish.topic.clone()),
+                        content_type: None,
+                        data: publish.payload.to_vec(),
+                    })
+                    .collect();
+                ctx.submit_batch(messages).await?;
+                for publish in &batch {
+                    client.ack(publish).await.map_err(SourceError::broker)?;
+                }
             }
             Ok::<(), SourceError>(())
         });
@@ -198,7 +215,7 @@ async fn poll(
     ctx: &Arc<Ctx>,
     client: AsyncClient,
     mut events: EventLoop,
-    lanes: Vec<mpsc::Sender<Publish>>,
+    lanes: Vec<mpsc::UnboundedSender<Publish>>,
 ) -> Result<(), SourceError> {
     let spec = &ctx.record.spec;
     loop {
@@ -218,7 +235,6 @@ async fn poll(
                 let lane = lane_of(&publish.topic, LANES);
                 lanes[lane]
                     .send(publish)
-                    .await
                     .map_err(|_| SourceError::Broker("a lane stopped".into()))?;
             }
             _ => {}

@@ -30,6 +30,8 @@ use crate::ctx::{Ctx, lane_of};
 
 /// Lanes messages are queued on: one subject always takes the same lane.
 const LANES: usize = 8;
+/// Messages a lane queues with one commit, at most.
+const BATCH: usize = 256;
 const LAG_EVERY: Duration = Duration::from_secs(5);
 /// How long the server waits for an acknowledgement before it sends a
 /// message again.
@@ -156,27 +158,38 @@ async fn jetstream_loop(
         let ctx = ctx.clone();
         let (broker, stream) = (broker.to_string(), stream.to_string());
         workers.spawn(async move {
-            while let Some(message) = rx.recv().await {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
                 ctx.room().await?;
-                let sequence = message
-                    .info()
-                    .map(|i| i.stream_sequence)
-                    .map_err(|e| SourceError::Broker(format!("a message without its info: {e}")))?;
-                let subject = message.subject.to_string();
-                let event = SourceMessage {
-                    id: Some(format!("{stream}/{sequence}")),
-                    ty: "dev.gust.nats.message".to_string(),
-                    source: format!("{broker}/{stream}"),
-                    subject: Some(subject.clone()),
-                    ordering_key: Some(subject),
-                    content_type: header(&message.headers, "Content-Type"),
-                    data: message.payload.to_vec(),
-                };
-                ctx.submit(event).await?;
-                message
-                    .double_ack()
-                    .await
-                    .map_err(|e| SourceError::Broker(format!("acknowledging: {e}")))?;
+                let mut events = Vec::with_capacity(batch.len());
+                for message in &batch {
+                    let sequence = message.info().map(|i| i.stream_sequence).map_err(|e| {
+                        SourceError::Broker(format!("a message without its info: {e}"))
+                    })?;
+                    let subject = message.subject.to_string();
+                    events.push(SourceMessage {
+                        id: Some(format!("{stream}/{sequence}")),
+                        ty: "dev.gust.nats.message".to_string(),
+                        source: format!("{broker}/{stream}"),
+                        subject: Some(subject.clone()),
+                        ordering_key: Some(subject),
+                        content_type: header(&message.headers, "Content-Type"),
+                        data: message.payload.to_vec(),
+                    });
+                }
+                ctx.submit_batch(events).await?;
+                for message in &batch {
+                    message
+                        .double_ack()
+                        .await
+                        .map_err(|e| SourceError::Broker(format!("acknowledging: {e}")))?;
+                }
             }
             Ok::<(), SourceError>(())
         });

@@ -578,39 +578,14 @@ fn message(source: &str, commit_lsn: u64, n: usize, change: Change) -> SourceMes
     }
 }
 
-/// Queues a transaction's changes (or a chunk of a large one): one row's in
-/// order, rows in parallel.
+/// Queues a transaction's changes (or a chunk of a large one): one row's
+/// in order, one commit per row key.
 async fn deliver(ctx: &Arc<Ctx>, messages: Vec<SourceMessage>) -> Result<(), SourceError> {
     if messages.is_empty() {
         return Ok(());
     }
     ctx.room().await?;
-    let mut chains: HashMap<String, Vec<SourceMessage>> = HashMap::new();
-    for m in messages {
-        chains
-            .entry(m.ordering_key.clone().unwrap_or_default())
-            .or_default()
-            .push(m);
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    for chain in chains.into_values() {
-        let ctx = ctx.clone();
-        tasks.spawn(async move {
-            for m in chain {
-                ctx.submit(m).await?;
-            }
-            Ok::<(), SourceError>(())
-        });
-    }
-    let mut result = Ok(());
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(e),
-            Err(e) => result = Err(SourceError::Broker(e.to_string())),
-        }
-    }
-    result
+    ctx.submit_batch(messages).await
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 //! object (a value that is not UTF-8 as `{"base64": …}`); with `key_field`,
 //! that field's value is the subject and the ordering key.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -145,7 +144,7 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     }
 }
 
-/// Queues a batch: entries of one key in order, keys in parallel.
+/// Queues a batch: entries of one key in order (one commit per key).
 async fn deliver(
     ctx: &Arc<Ctx>,
     source: &str,
@@ -153,52 +152,33 @@ async fn deliver(
     entries: &[Entry],
 ) -> Result<(), SourceError> {
     let key_field = ctx.record.spec.key_field.as_deref();
-    let mut chains: HashMap<Option<String>, Vec<SourceMessage>> = HashMap::new();
-    for (n, entry) in entries.iter().enumerate() {
-        let key = key_field.and_then(|field| {
-            entry
+    let messages = entries
+        .iter()
+        .map(|entry| {
+            let key = key_field.and_then(|field| {
+                entry
+                    .fields
+                    .iter()
+                    .find(|(k, _)| k == field)
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            });
+            let data: serde_json::Map<String, serde_json::Value> = entry
                 .fields
                 .iter()
-                .find(|(k, _)| k == field)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        });
-        let data: serde_json::Map<String, serde_json::Value> = entry
-            .fields
-            .iter()
-            .map(|(k, v)| (k.clone(), json_bytes(v)))
-            .collect();
-        let message = SourceMessage {
-            id: Some(format!("{stream}/{}", entry.id)),
-            ty: "dev.gust.redis.message".to_string(),
-            source: source.to_string(),
-            subject: key.clone(),
-            ordering_key: key.clone(),
-            content_type: Some("application/json".to_string()),
-            data: serde_json::to_vec(&data).unwrap_or_default(),
-        };
-        // Without a key, each entry is its own chain.
-        let chain = key.or_else(|| (key_field.is_none()).then(|| format!("#{n}")));
-        chains.entry(chain).or_default().push(message);
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    for chain in chains.into_values() {
-        let ctx = ctx.clone();
-        tasks.spawn(async move {
-            for message in chain {
-                ctx.submit(message).await?;
+                .map(|(k, v)| (k.clone(), json_bytes(v)))
+                .collect();
+            SourceMessage {
+                id: Some(format!("{stream}/{}", entry.id)),
+                ty: "dev.gust.redis.message".to_string(),
+                source: source.to_string(),
+                subject: key.clone(),
+                ordering_key: key,
+                content_type: Some("application/json".to_string()),
+                data: serde_json::to_vec(&data).unwrap_or_default(),
             }
-            Ok::<(), SourceError>(())
-        });
-    }
-    let mut result = Ok(());
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(e),
-            Err(e) => result = Err(SourceError::Broker(e.to_string())),
-        }
-    }
-    result
+        })
+        .collect();
+    ctx.submit_batch(messages).await
 }
 
 #[derive(Debug)]
