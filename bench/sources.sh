@@ -11,7 +11,8 @@
 # PostgreSQL (5432, wal_level = logical); started here: a nats-server with
 # JetStream (the pinned one in .nats/, or $NATS_SERVER) and a mosquitto
 # whose per-client queue holds a whole run (its default, 1000, drops the
-# rest of a burst to a slow subscriber).
+# rest of a burst to a slow subscriber) and that lets 1000 messages be in
+# flight to a client (its default, 20, is one round trip per 20 messages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,7 +52,7 @@ for _ in $(seq 200); do curl -fs -o /dev/null "$GUST_API/healthz" && break; slee
 
 if [[ " $KINDS " == *" mqtt "* ]]; then
   mkdir -p "$WORK/mqtt" && chmod 777 "$WORK/mqtt"
-  printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n' $MQTT_PORT >"$WORK/mqtt/m.conf"
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n' $MQTT_PORT >"$WORK/mqtt/m.conf"
   mosquitto -c "$WORK/mqtt/m.conf" >/dev/null 2>&1 &
   MQTT_PID=$!
   sleep 0.3
@@ -156,6 +157,7 @@ PY
   wait_delivered $((base + LIGHT)) 0 >/dev/null
   read -r p50 p99 < <(latencies "$LIGHT" "$WORK/sent")
   "$GUST" source rm sink "$kind" >/dev/null
+  sleep 2 # the source stops within a second: the plain client consumes alone
 
   # The plain client: the same number of messages, published first, then consumed.
   case $kind in

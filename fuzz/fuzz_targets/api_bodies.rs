@@ -22,6 +22,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/v1/functions/f/versions"),
     ("POST", "/v1/functions/f/schedules"),
     ("POST", "/v1/functions/f/triggers"),
+    ("POST", "/v1/functions/f/sources"),
     ("POST", "/v1/tenants"),
     ("PUT", "/v1/tenants/default/quotas"),
     ("PUT", "/v1/tenants/default/plan"),
@@ -100,6 +101,11 @@ fn harness() -> &'static Harness {
                 secrets: Arc::new(gust_store::SecretBox::from_key(&[7; 32]).unwrap()),
                 retention: Default::default(),
                 keep_trace_context: false,
+                // No brokers here: every source that passes validation is
+                // refused by its check, as an unreachable broker would be.
+                source_check: Arc::new(|_, _, _, _| {
+                    Box::pin(async { Err("fuzzing: no brokers".to_string()) })
+                }),
                 cluster: Arc::new(gust_api::cluster::SingleNode {
                     node: "fuzz".into(),
                     started_ms: 0,

@@ -323,8 +323,16 @@ async fn consume_amqp(url: &str, queue: &str, n: u64) {
     let started = Instant::now();
     let mut got = 0;
     while got < n {
-        let delivery = consumer.next().await.unwrap().unwrap();
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_secs(10), consumer.next()).await
+        else {
+            break;
+        };
+        delivery
+            .unwrap()
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
         got += 1;
     }
     report(got, started);

@@ -24,7 +24,7 @@ use lapin::{Connection, ConnectionProperties};
 use tokio::sync::mpsc;
 
 use crate::SourceError;
-use crate::ctx::{Ctx, lane_of};
+use crate::ctx::{Ctx, lane_of, next_batch};
 
 const LANES: usize = 8;
 /// Messages a lane queues with one commit, at most.
@@ -105,23 +105,16 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     let broker = gust_core::source::redact_url(&ctx.url)
         .trim_end_matches('/')
         .to_string();
-    let cap = usize::from(prefetch).max(1);
     let mut lanes = Vec::with_capacity(LANES);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..LANES {
-        let (tx, mut rx) = mpsc::channel::<lapin::message::Delivery>(cap);
+        // Unbounded: what waits here is bounded by the prefetch.
+        let (tx, mut rx) = mpsc::unbounded_channel::<lapin::message::Delivery>();
         lanes.push(tx);
         let ctx = ctx.clone();
         let source = format!("{broker}/{name}");
         workers.spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => batch.push(more),
-                        Err(_) => break,
-                    }
-                }
+            while let Some(batch) = next_batch(&mut rx, BATCH).await {
                 ctx.room().await?;
                 let messages = batch
                     .iter()
@@ -165,7 +158,6 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
                     let lane = lane_of(delivery.routing_key.as_str(), LANES);
                     lanes[lane]
                         .send(delivery)
-                        .await
                         .map_err(|_| SourceError::Broker("a lane stopped".into()))?;
                 }
                 Some(Err(e)) => return Err(SourceError::Broker(format!("amqp: {e}"))),

@@ -175,6 +175,22 @@ impl Ctx {
     }
 }
 
+/// The next messages waiting on a lane: at least one (waiting for it),
+/// at most `max`; `None` once the lane is closed.
+pub(crate) async fn next_batch<T>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    max: usize,
+) -> Option<Vec<T>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(more) => batch.push(more),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// Which of `lanes` a key's messages go to: always the same one, so they
 /// stay in order, while other keys' are queued beside them.
 pub(crate) fn lane_of(key: &str, lanes: usize) -> usize {

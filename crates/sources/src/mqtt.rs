@@ -19,7 +19,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
 use crate::SourceError;
-use crate::ctx::{Ctx, lane_of};
+use crate::ctx::{Ctx, lane_of, next_batch};
 use crate::supervisor::host_port;
 
 /// Lanes messages are queued on: one topic always takes the same lane.
@@ -169,14 +169,7 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
         let client = client.clone();
         let broker = broker.clone();
         workers.spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => batch.push(more),
-                        Err(_) => break,
-                    }
-                }
+            while let Some(batch) = next_batch(&mut rx, BATCH).await {
                 ctx.room().await?;
                 let messages = batch
                     .iter()

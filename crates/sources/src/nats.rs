@@ -1,6 +1,6 @@
 //! NATS: with `stream`, a JetStream durable pull consumer (at least once):
-//! each message is queued, then acknowledged with the server's
-//! confirmation (`double_ack`); one not acknowledged within the consumer's
+//! each message is queued, then acknowledged; one not acknowledged (or
+//! whose ack was lost) within the consumer's
 //! ack wait is sent again, and `max_ack_pending` (the source's `prefetch`)
 //! bounds what is taken and not acknowledged. The event id is
 //! `<stream>/<stream sequence>`, stable across redeliveries. Without
@@ -26,7 +26,7 @@ use gust_events::SourceMessage;
 use tokio::sync::mpsc;
 
 use crate::SourceError;
-use crate::ctx::{Ctx, lane_of};
+use crate::ctx::{Ctx, lane_of, next_batch};
 
 /// Lanes messages are queued on: one subject always takes the same lane.
 const LANES: usize = 8;
@@ -149,23 +149,16 @@ async fn jetstream_loop(
         .await
         .map_err(|e| SourceError::Broker(format!("pulling: {e}")))?;
     ctx.set_state("connected", None).await;
-    let cap = ctx.record.spec.prefetch() as usize;
     let mut lanes = Vec::with_capacity(LANES);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..LANES {
-        let (tx, mut rx) = mpsc::channel::<jetstream::Message>(cap.max(1));
+        // Unbounded: what waits here is bounded by `max_ack_pending`.
+        let (tx, mut rx) = mpsc::unbounded_channel::<jetstream::Message>();
         lanes.push(tx);
         let ctx = ctx.clone();
         let (broker, stream) = (broker.to_string(), stream.to_string());
         workers.spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => batch.push(more),
-                        Err(_) => break,
-                    }
-                }
+            while let Some(batch) = next_batch(&mut rx, BATCH).await {
                 ctx.room().await?;
                 let mut events = Vec::with_capacity(batch.len());
                 for message in &batch {
@@ -184,9 +177,12 @@ async fn jetstream_loop(
                     });
                 }
                 ctx.submit_batch(events).await?;
+                // Plain acks: one the server never gets makes it send the
+                // message again after the ack wait, and that redelivery is
+                // recognised by its id and not queued twice.
                 for message in &batch {
                     message
-                        .double_ack()
+                        .ack()
                         .await
                         .map_err(|e| SourceError::Broker(format!("acknowledging: {e}")))?;
                 }
@@ -202,7 +198,6 @@ async fn jetstream_loop(
                     let lane = lane_of(message.subject.as_str(), LANES);
                     lanes[lane]
                         .send(message)
-                        .await
                         .map_err(|_| SourceError::Broker("a lane stopped".into()))?;
                 }
                 Some(Err(e)) => return Err(SourceError::Broker(format!("pulling: {e}"))),
