@@ -182,7 +182,7 @@ impl Sources {
             }
         };
         let ctx = Arc::new(self.ctx(record, url, counters));
-        let mut backoff = BACKOFF.0;
+        let mut backoff = Duration::ZERO;
         loop {
             ctx.set_state("starting", None).await;
             let result = match check_reachable(
@@ -195,6 +195,12 @@ impl Sources {
                 Ok(()) => connect(&ctx).await,
                 Err(e) => Err(e),
             };
+            // Read before the state below says otherwise: a source that got
+            // connected starts its backoff over.
+            let was_connected = ctx
+                .counters
+                .connected
+                .load(std::sync::atomic::Ordering::Relaxed);
             let error = match result {
                 Ok(()) => "the connection ended".to_string(),
                 Err(e) => e.to_string(),
@@ -202,18 +208,10 @@ impl Sources {
             ctx.counters
                 .errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            backoff = next_backoff(backoff, was_connected);
             tracing::warn!(source = %ctx.record.key(), error = %error, retry_in_ms = backoff.as_millis() as u64, "source disconnected");
             ctx.set_state("retrying", Some(error)).await;
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF.1);
-            // A connection that lasted a while starts the backoff over.
-            if ctx
-                .counters
-                .connected
-                .load(std::sync::atomic::Ordering::Relaxed)
-            {
-                backoff = BACKOFF.0;
-            }
         }
     }
 
@@ -281,6 +279,16 @@ async fn connect(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     }
 }
 
+/// The wait before the next connection: the first after one that got
+/// connected, else twice the last, within [`BACKOFF`].
+fn next_backoff(last: Duration, was_connected: bool) -> Duration {
+    if was_connected || last.is_zero() {
+        BACKOFF.0
+    } else {
+        (last * 2).min(BACKOFF.1)
+    }
+}
+
 /// Host and port of a broker's URL.
 pub(crate) fn host_port(url: &str, default_port: u16) -> Result<(String, u16), SourceError> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -336,6 +344,18 @@ async fn check_reachable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_until_a_connection_succeeds() {
+        let mut wait = Duration::ZERO;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            wait = next_backoff(wait, false);
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+        assert_eq!(next_backoff(wait, true), BACKOFF.0);
+    }
 
     #[test]
     fn hosts_and_ports_of_urls() {
