@@ -34,7 +34,7 @@
 //! | `/kv/dump?bucket=B` | every `key<TAB>value`, one per line (list-keys, then get-many) |
 //! | `/kv/batch?bucket=B&keys=a,b,c` | set-many (value = key upper-cased), get-many, delete-many of the first |
 //! | `/env?name=N` | `env=<$N> config=<wasi:config's N> count=<variables in wasi:config>` (`-`: none) |
-//! | `/collect?fail_first=N&fail_always=1` | an event recorder for sources: appends `attempt<TAB>ce-id<TAB>ce-type<TAB>ce-subject<TAB>ce-source<TAB>body` (body's tabs and newlines as spaces) to bucket `seen` (key = a counter); answers 503 to attempts up to N, or to every attempt |
+//! | `/collect?fail_first=N&fail_always=1&fail_unless=K` | an event recorder for sources: appends `attempt<TAB>ce-id<TAB>ce-type<TAB>ce-subject<TAB>ce-source<TAB>body` (body's tabs and newlines as spaces) to bucket `seen` (key = a counter); answers 503 to attempts up to N, or to every attempt, or (`fail_unless=K`) while key K is not in bucket `flags` |
 //! | `/record?fail_every=N` | a change-event recorder: appends `subject revision attempt operation` to bucket `seen` (key = a counter); fails the first attempt of every Nth revision |
 //!
 //! Any `wasi:keyvalue` error is answered as 500 with the error's debug text.
@@ -224,6 +224,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                 let attempt: u64 = header("gust-attempt").parse().unwrap_or(0);
                 if attempt <= number("fail_first") || number("fail_always") > 0 {
                     return respond(response_out, 503, "failing on purpose");
+                }
+                if let Some(flag) = param("fail_unless") {
+                    match store::open("flags").and_then(|flags| flags.exists(&flag)) {
+                        Ok(true) => {}
+                        Ok(false) => return respond(response_out, 503, "not fixed yet"),
+                        Err(e) => return respond(response_out, 500, &format!("kv error: {e:?}")),
+                    }
                 }
                 let body = String::from_utf8_lossy(&read_body(&request)).replace(['\t', '\n'], " ");
                 let line = [

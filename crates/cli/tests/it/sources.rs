@@ -104,6 +104,56 @@ fn assert_at_most_a_few_queued_twice(records: &[Collected], limit: usize) {
     assert!(twice.len() <= limit, "queued twice: {twice:?}");
 }
 
+/// The path a source under [`retried_dead_lettered_and_redriven`] delivers to.
+const POLICY_PATH: &str = "/collect?fail_first=2&fail_unless=fixed";
+
+/// The one delivery policy, through a source of any kind that delivers to
+/// `function`'s [`POLICY_PATH`] (the function deployed by
+/// [`deploy_collector`]: three attempts): a message whose function keeps
+/// failing is dead-lettered after three attempts; once the function is
+/// fixed, a redrive delivers it, failing twice then succeeding, the same
+/// event each time; and a later message is retried the same way.
+/// `publish(tag)` publishes one message whose payload holds `tag`.
+async fn retried_dead_lettered_and_redriven<Fut>(
+    server: &Server,
+    function: &str,
+    publish: impl Fn(&'static str) -> Fut,
+) where
+    Fut: std::future::Future<Output = ()>,
+{
+    let dead_letters = || server.gust_json(&["dlq", function]);
+    let before = dead_letters().as_array().unwrap().len();
+    publish("policy-first").await;
+    let letters = Server::eventually(Duration::from_secs(30), || async {
+        let letters = dead_letters();
+        (letters.as_array().unwrap().len() > before).then_some(letters)
+    })
+    .await
+    .expect("the always-failing message was not dead-lettered");
+    let letter = letters.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(letter["attempts"], 3, "{letter}");
+    // Fixed (the flag the function checks), then redriven: delivered.
+    let put = server.gust(&["kv", "put", "fixed", "1", "--bucket", "flags"]);
+    assert!(put.status.success(), "{put:?}");
+    server.gust_json(&["dlq", function, "--redrive"]);
+    publish("policy-second").await;
+    let records = collected_until(server, function, Duration::from_secs(30), |r| {
+        ["policy-first", "policy-second"]
+            .iter()
+            .all(|tag| r.iter().any(|c| c.body.contains(tag)))
+    })
+    .await;
+    for tag in ["policy-first", "policy-second"] {
+        let seen: Vec<&Collected> = records.iter().filter(|c| c.body.contains(tag)).collect();
+        assert_eq!(seen.len(), 1, "{tag}: delivered once: {seen:?}");
+        assert_eq!(seen[0].attempt, 3, "{tag}: failed twice, then delivered");
+    }
+    assert!(
+        dead_letters().as_array().unwrap().len() == before,
+        "the redriven letter left the dead-letter queue"
+    );
+}
+
 /// The binary's path, or `None` after saying why the test is skipped
 /// (in CI: a failure).
 fn installed(binary: &str) -> Option<String> {
@@ -896,6 +946,29 @@ async fn mqtt_messages_keep_their_order_per_topic_across_a_gust_outage_and_a_bro
     assert!(!records.iter().any(|r| r.subject.contains("humidity")));
     let listed = server.gust_json(&["source", "ls", "devices"]);
     assert_eq!(listed[0]["status"]["state"], "connected", "{listed}");
+
+    server.gust_json(&[
+        "source",
+        "add",
+        "devices",
+        "--kind",
+        "mqtt",
+        "--url",
+        &url,
+        "--topic",
+        "policy/#",
+        "--qos",
+        "2",
+        "--path",
+        POLICY_PATH,
+        "--id",
+        "policy",
+    ]);
+    let port = broker.port;
+    retried_dead_lettered_and_redriven(&server, "devices", |tag| async move {
+        mqtt_publish(port, "policy/x", &[tag.to_string()]);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -972,8 +1045,9 @@ async fn a_tenants_source_reaches_no_private_address_and_no_other_tenants_source
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn nats_jetstream_messages_survive_a_kill_9_and_core_subjects_arrive_at_most_once() {
-    let Some(broker) = Broker::nats() else {
+async fn nats_jetstream_messages_survive_a_kill_9_and_a_broker_restart_and_core_subjects_arrive_at_most_once()
+ {
+    let Some(mut broker) = Broker::nats() else {
         return;
     };
     let url = format!("nats://127.0.0.1:{}", broker.port);
@@ -1046,6 +1120,34 @@ async fn nats_jetstream_messages_survive_a_kill_9_and_core_subjects_arrive_at_mo
     }
     assert!(records[0].ty == "dev.gust.nats.message");
 
+    // The server restarted while messages are published: none lost.
+    let restarted = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for n in 300..400u32 {
+                let subject = format!("orders.{}", n % 4);
+                // Published again until the restarted server acknowledges it.
+                loop {
+                    if let Ok(ack) = js.publish(subject.clone(), format!("{n}").into()).await
+                        && ack.await.is_ok()
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker.restart(Duration::from_millis(500));
+    restarted.await.unwrap();
+    collected_until(&server, "orders", Duration::from_secs(60), |r| {
+        let seen: BTreeSet<&str> = r.iter().map(|c| c.body.as_str()).collect();
+        (0..400).all(|n| seen.contains(n.to_string().as_str()))
+    })
+    .await;
+
     // Core NATS: what is published while connected arrives (at most once).
     server.gust_json(&[
         "source", "add", "orders", "--kind", "nats", "--url", &url, "--topic", "pings", "--path",
@@ -1073,28 +1175,94 @@ async fn nats_jetstream_messages_survive_a_kill_9_and_core_subjects_arrive_at_mo
         r.iter().filter(|c| c.body.starts_with("ping")).count() == 10
     })
     .await;
+
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "POLICY".into(),
+        subjects: vec!["policy.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    server.gust_json(&[
+        "source",
+        "add",
+        "orders",
+        "--kind",
+        "nats",
+        "--url",
+        &url,
+        "--stream",
+        "POLICY",
+        "--topic",
+        "policy.>",
+        "--path",
+        POLICY_PATH,
+        "--id",
+        "policy",
+    ]);
+    retried_dead_lettered_and_redriven(&server, "orders", |tag| {
+        let js = js.clone();
+        async move {
+            js.publish("policy.x", tag.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    })
+    .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rabbitmq_messages_are_acknowledged_only_once_queued_and_survive_a_kill_9() {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-    if service("RabbitMQ", 5672).is_none() {
-        return;
-    }
-    let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// A channel on the machine's RabbitMQ with publisher confirms.
+async fn amqp_channel(url: &str) -> lapin::Channel {
     let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    channel
+}
+
+/// Persistent messages `from..to` (payload `n`, message id `m-<n>`), each
+/// confirmed by the broker.
+async fn amqp_publish(channel: &lapin::Channel, queue: &str, from: u32, to: u32) {
+    for n in from..to {
+        amqp_publish_one(channel, queue, &format!("{n}"), &format!("m-{n}")).await;
+    }
+}
+
+async fn amqp_publish_one(channel: &lapin::Channel, queue: &str, payload: &str, id: &str) {
+    let properties = lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(id.into());
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            lapin::options::BasicPublishOptions::default(),
+            payload.as_bytes(),
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// A durable queue of a name no other run uses.
+async fn amqp_queue(channel: &lapin::Channel, prefix: &str) -> String {
     let queue = format!(
-        "gust-test-{}-{}",
+        "{prefix}-{}-{}",
         std::process::id(),
         crate::harness::now_ms()
     );
     channel
         .queue_declare(
             queue.as_str().into(),
-            QueueDeclareOptions {
+            lapin::options::QueueDeclareOptions {
                 durable: true,
                 auto_delete: false,
                 ..Default::default()
@@ -1103,33 +1271,40 @@ async fn rabbitmq_messages_are_acknowledged_only_once_queued_and_survive_a_kill_
         )
         .await
         .unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let publish = |from: u32, to: u32| {
-        let channel = channel.clone();
-        let queue = queue.clone();
-        async move {
-            for n in from..to {
-                let properties = lapin::BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_message_id(format!("m-{n}").into());
-                channel
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions::default(),
-                        format!("{n}").as_bytes(),
-                        properties,
-                    )
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap();
-            }
-        }
+    queue
+}
+
+/// Restarts the machine's RabbitMQ (`rabbitmqctl stop_app`, `start_app`:
+/// every connection drops, durable queues and persistent messages stay).
+/// `false` after saying why it could not (in CI: a failure).
+fn restart_rabbitmq(down_for: Duration) -> bool {
+    let run = |what: &str| {
+        Command::new("rabbitmqctl")
+            .arg(what)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     };
+    if !run("stop_app") {
+        let why = "`rabbitmqctl stop_app` failed (not installed, or not allowed)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("skipped the broker restart: {why}");
+        return false;
+    }
+    std::thread::sleep(down_for);
+    assert!(run("start_app"), "`rabbitmqctl start_app` failed");
+    true
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rabbitmq_messages_are_acknowledged_only_once_queued_and_survive_a_kill_9_and_a_broker_restart()
+ {
+    if service("RabbitMQ", 5672).is_none() {
+        return;
+    }
+    let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let channel = amqp_channel(url).await;
+    let queue = amqp_queue(&channel, "gust-test").await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_in(dir.path(), &[]);
     deploy_collector(&server, "jobs");
@@ -1176,20 +1351,28 @@ async fn rabbitmq_messages_are_acknowledged_only_once_queued_and_survive_a_kill_
         "rmq",
     ]);
     assert_eq!(added["spec"]["url"], "amqp://guest:***@127.0.0.1:5672/%2f");
-    publish(0, 150).await;
+    amqp_publish(&channel, &queue, 0, 150).await;
     collected_until(&server, "jobs", Duration::from_secs(30), |r| r.len() >= 30).await;
     server.kill9();
-    publish(150, 250).await;
+    amqp_publish(&channel, &queue, 150, 250).await;
     let server = Server::start_in(dir.path(), &[]);
+    let mut total = 250;
+    // The broker restarted while messages are in flight: the source
+    // reconnects by itself, and what was delivered but not acknowledged
+    // comes again.
+    let channel = if restart_rabbitmq(Duration::from_millis(500)) {
+        let channel = amqp_channel(url).await;
+        amqp_publish(&channel, &queue, 250, 300).await;
+        total = 300;
+        channel
+    } else {
+        channel
+    };
     let records = collected_until(&server, "jobs", Duration::from_secs(60), |r| {
         let seen: BTreeSet<&str> = r.iter().map(|c| c.id.as_str()).collect();
-        (0..250).all(|n| seen.contains(format!("m-{n}").as_str()))
+        (0..total).all(|n| seen.contains(format!("m-{n}").as_str()))
     })
     .await;
-    let mut by_id: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for r in &records {
-        by_id.entry(r.id.as_str()).or_default().push(r.attempt);
-    }
     assert_at_most_a_few_queued_twice(&records, 8);
     assert!(records.iter().all(|r| r.ty == "dev.gust.amqp.message"));
     // Every message acknowledged: the queue is empty.
@@ -1197,7 +1380,7 @@ async fn rabbitmq_messages_are_acknowledged_only_once_queued_and_survive_a_kill_
         let q = channel
             .queue_declare(
                 queue.as_str().into(),
-                QueueDeclareOptions {
+                lapin::options::QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
                 },
@@ -1209,9 +1392,33 @@ async fn rabbitmq_messages_are_acknowledged_only_once_queued_and_survive_a_kill_
     })
     .await;
     assert!(left.is_some(), "messages left unacknowledged");
-    let _ = channel
-        .queue_delete(queue.as_str().into(), Default::default())
-        .await;
+
+    let policy = amqp_queue(&channel, "gust-policy").await;
+    server.gust_json(&[
+        "source",
+        "add",
+        "jobs",
+        "--kind",
+        "amqp",
+        "--url",
+        url,
+        "--queue",
+        &policy,
+        "--path",
+        POLICY_PATH,
+        "--id",
+        "policy",
+    ]);
+    retried_dead_lettered_and_redriven(&server, "jobs", |tag| {
+        let (channel, policy) = (channel.clone(), policy.clone());
+        async move { amqp_publish_one(&channel, &policy, tag, tag).await }
+    })
+    .await;
+    for queue in [&queue, &policy] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
+    }
 }
 
 /// A sample of `/metrics`, 0 while it is not there yet.
@@ -1255,8 +1462,55 @@ fn psql(sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Restarts the machine's PostgreSQL (`pg_ctlcluster … restart`: every
+/// connection drops, replication slots stay) and waits for it to answer.
+/// `false` after saying why it could not (in CI: a failure).
+fn restart_postgres() -> bool {
+    let clusters = Command::new("pg_lsclusters").arg("-h").output();
+    let cluster = clusters.ok().and_then(|out| {
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut fields = text.lines().next()?.split_whitespace();
+        Some((fields.next()?.to_string(), fields.next()?.to_string()))
+    });
+    let restarted = cluster.is_some_and(|(version, name)| {
+        Command::new("pg_ctlcluster")
+            .args([version.as_str(), name.as_str(), "restart"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !restarted {
+        let why = "`pg_ctlcluster … restart` failed (not installed, or not allowed)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("skipped the database restart: {why}");
+        return false;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", 5432)).is_err()
+        || !Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "test",
+                "-Atc",
+                "SELECT 1",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PostgreSQL did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn postgres_row_changes_arrive_in_order_per_row_and_survive_a_kill_9() {
+async fn postgres_row_changes_arrive_in_order_per_row_and_survive_a_kill_9_and_a_restart() {
     if service("PostgreSQL", 5432).is_none() || installed("psql").is_none() {
         return;
     }
@@ -1407,6 +1661,65 @@ async fn postgres_row_changes_arrive_in_order_per_row_and_survive_a_kill_9() {
     assert_eq!(by_id.len(), 85 + 280, "one event per change");
     assert_at_most_a_few_queued_twice(&records, 10);
 
+    // The database restarted between writes: the source reconnects to its
+    // slot by itself and loses none.
+    let insert = |from: u32, to: u32| {
+        psql(&format!(
+            "INSERT INTO {table} SELECT g, 'again' FROM generate_series({from}, {to}) g"
+        ))
+    };
+    insert(301, 320);
+    if restart_postgres() {
+        insert(321, 340);
+        collected_until(&server, "rows", Duration::from_secs(60), |r| {
+            let inserted: BTreeSet<&str> = r
+                .iter()
+                .filter(|c| c.ty == "dev.gust.postgres.insert")
+                .map(|c| c.subject.as_str())
+                .collect();
+            inserted.len() >= 340
+        })
+        .await;
+    }
+
+    // The delivery policy, through a source of its own.
+    let (policy_table, policy_publication, policy_id) = (
+        format!("gust_pt_{tag}"),
+        format!("gust_pp_{tag}"),
+        format!("pol-{}", tag.replace('_', "-")),
+    );
+    psql(&format!(
+        "CREATE TABLE {policy_table} (id int PRIMARY KEY, note text); CREATE PUBLICATION {policy_publication} FOR TABLE {policy_table}"
+    ));
+    server.gust_json(&[
+        "source",
+        "add",
+        "rows",
+        "--kind",
+        "postgres",
+        "--url",
+        url,
+        "--publication",
+        &policy_publication,
+        "--path",
+        POLICY_PATH,
+        "--id",
+        &policy_id,
+    ]);
+    let written = std::sync::atomic::AtomicU32::new(0);
+    retried_dead_lettered_and_redriven(&server, "rows", |tag| {
+        let n = written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        psql(&format!("INSERT INTO {policy_table} VALUES ({n}, '{tag}')"));
+        async {}
+    })
+    .await;
+    assert!(
+        server
+            .gust(&["source", "rm", "rows", &policy_id])
+            .status
+            .success()
+    );
+
     // Removed: its slot goes too (a slot nobody reads keeps WAL).
     assert!(
         server
@@ -1421,8 +1734,16 @@ async fn postgres_row_changes_arrive_in_order_per_row_and_survive_a_kill_9() {
             .then_some(())
     })
     .await;
+    let policy_slot = format!("gust_rows_{}", policy_id.replace('-', "_"));
+    Server::eventually(Duration::from_secs(20), || async {
+        (psql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{policy_slot}'"
+        )) == "0")
+            .then_some(())
+    })
+    .await;
     psql(&format!(
-        "DROP PUBLICATION {publication}; DROP TABLE {table}; DROP ROLE {role}"
+        "DROP PUBLICATION {publication}, {policy_publication}; DROP TABLE {table}, {policy_table}; DROP ROLE {role}"
     ));
     assert!(gone.is_some(), "the slot was not dropped");
 }
