@@ -230,6 +230,17 @@ impl Project {
                 .expand(|name| std::env::var(name).ok())
                 .map_err(|e| anyhow::anyhow!("[[sources]] number {}: {e}", i + 1))?;
             spec.id = Some(id.clone());
+            // `ca` names a PEM file beside gust.toml, unless it is the PEM itself.
+            if let Some(file) = spec.ca.clone().filter(|c| !c.contains("-----BEGIN")) {
+                let path = self.dir.join(&file);
+                spec.ca = Some(std::fs::read_to_string(&path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "[[sources]] number {}: cannot read its `ca` file {}: {e}",
+                        i + 1,
+                        path.display()
+                    )
+                })?);
+            }
             sources.push((id, serde_json::to_value(&spec)?));
         }
         for (kind, wanted) in [

@@ -14,6 +14,7 @@ use crate::output;
   gust source add orders --kind redis --url redis://127.0.0.1:6379 --stream orders
   gust source add sensors --kind mqtt --url mqtt://127.0.0.1:1883 --topic 'sensors/+/temp' --qos 1
   gust source add deploys --kind webhook --style github --secret \"$HOOK_SECRET\"
+  gust source add jobs --kind amqp --url amqps://app:pw@mq.internal/%2f --queue jobs --ca-file ca.pem
   gust source ls orders
   gust source ls                                          every function's
   gust source rm orders s0199
@@ -101,6 +102,9 @@ struct SpecArgs {
     /// Webhook (stripe style): replay window in seconds (default 300).
     #[arg(long)]
     tolerance_secs: Option<u64>,
+    /// A private CA's certificates (PEM) the broker's TLS certificate is checked against.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Request path the function sees (default `/`).
     #[arg(long)]
     path: Option<String>,
@@ -116,6 +120,13 @@ impl SpecArgs {
             .map(|s| s.parse())
             .transpose()
             .map_err(|e: String| anyhow::anyhow!(e))?;
+        let ca = self
+            .ca_file
+            .map(|file| {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("cannot read the CA file {}: {e}", file.display()))
+            })
+            .transpose()?;
         let spec = SourceSpec {
             kind: self.kind,
             url: self.url,
@@ -132,6 +143,7 @@ impl SpecArgs {
             style,
             secret: self.secret,
             tolerance_secs: self.tolerance_secs,
+            ca,
             path: self.path,
             id: self.id,
         };

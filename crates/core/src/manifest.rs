@@ -248,6 +248,10 @@ impl Manifest {
             if s.secret.as_deref().is_some_and(|u| u.contains("${")) {
                 checked.secret = Some("stand-in".to_string());
             }
+            // A `ca` that is not PEM names a file, read at deploy.
+            if s.ca.as_deref().is_some_and(|c| !c.contains("-----BEGIN")) {
+                checked.ca = Some("-----BEGIN CERTIFICATE-----".to_string());
+            }
             checked.validate().map_err(at)?;
         }
         let mut ids = std::collections::HashSet::new();
@@ -332,6 +336,12 @@ mod tests {
             "[[sources]] number 1: a redis source needs `stream`"
         );
         assert!(Manifest::parse(&format!("{base}[[sources]]\nkind = \"kafka\"\n")).is_err());
+        // A `ca` that is a file's name is read at deploy.
+        let m = Manifest::parse(&format!(
+            "{base}[[sources]]\nkind = \"mqtt\"\nurl = \"mqtts://broker\"\ntopics = [\"a/#\"]\nca = \"certs/ca.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(m.sources[0].ca.as_deref(), Some("certs/ca.pem"));
     }
 
     #[test]

@@ -66,10 +66,10 @@ impl SourceKind {
     fn schemes(self) -> &'static [&'static str] {
         match self {
             SourceKind::Webhook => &[],
-            SourceKind::Mqtt => &["mqtt", "tcp"],
-            SourceKind::Nats => &["nats"],
-            SourceKind::Amqp => &["amqp"],
-            SourceKind::Redis => &["redis"],
+            SourceKind::Mqtt => &["mqtt", "tcp", "mqtts", "ssl"],
+            SourceKind::Nats => &["nats", "tls"],
+            SourceKind::Amqp => &["amqp", "amqps"],
+            SourceKind::Redis => &["redis", "rediss"],
             SourceKind::Postgres => &["postgres", "postgresql"],
         }
     }
@@ -175,11 +175,19 @@ pub struct SourceSpec {
     pub secret: Option<String>,
     /// Webhook, Stripe style: the replay window in seconds (default 300).
     pub tolerance_secs: Option<u64>,
+    /// Brokers and databases over TLS (`mqtts://`, `tls://`, `amqps://`,
+    /// `rediss://`, PostgreSQL's `sslmode=require|verify-ca|verify-full`):
+    /// a private CA's certificates, PEM, trusted beside the public roots.
+    /// In `gust.toml`, the path of a PEM file beside it will do.
+    pub ca: Option<String>,
     /// The request path the function sees (default `/`).
     pub path: Option<String>,
     /// A name for the source (default: generated; `toml-<n>` from `gust.toml`).
     pub id: Option<String>,
 }
+
+/// The most PEM text a source's `ca` may hold.
+pub const MAX_CA_BYTES: usize = 64 * 1024;
 
 /// At most this many topic filters or subjects per source.
 pub const MAX_TOPICS: usize = 64;
@@ -200,6 +208,7 @@ impl SourceSpec {
                 "key_field" => kind == SourceKind::Redis,
                 "prefetch" => kind != SourceKind::Webhook,
                 "style" | "secret" | "tolerance_secs" => kind == SourceKind::Webhook,
+                "ca" => kind != SourceKind::Webhook,
                 _ => true,
             }
         };
@@ -217,6 +226,7 @@ impl SourceSpec {
             ("style", self.style.is_some()),
             ("secret", self.secret.is_some()),
             ("tolerance_secs", self.tolerance_secs.is_some()),
+            ("ca", self.ca.is_some()),
         ];
         for (field, set) in present {
             if set && !used(field) {
@@ -233,6 +243,14 @@ impl SourceSpec {
         if kind != SourceKind::Webhook {
             need("url", self.url.is_some())?;
             check_url(kind, self.url.as_deref().unwrap_or_default())?;
+        }
+        if let Some(ca) = &self.ca {
+            if ca.len() > MAX_CA_BYTES {
+                return Err(format!("`ca` is longer than {MAX_CA_BYTES} bytes"));
+            }
+            if !ca.contains("-----BEGIN CERTIFICATE-----") {
+                return Err("`ca` holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+            }
         }
         match kind {
             SourceKind::Webhook => {
@@ -467,6 +485,26 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_is_pem_of_bounded_size_and_only_for_brokers() {
+        let mut mqtt = spec("mqtt");
+        mqtt.url = Some("mqtts://broker:8883".into());
+        mqtt.topics = vec!["a/#".into()];
+        mqtt.ca = Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into());
+        assert!(mqtt.validate().is_ok());
+        mqtt.ca = Some("ca.pem".into());
+        assert!(mqtt.validate().unwrap_err().contains("no PEM certificate"));
+        mqtt.ca = Some(format!(
+            "-----BEGIN CERTIFICATE-----{}",
+            "A".repeat(MAX_CA_BYTES)
+        ));
+        assert!(mqtt.validate().unwrap_err().contains("longer than"));
+        let mut hook = spec("webhook");
+        hook.secret = Some("s".into());
+        hook.ca = Some("-----BEGIN CERTIFICATE-----".into());
+        assert_eq!(hook.validate().unwrap_err(), "a webhook source has no `ca`");
+    }
+
+    #[test]
     fn each_kind_says_what_it_needs() {
         assert_eq!(
             spec("kafka").validate().unwrap_err(),
@@ -480,7 +518,7 @@ mod tests {
         redis.url = Some("http://x".into());
         assert_eq!(
             redis.validate().unwrap_err(),
-            "`url` of a redis source starts with `redis://`"
+            "`url` of a redis source starts with `redis://` or `rediss://`"
         );
         redis.url = Some("redis://127.0.0.1:6379".into());
         assert_eq!(

@@ -9,6 +9,9 @@
 //! delivery is a new event. The routing key is the subject and ordering
 //! key: messages of one routing key are queued, and delivered, in the
 //! order the broker sent them.
+//!
+//! `amqps://` (port 5671 by default) connects over TLS, through a
+//! loopback [`Tunnel`] (lapin's own TLS is not built in).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -25,16 +28,34 @@ use tokio::sync::mpsc;
 
 use crate::SourceError;
 use crate::ctx::{Ctx, lane_of, next_batch};
+use crate::tls::{Endpoint, Local, Tunnel};
 
 const LANES: usize = 8;
 /// Messages a lane queues with one commit, at most.
 const BATCH: usize = 256;
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
-async fn connect(url: &str) -> Result<Connection, SourceError> {
-    tokio::time::timeout(
+/// A connection, and for `amqps://` the tunnel it goes through (which must
+/// live as long as it).
+async fn connect(
+    url: &str,
+    spec: &SourceSpec,
+) -> Result<(Connection, Option<Tunnel>), SourceError> {
+    let (tunnel, local) = if url.starts_with("amqps://") {
+        let (host, port) = crate::supervisor::host_port(url, 5671)?;
+        let config = crate::tls::client_config(spec.ca.as_deref(), crate::tls::Check::Full)?;
+        let tunnel = Tunnel::open(&host, port, config, Local::Loopback).await?;
+        let Endpoint::Loopback(port) = tunnel.endpoint() else {
+            return Err(SourceError::Broker("a TLS tunnel without its port".into()));
+        };
+        let local = through_loopback(url, *port);
+        (Some(tunnel), local)
+    } else {
+        (None, url.to_string())
+    };
+    let connection = tokio::time::timeout(
         Duration::from_secs(10),
-        Connection::connect(url, ConnectionProperties::default()),
+        Connection::connect(&local, ConnectionProperties::default()),
     )
     .await
     .map_err(|_| {
@@ -43,7 +64,20 @@ async fn connect(url: &str) -> Result<Connection, SourceError> {
             gust_core::source::redact_url(url)
         ))
     })?
-    .map_err(|e| SourceError::Broker(format!("{}: {e}", gust_core::source::redact_url(url))))
+    .map_err(|e| SourceError::Broker(format!("{}: {e}", gust_core::source::redact_url(url))))?;
+    Ok((connection, tunnel))
+}
+
+/// `amqps://user:pass@host:port/vhost` as `amqp://user:pass@127.0.0.1:<port>/vhost`.
+fn through_loopback(url: &str, port: u16) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let userinfo = authority
+        .rsplit_once('@')
+        .map(|(info, _)| format!("{info}@"))
+        .unwrap_or_default();
+    format!("amqp://{userinfo}127.0.0.1:{port}{tail}")
 }
 
 /// The queue as the broker has it (it must exist: Gust declares none).
@@ -63,7 +97,7 @@ async fn queue(channel: &lapin::Channel, name: &str) -> Result<lapin::Queue, Sou
 
 /// Checks the broker answers with these credentials and the queue exists.
 pub(crate) async fn prepare(url: &str, spec: &SourceSpec) -> Result<(), SourceError> {
-    let connection = connect(url).await?;
+    let (connection, _tunnel) = connect(url, spec).await?;
     let channel = connection
         .create_channel()
         .await
@@ -81,7 +115,7 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     let record = &ctx.record;
     let spec = &record.spec;
     let name = spec.queue.clone().unwrap_or_default();
-    let connection = connect(&ctx.url).await?;
+    let (connection, _tunnel) = connect(&ctx.url, spec).await?;
     let channel = connection
         .create_channel()
         .await
@@ -176,5 +210,22 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_address_goes_through_the_loopback_with_its_login_and_vhost() {
+        assert_eq!(
+            through_loopback("amqps://app:p%40w@mq.example:5671/%2f?heartbeat=10", 40001),
+            "amqp://app:p%40w@127.0.0.1:40001/%2f?heartbeat=10"
+        );
+        assert_eq!(
+            through_loopback("amqps://mq.example", 40002),
+            "amqp://127.0.0.1:40002"
+        );
     }
 }

@@ -28,6 +28,7 @@ mod postgres;
 mod redis_streams;
 mod stats;
 mod supervisor;
+mod tls;
 
 pub use stats::{SourceSample, SourceStats};
 pub use supervisor::{Sources, SourcesConfig};

@@ -8,6 +8,9 @@
 //! after a crash is a new event (at least once, duplicates possible). The
 //! topic is the subject and the ordering key: messages of one topic are
 //! queued, and delivered, in the order the broker sent them.
+//!
+//! `mqtts://` (or `ssl://`, port 8883 by default) connects over TLS,
+//! through a [`Tunnel`] (rumqttc's own TLS is not built in).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,7 @@ use tokio::sync::mpsc;
 use crate::SourceError;
 use crate::ctx::{Ctx, lane_of, next_batch};
 use crate::supervisor::host_port;
+use crate::tls::{Endpoint, Local, Tunnel};
 
 /// Lanes messages are queued on: one topic always takes the same lane.
 const LANES: usize = 8;
@@ -40,14 +44,58 @@ fn qos(spec: &SourceSpec) -> QoS {
     }
 }
 
+/// `mqtts://` or `ssl://`: TLS.
+fn is_tls(url: &str) -> bool {
+    url.starts_with("mqtts://") || url.starts_with("ssl://")
+}
+
+/// The broker's host and port (8883 by default over TLS, else 1883).
+fn address(url: &str) -> Result<(String, u16), SourceError> {
+    host_port(url, if is_tls(url) { 8883 } else { 1883 })
+}
+
+/// The client's options, and over TLS the tunnel they connect through
+/// (which must live as long as the client).
+async fn connection(
+    url: &str,
+    client: String,
+    spec: &SourceSpec,
+    max_event_bytes: usize,
+) -> Result<(MqttOptions, Option<Tunnel>), SourceError> {
+    if !is_tls(url) {
+        return Ok((options(url, client, spec, max_event_bytes, None)?, None));
+    }
+    let (host, port) = address(url)?;
+    let config = crate::tls::client_config(spec.ca.as_deref(), crate::tls::Check::Full)?;
+    let tunnel = Tunnel::open(&host, port, config, Local::Unix).await?;
+    let Endpoint::Unix(socket) = tunnel.endpoint() else {
+        return Err(SourceError::Broker(
+            "a TLS tunnel without its socket".into(),
+        ));
+    };
+    let options = options(url, client, spec, max_event_bytes, Some(socket))?;
+    Ok((options, Some(tunnel)))
+}
+
+/// The client's options, connecting to the broker, or `via` a tunnel's socket.
 fn options(
     url: &str,
     client: String,
     spec: &SourceSpec,
     max_event_bytes: usize,
+    via: Option<&std::path::Path>,
 ) -> Result<MqttOptions, SourceError> {
-    let (host, port) = host_port(url, 1883)?;
-    let mut options = MqttOptions::new(client, host, port);
+    let mut options = match via {
+        Some(socket) => {
+            let mut options = MqttOptions::new(client, socket.to_string_lossy(), 0);
+            options.set_transport(rumqttc::Transport::unix());
+            options
+        }
+        None => {
+            let (host, port) = address(url)?;
+            MqttOptions::new(client, host, port)
+        }
+    };
     options.set_clean_session(false);
     options.set_manual_acks(true);
     options.set_keep_alive(Duration::from_secs(30));
@@ -94,7 +142,8 @@ pub(crate) async fn prepare(
     function: &FunctionName,
     id: &str,
 ) -> Result<(), SourceError> {
-    let options = options(url, client_id(tenant, function, id), spec, 1 << 20)?;
+    let (options, _tunnel) =
+        connection(url, client_id(tenant, function, id), spec, 1 << 20).await?;
     let (client, mut events) = AsyncClient::new(options, 16);
     for topic in &spec.topics {
         client
@@ -145,12 +194,13 @@ fn describe(e: rumqttc::ConnectionError) -> SourceError {
 pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     let record = &ctx.record;
     let spec = &record.spec;
-    let options = options(
+    let (options, _tunnel) = connection(
         &ctx.url,
         client_id(&record.tenant, &record.function, &record.id),
         spec,
         ctx.max_event_bytes,
-    )?;
+    )
+    .await?;
     let cap = spec.prefetch() as usize;
     let (client, events) = AsyncClient::new(options, cap.max(16));
     let broker = gust_core::source::redact_url(&ctx.url)
@@ -246,7 +296,14 @@ mod tests {
             topics: vec!["a/#".into()],
             ..Default::default()
         };
-        let options = options("mqtt://dev%40x:p%3Aw@broker:1884", "c".into(), &spec, 1024).unwrap();
+        let options = options(
+            "mqtt://dev%40x:p%3Aw@broker:1884",
+            "c".into(),
+            &spec,
+            1024,
+            None,
+        )
+        .unwrap();
         assert_eq!(options.broker_address(), ("broker".to_string(), 1884));
         let login = options.credentials().unwrap();
         assert_eq!(

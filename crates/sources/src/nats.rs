@@ -43,8 +43,15 @@ fn durable(spec: &SourceSpec, function: &FunctionName, id: &str) -> String {
         .unwrap_or_else(|| format!("gust-{function}-{id}"))
 }
 
-async fn connect(url: &str) -> Result<async_nats::Client, SourceError> {
-    async_nats::ConnectOptions::new()
+async fn connect(url: &str, spec: &SourceSpec) -> Result<async_nats::Client, SourceError> {
+    let mut options = async_nats::ConnectOptions::new();
+    // `tls://`, or a server that asks for it: checked against the public
+    // roots and the source's CA.
+    let tls = crate::tls::client_config(spec.ca.as_deref(), crate::tls::Check::Full)?;
+    options = options
+        .tls_client_config(tls)
+        .require_tls(url.starts_with("tls://") || spec.ca.is_some());
+    options
         .connection_timeout(Duration::from_secs(5))
         // The supervisor reconnects (and reports it); a client retrying on
         // its own would hide a broker that is down.
@@ -96,7 +103,7 @@ pub(crate) async fn prepare(
     function: &FunctionName,
     id: &str,
 ) -> Result<(), SourceError> {
-    let client = connect(url).await?;
+    let client = connect(url, spec).await?;
     if spec.stream.is_some() {
         consumer(&client, spec, durable(spec, function, id)).await?;
     }
@@ -106,7 +113,7 @@ pub(crate) async fn prepare(
 pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     let record = &ctx.record;
     let spec = &record.spec;
-    let client = connect(&ctx.url).await?;
+    let client = connect(&ctx.url, spec).await?;
     let broker = gust_core::source::redact_url(&ctx.url)
         .trim_end_matches('/')
         .to_string();

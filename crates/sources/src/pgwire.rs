@@ -1,18 +1,25 @@
 //! A small PostgreSQL client for logical replication: the startup with its
 //! authentication (trust, password, MD5, SCRAM-SHA-256), simple queries
 //! whose rows come back as text, and the copy-both stream that
-//! `START_REPLICATION` opens. No TLS (`sslmode=require` is refused with
-//! a message). The message framing is the protocol's own: a type byte, a
+//! `START_REPLICATION` opens. TLS as `sslmode` asks (`require` and
+//! `verify-full` check the certificate and its host name, `verify-ca` its
+//! chain alone; see [`crate::tls`]), after the protocol's `SSLRequest`.
+//! The message framing is the protocol's own: a type byte, a
 //! big-endian length that counts itself, the body.
 
 use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::SourceError;
+use crate::tls::Check;
+
+/// The connection's byte stream: plain TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// The parts of a `postgres://user:password@host:port/database` address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,10 +29,14 @@ pub(crate) struct Address {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    /// TLS, and what the certificate must prove (`sslmode`).
+    pub tls: Option<Check>,
+    /// A private CA's certificates (PEM) beside the public roots.
+    pub ca: Option<String>,
 }
 
 impl Address {
-    pub fn parse(url: &str) -> Result<Address, SourceError> {
+    pub fn parse(url: &str, ca: Option<&str>) -> Result<Address, SourceError> {
         let (host, port) = crate::supervisor::host_port(url, 5432)?;
         let rest = url.split_once("://").map_or(url, |(_, r)| r);
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -39,13 +50,21 @@ impl Address {
         };
         let path = tail.strip_prefix('/').unwrap_or(tail);
         let (database, query) = path.split_once('?').unwrap_or((path, ""));
-        if query.split('&').any(|kv| {
-            kv == "sslmode=require" || kv == "sslmode=verify-full" || kv == "sslmode=verify-ca"
-        }) {
-            return Err(SourceError::Config(
-                "TLS to PostgreSQL is not supported yet: use a trusted network and no sslmode"
-                    .into(),
-            ));
+        let mut tls = None;
+        for mode in query
+            .split('&')
+            .filter_map(|kv| kv.strip_prefix("sslmode="))
+        {
+            tls = match mode {
+                "disable" | "allow" | "prefer" => None,
+                "require" | "verify-full" => Some(Check::Full),
+                "verify-ca" => Some(Check::ChainOnly),
+                other => {
+                    return Err(SourceError::Config(format!(
+                        "no sslmode `{other}`: use disable, require, verify-ca or verify-full"
+                    )));
+                }
+            };
         }
         let database = if database.is_empty() {
             user.clone()
@@ -58,6 +77,8 @@ impl Address {
             user,
             password,
             database,
+            tls,
+            ca: ca.map(str::to_string),
         })
     }
 }
@@ -85,7 +106,7 @@ fn decode(text: &str) -> String {
 /// One connection, in the replication mode `replication=database` (which
 /// also takes SQL).
 pub(crate) struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     read: BytesMut,
 }
 
@@ -152,6 +173,10 @@ impl Conn {
         .map_err(|_| broker(format!("{}:{} did not answer", address.host, address.port)))?
         .map_err(|e| broker(format!("{}:{}: {e}", address.host, address.port)))?;
         let _ = stream.set_nodelay(true);
+        let stream: Box<dyn Io> = match address.tls {
+            None => Box::new(stream),
+            Some(check) => Box::new(Self::tls(stream, address, check).await?),
+        };
         let mut conn = Conn {
             stream,
             read: BytesMut::with_capacity(64 * 1024),
@@ -184,6 +209,30 @@ impl Conn {
             Err(e) => Err(e),
             Ok(()) => Ok(conn),
         }
+    }
+
+    /// `SSLRequest`, then the handshake, checked as `check` says.
+    async fn tls(
+        mut stream: TcpStream,
+        address: &Address,
+        check: Check,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SourceError> {
+        let mut request = BytesMut::with_capacity(8);
+        request.put_i32(8);
+        request.put_i32(80_877_103);
+        stream.write_all(&request).await.map_err(broker)?;
+        match stream.read_u8().await.map_err(broker)? {
+            b'S' => {}
+            b'N' => {
+                return Err(SourceError::Config(format!(
+                    "{}:{} does not accept TLS (its `ssl` is off): drop `sslmode` or turn it on",
+                    address.host, address.port
+                )));
+            }
+            other => return Err(broker(format!("an SSLRequest answered with {other:#x}"))),
+        }
+        let config = crate::tls::client_config(address.ca.as_deref(), check)?;
+        crate::tls::handshake(stream, &address.host, std::sync::Arc::new(config)).await
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), SourceError> {
@@ -405,7 +454,7 @@ mod tests {
 
     #[test]
     fn addresses() {
-        let a = Address::parse("postgres://app:p%40ss@db:5433/shop").unwrap();
+        let a = Address::parse("postgres://app:p%40ss@db:5433/shop", None).unwrap();
         assert_eq!(
             a,
             Address {
@@ -414,14 +463,27 @@ mod tests {
                 user: "app".into(),
                 password: Some("p@ss".into()),
                 database: "shop".into(),
+                tls: None,
+                ca: None,
             }
         );
-        let b = Address::parse("postgresql://127.0.0.1").unwrap();
+        let b = Address::parse("postgresql://127.0.0.1", None).unwrap();
         assert_eq!(
             (b.user.as_str(), b.database.as_str(), b.port),
             ("postgres", "postgres", 5432)
         );
-        assert!(Address::parse("postgres://u@h/db?sslmode=require").is_err());
+        let tls = |url: &str| Address::parse(url, None).map(|a| a.tls);
+        assert_eq!(
+            tls("postgres://u@h/db?sslmode=require").unwrap(),
+            Some(Check::Full)
+        );
+        assert_eq!(
+            tls("postgres://u@h/db?application_name=x&sslmode=verify-ca").unwrap(),
+            Some(Check::ChainOnly)
+        );
+        assert_eq!(tls("postgres://u@h/db?sslmode=prefer").unwrap(), None);
+        let e = tls("postgres://u@h/db?sslmode=sure").unwrap_err();
+        assert!(e.to_string().contains("no sslmode `sure`"), "{e}");
     }
 
     #[test]

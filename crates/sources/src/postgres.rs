@@ -65,7 +65,7 @@ pub(crate) async fn prepare(
     function: &FunctionName,
     id: &str,
 ) -> Result<(), SourceError> {
-    let address = Address::parse(url)?;
+    let address = Address::parse(url, spec.ca.as_deref())?;
     let mut conn = Conn::connect(&address).await?;
     let wal_level = first(conn.query("SHOW wal_level").await?);
     if wal_level.as_deref() != Some("logical") {
@@ -143,7 +143,7 @@ pub(crate) async fn drop_default_slot(
     let slot = default_slot(&function, &id);
     for _ in 0..20 {
         let dropped = async {
-            let mut conn = Conn::connect(&Address::parse(&url)?).await?;
+            let mut conn = Conn::connect(&Address::parse(&url, spec.ca.as_deref())?).await?;
             conn.query(&format!(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {} AND NOT active",
                 literal(&slot)
@@ -425,7 +425,7 @@ fn lsn_text(lsn: u64) -> String {
 pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     let record = &ctx.record;
     let spec = &record.spec;
-    let address = Address::parse(&ctx.url)?;
+    let address = Address::parse(&ctx.url, spec.ca.as_deref())?;
     let slot = slot_name(spec, &record.function, &record.id);
     let publication = spec.publication.clone().unwrap_or_default();
     let mut conn = Conn::connect(&address).await?;

@@ -33,8 +33,20 @@ fn group(spec: &SourceSpec) -> &str {
     spec.group.as_deref().unwrap_or(DEFAULT_GROUP)
 }
 
-async fn connect(url: &str) -> Result<MultiplexedConnection, SourceError> {
-    let client = redis::Client::open(url).map_err(SourceError::broker)?;
+async fn connect(url: &str, spec: &SourceSpec) -> Result<MultiplexedConnection, SourceError> {
+    // `rediss://` is TLS, checked against the machine's roots and the
+    // source's CA.
+    let client = match &spec.ca {
+        Some(ca) if url.starts_with("rediss://") => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.as_bytes().to_vec()),
+            },
+        ),
+        _ => redis::Client::open(url),
+    }
+    .map_err(SourceError::broker)?;
     // A blocking read outlasts the default response timeout.
     let config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(Duration::from_millis(BLOCK_MS + 10_000)))
@@ -48,7 +60,7 @@ async fn connect(url: &str) -> Result<MultiplexedConnection, SourceError> {
 /// Makes the consumer group (from the stream's end: entries added from now
 /// on) unless it exists, and the stream with it.
 pub(crate) async fn prepare(url: &str, spec: &SourceSpec) -> Result<(), SourceError> {
-    let mut con = connect(url).await?;
+    let mut con = connect(url, spec).await?;
     let stream = spec.stream.as_deref().unwrap_or_default();
     let made: Result<Value, _> = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -71,7 +83,7 @@ pub(crate) async fn prepare(url: &str, spec: &SourceSpec) -> Result<(), SourceEr
 pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     let spec = &ctx.record.spec;
     prepare(&ctx.url, spec).await?;
-    let mut con = connect(&ctx.url).await?;
+    let mut con = connect(&ctx.url, spec).await?;
     let stream = spec.stream.clone().unwrap_or_default();
     let group = group(spec).to_string();
     let count = spec.prefetch();

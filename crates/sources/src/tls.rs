@@ -1,0 +1,298 @@
+//! TLS to brokers and databases: one client configuration for every kind
+//! (rustls with ring, the public roots Gust's guests also trust, and a
+//! source's own CA beside them), so a broker on a private CA is reached
+//! without trusting the machine's certificate store.
+//!
+//! Certificates are always checked. PostgreSQL's `sslmode=verify-ca` checks
+//! the chain and not the host name (a database whose certificate names
+//! another host, as self-signed ones often do); there is no mode that
+//! encrypts without checking.
+
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio_rustls::client::TlsStream;
+
+use crate::SourceError;
+
+/// What the server's certificate must prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// A chain to a trusted root, for the host name connected to.
+    Full,
+    /// A chain to a trusted root, whatever name it holds.
+    ChainOnly,
+}
+
+/// The public roots and the certificates of `ca` (PEM), if given.
+fn roots(ca: Option<&str>) -> Result<RootCertStore, SourceError> {
+    let mut roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = ca {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert
+                .map_err(|e| SourceError::Config(format!("`ca` is not PEM certificates: {e}")))?;
+            roots.add(cert).map_err(|e| {
+                SourceError::Config(format!("`ca` holds a certificate rustls refuses: {e}"))
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(SourceError::Config("`ca` holds no certificate".into()));
+        }
+    }
+    Ok(roots)
+}
+
+/// A client configuration checking servers as `check` says, against the
+/// public roots and `ca`.
+pub(crate) fn client_config(
+    ca: Option<&str>,
+    check: Check,
+) -> Result<rustls::ClientConfig, SourceError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = Arc::new(roots(ca)?);
+    let tls = |e: rustls::Error| SourceError::Config(format!("TLS: {e}"));
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?;
+    let config = match check {
+        Check::Full => builder.with_root_certificates(roots).with_no_client_auth(),
+        Check::ChainOnly => {
+            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(|e| SourceError::Config(format!("TLS: {e}")))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+                .with_no_client_auth()
+        }
+    };
+    Ok(config)
+}
+
+/// The web PKI's checks but the name's: rustls checks the chain (and its
+/// validity, usage and revocation data) before the name, so a name error
+/// means everything else held.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The TLS handshake over `stream`, for `host`, within 5 s.
+pub(crate) async fn handshake(
+    stream: TcpStream,
+    host: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<TcpStream>, SourceError> {
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| SourceError::Config(format!("`{host}`: {e}")))?;
+    tokio::time::timeout(
+        HANDSHAKE,
+        tokio_rustls::TlsConnector::from(config).connect(name, stream),
+    )
+    .await
+    .map_err(|_| SourceError::Broker(format!("{host}: the TLS handshake did not finish")))?
+    .map_err(|e| SourceError::Broker(format!("{host}: TLS: {e}")))
+}
+
+const HANDSHAKE: Duration = Duration::from_secs(5);
+
+/// TCP to `host:port`, then TLS.
+async fn dial(
+    host: &str,
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<TcpStream>, SourceError> {
+    let stream = tokio::time::timeout(HANDSHAKE, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| SourceError::Broker(format!("{host}:{port} did not answer")))?
+        .map_err(|e| SourceError::Broker(format!("{host}:{port}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    handshake(stream, host, config).await
+}
+
+/// A local endpoint each connection to which is carried over TLS to
+/// `host:port`: TLS for client libraries that speak only plain streams
+/// (rumqttc and lapin, whose own TLS features bring a rustls-webpki with
+/// open advisories, or a PKCS#12 stack of 34 crates). Closed when dropped.
+///
+/// [`Local::Unix`] is a socket in a directory only this process's user may
+/// enter. [`Local::Loopback`] is a port on 127.0.0.1, which another local
+/// process could reach too: what it would get is a TLS connection to the
+/// broker without the source's credentials, which it could open itself.
+pub(crate) struct Tunnel {
+    dir: Option<PathBuf>,
+    endpoint: Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Where a [`Tunnel`] listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Local {
+    Unix,
+    Loopback,
+}
+
+/// Where a client connects to a [`Tunnel`].
+pub(crate) enum Endpoint {
+    Unix(PathBuf),
+    Loopback(u16),
+}
+
+impl Tunnel {
+    /// Checks the broker's certificate once (so a refusal is said with its
+    /// reason, not as a closed connection), then listens.
+    pub(crate) async fn open(
+        host: &str,
+        port: u16,
+        config: rustls::ClientConfig,
+        local: Local,
+    ) -> Result<Tunnel, SourceError> {
+        let config = Arc::new(config);
+        drop(dial(host, port, config.clone()).await?);
+        let io = |e: std::io::Error| SourceError::Broker(format!("a TLS tunnel: {e}"));
+        let target = (host.to_string(), port, config);
+        match local {
+            Local::Loopback => {
+                let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
+                let port = listener.local_addr().map_err(io)?.port();
+                let task = tokio::spawn(async move {
+                    while let Ok((plain, _)) = listener.accept().await {
+                        let _ = plain.set_nodelay(true);
+                        tokio::spawn(carry(plain, target.clone()));
+                    }
+                });
+                Ok(Tunnel {
+                    dir: None,
+                    endpoint: Endpoint::Loopback(port),
+                    task,
+                })
+            }
+            Local::Unix => {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                let dir = std::env::temp_dir().join(format!(
+                    "gust-tls-{}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                ));
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(io)?;
+                let socket = dir.join("broker.sock");
+                let listener = match UnixListener::bind(&socket) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(io(e));
+                    }
+                };
+                let task = tokio::spawn(async move {
+                    while let Ok((plain, _)) = listener.accept().await {
+                        tokio::spawn(carry(plain, target.clone()));
+                    }
+                });
+                Ok(Tunnel {
+                    dir: Some(dir),
+                    endpoint: Endpoint::Unix(socket),
+                    task,
+                })
+            }
+        }
+    }
+
+    /// Where the client connects.
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+/// One client's connection, carried to the broker over TLS.
+async fn carry<S>(mut plain: S, (host, port, config): (String, u16, Arc<rustls::ClientConfig>))
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match dial(&host, port, config).await {
+        Ok(mut secure) => {
+            let _ = tokio::io::copy_bidirectional(&mut plain, &mut secure).await;
+        }
+        Err(e) => tracing::warn!(error = %e, "a TLS tunnel could not reach its broker"),
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_that_is_not_a_certificate_is_refused_with_why() {
+        let e = client_config(Some("hello"), Check::Full).unwrap_err();
+        assert!(e.to_string().contains("no certificate"), "{e}");
+        let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(client_config(Some(bad), Check::Full).is_err());
+        assert!(client_config(None, Check::ChainOnly).is_ok());
+    }
+}
