@@ -154,6 +154,9 @@ pub struct Events {
     pub(crate) members: Arc<dyn Membership>,
     /// Other nodes share the queues (cluster mode): backlogs are counted
     /// from the queues, not from what this node submitted and delivered.
+    /// When false, the queues and the metadata are one store that makes
+    /// writes durable in the order they are asked (the embedded store's
+    /// single writer), which the dispatcher relies on to send two at once.
     pub(crate) shared: bool,
 }
 

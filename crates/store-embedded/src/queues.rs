@@ -152,14 +152,15 @@ fn unclaimed(state: u32, refund: bool) -> u32 {
 }
 
 /// After `seq` (of an ordering group) is acknowledged: drops it from its
-/// group and makes the group's next message claimable.
+/// group and makes the group's next message claimable; that message's
+/// sequence number and due time.
 fn release_next_in_group(
     txn: &WriteTransaction,
     items: &mut redb::Table<(&str, u64), (u64, u32, &[u8])>,
     due: &mut redb::Table<(&str, u64, u64), ()>,
     queue: &str,
     seq: u64,
-) -> Result<(), StoreError> {
+) -> Result<Option<(u64, u64)>, StoreError> {
     let mut group_of = txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
     let mut groups = txn.open_table(QUEUE_GROUPS).map_err(backend)?;
     let Some(group) = group_of
@@ -167,7 +168,7 @@ fn release_next_in_group(
         .map_err(backend)?
         .map(|g| g.value().to_string())
     else {
-        return Ok(());
+        return Ok(None);
     };
     let group = group.as_str();
     groups.remove((queue, group, seq)).map_err(backend)?;
@@ -185,8 +186,39 @@ fn release_next_in_group(
             .map(|v| v.value().0)
     {
         due.insert((queue, not_before, next), ()).map_err(backend)?;
+        return Ok(Some((next, not_before)));
     }
-    Ok(())
+    Ok(None)
+}
+
+/// Claims message `seq`, due at `not_before`, until `visible_again`.
+fn claim_one(
+    items: &mut redb::Table<(&str, u64), (u64, u32, &[u8])>,
+    due: &mut redb::Table<(&str, u64, u64), ()>,
+    queue: &str,
+    (seq, not_before): (u64, u64),
+    visible_again: u64,
+) -> Result<Option<Claimed>, StoreError> {
+    due.remove((queue, not_before, seq)).map_err(backend)?;
+    let Some((state, payload)) = items.get((queue, seq)).map_err(backend)?.map(|v| {
+        let (_, state, payload) = v.value();
+        (state, Bytes::copy_from_slice(payload))
+    }) else {
+        return Ok(None);
+    };
+    let attempt = (state & ATTEMPTS) + 1;
+    let state = attempt | (state & GROUPED) | CLAIMED;
+    items
+        .insert((queue, seq), (visible_again, state, payload.as_ref()))
+        .map_err(backend)?;
+    due.insert((queue, visible_again, seq), ())
+        .map_err(backend)?;
+    Ok(Some(Claimed {
+        seq,
+        attempt,
+        payload,
+        grouped: state & GROUPED != 0,
+    }))
 }
 
 #[async_trait]
@@ -251,32 +283,13 @@ impl QueueStore for EmbeddedStore {
             }
             let visible_again = now_ms.saturating_add(lease_ms);
             for (not_before, seq) in ready {
-                due.remove((queue.as_str(), not_before, seq))
-                    .map_err(backend)?;
-                let Some((state, payload)) =
-                    items.get((queue.as_str(), seq)).map_err(backend)?.map(|v| {
-                        let (_, state, payload) = v.value();
-                        (state, Bytes::copy_from_slice(payload))
-                    })
-                else {
-                    continue;
-                };
-                let attempt = (state & ATTEMPTS) + 1;
-                let state = attempt | (state & GROUPED) | CLAIMED;
-                items
-                    .insert(
-                        (queue.as_str(), seq),
-                        (visible_again, state, payload.as_ref()),
-                    )
-                    .map_err(backend)?;
-                due.insert((queue.as_str(), visible_again, seq), ())
-                    .map_err(backend)?;
-                claimed.push(Claimed {
-                    seq,
-                    attempt,
-                    payload,
-                    grouped: state & GROUPED != 0,
-                });
+                claimed.extend(claim_one(
+                    &mut items,
+                    &mut due,
+                    &queue,
+                    (seq, not_before),
+                    visible_again,
+                )?);
             }
             Ok(claimed)
         })
@@ -303,6 +316,43 @@ impl QueueStore for EmbeddedStore {
                 }
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn ack_and_claim_next(
+        &self,
+        queue: &str,
+        seq: u64,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let queue = queue.to_string();
+        self.write(move |txn, _| {
+            let mut items = txn.open_table(QUEUE).map_err(backend)?;
+            let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+            let removed = items
+                .remove((queue.as_str(), seq))
+                .map_err(backend)?
+                .map(|v| (v.value().0, v.value().1));
+            let Some((not_before, state)) = removed else {
+                return Ok(None);
+            };
+            due.remove((queue.as_str(), not_before, seq))
+                .map_err(backend)?;
+            if state & GROUPED == 0 {
+                return Ok(None);
+            }
+            match release_next_in_group(txn, &mut items, &mut due, &queue, seq)? {
+                Some((next, due_at)) if due_at <= now_ms => claim_one(
+                    &mut items,
+                    &mut due,
+                    &queue,
+                    (next, due_at),
+                    now_ms.saturating_add(lease_ms),
+                ),
+                _ => Ok(None),
+            }
         })
         .await
     }

@@ -743,6 +743,22 @@ pub trait QueueStore: Send + Sync {
     ) -> Result<Vec<Claimed>, StoreError>;
     /// Removes delivered (or dead-lettered) messages.
     async fn ack(&self, queue: &str, seqs: Vec<u64>) -> Result<(), StoreError>;
+    /// Acknowledges `seq` and, when it was of an ordering group whose next
+    /// message is due at `now_ms`, claims that one for `lease_ms` in the
+    /// same write (as [`QueueStore::claim`] would), so a group's events
+    /// follow each other without a claim's round trip between them.
+    /// `None`: nothing claimed (the default: the successor, if any, is
+    /// left for `claim`).
+    async fn ack_and_claim_next(
+        &self,
+        queue: &str,
+        seq: u64,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let _ = (now_ms, lease_ms);
+        self.ack(queue, vec![seq]).await.map(|()| None)
+    }
     /// Makes a claimed message claimable again from `not_before_ms` (a retry).
     async fn release(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError>;
     /// Like [`QueueStore::release`], but the claim does not count as an

@@ -119,4 +119,39 @@ pub async fn ordered_queues(q: &dyn QueueStore) {
     q.enqueue_ordered("q", "k", vec![b("k4")], 0).await.unwrap();
     let fresh = q.claim("q", 180, 100, 10).await.unwrap();
     assert_eq!(payloads(&fresh), [b("k4")]);
+
+    // Acknowledged with its successor claimed at once (a backend may leave
+    // the successor to `claim` instead): the same successor, leased, and
+    // never claimable twice.
+    let k5 = q
+        .enqueue_ordered("q", "k", vec![b("k5"), b("k6")], 0)
+        .await
+        .unwrap();
+    let next = q.ack_and_claim_next("q", fresh[0].seq, 190, 100).await.unwrap();
+    let k5_claim = match next {
+        Some(claimed) => {
+            assert_eq!((claimed.payload.clone(), claimed.attempt, claimed.grouped), (b("k5"), 1, true));
+            assert!(q.claim("q", 191, 100, 10).await.unwrap().is_empty());
+            claimed
+        }
+        None => {
+            let claimed = q.claim("q", 191, 100, 10).await.unwrap();
+            assert_eq!(payloads(&claimed), [b("k5")]);
+            claimed[0].clone()
+        }
+    };
+    assert_eq!(k5_claim.seq, k5[0]);
+    // Its lease runs out like any claim's.
+    let expired = q.claim("q", 400, 100, 10).await.unwrap();
+    assert_eq!(payloads(&expired), [b("k5")]);
+    assert_eq!(expired[0].attempt, 2);
+    // The last of a group, or a message of none, claims nothing next.
+    q.ack("q", vec![k5[0]]).await.unwrap();
+    let k6 = q.claim("q", 410, 100, 10).await.unwrap();
+    assert_eq!(payloads(&k6), [b("k6")]);
+    assert!(q.ack_and_claim_next("q", k6[0].seq, 420, 100).await.unwrap().is_none());
+    q.enqueue("q", vec![b("loose")], 0).await.unwrap();
+    let loose = q.claim("q", 430, 100, 10).await.unwrap();
+    assert!(q.ack_and_claim_next("q", loose[0].seq, 440, 100).await.unwrap().is_none());
+    assert_eq!(q.depth("q").await.unwrap(), 0);
 }
