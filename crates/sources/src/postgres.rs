@@ -9,7 +9,9 @@
 //! The slot's position (the standby status's flush LSN) moves only past
 //! transactions whose every event is queued, so after a crash the server
 //! sends them again; the event id (`<commit LSN>/<n>`) is the same, so a
-//! change already queued is recognised and not queued twice.
+//! change already queued is recognised and not queued twice. Transactions
+//! that have arrived together are queued together (one batch, in commit
+//! order), so many small ones cost one commit in Gust, not one each.
 //!
 //! What the database needs, checked when the source is added: `wal_level =
 //! logical`, a role with `REPLICATION` (or a superuser), the publication.
@@ -447,9 +449,28 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     let mut flushed = 0u64;
     let mut received = 0u64;
     let mut last_status = Instant::now();
+    // The end of the last transaction whose changes are all in `pending`:
+    // committed transactions are queued together, in one batch, once the
+    // server has nothing more to send at once (or a chunk is full), so a
+    // stream of small transactions costs a commit per batch, not per row.
+    let mut committed: Option<u64> = None;
     loop {
-        let wait = STATUS_EVERY.saturating_sub(last_status.elapsed());
-        let next = tokio::time::timeout(wait, conn.next()).await;
+        let next = match committed {
+            // Only what has already arrived (reading is cancel-safe).
+            Some(end_lsn) => match tokio::time::timeout(Duration::ZERO, conn.next()).await {
+                Ok(message) => Ok(message),
+                Err(_) => {
+                    deliver(ctx, std::mem::take(&mut pending)).await?;
+                    flushed = flushed.max(end_lsn);
+                    committed = None;
+                    continue;
+                }
+            },
+            None => {
+                let wait = STATUS_EVERY.saturating_sub(last_status.elapsed());
+                tokio::time::timeout(wait, conn.next()).await
+            }
+        };
         let (kind, mut body) = match next {
             Ok(message) => message?,
             Err(_) => {
@@ -488,11 +509,18 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
                         pending.push(message(&source, commit_lsn, n, change));
                         if pending.len() >= CHUNK {
                             deliver(ctx, std::mem::take(&mut pending)).await?;
+                            if let Some(end_lsn) = committed.take() {
+                                flushed = flushed.max(end_lsn);
+                            }
                         }
                     }
                     Step::Commit { end_lsn } => {
-                        deliver(ctx, std::mem::take(&mut pending)).await?;
-                        flushed = flushed.max(end_lsn);
+                        committed = Some(end_lsn);
+                        if pending.len() >= CHUNK {
+                            deliver(ctx, std::mem::take(&mut pending)).await?;
+                            flushed = flushed.max(end_lsn);
+                            committed = None;
+                        }
                     }
                     Step::Relation { id, identity: b'f' } => {
                         // REPLICA IDENTITY FULL flags every column: the

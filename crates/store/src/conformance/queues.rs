@@ -127,10 +127,16 @@ pub async fn ordered_queues(q: &dyn QueueStore) {
         .enqueue_ordered("q", "k", vec![b("k5"), b("k6")], 0)
         .await
         .unwrap();
-    let next = q.ack_and_claim_next("q", fresh[0].seq, 190, 100).await.unwrap();
+    let next = q
+        .ack_and_claim_next("q", fresh[0].seq, 190, 100)
+        .await
+        .unwrap();
     let k5_claim = match next {
         Some(claimed) => {
-            assert_eq!((claimed.payload.clone(), claimed.attempt, claimed.grouped), (b("k5"), 1, true));
+            assert_eq!(
+                (claimed.payload.clone(), claimed.attempt, claimed.grouped),
+                (b("k5"), 1, true)
+            );
             assert!(q.claim("q", 191, 100, 10).await.unwrap().is_empty());
             claimed
         }
@@ -149,9 +155,19 @@ pub async fn ordered_queues(q: &dyn QueueStore) {
     q.ack("q", vec![k5[0]]).await.unwrap();
     let k6 = q.claim("q", 410, 100, 10).await.unwrap();
     assert_eq!(payloads(&k6), [b("k6")]);
-    assert!(q.ack_and_claim_next("q", k6[0].seq, 420, 100).await.unwrap().is_none());
+    assert!(
+        q.ack_and_claim_next("q", k6[0].seq, 420, 100)
+            .await
+            .unwrap()
+            .is_none()
+    );
     q.enqueue("q", vec![b("loose")], 0).await.unwrap();
     let loose = q.claim("q", 430, 100, 10).await.unwrap();
-    assert!(q.ack_and_claim_next("q", loose[0].seq, 440, 100).await.unwrap().is_none());
+    assert!(
+        q.ack_and_claim_next("q", loose[0].seq, 440, 100)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(q.depth("q").await.unwrap(), 0);
 }
