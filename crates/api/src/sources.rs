@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gust_core::FunctionName;
 use gust_core::access::Action;
-use gust_core::source::{MAX_SOURCES_PER_TENANT, SourceKind, SourceSpec, redact_url};
+use gust_core::source::{SourceKind, SourceSpec, redact_url};
 use gust_events::{SourceRecord, SourceStatus, seal_context};
 use serde::{Deserialize, Serialize};
 
@@ -102,9 +102,14 @@ pub(crate) async fn add_source(
     let replaces = existing_sources
         .iter()
         .any(|r| r.function == name && r.id == id);
-    if !replaces && existing_sources.len() >= MAX_SOURCES_PER_TENANT {
+    let limit = state
+        .accounts
+        .quotas(&caller.tenant)
+        .unwrap_or_default()
+        .sources;
+    if !replaces && existing_sources.len() as u64 >= limit {
         return Err(ApiError::QuotaExceeded(format!(
-            "tenant `{}` has {MAX_SOURCES_PER_TENANT} sources, as many as it may: remove one first (`gust source rm`)",
+            "tenant `{}` is at its quota `sources` ({limit}): remove one first (`gust source rm`), or ask an admin for more",
             caller.tenant
         )));
     }

@@ -117,6 +117,9 @@ pub struct Quotas {
     /// Instances the tenant's functions may reserve in all (the sum of
     /// their `reserved_concurrency`): slots no other tenant may use.
     pub reserved_concurrency: u64,
+    /// Event sources (brokers, databases, webhooks) across the tenant's
+    /// functions: each holds a connection open from the node.
+    pub sources: u64,
 }
 
 impl Default for Quotas {
@@ -135,6 +138,7 @@ impl Default for Quotas {
             monthly_budget_micros: None,
             function_memory_bytes: 1 << 30,
             reserved_concurrency: 250,
+            sources: 100,
         }
     }
 }

@@ -128,8 +128,6 @@ pub const DEFAULT_MAX_BACKLOG: u32 = 1_000;
 pub const DEFAULT_PREFETCH: u32 = 64;
 /// Upper bound of both.
 pub const MAX_PREFETCH: u32 = 10_000;
-/// Sources one tenant may have: each holds a connection on the node.
-pub const MAX_SOURCES_PER_TENANT: usize = 100;
 
 /// A source as asked for: a kind and the fields it uses. The kind is kept
 /// as text until [`SourceSpec::validate`], so a wrong one gets a readable

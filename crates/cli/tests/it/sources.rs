@@ -1048,6 +1048,33 @@ async fn a_tenants_source_reaches_no_private_address_and_no_other_tenants_source
         hook["webhook_url"],
         format!("{}/_gust/webhooks/acme/mine/h", server.url)
     );
+    // At its `sources` quota, another is refused; the same one may change.
+    let response = server
+        .http
+        .put(format!("{}/v1/tenants/acme/quotas", server.api))
+        .json(&serde_json::json!({"sources": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let over = server.gust_as(
+        &acme,
+        &[
+            "source", "add", "mine", "--kind", "webhook", "--secret", "s", "--id", "h2",
+        ],
+    );
+    let why = String::from_utf8_lossy(&over.stderr);
+    assert!(
+        !over.status.success() && why.contains("quota `sources` (1)"),
+        "{why}"
+    );
+    let changed = server.gust_as(
+        &acme,
+        &[
+            "source", "add", "mine", "--kind", "webhook", "--secret", "s2", "--id", "h",
+        ],
+    );
+    assert!(changed.status.success(), "{changed:?}");
     assert_eq!(
         server.gust_json_as(&other, &["source", "ls"]),
         serde_json::json!([])
