@@ -44,6 +44,11 @@ pub struct Envelope {
     /// function that keeps queueing events for itself is stopped.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub depth: u32,
+    /// The kind of event source that queued it (`mqtt`, `webhook`, …), set
+    /// by Gust alone: what its attempts are metered as. A client's
+    /// `ce-type` never sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     #[serde(skip)]
     pub data: Vec<u8>,
 }
@@ -239,6 +244,7 @@ mod tests {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             tracestate: None,
             depth: 3,
+            origin: Some("mqtt".into()),
             data: vec![0, 255, 1, 2],
         };
         let decoded = Envelope::decode(&envelope.encode()).unwrap();

@@ -85,15 +85,10 @@ impl Trigger {
         }
     }
 
-    /// The trigger of an event of CloudEvents `type` `ty`: an event
-    /// source's kind for the types sources give (`dev.gust.<kind>.…`),
-    /// else [`Trigger::Event`].
-    pub fn of_event_type(ty: &str) -> Trigger {
-        let kind = ty
-            .strip_prefix("dev.gust.")
-            .and_then(|rest| rest.split('.').next())
-            .unwrap_or_default();
-        match kind {
+    /// The trigger of an event queued by an event source of `origin`'s
+    /// kind (the envelope's, which Gust alone sets), else [`Trigger::Event`].
+    pub fn of_origin(origin: Option<&str>) -> Trigger {
+        match origin.unwrap_or_default() {
             "webhook" => Trigger::Webhook,
             "mqtt" => Trigger::Mqtt,
             "nats" => Trigger::Nats,
@@ -331,16 +326,10 @@ mod tests {
 
     #[test]
     fn events_of_a_source_are_metered_as_its_kind() {
-        assert_eq!(
-            Trigger::of_event_type("dev.gust.mqtt.message"),
-            Trigger::Mqtt
-        );
-        assert_eq!(
-            Trigger::of_event_type("dev.gust.postgres.update"),
-            Trigger::Postgres
-        );
-        assert_eq!(Trigger::of_event_type("dev.gust.kv.put"), Trigger::Event);
-        assert_eq!(Trigger::of_event_type("com.example.order"), Trigger::Event);
+        assert_eq!(Trigger::of_origin(Some("mqtt")), Trigger::Mqtt);
+        assert_eq!(Trigger::of_origin(Some("postgres")), Trigger::Postgres);
+        assert_eq!(Trigger::of_origin(Some("kafka")), Trigger::Event);
+        assert_eq!(Trigger::of_origin(None), Trigger::Event);
         for t in Trigger::ALL {
             let json = serde_json::to_string(&t).unwrap();
             assert_eq!(json, format!("\"{}\"", t.as_str()));

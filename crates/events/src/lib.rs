@@ -349,6 +349,7 @@ impl Events {
             traceparent: None,
             tracestate: None,
             depth: 0,
+            origin: None,
             data,
             tenant,
             function,

@@ -287,6 +287,7 @@ impl Events {
         }
         envelope.source = message.source;
         envelope.ty = message.ty;
+        envelope.origin = Some(record.spec.kind.clone());
         envelope.subject = message.subject;
         envelope.content_type = message.content_type;
         envelope.time_ms = now_ms();

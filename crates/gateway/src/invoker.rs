@@ -161,7 +161,7 @@ impl Invoker for Gateway {
         let metered = metering::Attempt {
             id,
             attempt,
-            trigger: Trigger::of_event_type(&envelope.ty),
+            trigger: Trigger::of_origin(envelope.origin.as_deref()),
             request_bytes: envelope.data.len() as u64,
             fault: None,
             depth: envelope.depth,

@@ -623,6 +623,38 @@ async fn webhooks_are_queued_only_when_signed_and_once_per_delivery() {
         }
     })
     .await;
+
+    // A client's event that calls itself a webhook's is metered as what it
+    // is, an event; the webhook's own deliveries as webhooks.
+    let response = server
+        .http
+        .post(format!("{}/hooks/collect", server.url))
+        .header("Gust-Invocation-Type", "Event")
+        .header("ce-type", "dev.gust.webhook.github")
+        .body("spoofed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let spoofed = body["invocation_id"].as_str().unwrap().to_string();
+    let triggers = Server::eventually(Duration::from_secs(10), || async {
+        let out = server.gust(&["usage", "--export", "jsonl"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let of = |id: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|r| r["invocation_id"] == id)
+                .map(|r| r["trigger"].as_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        let spoofed = of(&spoofed);
+        let pushed = text.lines().any(|l| l.contains("\"trigger\":\"webhook\""));
+        (!spoofed.is_empty() && pushed).then_some(spoofed)
+    })
+    .await
+    .expect("the spoofed event and the webhooks metered");
+    assert_eq!(triggers, ["event"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
