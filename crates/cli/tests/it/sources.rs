@@ -1245,17 +1245,10 @@ async fn nats_jetstream_messages_survive_a_kill_9_and_a_broker_restart_and_core_
         "source", "add", "orders", "--kind", "nats", "--url", &url, "--topic", "pings", "--path",
         "/collect", "--id", "core",
     ]);
-    Server::eventually(Duration::from_secs(10), || async {
-        let listed = server.gust_json(&["source", "ls", "orders"]);
-        let core = listed
-            .as_array()?
-            .iter()
-            .find(|s| s["id"] == "core")?
-            .clone();
-        (core["status"]["state"] == "connected").then_some(())
-    })
-    .await
-    .expect("the core subscription connects");
+    assert!(
+        connected(&server, "orders", "core").await,
+        "the core subscription connects"
+    );
     for n in 0..10 {
         client
             .publish("pings", format!("ping {n}").into())
@@ -1511,6 +1504,17 @@ async fn rabbitmq_messages_are_acknowledged_only_once_queued_and_survive_a_kill_
             .queue_delete(queue.as_str().into(), Default::default())
             .await;
     }
+}
+
+/// Whether source `id` of `function` says it is connected within 10 s.
+async fn connected(server: &Server, function: &str, id: &str) -> bool {
+    Server::eventually(Duration::from_secs(10), || async {
+        let listed = server.gust_json(&["source", "ls", function]);
+        let source = listed.as_array()?.iter().find(|s| s["id"] == id)?.clone();
+        (source["status"]["state"] == "connected").then_some(())
+    })
+    .await
+    .is_some()
 }
 
 /// A sample of `/metrics`, 0 while it is not there yet.
@@ -2058,6 +2062,20 @@ fn add_tls_source(
     server.gust(&args)
 }
 
+/// A source over TLS: refused without the CA (with the certificate's
+/// reason), added with it.
+fn refused_without_the_ca_then_added_with_it(
+    server: &Server,
+    kind: &str,
+    url: &str,
+    rest: &[&str],
+    ca: &str,
+) {
+    let refused = add_tls_source(server, kind, url, rest, None);
+    assert_refused_for_its_certificate(&refused, &format!("{url} without the CA"));
+    assert_added(&add_tls_source(server, kind, url, rest, Some(ca)), url);
+}
+
 /// Refused, with a certificate's reason.
 fn assert_refused_for_its_certificate(out: &std::process::Output, what: &str) {
     let why = String::from_utf8_lossy(&out.stderr);
@@ -2118,14 +2136,7 @@ async fn sources_reach_brokers_over_tls_and_refuse_a_certificate_they_cannot_che
     ));
     let url = format!("mqtts://127.0.0.1:{port}");
     let topic = ["--topic", "secure/#", "--qos", "1"];
-    assert_refused_for_its_certificate(
-        &add_tls_source(&server, "mqtt", &url, &topic, None),
-        "mqtts without the CA",
-    );
-    assert_added(
-        &add_tls_source(&server, "mqtt", &url, &topic, Some(&ca)),
-        "mqtts",
-    );
+    refused_without_the_ca_then_added_with_it(&server, "mqtt", &url, &topic, &ca);
     let published = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -2168,14 +2179,7 @@ async fn sources_reach_brokers_over_tls_and_refuse_a_certificate_they_cannot_che
         brokers.push(Broker::start(command, port, dir));
         let url = format!("tls://127.0.0.1:{port}");
         let subject = ["--topic", "secure", "--id", "nats"];
-        assert_refused_for_its_certificate(
-            &add_tls_source(&server, "nats", &url, &subject, None),
-            "tls:// without the CA",
-        );
-        assert_added(
-            &add_tls_source(&server, "nats", &url, &subject, Some(&ca)),
-            "tls://",
-        );
+        refused_without_the_ca_then_added_with_it(&server, "nats", &url, &subject, &ca);
         let client = async_nats::ConnectOptions::new()
             .add_root_certificates(ca.clone().into())
             .require_tls(true)
@@ -2183,17 +2187,10 @@ async fn sources_reach_brokers_over_tls_and_refuse_a_certificate_they_cannot_che
             .await
             .unwrap();
         // Core NATS: what is published once the source is connected.
-        Server::eventually(Duration::from_secs(10), || async {
-            let listed = server.gust_json(&["source", "ls", "secure"]);
-            let nats = listed
-                .as_array()?
-                .iter()
-                .find(|s| s["id"] == "nats")?
-                .clone();
-            (nats["status"]["state"] == "connected").then_some(())
-        })
-        .await
-        .expect("the NATS source connects over TLS");
+        assert!(
+            connected(&server, "secure", "nats").await,
+            "the NATS source connects over TLS"
+        );
         client
             .publish("secure", "over-nats-tls".into())
             .await
@@ -2233,14 +2230,7 @@ async fn sources_reach_brokers_over_tls_and_refuse_a_certificate_they_cannot_che
         brokers.push(Broker::start(command, port, dir));
         let url = format!("rediss://127.0.0.1:{port}");
         let stream = ["--stream", "secure", "--id", "redis"];
-        assert_refused_for_its_certificate(
-            &add_tls_source(&server, "redis", &url, &stream, None),
-            "rediss:// without the CA",
-        );
-        assert_added(
-            &add_tls_source(&server, "redis", &url, &stream, Some(&ca)),
-            "rediss://",
-        );
+        refused_without_the_ca_then_added_with_it(&server, "redis", &url, &stream, &ca);
         let added = Command::new("redis-cli")
             .args([
                 "--tls",
@@ -2279,14 +2269,7 @@ async fn sources_reach_brokers_over_tls_and_refuse_a_certificate_they_cannot_che
         let queue = amqp_queue(&channel, "gust-tls").await;
         let url = format!("amqps://guest:guest@127.0.0.1:{port}/%2f");
         let rest = ["--queue", queue.as_str(), "--id", "amqp"];
-        assert_refused_for_its_certificate(
-            &add_tls_source(&server, "amqp", &url, &rest, None),
-            "amqps:// without the CA",
-        );
-        assert_added(
-            &add_tls_source(&server, "amqp", &url, &rest, Some(&ca)),
-            "amqps://",
-        );
+        refused_without_the_ca_then_added_with_it(&server, "amqp", &url, &rest, &ca);
         amqp_publish_one(&channel, &queue, "over-amqps", "amqps-1").await;
         arrives("over-amqps").await;
         running += 1;
