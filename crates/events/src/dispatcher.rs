@@ -1,6 +1,13 @@
 //! The driver of the delivery policy: one worker per function queue claims
 //! due events, runs attempts through the [`Invoker`] (up to the function's
 //! concurrency), and applies the policy's decision to each result.
+//!
+//! An ordering group's events run back to back: the acknowledgement of one
+//! claims the next in the same write, and it runs under the same permit,
+//! up to [`MAX_CHAIN`] in a row. On one node a success's status and its
+//! acknowledgement are written side by side; if the ack is durable and the
+//! status write keeps failing past its retries, the event is done and its
+//! status stays what it was (the record, not the event, is lost).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher as _, RandomState};
@@ -46,6 +53,9 @@ pub struct AttemptOutcome {
     /// at its limit): not an attempt; the event waits for capacity.
     pub not_run: bool,
 }
+
+/// Events of one ordering group run back to back under one permit, at most.
+const MAX_CHAIN: u32 = 32;
 
 /// How long an event that found no capacity waits before it is tried again.
 const NO_CAPACITY_WAIT_MS: u64 = 100;
@@ -356,19 +366,23 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
                 function.clone(),
             );
             let busy = Busy::new(&events.wake);
-            let lease_ms = timeout_ms + LEASE_MARGIN_MS;
             tokio::spawn(async move {
                 // An ordering group's next event, claimed as this one was
-                // acknowledged, runs next under the same permit.
-                let mut next = Some((item, policy));
-                while let Some((item, policy)) = next.take() {
+                // acknowledged, runs next under the same permit, up to
+                // MAX_CHAIN in a row (then the group waits its turn in
+                // `claim` with the others).
+                let mut next = Some((item, policy, timeout_ms));
+                let mut ran = 0;
+                while let Some((item, policy, timeout_ms)) = next.take() {
+                    ran += 1;
+                    let chain = (ran < MAX_CHAIN).then_some(timeout_ms + LEASE_MARGIN_MS);
                     let chained =
-                        attempt(&events, invoker.as_ref(), &queue, &policy, item, lease_ms).await;
+                        attempt(&events, invoker.as_ref(), &queue, &policy, item, chain).await;
                     next = chained.map(|item| {
-                        let policy = invoker
+                        let (policy, timeout_ms) = invoker
                             .policy(&tenant, &function)
-                            .map_or(policy, |(p, _)| p);
-                        (item, policy)
+                            .unwrap_or((policy, timeout_ms));
+                        (item, policy, timeout_ms)
                     });
                 }
                 drop((permit, busy));
@@ -380,8 +394,8 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
 
 /// Runs one attempt and applies the policy to its result. Returns the
 /// next event of its ordering group when that was claimed with this one's
-/// acknowledgement (see [`QueueStore::ack_and_claim_next`]): the caller
-/// runs it next.
+/// acknowledgement (see [`QueueStore::ack_and_claim_next`], with `chain`:
+/// its lease), which the caller runs next.
 ///
 /// [`QueueStore::ack_and_claim_next`]: gust_store::QueueStore::ack_and_claim_next
 async fn attempt(
@@ -390,7 +404,7 @@ async fn attempt(
     queue: &str,
     policy: &DeliveryPolicy,
     item: Claimed,
-    lease_ms: u64,
+    chain: Option<u64>,
 ) -> Option<Claimed> {
     let envelope = match Envelope::decode(&item.payload) {
         Ok(envelope) => envelope,
@@ -441,6 +455,10 @@ async fn attempt(
     // ends. Each step may be repeated (a status written twice, a
     // destination's event queued twice: at least once); none is skipped.
     let mut pause = Duration::from_millis(100);
+    // The fast path's ack went through (only the status is repeated), and
+    // the group's next event it claimed, if any.
+    let mut acked = false;
+    let mut chained: Option<Claimed> = None;
     let give_up = std::time::Instant::now() + RECORD_RETRIES_FOR;
     loop {
         let applied = async {
@@ -454,24 +472,35 @@ async fn attempt(
                     // repeated (the ack of a removed event is a no-op).
                     // A group's next event is claimed in the same write,
                     // unless the node is stopping.
-                    let ack = async {
-                        if item.grouped && !events.wake.stopping() {
-                            events
-                                .queue
-                                .ack_and_claim_next(queue, item.seq, now_ms(), lease_ms)
-                                .await
-                        } else {
-                            events.queue.ack(queue, vec![item.seq]).await.map(|()| None)
-                        }
-                    };
-                    let (_, next) =
-                        tokio::try_join!(put_record(events, &envelope.tenant, &record), ack)?;
+                    let put = put_record(events, &envelope.tenant, &record);
+                    if acked {
+                        put.await?;
+                    } else {
+                        let ack = async {
+                            match chain {
+                                Some(lease_ms) if item.grouped && !events.wake.stopping() => {
+                                    events
+                                        .queue
+                                        .ack_and_claim_next(queue, item.seq, now_ms(), lease_ms)
+                                        .await
+                                }
+                                _ => events.queue.ack(queue, vec![item.seq]).await.map(|()| None),
+                            }
+                        };
+                        let (put, ack) = tokio::join!(put, ack);
+                        let ack = ack.map(|next| {
+                            acked = true;
+                            chained = next;
+                        });
+                        put?;
+                        ack?;
+                    }
                     events.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     events.counters.finish_one(&envelope.tenant);
-                    if item.grouped && next.is_none() {
+                    if item.grouped && chained.is_none() {
                         events.wake.notify(queue);
                     }
-                    Ok(next)
+                    Ok(chained.take())
                 }
                 Decision::Done => {
                     put_record(events, &envelope.tenant, &record).await?;
@@ -574,8 +603,15 @@ async fn attempt(
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
             Err(e) => {
-                // The claim's lease runs out and the event is tried again.
+                // The claim's lease runs out and the event is tried again
+                // (unless its ack went through: then its status is left
+                // as it was). A successor claimed with the ack goes back
+                // to the queue without counting an attempt.
                 tracing::error!(%queue, invocation_id = %id, error = %e, "recording an attempt failed");
+                if let Some(next) = chained.take() {
+                    let _ = events.queue.defer(queue, next.seq, now_ms()).await;
+                    events.wake.notify(queue);
+                }
                 return None;
             }
         }

@@ -221,7 +221,10 @@ impl Conn {
         request.put_i32(8);
         request.put_i32(80_877_103);
         stream.write_all(&request).await.map_err(broker)?;
-        match stream.read_u8().await.map_err(broker)? {
+        let answer = tokio::time::timeout(Duration::from_secs(5), stream.read_u8())
+            .await
+            .map_err(|_| broker("the SSLRequest was not answered"))?;
+        match answer.map_err(broker)? {
             b'S' => {}
             b'N' => {
                 return Err(SourceError::Config(format!(

@@ -5,13 +5,14 @@
 //!
 //! Certificates are always checked. PostgreSQL's `sslmode=verify-ca` checks
 //! the chain and not the host name (a database whose certificate names
-//! another host, as self-signed ones often do); there is no mode that
-//! encrypts without checking.
+//! another host, as self-signed ones often do), and so trusts the source's
+//! CA alone: with the public roots, anyone's certificate from a public CA
+//! would pass. There is no mode that encrypts without checking.
 
+use std::hash::{BuildHasher as _, Hasher as _};
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
@@ -35,9 +36,13 @@ pub(crate) enum Check {
     ChainOnly,
 }
 
-/// The public roots and the certificates of `ca` (PEM), if given.
-fn roots(ca: Option<&str>) -> Result<RootCertStore, SourceError> {
-    let mut roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+/// The public roots (with `public`) and the certificates of `ca` (PEM).
+fn roots(ca: Option<&str>, public: bool) -> Result<RootCertStore, SourceError> {
+    let mut roots = if public {
+        RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned())
+    } else {
+        RootCertStore::empty()
+    };
     if let Some(pem) = ca {
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
@@ -62,7 +67,12 @@ pub(crate) fn client_config(
     check: Check,
 ) -> Result<rustls::ClientConfig, SourceError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = Arc::new(roots(ca)?);
+    if check == Check::ChainOnly && ca.is_none() {
+        return Err(SourceError::Config(
+            "sslmode=verify-ca checks the certificate against the source's own CA: give it with --ca-file (`ca` in gust.toml), or use verify-full".into(),
+        ));
+    }
+    let roots = Arc::new(roots(ca, check == Check::Full)?);
     let tls = |e: rustls::Error| SourceError::Config(format!("TLS: {e}"));
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -145,7 +155,14 @@ pub(crate) async fn handshake(
     )
     .await
     .map_err(|_| SourceError::Broker(format!("{host}: the TLS handshake did not finish")))?
-    .map_err(|e| SourceError::Broker(format!("{host}: TLS: {e}")))
+    .map_err(|e| {
+        let hint = if e.to_string().contains("certificate") {
+            " (a certificate from a private CA needs that CA: --ca-file, or `ca` in gust.toml)"
+        } else {
+            ""
+        };
+        SourceError::Broker(format!("{host}: TLS: {e}{hint}"))
+    })
 }
 
 const HANDSHAKE: Duration = Duration::from_secs(5);
@@ -170,9 +187,10 @@ async fn dial(
 /// open advisories, or a PKCS#12 stack of 34 crates). Closed when dropped.
 ///
 /// [`Local::Unix`] is a socket in a directory only this process's user may
-/// enter. [`Local::Loopback`] is a port on 127.0.0.1, which another local
-/// process could reach too: what it would get is a TLS connection to the
-/// broker without the source's credentials, which it could open itself.
+/// enter. [`Local::Loopback`] is a port on 127.0.0.1 that takes one
+/// connection: another local process that took it first would get a TLS
+/// connection to the broker without the source's credentials (which it
+/// could open itself), and the source would fail and start again.
 pub(crate) struct Tunnel {
     dir: Option<PathBuf>,
     endpoint: Endpoint,
@@ -209,10 +227,13 @@ impl Tunnel {
             Local::Loopback => {
                 let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
                 let port = listener.local_addr().map_err(io)?.port();
+                // One connection, the client's (it makes one per tunnel):
+                // the port closes once it is taken.
                 let task = tokio::spawn(async move {
-                    while let Ok((plain, _)) = listener.accept().await {
+                    if let Ok((plain, _)) = listener.accept().await {
+                        drop(listener);
                         let _ = plain.set_nodelay(true);
-                        tokio::spawn(carry(plain, target.clone()));
+                        carry(plain, target).await;
                     }
                 });
                 Ok(Tunnel {
@@ -222,12 +243,13 @@ impl Tunnel {
                 })
             }
             Local::Unix => {
-                static NEXT: AtomicU64 = AtomicU64::new(0);
-                let dir = std::env::temp_dir().join(format!(
-                    "gust-tls-{}-{}",
-                    std::process::id(),
-                    NEXT.fetch_add(1, Ordering::Relaxed)
-                ));
+                // A name nobody can guess ahead (SipHash keyed from the OS's
+                // randomness), so nobody can make the directory first.
+                let random = std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish();
+                let dir = std::env::temp_dir()
+                    .join(format!("gust-tls-{}-{random:016x}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::DirBuilder::new()
                     .mode(0o700)
@@ -293,6 +315,9 @@ mod tests {
         assert!(e.to_string().contains("no certificate"), "{e}");
         let bad = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(client_config(Some(bad), Check::Full).is_err());
-        assert!(client_config(None, Check::ChainOnly).is_ok());
+        // verify-ca trusts the source's CA alone, so it needs one.
+        let e = client_config(None, Check::ChainOnly).unwrap_err();
+        assert!(e.to_string().contains("--ca-file"), "{e}");
+        assert!(client_config(None, Check::Full).is_ok());
     }
 }

@@ -191,6 +191,10 @@ fn service(name: &str, port: u16) -> Option<()> {
     None
 }
 
+/// Held by the tests that use the machine's PostgreSQL and RabbitMQ, two
+/// of which restart them: one at a time.
+static MACHINE_SERVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -1384,6 +1388,7 @@ fn restart_rabbitmq(down_for: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn rabbitmq_messages_are_acknowledged_only_once_queued_and_survive_a_kill_9_and_a_broker_restart()
  {
+    let _machine = MACHINE_SERVICES.lock().await;
     if service("RabbitMQ", 5672).is_none() {
         return;
     }
@@ -1607,6 +1612,7 @@ fn restart_postgres() -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_row_changes_arrive_in_order_per_row_and_survive_a_kill_9_and_a_restart() {
+    let _machine = MACHINE_SERVICES.lock().await;
     if service("PostgreSQL", 5432).is_none() || installed("psql").is_none() {
         return;
     }
@@ -2094,6 +2100,7 @@ fn assert_added(out: &std::process::Output, what: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sources_reach_brokers_over_tls_and_refuse_a_certificate_they_cannot_check() {
+    let _machine = MACHINE_SERVICES.lock().await;
     let Some(certs) = Certs::new() else {
         return;
     };
@@ -2303,6 +2310,11 @@ async fn sources_reach_brokers_over_tls_and_refuse_a_certificate_they_cannot_che
             "require without the CA",
         );
         let chain = format!("{base}?sslmode=verify-ca");
+        // verify-ca trusts the CA given alone: another CA's is refused.
+        assert_refused_for_its_certificate(
+            &add_tls_source(&server, "postgres", &chain, &rest, Some(&ca)),
+            "verify-ca with another CA",
+        );
         assert_added(
             &add_tls_source(&server, "postgres", &chain, &rest, Some(&own)),
             "verify-ca",

@@ -131,6 +131,13 @@ pub async fn ordered_queues(q: &dyn QueueStore) {
         .ack_and_claim_next("q", fresh[0].seq, 190, 100)
         .await
         .unwrap();
+    // Repeated (a retry after an error): nothing more is acknowledged or claimed.
+    assert!(
+        q.ack_and_claim_next("q", fresh[0].seq, 190, 100)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let k5_claim = match next {
         Some(claimed) => {
             assert_eq!(
