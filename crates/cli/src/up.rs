@@ -494,7 +494,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             shared: nats.is_some(),
             allow_private: args.sources_private,
         },
-    );
+    )
+    .with_budget({
+        let gateway = gateway.clone();
+        Arc::new(
+            move |tenant: &gust_core::TenantId, function: &gust_core::FunctionName| {
+                gateway.out_of_budget(tenant, function.as_str())
+            },
+        )
+    });
     sources.start();
 
     // Signal handlers are installed before the addresses are printed, so a

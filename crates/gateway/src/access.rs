@@ -155,9 +155,27 @@ impl Access {
             ),
             retry_after_s: wait_ms.div_ceil(1000),
         })?;
-        let Some(meter) = meter else {
-            return Ok(());
-        };
+        match self.spent(tenant, function, meter, now) {
+            Some((message, retry_after_s)) => Err(GatewayError::QuotaExceeded {
+                message,
+                retry_after_s,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Why new work is refused for the budget: the tenant — or the
+    /// function, given with its budget — spent its monthly budget (as far
+    /// as the ledger has counted), with the seconds until the month ends.
+    pub fn spent(
+        &self,
+        tenant: &TenantId,
+        function: Option<(&str, u64)>,
+        meter: Option<&gust_meter::Meter>,
+        now: u64,
+    ) -> Option<(String, u64)> {
+        let meter = meter?;
+        let gate = self.gate(tenant);
         let over = |spent: Option<u64>, budget: u64| {
             let spent = spent.unwrap_or(0);
             (spent >= budget).then_some(spent)
@@ -170,12 +188,12 @@ impl Access {
         if let Some(budget) = gate.quotas.monthly_budget_micros
             && let Some(spent) = over(meter.month_cost(tenant.as_str(), now), budget)
         {
-            return Err(GatewayError::QuotaExceeded {
-                message: format!(
+            return Some((
+                format!(
                     "tenant `{tenant}` reached its monthly budget `monthly_budget_micros` ({budget} micro-units; {spent} spent this month); an admin can raise it, else it resets next month"
                 ),
-                retry_after_s: retry_after_s(),
-            });
+                retry_after_s(),
+            ));
         }
         if let Some((function, budget)) = function
             && let Some(spent) = over(
@@ -183,14 +201,14 @@ impl Access {
                 budget,
             )
         {
-            return Err(GatewayError::QuotaExceeded {
-                message: format!(
+            return Some((
+                format!(
                     "function `{function}` reached its monthly budget `monthly_budget_micros` ({budget} micro-units; {spent} spent this month); deploy it with a higher --monthly-budget-micros, else it resets next month"
                 ),
-                retry_after_s: retry_after_s(),
-            });
+                retry_after_s(),
+            ));
         }
-        Ok(())
+        None
     }
 
     /// Refuses an event submission when the tenant's backlog is full.

@@ -308,6 +308,26 @@ impl Gateway {
     }
 
     /// A function's scaling now and its recent decisions (`gust scale`).
+    /// Why function `name` of `tenant` may take no new work now (its
+    /// tenant's or its own monthly budget spent), or `None`: what event
+    /// sources ask before they pull more.
+    pub fn out_of_budget(&self, tenant: &gust_core::TenantId, name: &str) -> Option<String> {
+        let budget = self
+            .shared
+            .catalog
+            .get(tenant.as_str(), name)
+            .and_then(|served| served.live.limits.monthly_budget_micros);
+        self.shared
+            .access
+            .spent(
+                tenant,
+                budget.map(|budget| (name, budget)),
+                self.shared.meter.as_ref(),
+                now_ms(),
+            )
+            .map(|(why, _)| why)
+    }
+
     pub fn scale_status(&self, tenant: &str, name: &str) -> Option<gust_autoscale::ScaleStatus> {
         self.shared
             .scaler

@@ -52,8 +52,26 @@ where
     let Some(served) = shared.catalog.get(tenant.as_str(), function.as_str()) else {
         return Err(reject_unread(shared, request, GatewayError::NoSuchWebhook).await);
     };
+    // New work: refused once the tenant or the function spent its budget,
+    // or the backlog is full. Not charged to the tenant's request rate:
+    // anyone may post here before the signature is checked, and must not
+    // use up the tenant's rate.
+    let budget = served.live.limits.monthly_budget_micros;
+    let spent = shared.access.spent(
+        &tenant,
+        budget.map(|budget| (function.as_str(), budget)),
+        shared.meter.as_ref(),
+        crate::now_ms(),
+    );
     let backlog = shared.events.backlog(&tenant);
-    if let Err(error) = shared.access.admit_event(&tenant, backlog) {
+    let admitted = match spent {
+        Some((message, retry_after_s)) => Err(GatewayError::QuotaExceeded {
+            message,
+            retry_after_s,
+        }),
+        None => shared.access.admit_event(&tenant, backlog),
+    };
+    if let Err(error) = admitted {
         return Err(reject_unread(shared, request, error).await);
     }
     let limit = shared

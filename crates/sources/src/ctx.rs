@@ -27,6 +27,8 @@ pub(crate) struct Ctx {
     pub max_event_bytes: usize,
     pub accounts: Accounts,
     pub node: String,
+    /// Asked before pulling more: the function out of budget pauses it.
+    pub budget: Option<crate::supervisor::BudgetCheck>,
     /// The last state written, and the queue depth last seen with when.
     state: Mutex<(String, Option<String>)>,
     depth: Mutex<Option<(Instant, u64)>>,
@@ -53,6 +55,7 @@ impl Ctx {
             max_event_bytes,
             accounts,
             node,
+            budget: None,
             state: Mutex::new((String::new(), None)),
             depth: Mutex::new(None),
             queued_since: AtomicU64::new(0),
@@ -86,9 +89,10 @@ impl Ctx {
         }
     }
 
-    /// Waits while the function's queue is at the source's `max_backlog`
-    /// or the tenant at its `event_backlog` quota: the broker keeps what
-    /// Gust has no room for.
+    /// Waits while the function's queue is at the source's `max_backlog`,
+    /// the tenant at its `event_backlog` quota, or the function out of
+    /// budget (said in the state): the broker keeps what Gust has no room
+    /// for.
     pub async fn room(&self) -> Result<(), SourceError> {
         let max = u64::from(self.record.spec.max_backlog());
         let mut paused = false;
@@ -99,7 +103,11 @@ impl Ctx {
                 .unwrap_or_default()
                 .event_backlog;
             let depth = self.depth().await?;
-            if depth < max && self.events.backlog(&self.record.tenant) < quota {
+            let spent = self
+                .budget
+                .as_ref()
+                .and_then(|check| check(&self.record.tenant, &self.record.function));
+            if spent.is_none() && depth < max && self.events.backlog(&self.record.tenant) < quota {
                 if paused {
                     self.set_state("connected", None).await;
                 }
@@ -107,7 +115,7 @@ impl Ctx {
             }
             if !paused {
                 paused = true;
-                self.set_state("paused", None).await;
+                self.set_state("paused", spent).await;
             }
             tokio::time::sleep(PAUSED_POLL).await;
             *self.depth.lock().await = None;

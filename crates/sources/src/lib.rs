@@ -31,7 +31,7 @@ mod supervisor;
 mod tls;
 
 pub use stats::{SourceSample, SourceStats};
-pub use supervisor::{Sources, SourcesConfig};
+pub use supervisor::{BudgetCheck, Sources, SourcesConfig};
 
 /// Why a source could not run (shown as its `last_error`).
 #[derive(Debug, thiserror::Error)]

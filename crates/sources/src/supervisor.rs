@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gust_core::TenantId;
 use gust_core::source::{SourceKind, SourceSpec};
+use gust_core::{FunctionName, TenantId};
 use gust_events::{Events, SourceRecord, seal_context};
 use gust_store::{Accounts, Lease, MetaStore, SecretBox};
 use tokio::task::JoinHandle;
@@ -39,6 +39,10 @@ pub struct SourcesConfig {
     pub allow_private: bool,
 }
 
+/// Why a function may take no new work now (its tenant's, or its own,
+/// monthly budget spent), or `None`: asked before a source pulls more.
+pub type BudgetCheck = Arc<dyn Fn(&TenantId, &FunctionName) -> Option<String> + Send + Sync>;
+
 /// The sources of every tenant, run on this node. Cheap to clone.
 #[derive(Clone)]
 pub struct Sources {
@@ -48,6 +52,7 @@ pub struct Sources {
     accounts: Accounts,
     config: SourcesConfig,
     stats: SourceStats,
+    budget: Option<BudgetCheck>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -78,7 +83,17 @@ impl Sources {
             accounts,
             config,
             stats: SourceStats::default(),
+            budget: None,
         }
+    }
+
+    /// Sources pause (and say why) while `check` finds their function out
+    /// of budget, so a tenant that spent its budget takes no new messages
+    /// (the broker keeps them) until it is raised or the month ends.
+    #[must_use]
+    pub fn with_budget(mut self, check: BudgetCheck) -> Self {
+        self.budget = Some(check);
+        self
     }
 
     /// The counters of the sources running here.
@@ -216,7 +231,7 @@ impl Sources {
     }
 
     fn ctx(&self, record: SourceRecord, url: String, counters: Arc<crate::stats::Counters>) -> Ctx {
-        Ctx::new(
+        let mut ctx = Ctx::new(
             self.events.clone(),
             record,
             url,
@@ -224,7 +239,9 @@ impl Sources {
             self.config.max_event_bytes,
             self.accounts.clone(),
             self.config.node.clone(),
-        )
+        );
+        ctx.budget = self.budget.clone();
+        ctx
     }
 
     /// Checks a source before it is stored: its broker answers with these

@@ -1016,6 +1016,26 @@ async fn mqtt_messages_keep_their_order_per_topic_across_a_gust_outage_and_a_bro
     let listed = server.gust_json(&["source", "ls", "devices"]);
     assert_eq!(listed[0]["status"]["state"], "connected", "{listed}");
 
+    // A payload that is not UTF-8 is delivered as the bytes it is.
+    let binary = dir.path().join("binary");
+    std::fs::write(&binary, [0xff, 0xfe, b'b', b'i', b'n']).unwrap();
+    let published = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1"])
+        .args(["-t", "sensors/c/temp", "-f", &binary.to_string_lossy()])
+        .status()
+        .unwrap();
+    assert!(published.success());
+    let records = collected_until(&server, "devices", Duration::from_secs(20), |r| {
+        r.iter().any(|c| c.subject == "sensors/c/temp")
+    })
+    .await;
+    let bin = records
+        .iter()
+        .find(|c| c.subject == "sensors/c/temp")
+        .unwrap();
+    assert_eq!(bin.body, "\u{fffd}\u{fffd}bin", "{bin:?}");
+    assert!(connected(&server, "devices", "temps").await);
+
     server.gust_json(&[
         "source",
         "add",
@@ -2357,4 +2377,137 @@ async fn sources_reach_brokers_over_tls_and_refuse_a_certificate_they_cannot_che
             .queue_delete(queue.as_str().into(), Default::default())
             .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_out_of_budget_takes_no_more_messages_until_it_is_raised() {
+    let Some(broker) = Broker::redis() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &["--sources-private"]);
+    server.gust_json(&["tenant", "create", "acme"]);
+    let owner = server.token_for("acme", "owner", &[]);
+    server.gust_json_as(
+        &owner,
+        &["deploy", "paid", guests().testbed.to_str().unwrap()],
+    );
+    let admin = |path: &str, body: serde_json::Value| {
+        let request = server.http.put(format!("{}{path}", server.api)).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    // 1000 micro-units a delivery, a budget of 2500: the third spends it.
+    admin(
+        "/v1/tenants/acme/plan",
+        serde_json::json!({"id": "pricey", "per_million_requests": 1_000_000_000u64,
+            "per_million_gb_seconds": 0, "free_requests": 0, "free_gb_seconds": 0}),
+    )
+    .await;
+    admin(
+        "/v1/tenants/acme/quotas",
+        serde_json::json!({"monthly_budget_micros": 2500}),
+    )
+    .await;
+    let url = format!("redis://127.0.0.1:{}", broker.port);
+    server.gust_json_as(
+        &owner,
+        &[
+            "source", "add", "paid", "--kind", "redis", "--url", &url, "--stream", "paid",
+            "--path", "/collect", "--id", "rs",
+        ],
+    );
+    let http = crate::harness::client_with_token(&owner);
+    let delivered = || {
+        let request = http.post(format!("{}/@acme/paid/kv/dump?bucket=seen", server.url));
+        async move {
+            let dump = request.send().await.unwrap().text().await.unwrap();
+            dump.lines().filter(|l| !l.starts_with("n\t")).count()
+        }
+    };
+    let state = || {
+        let listed = server.gust_json_as(&owner, &["source", "ls", "paid"]);
+        let rs = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "rs")
+            .unwrap()
+            .clone();
+        (
+            rs["status"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            rs["status"]["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    // One entry at a time, each waited for, until the source pauses.
+    let mut con = redis(broker.port).await;
+    let mut sent = 0;
+    let paused = loop {
+        assert!(sent < 8, "the budget never paused the source");
+        xadd(&mut con, "paid", "k", sent).await;
+        sent += 1;
+        let settled = Server::eventually(Duration::from_secs(5), || async {
+            let (state, why) = state();
+            if state == "paused" {
+                return Some(Some(why));
+            }
+            (delivered().await == sent as usize).then_some(None)
+        })
+        .await
+        .expect("neither delivered nor paused");
+        if let Some(why) = settled {
+            break why;
+        }
+    };
+    assert!(paused.contains("monthly budget"), "{paused}");
+    // What is sent now stays with the broker.
+    for n in sent..sent + 3 {
+        xadd(&mut con, "paid", "k", n).await;
+    }
+    sent += 3;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = delivered().await;
+    assert!(before < sent as usize, "delivered past the budget");
+    assert_eq!(state().0, "paused");
+    // Its webhook is refused as well.
+    server.gust_json_as(
+        &owner,
+        &[
+            "source", "add", "paid", "--kind", "webhook", "--secret", "s", "--id", "hook",
+        ],
+    );
+    let refused = server
+        .http
+        .post(format!("{}/_gust/webhooks/acme/paid/hook", server.url))
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", hmac_hex(b"s", b"{}")),
+        )
+        .header("x-github-delivery", "d")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.text().await.unwrap().contains("monthly budget"));
+    // Raised: the source resumes and takes the rest.
+    admin(
+        "/v1/tenants/acme/quotas",
+        serde_json::json!({"monthly_budget_micros": 1_000_000_000u64}),
+    )
+    .await;
+    let all = Server::eventually(Duration::from_secs(20), || async {
+        (delivered().await >= sent as usize).then_some(())
+    })
+    .await;
+    assert!(all.is_some(), "the source did not resume");
+    assert_eq!(state().0, "connected");
 }
