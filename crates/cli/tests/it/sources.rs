@@ -1485,7 +1485,16 @@ async fn rabbitmq_messages_are_acknowledged_only_once_queued_and_survive_a_kill_
     .await;
     assert_at_most_a_few_queued_twice(&records, 8);
     assert!(records.iter().all(|r| r.ty == "dev.gust.amqp.message"));
-    // Every message acknowledged: the queue is empty.
+    // Every message acknowledged: with the source removed (its consumer
+    // gone, so whatever it held unacknowledged would be ready again), the
+    // queue is empty.
+    assert!(
+        server
+            .gust(&["source", "rm", "jobs", "rmq"])
+            .status
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let left = Server::eventually(Duration::from_secs(10), || async {
         let q = channel
             .queue_declare(
