@@ -155,6 +155,18 @@ impl Access {
             ),
             retry_after_s: wait_ms.div_ceil(1000),
         })?;
+        self.within_budget(tenant, function, meter, now)
+    }
+
+    /// [`Access::spent`] as the refusal a client gets (429 until the month
+    /// ends), without taking from the tenant's request rate.
+    pub fn within_budget(
+        &self,
+        tenant: &TenantId,
+        function: Option<(&str, u64)>,
+        meter: Option<&gust_meter::Meter>,
+        now: u64,
+    ) -> Result<(), GatewayError> {
         match self.spent(tenant, function, meter, now) {
             Some((message, retry_after_s)) => Err(GatewayError::QuotaExceeded {
                 message,

@@ -57,20 +57,16 @@ where
     // anyone may post here before the signature is checked, and must not
     // use up the tenant's rate.
     let budget = served.live.limits.monthly_budget_micros;
-    let spent = shared.access.spent(
-        &tenant,
-        budget.map(|budget| (function.as_str(), budget)),
-        shared.meter.as_ref(),
-        crate::now_ms(),
-    );
     let backlog = shared.events.backlog(&tenant);
-    let admitted = match spent {
-        Some((message, retry_after_s)) => Err(GatewayError::QuotaExceeded {
-            message,
-            retry_after_s,
-        }),
-        None => shared.access.admit_event(&tenant, backlog),
-    };
+    let admitted = shared
+        .access
+        .within_budget(
+            &tenant,
+            budget.map(|budget| (function.as_str(), budget)),
+            shared.meter.as_ref(),
+            crate::now_ms(),
+        )
+        .and_then(|()| shared.access.admit_event(&tenant, backlog));
     if let Err(error) = admitted {
         return Err(reject_unread(shared, request, error).await);
     }

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::SourceError;
 use crate::ctx::{Ctx, lane_of, next_batch};
-use crate::tls::{Endpoint, Local, Tunnel};
+use crate::tls::Tunnel;
 
 const LANES: usize = 8;
 /// Messages a lane queues with one commit, at most.
@@ -44,11 +44,8 @@ async fn connect(
     let (tunnel, local) = if url.starts_with("amqps://") {
         let (host, port) = crate::supervisor::host_port(url, 5671)?;
         let config = crate::tls::client_config(spec.ca.as_deref(), crate::tls::Check::Full)?;
-        let tunnel = Tunnel::open(&host, port, config, Local::Loopback).await?;
-        let Endpoint::Loopback(port) = tunnel.endpoint() else {
-            return Err(SourceError::Broker("a TLS tunnel without its port".into()));
-        };
-        let local = through_loopback(url, *port);
+        let (tunnel, port) = Tunnel::loopback(&host, port, config).await?;
+        let local = through_loopback(url, port);
         (Some(tunnel), local)
     } else {
         (None, url.to_string())

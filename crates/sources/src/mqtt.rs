@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::SourceError;
 use crate::ctx::{Ctx, lane_of, next_batch};
 use crate::supervisor::host_port;
-use crate::tls::{Endpoint, Local, Tunnel};
+use crate::tls::Tunnel;
 
 /// Lanes messages are queued on: one topic always takes the same lane.
 const LANES: usize = 8;
@@ -67,13 +67,8 @@ async fn connection(
     }
     let (host, port) = address(url)?;
     let config = crate::tls::client_config(spec.ca.as_deref(), crate::tls::Check::Full)?;
-    let tunnel = Tunnel::open(&host, port, config, Local::Unix).await?;
-    let Endpoint::Unix(socket) = tunnel.endpoint() else {
-        return Err(SourceError::Broker(
-            "a TLS tunnel without its socket".into(),
-        ));
-    };
-    let options = options(url, client, spec, max_event_bytes, Some(socket))?;
+    let (tunnel, socket) = Tunnel::unix(&host, port, config).await?;
+    let options = options(url, client, spec, max_event_bytes, Some(&socket))?;
     Ok((options, Some(tunnel)))
 }
 

@@ -21,7 +21,6 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio_rustls::client::TlsStream;
 
@@ -186,114 +185,114 @@ async fn dial(
 /// (rumqttc and lapin, whose own TLS features bring a rustls-webpki with
 /// open advisories, or a PKCS#12 stack of 34 crates). Closed when dropped.
 ///
-/// [`Local::Unix`] is a socket in a directory only this process's user may
-/// enter. [`Local::Loopback`] is a port on 127.0.0.1 that takes one
+/// [`Tunnel::unix`] is a socket in a directory only this process's user may
+/// enter. [`Tunnel::loopback`] is a port on 127.0.0.1 that takes one
 /// connection: another local process that took it first would get a TLS
 /// connection to the broker without the source's credentials (which it
 /// could open itself), and the source would fail and start again.
 pub(crate) struct Tunnel {
     dir: Option<PathBuf>,
-    endpoint: Endpoint,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Where a [`Tunnel`] listens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Local {
-    Unix,
-    Loopback,
-}
-
-/// Where a client connects to a [`Tunnel`].
-pub(crate) enum Endpoint {
-    Unix(PathBuf),
-    Loopback(u16),
-}
+/// The broker a [`Tunnel`] carries to.
+type Target = (String, u16, Arc<rustls::ClientConfig>);
 
 impl Tunnel {
-    /// Checks the broker's certificate once (so a refusal is said with its
-    /// reason, not as a closed connection), then listens.
-    pub(crate) async fn open(
+    /// A tunnel on a loopback port, for one connection: the port.
+    pub(crate) async fn loopback(
         host: &str,
         port: u16,
         config: rustls::ClientConfig,
-        local: Local,
-    ) -> Result<Tunnel, SourceError> {
-        let config = Arc::new(config);
-        drop(dial(host, port, config.clone()).await?);
-        let io = |e: std::io::Error| SourceError::Broker(format!("a TLS tunnel: {e}"));
-        let target = (host.to_string(), port, config);
-        match local {
-            Local::Loopback => {
-                let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
-                let port = listener.local_addr().map_err(io)?.port();
-                // One connection, the client's (it makes one per tunnel):
-                // the port closes once it is taken.
-                let task = tokio::spawn(async move {
-                    if let Ok((plain, _)) = listener.accept().await {
-                        drop(listener);
-                        let _ = plain.set_nodelay(true);
-                        carry(plain, target).await;
-                    }
-                });
-                Ok(Tunnel {
-                    dir: None,
-                    endpoint: Endpoint::Loopback(port),
-                    task,
-                })
+    ) -> Result<(Tunnel, u16), SourceError> {
+        let (first, _target) = Self::first(host, port, config).await?;
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io)?;
+        let local = listener.local_addr().map_err(io)?.port();
+        // One connection, the client's (it makes one per tunnel): the port
+        // closes once it is taken.
+        let task = tokio::spawn(async move {
+            if let Ok((mut plain, _)) = listener.accept().await {
+                drop(listener);
+                let _ = plain.set_nodelay(true);
+                let mut secure = first;
+                let _ = tokio::io::copy_bidirectional(&mut plain, &mut secure).await;
             }
-            Local::Unix => {
-                // A name nobody can guess ahead (SipHash keyed from the OS's
-                // randomness), so nobody can make the directory first.
-                let random = std::collections::hash_map::RandomState::new()
-                    .build_hasher()
-                    .finish();
-                let dir = std::env::temp_dir()
-                    .join(format!("gust-tls-{}-{random:016x}", std::process::id()));
-                let _ = std::fs::remove_dir_all(&dir);
-                std::fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&dir)
-                    .map_err(io)?;
-                let socket = dir.join("broker.sock");
-                let listener = match UnixListener::bind(&socket) {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        let _ = std::fs::remove_dir_all(&dir);
-                        return Err(io(e));
-                    }
-                };
-                let task = tokio::spawn(async move {
-                    while let Ok((plain, _)) = listener.accept().await {
-                        tokio::spawn(carry(plain, target.clone()));
-                    }
-                });
-                Ok(Tunnel {
-                    dir: Some(dir),
-                    endpoint: Endpoint::Unix(socket),
-                    task,
-                })
-            }
-        }
+        });
+        Ok((Tunnel { dir: None, task }, local))
     }
 
-    /// Where the client connects.
-    pub(crate) fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+    /// A tunnel on a Unix socket, for any number of connections: its path.
+    pub(crate) async fn unix(
+        host: &str,
+        port: u16,
+        config: rustls::ClientConfig,
+    ) -> Result<(Tunnel, PathBuf), SourceError> {
+        let (first, target) = Self::first(host, port, config).await?;
+        // A name nobody can guess ahead (SipHash keyed from the OS's
+        // randomness), so nobody can make the directory first.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let dir =
+            std::env::temp_dir().join(format!("gust-tls-{}-{random:016x}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io)?;
+        let socket = dir.join("broker.sock");
+        let listener = match UnixListener::bind(&socket) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(io(e));
+            }
+        };
+        let task = tokio::spawn(async move {
+            // The first connection takes the stream already checked.
+            let mut first = Some(first);
+            while let Ok((mut plain, _)) = listener.accept().await {
+                let ready = first.take();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let secure = match ready {
+                        Some(secure) => Ok(secure),
+                        None => dial(&target.0, target.1, target.2).await,
+                    };
+                    match secure {
+                        Ok(mut secure) => {
+                            let _ = tokio::io::copy_bidirectional(&mut plain, &mut secure).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a TLS tunnel could not reach its broker");
+                        }
+                    }
+                });
+            }
+        });
+        Ok((
+            Tunnel {
+                dir: Some(dir),
+                task,
+            },
+            socket,
+        ))
+    }
+
+    /// The first connection to the broker, made now so that a refused
+    /// certificate is said with its reason, not as a closed connection.
+    async fn first(
+        host: &str,
+        port: u16,
+        config: rustls::ClientConfig,
+    ) -> Result<(TlsStream<TcpStream>, Target), SourceError> {
+        let config = Arc::new(config);
+        let first = dial(host, port, config.clone()).await?;
+        Ok((first, (host.to_string(), port, config)))
     }
 }
 
-/// One client's connection, carried to the broker over TLS.
-async fn carry<S>(mut plain: S, (host, port, config): (String, u16, Arc<rustls::ClientConfig>))
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    match dial(&host, port, config).await {
-        Ok(mut secure) => {
-            let _ = tokio::io::copy_bidirectional(&mut plain, &mut secure).await;
-        }
-        Err(e) => tracing::warn!(error = %e, "a TLS tunnel could not reach its broker"),
-    }
+fn io(e: std::io::Error) -> SourceError {
+    SourceError::Broker(format!("a TLS tunnel: {e}"))
 }
 
 impl Drop for Tunnel {

@@ -191,6 +191,30 @@ fn release_next_in_group(
     Ok(None)
 }
 
+/// Removes message `seq` (if still there) and, when it was of an ordering
+/// group, makes the group's next message claimable: that one's sequence
+/// number and due time.
+fn ack_one(
+    txn: &WriteTransaction,
+    items: &mut redb::Table<(&str, u64), (u64, u32, &[u8])>,
+    due: &mut redb::Table<(&str, u64, u64), ()>,
+    queue: &str,
+    seq: u64,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let removed = items
+        .remove((queue, seq))
+        .map_err(backend)?
+        .map(|v| (v.value().0, v.value().1));
+    let Some((not_before, state)) = removed else {
+        return Ok(None);
+    };
+    due.remove((queue, not_before, seq)).map_err(backend)?;
+    if state & GROUPED == 0 {
+        return Ok(None);
+    }
+    release_next_in_group(txn, items, due, queue, seq)
+}
+
 /// Claims message `seq`, due at `not_before`, until `visible_again`.
 fn claim_one(
     items: &mut redb::Table<(&str, u64), (u64, u32, &[u8])>,
@@ -302,18 +326,7 @@ impl QueueStore for EmbeddedStore {
             let mut items = txn.open_table(QUEUE).map_err(backend)?;
             let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
             for seq in seqs {
-                let removed = items
-                    .remove((queue.as_str(), seq))
-                    .map_err(backend)?
-                    .map(|v| (v.value().0, v.value().1));
-                let Some((not_before, state)) = removed else {
-                    continue;
-                };
-                due.remove((queue.as_str(), not_before, seq))
-                    .map_err(backend)?;
-                if state & GROUPED != 0 {
-                    release_next_in_group(txn, &mut items, &mut due, &queue, seq)?;
-                }
+                ack_one(txn, &mut items, &mut due, &queue, seq)?;
             }
             Ok(())
         })
@@ -331,19 +344,7 @@ impl QueueStore for EmbeddedStore {
         self.write(move |txn, _| {
             let mut items = txn.open_table(QUEUE).map_err(backend)?;
             let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
-            let removed = items
-                .remove((queue.as_str(), seq))
-                .map_err(backend)?
-                .map(|v| (v.value().0, v.value().1));
-            let Some((not_before, state)) = removed else {
-                return Ok(None);
-            };
-            due.remove((queue.as_str(), not_before, seq))
-                .map_err(backend)?;
-            if state & GROUPED == 0 {
-                return Ok(None);
-            }
-            match release_next_in_group(txn, &mut items, &mut due, &queue, seq)? {
+            match ack_one(txn, &mut items, &mut due, &queue, seq)? {
                 Some((next, due_at)) if due_at <= now_ms => claim_one(
                     &mut items,
                     &mut due,
