@@ -34,8 +34,25 @@ use crate::{
 pub struct DeployParams {
     /// Memory limit in bytes (default 128 MiB).
     pub memory_bytes: Option<u64>,
-    /// Wall-clock timeout in ms (default 30000).
+    /// Wall-clock timeout in ms (default 30000): until the response head
+    /// of a request, the whole run of an event.
     pub timeout_ms: Option<u64>,
+    /// A streaming response is cut after this long without a part sent, in
+    /// ms (default 30000).
+    pub stream_idle_ms: Option<u64>,
+    /// A streaming response is cut this long after its head, in ms
+    /// (default 900000: 15 minutes).
+    pub stream_max_ms: Option<u64>,
+    /// Its URLs accept WebSocket upgrades (default false).
+    pub websocket: Option<bool>,
+    /// WebSocket connections held at once on a node (default 1000).
+    pub ws_max_connections: Option<u32>,
+    /// Largest WebSocket message in bytes (default 64 KiB).
+    pub ws_max_message_bytes: Option<u64>,
+    /// A WebSocket connection idle this long is closed, in ms (default 300000).
+    pub ws_idle_ms: Option<u64>,
+    /// Messages per second one connection may send (default 50).
+    pub ws_messages_per_second: Option<u32>,
     /// Largest request body in bytes (default 6 MiB).
     pub max_body_bytes: Option<u64>,
     /// Output kept per invocation in bytes (default 64 KiB).
@@ -229,6 +246,13 @@ pub async fn plan(
     let limits = LimitsPatch {
         memory_bytes: params.memory_bytes,
         timeout_ms: params.timeout_ms,
+        stream_idle_ms: params.stream_idle_ms,
+        stream_max_ms: params.stream_max_ms,
+        websocket: params.websocket,
+        ws_max_connections: params.ws_max_connections,
+        ws_max_message_bytes: params.ws_max_message_bytes,
+        ws_idle_ms: params.ws_idle_ms,
+        ws_messages_per_second: params.ws_messages_per_second,
         max_body_bytes: params.max_body_bytes,
         max_output_bytes: params.max_output_bytes,
         allowed_hosts: params.allowed_hosts.map(|hosts| {

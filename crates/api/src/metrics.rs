@@ -44,6 +44,8 @@ pub struct DataPlaneStats {
     pub invocations_failed: u64,
     /// Log records dropped (over a function's log rate, or the writer fell behind).
     pub logs_dropped: u64,
+    /// WebSocket connections open on this node.
+    pub websockets_open: u64,
     /// Functions deployed and serving.
     pub functions: u64,
     /// Functions whose component is in memory.
@@ -186,6 +188,13 @@ impl Collector for Snapshot {
                 ([("result", "completed")], g.invocations_completed),
                 ([("result", "failed")], g.invocations_failed),
             ],
+        )?;
+        one(
+            out,
+            "gust_websocket_connections",
+            "WebSocket connections open on this node.",
+            Gauge,
+            g.websockets_open,
         )?;
         one(
             out,
@@ -520,6 +529,7 @@ mod tests {
                 invocations_completed: 6,
                 invocations_failed: 1,
                 logs_dropped: 3,
+                websockets_open: 5,
                 functions: 2,
                 functions_warm: 1,
                 pre_warms: 4,
@@ -611,6 +621,9 @@ gust_invocations_in_flight 2
 # TYPE gust_invocations_total counter
 gust_invocations_total{result="completed"} 6
 gust_invocations_total{result="failed"} 1
+# HELP gust_websocket_connections WebSocket connections open on this node.
+# TYPE gust_websocket_connections gauge
+gust_websocket_connections 5
 # HELP gust_logs_dropped_total Invocation log records dropped: over their function's log rate, or the writer fell behind.
 # TYPE gust_logs_dropped_total counter
 gust_logs_dropped_total 3

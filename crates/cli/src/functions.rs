@@ -34,9 +34,36 @@ pub struct DeployArgs {
     /// Memory limit in MiB (default 128).
     #[arg(long)]
     pub(crate) memory_mb: Option<u64>,
-    /// Wall-clock timeout in milliseconds (default 30000).
+    /// Wall-clock timeout in milliseconds (default 30000): until a
+    /// request's response head, an event's whole run.
     #[arg(long)]
     pub(crate) timeout_ms: Option<u64>,
+    /// A streaming response (server-sent events, a long download) is cut
+    /// when nothing of it went out for this many ms (default 30000).
+    #[arg(long)]
+    pub(crate) stream_idle_ms: Option<u64>,
+    /// A streaming response is cut this many ms after its head (default
+    /// 900000: 15 minutes).
+    #[arg(long)]
+    pub(crate) stream_max_ms: Option<u64>,
+    /// Accept WebSocket upgrades on the function's URLs: Gust holds each
+    /// connection and runs the function for its connect, every message
+    /// and its close.
+    #[arg(long)]
+    pub(crate) websocket: bool,
+    /// WebSocket connections held at once on a node (default 1000).
+    #[arg(long)]
+    pub(crate) ws_max_connections: Option<u32>,
+    /// Largest WebSocket message in bytes (default 65536; larger: close 1009).
+    #[arg(long)]
+    pub(crate) ws_max_message_bytes: Option<u64>,
+    /// Close a WebSocket connection idle for this many ms (default 300000).
+    #[arg(long)]
+    pub(crate) ws_idle_ms: Option<u64>,
+    /// Messages per second one WebSocket connection may send (default 50;
+    /// faster: close 1008).
+    #[arg(long)]
+    pub(crate) ws_messages_per_second: Option<u32>,
     /// Largest request body in bytes (default 6 MiB).
     #[arg(long)]
     pub(crate) max_body_bytes: Option<u64>,
@@ -208,9 +235,21 @@ pub(crate) async fn deploy_version(mut args: DeployArgs) -> anyhow::Result<Versi
     if args.trace_outbound {
         query.push(("trace_outbound", "true".to_string()));
     }
+    if args.websocket {
+        query.push(("websocket", "true".to_string()));
+    }
     let numbers = [
         ("memory_bytes", args.memory_mb.map(|mb| mb << 20)),
         ("timeout_ms", args.timeout_ms),
+        ("stream_idle_ms", args.stream_idle_ms),
+        ("stream_max_ms", args.stream_max_ms),
+        ("ws_max_connections", args.ws_max_connections.map(u64::from)),
+        ("ws_max_message_bytes", args.ws_max_message_bytes),
+        ("ws_idle_ms", args.ws_idle_ms),
+        (
+            "ws_messages_per_second",
+            args.ws_messages_per_second.map(u64::from),
+        ),
         ("max_body_bytes", args.max_body_bytes),
         ("max_output_bytes", args.max_output_bytes),
         ("monthly_budget_micros", args.monthly_budget_micros),

@@ -50,6 +50,13 @@ impl Project {
         args.name.get_or_insert_with(|| m.function.name.clone());
         fill(&mut args.memory_mb, l.memory_mb);
         fill(&mut args.timeout_ms, l.timeout_ms);
+        fill(&mut args.stream_idle_ms, l.stream_idle_ms);
+        fill(&mut args.stream_max_ms, l.stream_max_ms);
+        args.websocket |= l.websocket;
+        fill(&mut args.ws_max_connections, l.ws_max_connections);
+        fill(&mut args.ws_max_message_bytes, l.ws_max_message_bytes);
+        fill(&mut args.ws_idle_ms, l.ws_idle_ms);
+        fill(&mut args.ws_messages_per_second, l.ws_messages_per_second);
         fill(&mut args.max_body_bytes, l.max_body_bytes);
         fill(&mut args.max_output_bytes, l.max_output_bytes);
         if args.allow_hosts.is_empty() {

@@ -771,6 +771,7 @@ fn data_plane_stats(
         invocations_completed: g.invocations_completed,
         invocations_failed: g.invocations_failed,
         logs_dropped: g.logs_dropped,
+        websockets_open: g.websockets_open,
         functions: s.functions,
         functions_warm: s.warm,
         pre_warms: s.pre_warms,

@@ -120,6 +120,8 @@ pub struct Quotas {
     /// Event sources (brokers, databases, webhooks) across the tenant's
     /// functions: each holds a connection open from the node.
     pub sources: u64,
+    /// WebSocket connections to the tenant's functions held at once.
+    pub websockets: u64,
 }
 
 impl Default for Quotas {
@@ -139,6 +141,7 @@ impl Default for Quotas {
             function_memory_bytes: 1 << 30,
             reserved_concurrency: 250,
             sources: 100,
+            websockets: 10_000,
         }
     }
 }

@@ -13,8 +13,18 @@ const GIB: u64 = 1024 * MIB;
 pub struct Limits {
     /// Linear memory an instance may grow to, in bytes (all its memories together).
     pub memory_bytes: u64,
-    /// Wall-clock time an invocation may take, in milliseconds.
+    /// Wall-clock time an invocation may take, in milliseconds: an event's
+    /// whole run, a request's until its response head. Once the head is
+    /// sent the stream limits below apply instead.
     pub timeout_ms: u64,
+    /// A response body that streams (server-sent events, a long export) is
+    /// cut when no part of it went out for this long, in ms.
+    #[serde(default = "default_stream_idle_ms")]
+    pub stream_idle_ms: u64,
+    /// A response body is cut when it is still streaming this long after
+    /// its head went out, in ms.
+    #[serde(default = "default_stream_max_ms")]
+    pub stream_max_ms: u64,
     /// Largest request body accepted, in bytes; larger bodies get 413.
     pub max_body_bytes: u64,
     /// Guest stdout + stderr kept per invocation, in bytes; the rest is dropped.
@@ -67,10 +77,52 @@ pub struct Limits {
     /// it belongs to. Calls to other functions always carry it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trace_outbound: bool,
+    /// Its URLs accept WebSocket upgrades: Gust holds each connection and
+    /// runs the function for its connect, each message and its close.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub websocket: bool,
+    /// WebSocket connections to the function held at once on a node.
+    #[serde(default = "default_ws_max_connections")]
+    pub ws_max_connections: u32,
+    /// Largest WebSocket message accepted, in bytes (larger: close 1009).
+    #[serde(default = "default_ws_max_message_bytes")]
+    pub ws_max_message_bytes: u64,
+    /// A WebSocket connection with no message either way for this long is
+    /// closed (1001), in ms.
+    #[serde(default = "default_ws_idle_ms")]
+    pub ws_idle_ms: u64,
+    /// Messages per second one connection may send, on average (a token
+    /// bucket as deep as one second's worth); faster: close 1008.
+    #[serde(default = "default_ws_messages_per_second")]
+    pub ws_messages_per_second: u32,
+}
+
+fn default_ws_max_connections() -> u32 {
+    Limits::DEFAULT_WS_MAX_CONNECTIONS
+}
+
+fn default_ws_max_message_bytes() -> u64 {
+    Limits::DEFAULT_WS_MAX_MESSAGE_BYTES
+}
+
+fn default_ws_idle_ms() -> u64 {
+    Limits::DEFAULT_WS_IDLE_MS
+}
+
+fn default_ws_messages_per_second() -> u32 {
+    Limits::DEFAULT_WS_MESSAGES_PER_SECOND
 }
 
 fn default_queue_depth() -> u32 {
     Limits::DEFAULT_QUEUE_DEPTH
+}
+
+fn default_stream_idle_ms() -> u64 {
+    Limits::DEFAULT_STREAM_IDLE_MS
+}
+
+fn default_stream_max_ms() -> u64 {
+    Limits::DEFAULT_STREAM_MAX_MS
 }
 
 fn default_queue_wait_ms() -> u64 {
@@ -84,6 +136,12 @@ impl Limits {
     pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 * KIB;
     pub const DEFAULT_QUEUE_DEPTH: u32 = 64;
     pub const DEFAULT_QUEUE_WAIT_MS: u64 = 1000;
+    pub const DEFAULT_STREAM_IDLE_MS: u64 = 30_000;
+    pub const DEFAULT_STREAM_MAX_MS: u64 = 15 * 60 * 1000;
+    pub const DEFAULT_WS_MAX_CONNECTIONS: u32 = 1000;
+    pub const DEFAULT_WS_MAX_MESSAGE_BYTES: u64 = 64 * KIB;
+    pub const DEFAULT_WS_IDLE_MS: u64 = 5 * 60 * 1000;
+    pub const DEFAULT_WS_MESSAGES_PER_SECOND: u32 = 50;
 
     pub const CEILING_MEMORY_BYTES: u64 = 4 * GIB;
     pub const CEILING_TIMEOUT_MS: u64 = 15 * 60 * 1000;
@@ -92,6 +150,12 @@ impl Limits {
     pub const CEILING_MAX_CONCURRENCY: u64 = 10_000;
     pub const CEILING_QUEUE_DEPTH: u64 = 10_000;
     pub const CEILING_QUEUE_WAIT_MS: u64 = 60_000;
+    pub const CEILING_STREAM_IDLE_MS: u64 = 10 * 60 * 1000;
+    pub const CEILING_STREAM_MAX_MS: u64 = 24 * 60 * 60 * 1000;
+    pub const CEILING_WS_MAX_CONNECTIONS: u64 = 100_000;
+    pub const CEILING_WS_MAX_MESSAGE_BYTES: u64 = 4 * MIB;
+    pub const CEILING_WS_IDLE_MS: u64 = 2 * 60 * 60 * 1000;
+    pub const CEILING_WS_MESSAGES_PER_SECOND: u64 = 10_000;
 
     /// Whether the function may send a request to `host` (as written in
     /// the request, before any lookup): a host an admin granted
@@ -174,6 +238,37 @@ impl Limits {
             Self::CEILING_MEMORY_BYTES,
         )?;
         check("timeout_ms", self.timeout_ms, 1, Self::CEILING_TIMEOUT_MS)?;
+        check(
+            "stream_idle_ms",
+            self.stream_idle_ms,
+            1,
+            Self::CEILING_STREAM_IDLE_MS,
+        )?;
+        check(
+            "stream_max_ms",
+            self.stream_max_ms,
+            1,
+            Self::CEILING_STREAM_MAX_MS,
+        )?;
+        check(
+            "ws_max_connections",
+            u64::from(self.ws_max_connections),
+            1,
+            Self::CEILING_WS_MAX_CONNECTIONS,
+        )?;
+        check(
+            "ws_max_message_bytes",
+            self.ws_max_message_bytes,
+            1,
+            Self::CEILING_WS_MAX_MESSAGE_BYTES,
+        )?;
+        check("ws_idle_ms", self.ws_idle_ms, 1, Self::CEILING_WS_IDLE_MS)?;
+        check(
+            "ws_messages_per_second",
+            u64::from(self.ws_messages_per_second),
+            1,
+            Self::CEILING_WS_MESSAGES_PER_SECOND,
+        )?;
         check(
             "max_body_bytes",
             self.max_body_bytes,
@@ -297,6 +392,8 @@ impl Default for Limits {
         Self {
             memory_bytes: Self::DEFAULT_MEMORY_BYTES,
             timeout_ms: Self::DEFAULT_TIMEOUT_MS,
+            stream_idle_ms: Self::DEFAULT_STREAM_IDLE_MS,
+            stream_max_ms: Self::DEFAULT_STREAM_MAX_MS,
             max_body_bytes: Self::DEFAULT_MAX_BODY_BYTES,
             max_output_bytes: Self::DEFAULT_MAX_OUTPUT_BYTES,
             allowed_hosts: Vec::new(),
@@ -309,6 +406,11 @@ impl Default for Limits {
             keep_alive: KeepAlive::default(),
             provisioned: None,
             trace_outbound: false,
+            websocket: false,
+            ws_max_connections: Self::DEFAULT_WS_MAX_CONNECTIONS,
+            ws_max_message_bytes: Self::DEFAULT_WS_MAX_MESSAGE_BYTES,
+            ws_idle_ms: Self::DEFAULT_WS_IDLE_MS,
+            ws_messages_per_second: Self::DEFAULT_WS_MESSAGES_PER_SECOND,
         }
     }
 }
@@ -345,6 +447,10 @@ pub enum LimitsError {
 pub struct LimitsPatch {
     pub memory_bytes: Option<u64>,
     pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub stream_idle_ms: Option<u64>,
+    #[serde(default)]
+    pub stream_max_ms: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub max_output_bytes: Option<u64>,
     pub allowed_hosts: Option<Vec<String>>,
@@ -362,6 +468,16 @@ pub struct LimitsPatch {
     pub provisioned: Option<Provisioned>,
     #[serde(default)]
     pub trace_outbound: Option<bool>,
+    #[serde(default)]
+    pub websocket: Option<bool>,
+    #[serde(default)]
+    pub ws_max_connections: Option<u32>,
+    #[serde(default)]
+    pub ws_max_message_bytes: Option<u64>,
+    #[serde(default)]
+    pub ws_idle_ms: Option<u64>,
+    #[serde(default)]
+    pub ws_messages_per_second: Option<u32>,
 }
 
 impl LimitsPatch {
@@ -371,6 +487,8 @@ impl LimitsPatch {
         let limits = Limits {
             memory_bytes: self.memory_bytes.unwrap_or(defaults.memory_bytes),
             timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
+            stream_idle_ms: self.stream_idle_ms.unwrap_or(defaults.stream_idle_ms),
+            stream_max_ms: self.stream_max_ms.unwrap_or(defaults.stream_max_ms),
             max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
             max_output_bytes: self.max_output_bytes.unwrap_or(defaults.max_output_bytes),
             allowed_hosts: self
@@ -393,6 +511,17 @@ impl LimitsPatch {
             keep_alive: self.keep_alive.unwrap_or(defaults.keep_alive),
             provisioned: self.provisioned,
             trace_outbound: self.trace_outbound.unwrap_or(defaults.trace_outbound),
+            websocket: self.websocket.unwrap_or(defaults.websocket),
+            ws_max_connections: self
+                .ws_max_connections
+                .unwrap_or(defaults.ws_max_connections),
+            ws_max_message_bytes: self
+                .ws_max_message_bytes
+                .unwrap_or(defaults.ws_max_message_bytes),
+            ws_idle_ms: self.ws_idle_ms.unwrap_or(defaults.ws_idle_ms),
+            ws_messages_per_second: self
+                .ws_messages_per_second
+                .unwrap_or(defaults.ws_messages_per_second),
         };
         limits.validate()?;
         Ok(limits)

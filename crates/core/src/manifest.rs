@@ -129,6 +129,8 @@ pub struct BuildSection {
 pub struct LimitsSection {
     pub memory_mb: Option<u64>,
     pub timeout_ms: Option<u64>,
+    pub stream_idle_ms: Option<u64>,
+    pub stream_max_ms: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub max_output_bytes: Option<u64>,
     #[serde(default)]
@@ -147,6 +149,13 @@ pub struct LimitsSection {
     /// Outbound requests outside Gust carry the trace context.
     #[serde(default)]
     pub trace_outbound: bool,
+    /// Its URLs accept WebSocket upgrades.
+    #[serde(default)]
+    pub websocket: bool,
+    pub ws_max_connections: Option<u32>,
+    pub ws_max_message_bytes: Option<u64>,
+    pub ws_idle_ms: Option<u64>,
+    pub ws_messages_per_second: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -54,10 +54,14 @@ pub enum Trigger {
     Redis,
     /// An event from a PostgreSQL change data capture source.
     Postgres,
+    /// A WebSocket connection's connect, message or close; and the
+    /// connection itself (its record's wall time is how long it was open).
+    #[serde(rename = "websocket")]
+    WebSocket,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 9] = [
+    pub const ALL: [Trigger; 10] = [
         Trigger::Http,
         Trigger::Event,
         Trigger::Call,
@@ -67,6 +71,7 @@ impl Trigger {
         Trigger::Amqp,
         Trigger::Redis,
         Trigger::Postgres,
+        Trigger::WebSocket,
     ];
 
     /// As it is written in records: `http`, `event`, `call`, or an event
@@ -82,6 +87,7 @@ impl Trigger {
             Trigger::Amqp => "amqp",
             Trigger::Redis => "redis",
             Trigger::Postgres => "postgres",
+            Trigger::WebSocket => "websocket",
         }
     }
 

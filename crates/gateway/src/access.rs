@@ -251,6 +251,13 @@ impl Access {
             .reserved_concurrency
     }
 
+    /// WebSocket connections the tenant may hold open on this node: its
+    /// `websockets` quota, this node's share of it in a cluster.
+    pub fn websockets_quota(&self, tenant: &TenantId) -> u64 {
+        let gate = self.gate(tenant);
+        cluster::share(gate.quotas.websockets, gate.nodes)
+    }
+
     /// Takes one of the tenant's concurrent invocations, for the run's length.
     pub fn admit_run(&self, tenant: &TenantId) -> Result<TenantRun, GatewayError> {
         let gate = self.gate(tenant);

@@ -66,6 +66,11 @@ async fn call(
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_string();
+    if path_and_query.starts_with(crate::websocket::PREFIX) {
+        return crate::websocket::command(shared, tenant, request).await;
+    }
+    let mut request = request;
+    crate::websocket::strip_reserved(request.headers_mut());
     let Some((name, tail)) = path::split_function_path(&path_and_query) else {
         return plain(
             StatusCode::NOT_FOUND,

@@ -129,7 +129,7 @@ impl GatewayError {
                 ..
             } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Invoke {
-                error: InvokeError::TimedOut { .. },
+                error: InvokeError::TimedOut { .. } | InvokeError::StreamCut(_),
                 ..
             } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Load { .. } | GatewayError::Invoke { .. } => {
@@ -213,7 +213,7 @@ impl GatewayError {
                 )
             }
             GatewayError::Invoke { function, error } => match error {
-                InvokeError::TimedOut { .. } => (
+                InvokeError::TimedOut { .. } | InvokeError::StreamCut(_) => (
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("function `{function}`: {error}"),
                 ),

@@ -24,6 +24,12 @@ mod pipeline;
 pub mod scaling;
 pub mod trace;
 mod webhooks;
+mod websocket;
+
+pub use websocket::{
+    CLOSE_CODE as WEBSOCKET_CLOSE_CODE, CONNECTION as WEBSOCKET_CONNECTION,
+    EVENT as WEBSOCKET_EVENT, MESSAGE_TYPE as WEBSOCKET_MESSAGE_TYPE,
+};
 
 pub use logs::LogConfig;
 
@@ -116,6 +122,8 @@ pub struct GatewayStats {
     pub invocations_completed: u64,
     pub invocations_failed: u64,
     pub logs_dropped: u64,
+    /// WebSocket connections open on this node.
+    pub websockets_open: u64,
 }
 
 #[derive(Default)]
@@ -149,6 +157,8 @@ struct Shared {
     scaler: Arc<scaling::Autoscaler>,
     /// Opens webhook sources' signing secrets.
     secrets: Arc<gust_store::SecretBox>,
+    /// The WebSocket connections this node holds.
+    sockets: Arc<websocket::Sockets>,
 }
 
 /// Handle on the log writer, to flush it at shutdown.
@@ -247,6 +257,7 @@ impl Gateway {
                 meter,
                 scaler,
                 secrets,
+                sockets: Arc::default(),
             }),
         };
         (gateway, LogWriter { task, close })
@@ -348,6 +359,7 @@ impl Gateway {
             invocations_completed: c.completed.load(Ordering::Relaxed),
             invocations_failed: c.failed.load(Ordering::Relaxed),
             logs_dropped: self.shared.logs.dropped.load(Ordering::Relaxed),
+            websockets_open: self.shared.sockets.count() as u64,
         }
     }
 
@@ -367,6 +379,7 @@ impl Gateway {
         };
         let drain = gust_net::serve(listener, config, make_service, shutdown).await;
         self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.sockets.close_all("the server is shutting down");
         tracing::info!("draining in-flight requests");
         if !drain.finish(self.shared.config.drain_timeout).await {
             tracing::warn!("drain timeout passed; closing remaining connections");

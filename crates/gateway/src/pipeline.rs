@@ -25,7 +25,7 @@ use crate::catalog::{self, Resolved};
 use crate::error::GatewayError;
 use crate::invoker::submit_event;
 use crate::{CLIENT_HEADER, GatewayBody, INVOCATION_TYPE, Shared, VERSION_HEADER};
-use crate::{calls, cookies, kv, metering, now_ms, scaling, trace};
+use crate::{calls, cookies, kv, metering, now_ms, scaling, trace, websocket};
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
@@ -116,6 +116,12 @@ async fn invoke(
     if let Err(error) = admitted {
         return Err(reject_unread(shared, request, error).await);
     }
+    websocket::strip_reserved(request.headers_mut());
+    if loaded.limits.websocket && websocket::is_upgrade(request.headers()) {
+        let uri = guest_uri(request.headers(), &guest_path)?;
+        let alias = other_alias.unwrap_or_else(|| deploy::LIVE.to_string());
+        return websocket::accept(shared, &loaded, request, uri, alias, id).await;
+    }
     let declared_length = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -141,15 +147,7 @@ async fn invoke(
         };
         return Err(reject_unread(shared, request, error).await);
     }
-    // The guest sees its own path, and the host the client asked for.
-    let authority = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let uri: Uri = format!("http://{authority}{guest_path}")
-        .parse()
-        .map_err(|_| GatewayError::BadRequest("the request's host or path is not a valid URI"))?;
+    let uri = guest_uri(request.headers(), &guest_path)?;
     let trace = &shared.config.trace;
     let start = trace.start(
         request.headers(),
@@ -208,6 +206,17 @@ async fn invoke(
         tokio::time::sleep(admission::OVER_SHARE_DELAY).await;
     }
     result
+}
+
+/// The URI the guest sees: its own path, and the host the client asked for.
+fn guest_uri(headers: &http::HeaderMap, guest_path: &str) -> Result<Uri, GatewayError> {
+    let authority = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{authority}{guest_path}")
+        .parse()
+        .map_err(|_| GatewayError::BadRequest("the request's host or path is not a valid URI"))
 }
 
 /// Reads a response body to its end (or its error) and drops what it carries.
@@ -389,6 +398,9 @@ where
     let id = attempt.id;
     let fault = attempt.fault.clone();
     let depth = attempt.depth;
+    // A client (or a calling guest) reads the answer as it streams; an
+    // event's run keeps its timeout to the end.
+    let streams = matches!(attempt.trigger, Trigger::Http | Trigger::Call);
     // Recorded (not run, 499) if the request goes away before its guest starts.
     let admitting = std::sync::Mutex::new(metering::Admitting::new(
         shared
@@ -503,6 +515,7 @@ where
                 })),
                 tenant: loaded.tenant.clone(),
                 trace: trace::for_guest(&span),
+                streams,
             },
             request,
             done,

@@ -97,6 +97,7 @@ pub fn encode_to(record: &UsageRecord, out: &mut [u8]) {
             Trigger::Amqp => 6,
             Trigger::Redis => 7,
             Trigger::Postgres => 8,
+            Trigger::WebSocket => 9,
         },
         outcome_code(record.outcome),
     ]);
@@ -381,6 +382,7 @@ fn trigger_of(code: u8) -> Option<Trigger> {
         6 => Some(Trigger::Amqp),
         7 => Some(Trigger::Redis),
         8 => Some(Trigger::Postgres),
+        9 => Some(Trigger::WebSocket),
         _ => None,
     }
 }

@@ -5,7 +5,9 @@
 //! size of a request head (a readable 431 past it), limits on the
 //! connections held in all and per client address (below the process's
 //! file descriptors; the idlest closed first) — and a graceful shutdown
-//! that lets requests in flight finish.
+//! that lets requests in flight finish. A connection may be upgraded (a
+//! WebSocket): the service takes it over with `hyper::upgrade::on`, and it
+//! no longer counts for the drain (whoever took it closes it).
 //!
 //! It owns no routes and no business logic: callers hand it a service per
 //! connection. It must not depend on any other Gust crate.
@@ -21,9 +23,8 @@ use std::time::{Duration, Instant};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::conns::{Admit, ConnTable, Full};
 pub use crate::conns::{ConnectionLimits, default_limits, fd_limit};
@@ -100,14 +101,28 @@ pub struct ListenConfig {
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
 
 /// The connections still open when the accept loop stopped.
-pub struct Drain(GracefulShutdown);
+pub struct Drain {
+    /// Tells every connection to finish its request and close.
+    stop: watch::Sender<bool>,
+    /// Ends when the last connection's sender is dropped.
+    open: mpsc::Receiver<()>,
+}
 
 impl Drain {
     /// Waits for the connections to finish their requests, up to `limit`;
     /// false if some were still open then.
-    pub async fn finish(self, limit: Duration) -> bool {
-        tokio::time::timeout(limit, self.0.shutdown()).await.is_ok()
+    pub async fn finish(mut self, limit: Duration) -> bool {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(limit, self.open.recv()).await.is_ok()
     }
+}
+
+/// What a connection's task holds of the drain: the signal to stop, and a
+/// sender whose drop says it is gone.
+#[derive(Clone)]
+struct Watcher {
+    stop: watch::Receiver<bool>,
+    _open: mpsc::Sender<()>,
 }
 
 type Table = Arc<Mutex<ConnTable<Arc<Notify>>>>;
@@ -169,7 +184,12 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let graceful = GracefulShutdown::new();
+    let (stop, stop_rx) = watch::channel(false);
+    let (open, open_rx) = mpsc::channel(1);
+    let watcher = Watcher {
+        stop: stop_rx,
+        _open: open,
+    };
     let mut http = http1::Builder::new();
     let max_header_bytes = config.max_header_bytes.max(1);
     http.timer(TokioTimer::new())
@@ -223,7 +243,7 @@ where
                 let slot = Slot { table: table.clone(), id };
                 let _ = stream.set_nodelay(true);
                 let service = Tracked { inner: make_service(), table: table.clone(), id };
-                let (http, watcher) = (http.clone(), graceful.watcher());
+                let (http, watcher) = (http.clone(), watcher.clone());
                 match &config.tls {
                     None => {
                         let io = Guarded::new(stream, max_header_bytes, slot);
@@ -253,7 +273,11 @@ where
         }
     }
     drop(listener);
-    Drain(graceful)
+    drop(watcher);
+    Drain {
+        stop,
+        open: open_rx,
+    }
 }
 
 /// hyper's default read buffer limit (which bounds a head when no smaller
@@ -277,15 +301,31 @@ async fn connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let serving = watcher.watch(http.serve_connection(TokioIo::new(io), service));
-    tokio::select! {
-        served = serving => {
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "connection ended with an error");
+    let Watcher { mut stop, _open } = watcher;
+    let serving = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut serving = std::pin::pin!(serving);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            served = serving.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
             }
+            // The server drains: the request in flight finishes, then the
+            // connection closes.
+            changed = stop.wait_for(|stop| *stop), if !stopping => {
+                stopping = true;
+                if changed.is_ok() {
+                    serving.as_mut().graceful_shutdown();
+                }
+            }
+            // Closed, idle, to make room for a new connection.
+            () = close.notified() => return,
         }
-        // Closed, idle, to make room for a new connection.
-        () = close.notified() => {}
     }
 }
 

@@ -31,7 +31,7 @@ pub(crate) struct Host {
     /// What `wasi:config/store` answers (the function's variables).
     pub config: wasmtime_wasi_config::WasiConfigVariables,
     /// Set by the epoch callback when the deadline passed.
-    pub timed_out: bool,
+    pub timed_out: Option<crate::deadline::Cut>,
 }
 
 impl WasiView for Host {

@@ -33,6 +33,7 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView as _};
 
+use crate::deadline::{Cut, Deadline, within};
 use crate::engine::{EPOCH_TICK, Prepared, Runtime};
 use crate::host::{Capture, Host, MemoryLimiter, OutboundPolicy};
 use crate::keyvalue::{KeyValue, KvState};
@@ -126,6 +127,10 @@ pub struct Guest {
     pub tenant: gust_core::TenantId,
     /// `None`: traces are off, no span is made for its requests.
     pub trace: Option<Arc<dyn Trace>>,
+    /// Its response may stream past `timeout_ms`, under the stream limits
+    /// (a client's request); `false`: the timeout holds to the end (an
+    /// event, whose lease is sized by it).
+    pub streams: bool,
 }
 
 /// What an invocation did, handed over when its store is dropped.
@@ -156,6 +161,10 @@ pub enum InvokeError {
     MemoryExceeded { limit_bytes: u64 },
     #[error("function timed out after {timeout_ms} ms")]
     TimedOut { timeout_ms: u64 },
+    /// Its response stream went quiet or ran too long (only ever after the
+    /// head, so it shows as the body's cut and the record's outcome).
+    #[error("{0}")]
+    StreamCut(Cut),
     #[error("function returned without sending a response")]
     NoResponse,
     #[error("function failed: {0}")]
@@ -169,7 +178,7 @@ pub enum InvokeError {
 /// How an invocation ended, as seen from inside its task.
 enum Ending {
     Returned,
-    TimedOut,
+    TimedOut(Cut),
     Error(wasmtime::Error),
     /// Its caller went away (see [`Cancel`]).
     Cancelled,
@@ -243,6 +252,8 @@ struct GuestResponse {
     ended: bool,
     /// The error the body ends with, held back one turn (see [`Self::hold`]).
     held: Option<ResponseCut>,
+    /// Moved on by every part the server takes (a stream's idle limit).
+    deadline: Arc<Deadline>,
 }
 
 impl GuestResponse {
@@ -278,6 +289,7 @@ impl Body for GuestResponse {
         }
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
+                this.deadline.progressed(Instant::now());
                 if let Some(data) = frame.data_ref() {
                     if let Some(due) = this.due.as_mut() {
                         *due = due.saturating_sub(data.len() as u64);
@@ -342,10 +354,20 @@ impl Runtime {
             calls,
             tenant,
             trace,
+            streams,
         } = guest;
         let started = Instant::now();
         let timeout = Duration::from_millis(limits.timeout_ms);
-        let deadline = started + timeout;
+        let deadline = Arc::new(Deadline::new(
+            started,
+            timeout,
+            streams.then(|| {
+                (
+                    Duration::from_millis(limits.stream_idle_ms),
+                    Duration::from_millis(limits.stream_max_ms),
+                )
+            }),
+        ));
         let capture = Capture::new(limits.max_output_bytes);
         let memory_limit = limits.memory_bytes;
 
@@ -383,18 +405,18 @@ impl Runtime {
                 operations: 0,
             },
             config: vars.iter().cloned().collect(),
-            timed_out: false,
+            timed_out: None,
         };
         let mut store = Store::new(&self.inner.engine, host);
         store.limiter(|host| &mut host.limiter);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |mut ctx| {
-            if Instant::now() >= deadline {
-                ctx.data_mut().timed_out = true;
+        let watched = deadline.clone();
+        store.epoch_deadline_callback(move |mut ctx| match watched.passed(Instant::now()) {
+            Some(cut) => {
+                ctx.data_mut().timed_out = Some(cut);
                 Err(wasmtime::Trap::Interrupt.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
             }
+            None => Ok(UpdateDeadline::Yield(1)),
         });
 
         // Without a body to send, a dropped response is no sign that the
@@ -406,6 +428,7 @@ impl Runtime {
         let failed = Arc::new(OnceLock::new());
         let failed_in_task = failed.clone();
         let inner = self.inner.clone();
+        let in_task = deadline.clone();
         let task = tokio::spawn(async move {
             let run = async {
                 let proxy = prepared.pre.instantiate_async(&mut store).await?;
@@ -426,29 +449,33 @@ impl Runtime {
             };
             // The epoch callback stops a guest that computes past its
             // deadline; this timer stops one that waits on the host (a
-            // sleep, a slow outbound call). The margin lets the callback,
-            // which reports more precisely, win when both apply.
+            // sleep, a slow outbound call, a client that does not read).
+            // The margin lets the callback, which reports more precisely,
+            // win when both apply.
             let cpu = Arc::new(AtomicU64::new(0));
             let run = CpuMetered {
                 inner: Box::pin(run),
                 total_ns: cpu.clone(),
             };
-            let run = tokio::time::timeout(timeout + 2 * EPOCH_TICK, run);
+            let run = within(run, &in_task, 2 * EPOCH_TICK);
             let ending = match until_cancelled(run, cancel_rx).await {
                 Some(Ok(Ok(()))) => Ending::Returned,
                 Some(Ok(Err(e))) => Ending::Error(e),
-                Some(Err(_)) => Ending::TimedOut,
+                Some(Err(cut)) => Ending::TimedOut(cut),
                 None => Ending::Cancelled,
             };
             let host = store.data();
-            let timed_out = host.timed_out || matches!(ending, Ending::TimedOut);
+            let timed_out = match ending {
+                Ending::TimedOut(cut) => Some(cut),
+                _ => host.timed_out,
+            };
             let exceeded = host.limiter.exceeded;
             let peak = host.limiter.peak as u64;
             let kv_operations = host.kv.operations;
             let outbound_requests = host.outbound.requests;
             let outbound_bytes = host.outbound.bytes.load(Ordering::Relaxed);
             let cancelled = matches!(ending, Ending::Cancelled);
-            let error = classify(ending, timed_out, exceeded, memory_limit, timeout);
+            let error = classify(ending, timed_out, exceeded, memory_limit);
             if let Some(error) = &error {
                 let _ = failed_in_task.set(error.to_string());
             } else if cancelled {
@@ -462,7 +489,7 @@ impl Runtime {
             let outcome = match &error {
                 None if cancelled => Outcome::Cancelled,
                 None => Outcome::Completed,
-                Some(InvokeError::TimedOut { .. }) => Outcome::TimedOut,
+                Some(InvokeError::TimedOut { .. } | InvokeError::StreamCut(_)) => Outcome::TimedOut,
                 Some(e @ (InvokeError::Trapped(_) | InvokeError::MemoryExceeded { .. })) => {
                     Outcome::Trapped {
                         message: e.to_string(),
@@ -490,6 +517,7 @@ impl Runtime {
         // Dropped with this future (the caller went away), `cancel` stops the guest.
         match response_rx.await {
             Ok(Ok(response)) => {
+                deadline.head_sent(Instant::now());
                 let status = response.status();
                 if bodiless || status.is_informational() || status == 204 || status == 304 {
                     cancel.disarm();
@@ -510,6 +538,7 @@ impl Runtime {
                         due,
                         ended: false,
                         held: None,
+                        deadline,
                     }
                     .boxed_unsync()
                 }))
@@ -564,18 +593,30 @@ impl<F: std::future::Future> std::future::Future for CpuMetered<F> {
     }
 }
 
+/// The error a limit that stopped the run makes.
+fn cut_error(cut: Cut) -> InvokeError {
+    match cut {
+        Cut::Timeout(timeout_ms) => InvokeError::TimedOut { timeout_ms },
+        cut @ (Cut::Idle(_) | Cut::Total(_)) => InvokeError::StreamCut(cut),
+    }
+}
+
 fn classify(
     ending: Ending,
-    timed_out: bool,
+    timed_out: Option<Cut>,
     memory_exceeded: bool,
     memory_limit: u64,
-    timeout: Duration,
 ) -> Option<InvokeError> {
-    let timeout_ms = timeout.as_millis() as u64;
+    match (ending, timed_out) {
+        (Ending::Returned | Ending::Cancelled, _) => None,
+        (Ending::TimedOut(cut), _) | (Ending::Error(_), Some(cut)) => Some(cut_error(cut)),
+        (ending, None) => classify_error(ending, memory_exceeded, memory_limit),
+    }
+}
+
+fn classify_error(ending: Ending, memory_exceeded: bool, memory_limit: u64) -> Option<InvokeError> {
     match ending {
-        Ending::Returned | Ending::Cancelled => None,
-        Ending::TimedOut => Some(InvokeError::TimedOut { timeout_ms }),
-        Ending::Error(_) if timed_out => Some(InvokeError::TimedOut { timeout_ms }),
+        Ending::Returned | Ending::Cancelled | Ending::TimedOut(_) => None,
         Ending::Error(_) if memory_exceeded => Some(InvokeError::MemoryExceeded {
             limit_bytes: memory_limit,
         }),
@@ -625,6 +666,7 @@ mod tests {
             due,
             ended: false,
             held: None,
+            deadline: Arc::new(Deadline::new(Instant::now(), Duration::from_secs(1), None)),
         };
         (body, rx)
     }

@@ -21,12 +21,14 @@
 
 mod artifacts;
 mod compile;
+mod deadline;
 mod engine;
 mod host;
 mod invoke;
 mod keyvalue;
 
 pub use compile::{Compiler, compile_upload, worker_main};
+pub use deadline::Cut;
 pub use engine::{Prepared, Runtime, RuntimeConfig, RuntimeStats};
 pub use invoke::{
     CallBody, Guest, GuestBody, InvocationReport, InvokeError, LOCAL_HOST, LocalCalls,

@@ -35,7 +35,17 @@
 //! | `/kv/batch?bucket=B&keys=a,b,c` | set-many (value = key upper-cased), get-many, delete-many of the first |
 //! | `/env?name=N` | `env=<$N> config=<wasi:config's N> count=<variables in wasi:config>` (`-`: none) |
 //! | `/collect?fail_first=N&fail_always=1&fail_unless=K` | an event recorder for sources: appends `attempt<TAB>ce-id<TAB>ce-type<TAB>ce-subject<TAB>ce-source<TAB>body` (body's tabs and newlines as spaces) to bucket `seen` (key = a counter); answers 503 to attempts up to N, or to every attempt, or (`fail_unless=K`) while key K is not in bucket `flags` |
+//! | `/sse?n=N&every_ms=M&pause_after=K&pause_ms=P` | a `text/event-stream` of N events `data: <i>` (no length), one every M ms, with a pause of P ms after the Kth; stops when a write fails |
+//! | `/pipe` | sends each part of the request body back as it arrives (no length), then ends |
 //! | `/record?fail_every=N` | a change-event recorder: appends `subject revision attempt operation` to bucket `seen` (key = a counter); fails the first attempt of every Nth revision |
+//!
+//! WebSocket connections (deployed with `--websocket`; their invocations
+//! carry `gust-websocket: connect|message|close`):
+//!
+//! | path | does |
+//! |---|---|
+//! | `/ws/echo?refuse=1` | connect: 403 with `refuse`, else 200 (and the first `sec-websocket-protocol` asked for); message: answers `echo: <message>`, or for `bye` closes its own connection with 4000 through `gust.internal/_ws/<id>`; close: stores the close code in bucket `closes` (key = connection id) |
+//! | `/ws/room` | a chat room: connect adds the connection to bucket `room`, a message is sent to every connection there through `gust.internal/_ws/<id>` (answering nothing), close removes it |
 //!
 //! Any `wasi:keyvalue` error is answered as 500 with the error's debug text.
 
@@ -43,8 +53,8 @@ use std::io::Write as _;
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
-    Scheme,
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
 };
 
 struct Testbed;
@@ -60,6 +70,17 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
             })
         };
         let number = |name: &str| param(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .first()
+                .map(|v| String::from_utf8_lossy(v).to_string())
+        };
+        if let Some(event) = header("gust-websocket") {
+            let connection = header("gust-websocket-connection").unwrap_or_default();
+            return websocket(request, response_out, path, query, &event, &connection);
+        }
         let text = match path {
             "/" => "testbed ok".to_string(),
             "/trap" => core::arch::wasm32::unreachable(),
@@ -73,6 +94,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                 return respond_with(response_out, headers, 200, "cookie set");
             }
             "/partial" => return partial(response_out, &param("then").unwrap_or_default()),
+            "/pipe" => return pipe(request, response_out),
+            "/sse" => {
+                let pause = (number("pause_after"), number("pause_ms"));
+                return sse(response_out, number("n"), number("every_ms"), pause);
+            }
             "/spin" => spin(),
             "/grow" => {
                 let mb = number("mb");
@@ -568,6 +594,147 @@ fn partial(out: ResponseOutparam, then: &str) {
         }
         _ => core::arch::wasm32::unreachable(),
     }
+}
+
+/// One event of a WebSocket connection (see the second table above).
+fn websocket(
+    request: IncomingRequest,
+    out: ResponseOutparam,
+    path: &str,
+    query: &str,
+    event: &str,
+    connection: &str,
+) {
+    let command = |method: Method, suffix: &str, body: &[u8]| -> u16 {
+        let url = format!("http://gust.internal/_ws/{connection}{suffix}");
+        send(&url, method, body)
+    };
+    let ok = |result: Result<(), store::Error>| match result {
+        Ok(()) => (200, String::new()),
+        Err(e) => (500, format!("{e:?}")),
+    };
+    let (status, text) = match (path, event) {
+        ("/ws/echo", "connect") if query.contains("refuse=1") => (403, "refused".to_string()),
+        ("/ws/echo", "connect") => {
+            let asked = request.headers().get("sec-websocket-protocol");
+            let headers = Fields::new();
+            if let Some(first) = asked.first() {
+                let first = String::from_utf8_lossy(first);
+                let chosen = first.split(',').next().unwrap_or_default().trim().to_string();
+                let _ = headers.append("sec-websocket-protocol", chosen.as_bytes());
+            }
+            return respond_with(out, headers, 200, "");
+        }
+        ("/ws/echo", "message") => {
+            let body = read_body(&request);
+            if body == b"bye" {
+                let status = command(Method::Delete, "?code=4000&reason=bye", b"");
+                (204, format!("{status}"))
+            } else {
+                (200, format!("echo: {}", String::from_utf8_lossy(&body)))
+            }
+        }
+        ("/ws/room", "connect") => ok(store::open("room").and_then(|b| b.set(connection, b""))),
+        ("/ws/room", "message") => {
+            let body = read_body(&request);
+            let members = kv("list", "room", "", 0, "", Vec::new());
+            let mut failed = 0;
+            for member in members.ok().flatten().unwrap_or_default().lines() {
+                let url = format!("http://gust.internal/_ws/{member}");
+                if send(&url, Method::Post, &body) != 202 {
+                    failed += 1;
+                }
+            }
+            (if failed == 0 { 204 } else { 500 }, String::new())
+        }
+        ("/ws/room", "close") => ok(store::open("room").and_then(|b| b.delete(connection))),
+        (_, "close") => {
+            let code = request
+                .headers()
+                .get("gust-websocket-close-code")
+                .first()
+                .map(|v| v.clone())
+                .unwrap_or_default();
+            ok(store::open("closes").and_then(|b| b.set(connection, &code)))
+        }
+        _ => (200, String::new()),
+    };
+    if status == 204 {
+        let response = OutgoingResponse::new(Fields::new());
+        let _ = response.set_status_code(204);
+        ResponseOutparam::set(out, Ok(response));
+        return;
+    }
+    respond(out, status, &text)
+}
+
+/// Sends `body` to `url` with `method`; the status, or 0 when it failed.
+fn send(url: &str, method: Method, body: &[u8]) -> u16 {
+    let request = get_request(url);
+    let _ = request.set_method(&method);
+    let Ok(outgoing) = request.body() else {
+        return 0;
+    };
+    if let Ok(stream) = outgoing.write() {
+        for chunk in body.chunks(4096) {
+            if stream.blocking_write_and_flush(chunk).is_err() {
+                return 0;
+            }
+        }
+    }
+    let _ = OutgoingBody::finish(outgoing, None);
+    let Ok(pending) = outgoing_handler::handle(request, None) else {
+        return 0;
+    };
+    pending.subscribe().block();
+    match pending.get() {
+        Some(Ok(Ok(response))) => response.status(),
+        _ => 0,
+    }
+}
+
+/// Echoes the request body part by part, as it arrives.
+fn pipe(request: IncomingRequest, out: ResponseOutparam) {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("body is taken once");
+    ResponseOutparam::set(out, Ok(response));
+    let sink = body.write().expect("stream is taken once");
+    if let Ok(incoming) = request.consume()
+        && let Ok(source) = incoming.stream()
+    {
+        while let Ok(part) = source.blocking_read(64 * 1024) {
+            for chunk in part.chunks(4096) {
+                if sink.blocking_write_and_flush(chunk).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    drop(sink);
+    let _ = OutgoingBody::finish(body, None);
+}
+
+/// Server-sent events, written as they are due (see the table above).
+fn sse(out: ResponseOutparam, n: u64, every_ms: u64, (pause_after, pause_ms): (u64, u64)) {
+    let headers = Fields::new();
+    let _ = headers.append("content-type", b"text/event-stream");
+    let _ = headers.append("cache-control", b"no-cache");
+    let response = OutgoingResponse::new(headers);
+    let body = response.body().expect("body is taken once");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("stream is taken once");
+    for i in 1..=n {
+        let event = format!("data: {i}\n\n");
+        if stream.blocking_write_and_flush(event.as_bytes()).is_err() {
+            return;
+        }
+        let wait = if i == pause_after { pause_ms } else { every_ms };
+        if i < n {
+            std::thread::sleep(std::time::Duration::from_millis(wait));
+        }
+    }
+    drop(stream);
+    let _ = OutgoingBody::finish(body, None);
 }
 
 fn respond(out: ResponseOutparam, status: u16, text: &str) {

@@ -190,7 +190,14 @@ async fn a_response_the_guest_did_not_finish_ends_in_an_error() {
     server.deploy(
         "tb",
         &guests().testbed,
-        &["--timeout-ms", "1000", "--memory-mb", "32"],
+        &[
+            "--timeout-ms",
+            "1000",
+            "--stream-idle-ms",
+            "1000",
+            "--memory-mb",
+            "32",
+        ],
     );
     let mut ids = Vec::new();
     for then in ["trap", "spin", "grow"] {

@@ -26,6 +26,8 @@ mod retention;
 mod scaling;
 mod sources;
 mod ssrf;
+mod streaming;
 mod tenants;
 mod tls;
 mod traces;
+mod websockets;
