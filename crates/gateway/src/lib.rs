@@ -381,8 +381,13 @@ impl Gateway {
         self.shared.draining.store(true, Ordering::Relaxed);
         self.shared.sockets.close_all("the server is shutting down");
         tracing::info!("draining in-flight requests");
+        let drain_until = std::time::Instant::now() + self.shared.config.drain_timeout;
         if !drain.finish(self.shared.config.drain_timeout).await {
             tracing::warn!("drain timeout passed; closing remaining connections");
+        }
+        // WebSocket connections run their close invocations and records.
+        while self.shared.sockets.count() > 0 && std::time::Instant::now() < drain_until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
     }

@@ -59,8 +59,19 @@ pub const CLOSE_CODE: &str = "gust-websocket-close-code";
 /// The path prefix of the host API on `gust.internal`.
 pub(crate) const PREFIX: &str = "/_ws/";
 
-/// Commands one connection's writer takes, at most this many waiting.
-const COMMANDS: usize = 64;
+/// Messages waiting for one connection's writer, at most.
+const QUEUED: usize = 16;
+/// Bytes of messages waiting for one connection's writer, at most (past
+/// it the host API answers 503): four of its largest messages, at least 1 MiB.
+fn queue_bytes(max_message: u64) -> u64 {
+    max_message.saturating_mul(4).max(1 << 20)
+}
+/// How long one message may take to go out before the client is taken
+/// to be gone (it stopped reading).
+const SEND_WAIT: Duration = Duration::from_secs(10);
+/// How long Gust reads on after it sent a close, for the client's own
+/// close (so that unread data does not reset the close away).
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Removes the headers only Gust sets on a connection's invocations, so
 /// that no request can pass for one.
@@ -92,6 +103,8 @@ struct Conn {
     opened: Instant,
     max_message: u64,
     commands: mpsc::Sender<Command>,
+    /// Bytes of messages waiting for the writer.
+    queued: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -175,9 +188,15 @@ struct Place {
 }
 
 impl Place {
-    fn register(&mut self, id: &str, conn: Conn) {
-        self.sockets.lock().conns.insert(id.to_string(), conn);
+    /// Enters the connection in the table; `false` if its id is taken.
+    fn register(&mut self, id: &str, conn: Conn) -> bool {
+        let mut open = self.sockets.lock();
+        if open.conns.contains_key(id) {
+            return false;
+        }
+        open.conns.insert(id.to_string(), conn);
         self.id = Some(id.to_string());
+        true
     }
 }
 
@@ -203,18 +222,17 @@ impl Drop for Place {
     }
 }
 
-/// A new connection's id: 128 random bits, hex.
-fn connection_id() -> String {
+/// A new connection's id: 128 random bits, hex (`None`: the system's
+/// random source failed).
+fn connection_id() -> Option<String> {
     let mut bytes = [0u8; 16];
-    // A failing system random source leaves zeros; ids are also only
-    // ever reachable by their own tenant.
-    let _ = getrandom::fill(&mut bytes);
+    getrandom::fill(&mut bytes).ok()?;
     let mut id = String::with_capacity(34);
     id.push_str("ws");
     for b in bytes {
         id.push_str(&format!("{b:02x}"));
     }
-    id
+    Some(id)
 }
 
 /// What the connection's invocations are sent to.
@@ -267,7 +285,9 @@ pub(crate) async fn accept(
         u64::from(limits.ws_max_connections),
         quota,
     )?;
-    let conn_id = connection_id();
+    let Some(conn_id) = connection_id() else {
+        return Err(GatewayError::Draining);
+    };
     let upgrade = hyper::upgrade::on(&mut request);
     let target = Target {
         tenant: loaded.tenant.clone(),
@@ -311,19 +331,33 @@ pub(crate) async fn accept(
     // What it answered besides is not sent: read to its end, so it finishes.
     tokio::spawn(drain(connect.into_body()));
 
-    let (commands, receiver) = mpsc::channel(COMMANDS);
-    place.register(
+    let (commands, receiver) = mpsc::channel(QUEUED);
+    let queued = Arc::new(AtomicU64::new(0));
+    let registered = place.register(
         &conn_id,
         Conn {
             tenant: loaded.tenant.clone(),
             function: loaded.name.to_string(),
             opened,
             max_message: limits.ws_max_message_bytes,
-            commands,
+            commands: commands.clone(),
+            queued: queued.clone(),
         },
     );
+    if !registered {
+        return Err(GatewayError::Draining);
+    }
+    // Accepted while the node began to drain (after it told every
+    // connection to close): this one closes at once too.
+    if shared.draining.load(Ordering::Relaxed) {
+        let _ = commands.try_send(Command::Close(
+            1001,
+            "the server is shutting down".to_string(),
+        ));
+    }
     let task = Connection {
         shared: shared.clone(),
+        accepted: loaded.clone(),
         target,
         id: conn_id.clone(),
         headers,
@@ -332,6 +366,8 @@ pub(crate) async fn accept(
         opened,
         received: AtomicU64::new(0),
         sent: Arc::new(AtomicU64::new(0)),
+        commands,
+        queued,
     };
     tokio::spawn(async move {
         match upgrade.await {
@@ -435,6 +471,9 @@ async fn invoke(
 /// One open connection's task.
 struct Connection {
     shared: Arc<Shared>,
+    /// The version that accepted it (its record names it if the function
+    /// is gone by the end).
+    accepted: Arc<crate::catalog::Loaded>,
     target: Target,
     id: String,
     /// The upgrade request's headers, sent with every invocation.
@@ -444,14 +483,52 @@ struct Connection {
     opened: Instant,
     received: AtomicU64,
     sent: Arc<AtomicU64>,
+    /// To its own writer: replies and Gust's close.
+    commands: mpsc::Sender<Command>,
+    queued: Arc<AtomicU64>,
 }
 
 /// How a connection ended, from Gust's side.
 fn close_frame(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
         code: CloseCode::from(code),
-        reason: reason.into(),
+        reason: short(reason).into(),
     }))
+}
+
+/// A close reason as a frame may carry it: at most 123 bytes, cut on a
+/// character boundary.
+fn short(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+/// `%XX`-decoded (a query parameter); `None` for a bad escape or non-UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl Connection {
@@ -462,119 +539,115 @@ impl Connection {
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        let (mut sink, mut stream) = socket.split();
-        // Everything sent goes through the writer: replies, commands from
-        // other invocations, and Gust's own close.
-        let (out, mut outgoing) = mpsc::channel::<Message>(COMMANDS);
-        let sent = self.sent.clone();
+        let (sink, mut stream) = socket.split();
+        // Since the connection opened, in ms: when a message last went out.
         let last_sent = Arc::new(AtomicU64::new(0));
-        let stamp = last_sent.clone();
-        let opened = self.opened;
-        // The code of the close Gust sent, if it did.
-        let closed_with = Arc::new(AtomicU64::new(1000));
-        let code_sent = closed_with.clone();
-        let writer = tokio::spawn(async move {
-            while let Some(message) = outgoing.recv().await {
-                let closing = matches!(message, Message::Close(_));
-                if let Message::Close(Some(frame)) = &message {
-                    code_sent.store(u64::from(u16::from(frame.code)), Ordering::Relaxed);
-                }
-                sent.fetch_add(message.len() as u64, Ordering::Relaxed);
-                stamp.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
-                if sink.send(message).await.is_err() || closing {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
-        let forward = {
-            let out = out.clone();
-            let mut commands = commands;
-            tokio::spawn(async move {
-                while let Some(command) = commands.recv().await {
-                    let message = match command {
-                        Command::Send(message) => message,
-                        Command::Close(code, reason) => close_frame(code, &reason),
-                    };
-                    let closing = matches!(message, Message::Close(_));
-                    if out.send(message).await.is_err() || closing {
-                        break;
-                    }
-                }
-            })
-        };
+        // The code of the close Gust sent (0: none).
+        let closed_with = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(write(
+            sink,
+            commands,
+            Written {
+                opened: self.opened,
+                sent: self.sent.clone(),
+                queued: self.queued.clone(),
+                last_sent: last_sent.clone(),
+                closed_with: closed_with.clone(),
+            },
+        ));
 
         let idle = Duration::from_millis(self.limits.ws_idle_ms);
         let rate = u64::from(self.limits.ws_messages_per_second);
-        let mut bucket = TokenBucket::new(rate, rate, crate::now_ms());
-        let code = loop {
+        let now_ms = || self.opened.elapsed().as_millis() as u64;
+        let mut bucket = TokenBucket::new(rate, rate, now_ms());
+        let quiet = tokio::time::sleep(idle);
+        let mut quiet = std::pin::pin!(quiet);
+        // The code the connection ends with, and whether Gust closed it.
+        let (code, ours) = loop {
             let next = tokio::select! {
-                next = tokio::time::timeout(idle, stream.next()) => next,
-                // Gust's own close went out (a command, the drain).
-                _ = out.closed() => {
-                    break u16::try_from(closed_with.load(Ordering::Relaxed)).unwrap_or(1000)
-                }
-            };
-            let message = match next {
-                Err(_) => {
-                    let quiet_ms = self
-                        .opened
-                        .elapsed()
-                        .as_millis()
-                        .saturating_sub(u128::from(last_sent.load(Ordering::Relaxed)));
-                    if quiet_ms < idle.as_millis() {
+                next = stream.next() => next,
+                () = &mut quiet => {
+                    // A message that went out counts as activity too.
+                    let due = Duration::from_millis(last_sent.load(Ordering::Relaxed)) + idle;
+                    if self.opened.elapsed() < due {
+                        quiet.as_mut().reset((self.opened + due).into());
                         continue;
                     }
                     let reason = format!("idle for longer than {} ms", idle.as_millis());
-                    let _ = out.send(close_frame(1001, &reason)).await;
-                    break 1001;
+                    break (self.close(1001, &reason), true);
                 }
-                Ok(None) => break 1006,
-                Ok(Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. })))) => {
+                // The writer stopped: Gust's close went out, or the client
+                // stopped reading.
+                () = self.commands.closed() => {
+                    let code = u16::try_from(closed_with.load(Ordering::Relaxed)).unwrap_or(0);
+                    break if code == 0 { (1006, false) } else { (code, true) };
+                }
+            };
+            let message = match next {
+                None => break (1006, false),
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                     let reason = format!(
                         "a message is larger than {} bytes",
                         self.limits.ws_max_message_bytes
                     );
-                    let _ = out.send(close_frame(1009, &reason)).await;
-                    break 1009;
+                    break (self.close(1009, &reason), true);
                 }
-                Ok(Some(Err(WsError::Protocol(e)))) => {
-                    let _ = out.send(close_frame(1002, &e.to_string())).await;
-                    break 1002;
-                }
-                Ok(Some(Err(_))) => break 1006,
-                Ok(Some(Ok(message))) => message,
+                Some(Err(WsError::Protocol(e))) => break (self.close(1002, &e.to_string()), true),
+                Some(Err(_)) => break (1006, false),
+                Some(Ok(message)) => message,
             };
+            // Every frame the client sends counts against its rate, pings
+            // included.
+            if bucket.take(now_ms()).is_err() {
+                let reason = format!("more than {rate} messages per second");
+                break (self.close(1008, &reason), true);
+            }
             let (kind, bytes) = match message {
                 Message::Text(text) => ("text", Bytes::from(text)),
                 Message::Binary(bytes) => ("binary", bytes),
-                Message::Close(frame) => break frame.map_or(1005, |f| u16::from(f.code)),
+                Message::Close(frame) => break (frame.map_or(1005, |f| u16::from(f.code)), false),
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             };
-            if bucket.take(crate::now_ms()).is_err() {
-                let reason = format!("more than {rate} messages per second");
-                let _ = out.send(close_frame(1008, &reason)).await;
-                break 1008;
-            }
+            quiet.as_mut().reset((Instant::now() + idle).into());
             self.received
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             match self.message(kind, bytes).await {
                 Ok(Some(reply)) => {
-                    if out.send(reply).await.is_err() {
-                        break 1006;
+                    self.queued.fetch_add(reply.len() as u64, Ordering::Relaxed);
+                    let sent = self.commands.send(Command::Send(reply));
+                    if !matches!(tokio::time::timeout(SEND_WAIT, sent).await, Ok(Ok(()))) {
+                        break (1006, false);
                     }
                 }
                 Ok(None) => {}
-                Err((code, reason)) => {
-                    let _ = out.send(close_frame(code, &reason)).await;
-                    break code;
-                }
+                Err((code, reason)) => break (self.close(code, &reason), true),
             }
         };
-        forward.abort();
-        drop(out);
-        let _ = writer.await;
+        if ours {
+            // Read on (and drop) until the client's own close, briefly.
+            let _ = tokio::time::timeout(LINGER, async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        let mut writer = writer;
+        if tokio::time::timeout(2 * LINGER, &mut writer).await.is_err() {
+            writer.abort();
+        }
         self.finish(code).await;
+    }
+
+    /// Asks the writer to send a close (if it can take one: a client that
+    /// reads nothing gets none); the code.
+    fn close(&self, code: u16, reason: &str) -> u16 {
+        let _ = self
+            .commands
+            .try_send(Command::Close(code, reason.to_string()));
+        code
     }
 
     /// The function at the connection's alias, as it is now.
@@ -603,6 +676,18 @@ impl Connection {
         let Some(loaded) = self.loaded() else {
             return Err((1001, "the function was removed".to_string()));
         };
+        // The tenant's rate and the budgets hold for every message.
+        let budget = loaded.limits.monthly_budget_micros;
+        let function = budget.map(|budget| (loaded.name.as_str(), budget));
+        if self
+            .shared
+            .access
+            .admit(&loaded.tenant, function, self.shared.meter.as_ref())
+            .is_err()
+        {
+            let reason = "over the tenant's rate or budget; reconnect later";
+            return Err((1013, reason.to_string()));
+        }
         let mut headers = self.headers.clone();
         headers.insert(MESSAGE_TYPE, HeaderValue::from_static(kind));
         headers.insert(
@@ -683,30 +768,67 @@ impl Connection {
             if let Ok(response) = closed {
                 drain(response.into_body()).await;
             }
-            if let Some(meter) = &self.shared.meter {
-                let attempt = metering::Attempt {
-                    id: &self.id,
-                    attempt: 1,
-                    trigger: Trigger::WebSocket,
-                    request_bytes: self.received.load(Ordering::Relaxed),
-                    fault: None,
-                    depth: 0,
-                };
-                let mut record = metering::start_record(&loaded, &attempt);
-                record.start_ms =
-                    crate::now_ms().saturating_sub(self.opened.elapsed().as_millis() as u64);
-                record.wall_ns =
-                    u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                // It holds no instance while it waits: no memory time.
-                record.memory_limit_bytes = 0;
-                record.response_bytes = self.sent.load(Ordering::Relaxed);
-                record.status = 101;
-                record.outcome = UsageOutcome::Success;
-                meter.record(record, false);
-            }
+        }
+        if let Some(meter) = &self.shared.meter {
+            let attempt = metering::Attempt {
+                id: &self.id,
+                attempt: 1,
+                trigger: Trigger::WebSocket,
+                request_bytes: self.received.load(Ordering::Relaxed),
+                fault: None,
+                depth: 0,
+            };
+            let open = self.opened.elapsed();
+            let mut record = metering::start_record(&self.accepted, &attempt);
+            record.start_ms = crate::now_ms().saturating_sub(open.as_millis() as u64);
+            record.wall_ns = u64::try_from(open.as_nanos()).unwrap_or(u64::MAX);
+            // It holds no instance while it waits: no memory time.
+            record.memory_limit_bytes = 0;
+            record.response_bytes = self.sent.load(Ordering::Relaxed);
+            record.status = 101;
+            record.outcome = UsageOutcome::Success;
+            meter.record(record, false);
         }
         drop(self.place);
     }
+}
+
+/// What the writer keeps count of.
+struct Written {
+    opened: Instant,
+    sent: Arc<AtomicU64>,
+    queued: Arc<AtomicU64>,
+    last_sent: Arc<AtomicU64>,
+    closed_with: Arc<AtomicU64>,
+}
+
+/// Sends what the connection's commands say, each within [`SEND_WAIT`],
+/// until a close went out, the commands end or the client stops reading.
+async fn write<S>(mut sink: S, mut commands: mpsc::Receiver<Command>, w: Written)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    while let Some(command) = commands.recv().await {
+        let message = match command {
+            Command::Send(message) => {
+                w.queued.fetch_sub(message.len() as u64, Ordering::Relaxed);
+                message
+            }
+            Command::Close(code, reason) => {
+                w.closed_with.store(u64::from(code), Ordering::Relaxed);
+                close_frame(code, &reason)
+            }
+        };
+        let closing = matches!(message, Message::Close(_));
+        w.sent.fetch_add(message.len() as u64, Ordering::Relaxed);
+        let sent = tokio::time::timeout(SEND_WAIT, sink.send(message)).await;
+        w.last_sent
+            .store(w.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if !matches!(sent, Ok(Ok(()))) || closing {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(LINGER, sink.close()).await;
 }
 
 /// The host API, `http://gust.internal/_ws/<id>` from any of `tenant`'s
@@ -728,15 +850,17 @@ pub(crate) async fn command(
             .get(&conn_id)
             .filter(|c| c.tenant == *tenant)
             .map(|c| {
+                let queued = c.queued.clone();
                 (
                     c.commands.clone(),
                     c.max_message,
                     c.function.clone(),
                     c.opened,
+                    queued,
                 )
             })
     };
-    let Some((commands, max_message, function, opened)) = found else {
+    let Some((commands, max_message, function, opened, queued)) = found else {
         return plain(
             StatusCode::NOT_FOUND,
             &format!("no open WebSocket connection `{conn_id}` of this tenant on this node"),
@@ -767,12 +891,13 @@ pub(crate) async fn command(
                     "a close code is 1000 or between 3000 and 4999",
                 );
             }
-            let reason: String = param("reason")
-                .unwrap_or_default()
-                .chars()
-                .take(120)
-                .collect();
-            Command::Close(code, reason)
+            let Some(reason) = percent_decoded(&param("reason").unwrap_or_default()) else {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "the close reason is not percent-encoded UTF-8",
+                );
+            };
+            Command::Close(code, short(&reason))
         }
         Method::POST | Method::PUT => {
             let binary = request
@@ -806,12 +931,27 @@ pub(crate) async fn command(
             );
         }
     };
-    match commands.try_send(command) {
-        Ok(()) => plain(StatusCode::ACCEPTED, ""),
-        Err(mpsc::error::TrySendError::Full(_)) => plain(
+    let len = match &command {
+        Command::Send(message) => message.len() as u64,
+        Command::Close(..) => 0,
+    };
+    let waiting = queued.fetch_add(len, Ordering::Relaxed);
+    if len > 0 && waiting + len > queue_bytes(max_message) {
+        queued.fetch_sub(len, Ordering::Relaxed);
+        return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "the connection's client is not reading fast enough; retry shortly",
-        ),
+        );
+    }
+    match commands.try_send(command) {
+        Ok(()) => plain(StatusCode::ACCEPTED, ""),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            queued.fetch_sub(len, Ordering::Relaxed);
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the connection's client is not reading fast enough; retry shortly",
+            )
+        }
         Err(mpsc::error::TrySendError::Closed(_)) => plain(
             StatusCode::NOT_FOUND,
             &format!("the WebSocket connection `{conn_id}` is closing"),
@@ -870,8 +1010,18 @@ mod tests {
     }
 
     #[test]
+    fn close_reasons_fit_a_frame_and_are_decoded() {
+        let long = "é".repeat(100);
+        let cut = short(&long);
+        assert!(cut.len() <= 123 && cut.chars().all(|c| c == 'é'), "{cut}");
+        assert_eq!(percent_decoded("a%20b+c%C3%A9").as_deref(), Some("a b cé"));
+        assert_eq!(percent_decoded("bad%2"), None);
+        assert_eq!(percent_decoded("%FF"), None);
+    }
+
+    #[test]
     fn connection_ids_are_unlike_each_other() {
-        let (a, b) = (connection_id(), connection_id());
+        let (a, b) = (connection_id().unwrap(), connection_id().unwrap());
         assert_ne!(a, b);
         assert_eq!(a.len(), 34);
     }

@@ -372,8 +372,15 @@ where
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         let busy = Busy::new(&self.table, self.id);
         let answer = self.inner.call(request);
+        let (table, id) = (self.table.clone(), self.id);
         Box::pin(async move {
             let response = answer.await?;
+            if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                // Upgraded: whoever took the socket holds it until it
+                // closes (its slot drops), so it stays busy, never the
+                // idlest to close for room, and counts against the caps.
+                lock(&table).busy(id);
+            }
             Ok(response.map(|body| TrackedBody {
                 inner: Box::pin(body),
                 _busy: busy,

@@ -517,18 +517,22 @@ impl Runtime {
         // Dropped with this future (the caller went away), `cancel` stops the guest.
         match response_rx.await {
             Ok(Ok(response)) => {
-                deadline.head_sent(Instant::now());
                 let status = response.status();
-                if bodiless || status.is_informational() || status == 204 || status == 304 {
-                    cancel.disarm();
-                }
                 let due = response
                     .headers()
                     .get(http::header::CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok());
-                if due == Some(0) {
+                if bodiless
+                    || status.is_informational()
+                    || status == 204
+                    || status == 304
+                    || due == Some(0)
+                {
+                    // No body to stream: the timeout holds to the end.
                     cancel.disarm();
+                } else {
+                    deadline.head_sent(Instant::now());
                 }
                 Ok(response.map(|inner| {
                     GuestResponse {

@@ -264,7 +264,7 @@ async fn websocket_limits_close_with_the_right_codes() {
             "--ws-idle-ms",
             "800",
             "--ws-messages-per-second",
-            "5",
+            "1",
         ],
     );
     // Connections per function: the third is refused before the upgrade.
@@ -290,7 +290,7 @@ async fn websocket_limits_close_with_the_right_codes() {
     }
     let (code, reason) = closed_with(&mut flood).await;
     assert_eq!(code, u16::from(CloseCode::Policy), "{reason}");
-    assert!(reason.contains("5 messages per second"), "{reason}");
+    assert!(reason.contains("1 messages per second"), "{reason}");
     // Idle: 1001, after the limit (places are free again once closed).
     let idle = Server::eventually(Duration::from_secs(5), || async {
         connect_as(&server, &server.token, "/tb/ws/echo", None)
@@ -315,7 +315,9 @@ async fn websocket_limits_close_with_the_right_codes() {
         .unwrap();
     assert_eq!(set.status(), 200);
     let quota = Server::eventually(Duration::from_secs(5), || async {
-        let (first, _) = connect(&server, "/other/ws/echo").await;
+        let first = connect_as(&server, &server.token, "/other/ws/echo", None)
+            .await
+            .ok()?;
         let second = connect_as(&server, &server.token, "/other/ws/echo", None).await;
         drop(first);
         match second {
@@ -362,4 +364,42 @@ async fn open_connections_survive_a_deploy_and_run_the_new_version() {
     for socket in sockets.iter_mut() {
         socket.close(None).await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_let_go_and_frees_its_place() {
+    let server = Server::start();
+    server.deploy(
+        "tb",
+        &guests().testbed,
+        &[
+            "--websocket",
+            "--ws-max-connections",
+            "1",
+            "--ws-messages-per-second",
+            "10000",
+        ],
+    );
+    let (mut deaf, _) = connect(&server, "/tb/ws/echo").await;
+    // Replies of 60 KiB that it never reads: the socket's buffers fill,
+    // the writer waits, and the connection is given up.
+    let big = "x".repeat(60 << 10);
+    let flood = async {
+        for _ in 0..2000 {
+            if deaf.send(Message::text(big.clone())).await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(30), flood).await;
+    let freed = Server::eventually(Duration::from_secs(30), || async {
+        connect_as(&server, &server.token, "/tb/ws/echo", None)
+            .await
+            .ok()
+    })
+    .await;
+    let (mut next, _, _) = freed.expect("the deaf client's place is free again");
+    next.send(Message::text("hello")).await.unwrap();
+    assert_eq!(text(self::next(&mut next).await), "echo: hello");
+    assert_eq!(server.metric("gust_websocket_connections").await, 1);
 }
