@@ -216,14 +216,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                 }
             }
             "/record" => {
-                let header = |name: &str| {
-                    request
-                        .headers()
-                        .get(name)
-                        .first()
-                        .map(|v| String::from_utf8_lossy(v).to_string())
-                        .unwrap_or_default()
-                };
+                let header = |name: &str| header(name).unwrap_or_default();
                 let subject = header("ce-subject");
                 let attempt: u64 = header("gust-attempt").parse().unwrap_or(0);
                 let body = String::from_utf8_lossy(&read_body(&request)).to_string();
@@ -239,14 +232,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                 }
             }
             "/collect" => {
-                let header = |name: &str| {
-                    request
-                        .headers()
-                        .get(name)
-                        .first()
-                        .map(|v| String::from_utf8_lossy(v).to_string())
-                        .unwrap_or_default()
-                };
+                let header = |name: &str| header(name).unwrap_or_default();
                 let attempt: u64 = header("gust-attempt").parse().unwrap_or(0);
                 if attempt <= number("fail_first") || number("fail_always") > 0 {
                     return respond(response_out, 503, "failing on purpose");
@@ -620,7 +606,12 @@ fn websocket(
             let headers = Fields::new();
             if let Some(first) = asked.first() {
                 let first = String::from_utf8_lossy(first);
-                let chosen = first.split(',').next().unwrap_or_default().trim().to_string();
+                let chosen = first
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
                 let _ = headers.append("sec-websocket-protocol", chosen.as_bytes());
             }
             return respond_with(out, headers, 200, "");
