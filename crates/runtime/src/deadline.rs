@@ -42,9 +42,9 @@ pub(crate) struct Deadline {
     head: AtomicU64,
     /// Since `started`, when the server last took a part of the body.
     progress: AtomicU64,
-    /// Woken when the deadline moves earlier (the head went out), so that
-    /// a timer set for the timeout is set again.
-    moved: tokio::sync::Notify,
+    /// The task that runs the guest, woken when the deadline moves
+    /// earlier (the head went out) so that its timer is set again.
+    runner: futures_util::task::AtomicWaker,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -65,7 +65,7 @@ impl Deadline {
             stream: stream.map(|(idle, max)| (ns(idle), ns(max))),
             head: AtomicU64::new(NOT_YET),
             progress: AtomicU64::new(0),
-            moved: tokio::sync::Notify::new(),
+            runner: futures_util::task::AtomicWaker::new(),
         }
     }
 
@@ -73,18 +73,31 @@ impl Deadline {
         ns(now.saturating_duration_since(self.started))
     }
 
-    /// The response head went out at `now`: the stream limits take over.
-    pub(crate) fn head_sent(&self, now: Instant) {
+    /// The response head went out (now): the stream limits take over.
+    pub(crate) fn head_sent(&self) {
+        if self.stream.is_some() {
+            self.head_sent_at(Instant::now());
+        }
+    }
+
+    fn head_sent_at(&self, now: Instant) {
         if self.stream.is_some() {
             let at = self.since_start(now);
             self.progress.store(at, Ordering::Relaxed);
             self.head.store(at, Ordering::Relaxed);
-            self.moved.notify_one();
+            self.runner.wake();
         }
     }
 
-    /// The server took a part of the body at `now`.
-    pub(crate) fn progressed(&self, now: Instant) {
+    /// The server took a part of the body (now). A run that keeps its
+    /// timeout reads no clock for it.
+    pub(crate) fn progressed(&self) {
+        if self.stream.is_some() {
+            self.progressed_at(Instant::now());
+        }
+    }
+
+    fn progressed_at(&self, now: Instant) {
         if self.stream.is_some() {
             self.progress
                 .fetch_max(self.since_start(now), Ordering::Relaxed);
@@ -140,17 +153,23 @@ pub(crate) async fn within<F: Future>(
     let mut run = std::pin::pin!(run);
     let timer = tokio::time::sleep_until((deadline.at() + margin).into());
     let mut timer = std::pin::pin!(timer);
-    let mut moved = std::pin::pin!(deadline.moved.notified());
+    // The limit the timer is set for: a streamed run's moves earlier once.
+    let mut set_for = deadline.at();
     std::future::poll_fn(move |cx| {
         if let std::task::Poll::Ready(out) = run.as_mut().poll(cx) {
             return std::task::Poll::Ready(Ok(out));
         }
-        while moved.as_mut().poll(cx).is_ready() {
-            moved.set(deadline.moved.notified());
-            timer.as_mut().reset((deadline.at() + margin).into());
+        if deadline.stream.is_some() {
+            deadline.runner.register(cx.waker());
+            let at = deadline.at();
+            if at < set_for {
+                set_for = at;
+                timer.as_mut().reset((at + margin).into());
+            }
         }
         while timer.as_mut().poll(cx).is_ready() {
-            let at = deadline.at() + margin;
+            set_for = deadline.at();
+            let at = set_for + margin;
             if Instant::now() >= at {
                 return std::task::Poll::Ready(Err(deadline.current()));
             }
@@ -172,8 +191,8 @@ mod tests {
     fn an_event_keeps_its_timeout_whatever_it_sends() {
         let t0 = Instant::now();
         let d = Deadline::new(t0, 100 * MS, None);
-        d.head_sent(t0 + 10 * MS);
-        d.progressed(t0 + 90 * MS);
+        d.head_sent_at(t0 + 10 * MS);
+        d.progressed_at(t0 + 90 * MS);
         assert_eq!(d.passed(t0 + 99 * MS), None);
         assert_eq!(d.passed(t0 + 100 * MS), Some(Cut::Timeout(100)));
     }
@@ -183,19 +202,19 @@ mod tests {
         let t0 = Instant::now();
         let d = Deadline::new(t0, 100 * MS, Some((50 * MS, 1000 * MS)));
         assert_eq!(d.passed(t0 + 100 * MS), Some(Cut::Timeout(100)));
-        d.head_sent(t0 + 20 * MS);
+        d.head_sent_at(t0 + 20 * MS);
         // The idle limit counts from the head, then from each part.
         assert_eq!(d.passed(t0 + 69 * MS), None);
         assert_eq!(d.passed(t0 + 70 * MS), Some(Cut::Idle(50)));
         for at in (60..=1000).step_by(40) {
-            d.progressed(t0 + at * MS);
+            d.progressed_at(t0 + at * MS);
             assert_eq!(d.passed(t0 + (at + 10) * MS), None, "at {at} ms");
         }
         // A part from the past moves nothing back.
-        d.progressed(t0 + 30 * MS);
+        d.progressed_at(t0 + 30 * MS);
         assert_eq!(d.passed(t0 + 1019 * MS), None);
         // The total limit holds however busy the stream is.
-        d.progressed(t0 + 1019 * MS);
+        d.progressed_at(t0 + 1019 * MS);
         assert_eq!(d.passed(t0 + 1020 * MS), Some(Cut::Total(1000)));
         assert_eq!(d.at(), t0 + 1020 * MS);
     }
@@ -204,11 +223,11 @@ mod tests {
     async fn the_timer_follows_a_deadline_that_moves() {
         let t0 = Instant::now();
         let d = Deadline::new(t0, 10 * MS, Some((100 * MS, 10_000 * MS)));
-        d.head_sent(t0);
+        d.head_sent_at(t0);
         let feed = async {
             for _ in 0..5 {
                 tokio::time::sleep(20 * MS).await;
-                d.progressed(Instant::now());
+                d.progressed();
             }
             std::future::pending::<()>().await
         };
@@ -224,7 +243,7 @@ mod tests {
         let d = Deadline::new(t0, 60_000 * MS, Some((100 * MS, 10_000 * MS)));
         let head = async {
             tokio::time::sleep(20 * MS).await;
-            d.head_sent(Instant::now());
+            d.head_sent();
             std::future::pending::<()>().await
         };
         assert_eq!(within(head, &d, MS).await, Err(Cut::Idle(100)));

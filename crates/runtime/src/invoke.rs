@@ -289,7 +289,7 @@ impl Body for GuestResponse {
         }
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
-                this.deadline.progressed(Instant::now());
+                this.deadline.progressed();
                 if let Some(data) = frame.data_ref() {
                     if let Some(due) = this.due.as_mut() {
                         *due = due.saturating_sub(data.len() as u64);
@@ -532,7 +532,7 @@ impl Runtime {
                     // No body to stream: the timeout holds to the end.
                     cancel.disarm();
                 } else {
-                    deadline.head_sent(Instant::now());
+                    deadline.head_sent();
                 }
                 Ok(response.map(|inner| {
                     GuestResponse {

@@ -403,3 +403,24 @@ async fn a_client_that_stops_reading_is_let_go_and_frees_its_place() {
     assert_eq!(text(self::next(&mut next).await), "echo: hello");
     assert_eq!(server.metric("gust_websocket_connections").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_closes_open_connections_with_1001_and_runs_their_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_in(dir.path(), &[]);
+    server.deploy("tb", &guests().testbed, &["--websocket"]);
+    let (mut socket, id) = connect(&server, "/tb/ws/echo").await;
+    socket.send(Message::text("before")).await.unwrap();
+    assert_eq!(text(next(&mut socket).await), "echo: before");
+    server.signal("TERM");
+    let (code, reason) = closed_with(&mut socket).await;
+    assert_eq!(code, 1001, "{reason}");
+    assert!(reason.contains("shutting down"), "{reason}");
+    assert_eq!(server.stop(), Some(0), "it drains and exits cleanly");
+    // Its close ran before the node stopped: the code is in the tenant's KV.
+    let again = Server::start_in(dir.path(), &[]);
+    let (status, code) = again
+        .get(&format!("/tb/kv/get?bucket=closes&key={id}"))
+        .await;
+    assert_eq!((status, code.as_str()), (200, "1001"));
+}
