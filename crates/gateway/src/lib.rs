@@ -26,11 +26,6 @@ pub mod trace;
 mod webhooks;
 mod websocket;
 
-pub use websocket::{
-    CLOSE_CODE as WEBSOCKET_CLOSE_CODE, CONNECTION as WEBSOCKET_CONNECTION,
-    EVENT as WEBSOCKET_EVENT, MESSAGE_TYPE as WEBSOCKET_MESSAGE_TYPE,
-};
-
 pub use logs::LogConfig;
 
 use std::future::Future;

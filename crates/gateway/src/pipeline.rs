@@ -220,7 +220,7 @@ fn guest_uri(headers: &http::HeaderMap, guest_path: &str) -> Result<Uri, Gateway
 }
 
 /// Reads a response body to its end (or its error) and drops what it carries.
-async fn discard(mut body: GatewayBody) {
+pub(crate) async fn discard(mut body: GatewayBody) {
     while let Some(Ok(_)) = body.frame().await {}
 }
 

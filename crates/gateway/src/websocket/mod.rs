@@ -48,7 +48,7 @@ mod host;
 pub(crate) use host::command;
 
 use crate::error::GatewayError;
-use crate::pipeline::run;
+use crate::pipeline::{discard, run};
 use crate::{GatewayBody, Shared, metering};
 
 /// Request header on every invocation of a connection: `connect`,
@@ -333,7 +333,7 @@ pub(crate) async fn accept(
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .cloned();
     // What it answered besides is not sent: read to its end, so it finishes.
-    tokio::spawn(drain(connect.into_body()));
+    tokio::spawn(discard(connect.into_body()));
 
     let (commands, receiver) = mpsc::channel(QUEUED);
     let queued = Arc::new(AtomicU64::new(0));
@@ -419,10 +419,6 @@ async fn read_capped(mut body: GatewayBody, limit: u64) -> Option<Bytes> {
         }
     }
     Some(whole.freeze())
-}
-
-async fn drain(mut body: GatewayBody) {
-    while let Some(Ok(_)) = body.frame().await {}
 }
 
 /// Runs one invocation of the connection's function: `event` with `body`.
@@ -705,7 +701,7 @@ impl Connection {
             }
         };
         if !response.status().is_success() {
-            tokio::spawn(drain(response.into_body()));
+            tokio::spawn(discard(response.into_body()));
             return Ok(None);
         }
         let Some(body) = read_capped(response.into_body(), self.limits.ws_max_message_bytes).await
@@ -745,7 +741,7 @@ impl Connection {
             )
             .await;
             if let Ok(response) = closed {
-                drain(response.into_body()).await;
+                discard(response.into_body()).await;
             }
         }
         if let Some(meter) = &self.shared.meter {
