@@ -111,10 +111,22 @@ pub struct DeployParams {
     /// for 5 minutes, then promotes it, or rolls it back as soon as its
     /// errors or latency are worse than the stable version's.
     pub canary: Option<String>,
+    /// Deploy as a member of this application: the version is recorded
+    /// and not served until a release (`POST /v1/apps/{app}/releases`)
+    /// makes it live with the other members.
+    pub app: Option<String>,
 }
 
 impl DeployParams {
     fn activation(&self) -> Result<Activation, ApiError> {
+        if self.app.is_some() {
+            if self.alias.is_some() || self.canary.is_some() {
+                return Err(ApiError::BadRequest(
+                    "a member of an application goes live with its release: `app` cannot be combined with `alias` or `canary` (a release can be a canary)".into(),
+                ));
+            }
+            return Ok(Activation::Staged);
+        }
         match (&self.alias, &self.canary) {
             (Some(_), Some(_)) => Err(ApiError::BadRequest(
                 "`canary` splits `live`; it cannot be combined with `alias`".into(),
@@ -186,6 +198,8 @@ pub struct Plan {
     pub claims: Option<Vec<RouteClaim>>,
     /// `None`: unchanged (a new function is private).
     pub public: Option<bool>,
+    /// The application it joins (its version then waits for a release).
+    pub app: Option<FunctionName>,
 }
 
 /// A version deployed and served.
@@ -229,6 +243,7 @@ pub async fn plan(
     let delivery = params.delivery()?;
     state.check_destinations(&caller.tenant, &delivery).await?;
     let activation = params.activation()?;
+    let app = params.app.clone().map(function_name).transpose()?;
     let claims = match &params.routes {
         Some(routes) => Some(routes::parse_claims(
             state,
@@ -309,6 +324,7 @@ pub async fn plan(
         activation,
         claims,
         public: params.public,
+        app,
     })
 }
 
@@ -325,6 +341,7 @@ pub async fn deploy(state: &ApiState, plan: Plan, bytes: Bytes) -> Result<Deploy
         activation,
         claims,
         public,
+        app,
     } = plan;
     if bytes.is_empty() {
         return Err(ApiError::BadRequest(
@@ -371,6 +388,7 @@ pub async fn deploy(state: &ApiState, plan: Plan, bytes: Bytes) -> Result<Deploy
                 delivery,
                 public,
                 activation: activation.clone(),
+                app,
             },
             now_ms(),
         )
@@ -452,6 +470,7 @@ impl ApiState {
                 info.url = self.alias_url(&tenant, &name, &alias);
                 alias
             }
+            Activation::Staged => "staged: live with its application's next release".into(),
             Activation::Canary {
                 basis_points,
                 window_ms,

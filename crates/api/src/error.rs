@@ -133,7 +133,8 @@ impl IntoResponse for ApiError {
             | ApiError::Registry(
                 RegistryError::NoSuchFunction(_)
                 | RegistryError::NoSuchAlias { .. }
-                | RegistryError::NoSuchVersion { .. },
+                | RegistryError::NoSuchVersion { .. }
+                | RegistryError::NoSuchApp(_),
             ) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_)
             | ApiError::Registry(

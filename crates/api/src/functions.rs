@@ -35,6 +35,10 @@ pub struct FunctionInfo {
     /// Host names and path prefixes it claims.
     #[serde(default)]
     pub routes: Vec<gust_core::route::RouteClaim>,
+    /// The application it belongs to: its version is that of the
+    /// application's live release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -75,9 +79,23 @@ impl ApiState {
         }
     }
 
-    pub(crate) fn function_info(&self, record: FunctionRecord) -> FunctionInfo {
-        let live = record.live().map(|a| &a.target);
+    /// The function as the API shows it; a member of one of `apps` (the
+    /// tenant's applications) shows its application's live release.
+    pub(crate) fn function_info(
+        &self,
+        record: FunctionRecord,
+        apps: &[gust_core::app::AppRecord],
+    ) -> FunctionInfo {
+        let released = record.app.as_deref().and_then(|name| {
+            apps.iter()
+                .find(|a| a.name.as_str() == name)?
+                .live_version()?
+                .functions
+                .get(record.name.as_str())
+        });
+        let live = released.or(record.live().map(|a| &a.target));
         FunctionInfo {
+            app: record.app.clone(),
             url: self.url(&record.tenant, &record.name),
             name: record.name.to_string(),
             public: record.public,
@@ -101,10 +119,11 @@ pub(crate) async fn list_functions(
 ) -> Result<Json<Vec<FunctionInfo>>, ApiError> {
     caller.require(Action::Read)?;
     let records = state.registry.functions(&caller.tenant).await?;
+    let apps = state.registry.apps(&caller.tenant).await?;
     Ok(Json(
         records
             .into_iter()
-            .map(|r| state.function_info(r))
+            .map(|r| state.function_info(r, &apps))
             .collect(),
     ))
 }
@@ -127,7 +146,7 @@ pub(crate) async fn create_function(
         .registry
         .create_function(&caller.tenant, &name, now_ms())
         .await?;
-    Ok((StatusCode::CREATED, Json(state.function_info(record))))
+    Ok((StatusCode::CREATED, Json(state.function_info(record, &[]))))
 }
 
 #[utoipa::path(get, path = "/v1/functions/{name}", tag = "functions",
@@ -143,7 +162,8 @@ pub(crate) async fn get_function(
     caller.require(Action::Read)?;
     let name = function_name(name)?;
     let record = state.function_record(&caller.tenant, &name).await?;
-    Ok(Json(state.function_info(record)))
+    let apps = state.registry.apps(&caller.tenant).await?;
+    Ok(Json(state.function_info(record, &apps)))
 }
 
 #[utoipa::path(delete, path = "/v1/functions/{name}", tag = "functions",
@@ -158,20 +178,31 @@ pub(crate) async fn delete_function(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Action::Write)?;
     let name = function_name(name)?;
+    match remove_function(&state, &caller.tenant, &name).await? {
+        Some(_) => Ok(StatusCode::NO_CONTENT),
+        None => Err(ApiError::no_such_function(&name)),
+    }
+}
+
+/// Removes a function with its versions, then what goes with it (its
+/// components unless another function runs them, its logs, its sources);
+/// returns once the data plane no longer serves it (`None`: no such
+/// function).
+pub(crate) async fn remove_function(
+    state: &ApiState,
+    tenant: &gust_core::TenantId,
+    name: &gust_core::FunctionName,
+) -> Result<Option<u64>, ApiError> {
     // Held until the removal's components are collected, so that no
     // deploy stores the same component in between (see `components_lock`).
     let uploading = state.registry.components_lock().await?;
-    let digests: Vec<String> = match state.registry.versions(&caller.tenant, &name).await {
+    let digests: Vec<String> = match state.registry.versions(tenant, name).await {
         Ok(versions) => versions.into_iter().map(|v| v.digest).collect(),
         Err(gust_store::RegistryError::NoSuchFunction(_)) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
-    let Some(revision) = state
-        .registry
-        .delete_function(&caller.tenant, &name)
-        .await?
-    else {
-        return Err(ApiError::no_such_function(&name));
+    let Some(revision) = state.registry.delete_function(tenant, name).await? else {
+        return Ok(None);
     };
     // What goes with it — its components and compiled artifacts, unless
     // another function (of any tenant) runs the same bytes, and its logs —
@@ -179,8 +210,8 @@ pub(crate) async fn delete_function(
     // not leave it on disk.
     let cleanup = {
         let state = state.clone();
-        let stream = Registry::log_stream(&caller.tenant, &name);
-        let (tenant, function) = (caller.tenant.clone(), name.clone());
+        let stream = Registry::log_stream(tenant, name);
+        let (tenant, function) = (tenant.clone(), name.clone());
         tokio::spawn(async move {
             let _uploading = uploading;
             for digest in state.registry.unreferenced(&digests).await? {
@@ -202,5 +233,5 @@ pub(crate) async fn delete_function(
     cleanup
         .await
         .map_err(|e| ApiError::Internal(format!("removing the function's files: {e}")))??;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Some(revision))
 }

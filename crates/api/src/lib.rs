@@ -9,6 +9,7 @@
 //! data-plane port; it serves no function traffic.
 
 mod aliases;
+mod apps;
 mod auth;
 mod body;
 pub mod cluster;
@@ -47,6 +48,7 @@ use gust_store::{BlobStore, LogStore, Registry};
 use utoipa::OpenApi;
 
 pub use aliases::{AliasInfo, CanaryInfo, RolledBack, SetAlias, SplitInfo};
+pub use apps::{AppInfo, AppRemoved, AppVersionInfo, Released};
 pub use auth::{AuditEntry, Caller, NewTenant, NewToken, TENANT_HEADER, TenantInfo, TokenInfo};
 pub use deploy::DeployParams;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
@@ -151,6 +153,12 @@ pub type ReservationCheck = Arc<dyn Fn(&str, &str, u32) -> Result<(), String> + 
         vars::change_vars,
         routes::list_routes,
         routes::set_routes,
+        apps::list_apps,
+        apps::get_app,
+        apps::release,
+        apps::rollback,
+        apps::promote,
+        apps::remove_app,
         aliases::list_aliases,
         aliases::set_alias,
         aliases::remove_alias,
@@ -205,6 +213,11 @@ pub type ReservationCheck = Arc<dyn Fn(&str, &str, u32) -> Result<(), String> + 
         vars::NewVar,
         gust_core::route::RouteClaim,
         vars::VarsPatch,
+        apps::AppInfo,
+        apps::AppVersionInfo,
+        apps::NewRelease,
+        apps::Released,
+        apps::AppRemoved,
         aliases::AliasInfo,
         aliases::SplitInfo,
         aliases::CanaryInfo,
@@ -302,6 +315,23 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/functions/{name}/routes",
             get(routes::list_routes).put(routes::set_routes),
+        )
+        .route("/v1/apps", get(apps::list_apps))
+        .route(
+            "/v1/apps/{name}",
+            get(apps::get_app).delete(apps::remove_app),
+        )
+        .route(
+            "/v1/apps/{name}/releases",
+            axum::routing::post(apps::release),
+        )
+        .route(
+            "/v1/apps/{name}/rollback",
+            axum::routing::post(apps::rollback),
+        )
+        .route(
+            "/v1/apps/{name}/promote",
+            axum::routing::post(apps::promote),
         )
         .route("/v1/functions/{name}/aliases", get(aliases::list_aliases))
         .route(

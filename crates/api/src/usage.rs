@@ -25,8 +25,12 @@ pub struct UsageParams {
     pub from_ms: Option<u64>,
     /// End of the period (excluded), Unix ms (default: now).
     pub to_ms: Option<u64>,
-    /// `hour`, `day` or `function`.
+    /// `hour`, `day`, `function` or `app` (functions in no application
+    /// are summed under `-`).
     pub by: Option<GroupBy>,
+    /// Only the functions of this application (as they belong now), with
+    /// `by` `function` or `app`, or none.
+    pub app: Option<String>,
     /// For `/v1/usage/records`: `csv` (default) or `jsonl`.
     pub format: Option<String>,
     /// In a cluster: only the records of what ran on the answering node
@@ -78,10 +82,48 @@ pub(crate) async fn usage(
     } else {
         Scope::Cluster
     };
-    let report = meter(&state)?
+    let mut query = query;
+    let by_app = query.by == Some(GroupBy::App);
+    let folding = by_app || params.app.is_some();
+    let by_function = query.by == Some(GroupBy::Function);
+    if params.app.is_some() && !(by_app || by_function || query.by.is_none()) {
+        return Err(ApiError::BadRequest(
+            "`app` sums an application's functions: group by `function` or `app`, or not at all"
+                .into(),
+        ));
+    }
+    if folding {
+        query.by = Some(GroupBy::Function);
+    }
+    let mut report = meter(&state)?
         .usage(scope, caller.tenant.as_str(), &query)
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if folding {
+        // Which application each function belongs to now.
+        let app_of: std::collections::HashMap<String, String> = state
+            .registry
+            .functions(&caller.tenant)
+            .await?
+            .into_iter()
+            .filter_map(|r| Some((r.name.to_string(), r.app?)))
+            .collect();
+        let wanted = params.app.clone();
+        report.fold_groups(|function| {
+            let app = app_of.get(function).map_or("-", String::as_str);
+            if wanted.as_deref().is_some_and(|w| w != app) {
+                return None;
+            }
+            Some(if by_app {
+                app.to_string()
+            } else {
+                function.to_string()
+            })
+        });
+        if !by_app && !by_function {
+            report.groups.clear();
+        }
+    }
     Ok(Json(report))
 }
 

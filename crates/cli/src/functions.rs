@@ -155,6 +155,11 @@ pub struct DeployArgs {
     /// its error rate or p99 latency is worse than the stable version's.
     #[arg(long, value_parser = |s: &str| s.parse::<gust_core::deploy::CanarySpec>().map(|_| s.to_string()))]
     pub(crate) canary: Option<String>,
+    /// Deploy as a member of application APP: the version is staged, and
+    /// goes live with the others in a release (`gust app release`; `gust
+    /// deploy` of an application's folder does both).
+    #[arg(long, conflicts_with_all = ["alias", "canary"])]
+    pub(crate) app: Option<String>,
     #[command(flatten)]
     pub(crate) api: ApiArgs,
 }
@@ -192,6 +197,11 @@ impl DeployArgs {
 }
 
 pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    if args.file.is_none()
+        && let Some(app) = crate::apps::AppProject::find(&args.project)?
+    {
+        return app.deploy(args).await;
+    }
     deploy_version(args).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -209,6 +219,17 @@ pub(crate) async fn deploy_version(mut args: DeployArgs) -> anyhow::Result<Versi
             Some(project)
         }
     };
+    deploy_with(args, project, false).await
+}
+
+/// Deploys `args.file` (built from `project`, if any): with `in_app`, as
+/// a staged member of an application (nothing printed, its schedules,
+/// triggers and sources left for after the release).
+pub(crate) async fn deploy_with(
+    args: DeployArgs,
+    project: Option<crate::project::Project>,
+    in_app: bool,
+) -> anyhow::Result<VersionInfo> {
     let name = args
         .name
         .clone()
@@ -295,6 +316,9 @@ pub(crate) async fn deploy_version(mut args: DeployArgs) -> anyhow::Result<Versi
     if !args.routes.is_empty() {
         query.push(("routes", args.routes.join(",")));
     }
+    if let Some(app) = &args.app {
+        query.push(("app", app.clone()));
+    }
     let path = format!("/v1/functions/{name}/versions");
     let uploading = std::time::Instant::now();
     let progress = (!args.api.json).then(|| {
@@ -316,6 +340,17 @@ pub(crate) async fn deploy_version(mut args: DeployArgs) -> anyhow::Result<Versi
     if !args.api.json {
         let took = uploading.elapsed().as_secs_f64();
         eprintln!("uploaded and compiled in {took:.1} s");
+    }
+    if in_app {
+        if !args.api.json {
+            eprintln!("staged {} version {}", version.name, version.version);
+        }
+        if let Some(project) = &project
+            && !env_applied
+        {
+            project.apply_env(&api, &name, None).await?;
+        }
+        return Ok(version);
     }
     if args.api.json {
         output::print_json(&version)?;

@@ -5,6 +5,7 @@
 
 mod access;
 mod aliases;
+mod apps;
 mod cluster;
 mod cluster_mode;
 mod functions;
@@ -76,6 +77,8 @@ enum Command {
     Alias(aliases::AliasArgs),
     /// Point an alias (`live` by default) back at its previous version.
     Rollback(aliases::RollbackArgs),
+    /// Applications, functions released together: ls, versions, release, rollback, promote, rm.
+    App(apps::AppArgs),
     /// Host names and path prefixes a function claims: ls, add, rm.
     Route(aliases::RouteArgs),
     /// A function's variables (environment and wasi:config): ls, set, rm.
@@ -165,6 +168,7 @@ fn main() -> ExitCode {
             Command::Invocation(args) => invocations::invocation(args).await,
             Command::Dlq(args) => invocations::dlq(args).await,
             Command::Schedule(args) => schedules::schedule(args).await,
+            Command::App(args) => apps::app(args).await,
             Command::Kv(args) => kv::kv(args).await,
             Command::Trigger(args) => kv::trigger(args).await,
             Command::Source(args) => sources::source(*args).await,

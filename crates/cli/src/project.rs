@@ -15,6 +15,7 @@ use crate::http::{Api, ApiArgs};
 use crate::output;
 
 /// A project folder and its manifest.
+#[derive(Clone)]
 pub struct Project {
     pub dir: PathBuf,
     pub manifest: Manifest,
@@ -35,8 +36,20 @@ impl Project {
             }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let manifest =
-            Manifest::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let manifest = match manifest::ProjectManifest::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        {
+            manifest::ProjectManifest::Function(manifest) => *manifest,
+            manifest::ProjectManifest::App(app) => {
+                return Err(output::Usage(format!(
+                    "{} describes application `{}`: `gust deploy` there deploys it whole; build or run one of its functions with `gust deploy --app {} NAME FILE.wasm`",
+                    path.display(),
+                    app.app.name,
+                    app.app.name
+                ))
+                .into());
+            }
+        };
         Ok(Project {
             dir: dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
             manifest,
@@ -438,9 +451,10 @@ fn newest_in(path: &Path) -> SystemTime {
   gust new hello                      a Rust function in ./hello
   gust new hello --lang js
   gust new hello --lang python --dir services/hello
+  gust new shop --template app        an application: shop-front calls shop-back
   cd hello && gust deploy             build it and deploy it")]
 pub struct NewArgs {
-    /// Function name: lowercase letters, digits and `-`.
+    /// Function (or application) name: lowercase letters, digits and `-`.
     name: String,
     /// The language of the template.
     #[arg(long, value_enum, default_value_t = Template::Rust)]
@@ -448,7 +462,44 @@ pub struct NewArgs {
     /// Where to create it (default: ./NAME).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// `app`: an application of two Rust functions that call each other
+    /// (NAME-front, public, and NAME-back), released together.
+    #[arg(long, value_enum)]
+    template: Option<Kind>,
 }
+
+/// What `gust new` makes besides one function.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Kind {
+    /// Two Rust functions released as one application
+    App,
+}
+
+/// The application template's files.
+const APP_TEMPLATE: &[(&str, &str)] = &[
+    ("gust.toml", include_str!("../templates/app/gust.toml")),
+    (
+        "Cargo.toml",
+        include_str!("../templates/app/Cargo.toml.tmpl"),
+    ),
+    (".gitignore", include_str!("../templates/app/gitignore")),
+    (
+        "front/Cargo.toml",
+        include_str!("../templates/app/front/Cargo.toml.tmpl"),
+    ),
+    (
+        "front/src/lib.rs",
+        include_str!("../templates/app/front/src/lib.rs"),
+    ),
+    (
+        "back/Cargo.toml",
+        include_str!("../templates/app/back/Cargo.toml.tmpl"),
+    ),
+    (
+        "back/src/lib.rs",
+        include_str!("../templates/app/back/src/lib.rs"),
+    ),
+];
 
 /// The templates `gust new` starts from.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -571,11 +622,26 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let lang = Lang::from(args.lang);
+    let app = args.template == Some(Kind::App);
+    if app && lang != Lang::Rust {
+        return Err(output::Usage(
+            "the application template is Rust only: leave out --lang".into(),
+        )
+        .into());
+    }
     let crate_name = args.name.replace('-', "_");
-    let files = template(lang)
-        .iter()
-        .map(|(path, text)| (path.to_string(), text.to_string()))
-        .chain(wit_deps(lang));
+    let files: Vec<(String, String)> = if app {
+        APP_TEMPLATE
+            .iter()
+            .map(|(path, text)| (path.to_string(), text.to_string()))
+            .collect()
+    } else {
+        template(lang)
+            .iter()
+            .map(|(path, text)| (path.to_string(), text.to_string()))
+            .chain(wit_deps(lang))
+            .collect()
+    };
     for (path, text) in files {
         let target = dir.join(&path);
         if let Some(parent) = target.parent() {
@@ -588,12 +654,20 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(&target, text)
             .with_context(|| format!("cannot write {}", target.display()))?;
     }
-    println!(
-        "created {} ({}) in {}",
-        args.name,
-        lang.as_str(),
-        dir.display()
-    );
+    if app {
+        println!(
+            "created application {} ({0}-front calls {0}-back) in {}",
+            args.name,
+            dir.display()
+        );
+    } else {
+        println!(
+            "created {} ({}) in {}",
+            args.name,
+            lang.as_str(),
+            dir.display()
+        );
+    }
     println!("next: cd {} && gust deploy", dir.display());
     println!("needs: {}", toolchain_hint(lang));
     Ok(ExitCode::SUCCESS)

@@ -19,6 +19,8 @@ Examples:
   gust usage --by day
   gust usage --function hello --from 2026-11-01 --to 2026-11-08 --by hour --json
   gust usage --by function --csv
+  gust usage --by app                 per application
+  gust usage --app shop --by function its functions
   gust usage --export csv > november.csv      every record, for reconciling
   gust usage --export jsonl --from 2026-11-01
   gust usage --local                          in a cluster: this node's alone"
@@ -33,9 +35,12 @@ pub struct UsageArgs {
     /// End of the period (excluded).
     #[arg(long)]
     to: Option<String>,
-    /// Group by `hour`, `day` or `function`.
-    #[arg(long, value_parser = ["hour", "day", "function"])]
+    /// Group by `hour`, `day`, `function` or `app` (application).
+    #[arg(long, value_parser = ["hour", "day", "function", "app"])]
     by: Option<String>,
+    /// Only the functions of this application.
+    #[arg(long)]
+    app: Option<String>,
     /// Print the summary as CSV.
     #[arg(long, conflicts_with = "export")]
     csv: bool,
@@ -96,6 +101,9 @@ pub async fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(by) = &args.by {
         query.push(("by", by.clone()));
+    }
+    if let Some(app) = &args.app {
+        query.push(("app", app.clone()));
     }
     let report: UsageReport = api
         .send(api.request(reqwest::Method::GET, "/v1/usage").query(&query))

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod address;
+pub mod app;
 pub mod cluster;
 pub mod config;
 pub mod delivery;

@@ -200,6 +200,160 @@ pub fn managed_id(explicit: Option<&str>, index: usize) -> String {
     explicit.map_or_else(|| format!("{MANAGED_PREFIX}{}", index + 1), str::to_string)
 }
 
+/// `gust.toml` of an application: several functions released together,
+/// each with what a function's own manifest holds, in its own folder
+/// (`dir`, default its name); `[env]` here is shared by all of them and
+/// versioned with each release.
+///
+/// ```toml
+/// [app]
+/// name = "shop"
+///
+/// [env]
+/// CURRENCY = "EUR"
+///
+/// [[functions]]
+/// name = "front"
+/// lang = "rust"
+/// public = true
+///
+/// [[functions]]
+/// name = "prices"
+/// lang = "rust"
+/// dir = "services/prices"
+/// [functions.limits]
+/// memory_mb = 64
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppManifest {
+    pub app: AppSection,
+    /// Variables every function sees (under its own).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub functions: Vec<MemberSection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSection {
+    pub name: String,
+}
+
+/// One function of an application: a function manifest's sections, and
+/// the folder that holds its sources.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSection {
+    pub name: String,
+    pub lang: Lang,
+    /// Its folder, relative to the application's (default: its name).
+    pub dir: Option<String>,
+    pub public: Option<bool>,
+    pub routes: Option<Vec<String>>,
+    #[serde(default)]
+    pub build: BuildSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub events: EventsSection,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub schedules: Vec<ScheduleSection>,
+    #[serde(default)]
+    pub triggers: Vec<TriggerSection>,
+    #[serde(default)]
+    pub sources: Vec<crate::source::SourceSpec>,
+}
+
+impl MemberSection {
+    /// Its folder, relative to the application's.
+    pub fn dir(&self) -> &str {
+        self.dir.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The function's manifest, as if it had a `gust.toml` of its own.
+    pub fn manifest(&self) -> Manifest {
+        Manifest {
+            function: FunctionSection {
+                name: self.name.clone(),
+                lang: self.lang,
+                public: self.public,
+                routes: self.routes.clone(),
+            },
+            build: self.build.clone(),
+            limits: self.limits.clone(),
+            events: self.events.clone(),
+            env: self.env.clone(),
+            schedules: self.schedules.clone(),
+            triggers: self.triggers.clone(),
+            sources: self.sources.clone(),
+        }
+    }
+}
+
+/// A `gust.toml`: one function's, or an application's (it has `[app]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProjectManifest {
+    Function(Box<Manifest>),
+    App(AppManifest),
+}
+
+impl ProjectManifest {
+    pub fn parse(text: &str) -> Result<ProjectManifest, ManifestError> {
+        let table: toml::Table = toml::from_str(text)
+            .map_err(|e| ManifestError(e.to_string().trim_end().to_string()))?;
+        if !table.contains_key("app") {
+            return Manifest::parse(text).map(|m| ProjectManifest::Function(Box::new(m)));
+        }
+        let app: AppManifest = toml::from_str(text)
+            .map_err(|e| ManifestError(e.to_string().trim_end().to_string()))?;
+        FunctionName::new(app.app.name.as_str())
+            .map_err(|e| ManifestError(format!("[app] name: {e}")))?;
+        if app.functions.is_empty() {
+            return Err(ManifestError(
+                "an application names its functions: add a [[functions]] table with name and lang"
+                    .into(),
+            ));
+        }
+        if app.functions.len() > crate::app::MAX_MEMBERS {
+            return Err(ManifestError(format!(
+                "an application has at most {} functions",
+                crate::app::MAX_MEMBERS
+            )));
+        }
+        for name in app.env.keys() {
+            crate::config::check_name(name).map_err(|e| ManifestError(format!("[env] {e}")))?;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, member) in app.functions.iter().enumerate() {
+            if !seen.insert(member.name.as_str()) {
+                return Err(ManifestError(format!(
+                    "[[functions]] number {}: `{}` is named twice",
+                    i + 1,
+                    member.name
+                )));
+            }
+            let dir = member.dir();
+            if dir.is_empty()
+                || std::path::Path::new(dir).is_absolute()
+                || dir.split(['/', '\\']).any(|p| p == "..")
+            {
+                return Err(ManifestError(format!(
+                    "[[functions]] `{}`: dir must be a folder inside the application's",
+                    member.name
+                )));
+            }
+            member
+                .manifest()
+                .validate()
+                .map_err(|e| ManifestError(format!("[[functions]] `{}`: {e}", member.name)))?;
+        }
+        Ok(ProjectManifest::App(app))
+    }
+}
+
 /// Why a manifest was refused: the message names the key and the line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -436,5 +590,58 @@ bucket = "orders"
         .unwrap();
         assert_eq!(m.wasm_path(), "out.wasm");
         assert!(m.build_command().starts_with("componentize-py"));
+    }
+
+    #[test]
+    fn an_application_names_its_functions_each_checked_like_a_manifest() {
+        let text = r#"
+            [app]
+            name = "shop"
+            [env]
+            CURRENCY = "EUR"
+            [[functions]]
+            name = "front"
+            lang = "rust"
+            public = true
+            [[functions]]
+            name = "prices"
+            lang = "rust"
+            dir = "services/prices"
+            [functions.limits]
+            memory_mb = 64
+        "#;
+        let ProjectManifest::App(app) = ProjectManifest::parse(text).unwrap() else {
+            panic!("an application");
+        };
+        assert_eq!(app.functions.len(), 2);
+        assert_eq!(app.functions[0].dir(), "front");
+        assert_eq!(app.functions[1].dir(), "services/prices");
+        assert_eq!(app.functions[1].manifest().limits.memory_mb, Some(64));
+        let single = "[function]\nname = \"a\"\nlang = \"rust\"\n";
+        assert!(matches!(
+            ProjectManifest::parse(single),
+            Ok(ProjectManifest::Function(_))
+        ));
+        for (bad, says) in [
+            (
+                "functions = []\n[app]\nname = \"shop\"\n",
+                "names its functions",
+            ),
+            (
+                "[app]\nname = \"shop\"\n[[functions]]\nname = \"a\"\nlang = \"rust\"\n[[functions]]\nname = \"a\"\nlang = \"rust\"\n",
+                "named twice",
+            ),
+            (
+                "[app]\nname = \"shop\"\n[[functions]]\nname = \"a\"\nlang = \"rust\"\ndir = \"../x\"\n",
+                "inside",
+            ),
+            (
+                "[app]\nname = \"shop\"\n[[functions]]\nname = \"a\"\nlang = \"rust\"\nmemory = 1\n",
+                "memory",
+            ),
+        ] {
+            let error = ProjectManifest::parse(bad).unwrap_err().to_string();
+            assert!(error.contains(says), "{error}");
+        }
     }
 }

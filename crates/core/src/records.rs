@@ -39,6 +39,10 @@ pub struct FunctionRecord {
     /// that may invoke is needed (when the server requires tokens).
     #[serde(default)]
     pub public: bool,
+    /// The application it belongs to (its plain URL then serves the
+    /// application's live version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
 }
 
 /// A function record as stored by any release: one written before aliases
@@ -61,6 +65,8 @@ struct StoredFunction {
     public: bool,
     #[serde(default)]
     active: Option<ActiveVersion>,
+    #[serde(default)]
+    app: Option<String>,
 }
 
 impl From<StoredFunction> for FunctionRecord {
@@ -81,6 +87,7 @@ impl From<StoredFunction> for FunctionRecord {
             vars: stored.vars,
             routes: stored.routes,
             public: stored.public,
+            app: stored.app,
         }
     }
 }
@@ -219,6 +226,7 @@ mod tests {
             vars: Default::default(),
             routes: Vec::new(),
             public: false,
+            app: None,
         };
         let all: Vec<u64> = (1..=10).collect();
         assert_eq!(

@@ -34,6 +34,9 @@ pub(crate) struct TenantCalls {
     pub tenant: TenantId,
     /// How deep the calls this invocation makes are (1: it was called from outside).
     pub depth: u32,
+    /// The application version the caller serves in: a call to another
+    /// member's plain URL runs that member's version of the same release.
+    pub app: Option<crate::catalog::AppTag>,
 }
 
 impl LocalCalls for TenantCalls {
@@ -44,7 +47,8 @@ impl LocalCalls for TenantCalls {
         let shared = self.shared.clone();
         let tenant = self.tenant.clone();
         let depth = self.depth;
-        Box::pin(async move { call(&shared, &tenant, depth, request).await })
+        let app = self.app.clone();
+        Box::pin(async move { call(&shared, &tenant, depth, app.as_ref(), request).await })
     }
 }
 
@@ -52,6 +56,7 @@ async fn call(
     shared: &Arc<Shared>,
     tenant: &TenantId,
     depth: u32,
+    app: Option<&crate::catalog::AppTag>,
     request: Request<CallBody>,
 ) -> Response<GatewayBody> {
     let id = shared.events.next_invocation_id();
@@ -81,8 +86,12 @@ async fn call(
     let Some(served) = shared.catalog.get(tenant.as_str(), name) else {
         return GatewayError::NoSuchFunction(name.to_string()).into_response(&id);
     };
-    let Some(loaded) = served
-        .pick(alias, || None, || deploy::fnv1a(id.as_bytes()))
+    // Within an application, the caller's release: never a mix of two.
+    let pinned = app
+        .filter(|_| alias == deploy::LIVE)
+        .and_then(|tag| served.at_app_version(tag));
+    let Some(loaded) = pinned
+        .or_else(|| served.pick(alias, || None, || deploy::fnv1a(id.as_bytes())))
         .cloned()
     else {
         let error = GatewayError::NoSuchAlias {

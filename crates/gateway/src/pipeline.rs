@@ -512,6 +512,7 @@ where
                     shared: shared.clone(),
                     tenant: loaded.tenant.clone(),
                     depth: depth + 1,
+                    app: loaded.app.clone(),
                 })),
                 tenant: loaded.tenant.clone(),
                 trace: trace::for_guest(&span),

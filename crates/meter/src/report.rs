@@ -48,6 +48,10 @@ pub enum GroupBy {
     Hour,
     Day,
     Function,
+    /// By application: summed here per function, which the caller (who
+    /// knows which function belongs to which) folds with
+    /// [`UsageReport::fold_groups`].
+    App,
 }
 
 impl GroupBy {
@@ -56,7 +60,7 @@ impl GroupBy {
         match self {
             GroupBy::Hour => gust_core::time::rfc3339(record.start_ms / HOUR * HOUR),
             GroupBy::Day => gust_core::time::rfc3339(record.start_ms / (24 * HOUR) * 24 * HOUR),
-            GroupBy::Function => record.function.clone(),
+            GroupBy::Function | GroupBy::App => record.function.clone(),
         }
     }
 }
@@ -91,6 +95,22 @@ pub struct UsageTotals {
 }
 
 impl UsageTotals {
+    /// Adds another sum to this one.
+    pub fn merge(&mut self, other: &UsageTotals) {
+        self.invocations += other.invocations;
+        self.rejected += other.rejected;
+        self.retries += other.retries;
+        self.billed_ms += other.billed_ms;
+        self.gib_us = self.gib_us.saturating_add(other.gib_us);
+        self.gb_seconds = self.gib_us as f64 / 1e6;
+        self.cpu_ms += other.cpu_ms;
+        self.request_bytes += other.request_bytes;
+        self.response_bytes += other.response_bytes;
+        self.outbound_requests += other.outbound_requests;
+        self.kv_operations += other.kv_operations;
+        self.cost_micros = self.cost_micros.saturating_add(other.cost_micros);
+    }
+
     fn add(&mut self, r: &UsageRecord) {
         if r.outcome == UsageOutcome::Rejected {
             self.rejected += 1;
@@ -125,6 +145,28 @@ pub struct UsageReport {
     pub to_ms: u64,
     pub groups: Vec<UsageGroup>,
     pub total: UsageTotals,
+}
+
+impl UsageReport {
+    /// Regroups a report grouped by function: each group goes to the
+    /// group `into` names for its key, or is dropped (`None`), and the
+    /// total becomes the sum of what is kept.
+    pub fn fold_groups(&mut self, into: impl Fn(&str) -> Option<String>) {
+        let mut folded: BTreeMap<String, UsageTotals> = BTreeMap::new();
+        for group in std::mem::take(&mut self.groups) {
+            if let Some(key) = into(&group.key) {
+                folded.entry(key).or_default().merge(&group.totals);
+            }
+        }
+        self.total = UsageTotals::default();
+        for totals in folded.values() {
+            self.total.merge(totals);
+        }
+        self.groups = folded
+            .into_iter()
+            .map(|(key, totals)| UsageGroup { key, totals })
+            .collect();
+    }
 }
 
 #[cfg(test)]

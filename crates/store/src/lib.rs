@@ -24,7 +24,9 @@ use bytes::Bytes;
 pub use accounts::{Accounts, AccountsError, AuthError, TenantRecord, TokenRecord};
 pub use buckets::{Buckets, BucketsError, Value};
 pub use lease::{LEASES_PREFIX, Lease, LeaseGuard};
-pub use registry::{Activation, AliasTarget, NewVersion, Registry, RegistryError};
+pub use registry::{
+    Activation, AliasTarget, AppRelease, NewVersion, Registry, RegistryError, ReleaseAs,
+};
 pub use secrets::{SecretBox, SecretError};
 
 /// Errors a storage backend reports.

@@ -17,6 +17,7 @@
 //! | `/body` | reads the whole body, answers its size |
 //! | `/fetch?url=U` | sends GET U through outgoing `wasi:http`, answers the status or the error |
 //! | `/call?url=U` | the same, answering `status N: <body>` (`http://gust.internal/<fn>/…` calls a function) |
+//! | `/chain?name=V&next=b,c&sleep_ms=N` | answers variable V's value, then (after N ms) what `/chain` of the next function answers, space-separated |
 //! | `/lines?n=N&tag=T` | prints N short lines, the last one ending in T |
 //! | `/status?code=N` | answers status N, printing nothing |
 //! | `/enqueue?url=U` | POSTs a small body to U as an event (`Gust-Invocation-Type: Event`), answers `status N` |
@@ -128,6 +129,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                 }
                 format!("busy {} ms, {turns} turns, {}", limit.unwrap_or(0), x % 10)
             }
+            "/chain" => chain(
+                &param("name").unwrap_or_default(),
+                &param("next").unwrap_or_default(),
+                number("sleep_ms"),
+            ),
             "/sleep" => {
                 let ms = number("ms");
                 std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -535,6 +541,25 @@ fn follow(url: &str, hops: u64) -> String {
         }
     }
     lines.join("\n")
+}
+
+/// Variable `name`'s value here, then what the next function of `next`
+/// (comma-separated) answers to the same, after `sleep_ms`.
+fn chain(name: &str, next: &str, sleep_ms: u64) -> String {
+    let own = std::env::var(name).unwrap_or_else(|_| "-".into());
+    let Some((first, rest)) =
+        (!next.is_empty()).then(|| next.split_once(',').unwrap_or((next, "")))
+    else {
+        return own;
+    };
+    std::thread::sleep(std::time::Duration::from_millis(sleep_ms));
+    let url =
+        format!("http://gust.internal/{first}/chain?name={name}&next={rest}&sleep_ms={sleep_ms}");
+    let answer = fetch(&url, true);
+    match answer.strip_prefix("status 200: ") {
+        Some(body) => format!("{own} {body}"),
+        None => format!("{own} [{answer}]"),
+    }
 }
 
 fn fetch(url: &str, with_body: bool) -> String {

@@ -6,6 +6,7 @@
 
 mod abandoned;
 mod api_hardening;
+mod apps;
 mod cluster;
 mod control;
 mod data_plane;

@@ -253,3 +253,53 @@ async fn the_python_template_builds_and_serves() {
     let body = new_and_deploy(&server, "python", "hello-py").await;
     assert_eq!(body, "Hello from hello-py! You asked for /hi?x=1\n");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_application_template_releases_two_functions_that_call_each_other() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = gust_in(&server, tmp.path(), &["new", "shop", "--template", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let project = tmp.path().join("shop");
+    let out = gust_in(&server, &project, &["deploy", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let released: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(released["version"], 1, "{released}");
+    assert_eq!(released["app"]["functions"]["shop-back"], 1, "{released}");
+    let body = reqwest::get(format!("{}/shop-front/hi", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        body,
+        "Hello from shop-front; Hello from shop-back, asked for /hi\n"
+    );
+    // The inner function is private: reached through the front only.
+    let inner = reqwest::get(format!("{}/shop-back/", server.url))
+        .await
+        .unwrap();
+    assert_eq!(inner.status(), 404);
+    // The shared variable changes with the next release, for both.
+    let manifest = std::fs::read_to_string(project.join("gust.toml")).unwrap();
+    std::fs::write(
+        project.join("gust.toml"),
+        manifest.replace("GREETING = \"Hello\"", "GREETING = \"Hi\""),
+    )
+    .unwrap();
+    let out = gust_in(&server, &project, &["deploy"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("released shop version 2 live"),
+        "{}",
+        text(&out)
+    );
+    let body = reqwest::get(format!("{}/shop-front/", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "Hi from shop-front; Hi from shop-back, asked for /\n");
+}

@@ -244,6 +244,7 @@ pub async fn component_bytes_across_nodes(one: Arc<dyn MetaStore>, other: Arc<dy
         delivery: Default::default(),
         public: None,
         activation: Default::default(),
+        app: None,
     };
     let eventually = |want: u64| {
         let first = first.clone();

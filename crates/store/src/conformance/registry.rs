@@ -10,6 +10,7 @@ fn version(digest: &str, size_bytes: u64) -> NewVersion {
         delivery: Default::default(),
         public: None,
         activation: Default::default(),
+        app: None,
     }
 }
 
@@ -92,6 +93,128 @@ pub async fn registry(kv: Arc<dyn MetaStore>) {
             .unwrap()
             .is_none()
     );
+    applications(&registry, &tenant).await;
+}
+
+/// Applications: staged versions serve nothing until a release names
+/// them; a release, a split and a rollback are each one change; the
+/// application's record is not listed as a function; removing it
+/// removes its functions and keeps other tenants' alone.
+async fn applications(registry: &Registry, tenant: &TenantId) {
+    let shop = FunctionName::new("shop").unwrap();
+    let (front, back) = (
+        FunctionName::new("front").unwrap(),
+        FunctionName::new("back").unwrap(),
+    );
+    let staged = |digest: &str| NewVersion {
+        activation: Activation::Staged,
+        app: Some(shop.clone()),
+        ..version(digest, 5)
+    };
+    for (name, digest) in [(&front, "sha256:f1"), (&back, "sha256:b1")] {
+        registry
+            .deploy(tenant, name, staged(digest), 1)
+            .await
+            .unwrap();
+        let record = registry.function(tenant, name).await.unwrap().unwrap();
+        assert!(
+            record.live().is_none(),
+            "a staged first version is not live"
+        );
+        assert_eq!(record.app.as_deref(), Some("shop"));
+    }
+    let members = |f: u64, b: u64| {
+        [(front.clone(), f), (back.clone(), b)]
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let first = registry
+        .release_app(
+            tenant,
+            &shop,
+            &members(1, 1),
+            Default::default(),
+            crate::ReleaseAs::Live,
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!((first.version, first.app.live), (1, 1));
+    registry
+        .deploy(tenant, &front, staged("sha256:f2"), 3)
+        .await
+        .unwrap();
+    let second = registry
+        .release_app(
+            tenant,
+            &shop,
+            &members(2, 1),
+            Default::default(),
+            crate::ReleaseAs::Split(1000),
+            4,
+        )
+        .await
+        .unwrap();
+    assert!(second.revision > first.revision);
+    assert_eq!(second.app.live, 1);
+    assert_eq!(
+        second.app.split.map(|s| (s.version, s.basis_points)),
+        Some((2, 1000))
+    );
+    let (app, live, _) = registry
+        .update_app(tenant, &shop, false, 5, |app| Ok(app.promote(5)?))
+        .await
+        .unwrap();
+    assert_eq!((live, app.live, app.previous), (2, 2, Some(1)));
+    assert_eq!(
+        app.live_version().unwrap().functions["front"].digest,
+        "sha256:f2"
+    );
+    // A version no release names cannot be released; a stranger cannot join.
+    assert!(matches!(
+        registry
+            .release_app(
+                tenant,
+                &shop,
+                &members(9, 1),
+                Default::default(),
+                crate::ReleaseAs::Live,
+                6
+            )
+            .await,
+        Err(RegistryError::NoSuchVersion { version: 9, .. })
+    ));
+    let other_app = FunctionName::new("other").unwrap();
+    assert!(matches!(
+        registry
+            .release_app(
+                tenant,
+                &other_app,
+                &members(1, 1),
+                Default::default(),
+                crate::ReleaseAs::Live,
+                6
+            )
+            .await,
+        Err(RegistryError::Refused(_))
+    ));
+    let names: Vec<String> = registry
+        .functions(tenant)
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.name.to_string())
+        .collect();
+    assert_eq!(names, ["back", "front"], "the app record is not a function");
+    assert_eq!(registry.apps(tenant).await.unwrap().len(), 1);
+    let someone = TenantId::new("someone").unwrap();
+    assert!(registry.apps(&someone).await.unwrap().is_empty());
+    assert!(registry.app(&someone, &shop).await.unwrap().is_none());
+    let (removed, _) = registry.delete_app(tenant, &shop).await.unwrap().unwrap();
+    assert_eq!(removed.len(), 2);
+    assert!(registry.functions(tenant).await.unwrap().is_empty());
+    assert!(registry.app(tenant, &shop).await.unwrap().is_none());
+    assert!(registry.delete_app(tenant, &shop).await.unwrap().is_none());
 }
 
 /// Aliases over versions 1–4 of `hello` (`live` at 4): moves, splits,

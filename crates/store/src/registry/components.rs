@@ -68,6 +68,13 @@ impl Registry {
             digests.insert(decode::<VersionRecord>(&entry)?.digest);
         }
         for entry in self.kv.list(FUNCTIONS_PREFIX).await? {
+            if Self::parse_app_key(&entry.key).is_some() {
+                let app: AppRecord = decode(&entry)?;
+                for version in &app.versions {
+                    digests.extend(version.functions.values().map(|a| a.digest.clone()));
+                }
+                continue;
+            }
             let record: FunctionRecord = decode(&entry)?;
             for alias in record.aliases.values() {
                 digests.insert(alias.target.digest.clone());
@@ -94,7 +101,21 @@ impl Registry {
         if keep == 0 {
             return Ok(removed);
         }
-        for entry in self.kv.list(FUNCTIONS_PREFIX).await? {
+        let entries = self.kv.list(FUNCTIONS_PREFIX).await?;
+        // Versions a kept application version names stay (its rollback needs them).
+        let mut in_apps = std::collections::HashSet::new();
+        for entry in &entries {
+            if Self::parse_app_key(&entry.key).is_some() {
+                let app: AppRecord = decode(entry)?;
+                for (name, version) in app.referenced() {
+                    in_apps.insert((app.tenant.to_string(), name.to_string(), version));
+                }
+            }
+        }
+        for entry in entries {
+            if Self::parse_function_key(&entry.key).is_none() {
+                continue;
+            }
             let record: FunctionRecord = decode(&entry)?;
             if record.latest_version <= keep as u64 {
                 continue;
@@ -108,7 +129,10 @@ impl Registry {
                 .map(decode)
                 .collect::<Result<_, _>>()?;
             let numbers: Vec<u64> = versions.iter().map(|v| v.version).collect();
-            let past = record.versions_past(&numbers, keep);
+            let mut past = record.versions_past(&numbers, keep);
+            past.retain(|v| {
+                !in_apps.contains(&(record.tenant.to_string(), record.name.to_string(), *v))
+            });
             if past.is_empty() {
                 continue;
             }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gust_core::app::AppRecord;
 use gust_core::config::Variable;
 use gust_core::delivery::DeliveryPolicy;
 use gust_core::deploy::{
@@ -19,8 +20,11 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::lease::{Lease, LeaseGuard};
 
+mod apps;
 mod components;
 mod routes;
+
+pub use apps::{AppRelease, ReleaseAs};
 
 use crate::{Entry, MetaStore, StoreError, Watch};
 use components::ComponentBytes;
@@ -32,6 +36,8 @@ pub enum RegistryError {
     NoSuchFunction(FunctionName),
     #[error("function `{0}` already exists")]
     AlreadyExists(FunctionName),
+    #[error("application `{0}` does not exist")]
+    NoSuchApp(FunctionName),
     #[error("function `{function}` has no alias `{alias}`")]
     NoSuchAlias {
         function: FunctionName,
@@ -104,6 +110,9 @@ pub struct NewVersion {
     pub public: Option<bool>,
     /// Which alias the new version takes over.
     pub activation: Activation,
+    /// The application the function belongs to (it joins it; one that
+    /// belongs to another is refused). `None` keeps it as it is.
+    pub app: Option<FunctionName>,
 }
 
 /// What a deploy does with its new version. A function's first deploy
@@ -119,6 +128,10 @@ pub enum Activation {
         window_ms: u64,
         policy: CanaryPolicy,
     },
+    /// Record it only: an application release makes it live with the
+    /// other members (a function's first version is then not served
+    /// before that).
+    Staged,
 }
 
 impl Default for Activation {
@@ -206,7 +219,11 @@ impl Registry {
 
     pub async fn functions(&self, tenant: &TenantId) -> Result<Vec<FunctionRecord>, RegistryError> {
         let entries = self.kv.list(&format!("fn/{tenant}/")).await?;
-        Ok(entries.iter().map(decode).collect::<Result<_, _>>()?)
+        Ok(entries
+            .iter()
+            .filter(|e| Self::parse_function_key(&e.key).is_some())
+            .map(decode)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Creates a function with no version yet.
@@ -226,6 +243,7 @@ impl Registry {
             vars: Default::default(),
             routes: Vec::new(),
             public: false,
+            app: None,
         };
         match self
             .kv
@@ -267,6 +285,7 @@ impl Registry {
                         vars: Default::default(),
                         routes: Vec::new(),
                         public: false,
+                        app: None,
                     },
                     None,
                 ),
@@ -284,6 +303,24 @@ impl Registry {
             record.latest_version = version.version;
             if let Some(public) = new.public {
                 record.public = public;
+            }
+            let moves_live = match &new.activation {
+                Activation::Alias(alias) => alias == LIVE,
+                Activation::Canary { .. } => true,
+                Activation::Staged => false,
+            };
+            if new.app.is_none() && moves_live {
+                member_live(&record, LIVE)?;
+            }
+            if let Some(app) = &new.app {
+                match record.app.as_deref() {
+                    Some(other) if other != app.as_str() => {
+                        return Err(RegistryError::Refused(format!(
+                            "function `{name}` belongs to application `{other}`; remove it there first or deploy it under another name"
+                        )));
+                    }
+                    _ => record.app = Some(app.to_string()),
+                }
             }
             activate(
                 &mut record,
@@ -401,6 +438,7 @@ impl Registry {
         };
         let (record, (), revision) = self
             .update(tenant, name, |record| {
+                member_live(record, alias)?;
                 supersede(record, alias, &format!("`{alias}` was set by hand"), now_ms);
                 let full = record.aliases.len() >= MAX_ALIASES;
                 match record.aliases.get_mut(alias) {
@@ -515,6 +553,7 @@ impl Registry {
             .function(tenant, name)
             .await?
             .ok_or_else(|| RegistryError::NoSuchFunction(name.clone()))?;
+        member_live(&record, alias)?;
         let current = record
             .aliases
             .get(alias)
@@ -665,7 +704,7 @@ impl Registry {
         Ok(existed)
     }
 
-    /// Watches every tenant's function records.
+    /// Watches every tenant's function and application records.
     pub async fn watch_functions(&self) -> Result<Watch, RegistryError> {
         Ok(self.kv.watch(FUNCTIONS_PREFIX).await?)
     }
@@ -683,8 +722,23 @@ impl Registry {
     }
 }
 
+/// Refuses to move a member of an application's `live` on its own: the
+/// application's releases serve it.
+fn member_live(record: &FunctionRecord, alias: &str) -> Result<(), RegistryError> {
+    match &record.app {
+        Some(app) if alias == LIVE => Err(RegistryError::Refused(format!(
+            "function `{}` belongs to application `{app}`: its live version moves with the application's releases (`gust deploy` in the application's folder, or `gust deploy --app {app}` then `gust app release`); another alias may move on its own",
+            record.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Activates a freshly deployed `version` on `record` as `how` says.
 fn activate(record: &mut FunctionRecord, version: ActiveVersion, how: &Activation, now_ms: u64) {
+    if *how == Activation::Staged {
+        return;
+    }
     if !record.aliases.contains_key(LIVE) {
         // The first deploy: there is nothing to compare a canary with.
         record
@@ -708,6 +762,7 @@ fn activate(record: &mut FunctionRecord, version: ActiveVersion, how: &Activatio
                 }
             }
         }
+        Activation::Staged => {}
         Activation::Canary {
             basis_points,
             window_ms,

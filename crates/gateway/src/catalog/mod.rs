@@ -13,11 +13,11 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use gust_autoscale::Activity;
 use gust_autoscale::canary::{Health, Snapshot};
 
+use gust_core::app::AppRecord;
 use gust_core::cluster::Membership;
 use gust_core::config::{self, Variable};
 use gust_core::delivery::DeliveryPolicy;
@@ -28,8 +28,14 @@ use gust_core::{ActiveVersion, FunctionName, FunctionRecord, Limits, TenantId};
 use gust_runtime::{Prepared, Runtime};
 use gust_store::{BlobStore, MetaEvent, Registry, SecretBox};
 
-use crate::admission::{FunctionGate, NodeSlots};
+use crate::admission::FunctionGate;
 use crate::cookies::CookieScope;
+
+mod apps;
+mod follow;
+
+pub(crate) use apps::AppTag;
+pub(crate) use follow::follow_registry;
 
 /// One version of a function that an alias serves, and its component
 /// once loaded.
@@ -54,6 +60,8 @@ pub(crate) struct Loaded {
     pub health: Arc<Health>,
     /// Its variables (environment and `wasi:config`), secrets opened.
     pub vars: Arc<[(String, String)]>,
+    /// The application version it serves in (a member's only).
+    pub app: Option<AppTag>,
     /// It is what `live` points at: only then does it run on the
     /// function's reserved instances (other versions share the node).
     live: std::sync::atomic::AtomicBool,
@@ -74,17 +82,16 @@ pub(crate) enum LoadError {
 
 impl Loaded {
     fn new(
-        tenant: TenantId,
-        name: FunctionName,
+        record: &FunctionRecord,
         active: ActiveVersion,
-        public: bool,
         activity: Arc<Activity>,
         vars: Arc<[(String, String)]>,
+        app: Option<AppTag>,
         members: &Arc<dyn Membership>,
     ) -> Self {
         Self {
-            tenant,
-            name,
+            tenant: record.tenant.clone(),
+            name: record.name.clone(),
             version: active.version,
             digest: active.digest,
             gate: active.limits.concurrency_cap().map(|n| {
@@ -97,10 +104,11 @@ impl Loaded {
             }),
             limits: Arc::new(active.limits),
             delivery: active.delivery,
-            public,
+            public: record.public,
             activity,
             health: Arc::default(),
             vars,
+            app,
             live: std::sync::atomic::AtomicBool::new(false),
             warm: RwLock::new(None),
             loading: tokio::sync::Mutex::new(()),
@@ -194,6 +202,9 @@ pub(crate) struct Served {
     pub canary: Option<RunningCanary>,
     /// Host names and path prefixes it claims.
     claims: Vec<RouteClaim>,
+    /// A member's loaded version per application version kept (live,
+    /// split, previous): calls from another member resolve here.
+    app_versions: Vec<Arc<Loaded>>,
 }
 
 /// A canary on `live`: its settings, where its figures start, its loaded version.
@@ -261,37 +272,39 @@ impl Served {
     /// component already in memory starts warm.
     fn build(
         record: FunctionRecord,
+        app: Option<&AppRecord>,
         old: Option<&Served>,
         secrets: &SecretBox,
         members: &Arc<dyn Membership>,
     ) -> Option<Served> {
-        let live_alias = record.live()?.clone();
+        let app = app.filter(|a| apps::serves(a, record.name.as_str()));
         let activity = old.map_or_else(
             || Arc::new(Activity::new(crate::scaling::clock_us())),
             |o| o.live.activity.clone(),
         );
         let earlier = old.map(Served::versions).unwrap_or_default();
         let mut built: Vec<Arc<Loaded>> = Vec::new();
-        let mut route_for = |version: &ActiveVersion, vars: &Arc<[(String, String)]>| {
+        let mut route_for = |version: &ActiveVersion,
+                             vars: &Arc<[(String, String)]>,
+                             tag: Option<AppTag>| {
             if let Some(loaded) = built
                 .iter()
-                .find(|r| r.version == version.version && r.vars == *vars)
+                .find(|r| r.version == version.version && r.vars == *vars && r.app == tag)
             {
                 return loaded.clone();
             }
             let kept = earlier
                 .iter()
-                .find(|r| r.serves(version, record.public) && r.vars == *vars);
+                .find(|r| r.serves(version, record.public) && r.vars == *vars && r.app == tag);
             let loaded = match kept {
                 Some(loaded) => loaded.clone(),
                 None => {
                     let mut loaded = Loaded::new(
-                        record.tenant.clone(),
-                        record.name.clone(),
+                        &record,
                         version.clone(),
-                        record.public,
                         activity.clone(),
                         vars.clone(),
+                        tag,
                         members,
                     );
                     // A version keeps its figures (a canary is judged on
@@ -326,51 +339,93 @@ impl Served {
             loaded
         };
         let open = |alias: &str, a: &deploy::Alias| opened_vars(&record, alias, a, secrets);
-        let live_vars = open(deploy::LIVE, &live_alias);
-        let live = route_for(&live_alias.target, &live_vars);
-        let canary_route = live_alias
-            .split
-            .as_ref()
-            .map(|s| route_for(&s.to, &live_vars));
-        let canary = live_alias
-            .canary
-            .clone()
-            .zip(canary_route)
-            .map(|(canary, loaded)| {
-                let kept = old
-                    .and_then(|o| o.canary.as_ref())
-                    .filter(|c| {
-                        c.canary.version == canary.version
-                            && c.baseline.stable_version == live.version
-                    })
-                    .map(|c| c.baseline.clone());
-                let baseline = kept.unwrap_or_else(|| Baseline {
-                    stable_version: live.version,
-                    stable: live.health.snapshot(),
-                    canary: loaded.health.snapshot(),
-                });
-                RunningCanary {
-                    canary,
-                    baseline,
-                    loaded,
+        let mut aliases = Vec::new();
+        let mut app_versions = Vec::new();
+        let (live, canary) = match app {
+            Some(app) => {
+                // A member: its plain URL serves the application's live
+                // version (and split); a release moves it with the others.
+                let key: Arc<str> = route_key(record.tenant.as_str(), app.name.as_str()).into();
+                for version in app.served_versions() {
+                    if let Some(active) = version.functions.get(record.name.as_str()) {
+                        let vars = apps::opened_vars(&record, app, version, secrets);
+                        let tag = AppTag {
+                            app: key.clone(),
+                            version: version.version,
+                        };
+                        app_versions.push(route_for(active, &vars, Some(tag)));
+                    }
                 }
-            });
-        let aliases = record
-            .aliases
-            .iter()
-            .map(|(name, alias)| {
-                let vars = open(name, alias);
-                let split = alias
+                let at = |n: u64| {
+                    app_versions
+                        .iter()
+                        .find(|l| l.app.as_ref().is_some_and(|t| t.version == n))
+                        .cloned()
+                };
+                let split = app
+                    .split
+                    .and_then(|s| at(s.version).map(|l| (l, s.basis_points)));
+                let (live, split) = match (at(app.live), split) {
+                    (Some(live), split) => (live, split),
+                    // New in the split's version: only that version has it.
+                    (None, split) => (split?.0, None),
+                };
+                aliases.push(AliasTargets {
+                    name: deploy::LIVE.into(),
+                    target: live.clone(),
+                    split,
+                });
+                (live, None)
+            }
+            None => {
+                let live_alias = record.live()?.clone();
+                let live_vars = open(deploy::LIVE, &live_alias);
+                let live = route_for(&live_alias.target, &live_vars, None);
+                let canary_route = live_alias
                     .split
                     .as_ref()
-                    .map(|s| (route_for(&s.to, &vars), s.basis_points));
-                AliasTargets {
-                    name: name.clone(),
-                    target: route_for(&alias.target, &vars),
-                    split,
-                }
-            })
-            .collect();
+                    .map(|s| route_for(&s.to, &live_vars, None));
+                let canary = live_alias
+                    .canary
+                    .clone()
+                    .zip(canary_route)
+                    .map(|(canary, loaded)| {
+                        let kept = old
+                            .and_then(|o| o.canary.as_ref())
+                            .filter(|c| {
+                                c.canary.version == canary.version
+                                    && c.baseline.stable_version == live.version
+                            })
+                            .map(|c| c.baseline.clone());
+                        let baseline = kept.unwrap_or_else(|| Baseline {
+                            stable_version: live.version,
+                            stable: live.health.snapshot(),
+                            canary: loaded.health.snapshot(),
+                        });
+                        RunningCanary {
+                            canary,
+                            baseline,
+                            loaded,
+                        }
+                    });
+                (live, canary)
+            }
+        };
+        for (name, alias) in &record.aliases {
+            if app.is_some() && name == deploy::LIVE {
+                continue;
+            }
+            let vars = open(name, alias);
+            let split = alias
+                .split
+                .as_ref()
+                .map(|s| (route_for(&s.to, &vars, None), s.basis_points));
+            aliases.push(AliasTargets {
+                name: name.clone(),
+                target: route_for(&alias.target, &vars, None),
+                split,
+            });
+        }
         for loaded in &built {
             loaded.live.store(
                 Arc::ptr_eq(loaded, &live),
@@ -382,6 +437,7 @@ impl Served {
             aliases,
             canary,
             claims: record.routes,
+            app_versions,
         })
     }
 
@@ -415,6 +471,11 @@ impl Served {
                 }
             }
         }
+        for loaded in &self.app_versions {
+            if !versions.iter().any(|v| Arc::ptr_eq(v, loaded)) {
+                versions.push(loaded.clone());
+            }
+        }
         versions
     }
 }
@@ -440,6 +501,8 @@ pub(crate) struct Catalog {
     public_hosts: Vec<String>,
     /// The live nodes, among which concurrency limits are shared.
     members: Arc<dyn Membership>,
+    /// Applications and their members' records; locked after `functions`.
+    apps: std::sync::Mutex<apps::Apps>,
 }
 
 /// Which tenant holds each claimed host: the one with the claim nearest
@@ -491,6 +554,7 @@ impl Catalog {
     ) -> Self {
         Self {
             members,
+            apps: std::sync::Mutex::default(),
             functions: RwLock::default(),
             applied: tokio::sync::watch::Sender::new(0),
             pending: std::sync::Mutex::default(),
@@ -576,11 +640,15 @@ impl Catalog {
     }
 
     pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Served>> {
-        let key = route_key(tenant, name);
+        self.get_key(&route_key(tenant, name))
+    }
+
+    /// The function `<tenant>/<name>`.
+    fn get_key(&self, key: &str) -> Option<Arc<Served>> {
         self.functions
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+            .get(key)
             .cloned()
     }
 
@@ -692,10 +760,14 @@ impl Catalog {
         *self.claims.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
     }
 
-    /// Applies one registry change; returns the loaded versions it displaced.
-    fn apply(&self, event: &MetaEvent) -> Vec<Arc<Loaded>> {
+    /// Applies one registry change: a function's record, or an
+    /// application's (which rebuilds all its members at once).
+    fn apply(&self, event: &MetaEvent) -> Applied {
+        if let Some((tenant, name)) = Registry::parse_app_key(event.key()) {
+            return self.apply_app(tenant.as_str(), name.as_str(), event);
+        }
         let Some((tenant, name)) = Registry::parse_function_key(event.key()) else {
-            return Vec::new();
+            return Applied::default();
         };
         let key = route_key(tenant.as_str(), name.as_str());
         let record = match event {
@@ -703,25 +775,80 @@ impl Catalog {
                 Ok(record) => Some(record),
                 Err(e) => {
                     tracing::error!(key = entry.key, error = %e, "skipping undecodable function record");
-                    return Vec::new();
+                    return Applied::default();
                 }
             },
             MetaEvent::Delete { .. } => None,
         };
         let mut functions = self.functions.write().unwrap_or_else(|p| p.into_inner());
-        let old = functions.get(&key).cloned();
+        let app = {
+            let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+            apps.note(&key, record.as_ref());
+            record.as_ref().and_then(|r| apps.of(r))
+        };
+        let displaced = self.rebuild(&mut functions, &key, record, app.as_deref());
+        Applied {
+            displaced,
+            touched: vec![key],
+        }
+    }
+
+    /// Applies a change of application `<tenant>/<name>`'s record: every
+    /// member is rebuilt under one write lock.
+    fn apply_app(&self, tenant: &str, name: &str, event: &MetaEvent) -> Applied {
+        let record = match event {
+            MetaEvent::Put(entry) => match Registry::decode_app(entry) {
+                Ok(record) => Some(Arc::new(record)),
+                Err(e) => {
+                    tracing::error!(key = entry.key, error = %e, "skipping undecodable application record");
+                    return Applied::default();
+                }
+            },
+            MetaEvent::Delete { .. } => None,
+        };
+        let mut functions = self.functions.write().unwrap_or_else(|p| p.into_inner());
+        let members = {
+            let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+            let key = route_key(tenant, name);
+            match &record {
+                Some(record) => apps.records.insert(key, record.clone()),
+                None => apps.records.remove(&key),
+            };
+            apps.members_of(tenant, name)
+        };
+        let mut applied = Applied::default();
+        for (key, member) in members {
+            let displaced = self.rebuild(&mut functions, &key, Some(member), record.as_deref());
+            applied.displaced.extend(displaced);
+            applied.touched.push(key);
+        }
+        applied
+    }
+
+    /// Rebuilds function `key` from its record (`None`: removed) within
+    /// `app`; returns the loaded versions it no longer serves.
+    fn rebuild(
+        &self,
+        functions: &mut HashMap<String, Arc<Served>>,
+        key: &str,
+        record: Option<FunctionRecord>,
+        app: Option<&AppRecord>,
+    ) -> Vec<Arc<Loaded>> {
+        let old = functions.get(key).cloned();
         let claims_change = |served: Option<&Served>| {
             !old.as_ref()
                 .map_or(&[][..], |o| &o.claims[..])
                 .eq(served.map_or(&[][..], |s| &s.claims[..]))
         };
-        match record.and_then(|r| Served::build(r, old.as_deref(), &self.secrets, &self.members)) {
+        match record
+            .and_then(|r| Served::build(r, app, old.as_deref(), &self.secrets, &self.members))
+        {
             Some(served) => {
                 let kept = served.versions();
                 let reindex = claims_change(Some(&served));
-                functions.insert(key, Arc::new(served));
+                functions.insert(key.to_string(), Arc::new(served));
                 if reindex {
-                    self.index_claims(&functions);
+                    self.index_claims(functions);
                 }
                 old.map(|o| o.versions())
                     .unwrap_or_default()
@@ -731,9 +858,9 @@ impl Catalog {
             }
             None => {
                 let reindex = claims_change(None);
-                functions.remove(&key);
+                functions.remove(key);
                 if reindex {
-                    self.index_claims(&functions);
+                    self.index_claims(functions);
                 }
                 old.map(|o| o.versions()).unwrap_or_default()
             }
@@ -787,6 +914,20 @@ impl Catalog {
     fn replace_all(&self, entries: &[gust_store::Entry]) -> Vec<String> {
         let mut functions = self.functions.write().unwrap_or_else(|p| p.into_inner());
         let mut fresh: HashMap<String, Arc<Served>> = HashMap::new();
+        let mut apps = apps::Apps::default();
+        for entry in entries {
+            if let Some((tenant, name)) = Registry::parse_app_key(&entry.key) {
+                match Registry::decode_app(entry) {
+                    Ok(record) => {
+                        apps.records
+                            .insert(route_key(tenant.as_str(), name.as_str()), Arc::new(record));
+                    }
+                    Err(e) => {
+                        tracing::error!(key = entry.key, error = %e, "skipping undecodable application record")
+                    }
+                }
+            }
+        }
         for entry in entries {
             let Some((tenant, name)) = Registry::parse_function_key(&entry.key) else {
                 continue;
@@ -799,8 +940,11 @@ impl Catalog {
                 }
             };
             let key = route_key(tenant.as_str(), name.as_str());
+            apps.note(&key, Some(&record));
+            let app = apps.of(&record);
             if let Some(served) = Served::build(
                 record,
+                app.as_deref(),
                 functions.get(&key).map(|s| s.as_ref()),
                 &self.secrets,
                 &self.members,
@@ -823,8 +967,18 @@ impl Catalog {
         gone.dedup();
         self.index_claims(&fresh);
         *functions = fresh;
+        *self.apps.lock().unwrap_or_else(|p| p.into_inner()) = apps;
         gone
     }
+}
+
+/// What one registry change did to the catalog.
+#[derive(Default)]
+struct Applied {
+    /// Loaded versions no longer served.
+    displaced: Vec<Arc<Loaded>>,
+    /// The functions (`<tenant>/<name>`) it rebuilt or removed.
+    touched: Vec<String>,
 }
 
 /// The tenant of paths without `/@<tenant>`.
@@ -832,100 +986,6 @@ const DEFAULT_TENANT: &str = "default";
 
 fn route_key(tenant: &str, name: &str) -> String {
     format!("{tenant}/{name}")
-}
-
-/// How long a revision waits for its new versions to load before it counts
-/// as applied anyway (their first requests then load them). Later
-/// revisions wait behind it, so it is kept short.
-const PRELOAD_WITHIN: Duration = Duration::from_secs(10);
-
-/// Keeps `catalog` in step with the registry until the process ends. Each
-/// new loaded version is loaded in the background right away, so that its
-/// first request does not pay for loading, and its revision counts as
-/// applied once that is done: a deploy answers when every node can serve
-/// the new version warm, not merely knows of it.
-pub(crate) async fn follow_registry(
-    catalog: Arc<Catalog>,
-    registry: Registry,
-    runtime: Runtime,
-    blobs: Arc<dyn BlobStore>,
-    node: Arc<NodeSlots>,
-    ready: tokio::sync::oneshot::Sender<()>,
-) {
-    let mut ready = Some(ready);
-    loop {
-        let mut watch = match registry.watch_functions().await {
-            Ok(watch) => watch,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch the registry; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        for digest in catalog.replace_all(&watch.initial) {
-            runtime.unload(&digest);
-        }
-        node.set_reservations(catalog.reservations());
-        catalog.loading_revision(watch.revision);
-        catalog.loaded_revision(watch.revision);
-        if let Some(ready) = ready.take() {
-            let _ = ready.send(());
-        }
-        loop {
-            match watch.changes.next().await {
-                Ok(event) => {
-                    // A component no loaded version serves any more leaves memory (its
-                    // artifact stays on disk); running invocations keep their copy.
-                    for old in catalog.apply(&event) {
-                        if !catalog.serves_digest(&old.digest) {
-                            runtime.unload(&old.digest);
-                        }
-                    }
-                    node.set_reservations(catalog.reservations());
-                    let revision = event.revision();
-                    let served = Registry::parse_function_key(event.key())
-                        .and_then(|(tenant, name)| catalog.get(tenant.as_str(), name.as_str()));
-                    let cold: Vec<Arc<Loaded>> = served
-                        .iter()
-                        .flat_map(|s| s.versions())
-                        .filter(|loaded| !loaded.is_warm())
-                        .collect();
-                    catalog.loading_revision(revision);
-                    let (catalog, runtime, blobs) =
-                        (catalog.clone(), runtime.clone(), blobs.clone());
-                    tokio::spawn(async move {
-                        let mut loads = tokio::task::JoinSet::new();
-                        for loaded in cold {
-                            let (runtime, blobs) = (runtime.clone(), blobs.clone());
-                            loads.spawn(async move {
-                                let load = loaded.prepared(&runtime, blobs.as_ref());
-                                match tokio::time::timeout(PRELOAD_WITHIN, load).await {
-                                    Ok(Ok(_)) => {}
-                                    Ok(Err(e)) => {
-                                        tracing::warn!(function = %loaded.name, error = %e, "preloading failed")
-                                    }
-                                    Err(_) => {
-                                        tracing::warn!(function = %loaded.name, "preloading takes long; serving the revision without waiting")
-                                    }
-                                }
-                            });
-                        }
-                        while loads.join_next().await.is_some() {}
-                        catalog.loaded_revision(revision);
-                    });
-                }
-                Err(gust_store::StoreError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "registry watch lagged; resynchronising");
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "registry watch ended; restarting");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    break;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,396 @@
+//! `/v1/apps`: applications, several functions released as one unit. A
+//! release names a staged version of each member (deployed with
+//! `?app=NAME`) and the variables they share; it becomes live for every
+//! member at once, or takes a share of their traffic, and is rolled back
+//! or promoted as a whole. Removing an application removes its functions.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use gust_core::access::Action;
+use gust_core::app::{AppRecord, AppVersion};
+use gust_core::config::{self, Variable, Variables};
+use gust_core::{FunctionName, TenantId};
+use gust_store::ReleaseAs;
+use serde::{Deserialize, Serialize};
+
+use crate::vars::NewVar;
+use crate::{ApiError, ApiState, Caller, ErrorBody, function_name, now_ms};
+
+/// An application as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppInfo {
+    pub name: String,
+    /// The version every member serves (0: none released yet).
+    pub live: u64,
+    /// Another version taking a share of every member's traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub split: Option<crate::SplitInfo>,
+    /// Where `gust app rollback` goes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<u64>,
+    /// The live version's members: name → function version.
+    pub functions: BTreeMap<String, u64>,
+    pub latest_version: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// Its versions, newest first (with `GET /v1/apps/{name}` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<AppVersionInfo>,
+}
+
+/// One release of an application.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppVersionInfo {
+    pub version: u64,
+    /// Member name → function version.
+    pub functions: BTreeMap<String, u64>,
+    /// Its shared variables' names (values are not shown).
+    pub vars: Vec<String>,
+    pub created_at_ms: u64,
+    /// `live`, `split`, `previous` or empty.
+    pub state: String,
+}
+
+/// A release: the version of each member, and what they share.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRelease {
+    /// Member name → the version it serves in this release (deployed
+    /// with `?app=` this application's name, or any version of a function
+    /// that joins it).
+    pub functions: BTreeMap<String, u64>,
+    /// Variables every member sees, under its own (a secret's sealed).
+    #[serde(default)]
+    pub vars: BTreeMap<String, NewVar>,
+    /// Give the release this share of every member's traffic (percent,
+    /// `10` for 10%) instead of all of it; promote or roll back after.
+    pub canary_percent: Option<f64>,
+}
+
+/// What a release made.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Released {
+    /// The new application version.
+    pub version: u64,
+    pub app: AppInfo,
+    /// Nodes of a cluster that did not serve it within the wait.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_serving: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AppRollbackParams {
+    /// The version to go back to (default: the one before the last move;
+    /// with a split in progress, ending the split).
+    pub version: Option<u64>,
+}
+
+/// What removing an application removed.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppRemoved {
+    pub name: String,
+    pub functions: Vec<String>,
+}
+
+impl From<gust_core::app::AppError> for ApiError {
+    fn from(e: gust_core::app::AppError) -> Self {
+        match e {
+            gust_core::app::AppError::NoSuchVersion { .. } => ApiError::NotFound(e.to_string()),
+            gust_core::app::AppError::BadShare(_) | gust_core::app::AppError::Empty => {
+                ApiError::BadRequest(e.to_string())
+            }
+            _ => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
+fn member_versions(version: &AppVersion) -> BTreeMap<String, u64> {
+    version
+        .functions
+        .iter()
+        .map(|(name, active)| (name.clone(), active.version))
+        .collect()
+}
+
+fn app_info(app: &AppRecord, with_versions: bool) -> AppInfo {
+    let versions = if with_versions {
+        app.versions
+            .iter()
+            .rev()
+            .map(|v| AppVersionInfo {
+                version: v.version,
+                functions: member_versions(v),
+                vars: v.vars.keys().cloned().collect(),
+                created_at_ms: v.created_at_ms,
+                state: if v.version == app.live {
+                    "live"
+                } else if app.split.is_some_and(|s| s.version == v.version) {
+                    "split"
+                } else if app.previous == Some(v.version) {
+                    "previous"
+                } else {
+                    ""
+                }
+                .into(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    AppInfo {
+        name: app.name.to_string(),
+        live: app.live,
+        split: app.split.map(|s| crate::SplitInfo {
+            version: s.version,
+            percent: f64::from(s.basis_points) / 100.0,
+        }),
+        previous: app.previous,
+        functions: app.live_version().map(member_versions).unwrap_or_default(),
+        latest_version: app.latest_version,
+        created_at_ms: app.created_at_ms,
+        updated_at_ms: app.updated_at_ms,
+        versions,
+    }
+}
+
+impl ApiState {
+    async fn app_record(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+    ) -> Result<AppRecord, ApiError> {
+        self.registry.app(tenant, name).await?.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "application `{name}` does not exist; `gust app ls` lists them"
+            ))
+        })
+    }
+
+    /// Every member of the live version must fit the node's reservations.
+    async fn check_app_reservations(
+        &self,
+        tenant: &TenantId,
+        app: &AppRecord,
+    ) -> Result<(), ApiError> {
+        for (name, active) in app
+            .live_version()
+            .map(|v| &v.functions)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(reserved) = active.limits.reserved_concurrency {
+                (self.reservations)(tenant.as_str(), name, reserved).map_err(ApiError::Conflict)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[utoipa::path(get, path = "/v1/apps", tag = "apps",
+    responses((status = 200, body = [AppInfo])))]
+pub(crate) async fn list_apps(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<AppInfo>>, ApiError> {
+    caller.require(Action::Read)?;
+    let apps = state.registry.apps(&caller.tenant).await?;
+    Ok(Json(apps.iter().map(|a| app_info(a, false)).collect()))
+}
+
+#[utoipa::path(get, path = "/v1/apps/{name}", tag = "apps",
+    params(("name" = String, Path, description = "Application name")),
+    responses((status = 200, body = AppInfo), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_app(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<AppInfo>, ApiError> {
+    caller.require(Action::Read)?;
+    let name = function_name(name)?;
+    let app = state.app_record(&caller.tenant, &name).await?;
+    Ok(Json(app_info(&app, true)))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{name}/releases", tag = "apps",
+    params(("name" = String, Path, description = "Application name (created on its first release)")),
+    request_body = NewRelease,
+    responses(
+        (status = 201, description = "Released, and served by every node", body = Released),
+        (status = 400, body = ErrorBody),
+        (status = 404, description = "No such function or version", body = ErrorBody),
+        (status = 409, description = "A function belongs to another application", body = ErrorBody)))]
+pub(crate) async fn release(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<NewRelease>, JsonRejection>,
+) -> Result<(StatusCode, Json<Released>), ApiError> {
+    caller.require(Action::Write)?;
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let name = function_name(name)?;
+    if body.functions.is_empty() {
+        return Err(ApiError::BadRequest(
+            "name the functions of the release: {\"functions\": {\"NAME\": VERSION, …}}".into(),
+        ));
+    }
+    let mut members = BTreeMap::new();
+    for (function, version) in &body.functions {
+        members.insert(function_name(function.clone())?, *version);
+    }
+    if body.vars.len() > config::MAX_VARIABLES {
+        return Err(ApiError::BadRequest(format!(
+            "an application shares at most {} variables",
+            config::MAX_VARIABLES
+        )));
+    }
+    let mut vars = Variables::new();
+    for (key, new) in body.vars {
+        config::check_name(&key).map_err(ApiError::BadRequest)?;
+        config::check_value(&key, &new.value).map_err(ApiError::BadRequest)?;
+        let value = if new.secret {
+            let context =
+                gust_core::app::secret_context(caller.tenant.as_str(), name.as_str(), &key);
+            let sealed = state
+                .secrets
+                .seal(&context, &new.value)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            Variable::Secret { sealed }
+        } else {
+            Variable::Plain { value: new.value }
+        };
+        vars.insert(key, value);
+    }
+    let how = match body.canary_percent {
+        Some(percent) => ReleaseAs::Split(
+            gust_core::deploy::parse_share(&percent.to_string()).map_err(ApiError::BadRequest)?,
+        ),
+        None => ReleaseAs::Live,
+    };
+    if how == ReleaseAs::Live {
+        for (function, version) in &members {
+            let reserved = state
+                .registry
+                .version(&caller.tenant, function, *version)
+                .await?
+                .and_then(|v| v.limits.reserved_concurrency);
+            if let Some(reserved) = reserved {
+                (state.reservations)(caller.tenant.as_str(), function.as_str(), reserved)
+                    .map_err(ApiError::Conflict)?;
+            }
+        }
+    }
+    let released = state
+        .registry
+        .release_app(&caller.tenant, &name, &members, vars, how, now_ms())
+        .await?;
+    let not_serving = state.until_live(released.revision).await;
+    tracing::info!(app = %name, version = released.version, "application released");
+    Ok((
+        StatusCode::CREATED,
+        Json(Released {
+            version: released.version,
+            app: app_info(&released.app, false),
+            not_serving,
+        }),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{name}/rollback", tag = "apps",
+    params(("name" = String, Path, description = "Application name"), AppRollbackParams),
+    responses(
+        (status = 200, description = "Every member serves the version rolled back to", body = AppInfo),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Nothing to roll back to", body = ErrorBody)))]
+pub(crate) async fn rollback(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    params: Result<Query<AppRollbackParams>, QueryRejection>,
+) -> Result<Json<AppInfo>, ApiError> {
+    caller.require(Action::Write)?;
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let name = function_name(name)?;
+    let mut planned = state.app_record(&caller.tenant, &name).await?;
+    planned.rollback(params.version, now_ms())?;
+    state
+        .check_app_reservations(&caller.tenant, &planned)
+        .await?;
+    let (app, version, revision) = state
+        .registry
+        .update_app(&caller.tenant, &name, false, now_ms(), |app| {
+            Ok(app.rollback(params.version, now_ms())?)
+        })
+        .await?;
+    let _ = state.until_live(revision).await;
+    tracing::info!(app = %name, version, "application rolled back");
+    Ok(Json(app_info(&app, false)))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{name}/promote", tag = "apps",
+    params(("name" = String, Path, description = "Application name")),
+    responses(
+        (status = 200, description = "The split's version serves all traffic", body = AppInfo),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "No split in progress", body = ErrorBody)))]
+pub(crate) async fn promote(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<AppInfo>, ApiError> {
+    caller.require(Action::Write)?;
+    let name = function_name(name)?;
+    let mut planned = state.app_record(&caller.tenant, &name).await?;
+    planned.promote(now_ms())?;
+    state
+        .check_app_reservations(&caller.tenant, &planned)
+        .await?;
+    let (app, version, revision) = state
+        .registry
+        .update_app(&caller.tenant, &name, false, now_ms(), |app| {
+            Ok(app.promote(now_ms())?)
+        })
+        .await?;
+    let _ = state.until_live(revision).await;
+    tracing::info!(app = %name, version, "application promoted");
+    Ok(Json(app_info(&app, false)))
+}
+
+#[utoipa::path(delete, path = "/v1/apps/{name}", tag = "apps",
+    params(("name" = String, Path, description = "Application name")),
+    responses(
+        (status = 200, description = "Removed, with its functions", body = AppRemoved),
+        (status = 404, body = ErrorBody)))]
+pub(crate) async fn remove_app(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<AppRemoved>, ApiError> {
+    caller.require(Action::Write)?;
+    let name = function_name(name)?;
+    let app = state.app_record(&caller.tenant, &name).await?;
+    // Each member goes as `gust rm` would take it (components, logs,
+    // sources), then the application's record.
+    let mut removed = Vec::new();
+    for member in state.registry.app_members(&caller.tenant, &app).await? {
+        if crate::functions::remove_function(&state, &caller.tenant, &member)
+            .await?
+            .is_some()
+        {
+            removed.push(member.to_string());
+        }
+    }
+    if let Some((_, revision)) = state.registry.delete_app(&caller.tenant, &name).await? {
+        let _ = state.until_live(revision).await;
+    }
+    tracing::info!(app = %name, functions = removed.len(), "application removed");
+    Ok(Json(AppRemoved {
+        name: name.to_string(),
+        functions: removed,
+    }))
+}

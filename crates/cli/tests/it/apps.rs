@@ -1,0 +1,243 @@
+//! Applications: three functions deployed from one `gust.toml`, changed,
+//! rolled back, split and promoted together while clients hammer them;
+//! no answer ever mixes two releases, even for requests in flight while a
+//! release lands (each calls through all three with pauses between). And
+//! another tenant can neither see nor move the application.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::harness::{Server, guests};
+
+/// The testbed with a custom section naming `release` appended: a valid
+/// component with a digest of its own, so each release deploys new
+/// versions.
+fn component(release: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(&guests().testbed).unwrap();
+    let name = b"gust-test-release";
+    let payload = release.to_le_bytes();
+    let content = 1 + name.len() + payload.len();
+    assert!(content < 128);
+    bytes.push(0);
+    bytes.push(content as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+/// Writes the application `shop` (functions a, b, c, each in its own
+/// folder, built by copying a component in place) for `release`.
+fn write_app(dir: &Path, release: u32) {
+    let mut toml = format!("[app]\nname = \"shop\"\n\n[env]\nRELEASE = \"{release}\"\n");
+    for name in ["a", "b", "c"] {
+        let folder = dir.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("fn.wasm"), component(release)).unwrap();
+        toml.push_str(&format!(
+            "\n[[functions]]\nname = \"{name}\"\nlang = \"rust\"\npublic = true\n[functions.build]\ncommand = \"true\"\nwasm = \"fn.wasm\"\n"
+        ));
+    }
+    std::fs::write(dir.join("gust.toml"), toml).unwrap();
+}
+
+#[derive(Default)]
+struct Seen {
+    answers: std::collections::BTreeMap<String, u64>,
+    failures: Vec<String>,
+}
+
+/// Clients calling `a` (which calls `b`, which calls `c`) until `stop`.
+fn hammer(server: &Server, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Seen>> {
+    (0..4)
+        .map(|client| {
+            let (http, url, stop) = (server.http.clone(), server.url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = Seen::default();
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = http
+                        .get(format!("{url}/a/chain?name=RELEASE&next=b,c&sleep_ms=15"))
+                        .header("gust-client", format!("client-{client}"))
+                        .send()
+                        .await;
+                    match answer {
+                        Ok(r) if r.status() == 200 => {
+                            *seen.answers.entry(r.text().await.unwrap()).or_default() += 1;
+                        }
+                        Ok(r) => seen.failures.push(format!(
+                            "{}: {}",
+                            r.status(),
+                            r.text().await.unwrap()
+                        )),
+                        Err(e) => seen.failures.push(e.to_string()),
+                    }
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_application_moves_together_and_no_answer_mixes_two_releases() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().to_str().unwrap();
+    write_app(dir.path(), 1);
+    let released = server.gust_json(&["deploy", "--project", project]);
+    assert_eq!(released["version"], 1, "{released}");
+    assert_eq!(released["app"]["functions"]["c"], 1, "{released}");
+    assert_eq!(
+        server.get("/a/chain?name=RELEASE&next=b,c").await,
+        (200, "1 1 1".into())
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = hammer(&server, stop.clone());
+    let pause = || tokio::time::sleep(Duration::from_millis(400));
+    pause().await;
+    // Release 2: every function and the shared variable change at once.
+    write_app(dir.path(), 2);
+    let released = server.gust_json(&["deploy", "--project", project]);
+    assert_eq!(released["version"], 2, "{released}");
+    pause().await;
+    assert_eq!(
+        server.get("/b/chain?name=RELEASE&next=c").await,
+        (200, "2 2".into())
+    );
+    // Back to release 1, all together.
+    let rolled = server.gust_json(&["app", "rollback", "shop"]);
+    assert_eq!(
+        (rolled["live"].as_u64(), rolled["functions"]["a"].as_u64()),
+        (Some(1), Some(1))
+    );
+    pause().await;
+    // Release 3 as a canary for half the clients, then promoted.
+    write_app(dir.path(), 3);
+    let released = server.gust_json(&["deploy", "--project", project, "--canary", "50%"]);
+    assert_eq!(released["app"]["split"]["version"], 3, "{released}");
+    assert_eq!(released["app"]["live"], 1, "{released}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let promoted = server.gust_json(&["app", "promote", "shop"]);
+    assert_eq!(promoted["live"], 3, "{promoted}");
+    pause().await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut all = Seen::default();
+    for client in clients {
+        let seen = client.await.unwrap();
+        for (answer, n) in seen.answers {
+            *all.answers.entry(answer).or_default() += n;
+        }
+        all.failures.extend(seen.failures);
+    }
+    assert!(
+        all.failures.is_empty(),
+        "requests failed during the moves: {:?}",
+        all.failures
+    );
+    for answer in all.answers.keys() {
+        let parts: Vec<&str> = answer.split(' ').collect();
+        assert!(
+            parts.len() == 3 && parts.iter().all(|p| *p == parts[0]),
+            "an answer mixes releases: {answer:?} (all: {:?})",
+            all.answers
+        );
+    }
+    for release in ["1 1 1", "2 2 2", "3 3 3"] {
+        assert!(
+            all.answers.contains_key(release),
+            "{release} never answered: {:?}",
+            all.answers
+        );
+    }
+
+    // Its history, listed; a version it never had is refused.
+    let versions = server.gust_json(&["app", "versions", "shop"]);
+    let states: Vec<(u64, String)> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap(),
+                v["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (3, "live".into()),
+            (2, String::new()),
+            (1, "previous".into())
+        ]
+    );
+    let missing = server.gust(&["app", "rollback", "shop", "--to", "9"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no version 9"));
+
+    // Removing the application removes its functions.
+    let removed = server.gust_json(&["app", "rm", "shop"]);
+    assert_eq!(
+        removed["functions"].as_array().unwrap().len(),
+        3,
+        "{removed}"
+    );
+    assert_eq!(server.get("/a/").await.0, 404);
+    assert_eq!(server.gust_json(&["ls"]).as_array().unwrap().len(), 0);
+    assert_eq!(
+        server.gust_json(&["app", "ls"]).as_array().unwrap().len(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_tenant_neither_sees_nor_moves_an_application_and_members_stay_in_one() {
+    let mut server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_app(dir.path(), 1);
+    server.gust_json(&["deploy", "--project", dir.path().to_str().unwrap()]);
+    let testbed = guests().testbed.to_str().unwrap();
+    // A function of the application cannot be taken into another one.
+    let taken = server.gust(&["deploy", "a", testbed, "--app", "other"]);
+    assert!(!taken.status.success());
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("belongs to application `shop`"));
+    let taken = server.gust(&["app", "release", "other", "b=1"]);
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("belongs to application `shop`"));
+
+    server.gust_json(&["tenant", "create", "mallory"]);
+    let mallory = server.token_for("mallory", "owner", &[]);
+    server.use_token(&mallory);
+    assert_eq!(
+        server.gust_json(&["app", "ls"]).as_array().unwrap().len(),
+        0
+    );
+    for attempt in [
+        vec!["app", "versions", "shop"],
+        vec!["app", "rollback", "shop"],
+        vec!["app", "promote", "shop"],
+        vec!["app", "rm", "shop"],
+        vec!["app", "release", "shop", "a=1"],
+    ] {
+        let out = server.gust(&attempt);
+        assert!(
+            !out.status.success(),
+            "{attempt:?} succeeded for another tenant"
+        );
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("does not exist"), "{attempt:?}: {said}");
+    }
+    // Mallory's own application of the same name is hers alone.
+    server.deploy("a", &guests().testbed, &["--app", "shop", "--public"]);
+    let hers = server.gust_json(&["app", "release", "shop", "a=1"]);
+    assert_eq!(hers["app"]["functions"]["a"], 1, "{hers}");
+    assert_eq!(
+        server.get("/@mallory/a/chain?name=RELEASE").await,
+        (200, "-".into()),
+        "her release shares nothing of the other tenant's"
+    );
+    assert_eq!(server.get("/a/chain?name=RELEASE").await, (200, "1".into()));
+}

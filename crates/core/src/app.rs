@@ -1,0 +1,389 @@
+//! Applications: several functions of one tenant released as one unit.
+//!
+//! An application's record names, for each of its versions, the function
+//! version each member serves and the variables they share. Making a
+//! version live (or splitting traffic towards one, or rolling back) is one
+//! change to that one record, so every member moves at once: the data
+//! plane serves a member's plain URL from the application's live version,
+//! not from the member's own `live` alias. A request that entered one
+//! version of the application stays on it through its calls to the other
+//! members (the gateway resolves them at the caller's application
+//! version). Pure data and the rules of moving between versions.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Variables;
+use crate::deploy::WHOLE;
+use crate::records::ActiveVersion;
+use crate::{FunctionName, TenantId};
+
+/// Application versions a record keeps, newest last (the live one, a
+/// split's and the one before the last move are kept beyond this).
+pub const APP_HISTORY: usize = 20;
+/// Functions an application may have, at most.
+pub const MAX_MEMBERS: usize = 64;
+
+/// An application as the registry stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppRecord {
+    #[schema(value_type = String)]
+    pub tenant: TenantId,
+    /// Its name (a function name's rules).
+    #[schema(value_type = String)]
+    pub name: FunctionName,
+    pub created_at_ms: u64,
+    /// The highest version number ever made; numbers are never reused.
+    pub latest_version: u64,
+    /// Its versions, oldest first (at most [`APP_HISTORY`] and those still referred to).
+    pub versions: Vec<AppVersion>,
+    /// The version its members serve (0: none yet).
+    pub live: u64,
+    /// Another version taking a share of every member's traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<AppSplit>,
+    /// The version live before the last move (`gust app rollback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<u64>,
+    pub updated_at_ms: u64,
+}
+
+/// One release of an application: which version of each member, and the
+/// variables every member sees (under the member's own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppVersion {
+    pub version: u64,
+    /// Member name → the version it serves in this release.
+    pub functions: BTreeMap<String, ActiveVersion>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub vars: Variables,
+    pub created_at_ms: u64,
+}
+
+/// A share of traffic going to another application version: the same
+/// share for every member, so one client (one sticky key) is on one side
+/// everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppSplit {
+    pub version: u64,
+    /// Basis points (1–9999).
+    pub basis_points: u16,
+}
+
+/// What a secret shared by an application's members is bound to: no
+/// function's context (a function name cannot contain `~`).
+pub fn secret_context(tenant: &str, app: &str, name: &str) -> String {
+    crate::config::secret_context(tenant, &format!("~app/{app}"), None, name)
+}
+
+/// Why an application cannot change as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppError {
+    #[error("application `{app}` has no version {version}; `gust app versions {app}` lists them")]
+    NoSuchVersion { app: String, version: u64 },
+    #[error("application `{0}` has no earlier version to roll back to")]
+    NothingToRollBack(String),
+    #[error("an application version needs at least one function")]
+    Empty,
+    #[error("an application has at most {MAX_MEMBERS} functions (this one would have {0})")]
+    TooManyMembers(usize),
+    #[error("a split's share must be between 0.01% and 99.99% (got {0} basis points)")]
+    BadShare(u16),
+    #[error("application `{0}` has no split in progress")]
+    NoSplit(String),
+}
+
+impl AppRecord {
+    pub fn new(tenant: TenantId, name: FunctionName, now_ms: u64) -> Self {
+        Self {
+            tenant,
+            name,
+            created_at_ms: now_ms,
+            latest_version: 0,
+            versions: Vec::new(),
+            live: 0,
+            split: None,
+            previous: None,
+            updated_at_ms: now_ms,
+        }
+    }
+
+    pub fn version(&self, version: u64) -> Option<&AppVersion> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+
+    /// The live version (`None` before the first release).
+    pub fn live_version(&self) -> Option<&AppVersion> {
+        self.version(self.live)
+    }
+
+    /// The split's version and share, if one is in progress.
+    pub fn split_version(&self) -> Option<(&AppVersion, u16)> {
+        let split = self.split?;
+        Some((self.version(split.version)?, split.basis_points))
+    }
+
+    /// The versions the data plane keeps ready: live, the split's, and the
+    /// previous live one (requests that entered it finish their calls on it).
+    pub fn served_versions(&self) -> Vec<&AppVersion> {
+        let mut out: Vec<&AppVersion> = Vec::new();
+        for v in [
+            Some(self.live),
+            self.split.map(|s| s.version),
+            self.previous,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(found) = self.version(v)
+                && !out.iter().any(|o| o.version == v)
+            {
+                out.push(found);
+            }
+        }
+        out
+    }
+
+    /// Every function any kept version names.
+    pub fn members(&self) -> std::collections::BTreeSet<&str> {
+        self.versions
+            .iter()
+            .flat_map(|v| v.functions.keys().map(String::as_str))
+            .collect()
+    }
+
+    /// Whether `function` is served through this application now (it is in
+    /// a version the data plane keeps).
+    pub fn serves(&self, function: &str) -> bool {
+        self.served_versions()
+            .iter()
+            .any(|v| v.functions.contains_key(function))
+    }
+
+    /// Records a new version (not live yet); returns its number.
+    pub fn add_version(
+        &mut self,
+        functions: BTreeMap<String, ActiveVersion>,
+        vars: Variables,
+        now_ms: u64,
+    ) -> Result<u64, AppError> {
+        if functions.is_empty() {
+            return Err(AppError::Empty);
+        }
+        if functions.len() > MAX_MEMBERS {
+            return Err(AppError::TooManyMembers(functions.len()));
+        }
+        self.latest_version += 1;
+        self.versions.push(AppVersion {
+            version: self.latest_version,
+            functions,
+            vars,
+            created_at_ms: now_ms,
+        });
+        self.updated_at_ms = now_ms;
+        self.trim();
+        Ok(self.latest_version)
+    }
+
+    /// Makes `version` live for every member at once; ends a split.
+    pub fn go_live(&mut self, version: u64, now_ms: u64) -> Result<(), AppError> {
+        self.check(version)?;
+        if version != self.live && self.live != 0 {
+            self.previous = Some(self.live);
+        }
+        self.live = version;
+        self.split = None;
+        self.updated_at_ms = now_ms;
+        self.trim();
+        Ok(())
+    }
+
+    /// Sends `basis_points` of every member's traffic to `version`.
+    pub fn split_to(
+        &mut self,
+        version: u64,
+        basis_points: u16,
+        now_ms: u64,
+    ) -> Result<(), AppError> {
+        self.check(version)?;
+        if !(1..WHOLE).contains(&basis_points) {
+            return Err(AppError::BadShare(basis_points));
+        }
+        self.split = (version != self.live).then_some(AppSplit {
+            version,
+            basis_points,
+        });
+        self.updated_at_ms = now_ms;
+        Ok(())
+    }
+
+    /// Makes the split's version live (all traffic).
+    pub fn promote(&mut self, now_ms: u64) -> Result<u64, AppError> {
+        let split = self
+            .split
+            .ok_or_else(|| AppError::NoSplit(self.name.to_string()))?;
+        self.go_live(split.version, now_ms)?;
+        Ok(split.version)
+    }
+
+    /// Ends a split (its share back to live) or, with none, moves live back
+    /// to `to` (default: the version before the last move). Returns the
+    /// version now live.
+    pub fn rollback(&mut self, to: Option<u64>, now_ms: u64) -> Result<u64, AppError> {
+        if to.is_none() && self.split.take().is_some() {
+            self.updated_at_ms = now_ms;
+            return Ok(self.live);
+        }
+        let target = match to {
+            Some(v) => v,
+            None => self
+                .previous
+                .filter(|p| self.version(*p).is_some())
+                .ok_or_else(|| AppError::NothingToRollBack(self.name.to_string()))?,
+        };
+        self.go_live(target, now_ms)?;
+        Ok(target)
+    }
+
+    fn check(&self, version: u64) -> Result<(), AppError> {
+        match self.version(version) {
+            Some(_) => Ok(()),
+            None => Err(AppError::NoSuchVersion {
+                app: self.name.to_string(),
+                version,
+            }),
+        }
+    }
+
+    /// Drops the oldest versions past [`APP_HISTORY`], never one still
+    /// referred to (live, split, previous).
+    fn trim(&mut self) {
+        let keep: Vec<u64> = [
+            Some(self.live),
+            self.split.map(|s| s.version),
+            self.previous,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        while self.versions.len() > APP_HISTORY {
+            let Some(pos) = self
+                .versions
+                .iter()
+                .position(|v| !keep.contains(&v.version))
+            else {
+                break;
+            };
+            self.versions.remove(pos);
+        }
+    }
+
+    /// Every (function, version) a kept application version needs: retention
+    /// must not remove them, or a rollback would find nothing to serve.
+    pub fn referenced(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.versions.iter().flat_map(|v| {
+            v.functions
+                .iter()
+                .map(|(name, active)| (name.as_str(), active.version))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn active(version: u64) -> ActiveVersion {
+        ActiveVersion {
+            version,
+            digest: format!("sha256:{version}"),
+            limits: Default::default(),
+            delivery: Default::default(),
+        }
+    }
+
+    fn release(app: &mut AppRecord, a: u64, b: u64, now: u64) -> u64 {
+        let functions = [("a".to_string(), active(a)), ("b".to_string(), active(b))]
+            .into_iter()
+            .collect();
+        let v = app.add_version(functions, Variables::new(), now).unwrap();
+        app.go_live(v, now).unwrap();
+        v
+    }
+
+    fn app() -> AppRecord {
+        AppRecord::new(
+            TenantId::new("t").unwrap(),
+            FunctionName::new("shop").unwrap(),
+            0,
+        )
+    }
+
+    #[test]
+    fn releases_move_every_member_and_roll_back_together() {
+        let mut app = app();
+        assert_eq!(release(&mut app, 1, 1, 1), 1);
+        assert_eq!(release(&mut app, 2, 1, 2), 2);
+        assert_eq!(app.live_version().unwrap().functions["a"].version, 2);
+        assert_eq!(app.previous, Some(1));
+        assert_eq!(app.rollback(None, 3).unwrap(), 1);
+        assert_eq!(app.live_version().unwrap().functions["a"].version, 1);
+        // Rolling back again goes forward to what was live: a toggle.
+        assert_eq!(app.rollback(None, 4).unwrap(), 2);
+        assert_eq!(app.rollback(Some(1), 5).unwrap(), 1);
+        assert!(matches!(
+            app.rollback(Some(9), 6),
+            Err(AppError::NoSuchVersion { version: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn a_split_is_one_share_for_all_members_and_ends_either_way() {
+        let mut app = app();
+        release(&mut app, 1, 1, 1);
+        let functions = [("a".to_string(), active(2))].into_iter().collect();
+        let next = app.add_version(functions, Variables::new(), 2).unwrap();
+        app.split_to(next, 1000, 2).unwrap();
+        assert_eq!(
+            app.split_version().map(|(v, s)| (v.version, s)),
+            Some((2, 1000))
+        );
+        // The member absent from the new version stays served through the app.
+        assert!(app.serves("b"));
+        assert_eq!(
+            app.rollback(None, 3).unwrap(),
+            1,
+            "a rollback ends the split"
+        );
+        assert!(app.split.is_none());
+        app.split_to(next, 1000, 4).unwrap();
+        assert_eq!(app.promote(5).unwrap(), 2);
+        assert_eq!((app.live, app.previous, app.split), (2, Some(1), None));
+        assert!(!app.serves("c"));
+        assert_eq!(app.split_to(1, 0, 6), Err(AppError::BadShare(0)));
+        assert_eq!(app.promote(6), Err(AppError::NoSplit("shop".into())));
+    }
+
+    #[test]
+    fn history_is_bounded_but_keeps_what_is_referred_to() {
+        let mut app = app();
+        release(&mut app, 1, 1, 0);
+        app.go_live(1, 0).unwrap();
+        for n in 2..=(APP_HISTORY as u64 + 10) {
+            let functions = [("a".to_string(), active(n))].into_iter().collect();
+            app.add_version(functions, Variables::new(), n).unwrap();
+        }
+        assert_eq!(app.versions.len(), APP_HISTORY);
+        assert!(app.version(1).is_some(), "the live version is kept");
+        assert_eq!(
+            app.versions.last().unwrap().version,
+            APP_HISTORY as u64 + 10
+        );
+        assert_eq!(
+            app.add_version(BTreeMap::new(), Variables::new(), 1),
+            Err(AppError::Empty)
+        );
+    }
+}

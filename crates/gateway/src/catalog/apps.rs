@@ -1,0 +1,131 @@
+//! Applications in the catalog: a member's plain URL is served from its
+//! application's live version (and split), not from its own `live` alias.
+//! The catalog keeps each application's record and its members' records,
+//! so a release (one change of the application's record) rebuilds every
+//! member under one write lock: a request sees all members before it or
+//! all after it. Every loaded version of a member carries the application
+//! version it serves ([`AppTag`]); calls between members resolve at the
+//! caller's application version ([`Served::at_app_version`]), so a request
+//! that entered one release stays on it through its calls, even while a
+//! release or rollback lands (the previous live version stays loaded).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gust_core::FunctionRecord;
+use gust_core::app::{self, AppRecord, AppVersion};
+use gust_core::config::{self, Variable};
+use gust_store::SecretBox;
+
+use super::{Loaded, Served};
+
+/// The application version a loaded version serves in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AppTag {
+    /// `<tenant>/<application>`.
+    pub app: Arc<str>,
+    pub version: u64,
+}
+
+/// Applications' records and their members' records, for rebuilding the
+/// members when an application changes.
+#[derive(Default)]
+pub(super) struct Apps {
+    /// `<tenant>/<application>` → its record.
+    pub records: HashMap<String, Arc<AppRecord>>,
+    /// `<tenant>/<function>` → the record of each function that belongs
+    /// to an application.
+    pub members: HashMap<String, FunctionRecord>,
+}
+
+impl Apps {
+    /// The application `record` belongs to, if the catalog has it.
+    pub fn of(&self, record: &FunctionRecord) -> Option<Arc<AppRecord>> {
+        let name = record.app.as_deref()?;
+        self.records
+            .get(&super::route_key(record.tenant.as_str(), name))
+            .cloned()
+    }
+
+    /// Keeps (or forgets) a function's record as a member's.
+    pub fn note(&mut self, key: &str, record: Option<&FunctionRecord>) {
+        match record.filter(|r| r.app.is_some()) {
+            Some(record) => {
+                self.members.insert(key.to_string(), record.clone());
+            }
+            None => {
+                self.members.remove(key);
+            }
+        }
+    }
+
+    /// The members of application `<tenant>/<name>`: their keys and records.
+    pub fn members_of(&self, tenant: &str, name: &str) -> Vec<(String, FunctionRecord)> {
+        self.members
+            .iter()
+            .filter(|(_, r)| r.tenant.as_str() == tenant && r.app.as_deref() == Some(name))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+}
+
+/// Whether `app` serves `function`'s plain URL now: it is in the live
+/// version or the split's. (One only in the previous version is served by
+/// its own record.)
+pub(super) fn serves(app: &AppRecord, function: &str) -> bool {
+    app.live_version()
+        .into_iter()
+        .chain(app.split_version().map(|(v, _)| v))
+        .any(|v| v.functions.contains_key(function))
+}
+
+/// A member's variables in one application version: the application's
+/// shared ones, the function's own over them; secrets opened (one that does
+/// not open is left out, and said so in the log).
+pub(super) fn opened_vars(
+    record: &FunctionRecord,
+    app: &AppRecord,
+    version: &AppVersion,
+    secrets: &SecretBox,
+) -> Arc<[(String, String)]> {
+    let mut vars = Vec::new();
+    let shared = version
+        .vars
+        .iter()
+        .filter(|(name, _)| !record.vars.contains_key(*name))
+        .map(|(name, value)| (name, value, true));
+    let own = record.vars.iter().map(|(name, value)| (name, value, false));
+    let mut all: Vec<_> = shared.chain(own).collect();
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, value, from_app) in all {
+        match value {
+            Variable::Plain { value } => vars.push((name.clone(), value.clone())),
+            Variable::Secret { sealed } => {
+                let context = if from_app {
+                    app::secret_context(record.tenant.as_str(), app.name.as_str(), name)
+                } else {
+                    config::secret_context(record.tenant.as_str(), record.name.as_str(), None, name)
+                };
+                match secrets.open(&context, sealed) {
+                    Ok(value) => vars.push((name.clone(), value)),
+                    Err(e) => tracing::error!(
+                        function = %record.name, variable = %name, error = %e,
+                        "a secret cannot be opened; the function runs without it"
+                    ),
+                }
+            }
+        }
+    }
+    vars.into()
+}
+
+impl Served {
+    /// The loaded version that serves application version `version` of
+    /// the application `app` (`<tenant>/<name>`), if this function is its
+    /// member and that version is still loaded.
+    pub fn at_app_version(&self, tag: &AppTag) -> Option<&Arc<Loaded>> {
+        self.app_versions
+            .iter()
+            .find(|l| l.app.as_ref() == Some(tag))
+    }
+}
