@@ -32,6 +32,12 @@ pub struct AppInfo {
     /// Where `gust app rollback` goes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<u64>,
+    /// A canary release in progress: when it is judged at the latest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary_ends_at_ms: Option<u64>,
+    /// How its last canary releases ended, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canaries: Vec<gust_core::deploy::CanaryReport>,
     /// The live version's members: name → function version.
     pub functions: BTreeMap<String, u64>,
     pub latest_version: u64,
@@ -69,6 +75,10 @@ pub struct NewRelease {
     /// Give the release this share of every member's traffic (percent,
     /// `10` for 10%) instead of all of it; promote or roll back after.
     pub canary_percent: Option<f64>,
+    /// With `canary_percent`: judge the release over this window (ms) on
+    /// all its functions' errors and latency, then promote it, or roll it
+    /// back as soon as it is worse (absent: until promoted or rolled back).
+    pub canary_window_ms: Option<u64>,
 }
 
 /// What a release made.
@@ -151,6 +161,11 @@ fn app_info(app: &AppRecord, with_versions: bool) -> AppInfo {
             percent: f64::from(s.basis_points) / 100.0,
         }),
         previous: app.previous,
+        canary_ends_at_ms: app
+            .split
+            .and_then(|s| s.canary)
+            .map(|c| c.started_at_ms.saturating_add(c.window_ms)),
+        canaries: app.canaries.clone(),
         functions: app.live_version().map(member_versions).unwrap_or_default(),
         latest_version: app.latest_version,
         created_at_ms: app.created_at_ms,
@@ -225,7 +240,7 @@ pub(crate) async fn get_app(
         (status = 400, body = ErrorBody),
         (status = 404, description = "No such function or version", body = ErrorBody),
         (status = 409, description = "A function belongs to another application", body = ErrorBody)))]
-pub(crate) async fn release(
+pub(crate) async fn release_app(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -266,11 +281,29 @@ pub(crate) async fn release(
         };
         vars.insert(key, value);
     }
-    let how = match body.canary_percent {
-        Some(percent) => ReleaseAs::Split(
-            gust_core::deploy::parse_share(&percent.to_string()).map_err(ApiError::BadRequest)?,
-        ),
-        None => ReleaseAs::Live,
+    let how = match (body.canary_percent, body.canary_window_ms) {
+        (Some(percent), window) => {
+            let share = gust_core::deploy::parse_share(&percent.to_string())
+                .map_err(ApiError::BadRequest)?;
+            match window {
+                Some(window_ms) if !(1000..=24 * 3_600_000).contains(&window_ms) => {
+                    return Err(ApiError::BadRequest(
+                        "a canary window must be between 1s and 24h".into(),
+                    ));
+                }
+                Some(window_ms) => ReleaseAs::Canary {
+                    basis_points: share,
+                    window_ms,
+                },
+                None => ReleaseAs::Split(share),
+            }
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "`canary_window_ms` goes with `canary_percent`".into(),
+            ));
+        }
+        (None, None) => ReleaseAs::Live,
     };
     if how == ReleaseAs::Live {
         for (function, version) in &members {
@@ -307,7 +340,7 @@ pub(crate) async fn release(
         (status = 200, description = "Every member serves the version rolled back to", body = AppInfo),
         (status = 404, body = ErrorBody),
         (status = 409, description = "Nothing to roll back to", body = ErrorBody)))]
-pub(crate) async fn rollback(
+pub(crate) async fn rollback_app(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,
@@ -338,7 +371,7 @@ pub(crate) async fn rollback(
         (status = 200, description = "The split's version serves all traffic", body = AppInfo),
         (status = 404, body = ErrorBody),
         (status = 409, description = "No split in progress", body = ErrorBody)))]
-pub(crate) async fn promote(
+pub(crate) async fn promote_app(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,

@@ -155,9 +155,9 @@ pub type ReservationCheck = Arc<dyn Fn(&str, &str, u32) -> Result<(), String> + 
         routes::set_routes,
         apps::list_apps,
         apps::get_app,
-        apps::release,
-        apps::rollback,
-        apps::promote,
+        apps::release_app,
+        apps::rollback_app,
+        apps::promote_app,
         apps::remove_app,
         aliases::list_aliases,
         aliases::set_alias,
@@ -323,15 +323,15 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             "/v1/apps/{name}/releases",
-            axum::routing::post(apps::release),
+            axum::routing::post(apps::release_app),
         )
         .route(
             "/v1/apps/{name}/rollback",
-            axum::routing::post(apps::rollback),
+            axum::routing::post(apps::rollback_app),
         )
         .route(
             "/v1/apps/{name}/promote",
-            axum::routing::post(apps::promote),
+            axum::routing::post(apps::promote_app),
         )
         .route("/v1/functions/{name}/aliases", get(aliases::list_aliases))
         .route(

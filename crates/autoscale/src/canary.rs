@@ -89,6 +89,15 @@ impl Default for Snapshot {
 }
 
 impl Snapshot {
+    /// Both together (several functions' figures as one).
+    pub fn plus(&self, other: &Snapshot) -> Snapshot {
+        Snapshot {
+            requests: self.requests + other.requests,
+            errors: self.errors + other.errors,
+            latency: std::array::from_fn(|i| self.latency[i] + other.latency[i]),
+        }
+    }
+
     /// What happened between `earlier` and `self`.
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
         Snapshot {

@@ -52,12 +52,11 @@ impl AppProject {
             ))
             .into());
         }
-        let canary_percent = match &args.canary {
-            Some(spec) => {
-                let spec: gust_core::deploy::CanarySpec =
-                    spec.parse().map_err(|e: String| output::Usage(e))?;
-                Some(f64::from(spec.basis_points) / 100.0)
-            }
+        let canary = match &args.canary {
+            Some(spec) => Some(
+                spec.parse::<gust_core::deploy::CanarySpec>()
+                    .map_err(output::Usage)?,
+            ),
             None => None,
         };
         let api = Api::new(&args.api)?;
@@ -90,7 +89,8 @@ impl AppProject {
         let body = serde_json::json!({
             "functions": versions,
             "vars": vars,
-            "canary_percent": canary_percent,
+            "canary_percent": canary.map(|c| f64::from(c.basis_points) / 100.0),
+            "canary_window_ms": canary.map(|c| c.window_ms),
         });
         let released: Released = api
             .send(
@@ -107,9 +107,14 @@ impl AppProject {
             output::print_json(&released)?;
         } else {
             let what = match &released.app.split {
-                Some(split) if split.version == released.version => {
-                    format!("as a canary taking {}% of the traffic", split.percent)
-                }
+                Some(split) if split.version == released.version => format!(
+                    "as a canary taking {}% of the traffic, judged until {}",
+                    split.percent,
+                    released
+                        .app
+                        .canary_ends_at_ms
+                        .map_or_else(|| "promoted".into(), output::timestamp)
+                ),
                 _ => "live".to_string(),
             };
             println!(
@@ -136,7 +141,7 @@ fn members_text(versions: &BTreeMap<String, u64>) -> String {
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   gust deploy                          in an application's folder: build, stage, release together
-  gust deploy --canary 10%             the release takes 10% of every function's traffic
+  gust deploy --canary 10%,5m          a canary release: 10% of every function's traffic, judged 5 minutes
   gust app ls
   gust app versions shop
   gust app rollback shop               every function back to the previous release
@@ -170,8 +175,10 @@ enum AppAction {
         /// FUNCTION=VERSION, one per function.
         #[arg(required = true, value_parser = parse_member)]
         functions: Vec<(String, u64)>,
-        /// Give the release this share of every function's traffic (`10%`).
-        #[arg(long)]
+        /// A canary release: `10%,5m` gives it 10% of every function's
+        /// traffic for 5 minutes, judged on all of them, then promoted, or
+        /// rolled back as soon as it is worse.
+        #[arg(long, value_parser = |s: &str| s.parse::<gust_core::deploy::CanarySpec>().map(|_| s.to_string()))]
         canary: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
@@ -296,8 +303,8 @@ pub async fn app(args: AppArgs) -> anyhow::Result<ExitCode> {
             api: args,
         } => {
             let api = Api::new(&args)?;
-            let canary_percent = canary
-                .map(|c| gust_core::deploy::parse_share(&c).map(|bp| f64::from(bp) / 100.0))
+            let canary = canary
+                .map(|c| c.parse::<gust_core::deploy::CanarySpec>())
                 .transpose()
                 .map_err(output::Usage)?;
             let functions: BTreeMap<String, u64> = functions.into_iter().collect();
@@ -305,7 +312,9 @@ pub async fn app(args: AppArgs) -> anyhow::Result<ExitCode> {
                 .send(
                     api.request(reqwest::Method::POST, &format!("/v1/apps/{name}/releases"))
                         .json(&serde_json::json!({
-                            "functions": functions, "canary_percent": canary_percent,
+                            "functions": functions,
+                            "canary_percent": canary.map(|c| f64::from(c.basis_points) / 100.0),
+                            "canary_window_ms": canary.map(|c| c.window_ms),
                         })),
                 )
                 .await?;

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Variables;
-use crate::deploy::WHOLE;
+use crate::deploy::{CANARY_HISTORY, CanaryOutcome, CanaryPolicy, CanaryReport, WHOLE};
 use crate::records::ActiveVersion;
 use crate::{FunctionName, TenantId};
 
@@ -46,6 +46,9 @@ pub struct AppRecord {
     /// The version live before the last move (`gust app rollback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<u64>,
+    /// How its last canary releases ended, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canaries: Vec<CanaryReport>,
     pub updated_at_ms: u64,
 }
 
@@ -70,6 +73,18 @@ pub struct AppSplit {
     pub version: u64,
     /// Basis points (1–9999).
     pub basis_points: u16,
+    /// Judged by the figures of all members together, then promoted or
+    /// rolled back by the data plane (`None`: until told).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<AppCanary>,
+}
+
+/// A canary release: its split is judged over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppCanary {
+    pub started_at_ms: u64,
+    pub window_ms: u64,
+    pub policy: CanaryPolicy,
 }
 
 /// What a secret shared by an application's members is bound to: no
@@ -106,6 +121,7 @@ impl AppRecord {
             live: 0,
             split: None,
             previous: None,
+            canaries: Vec::new(),
             updated_at_ms: now_ms,
         }
     }
@@ -187,9 +203,11 @@ impl AppRecord {
         Ok(self.latest_version)
     }
 
-    /// Makes `version` live for every member at once; ends a split.
+    /// Makes `version` live for every member at once; ends a split (a
+    /// canary's is recorded as superseded).
     pub fn go_live(&mut self, version: u64, now_ms: u64) -> Result<(), AppError> {
         self.check(version)?;
+        self.supersede("the application moved before it was judged", now_ms);
         if version != self.live && self.live != 0 {
             self.previous = Some(self.live);
         }
@@ -211,12 +229,75 @@ impl AppRecord {
         if !(1..WHOLE).contains(&basis_points) {
             return Err(AppError::BadShare(basis_points));
         }
+        self.supersede("another split replaced it", now_ms);
         self.split = (version != self.live).then_some(AppSplit {
             version,
             basis_points,
+            canary: None,
         });
         self.updated_at_ms = now_ms;
         Ok(())
+    }
+
+    /// Sends `basis_points` of every member's traffic to `version` as a
+    /// canary: judged over `window_ms`, then promoted or rolled back.
+    pub fn start_canary(
+        &mut self,
+        version: u64,
+        basis_points: u16,
+        window_ms: u64,
+        policy: CanaryPolicy,
+        now_ms: u64,
+    ) -> Result<(), AppError> {
+        self.split_to(version, basis_points, now_ms)?;
+        if let Some(split) = &mut self.split {
+            split.canary = Some(AppCanary {
+                started_at_ms: now_ms,
+                window_ms,
+                policy,
+            });
+        }
+        Ok(())
+    }
+
+    /// Ends the canary of `version` as judged: promoted (it goes live) or
+    /// rolled back (live keeps all traffic), with the reason kept. False:
+    /// no such canary runs any more (a move raced the verdict).
+    pub fn end_canary(&mut self, version: u64, promote: bool, reason: &str, now_ms: u64) -> bool {
+        let Some(split) = self
+            .split
+            .filter(|s| s.version == version && s.canary.is_some())
+        else {
+            return false;
+        };
+        self.record_canary(split.version, promote_outcome(promote), reason, now_ms);
+        self.split = None;
+        if promote {
+            self.previous = Some(self.live);
+            self.live = split.version;
+        }
+        self.updated_at_ms = now_ms;
+        self.trim();
+        true
+    }
+
+    fn supersede(&mut self, reason: &str, now_ms: u64) {
+        if let Some(split) = self.split.filter(|s| s.canary.is_some()) {
+            self.record_canary(split.version, CanaryOutcome::Superseded, reason, now_ms);
+        }
+    }
+
+    fn record_canary(&mut self, version: u64, outcome: CanaryOutcome, reason: &str, now_ms: u64) {
+        self.canaries.push(CanaryReport {
+            version,
+            stable: self.live,
+            outcome,
+            reason: reason.to_string(),
+            ended_at_ms: now_ms,
+        });
+        if self.canaries.len() > CANARY_HISTORY {
+            self.canaries.remove(0);
+        }
     }
 
     /// Makes the split's version live (all traffic).
@@ -224,6 +305,10 @@ impl AppRecord {
         let split = self
             .split
             .ok_or_else(|| AppError::NoSplit(self.name.to_string()))?;
+        if split.canary.is_some() {
+            self.end_canary(split.version, true, "promoted by hand", now_ms);
+            return Ok(split.version);
+        }
         self.go_live(split.version, now_ms)?;
         Ok(split.version)
     }
@@ -232,8 +317,15 @@ impl AppRecord {
     /// to `to` (default: the version before the last move). Returns the
     /// version now live.
     pub fn rollback(&mut self, to: Option<u64>, now_ms: u64) -> Result<u64, AppError> {
-        if to.is_none() && self.split.take().is_some() {
-            self.updated_at_ms = now_ms;
+        if to.is_none()
+            && let Some(split) = self.split
+        {
+            if split.canary.is_some() {
+                self.end_canary(split.version, false, "rolled back by hand", now_ms);
+            } else {
+                self.split = None;
+                self.updated_at_ms = now_ms;
+            }
             return Ok(self.live);
         }
         let target = match to {
@@ -288,6 +380,14 @@ impl AppRecord {
                 .iter()
                 .map(|(name, active)| (name.as_str(), active.version))
         })
+    }
+}
+
+fn promote_outcome(promote: bool) -> CanaryOutcome {
+    if promote {
+        CanaryOutcome::Promoted
+    } else {
+        CanaryOutcome::RolledBack
     }
 }
 
@@ -364,6 +464,33 @@ mod tests {
         assert!(!app.serves("c"));
         assert_eq!(app.split_to(1, 0, 6), Err(AppError::BadShare(0)));
         assert_eq!(app.promote(6), Err(AppError::NoSplit("shop".into())));
+    }
+
+    #[test]
+    fn a_canary_release_ends_once_as_judged_and_a_move_supersedes_it() {
+        let mut app = app();
+        release(&mut app, 1, 1, 1);
+        let functions = [("a".to_string(), active(2))].into_iter().collect();
+        let next = app.add_version(functions, Variables::new(), 2).unwrap();
+        app.start_canary(next, 1000, 60_000, CanaryPolicy::default(), 2)
+            .unwrap();
+        assert!(!app.end_canary(9, true, "not this one", 3));
+        assert!(app.end_canary(next, false, "errors", 3));
+        assert!(!app.end_canary(next, true, "judged twice", 4), "ends once");
+        assert_eq!((app.live, app.split), (1, None));
+        assert_eq!(app.canaries[0].outcome, CanaryOutcome::RolledBack);
+        app.start_canary(next, 1000, 60_000, CanaryPolicy::default(), 5)
+            .unwrap();
+        assert!(app.end_canary(next, true, "healthy", 6));
+        assert_eq!((app.live, app.previous), (2, Some(1)));
+        app.start_canary(1, 5000, 60_000, CanaryPolicy::default(), 7)
+            .unwrap();
+        app.go_live(2, 8).unwrap();
+        assert_eq!(
+            app.canaries.last().unwrap().outcome,
+            CanaryOutcome::Superseded
+        );
+        assert!(app.split.is_none());
     }
 
     #[test]

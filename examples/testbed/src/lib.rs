@@ -17,7 +17,7 @@
 //! | `/body` | reads the whole body, answers its size |
 //! | `/fetch?url=U` | sends GET U through outgoing `wasi:http`, answers the status or the error |
 //! | `/call?url=U` | the same, answering `status N: <body>` (`http://gust.internal/<fn>/…` calls a function) |
-//! | `/chain?name=V&next=b,c&sleep_ms=N` | answers variable V's value, then (after N ms) what `/chain` of the next function answers, space-separated |
+//! | `/chain?name=V&next=b,c&sleep_ms=N&fail=X` | answers variable V's value, then (after N ms) what `/chain` of the next function answers, space-separated; 500 where V's value is X |
 //! | `/lines?n=N&tag=T` | prints N short lines, the last one ending in T |
 //! | `/status?code=N` | answers status N, printing nothing |
 //! | `/enqueue?url=U` | POSTs a small body to U as an event (`Gust-Invocation-Type: Event`), answers `status N` |
@@ -129,11 +129,19 @@ impl wasip2::exports::http::incoming_handler::Guest for Testbed {
                 }
                 format!("busy {} ms, {turns} turns, {}", limit.unwrap_or(0), x % 10)
             }
-            "/chain" => chain(
-                &param("name").unwrap_or_default(),
-                &param("next").unwrap_or_default(),
-                number("sleep_ms"),
-            ),
+            "/chain" => {
+                let name = param("name").unwrap_or_default();
+                let text = chain(
+                    &name,
+                    &param("next").unwrap_or_default(),
+                    number("sleep_ms"),
+                );
+                // `fail=V`: a function whose variable is V answers 500.
+                if param("fail").is_some_and(|v| std::env::var(&name).is_ok_and(|own| own == v)) {
+                    return respond(response_out, 500, &text);
+                }
+                text
+            }
             "/sleep" => {
                 let ms = number("ms");
                 std::thread::sleep(std::time::Duration::from_millis(ms));

@@ -30,7 +30,7 @@ fn component(release: u32) -> Vec<u8> {
 
 /// Writes the application `shop` (functions a, b, c, each in its own
 /// folder, built by copying a component in place) for `release`.
-fn write_app(dir: &Path, release: u32) {
+pub(crate) fn write_app(dir: &Path, release: u32) {
     let mut toml = format!("[app]\nname = \"shop\"\n\n[env]\nRELEASE = \"{release}\"\n");
     for name in ["a", "b", "c"] {
         let folder = dir.join(name);
@@ -179,6 +179,30 @@ async fn an_application_moves_together_and_no_answer_mixes_two_releases() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no version 9"));
 
+    // Usage grouped by application: every call of all three is the
+    // application's (each member's attempts are metered on their own).
+    let answered: u64 = all.answers.values().sum();
+    let usage = Server::eventually(Duration::from_secs(10), || async {
+        let report = server.gust_json(&["usage", "--by", "app"]);
+        let shop = report["groups"]
+            .as_array()?
+            .iter()
+            .find(|g| g["key"] == "shop")?
+            .clone();
+        (shop["invocations"].as_u64()? >= 3 * answered).then_some(report)
+    })
+    .await
+    .expect("usage by application");
+    assert_eq!(usage["groups"].as_array().unwrap().len(), 1, "{usage}");
+    let members = server.gust_json(&["usage", "--app", "shop", "--by", "function"]);
+    let keys: Vec<&str> = members["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["a", "b", "c"], "{members}");
+
     // Removing the application removes its functions.
     let removed = server.gust_json(&["app", "rm", "shop"]);
     assert_eq!(
@@ -240,4 +264,66 @@ async fn another_tenant_neither_sees_nor_moves_an_application_and_members_stay_i
         "her release shares nothing of the other tenant's"
     );
     assert_eq!(server.get("/a/chain?name=RELEASE").await, (200, "1".into()));
+}
+
+/// Clients calling the chain without a sticky key (each request draws its
+/// side of a split), answers that fail where RELEASE is `fail`, until `stop`.
+fn steady_load(server: &Server, fail: u32, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    let (http, url) = (server.http.clone(), server.url.clone());
+    tokio::spawn(async move {
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let _ = http
+                .get(format!("{url}/a/chain?name=RELEASE&next=b,c&fail={fail}"))
+                .send()
+                .await;
+            sent += 1;
+        }
+        sent
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_release_is_judged_on_all_its_functions_and_rolled_back_or_promoted() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().to_str().unwrap();
+    write_app(dir.path(), 1);
+    server.gust_json(&["deploy", "--project", project]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(&server, 2, stop.clone());
+
+    // Release 2 fails (its `c` answers 500 under this load): rolled back
+    // by itself long before its window ends.
+    write_app(dir.path(), 2);
+    let canary = server.gust_json(&["deploy", "--project", project, "--canary", "50%,5m"]);
+    assert_eq!(canary["app"]["split"]["version"], 2, "{canary}");
+    assert!(canary["app"]["canary_ends_at_ms"].is_u64(), "{canary}");
+    let ended = Server::eventually(Duration::from_secs(20), || async {
+        let app = server.api_json("/v1/apps/shop").await;
+        app["split"].is_null().then_some(app)
+    })
+    .await
+    .expect("the failing canary release ends");
+    assert_eq!(ended["live"], 1, "{ended}");
+    assert_eq!(ended["canaries"][0]["version"], 2, "{ended}");
+    assert_eq!(ended["canaries"][0]["outcome"], "rolled_back", "{ended}");
+
+    // Release 3 is as good as release 1: promoted when its window ends.
+    write_app(dir.path(), 3);
+    server.gust_json(&["deploy", "--project", project, "--canary", "50%,2s"]);
+    let promoted = Server::eventually(Duration::from_secs(20), || async {
+        let app = server.api_json("/v1/apps/shop").await;
+        (app["live"] == 3).then_some(app)
+    })
+    .await
+    .expect("the healthy canary release is promoted");
+    assert_eq!(promoted["canaries"][1]["outcome"], "promoted", "{promoted}");
+    assert_eq!(promoted["previous"], 1, "{promoted}");
+    stop.store(true, Ordering::Relaxed);
+    assert!(load.await.unwrap() > 20);
+    assert_eq!(
+        server.get("/a/chain?name=RELEASE&next=b,c").await,
+        (200, "3 3 3".into())
+    );
 }

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use gust_autoscale::canary::Snapshot;
 use gust_core::FunctionRecord;
 use gust_core::app::{self, AppRecord, AppVersion};
 use gust_core::config::{self, Variable};
@@ -117,6 +118,51 @@ pub(super) fn opened_vars(
         }
     }
     vars.into()
+}
+
+/// A canary release's figures on this node: every member's on the live
+/// release summed, and on the canary's.
+pub(crate) struct AppCanaryFigures {
+    pub app: Arc<AppRecord>,
+    pub stable: Snapshot,
+    pub canary: Snapshot,
+}
+
+impl super::Catalog {
+    /// Every application running a canary release, with its figures now.
+    pub fn app_canaries(&self) -> Vec<AppCanaryFigures> {
+        let functions = self.functions.read().unwrap_or_else(|p| p.into_inner());
+        let apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (key, app) in &apps.records {
+            let Some(split) = app.split.filter(|s| s.canary.is_some()) else {
+                continue;
+            };
+            let mut figures = AppCanaryFigures {
+                app: app.clone(),
+                stable: Snapshot::default(),
+                canary: Snapshot::default(),
+            };
+            for (member, _) in apps.members_of(app.tenant.as_str(), app.name.as_str()) {
+                let Some(served) = functions.get(&member) else {
+                    continue;
+                };
+                for loaded in &served.app_versions {
+                    let Some(tag) = loaded.app.as_ref().filter(|t| *t.app == **key) else {
+                        continue;
+                    };
+                    let now = loaded.health.snapshot();
+                    if tag.version == app.live {
+                        figures.stable = figures.stable.plus(&now);
+                    } else if tag.version == split.version {
+                        figures.canary = figures.canary.plus(&now);
+                    }
+                }
+            }
+            out.push(figures);
+        }
+        out
+    }
 }
 
 impl Served {

@@ -309,10 +309,13 @@ impl Served {
                     );
                     // A version keeps its figures (a canary is judged on
                     // them) when only its variables or visibility change.
-                    if let Some(same) = earlier
-                        .iter()
-                        .find(|r| r.version == version.version && r.digest == version.digest)
-                    {
+                    // (Per application release: a canary release is judged
+                    // on its own figures.)
+                    if let Some(same) = earlier.iter().find(|r| {
+                        r.version == version.version
+                            && r.digest == version.digest
+                            && r.app == loaded.app
+                    }) {
                         loaded.health = same.health.clone();
                     }
                     if let Some(gate) = loaded.gate.as_ref().and_then(|new| {

@@ -26,6 +26,8 @@ pub enum ReleaseAs {
     Live,
     /// This share (basis points) of every member's traffic.
     Split(u16),
+    /// A share judged over a window, then promoted or rolled back.
+    Canary { basis_points: u16, window_ms: u64 },
 }
 
 /// What a release made.
@@ -106,8 +108,19 @@ impl Registry {
                 let version = app.add_version(functions.clone(), vars.clone(), now_ms)?;
                 match how {
                     ReleaseAs::Live => app.go_live(version, now_ms)?,
-                    ReleaseAs::Split(_) if app.live == 0 => app.go_live(version, now_ms)?,
+                    // The first release: there is nothing to compare with.
+                    _ if app.live == 0 => app.go_live(version, now_ms)?,
                     ReleaseAs::Split(share) => app.split_to(version, share, now_ms)?,
+                    ReleaseAs::Canary {
+                        basis_points,
+                        window_ms,
+                    } => app.start_canary(
+                        version,
+                        basis_points,
+                        window_ms,
+                        Default::default(),
+                        now_ms,
+                    )?,
                 }
                 Ok(version)
             })

@@ -227,6 +227,27 @@ async fn a_function_deployed_on_one_node_is_served_by_every_node() {
         .await;
         assert!(gone.is_some());
     }
+
+    // An application released, released again and rolled back on one
+    // node is served whole by the others as soon as the command answers.
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().to_str().unwrap();
+    let chain = "/a/chain?name=RELEASE&next=b,c";
+    crate::apps::write_app(dir.path(), 1);
+    a.gust_json(&["deploy", "--project", project]);
+    for node in [b, c] {
+        assert_eq!(node.get(chain).await, (200, "1 1 1".into()));
+    }
+    crate::apps::write_app(dir.path(), 2);
+    let released = c.gust_json(&["deploy", "--project", project]);
+    assert_eq!(released["version"], 2, "{released}");
+    for node in [a, b] {
+        assert_eq!(node.get(chain).await, (200, "2 2 2".into()));
+    }
+    b.gust_json(&["app", "rollback", "shop"]);
+    for node in [a, c] {
+        assert_eq!(node.get(chain).await, (200, "1 1 1".into()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
