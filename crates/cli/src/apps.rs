@@ -59,6 +59,21 @@ impl AppProject {
             ),
             None => None,
         };
+        // Secrets first: a missing one stops the deploy before any build.
+        let mut vars: serde_json::Map<String, serde_json::Value> = self
+            .manifest
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::json!({ "value": v })))
+            .collect();
+        for (name, value) in &self.manifest.secrets {
+            let value = gust_core::config::expand_env(value, |n| std::env::var(n).ok())
+                .map_err(|e| output::Usage(format!("[secrets] {name}: {e}")))?;
+            vars.insert(
+                name.clone(),
+                serde_json::json!({ "value": value, "secret": true }),
+            );
+        }
         let api = Api::new(&args.api)?;
         let mut members = Vec::new();
         let mut versions = BTreeMap::new();
@@ -80,12 +95,6 @@ impl AppProject {
             versions.insert(member.name.clone(), version.version);
             members.push(project);
         }
-        let vars: serde_json::Map<String, serde_json::Value> = self
-            .manifest
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::json!({ "value": v })))
-            .collect();
         let body = serde_json::json!({
             "functions": versions,
             "vars": vars,
@@ -102,6 +111,24 @@ impl AppProject {
             project
                 .reconcile(&api, &project.manifest.function.name, args.api.json)
                 .await?;
+        }
+        // Functions of the application that this file no longer names:
+        // not served by its releases any more, and left for the user to
+        // remove.
+        let functions: Vec<gust_api::FunctionInfo> = api
+            .send(api.request(reqwest::Method::GET, "/v1/functions"))
+            .await?;
+        let dropped: Vec<&str> = functions
+            .iter()
+            .filter(|f| f.app.as_deref() == Some(app.as_str()) && !versions.contains_key(&f.name))
+            .map(|f| f.name.as_str())
+            .collect();
+        if !dropped.is_empty() && !args.api.json {
+            eprintln!(
+                "note: {} of application {app} no longer in {}: remove with `gust rm NAME`",
+                dropped.join(", "),
+                manifest::FILE_NAME
+            );
         }
         if args.api.json {
             output::print_json(&released)?;

@@ -67,6 +67,27 @@ pub fn check_value(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `text` with each `${NAME}` replaced by `lookup(NAME)` (the deployer's
+/// environment, in `gust.toml`); an unset name is an error that names it.
+pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("`{text}`: `${{` without its `}}`"))?;
+        let name = &after[..end];
+        let value =
+            lookup(name).ok_or_else(|| format!("the environment variable `{name}` is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// What the guest sees: the function's variables, then the alias's over
 /// them, in name order.
 pub fn merged<'a>(function: &'a Variables, alias: &'a Variables) -> Vec<(&'a str, &'a Variable)> {

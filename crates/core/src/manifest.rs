@@ -212,6 +212,9 @@ pub fn managed_id(explicit: Option<&str>, index: usize) -> String {
 /// [env]
 /// CURRENCY = "EUR"
 ///
+/// [secrets]              # sealed; ${NAME}: from the environment at deploy
+/// PAYMENTS_KEY = "${PAYMENTS_KEY}"
+///
 /// [[functions]]
 /// name = "front"
 /// lang = "rust"
@@ -231,6 +234,11 @@ pub struct AppManifest {
     /// Variables every function sees (under its own).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Secrets every function sees, sealed at rest and never shown; a
+    /// value's `${NAME}` is taken from the environment at deploy (so the
+    /// file need not hold it).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
     pub functions: Vec<MemberSection>,
 }
 
@@ -325,6 +333,14 @@ impl ProjectManifest {
         }
         for name in app.env.keys() {
             crate::config::check_name(name).map_err(|e| ManifestError(format!("[env] {e}")))?;
+        }
+        for name in app.secrets.keys() {
+            crate::config::check_name(name).map_err(|e| ManifestError(format!("[secrets] {e}")))?;
+            if app.env.contains_key(name) {
+                return Err(ManifestError(format!(
+                    "`{name}` is both in [env] and in [secrets]: keep one"
+                )));
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, member) in app.functions.iter().enumerate() {

@@ -325,24 +325,7 @@ impl SourceSpec {
     /// `lookup(NAME)` (what `gust.toml` uses to keep passwords out of the
     /// file). An unknown name is an error naming it.
     pub fn expand(&self, lookup: impl Fn(&str) -> Option<String>) -> Result<SourceSpec, String> {
-        let expand = |text: &str| -> Result<String, String> {
-            let mut out = String::new();
-            let mut rest = text;
-            while let Some(start) = rest.find("${") {
-                out.push_str(&rest[..start]);
-                let after = &rest[start + 2..];
-                let end = after
-                    .find('}')
-                    .ok_or_else(|| format!("`{text}`: `${{` without its `}}`"))?;
-                let name = &after[..end];
-                let value = lookup(name)
-                    .ok_or_else(|| format!("the environment variable `{name}` is not set"))?;
-                out.push_str(&value);
-                rest = &after[end + 1..];
-            }
-            out.push_str(rest);
-            Ok(out)
-        };
+        let expand = |text: &str| crate::config::expand_env(text, &lookup);
         let mut spec = self.clone();
         spec.url = self.url.as_deref().map(expand).transpose()?;
         spec.secret = self.secret.as_deref().map(expand).transpose()?;

@@ -31,7 +31,9 @@ fn component(release: u32) -> Vec<u8> {
 /// Writes the application `shop` (functions a, b, c, each in its own
 /// folder, built by copying a component in place) for `release`.
 pub(crate) fn write_app(dir: &Path, release: u32) {
-    let mut toml = format!("[app]\nname = \"shop\"\n\n[env]\nRELEASE = \"{release}\"\n");
+    let mut toml = format!(
+        "[app]\nname = \"shop\"\n\n[env]\nRELEASE = \"{release}\"\n\n[secrets]\nSHARED = \"s3cret-{release}\"\n"
+    );
     for name in ["a", "b", "c"] {
         let folder = dir.join(name);
         std::fs::create_dir_all(&folder).unwrap();
@@ -92,6 +94,17 @@ async fn an_application_moves_together_and_no_answer_mixes_two_releases() {
     assert_eq!(
         server.get("/a/chain?name=RELEASE&next=b,c").await,
         (200, "1 1 1".into())
+    );
+    // A shared secret reaches every function and is never shown.
+    assert_eq!(
+        server.get("/a/chain?name=SHARED&next=b,c").await,
+        (200, "s3cret-1 s3cret-1 s3cret-1".into())
+    );
+    let shown = server.api_json("/v1/apps/shop").await;
+    assert!(!shown.to_string().contains("s3cret"), "{shown}");
+    assert_eq!(
+        shown["versions"][0]["vars"],
+        serde_json::json!(["RELEASE", "SHARED"])
     );
 
     let stop = Arc::new(AtomicBool::new(false));
