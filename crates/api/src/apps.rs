@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use gust_core::access::Action;
 use gust_core::app::{AppRecord, AppVersion};
-use gust_core::config::{self, Variable, Variables};
+use gust_core::config::{self, Variables};
 use gust_core::{FunctionName, TenantId};
 use gust_store::ReleaseAs;
 use serde::{Deserialize, Serialize};
@@ -69,9 +69,9 @@ pub struct NewRelease {
     /// with `?app=` this application's name, or any version of a function
     /// that joins it).
     pub functions: BTreeMap<String, u64>,
-    /// Variables every member sees, under its own (a secret's sealed).
-    #[serde(default)]
-    pub vars: BTreeMap<String, NewVar>,
+    /// Variables every member sees, under its own (a secret's sealed);
+    /// absent: the live release's.
+    pub vars: Option<BTreeMap<String, NewVar>>,
     /// Give the release this share of every member's traffic (percent,
     /// `10` for 10%) instead of all of it; promote or roll back after.
     pub canary_percent: Option<f64>,
@@ -112,9 +112,9 @@ impl From<gust_core::app::AppError> for ApiError {
     fn from(e: gust_core::app::AppError) -> Self {
         match e {
             gust_core::app::AppError::NoSuchVersion { .. } => ApiError::NotFound(e.to_string()),
-            gust_core::app::AppError::BadShare(_) | gust_core::app::AppError::Empty => {
-                ApiError::BadRequest(e.to_string())
-            }
+            gust_core::app::AppError::BadShare(_)
+            | gust_core::app::AppError::Empty
+            | gust_core::app::AppError::TooManyMembers(_) => ApiError::BadRequest(e.to_string()),
             _ => ApiError::Conflict(e.to_string()),
         }
     }
@@ -185,6 +185,75 @@ impl ApiState {
                 "application `{name}` does not exist; `gust app ls` lists them"
             ))
         })
+    }
+
+    /// Moves an application as `change` says (its result checked first
+    /// on the record as it is, so a refusal changes nothing, and the
+    /// members' reservations checked as they would then be); returns the
+    /// record once the data plane serves it.
+    async fn move_app(
+        &self,
+        tenant: &TenantId,
+        name: &FunctionName,
+        change: impl Fn(&mut AppRecord) -> Result<u64, gust_core::app::AppError>,
+    ) -> Result<AppRecord, ApiError> {
+        let mut planned = self.app_record(tenant, name).await?;
+        change(&mut planned)?;
+        self.check_app_reservations(tenant, &planned).await?;
+        let (app, _, revision) = self
+            .registry
+            .update_app(tenant, name, false, now_ms(), |app| Ok(change(app)?))
+            .await?;
+        let _ = self.until_live(revision).await;
+        Ok(app)
+    }
+
+    /// The version a function's plain URL serves: its application's live
+    /// release's for a member, else its `live` alias's (`None`: nothing).
+    pub(crate) async fn serving(
+        &self,
+        record: &gust_core::FunctionRecord,
+    ) -> Result<Option<gust_core::ActiveVersion>, ApiError> {
+        if let Some(app) = record.app.as_deref() {
+            let app = FunctionName::new(app).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if let Some(app) = self.registry.app(&record.tenant, &app).await?
+                && let Some(active) = app
+                    .live_version()
+                    .and_then(|v| v.functions.get(record.name.as_str()))
+            {
+                return Ok(Some(active.clone()));
+            }
+        }
+        Ok(record.live().map(|a| a.target.clone()))
+    }
+
+    /// Refuses to remove a function its application's live release (or
+    /// canary release) serves: its partners would call a function gone.
+    pub(crate) async fn check_not_released(
+        &self,
+        record: &gust_core::FunctionRecord,
+    ) -> Result<(), ApiError> {
+        let Some(app) = record.app.as_deref() else {
+            return Ok(());
+        };
+        let app = FunctionName::new(app).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let released = self
+            .registry
+            .app(&record.tenant, &app)
+            .await?
+            .is_some_and(|a| {
+                a.live_version()
+                    .into_iter()
+                    .chain(a.split_version().map(|(v, _)| v))
+                    .any(|v| v.functions.contains_key(record.name.as_str()))
+            });
+        if released {
+            return Err(ApiError::Conflict(format!(
+                "function `{}` is in application `{app}`'s live release: release the application without it first (remove it from its gust.toml and deploy), or remove the whole application with `gust app rm {app}`",
+                record.name
+            )));
+        }
+        Ok(())
     }
 
     /// Every member of the live version must fit the node's reservations.
@@ -258,29 +327,27 @@ pub(crate) async fn release_app(
     for (function, version) in &body.functions {
         members.insert(function_name(function.clone())?, *version);
     }
-    if body.vars.len() > config::MAX_VARIABLES {
-        return Err(ApiError::BadRequest(format!(
-            "an application shares at most {} variables",
-            config::MAX_VARIABLES
-        )));
-    }
-    let mut vars = Variables::new();
-    for (key, new) in body.vars {
-        config::check_name(&key).map_err(ApiError::BadRequest)?;
-        config::check_value(&key, &new.value).map_err(ApiError::BadRequest)?;
-        let value = if new.secret {
-            let context =
-                gust_core::app::secret_context(caller.tenant.as_str(), name.as_str(), &key);
-            let sealed = state
-                .secrets
-                .seal(&context, &new.value)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            Variable::Secret { sealed }
-        } else {
-            Variable::Plain { value: new.value }
-        };
-        vars.insert(key, value);
-    }
+    gust_core::app::check_members(members.len())?;
+    let vars = match body.vars {
+        None => None,
+        Some(new) => {
+            if new.len() > config::MAX_VARIABLES {
+                return Err(ApiError::BadRequest(format!(
+                    "an application shares at most {} variables",
+                    config::MAX_VARIABLES
+                )));
+            }
+            let mut vars = Variables::new();
+            for (key, value) in new {
+                config::check_name(&key).map_err(ApiError::BadRequest)?;
+                config::check_value(&key, &value.value).map_err(ApiError::BadRequest)?;
+                let context =
+                    gust_core::app::secret_context(caller.tenant.as_str(), name.as_str(), &key);
+                vars.insert(key, state.variable(value, &context)?);
+            }
+            Some(vars)
+        }
+    };
     let how = match (body.canary_percent, body.canary_window_ms) {
         (Some(percent), window) => {
             let share = gust_core::deploy::parse_share(&percent.to_string())
@@ -318,10 +385,14 @@ pub(crate) async fn release_app(
             }
         }
     }
+    // Held so that retention cannot remove a version while a release
+    // names it (see `Registry::components_lock`).
+    let uploading = state.registry.components_lock().await?;
     let released = state
         .registry
         .release_app(&caller.tenant, &name, &members, vars, how, now_ms())
         .await?;
+    drop(uploading);
     let not_serving = state.until_live(released.revision).await;
     tracing::info!(app = %name, version = released.version, "application released");
     Ok((
@@ -349,19 +420,11 @@ pub(crate) async fn rollback_app(
     caller.require(Action::Write)?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let name = function_name(name)?;
-    let mut planned = state.app_record(&caller.tenant, &name).await?;
-    planned.rollback(params.version, now_ms())?;
-    state
-        .check_app_reservations(&caller.tenant, &planned)
+    let to = params.version;
+    let app = state
+        .move_app(&caller.tenant, &name, |app| app.rollback(to, now_ms()))
         .await?;
-    let (app, version, revision) = state
-        .registry
-        .update_app(&caller.tenant, &name, false, now_ms(), |app| {
-            Ok(app.rollback(params.version, now_ms())?)
-        })
-        .await?;
-    let _ = state.until_live(revision).await;
-    tracing::info!(app = %name, version, "application rolled back");
+    tracing::info!(app = %name, version = app.live, "application rolled back");
     Ok(Json(app_info(&app, false)))
 }
 
@@ -378,19 +441,10 @@ pub(crate) async fn promote_app(
 ) -> Result<Json<AppInfo>, ApiError> {
     caller.require(Action::Write)?;
     let name = function_name(name)?;
-    let mut planned = state.app_record(&caller.tenant, &name).await?;
-    planned.promote(now_ms())?;
-    state
-        .check_app_reservations(&caller.tenant, &planned)
+    let app = state
+        .move_app(&caller.tenant, &name, |app| app.promote(now_ms()))
         .await?;
-    let (app, version, revision) = state
-        .registry
-        .update_app(&caller.tenant, &name, false, now_ms(), |app| {
-            Ok(app.promote(now_ms())?)
-        })
-        .await?;
-    let _ = state.until_live(revision).await;
-    tracing::info!(app = %name, version, "application promoted");
+    tracing::info!(app = %name, version = app.live, "application promoted");
     Ok(Json(app_info(&app, false)))
 }
 

@@ -421,11 +421,10 @@ impl ApiState {
             };
             let name = FunctionName::new(destination.clone())
                 .map_err(|e| ApiError::BadRequest(format!("`{field}`: {e}")))?;
-            let deployed = self
-                .registry
-                .function(tenant, &name)
-                .await?
-                .is_some_and(|f| f.live().is_some());
+            let deployed = match self.registry.function(tenant, &name).await? {
+                Some(record) => self.serving(&record).await?.is_some(),
+                None => false,
+            };
             if !deployed {
                 return Err(ApiError::NotFound(format!(
                     "`{field}` names `{name}`, which is not a function deployed in tenant `{tenant}`: deploy it first, or name another"

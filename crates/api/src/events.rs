@@ -184,10 +184,11 @@ pub(crate) async fn submit_invocation(
             caller.tenant
         )));
     }
-    let cap = function
-        .live()
+    let cap = state
+        .serving(&function)
+        .await?
         .map_or(MAX_EVENT_BYTES, |a| {
-            usize::try_from(a.target.limits.max_body_bytes).unwrap_or(usize::MAX)
+            usize::try_from(a.limits.max_body_bytes).unwrap_or(usize::MAX)
         })
         .min(MAX_EVENT_BYTES);
     let data = read_capped(body, cap).await.map_err(|_| {

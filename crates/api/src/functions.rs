@@ -178,6 +178,9 @@ pub(crate) async fn delete_function(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Action::Write)?;
     let name = function_name(name)?;
+    if let Some(record) = state.registry.function(&caller.tenant, &name).await? {
+        state.check_not_released(&record).await?;
+    }
     match remove_function(&state, &caller.tenant, &name).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT),
         None => Err(ApiError::no_such_function(&name)),

@@ -37,6 +37,21 @@ pub struct NewVar {
     pub secret: bool,
 }
 
+impl ApiState {
+    /// A new value as stored: a secret sealed under `context` (what it is
+    /// bound to), a plain value as it is.
+    pub(crate) fn variable(&self, new: NewVar, context: &str) -> Result<Variable, ApiError> {
+        if !new.secret {
+            return Ok(Variable::Plain { value: new.value });
+        }
+        let sealed = self
+            .secrets
+            .seal(context, &new.value)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Variable::Secret { sealed })
+    }
+}
+
 /// Changes to a function's (or an alias's) variables, made at once.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -99,21 +114,13 @@ pub(crate) async fn change_vars(
     for (key, new) in patch.set {
         config::check_name(&key).map_err(ApiError::BadRequest)?;
         config::check_value(&key, &new.value).map_err(ApiError::BadRequest)?;
-        let value = if new.secret {
-            let context = config::secret_context(
-                caller.tenant.as_str(),
-                name.as_str(),
-                patch.alias.as_deref(),
-                &key,
-            );
-            let sealed = state
-                .secrets
-                .seal(&context, &new.value)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            Variable::Secret { sealed }
-        } else {
-            Variable::Plain { value: new.value }
-        };
+        let context = config::secret_context(
+            caller.tenant.as_str(),
+            name.as_str(),
+            patch.alias.as_deref(),
+            &key,
+        );
+        let value = state.variable(new, &context)?;
         changes.push((key, Some(value)));
     }
     for key in patch.remove {

@@ -62,6 +62,11 @@ pub struct AppVersion {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schema(value_type = Object)]
     pub vars: Variables,
+    /// Each member's own variables as they were at the release (a
+    /// release is a snapshot: a rollback brings them back too).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub member_vars: BTreeMap<String, Variables>,
     pub created_at_ms: u64,
 }
 
@@ -183,19 +188,16 @@ impl AppRecord {
         &mut self,
         functions: BTreeMap<String, ActiveVersion>,
         vars: Variables,
+        member_vars: BTreeMap<String, Variables>,
         now_ms: u64,
     ) -> Result<u64, AppError> {
-        if functions.is_empty() {
-            return Err(AppError::Empty);
-        }
-        if functions.len() > MAX_MEMBERS {
-            return Err(AppError::TooManyMembers(functions.len()));
-        }
+        check_members(functions.len())?;
         self.latest_version += 1;
         self.versions.push(AppVersion {
             version: self.latest_version,
             functions,
             vars,
+            member_vars,
             created_at_ms: now_ms,
         });
         self.updated_at_ms = now_ms;
@@ -260,14 +262,21 @@ impl AppRecord {
         Ok(())
     }
 
-    /// Ends the canary of `version` as judged: promoted (it goes live) or
-    /// rolled back (live keeps all traffic), with the reason kept. False:
-    /// no such canary runs any more (a move raced the verdict).
-    pub fn end_canary(&mut self, version: u64, promote: bool, reason: &str, now_ms: u64) -> bool {
-        let Some(split) = self
-            .split
-            .filter(|s| s.version == version && s.canary.is_some())
-        else {
+    /// Ends the canary of `version` started at `started_at_ms` as judged:
+    /// promoted (it goes live) or rolled back (live keeps all traffic),
+    /// with the reason kept. False: no such canary runs any more (a move,
+    /// or a new canary of the same version, raced the verdict).
+    pub fn end_canary(
+        &mut self,
+        version: u64,
+        started_at_ms: u64,
+        promote: bool,
+        reason: &str,
+        now_ms: u64,
+    ) -> bool {
+        let Some(split) = self.split.filter(|s| {
+            s.version == version && s.canary.is_some_and(|c| c.started_at_ms == started_at_ms)
+        }) else {
             return false;
         };
         self.record_canary(split.version, promote_outcome(promote), reason, now_ms);
@@ -305,8 +314,9 @@ impl AppRecord {
         let split = self
             .split
             .ok_or_else(|| AppError::NoSplit(self.name.to_string()))?;
-        if split.canary.is_some() {
-            self.end_canary(split.version, true, "promoted by hand", now_ms);
+        if let Some(canary) = split.canary {
+            let started = canary.started_at_ms;
+            self.end_canary(split.version, started, true, "promoted by hand", now_ms);
             return Ok(split.version);
         }
         self.go_live(split.version, now_ms)?;
@@ -320,8 +330,9 @@ impl AppRecord {
         if to.is_none()
             && let Some(split) = self.split
         {
-            if split.canary.is_some() {
-                self.end_canary(split.version, false, "rolled back by hand", now_ms);
+            if let Some(canary) = split.canary {
+                let started = canary.started_at_ms;
+                self.end_canary(split.version, started, false, "rolled back by hand", now_ms);
             } else {
                 self.split = None;
                 self.updated_at_ms = now_ms;
@@ -383,6 +394,15 @@ impl AppRecord {
     }
 }
 
+/// An application version names between one and [`MAX_MEMBERS`] functions.
+pub fn check_members(count: usize) -> Result<(), AppError> {
+    match count {
+        0 => Err(AppError::Empty),
+        n if n > MAX_MEMBERS => Err(AppError::TooManyMembers(n)),
+        _ => Ok(()),
+    }
+}
+
 fn promote_outcome(promote: bool) -> CanaryOutcome {
     if promote {
         CanaryOutcome::Promoted
@@ -408,7 +428,9 @@ mod tests {
         let functions = [("a".to_string(), active(a)), ("b".to_string(), active(b))]
             .into_iter()
             .collect();
-        let v = app.add_version(functions, Variables::new(), now).unwrap();
+        let v = app
+            .add_version(functions, Variables::new(), BTreeMap::new(), now)
+            .unwrap();
         app.go_live(v, now).unwrap();
         v
     }
@@ -444,7 +466,9 @@ mod tests {
         let mut app = app();
         release(&mut app, 1, 1, 1);
         let functions = [("a".to_string(), active(2))].into_iter().collect();
-        let next = app.add_version(functions, Variables::new(), 2).unwrap();
+        let next = app
+            .add_version(functions, Variables::new(), BTreeMap::new(), 2)
+            .unwrap();
         app.split_to(next, 1000, 2).unwrap();
         assert_eq!(
             app.split_version().map(|(v, s)| (v.version, s)),
@@ -471,17 +495,23 @@ mod tests {
         let mut app = app();
         release(&mut app, 1, 1, 1);
         let functions = [("a".to_string(), active(2))].into_iter().collect();
-        let next = app.add_version(functions, Variables::new(), 2).unwrap();
+        let next = app
+            .add_version(functions, Variables::new(), BTreeMap::new(), 2)
+            .unwrap();
         app.start_canary(next, 1000, 60_000, CanaryPolicy::default(), 2)
             .unwrap();
-        assert!(!app.end_canary(9, true, "not this one", 3));
-        assert!(app.end_canary(next, false, "errors", 3));
-        assert!(!app.end_canary(next, true, "judged twice", 4), "ends once");
+        assert!(!app.end_canary(9, 2, true, "not this one", 3));
+        assert!(!app.end_canary(next, 1, true, "an earlier run's verdict", 3));
+        assert!(app.end_canary(next, 2, false, "errors", 3));
+        assert!(
+            !app.end_canary(next, 2, true, "judged twice", 4),
+            "ends once"
+        );
         assert_eq!((app.live, app.split), (1, None));
         assert_eq!(app.canaries[0].outcome, CanaryOutcome::RolledBack);
         app.start_canary(next, 1000, 60_000, CanaryPolicy::default(), 5)
             .unwrap();
-        assert!(app.end_canary(next, true, "healthy", 6));
+        assert!(app.end_canary(next, 5, true, "healthy", 6));
         assert_eq!((app.live, app.previous), (2, Some(1)));
         app.start_canary(1, 5000, 60_000, CanaryPolicy::default(), 7)
             .unwrap();
@@ -500,7 +530,8 @@ mod tests {
         app.go_live(1, 0).unwrap();
         for n in 2..=(APP_HISTORY as u64 + 10) {
             let functions = [("a".to_string(), active(n))].into_iter().collect();
-            app.add_version(functions, Variables::new(), n).unwrap();
+            app.add_version(functions, Variables::new(), BTreeMap::new(), n)
+                .unwrap();
         }
         assert_eq!(app.versions.len(), APP_HISTORY);
         assert!(app.version(1).is_some(), "the live version is kept");
@@ -509,7 +540,7 @@ mod tests {
             APP_HISTORY as u64 + 10
         );
         assert_eq!(
-            app.add_version(BTreeMap::new(), Variables::new(), 1),
+            app.add_version(BTreeMap::new(), Variables::new(), BTreeMap::new(), 1),
             Err(AppError::Empty)
         );
     }

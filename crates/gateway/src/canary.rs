@@ -121,7 +121,13 @@ async fn judge_apps(
         };
         let ended = registry
             .update_app(&app.tenant, &app.name, false, now_ms, |record| {
-                Ok(record.end_canary(split.version, promote, &reason, now_ms))
+                Ok(record.end_canary(
+                    split.version,
+                    canary.started_at_ms,
+                    promote,
+                    &reason,
+                    now_ms,
+                ))
             })
             .await;
         match ended {

@@ -37,6 +37,8 @@ pub(crate) enum GatewayError {
     /// function's own concurrency limit.
     Refused(Refusal),
     Draining,
+    /// The system's random source failed (a WebSocket connection needs an id).
+    NoRandomness,
     Load {
         function: String,
         error: LoadError,
@@ -124,6 +126,7 @@ impl GatewayError {
             GatewayError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             GatewayError::EventNotStored
             | GatewayError::Draining
+            | GatewayError::NoRandomness
             | GatewayError::Invoke {
                 error: InvokeError::Overloaded,
                 ..
@@ -203,6 +206,13 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is shutting down; retry shortly".to_string(),
             ),
+            GatewayError::NoRandomness => {
+                tracing::error!("the system's random source failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server cannot make a connection id now; retry shortly".to_string(),
+                )
+            }
             GatewayError::Load { function, error } => {
                 tracing::error!(%invocation_id, %function, %error, "could not load function");
                 (

@@ -31,15 +31,21 @@ fn component(release: u32) -> Vec<u8> {
 /// Writes the application `shop` (functions a, b, c, each in its own
 /// folder, built by copying a component in place) for `release`.
 pub(crate) fn write_app(dir: &Path, release: u32) {
+    write_app_of(dir, release, &["a", "b", "c"]);
+}
+
+/// [`write_app`] with these functions only; each also has a variable of
+/// its own, `OWN = "o<release>"`.
+fn write_app_of(dir: &Path, release: u32, functions: &[&str]) {
     let mut toml = format!(
         "[app]\nname = \"shop\"\n\n[env]\nRELEASE = \"{release}\"\n\n[secrets]\nSHARED = \"s3cret-{release}\"\n"
     );
-    for name in ["a", "b", "c"] {
+    for name in functions {
         let folder = dir.join(name);
         std::fs::create_dir_all(&folder).unwrap();
         std::fs::write(folder.join("fn.wasm"), component(release)).unwrap();
         toml.push_str(&format!(
-            "\n[[functions]]\nname = \"{name}\"\nlang = \"rust\"\npublic = true\n[functions.build]\ncommand = \"true\"\nwasm = \"fn.wasm\"\n"
+            "\n[[functions]]\nname = \"{name}\"\nlang = \"rust\"\npublic = true\n[functions.build]\ncommand = \"true\"\nwasm = \"fn.wasm\"\n[functions.env]\nOWN = \"o{release}\"\n"
         ));
     }
     std::fs::write(dir.join("gust.toml"), toml).unwrap();
@@ -122,6 +128,11 @@ async fn an_application_moves_together_and_no_answer_mixes_two_releases() {
     );
     // Back to release 1, all together.
     let rolled = server.gust_json(&["app", "rollback", "shop"]);
+    // A release is a snapshot: each function's own variables went back too.
+    assert_eq!(
+        server.get("/a/chain?name=OWN&next=b,c").await,
+        (200, "o1 o1 o1".into())
+    );
     assert_eq!(
         (rolled["live"].as_u64(), rolled["functions"]["a"].as_u64()),
         (Some(1), Some(1))
@@ -216,6 +227,24 @@ async fn an_application_moves_together_and_no_answer_mixes_two_releases() {
         .collect();
     assert_eq!(keys, ["a", "b", "c"], "{members}");
 
+    // A function of the live release cannot be removed on its own; one
+    // the file no longer names stops being served, and can then go.
+    let refused = server.gust(&["rm", "c"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("live release"));
+    write_app_of(dir.path(), 4, &["a", "b"]);
+    let out = server.gust(&["deploy", "--project", project]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("c of application shop no longer in"));
+    assert_eq!(
+        server.get("/a/chain?name=RELEASE&next=b").await,
+        (200, "4 4".into())
+    );
+    assert_eq!(server.get("/c/").await.0, 404);
     // Removing the application removes its functions.
     let removed = server.gust_json(&["app", "rm", "shop"]);
     assert_eq!(
@@ -223,6 +252,7 @@ async fn an_application_moves_together_and_no_answer_mixes_two_releases() {
         3,
         "{removed}"
     );
+    assert_eq!(server.get("/b/").await.0, 404);
     assert_eq!(server.get("/a/").await.0, 404);
     assert_eq!(server.gust_json(&["ls"]).as_array().unwrap().len(), 0);
     assert_eq!(
@@ -244,6 +274,27 @@ async fn another_tenant_neither_sees_nor_moves_an_application_and_members_stay_i
     assert!(String::from_utf8_lossy(&taken.stderr).contains("belongs to application `shop`"));
     let taken = server.gust(&["app", "release", "other", "b=1"]);
     assert!(String::from_utf8_lossy(&taken.stderr).contains("belongs to application `shop`"));
+    assert_eq!(
+        server.gust_json(&["app", "ls"]).as_array().unwrap().len(),
+        1
+    );
+    // A release by hand keeps the shared variables and secrets.
+    let by_hand = server.gust_json(&["app", "release", "shop", "a=1", "b=1", "c=1"]);
+    assert_eq!(by_hand["version"], 2, "{by_hand}");
+    assert_eq!(
+        server.get("/a/chain?name=SHARED&next=b,c").await,
+        (200, "s3cret-1 s3cret-1 s3cret-1".into())
+    );
+    // Every change is in the tenant's audit log.
+    let audit = server.gust_json(&["audit"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "/v1/apps/shop/releases" && e["status"] == 201),
+        "{audit}"
+    );
 
     server.gust_json(&["tenant", "create", "mallory"]);
     let mallory = server.token_for("mallory", "owner", &[]);

@@ -70,19 +70,10 @@ impl Apps {
     }
 }
 
-/// Whether `app` serves `function`'s plain URL now: it is in the live
-/// version or the split's. (One only in the previous version is served by
-/// its own record.)
-pub(super) fn serves(app: &AppRecord, function: &str) -> bool {
-    app.live_version()
-        .into_iter()
-        .chain(app.split_version().map(|(v, _)| v))
-        .any(|v| v.functions.contains_key(function))
-}
-
 /// A member's variables in one application version: the application's
-/// shared ones, the function's own over them; secrets opened (one that does
-/// not open is left out, and said so in the log).
+/// shared ones, the function's own (as they were at the release) over
+/// them; secrets opened (one that does not open is left out, and said so
+/// in the log).
 pub(super) fn opened_vars(
     record: &FunctionRecord,
     app: &AppRecord,
@@ -90,12 +81,16 @@ pub(super) fn opened_vars(
     secrets: &SecretBox,
 ) -> Arc<[(String, String)]> {
     let mut vars = Vec::new();
+    let own_vars = version
+        .member_vars
+        .get(record.name.as_str())
+        .unwrap_or(&record.vars);
     let shared = version
         .vars
         .iter()
-        .filter(|(name, _)| !record.vars.contains_key(*name))
+        .filter(|(name, _)| !own_vars.contains_key(*name))
         .map(|(name, value)| (name, value, true));
-    let own = record.vars.iter().map(|(name, value)| (name, value, false));
+    let own = own_vars.iter().map(|(name, value)| (name, value, false));
     let mut all: Vec<_> = shared.chain(own).collect();
     all.sort_by(|a, b| a.0.cmp(b.0));
     for (name, value, from_app) in all {
@@ -147,6 +142,16 @@ impl super::Catalog {
                 let Some(served) = functions.get(&member) else {
                     continue;
                 };
+                // Only a function in both releases is compared.
+                let in_both = [app.live, split.version].iter().all(|v| {
+                    served
+                        .app_versions
+                        .iter()
+                        .any(|l| l.app.as_ref().is_some_and(|t| t.version == *v))
+                });
+                if !in_both {
+                    continue;
+                }
                 for loaded in &served.app_versions {
                     let Some(tag) = loaded.app.as_ref().filter(|t| *t.app == **key) else {
                         continue;

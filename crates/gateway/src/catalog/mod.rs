@@ -276,7 +276,9 @@ impl Served {
         secrets: &SecretBox,
         members: &Arc<dyn Membership>,
     ) -> Option<Served> {
-        let app = app.filter(|a| apps::serves(a, record.name.as_str()));
+        // An application that ever named this function serves it (one
+        // about to join, named by none yet, still serves its own `live`).
+        let app = app.filter(|a| a.members().contains(record.name.as_str()));
         let activity = old.map_or_else(
             || Arc::new(Activity::new(crate::scaling::clock_us())),
             |o| o.live.activity.clone(),
@@ -367,16 +369,29 @@ impl Served {
                 let split = app
                     .split
                     .and_then(|s| at(s.version).map(|l| (l, s.basis_points)));
-                let (live, split) = match (at(app.live), split) {
-                    (Some(live), split) => (live, split),
-                    // New in the split's version: only that version has it.
-                    (None, split) => (split?.0, None),
+                let live = match (at(app.live), split) {
+                    (Some(live), split) => {
+                        aliases.push(AliasTargets {
+                            name: deploy::LIVE.into(),
+                            target: live.clone(),
+                            split,
+                        });
+                        live
+                    }
+                    // New in the split's release: only that release has it.
+                    (None, Some((only, _))) => {
+                        aliases.push(AliasTargets {
+                            name: deploy::LIVE.into(),
+                            target: only.clone(),
+                            split: None,
+                        });
+                        only
+                    }
+                    // Dropped from the application: its plain URL serves
+                    // nothing; requests still on the release before finish
+                    // their calls to it.
+                    (None, None) => app_versions.first()?.clone(),
                 };
-                aliases.push(AliasTargets {
-                    name: deploy::LIVE.into(),
-                    target: live.clone(),
-                    split,
-                });
                 (live, None)
             }
             None => {

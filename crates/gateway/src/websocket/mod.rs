@@ -290,7 +290,7 @@ pub(crate) async fn accept(
         quota,
     )?;
     let Some(conn_id) = connection_id() else {
-        return Err(GatewayError::Draining);
+        return Err(GatewayError::NoRandomness);
     };
     let upgrade = hyper::upgrade::on(&mut request);
     let target = Target {

@@ -76,36 +76,62 @@ impl Registry {
 
     /// Releases a new version of application `name` (created on its first
     /// release) made of `members` (function → version, each function joining
-    /// the application) and `vars`, live or as a split as `how` says: one
-    /// compare-and-set on the application's record, so every member moves
-    /// at once. A function that belongs to another application is refused.
+    /// the application) and `vars` (`None`: the live release's), live or as
+    /// a split as `how` says: one compare-and-set on the application's
+    /// record, so every member moves at once. Each member's own variables
+    /// are taken into the release. Everything is checked before any
+    /// function joins: a function that belongs to another application, or
+    /// a version that does not exist, changes nothing.
     pub async fn release_app(
         &self,
         tenant: &TenantId,
         name: &FunctionName,
         members: &BTreeMap<FunctionName, u64>,
-        vars: Variables,
+        vars: Option<Variables>,
         how: ReleaseAs,
         now_ms: u64,
     ) -> Result<AppRelease, RegistryError> {
+        gust_core::app::check_members(members.len())?;
         let mut functions = BTreeMap::new();
         for (function, version) in members {
             let active = self.servable(tenant, function, *version).await?;
-            self.update(tenant, function, |record| match record.app.as_deref() {
-                Some(other) if other != name.as_str() => Err(RegistryError::Refused(format!(
+            if let Some(record) = self.function(tenant, function).await?
+                && let Some(other) = record.app.as_deref().filter(|o| *o != name.as_str())
+            {
+                return Err(RegistryError::Refused(format!(
                     "function `{function}` belongs to application `{other}`; remove it there first"
-                ))),
-                _ => {
-                    record.app = Some(name.to_string());
-                    Ok(())
-                }
-            })
-            .await?;
+                )));
+            }
             functions.insert(function.to_string(), active);
+        }
+        // Members join before the release names them, so that the data
+        // plane has each one's record when the release arrives.
+        let mut member_vars = BTreeMap::new();
+        for function in members.keys() {
+            let (record, (), _) = self
+                .update(tenant, function, |record| match record.app.as_deref() {
+                    Some(other) if other != name.as_str() => Err(RegistryError::Refused(format!(
+                        "function `{function}` belongs to application `{other}`; remove it there first"
+                    ))),
+                    _ => {
+                        record.app = Some(name.to_string());
+                        Ok(())
+                    }
+                })
+                .await?;
+            member_vars.insert(function.to_string(), record.vars);
         }
         let (app, version, revision) = self
             .update_app(tenant, name, true, now_ms, |app| {
-                let version = app.add_version(functions.clone(), vars.clone(), now_ms)?;
+                let vars = match &vars {
+                    Some(vars) => vars.clone(),
+                    None => app
+                        .live_version()
+                        .map(|v| v.vars.clone())
+                        .unwrap_or_default(),
+                };
+                let version =
+                    app.add_version(functions.clone(), vars, member_vars.clone(), now_ms)?;
                 match how {
                     ReleaseAs::Live => app.go_live(version, now_ms)?,
                     // The first release: there is nothing to compare with.
@@ -170,22 +196,17 @@ impl Registry {
         .into())
     }
 
-    /// The functions that belong to an application: those that joined it,
-    /// and those its versions name that belong to none.
+    /// The functions that belong to an application (they joined it).
     pub async fn app_members(
         &self,
         tenant: &TenantId,
         app: &AppRecord,
     ) -> Result<Vec<FunctionName>, RegistryError> {
-        let named = app.members();
         Ok(self
             .functions(tenant)
             .await?
             .into_iter()
-            .filter(|r| match r.app.as_deref() {
-                Some(owner) => owner == app.name.as_str(),
-                None => named.contains(r.name.as_str()),
-            })
+            .filter(|r| r.app.as_deref() == Some(app.name.as_str()))
             .map(|r| r.name)
             .collect())
     }
