@@ -538,14 +538,17 @@ async fn inject(
             mark("gust node c reconnected".into());
         }
         Scenario::S6 => {
+            // The events stream's leader by default; `GUST_CHAOS_S6_STREAM=DATA`
+            // cuts off the KV stream's instead (CHAOS.md).
+            let stream = std::env::var("GUST_CHAOS_S6_STREAM").unwrap_or_else(|_| "QUEUES".into());
             sleep_until(at(0.25)).await;
             let leader = world
-                .stream_leader("QUEUES")
+                .stream_leader(&stream)
                 .await
-                .context("no QUEUES leader")?;
+                .with_context(|| format!("no {stream} leader"))?;
             world.partition_nats(leader, true);
             mark(format!(
-                "NATS {} (the QUEUES leader) partitioned from the others",
+                "NATS {} (the {stream} leader) partitioned from the others",
                 world.nats.nodes[leader].name
             ));
             tokio::time::sleep(Duration::from_secs(3)).await;
