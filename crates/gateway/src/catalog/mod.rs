@@ -462,6 +462,7 @@ impl Served {
     /// `gust_core::deploy::takes_split`); `None`: no such alias. The
     /// client's key and the random draw are asked for only when the alias
     /// is split, so an unsplit alias costs the request nothing.
+    #[inline]
     pub fn pick(
         &self,
         alias: &str,
@@ -586,11 +587,13 @@ impl Catalog {
         });
     }
 
+    #[inline]
     pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Served>> {
         self.get_key(&route_key(tenant, name))
     }
 
     /// The function `<tenant>/<name>`.
+    #[inline]
     fn get_key(&self, key: &str) -> Option<Arc<Served>> {
         self.functions
             .read()

@@ -87,6 +87,7 @@ impl Catalog {
     /// Where a request for `host` and `path_and_query` goes: a claimed
     /// host first (and then nothing else), then a function named in the path (`/<name>[:alias]/…`,
     /// `/@<tenant>/…`), then a claimed path prefix.
+    #[inline]
     pub fn resolve<'p>(&self, host: &str, path_and_query: &'p str) -> Resolved<'p> {
         if self.tenant_domain.is_some()
             && let Some(tenant) = self.tenant_origin(host)
