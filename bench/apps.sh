@@ -64,8 +64,8 @@ echo "| target | req/s | p50 ms | p99 ms |"
 echo "|---|---:|---:|---:|"
 for round in $(seq "$ROUNDS"); do
   row "round $round: hello" "http://127.0.0.1:$PORT/hello"
-  [ -n "${BASELINE:-}" ] && row "round $round: hello, baseline build" "http://127.0.0.1:$B_PORT/hello"
+  if [ -n "${BASELINE:-}" ]; then row "round $round: hello, baseline build" "http://127.0.0.1:$B_PORT/hello"; fi
   row "round $round: chain through an application" "http://127.0.0.1:$PORT/a/chain?name=X&next=b,c"
   row "round $round: chain through plain functions" "http://127.0.0.1:$PORT/pa/chain?name=X&next=pb,pc"
-  [ -n "${BASELINE:-}" ] && row "round $round: chain through plain functions, baseline build" "http://127.0.0.1:$B_PORT/pa/chain?name=X&next=pb,pc"
+  if [ -n "${BASELINE:-}" ]; then row "round $round: chain through plain functions, baseline build" "http://127.0.0.1:$B_PORT/pa/chain?name=X&next=pb,pc"; fi
 done
