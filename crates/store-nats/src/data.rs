@@ -10,6 +10,22 @@
 //! - `<ns>.datausage.<encoded owner>`: the owner's [`OwnerRecord`] (keys,
 //!   bytes, last revision) after each write.
 //! - `<ns>.datatrim`: how far the feed was trimmed.
+//! - `<ns>.datafence`: read fences (below); each rolls up the last.
+//!
+//! ## A read is fenced
+//! The stream leader answers a read, but a leader cut off from the others
+//! goes on answering for 10–20 s (NATS checks neither quorum nor term on a
+//! message get; `CHAOS.md`), and after a partition heals it answers until
+//! the new leader reaches it: a read there can return a value already
+//! overwritten. So a read of a key whose last message has sequence S (0:
+//! none) is confirmed by a fence: a message to `<ns>.datafence` with
+//! `Nats-Expected-Last-Subject-Sequence: S` for the key's subject
+//! (`…-Subject`, NATS 2.11+), which only the quorum's leader acknowledges,
+//! after commit. Acknowledged: the value was current at a point within the
+//! read. Refused (`wrong last sequence`): the key moved; read again. Never
+//! acknowledged (a leader without quorum): the read fails as unavailable.
+//! `get_many` is not fenced yet (its owners' fences starve under steady
+//! writes; `CHAOS.md`).
 //!
 //! ## One apply is one atomic batch
 //! [`DataStore::apply`] reads the owners' records and the keys' last
@@ -40,7 +56,8 @@
 //! tombstone goes), and each touched owner's older records.
 //!
 //! ## Costs
-//! `get` one request to the stream leader; `get_many` one per key and two
+//! `get` one request to the stream leader and one fence (a replicated
+//! write); `get_many` one per key and two
 //! per owner (it reads the owners' records before and after the keys, and
 //! again if one changed, so that the values are of one point in time);
 //! `apply` one read per owner and per key, then a batch; `keys` streams
@@ -73,6 +90,11 @@ use crate::{
 };
 
 /// Marks a tombstone (a deleted key).
+/// Makes a publish conditional on another subject's last sequence (NATS 2.11+).
+const EXPECTED_SUBJECT_HEADER: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+/// Reads of a key that moved under its fence before the read fails.
+const FENCE_ATTEMPTS: usize = 10;
+
 const OP_HEADER: &str = "Gust-Op";
 const OP_DELETE: &str = "del";
 /// The key's revision, numbered per owner.
@@ -114,6 +136,7 @@ pub(crate) struct DataState {
     data_base: String,
     usage_base: String,
     trim_subject: String,
+    fence_subject: String,
     feed: Arc<Feed>,
 }
 
@@ -138,6 +161,7 @@ pub(crate) async fn open(
     let data_base = format!("{ns}.data");
     let usage_base = format!("{ns}.datausage");
     let trim_subject = format!("{ns}.datatrim");
+    let fence_subject = format!("{ns}.datafence");
     let mut config = durable_stream(
         options,
         "DATA",
@@ -145,9 +169,11 @@ pub(crate) async fn open(
             format!("{data_base}.>"),
             format!("{usage_base}.>"),
             trim_subject.clone(),
+            fence_subject.clone(),
         ],
     );
     config.allow_atomic_publish = true;
+    config.allow_rollup = true;
     let stream = ensure_stream(js, config).await?;
     let last = Arc::new(watch::channel(0).0);
     let follower = tokio::spawn(follow(
@@ -161,6 +187,7 @@ pub(crate) async fn open(
         data_base,
         usage_base,
         trim_subject,
+        fence_subject,
         feed: Arc::new(Feed { last, follower }),
     })
 }
@@ -280,17 +307,81 @@ impl DataState {
         }
     }
 
-    /// The key's entry now (`None`: absent or deleted).
-    async fn entry(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+    /// The key's entry now (`None`: absent or deleted), and the sequence
+    /// of the message it was read from (0: none).
+    async fn entry_at(&self, key: &str) -> Result<(Option<Entry>, u64), StoreError> {
         let Some(message) = self.last(&self.key_subject(key)).await? else {
-            return Ok(None);
+            return Ok((None, 0));
         };
+        let seq = message.sequence;
         let stored = self.parse(&message.subject, Some(&message.headers), message.payload)?;
-        Ok(stored.value.map(|value| Entry {
+        let entry = stored.value.map(|value| Entry {
             key: stored.key,
             value,
             revision: stored.revision,
-        }))
+        });
+        Ok((entry, seq))
+    }
+
+    /// The key's entry now (`None`: absent or deleted), unfenced: for
+    /// decisions a conditional write confirms anyway.
+    async fn entry(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        Ok(self.entry_at(key).await?.0)
+    }
+
+    /// Whether `subject`'s last message is still `seq` (0: none) at a
+    /// point the stream's quorum agreed on (see "A read is fenced").
+    async fn fence(
+        &self,
+        js: &jetstream::Context,
+        subject: &str,
+        seq: u64,
+    ) -> Result<bool, StoreError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            seq.to_string().as_str(),
+        );
+        headers.insert(EXPECTED_SUBJECT_HEADER, subject);
+        headers.insert("Nats-Rollup", "sub");
+        let sent = js
+            .publish_with_headers(self.fence_subject.clone(), headers, Bytes::new())
+            .await
+            .map_err(backend)?;
+        match sent.await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                // Moved (10071), or a write of it in flight (10164): read again.
+                let code = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<jetstream::Error>())
+                    .map(|j| j.error_code().0);
+                if matches!(code, Some(10071 | 10164)) {
+                    Ok(false)
+                } else {
+                    Err(backend(e))
+                }
+            }
+        }
+    }
+
+    /// The key's entry, confirmed current by a fence (read again while the
+    /// key moves under it).
+    async fn fenced_entry(
+        &self,
+        js: &jetstream::Context,
+        key: &str,
+    ) -> Result<Option<Entry>, StoreError> {
+        let subject = self.key_subject(key);
+        for attempt in 1..=FENCE_ATTEMPTS {
+            let (entry, seq) = self.entry_at(key).await?;
+            if self.fence(js, &subject, seq).await? {
+                return Ok(entry);
+            }
+            crate::back_off(attempt).await;
+        }
+        Err(StoreError::Unavailable(format!(
+            "`{key}` kept changing while being read; try again"
+        )))
     }
 
     /// The owner's record and the sequence of the message holding it (0:
@@ -528,7 +619,7 @@ fn check_allowance(
 #[async_trait]
 impl DataStore for NatsStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.data.entry(key).await
+        self.data.fenced_entry(&self.js, key).await
     }
 
     async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Entry>>, StoreError> {

@@ -310,6 +310,8 @@ async fn try_ensure_stream(
             if info.config.allow_direct != config.allow_direct
                 || info.config.num_replicas != config.num_replicas
                 || info.config.allow_atomic_publish != config.allow_atomic_publish
+                || info.config.allow_rollup != config.allow_rollup
+                || info.config.subjects != config.subjects
             {
                 js.update_stream(config.clone()).await.map_err(backend)?;
                 return js.get_stream(&config.name).await.map_err(backend);

@@ -282,9 +282,9 @@ async fn a_trim_purges_what_it_superseded_and_keeps_last_values() {
         ["t/k/a", "t/k/n"]
     );
     // Left: t/k/a's last two values (one after the range), t/k/n's,
-    // the owner's last record, the trim mark.
+    // the owner's last record, the trim mark, the last read fence.
     let info = store.data.stream.clone().info().await.unwrap().clone();
-    assert_eq!(info.state.messages, 5, "{:?}", info.state);
+    assert_eq!(info.state.messages, 6, "{:?}", info.state);
     let usage = store.usage("t").await.unwrap();
     assert_eq!((usage.keys, usage.bytes), (2, (5 + 4) + (5 + 1)));
     // Writing on goes on from the kept state.
