@@ -241,12 +241,7 @@ impl ApiState {
             .registry
             .app(&record.tenant, &app)
             .await?
-            .is_some_and(|a| {
-                a.live_version()
-                    .into_iter()
-                    .chain(a.split_version().map(|(v, _)| v))
-                    .any(|v| v.functions.contains_key(record.name.as_str()))
-            });
+            .is_some_and(|a| a.releases(record.name.as_str()));
         if released {
             return Err(ApiError::Conflict(format!(
                 "function `{}` is in application `{app}`'s live release: release the application without it first (remove it from its gust.toml and deploy), or remove the whole application with `gust app rm {app}`",

@@ -175,11 +175,12 @@ impl AppRecord {
             .collect()
     }
 
-    /// Whether `function` is served through this application now (it is in
-    /// a version the data plane keeps).
-    pub fn serves(&self, function: &str) -> bool {
-        self.served_versions()
-            .iter()
+    /// Whether `function`'s URL serves this application's live release or
+    /// its split's (a function only in the release before is not served).
+    pub fn releases(&self, function: &str) -> bool {
+        self.live_version()
+            .into_iter()
+            .chain(self.split_version().map(|(v, _)| v))
             .any(|v| v.functions.contains_key(function))
     }
 
@@ -475,7 +476,7 @@ mod tests {
             Some((2, 1000))
         );
         // The member absent from the new version stays served through the app.
-        assert!(app.serves("b"));
+        assert!(app.releases("b"));
         assert_eq!(
             app.rollback(None, 3).unwrap(),
             1,
@@ -485,7 +486,7 @@ mod tests {
         app.split_to(next, 1000, 4).unwrap();
         assert_eq!(app.promote(5).unwrap(), 2);
         assert_eq!((app.live, app.previous, app.split), (2, Some(1), None));
-        assert!(!app.serves("c"));
+        assert!(!app.releases("c"));
         assert_eq!(app.split_to(1, 0, 6), Err(AppError::BadShare(0)));
         assert_eq!(app.promote(6), Err(AppError::NoSplit("shop".into())));
     }
