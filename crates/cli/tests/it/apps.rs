@@ -285,6 +285,38 @@ async fn another_tenant_neither_sees_nor_moves_an_application_and_members_stay_i
         server.get("/a/chain?name=SHARED&next=b,c").await,
         (200, "s3cret-1 s3cret-1 s3cret-1".into())
     );
+    // Bad releases are refused whole with 400 and a reason.
+    let too_many: serde_json::Map<String, serde_json::Value> = (0..65)
+        .map(|i| (format!("f{i}"), serde_json::json!(1)))
+        .collect();
+    for (body, says) in [
+        (serde_json::json!({"functions": {}}), "name the functions"),
+        (serde_json::json!({"functions": too_many}), "at most 64"),
+        (
+            serde_json::json!({"functions": {"a": 1}, "canary_percent": 0}),
+            "above 0%",
+        ),
+        (
+            serde_json::json!({"functions": {"a": 1}, "canary_percent": 10, "canary_window_ms": 10}),
+            "between 1s and 24h",
+        ),
+        (
+            serde_json::json!({"functions": {"a": 1}, "canary_window_ms": 5000}),
+            "goes with `canary_percent`",
+        ),
+    ] {
+        let answer = server
+            .http
+            .post(format!("{}/v1/apps/shop/releases", server.api))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        let text = answer.text().await.unwrap();
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(says), "{body}: {text}");
+    }
     // Every change is in the tenant's audit log.
     let audit = server.gust_json(&["audit"]);
     assert!(
