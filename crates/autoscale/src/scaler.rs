@@ -58,11 +58,18 @@ pub struct Demand {
 }
 
 /// One function's scaler: the recent observations and the panic state.
+///
+/// Only ticks with demand are kept (a tick without is zero in every
+/// average), each with its own start: a function that sits idle, as most
+/// of ten thousand do, holds no observations at all.
 #[derive(Debug, Clone, Default)]
 pub struct Scaler {
-    /// (tick end in ms, average concurrency during that tick), oldest first.
-    observed: VecDeque<(u64, f64)>,
+    /// (tick start ms, tick end ms, average concurrency during it), oldest
+    /// first; never a zero.
+    observed: VecDeque<(u64, u64, f64)>,
     first_ms: Option<u64>,
+    /// The end of the last tick observed.
+    last_ms: Option<u64>,
     panic_since_ms: Option<u64>,
     panic_peak: u32,
 }
@@ -82,13 +89,21 @@ impl Scaler {
         } else {
             0.0
         };
-        self.observed.push_back((now_ms, concurrency));
         let first = *self
             .first_ms
             .get_or_insert(now_ms.saturating_sub(config.tick_ms));
+        let start = self.last_ms.unwrap_or(first).min(now_ms);
+        self.last_ms = Some(now_ms);
+        if concurrency > 0.0 {
+            self.observed.push_back((start, now_ms, concurrency));
+        }
         let horizon = now_ms.saturating_sub(config.stable_window_ms);
-        while self.observed.front().is_some_and(|(t, _)| *t <= horizon) {
+        while self.observed.front().is_some_and(|(_, t, _)| *t <= horizon) {
             self.observed.pop_front();
+        }
+        if self.observed.is_empty() && self.observed.capacity() > 0 {
+            // Demand is over: its memory goes back too.
+            self.observed = VecDeque::new();
         }
         let stable = self.average(now_ms, config.stable_window_ms, first);
         let panic = self.average(now_ms, config.panic_window_ms, first);
@@ -136,17 +151,12 @@ impl Scaler {
     fn average(&self, now_ms: u64, window_ms: u64, first_ms: u64) -> f64 {
         let span = window_ms.min(now_ms.saturating_sub(first_ms)).max(1);
         let from = now_ms.saturating_sub(span);
-        let mut weighted = 0.0;
-        let mut previous = from;
-        for &(end, value) in &self.observed {
-            if end <= from {
-                previous = end;
-                continue;
-            }
-            let start = previous.max(from);
-            weighted += value * (end.saturating_sub(start)) as f64;
-            previous = end;
-        }
+        let weighted: f64 = self
+            .observed
+            .iter()
+            .filter(|(_, end, _)| *end > from)
+            .map(|&(start, end, value)| value * end.saturating_sub(start.max(from)) as f64)
+            .sum();
         weighted / span as f64
     }
 }
@@ -261,5 +271,30 @@ mod tests {
         let mut s = Scaler::default();
         assert_eq!(s.decide(&c, 1000, f64::NAN, 0).instances, 0);
         assert_eq!(s.decide(&c, 2000, -4.0, 0).instances, 0);
+    }
+
+    #[test]
+    fn idle_ticks_hold_nothing_and_still_count_as_zero() {
+        let c = ScalerConfig::default();
+        let mut s = Scaler::default();
+        feed(&mut s, &c, 0, 60, 0.0, 0);
+        assert_eq!(
+            s.observed.capacity(),
+            0,
+            "an idle function keeps no observations"
+        );
+        // One busy tick among idle ones: the averages weigh it by its width.
+        let d = s.decide(&c, 61_000, 6.0, 0);
+        assert!((d.stable - 0.1).abs() < 1e-9, "{}", d.stable);
+        assert!((d.panic - 1.0).abs() < 1e-9, "{}", d.panic);
+        let d = feed(&mut s, &c, 61, 5, 0.0, 1);
+        assert!((d.panic - 1.0).abs() < 1e-9, "{}", d.panic);
+        let d = feed(&mut s, &c, 66, 1, 0.0, 1);
+        assert_eq!(d.panic, 0.0, "the busy tick has left the panic window");
+        // A tick observed late spans the whole gap since the last one.
+        let d = s.decide(&c, 70_000, 3.0, 1);
+        assert!((d.panic - 1.5).abs() < 1e-9, "3 over 3 s of 6: {}", d.panic);
+        feed(&mut s, &c, 70, 61, 0.0, 1);
+        assert_eq!(s.observed.capacity(), 0, "demand gone, memory gone");
     }
 }
