@@ -101,9 +101,15 @@ struct FunctionScale {
 }
 
 /// Scaling state of every function, and the clock activities count in.
+///
+/// A tick walks every function holding `functions`; a request never waits
+/// for it: a cold start is noted in `cold` (a short lock) and applied by
+/// the next tick or status read.
 pub(crate) struct Autoscaler {
     config: ScaleConfig,
     functions: Mutex<HashMap<String, FunctionScale>>,
+    /// Cold starts not yet applied: (function key, when in ms).
+    cold: Mutex<Vec<(String, u64)>>,
     pre_warms: AtomicU64,
     unloads: AtomicU64,
     pub cold_starts: AtomicU64,
@@ -114,6 +120,7 @@ impl Autoscaler {
         Self {
             config,
             functions: Mutex::default(),
+            cold: Mutex::default(),
             pre_warms: AtomicU64::new(0),
             unloads: AtomicU64::new(0),
             cold_starts: AtomicU64::new(0),
@@ -128,7 +135,20 @@ impl Autoscaler {
     /// the next tick, the last decision says so (one instance, in flight).
     pub fn cold_start(&self, loaded: &Loaded) {
         self.cold_starts.fetch_add(1, Ordering::Relaxed);
-        if let Some(f) = self.lock().get_mut(&loaded.key()) {
+        self.cold
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((loaded.key(), crate::now_ms()));
+    }
+
+    /// The scaling state, with the cold starts noted since it was last read.
+    fn functions(&self) -> std::sync::MutexGuard<'_, HashMap<String, FunctionScale>> {
+        let mut functions = self.lock();
+        let cold = std::mem::take(&mut *self.cold.lock().unwrap_or_else(|p| p.into_inner()));
+        for (key, at_ms) in cold {
+            let Some(f) = functions.get_mut(&key) else {
+                continue;
+            };
             f.warm = true;
             let desired = f.decision.as_mut().map_or(1, |d| {
                 d.desired = d.desired.max(1);
@@ -138,7 +158,7 @@ impl Autoscaler {
             push(
                 &mut f.history,
                 ScaleEvent {
-                    at_ms: crate::now_ms(),
+                    at_ms,
                     desired,
                     warm: true,
                     reason: Reason::InFlight.as_str().into(),
@@ -146,17 +166,20 @@ impl Autoscaler {
                 },
             );
         }
+        functions
     }
 
-    /// Decides every function's scaling once and acts on it.
-    fn tick(&self, catalog: &Catalog, runtime: &Runtime, blobs: &Arc<dyn BlobStore>) {
+    /// Decides every function's scaling once and acts on it; how many
+    /// functions it unloaded.
+    fn tick(&self, catalog: &Catalog, runtime: &Runtime, blobs: &Arc<dyn BlobStore>) -> u64 {
         let all = catalog.all();
         let now_ms = crate::now_ms();
         let (weekday, minute_of_day) = gust_core::time::weekday_and_minute(now_ms);
         let now_us = clock_us();
         let node = &self.config.node;
         let keys: Vec<String> = all.iter().map(|s| s.live.key()).collect();
-        let mut functions = self.lock();
+        let mut functions = self.functions();
+        let mut unloads = 0;
         if functions.len() > all.len() || keys.iter().any(|k| !functions.contains_key(k)) {
             let live: std::collections::HashSet<&String> = keys.iter().collect();
             functions.retain(|key, _| live.contains(key));
@@ -198,6 +221,7 @@ impl Autoscaler {
                     unloaded |= r.unload();
                 }
                 if unloaded {
+                    unloads += 1;
                     self.unloads.fetch_add(1, Ordering::Relaxed);
                     action = Some(Action::Unloaded);
                 }
@@ -239,13 +263,14 @@ impl Autoscaler {
             f.warm = warm_now;
             f.decision = Some(decision);
         }
+        unloads
     }
 
     /// `<tenant>/<function>`'s scaling, if it is deployed.
     pub fn status(&self, catalog: &Catalog, tenant: &str, name: &str) -> Option<ScaleStatus> {
         let loaded = catalog.get(tenant, name)?.live.clone();
         let reading = loaded.activity.read(clock_us());
-        let functions = self.lock();
+        let functions = self.functions();
         let f = functions.get(&loaded.key());
         let decision = f.and_then(|f| f.decision);
         Some(ScaleStatus {
@@ -273,7 +298,7 @@ impl Autoscaler {
 
     pub fn stats(&self, catalog: &Catalog) -> ScaleStats {
         let all = catalog.all();
-        let functions = self.lock();
+        let functions = self.functions();
         let mut stats = ScaleStats {
             functions: all.len() as u64,
             pre_warms: self.pre_warms.load(Ordering::Relaxed),
@@ -309,7 +334,16 @@ fn push(history: &mut VecDeque<ScaleEvent>, event: ScaleEvent) {
     history.push_back(event);
 }
 
-/// Runs the autoscaler's ticks until the process ends.
+/// The least time between two trims of the allocator.
+const TRIM_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the autoscaler's ticks until the process ends. A tick walks every
+/// function (tens of milliseconds at ten thousand): it runs on the
+/// blocking pool, never on a thread that serves requests.
+///
+/// What unloaded functions leave is given back to the system (at most
+/// every [`TRIM_EVERY`]): glibc would keep the freed pages, and a node of
+/// ten thousand idle functions would hold three times the memory they use.
 pub(crate) async fn drive(
     scaler: Arc<Autoscaler>,
     catalog: Arc<Catalog>,
@@ -318,8 +352,37 @@ pub(crate) async fn drive(
 ) {
     let mut ticks = tokio::time::interval(scaler.config.tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut untrimmed = 0u64;
+    let mut trimmed = Instant::now();
     loop {
         ticks.tick().await;
-        scaler.tick(&catalog, &runtime, &blobs);
+        let (scaler, catalog, runtime, blobs) = (
+            scaler.clone(),
+            catalog.clone(),
+            runtime.clone(),
+            blobs.clone(),
+        );
+        let trim = untrimmed > 0 && trimmed.elapsed() >= TRIM_EVERY;
+        let tick = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let unloads = scaler.tick(&catalog, &runtime, &blobs);
+            let took = started.elapsed();
+            if trim {
+                gust_net::trim_allocator();
+            }
+            (unloads, took, started.elapsed() - took)
+        });
+        match tick.await {
+            Ok((unloads, took, trim_took)) => {
+                if trim {
+                    untrimmed = 0;
+                    trimmed = Instant::now();
+                    tracing::debug!(took_us = trim_took.as_micros() as u64, "allocator trimmed");
+                }
+                untrimmed += unloads;
+                tracing::trace!(took_us = took.as_micros() as u64, unloads, "scale tick");
+            }
+            Err(e) => tracing::error!(error = %e, "a scale tick failed"),
+        }
     }
 }

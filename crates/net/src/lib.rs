@@ -149,7 +149,10 @@ impl Drop for Slot {
     }
 }
 
-fn trim_allocator() {
+/// Gives the allocator's free memory back to the system (glibc keeps the
+/// pages of freed blocks otherwise: after many connections, or after the
+/// scaler unloaded functions). Blocking: walks every arena.
+pub fn trim_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: malloc_trim only returns free heap memory to the system.
