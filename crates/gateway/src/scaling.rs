@@ -334,16 +334,27 @@ fn push(history: &mut VecDeque<ScaleEvent>, event: ScaleEvent) {
     history.push_back(event);
 }
 
-/// The least time between two trims of the allocator.
-const TRIM_EVERY: Duration = Duration::from_secs(5);
+/// The least time between two trims of the allocator, and the most while
+/// functions are still being unloaded.
+const TRIM_AT_MOST: Duration = Duration::from_secs(1);
+const TRIM_AT_LEAST: Duration = Duration::from_secs(5);
+
+/// Whether to trim the allocator now: `untrimmed` functions unloaded
+/// since the last trim, `since` ago; `unloading`: the last tick unloaded some.
+fn time_to_trim(untrimmed: u64, unloading: bool, since: Duration) -> bool {
+    untrimmed > 0 && since >= TRIM_AT_MOST && (!unloading || since >= TRIM_AT_LEAST)
+}
 
 /// Runs the autoscaler's ticks until the process ends. A tick walks every
 /// function (tens of milliseconds at ten thousand): it runs on the
 /// blocking pool, never on a thread that serves requests.
 ///
-/// What unloaded functions leave is given back to the system (at most
-/// every [`TRIM_EVERY`]): glibc would keep the freed pages, and a node of
-/// ten thousand idle functions would hold three times the memory they use.
+/// What unloaded functions leave is given back to the system once a tick
+/// unloads nothing more (a trim walks the heap: tens of milliseconds at
+/// ten thousand functions, so at most every [`TRIM_AT_MOST`], and every
+/// [`TRIM_AT_LEAST`] while unloads go on): glibc would keep the freed
+/// pages, and a node of ten thousand idle functions would hold 2.5 times
+/// the memory it uses.
 pub(crate) async fn drive(
     scaler: Arc<Autoscaler>,
     catalog: Arc<Catalog>,
@@ -353,6 +364,7 @@ pub(crate) async fn drive(
     let mut ticks = tokio::time::interval(scaler.config.tick);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut untrimmed = 0u64;
+    let mut unloading = false;
     let mut trimmed = Instant::now();
     loop {
         ticks.tick().await;
@@ -362,7 +374,7 @@ pub(crate) async fn drive(
             runtime.clone(),
             blobs.clone(),
         );
-        let trim = untrimmed > 0 && trimmed.elapsed() >= TRIM_EVERY;
+        let trim = time_to_trim(untrimmed, unloading, trimmed.elapsed());
         let tick = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let unloads = scaler.tick(&catalog, &runtime, &blobs);
@@ -380,9 +392,25 @@ pub(crate) async fn drive(
                     tracing::debug!(took_us = trim_took.as_micros() as u64, "allocator trimmed");
                 }
                 untrimmed += unloads;
+                unloading = unloads > 0;
                 tracing::trace!(took_us = took.as_micros() as u64, unloads, "scale tick");
             }
             Err(e) => tracing::error!(error = %e, "a scale tick failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allocator_is_trimmed_once_unloads_settle_and_never_more_than_once_a_second() {
+        let ms = Duration::from_millis;
+        assert!(!time_to_trim(0, false, ms(60_000)), "nothing unloaded");
+        assert!(time_to_trim(3, false, ms(1_000)), "unloads are over");
+        assert!(!time_to_trim(3, false, ms(999)), "trimmed a moment ago");
+        assert!(!time_to_trim(3, true, ms(4_999)), "unloads go on");
+        assert!(time_to_trim(3, true, ms(5_000)), "but not for ever");
     }
 }
