@@ -15,6 +15,7 @@
 # by the first pass).
 #
 #   bench/scaling.sh                  # FUNCTIONS=10000 CALLS=2000 DURATION=5s
+#   GUST=/path/to/an/older/gust bench/scaling.sh   # the same run on another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +30,7 @@ cargo build --release -q -p gust
 cargo build --release -q --target wasm32-wasip2 --manifest-path examples/Cargo.toml -p hello
 cargo build --release -q --manifest-path bench/wave/Cargo.toml
 WAVE=bench/wave/target/release/gust-bench-wave
-GUST=target/release/gust
+GUST=${GUST:-target/release/gust}
 HELLO=examples/target/wasm32-wasip2/release/hello.wasm
 WORK=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
