@@ -127,10 +127,6 @@ impl Autoscaler {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FunctionScale>> {
-        self.functions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Records that a request found its function cold and loaded it: until
     /// the next tick, the last decision says so (one instance, in flight).
     pub fn cold_start(&self, loaded: &Loaded) {
@@ -143,7 +139,7 @@ impl Autoscaler {
 
     /// The scaling state, with the cold starts noted since it was last read.
     fn functions(&self) -> std::sync::MutexGuard<'_, HashMap<String, FunctionScale>> {
-        let mut functions = self.lock();
+        let mut functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
         let cold = std::mem::take(&mut *self.cold.lock().unwrap_or_else(|p| p.into_inner()));
         for (key, at_ms) in cold {
             let Some(f) = functions.get_mut(&key) else {

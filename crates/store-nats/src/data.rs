@@ -89,12 +89,12 @@ use crate::{
     ensure_stream, prefix_filter,
 };
 
-/// Marks a tombstone (a deleted key).
 /// Makes a publish conditional on another subject's last sequence (NATS 2.11+).
 const EXPECTED_SUBJECT_HEADER: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
 /// Reads of a key that moved under its fence before the read fails.
 const FENCE_ATTEMPTS: usize = 10;
 
+/// Marks a tombstone (a deleted key).
 const OP_HEADER: &str = "Gust-Op";
 const OP_DELETE: &str = "del";
 /// The key's revision, numbered per owner.
