@@ -24,8 +24,9 @@
 //! after commit. Acknowledged: the value was current at a point within the
 //! read. Refused (`wrong last sequence`): the key moved; read again. Never
 //! acknowledged (a leader without quorum): the read fails as unavailable.
-//! `get_many` is not fenced yet (its owners' fences starve under steady
-//! writes; `CHAOS.md`).
+//! `get_many` reads every key, then fences every key: each fence confirms
+//! its key unchanged from its read to its fence, so the values held at
+//! once, between the last read and the first fence.
 //!
 //! ## One apply is one atomic batch
 //! [`DataStore::apply`] reads the owners' records and the keys' last
@@ -57,9 +58,7 @@
 //!
 //! ## Costs
 //! `get` one request to the stream leader and one fence (a replicated
-//! write); `get_many` one per key and two
-//! per owner (it reads the owners' records before and after the keys, and
-//! again if one changed, so that the values are of one point in time);
+//! write); `get_many` the same per distinct key, the fences sent together;
 //! `apply` one read per owner and per key, then a batch; `keys` streams
 //! the last message (headers only) of every key under the prefix's whole
 //! segments and sorts them client-side: O(keys under the prefix) per
@@ -364,24 +363,42 @@ impl DataState {
         }
     }
 
-    /// The key's entry, confirmed current by a fence (read again while the
-    /// key moves under it).
-    async fn fenced_entry(
+    /// The keys' entries, confirmed current by fences (read again while a
+    /// key moves under its fence). Every fence is sent after every read,
+    /// and each confirms its key unchanged from its read to its fence: so
+    /// all the values held at once, between the last read and the first
+    /// fence, whichever node read them.
+    async fn fenced_entries(
         &self,
         js: &jetstream::Context,
-        key: &str,
-    ) -> Result<Option<Entry>, StoreError> {
-        let subject = self.key_subject(key);
+        keys: &[String],
+    ) -> Result<Vec<Option<Entry>>, StoreError> {
         for attempt in 1..=FENCE_ATTEMPTS {
-            let (entry, seq) = self.entry_at(key).await?;
-            if self.fence(js, &subject, seq).await? {
-                return Ok(entry);
+            let read =
+                futures_util::future::try_join_all(keys.iter().map(|k| self.entry_at(k))).await?;
+            // A key asked for twice is fenced once.
+            let mut fences: Vec<(String, u64)> = keys
+                .iter()
+                .zip(&read)
+                .map(|(key, (_, seq))| (self.key_subject(key), *seq))
+                .collect();
+            fences.sort_unstable();
+            fences.dedup();
+            let held = futures_util::future::try_join_all(
+                fences
+                    .iter()
+                    .map(|(subject, seq)| self.fence(js, subject, *seq)),
+            )
+            .await?;
+            if held.into_iter().all(|held| held) {
+                return Ok(read.into_iter().map(|(entry, _)| entry).collect());
             }
             crate::back_off(attempt).await;
         }
-        Err(StoreError::Unavailable(format!(
-            "`{key}` kept changing while being read; try again"
-        )))
+        Err(StoreError::Unavailable(match keys {
+            [key] => format!("`{key}` kept changing while being read; try again"),
+            _ => "the keys kept changing while being read; try again".into(),
+        }))
     }
 
     /// The owner's record and the sequence of the message holding it (0:
@@ -619,37 +636,15 @@ fn check_allowance(
 #[async_trait]
 impl DataStore for NatsStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.data.fenced_entry(&self.js, key).await
+        let mut found = self
+            .data
+            .fenced_entries(&self.js, &[key.to_string()])
+            .await?;
+        Ok(found.pop().flatten())
     }
 
     async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Entry>>, StoreError> {
-        let d = &self.data;
-        if keys.len() < 2 {
-            return futures_util::future::try_join_all(keys.iter().map(|k| d.entry(k))).await;
-        }
-        let mut owners: Vec<&str> = keys.iter().map(|k| owner_of(k)).collect();
-        owners.sort_unstable();
-        owners.dedup();
-        let records = || async {
-            futures_util::future::try_join_all(owners.iter().map(|o| d.owner(o)))
-                .await
-                .map(|r| r.into_iter().map(|(seq, _)| seq).collect::<Vec<_>>())
-        };
-        // Every write of a key moves its owner's record: records unchanged
-        // around the reads mean no key changed between them.
-        let mut before = records().await?;
-        for _ in 0..10 {
-            let values =
-                futures_util::future::try_join_all(keys.iter().map(|k| d.entry(k))).await?;
-            let after = records().await?;
-            if after == before {
-                return Ok(values);
-            }
-            before = after;
-        }
-        Err(StoreError::Backend(
-            "the keys kept changing while being read; try again".into(),
-        ))
+        self.data.fenced_entries(&self.js, &keys).await
     }
 
     async fn apply(

@@ -350,3 +350,34 @@ async fn apply_cost() {
         "apply of 1 write: {one:?}; apply of 100 writes: {hundred:?}; get: {get:?} (mean, 3-server loopback cluster, sync always)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fence_holds_only_while_the_key_is_where_it_was_read() {
+    let Some(one) = testkit::store().await else {
+        return;
+    };
+    let other = testkit::store_beside(&one).await;
+    let subject = one.data.key_subject("t/f/k");
+    // Absent: sequence 0 holds until a first write.
+    assert!(one.data.fence(&one.js, &subject, 0).await.unwrap());
+    let put = |v: &'static str| DataWrite::Put {
+        key: "t/f/k".into(),
+        value: Bytes::from_static(v.as_bytes()),
+    };
+    other.apply(vec![put("1")], None).await.unwrap();
+    assert!(!one.data.fence(&one.js, &subject, 0).await.unwrap());
+    let (_, read) = one.data.entry_at("t/f/k").await.unwrap();
+    assert!(one.data.fence(&one.js, &subject, read).await.unwrap());
+    // Another node's write moves the key: the read it made is refused.
+    other.apply(vec![put("2")], None).await.unwrap();
+    assert!(!one.data.fence(&one.js, &subject, read).await.unwrap());
+    let found = one
+        .get_many(vec!["t/f/k".into(), "t/f/k".into(), "t/f/none".into()])
+        .await
+        .unwrap();
+    let values: Vec<_> = found
+        .iter()
+        .map(|e| e.as_ref().map(|e| &e.value[..]))
+        .collect();
+    assert_eq!(values, [Some(&b"2"[..]), Some(&b"2"[..]), None]);
+}
