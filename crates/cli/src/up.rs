@@ -353,6 +353,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Some(_) => Events::new(queues, kv.clone()).in_cluster(members.clone()),
         None => Events::new(queues, kv.clone()),
     };
+    let events = if telemetry.tracing() {
+        events.with_accept_span(Arc::new(gust_gateway::trace::accept_event))
+    } else {
+        events
+    };
     let accounts = Accounts::start(kv.clone()).await?;
     let admin_token = prepare_accounts(&accounts, &args).await?;
     let registry = Registry::new(kv.clone());

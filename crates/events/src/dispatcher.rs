@@ -63,7 +63,9 @@ const NO_CAPACITY_WAIT_MS: u64 = 100;
 /// Runs one attempt of an event; implemented by the data plane.
 #[async_trait]
 pub trait Invoker: Send + Sync + 'static {
-    async fn deliver(&self, envelope: &Envelope, attempt: u32) -> AttemptOutcome;
+    /// Runs attempt `attempt` of `envelope`, which became due at `due_ms`
+    /// (ms since the epoch; 0 for an event due once accepted).
+    async fn deliver(&self, envelope: &Envelope, attempt: u32, due_ms: u64) -> AttemptOutcome;
     /// The function's delivery policy and timeout (ms); `None` if it is gone.
     fn policy(&self, tenant: &TenantId, function: &FunctionName) -> Option<(DeliveryPolicy, u64)>;
     /// Whether the function would start warm here (its component in memory).
@@ -418,7 +420,7 @@ async fn attempt(
     let id = envelope.invocation_id.clone();
     tracing::debug!(%queue, seq = item.seq, attempt = item.attempt, invocation_id = %id, "attempt claimed");
     events.wake.set_running(&id, true);
-    let outcome = invoker.deliver(&envelope, item.attempt).await;
+    let outcome = invoker.deliver(&envelope, item.attempt, item.due_ms).await;
     events.wake.set_running(&id, false);
 
     let now = now_ms();

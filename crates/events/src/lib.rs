@@ -142,6 +142,14 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// Makes the span an event with no trace context of its own is accepted
+/// in (a schedule's tick, a KV change, a source's message, one sent to the
+/// API without a believed `traceparent`), and gives that span's W3C
+/// context (`traceparent`, `tracestate`) for the event to keep: so all its
+/// attempts, and its destinations, are one trace. Set by the binary when
+/// traces are on ([`Events::with_accept_span`]).
+pub type AcceptSpan = Arc<dyn Fn(&Envelope) -> (Option<String>, Option<String>) + Send + Sync>;
+
 /// The events front: submission, status, dead letters. Cheap to clone.
 #[derive(Clone)]
 pub struct Events {
@@ -158,6 +166,7 @@ pub struct Events {
     /// writes durable in the order they are asked (the embedded store's
     /// single writer), which the dispatcher relies on to send two at once.
     pub(crate) shared: bool,
+    accept_span: Option<AcceptSpan>,
 }
 
 #[derive(Default)]
@@ -214,7 +223,15 @@ impl Events {
             counters: Arc::new(Counters::default()),
             members: Arc::new(gust_core::cluster::OneNode::new("local")),
             shared: false,
+            accept_span: None,
         }
+    }
+
+    /// Gives each event accepted without a trace context the one
+    /// `accept_span` makes (traces are on).
+    pub fn with_accept_span(mut self, accept_span: AcceptSpan) -> Self {
+        self.accept_span = Some(accept_span);
+        self
     }
 
     /// Makes this node one of a cluster's, whose queues and schedules are
@@ -404,6 +421,12 @@ impl Events {
         envelopes: Vec<Envelope>,
         group: Option<String>,
     ) -> Result<(), EventsError> {
+        let mut envelopes = envelopes;
+        if let Some(accept_span) = &self.accept_span {
+            for envelope in envelopes.iter_mut().filter(|e| e.traceparent.is_none()) {
+                (envelope.traceparent, envelope.tracestate) = accept_span(envelope);
+            }
+        }
         let Some(first) = envelopes.first() else {
             return Ok(());
         };

@@ -101,7 +101,7 @@ where
 
 #[async_trait::async_trait]
 impl Invoker for Gateway {
-    async fn deliver(&self, envelope: &Envelope, attempt: u32) -> AttemptOutcome {
+    async fn deliver(&self, envelope: &Envelope, attempt: u32, due_ms: u64) -> AttemptOutcome {
         let shared = &self.shared;
         let id = envelope.invocation_id.as_str();
         let served = shared
@@ -166,7 +166,7 @@ impl Invoker for Gateway {
             fault: None,
             depth: envelope.depth,
         };
-        let start = shared.config.trace.start_event(envelope, attempt);
+        let start = shared.config.trace.start_event(envelope, due_ms);
         match run(shared, &loaded, request, metered, start).await {
             Ok(response) => {
                 let status = response.status().as_u16();

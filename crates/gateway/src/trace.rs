@@ -13,7 +13,9 @@
 //! - **One span per attempt** (`invoke`): tenant, function, version,
 //!   alias, invocation id, attempt, trigger; when it ends, outcome,
 //!   status, cold start, wall and CPU time. Children: `queue wait` (an
-//!   event's first attempt: its time from acceptance), `admission`,
+//!   event's attempt: its time in the queue since it was due, from its
+//!   acceptance for a first attempt, from its retry's time after),
+//!   `admission`,
 //!   `kv <op>`, and one named by its method (`GET`) for each request the
 //!   guest sends (refused ones make none).
 //! - **Its parent**: an HTTP request's `traceparent`/`tracestate` when
@@ -22,7 +24,9 @@
 //!   another function: the caller's `outbound` span (always trusted: the
 //!   host wrote it); an event: the context kept in its envelope (the
 //!   span that accepted a request sent as an event; the caller's own for
-//!   one sent through the control API, when trusted). A client's
+//!   one sent through the control API, when trusted; else an `accept
+//!   event` span made as it was queued, [`accept_event`]), so every
+//!   attempt of an event is in one trace. A client's
 //!   `tracestate` over [`MAX_TRACESTATE`] bytes is dropped (its
 //!   `traceparent` kept): it would be copied into every span and stored
 //!   with every event.
@@ -86,21 +90,19 @@ impl TraceConfig {
     }
 
     /// Where an event's attempt starts: under the context it was accepted
-    /// in; its first attempt shows its wait in the queue.
-    pub(crate) fn start_event(
-        &self,
-        envelope: &gust_core::Envelope,
-        attempt: u32,
-    ) -> Option<Start> {
+    /// in, with its wait in the queue since it was due (`due_ms`: its
+    /// acceptance for a first attempt, its retry's time for a retry).
+    pub(crate) fn start_event(&self, envelope: &gust_core::Envelope, due_ms: u64) -> Option<Start> {
         self.enabled.then(|| Start {
             parent: extract_stored(
                 envelope.traceparent.as_deref(),
                 envelope.tracestate.as_deref(),
             ),
             alias: gust_core::deploy::LIVE.to_string(),
-            queued_since: (attempt == 1).then(|| {
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(envelope.accepted_ms)
-            }),
+            queued_since: Some(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_millis(due_ms.max(envelope.accepted_ms)),
+            ),
         })
     }
 
@@ -131,6 +133,25 @@ impl TraceConfig {
             ]);
         Traced::under(&parent, builder)
     }
+}
+
+/// The span an event with no trace context is accepted in (a schedule's
+/// tick, a KV change, a source's message; one sent to the API without a
+/// believed context): a new trace, ended at once, whose context the event
+/// keeps so that its attempts are one trace. For
+/// [`gust_events::Events::with_accept_span`].
+pub fn accept_event(envelope: &gust_core::Envelope) -> (Option<String>, Option<String>) {
+    let builder = tracer()
+        .span_builder(format!("accept event {}", envelope.function))
+        .with_kind(SpanKind::Producer)
+        .with_attributes([
+            KeyValue::new("gust.tenant", envelope.tenant.as_str().to_owned()),
+            KeyValue::new("gust.function", envelope.function.as_str().to_owned()),
+            KeyValue::new("gust.invocation_id", envelope.invocation_id.clone()),
+            KeyValue::new("cloudevents.event_source", envelope.source.clone()),
+            KeyValue::new("cloudevents.event_type", envelope.ty.clone()),
+        ]);
+    Traced::under(&Context::new(), builder).stored()
 }
 
 /// A span of the host's (an attempt, a step of it, an outbound request),

@@ -240,6 +240,7 @@ fn claim_one(
     Ok(Some(Claimed {
         seq,
         attempt,
+        due_ms: not_before,
         payload,
         grouped: state & GROUPED != 0,
     }))

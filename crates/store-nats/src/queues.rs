@@ -827,6 +827,7 @@ impl Queues {
         if state.due > now_ms {
             return Ok(None);
         }
+        let due_ms = state.due;
         state.attempts += 1;
         state.due = now_ms.saturating_add(lease_ms);
         state.claimant = Some(self.claimant.clone());
@@ -839,6 +840,7 @@ impl Queues {
         Ok(Some(Claimed {
             seq,
             attempt: state.attempts,
+            due_ms,
             payload,
             grouped: state.group.is_some(),
         }))

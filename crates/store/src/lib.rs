@@ -701,6 +701,10 @@ pub struct Claimed {
     pub seq: u64,
     /// Claims so far, this one included: the attempt number.
     pub attempt: u32,
+    /// When it became claimable (ms since the epoch): the time it was
+    /// released or deferred to, a lost claim's lease end, or what it was
+    /// enqueued with (0: at once).
+    pub due_ms: u64,
     pub payload: Bytes,
     /// It belongs to an ordering group: acknowledging it may make the
     /// group's next message claimable.

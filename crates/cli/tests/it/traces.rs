@@ -462,14 +462,81 @@ async fn an_event_sent_through_the_api_joins_its_callers_trace_on_every_attempt(
     numbers.sort();
     assert_eq!(numbers, ["1", "2", "3"]);
 
-    // A malformed context is not kept: the event starts a trace of its own.
+    // A malformed context is not kept: the event starts a trace of its
+    // own, at the span it was accepted in.
     spans.lock().unwrap().clear();
     let response = submit("/", Some("00-not-a-trace-01".to_string()))
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
-    let all = wait_for(&spans, &["invoke flaky"]).await;
+    let all = wait_for(&spans, &["accept event flaky", "invoke flaky"]).await;
     let own = one(&all, "invoke flaky");
+    let accept = one(&all, "accept event flaky");
     assert_ne!(own.trace, CLIENT_TRACE);
-    assert_eq!(own.parent, "");
+    assert_eq!(accept.parent, "");
+    assert_eq!((&own.trace, &own.parent), (&accept.trace, &accept.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_event_is_one_trace_through_its_retries_each_with_its_queue_wait() {
+    let (url, spans) = receiver().await;
+    let server = start_traced(&url, &[]).await;
+    let testbed = guests().testbed.as_path();
+    server.deploy(
+        "flaky",
+        testbed,
+        &["--max-attempts", "3", "--backoff-ms", "100"],
+    );
+    // Every tick traps: three attempts each, then a dead letter.
+    server.gust_json(&[
+        "schedule",
+        "add",
+        "flaky",
+        "@every 1s",
+        "--id",
+        "tick",
+        "--path",
+        "/trap",
+    ]);
+    // The first tick whose three attempts were all exported.
+    let (accept, attempts) = Server::eventually(Duration::from_secs(30), || async {
+        let all = spans.lock().unwrap().clone();
+        let mut by_id: HashMap<String, Vec<Span>> = HashMap::new();
+        for span in all.iter().filter(|s| s.name == "invoke flaky") {
+            by_id
+                .entry(span.attr("gust.invocation_id"))
+                .or_default()
+                .push(span.clone());
+        }
+        let (id, attempts) = by_id.into_iter().find(|(_, a)| a.len() == 3)?;
+        let accept = all
+            .iter()
+            .find(|s| s.name == "accept event flaky" && s.attr("gust.invocation_id") == id)?
+            .clone();
+        Some((accept, attempts))
+    })
+    .await
+    .expect("a tick's three attempts, and the span it was accepted in");
+    server.gust_json(&["schedule", "rm", "flaky", "tick"]);
+
+    assert_eq!(accept.parent, "", "a tick starts its own trace");
+    assert_eq!(
+        accept.attr("cloudevents.event_type"),
+        "dev.gust.schedule.tick"
+    );
+    let all = spans.lock().unwrap().clone();
+    let mut numbers = Vec::new();
+    for attempt in &attempts {
+        assert_eq!(attempt.trace, accept.trace, "{attempt:#?}");
+        assert_eq!(attempt.parent, accept.id, "{attempt:#?}");
+        numbers.push(attempt.attr("gust.attempt"));
+        // Each attempt, retries included, shows its time in the queue.
+        let waits = all
+            .iter()
+            .filter(|s| s.name == "queue wait" && s.parent == attempt.id)
+            .count();
+        assert_eq!(waits, 1, "attempt {}", attempt.attr("gust.attempt"));
+    }
+    numbers.sort();
+    assert_eq!(numbers, ["1", "2", "3"]);
 }

@@ -23,6 +23,8 @@ pub async fn queues(q: &dyn QueueStore) {
         .map(|c| (c.seq, c.attempt, c.payload.clone()))
         .collect();
     assert_eq!(got, [(1, 1, b("a")), (2, 1, b("b"))]);
+    // Due at once: since 0.
+    assert_eq!(first[0].due_ms, 0);
     // Claimed messages are hidden for the lease.
     let next = q.claim("q1", 100, 500, 10).await.unwrap();
     assert_eq!(next.iter().map(|c| c.seq).collect::<Vec<_>>(), [3]);
@@ -35,16 +37,20 @@ pub async fn queues(q: &dyn QueueStore) {
     let retried = q.claim("q1", 300, 500, 10).await.unwrap();
     assert_eq!(retried.len(), 1);
     assert_eq!((retried[0].seq, retried[0].attempt), (2, 2));
+    // A retry is due since the time it was released to.
+    assert_eq!(retried[0].due_ms, 300);
     // Deferred (never tried): back at its time, the claim not counted.
     q.defer("q1", 2, 310).await.unwrap();
     let deferred = q.claim("q1", 310, 500, 10).await.unwrap();
     assert_eq!((deferred[0].seq, deferred[0].attempt), (2, 2));
+    assert_eq!(deferred[0].due_ms, 310);
 
     // A lease that runs out makes the message claimable again (its claimant died).
     let expired = q.claim("q1", 700, 500, 10).await.unwrap();
     let seqs: Vec<u64> = expired.iter().map(|c| c.seq).collect();
     assert_eq!(seqs, [3], "seq 3's lease ended at 600");
     assert_eq!(expired[0].attempt, 2);
+    assert_eq!(expired[0].due_ms, 600, "due since its lease ended");
 
     // Time order first, then sequence order.
     let at_1000 = q.claim("q1", 1_000, 500, 10).await.unwrap();
