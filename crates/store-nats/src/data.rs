@@ -24,9 +24,12 @@
 //! after commit. Acknowledged: the value was current at a point within the
 //! read. Refused (`wrong last sequence`): the key moved; read again. Never
 //! acknowledged (a leader without quorum): the read fails as unavailable.
-//! `get_many` reads every key, then fences every key: each fence confirms
-//! its key unchanged from its read to its fence, so the values held at
-//! once, between the last read and the first fence.
+//! `get_many` reads every key, then fences them: each fence confirms its
+//! subject unchanged from its read to its fence, so the values held at
+//! once, between the last read and the first fence. Keys sharing an
+//! owner are fenced first through the owner's record (read before them;
+//! every write moves it), one fence per owner; while the owner's other
+//! keys are being written that fails, and the next tries fence each key.
 //!
 //! ## One apply is one atomic batch
 //! [`DataStore::apply`] reads the owners' records and the keys' last
@@ -58,7 +61,9 @@
 //!
 //! ## Costs
 //! `get` one request to the stream leader and one fence (a replicated
-//! write); `get_many` the same per distinct key, the fences sent together;
+//! write); `get_many` of one owner's keys one read per key and one more,
+//! then one fence (100 keys: 9 ms on the test cluster), or, when that
+//! fence fails, one fence per distinct key, sent together (75 ms);
 //! `apply` one read per owner and per key, then a batch; `keys` streams
 //! the last message (headers only) of every key under the prefix's whole
 //! segments and sorts them client-side: O(keys under the prefix) per
@@ -363,37 +368,76 @@ impl DataState {
         }
     }
 
+    /// Whether every `(subject, seq)` of `fences` still holds, each at a
+    /// point the stream's quorum agreed on (the fences sent together).
+    async fn fence_all(
+        &self,
+        js: &jetstream::Context,
+        fences: &[(String, u64)],
+    ) -> Result<bool, StoreError> {
+        let held = futures_util::future::try_join_all(
+            fences
+                .iter()
+                .map(|(subject, seq)| self.fence(js, subject, *seq)),
+        )
+        .await?;
+        Ok(held.into_iter().all(|held| held))
+    }
+
     /// The keys' entries, confirmed current by fences (read again while a
     /// key moves under its fence). Every fence is sent after every read,
-    /// and each confirms its key unchanged from its read to its fence: so
-    /// all the values held at once, between the last read and the first
-    /// fence, whichever node read them.
+    /// and each confirms its subject unchanged from its read to its fence:
+    /// so all the values held at once, between the last read and the
+    /// first fence, whichever node read them.
+    ///
+    /// Keys that share an owner are first fenced through the owner's
+    /// record, read before them: every write of a key moves it, so one
+    /// fence per owner covers all its keys. While another key of the
+    /// owner is being written that fence fails, and the next tries fence
+    /// each key (which only a write of that key moves).
     async fn fenced_entries(
         &self,
         js: &jetstream::Context,
         keys: &[String],
     ) -> Result<Vec<Option<Entry>>, StoreError> {
+        let mut owners: Vec<&str> = keys.iter().map(|k| owner_of(k)).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        let mut distinct: Vec<&String> = keys.iter().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
         for attempt in 1..=FENCE_ATTEMPTS {
+            let by_owner = attempt == 1 && owners.len() < distinct.len();
+            let mut fences: Vec<(String, u64)> = Vec::new();
+            if by_owner {
+                let records =
+                    futures_util::future::try_join_all(owners.iter().map(|o| self.owner(o)))
+                        .await?;
+                fences.extend(
+                    owners
+                        .iter()
+                        .zip(records)
+                        .map(|(owner, (seq, _))| (self.owner_subject(owner), seq)),
+                );
+            }
             let read =
                 futures_util::future::try_join_all(keys.iter().map(|k| self.entry_at(k))).await?;
-            // A key asked for twice is fenced once.
-            let mut fences: Vec<(String, u64)> = keys
-                .iter()
-                .zip(&read)
-                .map(|(key, (_, seq))| (self.key_subject(key), *seq))
-                .collect();
-            fences.sort_unstable();
-            fences.dedup();
-            let held = futures_util::future::try_join_all(
-                fences
+            if !by_owner {
+                // A key asked for twice is fenced once.
+                fences = keys
                     .iter()
-                    .map(|(subject, seq)| self.fence(js, subject, *seq)),
-            )
-            .await?;
-            if held.into_iter().all(|held| held) {
+                    .zip(&read)
+                    .map(|(key, (_, seq))| (self.key_subject(key), *seq))
+                    .collect();
+                fences.sort_unstable();
+                fences.dedup();
+            }
+            if self.fence_all(js, &fences).await? {
                 return Ok(read.into_iter().map(|(entry, _)| entry).collect());
             }
-            crate::back_off(attempt).await;
+            if !by_owner {
+                crate::back_off(attempt).await;
+            }
         }
         Err(StoreError::Unavailable(match keys {
             [key] => format!("`{key}` kept changing while being read; try again"),
