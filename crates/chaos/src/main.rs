@@ -139,6 +139,9 @@ impl Scenario {
             Scenario::S3 => "SIGSTOP the events stream's NATS leader for 10 s",
             Scenario::S4 => "2 of 3 NATS servers down for 10 s",
             Scenario::S5 => "a gust node cut off from NATS for 10 s (TCP proxy)",
+            Scenario::S6 if std::env::var("GUST_CHAOS_S6_STREAM").as_deref() == Ok("DATA") => {
+                "the KV data stream's NATS leader partitioned from the other two for 10 s"
+            }
             Scenario::S6 => {
                 "the events stream's NATS leader partitioned from the other two for 10 s"
             }
