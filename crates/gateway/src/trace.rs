@@ -123,16 +123,28 @@ impl TraceConfig {
         } else {
             Context::new()
         };
-        let builder = tracer()
-            .span_builder(format!("accept event {}", loaded.name))
-            .with_kind(SpanKind::Producer)
-            .with_attributes([
-                KeyValue::new("gust.tenant", loaded.tenant.as_str().to_owned()),
-                KeyValue::new("gust.function", loaded.name.as_str().to_owned()),
-                KeyValue::new("gust.invocation_id", id.to_owned()),
-            ]);
+        let builder = accept_builder(loaded.tenant.as_str(), loaded.name.as_str(), id, []);
         Traced::under(&parent, builder)
     }
+}
+
+/// The span of an event's acceptance, before its context is known.
+fn accept_builder(
+    tenant: &str,
+    function: &str,
+    id: &str,
+    more: impl IntoIterator<Item = KeyValue>,
+) -> opentelemetry::trace::SpanBuilder {
+    let mut attributes = vec![
+        KeyValue::new("gust.tenant", tenant.to_owned()),
+        KeyValue::new("gust.function", function.to_owned()),
+        KeyValue::new("gust.invocation_id", id.to_owned()),
+    ];
+    attributes.extend(more);
+    tracer()
+        .span_builder(format!("accept event {function}"))
+        .with_kind(SpanKind::Producer)
+        .with_attributes(attributes)
 }
 
 /// The span an event with no trace context is accepted in (a schedule's
@@ -141,16 +153,15 @@ impl TraceConfig {
 /// keeps so that its attempts are one trace. For
 /// [`gust_events::Events::with_accept_span`].
 pub fn accept_event(envelope: &gust_core::Envelope) -> (Option<String>, Option<String>) {
-    let builder = tracer()
-        .span_builder(format!("accept event {}", envelope.function))
-        .with_kind(SpanKind::Producer)
-        .with_attributes([
-            KeyValue::new("gust.tenant", envelope.tenant.as_str().to_owned()),
-            KeyValue::new("gust.function", envelope.function.as_str().to_owned()),
-            KeyValue::new("gust.invocation_id", envelope.invocation_id.clone()),
+    let builder = accept_builder(
+        envelope.tenant.as_str(),
+        envelope.function.as_str(),
+        &envelope.invocation_id,
+        [
             KeyValue::new("cloudevents.event_source", envelope.source.clone()),
             KeyValue::new("cloudevents.event_type", envelope.ty.clone()),
-        ]);
+        ],
+    );
     Traced::under(&Context::new(), builder).stored()
 }
 

@@ -408,16 +408,22 @@ async fn events_queued_by_calls_count_as_calls_so_a_chain_of_them_ends() {
     assert_eq!(count(), 8);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_sent_through_the_api_joins_its_callers_trace_on_every_attempt() {
+/// A traced server with `flaky`, whose events get three attempts 100 ms
+/// apart, and the spans it exports.
+async fn start_with_flaky() -> (Server, Spans) {
     let (url, spans) = receiver().await;
     let server = start_traced(&url, &[]).await;
-    let testbed = guests().testbed.as_path();
     server.deploy(
         "flaky",
-        testbed,
+        guests().testbed.as_path(),
         &["--max-attempts", "3", "--backoff-ms", "100"],
     );
+    (server, spans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_sent_through_the_api_joins_its_callers_trace_on_every_attempt() {
+    let (server, spans) = start_with_flaky().await;
     // Traps on every attempt: three attempts of one event, then its letter.
     let submit = |path: &str, traceparent: Option<String>| {
         let mut request = server
@@ -479,14 +485,7 @@ async fn an_event_sent_through_the_api_joins_its_callers_trace_on_every_attempt(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_event_is_one_trace_through_its_retries_each_with_its_queue_wait() {
-    let (url, spans) = receiver().await;
-    let server = start_traced(&url, &[]).await;
-    let testbed = guests().testbed.as_path();
-    server.deploy(
-        "flaky",
-        testbed,
-        &["--max-attempts", "3", "--backoff-ms", "100"],
-    );
+    let (server, spans) = start_with_flaky().await;
     // Every tick traps: three attempts each, then a dead letter.
     server.gust_json(&[
         "schedule",
