@@ -230,10 +230,13 @@ impl Cluster {
         let node = &self.nodes[i];
         let _ = std::fs::remove_file(&node.pid_file);
         // The watchdog shell runs the server and kills it when its stdin
-        // closes (the test process ended, however it ended).
+        // closes (the test process ended, however it ended). It kills the
+        // server it started (`$!`), not the one its pid file names: the
+        // first watchdog to finish removes the directory, pid files and
+        // all, and the servers of the others ran on, leaked.
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(r#""$0" -c "$1" -P "$2" -l "$3" & cat >/dev/null; kill -9 "$(cat "$2")" 2>/dev/null; rm -rf "$4""#)
+            .arg(r#""$0" -c "$1" -P "$2" -l "$3" & server=$!; cat >/dev/null; kill -9 "$server" 2>/dev/null; rm -rf "$4""#)
             .arg(&self.binary)
             .arg(&node.conf)
             .arg(&node.pid_file)
