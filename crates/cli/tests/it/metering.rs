@@ -107,8 +107,12 @@ async fn every_outcome_gets_exactly_one_usage_record() {
     let wall = busy["wall_ns"].as_u64().unwrap();
     let cpu = busy["cpu_ns"].as_u64().unwrap();
     assert!(wall >= 60_000_000, "{busy}");
+    // The guest spins for 60 ms of wall time, so its CPU time is what the
+    // machine gave its thread: 24.7 ms once in CI, with the other tests
+    // running beside it. Far above an idle guest's (~0.05 ms), never
+    // above its wall time.
     assert!(
-        cpu >= 30_000_000 && cpu <= wall + 5_000_000,
+        cpu >= 5_000_000 && cpu <= wall + 5_000_000,
         "CPU time of a busy guest: {busy}"
     );
     assert_eq!(
