@@ -418,10 +418,9 @@ impl Events {
     /// then each one's status.
     pub(crate) async fn store_many(
         &self,
-        envelopes: Vec<Envelope>,
+        mut envelopes: Vec<Envelope>,
         group: Option<String>,
     ) -> Result<(), EventsError> {
-        let mut envelopes = envelopes;
         if let Some(accept_span) = &self.accept_span {
             for envelope in envelopes.iter_mut().filter(|e| e.traceparent.is_none()) {
                 (envelope.traceparent, envelope.tracestate) = accept_span(envelope);

@@ -358,7 +358,7 @@ async fn apply_cost() {
         store.get("t/w/1").await.unwrap();
     }
     let get = start.elapsed() / n;
-    // Every key read, then every key fenced.
+    // One owner's keys: read, then one fence on the owner's record.
     let keys: Vec<String> = (0..100).map(|i| format!("t/b0/{i}")).collect();
     let start = Instant::now();
     for _ in 0..rounds {
