@@ -21,6 +21,7 @@ mod scale;
 mod schedules;
 mod sources;
 mod telemetry;
+mod ui_sessions;
 mod up;
 mod usage;
 mod vars;

@@ -580,6 +580,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }),
     };
     let retention = Arc::new(gust_api::retention::RetentionStats::default());
+    let ui_secrets = secrets.clone();
     let api_state = ApiState {
         registry,
         blobs,
@@ -623,6 +624,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         },
         retention,
     );
+    // The dashboard's sessions live in the metadata store (every node
+    // sees them), sealed with the secrets' key.
+    let ui_sessions = Arc::new(crate::ui_sessions::MetaSessions {
+        meta: kv.clone(),
+        secrets: ui_secrets,
+    });
     let api = gust_api::router(api_state);
     let api = api.clone().merge(gust_ui::router(
         api,
@@ -630,6 +637,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             secure_cookies: tls.is_some(),
             ..Default::default()
         },
+        ui_sessions,
     ));
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {

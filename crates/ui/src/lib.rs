@@ -24,7 +24,7 @@ mod pages;
 mod session;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
@@ -33,6 +33,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
 pub use api::{Api, Failure};
+pub use session::{MemorySessions, SessionStore, StoreFailed};
 use session::{Session, Sessions};
 
 /// The dashboard's settings.
@@ -42,8 +43,10 @@ pub struct UiConfig {
     pub secure_cookies: bool,
     /// How long a sign-in lasts.
     pub session_ttl: Duration,
-    /// Sessions kept at most on this node.
+    /// Sessions kept at most (in a cluster: by all nodes together).
     pub max_sessions: usize,
+    /// How often this node sweeps expired sessions out of the store.
+    pub sweep_every: Duration,
 }
 
 impl Default for UiConfig {
@@ -52,6 +55,7 @@ impl Default for UiConfig {
             secure_cookies: false,
             session_ttl: Duration::from_secs(8 * 3600),
             max_sessions: 10_000,
+            sweep_every: Duration::from_secs(600),
         }
     }
 }
@@ -68,11 +72,21 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// The dashboard's routes, for the API listener; `api` is the control
-/// API's router, which every page calls.
-pub fn router(api: Router, config: UiConfig) -> Router {
+/// API's router, which every page calls, and `store` keeps the sessions
+/// (see [`SessionStore`]). Inside a tokio runtime, this also starts the
+/// sweep of expired sessions, which ends when the router is dropped.
+pub fn router(api: Router, config: UiConfig, store: Arc<dyn SessionStore>) -> Router {
+    let sessions = Arc::new(Sessions::new(
+        store,
+        config.session_ttl,
+        config.max_sessions,
+    ));
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(sweep(Arc::downgrade(&sessions), config.sweep_every));
+    }
     let ui = Ui {
         api: Api(api),
-        sessions: Arc::new(Sessions::new(config.session_ttl, config.max_sessions)),
+        sessions,
         config: Arc::new(config),
     };
     Router::new()
@@ -121,6 +135,21 @@ async fn secure_headers(mut response: Response) -> Response {
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
+}
+
+/// Sweeps the sessions now and every `every` while the dashboard lives.
+async fn sweep(sessions: std::sync::Weak<Sessions>, every: Duration) {
+    let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(sessions) = sessions.upgrade() else {
+            return;
+        };
+        // A failed sweep is tried again at the next tick; sessions read
+        // meanwhile are still checked for expiry one by one.
+        let _ = sessions.sweep(session::now_ms()).await;
+    }
 }
 
 async fn home(session: Option<Signed>) -> Redirect {
@@ -175,11 +204,14 @@ impl FromRequestParts<Ui> for Signed {
             session::cookie_name(ui.config.secure_cookies),
         );
         // Two session cookies: one was planted; trust neither.
-        match ids.as_slice() {
-            [id] => ui.sessions.get(id, Instant::now()).map(Signed),
-            _ => None,
+        let [id] = ids.as_slice() else {
+            return Err(Redirect::to("/ui/signin").into_response());
+        };
+        match ui.sessions.get(id, session::now_ms()).await {
+            Ok(Some(session)) => Ok(Signed(session)),
+            Ok(None) => Err(Redirect::to("/ui/signin").into_response()),
+            Err(e) => Err(unavailable(&e)),
         }
-        .ok_or_else(|| Redirect::to("/ui/signin").into_response())
     }
 }
 
@@ -196,6 +228,16 @@ impl axum::extract::OptionalFromRequestParts<Ui> for Signed {
                 .ok(),
         )
     }
+}
+
+/// The session store did not answer: 503, and the page may be reloaded.
+pub(crate) fn unavailable(e: &dyn std::fmt::Display) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        format!("{e}; reload the page in a moment\n"),
+    )
+        .into_response()
 }
 
 /// Whether the browser says a change comes from this dashboard.

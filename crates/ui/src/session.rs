@@ -2,20 +2,39 @@
 //!
 //! The token never reaches the browser again: the cookie holds a random
 //! session id (HttpOnly, SameSite=Strict, `Secure` under TLS, path `/ui`),
-//! and the token stays in this process's memory, with the session's own
-//! anti-forgery value and its expiry. Sign-out forgets the session. Under
-//! TLS the cookie is `__Host-gust_session` (the browser keeps it to this
-//! exact host, secure, path `/`). The data plane never hands these cookies
-//! to a guest nor lets one set them (the gateway's `cookies.rs`): browsers
+//! and the token stays on the server, with the session's own anti-forgery
+//! value and its expiry. Sign-out forgets the session. Under TLS the
+//! cookie is `__Host-gust_session` (the browser keeps it to this exact
+//! host, secure, path `/`). The data plane never hands these cookies to a
+//! guest nor lets one set them (the gateway's `cookies.rs`): browsers
 //! scope cookies by host, not port, and the two listeners may share a host.
 //!
+//! Where sessions are kept is the binary's choice, a [`SessionStore`]:
+//! `gust up` keeps them in its metadata store, sealed with the key that
+//! seals secrets, so a browser stays signed in across a restart and on
+//! every node of a cluster behind one load balancer; [`MemorySessions`]
+//! keeps them in this process. Keys are hashes, never a cookie's value or
+//! a token: `uisession/id/<sha256(id)>` holds the session and
+//! `uisession/token/<sha256(token)>/<sha256(id)>` its expiry, the index
+//! that bounds a token's sessions and that the sweep walks. Expiry is wall
+//! clock time (milliseconds since the epoch), the same on every node up
+//! to their clocks' skew.
+//!
 //! A session is stored only once the API accepted its token. The store is
-//! bounded: a token keeps at most [`PER_TOKEN`] sessions (its oldest goes
-//! first), and past the store's size the session closest to expiry goes.
+//! bounded: a token keeps at most [`PER_TOKEN`] sessions (at sign-in its
+//! oldest go; two sign-ins of one token at the same moment on two nodes
+//! may both see room, so the bound is `PER_TOKEN` plus the sign-ins that
+//! raced, until the token's next sign-in), and [`Sessions::sweep`], run
+//! by every node, removes expired sessions and, past the store's size,
+//! those closest to expiry.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// The cookie's name over plain HTTP.
 pub const COOKIE: &str = "gust_session";
@@ -25,9 +44,96 @@ pub const SECURE_COOKIE: &str = "__Host-gust_session";
 /// Sessions one token may hold at once.
 pub const PER_TOKEN: usize = 32;
 
+const BY_ID: &str = "uisession/id/";
+const BY_TOKEN: &str = "uisession/token/";
+
 /// The cookie's name for a listener with or without TLS.
 pub fn cookie_name(secure: bool) -> &'static str {
     if secure { SECURE_COOKIE } else { COOKIE }
+}
+
+/// Where sessions are kept: a map of strings with prefix listing. An
+/// implementation that writes them anywhere but this process's memory
+/// must seal the values (they hold tokens).
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<String>, StoreFailed>;
+    async fn put(&self, key: &str, value: String) -> Result<(), StoreFailed>;
+    /// Deleting a key that is not there succeeds.
+    async fn delete(&self, key: &str) -> Result<(), StoreFailed>;
+    /// Every key under `prefix`, with its value.
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreFailed>;
+}
+
+/// A [`SessionStore`] could not answer; its message says why.
+#[derive(Debug, Clone)]
+pub struct StoreFailed(pub String);
+
+impl std::fmt::Display for StoreFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the session store failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreFailed {}
+
+/// Why no session could be made or read.
+#[derive(Debug)]
+pub enum SessionError {
+    /// The system's random source failed: no session is better than a
+    /// guessable one.
+    Random,
+    Store(StoreFailed),
+}
+
+impl From<StoreFailed> for SessionError {
+    fn from(e: StoreFailed) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Random => {
+                f.write_str("no session could be made: the system's random source failed")
+            }
+            Self::Store(e) => write!(f, "{e}; try again in a moment"),
+        }
+    }
+}
+
+/// Sessions in this process's memory: gone with it, seen by no other node.
+#[derive(Debug, Default)]
+pub struct MemorySessions(Mutex<BTreeMap<String, String>>);
+
+impl MemorySessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemorySessions {
+    async fn get(&self, key: &str) -> Result<Option<String>, StoreFailed> {
+        Ok(self.lock().get(key).cloned())
+    }
+    async fn put(&self, key: &str, value: String) -> Result<(), StoreFailed> {
+        self.lock().insert(key.to_string(), value);
+        Ok(())
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreFailed> {
+        self.lock().remove(key);
+        Ok(())
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreFailed> {
+        Ok(self
+            .lock()
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
 }
 
 /// One signed-in browser.
@@ -40,7 +146,8 @@ pub struct Session {
     pub csrf: String,
     /// The tenant an admin looks at (`None`: the token's own).
     pub viewing: Option<String>,
-    expires: Instant,
+    /// When it ends, in milliseconds since the epoch.
+    expires_ms: u64,
 }
 
 #[cfg(test)]
@@ -51,7 +158,7 @@ impl Session {
             token: "token".into(),
             csrf: "csrf".into(),
             viewing: None,
-            expires: Instant::now(),
+            expires_ms: 0,
         }
     }
 }
@@ -65,25 +172,53 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// The sessions of this node.
-#[derive(Debug)]
+/// A session as kept: everything but its id (the key holds its hash).
+#[derive(Serialize, Deserialize)]
+struct Record {
+    token: String,
+    csrf: String,
+    #[serde(default)]
+    viewing: Option<String>,
+    expires_ms: u64,
+}
+
+/// Now, in milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The sessions, over a [`SessionStore`].
 pub struct Sessions {
-    by_id: Mutex<HashMap<String, Session>>,
+    store: Arc<dyn SessionStore>,
     ttl: Duration,
     max: usize,
 }
 
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("ttl", &self.ttl)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Sessions {
-    pub fn new(ttl: Duration, max: usize) -> Self {
+    pub fn new(store: Arc<dyn SessionStore>, ttl: Duration, max: usize) -> Self {
         Self {
-            by_id: Mutex::new(HashMap::new()),
+            store,
             ttl,
             max: max.max(1),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.by_id.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A session for `token` that is not stored: to ask the API whether
@@ -94,67 +229,154 @@ impl Sessions {
             token,
             csrf: String::new(),
             viewing: None,
-            expires: Instant::now(),
+            expires_ms: 0,
         }
     }
 
-    /// Starts a session for `token` (which the API accepted); `None` if the
-    /// system's random source failed (no session is better than a
-    /// guessable one).
-    pub fn create(&self, token: String, now: Instant) -> Option<Session> {
+    /// Removes the session of hash `id_key` and its entry in the index
+    /// of the token of hash `token_key`.
+    async fn forget(&self, token_key: &str, id_key: &str) -> Result<(), StoreFailed> {
+        self.store.delete(&format!("{BY_ID}{id_key}")).await?;
+        self.store
+            .delete(&format!("{BY_TOKEN}{token_key}/{id_key}"))
+            .await
+    }
+
+    async fn write(&self, id: &str, record: &Record) -> Result<(), StoreFailed> {
+        let value = serde_json::to_string(record).map_err(|e| StoreFailed(e.to_string()))?;
+        self.store.put(&format!("{BY_ID}{}", hash(id)), value).await
+    }
+
+    /// Starts a session for `token` (which the API accepted).
+    pub async fn create(&self, token: String, now_ms: u64) -> Result<Session, SessionError> {
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let session = Session {
-            id: random_hex()?,
+            id: random_hex().ok_or(SessionError::Random)?,
             token,
-            csrf: random_hex()?,
+            csrf: random_hex().ok_or(SessionError::Random)?,
             viewing: None,
-            expires: now + self.ttl,
+            expires_ms: now_ms.saturating_add(ttl_ms),
         };
-        let mut all = self.lock();
-        all.retain(|_, s| s.expires > now);
-        // The token's own oldest session makes room first.
-        let mut own: Vec<(Instant, String)> = all
-            .values()
-            .filter(|s| same(&s.token, &session.token))
-            .map(|s| (s.expires, s.id.clone()))
-            .collect();
-        if own.len() >= PER_TOKEN {
-            own.sort();
-            for (_, id) in own.iter().take(own.len() + 1 - PER_TOKEN) {
-                all.remove(id);
+        let token_key = hash(&session.token);
+        let index = format!("{BY_TOKEN}{token_key}/");
+        // The token's expired sessions go, then its oldest make room.
+        let mut own = Vec::new();
+        for (key, expires) in self.store.list(&index).await? {
+            let id_key = key[index.len()..].to_string();
+            match expires.parse::<u64>() {
+                Ok(expires) if expires > now_ms => own.push((expires, id_key)),
+                _ => self.forget(&token_key, &id_key).await?,
             }
         }
-        while all.len() >= self.max {
-            let Some(oldest) = all.values().min_by_key(|s| s.expires).map(|s| s.id.clone()) else {
-                break;
-            };
-            all.remove(&oldest);
+        if own.len() >= PER_TOKEN {
+            own.sort();
+            for (_, id_key) in own.iter().take(own.len() + 1 - PER_TOKEN) {
+                self.forget(&token_key, id_key).await?;
+            }
         }
-        all.insert(session.id.clone(), session.clone());
-        Some(session)
+        // The index first: a session is never kept where the sweep and
+        // the token's bound cannot see it.
+        self.store
+            .put(
+                &format!("{index}{}", hash(&session.id)),
+                session.expires_ms.to_string(),
+            )
+            .await?;
+        self.write(
+            &session.id,
+            &Record {
+                token: session.token.clone(),
+                csrf: session.csrf.clone(),
+                viewing: None,
+                expires_ms: session.expires_ms,
+            },
+        )
+        .await?;
+        Ok(session)
     }
 
     /// The live session of `id`.
-    pub fn get(&self, id: &str, now: Instant) -> Option<Session> {
-        let mut all = self.lock();
-        match all.get(id) {
-            Some(s) if s.expires > now => Some(s.clone()),
-            Some(_) => {
-                all.remove(id);
-                None
-            }
-            None => None,
+    pub async fn get(&self, id: &str, now_ms: u64) -> Result<Option<Session>, StoreFailed> {
+        let id_key = hash(id);
+        let Some(value) = self.store.get(&format!("{BY_ID}{id_key}")).await? else {
+            return Ok(None);
+        };
+        let Ok(record) = serde_json::from_str::<Record>(&value) else {
+            // Not one of ours (or from a later version): not a session.
+            return Ok(None);
+        };
+        if record.expires_ms <= now_ms {
+            self.forget(&hash(&record.token), &id_key).await?;
+            return Ok(None);
         }
+        Ok(Some(Session {
+            id: id.to_string(),
+            token: record.token,
+            csrf: record.csrf,
+            viewing: record.viewing,
+            expires_ms: record.expires_ms,
+        }))
     }
 
     /// Changes the tenant a session looks at.
-    pub fn view(&self, id: &str, tenant: Option<String>) {
-        if let Some(s) = self.lock().get_mut(id) {
-            s.viewing = tenant;
-        }
+    pub async fn view(&self, session: &Session, tenant: Option<String>) -> Result<(), StoreFailed> {
+        self.write(
+            &session.id,
+            &Record {
+                token: session.token.clone(),
+                csrf: session.csrf.clone(),
+                viewing: tenant,
+                expires_ms: session.expires_ms,
+            },
+        )
+        .await
     }
 
-    pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
+    /// Ends a session (sign-out, or a token the API no longer accepts).
+    pub async fn remove(&self, session: &Session) -> Result<(), StoreFailed> {
+        self.forget(&hash(&session.token), &hash(&session.id)).await
+    }
+
+    /// Removes expired sessions and, past the store's size, those closest
+    /// to expiry, and sessions whose index entry is gone; returns how many
+    /// went.
+    pub async fn sweep(&self, now_ms: u64) -> Result<usize, StoreFailed> {
+        // Sessions before the index: a session's index entry is written
+        // before it, so one listed here without an entry below had its
+        // entry removed, not yet written.
+        let sessions = self.store.list(BY_ID).await?;
+        let mut live = Vec::new();
+        let mut indexed = HashSet::new();
+        let mut gone = 0;
+        for (key, expires) in self.store.list(BY_TOKEN).await? {
+            let Some((token_key, id_key)) = key[BY_TOKEN.len()..].split_once('/') else {
+                continue;
+            };
+            indexed.insert(id_key.to_string());
+            match expires.parse::<u64>() {
+                Ok(expires) if expires > now_ms => {
+                    live.push((expires, token_key.to_string(), id_key.to_string()));
+                }
+                _ => {
+                    self.forget(token_key, id_key).await?;
+                    gone += 1;
+                }
+            }
+        }
+        if live.len() > self.max {
+            live.sort();
+            for (_, token_key, id_key) in live.iter().take(live.len() - self.max) {
+                self.forget(token_key, id_key).await?;
+                gone += 1;
+            }
+        }
+        for (key, _) in sessions {
+            if !indexed.contains(&key[BY_ID.len()..]) {
+                self.store.delete(&key).await?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
     }
 
     pub fn ttl(&self) -> Duration {
@@ -238,35 +460,70 @@ pub fn same_origin(sec_fetch_site: Option<&str>, origin: Option<&str>, host: Opt
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_session_lives_until_it_expires_or_signs_out() {
-        let sessions = Sessions::new(Duration::from_secs(60), 10);
-        let t0 = Instant::now();
-        let s = sessions.create("tok".into(), t0).unwrap();
-        assert_eq!(s.id.len(), 64);
-        assert_ne!(s.id, s.csrf);
-        assert_eq!(sessions.get(&s.id, t0).unwrap().token, "tok");
-        assert!(sessions.get("nope", t0).is_none());
-        assert!(sessions.get(&s.id, t0 + Duration::from_secs(61)).is_none());
-        let s2 = sessions.create("tok".into(), t0).unwrap();
-        sessions.remove(&s2.id);
-        assert!(sessions.get(&s2.id, t0).is_none());
+    fn memory(ttl_secs: u64, max: usize) -> (Arc<MemorySessions>, Sessions) {
+        let store = Arc::new(MemorySessions::default());
+        let sessions = Sessions::new(store.clone(), Duration::from_secs(ttl_secs), max);
+        (store, sessions)
     }
 
-    #[test]
-    fn the_store_is_bounded_and_gives_up_the_session_closest_to_expiry() {
-        let sessions = Sessions::new(Duration::from_secs(60), 2);
-        let t0 = Instant::now();
-        let a = sessions.create("a".into(), t0).unwrap();
-        let b = sessions
-            .create("b".into(), t0 + Duration::from_secs(1))
-            .unwrap();
-        let c = sessions
-            .create("c".into(), t0 + Duration::from_secs(2))
-            .unwrap();
-        let now = t0 + Duration::from_secs(3);
-        assert!(sessions.get(&a.id, now).is_none());
-        assert!(sessions.get(&b.id, now).is_some() && sessions.get(&c.id, now).is_some());
+    #[tokio::test]
+    async fn a_session_lives_until_it_expires_or_signs_out() {
+        let (store, sessions) = memory(60, 10);
+        let t0 = 1_000_000;
+        let s = sessions.create("tok".into(), t0).await.unwrap();
+        assert_eq!(s.id.len(), 64);
+        assert_ne!(s.id, s.csrf);
+        assert_eq!(sessions.get(&s.id, t0).await.unwrap().unwrap().token, "tok");
+        assert!(sessions.get("nope", t0).await.unwrap().is_none());
+        assert!(sessions.get(&s.id, t0 + 61_000).await.unwrap().is_none());
+        assert!(
+            store.lock().is_empty(),
+            "an expired session is forgotten when read"
+        );
+        let s2 = sessions.create("tok".into(), t0).await.unwrap();
+        sessions.view(&s2, Some("acme".into())).await.unwrap();
+        let viewing = sessions.get(&s2.id, t0).await.unwrap().unwrap().viewing;
+        assert_eq!(viewing.as_deref(), Some("acme"));
+        sessions.remove(&s2).await.unwrap();
+        assert!(sessions.get(&s2.id, t0).await.unwrap().is_none());
+        assert!(store.lock().is_empty(), "sign-out leaves nothing behind");
+    }
+
+    #[tokio::test]
+    async fn the_store_keeps_hashes_for_keys_and_never_a_cookie_in_the_clear() {
+        let (store, sessions) = memory(60, 10);
+        let s = sessions.create("gust_XYZ".into(), 0).await.unwrap();
+        let all = store.lock().clone();
+        assert_eq!(all.len(), 2, "{all:?}");
+        for key in all.keys() {
+            assert!(!key.contains(&s.id) && !key.contains("gust_XYZ"), "{key}");
+        }
+        assert!(all.values().all(|v| !v.contains(&s.id)));
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_expired_then_those_closest_to_expiry_past_the_size() {
+        let (store, sessions) = memory(60, 2);
+        let a = sessions.create("a".into(), 0).await.unwrap();
+        let b = sessions.create("b".into(), 1_000).await.unwrap();
+        let c = sessions.create("c".into(), 2_000).await.unwrap();
+        let d = sessions.create("d".into(), 3_000).await.unwrap();
+        // At 60.5 s the first has expired; of the three left, the store
+        // keeps the two that last longest.
+        assert_eq!(sessions.sweep(60_500).await.unwrap(), 2);
+        let now = 60_500;
+        assert!(sessions.get(&a.id, now).await.unwrap().is_none());
+        assert!(sessions.get(&b.id, now).await.unwrap().is_none());
+        assert!(sessions.get(&c.id, now).await.unwrap().is_some());
+        assert!(sessions.get(&d.id, now).await.unwrap().is_some());
+        assert_eq!(store.lock().len(), 4);
+        // A session whose index entry is gone is swept as well.
+        store
+            .lock()
+            .retain(|k, _| !k.starts_with(BY_TOKEN) || !k.ends_with(&hash(&c.id)));
+        assert_eq!(sessions.sweep(now).await.unwrap(), 1);
+        assert!(sessions.get(&c.id, now).await.unwrap().is_none());
+        assert_eq!(store.lock().len(), 2);
     }
 
     #[test]
@@ -292,34 +549,26 @@ mod tests {
         assert_eq!(read("gust_session=a; gust_session=b"), ["a", "b"]);
     }
 
-    #[test]
-    fn a_token_holds_a_bounded_number_of_sessions() {
-        let sessions = Sessions::new(Duration::from_secs(60), 1000);
-        let t0 = Instant::now();
-        let other = sessions.create("other".into(), t0).unwrap();
-        let first = sessions.create("busy".into(), t0).unwrap();
+    #[tokio::test]
+    async fn a_token_holds_a_bounded_number_of_sessions() {
+        let (store, sessions) = memory(60, 1000);
+        let other = sessions.create("other".into(), 0).await.unwrap();
+        let first = sessions.create("busy".into(), 0).await.unwrap();
         for i in 1..=PER_TOKEN as u64 {
-            sessions
-                .create("busy".into(), t0 + Duration::from_millis(i))
-                .unwrap();
+            sessions.create("busy".into(), i).await.unwrap();
         }
-        let now = t0 + Duration::from_secs(1);
+        let now = 1_000;
         assert!(
-            sessions.get(&first.id, now).is_none(),
+            sessions.get(&first.id, now).await.unwrap().is_none(),
             "its own oldest went"
         );
         assert!(
-            sessions.get(&other.id, now).is_some(),
+            sessions.get(&other.id, now).await.unwrap().is_some(),
             "another token's stayed"
         );
-        assert_eq!(
-            sessions
-                .lock()
-                .values()
-                .filter(|s| s.token == "busy")
-                .count(),
-            PER_TOKEN
-        );
+        let busy = format!("{BY_TOKEN}{}/", hash("busy"));
+        assert_eq!(sessions.store.list(&busy).await.unwrap().len(), PER_TOKEN);
+        assert_eq!(store.lock().len(), 2 * (PER_TOKEN + 1));
         assert!(
             !format!("{first:?}").contains("busy"),
             "Debug hides the token"

@@ -185,7 +185,7 @@ pub(crate) async fn log_rows(
             .into_response(),
         Err(f) => {
             if f.status == StatusCode::UNAUTHORIZED {
-                ui.sessions.remove(&s.id);
+                let _ = ui.sessions.remove(&s).await;
             }
             (f.status, f.message).into_response()
         }

@@ -2,8 +2,6 @@
 //! renders it, and says so when the API refuses (a role that may not see
 //! a page gets the API's own reason, not an empty page).
 
-use std::time::Instant;
-
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -19,7 +17,7 @@ use serde::Deserialize;
 
 use crate::api::{Failure, encode};
 use crate::chart::{Line, format_value, line_chart};
-use crate::session::{self, Session, Sessions};
+use crate::session::{self, Session, SessionError, Sessions};
 use crate::{Signed, Ui, UiState, check_change, from_here};
 
 mod logs;
@@ -80,7 +78,9 @@ fn shell(signed: Option<(&Session, &str)>, title: &str, content: Markup) -> Mark
 /// that no longer signs in ends the session.
 async fn failed(ui: &Ui, s: &Session, f: Failure) -> Response {
     if f.status == StatusCode::UNAUTHORIZED {
-        ui.sessions.remove(&s.id);
+        // The token is no longer good: a session left behind is harmless
+        // (the API refuses it) and expires.
+        let _ = ui.sessions.remove(s).await;
         return signed_out(ui, Some(&f.message), StatusCode::UNAUTHORIZED);
     }
     let body = shell(
@@ -178,12 +178,14 @@ pub(crate) async fn signin(
     {
         return signed_out(&ui, Some(&f.message), f.status);
     }
-    let Some(session) = ui.sessions.create(token, Instant::now()) else {
-        return signed_out(
-            &ui,
-            Some("no session could be made: the system's random source failed"),
-            StatusCode::INTERNAL_SERVER_ERROR,
-        );
+    let session = match ui.sessions.create(token, session::now_ms()).await {
+        Ok(session) => session,
+        Err(e @ SessionError::Random) => {
+            return signed_out(&ui, Some(&e.to_string()), StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        Err(e @ SessionError::Store(_)) => {
+            return signed_out(&ui, Some(&e.to_string()), StatusCode::SERVICE_UNAVAILABLE);
+        }
     };
     (
         StatusCode::SEE_OTHER,
@@ -217,7 +219,9 @@ pub(crate) async fn signout(
     if let Err(refused) = check_change(&headers, &s, &csrf) {
         return refused.into_response();
     }
-    ui.sessions.remove(&s.id);
+    if let Err(e) = ui.sessions.remove(&s).await {
+        return crate::unavailable(&e);
+    }
     (
         StatusCode::SEE_OTHER,
         [
@@ -251,7 +255,9 @@ pub(crate) async fn view_tenant(
     if let Err(f) = ui.api.get::<TenantInfo>(&trial, "/v1/tenant").await {
         return failed(&ui, &s, f).await;
     }
-    ui.sessions.view(&s.id, tenant);
+    if let Err(e) = ui.sessions.view(&s, tenant).await {
+        return crate::unavailable(&e);
+    }
     Redirect::to("/ui/functions").into_response()
 }
 

@@ -982,3 +982,110 @@ async fn delivered(node: &Server) -> u64 {
     node.metric("gust_events_total{outcome=\"delivered\"}")
         .await
 }
+
+/// `application/x-www-form-urlencoded` of `pairs`.
+fn form(pairs: &[(&str, &str)]) -> String {
+    let encode = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dashboard_session_is_good_on_every_node_until_it_signs_out_on_any() {
+    let Some(cluster) = GustCluster::start(2) else {
+        return;
+    };
+    let [a, b] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let post = |url: String, cookie: Option<&str>, body: String| {
+        let mut request = http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", "same-origin")
+            .body(body);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send()
+    };
+    let page = |node: &Server, cookie: &str| {
+        http.get(format!("{}/ui/functions", node.api))
+            .header("cookie", cookie)
+            .send()
+    };
+
+    // Signed in on a.
+    let signed = post(
+        format!("{}/ui/signin", a.api),
+        None,
+        form(&[("token", &a.token)]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(signed.status(), 303);
+    let cookie = signed.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(cookie.starts_with("gust_session="), "{cookie}");
+
+    // b shows the pages to that cookie, and so does a.
+    let shown = page(b, &cookie).await.unwrap();
+    assert_eq!(shown.status(), 200);
+    let html = shown.text().await.unwrap();
+    assert!(html.contains("Sign out"), "{html}");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page carries the session's anti-forgery value")
+        .to_string();
+    assert_eq!(page(a, &cookie).await.unwrap().status(), 200);
+
+    // A change on b with a wrong anti-forgery value is refused; the
+    // session's own value passes, on the node that did not make it.
+    let forged = post(
+        format!("{}/ui/signout", b.api),
+        Some(&cookie),
+        form(&[("csrf", "0000")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(page(a, &cookie).await.unwrap().status(), 200);
+    let out = post(
+        format!("{}/ui/signout", b.api),
+        Some(&cookie),
+        form(&[("csrf", &csrf)]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status(), 303);
+
+    // Signed out on b is signed out on a.
+    for node in [a, b] {
+        let after = page(node, &cookie).await.unwrap();
+        assert_eq!(after.status(), 303, "{}", node.api);
+        assert_eq!(after.headers()["location"], "/ui/signin");
+    }
+}
