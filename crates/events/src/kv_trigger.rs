@@ -12,11 +12,21 @@
 //! already accepted, so at most the last event per key is queued twice —
 //! right behind the first copy, which keeps the order per key.
 //!
+//! A batch that fails part way (one enqueue refused, the cursor not
+//! written: a store out of reach) is read again a second later by the
+//! same reader, which remembers what it queued since the cursor last
+//! moved and does not queue it again. It cannot rely on the statuses for
+//! that: an event is accepted once queued even when its status could not
+//! be written (the store that keeps statuses may be the one out of
+//! reach), and finding no status, `submit_once` would queue a second copy
+//! to run as attempt 1 beside the first. Every chain of a batch is waited
+//! for, also after one failed, so what was queued is known.
+//!
 //! Order per key: the events of one key share an ordering group in the
 //! function's queue, so they are delivered one at a time in revision
 //! order, retries included. Events of different keys run in parallel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,8 +132,9 @@ impl ChangeFeed {
                 None => None,
             };
             let mut written = data.last_revision();
+            let mut queued = Queued::default();
             loop {
-                match pump(&events, data.as_ref()).await {
+                match pump(&events, data.as_ref(), &mut queued).await {
                     Ok(true) => continue,
                     Ok(false) => {
                         // Caught up: wait for the next write (or a while, as a safety net).
@@ -140,8 +151,20 @@ impl ChangeFeed {
     }
 }
 
+/// The events this reader queued since the cursor was last read at
+/// `cursor`: a batch read again is not queued twice.
+#[derive(Debug, Default)]
+struct Queued {
+    cursor: u64,
+    ids: HashSet<String>,
+}
+
 /// Handles one batch of the feed; true if there may be more.
-async fn pump(events: &Events, data: &dyn DataStore) -> Result<bool, EventsError> {
+async fn pump(
+    events: &Events,
+    data: &dyn DataStore,
+    queued: &mut Queued,
+) -> Result<bool, EventsError> {
     let cursor = match events.kv.get(CURSOR_KEY).await? {
         Some(entry) => std::str::from_utf8(&entry.value)
             .ok()
@@ -149,6 +172,12 @@ async fn pump(events: &Events, data: &dyn DataStore) -> Result<bool, EventsError
             .unwrap_or(0),
         None => 0,
     };
+    if cursor != queued.cursor {
+        *queued = Queued {
+            cursor,
+            ids: HashSet::new(),
+        };
+    }
     let changes = data.changes(cursor, BATCH).await?;
     let Some(last) = changes.last().map(|c| c.seq) else {
         return Ok(false);
@@ -182,15 +211,39 @@ async fn pump(events: &Events, data: &dyn DataStore) -> Result<bool, EventsError
     let mut tasks = tokio::task::JoinSet::new();
     for chain in chains.into_values() {
         let events = events.clone();
+        let chain: Vec<_> = chain
+            .into_iter()
+            .filter(|(trigger, change)| !queued.ids.contains(&invocation_id(trigger, change)))
+            .collect();
         tasks.spawn(async move {
+            let mut done = Vec::new();
             for (trigger, change) in chain {
-                submit(&events, &trigger, &change).await?;
+                if let Err(e) = submit(&events, &trigger, &change).await {
+                    return (done, Err(e));
+                }
+                done.push(invocation_id(&trigger, &change));
             }
-            Ok::<(), EventsError>(())
+            (done, Ok(()))
         });
     }
-    while let Some(done) = tasks.join_next().await {
-        done.map_err(|_| EventsError::Store(gust_store::StoreError::Closed))??;
+    // Every chain to its end: what each queued is known before a failure
+    // makes the batch be read again.
+    let mut failed = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((done, result)) => {
+                queued.ids.extend(done);
+                if let Err(e) = result {
+                    failed.get_or_insert(e);
+                }
+            }
+            Err(_) => {
+                failed.get_or_insert(EventsError::Store(gust_store::StoreError::Closed));
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     events
         .kv
@@ -198,6 +251,12 @@ async fn pump(events: &Events, data: &dyn DataStore) -> Result<bool, EventsError
         .await?;
     data.trim_changes(last).await?;
     Ok(changes.len() == BATCH)
+}
+
+/// The invocation id of `trigger`'s event for `change`: the same whenever
+/// the change is read.
+fn invocation_id(trigger: &KvTriggerRecord, change: &DataChange) -> String {
+    format!("kv-{}-{}-{}", trigger.function, trigger.id, change.revision)
 }
 
 async fn submit(
@@ -211,11 +270,10 @@ async fn submit(
     let payload = ChangeEvent::new(&bucket, key, change.revision, change.value.as_deref());
     let data = serde_json::to_vec(&payload)
         .map_err(|e| EventsError::Store(gust_store::StoreError::Corrupt(e.to_string())))?;
-    let invocation_id = format!("kv-{}-{}-{}", trigger.function, trigger.id, change.revision);
     let mut envelope = Events::envelope(
         trigger.tenant.clone(),
         trigger.function.clone(),
-        invocation_id,
+        invocation_id(trigger, change),
         trigger.path.clone(),
         |_| None,
         data,
@@ -228,4 +286,128 @@ async fn submit(
     envelope.time_ms = now_ms();
     let group = format!("kv/{bucket}/{key}");
     events.submit_once(envelope, Some(group)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use gust_store::{Entry, MetaStore, QueueStore, StoreError, Watch};
+    use gust_store_embedded::EmbeddedStore;
+
+    use super::*;
+
+    /// Metadata whose creates (the statuses) or cursor writes fail on
+    /// demand, as when the stream that keeps them has no leader.
+    struct Flaky {
+        inner: Arc<EmbeddedStore>,
+        fail_creates: AtomicBool,
+        fail_cursor: AtomicBool,
+    }
+
+    fn out_of_reach() -> StoreError {
+        StoreError::Unavailable("no leader".into())
+    }
+
+    #[async_trait]
+    impl MetaStore for Flaky {
+        async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+            MetaStore::get(self.inner.as_ref(), key).await
+        }
+        async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+            if key == CURSOR_KEY && self.fail_cursor.load(Ordering::Relaxed) {
+                return Err(out_of_reach());
+            }
+            MetaStore::put(self.inner.as_ref(), key, value).await
+        }
+        async fn compare_and_set(
+            &self,
+            key: &str,
+            value: Bytes,
+            expected: Option<u64>,
+        ) -> Result<u64, StoreError> {
+            if expected.is_none() && self.fail_creates.load(Ordering::Relaxed) {
+                return Err(out_of_reach());
+            }
+            self.inner.compare_and_set(key, value, expected).await
+        }
+        async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
+            MetaStore::delete(self.inner.as_ref(), key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+            MetaStore::list(self.inner.as_ref(), prefix).await
+        }
+        async fn watch(&self, prefix: &str) -> Result<Watch, StoreError> {
+            self.inner.watch(prefix).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_read_again_after_a_failure_queues_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+        let meta = Arc::new(Flaky {
+            inner: store.clone(),
+            fail_creates: AtomicBool::new(true),
+            fail_cursor: AtomicBool::new(true),
+        });
+        let events = Events::new(store.clone(), meta.clone());
+        let tenant = TenantId::new("acme").unwrap();
+        let function = FunctionName::new("on-change").unwrap();
+        let bucket = BucketName::new("default").unwrap();
+        events
+            .add_kv_trigger(KvTriggerRecord {
+                id: "t1".into(),
+                tenant: tenant.clone(),
+                function: function.clone(),
+                bucket: bucket.clone(),
+                prefix: String::new(),
+                path: "/".into(),
+                created_ms: 0,
+            })
+            .await
+            .unwrap();
+        for key in ["a", "b"] {
+            store
+                .apply(
+                    vec![gust_store::DataWrite::Put {
+                        key: kv::storage_key(&tenant, &bucket, key),
+                        value: Bytes::from_static(b"v"),
+                    }],
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        let queue = crate::queue_name(&tenant, &function);
+
+        // Both changes are queued (accepted without their statuses, which
+        // could not be written), then the cursor cannot move.
+        let mut queued = Queued::default();
+        assert!(pump(&events, store.as_ref(), &mut queued).await.is_err());
+        assert_eq!(store.depth(&queue).await.unwrap(), 2);
+
+        // The batch is read again with the statuses still out of reach:
+        // nothing is queued a second time, and the cursor moves on.
+        meta.fail_cursor.store(false, Ordering::Relaxed);
+        assert!(!pump(&events, store.as_ref(), &mut queued).await.unwrap());
+        assert_eq!(store.depth(&queue).await.unwrap(), 2);
+        assert!(store.changes(0, 10).await.unwrap().is_empty(), "trimmed");
+
+        // A new change after that is queued as usual.
+        meta.fail_creates.store(false, Ordering::Relaxed);
+        store
+            .apply(
+                vec![gust_store::DataWrite::Put {
+                    key: kv::storage_key(&tenant, &bucket, "a"),
+                    value: Bytes::from_static(b"w"),
+                }],
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(!pump(&events, store.as_ref(), &mut queued).await.unwrap());
+        assert_eq!(store.depth(&queue).await.unwrap(), 3);
+    }
 }
