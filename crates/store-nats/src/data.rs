@@ -400,6 +400,23 @@ impl DataState {
         js: &jetstream::Context,
         keys: &[String],
     ) -> Result<Vec<Option<Entry>>, StoreError> {
+        self.fenced_entries_with(js, keys, |key| self.entry_at(key))
+            .await
+    }
+
+    /// [`Self::fenced_entries`] with the reads made by `read` (a key's
+    /// entry and the sequence read): tests make keys move under every
+    /// read.
+    async fn fenced_entries_with<'k, R, F>(
+        &self,
+        js: &jetstream::Context,
+        keys: &'k [String],
+        read: R,
+    ) -> Result<Vec<Option<Entry>>, StoreError>
+    where
+        R: Fn(&'k str) -> F,
+        F: std::future::Future<Output = Result<(Option<Entry>, u64), StoreError>>,
+    {
         let mut owners: Vec<&str> = keys.iter().map(|k| owner_of(k)).collect();
         owners.sort_unstable();
         owners.dedup();
@@ -420,20 +437,19 @@ impl DataState {
                         .map(|(owner, (seq, _))| (self.owner_subject(owner), seq)),
                 );
             }
-            let read =
-                futures_util::future::try_join_all(keys.iter().map(|k| self.entry_at(k))).await?;
+            let entries = futures_util::future::try_join_all(keys.iter().map(|k| read(k))).await?;
             if !by_owner {
                 // A key asked for twice is fenced once.
                 fences = keys
                     .iter()
-                    .zip(&read)
+                    .zip(&entries)
                     .map(|(key, (_, seq))| (self.key_subject(key), *seq))
                     .collect();
                 fences.sort_unstable();
                 fences.dedup();
             }
             if self.fence_all(js, &fences).await? {
-                return Ok(read.into_iter().map(|(entry, _)| entry).collect());
+                return Ok(entries.into_iter().map(|(entry, _)| entry).collect());
             }
             if !by_owner {
                 crate::back_off(attempt).await;

@@ -400,3 +400,53 @@ async fn a_fence_holds_only_while_the_key_is_where_it_was_read() {
         .collect();
     assert_eq!(values, [Some(&b"2"[..]), Some(&b"2"[..]), None]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_whose_keys_move_under_every_fence_gives_up_with_a_503() {
+    let Some(one) = testkit::store().await else {
+        return;
+    };
+    let other = testkit::store_beside(&one).await;
+    let keys: Vec<String> = vec!["t/h/a".into(), "t/h/b".into()];
+    let reads = std::sync::atomic::AtomicUsize::new(0);
+    // Each read is followed by another node's write of the key, before
+    // the fence: as a writer that never lets the key rest.
+    let moved = |key: &str| {
+        let (one, other, reads) = (&one, &other, &reads);
+        let key = key.to_string();
+        async move {
+            let read = one.data.entry_at(&key).await?;
+            reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            other
+                .apply(
+                    vec![DataWrite::Put {
+                        key: key.clone(),
+                        value: Bytes::from_static(b"again"),
+                    }],
+                    None,
+                )
+                .await?;
+            Ok(read)
+        }
+    };
+    let gave_up = one
+        .data
+        .fenced_entries_with(&one.js, &keys, moved)
+        .await
+        .unwrap_err();
+    match gave_up {
+        gust_store::StoreError::Unavailable(message) => {
+            assert!(message.contains("kept changing"), "{message}");
+        }
+        other => panic!("not a 503: {other:?}"),
+    }
+    // The owner's fence once, then a fence per key, for every attempt.
+    assert_eq!(
+        reads.into_inner(),
+        keys.len() * super::FENCE_ATTEMPTS,
+        "every attempt read both keys"
+    );
+    // Left alone, the same keys read at once.
+    let found = one.get_many(keys.clone()).await.unwrap();
+    assert!(found.iter().all(|e| e.as_ref().unwrap().value == "again"));
+}
