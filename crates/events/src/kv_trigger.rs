@@ -152,11 +152,12 @@ impl ChangeFeed {
 }
 
 /// The events this reader queued since the cursor was last read at
-/// `cursor`: a batch read again is not queued twice.
+/// `cursor`, by tenant and invocation id (ids are unique per tenant
+/// only): a batch read again is not queued twice.
 #[derive(Debug, Default)]
 struct Queued {
     cursor: u64,
-    ids: HashSet<String>,
+    ids: HashSet<(TenantId, String)>,
 }
 
 /// Handles one batch of the feed; true if there may be more.
@@ -213,7 +214,11 @@ async fn pump(
         let events = events.clone();
         let chain: Vec<_> = chain
             .into_iter()
-            .filter(|(trigger, change)| !queued.ids.contains(&invocation_id(trigger, change)))
+            .filter(|(trigger, change)| {
+                !queued
+                    .ids
+                    .contains(&(trigger.tenant.clone(), invocation_id(trigger, change)))
+            })
             .collect();
         tasks.spawn(async move {
             let mut done = Vec::new();
@@ -221,7 +226,7 @@ async fn pump(
                 if let Err(e) = submit(&events, &trigger, &change).await {
                     return (done, Err(e));
                 }
-                done.push(invocation_id(&trigger, &change));
+                done.push((trigger.tenant.clone(), invocation_id(&trigger, &change)));
             }
             (done, Ok(()))
         });
@@ -388,11 +393,41 @@ mod tests {
         assert!(pump(&events, store.as_ref(), &mut queued).await.is_err());
         assert_eq!(store.depth(&queue).await.unwrap(), 2);
 
+        // Meanwhile another tenant's function of the same name, with a
+        // trigger of the same id, sees its first change: the same
+        // invocation id as the first tenant's first, its own event.
+        let rival = TenantId::new("rival").unwrap();
+        events
+            .add_kv_trigger(KvTriggerRecord {
+                id: "t1".into(),
+                tenant: rival.clone(),
+                function: function.clone(),
+                bucket: bucket.clone(),
+                prefix: String::new(),
+                path: "/".into(),
+                created_ms: 0,
+            })
+            .await
+            .unwrap();
+        let first = store
+            .apply(
+                vec![gust_store::DataWrite::Put {
+                    key: kv::storage_key(&rival, &bucket, "a"),
+                    value: Bytes::from_static(b"v"),
+                }],
+                None,
+            )
+            .await
+            .unwrap();
+        let rivals = crate::queue_name(&rival, &function);
+
         // The batch is read again with the statuses still out of reach:
-        // nothing is queued a second time, and the cursor moves on.
+        // nothing is queued a second time, the other tenant's event is
+        // queued, and the cursor moves on.
         meta.fail_cursor.store(false, Ordering::Relaxed);
         assert!(!pump(&events, store.as_ref(), &mut queued).await.unwrap());
         assert_eq!(store.depth(&queue).await.unwrap(), 2);
+        assert_eq!(store.depth(&rivals).await.unwrap(), 1, "{first:?}");
         assert!(store.changes(0, 10).await.unwrap().is_empty(), "trimmed");
 
         // A new change after that is queued as usual.
