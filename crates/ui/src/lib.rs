@@ -43,8 +43,6 @@ pub struct UiConfig {
     pub secure_cookies: bool,
     /// How long a sign-in lasts.
     pub session_ttl: Duration,
-    /// Sessions kept at most (in a cluster: by all nodes together).
-    pub max_sessions: usize,
     /// How often this node sweeps expired sessions out of the store.
     pub sweep_every: Duration,
 }
@@ -54,7 +52,6 @@ impl Default for UiConfig {
         Self {
             secure_cookies: false,
             session_ttl: Duration::from_secs(8 * 3600),
-            max_sessions: 10_000,
             sweep_every: Duration::from_secs(600),
         }
     }
@@ -76,11 +73,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 /// (see [`SessionStore`]). Inside a tokio runtime, this also starts the
 /// sweep of expired sessions, which ends when the router is dropped.
 pub fn router(api: Router, config: UiConfig, store: Arc<dyn SessionStore>) -> Router {
-    let sessions = Arc::new(Sessions::new(
-        store,
-        config.session_ttl,
-        config.max_sessions,
-    ));
+    let sessions = Arc::new(Sessions::new(store, config.session_ttl));
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(sweep(Arc::downgrade(&sessions), config.sweep_every));
     }
@@ -230,12 +223,14 @@ impl axum::extract::OptionalFromRequestParts<Ui> for Signed {
     }
 }
 
-/// The session store did not answer: 503, and the page may be reloaded.
-pub(crate) fn unavailable(e: &dyn std::fmt::Display) -> Response {
+/// The session store did not answer: 503, and the page may be reloaded
+/// (the store's own words go to the log, not to the browser).
+pub(crate) fn unavailable(e: &session::StoreFailed) -> Response {
+    tracing::warn!(error = %e, "dashboard: the session store did not answer");
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [(header::RETRY_AFTER, "1")],
-        format!("{e}; reload the page in a moment\n"),
+        "sessions cannot be reached now; reload the page in a moment\n",
     )
         .into_response()
 }

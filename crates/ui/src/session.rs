@@ -1,34 +1,36 @@
 //! Sessions: a token, once it signed in, behind a random cookie.
 //!
 //! The token never reaches the browser again: the cookie holds a random
-//! session id (HttpOnly, SameSite=Strict, `Secure` under TLS, path `/ui`),
-//! and the token stays on the server, with the session's own anti-forgery
-//! value and its expiry. Sign-out forgets the session. Under TLS the
-//! cookie is `__Host-gust_session` (the browser keeps it to this exact
-//! host, secure, path `/`). The data plane never hands these cookies to a
-//! guest nor lets one set them (the gateway's `cookies.rs`): browsers
-//! scope cookies by host, not port, and the two listeners may share a host.
+//! secret (HttpOnly, SameSite=Strict, `Secure` under TLS, path `/ui`), and
+//! the token stays on the server, with the session's own anti-forgery
+//! value and its expiry. Sign-out ends the session. Under TLS the cookie
+//! is `__Host-gust_session` (the browser keeps it to this exact host,
+//! secure, path `/`). The data plane never hands these cookies to a guest
+//! nor lets one set them (the gateway's `cookies.rs`): browsers scope
+//! cookies by host, not port, and the two listeners may share a host.
 //!
 //! Where sessions are kept is the binary's choice, a [`SessionStore`]:
 //! `gust up` keeps them in its metadata store, sealed with the key that
 //! seals secrets, so a browser stays signed in across a restart and on
 //! every node of a cluster behind one load balancer; [`MemorySessions`]
-//! keeps them in this process. Keys are hashes, never a cookie's value or
-//! a token: `uisession/id/<sha256(id)>` holds the session and
-//! `uisession/token/<sha256(token)>/<sha256(id)>` its expiry, the index
-//! that bounds a token's sessions and that the sweep walks. Expiry is wall
-//! clock time (milliseconds since the epoch), the same on every node up
-//! to their clocks' skew.
+//! keeps them in this process.
 //!
-//! A session is stored only once the API accepted its token. The store is
-//! bounded: a token keeps at most [`PER_TOKEN`] sessions (at sign-in its
-//! oldest go; two sign-ins of one token at the same moment on two nodes
-//! may both see room, so the bound is `PER_TOKEN` plus the sign-ins that
-//! raced, until the token's next sign-in), and [`Sessions::sweep`], run
-//! by every node, removes expired sessions and, past the store's size,
-//! those closest to expiry.
+//! A token has [`PER_TOKEN`] slots, `uisession/<sha256(token)>/<slot>`,
+//! and a sign-in takes a free one, else an expired one, else the one
+//! closest to expiry (that session ends): the number of keys is bounded by
+//! the tokens that signed in, never by how often, and no key is ever
+//! deleted (a deleted key leaves a tombstone in a cluster's stream). A
+//! slot holds the hash of its session's secret; the cookie is
+//! `<sha256(token)>.<slot>.<secret>`, which names the slot. Every change
+//! of a slot is a compare-and-set on what was read: two sign-ins racing
+//! for one slot cannot both take it (the bound is exact, on every node),
+//! and a change of view or a sign-out cannot bring back or end a session
+//! that took the slot since. Sign-out and the sweep ([`Sessions::sweep`],
+//! run by every node) leave a slot empty, its token gone. Expiry is wall
+//! clock time (ms since the epoch), the same on every node up to their
+//! clocks' skew.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,25 +46,33 @@ pub const SECURE_COOKIE: &str = "__Host-gust_session";
 /// Sessions one token may hold at once.
 pub const PER_TOKEN: usize = 32;
 
-const BY_ID: &str = "uisession/id/";
-const BY_TOKEN: &str = "uisession/token/";
+const PREFIX: &str = "uisession/";
+/// Compare-and-sets of one change before it gives up (others kept taking
+/// the token's slots first).
+const ATTEMPTS: usize = 8;
 
 /// The cookie's name for a listener with or without TLS.
 pub fn cookie_name(secure: bool) -> &'static str {
     if secure { SECURE_COOKIE } else { COOKIE }
 }
 
-/// Where sessions are kept: a map of strings with prefix listing. An
-/// implementation that writes them anywhere but this process's memory
-/// must seal the values (they hold tokens).
+/// Where sessions are kept: strings with revisions, compare-and-set and
+/// prefix listing. An implementation that keeps them anywhere but this
+/// process's memory must seal the values (they hold tokens).
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    async fn get(&self, key: &str) -> Result<Option<String>, StoreFailed>;
-    async fn put(&self, key: &str, value: String) -> Result<(), StoreFailed>;
-    /// Deleting a key that is not there succeeds.
-    async fn delete(&self, key: &str) -> Result<(), StoreFailed>;
-    /// Every key under `prefix`, with its value.
-    async fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreFailed>;
+    /// The value and its revision.
+    async fn get(&self, key: &str) -> Result<Option<(String, u64)>, StoreFailed>;
+    /// Writes `value` if the key's revision is `expected` (`None`: the key
+    /// must not exist): its new revision, or `None` if it was not.
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        value: String,
+        expected: Option<u64>,
+    ) -> Result<Option<u64>, StoreFailed>;
+    /// Every key under `prefix`, with its value and revision.
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, String, u64)>, StoreFailed>;
 }
 
 /// A [`SessionStore`] could not answer; its message says why.
@@ -77,12 +87,14 @@ impl std::fmt::Display for StoreFailed {
 
 impl std::error::Error for StoreFailed {}
 
-/// Why no session could be made or read.
+/// Why no session could be made or changed.
 #[derive(Debug)]
 pub enum SessionError {
     /// The system's random source failed: no session is better than a
     /// guessable one.
     Random,
+    /// Other sign-ins of the token kept taking its slots first.
+    Busy,
     Store(StoreFailed),
 }
 
@@ -98,40 +110,51 @@ impl std::fmt::Display for SessionError {
             Self::Random => {
                 f.write_str("no session could be made: the system's random source failed")
             }
-            Self::Store(e) => write!(f, "{e}; try again in a moment"),
+            Self::Busy => f.write_str(
+                "this token is signing in on many browsers at once; try again in a moment",
+            ),
+            Self::Store(_) => f.write_str("sessions cannot be reached now; try again in a moment"),
         }
     }
 }
 
 /// Sessions in this process's memory: gone with it, seen by no other node.
 #[derive(Debug, Default)]
-pub struct MemorySessions(Mutex<BTreeMap<String, String>>);
+pub struct MemorySessions {
+    map: Mutex<BTreeMap<String, (String, u64)>>,
+}
 
 impl MemorySessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, u64)>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 #[async_trait]
 impl SessionStore for MemorySessions {
-    async fn get(&self, key: &str) -> Result<Option<String>, StoreFailed> {
+    async fn get(&self, key: &str) -> Result<Option<(String, u64)>, StoreFailed> {
         Ok(self.lock().get(key).cloned())
     }
-    async fn put(&self, key: &str, value: String) -> Result<(), StoreFailed> {
-        self.lock().insert(key.to_string(), value);
-        Ok(())
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        value: String,
+        expected: Option<u64>,
+    ) -> Result<Option<u64>, StoreFailed> {
+        let mut map = self.lock();
+        let next = map.values().map(|(_, r)| *r).max().unwrap_or(0) + 1;
+        if map.get(key).map(|(_, r)| *r) != expected {
+            return Ok(None);
+        }
+        map.insert(key.to_string(), (value, next));
+        Ok(Some(next))
     }
-    async fn delete(&self, key: &str) -> Result<(), StoreFailed> {
-        self.lock().remove(key);
-        Ok(())
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreFailed> {
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, String, u64)>, StoreFailed> {
         Ok(self
             .lock()
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
             .collect())
     }
 }
@@ -139,6 +162,7 @@ impl SessionStore for MemorySessions {
 /// One signed-in browser.
 #[derive(Clone)]
 pub struct Session {
+    /// The cookie's value: `<sha256(token)>.<slot>.<secret>`.
     pub id: String,
     /// The token it signed in with; every API call of its pages carries it.
     pub token: String,
@@ -148,6 +172,9 @@ pub struct Session {
     pub viewing: Option<String>,
     /// When it ends, in milliseconds since the epoch.
     expires_ms: u64,
+    /// Its slot's key and the revision it was read at.
+    key: String,
+    revision: u64,
 }
 
 #[cfg(test)]
@@ -159,6 +186,8 @@ impl Session {
             csrf: "csrf".into(),
             viewing: None,
             expires_ms: 0,
+            key: String::new(),
+            revision: 0,
         }
     }
 }
@@ -172,15 +201,19 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// A session as kept: everything but its id (the key holds its hash).
+/// A slot's session: everything but its secret, of which the hash.
 #[derive(Serialize, Deserialize)]
 struct Record {
+    secret_hash: String,
     token: String,
     csrf: String,
     #[serde(default)]
     viewing: Option<String>,
     expires_ms: u64,
 }
+
+/// What an empty slot holds (a sign-out, a swept session).
+const EMPTY: &str = "";
 
 /// Now, in milliseconds since the epoch.
 pub fn now_ms() -> u64 {
@@ -196,29 +229,38 @@ fn hash(text: &str) -> String {
         .collect()
 }
 
+fn slot_key(token_hash: &str, slot: usize) -> String {
+    format!("{PREFIX}{token_hash}/{slot}")
+}
+
+/// The slot's key and the secret a cookie names; `None` if it is not one
+/// of ours.
+fn parse_cookie(id: &str) -> Option<(String, &str)> {
+    let mut parts = id.split('.');
+    let (token_hash, slot, secret) = (parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let slot: usize = slot.parse().ok()?;
+    (parts.next().is_none() && hex(token_hash) && hex(secret) && slot < PER_TOKEN)
+        .then(|| (slot_key(token_hash, slot), secret))
+}
+
 /// The sessions, over a [`SessionStore`].
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
     ttl: Duration,
-    max: usize,
 }
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sessions")
             .field("ttl", &self.ttl)
-            .field("max", &self.max)
             .finish_non_exhaustive()
     }
 }
 
 impl Sessions {
-    pub fn new(store: Arc<dyn SessionStore>, ttl: Duration, max: usize) -> Self {
-        Self {
-            store,
-            ttl,
-            max: max.max(1),
-        }
+    pub fn new(store: Arc<dyn SessionStore>, ttl: Duration) -> Self {
+        Self { store, ttl }
     }
 
     /// A session for `token` that is not stored: to ask the API whether
@@ -230,83 +272,91 @@ impl Sessions {
             csrf: String::new(),
             viewing: None,
             expires_ms: 0,
+            key: String::new(),
+            revision: 0,
         }
     }
 
-    /// Removes the session of hash `id_key` and its entry in the index
-    /// of the token of hash `token_key`.
-    async fn forget(&self, token_key: &str, id_key: &str) -> Result<(), StoreFailed> {
-        self.store.delete(&format!("{BY_ID}{id_key}")).await?;
-        self.store
-            .delete(&format!("{BY_TOKEN}{token_key}/{id_key}"))
-            .await
+    fn encode(record: &Record) -> Result<String, StoreFailed> {
+        serde_json::to_string(record).map_err(|e| StoreFailed(e.to_string()))
     }
 
-    async fn write(&self, id: &str, record: &Record) -> Result<(), StoreFailed> {
-        let value = serde_json::to_string(record).map_err(|e| StoreFailed(e.to_string()))?;
-        self.store.put(&format!("{BY_ID}{}", hash(id)), value).await
-    }
-
-    /// Starts a session for `token` (which the API accepted).
+    /// Starts a session for `token` (which the API accepted), in a free
+    /// slot, else an expired one, else the one closest to expiry.
     pub async fn create(&self, token: String, now_ms: u64) -> Result<Session, SessionError> {
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
-        let session = Session {
-            id: random_hex().ok_or(SessionError::Random)?,
+        let secret = random_hex().ok_or(SessionError::Random)?;
+        let csrf = random_hex().ok_or(SessionError::Random)?;
+        let token_hash = hash(&token);
+        let record = Record {
+            secret_hash: hash(&secret),
             token,
-            csrf: random_hex().ok_or(SessionError::Random)?,
+            csrf,
             viewing: None,
             expires_ms: now_ms.saturating_add(ttl_ms),
         };
-        let token_key = hash(&session.token);
-        let index = format!("{BY_TOKEN}{token_key}/");
-        // The token's expired sessions go, then its oldest make room.
-        let mut own = Vec::new();
-        for (key, expires) in self.store.list(&index).await? {
-            let id_key = key[index.len()..].to_string();
-            match expires.parse::<u64>() {
-                Ok(expires) if expires > now_ms => own.push((expires, id_key)),
-                _ => self.forget(&token_key, &id_key).await?,
+        let value = Self::encode(&record)?;
+        for _ in 0..ATTEMPTS {
+            // Each slot's revision and when its session ends (0: empty).
+            let mut slots: Vec<Option<(u64, u64)>> = vec![None; PER_TOKEN];
+            let prefix = format!("{PREFIX}{token_hash}/");
+            for (key, value, revision) in self.store.list(&prefix).await? {
+                let Some(slot) = key[prefix.len()..]
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|s| *s < PER_TOKEN)
+                else {
+                    continue;
+                };
+                let ends = serde_json::from_str::<Record>(&value).map_or(0, |r| r.expires_ms);
+                slots[slot] = Some((revision, ends));
+            }
+            let (slot, expected) = match slots.iter().position(Option::is_none) {
+                Some(free) => (free, None),
+                None => {
+                    let (slot, revision) = slots
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| s.map(|(revision, ends)| (ends, i, revision)))
+                        .min()
+                        .map(|(_, i, revision)| (i, revision))
+                        .unwrap_or((0, 0));
+                    (slot, Some(revision))
+                }
+            };
+            let key = slot_key(&token_hash, slot);
+            if let Some(revision) = self
+                .store
+                .compare_and_set(&key, value.clone(), expected)
+                .await?
+            {
+                return Ok(Session {
+                    id: format!("{token_hash}.{slot}.{secret}"),
+                    token: record.token,
+                    csrf: record.csrf,
+                    viewing: None,
+                    expires_ms: record.expires_ms,
+                    key,
+                    revision,
+                });
             }
         }
-        if own.len() >= PER_TOKEN {
-            own.sort();
-            for (_, id_key) in own.iter().take(own.len() + 1 - PER_TOKEN) {
-                self.forget(&token_key, id_key).await?;
-            }
-        }
-        // The index first: a session is never kept where the sweep and
-        // the token's bound cannot see it.
-        self.store
-            .put(
-                &format!("{index}{}", hash(&session.id)),
-                session.expires_ms.to_string(),
-            )
-            .await?;
-        self.write(
-            &session.id,
-            &Record {
-                token: session.token.clone(),
-                csrf: session.csrf.clone(),
-                viewing: None,
-                expires_ms: session.expires_ms,
-            },
-        )
-        .await?;
-        Ok(session)
+        Err(SessionError::Busy)
     }
 
-    /// The live session of `id`.
+    /// The live session of the cookie `id`.
     pub async fn get(&self, id: &str, now_ms: u64) -> Result<Option<Session>, StoreFailed> {
-        let id_key = hash(id);
-        let Some(value) = self.store.get(&format!("{BY_ID}{id_key}")).await? else {
+        let Some((key, secret)) = parse_cookie(id) else {
+            return Ok(None);
+        };
+        let Some((value, revision)) = self.store.get(&key).await? else {
             return Ok(None);
         };
         let Ok(record) = serde_json::from_str::<Record>(&value) else {
-            // Not one of ours (or from a later version): not a session.
+            // Empty, or not one of ours: no session.
             return Ok(None);
         };
-        if record.expires_ms <= now_ms {
-            self.forget(&hash(&record.token), &id_key).await?;
+        if !same(&record.secret_hash, &hash(secret)) || record.expires_ms <= now_ms {
             return Ok(None);
         }
         Ok(Some(Session {
@@ -315,68 +365,76 @@ impl Sessions {
             csrf: record.csrf,
             viewing: record.viewing,
             expires_ms: record.expires_ms,
+            key,
+            revision,
         }))
     }
 
-    /// Changes the tenant a session looks at.
-    pub async fn view(&self, session: &Session, tenant: Option<String>) -> Result<(), StoreFailed> {
-        self.write(
-            &session.id,
-            &Record {
-                token: session.token.clone(),
-                csrf: session.csrf.clone(),
-                viewing: tenant,
-                expires_ms: session.expires_ms,
-            },
-        )
-        .await
+    /// Changes the tenant a session looks at; `false` if the session ended
+    /// since it was read (signed out, or its slot taken).
+    pub async fn view(
+        &self,
+        session: &Session,
+        tenant: Option<String>,
+    ) -> Result<bool, StoreFailed> {
+        let Some((_, secret)) = parse_cookie(&session.id) else {
+            return Ok(false);
+        };
+        let value = Self::encode(&Record {
+            secret_hash: hash(secret),
+            token: session.token.clone(),
+            csrf: session.csrf.clone(),
+            viewing: tenant,
+            expires_ms: session.expires_ms,
+        })?;
+        Ok(self
+            .store
+            .compare_and_set(&session.key, value, Some(session.revision))
+            .await?
+            .is_some())
     }
 
-    /// Ends a session (sign-out, or a token the API no longer accepts).
+    /// Ends a session (sign-out, or a token the API no longer accepts)
+    /// unless its slot changed since it was read: then it was ended or
+    /// changed by another request, which the caller reads again.
     pub async fn remove(&self, session: &Session) -> Result<(), StoreFailed> {
-        self.forget(&hash(&session.token), &hash(&session.id)).await
+        let ended = self
+            .store
+            .compare_and_set(&session.key, EMPTY.to_string(), Some(session.revision))
+            .await?
+            .is_some();
+        if ended {
+            return Ok(());
+        }
+        // Changed since (a change of view): end what is there now, if it
+        // is still this session.
+        if let Some(now) = self.get(&session.id, 0).await? {
+            self.store
+                .compare_and_set(&now.key, EMPTY.to_string(), Some(now.revision))
+                .await?;
+        }
+        Ok(())
     }
 
-    /// Removes expired sessions and, past the store's size, those closest
-    /// to expiry, and sessions whose index entry is gone; returns how many
-    /// went.
+    /// Empties the slots of expired sessions (their tokens go); returns
+    /// how many.
     pub async fn sweep(&self, now_ms: u64) -> Result<usize, StoreFailed> {
-        // Sessions before the index: a session's index entry is written
-        // before it, so one listed here without an entry below had its
-        // entry removed, not yet written.
-        let sessions = self.store.list(BY_ID).await?;
-        let mut live = Vec::new();
-        let mut indexed = HashSet::new();
-        let mut gone = 0;
-        for (key, expires) in self.store.list(BY_TOKEN).await? {
-            let Some((token_key, id_key)) = key[BY_TOKEN.len()..].split_once('/') else {
+        let mut swept = 0;
+        for (key, value, revision) in self.store.list(PREFIX).await? {
+            let Ok(record) = serde_json::from_str::<Record>(&value) else {
                 continue;
             };
-            indexed.insert(id_key.to_string());
-            match expires.parse::<u64>() {
-                Ok(expires) if expires > now_ms => {
-                    live.push((expires, token_key.to_string(), id_key.to_string()));
-                }
-                _ => {
-                    self.forget(token_key, id_key).await?;
-                    gone += 1;
-                }
+            if record.expires_ms <= now_ms
+                && self
+                    .store
+                    .compare_and_set(&key, EMPTY.to_string(), Some(revision))
+                    .await?
+                    .is_some()
+            {
+                swept += 1;
             }
         }
-        if live.len() > self.max {
-            live.sort();
-            for (_, token_key, id_key) in live.iter().take(live.len() - self.max) {
-                self.forget(token_key, id_key).await?;
-                gone += 1;
-            }
-        }
-        for (key, _) in sessions {
-            if !indexed.contains(&key[BY_ID.len()..]) {
-                self.store.delete(&key).await?;
-                gone += 1;
-            }
-        }
-        Ok(gone)
+        Ok(swept)
     }
 
     pub fn ttl(&self) -> Duration {
@@ -460,70 +518,104 @@ pub fn same_origin(sec_fetch_site: Option<&str>, origin: Option<&str>, host: Opt
 mod tests {
     use super::*;
 
-    fn memory(ttl_secs: u64, max: usize) -> (Arc<MemorySessions>, Sessions) {
+    fn memory(ttl_secs: u64) -> (Arc<MemorySessions>, Sessions) {
         let store = Arc::new(MemorySessions::default());
-        let sessions = Sessions::new(store.clone(), Duration::from_secs(ttl_secs), max);
+        let sessions = Sessions::new(store.clone(), Duration::from_secs(ttl_secs));
         (store, sessions)
+    }
+
+    /// The live sessions kept.
+    fn live(store: &MemorySessions) -> usize {
+        store.lock().values().filter(|(v, _)| !v.is_empty()).count()
     }
 
     #[tokio::test]
     async fn a_session_lives_until_it_expires_or_signs_out() {
-        let (store, sessions) = memory(60, 10);
+        let (store, sessions) = memory(60);
         let t0 = 1_000_000;
         let s = sessions.create("tok".into(), t0).await.unwrap();
-        assert_eq!(s.id.len(), 64);
         assert_ne!(s.id, s.csrf);
         assert_eq!(sessions.get(&s.id, t0).await.unwrap().unwrap().token, "tok");
         assert!(sessions.get("nope", t0).await.unwrap().is_none());
         assert!(sessions.get(&s.id, t0 + 61_000).await.unwrap().is_none());
-        assert!(
-            store.lock().is_empty(),
-            "an expired session is forgotten when read"
-        );
-        let s2 = sessions.create("tok".into(), t0).await.unwrap();
-        sessions.view(&s2, Some("acme".into())).await.unwrap();
-        let viewing = sessions.get(&s2.id, t0).await.unwrap().unwrap().viewing;
-        assert_eq!(viewing.as_deref(), Some("acme"));
-        sessions.remove(&s2).await.unwrap();
-        assert!(sessions.get(&s2.id, t0).await.unwrap().is_none());
-        assert!(store.lock().is_empty(), "sign-out leaves nothing behind");
+        // The slot with another secret is not the session.
+        let (slot, _) = s.id.rsplit_once('.').unwrap();
+        let forged = format!("{slot}.{}", "0".repeat(64));
+        assert!(sessions.get(&forged, t0).await.unwrap().is_none());
+
+        let s = sessions.get(&s.id, t0).await.unwrap().unwrap();
+        assert!(sessions.view(&s, Some("acme".into())).await.unwrap());
+        let s = sessions.get(&s.id, t0).await.unwrap().unwrap();
+        assert_eq!(s.viewing.as_deref(), Some("acme"));
+        sessions.remove(&s).await.unwrap();
+        assert!(sessions.get(&s.id, t0).await.unwrap().is_none());
+        assert_eq!(live(&store), 0, "sign-out leaves the slot empty");
+        assert_eq!(store.lock().len(), 1, "and the slot in place");
+    }
+
+    #[tokio::test]
+    async fn a_change_of_view_or_a_stale_sign_out_never_brings_back_or_ends_another() {
+        let (store, sessions) = memory(60);
+        let s = sessions.create("tok".into(), 0).await.unwrap();
+        let read = sessions.get(&s.id, 0).await.unwrap().unwrap();
+        // Signed out in another tab (or on another node) meanwhile.
+        sessions.remove(&read).await.unwrap();
+        assert!(!sessions.view(&read, Some("acme".into())).await.unwrap());
+        assert!(sessions.get(&s.id, 0).await.unwrap().is_none());
+        // A new sign-in takes the emptied slot; the old session's late
+        // sign-out does not end it.
+        let again = sessions.create("tok".into(), 0).await.unwrap();
+        sessions.remove(&read).await.unwrap();
+        assert!(sessions.get(&again.id, 0).await.unwrap().is_some());
+        assert_eq!(live(&store), 1);
+        // A sign-out after a change of view still ends the session.
+        let seen = sessions.get(&again.id, 0).await.unwrap().unwrap();
+        assert!(sessions.view(&seen, Some("acme".into())).await.unwrap());
+        sessions.remove(&seen).await.unwrap();
+        assert!(sessions.get(&again.id, 0).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn the_store_keeps_hashes_for_keys_and_never_a_cookie_in_the_clear() {
-        let (store, sessions) = memory(60, 10);
+        let (store, sessions) = memory(60);
         let s = sessions.create("gust_XYZ".into(), 0).await.unwrap();
+        let secret = s.id.rsplit('.').next().unwrap().to_string();
         let all = store.lock().clone();
-        assert_eq!(all.len(), 2, "{all:?}");
-        for key in all.keys() {
-            assert!(!key.contains(&s.id) && !key.contains("gust_XYZ"), "{key}");
+        assert_eq!(all.len(), 1, "{all:?}");
+        for (key, (value, _)) in &all {
+            assert!(!key.contains(&secret) && !key.contains("gust_XYZ"), "{key}");
+            assert!(!value.contains(&secret), "{value}");
         }
-        assert!(all.values().all(|v| !v.contains(&s.id)));
     }
 
     #[tokio::test]
-    async fn the_sweep_removes_expired_then_those_closest_to_expiry_past_the_size() {
-        let (store, sessions) = memory(60, 2);
+    async fn the_sweep_empties_expired_sessions_only() {
+        let (store, sessions) = memory(60);
         let a = sessions.create("a".into(), 0).await.unwrap();
-        let b = sessions.create("b".into(), 1_000).await.unwrap();
-        let c = sessions.create("c".into(), 2_000).await.unwrap();
-        let d = sessions.create("d".into(), 3_000).await.unwrap();
-        // At 60.5 s the first has expired; of the three left, the store
-        // keeps the two that last longest.
-        assert_eq!(sessions.sweep(60_500).await.unwrap(), 2);
-        let now = 60_500;
-        assert!(sessions.get(&a.id, now).await.unwrap().is_none());
-        assert!(sessions.get(&b.id, now).await.unwrap().is_none());
-        assert!(sessions.get(&c.id, now).await.unwrap().is_some());
-        assert!(sessions.get(&d.id, now).await.unwrap().is_some());
-        assert_eq!(store.lock().len(), 4);
-        // A session whose index entry is gone is swept as well.
-        store
-            .lock()
-            .retain(|k, _| !k.starts_with(BY_TOKEN) || !k.ends_with(&hash(&c.id)));
-        assert_eq!(sessions.sweep(now).await.unwrap(), 1);
-        assert!(sessions.get(&c.id, now).await.unwrap().is_none());
-        assert_eq!(store.lock().len(), 2);
+        let b = sessions.create("b".into(), 30_000).await.unwrap();
+        assert_eq!(sessions.sweep(60_500).await.unwrap(), 1);
+        assert!(sessions.get(&a.id, 0).await.unwrap().is_none());
+        assert!(sessions.get(&b.id, 60_500).await.unwrap().is_some());
+        assert_eq!(live(&store), 1);
+        assert_eq!(sessions.sweep(60_500).await.unwrap(), 0);
+    }
+
+    #[test]
+    fn only_well_formed_cookies_name_a_slot() {
+        let hex = "a".repeat(64);
+        assert!(parse_cookie(&format!("{hex}.0.{hex}")).is_some());
+        assert!(parse_cookie(&format!("{hex}.31.{hex}")).is_some());
+        for bad in [
+            format!("{hex}.32.{hex}"),
+            format!("{hex}.-1.{hex}"),
+            format!("{hex}.0.{hex}.x"),
+            format!("{hex}.0"),
+            format!("../{hex}.0.{hex}"),
+            format!("{}.0.{hex}", "g".repeat(64)),
+            String::new(),
+        ] {
+            assert!(parse_cookie(&bad).is_none(), "{bad}");
+        }
     }
 
     #[test]
@@ -551,24 +643,35 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_holds_a_bounded_number_of_sessions() {
-        let (store, sessions) = memory(60, 1000);
+        let (store, sessions) = memory(60);
         let other = sessions.create("other".into(), 0).await.unwrap();
         let first = sessions.create("busy".into(), 0).await.unwrap();
-        for i in 1..=PER_TOKEN as u64 {
-            sessions.create("busy".into(), i).await.unwrap();
+        let mut all = vec![first.clone()];
+        for i in 1..PER_TOKEN as u64 {
+            all.push(sessions.create("busy".into(), i).await.unwrap());
         }
-        let now = 1_000;
+        // Full: the next one ends the session closest to expiry.
+        let next = sessions.create("busy".into(), 1_000).await.unwrap();
         assert!(
-            sessions.get(&first.id, now).await.unwrap().is_none(),
+            sessions.get(&first.id, 1_000).await.unwrap().is_none(),
             "its own oldest went"
         );
+        assert!(sessions.get(&next.id, 1_000).await.unwrap().is_some());
         assert!(
-            sessions.get(&other.id, now).await.unwrap().is_some(),
+            sessions.get(&other.id, 1_000).await.unwrap().is_some(),
             "another token's stayed"
         );
-        let busy = format!("{BY_TOKEN}{}/", hash("busy"));
-        assert_eq!(sessions.store.list(&busy).await.unwrap().len(), PER_TOKEN);
-        assert_eq!(store.lock().len(), 2 * (PER_TOKEN + 1));
+        assert_eq!(
+            store.lock().len(),
+            PER_TOKEN + 1,
+            "keys never grow past the slots"
+        );
+        // An expired session's slot goes before a live one's.
+        let late = 60_500;
+        let fresh = sessions.create("busy".into(), late).await.unwrap();
+        assert!(sessions.get(&fresh.id, late).await.unwrap().is_some());
+        assert!(sessions.get(&next.id, late).await.unwrap().is_some());
+        assert_eq!(store.lock().len(), PER_TOKEN + 1);
         assert!(
             !format!("{first:?}").contains("busy"),
             "Debug hides the token"

@@ -183,7 +183,10 @@ pub(crate) async fn signin(
         Err(e @ SessionError::Random) => {
             return signed_out(&ui, Some(&e.to_string()), StatusCode::INTERNAL_SERVER_ERROR);
         }
-        Err(e @ SessionError::Store(_)) => {
+        Err(e) => {
+            if let SessionError::Store(failed) = &e {
+                tracing::warn!(error = %failed, "dashboard: a sign-in could not be kept");
+            }
             return signed_out(&ui, Some(&e.to_string()), StatusCode::SERVICE_UNAVAILABLE);
         }
     };
@@ -255,8 +258,11 @@ pub(crate) async fn view_tenant(
     if let Err(f) = ui.api.get::<TenantInfo>(&trial, "/v1/tenant").await {
         return failed(&ui, &s, f).await;
     }
-    if let Err(e) = ui.sessions.view(&s, tenant).await {
-        return crate::unavailable(&e);
+    match ui.sessions.view(&s, tenant).await {
+        Ok(true) => {}
+        // Signed out (or its slot taken) since this request read it.
+        Ok(false) => return Redirect::to("/ui/signin").into_response(),
+        Err(e) => return crate::unavailable(&e),
     }
     Redirect::to("/ui/functions").into_response()
 }
