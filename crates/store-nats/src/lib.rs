@@ -65,7 +65,15 @@ pub struct NatsOptions {
     pub replicas: usize,
     /// The client's name, as servers list it (the node's id).
     pub client_name: String,
+    /// How long a deleted metadata key's tombstone stays (see `meta.rs`);
+    /// whole seconds, at least one.
+    pub tombstone_ttl: Duration,
 }
+
+/// How long a deleted metadata key's tombstone stays by default: far
+/// longer than any watch may lag or a compare-and-set may take from its
+/// read to its write.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
 
 impl NatsOptions {
     pub fn new(servers: Vec<String>) -> Self {
@@ -76,6 +84,7 @@ impl NatsOptions {
             namespace: "GUST".into(),
             replicas: 3,
             client_name: "gust".into(),
+            tombstone_ttl: TOMBSTONE_TTL,
         }
     }
 }
@@ -308,6 +317,7 @@ async fn try_ensure_stream(
         Ok(mut existing) => {
             let info = existing.info().await.map_err(backend)?.clone();
             if info.config.allow_direct != config.allow_direct
+                || info.config.allow_message_ttl != config.allow_message_ttl
                 || info.config.num_replicas != config.num_replicas
                 || info.config.allow_atomic_publish != config.allow_atomic_publish
                 || info.config.allow_rollup != config.allow_rollup

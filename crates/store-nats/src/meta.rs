@@ -4,8 +4,15 @@
 //! one message per subject, so a key's value is its last message and its
 //! revision is that message's stream sequence: revisions grow across the
 //! whole store, as the trait asks. A delete is a message with the
-//! [`OP_HEADER`] header set to `del` (a tombstone: it keeps the key's
-//! revision history monotonic for compare-and-set).
+//! [`OP_HEADER`] header set to `del` (a tombstone: watchers see the key
+//! go). A tombstone expires after [`crate::NatsOptions::tombstone_ttl`]
+//! (`Nats-TTL`, an hour by default), so keys deleted by the million (every
+//! event's status, pruned) do not stay in the stream, nor in every listing
+//! of their prefix, for ever. Its going changes nothing a reader could
+//! rely on: revisions are stream sequences, never reused, so a
+//! compare-and-set expecting the tombstone's revision is refused once it
+//! is gone and reads again; a watch lagging by more than the TTL misses
+//! the delete, as it would miss being restarted.
 //!
 //! Compare-and-set is JetStream's own: a publish with
 //! `Nats-Expected-Last-Subject-Sequence`, checked by the stream's leader
@@ -62,6 +69,8 @@ pub(crate) async fn open_stream(
     config.max_messages_per_subject = 1;
     config.discard = stream::DiscardPolicy::Old;
     config.allow_atomic_publish = true;
+    // Tombstones expire (`Nats-TTL`); values never do.
+    config.allow_message_ttl = true;
     ensure_stream(js, config).await
 }
 
@@ -143,6 +152,8 @@ impl NatsStore {
         }
         if delete {
             headers.insert(OP_HEADER, OP_DELETE);
+            let ttl = self.options.tombstone_ttl.as_secs().max(1).to_string();
+            headers.insert("Nats-TTL", ttl.as_str());
         }
         let ack = self
             .js
@@ -582,6 +593,67 @@ mod tests {
             "{on_leader} of {} on the leader: {hosts:?}",
             hosts.len()
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_tombstone_expires_and_the_key_is_written_again() {
+        use gust_store::MetaStore as _;
+        let Some(cluster) = tokio::task::spawn_blocking(testkit::shared).await.unwrap() else {
+            return;
+        };
+        let mut options = testkit::options(cluster);
+        options.tombstone_ttl = std::time::Duration::from_secs(1);
+        let store = crate::NatsStore::connect(options).await.unwrap();
+        let watcher = testkit::store_beside(&store).await;
+        let mut watch = watcher.watch("gone/").await.unwrap();
+        let first = store.put("gone/a", bytes::Bytes::from("1")).await.unwrap();
+        store.put("gone/b", bytes::Bytes::from("2")).await.unwrap();
+        let deleted = store.delete("gone/a").await.unwrap().unwrap();
+        // Watchers see the delete (the put before it may be skipped: the
+        // stream keeps each key's last message), and the tombstone is
+        // there at first.
+        let saw_delete = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                if let gust_store::MetaEvent::Delete { key, .. } =
+                    watch.changes.next().await.unwrap()
+                    && key == "gone/a"
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(saw_delete.is_ok(), "the watch never saw the delete");
+        assert!(matches!(store.meta_last("gone/a").await.unwrap(), Some(Err(r)) if r == deleted));
+        // Then it goes, and with it the stream's message.
+        let subject = store.meta_subject("gone/a");
+        let mut gone = false;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let info = store.meta.get_info().await.unwrap();
+            if store.meta_last("gone/a").await.unwrap().is_none() && info.state.messages == 1 {
+                gone = true;
+                break;
+            }
+        }
+        assert!(gone, "the tombstone of {subject} is still there");
+        // The key reads absent, a create succeeds at a later revision, and
+        // a write expecting a revision from before is refused.
+        assert!(store.get("gone/a").await.unwrap().is_none());
+        assert!(
+            store
+                .compare_and_set("gone/a", bytes::Bytes::from("x"), Some(first))
+                .await
+                .is_err()
+        );
+        let again = store
+            .compare_and_set("gone/a", bytes::Bytes::from("3"), None)
+            .await
+            .unwrap();
+        assert!(again > deleted);
+        assert_eq!(store.list("gone/").await.unwrap().len(), 2);
+        // Values never expire.
+        assert_eq!(&store.get("gone/b").await.unwrap().unwrap().value[..], b"2");
     }
 
     #[tokio::test(flavor = "multi_thread")]
