@@ -348,6 +348,32 @@ mod tests {
         }
     }
 
+    fn trigger(tenant: &TenantId, function: &FunctionName, bucket: &BucketName) -> KvTriggerRecord {
+        KvTriggerRecord {
+            id: "t1".into(),
+            tenant: tenant.clone(),
+            function: function.clone(),
+            bucket: bucket.clone(),
+            prefix: String::new(),
+            path: "/".into(),
+            created_ms: 0,
+        }
+    }
+
+    async fn put(store: &EmbeddedStore, key: String, value: &'static [u8]) -> Option<DataChange> {
+        let mut changes = store
+            .apply(
+                vec![gust_store::DataWrite::Put {
+                    key,
+                    value: Bytes::from_static(value),
+                }],
+                None,
+            )
+            .await
+            .unwrap();
+        changes.pop().flatten()
+    }
+
     #[tokio::test]
     async fn a_batch_read_again_after_a_failure_queues_nothing_twice() {
         let dir = tempfile::tempdir().unwrap();
@@ -362,28 +388,11 @@ mod tests {
         let function = FunctionName::new("on-change").unwrap();
         let bucket = BucketName::new("default").unwrap();
         events
-            .add_kv_trigger(KvTriggerRecord {
-                id: "t1".into(),
-                tenant: tenant.clone(),
-                function: function.clone(),
-                bucket: bucket.clone(),
-                prefix: String::new(),
-                path: "/".into(),
-                created_ms: 0,
-            })
+            .add_kv_trigger(trigger(&tenant, &function, &bucket))
             .await
             .unwrap();
         for key in ["a", "b"] {
-            store
-                .apply(
-                    vec![gust_store::DataWrite::Put {
-                        key: kv::storage_key(&tenant, &bucket, key),
-                        value: Bytes::from_static(b"v"),
-                    }],
-                    None,
-                )
-                .await
-                .unwrap();
+            put(&store, kv::storage_key(&tenant, &bucket, key), b"v").await;
         }
         let queue = crate::queue_name(&tenant, &function);
 
@@ -398,27 +407,10 @@ mod tests {
         // invocation id as the first tenant's first, its own event.
         let rival = TenantId::new("rival").unwrap();
         events
-            .add_kv_trigger(KvTriggerRecord {
-                id: "t1".into(),
-                tenant: rival.clone(),
-                function: function.clone(),
-                bucket: bucket.clone(),
-                prefix: String::new(),
-                path: "/".into(),
-                created_ms: 0,
-            })
+            .add_kv_trigger(trigger(&rival, &function, &bucket))
             .await
             .unwrap();
-        let first = store
-            .apply(
-                vec![gust_store::DataWrite::Put {
-                    key: kv::storage_key(&rival, &bucket, "a"),
-                    value: Bytes::from_static(b"v"),
-                }],
-                None,
-            )
-            .await
-            .unwrap();
+        let first = put(&store, kv::storage_key(&rival, &bucket, "a"), b"v").await;
         let rivals = crate::queue_name(&rival, &function);
 
         // The batch is read again with the statuses still out of reach:
@@ -432,16 +424,7 @@ mod tests {
 
         // A new change after that is queued as usual.
         meta.fail_creates.store(false, Ordering::Relaxed);
-        store
-            .apply(
-                vec![gust_store::DataWrite::Put {
-                    key: kv::storage_key(&tenant, &bucket, "a"),
-                    value: Bytes::from_static(b"w"),
-                }],
-                None,
-            )
-            .await
-            .unwrap();
+        put(&store, kv::storage_key(&tenant, &bucket, "a"), b"w").await;
         assert!(!pump(&events, store.as_ref(), &mut queued).await.unwrap());
         assert_eq!(store.depth(&queue).await.unwrap(), 3);
     }
