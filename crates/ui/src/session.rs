@@ -121,11 +121,14 @@ impl std::fmt::Display for SessionError {
 /// Sessions in this process's memory: gone with it, seen by no other node.
 #[derive(Debug, Default)]
 pub struct MemorySessions {
-    map: Mutex<BTreeMap<String, (String, u64)>>,
+    map: Mutex<Kept>,
 }
 
+/// Each key's value and revision; the last revision given.
+type Kept = (BTreeMap<String, (String, u64)>, u64);
+
 impl MemorySessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, u64)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -133,7 +136,7 @@ impl MemorySessions {
 #[async_trait]
 impl SessionStore for MemorySessions {
     async fn get(&self, key: &str) -> Result<Option<(String, u64)>, StoreFailed> {
-        Ok(self.lock().get(key).cloned())
+        Ok(self.lock().0.get(key).cloned())
     }
     async fn compare_and_set(
         &self,
@@ -141,17 +144,18 @@ impl SessionStore for MemorySessions {
         value: String,
         expected: Option<u64>,
     ) -> Result<Option<u64>, StoreFailed> {
-        let mut map = self.lock();
-        let next = map.values().map(|(_, r)| *r).max().unwrap_or(0) + 1;
+        let (map, last) = &mut *self.lock();
         if map.get(key).map(|(_, r)| *r) != expected {
             return Ok(None);
         }
-        map.insert(key.to_string(), (value, next));
-        Ok(Some(next))
+        *last += 1;
+        map.insert(key.to_string(), (value, *last));
+        Ok(Some(*last))
     }
     async fn list(&self, prefix: &str) -> Result<Vec<(String, String, u64)>, StoreFailed> {
         Ok(self
             .lock()
+            .0
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, (v, r))| (k.clone(), v.clone(), *r))
@@ -222,11 +226,12 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn hash(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(text.as_bytes()))
 }
 
 fn slot_key(token_hash: &str, slot: usize) -> String {
@@ -446,7 +451,7 @@ impl Sessions {
 fn random_hex() -> Option<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).ok()?;
-    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Some(hex(&bytes))
 }
 
 /// The session ids named `name` in `Cookie` headers.
@@ -526,7 +531,12 @@ mod tests {
 
     /// The live sessions kept.
     fn live(store: &MemorySessions) -> usize {
-        store.lock().values().filter(|(v, _)| !v.is_empty()).count()
+        store
+            .lock()
+            .0
+            .values()
+            .filter(|(v, _)| !v.is_empty())
+            .count()
     }
 
     #[tokio::test]
@@ -550,7 +560,7 @@ mod tests {
         sessions.remove(&s).await.unwrap();
         assert!(sessions.get(&s.id, t0).await.unwrap().is_none());
         assert_eq!(live(&store), 0, "sign-out leaves the slot empty");
-        assert_eq!(store.lock().len(), 1, "and the slot in place");
+        assert_eq!(store.lock().0.len(), 1, "and the slot in place");
     }
 
     #[tokio::test]
@@ -580,7 +590,7 @@ mod tests {
         let (store, sessions) = memory(60);
         let s = sessions.create("gust_XYZ".into(), 0).await.unwrap();
         let secret = s.id.rsplit('.').next().unwrap().to_string();
-        let all = store.lock().clone();
+        let all = store.lock().0.clone();
         assert_eq!(all.len(), 1, "{all:?}");
         for (key, (value, _)) in &all {
             assert!(!key.contains(&secret) && !key.contains("gust_XYZ"), "{key}");
@@ -662,7 +672,7 @@ mod tests {
             "another token's stayed"
         );
         assert_eq!(
-            store.lock().len(),
+            store.lock().0.len(),
             PER_TOKEN + 1,
             "keys never grow past the slots"
         );
@@ -671,7 +681,7 @@ mod tests {
         let fresh = sessions.create("busy".into(), late).await.unwrap();
         assert!(sessions.get(&fresh.id, late).await.unwrap().is_some());
         assert!(sessions.get(&next.id, late).await.unwrap().is_some());
-        assert_eq!(store.lock().len(), PER_TOKEN + 1);
+        assert_eq!(store.lock().0.len(), PER_TOKEN + 1);
         assert!(
             !format!("{first:?}").contains("busy"),
             "Debug hides the token"
