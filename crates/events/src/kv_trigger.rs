@@ -428,4 +428,44 @@ mod tests {
         assert!(!pump(&events, store.as_ref(), &mut queued).await.unwrap());
         assert_eq!(store.depth(&queue).await.unwrap(), 3);
     }
+
+    #[tokio::test]
+    async fn a_batch_read_again_after_a_restart_queues_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
+        let meta = Arc::new(Flaky {
+            inner: store.clone(),
+            fail_creates: AtomicBool::new(true),
+            fail_cursor: AtomicBool::new(true),
+        });
+        let events = Events::new(store.clone(), meta.clone());
+        let tenant = TenantId::new("acme").unwrap();
+        let function = FunctionName::new("on-change").unwrap();
+        let bucket = BucketName::new("default").unwrap();
+        events
+            .add_kv_trigger(trigger(&tenant, &function, &bucket))
+            .await
+            .unwrap();
+        for key in ["a", "b"] {
+            put(&store, kv::storage_key(&tenant, &bucket, key), b"v").await;
+        }
+        let queue = crate::queue_name(&tenant, &function);
+        assert!(
+            pump(&events, store.as_ref(), &mut Queued::default())
+                .await
+                .is_err()
+        );
+        assert_eq!(store.depth(&queue).await.unwrap(), 2);
+        // The process starts again (what it remembered is gone) and reads
+        // the batch again, the statuses still missing: the queue refuses
+        // the ids it holds.
+        meta.fail_cursor.store(false, Ordering::Relaxed);
+        let restarted = Events::new(store.clone(), meta.clone());
+        assert!(
+            !pump(&restarted, store.as_ref(), &mut Queued::default())
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.depth(&queue).await.unwrap(), 2);
+    }
 }

@@ -396,7 +396,11 @@ impl Events {
         if self.kv.get(&key).await?.is_some() {
             return Ok(());
         }
-        self.submit_in(envelope, group).await
+        // Its status may be missing although it was queued (a submission
+        // whose answer was lost, or a process stopped between the two
+        // writes): the queue itself refuses the id a second time, within
+        // its window.
+        self.submit_with(envelope, group, Once::ById).await
     }
 
     async fn submit_in(
@@ -404,22 +408,29 @@ impl Events {
         envelope: Envelope,
         group: Option<String>,
     ) -> Result<(), EventsError> {
+        self.submit_with(envelope, group, Once::No).await
+    }
+
+    async fn submit_with(
+        &self,
+        envelope: Envelope,
+        group: Option<String>,
+        once: Once,
+    ) -> Result<(), EventsError> {
         let this = self.clone();
-        tokio::spawn(async move { this.store(envelope, group).await })
+        tokio::spawn(async move { this.store_many(vec![envelope], group, once).await })
             .await
             .map_err(|_| EventsError::Store(StoreError::Closed))?
     }
 
-    async fn store(&self, envelope: Envelope, group: Option<String>) -> Result<(), EventsError> {
-        self.store_many(vec![envelope], group).await
-    }
-
-    /// Stores `envelopes` (of one function) with one enqueue, in order;
-    /// then each one's status.
+    /// Stores `envelopes` (of one function) with one enqueue, in order
+    /// (with [`Once::ById`], one enqueue each, skipping an id the queue
+    /// already holds); then each one's status.
     pub(crate) async fn store_many(
         &self,
         mut envelopes: Vec<Envelope>,
         group: Option<String>,
+        once: Once,
     ) -> Result<(), EventsError> {
         if let Some(accept_span) = &self.accept_span {
             for envelope in envelopes.iter_mut().filter(|e| e.traceparent.is_none()) {
@@ -436,20 +447,40 @@ impl Events {
         let queue = queue_name(&first.tenant, &first.function);
         let tenant = first.tenant.clone();
         let payloads: Vec<Bytes> = envelopes.iter().map(|e| Bytes::from(e.encode())).collect();
-        match group {
-            Some(group) => {
+        let mut n = envelopes.len() as u64;
+        match (once, group) {
+            (Once::ById, group) => {
+                for (envelope, payload) in envelopes.iter().zip(payloads) {
+                    let stored = self
+                        .queue
+                        .enqueue_once(
+                            &queue,
+                            group.as_deref(),
+                            &envelope.invocation_id,
+                            payload,
+                            0,
+                        )
+                        .await?;
+                    if stored.is_none() {
+                        tracing::info!(%queue, invocation_id = %envelope.invocation_id, "an event submitted again was already queued; not queued twice");
+                        n -= 1;
+                    }
+                }
+            }
+            (Once::No, Some(group)) => {
                 self.queue
                     .enqueue_ordered(&queue, &group, payloads, 0)
-                    .await?
+                    .await?;
             }
-            None => self.queue.enqueue(&queue, payloads, 0).await?,
-        };
+            (Once::No, None) => {
+                self.queue.enqueue(&queue, payloads, 0).await?;
+            }
+        }
         // Once queued, the event is accepted whatever becomes of its
         // status: an error now would have the client (or a trigger,
         // through `submit_once`, which finds no status) queue it again, a
         // second copy run as attempt 1. The status is tried for a second,
         // then left to the first attempt, which writes its own.
-        let n = envelopes.len() as u64;
         let mut writes = tokio::task::JoinSet::new();
         for envelope in envelopes {
             let kv = self.kv.clone();
@@ -602,6 +633,16 @@ impl Events {
         self.wake.notify(&queue);
         Ok(letters.len())
     }
+}
+
+/// Whether a submission may store an event its queue already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Once {
+    /// Every submission is a new event (ids are fresh).
+    No,
+    /// The invocation id names the event: the queue stores it once within
+    /// its window ([`QueueStore::enqueue_once`]).
+    ById,
 }
 
 /// Invocation ids: the process start time and a counter, in hex. Unique

@@ -246,7 +246,7 @@ impl Events {
             let this = self.clone();
             // In tasks of their own: a caller that goes away half way
             // cannot leave a queue entry without its status.
-            stores.spawn(async move { this.store_many(batch, group).await });
+            stores.spawn(async move { this.store_many(batch, group, crate::Once::No).await });
         }
         let mut result = Ok(());
         while let Some(done) = stores.join_next().await {

@@ -29,6 +29,16 @@ const QUEUE_GROUP_OF: TableDefinition<(&str, u64), &str> = TableDefinition::new(
 /// (queue, group, seq): a group's unacknowledged messages in order. Only
 /// the first of each group is in `QUEUE_DUE`; the others wait here.
 const QUEUE_GROUPS: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("queue_groups");
+/// (queue, id) → when a message was stored under that name by
+/// `enqueue_once`, and the same by time, to forget names past the window.
+const QUEUE_ONCE: TableDefinition<(&str, &str), u64> = TableDefinition::new("queue_once");
+const QUEUE_ONCE_BY_TIME: TableDefinition<(u64, &str, &str), ()> =
+    TableDefinition::new("queue_once_by_time");
+/// For how long `enqueue_once` refuses a name it stored (as JetStream's
+/// default duplicate window, which the cluster backend uses).
+const ONCE_WINDOW_MS: u64 = 120_000;
+/// Most expired names one `enqueue_once` forgets.
+const ONCE_PRUNE: usize = 64;
 
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(QUEUE).map_err(backend)?;
@@ -36,6 +46,8 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(QUEUE_HEADS).map_err(backend)?;
     txn.open_table(QUEUE_GROUP_OF).map_err(backend)?;
     txn.open_table(QUEUE_GROUPS).map_err(backend)?;
+    txn.open_table(QUEUE_ONCE).map_err(backend)?;
+    txn.open_table(QUEUE_ONCE_BY_TIME).map_err(backend)?;
     Ok(())
 }
 
@@ -73,9 +85,7 @@ impl EmbeddedStore {
         .await
     }
 
-    /// Appends messages to a queue, in an ordering group or not. A grouped
-    /// message is claimable at once only if its group holds nothing else;
-    /// otherwise `ack` of its predecessor makes it claimable.
+    /// Appends messages to a queue, in an ordering group or not.
     async fn append_to_queue(
         &self,
         queue: &str,
@@ -84,60 +94,114 @@ impl EmbeddedStore {
         not_before_ms: u64,
     ) -> Result<Vec<u64>, StoreError> {
         let queue = queue.to_string();
-        self.write(move |txn, _| {
-            let mut seqs = Vec::with_capacity(payloads.len());
-            let mut items = txn.open_table(QUEUE).map_err(backend)?;
-            let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
-            let mut heads = txn.open_table(QUEUE_HEADS).map_err(backend)?;
-            let mut grouping = match &group {
-                Some(group) => Some((
-                    group.as_str(),
-                    txn.open_table(QUEUE_GROUP_OF).map_err(backend)?,
-                    txn.open_table(QUEUE_GROUPS).map_err(backend)?,
-                )),
-                None => None,
-            };
-            let mut seq = heads
-                .get(queue.as_str())
-                .map_err(backend)?
-                .map_or(0, |v| v.value());
-            for payload in &payloads {
-                seq += 1;
-                let state = if grouping.is_some() { GROUPED } else { 0 };
-                items
-                    .insert(
-                        (queue.as_str(), seq),
-                        (not_before_ms, state, payload.as_ref()),
-                    )
-                    .map_err(backend)?;
-                let claimable = match &mut grouping {
-                    None => true,
-                    Some((g, group_of, groups)) => {
-                        let waiting = groups
-                            .range((queue.as_str(), *g, 0)..=(queue.as_str(), *g, u64::MAX))
-                            .map_err(backend)?
-                            .next()
-                            .is_some();
-                        groups
-                            .insert((queue.as_str(), *g, seq), ())
-                            .map_err(backend)?;
-                        group_of
-                            .insert((queue.as_str(), seq), *g)
-                            .map_err(backend)?;
-                        !waiting
-                    }
-                };
-                if claimable {
-                    due.insert((queue.as_str(), not_before_ms, seq), ())
-                        .map_err(backend)?;
-                }
-                seqs.push(seq);
-            }
-            heads.insert(queue.as_str(), seq).map_err(backend)?;
-            Ok(seqs)
-        })
-        .await
+        self.write(move |txn, _| append(txn, &queue, group.as_deref(), &payloads, not_before_ms))
+            .await
     }
+}
+
+/// Appends messages to a queue in `txn`. A grouped message is claimable at
+/// once only if its group holds nothing else; otherwise `ack` of its
+/// predecessor makes it claimable.
+fn append(
+    txn: &WriteTransaction,
+    queue: &str,
+    group: Option<&str>,
+    payloads: &[Bytes],
+    not_before_ms: u64,
+) -> Result<Vec<u64>, StoreError> {
+    let mut seqs = Vec::with_capacity(payloads.len());
+    let mut items = txn.open_table(QUEUE).map_err(backend)?;
+    let mut due = txn.open_table(QUEUE_DUE).map_err(backend)?;
+    let mut heads = txn.open_table(QUEUE_HEADS).map_err(backend)?;
+    let mut grouping = match group {
+        Some(group) => Some((
+            group,
+            txn.open_table(QUEUE_GROUP_OF).map_err(backend)?,
+            txn.open_table(QUEUE_GROUPS).map_err(backend)?,
+        )),
+        None => None,
+    };
+    let mut seq = heads.get(queue).map_err(backend)?.map_or(0, |v| v.value());
+    for payload in payloads {
+        seq += 1;
+        let state = if grouping.is_some() { GROUPED } else { 0 };
+        items
+            .insert((queue, seq), (not_before_ms, state, payload.as_ref()))
+            .map_err(backend)?;
+        let claimable = match &mut grouping {
+            None => true,
+            Some((g, group_of, groups)) => {
+                let waiting = groups
+                    .range((queue, *g, 0)..=(queue, *g, u64::MAX))
+                    .map_err(backend)?
+                    .next()
+                    .is_some();
+                groups.insert((queue, *g, seq), ()).map_err(backend)?;
+                group_of.insert((queue, seq), *g).map_err(backend)?;
+                !waiting
+            }
+        };
+        if claimable {
+            due.insert((queue, not_before_ms, seq), ())
+                .map_err(backend)?;
+        }
+        seqs.push(seq);
+    }
+    heads.insert(queue, seq).map_err(backend)?;
+    Ok(seqs)
+}
+
+/// Like [`append`] for one message named `id`, unless the queue stored one
+/// under `id` less than [`ONCE_WINDOW_MS`] before `now_ms` (`None`). Also
+/// forgets up to [`ONCE_PRUNE`] names past the window.
+fn append_once(
+    txn: &WriteTransaction,
+    queue: &str,
+    group: Option<&str>,
+    id: &str,
+    payload: Bytes,
+    not_before_ms: u64,
+    now_ms: u64,
+) -> Result<Option<u64>, StoreError> {
+    let mut once = txn.open_table(QUEUE_ONCE).map_err(backend)?;
+    let mut by_time = txn.open_table(QUEUE_ONCE_BY_TIME).map_err(backend)?;
+    let cutoff = now_ms.saturating_sub(ONCE_WINDOW_MS);
+    let expired: Vec<(u64, String, String)> = by_time
+        .range((0, "", "")..(cutoff, "", ""))
+        .map_err(backend)?
+        .take(ONCE_PRUNE)
+        .map(|entry| {
+            entry.map(|(k, _)| {
+                let (at, q, i) = k.value();
+                (at, q.to_string(), i.to_string())
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    for (at, q, i) in &expired {
+        by_time
+            .remove((*at, q.as_str(), i.as_str()))
+            .map_err(backend)?;
+        // The name may have been given again since: only its own entry goes.
+        let current = once
+            .get((q.as_str(), i.as_str()))
+            .map_err(backend)?
+            .map(|v| v.value());
+        if current == Some(*at) {
+            once.remove((q.as_str(), i.as_str())).map_err(backend)?;
+        }
+    }
+    let stored_at = once.get((queue, id)).map_err(backend)?.map(|v| v.value());
+    if stored_at.is_some_and(|at| at > cutoff) {
+        return Ok(None);
+    }
+    if let Some(at) = stored_at {
+        by_time.remove((at, queue, id)).map_err(backend)?;
+    }
+    let seq = append(txn, queue, group, &[payload], not_before_ms)?;
+    once.insert((queue, id), now_ms).map_err(backend)?;
+    by_time.insert((now_ms, queue, id), ()).map_err(backend)?;
+    Ok(seq.first().copied())
 }
 
 /// A claimed message's state once its claim ends.
@@ -267,6 +331,36 @@ impl QueueStore for EmbeddedStore {
     ) -> Result<Vec<u64>, StoreError> {
         self.append_to_queue(queue, Some(group.to_string()), payloads, not_before_ms)
             .await
+    }
+
+    async fn enqueue_once(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        id: &str,
+        payload: Bytes,
+        not_before_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let (queue, group, id) = (queue.to_string(), group.map(str::to_string), id.to_string());
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.write(move |txn, _| {
+            append_once(
+                txn,
+                &queue,
+                group.as_deref(),
+                &id,
+                payload,
+                not_before_ms,
+                now_ms,
+            )
+        })
+        .await
+    }
+
+    fn once_window_ms(&self) -> u64 {
+        ONCE_WINDOW_MS
     }
 
     async fn claim(
@@ -477,6 +571,55 @@ mod tests {
     async fn conformance_ordered() {
         let (_dir, store) = crate::open_temp();
         gust_store::conformance::ordered_queues(&store).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_named() {
+        let (_dir, store) = crate::open_temp();
+        gust_store::conformance::named_messages(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_name_past_its_window_is_stored_again_and_forgotten() {
+        let (_dir, store) = crate::open_temp();
+        let once = |now_ms| {
+            store.write(move |txn, _| {
+                append_once(txn, "q", None, "id", b"x".as_slice().into(), 0, now_ms)
+            })
+        };
+        assert_eq!(once(1_000).await.unwrap(), Some(1));
+        assert_eq!(once(1_000 + ONCE_WINDOW_MS - 1).await.unwrap(), None);
+        assert_eq!(once(1_001 + ONCE_WINDOW_MS).await.unwrap(), Some(2));
+        // A name given again is not forgotten with its first entry.
+        assert_eq!(once(1_002 + ONCE_WINDOW_MS).await.unwrap(), None);
+        // Past every window, a pruning enqueue forgets it.
+        let later = 10 * ONCE_WINDOW_MS;
+        store
+            .write(move |txn, _| {
+                append_once(txn, "q", None, "other", b"y".as_slice().into(), 0, later)
+            })
+            .await
+            .unwrap();
+        let left = store
+            .read(|db| {
+                let txn = db.begin_read().map_err(backend)?;
+                let n = txn
+                    .open_table(QUEUE_ONCE)
+                    .map_err(backend)?
+                    .iter()
+                    .map_err(backend)?
+                    .count();
+                let m = txn
+                    .open_table(QUEUE_ONCE_BY_TIME)
+                    .map_err(backend)?
+                    .iter()
+                    .map_err(backend)?
+                    .count();
+                Ok((n, m))
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, (1, 1));
     }
 
     #[test]

@@ -33,6 +33,12 @@
 //! retries of one enqueue: a try answered as refused may have been stored
 //! (seen after a partition), and its retry is then refused as a
 //! duplicate instead of storing the events twice.
+//! A message enqueued with a name (`enqueue_once`: a trigger's invocation
+//! id) carries a digest of its queue and name instead, the same for every
+//! submission of it, from any node or process, so JetStream refuses a
+//! second one within the stream's duplicate window ([`ONCE_WINDOW_MS`]).
+//! An atomic batch with such a duplicate is refused as a whole, without
+//! saying which message it was: its messages then go again one by one.
 //!
 //! ## Waking the other nodes
 //! After each enqueue batch the queue's name goes out on the core NATS
@@ -103,6 +109,9 @@ const WRONG_LAST_SEQUENCE_CONSTANT: u64 = 10164;
 /// (in an atomic batch), or is storing, within the duplicate window.
 const DUPLICATE_IN_BATCH: u64 = 10201;
 const DUPLICATE_IN_PROCESS: u64 = 10158;
+/// For how long the stream refuses a `Nats-Msg-Id` it stored: what
+/// `enqueue_once` promises (JetStream's default duplicate window).
+pub(crate) const ONCE_WINDOW_MS: u64 = 120_000;
 /// Most messages one atomic batch may hold (the server's limit).
 const MAX_BATCH: usize = 1000;
 /// Most bytes of payloads one direct listing may carry (past it, the
@@ -143,7 +152,7 @@ pub(crate) struct Queues {
     /// Enqueues of this node, per queue, written together while one batch
     /// of that queue is in flight (a group commit): concurrent
     /// submissions share one counter advance instead of racing for it.
-    writes: Arc<GroupCommit<(Bytes, State), u64>>,
+    writes: Arc<GroupCommit<Pending, Option<u64>>>,
     /// Per queue: when a claim on it last lost a race.
     lost_race: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -166,6 +175,9 @@ pub(crate) async fn open(
     // "Bounds" for what a lagging one means); every other read names the
     // leader (`STREAM.MSG.GET`).
     config.allow_direct = true;
+    // What `enqueue_once` promises rests on it (JetStream's default, said
+    // here so that it is ours).
+    config.duplicate_window = std::time::Duration::from_millis(ONCE_WINDOW_MS);
     let stream_name = config.name.clone();
     let stream = ensure_stream(js, config).await?;
     Ok(Queues {
@@ -179,6 +191,32 @@ pub(crate) async fn open(
         writes: Arc::new(GroupCommit::new(MAX_BATCH - 1)),
         lost_race: Mutex::new(HashMap::new()),
     })
+}
+
+/// One message waiting for an enqueue batch (see [`Queues::writes`]).
+#[derive(Debug, Clone)]
+struct Pending {
+    payload: Bytes,
+    state: State,
+    /// Its `Nats-Msg-Id` when the caller named it (`enqueue_once`).
+    once: Option<String>,
+}
+
+/// What one enqueue batch came to.
+enum Appended {
+    /// Per message, its sequence number; `None` for a named message the
+    /// queue already held (within the duplicate window).
+    Stored(Vec<Option<u64>>),
+    /// Refused because one of its named messages was stored before, not
+    /// known which: each message goes again alone.
+    Split,
+}
+
+/// The `Nats-Msg-Id` of a message named `id` in `queue`: a digest, so that
+/// any name fits in a header and names of different queues never meet.
+fn once_id(queue: &str, id: &str) -> String {
+    let digest = gust_store::digest_of(format!("{queue}\n{id}").as_bytes());
+    format!("o{}", digest.trim_start_matches("sha256:"))
 }
 
 /// A message's state, as its headers hold it.
@@ -626,23 +664,63 @@ impl Queues {
         self.counter_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends up to `MAX_BATCH - 1` messages in one batch with the counter.
-    async fn append_batch(
+    /// Appends up to `MAX_BATCH - 1` messages in one batch with the
+    /// counter; if a named one was stored before, each goes alone.
+    async fn append_chunk(
         &self,
         client: &async_nats::Client,
         queue: &str,
-        items: &[(Bytes, State)],
-    ) -> Result<Vec<u64>, StoreError> {
-        let n = items.len() as u64;
+        items: &[Pending],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
         // Each message carries one id through every try: a try that was
         // stored although its answer said otherwise (seen when a stream
         // leader rejoined after a partition: refused, yet stored) makes
         // the next try a duplicate, which JetStream refuses as such,
-        // instead of a second copy of every event in it.
+        // instead of a second copy of every event in it. A named message's
+        // id is the same for every call that names it.
         let msg_ids: Vec<String> = {
             let batch = crate::batch::batch_id();
-            (0..items.len()).map(|i| format!("{batch}.{i}")).collect()
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| item.once.clone().unwrap_or_else(|| format!("{batch}.{i}")))
+                .collect()
         };
+        match self.append_batch(client, queue, items, &msg_ids).await? {
+            Appended::Stored(seqs) => Ok(seqs),
+            Appended::Split => {
+                tracing::debug!(%queue, n = items.len(), "an enqueue batch held a message stored before; each goes alone");
+                let mut seqs = Vec::with_capacity(items.len());
+                for (item, id) in items.iter().zip(&msg_ids) {
+                    let alone = std::slice::from_ref(item);
+                    match self
+                        .append_batch(client, queue, alone, std::slice::from_ref(id))
+                        .await?
+                    {
+                        Appended::Stored(seq) => seqs.extend(seq),
+                        Appended::Split => {
+                            return Err(StoreError::Backend(format!(
+                                "queue `{queue}`: a message alone was refused as a duplicate it is not"
+                            )));
+                        }
+                    }
+                }
+                Ok(seqs)
+            }
+        }
+    }
+
+    /// One batch of `items` with the counter, each message under its id in
+    /// `msg_ids`, tried until it is stored or refused for good.
+    async fn append_batch(
+        &self,
+        client: &async_nats::Client,
+        queue: &str,
+        items: &[Pending],
+        msg_ids: &[String],
+    ) -> Result<Appended, StoreError> {
+        let n = items.len() as u64;
+        let named = items.iter().any(|item| item.once.is_some());
         // Where each refused try would have put the messages: one of
         // them holds them if a later try is refused as a duplicate.
         let mut refused_at: Vec<u64> = Vec::new();
@@ -663,13 +741,13 @@ impl Queues {
                 counter_headers,
                 Bytes::from((last + n).to_string()),
             ));
-            for (i, (payload, state)) in items.iter().enumerate() {
-                let mut headers = state.headers();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_ids[i].as_str());
+            for (i, (item, msg_id)) in items.iter().zip(msg_ids).enumerate() {
+                let mut headers = item.state.headers();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
                 batch.push((
                     self.subject(queue, last + 1 + i as u64),
                     headers,
-                    payload.clone(),
+                    item.payload.clone(),
                 ));
             }
             let outcome = crate::batch::publish(client, batch).await;
@@ -684,20 +762,32 @@ impl Queues {
                     let _ = client
                         .publish(self.wakes.clone(), Bytes::from(queue.to_string()))
                         .await;
-                    return Ok((last + 1..=last + n).collect());
+                    return Ok(Appended::Stored((last + 1..=last + n).map(Some).collect()));
                 }
                 // An earlier try was stored after all: its messages are
-                // the answer.
+                // the answer. Or, with named messages, another call stored
+                // one of them before.
                 Ok(Batch::Refused {
                     code: DUPLICATE_IN_BATCH,
                     ..
-                }) if !refused_at.is_empty() => {
+                }) if named || !refused_at.is_empty() => {
                     self.cache().remove(queue);
-                    let stored = self.stored_try(queue, &refused_at, &items[0].0).await?;
-                    tracing::warn!(%queue, from = stored.map(|s| s + 1), n, "an enqueue whose answer said refused was stored after all; not stored again");
-                    return match stored {
-                        Some(stored) => Ok((stored + 1..=stored + n).collect()),
-                        None => Err(StoreError::Unavailable(format!(
+                    let stored = self
+                        .stored_try(queue, &refused_at, &items[0].payload, named)
+                        .await?;
+                    if let Some(stored) = stored {
+                        tracing::warn!(%queue, from = stored + 1, n, "an enqueue whose answer said refused was stored after all; not stored again");
+                        return Ok(Appended::Stored(
+                            (stored + 1..=stored + n).map(Some).collect(),
+                        ));
+                    }
+                    return match items {
+                        [item] if item.once.is_some() => {
+                            tracing::debug!(%queue, "a named message was stored before; not stored again");
+                            Ok(Appended::Stored(vec![None]))
+                        }
+                        [_, _, ..] if named => Ok(Appended::Split),
+                        _ => Err(StoreError::Unavailable(format!(
                             "queue `{queue}`: the messages were stored by an earlier try whose answer said otherwise (a NATS leader change), at sequence numbers not known here"
                         ))),
                     };
@@ -745,15 +835,20 @@ impl Queues {
 
     /// Of the tries refused at `refused_at` (the last sequence number each
     /// read), the one whose first message is `first`: the only one if
-    /// there was one, else the one whose subject holds that payload now
-    /// (`None` if none does: delivered and acknowledged since, say).
+    /// there was one (unless `verify`: a batch with named messages may be
+    /// refused for a message another call stored), else the one whose
+    /// subject holds that payload now (`None` if none does: delivered and
+    /// acknowledged since, say).
     async fn stored_try(
         &self,
         queue: &str,
         refused_at: &[u64],
         first: &Bytes,
+        verify: bool,
     ) -> Result<Option<u64>, StoreError> {
-        if let [only] = refused_at {
+        if let [only] = refused_at
+            && !verify
+        {
             return Ok(Some(*only));
         }
         for last in refused_at.iter().rev() {
@@ -782,17 +877,74 @@ impl Queues {
             claimant: None,
             group,
         };
-        let items = payloads.into_iter().map(|p| (p, state.clone())).collect();
+        let items = payloads
+            .into_iter()
+            .map(|payload| Pending {
+                payload,
+                state: state.clone(),
+                once: None,
+            })
+            .collect();
+        self.submit(client, queue, items)
+            .await?
+            .into_iter()
+            .map(|seq| {
+                seq.ok_or_else(|| {
+                    StoreError::Backend(format!(
+                        "queue `{queue}`: an unnamed message was taken for a duplicate"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Appends one message named `id` unless `queue` stored one under that
+    /// name within the duplicate window (`None`).
+    pub(crate) async fn append_once(
+        self: &Arc<Self>,
+        client: &async_nats::Client,
+        queue: &str,
+        group: Option<&str>,
+        id: &str,
+        payload: Bytes,
+        not_before_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let item = Pending {
+            payload,
+            state: State {
+                due: not_before_ms,
+                attempts: 0,
+                claimant: None,
+                group: group.map(|g| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(g)),
+            },
+            once: Some(once_id(queue, id)),
+        };
+        Ok(self
+            .submit(client, queue, vec![item])
+            .await?
+            .into_iter()
+            .next()
+            .flatten())
+    }
+
+    /// Writes `items` in one batch with whatever other enqueues of this
+    /// node wait for the same queue.
+    async fn submit(
+        self: &Arc<Self>,
+        client: &async_nats::Client,
+        queue: &str,
+        items: Vec<Pending>,
+    ) -> Result<Vec<Option<u64>>, StoreError> {
         let (this, client, name) = (self.clone(), client.clone(), queue.to_string());
         self.writes
-            .submit(queue, items, move |items: Vec<(Bytes, State)>| {
+            .submit(queue, items, move |items: Vec<Pending>| {
                 let (this, client, queue) = (this.clone(), client.clone(), name.clone());
                 async move {
                     // One batch, or one per `MAX_BATCH - 1` messages of a
                     // single large call.
                     let mut seqs = Vec::with_capacity(items.len());
                     for batch in items.chunks(MAX_BATCH - 1) {
-                        seqs.extend(this.append_batch(&client, &queue, batch).await?);
+                        seqs.extend(this.append_chunk(&client, &queue, batch).await?);
                     }
                     Ok(seqs)
                 }

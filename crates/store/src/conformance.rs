@@ -26,7 +26,7 @@ pub use meta::kv;
 pub use nodes::{
     claims_across_nodes, component_bytes_across_nodes, leases, revocations_across_nodes,
 };
-pub use queues::{ordered_queues, queues};
+pub use queues::{named_messages, ordered_queues, queues};
 pub use registry::registry;
 
 use std::sync::Arc;

@@ -739,6 +739,25 @@ pub trait QueueStore: Send + Sync {
         payloads: Vec<Bytes>,
         not_before_ms: u64,
     ) -> Result<Vec<u64>, StoreError>;
+    /// Enqueues one message the caller names by `id`, the same each time
+    /// it submits this message again (a trigger's invocation id), in the
+    /// ordering group `group` if given. If this queue stored a message
+    /// under `id` within the backend's [`QueueStore::once_window_ms`] (a
+    /// try whose answer was lost but which was stored, a process that
+    /// stopped before it could record that it enqueued), it is not stored
+    /// again: `None`. `Some(seq)`: stored now. Ids of different queues
+    /// never meet.
+    async fn enqueue_once(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        id: &str,
+        payload: Bytes,
+        not_before_ms: u64,
+    ) -> Result<Option<u64>, StoreError>;
+    /// For how long after it stored a message [`QueueStore::enqueue_once`]
+    /// refuses another under the same id.
+    fn once_window_ms(&self) -> u64;
     /// Claims up to `max` messages due at `now_ms`, hiding each until `now_ms + lease_ms`.
     async fn claim(
         &self,

@@ -29,6 +29,24 @@ impl QueueStore for NatsStore {
             .await
     }
 
+    async fn enqueue_once(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        id: &str,
+        payload: Bytes,
+        not_before_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.linked().await?;
+        self.queues
+            .append_once(&self.client, queue, group, id, payload, not_before_ms)
+            .await
+    }
+
+    fn once_window_ms(&self) -> u64 {
+        ONCE_WINDOW_MS
+    }
+
     async fn claim(
         &self,
         queue: &str,

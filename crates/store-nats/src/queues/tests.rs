@@ -158,6 +158,14 @@ async fn conformance_ordered_queues() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn conformance_named_messages() {
+    let Some(store) = testkit::store().await else {
+        return;
+    };
+    gust_store::conformance::named_messages(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_nodes_racing_never_both_claim_one_message_while_its_lease_runs() {
     let Some(one) = testkit::store().await else {
         return;
@@ -472,4 +480,55 @@ async fn an_enqueue_without_a_nats_connection_is_refused_as_such() {
         "{refused:?}"
     );
     assert!(matches!(refused, Some(StoreError::Unavailable(_))));
+}
+
+/// A batch of several callers' messages, one of them named as a message
+/// the queue already holds: JetStream refuses the whole batch without
+/// saying which, so each goes again alone; the duplicate is not stored,
+/// the others are, each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_with_a_named_duplicate_stores_the_others_once() {
+    let Some(store) = testkit::store().await else {
+        return;
+    };
+    let queue = "mixed";
+    assert!(
+        store
+            .enqueue_once(queue, None, "tick-1", payload("tick"), 0)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let pending = |text: &str, once: Option<&str>| Pending {
+        payload: payload(text),
+        state: State {
+            due: 0,
+            attempts: 0,
+            claimant: None,
+            group: None,
+        },
+        once: once.map(|id| once_id(queue, id)),
+    };
+    let batch = [
+        pending("plain-1", None),
+        pending("tick", Some("tick-1")),
+        pending("tick-2", Some("tick-2")),
+        pending("plain-2", None),
+    ];
+    let seqs = store
+        .queues
+        .append_chunk(&store.client, queue, &batch)
+        .await
+        .unwrap();
+    assert_eq!(seqs.len(), 4);
+    assert!(seqs[1].is_none(), "{seqs:?}");
+    assert!([0, 2, 3].iter().all(|&i| seqs[i].is_some()), "{seqs:?}");
+    assert_eq!(store.depth(queue).await.unwrap(), 4);
+    let claimed = store.claim(queue, 0, 1_000, 10).await.unwrap();
+    let mut texts: Vec<_> = claimed
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.payload).to_string())
+        .collect();
+    texts.sort();
+    assert_eq!(texts, ["plain-1", "plain-2", "tick", "tick-2"]);
 }

@@ -184,3 +184,64 @@ pub async fn ordered_queues(q: &dyn QueueStore) {
     );
     assert_eq!(q.depth("q").await.unwrap(), 0);
 }
+
+/// Named messages (`enqueue_once`): a name is stored once per queue within
+/// the window, whatever became of the message since; other queues' names
+/// and unnamed messages are not affected.
+pub async fn named_messages(q: &dyn QueueStore) {
+    assert!(
+        q.once_window_ms() >= 60_000,
+        "a window shorter than a restart"
+    );
+    let first = q
+        .enqueue_once("n", Some("k"), "tick-1", b("one"), 0)
+        .await
+        .unwrap();
+    assert!(first.is_some());
+    // Submitted again (an answer lost, a process restarted): not stored.
+    assert_eq!(
+        q.enqueue_once("n", Some("k"), "tick-1", b("one"), 0)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(q.depth("n").await.unwrap(), 1);
+    // The same name in another queue (another tenant's function) is its own.
+    assert!(
+        q.enqueue_once("other", None, "tick-1", b("theirs"), 0)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Concurrent submissions of one name, with other messages in between:
+    // one stored, the unnamed ones all.
+    let (a, b2, c, d) = tokio::join!(
+        q.enqueue_once("n", None, "tick-2", b("two"), 0),
+        q.enqueue_once("n", None, "tick-2", b("two"), 0),
+        q.enqueue("n", vec![b("plain")], 0),
+        q.enqueue_once("n", Some("k"), "tick-3", b("three"), 0),
+    );
+    let stored = [a.unwrap(), b2.unwrap()];
+    assert_eq!(
+        stored.iter().filter(|s| s.is_some()).count(),
+        1,
+        "{stored:?}"
+    );
+    assert_eq!(c.unwrap().len(), 1);
+    assert!(d.unwrap().is_some());
+    assert_eq!(q.depth("n").await.unwrap(), 4);
+    // Delivered and acknowledged: still not stored again.
+    let claimed = q.claim("n", 10, 100, 10).await.unwrap();
+    let one = claimed.iter().find(|c| c.payload == b("one")).unwrap();
+    q.ack("n", vec![one.seq]).await.unwrap();
+    assert_eq!(
+        q.enqueue_once("n", Some("k"), "tick-1", b("one"), 0)
+            .await
+            .unwrap(),
+        None
+    );
+    // The group still orders: tick-3 waits behind tick-1's acknowledgement
+    // and comes now.
+    let next = q.claim("n", 20, 100, 10).await.unwrap();
+    assert!(next.iter().any(|c| c.payload == b("three")), "{next:?}");
+}
