@@ -772,9 +772,7 @@ impl Queues {
                     ..
                 }) if named || !refused_at.is_empty() => {
                     self.cache().remove(queue);
-                    let stored = self
-                        .stored_try(queue, &refused_at, &items[0].payload, named)
-                        .await?;
+                    let stored = self.stored_try(queue, &refused_at, items, msg_ids).await?;
                     if let Some(stored) = stored {
                         tracing::warn!(%queue, from = stored + 1, n, "an enqueue whose answer said refused was stored after all; not stored again");
                         return Ok(Appended::Stored(
@@ -834,26 +832,42 @@ impl Queues {
     }
 
     /// Of the tries refused at `refused_at` (the last sequence number each
-    /// read), the one whose first message is `first`: the only one if
-    /// there was one (unless `verify`: a batch with named messages may be
-    /// refused for a message another call stored), else the one whose
-    /// subject holds that payload now (`None` if none does: delivered and
-    /// acknowledged since, say).
+    /// read), the one that was stored: the only one if there was one, else
+    /// the one whose subject holds the first payload now (`None` if none
+    /// does: delivered and acknowledged since, say). With named messages
+    /// in `items`, the refusal may be for a message another call stored:
+    /// only an unnamed message's id (`msg_ids`), this call's own, tells,
+    /// and `None` if there is none.
     async fn stored_try(
         &self,
         queue: &str,
         refused_at: &[u64],
-        first: &Bytes,
-        verify: bool,
+        items: &[Pending],
+        msg_ids: &[String],
     ) -> Result<Option<u64>, StoreError> {
-        if let [only] = refused_at
-            && !verify
-        {
-            return Ok(Some(*only));
+        if items.iter().all(|item| item.once.is_none()) {
+            if let [only] = refused_at {
+                return Ok(Some(*only));
+            }
+            for last in refused_at.iter().rev() {
+                let held = self.last(&self.subject(queue, last + 1)).await?;
+                if held.is_some_and(|m| items.first().is_some_and(|i| m.payload == i.payload)) {
+                    return Ok(Some(*last));
+                }
+            }
+            return Ok(None);
         }
+        let Some(i) = items.iter().position(|item| item.once.is_none()) else {
+            return Ok(None);
+        };
         for last in refused_at.iter().rev() {
-            let held = self.last(&self.subject(queue, last + 1)).await?;
-            if held.is_some_and(|m| m.payload == *first) {
+            let held = self.last(&self.subject(queue, last + 1 + i as u64)).await?;
+            let id = held.as_ref().and_then(|m| {
+                m.headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .map(|v| v.as_str().to_string())
+            });
+            if id.as_deref() == Some(msg_ids[i].as_str()) {
                 return Ok(Some(*last));
             }
         }

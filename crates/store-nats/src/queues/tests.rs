@@ -499,6 +499,21 @@ async fn a_batch_with_a_named_duplicate_stores_the_others_once() {
             .unwrap()
             .is_some()
     );
+    // What `stored_try` tells a try of this call's own by: the stored
+    // message keeps its id.
+    let stored = store
+        .queues
+        .last(&store.queues.subject(queue, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_string()),
+        Some(once_id(queue, "tick-1"))
+    );
     let pending = |text: &str, once: Option<&str>| Pending {
         payload: payload(text),
         state: State {
