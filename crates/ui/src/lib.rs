@@ -273,3 +273,140 @@ impl IntoResponse for Refused {
 
 /// The state for handlers.
 pub(crate) type UiState = State<Ui>;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::session::{MemorySessions, StoreFailed};
+
+    /// A control API that takes every token (no page's other calls are
+    /// made here).
+    fn api() -> Router {
+        Router::new().route(
+            "/v1/tenant",
+            get(|| async {
+                axum::Json(serde_json::json!({
+                    "id": "acme", "created_at_ms": 0, "quotas": {}, "plan": {}
+                }))
+            }),
+        )
+    }
+
+    const UP: u8 = 0;
+    const DOWN: u8 = 1;
+    /// Every compare-and-set lost to another node.
+    const LOSING: u8 = 2;
+
+    /// Sessions in memory, out of reach or always losing on demand.
+    #[derive(Default)]
+    struct Switch {
+        inner: MemorySessions,
+        mode: AtomicU8,
+    }
+
+    impl Switch {
+        fn check(&self) -> Result<(), StoreFailed> {
+            match self.mode.load(Ordering::Relaxed) {
+                DOWN => Err(StoreFailed("nats: no responders on 10.1.2.3:4222".into())),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl SessionStore for Switch {
+        async fn get(&self, key: &str) -> Result<Option<(String, u64)>, StoreFailed> {
+            self.check()?;
+            self.inner.get(key).await
+        }
+        async fn compare_and_set(
+            &self,
+            key: &str,
+            value: String,
+            expected: Option<u64>,
+        ) -> Result<Option<u64>, StoreFailed> {
+            self.check()?;
+            if self.mode.load(Ordering::Relaxed) == LOSING {
+                return Ok(None);
+            }
+            self.inner.compare_and_set(key, value, expected).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<(String, String, u64)>, StoreFailed> {
+            self.check()?;
+            self.inner.list(prefix).await
+        }
+    }
+
+    async fn sign_in(ui: &Router) -> (StatusCode, Option<String>, String) {
+        let request = Request::post("/ui/signin")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", "same-origin")
+            .body(Body::from("token=gust_secret"))
+            .unwrap();
+        let response = ui.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let cookie = response
+            .headers()
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .filter(|pair| !pair.ends_with('='))
+            .map(str::to_string);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, cookie, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_session_store_out_of_reach_or_always_losing_answers_503_and_says_what_to_do() {
+        let store = Arc::new(Switch::default());
+        let ui = router(api(), UiConfig::default(), store.clone());
+        let (status, cookie, _) = sign_in(&ui).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let cookie = cookie.expect("a session cookie");
+
+        // A page of a signed-in browser while the store is out of reach.
+        store.mode.store(DOWN, Ordering::Relaxed);
+        let page = Request::get("/ui/functions")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap();
+        let response = ui.clone().oneshot(page).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("reload the page in a moment"), "{body}");
+        assert!(
+            !body.contains("10.1.2.3"),
+            "the store's own words stay in the log"
+        );
+
+        // A sign-in while it is out of reach: 503, nothing kept.
+        let (status, cookie, body) = sign_in(&ui).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(cookie.is_none());
+        assert!(body.contains("try again in a moment"), "{body}");
+        assert!(!body.contains("10.1.2.3"), "{body}");
+
+        // A sign-in that loses every race for a slot gives up: 503.
+        store.mode.store(LOSING, Ordering::Relaxed);
+        let (status, cookie, body) = sign_in(&ui).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(cookie.is_none());
+        assert!(
+            body.contains("signing in on many browsers at once"),
+            "{body}"
+        );
+
+        // Back: sign-ins work again.
+        store.mode.store(UP, Ordering::Relaxed);
+        assert_eq!(sign_in(&ui).await.0, StatusCode::SEE_OTHER);
+    }
+}

@@ -16,8 +16,9 @@
 //! keeps them in this process.
 //!
 //! A token has [`PER_TOKEN`] slots, `uisession/<sha256(token)>/<slot>`,
-//! and a sign-in takes a free one, else an expired one, else the one
-//! closest to expiry (that session ends): the number of keys is bounded by
+//! and a sign-in takes one without a live session, picked at random (so
+//! that sign-ins racing on several nodes seldom pick the same), else the
+//! one closest to expiry (that session ends): the number of keys is bounded by
 //! the tokens that signed in, never by how often, and no key is ever
 //! deleted (a deleted key leaves a tombstone in a cluster's stream). A
 //! slot holds the hash of its session's secret; the cookie is
@@ -286,8 +287,8 @@ impl Sessions {
         serde_json::to_string(record).map_err(|e| StoreFailed(e.to_string()))
     }
 
-    /// Starts a session for `token` (which the API accepted), in a free
-    /// slot, else an expired one, else the one closest to expiry.
+    /// Starts a session for `token` (which the API accepted), in a slot
+    /// without a live session, else the one closest to expiry.
     pub async fn create(&self, token: String, now_ms: u64) -> Result<Session, SessionError> {
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let secret = random_hex().ok_or(SessionError::Random)?;
@@ -316,8 +317,20 @@ impl Sessions {
                 let ends = serde_json::from_str::<Record>(&value).map_or(0, |r| r.expires_ms);
                 slots[slot] = Some((revision, ends));
             }
-            let (slot, expected) = match slots.iter().position(Option::is_none) {
-                Some(free) => (free, None),
+            // A slot that holds no live session (never used, emptied or
+            // expired), one at random: sign-ins racing on other nodes, which
+            // see the same slots, mostly take different ones.
+            let open: Vec<(usize, Option<u64>)> = slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, slot)| match slot {
+                    None => Some((i, None)),
+                    Some((revision, ends)) if *ends <= now_ms => Some((i, Some(*revision))),
+                    Some(_) => None,
+                })
+                .collect();
+            let (slot, expected) = match open.get(random_below(open.len())) {
+                Some(&open) => open,
                 None => {
                     let (slot, revision) = slots
                         .iter()
@@ -448,6 +461,16 @@ impl Sessions {
 }
 
 /// 32 random bytes, in hex.
+/// A number below `n` (0 when `n` is 0, or the random source failed: the
+/// caller only loses an even spread).
+fn random_below(n: usize) -> usize {
+    let mut bytes = [0u8; 8];
+    if n == 0 || getrandom::fill(&mut bytes).is_err() {
+        return 0;
+    }
+    (u64::from_le_bytes(bytes) % n as u64) as usize
+}
+
 fn random_hex() -> Option<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).ok()?;
@@ -686,6 +709,94 @@ mod tests {
             !format!("{first:?}").contains("busy"),
             "Debug hides the token"
         );
+    }
+
+    /// A shared store whose every call lets other tasks run first, as a
+    /// store across the network does: sign-ins on two nodes interleave.
+    struct Yielding(MemorySessions);
+
+    #[async_trait]
+    impl SessionStore for Yielding {
+        async fn get(&self, key: &str) -> Result<Option<(String, u64)>, StoreFailed> {
+            tokio::task::yield_now().await;
+            self.0.get(key).await
+        }
+        async fn compare_and_set(
+            &self,
+            key: &str,
+            value: String,
+            expected: Option<u64>,
+        ) -> Result<Option<u64>, StoreFailed> {
+            tokio::task::yield_now().await;
+            self.0.compare_and_set(key, value, expected).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<(String, String, u64)>, StoreFailed> {
+            tokio::task::yield_now().await;
+            self.0.list(prefix).await
+        }
+    }
+
+    #[tokio::test]
+    async fn racing_sign_ins_on_two_nodes_each_get_their_own_slot_within_the_bound() {
+        let store = Arc::new(Yielding(MemorySessions::default()));
+        let node = || Sessions::new(store.clone(), Duration::from_secs(60));
+        let (a, b) = (node(), node());
+        // Fewer sign-ins than slots, all at once on both nodes: every one
+        // succeeds (a lost race reads again), each in a slot of its own.
+        let half = PER_TOKEN / 2;
+        let signins = (0..PER_TOKEN).map(|i| {
+            let node = if i < half { &a } else { &b };
+            node.create("shared".into(), 1_000)
+        });
+        let made: Vec<Session> = futures_join(signins.collect()).await;
+        let mut keys: Vec<&str> = made.iter().map(|s| s.key.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), PER_TOKEN, "no two sign-ins share a slot");
+        for s in &made {
+            assert!(a.get(&s.id, 1_001).await.unwrap().is_some());
+            assert!(b.get(&s.id, 1_001).await.unwrap().is_some());
+        }
+        // More at once than there are slots left: each still signs in, the
+        // bound holds exactly, and only older sessions made way.
+        let more = (0..8).map(|i| if i % 2 == 0 { &a } else { &b }.create("shared".into(), 2_000));
+        let newer: Vec<Session> = futures_join(more.collect()).await;
+        let live = store
+            .0
+            .lock()
+            .0
+            .values()
+            .filter(|(v, _)| !v.is_empty())
+            .count();
+        assert_eq!(live, PER_TOKEN);
+        for s in &newer {
+            assert!(a.get(&s.id, 2_001).await.unwrap().is_some());
+        }
+    }
+
+    /// Runs every future to its end, concurrently on this task.
+    async fn futures_join<F>(futures: Vec<F>) -> Vec<Session>
+    where
+        F: std::future::Future<Output = Result<Session, SessionError>>,
+    {
+        let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+        let mut done: Vec<Option<Session>> = (0..futures.len()).map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            for (i, f) in futures.iter_mut().enumerate() {
+                if done[i].is_none()
+                    && let std::task::Poll::Ready(result) = f.as_mut().poll(cx)
+                {
+                    done[i] = Some(result.expect("a sign-in failed"));
+                }
+            }
+            if done.iter().all(Option::is_some) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        done.into_iter().flatten().collect()
     }
 
     #[test]
