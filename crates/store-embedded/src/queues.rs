@@ -590,7 +590,7 @@ mod tests {
         assert_eq!(once(1_000).await.unwrap(), Some(1));
         assert_eq!(once(1_000 + ONCE_WINDOW_MS - 1).await.unwrap(), None);
         assert_eq!(once(1_001 + ONCE_WINDOW_MS).await.unwrap(), Some(2));
-        // A name given again is not forgotten with its first entry.
+        // Stored again, it is refused again for a whole window.
         assert_eq!(once(1_002 + ONCE_WINDOW_MS).await.unwrap(), None);
         // Past every window, a pruning enqueue forgets it.
         let later = 10 * ONCE_WINDOW_MS;

@@ -321,6 +321,8 @@ async fn try_ensure_stream(
                 || info.config.num_replicas != config.num_replicas
                 || info.config.allow_atomic_publish != config.allow_atomic_publish
                 || info.config.allow_rollup != config.allow_rollup
+                || (config.duplicate_window != Duration::ZERO
+                    && info.config.duplicate_window != config.duplicate_window)
                 || info.config.subjects != config.subjects
             {
                 js.update_stream(config.clone()).await.map_err(backend)?;

@@ -38,7 +38,9 @@
 //! submission of it, from any node or process, so JetStream refuses a
 //! second one within the stream's duplicate window ([`ONCE_WINDOW_MS`]).
 //! An atomic batch with such a duplicate is refused as a whole, without
-//! saying which message it was: its messages then go again one by one.
+//! saying which message it was: its messages then go again one by one
+//! (named messages are batched apart from unnamed ones, one per call, so
+//! that no call's messages are ever split apart).
 //!
 //! ## Waking the other nodes
 //! After each enqueue batch the queue's name goes out on the core NATS
@@ -215,7 +217,7 @@ enum Appended {
 /// The `Nats-Msg-Id` of a message named `id` in `queue`: a digest, so that
 /// any name fits in a header and names of different queues never meet.
 fn once_id(queue: &str, id: &str) -> String {
-    let digest = gust_store::digest_of(format!("{queue}\n{id}").as_bytes());
+    let digest = gust_store::digest_of(format!("{}:{queue}{id}", queue.len()).as_bytes());
     format!("o{}", digest.trim_start_matches("sha256:"))
 }
 
@@ -665,7 +667,9 @@ impl Queues {
     }
 
     /// Appends up to `MAX_BATCH - 1` messages in one batch with the
-    /// counter; if a named one was stored before, each goes alone.
+    /// counter; if a named one was stored before, each goes alone (a batch
+    /// of named messages holds one message per call, so no call's
+    /// messages are split apart).
     async fn append_chunk(
         &self,
         client: &async_nats::Client,
@@ -721,6 +725,10 @@ impl Queues {
     ) -> Result<Appended, StoreError> {
         let n = items.len() as u64;
         let named = items.iter().any(|item| item.once.is_some());
+        debug_assert!(
+            !named || items.iter().all(|item| item.once.is_some()),
+            "named and unnamed messages share no batch"
+        );
         // Where each refused try would have put the messages: one of
         // them holds them if a later try is refused as a duplicate.
         let mut refused_at: Vec<u64> = Vec::new();
@@ -764,28 +772,37 @@ impl Queues {
                         .await;
                     return Ok(Appended::Stored((last + 1..=last + n).map(Some).collect()));
                 }
-                // An earlier try was stored after all: its messages are
-                // the answer. Or, with named messages, another call stored
-                // one of them before.
+                // Named messages (a batch holds only named ones, or none):
+                // one of them was stored before, by this call's earlier
+                // try or by another call; which one, the refusal does not
+                // say. Alone, it is the one.
                 Ok(Batch::Refused {
                     code: DUPLICATE_IN_BATCH,
                     ..
-                }) if named || !refused_at.is_empty() => {
+                }) if named => {
                     self.cache().remove(queue);
-                    let stored = self.stored_try(queue, &refused_at, items, msg_ids).await?;
-                    if let Some(stored) = stored {
-                        tracing::warn!(%queue, from = stored + 1, n, "an enqueue whose answer said refused was stored after all; not stored again");
-                        return Ok(Appended::Stored(
-                            (stored + 1..=stored + n).map(Some).collect(),
-                        ));
+                    if n == 1 {
+                        tracing::debug!(%queue, "a named message was stored before; not stored again");
+                        return Ok(Appended::Stored(vec![None]));
                     }
-                    return match items {
-                        [item] if item.once.is_some() => {
-                            tracing::debug!(%queue, "a named message was stored before; not stored again");
-                            Ok(Appended::Stored(vec![None]))
-                        }
-                        [_, _, ..] if named => Ok(Appended::Split),
-                        _ => Err(StoreError::Unavailable(format!(
+                    return Ok(Appended::Split);
+                }
+                // An earlier try was stored after all: its messages are
+                // the answer.
+                Ok(Batch::Refused {
+                    code: DUPLICATE_IN_BATCH,
+                    ..
+                }) if !refused_at.is_empty() => {
+                    self.cache().remove(queue);
+                    let stored = self
+                        .stored_try(queue, &refused_at, &items[0].payload)
+                        .await?;
+                    tracing::warn!(%queue, from = stored.map(|s| s + 1), n, "an enqueue whose answer said refused was stored after all; not stored again");
+                    return match stored {
+                        Some(stored) => Ok(Appended::Stored(
+                            (stored + 1..=stored + n).map(Some).collect(),
+                        )),
+                        None => Err(StoreError::Unavailable(format!(
                             "queue `{queue}`: the messages were stored by an earlier try whose answer said otherwise (a NATS leader change), at sequence numbers not known here"
                         ))),
                     };
@@ -832,42 +849,21 @@ impl Queues {
     }
 
     /// Of the tries refused at `refused_at` (the last sequence number each
-    /// read), the one that was stored: the only one if there was one, else
-    /// the one whose subject holds the first payload now (`None` if none
-    /// does: delivered and acknowledged since, say). With named messages
-    /// in `items`, the refusal may be for a message another call stored:
-    /// only an unnamed message's id (`msg_ids`), this call's own, tells,
-    /// and `None` if there is none.
+    /// read), the one whose first message is `first`: the only one if
+    /// there was one, else the one whose subject holds that payload now
+    /// (`None` if none does: delivered and acknowledged since, say).
     async fn stored_try(
         &self,
         queue: &str,
         refused_at: &[u64],
-        items: &[Pending],
-        msg_ids: &[String],
+        first: &Bytes,
     ) -> Result<Option<u64>, StoreError> {
-        if items.iter().all(|item| item.once.is_none()) {
-            if let [only] = refused_at {
-                return Ok(Some(*only));
-            }
-            for last in refused_at.iter().rev() {
-                let held = self.last(&self.subject(queue, last + 1)).await?;
-                if held.is_some_and(|m| items.first().is_some_and(|i| m.payload == i.payload)) {
-                    return Ok(Some(*last));
-                }
-            }
-            return Ok(None);
+        if let [only] = refused_at {
+            return Ok(Some(*only));
         }
-        let Some(i) = items.iter().position(|item| item.once.is_none()) else {
-            return Ok(None);
-        };
         for last in refused_at.iter().rev() {
-            let held = self.last(&self.subject(queue, last + 1 + i as u64)).await?;
-            let id = held.as_ref().and_then(|m| {
-                m.headers
-                    .get(async_nats::header::NATS_MESSAGE_ID)
-                    .map(|v| v.as_str().to_string())
-            });
-            if id.as_deref() == Some(msg_ids[i].as_str()) {
+            let held = self.last(&self.subject(queue, last + 1)).await?;
+            if held.is_some_and(|m| m.payload == *first) {
                 return Ok(Some(*last));
             }
         }
@@ -899,7 +895,7 @@ impl Queues {
                 once: None,
             })
             .collect();
-        self.submit(client, queue, items)
+        self.submit(client, &format!("u{queue}"), queue, items)
             .await?
             .into_iter()
             .map(|seq| {
@@ -933,25 +929,30 @@ impl Queues {
             },
             once: Some(once_id(queue, id)),
         };
+        // Named messages are batched apart from unnamed ones: a batch
+        // refused for a duplicate name goes again one message at a time,
+        // which must never split an unnamed call's messages.
         Ok(self
-            .submit(client, queue, vec![item])
+            .submit(client, &format!("n{queue}"), queue, vec![item])
             .await?
             .into_iter()
             .next()
             .flatten())
     }
 
-    /// Writes `items` in one batch with whatever other enqueues of this
-    /// node wait for the same queue.
+    /// Writes `items` to `queue` in one batch with whatever other enqueues
+    /// of this node wait under the same `key` (`u<queue>` for unnamed
+    /// messages, `n<queue>` for named ones: never another queue's).
     async fn submit(
         self: &Arc<Self>,
         client: &async_nats::Client,
+        key: &str,
         queue: &str,
         items: Vec<Pending>,
     ) -> Result<Vec<Option<u64>>, StoreError> {
         let (this, client, name) = (self.clone(), client.clone(), queue.to_string());
         self.writes
-            .submit(queue, items, move |items: Vec<Pending>| {
+            .submit(key, items, move |items: Vec<Pending>| {
                 let (this, client, queue) = (this.clone(), client.clone(), name.clone());
                 async move {
                     // One batch, or one per `MAX_BATCH - 1` messages of a
