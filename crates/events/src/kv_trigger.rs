@@ -374,8 +374,20 @@ mod tests {
         changes.pop().flatten()
     }
 
-    #[tokio::test]
-    async fn a_batch_read_again_after_a_failure_queues_nothing_twice() {
+    /// A store whose statuses and cursor cannot be written, a trigger on
+    /// tenant `acme`'s bucket `default` and two changes in it.
+    struct Failing {
+        _dir: tempfile::TempDir,
+        store: Arc<EmbeddedStore>,
+        meta: Arc<Flaky>,
+        events: Events,
+        tenant: TenantId,
+        function: FunctionName,
+        bucket: BucketName,
+        queue: String,
+    }
+
+    async fn failing() -> Failing {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
         let meta = Arc::new(Flaky {
@@ -395,6 +407,30 @@ mod tests {
             put(&store, kv::storage_key(&tenant, &bucket, key), b"v").await;
         }
         let queue = crate::queue_name(&tenant, &function);
+        Failing {
+            _dir: dir,
+            store,
+            meta,
+            events,
+            tenant,
+            function,
+            bucket,
+            queue,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_read_again_after_a_failure_queues_nothing_twice() {
+        let Failing {
+            _dir,
+            store,
+            meta,
+            events,
+            tenant,
+            function,
+            bucket,
+            queue,
+        } = failing().await;
 
         // Both changes are queued (accepted without their statuses, which
         // could not be written), then the cursor cannot move.
@@ -431,25 +467,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_read_again_after_a_restart_queues_nothing_twice() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
-        let meta = Arc::new(Flaky {
-            inner: store.clone(),
-            fail_creates: AtomicBool::new(true),
-            fail_cursor: AtomicBool::new(true),
-        });
-        let events = Events::new(store.clone(), meta.clone());
-        let tenant = TenantId::new("acme").unwrap();
-        let function = FunctionName::new("on-change").unwrap();
-        let bucket = BucketName::new("default").unwrap();
-        events
-            .add_kv_trigger(trigger(&tenant, &function, &bucket))
-            .await
-            .unwrap();
-        for key in ["a", "b"] {
-            put(&store, kv::storage_key(&tenant, &bucket, key), b"v").await;
-        }
-        let queue = crate::queue_name(&tenant, &function);
+        let Failing {
+            _dir,
+            store,
+            meta,
+            events,
+            queue,
+            ..
+        } = failing().await;
         assert!(
             pump(&events, store.as_ref(), &mut Queued::default())
                 .await
