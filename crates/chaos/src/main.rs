@@ -675,12 +675,7 @@ async fn heal(world: &mut World, timeline: &mut Vec<String>) -> anyhow::Result<(
             }
         }
     });
-    let ready = blocking(|| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            world.nats.wait_ready(Duration::from_secs(30))
-        }))
-        .is_ok()
-    });
+    let ready = blocking(|| world.nats.ready_within(Duration::from_secs(30)));
     if !ready {
         for i in 0..world.nats.nodes.len() {
             let node = &world.nats.nodes[i];

@@ -255,6 +255,15 @@ impl Cluster {
     /// JetStream meta leader counts every other server current (before
     /// that, creating a replicated stream can fail for want of peers).
     pub fn wait_ready(&self, within: Duration) {
+        assert!(
+            self.ready_within(within),
+            "the NATS cluster was not ready within {within:?}; the first server's log:\n{}",
+            self.nodes[0].log()
+        );
+    }
+
+    /// Like [`Cluster::wait_ready`]; `false` if it was not ready in time.
+    pub fn ready_within(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         let jsz = |node: &Node| -> Option<serde_json::Value> {
             let (_, body) = http_get(node.http_port, "/jsz")?;
@@ -288,13 +297,12 @@ impl Cluster {
             })
         };
         while !ready() {
-            assert!(
-                Instant::now() < deadline,
-                "the NATS cluster was not ready within {within:?}; the first server's log:\n{}",
-                self.nodes[0].log()
-            );
+            if Instant::now() >= deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
+        true
     }
 
     pub fn urls(&self) -> Vec<String> {
