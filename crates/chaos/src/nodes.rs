@@ -311,30 +311,36 @@ impl World {
     }
 
     /// Fills (or frees) the tmpfs under NATS server `i`'s store, leaving
-    /// 64 KiB free.
+    /// 64 KiB free (more if the server writes between the measure and the
+    /// fill: each try measures again and leaves twice the room).
     pub fn fill_disk(&self, i: usize, full: bool) -> anyhow::Result<()> {
         let filler = self.nats.nodes[i].store_dir.join("filler");
         if !full {
             let _ = std::fs::remove_file(&filler);
             return Ok(());
         }
-        let out = Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(&self.nats.nodes[i].store_dir)
-            .output()?;
-        let avail: u64 = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .context("df's answer")?;
-        let status = Command::new("fallocate")
-            .args(["-l", &avail.saturating_sub(64 << 10).to_string()])
-            .arg(&filler)
-            .status()?;
-        if !status.success() {
-            bail!("fallocate could not fill {}", filler.display());
+        let mut room: u64 = 64 << 10;
+        for _ in 0..6 {
+            let out = Command::new("df")
+                .args(["--output=avail", "-B1"])
+                .arg(&self.nats.nodes[i].store_dir)
+                .output()?;
+            let avail: u64 = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse().ok())
+                .context("df's answer")?;
+            let status = Command::new("fallocate")
+                .args(["-l", &avail.saturating_sub(room).max(1).to_string()])
+                .arg(&filler)
+                .status()?;
+            if status.success() {
+                return Ok(());
+            }
+            let _ = std::fs::remove_file(&filler);
+            room *= 2;
         }
-        Ok(())
+        bail!("fallocate could not fill {}", filler.display())
     }
 
     /// Cuts (or heals) every route to and from NATS server `i`.
