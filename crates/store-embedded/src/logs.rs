@@ -147,8 +147,9 @@ impl LogStore for EmbeddedStore {
     }
 }
 
-/// The wall clock in ms (stamps log records appended without a time).
-fn wall_ms() -> u64 {
+/// The wall clock in ms (stamps log records appended without a time, and
+/// names given to queued messages).
+pub(crate) fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -182,14 +182,9 @@ fn append_once(
         by_time
             .remove((*at, q.as_str(), i.as_str()))
             .map_err(backend)?;
-        // The name may have been given again since: only its own entry goes.
-        let current = once
-            .get((q.as_str(), i.as_str()))
-            .map_err(backend)?
-            .map(|v| v.value());
-        if current == Some(*at) {
-            once.remove((q.as_str(), i.as_str())).map_err(backend)?;
-        }
+        // A name stored again had its old time entry removed then, so the
+        // name's entry is this one's.
+        once.remove((q.as_str(), i.as_str())).map_err(backend)?;
     }
     let stored_at = once.get((queue, id)).map_err(backend)?.map(|v| v.value());
     if stored_at.is_some_and(|at| at > cutoff) {
@@ -342,9 +337,7 @@ impl QueueStore for EmbeddedStore {
         not_before_ms: u64,
     ) -> Result<Option<u64>, StoreError> {
         let (queue, group, id) = (queue.to_string(), group.map(str::to_string), id.to_string());
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = crate::logs::wall_ms();
         self.write(move |txn, _| {
             append_once(
                 txn,
