@@ -334,6 +334,8 @@ pub async fn claim_node_id(kv: &dyn MetaStore, node: &str) -> anyhow::Result<()>
 /// What a node reports of itself in each heartbeat.
 pub struct Heartbeat {
     pub node: String,
+    /// When this process started, by its clock ([`Members::started_ms`]).
+    pub started_ms: u64,
     pub data_url: String,
     pub api_url: String,
     pub applied: tokio::sync::watch::Receiver<u64>,
@@ -349,7 +351,7 @@ pub fn start_heartbeats(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let incarnation = format!("{:016x}", rand_u64());
-    let started_ms = now_ms();
+    let started_ms = heartbeat.started_ms;
     tokio::spawn(async move {
         let key = format!("{NODES}{}", heartbeat.node);
         let mut applied = heartbeat.applied.clone();
@@ -394,6 +396,8 @@ pub fn start_heartbeats(
 /// itself.
 pub struct Members {
     node: String,
+    /// When this node started, by its clock: its heartbeats say so.
+    started_ms: u64,
     live: std::sync::RwLock<Arc<[String]>>,
     /// Set once `live` was judged from the records and every live peer's
     /// clock compared with this node's (two heartbeats each, or four heartbeats passed).
@@ -432,9 +436,25 @@ impl gust_core::cluster::Membership for Members {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    fn up_since_ms(&self) -> Option<u64> {
+        let owners = self.owners();
+        let records = self.records.borrow();
+        let peers = records
+            .iter()
+            .flat_map(|records| records.iter())
+            .filter(|r| r.id != self.node && owners.contains(&r.id))
+            .map(|r| r.started_ms);
+        Some(peers.fold(self.started_ms, u64::min))
+    }
 }
 
 impl Members {
+    /// When this node started, by its clock.
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
     /// Every node's record as last seen, or read from the store while the
     /// watch has not delivered its first listing.
     async fn records(
@@ -457,6 +477,7 @@ pub fn start_membership(kv: Arc<dyn MetaStore>, node: String) -> Arc<Members> {
     let (publish, records) = tokio::sync::watch::channel(None);
     tokio::spawn(follow_records(kv, publish));
     let members = Arc::new(Members {
+        started_ms: now_ms(),
         live: std::sync::RwLock::new(Arc::from(vec![node.clone()])),
         settled: std::sync::atomic::AtomicBool::new(false),
         clock_outlier: std::sync::atomic::AtomicBool::new(false),

@@ -554,6 +554,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 kv.clone(),
                 crate::cluster_mode::Heartbeat {
                     node: node_id.clone(),
+                    started_ms: members.started_ms(),
                     data_url: data_url.clone(),
                     api_url: api_url.clone(),
                     applied: gateway.applied_revision(),

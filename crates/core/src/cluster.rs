@@ -36,6 +36,15 @@ pub trait Membership: Send + Sync {
     fn owners(&self) -> Arc<[String]> {
         self.live()
     }
+    /// When the platform last came up after being wholly down: when the
+    /// longest-running of the live nodes (among [`Membership::owners`])
+    /// started, by its own clock; `None` when it cannot be told (one node
+    /// alone: its own start). Every node of a settled cluster answers the
+    /// same, so work judged by it (a schedule's catch-up) is the same
+    /// whichever node does it.
+    fn up_since_ms(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A peer's clock offset from this node's (ms), from the offsets of its

@@ -11,7 +11,13 @@
 //! Ticks missed while the server was down: by default they are skipped and
 //! the schedule waits for its next tick. A schedule with `catch_up: N`
 //! fires the last N missed ticks (oldest first, each with its own tick
-//! time) when the server starts again, then carries on.
+//! time) when the server starts again, then carries on. In a cluster,
+//! missed means before the longest-running live node started
+//! ([`gust_core::cluster::Membership::up_since_ms`]): one cut every node
+//! agrees on, so nodes starting one after another catch up the same
+//! ticks, not each the last N before its own start (a node started later
+//! could claim a later tick first and, the claim being monotonic,
+//! cancel the earlier ones).
 //!
 //! ## Several nodes
 //! Every node keeps a task per schedule, but only the schedule's owner
@@ -166,13 +172,24 @@ async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: T
     while events.shared && (!events.members.settled() || events.members.clock_outlier()) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Ticks up to here were missed while the platform was down (caught
+    // up), later ones while nodes settled (handed over below). In a
+    // cluster, every node cuts at the same time, so the same ticks are
+    // caught up whichever node claims them first.
+    let up_since = match events.shared {
+        true => events
+            .members
+            .up_since_ms()
+            .map_or(started, |t| t.min(started)),
+        false => started,
+    };
     if let Some(last) = last_tick(&events, &tick_key).await {
         // The last claimed tick may not have reached the queue (a crash
         // between the claim and the submission): submit it again, which
         // does nothing if it did.
         resubmit(&events, &record, last).await;
         if record.catch_up > 0 {
-            for tick in missed(&schedule, &zone, last, started, record.catch_up as usize) {
+            for tick in missed(&schedule, &zone, last, up_since, record.catch_up as usize) {
                 fire(&events, &record, &tick_key, tick).await;
             }
         }
@@ -210,9 +227,10 @@ async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: T
             // a tick and queueing it.
             resubmit(&events, &record, last).await;
         }
-        // Ticks since this task started that no node claimed (their owner
-        // died) go first, oldest first.
-        let from = last.unwrap_or(0).max(started);
+        // Ticks since the platform came up (or since the schedule was
+        // set, if later) that no node claimed (their owner died, or nodes
+        // were settling) go first, oldest first.
+        let from = last.unwrap_or(0).max(up_since).max(record.created_ms);
         for tick in missed(&schedule, &zone, from, tick, MAX_HANDED_OVER) {
             fire(&events, &record, &tick_key, tick).await;
         }
@@ -366,5 +384,79 @@ mod tests {
         );
         assert_eq!(missed(&every_second, &utc, 10_000, 15_500, 10).len(), 5);
         assert!(missed(&every_second, &utc, 10_000, 10_900, 3).is_empty());
+    }
+
+    /// A node of a cluster whose first node started at `up_since`.
+    struct Later {
+        up_since: u64,
+    }
+
+    impl gust_core::cluster::Membership for Later {
+        fn node(&self) -> &str {
+            "later"
+        }
+        fn live(&self) -> std::sync::Arc<[String]> {
+            std::sync::Arc::from(vec!["later".to_string()])
+        }
+        fn up_since_ms(&self) -> Option<u64> {
+            Some(self.up_since)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_node_started_after_the_first_catches_up_the_ticks_before_the_first_start() {
+        use gust_store::{MetaStore, QueueStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(
+            gust_store_embedded::EmbeddedStore::open(&dir.path().join("store.redb")).unwrap(),
+        );
+        let now = now_ms();
+        // The first node came up 2.5 s before this one; the last tick
+        // claimed before the whole cluster went down is 10 s old.
+        let up_since = now - 2_500;
+        let last = (now - 10_000) / 1000 * 1000;
+        let record = ScheduleRecord {
+            id: "beat".into(),
+            tenant: gust_core::TenantId::new("acme").unwrap(),
+            function: gust_core::FunctionName::new("ticker").unwrap(),
+            expr: "@every 1s".into(),
+            tz: "UTC".into(),
+            created_ms: now - 60_000,
+            catch_up: 3,
+            path: "/".into(),
+        };
+        store
+            .put(&tick_key(&record), Bytes::from(last.to_string()))
+            .await
+            .unwrap();
+        store
+            .put(
+                "sched/acme/ticker/beat",
+                Bytes::from(serde_json::to_vec(&record).unwrap()),
+            )
+            .await
+            .unwrap();
+        let events = Events::new(store.clone(), store.clone())
+            .in_cluster(std::sync::Arc::new(Later { up_since }));
+        Scheduler::start(&events);
+        tokio::time::sleep(Duration::from_millis(2_200)).await;
+        let queue = crate::queue_name(&record.tenant, &record.function);
+        let queued: Vec<u64> = store
+            .claim(&queue, now_ms(), 60_000, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| crate::Envelope::decode(&c.payload).unwrap().time_ms)
+            .collect();
+        // The 3 ticks before the first node's start, not the 3 before this
+        // one's; then every tick since, each once and in order.
+        let first = up_since / 1000 * 1000 - 2_000;
+        assert_eq!(
+            queued[..3],
+            [first, first + 1000, first + 2000],
+            "{queued:?}"
+        );
+        assert!(queued.windows(2).all(|w| w[1] - w[0] == 1000), "{queued:?}");
+        assert!(*queued.last().unwrap() >= now, "{queued:?}");
     }
 }
