@@ -9,6 +9,7 @@
 #   bench/tracing.sh                                   # wrk -t2 -c64 -d10s, 2 rounds
 #   BASELINE=/path/to/older/gust ROUNDS=3 bench/tracing.sh
 #   SAMPLE=0.1 bench/tracing.sh     # also "on" keeping 10% of traces
+#   GUST=/path/to/gust NO_BUILD=1 bench/tracing.sh   # another build's off and on
 #
 # Goals (issue 27): off ≤ 1% below the baseline, on ≤ 10% below off.
 # Needs: wrk, curl, python3. Everything runs on 127.0.0.1.
@@ -29,7 +30,7 @@ if [ -z "${NO_BUILD:-}" ]; then
   cargo build --release -q -p gust
   cargo build --release -q --target wasm32-wasip2 --manifest-path examples/Cargo.toml -p hello
 fi
-GUST=target/release/gust
+GUST=${GUST:-target/release/gust}
 HELLO=examples/target/wasm32-wasip2/release/hello.wasm
 
 WORK=$(mktemp -d)
@@ -39,18 +40,48 @@ trap cleanup EXIT
 
 wait_http() { for _ in $(seq 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done; echo "bench: $1 never answered" >&2; exit 1; }
 
-# An OTLP/HTTP receiver that accepts every export and counts the bytes.
+# An OTLP/HTTP receiver that accepts every export and keeps it; asked
+# `GET /count/PREFIX` once the load is over, it counts the spans of the
+# exports posted under PREFIX (decoding the protobuf then, so that the
+# receiver takes no CPU from the server under load): spans the server
+# dropped (its queue full) would flatter "on".
 RECV_PORT=$((BASE_PORT + 9))
-python3 - "$RECV_PORT" "$WORK/received" <<'PY' &
+python3 - "$RECV_PORT" <<'PY' &
 import http.server, socketserver, sys
-port, out = int(sys.argv[1]), sys.argv[2]
-total = {"exports": 0, "bytes": 0}
+port = int(sys.argv[1])
+bodies = {}
+def varint(b, i):
+    n = shift = 0
+    while True:
+        c = b[i]; i += 1; n |= (c & 0x7F) << shift; shift += 7
+        if c < 0x80: return n, i
+def fields(b):
+    i = 0
+    while i < len(b):
+        key, i = varint(b, i)
+        wire = key & 7
+        if wire == 0: _, i = varint(b, i); yield key >> 3, None
+        elif wire == 1: i += 8
+        elif wire == 5: i += 4
+        elif wire == 2:
+            n, i = varint(b, i); yield key >> 3, b[i:i + n]; i += n
+        else: raise ValueError("not protobuf")
+def spans(body):
+    # ExportTraceServiceRequest.resource_spans(1).scope_spans(2).spans(2)
+    return sum(1 for f, rs in fields(body) if f == 1
+               for g, ss in fields(rs) if g == 2
+               for h, _ in fields(ss) if h == 2)
 class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        kept = bodies.get(self.path.removeprefix("/count"), [])
+        out = f"{len(kept)} {sum(map(len, kept))} {sum(map(spans, kept))}\n".encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
     def do_POST(self):
         n = int(self.headers.get("content-length", 0))
-        self.rfile.read(n)
-        total["exports"] += 1; total["bytes"] += n
-        open(out, "w").write(f'{total["exports"]} {total["bytes"]}\n')
+        bodies.setdefault(self.path.removesuffix("/v1/traces"), []).append(self.rfile.read(n))
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
         self.send_header("content-length", "0")
@@ -82,29 +113,31 @@ start() {
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK_HZ=$(getconf CLK_TCK)
 
-# load URL PID → "rps p50_ms p99_ms cpu_us_per_request" (the server's own
-# CPU over the run, divided by the requests wrk saw answered)
+# load URL PID → "rps p50_ms p99_ms cpu_us_per_request requests" (the
+# server's own CPU over the run, divided by the requests wrk saw
+# answered; requests: every answered one, the warm-up's too)
 load() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$1" >/dev/null
-  local before after out
+  local before after out warm
+  warm=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$1")
   before=$(ticks "$2")
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1")
   after=$(ticks "$2")
   read -r rps p50 p99 < <(python3 bench/wrk_summary.py <<<"$out")
   local total
   total=$(grep -oE '^ +[0-9]+ requests in' <<<"$out" | grep -oE '[0-9]+')
-  echo "$rps $p50 $p99 $(python3 -c "print(f'{($after - $before) * 1e6 / $TICK_HZ / $total:.1f}')")"
+  warm=$(grep -oE '^ +[0-9]+ requests in' <<<"$warm" | grep -oE '[0-9]+')
+  echo "$rps $p50 $p99 $(python3 -c "print(f'{($after - $before) * 1e6 / $TICK_HZ / $total:.1f}')") $((total + warm))"
 }
 
 TARGETS=(off on)
 start off "$GUST" $BASE_PORT
-start on "$GUST" $((BASE_PORT + 2)) --otlp-endpoint "http://127.0.0.1:$RECV_PORT"
+start on "$GUST" $((BASE_PORT + 2)) --otlp-endpoint "http://127.0.0.1:$RECV_PORT/on"
 PORT_off=$BASE_PORT; PORT_on=$((BASE_PORT + 2))
 if [ -n "${SAMPLE:-}" ]; then
   # The standard sampler variables, read by the SDK: a trace is kept or
   # not as a whole, where it starts.
   OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=$SAMPLE \
-    start sampled "$GUST" $((BASE_PORT + 6)) --otlp-endpoint "http://127.0.0.1:$RECV_PORT"
+    start sampled "$GUST" $((BASE_PORT + 6)) --otlp-endpoint "http://127.0.0.1:$RECV_PORT/sampled"
   PORT_sampled=$((BASE_PORT + 6))
   TARGETS+=(sampled)
 fi
@@ -114,7 +147,7 @@ if [ -n "${BASELINE:-}" ]; then
   TARGETS=(baseline "${TARGETS[@]}")
 fi
 
-declare -A RPS P50 P99 CPU
+declare -A RPS P50 P99 CPU SENT
 for round in $(seq "$ROUNDS"); do
   order=("${TARGETS[@]}")
   # Every other round the other way round: neither side always goes first.
@@ -123,7 +156,8 @@ for round in $(seq "$ROUNDS"); do
   fi
   for t in "${order[@]}"; do
     port_var=PORT_$t
-    read -r rps p50 p99 cpu < <(load "http://127.0.0.1:${!port_var}/hello" "${PID[$t]}")
+    read -r rps p50 p99 cpu sent < <(load "http://127.0.0.1:${!port_var}/hello" "${PID[$t]}")
+    SENT[$t]=$((${SENT[$t]:-0} + sent))
     RPS[$t]="${RPS[$t]:-} $rps"; P50[$t]="${P50[$t]:-} $p50"; P99[$t]="${P99[$t]:-} $p99"
     CPU[$t]="${CPU[$t]:-} $cpu"
   done
@@ -131,14 +165,20 @@ done
 
 median() { python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.1f}')" $1; }
 ratio() { python3 -c "print(f'{$1/$2:.3f}')"; }
-read -r EXPORTS BYTES <"$WORK/received" || { EXPORTS=0; BYTES=0; }
+# What "on" exported, once its batch processor's last scheduled export
+# (every 5 s) is in. Each `hello` request makes two spans (`invoke hello`
+# and `admission`), whatever its deploy and warm-up requests made.
+sleep 6
+read -r EXPORTS BYTES SPANS < <(curl -fs "http://127.0.0.1:$RECV_PORT/count/on")
 
 cat <<REPORT
 ### $(date -u +%Y-%m-%d) on $(nproc) cores: traces off vs on
 
 Load: \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION\`, GET of \`hello\`, $ROUNDS rounds in
 alternating order; medians of the rounds (each round's figures in brackets).
-"on" exported $EXPORTS OTLP requests ($BYTES bytes) to a local receiver.
+"on" exported $EXPORTS OTLP requests ($BYTES bytes) to a local receiver,
+holding $SPANS spans for the ${SENT[on]} requests it answered (two spans
+each: $(python3 -c "print(f'{$SPANS / (2 * ${SENT[on]}):.3f}')" ) of them arrived).
 
 The server's CPU per request (user + system, from /proc, over the run)
 is the steadier figure on a machine whose throughput wanders.

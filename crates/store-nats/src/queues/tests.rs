@@ -536,3 +536,31 @@ async fn a_batch_with_a_named_duplicate_stores_the_others_once() {
     texts.sort();
     assert_eq!(texts, ["plain", "tick", "tick-2", "tick-3"]);
 }
+
+/// A QUEUES stream whose duplicate window was changed (by hand, or by an
+/// older Gust) gets Gust's back when a node opens it: what `enqueue_once`
+/// promises rests on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_stream_with_another_duplicate_window_gets_gusts_back_when_opened() {
+    let Some(store) = testkit::store().await else {
+        return;
+    };
+    let name = store.queues.stream_name.clone();
+    let window = |store: &NatsStore| {
+        let (js, name) = (store.js.clone(), name.clone());
+        async move {
+            let mut stream = js.get_stream(&name).await.unwrap();
+            stream.info().await.unwrap().config.duplicate_window
+        }
+    };
+    let mut stream = store.js.get_stream(&name).await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.duplicate_window = std::time::Duration::from_secs(5);
+    store.js.update_stream(config).await.unwrap();
+    assert_eq!(window(&store).await, std::time::Duration::from_secs(5));
+    let reopened = testkit::store_beside(&store).await;
+    assert_eq!(
+        window(&reopened).await,
+        std::time::Duration::from_millis(ONCE_WINDOW_MS)
+    );
+}
