@@ -414,6 +414,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             args.api_listen
         )
     })?;
+    if let Some(warning) = gust_net::somaxconn().and_then(gust_net::backlog_warning) {
+        tracing::warn!("{warning}");
+    }
     let data_addr = data_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
     let tls = match (&args.tls_cert, &args.tls_key) {

@@ -187,6 +187,35 @@ pub fn fd_limit() -> u64 {
     limit.current.unwrap_or(1 << 20)
 }
 
+/// The listen backlog tokio asks for; the kernel caps it at
+/// `net.core.somaxconn`.
+const BACKLOG: u32 = 1024;
+
+/// What to tell the operator when the kernel holds fewer connections
+/// waiting to be accepted than the listeners ask for (`somaxconn`, read
+/// from `/proc/sys/net/core/somaxconn`; 128 on kernels before 5.4): a
+/// burst of new connections past it is dropped at the handshake and its
+/// clients wait about a second for their SYN to be sent again. Measured
+/// (bench/README.md, session 34): with 64, the first wave of 256
+/// connections on a fresh node waited 1,008–1,228 ms at p99 in 3 runs of
+/// 3; with 4,096, none did.
+pub fn backlog_warning(somaxconn: u32) -> Option<String> {
+    (somaxconn < BACKLOG).then(|| {
+        format!(
+            "net.core.somaxconn is {somaxconn}: a burst of more than about {somaxconn} new connections at once leaves the ones past it waiting about a second (the kernel drops their handshake); raise it to at least {BACKLOG} (sysctl -w net.core.somaxconn=4096, and in /etc/sysctl.d to keep it)"
+        )
+    })
+}
+
+/// The kernel's cap on a listener's backlog, where it can be read.
+pub fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Connection limits that keep both listeners below `fd_limit` with a
 /// reserve for everything else (storage, artifacts, compile workers,
 /// outbound calls): the data plane's and the control API's.
@@ -234,6 +263,18 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_small_somaxconn_is_named_with_what_to_do_and_a_large_one_is_not() {
+        let warning = backlog_warning(128).unwrap();
+        assert!(warning.contains("somaxconn is 128"), "{warning}");
+        assert!(
+            warning.contains("sysctl -w net.core.somaxconn="),
+            "{warning}"
+        );
+        assert_eq!(backlog_warning(1024), None);
+        assert_eq!(backlog_warning(4096), None);
+    }
 
     #[test]
     fn ipv6_clients_count_by_their_64() {

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::conns::{Admit, ConnTable, Full};
-pub use crate::conns::{ConnectionLimits, default_limits, fd_limit};
+pub use crate::conns::{ConnectionLimits, backlog_warning, default_limits, fd_limit, somaxconn};
 use crate::guard::Guarded;
 
 /// Why TLS could not be set up; names the file and what to do.
