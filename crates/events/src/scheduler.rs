@@ -227,10 +227,10 @@ async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: T
             // a tick and queueing it.
             resubmit(&events, &record, last).await;
         }
-        // Ticks since the platform came up (or since the schedule was
-        // set, if later) that no node claimed (their owner died, or nodes
-        // were settling) go first, oldest first.
-        let from = last.unwrap_or(0).max(up_since).max(record.created_ms);
+        // Ticks since the platform came up that no node claimed (their
+        // owner died, or nodes were settling) go first, oldest first; of a
+        // schedule never fired, those since this task started.
+        let from = last.map_or(started, |last| last.max(up_since));
         for tick in missed(&schedule, &zone, from, tick, MAX_HANDED_OVER) {
             fire(&events, &record, &tick_key, tick).await;
         }
