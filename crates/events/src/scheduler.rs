@@ -176,12 +176,13 @@ async fn run(events: Events, record: ScheduleRecord, schedule: Schedule, zone: T
     // up), later ones while nodes settled (handed over below). In a
     // cluster, every node cuts at the same time, so the same ticks are
     // caught up whichever node claims them first.
-    let up_since = match events.shared {
-        true => events
+    let up_since = if events.shared {
+        events
             .members
             .up_since_ms()
-            .map_or(started, |t| t.min(started)),
-        false => started,
+            .map_or(started, |t| t.min(started))
+    } else {
+        started
     };
     if let Some(last) = last_tick(&events, &tick_key).await {
         // The last claimed tick may not have reached the queue (a crash
