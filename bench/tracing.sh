@@ -10,6 +10,9 @@
 #   BASELINE=/path/to/older/gust ROUNDS=3 bench/tracing.sh
 #   SAMPLE=0.1 bench/tracing.sh     # also "on" keeping 10% of traces
 #   GUST=/path/to/gust NO_BUILD=1 bench/tracing.sh   # another build's off and on
+#   OTHER=/path/to/gust bench/tracing.sh    # also "other": that build with traces on
+#   PROFILE=/tmp/on.perf bench/tracing.sh   # also profile "on" in the last round
+#                                           # (perf, cpu-clock) and sum its symbols
 #
 # Goals (issue 27): off ≤ 1% below the baseline, on ≤ 10% below off.
 # Needs: wrk, curl, python3. Everything runs on 127.0.0.1.
@@ -113,15 +116,21 @@ start() {
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK_HZ=$(getconf CLK_TCK)
 
-# load URL PID → "rps p50_ms p99_ms cpu_us_per_request requests" (the
-# server's own CPU over the run, divided by the requests wrk saw
-# answered; requests: every answered one, the warm-up's too)
+# load URL PID [PERF_OUT] → "rps p50_ms p99_ms cpu_us_per_request requests"
+# (the server's own CPU over the run, divided by the requests wrk saw
+# answered; requests: every answered one, the warm-up's too); with
+# PERF_OUT, the server is profiled during the run.
 load() {
-  local before after out warm
+  local before after out warm perf=
   warm=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$1")
+  if [ -n "${3:-}" ]; then
+    perf record -q -e cpu-clock -F 999 -p "$2" -o "$3" >/dev/null 2>&1 &
+    perf=$!
+  fi
   before=$(ticks "$2")
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1")
   after=$(ticks "$2")
+  if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" || true; fi
   read -r rps p50 p99 < <(python3 bench/wrk_summary.py <<<"$out")
   local total
   total=$(grep -oE '^ +[0-9]+ requests in' <<<"$out" | grep -oE '[0-9]+')
@@ -141,6 +150,13 @@ if [ -n "${SAMPLE:-}" ]; then
   PORT_sampled=$((BASE_PORT + 6))
   TARGETS+=(sampled)
 fi
+if [ -n "${OTHER:-}" ]; then
+  # Another build with traces on, to the same receiver, loaded in the same
+  # rounds: a change to the traces-on path against the build before it.
+  start other "$OTHER" $((BASE_PORT + 10)) --otlp-endpoint "http://127.0.0.1:$RECV_PORT/other"
+  PORT_other=$((BASE_PORT + 10))
+  TARGETS+=(other)
+fi
 if [ -n "${BASELINE:-}" ]; then
   start baseline "$BASELINE" $((BASE_PORT + 4))
   PORT_baseline=$((BASE_PORT + 4))
@@ -156,7 +172,9 @@ for round in $(seq "$ROUNDS"); do
   fi
   for t in "${order[@]}"; do
     port_var=PORT_$t
-    read -r rps p50 p99 cpu sent < <(load "http://127.0.0.1:${!port_var}/hello" "${PID[$t]}")
+    profile=
+    if [ -n "${PROFILE:-}" ] && [ "$t" = on ] && [ "$round" = "$ROUNDS" ]; then profile=$PROFILE; fi
+    read -r rps p50 p99 cpu sent < <(load "http://127.0.0.1:${!port_var}/hello" "${PID[$t]}" "$profile")
     SENT[$t]=$((${SENT[$t]:-0} + sent))
     RPS[$t]="${RPS[$t]:-} $rps"; P50[$t]="${P50[$t]:-} $p50"; P99[$t]="${P99[$t]:-} $p99"
     CPU[$t]="${CPU[$t]:-} $cpu"
@@ -190,3 +208,27 @@ for t in "${TARGETS[@]}"; do
   r=$(median "${RPS[$t]}"); c=$(median "${CPU[$t]}")
   echo "| $t | $r [${RPS[$t]# }] | $(median "${P50[$t]}") | $(median "${P99[$t]}") [${P99[$t]# }] | $c [${CPU[$t]# }] | $(ratio "$r" "$(median "${RPS[off]}")") | $(ratio "$c" "$(median "${CPU[off]}")") |"
 done
+
+if [ -n "${PROFILE:-}" ]; then
+  # Self time by symbol (no call graphs: the release build keeps no frame
+  # pointers), grouped: the OTLP encoding (Gust's encoder, or the
+  # library's conversion and prost), the SDK and API making and
+  # processing spans, and the allocator, which both feed.
+  perf report -i "$PROFILE" --no-children --sort symbol --stdio 2>/dev/null \
+    | python3 -c '
+import re, sys
+groups = {"OTLP encoding": r"gust::otlp|opentelemetry_proto|prost::|opentelemetry_otlp",
+          "spans (SDK, API)": r"opentelemetry_sdk|opentelemetry::|gust_gateway::trace",
+          "malloc, free, realloc": r"malloc|free|realloc|_int_|cfree",
+          "memcpy, memmove": r"memcpy|memmove"}
+share = dict.fromkeys(groups, 0.0)
+for line in sys.stdin:
+    m = re.match(r"\s*([0-9.]+)%\s+\[.\]\s+(.*)", line)
+    if not m: continue
+    for g, pat in groups.items():
+        if re.search(pat, m.group(2)): share[g] += float(m.group(1)); break
+print(f"\nProfile of \"on\" in the last round ({sys.argv[1]}), self time:\n")
+print("| symbols | share of the samples |\n|---|---:|")
+for g, v in share.items(): print(f"| {g} | {v:.1f}% |")
+' "$PROFILE"
+fi

@@ -15,6 +15,7 @@ mod invoke;
 mod kv;
 mod listing;
 mod logs;
+mod otlp;
 mod output;
 mod project;
 mod scale;

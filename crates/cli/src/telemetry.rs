@@ -14,9 +14,11 @@
 //!
 //! Off, no tracer provider is installed and the data plane makes no span
 //! (`gust_gateway::trace`). On, the data plane's spans go through a batch
-//! processor (on its own thread) to the exporter's async reqwest client
-//! (on the runtime), and the W3C trace-context propagator is registered
-//! explicitly (the global default propagates nothing).
+//! processor (on its own thread) to an exporter on the runtime: Gust's
+//! own protobuf encoder and async reqwest client (`crate::otlp`) for
+//! `http/protobuf` without compression, the default; `opentelemetry-otlp`'s
+//! for `http/json` or compression. The W3C trace-context propagator is
+//! registered explicitly (the global default propagates nothing).
 
 use std::time::Duration;
 
@@ -115,6 +117,39 @@ impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
     }
 }
 
+/// `opentelemetry-otlp`'s HTTP exporter, for what `crate::otlp` does not
+/// do (JSON, compression).
+fn library_exporter(endpoint: Option<&str>) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+    if let Some(endpoint) = endpoint {
+        exporter = exporter.with_endpoint(endpoint.to_owned());
+    }
+    // OTLP/HTTP's default is protobuf (the exporter's, with JSON built in,
+    // would be JSON: larger and slower to encode).
+    if std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_none()
+        && std::env::var_os("OTEL_EXPORTER_OTLP_PROTOCOL").is_none()
+    {
+        exporter = exporter.with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+    }
+    exporter
+        .build()
+        .context("cannot set up the OTLP trace exporter (check --otlp-endpoint and the OTEL_EXPORTER_OTLP_* variables)")
+}
+
+/// The SDK's batch processor on its own thread: ending a span queues it
+/// without waking anyone (the async-runtime processor woke its task for
+/// every span, a cross-thread wake-up per request); the export itself
+/// runs on this runtime, where the async reqwest client lives.
+fn processor<E: SpanExporter + 'static>(
+    exporter: E,
+) -> opentelemetry_sdk::trace::BatchSpanProcessor {
+    opentelemetry_sdk::trace::BatchSpanProcessor::builder(OnRuntime {
+        exporter: std::sync::Arc::new(exporter),
+        runtime: tokio::runtime::Handle::current(),
+    })
+    .build()
+}
+
 /// Installs the logger (filtered by `GUST_LOG` in `EnvFilter` syntax,
 /// `info` when unset; directives that do not parse are skipped with a
 /// warning rather than silencing the logs) and, when an endpoint is
@@ -134,20 +169,7 @@ pub(crate) fn init(otlp_endpoint: Option<&str>, node: Option<&str>) -> anyhow::R
         return Ok(Telemetry { provider: None });
     };
 
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
-    if let Some(endpoint) = &endpoint {
-        exporter = exporter.with_endpoint(endpoint.clone());
-    }
-    // OTLP/HTTP's default is protobuf (the exporter's, with JSON built in,
-    // would be JSON: larger and slower to encode).
-    if std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_none()
-        && std::env::var_os("OTEL_EXPORTER_OTLP_PROTOCOL").is_none()
-    {
-        exporter = exporter.with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-    }
-    let exporter = exporter
-        .build()
-        .context("cannot set up the OTLP trace exporter (check --otlp-endpoint and the OTEL_EXPORTER_OTLP_* variables)")?;
+    let env = |name: &str| std::env::var(name).ok();
     let mut resource = opentelemetry_sdk::Resource::builder();
     let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
         || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
@@ -160,15 +182,13 @@ pub(crate) fn init(otlp_endpoint: Option<&str>, node: Option<&str>) -> anyhow::R
             node.to_string(),
         ));
     }
-    // The SDK's batch processor on its own thread: ending a span queues it
-    // without waking anyone (the async-runtime processor woke its task for
-    // every span, a cross-thread wake-up per request); the export itself
-    // runs on this runtime, where the async reqwest client lives.
-    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(OnRuntime {
-        exporter: std::sync::Arc::new(exporter),
-        runtime: tokio::runtime::Handle::current(),
-    })
-    .build();
+    // OTLP/HTTP protobuf without compression (the default) goes through
+    // Gust's own encoder (`crate::otlp`); anything else through the
+    // library's exporter.
+    let processor = match crate::otlp::Config::from_env(endpoint.as_deref(), env) {
+        Some(config) => processor(crate::otlp::ProtoExporter::new(config)?),
+        None => processor(library_exporter(endpoint.as_deref())?),
+    };
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_resource(resource.build())

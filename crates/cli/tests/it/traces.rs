@@ -1,10 +1,12 @@
-//! Traces: a real `gust up` exporting spans over OTLP/HTTP (JSON) to a
-//! receiver inside the test, on loopback.
+//! Traces: a real `gust up` exporting spans over OTLP/HTTP to a receiver
+//! inside the test, on loopback: protobuf (the default, Gust's own
+//! encoder) and JSON (through `opentelemetry-otlp`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
@@ -41,20 +43,36 @@ impl Span {
 
 type Spans = Arc<Mutex<Vec<Span>>>;
 
-/// An OTLP/HTTP receiver for `/v1/traces` in JSON; returns its base URL.
+/// An OTLP/HTTP receiver for `/v1/traces`, in protobuf or JSON (by the
+/// request's content type); returns its base URL.
 async fn receiver() -> (String, Spans) {
     let spans: Spans = Arc::default();
     let kept = spans.clone();
     let app = axum::Router::new().route(
         "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let kept = kept.clone();
-            async move {
-                let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                kept.lock().unwrap().extend(parse(&json));
-                ([("content-type", "application/json")], "{}")
-            }
-        }),
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let kept = kept.clone();
+                async move {
+                    let protobuf = headers
+                        .get("content-type")
+                        .is_some_and(|t| t.as_bytes() == b"application/x-protobuf");
+                    let got = if protobuf {
+                        use prost::Message as _;
+                        let request = ExportTraceServiceRequest::decode(body).unwrap_or_else(|e| {
+                            panic!("an export is not an OTLP protobuf request: {e}")
+                        });
+                        parse_protobuf(&request)
+                    } else {
+                        let json: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        parse(&json)
+                    };
+                    kept.lock().unwrap().extend(got);
+                    ([("content-type", "application/json")], "{}")
+                }
+            },
+        ),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -93,13 +111,65 @@ fn parse(json: &serde_json::Value) -> Vec<Span> {
     out
 }
 
+/// The spans of a protobuf export, as [`parse`] reads JSON ones.
+fn parse_protobuf(request: &ExportTraceServiceRequest) -> Vec<Span> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let json = |value: &Option<Value>| match value {
+        Some(Value::StringValue(s)) => serde_json::json!({ "stringValue": s }),
+        Some(Value::IntValue(i)) => serde_json::json!({ "intValue": i.to_string() }),
+        Some(Value::BoolValue(b)) => serde_json::json!({ "boolValue": b }),
+        Some(Value::DoubleValue(d)) => serde_json::json!({ "doubleValue": d }),
+        other => serde_json::json!({ "other": format!("{other:?}") }),
+    };
+    let mut out = Vec::new();
+    for resource in &request.resource_spans {
+        let service = resource
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|a| a.key == "service.name")
+            .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        for scope in &resource.scope_spans {
+            for span in &scope.spans {
+                out.push(Span {
+                    trace: hex(&span.trace_id),
+                    id: hex(&span.span_id),
+                    parent: hex(&span.parent_span_id),
+                    name: span.name.clone(),
+                    attributes: span
+                        .attributes
+                        .iter()
+                        .map(|a| {
+                            let value = a.value.as_ref().and_then(|v| v.value.clone());
+                            (a.key.clone(), json(&value))
+                        })
+                        .collect(),
+                    service: service.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// `gust up` exporting to `url` in protobuf, the default.
 async fn start_traced(url: &str, extra: &[&str]) -> Server {
+    start_traced_as(url, extra, "http/protobuf")
+}
+
+/// `gust up` exporting to `url` in `protocol` (`http/protobuf`, `http/json`).
+fn start_traced_as(url: &str, extra: &[&str], protocol: &str) -> Server {
     let mut args = vec!["--otlp-endpoint", url];
     args.extend_from_slice(extra);
     Server::start_with_env(
         &args,
         &[
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
     )
@@ -315,7 +385,8 @@ async fn recording_server() -> (u16, Arc<Mutex<Vec<String>>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_client_context_starts_a_new_trace_and_outside_hosts_see_it_only_when_asked() {
     let (url, spans) = receiver().await;
-    let server = start_traced(&url, &["--trace-client-context", "ignore"]).await;
+    // The one test on JSON, through `opentelemetry-otlp`'s exporter.
+    let server = start_traced_as(&url, &["--trace-client-context", "ignore"], "http/json");
     let testbed = guests().testbed.as_path();
     let (port, heads) = recording_server().await;
     let fetch = format!("/out/fetch?url=http://127.0.0.2:{port}/hook");
