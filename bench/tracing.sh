@@ -11,8 +11,8 @@
 #   SAMPLE=0.1 bench/tracing.sh     # also "on" keeping 10% of traces
 #   GUST=/path/to/gust NO_BUILD=1 bench/tracing.sh   # another build's off and on
 #   OTHER=/path/to/gust bench/tracing.sh    # also "other": that build with traces on
-#   PROFILE=/tmp/on.perf bench/tracing.sh   # also profile "on" in the last round
-#                                           # (perf, cpu-clock) and sum its symbols
+#   PROFILE=/tmp/trace bench/tracing.sh   # also profile each target in the last
+#                                         # round (perf, cpu-clock: /tmp/trace.on, …)
 #
 # Goals (issue 27): off ≤ 1% below the baseline, on ≤ 10% below off.
 # Needs: wrk, curl, python3. Everything runs on 127.0.0.1.
@@ -173,7 +173,7 @@ for round in $(seq "$ROUNDS"); do
   for t in "${order[@]}"; do
     port_var=PORT_$t
     profile=
-    if [ -n "${PROFILE:-}" ] && [ "$t" = on ] && [ "$round" = "$ROUNDS" ]; then profile=$PROFILE; fi
+    if [ -n "${PROFILE:-}" ] && [ "$round" = "$ROUNDS" ]; then profile=$PROFILE.$t; fi
     read -r rps p50 p99 cpu sent < <(load "http://127.0.0.1:${!port_var}/hello" "${PID[$t]}" "$profile")
     SENT[$t]=$((${SENT[$t]:-0} + sent))
     RPS[$t]="${RPS[$t]:-} $rps"; P50[$t]="${P50[$t]:-} $p50"; P99[$t]="${P99[$t]:-} $p99"
@@ -211,24 +211,38 @@ done
 
 if [ -n "${PROFILE:-}" ]; then
   # Self time by symbol (no call graphs: the release build keeps no frame
-  # pointers), grouped: the OTLP encoding (Gust's encoder, or the
-  # library's conversion and prost), the SDK and API making and
-  # processing spans, and the allocator, which both feed.
-  perf report -i "$PROFILE" --no-children --sort symbol --stdio 2>/dev/null \
-    | python3 -c '
+  # pointers), grouped, in µs per request (share of the samples × the
+  # target's median CPU per request): the OTLP encoding (Gust's encoder,
+  # or the library's conversion and prost), the SDK and API making and
+  # processing spans, the allocator and copies, which both feed, and the
+  # kernel (the export's bytes on loopback among them).
+  args=()
+  for t in "${TARGETS[@]}"; do
+    perf report -i "$PROFILE.$t" --no-children --sort symbol --stdio >"$PROFILE.$t.txt" 2>/dev/null
+    args+=("$t" "$PROFILE.$t.txt" "$(median "${CPU[$t]}")")
+  done
+  python3 - "${args[@]}" <<'PY'
 import re, sys
 groups = {"OTLP encoding": r"gust::otlp|opentelemetry_proto|prost::|opentelemetry_otlp",
           "spans (SDK, API)": r"opentelemetry_sdk|opentelemetry::|gust_gateway::trace",
           "malloc, free, realloc": r"malloc|free|realloc|_int_|cfree",
           "memcpy, memmove": r"memcpy|memmove"}
-share = dict.fromkeys(groups, 0.0)
-for line in sys.stdin:
-    m = re.match(r"\s*([0-9.]+)%\s+\[.\]\s+(.*)", line)
-    if not m: continue
-    for g, pat in groups.items():
-        if re.search(pat, m.group(2)): share[g] += float(m.group(1)); break
-print(f"\nProfile of \"on\" in the last round ({sys.argv[1]}), self time:\n")
-print("| symbols | share of the samples |\n|---|---:|")
-for g, v in share.items(): print(f"| {g} | {v:.1f}% |")
-' "$PROFILE"
+rows = list(groups) + ["kernel", "everything else"]
+cols = []
+for name, path, cpu in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
+    share = dict.fromkeys(rows, 0.0)
+    for line in open(path):
+        m = re.match(r"\s*([0-9.]+)%\s+\[(.)\]\s+(.*)", line)
+        if not m: continue
+        pct, kind, sym = float(m.group(1)), m.group(2), m.group(3)
+        g = next((g for g, pat in groups.items() if re.search(pat, sym)), None)
+        g = g or ("kernel" if kind == "k" else "everything else")
+        share[g] += pct
+    cols.append((name, {g: v * float(cpu) / 100 for g, v in share.items()}))
+print("\nProfiles of the last round (perf, self time), µs of server CPU per request:\n")
+print("| symbols | " + " | ".join(n for n, _ in cols) + " |")
+print("|---|" + "---:|" * len(cols))
+for g in rows:
+    print(f"| {g} | " + " | ".join(f"{c[g]:.1f}" for _, c in cols) + " |")
+PY
 fi
