@@ -8,8 +8,9 @@
 //! exporter's cost. This encoder writes the same bytes from the spans as
 //! they are: it computes each message's length first (protobuf puts a
 //! message's length before it), then writes once into one buffer, with no
-//! allocation per span. A unit test decodes its output with
-//! `opentelemetry-proto` and compares it with the library's conversion.
+//! allocation per span but for a non-empty trace state. A unit test
+//! decodes its output with `opentelemetry-proto` and compares it with the
+//! library's conversion.
 //!
 //! The exporter around it does what the library's HTTP exporter does for
 //! `http/protobuf` without compression: the endpoint, headers and timeout
