@@ -578,7 +578,7 @@ impl Config {
 }
 
 /// `key=value,key2=value2`, values percent-decoded (kept as written when
-/// that fails); pairs without a key or a value are skipped.
+/// that is not UTF-8); pairs without a key or a value are skipped.
 fn parse_headers(list: &str) -> Vec<(String, String)> {
     list.split(',')
         .filter_map(|pair| {
@@ -587,28 +587,13 @@ fn parse_headers(list: &str) -> Vec<(String, String)> {
             (!key.is_empty() && !value.is_empty()).then(|| {
                 (
                     key.to_owned(),
-                    percent_decode(value).unwrap_or_else(|| value.to_owned()),
+                    percent_encoding::percent_decode_str(value)
+                        .decode_utf8()
+                        .map_or_else(|_| value.to_owned(), |v| v.into_owned()),
                 )
             })
         })
         .collect()
-}
-
-fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Retries after the first try, and their delays (doubling from the
