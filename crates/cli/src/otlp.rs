@@ -445,10 +445,7 @@ pub(crate) fn encode(spans: &[SpanData], resource: &EncodedResource) -> Vec<u8> 
     let mut scopes: Vec<(&InstrumentationScope, Vec<usize>)> = Vec::new();
     for (i, span) in spans.iter().enumerate() {
         let scope = &span.instrumentation_scope;
-        match scopes
-            .iter_mut()
-            .find(|(s, _)| std::ptr::eq(*s, scope) || *s == scope)
-        {
+        match scopes.iter_mut().find(|(s, _)| *s == scope) {
             Some((_, members)) => members.push(i),
             None => scopes.push((scope, vec![i])),
         }
@@ -620,7 +617,6 @@ fn backoff(n: u32, jitter_ms: u64) -> Duration {
 pub(crate) struct ProtoExporter {
     client: reqwest::Client,
     config: Config,
-    headers: reqwest::header::HeaderMap,
     resource: EncodedResource,
     shut: AtomicBool,
 }
@@ -656,25 +652,29 @@ impl ProtoExporter {
         // it first; this makes the exporter not depend on that order).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
-            .timeout(config.timeout)
+            .default_headers(headers)
             .build()
             .context("cannot make the OTLP exporter's HTTP client")?;
         Ok(ProtoExporter {
             client,
             config,
-            headers,
             resource: EncodedResource::default(),
             shut: AtomicBool::new(false),
         })
     }
 
-    /// One try: `Ok` on 2xx; else the error and, when another try may
-    /// succeed, the delay the collector asked for (if it did).
-    async fn post(&self, body: bytes::Bytes) -> Result<(), (String, Option<Option<Duration>>)> {
+    /// One try, given at most `time`: `Ok` on 2xx; else the error and,
+    /// when another try may succeed, the delay the collector asked for (if
+    /// it did).
+    async fn post(
+        &self,
+        body: bytes::Bytes,
+        time: Duration,
+    ) -> Result<(), (String, Option<Option<Duration>>)> {
         let answer = self
             .client
             .post(&self.config.endpoint)
-            .headers(self.headers.clone())
+            .timeout(time)
             .body(body)
             .send()
             .await;
@@ -709,7 +709,13 @@ impl SpanExporter for ProtoExporter {
         let deadline = Instant::now() + self.config.timeout;
         let mut n = 0;
         loop {
-            let (error, again) = match self.post(body.clone()).await {
+            let (error, again) = match self
+                .post(
+                    body.clone(),
+                    deadline.saturating_duration_since(Instant::now()),
+                )
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
@@ -988,15 +994,96 @@ mod tests {
         (url, seen)
     }
 
-    async fn export_to(url: String) -> OTelSdkResult {
-        let exporter = ProtoExporter::new(Config {
+    fn exporter(url: String, timeout: Duration) -> ProtoExporter {
+        ProtoExporter::new(Config {
             endpoint: url,
             headers: Vec::new(),
-            timeout: Duration::from_secs(5),
+            timeout,
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    async fn export_to(url: String) -> OTelSdkResult {
         let scope = InstrumentationScope::builder("gust").build();
-        exporter.export(vec![span(1, &scope)]).await
+        exporter(url, Duration::from_secs(5))
+            .export(vec![span(1, &scope)])
+            .await
+    }
+
+    #[test]
+    fn an_endpoint_or_header_that_cannot_be_used_is_refused_at_start() {
+        let config = |endpoint: &str, headers: &[(&str, &str)]| Config {
+            endpoint: endpoint.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            timeout: Duration::from_secs(1),
+        };
+        for (endpoint, headers, says) in [
+            ("collector:4318", &[][..], "not http or https"),
+            ("no url at all", &[][..], "not a URL"),
+            ("ftp://c/v1/traces", &[][..], "not http or https"),
+            (
+                "http://c/v1/traces",
+                &[("bad name", "x")][..],
+                "header name",
+            ),
+            (
+                "http://c/v1/traces",
+                &[("x-key", "a\nb")][..],
+                "value of the OTLP header",
+            ),
+        ] {
+            let e = ProtoExporter::new(config(endpoint, headers)).unwrap_err();
+            assert!(format!("{e:#}").contains(says), "{endpoint}: {e:#}");
+        }
+        assert!(ProtoExporter::new(config("https://c:4318/v1/traces", &[("x-key", "v")])).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_collector_that_cannot_be_reached_or_does_not_answer_fails_the_export_in_time() {
+        // Nothing listens: tried again, then reported.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/traces", closed.local_addr().unwrap());
+        drop(closed);
+        let e = export_to(url).await.unwrap_err();
+        assert!(e.to_string().contains("cannot reach the collector"), "{e}");
+
+        // A collector that never answers: the export ends at its timeout.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let scope = InstrumentationScope::builder("gust").build();
+        let started = Instant::now();
+        let result = exporter(url, Duration::from_millis(500))
+            .export(vec![span(1, &scope)])
+            .await;
+        assert!(result.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_exporter_shut_down_exports_nothing() {
+        let (url, seen) = collector(Vec::new()).await;
+        let exporter = exporter(url, Duration::from_secs(5));
+        exporter.shutdown().unwrap();
+        let scope = InstrumentationScope::builder("gust").build();
+        assert!(matches!(
+            exporter.export(vec![span(1, &scope)]).await,
+            Err(OTelSdkError::AlreadyShutdown)
+        ));
+        assert_eq!(seen.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
