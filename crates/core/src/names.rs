@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,19 +35,25 @@ pub(crate) fn check_label(name: &str) -> Result<(), NameError> {
 }
 
 /// A function's name, unique within its tenant: `hello`, `resize-image`.
+/// Shared, not copied, when cloned (a request's path clones it several times).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct FunctionName(String);
+pub struct FunctionName(Arc<str>);
 
 impl FunctionName {
     pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
         let name = name.into();
         check_label(&name)?;
-        Ok(Self(name))
+        Ok(Self(name.into()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The name itself, shared (for a value that outlives a borrow).
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
     }
 }
 
@@ -59,7 +66,7 @@ impl TryFrom<String> for FunctionName {
 
 impl From<FunctionName> for String {
     fn from(value: FunctionName) -> Self {
-        value.0
+        value.0.to_string()
     }
 }
 
@@ -70,25 +77,31 @@ impl fmt::Display for FunctionName {
 }
 
 /// The tenant that owns a record. Every stored record carries one; until
-/// tenants exist it is always [`TenantId::default_tenant`].
+/// tenants exist it is always [`TenantId::default_tenant`]. Shared, not
+/// copied, when cloned.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct TenantId(String);
+pub struct TenantId(Arc<str>);
 
 impl TenantId {
     pub fn new(id: impl Into<String>) -> Result<Self, NameError> {
         let id = id.into();
         check_label(&id)?;
-        Ok(Self(id))
+        Ok(Self(id.into()))
     }
 
     /// The tenant of a single-team installation.
     pub fn default_tenant() -> Self {
-        Self("default".to_string())
+        Self("default".into())
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The id itself, shared (for a value that outlives a borrow).
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
     }
 }
 
@@ -107,7 +120,7 @@ impl TryFrom<String> for TenantId {
 
 impl From<TenantId> for String {
     fn from(value: TenantId) -> Self {
-        value.0
+        value.0.to_string()
     }
 }
 

@@ -661,7 +661,11 @@ impl InvocationIds {
     }
 
     fn next(&self) -> String {
+        use std::fmt::Write as _;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{:011x}{:09x}", self.start_ms, n)
+        // Sized once: `format!` would grow it twice on the way.
+        let mut id = String::with_capacity(20);
+        let _ = write!(id, "{:011x}{:09x}", self.start_ms, n);
+        id
     }
 }

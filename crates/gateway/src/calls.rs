@@ -148,7 +148,9 @@ async fn call(
                 Err(error) => error.into_response(&id),
             };
         if let Ok(value) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert("x-request-id", value);
+            response
+                .headers_mut()
+                .insert(crate::REQUEST_ID_HEADER, value);
         }
         return response;
     }
@@ -185,9 +187,9 @@ async fn call(
         Err(error) => error.into_response(&id),
     };
     let headers = response.headers_mut();
-    headers.insert(crate::VERSION_HEADER, HeaderValue::from(loaded.version));
+    headers.insert(crate::VERSION_HEADER, loaded.version_header.clone());
     if let Ok(value) = HeaderValue::from_str(&id) {
-        headers.insert("x-request-id", value);
+        headers.insert(crate::REQUEST_ID_HEADER, value);
     }
     response
 }

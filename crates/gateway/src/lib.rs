@@ -47,7 +47,10 @@ use crate::logs::LogSink;
 /// Request header that makes an invocation asynchronous: `Gust-Invocation-Type: Event`.
 pub const INVOCATION_TYPE: &str = "gust-invocation-type";
 /// Response header: the version that answered.
-pub const VERSION_HEADER: &str = "gust-version";
+pub const VERSION_HEADER: http::HeaderName = http::HeaderName::from_static("gust-version");
+/// The header every answer carries its invocation id in.
+pub(crate) const REQUEST_ID_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-request-id");
 /// Request header (or cookie) naming a client, so that a split alias
 /// always sends the same client to the same version.
 pub const CLIENT_HEADER: &str = "gust-client";

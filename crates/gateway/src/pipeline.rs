@@ -24,7 +24,9 @@ use crate::body::{BodyFault, LimitedBody};
 use crate::catalog::{self, Resolved};
 use crate::error::GatewayError;
 use crate::invoker::submit_event;
-use crate::{CLIENT_HEADER, GatewayBody, INVOCATION_TYPE, Shared, VERSION_HEADER};
+use crate::{
+    CLIENT_HEADER, GatewayBody, INVOCATION_TYPE, REQUEST_ID_HEADER, Shared, VERSION_HEADER,
+};
 use crate::{calls, cookies, kv, metering, now_ms, scaling, trace, websocket};
 
 pub(crate) async fn handle(
@@ -40,7 +42,7 @@ pub(crate) async fn handle(
     let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
     shared.counters.by_class[class].fetch_add(1, Ordering::Relaxed);
     if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     Ok(response)
 }
@@ -183,7 +185,7 @@ async fn invoke(
     .map(|mut response| {
         response
             .headers_mut()
-            .insert(VERSION_HEADER, HeaderValue::from(loaded.version));
+            .insert(VERSION_HEADER, loaded.version_header.clone());
         let path = asked.path_and_query().map_or("/", |pq| pq.as_str());
         confine_cookies(response.headers_mut(), scope, path);
         response
@@ -214,8 +216,12 @@ fn guest_uri(headers: &http::HeaderMap, guest_path: &str) -> Result<Uri, Gateway
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    format!("http://{authority}{guest_path}")
-        .parse()
+    // One buffer, sized first, that the URI then keeps (no copy).
+    let mut uri = String::with_capacity(7 + authority.len() + guest_path.len());
+    uri.push_str("http://");
+    uri.push_str(authority);
+    uri.push_str(guest_path);
+    Uri::try_from(uri)
         .map_err(|_| GatewayError::BadRequest("the request's host or path is not a valid URI"))
 }
 

@@ -48,7 +48,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 
 use crate::catalog::Loaded;
 
@@ -84,7 +84,7 @@ impl TraceConfig {
             } else {
                 Context::new()
             },
-            alias: alias.to_string(),
+            alias: alias_value(alias),
             queued_since: None,
         })
     }
@@ -98,7 +98,7 @@ impl TraceConfig {
                 envelope.traceparent.as_deref(),
                 envelope.tracestate.as_deref(),
             ),
-            alias: gust_core::deploy::LIVE.to_string(),
+            alias: StringValue::from(gust_core::deploy::LIVE),
             queued_since: Some(
                 std::time::UNIX_EPOCH
                     + std::time::Duration::from_millis(due_ms.max(envelope.accepted_ms)),
@@ -303,10 +303,25 @@ pub(crate) fn extract_stored(traceparent: Option<&str>, tracestate: Option<&str>
 pub(crate) struct Start {
     pub parent: Context,
     /// The alias the request asked for (`live` when it named none).
-    pub alias: String,
+    pub alias: StringValue,
     /// An event's attempt: since when it waited in its queue.
     pub queued_since: Option<SystemTime>,
 }
+
+/// An alias as an attribute value: `live`, what most requests name, without
+/// an allocation.
+fn alias_value(alias: &str) -> StringValue {
+    if alias == gust_core::deploy::LIVE {
+        StringValue::from(gust_core::deploy::LIVE)
+    } else {
+        StringValue::from(alias.to_owned())
+    }
+}
+
+/// The attributes an attempt span has once it ended: the 7 it starts with,
+/// its status, and the 4 [`finished`] adds (made room for at once, so the
+/// span's list is not grown while it runs).
+const ATTEMPT_ATTRIBUTES: usize = 12;
 
 /// The span of one attempt of `loaded`, under `start.parent` (a new trace
 /// when that is empty), with its `queue wait` child when it was queued.
@@ -317,18 +332,20 @@ pub(crate) fn attempt(
     trigger: Trigger,
     start: Start,
 ) -> Traced {
+    let mut attributes = Vec::with_capacity(ATTEMPT_ATTRIBUTES);
+    attributes.extend([
+        KeyValue::new("gust.tenant", StringValue::from(loaded.tenant.shared())),
+        KeyValue::new("gust.function", StringValue::from(loaded.name.shared())),
+        KeyValue::new("gust.version", loaded.version as i64),
+        KeyValue::new("gust.alias", start.alias),
+        KeyValue::new("gust.invocation_id", id.to_owned()),
+        KeyValue::new("gust.attempt", i64::from(attempt)),
+        KeyValue::new("gust.trigger", trigger.as_str()),
+    ]);
     let builder = tracer()
         .span_builder(format!("invoke {}", loaded.name))
         .with_kind(SpanKind::Server)
-        .with_attributes([
-            KeyValue::new("gust.tenant", loaded.tenant.as_str().to_owned()),
-            KeyValue::new("gust.function", loaded.name.as_str().to_owned()),
-            KeyValue::new("gust.version", loaded.version as i64),
-            KeyValue::new("gust.alias", start.alias),
-            KeyValue::new("gust.invocation_id", id.to_owned()),
-            KeyValue::new("gust.attempt", i64::from(attempt)),
-            KeyValue::new("gust.trigger", trigger.as_str()),
-        ]);
+        .with_attributes(attributes);
     let span = Traced::under(&start.parent, builder);
     if let (Some(since), Some(cx)) = (start.queued_since, &span.0) {
         tracer()

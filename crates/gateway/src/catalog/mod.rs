@@ -42,6 +42,8 @@ pub(crate) struct Loaded {
     pub tenant: TenantId,
     pub name: FunctionName,
     pub version: u64,
+    /// `version` as its answers' `gust-version` header (made once, shared).
+    pub version_header: http::HeaderValue,
     pub digest: String,
     pub limits: Arc<Limits>,
     pub delivery: DeliveryPolicy,
@@ -92,6 +94,7 @@ impl Loaded {
             tenant: record.tenant.clone(),
             name: record.name.clone(),
             version: active.version,
+            version_header: http::HeaderValue::from(active.version),
             digest: active.digest,
             gate: active.limits.concurrency_cap().map(|n| {
                 let setting = if active.limits.reserved_concurrency == Some(n) {
