@@ -319,9 +319,9 @@ fn alias_value(alias: &str) -> StringValue {
 }
 
 /// The attributes an attempt span has once it ended: the 7 it starts with,
-/// its status, and the 4 [`finished`] adds (made room for at once, so the
-/// span's list is not grown while it runs).
-const ATTEMPT_ATTRIBUTES: usize = 12;
+/// `gust.cold_start`, the 4 [`finished`] adds and its status (made room for
+/// at once, so the span's list is not grown while it runs).
+const ATTEMPT_ATTRIBUTES: usize = 13;
 
 /// The span of one attempt of `loaded`, under `start.parent` (a new trace
 /// when that is empty), with its `queue wait` child when it was queued.
