@@ -112,8 +112,9 @@ pub(crate) struct OutboundPolicy {
     /// Requests sent (allowed ones), for metering.
     pub requests: u64,
     /// Bytes of their bodies and of the answers', as far as declared
-    /// (`content-length`) when they were sent and answered.
-    pub bytes: Arc<std::sync::atomic::AtomicU64>,
+    /// (`content-length`) when they were sent and answered; made at the
+    /// first request (most invocations send none).
+    pub bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// Where calls to other functions go (`None`: refused).
     pub calls: Option<Arc<dyn crate::invoke::LocalCalls>>,
     /// The tenant the invocation runs for, whose outbound slots it takes.
@@ -122,8 +123,8 @@ pub(crate) struct OutboundPolicy {
     pub trace: Option<Arc<dyn crate::invoke::Trace>>,
     /// The node's outbound slots, per tenant.
     pub slots: Arc<OutboundSlots>,
-    /// This invocation's requests open now.
-    pub open: Arc<std::sync::atomic::AtomicUsize>,
+    /// This invocation's requests open now; made at the first request.
+    pub open: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// Adds an answer's declared size (`content-length`) to the bytes metered.
@@ -159,7 +160,7 @@ impl WasiHttpHooks for OutboundPolicy {
             self.requests += 1;
             use http_body::Body as _;
             let sent = request.body().size_hint().exact().unwrap_or(0);
-            let bytes = self.bytes.clone();
+            let bytes = self.bytes.get_or_insert_with(Arc::default).clone();
             bytes.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
             let request = request.map(|body| {
                 body.map_err(|e| Box::new(e) as crate::invoke::BoxError)
@@ -183,7 +184,8 @@ impl WasiHttpHooks for OutboundPolicy {
         if !allowed {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
-        let slot = match self.slots.take(&self.tenant, &self.open) {
+        let open = self.open.get_or_insert_with(Arc::default).clone();
+        let slot = match self.slots.take(&self.tenant, &open) {
             Ok(slot) => slot,
             Err(full) => {
                 tracing::debug!(tenant = %self.tenant, "outbound request refused: {full}");
@@ -194,7 +196,7 @@ impl WasiHttpHooks for OutboundPolicy {
         let span = self.traced(&mut request, false);
         use http_body::Body as _;
         let sent = request.body().size_hint().exact().unwrap_or(0);
-        let bytes = self.bytes.clone();
+        let bytes = self.bytes.get_or_insert_with(Arc::default).clone();
         bytes.fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
         let limits = self.limits.clone();
         Box::new(async move {
@@ -216,6 +218,13 @@ impl WasiHttpHooks for OutboundPolicy {
 }
 
 impl OutboundPolicy {
+    /// The bytes sent and answered so far.
+    pub fn bytes_counted(&self) -> u64 {
+        self.bytes
+            .as_ref()
+            .map_or(0, |b| b.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// The span of a request about to be sent (none for refused ones, nor
     /// when traces are off); it lives until the answer's head. A call to
     /// another function carries its context, and so does a request to an

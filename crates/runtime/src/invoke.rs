@@ -392,12 +392,12 @@ impl Runtime {
             outbound: OutboundPolicy {
                 limits,
                 requests: 0,
-                bytes: Arc::default(),
+                bytes: None,
                 calls,
                 tenant,
                 trace,
                 slots: self.inner.outbound.clone(),
-                open: Arc::default(),
+                open: None,
             },
             limiter: MemoryLimiter::new(memory_limit),
             kv: KvState {
@@ -452,17 +452,21 @@ impl Runtime {
             // sleep, a slow outbound call, a client that does not read).
             // The margin lets the callback, which reports more precisely,
             // win when both apply.
-            let cpu = Arc::new(AtomicU64::new(0));
-            let run = CpuMetered {
-                inner: Box::pin(run),
-                total_ns: cpu.clone(),
-            };
-            let run = within(run, &in_task, 2 * EPOCH_TICK);
-            let ending = match until_cancelled(run, cancel_rx).await {
-                Some(Ok(Ok(()))) => Ending::Returned,
-                Some(Ok(Err(e))) => Ending::Error(e),
-                Some(Err(cut)) => Ending::TimedOut(cut),
-                None => Ending::Cancelled,
+            // Both live in the task's own future: no allocation of their
+            // own. The run (which borrows the store) ends with this block.
+            let cpu = AtomicU64::new(0);
+            let ending = {
+                let run = CpuMetered {
+                    inner: std::pin::pin!(run),
+                    total_ns: &cpu,
+                };
+                let run = within(run, &in_task, 2 * EPOCH_TICK);
+                match until_cancelled(run, cancel_rx).await {
+                    Some(Ok(Ok(()))) => Ending::Returned,
+                    Some(Ok(Err(e))) => Ending::Error(e),
+                    Some(Err(cut)) => Ending::TimedOut(cut),
+                    None => Ending::Cancelled,
+                }
             };
             let host = store.data();
             let timed_out = match ending {
@@ -473,7 +477,7 @@ impl Runtime {
             let peak = host.limiter.peak as u64;
             let kv_operations = host.kv.operations;
             let outbound_requests = host.outbound.requests;
-            let outbound_bytes = host.outbound.bytes.load(Ordering::Relaxed);
+            let outbound_bytes = host.outbound.bytes_counted();
             let cancelled = matches!(ending, Ending::Cancelled);
             let error = classify(ending, timed_out, exceeded, memory_limit);
             if let Some(error) = &error {
@@ -569,9 +573,9 @@ impl Runtime {
 /// within those polls (host calls, instantiation), not time spent waiting
 /// (a sleep, an outbound request, a key-value read on the blocking pool).
 /// Two `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` calls per poll.
-struct CpuMetered<F> {
-    inner: std::pin::Pin<Box<F>>,
-    total_ns: Arc<AtomicU64>,
+struct CpuMetered<'a, F> {
+    inner: std::pin::Pin<&'a mut F>,
+    total_ns: &'a AtomicU64,
 }
 
 fn thread_cpu_ns() -> u64 {
@@ -581,7 +585,7 @@ fn thread_cpu_ns() -> u64 {
         .saturating_add(t.tv_nsec as u64)
 }
 
-impl<F: std::future::Future> std::future::Future for CpuMetered<F> {
+impl<F: std::future::Future> std::future::Future for CpuMetered<'_, F> {
     type Output = F::Output;
 
     fn poll(
