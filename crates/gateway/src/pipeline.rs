@@ -41,7 +41,8 @@ pub(crate) async fn handle(
     };
     let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
     shared.counters.by_class[class].fetch_add(1, Ordering::Relaxed);
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    // The id's own buffer becomes the header's (no copy).
+    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(id)) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     Ok(response)
