@@ -590,9 +590,16 @@ impl Catalog {
         });
     }
 
+    /// The function `name` of `tenant`. Its key is put together on the
+    /// stack (every request looks one up; names are at most 63 bytes), on
+    /// the heap only when longer.
     #[inline]
     pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Served>> {
-        self.get_key(&route_key(tenant, name))
+        let mut buf = [0u8; 128];
+        match route_key_in(&mut buf, tenant, name) {
+            Some(key) => self.get_key(key),
+            None => self.get_key(&route_key(tenant, name)),
+        }
     }
 
     /// The function `<tenant>/<name>`.
@@ -830,9 +837,43 @@ fn route_key(tenant: &str, name: &str) -> String {
     format!("{tenant}/{name}")
 }
 
+/// [`route_key`] written into `buf`, or `None` when it does not fit.
+fn route_key_in<'b>(buf: &'b mut [u8], tenant: &str, name: &str) -> Option<&'b str> {
+    let key = buf.get_mut(..tenant.len() + 1 + name.len())?;
+    let (front, back) = key.split_at_mut(tenant.len());
+    front.copy_from_slice(tenant.as_bytes());
+    let (slash, back) = back.split_at_mut(1);
+    slash.copy_from_slice(b"/");
+    back.copy_from_slice(name.as_bytes());
+    // Two strings and a `/`: always UTF-8.
+    std::str::from_utf8(key).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_key_on_the_stack_is_the_heap_ones_or_nothing() {
+        let mut buf = [0u8; 128];
+        for (tenant, name) in [("default", "hello"), ("t", ""), ("", "f"), ("é", "ü-1")] {
+            assert_eq!(
+                route_key_in(&mut buf, tenant, name),
+                Some(route_key(tenant, name).as_str())
+            );
+        }
+        // The longest names (63 bytes each) fit; past the buffer, none.
+        let long = "a".repeat(63);
+        assert_eq!(
+            route_key_in(&mut buf, &long, &long),
+            Some(route_key(&long, &long).as_str())
+        );
+        assert_eq!(
+            route_key_in(&mut buf, &long, &"b".repeat(64)),
+            Some(route_key(&long, &"b".repeat(64)).as_str())
+        );
+        assert_eq!(route_key_in(&mut buf, &long, &"b".repeat(65)), None);
+    }
 
     #[test]
     fn a_revision_is_applied_once_it_and_every_earlier_one_loaded() {
