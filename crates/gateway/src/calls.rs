@@ -17,7 +17,7 @@ use gust_core::TenantId;
 use gust_core::usage::Trigger;
 use gust_core::{deploy, path};
 use gust_runtime::{CallBody, GuestBody, LOCAL_HOST, LocalCalls};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 
 use crate::error::GatewayError;
@@ -147,11 +147,7 @@ async fn call(
                 Ok(response) => response,
                 Err(error) => error.into_response(&id),
             };
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            response
-                .headers_mut()
-                .insert(crate::REQUEST_ID_HEADER, value);
-        }
+        crate::set_request_id(response.headers_mut(), id);
         return response;
     }
     // Over its body limit, the callee reads an error, as from a client.
@@ -188,9 +184,7 @@ async fn call(
     };
     let headers = response.headers_mut();
     headers.insert(crate::VERSION_HEADER, loaded.version_header.clone());
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        headers.insert(crate::REQUEST_ID_HEADER, value);
-    }
+    crate::set_request_id(headers, id);
     response
 }
 

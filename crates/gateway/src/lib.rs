@@ -51,6 +51,14 @@ pub const VERSION_HEADER: http::HeaderName = http::HeaderName::from_static("gust
 /// The header every answer carries its invocation id in.
 pub(crate) const REQUEST_ID_HEADER: http::HeaderName =
     http::HeaderName::from_static("x-request-id");
+
+/// Sets an answer's `x-request-id` to its invocation id, whose buffer the
+/// header takes over (no copy).
+pub(crate) fn set_request_id(headers: &mut http::HeaderMap, id: String) {
+    if let Ok(value) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(id)) {
+        headers.insert(REQUEST_ID_HEADER, value);
+    }
+}
 /// Request header (or cookie) naming a client, so that a split alias
 /// always sends the same client to the same version.
 pub const CLIENT_HEADER: &str = "gust-client";

@@ -24,9 +24,7 @@ use crate::body::{BodyFault, LimitedBody};
 use crate::catalog::{self, Resolved};
 use crate::error::GatewayError;
 use crate::invoker::submit_event;
-use crate::{
-    CLIENT_HEADER, GatewayBody, INVOCATION_TYPE, REQUEST_ID_HEADER, Shared, VERSION_HEADER,
-};
+use crate::{CLIENT_HEADER, GatewayBody, INVOCATION_TYPE, Shared, VERSION_HEADER};
 use crate::{calls, cookies, kv, metering, now_ms, scaling, trace, websocket};
 
 pub(crate) async fn handle(
@@ -41,10 +39,7 @@ pub(crate) async fn handle(
     };
     let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
     shared.counters.by_class[class].fetch_add(1, Ordering::Relaxed);
-    // The id's own buffer becomes the header's (no copy).
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(id)) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    }
+    crate::set_request_id(response.headers_mut(), id);
     Ok(response)
 }
 
