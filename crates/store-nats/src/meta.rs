@@ -45,6 +45,10 @@ use crate::{
 /// judge while another write to the key was in flight (about 2 s at most).
 const IN_FLIGHT_RETRIES: usize = 24;
 
+/// Tries of a write that no server took (see [`NatsStore::meta_publish`]):
+/// a second or two in all.
+const UNHEARD_RETRIES: usize = 40;
+
 /// Most creates written in one batch.
 pub(crate) const MAX_CREATES: usize = 256;
 
@@ -155,12 +159,29 @@ impl NatsStore {
             let ttl = self.options.tombstone_ttl.as_secs().max(1).to_string();
             headers.insert("Nats-TTL", ttl.as_str());
         }
-        let ack = self
-            .js
-            .publish_with_headers(self.meta_subject(key), headers, value)
-            .await
-            .map_err(backend)?;
-        match ack.await {
+        let subject = self.meta_subject(key);
+        let mut attempt = 0;
+        let written = loop {
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), value.clone())
+                .await
+                .map_err(backend)?;
+            match ack.await {
+                // No server took it (nothing written): the stream is new
+                // and its subjects not yet known where this client is
+                // connected, or it has no leader for a moment.
+                Err(e)
+                    if e.kind() == PublishErrorKind::StreamNotFound
+                        && attempt < UNHEARD_RETRIES =>
+                {
+                    attempt += 1;
+                    crate::back_off(attempt).await;
+                }
+                written => break written,
+            }
+        };
+        match written {
             Ok(ack) => Ok(Ok(ack.sequence)),
             Err(e) => match refusal_code(&e) {
                 Some(WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CONSTANT) => Ok(Err(())),
@@ -774,6 +795,57 @@ mod tests {
             store.get("inv/t/taken").await.unwrap().unwrap().value,
             "before"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_puts_each_get_their_own_revision_and_the_last_wins() {
+        use gust_store::MetaStore as _;
+        let Some(store) = testkit::store().await else {
+            return;
+        };
+        let store = Arc::new(store);
+        // Distinct keys (every event's final status) and, among them, one
+        // key written by many callers at once.
+        let mut puts = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let store = store.clone();
+            let key = if i % 10 == 3 {
+                "inv/t/shared".to_string()
+            } else {
+                format!("inv/t/{i}")
+            };
+            puts.spawn(async move {
+                let written = store.put(&key, format!("{i}").into()).await;
+                (key, i, written)
+            });
+        }
+        let mut revisions = std::collections::BTreeSet::new();
+        let mut shared = Vec::new();
+        while let Some(done) = puts.join_next().await {
+            let (key, i, written) = done.unwrap();
+            let revision = written.unwrap();
+            assert!(
+                revisions.insert(revision),
+                "revision {revision} given twice"
+            );
+            if key == "inv/t/shared" {
+                shared.push((revision, i));
+                continue;
+            }
+            let read = store.get(&key).await.unwrap().unwrap();
+            assert_eq!(
+                (read.revision, read.value),
+                (revision, format!("{i}").into())
+            );
+        }
+        assert_eq!(revisions.len(), 200);
+        // The shared key holds the write with the highest revision.
+        let (last, i) = shared.into_iter().max().unwrap();
+        let read = store.get("inv/t/shared").await.unwrap().unwrap();
+        assert_eq!((read.revision, read.value), (last, format!("{i}").into()));
+        // Revisions grow with each write: a later put is above all of them.
+        let after = store.put("inv/t/after", "x".into()).await.unwrap();
+        assert!(after > *revisions.last().unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread")]
