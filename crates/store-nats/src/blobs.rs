@@ -20,6 +20,28 @@ pub(crate) async fn open_bucket(
     js: &jetstream::Context,
     options: &NatsOptions,
 ) -> Result<object_store::ObjectStore, StoreError> {
+    // Nodes started together on a new cluster all create and configure
+    // the bucket at once, and the meta leader then answers some of them
+    // after a request's timeout: opening is idempotent, so try again (as
+    // every stream's opening does).
+    let mut last = None;
+    for _ in 0..crate::OPEN_ATTEMPTS {
+        match try_open_bucket(js, options).await {
+            Ok(bucket) => return Ok(bucket),
+            Err(e) => {
+                tracing::warn!(bucket = bucket_name(options), error = %e, "opening the object store failed; trying again");
+                last = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    }
+    Err(last.unwrap_or(StoreError::Closed))
+}
+
+async fn try_open_bucket(
+    js: &jetstream::Context,
+    options: &NatsOptions,
+) -> Result<object_store::ObjectStore, StoreError> {
     let bucket = bucket_name(options);
     if js.get_object_store(&bucket).await.is_err() {
         // Another node may create it at the same moment; either wins.

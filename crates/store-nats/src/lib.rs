@@ -306,7 +306,8 @@ async fn ensure_stream(
     Err(last.unwrap_or(StoreError::Closed))
 }
 
-/// Attempts of [`ensure_stream`] (each up to [`REQUEST_TIMEOUT`]).
+/// Attempts of [`ensure_stream`] and of opening the object store (each
+/// up to [`REQUEST_TIMEOUT`]).
 const OPEN_ATTEMPTS: usize = 6;
 
 async fn try_ensure_stream(

@@ -83,6 +83,42 @@ impl GustCluster {
         Some(cluster)
     }
 
+    /// `n` gust nodes on the shared NATS cluster started all at once (each
+    /// creating the namespace's streams and object store, racing the
+    /// others), every one using the admin token the winner printed; `None`
+    /// without a NATS server. A node that cannot start fails the test.
+    pub fn start_at_once(n: usize) -> Option<GustCluster> {
+        let nats = testkit::shared()?;
+        let mut cluster = Self::start_on_with(nats, 0, &[])?;
+        let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+        let starts: Vec<_> = dirs
+            .iter()
+            .enumerate()
+            .map(|(i, dir)| {
+                let (path, flags) = (dir.path().to_path_buf(), cluster.flags(&node_name(i)));
+                std::thread::spawn(move || {
+                    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+                    Server::start_in(&path, &args)
+                })
+            })
+            .collect();
+        let mut nodes: Vec<Server> = starts
+            .into_iter()
+            .map(|start| start.join().expect("a node started at once with others"))
+            .collect();
+        let token = nodes
+            .iter()
+            .map(|node| node.token.clone())
+            .find(|token| !token.is_empty())
+            .expect("one node printed the admin token");
+        for node in &mut nodes {
+            node.use_token(&token);
+        }
+        cluster.nodes = nodes;
+        cluster.dirs.extend(dirs);
+        Some(cluster)
+    }
+
     /// The flags that make a node of this cluster.
     pub fn flags(&self, node: &str) -> Vec<String> {
         vec![
@@ -247,6 +283,28 @@ async fn a_function_deployed_on_one_node_is_served_by_every_node() {
     b.gust_json(&["app", "rollback", "shop"]);
     for node in [a, c] {
         assert_eq!(node.get(chain).await, (200, "1 1 1".into()));
+    }
+}
+
+/// Nodes started together on a new cluster all create the same streams
+/// and object store at once; none may give up while the others win (it
+/// did in one start of three on the test machine: a request answered
+/// after its timeout, not tried again).
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_started_at_once_on_a_new_cluster_all_come_up() {
+    for _ in 0..2 {
+        let Some(cluster) = GustCluster::start_at_once(3) else {
+            return;
+        };
+        cluster.wait_alive(3).await;
+        for node in &cluster.nodes {
+            let status = node.api_json("/v1/cluster").await;
+            assert_eq!(
+                status["nodes"].as_array().map(Vec::len),
+                Some(3),
+                "{status:#}"
+            );
+        }
     }
 }
 
