@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition, WriteTransaction};
 
-use gust_store::{Claimed, QueueStore, StoreError};
+use gust_store::{Claimed, Peeked, QueueStore, StoreError};
 
 use crate::{EmbeddedStore, backend};
 
@@ -504,6 +504,54 @@ impl QueueStore for EmbeddedStore {
             Ok(first.map(|(key, _)| key.value().1))
         })
         .await
+    }
+
+    async fn peek(
+        &self,
+        queue: &str,
+        visit: &mut (dyn FnMut(Peeked) -> bool + Send),
+    ) -> Result<(), StoreError> {
+        /// Messages read at a time.
+        const CHUNK: usize = 256;
+        let mut from = 0;
+        loop {
+            let queue = queue.to_string();
+            let chunk = self
+                .read(move |db| {
+                    let txn = db.begin_read().map_err(backend)?;
+                    let items = txn.open_table(QUEUE).map_err(backend)?;
+                    let mut chunk = Vec::with_capacity(CHUNK);
+                    for entry in items
+                        .range((queue.as_str(), from)..=(queue.as_str(), u64::MAX))
+                        .map_err(backend)?
+                        .take(CHUNK)
+                    {
+                        let (key, value) = entry.map_err(backend)?;
+                        let (_, state, payload) = value.value();
+                        chunk.push(Peeked {
+                            seq: key.value().1,
+                            attempts: state & ATTEMPTS,
+                            claimed: state & CLAIMED != 0,
+                            payload: Bytes::copy_from_slice(payload),
+                        });
+                    }
+                    Ok(chunk)
+                })
+                .await?;
+            let full = chunk.len() == CHUNK;
+            let Some(last) = chunk.last().map(|p| p.seq) else {
+                return Ok(());
+            };
+            for peeked in chunk {
+                if !visit(peeked) {
+                    return Ok(());
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+            from = last + 1;
+        }
     }
 
     async fn depth(&self, queue: &str) -> Result<u64, StoreError> {

@@ -47,7 +47,7 @@ const IN_FLIGHT_RETRIES: usize = 24;
 
 /// Tries of a write that no server took (see [`NatsStore::meta_publish`]):
 /// a second or two in all.
-const UNHEARD_RETRIES: usize = 40;
+pub(crate) const UNHEARD_RETRIES: usize = 40;
 
 /// Most creates written in one batch.
 pub(crate) const MAX_CREATES: usize = 256;

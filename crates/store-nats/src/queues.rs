@@ -8,27 +8,48 @@
 //! lives in the stream itself, and every change of it is a compare-and-set.
 //!
 //! ## Layout
-//! Each message is a subject, `<ns>.q.<queue>.<seq>` (the queue's name is
-//! one base64url token, so one queue's filter never matches another's),
-//! and the stream keeps one message per subject. Its payload is the
-//! event; its headers are its state: when it is due ([`DUE`]: not-before,
-//! or the end of its lease while claimed), the attempts so far, the
-//! claimant's node name while claimed, its ordering group. A claim,
-//! release or defer publishes the subject again with the new state and
-//! the payload, on condition that its last message is the one read
+//! Events enqueued together (one enqueue batch, see [`Queues::writes`])
+//! share one message, a pack: on a cluster syncing every write, the cost
+//! of a write is per stored message, so a pack's claim, its releases and
+//! acknowledgements are one write for many events. Its subject is
+//! `<ns>.q.<queue>.<first>.<size>` (the queue's name is one base64url
+//! token, so one queue's filter never matches another's): the sequence
+//! numbers `first..first + size` it was made with. Its payload is its
+//! events' payloads one after another; its header [`MEMBERS`] holds each
+//! event's sequence number, payload length and state: when it is due
+//! (not-before, or the end of its lease while claimed), the attempts so
+//! far, the claimant's node name while claimed, its ordering group. A pack
+//! of one is the event's own message, `<ns>.q.<queue>.<seq>`, its state in
+//! headers of their own ([`DUE`], [`ATTEMPTS`], [`CLAIMANT`], [`GROUP`]):
+//! named messages (`enqueue_once`) are always alone, and a queue written
+//! before packs reads as packs of one. The stream keeps one message per
+//! subject. A claim, release or defer publishes the pack again with the
+//! new states, on condition that its last message is the one read
 //! (`Nats-Expected-Last-Subject-Sequence`): of two nodes racing for one
-//! message, the stream's leader lets exactly one through. An ack purges
-//! the subject, which also fails any claim still racing for it.
+//! event, the stream's leader lets exactly one through. An ack removes
+//! the event from its pack, and purges the subject with the pack's last
+//! event, which also fails any claim still racing for it. Changes of one
+//! pack made while a write of it is in flight go together in the next
+//! ([`Queues::changes`]); a node finds an event's pack in what it
+//! claimed, else in the list of the queue's subjects.
 //!
 //! ## Sequence numbers
 //! Per queue, from 1, never reused: a counter subject `<ns>.qn.<queue>`
-//! holds the last one given. An enqueue publishes the counter (advanced by
-//! the batch's size, on condition of its last value) and the messages in
-//! one atomic batch (JetStream 2.12's atomic publish): a sequence number
-//! is visible exactly when its message is, so a message seen in a listing
-//! implies every earlier one of its queue is seen too, unless acknowledged.
-//! That is what makes ordering groups exact: a grouped message is
-//! claimable when no earlier message of its group is in the listing.
+//! holds the last one given. An enqueue with a grouped message publishes
+//! the counter (advanced by the batch's size, on condition of its last
+//! value) and the packs in one atomic batch (JetStream 2.12's atomic
+//! publish): a grouped sequence number is visible exactly when its message
+//! is, so a grouped message seen in a listing implies every earlier one of
+//! its group is seen too, unless acknowledged. That is what makes ordering
+//! groups exact: a grouped message is claimable when no earlier message
+//! of its group is in the listing. Ungrouped events are numbered from a
+//! block of [`BLOCK`] numbers the node reserved with one counter write
+//! ([`Queues::blocks`]), and written without the counter: nodes enqueueing
+//! to one queue at once do not take turns at it (a node whose idea of the
+//! counter is stale loses every race to one whose is not). Their numbers
+//! are unique and increase per node, not across nodes: claim order among
+//! ungrouped events of different nodes follows their numbers, not their
+//! arrival, and a block's unused numbers (a node restarted) are skipped.
 //! Each message carries a `Nats-Msg-Id` that stays the same through the
 //! retries of one enqueue: a try answered as refused may have been stored
 //! (seen after a partition), and its retry is then refused as a
@@ -48,19 +69,20 @@
 //! of that queue wake at once instead of at their next poll.
 //!
 //! ## Costs
-//! A claim lists the queue, then writes one compare-and-set per message
-//! claimed, concurrently. The listing is one direct multi-get (the last
+//! A claim lists the queue, then writes one compare-and-set per pack it
+//! claims from, concurrently. The listing is one direct multi-get (the last
 //! message of each subject, with its payload, from one replica's store:
 //! a read, no Raft entry), of the queue's front only when that is enough
-//! (see [`Queues::candidates`]); a whole queue of more than 1,024 messages, too long
+//! (see [`Queues::candidates`]); a whole queue of more than 1,024 packs, too long
 //! for one answer, is listed by an ordered consumer instead (headers only,
-//! then one read per message claimed), whose creation and removal are
+//! then one read per pack claimed from), whose creation and removal are
 //! entries in the meta group's log: on a cluster syncing every write,
-//! such a listing cost more than the claim itself. An enqueue is one batch (two round trips), an ack one purge per
-//! message, a release or defer one read and one write; `depth` and
-//! `queues` read the stream's subject counts. Listing is linear in the
-//! queue's length: a queue is meant to be drained, not to hold a large
-//! backlog for long.
+//! such a listing cost more than the claim itself. An enqueue is one batch
+//! (two round trips: the counter and a message per pack); acks, releases
+//! and defers of one pack are one read and one write (or purge) per write
+//! in flight; `depth` and `queues` read the stream's subjects. Listing is
+//! linear in the queue's length: a queue is meant to be drained, not to
+//! hold a large backlog for long.
 //!
 //! ## Bounds
 //! - Times are the callers' clocks: a node whose clock runs ahead sees a
@@ -75,6 +97,12 @@
 //!   may no longer be (the claim's compare-and-set, against the leader,
 //!   refuses it) but a grouped message it shows first of its group is (an
 //!   acknowledgement is never undone); `next_due` may be early by the lag.
+//! - `depth` counts a pack's events until its last one is acknowledged:
+//!   it exceeds what the queue holds by the events acknowledged from packs
+//!   not yet empty (at most `PACK_MAX - 1` per pack).
+//! - A pack claimed from moves to the stream's end: its events still due
+//!   from their enqueue wait behind the front of the queue (see
+//!   [`Queues::candidates`]) until a claim lists the whole queue.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -87,11 +115,11 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
-use gust_store::{Claimed, QueueStore, StoreError};
+use gust_store::{Claimed, Peeked, QueueStore, StoreError};
 
 use crate::batch::Batch;
 use crate::group::GroupCommit;
-use crate::meta::{refusal_code, unacknowledged};
+use crate::meta::{UNHEARD_RETRIES, refusal_code, unacknowledged};
 use crate::{NatsOptions, NatsStore, backend, durable_stream, ensure_stream};
 
 /// When the message is claimable (Unix ms): its not-before, or while it
@@ -103,6 +131,19 @@ const ATTEMPTS: &str = "Gust-Attempts";
 const CLAIMANT: &str = "Gust-Claimant";
 /// The ordering group, base64url (a group is any string, a header value is not).
 const GROUP: &str = "Gust-Group";
+/// A pack's members, in sequence order, comma-separated, each
+/// `seq:due:attempts:payload length:claimant:group` (the claimant
+/// base64url, it and the group empty when absent).
+const MEMBERS: &str = "Gust-Members";
+/// Most events in one pack.
+const PACK_MAX: usize = 64;
+/// Most payload bytes in one pack (an event larger than this goes alone).
+const PACK_MAX_BYTES: usize = 256 << 10;
+/// Sequence numbers a node reserves for its ungrouped events at a time
+/// (see [`Queues::blocks`]).
+const BLOCK: u64 = 1024;
+/// Most remembered places of claimed events (see [`Queues::placed`]).
+const PLACED_MAX: usize = 100_000;
 
 /// JetStream's error codes for a failed `Nats-Expected-Last-Subject-Sequence`.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
@@ -135,6 +176,8 @@ const FRONT_SPARE: usize = 16;
 
 /// The queues' stream, and what this node remembers of it.
 pub(crate) struct Queues {
+    /// For single writes (enqueues, compare-and-sets).
+    js: jetstream::Context,
     stream: stream::Stream,
     /// Its name, for direct gets.
     stream_name: String,
@@ -157,6 +200,21 @@ pub(crate) struct Queues {
     writes: Arc<GroupCommit<Pending, Option<u64>>>,
     /// Per queue: when a claim on it last lost a race.
     lost_race: Mutex<HashMap<String, std::time::Instant>>,
+    /// The pack of each event this node claimed and has not changed
+    /// since (a pack never moves): an acknowledgement or release finds it
+    /// here, else in a listing of the queue's subjects. Cleared past
+    /// [`PLACED_MAX`] (events claimed here and finished elsewhere).
+    placed: Mutex<HashMap<(String, u64), PackId>>,
+    /// Changes of one pack's events (acknowledgements, releases), written
+    /// together while one write of that pack is in flight: one
+    /// read-modify-write for all of them.
+    changes: Arc<GroupCommit<(u64, Change), bool>>,
+    /// Per queue, the sequence numbers this node reserved and has not
+    /// given yet, `[next, end)`: ungrouped events are numbered from them
+    /// without a write of the counter each.
+    blocks: Mutex<HashMap<String, (u64, u64)>>,
+    /// Most events in one pack ([`PACK_MAX`]; tests set fewer).
+    pack_max: std::sync::atomic::AtomicUsize,
 }
 
 pub(crate) async fn open(
@@ -183,6 +241,7 @@ pub(crate) async fn open(
     let stream_name = config.name.clone();
     let stream = ensure_stream(js, config).await?;
     Ok(Queues {
+        js: js.clone(),
         stream,
         stream_name,
         base,
@@ -192,6 +251,10 @@ pub(crate) async fn open(
         counter_cache: Mutex::new(HashMap::new()),
         writes: Arc::new(GroupCommit::new(MAX_BATCH - 1)),
         lost_race: Mutex::new(HashMap::new()),
+        placed: Mutex::new(HashMap::new()),
+        blocks: Mutex::new(HashMap::new()),
+        changes: Arc::new(GroupCommit::new(MAX_BATCH)),
+        pack_max: std::sync::atomic::AtomicUsize::new(PACK_MAX),
     })
 }
 
@@ -262,16 +325,221 @@ impl State {
     }
 }
 
-/// One message of a listing.
+/// One event of a listing.
 #[derive(Debug, Clone)]
 struct Item {
     seq: u64,
     state: State,
-    /// The stream sequence of the subject's last message, when listed with
+    /// The stream sequence of its pack's message, when listed with
     /// payloads (0: not known).
     at: u64,
     /// Its payload, when listed with payloads.
     payload: Option<Bytes>,
+    /// The pack that holds it.
+    pack: PackId,
+}
+
+/// Where a pack is: its first sequence number and how many events it was
+/// made with (its subject says both; members leave it, none join).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct PackId {
+    first: u64,
+    size: u64,
+}
+
+impl PackId {
+    /// The subject's tokens after the queue's: `<first>` for a pack of
+    /// one (each event's own message, as before packs), `<first>.<size>`.
+    fn parse(rest: &str) -> Option<PackId> {
+        match rest.split_once('.') {
+            None => Some(PackId {
+                first: rest.parse().ok()?,
+                size: 1,
+            }),
+            Some((first, size)) => Some(PackId {
+                first: first.parse().ok()?,
+                size: size.parse().ok().filter(|n| *n > 1)?,
+            }),
+        }
+    }
+
+    fn contains(&self, seq: u64) -> bool {
+        seq >= self.first && seq - self.first < self.size
+    }
+}
+
+/// One event in a pack.
+#[derive(Debug, Clone)]
+struct Member {
+    seq: u64,
+    state: State,
+    payload: Bytes,
+}
+
+/// One stored message: the events one enqueue batch wrote together, each
+/// with its own state, so that a claim, release or acknowledgement of
+/// several of them is one write.
+#[derive(Debug, Clone)]
+struct Pack {
+    id: PackId,
+    /// Its message's stream sequence (0: not known).
+    at: u64,
+    members: Vec<Member>,
+}
+
+impl Pack {
+    /// A stored message of pack `id`: a pack of one holds its state in
+    /// [`DUE`], [`ATTEMPTS`], [`CLAIMANT`] and [`GROUP`] and its payload
+    /// whole; a larger one its members' states in [`MEMBERS`] and their
+    /// payloads one after another. Without `payload` (a headers-only
+    /// listing), the members' payloads are empty.
+    fn read(
+        id: PackId,
+        at: u64,
+        headers: Option<&HeaderMap>,
+        payload: Option<Bytes>,
+    ) -> Result<Pack, StoreError> {
+        let Some(members) = headers.and_then(|h| h.get(MEMBERS)) else {
+            return Ok(Pack {
+                id,
+                at,
+                members: vec![Member {
+                    seq: id.first,
+                    state: State::read(headers)?,
+                    payload: payload.unwrap_or_default(),
+                }],
+            });
+        };
+        let corrupt = |what: &str| StoreError::Corrupt(format!("pack {}: {what}", id.first));
+        let mut offset = 0usize;
+        let mut out = Vec::new();
+        for entry in members.as_str().split(',').filter(|e| !e.is_empty()) {
+            let fields: Vec<&str> = entry.split(':').collect();
+            let [seq, due, attempts, len, claimant, group] = fields[..] else {
+                return Err(corrupt(&format!("member `{entry}`")));
+            };
+            let number = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|e| corrupt(&format!("`{entry}`: {e}")))
+            };
+            let len = usize::try_from(number(len)?).map_err(|e| corrupt(&e.to_string()))?;
+            let claimant = match claimant {
+                "" => None,
+                b64 => Some(
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(b64)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .ok_or_else(|| corrupt(&format!("claimant of `{entry}`")))?,
+                ),
+            };
+            let end = offset
+                .checked_add(len)
+                .ok_or_else(|| corrupt(&format!("member `{entry}`")))?;
+            let payload = match &payload {
+                Some(body) => body
+                    .get(offset..end)
+                    .map(|b| body.slice_ref(b))
+                    .ok_or_else(|| corrupt("shorter than its members"))?,
+                None => Bytes::new(),
+            };
+            offset = end;
+            out.push(Member {
+                seq: number(seq)?,
+                state: State {
+                    due: number(due)?,
+                    attempts: u32::try_from(number(attempts)?)
+                        .map_err(|e| corrupt(&e.to_string()))?,
+                    claimant,
+                    group: (!group.is_empty()).then(|| group.to_string()),
+                },
+                payload,
+            });
+        }
+        if out.iter().any(|m| !id.contains(m.seq)) {
+            return Err(corrupt("a member outside its range"));
+        }
+        Ok(Pack {
+            id,
+            at,
+            members: out,
+        })
+    }
+
+    /// Its message's headers and payload (see [`Pack::read`]).
+    fn encode(&self) -> (HeaderMap, Bytes) {
+        if let ([only], 1) = (&self.members[..], self.id.size) {
+            return (only.state.headers(), only.payload.clone());
+        }
+        let mut entries = String::new();
+        let mut body =
+            bytes::BytesMut::with_capacity(self.members.iter().map(|m| m.payload.len()).sum());
+        for m in &self.members {
+            use std::fmt::Write as _;
+            let claimant = m
+                .state
+                .claimant
+                .as_deref()
+                .map(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c))
+                .unwrap_or_default();
+            let _ = write!(
+                entries,
+                "{}{}:{}:{}:{}:{claimant}:{}",
+                if entries.is_empty() { "" } else { "," },
+                m.seq,
+                m.state.due,
+                m.state.attempts,
+                m.payload.len(),
+                m.state.group.as_deref().unwrap_or_default(),
+            );
+            body.extend_from_slice(&m.payload);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(MEMBERS, entries.as_str());
+        (headers, body.freeze())
+    }
+
+    /// Its members as listed (payloads only when `payloads`).
+    fn items(&self, payloads: bool) -> impl Iterator<Item = Item> + '_ {
+        self.members.iter().map(move |m| Item {
+            seq: m.seq,
+            state: m.state.clone(),
+            at: if payloads { self.at } else { 0 },
+            payload: payloads.then(|| m.payload.clone()),
+            pack: self.id,
+        })
+    }
+
+    /// The pack again from its listed members, when they were listed with
+    /// their payloads (a listing holds every member of each pack listed).
+    fn from_items(id: PackId, items: &[&Item]) -> Option<Pack> {
+        let at = items.first()?.at;
+        let mut members = Vec::with_capacity(items.len());
+        for item in items {
+            if item.at != at || at == 0 {
+                return None;
+            }
+            members.push(Member {
+                seq: item.seq,
+                state: item.state.clone(),
+                payload: item.payload.clone()?,
+            });
+        }
+        members.sort_unstable_by_key(|m| m.seq);
+        Some(Pack { id, at, members })
+    }
+}
+
+/// A change of one event of a pack.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Ack,
+    /// Claimable again from `not_before`; with `refund`, the claim does
+    /// not count as an attempt.
+    Unclaim {
+        not_before: u64,
+        refund: bool,
+    },
 }
 
 /// The messages claimable at `now`, in claim order (due time, then
@@ -287,16 +555,17 @@ fn claimable(items: &[Item], now: u64, max: usize) -> Vec<u64> {
 }
 
 /// Reorders claim picks so that nodes racing for one queue mostly take
-/// different messages: the first `SPREAD × max` picks are ranked by a hash
-/// of the message and `node` (the rest follow in order). Only after a
-/// claim lost a race: a node alone claims in strict order.
-fn spread(picks: &mut [u64], node: &str, max: usize) {
+/// different packs: the first `SPREAD × max` picks are ranked by a hash
+/// of their pack (`pack_of`) and `node`, in sequence order within a pack
+/// (the rest follow in order). Only after a claim lost a race: a node
+/// alone claims in strict order.
+fn spread(picks: &mut [u64], node: &str, max: usize, pack_of: impl Fn(u64) -> u64) {
     let window = picks.len().min(max.saturating_mul(SPREAD));
     picks[..window].sort_by_key(|seq| {
         use std::hash::{Hash as _, Hasher as _};
         let mut hasher = std::hash::DefaultHasher::new();
-        (node, seq).hash(&mut hasher);
-        hasher.finish()
+        (node, pack_of(*seq)).hash(&mut hasher);
+        (hasher.finish(), *seq)
     });
 }
 
@@ -321,6 +590,51 @@ fn heads(items: &[Item]) -> impl Iterator<Item = &Item> {
     })
 }
 
+/// How an enqueue batch's `items` go into packs: each pack's size, in
+/// order. A named message goes alone (its `Nats-Msg-Id` is its own);
+/// others together, up to `max` events and [`PACK_MAX_BYTES`].
+fn pack_sizes(items: &[Pending], max: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let (mut n, mut bytes) = (0usize, 0usize);
+    for item in items {
+        let len = item.payload.len();
+        if n > 0 && (item.once.is_some() || n >= max || bytes + len > PACK_MAX_BYTES) {
+            sizes.push(n);
+            (n, bytes) = (0, 0);
+        }
+        n += 1;
+        bytes += len;
+        if item.once.is_some() {
+            sizes.push(n);
+            (n, bytes) = (0, 0);
+        }
+    }
+    if n > 0 {
+        sizes.push(n);
+    }
+    sizes
+}
+
+/// The pack of `items`, numbered from `first`, as enqueued.
+fn new_pack(first: u64, items: &[Pending]) -> Pack {
+    Pack {
+        id: PackId {
+            first,
+            size: items.len() as u64,
+        },
+        at: 0,
+        members: items
+            .iter()
+            .zip(first..)
+            .map(|(item, seq)| Member {
+                seq,
+                state: item.state.clone(),
+                payload: item.payload.clone(),
+            })
+            .collect(),
+    }
+}
+
 /// A queue's name as one subject token.
 fn queue_token(queue: &str) -> String {
     if queue.is_empty() {
@@ -341,8 +655,26 @@ fn queue_of_token(token: &str) -> Result<String, StoreError> {
 }
 
 impl Queues {
-    fn subject(&self, queue: &str, seq: u64) -> String {
-        format!("{}.{}.{seq}", self.base, queue_token(queue))
+    /// The subject of pack `id`.
+    fn subject(&self, queue: &str, id: PackId) -> String {
+        match id.size {
+            1 => format!("{}.{}.{}", self.base, queue_token(queue), id.first),
+            n => format!("{}.{}.{}.{n}", self.base, queue_token(queue), id.first),
+        }
+    }
+
+    /// Pack `id`'s message with its payload, if it has one still.
+    async fn read_pack(&self, queue: &str, id: PackId) -> Result<Option<Pack>, StoreError> {
+        let Some(message) = self.last(&self.subject(queue, id)).await? else {
+            return Ok(None);
+        };
+        Pack::read(
+            id,
+            message.sequence,
+            Some(&message.headers),
+            Some(message.payload),
+        )
+        .map(Some)
     }
 
     fn counter_subject(&self, queue: &str) -> String {
@@ -380,11 +712,11 @@ impl Queues {
         let mut answers = client.subscribe(inbox.clone()).await.map_err(backend)?;
         let request = match front {
             None => serde_json::json!({
-                "multi_last": [format!("{prefix}*")],
+                "multi_last": [format!("{prefix}>")],
                 "max_bytes": LISTING_MAX_BYTES,
             }),
             Some(front) => serde_json::json!({
-                "next_by_subj": format!("{prefix}*"),
+                "next_by_subj": format!("{prefix}>"),
                 "batch": front.max(1),
                 "max_bytes": LISTING_MAX_BYTES,
             }),
@@ -440,21 +772,16 @@ impl Queues {
             let headers = answer.headers.as_ref();
             let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
             let subject = header("Nats-Subject").unwrap_or_default();
-            let seq = subject
+            let id = subject
                 .strip_prefix(prefix.as_str())
-                .and_then(|s| s.parse().ok())
+                .and_then(PackId::parse)
                 .ok_or_else(|| {
                     StoreError::Corrupt(format!("`{subject}` is not a queued message"))
                 })?;
             let at = header("Nats-Sequence")
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| StoreError::Corrupt("a listed message has no sequence".into()))?;
-            items.push(Item {
-                seq,
-                state: State::read(headers)?,
-                at,
-                payload: Some(answer.payload),
-            });
+            items.extend(Pack::read(id, at, headers, Some(answer.payload))?.items(true));
         }
     }
 
@@ -465,7 +792,7 @@ impl Queues {
         let consumer = self
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: format!("{prefix}*"),
+                filter_subject: format!("{prefix}>"),
                 deliver_policy: consumer::DeliverPolicy::LastPerSubject,
                 headers_only: true,
                 ..Default::default()
@@ -497,26 +824,18 @@ impl Queues {
             let message = next.ok_or(StoreError::Closed)?.map_err(backend)?;
             let info = message.info().map_err(backend)?;
             pending = info.pending;
-            let seq = message
+            let id = message
                 .subject
                 .strip_prefix(prefix.as_str())
-                .and_then(|s| s.parse().ok())
+                .and_then(PackId::parse)
                 .ok_or_else(|| {
                     StoreError::Corrupt(format!("`{}` is not a queued message", message.subject))
                 })?;
             // A later change of a subject replaces what was read of it.
-            items.insert(
-                seq,
-                Item {
-                    seq,
-                    state: State::read(message.headers.as_ref())?,
-                    at: 0,
-                    payload: None,
-                },
-            );
+            let pack = Pack::read(id, 0, message.headers.as_ref(), None)?;
+            items.insert(id.first, pack.items(false).collect::<Vec<_>>());
         }
-        let items: Vec<Item> = items.into_values().collect();
-        Ok(items)
+        Ok(items.into_values().flatten().collect())
     }
 
     /// Every message of the queue with its state: in one direct multi-get
@@ -593,41 +912,57 @@ impl Queues {
             .is_some_and(|at| at.elapsed() < CONTENDED_FOR)
     }
 
-    /// Whether `items` holds every message under `prefix` now.
+    /// Whether `packs` holds every message under `prefix` now.
     async fn listed_all(
         &self,
         prefix: &str,
-        items: &BTreeMap<u64, Item>,
+        packs: &BTreeMap<u64, Vec<Item>>,
     ) -> Result<bool, StoreError> {
         Ok(self
-            .subjects(&format!("{prefix}*"))
+            .subjects(&format!("{prefix}>"))
             .await?
             .iter()
             .all(|subject| {
                 subject
                     .strip_prefix(prefix)
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .is_some_and(|seq| items.contains_key(&seq))
+                    .and_then(PackId::parse)
+                    .is_some_and(|id| packs.contains_key(&id.first))
             }))
     }
 
-    /// Publishes the message's new state on condition that its last
-    /// message is still `expect`; `false` when another write came first.
+    /// The packs of `queue` (from a listing of its subjects).
+    async fn pack_ids(&self, queue: &str) -> Result<Vec<PackId>, StoreError> {
+        let prefix = format!("{}.{}.", self.base, queue_token(queue));
+        self.subjects(&format!("{prefix}>"))
+            .await?
+            .iter()
+            .map(|subject| {
+                subject
+                    .strip_prefix(prefix.as_str())
+                    .and_then(PackId::parse)
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("`{subject}` is not a queued message"))
+                    })
+            })
+            .collect()
+    }
+
+    /// Publishes the pack's new state on condition that its message is
+    /// still the one read (`pack.at`); `false` when another write came
+    /// first.
     async fn rewrite(
         &self,
         js: &jetstream::Context,
-        subject: &str,
-        expect: u64,
-        state: &State,
-        payload: Bytes,
+        queue: &str,
+        pack: &Pack,
     ) -> Result<bool, StoreError> {
-        let mut headers = state.headers();
+        let (mut headers, payload) = pack.encode();
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            expect.to_string().as_str(),
+            pack.at.to_string().as_str(),
         );
         let ack = js
-            .publish_with_headers(subject.to_string(), headers, payload)
+            .publish_with_headers(self.subject(queue, pack.id), headers, payload)
             .await
             .map_err(backend)?;
         match ack.await {
@@ -666,31 +1001,49 @@ impl Queues {
         self.counter_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends up to `MAX_BATCH - 1` messages in one batch with the
-    /// counter; if a named one was stored before, each goes alone (a batch
-    /// of named messages holds one message per call, so no call's
-    /// messages are split apart).
+    /// Appends up to `MAX_BATCH - 1` events in one batch with the
+    /// counter, packed (see [`pack_sizes`]); if a named one was stored
+    /// before, each goes alone (a batch of named messages holds one
+    /// message per call, so no call's messages are split apart).
     async fn append_chunk(
         &self,
         client: &async_nats::Client,
         queue: &str,
         items: &[Pending],
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        // Each message carries one id through every try: a try that was
+        let sizes = pack_sizes(
+            items,
+            self.pack_max.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if items.iter().all(|item| item.state.group.is_none()) {
+            return self.append_from_block(client, queue, items, &sizes).await;
+        }
+        // Each pack carries one id through every try: a try that was
         // stored although its answer said otherwise (seen when a stream
         // leader rejoined after a partition: refused, yet stored) makes
         // the next try a duplicate, which JetStream refuses as such,
-        // instead of a second copy of every event in it. A named message's
-        // id is the same for every call that names it.
+        // instead of a second copy of every event in it. A named message
+        // (always a pack of its own) has the id every call naming it has.
         let msg_ids: Vec<String> = {
             let batch = crate::batch::batch_id();
-            items
+            let mut offset = 0;
+            sizes
                 .iter()
                 .enumerate()
-                .map(|(i, item)| item.once.clone().unwrap_or_else(|| format!("{batch}.{i}")))
+                .map(|(i, size)| {
+                    let first = &items[offset];
+                    offset += size;
+                    match (&first.once, size) {
+                        (Some(once), 1) => once.clone(),
+                        _ => format!("{batch}.{i}"),
+                    }
+                })
                 .collect()
         };
-        match self.append_batch(client, queue, items, &msg_ids).await? {
+        match self
+            .append_batch(client, queue, items, &sizes, &msg_ids)
+            .await?
+        {
             Appended::Stored(seqs) => Ok(seqs),
             Appended::Split => {
                 tracing::debug!(%queue, n = items.len(), "an enqueue batch held a message stored before; each goes alone");
@@ -698,7 +1051,7 @@ impl Queues {
                 for (item, id) in items.iter().zip(&msg_ids) {
                     let alone = std::slice::from_ref(item);
                     match self
-                        .append_batch(client, queue, alone, std::slice::from_ref(id))
+                        .append_batch(client, queue, alone, &[1], std::slice::from_ref(id))
                         .await?
                     {
                         Appended::Stored(seq) => seqs.extend(seq),
@@ -714,13 +1067,224 @@ impl Queues {
         }
     }
 
-    /// One batch of `items` with the counter, each message under its id in
-    /// `msg_ids`, tried until it is stored or refused for good.
+    /// Appends ungrouped `items`, in packs of `sizes`, numbered from this
+    /// node's block: one message when they make one pack (a named one
+    /// each alone), else one atomic batch. A try that fails goes again
+    /// with the same numbers and `Nats-Msg-Id`s, so a try stored although
+    /// its answer was lost is refused as a duplicate, not stored twice.
+    async fn append_from_block(
+        &self,
+        client: &async_nats::Client,
+        queue: &str,
+        items: &[Pending],
+        sizes: &[usize],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let first = self.reserve(queue, items.len() as u64).await?;
+        let batch = crate::batch::batch_id();
+        let mut messages = Vec::with_capacity(sizes.len());
+        let mut offset = 0;
+        for (i, size) in sizes.iter().enumerate() {
+            let pack = new_pack(first + offset as u64, &items[offset..offset + size]);
+            let msg_id = match (&items[offset].once, size) {
+                (Some(once), 1) => once.clone(),
+                _ => format!("{batch}.{i}"),
+            };
+            offset += size;
+            let (mut headers, payload) = pack.encode();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+            messages.push((self.subject(queue, pack.id), headers, payload));
+        }
+        let seqs =
+            |stored: bool| (first..first + items.len() as u64).map(move |s| stored.then_some(s));
+        let named = items.iter().any(|item| item.once.is_some());
+        let written = if named || messages.len() == 1 {
+            // Each message alone (a named one is refused as a duplicate
+            // alone, never with others).
+            let writes =
+                futures_util::future::join_all(messages.into_iter().map(
+                    |(subject, headers, payload)| self.publish_one(subject, headers, payload),
+                ))
+                .await;
+            let mut stored = Vec::with_capacity(items.len());
+            for (written, size) in writes.into_iter().zip(sizes) {
+                let fresh = written?;
+                stored.extend(std::iter::repeat_n(fresh, *size));
+            }
+            stored
+                .into_iter()
+                .zip(seqs(true))
+                .map(|(fresh, seq)| seq.filter(|_| fresh))
+                .collect()
+        } else {
+            self.publish_packs(client, queue, messages).await?;
+            seqs(true).collect()
+        };
+        // Best effort: the others poll too.
+        let _ = client
+            .publish(self.wakes.clone(), Bytes::from(queue.to_string()))
+            .await;
+        Ok(written)
+    }
+
+    /// `n` sequence numbers from this node's block of `queue`, the first
+    /// returned: a new block when that one has too few left (the counter
+    /// moved on by it, on condition of its last value; the rest of the
+    /// old one is never given).
+    async fn reserve(&self, queue: &str, n: u64) -> Result<u64, StoreError> {
+        let take = |blocks: &mut HashMap<String, (u64, u64)>| {
+            let (next, end) = blocks.get_mut(queue)?;
+            (*end - *next >= n).then(|| {
+                *next += n;
+                *next - n
+            })
+        };
+        if let Some(first) = take(&mut self.blocks_of()) {
+            return Ok(first);
+        }
+        let size = n.max(BLOCK);
+        for attempt in 0..RETRIES {
+            if attempt > 0 {
+                crate::back_off(attempt).await;
+            }
+            let (counter_seq, last) = self.counter(queue, attempt > 0).await?;
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                counter_seq.to_string().as_str(),
+            );
+            let ack = self
+                .js
+                .publish_with_headers(
+                    self.counter_subject(queue),
+                    headers,
+                    Bytes::from((last + size).to_string()),
+                )
+                .await
+                .map_err(backend)?;
+            match ack.await {
+                Ok(ack) => {
+                    self.cache()
+                        .insert(queue.to_string(), (ack.sequence, last + size));
+                    self.blocks_of()
+                        .insert(queue.to_string(), (last + 1 + n, last + 1 + size));
+                    return Ok(last + 1);
+                }
+                Err(e) => match refusal_code(&e) {
+                    Some(WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CONSTANT) => {}
+                    None if e.kind()
+                        == async_nats::jetstream::context::PublishErrorKind::StreamNotFound => {}
+                    Some(_) => {
+                        return Err(StoreError::Backend(format!(
+                            "JetStream refused the write: {e}"
+                        )));
+                    }
+                    None => {
+                        self.cache().remove(queue);
+                        return Err(unacknowledged(e));
+                    }
+                },
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "queue `{queue}`: reserving sequence numbers was refused {RETRIES} times (other nodes enqueueing at once, or the stream without a leader); try again"
+        )))
+    }
+
+    fn blocks_of(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        self.blocks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes one message, again while no server takes it (nothing
+    /// written) or an earlier try with its `Nats-Msg-Id` is in process;
+    /// `false` when the stream held that id already (an unnamed message's
+    /// earlier try, a named one's earlier submission).
+    async fn publish_one(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<bool, StoreError> {
+        let mut last_error = None;
+        for attempt in 0..UNHEARD_RETRIES {
+            if attempt > 0 {
+                crate::back_off(attempt).await;
+            }
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await
+                .map_err(backend)?;
+            match ack.await {
+                Ok(ack) => return Ok(!ack.duplicate),
+                // Not stored: the same message again.
+                Err(e)
+                    if e.kind()
+                        == async_nats::jetstream::context::PublishErrorKind::StreamNotFound
+                        || refusal_code(&e) == Some(DUPLICATE_IN_PROCESS) =>
+                {
+                    last_error = Some(e.to_string());
+                }
+                Err(e) => match refusal_code(&e) {
+                    Some(_) => {
+                        return Err(StoreError::Backend(format!(
+                            "JetStream refused the write: {e}"
+                        )));
+                    }
+                    None => return Err(unacknowledged(e)),
+                },
+            }
+        }
+        Err(unacknowledged(last_error.unwrap_or_default()))
+    }
+
+    /// Publishes `messages` (packs) as one atomic batch, again while no
+    /// server takes it or an earlier try is still in process; a try
+    /// refused as a duplicate was stored by an earlier one.
+    async fn publish_packs(
+        &self,
+        client: &async_nats::Client,
+        queue: &str,
+        messages: Vec<(String, HeaderMap, Bytes)>,
+    ) -> Result<(), StoreError> {
+        for attempt in 0..RETRIES {
+            if attempt > 0 {
+                crate::back_off(attempt).await;
+            }
+            match crate::batch::publish(client, messages.clone()).await? {
+                Batch::Stored(_) => return Ok(()),
+                Batch::Refused {
+                    code: DUPLICATE_IN_BATCH,
+                    ..
+                } => {
+                    tracing::warn!(%queue, "an enqueue whose answer was lost was stored; not stored again");
+                    return Ok(());
+                }
+                Batch::Refused {
+                    code: DUPLICATE_IN_PROCESS,
+                    ..
+                }
+                | Batch::Unheard => {}
+                Batch::Refused { code, description } => {
+                    return Err(StoreError::Backend(format!(
+                        "JetStream refused a batch ({code}): {description}"
+                    )));
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "queue `{queue}`: no server stored the enqueue after {RETRIES} tries; try again"
+        )))
+    }
+
+    /// One batch of `items` with the counter, in packs of `sizes`, each
+    /// under its id in `msg_ids`, tried until it is stored or refused for
+    /// good.
     async fn append_batch(
         &self,
         client: &async_nats::Client,
         queue: &str,
         items: &[Pending],
+        sizes: &[usize],
         msg_ids: &[String],
     ) -> Result<Appended, StoreError> {
         let n = items.len() as u64;
@@ -749,23 +1313,23 @@ impl Queues {
                 counter_headers,
                 Bytes::from((last + n).to_string()),
             ));
-            for (i, (item, msg_id)) in items.iter().zip(msg_ids).enumerate() {
-                let mut headers = item.state.headers();
+            let mut offset = 0;
+            for (size, msg_id) in sizes.iter().zip(msg_ids) {
+                let pack = new_pack(last + 1 + offset as u64, &items[offset..offset + size]);
+                offset += size;
+                let (mut headers, payload) = pack.encode();
                 headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-                batch.push((
-                    self.subject(queue, last + 1 + i as u64),
-                    headers,
-                    item.payload.clone(),
-                ));
+                batch.push((self.subject(queue, pack.id), headers, payload));
             }
             let outcome = crate::batch::publish(client, batch).await;
             match outcome {
                 Ok(Batch::Stored(final_seq)) => {
                     tracing::debug!(%queue, attempt, from = last + 1, n, final_seq, "an enqueue batch stored");
-                    // The batch's messages have consecutive stream
-                    // sequences; the counter is the first.
+                    // The batch's messages (the counter, then one per
+                    // pack) have consecutive stream sequences.
+                    let counter_at = final_seq - sizes.len() as u64;
                     self.cache()
-                        .insert(queue.to_string(), (final_seq - n, last + n));
+                        .insert(queue.to_string(), (counter_at, last + n));
                     // Best effort: the others poll too.
                     let _ = client
                         .publish(self.wakes.clone(), Bytes::from(queue.to_string()))
@@ -794,9 +1358,8 @@ impl Queues {
                     ..
                 }) if !refused_at.is_empty() => {
                     self.cache().remove(queue);
-                    let stored = self
-                        .stored_try(queue, &refused_at, &items[0].payload)
-                        .await?;
+                    let first = &items[..sizes[0]];
+                    let stored = self.stored_try(queue, &refused_at, first).await?;
                     tracing::warn!(%queue, from = stored.map(|s| s + 1), n, "an enqueue whose answer said refused was stored after all; not stored again");
                     return match stored {
                         Some(stored) => Ok(Appended::Stored(
@@ -849,21 +1412,23 @@ impl Queues {
     }
 
     /// Of the tries refused at `refused_at` (the last sequence number each
-    /// read), the one whose first message is `first`: the only one if
-    /// there was one, else the one whose subject holds that payload now
-    /// (`None` if none does: delivered and acknowledged since, say).
+    /// read), the one whose first pack is of `first`: the only one if
+    /// there was one, else the one whose first pack's subject holds that
+    /// payload now (`None` if none does: delivered and acknowledged since,
+    /// say).
     async fn stored_try(
         &self,
         queue: &str,
         refused_at: &[u64],
-        first: &Bytes,
+        first: &[Pending],
     ) -> Result<Option<u64>, StoreError> {
         if let [only] = refused_at {
             return Ok(Some(*only));
         }
         for last in refused_at.iter().rev() {
-            let held = self.last(&self.subject(queue, last + 1)).await?;
-            if held.is_some_and(|m| m.payload == *first) {
+            let pack = new_pack(last + 1, first);
+            let held = self.last(&self.subject(queue, pack.id)).await?;
+            if held.is_some_and(|m| m.payload == pack.encode().1) {
                 return Ok(Some(*last));
             }
         }
@@ -967,81 +1532,158 @@ impl Queues {
             .await
     }
 
-    /// Claims one message listed as claimable, if it still is and no other
-    /// claim gets there first. A message listed with its payload is
-    /// written on condition that it is still as listed; else it is read
-    /// first.
-    async fn claim_one(
+    /// Claims the events `seqs` of pack `id` that are still due, in one
+    /// write, unless another write to the pack gets there first (then
+    /// none). `listed` are the pack's members as listed: with their
+    /// payloads, the write is on condition that the pack is still as
+    /// listed; else it is read first.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_pack(
         &self,
         js: &jetstream::Context,
         queue: &str,
-        item: &Item,
+        id: PackId,
+        listed: &[&Item],
+        seqs: &[u64],
         now_ms: u64,
         lease_ms: u64,
-    ) -> Result<Option<Claimed>, StoreError> {
-        let seq = item.seq;
-        let subject = self.subject(queue, seq);
-        let (mut state, sequence, payload) = match &item.payload {
-            Some(payload) if item.at > 0 => (item.state.clone(), item.at, payload.clone()),
-            _ => {
-                let Some(message) = self.last(&subject).await? else {
-                    return Ok(None);
-                };
-                let state = State::read(Some(&message.headers))?;
-                (state, message.sequence, message.payload)
-            }
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let pack = match Pack::from_items(id, listed) {
+            Some(pack) => Some(pack),
+            None => self.read_pack(queue, id).await?,
         };
-        if state.due > now_ms {
-            return Ok(None);
+        let Some(mut pack) = pack else {
+            return Ok(Vec::new());
+        };
+        let mut claimed = Vec::new();
+        for member in pack.members.iter_mut() {
+            if !seqs.contains(&member.seq) || member.state.due > now_ms {
+                continue;
+            }
+            let due_ms = member.state.due;
+            let state = &mut member.state;
+            state.attempts += 1;
+            state.due = now_ms.saturating_add(lease_ms);
+            state.claimant = Some(self.claimant.clone());
+            claimed.push(Claimed {
+                seq: member.seq,
+                attempt: state.attempts,
+                due_ms,
+                payload: member.payload.clone(),
+                grouped: state.group.is_some(),
+            });
         }
-        let due_ms = state.due;
-        state.attempts += 1;
-        state.due = now_ms.saturating_add(lease_ms);
-        state.claimant = Some(self.claimant.clone());
-        if !self
-            .rewrite(js, &subject, sequence, &state, payload.clone())
-            .await?
-        {
-            return Ok(None);
+        if claimed.is_empty() || !self.rewrite(js, queue, &pack).await? {
+            return Ok(Vec::new());
         }
-        Ok(Some(Claimed {
-            seq,
-            attempt: state.attempts,
-            due_ms,
-            payload,
-            grouped: state.group.is_some(),
-        }))
+        let mut placed = self.placed();
+        if placed.len() >= PLACED_MAX {
+            placed.clear();
+        }
+        for c in &claimed {
+            placed.insert((queue.to_string(), c.seq), id);
+        }
+        Ok(claimed)
     }
 
-    /// Ends a claim: due again at `not_before_ms`; with `refund`, the claim
-    /// does not count as an attempt.
-    async fn unclaim(
-        &self,
+    fn placed(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), PackId>> {
+        self.placed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pack holding event `seq` of `queue`, if the queue holds it.
+    async fn pack_of(&self, queue: &str, seq: u64) -> Result<Option<PackId>, StoreError> {
+        if let Some(id) = self.placed().get(&(queue.to_string(), seq)) {
+            return Ok(Some(*id));
+        }
+        Ok(self
+            .pack_ids(queue)
+            .await?
+            .into_iter()
+            .find(|id| id.contains(seq)))
+    }
+
+    /// Makes `change` to event `seq` of `queue`, in one write with the
+    /// other changes to its pack waiting meanwhile; `false` when the queue
+    /// no longer holds it.
+    async fn change(
+        self: &Arc<Self>,
         js: &jetstream::Context,
         queue: &str,
         seq: u64,
-        not_before_ms: u64,
-        refund: bool,
+        change: Change,
     ) -> Result<bool, StoreError> {
-        let subject = self.subject(queue, seq);
+        let Some(id) = self.pack_of(queue, seq).await? else {
+            return Ok(false);
+        };
+        self.placed().remove(&(queue.to_string(), seq));
+        let key = self.subject(queue, id);
+        let (this, js, name) = (self.clone(), js.clone(), queue.to_string());
+        let done = self
+            .changes
+            .submit(&key, vec![(seq, change)], move |changes| {
+                let (this, js, queue) = (this.clone(), js.clone(), name.clone());
+                async move { this.apply(&js, &queue, id, changes).await }
+            })
+            .await?;
+        Ok(done.first().copied().unwrap_or(false))
+    }
+
+    /// Applies `changes` to pack `id`: one read, then one conditional
+    /// write (or a purge once no member is left), again while another
+    /// write came between. Per change, whether its event was there.
+    async fn apply(
+        &self,
+        js: &jetstream::Context,
+        queue: &str,
+        id: PackId,
+        changes: Vec<(u64, Change)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let subject = self.subject(queue, id);
+        // A pack of one acknowledged: nothing of it stays to read.
+        if let ([(seq, Change::Ack)], 1) = (&changes[..], id.size) {
+            self.purge(&subject).await?;
+            return Ok(vec![*seq == id.first]);
+        }
         for attempt in 0..RETRIES {
             if attempt > 0 {
                 crate::back_off(attempt).await;
             }
-            let Some(message) = self.last(&subject).await? else {
-                return Ok(false);
+            let Some(mut pack) = self.read_pack(queue, id).await? else {
+                return Ok(vec![false; changes.len()]);
             };
-            let mut state = State::read(Some(&message.headers))?;
-            state.due = not_before_ms;
-            state.claimant = None;
-            if refund {
-                state.attempts = state.attempts.saturating_sub(1);
+            let mut found = Vec::with_capacity(changes.len());
+            for (seq, change) in &changes {
+                let Some(i) = pack.members.iter().position(|m| m.seq == *seq) else {
+                    found.push(false);
+                    continue;
+                };
+                found.push(true);
+                match *change {
+                    Change::Ack => {
+                        pack.members.remove(i);
+                    }
+                    Change::Unclaim { not_before, refund } => {
+                        let state = &mut pack.members[i].state;
+                        state.due = not_before;
+                        state.claimant = None;
+                        if refund {
+                            state.attempts = state.attempts.saturating_sub(1);
+                        }
+                    }
+                }
             }
-            if self
-                .rewrite(js, &subject, message.sequence, &state, message.payload)
-                .await?
-            {
-                return Ok(true);
+            if !found.contains(&true) {
+                return Ok(found);
+            }
+            // Its last member gone: no other write can still need the
+            // pack (a claim of a member acknowledged here, whose lease
+            // ran out, is ended by it as on one node).
+            if pack.members.is_empty() {
+                self.purge(&subject).await?;
+                return Ok(found);
+            }
+            if self.rewrite(js, queue, &pack).await? {
+                return Ok(found);
             }
         }
         Err(StoreError::Conflict {
@@ -1049,6 +1691,15 @@ impl Queues {
             expected: None,
             found: None,
         })
+    }
+
+    async fn purge(&self, subject: &str) -> Result<(), StoreError> {
+        self.stream
+            .purge()
+            .filter(subject)
+            .await
+            .map(drop)
+            .map_err(backend)
     }
 
     /// The stream's subjects under `filter`, with their message counts.

@@ -38,7 +38,8 @@ use gust_core::{FunctionName, Limits, TenantId};
 
 use crate::{
     Accounts, AccountsError, Activation, AliasTarget, AuthError, BlobStore, DataStore, LogStore,
-    MetaEvent, MetaStore, NewVersion, QueueStore, Registry, RegistryError, StoreError, digest_of,
+    MetaEvent, MetaStore, NewVersion, Peeked, QueueStore, Registry, RegistryError, StoreError,
+    digest_of,
 };
 
 fn b(s: &str) -> Bytes {

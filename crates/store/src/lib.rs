@@ -711,6 +711,18 @@ pub struct Claimed {
     pub grouped: bool,
 }
 
+/// One message of a queue as [`QueueStore::peek`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peeked {
+    pub seq: u64,
+    /// Claims so far.
+    pub attempts: u32,
+    /// Claimed, and not released since (its lease may have run out: its
+    /// claimant stopped).
+    pub claimed: bool,
+    pub payload: Bytes,
+}
+
 /// Durable work queues, one per name, for events waiting to be delivered.
 ///
 /// A message is claimed for a lease; until it is acknowledged or released
@@ -802,6 +814,15 @@ pub trait QueueStore: Send + Sync {
     async fn next_due(&self, queue: &str) -> Result<Option<u64>, StoreError>;
     /// Messages in the queue, claimed or not.
     async fn depth(&self, queue: &str) -> Result<u64, StoreError>;
+    /// Shows `visit` the messages of the queue, claimed or not, in
+    /// sequence order, until it returns `false`: what is queued, for a
+    /// lookup. Linear in the queue's length; the messages are read a few
+    /// at a time, never all held at once.
+    async fn peek(
+        &self,
+        queue: &str,
+        visit: &mut (dyn FnMut(Peeked) -> bool + Send),
+    ) -> Result<(), StoreError>;
     /// Names of the queues that hold messages.
     async fn queues(&self) -> Result<Vec<String>, StoreError>;
     /// Every queue that holds messages with its [`QueueStore::depth`].

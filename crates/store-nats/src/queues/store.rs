@@ -63,32 +63,50 @@ impl QueueStore for NatsStore {
         // messages claimed or acknowledged since, so the ones after the
         // first `max` stand in for those.
         let mut picks = claimable(&items, now_ms, usize::MAX);
-        if contended {
-            spread(&mut picks, &self.queues.claimant, max);
+        let mut members: HashMap<PackId, Vec<&Item>> = HashMap::new();
+        for item in &items {
+            members.entry(item.pack).or_default().push(item);
         }
-        let by_seq: HashMap<u64, &Item> = items.iter().map(|item| (item.seq, item)).collect();
-        let mut picks = picks
-            .into_iter()
-            .filter_map(|seq| by_seq.get(&seq).copied());
+        let pack_of: HashMap<u64, PackId> =
+            items.iter().map(|item| (item.seq, item.pack)).collect();
+        if contended {
+            spread(&mut picks, &self.queues.claimant, max, |seq| {
+                pack_of.get(&seq).map_or(seq, |id| id.first)
+            });
+        }
+        let mut picks = picks.into_iter();
         let mut claimed = Vec::new();
         let mut failed = None;
         let mut lost = false;
         while claimed.len() < max {
-            let wave: Vec<&Item> = picks.by_ref().take(max - claimed.len()).collect();
+            // The next picks, by pack in the order of their first pick.
+            let mut wave: Vec<(PackId, Vec<u64>)> = Vec::new();
+            for seq in picks.by_ref().take(max - claimed.len()) {
+                let Some(id) = pack_of.get(&seq) else {
+                    continue;
+                };
+                match wave.iter_mut().find(|(w, _)| w == id) {
+                    Some((_, seqs)) => seqs.push(seq),
+                    None => wave.push((*id, vec![seq])),
+                }
+            }
             if wave.is_empty() {
                 break;
             }
-            let claims = futures_util::future::join_all(wave.into_iter().map(|item| {
+            let claims = futures_util::future::join_all(wave.iter().map(|(id, seqs)| {
+                let listed = members.get(id).map(Vec::as_slice).unwrap_or_default();
                 self.queues
-                    .claim_one(&self.js, queue, item, now_ms, lease_ms)
+                    .claim_pack(&self.js, queue, *id, listed, seqs, now_ms, lease_ms)
             }))
             .await;
-            for claim in claims {
+            for (claim, (_, seqs)) in claims.into_iter().zip(&wave) {
                 match claim {
-                    Ok(Some(c)) => claimed.push(c),
-                    Ok(None) => lost = true,
+                    Ok(got) => {
+                        lost |= got.len() < seqs.len();
+                        claimed.extend(got);
+                    }
                     Err(e) => {
-                        tracing::warn!(%queue, error = %e, "claiming one message failed");
+                        tracing::warn!(%queue, error = %e, "claiming one pack failed");
                         failed = Some(e);
                     }
                 }
@@ -96,6 +114,10 @@ impl QueueStore for NatsStore {
             if failed.is_some() {
                 break;
             }
+        }
+        // In claim order, as one node alone takes them.
+        if !contended {
+            claimed.sort_by_key(|c| (c.due_ms, c.seq));
         }
         if lost {
             self.queues
@@ -111,54 +133,60 @@ impl QueueStore for NatsStore {
     }
 
     async fn ack(&self, queue: &str, seqs: Vec<u64>) -> Result<(), StoreError> {
-        let purges = futures_util::future::join_all(seqs.into_iter().map(|seq| {
-            let subject = self.queues.subject(queue, seq);
-            async move {
-                self.queues
-                    .stream
-                    .purge()
-                    .filter(subject)
-                    .await
-                    .map_err(backend)
-            }
-        }))
+        let acks = futures_util::future::join_all(
+            seqs.into_iter()
+                .map(|seq| self.queues.change(&self.js, queue, seq, Change::Ack)),
+        )
         .await;
-        for purge in purges {
-            purge?;
+        for ack in acks {
+            ack?;
         }
         Ok(())
     }
 
     async fn release(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError> {
+        let change = Change::Unclaim {
+            not_before: not_before_ms,
+            refund: false,
+        };
         self.queues
-            .unclaim(&self.js, queue, seq, not_before_ms, false)
+            .change(&self.js, queue, seq, change)
             .await
             .map(drop)
     }
 
     async fn defer(&self, queue: &str, seq: u64, not_before_ms: u64) -> Result<(), StoreError> {
+        let change = Change::Unclaim {
+            not_before: not_before_ms,
+            refund: true,
+        };
         self.queues
-            .unclaim(&self.js, queue, seq, not_before_ms, true)
+            .change(&self.js, queue, seq, change)
             .await
             .map(drop)
     }
 
     async fn release_claims(&self, queue: &str, now_ms: u64) -> Result<u64, StoreError> {
         let items = self.queues.items(&self.client, queue).await?;
+        let change = Change::Unclaim {
+            not_before: now_ms,
+            refund: false,
+        };
         let mine = items
             .iter()
             .filter(|item| item.state.claimant.as_deref() == Some(self.queues.claimant.as_str()));
-        let mut released = 0;
-        for item in mine {
-            if self
-                .queues
-                .unclaim(&self.js, queue, item.seq, now_ms, false)
-                .await?
-            {
-                released += 1;
-            }
+        let released = futures_util::future::join_all(mine.map(|item| {
+            self.queues
+                .placed()
+                .insert((queue.to_string(), item.seq), item.pack);
+            self.queues.change(&self.js, queue, item.seq, change)
+        }))
+        .await;
+        let mut n = 0;
+        for one in released {
+            n += u64::from(one?);
         }
-        Ok(released)
+        Ok(n)
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<u64>, StoreError> {
@@ -186,9 +214,56 @@ impl QueueStore for NatsStore {
         Ok(Some(rx))
     }
 
+    async fn peek(
+        &self,
+        queue: &str,
+        visit: &mut (dyn FnMut(Peeked) -> bool + Send),
+    ) -> Result<(), StoreError> {
+        let items = self.queues.items(&self.client, queue).await?;
+        // A queue listed by headers alone: its packs read one at a time
+        // (`None`: gone since listed, acknowledged).
+        let mut read: Option<(PackId, Option<Pack>)> = None;
+        for item in items {
+            let payload = match item.payload {
+                Some(payload) => payload,
+                None => {
+                    if read.as_ref().is_none_or(|(id, _)| *id != item.pack) {
+                        read = Some((item.pack, self.queues.read_pack(queue, item.pack).await?));
+                    }
+                    let Some(member) = read
+                        .as_ref()
+                        .and_then(|(_, pack)| pack.as_ref())
+                        .and_then(|p| p.members.iter().find(|m| m.seq == item.seq))
+                    else {
+                        continue;
+                    };
+                    member.payload.clone()
+                }
+            };
+            let peeked = Peeked {
+                seq: item.seq,
+                attempts: item.state.attempts,
+                claimed: item.state.claimant.is_some(),
+                payload,
+            };
+            if !visit(peeked) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The events its packs were made with: more than it holds by those
+    /// acknowledged from a pack whose other events are not yet (see
+    /// ARCHITECTURE.md, "bounds").
     async fn depth(&self, queue: &str) -> Result<u64, StoreError> {
-        let filter = format!("{}.{}.*", self.queues.base, queue_token(queue));
-        Ok(self.queues.subjects(&filter).await?.len() as u64)
+        Ok(self
+            .queues
+            .pack_ids(queue)
+            .await?
+            .iter()
+            .map(|id| id.size)
+            .sum())
     }
 
     async fn queues(&self) -> Result<Vec<String>, StoreError> {
@@ -200,13 +275,14 @@ impl QueueStore for NatsStore {
         let prefix = format!("{}.", self.queues.base);
         let mut depths = BTreeMap::new();
         for subject in self.queues.subjects(&format!("{prefix}>")).await? {
-            let token = subject
+            let (token, id) = subject
                 .strip_prefix(prefix.as_str())
-                .and_then(|rest| rest.split('.').next())
+                .and_then(|rest| rest.split_once('.'))
+                .and_then(|(token, rest)| Some((token, PackId::parse(rest)?)))
                 .ok_or_else(|| {
                     StoreError::Corrupt(format!("`{subject}` is not a queued message"))
                 })?;
-            *depths.entry(queue_of_token(token)?).or_insert(0u64) += 1;
+            *depths.entry(queue_of_token(token)?).or_insert(0u64) += id.size;
         }
         Ok(depths.into_iter().collect())
     }

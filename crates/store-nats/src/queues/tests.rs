@@ -19,6 +19,10 @@ fn item(seq: u64, due: u64, group: Option<&str>) -> Item {
         },
         at: 0,
         payload: None,
+        pack: PackId {
+            first: seq,
+            size: 1,
+        },
     }
 }
 
@@ -26,8 +30,8 @@ fn item(seq: u64, due: u64, group: Option<&str>) -> Item {
 fn spread_claims_of_two_nodes_mostly_differ_and_keep_to_the_front() {
     let picks: Vec<u64> = (1..=100).collect();
     let (mut a, mut b) = (picks.clone(), picks.clone());
-    spread(&mut a, "node-a", 8);
-    spread(&mut b, "node-b", 8);
+    spread(&mut a, "node-a", 8, |seq| seq);
+    spread(&mut b, "node-b", 8, |seq| seq);
     // The first 32 are reordered among themselves; the rest keep their order.
     for spread in [&a, &b] {
         let mut front = spread[..32].to_vec();
@@ -40,7 +44,7 @@ fn spread_claims_of_two_nodes_mostly_differ_and_keep_to_the_front() {
     assert!(shared <= 4, "{:?} vs {:?}", &a[..8], &b[..8]);
     // Fewer picks than the window: all of them, reordered.
     let mut few = vec![5, 6, 7];
-    spread(&mut few, "node-a", 8);
+    spread(&mut few, "node-a", 8, |seq| seq);
     few.sort_unstable();
     assert_eq!(few, [5, 6, 7]);
 }
@@ -85,6 +89,99 @@ fn a_state_round_trips_through_headers() {
 }
 
 #[test]
+fn a_pack_round_trips_through_its_message() {
+    let state = |due, claimant: Option<&str>, group: Option<&str>| State {
+        due,
+        attempts: 2,
+        claimant: claimant.map(str::to_string),
+        group: group.map(str::to_string),
+    };
+    let id = PackId { first: 7, size: 4 };
+    let pack = Pack {
+        id,
+        at: 0,
+        members: vec![
+            Member {
+                seq: 7,
+                state: state(5, Some("node:a,b"), None),
+                payload: payload("one"),
+            },
+            Member {
+                seq: 9,
+                state: state(0, None, Some("Zw")),
+                payload: payload(""),
+            },
+            Member {
+                seq: 10,
+                state: state(u64::MAX, None, None),
+                payload: payload("three, with: separators"),
+            },
+        ],
+    };
+    let (headers, body) = pack.encode();
+    let read = Pack::read(id, 3, Some(&headers), Some(body)).unwrap();
+    assert_eq!(read.at, 3);
+    assert_eq!(read.members.len(), 3);
+    for (a, b) in read.members.iter().zip(&pack.members) {
+        assert_eq!((a.seq, &a.state, &a.payload), (b.seq, &b.state, &b.payload));
+    }
+    // Headers only: the states, no payloads.
+    let listed = Pack::read(id, 0, Some(&headers), None).unwrap();
+    assert_eq!(listed.members[2].state, pack.members[2].state);
+    assert!(listed.members[2].payload.is_empty());
+    // A pack of one is an event's own message, as before packs.
+    let one = Pack {
+        id: PackId { first: 7, size: 1 },
+        at: 0,
+        members: pack.members[..1].to_vec(),
+    };
+    let (headers, body) = one.encode();
+    assert!(headers.get(MEMBERS).is_none());
+    assert_eq!(body, payload("one"));
+    let read = Pack::read(one.id, 1, Some(&headers), Some(body)).unwrap();
+    assert_eq!(read.members[0].state, pack.members[0].state);
+    // Subjects.
+    assert_eq!(PackId::parse("7"), Some(PackId { first: 7, size: 1 }));
+    assert_eq!(PackId::parse("7.4"), Some(id));
+    assert_eq!(PackId::parse("7.1"), None);
+    assert_eq!(PackId::parse("x"), None);
+    assert!(id.contains(10) && !id.contains(11) && !id.contains(6));
+    // A body shorter than its members say, or a member outside the
+    // range, is corrupt.
+    let (headers, _) = pack.encode();
+    assert!(Pack::read(id, 1, Some(&headers), Some(payload("on"))).is_err());
+    let narrow = PackId { first: 8, size: 3 };
+    assert!(Pack::read(narrow, 1, Some(&headers), None).is_err());
+}
+
+#[test]
+fn an_enqueue_packs_unnamed_events_and_leaves_named_ones_alone() {
+    let pending = |len: usize, once: bool| Pending {
+        payload: Bytes::from(vec![b'x'; len]),
+        state: State {
+            due: 0,
+            attempts: 0,
+            claimant: None,
+            group: None,
+        },
+        once: once.then(|| "id".to_string()),
+    };
+    let many: Vec<Pending> = (0..150).map(|_| pending(10, false)).collect();
+    assert_eq!(pack_sizes(&many, 64), [64, 64, 22]);
+    assert_eq!(pack_sizes(&many[..3], 1), [1, 1, 1]);
+    // By bytes: a large event goes alone.
+    let big = [
+        pending(10, false),
+        pending(PACK_MAX_BYTES, false),
+        pending(10, false),
+        pending(10, false),
+    ];
+    assert_eq!(pack_sizes(&big, 64), [1, 1, 2]);
+    let named: Vec<Pending> = (0..3).map(|_| pending(10, true)).collect();
+    assert_eq!(pack_sizes(&named, 64), [1, 1, 1]);
+}
+
+#[test]
 fn queue_names_round_trip_through_one_token() {
     for name in ["", "q", "events/t/f", "a.b c/ü"] {
         let token = queue_token(name);
@@ -123,7 +220,11 @@ async fn a_batch_again_with_a_stored_message_id_is_refused_as_a_duplicate() {
         }
         .headers();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
-        vec![(queues.subject("dup", seq), headers, payload("again"))]
+        let id = PackId {
+            first: seq,
+            size: 1,
+        };
+        vec![(queues.subject("dup", id), headers, payload("again"))]
     };
     let first = crate::batch::publish(&store.client, batch(100, "an-id"))
         .await
@@ -181,24 +282,30 @@ async fn two_nodes_racing_never_both_claim_one_message_while_its_lease_runs() {
         one.enqueue("race", payloads[..20].to_vec(), 0),
         other.enqueue("race", payloads[20..].to_vec(), 0)
     );
-    let mut given: Vec<u64> = a.unwrap().into_iter().chain(b.unwrap()).collect();
-    given.sort_unstable();
-    assert_eq!(given, (1..=40).collect::<Vec<_>>());
+    // Each node numbers from a block of its own.
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.windows(2).all(|w| w[0] < w[1]) && b.windows(2).all(|w| w[0] < w[1]));
+    let given: HashSet<u64> = a.iter().chain(&b).copied().collect();
+    assert_eq!(given.len(), 40);
 
-    // A node whose idea of the counter is stale is refused and reads
-    // it again: the numbers stay distinct without any race.
-    assert_eq!(
-        one.enqueue("stale", vec![payload("1")], 0).await.unwrap(),
-        [1]
-    );
-    assert_eq!(
-        other.enqueue("stale", vec![payload("2")], 0).await.unwrap(),
-        [2]
-    );
-    assert_eq!(
-        one.enqueue("stale", vec![payload("3")], 0).await.unwrap(),
-        [3]
-    );
+    // Grouped messages are numbered by the counter: a node whose idea of
+    // it is stale is refused and reads it again; the numbers stay
+    // distinct and in the order given, across nodes and blocks.
+    let mut last = 0;
+    for (i, node) in [&one, &other, &one, &other].into_iter().enumerate() {
+        let seq = node
+            .enqueue_ordered("stale", "g", vec![payload(&i.to_string())], 0)
+            .await
+            .unwrap()[0];
+        assert!(seq > last, "{seq} after {last}");
+        last = seq;
+    }
+    let unnamed = one.enqueue("stale", vec![payload("u")], 0).await.unwrap()[0];
+    let grouped = other
+        .enqueue_ordered("stale", "g", vec![payload("4")], 0)
+        .await
+        .unwrap()[0];
+    assert!(grouped > last && grouped != unnamed);
 
     // Both claim the same due messages, round after round, with a
     // lease that outlasts the test: each message goes to one of them.
@@ -232,6 +339,11 @@ async fn a_queue_too_long_for_one_direct_answer_is_listed_whole() {
     let Some(store) = testkit::store().await else {
         return;
     };
+    // One message per event, as before packs: this is about listings.
+    store
+        .queues
+        .pack_max
+        .store(1, std::sync::atomic::Ordering::Relaxed);
     let queues = &store.queues;
     // A short queue: one direct answer, payloads and sequences included.
     store
@@ -257,7 +369,7 @@ async fn a_queue_too_long_for_one_direct_answer_is_listed_whole() {
     // Longer than one answer may carry: the consumer lists it instead.
     let n = 1_100u64;
     let payloads: Vec<Bytes> = (0..n).map(|i| Bytes::from(format!("m{i}"))).collect();
-    store.enqueue("long", payloads, 0).await.unwrap();
+    let given = store.enqueue("long", payloads, 0).await.unwrap();
     assert!(
         queues
             .list_direct(&store.client, "long", None)
@@ -288,7 +400,7 @@ async fn a_queue_too_long_for_one_direct_answer_is_listed_whole() {
     let claimed = store.claim("long", 1, 60_000, 1_050).await.unwrap();
     assert_eq!(
         claimed.iter().map(|c| c.seq).collect::<Vec<_>>(),
-        (1..=1_050).collect::<Vec<_>>()
+        given[..1_050]
     );
     assert_eq!(claimed[1_049].payload, Bytes::from("m1049"));
     // Now 50 claimable ones remain, listed directly again after acks.
@@ -312,6 +424,11 @@ async fn a_claim_reads_the_front_of_the_queue_unless_a_group_could_wait_behind()
     let Some(store) = testkit::store().await else {
         return;
     };
+    // One message per event, as before packs: this is about listings.
+    store
+        .queues
+        .pack_max
+        .store(1, std::sync::atomic::Ordering::Relaxed);
     let queues = &store.queues;
     let many: Vec<Bytes> = (0..60).map(|i| Bytes::from(format!("u{i}"))).collect();
     store.enqueue("front", many.clone(), 0).await.unwrap();
@@ -491,50 +608,55 @@ async fn a_batch_with_a_named_duplicate_stores_the_others_once() {
     let Some(store) = testkit::store().await else {
         return;
     };
-    let queue = "mixed";
-    assert_eq!(
-        store
-            .enqueue_once(queue, None, "tick-1", payload("tick"), 0)
+    // Ungrouped (numbered from the node's block, each named message
+    // written alone) and grouped (with the counter, in one atomic batch
+    // split when it holds a duplicate).
+    for (queue, group) in [("mixed", None), ("mixed-grouped", Some("Zw"))] {
+        let first = store
+            .enqueue_once(queue, group, "tick-1", payload("tick"), 0)
             .await
-            .unwrap(),
-        Some(1)
-    );
-    let named = |text: &str, id: &str| Pending {
-        payload: payload(text),
-        state: State {
-            due: 0,
-            attempts: 0,
-            claimant: None,
-            group: None,
-        },
-        once: Some(once_id(queue, id)),
-    };
-    let batch = [
-        named("tick-2", "tick-2"),
-        named("tick-again", "tick-1"),
-        named("tick-3", "tick-3"),
-    ];
-    let seqs = store
-        .queues
-        .append_chunk(&store.client, queue, &batch)
-        .await
-        .unwrap();
-    assert_eq!(seqs, [Some(2), None, Some(3)]);
-    // Unnamed messages meanwhile are their own batches, stored as ever.
-    assert_eq!(
-        store
+            .unwrap()
+            .expect("stored");
+        let named = |text: &str, id: &str| Pending {
+            payload: payload(text),
+            state: State {
+                due: 0,
+                attempts: 0,
+                claimant: None,
+                group: group.map(str::to_string),
+            },
+            once: Some(once_id(queue, id)),
+        };
+        let batch = [
+            named("tick-2", "tick-2"),
+            named("tick-again", "tick-1"),
+            named("tick-3", "tick-3"),
+        ];
+        let seqs = store
+            .queues
+            .append_chunk(&store.client, queue, &batch)
+            .await
+            .unwrap();
+        assert_eq!(seqs[1], None, "{queue}: the duplicate");
+        let (two, three) = (seqs[0].unwrap(), seqs[2].unwrap());
+        assert!(first < two && two < three, "{queue}: {first} {seqs:?}");
+        // Unnamed messages meanwhile are their own batches, stored as ever.
+        let plain = store
             .enqueue(queue, vec![payload("plain")], 0)
             .await
-            .unwrap(),
-        [4]
-    );
-    let claimed = store.claim(queue, 0, 1_000, 10).await.unwrap();
-    let mut texts: Vec<_> = claimed
-        .iter()
-        .map(|c| String::from_utf8_lossy(&c.payload).to_string())
-        .collect();
-    texts.sort();
-    assert_eq!(texts, ["plain", "tick", "tick-2", "tick-3"]);
+            .unwrap();
+        assert!(plain[0] > three, "{queue}: {plain:?}");
+        let mut texts = Vec::new();
+        for _ in 0..4 {
+            let claimed = store.claim(queue, 0, 1_000, 10).await.unwrap();
+            for c in &claimed {
+                texts.push(String::from_utf8_lossy(&c.payload).to_string());
+                store.ack(queue, vec![c.seq]).await.unwrap();
+            }
+        }
+        texts.sort();
+        assert_eq!(texts, ["plain", "tick", "tick-2", "tick-3"], "{queue}");
+    }
 }
 
 /// A QUEUES stream whose duplicate window was changed (by hand, or by an
@@ -563,4 +685,96 @@ async fn a_queue_stream_with_another_duplicate_window_gets_gusts_back_when_opene
         window(&reopened).await,
         std::time::Duration::from_millis(ONCE_WINDOW_MS)
     );
+}
+
+/// Events enqueued together share one message (a pack); each is still
+/// claimed, released, deferred and acknowledged on its own, from any node.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_enqueued_together_share_a_pack_and_still_change_one_by_one() {
+    let Some(one) = testkit::store().await else {
+        return;
+    };
+    let mut options = one.options().clone();
+    options.client_name = "other-node".into();
+    let other = NatsStore::connect(options).await.unwrap();
+    let payloads: Vec<Bytes> = (0..100).map(|i| Bytes::from(format!("e{i}"))).collect();
+    let seqs = one.enqueue("packed", payloads, 0).await.unwrap();
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+    let mut ids = one.queues.pack_ids("packed").await.unwrap();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [
+            PackId { first: 1, size: 64 },
+            PackId {
+                first: 65,
+                size: 36
+            }
+        ]
+    );
+    assert_eq!(one.depth("packed").await.unwrap(), 100);
+
+    // Claims take the front in order, with payloads.
+    let first = one.claim("packed", 10, 60_000, 10).await.unwrap();
+    assert_eq!(
+        first.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(first[9].payload, Bytes::from("e9"));
+    assert!(first.iter().all(|c| c.attempt == 1 && c.due_ms == 0));
+    // The other node claims the next ones, not these.
+    let second = other.claim("packed", 10, 60_000, 10).await.unwrap();
+    assert_eq!(second.first().map(|c| c.seq), Some(11));
+    assert!(second.iter().all(|c| c.seq > 10));
+
+    // Acknowledged by the node that did not claim them (it finds their
+    // pack by listing): gone, the rest of the pack stays.
+    other.ack("packed", (1..=5).collect()).await.unwrap();
+    // Released and deferred ones come back, the deferred one without
+    // counting its claim.
+    one.release("packed", 6, 0).await.unwrap();
+    one.defer("packed", 7, 0).await.unwrap();
+    let again = one.claim("packed", 20, 60_000, 2).await.unwrap();
+    let attempts: Vec<(u64, u32)> = again.iter().map(|c| (c.seq, c.attempt)).collect();
+    assert_eq!(attempts, [(6, 2), (7, 1)]);
+    // The bound of `depth`: a pack counts its events until its last one
+    // is acknowledged.
+    assert_eq!(one.depth("packed").await.unwrap(), 100);
+
+    // A restarted node releases its claims in the pack, not the other's.
+    let mine = one.release_claims("packed", 30).await.unwrap();
+    assert_eq!(mine, 5, "8, 9, 10, 6 and 7");
+    assert_eq!(other.release_claims("packed", 30).await.unwrap(), 10);
+
+    // Everything delivered: nothing left of either pack.
+    let mut left = 95;
+    while left > 0 {
+        let claimed = other.claim("packed", 40, 60_000, 30).await.unwrap();
+        assert!(!claimed.is_empty(), "{left} left");
+        left -= claimed.len();
+        one.ack("packed", claimed.iter().map(|c| c.seq).collect())
+            .await
+            .unwrap();
+    }
+    assert_eq!(one.depth("packed").await.unwrap(), 0);
+    assert!(one.queues.pack_ids("packed").await.unwrap().is_empty());
+    assert_eq!(one.next_due("packed").await.unwrap(), None);
+
+    // An ordering group inside one pack: one at a time.
+    one.enqueue_ordered(
+        "grouped",
+        "k",
+        vec![payload("a"), payload("b"), payload("c")],
+        0,
+    )
+    .await
+    .unwrap();
+    for expected in ["a", "b", "c"] {
+        let claimed = one.claim("grouped", 1, 60_000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].payload, payload(expected));
+        assert!(claimed[0].grouped);
+        one.ack("grouped", vec![claimed[0].seq]).await.unwrap();
+    }
+    assert_eq!(one.depth("grouped").await.unwrap(), 0);
 }

@@ -17,7 +17,48 @@ pub async fn queues(q: &dyn QueueStore) {
     assert_eq!(q.next_due("nothing").await.unwrap(), None);
     assert_eq!(q.queues().await.unwrap(), ["q1", "q2"]);
 
+    // What is queued, claimed or not.
+    let all = |queue: &'static str| async move {
+        let mut seen = Vec::new();
+        q.peek(queue, &mut |p| {
+            seen.push(p);
+            true
+        })
+        .await
+        .unwrap();
+        seen
+    };
+    let peeked = |seq, attempts, claimed, payload| Peeked {
+        seq,
+        attempts,
+        claimed,
+        payload,
+    };
+    assert_eq!(
+        all("q1").await,
+        [
+            peeked(1, 0, false, b("a")),
+            peeked(2, 0, false, b("b")),
+            peeked(3, 0, false, b("c")),
+            peeked(4, 0, false, b("later")),
+        ]
+    );
+    assert!(all("nothing").await.is_empty());
+    // A visit stops when asked to.
+    let mut first = Vec::new();
+    q.peek("q1", &mut |p| {
+        first.push(p.seq);
+        false
+    })
+    .await
+    .unwrap();
+    assert_eq!(first, [1]);
+
     let first = q.claim("q1", 100, 500, 2).await.unwrap();
+    assert_eq!(
+        all("q1").await[..2],
+        [peeked(1, 1, true, b("a")), peeked(2, 1, true, b("b"))]
+    );
     let got: Vec<(u64, u32, Bytes)> = first
         .iter()
         .map(|c| (c.seq, c.attempt, c.payload.clone()))
@@ -34,6 +75,11 @@ pub async fn queues(q: &dyn QueueStore) {
     q.ack("q1", vec![1]).await.unwrap();
     q.release("q1", 2, 300).await.unwrap();
     assert!(q.claim("q1", 299, 500, 10).await.unwrap().is_empty());
+    assert_eq!(
+        all("q1").await[0],
+        peeked(2, 1, false, b("b")),
+        "released: waiting again"
+    );
     let retried = q.claim("q1", 300, 500, 10).await.unwrap();
     assert_eq!(retried.len(), 1);
     assert_eq!((retried[0].seq, retried[0].attempt), (2, 2));
