@@ -408,7 +408,7 @@ impl Events {
         envelope: Envelope,
         group: Option<String>,
     ) -> Result<(), EventsError> {
-        self.submit_with(envelope, group, Once::No).await
+        self.submit_with(envelope, group, Once::Fresh).await
     }
 
     async fn submit_with(
@@ -425,7 +425,7 @@ impl Events {
 
     /// Stores `envelopes` (of one function) with one enqueue, in order
     /// (with [`Once::ById`], one enqueue each, skipping an id the queue
-    /// already holds); then each one's status.
+    /// already holds); then each one's status (not for [`Once::Fresh`]).
     pub(crate) async fn store_many(
         &self,
         mut envelopes: Vec<Envelope>,
@@ -467,12 +467,12 @@ impl Events {
                     }
                 }
             }
-            (Once::No, Some(group)) => {
+            (Once::No | Once::Fresh, Some(group)) => {
                 self.queue
                     .enqueue_ordered(&queue, &group, payloads, 0)
                     .await?;
             }
-            (Once::No, None) => {
+            (Once::No | Once::Fresh, None) => {
                 self.queue.enqueue(&queue, payloads, 0).await?;
             }
         }
@@ -480,9 +480,16 @@ impl Events {
         // status: an error now would have the client (or a trigger,
         // through `submit_once`, which finds no status) queue it again, a
         // second copy run as attempt 1. The status is tried for a second,
-        // then left to the first attempt, which writes its own.
+        // then left to the first attempt, which writes its own. A fresh
+        // event has none until then: its queue entry stands for it, one
+        // replicated write fewer per event in a cluster.
         let mut writes = tokio::task::JoinSet::new();
-        for envelope in envelopes {
+        let statuses = if once == Once::Fresh {
+            Vec::new()
+        } else {
+            envelopes
+        };
+        for envelope in statuses {
             let kv = self.kv.clone();
             writes.spawn(async move {
                 let record = InvocationRecord {
@@ -522,22 +529,60 @@ impl Events {
         Ok(())
     }
 
-    /// The status of one invocation.
+    /// The status of one invocation: its record, or while an event
+    /// submitted without one waits for its first attempt to end, its
+    /// queue entry (looked for in the tenant's queues).
     pub async fn invocation(
         &self,
         tenant: &TenantId,
         id: &str,
     ) -> Result<InvocationRecord, EventsError> {
-        let entry = self
-            .kv
-            .get(&invocation_key(tenant, id))
-            .await?
-            .ok_or_else(|| EventsError::NoSuchInvocation(id.to_string()))?;
-        let mut record: InvocationRecord = decode(&entry.value)?;
+        let key = invocation_key(tenant, id);
+        let mut record = match self.kv.get(&key).await? {
+            Some(entry) => decode(&entry.value)?,
+            None => match self.queued_invocation(tenant, id).await? {
+                Some(record) => record,
+                // Its first attempt may have ended since the record was
+                // looked for: then the record is there.
+                None => decode(
+                    &self
+                        .kv
+                        .get(&key)
+                        .await?
+                        .ok_or_else(|| EventsError::NoSuchInvocation(id.to_string()))?
+                        .value,
+                )?,
+            },
+        };
         if self.wake.is_running(id) {
             record.state = InvocationState::Running;
         }
         Ok(record)
+    }
+
+    /// Invocation `id` of `tenant` as its queue entry tells it, if one of
+    /// the tenant's queues holds it.
+    async fn queued_invocation(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<InvocationRecord>, EventsError> {
+        for queue in self.queue.queues().await? {
+            if dispatcher::parse_queue(&queue).is_none_or(|(t, _)| &t != tenant) {
+                continue;
+            }
+            let mut found = None;
+            self.queue
+                .peek(&queue, &mut |peeked| {
+                    found = queued_record(&peeked).filter(|r| r.invocation_id == id);
+                    found.is_none()
+                })
+                .await?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
     }
 
     /// The most recent asynchronous invocations of a function, newest first.
@@ -555,6 +600,29 @@ impl Events {
             .filter_map(|e| decode::<InvocationRecord>(&e.value).ok())
             .filter(|r| r.function == function.as_str())
             .collect();
+        // Events waiting for their first attempt without a record: the
+        // newest `limit` of them.
+        let known: std::collections::HashSet<String> =
+            records.iter().map(|r| r.invocation_id.clone()).collect();
+        let mut queued = Vec::new();
+        let newest_first = |records: &mut Vec<InvocationRecord>| {
+            records.sort_by_key(|r| std::cmp::Reverse(r.accepted_ms));
+            records.truncate(limit);
+        };
+        self.queue
+            .peek(&queue_name(tenant, function), &mut |peeked| {
+                if let Some(record) =
+                    queued_record(&peeked).filter(|r| !known.contains(&r.invocation_id))
+                {
+                    queued.push(record);
+                    if queued.len() > limit.saturating_mul(2).max(64) {
+                        newest_first(&mut queued);
+                    }
+                }
+                true
+            })
+            .await?;
+        records.extend(queued);
         records.sort_by_key(|r| std::cmp::Reverse(r.accepted_ms));
         records.truncate(limit);
         for record in &mut records {
@@ -635,10 +703,39 @@ impl Events {
     }
 }
 
+/// What the status of a queued event is while it has no record: queued,
+/// or running while claimed (`None`: not an event's envelope).
+fn queued_record(peeked: &gust_store::Peeked) -> Option<InvocationRecord> {
+    let envelope = Envelope::decode(&peeked.payload).ok()?;
+    let running = peeked.claimed && peeked.attempts > 0;
+    Some(InvocationRecord {
+        invocation_id: envelope.invocation_id,
+        function: envelope.function.to_string(),
+        state: if running {
+            InvocationState::Running
+        } else {
+            InvocationState::Queued
+        },
+        // Attempts made so far: not the one running.
+        attempts: peeked.attempts - u32::from(running),
+        accepted_ms: envelope.accepted_ms,
+        updated_ms: envelope.accepted_ms,
+        last_status: None,
+        last_error: None,
+        retry_at_ms: None,
+    })
+}
+
 /// Whether a submission may store an event its queue already holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Once {
-    /// Every submission is a new event (ids are fresh).
+    /// A new event that nothing looks up by id to skip it (an HTTP or API
+    /// submission, a destination): no status is written on acceptance,
+    /// its queue entry stands for it until its first attempt ends (see
+    /// [`Events::invocation`]).
+    Fresh,
+    /// Every submission is a new event, its status written on acceptance
+    /// (a source looks its ids up to skip a redelivery).
     No,
     /// The invocation id names the event: the queue stores it once within
     /// its window ([`QueueStore::enqueue_once`]).

@@ -1147,3 +1147,53 @@ async fn a_dashboard_session_is_good_on_every_node_until_it_signs_out_on_any() {
         assert_eq!(after.headers()["location"], "/ui/signin");
     }
 }
+
+/// An event's status, from its 202 on: any node answers for it while it
+/// waits and runs (its queue entry stands for it until a first attempt
+/// ends), then with its record; an id no tenant's event has stays 404.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_accepted_event_has_a_status_on_every_node_from_its_202() {
+    let Some(cluster) = GustCluster::alive(3).await else {
+        return;
+    };
+    let [a, b, c] = &cluster.nodes[..] else {
+        panic!("three nodes");
+    };
+    a.deploy("sink", &guests().testbed, &["--concurrency", "1"]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (status, id) = a
+            .submit(&format!("/sink/sleep?ms=1500&n={i}"), &[], Vec::new())
+            .await;
+        assert_eq!(status, 202);
+        ids.push(id);
+    }
+    // At once, from another node: queued or running, none finished yet.
+    for id in &ids {
+        let record = b.api_json(&format!("/v1/invocations/{id}")).await;
+        assert!(
+            record["state"] == "queued" || record["state"] == "running",
+            "{record}"
+        );
+        assert_eq!(record["function"], "sink", "{record}");
+    }
+    let listed = c.api_json("/v1/functions/sink/invocations").await;
+    let listed = listed.as_array().expect("a list");
+    for id in &ids {
+        assert!(
+            listed.iter().any(|r| r["invocation_id"] == id.as_str()),
+            "{id} not listed: {listed:?}"
+        );
+    }
+    let unknown = b
+        .http
+        .get(format!("{}/v1/invocations/no-such-event", b.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    for id in &ids {
+        let record = c.wait_for_state(id, "succeeded").await;
+        assert_eq!(record["attempts"], 1, "{record}");
+    }
+}
