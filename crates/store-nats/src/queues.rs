@@ -77,8 +77,10 @@
 //! for one answer, is listed by an ordered consumer instead (headers only,
 //! then one read per pack claimed from), whose creation and removal are
 //! entries in the meta group's log: on a cluster syncing every write,
-//! such a listing cost more than the claim itself. An enqueue is one batch
-//! (two round trips: the counter and a message per pack); acks, releases
+//! such a listing cost more than the claim itself. An enqueue of ungrouped
+//! events is one message per pack (one atomic batch when several), and a
+//! counter write per block; with a grouped one, one atomic batch with the
+//! counter (two round trips); acks, releases
 //! and defers of one pack are one read and one write (or purge) per write
 //! in flight; `depth` and `queues` read the stream's subjects. Listing is
 //! linear in the queue's length: a queue is meant to be drained, not to
@@ -176,7 +178,7 @@ const FRONT_SPARE: usize = 16;
 
 /// The queues' stream, and what this node remembers of it.
 pub(crate) struct Queues {
-    /// For single writes (enqueues, compare-and-sets).
+    /// For single writes of enqueues (the counter, a pack alone).
     js: jetstream::Context,
     stream: stream::Stream,
     /// Its name, for direct gets.
