@@ -513,3 +513,63 @@ async fn storage_and_key_quotas_answer_429_and_lose_nothing() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// An event waiting for its first attempt has no status record yet: its
+/// queue entry answers for it, and only to its own tenant, even where
+/// another tenant has a function of the same name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_event_is_seen_by_its_tenant_alone() {
+    let server = Server::start();
+    let testbed = guests().testbed.to_str().unwrap();
+    for tenant in ["acme", "globex"] {
+        server.gust_json(&["tenant", "create", tenant]);
+    }
+    let acme = server.token_for("acme", "owner", &[]);
+    let globex = server.token_for("globex", "owner", &[]);
+    server.gust_json_as(&acme, &["deploy", "shared", testbed, "--concurrency", "1"]);
+    server.gust_json_as(&globex, &["deploy", "shared", testbed]);
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let (status, id) = server
+            .submit_as(
+                &acme,
+                &format!("/@acme/shared/sleep?ms=1500&n={i}"),
+                &[],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(status, 202);
+        ids.push(id);
+    }
+    // The second waits behind the first (one at a time): queued.
+    let (mine, theirs) = (client_with_token(&acme), client_with_token(&globex));
+    let status = |http: reqwest::Client, id: String| {
+        let url = format!("{}/v1/invocations/{id}", server.api);
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            let code = response.status().as_u16();
+            (
+                code,
+                response
+                    .json::<serde_json::Value>()
+                    .await
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let (code, record) = status(mine.clone(), ids[1].clone()).await;
+    assert_eq!(code, 200, "{record}");
+    assert!(
+        record["state"] == "queued" || record["state"] == "running",
+        "{record}"
+    );
+    for id in &ids {
+        let (code, record) = status(theirs.clone(), id.clone()).await;
+        assert_eq!(code, 404, "globex sees acme's {id}: {record}");
+    }
+    let listed = server.gust_json_as(&globex, &["invocations", "shared"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    let listed = server.gust_json_as(&acme, &["invocations", "shared"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    server.wait_for_state_as(&acme, &ids[1], "succeeded").await;
+}
