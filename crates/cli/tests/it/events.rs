@@ -443,11 +443,7 @@ async fn missed_ticks_are_caught_up_to_the_limit_after_downtime() {
 async fn schedules_and_triggers_list_across_a_tenants_functions_and_no_further() {
     let server = Server::start();
     let testbed = guests().testbed.to_str().unwrap();
-    for tenant in ["acme", "globex"] {
-        server.gust_json(&["tenant", "create", tenant]);
-    }
-    let acme = server.token_for("acme", "owner", &[]);
-    let globex = server.token_for("globex", "owner", &[]);
+    let (acme, globex) = server.acme_and_globex();
     for name in ["alpha", "beta"] {
         server.gust_json_as(&acme, &["deploy", name, testbed]);
         server.gust_json_as(

@@ -384,6 +384,18 @@ impl Server {
         serde_json::from_slice(&out.stdout).expect("JSON")
     }
 
+    /// Creates the tenants `acme` and `globex` with the admin token;
+    /// returns an owner's token of each.
+    pub fn acme_and_globex(&self) -> (String, String) {
+        for tenant in ["acme", "globex"] {
+            self.gust_json(&["tenant", "create", tenant]);
+        }
+        (
+            self.token_for("acme", "owner", &[]),
+            self.token_for("globex", "owner", &[]),
+        )
+    }
+
     /// Creates a token of `role` in `tenant` with the admin token.
     pub fn token_for(&self, tenant: &str, role: &str, extra: &[&str]) -> String {
         let mut args = vec!["token", "create", "--role", role, "--tenant", tenant];

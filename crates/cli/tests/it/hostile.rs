@@ -157,11 +157,7 @@ async fn addresses_the_internal_host_and_odd_prefixes_cannot_be_claimed() {
 async fn a_private_function_and_its_aliases_look_like_nothing_to_other_callers() {
     let server = Server::start();
     let testbed = guests().testbed.to_str().unwrap();
-    for tenant in ["acme", "globex"] {
-        server.gust_json(&["tenant", "create", tenant]);
-    }
-    let acme = server.token_for("acme", "owner", &[]);
-    let globex = server.token_for("globex", "owner", &[]);
+    let (acme, globex) = server.acme_and_globex();
     server.gust_json_as(&acme, &["deploy", "secret", testbed]);
     let url = |path: &str| format!("{}/@acme/{path}", server.url);
     let fetch = |token: String, url: String| async move {
@@ -391,11 +387,7 @@ async fn a_removed_functions_component_and_artifact_leave_the_disk_once_nothing_
 #[tokio::test(flavor = "multi_thread")]
 async fn key_value_revisions_say_nothing_of_other_tenants_writes() {
     let server = Server::start();
-    for tenant in ["acme", "globex"] {
-        server.gust_json(&["tenant", "create", tenant]);
-    }
-    let acme = server.token_for("acme", "owner", &[]);
-    let globex = server.token_for("globex", "owner", &[]);
+    let (acme, globex) = server.acme_and_globex();
     let put = |token: &str, key: &str| {
         let http = client_with_token(token);
         let url = format!("{}/v1/kv/b/keys/{key}", server.api);

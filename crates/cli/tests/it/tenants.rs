@@ -21,11 +21,7 @@ async fn call(token: &str, url: &str) -> (u16, String) {
 async fn tenants_cannot_see_or_reach_each_other() {
     let server = Server::start();
     let testbed = guests().testbed.to_str().unwrap();
-    for tenant in ["acme", "globex"] {
-        server.gust_json(&["tenant", "create", tenant]);
-    }
-    let acme = server.token_for("acme", "owner", &[]);
-    let globex = server.token_for("globex", "owner", &[]);
+    let (acme, globex) = server.acme_and_globex();
 
     // The same name in two tenants is two functions.
     let acme_fn = server.gust_json_as(&acme, &["deploy", "shared", testbed]);
@@ -521,11 +517,7 @@ async fn storage_and_key_quotas_answer_429_and_lose_nothing() {
 async fn a_queued_event_is_seen_by_its_tenant_alone() {
     let server = Server::start();
     let testbed = guests().testbed.to_str().unwrap();
-    for tenant in ["acme", "globex"] {
-        server.gust_json(&["tenant", "create", tenant]);
-    }
-    let acme = server.token_for("acme", "owner", &[]);
-    let globex = server.token_for("globex", "owner", &[]);
+    let (acme, globex) = server.acme_and_globex();
     server.gust_json_as(&acme, &["deploy", "shared", testbed, "--concurrency", "1"]);
     server.gust_json_as(&globex, &["deploy", "shared", testbed]);
     let mut ids = Vec::new();

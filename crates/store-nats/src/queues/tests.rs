@@ -379,6 +379,21 @@ async fn a_queue_too_long_for_one_direct_answer_is_listed_whole() {
     );
     let listed = queues.items(&store.client, "long").await.unwrap();
     assert_eq!(listed.len() as u64, n);
+    // `peek` over it: every event with its payload, read pack by pack.
+    let mut peeked = Vec::new();
+    store
+        .peek("long", &mut |p| {
+            peeked.push((p.seq, p.payload));
+            true
+        })
+        .await
+        .unwrap();
+    assert_eq!(peeked.len() as u64, n);
+    assert_eq!(
+        peeked.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        given
+    );
+    assert_eq!(peeked[1_099].1, Bytes::from("m1099"));
     // Its front is still one direct answer.
     let (front, all) = queues
         .list_direct(&store.client, "long", Some(10))
