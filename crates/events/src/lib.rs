@@ -766,3 +766,72 @@ impl InvocationIds {
         id
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue longer than the list keeps while it reads (twice the limit,
+    /// at least 64), events accepted in another order than queued: the
+    /// list is the newest `limit` of the queued events and the written
+    /// records together, newest first.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_invocation_list_keeps_the_newest_of_a_long_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(gust_store_embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap());
+        let events = Events::new(store.clone(), store.clone());
+        let tenant = TenantId::new("acme").unwrap();
+        let function = FunctionName::new("f").unwrap();
+        // No dispatcher runs: every event stays queued, without a record.
+        for i in 0..200u64 {
+            let mut envelope = Events::envelope(
+                tenant.clone(),
+                function.clone(),
+                format!("q{i:03}"),
+                "/".into(),
+                |_| None,
+                Vec::new(),
+            );
+            // A permutation of 0..200: the newest are spread over the queue.
+            envelope.accepted_ms = 10_000 + (i * 37) % 200;
+            events.submit(envelope).await.unwrap();
+        }
+        // A finished one with a record, newer than all of them, and one of
+        // another function.
+        for (id, function, accepted_ms) in [("done", "f", 20_000), ("other", "g", 30_000)] {
+            let record = InvocationRecord {
+                invocation_id: id.into(),
+                function: function.into(),
+                state: InvocationState::Succeeded,
+                attempts: 1,
+                accepted_ms,
+                updated_ms: accepted_ms,
+                last_status: Some(200),
+                last_error: None,
+                retry_at_ms: None,
+            };
+            let key = invocation_key(&tenant, id);
+            store.put(&key, encode(&record).unwrap()).await.unwrap();
+        }
+
+        let list = events.invocations(&tenant, &function, 5).await.unwrap();
+        let seen: Vec<(&str, u64)> = list
+            .iter()
+            .map(|r| (r.invocation_id.as_str(), r.accepted_ms))
+            .collect();
+        // Accepted at 10,199 … 10,196: i * 37 ≡ 199 … 196 (mod 200).
+        let newest = |k: u64| (0..200u64).find(|i| (i * 37) % 200 == k).unwrap();
+        let expected: Vec<(String, u64)> = std::iter::once(("done".to_string(), 20_000))
+            .chain(
+                (196..200)
+                    .rev()
+                    .map(|k| (format!("q{:03}", newest(k)), 10_000 + k)),
+            )
+            .collect();
+        let expected: Vec<(&str, u64)> =
+            expected.iter().map(|(id, ms)| (id.as_str(), *ms)).collect();
+        assert_eq!(seen, expected);
+        assert!(list[1..].iter().all(|r| r.state == InvocationState::Queued));
+    }
+}
