@@ -77,17 +77,24 @@ impl QueueStore for NatsStore {
         let mut picks = picks.into_iter();
         let mut claimed = Vec::new();
         let mut failed = None;
-        let mut lost = false;
+        // Packs this listing was wrong about (another node changed them
+        // since): their other picks are not tried with it again.
+        let mut lost: Vec<PackId> = Vec::new();
         while claimed.len() < max {
             // The next picks, by pack in the order of their first pick.
             let mut wave: Vec<(PackId, Vec<u64>)> = Vec::new();
-            for seq in picks.by_ref().take(max - claimed.len()) {
-                let Some(id) = pack_of.get(&seq) else {
+            let mut wanted = max - claimed.len();
+            for seq in picks.by_ref() {
+                let Some(id) = pack_of.get(&seq).filter(|id| !lost.contains(id)) else {
                     continue;
                 };
                 match wave.iter_mut().find(|(w, _)| w == id) {
                     Some((_, seqs)) => seqs.push(seq),
                     None => wave.push((*id, vec![seq])),
+                }
+                wanted -= 1;
+                if wanted == 0 {
+                    break;
                 }
             }
             if wave.is_empty() {
@@ -99,10 +106,12 @@ impl QueueStore for NatsStore {
                     .claim_pack(&self.js, queue, *id, listed, seqs, now_ms, lease_ms)
             }))
             .await;
-            for (claim, (_, seqs)) in claims.into_iter().zip(&wave) {
+            for (claim, (id, seqs)) in claims.into_iter().zip(&wave) {
                 match claim {
                     Ok(got) => {
-                        lost |= got.len() < seqs.len();
+                        if got.len() < seqs.len() {
+                            lost.push(*id);
+                        }
                         claimed.extend(got);
                     }
                     Err(e) => {
@@ -119,7 +128,7 @@ impl QueueStore for NatsStore {
         if !contended {
             claimed.sort_by_key(|c| (c.due_ms, c.seq));
         }
-        if lost {
+        if !lost.is_empty() {
             self.queues
                 .lost_race()
                 .insert(queue.to_string(), std::time::Instant::now());
