@@ -197,6 +197,13 @@ pub(crate) fn init(otlp_endpoint: Option<&str>, node: Option<&str>) -> anyhow::R
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     opentelemetry::global::set_tracer_provider(provider.clone());
+    // The data plane's spans come from the SDK's tracer itself, not through
+    // the global one (which boxes every span once more).
+    let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "gust");
+    gust_gateway::trace::install(move |builder, parent| {
+        use opentelemetry::trace::{TraceContextExt as _, Tracer as _};
+        parent.with_span(tracer.build_with_context(builder, parent))
+    });
     tracing::info!(
         endpoint = endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_*)"),
         "exporting traces over OTLP/HTTP"

@@ -2,9 +2,11 @@
 //! what the host does around it, and the W3C trace context that ties
 //! them to the spans of callers and callees.
 //!
-//! Spans are made with the OpenTelemetry API on the global tracer, which
-//! the binary points at its OTLP exporter when traces are on (`gust up
-//! --otlp-endpoint`). Not through `tracing` and its OpenTelemetry bridge:
+//! Spans are made with the OpenTelemetry API by the tracer the binary
+//! installs ([`install`]: its SDK tracer, which exports over OTLP when
+//! traces are on, `gust up --otlp-endpoint`), else by the global tracer.
+//! W3C's `traceparent` is written here directly (as the SDK's propagator
+//! writes it, without its `format!`s). Not through `tracing` and its OpenTelemetry bridge:
 //! that cost 1.5 times the CPU per request (bench/README.md, session 25).
 //! With traces off ([`TraceConfig::enabled`] false) none of this runs: no
 //! span, no header read or written. A span ends when the last [`Traced`]
@@ -46,8 +48,11 @@ use std::time::SystemTime;
 use gust_core::usage::Trigger;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::global::BoxedTracer;
-use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::{
+    SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceState,
+    Tracer as _,
+};
 use opentelemetry::{Context, KeyValue, StringValue};
 
 use crate::catalog::Loaded;
@@ -57,11 +62,33 @@ const TRACESTATE: &str = "tracestate";
 /// The most of a `tracestate` carried on (W3C asks to propagate at least this much).
 pub const MAX_TRACESTATE: usize = gust_core::MAX_TRACESTATE_BYTES;
 
-/// The tracer every span is made with: the global provider's, which the
-/// binary sets before traces are turned on.
+/// The tracer every span is made with when the binary installed none
+/// ([`install`]): the global provider's, which the binary sets before
+/// traces are turned on.
 fn tracer() -> &'static BoxedTracer {
     static TRACER: OnceLock<BoxedTracer> = OnceLock::new();
     TRACER.get_or_init(|| opentelemetry::global::tracer("gust"))
+}
+
+/// Starts a span from a builder under a parent context, returning the
+/// context that holds it.
+type Starter = dyn Fn(SpanBuilder, &Context) -> Context + Send + Sync;
+
+static STARTER: OnceLock<Box<Starter>> = OnceLock::new();
+
+/// Makes every span with `start` (the binary's own tracer, called
+/// directly) rather than through the global tracer, which boxes each span
+/// once more; the first call counts.
+pub fn install(start: impl Fn(SpanBuilder, &Context) -> Context + Send + Sync + 'static) {
+    let _ = STARTER.set(Box::new(start));
+}
+
+/// A span started from `builder` under `parent`, and the context holding it.
+fn start_span(builder: SpanBuilder, parent: &Context) -> Context {
+    match STARTER.get() {
+        Some(start) => start(builder, parent),
+        None => parent.with_span(tracer().build_with_context(builder, parent)),
+    }
 }
 
 /// Whether the data plane makes spans, and whom it believes.
@@ -134,15 +161,14 @@ fn accept_builder(
     function: &str,
     id: &str,
     more: impl IntoIterator<Item = KeyValue>,
-) -> opentelemetry::trace::SpanBuilder {
+) -> SpanBuilder {
     let mut attributes = vec![
         KeyValue::new("gust.tenant", tenant.to_owned()),
         KeyValue::new("gust.function", function.to_owned()),
         KeyValue::new("gust.invocation_id", id.to_owned()),
     ];
     attributes.extend(more);
-    tracer()
-        .span_builder(format!("accept event {function}"))
+    SpanBuilder::from_name(format!("accept event {function}"))
         .with_kind(SpanKind::Producer)
         .with_attributes(attributes)
 }
@@ -175,9 +201,8 @@ impl Traced {
     /// No span: traces are off.
     pub(crate) const OFF: Traced = Traced(None);
 
-    fn under(parent: &Context, builder: opentelemetry::trace::SpanBuilder) -> Traced {
-        let span = tracer().build_with_context(builder, parent);
-        Traced(Some(parent.with_span(span)))
+    fn under(parent: &Context, builder: SpanBuilder) -> Traced {
+        Traced(Some(start_span(builder, parent)))
     }
 
     /// Whether there is no span (traces are off).
@@ -210,8 +235,7 @@ impl Traced {
             None => Traced::OFF,
             Some(cx) => Traced::under(
                 cx,
-                tracer()
-                    .span_builder(name)
+                SpanBuilder::from_name(name)
                     .with_kind(kind)
                     .with_attributes(attributes()),
             ),
@@ -227,9 +251,19 @@ impl Traced {
         };
         headers.remove(TRACEPARENT);
         headers.remove(TRACESTATE);
-        opentelemetry::global::get_text_map_propagator(|p| {
-            p.inject_context(cx, &mut Inject(headers))
-        });
+        let span = cx.span();
+        let context = span.span_context();
+        let Some(traceparent) = traceparent(context) else {
+            return;
+        };
+        headers.insert(HeaderName::from_static(TRACEPARENT), traceparent);
+        let state = context.trace_state();
+        if *state != TraceState::NONE
+            && let Ok(value) = HeaderValue::try_from(state.header())
+            && !value.is_empty()
+        {
+            headers.insert(HeaderName::from_static(TRACESTATE), value);
+        }
     }
 
     /// The span's context as stored with an event: (`traceparent`, `tracestate`).
@@ -260,28 +294,6 @@ impl Extractor for Extract<'_> {
     }
 }
 
-struct Inject<'a>(&'a mut HeaderMap);
-
-impl Injector for Inject<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        // An empty `tracestate` says nothing: not sent.
-        if value.is_empty() {
-            return;
-        }
-        let name = match key {
-            TRACEPARENT => HeaderName::from_static(TRACEPARENT),
-            TRACESTATE => HeaderName::from_static(TRACESTATE),
-            other => match HeaderName::from_bytes(other.as_bytes()) {
-                Ok(name) => name,
-                Err(_) => return,
-            },
-        };
-        if let Ok(value) = HeaderValue::try_from(value) {
-            self.0.insert(name, value);
-        }
-    }
-}
-
 /// The trace context `headers` carry (an empty context when none is valid).
 pub(crate) fn extract(headers: &HeaderMap) -> Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extract(headers)))
@@ -296,6 +308,30 @@ pub(crate) fn extract_stored(traceparent: Option<&str>, tracestate: Option<&str>
         }
     }
     extract(&headers)
+}
+
+/// A valid span context as W3C's `traceparent` (version 00: the trace and
+/// span ids in lowercase hex, and the sampled flag), written as the SDK's
+/// propagator writes it but without its `format!`s; `None` when invalid.
+fn traceparent(context: &SpanContext) -> Option<HeaderValue> {
+    fn hex(out: &mut [u8], bytes: &[u8]) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+    }
+    if !context.is_valid() {
+        return None;
+    }
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex(&mut out[3..35], &context.trace_id().to_bytes());
+    hex(&mut out[36..52], &context.span_id().to_bytes());
+    hex(
+        &mut out[53..55],
+        &[(context.trace_flags() & TraceFlags::SAMPLED).to_u8()],
+    );
+    HeaderValue::from_bytes(&out).ok()
 }
 
 /// Where an attempt's span starts: its parent context and what the
@@ -342,17 +378,13 @@ pub(crate) fn attempt(
         KeyValue::new("gust.attempt", i64::from(attempt)),
         KeyValue::new("gust.trigger", trigger.as_str()),
     ]);
-    let builder = tracer()
-        .span_builder(format!("invoke {}", loaded.name))
+    let builder = SpanBuilder::from_name(format!("invoke {}", loaded.name))
         .with_kind(SpanKind::Server)
         .with_attributes(attributes);
     let span = Traced::under(&start.parent, builder);
     if let (Some(since), Some(cx)) = (start.queued_since, &span.0) {
-        tracer()
-            .span_builder("queue wait")
-            .with_start_time(since)
-            .start_with_context(tracer(), cx)
-            .end();
+        let queue_wait = SpanBuilder::from_name("queue wait").with_start_time(since);
+        start_span(queue_wait, cx).span().end();
     }
     span
 }
@@ -449,6 +481,63 @@ pub(crate) fn for_guest(span: &Traced) -> Option<Arc<dyn gust_runtime::Trace>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_span_context_is_written_as_the_w3c_propagator_writes_it() {
+        use opentelemetry::propagation::TextMapPropagator as _;
+        use opentelemetry::trace::{SpanId, TraceId};
+        let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+        let states = [
+            TraceState::NONE,
+            TraceState::from_key_value([("vendor", "x"), ("other", "1")]).unwrap(),
+        ];
+        for (i, (trace, span)) in [
+            (
+                0x0af7651916cd43dd8448eb211c80319c_u128,
+                0xb7ad6b7169203331_u64,
+            ),
+            (1, 1),
+            (u128::MAX, u64::MAX),
+            (
+                0x00f0_0000_0000_0000_0000_0000_0000_0a0b,
+                0x0000_0000_0000_00ff,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for flags in [
+                TraceFlags::SAMPLED,
+                TraceFlags::default(),
+                TraceFlags::new(0xff),
+            ] {
+                let context = SpanContext::new(
+                    TraceId::from(trace),
+                    SpanId::from(span),
+                    flags,
+                    true,
+                    states[i % 2].clone(),
+                );
+                let cx = Context::new().with_remote_span_context(context);
+                let mut ours = HeaderMap::new();
+                ours.insert(TRACEPARENT, HeaderValue::from_static("stale"));
+                Traced(Some(cx.clone())).inject(&mut ours);
+                let mut theirs = std::collections::HashMap::new();
+                propagator.inject_context(&cx, &mut theirs);
+                theirs.retain(|_, v: &mut String| !v.is_empty());
+                let ours: std::collections::HashMap<String, String> = ours
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+                    .collect();
+                assert_eq!(ours, theirs, "{trace:x} {span:x} {flags:?}");
+            }
+        }
+        // An invalid context writes nothing, and removes a stale one.
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static("stale"));
+        Traced(Some(Context::new())).inject(&mut headers);
+        assert!(headers.is_empty());
+    }
 
     #[test]
     fn a_stored_context_reads_back_as_written_and_garbage_as_none() {
