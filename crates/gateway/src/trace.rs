@@ -6,8 +6,9 @@
 //! installs ([`install`]: its SDK tracer, which exports over OTLP when
 //! traces are on, `gust up --otlp-endpoint`), else by the global tracer.
 //! W3C's `traceparent` is written here directly (as the SDK's propagator
-//! writes it, without its `format!`s). Not through `tracing` and its OpenTelemetry bridge:
-//! that cost 1.5 times the CPU per request (bench/README.md, session 25).
+//! writes it, without its `format!`s). Not through `tracing` and its
+//! OpenTelemetry bridge: that cost 1.5 times the CPU per request
+//! (bench/README.md, session 25).
 //! With traces off ([`TraceConfig::enabled`] false) none of this runs: no
 //! span, no header read or written. A span ends when the last [`Traced`]
 //! holding it is dropped.
