@@ -2,7 +2,7 @@
 # What traces cost on the request path: the `hello` component under the
 # same load on Gust with traces off and with traces on (every request's
 # spans exported over OTLP/HTTP to a local receiver), side by side in one
-# run, ROUNDS times in alternating order. With BASELINE (a Gust build
+# run, ROUNDS times, each round in another order. With BASELINE (a Gust build
 # from before tracing existed) it is loaded too: "off" against it is what
 # the tracing code costs when nobody asked for traces.
 #
@@ -165,11 +165,11 @@ fi
 
 declare -A RPS P50 P99 CPU SENT RECV
 for round in $(seq "$ROUNDS"); do
-  order=("${TARGETS[@]}")
-  # Every other round the other way round: neither side always goes first.
-  if [ $((round % 2)) -eq 0 ]; then
-    order=(); for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do order+=("${TARGETS[$i]}"); done
-  fi
+  # Each round starts one target further on: over as many rounds as there
+  # are targets, each is loaded in every position once (reversing every
+  # other round left the middle one of three always in the middle).
+  order=(); n=${#TARGETS[@]}
+  for ((i = 0; i < n; i++)); do order+=("${TARGETS[$(((round - 1 + i) % n))]}"); done
   for t in "${order[@]}"; do
     port_var=PORT_$t
     profile=
@@ -193,7 +193,7 @@ cat <<REPORT
 ### $(date -u +%Y-%m-%d) on $(nproc) cores: traces off vs on
 
 Load: \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION\`, GET of \`hello\`, $ROUNDS rounds in
-alternating order; medians of the rounds (each round's figures in brackets).
+rotating order (each target first in turn); medians of the rounds (each round's figures in brackets).
 "on" exported $EXPORTS OTLP requests ($BYTES bytes) to a local receiver,
 holding $SPANS spans for the ${SENT[on]} requests it answered (two spans
 each: $(python3 -c "print(f'{$SPANS / (2 * ${SENT[on]}):.3f}')" ) of them arrived).
