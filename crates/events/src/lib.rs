@@ -816,21 +816,17 @@ mod tests {
         }
 
         let list = events.invocations(&tenant, &function, 5).await.unwrap();
-        let seen: Vec<(&str, u64)> = list
+        let seen: Vec<(String, u64)> = list
             .iter()
-            .map(|r| (r.invocation_id.as_str(), r.accepted_ms))
+            .map(|r| (r.invocation_id.clone(), r.accepted_ms))
             .collect();
-        // Accepted at 10,199 … 10,196: i * 37 ≡ 199 … 196 (mod 200).
-        let newest = |k: u64| (0..200u64).find(|i| (i * 37) % 200 == k).unwrap();
-        let expected: Vec<(String, u64)> = std::iter::once(("done".to_string(), 20_000))
-            .chain(
-                (196..200)
-                    .rev()
-                    .map(|k| (format!("q{:03}", newest(k)), 10_000 + k)),
-            )
-            .collect();
-        let expected: Vec<(&str, u64)> =
-            expected.iter().map(|(id, ms)| (id.as_str(), *ms)).collect();
+        // Accepted at 10,199 … 10,196: the i with i * 37 ≡ 199 … 196 (mod 200).
+        let queued = |k: u64| {
+            let i = (0..200u64).find(|i| (i * 37) % 200 == k).unwrap();
+            (format!("q{i:03}"), 10_000 + k)
+        };
+        let mut expected = vec![("done".to_string(), 20_000)];
+        expected.extend((196..200).rev().map(queued));
         assert_eq!(seen, expected);
         assert!(list[1..].iter().all(|r| r.state == InvocationState::Queued));
     }
