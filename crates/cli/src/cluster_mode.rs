@@ -110,12 +110,8 @@ impl ClusterArgs {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_default(),
         };
-        let valid = !id.is_empty()
-            && id.len() <= 64
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid {
+        // A node's name is also its address on the relay between nodes.
+        if !gust_store::relay_name(&id) {
             anyhow::bail!(
                 "the node id `{id}` is not usable: give each node a name of letters, digits, `-` and `_` (at most 64) with --node-id"
             );

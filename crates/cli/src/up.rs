@@ -480,6 +480,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             meter: meter.clone(),
             secrets: secrets.clone(),
             members: members.clone(),
+            relay: nats
+                .as_ref()
+                .map(|nats| Arc::new(nats.clone()) as Arc<dyn gust_store::NodeRelay>),
         },
         gateway_config,
     )

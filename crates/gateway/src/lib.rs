@@ -198,6 +198,8 @@ pub struct Services {
     /// The live nodes: concurrency limits and tenant quotas are shared
     /// among them.
     pub members: Arc<dyn gust_core::cluster::Membership>,
+    /// Requests to the other nodes of a cluster (`None` on one node).
+    pub relay: Option<Arc<dyn gust_store::NodeRelay>>,
 }
 
 impl Gateway {
@@ -215,6 +217,7 @@ impl Gateway {
             meter,
             secrets,
             members,
+            relay,
         } = services;
         let catalog = Arc::new(Catalog::new(
             secrets.clone(),
@@ -263,9 +266,17 @@ impl Gateway {
                 meter,
                 scaler,
                 secrets,
-                sockets: Arc::default(),
+                sockets: Arc::new(websocket::Sockets::new(relay.map(|relay| {
+                    websocket::Cluster {
+                        relay,
+                        members: members.clone(),
+                    }
+                }))),
             }),
         };
+        if let Err(error) = websocket::Sockets::serve_relayed(&gateway.shared).await {
+            tracing::error!(%error, "WebSocket commands from other nodes cannot reach this node's connections");
+        }
         (gateway, LogWriter { task, close })
     }
 

@@ -6,7 +6,8 @@
 //! value of each key, read through the stream leader), `blobs` (components,
 //! in an Object Store), `data` (tenants' data: a stream that is also its
 //! change feed), `queues` (event queues: a subject per message, its state
-//! in headers), `logs` (a subject per log). The usage ledger is not here:
+//! in headers), `logs` (a subject per log), `relay` (requests from node
+//! to node, on core NATS). The usage ledger is not here:
 //! it stays in each node's embedded store. This file holds what they share: connecting, the
 //! checks a cluster must pass before Gust trusts it with acknowledged
 //! writes (`check`), naming, key encoding and error mapping.
@@ -38,6 +39,7 @@ mod group;
 mod logs;
 mod meta;
 mod queues;
+mod relay;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

@@ -16,6 +16,7 @@ mod buckets;
 pub mod conformance;
 mod lease;
 mod registry;
+mod relay;
 mod secrets;
 
 use async_trait::async_trait;
@@ -27,6 +28,7 @@ pub use lease::{LEASES_PREFIX, Lease, LeaseGuard};
 pub use registry::{
     Activation, AliasTarget, AppRelease, NewVersion, Registry, RegistryError, ReleaseAs,
 };
+pub use relay::{NodeRelay, RelayError, RelayHandler, relay_name};
 pub use secrets::{SecretBox, SecretError};
 
 /// Errors a storage backend reports.

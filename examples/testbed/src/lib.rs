@@ -46,7 +46,7 @@
 //! | path | does |
 //! |---|---|
 //! | `/ws/echo?refuse=1` | connect: 403 with `refuse`, else 200 (and the first `sec-websocket-protocol` asked for); message: answers `echo: <message>`, or for `bye` closes its own connection with 4000 through `gust.internal/_ws/<id>`; close: stores the close code in bucket `closes` (key = connection id) |
-//! | `/ws/room` | a chat room: connect adds the connection to bucket `room`, a message is sent to every connection there through `gust.internal/_ws/<id>` (answering nothing), close removes it |
+//! | `/ws/room` | a chat room: connect adds the connection to bucket `room`, a message is sent to every connection there through `gust.internal/_ws/<id>` (answering nothing), except `kick <id>`, which closes that connection with 4001 (answering the status of the close); close removes it |
 //!
 //! Any `wasi:keyvalue` error is answered as 500 with the error's debug text.
 
@@ -661,6 +661,11 @@ fn websocket(
         ("/ws/room", "connect") => ok(store::open("room").and_then(|b| b.set(connection, b""))),
         ("/ws/room", "message") => {
             let body = read_body(&request);
+            if let Some(member) = body.strip_prefix(b"kick ") {
+                let member = String::from_utf8_lossy(member);
+                let url = format!("http://gust.internal/_ws/{member}?code=4001&reason=kicked");
+                return respond(out, 200, &format!("{}", send(&url, Method::Delete, b"")));
+            }
             let members = kv("list", "room", "", 0, "", Vec::new());
             let mut failed = 0;
             for member in members.ok().flatten().unwrap_or_default().lines() {

@@ -14,10 +14,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::abandoned::records;
 use crate::harness::{Server, guests};
 
-type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens a WebSocket to `path` with `token`; the 101's connection id.
-async fn connect_as(
+pub(crate) async fn connect_as(
     server: &Server,
     token: &str,
     path: &str,
@@ -45,13 +45,13 @@ async fn connect_as(
     Ok((socket, id, protocol))
 }
 
-async fn connect(server: &Server, path: &str) -> (Socket, String) {
+pub(crate) async fn connect(server: &Server, path: &str) -> (Socket, String) {
     let (socket, id, _) = connect_as(server, &server.token, path, None).await.unwrap();
     (socket, id)
 }
 
 /// The next data message (pings skipped), within 10 s.
-async fn next(socket: &mut Socket) -> Message {
+pub(crate) async fn next(socket: &mut Socket) -> Message {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -65,7 +65,7 @@ async fn next(socket: &mut Socket) -> Message {
 }
 
 /// The close code the server ends with (reading past data messages).
-async fn closed_with(socket: &mut Socket) -> (u16, String) {
+pub(crate) async fn closed_with(socket: &mut Socket) -> (u16, String) {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -81,7 +81,7 @@ async fn closed_with(socket: &mut Socket) -> (u16, String) {
     }
 }
 
-fn text(message: Message) -> String {
+pub(crate) fn text(message: Message) -> String {
     match message {
         Message::Text(text) => text.to_string(),
         other => panic!("a text message, not {other:?}"),

@@ -20,8 +20,10 @@
 //! connection gets a record of its own: how long it was open, the bytes
 //! each way, priced as one request (it holds no instance while it waits).
 //!
-//! Connections are node-local: in a cluster, a command for a connection
-//! another node holds answers 404 (the bound is in ARCHITECTURE.md).
+//! Connections are held by the node their client reached. In a cluster
+//! the id names that node, and a command sent on another node goes to it
+//! through the node relay (`gust_store::NodeRelay`: core NATS request and
+//! answer), which checks the tenant there as it does for its own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -122,9 +124,46 @@ struct Open {
 #[derive(Default)]
 pub(crate) struct Sockets {
     open: Mutex<Open>,
+    /// In a cluster: how commands reach the connections other nodes hold.
+    cluster: Option<Cluster>,
+}
+
+/// The other nodes of a cluster, as the host API reaches them.
+pub(crate) struct Cluster {
+    pub relay: Arc<dyn gust_store::NodeRelay>,
+    pub members: Arc<dyn gust_core::cluster::Membership>,
 }
 
 impl Sockets {
+    /// The table of a node alone, or of a node of a `cluster`.
+    pub(crate) fn new(cluster: Option<Cluster>) -> Self {
+        Self {
+            open: Mutex::default(),
+            cluster,
+        }
+    }
+
+    /// Takes the commands other nodes relay to this node's connections.
+    pub(crate) async fn serve_relayed(shared: &Arc<Shared>) -> Result<(), gust_store::RelayError> {
+        let Some(cluster) = &shared.sockets.cluster else {
+            return Ok(());
+        };
+        let weak = Arc::downgrade(shared);
+        let handler: gust_store::RelayHandler = Arc::new(move |request| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(shared) => host::relayed(&shared, request).await,
+                    None => Bytes::new(),
+                }
+            })
+        });
+        cluster
+            .relay
+            .serve(cluster.members.node(), host::TOPIC, handler)
+            .await
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
         self.open
             .lock()
@@ -226,17 +265,28 @@ impl Drop for Place {
     }
 }
 
-/// A new connection's id: 128 random bits, hex (`None`: the system's
-/// random source failed).
-fn connection_id() -> Option<String> {
+/// A new connection's id: `ws` and 128 random bits in hex, then, in a
+/// cluster, `.` and the node that holds it (`None`: the system's random
+/// source failed).
+fn connection_id(node: Option<&str>) -> Option<String> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).ok()?;
-    let mut id = String::with_capacity(34);
+    let mut id = String::with_capacity(35 + node.map_or(0, str::len));
     id.push_str("ws");
     for b in bytes {
         id.push_str(&format!("{b:02x}"));
     }
+    if let Some(node) = node {
+        id.push('.');
+        id.push_str(node);
+    }
     Some(id)
+}
+
+/// The node a connection id names as its holder (ids made in a cluster).
+fn holder_of(id: &str) -> Option<&str> {
+    let (random, node) = id.split_once('.')?;
+    (random.len() == 34 && random.starts_with("ws") && gust_store::relay_name(node)).then_some(node)
 }
 
 /// What the connection's invocations are sent to.
@@ -289,7 +339,8 @@ pub(crate) async fn accept(
         u64::from(limits.ws_max_connections),
         quota,
     )?;
-    let Some(conn_id) = connection_id() else {
+    let node = shared.sockets.cluster.as_ref().map(|c| c.members.node());
+    let Some(conn_id) = connection_id(node) else {
         return Err(GatewayError::NoRandomness);
     };
     let upgrade = hyper::upgrade::on(&mut request);
@@ -855,8 +906,26 @@ mod tests {
 
     #[test]
     fn connection_ids_are_unlike_each_other() {
-        let (a, b) = (connection_id().unwrap(), connection_id().unwrap());
+        let (a, b) = (connection_id(None).unwrap(), connection_id(None).unwrap());
         assert_ne!(a, b);
         assert_eq!(a.len(), 34);
+        assert_eq!(holder_of(&a), None);
+    }
+
+    #[test]
+    fn a_cluster_connection_id_names_its_node_and_nothing_else_does() {
+        let id = connection_id(Some("node-b")).unwrap();
+        assert_eq!(holder_of(&id), Some("node-b"));
+        let random = &id[..34];
+        for forged in [
+            format!("{random}.a.b"),
+            format!("{random}.*"),
+            format!("{random}.>"),
+            format!("{random}."),
+            "ws1.node-b".to_string(),
+            format!("xx{}.node-b", &random[2..]),
+        ] {
+            assert_eq!(holder_of(&forged), None, "{forged}");
+        }
     }
 }

@@ -13,6 +13,7 @@ use gust_store_nats::testkit;
 use crate::harness::{Server, guests, now_ms};
 
 mod schedules;
+mod websockets;
 
 /// Gust nodes sharing one namespace of the shared NATS cluster.
 pub struct GustCluster {
