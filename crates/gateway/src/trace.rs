@@ -296,7 +296,12 @@ impl Extractor for Extract<'_> {
 }
 
 /// The trace context `headers` carry (an empty context when none is valid).
+/// Without a `traceparent` there is none, and the propagator (behind a
+/// global lock) is not asked.
 pub(crate) fn extract(headers: &HeaderMap) -> Context {
+    if !headers.contains_key(TRACEPARENT) {
+        return Context::new();
+    }
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extract(headers)))
 }
 
