@@ -251,6 +251,12 @@ impl Access {
             .reserved_concurrency
     }
 
+    /// This node's share of a limit that holds across the cluster (the
+    /// limit itself on one node).
+    pub fn node_share(&self, limit: u64) -> u64 {
+        cluster::share(limit, self.members.count())
+    }
+
     /// WebSocket connections the tenant may hold open on this node: its
     /// `websockets` quota, this node's share of it in a cluster.
     pub fn websockets_quota(&self, tenant: &TenantId) -> u64 {

@@ -13,12 +13,13 @@
 //! Every message runs the function's live version (or the connection's
 //! alias) at that moment, so connections survive a deploy. The limits of
 //! the version that accepted the connection hold for its life: connections
-//! per function on this node and per tenant (the `websockets` quota; past
-//! either the upgrade gets 429), message size (close 1009), messages per
-//! second (close 1008), idle time with no message either way (close 1001).
-//! Each invocation is metered as one (trigger `websocket`); at its end the
-//! connection gets a record of its own: how long it was open, the bytes
-//! each way, priced as one request (it holds no instance while it waits).
+//! per function and per tenant (the `websockets` quota), each node of a
+//! cluster holding an even share of both (past either the upgrade gets
+//! 429), message size (close 1009), messages per second (close 1008), idle
+//! time with no message either way (close 1001). Each invocation is metered
+//! as one (trigger `websocket`); at its end the connection gets a record of
+//! its own: how long it was open, the bytes each way, priced as one request
+//! (it holds no instance while it waits).
 //!
 //! Connections are held by the node their client reached. In a cluster
 //! the id names that node, and a command sent on another node goes to it
@@ -185,7 +186,7 @@ impl Sockets {
         if here >= per_function {
             return Err(GatewayError::QuotaExceeded {
                 message: format!(
-                    "function `{function}` holds its limit of {per_function} WebSocket connections (ws_max_connections); retry when one closes"
+                    "function `{function}` holds its limit of {per_function} WebSocket connections on this node (ws_max_connections, shared evenly by a cluster's nodes); retry when one closes"
                 ),
                 retry_after_s: 1,
             });
@@ -336,7 +337,9 @@ pub(crate) async fn accept(
     let mut place = shared.sockets.take(
         &loaded.tenant,
         loaded.name.as_str(),
-        u64::from(limits.ws_max_connections),
+        shared
+            .access
+            .node_share(u64::from(limits.ws_max_connections)),
         quota,
     )?;
     let node = shared.sockets.cluster.as_ref().map(|c| c.members.node());

@@ -1,7 +1,7 @@
 //! WebSockets in a cluster: each connection is held by the node its
 //! client reached, and a function on any node sends to it or closes it
 //! through `gust.internal/_ws/<id>`; no other tenant reaches it from any
-//! node.
+//! node; a function's connection limit is shared by the nodes.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::GustCluster;
 use crate::harness::guests;
-use crate::websockets::{closed_with, connect, next, text};
+use crate::websockets::{closed_with, connect, connect_as, next, text};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_room_spread_over_the_nodes_hears_every_message_and_no_other_tenant_reaches_it() {
@@ -102,4 +102,23 @@ async fn a_room_spread_over_the_nodes_hears_every_message_and_no_other_tenant_re
     assert_eq!(text(next(&mut clients[0].0).await), "202");
     let (code, reason) = closed_with(&mut clients[2].0).await;
     assert_eq!((code, reason.as_str()), (4001, "kicked"));
+
+    // A function's connection limit holds across the nodes: 3 on three
+    // nodes is one each.
+    a.deploy(
+        "capped",
+        &guests().testbed,
+        &["--websocket", "--ws-max-connections", "3"],
+    );
+    let mut held = Vec::new();
+    for node in [a, b, c] {
+        held.push(connect(node, "/capped/ws/echo").await);
+        let refused = connect_as(node, &node.token, "/capped/ws/echo", None).await;
+        match refused {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 429)
+            }
+            other => panic!("a second connection on one node gets 429: {other:?}"),
+        }
+    }
 }
