@@ -81,6 +81,23 @@ pub(crate) async fn closed_with(socket: &mut Socket) -> (u16, String) {
     }
 }
 
+/// Tenant `globex` and its public function `spy` (the testbed), which
+/// tries to reach other tenants' connections as `/@globex/spy/…`.
+pub(crate) fn deploy_spy(server: &Server) {
+    server.gust_json(&["tenant", "create", "globex"]);
+    let other = server.token_for("globex", "owner", &[]);
+    let deployed = server.gust_as(
+        &other,
+        &[
+            "deploy",
+            "spy",
+            guests().testbed.to_str().unwrap(),
+            "--public",
+        ],
+    );
+    assert!(deployed.status.success(), "{deployed:?}");
+}
+
 pub(crate) fn text(message: Message) -> String {
     match message {
         Message::Text(text) => text.to_string(),
@@ -202,18 +219,7 @@ async fn a_broadcast_room_reaches_every_client_and_no_other_tenant() {
     }
 
     // Another tenant's function cannot see, send to or close them.
-    server.gust_json(&["tenant", "create", "globex"]);
-    let other = server.token_for("globex", "owner", &[]);
-    let deployed = server.gust_as(
-        &other,
-        &[
-            "deploy",
-            "spy",
-            guests().testbed.to_str().unwrap(),
-            "--public",
-        ],
-    );
-    assert!(deployed.status.success(), "{deployed:?}");
+    deploy_spy(&server);
     let victim = &clients[0].1;
     for method in ["call", "enqueue"] {
         let (_, seen) = server

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::GustCluster;
 use crate::harness::guests;
-use crate::websockets::{closed_with, connect, connect_as, next, text};
+use crate::websockets::{closed_with, connect, connect_as, deploy_spy, next, text};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_room_spread_over_the_nodes_hears_every_message_and_no_other_tenant_reaches_it() {
@@ -55,18 +55,7 @@ async fn a_room_spread_over_the_nodes_hears_every_message_and_no_other_tenant_re
 
     // Another tenant's function, on every node, cannot see, send to or
     // close any of them; nor can a forged id that names a node.
-    b.gust_json(&["tenant", "create", "globex"]);
-    let other = b.token_for("globex", "owner", &[]);
-    let deployed = b.gust_as(
-        &other,
-        &[
-            "deploy",
-            "spy",
-            guests().testbed.to_str().unwrap(),
-            "--public",
-        ],
-    );
-    assert!(deployed.status.success(), "{deployed:?}");
+    deploy_spy(b);
     let forged = format!("ws{}.a", "0".repeat(32));
     let gone = format!("{}.z", &held_by_a[..34]);
     for node in [a, b, c] {
