@@ -69,10 +69,8 @@ pub(crate) async fn command(
         *request.method(),
         Method::GET | Method::DELETE | Method::POST | Method::PUT
     ) {
-        return plain(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "POST sends a message, DELETE closes, GET describes",
-        );
+        let (status, text) = not_allowed();
+        return plain(status, &text);
     }
     let found = find(shared, tenant, &conn_id);
     let holder = match (&found, &shared.sockets.cluster) {
@@ -109,36 +107,43 @@ pub(crate) async fn command(
         body,
     };
     let (status, text) = match (found, holder) {
-        (Some(found), _) => execute(shared, &conn_id, found, ask),
+        (Some(found), _) => execute(node_of(shared), &conn_id, found, ask),
         (None, Some((cluster, node))) => cluster.relay(&node, tenant, &conn_id, ask).await,
         (None, None) => return not_found(&conn_id),
     };
     plain(status, &text)
 }
 
+/// This node's name, in a cluster (what `GET` on a connection shows).
+fn node_of(shared: &Shared) -> Option<&str> {
+    shared.sockets.cluster.as_ref().map(|c| c.members.node())
+}
+
 /// What this node answers to a command relayed from another node.
-pub(crate) async fn relayed(shared: &Shared, request: Bytes) -> Bytes {
-    let (status, text) = match decode(&request) {
-        Some((relayed, body)) => match TenantId::new(&relayed.tenant) {
-            Ok(tenant) => match find(shared, &tenant, &relayed.id) {
-                Some(found) => {
-                    let method = Method::from_bytes(relayed.method.as_bytes()).unwrap_or_default();
+pub(crate) fn relayed(shared: &Shared, request: &Bytes) -> Bytes {
+    let (status, text) = match decode(request) {
+        None => (
+            StatusCode::BAD_REQUEST,
+            "a relayed WebSocket command could not be read".to_string(),
+        ),
+        Some((relayed, body)) => {
+            let found = TenantId::new(&relayed.tenant)
+                .ok()
+                .and_then(|tenant| find(shared, &tenant, &relayed.id));
+            match (found, Method::from_bytes(relayed.method.as_bytes())) {
+                (None, _) => (StatusCode::NOT_FOUND, not_found_text(&relayed.id)),
+                (Some(_), Err(_)) => not_allowed(),
+                (Some(found), Ok(method)) => {
                     let ask = Ask {
                         method,
                         query: relayed.query,
                         binary: relayed.binary,
                         body,
                     };
-                    execute(shared, &relayed.id, found, ask)
+                    execute(node_of(shared), &relayed.id, found, ask)
                 }
-                None => (StatusCode::NOT_FOUND, not_found_text(&relayed.id)),
-            },
-            Err(_) => (StatusCode::NOT_FOUND, not_found_text(&relayed.id)),
-        },
-        None => (
-            StatusCode::BAD_REQUEST,
-            "a relayed WebSocket command could not be read".to_string(),
-        ),
+            }
+        }
     };
     encode_answer(status, &text)
 }
@@ -243,8 +248,9 @@ impl super::Cluster {
     }
 }
 
-/// Runs a command on connection `id`, held here.
-fn execute(shared: &Shared, conn_id: &str, found: Found, ask: Ask) -> (StatusCode, String) {
+/// Runs a command on connection `conn_id`, held here (`node`: this
+/// node's name, in a cluster).
+fn execute(node: Option<&str>, conn_id: &str, found: Found, ask: Ask) -> (StatusCode, String) {
     let Found {
         commands,
         max_message,
@@ -258,7 +264,7 @@ fn execute(shared: &Shared, conn_id: &str, found: Found, ask: Ask) -> (StatusCod
                 "id": conn_id,
                 "function": function,
                 "open_ms": opened.elapsed().as_millis() as u64,
-                "node": shared.sockets.cluster.as_ref().map(|c| c.members.node().to_string()),
+                "node": node,
             });
             return (StatusCode::OK, body.to_string());
         }
@@ -305,12 +311,7 @@ fn execute(shared: &Shared, conn_id: &str, found: Found, ask: Ask) -> (StatusCod
                 }
             }
         }
-        _ => {
-            return (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "POST sends a message, DELETE closes, GET describes".to_string(),
-            );
-        }
+        _ => return not_allowed(),
     };
     let len = match &command {
         Command::Send(message) => message.len() as u64,
@@ -338,6 +339,13 @@ fn execute(shared: &Shared, conn_id: &str, found: Found, ask: Ask) -> (StatusCod
             format!("the WebSocket connection `{conn_id}` is closing"),
         ),
     }
+}
+
+fn not_allowed() -> (StatusCode, String) {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        "POST sends a message, DELETE closes, GET describes".to_string(),
+    )
 }
 
 fn not_found_text(id: &str) -> String {
@@ -428,6 +436,90 @@ mod tests {
             Some((StatusCode::PAYLOAD_TOO_LARGE, "at most 5 bytes".to_string()))
         );
         assert_eq!(decode_answer(b"\x01"), None);
+    }
+
+    fn held(max_message: u64) -> (Found, mpsc::Receiver<Command>) {
+        let (commands, rx) = mpsc::channel(QUEUED);
+        let found = Found {
+            commands,
+            max_message,
+            function: "chat".into(),
+            opened: Instant::now(),
+            queued: Arc::default(),
+        };
+        (found, rx)
+    }
+
+    fn ask(method: Method, query: &str, binary: bool, body: &'static [u8]) -> Ask {
+        Ask {
+            method,
+            query: query.into(),
+            binary,
+            body: Bytes::from_static(body),
+        }
+    }
+
+    fn run(found: &Found, ask: Ask) -> StatusCode {
+        let found = Found {
+            commands: found.commands.clone(),
+            max_message: found.max_message,
+            function: found.function.clone(),
+            opened: found.opened,
+            queued: found.queued.clone(),
+        };
+        execute(Some("b"), "ws00.b", found, ask).0
+    }
+
+    #[test]
+    fn a_command_is_checked_before_it_reaches_the_connection() {
+        let (found, mut rx) = held(8);
+        // Refused: nothing is queued and no byte is counted.
+        for (refused, status) in [
+            (ask(Method::POST, "", false, b"123456789"), 413),
+            (ask(Method::POST, "", false, b"\xff\xfe"), 400),
+            (ask(Method::DELETE, "code=1001", false, b""), 400),
+            (ask(Method::DELETE, "reason=%zz", false, b""), 400),
+            (ask(Method::PATCH, "", false, b""), 405),
+        ] {
+            assert_eq!(run(&found, refused).as_u16(), status);
+        }
+        assert!(rx.try_recv().is_err());
+        assert_eq!(found.queued.load(Ordering::Relaxed), 0);
+
+        // Accepted: each arrives as asked.
+        assert_eq!(run(&found, ask(Method::POST, "", true, b"\xff")), 202);
+        assert!(
+            matches!(rx.try_recv(), Ok(Command::Send(Message::Binary(b))) if b[..] == b"\xff"[..])
+        );
+        let close = ask(Method::DELETE, "code=4000&reason=a%20b", false, b"");
+        assert_eq!(run(&found, close), 202);
+        assert!(matches!(rx.try_recv(), Ok(Command::Close(4000, r)) if r == "a b"));
+        let (status, text) = execute(
+            Some("b"),
+            "ws00.b",
+            held(8).0,
+            ask(Method::GET, "", false, b""),
+        );
+        assert_eq!(status, 200);
+        assert!(
+            text.contains("\"node\":\"b\"") && text.contains("\"function\":\"chat\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_connection_that_does_not_drain_its_queue_refuses_more_and_a_closed_one_is_gone() {
+        let (found, rx) = held(4);
+        // Its bytes' bound (1 MiB at least) and then its count bound.
+        let mut sent = 0;
+        while run(&found, ask(Method::POST, "", true, b"abcd")) == 202 {
+            sent += 1;
+        }
+        assert_eq!(sent, QUEUED);
+        assert_eq!(run(&found, ask(Method::POST, "", true, b"abcd")), 503);
+        assert_eq!(found.queued.load(Ordering::Relaxed), 4 * QUEUED as u64);
+        drop(rx);
+        assert_eq!(run(&found, ask(Method::DELETE, "", false, b"")), 404);
     }
 
     #[test]

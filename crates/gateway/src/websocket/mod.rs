@@ -154,7 +154,7 @@ impl Sockets {
             let weak = weak.clone();
             Box::pin(async move {
                 match weak.upgrade() {
-                    Some(shared) => host::relayed(&shared, request).await,
+                    Some(shared) => host::relayed(&shared, &request),
                     None => Bytes::new(),
                 }
             })
