@@ -200,4 +200,44 @@ mod tests {
             "{asked:?}"
         );
     }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_request_over_the_servers_payload_limit_is_too_large_and_never_sent() {
+        let Some(store) = testkit::store().await else {
+            return;
+        };
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = seen.clone();
+        let handler: RelayHandler = Arc::new(move |request: Bytes| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { request })
+        });
+        store.serve("big", "echo", handler).await.unwrap();
+        // The test servers take 8 MiB.
+        let limit = 8 << 20;
+        let asked = store
+            .ask(
+                "big",
+                "echo",
+                Bytes::from(vec![b'x'; limit + 1]),
+                Duration::from_secs(2),
+            )
+            .await;
+        assert!(
+            matches!(asked, Err(RelayError::TooLarge(n)) if n == limit + 1),
+            "{asked:?}"
+        );
+        // What fits goes through, and only it reached the handler.
+        let fits = store
+            .ask(
+                "big",
+                "echo",
+                Bytes::from(vec![b'y'; 1 << 20]),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(fits.len(), 1 << 20);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }

@@ -42,7 +42,8 @@ fn find(shared: &Shared, tenant: &TenantId, id: &str) -> Option<Found> {
     let open = shared.sockets.lock();
     open.conns
         .get(id)
-        .filter(|c| c.tenant == *tenant)
+        // One whose close went out is as good as gone.
+        .filter(|c| c.tenant == *tenant && !c.commands.is_closed())
         .map(|c| Found {
             commands: c.commands.clone(),
             max_message: c.max_message,

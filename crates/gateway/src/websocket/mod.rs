@@ -844,6 +844,9 @@ where
                 message
             }
             Command::Close(code, reason) => {
+                // Nothing after a close is ever sent: commands from now
+                // on are refused (404, closing), not accepted and lost.
+                commands.close();
                 w.closed_with.store(u64::from(code), Ordering::Relaxed);
                 close_frame(code, &reason)
             }
@@ -864,6 +867,78 @@ where
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A client that reads everything and never answers a close: the
+    /// writer lingers.
+    struct Lingering(Arc<std::sync::Mutex<Vec<Message>>>);
+
+    impl futures_util::Sink<Message> for Lingering {
+        type Error = std::convert::Infallible;
+        fn poll_ready(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn start_send(self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.0.lock().unwrap().push(item);
+            Ok(())
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn once_a_close_is_sent_no_command_is_taken_while_the_writer_lingers() {
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (commands, receiver) = mpsc::channel(8);
+        let counter = || Arc::new(AtomicU64::new(0));
+        let written = Written {
+            opened: Instant::now(),
+            sent: counter(),
+            queued: counter(),
+            last_sent: counter(),
+            closed_with: counter(),
+        };
+        let closed_with = written.closed_with.clone();
+        for command in [
+            Command::Send(Message::text("before")),
+            Command::Close(4001, "kicked".into()),
+            // Queued behind the close: never sent.
+            Command::Send(Message::text("queued after")),
+        ] {
+            commands.try_send(command).unwrap();
+        }
+        let writer = tokio::spawn(write(Lingering(sent.clone()), receiver, written));
+        while sent.lock().unwrap().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        // The writer waits up to LINGER for the client's close: meanwhile
+        // a command is refused, not accepted and lost.
+        assert!(!writer.is_finished());
+        assert!(commands.is_closed());
+        assert!(matches!(
+            commands.try_send(Command::Send(Message::text("later"))),
+            Err(mpsc::error::TrySendError::Closed(_))
+        ));
+        writer.await.unwrap();
+        let sent = sent.lock().unwrap();
+        assert!(
+            matches!(&sent[..], [first, Message::Close(Some(_))] if *first == Message::text("before")),
+            "nothing after the close: {sent:?}"
+        );
+        assert_eq!(closed_with.load(Ordering::Relaxed), 4001);
+    }
 
     #[test]
     fn an_upgrade_is_told_by_both_headers_whatever_their_case() {

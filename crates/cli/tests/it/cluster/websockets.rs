@@ -81,6 +81,46 @@ async fn a_room_spread_over_the_nodes_hears_every_message_and_no_other_tenant_re
         assert!(quiet.is_err(), "nothing was sent to {id}: {quiet:?}");
     }
 
+    // A holding node that stops answering (SIGSTOP: alive to the others,
+    // its heartbeat not yet stale) costs the sender the relay's 5 s wait
+    // and a 503, never a hang or a false 202. The command may still run
+    // once the node resumes (at most once): the client's fate and the
+    // node's answer afterwards agree.
+    let held_by_b = clients[1].1.clone();
+    b.signal("STOP");
+    let asked = std::time::Instant::now();
+    clients[0]
+        .0
+        .send(Message::text(format!("kick {held_by_b}")))
+        .await
+        .unwrap();
+    let answer = text(next(&mut clients[0].0).await);
+    let waited = asked.elapsed();
+    b.signal("CONT");
+    assert_eq!(answer, "503", "a stopped holder is 503");
+    assert!(
+        waited >= Duration::from_millis(4500) && waited < Duration::from_secs(9),
+        "the relay waits its 5 s: {waited:?}"
+    );
+    let kicked = match tokio::time::timeout(Duration::from_secs(3), clients[1].0.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => {
+            assert_eq!(
+                (u16::from(frame.code), frame.reason.as_str()),
+                (4001, "kicked")
+            );
+            true
+        }
+        Err(_) => false,
+        Ok(other) => panic!("b's client is kicked or left alone: {other:?}"),
+    };
+    let (_, seen) = a
+        .get(&format!(
+            "/chat/call?url=http://gust.internal/_ws/{held_by_b}"
+        ))
+        .await;
+    let expected = if kicked { "status 404" } else { "status 200" };
+    assert!(seen.starts_with(expected), "kicked {kicked}: {seen}");
+
     // A close asked for on a reaches the client on c with its code.
     let held_by_c = clients[2].1.clone();
     clients[0]
