@@ -525,6 +525,9 @@ import json, sys
 s = json.load(sys.stdin)
 print(", ".join("`%s` (%d messages, %d consumers)" % (x["name"], x["messages"], x["consumers"]) for x in s["streams"]))')
 
+# Section 6 runs before the tenant's plan turns pricey below.
+ws_relay
+
 # --- 5. A budget under load. From here on the default tenant pays 1,000
 # micro-units a request; `capped` may spend BUDGET_REQUESTS of them.
 budget() { # API TOKEN URL URL URL → "served overshoot"
@@ -625,5 +628,4 @@ node each. Served: 2xx answers; the rest were refused (429, budget spent).
 | cluster, three nodes | $BUDGET_REQUESTS | $BC_SERVED | $BC_OVER |
 REPORT
 
-ws_relay
 ws_report
