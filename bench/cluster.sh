@@ -406,8 +406,38 @@ on_cluster deploy sink "$HELLO" --public --concurrency 64 >/dev/null 2>&1
 on_cluster deploy light "$HELLO" --public >/dev/null 2>&1
 E_BASE=http://127.0.0.1:$E_PORT
 IFS='|' read -r EA EAL EERRS EE ET EL ELR ELA ELERR ELL < <(events embedded "$E_TOKEN" "$E_BASE" "$E_BASE" "$E_BASE" -- "$E_API")
+# Messages each stream stored (its last sequence moved by) per delivered
+# event, over the whole cluster events run: the writes an event costs.
+stored() { # TOKEN MONITOR API... → JSON {stream: last_seq, "": delivered}
+  python3 - "$@" <<'PY'
+import json, re, sys, urllib.request
+token, monitor, apis = sys.argv[1], sys.argv[2], sys.argv[3:]
+jsz = json.load(urllib.request.urlopen(monitor + "/jsz?streams=true", timeout=10))
+seqs = {}
+for account in jsz.get("account_details", []):
+    for stream in account.get("stream_detail", []):
+        seqs[stream["name"]] = stream["state"]["last_seq"]
+delivered = 0
+for api in apis:
+    req = urllib.request.Request(api + "/metrics", headers={"authorization": "Bearer " + token})
+    text = urllib.request.urlopen(req, timeout=10).read().decode()
+    delivered += sum(int(n) for n in re.findall(r'gust_events_total\{outcome="delivered"\} (\d+)', text))
+seqs[""] = delivered
+print(json.dumps(seqs))
+PY
+}
+STORED_BEFORE=$(stored "$C_TOKEN" "${NATS_MONITORS[0]}" "${NODE_APIS[@]}")
 IFS='|' read -r CA CAL CERRS CE CT CL CLR CLA CLERR CLL < <(events cluster "$C_TOKEN" \
   "http://127.0.0.1:${NODE_PORTS[0]}" "http://127.0.0.1:${NODE_PORTS[1]}" "http://127.0.0.1:${NODE_PORTS[2]}" -- "${NODE_APIS[@]}")
+STORED=$(python3 - "$STORED_BEFORE" "$(stored "$C_TOKEN" "${NATS_MONITORS[0]}" "${NODE_APIS[@]}")" <<'PY'
+import json, sys
+before, after = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+events = max(1, after.pop("") - before.pop(""))
+per = {name: (seq - before.get(name, 0)) / events for name, seq in after.items()}
+parts = [f"`{name}` {n:.2f}" for name, n in sorted(per.items(), key=lambda kv: -kv[1]) if n >= 0.005]
+print(f"{sum(per.values()):.2f} ({', '.join(parts)}; {events} events)")
+PY
+)
 
 # JetStream's own rate: an R3 file stream of its own, one connection per
 # server, CONNECTIONS publishes awaiting their acknowledgement at once.
@@ -428,7 +458,8 @@ if [ -n "${EVENTS_ONLY:-}" ]; then
 | light load: accepted events/s | $ELR | $CLR |
 | light load: acceptance → delivered p50 / p99 ms (records) | $ELL | $CLL |
 
-JetStream raw: **$RAW_RATE msgs/s** (p50 $RAW_P50 ms). Gust cluster accepted ÷ raw: **$(ratio "$CA" "$RAW_RATE")**; embedded ÷ cluster: $(ratio "$EA" "$CA")×.
+JetStream raw: **$RAW_RATE msgs/s** (p50 $RAW_P50 ms). Gust cluster accepted ÷ raw: **$(ratio "$CA" "$RAW_RATE")**, delivered ÷ raw: **$(ratio "${CE%% *}" "$RAW_RATE")**; embedded ÷ cluster: $(ratio "$EA" "$CA")×.
+Messages stored per delivered event, by stream: $STORED.
 REPORT
   exit 0
 fi
@@ -595,7 +626,8 @@ JetStream's own rate on the same cluster (\`publish_rate\` example: an R3
 file stream, $RAW_MESSAGES messages of $RAW_SIZE bytes, $CONNECTIONS publishes
 awaiting their acknowledgement at once over 3 connections, one per server):
 **$RAW_RATE msgs/s**, publish → acknowledgement p50 $RAW_P50 ms, p99 $RAW_P99 ms.
-Gust cluster accepted ÷ raw: **$(ratio "$CA" "$RAW_RATE")** (goal ≥ 0.5); embedded ÷ cluster: $(ratio "$EA" "$CA")×.
+Gust cluster accepted ÷ raw: **$(ratio "$CA" "$RAW_RATE")**, delivered ÷ raw: **$(ratio "${CE%% *}" "$RAW_RATE")** (goal ≥ 0.5); embedded ÷ cluster: $(ratio "$EA" "$CA")×.
+Messages the cluster stored per delivered event (each stream's last sequence, moved), by stream: $STORED.
 
 **3. Deploy → served**, a new component each time ($DEPLOYS deploys each;
 every one is validated and compiled by every node), from the start of the
