@@ -49,6 +49,12 @@ pub struct Envelope {
     /// `ce-type` never sets it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// Its status record was written when it was accepted (a trigger's, a
+    /// source's or a redriven event): its attempts keep that record
+    /// current. Set by Gust alone. Without one, a cluster keeps a first
+    /// attempt's success among others' (see `gust-events`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recorded: bool,
     #[serde(skip)]
     pub data: Vec<u8>,
 }
@@ -111,6 +117,10 @@ fn valid_traceparent(header: &str) -> bool {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn root_path() -> String {
@@ -245,6 +255,7 @@ mod tests {
             tracestate: None,
             depth: 3,
             origin: Some("mqtt".into()),
+            recorded: true,
             data: vec![0, 255, 1, 2],
         };
         let decoded = Envelope::decode(&envelope.encode()).unwrap();

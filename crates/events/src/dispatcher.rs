@@ -7,7 +7,10 @@
 //! up to [`MAX_CHAIN`] in a row. On one node a success's status and its
 //! acknowledgement are written side by side; if the ack is durable and the
 //! status write keeps failing past its retries, the event is done and its
-//! status stays what it was (the record, not the event, is lost).
+//! status stays what it was (the record, not the event, is lost). In a
+//! cluster the status is durable before the ack is sent, and a first
+//! attempt's success of an event accepted without a record is kept with
+//! others' (`done.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher as _, RandomState};
@@ -505,7 +508,16 @@ async fn attempt(
                     Ok(chained.take())
                 }
                 Decision::Done => {
-                    put_record(events, &envelope.tenant, &record).await?;
+                    match &events.done {
+                        // A first attempt of an event accepted without a
+                        // record: its success is kept with others'.
+                        Some(done) if item.attempt == 1 && !envelope.recorded => {
+                            done.write(&envelope.tenant, record.clone()).await?;
+                        }
+                        _ => {
+                            put_record(events, &envelope.tenant, &record).await?;
+                        }
+                    }
                     if let Some(target) = &policy.on_success {
                         let data = outcome.body.to_vec();
                         forward(

@@ -12,6 +12,7 @@
 //! HTTP servers or wasm.
 
 mod dispatcher;
+mod done;
 mod kv_trigger;
 mod retention;
 mod scheduler;
@@ -166,6 +167,8 @@ pub struct Events {
     /// writes durable in the order they are asked (the embedded store's
     /// single writer), which the dispatcher relies on to send two at once.
     pub(crate) shared: bool,
+    /// In a cluster, where first attempts' successes are kept together.
+    pub(crate) done: Option<Arc<done::DoneWriter>>,
     accept_span: Option<AcceptSpan>,
 }
 
@@ -223,6 +226,7 @@ impl Events {
             counters: Arc::new(Counters::default()),
             members: Arc::new(gust_core::cluster::OneNode::new("local")),
             shared: false,
+            done: None,
             accept_span: None,
         }
     }
@@ -238,6 +242,10 @@ impl Events {
     /// shared with the nodes `members` lists as alive: each schedule fires
     /// on one of them, and backlogs are recounted from the queues.
     pub fn in_cluster(mut self, members: Arc<dyn Membership>) -> Self {
+        self.done = Some(Arc::new(done::DoneWriter::new(
+            self.kv.clone(),
+            members.node(),
+        )));
         self.members = members;
         self.shared = true;
         self
@@ -367,6 +375,7 @@ impl Events {
             tracestate: None,
             depth: 0,
             origin: None,
+            recorded: false,
             data,
             tenant,
             function,
@@ -446,6 +455,9 @@ impl Events {
         // queued: `submit_once` relies on that.
         let queue = queue_name(&first.tenant, &first.function);
         let tenant = first.tenant.clone();
+        for envelope in &mut envelopes {
+            envelope.recorded = once != Once::Fresh;
+        }
         let payloads: Vec<Bytes> = envelopes.iter().map(|e| Bytes::from(e.encode())).collect();
         let mut n = envelopes.len() as u64;
         match (once, group) {
@@ -531,7 +543,9 @@ impl Events {
 
     /// The status of one invocation: its record, or while an event
     /// submitted without one waits for its first attempt to end, its
-    /// queue entry (looked for in the tenant's queues).
+    /// queue entry (looked for in the tenant's queues), or once that
+    /// attempt succeeded in a cluster, its status among others' (see
+    /// `done.rs`).
     pub async fn invocation(
         &self,
         tenant: &TenantId,
@@ -543,21 +557,36 @@ impl Events {
             None => match self.queued_invocation(tenant, id).await? {
                 Some(record) => record,
                 // Its first attempt may have ended since the record was
-                // looked for: then the record is there.
-                None => decode(
-                    &self
-                        .kv
-                        .get(&key)
-                        .await?
-                        .ok_or_else(|| EventsError::NoSuchInvocation(id.to_string()))?
-                        .value,
-                )?,
+                // looked for: then its status is in one place or the other.
+                None => match self.done_status(tenant, id).await? {
+                    Some(done) => done,
+                    None => decode(
+                        &self
+                            .kv
+                            .get(&key)
+                            .await?
+                            .ok_or_else(|| EventsError::NoSuchInvocation(id.to_string()))?
+                            .value,
+                    )?,
+                },
             },
         };
         if self.wake.is_running(id) {
             record.state = InvocationState::Running;
         }
         Ok(record)
+    }
+
+    /// `id`'s status among the successes kept together (in a cluster).
+    async fn done_status(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<InvocationRecord>, EventsError> {
+        if self.done.is_none() {
+            return Ok(None);
+        }
+        Ok(done::find(&self.kv, tenant, id).await?)
     }
 
     /// Invocation `id` of `tenant` as its queue entry tells it, if one of
@@ -600,6 +629,22 @@ impl Events {
             .filter_map(|e| decode::<InvocationRecord>(&e.value).ok())
             .filter(|r| r.function == function.as_str())
             .collect();
+        if self.done.is_some() {
+            // A record of its own is later than a success kept with others
+            // (a second attempt's, after the first one's ack was lost); a
+            // success written twice counts once.
+            let mut known: std::collections::HashSet<String> =
+                records.iter().map(|r| r.invocation_id.clone()).collect();
+            let mut done = done::all(&self.kv, tenant).await?;
+            done.sort_by_key(|r| std::cmp::Reverse(r.updated_ms));
+            for record in done {
+                if record.function == function.as_str()
+                    && known.insert(record.invocation_id.clone())
+                {
+                    records.push(record);
+                }
+            }
+        }
         // Events waiting for their first attempt without a record: the
         // newest `limit` of them.
         let known: std::collections::HashSet<String> =
@@ -671,8 +716,10 @@ impl Events {
         for letter in &letters {
             let mut envelope = Envelope::decode(&letter.envelope)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            // A redriven event gets its full age budget again.
+            // A redriven event gets its full age budget again, and keeps
+            // the status record written below current.
             envelope.accepted_ms = now_ms();
+            envelope.recorded = true;
             let record = InvocationRecord {
                 invocation_id: letter.invocation_id.clone(),
                 function: function.to_string(),
@@ -770,6 +817,136 @@ impl InvocationIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Answers each attempt with the next status of its list (then 200).
+    struct Answers(std::sync::Mutex<std::collections::VecDeque<u16>>);
+
+    #[async_trait::async_trait]
+    impl Invoker for Answers {
+        async fn deliver(&self, _: &Envelope, _: u32, _: u64) -> AttemptOutcome {
+            let status = self.0.lock().unwrap().pop_front().unwrap_or(200);
+            AttemptOutcome {
+                status,
+                error: None,
+                body: Bytes::new(),
+                not_run: false,
+            }
+        }
+
+        fn policy(
+            &self,
+            _: &TenantId,
+            _: &FunctionName,
+        ) -> Option<(gust_core::delivery::DeliveryPolicy, u64)> {
+            let policy = gust_core::delivery::DeliveryPolicy {
+                initial_backoff_ms: 10,
+                max_backoff_ms: 10,
+                ..Default::default()
+            };
+            Some((policy, 1_000))
+        }
+    }
+
+    /// In a cluster, a first attempt's success of an event accepted
+    /// without a record is kept with others': no record of its own, yet
+    /// found by id and listed; a success after a retry, and an event
+    /// accepted with its record (a source's), keep records of their own;
+    /// retention removes the kept entry once its statuses are old.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_cluster_keeps_first_attempt_successes_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(gust_store_embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap());
+        let events = Events::new(store.clone(), store.clone())
+            .in_cluster(Arc::new(gust_core::cluster::OneNode::new("n1")));
+        let tenant = TenantId::new("acme").unwrap();
+        let function = FunctionName::new("f").unwrap();
+        // The first delivered event fails once, then succeeds.
+        Dispatcher::start(
+            &events,
+            Arc::new(Answers(std::sync::Mutex::new([500].into()))),
+        );
+        let envelope = |id: &str| {
+            Events::envelope(
+                tenant.clone(),
+                function.clone(),
+                id.to_string(),
+                "/".into(),
+                |_| None,
+                Vec::new(),
+            )
+        };
+        events.submit(envelope("retried00")).await.unwrap();
+        let retried = wait_for(&events, &tenant, "retried00").await;
+        assert_eq!(retried.attempts, 2);
+        let mut fresh = Vec::new();
+        for _ in 0..20 {
+            let id = events.next_invocation_id();
+            events.submit(envelope(&id)).await.unwrap();
+            fresh.push(id);
+        }
+        events
+            .store_many(vec![envelope("sourced00")], None, Once::No)
+            .await
+            .unwrap();
+        for id in fresh.iter().chain(["sourced00".to_string()].iter()) {
+            let record = wait_for(&events, &tenant, id).await;
+            assert_eq!(
+                (record.attempts, record.last_status),
+                (1, Some(200)),
+                "{id}"
+            );
+        }
+        let own = |id: &str| {
+            let key = invocation_key(&tenant, id);
+            let kv = events.kv.clone();
+            async move { kv.get(&key).await.unwrap().is_some() }
+        };
+        assert!(own("retried00").await, "a retried success keeps its record");
+        assert!(own("sourced00").await, "a recorded event keeps its record");
+        for id in &fresh {
+            assert!(!own(id).await, "{id} has a record of its own");
+        }
+        let kept = events.kv.list(done::PREFIX).await.unwrap();
+        assert!(
+            !kept.is_empty() && kept.len() <= fresh.len(),
+            "{} entries for {} successes",
+            kept.len(),
+            fresh.len()
+        );
+        let listed = events.invocations(&tenant, &function, 100).await.unwrap();
+        let mut ids: Vec<&str> = listed.iter().map(|r| r.invocation_id.as_str()).collect();
+        ids.sort_unstable();
+        let mut expected: Vec<&str> = fresh.iter().map(String::as_str).collect();
+        expected.extend(["retried00", "sourced00"]);
+        expected.sort_unstable();
+        assert_eq!(ids, expected);
+        assert!(listed.iter().all(|r| r.state == InvocationState::Succeeded));
+        // Old enough for retention: the kept entries go, the records too.
+        let removed = events
+            .prune_statuses(now_ms() + 1, 0, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(removed, kept.len() as u64 + 2);
+        assert!(events.kv.list(done::PREFIX).await.unwrap().is_empty());
+        assert!(matches!(
+            events.invocation(&tenant, &fresh[0]).await,
+            Err(EventsError::NoSuchInvocation(_))
+        ));
+    }
+
+    /// `id`'s status once it succeeded (within 10 s).
+    async fn wait_for(events: &Events, tenant: &TenantId, id: &str) -> InvocationRecord {
+        for _ in 0..1_000 {
+            if let Ok(record) = events.invocation(tenant, id).await
+                && record.state == InvocationState::Succeeded
+            {
+                return record;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{id} did not succeed");
+    }
 
     /// A queue longer than the list keeps while it reads (twice the limit,
     /// at least 64), events accepted in another order than queued: the

@@ -23,22 +23,28 @@ const PAGE: usize = 256;
 impl Events {
     /// Removes the status records of invocations that succeeded before
     /// `succeeded_before` or were dead-lettered before `dead_before` (a
-    /// dead letter's status stays as long as the letter may be redriven);
-    /// returns how many went. `pause` is slept between pages.
+    /// dead letter's status stays as long as the letter may be redriven),
+    /// and the entries of successes kept together whose newest is older
+    /// than `succeeded_before`; returns how many records and entries went. `pause` is slept between pages.
     pub async fn prune_statuses(
         &self,
         succeeded_before: u64,
         dead_before: u64,
         pause: Duration,
     ) -> Result<u64, EventsError> {
-        prune(&self.kv, "inv/", pause, |entry| {
+        let records = prune(&self.kv, "inv/", pause, |entry| {
             decode::<InvocationRecord>(&entry.value).is_ok_and(|r| match r.state {
                 InvocationState::Succeeded => r.updated_ms < succeeded_before,
                 InvocationState::DeadLettered => r.updated_ms < dead_before,
                 _ => false,
             })
         })
-        .await
+        .await?;
+        let together = prune(&self.kv, crate::done::PREFIX, pause, |entry| {
+            crate::done::expired(&entry.value, succeeded_before)
+        })
+        .await?;
+        Ok(records + together)
     }
 
     /// Removes dead letters that died before `before_ms`; returns how many.
