@@ -42,7 +42,7 @@ const MAX_BATCH: usize = 512;
 const FLUSHES: usize = 4;
 
 /// The bucket of an invocation id: the id without its last two
-/// characters (all of it when it is that short).
+/// characters (nothing when it is that short).
 fn bucket(id: &str) -> &str {
     let cut = id.char_indices().rev().nth(1).map_or(0, |(at, _)| at);
     &id[..cut]
