@@ -935,6 +935,56 @@ mod tests {
         ));
     }
 
+    /// A success written twice among others' (its write tried again) is
+    /// listed once, and a record of its own, from a later attempt after
+    /// the first one's acknowledgement was lost, wins over it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_record_of_its_own_is_later_than_a_success_kept_with_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(gust_store_embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap());
+        let events = Events::new(store.clone(), store.clone())
+            .in_cluster(Arc::new(gust_core::cluster::OneNode::new("n1")));
+        let tenant = TenantId::new("acme").unwrap();
+        let function = FunctionName::new("f").unwrap();
+        let done = events.done.clone().unwrap();
+        let success = |id: &str, attempts: u32, updated_ms: u64| InvocationRecord {
+            invocation_id: id.into(),
+            function: function.to_string(),
+            state: InvocationState::Succeeded,
+            attempts,
+            accepted_ms: 1_000,
+            updated_ms,
+            last_status: Some(200),
+            last_error: None,
+            retry_at_ms: None,
+        };
+        for (id, updated_ms) in [("once00", 2_000), ("once00", 2_001), ("again0", 2_000)] {
+            done.write(&tenant, success(id, 1, updated_ms))
+                .await
+                .unwrap();
+        }
+        events
+            .kv
+            .put(
+                &invocation_key(&tenant, "again0"),
+                encode(&success("again0", 2, 9_000)).unwrap(),
+            )
+            .await
+            .unwrap();
+        let listed = events.invocations(&tenant, &function, 10).await.unwrap();
+        let mut seen: Vec<(&str, u32, u64)> = listed
+            .iter()
+            .map(|r| (r.invocation_id.as_str(), r.attempts, r.updated_ms))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [("again0", 2, 9_000), ("once00", 1, 2_001)]);
+        let again = events.invocation(&tenant, "again0").await.unwrap();
+        assert_eq!(again.attempts, 2);
+        let once = events.invocation(&tenant, "once00").await.unwrap();
+        assert_eq!(once.updated_ms, 2_001);
+    }
+
     /// `id`'s status once it succeeded (within 10 s).
     async fn wait_for(events: &Events, tenant: &TenantId, id: &str) -> InvocationRecord {
         for _ in 0..1_000 {
