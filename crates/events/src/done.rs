@@ -214,6 +214,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_entry_goes_once_every_status_in_it_is_an_old_success() {
+        let status = |state, updated_ms| InvocationRecord {
+            invocation_id: "i".into(),
+            function: "f".into(),
+            state,
+            attempts: 1,
+            accepted_ms: 0,
+            updated_ms,
+            last_status: Some(200),
+            last_error: None,
+            retry_at_ms: None,
+        };
+        let entry = |records: Vec<InvocationRecord>| encode(&records).unwrap();
+        let old = entry(vec![
+            status(InvocationState::Succeeded, 10),
+            status(InvocationState::Succeeded, 20),
+        ]);
+        assert!(expired(&old, 21));
+        // One status as new as the cut keeps the whole entry.
+        assert!(!expired(&old, 20));
+        let mixed = entry(vec![
+            status(InvocationState::Succeeded, 10),
+            status(InvocationState::Failed, 10),
+        ]);
+        assert!(!expired(&mixed, 100));
+        // What cannot be read stays, as a record would.
+        assert!(!expired(b"not json", u64::MAX));
+    }
+
+    #[test]
     fn a_bucket_is_the_id_without_its_last_two_characters() {
         assert_eq!(bucket("0192a3b4c5d00000001f7"), "0192a3b4c5d00000001");
         assert_eq!(bucket("ab"), "");

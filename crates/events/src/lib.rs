@@ -855,10 +855,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_cluster_keeps_first_attempt_successes_together() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Arc::new(gust_store_embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap());
-        let events = Events::new(store.clone(), store.clone())
-            .in_cluster(Arc::new(gust_core::cluster::OneNode::new("n1")));
+        let events = one_node_cluster(dir.path());
         let tenant = TenantId::new("acme").unwrap();
         let function = FunctionName::new("f").unwrap();
         // The first delivered event fails once, then succeeds.
@@ -941,10 +938,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_record_of_its_own_is_later_than_a_success_kept_with_others() {
         let dir = tempfile::tempdir().unwrap();
-        let store =
-            Arc::new(gust_store_embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap());
-        let events = Events::new(store.clone(), store.clone())
-            .in_cluster(Arc::new(gust_core::cluster::OneNode::new("n1")));
+        let events = one_node_cluster(dir.path());
         let tenant = TenantId::new("acme").unwrap();
         let function = FunctionName::new("f").unwrap();
         let done = events.done.clone().unwrap();
@@ -983,6 +977,13 @@ mod tests {
         assert_eq!(again.attempts, 2);
         let once = events.invocation(&tenant, "once00").await.unwrap();
         assert_eq!(once.updated_ms, 2_001);
+    }
+
+    /// Events on an embedded store in `dir`, as a cluster of one node.
+    fn one_node_cluster(dir: &std::path::Path) -> Events {
+        let store = Arc::new(gust_store_embedded::EmbeddedStore::open(&dir.join("db")).unwrap());
+        Events::new(store.clone(), store)
+            .in_cluster(Arc::new(gust_core::cluster::OneNode::new("n1")))
     }
 
     /// `id`'s status once it succeeded (within 10 s).
