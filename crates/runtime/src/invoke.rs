@@ -33,6 +33,7 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView as _};
 
+use crate::cpu_clock::thread_cpu_ns;
 use crate::deadline::{Cut, Deadline, within};
 use crate::engine::{EPOCH_TICK, Prepared, Runtime};
 use crate::host::{Capture, Host, MemoryLimiter, OutboundPolicy};
@@ -572,17 +573,10 @@ impl Runtime {
 /// the guest's own execution and whatever host code runs on its thread
 /// within those polls (host calls, instantiation), not time spent waiting
 /// (a sleep, an outbound request, a key-value read on the blocking pool).
-/// Two `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` calls per poll.
+/// Two readings of the thread's CPU clock per poll ([`thread_cpu_ns`]).
 struct CpuMetered<'a, F> {
     inner: std::pin::Pin<&'a mut F>,
     total_ns: &'a AtomicU64,
-}
-
-fn thread_cpu_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    (t.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(t.tv_nsec as u64)
 }
 
 impl<F: std::future::Future> std::future::Future for CpuMetered<'_, F> {

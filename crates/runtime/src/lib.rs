@@ -21,6 +21,7 @@
 
 mod artifacts;
 mod compile;
+mod cpu_clock;
 mod deadline;
 mod engine;
 mod host;
