@@ -13,7 +13,8 @@
 #      `gust deploy` alone;
 #   4. idle: CPU and RSS of the NATS servers and gust nodes, JetStream's
 #      streams, consumers and Raft groups, before and after deploying the
-#      same component under IDLE_FUNCTIONS names;
+#      same component under IDLE_FUNCTIONS names, then after one event to
+#      each of them and once their queues' workers have ended;
 #   5. a monthly budget under full load on every node at once: how far
 #      past it the cluster serves before every node refuses (the nodes
 #      learn each other's spending a moment late), against one node;
@@ -553,6 +554,28 @@ DEPLOY_ALL_S=$(python3 bench/scaling.py deploy "$A_API" "$C_TOKEN" "$HELLO" "$ID
 IDLE_AFTER_N=$(functions)
 sleep 5  # let the nodes settle after the burst
 IDLE_AFTER=$(idle)
+# Then one event to each of those functions, spread over the three nodes:
+# idle again while their queues' workers live on (each node's reads its
+# queue every 5 s), and once they have ended (a minute after their queue
+# emptied).
+python3 - "$IDLE_FUNCTIONS" "http://127.0.0.1:${NODE_PORTS[0]}" \
+  "http://127.0.0.1:${NODE_PORTS[1]}" "http://127.0.0.1:${NODE_PORTS[2]}" <<'PY'
+import concurrent.futures, sys, urllib.request
+n, bases = int(sys.argv[1]), sys.argv[2:]
+def post(i):
+    request = urllib.request.Request(f"{bases[i % 3]}/idle{i}/", data=b"{}", method="POST",
+        headers={"Gust-Invocation-Type": "Event", "content-type": "application/json"})
+    return urllib.request.urlopen(request, timeout=30).status
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    refused = [s for s in pool.map(post, range(n)) if s != 202]
+if refused:
+    sys.exit(f"bench: {len(refused)} of {n} events were not accepted")
+PY
+EVENTED_AT=$(date +%s)
+sleep 5
+IDLE_EVENTED=$(idle)
+sleep $((EVENTED_AT + 75 - $(date +%s)))
+IDLE_RETIRED=$(idle)
 STREAMS=$(curl -fs -H "authorization: Bearer $C_TOKEN" "$A_API/v1/cluster" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
@@ -648,6 +671,17 @@ After deploying the same component under $IDLE_FUNCTIONS more names through node
 (4 at a time, ${DEPLOY_ALL_S} s in all), $IDLE_AFTER_N functions:
 
 $(idle_table "$IDLE_AFTER")
+
+After one event to each of those $IDLE_FUNCTIONS functions (\`POST\` as an
+event, spread over the three nodes), from 5 s after them, while their
+queues' workers live on:
+
+$(idle_table "$IDLE_EVENTED")
+
+And 75 s after them, once each empty queue's worker has ended (a minute
+idle):
+
+$(idle_table "$IDLE_RETIRED")
 
 Gust's streams: $STREAMS.
 

@@ -1,6 +1,7 @@
 //! The driver of the delivery policy: one worker per function queue claims
 //! due events, runs attempts through the [`Invoker`] (up to the function's
-//! concurrency), and applies the policy's decision to each result.
+//! concurrency), and applies the policy's decision to each result. A
+//! worker lives while its queue holds events, and [`IDLE_END`] after.
 //!
 //! An ordering group's events run back to back: the acknowledgement of one
 //! claims the next in the same write, and it runs under the same permit,
@@ -30,6 +31,11 @@ use crate::{DeadLetter, Events, dead_letter_key, encode, invocation_key, now_ms}
 /// Longest a worker sleeps without being woken (a safety net: it is woken
 /// on every new event, and knows when its next retry or lease end is due).
 const IDLE: Duration = Duration::from_secs(5);
+/// A worker whose queue stayed empty this long ends: in a cluster an idle
+/// worker reads its queue twice every [`IDLE`] on every node, and holds a
+/// task and its state. The next enqueue (here or, by its wake, on another
+/// node) or the periodic scan starts one again.
+const IDLE_END: Duration = Duration::from_secs(60);
 /// A claim lasts the function's timeout plus this, then the event is claimable again.
 const LEASE_MARGIN_MS: u64 = 10_000;
 /// For how long recording an attempt's outcome is tried again when the
@@ -89,6 +95,8 @@ pub(crate) struct Wake {
     /// and a wake for whoever waits for none.
     busy: AtomicUsize,
     idle: Notify,
+    /// How long an empty queue's worker lives on, in ms (0: [`IDLE_END`]).
+    idle_end_ms: AtomicU64,
 }
 
 /// One claim or attempt under way, counted in [`Wake::busy`] until dropped.
@@ -153,6 +161,35 @@ impl Wake {
         }
     }
 
+    fn idle_end(&self) -> Duration {
+        match self.idle_end_ms.load(Ordering::Relaxed) {
+            0 => IDLE_END,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_idle_end(&self, end: Duration) {
+        self.idle_end_ms
+            .store(end.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// Whether `queue` has a worker now.
+    #[cfg(test)]
+    pub(crate) fn has_worker(&self, queue: &str) -> bool {
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        workers.contains_key(queue)
+    }
+
+    /// Takes the worker that waits on `notify` off `queue`: a later
+    /// [`Wake::notify`] starts a new one.
+    fn retire(&self, queue: &str, notify: &Arc<Notify>) {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if workers.get(queue).is_some_and(|n| Arc::ptr_eq(n, notify)) {
+            workers.remove(queue);
+        }
+    }
+
     pub fn is_running(&self, id: &str) -> bool {
         self.running
             .lock()
@@ -175,7 +212,7 @@ pub struct Dispatcher;
 
 impl Dispatcher {
     /// Starts a worker for every queue that holds events now, and for every
-    /// queue that gets one later.
+    /// queue that gets one later (again after its worker ended idle).
     pub fn start(events: &Events, invoker: Arc<dyn Invoker>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         *events.wake.spawn.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
@@ -296,6 +333,9 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
     let slots = Arc::new(Semaphore::new(concurrency as usize));
     // The last wait ended with a wake (not its timeout).
     let mut woken = true;
+    // Since when the queue was seen empty, look after look.
+    let mut empty_since: Option<tokio::time::Instant> = None;
+    let idle_end = events.wake.idle_end();
     loop {
         let Ok(first) = slots.clone().acquire_owned().await else {
             return;
@@ -341,9 +381,22 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
             drop((first, claiming));
             // Sleep until the next retry or lease end, or a new event.
             let mut wait = match events.queue.next_due(&queue).await {
-                Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE),
-                Ok(None) => IDLE,
-                Err(_) => Duration::from_millis(100),
+                Ok(Some(due)) => {
+                    empty_since = None;
+                    Duration::from_millis(due.saturating_sub(now_ms())).min(IDLE)
+                }
+                Ok(None) => {
+                    let since = *empty_since.get_or_insert_with(tokio::time::Instant::now);
+                    if !woken && since.elapsed() >= idle_end {
+                        retire(&events, &queue, &notify).await;
+                        return;
+                    }
+                    IDLE.min(idle_end.saturating_sub(since.elapsed()))
+                }
+                Err(_) => {
+                    empty_since = None;
+                    Duration::from_millis(100)
+                }
             };
             // Woken by another node's enqueue, this node may have read a
             // replica that has not applied it yet: look once more soon.
@@ -354,6 +407,7 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
             continue;
         }
         woken = false;
+        empty_since = None;
         let mut permits = vec![first];
         while permits.len() < claimed.len() {
             match slots.clone().try_acquire_owned() {
@@ -394,6 +448,18 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
             });
         }
         drop(claiming);
+    }
+}
+
+/// Ends the worker of an empty `queue`. An event enqueued after its last
+/// look may have woken it as it left (a wake no worker waits on any
+/// more): the queue is looked at once more after the worker is off it,
+/// and handed to a new worker if it holds anything.
+async fn retire(events: &Events, queue: &str, notify: &Arc<Notify>) {
+    events.wake.retire(queue, notify);
+    tracing::debug!(%queue, "event queue empty: its worker ends");
+    if !matches!(events.queue.next_due(queue).await, Ok(None)) {
+        events.wake.notify(queue);
     }
 }
 

@@ -980,6 +980,52 @@ mod tests {
     }
 
     /// Events on an embedded store in `dir`, as a cluster of one node.
+    /// An empty queue's worker ends once its idle time has passed, and
+    /// the queue's next event starts another, which delivers it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_empty_queues_worker_ends_and_its_next_event_starts_another() {
+        let dir = tempfile::tempdir().unwrap();
+        // A cluster's: there an idle worker reads the shared store.
+        let events = one_node_cluster(dir.path());
+        events
+            .wake
+            .set_idle_end(std::time::Duration::from_millis(300));
+        let tenant = TenantId::new("acme").unwrap();
+        let function = FunctionName::new("f").unwrap();
+        let queue = queue_name(&tenant, &function);
+        Dispatcher::start(&events, Arc::new(Answers(Default::default())));
+        let submit = |id: String| {
+            let events = events.clone();
+            let envelope = Events::envelope(
+                tenant.clone(),
+                function.clone(),
+                id,
+                "/".into(),
+                |_| None,
+                Vec::new(),
+            );
+            async move { events.submit(envelope).await.unwrap() }
+        };
+        let worker_ends = || async {
+            for _ in 0..500 {
+                if !events.wake.has_worker(&queue) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("the worker of an empty queue lives on");
+        };
+        for round in 0..2 {
+            let id = events.next_invocation_id();
+            submit(id.clone()).await;
+            // The second round's event is delivered only if it started a
+            // worker: the first round's has ended.
+            let record = wait_for(&events, &tenant, &id).await;
+            assert_eq!(record.attempts, 1, "round {round}");
+            worker_ends().await;
+        }
+    }
+
     fn one_node_cluster(dir: &std::path::Path) -> Events {
         let store = Arc::new(gust_store_embedded::EmbeddedStore::open(&dir.join("db")).unwrap());
         Events::new(store.clone(), store)
