@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use dispatcher::{AttemptOutcome, Dispatcher, Invoker};
 pub use kv_trigger::{ChangeFeed, KvTriggerRecord};
 pub use scheduler::{ScheduleRecord, Scheduler};
-pub use sources::{SourceMessage, SourceRecord, SourceStatus, seal_context};
+pub use sources::{SourceMessage, SourceRecord, SourceStatus, SourceWatch, seal_context};
 pub use webhook::{Verified, WebhookError, verify as verify_webhook};
 pub use zone::TimeZone;
 

@@ -71,6 +71,28 @@ pub struct SourceStatus {
     pub node: String,
 }
 
+/// The sources in the registry and their changes ([`Events::watch_sources`]).
+pub struct SourceWatch {
+    /// Each source when the watch started, by its key in the registry.
+    pub initial: Vec<(String, SourceRecord)>,
+    changes: Box<dyn gust_store::WatchStream>,
+}
+
+impl SourceWatch {
+    /// The next change: a source's key and its record, or `None` once it
+    /// is removed (or unreadable, as a listing skips it). An error means
+    /// changes were missed: watch again. Not cancel-safe.
+    pub async fn next(&mut self) -> Result<(String, Option<SourceRecord>), EventsError> {
+        Ok(match self.changes.next().await? {
+            gust_store::MetaEvent::Put(entry) => {
+                let record = decode(&entry.value).ok();
+                (entry.key, record)
+            }
+            gust_store::MetaEvent::Delete { key, .. } => (key, None),
+        })
+    }
+}
+
 fn record_key(tenant: &TenantId, function: &FunctionName, id: &str) -> String {
     format!("{PREFIX}{tenant}/{function}/{id}")
 }
@@ -124,6 +146,21 @@ impl Events {
             Some(tenant) => self.list_sources(&format!("{PREFIX}{tenant}/")).await,
             None => self.list_sources(PREFIX).await,
         }
+    }
+
+    /// Every tenant's sources now, and each later change: what a node that
+    /// runs sources follows (one watch, rather than a listing a second: in
+    /// a cluster each listing is a consumer made on the stream).
+    pub async fn watch_sources(&self) -> Result<SourceWatch, EventsError> {
+        let watch = self.kv.watch(PREFIX).await?;
+        Ok(SourceWatch {
+            initial: watch
+                .initial
+                .into_iter()
+                .filter_map(|e| Some((e.key, decode(&e.value).ok()?)))
+                .collect(),
+            changes: watch.changes,
+        })
     }
 
     async fn list_sources(&self, prefix: &str) -> Result<Vec<SourceRecord>, EventsError> {

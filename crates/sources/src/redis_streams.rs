@@ -27,7 +27,8 @@ const DEFAULT_GROUP: &str = "gust";
 const BLOCK_MS: u64 = 2_000;
 /// Entries pending with another consumer this long are taken over.
 const CLAIM_IDLE_MS: u64 = 60_000;
-const LAG_EVERY: Duration = Duration::from_secs(5);
+/// How often the group's lag (`XINFO GROUPS`) is read.
+const LAG_EVERY: Duration = Duration::from_secs(1);
 
 fn group(spec: &SourceSpec) -> &str {
     spec.group.as_deref().unwrap_or(DEFAULT_GROUP)
@@ -97,11 +98,18 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     let mut last_claim = Instant::now() - Duration::from_secs(3600);
     let mut last_lag = Instant::now() - LAG_EVERY;
     loop {
-        ctx.room().await?;
-        if last_lag.elapsed() >= LAG_EVERY {
-            last_lag = Instant::now();
-            if let Some(lag) = lag(&mut con, &stream, &group).await {
-                ctx.counters.lag.store(lag, Ordering::Relaxed);
+        // Room for more entries. The lag is read every LAG_EVERY, a paused
+        // source's too: what the broker keeps then is what Gust had no
+        // room for.
+        loop {
+            if last_lag.elapsed() >= LAG_EVERY {
+                last_lag = Instant::now();
+                if let Some(lag) = lag(&mut con, &stream, &group).await {
+                    ctx.counters.lag.store(lag, Ordering::Relaxed);
+                }
+            }
+            if let Ok(room) = tokio::time::timeout(LAG_EVERY, ctx.room()).await {
+                break room?;
             }
         }
         let mut entries =

@@ -20,7 +20,8 @@ use crate::SourceError;
 use crate::ctx::Ctx;
 use crate::stats::SourceStats;
 
-/// How often the registry is read for added, changed or removed sources.
+/// How often sources' tasks that ended are started again (the registry's
+/// changes are followed by a watch as they come).
 const SCAN_EVERY: Duration = Duration::from_secs(1);
 /// Backoff after a failure: from the first to the last, doubling.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
@@ -101,17 +102,57 @@ impl Sources {
         self.stats.clone()
     }
 
-    /// Runs every source until the process ends.
+    /// Runs every source until the process ends: follows the registry
+    /// with a watch (started again when it breaks), and each
+    /// [`SCAN_EVERY`] starts again the sources whose task ended.
     pub fn start(&self) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut running: HashMap<String, Running> = HashMap::new();
             loop {
-                match this.events.all_sources(None).await {
-                    Ok(records) => this.reconcile(&mut running, records),
-                    Err(e) => tracing::warn!(error = %e, "sources: cannot read the registry"),
+                let mut watch = match this.events.watch_sources().await {
+                    Ok(watch) => watch,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sources: cannot read the registry");
+                        tokio::time::sleep(SCAN_EVERY).await;
+                        continue;
+                    }
+                };
+                let mut records: HashMap<String, SourceRecord> =
+                    std::mem::take(&mut watch.initial).into_iter().collect();
+                // A watch's `next` is not cancel-safe: its changes come
+                // through a channel, which the wait below may drop for a tick.
+                let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+                let follow = tokio::spawn(async move {
+                    loop {
+                        let change = watch.next().await;
+                        let broken = change.is_err();
+                        if tx.send(change).await.is_err() || broken {
+                            return;
+                        }
+                    }
+                });
+                let mut tick = tokio::time::interval(SCAN_EVERY);
+                loop {
+                    this.reconcile(&mut running, records.values().cloned().collect());
+                    tokio::select! {
+                        change = rx.recv() => match change {
+                            Some(Ok((key, Some(record)))) => {
+                                records.insert(key, record);
+                            }
+                            Some(Ok((key, None))) => {
+                                records.remove(&key);
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "sources: the registry's watch broke; reading it again");
+                                break;
+                            }
+                            None => break,
+                        },
+                        _ = tick.tick() => {}
+                    }
                 }
-                tokio::time::sleep(SCAN_EVERY).await;
+                follow.abort();
             }
         });
     }
