@@ -453,12 +453,21 @@ async fn work(events: Events, invoker: Arc<dyn Invoker>, queue: String, notify: 
 
 /// Ends the worker of an empty `queue`. An event enqueued after its last
 /// look may have woken it as it left (a wake no worker waits on any
-/// more): the queue is looked at once more after the worker is off it,
-/// and handed to a new worker if it holds anything.
+/// more): once the worker is off the queue, such a wake, or anything the
+/// queue holds when looked at once more, hands it to a new worker. (In a
+/// cluster the look may read a replica behind the enqueue: the wake
+/// covers that.)
 async fn retire(events: &Events, queue: &str, notify: &Arc<Notify>) {
     events.wake.retire(queue, notify);
+    if events.wake.stopping() {
+        return;
+    }
     tracing::debug!(%queue, "event queue empty: its worker ends");
-    if !matches!(events.queue.next_due(queue).await, Ok(None)) {
+    // A wake stored for the worker completes at once; none: the timeout.
+    let woken = tokio::time::timeout(Duration::ZERO, notify.notified())
+        .await
+        .is_ok();
+    if woken || !matches!(events.queue.next_due(queue).await, Ok(None)) {
         events.wake.notify(queue);
     }
 }

@@ -979,7 +979,6 @@ mod tests {
         assert_eq!(once.updated_ms, 2_001);
     }
 
-    /// Events on an embedded store in `dir`, as a cluster of one node.
     /// An empty queue's worker ends once its idle time has passed, and
     /// the queue's next event starts another, which delivers it.
     #[tokio::test(flavor = "multi_thread")]
@@ -1026,6 +1025,7 @@ mod tests {
         }
     }
 
+    /// Events on an embedded store in `dir`, as a cluster of one node.
     fn one_node_cluster(dir: &std::path::Path) -> Events {
         let store = Arc::new(gust_store_embedded::EmbeddedStore::open(&dir.join("db")).unwrap());
         Events::new(store.clone(), store)

@@ -100,7 +100,10 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
     loop {
         // Room for more entries. The lag is read every LAG_EVERY, a paused
         // source's too: what the broker keeps then is what Gust had no
-        // room for.
+        // room for. (`room` is waited on to its end, never dropped: it
+        // says "connected" again only if the same call said "paused".)
+        let room = ctx.room();
+        tokio::pin!(room);
         loop {
             if last_lag.elapsed() >= LAG_EVERY {
                 last_lag = Instant::now();
@@ -108,8 +111,9 @@ pub(crate) async fn run(ctx: &Arc<Ctx>) -> Result<(), SourceError> {
                     ctx.counters.lag.store(lag, Ordering::Relaxed);
                 }
             }
-            if let Ok(room) = tokio::time::timeout(LAG_EVERY, ctx.room()).await {
-                break room?;
+            tokio::select! {
+                room = &mut room => break room?,
+                () = tokio::time::sleep(LAG_EVERY.saturating_sub(last_lag.elapsed())) => {}
             }
         }
         let mut entries =

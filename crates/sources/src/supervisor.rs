@@ -23,6 +23,9 @@ use crate::stats::SourceStats;
 /// How often sources' tasks that ended are started again (the registry's
 /// changes are followed by a watch as they come).
 const SCAN_EVERY: Duration = Duration::from_secs(1);
+/// How often the registry is read whole again: a watch that fell behind a
+/// removal's tombstone (kept 1 h in a cluster) would not see it.
+const RESYNC_EVERY: Duration = Duration::from_secs(300);
 /// Backoff after a failure: from the first to the last, doubling.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
 
@@ -103,8 +106,9 @@ impl Sources {
     }
 
     /// Runs every source until the process ends: follows the registry
-    /// with a watch (started again when it breaks), and each
-    /// [`SCAN_EVERY`] starts again the sources whose task ended.
+    /// with a watch (started again when it breaks, and every
+    /// [`RESYNC_EVERY`]), and each [`SCAN_EVERY`] starts again the sources
+    /// whose task ended.
     pub fn start(&self) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -133,6 +137,7 @@ impl Sources {
                     }
                 });
                 let mut tick = tokio::time::interval(SCAN_EVERY);
+                let watched = tokio::time::Instant::now();
                 loop {
                     this.reconcile(&mut running, records.values().cloned().collect());
                     tokio::select! {
@@ -145,11 +150,16 @@ impl Sources {
                             }
                             Some(Err(e)) => {
                                 tracing::warn!(error = %e, "sources: the registry's watch broke; reading it again");
+                                tokio::time::sleep(SCAN_EVERY).await;
                                 break;
                             }
                             None => break,
                         },
-                        _ = tick.tick() => {}
+                        _ = tick.tick() => {
+                            if watched.elapsed() >= RESYNC_EVERY {
+                                break;
+                            }
+                        }
                     }
                 }
                 follow.abort();
