@@ -762,3 +762,68 @@ fn jitter() -> f64 {
     let hash = STATE.get_or_init(RandomState::new).hash_one(n);
     (hash >> 11) as f64 / (1u64 << 53) as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A retiring worker hands its queue to a new worker when a wake came
+    /// for it as it left, or when the queue holds an event; when neither,
+    /// the queue is left without a worker until its next event.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_retiring_worker_hands_on_a_wake_or_an_event_it_did_not_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(gust_store_embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap());
+        let events = Events::new(store.clone(), store);
+        let (spawn, mut spawned) = mpsc::unbounded_channel();
+        *events.wake.spawn.lock().unwrap() = Some(spawn);
+        let tenant = TenantId::new("acme").unwrap();
+        let queue = |name: &str| crate::queue_name(&tenant, &FunctionName::new(name).unwrap());
+        let worker = |queue: &str| {
+            let notify = Arc::new(Notify::new());
+            let mut workers = events.wake.workers.lock().unwrap();
+            workers.insert(queue.to_string(), notify.clone());
+            notify
+        };
+        // Empty, no wake: nobody takes the queue over.
+        let idle = queue("idle");
+        let notify = worker(&idle);
+        retire(&events, &idle, &notify).await;
+        assert!(!events.wake.has_worker(&idle));
+        assert!(spawned.try_recv().is_err());
+        // A wake the worker never waited for (an enqueue whose write a
+        // cluster's replica may not show yet).
+        let woken = queue("woken");
+        let notify = worker(&woken);
+        events.wake.notify(&woken);
+        retire(&events, &woken, &notify).await;
+        assert_eq!(spawned.try_recv().ok(), Some(woken.clone()));
+        // An event queued with no wake at all.
+        let held = queue("held");
+        let notify = worker(&held);
+        let envelope = Events::envelope(
+            tenant.clone(),
+            FunctionName::new("held").unwrap(),
+            "e1".into(),
+            "/".into(),
+            |_| None,
+            Vec::new(),
+        );
+        events
+            .queue
+            .enqueue(&held, vec![Bytes::from(envelope.encode())], 0)
+            .await
+            .unwrap();
+        retire(&events, &held, &notify).await;
+        assert_eq!(spawned.try_recv().ok(), Some(held));
+        assert!(spawned.try_recv().is_err());
+        // Once the node stops, nothing is handed on.
+        let stopped = queue("stopped");
+        let notify = worker(&stopped);
+        events.wake.notify(&stopped);
+        events.wake.stop();
+        retire(&events, &stopped, &notify).await;
+        assert!(spawned.try_recv().is_err());
+    }
+}

@@ -856,23 +856,13 @@ mod tests {
     async fn a_cluster_keeps_first_attempt_successes_together() {
         let dir = tempfile::tempdir().unwrap();
         let events = one_node_cluster(dir.path());
-        let tenant = TenantId::new("acme").unwrap();
-        let function = FunctionName::new("f").unwrap();
+        let (tenant, function) = acme_f();
         // The first delivered event fails once, then succeeds.
         Dispatcher::start(
             &events,
             Arc::new(Answers(std::sync::Mutex::new([500].into()))),
         );
-        let envelope = |id: &str| {
-            Events::envelope(
-                tenant.clone(),
-                function.clone(),
-                id.to_string(),
-                "/".into(),
-                |_| None,
-                Vec::new(),
-            )
-        };
+        let envelope = |id: &str| plain(&tenant, &function, id.to_string());
         events.submit(envelope("retried00")).await.unwrap();
         let retried = wait_for(&events, &tenant, "retried00").await;
         assert_eq!(retried.attempts, 2);
@@ -939,8 +929,7 @@ mod tests {
     async fn a_record_of_its_own_is_later_than_a_success_kept_with_others() {
         let dir = tempfile::tempdir().unwrap();
         let events = one_node_cluster(dir.path());
-        let tenant = TenantId::new("acme").unwrap();
-        let function = FunctionName::new("f").unwrap();
+        let (tenant, function) = acme_f();
         let done = events.done.clone().unwrap();
         let success = |id: &str, attempts: u32, updated_ms: u64| InvocationRecord {
             invocation_id: id.into(),
@@ -989,20 +978,11 @@ mod tests {
         events
             .wake
             .set_idle_end(std::time::Duration::from_millis(300));
-        let tenant = TenantId::new("acme").unwrap();
-        let function = FunctionName::new("f").unwrap();
+        let (tenant, function) = acme_f();
         let queue = queue_name(&tenant, &function);
         Dispatcher::start(&events, Arc::new(Answers(Default::default())));
         let submit = |id: String| {
-            let events = events.clone();
-            let envelope = Events::envelope(
-                tenant.clone(),
-                function.clone(),
-                id,
-                "/".into(),
-                |_| None,
-                Vec::new(),
-            );
+            let (events, envelope) = (events.clone(), plain(&tenant, &function, id));
             async move { events.submit(envelope).await.unwrap() }
         };
         let worker_ends = || async {
@@ -1023,6 +1003,26 @@ mod tests {
             assert_eq!(record.attempts, 1, "round {round}");
             worker_ends().await;
         }
+    }
+
+    /// The tenant and function these tests queue for.
+    fn acme_f() -> (TenantId, FunctionName) {
+        (
+            TenantId::new("acme").unwrap(),
+            FunctionName::new("f").unwrap(),
+        )
+    }
+
+    /// An event for `tenant`'s `function` with id `id`, for path `/`.
+    fn plain(tenant: &TenantId, function: &FunctionName, id: String) -> Envelope {
+        Events::envelope(
+            tenant.clone(),
+            function.clone(),
+            id,
+            "/".into(),
+            |_| None,
+            Vec::new(),
+        )
     }
 
     /// Events on an embedded store in `dir`, as a cluster of one node.
@@ -1055,18 +1055,10 @@ mod tests {
         let store =
             Arc::new(gust_store_embedded::EmbeddedStore::open(&dir.path().join("db")).unwrap());
         let events = Events::new(store.clone(), store.clone());
-        let tenant = TenantId::new("acme").unwrap();
-        let function = FunctionName::new("f").unwrap();
+        let (tenant, function) = acme_f();
         // No dispatcher runs: every event stays queued, without a record.
         for i in 0..200u64 {
-            let mut envelope = Events::envelope(
-                tenant.clone(),
-                function.clone(),
-                format!("q{i:03}"),
-                "/".into(),
-                |_| None,
-                Vec::new(),
-            );
+            let mut envelope = plain(&tenant, &function, format!("q{i:03}"));
             // A permutation of 0..200: the newest are spread over the queue.
             envelope.accepted_ms = 10_000 + (i * 37) % 200;
             events.submit(envelope).await.unwrap();

@@ -36,7 +36,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The longest an anchor stands in for the thread's clock.
-pub(crate) const ANCHOR_MAX: Duration = Duration::from_micros(200);
+const ANCHOR_MAX: Duration = Duration::from_micros(200);
 
 /// The calling thread's CPU time in nanoseconds (user and system).
 pub(crate) fn thread_cpu_ns() -> u64 {
@@ -315,6 +315,28 @@ mod tests {
             assert!(now + slack >= last, "{now} after {last}");
             last = last.max(now);
         }
+    }
+
+    /// Without a switch counter (perf events refused, or
+    /// `GUST_THREAD_CLOCK=syscall`) every reading is the exact clock.
+    #[test]
+    fn without_a_counter_every_reading_is_the_system_call() {
+        let clock = ThreadClock {
+            switches: None,
+            anchor: Cell::new(None),
+        };
+        let (a, e) = (clock.now_ns(), exact_ns());
+        let until = Instant::now() + Duration::from_millis(20);
+        while Instant::now() < until {
+            std::hint::black_box(clock.now_ns());
+        }
+        let (b, f) = (clock.now_ns(), exact_ns());
+        assert!(clock.anchor.get().is_none(), "no anchor is kept");
+        assert!(a <= e && b <= f, "{a} {e} {b} {f}");
+        assert!(
+            (b - a).abs_diff(f - e) < 1_000_000,
+            "{a} {b} against {e} {f}"
+        );
     }
 
     #[cfg(all(target_os = "linux", target_endian = "little"))]
